@@ -1,0 +1,265 @@
+// Package cli implements vmfw's command line: argument parsing, the
+// subcommands, and the mapping of errors to exit statuses (0 done, 1 failed
+// to apply, 2 bad usage or configuration). The binary's main only calls Main.
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/engine"
+	"github.com/vmfw/vmfw/pkg/ipset"
+	"github.com/vmfw/vmfw/pkg/iptables"
+	"github.com/vmfw/vmfw/pkg/link"
+	"github.com/vmfw/vmfw/pkg/lock"
+)
+
+// Version is set at build time with -ldflags "-X ...cli.Version=...".
+var Version = "dev"
+
+// Exit statuses.
+const (
+	ExitOK     = 0
+	ExitFailed = 1
+	ExitUsage  = 2
+)
+
+const usage = `usage: vmfw [--config-dir DIR] [--iptables nft|legacy] COMMAND [ARGS]
+
+commands:
+  ifup TAP                  firewall TAP, then attach it to its bridge and set it up
+  ifdown TAP                remove TAP's chains and memberships (idempotent)
+  apply [--dry-run]         reconcile the host with the configuration
+  check                     validate the configuration, change nothing
+  status [TAP] [-o json]    show what is installed, in sync or drifted, with drop counters
+  flush [--dry-run]         remove everything vmfw installed and nothing else
+  version                   print the version
+
+Invoked as vmfw-ifup / vmfw-ifdown (QEMU script= / downscript=) it runs ifup / ifdown.
+The configuration directory defaults to $VMFW_CONFIG_DIR or /etc/vmfw; the
+iptables backend to $VMFW_IPTABLES or whatever the host's iptables uses.
+`
+
+// usageError marks bad command-line usage (exit status 2).
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+// Main runs vmfw with args (args[0] is the program name) and returns the
+// exit status.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	err := run(ctx, args, stdout)
+	if err == nil {
+		return ExitOK
+	}
+	fmt.Fprintln(stderr, "vmfw: "+err.Error())
+	var ue *usageError
+	var ce *engine.ConfigError
+	var fe *config.Error
+	switch {
+	case errors.As(err, &ue):
+		fmt.Fprint(stderr, usage)
+		return ExitUsage
+	case errors.As(err, &ce), errors.As(err, &fe):
+		return ExitUsage
+	}
+	return ExitFailed
+}
+
+func run(ctx context.Context, args []string, stdout io.Writer) error {
+	prog := filepath.Base(args[0])
+	rest := args[1:]
+	switch prog {
+	case "vmfw-ifup":
+		rest = append([]string{"ifup"}, rest...)
+	case "vmfw-ifdown":
+		rest = append([]string{"ifdown"}, rest...)
+	}
+
+	global := flag.NewFlagSet("vmfw", flag.ContinueOnError)
+	global.SetOutput(io.Discard)
+	configDir := global.String("config-dir", engine.ConfigDirFromEnv(), "configuration directory")
+	backend := global.String("iptables", os.Getenv("VMFW_IPTABLES"), "iptables backend: nft or legacy")
+	if err := global.Parse(rest); err != nil {
+		return &usageError{err.Error()}
+	}
+	rest = global.Args()
+	if len(rest) == 0 {
+		return &usageError{"missing command"}
+	}
+	cmd, rest := rest[0], rest[1:]
+
+	newEngine := func() (*engine.Engine, error) {
+		return newEngine(ctx, *configDir, iptables.Mode(*backend))
+	}
+	switch cmd {
+	case "ifup", "ifdown":
+		if len(rest) != 1 {
+			return &usageError{cmd + " takes exactly one argument, the tap name"}
+		}
+		e, err := newEngine()
+		if err != nil {
+			return err
+		}
+		if cmd == "ifup" {
+			return e.Attach(ctx, rest[0])
+		}
+		return e.Detach(ctx, rest[0])
+	case "apply", "flush":
+		fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+		fs.SetOutput(io.Discard)
+		dryRun := fs.Bool("dry-run", false, "print what would change, change nothing")
+		if err := parseNoArgs(fs, rest); err != nil {
+			return err
+		}
+		e, err := newEngine()
+		if err != nil {
+			return err
+		}
+		var ch *engine.Change
+		if cmd == "apply" {
+			ch, err = e.Sync(ctx, *dryRun)
+		} else {
+			ch, err = e.Flush(ctx, *dryRun)
+		}
+		if err != nil {
+			return err
+		}
+		if *dryRun {
+			_, err = ch.WriteTo(stdout)
+		}
+		return err
+	case "check":
+		if len(rest) != 0 {
+			return &usageError{"check takes no arguments"}
+		}
+		m, err := config.Load(*configDir)
+		if err != nil {
+			return err
+		}
+		nics := 0
+		for _, vm := range m.VMs {
+			nics += len(vm.NICs)
+		}
+		fmt.Fprintf(stdout, "%s: ok (%d groups, %d VMs, %d interfaces)\n", *configDir, len(m.Groups), len(m.VMs), nics)
+		return nil
+	case "status":
+		return status(ctx, newEngine, rest, stdout)
+	case "version":
+		fmt.Fprintln(stdout, "vmfw", Version)
+		return nil
+	}
+	return &usageError{fmt.Sprintf("unknown command %q", cmd)}
+}
+
+func parseNoArgs(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return &usageError{fs.Name() + ": " + err.Error()}
+	}
+	if fs.NArg() != 0 {
+		return &usageError{fmt.Sprintf("%s: unexpected argument %q", fs.Name(), fs.Arg(0))}
+	}
+	return nil
+}
+
+func status(ctx context.Context, newEngine func() (*engine.Engine, error), args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	format := fs.String("o", "text", "output format: text or json")
+	// Accept the tap before or after -o.
+	var tap string
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		tap, args = args[0], args[1:]
+	}
+	if err := fs.Parse(args); err != nil {
+		return &usageError{"status: " + err.Error()}
+	}
+	if fs.NArg() > 1 || (fs.NArg() == 1 && tap != "") {
+		return &usageError{"status takes at most one tap"}
+	}
+	if fs.NArg() == 1 {
+		tap = fs.Arg(0)
+	}
+	if *format != "text" && *format != "json" {
+		return &usageError{fmt.Sprintf("status: unknown output format %q (want text or json)", *format)}
+	}
+	e, err := newEngine()
+	if err != nil {
+		return err
+	}
+	st, err := e.Status(ctx, tap)
+	if err != nil {
+		return err
+	}
+	if tap != "" && len(st.Taps) == 0 {
+		return fmt.Errorf("%s: not managed (no chains installed and no configured tap of that name exists)", tap)
+	}
+	if *format == "json" {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(st)
+	}
+	fmt.Fprintf(stdout, "backend: %s\nbase chains: %s", st.Backend, st.Base)
+	if len(st.BaseDrifted) > 0 {
+		fmt.Fprintf(stdout, " (%s)", strings.Join(st.BaseDrifted, ", "))
+	}
+	fmt.Fprintln(stdout)
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "TAP\tVM\tGROUPS\tIN\tOUT\tSTATE\tDROPPED IN\tDROPPED OUT")
+	for _, t := range st.Taps {
+		vm := fmt.Sprint(t.VMID)
+		if t.VMName != "" {
+			vm += " (" + t.VMName + ")"
+		}
+		groups := strings.Join(t.Groups, ",")
+		if groups == "" {
+			groups = "-"
+		}
+		state := t.State
+		if len(t.Drifted) > 0 {
+			state += ": " + strings.Join(t.Drifted, ",")
+		}
+		pin, pout := t.PolicyIn, t.PolicyOut
+		if !t.Enabled && t.State != engine.StateUnconfigured {
+			pin, pout = "disabled", "disabled"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\n", t.Tap, vm, groups, pin, pout, state, t.DroppedIn, t.DroppedOut)
+	}
+	return tw.Flush()
+}
+
+// hostLinks adapts package link to engine.Host.
+type hostLinks struct{}
+
+func (hostLinks) Links() (map[string]bool, error) { return link.Names() }
+func (hostLinks) Attach(tap, bridge string) error { return link.Attach(tap, bridge) }
+func (hostLinks) EnableBridgeNetfilter() error    { return link.EnableBridgeNetfilter() }
+
+var _ engine.Host = hostLinks{}
+
+func newEngine(ctx context.Context, configDir string, mode iptables.Mode) (*engine.Engine, error) {
+	ipt, err := iptables.New(ctx, mode, nil)
+	if err != nil {
+		return nil, err
+	}
+	runDir := os.Getenv("VMFW_RUN_DIR")
+	return &engine.Engine{
+		ConfigDir: configDir,
+		Backend:   string(ipt.Mode()),
+		Firewall:  ipt,
+		Sets:      ipset.New(nil),
+		Host:      hostLinks{},
+		Lock: func(ctx context.Context) (func(), error) {
+			return lock.Acquire(ctx, runDir)
+		},
+	}, nil
+}

@@ -1,0 +1,185 @@
+package config
+
+import (
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// hostFile is vmfw.toml as written; pointers tell absent keys (defaults)
+// from present ones.
+type hostFile struct {
+	Managed  *[]string `toml:"managed"`
+	Mark     any       `toml:"mark"`
+	LogLimit *string   `toml:"log_limit"`
+	LogBurst *int64    `toml:"log_burst"`
+}
+
+var hostSchema = &schema{
+	top: "vmfw.toml keys are managed, mark, log_limit and log_burst",
+}
+
+// Defaults of the host-wide options.
+const (
+	defaultLogLimit = "10/second"
+	defaultLogBurst = 20
+)
+
+// defaultManaged is the default fail-closed pattern: every tap.
+var defaultManaged = []string{"tap+"}
+
+// Limits of the kernel's limit match: it accepts at most 10000 packets a
+// second and bursts of at most 10000.
+const maxLogRate, maxLogBurst = 10000, 10000
+
+// loadHost reads vmfw.toml if there is one.
+func (l *loader) loadHost() (*Host, *Error) {
+	h := &Host{
+		Managed:  append([]string(nil), defaultManaged...),
+		Mark:     DefaultMark,
+		LogLimit: defaultLogLimit,
+		LogBurst: defaultLogBurst,
+	}
+	path := filepath.Join(l.dir, "vmfw.toml")
+	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
+		return h, nil
+	}
+	f, err := l.open(entry{rel: "vmfw.toml", path: path, stem: "vmfw"}, hostSchema)
+	if err != nil {
+		return nil, err
+	}
+	var hf hostFile
+	if err := f.decode(&hf); err != nil {
+		return nil, err
+	}
+	if hf.Managed != nil {
+		seen := map[string]bool{}
+		for i, p := range *hf.Managed {
+			if !validIfacePattern(p) {
+				return nil, f.errorAt(index("managed", i), "managed %q: not an interface pattern; use up to 15 characters of letters, digits, _ . - with an optional trailing + as wildcard, like \"tap+\"", p)
+			}
+			if seen[p] {
+				return nil, f.errorAt(index("managed", i), "managed %q: listed twice", p)
+			}
+			seen[p] = true
+		}
+		h.Managed = append([]string{}, *hf.Managed...)
+	}
+	if hf.Mark != nil {
+		m, ok := parseMark(hf.Mark)
+		if !ok {
+			return nil, f.errorAt("mark", "mark %s: must be a hexadecimal value with exactly one bit set, like \"0x1000\"", show(hf.Mark))
+		}
+		h.Mark = m
+	}
+	if hf.LogLimit != nil {
+		limit, ok := parseLogLimit(*hf.LogLimit)
+		if !ok {
+			return nil, f.errorAt("log_limit", "log_limit %q: use N/second, N/minute, N/hour or N/day with N from 1 to %d", *hf.LogLimit, maxLogRate)
+		}
+		h.LogLimit = limit
+	}
+	if hf.LogBurst != nil {
+		b := *hf.LogBurst
+		if b < 1 || b > maxLogBurst {
+			return nil, f.errorAt("log_burst", "log_burst %d: must be from 1 to %d", b, maxLogBurst)
+		}
+		h.LogBurst = int(b)
+	}
+	return h, nil
+}
+
+// validIfacePattern accepts what iptables' -i/-o and physdev accept: an
+// interface name with an optional trailing "+", 15 characters at most in all
+// (IFNAMSIZ - 1). A lone "+" would match every interface and is refused.
+func validIfacePattern(p string) bool {
+	name := strings.TrimSuffix(p, "+")
+	return len(p) <= 15 && validIfaceName(name)
+}
+
+// validIfaceName accepts a Linux interface name made of safe characters.
+func validIfaceName(name string) bool {
+	if name == "" || len(name) > 15 || name == "." || name == ".." {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !isAlnum(c) && c != '_' && c != '.' && c != '-' {
+			return false
+		}
+	}
+	return true
+}
+
+// parseMark accepts "0x1000" or, since TOML has hexadecimal integers,
+// 0x1000; the mark must be one bit of the 32-bit packet mark.
+func parseMark(v any) (uint32, bool) {
+	var m uint64
+	switch v := v.(type) {
+	case string:
+		hex, ok := strings.CutPrefix(strings.ToLower(v), "0x")
+		if !ok || hex == "" || len(hex) > 8 {
+			return 0, false
+		}
+		n, err := strconv.ParseUint(hex, 16, 32)
+		if err != nil {
+			return 0, false
+		}
+		m = n
+	case int64:
+		if v <= 0 || v > 0xffffffff {
+			return 0, false
+		}
+		m = uint64(v)
+	default:
+		return 0, false
+	}
+	if m == 0 || m&(m-1) != 0 {
+		return 0, false
+	}
+	return uint32(m), true
+}
+
+// parseLogLimit accepts a rate for iptables' limit match and returns it in
+// canonical form.
+func parseLogLimit(s string) (string, bool) {
+	num, unit, ok := strings.Cut(s, "/")
+	if !ok {
+		return "", false
+	}
+	switch unit {
+	case "second", "minute", "hour", "day":
+	default:
+		return "", false
+	}
+	n, ok := parseDecimal(num, maxLogRate)
+	if !ok || n < 1 {
+		return "", false
+	}
+	return strconv.Itoa(n) + "/" + unit, true
+}
+
+// parseDecimal parses digits only (no sign, no spaces) up to limit.
+func parseDecimal(s string, limit int) (int, bool) {
+	if s == "" || len(s) > 10 {
+		return 0, false
+	}
+	n := 0
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return 0, false
+		}
+		n = n*10 + int(s[i]-'0')
+	}
+	if n > limit {
+		return 0, false
+	}
+	return n, true
+}
+
+func isAlnum(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+}

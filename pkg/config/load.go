@@ -1,0 +1,296 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"sort"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/pelletier/go-toml/v2/unstable"
+)
+
+// maxFileSize bounds what Load reads per file: configuration files are a few
+// kilobytes, and a runaway generator or a wrong symlink must not make every
+// ifup read gigabytes.
+const maxFileSize = 1 << 20
+
+// errTooLarge reports a file over maxFileSize.
+var errTooLarge = errors.New("file is larger than 1 MiB")
+
+// Load reads the configuration directory dir: dir/vmfw.toml (optional),
+// dir/groups/NAME.toml and dir/vms/VMID.toml (either directory may be
+// missing). It returns a complete, validated Model, or an *Error naming the
+// file and line of the first problem, files taken in the order vmfw.toml,
+// groups by name, VMs by id. It only reads files.
+func Load(dir string) (*Model, error) {
+	l := &loader{read: readFile}
+	m, err := l.load(dir)
+	if err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// loader holds the state of one Load.
+type loader struct {
+	// dir is the directory as given; root is its absolute, symlink-free
+	// form, the boundary symlinks must resolve within.
+	dir, root string
+	// read reads one regular file; tests replace it to simulate I/O errors
+	// that permissions cannot produce when running as root.
+	read   func(path string) ([]byte, error)
+	parser unstable.Parser
+	// vmTypes caches decoding types per set of [netN] tables.
+	vmTypes map[string]reflect.Type
+	// ips and macs record which interface claimed an address first.
+	ips  map[netip.Addr]claim
+	macs map[string]claim
+}
+
+// claim is the interface that uses an address, for "already claimed by".
+type claim struct {
+	tap  string
+	file string
+	line int
+}
+
+func (l *loader) load(dir string) (*Model, *Error) {
+	if err := l.setRoot(dir); err != nil {
+		return nil, err
+	}
+	m := &Model{Dir: dir, Groups: map[string]*Group{}, VMs: map[int]*VM{}}
+	host, err := l.loadHost()
+	if err != nil {
+		return nil, err
+	}
+	m.Host = *host
+
+	groupFiles, err := l.list("groups")
+	if err != nil {
+		return nil, err
+	}
+	known := make(map[string]bool, len(groupFiles))
+	for _, e := range groupFiles {
+		if validGroupName(e.stem) {
+			known[e.stem] = true
+		}
+	}
+	for _, e := range groupFiles {
+		if !validGroupName(e.stem) {
+			return nil, &Error{File: e.rel, Msg: fmt.Sprintf("invalid group name %q: the file name must be a letter followed by up to 19 letters, digits or _", e.stem)}
+		}
+		f, err := l.open(e, groupSchema)
+		if err != nil {
+			return nil, err
+		}
+		g, err := loadGroup(f, e.stem, known)
+		if err != nil {
+			return nil, err
+		}
+		m.Groups[g.Name] = g
+	}
+
+	vmFiles, err := l.list("vms")
+	if err != nil {
+		return nil, err
+	}
+	ids := make(map[string]int, len(vmFiles))
+	for _, e := range vmFiles {
+		id, ok := parseVMID(e.stem)
+		if !ok {
+			return nil, &Error{File: e.rel, Msg: fmt.Sprintf("invalid VM id %q: the file name must be a decimal number 0..999999999 without leading zeros", e.stem)}
+		}
+		ids[e.rel] = id
+	}
+	sort.SliceStable(vmFiles, func(i, j int) bool { return ids[vmFiles[i].rel] < ids[vmFiles[j].rel] })
+	l.ips = make(map[netip.Addr]claim)
+	l.macs = make(map[string]claim)
+	for _, e := range vmFiles {
+		f, err := l.open(e, vmSchema)
+		if err != nil {
+			return nil, err
+		}
+		vm, err := l.loadVM(f, ids[e.rel], known)
+		if err != nil {
+			return nil, err
+		}
+		m.VMs[vm.ID] = vm
+	}
+	return m, nil
+}
+
+// setRoot checks that dir is a directory and resolves the boundary for
+// symlinks.
+func (l *loader) setRoot(dir string) *Error {
+	l.dir = dir
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return &Error{File: dir, Msg: "cannot read configuration directory: " + ioReason(err)}
+	}
+	if !fi.IsDir() {
+		return &Error{File: dir, Msg: "not a directory"}
+	}
+	abs, err := filepath.Abs(dir)
+	if err == nil {
+		abs, err = filepath.EvalSymlinks(abs)
+	}
+	if err != nil {
+		return &Error{File: dir, Msg: "cannot resolve configuration directory: " + ioReason(err)}
+	}
+	l.root = abs
+	return nil
+}
+
+// entry is a configuration file found in a subdirectory.
+type entry struct {
+	rel, path, stem string
+}
+
+// list returns the *.toml files of subdirectory sub, sorted by name. A
+// missing directory holds no files. Names starting with "." are editor
+// backups and lock files (emacs' .#web.toml), not configuration.
+func (l *loader) list(sub string) ([]entry, *Error) {
+	path := filepath.Join(l.dir, sub)
+	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err := l.checkInside(sub, path); err != nil {
+		return nil, err
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, &Error{File: sub, Msg: "cannot read directory: " + ioReason(err)}
+	}
+	if !fi.IsDir() {
+		return nil, &Error{File: sub, Msg: "not a directory"}
+	}
+	des, err := os.ReadDir(path)
+	if err != nil {
+		return nil, &Error{File: sub, Msg: "cannot read directory: " + ioReason(err)}
+	}
+	var out []entry
+	for _, de := range des {
+		name := de.Name()
+		stem, ok := strings.CutSuffix(name, ".toml")
+		if !ok || strings.HasPrefix(name, ".") {
+			continue
+		}
+		out = append(out, entry{rel: sub + "/" + name, path: filepath.Join(path, name), stem: stem})
+	}
+	return out, nil
+}
+
+// checkInside rejects a path that resolves outside the configuration
+// directory: the configuration decides what reaches iptables, so it must
+// not be extendable from elsewhere through a link.
+func (l *loader) checkInside(rel, path string) *Error {
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return &Error{File: rel, Msg: "cannot read: " + ioReason(err)}
+	}
+	if fi.Mode()&fs.ModeSymlink == 0 {
+		// A plain entry is inside if its directory is, which list and
+		// setRoot have checked.
+		return nil
+	}
+	target, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		return &Error{File: rel, Msg: "broken symlink: " + ioReason(err)}
+	}
+	target, err = filepath.Abs(target)
+	if err != nil {
+		return &Error{File: rel, Msg: "cannot resolve symlink: " + ioReason(err)}
+	}
+	r, err := filepath.Rel(l.root, target)
+	if err != nil || r == ".." || strings.HasPrefix(r, ".."+string(filepath.Separator)) {
+		return &Error{File: rel, Msg: fmt.Sprintf("symlink to %q points outside the configuration directory %q", target, l.root)}
+	}
+	return nil
+}
+
+// open reads and checks one configuration file.
+func (l *loader) open(e entry, s *schema) (*file, *Error) {
+	if err := l.checkInside(e.rel, e.path); err != nil {
+		return nil, err
+	}
+	fi, err := os.Stat(e.path)
+	if err != nil {
+		return nil, &Error{File: e.rel, Msg: "cannot read: " + ioReason(err)}
+	}
+	// A FIFO or device would block or never end; only regular files count.
+	if !fi.Mode().IsRegular() {
+		return nil, &Error{File: e.rel, Msg: "not a regular file"}
+	}
+	data, err := l.read(e.path)
+	if errors.Is(err, errTooLarge) {
+		return nil, &Error{File: e.rel, Msg: err.Error()}
+	}
+	if err != nil {
+		return nil, &Error{File: e.rel, Msg: "cannot read: " + ioReason(err)}
+	}
+	// Windows editors start files with a byte order mark, which TOML does
+	// not allow; it carries no meaning, so it is dropped.
+	data = bytes.TrimPrefix(data, []byte("\xef\xbb\xbf"))
+	if line, ok := invalidUTF8(data); ok {
+		return nil, &Error{File: e.rel, Line: line, Msg: "file is not valid UTF-8"}
+	}
+	return &file{rel: e.rel, path: e.path, data: data, lines: scanLines(&l.parser, data), schema: s}, nil
+}
+
+// readFile reads a regular file of at most maxFileSize bytes.
+func readFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if fi.Size() > maxFileSize {
+		return nil, errTooLarge
+	}
+	// The file may grow between Stat and ReadAll.
+	data, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > maxFileSize {
+		return nil, errTooLarge
+	}
+	return data, nil
+}
+
+// ioReason words an I/O error without the path, which the message already
+// names.
+func ioReason(err error) string {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err.Error()
+	}
+	return err.Error()
+}
+
+// invalidUTF8 returns the line of the first byte that is not UTF-8.
+func invalidUTF8(data []byte) (int, bool) {
+	if utf8.Valid(data) {
+		return 0, false
+	}
+	for i := 0; i < len(data); {
+		r, n := utf8.DecodeRune(data[i:])
+		if r == utf8.RuneError && n <= 1 {
+			return bytes.Count(data[:i], []byte("\n")) + 1, true
+		}
+		i += n
+	}
+	return 0, false
+}

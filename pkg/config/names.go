@@ -1,0 +1,49 @@
+package config
+
+// maxGroupName keeps "sg-NAME-mac" within ipset's 31 characters and
+// "sg-NAME-out" within iptables' 28-character chain names.
+const maxGroupName = 20
+
+// validGroupName reports whether name matches [A-Za-z][A-Za-z0-9_]{0,19}.
+func validGroupName(name string) bool {
+	if name == "" || len(name) > maxGroupName || !isLetter(name[0]) {
+		return false
+	}
+	for i := 1; i < len(name); i++ {
+		if !isAlnum(name[i]) && name[i] != '_' {
+			return false
+		}
+	}
+	return true
+}
+
+// maxVMID is the largest VM id, nine digits.
+const maxVMID = 999999999
+
+// parseVMID parses a VM id: decimal, no sign, no leading zeros, so each id
+// has exactly one file name and one tap name.
+func parseVMID(s string) (int, bool) {
+	if len(s) > 1 && s[0] == '0' {
+		return 0, false
+	}
+	return parseDecimal(s, maxVMID)
+}
+
+// maxVMName bounds a VM's label, which ends up in logs and status output.
+const maxVMName = 64
+
+// validVMName reports whether name is made of [A-Za-z0-9._-]; empty means
+// no name.
+func validVMName(name string) bool {
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !isAlnum(c) && c != '.' && c != '_' && c != '-' {
+			return false
+		}
+	}
+	return true
+}
+
+func isLetter(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z'
+}

@@ -1,0 +1,233 @@
+package config
+
+import (
+	"net/netip"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// vmHead holds a VM file's scalar keys as written.
+type vmHead struct {
+	Name      string  `toml:"name"`
+	Enable    *bool   `toml:"enable"`
+	PolicyIn  *string `toml:"policy_in"`
+	PolicyOut *string `toml:"policy_out"`
+	Log       bool    `toml:"log"`
+}
+
+// nicFile is one [netN] table as written.
+type nicFile struct {
+	MAC       *string  `toml:"mac"`
+	IPs       []string `toml:"ips"`
+	Bridge    *string  `toml:"bridge"`
+	Groups    []string `toml:"groups"`
+	Antispoof *bool    `toml:"antispoof"`
+	DHCP      *bool    `toml:"dhcp"`
+}
+
+var vmSchema = &schema{
+	top: "VM keys are name, enable, policy_in, policy_out, log and [netN] tables",
+	sub: func(table string) string {
+		if _, ok := netIndex(table); ok {
+			return "interface keys are mac, ips, bridge, groups, antispoof and dhcp"
+		}
+		return ""
+	},
+}
+
+// maxIfName is the longest Linux interface name (IFNAMSIZ - 1).
+const maxIfName = 15
+
+// loadVM decodes and validates VM id and claims its interfaces' addresses.
+func (l *loader) loadVM(f *file, id int, known map[string]bool) (*VM, *Error) {
+	nets, err := netTables(f, id)
+	if err != nil {
+		return nil, err
+	}
+	// The [netN] tables are keys only known from the file itself, yet strict
+	// decoding needs a struct naming every allowed key: build one per set of
+	// tables, after vmHead's fields.
+	t := l.vmType(nets)
+	v := reflect.New(t)
+	if err := f.decode(v.Interface()); err != nil {
+		return nil, err
+	}
+	var head vmHead
+	hv := reflect.ValueOf(&head).Elem()
+	for i := 0; i < hv.NumField(); i++ {
+		hv.Field(i).Set(v.Elem().Field(i))
+	}
+
+	vm := &VM{ID: id, File: f.path, Name: head.Name, Enable: true, PolicyIn: Drop, PolicyOut: Accept, Log: head.Log}
+	if len(head.Name) > maxVMName {
+		return nil, f.errorAt("name", "name is %d characters, at most %d are allowed", len(head.Name), maxVMName)
+	}
+	if !validVMName(head.Name) {
+		return nil, f.errorAt("name", "name %q: use only letters, digits, '.', '_' or '-'", head.Name)
+	}
+	if head.Enable != nil {
+		vm.Enable = *head.Enable
+	}
+	if head.PolicyIn != nil {
+		if vm.PolicyIn, _ = parseAction(*head.PolicyIn); vm.PolicyIn == "" {
+			return nil, f.errorAt("policy_in", "policy_in %q: must be drop, reject or accept", *head.PolicyIn)
+		}
+	}
+	if head.PolicyOut != nil {
+		if vm.PolicyOut, _ = parseAction(*head.PolicyOut); vm.PolicyOut == "" {
+			return nil, f.errorAt("policy_out", "policy_out %q: must be accept, drop or reject", *head.PolicyOut)
+		}
+	}
+
+	// Interfaces are checked in file order, so that an address listed twice
+	// is reported where it is listed the second time.
+	for i, nt := range nets {
+		nf := v.Elem().Field(hv.NumField() + i).Interface().(nicFile)
+		nic, err := l.loadNIC(f, vm, nt, &nf, known)
+		if err != nil {
+			return nil, err
+		}
+		vm.NICs = append(vm.NICs, nic)
+	}
+	slices.SortFunc(vm.NICs, func(a, b *NIC) int { return a.Index - b.Index })
+	return vm, nil
+}
+
+// netTable is a [netN] table found in a VM file.
+type netTable struct {
+	key   string
+	index int
+}
+
+// netTables finds the file's [netN] tables and checks their tap names.
+func netTables(f *file, id int) ([]netTable, *Error) {
+	var nets []netTable
+	for _, key := range f.lines.top {
+		digits, ok := strings.CutPrefix(key, "net")
+		if !ok || digits == "" || strings.Trim(digits, "0123456789") != "" {
+			continue
+		}
+		if len(digits) > 1 && digits[0] == '0' {
+			return nil, f.errorAt(key, "[%s]: interface numbers are written without leading zeros", key)
+		}
+		// Check the length before converting: the number may not fit an int.
+		if tap := "tap" + strconv.Itoa(id) + "i" + digits; len(tap) > maxIfName {
+			return nil, f.errorAt(key, "[%s]: tap name %q is %d characters, Linux allows %d", key, tap, len(tap), maxIfName)
+		}
+		n, _ := strconv.Atoi(digits)
+		nets = append(nets, netTable{key: key, index: n})
+	}
+	return nets, nil
+}
+
+// vmType returns a struct type with vmHead's fields followed by one nicFile
+// field per table in nets.
+func (l *loader) vmType(nets []netTable) reflect.Type {
+	keys := make([]string, len(nets))
+	for i, n := range nets {
+		keys[i] = n.key
+	}
+	cacheKey := strings.Join(keys, ",")
+	if t, ok := l.vmTypes[cacheKey]; ok {
+		return t
+	}
+	head := reflect.TypeOf(vmHead{})
+	fields := make([]reflect.StructField, 0, head.NumField()+len(nets))
+	for i := 0; i < head.NumField(); i++ {
+		fields = append(fields, head.Field(i))
+	}
+	for _, n := range nets {
+		fields = append(fields, reflect.StructField{
+			Name: "Net" + strconv.Itoa(n.index),
+			Type: reflect.TypeOf(nicFile{}),
+			Tag:  reflect.StructTag(`toml:"` + n.key + `"`),
+		})
+	}
+	t := reflect.StructOf(fields)
+	if l.vmTypes == nil {
+		l.vmTypes = make(map[string]reflect.Type)
+	}
+	l.vmTypes[cacheKey] = t
+	return t
+}
+
+// netIndex parses the N of a canonical "netN".
+func netIndex(key string) (int, bool) {
+	digits, ok := strings.CutPrefix(key, "net")
+	if !ok || len(digits) > 1 && digits[0] == '0' {
+		return 0, false
+	}
+	return parseDecimal(digits, maxVMID)
+}
+
+// loadNIC validates one interface of vm and claims its addresses.
+func (l *loader) loadNIC(f *file, vm *VM, nt netTable, nf *nicFile, known map[string]bool) (*NIC, *Error) {
+	at := func(key string) string { return nt.key + "." + key }
+	nic := &NIC{
+		VM:        vm,
+		Index:     nt.index,
+		Line:      f.lines.line(nt.key),
+		Tap:       TapName(vm.ID, nt.index),
+		Antispoof: true,
+		DHCP:      true,
+	}
+	if nf.MAC != nil {
+		mac, problem := parseMAC(*nf.MAC)
+		if problem != "" {
+			return nil, f.errorAt(at("mac"), "mac %q: %s", *nf.MAC, problem)
+		}
+		line := f.lines.line(at("mac"))
+		if c, ok := l.macs[string(mac)]; ok {
+			return nil, f.errorf(line, "mac %s is already used by %s (%s:%d)", mac, c.tap, c.file, c.line)
+		}
+		l.macs[string(mac)] = claim{tap: nic.Tap, file: f.rel, line: line}
+		nic.MAC = mac
+	}
+	for i, s := range nf.IPs {
+		path := index(at("ips"), i)
+		a, problem := parseAddr(s)
+		if problem == "" && !unicast(a) {
+			problem = "not a unicast address"
+		}
+		if problem != "" {
+			return nil, f.errorAt(path, "ips %q: %s", s, problem)
+		}
+		line := f.lines.line(path)
+		if c, ok := l.ips[a]; ok {
+			return nil, f.errorf(line, "ip %s is already claimed by %s (%s:%d)", a, c.tap, c.file, c.line)
+		}
+		l.ips[a] = claim{tap: nic.Tap, file: f.rel, line: line}
+		nic.IPs = append(nic.IPs, a)
+	}
+	if nf.Bridge != nil {
+		if !validIfaceName(*nf.Bridge) {
+			return nil, f.errorAt(at("bridge"), "bridge %q: not an interface name; use 1 to 15 letters, digits, '_', '.' or '-'", *nf.Bridge)
+		}
+		nic.Bridge = *nf.Bridge
+	}
+	for i, g := range nf.Groups {
+		path := index(at("groups"), i)
+		if _, err := groupRef(f, path, "groups", &g, known); err != nil {
+			return nil, err
+		}
+		if slices.Contains(nf.Groups[:i], g) {
+			return nil, f.errorAt(path, "groups %q: listed twice", g)
+		}
+	}
+	nic.Groups = append([]string{}, nf.Groups...)
+	if nf.Antispoof != nil {
+		nic.Antispoof = *nf.Antispoof
+	}
+	if nf.DHCP != nil {
+		nic.DHCP = *nf.DHCP
+	}
+	return nic, nil
+}
+
+// unicast reports whether a can be an interface's own address.
+func unicast(a netip.Addr) bool {
+	return a.IsValid() && !a.IsUnspecified() && !a.IsMulticast() && !a.IsLoopback() &&
+		a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
+}

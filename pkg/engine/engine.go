@@ -1,0 +1,389 @@
+// Package engine is what every entry point (QEMU scripts, the CLI, later
+// CNI and hypervisor hooks) calls: Attach, Detach, Sync, Flush and Status.
+// Each operation loads the configuration, takes the namespace lock, reads
+// vmfw's part of the kernel state, compiles the desired ruleset for the
+// interfaces that should be attached, and applies only the difference:
+// ipsets first (so new rules find their sets), then one iptables-restore
+// per family, then removal of sets nothing references any more.
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/ipset"
+	"github.com/vmfw/vmfw/pkg/iptables"
+	"github.com/vmfw/vmfw/pkg/ruleset"
+)
+
+// Firewall reads and writes vmfw's part of the filter table.
+type Firewall interface {
+	Save(ctx context.Context, f ruleset.Family) (*iptables.Snapshot, error)
+	Restore(ctx context.Context, f ruleset.Family, text string) error
+}
+
+// SetStore reads and writes vmfw's ipsets.
+type SetStore interface {
+	List(ctx context.Context) (map[string]*ipset.Observed, error)
+	Restore(ctx context.Context, script string) error
+}
+
+// Host is the part of the host that is not the firewall: interfaces and
+// the bridge-netfilter switches.
+type Host interface {
+	// Links returns the names of the interfaces that exist.
+	Links() (map[string]bool, error)
+	// Attach puts tap on bridge (if not empty) and sets it up.
+	Attach(tap, bridge string) error
+	// EnableBridgeNetfilter makes bridged packets pass iptables.
+	EnableBridgeNetfilter() error
+}
+
+// Engine applies configuration to one network namespace.
+type Engine struct {
+	// ConfigDir is the configuration directory.
+	ConfigDir string
+	// Firewall, Sets and Host talk to the kernel.
+	Firewall Firewall
+	Sets     SetStore
+	Host     Host
+	// Lock serialises runs in the namespace; it returns the release function.
+	Lock func(ctx context.Context) (func(), error)
+	// Backend names the iptables backend, for status output.
+	Backend string
+	// LockTimeout bounds the wait for the lock (default one minute).
+	LockTimeout time.Duration
+}
+
+// ConfigError wraps an error in the configuration, which callers report
+// with exit status 2: nothing on the host was changed.
+type ConfigError struct{ Err error }
+
+func (e *ConfigError) Error() string { return e.Err.Error() }
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+// Change summarises what an operation changed (or, in a dry run, would).
+type Change struct {
+	// Plans are the iptables changes per family.
+	Plans map[ruleset.Family]*ruleset.Plan
+	// SetsBefore and SetsAfter are the ipset scripts run before and after
+	// the iptables changes.
+	SetsBefore, SetsAfter string
+}
+
+// Empty reports whether nothing changed.
+func (c *Change) Empty() bool {
+	for _, p := range c.Plans {
+		if !p.Empty() {
+			return false
+		}
+	}
+	return c.SetsBefore == "" && c.SetsAfter == ""
+}
+
+// WriteTo prints the exact changes: the ipset scripts and the
+// iptables-restore transactions, in the order they are applied.
+func (c *Change) WriteTo(w io.Writer) (int64, error) {
+	var b strings.Builder
+	if c.Empty() {
+		b.WriteString("# no changes\n")
+	}
+	if c.SetsBefore != "" {
+		b.WriteString("# ipset restore\n" + c.SetsBefore)
+	}
+	for _, f := range ruleset.Families {
+		if p := c.Plans[f]; p != nil && !p.Empty() {
+			tool := "iptables-restore"
+			if f == ruleset.IPv6 {
+				tool = "ip6tables-restore"
+			}
+			b.WriteString("# " + tool + " --noflush\n" + p.Render())
+		}
+	}
+	if c.SetsAfter != "" {
+		b.WriteString("# ipset restore\n" + c.SetsAfter)
+	}
+	n, err := io.WriteString(w, b.String())
+	return int64(n), err
+}
+
+// kernelState is vmfw's part of the kernel as read at the start of an operation.
+type kernelState struct {
+	tables map[ruleset.Family]*iptables.Snapshot
+	sets   map[string]*ipset.Observed
+}
+
+func (e *Engine) load() (*config.Model, error) {
+	m, err := config.Load(e.ConfigDir)
+	if err != nil {
+		return nil, &ConfigError{Err: err}
+	}
+	return m, nil
+}
+
+func (e *Engine) lock(ctx context.Context) (func(), error) {
+	timeout := e.LockTimeout
+	if timeout == 0 {
+		timeout = time.Minute
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	return e.Lock(ctx)
+}
+
+func (e *Engine) read(ctx context.Context) (*kernelState, error) {
+	st := &kernelState{tables: map[ruleset.Family]*iptables.Snapshot{}}
+	for _, f := range ruleset.Families {
+		s, err := e.Firewall.Save(ctx, f)
+		if err != nil {
+			return nil, err
+		}
+		st.tables[f] = s
+	}
+	sets, err := e.Sets.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	st.sets = sets
+	return st, nil
+}
+
+// installed returns the interfaces whose chains are in the kernel.
+func (st *kernelState) installed() []string {
+	seen := map[string]bool{}
+	for _, s := range st.tables {
+		for c := range s.Chains {
+			name := string(c)
+			if tap, ok := strings.CutSuffix(name, "-out"); ok && !strings.HasPrefix(name, "vmfw-") && !strings.HasPrefix(name, "sg-") {
+				seen[tap] = true
+			}
+		}
+	}
+	out := make([]string, 0, len(seen))
+	for t := range seen {
+		out = append(out, t)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// nicsFor maps interface names to their configuration, leaving out names
+// the configuration no longer has (their chains are then removed).
+func nicsFor(m *config.Model, taps []string) []*config.NIC {
+	var nics []*config.NIC
+	for _, t := range taps {
+		if n := m.NIC(t); n != nil {
+			nics = append(nics, n)
+		}
+	}
+	return nics
+}
+
+// converge applies the ruleset for nics; with dryRun it only computes the change.
+func (e *Engine) converge(ctx context.Context, m *config.Model, nics []*config.NIC, st *kernelState, dryRun bool) (*Change, error) {
+	rs, err := ruleset.Build(m, nics)
+	if err != nil {
+		return nil, err
+	}
+	return e.applyRuleset(ctx, rs, st, dryRun)
+}
+
+func (e *Engine) applyRuleset(ctx context.Context, rs *ruleset.Ruleset, st *kernelState, dryRun bool) (*Change, error) {
+	ch := &Change{Plans: map[ruleset.Family]*ruleset.Plan{}}
+	for _, f := range ruleset.Families {
+		want := rs.Tables[f]
+		if want == nil {
+			want = &ruleset.Table{Family: f}
+		}
+		ch.Plans[f] = ruleset.Diff(want, st.tables[f].Observed)
+	}
+	ch.SetsBefore, ch.SetsAfter = ipset.Plan(rs.Sets, st.sets)
+	if dryRun || ch.Empty() {
+		return ch, nil
+	}
+	if err := e.Sets.Restore(ctx, ch.SetsBefore); err != nil {
+		return nil, err
+	}
+	var done []ruleset.Family
+	for _, f := range ruleset.Families {
+		if err := e.Firewall.Restore(ctx, f, ch.Plans[f].Render()); err != nil {
+			return nil, errors.Join(err, e.revert(ctx, ch, st, done))
+		}
+		done = append(done, f)
+	}
+	if err := e.Sets.Restore(ctx, ch.SetsAfter); err != nil {
+		// The rules are in place; only unreferenced sets remain, and the
+		// next run removes them.
+		return ch, fmt.Errorf("removing unused ipsets: %w", err)
+	}
+	return ch, nil
+}
+
+// revert undoes the families already changed when a later one fails, so the
+// host never keeps IPv4 rules from the new config and IPv6 from the old.
+func (e *Engine) revert(ctx context.Context, ch *Change, st *kernelState, done []ruleset.Family) error {
+	var errs []error
+	for _, f := range done {
+		if err := e.Firewall.Restore(ctx, f, ch.Plans[f].Revert(st.tables[f].Observed)); err != nil {
+			errs = append(errs, fmt.Errorf("reverting %s after failure: %w", f, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Attach firewalls tap and then attaches it to its bridge: QEMU's script=.
+func (e *Engine) Attach(ctx context.Context, tap string) error {
+	m, err := e.load()
+	if err != nil {
+		return err
+	}
+	nic, err := lookupNIC(m, tap)
+	if err != nil {
+		return err
+	}
+	release, err := e.lock(ctx)
+	if err != nil {
+		return err
+	}
+	defer release()
+	if err := e.Host.EnableBridgeNetfilter(); err != nil {
+		return err
+	}
+	st, err := e.read(ctx)
+	if err != nil {
+		return err
+	}
+	taps := append(st.installed(), tap)
+	if _, err := e.converge(ctx, m, nicsFor(m, dedupe(taps)), st, false); err != nil {
+		return fmt.Errorf("firewalling %s: %w", tap, err)
+	}
+	return e.Host.Attach(tap, nic.Bridge)
+}
+
+// lookupNIC finds tap's configuration or says which file it looked for.
+func lookupNIC(m *config.Model, tap string) (*config.NIC, error) {
+	vmid, index, ok := config.ParseTapName(tap)
+	if !ok {
+		return nil, &ConfigError{Err: fmt.Errorf("%s: not a VM tap name (want tap<VMID>i<N>, e.g. tap110i0)", tap)}
+	}
+	file := filepath.Join(m.Dir, "vms", strconv.Itoa(vmid)+".toml")
+	if m.VMs[vmid] == nil {
+		return nil, &ConfigError{Err: fmt.Errorf("%s: no configuration for VM %d: %s does not exist", tap, vmid, file)}
+	}
+	nic := m.NIC(tap)
+	if nic == nil {
+		return nil, &ConfigError{Err: fmt.Errorf("%s: %s has no [net%d] table", tap, file, index)}
+	}
+	return nic, nil
+}
+
+func dedupe(list []string) []string {
+	sort.Strings(list)
+	out := list[:0]
+	for i, s := range list {
+		if i == 0 || s != list[i-1] {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// Detach removes tap's chains and memberships: QEMU's downscript=. It
+// succeeds for a tap that is unknown or already removed.
+func (e *Engine) Detach(ctx context.Context, tap string) error {
+	m, err := e.load()
+	if err != nil {
+		return err
+	}
+	release, err := e.lock(ctx)
+	if err != nil {
+		return err
+	}
+	defer release()
+	st, err := e.read(ctx)
+	if err != nil {
+		return err
+	}
+	var taps []string
+	for _, t := range st.installed() {
+		if t != tap {
+			taps = append(taps, t)
+		}
+	}
+	if _, err := e.converge(ctx, m, nicsFor(m, taps), st, false); err != nil {
+		return fmt.Errorf("removing %s: %w", tap, err)
+	}
+	return nil
+}
+
+// Sync reconciles the host with the configuration: every configured tap that
+// exists is firewalled, chains of taps that are gone or no longer configured
+// are removed. With dryRun it changes nothing and returns what it would do.
+func (e *Engine) Sync(ctx context.Context, dryRun bool) (*Change, error) {
+	m, err := e.load()
+	if err != nil {
+		return nil, err
+	}
+	release, err := e.lock(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	if !dryRun {
+		if err := e.Host.EnableBridgeNetfilter(); err != nil {
+			return nil, err
+		}
+	}
+	st, err := e.read(ctx)
+	if err != nil {
+		return nil, err
+	}
+	links, err := e.Host.Links()
+	if err != nil {
+		return nil, err
+	}
+	var nics []*config.NIC
+	for _, vm := range m.VMs {
+		for _, n := range vm.NICs {
+			if links[n.Tap] {
+				nics = append(nics, n)
+			}
+		}
+	}
+	return e.converge(ctx, m, nics, st, dryRun)
+}
+
+// Flush removes everything vmfw installed and nothing else. It needs no
+// configuration, so it works even when the configuration is broken.
+func (e *Engine) Flush(ctx context.Context, dryRun bool) (*Change, error) {
+	release, err := e.lock(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	st, err := e.read(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return e.applyRuleset(ctx, &ruleset.Ruleset{Tables: map[ruleset.Family]*ruleset.Table{}}, st, dryRun)
+}
+
+// DefaultConfigDir is where the configuration lives unless told otherwise.
+const DefaultConfigDir = "/etc/vmfw"
+
+// ConfigDirFromEnv returns VMFW_CONFIG_DIR or the default.
+func ConfigDirFromEnv() string {
+	if d := os.Getenv("VMFW_CONFIG_DIR"); d != "" {
+		return d
+	}
+	return DefaultConfigDir
+}

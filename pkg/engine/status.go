@@ -1,0 +1,188 @@
+package engine
+
+import (
+	"context"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/ruleset"
+)
+
+// The states Status reports for a tap or the base chains.
+const (
+	StateInSync       = "in-sync"
+	StateDrifted      = "drifted"
+	StateNotInstalled = "not-installed"
+	StateUnconfigured = "unconfigured"
+)
+
+// TapStatus describes one managed tap.
+type TapStatus struct {
+	Tap       string   `json:"tap"`
+	VMID      int      `json:"vmid"`
+	VMName    string   `json:"vm_name,omitempty"`
+	Enabled   bool     `json:"enabled"`
+	Groups    []string `json:"groups"`
+	PolicyIn  string   `json:"policy_in,omitempty"`
+	PolicyOut string   `json:"policy_out,omitempty"`
+	// State is in-sync, drifted, not-installed (configured, the tap exists,
+	// but its chains do not) or unconfigured (chains of a tap the
+	// configuration no longer has; the next apply removes them).
+	State string `json:"state"`
+	// Drifted lists the chains (family/chain) that differ from the configuration.
+	Drifted []string `json:"drifted,omitempty"`
+	// DroppedIn and DroppedOut count packets dropped or rejected by the
+	// tap's own rules (policy and anti-spoofing), both families.
+	DroppedIn  uint64 `json:"dropped_in"`
+	DroppedOut uint64 `json:"dropped_out"`
+}
+
+// Status is what Status reports.
+type Status struct {
+	// Backend is the iptables backend in use.
+	Backend string `json:"backend,omitempty"`
+	// Base is the state of vmfw's entry and dispatch chains and hooks.
+	Base string `json:"base"`
+	// BaseDrifted lists what differs there.
+	BaseDrifted []string `json:"base_drifted,omitempty"`
+	// Taps are the managed taps, sorted by name.
+	Taps []TapStatus `json:"taps"`
+}
+
+// Status reports each managed tap: installed or configured and present.
+// With tap set, only that tap is reported.
+func (e *Engine) Status(ctx context.Context, tap string) (*Status, error) {
+	m, err := e.load()
+	if err != nil {
+		return nil, err
+	}
+	release, err := e.lock(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	st, err := e.read(ctx)
+	if err != nil {
+		return nil, err
+	}
+	links, err := e.Host.Links()
+	if err != nil {
+		return nil, err
+	}
+	installed := st.installed()
+	rs, err := ruleset.Build(m, nicsFor(m, installed))
+	if err != nil {
+		return nil, err
+	}
+	out := &Status{Backend: e.Backend, Base: StateInSync}
+	for _, f := range ruleset.Families {
+		want := rs.Tables[f]
+		plan := ruleset.Diff(want, st.tables[f].Observed)
+		for _, c := range append(append(append([]ruleset.Chain{}, plan.Create...), plan.Rewrite...), plan.Delete...) {
+			if isBaseChain(c) {
+				out.BaseDrifted = append(out.BaseDrifted, f.String()+"/"+string(c))
+			}
+		}
+		for _, h := range append(append([]ruleset.Hook{}, plan.AddHooks...), plan.DelHooks...) {
+			out.BaseDrifted = append(out.BaseDrifted, f.String()+"/"+string(h.From)+" jump")
+		}
+	}
+	if len(out.BaseDrifted) > 0 {
+		out.Base = StateDrifted
+	}
+
+	names := map[string]bool{}
+	for _, t := range installed {
+		names[t] = true
+	}
+	for _, vm := range m.VMs {
+		for _, n := range vm.NICs {
+			if links[n.Tap] {
+				names[n.Tap] = true
+			}
+		}
+	}
+	for t := range names {
+		if tap != "" && t != tap {
+			continue
+		}
+		out.Taps = append(out.Taps, e.tapStatus(m, rs, st, t, slices.Contains(installed, t)))
+	}
+	sort.Slice(out.Taps, func(i, j int) bool { return out.Taps[i].Tap < out.Taps[j].Tap })
+	return out, nil
+}
+
+func isBaseChain(c ruleset.Chain) bool { return strings.HasPrefix(string(c), "vmfw-") }
+
+func (e *Engine) tapStatus(m *config.Model, rs *ruleset.Ruleset, st *kernelState, tap string, installed bool) TapStatus {
+	ts := TapStatus{Tap: tap, State: StateInSync, Groups: []string{}}
+	vmid, _, _ := config.ParseTapName(tap)
+	ts.VMID = vmid
+	nic := m.NIC(tap)
+	if nic == nil {
+		ts.State = StateUnconfigured
+		return ts
+	}
+	ts.VMName, ts.Enabled = nic.VM.Name, nic.VM.Enable
+	ts.Groups = append(ts.Groups, nic.Groups...)
+	ts.PolicyIn, ts.PolicyOut = string(nic.VM.PolicyIn), string(nic.VM.PolicyOut)
+	if !installed {
+		ts.State = StateNotInstalled
+		return ts
+	}
+	chains := []ruleset.Chain{ruleset.TapChain(tap, "src"), ruleset.TapChain(tap, "out"), ruleset.TapChain(tap, "in")}
+	if nic.VM.Enable {
+		for _, g := range nic.Groups {
+			chains = append(chains, ruleset.GroupChain(g, "in"), ruleset.GroupChain(g, "out"))
+		}
+	}
+	for _, f := range ruleset.Families {
+		want, have := rs.Tables[f], st.tables[f]
+		for _, name := range chains {
+			c := want.Chain(name)
+			got, present := have.Chains[name]
+			if c == nil {
+				if present {
+					ts.Drifted = append(ts.Drifted, f.String()+"/"+string(name))
+				}
+				continue
+			}
+			if !present || !slices.Equal(got, c.Hashes()) {
+				ts.Drifted = append(ts.Drifted, f.String()+"/"+string(name))
+			}
+			if strings.HasPrefix(string(name), "sg-") {
+				continue
+			}
+			dropped := droppedPackets(c, got, have.Counters[name])
+			if strings.HasSuffix(string(name), "-in") {
+				ts.DroppedIn += dropped
+			} else {
+				ts.DroppedOut += dropped
+			}
+		}
+	}
+	if len(ts.Drifted) > 0 {
+		ts.State = StateDrifted
+	}
+	return ts
+}
+
+// droppedPackets sums the counters of the chain's DROP and REJECT rules,
+// found in the kernel by their fingerprints.
+func droppedPackets(c *ruleset.ChainRules, hashes []string, counters []uint64) uint64 {
+	var sum uint64
+	for _, r := range c.Rules {
+		if !strings.HasSuffix(r.Spec, "-j DROP") && !strings.Contains(r.Spec, "-j REJECT") {
+			continue
+		}
+		h := r.Hash(c.Name)
+		for i, got := range hashes {
+			if got == h && i < len(counters) {
+				sum += counters[i]
+			}
+		}
+	}
+	return sum
+}

@@ -1,0 +1,121 @@
+// Package iptables is the only code in vmfw that runs iptables-save and
+// iptables-restore. It reads back the filter table, keeps only the chains
+// vmfw owns (their rule fingerprints, raw lines and counters) and applies
+// changes as one iptables-restore --noflush transaction per family, so a
+// change is either entirely in the kernel or not at all.
+package iptables
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os/exec"
+	"strings"
+
+	"github.com/vmfw/vmfw/pkg/ruleset"
+)
+
+// Mode is the iptables backend: nf_tables or legacy x_tables.
+type Mode string
+
+// The backends iptables 1.8 offers.
+const (
+	NFT    Mode = "nft"
+	Legacy Mode = "legacy"
+)
+
+// Runner runs a command with stdin and returns its standard output. It is
+// an interface so tests can fake the kernel.
+type Runner interface {
+	Run(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, error)
+}
+
+// ExecRunner runs real commands.
+type ExecRunner struct{}
+
+// Run executes name, returning stdout; the error carries the command line
+// and its stderr, which is where iptables says what went wrong.
+func (ExecRunner) Run(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, name, args...)
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return stdout.Bytes(), nil
+}
+
+// Client talks to one backend for both families.
+type Client struct {
+	mode   Mode
+	runner Runner
+}
+
+// New returns a client for mode; an empty mode detects the backend the
+// host's iptables command uses.
+func New(ctx context.Context, mode Mode, runner Runner) (*Client, error) {
+	if runner == nil {
+		runner = ExecRunner{}
+	}
+	if mode == "" {
+		out, err := runner.Run(ctx, nil, "iptables", "--version")
+		if err != nil {
+			return nil, fmt.Errorf("detecting iptables backend: %w", err)
+		}
+		mode = Legacy
+		if strings.Contains(string(out), "nf_tables") {
+			mode = NFT
+		}
+	}
+	if mode != NFT && mode != Legacy {
+		return nil, fmt.Errorf("unknown iptables backend %q (want nft or legacy)", mode)
+	}
+	return &Client{mode: mode, runner: runner}, nil
+}
+
+// Mode returns the backend in use.
+func (c *Client) Mode() Mode { return c.mode }
+
+func (c *Client) command(f ruleset.Family, tool string) string {
+	base := "iptables"
+	if f == ruleset.IPv6 {
+		base = "ip6tables"
+	}
+	return base + "-" + string(c.mode) + tool
+}
+
+// Snapshot is vmfw's part of one family's filter table.
+type Snapshot struct {
+	ruleset.Observed
+	// Counters maps each owned chain to the packet counter of each rule.
+	Counters map[ruleset.Chain][]uint64
+	// Foreign counts rules in owned chains that carry no vmfw comment.
+	Foreign map[ruleset.Chain]int
+}
+
+// Save reads the filter table of family f and returns vmfw's part of it.
+func (c *Client) Save(ctx context.Context, f ruleset.Family) (*Snapshot, error) {
+	out, err := c.runner.Run(ctx, nil, c.command(f, "-save"), "-c", "-t", "filter")
+	if err != nil {
+		return nil, fmt.Errorf("reading %s filter table: %w", f, err)
+	}
+	s, err := Parse(out)
+	if err != nil {
+		return nil, fmt.Errorf("reading %s filter table: %w", f, err)
+	}
+	return s, nil
+}
+
+// Restore applies text as one iptables-restore --noflush transaction.
+func (c *Client) Restore(ctx context.Context, f ruleset.Family, text string) error {
+	if text == "" {
+		return nil
+	}
+	if _, err := c.runner.Run(ctx, []byte(text), c.command(f, "-restore"), "-w", "5", "--noflush"); err != nil {
+		return fmt.Errorf("applying %s rules: %w", f, err)
+	}
+	return nil
+}

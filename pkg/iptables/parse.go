@@ -1,0 +1,179 @@
+package iptables
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/vmfw/vmfw/pkg/ruleset"
+)
+
+// savedRule is one "-A" line of iptables-save output.
+type savedRule struct {
+	chain   ruleset.Chain
+	line    string // without the counters
+	packets uint64
+	hash    string // "" when the rule has no vmfw comment
+	target  ruleset.Chain
+}
+
+// Parse extracts vmfw's chains and hooks from iptables-save -c output of
+// the filter table. A chain is vmfw's when it is named like one and either
+// carries a vmfw comment or is the target of a rule that does; a chain
+// someone else named "web-in" is therefore left alone.
+func Parse(save []byte) (*Snapshot, error) {
+	var declared []ruleset.Chain
+	var rules []savedRule
+	inFilter := false
+	sc := bufio.NewScanner(bytes.NewReader(save))
+	sc.Buffer(make([]byte, 1<<20), 1<<26)
+	for lineNo := 1; sc.Scan(); lineNo++ {
+		line := sc.Text()
+		switch {
+		case line == "" || strings.HasPrefix(line, "#"):
+		case strings.HasPrefix(line, "*"):
+			inFilter = line == "*filter"
+		case line == "COMMIT":
+			inFilter = false
+		case !inFilter:
+		case strings.HasPrefix(line, ":"):
+			name, _, _ := strings.Cut(line[1:], " ")
+			declared = append(declared, ruleset.Chain(name))
+		default:
+			r, err := parseRule(line)
+			if err != nil {
+				return nil, fmt.Errorf("line %d: %w", lineNo, err)
+			}
+			rules = append(rules, r)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+
+	owned := map[ruleset.Chain]bool{}
+	for _, c := range declared {
+		if strings.HasPrefix(string(c), "vmfw-") && ruleset.IsOwnedName(string(c)) {
+			owned[c] = true
+		}
+	}
+	for _, r := range rules {
+		if r.hash == "" {
+			continue
+		}
+		if ruleset.IsOwnedName(string(r.chain)) {
+			owned[r.chain] = true
+		}
+		if r.target != "" && ruleset.IsOwnedName(string(r.target)) {
+			owned[r.target] = true
+		}
+	}
+
+	s := &Snapshot{
+		Observed: ruleset.Observed{
+			Chains: map[ruleset.Chain][]string{},
+			Lines:  map[ruleset.Chain][]string{},
+			Hooks:  map[ruleset.Hook]int{},
+		},
+		Counters: map[ruleset.Chain][]uint64{},
+		Foreign:  map[ruleset.Chain]int{},
+	}
+	for _, c := range declared {
+		if owned[c] {
+			s.Chains[c] = []string{}
+		}
+	}
+	for _, r := range rules {
+		if (r.chain == ruleset.Forward || r.chain == ruleset.Input) && r.hash != "" && owned[r.target] {
+			s.Hooks[ruleset.Hook{From: r.chain, To: r.target}]++
+			continue
+		}
+		if !owned[r.chain] {
+			continue
+		}
+		s.Chains[r.chain] = append(s.Chains[r.chain], r.hash)
+		s.Lines[r.chain] = append(s.Lines[r.chain], r.line)
+		s.Counters[r.chain] = append(s.Counters[r.chain], r.packets)
+		if r.hash == "" {
+			s.Foreign[r.chain]++
+		}
+	}
+	return s, nil
+}
+
+func parseRule(line string) (savedRule, error) {
+	var r savedRule
+	if strings.HasPrefix(line, "[") {
+		counters, rest, ok := strings.Cut(line[1:], "] ")
+		if !ok {
+			return r, fmt.Errorf("malformed counters in %q", line)
+		}
+		pkts, _, _ := strings.Cut(counters, ":")
+		n, err := strconv.ParseUint(pkts, 10, 64)
+		if err != nil {
+			return r, fmt.Errorf("malformed counters in %q", line)
+		}
+		r.packets, line = n, rest
+	}
+	r.line = line
+	words, err := splitWords(line)
+	if err != nil {
+		return r, err
+	}
+	if len(words) < 2 || words[0] != "-A" {
+		return r, fmt.Errorf("unexpected line %q", line)
+	}
+	r.chain = ruleset.Chain(words[1])
+	for i := 2; i+1 < len(words); i++ {
+		switch words[i] {
+		case "--comment":
+			if h, ok := strings.CutPrefix(words[i+1], ruleset.CommentPrefix); ok {
+				h, _, _ = strings.Cut(h, " ")
+				r.hash = h
+			}
+		case "-j", "-g", "--jump", "--goto":
+			r.target = ruleset.Chain(words[i+1])
+		}
+	}
+	return r, nil
+}
+
+// splitWords splits an iptables-save line into words, honouring the double
+// quotes (with backslash escapes) iptables puts around arguments with spaces.
+func splitWords(s string) ([]string, error) {
+	var words []string
+	var cur strings.Builder
+	inWord, quoted := false, false
+	for i := 0; i < len(s); i++ {
+		ch := s[i]
+		switch {
+		case quoted && ch == '\\' && i+1 < len(s):
+			i++
+			cur.WriteByte(s[i])
+		case quoted && ch == '"':
+			quoted = false
+		case quoted:
+			cur.WriteByte(ch)
+		case ch == '"':
+			quoted, inWord = true, true
+		case ch == ' ' || ch == '\t':
+			if inWord {
+				words = append(words, cur.String())
+				cur.Reset()
+				inWord = false
+			}
+		default:
+			cur.WriteByte(ch)
+			inWord = true
+		}
+	}
+	if quoted {
+		return nil, fmt.Errorf("unterminated quote in %q", s)
+	}
+	if inWord {
+		words = append(words, cur.String())
+	}
+	return words, nil
+}
