@@ -1,0 +1,386 @@
+// Package integration holds vmfw's root tests: each builds a hypervisor in
+// throwaway network namespaces (package labnet), runs the real vmfw binary
+// inside it and proves every firewall behaviour with real packets.
+package integration
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vmfw/vmfw/integration/labnet"
+)
+
+// vmfwBin is the binary under test: $VMFW_BIN, or built by TestMain.
+var vmfwBin string
+
+func TestMain(m *testing.M) {
+	if os.Geteuid() != 0 {
+		fmt.Println("integration tests need root (network namespaces, iptables); skipping")
+		os.Exit(0)
+	}
+	vmfwBin = os.Getenv("VMFW_BIN")
+	if vmfwBin == "" {
+		dir, err := os.MkdirTemp("", "vmfw-bin")
+		if err != nil {
+			fmt.Println(err)
+			os.Exit(1)
+		}
+		vmfwBin = filepath.Join(dir, "vmfw")
+		out, err := exec.Command("go", "build", "-o", vmfwBin, "github.com/vmfw/vmfw/plugins/vmfw").CombinedOutput()
+		if err != nil {
+			fmt.Printf("building vmfw: %v\n%s", err, out)
+			os.Exit(1)
+		}
+		code := m.Run()
+		os.RemoveAll(dir)
+		os.Exit(code)
+	}
+	os.Exit(m.Run())
+}
+
+// backends are the iptables backends every firewall test runs with.
+var backends = []string{"nft", "legacy"}
+
+// forEachBackend runs fn as a parallel subtest per iptables backend.
+func forEachBackend(t *testing.T, fn func(t *testing.T, backend string)) {
+	for _, b := range backends {
+		t.Run(b, func(t *testing.T) {
+			t.Parallel()
+			fn(t, b)
+		})
+	}
+}
+
+// hv is one test hypervisor: a lab, a private copy of a config directory
+// and the backend vmfw runs with.
+type hv struct {
+	t       *testing.T
+	lab     *labnet.Lab
+	ns      *labnet.NS
+	config  string
+	backend string
+}
+
+// newHV builds a lab and copies the config directory src (may be "") into
+// a temporary directory the test can edit.
+func newHV(t *testing.T, backend, src string) *hv {
+	t.Helper()
+	lab, err := labnet.New(labnet.Options{})
+	if err != nil {
+		t.Fatalf("creating lab: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := lab.Close(); err != nil {
+			t.Errorf("closing lab: %v", err)
+		}
+	})
+	h := &hv{t: t, lab: lab, ns: lab.Hypervisor(), config: t.TempDir(), backend: backend}
+	for _, d := range []string{"groups", "vms"} {
+		if err := os.MkdirAll(filepath.Join(h.config, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if src != "" {
+		copyDir(t, src, h.config)
+	}
+	return h
+}
+
+func copyDir(t *testing.T, src, dst string) {
+	t.Helper()
+	err := filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, path)
+		if d.IsDir() {
+			return os.MkdirAll(filepath.Join(dst, rel), 0o755)
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(filepath.Join(dst, rel), data, 0o644)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// write puts a config file (relative to the config dir).
+func (h *hv) write(rel, content string) {
+	h.t.Helper()
+	if err := os.WriteFile(filepath.Join(h.config, rel), []byte(content), 0o644); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+func (h *hv) remove(rel string) {
+	h.t.Helper()
+	if err := os.Remove(filepath.Join(h.config, rel)); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+// run runs vmfw inside the hypervisor namespace and returns its output and
+// exit status.
+func (h *hv) run(args ...string) (stdout, stderr string, code int) {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	full := append([]string{"ip", "netns", "exec", h.ns.Name, vmfwBin, "--iptables", h.backend, "--config-dir", h.config}, args...)
+	cmd := exec.CommandContext(ctx, full[0], full[1:]...)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	var exit *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &exit):
+		code = exit.ExitCode()
+	default:
+		h.t.Fatalf("running vmfw %v: %v", args, err)
+	}
+	return o.String(), e.String(), code
+}
+
+// vmfw runs vmfw and fails the test unless it exits 0.
+func (h *hv) vmfw(args ...string) string {
+	h.t.Helper()
+	out, errOut, code := h.run(args...)
+	if code != 0 {
+		h.t.Fatalf("vmfw %s: exit %d\n%s%s", strings.Join(args, " "), code, out, errOut)
+	}
+	return out
+}
+
+// exec runs a command in the hypervisor namespace.
+func (h *hv) exec(args ...string) string {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := h.ns.Exec(ctx, args...)
+	if err != nil {
+		h.t.Fatalf("%v: %v\n%s", args, err, out)
+	}
+	return string(out)
+}
+
+// tool returns the backend's name of an iptables command.
+func (h *hv) tool(name string) string {
+	base, action, _ := strings.Cut(name, "-")
+	if action == "" {
+		return base + "-" + h.backend
+	}
+	return base + "-" + h.backend + "-" + action
+}
+
+// save returns iptables-save (ip6tables-save for v6) of the filter table
+// without comments and counters, so equal rulesets compare equal.
+func (h *hv) save(v6 bool) string {
+	h.t.Helper()
+	cmd := "iptables"
+	if v6 {
+		cmd = "ip6tables"
+	}
+	out := h.exec(h.tool(cmd+"-save"), "-t", "filter")
+	var keep []string
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, "#") || l == "" {
+			continue
+		}
+		if strings.HasPrefix(l, ":") {
+			l = counters.ReplaceAllString(l, "")
+		}
+		keep = append(keep, l)
+	}
+	return strings.Join(keep, "\n") + "\n"
+}
+
+var counters = regexp.MustCompile(` \[\d+:\d+\]$`)
+
+// chains splits a save into chain name → rule lines.
+func chains(save string) map[string][]string {
+	out := map[string][]string{}
+	for _, l := range strings.Split(save, "\n") {
+		if name, ok := strings.CutPrefix(l, ":"); ok {
+			name, _, _ = strings.Cut(name, " ")
+			if out[name] == nil {
+				out[name] = []string{}
+			}
+			continue
+		}
+		if rest, ok := strings.CutPrefix(l, "-A "); ok {
+			name, _, _ := strings.Cut(rest, " ")
+			out[name] = append(out[name], l)
+		}
+	}
+	return out
+}
+
+// changedChains lists chains that differ between two saves.
+func changedChains(before, after string) []string {
+	a, b := chains(before), chains(after)
+	var diff []string
+	for name, rules := range a {
+		if strings.Join(rules, "\n") != strings.Join(b[name], "\n") || b[name] == nil {
+			diff = append(diff, name)
+		}
+	}
+	for name := range b {
+		if a[name] == nil {
+			diff = append(diff, name)
+		}
+	}
+	sort.Strings(diff)
+	return diff
+}
+
+// ipsets returns "ipset save" in the hypervisor namespace, sorted.
+func (h *hv) ipsets() string {
+	h.t.Helper()
+	lines := strings.Split(strings.TrimSpace(h.exec("ipset", "save")), "\n")
+	sort.Strings(lines)
+	return strings.Join(lines, "\n")
+}
+
+// vm adds a VM namespace behind tap with the v4 and v6 address of its
+// number, e.g. vm(101, mac) gets 192.0.2.101/24 and 2001:db8::101/64.
+func (h *hv) vm(tap, mac, v4, v6 string) *labnet.NS {
+	h.t.Helper()
+	addrs := []string{v4 + "/24"}
+	if v6 != "" {
+		addrs = append(addrs, v6+"/64")
+	}
+	ns, err := h.lab.AddVM(tap, mac, addrs...)
+	if err != nil {
+		h.t.Fatalf("adding VM %s: %v", tap, err)
+	}
+	return ns
+}
+
+// serve starts TCP echo servers on the given ports of addr.
+func (h *hv) serve(ns *labnet.NS, addr string, ports ...int) {
+	h.t.Helper()
+	for _, p := range ports {
+		stop, err := labnet.ServeTCP(ns, hostPort(addr, p))
+		if err != nil {
+			h.t.Fatalf("serving %s:%d: %v", addr, p, err)
+		}
+		h.t.Cleanup(stop)
+	}
+}
+
+func hostPort(addr string, port int) string {
+	if strings.Contains(addr, ":") {
+		return fmt.Sprintf("[%s]:%d", addr, port)
+	}
+	return fmt.Sprintf("%s:%d", addr, port)
+}
+
+// probeTimeout bounds a probe that is expected to be dropped.
+const probeTimeout = 700 * time.Millisecond
+
+// tcp connects from ns to addr:port and returns what happened.
+func tcp(t *testing.T, ns *labnet.NS, addr string, port int) labnet.Result {
+	t.Helper()
+	r, err := labnet.TCPConnect(context.Background(), ns, hostPort(addr, port), probeTimeout)
+	if err != nil {
+		t.Fatalf("tcp %s -> %s:%d: %v", ns, addr, port, err)
+	}
+	return r
+}
+
+// expectTCP asserts that a connection from ns to addr:port connects (open)
+// or does not (dropped or refused).
+func expectTCP(t *testing.T, what string, ns *labnet.NS, addr string, port int, open bool) {
+	t.Helper()
+	r := tcp(t, ns, addr, port)
+	if open && r != labnet.Connected {
+		t.Errorf("%s: tcp %s:%d should connect, got %v", what, addr, port, r)
+	}
+	if !open && r == labnet.Connected {
+		t.Errorf("%s: tcp %s:%d should be blocked, but it connected", what, addr, port)
+	}
+}
+
+// probe is one expected TCP flow.
+type probe struct {
+	what string
+	from *labnet.NS
+	addr string
+	port int
+	open bool
+}
+
+// expectAll runs the probes concurrently (a blocked probe waits for its
+// timeout, so running them one by one would take minutes) and reports each
+// unexpected result.
+func expectAll(t *testing.T, probes []probe) {
+	t.Helper()
+	type result struct {
+		r   labnet.Result
+		err error
+	}
+	results := make([]result, len(probes))
+	sem := make(chan struct{}, 24)
+	var wg sync.WaitGroup
+	for i, p := range probes {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			r, err := labnet.TCPConnect(context.Background(), p.from, hostPort(p.addr, p.port), probeTimeout)
+			results[i] = result{r, err}
+		}()
+	}
+	wg.Wait()
+	for i, p := range probes {
+		r := results[i]
+		switch {
+		case r.err != nil:
+			t.Errorf("%s: %v", p.what, r.err)
+		case p.open && r.r != labnet.Connected:
+			t.Errorf("%s: tcp %s:%d should connect, got %v", p.what, p.addr, p.port, r.r)
+		case !p.open && r.r == labnet.Connected:
+			t.Errorf("%s: tcp %s:%d should be blocked, but it connected", p.what, p.addr, p.port)
+		}
+	}
+}
+
+// iptablesCounter returns the packet counter of the first rule in save -c
+// output containing all of the given fragments, or -1.
+func (h *hv) iptablesCounter(v6 bool, fragments ...string) int {
+	h.t.Helper()
+	cmd := "iptables"
+	if v6 {
+		cmd = "ip6tables"
+	}
+	out := h.exec(h.tool(cmd+"-save"), "-c", "-t", "filter")
+next:
+	for _, l := range strings.Split(out, "\n") {
+		for _, f := range fragments {
+			if !strings.Contains(l, f) {
+				continue next
+			}
+		}
+		var pkts, bytes int
+		if _, err := fmt.Sscanf(l, "[%d:%d]", &pkts, &bytes); err == nil {
+			return pkts
+		}
+	}
+	return -1
+}
