@@ -1,0 +1,121 @@
+package integration
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/vmfw/vmfw/integration/labnet"
+)
+
+// TestAntispoof: a VM may send only with its own MAC and addresses, never
+// as a DHCP server or IPv6 router; DHCP discovery (from 0.0.0.0) and IPv6
+// duplicate address detection and neighbour discovery work. Each case
+// sends a raw frame from the VM and looks for it on the external host.
+func TestAntispoof(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, backend string) {
+		h := newHV(t, backend, "")
+		h.write("vms/211.toml", `
+[net0]
+bridge = "vmbr0"
+mac = "02:00:00:00:03:11"
+ips = ["192.0.2.31", "2001:db8::31"]
+`)
+		vm := h.vm("tap211i0", "02:00:00:00:03:11", "192.0.2.31", "2001:db8::31")
+		ext, err := h.lab.AddExternal("uplink0", "02:00:00:00:03:99", "192.0.2.200/24", "2001:db8::200/64")
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.vmfw("ifup", "tap211i0")
+		h.serve(ext, "192.0.2.200", 22)
+
+		own := mustMAC(t, "02:00:00:00:03:11")
+		other := mustMAC(t, "02:00:00:00:03:66")
+		extMAC := mustMAC(t, "02:00:00:00:03:99")
+		ip4 := func(s string, port uint16) netip.AddrPort { return netip.AddrPortFrom(netip.MustParseAddr(s), port) }
+		linkLocal := netip.MustParseAddr("fe80::ff:fe00:311")
+
+		cases := []struct {
+			name    string
+			frame   func(marker []byte) []byte
+			through bool
+		}{
+			{"own MAC and IPv4", func(m []byte) []byte {
+				return labnet.UDP4Frame(own, extMAC, ip4("192.0.2.31", 4000), ip4("192.0.2.200", 5000), m)
+			}, true},
+			{"own MAC and IPv6", func(m []byte) []byte {
+				return labnet.UDP6Frame(own, extMAC, ip4("2001:db8::31", 4000), ip4("2001:db8::200", 5000), m)
+			}, true},
+			{"spoofed MAC", func(m []byte) []byte {
+				return labnet.UDP4Frame(other, extMAC, ip4("192.0.2.31", 4000), ip4("192.0.2.200", 5000), m)
+			}, false},
+			{"spoofed IPv4 source", func(m []byte) []byte {
+				return labnet.UDP4Frame(own, extMAC, ip4("192.0.2.99", 4000), ip4("192.0.2.200", 5000), m)
+			}, false},
+			{"spoofed IPv6 source", func(m []byte) []byte {
+				return labnet.UDP6Frame(own, extMAC, ip4("2001:db8::99", 4000), ip4("2001:db8::200", 5000), m)
+			}, false},
+			{"DHCP server offer", func(m []byte) []byte {
+				return labnet.DHCPOfferFrame(own, netip.MustParseAddr("192.0.2.31"), extMAC, netip.MustParseAddr("192.0.2.77"), m)
+			}, false},
+			{"IPv6 router advertisement", func(m []byte) []byte {
+				return labnet.RouterAdvertFrame(own, linkLocal, m)
+			}, false},
+			{"DHCP discover from 0.0.0.0", func(m []byte) []byte {
+				return labnet.DHCPDiscoverFrame(own, m)
+			}, true},
+			{"IPv6 duplicate address detection", func(m []byte) []byte {
+				return labnet.DADSolicitFrame(own, netip.MustParseAddr("2001:db8::31"), m)
+			}, true},
+		}
+		for _, c := range cases {
+			marker := labnet.NewMarker()
+			capture, err := labnet.StartCapture(ext, "eth0", labnet.HasMarker(marker))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := labnet.SendFrame(vm, "eth0", c.frame(marker)); err != nil {
+				capture.Close()
+				t.Fatalf("%s: sending: %v", c.name, err)
+			}
+			wait := 2 * time.Second
+			if !c.through {
+				wait = probeTimeout
+			}
+			got, err := capture.Wait(wait)
+			capture.Close()
+			if err != nil {
+				t.Fatalf("%s: capturing: %v", c.name, err)
+			}
+			if got != c.through {
+				t.Errorf("%s: frame arrived = %v, want %v", c.name, got, c.through)
+			}
+		}
+
+		// Neighbour discovery works: an IPv6 ping needs NS/NA both ways.
+		if r, err := labnet.Ping(context.Background(), vm, "2001:db8::200", 2*time.Second); err != nil || r != labnet.Connected {
+			t.Errorf("IPv6 ping from the VM (needs NDP): %v %v", r, err)
+		}
+		if r := tcp(t, vm, "192.0.2.200", 22); r != labnet.Connected {
+			t.Fatalf("control connection before the MAC change: %v", r)
+		}
+		// A VM that changes its MAC gets nothing through.
+		if out, err := vm.Exec(context.Background(), "ip", "link", "set", "eth0", "address", "02:00:00:00:03:66"); err != nil {
+			t.Fatalf("changing MAC: %v %s", err, out)
+		}
+		if r := tcp(t, vm, "192.0.2.200", 22); r == labnet.Connected {
+			t.Errorf("VM with a changed MAC still connects")
+		}
+	})
+}
+
+func mustMAC(t *testing.T, s string) net.HardwareAddr {
+	t.Helper()
+	m, err := net.ParseMAC(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
