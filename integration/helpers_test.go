@@ -16,6 +16,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -209,6 +210,8 @@ func (h *hv) save(v6 bool) string {
 	return strings.Join(keep, "\n") + "\n"
 }
 
+var initval = regexp.MustCompile(` initval 0x[0-9a-f]+`)
+
 var counters = regexp.MustCompile(` \[\d+:\d+\]$`)
 
 // chains splits a save into chain name → rule lines.
@@ -252,6 +255,10 @@ func changedChains(before, after string) []string {
 func (h *hv) ipsets() string {
 	h.t.Helper()
 	lines := strings.Split(strings.TrimSpace(h.exec("ipset", "save")), "\n")
+	for i, l := range lines {
+		// The hash seed is random per set; it says nothing about contents.
+		lines[i] = initval.ReplaceAllString(l, "")
+	}
 	sort.Strings(lines)
 	return strings.Join(lines, "\n")
 }
@@ -383,4 +390,77 @@ next:
 		}
 	}
 	return -1
+}
+
+func lookPath(name string) (string, error) { return exec.LookPath(name) }
+
+// waitFor polls cond for up to ten seconds.
+func waitFor(cond func() bool) bool {
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if cond() {
+			return true
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return false
+}
+
+// process is a command running in a namespace.
+type process struct {
+	cmd *exec.Cmd
+	out *bytes.Buffer
+	mu  *sync.Mutex
+}
+
+type lockedBuffer struct {
+	mu  *sync.Mutex
+	buf *bytes.Buffer
+}
+
+func (b lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// startInNS starts a long-running command in namespace ns; the test's
+// cleanup kills it if the test did not stop it.
+func startInNS(t *testing.T, ns string, name string, args ...string) *process {
+	t.Helper()
+	p := &process{out: &bytes.Buffer{}, mu: &sync.Mutex{}}
+	p.cmd = exec.Command("ip", append([]string{"netns", "exec", ns, name}, args...)...)
+	w := lockedBuffer{p.mu, p.out}
+	p.cmd.Stdout, p.cmd.Stderr = w, w
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("starting %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		if p.cmd.ProcessState == nil {
+			p.cmd.Process.Kill()
+			p.cmd.Wait()
+		}
+	})
+	return p
+}
+
+func (p *process) output() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.out.String()
+}
+
+// stop sends SIGTERM and waits for the process to exit.
+func (p *process) stop(t *testing.T) {
+	t.Helper()
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- p.cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		p.cmd.Process.Kill()
+		<-done
+		t.Errorf("process did not exit on SIGTERM: %s", p.output())
+	}
 }

@@ -61,10 +61,14 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err == nil {
 		return ExitOK
 	}
-	fmt.Fprintln(stderr, "vmfw: "+err.Error())
 	var ue *usageError
 	var ce *engine.ConfigError
 	var fe *config.Error
+	if errors.As(err, &fe) && !filepath.IsAbs(fe.File) {
+		// Name the file as the operator can open it.
+		fe.File = filepath.Join(configDirOf(args), fe.File)
+	}
+	fmt.Fprintln(stderr, "vmfw: "+err.Error())
 	switch {
 	case errors.As(err, &ue):
 		fmt.Fprint(stderr, usage)
@@ -73,6 +77,19 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return ExitUsage
 	}
 	return ExitFailed
+}
+
+// configDirOf returns the configuration directory args select.
+func configDirOf(args []string) string {
+	for i, a := range args {
+		if v, ok := strings.CutPrefix(a, "--config-dir="); ok {
+			return v
+		}
+		if (a == "--config-dir" || a == "-config-dir") && i+1 < len(args) {
+			return args[i+1]
+		}
+	}
+	return engine.ConfigDirFromEnv()
 }
 
 func run(ctx context.Context, args []string, stdout io.Writer) error {

@@ -44,10 +44,14 @@ func (l *loader) loadHost() (*Host, *Error) {
 		LogBurst: defaultLogBurst,
 	}
 	path := filepath.Join(l.dir, "vmfw.toml")
-	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
+	fi, lerr := os.Lstat(path)
+	if errors.Is(lerr, fs.ErrNotExist) {
 		return h, nil
 	}
-	f, err := l.open(entry{rel: "vmfw.toml", path: path, stem: "vmfw"}, hostSchema)
+	if lerr != nil {
+		return nil, &Error{File: "vmfw.toml", Msg: "cannot read: " + ioReason(lerr)}
+	}
+	f, err := l.open(entry{rel: "vmfw.toml", path: path, stem: "vmfw", mode: fi.Mode().Type()}, hostSchema)
 	if err != nil {
 		return nil, err
 	}

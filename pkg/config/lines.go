@@ -47,7 +47,6 @@ func scanLines(p *unstable.Parser, data []byte) *keyLines {
 			table = k.header(e)
 		}
 	}
-	k.arrays = nil
 	return k
 }
 
@@ -65,14 +64,14 @@ func (k *keyLines) header(e *unstable.Node) string {
 				k.set(path, line)
 				n := k.arrays[path]
 				k.arrays[path] = n + 1
-				path += "[" + strconv.Itoa(n) + "]"
+				path = index(path, n)
 			}
 			k.set(path, line)
 			break
 		}
 		// [in.x] after [[in]] continues the last element of "in".
 		if n, ok := k.arrays[path]; ok {
-			path += "[" + strconv.Itoa(n-1) + "]"
+			path = index(path, n-1)
 		}
 		k.set(path, line)
 	}
@@ -111,7 +110,7 @@ func (k *keyLines) value(path string, v *unstable.Node, line int) {
 			if c.Kind == unstable.Comment {
 				continue
 			}
-			elem := path + "[" + strconv.Itoa(i) + "]"
+			elem := index(path, i)
 			i++
 			l := line
 			if c.Raw.Length > 0 {

@@ -152,6 +152,9 @@ func (l *loader) setRoot(dir string) *Error {
 // entry is a configuration file found in a subdirectory.
 type entry struct {
 	rel, path, stem string
+	// mode is the type of the directory entry itself (a symlink is not
+	// followed).
+	mode fs.FileMode
 }
 
 // list returns the *.toml files of subdirectory sub, sorted by name. A
@@ -159,15 +162,20 @@ type entry struct {
 // backups and lock files (emacs' .#web.toml), not configuration.
 func (l *loader) list(sub string) ([]entry, *Error) {
 	path := filepath.Join(l.dir, sub)
-	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
-	if err := l.checkInside(sub, path); err != nil {
-		return nil, err
-	}
-	fi, err := os.Stat(path)
 	if err != nil {
 		return nil, &Error{File: sub, Msg: "cannot read directory: " + ioReason(err)}
+	}
+	if fi.Mode()&fs.ModeSymlink != 0 {
+		if err := l.checkInside(sub, path); err != nil {
+			return nil, err
+		}
+		if fi, err = os.Stat(path); err != nil {
+			return nil, &Error{File: sub, Msg: "cannot read directory: " + ioReason(err)}
+		}
 	}
 	if !fi.IsDir() {
 		return nil, &Error{File: sub, Msg: "not a directory"}
@@ -183,27 +191,22 @@ func (l *loader) list(sub string) ([]entry, *Error) {
 		if !ok || strings.HasPrefix(name, ".") {
 			continue
 		}
-		out = append(out, entry{rel: sub + "/" + name, path: filepath.Join(path, name), stem: stem})
+		out = append(out, entry{rel: sub + "/" + name, path: filepath.Join(path, name), stem: stem, mode: de.Type()})
 	}
 	return out, nil
 }
 
-// checkInside rejects a path that resolves outside the configuration
+// checkInside rejects a symlink that resolves outside the configuration
 // directory: the configuration decides what reaches iptables, so it must
-// not be extendable from elsewhere through a link.
+// not be extendable from elsewhere through a link. Entries that are not
+// links are inside when their directory is.
 func (l *loader) checkInside(rel, path string) *Error {
-	fi, err := os.Lstat(path)
-	if err != nil {
-		return &Error{File: rel, Msg: "cannot read: " + ioReason(err)}
-	}
-	if fi.Mode()&fs.ModeSymlink == 0 {
-		// A plain entry is inside if its directory is, which list and
-		// setRoot have checked.
-		return nil
-	}
 	target, err := filepath.EvalSymlinks(path)
-	if err != nil {
+	if errors.Is(err, fs.ErrNotExist) {
 		return &Error{File: rel, Msg: "broken symlink: " + ioReason(err)}
+	}
+	if err != nil {
+		return &Error{File: rel, Msg: "cannot resolve symlink: " + ioReason(err)}
 	}
 	target, err = filepath.Abs(target)
 	if err != nil {
@@ -218,15 +221,19 @@ func (l *loader) checkInside(rel, path string) *Error {
 
 // open reads and checks one configuration file.
 func (l *loader) open(e entry, s *schema) (*file, *Error) {
-	if err := l.checkInside(e.rel, e.path); err != nil {
-		return nil, err
-	}
-	fi, err := os.Stat(e.path)
-	if err != nil {
-		return nil, &Error{File: e.rel, Msg: "cannot read: " + ioReason(err)}
+	mode := e.mode
+	if mode&fs.ModeSymlink != 0 {
+		if err := l.checkInside(e.rel, e.path); err != nil {
+			return nil, err
+		}
+		fi, err := os.Stat(e.path)
+		if err != nil {
+			return nil, &Error{File: e.rel, Msg: "cannot read: " + ioReason(err)}
+		}
+		mode = fi.Mode()
 	}
 	// A FIFO or device would block or never end; only regular files count.
-	if !fi.Mode().IsRegular() {
+	if !mode.IsRegular() {
 		return nil, &Error{File: e.rel, Msg: "not a regular file"}
 	}
 	data, err := l.read(e.path)

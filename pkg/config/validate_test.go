@@ -172,7 +172,7 @@ func TestLoadErrors(t *testing.T) {
 			name:   "syntax error",
 			files:  map[string]string{"groups/web.toml": "description = \"web\"\n[[in]\n"},
 			prefix: "groups/web.toml:2: ",
-			phrase: "",
+			phrase: "to close array table",
 		},
 		{
 			name:   "group unknown key",

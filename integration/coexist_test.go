@@ -1,0 +1,205 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// vmfwLine matches the lines of an iptables-save that belong to vmfw: its
+// chains (declarations and rules) and its hook rules, for the taps of
+// these tests.
+var vmfwLine = regexp.MustCompile(`^(:|-A )(vmfw-|sg-|tap2[0-9]{2}i0-)|vmfw:`)
+
+// foreign returns the lines of a save that are not vmfw's.
+func foreign(save string) string {
+	var keep []string
+	for _, l := range strings.Split(save, "\n") {
+		if !vmfwLine.MatchString(l) {
+			keep = append(keep, l)
+		}
+	}
+	return strings.Join(keep, "\n")
+}
+
+// TestCoexistence: chains, rules and ipsets that exist before vmfw runs are
+// byte-identical after ifup, ifdown, apply and flush, and flush leaves no
+// vmfw object behind.
+func TestCoexistence(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, backend string) {
+		h := newHV(t, backend, "")
+		h.write("groups/db.toml", dbGroup)
+		h.write("groups/app.toml", appGroup)
+		h.write("vms/251.toml", vmFile("02:00:00:00:07:51", "192.0.2.71", "2001:db8::71", "app", "db"))
+		h.write("vms/252.toml", vmFile("02:00:00:00:07:52", "192.0.2.72", "2001:db8::72", "app"))
+		h.vm("tap251i0", "02:00:00:00:07:51", "192.0.2.71", "2001:db8::71")
+		h.vm("tap252i0", "02:00:00:00:07:52", "192.0.2.72", "2001:db8::72")
+
+		h.exec("ipset", "create", "blocklist", "hash:net")
+		h.exec("ipset", "add", "blocklist", "203.0.113.0/24")
+		for _, fam := range []string{"iptables", "ip6tables"} {
+			ipt := h.tool(fam)
+			h.exec(ipt, "-N", "web-in") // named like a tap chain, not vmfw's
+			h.exec(ipt, "-A", "web-in", "-p", "tcp", "--dport", "80", "-j", "ACCEPT")
+			h.exec(ipt, "-N", "DOCKER-USER")
+			h.exec(ipt, "-A", "DOCKER-USER", "-j", "RETURN")
+			h.exec(ipt, "-A", "FORWARD", "-j", "DOCKER-USER")
+			h.exec(ipt, "-A", "FORWARD", "-i", "eth9", "-m", "comment", "--comment", "host rule", "-j", "ACCEPT")
+			h.exec(ipt, "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "web-in")
+			h.exec(ipt, "-P", "FORWARD", "DROP")
+		}
+		h.exec(h.tool("iptables"), "-A", "INPUT", "-m", "set", "--match-set", "blocklist", "src", "-j", "DROP")
+		orig4, orig6, origSets := h.save(false), h.save(true), h.ipsets()
+
+		check := func(step string) {
+			t.Helper()
+			if got := foreign(h.save(false)); got != foreign(orig4) {
+				t.Errorf("after %s: foreign IPv4 rules changed:\nbefore:\n%s\nafter:\n%s", step, foreign(orig4), got)
+			}
+			if got := foreign(h.save(true)); got != foreign(orig6) {
+				t.Errorf("after %s: foreign IPv6 rules changed", step)
+			}
+			if !strings.Contains(h.ipsets(), "add blocklist 203.0.113.0/24") {
+				t.Errorf("after %s: foreign ipset changed:\n%s", step, h.ipsets())
+			}
+		}
+		h.vmfw("ifup", "tap251i0")
+		check("ifup")
+		h.vmfw("ifup", "tap252i0")
+		h.vmfw("ifdown", "tap252i0")
+		check("ifdown")
+		h.vmfw("apply")
+		check("apply")
+		h.vmfw("flush")
+		check("flush")
+		if got := h.save(false); got != orig4 {
+			t.Errorf("after flush the IPv4 table differs from before vmfw ran:\nbefore:\n%s\nafter:\n%s", orig4, got)
+		}
+		if got := h.save(true); got != orig6 {
+			t.Errorf("after flush the IPv6 table differs from before vmfw ran")
+		}
+		if got := h.ipsets(); got != origSets {
+			t.Errorf("after flush ipsets differ:\nbefore:\n%s\nafter:\n%s", origSets, got)
+		}
+		h.vmfw("flush") // idempotent
+	})
+}
+
+// TestConcurrentIfupIfdown: twenty concurrent ifup (QEMU starting twenty
+// VMs at once) all succeed and give the same ruleset as twenty serial ones;
+// twenty concurrent ifdown remove everything but the base chains.
+func TestConcurrentIfupIfdown(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, backend string) {
+		h := newHV(t, backend, "")
+		h.write("groups/db.toml", dbGroup)
+		h.write("groups/app.toml", appGroup)
+		var taps []string
+		for i := range 20 {
+			id := 260 + i
+			tap := fmt.Sprintf("tap%di0", id)
+			taps = append(taps, tap)
+			groups := []string{"app"}
+			if i%2 == 0 {
+				groups = append(groups, "db")
+			}
+			h.write(fmt.Sprintf("vms/%d.toml", id), vmFile(fmt.Sprintf("02:00:00:00:08:%02x", i), fmt.Sprintf("192.0.2.%d", 100+i), fmt.Sprintf("2001:db8::8:%d", i), groups...))
+			// The taps only need to exist: veth pairs inside the hypervisor.
+			h.exec("ip", "link", "add", tap, "type", "veth", "peer", "name", fmt.Sprintf("p%d", id))
+		}
+		parallel := func(cmd string) {
+			var wg sync.WaitGroup
+			errs := make([]string, len(taps))
+			for i, tap := range taps {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					out, errOut, code := h.run(cmd, tap)
+					if code != 0 {
+						errs[i] = fmt.Sprintf("%s %s: exit %d: %s%s", cmd, tap, code, out, errOut)
+					}
+				}()
+			}
+			wg.Wait()
+			for _, e := range errs {
+				if e != "" {
+					t.Error(e)
+				}
+			}
+		}
+		parallel("ifup")
+		conc4, conc6, concSets := h.save(false), h.save(true), h.ipsets()
+		h.vmfw("flush")
+		for _, tap := range taps {
+			h.vmfw("ifup", tap)
+		}
+		if h.save(false) != conc4 || h.save(true) != conc6 {
+			t.Errorf("concurrent ifup gave another ruleset than serial ifup:\n%v", changedChains(conc4, h.save(false)))
+		}
+		if h.ipsets() != concSets {
+			t.Errorf("concurrent ifup gave other ipsets than serial ifup")
+		}
+		parallel("ifdown")
+		for name := range chains(h.save(false)) {
+			if strings.HasPrefix(name, "tap") || strings.HasPrefix(name, "sg-") {
+				t.Errorf("chain %s remains after concurrent ifdown", name)
+			}
+		}
+	})
+}
+
+// TestQEMU starts a real QEMU with vmfw-ifup / vmfw-ifdown as its tap
+// scripts (no guest OS needed): while QEMU runs the tap has its chains and
+// is on its bridge; after QEMU exits both are gone.
+func TestQEMU(t *testing.T) {
+	qemu, err := lookPath("qemu-system-x86_64")
+	if err != nil {
+		t.Fatal("qemu-system-x86_64 is required (make deps installs it): ", err)
+	}
+	forEachBackend(t, func(t *testing.T, backend string) {
+		h := newHV(t, backend, "")
+		h.write("groups/app.toml", appGroup)
+		h.write("vms/120.toml", vmFile("52:54:00:12:34:56", "192.0.2.120", "2001:db8::120", "app"))
+		// QEMU passes only the tap name; the scripts carry the rest, as
+		// conf/qemu/ shows for a real host.
+		dir := t.TempDir()
+		for _, name := range []string{"ifup", "ifdown"} {
+			link := filepath.Join(dir, "vmfw-"+name)
+			if err := os.Symlink(vmfwBin, link); err != nil {
+				t.Fatal(err)
+			}
+			script := fmt.Sprintf("#!/bin/sh\nexport VMFW_CONFIG_DIR=%s VMFW_IPTABLES=%s\nexec %s \"$@\"\n", h.config, backend, link)
+			if err := os.WriteFile(filepath.Join(dir, name+".sh"), []byte(script), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		q := startInNS(t, h.ns.Name, qemu, "-M", "none", "-nodefaults", "-display", "none",
+			"-netdev", fmt.Sprintf("tap,id=n0,ifname=tap120i0,script=%s,downscript=%s", filepath.Join(dir, "ifup.sh"), filepath.Join(dir, "ifdown.sh")))
+		onBridge := func() bool {
+			out, err := h.ns.Exec(context.Background(), "ip", "link", "show", "tap120i0")
+			return err == nil && strings.Contains(string(out), "master vmbr0")
+		}
+		if !waitFor(onBridge) {
+			t.Fatalf("tap120i0 never joined vmbr0; qemu output: %s", q.output())
+		}
+		for _, v6 := range []bool{false, true} {
+			s := h.save(v6)
+			for _, want := range []string{":tap120i0-in", ":tap120i0-out", "--physdev-in tap120i0"} {
+				if !strings.Contains(s, want) {
+					t.Errorf("v6=%v: %q missing while QEMU runs", v6, want)
+				}
+			}
+		}
+		q.stop(t)
+		if s := h.save(false); strings.Contains(s, "tap120i0") {
+			t.Errorf("tap120i0 chains remain after QEMU exited:\n%s", s)
+		}
+		if strings.Contains(h.ipsets(), "192.0.2.120") {
+			t.Errorf("VM 120's membership remains after QEMU exited")
+		}
+	})
+}
