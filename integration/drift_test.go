@@ -1,0 +1,91 @@
+package integration
+
+import (
+	"encoding/json"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// statusJSON mirrors the parts of "vmfw status -o json" the tests read.
+type statusJSON struct {
+	Base string `json:"base"`
+	Taps []struct {
+		Tap       string   `json:"tap"`
+		State     string   `json:"state"`
+		Drifted   []string `json:"drifted"`
+		Groups    []string `json:"groups"`
+		DroppedIn uint64   `json:"dropped_in"`
+	} `json:"taps"`
+}
+
+func (h *hv) status() statusJSON {
+	h.t.Helper()
+	var st statusJSON
+	out := h.vmfw("status", "-o", "json")
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		h.t.Fatalf("status -o json: %v\n%s", err, out)
+	}
+	return st
+}
+
+// TestDriftIsReportedAndRepaired: a chain flushed behind vmfw's back shows
+// as drifted in status, apply rewrites exactly that chain, and after a
+// "reboot" (empty kernel ruleset and no ipsets) apply restores everything.
+func TestDriftIsReportedAndRepaired(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, backend string) {
+		h := newHV(t, backend, "")
+		h.write("groups/db.toml", dbGroup)
+		h.write("groups/app.toml", appGroup)
+		h.write("vms/291.toml", vmFile("02:00:00:00:0a:91", "192.0.2.81", "2001:db8::81", "app", "db"))
+		h.write("vms/292.toml", vmFile("02:00:00:00:0a:92", "192.0.2.82", "2001:db8::82", "app"))
+		a := h.vm("tap291i0", "02:00:00:00:0a:91", "192.0.2.81", "2001:db8::81")
+		b := h.vm("tap292i0", "02:00:00:00:0a:92", "192.0.2.82", "2001:db8::82")
+		h.vmfw("ifup", "tap291i0")
+		h.vmfw("ifup", "tap292i0")
+		h.serve(a, "192.0.2.81", 22, 2222)
+		good4, good6, goodSets := h.save(false), h.save(true), h.ipsets()
+
+		st := h.status()
+		if st.Base != "in-sync" || len(st.Taps) != 2 || st.Taps[0].State != "in-sync" || !slices.Equal(st.Taps[0].Groups, []string{"app", "db"}) {
+			t.Fatalf("status after ifup: %+v", st)
+		}
+
+		// Someone flushes a tap chain: with antispoof and policy gone, the
+		// VM's in chain lets everything through.
+		h.exec(h.tool("iptables"), "-F", "tap291i0-in")
+		expectAll(t, []probe{{"flushed chain lets 2222 in", b, "192.0.2.81", 2222, true}})
+		st = h.status()
+		if st.Taps[0].Tap != "tap291i0" || st.Taps[0].State != "drifted" || !slices.Equal(st.Taps[0].Drifted, []string{"ipv4/tap291i0-in"}) {
+			t.Errorf("status does not report the flushed chain: %+v", st.Taps[0])
+		}
+		if st.Taps[1].State != "in-sync" {
+			t.Errorf("status reports the untouched tap as %s", st.Taps[1].State)
+		}
+		dry := h.vmfw("apply", "--dry-run")
+		if strings.Count(dry, "\n:") != 1 || !strings.Contains(dry, ":tap291i0-in - [0:0]") {
+			t.Errorf("repair would touch more than the flushed chain:\n%s", dry)
+		}
+		h.vmfw("apply")
+		if h.save(false) != good4 || h.save(true) != good6 {
+			t.Errorf("apply did not restore the flushed chain exactly: %v", changedChains(good4, h.save(false)))
+		}
+		expectAll(t, []probe{{"repaired chain blocks 2222", b, "192.0.2.81", 2222, false}})
+
+		// Reboot: the kernel starts with no rules and no sets.
+		h.vmfw("flush")
+		for _, ipt := range []string{"iptables", "ip6tables"} {
+			h.exec(h.tool(ipt), "-F")
+			h.exec(h.tool(ipt), "-X")
+		}
+		h.exec("ipset", "destroy")
+		h.vmfw("apply")
+		if h.save(false) != good4 || h.save(true) != good6 || h.ipsets() != goodSets {
+			t.Errorf("apply after reboot did not restore the ruleset")
+		}
+		expectAll(t, []probe{
+			{"after reboot: member ssh", b, "192.0.2.81", 22, true},
+			{"after reboot: 2222 blocked", b, "192.0.2.81", 2222, false},
+		})
+	})
+}
