@@ -14,7 +14,7 @@ import (
 // vmfwLine matches the lines of an iptables-save that belong to vmfw: its
 // chains (declarations and rules) and its hook rules, for the taps of
 // these tests.
-var vmfwLine = regexp.MustCompile(`^(:|-A )(vmfw-|sg-|tap2[0-9]{2}i0-)|vmfw:`)
+var vmfwLine = regexp.MustCompile(`^(:|-A )(vmfw-|sg-|tap2[0-9]{2}i0-)|vmfw:|-j vmfw-l2$`)
 
 // foreign returns the lines of a save that are not vmfw's.
 func foreign(save string) string {
@@ -54,7 +54,10 @@ func TestCoexistence(t *testing.T) {
 			h.exec(ipt, "-P", "FORWARD", "DROP")
 		}
 		h.exec(h.tool("iptables"), "-A", "INPUT", "-m", "set", "--match-set", "blocklist", "src", "-j", "DROP")
-		orig4, orig6, origSets := h.save(false), h.save(true), h.ipsets()
+		h.exec("ebtables-nft", "-N", "host-l2")
+		h.exec("ebtables-nft", "-A", "host-l2", "-p", "IPX", "-j", "DROP")
+		h.exec("ebtables-nft", "-A", "FORWARD", "-j", "host-l2")
+		orig4, orig6, origSets, origBridge := h.save(false), h.save(true), h.ipsets(), h.bridgeSave()
 
 		check := func(step string) {
 			t.Helper()
@@ -63,6 +66,9 @@ func TestCoexistence(t *testing.T) {
 			}
 			if got := foreign(h.save(true)); got != foreign(orig6) {
 				t.Errorf("after %s: foreign IPv6 rules changed", step)
+			}
+			if got := foreign(h.bridgeSave()); got != foreign(origBridge) {
+				t.Errorf("after %s: foreign ebtables rules changed:\nbefore:\n%s\nafter:\n%s", step, foreign(origBridge), got)
 			}
 			if !strings.Contains(h.ipsets(), "add blocklist 203.0.113.0/24") {
 				t.Errorf("after %s: foreign ipset changed:\n%s", step, h.ipsets())
@@ -82,6 +88,9 @@ func TestCoexistence(t *testing.T) {
 		}
 		if got := h.save(true); got != orig6 {
 			t.Errorf("after flush the IPv6 table differs from before vmfw ran")
+		}
+		if got := h.bridgeSave(); got != origBridge {
+			t.Errorf("after flush ebtables differ:\nbefore:\n%s\nafter:\n%s", origBridge, got)
 		}
 		if got := h.ipsets(); got != origSets {
 			t.Errorf("after flush ipsets differ:\nbefore:\n%s\nafter:\n%s", origSets, got)

@@ -214,6 +214,19 @@ var initval = regexp.MustCompile(` initval 0x[0-9a-f]+`)
 
 var counters = regexp.MustCompile(` \[\d+:\d+\]$`)
 
+// bridgeSave returns ebtables-save of the bridge filter table without
+// comment lines.
+func (h *hv) bridgeSave() string {
+	h.t.Helper()
+	var keep []string
+	for _, l := range strings.Split(h.exec("ebtables-nft-save"), "\n") {
+		if l != "" && !strings.HasPrefix(l, "#") {
+			keep = append(keep, l)
+		}
+	}
+	return strings.Join(keep, "\n") + "\n"
+}
+
 // chains splits a save into chain name → rule lines.
 func chains(save string) map[string][]string {
 	out := map[string][]string{}

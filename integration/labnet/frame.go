@@ -39,7 +39,8 @@ func HasMarker(marker []byte) func(frame []byte) bool {
 }
 
 // UDP4Frame builds an Ethernet+IPv4+UDP frame from any source to any
-// destination, with correct IPv4 header and UDP checksums (TTL 64).
+// destination, with correct IPv4 header and UDP checksums (TTL 64). src and
+// dst must be IPv4 addresses.
 func UDP4Frame(srcMAC, dstMAC net.HardwareAddr, src, dst netip.AddrPort, payload []byte) []byte {
 	udp := udpSegment(src.Port(), dst.Port(), payload)
 	s, d := src.Addr().As4(), dst.Addr().As4()

@@ -15,19 +15,19 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
-// Defaults for Options.
-const (
-	DefaultBridge = "vmbr0"
-)
+// DefaultBridge is the bridge name used when Options.Bridge is empty.
+const DefaultBridge = "vmbr0"
 
 // DefaultBridgeAddrs are the bridge addresses used when Options.BridgeAddrs is
 // empty.
 var DefaultBridgeAddrs = []string{"192.0.2.1/24", "2001:db8::1/64"}
 
 const (
-	// cmdTimeout bounds every ip/sysctl command the lab runs.
+	// cmdTimeout bounds every ip command the lab runs.
 	cmdTimeout = 30 * time.Second
 	// readyTimeout bounds every wait for a link, port or address to settle.
 	readyTimeout = 5 * time.Second
@@ -53,9 +53,10 @@ type Options struct {
 // VM end is eth0, and "external" hosts joined through a veth attached to the
 // bridge (an uplink).
 //
-// Every namespace is named "<id>-<role>" with a random per-lab id, so labs
-// in parallel tests do not collide. The lab never touches the namespace the
-// process runs in: every command it runs names one of its own namespaces.
+// The namespaces are named "<id>-hv" and "<id>-<port>" (vf3a9c-tap101i0),
+// with a random per-lab id, so labs in parallel tests do not collide. The lab
+// never changes the namespace the process runs in: every ip command names one
+// of the lab's namespaces, and the veth pairs are created there.
 //
 // In the hypervisor namespace the lab sets net.ipv6.conf.all.forwarding=0
 // and leaves net.bridge.bridge-nf-call-iptables/ip6tables to the product. In
@@ -65,11 +66,12 @@ type Options struct {
 // and every eth0 the neighbour retransmit time to 100 ms, so that address
 // resolution recovers quickly after a failed probe and a missing host is
 // Unreachable after about 300 ms (3 s with the kernel default). The bridge
-// has a fixed MAC (it does not change as ports come and go), STP off and multicast
-// snooping off, so every port forwards as soon as it is up.
+// has a fixed MAC (it does not change as ports come and go), STP off and
+// multicast snooping off, so a port forwards as soon as it is up.
 //
-// Close removes everything; call it (defer, t.Cleanup) even when setup
-// failed half way. A Lab is safe for concurrent use.
+// New, AddVM and AddExternal undo their own work when they fail. Once New
+// has returned a Lab, call Close (defer, t.Cleanup) whatever happens next. A
+// Lab is safe for concurrent use.
 type Lab struct {
 	id     string
 	bridge string
@@ -78,7 +80,7 @@ type Lab struct {
 	mu      sync.Mutex
 	guests  []*NS           // VM and external namespaces, in creation order
 	ports   map[string]bool // hypervisor-side interface names in use
-	closers []func()        // servers, streams, captures started in the lab
+	closers []closer        // servers, streams, captures started in the lab
 	closed  bool
 }
 
@@ -101,7 +103,8 @@ func New(opts Options) (lab *Lab, err error) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
 	defer cancel()
-	l := &Lab{bridge: opts.Bridge, ports: map[string]bool{opts.Bridge: true}}
+	// "hv" is reserved: a guest's namespace is named after its port.
+	l := &Lab{bridge: opts.Bridge, ports: map[string]bool{opts.Bridge: true, "hv": true}}
 	// The per-lab id is random; a clash with a live lab shows up as an
 	// existing namespace and is retried with another id.
 	for try := 0; l.hv == nil; try++ {
@@ -110,8 +113,8 @@ func New(opts Options) (lab *Lab, err error) {
 		}
 		l.id = "vf" + randHex(2)
 		name := l.id + "-hv"
-		if _, serr := os.Stat(netnsDir + "/" + name); serr == nil {
-			continue // id in use by another lab
+		if idInUse(l.id) {
+			continue // a live lab, or one a killed process left behind
 		}
 		if _, err := run(ctx, "ip", "netns", "add", name); err != nil {
 			if _, serr := os.Stat(netnsDir + "/" + name); serr == nil {
@@ -121,9 +124,10 @@ func New(opts Options) (lab *Lab, err error) {
 		}
 		l.hv = &NS{Name: name, lab: l}
 	}
-	defer func() {
-		if err != nil {
-			if cerr := l.Close(); cerr != nil {
+	done := false
+	defer func() { // also on panic
+		if !done {
+			if cerr := l.Close(); cerr != nil && err != nil {
 				err = fmt.Errorf("%w (cleanup: %v)", err, cerr)
 			}
 		}
@@ -135,7 +139,7 @@ func New(opts Options) (lab *Lab, err error) {
 	); err != nil {
 		return nil, fmt.Errorf("creating bridge %s: %w", l.bridge, err)
 	}
-	if err := sysctl(ctx, l.hv, append(append([]string{"net.ipv6.conf.all.forwarding=0"},
+	if err := sysctl(l.hv, append(append([]string{"net.ipv6.conf.all.forwarding=0"},
 		probeSysctls...), neighSysctls(l.bridge)...)...); err != nil {
 		return nil, err
 	}
@@ -143,10 +147,25 @@ func New(opts Options) (lab *Lab, err error) {
 	if err := ipBatch(ctx, hv, batch...); err != nil {
 		return nil, fmt.Errorf("configuring bridge %s: %w", l.bridge, err)
 	}
-	if err := waitAddrs(l.hv, l.bridge, addrs); err != nil {
+	if err := waitAddrs(l.hv, addrs); err != nil {
 		return nil, err
 	}
+	done = true
 	return l, nil
+}
+
+// idInUse reports whether any namespace name starts with id and a dash.
+func idInUse(id string) bool {
+	entries, err := os.ReadDir(netnsDir)
+	if err != nil {
+		return false // no namespace yet: ip netns add creates the directory
+	}
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), id+"-") {
+			return true
+		}
+	}
+	return false
 }
 
 // ID returns the lab's random id, the prefix of all its namespace names.
@@ -221,9 +240,10 @@ func (l *Lab) addGuest(port, mac string, attach bool, addrStrs []string) (guest 
 		// Close ran meanwhile and may have missed this namespace.
 		return nil, errors.Join(errors.New("labnet: lab is closed"), delNS(guest.Name))
 	}
-	defer func() {
-		if err != nil {
-			if derr := l.removeGuest(guest); derr != nil {
+	done := false
+	defer func() { // also on panic
+		if !done {
+			if derr := l.removeGuest(guest); derr != nil && err != nil {
 				err = fmt.Errorf("%w (cleanup: %v)", err, derr)
 			}
 		}
@@ -237,7 +257,7 @@ func (l *Lab) addGuest(port, mac string, attach bool, addrStrs []string) (guest 
 	); err != nil {
 		return nil, fmt.Errorf("adding veth %s: %w", port, err)
 	}
-	if err := sysctl(ctx, guest, append(slices.Clone(probeSysctls), neighSysctls(guestIf)...)...); err != nil {
+	if err := sysctl(guest, append(slices.Clone(probeSysctls), neighSysctls(guestIf)...)...); err != nil {
 		return nil, err
 	}
 	batch := []string{"link set lo up", "link set " + guestIf + " up"}
@@ -252,19 +272,20 @@ func (l *Lab) addGuest(port, mac string, attach bool, addrStrs []string) (guest 
 	if err := ipBatch(ctx, l.hv.Name, hvCmd); err != nil {
 		return nil, fmt.Errorf("setting up %s: %w", port, err)
 	}
-	if err := waitAddrs(guest, guestIf, addrs); err != nil {
+	if err := waitAddrs(guest, addrs); err != nil {
 		return nil, err
 	}
-	if err := waitLink(guest, guestIf, "", nil); err != nil {
+	if err := waitRunning(guest, guestIf); err != nil {
 		return nil, err
 	}
 	if attach {
 		if err := l.WaitForwarding(port); err != nil {
 			return nil, err
 		}
-	} else if err := waitLink(l.hv, port, "", nil); err != nil {
+	} else if err := waitRunning(l.hv, port); err != nil {
 		return nil, err
 	}
+	done = true
 	return guest, nil
 }
 
@@ -304,40 +325,102 @@ func (l *Lab) AttachToBridge(ifname string) error {
 // port of the bridge in the forwarding state and the bridge itself is up.
 // Call it after the product attached a tap, before sending traffic.
 func (l *Lab) WaitForwarding(ifname string) error {
-	if err := waitLink(l.hv, ifname, l.bridge, func(st linkState) bool {
-		return st.Linkinfo.SlaveData.State == "forwarding"
-	}); err != nil {
-		return err
+	var st portState
+	var err error
+	for deadline := time.Now().Add(readyTimeout); ; time.Sleep(pollInterval) {
+		st, err = showPort(l.hv, ifname)
+		if err == nil && st.Operstate == "UP" && st.Master == l.bridge &&
+			st.Linkinfo.SlaveData.State == "forwarding" {
+			break
+		}
+		if !time.Now().Before(deadline) {
+			if err != nil {
+				return fmt.Errorf("waiting for %s to forward: %w", ifname, err)
+			}
+			return fmt.Errorf("waiting for %s to forward: not ready after %v (operstate %s, master %q, port state %q)",
+				ifname, readyTimeout, st.Operstate, st.Master, st.Linkinfo.SlaveData.State)
+		}
 	}
-	return waitLink(l.hv, l.bridge, "", nil)
+	return waitRunning(l.hv, l.bridge)
 }
 
-// track registers fn to run when the lab closes. If the lab is already
-// closed fn runs at once.
-func (l *Lab) track(fn func()) {
+// closer stops something running in namespace ns.
+type closer struct {
+	ns string
+	fn func()
+}
+
+// track registers fn, which stops something running in ns, to run when the
+// lab closes or ns is removed. If the lab is already closed fn runs at once.
+func (l *Lab) track(ns string, fn func()) {
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
 		fn()
 		return
 	}
-	l.closers = append(l.closers, fn)
+	l.closers = append(l.closers, closer{ns, fn})
 	l.mu.Unlock()
+}
+
+// stopIn runs, newest first, and forgets the closers of namespace ns, or of
+// every namespace if ns is empty.
+func (l *Lab) stopIn(ns string) {
+	l.mu.Lock()
+	var run, keep []closer
+	for _, c := range l.closers {
+		if ns == "" || c.ns == ns {
+			run = append(run, c)
+		} else {
+			keep = append(keep, c)
+		}
+	}
+	l.closers = keep
+	l.mu.Unlock()
+	for i := len(run) - 1; i >= 0; i-- {
+		run[i].fn()
+	}
+}
+
+// Remove deletes a VM or external host created by AddVM or AddExternal:
+// servers, streams and captures started in it are stopped, then its
+// namespace is deleted, which destroys its veth pair, so its tap disappears
+// from the hypervisor as when a VM stops. Its port name can then be reused.
+func (l *Lab) Remove(guest *NS) error {
+	l.mu.Lock()
+	known := slices.Contains(l.guests, guest)
+	l.mu.Unlock()
+	if !known {
+		return fmt.Errorf("removing %v: not a VM or external host of lab %s", guest, l.id)
+	}
+	l.stopIn(guest.Name)
+	// Deleting the hypervisor end first destroys the pair at once; the
+	// kernel tears a deleted namespace down asynchronously, and its links
+	// would linger for a while.
+	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+	defer cancel()
+	port := strings.TrimPrefix(guest.Name, l.id+"-")
+	if err := ipBatch(ctx, l.hv.Name, "link delete "+port); err != nil {
+		if _, serr := showPort(l.hv, port); serr == nil {
+			return fmt.Errorf("removing %s: %w", guest.Name, err)
+		} // already gone
+	}
+	return l.removeGuest(guest)
 }
 
 // Close stops every server, stream and capture started in the lab's
 // namespaces and deletes all its namespaces (which removes their links).
 // It is idempotent; after a partial failure a second Close retries what is
 // left.
+//
+// Sockets opened directly with NS.Do are not tracked: until they are closed
+// they keep their namespace, and its links, alive (though no longer listed
+// by ip netns).
 func (l *Lab) Close() error {
 	l.mu.Lock()
 	l.closed = true
-	closers := l.closers
-	l.closers = nil
 	l.mu.Unlock()
-	for i := len(closers) - 1; i >= 0; i-- {
-		closers[i]()
-	}
+	l.stopIn("")
 
 	var errs []error
 	l.mu.Lock()
@@ -405,10 +488,26 @@ func ipBatch(ctx context.Context, ns string, lines ...string) error {
 	return nil
 }
 
-// sysctl sets kernel parameters inside ns.
-func sysctl(ctx context.Context, ns *NS, settings ...string) error {
-	args := append([]string{"sysctl", "-q", "-w"}, settings...)
-	if _, err := ns.Exec(ctx, args...); err != nil {
+// sysctl sets kernel parameters ("net.ipv4.x=1" or "net/ipv4/neigh/eth0/y=1")
+// inside ns by writing /proc/sys from a thread in the namespace: /proc/sys/net
+// shows the network namespace of the thread that opens it.
+func sysctl(ns *NS, settings ...string) error {
+	err := ns.Do(func() error {
+		for _, kv := range settings {
+			k, v, ok := strings.Cut(kv, "=")
+			if !ok {
+				return fmt.Errorf("sysctl %q: want KEY=VALUE", kv)
+			}
+			if !strings.Contains(k, "/") {
+				k = strings.ReplaceAll(k, ".", "/")
+			}
+			if err := os.WriteFile("/proc/sys/"+k, []byte(v), 0); err != nil {
+				return fmt.Errorf("sysctl %s: %w", kv, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
 		return fmt.Errorf("setting sysctls in %s: %w", ns.Name, err)
 	}
 	return nil
@@ -448,9 +547,8 @@ func checkIfName(name string) error {
 	return nil
 }
 
-// linkState is the part of `ip -j -d link show` the lab reads.
-type linkState struct {
-	Ifname    string `json:"ifname"`
+// portState is the part of `ip -j -d link show` that WaitForwarding reads.
+type portState struct {
 	Operstate string `json:"operstate"`
 	Master    string `json:"master"`
 	Linkinfo  struct {
@@ -458,89 +556,83 @@ type linkState struct {
 			State string `json:"state"`
 		} `json:"info_slave_data"`
 	} `json:"linkinfo"`
-	AddrInfo []struct {
-		Local     string `json:"local"`
-		Tentative bool   `json:"tentative"`
-	} `json:"addr_info"`
 }
 
-// showLink reads the state of dev in ns.
-func showLink(ns *NS, dev string, withAddrs bool) (linkState, error) {
+// showPort reads the bridge-port state of dev in ns.
+func showPort(ns *NS, dev string) (portState, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
 	defer cancel()
-	obj := "link"
-	if withAddrs {
-		obj = "addr"
-	}
-	out, err := run(ctx, "ip", "-n", ns.Name, "-j", "-d", obj, "show", "dev", dev)
+	out, err := run(ctx, "ip", "-n", ns.Name, "-j", "-d", "link", "show", "dev", dev)
 	if err != nil {
-		return linkState{}, err
+		return portState{}, err
 	}
-	var st []linkState
+	var st []portState
 	if err := json.Unmarshal(out, &st); err != nil || len(st) != 1 {
-		return linkState{}, fmt.Errorf("parsing ip -j %s show dev %s in %s: %v: %s", obj, dev, ns.Name, err, out)
+		return portState{}, fmt.Errorf("parsing ip -j link show dev %s in %s: %v: %s", dev, ns.Name, err, out)
 	}
 	return st[0], nil
 }
 
-// waitLink waits until dev in ns is operationally up, a port of master if
-// master is set, and ok(state) if ok is set.
-func waitLink(ns *NS, dev, master string, ok func(linkState) bool) error {
-	var st linkState
-	var err error
-	deadline := time.Now().Add(readyTimeout)
-	for time.Now().Before(deadline) {
-		st, err = showLink(ns, dev, false)
-		if err == nil && st.Operstate == "UP" && st.Master == master && (ok == nil || ok(st)) {
-			return nil
+// waitRunning waits until dev in ns is operationally up (IFF_RUNNING), which
+// is also when the kernel has attached its queueing discipline: before that,
+// frames sent on it are dropped.
+func waitRunning(ns *NS, dev string) error {
+	err := ns.Do(func() error {
+		var ifi *net.Interface
+		var err error
+		for deadline := time.Now().Add(readyTimeout); time.Now().Before(deadline); time.Sleep(pollInterval) {
+			ifi, err = net.InterfaceByName(dev)
+			if err == nil && ifi.Flags&net.FlagRunning != 0 {
+				return nil
+			}
 		}
-		time.Sleep(pollInterval)
-	}
+		if err != nil {
+			return err
+		}
+		return fmt.Errorf("not running after %v (flags %v)", readyTimeout, ifi.Flags)
+	})
 	if err != nil {
 		return fmt.Errorf("waiting for %s in %s: %w", dev, ns.Name, err)
 	}
-	return fmt.Errorf("waiting for %s in %s: not ready after %v (operstate %s, master %q, port state %q)",
-		dev, ns.Name, readyTimeout, st.Operstate, st.Master, st.Linkinfo.SlaveData.State)
+	return nil
 }
 
-// waitAddrs waits until none of addrs on dev in ns is tentative, so that
-// they can be bound to.
-func waitAddrs(ns *NS, dev string, addrs []netip.Prefix) error {
-	want := map[netip.Addr]bool{}
-	for _, a := range addrs {
-		if a.Addr().Is6() {
-			want[a.Addr()] = true
-		}
-	}
-	if len(want) == 0 {
-		return nil
-	}
-	var pending []string
-	deadline := time.Now().Add(readyTimeout)
-	for time.Now().Before(deadline) {
-		st, err := showLink(ns, dev, true)
-		if err != nil {
-			return fmt.Errorf("waiting for addresses on %s in %s: %w", dev, ns.Name, err)
-		}
-		pending = pending[:0]
-		seen := 0
-		for _, ai := range st.AddrInfo {
-			a, err := netip.ParseAddr(ai.Local)
-			if err != nil || !want[a] {
+// waitAddrs waits until every IPv6 address of addrs can be bound to in ns,
+// that is until none is tentative. (IPv4 addresses are usable at once.)
+func waitAddrs(ns *NS, addrs []netip.Prefix) error {
+	err := ns.Do(func() error {
+		for _, p := range addrs {
+			if !p.Addr().Is6() {
 				continue
 			}
-			seen++
-			if ai.Tentative {
-				pending = append(pending, ai.Local)
+			sa := &unix.SockaddrInet6{Addr: p.Addr().As16()}
+			var err error
+			for deadline := time.Now().Add(readyTimeout); time.Now().Before(deadline); time.Sleep(pollInterval) {
+				if err = bindable(sa); err == nil {
+					break
+				}
+			}
+			if err != nil {
+				return fmt.Errorf("address %s not usable after %v: %w", p.Addr(), readyTimeout, err)
 			}
 		}
-		if seen == len(want) && len(pending) == 0 {
-			return nil
-		}
-		time.Sleep(pollInterval)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("waiting for addresses in %s: %w", ns.Name, err)
 	}
-	return fmt.Errorf("waiting for addresses on %s in %s: not usable after %v (tentative: %v)",
-		dev, ns.Name, readyTimeout, pending)
+	return nil
+}
+
+// bindable reports whether a UDP socket can bind to sa in the current
+// namespace.
+func bindable(sa unix.Sockaddr) error {
+	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return unix.Bind(fd, sa)
 }
 
 func randHex(nbytes int) string {

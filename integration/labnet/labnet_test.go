@@ -95,21 +95,21 @@ func TestProbesWithoutFirewall(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer stop()
+		t.Cleanup(stop)
 	}
 	for _, addr := range []string{"192.0.2.102:53", "[2001:db8::102]:53"} {
 		stop, err := ServeUDP(l.vm2, addr)
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer stop()
+		t.Cleanup(stop)
 	}
 	hv := l.lab.Hypervisor()
 	stop, err := ServeTCP(hv, "[2001:db8::1]:22")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer stop()
+	t.Cleanup(stop)
 
 	for _, c := range []struct {
 		name string
@@ -137,6 +137,7 @@ func TestProbesWithoutFirewall(t *testing.T) {
 		{"ping v4 no host, short timeout", func() (Result, error) { return Ping(ctx, l.vm1, "192.0.2.198", 100*time.Millisecond) }, Timeout},
 	} {
 		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
 			got, err := c.run()
 			wantResult(t, c.name, got, err, c.want)
 		})
@@ -154,14 +155,14 @@ func TestProbeClassification(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer stop()
+		t.Cleanup(stop)
 	}
 	for _, port := range []string{"55", "56"} {
 		stop, err := ServeUDP(l.vm2, ":"+port)
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer stop()
+		t.Cleanup(stop)
 	}
 	rules := map[string][][]string{
 		"iptables": {
@@ -211,6 +212,7 @@ func TestProbeClassification(t *testing.T) {
 			{"ping drop", func() (Result, error) { return Ping(ctx, hv, fam.host, short) }, Timeout},
 		} {
 			t.Run(fam.name+" "+c.name, func(t *testing.T) {
+				t.Parallel()
 				got, err := c.run()
 				wantResult(t, c.name, got, err, c.want)
 			})
@@ -254,15 +256,15 @@ func TestStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Stop()
-	waitFor(t, "10 echoes", func() bool { return s.Stats().Echoed >= 10 })
+	waitFor(t, "10 echoes", func() bool { return s.Stats().Echoed >= 10 }, s.Stats)
 
 	// Dropping the flow in the server's namespace makes echoes stop.
 	exec1(t, l.vm2, "ip6tables", "-w", "-I", "INPUT", "-p", "tcp", "--dport", "7", "-j", "DROP")
-	waitFor(t, "losses", func() bool { st := s.Stats(); return st.Lost >= 5 && st.MaxGap >= 50*time.Millisecond })
+	waitFor(t, "losses", func() bool { st := s.Stats(); return st.Lost >= 5 && st.MaxGap >= 50*time.Millisecond }, s.Stats)
 	exec1(t, l.vm2, "ip6tables", "-w", "-D", "INPUT", "-p", "tcp", "--dport", "7", "-j", "DROP")
 	// TCP retransmits, so the flow recovers without losing messages.
 	sent := s.Stats().Sent
-	waitFor(t, "recovery", func() bool { return s.Stats().Echoed >= sent+5 })
+	waitFor(t, "recovery", func() bool { return s.Stats().Echoed >= sent+5 }, s.Stats)
 	st := s.Stop()
 	if st.Err != nil || st.Lost != 0 || st.Sent < 15 {
 		t.Errorf("after recovery: %+v; want no error, no loss", st)
@@ -270,8 +272,9 @@ func TestStream(t *testing.T) {
 	t.Logf("stream: %+v", st)
 }
 
-// waitFor polls cond every 10 ms for at most 5 s.
-func waitFor(t *testing.T, what string, cond func() bool) {
+// waitFor polls cond every 10 ms for at most 5 s; on timeout it reports
+// state().
+func waitFor(t *testing.T, what string, cond func() bool, state func() StreamStats) {
 	t.Helper()
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
 		if cond() {
@@ -279,7 +282,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	t.Fatalf("timed out waiting for %s", what)
+	t.Fatalf("timed out waiting for %s: %+v", what, state())
 }
 
 func TestFrames(t *testing.T) {
@@ -527,6 +530,26 @@ func TestLabSetup(t *testing.T) {
 		t.Errorf("external -> attached vm ping = %v (%v), want Connected", got, err)
 	}
 
+	// Removing a VM stops what runs in it and takes its tap away.
+	if _, err := ServeUDP(vm, "192.0.2.101:53"); err != nil {
+		t.Fatal(err)
+	}
+	if err := lab.Remove(vm); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := hv.Exec(context.Background(), "ip", "link", "show", "tap101i0"); err == nil {
+		t.Errorf("tap101i0 still there after Remove: %s", out)
+	}
+	if got := labNamespaces(t, lab.ID()); len(got) != 2 {
+		t.Errorf("namespaces after Remove: %v, want hv and uplink0", got)
+	}
+	if err := lab.Remove(vm); err == nil {
+		t.Errorf("second Remove succeeded")
+	}
+	if _, err := lab.AddVM("tap101i0", mac1, "192.0.2.101/24"); err != nil {
+		t.Fatalf("re-adding a removed VM: %v", err)
+	}
+
 	for _, bad := range [][]string{
 		{"tap101i0", "", "192.0.2.9/24"},         // name in use
 		{"tap109i0", "", "10.0.0.1/24"},          // not a documentation address
@@ -543,13 +566,14 @@ func TestLabSetup(t *testing.T) {
 func TestClose(t *testing.T) {
 	needRoot(t)
 	labs := make([]*Lab, 2)
+	vms := make([]*NS, 2)
 	for i := range labs { // two labs at once get distinct names
 		lab, err := New(Options{Bridge: "br-test"})
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer lab.Close()
-		if _, err := lab.AddVM("tap101i0", "", "192.0.2.101/24"); err != nil {
+		if vms[i], err = lab.AddVM("tap101i0", "", "192.0.2.101/24"); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := lab.AddExternal("uplink0", "", "198.51.100.200/24"); err != nil {
@@ -563,9 +587,12 @@ func TestClose(t *testing.T) {
 	if got := labNamespaces(t, labs[0].ID()); len(got) != 3 {
 		t.Errorf("namespaces of lab %s: %v, want 3", labs[0].ID(), got)
 	}
-	// Running servers and captures must not keep anything alive.
-	vm := &NS{Name: labs[0].ID() + "-tap101i0", lab: labs[0]}
+	// Running servers, streams and captures must not keep anything alive.
+	vm := vms[0]
 	if _, err := ServeTCP(vm, "192.0.2.101:80"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := StartStream(vm, "192.0.2.101:80"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := StartCapture(vm, "eth0", func([]byte) bool { return false }); err != nil {

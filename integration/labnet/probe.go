@@ -32,8 +32,8 @@ const (
 	// Timeout means nothing came back before the timeout (dropped).
 	Timeout
 	// Unreachable means an ICMP/ICMPv6 error came back (REJECT with an ICMP
-	// type, closed UDP port, no route), or the kernel refused to route the
-	// packet.
+	// type, closed UDP port), or the sender's kernel gave up: no route, or
+	// no answer to address resolution (about 300 ms in a Lab).
 	Unreachable
 )
 
@@ -62,7 +62,8 @@ const (
 )
 
 // TCPConnect opens a TCP connection from ns to addr ("192.0.2.10:22",
-// "[2001:db8::10]:22") and classifies the outcome: Connected when the
+// "[2001:db8::10]:22"; documentation or loopback addresses only) and
+// classifies the outcome: Connected when the
 // handshake completes (the connection is then closed), Refused on a RST,
 // Unreachable on an ICMP error, Timeout when nothing came back within
 // timeout. Cancelling ctx aborts the probe with an error.

@@ -129,6 +129,6 @@ func (s *echoServer) stopper(l io.Closer) func() {
 // track registers fn with the namespace's lab, if it has one.
 func (n *NS) track(fn func()) {
 	if n.lab != nil {
-		n.lab.track(fn)
+		n.lab.track(n.Name, fn)
 	}
 }

@@ -78,7 +78,11 @@ func StartStream(ns *NS, addr string) (*Stream, error) {
 		if err != nil {
 			return err
 		}
-		defer unix.Close(fd)
+		// From here on f owns fd: closing it twice, or leaving it to a
+		// finalizer, could close an unrelated descriptor that reused the
+		// number.
+		f := os.NewFile(uintptr(fd), "stream")
+		defer f.Close()
 		res, err := connectFD(context.Background(), fd, ap, streamConnectTimeout)
 		if err != nil {
 			return err
@@ -94,8 +98,7 @@ func StartStream(ns *NS, addr string) (*Stream, error) {
 		if err := unix.SetsockoptInt(fd, level, opt, 0); err != nil {
 			return fmt.Errorf("clearing RECVERR: %w", err)
 		}
-		f := os.NewFile(uintptr(fd), "stream")
-		conn, err = net.FileConn(f) // duplicates fd
+		conn, err = net.FileConn(f) // works on a duplicate of fd
 		return err
 	})
 	if err != nil {

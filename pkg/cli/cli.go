@@ -16,11 +16,13 @@ import (
 	"text/tabwriter"
 
 	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/ebtables"
 	"github.com/vmfw/vmfw/pkg/engine"
 	"github.com/vmfw/vmfw/pkg/ipset"
 	"github.com/vmfw/vmfw/pkg/iptables"
 	"github.com/vmfw/vmfw/pkg/link"
 	"github.com/vmfw/vmfw/pkg/lock"
+	"github.com/vmfw/vmfw/pkg/state"
 )
 
 // Version is set at build time with -ldflags "-X ...cli.Version=...".
@@ -33,7 +35,7 @@ const (
 	ExitUsage  = 2
 )
 
-const usage = `usage: vmfw [--config-dir DIR] [--iptables nft|legacy] COMMAND [ARGS]
+const usage = `usage: vmfw [--config-dir DIR] [--state-dir DIR] [--iptables nft|legacy] COMMAND [ARGS]
 
 commands:
   ifup TAP                  firewall TAP, then attach it to its bridge and set it up
@@ -42,11 +44,15 @@ commands:
   check                     validate the configuration, change nothing
   status [TAP] [-o json]    show what is installed, in sync or drifted, with drop counters
   flush [--dry-run]         remove everything vmfw installed and nothing else
+  hook proxmox VMID PHASE   Proxmox VE hookscript: post-start firewalls, post-stop removes
+  hook libvirt GUEST OP SUBOP [EXTRA]
+                            libvirt qemu hook, domain XML on stdin
   version                   print the version
 
 Invoked as vmfw-ifup / vmfw-ifdown (QEMU script= / downscript=) it runs ifup / ifdown.
 The configuration directory defaults to $VMFW_CONFIG_DIR or /etc/vmfw; the
-iptables backend to $VMFW_IPTABLES or whatever the host's iptables uses.
+iptables backend to $VMFW_IPTABLES or whatever the host's iptables uses; the
+state directory (CNI and libvirt attachments) to $VMFW_STATE_DIR or /var/lib/vmfw.
 `
 
 // usageError marks bad command-line usage (exit status 2).
@@ -106,6 +112,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	global.SetOutput(io.Discard)
 	configDir := global.String("config-dir", engine.ConfigDirFromEnv(), "configuration directory")
 	backend := global.String("iptables", os.Getenv("VMFW_IPTABLES"), "iptables backend: nft or legacy")
+	stateDir := global.String("state-dir", state.DirFromEnv(), "state directory")
 	if err := global.Parse(rest); err != nil {
 		return &usageError{err.Error()}
 	}
@@ -116,7 +123,11 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	cmd, rest := rest[0], rest[1:]
 
 	newEngine := func() (*engine.Engine, error) {
-		return newEngine(ctx, *configDir, iptables.Mode(*backend))
+		e, err := newEngine(ctx, *configDir, iptables.Mode(*backend))
+		if e != nil {
+			e.State = state.New(*stateDir)
+		}
+		return e, err
 	}
 	switch cmd {
 	case "ifup", "ifdown":
@@ -171,6 +182,8 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		return nil
 	case "status":
 		return status(ctx, newEngine, rest, stdout)
+	case "hook":
+		return hookCmd(ctx, newEngine, rest)
 	case "version":
 		fmt.Fprintln(stdout, "vmfw", Version)
 		return nil
@@ -268,12 +281,17 @@ func newEngine(ctx context.Context, configDir string, mode iptables.Mode) (*engi
 	if err != nil {
 		return nil, err
 	}
+	ebt, err := ebtables.New(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
 	runDir := os.Getenv("VMFW_RUN_DIR")
 	return &engine.Engine{
 		ConfigDir: configDir,
-		Backend:   string(ipt.Mode()),
+		Backend:   string(ipt.Mode()) + ", " + ebt.Tool(),
 		Firewall:  ipt,
 		Sets:      ipset.New(nil),
+		Bridge:    ebt,
 		Host:      hostLinks{},
 		Lock: func(ctx context.Context) (func(), error) {
 			return lock.Acquire(ctx, runDir)

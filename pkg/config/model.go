@@ -151,6 +151,9 @@ type NIC struct {
 	Antispoof bool
 	// DHCP allows DHCP/DHCPv6 client traffic (default true).
 	DHCP bool
+	// L2Protocols are the ethertypes besides IPv4, IPv6 and ARP the VM may
+	// send when Antispoof is on, in the form ebtables prints them.
+	L2Protocols []string
 }
 
 // TapName returns the tap name of interface index of VM id.

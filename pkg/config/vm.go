@@ -25,13 +25,14 @@ type nicFile struct {
 	Groups    []string `toml:"groups"`
 	Antispoof *bool    `toml:"antispoof"`
 	DHCP      *bool    `toml:"dhcp"`
+	L2        []string `toml:"l2_protocols"`
 }
 
 var vmSchema = &schema{
 	top: "VM keys are name, enable, policy_in, policy_out, log and [netN] tables",
 	sub: func(table string) string {
 		if _, ok := netIndex(table); ok {
-			return "interface keys are mac, ips, bridge, groups, antispoof and dhcp"
+			return "interface keys are mac, ips, bridge, groups, antispoof, dhcp and l2_protocols"
 		}
 		return ""
 	},
@@ -222,6 +223,17 @@ func (l *loader) loadNIC(f *file, vm *VM, nt netTable, nf *nicFile, known map[st
 	}
 	if nf.DHCP != nil {
 		nic.DHCP = *nf.DHCP
+	}
+	for i, p := range nf.L2 {
+		path := index(at("l2_protocols"), i)
+		name, ok := EtherType(p)
+		if !ok {
+			return nil, f.errorAt(path, "l2_protocols %q: not an ethertype; use a name such as LLDP, 802_1Q or PPP_DISC, or a hex number 0x0600..0xffff", p)
+		}
+		if slices.Contains(nic.L2Protocols, name) {
+			return nil, f.errorAt(path, "l2_protocols %q: listed twice", p)
+		}
+		nic.L2Protocols = append(nic.L2Protocols, name)
 	}
 	return nic, nil
 }

@@ -37,6 +37,12 @@ type SetStore interface {
 	Restore(ctx context.Context, script string) error
 }
 
+// BridgeFirewall reads and writes vmfw's part of the ebtables filter table.
+type BridgeFirewall interface {
+	Save(ctx context.Context) (ruleset.Observed, error)
+	Restore(ctx context.Context, text string) error
+}
+
 // Host is the part of the host that is not the firewall: interfaces and
 // the bridge-netfilter switches.
 type Host interface {
@@ -55,13 +61,18 @@ type Engine struct {
 	// Firewall, Sets and Host talk to the kernel.
 	Firewall Firewall
 	Sets     SetStore
-	Host     Host
+	// Bridge programs L2 anti-spoofing; nil leaves ebtables alone.
+	Bridge BridgeFirewall
+	Host   Host
 	// Lock serialises runs in the namespace; it returns the release function.
 	Lock func(ctx context.Context) (func(), error)
 	// Backend names the iptables backend, for status output.
 	Backend string
 	// LockTimeout bounds the wait for the lock (default one minute).
 	LockTimeout time.Duration
+	// State holds the records of attached interfaces the configuration
+	// cannot name (CNI, libvirt); nil means there are none.
+	State Attachments
 }
 
 // ConfigError wraps an error in the configuration, which callers report
@@ -75,6 +86,8 @@ func (e *ConfigError) Unwrap() error { return e.Err }
 type Change struct {
 	// Plans are the iptables changes per family.
 	Plans map[ruleset.Family]*ruleset.Plan
+	// Bridge is the ebtables change, nil when ebtables is not managed.
+	Bridge *ruleset.Plan
 	// SetsBefore and SetsAfter are the ipset scripts run before and after
 	// the iptables changes.
 	SetsBefore, SetsAfter string
@@ -86,6 +99,9 @@ func (c *Change) Empty() bool {
 		if !p.Empty() {
 			return false
 		}
+	}
+	if c.Bridge != nil && !c.Bridge.Empty() {
+		return false
 	}
 	return c.SetsBefore == "" && c.SetsAfter == ""
 }
@@ -109,6 +125,9 @@ func (c *Change) WriteTo(w io.Writer) (int64, error) {
 			b.WriteString("# " + tool + " --noflush\n" + p.Render())
 		}
 	}
+	if c.Bridge != nil && !c.Bridge.Empty() {
+		b.WriteString("# ebtables-restore --noflush\n" + c.Bridge.Render())
+	}
 	if c.SetsAfter != "" {
 		b.WriteString("# ipset restore\n" + c.SetsAfter)
 	}
@@ -119,6 +138,7 @@ func (c *Change) WriteTo(w io.Writer) (int64, error) {
 // kernelState is vmfw's part of the kernel as read at the start of an operation.
 type kernelState struct {
 	tables map[ruleset.Family]*iptables.Snapshot
+	bridge ruleset.Observed
 	sets   map[string]*ipset.Observed
 }
 
@@ -154,6 +174,11 @@ func (e *Engine) read(ctx context.Context) (*kernelState, error) {
 		return nil, err
 	}
 	st.sets = sets
+	if e.Bridge != nil {
+		if st.bridge, err = e.Bridge.Save(ctx); err != nil {
+			return nil, err
+		}
+	}
 	return st, nil
 }
 
@@ -178,10 +203,10 @@ func (st *kernelState) installed() []string {
 
 // nicsFor maps interface names to their configuration, leaving out names
 // the configuration no longer has (their chains are then removed).
-func nicsFor(m *config.Model, taps []string) []*config.NIC {
+func nicsFor(src nicSource, taps []string) []*config.NIC {
 	var nics []*config.NIC
 	for _, t := range taps {
-		if n := m.NIC(t); n != nil {
+		if n := src.NIC(t); n != nil {
 			nics = append(nics, n)
 		}
 	}
@@ -206,6 +231,13 @@ func (e *Engine) applyRuleset(ctx context.Context, rs *ruleset.Ruleset, st *kern
 		}
 		ch.Plans[f] = ruleset.Diff(want, st.tables[f].Observed)
 	}
+	if e.Bridge != nil {
+		want := rs.Bridge
+		if want == nil {
+			want = &ruleset.Table{Bridge: true}
+		}
+		ch.Bridge = ruleset.Diff(want, st.bridge)
+	}
 	ch.SetsBefore, ch.SetsAfter = ipset.Plan(rs.Sets, st.sets)
 	if dryRun || ch.Empty() {
 		return ch, nil
@@ -219,6 +251,11 @@ func (e *Engine) applyRuleset(ctx context.Context, rs *ruleset.Ruleset, st *kern
 			return nil, errors.Join(err, e.revert(ctx, ch, st, done))
 		}
 		done = append(done, f)
+	}
+	if ch.Bridge != nil {
+		if err := e.Bridge.Restore(ctx, ch.Bridge.Render()); err != nil {
+			return nil, errors.Join(err, e.revert(ctx, ch, st, done))
+		}
 	}
 	if err := e.Sets.Restore(ctx, ch.SetsAfter); err != nil {
 		// The rules are in place; only unreferenced sets remain, and the
@@ -258,12 +295,16 @@ func (e *Engine) Attach(ctx context.Context, tap string) error {
 	if err := e.Host.EnableBridgeNetfilter(); err != nil {
 		return err
 	}
+	r, err := e.resolver(m)
+	if err != nil {
+		return err
+	}
 	st, err := e.read(ctx)
 	if err != nil {
 		return err
 	}
 	taps := append(st.installed(), tap)
-	if _, err := e.converge(ctx, m, nicsFor(m, dedupe(taps)), st, false); err != nil {
+	if _, err := e.converge(ctx, m, nicsFor(r, dedupe(taps)), st, false); err != nil {
 		return fmt.Errorf("firewalling %s: %w", tap, err)
 	}
 	return e.Host.Attach(tap, nic.Bridge)
@@ -309,6 +350,10 @@ func (e *Engine) Detach(ctx context.Context, tap string) error {
 		return err
 	}
 	defer release()
+	r, err := e.resolver(m)
+	if err != nil {
+		return err
+	}
 	st, err := e.read(ctx)
 	if err != nil {
 		return err
@@ -319,7 +364,7 @@ func (e *Engine) Detach(ctx context.Context, tap string) error {
 			taps = append(taps, t)
 		}
 	}
-	if _, err := e.converge(ctx, m, nicsFor(m, taps), st, false); err != nil {
+	if _, err := e.converge(ctx, m, nicsFor(r, taps), st, false); err != nil {
 		return fmt.Errorf("removing %s: %w", tap, err)
 	}
 	return nil
@@ -351,15 +396,11 @@ func (e *Engine) Sync(ctx context.Context, dryRun bool) (*Change, error) {
 	if err != nil {
 		return nil, err
 	}
-	var nics []*config.NIC
-	for _, vm := range m.VMs {
-		for _, n := range vm.NICs {
-			if links[n.Tap] {
-				nics = append(nics, n)
-			}
-		}
+	r, err := e.resolver(m)
+	if err != nil {
+		return nil, err
 	}
-	return e.converge(ctx, m, nics, st, dryRun)
+	return e.converge(ctx, m, r.present(links), st, dryRun)
 }
 
 // Flush removes everything vmfw installed and nothing else. It needs no

@@ -71,8 +71,12 @@ func (e *Engine) Status(ctx context.Context, tap string) (*Status, error) {
 	if err != nil {
 		return nil, err
 	}
+	r, err := e.resolver(m)
+	if err != nil {
+		return nil, err
+	}
 	installed := st.installed()
-	rs, err := ruleset.Build(m, nicsFor(m, installed))
+	rs, err := ruleset.Build(m, nicsFor(r, installed))
 	if err != nil {
 		return nil, err
 	}
@@ -89,6 +93,17 @@ func (e *Engine) Status(ctx context.Context, tap string) (*Status, error) {
 			out.BaseDrifted = append(out.BaseDrifted, f.String()+"/"+string(h.From)+" jump")
 		}
 	}
+	if e.Bridge != nil {
+		plan := ruleset.Diff(rs.Bridge, st.bridge)
+		for _, c := range append(append(append([]ruleset.Chain{}, plan.Create...), plan.Rewrite...), plan.Delete...) {
+			if c == ruleset.ChainL2 {
+				out.BaseDrifted = append(out.BaseDrifted, "bridge/"+string(c))
+			}
+		}
+		for _, h := range append(append([]ruleset.Hook{}, plan.AddHooks...), plan.DelHooks...) {
+			out.BaseDrifted = append(out.BaseDrifted, "bridge/"+string(h.From)+" jump")
+		}
+	}
 	if len(out.BaseDrifted) > 0 {
 		out.Base = StateDrifted
 	}
@@ -97,18 +112,14 @@ func (e *Engine) Status(ctx context.Context, tap string) (*Status, error) {
 	for _, t := range installed {
 		names[t] = true
 	}
-	for _, vm := range m.VMs {
-		for _, n := range vm.NICs {
-			if links[n.Tap] {
-				names[n.Tap] = true
-			}
-		}
+	for _, n := range r.present(links) {
+		names[n.Tap] = true
 	}
 	for t := range names {
 		if tap != "" && t != tap {
 			continue
 		}
-		out.Taps = append(out.Taps, e.tapStatus(m, rs, st, t, slices.Contains(installed, t)))
+		out.Taps = append(out.Taps, e.tapStatus(r, rs, st, t, slices.Contains(installed, t)))
 	}
 	sort.Slice(out.Taps, func(i, j int) bool { return out.Taps[i].Tap < out.Taps[j].Tap })
 	return out, nil
@@ -116,16 +127,16 @@ func (e *Engine) Status(ctx context.Context, tap string) (*Status, error) {
 
 func isBaseChain(c ruleset.Chain) bool { return strings.HasPrefix(string(c), "vmfw-") }
 
-func (e *Engine) tapStatus(m *config.Model, rs *ruleset.Ruleset, st *kernelState, tap string, installed bool) TapStatus {
+func (e *Engine) tapStatus(src nicSource, rs *ruleset.Ruleset, st *kernelState, tap string, installed bool) TapStatus {
 	ts := TapStatus{Tap: tap, State: StateInSync, Groups: []string{}}
 	vmid, _, _ := config.ParseTapName(tap)
 	ts.VMID = vmid
-	nic := m.NIC(tap)
+	nic := src.NIC(tap)
 	if nic == nil {
 		ts.State = StateUnconfigured
 		return ts
 	}
-	ts.VMName, ts.Enabled = nic.VM.Name, nic.VM.Enable
+	ts.VMID, ts.VMName, ts.Enabled = nic.VM.ID, nic.VM.Name, nic.VM.Enable
 	ts.Groups = append(ts.Groups, nic.Groups...)
 	ts.PolicyIn, ts.PolicyOut = string(nic.VM.PolicyIn), string(nic.VM.PolicyOut)
 	if !installed {
@@ -161,6 +172,14 @@ func (e *Engine) tapStatus(m *config.Model, rs *ruleset.Ruleset, st *kernelState
 			} else {
 				ts.DroppedOut += dropped
 			}
+		}
+	}
+	if e.Bridge != nil {
+		name := ruleset.L2Chain(tap)
+		want, got := rs.Bridge.Chain(name), st.bridge.Chains[name]
+		_, present := st.bridge.Chains[name]
+		if (want == nil && present) || (want != nil && (!present || !slices.Equal(got, rs.Bridge.Fingerprints(want)))) {
+			ts.Drifted = append(ts.Drifted, "bridge/"+string(name))
 		}
 	}
 	if len(ts.Drifted) > 0 {

@@ -34,6 +34,7 @@ func Build(m *config.Model, nics []*config.NIC) (*Ruleset, error) {
 	for _, f := range Families {
 		rs.Tables[f] = b.table(f, sorted)
 	}
+	rs.Bridge = b.bridgeTable(sorted)
 	rs.Sets = b.sets(sorted)
 	return rs, nil
 }

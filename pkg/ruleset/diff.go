@@ -46,7 +46,7 @@ func Diff(want *Table, have Observed) *Plan {
 		switch {
 		case !ok:
 			p.Create = append(p.Create, c.Name)
-		case !slices.Equal(got, c.Hashes()):
+		case !slices.Equal(got, want.Fingerprints(c)):
 			p.Rewrite = append(p.Rewrite, c.Name)
 		}
 	}
@@ -87,22 +87,22 @@ func (p *Plan) Render() string {
 	b.WriteString("*filter\n")
 	for _, list := range [][]Chain{p.Create, p.Rewrite, p.Delete} {
 		for _, c := range list {
-			b.WriteString(":" + string(c) + " - [0:0]\n")
+			b.WriteString(p.want.declare(c))
 		}
 	}
 	for _, list := range [][]Chain{p.Create, p.Rewrite} {
 		for _, name := range list {
 			c := p.want.Chain(name)
 			for _, r := range c.Rules {
-				b.WriteString(r.Line(c.Name) + "\n")
+				b.WriteString(p.want.line(c.Name, r) + "\n")
 			}
 		}
 	}
 	for _, h := range p.DelHooks {
-		b.WriteString(deleteHook(h) + "\n")
+		b.WriteString(p.want.deleteHook(h))
 	}
 	for _, h := range p.AddHooks {
-		b.WriteString(insertHook(h) + "\n")
+		b.WriteString(p.want.insertHook(h))
 	}
 	for _, c := range p.Delete {
 		b.WriteString("-X " + string(c) + "\n")
@@ -122,7 +122,7 @@ func (p *Plan) Revert(have Observed) string {
 	b.WriteString("*filter\n")
 	for _, list := range [][]Chain{p.Create, p.Rewrite, p.Delete} {
 		for _, c := range list {
-			b.WriteString(":" + string(c) + " - [0:0]\n")
+			b.WriteString(p.want.declare(c))
 		}
 	}
 	for _, list := range [][]Chain{p.Rewrite, p.Delete} {
@@ -133,10 +133,10 @@ func (p *Plan) Revert(have Observed) string {
 		}
 	}
 	for _, h := range p.AddHooks {
-		b.WriteString(deleteHook(h) + "\n")
+		b.WriteString(p.want.deleteHook(h))
 	}
 	for _, h := range p.DelHooks {
-		b.WriteString(insertHook(h) + "\n")
+		b.WriteString(p.want.insertHook(h))
 	}
 	for _, c := range p.Create {
 		b.WriteString("-X " + string(c) + "\n")
@@ -147,7 +147,7 @@ func (p *Plan) Revert(have Observed) string {
 
 // ownedName matches the names vmfw gives its chains: its base chains,
 // group chains and per-interface chains.
-var ownedName = regexp.MustCompile(`^(vmfw-(FORWARD|INPUT|out|in|accept)|sg-[A-Za-z][A-Za-z0-9_]{0,19}-(in|out)|[A-Za-z0-9_.-]{1,15}-(in|out|src))$`)
+var ownedName = regexp.MustCompile(`^(vmfw-(FORWARD|INPUT|out|in|accept|l2)|sg-[A-Za-z][A-Za-z0-9_]{0,19}-(in|out)|[A-Za-z0-9_.-]{1,15}-(in|out|src|l2))$`)
 
 // IsOwnedName reports whether name is shaped like a chain vmfw creates.
 // A chain so named is vmfw's only if it also carries vmfw's comments or a

@@ -57,6 +57,7 @@ func render(rs *Ruleset) string {
 	for _, f := range Families {
 		b.WriteString("# " + f.String() + "\n" + rs.Tables[f].Render())
 	}
+	b.WriteString("# ebtables\n" + rs.Bridge.Render())
 	b.WriteString("# ipsets\n")
 	for _, s := range rs.Sets {
 		b.WriteString(s.Name + " " + string(s.Type) + " " + strings.Join(s.Members, " ") + "\n")

@@ -126,12 +126,15 @@ type Hook struct {
 // Rule returns the hook's rule as installed in its built-in chain.
 func (h Hook) Rule() Rule { return Rule{Spec: "-j " + string(h.To)} }
 
-// Table is the desired state of one family's filter table: vmfw's chains in
-// dependency order (a chain is listed before any chain that jumps to it is
-// written, which iptables-restore does not require but makes output stable)
-// and its hooks.
+// Table is the desired state of one filter table: vmfw's chains and its
+// hooks. Chains are listed in a stable order; iptables-restore resolves
+// jumps within one transaction, so the order is for readable output only.
 type Table struct {
 	Family Family
+	// Bridge marks the ebtables filter table: ebtables has no comment
+	// match, so its rules carry no fingerprint and are compared by their
+	// text, and its user chains need a policy (RETURN).
+	Bridge bool
 	Chains []*ChainRules
 	Hooks  []Hook
 }
@@ -146,31 +149,58 @@ func (t *Table) Chain(name Chain) *ChainRules {
 	return nil
 }
 
-// Render returns the complete table as iptables-restore --noflush input.
+// Fingerprints returns what identifies the chain's rules when read back:
+// their hashes, or for ebtables their text.
+func (t *Table) Fingerprints(c *ChainRules) []string {
+	if !t.Bridge {
+		return c.Hashes()
+	}
+	out := make([]string, len(c.Rules))
+	for i, r := range c.Rules {
+		out[i] = r.Spec
+	}
+	return out
+}
+
+func (t *Table) line(c Chain, r Rule) string {
+	if t.Bridge {
+		return "-A " + string(c) + " " + r.Spec
+	}
+	return r.Line(c)
+}
+
+func (t *Table) declare(c Chain) string {
+	if t.Bridge {
+		return ":" + string(c) + " RETURN\n"
+	}
+	return ":" + string(c) + " - [0:0]\n"
+}
+
+func (t *Table) insertHook(h Hook) string {
+	return "-I " + string(h.From) + " 1" + strings.TrimPrefix(t.line(h.From, h.Rule()), "-A "+string(h.From)) + "\n"
+}
+
+func (t *Table) deleteHook(h Hook) string {
+	return "-D " + string(h.From) + strings.TrimPrefix(t.line(h.From, h.Rule()), "-A "+string(h.From)) + "\n"
+}
+
+// Render returns the complete table as restore --noflush input.
 func (t *Table) Render() string {
 	var b strings.Builder
 	b.WriteString("*filter\n")
 	for _, c := range t.Chains {
-		b.WriteString(":" + string(c.Name) + " - [0:0]\n")
+		b.WriteString(t.declare(c.Name))
 	}
 	for _, c := range t.Chains {
 		for _, r := range c.Rules {
-			b.WriteString(r.Line(c.Name) + "\n")
+			b.WriteString(t.line(c.Name, r) + "\n")
 		}
 	}
 	for _, h := range t.Hooks {
-		b.WriteString(insertHook(h) + "\n")
+		b.WriteString(t.insertHook(h))
 	}
 	b.WriteString("COMMIT\n")
 	return b.String()
-}
-
-func insertHook(h Hook) string {
-	return "-I " + string(h.From) + " 1" + strings.TrimPrefix(h.Rule().Line(h.From), "-A "+string(h.From))
-}
-
-func deleteHook(h Hook) string {
-	return "-D " + string(h.From) + strings.TrimPrefix(h.Rule().Line(h.From), "-A "+string(h.From))
 }
 
 // SetType is an ipset type.
@@ -197,6 +227,8 @@ type Set struct {
 type Ruleset struct {
 	// Tables holds the filter table of each family.
 	Tables map[Family]*Table
+	// Bridge is vmfw's part of the ebtables filter table (L2 anti-spoofing).
+	Bridge *Table
 	// Sets are the ipsets the rules reference, sorted by name.
 	Sets []Set
 }

@@ -9,9 +9,14 @@ import (
 	"syscall"
 
 	"github.com/vmfw/vmfw/pkg/cli"
+	"github.com/vmfw/vmfw/pkg/cni"
 )
 
 func main() {
+	if os.Getenv("CNI_COMMAND") != "" {
+		cni.Main(cli.Version)
+		return
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := cli.Main(ctx, os.Args, os.Stdout, os.Stderr)
 	stop()

@@ -1,0 +1,96 @@
+package cni
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"testing"
+
+	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/vmfw/vmfw/pkg/engine"
+	"github.com/vmfw/vmfw/pkg/state"
+)
+
+func TestEffectivePrecedence(t *testing.T) {
+	for name, tc := range map[string]struct {
+		conf string
+		want state.Spec
+	}{
+		"defaults": {
+			conf: `{"name":"n","type":"vmfw"}`,
+			want: state.Spec{Groups: []string{}, PolicyIn: "drop", PolicyOut: "accept", Antispoof: true},
+		},
+		"plugin configuration": {
+			conf: `{"name":"n","type":"vmfw","groups":["web"],"policyIn":"reject","log":true,"antispoof":false,"dhcp":true}`,
+			want: state.Spec{Groups: []string{"web"}, PolicyIn: "reject", PolicyOut: "accept", Log: true, DHCP: true},
+		},
+		"args override the plugin configuration key by key": {
+			conf: `{"name":"n","type":"vmfw","groups":["web"],"policyIn":"reject","args":{"cni":{"groups":["db","web"],"policyOut":"drop"}}}`,
+			want: state.Spec{Groups: []string{"db", "web"}, PolicyIn: "reject", PolicyOut: "drop", Antispoof: true},
+		},
+		"runtimeConfig overrides args": {
+			conf: `{"name":"n","type":"vmfw","groups":["web"],"args":{"cni":{"groups":["db"],"policyIn":"accept"}},"runtimeConfig":{"vmfw":{"groups":["ssh"],"log":true}}}`,
+			want: state.Spec{Groups: []string{"ssh"}, PolicyIn: "accept", PolicyOut: "accept", Log: true, Antispoof: true},
+		},
+		"an empty list clears the groups": {
+			conf: `{"name":"n","type":"vmfw","groups":["web"],"runtimeConfig":{"vmfw":{"groups":[]}}}`,
+			want: state.Spec{Groups: []string{}, PolicyIn: "drop", PolicyOut: "accept", Antispoof: true},
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			c, err := parseConf([]byte(tc.conf))
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, err := c.effective()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := s.spec("", "", nil); !reflect.DeepEqual(*got, tc.want) {
+				t.Errorf("got %+v, want %+v", *got, tc.want)
+			}
+		})
+	}
+}
+
+func TestConfErrors(t *testing.T) {
+	for _, conf := range []string{
+		`{"name":"n","iptables":"ebtables"}`,
+		`{"name":"n","policyIn":"allow"}`,
+		`{"name":"n","args":{"cni":{"policyOut":"pass"}}}`,
+		`{"name":"n","groups":["web","web"]}`,
+		`{"name":`,
+	} {
+		c, err := parseConf([]byte(conf))
+		if err == nil {
+			_, err = c.effective()
+		}
+		var te *types.Error
+		if !errors.As(err, &te) || te.Code != types.ErrInvalidNetworkConfig && te.Code != types.ErrDecodingFailure {
+			t.Errorf("%s: %v, want code 6 or 7", conf, err)
+		}
+	}
+}
+
+func TestCNIError(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		code uint
+	}{
+		{&engine.ConfigError{Err: errors.New("bad group")}, types.ErrInvalidNetworkConfig},
+		{fmt.Errorf("hook: %w", &engine.DriftError{Iface: "veth1", Problems: []string{"x"}}), ErrDrift},
+		{fmt.Errorf("waiting for lock: %w", context.DeadlineExceeded), types.ErrTryAgainLater},
+		{errors.New("iptables-restore: exit status 1"), ErrApply},
+		{types.NewError(types.ErrPluginNotAvailable, "x", ""), types.ErrPluginNotAvailable},
+	} {
+		var te *types.Error
+		if err := cniError(tc.err); !errors.As(err, &te) || te.Code != tc.code {
+			t.Errorf("cniError(%v) = %v, want code %d", tc.err, err, tc.code)
+		}
+	}
+	if cniError(nil) != nil {
+		t.Errorf("cniError(nil) is not nil")
+	}
+}

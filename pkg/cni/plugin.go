@@ -1,0 +1,386 @@
+package cni
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
+	"github.com/vishvananda/netlink"
+
+	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/engine"
+	"github.com/vmfw/vmfw/pkg/ipset"
+	"github.com/vmfw/vmfw/pkg/iptables"
+	"github.com/vmfw/vmfw/pkg/link"
+	"github.com/vmfw/vmfw/pkg/lock"
+	"github.com/vmfw/vmfw/pkg/ruleset"
+	"github.com/vmfw/vmfw/pkg/state"
+)
+
+// Versions are the CNI spec versions the plugin speaks.
+var Versions = version.PluginSupports("0.4.0", "1.0.0", "1.1.0")
+
+// timeout bounds one plugin invocation, waiting for the lock included.
+const timeout = 2 * time.Minute
+
+// Main runs the plugin for the command in CNI_COMMAND and exits on error,
+// printing the error as the spec says. ver is shown by VERSION's caller
+// when CNI_COMMAND is missing.
+func Main(ver string) {
+	skel.PluginMainFuncs(skel.CNIFuncs{
+		Add:    run(cmdAdd),
+		Del:    run(cmdDel),
+		Check:  run(cmdCheck),
+		GC:     run(cmdGC),
+		Status: run(cmdStatus),
+	}, Versions, "vmfw CNI plugin "+ver)
+}
+
+// run adapts a command to skel: it parses the configuration, bounds the
+// run in time and maps errors to CNI error codes.
+func run(cmd func(ctx context.Context, args *skel.CmdArgs, c *NetConf) error) func(*skel.CmdArgs) error {
+	return func(args *skel.CmdArgs) error {
+		c, err := parseConf(args.StdinData)
+		if err != nil {
+			return err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		return cniError(cmd(ctx, args, c))
+	}
+}
+
+// cniError maps an error to a CNI error: 7 for configuration problems, 11
+// when the lock could not be had in time, 101 for drift, 100 otherwise.
+func cniError(err error) error {
+	if err == nil {
+		return nil
+	}
+	var te *types.Error
+	var ce *engine.ConfigError
+	var fe *config.Error
+	var de *engine.DriftError
+	switch {
+	case errors.As(err, &te):
+		return te
+	case errors.As(err, &ce), errors.As(err, &fe):
+		return types.NewError(types.ErrInvalidNetworkConfig, "vmfw: "+err.Error(), "")
+	case errors.As(err, &de):
+		return types.NewError(ErrDrift, "vmfw: "+err.Error(), "")
+	case errors.Is(err, context.DeadlineExceeded):
+		return types.NewError(types.ErrTryAgainLater, "vmfw: "+err.Error(), "another vmfw run holds the lock")
+	}
+	return types.NewError(ErrApply, "vmfw: "+err.Error(), "")
+}
+
+// hostLinks adapts package link to engine.Host.
+type hostLinks struct{}
+
+func (hostLinks) Links() (map[string]bool, error) { return link.Names() }
+func (hostLinks) Attach(tap, bridge string) error { return link.Attach(tap, bridge) }
+func (hostLinks) EnableBridgeNetfilter() error    { return link.EnableBridgeNetfilter() }
+
+var _ engine.Host = hostLinks{}
+
+// newEngine returns the engine for the plugin configuration c.
+func newEngine(ctx context.Context, c *NetConf) (*engine.Engine, error) {
+	mode := c.IPTables
+	if mode == "" {
+		mode = os.Getenv("VMFW_IPTABLES")
+	}
+	ipt, err := iptables.New(ctx, iptables.Mode(mode), nil)
+	if err != nil {
+		return nil, err
+	}
+	configDir := c.ConfigDir
+	if configDir == "" {
+		configDir = engine.ConfigDirFromEnv()
+	}
+	stateDir := c.StateDir
+	if stateDir == "" {
+		stateDir = state.DirFromEnv()
+	}
+	runDir := os.Getenv("VMFW_RUN_DIR")
+	return &engine.Engine{
+		ConfigDir: configDir,
+		Backend:   string(ipt.Mode()),
+		Firewall:  ipt,
+		Sets:      ipset.New(nil),
+		Host:      hostLinks{},
+		State:     state.New(stateDir),
+		Lock: func(ctx context.Context) (func(), error) {
+			return lock.Acquire(ctx, runDir)
+		},
+	}, nil
+}
+
+// attachment is what ADD and CHECK learn from prevResult.
+type attachment struct {
+	result *types100.Result
+	// host is the host-side interface: a bridge port or a tap.
+	host string
+	// mac is the container interface's MAC, "" if prevResult has none.
+	mac string
+	// ips are the container's addresses.
+	ips []string
+}
+
+// fromPrevResult interprets prevResult; it is required.
+func fromPrevResult(args *skel.CmdArgs, c *NetConf) (*attachment, error) {
+	if err := version.ParsePrevResult(&c.PluginConf); err != nil {
+		return nil, types.NewError(types.ErrDecodingFailure, "vmfw: parsing prevResult", err.Error())
+	}
+	if c.PrevResult == nil {
+		return nil, invalid("prevResult is missing: vmfw is a chained plugin, list it after an interface plugin such as bridge")
+	}
+	res, err := types100.NewResultFromResult(c.PrevResult)
+	if err != nil {
+		return nil, types.NewError(types.ErrDecodingFailure, "vmfw: converting prevResult", err.Error())
+	}
+	a := &attachment{result: res}
+	var hosts []string
+	container := -1
+	for i, ifc := range res.Interfaces {
+		if ifc.Sandbox != "" {
+			if ifc.Name == args.IfName || container < 0 {
+				container = i
+			}
+			continue
+		}
+		if ok, err := isPort(ifc.Name); err != nil {
+			return nil, err
+		} else if ok {
+			hosts = append(hosts, ifc.Name)
+		}
+	}
+	switch len(hosts) {
+	case 0:
+		return nil, invalid("prevResult lists no host-side interface that is a bridge port or a tap")
+	case 1:
+		a.host = hosts[0]
+	default:
+		return nil, invalid("prevResult lists several host-side bridge ports or taps (%s); vmfw firewalls one", strings.Join(hosts, ", "))
+	}
+	if !state.ValidIface(a.host) {
+		return nil, invalid("host interface %q cannot be firewalled (its name is not usable in iptables chain names)", a.host)
+	}
+	if container >= 0 && res.Interfaces[container].Mac != "" {
+		mac, err := net.ParseMAC(res.Interfaces[container].Mac)
+		if err != nil {
+			return nil, invalid("prevResult interface %s: mac %q: %v", res.Interfaces[container].Name, res.Interfaces[container].Mac, err)
+		}
+		a.mac = mac.String()
+	}
+	for _, ip := range res.IPs {
+		// Addresses of the container's interface, or of no interface
+		// (which a result without interfaces may list).
+		if ip.Interface != nil && *ip.Interface != container {
+			continue
+		}
+		a.ips = append(a.ips, ip.Address.IP.String())
+	}
+	return a, nil
+}
+
+// isPort reports whether ifname is a bridge port or a tap in the current
+// (host) network namespace. An interface that does not exist is neither.
+func isPort(ifname string) (bool, error) {
+	l, err := netlink.LinkByName(ifname)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return false, nil
+		}
+		return false, fmt.Errorf("looking up %s: %w", ifname, err)
+	}
+	if l.Type() == "tuntap" {
+		return true, nil
+	}
+	if master := l.Attrs().MasterIndex; master != 0 {
+		m, err := netlink.LinkByIndex(master)
+		if err != nil {
+			return false, fmt.Errorf("looking up the master of %s: %w", ifname, err)
+		}
+		return m.Type() == "bridge", nil
+	}
+	return false, nil
+}
+
+// sameAttachment selects the records of one runtime attachment.
+func sameAttachment(c *NetConf, args *skel.CmdArgs) func(*state.Attachment) bool {
+	return func(a *state.Attachment) bool {
+		return a.Owner == state.CNI && a.Network == c.Name && a.ContainerID == args.ContainerID && a.IfName == args.IfName
+	}
+}
+
+func cmdAdd(ctx context.Context, args *skel.CmdArgs, c *NetConf) error {
+	s, err := c.effective()
+	if err != nil {
+		return err
+	}
+	a, err := fromPrevResult(args, c)
+	if err != nil {
+		return err
+	}
+	e, err := newEngine(ctx, c)
+	if err != nil {
+		return err
+	}
+	short := args.ContainerID
+	if len(short) > 12 {
+		short = short[:12]
+	}
+	rec := &state.Attachment{
+		Iface: a.host, Owner: state.CNI,
+		Network: c.Name, ContainerID: args.ContainerID, IfName: args.IfName,
+		Spec: s.spec(c.Name+"/"+short, a.mac, a.ips),
+	}
+	// A repeated ADD may have got a new host interface; the old one's
+	// record and chains go first.
+	recs, err := e.Records(ctx)
+	if err != nil {
+		return err
+	}
+	same := sameAttachment(c, args)
+	if slices.ContainsFunc(recs, func(r *state.Attachment) bool { return same(r) && r.Iface != a.host }) {
+		if _, err := e.DetachWhere(ctx, engine.Selector{Record: func(r *state.Attachment) bool { return same(r) && r.Iface != a.host }}); err != nil {
+			return err
+		}
+	}
+	if err := e.AttachRecords(ctx, rec); err != nil {
+		return err
+	}
+	return types.PrintResult(c.PrevResult, c.CNIVersion)
+}
+
+func cmdDel(ctx context.Context, args *skel.CmdArgs, c *NetConf) error {
+	e, err := newEngine(ctx, c)
+	if err != nil {
+		return err
+	}
+	_, err = e.DetachWhere(ctx, engine.Selector{Record: sameAttachment(c, args)})
+	return err
+}
+
+func cmdCheck(ctx context.Context, args *skel.CmdArgs, c *NetConf) error {
+	s, err := c.effective()
+	if err != nil {
+		return err
+	}
+	a, err := fromPrevResult(args, c)
+	if err != nil {
+		return err
+	}
+	e, err := newEngine(ctx, c)
+	if err != nil {
+		return err
+	}
+	rec, err := e.Check(ctx, a.host)
+	if err != nil {
+		return err
+	}
+	drift := func(format string, v ...any) error {
+		return types.NewError(ErrDrift, "vmfw: "+a.host+": "+fmt.Sprintf(format, v...), "")
+	}
+	switch {
+	case rec == nil:
+		return drift("no attachment record (was ADD run?)")
+	case !sameAttachment(c, args)(rec):
+		return drift("attached for network %q container %s interface %s, not this attachment", rec.Network, rec.ContainerID, rec.IfName)
+	case rec.Spec == nil:
+		return drift("the attachment record has no settings")
+	}
+	want := s.spec(rec.Spec.Name, a.mac, a.ips)
+	got := rec.Spec
+	switch {
+	case !slices.Equal(got.Groups, want.Groups):
+		return drift("attached with groups [%s], configured [%s]", strings.Join(got.Groups, " "), strings.Join(want.Groups, " "))
+	case got.PolicyIn != want.PolicyIn || got.PolicyOut != want.PolicyOut:
+		return drift("attached with policies in %s out %s, configured in %s out %s", got.PolicyIn, got.PolicyOut, want.PolicyIn, want.PolicyOut)
+	case got.Log != want.Log || got.Antispoof != want.Antispoof || got.DHCP != want.DHCP:
+		return drift("attached with log=%t antispoof=%t dhcp=%t, configured log=%t antispoof=%t dhcp=%t",
+			got.Log, got.Antispoof, got.DHCP, want.Log, want.Antispoof, want.DHCP)
+	case got.MAC != want.MAC || !slices.Equal(got.IPs, want.IPs):
+		return drift("attached for mac %s addresses [%s], prevResult has mac %s addresses [%s]",
+			got.MAC, strings.Join(got.IPs, " "), want.MAC, strings.Join(want.IPs, " "))
+	}
+	return nil
+}
+
+func cmdGC(ctx context.Context, _ *skel.CmdArgs, c *NetConf) error {
+	valid := map[types.GCAttachment]bool{}
+	for _, v := range c.ValidAttachments {
+		valid[v] = true
+	}
+	e, err := newEngine(ctx, c)
+	if err != nil {
+		return err
+	}
+	_, err = e.DetachWhere(ctx, engine.Selector{Record: func(a *state.Attachment) bool {
+		return a.Owner == state.CNI && a.Network == c.Name &&
+			!valid[types.GCAttachment{ContainerID: a.ContainerID, IfName: a.IfName}]
+	}})
+	return err
+}
+
+// cmdStatus reports, changing nothing, whether ADD could work: the
+// configuration loads, iptables and ip6tables of the backend and ipset
+// can be read, and bridge netfilter is available.
+func cmdStatus(ctx context.Context, _ *skel.CmdArgs, c *NetConf) error {
+	unavailable := func(what string, err error) error {
+		return types.NewError(types.ErrPluginNotAvailable, "vmfw: "+what+" is unusable", err.Error())
+	}
+	e, err := newEngine(ctx, c)
+	if err != nil {
+		return unavailable("iptables", err)
+	}
+	if _, err := e.Config(); err != nil {
+		return unavailable("the configuration directory "+e.ConfigDir, err)
+	}
+	for _, f := range ruleset.Families {
+		if _, err := e.Firewall.Save(ctx, f); err != nil {
+			tool := "iptables"
+			if f == ruleset.IPv6 {
+				tool = "ip6tables"
+			}
+			return unavailable(tool+" ("+e.Backend+")", err)
+		}
+	}
+	if _, err := e.Sets.List(ctx); err != nil {
+		return unavailable("ipset", err)
+	}
+	if err := bridgeNetfilterAvailable(); err != nil {
+		return unavailable("br_netfilter", err)
+	}
+	return nil
+}
+
+// bridgeNetfilterPath exists when br_netfilter serves the current network
+// namespace.
+const bridgeNetfilterPath = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+
+// bridgeNetfilterAvailable checks that bridged packets can be made to pass
+// iptables, loading br_netfilter if it is not loaded (as ADD would).
+func bridgeNetfilterAvailable() error {
+	if _, err := os.Stat(bridgeNetfilterPath); err == nil {
+		return nil
+	}
+	out, err := exec.Command("modprobe", "br_netfilter").CombinedOutput()
+	if _, serr := os.Stat(bridgeNetfilterPath); serr == nil {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("%s is missing and modprobe br_netfilter failed: %w: %s", bridgeNetfilterPath, err, strings.TrimSpace(string(out)))
+	}
+	return fmt.Errorf("%s is missing after loading br_netfilter", bridgeNetfilterPath)
+}

@@ -1,0 +1,142 @@
+// Package ebtables is the only code in vmfw that runs ebtables. It reads
+// back vmfw's part of the bridge filter table (the L2 anti-spoofing chains)
+// and applies changes as one ebtables-restore --noflush transaction.
+//
+// ebtables has no comment match, so rules are identified by their text as
+// ebtables-save prints it; the compiler writes rules in that printed form.
+package ebtables
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/vmfw/vmfw/pkg/iptables"
+	"github.com/vmfw/vmfw/pkg/ruleset"
+)
+
+// Client runs one ebtables backend.
+type Client struct {
+	tool   string
+	runner iptables.Runner
+}
+
+// New returns a client. It prefers ebtables-nft, which works beside either
+// iptables backend (the bridge family is separate from ip and ip6), and
+// falls back to ebtables-legacy where the kernel lacks nf_tables bridge
+// support. Many kernels, this project's CI among them, have no legacy
+// ebtables filter table at all.
+func New(ctx context.Context, runner iptables.Runner) (*Client, error) {
+	if runner == nil {
+		runner = iptables.ExecRunner{}
+	}
+	var errs []string
+	for _, tool := range []string{"ebtables-nft", "ebtables-legacy"} {
+		if _, err := runner.Run(ctx, nil, tool+"-save"); err != nil {
+			errs = append(errs, err.Error())
+			continue
+		}
+		return &Client{tool: tool, runner: runner}, nil
+	}
+	return nil, fmt.Errorf("no usable ebtables for L2 anti-spoofing: %s", strings.Join(errs, "; "))
+}
+
+// Tool names the ebtables command in use.
+func (c *Client) Tool() string { return c.tool }
+
+// Save reads vmfw's part of the bridge filter table.
+func (c *Client) Save(ctx context.Context) (ruleset.Observed, error) {
+	out, err := c.runner.Run(ctx, nil, c.tool+"-save")
+	if err != nil {
+		return ruleset.Observed{}, fmt.Errorf("reading bridge filter table: %w", err)
+	}
+	return Parse(out), nil
+}
+
+// Restore applies text as one ebtables-restore --noflush transaction.
+func (c *Client) Restore(ctx context.Context, text string) error {
+	if text == "" {
+		return nil
+	}
+	if _, err := c.runner.Run(ctx, []byte(text), c.tool+"-restore", "--noflush"); err != nil {
+		return fmt.Errorf("applying bridge rules: %w", err)
+	}
+	return nil
+}
+
+// Parse extracts vmfw's chains and hooks from ebtables-save output: the
+// dispatch chain vmfw-l2, every chain it jumps to, and the jumps into it.
+// Fingerprints are the rules' text after "-A CHAIN ".
+func Parse(save []byte) ruleset.Observed {
+	type rule struct {
+		chain ruleset.Chain
+		spec  string
+		line  string
+	}
+	var rules []rule
+	var declared []ruleset.Chain
+	inFilter := false
+	sc := bufio.NewScanner(bytes.NewReader(save))
+	sc.Buffer(make([]byte, 1<<20), 1<<26)
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case line == "" || strings.HasPrefix(line, "#"):
+		case strings.HasPrefix(line, "*"):
+			inFilter = line == "*filter"
+		case line == "COMMIT" || !inFilter:
+		case strings.HasPrefix(line, ":"):
+			name, _, _ := strings.Cut(line[1:], " ")
+			declared = append(declared, ruleset.Chain(name))
+		case strings.HasPrefix(line, "-A "):
+			chain, spec, _ := strings.Cut(line[3:], " ")
+			rules = append(rules, rule{ruleset.Chain(chain), spec, line})
+		}
+	}
+	owned := map[ruleset.Chain]bool{}
+	for _, c := range declared {
+		if c == ruleset.ChainL2 {
+			owned[c] = true
+		}
+	}
+	for _, r := range rules {
+		if r.chain == ruleset.ChainL2 {
+			if target := jumpTarget(r.spec); target != "" && ruleset.IsOwnedName(target) {
+				owned[ruleset.Chain(target)] = true
+			}
+		}
+	}
+	o := ruleset.Observed{
+		Chains: map[ruleset.Chain][]string{},
+		Lines:  map[ruleset.Chain][]string{},
+		Hooks:  map[ruleset.Hook]int{},
+	}
+	for _, c := range declared {
+		if owned[c] {
+			o.Chains[c] = []string{}
+		}
+	}
+	for _, r := range rules {
+		if (r.chain == ruleset.Forward || r.chain == ruleset.Input) && r.spec == "-j "+string(ruleset.ChainL2) {
+			o.Hooks[ruleset.Hook{From: r.chain, To: ruleset.ChainL2}]++
+			continue
+		}
+		if owned[r.chain] {
+			o.Chains[r.chain] = append(o.Chains[r.chain], r.spec)
+			o.Lines[r.chain] = append(o.Lines[r.chain], r.line)
+		}
+	}
+	return o
+}
+
+func jumpTarget(spec string) string {
+	f := strings.Fields(spec)
+	for i := 0; i+1 < len(f); i++ {
+		if f[i] == "-j" {
+			return f[i+1]
+		}
+	}
+	return ""
+}

@@ -1,0 +1,551 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/ruleset"
+	"github.com/vmfw/vmfw/pkg/state"
+)
+
+// Attachments stores the records of attached interfaces that the
+// configuration cannot name (CNI veths, libvirt vnetN). *state.Store
+// implements it. The engine reads and writes it only under its lock.
+type Attachments interface {
+	// List returns every record by interface name.
+	List() (map[string]*state.Attachment, error)
+	// Put writes a record atomically.
+	Put(a *state.Attachment) error
+	// Delete removes a record; a missing one is not an error.
+	Delete(iface string) error
+}
+
+var _ Attachments = (*state.Store)(nil)
+
+// nicSource maps an interface name to its settings, nil for an interface
+// vmfw does not manage. *config.Model (taps only) and *resolver (taps, then
+// attachment records) implement it.
+type nicSource interface {
+	NIC(name string) *config.NIC
+}
+
+// resolver maps interface names to settings: a configured tap first, then
+// an attachment record. Records are resolved against the configuration
+// when the resolver is made; a record that no longer resolves (its VM file
+// or a group was removed) gets closed settings, every packet dropped, and
+// its problem is kept for Check and Status.
+type resolver struct {
+	model    *config.Model
+	recs     map[string]*state.Attachment
+	nics     map[string]*config.NIC
+	problems map[string]error
+}
+
+// resolver reads the attachment records and resolves them against m.
+func (e *Engine) resolver(m *config.Model) (*resolver, error) {
+	r := &resolver{model: m, recs: map[string]*state.Attachment{}, nics: map[string]*config.NIC{}, problems: map[string]error{}}
+	if e.State != nil {
+		recs, err := e.State.List()
+		if err != nil {
+			return nil, fmt.Errorf("reading attachment records: %w", err)
+		}
+		r.recs = recs
+	}
+	for iface, a := range r.recs {
+		if m.NIC(iface) != nil {
+			continue // the configuration wins
+		}
+		nic, err := recordNIC(m, a)
+		if err != nil {
+			nic = closedNIC(iface)
+			r.problems[iface] = err
+		}
+		r.nics[iface] = nic
+	}
+	return r, nil
+}
+
+// NIC returns the settings of the interface called name, or nil.
+func (r *resolver) NIC(name string) *config.NIC {
+	if n := r.model.NIC(name); n != nil {
+		return n
+	}
+	return r.nics[name]
+}
+
+// present returns the configured taps and recorded interfaces that exist.
+func (r *resolver) present(links map[string]bool) []*config.NIC {
+	var nics []*config.NIC
+	for _, vm := range r.model.VMs {
+		for _, n := range vm.NICs {
+			if links[n.Tap] {
+				nics = append(nics, n)
+			}
+		}
+	}
+	for iface, n := range r.nics {
+		if links[iface] {
+			nics = append(nics, n)
+		}
+	}
+	sort.Slice(nics, func(i, j int) bool { return nics[i].Tap < nics[j].Tap })
+	return nics
+}
+
+// closedNIC is the setting of a recorded interface whose record no longer
+// resolves: nothing in or out but link-local housekeeping.
+func closedNIC(iface string) *config.NIC {
+	vm := &config.VM{Name: "unresolved", Enable: true, PolicyIn: config.Drop, PolicyOut: config.Drop}
+	return &config.NIC{VM: vm, Tap: iface, Antispoof: true}
+}
+
+// recordNIC resolves a record against the configuration.
+func recordNIC(m *config.Model, a *state.Attachment) (*config.NIC, error) {
+	if a.VM != nil {
+		vm := m.VMs[a.VM.ID]
+		if vm == nil {
+			return nil, fmt.Errorf("%s: VM %d has no configuration (vms/%d.toml)", a.Iface, a.VM.ID, a.VM.ID)
+		}
+		for _, n := range vm.NICs {
+			if n.Index == a.VM.Index {
+				c := *n
+				c.Tap = a.Iface
+				return &c, nil
+			}
+		}
+		return nil, fmt.Errorf("%s: %s has no [net%d] table", a.Iface, vm.File, a.VM.Index)
+	}
+	s := a.Spec
+	if s == nil {
+		return nil, fmt.Errorf("%s: the record has neither a VM nor settings", a.Iface)
+	}
+	vm := &config.VM{Name: s.Name, Enable: true, Log: s.Log}
+	var err error
+	if vm.PolicyIn, err = ParseAction(s.PolicyIn, config.Drop); err != nil {
+		return nil, fmt.Errorf("%s: policy in: %w", a.Iface, err)
+	}
+	if vm.PolicyOut, err = ParseAction(s.PolicyOut, config.Accept); err != nil {
+		return nil, fmt.Errorf("%s: policy out: %w", a.Iface, err)
+	}
+	nic := &config.NIC{VM: vm, Tap: a.Iface, Antispoof: s.Antispoof, DHCP: s.DHCP}
+	for i, g := range s.Groups {
+		if m.Groups[g] == nil {
+			return nil, fmt.Errorf("%s: group %q is not defined (no groups/%s.toml in %s)", a.Iface, g, g, m.Dir)
+		}
+		if slices.Contains(s.Groups[:i], g) {
+			return nil, fmt.Errorf("%s: group %q listed twice", a.Iface, g)
+		}
+	}
+	nic.Groups = append([]string{}, s.Groups...)
+	if s.MAC != "" {
+		mac, err := net.ParseMAC(s.MAC)
+		if err != nil || len(mac) != 6 {
+			return nil, fmt.Errorf("%s: mac %q is not an Ethernet address", a.Iface, s.MAC)
+		}
+		nic.MAC = mac
+	}
+	for _, ip := range s.IPs {
+		addr, err := netip.ParseAddr(ip)
+		if err != nil || addr.Zone() != "" || !unicast(addr) {
+			return nil, fmt.Errorf("%s: %q is not a unicast address", a.Iface, ip)
+		}
+		nic.IPs = append(nic.IPs, addr.Unmap())
+	}
+	return nic, nil
+}
+
+// ParseAction parses a policy ("accept", "drop", "reject"); "" gives def.
+func ParseAction(s string, def config.Action) (config.Action, error) {
+	switch a := config.Action(strings.ToLower(s)); a {
+	case "":
+		return def, nil
+	case config.Accept, config.Drop, config.Reject:
+		return a, nil
+	}
+	return "", fmt.Errorf("%q: must be accept, drop or reject", s)
+}
+
+// claims checks that no address of nic is already another interface's. A
+// record that refers to a VM file's interface (ref) shares its addresses.
+func (r *resolver) claims(nic *config.NIC, ref *state.VMRef, pending map[string]*config.NIC) error {
+	owner := func(ip netip.Addr) string {
+		for _, vm := range r.model.VMs {
+			for _, n := range vm.NICs {
+				if ref != nil && vm.ID == ref.ID && n.Index == ref.Index {
+					continue
+				}
+				if slices.Contains(n.IPs, ip) {
+					return fmt.Sprintf("%s (%s)", n.Tap, vm.File)
+				}
+			}
+		}
+		for _, src := range []map[string]*config.NIC{r.nics, pending} {
+			for iface, n := range src {
+				if iface != nic.Tap && slices.Contains(n.IPs, ip) {
+					return iface + " (attachment record)"
+				}
+			}
+		}
+		return ""
+	}
+	for _, ip := range nic.IPs {
+		if o := owner(ip); o != "" {
+			return fmt.Errorf("%s: address %s is already claimed by %s", nic.Tap, ip, o)
+		}
+	}
+	return nil
+}
+
+// AttachRecords stores recs and firewalls their interfaces in one change,
+// together with the interfaces already attached. It neither moves the
+// interfaces nor sets them up: the caller (a CNI bridge plugin, libvirt)
+// has done that. A record that does not resolve against the configuration
+// (unknown VM or group, bad address, an address another interface claims)
+// is a *ConfigError and nothing changes; when applying fails the previous
+// records are put back.
+func (e *Engine) AttachRecords(ctx context.Context, recs ...*state.Attachment) error {
+	if e.State == nil {
+		return errors.New("attaching interfaces: no state directory configured")
+	}
+	m, err := e.load()
+	if err != nil {
+		return err
+	}
+	release, err := e.lock(ctx)
+	if err != nil {
+		return err
+	}
+	defer release()
+	r, err := e.resolver(m)
+	if err != nil {
+		return err
+	}
+	pending := map[string]*config.NIC{}
+	for _, a := range recs {
+		if !state.ValidIface(a.Iface) {
+			return &ConfigError{Err: fmt.Errorf("%q: not an interface name vmfw can firewall (1 to 15 letters, digits, '_', '.', '-'; not sg-* or vmfw-*)", a.Iface)}
+		}
+		if n := m.NIC(a.Iface); n != nil {
+			return &ConfigError{Err: fmt.Errorf("%s: is a tap configured in %s; use ifup", a.Iface, n.VM.File)}
+		}
+		if pending[a.Iface] != nil {
+			return &ConfigError{Err: fmt.Errorf("%s: attached twice", a.Iface)}
+		}
+		nic, err := recordNIC(m, a)
+		if err != nil {
+			return &ConfigError{Err: err}
+		}
+		pending[a.Iface] = nic
+	}
+	for _, a := range recs {
+		if err := r.claims(pending[a.Iface], a.VM, pending); err != nil {
+			return &ConfigError{Err: err}
+		}
+	}
+	if err := e.Host.EnableBridgeNetfilter(); err != nil {
+		return err
+	}
+	st, err := e.read(ctx)
+	if err != nil {
+		return err
+	}
+	var written []*state.Attachment
+	undo := func() error {
+		var errs []error
+		for _, a := range written {
+			var err error
+			if old := r.recs[a.Iface]; old != nil {
+				err = e.State.Put(old)
+			} else {
+				err = e.State.Delete(a.Iface)
+			}
+			if err != nil {
+				errs = append(errs, fmt.Errorf("restoring the record of %s: %w", a.Iface, err))
+			}
+		}
+		return errors.Join(errs...)
+	}
+	for _, a := range recs {
+		if err := e.State.Put(a); err != nil {
+			return errors.Join(err, undo())
+		}
+		written = append(written, a)
+	}
+	names := st.installed()
+	for iface, nic := range pending {
+		r.nics[iface] = nic
+		delete(r.problems, iface)
+		names = append(names, iface)
+	}
+	if _, err := e.converge(ctx, m, nicsFor(r, dedupe(names)), st, false); err != nil {
+		return errors.Join(fmt.Errorf("firewalling %s: %w", strings.Join(sortedKeys(pending), ", "), err), undo())
+	}
+	return nil
+}
+
+// AttachVM firewalls every existing interface of VM vmid named
+// tap<vmid>i<N> (a Proxmox hookscript's post-start: Proxmox has created
+// the taps and put them on their bridges). It returns the taps it
+// firewalled, none when the VM has no tap. A tap without a [netN] table,
+// or taps of a VM without a file, are a *ConfigError and nothing changes.
+func (e *Engine) AttachVM(ctx context.Context, vmid int) ([]string, error) {
+	m, err := e.load()
+	if err != nil {
+		return nil, err
+	}
+	release, err := e.lock(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	links, err := e.Host.Links()
+	if err != nil {
+		return nil, err
+	}
+	var taps []string
+	for name := range links {
+		if id, _, ok := config.ParseTapName(name); ok && id == vmid {
+			if _, err := lookupNIC(m, name); err != nil {
+				return nil, err
+			}
+			taps = append(taps, name)
+		}
+	}
+	if len(taps) == 0 {
+		return nil, nil
+	}
+	sort.Strings(taps)
+	r, err := e.resolver(m)
+	if err != nil {
+		return nil, err
+	}
+	if err := e.Host.EnableBridgeNetfilter(); err != nil {
+		return nil, err
+	}
+	st, err := e.read(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := e.converge(ctx, m, nicsFor(r, dedupe(append(st.installed(), taps...))), st, false); err != nil {
+		return nil, fmt.Errorf("firewalling %s: %w", strings.Join(taps, ", "), err)
+	}
+	return taps, nil
+}
+
+// Selector picks the interfaces DetachWhere removes.
+type Selector struct {
+	// Iface selects installed interfaces by name; nil selects none.
+	Iface func(name string) bool
+	// Record selects attachment records; their interfaces' chains and the
+	// records themselves are removed. nil selects none.
+	Record func(a *state.Attachment) bool
+}
+
+// DetachWhere removes, in one change, the chains and group memberships of
+// every selected interface and the selected records. It succeeds when
+// nothing is selected or the chains are already gone, so DEL, GC and stop
+// hooks can run any number of times. It returns the interfaces it removed
+// chains or records of, sorted.
+func (e *Engine) DetachWhere(ctx context.Context, sel Selector) ([]string, error) {
+	m, err := e.load()
+	if err != nil {
+		return nil, err
+	}
+	release, err := e.lock(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	r, err := e.resolver(m)
+	if err != nil {
+		return nil, err
+	}
+	st, err := e.read(ctx)
+	if err != nil {
+		return nil, err
+	}
+	drop := map[string]bool{}
+	var records []string
+	if sel.Record != nil {
+		for iface, a := range r.recs {
+			if sel.Record(a) {
+				drop[iface] = true
+				records = append(records, iface)
+			}
+		}
+	}
+	installed := st.installed()
+	var keep []string
+	for _, t := range installed {
+		if sel.Iface != nil && sel.Iface(t) {
+			drop[t] = true
+		}
+		if !drop[t] {
+			keep = append(keep, t)
+		}
+	}
+	if _, err := e.converge(ctx, m, nicsFor(r, keep), st, false); err != nil {
+		return nil, fmt.Errorf("removing %s: %w", strings.Join(sortedKeys(drop), ", "), err)
+	}
+	// Records go only once their chains are gone: a record without chains
+	// is harmless (the next apply reinstalls them if its interface still
+	// exists), chains without a record would be removed as unconfigured.
+	var errs []error
+	for _, iface := range records {
+		if err := e.State.Delete(iface); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return sortedKeys(drop), errors.Join(errs...)
+}
+
+// Records returns the attachment records, sorted by interface name. It
+// reads them under the lock, so it never sees a half-done change.
+func (e *Engine) Records(ctx context.Context) ([]*state.Attachment, error) {
+	if e.State == nil {
+		return nil, nil
+	}
+	release, err := e.lock(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	recs, err := e.State.List()
+	if err != nil {
+		return nil, fmt.Errorf("reading attachment records: %w", err)
+	}
+	return state.Sorted(recs), nil
+}
+
+// DriftError lists what Check found missing or different; nothing was
+// changed.
+type DriftError struct {
+	// Iface is the interface checked.
+	Iface string
+	// Problems are one-line descriptions, e.g. "ipv4/veth1234-in: missing".
+	Problems []string
+}
+
+func (e *DriftError) Error() string {
+	return fmt.Sprintf("%s is not firewalled as configured: %s", e.Iface, strings.Join(e.Problems, "; "))
+}
+
+// Check verifies, changing nothing, that iface is firewalled as its
+// settings say: its chains and its groups' chains in both families, vmfw's
+// base chains and jumps, and its addresses in its groups' ipsets. It
+// returns iface's record (nil for a configured tap) and a *DriftError
+// listing every difference, or a *ConfigError when iface is not managed.
+func (e *Engine) Check(ctx context.Context, iface string) (*state.Attachment, error) {
+	m, err := e.load()
+	if err != nil {
+		return nil, err
+	}
+	release, err := e.lock(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	r, err := e.resolver(m)
+	if err != nil {
+		return nil, err
+	}
+	rec := r.recs[iface]
+	nic := r.NIC(iface)
+	if nic == nil {
+		return nil, &DriftError{Iface: iface, Problems: []string{"not managed by vmfw (no configured tap and no attachment record)"}}
+	}
+	st, err := e.read(ctx)
+	if err != nil {
+		return nil, err
+	}
+	d := &DriftError{Iface: iface}
+	if p := r.problems[iface]; p != nil {
+		d.Problems = append(d.Problems, "record does not resolve, all traffic dropped: "+p.Error())
+	}
+	rs, err := ruleset.Build(m, nicsFor(r, dedupe(append(st.installed(), iface))))
+	if err != nil {
+		return nil, err
+	}
+	mine := map[ruleset.Chain]bool{
+		ruleset.TapChain(iface, "src"): true,
+		ruleset.TapChain(iface, "out"): true,
+		ruleset.TapChain(iface, "in"):  true,
+	}
+	if nic.VM.Enable {
+		for _, g := range nic.Groups {
+			mine[ruleset.GroupChain(g, "in")] = true
+			mine[ruleset.GroupChain(g, "out")] = true
+		}
+	}
+	for _, f := range ruleset.Families {
+		plan := ruleset.Diff(rs.Tables[f], st.tables[f].Observed)
+		report := func(list []ruleset.Chain, what string) {
+			for _, c := range list {
+				if mine[c] || isBaseChain(c) {
+					d.Problems = append(d.Problems, fmt.Sprintf("%s/%s: %s", f, c, what))
+				}
+			}
+		}
+		report(plan.Create, "missing")
+		report(plan.Rewrite, "drifted")
+		report(plan.Delete, "unexpected")
+		for _, h := range plan.AddHooks {
+			d.Problems = append(d.Problems, fmt.Sprintf("%s/%s: jump to %s missing", f, h.From, h.To))
+		}
+	}
+	for _, s := range rs.Sets {
+		have := st.sets[s.Name]
+		for _, ip := range nic.IPs {
+			if !slices.Contains(s.Members, ip.String()) {
+				continue
+			}
+			if have == nil {
+				d.Problems = append(d.Problems, fmt.Sprintf("ipset %s: missing", s.Name))
+				break
+			}
+			if !have.Members[strings.ToLower(ip.String())] {
+				d.Problems = append(d.Problems, fmt.Sprintf("ipset %s: member %s missing", s.Name, ip))
+			}
+		}
+	}
+	if len(d.Problems) > 0 {
+		return rec, d
+	}
+	return rec, nil
+}
+
+// Ready reports whether the engine can work: the configuration loads and
+// iptables, ip6tables and ipset can be read. It changes nothing.
+func (e *Engine) Ready(ctx context.Context) error {
+	if _, err := e.load(); err != nil {
+		return err
+	}
+	_, err := e.read(ctx)
+	return err
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// unicast reports whether a can be an interface's own address.
+func unicast(a netip.Addr) bool {
+	return a.IsValid() && !a.IsUnspecified() && !a.IsMulticast() && !a.IsLoopback() &&
+		a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
+}
+
+// Config loads and validates the configuration; an invalid one is a
+// *ConfigError.
+func (e *Engine) Config() (*config.Model, error) { return e.load() }

@@ -1,0 +1,214 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/ipset"
+	"github.com/vmfw/vmfw/pkg/iptables"
+	"github.com/vmfw/vmfw/pkg/ruleset"
+	"github.com/vmfw/vmfw/pkg/state"
+)
+
+// attEmptyTable is iptables-save of a filter table without vmfw.
+const attEmptyTable = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
+
+// attKernel holds no vmfw state and records what would be applied.
+type attKernel struct {
+	restored []string
+	links    map[string]bool
+}
+
+func (k *attKernel) Save(context.Context, ruleset.Family) (*iptables.Snapshot, error) {
+	return iptables.Parse([]byte(attEmptyTable))
+}
+
+func (k *attKernel) Restore(_ context.Context, _ ruleset.Family, text string) error {
+	k.restored = append(k.restored, text)
+	return nil
+}
+
+type attSets struct{ scripts []string }
+
+func (s *attSets) List(context.Context) (map[string]*ipset.Observed, error) {
+	return map[string]*ipset.Observed{}, nil
+}
+
+func (s *attSets) Restore(_ context.Context, script string) error {
+	if script != "" {
+		s.scripts = append(s.scripts, script)
+	}
+	return nil
+}
+
+func (k *attKernel) Links() (map[string]bool, error) { return k.links, nil }
+func (k *attKernel) Attach(string, string) error     { return nil }
+func (k *attKernel) EnableBridgeNetfilter() error    { return nil }
+
+func attEngine(t *testing.T) (*Engine, *attKernel, *attSets, *state.Store) {
+	t.Helper()
+	dir := t.TempDir()
+	files := map[string]string{
+		"groups/web.toml": "[[in]]\nproto = \"tcp\"\ndport = \"80\"\n",
+		"groups/db.toml":  "[[in]]\nproto = \"tcp\"\ndport = \"5432\"\nsource_group = \"web\"\n",
+		"vms/110.toml":    "[net0]\nips = [\"192.0.2.110\"]\ngroups = [\"web\"]\n\n[net1]\nips = [\"192.0.2.111\"]\n",
+	}
+	for rel, content := range files {
+		path := filepath.Join(dir, rel)
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	k := &attKernel{links: map[string]bool{}}
+	sets := &attSets{}
+	st := state.New(t.TempDir())
+	e := &Engine{
+		ConfigDir: dir, Firewall: k, Sets: sets, Host: k, State: st,
+		Lock: func(context.Context) (func(), error) { return func() {}, nil },
+	}
+	return e, k, sets, st
+}
+
+func attRecord(iface, ip string, groups ...string) *state.Attachment {
+	return &state.Attachment{Iface: iface, Owner: state.CNI, Network: "n", ContainerID: "c-" + iface, IfName: "eth0",
+		Spec: &state.Spec{IPs: []string{ip}, Groups: groups, Antispoof: true}}
+}
+
+func TestAttachRecords(t *testing.T) {
+	e, k, sets, st := attEngine(t)
+	ctx := context.Background()
+	if err := e.AttachRecords(ctx, attRecord("veth1", "198.51.100.2", "web")); err != nil {
+		t.Fatal(err)
+	}
+	if len(k.restored) != 2 || !strings.Contains(k.restored[0], ":veth1-in") || !strings.Contains(k.restored[0], "--physdev-in veth1 -g veth1-out") {
+		t.Errorf("restored:\n%s", strings.Join(k.restored, "\n"))
+	}
+	recs, err := st.List()
+	if err != nil || recs["veth1"] == nil {
+		t.Errorf("records: %v, %v", recs, err)
+	}
+	// A member of web with db attached: the set holds it.
+	k.restored = nil
+	if err := e.AttachRecords(ctx, attRecord("veth2", "198.51.100.3", "db"), attRecord("veth3", "198.51.100.4", "web")); err != nil {
+		t.Fatal(err)
+	}
+	// The fake kernel kept nothing, so only the new records are attached,
+	// yet membership comes from the records: veth3 is in sg-web-v4.
+	if len(sets.scripts) == 0 || !strings.Contains(sets.scripts[len(sets.scripts)-1], "add sg-web-v4 198.51.100.4") {
+		t.Errorf("ipset scripts: %q", sets.scripts)
+	}
+}
+
+func TestAttachRecordsRefuses(t *testing.T) {
+	for name, tc := range map[string]struct {
+		rec  *state.Attachment
+		want string
+	}{
+		"unknown group":   {attRecord("veth1", "198.51.100.2", "nosuch"), `group "nosuch" is not defined`},
+		"claimed address": {attRecord("veth1", "192.0.2.110", "web"), "already claimed by tap110i0"},
+		"bad address":     {attRecord("veth1", "224.0.0.1"), "not a unicast address"},
+		"bad policy":      {&state.Attachment{Iface: "veth1", Owner: state.CNI, Spec: &state.Spec{PolicyIn: "allow"}}, "must be accept, drop or reject"},
+		"tap name":        {attRecord("tap110i0", "198.51.100.2"), "is a tap configured in"},
+		"chain name":      {attRecord("sg-web", "198.51.100.2"), "not an interface name"},
+		"missing VM":      {&state.Attachment{Iface: "vnet0", Owner: state.Libvirt, VM: &state.VMRef{ID: 7}}, "VM 7 has no configuration"},
+		"missing netN":    {&state.Attachment{Iface: "vnet0", Owner: state.Libvirt, VM: &state.VMRef{ID: 110, Index: 5}}, "has no [net5] table"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			e, k, _, st := attEngine(t)
+			err := e.AttachRecords(context.Background(), tc.rec)
+			var ce *ConfigError
+			if !errors.As(err, &ce) || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("AttachRecords: %v, want a ConfigError containing %q", err, tc.want)
+			}
+			if len(k.restored) != 0 {
+				t.Errorf("changed the firewall: %q", k.restored)
+			}
+			if recs, _ := st.List(); len(recs) != 0 {
+				t.Errorf("wrote records: %v", recs)
+			}
+		})
+	}
+}
+
+func TestResolver(t *testing.T) {
+	e, _, _, st := attEngine(t)
+	m, err := config.Load(e.ConfigDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []*state.Attachment{
+		{Iface: "vnet0", Owner: state.Libvirt, VM: &state.VMRef{ID: 110, Index: 1}},
+		{Iface: "vnet1", Owner: state.Libvirt, VM: &state.VMRef{ID: 999}},
+		// A record for a configured tap name: the configuration wins.
+		{Iface: "tap110i0", Owner: state.Libvirt, VM: &state.VMRef{ID: 110, Index: 1}},
+	} {
+		if err := st.Put(a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, err := e.resolver(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := r.NIC("tap110i0"); n == nil || n.Index != 0 {
+		t.Errorf("tap110i0 resolved to %+v, want net0 of the configuration", n)
+	}
+	v0 := r.NIC("vnet0")
+	if v0 == nil || v0.Tap != "vnet0" || v0.Index != 1 || v0.VM.ID != 110 {
+		t.Errorf("vnet0 resolved to %+v", v0)
+	}
+	if m.NIC("tap110i1").Tap != "tap110i1" {
+		t.Errorf("resolving a record changed the configuration's NIC")
+	}
+	v1 := r.NIC("vnet1")
+	if v1 == nil || v1.VM.PolicyIn != config.Drop || v1.VM.PolicyOut != config.Drop || len(v1.Groups) != 0 || r.problems["vnet1"] == nil {
+		t.Errorf("unresolvable vnet1 resolved to %+v (problem %v), want closed", v1, r.problems["vnet1"])
+	}
+	if r.NIC("veth9") != nil {
+		t.Errorf("an unknown interface resolved")
+	}
+	got := r.present(map[string]bool{"vnet0": true, "tap110i1": true})
+	if len(got) != 2 || got[0].Tap != "tap110i1" || got[1].Tap != "vnet0" {
+		t.Errorf("present: %+v", got)
+	}
+}
+
+func TestDetachWhere(t *testing.T) {
+	e, _, _, st := attEngine(t)
+	ctx := context.Background()
+	if err := e.AttachRecords(ctx, attRecord("veth1", "198.51.100.2", "web"), attRecord("veth2", "198.51.100.3", "web")); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		got, err := e.DetachWhere(ctx, Selector{Record: func(a *state.Attachment) bool { return a.Iface == "veth1" }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) > 1 || len(got) == 1 && got[0] != "veth1" {
+			t.Errorf("DetachWhere removed %v", got)
+		}
+	}
+	recs, err := st.List()
+	if err != nil || len(recs) != 1 || recs["veth2"] == nil {
+		t.Errorf("records after DetachWhere: %v, %v", recs, err)
+	}
+}
+
+func TestParseAction(t *testing.T) {
+	for in, want := range map[string]config.Action{"": config.Reject, "accept": config.Accept, "DROP": config.Drop, "reject": config.Reject} {
+		if got, err := ParseAction(in, config.Reject); err != nil || got != want {
+			t.Errorf("ParseAction(%q) = %q, %v", in, got, err)
+		}
+	}
+	if _, err := ParseAction("allow", config.Drop); err == nil {
+		t.Errorf("ParseAction(allow) succeeded")
+	}
+}
