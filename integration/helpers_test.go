@@ -128,13 +128,6 @@ func (h *hv) write(rel, content string) {
 	}
 }
 
-func (h *hv) remove(rel string) {
-	h.t.Helper()
-	if err := os.Remove(filepath.Join(h.config, rel)); err != nil {
-		h.t.Fatal(err)
-	}
-}
-
 // run runs vmfw inside the hypervisor namespace and returns its output and
 // exit status.
 func (h *hv) run(args ...string) (stdout, stderr string, code int) {
@@ -321,19 +314,6 @@ func tcp(t *testing.T, ns *labnet.NS, addr string, port int) labnet.Result {
 		t.Fatalf("tcp %s -> %s:%d: %v", ns, addr, port, err)
 	}
 	return r
-}
-
-// expectTCP asserts that a connection from ns to addr:port connects (open)
-// or does not (dropped or refused).
-func expectTCP(t *testing.T, what string, ns *labnet.NS, addr string, port int, open bool) {
-	t.Helper()
-	r := tcp(t, ns, addr, port)
-	if open && r != labnet.Connected {
-		t.Errorf("%s: tcp %s:%d should connect, got %v", what, addr, port, r)
-	}
-	if !open && r == labnet.Connected {
-		t.Errorf("%s: tcp %s:%d should be blocked, but it connected", what, addr, port)
-	}
 }
 
 // probe is one expected TCP flow.
