@@ -55,3 +55,31 @@ fuzz:
 
 clean:
 	rm -rf $(BIN)
+
+# make install: the binary, its ifup/ifdown links, the CNI plugin link and
+# the systemd unit. PREFIX and DESTDIR are honoured; CNI_BIN_DIR is where
+# CNI runtimes look for plugins; the unit's paths follow SBINDIR.
+SBINDIR          ?= $(PREFIX)/sbin
+DOCDIR           ?= $(PREFIX)/share/doc/vmfw
+CNI_BIN_DIR      ?= /opt/cni/bin
+SYSTEMD_UNIT_DIR ?= /etc/systemd/system
+
+.PHONY: install uninstall
+
+install: build
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(CNI_BIN_DIR) $(DESTDIR)$(SYSTEMD_UNIT_DIR) $(DESTDIR)$(DOCDIR)
+	install -m 0755 $(BIN)/vmfw $(DESTDIR)$(SBINDIR)/vmfw
+	ln -sf vmfw $(DESTDIR)$(SBINDIR)/vmfw-ifup
+	ln -sf vmfw $(DESTDIR)$(SBINDIR)/vmfw-ifdown
+	ln -sf $(SBINDIR)/vmfw $(DESTDIR)$(CNI_BIN_DIR)/vmfw
+	sed 's#/usr/local/sbin/#$(SBINDIR)/#g; s#/usr/local/share/doc/vmfw/#$(DOCDIR)/#g' conf/systemd/vmfw.service > $(DESTDIR)$(SYSTEMD_UNIT_DIR)/vmfw.service
+	chmod 0644 $(DESTDIR)$(SYSTEMD_UNIT_DIR)/vmfw.service
+	install -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
+	@echo "installed; enable the boot-time restore with: systemctl daemon-reload && systemctl enable vmfw"
+
+uninstall:
+	rm -f $(DESTDIR)$(SBINDIR)/vmfw $(DESTDIR)$(SBINDIR)/vmfw-ifup $(DESTDIR)$(SBINDIR)/vmfw-ifdown
+	rm -f $(DESTDIR)$(CNI_BIN_DIR)/vmfw
+	rm -f $(DESTDIR)$(SYSTEMD_UNIT_DIR)/vmfw.service
+	rm -f $(DESTDIR)$(DOCDIR)/README.md
+	-rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null

@@ -16,13 +16,10 @@ import (
 	"text/tabwriter"
 
 	"github.com/vmfw/vmfw/pkg/config"
-	"github.com/vmfw/vmfw/pkg/ebtables"
 	"github.com/vmfw/vmfw/pkg/engine"
-	"github.com/vmfw/vmfw/pkg/ipset"
 	"github.com/vmfw/vmfw/pkg/iptables"
-	"github.com/vmfw/vmfw/pkg/link"
-	"github.com/vmfw/vmfw/pkg/lock"
 	"github.com/vmfw/vmfw/pkg/state"
+	"github.com/vmfw/vmfw/pkg/system"
 )
 
 // Version is set at build time with -ldflags "-X ...cli.Version=...".
@@ -123,11 +120,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	cmd, rest := rest[0], rest[1:]
 
 	newEngine := func() (*engine.Engine, error) {
-		e, err := newEngine(ctx, *configDir, iptables.Mode(*backend))
-		if e != nil {
-			e.State = state.New(*stateDir)
-		}
-		return e, err
+		return system.NewEngine(ctx, system.Options{ConfigDir: *configDir, StateDir: *stateDir, IPTables: iptables.Mode(*backend)})
 	}
 	switch cmd {
 	case "ifup", "ifdown":
@@ -265,36 +258,4 @@ func status(ctx context.Context, newEngine func() (*engine.Engine, error), args 
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\n", t.Tap, vm, groups, pin, pout, state, t.DroppedIn, t.DroppedOut)
 	}
 	return tw.Flush()
-}
-
-// hostLinks adapts package link to engine.Host.
-type hostLinks struct{}
-
-func (hostLinks) Links() (map[string]bool, error) { return link.Names() }
-func (hostLinks) Attach(tap, bridge string) error { return link.Attach(tap, bridge) }
-func (hostLinks) EnableBridgeNetfilter() error    { return link.EnableBridgeNetfilter() }
-
-var _ engine.Host = hostLinks{}
-
-func newEngine(ctx context.Context, configDir string, mode iptables.Mode) (*engine.Engine, error) {
-	ipt, err := iptables.New(ctx, mode, nil)
-	if err != nil {
-		return nil, err
-	}
-	ebt, err := ebtables.New(ctx, nil)
-	if err != nil {
-		return nil, err
-	}
-	runDir := os.Getenv("VMFW_RUN_DIR")
-	return &engine.Engine{
-		ConfigDir: configDir,
-		Backend:   string(ipt.Mode()) + ", " + ebt.Tool(),
-		Firewall:  ipt,
-		Sets:      ipset.New(nil),
-		Bridge:    ebt,
-		Host:      hostLinks{},
-		Lock: func(ctx context.Context) (func(), error) {
-			return lock.Acquire(ctx, runDir)
-		},
-	}, nil
 }

@@ -19,12 +19,10 @@ import (
 
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/engine"
-	"github.com/vmfw/vmfw/pkg/ipset"
 	"github.com/vmfw/vmfw/pkg/iptables"
-	"github.com/vmfw/vmfw/pkg/link"
-	"github.com/vmfw/vmfw/pkg/lock"
 	"github.com/vmfw/vmfw/pkg/ruleset"
 	"github.com/vmfw/vmfw/pkg/state"
+	"github.com/vmfw/vmfw/pkg/system"
 )
 
 // Versions are the CNI spec versions the plugin speaks.
@@ -83,45 +81,9 @@ func cniError(err error) error {
 	return types.NewError(ErrApply, "vmfw: "+err.Error(), "")
 }
 
-// hostLinks adapts package link to engine.Host.
-type hostLinks struct{}
-
-func (hostLinks) Links() (map[string]bool, error) { return link.Names() }
-func (hostLinks) Attach(tap, bridge string) error { return link.Attach(tap, bridge) }
-func (hostLinks) EnableBridgeNetfilter() error    { return link.EnableBridgeNetfilter() }
-
-var _ engine.Host = hostLinks{}
-
 // newEngine returns the engine for the plugin configuration c.
 func newEngine(ctx context.Context, c *NetConf) (*engine.Engine, error) {
-	mode := c.IPTables
-	if mode == "" {
-		mode = os.Getenv("VMFW_IPTABLES")
-	}
-	ipt, err := iptables.New(ctx, iptables.Mode(mode), nil)
-	if err != nil {
-		return nil, err
-	}
-	configDir := c.ConfigDir
-	if configDir == "" {
-		configDir = engine.ConfigDirFromEnv()
-	}
-	stateDir := c.StateDir
-	if stateDir == "" {
-		stateDir = state.DirFromEnv()
-	}
-	runDir := os.Getenv("VMFW_RUN_DIR")
-	return &engine.Engine{
-		ConfigDir: configDir,
-		Backend:   string(ipt.Mode()),
-		Firewall:  ipt,
-		Sets:      ipset.New(nil),
-		Host:      hostLinks{},
-		State:     state.New(stateDir),
-		Lock: func(ctx context.Context) (func(), error) {
-			return lock.Acquire(ctx, runDir)
-		},
-	}, nil
+	return system.NewEngine(ctx, system.Options{ConfigDir: c.ConfigDir, StateDir: c.StateDir, IPTables: iptables.Mode(c.IPTables)})
 }
 
 // attachment is what ADD and CHECK learn from prevResult.

@@ -367,10 +367,6 @@ func (e *Engine) DetachWhere(ctx context.Context, sel Selector) ([]string, error
 	if err != nil {
 		return nil, err
 	}
-	st, err := e.read(ctx)
-	if err != nil {
-		return nil, err
-	}
 	drop := map[string]bool{}
 	var records []string
 	if sel.Record != nil {
@@ -380,6 +376,13 @@ func (e *Engine) DetachWhere(ctx context.Context, sel Selector) ([]string, error
 				records = append(records, iface)
 			}
 		}
+	}
+	if sel.Iface == nil && len(records) == 0 {
+		return nil, nil // nothing selected, nothing to read or change
+	}
+	st, err := e.read(ctx)
+	if err != nil {
+		return nil, err
 	}
 	installed := st.installed()
 	var keep []string
@@ -433,6 +436,7 @@ type DriftError struct {
 	Problems []string
 }
 
+// Error lists the problems on one line.
 func (e *DriftError) Error() string {
 	return fmt.Sprintf("%s is not firewalled as configured: %s", e.Iface, strings.Join(e.Problems, "; "))
 }
@@ -521,16 +525,6 @@ func (e *Engine) Check(ctx context.Context, iface string) (*state.Attachment, er
 	return rec, nil
 }
 
-// Ready reports whether the engine can work: the configuration loads and
-// iptables, ip6tables and ipset can be read. It changes nothing.
-func (e *Engine) Ready(ctx context.Context) error {
-	if _, err := e.load(); err != nil {
-		return err
-	}
-	_, err := e.read(ctx)
-	return err
-}
-
 func sortedKeys[V any](m map[string]V) []string {
 	out := make([]string, 0, len(m))
 	for k := range m {
@@ -549,3 +543,19 @@ func unicast(a netip.Addr) bool {
 // Config loads and validates the configuration; an invalid one is a
 // *ConfigError.
 func (e *Engine) Config() (*config.Model, error) { return e.load() }
+
+// prune deletes the records of interfaces that no longer exist: the
+// attachment ended without its DEL or stop hook (a crash, a reboot), and a
+// later interface of the same name (libvirt reuses vnetN) must not inherit
+// its settings.
+func (e *Engine) prune(r *resolver, links map[string]bool) error {
+	var errs []error
+	for iface := range r.recs {
+		if !links[iface] {
+			if err := e.State.Delete(iface); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -400,7 +400,11 @@ func (e *Engine) Sync(ctx context.Context, dryRun bool) (*Change, error) {
 	if err != nil {
 		return nil, err
 	}
-	return e.converge(ctx, m, r.present(links), st, dryRun)
+	ch, err := e.converge(ctx, m, r.present(links), st, dryRun)
+	if err == nil && !dryRun {
+		err = e.prune(r, links)
+	}
+	return ch, err
 }
 
 // Flush removes everything vmfw installed and nothing else. It needs no

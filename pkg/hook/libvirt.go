@@ -159,22 +159,31 @@ func started(ctx context.Context, e Engine, guest string, dom *domainXML) ([]str
 	if err != nil {
 		return nil, &engine.ConfigError{Err: fmt.Errorf("libvirt hook, %s started: %w", name, err)}
 	}
-	if recs == nil {
-		return nil, nil // not a vmfw VM
-	}
 	keep := map[string]bool{}
 	var ifaces []string
 	for _, a := range recs {
 		keep[a.Iface] = true
 		ifaces = append(ifaces, a.Iface)
 	}
-	// Records left by an earlier run of the same domain whose stop hook
-	// never ran name interfaces libvirt may since have given to another
-	// domain.
+	devs := map[string]bool{}
+	for _, ifc := range dom.Interfaces {
+		if ifc.bridged() && ifc.Target.Dev != "" {
+			devs[ifc.Target.Dev] = true
+		}
+	}
+	// Records whose stop hook never ran (libvirtd crashed) go first: the
+	// domain's old interfaces, and any other domain's record for a device
+	// libvirt has now given to this one, vmfw's or not.
 	if _, err := e.DetachWhere(ctx, engine.Selector{Record: func(a *state.Attachment) bool {
-		return a.Owner == state.Libvirt && !keep[a.Iface] && sameDomain(a, name, dom.UUID)
+		if a.Owner != state.Libvirt || keep[a.Iface] {
+			return false
+		}
+		return sameDomain(a, name, dom.UUID) || devs[a.Iface]
 	}}); err != nil {
 		return nil, fmt.Errorf("libvirt hook, %s started: %w", name, err)
+	}
+	if recs == nil {
+		return nil, nil // not a vmfw VM
 	}
 	if err := e.AttachRecords(ctx, recs...); err != nil {
 		return nil, fmt.Errorf("libvirt hook, %s started: %w", name, err)

@@ -1,0 +1,429 @@
+// Package cni tests vmfw as a CNI plugin through the real client library
+// (libcni) chained after the real bridge and host-local plugins, built
+// from the containernetworking/plugins version in go.mod. Every test
+// builds a "host" network namespace and container namespaces, never
+// touches the namespace it runs in, and proves each firewall behaviour
+// with real packets.
+package cni
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
+	"github.com/containernetworking/cni/pkg/types"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/vmfw/vmfw/integration/labnet"
+)
+
+// pluginDir holds bridge, host-local and vmfw.
+var pluginDir string
+
+func TestMain(m *testing.M) {
+	if os.Geteuid() != 0 {
+		fmt.Println("CNI integration tests need root (network namespaces, iptables); skipping")
+		os.Exit(0)
+	}
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "vmfw-cni-bin")
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	pluginDir = dir
+	builds := map[string]string{
+		"bridge":     "github.com/containernetworking/plugins/plugins/main/bridge",
+		"host-local": "github.com/containernetworking/plugins/plugins/ipam/host-local",
+	}
+	if bin := os.Getenv("VMFW_BIN"); bin != "" {
+		if err := os.Symlink(bin, filepath.Join(dir, "vmfw")); err != nil {
+			fmt.Println(err)
+			return 1
+		}
+	} else {
+		builds["vmfw"] = "github.com/vmfw/vmfw/plugins/vmfw"
+	}
+	for name, pkg := range builds {
+		out, err := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg).CombinedOutput()
+		if err != nil {
+			fmt.Printf("building %s: %v\n%s", pkg, err, out)
+			return 1
+		}
+	}
+	return m.Run()
+}
+
+// probeTimeout is how long a TCP probe waits before calling a silent
+// peer Timeout (a dropped packet).
+const probeTimeout = 1500 * time.Millisecond
+
+// vmfwConfig is vmfw's configuration directory for every test: group web
+// serves http to anyone, group db serves 5432 to members of web.
+var vmfwConfig = map[string]string{
+	"groups/web.toml": `
+[[in]]
+proto = "tcp"
+dport = "80"
+`,
+	"groups/db.toml": `
+[[in]]
+proto = "tcp"
+dport = "5432"
+source_group = "web"
+`,
+}
+
+// host is a hypervisor network namespace with a CNI client whose plugins
+// run in it.
+type host struct {
+	t      *testing.T
+	id     string
+	ns     *labnet.NS
+	config string
+	state  string
+	ipam   string
+	cache  string
+	client *libcni.CNIConfig
+}
+
+func randomID() string {
+	b := make([]byte, 3)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	return hex.EncodeToString(b)
+}
+
+// ip runs the ip command; its error carries the output.
+func ip(args ...string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// newNS creates a network namespace and deletes it when the test ends.
+func newNS(t *testing.T, name string) *labnet.NS {
+	t.Helper()
+	if err := ip("netns", "add", name); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := ip("netns", "del", name); err != nil {
+			t.Errorf("deleting namespace: %v", err)
+		}
+	})
+	if err := ip("-n", name, "link", "set", "lo", "up"); err != nil {
+		t.Fatal(err)
+	}
+	return &labnet.NS{Name: name}
+}
+
+func newHost(t *testing.T) *host {
+	t.Helper()
+	h := &host{t: t, id: "vfc" + randomID(), config: t.TempDir(), state: t.TempDir(), ipam: t.TempDir(), cache: t.TempDir()}
+	h.ns = newNS(t, h.id+"-host")
+	for rel, content := range vmfwConfig {
+		path := filepath.Join(h.config, rel)
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.client = libcni.NewCNIConfigWithCacheDir([]string{pluginDir}, h.cache, nil)
+	return h
+}
+
+// conflist returns the network: bridge with host-local IPAM on
+// 198.51.100.0/24, then vmfw with group web for every attachment. extra is
+// merged into vmfw's plugin configuration.
+func (h *host) conflist(cniVersion, backend string, extra map[string]any) *libcni.NetworkConfigList {
+	h.t.Helper()
+	vmfw := map[string]any{
+		"type":         "vmfw",
+		"configDir":    h.config,
+		"stateDir":     h.state,
+		"iptables":     backend,
+		"groups":       []string{"web"},
+		"capabilities": map[string]bool{"vmfw": true},
+	}
+	for k, v := range extra {
+		vmfw[k] = v
+	}
+	list := map[string]any{
+		"cniVersion": cniVersion,
+		"name":       "vmfwtest",
+		"plugins": []any{
+			map[string]any{
+				"type":      "bridge",
+				"bridge":    "cni-vmfw0",
+				"isGateway": true,
+				"ipam": map[string]any{
+					"type":    "host-local",
+					"dataDir": h.ipam,
+					"ranges":  [][]map[string]string{{{"subnet": "198.51.100.0/24", "gateway": "198.51.100.1"}}},
+				},
+			},
+			vmfw,
+		},
+	}
+	data, err := json.Marshal(list)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	l, err := libcni.NetworkConfFromBytes(data)
+	if err != nil {
+		h.t.Fatalf("parsing conflist: %v", err)
+	}
+	return l
+}
+
+// container is one attachment: a namespace and what ADD returned.
+type container struct {
+	id   string
+	ns   *labnet.NS
+	rt   *libcni.RuntimeConf
+	ip   string
+	veth string
+}
+
+// newContainer creates a container namespace; nothing is attached yet.
+func (h *host) newContainer(name string, caps map[string]any) *container {
+	h.t.Helper()
+	ns := newNS(h.t, h.id+"-"+name)
+	c := &container{id: "ctr-" + name + "-" + randomID(), ns: ns}
+	c.rt = &libcni.RuntimeConf{ContainerID: c.id, NetNS: ns.Path(), IfName: "eth0", CapabilityArgs: caps}
+	return c
+}
+
+// in runs fn with the calling thread in the host namespace, so the
+// plugins libcni executes run there.
+func (h *host) in(fn func(ctx context.Context) error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	return h.ns.Do(func() error { return fn(ctx) })
+}
+
+// add runs ADD for c and records its address and host-side veth.
+func (h *host) add(list *libcni.NetworkConfigList, c *container) {
+	h.t.Helper()
+	var res types.Result
+	err := h.in(func(ctx context.Context) error {
+		var err error
+		res, err = h.client.AddNetworkList(ctx, list, c.rt)
+		return err
+	})
+	if err != nil {
+		h.t.Fatalf("ADD %s: %v", c.id, err)
+	}
+	r, err := types100.NewResultFromResult(res)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	// vmfw prints the bridge plugin's result back unchanged.
+	if len(r.Interfaces) != 3 || len(r.IPs) != 1 {
+		h.t.Fatalf("ADD %s: result is not bridge's: %+v", c.id, r)
+	}
+	for _, ifc := range r.Interfaces {
+		if ifc.Sandbox == "" && ifc.Name != "cni-vmfw0" {
+			c.veth = ifc.Name
+		}
+	}
+	c.ip = r.IPs[0].Address.IP.String()
+	if c.veth == "" {
+		h.t.Fatalf("ADD %s: no host-side veth in %+v", c.id, r)
+	}
+}
+
+func (h *host) del(list *libcni.NetworkConfigList, c *container) error {
+	return h.in(func(ctx context.Context) error { return h.client.DelNetworkList(ctx, list, c.rt) })
+}
+
+func (h *host) check(list *libcni.NetworkConfigList, c *container) error {
+	return h.in(func(ctx context.Context) error { return h.client.CheckNetworkList(ctx, list, c.rt) })
+}
+
+// cniCode returns the CNI error code of err, 0 if it carries none.
+func cniCode(err error) uint {
+	var te *types.Error
+	if errors.As(err, &te) {
+		return te.Code
+	}
+	return 0
+}
+
+// hostExec runs a command in the host namespace.
+func (h *host) exec(args ...string) string {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := h.ns.Exec(ctx, args...)
+	if err != nil {
+		h.t.Fatalf("%v: %v\n%s", args, err, out)
+	}
+	return string(out)
+}
+
+// save returns both families' filter tables.
+func (h *host) save(backend string) string {
+	return h.exec("iptables-"+backend+"-save", "-t", "filter") + h.exec("ip6tables-"+backend+"-save", "-t", "filter")
+}
+
+// records lists the interfaces with attachment records.
+func (h *host) records() []string {
+	h.t.Helper()
+	des, err := os.ReadDir(filepath.Join(h.state, "attachments"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	var out []string
+	for _, de := range des {
+		out = append(out, strings.TrimSuffix(de.Name(), ".json"))
+	}
+	return out
+}
+
+// serve starts TCP echo servers in c, stopped when the test ends.
+func (h *host) serve(c *container, ports ...int) {
+	h.t.Helper()
+	for _, p := range ports {
+		stop, err := labnet.ServeTCP(c.ns, fmt.Sprintf(":%d", p))
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		h.t.Cleanup(stop)
+	}
+}
+
+// expect probes TCP from one container to another's port and fails the
+// test unless the result is want.
+func (h *host) expect(from, to *container, port int, want labnet.Result) {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	addr := fmt.Sprintf("%s:%d", to.ip, port)
+	got, err := labnet.TCPConnect(ctx, from.ns, addr, probeTimeout)
+	if err != nil {
+		h.t.Fatalf("probing %s: %v", addr, err)
+	}
+	if got != want {
+		h.t.Errorf("tcp %s -> %s (%s): got %v, want %v", from.id, to.id, addr, got, want)
+	}
+}
+
+// envExec runs plugins like libcni's default, with extra environment
+// variables overriding the inherited ones.
+type envExec struct {
+	invoke.RawExec
+	version.PluginDecoder
+	env []string
+}
+
+func (e *envExec) ExecPlugin(ctx context.Context, path string, stdin []byte, environ []string) ([]byte, error) {
+	return e.RawExec.ExecPlugin(ctx, path, stdin, append(environ, e.env...))
+}
+
+func (e *envExec) FindInPath(plugin string, paths []string) (string, error) {
+	return invoke.FindInPath(plugin, paths)
+}
+
+// deleteChain deletes chain (an interface's in or out chain) by hand in
+// both families: its jump from vmfw's dispatch chain, then the chain.
+func (h *host) deleteChain(backend, chain string) {
+	h.t.Helper()
+	dispatch := "vmfw-in"
+	if strings.HasSuffix(chain, "-out") {
+		dispatch = "vmfw-out"
+	}
+	for _, tool := range []string{"iptables-" + backend, "ip6tables-" + backend} {
+		rules := strings.Split(h.exec(tool, "-t", "filter", "-S", dispatch), "\n")
+		n := slices.IndexFunc(rules, func(r string) bool { return strings.HasSuffix(r, "-g "+chain) })
+		if n < 1 {
+			h.t.Fatalf("no jump to %s in %s:\n%s", chain, dispatch, strings.Join(rules, "\n"))
+		}
+		h.exec(tool, "-t", "filter", "-D", dispatch, strconv.Itoa(n))
+		h.exec(tool, "-t", "filter", "-F", chain)
+		h.exec(tool, "-t", "filter", "-X", chain)
+	}
+}
+
+// vmfw runs the vmfw command in the host namespace with the test's
+// configuration and state directories.
+func (h *host) vmfw(backend string, args ...string) string {
+	h.t.Helper()
+	full := append([]string{"netns", "exec", h.ns.Name, filepath.Join(pluginDir, "vmfw"),
+		"--iptables", backend, "--config-dir", h.config, "--state-dir", h.state}, args...)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "ip", full...).CombinedOutput()
+	if err != nil {
+		h.t.Fatalf("vmfw %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// shipped returns conf/cni/10-vmfw.conflist at cniVersion, pointed at the
+// test's directories, and installs conf/cni/web.toml as group web.
+func (h *host) shipped(cniVersion, backend string) *libcni.NetworkConfigList {
+	h.t.Helper()
+	group, err := os.ReadFile(filepath.Join("..", "..", "conf", "cni", "web.toml"))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(h.config, "groups", "web.toml"), group, 0o644); err != nil {
+		h.t.Fatal(err)
+	}
+	data, err := os.ReadFile(filepath.Join("..", "..", "conf", "cni", "10-vmfw.conflist"))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	var list map[string]any
+	if err := json.Unmarshal(data, &list); err != nil {
+		h.t.Fatalf("conf/cni/10-vmfw.conflist: %v", err)
+	}
+	list["cniVersion"] = cniVersion
+	for _, p := range list["plugins"].([]any) {
+		p := p.(map[string]any)
+		switch p["type"] {
+		case "bridge":
+			p["ipam"].(map[string]any)["dataDir"] = h.ipam
+		case "vmfw":
+			p["configDir"], p["stateDir"], p["iptables"] = h.config, h.state, backend
+		}
+	}
+	if data, err = json.Marshal(list); err != nil {
+		h.t.Fatal(err)
+	}
+	l, err := libcni.NetworkConfFromBytes(data)
+	if err != nil {
+		h.t.Fatalf("parsing conf/cni/10-vmfw.conflist: %v", err)
+	}
+	return l
+}

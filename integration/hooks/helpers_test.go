@@ -1,0 +1,273 @@
+// Package hooks tests "vmfw hook proxmox" and "vmfw hook libvirt" as the
+// hypervisors call them (arguments, domain XML on stdin), inside throwaway
+// network namespaces, and proves each change with real packets.
+package hooks
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vmfw/vmfw/integration/labnet"
+)
+
+// vmfwBin is the binary under test: $VMFW_BIN, or built by TestMain.
+var vmfwBin string
+
+func TestMain(m *testing.M) {
+	if os.Geteuid() != 0 {
+		fmt.Println("hook integration tests need root (network namespaces, iptables); skipping")
+		os.Exit(0)
+	}
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	vmfwBin = os.Getenv("VMFW_BIN")
+	if vmfwBin == "" {
+		dir, err := os.MkdirTemp("", "vmfw-hooks")
+		if err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		vmfwBin = filepath.Join(dir, "vmfw")
+		out, err := exec.Command("go", "build", "-o", vmfwBin, "github.com/vmfw/vmfw/plugins/vmfw").CombinedOutput()
+		if err != nil {
+			fmt.Printf("building vmfw: %v\n%s", err, out)
+			return 1
+		}
+	}
+	return m.Run()
+}
+
+// probeTimeout is how long a TCP probe waits before calling a silent
+// peer Timeout (a dropped packet).
+const probeTimeout = 1500 * time.Millisecond
+
+// host is a test hypervisor: a lab (namespace with bridge vmbr0), vmfw's
+// configuration and state directories and the iptables backend.
+type host struct {
+	t       *testing.T
+	lab     *labnet.Lab
+	config  string
+	state   string
+	backend string
+}
+
+func newHost(t *testing.T, backend string, files map[string]string) *host {
+	t.Helper()
+	lab, err := labnet.New(labnet.Options{})
+	if err != nil {
+		t.Fatalf("creating lab: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := lab.Close(); err != nil {
+			t.Errorf("closing lab: %v", err)
+		}
+	})
+	h := &host{t: t, lab: lab, config: t.TempDir(), state: t.TempDir(), backend: backend}
+	for rel, content := range files {
+		path := filepath.Join(h.config, rel)
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return h
+}
+
+// vm adds a guest whose hypervisor end is port, already on the bridge (as
+// Proxmox and libvirt leave it before their hooks run).
+func (h *host) vm(port, mac, addr string) *labnet.NS {
+	h.t.Helper()
+	ns, err := h.lab.AddVM(port, mac, addr)
+	if err != nil {
+		h.t.Fatalf("adding %s: %v", port, err)
+	}
+	if err := h.lab.AttachToBridge(port); err != nil {
+		h.t.Fatal(err)
+	}
+	return ns
+}
+
+// external adds a host that is no VM, on an uplink port of the bridge.
+func (h *host) external(port, addr string) *labnet.NS {
+	h.t.Helper()
+	ns, err := h.lab.AddExternal(port, "", addr)
+	if err != nil {
+		h.t.Fatalf("adding %s: %v", port, err)
+	}
+	return ns
+}
+
+// serve starts TCP echo servers in ns.
+func (h *host) serve(ns *labnet.NS, addrs ...string) {
+	h.t.Helper()
+	for _, a := range addrs {
+		if _, err := labnet.ServeTCP(ns, a); err != nil {
+			h.t.Fatal(err)
+		}
+	}
+}
+
+// run runs vmfw in the hypervisor namespace with stdin and returns its
+// output and exit status.
+func (h *host) run(stdin io.Reader, args ...string) (stdout, stderr string, code int) {
+	h.t.Helper()
+	return h.exec(stdin, append([]string{vmfwBin, "--iptables", h.backend, "--config-dir", h.config, "--state-dir", h.state}, args...)...)
+}
+
+// exec runs argv in the hypervisor namespace with stdin and returns its
+// output and exit status. vmfw's directories and backend are passed in
+// the environment, as an operator would set them for a hook script.
+func (h *host) exec(stdin io.Reader, argv ...string) (stdout, stderr string, code int) {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	full := append([]string{"netns", "exec", h.lab.Hypervisor().Name, "env",
+		"VMFW_CONFIG_DIR=" + h.config, "VMFW_STATE_DIR=" + h.state, "VMFW_IPTABLES=" + h.backend}, argv...)
+	cmd := exec.CommandContext(ctx, "ip", full...)
+	cmd.Stdin = stdin
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	var exit *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &exit):
+		code = exit.ExitCode()
+	default:
+		h.t.Fatalf("running %v: %v", argv, err)
+	}
+	return o.String(), e.String(), code
+}
+
+// ok runs vmfw and fails the test unless it exits 0 printing nothing on
+// stdout (libvirt reads a hook's stdout as replacement XML).
+func (h *host) ok(stdin io.Reader, args ...string) {
+	h.t.Helper()
+	out, errOut, code := h.run(stdin, args...)
+	if code != 0 || out != "" {
+		h.t.Fatalf("vmfw %s: exit %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), code, out, errOut)
+	}
+}
+
+// script returns the hook script conf/NAME as shipped, with the installed
+// binary's path pointing at the binary under test.
+func script(t *testing.T, name string) string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join("..", "..", "conf", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(data)
+	if !strings.Contains(text, "/usr/local/sbin/vmfw ") {
+		t.Fatalf("conf/%s does not run /usr/local/sbin/vmfw:\n%s", name, text)
+	}
+	path := filepath.Join(t.TempDir(), filepath.Base(name))
+	if err := os.WriteFile(path, []byte(strings.Replace(text, "/usr/local/sbin/vmfw ", vmfwBin+" ", 1)), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// hook runs a hook script as the hypervisor does (arguments, stdin) and
+// fails the test unless it exits 0 printing nothing on stdout.
+func (h *host) hook(path string, stdin io.Reader, args ...string) {
+	h.t.Helper()
+	out, errOut, code := h.exec(stdin, append([]string{path}, args...)...)
+	if code != 0 || out != "" {
+		h.t.Fatalf("%s %s: exit %d\nstdout: %s\nstderr: %s", filepath.Base(path), strings.Join(args, " "), code, out, errOut)
+	}
+}
+
+// save returns the filter table of both families as iptables-save prints
+// it, counters left out.
+func (h *host) save() string {
+	h.t.Helper()
+	var b strings.Builder
+	for _, tool := range []string{"iptables", "ip6tables"} {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		out, err := h.lab.Hypervisor().Exec(ctx, tool+"-"+h.backend+"-save", "-t", "filter")
+		cancel()
+		if err != nil {
+			h.t.Fatalf("%s-save: %v\n%s", tool, err, out)
+		}
+		for _, l := range strings.Split(string(out), "\n") {
+			if !strings.HasPrefix(l, "#") {
+				b.WriteString(counters.ReplaceAllString(l, "") + "\n")
+			}
+		}
+	}
+	return b.String()
+}
+
+// counters matches the packet and byte counters of a chain header.
+var counters = regexp.MustCompile(`\[\d+:\d+\]`)
+
+// ipset returns "ipset save" output.
+func (h *host) ipset() string {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := h.lab.Hypervisor().Exec(ctx, "ipset", "save")
+	if err != nil {
+		h.t.Fatalf("ipset save: %v\n%s", err, out)
+	}
+	return string(out)
+}
+
+// records lists the interfaces with attachment records.
+func (h *host) records() []string {
+	h.t.Helper()
+	des, err := os.ReadDir(filepath.Join(h.state, "attachments"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	var out []string
+	for _, de := range des {
+		out = append(out, strings.TrimSuffix(de.Name(), ".json"))
+	}
+	return out
+}
+
+// expect probes TCP from ns to addr and fails the test unless the result
+// is want.
+func (h *host) expect(from *labnet.NS, addr string, want labnet.Result) {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	got, err := labnet.TCPConnect(ctx, from, addr, probeTimeout)
+	if err != nil {
+		h.t.Fatalf("probing %s from %s: %v", addr, from, err)
+	}
+	if got != want {
+		h.t.Errorf("tcp %s -> %s: got %v, want %v", from, addr, got, want)
+	}
+}
+
+// chains returns the names of the chains of iface in an iptables-save text.
+func chains(save, iface string) []string {
+	var out []string
+	for _, l := range strings.Split(save, "\n") {
+		if name, ok := strings.CutPrefix(l, ":"+iface+"-"); ok {
+			out = append(out, iface+"-"+strings.Fields(name)[0])
+		}
+	}
+	return out
+}
