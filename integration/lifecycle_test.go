@@ -183,5 +183,17 @@ func TestFailClosed(t *testing.T) {
 			t.Errorf("chains of tap242i0 remain after ifdown")
 		}
 		expectAll(t, []probe{{"tap after ifdown -> ext", other, "192.0.2.200", 22, false}})
+
+		// ifup that cannot attach the tap (no such bridge) fails and leaves
+		// no chains or memberships behind: QEMU will run no downscript.
+		h.write("vms/243.toml", strings.Replace(vmFile("02:00:00:00:06:43", "192.0.2.63", "2001:db8::63", "app"), "vmbr0", "nosuchbr", 1))
+		h.vm("tap243i0", "02:00:00:00:06:43", "192.0.2.63", "2001:db8::63")
+		before := h.save(false)
+		if _, errOut, code := h.run("ifup", "tap243i0"); code != 1 || !strings.Contains(errOut, "nosuchbr") {
+			t.Errorf("ifup onto a missing bridge: exit %d, %q; want 1 naming the bridge", code, errOut)
+		}
+		if after := h.save(false); after != before {
+			t.Errorf("failed ifup left changes: %v", changedChains(before, after))
+		}
 	})
 }

@@ -307,7 +307,31 @@ func (e *Engine) Attach(ctx context.Context, tap string) error {
 	if _, err := e.converge(ctx, m, nicsFor(r, dedupe(taps)), st, false); err != nil {
 		return fmt.Errorf("firewalling %s: %w", tap, err)
 	}
-	return e.Host.Attach(tap, nic.Bridge)
+	if err := e.Host.Attach(tap, nic.Bridge); err != nil {
+		// QEMU refuses to start the VM and runs no downscript, so the
+		// tap's chains and memberships must not outlive this failure.
+		return errors.Join(err, e.detach(ctx, m, r, tap))
+	}
+	return nil
+}
+
+// detach removes tap's chains and memberships, keeping every other
+// installed interface as it is.
+func (e *Engine) detach(ctx context.Context, m *config.Model, r nicSource, tap string) error {
+	st, err := e.read(ctx)
+	if err != nil {
+		return err
+	}
+	var taps []string
+	for _, t := range st.installed() {
+		if t != tap {
+			taps = append(taps, t)
+		}
+	}
+	if _, err := e.converge(ctx, m, nicsFor(r, taps), st, false); err != nil {
+		return fmt.Errorf("removing %s: %w", tap, err)
+	}
+	return nil
 }
 
 // lookupNIC finds tap's configuration or says which file it looked for.
@@ -354,20 +378,7 @@ func (e *Engine) Detach(ctx context.Context, tap string) error {
 	if err != nil {
 		return err
 	}
-	st, err := e.read(ctx)
-	if err != nil {
-		return err
-	}
-	var taps []string
-	for _, t := range st.installed() {
-		if t != tap {
-			taps = append(taps, t)
-		}
-	}
-	if _, err := e.converge(ctx, m, nicsFor(r, taps), st, false); err != nil {
-		return fmt.Errorf("removing %s: %w", tap, err)
-	}
-	return nil
+	return e.detach(ctx, m, r, tap)
 }
 
 // Sync reconciles the host with the configuration: every configured tap that

@@ -3,6 +3,7 @@ package ruleset
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -450,8 +451,10 @@ func (b *builder) sets(nics []*config.NIC) []Set {
 				}
 			}
 		}
-		sort.Strings(v4.Members)
-		sort.Strings(v6.Members)
+		// An address claimed twice (config validation forbids it, but a
+		// record can race an edit) must not make "ipset add" fail.
+		v4.Members = slices.Compact(slices.Sorted(slices.Values(v4.Members)))
+		v6.Members = slices.Compact(slices.Sorted(slices.Values(v6.Members)))
 		out = append(out, v4, v6)
 	}
 	return out
