@@ -114,8 +114,15 @@ func (c *Client) Restore(ctx context.Context, f ruleset.Family, text string) err
 	if text == "" {
 		return nil
 	}
-	if _, err := c.runner.Run(ctx, []byte(text), c.command(f, "-restore"), "-w", "5", "--noflush"); err != nil {
+	if _, err := c.runner.Run(ctx, []byte(text), c.command(f, "-restore"), "-w", xtablesWait, "--noflush"); err != nil {
 		return fmt.Errorf("applying %s rules: %w", f, err)
 	}
 	return nil
 }
+
+// xtablesWait is how many seconds iptables-restore waits for the xtables
+// lock. iptables-legacy takes one lock file for every network namespace on
+// the host, so a large restore elsewhere (another hypervisor namespace, a
+// container runtime) can hold it for seconds; vmfw's own lock bounds the
+// whole operation at a minute.
+const xtablesWait = "60"
