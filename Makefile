@@ -52,6 +52,27 @@ lint:
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzLoad -fuzztime 60s ./pkg/config/
+	$(GO) test -run '^$$' -fuzz FuzzBuild -fuzztime 60s ./pkg/ruleset/
+
+# make crashtest: kill -9 "vmfw apply" at random moments, 100 times per
+# backend, and check the host holds the old or the new ruleset and the next
+# apply converges (root; throwaway namespaces only; a few minutes).
+# CRASHFLAGS=--trials 500 for a longer run.
+.PHONY: crashtest
+crashtest: deps build
+	$(GO) run ./cmd/vmfw-crashtest --vmfw $(CURDIR)/$(BIN)/vmfw $(CRASHFLAGS)
+
+# make limits: the resource-limit test with 10,000 interfaces in one group
+# (docs/limits.md; root; throwaway namespaces only; up to 40 minutes).
+.PHONY: limits
+limits: build
+	VMFW_LARGE=1 VMFW_BIN=$(CURDIR)/$(BIN)/vmfw $(GO) test -count=1 -timeout 120m -run 'TestGroupWithTenThousandMembers' -v ./integration/
+
+# make bench: the scale table of docs/performance.md (root; throwaway
+# namespaces only; under 15 minutes). BENCHFLAGS=--quick for a short run.
+.PHONY: bench
+bench: deps build
+	$(GO) run ./cmd/vmfw-bench --vmfw $(CURDIR)/$(BIN)/vmfw $(BENCHFLAGS)
 
 clean:
 	rm -rf $(BIN)

@@ -23,10 +23,16 @@ type Error struct {
 // Error formats the error as FILE:LINE: MSG, or FILE: MSG without a line,
 // the form editors and compilers use, so tools can jump to the position.
 func (e *Error) Error() string {
-	if e.Line == 0 {
-		return e.File + ": " + e.Msg
+	file := e.File
+	if q := strconv.Quote(file); q[1:len(q)-1] != file {
+		// A file name with a newline or terminal escape must not split
+		// or garble the message; quoted, it still names the file.
+		file = q
 	}
-	return e.File + ":" + strconv.Itoa(e.Line) + ": " + e.Msg
+	if e.Line == 0 {
+		return file + ": " + e.Msg
+	}
+	return file + ":" + strconv.Itoa(e.Line) + ": " + e.Msg
 }
 
 // show renders a configuration value for a message: strings quoted so that

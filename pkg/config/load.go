@@ -12,6 +12,7 @@ import (
 	"reflect"
 	"sort"
 	"strings"
+	"syscall"
 	"unicode/utf8"
 
 	"github.com/pelletier/go-toml/v2/unstable"
@@ -24,6 +25,10 @@ const maxFileSize = 1 << 20
 
 // errTooLarge reports a file over maxFileSize.
 var errTooLarge = errors.New("file is larger than 1 MiB")
+
+// errNotRegular reports a file that turned out not to be a regular file
+// when it was opened.
+var errNotRegular = errors.New("not a regular file")
 
 // Load reads the configuration directory dir: dir/vmfw.toml (optional),
 // dir/groups/NAME.toml and dir/vms/VMID.toml (either directory may be
@@ -237,7 +242,7 @@ func (l *loader) open(e entry, s *schema) (*file, *Error) {
 		return nil, &Error{File: e.rel, Msg: "not a regular file"}
 	}
 	data, err := l.read(e.path)
-	if errors.Is(err, errTooLarge) {
+	if errors.Is(err, errTooLarge) || errors.Is(err, errNotRegular) {
 		return nil, &Error{File: e.rel, Msg: err.Error()}
 	}
 	if err != nil {
@@ -254,7 +259,10 @@ func (l *loader) open(e entry, s *schema) (*file, *Error) {
 
 // readFile reads a regular file of at most maxFileSize bytes.
 func readFile(path string) ([]byte, error) {
-	f, err := os.Open(path)
+	// The file may have been replaced since its type was checked: opening
+	// a FIFO blocks until a writer appears unless O_NONBLOCK is given, and
+	// what was opened is checked again below.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -262,6 +270,9 @@ func readFile(path string) ([]byte, error) {
 	fi, err := f.Stat()
 	if err != nil {
 		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, errNotRegular
 	}
 	if fi.Size() > maxFileSize {
 		return nil, errTooLarge

@@ -34,7 +34,10 @@ func New(ctx context.Context, runner iptables.Runner) (*Client, error) {
 	}
 	var errs []string
 	for _, tool := range []string{"ebtables-nft", "ebtables-legacy"} {
-		if _, err := runner.Run(ctx, nil, tool+"-save"); err != nil {
+		// Listing one built-in chain proves the tool and the kernel's table
+		// as well as ebtables-save does, without printing every chain
+		// (0.65 s at 5000 taps, on every vmfw run).
+		if _, err := runner.Run(ctx, nil, tool, "-t", "filter", "-L", "INPUT"); err != nil {
 			errs = append(errs, err.Error())
 			continue
 		}
@@ -67,7 +70,8 @@ func (c *Client) Restore(ctx context.Context, text string) error {
 }
 
 // Parse extracts vmfw's chains and hooks from ebtables-save output: the
-// dispatch chain vmfw-l2, every chain it jumps to, and the jumps into it.
+// dispatch chain vmfw-l2, every chain it reaches by jumps, and the jumps
+// into it.
 // Fingerprints are the rules' text after "-A CHAIN ".
 func Parse(save []byte) ruleset.Observed {
 	type rule struct {
@@ -101,10 +105,17 @@ func Parse(save []byte) ruleset.Observed {
 			owned[c] = true
 		}
 	}
-	for _, r := range rules {
-		if r.chain == ruleset.ChainL2 {
-			if target := jumpTarget(r.spec); target != "" && ruleset.IsOwnedName(target) {
-				owned[ruleset.Chain(target)] = true
+	// vmfw-l2 is a prefix tree (see package ruleset): a chain is vmfw's
+	// when a chain of vmfw's jumps to it, however deep.
+	for grew := true; grew; {
+		grew = false
+		for _, r := range rules {
+			if !owned[r.chain] {
+				continue
+			}
+			if target := ruleset.Chain(jumpTarget(r.spec)); target != "" && !owned[target] && ruleset.IsOwnedName(string(target)) {
+				owned[target] = true
+				grew = true
 			}
 		}
 	}

@@ -219,7 +219,11 @@ func (e *Engine) converge(ctx context.Context, m *config.Model, nics []*config.N
 	if err != nil {
 		return nil, err
 	}
-	return e.applyRuleset(ctx, rs, st, dryRun)
+	ch, err := e.applyRuleset(ctx, rs, st, dryRun)
+	if err == nil && !dryRun {
+		err = e.cutFlows(m, nics)
+	}
+	return ch, err
 }
 
 func (e *Engine) applyRuleset(ctx context.Context, rs *ruleset.Ruleset, st *kernelState, dryRun bool) (*Change, error) {
@@ -299,13 +303,19 @@ func (e *Engine) Attach(ctx context.Context, tap string) error {
 	if err != nil {
 		return err
 	}
-	st, err := e.read(ctx)
+	done, err := e.changeScoped(ctx, m, r, tap, true)
 	if err != nil {
-		return err
-	}
-	taps := append(st.installed(), tap)
-	if _, err := e.converge(ctx, m, nicsFor(r, dedupe(taps)), st, false); err != nil {
 		return fmt.Errorf("firewalling %s: %w", tap, err)
+	}
+	if !done {
+		st, err := e.read(ctx)
+		if err != nil {
+			return err
+		}
+		taps := append(st.installed(), tap)
+		if _, err := e.converge(ctx, m, nicsFor(r, dedupe(taps)), st, false); err != nil {
+			return fmt.Errorf("firewalling %s: %w", tap, err)
+		}
 	}
 	if err := e.Host.Attach(tap, nic.Bridge); err != nil {
 		// QEMU refuses to start the VM and runs no downscript, so the
@@ -318,6 +328,12 @@ func (e *Engine) Attach(ctx context.Context, tap string) error {
 // detach removes tap's chains and memberships, keeping every other
 // installed interface as it is.
 func (e *Engine) detach(ctx context.Context, m *config.Model, r nicSource, tap string) error {
+	if done, err := e.changeScoped(ctx, m, r, tap, false); done {
+		if err != nil {
+			return fmt.Errorf("removing %s: %w", tap, err)
+		}
+		return nil
+	}
 	st, err := e.read(ctx)
 	if err != nil {
 		return err

@@ -17,13 +17,13 @@ func L2Chain(tap string) Chain { return Chain(tap + "-l2") }
 // (to the hypervisor) hooks.
 func (b *builder) bridgeTable(nics []*config.NIC) *Table {
 	t := &Table{Bridge: true}
-	dispatch := &ChainRules{Name: ChainL2}
+	var names []string
 	for _, n := range nics {
 		if !n.VM.Enable || !n.Antispoof {
 			continue
 		}
 		c := &ChainRules{Name: L2Chain(n.Tap)}
-		dispatch.Rules = append(dispatch.Rules, Rule{Spec: "-i " + n.Tap + " -j " + string(c.Name)})
+		names = append(names, n.Tap)
 		if n.MAC != nil {
 			mac := n.MAC.String()
 			c.Rules = append(c.Rules,
@@ -46,7 +46,7 @@ func (b *builder) bridgeTable(nics []*config.NIC) *Table {
 		c.Rules = append(c.Rules, Rule{Spec: "-j DROP"})
 		t.Chains = append(t.Chains, c)
 	}
-	t.Chains = append(t.Chains, dispatch)
+	t.Chains = append(t.Chains, l2Dispatch(names)...)
 	t.Hooks = []Hook{{From: Forward, To: ChainL2}, {From: Input, To: ChainL2}}
 	return t
 }

@@ -1,0 +1,352 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/ipset"
+	"github.com/vmfw/vmfw/pkg/iptables"
+	"github.com/vmfw/vmfw/pkg/ruleset"
+)
+
+// lab is one hypervisor namespace with n scale taps installed.
+type lab struct {
+	o       options
+	backend string
+	n       int
+	dir     string
+	hv      *netns
+	env     []string
+	// linkKind is the interface type standing in for taps: dummy where
+	// the kernel has it, ifb otherwise (both are cheap, unlike tuntap).
+	linkKind string
+	ctx      context.Context
+}
+
+// vmfw runs vmfw in the lab and returns how long it took.
+func (l *lab) vmfw(args ...string) (time.Duration, []byte, error) {
+	return l.hv.timed(l.ctx, l.env, l.o.vmfw, args...)
+}
+
+// benchSize measures one backend at n installed taps.
+func benchSize(ctx context.Context, o options, backend string, n int, r *results) error {
+	progress("%s, %d taps: setting up", backend, n)
+	tmp, err := os.MkdirTemp("", "vmfwbench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	l := &lab{o: o, backend: backend, n: n, dir: filepath.Join(tmp, "config"), ctx: ctx}
+	if err := writeScenario(l.dir, n, o.runs+1); err != nil {
+		return err
+	}
+	l.env = []string{
+		"PATH=" + os.Getenv("PATH"),
+		"VMFW_CONFIG_DIR=" + l.dir,
+		"VMFW_IPTABLES=" + backend,
+		"VMFW_RUN_DIR=" + filepath.Join(tmp, "run"),
+		"VMFW_STATE_DIR=" + filepath.Join(tmp, "state"),
+		"XTABLES_LOCKFILE=" + os.Getenv("XTABLES_LOCKFILE"),
+	}
+	if l.hv, err = newNetns(ctx, "hv"); err != nil {
+		return err
+	}
+	defer l.hv.remove()
+	if err := l.setup(); err != nil {
+		return err
+	}
+	if o.control {
+		if err := l.controlPlane(r); err != nil {
+			return err
+		}
+	}
+	if o.data && o.dataSizes[n] {
+		if err := l.dataPlane(r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// setup creates the bridge, installs the state vmfw would install for the
+// n scale taps, and only then creates their interfaces. Installing first
+// is what keeps setup fast: iptables-restore resolves every UDP port
+// through getaddrinfo, which dumps the addresses of every interface of the
+// namespace (see docs/performance.md); the cost of that is measured by the
+// "full apply from empty" row, once.
+func (l *lab) setup() error {
+	ctx := l.ctx
+	for _, args := range [][]string{
+		{"link", "add", "vmbr0", "type", "bridge"},
+		{"link", "set", "vmbr0", "up"},
+	} {
+		if _, err := l.hv.run(ctx, "ip", args...); err != nil {
+			return err
+		}
+	}
+	l.linkKind = "dummy"
+	if _, err := l.hv.run(ctx, "ip", "link", "add", "vmfwprobe0", "type", "dummy"); err != nil {
+		l.linkKind = "ifb"
+	} else if _, err := l.hv.run(ctx, "ip", "link", "del", "vmfwprobe0"); err != nil {
+		return err
+	}
+	m, err := config.Load(l.dir)
+	if err != nil {
+		return err
+	}
+	var nics []*config.NIC
+	var batch bytes.Buffer
+	for k := range l.n {
+		nic := m.NIC(tapName(scaleVMID(k)))
+		nics = append(nics, nic)
+		fmt.Fprintf(&batch, "link add %s type %s\n", nic.Tap, l.linkKind)
+	}
+	rs, err := ruleset.Build(m, nics)
+	if err != nil {
+		return err
+	}
+	pre, _ := ipset.Plan(rs.Sets, nil)
+	if pre != "" {
+		if _, err := l.hv.runIn(ctx, []byte(pre), "ipset", "restore"); err != nil {
+			return err
+		}
+	}
+	// The namespace is new, so the restores may flush: iptables-nft-restore
+	// --noflush keeps the chains it is told about in a sorted list, which
+	// costs seconds at 17,000 chains (see docs/performance.md).
+	for _, f := range ruleset.Families {
+		if _, err := l.hv.runIn(ctx, []byte(rs.Tables[f].Render()), l.tool(f, "-restore")); err != nil {
+			return err
+		}
+	}
+	if _, err := l.hv.runIn(ctx, []byte(rs.Bridge.Render()), "ebtables-nft-restore"); err != nil {
+		return err
+	}
+	if batch.Len() > 0 {
+		if _, err := l.hv.runIn(ctx, batch.Bytes(), "ip", "-batch", "-"); err != nil {
+			return err
+		}
+	}
+	// What was installed must be exactly what vmfw wants.
+	_, out, err := l.vmfw("apply", "--dry-run")
+	if err != nil {
+		return err
+	}
+	if !strings.HasPrefix(string(out), "# no changes") {
+		return fmt.Errorf("the installed state is not what vmfw would install:\n%.2000s", out)
+	}
+	return nil
+}
+
+// tool names an iptables command of the lab's backend.
+func (l *lab) tool(f ruleset.Family, suffix string) string {
+	base := "iptables"
+	if f == ruleset.IPv6 {
+		base = "ip6tables"
+	}
+	return base + "-" + l.backend + suffix
+}
+
+// runsFor returns how many runs a row gets: rows that take seconds at
+// 1000 taps and more (whole-table reads, the baseline) get fewer.
+func (l *lab) runsFor(slow bool) int {
+	if slow && l.n >= 1000 {
+		return l.o.slowRuns
+	}
+	return l.o.runs
+}
+
+func (l *lab) addLink(tap string) error {
+	_, err := l.hv.run(l.ctx, "ip", "link", "add", tap, "type", l.linkKind)
+	return err
+}
+
+func (l *lab) delLink(tap string) error {
+	_, err := l.hv.run(l.ctx, "ip", "link", "del", tap)
+	return err
+}
+
+func (l *lab) write(rel, text string) error {
+	return os.WriteFile(filepath.Join(l.dir, rel), []byte(text), 0o644)
+}
+
+// controlPlane measures the control-plane rows.
+func (l *lab) controlPlane(r *results) error {
+	add := func(what string, vm, base []time.Duration, note string) {
+		r.rows = append(r.rows, row{backend: l.backend, taps: l.n, what: what, vmfw: vm, base: base, note: note})
+	}
+	var check, up, down, baseUp, baseDown, edit, member, same, status, full []time.Duration
+
+	progress("%s, %d taps: ifup, ifdown and the baseline", l.backend, l.n)
+	m, err := config.Load(l.dir)
+	if err != nil {
+		return err
+	}
+	for i := range l.o.runs {
+		d, _, err := l.vmfw("check")
+		if err != nil {
+			return err
+		}
+		check = append(check, d)
+		tap := tapName(extraVMID(l.n, i))
+		if err := l.addLink(tap); err != nil {
+			return err
+		}
+		if d, _, err = l.vmfw("ifup", tap); err != nil {
+			return err
+		}
+		up = append(up, d)
+		if d, _, err = l.vmfw("ifdown", tap); err != nil {
+			return err
+		}
+		down = append(down, d)
+		if err := l.delLink(tap); err != nil {
+			return err
+		}
+		if i < l.runsFor(true) {
+			bu, bd, err := l.baseline(m, m.NIC(tap))
+			if err != nil {
+				return err
+			}
+			baseUp, baseDown = append(baseUp, bu), append(baseDown, bd)
+		}
+	}
+	add("config load only (vmfw check)", check, nil, "")
+	add("ifup of one more tap", up, baseUp, "")
+	add("ifdown of one tap", down, baseDown, "")
+	if l.n < 1000 { // the final check covers it where a check takes seconds
+		if err := l.expectNoChanges("after ifup and ifdown"); err != nil {
+			return err
+		}
+	}
+
+	progress("%s, %d taps: group edits, member changes, unchanged applies, status", l.backend, l.n)
+	for i := range l.runsFor(true) {
+		if err := l.write("groups/g03.toml", groupFile(3, i+1)); err != nil {
+			return err
+		}
+		d, _, err := l.vmfw("apply")
+		if err != nil {
+			return err
+		}
+		edit = append(edit, d)
+	}
+	// A VM with addresses joins one more group per run: its chains get the
+	// jump, the group's sets its addresses.
+	const joiner = 1
+	id := scaleVMID(joiner)
+	groups := groupsOf(joiner)
+	for i := range l.runsFor(true) {
+		if l.n <= joiner {
+			break
+		}
+		for g := joiner + 3 + i; ; g++ {
+			if !slices.Contains(groups, groupName(g)) {
+				groups = append(groups, groupName(g))
+				break
+			}
+		}
+		if err := l.write(fmt.Sprintf("vms/%d.toml", id), vmFile(id, joiner, groups)); err != nil {
+			return err
+		}
+		d, _, err := l.vmfw("apply")
+		if err != nil {
+			return err
+		}
+		member = append(member, d)
+	}
+	wrote := false
+	for range l.runsFor(true) {
+		gen, err := l.generation()
+		if err != nil {
+			return err
+		}
+		d, _, err := l.vmfw("apply")
+		if err != nil {
+			return err
+		}
+		same = append(same, d)
+		after, err := l.generation()
+		if err != nil {
+			return err
+		}
+		wrote = wrote || after != gen
+	}
+	for range l.runsFor(true) {
+		d, _, err := l.vmfw("status")
+		if err != nil {
+			return err
+		}
+		status = append(status, d)
+	}
+	add("edit one group + apply", edit, nil, "")
+	add("add one member + apply", member, nil, "")
+	note := "no write"
+	if wrote {
+		note = "WROTE"
+	}
+	if l.backend == "legacy" {
+		note = "" // legacy has no generation counter to tell
+	}
+	add("apply, nothing changed", same, nil, note)
+	add("status", status, nil, "")
+
+	runs := l.runsFor(true)
+	if l.n > l.o.fullApplyMax {
+		// Minutes at 5000 taps, nearly all of it in iptables-restore (see
+		// docs/performance.md); --slow measures it.
+		add("full apply from empty", nil, nil, fmt.Sprintf("skipped above %d taps without --slow", l.o.fullApplyMax))
+		return l.expectNoChanges("after the control-plane rows")
+	}
+	if l.n >= 1000 {
+		runs = 1
+	}
+	progress("%s, %d taps: full apply from empty (%d run(s))", l.backend, l.n, runs)
+	for range runs {
+		if _, _, err := l.vmfw("flush"); err != nil {
+			return err
+		}
+		ctx, cancel := context.WithTimeout(l.ctx, l.o.fullApplyTimeout)
+		d, _, err := l.hv.timed(ctx, l.env, l.o.vmfw, "apply")
+		cancel()
+		if err != nil {
+			return err
+		}
+		full = append(full, d)
+	}
+	add("full apply from empty", full, nil, "")
+	return l.expectNoChanges("after the full apply")
+}
+
+// generation returns the nf_tables generation of the lab (0 on legacy).
+func (l *lab) generation() (uint32, error) {
+	if l.backend != "nft" {
+		return 0, nil
+	}
+	var gen uint32
+	err := l.hv.do(func() error {
+		var err error
+		gen, err = iptables.Generation(l.ctx)
+		return err
+	})
+	return gen, err
+}
+
+// expectNoChanges checks that vmfw finds the lab as configured.
+func (l *lab) expectNoChanges(when string) error {
+	_, out, err := l.vmfw("apply", "--dry-run")
+	if err != nil {
+		return err
+	}
+	if !strings.HasPrefix(string(out), "# no changes") {
+		return fmt.Errorf("%s, apply would change:\n%.3000s", when, out)
+	}
+	return nil
+}

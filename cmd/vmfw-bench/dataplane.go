@@ -1,0 +1,246 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"net/netip"
+	"os"
+	"regexp"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/vmfw/vmfw/pkg/ruleset"
+)
+
+const (
+	// burst is the most new flows per measurement: distinct destination
+	// ports, each the first packet of its flow (conntrack is flushed
+	// before every burst).
+	burst = 20000
+	// burstTime ends a burst early, so that slow variants (a flat list at
+	// 5000 taps forwards a few thousand flows a second) stay short.
+	burstTime = time.Second
+	// bursts is the number of measurements per dispatch variant.
+	bursts = 7
+)
+
+// dataPlane attaches two VMs to the lab's bridge, firewalled by vmfw, and
+// measures traffic between them with vmfw's dispatch trees and with flat
+// lists of jumps in their place.
+func (l *lab) dataPlane(r *results) error {
+	progress("%s, %d taps: data plane", l.backend, l.n)
+	ctx := l.ctx
+	var vms []*netns
+	for i, v := range dataVMs {
+		ns, err := newNetns(ctx, fmt.Sprintf("vm%d", i+1))
+		if err != nil {
+			return err
+		}
+		defer ns.remove()
+		vms = append(vms, ns)
+		tap := tapName(v.vmid)
+		if _, err := l.hv.run(ctx, "ip", "link", "add", tap, "type", "veth", "peer", "name", "eth0", "netns", ns.name); err != nil {
+			return err
+		}
+		for _, args := range [][]string{
+			{"link", "set", "eth0", "address", v.mac},
+			{"addr", "add", v.ip + "/24", "dev", "eth0"},
+			{"link", "set", "eth0", "up"},
+		} {
+			if _, err := ns.run(ctx, "ip", args...); err != nil {
+				return err
+			}
+		}
+		if _, _, err := l.vmfw("ifup", tap); err != nil {
+			return err
+		}
+	}
+	dst := dataVMs[1].ip
+	if _, err := vms[0].run(ctx, "ping", "-c", "3", "-i", "0.2", "-W", "2", dst); err != nil {
+		return fmt.Errorf("the two VMs cannot reach each other: %w", err)
+	}
+
+	variants := []struct {
+		name    string
+		install func() error
+	}{
+		{"vmfw prefix trees", func() error { return nil }},
+		{"flat physdev list", func() error { return l.flatDispatch(false) }},
+		{"flat physdev + flat ebtables", func() error { return l.flatDispatch(true) }},
+	}
+	for _, v := range variants {
+		if err := v.install(); err != nil {
+			return err
+		}
+		wall, cpu, err := l.newFlows(vms[0], vms[1], dst)
+		if err != nil {
+			return err
+		}
+		rtt, err := ping(l, vms[0], dst)
+		if err != nil {
+			return err
+		}
+		r.data = append(r.data, dataRow{backend: l.backend, taps: l.n, dispatch: v.name, wall: wall, cpu: cpu, rtt: rtt})
+	}
+	// Back to vmfw's own dispatch.
+	if _, _, err := l.vmfw("apply"); err != nil {
+		return err
+	}
+	return l.expectNoChanges("after the data plane")
+}
+
+// flatDispatch replaces vmfw-out and vmfw-in (and with l2 vmfw-l2) by the
+// flat lists vmfw wrote before the trees: one jump per installed tap, in
+// name order, each rule with its comment first as vmfw writes them.
+func (l *lab) flatDispatch(l2 bool) error {
+	taps := []string{tapName(dataVMs[0].vmid), tapName(dataVMs[1].vmid)}
+	for k := range l.n {
+		taps = append(taps, tapName(scaleVMID(k)))
+	}
+	slices.Sort(taps)
+	resetMark := ruleset.Rule{Spec: "-j MARK --set-xmark 0x0/0x1000"}
+	for _, f := range ruleset.Families {
+		var b strings.Builder
+		b.WriteString("*filter\n:vmfw-out - [0:0]\n:vmfw-in - [0:0]\n")
+		b.WriteString(resetMark.Line(ruleset.ChainOut) + "\n")
+		for _, dir := range []struct {
+			chain ruleset.Chain
+			flag  string
+			sfx   string
+		}{{ruleset.ChainOut, "--physdev-in", "out"}, {ruleset.ChainIn, "--physdev-out", "in"}} {
+			for _, t := range taps {
+				rule := ruleset.Rule{Spec: "-m physdev " + dir.flag + " " + t + " -g " + string(ruleset.TapChain(t, dir.sfx))}
+				b.WriteString(rule.Line(dir.chain) + "\n")
+			}
+			drop := ruleset.Rule{Spec: "-m physdev " + dir.flag + " tap+ -j DROP", Comment: "fail-closed"}
+			b.WriteString(drop.Line(dir.chain) + "\n")
+		}
+		b.WriteString("COMMIT\n")
+		if _, err := l.hv.runIn(l.ctx, []byte(b.String()), l.tool(f, "-restore"), "--noflush"); err != nil {
+			return err
+		}
+	}
+	if !l2 {
+		return nil
+	}
+	var b strings.Builder
+	b.WriteString("*filter\n:vmfw-l2 RETURN\n")
+	for _, t := range taps {
+		b.WriteString("-A vmfw-l2 -i " + t + " -j " + string(ruleset.L2Chain(t)) + "\n")
+	}
+	b.WriteString("COMMIT\n")
+	_, err := l.hv.runIn(l.ctx, []byte(b.String()), "ebtables-nft-restore", "--noflush")
+	return err
+}
+
+// newFlows sends bursts of UDP packets from vm1 to dst, each to another
+// port so that each starts a new flow (conntrack is flushed before every
+// burst), and returns the rates at which they arrive in the receiver, in
+// thousands per second: per second of wall clock, and per second of CPU
+// time of the sending thread. The whole path (bridge, netfilter, the
+// receiver's stack) runs in that thread's softirq context, so the CPU rate
+// is what a core gives and, unlike the wall rate, does not drop when other
+// work shares the core. The receiver has no socket on those ports; its
+// ICMP errors are rate limited by its kernel.
+func (l *lab) newFlows(vm1, vm2 *netns, dst string) (wall, cpu []float64, err error) {
+	var fd int
+	if err := vm1.do(func() error {
+		var err error
+		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		return err
+	}); err != nil {
+		return nil, nil, err
+	}
+	defer unix.Close(fd)
+	to := &unix.SockaddrInet4{Addr: netip.MustParseAddr(dst).As4()}
+	payload := make([]byte, 18) // a 64-byte frame with the FCS
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	for range bursts {
+		if _, err := l.hv.run(l.ctx, "conntrack", "-F"); err != nil {
+			return nil, nil, err
+		}
+		rx0, err := rxPackets(vm2)
+		if err != nil {
+			return nil, nil, err
+		}
+		var ru0, ru1 unix.Rusage
+		if err := unix.Getrusage(unix.RUSAGE_THREAD, &ru0); err != nil {
+			return nil, nil, err
+		}
+		start := time.Now()
+		for i := range burst {
+			to.Port = 1024 + i
+			unix.Sendto(fd, payload, 0, to) // a full queue drops, which the receiver's count shows
+			if i%256 == 255 && time.Since(start) > burstTime {
+				break
+			}
+		}
+		took := time.Since(start)
+		if err := unix.Getrusage(unix.RUSAGE_THREAD, &ru1); err != nil {
+			return nil, nil, err
+		}
+		used := time.Duration(ru1.Utime.Nano()+ru1.Stime.Nano()-ru0.Utime.Nano()-ru0.Stime.Nano()) * time.Nanosecond
+		time.Sleep(100 * time.Millisecond) // let the last packets land
+		rx1, err := rxPackets(vm2)
+		if err != nil {
+			return nil, nil, err
+		}
+		got := float64(rx1 - rx0)
+		wall = append(wall, got/took.Seconds()/1000)
+		if used > 0 {
+			cpu = append(cpu, got/used.Seconds()/1000)
+		}
+	}
+	return wall, cpu, nil
+}
+
+// rxPackets reads the receive counter of eth0 in ns.
+func rxPackets(ns *netns) (uint64, error) {
+	var n uint64
+	err := ns.do(func() error {
+		data, err := os.ReadFile("/proc/thread-self/net/dev")
+		if err != nil {
+			return err
+		}
+		sc := bufio.NewScanner(bytes.NewReader(data))
+		for sc.Scan() {
+			name, rest, ok := strings.Cut(sc.Text(), ":")
+			if ok && strings.TrimSpace(name) == "eth0" {
+				f := strings.Fields(rest)
+				if len(f) < 2 {
+					break
+				}
+				n, err = strconv.ParseUint(f[1], 10, 64)
+				return err
+			}
+		}
+		return fmt.Errorf("no eth0 in %s", ns.name)
+	})
+	return n, err
+}
+
+var rttLine = regexp.MustCompile(`= [0-9.]+/([0-9.]+)/`)
+
+// ping returns the mean round trip of 100 pings from vm to dst.
+func ping(l *lab, vm *netns, dst string) (time.Duration, error) {
+	out, err := vm.run(l.ctx, "ping", "-c", "100", "-i", "0.01", "-q", dst)
+	if err != nil {
+		return 0, err
+	}
+	m := rttLine.FindSubmatch(out)
+	if m == nil {
+		return 0, fmt.Errorf("no round trip in ping output: %s", out)
+	}
+	avg, err := strconv.ParseFloat(string(m[1]), 64)
+	if err != nil {
+		return 0, err
+	}
+	return time.Duration(avg * float64(time.Millisecond)), nil
+}

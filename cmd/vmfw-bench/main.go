@@ -1,0 +1,153 @@
+// Command vmfw-bench measures vmfw at scale and prints one table: the cost
+// of tap changes, applies and status at 0, 1000 and 5000 installed taps on
+// iptables-nft and iptables-legacy, next to the naive way (one iptables
+// command per rule through go-iptables), and the forwarding cost of the
+// dispatch trees against a flat list of physdev jumps.
+//
+// It runs as root, only inside network namespaces it creates and deletes
+// (also when interrupted), with addresses from the documentation ranges;
+// nothing is sent outside them. See docs/performance.md.
+//
+//	vmfw-bench [--vmfw bin/vmfw] [--quick] [--runs N] [--backends nft,legacy] [--sizes 0,1000,5000]
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// options are the command-line settings.
+type options struct {
+	vmfw      string
+	runs      int
+	backends  []string
+	sizes     []int
+	dataSizes map[int]bool
+	// slowRuns is the number of runs of rows that read the whole table
+	// (apply, status) at the largest size, where one run takes seconds.
+	slowRuns int
+	// fullApplyTimeout bounds one "full apply from empty".
+	fullApplyTimeout time.Duration
+	// fullApplyMax is the largest tap count "full apply from empty" runs at.
+	fullApplyMax int
+	quick        bool
+	// control and data select the parts to run.
+	control, data bool
+}
+
+func main() {
+	var o options
+	var backends, sizes, parts string
+	flag.StringVar(&o.vmfw, "vmfw", "bin/vmfw", "the vmfw binary to measure")
+	flag.BoolVar(&o.quick, "quick", false, "a short run: nft only, 0 and 1000 taps, 3 runs (about 2 minutes)")
+	flag.IntVar(&o.runs, "runs", 5, "runs per row; the table shows medians")
+	flag.StringVar(&backends, "backends", "nft,legacy", "iptables backends to measure")
+	flag.StringVar(&sizes, "sizes", "0,1000,5000", "numbers of installed taps")
+	flag.StringVar(&parts, "parts", "control,data", "what to measure: control (with the baseline), data")
+	slow := flag.Bool("slow", false, "also measure the full apply from empty above 1000 taps (minutes per backend)")
+	flag.Parse()
+	if o.quick {
+		o.runs, backends, sizes = 3, "nft", "0,1000"
+	}
+	o.backends = strings.Split(backends, ",")
+	for _, p := range strings.Split(parts, ",") {
+		switch p {
+		case "control":
+			o.control = true
+		case "data":
+			o.data = true
+		default:
+			fatalf("unknown part %q (want control or data)", p)
+		}
+	}
+	for _, s := range strings.Split(sizes, ",") {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 0 {
+			fatalf("bad size %q", s)
+		}
+		o.sizes = append(o.sizes, n)
+	}
+	largest := o.sizes[len(o.sizes)-1]
+	o.dataSizes = map[int]bool{o.sizes[0]: true, largest: true}
+	o.slowRuns = min(o.runs, 3)
+	o.fullApplyTimeout = 10 * time.Minute
+	o.fullApplyMax = 1000
+	if *slow {
+		o.fullApplyMax = 1 << 30
+	}
+	if abs, err := filepath.Abs(o.vmfw); err == nil {
+		o.vmfw = abs
+	}
+	if err := preflight(o); err != nil {
+		fatalf("%v", err)
+	}
+
+	// iptables-legacy serializes on one lock file for the whole machine,
+	// though each namespace has its own tables; other work on the machine
+	// would stall the bench for minutes. The bench's namespaces are its
+	// own, so its commands and vmfw take a lock of their own.
+	lockDir, err := os.MkdirTemp("", "vmfwbench-lock-")
+	if err != nil {
+		fatalf("%v", err)
+	}
+	defer os.RemoveAll(lockDir)
+	os.Setenv("XTABLES_LOCKFILE", filepath.Join(lockDir, "xtables.lock"))
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	defer removeAll()
+	start := time.Now()
+	var table results
+	for _, backend := range o.backends {
+		for _, n := range o.sizes {
+			if err := benchSize(ctx, o, backend, n, &table); err != nil {
+				removeAll()
+				table.print(os.Stdout, o, time.Since(start)) // what was measured so far
+				fatalf("%s, %d taps: %v", backend, n, err)
+			}
+		}
+	}
+	table.print(os.Stdout, o, time.Since(start))
+}
+
+// preflight checks what the bench needs before creating anything.
+func preflight(o options) error {
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("needs root: it creates network namespaces")
+	}
+	if _, err := os.Stat(o.vmfw); err != nil {
+		return fmt.Errorf("%v (run make build first, or pass --vmfw)", err)
+	}
+	tools := []string{"ip", "ipset", "conntrack", "ping", "ebtables-nft-restore"}
+	for _, b := range o.backends {
+		if b != "nft" && b != "legacy" {
+			return fmt.Errorf("unknown backend %q (want nft or legacy)", b)
+		}
+		tools = append(tools, "iptables-"+b+"-restore", "ip6tables-"+b+"-restore", "iptables-"+b)
+	}
+	for _, t := range tools {
+		if _, err := exec.LookPath(t); err != nil {
+			return fmt.Errorf("%s not found (make deps installs it)", t)
+		}
+	}
+	return nil
+}
+
+func fatalf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "vmfw-bench: "+format+"\n", args...)
+	os.Exit(1)
+}
+
+// progress says what is running, on stderr, so a long run shows life.
+func progress(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
+}

@@ -1,0 +1,183 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// netns is a named network namespace the bench created. Everything the
+// bench changes happens inside one: commands run in it by forking from a
+// thread that entered it, so nothing runs in, or changes, the namespace
+// the bench was started in.
+type netns struct {
+	name string
+}
+
+var (
+	nsMu  sync.Mutex
+	nsAll = map[string]bool{}
+)
+
+// newNetns creates a namespace named vmfwbench-<random>-role.
+func newNetns(ctx context.Context, role string) (*netns, error) {
+	var b [3]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return nil, err
+	}
+	name := "vmfwbench-" + hex.EncodeToString(b[:]) + "-" + role
+	if _, err := runCmd(ctx, "ip", "netns", "add", name); err != nil {
+		return nil, err
+	}
+	nsMu.Lock()
+	nsAll[name] = true
+	nsMu.Unlock()
+	n := &netns{name: name}
+	if _, err := n.run(ctx, "ip", "link", "set", "lo", "up"); err != nil {
+		return n, err
+	}
+	return n, nil
+}
+
+// remove deletes the namespace; the kernel frees its interfaces, rules and
+// sets with it.
+func (n *netns) remove() error {
+	nsMu.Lock()
+	delete(nsAll, n.name)
+	nsMu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err := runCmd(ctx, "ip", "netns", "delete", n.name)
+	return err
+}
+
+// removeAll deletes every namespace the bench still has, on exit or
+// interrupt, whatever state the run ended in.
+func removeAll() {
+	nsMu.Lock()
+	var names []string
+	for name := range nsAll {
+		names = append(names, name)
+	}
+	nsMu.Unlock()
+	for _, name := range names {
+		if err := (&netns{name: name}).remove(); err != nil {
+			fmt.Fprintf(os.Stderr, "vmfw-bench: deleting namespace %s: %v\n", name, err)
+		}
+	}
+}
+
+// do runs fn on an OS thread inside the namespace. Sockets fn opens belong
+// to the namespace; commands it starts are born in it. A thread that
+// cannot return to its namespace is not reused.
+func (n *netns) do(fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		defer unix.Close(orig)
+		target, err := unix.Open(filepath.Join("/run/netns", n.name), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		err = unix.Setns(target, unix.CLONE_NEWNET)
+		unix.Close(target)
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("entering %s: %w", n.name, err)
+			return
+		}
+		ferr := fn()
+		if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
+			errc <- errors.Join(ferr, err) // the thread stays locked and exits
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}
+
+// run runs a command in the namespace and returns its output.
+func (n *netns) run(ctx context.Context, name string, args ...string) ([]byte, error) {
+	var out []byte
+	err := n.do(func() error {
+		var err error
+		out, err = runCmd(ctx, name, args...)
+		return err
+	})
+	return out, err
+}
+
+// runIn runs a command in the namespace with stdin and returns its
+// output; stdin may be nil.
+func (n *netns) runIn(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, error) {
+	var out []byte
+	err := n.do(func() error {
+		cmd := exec.CommandContext(ctx, name, args...)
+		if stdin != nil {
+			cmd.Stdin = bytes.NewReader(stdin)
+		}
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+		}
+		out = stdout.Bytes()
+		return nil
+	})
+	return out, err
+}
+
+// timed runs a command in the namespace and returns how long it took
+// from fork to exit, and its output.
+func (n *netns) timed(ctx context.Context, env []string, name string, args ...string) (time.Duration, []byte, error) {
+	var d time.Duration
+	var out []byte
+	err := n.do(func() error {
+		cmd := exec.CommandContext(ctx, name, args...)
+		cmd.Env = env
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		start := time.Now()
+		err := cmd.Run()
+		d = time.Since(start)
+		out = stdout.Bytes()
+		if err != nil {
+			return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+		}
+		return nil
+	})
+	return d, out, err
+}
+
+// runCmd runs a command in the calling thread's namespace: the bench's
+// own for "ip netns add" and "delete" only, a bench namespace inside do.
+func runCmd(ctx context.Context, name string, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, name, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return stdout.Bytes(), nil
+}

@@ -1,0 +1,347 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"math/rand"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/vmfw/vmfw/integration/labnet"
+)
+
+// options configure one backend's run.
+type options struct {
+	vmfw, backend string
+	trials, taps  int
+	seed          int64
+}
+
+// harness runs vmfw in one lab.
+type harness struct {
+	o                        options
+	hv                       *labnet.NS
+	config, runDir, stateDir string
+}
+
+// command returns vmfw with args, run in the hypervisor namespace in a
+// process group of its own, so that the children it leaves behind when
+// killed can be waited for.
+func (h *harness) command(ctx context.Context, args ...string) *exec.Cmd {
+	full := append([]string{"netns", "exec", h.hv.Name, h.o.vmfw, "--iptables", h.o.backend,
+		"--config-dir", h.config, "--state-dir", h.stateDir}, args...)
+	cmd := exec.CommandContext(ctx, "ip", full...)
+	cmd.Env = append(os.Environ(), "VMFW_RUN_DIR="+h.runDir)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	return cmd
+}
+
+// vmfw runs vmfw to the end and returns its output.
+func (h *harness) vmfw(ctx context.Context, args ...string) (string, error) {
+	out, err := h.command(ctx, args...).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("vmfw %s: %w: %s", strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}
+
+// configure writes configuration A or B.
+func (h *harness) configure(b bool) error { return writeConfig(h.config, h.o.taps, b) }
+
+// applyTo writes configuration b and applies it, returning how long the
+// apply took and the state it left.
+func (h *harness) applyTo(ctx context.Context, b bool) (time.Duration, *snapshot, error) {
+	if err := h.configure(b); err != nil {
+		return 0, nil, err
+	}
+	start := time.Now()
+	if _, err := h.vmfw(ctx, "apply"); err != nil {
+		return 0, nil, err
+	}
+	d := time.Since(start)
+	s, err := read(ctx, h.hv, h.o.backend)
+	return d, s, err
+}
+
+// direction is one of the two changes the trials interrupt.
+type direction struct {
+	name     string
+	to       bool // configuration B
+	from, at *snapshot
+	plan     plan
+	stages   []string
+}
+
+func runBackend(ctx context.Context, o options) (*result, error) {
+	lab, err := labnet.New(labnet.Options{})
+	if err != nil {
+		return nil, err
+	}
+	defer lab.Close()
+	tmp, err := os.MkdirTemp("", "vmfw-crashtest")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+	h := &harness{o: o, hv: lab.Hypervisor(), config: filepath.Join(tmp, "config"),
+		runDir: filepath.Join(tmp, "run"), stateDir: filepath.Join(tmp, "state")}
+	for _, d := range []string{h.config, h.runDir, h.stateDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, err
+		}
+	}
+	if err := h.addInterfaces(ctx); err != nil {
+		return nil, err
+	}
+
+	// The two states, and the proof that the canonical form does not
+	// depend on the way a state was reached.
+	_, snapA, err := h.applyTo(ctx, false)
+	if err != nil {
+		return nil, err
+	}
+	if err := h.configure(true); err != nil {
+		return nil, err
+	}
+	dryAB, err := h.vmfw(ctx, "apply", "--dry-run")
+	if err != nil {
+		return nil, err
+	}
+	tAB, snapB, err := h.applyTo(ctx, true)
+	if err != nil {
+		return nil, err
+	}
+	if err := h.configure(false); err != nil {
+		return nil, err
+	}
+	dryBA, err := h.vmfw(ctx, "apply", "--dry-run")
+	if err != nil {
+		return nil, err
+	}
+	tBA, snapA2, err := h.applyTo(ctx, false)
+	if err != nil {
+		return nil, err
+	}
+	if diff := compare(snapA, snapA2); diff != "" {
+		return nil, fmt.Errorf("state A differs after A→B→A (%s): the comparison would be meaningless", diff)
+	}
+	for _, p := range parts {
+		if snapA.part(p) == snapB.part(p) {
+			return nil, fmt.Errorf("the scenario does not change %s", p)
+		}
+	}
+	ab := &direction{name: "A→B", to: true, from: snapA, at: snapB, plan: parsePlan(dryAB)}
+	ba := &direction{name: "B→A", to: false, from: snapB, at: snapA, plan: parsePlan(dryBA)}
+	for _, d := range []*direction{ab, ba} {
+		if d.stages, err = setStages(d.from.sets, d.plan); err != nil {
+			return nil, err
+		}
+		if d.stages[len(d.stages)-1] != d.at.sets.String() {
+			return nil, fmt.Errorf("%s: the dry run's ipset scripts do not lead to the applied sets", d.name)
+		}
+	}
+
+	r := &result{backend: o.backend, taps: o.taps, applyTime: (tAB + tBA) / 2, outcomes: map[string]int{}}
+	rng := rand.New(rand.NewSource(o.seed))
+	cur := ba // the host is in state A: the next change is A→B
+	for i := range o.trials {
+		if ctx.Err() != nil {
+			return r, ctx.Err()
+		}
+		d := ab
+		if cur == ab {
+			d = ba
+		}
+		// Kill anywhere from before vmfw has started to after it has
+		// finished.
+		delay := time.Duration(rng.Float64() * 1.2 * float64(r.applyTime))
+		outcome, violation, err := h.trial(ctx, d, delay)
+		if err != nil {
+			return r, fmt.Errorf("trial %d: %w", i+1, err)
+		}
+		r.trials++
+		r.outcomes[outcome]++
+		if violation != "" {
+			r.violations = append(r.violations, fmt.Sprintf("trial %d (%s, killed after %v): %s", i+1, d.name, delay.Round(time.Millisecond), violation))
+		}
+		// The next apply converges to exactly the new state.
+		if _, err := h.vmfw(ctx, "apply"); err != nil {
+			r.violations = append(r.violations, fmt.Sprintf("trial %d: apply after the kill failed: %v", i+1, err))
+			return r, nil
+		}
+		after, err := read(ctx, h.hv, o.backend)
+		if err != nil {
+			return r, err
+		}
+		if diff := compare(after, d.at); diff != "" {
+			r.violations = append(r.violations, fmt.Sprintf("trial %d: the apply after the kill left %s different from a clean apply", i+1, diff))
+			return r, nil
+		}
+		r.converged++
+		cur = d
+		if (i+1)%10 == 0 {
+			fmt.Fprintf(os.Stderr, "vmfw-crashtest: %s: %d of %d trials\n", o.backend, i+1, o.trials)
+		}
+	}
+	return r, nil
+}
+
+// addInterfaces creates the scenario's interfaces with one ip -batch.
+func (h *harness) addInterfaces(ctx context.Context) error {
+	f, err := os.CreateTemp("", "vmfw-crashtest-links")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	for i := range h.o.taps {
+		fmt.Fprintf(f, "link add %s type ifb\n", tapName(i))
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	_, err = h.hv.Exec(ctx, "ip", "-batch", f.Name())
+	return err
+}
+
+// trial writes d's target configuration, starts "vmfw apply", kills it
+// with SIGKILL after delay, waits for what it left running, and judges
+// the state. It returns the outcome's label and a violation, if any.
+func (h *harness) trial(ctx context.Context, d *direction, delay time.Duration) (string, string, error) {
+	if err := h.configure(d.to); err != nil {
+		return "", "", err
+	}
+	cmd := h.command(ctx, "apply")
+	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	if err := cmd.Start(); err != nil {
+		return "", "", err
+	}
+	time.Sleep(delay)
+	// "ip netns exec" has become vmfw by now, or is about to: same pid.
+	_ = cmd.Process.Signal(syscall.SIGKILL)
+	_ = cmd.Wait()
+	if err := waitGroupGone(cmd.Process.Pid); err != nil {
+		return "", "", err
+	}
+	s, err := read(ctx, h.hv, h.o.backend)
+	if err != nil {
+		return "", "", err
+	}
+	label, violation := judge(d, s)
+	return label, violation, nil
+}
+
+// waitGroupGone waits until no process of process group pgid is left: the
+// iptables-restore or ipset a killed vmfw started finishes on its own
+// (with the input it got), and the state is judged after it did.
+func waitGroupGone(pgid int) error {
+	deadline := time.Now().Add(2 * time.Minute)
+	for time.Now().Before(deadline) {
+		if !groupAlive(pgid) {
+			return nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return fmt.Errorf("processes of the killed vmfw (group %d) still run after 2 minutes", pgid)
+}
+
+func groupAlive(pgid int) bool {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return false
+	}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		// Fields after the command name, which is in parentheses and
+		// may contain spaces: state, ppid, pgrp.
+		s := string(stat)
+		rest := s[strings.LastIndexByte(s, ')')+1:]
+		f := strings.Fields(rest)
+		if len(f) >= 3 && f[2] == strconv.Itoa(pgid) && pid != os.Getpid() && f[0] != "Z" {
+			return true
+		}
+	}
+	return false
+}
+
+// judge classifies the state a kill left: each rule table must be wholly
+// old or wholly new, the tables must have changed in the order an apply
+// changes them (ipv4, ipv6, ebtables), and the ipsets must be in a state
+// the apply's ipset scripts pass through, consistent with the rules: all
+// sets the new rules use are in place before any table changes, and sets
+// are removed only after every table changed.
+func judge(d *direction, s *snapshot) (label, violation string) {
+	newParts := 0
+	var state []string
+	for i, p := range parts {
+		switch s.part(p) {
+		case d.at.part(p):
+			if newParts != i {
+				return "out of order", fmt.Sprintf("%s is new but an earlier table is old", p)
+			}
+			newParts++
+			state = append(state, p+" new")
+		case d.from.part(p):
+			state = append(state, p+" old")
+		default:
+			return "mixed", fmt.Sprintf("%s is neither the old nor the new ruleset: a transaction was half applied", p)
+		}
+	}
+	sets := s.sets.String()
+	before := len(d.plan.setsBefore)
+	last := len(d.stages) - 1
+	stage := -1
+	for k, st := range d.stages {
+		if st != sets {
+			continue
+		}
+		if newParts > 0 && k < before || k > before && newParts < len(parts) {
+			continue
+		}
+		stage = k
+		break
+	}
+	if stage < 0 {
+		return "ipsets inconsistent", fmt.Sprintf("the ipsets are in no state the apply passes through with %s", strings.Join(state, ", "))
+	}
+	switch {
+	case newParts == 0 && stage == 0:
+		return "killed before any change", ""
+	case newParts == 0 && stage < before:
+		return "ipsets partly updated, rules old", ""
+	case newParts == 0:
+		return "ipsets updated, rules old", ""
+	case newParts < len(parts):
+		return strings.Join(state, ", "), ""
+	case stage < last:
+		return "rules new, unused ipsets not yet removed", ""
+	}
+	return "apply complete", ""
+}
+
+// compare names the parts in which two snapshots differ, "" if none.
+func compare(a, b *snapshot) string {
+	var diff []string
+	for _, p := range parts {
+		if a.part(p) != b.part(p) {
+			diff = append(diff, p)
+		}
+	}
+	if a.sets.String() != b.sets.String() {
+		diff = append(diff, "ipsets")
+	}
+	return strings.Join(diff, ", ")
+}
+

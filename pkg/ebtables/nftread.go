@@ -1,0 +1,32 @@
+package ebtables
+
+import (
+	"context"
+
+	"github.com/vmfw/vmfw/pkg/iptables"
+	"github.com/vmfw/vmfw/pkg/ruleset"
+)
+
+// Narrow reads for scoped attach and detach (see package engine): with
+// ebtables-nft the bridge table is an nf_tables table, so which chains
+// exist and the jumps into vmfw-l2 can be asked over netlink instead of
+// reading the whole table with ebtables-save (tens of thousands of lines
+// at 5000 taps). ebtables-legacy offers no such thing.
+
+// ChainsExist reports which of the named chains the bridge filter table
+// has; with ebtables-legacy it returns iptables.ErrNotNFT.
+func (c *Client) ChainsExist(ctx context.Context, names []ruleset.Chain) (map[ruleset.Chain]bool, error) {
+	if c.tool != "ebtables-nft" {
+		return nil, iptables.ErrNotNFT
+	}
+	return iptables.BridgeChainsExist(ctx, names)
+}
+
+// Hooks counts the jumps into vmfw-l2 from FORWARD and INPUT; with
+// ebtables-legacy it returns iptables.ErrNotNFT.
+func (c *Client) Hooks(ctx context.Context) (map[ruleset.Hook]int, error) {
+	if c.tool != "ebtables-nft" {
+		return nil, iptables.ErrNotNFT
+	}
+	return iptables.BridgeHooks(ctx, ruleset.ChainL2)
+}

@@ -1,0 +1,70 @@
+package engine
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/conntrack"
+	"github.com/vmfw/vmfw/pkg/policy"
+)
+
+// FlowTable is the connection tracking table of the namespace vmfw runs
+// in. conntrack.Table implements it.
+type FlowTable interface {
+	// LocalAddrs returns the namespace's own addresses.
+	LocalAddrs() ([]netip.Addr, error)
+	// Delete removes the tracked flows cut selects and returns how many.
+	Delete(cut func(conntrack.Flow) bool) (int, error)
+}
+
+var _ FlowTable = conntrack.Table{}
+
+// flowTable returns the table cutFlows works on: the kernel's. It is a
+// variable so that the package's tests put a fake in its place; they must
+// never read or change the conntrack table of the namespace they run in.
+var flowTable = func() FlowTable { return conntrack.Table{} }
+
+// cutFlows deletes the tracked connections that the ruleset just applied
+// for nics does not allow, so that they stop. Their packets would
+// otherwise keep passing the "established" rules, which come before the
+// groups: without this, removing a rule, a group or a member, or
+// tightening a policy, would only stop new connections.
+//
+// Only connections the new rules deny are deleted. Deleting every
+// connection of a VM would also cut allowed ones that are allowed only as
+// established, such as the replies to a VM's own outbound connections
+// (conntrack would see their next packet as a new inbound one, which the
+// VM's in chain drops). Connections conntrack only tracked because vmfw
+// did not filter them — the hypervisor's own — are never denied; see
+// package policy for what decides.
+func (e *Engine) cutFlows(m *config.Model, nics []*config.NIC) error {
+	addressed := false
+	for _, n := range nics {
+		addressed = addressed || len(n.IPs) > 0
+	}
+	if !addressed {
+		return nil // no flow can be told to be a VM's
+	}
+	table := flowTable()
+	addrs, err := table.LocalAddrs()
+	if err != nil {
+		return fmt.Errorf("rules applied, but cutting the connections they no longer allow failed: %w", err)
+	}
+	local := make(map[netip.Addr]bool, len(addrs))
+	for _, a := range addrs {
+		local[a] = true
+	}
+	ev := policy.New(m, nics, func(a netip.Addr) bool { return local[a] })
+	_, err = table.Delete(func(f conntrack.Flow) bool {
+		return ev.Check(policyFlow(f)) == policy.Deny
+	})
+	if err != nil {
+		return fmt.Errorf("rules applied, but cutting the connections they no longer allow failed: %w", err)
+	}
+	return nil
+}
+
+func policyFlow(f conntrack.Flow) policy.Flow {
+	return policy.Flow{Proto: f.Proto, Src: f.Src, Dst: f.Dst, SPort: f.SPort, DPort: f.DPort, PortsUnknown: !f.Ports}
+}

@@ -1,0 +1,539 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/vmfw/vmfw/pkg/ebtables"
+	"github.com/vmfw/vmfw/pkg/ipset"
+	"github.com/vmfw/vmfw/pkg/iptables"
+	"github.com/vmfw/vmfw/pkg/ruleset"
+)
+
+// simTable is a filter table as a kernel would hold it: rule lines by
+// chain, built-in chains included. Restores are applied like
+// iptables-restore --noflush would, all or nothing, and fail on what the
+// kernel refuses (a rule in or a jump to a missing chain, deleting a chain
+// still referenced), so a wrong plan shows up as an error.
+type simTable struct {
+	bridge bool
+	chains map[ruleset.Chain][]string
+}
+
+func newSimTable(bridge bool) *simTable {
+	return &simTable{bridge: bridge, chains: map[ruleset.Chain][]string{ruleset.Forward: nil, ruleset.Input: nil}}
+}
+
+func (t *simTable) clone() *simTable {
+	c := &simTable{bridge: t.bridge, chains: map[ruleset.Chain][]string{}}
+	for k, v := range t.chains {
+		c.chains[k] = slices.Clone(v)
+	}
+	return c
+}
+
+func (t *simTable) builtin(c ruleset.Chain) bool { return c == ruleset.Forward || c == ruleset.Input }
+
+// save renders the table as iptables-save or ebtables-save would.
+func (t *simTable) save() string {
+	var b strings.Builder
+	b.WriteString("*filter\n")
+	names := make([]string, 0, len(t.chains))
+	for c := range t.chains {
+		names = append(names, string(c))
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		switch {
+		case t.builtin(ruleset.Chain(n)) && t.bridge:
+			b.WriteString(":" + n + " ACCEPT\n")
+		case t.builtin(ruleset.Chain(n)):
+			b.WriteString(":" + n + " ACCEPT [0:0]\n")
+		case t.bridge:
+			b.WriteString(":" + n + " RETURN\n")
+		default:
+			b.WriteString(":" + n + " - [0:0]\n")
+		}
+	}
+	for _, n := range names {
+		for _, l := range t.chains[ruleset.Chain(n)] {
+			b.WriteString(l + "\n")
+		}
+	}
+	b.WriteString("COMMIT\n")
+	return b.String()
+}
+
+func target(line string) ruleset.Chain {
+	f := strings.Fields(line)
+	for i := 0; i+1 < len(f); i++ {
+		if f[i] == "-j" || f[i] == "-g" {
+			return ruleset.Chain(f[i+1])
+		}
+	}
+	return ""
+}
+
+func (t *simTable) restore(text string) error {
+	next := t.clone()
+	var deleted []ruleset.Chain
+	for _, line := range strings.Split(strings.TrimSpace(text), "\n") {
+		switch {
+		case line == "*filter" || line == "COMMIT":
+		case strings.HasPrefix(line, ":"):
+			name, _, _ := strings.Cut(line[1:], " ")
+			next.chains[ruleset.Chain(name)] = nil // create, or flush
+		case strings.HasPrefix(line, "-A "), strings.HasPrefix(line, "-I "), strings.HasPrefix(line, "-D "):
+			f := strings.Fields(line)
+			chain := ruleset.Chain(f[1])
+			if _, ok := next.chains[chain]; !ok {
+				return fmt.Errorf("%q: no chain %s", line, chain)
+			}
+			rest := strings.TrimPrefix(line[3:], f[1])
+			if f[0] == "-I" {
+				rest = strings.TrimPrefix(rest, " 1")
+			}
+			rule := "-A " + f[1] + rest
+			switch f[0] {
+			case "-A":
+				next.chains[chain] = append(next.chains[chain], rule)
+			case "-I":
+				next.chains[chain] = append([]string{rule}, next.chains[chain]...)
+			case "-D":
+				i := slices.Index(next.chains[chain], rule)
+				if i < 0 {
+					return fmt.Errorf("%q: no such rule", line)
+				}
+				next.chains[chain] = slices.Delete(next.chains[chain], i, i+1)
+			}
+		case strings.HasPrefix(line, "-X "):
+			name := ruleset.Chain(strings.TrimPrefix(line, "-X "))
+			if _, ok := next.chains[name]; !ok {
+				return fmt.Errorf("%q: no chain %s", line, name)
+			}
+			delete(next.chains, name)
+			deleted = append(deleted, name)
+		default:
+			return fmt.Errorf("unexpected restore line %q", line)
+		}
+	}
+	for c, lines := range next.chains {
+		for _, l := range lines {
+			tgt := target(l)
+			if tgt == "" || slices.Contains([]string{"ACCEPT", "DROP", "RETURN", "REJECT", "MARK", "LOG", "CONTINUE"}, string(tgt)) {
+				continue
+			}
+			if _, ok := next.chains[tgt]; !ok {
+				if slices.Contains(deleted, tgt) {
+					return fmt.Errorf("chain %s deleted while %s jumps to it", tgt, c)
+				}
+				return fmt.Errorf("%s jumps to missing chain %s", c, tgt)
+			}
+		}
+	}
+	*t = *next
+	return nil
+}
+
+// simKernel is a network namespace's firewall for the engine: both
+// families, the bridge table and ipsets. With narrow set it also offers
+// the narrow reads of nf_tables, answering from the same state.
+type simKernel struct {
+	tables map[ruleset.Family]*simTable
+	bridge *simTable
+	sets   map[string]*ipset.Observed
+	narrow bool
+	// saves counts whole-table reads, narrowReads chain-by-chain ones.
+	saves, narrowReads int
+	// restores are the iptables transactions, in order; failIPv6 makes
+	// the next IPv6 one fail.
+	restores []string
+	failIPv6 bool
+}
+
+func newSimKernel(narrow bool) *simKernel {
+	return &simKernel{
+		tables: map[ruleset.Family]*simTable{ruleset.IPv4: newSimTable(false), ruleset.IPv6: newSimTable(false)},
+		bridge: newSimTable(true),
+		sets:   map[string]*ipset.Observed{},
+		narrow: narrow,
+	}
+}
+
+// state renders everything, for comparing two kernels.
+func (k *simKernel) state() string {
+	var b strings.Builder
+	for _, f := range ruleset.Families {
+		b.WriteString(k.tables[f].save())
+	}
+	b.WriteString(k.bridge.save())
+	names := make([]string, 0, len(k.sets))
+	for n := range k.sets {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		s := k.sets[n]
+		var members []string
+		for m := range s.Members {
+			members = append(members, m)
+		}
+		sort.Strings(members)
+		fmt.Fprintf(&b, "%s %s %s %v\n", n, s.Type, s.Family, members)
+	}
+	return b.String()
+}
+
+type simFirewall struct{ k *simKernel }
+
+// failNext makes the next IPv6 restore fail, as a kernel refusing it would.
+var errSimRefused = errors.New("ip6tables-restore: refused")
+
+func (f simFirewall) Save(_ context.Context, fam ruleset.Family) (*iptables.Snapshot, error) {
+	f.k.saves++
+	return iptables.Parse([]byte(f.k.tables[fam].save()))
+}
+
+func (f simFirewall) Restore(_ context.Context, fam ruleset.Family, text string) error {
+	if text == "" {
+		return nil
+	}
+	f.k.restores = append(f.k.restores, text)
+	if fam == ruleset.IPv6 && f.k.failIPv6 {
+		f.k.failIPv6 = false
+		return errSimRefused
+	}
+	return f.k.tables[fam].restore(text)
+}
+
+// narrowFirewall adds the nf_tables narrow reads to simFirewall.
+type narrowFirewall struct{ simFirewall }
+
+func (f narrowFirewall) ListChains(_ context.Context, fam ruleset.Family) (map[ruleset.Chain]bool, error) {
+	out := map[ruleset.Chain]bool{}
+	for c := range f.k.tables[fam].chains {
+		out[c] = true
+	}
+	return out, nil
+}
+
+func (f narrowFirewall) SaveChains(_ context.Context, fam ruleset.Family, names []ruleset.Chain) (*iptables.Snapshot, error) {
+	f.k.narrowReads++
+	full, err := iptables.Parse([]byte(f.k.tables[fam].save()))
+	if err != nil {
+		return nil, err
+	}
+	s := &iptables.Snapshot{
+		Observed: ruleset.Observed{Chains: map[ruleset.Chain][]string{}, Lines: map[ruleset.Chain][]string{}, Hooks: full.Hooks},
+		Counters: map[ruleset.Chain][]uint64{},
+		Foreign:  map[ruleset.Chain]int{},
+	}
+	for _, n := range names {
+		if _, ok := f.k.tables[fam].chains[n]; !ok {
+			continue
+		}
+		// A chain the netlink read finds but Parse would not call vmfw's
+		// (no vmfw comment) still reads, as rules without fingerprints.
+		s.Chains[n] = []string{}
+		for _, l := range f.k.tables[fam].chains[n] {
+			h := ""
+			if _, after, ok := strings.Cut(l, "--comment "); ok {
+				after = strings.TrimPrefix(after, `"`)
+				if rest, ok := strings.CutPrefix(after, ruleset.CommentPrefix); ok {
+					h, _, _ = strings.Cut(rest, " ")
+					h = strings.TrimSuffix(h, `"`)
+				}
+			}
+			s.Chains[n] = append(s.Chains[n], h)
+		}
+	}
+	return s, nil
+}
+
+type simBridge struct{ k *simKernel }
+
+func (b simBridge) Save(context.Context) (ruleset.Observed, error) {
+	b.k.saves++
+	return ebtables.Parse([]byte(b.k.bridge.save())), nil
+}
+
+func (b simBridge) Restore(_ context.Context, text string) error {
+	if text == "" {
+		return nil
+	}
+	return b.k.bridge.restore(text)
+}
+
+type narrowBridge struct{ simBridge }
+
+func (b narrowBridge) ChainsExist(_ context.Context, names []ruleset.Chain) (map[ruleset.Chain]bool, error) {
+	out := map[ruleset.Chain]bool{}
+	for _, n := range names {
+		_, out[n] = b.k.bridge.chains[n]
+	}
+	return out, nil
+}
+
+func (b narrowBridge) Hooks(context.Context) (map[ruleset.Hook]int, error) {
+	return ebtables.Parse([]byte(b.k.bridge.save())).Hooks, nil
+}
+
+type simSets struct{ k *simKernel }
+
+func (s simSets) List(context.Context) (map[string]*ipset.Observed, error) {
+	out := map[string]*ipset.Observed{}
+	for n, o := range s.k.sets {
+		c := *o
+		c.Members = map[string]bool{}
+		for m := range o.Members {
+			c.Members[m] = true
+		}
+		out[n] = &c
+	}
+	return out, nil
+}
+
+func (s simSets) Restore(_ context.Context, script string) error {
+	for _, line := range strings.Split(strings.TrimSpace(script), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		switch f[0] {
+		case "create":
+			o := &ipset.Observed{Type: ruleset.SetType(f[2]), Members: map[string]bool{}, MaxElem: 65536}
+			if len(f) > 4 && f[3] == "family" {
+				o.Family = f[4]
+			}
+			s.k.sets[f[1]] = o
+		case "add":
+			s.k.sets[f[1]].Members[strings.ToLower(f[2])] = true
+		case "del":
+			delete(s.k.sets[f[1]].Members, strings.ToLower(f[2]))
+		case "destroy":
+			delete(s.k.sets, f[1])
+		case "swap":
+			s.k.sets[f[1]], s.k.sets[f[2]] = s.k.sets[f[2]], s.k.sets[f[1]]
+		default:
+			return fmt.Errorf("unexpected ipset line %q", line)
+		}
+	}
+	return nil
+}
+
+// scopedConfig writes n VMs, with ids from 100 every step, in five groups
+// that reference each other's members; some VMs are disabled, some lack
+// anti-spoofing.
+func scopedConfig(t *testing.T, n, step int) (string, []string) {
+	t.Helper()
+	dir := t.TempDir()
+	write := func(rel, text string) {
+		path := filepath.Join(dir, rel)
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for g := range 5 {
+		write(fmt.Sprintf("groups/g%d.toml", g), fmt.Sprintf(
+			"[[in]]\nproto = \"tcp\"\ndport = \"22\"\nsource_group = \"g%d\"\n\n[[out]]\naction = \"drop\"\nproto = \"tcp\"\ndport = \"25\"\n", (g+1)%5))
+	}
+	var taps []string
+	for k := range n {
+		id := 100 + step*k
+		text := ""
+		if k%11 == 4 {
+			text += "enable = false\n"
+		}
+		text += fmt.Sprintf("[net0]\nmac = \"02:00:00:00:01:%02x\"\nips = [\"198.51.100.%d\", \"2001:db8::%x\"]\ngroups = [\"g%d\", \"g%d\"]\n", k, k+1, id, k%5, (k+2)%5)
+		if k%7 == 2 {
+			text += "antispoof = false\n"
+		}
+		write(fmt.Sprintf("vms/%d.toml", id), text)
+		taps = append(taps, fmt.Sprintf("tap%di0", id))
+	}
+	return dir, taps
+}
+
+func simEngine(dir string, taps []string, narrow bool) (*Engine, *simKernel) {
+	k := newSimKernel(narrow)
+	links := map[string]bool{}
+	for _, t := range taps {
+		links[t] = true
+	}
+	e := &Engine{
+		ConfigDir: dir,
+		Sets:      simSets{k},
+		Host:      fakeHost{links: links},
+		Lock:      func(context.Context) (func(), error) { return func() {}, nil },
+	}
+	if narrow {
+		e.Firewall, e.Bridge = narrowFirewall{simFirewall{k}}, narrowBridge{simBridge{k}}
+	} else {
+		e.Firewall, e.Bridge = simFirewall{k}, simBridge{k}
+	}
+	return e, k
+}
+
+// TestScopedMatchesFullPath runs the same random attaches and detaches on
+// two simulated kernels, one through the scoped path and one through the
+// full path, and checks after every step that both hold exactly the same
+// chains, hooks and sets; that the scoped path did not read whole tables;
+// and that an apply afterwards finds nothing to change.
+func TestScopedMatchesFullPath(t *testing.T) {
+	ctx := context.Background()
+	dir, taps := scopedConfig(t, 40, 3)
+	fast, fk := simEngine(dir, taps, true)
+	full, ref := simEngine(dir, taps, false)
+	r := rand.New(rand.NewSource(4))
+	step := func(what string, op func(e *Engine) error) {
+		t.Helper()
+		before := fk.saves
+		if err := op(fast); err != nil {
+			t.Fatalf("%s (scoped): %v", what, err)
+		}
+		if fk.saves != before {
+			t.Errorf("%s: the scoped path read whole tables", what)
+		}
+		if err := op(full); err != nil {
+			t.Fatalf("%s (full): %v", what, err)
+		}
+		if got, want := fk.state(), ref.state(); got != want {
+			t.Fatalf("%s: scoped and full paths disagree\nscoped:\n%s\nfull:\n%s", what, got, want)
+		}
+	}
+	for i := range 120 {
+		tap := taps[r.Intn(len(taps))]
+		if i < 20 || r.Intn(3) > 0 {
+			step("ifup "+tap, func(e *Engine) error { return e.Attach(ctx, tap) })
+		} else {
+			step("ifdown "+tap, func(e *Engine) error { return e.Detach(ctx, tap) })
+		}
+	}
+	for _, tap := range taps {
+		step("ifdown "+tap, func(e *Engine) error { return e.Detach(ctx, tap) })
+	}
+	step("ifdown of an unknown tap", func(e *Engine) error { return e.Detach(ctx, "tap99i0") })
+	for _, tap := range taps[:10] {
+		step("ifup "+tap, func(e *Engine) error { return e.Attach(ctx, tap) })
+	}
+	if fk.narrowReads == 0 {
+		t.Error("the scoped path never ran")
+	}
+	// Only the ten taps are up, but all forty links exist: apply adds the
+	// rest, then a second apply finds nothing.
+	if _, err := fast.Sync(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	ch, err := fast.Sync(ctx, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ch.Empty() {
+		var b strings.Builder
+		ch.WriteTo(&b)
+		t.Errorf("apply after scoped changes is not empty:\n%s", b.String())
+	}
+}
+
+// TestScopedFallsBackOnUnknownRules checks that an edit not yet applied
+// (a group's rules changed on disk) sends ifup down the full path, which
+// rewrites the group, instead of leaving the group stale.
+func TestScopedFallsBackOnUnknownRules(t *testing.T) {
+	ctx := context.Background()
+	dir, taps := scopedConfig(t, 6, 3)
+	e, k := simEngine(dir, taps, true)
+	for _, tap := range taps[:3] {
+		if err := e.Attach(ctx, tap); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if k.saves != 0 {
+		t.Fatalf("attaches on a consistent kernel read whole tables %d times", k.saves)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "groups/g0.toml"), []byte("[[in]]\nproto = \"tcp\"\ndport = \"443\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Attach(ctx, taps[5]); err != nil { // lists g0
+		t.Fatal(err)
+	}
+	if k.saves == 0 {
+		t.Error("ifup with an unapplied group edit stayed on the scoped path")
+	}
+	if !strings.Contains(k.state(), "--dport 443") {
+		t.Error("the edited group was not rewritten")
+	}
+	ch, err := e.Sync(ctx, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	ch.WriteTo(&b)
+	// The links of taps never attached exist, so apply would add them,
+	// but it must find group g0's chains as configured.
+	if strings.Contains(b.String(), ":sg-g0-") {
+		t.Errorf("apply still has group g0's chains to change:\n%s", b.String())
+	}
+}
+
+// TestScopedDetachDeletesAndReverts checks that a scoped detach only
+// deletes (no rule is added, so the kernel has no table to validate), and
+// that when IPv6 fails the IPv4 change is reverted to the exact state
+// before.
+func TestScopedDetachDeletesAndReverts(t *testing.T) {
+	ctx := context.Background()
+	dir, taps := scopedConfig(t, 30, 1)
+	e, k := simEngine(dir, taps, true)
+	for _, tap := range taps {
+		if err := e.Attach(ctx, tap); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// tap115i0 is one of ten in node tap11: its entry goes, the node stays.
+	tap := taps[15]
+	before := k.state()
+	k.restores = nil
+	if err := e.Detach(ctx, tap); err != nil {
+		t.Fatal(err)
+	}
+	if k.saves != 0 {
+		t.Fatal("the detach left the scoped path")
+	}
+	for _, text := range k.restores {
+		for _, line := range strings.Split(text, "\n") {
+			if strings.HasPrefix(line, "-A ") || strings.HasPrefix(line, "-I ") {
+				t.Errorf("detach adds a rule: %s", line)
+			}
+		}
+		if !strings.Contains(text, "-D vmfw-") {
+			t.Errorf("detach does not delete its dispatch entries:\n%s", text)
+		}
+	}
+	if err := e.Attach(ctx, tap); err != nil {
+		t.Fatal(err)
+	}
+	if k.state() != before {
+		t.Fatal("detach and attach again do not give the state back")
+	}
+	// The engine reverts the rules, not ipset members (as on the full
+	// path): compare the tables.
+	tables := func() string { return k.tables[ruleset.IPv4].save() + k.tables[ruleset.IPv6].save() }
+	want := tables()
+	k.failIPv6 = true
+	if err := e.Detach(ctx, tap); !errors.Is(err, errSimRefused) {
+		t.Fatalf("detach error = %v, want the IPv6 failure", err)
+	}
+	if got := tables(); got != want {
+		t.Errorf("the failed detach was not reverted:\nbefore:\n%s\nafter:\n%s", want, got)
+	}
+}

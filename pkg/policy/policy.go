@@ -1,0 +1,428 @@
+// Package policy decides from the configuration alone whether vmfw's
+// ruleset lets a connection through. It mirrors the chains pkg/ruleset
+// compiles — the sender's out chain, then the receiver's in chain, groups in
+// the order the interface lists them, rules in file order, the first match
+// deciding and the VM's policy deciding what none matched — without
+// compiling or running them, so that a tracked connection can be checked
+// against the rules an apply just installed.
+//
+// The engine uses it to cut established connections an edit no longer
+// allows: their packets pass the "established" rules, which never look at
+// the groups again, so only deleting their conntrack entries stops them.
+// Like pkg/ruleset it is pure: no exec, no netlink, no files.
+package policy
+
+import (
+	"net"
+	"net/netip"
+	"strconv"
+
+	"github.com/vmfw/vmfw/pkg/config"
+)
+
+// Verdict is what the ruleset does with the first packet of a flow.
+type Verdict int
+
+// The verdicts. Unknown is never guessed into Allow or Deny: callers that
+// act on a verdict (delete a connection) act only on Deny.
+const (
+	// Unknown means the answer depends on something the flow does not
+	// tell, such as a port netlink does not report for the protocol, or the
+	// MAC address of a host that is not a configured interface.
+	Unknown Verdict = iota
+	// Allow means every chain the packet passes lets it through.
+	Allow
+	// Deny means a chain drops or rejects it.
+	Deny
+)
+
+func (v Verdict) String() string {
+	switch v {
+	case Allow:
+		return "allow"
+	case Deny:
+		return "deny"
+	}
+	return "unknown"
+}
+
+// and combines the verdicts of two chains a packet must both pass.
+func (v Verdict) and(w Verdict) Verdict {
+	switch {
+	case v == Deny || w == Deny:
+		return Deny
+	case v == Allow && w == Allow:
+		return Allow
+	}
+	return Unknown
+}
+
+// IP protocol numbers the rules name.
+const (
+	protoICMP   = 1
+	protoTCP    = 6
+	protoUDP    = 17
+	protoICMPv6 = 58
+	protoSCTP   = 132
+)
+
+// Flow is a connection as the filter rules see its first packet: the
+// source as the sender sent it and the destination it is delivered to.
+type Flow struct {
+	// Proto is the IP protocol number (6 tcp, 17 udp, 1 icmp, ...).
+	Proto uint8
+	// Src and Dst are the packet's addresses.
+	Src, Dst netip.Addr
+	// SPort and DPort are the ports of a tcp, udp or sctp flow.
+	SPort, DPort uint16
+	// PortsUnknown says that SPort and DPort are not known, e.g. for sctp,
+	// whose ports the kernel's conntrack netlink dump is not parsed for:
+	// rules with ports then neither match nor fail to match for sure.
+	PortsUnknown bool
+}
+
+// An ICMP or ICMPv6 flow carries no type: the only ICMP messages
+// connection tracking keeps entries for are queries (echo, timestamp,
+// information, address mask, node information), never errors or neighbour
+// discovery, so a rule for one of those types cannot match a tracked flow
+// and a rule for a query type may.
+var (
+	icmpQueries   = map[string]bool{"echo-request": true, "timestamp-request": true, "address-mask-request": true, "8": true, "13": true, "15": true, "17": true}
+	icmpv6Queries = map[string]bool{"echo-request": true, "128": true, "139": true}
+)
+
+// Evaluator answers for one configuration and set of attached interfaces:
+// the same inputs ruleset.Build takes.
+type Evaluator struct {
+	local func(netip.Addr) bool
+	// nics maps every address of an attached interface to it.
+	nics map[netip.Addr]*config.NIC
+	// shared holds addresses two attached interfaces list; whose chain a
+	// packet from one passes cannot be told.
+	shared map[netip.Addr]bool
+	// members maps a group to its members' addresses: the contents of its
+	// ipsets.
+	members map[string]map[netip.Addr]bool
+	// macs maps a MAC address to the interface configured with it.
+	macs   map[string]*config.NIC
+	groups map[string]*config.Group
+}
+
+// New returns an evaluator for model m with the interfaces attached (their
+// chains installed, their addresses in their groups' sets). local reports
+// whether an address is the hypervisor's own; it may be nil.
+func New(m *config.Model, attached []*config.NIC, local func(netip.Addr) bool) *Evaluator {
+	if local == nil {
+		local = func(netip.Addr) bool { return false }
+	}
+	e := &Evaluator{
+		local:   local,
+		nics:    map[netip.Addr]*config.NIC{},
+		shared:  map[netip.Addr]bool{},
+		members: map[string]map[netip.Addr]bool{},
+		macs:    map[string]*config.NIC{},
+		groups:  m.Groups,
+	}
+	for _, vm := range m.VMs {
+		for _, n := range vm.NICs {
+			if n.MAC != nil {
+				e.macs[string(n.MAC)] = n
+			}
+		}
+	}
+	for _, n := range attached {
+		if n.MAC != nil {
+			e.macs[string(n.MAC)] = n
+		}
+		for _, ip := range n.IPs {
+			if other, ok := e.nics[ip]; ok && other != n {
+				e.shared[ip] = true
+			}
+			e.nics[ip] = n
+		}
+		for _, g := range n.Groups {
+			if e.members[g] == nil {
+				e.members[g] = map[netip.Addr]bool{}
+			}
+			for _, ip := range n.IPs {
+				e.members[g][ip] = true
+			}
+		}
+	}
+	return e
+}
+
+// Check decides a flow: the sender's out chain when the source is an
+// attached interface's address, then the receiver's in chain when the
+// destination is. The hypervisor's own traffic passes no vmfw chain, and
+// traffic to it only the sender's out chain (the host's INPUT rules, not
+// vmfw, decide the rest), as in the compiled ruleset.
+func (e *Evaluator) Check(f Flow) Verdict {
+	f.Src, f.Dst = f.Src.Unmap(), f.Dst.Unmap()
+	if e.local(f.Src) {
+		return Allow
+	}
+	if e.shared[f.Src] || e.shared[f.Dst] {
+		return Unknown
+	}
+	sender, receiver := e.nics[f.Src], e.nics[f.Dst]
+	if e.local(f.Dst) {
+		receiver = nil
+	}
+	v := Allow
+	if sender != nil {
+		v = v.and(e.Out(sender, f))
+	}
+	if receiver != nil {
+		v = v.and(e.In(receiver, sender, f))
+	}
+	return v
+}
+
+// Out decides the flow in the out chain of n, the sending interface:
+// anti-spoofing (the source is n's, as Check chose n by it), the DHCP
+// client exceptions, n's groups' out rules, policy_out.
+func (e *Evaluator) Out(n *config.NIC, f Flow) Verdict {
+	if !n.VM.Enable {
+		return Allow
+	}
+	var w walk
+	v6 := f.Src.Is6()
+	if n.Antispoof {
+		// DHCP-server traffic from a VM is dropped before anything else.
+		serverPort := uint16(67)
+		if v6 {
+			serverPort = 547
+		}
+		w.step(e.protoPorts(f, protoUDP, serverPort, 0), Deny)
+	}
+	if n.DHCP {
+		if v6 {
+			w.step(e.protoPorts(f, protoUDP, 546, 547), Allow)
+		} else {
+			w.step(e.protoPorts(f, protoUDP, 68, 67), Allow)
+		}
+	}
+	for _, g := range n.Groups {
+		for _, r := range e.rules(g, config.Out) {
+			w.step(e.matchRule(r, f, nil), action(r.Action))
+		}
+	}
+	w.step(yes, action(n.VM.PolicyOut))
+	return w.verdict()
+}
+
+// In decides the flow in the in chain of n, the receiving interface:
+// the DHCP reply exceptions, n's groups' in rules, policy_in. sender is
+// the sending interface, nil for a host that is not an attached interface.
+func (e *Evaluator) In(n *config.NIC, sender *config.NIC, f Flow) Verdict {
+	if !n.VM.Enable {
+		return Allow
+	}
+	var w walk
+	if n.DHCP {
+		if f.Dst.Is6() {
+			w.step(e.protoPorts(f, protoUDP, 547, 546), Allow)
+		} else {
+			w.step(e.protoPorts(f, protoUDP, 67, 68), Allow)
+		}
+	}
+	for _, g := range n.Groups {
+		for _, r := range e.rules(g, config.In) {
+			w.step(e.matchRule(r, f, sender), action(r.Action))
+		}
+	}
+	w.step(yes, action(n.VM.PolicyIn))
+	return w.verdict()
+}
+
+func (e *Evaluator) rules(group string, d config.Direction) []config.Rule {
+	g := e.groups[group]
+	if g == nil {
+		return nil
+	}
+	return g.Rules(d)
+}
+
+func action(a config.Action) Verdict {
+	if a == config.Accept {
+		return Allow
+	}
+	return Deny
+}
+
+// match is a three-valued match result.
+type match int
+
+const (
+	no match = iota
+	maybe
+	yes
+)
+
+func is(b bool) match {
+	if b {
+		return yes
+	}
+	return no
+}
+
+// both is the result of two conditions a rule needs at once.
+func both(a, b match) match { return min(a, b) }
+
+// walk follows a chain rule by rule, keeping every verdict the packet may
+// get: a rule that surely matches ends the walk, one that may match adds
+// its verdict and lets the walk go on.
+type walk struct {
+	allow, deny, done bool
+}
+
+func (w *walk) step(m match, v Verdict) {
+	if w.done || m == no {
+		return
+	}
+	if v == Allow {
+		w.allow = true
+	} else {
+		w.deny = true
+	}
+	w.done = m == yes
+}
+
+func (w *walk) verdict() Verdict {
+	switch {
+	case w.allow && !w.deny:
+		return Allow
+	case w.deny && !w.allow:
+		return Deny
+	}
+	return Unknown
+}
+
+// protoPorts matches a built-in exception of the tap chains: protocol
+// proto with source port sport and, when not 0, destination port dport.
+func (e *Evaluator) protoPorts(f Flow, proto uint8, sport, dport uint16) match {
+	if f.Proto != proto {
+		return no
+	}
+	if f.PortsUnknown {
+		return maybe
+	}
+	return is(f.SPort == sport && (dport == 0 || f.DPort == dport))
+}
+
+// matchRule matches one group rule. sender is the sending interface for
+// in rules (for source_mac), nil if unknown or not an interface.
+func (e *Evaluator) matchRule(r config.Rule, f Flow, sender *config.NIC) match {
+	m := e.matchProto(r, f)
+	if m == no {
+		return no
+	}
+	m = both(m, matchPorts(r.SPort, f.SPort, f.PortsUnknown))
+	m = both(m, matchPorts(r.DPort, f.DPort, f.PortsUnknown))
+	if len(r.Source) > 0 {
+		m = both(m, is(containedIn(r.Source, f.Src)))
+	}
+	if len(r.Dest) > 0 {
+		m = both(m, is(containedIn(r.Dest, f.Dst)))
+	}
+	if r.SourceGroup != "" {
+		m = both(m, is(e.members[r.SourceGroup][f.Src]))
+	}
+	if r.DestGroup != "" {
+		m = both(m, is(e.members[r.DestGroup][f.Dst]))
+	}
+	if r.SourceMAC != nil {
+		m = both(m, e.matchMAC(r.SourceMAC, sender))
+	}
+	return m
+}
+
+// matchProto matches proto and icmp_type. A rule for icmp exists only in
+// the IPv4 table and one for icmpv6 only in the IPv6 table; "-p 0" means
+// every protocol to iptables.
+func (e *Evaluator) matchProto(r config.Rule, f Flow) match {
+	switch r.Proto {
+	case "", "0":
+		return yes
+	case "icmp":
+		if !f.Src.Is4() || f.Proto != protoICMP {
+			return no
+		}
+		if r.ICMPType == "" {
+			return yes
+		}
+		return min(maybe, is(icmpQueries[r.ICMPType]))
+	case "icmpv6":
+		if !f.Src.Is6() || f.Proto != protoICMPv6 {
+			return no
+		}
+		if r.ICMPType == "" {
+			return yes
+		}
+		return min(maybe, is(icmpv6Queries[r.ICMPType]))
+	case "tcp":
+		return is(f.Proto == protoTCP)
+	case "udp":
+		return is(f.Proto == protoUDP)
+	case "sctp":
+		return is(f.Proto == protoSCTP)
+	}
+	n, err := strconv.Atoi(r.Proto)
+	return is(err == nil && n == int(f.Proto))
+}
+
+func matchPorts(ranges []config.PortRange, port uint16, unknown bool) match {
+	if len(ranges) == 0 {
+		return yes
+	}
+	if unknown {
+		return maybe
+	}
+	for _, p := range ranges {
+		if port >= p.Lo && port <= p.Hi {
+			return yes
+		}
+	}
+	return no
+}
+
+func containedIn(prefixes []netip.Prefix, a netip.Addr) bool {
+	for _, p := range prefixes {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// matchMAC matches source_mac. A sending interface configured with a MAC
+// sends with it. Otherwise the frame's source MAC is not known, but a MAC
+// configured for an interface is that interface's: a frame carrying it
+// comes from there, and the address Check identified the sender by says it
+// did not — unless that interface may send from any address (antispoof
+// off) while it is attached.
+func (e *Evaluator) matchMAC(mac net.HardwareAddr, sender *config.NIC) match {
+	if sender != nil && sender.MAC != nil {
+		return is(string(sender.MAC) == string(mac))
+	}
+	owner := e.macs[string(mac)]
+	if owner == nil || owner == sender {
+		return maybe
+	}
+	if !owner.Antispoof && e.isAttached(owner) {
+		return maybe
+	}
+	return no
+}
+
+func (e *Evaluator) isAttached(n *config.NIC) bool {
+	for _, ip := range n.IPs {
+		if e.nics[ip] == n {
+			return true
+		}
+	}
+	// An interface without addresses cannot be found by address; treat it
+	// as attached, which only ever makes the answer less certain.
+	return len(n.IPs) == 0
+}

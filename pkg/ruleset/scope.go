@@ -1,0 +1,270 @@
+package ruleset
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/vmfw/vmfw/pkg/config"
+)
+
+// Scope is the part of the desired state an attach or detach of a few
+// interfaces can change, compiled without compiling every other tap: at
+// 5000 taps Build spends most of its time writing the chains of taps the
+// change does not touch. Given the interfaces attached before and after,
+// it holds
+//
+//   - the chains of the interfaces in focus,
+//   - the chains of the groups they list (created for the first member,
+//     deleted after the last),
+//   - vmfw's entry chains and hooks (so a first attach installs them),
+//   - the dispatch chains whose rules differ before and after (see
+//     dispatch.go: a handful, on the focus taps' paths),
+//   - and every ipset with its full membership, which is cheap to compute
+//     and lets the ipset diff stay exact.
+//
+// A chain outside the scope is the same before and after, so a change
+// confined to the scope leaves the kernel exactly where Build and Diff over
+// everything would: the next apply finds nothing to do.
+type Scope struct {
+	// Tables holds, per family, the desired chains in scope (after the
+	// change) and the hooks.
+	Tables map[Family]*Table
+	// Bridge holds the desired ebtables chains in scope and the hooks.
+	Bridge *Table
+	// Sets are all ipsets the rules reference after the change, with all
+	// their members, as Build returns them.
+	Sets []Set
+	// Chains lists, per family, every chain in scope before or after the
+	// change: those to read back, and to delete if no longer wanted.
+	Chains map[Family][]Chain
+	// BridgeChains lists the ebtables chains in scope before or after.
+	BridgeChains []Chain
+	// Known holds, per family and chain, the rules the chain holds before
+	// or after the change by fingerprint, so that fingerprints read back
+	// can be turned into rule text for a revert without reading the text.
+	Known map[Family]map[Chain]map[string]Rule
+}
+
+// BuildScope compiles the scope of changing the attached interfaces from
+// before to after, where focus names the interfaces added, removed or
+// re-attached (every other interface must be in both lists with the same
+// settings).
+func BuildScope(m *config.Model, before, after []*config.NIC, focus []string) (*Scope, error) {
+	inFocus := map[string]bool{}
+	for _, f := range focus {
+		inFocus[f] = true
+	}
+	was, err := buildScoped(m, before, inFocus)
+	if err != nil {
+		return nil, err
+	}
+	now, err := buildScoped(m, after, inFocus)
+	if err != nil {
+		return nil, err
+	}
+	// The dispatch chains that change, written for both states.
+	b := &builder{model: m, mark: fmt.Sprintf("0x%x", m.Host.Mark)}
+	wasTree, nowTree := newDispatchTree(tapNames(before)), newDispatchTree(tapNames(after))
+	changed := changedNodes(wasTree, nowTree)
+	for _, s := range dispatchStyles(m.Host.Managed, b.clearMark()) {
+		wasChains, nowChains := s.someChains(wasTree, changed), s.someChains(nowTree, changed)
+		for _, f := range Families {
+			was.Tables[f].Chains = append(was.Tables[f].Chains, wasChains...)
+			now.Tables[f].Chains = append(now.Tables[f].Chains, nowChains...)
+		}
+	}
+	wasL2, nowL2 := newDispatchTree(l2Names(before)), newDispatchTree(l2Names(after))
+	changedL2 := changedNodes(wasL2, nowL2)
+	was.Bridge.Chains = append(was.Bridge.Chains, l2Style.someChains(wasL2, changedL2)...)
+	now.Bridge.Chains = append(now.Bridge.Chains, l2Style.someChains(nowL2, changedL2)...)
+
+	groups := map[string]bool{}
+	for _, list := range [][]*config.NIC{before, after} {
+		for _, n := range list {
+			if inFocus[n.Tap] {
+				for _, g := range n.Groups {
+					groups[g] = true
+				}
+			}
+		}
+	}
+	// inScope keeps the chains of the groups the focus interfaces list out
+	// of all group chains; everything else compiled here is in scope.
+	inScope := func(c Chain) bool {
+		if name, ok := strings.CutPrefix(string(c), "sg-"); ok {
+			return groups[name[:strings.LastIndexByte(name, '-')]]
+		}
+		return true
+	}
+	sc := &Scope{
+		Tables: map[Family]*Table{},
+		Sets:   now.Sets,
+		Chains: map[Family][]Chain{},
+		Known:  map[Family]map[Chain]map[string]Rule{},
+	}
+	for _, f := range Families {
+		t := &Table{Family: f, Hooks: now.Tables[f].Hooks}
+		known := map[Chain]map[string]Rule{}
+		names := scopeNames(was.Tables[f], now.Tables[f], inScope)
+		for _, name := range names {
+			known[name] = map[string]Rule{}
+			for _, src := range []*Table{was.Tables[f], now.Tables[f]} {
+				if c := src.Chain(name); c != nil {
+					for _, r := range c.Rules {
+						known[name][r.Hash(name)] = r
+					}
+				}
+			}
+			if c := now.Tables[f].Chain(name); c != nil {
+				t.Chains = append(t.Chains, c)
+			}
+		}
+		sc.Tables[f], sc.Chains[f], sc.Known[f] = t, names, known
+	}
+	sc.Bridge = &Table{Bridge: true, Hooks: now.Bridge.Hooks}
+	sc.BridgeChains = scopeNames(was.Bridge, now.Bridge, inScope)
+	for _, name := range sc.BridgeChains {
+		if c := now.Bridge.Chain(name); c != nil {
+			sc.Bridge.Chains = append(sc.Bridge.Chains, c)
+		}
+	}
+	return sc, nil
+}
+
+func tapNames(nics []*config.NIC) []string {
+	out := make([]string, len(nics))
+	for i, n := range nics {
+		out[i] = n.Tap
+	}
+	return out
+}
+
+// l2Names returns the interfaces bridgeTable gives an L2 chain: those of
+// enabled VMs with anti-spoofing.
+func l2Names(nics []*config.NIC) []string {
+	var out []string
+	for _, n := range nics {
+		if n.VM.Enable && n.Antispoof {
+			out = append(out, n.Tap)
+		}
+	}
+	return out
+}
+
+// scopeNames returns the chains of was and now that keep says are in
+// scope, in the order now lists them, then those only was has.
+func scopeNames(was, now *Table, keep func(c Chain) bool) []Chain {
+	var out []Chain
+	seen := map[Chain]bool{}
+	for _, src := range []*Table{now, was} {
+		for _, c := range src.Chains {
+			if seen[c.Name] {
+				continue
+			}
+			seen[c.Name] = true
+			if keep(c.Name) {
+				out = append(out, c.Name)
+			}
+		}
+	}
+	return out
+}
+
+// isDispatchChain reports whether c is a dispatch root or node chain: one
+// of the roots, or vmfw-NODE-out, -in or -l2 (see dispatchStyle.nodeChain).
+func isDispatchChain(c Chain) bool {
+	switch c {
+	case ChainOut, ChainIn, ChainL2:
+		return true
+	case ChainForward, ChainInput, ChainAccept:
+		return false
+	}
+	s := string(c)
+	return strings.HasPrefix(s, "vmfw-") &&
+		(strings.HasSuffix(s, "-out") || strings.HasSuffix(s, "-in") || strings.HasSuffix(s, "-l2"))
+}
+
+// buildScoped is Build with per-interface chains only for the interfaces in
+// focus and without the dispatch chains (BuildScope writes those it needs).
+// It compiles the rest through Build itself, on a few interfaces that
+// between them list every group the attached interfaces use (so the same
+// group chains, entry chains, hooks and set names come out), then fills
+// the sets with every interface's addresses.
+func buildScoped(m *config.Model, nics []*config.NIC, focus map[string]bool) (*Ruleset, error) {
+	sorted := append([]*config.NIC(nil), nics...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Tap < sorted[j].Tap })
+	for i := 1; i < len(sorted); i++ {
+		if sorted[i].Tap == sorted[i-1].Tap {
+			return nil, fmt.Errorf("interface %s attached twice", sorted[i].Tap)
+		}
+	}
+	var reps []*config.NIC
+	covered := map[string]bool{}
+	for _, n := range sorted {
+		if focus[n.Tap] {
+			reps = append(reps, n)
+			continue
+		}
+		if !n.VM.Enable {
+			continue
+		}
+		for _, g := range n.Groups {
+			if !covered[g] {
+				reps = append(reps, n)
+				break
+			}
+		}
+		for _, g := range n.Groups {
+			covered[g] = true
+		}
+	}
+	for _, n := range sorted {
+		for _, g := range n.Groups {
+			if m.Groups[g] == nil {
+				return nil, fmt.Errorf("%s: unknown group %q", n.Tap, g)
+			}
+		}
+	}
+	rs, err := Build(m, reps)
+	if err != nil {
+		return nil, err
+	}
+	b := &builder{model: m, mark: fmt.Sprintf("0x%x", m.Host.Mark), setsUsed: map[string]bool{}}
+	for _, s := range rs.Sets {
+		if g, ok := strings.CutPrefix(s.Name, "sg-"); ok {
+			b.setsUsed[g[:strings.LastIndexByte(g, '-')]] = true
+		}
+	}
+	rs.Sets = b.sets(sorted)
+
+	// Drop the chains of representatives out of focus, and the dispatch
+	// compiled for the representatives only.
+	drop := map[Chain]bool{}
+	for _, n := range reps {
+		if !focus[n.Tap] {
+			for _, suffix := range []string{"src", "out", "in"} {
+				drop[TapChain(n.Tap, suffix)] = true
+			}
+			drop[L2Chain(n.Tap)] = true
+		}
+	}
+	for _, f := range Families {
+		t := rs.Tables[f]
+		var kept []*ChainRules
+		for _, c := range t.Chains {
+			if !drop[c.Name] && !isDispatchChain(c.Name) {
+				kept = append(kept, c)
+			}
+		}
+		t.Chains = kept
+	}
+	var kept []*ChainRules
+	for _, c := range rs.Bridge.Chains {
+		if !drop[c.Name] && !isDispatchChain(c.Name) {
+			kept = append(kept, c)
+		}
+	}
+	rs.Bridge.Chains = kept
+	return rs, nil
+}

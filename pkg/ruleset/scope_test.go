@@ -1,0 +1,208 @@
+package ruleset
+
+import (
+	"fmt"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/vmfw/vmfw/pkg/config"
+)
+
+// scopeModel writes and loads a configuration of n VMs in six groups that
+// reference each other's members, with some VMs disabled and some without
+// anti-spoofing, so every kind of chain and set shows up.
+func scopeModel(t *testing.T, n int) (*config.Model, []*config.NIC) {
+	t.Helper()
+	dir := t.TempDir()
+	write := func(rel, text string) {
+		path := filepath.Join(dir, rel)
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for g := range 6 {
+		write(fmt.Sprintf("groups/g%d.toml", g), fmt.Sprintf(
+			"[[in]]\nproto = \"tcp\"\ndport = \"22\"\nsource_group = \"g%d\"\n\n[[out]]\nproto = \"udp\"\ndport = \"53\"\n", (g+1)%6))
+	}
+	for k := range n {
+		id := 1000 + 2*k
+		text := ""
+		if k%17 == 5 {
+			text += "enable = false\n"
+		}
+		text += fmt.Sprintf("[net0]\nmac = \"02:00:00:00:%02x:%02x\"\nips = [\"2001:db8:1::%x\"]\ngroups = [\"g%d\", \"g%d\"]\n", k/256, k%256, id, k%6, (k+2)%6)
+		if k%13 == 3 {
+			text += "antispoof = false\n"
+		}
+		write(fmt.Sprintf("vms/%d.toml", id), text)
+	}
+	m, err := config.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var nics []*config.NIC
+	for _, vm := range m.VMs {
+		nics = append(nics, vm.NICs...)
+	}
+	return m, nics
+}
+
+// TestBuildScopedMatchesBuild checks that the scoped compile yields, chain
+// for chain, what Build yields, leaving out only the chains of interfaces
+// out of focus and the dispatch chains (BuildScope adds those that change).
+func TestBuildScopedMatchesBuild(t *testing.T) {
+	m, nics := scopeModel(t, 200)
+	full, err := Build(m, nics)
+	if err != nil {
+		t.Fatal(err)
+	}
+	focus := map[string]bool{"tap1000i0": true, "tap1010i0": true, "tap1200i0": true}
+	scoped, err := buildScoped(m, nics, focus)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tapOf := map[Chain]string{}
+	for _, n := range nics {
+		for _, s := range []string{"src", "out", "in"} {
+			tapOf[TapChain(n.Tap, s)] = n.Tap
+		}
+		tapOf[L2Chain(n.Tap)] = n.Tap
+	}
+	compare := func(what string, want, got *Table) {
+		if !slices.Equal(want.Hooks, got.Hooks) {
+			t.Errorf("%s: hooks differ", what)
+		}
+		for _, c := range got.Chains {
+			w := want.Chain(c.Name)
+			if w == nil || !slices.Equal(w.Rules, c.Rules) {
+				t.Errorf("%s: scoped %s differs from Build's", what, c.Name)
+			}
+		}
+		for _, c := range want.Chains {
+			if isDispatchChain(c.Name) {
+				continue
+			}
+			tap, perTap := tapOf[c.Name]
+			if got.Chain(c.Name) == nil && !(perTap && !focus[tap]) {
+				t.Errorf("%s: scoped compile lacks %s", what, c.Name)
+			}
+			if got.Chain(c.Name) != nil && perTap && !focus[tap] {
+				t.Errorf("%s: scoped compile has %s, out of focus", what, c.Name)
+			}
+		}
+	}
+	for _, f := range Families {
+		compare(f.String(), full.Tables[f], scoped.Tables[f])
+	}
+	compare("bridge", full.Bridge, scoped.Bridge)
+	if fmt.Sprint(full.Sets) != fmt.Sprint(scoped.Sets) {
+		t.Errorf("sets differ:\nBuild  %v\nscoped %v", full.Sets, scoped.Sets)
+	}
+}
+
+// kernelOf renders a table as the kernel would hold it: rules by chain.
+func kernelOf(t *Table) map[Chain][]Rule {
+	k := map[Chain][]Rule{}
+	for _, c := range t.Chains {
+		k[c.Name] = c.Rules
+	}
+	return k
+}
+
+// applyScope changes kernel as a restore of the scope's diff would: chains
+// in scope are replaced by the scope's, or deleted when it has none.
+func applyScope(kernel map[Chain][]Rule, want *Table, names []Chain) {
+	for _, name := range names {
+		if c := want.Chain(name); c != nil {
+			kernel[name] = c.Rules
+		} else {
+			delete(kernel, name)
+		}
+	}
+}
+
+func sameKernel(a, b map[Chain][]Rule) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for name, rules := range a {
+		if other, ok := b[name]; !ok || !slices.Equal(rules, other) {
+			return false
+		}
+	}
+	return true
+}
+
+// TestScopeTakesKernelFromBeforeToAfter checks the property the fast
+// attach and detach rely on: on a kernel holding Build(before), replacing
+// the chains in scope yields exactly Build(after), for attaches and
+// detaches of random taps, enabled or not, first and last members of
+// their groups included; and the scope stays small.
+func TestScopeTakesKernelFromBeforeToAfter(t *testing.T) {
+	m, nics := scopeModel(t, 300)
+	r := rand.New(rand.NewSource(3))
+	cases := [][]*config.NIC{nics[:1], nics[5:6], nics[len(nics)-1:]}
+	for range 12 {
+		cases = append(cases, []*config.NIC{nics[r.Intn(len(nics))]})
+	}
+	for _, focus := range cases {
+		tap := focus[0].Tap
+		others := slices.DeleteFunc(slices.Clone(nics), func(n *config.NIC) bool { return n.Tap == tap })
+		if r.Intn(3) == 0 {
+			others = others[:r.Intn(len(others))] // fewer taps: first members too
+		}
+		for _, attach := range []bool{true, false} {
+			before, after := others, append(slices.Clone(others), focus...)
+			if !attach {
+				before, after = after, before
+			}
+			sc, err := BuildScope(m, before, after, []string{tap})
+			if err != nil {
+				t.Fatal(err)
+			}
+			was, err := Build(m, before)
+			if err != nil {
+				t.Fatal(err)
+			}
+			now, err := Build(m, after)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, f := range Families {
+				k := kernelOf(was.Tables[f])
+				applyScope(k, sc.Tables[f], sc.Chains[f])
+				if !sameKernel(k, kernelOf(now.Tables[f])) {
+					t.Errorf("attach=%v %s (%d others), %s: kernel after the scoped change differs from Build", attach, tap, len(others), f)
+				}
+				if len(sc.Chains[f]) > 30 {
+					t.Errorf("attach=%v %s: %d chains in scope: %v", attach, tap, len(sc.Chains[f]), sc.Chains[f])
+				}
+				for name, rules := range sc.Known[f] {
+					for _, c := range []*Table{was.Tables[f], now.Tables[f]} {
+						if ch := c.Chain(name); ch != nil {
+							for _, r := range ch.Rules {
+								if _, ok := rules[r.Hash(name)]; !ok {
+									t.Errorf("%s: rule of %s not known by fingerprint", f, name)
+								}
+							}
+						}
+					}
+				}
+			}
+			k := kernelOf(was.Bridge)
+			applyScope(k, sc.Bridge, sc.BridgeChains)
+			if !sameKernel(k, kernelOf(now.Bridge)) {
+				t.Errorf("attach=%v %s: bridge table after the scoped change differs from Build", attach, tap)
+			}
+			if fmt.Sprint(sc.Sets) != fmt.Sprint(now.Sets) {
+				t.Errorf("attach=%v %s: sets differ from Build", attach, tap)
+			}
+		}
+	}
+}
