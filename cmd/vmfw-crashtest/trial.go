@@ -344,4 +344,3 @@ func compare(a, b *snapshot) string {
 	}
 	return strings.Join(diff, ", ")
 }
-
