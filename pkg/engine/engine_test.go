@@ -101,7 +101,7 @@ func TestSyncRevertsIPv4WhenIPv6Fails(t *testing.T) {
 	if len(v4) != 2 {
 		t.Fatalf("IPv4 restores = %d, want apply then revert", len(v4))
 	}
-	for _, want := range []string{"-X tap101i0-in", "-X vmfw-FORWARD", "-D FORWARD -m comment"} {
+	for _, want := range []string{"-X tap101i0-in", "-X vmfw-FORWARD", "-D FORWARD -j vmfw-FORWARD -m comment"} {
 		if !strings.Contains(v4[1], want) {
 			t.Errorf("revert lacks %q:\n%s", want, v4[1])
 		}

@@ -2,6 +2,8 @@ package engine
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"slices"
 	"strings"
 
@@ -75,8 +77,26 @@ func (e *Engine) changeScoped(ctx context.Context, m *config.Model, r nicSource,
 			return false, nil
 		}
 	}
+	saveChains := fw.SaveChains
 	chains, err := fw.ListChains(ctx, ruleset.IPv4)
-	if err != nil {
+	if errors.Is(err, iptables.ErrNotNFT) {
+		// Legacy x_tables hands out whole tables only: read them once,
+		// then compile, diff and write the scope as on nf_tables. That
+		// still spares compiling and diffing every tap.
+		full := map[ruleset.Family]*iptables.Snapshot{}
+		for _, f := range ruleset.Families {
+			if full[f], err = e.Firewall.Save(ctx, f); err != nil {
+				return true, err
+			}
+		}
+		chains = map[ruleset.Chain]bool{}
+		for c := range full[ruleset.IPv4].Chains {
+			chains[c] = true
+		}
+		saveChains = func(_ context.Context, f ruleset.Family, names []ruleset.Chain) (*iptables.Snapshot, error) {
+			return scopeOf(full[f], names), nil
+		}
+	} else if err != nil {
 		return false, nil
 	}
 	var installed []string
@@ -105,11 +125,12 @@ func (e *Engine) changeScoped(ctx context.Context, m *config.Model, r nicSource,
 
 	st := &kernelState{tables: map[ruleset.Family]*iptables.Snapshot{}}
 	for _, f := range ruleset.Families {
-		snap, err := fw.SaveChains(ctx, f, sc.Chains[f])
+		snap, err := saveChains(ctx, f, sc.Chains[f])
 		if err != nil {
 			return false, nil
 		}
 		for c, hashes := range snap.Chains {
+			snap.Lines[c] = nil
 			for _, h := range hashes {
 				rule, ok := sc.Known[f][c][h]
 				if !ok {
@@ -149,6 +170,24 @@ func (e *Engine) changeScoped(ctx context.Context, m *config.Model, r nicSource,
 	return true, e.cutFlows(m, after)
 }
 
+// scopeOf returns the part of a whole-table snapshot in names, and the
+// hooks, as SaveChains would read it.
+func scopeOf(full *iptables.Snapshot, names []ruleset.Chain) *iptables.Snapshot {
+	s := &iptables.Snapshot{
+		Observed: ruleset.Observed{Chains: map[ruleset.Chain][]string{}, Lines: map[ruleset.Chain][]string{}, Hooks: full.Hooks},
+		Counters: map[ruleset.Chain][]uint64{},
+		Foreign:  map[ruleset.Chain]int{},
+	}
+	for _, n := range names {
+		if hashes, ok := full.Chains[n]; ok {
+			s.Chains[n] = hashes
+			s.Counters[n] = full.Counters[n]
+			s.Foreign[n] = full.Foreign[n]
+		}
+	}
+	return s
+}
+
 // Removals without the kernel's validation.
 //
 // nf_tables validates the whole table (every chain reachable from a base
@@ -162,26 +201,28 @@ func (e *Engine) changeScoped(ctx context.Context, m *config.Model, r nicSource,
 // transaction, if one is needed, stays a full rewrite.
 
 // pureDeletions returns, per family, the chains in scope whose desired
-// rules are their observed rules with some left out, and the lines of the
-// rules left out.
-func pureDeletions(sc *ruleset.Scope, st *kernelState) map[ruleset.Family]map[ruleset.Chain][]string {
-	out := map[ruleset.Family]map[ruleset.Chain][]string{}
+// rules are their observed rules with some left out, and the positions
+// (from 1) of the rules left out, highest first. Deleting by position
+// rather than by rule text also deletes a rule an older vmfw wrote with
+// its matches in another order, which text would not match.
+func pureDeletions(sc *ruleset.Scope, st *kernelState) map[ruleset.Family]map[ruleset.Chain][]int {
+	out := map[ruleset.Family]map[ruleset.Chain][]int{}
 	for _, f := range ruleset.Families {
-		out[f] = map[ruleset.Chain][]string{}
+		out[f] = map[ruleset.Chain][]int{}
 		for _, c := range sc.Tables[f].Chains {
 			have, ok := st.tables[f].Chains[c.Name]
 			want := c.Hashes()
 			if !ok || len(want) >= len(have) {
 				continue
 			}
-			var gone []string
+			var gone []int
 			j := 0
 			for i, h := range have {
 				if j < len(want) && want[j] == h {
 					j++
 					continue
 				}
-				gone = append(gone, st.tables[f].Lines[c.Name][i])
+				gone = append([]int{i + 1}, gone...)
 			}
 			if j == len(want) {
 				out[f][c.Name] = gone
@@ -196,7 +237,7 @@ func pureDeletions(sc *ruleset.Scope, st *kernelState) map[ruleset.Family]map[ru
 // redeclared and refilled but have the listed rules deleted.
 type deletingFirewall struct {
 	Firewall
-	deletes map[ruleset.Family]map[ruleset.Chain][]string
+	deletes map[ruleset.Family]map[ruleset.Chain][]int
 	done    map[ruleset.Family]bool
 }
 
@@ -210,8 +251,9 @@ func (d *deletingFirewall) Restore(ctx context.Context, f ruleset.Family, text s
 
 // deletesInstead rewrites a restore transaction (as ruleset.Plan renders
 // it) so that each chain in dels is neither declared nor filled, and the
-// rules listed for it ("-A CHAIN ..." lines) are deleted first instead.
-func deletesInstead(text string, dels map[ruleset.Chain][]string) string {
+// rules at the positions listed for it (highest first) are deleted first
+// instead.
+func deletesInstead(text string, dels map[ruleset.Chain][]int) string {
 	var b strings.Builder
 	for _, line := range strings.SplitAfter(text, "\n") {
 		name := ""
@@ -232,8 +274,8 @@ func deletesInstead(text string, dels map[ruleset.Chain][]string) string {
 			}
 			slices.Sort(chains)
 			for _, c := range chains {
-				for _, l := range dels[c] {
-					b.WriteString("-D " + strings.TrimPrefix(l, "-A ") + "\n")
+				for _, pos := range dels[c] {
+					fmt.Fprintf(&b, "-D %s %d\n", c, pos)
 				}
 			}
 		}

@@ -50,13 +50,13 @@ func TestDiffDeletesAndReverts(t *testing.T) {
 	old := table(a)
 	p := Diff(&Table{Family: IPv4}, observe(old))
 	text := p.Render()
-	for _, want := range []string{":tap1i0-in - [0:0]", "-X tap1i0-in", "-D FORWARD -m comment"} {
+	for _, want := range []string{":tap1i0-in - [0:0]", "-X tap1i0-in", "-D FORWARD -j vmfw-FORWARD -m comment"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("flush plan lacks %q:\n%s", want, text)
 		}
 	}
 	rev := p.Revert(observe(old))
-	for _, want := range []string{a.Rules[0].Line(a.Name), "-I FORWARD 1 -m comment"} {
+	for _, want := range []string{a.Rules[0].Line(a.Name), "-I FORWARD 1 -j vmfw-FORWARD -m comment"} {
 		if !strings.Contains(rev, want) {
 			t.Errorf("revert lacks %q:\n%s", want, rev)
 		}

@@ -85,12 +85,17 @@ func (r Rule) Hash(c Chain) string {
 const CommentPrefix = "vmfw:"
 
 // Line renders the rule as an iptables-restore line appending to chain c.
+// The comment comes after the rule's matches: on nf_tables it is an xt
+// match evaluated in order like the others, so placed first it costs every
+// packet the rule does not match one more match (a non-matching physdev
+// rule costs 110 instead of 160 ns on the reference machine; new flows at
+// 5000 taps go from 73% to 80% of the rate at none, docs/performance.md).
 func (r Rule) Line(c Chain) string {
 	comment := CommentPrefix + r.Hash(c)
 	if r.Comment != "" {
 		comment += " " + r.Comment
 	}
-	return "-A " + string(c) + " -m comment --comment " + quote(comment) + " " + r.Spec
+	return "-A " + string(c) + " " + r.Spec + " -m comment --comment " + quote(comment)
 }
 
 // quote wraps s in double quotes when it has a space; validated comments
