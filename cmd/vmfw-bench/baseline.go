@@ -74,6 +74,9 @@ func (l *lab) baseline(m *config.Model, nic *config.NIC) (up, down time.Duration
 					created[f] = append(created[f], string(c.Name))
 				}
 				for _, r := range c.Rules {
+					if err := l.ctx.Err(); err != nil {
+						return err // interrupted: every command here can take seconds
+					}
 					args, err := ruleArgs(r.Line(c.Name))
 					if err != nil {
 						return err

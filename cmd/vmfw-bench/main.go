@@ -40,6 +40,9 @@ type options struct {
 	// fullApplyMax is the largest tap count "full apply from empty" runs at.
 	fullApplyMax int
 	quick        bool
+	// slow also runs what takes minutes: the full apply from empty above
+	// 1000 taps, the legacy baseline above 1000 taps.
+	slow bool
 	// control and data select the parts to run.
 	control, data bool
 }
@@ -53,7 +56,7 @@ func main() {
 	flag.StringVar(&backends, "backends", "nft,legacy", "iptables backends to measure")
 	flag.StringVar(&sizes, "sizes", "0,1000,5000", "numbers of installed taps")
 	flag.StringVar(&parts, "parts", "control,data", "what to measure: control (with the baseline), data")
-	slow := flag.Bool("slow", false, "also measure the full apply from empty above 1000 taps (minutes per backend)")
+	flag.BoolVar(&o.slow, "slow", false, "also run what takes minutes: full apply from empty and the legacy baseline above 1000 taps")
 	flag.Parse()
 	if o.quick {
 		o.runs, backends, sizes = 3, "nft", "0,1000"
@@ -81,7 +84,7 @@ func main() {
 	o.slowRuns = min(o.runs, 3)
 	o.fullApplyTimeout = 10 * time.Minute
 	o.fullApplyMax = 1000
-	if *slow {
+	if o.slow {
 		o.fullApplyMax = 1 << 30
 	}
 	if abs, err := filepath.Abs(o.vmfw); err == nil {

@@ -16,6 +16,8 @@ type result struct {
 	outcomes   map[string]int
 	violations []string
 	converged  int
+	// delays are the kill delays, for the report.
+	delays []time.Duration
 }
 
 // outcomeOrder lists the outcomes in the order an apply reaches them.
@@ -26,12 +28,17 @@ var outcomeOrder = []string{
 	"ipv4 new, ipv6 old, ebtables old",
 	"ipv4 new, ipv6 new, ebtables old",
 	"rules new, unused ipsets not yet removed",
-	"apply complete",
+	"everything new, killed while finishing",
+	"apply finished before the kill",
 }
 
 func (r *result) print(w io.Writer) {
-	fmt.Fprintf(w, "\nbackend %s: %d interfaces, a full apply takes %v, kills at random in 0..%v\n",
-		r.backend, r.taps, r.applyTime.Round(time.Millisecond), (r.applyTime * 6 / 5).Round(time.Millisecond))
+	longest := time.Duration(0)
+	for _, d := range r.delays {
+		longest = max(longest, d)
+	}
+	fmt.Fprintf(w, "\nbackend %s: %d interfaces, a full apply took %v at the start; kills at random from 0 to 1.2 times the recent full applies (latest kill at %v)\n",
+		r.backend, r.taps, r.applyTime.Round(time.Millisecond), longest.Round(time.Millisecond))
 	fmt.Fprintf(w, "  %-45s %6s\n", "state after the kill", "kills")
 	seen := map[string]bool{}
 	for _, o := range outcomeOrder {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -149,6 +150,9 @@ func runBackend(ctx context.Context, o options) (*result, error) {
 
 	r := &result{backend: o.backend, taps: o.taps, applyTime: (tAB + tBA) / 2, outcomes: map[string]int{}}
 	rng := rand.New(rand.NewSource(o.seed))
+	recent := &durations{}
+	recent.add(tAB)
+	recent.add(tBA)
 	cur := ba // the host is in state A: the next change is A→B
 	for i := range o.trials {
 		if ctx.Err() != nil {
@@ -159,18 +163,25 @@ func runBackend(ctx context.Context, o options) (*result, error) {
 			d = ba
 		}
 		// Kill anywhere from before vmfw has started to after it has
-		// finished.
-		delay := time.Duration(rng.Float64() * 1.2 * float64(r.applyTime))
-		outcome, violation, err := h.trial(ctx, d, delay)
+		// finished. How long an apply takes follows the machine's load,
+		// so the range follows the applies that ran last.
+		delay := time.Duration(rng.Float64() * 1.2 * float64(recent.median()))
+		outcome, violation, full, err := h.trial(ctx, d, delay)
 		if err != nil {
 			return r, fmt.Errorf("trial %d: %w", i+1, err)
 		}
+		if full > 0 {
+			recent.add(full)
+			outcome = "apply finished before the kill"
+		}
 		r.trials++
 		r.outcomes[outcome]++
+		r.delays = append(r.delays, delay)
 		if violation != "" {
 			r.violations = append(r.violations, fmt.Sprintf("trial %d (%s, killed after %v): %s", i+1, d.name, delay.Round(time.Millisecond), violation))
 		}
 		// The next apply converges to exactly the new state.
+		start := time.Now()
 		if _, err := h.vmfw(ctx, "apply"); err != nil {
 			r.violations = append(r.violations, fmt.Sprintf("trial %d: apply after the kill failed: %v", i+1, err))
 			return r, nil
@@ -180,11 +191,18 @@ func runBackend(ctx context.Context, o options) (*result, error) {
 			return r, err
 		}
 		if diff := compare(after, d.at); diff != "" {
-			r.violations = append(r.violations, fmt.Sprintf("trial %d: the apply after the kill left %s different from a clean apply", i+1, diff))
+			r.violations = append(r.violations, fmt.Sprintf("trial %d (%s, killed after %v, %s): the apply after the kill left %s different from a clean apply:\n%s",
+				i+1, d.name, delay.Round(time.Millisecond), outcome, diff, explain(after, d.at)))
 			return r, nil
 		}
 		r.converged++
 		cur = d
+		// A converging apply after a kill late in the change has little
+		// left to do; only one after a kill before any change is a full
+		// apply.
+		if outcome == "killed before any change" {
+			recent.add(time.Since(start))
+		}
 		if (i+1)%10 == 0 {
 			fmt.Fprintf(os.Stderr, "vmfw-crashtest: %s: %d of %d trials\n", o.backend, i+1, o.trials)
 		}
@@ -211,29 +229,38 @@ func (h *harness) addInterfaces(ctx context.Context) error {
 
 // trial writes d's target configuration, starts "vmfw apply", kills it
 // with SIGKILL after delay, waits for what it left running, and judges
-// the state. It returns the outcome's label and a violation, if any.
-func (h *harness) trial(ctx context.Context, d *direction, delay time.Duration) (string, string, error) {
+// the state. It returns the outcome's label, a violation if any, and the
+// apply's duration if it finished before the kill (0 otherwise).
+func (h *harness) trial(ctx context.Context, d *direction, delay time.Duration) (label, violation string, full time.Duration, err error) {
 	if err := h.configure(d.to); err != nil {
-		return "", "", err
+		return "", "", 0, err
 	}
 	cmd := h.command(ctx, "apply")
 	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	start := time.Now()
 	if err := cmd.Start(); err != nil {
-		return "", "", err
+		return "", "", 0, err
 	}
-	time.Sleep(delay)
-	// "ip netns exec" has become vmfw by now, or is about to: same pid.
-	_ = cmd.Process.Signal(syscall.SIGKILL)
-	_ = cmd.Wait()
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	select {
+	case <-exited:
+		// It finished first: a sample of how long an apply takes now.
+		full = time.Since(start)
+	case <-time.After(delay):
+		// "ip netns exec" has become vmfw by now, or is about to: same pid.
+		_ = cmd.Process.Signal(syscall.SIGKILL)
+		<-exited
+	}
 	if err := waitGroupGone(cmd.Process.Pid); err != nil {
-		return "", "", err
+		return "", "", 0, err
 	}
 	s, err := read(ctx, h.hv, h.o.backend)
 	if err != nil {
-		return "", "", err
+		return "", "", 0, err
 	}
-	label, violation := judge(d, s)
-	return label, violation, nil
+	label, violation = judge(d, s)
+	return label, violation, full, nil
 }
 
 // waitGroupGone waits until no process of process group pgid is left: the
@@ -328,7 +355,7 @@ func judge(d *direction, s *snapshot) (label, violation string) {
 	case stage < last:
 		return "rules new, unused ipsets not yet removed", ""
 	}
-	return "apply complete", ""
+	return "everything new, killed while finishing", ""
 }
 
 // compare names the parts in which two snapshots differ, "" if none.
@@ -343,4 +370,58 @@ func compare(a, b *snapshot) string {
 		diff = append(diff, "ipsets")
 	}
 	return strings.Join(diff, ", ")
+}
+
+// durations keeps the last few apply durations.
+type durations struct{ d []time.Duration }
+
+func (ds *durations) add(d time.Duration) {
+	ds.d = append(ds.d, d)
+	if len(ds.d) > 9 {
+		ds.d = ds.d[1:]
+	}
+}
+
+func (ds *durations) median() time.Duration {
+	s := slices.Clone(ds.d)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// explain lists, for each part that differs, the lines only one of the
+// two snapshots has (at most a few of each).
+func explain(got, want *snapshot) string {
+	var out strings.Builder
+	only := func(part, what string, a, b map[string]bool) {
+		n := 0
+		for l := range a {
+			if b[l] {
+				continue
+			}
+			if n < 8 {
+				fmt.Fprintf(&out, "    %s %s: %s\n", part, what, l)
+			}
+			n++
+		}
+		if n > 8 {
+			fmt.Fprintf(&out, "    %s %s: ... %d more\n", part, what, n-8)
+		}
+	}
+	for _, p := range parts {
+		g, w := lineSet(got.part(p)), lineSet(want.part(p))
+		only(p, "unexpected", g, w)
+		only(p, "missing", w, g)
+	}
+	if got.sets.String() != want.sets.String() {
+		out.WriteString("    ipsets differ\n")
+	}
+	return out.String()
+}
+
+func lineSet(s string) map[string]bool {
+	m := map[string]bool{}
+	for _, l := range strings.Split(s, "\n") {
+		m[l] = true
+	}
+	return m
 }
