@@ -11,7 +11,8 @@ import (
 )
 
 // TestAntispoof: a VM may send only with its own MAC and addresses, never
-// as a DHCP server or IPv6 router; DHCP discovery (from 0.0.0.0) and IPv6
+// as a DHCP server or IPv6 router, and may advertise only its own IPv6
+// addresses as neighbour advertisement targets; DHCP discovery (from 0.0.0.0) and IPv6
 // duplicate address detection and neighbour discovery work. Each case
 // sends a raw frame from the VM and looks for it on the external host.
 func TestAntispoof(t *testing.T) {
@@ -69,6 +70,18 @@ ips = ["192.0.2.31", "2001:db8::31"]
 			{"IPv6 duplicate address detection", func(m []byte) []byte {
 				return labnet.DADSolicitFrame(own, netip.MustParseAddr("2001:db8::31"), m)
 			}, true},
+			{"neighbour advertisement for its own address", func(m []byte) []byte {
+				return labnet.NeighborAdvertFrame(own, linkLocal, netip.MustParseAddr("2001:db8::31"), m)
+			}, true},
+			{"neighbour advertisement for its link-local address", func(m []byte) []byte {
+				return labnet.NeighborAdvertFrame(own, linkLocal, linkLocal, m)
+			}, true},
+			{"neighbour advertisement claiming another's address", func(m []byte) []byte {
+				return labnet.NeighborAdvertFrame(own, linkLocal, netip.MustParseAddr("2001:db8::200"), m)
+			}, false},
+			{"neighbour advertisement from its own address claiming another's", func(m []byte) []byte {
+				return labnet.NeighborAdvertFrame(own, netip.MustParseAddr("2001:db8::31"), netip.MustParseAddr("2001:db8::200"), m)
+			}, false},
 		}
 		for _, c := range cases {
 			marker := labnet.NewMarker()

@@ -27,28 +27,7 @@ import (
 var vmfwBin string
 
 func TestMain(m *testing.M) {
-	if os.Geteuid() != 0 {
-		fmt.Println("integration tests need root (network namespaces, iptables); skipping")
-		os.Exit(0)
-	}
-	vmfwBin = os.Getenv("VMFW_BIN")
-	if vmfwBin == "" {
-		dir, err := os.MkdirTemp("", "vmfw-bin")
-		if err != nil {
-			fmt.Println(err)
-			os.Exit(1)
-		}
-		vmfwBin = filepath.Join(dir, "vmfw")
-		out, err := exec.Command("go", "build", "-o", vmfwBin, "github.com/vmfw/vmfw/plugins/vmfw").CombinedOutput()
-		if err != nil {
-			fmt.Printf("building vmfw: %v\n%s", err, out)
-			os.Exit(1)
-		}
-		code := m.Run()
-		os.RemoveAll(dir)
-		os.Exit(code)
-	}
-	os.Exit(m.Run())
+	os.Exit(labnet.RunWithVMFW("integration tests", m, &vmfwBin))
 }
 
 // backends are the iptables backends every firewall test runs with.

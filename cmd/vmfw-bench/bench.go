@@ -62,6 +62,11 @@ func benchSize(ctx context.Context, o options, backend string, n int, r *results
 	if err := l.setup(); err != nil {
 		return err
 	}
+	if o.hold {
+		fmt.Printf("lab ready: ip netns exec %s env %s %s ...\ninterrupt to remove it\n", l.hv.name, strings.Join(l.env, " "), o.vmfw)
+		<-ctx.Done()
+		return ctx.Err()
+	}
 	if o.control {
 		if err := l.controlPlane(r); err != nil {
 			return err

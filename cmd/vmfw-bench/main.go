@@ -40,6 +40,9 @@ type options struct {
 	// fullApplyMax is the largest tap count "full apply from empty" runs at.
 	fullApplyMax int
 	quick        bool
+	// hold keeps the first lab after its setup, until interrupted, for
+	// looking at it with other tools.
+	hold bool
 	// slow also runs what takes minutes: the full apply from empty above
 	// 1000 taps, the legacy baseline above 1000 taps.
 	slow bool
@@ -56,6 +59,7 @@ func main() {
 	flag.StringVar(&backends, "backends", "nft,legacy", "iptables backends to measure")
 	flag.StringVar(&sizes, "sizes", "0,1000,5000", "numbers of installed taps")
 	flag.StringVar(&parts, "parts", "control,data", "what to measure: control (with the baseline), data")
+	flag.BoolVar(&o.hold, "hold", false, "set up the first backend and size only, print how to reach the lab, and keep it until interrupted")
 	flag.BoolVar(&o.slow, "slow", false, "also run what takes minutes: full apply from empty and the legacy baseline above 1000 taps")
 	flag.Parse()
 	if o.quick {

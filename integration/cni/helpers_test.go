@@ -35,8 +35,7 @@ import (
 var pluginDir string
 
 func TestMain(m *testing.M) {
-	if os.Geteuid() != 0 {
-		fmt.Println("CNI integration tests need root (network namespaces, iptables); skipping")
+	if !labnet.IsRoot("CNI integration tests") {
 		os.Exit(0)
 	}
 	os.Exit(run(m))
@@ -60,12 +59,11 @@ func run(m *testing.M) int {
 			return 1
 		}
 	} else {
-		builds["vmfw"] = "github.com/vmfw/vmfw/plugins/vmfw"
+		builds["vmfw"] = labnet.VMFWPackage
 	}
 	for name, pkg := range builds {
-		out, err := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg).CombinedOutput()
-		if err != nil {
-			fmt.Printf("building %s: %v\n%s", pkg, err, out)
+		if _, err := labnet.GoBuild(dir, name, pkg); err != nil {
+			fmt.Println(err)
 			return 1
 		}
 	}

@@ -7,7 +7,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -24,30 +23,7 @@ import (
 var vmfwBin string
 
 func TestMain(m *testing.M) {
-	if os.Geteuid() != 0 {
-		fmt.Println("hook integration tests need root (network namespaces, iptables); skipping")
-		os.Exit(0)
-	}
-	os.Exit(run(m))
-}
-
-func run(m *testing.M) int {
-	vmfwBin = os.Getenv("VMFW_BIN")
-	if vmfwBin == "" {
-		dir, err := os.MkdirTemp("", "vmfw-hooks")
-		if err != nil {
-			fmt.Println(err)
-			return 1
-		}
-		defer os.RemoveAll(dir)
-		vmfwBin = filepath.Join(dir, "vmfw")
-		out, err := exec.Command("go", "build", "-o", vmfwBin, "github.com/vmfw/vmfw/plugins/vmfw").CombinedOutput()
-		if err != nil {
-			fmt.Printf("building vmfw: %v\n%s", err, out)
-			return 1
-		}
-	}
-	return m.Run()
+	os.Exit(labnet.RunWithVMFW("hook integration tests", m, &vmfwBin))
 }
 
 // probeTimeout is how long a TCP probe waits before calling a silent

@@ -94,6 +94,22 @@ func DADSolicitFrame(srcMAC net.HardwareAddr, target netip.Addr, marker []byte) 
 	return ICMPv6Frame(srcMAC, multicastMAC6(group), netip.IPv6Unspecified(), group, 135, 0, body)
 }
 
+// NeighborAdvertFrame builds the unsolicited neighbour advertisement (type
+// 136) a host sends when its link-layer address for target changes: from
+// srcMAC and src to all nodes (ff02::1), override flag set, a target
+// link-layer address option naming srcMAC, marker in an experimental
+// option. Sent for an address that is not the sender's, it is how IPv6
+// neighbour caches are poisoned.
+func NeighborAdvertFrame(srcMAC net.HardwareAddr, src, target netip.Addr, marker []byte) []byte {
+	t := target.As16()
+	body := []byte{0x20, 0, 0, 0} // override
+	body = append(body, t[:]...)
+	body = append(body, 2, 1) // target link-layer address option
+	body = append(body, srcMAC...)
+	body = append(body, markerOption(marker)...)
+	return ICMPv6Frame(srcMAC, multicastMAC6(allNodes), src, allNodes, 136, 0, body)
+}
+
 // DHCPDiscoverFrame builds a DHCPv4 DISCOVER from a client without an
 // address: clientMAC → broadcast MAC, 0.0.0.0:68 → 255.255.255.255:67, with
 // marker in a site-specific option (224).

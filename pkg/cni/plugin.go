@@ -185,16 +185,26 @@ func sameAttachment(c *NetConf, args *skel.CmdArgs) func(*state.Attachment) bool
 	}
 }
 
-func cmdAdd(ctx context.Context, args *skel.CmdArgs, c *NetConf) error {
+// prepare gathers what ADD and CHECK work from: the effective settings, the
+// attachment the previous plugins made, and an engine.
+func prepare(ctx context.Context, args *skel.CmdArgs, c *NetConf) (*Settings, *attachment, *engine.Engine, error) {
 	s, err := c.effective()
 	if err != nil {
-		return err
+		return nil, nil, nil, err
 	}
 	a, err := fromPrevResult(args, c)
 	if err != nil {
-		return err
+		return nil, nil, nil, err
 	}
 	e, err := newEngine(ctx, c)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return s, a, e, nil
+}
+
+func cmdAdd(ctx context.Context, args *skel.CmdArgs, c *NetConf) error {
+	s, a, e, err := prepare(ctx, args, c)
 	if err != nil {
 		return err
 	}
@@ -235,15 +245,7 @@ func cmdDel(ctx context.Context, args *skel.CmdArgs, c *NetConf) error {
 }
 
 func cmdCheck(ctx context.Context, args *skel.CmdArgs, c *NetConf) error {
-	s, err := c.effective()
-	if err != nil {
-		return err
-	}
-	a, err := fromPrevResult(args, c)
-	if err != nil {
-		return err
-	}
-	e, err := newEngine(ctx, c)
+	s, a, e, err := prepare(ctx, args, c)
 	if err != nil {
 		return err
 	}

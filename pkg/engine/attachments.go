@@ -214,19 +214,12 @@ func (e *Engine) AttachRecords(ctx context.Context, recs ...*state.Attachment) e
 	if e.State == nil {
 		return errors.New("attaching interfaces: no state directory configured")
 	}
-	m, err := e.load()
-	if err != nil {
-		return err
-	}
-	release, err := e.lock(ctx)
+	r, release, err := e.begin(ctx)
 	if err != nil {
 		return err
 	}
 	defer release()
-	r, err := e.resolver(m)
-	if err != nil {
-		return err
-	}
+	m := r.model
 	pending := map[string]*config.NIC{}
 	for _, a := range recs {
 		if !state.ValidIface(a.Iface) {
@@ -296,15 +289,12 @@ func (e *Engine) AttachRecords(ctx context.Context, recs ...*state.Attachment) e
 // firewalled, none when the VM has no tap. A tap without a [netN] table,
 // or taps of a VM without a file, are a *ConfigError and nothing changes.
 func (e *Engine) AttachVM(ctx context.Context, vmid int) ([]string, error) {
-	m, err := e.load()
-	if err != nil {
-		return nil, err
-	}
-	release, err := e.lock(ctx)
+	r, release, err := e.begin(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer release()
+	m := r.model
 	links, err := e.Host.Links()
 	if err != nil {
 		return nil, err
@@ -322,10 +312,6 @@ func (e *Engine) AttachVM(ctx context.Context, vmid int) ([]string, error) {
 		return nil, nil
 	}
 	sort.Strings(taps)
-	r, err := e.resolver(m)
-	if err != nil {
-		return nil, err
-	}
 	if err := e.Host.EnableBridgeNetfilter(); err != nil {
 		return nil, err
 	}
@@ -354,19 +340,12 @@ type Selector struct {
 // hooks can run any number of times. It returns the interfaces it removed
 // chains or records of, sorted.
 func (e *Engine) DetachWhere(ctx context.Context, sel Selector) ([]string, error) {
-	m, err := e.load()
-	if err != nil {
-		return nil, err
-	}
-	release, err := e.lock(ctx)
+	r, release, err := e.begin(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer release()
-	r, err := e.resolver(m)
-	if err != nil {
-		return nil, err
-	}
+	m := r.model
 	drop := map[string]bool{}
 	var records []string
 	if sel.Record != nil {
@@ -447,19 +426,12 @@ func (e *DriftError) Error() string {
 // returns iface's record (nil for a configured tap) and a *DriftError
 // listing every difference, or a *ConfigError when iface is not managed.
 func (e *Engine) Check(ctx context.Context, iface string) (*state.Attachment, error) {
-	m, err := e.load()
-	if err != nil {
-		return nil, err
-	}
-	release, err := e.lock(ctx)
+	r, release, err := e.begin(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer release()
-	r, err := e.resolver(m)
-	if err != nil {
-		return nil, err
-	}
+	m := r.model
 	rec := r.recs[iface]
 	nic := r.NIC(iface)
 	if nic == nil {
@@ -477,10 +449,9 @@ func (e *Engine) Check(ctx context.Context, iface string) (*state.Attachment, er
 	if err != nil {
 		return nil, err
 	}
-	mine := map[ruleset.Chain]bool{
-		ruleset.TapChain(iface, "src"): true,
-		ruleset.TapChain(iface, "out"): true,
-		ruleset.TapChain(iface, "in"):  true,
+	mine := map[ruleset.Chain]bool{}
+	for _, c := range ruleset.TapChains(iface) {
+		mine[c] = true
 	}
 	if nic.VM.Enable {
 		for _, g := range nic.Groups {

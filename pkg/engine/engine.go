@@ -160,6 +160,25 @@ func (e *Engine) lock(ctx context.Context) (func(), error) {
 	return e.Lock(ctx)
 }
 
+// begin starts an operation that needs the configuration: it loads it (a
+// broken one is a *ConfigError, returned before anything is locked), takes
+// the namespace lock and reads the attachment records under it, resolved
+// against the configuration (r.model). The caller must call release.
+func (e *Engine) begin(ctx context.Context) (r *resolver, release func(), err error) {
+	m, err := e.load()
+	if err != nil {
+		return nil, nil, err
+	}
+	if release, err = e.lock(ctx); err != nil {
+		return nil, nil, err
+	}
+	if r, err = e.resolver(m); err != nil {
+		release()
+		return nil, nil, err
+	}
+	return r, release, nil
+}
+
 func (e *Engine) read(ctx context.Context) (*kernelState, error) {
 	st := &kernelState{tables: map[ruleset.Family]*iptables.Snapshot{}}
 	for _, f := range ruleset.Families {
@@ -283,24 +302,17 @@ func (e *Engine) revert(ctx context.Context, ch *Change, st *kernelState, done [
 
 // Attach firewalls tap and then attaches it to its bridge: QEMU's script=.
 func (e *Engine) Attach(ctx context.Context, tap string) error {
-	m, err := e.load()
-	if err != nil {
-		return err
-	}
-	nic, err := lookupNIC(m, tap)
-	if err != nil {
-		return err
-	}
-	release, err := e.lock(ctx)
+	r, release, err := e.begin(ctx)
 	if err != nil {
 		return err
 	}
 	defer release()
-	if err := e.Host.EnableBridgeNetfilter(); err != nil {
+	m := r.model
+	nic, err := lookupNIC(m, tap)
+	if err != nil {
 		return err
 	}
-	r, err := e.resolver(m)
-	if err != nil {
+	if err := e.Host.EnableBridgeNetfilter(); err != nil {
 		return err
 	}
 	done, err := e.changeScoped(ctx, m, r, tap, true)
@@ -381,31 +393,19 @@ func dedupe(list []string) []string {
 // Detach removes tap's chains and memberships: QEMU's downscript=. It
 // succeeds for a tap that is unknown or already removed.
 func (e *Engine) Detach(ctx context.Context, tap string) error {
-	m, err := e.load()
-	if err != nil {
-		return err
-	}
-	release, err := e.lock(ctx)
+	r, release, err := e.begin(ctx)
 	if err != nil {
 		return err
 	}
 	defer release()
-	r, err := e.resolver(m)
-	if err != nil {
-		return err
-	}
-	return e.detach(ctx, m, r, tap)
+	return e.detach(ctx, r.model, r, tap)
 }
 
 // Sync reconciles the host with the configuration: every configured tap that
 // exists is firewalled, chains of taps that are gone or no longer configured
 // are removed. With dryRun it changes nothing and returns what it would do.
 func (e *Engine) Sync(ctx context.Context, dryRun bool) (*Change, error) {
-	m, err := e.load()
-	if err != nil {
-		return nil, err
-	}
-	release, err := e.lock(ctx)
+	r, release, err := e.begin(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -423,11 +423,7 @@ func (e *Engine) Sync(ctx context.Context, dryRun bool) (*Change, error) {
 	if err != nil {
 		return nil, err
 	}
-	r, err := e.resolver(m)
-	if err != nil {
-		return nil, err
-	}
-	ch, err := e.converge(ctx, m, r.present(links), st, dryRun)
+	ch, err := e.converge(ctx, r.model, r.present(links), st, dryRun)
 	if err == nil && !dryRun {
 		err = e.prune(r, links)
 	}

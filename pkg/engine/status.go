@@ -54,24 +54,17 @@ type Status struct {
 // Status reports each managed tap: installed or configured and present.
 // With tap set, only that tap is reported.
 func (e *Engine) Status(ctx context.Context, tap string) (*Status, error) {
-	m, err := e.load()
-	if err != nil {
-		return nil, err
-	}
-	release, err := e.lock(ctx)
+	r, release, err := e.begin(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer release()
+	m := r.model
 	st, err := e.read(ctx)
 	if err != nil {
 		return nil, err
 	}
 	links, err := e.Host.Links()
-	if err != nil {
-		return nil, err
-	}
-	r, err := e.resolver(m)
 	if err != nil {
 		return nil, err
 	}
@@ -143,7 +136,7 @@ func (e *Engine) tapStatus(src nicSource, rs *ruleset.Ruleset, st *kernelState, 
 		ts.State = StateNotInstalled
 		return ts
 	}
-	chains := []ruleset.Chain{ruleset.TapChain(tap, "src"), ruleset.TapChain(tap, "out"), ruleset.TapChain(tap, "in")}
+	chains := ruleset.TapChains(tap)
 	if nic.VM.Enable {
 		for _, g := range nic.Groups {
 			chains = append(chains, ruleset.GroupChain(g, "in"), ruleset.GroupChain(g, "out"))

@@ -117,6 +117,9 @@ func (b *builder) tapChains(f Family, n *config.NIC) []*ChainRules {
 	if n.Antispoof {
 		src := b.sourceChain(f, n)
 		chains = append(chains, src)
+		if f == IPv6 {
+			chains = append(chains, ndTargetChain(n))
+		}
 		out.Rules = append(out.Rules, b.antispoof(f, n, src.Name)...)
 	}
 	out.Rules = append(out.Rules,
@@ -183,7 +186,8 @@ func (b *builder) antispoof(f Family, n *config.NIC, src Chain) []Rule {
 		r = append(r,
 			Rule{Spec: "-p ipv6-icmp --icmpv6-type router-advertisement -j DROP", Comment: "no router advertisement"},
 			Rule{Spec: "-p ipv6-icmp --icmpv6-type redirect -j DROP", Comment: "no redirect"},
-			Rule{Spec: "-p udp --sport 547 -j DROP", Comment: "no dhcpv6 server"})
+			Rule{Spec: "-p udp --sport 547 -j DROP", Comment: "no dhcpv6 server"},
+			Rule{Spec: "-p ipv6-icmp --icmpv6-type neighbour-advertisement -j " + string(TapChain(n.Tap, "nd"))})
 	}
 	return append(r, Rule{Spec: "-j " + string(src)})
 }
@@ -206,6 +210,47 @@ func (b *builder) sourceChain(f Family, n *config.NIC) *ChainRules {
 	}
 	c.Rules = append(c.Rules, Rule{Spec: "-j DROP", Comment: "antispoof ip"})
 	return c
+}
+
+// ndTargetChain returns TAP-nd, which every neighbour advertisement the VM
+// sends passes: the IPv6 counterpart of ARP anti-spoofing. An advertisement
+// updates its receivers' neighbour caches for its target address, whatever
+// its source, so the target must be one of the VM's addresses. Link-local
+// targets stay allowed: a VM picks its own link-local addresses (EUI-64,
+// stable privacy), which the configuration does not list.
+func ndTargetChain(n *config.NIC) *ChainRules {
+	c := &ChainRules{Name: TapChain(n.Tap, "nd"), Rules: []Rule{
+		{Spec: "-m u32 --u32 " + ndTargetLinkLocal + " -j RETURN", Comment: "link-local target"},
+	}}
+	for _, ip := range n.IPs {
+		if familyOf(ip) == IPv6 {
+			c.Rules = append(c.Rules, Rule{Spec: "-m u32 --u32 " + ndTargetIs(ip) + " -j RETURN"})
+		}
+	}
+	c.Rules = append(c.Rules, Rule{Spec: "-j DROP", Comment: "antispoof nd target"})
+	return c
+}
+
+// ndTargetOffset is where a neighbour advertisement's target address
+// starts, counted from the IPv6 header: 40 bytes of header, then the
+// ICMPv6 type, code, checksum and flags (8 bytes). Neighbour discovery is
+// sent without extension headers; one that has them misses every match
+// below and is dropped.
+const ndTargetOffset = 48
+
+// ndTargetLinkLocal is the u32 test for a target in fe80::/10.
+var ndTargetLinkLocal = fmt.Sprintf(`"%d&0xffc00000=0xfe800000"`, ndTargetOffset)
+
+// ndTargetIs returns the u32 test for a target equal to ip, as four 32-bit
+// words.
+func ndTargetIs(ip netip.Addr) string {
+	a := ip.As16()
+	var words []string
+	for i := 0; i < 16; i += 4 {
+		w := uint32(a[i])<<24 | uint32(a[i+1])<<16 | uint32(a[i+2])<<8 | uint32(a[i+3])
+		words = append(words, fmt.Sprintf("%d=0x%x", ndTargetOffset+i, w))
+	}
+	return `"` + strings.Join(words, "&&") + `"`
 }
 
 // outAccept returns the rules that let match through an out chain: set the

@@ -243,8 +243,8 @@ func buildScoped(m *config.Model, nics []*config.NIC, focus map[string]bool) (*R
 	drop := map[Chain]bool{}
 	for _, n := range reps {
 		if !focus[n.Tap] {
-			for _, suffix := range []string{"src", "out", "in"} {
-				drop[TapChain(n.Tap, suffix)] = true
+			for _, c := range TapChains(n.Tap) {
+				drop[c] = true
 			}
 			drop[L2Chain(n.Tap)] = true
 		}

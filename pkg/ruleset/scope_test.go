@@ -69,8 +69,8 @@ func TestBuildScopedMatchesBuild(t *testing.T) {
 	}
 	tapOf := map[Chain]string{}
 	for _, n := range nics {
-		for _, s := range []string{"src", "out", "in"} {
-			tapOf[TapChain(n.Tap, s)] = n.Tap
+		for _, c := range TapChains(n.Tap) {
+			tapOf[c] = n.Tap
 		}
 		tapOf[L2Chain(n.Tap)] = n.Tap
 	}

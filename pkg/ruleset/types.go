@@ -59,9 +59,16 @@ const (
 	ChainAccept Chain = "vmfw-accept"
 )
 
-// TapChain returns the chain of tap for one direction ("in", "out") or its
-// source address list ("src").
+// TapChain returns the chain of tap for one direction ("in", "out"), its
+// source address list ("src") or its neighbour advertisement target list
+// ("nd").
 func TapChain(tap, suffix string) Chain { return Chain(tap + "-" + suffix) }
+
+// TapChains returns every chain tap can have, whether or not its settings
+// need them all.
+func TapChains(tap string) []Chain {
+	return []Chain{TapChain(tap, "src"), TapChain(tap, "nd"), TapChain(tap, "out"), TapChain(tap, "in")}
+}
 
 // GroupChain returns the chain of security group name for one direction.
 func GroupChain(name, dir string) Chain { return Chain("sg-" + name + "-" + dir) }
