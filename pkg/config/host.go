@@ -51,7 +51,7 @@ func (l *loader) loadHost() (*Host, *Error) {
 	if lerr != nil {
 		return nil, &Error{File: "vmfw.toml", Msg: "cannot read: " + ioReason(lerr)}
 	}
-	f, err := l.open(entry{rel: "vmfw.toml", path: path, stem: "vmfw", mode: fi.Mode().Type()}, hostSchema)
+	f, err := l.open(&l.parser, entry{rel: "vmfw.toml", path: path, stem: "vmfw", mode: fi.Mode().Type()}, hostSchema)
 	if err != nil {
 		return nil, err
 	}

@@ -4,14 +4,17 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
+	"slices"
 	"sort"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"unicode/utf8"
 
@@ -52,9 +55,12 @@ type loader struct {
 	// read reads one regular file; tests replace it to simulate I/O errors
 	// that permissions cannot produce when running as root.
 	read   func(path string) ([]byte, error)
+	// parser walks vmfw.toml and the group files; VM files, read
+	// concurrently, get one per worker.
 	parser unstable.Parser
 	// vmTypes caches decoding types per set of [netN] tables.
-	vmTypes map[string]reflect.Type
+	vmTypes   map[string]reflect.Type
+	vmTypesMu sync.Mutex
 	// ips and macs record which interface claimed an address first.
 	ips  map[netip.Addr]claim
 	macs map[string]claim
@@ -92,7 +98,7 @@ func (l *loader) load(dir string) (*Model, *Error) {
 		if !validGroupName(e.stem) {
 			return nil, &Error{File: e.rel, Msg: fmt.Sprintf("invalid group name %q: the file name must be a letter followed by up to 19 letters, digits or _", e.stem)}
 		}
-		f, err := l.open(e, groupSchema)
+		f, err := l.open(&l.parser, e, groupSchema)
 		if err != nil {
 			return nil, err
 		}
@@ -116,18 +122,33 @@ func (l *loader) load(dir string) (*Model, *Error) {
 		ids[e.rel] = id
 	}
 	sort.SliceStable(vmFiles, func(i, j int) bool { return ids[vmFiles[i].rel] < ids[vmFiles[j].rel] })
+	// Thousands of VM files are most of the time an operation spends
+	// before it talks to the kernel; each is read and checked on its own,
+	// on every CPU. Only address claims depend on the files before, so
+	// they are recorded afterwards in id order, and the first problem is
+	// the same as reading the files one after the other would find.
+	loaded := make([]loadedVM, len(vmFiles))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), len(vmFiles)) {
+		wg.Go(func() {
+			var p unstable.Parser
+			for i := int(next.Add(1)) - 1; i < len(vmFiles); i = int(next.Add(1)) - 1 {
+				loaded[i] = l.loadVMFile(&p, vmFiles[i], ids[vmFiles[i].rel], known)
+			}
+		})
+	}
+	wg.Wait()
 	l.ips = make(map[netip.Addr]claim)
 	l.macs = make(map[string]claim)
-	for _, e := range vmFiles {
-		f, err := l.open(e, vmSchema)
-		if err != nil {
+	for _, lv := range loaded {
+		if lv.err != nil {
+			return nil, lv.err
+		}
+		if err := l.claim(lv.file, lv.claims); err != nil {
 			return nil, err
 		}
-		vm, err := l.loadVM(f, ids[e.rel], known)
-		if err != nil {
-			return nil, err
-		}
-		m.VMs[vm.ID] = vm
+		m.VMs[lv.vm.ID] = lv.vm
 	}
 	return m, nil
 }
@@ -224,8 +245,8 @@ func (l *loader) checkInside(rel, path string) *Error {
 	return nil
 }
 
-// open reads and checks one configuration file.
-func (l *loader) open(e entry, s *schema) (*file, *Error) {
+// open reads and checks one configuration file, walking it with p.
+func (l *loader) open(p *unstable.Parser, e entry, s *schema) (*file, *Error) {
 	mode := e.mode
 	if mode&fs.ModeSymlink != 0 {
 		if err := l.checkInside(e.rel, e.path); err != nil {
@@ -254,38 +275,63 @@ func (l *loader) open(e entry, s *schema) (*file, *Error) {
 	if line, ok := invalidUTF8(data); ok {
 		return nil, &Error{File: e.rel, Line: line, Msg: "file is not valid UTF-8"}
 	}
-	return &file{rel: e.rel, path: e.path, data: data, lines: scanLines(&l.parser, data), schema: s}, nil
+	return &file{rel: e.rel, path: e.path, data: data, lines: scanLines(p, data), schema: s}, nil
 }
 
-// readFile reads a regular file of at most maxFileSize bytes.
+// readFile reads a regular file of at most maxFileSize bytes. It uses the
+// system calls directly: a Load reads thousands of small files, and an
+// os.File costs a poller registration and a finalizer each.
 func readFile(path string) ([]byte, error) {
 	// The file may have been replaced since its type was checked: opening
 	// a FIFO blocks until a writer appears unless O_NONBLOCK is given, and
 	// what was opened is checked again below.
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	fd, err := openRetry(path)
 	if err != nil {
-		return nil, err
+		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
 	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
+	defer syscall.Close(fd)
+	var st syscall.Stat_t
+	if err := syscall.Fstat(fd, &st); err != nil {
+		return nil, &fs.PathError{Op: "stat", Path: path, Err: err}
 	}
-	if !fi.Mode().IsRegular() {
+	if st.Mode&syscall.S_IFMT != syscall.S_IFREG {
 		return nil, errNotRegular
 	}
-	if fi.Size() > maxFileSize {
+	if st.Size > maxFileSize {
 		return nil, errTooLarge
 	}
-	// The file may grow between Stat and ReadAll.
-	data, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
-	if err != nil {
-		return nil, err
+	// One byte more than the size shows in one read that the file ended
+	// there; a file that grew since Fstat is read on up to the limit.
+	data := make([]byte, 0, st.Size+1)
+	for {
+		if len(data) == cap(data) {
+			data = slices.Grow(data, min(cap(data), maxFileSize+1-len(data)))
+		}
+		n, err := syscall.Read(fd, data[len(data):cap(data)])
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, &fs.PathError{Op: "read", Path: path, Err: err}
+		}
+		data = data[:len(data)+n]
+		if len(data) > maxFileSize {
+			return nil, errTooLarge
+		}
+		if n == 0 || len(data) < cap(data) && int64(len(data)) >= st.Size {
+			return data, nil
+		}
 	}
-	if len(data) > maxFileSize {
-		return nil, errTooLarge
+}
+
+// openRetry opens path read-only, retrying when a signal interrupts it.
+func openRetry(path string) (int, error) {
+	for {
+		fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
+		if err != syscall.EINTR {
+			return fd, err
+		}
 	}
-	return data, nil
 }
 
 // ioReason words an I/O error without the path, which the message already

@@ -1,11 +1,14 @@
 package config
 
 import (
+	"net"
 	"net/netip"
 	"reflect"
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/pelletier/go-toml/v2/unstable"
 )
 
 // vmHead holds a VM file's scalar keys as written.
@@ -41,8 +44,58 @@ var vmSchema = &schema{
 // maxIfName is the longest Linux interface name (IFNAMSIZ - 1).
 const maxIfName = 15
 
-// loadVM decodes and validates VM id and claims its interfaces' addresses.
-func (l *loader) loadVM(f *file, id int, known map[string]bool) (*VM, *Error) {
+// loadedVM is one VM file decoded and validated on its own: the VM and
+// the addresses its interfaces claim, in file order, which only the
+// files before it can contradict (see loader.claim).
+type loadedVM struct {
+	vm     *VM
+	file   *file
+	claims []addrClaim
+	err    *Error
+}
+
+// addrClaim is an address an interface claims: a MAC (mac set) or an IP.
+type addrClaim struct {
+	mac  net.HardwareAddr
+	ip   netip.Addr
+	tap  string
+	line int
+}
+
+// loadVMFile reads, decodes and validates one VM file with parser p; it
+// runs concurrently with the other VM files.
+func (l *loader) loadVMFile(p *unstable.Parser, e entry, id int, known map[string]bool) loadedVM {
+	f, err := l.open(p, e, vmSchema)
+	if err != nil {
+		return loadedVM{err: err}
+	}
+	lv := loadedVM{file: f}
+	lv.vm, lv.err = l.loadVM(f, id, known, &lv.claims)
+	return lv
+}
+
+// claim records the addresses of one VM file, files taken in VM id order,
+// and reports the first that an earlier interface already claimed.
+func (l *loader) claim(f *file, claims []addrClaim) *Error {
+	for _, c := range claims {
+		if c.mac != nil {
+			if o, ok := l.macs[string(c.mac)]; ok {
+				return f.errorf(c.line, "mac %s is already used by %s (%s:%d)", c.mac, o.tap, o.file, o.line)
+			}
+			l.macs[string(c.mac)] = claim{tap: c.tap, file: f.rel, line: c.line}
+			continue
+		}
+		if o, ok := l.ips[c.ip]; ok {
+			return f.errorf(c.line, "ip %s is already claimed by %s (%s:%d)", c.ip, o.tap, o.file, o.line)
+		}
+		l.ips[c.ip] = claim{tap: c.tap, file: f.rel, line: c.line}
+	}
+	return nil
+}
+
+// loadVM decodes and validates VM id, appending the addresses its
+// interfaces claim to claims.
+func (l *loader) loadVM(f *file, id int, known map[string]bool, claims *[]addrClaim) (*VM, *Error) {
 	nets, err := netTables(f, id)
 	if err != nil {
 		return nil, err
@@ -86,7 +139,7 @@ func (l *loader) loadVM(f *file, id int, known map[string]bool) (*VM, *Error) {
 	// is reported where it is listed the second time.
 	for i, nt := range nets {
 		nf := v.Elem().Field(hv.NumField() + i).Interface().(nicFile)
-		nic, err := l.loadNIC(f, vm, nt, &nf, known)
+		nic, err := loadNIC(f, vm, nt, &nf, known, claims)
 		if err != nil {
 			return nil, err
 		}
@@ -131,6 +184,8 @@ func (l *loader) vmType(nets []netTable) reflect.Type {
 		keys[i] = n.key
 	}
 	cacheKey := strings.Join(keys, ",")
+	l.vmTypesMu.Lock()
+	defer l.vmTypesMu.Unlock()
 	if t, ok := l.vmTypes[cacheKey]; ok {
 		return t
 	}
@@ -163,8 +218,9 @@ func netIndex(key string) (int, bool) {
 	return parseDecimal(digits, maxVMID)
 }
 
-// loadNIC validates one interface of vm and claims its addresses.
-func (l *loader) loadNIC(f *file, vm *VM, nt netTable, nf *nicFile, known map[string]bool) (*NIC, *Error) {
+// loadNIC validates one interface of vm, appending the addresses it claims
+// to claims.
+func loadNIC(f *file, vm *VM, nt netTable, nf *nicFile, known map[string]bool, claims *[]addrClaim) (*NIC, *Error) {
 	at := func(key string) string { return nt.key + "." + key }
 	nic := &NIC{
 		VM:        vm,
@@ -179,11 +235,7 @@ func (l *loader) loadNIC(f *file, vm *VM, nt netTable, nf *nicFile, known map[st
 		if problem != "" {
 			return nil, f.errorAt(at("mac"), "mac %q: %s", *nf.MAC, problem)
 		}
-		line := f.lines.line(at("mac"))
-		if c, ok := l.macs[string(mac)]; ok {
-			return nil, f.errorf(line, "mac %s is already used by %s (%s:%d)", mac, c.tap, c.file, c.line)
-		}
-		l.macs[string(mac)] = claim{tap: nic.Tap, file: f.rel, line: line}
+		*claims = append(*claims, addrClaim{mac: mac, tap: nic.Tap, line: f.lines.line(at("mac"))})
 		nic.MAC = mac
 	}
 	for i, s := range nf.IPs {
@@ -195,11 +247,7 @@ func (l *loader) loadNIC(f *file, vm *VM, nt netTable, nf *nicFile, known map[st
 		if problem != "" {
 			return nil, f.errorAt(path, "ips %q: %s", s, problem)
 		}
-		line := f.lines.line(path)
-		if c, ok := l.ips[a]; ok {
-			return nil, f.errorf(line, "ip %s is already claimed by %s (%s:%d)", a, c.tap, c.file, c.line)
-		}
-		l.ips[a] = claim{tap: nic.Tap, file: f.rel, line: line}
+		*claims = append(*claims, addrClaim{ip: a, tap: nic.Tap, line: f.lines.line(path)})
 		nic.IPs = append(nic.IPs, a)
 	}
 	if nf.Bridge != nil {

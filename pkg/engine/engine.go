@@ -23,6 +23,7 @@ import (
 	"github.com/vmfw/vmfw/pkg/ipset"
 	"github.com/vmfw/vmfw/pkg/iptables"
 	"github.com/vmfw/vmfw/pkg/ruleset"
+	"github.com/vmfw/vmfw/pkg/trace"
 )
 
 // Firewall reads and writes vmfw's part of the filter table.
@@ -165,17 +166,23 @@ func (e *Engine) lock(ctx context.Context) (func(), error) {
 // the namespace lock and reads the attachment records under it, resolved
 // against the configuration (r.model). The caller must call release.
 func (e *Engine) begin(ctx context.Context) (r *resolver, release func(), err error) {
+	start := time.Now()
 	m, err := e.load()
 	if err != nil {
 		return nil, nil, err
 	}
+	trace.Since(start, "load the configuration (%d VMs)", len(m.VMs))
+	start = time.Now()
 	if release, err = e.lock(ctx); err != nil {
 		return nil, nil, err
 	}
+	trace.Since(start, "take the lock")
+	start = time.Now()
 	if r, err = e.resolver(m); err != nil {
 		release()
 		return nil, nil, err
 	}
+	trace.Since(start, "read attachment records")
 	return r, release, nil
 }
 

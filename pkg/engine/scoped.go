@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/iptables"
 	"github.com/vmfw/vmfw/pkg/ruleset"
+	"github.com/vmfw/vmfw/pkg/trace"
 )
 
 // Scoped attach and detach.
@@ -78,7 +80,9 @@ func (e *Engine) changeScoped(ctx context.Context, m *config.Model, r nicSource,
 		}
 	}
 	saveChains := fw.SaveChains
+	start := time.Now()
 	chains, err := fw.ListChains(ctx, ruleset.IPv4)
+	trace.Since(start, "list chains")
 	if errors.Is(err, iptables.ErrNotNFT) {
 		// Legacy x_tables hands out whole tables only: read them once,
 		// then compile, diff and write the scope as on nf_tables. That
@@ -118,17 +122,21 @@ func (e *Engine) changeScoped(ctx context.Context, m *config.Model, r nicSource,
 		}
 		after = append(after, nic)
 	}
+	start = time.Now()
 	sc, err := ruleset.BuildScope(m, before, after, []string{tap})
 	if err != nil {
 		return false, nil // the full path reports it
 	}
+	trace.Since(start, "compile the scope of %s (%d interfaces installed)", tap, len(installed))
 
 	st := &kernelState{tables: map[ruleset.Family]*iptables.Snapshot{}}
 	for _, f := range ruleset.Families {
+		start = time.Now()
 		snap, err := saveChains(ctx, f, sc.Chains[f])
 		if err != nil {
 			return false, nil
 		}
+		trace.Since(start, "read %d %s chains", len(sc.Chains[f]), f)
 		for c, hashes := range snap.Chains {
 			snap.Lines[c] = nil
 			for _, h := range hashes {
@@ -142,6 +150,7 @@ func (e *Engine) changeScoped(ctx context.Context, m *config.Model, r nicSource,
 		st.tables[f] = snap
 	}
 	if br != nil {
+		start = time.Now()
 		exist, err := br.ChainsExist(ctx, sc.BridgeChains)
 		if err != nil {
 			return false, nil
@@ -150,6 +159,7 @@ func (e *Engine) changeScoped(ctx context.Context, m *config.Model, r nicSource,
 		if err != nil {
 			return false, nil
 		}
+		trace.Since(start, "read %d ebtables chains", len(sc.BridgeChains))
 		st.bridge = ruleset.Observed{Chains: map[ruleset.Chain][]string{}, Lines: map[ruleset.Chain][]string{}, Hooks: hooks}
 		for _, c := range sc.BridgeChains {
 			if exist[c] {
@@ -167,6 +177,8 @@ func (e *Engine) changeScoped(ctx context.Context, m *config.Model, r nicSource,
 		return true, err
 	}
 	// As converge does after applying: the change may end flows.
+	start = time.Now()
+	defer trace.Since(start, "cut flows")
 	return true, e.cutFlows(m, after)
 }
 

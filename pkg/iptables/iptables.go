@@ -9,12 +9,12 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"os"
 	"os/exec"
 	"strings"
 	"time"
 
 	"github.com/vmfw/vmfw/pkg/ruleset"
+	"github.com/vmfw/vmfw/pkg/trace"
 )
 
 // Mode is the iptables backend: nf_tables or legacy x_tables.
@@ -32,12 +32,9 @@ type Runner interface {
 	Run(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, error)
 }
 
-// ExecRunner runs real commands. With VMFW_TRACE set in the environment it
-// prints each command, its duration and its input and output sizes to
-// stderr: where an operation's time goes is mostly in these commands.
+// ExecRunner runs real commands, each traced (package trace) with its
+// input and output sizes.
 type ExecRunner struct{}
-
-var trace = os.Getenv("VMFW_TRACE") != ""
 
 // Run executes name, returning stdout; the error carries the command line
 // and its stderr, which is where iptables says what went wrong.
@@ -50,10 +47,7 @@ func (ExecRunner) Run(ctx context.Context, stdin []byte, name string, args ...st
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	start := time.Now()
 	err := cmd.Run()
-	if trace {
-		fmt.Fprintf(os.Stderr, "vmfw: trace: %8.1f ms  %s %s  (in %d B, out %d B)\n",
-			float64(time.Since(start).Microseconds())/1000, name, strings.Join(args, " "), len(stdin), stdout.Len())
-	}
+	trace.Since(start, "%s %s  (in %d B, out %d B)", name, strings.Join(args, " "), len(stdin), stdout.Len())
 	if err != nil {
 		return nil, fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
 	}

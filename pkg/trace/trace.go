@@ -1,0 +1,21 @@
+// Package trace prints where an operation's time goes, to stderr, when
+// VMFW_TRACE is set in the environment: each command vmfw runs and each
+// step of an operation, with its duration. It costs nothing otherwise.
+package trace
+
+import (
+	"fmt"
+	"os"
+	"time"
+)
+
+// Enabled reports whether VMFW_TRACE is set.
+var Enabled = os.Getenv("VMFW_TRACE") != ""
+
+// Since prints how long the step described by format took since start.
+func Since(start time.Time, format string, args ...any) {
+	if !Enabled {
+		return
+	}
+	fmt.Fprintf(os.Stderr, "vmfw: trace: %8.1f ms  %s\n", float64(time.Since(start).Microseconds())/1000, fmt.Sprintf(format, args...))
+}
