@@ -54,7 +54,7 @@ type loader struct {
 	dir, root string
 	// read reads one regular file; tests replace it to simulate I/O errors
 	// that permissions cannot produce when running as root.
-	read   func(path string) ([]byte, error)
+	read func(path string) ([]byte, error)
 	// parser walks vmfw.toml and the group files; VM files, read
 	// concurrently, get one per worker.
 	parser unstable.Parser
