@@ -106,8 +106,11 @@ func (l *lab) baseline(m *config.Model, nic *config.NIC) (up, down time.Duration
 					return err
 				}
 			}
-			for _, suffix := range []string{"out", "in", "src"} {
-				c := string(ruleset.TapChain(nic.Tap, suffix))
+			// Referring chains first: out jumps to src and nd.
+			chains := ruleset.TapChains(nic.Tap)
+			slices.Reverse(chains)
+			for _, tc := range chains {
+				c := string(tc)
 				exists, err := ipt.ChainExists("filter", c)
 				if err != nil {
 					return err

@@ -67,6 +67,14 @@ func benchSize(ctx context.Context, o options, backend string, n int, r *results
 		<-ctx.Done()
 		return ctx.Err()
 	}
+	// Others' rules are in place throughout and must come out unchanged.
+	if err := l.addForeign(); err != nil {
+		return err
+	}
+	foreign, err := l.foreign()
+	if err != nil {
+		return err
+	}
 	if o.control {
 		if err := l.controlPlane(r); err != nil {
 			return err
@@ -77,6 +85,10 @@ func benchSize(ctx context.Context, o options, backend string, n int, r *results
 			return err
 		}
 	}
+	if err := l.checkForeign(foreign); err != nil {
+		return err
+	}
+	r.notes = append(r.notes, fmt.Sprintf("%s, %d taps: a foreign chain named %s, foreign FORWARD and INPUT rules, an ipset and an ebtables chain were identical after every row", backend, n, foreignChain))
 	return nil
 }
 

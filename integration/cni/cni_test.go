@@ -225,3 +225,40 @@ func dbListFor(c, db *container, list, dbList *libcni.NetworkConfigList) *libcni
 	}
 	return list
 }
+
+// TestCNIDelWithBrokenConfig: DEL succeeds while the configuration does
+// not load, taking the attachment's record and its group memberships with
+// it (a later holder of the address must not inherit them), and the next
+// apply after the repair removes the chains it left.
+func TestCNIDelWithBrokenConfig(t *testing.T) {
+	t.Parallel()
+	const backend = "nft"
+	h := newHost(t)
+	// In group db too, whose rule names group web: web's set exists.
+	list := h.conflist("1.1.0", backend, map[string]any{"groups": []string{"web", "db"}})
+	web := h.newContainer("web", nil)
+	h.add(list, web)
+	if sets := h.exec("ipset", "save"); !strings.Contains(sets, "add sg-web-v4 "+web.ip) {
+		t.Fatalf("web's address is not in group web's set:\n%s", sets)
+	}
+	broken := filepath.Join(h.config, "groups", "broken.toml")
+	if err := os.WriteFile(broken, []byte("[[in]]\nproto = \"tcpp\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.del(list, web); err != nil {
+		t.Fatalf("DEL with a broken configuration: %v", err)
+	}
+	if recs := h.records(); len(recs) != 0 {
+		t.Errorf("records after DEL: %v", recs)
+	}
+	if sets := h.exec("ipset", "save"); strings.Contains(sets, " "+web.ip) {
+		t.Errorf("%s is still a member after DEL:\n%s", web.ip, sets)
+	}
+	if err := os.Remove(broken); err != nil {
+		t.Fatal(err)
+	}
+	h.vmfw(backend, "apply")
+	if save := h.save(backend); strings.Contains(save, web.veth) {
+		t.Errorf("chains of %s remain after the repaired apply:\n%s", web.veth, save)
+	}
+}

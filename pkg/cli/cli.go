@@ -239,7 +239,10 @@ func status(ctx context.Context, newEngine func() (*engine.Engine, error), args 
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "TAP\tVM\tGROUPS\tIN\tOUT\tSTATE\tDROPPED IN\tDROPPED OUT")
 	for _, t := range st.Taps {
-		vm := fmt.Sprint(t.VMID)
+		vm := "-"
+		if t.VMID != nil {
+			vm = fmt.Sprint(*t.VMID)
+		}
 		if t.VMName != "" {
 			vm += " (" + t.VMName + ")"
 		}

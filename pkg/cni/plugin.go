@@ -235,13 +235,29 @@ func cmdAdd(ctx context.Context, args *skel.CmdArgs, c *NetConf) error {
 	return types.PrintResult(c.PrevResult, c.CNIVersion)
 }
 
+// cmdDel removes the attachment. With a configuration that does not load
+// it still succeeds as far as it can (the runtime retries a failed DEL and
+// keeps the container until one succeeds): the record goes and its
+// addresses leave every group, and the next apply removes its chains.
 func cmdDel(ctx context.Context, args *skel.CmdArgs, c *NetConf) error {
 	e, err := newEngine(ctx, c)
 	if err != nil {
 		return err
 	}
 	_, err = e.DetachWhere(ctx, engine.Selector{Record: sameAttachment(c, args)})
-	return err
+	var ce *engine.ConfigError
+	if !errors.As(err, &ce) {
+		return err
+	}
+	forgotten, ferr := e.ForgetWhere(ctx, sameAttachment(c, args))
+	if ferr != nil {
+		return errors.Join(err, ferr)
+	}
+	if len(forgotten) > 0 {
+		fmt.Fprintf(os.Stderr, "vmfw: DEL %s: configuration does not load (%v); removed the attachment record and its group memberships, its chains go with the next successful apply\n",
+			strings.Join(forgotten, ", "), err)
+	}
+	return nil
 }
 
 func cmdCheck(ctx context.Context, args *skel.CmdArgs, c *NetConf) error {

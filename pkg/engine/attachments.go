@@ -530,3 +530,67 @@ func (e *Engine) prune(r *resolver, links map[string]bool) error {
 	}
 	return errors.Join(errs...)
 }
+
+// ForgetWhere is the part of DetachWhere that needs no configuration, for
+// when it cannot be loaded and the caller must still finish (a CNI DEL
+// that fails is retried until someone repairs the configuration, and the
+// container cannot go away meanwhile). It deletes the selected records and
+// removes the addresses they list from every vmfw ipset, so that whoever
+// gets an address next does not inherit the old holder's groups. The
+// interfaces' chains stay: they are gone with their interfaces from every
+// packet's path, and the next apply, which sees no record for them,
+// removes them. It returns the interfaces whose records it deleted.
+func (e *Engine) ForgetWhere(ctx context.Context, sel func(a *state.Attachment) bool) ([]string, error) {
+	if e.State == nil {
+		return nil, nil
+	}
+	release, err := e.lock(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	recs, err := e.State.List()
+	if err != nil {
+		return nil, fmt.Errorf("reading attachment records: %w", err)
+	}
+	var forgotten []string
+	addrs := map[string]bool{}
+	for iface, a := range recs {
+		if !sel(a) {
+			continue
+		}
+		forgotten = append(forgotten, iface)
+		if a.Spec != nil {
+			for _, ip := range a.Spec.IPs {
+				if p, err := netip.ParseAddr(ip); err == nil {
+					addrs[strings.ToLower(p.String())] = true
+				}
+			}
+		}
+	}
+	sort.Strings(forgotten)
+	if len(addrs) > 0 {
+		sets, err := e.Sets.List(ctx)
+		if err != nil {
+			return nil, err
+		}
+		var script strings.Builder
+		for _, name := range sortedKeys(sets) {
+			for _, addr := range sortedKeys(addrs) {
+				if sets[name].Members[addr] {
+					fmt.Fprintf(&script, "del %s %s -exist\n", name, addr)
+				}
+			}
+		}
+		if err := e.Sets.Restore(ctx, script.String()); err != nil {
+			return nil, err
+		}
+	}
+	var errs []error
+	for _, iface := range forgotten {
+		if err := e.State.Delete(iface); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return forgotten, errors.Join(errs...)
+}

@@ -20,8 +20,10 @@ const (
 
 // TapStatus describes one managed tap.
 type TapStatus struct {
-	Tap       string   `json:"tap"`
-	VMID      int      `json:"vmid"`
+	Tap string `json:"tap"`
+	// VMID is the VM the tap belongs to; nil for an interface a CNI or
+	// libvirt record describes without a VM file.
+	VMID      *int     `json:"vmid,omitempty"`
 	VMName    string   `json:"vm_name,omitempty"`
 	Enabled   bool     `json:"enabled"`
 	Groups    []string `json:"groups"`
@@ -122,14 +124,19 @@ func isBaseChain(c ruleset.Chain) bool { return strings.HasPrefix(string(c), "vm
 
 func (e *Engine) tapStatus(src nicSource, rs *ruleset.Ruleset, st *kernelState, tap string, installed bool) TapStatus {
 	ts := TapStatus{Tap: tap, State: StateInSync, Groups: []string{}}
-	vmid, _, _ := config.ParseTapName(tap)
-	ts.VMID = vmid
+	if vmid, _, ok := config.ParseTapName(tap); ok {
+		ts.VMID = &vmid
+	}
 	nic := src.NIC(tap)
 	if nic == nil {
 		ts.State = StateUnconfigured
 		return ts
 	}
-	ts.VMID, ts.VMName, ts.Enabled = nic.VM.ID, nic.VM.Name, nic.VM.Enable
+	ts.VMID = nil
+	if nic.VM.File != "" {
+		ts.VMID = &nic.VM.ID
+	}
+	ts.VMName, ts.Enabled = nic.VM.Name, nic.VM.Enable
 	ts.Groups = append(ts.Groups, nic.Groups...)
 	ts.PolicyIn, ts.PolicyOut = string(nic.VM.PolicyIn), string(nic.VM.PolicyOut)
 	if !installed {

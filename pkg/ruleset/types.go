@@ -65,7 +65,7 @@ const (
 func TapChain(tap, suffix string) Chain { return Chain(tap + "-" + suffix) }
 
 // TapChains returns every chain tap can have, whether or not its settings
-// need them all.
+// need them all; a chain jumped to comes before the chains jumping to it.
 func TapChains(tap string) []Chain {
 	return []Chain{TapChain(tap, "src"), TapChain(tap, "nd"), TapChain(tap, "out"), TapChain(tap, "in")}
 }
