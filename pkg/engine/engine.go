@@ -14,9 +14,11 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/vmfw/vmfw/pkg/config"
@@ -139,9 +141,24 @@ func (c *Change) WriteTo(w io.Writer) (int64, error) {
 // kernelState is vmfw's part of the kernel as read at the start of an operation.
 type kernelState struct {
 	tables map[ruleset.Family]*iptables.Snapshot
-	bridge ruleset.Observed
-	sets   map[string]*ipset.Observed
+	// textless lists the families read without rule text (see
+	// fingerprintReader); linesFor adds the text a change needs.
+	textless map[ruleset.Family]bool
+	bridge   ruleset.Observed
+	sets     map[string]*ipset.Observed
 }
+
+// fingerprintReader is a Firewall that can read a whole table's
+// fingerprints without its rule text (nf_tables, over netlink), and the
+// text of a few chains when a change must be able to revert them.
+type fingerprintReader interface {
+	SaveFingerprints(ctx context.Context, f ruleset.Family) (*iptables.Snapshot, error)
+	ChainLines(ctx context.Context, f ruleset.Family, names []ruleset.Chain) (map[ruleset.Chain][]string, error)
+}
+
+// maxChainLineReads is how many chains' text a change reads one by one;
+// above it one whole-table read is cheaper.
+const maxChainLineReads = 16
 
 func (e *Engine) load() (*config.Model, error) {
 	m, err := config.Load(e.ConfigDir)
@@ -187,25 +204,50 @@ func (e *Engine) begin(ctx context.Context) (r *resolver, release func(), err er
 }
 
 func (e *Engine) read(ctx context.Context) (*kernelState, error) {
-	st := &kernelState{tables: map[ruleset.Family]*iptables.Snapshot{}}
-	for _, f := range ruleset.Families {
-		s, err := e.Firewall.Save(ctx, f)
-		if err != nil {
-			return nil, err
-		}
-		st.tables[f] = s
+	st := &kernelState{tables: map[ruleset.Family]*iptables.Snapshot{}, textless: map[ruleset.Family]bool{}}
+	// The reads are independent and, at thousands of taps, each takes
+	// about a second: they run side by side.
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	errs := make([]error, len(ruleset.Families)+1)
+	for i, f := range ruleset.Families {
+		wg.Go(func() {
+			s, textless, err := e.readTable(ctx, f)
+			mu.Lock()
+			defer mu.Unlock()
+			st.tables[f], st.textless[f], errs[i] = s, textless, err
+		})
 	}
-	sets, err := e.Sets.List(ctx)
-	if err != nil {
+	wg.Go(func() {
+		var err error
+		if st.sets, err = e.Sets.List(ctx); err == nil && e.Bridge != nil {
+			st.bridge, err = e.Bridge.Save(ctx)
+		}
+		errs[len(errs)-1] = err
+	})
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	st.sets = sets
-	if e.Bridge != nil {
-		if st.bridge, err = e.Bridge.Save(ctx); err != nil {
-			return nil, err
+	return st, nil
+}
+
+// readTable reads vmfw's part of family f's table: its fingerprints only
+// where the firewall can (textless), else with the rules' text.
+func (e *Engine) readTable(ctx context.Context, f ruleset.Family) (s *iptables.Snapshot, textless bool, err error) {
+	start := time.Now()
+	if fr, ok := e.Firewall.(fingerprintReader); ok {
+		s, err := fr.SaveFingerprints(ctx, f)
+		if err == nil {
+			trace.Since(start, "read the %s table's fingerprints", f)
+			return s, true, nil
+		}
+		if !errors.Is(err, iptables.ErrNotNFT) {
+			return nil, false, err
 		}
 	}
-	return st, nil
+	s, err = e.Firewall.Save(ctx, f)
+	return s, false, err
 }
 
 // installed returns the interfaces whose chains are in the kernel.
@@ -241,10 +283,12 @@ func nicsFor(src nicSource, taps []string) []*config.NIC {
 
 // converge applies the ruleset for nics; with dryRun it only computes the change.
 func (e *Engine) converge(ctx context.Context, m *config.Model, nics []*config.NIC, st *kernelState, dryRun bool) (*Change, error) {
+	start := time.Now()
 	rs, err := ruleset.Build(m, nics)
 	if err != nil {
 		return nil, err
 	}
+	trace.Since(start, "compile %d interfaces", len(nics))
 	ch, err := e.applyRuleset(ctx, rs, st, dryRun)
 	if err == nil && !dryRun {
 		err = e.cutFlows(m, nics)
@@ -253,6 +297,7 @@ func (e *Engine) converge(ctx context.Context, m *config.Model, nics []*config.N
 }
 
 func (e *Engine) applyRuleset(ctx context.Context, rs *ruleset.Ruleset, st *kernelState, dryRun bool) (*Change, error) {
+	start := time.Now()
 	ch := &Change{Plans: map[ruleset.Family]*ruleset.Plan{}}
 	for _, f := range ruleset.Families {
 		want := rs.Tables[f]
@@ -269,8 +314,12 @@ func (e *Engine) applyRuleset(ctx context.Context, rs *ruleset.Ruleset, st *kern
 		ch.Bridge = ruleset.Diff(want, st.bridge)
 	}
 	ch.SetsBefore, ch.SetsAfter = ipset.Plan(rs.Sets, st.sets)
+	trace.Since(start, "compare with the kernel")
 	if dryRun || ch.Empty() {
 		return ch, nil
+	}
+	if err := e.linesFor(ctx, ch, st); err != nil {
+		return nil, err
 	}
 	if err := e.Sets.Restore(ctx, ch.SetsBefore); err != nil {
 		return nil, err
@@ -293,6 +342,35 @@ func (e *Engine) applyRuleset(ctx context.Context, rs *ruleset.Ruleset, st *kern
 		return ch, fmt.Errorf("removing unused ipsets: %w", err)
 	}
 	return ch, nil
+}
+
+// linesFor reads the rule text of the chains ch rewrites or deletes in
+// families read without it, so that a failure can put them back.
+func (e *Engine) linesFor(ctx context.Context, ch *Change, st *kernelState) error {
+	for _, f := range ruleset.Families {
+		p := ch.Plans[f]
+		if !st.textless[f] || p.Empty() {
+			continue
+		}
+		need := append(slices.Clone(p.Rewrite), p.Delete...)
+		if len(need) > maxChainLineReads {
+			full, err := e.Firewall.Save(ctx, f)
+			if err != nil {
+				return err
+			}
+			st.tables[f].Lines = full.Lines
+		} else if len(need) > 0 {
+			lines, err := e.Firewall.(fingerprintReader).ChainLines(ctx, f, need)
+			if err != nil {
+				return err
+			}
+			for c, l := range lines {
+				st.tables[f].Lines[c] = l
+			}
+		}
+		st.textless[f] = false
+	}
+	return nil
 }
 
 // revert undoes the families already changed when a later one fails, so the

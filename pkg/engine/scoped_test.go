@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/vmfw/vmfw/pkg/ebtables"
@@ -159,7 +160,8 @@ type simKernel struct {
 	sets   map[string]*ipset.Observed
 	narrow bool
 	// saves counts whole-table reads, narrowReads chain-by-chain ones.
-	saves, narrowReads int
+	saves       atomic.Int64
+	narrowReads int
 	// restores are the iptables transactions, in order; failIPv6 makes
 	// the next IPv6 one fail.
 	restores []string
@@ -205,7 +207,7 @@ type simFirewall struct{ k *simKernel }
 var errSimRefused = errors.New("ip6tables-restore: refused")
 
 func (f simFirewall) Save(_ context.Context, fam ruleset.Family) (*iptables.Snapshot, error) {
-	f.k.saves++
+	f.k.saves.Add(1)
 	return iptables.Parse([]byte(f.k.tables[fam].save()))
 }
 
@@ -268,7 +270,7 @@ func (f narrowFirewall) SaveChains(_ context.Context, fam ruleset.Family, names 
 type simBridge struct{ k *simKernel }
 
 func (b simBridge) Save(context.Context) (ruleset.Observed, error) {
-	b.k.saves++
+	b.k.saves.Add(1)
 	return ebtables.Parse([]byte(b.k.bridge.save())), nil
 }
 
@@ -430,11 +432,11 @@ func testScopedMatchesFullPath(t *testing.T, backend string) {
 	r := rand.New(rand.NewSource(4))
 	step := func(what string, op func(e *Engine) error) {
 		t.Helper()
-		before := fk.saves
+		before := fk.saves.Load()
 		if err := op(fast); err != nil {
 			t.Fatalf("%s (scoped): %v", what, err)
 		}
-		if backend == "nft" && fk.saves != before {
+		if backend == "nft" && fk.saves.Load() != before {
 			t.Errorf("%s: the scoped path read whole tables", what)
 		}
 		if err := op(full); err != nil {
@@ -490,8 +492,8 @@ func TestScopedFallsBackOnUnknownRules(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if k.saves != 0 {
-		t.Fatalf("attaches on a consistent kernel read whole tables %d times", k.saves)
+	if k.saves.Load() != 0 {
+		t.Fatalf("attaches on a consistent kernel read whole tables %d times", k.saves.Load())
 	}
 	if err := os.WriteFile(filepath.Join(dir, "groups/g0.toml"), []byte("[[in]]\nproto = \"tcp\"\ndport = \"443\"\n"), 0o644); err != nil {
 		t.Fatal(err)
@@ -499,7 +501,7 @@ func TestScopedFallsBackOnUnknownRules(t *testing.T) {
 	if err := e.Attach(ctx, taps[5]); err != nil { // lists g0
 		t.Fatal(err)
 	}
-	if k.saves == 0 {
+	if k.saves.Load() == 0 {
 		t.Error("ifup with an unapplied group edit stayed on the scoped path")
 	}
 	if !strings.Contains(k.state(), "--dport 443") {
@@ -538,7 +540,7 @@ func TestScopedDetachDeletesAndReverts(t *testing.T) {
 	if err := e.Detach(ctx, tap); err != nil {
 		t.Fatal(err)
 	}
-	if k.saves != 0 {
+	if k.saves.Load() != 0 {
 		t.Fatal("the detach left the scoped path")
 	}
 	for _, text := range k.restores {

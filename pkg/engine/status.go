@@ -110,11 +110,22 @@ func (e *Engine) Status(ctx context.Context, tap string) (*Status, error) {
 	for _, n := range r.present(links) {
 		names[n.Tap] = true
 	}
+	isInstalled := map[string]bool{}
+	for _, t := range installed {
+		isInstalled[t] = true
+	}
+	want := wanted{tables: map[ruleset.Family]map[ruleset.Chain]*ruleset.ChainRules{}, rs: rs}
+	for _, f := range ruleset.Families {
+		want.tables[f] = rs.Tables[f].Index()
+	}
+	if rs.Bridge != nil {
+		want.bridge = rs.Bridge.Index()
+	}
 	for t := range names {
 		if tap != "" && t != tap {
 			continue
 		}
-		out.Taps = append(out.Taps, e.tapStatus(r, rs, st, t, slices.Contains(installed, t)))
+		out.Taps = append(out.Taps, e.tapStatus(r, want, st, t, isInstalled[t]))
 	}
 	sort.Slice(out.Taps, func(i, j int) bool { return out.Taps[i].Tap < out.Taps[j].Tap })
 	return out, nil
@@ -122,7 +133,15 @@ func (e *Engine) Status(ctx context.Context, tap string) (*Status, error) {
 
 func isBaseChain(c ruleset.Chain) bool { return strings.HasPrefix(string(c), "vmfw-") }
 
-func (e *Engine) tapStatus(src nicSource, rs *ruleset.Ruleset, st *kernelState, tap string, installed bool) TapStatus {
+// wanted is the desired ruleset with its chains indexed by name: status
+// looks up several chains per tap.
+type wanted struct {
+	rs     *ruleset.Ruleset
+	tables map[ruleset.Family]map[ruleset.Chain]*ruleset.ChainRules
+	bridge map[ruleset.Chain]*ruleset.ChainRules
+}
+
+func (e *Engine) tapStatus(src nicSource, w wanted, st *kernelState, tap string, installed bool) TapStatus {
 	ts := TapStatus{Tap: tap, State: StateInSync, Groups: []string{}}
 	if vmid, _, ok := config.ParseTapName(tap); ok {
 		ts.VMID = &vmid
@@ -150,9 +169,9 @@ func (e *Engine) tapStatus(src nicSource, rs *ruleset.Ruleset, st *kernelState, 
 		}
 	}
 	for _, f := range ruleset.Families {
-		want, have := rs.Tables[f], st.tables[f]
+		have := st.tables[f]
 		for _, name := range chains {
-			c := want.Chain(name)
+			c := w.tables[f][name]
 			got, present := have.Chains[name]
 			if c == nil {
 				if present {
@@ -176,9 +195,9 @@ func (e *Engine) tapStatus(src nicSource, rs *ruleset.Ruleset, st *kernelState, 
 	}
 	if e.Bridge != nil {
 		name := ruleset.L2Chain(tap)
-		want, got := rs.Bridge.Chain(name), st.bridge.Chains[name]
+		want, got := w.bridge[name], st.bridge.Chains[name]
 		_, present := st.bridge.Chains[name]
-		if (want == nil && present) || (want != nil && (!present || !slices.Equal(got, rs.Bridge.Fingerprints(want)))) {
+		if (want == nil && present) || (want != nil && (!present || !slices.Equal(got, w.rs.Bridge.Fingerprints(want)))) {
 			ts.Drifted = append(ts.Drifted, "bridge/"+string(name))
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -158,24 +159,8 @@ func readFilterRules(ctx context.Context, family uint8, chains []ruleset.Chain) 
 			req = putAttr(req, nftaRuleChain, []byte(string(chain)+"\x00"))
 			var rules []kernelRule
 			err := c.request(nftMsgGetRule, unix.NLM_F_DUMP, family, req, func(_ uint8, attrs []byte) {
-				var table, name string
-				var r kernelRule
-				forAttrs(attrs, func(typ uint16, val []byte) {
-					switch typ {
-					case nftaRuleTable:
-						table = cString(val)
-					case nftaRuleChain:
-						name = cString(val)
-					case nftaRuleExpressions:
-						parseExpressions(val, &r)
-					case nftaRuleUserdata:
-						if r.Hash == "" {
-							r.Hash = udataHash(val)
-						}
-					}
-				})
 				// Old kernels ignore the chain in a dump request.
-				if table == "filter" && name == string(chain) {
+				if table, name, r := parseRule(attrs); table == "filter" && name == chain {
 					rules = append(rules, r)
 				}
 			})
@@ -190,6 +175,26 @@ func readFilterRules(ctx context.Context, family uint8, chains []ruleset.Chain) 
 		return nil, fmt.Errorf("reading nf_tables rules: %w", err)
 	}
 	return out, nil
+}
+
+// parseRule returns the table and chain of one rule message and what vmfw
+// reads of the rule.
+func parseRule(attrs []byte) (table string, chain ruleset.Chain, r kernelRule) {
+	forAttrs(attrs, func(typ uint16, val []byte) {
+		switch typ {
+		case nftaRuleTable:
+			table = cString(val)
+		case nftaRuleChain:
+			chain = ruleset.Chain(cString(val))
+		case nftaRuleExpressions:
+			parseExpressions(val, &r)
+		case nftaRuleUserdata:
+			if r.Hash == "" {
+				r.Hash = udataHash(val)
+			}
+		}
+	})
+	return table, chain, r
 }
 
 // parseExpressions fills r from a rule's expression list.
@@ -480,6 +485,79 @@ func (c *Client) SaveChains(ctx context.Context, f ruleset.Family, names []rules
 		}
 	}
 	return s, nil
+}
+
+// SaveFingerprints reads vmfw's part of family f's filter table as Save
+// does, but over netlink: the chain names, then the rules chain by chain,
+// which the kernel answers from its own structures, where iptables-save translates
+// every rule of the table into text (seconds at thousands of taps). The
+// snapshot has no rule text (Lines); ChainLines reads it for the few
+// chains a change must be able to revert. On legacy it returns ErrNotNFT.
+func (c *Client) SaveFingerprints(ctx context.Context, f ruleset.Family) (*Snapshot, error) {
+	if c.mode != NFT {
+		return nil, ErrNotNFT
+	}
+	family := nfproto(f)
+	// Two dumps are two moments: read them again if the ruleset changed
+	// in between (vmfw holds its lock; someone else may not).
+	for try := 0; ; try++ {
+		gen, err := Generation(ctx)
+		if err != nil {
+			return nil, err
+		}
+		chains, err := listChains(ctx, family)
+		if err != nil {
+			return nil, fmt.Errorf("reading %s chains: %w", f, err)
+		}
+		declared := make([]ruleset.Chain, 0, len(chains))
+		for c := range chains {
+			declared = append(declared, c)
+		}
+		slices.Sort(declared)
+		// One dump per chain: a dump of the whole table costs the kernel
+		// time quadratic in its rules (each batch of the answer walks the
+		// table from the start to where the last one ended).
+		rules, err := readFilterRules(ctx, family, declared)
+		if err != nil {
+			return nil, fmt.Errorf("reading %s rules: %w", f, err)
+		}
+		if now, err := Generation(ctx); err != nil {
+			return nil, err
+		} else if now != gen && try < 4 {
+			continue
+		}
+		var saved []savedRule
+		for _, chain := range declared {
+			for _, r := range rules[chain] {
+				saved = append(saved, savedRule{chain: chain, packets: r.Packets, hash: r.Hash, target: r.Target})
+			}
+		}
+		return snapshotOf(declared, saved), nil
+	}
+}
+
+// ChainLines returns the rules of the named chains of family f as
+// iptables-save prints them (without counters), one "iptables -S" each.
+func (c *Client) ChainLines(ctx context.Context, f ruleset.Family, names []ruleset.Chain) (map[ruleset.Chain][]string, error) {
+	out := map[ruleset.Chain][]string{}
+	for _, name := range names {
+		text, err := c.runner.Run(ctx, nil, c.command(f, ""), "-w", xtablesWait, "-t", "filter", "-S", string(name))
+		if err != nil {
+			return nil, fmt.Errorf("reading %s chain %s: %w", f, name, err)
+		}
+		out[name] = []string{}
+		for _, line := range strings.Split(string(text), "\n") {
+			if !strings.HasPrefix(line, "-A ") {
+				continue
+			}
+			r, err := parseSavedRule(line)
+			if err != nil {
+				return nil, fmt.Errorf("reading %s chain %s: %w", f, name, err)
+			}
+			out[name] = append(out[name], r.line)
+		}
+	}
+	return out, nil
 }
 
 // BridgeHooks counts the jumps into to from the FORWARD and INPUT chains

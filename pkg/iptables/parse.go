@@ -42,7 +42,7 @@ func Parse(save []byte) (*Snapshot, error) {
 			name, _, _ := strings.Cut(line[1:], " ")
 			declared = append(declared, ruleset.Chain(name))
 		default:
-			r, err := parseRule(line)
+			r, err := parseSavedRule(line)
 			if err != nil {
 				return nil, fmt.Errorf("line %d: %w", lineNo, err)
 			}
@@ -52,7 +52,12 @@ func Parse(save []byte) (*Snapshot, error) {
 	if err := sc.Err(); err != nil {
 		return nil, err
 	}
+	return snapshotOf(declared, rules), nil
+}
 
+// snapshotOf picks vmfw's chains and hooks out of a table's declared chains
+// and rules.
+func snapshotOf(declared []ruleset.Chain, rules []savedRule) *Snapshot {
 	owned := map[ruleset.Chain]bool{}
 	for _, c := range declared {
 		if strings.HasPrefix(string(c), "vmfw-") && ruleset.IsOwnedName(string(c)) {
@@ -94,16 +99,18 @@ func Parse(save []byte) (*Snapshot, error) {
 			continue
 		}
 		s.Chains[r.chain] = append(s.Chains[r.chain], r.hash)
-		s.Lines[r.chain] = append(s.Lines[r.chain], r.line)
+		if r.line != "" {
+			s.Lines[r.chain] = append(s.Lines[r.chain], r.line)
+		}
 		s.Counters[r.chain] = append(s.Counters[r.chain], r.packets)
 		if r.hash == "" {
 			s.Foreign[r.chain]++
 		}
 	}
-	return s, nil
+	return s
 }
 
-func parseRule(line string) (savedRule, error) {
+func parseSavedRule(line string) (savedRule, error) {
 	var r savedRule
 	if strings.HasPrefix(line, "[") {
 		counters, rest, ok := strings.Cut(line[1:], "] ")

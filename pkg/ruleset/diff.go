@@ -90,9 +90,10 @@ func (p *Plan) Render() string {
 			b.WriteString(p.want.declare(c))
 		}
 	}
+	index := p.want.Index()
 	for _, list := range [][]Chain{p.Create, p.Rewrite} {
 		for _, name := range list {
-			c := p.want.Chain(name)
+			c := index[name]
 			for _, r := range c.Rules {
 				b.WriteString(p.want.line(c.Name, r) + "\n")
 			}

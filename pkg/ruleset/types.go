@@ -161,6 +161,16 @@ func (t *Table) Chain(name Chain) *ChainRules {
 	return nil
 }
 
+// Index maps the table's chains by name, for callers that look up many:
+// Chain walks the list.
+func (t *Table) Index() map[Chain]*ChainRules {
+	m := make(map[Chain]*ChainRules, len(t.Chains))
+	for _, c := range t.Chains {
+		m[c.Name] = c
+	}
+	return m
+}
+
 // Fingerprints returns what identifies the chain's rules when read back:
 // their hashes, or for ebtables their text.
 func (t *Table) Fingerprints(c *ChainRules) []string {
