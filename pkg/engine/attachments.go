@@ -391,19 +391,28 @@ func (e *Engine) DetachWhere(ctx context.Context, sel Selector) ([]string, error
 // Records returns the attachment records, sorted by interface name. It
 // reads them under the lock, so it never sees a half-done change.
 func (e *Engine) Records(ctx context.Context) ([]*state.Attachment, error) {
-	if e.State == nil {
-		return nil, nil
-	}
-	release, err := e.lock(ctx)
+	recs, release, err := e.lockedRecords(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer release()
-	recs, err := e.State.List()
-	if err != nil {
-		return nil, fmt.Errorf("reading attachment records: %w", err)
-	}
 	return state.Sorted(recs), nil
+}
+
+// lockedRecords takes the lock and reads the attachment records under it;
+// the caller must call release. Without a state directory there are none.
+func (e *Engine) lockedRecords(ctx context.Context) (recs map[string]*state.Attachment, release func(), err error) {
+	if e.State == nil {
+		return nil, func() {}, nil
+	}
+	if release, err = e.lock(ctx); err != nil {
+		return nil, nil, err
+	}
+	if recs, err = e.State.List(); err != nil {
+		release()
+		return nil, nil, fmt.Errorf("reading attachment records: %w", err)
+	}
+	return recs, release, nil
 }
 
 // DriftError lists what Check found missing or different; nothing was
@@ -541,18 +550,11 @@ func (e *Engine) prune(r *resolver, links map[string]bool) error {
 // packet's path, and the next apply, which sees no record for them,
 // removes them. It returns the interfaces whose records it deleted.
 func (e *Engine) ForgetWhere(ctx context.Context, sel func(a *state.Attachment) bool) ([]string, error) {
-	if e.State == nil {
-		return nil, nil
-	}
-	release, err := e.lock(ctx)
+	recs, release, err := e.lockedRecords(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer release()
-	recs, err := e.State.List()
-	if err != nil {
-		return nil, fmt.Errorf("reading attachment records: %w", err)
-	}
 	var forgotten []string
 	addrs := map[string]bool{}
 	for iface, a := range recs {
