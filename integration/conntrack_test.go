@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"strings"
 	"testing"
 
 	"github.com/vmfw/vmfw/integration/labnet"
@@ -144,9 +143,8 @@ func TestRemovedPermissionCutsFlows(t *testing.T) {
 // Deleting the conntrack entry is not enough there: the server's next
 // segment (a retransmission) is picked up mid-stream by conntrack as a new
 // outbound connection, which the server's out chain allows, and the
-// client's packets then pass as its replies. Only a ruleset that refuses
-// new TCP connections not starting with SYN keeps it cut; the test runs
-// once the compiled chains have that rule (see docs/limits.md).
+// client's packets then pass as its replies. The tap chains refuse new
+// TCP connections that do not start with SYN, which keeps it cut.
 func TestCutFlowStaysCutWhenTheServerMaySend(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, backend string) {
 		h := newHV(t, backend, "")
@@ -158,9 +156,6 @@ func TestCutFlowStaysCutWhenTheServerMaySend(t *testing.T) {
 			t.Fatal(err)
 		}
 		h.vmfw("ifup", "tap521i0")
-		if !strings.Contains(h.save(false), "--tcp-flags") {
-			t.Skip("the compiled chains accept new TCP connections without SYN, so a server VM's retransmission revives a cut connection (docs/limits.md)")
-		}
 		h.serve(b, "192.0.2.61", 80)
 		h.serve(b, "2001:db8::61", 80)
 		web4 := startStream(t, "ext->B http", ext, "192.0.2.61", 80)

@@ -172,6 +172,9 @@ func (it *interp) matches(tok []string, p *packet) (target, arg string, ok bool)
 			m = p.physOut != ""
 		case "--ctstate":
 			m = strings.Contains(next(), "NEW")
+		case "--syn":
+			// A flow's first TCP segment opens the connection.
+			m = true
 		case "--mark":
 			v, mask := parseMark(next())
 			m = p.mark&mask == v

@@ -125,7 +125,8 @@ func (b *builder) tapChains(f Family, n *config.NIC) []*ChainRules {
 	out.Rules = append(out.Rules,
 		Rule{Spec: "-m conntrack --ctstate INVALID -j DROP"},
 		Rule{Spec: "-m conntrack --ctstate RELATED,ESTABLISHED " + b.setMark()},
-		Rule{Spec: b.isMarked() + " -j RETURN"})
+		Rule{Spec: b.isMarked() + " -j RETURN"},
+		midStreamDrop)
 	switch {
 	case f == IPv6:
 		// NDP from the VM's own (or link-local) address.
@@ -150,6 +151,7 @@ func (b *builder) tapChains(f Family, n *config.NIC) []*ChainRules {
 		{Spec: b.clearMark()},
 		{Spec: "-m conntrack --ctstate INVALID -j DROP"},
 		{Spec: "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"},
+		midStreamDrop,
 	}}
 	if f == IPv6 {
 		for _, t := range []string{"router-solicitation", "router-advertisement", "neighbour-solicitation", "neighbour-advertisement"} {
@@ -167,6 +169,13 @@ func (b *builder) tapChains(f Family, n *config.NIC) []*ChainRules {
 	in.Rules = append(in.Rules, b.policy(f, n, config.In, n.VM.PolicyIn)...)
 	return append(chains, out, in)
 }
+
+// midStreamDrop refuses TCP segments that conntrack sees as a new
+// connection but that do not open one. The kernel picks up connections in
+// mid-stream (nf_conntrack_tcp_loose), so without it a connection whose
+// tracking entry vmfw deleted after an edit revived with the next
+// retransmission of whichever end may still open connections.
+var midStreamDrop = Rule{Spec: "-p tcp -m conntrack --ctstate NEW -m tcp ! --syn -j DROP", Comment: "new tcp without syn"}
 
 // antispoof returns the first rules of TAP-out: every packet must carry the
 // VM's MAC, DHCP-server and router-advertisement traffic is dropped, DHCP
