@@ -196,8 +196,9 @@ func TestGroupWithTenThousandMembers(t *testing.T) {
 			t.Errorf("sg-g-v6 has %d members, want %d", n, membersTotal)
 		}
 		v6 := h.save(true)
-		if n := strings.Count(v6, "\n:tap2"); n != 3*(membersTotal-1) {
-			t.Errorf("%d chains of the dummy members are installed, want %d", n, 3*(membersTotal-1))
+		// src, nd, out and in per member (anti-spoofing is on).
+		if n := strings.Count(v6, "\n:tap2"); n != 4*(membersTotal-1) {
+			t.Errorf("%d chains of the dummy members are installed, want %d", n, 4*(membersTotal-1))
 		}
 		h.serve(srv, "2001:db8::51", 22)
 		h.serve(srv, "192.0.2.51", 22)
