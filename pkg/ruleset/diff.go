@@ -85,11 +85,7 @@ func (p *Plan) Render() string {
 	}
 	var b strings.Builder
 	b.WriteString("*filter\n")
-	for _, list := range [][]Chain{p.Create, p.Rewrite, p.Delete} {
-		for _, c := range list {
-			b.WriteString(p.want.declare(c))
-		}
-	}
+	b.WriteString(p.want.declareAll(p.Create, p.Rewrite, p.Delete))
 	index := p.want.Index()
 	for _, list := range [][]Chain{p.Create, p.Rewrite} {
 		for _, name := range list {
@@ -121,11 +117,7 @@ func (p *Plan) Revert(have Observed) string {
 	}
 	var b strings.Builder
 	b.WriteString("*filter\n")
-	for _, list := range [][]Chain{p.Create, p.Rewrite, p.Delete} {
-		for _, c := range list {
-			b.WriteString(p.want.declare(c))
-		}
-	}
+	b.WriteString(p.want.declareAll(p.Create, p.Rewrite, p.Delete))
 	for _, list := range [][]Chain{p.Rewrite, p.Delete} {
 		for _, c := range list {
 			for _, l := range have.Lines[c] {

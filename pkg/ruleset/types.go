@@ -12,6 +12,7 @@ package ruleset
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"slices"
 	"strings"
 )
 
@@ -210,9 +211,11 @@ func (t *Table) deleteHook(h Hook) string {
 func (t *Table) Render() string {
 	var b strings.Builder
 	b.WriteString("*filter\n")
-	for _, c := range t.Chains {
-		b.WriteString(t.declare(c.Name))
+	names := make([]Chain, len(t.Chains))
+	for i, c := range t.Chains {
+		names[i] = c.Name
 	}
+	b.WriteString(t.declareAll(names))
 	for _, c := range t.Chains {
 		for _, r := range c.Rules {
 			b.WriteString(t.line(c.Name, r) + "\n")
@@ -222,6 +225,25 @@ func (t *Table) Render() string {
 		b.WriteString(t.insertHook(h))
 	}
 	b.WriteString("COMMIT\n")
+	return b.String()
+}
+
+// declareAll declares the chains of the lists, in descending name order:
+// iptables-nft-restore and ebtables-nft-restore insert every declared chain
+// into a list sorted by name, scanning from its head, so ascending names
+// cost a scan of all before each, growing with the square of the count,
+// and descending ones a single comparison (declaring 20,000 chains: 2.1 s
+// ascending, 0.6 s descending).
+func (t *Table) declareAll(lists ...[]Chain) string {
+	var names []Chain
+	for _, l := range lists {
+		names = append(names, l...)
+	}
+	slices.SortFunc(names, func(a, b Chain) int { return strings.Compare(string(b), string(a)) })
+	var b strings.Builder
+	for _, c := range names {
+		b.WriteString(t.declare(c))
+	}
 	return b.String()
 }
 
