@@ -98,7 +98,7 @@ func (e *Engine) changeScoped(ctx context.Context, m *config.Model, r nicSource,
 			chains[c] = true
 		}
 		saveChains = func(_ context.Context, f ruleset.Family, names []ruleset.Chain) (*iptables.Snapshot, error) {
-			return scopeOf(full[f], names), nil
+			return full[f].Only(names), nil
 		}
 	} else if err != nil {
 		return false, nil
@@ -180,24 +180,6 @@ func (e *Engine) changeScoped(ctx context.Context, m *config.Model, r nicSource,
 	start = time.Now()
 	defer trace.Since(start, "cut flows")
 	return true, e.cutFlows(m, after)
-}
-
-// scopeOf returns the part of a whole-table snapshot in names, and the
-// hooks, as SaveChains would read it.
-func scopeOf(full *iptables.Snapshot, names []ruleset.Chain) *iptables.Snapshot {
-	s := &iptables.Snapshot{
-		Observed: ruleset.Observed{Chains: map[ruleset.Chain][]string{}, Lines: map[ruleset.Chain][]string{}, Hooks: full.Hooks},
-		Counters: map[ruleset.Chain][]uint64{},
-		Foreign:  map[ruleset.Chain]int{},
-	}
-	for _, n := range names {
-		if hashes, ok := full.Chains[n]; ok {
-			s.Chains[n] = hashes
-			s.Counters[n] = full.Counters[n]
-			s.Foreign[n] = full.Foreign[n]
-		}
-	}
-	return s
 }
 
 // Removals without the kernel's validation.

@@ -143,15 +143,14 @@ type wanted struct {
 
 func (e *Engine) tapStatus(src nicSource, w wanted, st *kernelState, tap string, installed bool) TapStatus {
 	ts := TapStatus{Tap: tap, State: StateInSync, Groups: []string{}}
-	if vmid, _, ok := config.ParseTapName(tap); ok {
-		ts.VMID = &vmid
-	}
 	nic := src.NIC(tap)
 	if nic == nil {
+		if vmid, _, ok := config.ParseTapName(tap); ok {
+			ts.VMID = &vmid
+		}
 		ts.State = StateUnconfigured
 		return ts
 	}
-	ts.VMID = nil
 	if nic.VM.File != "" {
 		ts.VMID = &nic.VM.ID
 	}

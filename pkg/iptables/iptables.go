@@ -102,6 +102,34 @@ type Snapshot struct {
 	Foreign map[ruleset.Chain]int
 }
 
+func newSnapshot() *Snapshot {
+	return &Snapshot{
+		Observed: ruleset.Observed{
+			Chains: map[ruleset.Chain][]string{},
+			Lines:  map[ruleset.Chain][]string{},
+			Hooks:  map[ruleset.Hook]int{},
+		},
+		Counters: map[ruleset.Chain][]uint64{},
+		Foreign:  map[ruleset.Chain]int{},
+	}
+}
+
+// Only returns the part of s in the named chains, with all of s's hooks
+// and without rule text: what SaveChains reads of those chains, taken from
+// a whole table already read.
+func (s *Snapshot) Only(names []ruleset.Chain) *Snapshot {
+	part := newSnapshot()
+	part.Hooks = s.Hooks
+	for _, n := range names {
+		if hashes, ok := s.Chains[n]; ok {
+			part.Chains[n] = hashes
+			part.Counters[n] = s.Counters[n]
+			part.Foreign[n] = s.Foreign[n]
+		}
+	}
+	return part
+}
+
 // Save reads the filter table of family f and returns vmfw's part of it.
 func (c *Client) Save(ctx context.Context, f ruleset.Family) (*Snapshot, error) {
 	out, err := c.runner.Run(ctx, nil, c.command(f, "-save"), "-c", "-t", "filter")

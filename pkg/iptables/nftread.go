@@ -457,15 +457,7 @@ func (c *Client) SaveChains(ctx context.Context, f ruleset.Family, names []rules
 	if err != nil {
 		return nil, fmt.Errorf("reading %s chains: %w", f, err)
 	}
-	s := &Snapshot{
-		Observed: ruleset.Observed{
-			Chains: map[ruleset.Chain][]string{},
-			Lines:  map[ruleset.Chain][]string{},
-			Hooks:  map[ruleset.Hook]int{},
-		},
-		Counters: map[ruleset.Chain][]uint64{},
-		Foreign:  map[ruleset.Chain]int{},
-	}
+	s := newSnapshot()
 	for _, from := range []ruleset.Chain{ruleset.Forward, ruleset.Input} {
 		for _, r := range rules[from] {
 			if r.Hash != "" && strings.HasPrefix(string(r.Target), "vmfw-") && ruleset.IsOwnedName(string(r.Target)) {

@@ -76,15 +76,7 @@ func snapshotOf(declared []ruleset.Chain, rules []savedRule) *Snapshot {
 		}
 	}
 
-	s := &Snapshot{
-		Observed: ruleset.Observed{
-			Chains: map[ruleset.Chain][]string{},
-			Lines:  map[ruleset.Chain][]string{},
-			Hooks:  map[ruleset.Hook]int{},
-		},
-		Counters: map[ruleset.Chain][]uint64{},
-		Foreign:  map[ruleset.Chain]int{},
-	}
+	s := newSnapshot()
 	for _, c := range declared {
 		if owned[c] {
 			s.Chains[c] = []string{}
