@@ -14,7 +14,7 @@ import (
 // vmfwLine matches the lines of an iptables-save that belong to vmfw: its
 // chains (declarations and rules) and its hook rules, for the taps of
 // these tests.
-var vmfwLine = regexp.MustCompile(`^(:|-A )(vmfw-|sg-|tap2[0-9]{2}i0-)|vmfw:|-j vmfw-l2$`)
+var vmfwLine = regexp.MustCompile(`^(:|-A )(vmfw-|sg-|tap2[0-9]{2}i0-)|vmfw:|-j vmfw-l2(out)?$`)
 
 // foreign returns the lines of a save that are not vmfw's.
 func foreign(save string) string {
@@ -27,9 +27,10 @@ func foreign(save string) string {
 	return strings.Join(keep, "\n")
 }
 
-// TestCoexistence: chains, rules and ipsets that exist before vmfw runs are
-// byte-identical after ifup, ifdown, apply and flush, and flush leaves no
-// vmfw object behind.
+// TestCoexistence: chains, rules (filter FORWARD, INPUT and OUTPUT, and
+// the nat table's port forwards and masquerading) and ipsets that exist
+// before vmfw runs are byte-identical after ifup, ifdown, apply and flush,
+// and flush leaves no vmfw object behind.
 func TestCoexistence(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, backend string) {
 		h := newHV(t, backend, "")
@@ -51,8 +52,16 @@ func TestCoexistence(t *testing.T) {
 			h.exec(ipt, "-A", "FORWARD", "-j", "DOCKER-USER")
 			h.exec(ipt, "-A", "FORWARD", "-i", "eth9", "-m", "comment", "--comment", "host rule", "-j", "ACCEPT")
 			h.exec(ipt, "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "web-in")
+			h.exec(ipt, "-A", "OUTPUT", "-p", "udp", "--dport", "53", "-j", "ACCEPT")
 			h.exec(ipt, "-P", "FORWARD", "DROP")
 		}
+		// A libvirt-style NAT network: a port forward into a VM and
+		// masquerading of the VMs' egress.
+		h.exec(h.tool("iptables"), "-t", "nat", "-A", "PREROUTING", "-d", "203.0.113.1", "-p", "tcp", "--dport", "2222", "-j", "DNAT", "--to-destination", "192.0.2.71:22")
+		h.exec(h.tool("iptables"), "-t", "nat", "-A", "POSTROUTING", "-s", "192.0.2.0/24", "!", "-d", "192.0.2.0/24", "-j", "MASQUERADE")
+		h.exec(h.tool("ip6tables"), "-t", "nat", "-A", "PREROUTING", "-d", "2001:db8:203::1", "-p", "tcp", "--dport", "2222", "-j", "DNAT", "--to-destination", "[2001:db8::71]:22")
+		natSave := func() string { return h.tableSave(false, "nat") + h.tableSave(true, "nat") }
+		origNAT := natSave()
 		h.exec(h.tool("iptables"), "-A", "INPUT", "-m", "set", "--match-set", "blocklist", "src", "-j", "DROP")
 		h.exec("ebtables-nft", "-N", "host-l2")
 		h.exec("ebtables-nft", "-A", "host-l2", "-p", "IPX", "-j", "DROP")
@@ -69,6 +78,9 @@ func TestCoexistence(t *testing.T) {
 			}
 			if got := foreign(h.bridgeSave()); got != foreign(origBridge) {
 				t.Errorf("after %s: foreign ebtables rules changed:\nbefore:\n%s\nafter:\n%s", step, foreign(origBridge), got)
+			}
+			if got := natSave(); got != origNAT {
+				t.Errorf("after %s: nat rules changed:\nbefore:\n%s\nafter:\n%s", step, origNAT, got)
 			}
 			if !strings.Contains(h.ipsets(), "add blocklist 203.0.113.0/24") {
 				t.Errorf("after %s: foreign ipset changed:\n%s", step, h.ipsets())

@@ -164,11 +164,17 @@ func (h *hv) tool(name string) string {
 // without comments and counters, so equal rulesets compare equal.
 func (h *hv) save(v6 bool) string {
 	h.t.Helper()
+	return h.tableSave(v6, "filter")
+}
+
+// tableSave is save for any table.
+func (h *hv) tableSave(v6 bool, table string) string {
+	h.t.Helper()
 	cmd := "iptables"
 	if v6 {
 		cmd = "ip6tables"
 	}
-	out := h.exec(h.tool(cmd+"-save"), "-t", "filter")
+	out := h.exec(h.tool(cmd+"-save"), "-t", table)
 	var keep []string
 	for _, l := range strings.Split(out, "\n") {
 		if strings.HasPrefix(l, "#") || l == "" {

@@ -356,17 +356,31 @@ func (e *envExec) FindInPath(plugin string, paths []string) (string, error) {
 // both families: its jump from vmfw's dispatch chain, then the chain.
 func (h *host) deleteChain(backend, chain string) {
 	h.t.Helper()
-	dispatch := "vmfw-in"
-	if strings.HasSuffix(chain, "-out") {
-		dispatch = "vmfw-out"
-	}
 	for _, tool := range []string{"iptables-" + backend, "ip6tables-" + backend} {
-		rules := strings.Split(h.exec(tool, "-t", "filter", "-S", dispatch), "\n")
-		n := slices.IndexFunc(rules, func(r string) bool { return strings.HasSuffix(r, "-g "+chain) })
-		if n < 1 {
-			h.t.Fatalf("no jump to %s in %s:\n%s", chain, dispatch, strings.Join(rules, "\n"))
+		// Every jump to the chain goes first: the bridge-port dispatch
+		// and the address trees (docs/routing.md) both reach an in chain.
+		type ref struct {
+			from string
+			pos  int
 		}
-		h.exec(tool, "-t", "filter", "-D", dispatch, strconv.Itoa(n))
+		var refs []ref
+		count := map[string]int{}
+		for _, r := range strings.Split(h.exec(tool, "-t", "filter", "-S"), "\n") {
+			f := strings.Fields(r)
+			if len(f) < 2 || f[0] != "-A" {
+				continue
+			}
+			count[f[1]]++
+			if i := slices.IndexFunc(f, func(w string) bool { return w == "-g" || w == "-j" }); i >= 0 && i+1 < len(f) && f[i+1] == chain {
+				refs = append(refs, ref{f[1], count[f[1]]})
+			}
+		}
+		if len(refs) == 0 {
+			h.t.Fatalf("no jump to %s", chain)
+		}
+		for i := len(refs) - 1; i >= 0; i-- { // later positions first
+			h.exec(tool, "-t", "filter", "-D", refs[i].from, strconv.Itoa(refs[i].pos))
+		}
 		h.exec(tool, "-t", "filter", "-F", chain)
 		h.exec(tool, "-t", "filter", "-X", chain)
 	}

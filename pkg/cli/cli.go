@@ -10,14 +10,17 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/engine"
 	"github.com/vmfw/vmfw/pkg/iptables"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 	"github.com/vmfw/vmfw/pkg/state"
 	"github.com/vmfw/vmfw/pkg/system"
 )
@@ -172,6 +175,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 			nics += len(vm.NICs)
 		}
 		fmt.Fprintf(stdout, "%s: ok (%d groups, %d VMs, %d interfaces)\n", *configDir, len(m.Groups), len(m.VMs), nics)
+		printUnattributed(stdout, m)
 		return nil
 	case "status":
 		return status(ctx, newEngine, rest, stdout)
@@ -192,6 +196,21 @@ func parseNoArgs(fs *flag.FlagSet, args []string) error {
 		return &usageError{fmt.Sprintf("%s: unexpected argument %q", fs.Name(), fs.Arg(0))}
 	}
 	return nil
+}
+
+// printUnattributed names every interface whose routed, NATed and
+// hypervisor-sent traffic cannot be attributed to it by address, and says
+// what is and is not filtered for it (docs/routing.md). These are notices:
+// the configuration is valid.
+func printUnattributed(w io.Writer, m *config.Model) {
+	ids := slices.Sorted(maps.Keys(m.VMs))
+	for _, id := range ids {
+		for _, n := range m.VMs[id].NICs {
+			if a := ruleset.Attribute(n); a != ruleset.Filtered {
+				fmt.Fprintf(w, "notice: %s (%s:%d): routed traffic %s: %s\n", n.Tap, n.VM.File, n.Line, a, a.Explain())
+			}
+		}
+	}
 }
 
 func status(ctx context.Context, newEngine func() (*engine.Engine, error), args []string, stdout io.Writer) error {
@@ -237,7 +256,7 @@ func status(ctx context.Context, newEngine func() (*engine.Engine, error), args 
 	}
 	fmt.Fprintln(stdout)
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "TAP\tVM\tGROUPS\tIN\tOUT\tSTATE\tDROPPED IN\tDROPPED OUT")
+	fmt.Fprintln(tw, "TAP\tVM\tGROUPS\tIN\tOUT\tROUTED\tSTATE\tDROPPED IN\tDROPPED OUT")
 	for _, t := range st.Taps {
 		vm := "-"
 		if t.VMID != nil {
@@ -258,7 +277,11 @@ func status(ctx context.Context, newEngine func() (*engine.Engine, error), args 
 		if !t.Enabled && t.State != engine.StateUnconfigured {
 			pin, pout = "disabled", "disabled"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\n", t.Tap, vm, groups, pin, pout, state, t.DroppedIn, t.DroppedOut)
+		routed := t.Routed
+		if routed == "" {
+			routed = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\n", t.Tap, vm, groups, pin, pout, routed, state, t.DroppedIn, t.DroppedOut)
 	}
 	return tw.Flush()
 }

@@ -12,6 +12,7 @@ import (
 	"context"
 	"fmt"
 	"os/exec"
+	"slices"
 	"strings"
 
 	"github.com/vmfw/vmfw/pkg/iptables"
@@ -81,8 +82,8 @@ func (c *Client) Restore(ctx context.Context, text string) error {
 }
 
 // Parse extracts vmfw's chains and hooks from ebtables-save output: the
-// dispatch chain vmfw-l2, every chain it reaches by jumps, and the jumps
-// into it.
+// root chains (vmfw-l2, vmfw-l2out), every chain they reach by jumps, and
+// the jumps into them.
 // Fingerprints are the rules' text after "-A CHAIN ".
 func Parse(save []byte) ruleset.Observed {
 	type rule struct {
@@ -112,7 +113,7 @@ func Parse(save []byte) ruleset.Observed {
 	}
 	owned := map[ruleset.Chain]bool{}
 	for _, c := range declared {
-		if c == ruleset.ChainL2 {
+		if slices.Contains(ruleset.BridgeRoots, c) {
 			owned[c] = true
 		}
 	}
@@ -141,8 +142,8 @@ func Parse(save []byte) ruleset.Observed {
 		}
 	}
 	for _, r := range rules {
-		if (r.chain == ruleset.Forward || r.chain == ruleset.Input) && r.spec == "-j "+string(ruleset.ChainL2) {
-			o.Hooks[ruleset.Hook{From: r.chain, To: ruleset.ChainL2}]++
+		if to, ok := strings.CutPrefix(r.spec, "-j "); ok && ruleset.IsBuiltin(r.chain) && slices.Contains(ruleset.BridgeRoots, ruleset.Chain(to)) {
+			o.Hooks[ruleset.Hook{From: r.chain, To: ruleset.Chain(to)}]++
 			continue
 		}
 		if owned[r.chain] {

@@ -22,11 +22,12 @@ func (c *Client) ChainsExist(ctx context.Context, names []ruleset.Chain) (map[ru
 	return iptables.BridgeChainsExist(ctx, names)
 }
 
-// Hooks counts the jumps into vmfw-l2 from FORWARD and INPUT; with
-// ebtables-legacy it returns iptables.ErrNotNFT.
+// Hooks counts the jumps into vmfw's root chains (ruleset.BridgeRoots)
+// from the built-in chains; with ebtables-legacy it returns
+// iptables.ErrNotNFT.
 func (c *Client) Hooks(ctx context.Context) (map[ruleset.Hook]int, error) {
 	if c.tool != "ebtables-nft" {
 		return nil, iptables.ErrNotNFT
 	}
-	return iptables.BridgeHooks(ctx, ruleset.ChainL2)
+	return iptables.BridgeHooks(ctx, ruleset.BridgeRoots)
 }

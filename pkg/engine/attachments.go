@@ -465,6 +465,7 @@ func (e *Engine) Check(ctx context.Context, iface string) (*state.Attachment, er
 	if nic.VM.Enable {
 		for _, g := range nic.Groups {
 			mine[ruleset.GroupChain(g, "in")] = true
+			mine[ruleset.GroupChain(g, "lin")] = true
 			mine[ruleset.GroupChain(g, "out")] = true
 		}
 	}

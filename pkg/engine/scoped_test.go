@@ -31,7 +31,7 @@ type simTable struct {
 }
 
 func newSimTable(bridge bool) *simTable {
-	return &simTable{bridge: bridge, chains: map[ruleset.Chain][]string{ruleset.Forward: nil, ruleset.Input: nil}}
+	return &simTable{bridge: bridge, chains: map[ruleset.Chain][]string{ruleset.Forward: nil, ruleset.Input: nil, ruleset.Output: nil}}
 }
 
 func (t *simTable) clone() *simTable {
@@ -42,7 +42,7 @@ func (t *simTable) clone() *simTable {
 	return c
 }
 
-func (t *simTable) builtin(c ruleset.Chain) bool { return c == ruleset.Forward || c == ruleset.Input }
+func (t *simTable) builtin(c ruleset.Chain) bool { return ruleset.IsBuiltin(c) }
 
 // save renders the table as iptables-save or ebtables-save would.
 func (t *simTable) save() string {

@@ -39,6 +39,12 @@ type TapStatus struct {
 	// tap's own rules (policy and anti-spoofing), both families.
 	DroppedIn  uint64 `json:"dropped_in"`
 	DroppedOut uint64 `json:"dropped_out"`
+	// Routed says how traffic the hypervisor routes, NATs or sends to the
+	// tap is filtered: filtered, listed-only, dropped or unfiltered
+	// (docs/routing.md); RoutedNote says it in a sentence. Empty for an
+	// unconfigured tap.
+	Routed     string `json:"routed,omitempty"`
+	RoutedNote string `json:"routed_note,omitempty"`
 }
 
 // Status is what Status reports.
@@ -91,7 +97,7 @@ func (e *Engine) Status(ctx context.Context, tap string) (*Status, error) {
 	if e.Bridge != nil {
 		plan := ruleset.Diff(rs.Bridge, st.bridge)
 		for _, c := range append(append(append([]ruleset.Chain{}, plan.Create...), plan.Rewrite...), plan.Delete...) {
-			if c == ruleset.ChainL2 {
+			if isBaseChain(c) {
 				out.BaseDrifted = append(out.BaseDrifted, "bridge/"+string(c))
 			}
 		}
@@ -157,6 +163,8 @@ func (e *Engine) tapStatus(src nicSource, w wanted, st *kernelState, tap string,
 	ts.VMName, ts.Enabled = nic.VM.Name, nic.VM.Enable
 	ts.Groups = append(ts.Groups, nic.Groups...)
 	ts.PolicyIn, ts.PolicyOut = string(nic.VM.PolicyIn), string(nic.VM.PolicyOut)
+	attr := ruleset.Attribute(nic)
+	ts.Routed, ts.RoutedNote = string(attr), attr.Explain()
 	if !installed {
 		ts.State = StateNotInstalled
 		return ts
@@ -164,7 +172,7 @@ func (e *Engine) tapStatus(src nicSource, w wanted, st *kernelState, tap string,
 	chains := ruleset.TapChains(tap)
 	if nic.VM.Enable {
 		for _, g := range nic.Groups {
-			chains = append(chains, ruleset.GroupChain(g, "in"), ruleset.GroupChain(g, "out"))
+			chains = append(chains, ruleset.GroupChain(g, "in"), ruleset.GroupChain(g, "lin"), ruleset.GroupChain(g, "out"))
 		}
 	}
 	for _, f := range ruleset.Families {

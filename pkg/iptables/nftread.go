@@ -434,7 +434,7 @@ func (c *nlConn) request(msg, flags uint16, family uint8, attrs []byte, fn func(
 func nlmsgAlign(n int) int { return (n + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALIGNTO - 1) }
 
 // SaveChains reads vmfw's part of the named chains of family f's filter
-// table, and the hooks in FORWARD and INPUT, without reading the rest of
+// table, and the hooks in the built-in chains, without reading the rest of
 // the table. The snapshot has fingerprints and counters but no rule text
 // (Lines): a caller that may have to revert rebuilds it. Chains that do
 // not exist are absent from the snapshot. On legacy it returns ErrNotNFT.
@@ -449,16 +449,16 @@ func (c *Client) SaveChains(ctx context.Context, f ruleset.Family, names []rules
 	}
 	var read []ruleset.Chain
 	for _, n := range names {
-		if exist[n] && n != ruleset.Forward && n != ruleset.Input {
+		if exist[n] && !ruleset.IsBuiltin(n) {
 			read = append(read, n)
 		}
 	}
-	rules, err := readFilterRules(ctx, family, append(read, ruleset.Forward, ruleset.Input))
+	rules, err := readFilterRules(ctx, family, append(read, ruleset.BuiltinChains...))
 	if err != nil {
 		return nil, fmt.Errorf("reading %s chains: %w", f, err)
 	}
 	s := newSnapshot()
-	for _, from := range []ruleset.Chain{ruleset.Forward, ruleset.Input} {
+	for _, from := range ruleset.BuiltinChains {
 		for _, r := range rules[from] {
 			if r.Hash != "" && strings.HasPrefix(string(r.Target), "vmfw-") && ruleset.IsOwnedName(string(r.Target)) {
 				s.Hooks[ruleset.Hook{From: from, To: r.Target}]++
@@ -552,18 +552,18 @@ func (c *Client) ChainLines(ctx context.Context, f ruleset.Family, names []rules
 	return out, nil
 }
 
-// BridgeHooks counts the jumps into to from the FORWARD and INPUT chains
+// BridgeHooks counts the jumps into the chains to from the built-in chains
 // of the bridge filter table (ebtables-nft): rules that do nothing but jump.
-func BridgeHooks(ctx context.Context, to ruleset.Chain) (map[ruleset.Hook]int, error) {
-	rules, err := readFilterRules(ctx, nfprotoBridge, []ruleset.Chain{ruleset.Forward, ruleset.Input})
+func BridgeHooks(ctx context.Context, to []ruleset.Chain) (map[ruleset.Hook]int, error) {
+	rules, err := readFilterRules(ctx, nfprotoBridge, ruleset.BuiltinChains)
 	if err != nil {
 		return nil, fmt.Errorf("reading bridge hooks: %w", err)
 	}
 	hooks := map[ruleset.Hook]int{}
-	for _, from := range []ruleset.Chain{ruleset.Forward, ruleset.Input} {
+	for _, from := range ruleset.BuiltinChains {
 		for _, r := range rules[from] {
-			if r.Target == to && r.Matches == 0 {
-				hooks[ruleset.Hook{From: from, To: to}]++
+			if slices.Contains(to, r.Target) && r.Matches == 0 {
+				hooks[ruleset.Hook{From: from, To: r.Target}]++
 			}
 		}
 	}

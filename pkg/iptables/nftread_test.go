@@ -153,7 +153,7 @@ COMMIT
 		if !exist["vmfw-l2"] || !exist["tap1i0-l2"] || exist["tap2i0-l2"] {
 			t.Errorf("bridge chains found = %v", exist)
 		}
-		hooks, err := BridgeHooks(ctx, ruleset.ChainL2)
+		hooks, err := BridgeHooks(ctx, ruleset.BridgeRoots)
 		if err != nil {
 			return err
 		}

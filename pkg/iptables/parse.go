@@ -83,7 +83,7 @@ func snapshotOf(declared []ruleset.Chain, rules []savedRule) *Snapshot {
 		}
 	}
 	for _, r := range rules {
-		if (r.chain == ruleset.Forward || r.chain == ruleset.Input) && r.hash != "" && owned[r.target] {
+		if ruleset.IsBuiltin(r.chain) && r.hash != "" && owned[r.target] {
 			s.Hooks[ruleset.Hook{From: r.chain, To: r.target}]++
 			continue
 		}

@@ -154,18 +154,20 @@ func New(m *config.Model, attached []*config.NIC, local func(netip.Addr) bool) *
 
 // Check decides a flow: the sender's out chain when the source is an
 // attached interface's address, then the receiver's in chain when the
-// destination is. The hypervisor's own traffic passes no vmfw chain, and
-// traffic to it only the sender's out chain (the host's INPUT rules, not
-// vmfw, decide the rest), as in the compiled ruleset.
+// destination is, whether the flow is bridged, routed or NATed (the
+// compiled ruleset attributes routed packets by destination address, see
+// docs/routing.md). The hypervisor's own traffic to a VM passes only the
+// receiver's in chain, and traffic to the hypervisor only the sender's
+// out chain (the host's INPUT rules, not vmfw, decide the rest).
 func (e *Evaluator) Check(f Flow) Verdict {
 	f.Src, f.Dst = f.Src.Unmap(), f.Dst.Unmap()
-	if e.local(f.Src) {
-		return Allow
-	}
 	if e.shared[f.Src] || e.shared[f.Dst] {
 		return Unknown
 	}
 	sender, receiver := e.nics[f.Src], e.nics[f.Dst]
+	if e.local(f.Src) {
+		sender = nil
+	}
 	if e.local(f.Dst) {
 		receiver = nil
 	}

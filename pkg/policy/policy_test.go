@@ -96,7 +96,7 @@ func TestFeatures(t *testing.T) {
 			{"dhcp client traffic passes", udp("192.0.2.11", "192.0.2.254", 68, 67), Allow},
 			{"a dhcp server in the VM is dropped by anti-spoofing", udp("192.0.2.11", "192.0.2.254", 67, 68), Deny},
 			{"sctp out: no rule can match, policy drops", portsUnknown(sctp("192.0.2.11", "198.51.100.7", 0, 0)), Deny},
-			{"the hypervisor's own traffic passes no vmfw chain", tcp("192.0.2.1", "192.0.2.11", 40000, 80), Allow},
+			{"the hypervisor's own traffic meets the receiver's in rules", tcp("192.0.2.1", "192.0.2.11", 40000, 80), Deny},
 			{"traffic to the hypervisor passes the out chain only", tcp("192.0.2.11", "192.0.2.1", 40000, 443), Allow},
 			{"traffic to the hypervisor still meets policy_out", tcp("192.0.2.11", "192.0.2.1", 40000, 80), Deny},
 			{"flows between other hosts are not vmfw's", tcp("198.51.100.7", "198.51.100.8", 40000, 80), Allow},
@@ -163,7 +163,8 @@ func TestReference(t *testing.T) {
 		{"v6 vm4 to vm2 by MAC", icmp("2001:db8::104", "2001:db8::102"), Allow},
 		{"v6 from outside to vm1 ssh", tcp("2001:db8::200", "2001:db8::101", 40000, 22), Allow},
 		{"v6 from outside to vm1 http", tcp("2001:db8::200", "2001:db8::101", 40000, 80), Deny},
-		{"the hypervisor to VM 110", tcp("192.0.2.1", "192.0.2.110", 40000, 23), Allow},
+		{"the hypervisor to VM 110 meets its in rules", tcp("192.0.2.1", "192.0.2.110", 40000, 23), Deny},
+		{"the hypervisor to VM 110's http", tcp("192.0.2.1", "192.0.2.110", 40000, 80), Allow},
 	})
 }
 

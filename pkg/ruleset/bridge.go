@@ -1,10 +1,24 @@
 package ruleset
 
-import "github.com/vmfw/vmfw/pkg/config"
+import (
+	"slices"
+	"strings"
+
+	"github.com/vmfw/vmfw/pkg/config"
+)
 
 // ChainL2 dispatches frames from bridge ports to their tap's L2 chain in
 // the ebtables filter table.
 const ChainL2 Chain = "vmfw-l2"
+
+// ChainL2Out is entered from the ebtables OUTPUT hook, which frames the
+// hypervisor sends onto bridge ports pass (routed, NATed or its own): it
+// drops IP frames to managed ports that no in chain accepted (route.go).
+const ChainL2Out Chain = "vmfw-l2out"
+
+// BridgeRoots are the chains the ebtables hooks enter; every other chain
+// of vmfw's in the bridge table is reached from them.
+var BridgeRoots = []Chain{ChainL2, ChainL2Out}
 
 // L2Chain returns the ebtables chain of tap.
 func L2Chain(tap string) Chain { return Chain(tap + "-l2") }
@@ -47,6 +61,57 @@ func (b *builder) bridgeTable(nics []*config.NIC) *Table {
 		t.Chains = append(t.Chains, c)
 	}
 	t.Chains = append(t.Chains, l2Dispatch(names)...)
-	t.Hooks = []Hook{{From: Forward, To: ChainL2}, {From: Input, To: ChainL2}}
+	t.Chains = append(t.Chains, b.l2Out(nics))
+	t.Hooks = []Hook{{From: Forward, To: ChainL2}, {From: Input, To: ChainL2}, {From: Output, To: ChainL2Out}}
 	return t
+}
+
+// l2Out builds vmfw-l2out. An IPv4 or IPv6 frame the hypervisor sends to a
+// managed port (one matching a managed pattern, or an attached interface)
+// must carry the mark bit, which only an in chain sets (route.go): the
+// packet was attributed to a VM by its destination address and that VM's
+// in rules accepted it. What cannot be attributed — an address of a VM
+// without anti-spoofing that it did not list, any unicast to a VM without
+// addresses — is dropped rather than passed unfiltered. Broadcast and
+// multicast frames, DHCP server replies and neighbour discovery to
+// link-local addresses carry no mark and must still reach VMs; a disabled
+// VM's port passes everything.
+//
+// Rules are written as ebtables-save prints them (ebtables has no comment
+// to fingerprint; see Table.Bridge).
+func (b *builder) l2Out(nics []*config.NIC) *ChainRules {
+	c := &ChainRules{Name: ChainL2Out, Rules: []Rule{
+		{Spec: "-d Multicast -j RETURN"},
+		{Spec: "--mark " + b.mark + "/" + b.mark + " -j RETURN"},
+		{Spec: "-p IPv4 --ip-proto udp --ip-sport 67 --ip-dport 68 -j RETURN"},
+		{Spec: "-p IPv6 --ip6-dst fe80::/10 --ip6-proto ipv6-icmp --ip6-icmp-type 133:137/0:255 -j RETURN"},
+		{Spec: "-p IPv6 --ip6-proto udp --ip6-sport 547 --ip6-dport 546 -j RETURN"},
+	}}
+	sorted := slices.SortedFunc(slices.Values(nics), func(a, b *config.NIC) int { return strings.Compare(a.Tap, b.Tap) })
+	var unmanaged []string
+	for _, n := range sorted {
+		switch {
+		case !n.VM.Enable:
+			c.Rules = append(c.Rules, Rule{Spec: "-o " + n.Tap + " -j RETURN"})
+		case !matchesAny(b.model.Host.Managed, n.Tap):
+			unmanaged = append(unmanaged, n.Tap)
+		}
+	}
+	for _, port := range append(slices.Clone(b.model.Host.Managed), unmanaged...) {
+		c.Rules = append(c.Rules,
+			Rule{Spec: "-p IPv4 -o " + port + " -j DROP"},
+			Rule{Spec: "-p IPv6 -o " + port + " -j DROP"})
+	}
+	return c
+}
+
+// matchesAny reports whether name matches one of the interface patterns
+// (a trailing "+" is a wildcard, as in iptables and ebtables).
+func matchesAny(patterns []string, name string) bool {
+	for _, p := range patterns {
+		if stem, wild := strings.CutSuffix(p, "+"); wild && strings.HasPrefix(name, stem) || p == name {
+			return true
+		}
+	}
+	return false
 }

@@ -72,21 +72,28 @@ func (b *builder) table(f Family, nics []*config.NIC) *Table {
 		t.Chains = append(t.Chains,
 			b.groupChain(f, b.model.Groups[g], config.In),
 			b.groupChain(f, b.model.Groups[g], config.Out))
+		if b.macGroup(g) {
+			t.Chains = append(t.Chains, b.localGroupChain(f, b.model.Groups[g]))
+		}
 	}
 	for _, n := range nics {
 		t.Chains = append(t.Chains, b.tapChains(f, n)...)
 	}
 	t.Chains = append(t.Chains, b.dispatch(nics)...)
+	t.Chains = append(t.Chains, b.routes(f, nics)...)
 	t.Chains = append(t.Chains, b.entryChains()...)
-	t.Hooks = []Hook{{From: Forward, To: ChainForward}, {From: Input, To: ChainInput}}
+	t.Hooks = []Hook{{From: Forward, To: ChainForward}, {From: Input, To: ChainInput}, {From: Output, To: ChainOutput}}
 	return t
 }
 
 // entryChains are the chains the hooks enter. A packet from a bridge port
 // first passes the sending tap's out chain, which sets the mark bit when it
-// allows the packet; then, when bridged to a tap, that tap's in chain decides.
-// A packet allowed out of a tap towards a port vmfw does not manage is
-// accepted here, so VMs work when FORWARD's policy is DROP.
+// allows the packet; then, when bridged to a tap, that tap's in chain
+// decides, and when routed, the in chain of the VM owning the destination
+// address (vmfw-route, route.go). A packet allowed out of a tap towards a
+// port or address vmfw does not manage is accepted here, so VMs work when
+// FORWARD's policy is DROP. Packets the hypervisor sends meet the in chain
+// of the VM owning their destination (vmfw-local).
 func (b *builder) entryChains() []*ChainRules {
 	fromPort := "-m physdev --physdev-is-in"
 	return []*ChainRules{
@@ -94,11 +101,15 @@ func (b *builder) entryChains() []*ChainRules {
 		{Name: ChainForward, Rules: []Rule{
 			{Spec: fromPort + " -j " + string(ChainOut)},
 			{Spec: "-m physdev --physdev-is-out --physdev-is-bridged -j " + string(ChainIn)},
+			{Spec: "-m physdev ! --physdev-is-bridged -j " + string(ChainRoute)},
 			{Spec: fromPort + " " + b.isMarked() + " -j " + string(ChainAccept)},
 		}},
 		{Name: ChainInput, Rules: []Rule{
 			{Spec: fromPort + " -j " + string(ChainOut)},
 			{Spec: fromPort + " " + b.isMarked() + " " + b.clearMark()},
+		}},
+		{Name: ChainOutput, Rules: []Rule{
+			{Spec: "-j " + string(ChainLocal)},
 		}},
 	}
 }
@@ -109,7 +120,7 @@ func (b *builder) tapChains(f Family, n *config.NIC) []*ChainRules {
 	if !n.VM.Enable {
 		return []*ChainRules{
 			{Name: outName, Rules: []Rule{{Spec: b.setMark(), Comment: "vm disabled"}}},
-			{Name: inName, Rules: []Rule{{Spec: b.clearMark()}, {Spec: "-j ACCEPT", Comment: "vm disabled"}}},
+			{Name: inName, Rules: []Rule{{Spec: b.setMark()}, {Spec: "-j ACCEPT", Comment: "vm disabled"}}},
 		}
 	}
 	var chains []*ChainRules
@@ -146,9 +157,26 @@ func (b *builder) tapChains(f Family, n *config.NIC) []*ChainRules {
 			Rule{Spec: b.isMarked() + " -j RETURN"})
 	}
 	out.Rules = append(out.Rules, b.policy(f, n, config.Out, n.VM.PolicyOut)...)
+	chains = append(chains, out)
+	if b.localIn(n) {
+		chains = append(chains, b.inChain(f, n, true))
+	}
+	return append(chains, b.inChain(f, n, false))
+}
 
-	in := &ChainRules{Name: inName, Rules: []Rule{
-		{Spec: b.clearMark()},
+// inChain builds TAP-in, or with local TAP-lin: the same rules jumping to
+// the groups' sg-NAME-lin where a group has one (route.go). Its first rule
+// sets the mark bit whatever came before: the sender's verdict, which the
+// bit carried this far, has been read, and from here on the bit says that
+// an in chain saw the packet, which vmfw-l2out requires of every packet
+// the hypervisor routes or sends to a VM (docs/routing.md).
+func (b *builder) inChain(f Family, n *config.NIC, local bool) *ChainRules {
+	name := TapChain(n.Tap, "in")
+	if local {
+		name = TapChain(n.Tap, "lin")
+	}
+	in := &ChainRules{Name: name, Rules: []Rule{
+		{Spec: b.setMark()},
 		{Spec: "-m conntrack --ctstate INVALID -j DROP"},
 		{Spec: "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"},
 		midStreamDrop,
@@ -164,10 +192,14 @@ func (b *builder) tapChains(f Family, n *config.NIC) []*ChainRules {
 		in.Rules = append(in.Rules, Rule{Spec: "-p udp --sport 67 --dport 68 -j ACCEPT", Comment: "dhcp reply"})
 	}
 	for _, g := range n.Groups {
-		in.Rules = append(in.Rules, Rule{Spec: "-j " + string(GroupChain(g, "in"))})
+		dir := "in"
+		if local && b.macGroup(g) {
+			dir = "lin"
+		}
+		in.Rules = append(in.Rules, Rule{Spec: "-j " + string(GroupChain(g, dir))})
 	}
 	in.Rules = append(in.Rules, b.policy(f, n, config.In, n.VM.PolicyIn)...)
-	return append(chains, out, in)
+	return in
 }
 
 // midStreamDrop refuses TCP segments that conntrack sees as a new
@@ -339,8 +371,22 @@ func (b *builder) logRule(match, object string, dir config.Direction, a config.A
 // (the receiver is the last to look at a packet); out chains only mark an
 // accepted packet and return, so the receiver's in rules still apply.
 func (b *builder) groupChain(f Family, g *config.Group, dir config.Direction) *ChainRules {
-	c := &ChainRules{Name: GroupChain(g.Name, string(dir))}
+	return b.compileGroup(f, g, dir, GroupChain(g.Name, string(dir)), false)
+}
+
+// localGroupChain compiles sg-NAME-lin: the group's in rules without those
+// matching a source MAC, which no packet the hypervisor sends can match
+// and OUTPUT may not reach (route.go).
+func (b *builder) localGroupChain(f Family, g *config.Group) *ChainRules {
+	return b.compileGroup(f, g, config.In, GroupChain(g.Name, "lin"), true)
+}
+
+func (b *builder) compileGroup(f Family, g *config.Group, dir config.Direction, name Chain, skipMAC bool) *ChainRules {
+	c := &ChainRules{Name: name}
 	for _, rule := range g.Rules(dir) {
+		if skipMAC && rule.SourceMAC != nil {
+			continue
+		}
 		matches := b.ruleMatches(f, rule)
 		if len(matches) == 0 {
 			continue

@@ -140,7 +140,7 @@ func (p *Plan) Revert(have Observed) string {
 
 // ownedName matches the names vmfw gives its chains: its base chains,
 // group chains and per-interface chains.
-var ownedName = regexp.MustCompile(`^(vmfw-(FORWARD|INPUT|out|in|accept|l2)|sg-[A-Za-z][A-Za-z0-9_]{0,19}-(in|out)|[A-Za-z0-9_.-]{1,15}-(in|out|src|nd|l2))$`)
+var ownedName = regexp.MustCompile(`^(vmfw-(FORWARD|INPUT|OUTPUT|out|in|accept|l2|l2out|route|local)|sg-[A-Za-z][A-Za-z0-9_]{0,19}-(in|out|lin)|[A-Za-z0-9_.-]{1,15}-(in|out|src|nd|lin|l2|rt|lo))$`)
 
 // IsOwnedName reports whether name is shaped like a chain vmfw creates.
 // A chain so named is vmfw's only if it also carries vmfw's comments or a

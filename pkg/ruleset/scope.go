@@ -74,6 +74,21 @@ func BuildScope(m *config.Model, before, after []*config.NIC, focus []string) (*
 			now.Tables[f].Chains = append(now.Tables[f].Chains, nowChains...)
 		}
 	}
+	// The route trees, per family: attaching a tap adds its addresses.
+	for _, f := range Families {
+		wasRT, wasOwners := routeTree(f, before)
+		nowRT, nowOwners := routeTree(f, after)
+		changed := changedNodes(wasRT, nowRT)
+		wasStyles, nowStyles := b.routeStyles(f, wasOwners), b.routeStyles(f, nowOwners)
+		for i := range wasStyles {
+			was.Tables[f].Chains = append(was.Tables[f].Chains, wasStyles[i].someChains(wasRT, changed)...)
+			now.Tables[f].Chains = append(now.Tables[f].Chains, nowStyles[i].someChains(nowRT, changed)...)
+		}
+	}
+	// vmfw-l2out lists disabled and unmanaged interfaces: written from
+	// every interface, not the representatives buildScoped compiled.
+	was.Bridge.Chains = append(was.Bridge.Chains, b.l2Out(before))
+	now.Bridge.Chains = append(now.Bridge.Chains, b.l2Out(after))
 	wasL2, nowL2 := newDispatchTree(l2Names(before)), newDispatchTree(l2Names(after))
 	changedL2 := changedNodes(wasL2, nowL2)
 	was.Bridge.Chains = append(was.Bridge.Chains, l2Style.someChains(wasL2, changedL2)...)
@@ -171,18 +186,26 @@ func scopeNames(was, now *Table, keep func(c Chain) bool) []Chain {
 	return out
 }
 
-// isDispatchChain reports whether c is a dispatch root or node chain: one
-// of the roots, or vmfw-NODE-out, -in or -l2 (see dispatchStyle.nodeChain).
+// isDispatchChain reports whether c is a dispatch root or node chain, or
+// vmfw-l2out: one of the roots, or vmfw-NODE-out, -in, -l2, -rt or -lo (see
+// dispatchStyle.nodeChain). BuildScope writes these from every interface.
 func isDispatchChain(c Chain) bool {
 	switch c {
-	case ChainOut, ChainIn, ChainL2:
+	case ChainOut, ChainIn, ChainL2, ChainL2Out, ChainRoute, ChainLocal:
 		return true
-	case ChainForward, ChainInput, ChainAccept:
+	case ChainForward, ChainInput, ChainOutput, ChainAccept:
 		return false
 	}
 	s := string(c)
-	return strings.HasPrefix(s, "vmfw-") &&
-		(strings.HasSuffix(s, "-out") || strings.HasSuffix(s, "-in") || strings.HasSuffix(s, "-l2"))
+	if !strings.HasPrefix(s, "vmfw-") {
+		return false
+	}
+	for _, suffix := range []string{"-out", "-in", "-l2", "-rt", "-lo"} {
+		if strings.HasSuffix(s, suffix) {
+			return true
+		}
+	}
+	return false
 }
 
 // buildScoped is Build with per-interface chains only for the interfaces in

@@ -42,7 +42,15 @@ type Chain string
 const (
 	Forward Chain = "FORWARD"
 	Input   Chain = "INPUT"
+	Output  Chain = "OUTPUT"
 )
+
+// BuiltinChains are the built-in chains a hook may come from, in the
+// iptables filter table and the ebtables filter table alike.
+var BuiltinChains = []Chain{Forward, Input, Output}
+
+// IsBuiltin reports whether c is one of BuiltinChains.
+func IsBuiltin(c Chain) bool { return c == Forward || c == Input || c == Output }
 
 // vmfw's base chains.
 const (
@@ -52,6 +60,14 @@ const (
 	// ChainInput is entered from INPUT: VM-to-host packets pass the
 	// sender's out chain, then the host's own INPUT rules decide.
 	ChainInput Chain = "vmfw-INPUT"
+	// ChainOutput is entered from OUTPUT: packets the hypervisor sends to
+	// a VM's address pass that VM's in chain (docs/routing.md).
+	ChainOutput Chain = "vmfw-OUTPUT"
+	// ChainRoute dispatches routed packets (FORWARD, not bridged) on their
+	// destination address to the in chain of the VM that owns it.
+	ChainRoute Chain = "vmfw-route"
+	// ChainLocal is ChainRoute for packets the hypervisor sends (OUTPUT).
+	ChainLocal Chain = "vmfw-local"
 	// ChainOut dispatches on the bridge port a packet came in from.
 	ChainOut Chain = "vmfw-out"
 	// ChainIn dispatches on the bridge port a packet goes out of.
@@ -61,17 +77,19 @@ const (
 )
 
 // TapChain returns the chain of tap for one direction ("in", "out"), its
-// source address list ("src") or its neighbour advertisement target list
-// ("nd").
+// source address list ("src"), its neighbour advertisement target list
+// ("nd") or its in chain for packets the hypervisor sends ("lin", only for
+// taps whose groups match source MACs; see localIn).
 func TapChain(tap, suffix string) Chain { return Chain(tap + "-" + suffix) }
 
 // TapChains returns every chain tap can have, whether or not its settings
 // need them all; a chain jumped to comes before the chains jumping to it.
 func TapChains(tap string) []Chain {
-	return []Chain{TapChain(tap, "src"), TapChain(tap, "nd"), TapChain(tap, "out"), TapChain(tap, "in")}
+	return []Chain{TapChain(tap, "src"), TapChain(tap, "nd"), TapChain(tap, "out"), TapChain(tap, "lin"), TapChain(tap, "in")}
 }
 
-// GroupChain returns the chain of security group name for one direction.
+// GroupChain returns the chain of security group name for one direction
+// ("in", "out", or "lin": the in rules without source MAC matches).
 func GroupChain(name, dir string) Chain { return Chain("sg-" + name + "-" + dir) }
 
 // Rule is one rule of a chain: its match and target arguments, and an
