@@ -9,7 +9,8 @@ import (
 
 // statusJSON mirrors the parts of "vmfw status -o json" the tests read.
 type statusJSON struct {
-	Base string `json:"base"`
+	Base        string   `json:"base"`
+	BaseDrifted []string `json:"base_drifted"`
 	Taps []struct {
 		Tap       string   `json:"tap"`
 		State     string   `json:"state"`
@@ -71,6 +72,32 @@ func TestDriftIsReportedAndRepaired(t *testing.T) {
 			t.Errorf("apply did not restore the flushed chain exactly: %v", changedChains(good4, h.save(false)))
 		}
 		expectAll(t, []probe{{"repaired chain blocks 2222", b, "192.0.2.81", 2222, false}})
+
+		// The address tree for the hypervisor's own packets flushed: they
+		// meet no in chain, and the layer-2 guard drops them, so drift
+		// fails closed (docs/routing.md).
+		expectAll(t, []probe{
+			{"hypervisor to an allowed port", h.ns, "192.0.2.81", 22, true},
+			{"hypervisor to a refused port", h.ns, "192.0.2.81", 2222, false},
+		})
+		h.exec(h.tool("iptables"), "-F", "vmfw-local")
+		expectAll(t, []probe{{"hypervisor with vmfw-local flushed", h.ns, "192.0.2.81", 22, false}})
+		st = h.status()
+		if st.Base != "drifted" || !slices.Equal(st.BaseDrifted, []string{"ipv4/vmfw-local"}) {
+			t.Errorf("status does not report the flushed address tree: %s %v", st.Base, st.BaseDrifted)
+		}
+		dry = h.vmfw("apply", "--dry-run")
+		if strings.Count(dry, "\n:") != 1 || !strings.Contains(dry, ":vmfw-local - [0:0]") {
+			t.Errorf("repair would touch more than the flushed tree:\n%s", dry)
+		}
+		h.vmfw("apply")
+		if h.save(false) != good4 {
+			t.Errorf("apply did not restore vmfw-local exactly: %v", changedChains(good4, h.save(false)))
+		}
+		expectAll(t, []probe{
+			{"hypervisor to an allowed port after repair", h.ns, "192.0.2.81", 22, true},
+			{"hypervisor to a refused port after repair", h.ns, "192.0.2.81", 2222, false},
+		})
 
 		// Reboot: the kernel starts with no rules and no sets.
 		h.vmfw("flush")

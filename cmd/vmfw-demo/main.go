@@ -96,9 +96,12 @@ func run(bin, config, backend string) error {
 	}
 	guests["ext"] = ext
 	fmt.Println("  external host 192.0.2.200 behind uplink0")
+	// The hypervisor's own processes meet the VMs' in rules too
+	// (docs/routing.md): the row "hv" connects from 192.0.2.1.
+	guests["hv"] = hv
 	fmt.Println()
 
-	sources := []string{"vm1", "vm2", "vm3", "vm4", "vm110", "ext"}
+	sources := []string{"vm1", "vm2", "vm3", "vm4", "vm110", "ext", "hv"}
 	type key struct {
 		src, dst string
 		port     int
