@@ -62,9 +62,10 @@ func tcpFlow(src, dst string, dport uint16) conntrack.Flow {
 }
 
 // TestSyncCutsWithdrawnFlows: after a group loses its ssh rule, apply
-// deletes the tracked ssh connection to the VM and keeps the http one, the
-// VM's own outbound connection (whose replies pass only as established),
-// the hypervisor's own connection and flows of other hosts.
+// deletes the tracked ssh connections to the VM, the hypervisor's own
+// included (it meets the VM's in rules, docs/routing.md), and keeps the
+// http ones, the VM's own outbound connection (whose replies pass only as
+// established) and flows of other hosts.
 func TestSyncCutsWithdrawnFlows(t *testing.T) {
 	e, _, _ := testEngine(t)
 	write := func(rel, content string) {
@@ -76,17 +77,18 @@ func TestSyncCutsWithdrawnFlows(t *testing.T) {
 	ssh := tcpFlow("198.51.100.7", "192.0.2.1", 22)
 	http := tcpFlow("198.51.100.7", "192.0.2.1", 80)
 	outbound := tcpFlow("192.0.2.1", "198.51.100.7", 443)
-	hostOwn := tcpFlow("192.0.2.254", "192.0.2.1", 3306)
+	hostOwn := tcpFlow("192.0.2.254", "192.0.2.1", 80)
+	hostSSH := tcpFlow("192.0.2.254", "192.0.2.1", 22)
 	others := tcpFlow("198.51.100.7", "198.51.100.8", 3306)
 	table := &fakeFlows{
-		flows: []conntrack.Flow{ssh, http, outbound, hostOwn, others},
+		flows: []conntrack.Flow{ssh, http, outbound, hostOwn, hostSSH, others},
 		local: []netip.Addr{netip.MustParseAddr("192.0.2.254")},
 	}
 	useFlows(t, table)
 	if _, err := e.Sync(context.Background(), false); err != nil {
 		t.Fatal(err)
 	}
-	if len(table.flows) != 5 {
+	if len(table.flows) != 6 {
 		t.Fatalf("apply of a config allowing every flow cut some: left %v", table.flows)
 	}
 
