@@ -387,61 +387,103 @@ func (e *Engine) revert(ctx context.Context, ch *Change, st *kernelState, done [
 
 // Attach firewalls tap and then attaches it to its bridge: QEMU's script=.
 func (e *Engine) Attach(ctx context.Context, tap string) error {
-	r, release, err := e.begin(ctx)
+	failed, err := e.ApplyBatch(ctx, []string{tap}, nil)
 	if err != nil {
 		return err
+	}
+	return failed[tap]
+}
+
+// ApplyBatch firewalls the taps of up and removes the chains and
+// memberships of those of down, all in one transaction per family, then
+// attaches each tap of up to its bridge. It is what the agent does with
+// the requests that arrived while it applied the previous batch (group
+// commit): one configuration load, one read and one write for them all.
+// A tap named in both lists is attached. The error is for the batch as a
+// whole (nothing of it was applied); failed holds the taps of up that
+// could not be firewalled or attached, each left without chains, as
+// QEMU refuses to start the VM and runs no downscript.
+func (e *Engine) ApplyBatch(ctx context.Context, up, down []string) (failed map[string]error, err error) {
+	r, release, err := e.begin(ctx)
+	if err != nil {
+		return nil, err
 	}
 	defer release()
 	m := r.model
-	nic, err := lookupNIC(m, tap)
-	if err != nil {
-		return err
-	}
-	if err := e.Host.EnableBridgeNetfilter(); err != nil {
-		return err
-	}
-	done, err := e.changeScoped(ctx, m, r, tap, true)
-	if err != nil {
-		return fmt.Errorf("firewalling %s: %w", tap, err)
-	}
-	if !done {
-		st, err := e.read(ctx)
+	failed = map[string]error{}
+	nics := map[string]*config.NIC{}
+	var ups []string
+	for _, tap := range dedupe(slices.Clone(up)) {
+		nic, err := lookupNIC(m, tap)
 		if err != nil {
-			return err
+			failed[tap] = err
+			continue
 		}
-		taps := append(st.installed(), tap)
-		if _, err := e.converge(ctx, m, nicsFor(r, dedupe(taps)), st, false); err != nil {
-			return fmt.Errorf("firewalling %s: %w", tap, err)
+		nics[tap] = nic
+		ups = append(ups, tap)
+	}
+	downs := slices.DeleteFunc(dedupe(slices.Clone(down)), func(t string) bool { return slices.Contains(up, t) })
+	if len(ups) == 0 && len(downs) == 0 {
+		return failed, nil
+	}
+	if len(ups) > 0 {
+		if err := e.Host.EnableBridgeNetfilter(); err != nil {
+			return nil, err
 		}
 	}
-	if err := e.Host.Attach(tap, nic.Bridge); err != nil {
-		// QEMU refuses to start the VM and runs no downscript, so the
-		// tap's chains and memberships must not outlive this failure.
-		return errors.Join(err, e.detach(ctx, m, r, tap))
+	if err := e.change(ctx, m, r, ups, downs); err != nil {
+		return nil, fmt.Errorf("%s: %w", describeBatch(ups, downs), err)
 	}
-	return nil
+	var undo []string
+	for _, tap := range ups {
+		if err := e.Host.Attach(tap, nics[tap].Bridge); err != nil {
+			failed[tap] = err
+			undo = append(undo, tap)
+		}
+	}
+	if len(undo) > 0 {
+		// The tap's chains and memberships must not outlive the failure.
+		if err := e.change(ctx, m, r, nil, undo); err != nil {
+			for _, tap := range undo {
+				failed[tap] = errors.Join(failed[tap], fmt.Errorf("removing %s: %w", tap, err))
+			}
+		}
+	}
+	return failed, nil
 }
 
-// detach removes tap's chains and memberships, keeping every other
-// installed interface as it is.
-func (e *Engine) detach(ctx context.Context, m *config.Model, r nicSource, tap string) error {
-	if done, err := e.changeScoped(ctx, m, r, tap, false); done {
-		if err != nil {
-			return fmt.Errorf("removing %s: %w", tap, err)
-		}
-		return nil
+// describeBatch names what a batch does, for errors.
+func describeBatch(up, down []string) string {
+	var parts []string
+	if len(up) > 0 {
+		parts = append(parts, "firewalling "+strings.Join(up, ", "))
+	}
+	if len(down) > 0 {
+		parts = append(parts, "removing "+strings.Join(down, ", "))
+	}
+	return strings.Join(parts, "; ")
+}
+
+// change installs the chains of up and removes those of down, keeping
+// every other installed interface as it is: by the scoped path where the
+// backend allows it, else by reading and converging everything.
+func (e *Engine) change(ctx context.Context, m *config.Model, r nicSource, up, down []string) error {
+	if done, err := e.changeScoped(ctx, m, r, up, down); done {
+		return err
 	}
 	st, err := e.read(ctx)
 	if err != nil {
 		return err
 	}
-	var taps []string
-	for _, t := range st.installed() {
-		if t != tap {
-			taps = append(taps, t)
-		}
-	}
-	if _, err := e.converge(ctx, m, nicsFor(r, taps), st, false); err != nil {
+	taps := slices.DeleteFunc(st.installed(), func(t string) bool { return slices.Contains(down, t) })
+	_, err = e.converge(ctx, m, nicsFor(r, dedupe(append(taps, up...))), st, false)
+	return err
+}
+
+// detach removes tap's chains and memberships, keeping every other
+// installed interface as it is.
+func (e *Engine) detach(ctx context.Context, m *config.Model, r nicSource, tap string) error {
+	if err := e.change(ctx, m, r, nil, []string{tap}); err != nil {
 		return fmt.Errorf("removing %s: %w", tap, err)
 	}
 	return nil

@@ -64,11 +64,12 @@ type bridgeScopeReader interface {
 // are not read: it matches no desired rule, so the chain is rewritten.
 const unknownRule = "\x00unknown"
 
-// changeScoped attaches (attach) or detaches tap by changing only what the
-// change touches. It reports handled false, having changed nothing, when
-// it cannot vouch for the result; the caller then takes the full path.
-// When handled, err is the outcome of applying the change.
-func (e *Engine) changeScoped(ctx context.Context, m *config.Model, r nicSource, tap string, attach bool) (handled bool, err error) {
+// changeScoped attaches the taps of up and detaches those of down by
+// changing only what the change touches. It reports handled false, having
+// changed nothing, when it cannot vouch for the result; the caller then
+// takes the full path. When handled, err is the outcome of applying the
+// change.
+func (e *Engine) changeScoped(ctx context.Context, m *config.Model, r nicSource, up, down []string) (handled bool, err error) {
 	fw, ok := e.Firewall.(scopeReader)
 	if !ok {
 		return false, nil
@@ -114,8 +115,9 @@ func (e *Engine) changeScoped(ctx context.Context, m *config.Model, r nicSource,
 	if len(before) != len(installed) {
 		return false, nil // chains of interfaces no longer configured: the full path removes them
 	}
-	after := slices.DeleteFunc(slices.Clone(before), func(n *config.NIC) bool { return n.Tap == tap })
-	if attach {
+	focus := append(slices.Clone(up), down...)
+	after := slices.DeleteFunc(slices.Clone(before), func(n *config.NIC) bool { return slices.Contains(focus, n.Tap) })
+	for _, tap := range up {
 		nic := r.NIC(tap)
 		if nic == nil {
 			return false, nil
@@ -123,11 +125,11 @@ func (e *Engine) changeScoped(ctx context.Context, m *config.Model, r nicSource,
 		after = append(after, nic)
 	}
 	start = time.Now()
-	sc, err := ruleset.BuildScope(m, before, after, []string{tap})
+	sc, err := ruleset.BuildScope(m, before, after, focus)
 	if err != nil {
 		return false, nil // the full path reports it
 	}
-	trace.Since(start, "compile the scope of %s (%d interfaces installed)", tap, len(installed))
+	trace.Since(start, "compile the scope of %s (%d interfaces installed)", strings.Join(focus, ", "), len(installed))
 
 	st := &kernelState{tables: map[ruleset.Family]*iptables.Snapshot{}}
 	for _, f := range ruleset.Families {
