@@ -11,7 +11,7 @@ import (
 type statusJSON struct {
 	Base        string   `json:"base"`
 	BaseDrifted []string `json:"base_drifted"`
-	Taps []struct {
+	Taps        []struct {
 		Tap       string   `json:"tap"`
 		State     string   `json:"state"`
 		Drifted   []string `json:"drifted"`

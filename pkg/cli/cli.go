@@ -17,6 +17,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/vmfw/vmfw/pkg/agent"
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/engine"
 	"github.com/vmfw/vmfw/pkg/iptables"
@@ -42,7 +43,10 @@ commands:
   ifdown TAP                remove TAP's chains and memberships (idempotent)
   apply [--dry-run]         reconcile the host with the configuration
   check                     validate the configuration, change nothing
-  status [TAP] [-o json]    show what is installed, in sync or drifted, with drop counters
+  status [TAP] [-o json|prometheus]
+                            show what is installed, in sync or drifted, with drop counters
+  agent [--log-format text|json]
+                            run the agent: enforce edits at once, repair drift, batch ifup/ifdown
   flush [--dry-run]         remove everything vmfw installed and nothing else
   hook proxmox VMID PHASE   Proxmox VE hookscript: post-start firewalls, post-stop removes
   hook libvirt GUEST OP SUBOP [EXTRA]
@@ -63,7 +67,7 @@ func (e *usageError) Error() string { return e.msg }
 // Main runs vmfw with args (args[0] is the program name) and returns the
 // exit status.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	err := run(ctx, args, stdout)
+	err := run(ctx, args, stdout, stderr)
 	if err == nil {
 		return ExitOK
 	}
@@ -98,7 +102,7 @@ func configDirOf(args []string) string {
 	return engine.ConfigDirFromEnv()
 }
 
-func run(ctx context.Context, args []string, stdout io.Writer) error {
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	prog := filepath.Base(args[0])
 	rest := args[1:]
 	switch prog {
@@ -129,6 +133,11 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	case "ifup", "ifdown":
 		if len(rest) != 1 {
 			return &usageError{cmd + " takes exactly one argument, the tap name"}
+		}
+		// A running agent applies it with the requests of other taps in
+		// one transaction; without one, do it here (docs/agent.md).
+		if handled, err := viaAgent(ctx, agent.Op(cmd), rest[0], *configDir, iptables.Mode(*backend)); handled {
+			return err
 		}
 		e, err := newEngine()
 		if err != nil {
@@ -179,6 +188,8 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		return nil
 	case "status":
 		return status(ctx, newEngine, rest, stdout)
+	case "agent":
+		return agentCmd(ctx, system.Options{ConfigDir: *configDir, StateDir: *stateDir, IPTables: iptables.Mode(*backend)}, rest, stderr)
 	case "hook":
 		return hookCmd(ctx, newEngine, rest)
 	case "version":
@@ -216,7 +227,7 @@ func printUnattributed(w io.Writer, m *config.Model) {
 func status(ctx context.Context, newEngine func() (*engine.Engine, error), args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	format := fs.String("o", "text", "output format: text or json")
+	format := fs.String("o", "text", "output format: text, json or prometheus")
 	// Accept the tap before or after -o.
 	var tap string
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
@@ -231,8 +242,8 @@ func status(ctx context.Context, newEngine func() (*engine.Engine, error), args 
 	if fs.NArg() == 1 {
 		tap = fs.Arg(0)
 	}
-	if *format != "text" && *format != "json" {
-		return &usageError{fmt.Sprintf("status: unknown output format %q (want text or json)", *format)}
+	if *format != "text" && *format != "json" && *format != "prometheus" {
+		return &usageError{fmt.Sprintf("status: unknown output format %q (want text, json or prometheus)", *format)}
 	}
 	e, err := newEngine()
 	if err != nil {
@@ -244,6 +255,9 @@ func status(ctx context.Context, newEngine func() (*engine.Engine, error), args 
 	}
 	if tap != "" && len(st.Taps) == 0 {
 		return fmt.Errorf("%s: not managed (no chains installed and no configured tap of that name exists)", tap)
+	}
+	if *format == "prometheus" {
+		return agent.WriteStatus(stdout, st)
 	}
 	if *format == "json" {
 		enc := json.NewEncoder(stdout)

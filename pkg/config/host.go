@@ -3,10 +3,12 @@ package config
 import (
 	"errors"
 	"io/fs"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // hostFile is vmfw.toml as written; pointers tell absent keys (defaults)
@@ -16,16 +18,22 @@ type hostFile struct {
 	Mark     any       `toml:"mark"`
 	LogLimit *string   `toml:"log_limit"`
 	LogBurst *int64    `toml:"log_burst"`
+	LogGroup *int64    `toml:"log_group"`
+	// RepairInterval and MetricsListen are the agent's (DESIGN §8).
+	RepairInterval *string `toml:"repair_interval"`
+	MetricsListen  *string `toml:"metrics_listen"`
 }
 
 var hostSchema = &schema{
-	top: "vmfw.toml keys are managed, mark, log_limit and log_burst",
+	top: "vmfw.toml keys are managed, mark, log_limit, log_burst, log_group, repair_interval and metrics_listen",
 }
 
 // Defaults of the host-wide options.
 const (
 	defaultLogLimit = "10/second"
 	defaultLogBurst = 20
+	// DefaultRepairInterval is how often the agent looks for drift.
+	DefaultRepairInterval = 10 * time.Second
 )
 
 // defaultManaged is the default fail-closed pattern: every tap.
@@ -35,13 +43,18 @@ var defaultManaged = []string{"tap+"}
 // second and bursts of at most 10000.
 const maxLogRate, maxLogBurst = 10000, 10000
 
+// maxLogGroup is the largest NFLOG group: the kernel's group is 16 bits.
+// Group 0 is not offered, so that the zero Host logs with LOG.
+const maxLogGroup = 65535
+
 // loadHost reads vmfw.toml if there is one.
 func (l *loader) loadHost() (*Host, *Error) {
 	h := &Host{
-		Managed:  append([]string(nil), defaultManaged...),
-		Mark:     DefaultMark,
-		LogLimit: defaultLogLimit,
-		LogBurst: defaultLogBurst,
+		Managed:        append([]string(nil), defaultManaged...),
+		Mark:           DefaultMark,
+		LogLimit:       defaultLogLimit,
+		LogBurst:       defaultLogBurst,
+		RepairInterval: DefaultRepairInterval,
 	}
 	path := filepath.Join(l.dir, "vmfw.toml")
 	fi, lerr := os.Lstat(path)
@@ -92,6 +105,29 @@ func (l *loader) loadHost() (*Host, *Error) {
 			return nil, f.errorAt("log_burst", "log_burst %d: must be from 1 to %d", b, maxLogBurst)
 		}
 		h.LogBurst = int(b)
+	}
+	if hf.LogGroup != nil {
+		g := *hf.LogGroup
+		if g < 1 || g > maxLogGroup {
+			return nil, f.errorAt("log_group", "log_group %d: must be an NFLOG group from 1 to %d", g, maxLogGroup)
+		}
+		h.LogGroup = int(g)
+	}
+	if hf.RepairInterval != nil {
+		d, err := time.ParseDuration(*hf.RepairInterval)
+		if err != nil || d < time.Second || d > time.Hour {
+			return nil, f.errorAt("repair_interval", "repair_interval %q: use a duration from 1s to 1h, like \"10s\"", *hf.RepairInterval)
+		}
+		h.RepairInterval = d
+	}
+	if hf.MetricsListen != nil {
+		addr := *hf.MetricsListen
+		if addr != "" {
+			if _, err := netip.ParseAddrPort(addr); err != nil {
+				return nil, f.errorAt("metrics_listen", "metrics_listen %q: use ADDRESS:PORT, like \"127.0.0.1:9469\", or \"\" for off", addr)
+			}
+		}
+		h.MetricsListen = addr
 	}
 	return h, nil
 }

@@ -7,11 +7,12 @@ import (
 	"path/filepath"
 	"reflect"
 	"testing"
+	"time"
 )
 
 func TestLoadEmptyDirDefaults(t *testing.T) {
 	m := mustLoad(t, t.TempDir())
-	want := Host{Managed: []string{"tap+"}, Mark: DefaultMark, LogLimit: "10/second", LogBurst: 20}
+	want := Host{Managed: []string{"tap+"}, Mark: DefaultMark, LogLimit: "10/second", LogBurst: 20, RepairInterval: DefaultRepairInterval}
 	if !reflect.DeepEqual(m.Host, want) {
 		t.Errorf("Host = %+v, want %+v", m.Host, want)
 	}
@@ -52,6 +53,8 @@ func TestLoadFull(t *testing.T) {
 mark = "0x00200000"
 log_limit = "5/minute"
 log_burst = 3
+repair_interval = "2s"
+metrics_listen = "127.0.0.1:9469"
 `,
 		"groups/admins.toml": "description = \"admin desks\"\n",
 		"groups/web.toml": `description = "public web, ssh from admins"
@@ -123,7 +126,7 @@ groups = ["web", "admins"]
 	})
 	m := mustLoad(t, dir)
 
-	wantHost := Host{Managed: []string{"tap+", "veth.vm+", "fwpr1"}, Mark: 0x200000, LogLimit: "5/minute", LogBurst: 3}
+	wantHost := Host{Managed: []string{"tap+", "veth.vm+", "fwpr1"}, Mark: 0x200000, LogLimit: "5/minute", LogBurst: 3, RepairInterval: 2 * time.Second, MetricsListen: "127.0.0.1:9469"}
 	if !reflect.DeepEqual(m.Host, wantHost) {
 		t.Errorf("Host = %+v, want %+v", m.Host, wantHost)
 	}

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Action is what a rule or policy does with a packet it decides.
@@ -59,6 +60,16 @@ type Host struct {
 	LogLimit string
 	// LogBurst is the burst of the limit match on LOG rules.
 	LogBurst int
+	// LogGroup is the NFLOG group logged packets go to (vmfw.toml
+	// log_group, 1 to 65535); 0, the default, logs with the kernel's LOG
+	// target instead.
+	LogGroup int
+	// RepairInterval is how often the agent checks the kernel for drift
+	// and repairs it (vmfw.toml repair_interval, default 10s).
+	RepairInterval time.Duration
+	// MetricsListen is the address the agent serves /metrics on; empty
+	// is off (vmfw.toml metrics_listen).
+	MetricsListen string
 }
 
 // Group is a named security group: ordered rules per direction.

@@ -161,6 +161,18 @@ func TestLoadErrors(t *testing.T) {
 			phrase: "log_burst 0: must be from 1 to 10000",
 		},
 		{
+			name:   "repair_interval",
+			files:  map[string]string{"vmfw.toml": "log_burst = 5\nrepair_interval = \"100ms\"\n"},
+			prefix: "vmfw.toml:2: ",
+			phrase: "repair_interval \"100ms\": use a duration from 1s to 1h",
+		},
+		{
+			name:   "metrics_listen",
+			files:  map[string]string{"vmfw.toml": "metrics_listen = \"localhost\"\n"},
+			prefix: "vmfw.toml:1: ",
+			phrase: "metrics_listen \"localhost\": use ADDRESS:PORT",
+		},
+		{
 			name:   "vmfw.toml unknown key",
 			files:  map[string]string{"vmfw.toml": "log_burst = 5\nlogburst = 5\n"},
 			prefix: "vmfw.toml:2: ",

@@ -76,6 +76,10 @@ type Engine struct {
 	// State holds the records of attached interfaces the configuration
 	// cannot name (CNI, libvirt); nil means there are none.
 	State Attachments
+	// Model, when set, supplies the configuration instead of loading
+	// ConfigDir on every operation: the agent keeps the last valid model
+	// in memory and reloads it only when a file changes.
+	Model func() (*config.Model, error)
 }
 
 // ConfigError wraps an error in the configuration, which callers report
@@ -161,6 +165,9 @@ type fingerprintReader interface {
 const maxChainLineReads = 16
 
 func (e *Engine) load() (*config.Model, error) {
+	if e.Model != nil {
+		return e.Model()
+	}
 	m, err := config.Load(e.ConfigDir)
 	if err != nil {
 		return nil, &ConfigError{Err: err}
@@ -387,11 +394,20 @@ func (e *Engine) revert(ctx context.Context, ch *Change, st *kernelState, done [
 
 // Attach firewalls tap and then attaches it to its bridge: QEMU's script=.
 func (e *Engine) Attach(ctx context.Context, tap string) error {
-	failed, err := e.ApplyBatch(ctx, []string{tap}, nil)
+	res, err := e.ApplyBatch(ctx, []string{tap}, nil)
 	if err != nil {
 		return err
 	}
-	return failed[tap]
+	return res.Failed[tap]
+}
+
+// BatchResult is what ApplyBatch did.
+type BatchResult struct {
+	// Failed holds the taps to attach that could not be firewalled or
+	// attached, each left without chains.
+	Failed map[string]error
+	// Change is what was written (nil when nothing was to do).
+	Change *Change
 }
 
 // ApplyBatch firewalls the taps of up and removes the chains and
@@ -400,17 +416,18 @@ func (e *Engine) Attach(ctx context.Context, tap string) error {
 // the requests that arrived while it applied the previous batch (group
 // commit): one configuration load, one read and one write for them all.
 // A tap named in both lists is attached. The error is for the batch as a
-// whole (nothing of it was applied); failed holds the taps of up that
-// could not be firewalled or attached, each left without chains, as
-// QEMU refuses to start the VM and runs no downscript.
-func (e *Engine) ApplyBatch(ctx context.Context, up, down []string) (failed map[string]error, err error) {
+// whole (nothing of it was applied); the result's Failed holds the taps of
+// up that could not be firewalled or attached, each left without chains,
+// as QEMU refuses to start the VM and runs no downscript.
+func (e *Engine) ApplyBatch(ctx context.Context, up, down []string) (*BatchResult, error) {
 	r, release, err := e.begin(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer release()
 	m := r.model
-	failed = map[string]error{}
+	failed := map[string]error{}
+	res := &BatchResult{Failed: failed}
 	nics := map[string]*config.NIC{}
 	var ups []string
 	for _, tap := range dedupe(slices.Clone(up)) {
@@ -424,14 +441,14 @@ func (e *Engine) ApplyBatch(ctx context.Context, up, down []string) (failed map[
 	}
 	downs := slices.DeleteFunc(dedupe(slices.Clone(down)), func(t string) bool { return slices.Contains(up, t) })
 	if len(ups) == 0 && len(downs) == 0 {
-		return failed, nil
+		return res, nil
 	}
 	if len(ups) > 0 {
 		if err := e.Host.EnableBridgeNetfilter(); err != nil {
 			return nil, err
 		}
 	}
-	if err := e.change(ctx, m, r, ups, downs); err != nil {
+	if res.Change, err = e.change(ctx, m, r, ups, downs); err != nil {
 		return nil, fmt.Errorf("%s: %w", describeBatch(ups, downs), err)
 	}
 	var undo []string
@@ -443,13 +460,13 @@ func (e *Engine) ApplyBatch(ctx context.Context, up, down []string) (failed map[
 	}
 	if len(undo) > 0 {
 		// The tap's chains and memberships must not outlive the failure.
-		if err := e.change(ctx, m, r, nil, undo); err != nil {
+		if _, err := e.change(ctx, m, r, nil, undo); err != nil {
 			for _, tap := range undo {
 				failed[tap] = errors.Join(failed[tap], fmt.Errorf("removing %s: %w", tap, err))
 			}
 		}
 	}
-	return failed, nil
+	return res, nil
 }
 
 // describeBatch names what a batch does, for errors.
@@ -467,23 +484,22 @@ func describeBatch(up, down []string) string {
 // change installs the chains of up and removes those of down, keeping
 // every other installed interface as it is: by the scoped path where the
 // backend allows it, else by reading and converging everything.
-func (e *Engine) change(ctx context.Context, m *config.Model, r nicSource, up, down []string) error {
-	if done, err := e.changeScoped(ctx, m, r, up, down); done {
-		return err
+func (e *Engine) change(ctx context.Context, m *config.Model, r nicSource, up, down []string) (*Change, error) {
+	if done, ch, err := e.changeScoped(ctx, m, r, up, down); done {
+		return ch, err
 	}
 	st, err := e.read(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	taps := slices.DeleteFunc(st.installed(), func(t string) bool { return slices.Contains(down, t) })
-	_, err = e.converge(ctx, m, nicsFor(r, dedupe(append(taps, up...))), st, false)
-	return err
+	return e.converge(ctx, m, nicsFor(r, dedupe(append(taps, up...))), st, false)
 }
 
 // detach removes tap's chains and memberships, keeping every other
 // installed interface as it is.
 func (e *Engine) detach(ctx context.Context, m *config.Model, r nicSource, tap string) error {
-	if err := e.change(ctx, m, r, nil, []string{tap}); err != nil {
+	if _, err := e.change(ctx, m, r, nil, []string{tap}); err != nil {
 		return fmt.Errorf("removing %s: %w", tap, err)
 	}
 	return nil

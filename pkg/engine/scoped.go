@@ -69,15 +69,15 @@ const unknownRule = "\x00unknown"
 // changed nothing, when it cannot vouch for the result; the caller then
 // takes the full path. When handled, err is the outcome of applying the
 // change.
-func (e *Engine) changeScoped(ctx context.Context, m *config.Model, r nicSource, up, down []string) (handled bool, err error) {
+func (e *Engine) changeScoped(ctx context.Context, m *config.Model, r nicSource, up, down []string) (handled bool, ch *Change, err error) {
 	fw, ok := e.Firewall.(scopeReader)
 	if !ok {
-		return false, nil
+		return false, nil, nil
 	}
 	var br bridgeScopeReader
 	if e.Bridge != nil {
 		if br, ok = e.Bridge.(bridgeScopeReader); !ok {
-			return false, nil
+			return false, nil, nil
 		}
 	}
 	saveChains := fw.SaveChains
@@ -91,7 +91,7 @@ func (e *Engine) changeScoped(ctx context.Context, m *config.Model, r nicSource,
 		full := map[ruleset.Family]*iptables.Snapshot{}
 		for _, f := range ruleset.Families {
 			if full[f], err = e.Firewall.Save(ctx, f); err != nil {
-				return true, err
+				return true, nil, err
 			}
 		}
 		chains = map[ruleset.Chain]bool{}
@@ -102,7 +102,7 @@ func (e *Engine) changeScoped(ctx context.Context, m *config.Model, r nicSource,
 			return full[f].Only(names), nil
 		}
 	} else if err != nil {
-		return false, nil
+		return false, nil, nil
 	}
 	var installed []string
 	for c := range chains {
@@ -113,21 +113,21 @@ func (e *Engine) changeScoped(ctx context.Context, m *config.Model, r nicSource,
 	}
 	before := nicsFor(r, installed)
 	if len(before) != len(installed) {
-		return false, nil // chains of interfaces no longer configured: the full path removes them
+		return false, nil, nil // chains of interfaces no longer configured: the full path removes them
 	}
 	focus := append(slices.Clone(up), down...)
 	after := slices.DeleteFunc(slices.Clone(before), func(n *config.NIC) bool { return slices.Contains(focus, n.Tap) })
 	for _, tap := range up {
 		nic := r.NIC(tap)
 		if nic == nil {
-			return false, nil
+			return false, nil, nil
 		}
 		after = append(after, nic)
 	}
 	start = time.Now()
 	sc, err := ruleset.BuildScope(m, before, after, focus)
 	if err != nil {
-		return false, nil // the full path reports it
+		return false, nil, nil // the full path reports it
 	}
 	trace.Since(start, "compile the scope of %s (%d interfaces installed)", strings.Join(focus, ", "), len(installed))
 
@@ -136,7 +136,7 @@ func (e *Engine) changeScoped(ctx context.Context, m *config.Model, r nicSource,
 		start = time.Now()
 		snap, err := saveChains(ctx, f, sc.Chains[f])
 		if err != nil {
-			return false, nil
+			return false, nil, nil
 		}
 		trace.Since(start, "read %d %s chains", len(sc.Chains[f]), f)
 		for c, hashes := range snap.Chains {
@@ -144,7 +144,7 @@ func (e *Engine) changeScoped(ctx context.Context, m *config.Model, r nicSource,
 			for _, h := range hashes {
 				rule, ok := sc.Known[f][c][h]
 				if !ok {
-					return false, nil // drift or an unapplied edit
+					return false, nil, nil // drift or an unapplied edit
 				}
 				snap.Lines[c] = append(snap.Lines[c], rule.Line(c))
 			}
@@ -155,11 +155,11 @@ func (e *Engine) changeScoped(ctx context.Context, m *config.Model, r nicSource,
 		start = time.Now()
 		exist, err := br.ChainsExist(ctx, sc.BridgeChains)
 		if err != nil {
-			return false, nil
+			return false, nil, nil
 		}
 		hooks, err := br.Hooks(ctx)
 		if err != nil {
-			return false, nil
+			return false, nil, nil
 		}
 		trace.Since(start, "read %d ebtables chains", len(sc.BridgeChains))
 		st.bridge = ruleset.Observed{Chains: map[ruleset.Chain][]string{}, Lines: map[ruleset.Chain][]string{}, Hooks: hooks}
@@ -170,18 +170,18 @@ func (e *Engine) changeScoped(ctx context.Context, m *config.Model, r nicSource,
 		}
 	}
 	if st.sets, err = e.Sets.List(ctx); err != nil {
-		return true, err
+		return true, nil, err
 	}
 	rs := &ruleset.Ruleset{Tables: sc.Tables, Bridge: sc.Bridge, Sets: sc.Sets}
 	light := *e
 	light.Firewall = &deletingFirewall{Firewall: e.Firewall, deletes: pureDeletions(sc, st), done: map[ruleset.Family]bool{}}
-	if _, err := light.applyRuleset(ctx, rs, st, false); err != nil {
-		return true, err
+	if ch, err = light.applyRuleset(ctx, rs, st, false); err != nil {
+		return true, nil, err
 	}
 	// As converge does after applying: the change may end flows.
 	start = time.Now()
 	defer trace.Since(start, "cut flows")
-	return true, e.cutFlows(m, after)
+	return true, ch, e.cutFlows(m, after)
 }
 
 // Removals without the kernel's validation.

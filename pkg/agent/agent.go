@@ -1,0 +1,409 @@
+// Package agent is vmfw's long-running process (vmfw agent, DESIGN §8 and
+// docs/agent.md). It keeps the configuration in memory and enforces every
+// valid edit of the configuration directory the moment inotify reports it,
+// repairs drift on a timer, and takes ifup/ifdown requests over a unix
+// socket, applying all requests that arrive while it works in one
+// transaction per family (group commit). It is never needed for safety:
+// fail-closed lives in the kernel, and every entry point does the work
+// itself when no agent answers.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/engine"
+	"github.com/vmfw/vmfw/pkg/iptables"
+)
+
+// Agent runs one network namespace's agent.
+type Agent struct {
+	// ConfigDir is the configuration directory it watches.
+	ConfigDir string
+	// RunDir holds the socket (and the engine's lock files).
+	RunDir string
+	// Engine applies changes; the agent supplies its Model.
+	Engine *engine.Engine
+	// Log receives one record per change.
+	Log *slog.Logger
+	// Metrics counts what the agent does; nil counts nothing.
+	Metrics *Metrics
+
+	mu       sync.Mutex
+	model    *config.Model // the last valid configuration, nil before one loaded
+	modelErr error         // why the configuration on disk is not in force
+
+	// What the kernel held after the agent's last write, to tell drift
+	// from quiet cheaply (see repair).
+	lastGen  uint32
+	lastSets string
+}
+
+// debounce is how long the agent waits after a change for the next one
+// before reloading, so that a tool writing many files (rsync, a directory
+// swap) costs one reload; maxDebounce bounds the wait under a stream of
+// writes.
+const (
+	debounce    = 20 * time.Millisecond
+	maxDebounce = 500 * time.Millisecond
+)
+
+// pending is a request waiting for its batch.
+type pending struct {
+	req   Request
+	reply chan Response
+}
+
+// Run loads the configuration, enforces it, listens, tells systemd it is
+// ready and then serves until ctx is done (SIGTERM), leaving the ruleset in
+// place. SIGHUP reloads the configuration.
+func (a *Agent) Run(ctx context.Context) error {
+	if a.Log == nil {
+		a.Log = slog.New(slog.DiscardHandler)
+	}
+	if a.Metrics == nil {
+		a.Metrics = NewMetrics()
+	}
+	a.Engine.Model = a.currentModel
+	w, err := newWatcher(a.ConfigDir)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go w.run(ctx)
+	a.reload()
+	if m, err := a.currentModel(); err == nil && m.Host.MetricsListen != "" {
+		// The address is read once: changing it takes a restart.
+		if err := a.serveMetrics(ctx, m.Host.MetricsListen); err != nil {
+			return err
+		}
+	}
+
+	ln, err := listen(a.RunDir)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(filepath.Join(a.RunDir, SocketName))
+	defer ln.Close()
+	reqs := make(chan pending, 4096)
+	go a.serve(ctx, ln, reqs)
+
+	a.sync(ctx, "agent started")
+	if err := notify("READY=1"); err != nil {
+		a.Log.Warn("telling systemd the agent is ready", "error", err)
+	}
+	a.Log.Info("agent ready", "config", a.ConfigDir, "socket", filepath.Join(a.RunDir, SocketName), "repair_interval", a.interval().String())
+
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	interval := a.interval()
+	ticker := time.NewTicker(interval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			notify("STOPPING=1")
+			a.Log.Info("agent stopping; the ruleset stays in place")
+			return nil
+		case <-w.Changed:
+			a.settle(ctx, w)
+			if err := w.rewatch(); err != nil {
+				a.Log.Error("watching the configuration", "error", err)
+			}
+			if a.reload() {
+				a.sync(ctx, "configuration changed")
+			}
+		case <-hup:
+			notify("RELOADING=1")
+			if a.reload() {
+				a.sync(ctx, "SIGHUP")
+			}
+			notify("READY=1")
+		case p := <-reqs:
+			batch := []pending{p}
+			for more := true; more; {
+				select {
+				case q := <-reqs:
+					batch = append(batch, q)
+				default:
+					more = false
+				}
+			}
+			a.apply(ctx, batch)
+		case <-ticker.C:
+			a.repair(ctx)
+		}
+		if now := a.interval(); now != interval {
+			interval = now
+			ticker.Reset(interval)
+		}
+	}
+}
+
+// settle waits until the configuration directory has been quiet for
+// debounce (at most maxDebounce).
+func (a *Agent) settle(ctx context.Context, w *watcher) {
+	deadline := time.After(maxDebounce)
+	for {
+		select {
+		case <-w.Changed:
+		case <-time.After(debounce):
+			return
+		case <-deadline:
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// currentModel is the engine's configuration source.
+func (a *Agent) currentModel() (*config.Model, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.model == nil {
+		return nil, &engine.ConfigError{Err: a.modelErr}
+	}
+	return a.model, nil
+}
+
+// interval is the current drift-repair interval.
+func (a *Agent) interval() time.Duration {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.model == nil || a.model.Host.RepairInterval <= 0 {
+		return config.DefaultRepairInterval
+	}
+	return a.model.Host.RepairInterval
+}
+
+// reload reads the configuration directory. A valid one replaces the
+// model and reload reports true; an invalid one is logged with its file
+// and line and the last valid model stays in force.
+func (a *Agent) reload() bool {
+	start := time.Now()
+	m, err := config.Load(a.ConfigDir)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err != nil {
+		var fe *config.Error
+		if errors.As(err, &fe) && !filepath.IsAbs(fe.File) {
+			fe.File = filepath.Join(a.ConfigDir, fe.File) // as the operator opens it
+		}
+		a.modelErr = err
+		if a.model != nil {
+			a.Log.Error("configuration not applied; the last valid one stays in force", "error", err.Error())
+		} else {
+			a.Log.Error("configuration not applied; nothing is enforced by the agent until it is valid", "error", err.Error())
+		}
+		a.Metrics.configError()
+		return false
+	}
+	a.model, a.modelErr = m, nil
+	a.Log.Info("configuration loaded", "vms", len(m.VMs), "groups", len(m.Groups), "took", time.Since(start).Round(time.Microsecond).String())
+	return true
+}
+
+// sync reconciles the kernel with the configuration, as vmfw apply does.
+func (a *Agent) sync(ctx context.Context, reason string) *engine.Change {
+	if _, err := a.currentModel(); err != nil {
+		return nil
+	}
+	start := time.Now()
+	ch, err := a.Engine.Sync(ctx, false)
+	took := time.Since(start)
+	a.Metrics.applied(took, err)
+	if err != nil {
+		a.Log.Error("apply failed", "reason", reason, "error", err.Error(), "took", took.String())
+		return nil
+	}
+	a.remember(ctx)
+	attrs := append([]any{"reason", reason, "took", took.Round(time.Microsecond).String()}, changeAttrs(ch)...)
+	if ch.Empty() {
+		a.Log.Debug("nothing to change", attrs...)
+	} else {
+		a.Log.Info("applied", attrs...)
+	}
+	return ch
+}
+
+// remember records what the kernel holds after a write of the agent's.
+func (a *Agent) remember(ctx context.Context) {
+	if gen, err := iptables.Generation(ctx); err == nil {
+		a.lastGen = gen
+	}
+	a.lastSets = a.setsFingerprint(ctx)
+}
+
+// repair looks for drift and repairs it. Reading every chain at thousands
+// of taps takes seconds, so it first asks what is cheap: the nf_tables
+// generation, which every committed change of iptables-nft or
+// ebtables-nft increments, and the members of vmfw's ipsets. When both
+// are as the agent left them nothing changed behind its back. On legacy
+// iptables the generation does not see x_tables, so every tick reads.
+func (a *Agent) repair(ctx context.Context) {
+	if _, err := a.currentModel(); err != nil {
+		return
+	}
+	if strings.HasPrefix(a.Engine.Backend, string(iptables.NFT)) {
+		gen, err := iptables.Generation(ctx)
+		if err == nil && gen == a.lastGen && a.setsFingerprint(ctx) == a.lastSets {
+			return
+		}
+	}
+	if ch := a.sync(ctx, "drift check"); ch != nil && !ch.Empty() {
+		a.Metrics.driftRepaired()
+		a.Log.Warn("repaired drift", changeAttrs(ch)...)
+	}
+}
+
+// setsFingerprint summarises vmfw's ipsets and their members.
+func (a *Agent) setsFingerprint(ctx context.Context) string {
+	sets, err := a.Engine.Sets.List(ctx)
+	if err != nil {
+		return "error: " + err.Error()
+	}
+	var b strings.Builder
+	for _, name := range slices.Sorted(mapsKeys(sets)) {
+		members := slices.Sorted(mapsKeys(sets[name].Members))
+		fmt.Fprintf(&b, "%s:%s\n", name, strings.Join(members, ","))
+	}
+	return b.String()
+}
+
+func mapsKeys[V any](m map[string]V) func(func(string) bool) {
+	return func(yield func(string) bool) {
+		for k := range m {
+			if !yield(k) {
+				return
+			}
+		}
+	}
+}
+
+// apply runs one batch of requests: the last request for a tap wins, and
+// all of them go to the kernel in one transaction per family.
+func (a *Agent) apply(ctx context.Context, batch []pending) {
+	last := map[string]Op{}
+	for _, p := range batch {
+		last[p.req.Tap] = p.req.Op
+	}
+	var up, down []string
+	for tap, op := range last {
+		if op == Ifup {
+			up = append(up, tap)
+		} else {
+			down = append(down, tap)
+		}
+	}
+	sort.Strings(up)
+	sort.Strings(down)
+	start := time.Now()
+	res, err := a.Engine.ApplyBatch(ctx, up, down)
+	took := time.Since(start)
+	a.Metrics.batch(len(batch), took, err)
+	if err == nil {
+		a.remember(ctx)
+	}
+	var cfgErr *engine.ConfigError
+	for _, p := range batch {
+		resp := Response{OK: true, Batch: len(batch)}
+		switch {
+		case err != nil:
+			resp = Response{Error: err.Error(), Config: errors.As(err, &cfgErr), Batch: len(batch)}
+		case last[p.req.Tap] != p.req.Op:
+			// A later request for the tap in the same batch overrode
+			// this one: it did happen, and was undone at once.
+		case res.Failed[p.req.Tap] != nil:
+			ferr := res.Failed[p.req.Tap]
+			resp = Response{Error: ferr.Error(), Config: errors.As(ferr, &cfgErr), Batch: len(batch)}
+		}
+		p.reply <- resp
+	}
+	if err != nil {
+		a.Log.Error("batch failed", "up", up, "down", down, "error", err.Error(), "took", took.String())
+		return
+	}
+	attrs := []any{"up", up, "down", down, "requests", len(batch), "took", took.Round(time.Microsecond).String()}
+	if res.Change != nil {
+		attrs = append(attrs, changeAttrs(res.Change)...)
+	}
+	a.Log.Info("interfaces changed", attrs...)
+	for tap, ferr := range res.Failed {
+		a.Log.Error("interface not firewalled", "tap", tap, "error", ferr.Error())
+	}
+}
+
+// changeAttrs describes a change for a log record: the chains written and
+// removed per family and the ipset members added and removed.
+func changeAttrs(ch *engine.Change) []any {
+	if ch == nil {
+		return nil
+	}
+	var written, removed []string
+	for f, p := range ch.Plans {
+		for _, c := range append(slices.Clone(p.Create), p.Rewrite...) {
+			written = append(written, f.String()+"/"+string(c))
+		}
+		for _, c := range p.Delete {
+			removed = append(removed, f.String()+"/"+string(c))
+		}
+	}
+	if ch.Bridge != nil {
+		for _, c := range append(slices.Clone(ch.Bridge.Create), ch.Bridge.Rewrite...) {
+			written = append(written, "bridge/"+string(c))
+		}
+		for _, c := range ch.Bridge.Delete {
+			removed = append(removed, "bridge/"+string(c))
+		}
+	}
+	sort.Strings(written)
+	sort.Strings(removed)
+	added, deleted := 0, 0
+	for _, l := range strings.Split(ch.SetsBefore+ch.SetsAfter, "\n") {
+		switch {
+		case strings.HasPrefix(l, "add "):
+			added++
+		case strings.HasPrefix(l, "del "):
+			deleted++
+		}
+	}
+	return []any{"chains_written", written, "chains_removed", removed, "set_members_added", added, "set_members_removed", deleted}
+}
+
+// listen opens the agent's socket: root-only, replacing a stale socket a
+// killed agent left, refusing to start beside a live one.
+func listen(runDir string) (*net.UnixListener, error) {
+	if err := os.MkdirAll(runDir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating %s: %w", runDir, err)
+	}
+	path := filepath.Join(runDir, SocketName)
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("another agent listens on %s", path)
+	}
+	os.Remove(path)
+	old := syscall.Umask(0o077)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	syscall.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("listening on %s: %w", path, err)
+	}
+	ln.SetUnlinkOnClose(false)
+	return ln, nil
+}

@@ -1,0 +1,199 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vmfw/vmfw/pkg/engine"
+)
+
+// Metrics counts what the agent does, for Prometheus (text exposition
+// format, written here: a handful of counters and two histograms do not
+// need a client library). A nil *Metrics counts nothing.
+type Metrics struct {
+	mu              sync.Mutex
+	appliesOK       uint64
+	appliesFailed   uint64
+	applyDuration   histogram
+	lastSuccess     time.Time
+	batchSize       histogram
+	driftRepairs    uint64
+	configErrors    uint64
+	requestsBatched uint64
+}
+
+// NewMetrics returns empty metrics.
+func NewMetrics() *Metrics {
+	return &Metrics{
+		applyDuration: histogram{bounds: []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}},
+		batchSize:     histogram{bounds: []float64{1, 2, 5, 10, 20, 50, 100, 200, 500, 1000}},
+	}
+}
+
+// histogram is a Prometheus histogram: cumulative counts per upper bound.
+type histogram struct {
+	bounds []float64
+	counts []uint64 // per bound, not cumulative; the last is +Inf
+	sum    float64
+	n      uint64
+}
+
+func (h *histogram) observe(v float64) {
+	if h.counts == nil {
+		h.counts = make([]uint64, len(h.bounds)+1)
+	}
+	i := sort.SearchFloat64s(h.bounds, v)
+	h.counts[i]++
+	h.sum += v
+	h.n++
+}
+
+func (h *histogram) write(w io.Writer, name, help string) {
+	fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name)
+	var cum uint64
+	for i, b := range h.bounds {
+		if h.counts != nil {
+			cum += h.counts[i]
+		}
+		fmt.Fprintf(w, "%s_bucket{le=\"%g\"} %d\n", name, b, cum)
+	}
+	fmt.Fprintf(w, "%s_bucket{le=\"+Inf\"} %d\n%s_sum %g\n%s_count %d\n", name, h.n, name, h.sum, name, h.n)
+}
+
+func (m *Metrics) applied(took time.Duration, err error) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.applyDuration.observe(took.Seconds())
+	if err != nil {
+		m.appliesFailed++
+		return
+	}
+	m.appliesOK++
+	m.lastSuccess = time.Now()
+}
+
+func (m *Metrics) batch(size int, took time.Duration, err error) {
+	if m == nil {
+		return
+	}
+	m.applied(took, err)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.batchSize.observe(float64(size))
+	m.requestsBatched += uint64(size)
+}
+
+func (m *Metrics) driftRepaired() {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.driftRepairs++
+}
+
+func (m *Metrics) configError() {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.configErrors++
+}
+
+// WriteTo writes the agent's own metrics.
+func (m *Metrics) WriteTo(w io.Writer) (int64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var b strings.Builder
+	fmt.Fprintf(&b, "# HELP vmfw_applies_total Transactions the agent applied (configuration changes, drift repairs, interface batches).\n# TYPE vmfw_applies_total counter\n")
+	fmt.Fprintf(&b, "vmfw_applies_total{result=\"ok\"} %d\nvmfw_applies_total{result=\"error\"} %d\n", m.appliesOK, m.appliesFailed)
+	m.applyDuration.write(&b, "vmfw_apply_duration_seconds", "Time to apply one transaction, from reading the kernel to the last write.")
+	fmt.Fprintf(&b, "# HELP vmfw_last_apply_success_timestamp_seconds When the last transaction succeeded (0: none yet).\n# TYPE vmfw_last_apply_success_timestamp_seconds gauge\n")
+	last := 0.0
+	if !m.lastSuccess.IsZero() {
+		last = float64(m.lastSuccess.UnixNano()) / 1e9
+	}
+	fmt.Fprintf(&b, "vmfw_last_apply_success_timestamp_seconds %.3f\n", last)
+	m.batchSize.write(&b, "vmfw_batch_size", "Interface requests applied in one transaction (group commit).")
+	fmt.Fprintf(&b, "# HELP vmfw_requests_total Interface requests (ifup, ifdown) the agent applied.\n# TYPE vmfw_requests_total counter\nvmfw_requests_total %d\n", m.requestsBatched)
+	fmt.Fprintf(&b, "# HELP vmfw_drift_repairs_total Drift checks that found and repaired a difference.\n# TYPE vmfw_drift_repairs_total counter\nvmfw_drift_repairs_total %d\n", m.driftRepairs)
+	fmt.Fprintf(&b, "# HELP vmfw_config_errors_total Configuration loads refused as invalid.\n# TYPE vmfw_config_errors_total counter\nvmfw_config_errors_total %d\n", m.configErrors)
+	n, err := io.WriteString(w, b.String())
+	return int64(n), err
+}
+
+// WriteStatus writes what vmfw status reports as Prometheus metrics: the
+// state of the base chains and of every tap, and the packets each tap's own
+// rules dropped per direction. vmfw status -o prometheus prints this for
+// node_exporter's textfile collector; the agent serves it with its own.
+func WriteStatus(w io.Writer, st *engine.Status) error {
+	var b strings.Builder
+	states := []string{engine.StateInSync, engine.StateDrifted, engine.StateNotInstalled, engine.StateUnconfigured}
+	fmt.Fprintf(&b, "# HELP vmfw_base_in_sync Whether vmfw's base chains and hooks are as configured (1) or drifted (0).\n# TYPE vmfw_base_in_sync gauge\n")
+	inSync := 0
+	if st.Base == engine.StateInSync {
+		inSync = 1
+	}
+	fmt.Fprintf(&b, "vmfw_base_in_sync %d\n", inSync)
+	fmt.Fprintf(&b, "# HELP vmfw_tap_state The state of each managed tap: 1 for its current state, 0 for the others.\n# TYPE vmfw_tap_state gauge\n")
+	for _, t := range st.Taps {
+		for _, s := range states {
+			v := 0
+			if t.State == s {
+				v = 1
+			}
+			fmt.Fprintf(&b, "vmfw_tap_state{tap=%q,vm=%q,state=%q} %d\n", t.Tap, vmLabel(t), s, v)
+		}
+	}
+	fmt.Fprintf(&b, "# HELP vmfw_tap_dropped_packets_total Packets dropped or rejected by a tap's own rules (anti-spoofing and policy), both families.\n# TYPE vmfw_tap_dropped_packets_total counter\n")
+	for _, t := range st.Taps {
+		fmt.Fprintf(&b, "vmfw_tap_dropped_packets_total{tap=%q,vm=%q,direction=\"in\"} %d\n", t.Tap, vmLabel(t), t.DroppedIn)
+		fmt.Fprintf(&b, "vmfw_tap_dropped_packets_total{tap=%q,vm=%q,direction=\"out\"} %d\n", t.Tap, vmLabel(t), t.DroppedOut)
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func vmLabel(t engine.TapStatus) string {
+	if t.VMID == nil {
+		return ""
+	}
+	return fmt.Sprint(*t.VMID)
+}
+
+// serveMetrics serves /metrics on addr until ctx is done: the agent's
+// metrics, then the status of every tap, read from the kernel per scrape.
+func (a *Agent) serveMetrics(ctx context.Context, addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("metrics_listen %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+		a.Metrics.WriteTo(w)
+		if st, err := a.Engine.Status(r.Context(), ""); err == nil {
+			WriteStatus(w, st)
+		} else {
+			fmt.Fprintf(w, "# status unavailable: %s\n", strings.ReplaceAll(err.Error(), "\n", " "))
+		}
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		srv.Close()
+	}()
+	go srv.Serve(ln)
+	return nil
+}

@@ -1,0 +1,77 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"strings"
+	"time"
+)
+
+// requestTimeout bounds how long a caller may take to send its request.
+const requestTimeout = 5 * time.Second
+
+// serve accepts connections until ctx is done and queues each request
+// for the main loop.
+func (a *Agent) serve(ctx context.Context, ln *net.UnixListener, reqs chan<- pending) {
+	go func() {
+		<-ctx.Done()
+		ln.Close()
+	}()
+	for {
+		conn, err := ln.AcceptUnix()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			a.Log.Warn("accepting a connection", "error", err)
+			continue
+		}
+		go a.handle(ctx, conn, reqs)
+	}
+}
+
+// handle reads one request, waits for the batch it joins and answers.
+func (a *Agent) handle(ctx context.Context, conn *net.UnixConn, reqs chan<- pending) {
+	defer conn.Close()
+	answer := func(r Response) {
+		line, _ := json.Marshal(r)
+		conn.SetWriteDeadline(time.Now().Add(requestTimeout))
+		conn.Write(append(line, '\n'))
+	}
+	if err := checkPeer(conn); err != nil {
+		answer(Response{Error: "refused: " + err.Error(), Refused: true})
+		return
+	}
+	conn.SetReadDeadline(time.Now().Add(requestTimeout))
+	line, err := bufio.NewReader(conn).ReadBytes('\n')
+	if err != nil {
+		return
+	}
+	var req Request
+	if err := json.Unmarshal(line, &req); err != nil || (req.Op != Ifup && req.Op != Ifdown) || req.Tap == "" {
+		answer(Response{Error: "malformed request: want {\"op\": \"ifup\" or \"ifdown\", \"tap\": NAME}"})
+		return
+	}
+	if req.ConfigDir != a.ConfigDir {
+		answer(Response{Error: "the agent serves configuration directory " + a.ConfigDir + ", not " + req.ConfigDir, Refused: true})
+		return
+	}
+	if req.IPTables != "" && !strings.HasPrefix(a.Engine.Backend, req.IPTables+",") {
+		answer(Response{Error: "the agent uses iptables backend " + a.Engine.Backend + ", not " + req.IPTables, Refused: true})
+		return
+	}
+	p := pending{req: req, reply: make(chan Response, 1)}
+	select {
+	case reqs <- p:
+	case <-ctx.Done():
+		return // the caller sees the connection close and does the work itself
+	}
+	select {
+	case r := <-p.reply:
+		answer(r)
+	case <-ctx.Done():
+	}
+}
