@@ -1,4 +1,4 @@
-// Package agent is vmfw's long-running process (vmfw agent, DESIGN §8 and
+// Package agent is vmfw's long-running process (vmfw agent, see
 // docs/agent.md). It keeps the configuration in memory and enforces every
 // valid edit of the configuration directory the moment inotify reports it,
 // repairs drift on a timer, and takes ifup/ifdown requests over a unix
