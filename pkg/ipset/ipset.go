@@ -1,8 +1,11 @@
 // Package ipset is the only code in vmfw that runs ipset. It reads back the
-// sets vmfw owns and changes them with one "ipset restore" per operation:
-// members are added and deleted in place (group membership changes never
-// touch a chain), and a set whose type changed is rebuilt under a temporary
-// name and swapped in, so rules that reference it never see it missing.
+// sets vmfw owns, and no other, and changes them with one "ipset restore"
+// per operation: members are added and deleted in place (group membership
+// changes never touch a chain), and a set that must change its header
+// (capacity) is rebuilt under a temporary name and swapped in, so rules
+// that reference it never see it missing. The kernel swaps only sets of
+// the same type and family; a set of vmfw's name but another type (made by
+// hand) makes the swap, and so the operation, fail with ipset's message.
 package ipset
 
 import (
@@ -43,23 +46,64 @@ func New(runner iptables.Runner) *Client {
 	return &Client{runner: runner}
 }
 
-// List returns vmfw's sets, read with one "ipset save".
+// listAttempts bounds how often List starts over when a set it found by
+// name is gone before its contents are read. vmfw changes its sets only
+// under the namespace lock, so only an operator's "ipset destroy" between
+// the two commands gets there.
+const listAttempts = 3
+
+// List returns vmfw's sets. It reads the names of every set (names only:
+// "ipset list -n" reads no members), then the headers and members of
+// vmfw's own sets, and of leftovers of a rebuild, with one "ipset
+// restore" of "save NAME" lines (ipset accepts list and save in restore
+// mode, and "ipset save" takes at most one name). Sets of other tools,
+// however large, are never read.
 func (c *Client) List(ctx context.Context) (map[string]*Observed, error) {
-	out, err := c.runner.Run(ctx, nil, "ipset", "save")
-	if err != nil {
-		return nil, fmt.Errorf("reading ipsets: %w", err)
+	for attempt := 1; ; attempt++ {
+		out, err := c.runner.Run(ctx, nil, "ipset", "list", "-n")
+		if err != nil {
+			return nil, fmt.Errorf("listing ipsets: %w", err)
+		}
+		names := ownNames(out)
+		if len(names) == 0 {
+			return map[string]*Observed{}, nil
+		}
+		var script strings.Builder
+		for _, name := range names {
+			script.WriteString("save " + name + "\n")
+		}
+		save, err := c.runner.Run(ctx, []byte(script.String()), "ipset", "restore")
+		if err == nil {
+			return Parse(save), nil
+		}
+		if attempt == listAttempts {
+			return nil, fmt.Errorf("reading ipsets: %w", err)
+		}
 	}
-	return Parse(out), nil
 }
 
-// Parse extracts vmfw's sets from "ipset save" output.
+// ownNames picks, sorted, the names of "ipset list -n" output that are
+// vmfw's: its sets and leftovers of an interrupted rebuild.
+func ownNames(list []byte) []string {
+	var names []string
+	for _, line := range strings.Split(string(list), "\n") {
+		if name := strings.TrimSpace(line); ruleset.IsOwnedSet(name) || isLeftover(name) {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Parse extracts vmfw's sets, and leftovers of a rebuild, from "ipset
+// save" output.
 func Parse(save []byte) map[string]*Observed {
 	sets := map[string]*Observed{}
 	sc := bufio.NewScanner(bytes.NewReader(save))
 	sc.Buffer(make([]byte, 1<<20), 1<<26)
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
-		if len(f) < 3 || !(ruleset.IsOwnedSet(f[1]) || strings.HasPrefix(f[1], tempPrefix)) {
+		if len(f) < 3 || !(ruleset.IsOwnedSet(f[1]) || isLeftover(f[1])) {
 			continue
 		}
 		switch f[0] {
@@ -125,7 +169,7 @@ func Plan(want []ruleset.Set, have map[string]*Observed) (pre, post string) {
 	wanted := map[string]bool{}
 	var leftovers []string
 	for name := range have {
-		if strings.HasPrefix(name, tempPrefix) {
+		if isLeftover(name) {
 			leftovers = append(leftovers, name)
 			wanted[name] = true // destroyed here, not in post
 		}
@@ -190,9 +234,29 @@ func Plan(want []ruleset.Set, have map[string]*Observed) (pre, post string) {
 }
 
 // tempName names the set a changed set is rebuilt in before the swap. It
-// is not shaped like a group's set, so no rule ever references it.
+// is not shaped like a group's set, so no rule ever references it, and it
+// fits ipset's 31 characters for the longest group name
+// (vmfw-sg-NAME-v4 with a 20-character NAME).
 func tempName(name string) string { return tempPrefix + name }
 
 // tempPrefix starts the name of a set being rebuilt; one found at the start
 // of a run was left by a crash and is destroyed first.
-const tempPrefix = "vmfw-tmp-"
+const tempPrefix = "vmfw-"
+
+// oldTempPrefix started the names of sets being rebuilt before tempPrefix,
+// which is too long for the longest group names. A crash of that version can
+// have left such a set behind.
+const oldTempPrefix = "vmfw-tmp-"
+
+// isLeftover reports whether name is a set being rebuilt: vmfw's name of a
+// group's set behind one of the temporary prefixes. Only such names are
+// destroyed as leftovers, so another tool's set that merely starts with
+// "vmfw-" is never touched.
+func isLeftover(name string) bool {
+	for _, prefix := range []string{oldTempPrefix, tempPrefix} {
+		if rest, ok := strings.CutPrefix(name, prefix); ok && ruleset.IsOwnedSet(rest) {
+			return true
+		}
+	}
+	return false
+}

@@ -9,13 +9,53 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"time"
 
 	"github.com/vishvananda/netlink"
 )
 
+// dumpAttempts is how many times a netlink read is tried when the kernel
+// flags it as interrupted. A dump that spans several messages is flagged
+// when an interface appears or disappears while it runs (QEMU creating or
+// deleting taps during an apply); its result may lack interfaces that
+// exist, or hold ones that are gone, so it is read again rather than used.
+const dumpAttempts = 10
+
+// dumpPause is the pause before the n-th retry (n*dumpPause): it lets a
+// burst of interface changes, such as many VMs starting at once, settle.
+const dumpPause = time.Millisecond
+
+// retryDump runs read until the kernel does not flag it as interrupted,
+// at most dumpAttempts times. Results of interrupted reads are discarded:
+// only a consistent one is returned.
+func retryDump[T any](read func() (T, error)) (T, error) {
+	for attempt := 1; ; attempt++ {
+		v, err := read()
+		if err == nil || !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return v, err
+		}
+		if attempt == dumpAttempts {
+			var zero T
+			return zero, fmt.Errorf("interfaces kept changing during %d reads: %w", attempt, err)
+		}
+		time.Sleep(time.Duration(attempt) * dumpPause)
+	}
+}
+
+// linkByName looks up one interface. The kernel answers such a lookup
+// directly, but the library falls back to a dump on kernels that cannot
+// look up by name, and that dump can be interrupted.
+func linkByName(name string) (netlink.Link, error) {
+	return retryDump(func() (netlink.Link, error) { return netlink.LinkByName(name) })
+}
+
+// linkList reads every interface of the calling thread's network
+// namespace; a variable so that tests can watch each read.
+var linkList = netlink.LinkList
+
 // Names returns the names of every interface in the current network namespace.
 func Names() (map[string]bool, error) {
-	links, err := netlink.LinkList()
+	links, err := retryDump(linkList)
 	if err != nil {
 		return nil, fmt.Errorf("listing interfaces: %w", err)
 	}
@@ -28,7 +68,7 @@ func Names() (map[string]bool, error) {
 
 // Exists reports whether the interface exists.
 func Exists(name string) (bool, error) {
-	_, err := netlink.LinkByName(name)
+	_, err := linkByName(name)
 	if err == nil {
 		return true, nil
 	}
@@ -43,12 +83,12 @@ func Exists(name string) (bool, error) {
 // up. It runs after the tap's chains are installed, so the tap never
 // forwards a packet unfiltered.
 func Attach(tap, bridge string) error {
-	l, err := netlink.LinkByName(tap)
+	l, err := linkByName(tap)
 	if err != nil {
 		return fmt.Errorf("looking up %s: %w", tap, err)
 	}
 	if bridge != "" {
-		br, err := netlink.LinkByName(bridge)
+		br, err := linkByName(bridge)
 		if err != nil {
 			return fmt.Errorf("looking up bridge %s for %s: %w", bridge, tap, err)
 		}
