@@ -20,6 +20,7 @@ import (
 	"github.com/vmfw/vmfw/pkg/agent"
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/engine"
+	"github.com/vmfw/vmfw/pkg/explain"
 	"github.com/vmfw/vmfw/pkg/iptables"
 	"github.com/vmfw/vmfw/pkg/ruleset"
 	"github.com/vmfw/vmfw/pkg/state"
@@ -37,26 +38,41 @@ const (
 )
 
 const usage = `usage: vmfw [--config-dir DIR] [--state-dir DIR] [--iptables nft|legacy] COMMAND [ARGS]
+       vmfw --help | --version
 
 commands:
   ifup TAP                  firewall TAP, then attach it to its bridge and set it up
   ifdown TAP                remove TAP's chains and memberships (idempotent)
-  apply [--dry-run]         reconcile the host with the configuration
-  check                     validate the configuration, change nothing
+  apply [--dry-run] [-o json]
+                            reconcile the host with the configuration; -o json says what changed
+  check [-o json]           validate the configuration, change nothing; -o json also says
+                            what an apply would change
   status [TAP] [-o json|prometheus]
                             show what is installed, in sync or drifted, with drop counters
+  trace --from X --to Y --proto P [--dport N] [--sport N] [--icmp-type T] [-4|-6]
+        [--path bridged|routed] [--mac MAC] [-o json]
+                            the path of a flow through vmfw's rules, from the configuration
+                            and from the kernel, and its verdict; X and Y are a VM id
+                            (110, or 110:1 for net1), a tap, a VM name, an address or
+                            "hypervisor"
+  log [--group N] [--count N]
+                            print the packets vmfw's rules log to NFLOG (log_group in
+                            vmfw.toml) as JSON lines, naming tap, VM, group, rule and verdict
   agent [--log-format text|json]
                             run the agent: enforce edits at once, repair drift, batch ifup/ifdown
-  flush [--dry-run]         remove everything vmfw installed and nothing else
+  flush [--dry-run] [-o json]
+                            remove everything vmfw installed and nothing else
   hook proxmox VMID PHASE   Proxmox VE hookscript: post-start firewalls, post-stop removes
   hook libvirt GUEST OP SUBOP [EXTRA]
                             libvirt qemu hook, domain XML on stdin
-  version                   print the version
+  version                   print the version (also --version)
+  help                      print this help (also --help)
 
 Invoked as vmfw-ifup / vmfw-ifdown (QEMU script= / downscript=) it runs ifup / ifdown.
 The configuration directory defaults to $VMFW_CONFIG_DIR or /etc/vmfw; the
 iptables backend to $VMFW_IPTABLES or whatever the host's iptables uses; the
 state directory (CNI and libvirt attachments) to $VMFW_STATE_DIR or /var/lib/vmfw.
+Exit status: 0 done, 1 failed to apply, 2 bad usage or configuration.
 `
 
 // usageError marks bad command-line usage (exit status 2).
@@ -67,6 +83,14 @@ func (e *usageError) Error() string { return e.msg }
 // Main runs vmfw with args (args[0] is the program name) and returns the
 // exit status.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	switch wantsHelp(args) {
+	case "help":
+		fmt.Fprint(stdout, usage)
+		return ExitOK
+	case "version":
+		fmt.Fprintln(stdout, "vmfw", Version)
+		return ExitOK
+	}
 	err := run(ctx, args, stdout, stderr)
 	if err == nil {
 		return ExitOK
@@ -83,10 +107,60 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case errors.As(err, &ue):
 		fmt.Fprint(stderr, usage)
 		return ExitUsage
-	case errors.As(err, &ce), errors.As(err, &fe):
+	case errors.As(err, &ce), errors.As(err, &fe), explain.IsQueryError(err):
 		return ExitUsage
 	}
 	return ExitFailed
+}
+
+// wantsHelp reports whether args ask for the help ("help") or the version
+// ("version"), which go to standard output with exit status 0 whatever
+// else the command line says: "vmfw --help", "vmfw help", "vmfw trace -h",
+// "vmfw --version". The hooks' arguments come from libvirt and Proxmox,
+// not from a person, and are not looked at.
+func wantsHelp(args []string) string {
+	if p := filepath.Base(args[0]); p == "vmfw-ifup" || p == "vmfw-ifdown" {
+		return ""
+	}
+	isHelp := func(a string) bool { return a == "-h" || a == "-help" || a == "--help" }
+	rest := args[1:]
+	i := 0
+	for ; i < len(rest) && strings.HasPrefix(rest[i], "-"); i++ {
+		switch a := rest[i]; {
+		case a == "--":
+			return ""
+		case isHelp(a):
+			return "help"
+		case a == "--version" || a == "-version":
+			return "version"
+		case isValueFlag(a):
+			i++
+		}
+	}
+	if i >= len(rest) || rest[i] == "hook" {
+		return ""
+	}
+	if rest[i] == "help" {
+		return "help"
+	}
+	for _, a := range rest[i+1:] {
+		if a == "--" {
+			return ""
+		}
+		if isHelp(a) {
+			return "help"
+		}
+	}
+	return ""
+}
+
+// isValueFlag reports whether a global flag takes the next argument.
+func isValueFlag(a string) bool {
+	switch a {
+	case "--config-dir", "--state-dir", "--iptables", "-config-dir", "-state-dir", "-iptables":
+		return true
+	}
+	return false
 }
 
 // configDirOf returns the configuration directory args select.
@@ -151,8 +225,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
 		fs.SetOutput(io.Discard)
 		dryRun := fs.Bool("dry-run", false, "print what would change, change nothing")
+		format := fs.String("o", "text", "output format: text or json")
 		if err := parseNoArgs(fs, rest); err != nil {
 			return err
+		}
+		if *format != "text" && *format != "json" {
+			return &usageError{fmt.Sprintf("%s: unknown output format %q (want text or json)", cmd, *format)}
 		}
 		e, err := newEngine()
 		if err != nil {
@@ -167,25 +245,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		if *dryRun {
+		switch {
+		case *format == "json":
+			err = writeJSON(stdout, ch.Report(*dryRun))
+		case *dryRun:
 			_, err = ch.WriteTo(stdout)
 		}
 		return err
 	case "check":
-		if len(rest) != 0 {
-			return &usageError{"check takes no arguments"}
-		}
-		m, err := config.Load(*configDir)
-		if err != nil {
-			return err
-		}
-		nics := 0
-		for _, vm := range m.VMs {
-			nics += len(vm.NICs)
-		}
-		fmt.Fprintf(stdout, "%s: ok (%d groups, %d VMs, %d interfaces)\n", *configDir, len(m.Groups), len(m.VMs), nics)
-		printUnattributed(stdout, m)
-		return nil
+		return checkCmd(ctx, newEngine, *configDir, rest, stdout)
+	case "trace":
+		return traceCmd(ctx, newEngine, rest, stdout)
+	case "log":
+		return logCmd(ctx, *configDir, rest, stdout)
 	case "status":
 		return status(ctx, newEngine, rest, stdout)
 	case "agent":

@@ -19,7 +19,7 @@ type hostFile struct {
 	LogLimit *string   `toml:"log_limit"`
 	LogBurst *int64    `toml:"log_burst"`
 	LogGroup *int64    `toml:"log_group"`
-	// RepairInterval and MetricsListen are the agent's (DESIGN §8).
+	// RepairInterval and MetricsListen are the agent's (docs/agent.md).
 	RepairInterval *string `toml:"repair_interval"`
 	MetricsListen  *string `toml:"metrics_listen"`
 }

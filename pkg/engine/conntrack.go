@@ -37,32 +37,32 @@ var flowTable = func() FlowTable { return conntrack.Table{} }
 // (conntrack would see their next packet as a new inbound one, which the
 // VM's in chain drops). Connections conntrack only tracked because vmfw
 // did not filter them — the hypervisor's own — are never denied; see
-// package policy for what decides.
-func (e *Engine) cutFlows(m *config.Model, nics []*config.NIC) error {
+// package policy for what decides. It returns how many it deleted.
+func (e *Engine) cutFlows(m *config.Model, nics []*config.NIC) (int, error) {
 	addressed := false
 	for _, n := range nics {
 		addressed = addressed || len(n.IPs) > 0
 	}
 	if !addressed {
-		return nil // no flow can be told to be a VM's
+		return 0, nil // no flow can be told to be a VM's
 	}
 	table := flowTable()
 	addrs, err := table.LocalAddrs()
 	if err != nil {
-		return fmt.Errorf("rules applied, but cutting the connections they no longer allow failed: %w", err)
+		return 0, fmt.Errorf("rules applied, but cutting the connections they no longer allow failed: %w", err)
 	}
 	local := make(map[netip.Addr]bool, len(addrs))
 	for _, a := range addrs {
 		local[a] = true
 	}
 	ev := policy.New(m, nics, func(a netip.Addr) bool { return local[a] })
-	_, err = table.Delete(func(f conntrack.Flow) bool {
+	n, err := table.Delete(func(f conntrack.Flow) bool {
 		return ev.Check(policyFlow(f)) == policy.Deny
 	})
 	if err != nil {
-		return fmt.Errorf("rules applied, but cutting the connections they no longer allow failed: %w", err)
+		return n, fmt.Errorf("rules applied, but cutting the connections they no longer allow failed: %w", err)
 	}
-	return nil
+	return n, nil
 }
 
 func policyFlow(f conntrack.Flow) policy.Flow {

@@ -98,6 +98,11 @@ type Change struct {
 	// SetsBefore and SetsAfter are the ipset scripts run before and after
 	// the iptables changes.
 	SetsBefore, SetsAfter string
+	// Sets says what the scripts do to each set (report.go).
+	Sets SetChanges
+	// FlowsCut counts the tracked connections deleted because the new
+	// rules deny them.
+	FlowsCut int
 }
 
 // Empty reports whether nothing changed.
@@ -298,7 +303,7 @@ func (e *Engine) converge(ctx context.Context, m *config.Model, nics []*config.N
 	trace.Since(start, "compile %d interfaces", len(nics))
 	ch, err := e.applyRuleset(ctx, rs, st, dryRun)
 	if err == nil && !dryRun {
-		err = e.cutFlows(m, nics)
+		ch.FlowsCut, err = e.cutFlows(m, nics)
 	}
 	return ch, err
 }
@@ -321,6 +326,7 @@ func (e *Engine) applyRuleset(ctx context.Context, rs *ruleset.Ruleset, st *kern
 		ch.Bridge = ruleset.Diff(want, st.bridge)
 	}
 	ch.SetsBefore, ch.SetsAfter = ipset.Plan(rs.Sets, st.sets)
+	ch.Sets = setChanges(rs.Sets, st.sets)
 	trace.Since(start, "compare with the kernel")
 	if dryRun || ch.Empty() {
 		return ch, nil

@@ -70,14 +70,50 @@ const unknownRule = "\x00unknown"
 // takes the full path. When handled, err is the outcome of applying the
 // change.
 func (e *Engine) changeScoped(ctx context.Context, m *config.Model, r nicSource, up, down []string) (handled bool, ch *Change, err error) {
+	view, handled, err := e.scopedView(ctx, r)
+	if view == nil {
+		return handled, nil, err
+	}
+	before := view.before
+	focus := append(slices.Clone(up), down...)
+	after := slices.DeleteFunc(slices.Clone(before), func(n *config.NIC) bool { return slices.Contains(focus, n.Tap) })
+	for _, tap := range up {
+		nic := r.NIC(tap)
+		if nic == nil {
+			return false, nil, nil
+		}
+		after = append(after, nic)
+	}
+	start := time.Now()
+	sc, err := ruleset.BuildScope(m, before, after, focus)
+	if err != nil {
+		return false, nil, nil // the full path reports it
+	}
+	trace.Since(start, "compile the scope of %s (%d interfaces installed)", strings.Join(focus, ", "), len(before))
+	return e.applyScope(ctx, m, view, sc, after)
+}
+
+// scopeView is what a scoped change reads before it compiles: the
+// interfaces installed, and how to read chosen chains.
+type scopeView struct {
+	// before are the installed interfaces' settings.
+	before     []*config.NIC
+	saveChains func(ctx context.Context, f ruleset.Family, names []ruleset.Chain) (*iptables.Snapshot, error)
+	bridge     bridgeScopeReader
+}
+
+// scopedView learns which interfaces are installed without reading every
+// chain. It returns nil (with handled false, or true and an error) when
+// the scoped path cannot be taken.
+func (e *Engine) scopedView(ctx context.Context, r nicSource) (view *scopeView, handled bool, err error) {
 	fw, ok := e.Firewall.(scopeReader)
 	if !ok {
-		return false, nil, nil
+		return nil, false, nil
 	}
 	var br bridgeScopeReader
 	if e.Bridge != nil {
 		if br, ok = e.Bridge.(bridgeScopeReader); !ok {
-			return false, nil, nil
+			return nil, false, nil
 		}
 	}
 	saveChains := fw.SaveChains
@@ -91,7 +127,7 @@ func (e *Engine) changeScoped(ctx context.Context, m *config.Model, r nicSource,
 		full := map[ruleset.Family]*iptables.Snapshot{}
 		for _, f := range ruleset.Families {
 			if full[f], err = e.Firewall.Save(ctx, f); err != nil {
-				return true, nil, err
+				return nil, true, err
 			}
 		}
 		chains = map[ruleset.Chain]bool{}
@@ -102,7 +138,7 @@ func (e *Engine) changeScoped(ctx context.Context, m *config.Model, r nicSource,
 			return full[f].Only(names), nil
 		}
 	} else if err != nil {
-		return false, nil, nil
+		return nil, false, nil
 	}
 	var installed []string
 	for c := range chains {
@@ -113,24 +149,19 @@ func (e *Engine) changeScoped(ctx context.Context, m *config.Model, r nicSource,
 	}
 	before := nicsFor(r, installed)
 	if len(before) != len(installed) {
-		return false, nil, nil // chains of interfaces no longer configured: the full path removes them
+		return nil, false, nil // chains of interfaces no longer configured: the full path removes them
 	}
-	focus := append(slices.Clone(up), down...)
-	after := slices.DeleteFunc(slices.Clone(before), func(n *config.NIC) bool { return slices.Contains(focus, n.Tap) })
-	for _, tap := range up {
-		nic := r.NIC(tap)
-		if nic == nil {
-			return false, nil, nil
-		}
-		after = append(after, nic)
-	}
-	start = time.Now()
-	sc, err := ruleset.BuildScope(m, before, after, focus)
-	if err != nil {
-		return false, nil, nil // the full path reports it
-	}
-	trace.Since(start, "compile the scope of %s (%d interfaces installed)", strings.Join(focus, ", "), len(installed))
+	return &scopeView{before: before, saveChains: saveChains, bridge: br}, false, nil
+}
 
+// applyScope reads the chains in scope, checks that every rule in them is
+// one the scope knows (else it reports handled false: drift or an edit
+// the scope did not expect, which the full path repairs), and applies the
+// difference; after are the interfaces installed afterwards, whose flows
+// the change may end.
+func (e *Engine) applyScope(ctx context.Context, m *config.Model, view *scopeView, sc *ruleset.Scope, after []*config.NIC) (handled bool, ch *Change, err error) {
+	saveChains, br := view.saveChains, view.bridge
+	var start time.Time
 	st := &kernelState{tables: map[ruleset.Family]*iptables.Snapshot{}}
 	for _, f := range ruleset.Families {
 		start = time.Now()
@@ -181,7 +212,8 @@ func (e *Engine) changeScoped(ctx context.Context, m *config.Model, r nicSource,
 	// As converge does after applying: the change may end flows.
 	start = time.Now()
 	defer trace.Since(start, "cut flows")
-	return true, ch, e.cutFlows(m, after)
+	ch.FlowsCut, err = e.cutFlows(m, after)
+	return true, ch, err
 }
 
 // Removals without the kernel's validation.
@@ -277,4 +309,30 @@ func deletesInstead(text string, dels map[ruleset.Chain][]int) string {
 		}
 	}
 	return b.String()
+}
+
+// SyncGroups applies an edit of the named groups' rules, and nothing else,
+// from configuration was to the current one by rewriting only those
+// groups' chains: the agent's path for the most common edit, which at
+// thousands of taps would otherwise read and compile every chain. It
+// reports handled false, having changed nothing, when it cannot vouch for
+// the result (drift, or an edit that reaches the taps' chains); the caller
+// then runs Sync.
+func (e *Engine) SyncGroups(ctx context.Context, was *config.Model, groups []string) (handled bool, ch *Change, err error) {
+	r, release, err := e.begin(ctx)
+	if err != nil {
+		return false, nil, err
+	}
+	defer release()
+	view, handled, err := e.scopedView(ctx, r)
+	if view == nil {
+		return handled, nil, err
+	}
+	start := time.Now()
+	sc, err := ruleset.GroupScope(was, r.model, view.before, groups)
+	if err != nil || sc == nil {
+		return false, nil, nil
+	}
+	trace.Since(start, "compile the scope of groups %s", strings.Join(groups, ", "))
+	return e.applyScope(ctx, r.model, view, sc, view.before)
 }

@@ -87,7 +87,7 @@ func (it *interp) run(chain ruleset.Chain, p *packet, depth int) outcome {
 			continue
 		}
 		switch target {
-		case "LOG":
+		case "LOG", "NFLOG":
 		case "ACCEPT":
 			return accepted
 		case "DROP", "REJECT":
@@ -132,8 +132,8 @@ func (it *interp) matches(tok []string, p *packet) (target, arg string, ok bool)
 				next() // --set-xmark
 				arg = next()
 			}
-			if target == "LOG" {
-				return target, "", true // the rest is the log prefix
+			if target == "LOG" || target == "NFLOG" {
+				return target, "", true // the rest is the log prefix and group
 			}
 			continue
 		case "--reject-with":

@@ -13,8 +13,10 @@
 package policy
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 
 	"github.com/vmfw/vmfw/pkg/config"
@@ -79,6 +81,13 @@ type Flow struct {
 	// whose ports the kernel's conntrack netlink dump is not parsed for:
 	// rules with ports then neither match nor fail to match for sure.
 	PortsUnknown bool
+	// ICMPType and ICMPCode are the type and code of an icmp or icmpv6
+	// packet when ICMPKnown. Tracked flows leave them unknown (see
+	// icmpQueries); vmfw trace knows them, and then the evaluator also
+	// walks the rules only some types meet: neighbour discovery, the
+	// INVALID state of ICMP errors.
+	ICMPType, ICMPCode uint8
+	ICMPKnown          bool
 }
 
 // An ICMP or ICMPv6 flow carries no type: the only ICMP messages
@@ -185,32 +194,8 @@ func (e *Evaluator) Check(f Flow) Verdict {
 // anti-spoofing (the source is n's, as Check chose n by it), the DHCP
 // client exceptions, n's groups' out rules, policy_out.
 func (e *Evaluator) Out(n *config.NIC, f Flow) Verdict {
-	if !n.VM.Enable {
-		return Allow
-	}
 	var w walk
-	v6 := f.Src.Is6()
-	if n.Antispoof {
-		// DHCP-server traffic from a VM is dropped before anything else.
-		serverPort := uint16(67)
-		if v6 {
-			serverPort = 547
-		}
-		w.step(e.protoPorts(f, protoUDP, serverPort, 0), Deny)
-	}
-	if n.DHCP {
-		if v6 {
-			w.step(e.protoPorts(f, protoUDP, 546, 547), Allow)
-		} else {
-			w.step(e.protoPorts(f, protoUDP, 68, 67), Allow)
-		}
-	}
-	for _, g := range n.Groups {
-		for _, r := range e.rules(g, config.Out) {
-			w.step(e.matchRule(r, f, nil), action(r.Action))
-		}
-	}
-	w.step(yes, action(n.VM.PolicyOut))
+	e.out(&w, n, f)
 	return w.verdict()
 }
 
@@ -218,24 +203,188 @@ func (e *Evaluator) Out(n *config.NIC, f Flow) Verdict {
 // the DHCP reply exceptions, n's groups' in rules, policy_in. sender is
 // the sending interface, nil for a host that is not an attached interface.
 func (e *Evaluator) In(n *config.NIC, sender *config.NIC, f Flow) Verdict {
-	if !n.VM.Enable {
-		return Allow
-	}
 	var w walk
+	e.in(&w, n, sender, f, false)
+	return w.verdict()
+}
+
+func (e *Evaluator) out(w *walk, n *config.NIC, f Flow) {
+	chain := n.Tap + "-out"
+	if !n.VM.Enable {
+		w.step(yes, config.Accept, Step{Chain: chain, What: "disabled", File: n.VM.File, Note: "VM disabled (enable = false): its interfaces pass unfiltered"})
+		return
+	}
+	v6 := f.Src.Is6()
+	if n.Antispoof {
+		e.antispoof(w, n, f)
+	}
+	e.state(w, chain, f)
+	if v6 && f.ICMPKnown && f.Proto == protoICMPv6 {
+		switch f.ICMPType {
+		case icmp6RouterSolicit, icmp6NeighSolicit, icmp6NeighAdvert:
+			w.step(yes, config.Accept, Step{Chain: chain, What: "ndp", Note: "neighbour discovery from the VM is allowed"})
+		}
+	}
 	if n.DHCP {
-		if f.Dst.Is6() {
-			w.step(e.protoPorts(f, protoUDP, 547, 546), Allow)
+		if v6 {
+			w.step(e.protoPorts(f, protoUDP, 546, 547), config.Accept, Step{Chain: chain, What: "dhcp", Note: "DHCPv6 client request (dhcp = true)"})
 		} else {
-			w.step(e.protoPorts(f, protoUDP, 67, 68), Allow)
+			w.step(e.protoPorts(f, protoUDP, 68, 67), config.Accept, Step{Chain: chain, What: "dhcp", Note: "DHCP client request (dhcp = true)"})
 		}
 	}
 	for _, g := range n.Groups {
-		for _, r := range e.rules(g, config.In) {
-			w.step(e.matchRule(r, f, sender), action(r.Action))
+		for i, r := range e.rules(g, config.Out) {
+			w.step(e.matchRule(r, f, nil), r.Action, e.ruleStep(g, config.Out, i, r))
 		}
 	}
-	w.step(yes, action(n.VM.PolicyIn))
-	return w.verdict()
+	w.step(yes, n.VM.PolicyOut, Step{Chain: chain, What: "policy", File: n.VM.File, Note: "policy_out = " + string(n.VM.PolicyOut) + ": no rule matched"})
+}
+
+// antispoof walks the anti-spoofing rules that come first in an out
+// chain. Only flows known to be of a type the rules single out can match
+// them; the source address is the interface's when Check chose it by it.
+func (e *Evaluator) antispoof(w *walk, n *config.NIC, f Flow) {
+	chain := n.Tap + "-out"
+	step := func(m match, what, note string) {
+		w.step(m, config.Drop, Step{Chain: chain, What: what, File: n.VM.File, Line: n.Line, Note: note})
+	}
+	// DHCP-server traffic from a VM is dropped before anything else.
+	if f.Src.Is6() {
+		if f.ICMPKnown && f.Proto == protoICMPv6 {
+			step(is(f.ICMPType == icmp6RouterAdvert), "antispoof", "router advertisements from a VM are dropped (antispoof)")
+			step(is(f.ICMPType == icmp6Redirect), "antispoof", "redirects from a VM are dropped (antispoof)")
+		}
+		step(e.protoPorts(f, protoUDP, 547, 0), "antispoof", "DHCPv6 server traffic from a VM is dropped (antispoof)")
+	} else {
+		step(e.protoPorts(f, protoUDP, 67, 0), "antispoof", "DHCP server traffic from a VM is dropped (antispoof)")
+	}
+	if f.Src.IsUnspecified() {
+		return // DHCP discovery, DAD: not flows anyone traces or tracks
+	}
+	if slices.Contains(n.IPs, f.Src) || f.Src.Is6() && f.Src.IsLinkLocalUnicast() {
+		if w.record {
+			w.steps = append(w.steps, Step{Chain: n.Tap + "-src", What: "antispoof", File: n.VM.File, Line: n.Line, Match: "no", Note: "source " + f.Src.String() + " is the interface's own (ips)"})
+		}
+		return
+	}
+	step(yes, "antispoof", "source "+f.Src.String()+" is not one of the interface's ips: spoofed, dropped")
+}
+
+// state walks the connection-tracking rules that follow anti-spoofing:
+// INVALID packets are dropped. A flow's first packet is NEW, except an
+// ICMP message that opens no connection: errors and replies without a
+// connection they belong to are INVALID, and neighbour discovery and
+// multicast listener messages are not tracked at all (UNTRACKED passes).
+func (e *Evaluator) state(w *walk, chain string, f Flow) {
+	if !f.ICMPKnown || (f.Proto != protoICMP && f.Proto != protoICMPv6) {
+		if w.record {
+			w.steps = append(w.steps, Step{Chain: chain, What: "state", Match: "no", Note: "first packet of a new connection (NEW): established and related rules do not apply"})
+		}
+		return
+	}
+	switch ctState(f) {
+	case "INVALID":
+		w.step(yes, config.Drop, Step{Chain: chain, What: "state", Note: fmt.Sprintf("ICMP type %d opens no connection and belongs to none: conntrack state INVALID, dropped", f.ICMPType)})
+	case "UNTRACKED":
+		if w.record {
+			w.steps = append(w.steps, Step{Chain: chain, What: "state", Match: "no", Note: "neighbour discovery and multicast listener messages are not tracked (UNTRACKED)"})
+		}
+	default:
+		if w.record {
+			w.steps = append(w.steps, Step{Chain: chain, What: "state", Match: "no", Note: "first packet of a new connection (NEW)"})
+		}
+	}
+}
+
+// ctState is the conntrack state of a flow's first packet: NEW, INVALID or
+// UNTRACKED (see state).
+func ctState(f Flow) string {
+	switch {
+	case !f.ICMPKnown:
+		return "NEW"
+	case f.Proto == protoICMP:
+		switch f.ICMPType {
+		case 8, 13, 15, 17: // echo, timestamp, information, address mask requests
+			return "NEW"
+		}
+		return "INVALID"
+	case f.Proto == protoICMPv6:
+		switch f.ICMPType {
+		case 128, 139: // echo request, node information query
+			return "NEW"
+		case 130, 131, 132, 133, 134, 135, 136, 137, 143:
+			return "UNTRACKED"
+		}
+		return "INVALID"
+	}
+	return "NEW"
+}
+
+// in walks the in chain of n. local says the hypervisor sends the packet:
+// it then meets TAP-lin, whose groups' chains leave out the rules that
+// match a source MAC (docs/routing.md).
+func (e *Evaluator) in(w *walk, n *config.NIC, sender *config.NIC, f Flow, local bool) {
+	chain := n.Tap + "-in"
+	if local && e.needsLocalIn(n) {
+		chain = n.Tap + "-lin"
+	}
+	if !n.VM.Enable {
+		w.step(yes, config.Accept, Step{Chain: chain, What: "disabled", File: n.VM.File, Note: "VM disabled (enable = false): its interfaces pass unfiltered"})
+		return
+	}
+	e.state(w, chain, f)
+	if f.Dst.Is6() && f.ICMPKnown && f.Proto == protoICMPv6 {
+		switch f.ICMPType {
+		case icmp6RouterSolicit, icmp6RouterAdvert, icmp6NeighSolicit, icmp6NeighAdvert:
+			w.step(yes, config.Accept, Step{Chain: chain, What: "ndp", Note: "neighbour and router discovery to the VM is allowed"})
+		}
+	}
+	if n.DHCP {
+		if f.Dst.Is6() {
+			w.step(e.protoPorts(f, protoUDP, 547, 546), config.Accept, Step{Chain: chain, What: "dhcp", Note: "DHCPv6 reply (dhcp = true)"})
+		} else {
+			w.step(e.protoPorts(f, protoUDP, 67, 68), config.Accept, Step{Chain: chain, What: "dhcp", Note: "DHCP reply (dhcp = true)"})
+		}
+	}
+	for _, g := range n.Groups {
+		lin := local && e.groupMatchesMAC(g)
+		for i, r := range e.rules(g, config.In) {
+			s := e.ruleStep(g, config.In, i, r)
+			if lin {
+				s.Chain = "sg-" + g + "-lin"
+			}
+			if lin && r.SourceMAC != nil {
+				if w.record {
+					s.Match, s.Note = "no", "not in the chain for packets the hypervisor sends: they have no source MAC"
+					w.steps = append(w.steps, s)
+				}
+				continue
+			}
+			w.step(e.matchRule(r, f, sender), r.Action, s)
+		}
+	}
+	w.step(yes, n.VM.PolicyIn, Step{Chain: chain, What: "policy", File: n.VM.File, Note: "policy_in = " + string(n.VM.PolicyIn) + ": no rule matched"})
+}
+
+// needsLocalIn reports whether n has TAP-lin: one of its groups has an in
+// rule matching a source MAC.
+func (e *Evaluator) needsLocalIn(n *config.NIC) bool {
+	return slices.ContainsFunc(n.Groups, e.groupMatchesMAC)
+}
+
+// groupMatchesMAC reports whether group g has an in rule matching a
+// source MAC, and so a chain sg-g-lin without them.
+func (e *Evaluator) groupMatchesMAC(g string) bool {
+	return slices.ContainsFunc(e.rules(g, config.In), func(r config.Rule) bool { return r.SourceMAC != nil })
+}
+
+// ruleStep describes rule i of group g's direction d.
+func (e *Evaluator) ruleStep(g string, d config.Direction, i int, r config.Rule) Step {
+	s := Step{Chain: "sg-" + g + "-" + string(d), What: "rule", Group: g, Rule: i + 1, Line: r.Line, Note: r.Comment}
+	if grp := e.groups[g]; grp != nil {
+		s.File = grp.File
+	}
+	return s
 }
 
 func (e *Evaluator) rules(group string, d config.Direction) []config.Rule {
@@ -246,13 +395,6 @@ func (e *Evaluator) rules(group string, d config.Direction) []config.Rule {
 	return g.Rules(d)
 }
 
-func action(a config.Action) Verdict {
-	if a == config.Accept {
-		return Allow
-	}
-	return Deny
-}
-
 // match is a three-valued match result.
 type match int
 
@@ -261,6 +403,16 @@ const (
 	maybe
 	yes
 )
+
+func (m match) String() string {
+	switch m {
+	case yes:
+		return "yes"
+	case maybe:
+		return "maybe"
+	}
+	return "no"
+}
 
 func is(b bool) match {
 	if b {
@@ -274,21 +426,34 @@ func both(a, b match) match { return min(a, b) }
 
 // walk follows a chain rule by rule, keeping every verdict the packet may
 // get: a rule that surely matches ends the walk, one that may match adds
-// its verdict and lets the walk go on.
+// its verdict and lets the walk go on. With record it also keeps the
+// steps, for Explain; Check leaves it off, as it runs for every tracked
+// connection after an edit.
 type walk struct {
 	allow, deny, done bool
+	// action is what the rule that surely matched does.
+	action config.Action
+	record bool
+	steps  []Step
 }
 
-func (w *walk) step(m match, v Verdict) {
+func (w *walk) step(m match, a config.Action, s Step) {
 	if w.done || m == no {
 		return
 	}
-	if v == Allow {
+	if a == config.Accept {
 		w.allow = true
 	} else {
 		w.deny = true
 	}
 	w.done = m == yes
+	if w.done {
+		w.action = a
+	}
+	if w.record {
+		s.Match, s.Action = m.String(), a
+		w.steps = append(w.steps, s)
+	}
 }
 
 func (w *walk) verdict() Verdict {
@@ -354,6 +519,9 @@ func (e *Evaluator) matchProto(r config.Rule, f Flow) match {
 		if r.ICMPType == "" {
 			return yes
 		}
+		if f.ICMPKnown {
+			return is(icmpMatches("icmp", r.ICMPType, f.ICMPType, f.ICMPCode))
+		}
 		return min(maybe, is(icmpQueries[r.ICMPType]))
 	case "icmpv6":
 		if !f.Src.Is6() || f.Proto != protoICMPv6 {
@@ -361,6 +529,9 @@ func (e *Evaluator) matchProto(r config.Rule, f Flow) match {
 		}
 		if r.ICMPType == "" {
 			return yes
+		}
+		if f.ICMPKnown {
+			return is(icmpMatches("icmpv6", r.ICMPType, f.ICMPType, f.ICMPCode))
 		}
 		return min(maybe, is(icmpv6Queries[r.ICMPType]))
 	case "tcp":

@@ -62,8 +62,14 @@ func (b *builder) bridgeTable(nics []*config.NIC) *Table {
 	}
 	t.Chains = append(t.Chains, l2Dispatch(names)...)
 	t.Chains = append(t.Chains, b.l2Out(nics))
-	t.Hooks = []Hook{{From: Forward, To: ChainL2}, {From: Input, To: ChainL2}, {From: Output, To: ChainL2Out}}
+	t.Hooks = bridgeHooks()
 	return t
+}
+
+// bridgeHooks are the jumps from the built-in chains of the ebtables
+// filter table into vmfw's root chains.
+func bridgeHooks() []Hook {
+	return []Hook{{From: Forward, To: ChainL2}, {From: Input, To: ChainL2}, {From: Output, To: ChainL2Out}}
 }
 
 // l2Out builds vmfw-l2out. An IPv4 or IPv6 frame the hypervisor sends to a

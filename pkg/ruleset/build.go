@@ -82,8 +82,14 @@ func (b *builder) table(f Family, nics []*config.NIC) *Table {
 	t.Chains = append(t.Chains, b.dispatch(nics)...)
 	t.Chains = append(t.Chains, b.routes(f, nics)...)
 	t.Chains = append(t.Chains, b.entryChains()...)
-	t.Hooks = []Hook{{From: Forward, To: ChainForward}, {From: Input, To: ChainInput}, {From: Output, To: ChainOutput}}
+	t.Hooks = filterHooks()
 	return t
+}
+
+// filterHooks are the jumps from the built-in chains of the filter table
+// into vmfw's entry chains.
+func filterHooks() []Hook {
+	return []Hook{{From: Forward, To: ChainForward}, {From: Input, To: ChainInput}, {From: Output, To: ChainOutput}}
 }
 
 // entryChains are the chains the hooks enter. A packet from a bridge port
@@ -306,8 +312,9 @@ func (b *builder) outAccept(match, comment string) []Rule {
 // policy returns the rules deciding what no rule matched.
 func (b *builder) policy(f Family, n *config.NIC, dir config.Direction, a config.Action) []Rule {
 	var r []Rule
+	o := Origin{Dir: dir, Tap: n.Tap}
 	if n.VM.Log && a != config.Accept {
-		r = append(r, b.logRule("", n.Tap, dir, a))
+		r = append(r, b.logRule("", o, a))
 	}
 	switch {
 	case a == config.Accept && dir == config.Out:
@@ -319,7 +326,17 @@ func (b *builder) policy(f Family, n *config.NIC, dir config.Direction, a config
 	default:
 		r = append(r, Rule{Spec: "-j DROP", Comment: "policy drop"})
 	}
-	return r
+	return withOrigin(r, o)
+}
+
+// withOrigin sets the origin of rules that have none.
+func withOrigin(rules []Rule, o Origin) []Rule {
+	for i := range rules {
+		if rules[i].Origin.IsZero() {
+			rules[i].Origin = o
+		}
+	}
+	return rules
 }
 
 // rejectRules rejects TCP with a reset and everything else with an ICMP
@@ -345,13 +362,27 @@ func rejectRules(f Family, match, comment string) []Rule {
 	}
 }
 
-// logRule returns a rate-limited LOG rule. The prefix names the object (a
-// tap or sg-GROUP), the direction and the verdict: "vmfw tap110i0-in DROP ".
-// The kernel keeps 28 characters, so long names lose the "vmfw " and then
-// their tail rather than the verdict.
-func (b *builder) logRule(match, object string, dir config.Direction, a config.Action) Rule {
+// logRule returns a rate-limited LOG rule, or with log_group an NFLOG
+// rule. The LOG prefix names the object (a tap or sg-GROUP), the direction
+// and the verdict: "vmfw tap110i0-in DROP ". The kernel keeps 28
+// characters, so long names lose the "vmfw " and then their tail rather
+// than the verdict.
+func (b *builder) logRule(match string, o Origin, a config.Action) Rule {
+	m := match
+	if m != "" {
+		m += " "
+	}
+	limit := fmt.Sprintf("-m limit --limit %s --limit-burst %d", b.model.Host.LogLimit, b.model.Host.LogBurst)
+	if b.model.Host.LogGroup > 0 {
+		return Rule{Spec: fmt.Sprintf("%s%s -j NFLOG --nflog-group %d --nflog-prefix %q",
+			m, limit, b.model.Host.LogGroup, NFLOGPrefix(o, a)), Origin: o}
+	}
+	object := o.Tap
+	if o.Group != "" {
+		object = "sg-" + o.Group
+	}
 	verdict := strings.ToUpper(string(a))
-	tail := "-" + string(dir) + " " + verdict + " "
+	tail := "-" + string(o.Dir) + " " + verdict + " "
 	prefix := "vmfw " + object + tail
 	if len(prefix) > 28 {
 		prefix = object + tail
@@ -359,12 +390,59 @@ func (b *builder) logRule(match, object string, dir config.Direction, a config.A
 	if len(prefix) > 28 {
 		prefix = object[:28-len(tail)] + tail
 	}
-	m := match
-	if m != "" {
-		m += " "
+	return Rule{Spec: fmt.Sprintf("%s%s -j LOG --log-prefix %q", m, limit, prefix), Origin: o}
+}
+
+// NFLOGPrefix is the prefix of the NFLOG rule logging for origin o with
+// verdict a: "vmfw sg-web-in #2 DROP" for the second in rule of group web,
+// "vmfw tap110i0-in policy DROP" for a policy. It names the rule by its
+// position, not its line, so that editing comments in a group file does
+// not rewrite the group's chains; vmfw log resolves it against the
+// configuration (ParseNFLOGPrefix). At most 47 characters: NFLOG keeps 64.
+func NFLOGPrefix(o Origin, a config.Action) string {
+	verdict := strings.ToUpper(string(a))
+	if o.Group == "" {
+		return fmt.Sprintf("vmfw %s-%s policy %s", o.Tap, o.Dir, verdict)
 	}
-	return Rule{Spec: fmt.Sprintf("%s-m limit --limit %s --limit-burst %d -j LOG --log-prefix %q",
-		m, b.model.Host.LogLimit, b.model.Host.LogBurst, prefix)}
+	return fmt.Sprintf("vmfw sg-%s-%s #%d %s", o.Group, o.Dir, o.Index+1, verdict)
+}
+
+// ParseNFLOGPrefix reverses NFLOGPrefix: the origin and the verdict
+// (accept, drop, reject). ok is false for a prefix vmfw did not write.
+func ParseNFLOGPrefix(prefix string) (o Origin, a config.Action, ok bool) {
+	f := strings.Fields(prefix)
+	if len(f) != 4 || f[0] != "vmfw" {
+		return o, "", false
+	}
+	a = config.Action(strings.ToLower(f[3]))
+	if a != config.Accept && a != config.Drop && a != config.Reject {
+		return o, "", false
+	}
+	object, dir, found := cutLast(f[1], "-")
+	if !found || (dir != string(config.In) && dir != string(config.Out)) {
+		return o, "", false
+	}
+	o.Dir = config.Direction(dir)
+	if f[2] == "policy" {
+		o.Tap = object
+		return o, a, object != ""
+	}
+	group, isGroup := strings.CutPrefix(object, "sg-")
+	n, err := strconv.Atoi(strings.TrimPrefix(f[2], "#"))
+	if !isGroup || group == "" || !strings.HasPrefix(f[2], "#") || err != nil || n < 1 {
+		return o, "", false
+	}
+	o.Group, o.Index = group, n-1
+	return o, a, true
+}
+
+// cutLast splits s around the last sep.
+func cutLast(s, sep string) (before, after string, found bool) {
+	i := strings.LastIndex(s, sep)
+	if i < 0 {
+		return s, "", false
+	}
+	return s[:i], s[i+len(sep):], true
 }
 
 // groupChain compiles one direction of a group. In chains decide for good
@@ -383,7 +461,7 @@ func (b *builder) localGroupChain(f Family, g *config.Group) *ChainRules {
 
 func (b *builder) compileGroup(f Family, g *config.Group, dir config.Direction, name Chain, skipMAC bool) *ChainRules {
 	c := &ChainRules{Name: name}
-	for _, rule := range g.Rules(dir) {
+	for i, rule := range g.Rules(dir) {
 		if skipMAC && rule.SourceMAC != nil {
 			continue
 		}
@@ -391,9 +469,11 @@ func (b *builder) compileGroup(f Family, g *config.Group, dir config.Direction, 
 		if len(matches) == 0 {
 			continue
 		}
+		o := Origin{Group: g.Name, Dir: dir, Index: i}
+		first := len(c.Rules)
 		for _, m := range matches {
 			if rule.Log {
-				c.Rules = append(c.Rules, b.logRule(m, "sg-"+g.Name, dir, rule.Action))
+				c.Rules = append(c.Rules, b.logRule(m, o, rule.Action))
 			}
 			switch {
 			case rule.Action == config.Drop:
@@ -409,6 +489,7 @@ func (b *builder) compileGroup(f Family, g *config.Group, dir config.Direction, 
 		if rule.Action == config.Accept && dir == config.Out {
 			c.Rules = append(c.Rules, Rule{Spec: b.isMarked() + " -j RETURN"})
 		}
+		withOrigin(c.Rules[first:], o)
 	}
 	return c
 }

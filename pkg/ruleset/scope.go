@@ -2,6 +2,7 @@ package ruleset
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 
@@ -290,4 +291,77 @@ func buildScoped(m *config.Model, nics []*config.NIC, focus map[string]bool) (*R
 	}
 	rs.Bridge.Chains = kept
 	return rs, nil
+}
+
+// GroupScope is the scope of editing the rules of the named groups, and
+// nothing else, from configuration was to now, with nics installed: the
+// groups' chains (sg-NAME-in, -out, -lin) of both versions, the hooks, and
+// every ipset with its members (a rule may start or stop naming a
+// source_group). It returns nil when such an edit reaches further — a
+// group gained or lost its source MAC rules, which adds or removes the
+// TAP-lin chains of its members — and the caller applies everything.
+func GroupScope(was, now *config.Model, nics []*config.NIC, groups []string) (*Scope, error) {
+	bw := &builder{model: was, mark: fmt.Sprintf("0x%x", was.Host.Mark)}
+	bn := &builder{model: now, mark: fmt.Sprintf("0x%x", now.Host.Mark)}
+	used := map[string]bool{}
+	for _, n := range nics {
+		if !n.VM.Enable {
+			continue
+		}
+		for _, g := range n.Groups {
+			if now.Groups[g] == nil {
+				return nil, fmt.Errorf("%s: unknown group %q", n.Tap, g)
+			}
+			used[g] = true
+		}
+	}
+	sc := &Scope{
+		Tables: map[Family]*Table{},
+		Chains: map[Family][]Chain{},
+		Known:  map[Family]map[Chain]map[string]Rule{},
+		Bridge: &Table{Bridge: true, Hooks: bridgeHooks()},
+	}
+	for _, f := range Families {
+		t := &Table{Family: f, Hooks: filterHooks()}
+		known := map[Chain]map[string]Rule{}
+		var names []Chain
+		add := func(c *ChainRules, desired bool) {
+			if known[c.Name] == nil {
+				known[c.Name] = map[string]Rule{}
+				names = append(names, c.Name)
+			}
+			for _, r := range c.Rules {
+				known[c.Name][r.Hash(c.Name)] = r
+			}
+			if desired {
+				t.Chains = append(t.Chains, c)
+			}
+		}
+		for _, g := range slices.Sorted(slices.Values(groups)) {
+			if !used[g] {
+				continue // no installed interface lists it: no chain to write
+			}
+			if was.Groups[g] == nil || bw.macGroup(g) != bn.macGroup(g) {
+				return nil, nil
+			}
+			for _, dir := range []config.Direction{config.In, config.Out} {
+				add(bw.groupChain(f, was.Groups[g], dir), false)
+				add(bn.groupChain(f, now.Groups[g], dir), true)
+			}
+			if bn.macGroup(g) {
+				add(bw.localGroupChain(f, was.Groups[g]), false)
+				add(bn.localGroupChain(f, now.Groups[g]), true)
+			}
+		}
+		// Compiling every group in use tells which sets rules reference.
+		for g := range used {
+			bn.groupChain(f, now.Groups[g], config.In)
+			bn.groupChain(f, now.Groups[g], config.Out)
+		}
+		sc.Tables[f], sc.Chains[f], sc.Known[f] = t, names, known
+	}
+	sorted := append([]*config.NIC(nil), nics...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Tap < sorted[j].Tap })
+	sc.Sets = bn.sets(sorted)
+	return sc, nil
 }

@@ -2,10 +2,13 @@ package ruleset
 
 import (
 	"fmt"
+	"maps"
 	"math/rand"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/vmfw/vmfw/pkg/config"
@@ -204,5 +207,57 @@ func TestScopeTakesKernelFromBeforeToAfter(t *testing.T) {
 				t.Errorf("attach=%v %s: sets differ from Build", attach, tap)
 			}
 		}
+	}
+}
+
+// TestGroupScopeTakesKernelFromBeforeToAfter: on a kernel holding
+// Build(was), replacing the chains of GroupScope yields exactly Build(now)
+// when only group rules changed (a rule added, a source_group set newly
+// referenced, a port changed), the sets come out as Build's, and a group
+// gaining a source MAC rule is refused (its members' TAP-lin chains
+// change).
+func TestGroupScopeTakesKernelFromBeforeToAfter(t *testing.T) {
+	was, nics := scopeModel(t, 120)
+	edited := func(g string, rules ...config.Rule) *config.Model {
+		m := *was
+		m.Groups = maps.Clone(was.Groups)
+		grp := *was.Groups[g]
+		grp.In = append(slices.Clone(grp.In), rules...)
+		m.Groups[g] = &grp
+		return &m
+	}
+	now := edited("g2",
+		config.Rule{Action: config.Accept, Proto: "tcp", DPort: []config.PortRange{{Lo: 8080, Hi: 8080}}},
+		config.Rule{Action: config.Drop, Proto: "udp", SourceGroup: "g4"})
+	sc, err := GroupScope(was, now, nics, []string{"g2"})
+	if err != nil || sc == nil {
+		t.Fatalf("GroupScope = %v, %v", sc, err)
+	}
+	before, err := Build(was, nics)
+	if err != nil {
+		t.Fatal(err)
+	}
+	after, err := Build(now, nics)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range Families {
+		k := kernelOf(before.Tables[f])
+		applyScope(k, sc.Tables[f], sc.Chains[f])
+		if !sameKernel(k, kernelOf(after.Tables[f])) {
+			t.Errorf("%s: kernel after the group scope differs from Build", f)
+		}
+		for _, c := range sc.Chains[f] {
+			if !strings.HasPrefix(string(c), "sg-g2-") {
+				t.Errorf("%s: %s in the scope of editing g2", f, c)
+			}
+		}
+	}
+	if fmt.Sprint(sc.Sets) != fmt.Sprint(after.Sets) {
+		t.Errorf("sets differ from Build:\n%v\n%v", sc.Sets, after.Sets)
+	}
+	mac, _ := net.ParseMAC("02:00:00:00:00:09")
+	if sc, err := GroupScope(was, edited("g2", config.Rule{Action: config.Accept, SourceMAC: mac}), nics, []string{"g2"}); sc != nil || err != nil {
+		t.Errorf("a group gaining a source MAC rule got a group scope: %v, %v", sc, err)
 	}
 }

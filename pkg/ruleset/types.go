@@ -14,6 +14,8 @@ import (
 	"encoding/hex"
 	"slices"
 	"strings"
+
+	"github.com/vmfw/vmfw/pkg/config"
 )
 
 // Family is an IP family: one iptables table per family.
@@ -99,7 +101,29 @@ type Rule struct {
 	Spec string
 	// Comment is the operator's comment, printable ASCII without quotes.
 	Comment string
+	// Origin names the configuration the rule implements, the zero
+	// Origin for the rules vmfw adds by itself (anti-spoofing, state,
+	// dispatch). It is not part of the fingerprint: vmfw trace and vmfw
+	// log read it to name a rule's file and line. A value, not a pointer,
+	// so that rules still compare with ==.
+	Origin Origin
 }
+
+// Origin is the part of the configuration a compiled rule comes from: a
+// group's rule, or a VM's policy for one direction of one interface.
+type Origin struct {
+	// Group is the group of a group rule, "" for a policy.
+	Group string
+	// Dir is the direction of the rule or policy.
+	Dir config.Direction
+	// Index is the rule's position among the group's Dir rules, from 0.
+	Index int
+	// Tap is the interface of a policy rule, "" for a group rule.
+	Tap string
+}
+
+// IsZero reports whether o names nothing: a rule vmfw adds by itself.
+func (o Origin) IsZero() bool { return o == Origin{} }
 
 // Hash fingerprints the rule as installed in chain c.
 func (r Rule) Hash(c Chain) string {

@@ -1,0 +1,85 @@
+package droplog
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/nflog"
+	"github.com/vmfw/vmfw/pkg/ruleset"
+)
+
+// keysDir is pkg/explain's scenario with a rule per rule key.
+const keysDir = "../explain/testdata/keys"
+
+func tcp4(src, dst string, sport, dport uint16) []byte {
+	b := make([]byte, 40)
+	b[0], b[9] = 0x45, 6
+	s, d := netip.MustParseAddr(src).As4(), netip.MustParseAddr(dst).As4()
+	copy(b[12:], s[:])
+	copy(b[16:], d[:])
+	binary.BigEndian.PutUint16(b[20:], sport)
+	binary.BigEndian.PutUint16(b[22:], dport)
+	return b
+}
+
+// TestDescribe names the rule of each kind of prefix vmfw writes, and the
+// tap by the prefix, by the destination address, or by the bridge port.
+func TestDescribe(t *testing.T) {
+	m, err := config.Load(keysDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	when := time.Unix(1700000000, 0)
+	// A group rule: the chain is shared, the destination names the VM
+	// (no bridge port: routed or sent by the hypervisor).
+	p := &nflog.Packet{Time: when, Prefix: ruleset.NFLOGPrefix(ruleset.Origin{Group: "admin", Dir: config.In, Index: 2}, config.Drop),
+		Payload: tcp4("192.0.2.200", "192.0.2.31", 40000, 22)}
+	l, ok := Describe(p, m)
+	if !ok {
+		t.Fatalf("prefix %q not recognised", p.Prefix)
+	}
+	if l.Tap != "tap301i0" || l.VM == nil || *l.VM != 301 || l.VMName != "web" || l.Direction != "in" || l.Group != "admin" ||
+		!strings.HasSuffix(l.Rule, "groups/admin.toml:13") || l.Verdict != "drop" || l.Proto != "tcp" || *l.DPort != 22 || !l.Time.Equal(when) {
+		t.Errorf("group rule: %+v", l)
+	}
+	// A policy names its tap.
+	p = &nflog.Packet{Time: when, Prefix: ruleset.NFLOGPrefix(ruleset.Origin{Tap: "tap302i0", Dir: config.Out}, config.Reject),
+		Payload: tcp4("192.0.2.32", "198.51.100.7", 40000, 80)}
+	l, ok = Describe(p, m)
+	if !ok || l.Tap != "tap302i0" || !l.Policy || l.Verdict != "reject" || l.Direction != "out" || !strings.HasSuffix(l.Rule, "vms/302.toml") {
+		t.Errorf("policy: %+v", l)
+	}
+	// Prefixes of other tools, and vmfw's LOG prefixes, are not vmfw log's.
+	for _, prefix := range []string{"", "DROP: ", "vmfw tap302i0-in DROP ", "vmfw sg-web-in #0 DROP", "vmfw sg-web-up #1 DROP"} {
+		if _, ok := Describe(&nflog.Packet{Prefix: prefix}, m); ok {
+			t.Errorf("prefix %q taken for vmfw's", prefix)
+		}
+	}
+}
+
+// TestPrefixRoundTrip: every prefix NFLOGPrefix writes fits NFLOG's 64
+// characters and parses back to its origin.
+func TestPrefixRoundTrip(t *testing.T) {
+	long := strings.Repeat("g", 20)
+	for _, c := range []struct {
+		o ruleset.Origin
+		a config.Action
+	}{
+		{ruleset.Origin{Group: long, Dir: config.Out, Index: 998}, config.Reject},
+		{ruleset.Origin{Group: "web", Dir: config.In}, config.Accept},
+		{ruleset.Origin{Tap: "tap123456789i99", Dir: config.In}, config.Drop},
+	} {
+		p := ruleset.NFLOGPrefix(c.o, c.a)
+		if len(p) > 63 {
+			t.Errorf("%q: %d characters", p, len(p))
+		}
+		o, a, ok := ruleset.ParseNFLOGPrefix(p)
+		if !ok || o != c.o || a != c.a {
+			t.Errorf("%q parsed to %+v %s %v", p, o, a, ok)
+		}
+	}
+}

@@ -1,0 +1,282 @@
+package explain
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"github.com/vmfw/vmfw/pkg/ruleset"
+)
+
+// The layer-2 part: vmfw's ebtables chains, which an IP frame meets when
+// it comes from a VM's port (vmfw-l2 and the port's TAP-l2: the frame must
+// carry the VM's MAC) and when the hypervisor puts it on a port
+// (vmfw-l2out: it must carry the mark an in chain sets). The rules are
+// read as ebtables-save prints them, which is also how vmfw writes them
+// (ruleset.Table.Bridge), and only the matches vmfw uses are known.
+
+// frame is an IP frame as ebtables sees it.
+type frame struct {
+	pkt *packet
+	// in and out are the bridge ports it comes in from and goes out of.
+	in, out string
+	// dstMAC is its destination MAC: unicast in every flow vmfw traces.
+	multicast bool
+}
+
+// l2rule is one ebtables rule ready to run.
+type l2rule struct {
+	chain  ruleset.Chain
+	index  int
+	text   string
+	conds  []func(*frame) bool
+	target string
+	err    error
+}
+
+// l2machine runs frames through vmfw's ebtables chains.
+type l2machine struct {
+	chains  map[ruleset.Chain][]*l2rule
+	entered []ruleset.Chain
+	hits    []*l2rule
+}
+
+func newL2Machine(specs map[ruleset.Chain][]string) *l2machine {
+	m := &l2machine{chains: map[ruleset.Chain][]*l2rule{}}
+	for c, list := range specs {
+		for i, s := range list {
+			r := parseL2Rule(s)
+			r.chain, r.index = c, i+1
+			m.chains[c] = append(m.chains[c], r)
+		}
+	}
+	return m
+}
+
+// run runs f through chain; it reports whether the frame is dropped and
+// by which rule.
+func (m *l2machine) run(chain ruleset.Chain, f *frame) (drop bool, by *l2rule, err error) {
+	m.entered, m.hits = nil, nil
+	o, by, err := m.exec(chain, f, 0)
+	return o == dropped, by, err
+}
+
+func (m *l2machine) exec(chain ruleset.Chain, f *frame, depth int) (outcome, *l2rule, error) {
+	rules, ok := m.chains[chain]
+	if !ok || depth > 32 {
+		return fallThrough, nil, fmt.Errorf("%w: ebtables chain %s does not exist", errOpaque, chain)
+	}
+	m.entered = append(m.entered, chain)
+	for _, r := range rules {
+		if r.err != nil {
+			return fallThrough, r, fmt.Errorf("%w: ebtables rule %d of %s (%s): %v", errOpaque, r.index, chain, r.text, r.err)
+		}
+		matched := true
+		for _, c := range r.conds {
+			if !c(f) {
+				matched = false
+				break
+			}
+		}
+		if !matched {
+			continue
+		}
+		m.hits = append(m.hits, r)
+		switch r.target {
+		case "ACCEPT":
+			return accepted, r, nil
+		case "DROP":
+			return dropped, r, nil
+		case "RETURN":
+			return fallThrough, nil, nil
+		case "CONTINUE", "":
+		default:
+			o, by, err := m.exec(ruleset.Chain(r.target), f, depth+1)
+			if err != nil || o != fallThrough {
+				return o, by, err
+			}
+		}
+	}
+	return fallThrough, nil, nil
+}
+
+// parseL2Rule parses one ebtables rule (the text after "-A CHAIN").
+func parseL2Rule(text string) *l2rule {
+	r := &l2rule{text: text}
+	w := strings.Fields(text)
+	var ethProto string
+	for i := 0; i < len(w); i++ {
+		neg := false
+		if w[i] == "!" {
+			neg, i = true, i+1
+		}
+		if i >= len(w) {
+			r.err = errors.New("a trailing negation")
+			return r
+		}
+		opt := w[i]
+		arg := func() string {
+			if i+1 < len(w) && w[i+1] == "!" {
+				neg = true
+				i++
+			}
+			if i+1 >= len(w) {
+				r.err = fmt.Errorf("%s needs an argument", opt)
+				return ""
+			}
+			i++
+			return w[i]
+		}
+		var c func(*frame) bool
+		switch opt {
+		case "-j":
+			r.target = arg()
+			continue
+		case "-p", "--protocol":
+			ethProto = strings.ToLower(arg())
+			p := ethProto
+			c = func(f *frame) bool {
+				switch p {
+				case "ipv4", "0x0800":
+					return !f.pkt.src.Is6()
+				case "ipv6", "0x86dd":
+					return f.pkt.src.Is6()
+				}
+				return false // ARP and every other ethertype: not an IP frame
+			}
+		case "-s", "--source":
+			mac := arg()
+			c = func(f *frame) bool { return macMatch(mac, f.pkt.srcMAC, false) }
+		case "-d", "--destination":
+			mac := arg()
+			c = func(f *frame) bool { return macMatch(mac, nil, f.multicast) }
+		case "-i", "--in-interface", "--logical-in":
+			name := arg()
+			c = func(f *frame) bool { return ifMatch(name, f.in) }
+		case "-o", "--out-interface", "--logical-out":
+			name := arg()
+			c = func(f *frame) bool { return ifMatch(name, f.out) }
+		case "--mark":
+			v, mask, err := parseMark(arg())
+			if err != nil {
+				r.err = err
+				return r
+			}
+			c = func(f *frame) bool { return f.pkt.mark&mask == v }
+		case "--ip-proto", "--ip6-proto":
+			n, ok := protoNumber(arg())
+			if !ok || n < 0 {
+				r.err = fmt.Errorf("unknown protocol in %s", opt)
+				return r
+			}
+			c = func(f *frame) bool { return int(f.pkt.proto) == n }
+		case "--ip-sport", "--ip-dport", "--ip6-sport", "--ip6-dport":
+			ranges, err := parsePorts(arg())
+			if err != nil {
+				r.err = err
+				return r
+			}
+			src := strings.HasSuffix(opt, "sport")
+			c = func(f *frame) bool {
+				port := f.pkt.dport
+				if src {
+					port = f.pkt.sport
+				}
+				return port >= ranges[0][0] && port <= ranges[0][1]
+			}
+		case "--ip-src", "--ip-dst", "--ip6-src", "--ip6-dst":
+			pfx, err := parsePrefix(arg())
+			if err != nil {
+				r.err = err
+				return r
+			}
+			src := strings.HasSuffix(opt, "src")
+			c = func(f *frame) bool {
+				if src {
+					return pfx.Contains(f.pkt.src)
+				}
+				return pfx.Contains(f.pkt.dst)
+			}
+		case "--ip6-icmp-type":
+			lo, hi, clo, chi, err := parseL2ICMP(arg())
+			if err != nil {
+				r.err = err
+				return r
+			}
+			c = func(f *frame) bool {
+				return f.pkt.proto == protoICMPv6 && f.pkt.icmpType >= lo && f.pkt.icmpType <= hi &&
+					f.pkt.icmpCode >= clo && f.pkt.icmpCode <= chi
+			}
+		default:
+			if strings.HasPrefix(opt, "--arp-") {
+				// ARP matches: an IP frame is not ARP, and the rule's
+				// "-p ARP" already fails for it.
+				arg()
+				continue
+			}
+			r.err = fmt.Errorf("unknown ebtables match %s", opt)
+			return r
+		}
+		if r.err != nil {
+			return r
+		}
+		if neg {
+			inner := c
+			c = func(f *frame) bool { return !inner(f) }
+		}
+		r.conds = append(r.conds, c)
+	}
+	return r
+}
+
+// macMatch matches an ebtables MAC argument: an address, Multicast,
+// Broadcast, Unicast (with an optional /mask, not used by vmfw).
+func macMatch(arg string, mac net.HardwareAddr, multicast bool) bool {
+	switch strings.ToLower(arg) {
+	case "multicast":
+		return multicast
+	case "broadcast":
+		return false
+	case "unicast":
+		return !multicast
+	}
+	want, err := net.ParseMAC(arg)
+	if err != nil || mac == nil {
+		return false
+	}
+	return want.String() == mac.String()
+}
+
+// parseL2ICMP reads "133:137/0:255" (types and codes, each a number or range).
+func parseL2ICMP(s string) (lo, hi, clo, chi uint8, err error) {
+	types, codes, hasCodes := strings.Cut(s, "/")
+	rng := func(s string) (uint8, uint8, error) {
+		a, b, isRange := strings.Cut(s, ":")
+		if !isRange {
+			b = a
+		}
+		x, err1 := strconv.ParseUint(a, 10, 8)
+		y, err2 := strconv.ParseUint(b, 10, 8)
+		if err1 != nil || err2 != nil {
+			return 0, 0, fmt.Errorf("bad icmp type %q", s)
+		}
+		return uint8(x), uint8(y), nil
+	}
+	if lo, hi, err = rng(types); err != nil {
+		return
+	}
+	clo, chi = 0, 255
+	if hasCodes {
+		clo, chi, err = rng(codes)
+	}
+	return
+}
+
+// unicast reports whether a is a unicast address: every address vmfw
+// trace accepts as an endpoint.
+func unicast(a netip.Addr) bool {
+	return !a.IsMulticast() && a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
+}
