@@ -51,6 +51,9 @@ type hv struct {
 	ns      *labnet.NS
 	config  string
 	backend string
+	// env is added to the environment of every vmfw run (VMFW_RUN_DIR
+	// of a test's own agent).
+	env []string
 }
 
 // newHV builds a lab and copies the config directory src (may be "") into
@@ -115,6 +118,9 @@ func (h *hv) run(args ...string) (stdout, stderr string, code int) {
 	defer cancel()
 	full := append([]string{"ip", "netns", "exec", h.ns.Name, vmfwBin, "--iptables", h.backend, "--config-dir", h.config}, args...)
 	cmd := exec.CommandContext(ctx, full[0], full[1:]...)
+	if len(h.env) > 0 {
+		cmd.Env = append(os.Environ(), h.env...)
+	}
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	err := cmd.Run()

@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"sort"
 	"strings"
@@ -125,13 +126,13 @@ func (a *Agent) Run(ctx context.Context) error {
 			if err := w.rewatch(); err != nil {
 				a.Log.Error("watching the configuration", "error", err)
 			}
-			if a.reload() {
-				a.sync(ctx, "configuration changed")
+			if prev, ok := a.reload(); ok {
+				a.applyEdit(ctx, prev, "configuration changed")
 			}
 		case <-hup:
 			notify("RELOADING=1")
-			if a.reload() {
-				a.sync(ctx, "SIGHUP")
+			if prev, ok := a.reload(); ok {
+				a.applyEdit(ctx, prev, "SIGHUP")
 			}
 			notify("READY=1")
 		case p := <-reqs:
@@ -193,9 +194,10 @@ func (a *Agent) interval() time.Duration {
 }
 
 // reload reads the configuration directory. A valid one replaces the
-// model and reload reports true; an invalid one is logged with its file
-// and line and the last valid model stays in force.
-func (a *Agent) reload() bool {
+// model and reload reports true and the model it replaced; an invalid one
+// is logged with its file and line and the last valid model stays in
+// force.
+func (a *Agent) reload() (prev *config.Model, ok bool) {
 	start := time.Now()
 	m, err := config.Load(a.ConfigDir)
 	a.mu.Lock()
@@ -212,11 +214,64 @@ func (a *Agent) reload() bool {
 			a.Log.Error("configuration not applied; nothing is enforced by the agent until it is valid", "error", err.Error())
 		}
 		a.Metrics.configError()
-		return false
+		return nil, false
 	}
+	prev = a.model
 	a.model, a.modelErr = m, nil
 	a.Log.Info("configuration loaded", "vms", len(m.VMs), "groups", len(m.Groups), "took", time.Since(start).Round(time.Microsecond).String())
-	return true
+	return prev, true
+}
+
+// applyEdit enforces a newly loaded configuration. When only groups'
+// rules changed (the most common edit), it rewrites just their chains
+// (engine.SyncGroups); anything else, or anything that path cannot vouch
+// for, is a full apply.
+func (a *Agent) applyEdit(ctx context.Context, prev *config.Model, reason string) {
+	now, err := a.currentModel()
+	if err != nil {
+		return
+	}
+	if groups, ok := changedGroups(prev, now); ok {
+		if len(groups) == 0 {
+			a.Log.Debug("nothing to change", "reason", reason)
+			return
+		}
+		start := time.Now()
+		handled, ch, err := a.Engine.SyncGroups(ctx, prev, groups)
+		if handled {
+			took := time.Since(start)
+			a.Metrics.applied(took, err)
+			if err != nil {
+				a.Log.Error("apply failed", "reason", reason, "groups", groups, "error", err.Error(), "took", took.String())
+				return
+			}
+			a.remember(ctx)
+			a.Log.Info("applied", append([]any{"reason", reason, "groups", groups, "took", took.Round(time.Microsecond).String()}, changeAttrs(ch)...)...)
+			return
+		}
+	}
+	a.sync(ctx, reason)
+}
+
+// changedGroups compares two configurations. When they differ only in the
+// rules of existing groups it returns those groups and true; any other
+// difference (host options, VMs, groups added or removed) returns false.
+func changedGroups(prev, now *config.Model) ([]string, bool) {
+	if prev == nil || !reflect.DeepEqual(prev.Host, now.Host) || !reflect.DeepEqual(prev.VMs, now.VMs) || len(prev.Groups) != len(now.Groups) {
+		return nil, false
+	}
+	var changed []string
+	for name, g := range now.Groups {
+		old := prev.Groups[name]
+		if old == nil {
+			return nil, false
+		}
+		if !reflect.DeepEqual(old, g) {
+			changed = append(changed, name)
+		}
+	}
+	sort.Strings(changed)
+	return changed, true
 }
 
 // sync reconciles the kernel with the configuration, as vmfw apply does.

@@ -1,0 +1,326 @@
+package integration
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vmfw/vmfw/integration/labnet"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+)
+
+// startAgent runs "vmfw agent" in the hypervisor namespace with the test's
+// configuration and backend, and its own run directory (so that agents of
+// parallel tests never meet), and waits until it is ready. Every vmfw run
+// of h then finds this agent.
+func startAgent(t *testing.T, h *hv) *process {
+	t.Helper()
+	if len(h.env) == 0 {
+		h.env = []string{"VMFW_RUN_DIR=" + t.TempDir()}
+	}
+	p := &process{out: &bytes.Buffer{}, mu: &sync.Mutex{}}
+	p.cmd = exec.Command("ip", "netns", "exec", h.ns.Name, vmfwBin, "--iptables", h.backend, "--config-dir", h.config, "agent")
+	p.cmd.Env = append(os.Environ(), h.env...)
+	w := lockedBuffer{p.mu, p.out}
+	p.cmd.Stdout, p.cmd.Stderr = w, w
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("starting the agent: %v", err)
+	}
+	t.Cleanup(func() {
+		if p.cmd.ProcessState == nil {
+			p.cmd.Process.Kill()
+			p.cmd.Wait()
+		}
+	})
+	if !waitFor(func() bool { return strings.Contains(p.output(), "agent ready") }) {
+		t.Fatalf("the agent did not get ready:\n%s", p.output())
+	}
+	return p
+}
+
+// eventually polls cond every 50 ms for up to 10 s: the agent acts on
+// its own, so a test waits for the effect instead of running a command.
+func eventually(cond func() bool) bool {
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if cond() {
+			return true
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return cond()
+}
+
+// writeAtomically writes a file the way editors do: a temporary file
+// renamed over the old one.
+func writeAtomically(t *testing.T, path, content string) {
+	t.Helper()
+	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".swp")
+	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestAgentEnforcesEditsAndRepairsDrift: with the agent running, a group
+// edited by rename opens a port without any command; an invalid edit in
+// place is logged with its file and line and the old rules stay; a whole
+// configuration directory swapped by rename takes effect; a flushed chain
+// is repaired within the repair interval; ifup and ifdown go through the
+// agent; SIGTERM leaves the ruleset; without an agent the commands work
+// on their own.
+func TestAgentEnforcesEditsAndRepairsDrift(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, backend string) {
+		h := newHV(t, backend, "")
+		h.write("vmfw.toml", "repair_interval = \"1s\"\n")
+		h.write("groups/app.toml", appGroup)
+		h.write("vms/311.toml", vmFile("02:00:00:00:0b:11", "192.0.2.111", "2001:db8::111", "app"))
+		h.write("vms/312.toml", vmFile("02:00:00:00:0b:12", "192.0.2.112", "2001:db8::112"))
+		a := h.vm("tap311i0", "02:00:00:00:0b:11", "192.0.2.111", "2001:db8::111")
+		b := h.vm("tap312i0", "02:00:00:00:0b:12", "192.0.2.112", "2001:db8::112")
+		h.serve(a, "192.0.2.111", 22, 2222)
+		agent := startAgent(t, h)
+		h.vmfw("ifup", "tap311i0")
+		h.vmfw("ifup", "tap312i0")
+		if !strings.Contains(agent.output(), "up=[tap312i0]") {
+			t.Errorf("ifup did not go through the agent:\n%s", agent.output())
+		}
+		expectAll(t, []probe{
+			{"group opens 22", b, "192.0.2.111", 22, true},
+			{"2222 closed", b, "192.0.2.111", 2222, false},
+		})
+
+		// An editor's write (temporary file renamed over the group).
+		writeAtomically(t, filepath.Join(h.config, "groups/app.toml"), appGroup+"\n[[in]]\nproto = \"tcp\"\ndport = \"2222\"\n")
+		if !eventually(func() bool { return tcp(t, b, "192.0.2.111", 2222) == labnet.Connected }) {
+			t.Fatalf("the edit never took effect:\n%s", agent.output())
+		}
+
+		// An invalid edit, written in place: logged with file and line,
+		// the last valid rules stay.
+		h.write("groups/app.toml", "[[in]]\nproto = \"tcpp\"\n")
+		if !eventually(func() bool { return strings.Contains(agent.output(), "groups/app.toml:2") }) {
+			t.Errorf("the invalid edit was not logged with its file and line:\n%s", agent.output())
+		}
+		expectAll(t, []probe{
+			{"after an invalid edit 22 stays open", b, "192.0.2.111", 22, true},
+			{"after an invalid edit 2222 stays open", b, "192.0.2.111", 2222, true},
+		})
+
+		// A whole directory swapped by rename: the old one set aside, a
+		// new one renamed into its place.
+		next := h.config + ".next"
+		copyDir(t, h.config, next)
+		t.Cleanup(func() { os.RemoveAll(next); os.RemoveAll(h.config + ".old") })
+		if err := os.WriteFile(filepath.Join(next, "groups/app.toml"), []byte(appGroup), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(h.config, h.config+".old"); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(next, h.config); err != nil {
+			t.Fatal(err)
+		}
+		if !eventually(func() bool { return tcp(t, b, "192.0.2.111", 2222) != labnet.Connected }) {
+			t.Fatalf("the swapped directory never took effect:\n%s", agent.output())
+		}
+		expectAll(t, []probe{{"after the swap 22 is open", b, "192.0.2.111", 22, true}})
+		good := h.save(false)
+
+		// Drift: a flushed in chain lets everything in until the agent
+		// repairs it, within the repair interval (1 s) and some slack.
+		repairs := strings.Count(agent.output(), "repaired drift")
+		h.exec(h.tool("iptables"), "-F", "tap311i0-in")
+		if !eventually(func() bool { return strings.Count(agent.output(), "repaired drift") > repairs }) {
+			t.Errorf("the agent did not repair the flushed chain:\n%s", agent.output())
+		}
+		if got := h.save(false); got != good {
+			t.Errorf("the repair did not restore the ruleset: %v", changedChains(good, got))
+		}
+
+		h.vmfw("ifdown", "tap312i0")
+		if !strings.Contains(agent.output(), "down=[tap312i0]") {
+			t.Errorf("ifdown did not go through the agent:\n%s", agent.output())
+		}
+		before := h.save(false)
+		agent.stop(t)
+		if h.save(false) != before {
+			t.Errorf("SIGTERM changed the ruleset")
+		}
+		// No agent: the commands do the work themselves.
+		h.vmfw("ifup", "tap312i0")
+		if !strings.Contains(h.save(false), ":tap312i0-in") {
+			t.Errorf("ifup without an agent did not firewall the tap")
+		}
+	})
+}
+
+// TestAgentBatchesConcurrentIfups: twenty concurrent ifups through the
+// agent give the ruleset twenty serial ifups without it give, in fewer
+// transactions than requests; an agent killed (SIGKILL) while callers
+// wait leaves every caller with an answer (success, or failure and the
+// work done by the caller itself), and a plain apply then converges.
+func TestAgentBatchesConcurrentIfups(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, backend string) {
+		h := newHV(t, backend, "")
+		h.write("groups/db.toml", dbGroup)
+		h.write("groups/app.toml", appGroup)
+		var taps []string
+		for i := range 20 {
+			id := 320 + i
+			tap := fmt.Sprintf("tap%di0", id)
+			taps = append(taps, tap)
+			groups := []string{"app"}
+			if i%2 == 0 {
+				groups = append(groups, "db")
+			}
+			h.write(fmt.Sprintf("vms/%d.toml", id), vmFile(fmt.Sprintf("02:00:00:00:0c:%02x", i), fmt.Sprintf("192.0.2.%d", 140+i), fmt.Sprintf("2001:db8::c:%d", i), groups...))
+			h.exec("ip", "link", "add", tap, "type", "veth", "peer", "name", fmt.Sprintf("p%d", id))
+		}
+		ifupAll := func() []string {
+			var wg sync.WaitGroup
+			errs := make([]string, len(taps))
+			for i, tap := range taps {
+				wg.Go(func() {
+					out, errOut, code := h.run("ifup", tap)
+					if code != 0 {
+						errs[i] = fmt.Sprintf("ifup %s: exit %d: %s%s", tap, code, out, errOut)
+					}
+				})
+			}
+			wg.Wait()
+			return errs
+		}
+		agent := startAgent(t, h)
+		// The agent's start firewalled the taps that exist; start from none.
+		h.vmfw("flush")
+		for _, e := range ifupAll() {
+			if e != "" {
+				t.Error(e)
+			}
+		}
+		withAgent4, withAgent6, withAgentSets := h.save(false), h.save(true), h.ipsets()
+		batches := strings.Count(agent.output(), "msg=\"interfaces changed\"")
+		if batches == 0 || batches >= len(taps) {
+			t.Errorf("%d requests took %d transactions; want fewer (group commit):\n%s", len(taps), batches, agent.output())
+		}
+		agent.stop(t)
+		h.vmfw("flush")
+		for _, tap := range taps {
+			h.vmfw("ifup", tap)
+		}
+		if h.save(false) != withAgent4 || h.save(true) != withAgent6 || h.ipsets() != withAgentSets {
+			t.Errorf("ifups through the agent gave another ruleset than serial ones: %v", changedChains(withAgent4, h.save(false)))
+		}
+
+		// Kill the agent while callers wait for their batch.
+		h.vmfw("flush")
+		agent = startAgent(t, h)
+		h.vmfw("flush")
+		done := make(chan []string)
+		go func() { done <- ifupAll() }()
+		time.Sleep(30 * time.Millisecond)
+		agent.cmd.Process.Signal(syscall.SIGKILL)
+		agent.cmd.Wait()
+		select {
+		case errs := <-done:
+			for _, e := range errs {
+				if e != "" {
+					t.Logf("caller answered with a failure: %s", e)
+				}
+			}
+		case <-time.After(3 * time.Minute):
+			t.Fatal("callers hung after the agent was killed")
+		}
+		h.vmfw("apply")
+		if h.save(false) != withAgent4 || h.save(true) != withAgent6 {
+			t.Errorf("apply after the killed agent did not converge: %v", changedChains(withAgent4, h.save(false)))
+		}
+		st := h.status()
+		for _, tp := range st.Taps {
+			if tp.State != "in-sync" {
+				t.Errorf("%s is %s after apply", tp.Tap, tp.State)
+			}
+		}
+	})
+}
+
+// TestAgentMetrics: /metrics (metrics_listen) and vmfw status -o
+// prometheus parse with the Prometheus text parser and carry the counters
+// and tap states.
+func TestAgentMetrics(t *testing.T) {
+	h := newHV(t, "nft", "")
+	h.write("vmfw.toml", "metrics_listen = \"127.0.0.1:9469\"\n")
+	h.write("groups/app.toml", appGroup)
+	h.write("vms/341.toml", vmFile("02:00:00:00:0d:41", "192.0.2.171", "2001:db8::171", "app"))
+	h.vm("tap341i0", "02:00:00:00:0d:41", "192.0.2.171", "2001:db8::171")
+	h.exec("ip", "link", "set", "lo", "up")
+	startAgent(t, h)
+	h.vmfw("ifup", "tap341i0")
+
+	parse := func(what string, text []byte) {
+		t.Helper()
+		p := expfmt.NewTextParser(model.UTF8Validation)
+		fams, err := p.TextToMetricFamilies(bytes.NewReader(text))
+		if err != nil {
+			t.Fatalf("%s does not parse: %v\n%s", what, err, text)
+		}
+		for _, name := range []string{"vmfw_tap_state", "vmfw_tap_dropped_packets_total", "vmfw_base_in_sync"} {
+			if fams[name] == nil {
+				t.Errorf("%s lacks %s", what, name)
+			}
+		}
+		if what == "/metrics" {
+			for _, name := range []string{"vmfw_applies_total", "vmfw_apply_duration_seconds", "vmfw_batch_size", "vmfw_last_apply_success_timestamp_seconds", "vmfw_drift_repairs_total"} {
+				if fams[name] == nil {
+					t.Errorf("/metrics lacks %s", name)
+				}
+			}
+		}
+		if !bytes.Contains(text, []byte(`vmfw_tap_state{tap="tap341i0",vm="341",state="in-sync"} 1`)) {
+			t.Errorf("%s does not show tap341i0 in sync:\n%s", what, text)
+		}
+	}
+	parse("status -o prometheus", []byte(h.vmfw("status", "-o", "prometheus")))
+
+	var body []byte
+	err := h.ns.Do(func() error {
+		c, err := net.DialTimeout("tcp", "127.0.0.1:9469", 5*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		fmt.Fprintf(c, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+		r := bufio.NewReader(c)
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return err
+			}
+			if line == "\r\n" {
+				break
+			}
+		}
+		body, err = io.ReadAll(r)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("GET /metrics: %v", err)
+	}
+	parse("/metrics", body)
+}
