@@ -3,6 +3,7 @@ package integration
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -25,13 +26,13 @@ import (
 // configuration and backend, and its own run directory (so that agents of
 // parallel tests never meet), and waits until it is ready. Every vmfw run
 // of h then finds this agent.
-func startAgent(t *testing.T, h *hv) *process {
+func startAgent(t *testing.T, h *hv, args ...string) *process {
 	t.Helper()
 	if len(h.env) == 0 {
 		h.env = []string{"VMFW_RUN_DIR=" + t.TempDir()}
 	}
 	p := &process{out: &bytes.Buffer{}, mu: &sync.Mutex{}}
-	p.cmd = exec.Command("ip", "netns", "exec", h.ns.Name, vmfwBin, "--iptables", h.backend, "--config-dir", h.config, "agent")
+	p.cmd = exec.Command("ip", append([]string{"netns", "exec", h.ns.Name, vmfwBin, "--iptables", h.backend, "--config-dir", h.config, "agent"}, args...)...)
 	p.cmd.Env = append(os.Environ(), h.env...)
 	w := lockedBuffer{p.mu, p.out}
 	p.cmd.Stdout, p.cmd.Stderr = w, w
@@ -323,4 +324,35 @@ func TestAgentMetrics(t *testing.T) {
 		t.Fatalf("GET /metrics: %v", err)
 	}
 	parse("/metrics", body)
+}
+
+// TestAgentPrintsLoggedPackets: with --log-packets and log_group the agent
+// prints each packet a logging policy drops as a JSON line naming the tap
+// and the verdict.
+func TestAgentPrintsLoggedPackets(t *testing.T) {
+	h := newHV(t, "nft", "")
+	h.write("vmfw.toml", "log_group = 8\nlog_limit = \"100/second\"\n")
+	h.write("vms/361.toml", "log = true\n"+vmFile("02:00:00:00:0e:61", "192.0.2.181", "2001:db8::181"))
+	h.write("vms/362.toml", vmFile("02:00:00:00:0e:62", "192.0.2.182", "2001:db8::182"))
+	h.vm("tap361i0", "02:00:00:00:0e:61", "192.0.2.181", "2001:db8::181")
+	b := h.vm("tap362i0", "02:00:00:00:0e:62", "192.0.2.182", "2001:db8::182")
+	agent := startAgent(t, h, "--log-packets")
+	h.vmfw("ifup", "tap361i0")
+	h.vmfw("ifup", "tap362i0")
+	found := eventually(func() bool {
+		labnet.TCPConnect(t.Context(), b, "192.0.2.181:2222", 200*time.Millisecond)
+		sc := bufio.NewScanner(strings.NewReader(agent.output()))
+		for sc.Scan() {
+			var l struct {
+				Tap, Verdict, Src, Direction string
+			}
+			if json.Unmarshal(sc.Bytes(), &l) == nil && l.Tap == "tap361i0" && l.Src == "192.0.2.182" && l.Direction == "in" && strings.EqualFold(l.Verdict, "drop") {
+				return true
+			}
+		}
+		return false
+	})
+	if !found {
+		t.Errorf("the agent printed no line for the dropped packet:\n%s", agent.output())
+	}
 }

@@ -172,7 +172,7 @@ func TestCompletion(t *testing.T) {
 		{[]string{"vmfw", "status", ""}, taps},
 		{[]string{"vmfw", "status", "-"}, []string{"-o"}},
 		{[]string{"vmfw", "status", "-o", ""}, sorted("json", "prometheus", "text")},
-		{[]string{"vmfw", "agent", ""}, []string{"--log-format"}},
+		{[]string{"vmfw", "agent", ""}, []string{"--log-format", "--log-packets"}},
 		{[]string{"vmfw", "agent", "--log-format", ""}, sorted("json", "text")},
 		{[]string{"vmfw", "status", "tap110i0", ""}, nil},
 		{[]string{"vmfw", "hook", ""}, sorted("libvirt", "proxmox")},

@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -26,6 +27,7 @@ import (
 	"time"
 
 	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/droplog"
 	"github.com/vmfw/vmfw/pkg/engine"
 	"github.com/vmfw/vmfw/pkg/iptables"
 )
@@ -42,6 +44,10 @@ type Agent struct {
 	Log *slog.Logger
 	// Metrics counts what the agent does; nil counts nothing.
 	Metrics *Metrics
+	// Packets, when set and log_group is configured, receives every
+	// packet vmfw's rules log to NFLOG as a JSON line (package droplog).
+	// The agent then holds the group, so vmfw log cannot run beside it.
+	Packets io.Writer
 
 	mu       sync.Mutex
 	model    *config.Model // the last valid configuration, nil before one loaded
@@ -91,6 +97,18 @@ func (a *Agent) Run(ctx context.Context) error {
 		// The address is read once: changing it takes a restart.
 		if err := a.serveMetrics(ctx, m.Host.MetricsListen); err != nil {
 			return err
+		}
+	}
+	if m, err := a.currentModel(); err == nil && a.Packets != nil {
+		if m.Host.LogGroup == 0 {
+			a.Log.Warn("no log_group in vmfw.toml: logged packets go to the kernel log, not to the agent")
+		} else {
+			go func() {
+				// The group is read once, like metrics_listen.
+				if err := droplog.Follow(ctx, uint16(m.Host.LogGroup), a.currentModel, a.Packets, 0); err != nil && ctx.Err() == nil {
+					a.Log.Error("following logged packets", "log_group", m.Host.LogGroup, "error", err.Error())
+				}
+			}()
 		}
 	}
 

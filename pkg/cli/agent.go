@@ -16,10 +16,11 @@ import (
 )
 
 // agentCmd runs vmfw agent in the foreground until SIGTERM or SIGINT.
-func agentCmd(ctx context.Context, o system.Options, args []string, stderr io.Writer) error {
+func agentCmd(ctx context.Context, o system.Options, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	format := fs.String("log-format", "text", "log format: text or json")
+	packets := fs.Bool("log-packets", false, "print the packets vmfw's rules log to NFLOG (log_group) as JSON lines on standard output")
 	if err := parseNoArgs(fs, args); err != nil {
 		return err
 	}
@@ -41,6 +42,9 @@ func agentCmd(ctx context.Context, o system.Options, args []string, stderr io.Wr
 		Engine:    e,
 		Log:       agent.NewLogger(stderr, *format == "json"),
 		Metrics:   agent.NewMetrics(),
+	}
+	if *packets {
+		a.Packets = stdout
 	}
 	return a.Run(ctx)
 }

@@ -58,7 +58,7 @@ commands:
   log [--group N] [--count N]
                             print the packets vmfw's rules log to NFLOG (log_group in
                             vmfw.toml) as JSON lines, naming tap, VM, group, rule and verdict
-  agent [--log-format text|json]
+  agent [--log-format text|json] [--log-packets]
                             run the agent: enforce edits at once, repair drift, batch ifup/ifdown
   flush [--dry-run] [-o json]
                             remove everything vmfw installed and nothing else
@@ -261,7 +261,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "status":
 		return status(ctx, newEngine, rest, stdout)
 	case "agent":
-		return agentCmd(ctx, system.Options{ConfigDir: *configDir, StateDir: *stateDir, IPTables: iptables.Mode(*backend)}, rest, stderr)
+		return agentCmd(ctx, system.Options{ConfigDir: *configDir, StateDir: *stateDir, IPTables: iptables.Mode(*backend)}, rest, stdout, stderr)
 	case "hook":
 		return hookCmd(ctx, newEngine, rest)
 	case "version":
