@@ -7,7 +7,7 @@ import (
 	"testing"
 )
 
-// TestBadConfigChangesNothing: for each validation rule of DESIGN §1, a
+// TestBadConfigChangesNothing: for each validation rule of the README, a
 // broken config makes apply (and check, and ifup) exit 2 with file:line in
 // the message, and the installed ruleset stays exactly as it was.
 func TestBadConfigChangesNothing(t *testing.T) {

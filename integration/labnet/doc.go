@@ -3,7 +3,7 @@
 // tests and demo, runs as root, and does not depend on package testing:
 // everything returns errors.
 //
-// A Lab models one hypervisor (see DESIGN §5): a "hypervisor" namespace with
+// A Lab models one hypervisor (see docs/design.md): a "hypervisor" namespace with
 // a Linux bridge, VM namespaces joined to it by veth pairs whose hypervisor
 // end is named like a tap (tap101i0), and external hosts behind an uplink
 // port. All names carry a random per-lab id so that parallel labs do not
