@@ -268,7 +268,7 @@ func (st *kernelState) installed() []string {
 	for _, s := range st.tables {
 		for c := range s.Chains {
 			name := string(c)
-			if tap, ok := strings.CutSuffix(name, "-out"); ok && !strings.HasPrefix(name, "vmfw-") && !strings.HasPrefix(name, "sg-") {
+			if tap, ok := ruleset.InstalledTap(ruleset.Chain(name)); ok {
 				seen[tap] = true
 			}
 		}

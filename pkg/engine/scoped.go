@@ -143,7 +143,7 @@ func (e *Engine) scopedView(ctx context.Context, r nicSource) (view *scopeView, 
 	var installed []string
 	for c := range chains {
 		name := string(c)
-		if t, ok := strings.CutSuffix(name, "-out"); ok && !strings.HasPrefix(name, "vmfw-") && !strings.HasPrefix(name, "sg-") {
+		if t, ok := ruleset.InstalledTap(ruleset.Chain(name)); ok {
 			installed = append(installed, t)
 		}
 	}

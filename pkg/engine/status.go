@@ -137,7 +137,7 @@ func (e *Engine) Status(ctx context.Context, tap string) (*Status, error) {
 	return out, nil
 }
 
-func isBaseChain(c ruleset.Chain) bool { return strings.HasPrefix(string(c), "vmfw-") }
+func isBaseChain(c ruleset.Chain) bool { return ruleset.IsBaseChain(c) }
 
 // wanted is the desired ruleset with its chains indexed by name: status
 // looks up several chains per tap.
@@ -189,11 +189,11 @@ func (e *Engine) tapStatus(src nicSource, w wanted, st *kernelState, tap string,
 			if !present || !slices.Equal(got, c.Hashes()) {
 				ts.Drifted = append(ts.Drifted, f.String()+"/"+string(name))
 			}
-			if strings.HasPrefix(string(name), "sg-") {
+			if _, _, isGroup := ruleset.ParseGroupChain(name); isGroup {
 				continue
 			}
 			dropped := droppedPackets(c, got, have.Counters[name])
-			if strings.HasSuffix(string(name), "-in") {
+			if ruleset.IsInChain(name) {
 				ts.DroppedIn += dropped
 			} else {
 				ts.DroppedOut += dropped

@@ -1197,7 +1197,7 @@ func (t *tracer) walk(ipm *machine, l2m *l2machine, k *Kernel, p *packet) *resul
 	// says why a packet no in chain decided got through.
 	allowed := ""
 	for i := len(ipm.hits) - 1; i >= 0; i-- {
-		if r := ipm.hits[i].rule; r.target == "MARK" && r.markValue != 0 && !strings.HasPrefix(string(r.chain), "vmfw-") {
+		if r := ipm.hits[i].rule; r.target == "MARK" && r.markValue != 0 && !ruleset.IsBaseChain(r.chain) {
 			allowed = "allowed by " + describe(r) + "; "
 			break
 		}
@@ -1205,7 +1205,7 @@ func (t *tracer) walk(ipm *machine, l2m *l2machine, k *Kernel, p *packet) *resul
 	switch o {
 	case accepted:
 		why := describe(by)
-		if strings.HasPrefix(string(by.chain), "vmfw-") && allowed != "" {
+		if ruleset.IsBaseChain(by.chain) && allowed != "" {
 			// vmfw-accept: allowed out to a port or address no VM has.
 			why = allowed + "accepted by " + why
 		}

@@ -460,7 +460,7 @@ func (c *Client) SaveChains(ctx context.Context, f ruleset.Family, names []rules
 	s := newSnapshot()
 	for _, from := range ruleset.BuiltinChains {
 		for _, r := range rules[from] {
-			if r.Hash != "" && strings.HasPrefix(string(r.Target), "vmfw-") && ruleset.IsOwnedName(string(r.Target)) {
+			if r.Hash != "" && ruleset.IsBaseChain(r.Target) && ruleset.IsOwnedName(string(r.Target)) {
 				s.Hooks[ruleset.Hook{From: from, To: r.Target}]++
 			}
 		}

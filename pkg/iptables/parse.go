@@ -60,7 +60,7 @@ func Parse(save []byte) (*Snapshot, error) {
 func snapshotOf(declared []ruleset.Chain, rules []savedRule) *Snapshot {
 	owned := map[ruleset.Chain]bool{}
 	for _, c := range declared {
-		if strings.HasPrefix(string(c), "vmfw-") && ruleset.IsOwnedName(string(c)) {
+		if ruleset.IsBaseChain(c) && ruleset.IsOwnedName(string(c)) {
 			owned[c] = true
 		}
 	}

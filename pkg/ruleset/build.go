@@ -579,9 +579,9 @@ func (b *builder) groupSets(f Family, variants []string, group, dir string) []st
 // SetName returns the ipset holding group members' addresses of family f.
 func SetName(group string, f Family) string {
 	if f == IPv6 {
-		return "sg-" + group + "-v6"
+		return groupPrefix + group + "-v6"
 	}
-	return "sg-" + group + "-v4"
+	return groupPrefix + group + "-v4"
 }
 
 func portMatch(ports []config.PortRange, dir string) []string {

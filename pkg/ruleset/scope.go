@@ -108,8 +108,8 @@ func BuildScope(m *config.Model, before, after []*config.NIC, focus []string) (*
 	// inScope keeps the chains of the groups the focus interfaces list out
 	// of all group chains; everything else compiled here is in scope.
 	inScope := func(c Chain) bool {
-		if name, ok := strings.CutPrefix(string(c), "sg-"); ok {
-			return groups[name[:strings.LastIndexByte(name, '-')]]
+		if g, _, ok := ParseGroupChain(c); ok {
+			return groups[g]
 		}
 		return true
 	}
@@ -198,7 +198,7 @@ func isDispatchChain(c Chain) bool {
 		return false
 	}
 	s := string(c)
-	if !strings.HasPrefix(s, "vmfw-") {
+	if !IsBaseChain(c) {
 		return false
 	}
 	for _, suffix := range []string{"-out", "-in", "-l2", "-rt", "-lo"} {
@@ -256,8 +256,8 @@ func buildScoped(m *config.Model, nics []*config.NIC, focus map[string]bool) (*R
 	}
 	b := &builder{model: m, mark: fmt.Sprintf("0x%x", m.Host.Mark), setsUsed: map[string]bool{}}
 	for _, s := range rs.Sets {
-		if g, ok := strings.CutPrefix(s.Name, "sg-"); ok {
-			b.setsUsed[g[:strings.LastIndexByte(g, '-')]] = true
+		if g, _, ok := ParseSetName(s.Name); ok {
+			b.setsUsed[g] = true
 		}
 	}
 	rs.Sets = b.sets(sorted)

@@ -92,7 +92,7 @@ func TapChains(tap string) []Chain {
 
 // GroupChain returns the chain of security group name for one direction
 // ("in", "out", or "lin": the in rules without source MAC matches).
-func GroupChain(name, dir string) Chain { return Chain("sg-" + name + "-" + dir) }
+func GroupChain(name, dir string) Chain { return Chain(groupPrefix + name + "-" + dir) }
 
 // Rule is one rule of a chain: its match and target arguments, and an
 // optional operator comment shown after the fingerprint.

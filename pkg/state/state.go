@@ -21,6 +21,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // DefaultDir is the state directory unless told otherwise.
@@ -111,7 +113,7 @@ func ValidIface(name string) bool {
 	if name == "" || len(name) > 15 || name == "." || name == ".." || name[0] == '-' {
 		return false
 	}
-	if strings.HasPrefix(name, "sg-") || strings.HasPrefix(name, "vmfw-") {
+	if ruleset.IsReservedName(name) {
 		return false
 	}
 	for i := 0; i < len(name); i++ {
