@@ -309,6 +309,13 @@ func (e *Engine) converge(ctx context.Context, m *config.Model, nics []*config.N
 }
 
 func (e *Engine) applyRuleset(ctx context.Context, rs *ruleset.Ruleset, st *kernelState, dryRun bool) (*Change, error) {
+	return e.applyVia(ctx, e.Firewall, rs, st, dryRun)
+}
+
+// applyVia is applyRuleset writing each family's change through fw, which
+// may rewrite the transaction (scoped.go's deletingFirewall); reads and
+// reverts still go to e.Firewall.
+func (e *Engine) applyVia(ctx context.Context, fw Firewall, rs *ruleset.Ruleset, st *kernelState, dryRun bool) (*Change, error) {
 	start := time.Now()
 	ch := &Change{Plans: map[ruleset.Family]*ruleset.Plan{}}
 	for _, f := range ruleset.Families {
@@ -339,7 +346,7 @@ func (e *Engine) applyRuleset(ctx context.Context, rs *ruleset.Ruleset, st *kern
 	}
 	var done []ruleset.Family
 	for _, f := range ruleset.Families {
-		if err := e.Firewall.Restore(ctx, f, ch.Plans[f].Render()); err != nil {
+		if err := fw.Restore(ctx, f, ch.Plans[f].Render()); err != nil {
 			return nil, errors.Join(err, e.revert(ctx, ch, st, done))
 		}
 		done = append(done, f)

@@ -80,6 +80,7 @@ func (e *Engine) changeScoped(ctx context.Context, m *config.Model, r nicSource,
 	for _, tap := range up {
 		nic := r.NIC(tap)
 		if nic == nil {
+			trace.Printf("full path: %s is not configured", tap)
 			return false, nil, nil
 		}
 		after = append(after, nic)
@@ -87,6 +88,7 @@ func (e *Engine) changeScoped(ctx context.Context, m *config.Model, r nicSource,
 	start := time.Now()
 	sc, err := ruleset.BuildScope(m, before, after, focus)
 	if err != nil {
+		trace.Printf("full path: compiling the scope: %v", err)
 		return false, nil, nil // the full path reports it
 	}
 	trace.Since(start, "compile the scope of %s (%d interfaces installed)", strings.Join(focus, ", "), len(before))
@@ -108,11 +110,13 @@ type scopeView struct {
 func (e *Engine) scopedView(ctx context.Context, r nicSource) (view *scopeView, handled bool, err error) {
 	fw, ok := e.Firewall.(scopeReader)
 	if !ok {
+		trace.Printf("full path: the firewall backend cannot read single chains")
 		return nil, false, nil
 	}
 	var br bridgeScopeReader
 	if e.Bridge != nil {
 		if br, ok = e.Bridge.(bridgeScopeReader); !ok {
+			trace.Printf("full path: the ebtables backend cannot read single chains")
 			return nil, false, nil
 		}
 	}
@@ -138,6 +142,7 @@ func (e *Engine) scopedView(ctx context.Context, r nicSource) (view *scopeView, 
 			return full[f].Only(names), nil
 		}
 	} else if err != nil {
+		trace.Printf("full path: listing chains: %v", err)
 		return nil, false, nil
 	}
 	var installed []string
@@ -149,6 +154,7 @@ func (e *Engine) scopedView(ctx context.Context, r nicSource) (view *scopeView, 
 	}
 	before := nicsFor(r, installed)
 	if len(before) != len(installed) {
+		trace.Printf("full path: %d installed interfaces are no longer configured", len(installed)-len(before))
 		return nil, false, nil // chains of interfaces no longer configured: the full path removes them
 	}
 	return &scopeView{before: before, saveChains: saveChains, bridge: br}, false, nil
@@ -167,6 +173,7 @@ func (e *Engine) applyScope(ctx context.Context, m *config.Model, view *scopeVie
 		start = time.Now()
 		snap, err := saveChains(ctx, f, sc.Chains[f])
 		if err != nil {
+			trace.Printf("full path: reading %s chains: %v", f, err)
 			return false, nil, nil
 		}
 		trace.Since(start, "read %d %s chains", len(sc.Chains[f]), f)
@@ -175,6 +182,7 @@ func (e *Engine) applyScope(ctx context.Context, m *config.Model, view *scopeVie
 			for _, h := range hashes {
 				rule, ok := sc.Known[f][c][h]
 				if !ok {
+					trace.Printf("full path: %s/%s holds a rule the scope does not know (drift, or an edit not applied yet)", f, c)
 					return false, nil, nil // drift or an unapplied edit
 				}
 				snap.Lines[c] = append(snap.Lines[c], rule.Line(c))
@@ -186,10 +194,12 @@ func (e *Engine) applyScope(ctx context.Context, m *config.Model, view *scopeVie
 		start = time.Now()
 		exist, err := br.ChainsExist(ctx, sc.BridgeChains)
 		if err != nil {
+			trace.Printf("full path: reading ebtables chains: %v", err)
 			return false, nil, nil
 		}
 		hooks, err := br.Hooks(ctx)
 		if err != nil {
+			trace.Printf("full path: reading ebtables hooks: %v", err)
 			return false, nil, nil
 		}
 		trace.Since(start, "read %d ebtables chains", len(sc.BridgeChains))
@@ -204,9 +214,8 @@ func (e *Engine) applyScope(ctx context.Context, m *config.Model, view *scopeVie
 		return true, nil, err
 	}
 	rs := &ruleset.Ruleset{Tables: sc.Tables, Bridge: sc.Bridge, Sets: sc.Sets}
-	light := *e
-	light.Firewall = &deletingFirewall{Firewall: e.Firewall, deletes: pureDeletions(sc, st), done: map[ruleset.Family]bool{}}
-	if ch, err = light.applyRuleset(ctx, rs, st, false); err != nil {
+	deleting := &deletingFirewall{Firewall: e.Firewall, deletes: pureDeletions(sc, st), done: map[ruleset.Family]bool{}}
+	if ch, err = e.applyVia(ctx, deleting, rs, st, false); err != nil {
 		return true, nil, err
 	}
 	// As converge does after applying: the change may end flows.
@@ -331,6 +340,7 @@ func (e *Engine) SyncGroups(ctx context.Context, was *config.Model, groups []str
 	start := time.Now()
 	sc, err := ruleset.GroupScope(was, r.model, view.before, groups)
 	if err != nil || sc == nil {
+		trace.Printf("full path: the edit reaches beyond the groups' chains (%v)", err)
 		return false, nil, nil
 	}
 	trace.Since(start, "compile the scope of groups %s", strings.Join(groups, ", "))

@@ -19,3 +19,12 @@ func Since(start time.Time, format string, args ...any) {
 	}
 	fmt.Fprintf(os.Stderr, "vmfw: trace: %8.1f ms  %s\n", float64(time.Since(start).Microseconds())/1000, fmt.Sprintf(format, args...))
 }
+
+// Printf prints one line of explanation, such as why an operation took a
+// slower path.
+func Printf(format string, args ...any) {
+	if !Enabled {
+		return
+	}
+	fmt.Fprintf(os.Stderr, "vmfw: trace: %s\n", fmt.Sprintf(format, args...))
+}
