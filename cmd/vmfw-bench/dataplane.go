@@ -33,7 +33,8 @@ const (
 
 // dataPlane attaches two VMs to the lab's bridge, firewalled by vmfw, and
 // measures traffic between them with vmfw's dispatch trees and with flat
-// lists of jumps in their place.
+// lists of jumps in their place; then traffic the hypervisor routes to one
+// of them, with vmfw's address tree and a flat list (routed.go).
 func (l *lab) dataPlane(r *results) error {
 	progress("%s, %d taps: data plane", l.backend, l.n)
 	ctx := l.ctx
@@ -94,6 +95,9 @@ func (l *lab) dataPlane(r *results) error {
 	}
 	// Back to vmfw's own dispatch.
 	if _, _, err := l.vmfw("apply"); err != nil {
+		return err
+	}
+	if err := l.routed(r, vms); err != nil {
 		return err
 	}
 	return l.expectNoChanges("after the data plane")
@@ -187,27 +191,37 @@ func (l *lab) flatDispatch(l2 bool) error {
 	return err
 }
 
-// newFlows sends bursts of UDP packets from vm1 to dst, each to another
-// port so that each starts a new flow (conntrack is flushed before every
-// burst), and returns the rates at which they arrive in the receiver, in
-// thousands per second: per second of wall clock, and per second of CPU
-// time of the sending thread. The whole path (bridge, netfilter, the
-// receiver's stack) runs in that thread's softirq context, so the CPU rate
-// is what a core gives and, unlike the wall rate, does not drop when other
-// work shares the core. The receiver has no socket on those ports; its
-// ICMP errors are rate limited by its kernel.
-func (l *lab) newFlows(vm1, vm2 *netns, dst string) (wall, cpu []float64, err error) {
+// newFlows sends bursts of UDP packets from the namespace from to dst (an
+// address of vm2), each to another port so that each starts a new flow
+// (conntrack is flushed before every burst), and returns the rates at which
+// they arrive in vm2, in thousands per second: per second of wall clock,
+// and per second of CPU time of the sending thread. The whole path (bridge
+// or routing, netfilter, the receiver's stack) runs in that thread's
+// softirq context, so the CPU rate is what a core gives and, unlike the
+// wall rate, does not drop when other work shares the core. The receiver
+// has no socket on those ports; its ICMP errors are rate limited by its
+// kernel.
+func (l *lab) newFlows(from, vm2 *netns, dst string) (wall, cpu []float64, err error) {
+	addr := netip.MustParseAddr(dst)
+	family := unix.AF_INET
+	if addr.Is6() {
+		family = unix.AF_INET6
+	}
 	var fd int
-	if err := vm1.do(func() error {
+	if err := from.do(func() error {
 		var err error
-		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		fd, err = unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 		return err
 	}); err != nil {
 		return nil, nil, err
 	}
 	defer unix.Close(fd)
-	to := &unix.SockaddrInet4{Addr: netip.MustParseAddr(dst).As4()}
-	payload := make([]byte, 18) // a 64-byte frame with the FCS
+	to4, to6 := &unix.SockaddrInet4{}, &unix.SockaddrInet6{Addr: addr.As16()}
+	var to unix.Sockaddr = to6
+	if addr.Is4() {
+		to4.Addr, to = addr.As4(), to4
+	}
+	payload := make([]byte, 18) // a 64-byte frame with the FCS over IPv4
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	for b := range bursts + 1 {
@@ -224,7 +238,7 @@ func (l *lab) newFlows(vm1, vm2 *netns, dst string) (wall, cpu []float64, err er
 		}
 		start := time.Now()
 		for i := range burst {
-			to.Port = 1024 + i
+			to4.Port, to6.Port = 1024+i, 1024+i
 			unix.Sendto(fd, payload, 0, to) // a full queue drops, which the receiver's count shows
 			if i%256 == 255 && time.Since(start) > burstTime {
 				break
