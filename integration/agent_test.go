@@ -178,34 +178,8 @@ func TestAgentEnforcesEditsAndRepairsDrift(t *testing.T) {
 func TestAgentBatchesConcurrentIfups(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, backend string) {
 		h := newHV(t, backend, "")
-		h.write("groups/db.toml", dbGroup)
-		h.write("groups/app.toml", appGroup)
-		var taps []string
-		for i := range 20 {
-			id := 320 + i
-			tap := fmt.Sprintf("tap%di0", id)
-			taps = append(taps, tap)
-			groups := []string{"app"}
-			if i%2 == 0 {
-				groups = append(groups, "db")
-			}
-			h.write(fmt.Sprintf("vms/%d.toml", id), vmFile(fmt.Sprintf("02:00:00:00:0c:%02x", i), fmt.Sprintf("192.0.2.%d", 140+i), fmt.Sprintf("2001:db8::c:%d", i), groups...))
-			h.exec("ip", "link", "add", tap, "type", "veth", "peer", "name", fmt.Sprintf("p%d", id))
-		}
-		ifupAll := func() []string {
-			var wg sync.WaitGroup
-			errs := make([]string, len(taps))
-			for i, tap := range taps {
-				wg.Go(func() {
-					out, errOut, code := h.run("ifup", tap)
-					if code != 0 {
-						errs[i] = fmt.Sprintf("ifup %s: exit %d: %s%s", tap, code, out, errOut)
-					}
-				})
-			}
-			wg.Wait()
-			return errs
-		}
+		taps := h.twentyTaps(320, 0x0c)
+		ifupAll := func() []string { return h.concurrently("ifup", taps) }
 		agent := startAgent(t, h)
 		// The agent's start firewalled the taps that exist; start from none.
 		h.vmfw("flush")

@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 )
 
@@ -117,36 +116,9 @@ func TestCoexistence(t *testing.T) {
 func TestConcurrentIfupIfdown(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, backend string) {
 		h := newHV(t, backend, "")
-		h.write("groups/db.toml", dbGroup)
-		h.write("groups/app.toml", appGroup)
-		var taps []string
-		for i := range 20 {
-			id := 260 + i
-			tap := fmt.Sprintf("tap%di0", id)
-			taps = append(taps, tap)
-			groups := []string{"app"}
-			if i%2 == 0 {
-				groups = append(groups, "db")
-			}
-			h.write(fmt.Sprintf("vms/%d.toml", id), vmFile(fmt.Sprintf("02:00:00:00:08:%02x", i), fmt.Sprintf("192.0.2.%d", 100+i), fmt.Sprintf("2001:db8::8:%d", i), groups...))
-			// The taps only need to exist: veth pairs inside the hypervisor.
-			h.exec("ip", "link", "add", tap, "type", "veth", "peer", "name", fmt.Sprintf("p%d", id))
-		}
+		taps := h.twentyTaps(260, 0x08)
 		parallel := func(cmd string) {
-			var wg sync.WaitGroup
-			errs := make([]string, len(taps))
-			for i, tap := range taps {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					out, errOut, code := h.run(cmd, tap)
-					if code != 0 {
-						errs[i] = fmt.Sprintf("%s %s: exit %d: %s%s", cmd, tap, code, out, errOut)
-					}
-				}()
-			}
-			wg.Wait()
-			for _, e := range errs {
+			for _, e := range h.concurrently(cmd, taps) {
 				if e != "" {
 					t.Error(e)
 				}

@@ -448,3 +448,46 @@ func (p *process) stop(t *testing.T) {
 		t.Errorf("process did not exit on SIGTERM: %s", p.output())
 	}
 }
+
+// twentyTaps configures twenty VMs from id first on (all in group app,
+// every other one in db too, addresses and MACs derived from macByte)
+// and creates their taps as veth pairs inside the hypervisor: the taps
+// only need to exist for ifup.
+func (h *hv) twentyTaps(first int, macByte byte) []string {
+	h.t.Helper()
+	h.write("groups/db.toml", dbGroup)
+	h.write("groups/app.toml", appGroup)
+	var taps []string
+	for i := range 20 {
+		id := first + i
+		tap := fmt.Sprintf("tap%di0", id)
+		taps = append(taps, tap)
+		groups := []string{"app"}
+		if i%2 == 0 {
+			groups = append(groups, "db")
+		}
+		h.write(fmt.Sprintf("vms/%d.toml", id), vmFile(fmt.Sprintf("02:00:00:00:%02x:%02x", macByte, i),
+			fmt.Sprintf("192.0.2.%d", 100+int(macByte)*5+i), fmt.Sprintf("2001:db8::%x:%d", macByte, i), groups...))
+		h.exec("ip", "link", "add", tap, "type", "veth", "peer", "name", fmt.Sprintf("p%d", id))
+	}
+	return taps
+}
+
+// concurrently runs "vmfw cmd TAP" for every tap at once, as QEMU starting
+// many VMs does, and returns one message per tap whose run failed ("" for
+// those that succeeded).
+func (h *hv) concurrently(cmd string, taps []string) []string {
+	h.t.Helper()
+	var wg sync.WaitGroup
+	errs := make([]string, len(taps))
+	for i, tap := range taps {
+		wg.Go(func() {
+			out, errOut, code := h.run(cmd, tap)
+			if code != 0 {
+				errs[i] = fmt.Sprintf("%s %s: exit %d: %s%s", cmd, tap, code, out, errOut)
+			}
+		})
+	}
+	wg.Wait()
+	return errs
+}

@@ -244,7 +244,7 @@ func parseRule(chain ruleset.Chain, text string) *irule {
 		_, text, _ = strings.Cut(rest, " ")
 	}
 	r := &irule{chain: chain, text: text}
-	words, err := splitWords(text)
+	words, err := ruleset.SplitWords(text)
 	if err != nil {
 		r.err = err
 		return r
@@ -498,44 +498,6 @@ func (r *irule) parse(w []string) error {
 		}
 	}
 	return nil
-}
-
-// splitWords splits a rule into words, honouring the double quotes (with
-// backslash escapes) iptables-save puts around arguments with spaces.
-func splitWords(s string) ([]string, error) {
-	var words []string
-	var cur strings.Builder
-	inWord, quoted := false, false
-	for i := 0; i < len(s); i++ {
-		ch := s[i]
-		switch {
-		case quoted && ch == '\\' && i+1 < len(s):
-			i++
-			cur.WriteByte(s[i])
-		case quoted && ch == '"':
-			quoted = false
-		case quoted:
-			cur.WriteByte(ch)
-		case ch == '"':
-			quoted, inWord = true, true
-		case ch == ' ' || ch == '\t':
-			if inWord {
-				words = append(words, cur.String())
-				cur.Reset()
-				inWord = false
-			}
-		default:
-			cur.WriteByte(ch)
-			inWord = true
-		}
-	}
-	if quoted {
-		return nil, fmt.Errorf("unterminated quote in %q", s)
-	}
-	if inWord {
-		words = append(words, cur.String())
-	}
-	return words, nil
 }
 
 // protoNumbers are the protocol names iptables-save prints (from

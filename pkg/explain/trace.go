@@ -1261,7 +1261,7 @@ func cmp(a, b string) string {
 // stripComment drops vmfw's comment from a rule's text: the fingerprint
 // says nothing to a reader, the origin says more.
 func stripComment(text string) string {
-	words, err := splitWords(text)
+	words, err := ruleset.SplitWords(text)
 	if err != nil {
 		return text
 	}

@@ -117,7 +117,7 @@ func parseSavedRule(line string) (savedRule, error) {
 		r.packets, line = n, rest
 	}
 	r.line = line
-	words, err := splitWords(line)
+	words, err := ruleset.SplitWords(line)
 	if err != nil {
 		return r, err
 	}
@@ -137,42 +137,4 @@ func parseSavedRule(line string) (savedRule, error) {
 		}
 	}
 	return r, nil
-}
-
-// splitWords splits an iptables-save line into words, honouring the double
-// quotes (with backslash escapes) iptables puts around arguments with spaces.
-func splitWords(s string) ([]string, error) {
-	var words []string
-	var cur strings.Builder
-	inWord, quoted := false, false
-	for i := 0; i < len(s); i++ {
-		ch := s[i]
-		switch {
-		case quoted && ch == '\\' && i+1 < len(s):
-			i++
-			cur.WriteByte(s[i])
-		case quoted && ch == '"':
-			quoted = false
-		case quoted:
-			cur.WriteByte(ch)
-		case ch == '"':
-			quoted, inWord = true, true
-		case ch == ' ' || ch == '\t':
-			if inWord {
-				words = append(words, cur.String())
-				cur.Reset()
-				inWord = false
-			}
-		default:
-			cur.WriteByte(ch)
-			inWord = true
-		}
-	}
-	if quoted {
-		return nil, fmt.Errorf("unterminated quote in %q", s)
-	}
-	if inWord {
-		words = append(words, cur.String())
-	}
-	return words, nil
 }

@@ -66,7 +66,7 @@ func TestParseKeepsOnlyOwnedChains(t *testing.T) {
 }
 
 func TestSplitWords(t *testing.T) {
-	got, err := splitWords(`-A x -m comment --comment "a \"b\" c" -j LOG --log-prefix "p "`)
+	got, err := ruleset.SplitWords(`-A x -m comment --comment "a \"b\" c" -j LOG --log-prefix "p "`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,7 +74,7 @@ func TestSplitWords(t *testing.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("got %q", got)
 	}
-	if _, err := splitWords(`-A x --comment "open`); err == nil {
+	if _, err := ruleset.SplitWords(`-A x --comment "open`); err == nil {
 		t.Error("unterminated quote accepted")
 	}
 }
