@@ -15,6 +15,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -26,6 +27,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/vmfw/vmfw/pkg/cluster"
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/droplog"
 	"github.com/vmfw/vmfw/pkg/engine"
@@ -57,6 +59,12 @@ type Agent struct {
 	// from quiet cheaply (see repair).
 	lastGen  uint32
 	lastSets string
+
+	// Cluster mode (cluster.go): nil in file mode.
+	cluster  *cluster.Node
+	remote   map[string][]netip.Addr // other hosts' members by group
+	revision int64                   // the cluster revision of model
+	attached []*config.NIC           // interfaces with chains, as last published
 }
 
 // debounce is how long the agent waits after a change for the next one
@@ -92,6 +100,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go w.run(ctx)
+	if err := a.startCluster(ctx); err != nil {
+		return err
+	}
 	a.reload()
 	if m, err := a.currentModel(); err == nil && m.Host.MetricsListen != "" {
 		// The address is read once: changing it takes a restart.
@@ -166,6 +177,12 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.apply(ctx, batch)
 		case <-ticker.C:
 			a.repair(ctx)
+		case <-a.clusterConfig():
+			if prev, ok := a.reload(); ok {
+				a.applyEdit(ctx, prev, "cluster configuration pushed")
+			}
+		case <-a.clusterMembers():
+			a.membersChanged(ctx)
 		}
 		if now := a.interval(); now != interval {
 			interval = now
@@ -198,7 +215,7 @@ func (a *Agent) currentModel() (*config.Model, error) {
 	if a.model == nil {
 		return nil, &engine.ConfigError{Err: a.modelErr}
 	}
-	return a.model, nil
+	return a.withRemote(a.model), nil
 }
 
 // interval is the current drift-repair interval.
@@ -217,13 +234,14 @@ func (a *Agent) interval() time.Duration {
 // force.
 func (a *Agent) reload() (prev *config.Model, ok bool) {
 	start := time.Now()
-	m, err := config.Load(a.ConfigDir)
+	dir, rev := a.loadDir()
+	m, err := config.Load(dir)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if err != nil {
 		var fe *config.Error
 		if errors.As(err, &fe) && !filepath.IsAbs(fe.File) {
-			fe.File = filepath.Join(a.ConfigDir, fe.File) // as the operator opens it
+			fe.File = filepath.Join(dir, fe.File) // as the operator opens it
 		}
 		a.modelErr = err
 		if a.model != nil {
@@ -235,8 +253,8 @@ func (a *Agent) reload() (prev *config.Model, ok bool) {
 		return nil, false
 	}
 	prev = a.model
-	a.model, a.modelErr = m, nil
-	a.Log.Info("configuration loaded", "vms", len(m.VMs), "groups", len(m.Groups), "took", time.Since(start).Round(time.Microsecond).String())
+	a.model, a.modelErr, a.revision = m, nil, rev
+	a.Log.Info("configuration loaded", "vms", len(m.VMs), "groups", len(m.Groups), "revision", rev, "took", time.Since(start).Round(time.Microsecond).String())
 	return prev, true
 }
 
@@ -321,6 +339,7 @@ func (a *Agent) remember(ctx context.Context) {
 		a.lastGen = gen
 	}
 	a.lastSets = a.setsFingerprint(ctx)
+	a.publish(ctx)
 }
 
 // repair looks for drift and repairs it. Reading every chain at thousands

@@ -60,6 +60,10 @@ commands:
                             vmfw.toml) as JSON lines, naming tap, VM, group, rule and verdict
   agent [--log-format text|json] [--log-packets]
                             run the agent: enforce edits at once, repair drift, batch ifup/ifdown
+  cluster push DIR | pull DIR | status [-o json]
+                            cluster mode ([cluster] in vmfw.toml): validate DIR as check does
+                            and write it to etcd in one transaction; write the pushed
+                            configuration into DIR; list every host, its liveness and revision
   flush [--dry-run] [-o json]
                             remove everything vmfw installed and nothing else
   hook proxmox VMID PHASE   Proxmox VE hookscript: post-start firewalls, post-stop removes
@@ -201,7 +205,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cmd, rest := rest[0], rest[1:]
 
 	newEngine := func() (*engine.Engine, error) {
-		return system.NewEngine(ctx, system.Options{ConfigDir: *configDir, StateDir: *stateDir, IPTables: iptables.Mode(*backend)})
+		return system.NewEngine(ctx, system.Options{ConfigDir: effectiveConfigDir(*configDir), StateDir: *stateDir, IPTables: iptables.Mode(*backend)})
 	}
 	switch cmd {
 	case "ifup", "ifdown":
@@ -259,7 +263,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "log":
 		return logCmd(ctx, *configDir, rest, stdout)
 	case "status":
-		return status(ctx, newEngine, rest, stdout)
+		return status(ctx, newEngine, *configDir, rest, stdout)
+	case "cluster":
+		return clusterCmd(ctx, *configDir, rest, stdout)
 	case "agent":
 		return agentCmd(ctx, system.Options{ConfigDir: *configDir, StateDir: *stateDir, IPTables: iptables.Mode(*backend)}, rest, stdout, stderr)
 	case "hook":
@@ -296,7 +302,7 @@ func printUnattributed(w io.Writer, m *config.Model) {
 	}
 }
 
-func status(ctx context.Context, newEngine func() (*engine.Engine, error), args []string, stdout io.Writer) error {
+func status(ctx context.Context, newEngine func() (*engine.Engine, error), configDir string, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	format := fs.String("o", "text", "output format: text, json or prometheus")
@@ -336,6 +342,7 @@ func status(ctx context.Context, newEngine func() (*engine.Engine, error), args 
 		enc.SetIndent("", "  ")
 		return enc.Encode(st)
 	}
+	printClusterRevision(stdout, configDir)
 	fmt.Fprintf(stdout, "backend: %s\nbase chains: %s", st.Backend, st.Base)
 	if len(st.BaseDrifted) > 0 {
 		fmt.Fprintf(stdout, " (%s)", strings.Join(st.BaseDrifted, ", "))

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io/fs"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -22,11 +23,57 @@ type hostFile struct {
 	// RepairInterval and MetricsListen are the agent's (docs/agent.md).
 	RepairInterval *string `toml:"repair_interval"`
 	MetricsListen  *string `toml:"metrics_listen"`
+	// Cluster is cluster mode's table (docs/cluster.md).
+	Cluster *clusterFile `toml:"cluster"`
+}
+
+// clusterFile is the [cluster] table as written.
+type clusterFile struct {
+	Endpoints *[]string `toml:"endpoints"`
+	CA        *string   `toml:"ca_file"`
+	Cert      *string   `toml:"cert_file"`
+	Key       *string   `toml:"key_file"`
+	Prefix    *string   `toml:"prefix"`
+	Host      *string   `toml:"host"`
+	LeaseTTL  *string   `toml:"lease_ttl"`
+	CacheDir  *string   `toml:"cache_dir"`
 }
 
 var hostSchema = &schema{
-	top: "vmfw.toml keys are managed, mark, log_limit, log_burst, log_group, repair_interval and metrics_listen",
+	top: "vmfw.toml keys are managed, mark, log_limit, log_burst, log_group, repair_interval, metrics_listen and [cluster]",
+	sub: func(table string) string {
+		if table == "cluster" {
+			return "cluster keys are endpoints, ca_file, cert_file, key_file, prefix, host, lease_ttl and cache_dir"
+		}
+		return ""
+	},
 }
+
+// Cluster is the [cluster] table of vmfw.toml: how this host reaches the
+// etcd cluster that holds the configuration and the group membership.
+type Cluster struct {
+	// Endpoints are etcd's client URLs, http:// or https://.
+	Endpoints []string
+	// CA, Cert and Key are PEM files for TLS: CA verifies the servers,
+	// Cert and Key authenticate this host. Empty is unused.
+	CA, Cert, Key string
+	// Prefix starts every key vmfw writes (default "/vmfw/").
+	Prefix string
+	// Host names this host in the cluster (default: the host name).
+	Host string
+	// LeaseTTL is the lease this host's membership lives under: a host
+	// that stops keeping it alive loses its members after it.
+	LeaseTTL time.Duration
+	// CacheDir holds the last configuration received, for outages.
+	CacheDir string
+}
+
+// Defaults of the [cluster] table.
+const (
+	DefaultClusterPrefix   = "/vmfw/"
+	DefaultClusterLeaseTTL = 10 * time.Second
+	DefaultClusterCacheDir = "/var/lib/vmfw/cluster"
+)
 
 // Defaults of the host-wide options.
 const (
@@ -129,7 +176,89 @@ func (l *loader) loadHost() (*Host, *Error) {
 		}
 		h.MetricsListen = addr
 	}
+	if hf.Cluster != nil {
+		c, err := loadCluster(f, hf.Cluster)
+		if err != nil {
+			return nil, err
+		}
+		h.Cluster = c
+	}
 	return h, nil
+}
+
+// loadCluster validates the [cluster] table.
+func loadCluster(f *file, cf *clusterFile) (*Cluster, *Error) {
+	c := &Cluster{Prefix: DefaultClusterPrefix, LeaseTTL: DefaultClusterLeaseTTL, CacheDir: DefaultClusterCacheDir}
+	if cf.Endpoints == nil || len(*cf.Endpoints) == 0 {
+		return nil, f.errorAt("cluster", "[cluster]: endpoints is required, like [\"https://192.0.2.10:2379\"]")
+	}
+	for i, e := range *cf.Endpoints {
+		u, err := url.Parse(e)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Port() == "" || (u.Path != "" && u.Path != "/") {
+			return nil, f.errorAt(index("cluster.endpoints", i), "cluster endpoint %q: use http://HOST:PORT or https://HOST:PORT", e)
+		}
+		c.Endpoints = append(c.Endpoints, e)
+	}
+	for _, k := range []struct {
+		key string
+		v   *string
+		to  *string
+	}{{"ca_file", cf.CA, &c.CA}, {"cert_file", cf.Cert, &c.Cert}, {"key_file", cf.Key, &c.Key}} {
+		if k.v == nil {
+			continue
+		}
+		if !filepath.IsAbs(*k.v) {
+			return nil, f.errorAt("cluster."+k.key, "cluster %s %q: must be an absolute path", k.key, *k.v)
+		}
+		*k.to = *k.v
+	}
+	if (c.Cert == "") != (c.Key == "") {
+		return nil, f.errorAt("cluster", "[cluster]: cert_file and key_file go together")
+	}
+	if cf.Prefix != nil {
+		p := *cf.Prefix
+		if !strings.HasPrefix(p, "/") || !strings.HasSuffix(p, "/") || strings.ContainsAny(p, " \t\n") {
+			return nil, f.errorAt("cluster.prefix", "cluster prefix %q: must start and end with /, like \"/vmfw/\"", p)
+		}
+		c.Prefix = p
+	}
+	if cf.Host != nil {
+		if !validHostName(*cf.Host) {
+			return nil, f.errorAt("cluster.host", "cluster host %q: use up to 63 letters, digits, - _ and .", *cf.Host)
+		}
+		c.Host = *cf.Host
+	} else if name, err := os.Hostname(); err == nil && validHostName(name) {
+		c.Host = name
+	} else {
+		return nil, f.errorAt("cluster", "[cluster]: host is required (the host name %q cannot be used)", name)
+	}
+	if cf.LeaseTTL != nil {
+		d, err := time.ParseDuration(*cf.LeaseTTL)
+		if err != nil || d < 2*time.Second || d > time.Hour || d%time.Second != 0 {
+			return nil, f.errorAt("cluster.lease_ttl", "cluster lease_ttl %q: use whole seconds from 2s to 1h, like \"10s\"", *cf.LeaseTTL)
+		}
+		c.LeaseTTL = d
+	}
+	if cf.CacheDir != nil {
+		if !filepath.IsAbs(*cf.CacheDir) {
+			return nil, f.errorAt("cluster.cache_dir", "cluster cache_dir %q: must be an absolute path", *cf.CacheDir)
+		}
+		c.CacheDir = filepath.Clean(*cf.CacheDir)
+	}
+	return c, nil
+}
+
+// validHostName accepts a cluster host name: it becomes part of etcd keys.
+func validHostName(s string) bool {
+	if s == "" || len(s) > 63 || s == "." || s == ".." {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !isAlnum(c) && c != '-' && c != '_' && c != '.' {
+			return false
+		}
+	}
+	return true
 }
 
 // validIfacePattern accepts what iptables' -i/-o and physdev accept: an
@@ -222,4 +351,18 @@ func parseDecimal(s string, limit int) (int, bool) {
 
 func isAlnum(c byte) bool {
 	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+}
+
+// LoadHost reads only dir/vmfw.toml, as Load does: what a command needs to
+// know whether cluster mode is on without reading every VM file.
+func LoadHost(dir string) (*Host, error) {
+	l := &loader{read: readFile}
+	if err := l.setRoot(dir); err != nil {
+		return nil, err
+	}
+	h, err := l.loadHost()
+	if err != nil {
+		return nil, err
+	}
+	return h, nil
 }

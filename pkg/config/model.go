@@ -47,6 +47,10 @@ type Model struct {
 	Groups map[string]*Group
 	// VMs maps a VM id to its definition.
 	VMs map[int]*VM
+	// RemoteMembers maps a group to the addresses of its members attached
+	// on other hosts (cluster mode). They fill the group's ipsets but get
+	// no chains here; Load leaves it nil.
+	RemoteMembers map[string][]netip.Addr
 }
 
 // Host holds the host-wide options (vmfw.toml); every field has a default.
@@ -70,6 +74,9 @@ type Host struct {
 	// MetricsListen is the address the agent serves /metrics on; empty
 	// is off (vmfw.toml metrics_listen).
 	MetricsListen string
+	// Cluster is the [cluster] table: nil runs from files alone
+	// (docs/cluster.md).
+	Cluster *Cluster
 }
 
 // Group is a named security group: ordered rules per direction.

@@ -159,6 +159,15 @@ func New(m *config.Model, attached []*config.NIC, local func(netip.Addr) bool) *
 			}
 		}
 	}
+	// Members attached on other hosts are in the sets too (cluster mode).
+	for g, ips := range m.RemoteMembers {
+		if e.members[g] == nil {
+			e.members[g] = map[netip.Addr]bool{}
+		}
+		for _, ip := range ips {
+			e.members[g][ip] = true
+		}
+	}
 	return e
 }
 

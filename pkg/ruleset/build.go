@@ -609,7 +609,8 @@ func familyOf(a netip.Addr) Family {
 }
 
 // sets returns the ipsets of every group a compiled rule references,
-// filled with the attached members' addresses.
+// filled with the attached members' addresses and the model's
+// RemoteMembers.
 func (b *builder) sets(nics []*config.NIC) []Set {
 	var names []string
 	for g := range b.setsUsed {
@@ -632,8 +633,18 @@ func (b *builder) sets(nics []*config.NIC) []Set {
 				}
 			}
 		}
+		// Members attached on other hosts (cluster mode) are in the set
+		// too; they have no chains here.
+		for _, ip := range b.model.RemoteMembers[g] {
+			if ip.Is4() {
+				v4.Members = append(v4.Members, ip.String())
+			} else {
+				v6.Members = append(v6.Members, ip.String())
+			}
+		}
 		// An address claimed twice (config validation forbids it, but a
-		// record can race an edit) must not make "ipset add" fail.
+		// record can race an edit, or a VM migrate) must not make "ipset
+		// add" fail.
 		v4.Members = slices.Compact(slices.Sorted(slices.Values(v4.Members)))
 		v6.Members = slices.Compact(slices.Sorted(slices.Values(v6.Members)))
 		out = append(out, v4, v6)

@@ -1,0 +1,204 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+
+	"github.com/vmfw/vmfw/pkg/config"
+)
+
+func writeTree(t *testing.T, files map[string]string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for rel, content := range files {
+		path := filepath.Join(dir, rel)
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+var sample = map[string]string{
+	"vmfw.toml":       "repair_interval = \"5s\"\n",
+	"groups/web.toml": "[[in]]\nproto = \"tcp\"\ndport = \"80\"\n",
+	"vms/101.toml":    "[net0]\nips = [\"192.0.2.101\"]\ngroups = [\"web\"]\n",
+	"vms/.101.toml~":  "editor junk",
+	"vms/.#101.toml":  "lock file",
+	"README":          "not configuration",
+}
+
+// TestReadDirReadsWhatLoadReads: the files pushed are exactly those
+// config.Load reads.
+func TestReadDirReadsWhatLoadReads(t *testing.T) {
+	files, err := ReadDir(writeTree(t, sample))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for rel := range files {
+		got = append(got, rel)
+	}
+	if len(got) != 3 || files["vms/101.toml"] == nil || files["groups/web.toml"] == nil || files["vmfw.toml"] == nil {
+		t.Fatalf("ReadDir: %v", got)
+	}
+}
+
+func TestValidRel(t *testing.T) {
+	for rel, ok := range map[string]bool{
+		"vmfw.toml": true, "groups/web.toml": true, "vms/101.toml": true,
+		"../etc/passwd": false, "groups/../../x.toml": false, "vms/a/b.toml": false, "other/x.toml": false,
+		"groups/.x.toml": false, "groups/x.txt": false, "/abs.toml": false, "groups/": false,
+	} {
+		if validRel(rel) != ok {
+			t.Errorf("validRel(%q) = %v, want %v", rel, !ok, ok)
+		}
+	}
+}
+
+// TestPushRefusesBadConfiguration: Push validates as Load does and
+// returns Load's error before it talks to etcd (no client is needed).
+func TestPushRefusesBadConfiguration(t *testing.T) {
+	dir := writeTree(t, map[string]string{"groups/web.toml": "[[in]]\nproto = \"tcpp\"\n"})
+	_, err := Push(context.Background(), nil, Keys{Prefix: "/vmfw/"}, dir, "test")
+	var fe *config.Error
+	if !errors.As(err, &fe) || fe.Line != 2 || fe.File != "groups/web.toml" {
+		t.Fatalf("Push: %v", err)
+	}
+}
+
+func kvs(k Keys, files map[string][]byte, meta Meta, rev int64) []*mvccpb.KeyValue {
+	var out []*mvccpb.KeyValue
+	for rel, data := range files {
+		out = append(out, &mvccpb.KeyValue{Key: []byte(k.ConfigFiles() + rel), Value: data, ModRevision: rev})
+	}
+	m, _ := json.Marshal(meta)
+	return append(out, &mvccpb.KeyValue{Key: []byte(k.ConfigMeta()), Value: m, ModRevision: rev})
+}
+
+// TestSnapshotChecksDigestAndNames: a snapshot whose files do not match
+// the digest pushed with them, or that names a file outside the
+// configuration's layout, is refused.
+func TestSnapshotChecksDigestAndNames(t *testing.T) {
+	k := Keys{Prefix: "/vmfw/"}
+	files := map[string][]byte{"groups/web.toml": []byte("[[in]]\nproto = \"tcp\"\n")}
+	s, err := snapshotOf(k, kvs(k, files, Meta{Files: 1, SHA256: digest(files)}, 7))
+	if err != nil || s.Revision != 7 || string(s.Files["groups/web.toml"]) != string(files["groups/web.toml"]) {
+		t.Fatalf("snapshot: %+v, %v", s, err)
+	}
+	if _, err := snapshotOf(k, kvs(k, files, Meta{Files: 1, SHA256: "0000"}, 7)); err == nil || !strings.Contains(err.Error(), "digest") {
+		t.Fatalf("a wrong digest: %v", err)
+	}
+	bad := map[string][]byte{"../x.toml": []byte("x")}
+	if _, err := snapshotOf(k, kvs(k, bad, Meta{Files: 1, SHA256: digest(bad)}, 7)); err == nil {
+		t.Fatal("a file outside the layout was accepted")
+	}
+}
+
+// TestCacheStoresRevisionsAtomically: each revision is a whole directory
+// that config.Load reads; the link moves to the newest; older ones go.
+func TestCacheStoresRevisionsAtomically(t *testing.T) {
+	c := Cache{Dir: filepath.Join(t.TempDir(), "cache")}
+	if c.Revision() != 0 {
+		t.Fatal("an empty cache has a revision")
+	}
+	files, err := ReadDir(writeTree(t, sample))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Store(&Snapshot{Revision: 5, Files: files}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := config.Load(c.ConfigDir())
+	if err != nil || len(m.VMs) != 1 || len(m.Groups) != 1 || m.Host.RepairInterval != 5*time.Second {
+		t.Fatalf("loading revision 5: %+v, %v", m, err)
+	}
+	delete(files, "vms/101.toml")
+	if err := c.Store(&Snapshot{Revision: 9, Files: files}); err != nil {
+		t.Fatal(err)
+	}
+	if c.Revision() != 9 {
+		t.Fatalf("revision %d, want 9", c.Revision())
+	}
+	if m, err := config.Load(c.ConfigDir()); err != nil || len(m.VMs) != 0 {
+		t.Fatalf("loading revision 9: %+v, %v", m, err)
+	}
+	des, _ := os.ReadDir(c.Dir)
+	var names []string
+	for _, de := range des {
+		names = append(names, de.Name())
+	}
+	if !reflect.DeepEqual(names, []string{"config", "rev-9"}) {
+		t.Fatalf("cache holds %v", names)
+	}
+}
+
+// TestNodeMembership: other hosts' member keys become group members,
+// this host's own are left out, deletions remove them, and a member
+// this host detaches stays published for Grace.
+func TestNodeMembership(t *testing.T) {
+	n := NewNode(&config.Cluster{Host: "a", Prefix: "/p/", LeaseTTL: 3 * time.Second}, slog.New(slog.DiscardHandler))
+	put := func(all map[string]map[string]Member, host, tap string, ips []string, groups ...string) {
+		m := Member{Host: host, Tap: tap, Groups: groups}
+		for _, ip := range ips {
+			m.IPs = append(m.IPs, netip.MustParseAddr(ip))
+		}
+		v, _ := json.Marshal(m)
+		n.apply(all, n.keys.MembersOf(host)+tap, v)
+	}
+	all := map[string]map[string]Member{}
+	put(all, "a", "tap1i0", []string{"192.0.2.1"}, "web")
+	put(all, "b", "tap2i0", []string{"192.0.2.2", "2001:db8::2"}, "web", "app")
+	put(all, "c", "tap3i0", []string{"192.0.2.3"}, "app")
+	n.apply(all, "/p/members/c/tap9i0", []byte("not json"))
+	n.setRemote(all)
+	select {
+	case <-n.MembersChanged:
+	default:
+		t.Fatal("no signal")
+	}
+	got := n.Remote()
+	want := map[string][]netip.Addr{
+		"web": {netip.MustParseAddr("192.0.2.2"), netip.MustParseAddr("2001:db8::2")},
+		"app": {netip.MustParseAddr("192.0.2.2"), netip.MustParseAddr("192.0.2.3"), netip.MustParseAddr("2001:db8::2")},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("Remote() = %v, want %v", got, want)
+	}
+	next := cloneRemote(all)
+	n.apply(next, n.keys.MembersOf("c")+"tap3i0", nil)
+	n.setRemote(next)
+	if got := n.Remote()["app"]; len(got) != 2 {
+		t.Fatalf("after a deletion app = %v", got)
+	}
+
+	n.Publish([]Member{{Tap: "tap1i0"}, {Tap: "tap4i0"}}, 3)
+	n.Publish([]Member{{Tap: "tap1i0"}}, 3)
+	n.mu.Lock()
+	during := n.published()
+	n.mu.Unlock()
+	if len(during) != 2 {
+		t.Fatalf("a detached member left at once: %v", during)
+	}
+	time.Sleep(Grace + 50*time.Millisecond)
+	n.mu.Lock()
+	after := n.published()
+	n.mu.Unlock()
+	if len(after) != 1 || after["tap1i0"].Host != "a" {
+		t.Fatalf("after the grace: %v", after)
+	}
+}

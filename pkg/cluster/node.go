@@ -1,0 +1,462 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/vmfw/vmfw/pkg/config"
+)
+
+// retry is the pause before an etcd request that failed is tried again.
+const retry = 300 * time.Millisecond
+
+// Node is an agent's part of the cluster. It follows the configuration
+// in etcd (every revision is stored in the Cache, then ConfigChanged
+// fires), follows every other host's members (MembersChanged fires;
+// Remote returns them by group), and publishes this host's members and
+// revision under a lease it keeps alive. While etcd is unreachable it
+// keeps what it last saw: nothing is forgotten because the store is
+// silent, and a watch that breaks or falls behind a compaction is
+// followed by a full read, never by a diff against a stale view.
+type Node struct {
+	Cfg   *config.Cluster
+	Cache Cache
+	Log   *slog.Logger
+
+	// ConfigChanged and MembersChanged are signalled (never closed)
+	// when the cached configuration or the remote members change.
+	ConfigChanged  chan struct{}
+	MembersChanged chan struct{}
+
+	cli  *clientv3.Client
+	keys Keys
+	kick chan struct{}
+
+	mu       sync.Mutex
+	remote   map[string]map[string]Member // host -> tap -> member, other hosts only
+	want     map[string]Member            // this host's members, by tap
+	revision int64                        // the revision this host enforces
+	// leaving holds this host's members that were detached, published
+	// until their grace ends.
+	leaving map[string]departure
+}
+
+// departure is a member this host detached, still published until.
+type departure struct {
+	m     Member
+	until time.Time
+}
+
+// Grace is how long a member stays published after its interface was
+// detached: a live migration whose source host runs ifdown before the
+// destination runs ifup then never drops the VM from third hosts' sets.
+// A VM that stops is still out of every set within a second. A host
+// whose lease expires loses its members at once, without grace.
+const Grace = 500 * time.Millisecond
+
+// NewNode returns a node for c; Start runs it.
+func NewNode(c *config.Cluster, log *slog.Logger) *Node {
+	return &Node{
+		Cfg:            c,
+		Cache:          Cache{Dir: c.CacheDir},
+		Log:            log,
+		ConfigChanged:  make(chan struct{}, 1),
+		MembersChanged: make(chan struct{}, 1),
+		keys:           Keys{Prefix: c.Prefix},
+		kick:           make(chan struct{}, 1),
+		remote:         map[string]map[string]Member{},
+		leaving:        map[string]departure{},
+		want:           map[string]Member{},
+	}
+}
+
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// Start connects in the background and runs until ctx is done. It first
+// tries, for at most initialWait, to bring the cache up to date, so that
+// an agent starting with etcd reachable enforces the current revision
+// from its first apply; with etcd unreachable it goes on with the cache.
+func (n *Node) Start(ctx context.Context, initialWait time.Duration) error {
+	cli, err := Dial(n.Cfg, false)
+	if err != nil {
+		return err
+	}
+	n.cli = cli
+	go func() {
+		<-ctx.Done()
+		cli.Close()
+	}()
+	first, cancel := context.WithTimeout(ctx, initialWait)
+	rev, err := n.syncConfig(first)
+	cancel()
+	if err != nil {
+		n.Log.Warn("etcd unreachable at start; enforcing the cached configuration", "revision", n.Cache.Revision(), "error", err.Error())
+	}
+	go n.followConfig(ctx, rev)
+	go n.followMembers(ctx)
+	go n.publish(ctx)
+	return nil
+}
+
+// syncConfig reads the configuration and caches it when it is new. It
+// returns the etcd revision it read at.
+func (n *Node) syncConfig(ctx context.Context) (int64, error) {
+	s, rev, err := Fetch(ctx, n.cli, n.keys)
+	if err != nil {
+		return 0, err
+	}
+	if s.Revision == 0 || s.Revision == n.Cache.Revision() {
+		return rev, nil
+	}
+	if err := n.Cache.Store(s); err != nil {
+		n.Log.Error("caching the configuration", "revision", s.Revision, "error", err.Error())
+		return rev, err
+	}
+	n.Log.Info("configuration received", "revision", s.Revision, "files", len(s.Files), "pushed_by", s.Meta.PushedBy)
+	signal(n.ConfigChanged)
+	return rev, nil
+}
+
+// followConfig watches the configuration from revision rev+1 on; any
+// event reads it whole again.
+func (n *Node) followConfig(ctx context.Context, rev int64) {
+	for ctx.Err() == nil {
+		if rev == 0 {
+			var err error
+			if rev, err = n.syncConfig(ctx); err != nil {
+				sleep(ctx, retry)
+				continue
+			}
+		}
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		for wr := range n.cli.Watch(wctx, n.keys.ConfigPrefix(), clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
+			if wr.Err() != nil || wr.Canceled {
+				break
+			}
+			if len(wr.Events) > 0 {
+				if _, err := n.syncConfig(ctx); err != nil {
+					break
+				}
+			}
+		}
+		cancel()
+		rev = 0 // a broken watch: read everything again
+		sleep(ctx, retry)
+	}
+}
+
+// followMembers keeps n.remote equal to every other host's members: a
+// full read, then a watch from the revision after it; a broken watch or
+// one behind a compaction starts over with a full read.
+func (n *Node) followMembers(ctx context.Context) {
+	for ctx.Err() == nil {
+		tctx, cancel := withTimeout(ctx)
+		resp, err := n.cli.Get(tctx, n.keys.Members(), clientv3.WithPrefix())
+		cancel()
+		if err != nil {
+			sleep(ctx, retry)
+			continue
+		}
+		all := map[string]map[string]Member{}
+		for _, kv := range resp.Kvs {
+			n.apply(all, string(kv.Key), kv.Value)
+		}
+		n.setRemote(all)
+		wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		for wr := range n.cli.Watch(wctx, n.keys.Members(), clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1)) {
+			if wr.Err() != nil || wr.Canceled {
+				if wr.CompactRevision != 0 {
+					n.Log.Warn("membership watch fell behind a compaction; reading it whole", "compact_revision", wr.CompactRevision)
+				}
+				break
+			}
+			n.mu.Lock()
+			next := cloneRemote(n.remote)
+			n.mu.Unlock()
+			for _, ev := range wr.Events {
+				if ev.Type == clientv3.EventTypeDelete {
+					n.apply(next, string(ev.Kv.Key), nil)
+				} else {
+					n.apply(next, string(ev.Kv.Key), ev.Kv.Value)
+				}
+			}
+			n.setRemote(next)
+		}
+		wcancel()
+		sleep(ctx, retry)
+	}
+}
+
+// apply records one member key (value nil: deleted) in all, leaving out
+// this host's own.
+func (n *Node) apply(all map[string]map[string]Member, key string, value []byte) {
+	rest, ok := strings.CutPrefix(key, n.keys.Members())
+	if !ok {
+		return
+	}
+	host, tap, ok := strings.Cut(rest, "/")
+	if !ok || host == n.Cfg.Host {
+		return
+	}
+	if value == nil {
+		delete(all[host], tap)
+		if len(all[host]) == 0 {
+			delete(all, host)
+		}
+		return
+	}
+	var m Member
+	if err := json.Unmarshal(value, &m); err != nil {
+		n.Log.Warn("ignoring a member key that is not vmfw's", "key", key, "error", err.Error())
+		return
+	}
+	if all[host] == nil {
+		all[host] = map[string]Member{}
+	}
+	all[host][tap] = m
+}
+
+func cloneRemote(r map[string]map[string]Member) map[string]map[string]Member {
+	out := make(map[string]map[string]Member, len(r))
+	for h, taps := range r {
+		out[h] = make(map[string]Member, len(taps))
+		for t, m := range taps {
+			out[h][t] = m
+		}
+	}
+	return out
+}
+
+func (n *Node) setRemote(all map[string]map[string]Member) {
+	n.mu.Lock()
+	changed := !reflect.DeepEqual(n.remote, all)
+	n.remote = all
+	n.mu.Unlock()
+	if changed {
+		signal(n.MembersChanged)
+	}
+}
+
+// Remote returns the other hosts' members' addresses by group, sorted.
+func (n *Node) Remote() map[string][]netip.Addr {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	out := map[string][]netip.Addr{}
+	add := func(m Member) {
+		for _, g := range m.Groups {
+			out[g] = append(out[g], m.IPs...)
+		}
+	}
+	for _, taps := range n.remote {
+		for _, m := range taps {
+			add(m)
+		}
+	}
+
+	for g, ips := range out {
+		slices.SortFunc(ips, func(a, b netip.Addr) int { return a.Compare(b) })
+		out[g] = slices.Compact(ips)
+	}
+	return out
+}
+
+// RemoteCount returns how many interfaces other hosts have attached.
+func (n *Node) RemoteCount() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	c := 0
+	for _, taps := range n.remote {
+		c += len(taps)
+	}
+	return c
+}
+
+// Publish sets this host's members and the revision it enforces; they
+// are written to etcd in the background, and again whenever the lease
+// had to be renewed.
+func (n *Node) Publish(members []Member, revision int64) {
+	want := make(map[string]Member, len(members))
+	for _, m := range members {
+		m.Host = n.Cfg.Host
+		want[m.Tap] = m
+	}
+	n.mu.Lock()
+	if reflect.DeepEqual(want, n.want) && revision == n.revision {
+		n.mu.Unlock()
+		return
+	}
+	left := false
+	for tap, m := range n.want {
+		if _, ok := want[tap]; !ok {
+			n.leaving[tap] = departure{m: m, until: time.Now().Add(Grace)}
+			left = true
+		}
+	}
+	for tap := range want {
+		delete(n.leaving, tap)
+	}
+	n.want, n.revision = want, revision
+	n.mu.Unlock()
+	if left {
+		time.AfterFunc(Grace, func() { signal(n.kick) })
+	}
+	signal(n.kick)
+}
+
+// published returns what this host's keys should hold now: its members
+// and those still in their grace (caller holds n.mu).
+func (n *Node) published() map[string]Member {
+	if len(n.leaving) == 0 {
+		return n.want
+	}
+	out := make(map[string]Member, len(n.want)+len(n.leaving))
+	now := time.Now()
+	for tap, d := range n.leaving {
+		if now.Before(d.until) {
+			out[tap] = d.m
+		} else {
+			delete(n.leaving, tap)
+		}
+	}
+	for tap, m := range n.want {
+		out[tap] = m
+	}
+	return out
+}
+
+// publish keeps this host's lease alive and its keys equal to n.want.
+// A new lease (at start, or after the old one expired during an outage)
+// replaces every key the host had.
+func (n *Node) publish(ctx context.Context) {
+	since := time.Now().UTC()
+	var lease clientv3.LeaseID
+	var alive <-chan *clientv3.LeaseKeepAliveResponse
+	var kaCancel context.CancelFunc = func() {}
+	defer func() { kaCancel() }()
+	written := map[string]Member(nil) // what the keys hold under lease
+	writtenRev := int64(-1)
+	for ctx.Err() == nil {
+		if lease == 0 {
+			tctx, cancel := withTimeout(ctx)
+			gr, err := n.cli.Grant(tctx, int64(n.Cfg.LeaseTTL/time.Second))
+			cancel()
+			if err != nil {
+				sleep(ctx, retry)
+				continue
+			}
+			kctx, kc := context.WithCancel(ctx)
+			ka, err := n.cli.KeepAlive(kctx, gr.ID)
+			if err != nil {
+				kc()
+				sleep(ctx, retry)
+				continue
+			}
+			lease, alive, kaCancel, written, writtenRev = gr.ID, ka, kc, nil, -1
+			n.Log.Info("cluster lease granted", "host", n.Cfg.Host, "ttl", n.Cfg.LeaseTTL.String())
+		}
+		n.mu.Lock()
+		want, rev := n.published(), n.revision
+		n.mu.Unlock()
+		if written == nil || !reflect.DeepEqual(want, written) || rev != writtenRev {
+			if err := n.write(ctx, lease, written, want, rev, since); err != nil {
+				n.Log.Warn("publishing this host's members", "error", err.Error())
+				select {
+				case _, ok := <-alive:
+					if !ok {
+						lease = 0
+						kaCancel()
+					}
+				case <-time.After(retry):
+				case <-ctx.Done():
+				}
+				continue
+			}
+			written, writtenRev = want, rev
+		}
+		select {
+		case <-ctx.Done():
+		case <-n.kick:
+		case _, ok := <-alive:
+			if !ok {
+				n.Log.Warn("cluster lease lost; publishing again under a new one")
+				lease = 0
+				kaCancel()
+			}
+		}
+	}
+}
+
+// write makes this host's keys equal to want under lease: with written
+// nil (a new lease) it replaces every member key of the host.
+func (n *Node) write(ctx context.Context, lease clientv3.LeaseID, written, want map[string]Member, rev int64, since time.Time) error {
+	var ops []clientv3.Op
+	stale := map[string]bool{}
+	for tap := range written {
+		stale[tap] = true
+	}
+	if written == nil {
+		// A new lease: whatever keys the host has (an earlier lease's,
+		// or a previous agent's) are replaced. They are deleted in the
+		// same transaction that puts the new ones, so that other hosts
+		// never see this host's members missing in between.
+		tctx, cancel := withTimeout(ctx)
+		resp, err := n.cli.Get(tctx, n.keys.MembersOf(n.Cfg.Host), clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		cancel()
+		if err != nil {
+			return err
+		}
+		for _, kv := range resp.Kvs {
+			stale[strings.TrimPrefix(string(kv.Key), n.keys.MembersOf(n.Cfg.Host))] = true
+		}
+	}
+	for tap := range stale {
+		if _, ok := want[tap]; !ok {
+			ops = append(ops, clientv3.OpDelete(n.keys.MembersOf(n.Cfg.Host)+tap))
+		}
+	}
+	for tap, m := range want {
+		if old, ok := written[tap]; ok && reflect.DeepEqual(old, m) {
+			continue
+		}
+		v, err := json.Marshal(m)
+		if err != nil {
+			return err
+		}
+		ops = append(ops, clientv3.OpPut(n.keys.MembersOf(n.Cfg.Host)+tap, string(v), clientv3.WithLease(lease)))
+	}
+	info, err := json.Marshal(HostInfo{Host: n.Cfg.Host, Revision: rev, Members: len(want), LeaseTTL: int64(n.Cfg.LeaseTTL / time.Second), Since: since})
+	if err != nil {
+		return err
+	}
+	ops = append(ops, clientv3.OpPut(n.keys.Hosts()+n.Cfg.Host, string(info), clientv3.WithLease(lease)),
+		clientv3.OpPut(n.keys.Known()+n.Cfg.Host, string(info)))
+	tctx, cancel := withTimeout(ctx)
+	defer cancel()
+	_, err = n.cli.Txn(tctx).Then(ops...).Commit()
+	return err
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+// ErrNoCluster says vmfw.toml has no [cluster] table.
+var ErrNoCluster = errors.New("vmfw.toml has no [cluster] table: cluster mode is off")
