@@ -1,13 +1,16 @@
 package integration
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 )
 
 // vmfwLine matches the lines of an iptables-save that belong to vmfw: its
@@ -170,7 +173,9 @@ func TestQEMU(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		qmp := filepath.Join(dir, "qmp.sock")
 		q := startInNS(t, h.ns.Name, qemu, "-M", "none", "-nodefaults", "-display", "none",
+			"-qmp", "unix:"+qmp+",server=on,wait=off",
 			"-netdev", fmt.Sprintf("tap,id=n0,ifname=tap120i0,script=%s,downscript=%s", filepath.Join(dir, "ifup.sh"), filepath.Join(dir, "ifdown.sh")))
 		onBridge := func() bool {
 			out, err := h.ns.Exec(context.Background(), "ip", "link", "show", "tap120i0")
@@ -178,6 +183,12 @@ func TestQEMU(t *testing.T) {
 		}
 		if !waitFor(onBridge) {
 			t.Fatalf("tap120i0 never joined vmbr0; qemu output: %s", q.output())
+		}
+		// QEMU sends the QMP greeting from its main loop, which it enters
+		// only once the ifup script has returned and the netdev is set
+		// up; stopped before that, it exits without running downscript.
+		if !waitFor(func() bool { return qmpGreets(qmp) }) {
+			t.Fatalf("QEMU never finished starting; its output: %s", q.output())
 		}
 		for _, v6 := range []bool{false, true} {
 			s := h.save(v6)
@@ -195,4 +206,17 @@ func TestQEMU(t *testing.T) {
 			t.Errorf("VM 120's membership remains after QEMU exited")
 		}
 	})
+}
+
+// qmpGreets reports whether QEMU's QMP socket at path answers with its
+// greeting.
+func qmpGreets(path string) bool {
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	return err == nil && strings.Contains(line, "QMP")
 }
