@@ -2,13 +2,15 @@
 // of tap changes, applies and status at 0, 1000 and 5000 installed taps on
 // iptables-nft and iptables-legacy, next to the naive way (one iptables
 // command per rule through go-iptables), and the forwarding cost of the
-// dispatch trees against a flat list of physdev jumps.
+// dispatch trees against a flat list of physdev jumps: for packets bridged
+// between two VMs, and for packets the hypervisor routes to a VM (the
+// address tree vmfw-route against a flat list of -d jumps, in IPv6).
 //
 // It runs as root, only inside network namespaces it creates and deletes
 // (also when interrupted), with addresses from the documentation ranges;
 // nothing is sent outside them. See docs/performance.md.
 //
-//	vmfw-bench [--vmfw bin/vmfw] [--quick] [--runs N] [--backends nft,legacy] [--sizes 0,1000,5000]
+//	vmfw-bench [--vmfw bin/vmfw] [--quick] [--runs N] [--backends nft,legacy] [--sizes 0,1000,5000] [--parts control,data,agent]
 package main
 
 import (
@@ -46,8 +48,8 @@ type options struct {
 	// slow also runs what takes minutes: the full apply from empty above
 	// 1000 taps, the legacy baseline above 1000 taps.
 	slow bool
-	// control and data select the parts to run.
-	control, data bool
+	// control, data and agent select the parts to run.
+	control, data, agent bool
 }
 
 func main() {
@@ -58,7 +60,7 @@ func main() {
 	flag.IntVar(&o.runs, "runs", 5, "runs per row; the table shows medians")
 	flag.StringVar(&backends, "backends", "nft,legacy", "iptables backends to measure")
 	flag.StringVar(&sizes, "sizes", "0,1000,5000", "numbers of installed taps")
-	flag.StringVar(&parts, "parts", "control,data", "what to measure: control (with the baseline), data")
+	flag.StringVar(&parts, "parts", "control,data", "what to measure: control (with the baseline), data, agent (vmfw agent against no agent)")
 	flag.BoolVar(&o.hold, "hold", false, "set up the first backend and size only, print how to reach the lab, and keep it until interrupted")
 	flag.BoolVar(&o.slow, "slow", false, "also run what takes minutes: full apply from empty and the legacy baseline above 1000 taps")
 	flag.Parse()
@@ -72,8 +74,10 @@ func main() {
 			o.control = true
 		case "data":
 			o.data = true
+		case "agent":
+			o.agent = true
 		default:
-			fatalf("unknown part %q (want control or data)", p)
+			fatalf("unknown part %q (want control, data or agent)", p)
 		}
 	}
 	for _, s := range strings.Split(sizes, ",") {
@@ -114,7 +118,11 @@ func main() {
 	defer removeAll()
 	start := time.Now()
 	var table results
-	for _, backend := range o.backends {
+	labs := o.backends
+	if !o.control && !o.data {
+		labs = nil // the agent part sets up labs of its own
+	}
+	for _, backend := range labs {
 		for _, n := range o.sizes {
 			if err := benchSize(ctx, o, backend, n, &table); err != nil {
 				removeAll()
@@ -123,7 +131,19 @@ func main() {
 			}
 		}
 	}
-	table.print(os.Stdout, o, time.Since(start))
+	if len(labs) > 0 {
+		table.print(os.Stdout, o, time.Since(start))
+	}
+	if o.agent {
+		var at agentResults
+		err := agentPart(ctx, o, &at)
+		at.evaluate()
+		at.print(os.Stdout, time.Since(start))
+		if err != nil {
+			removeAll()
+			fatalf("%v", err)
+		}
+	}
 }
 
 // preflight checks what the bench needs before creating anything.
