@@ -97,7 +97,7 @@ func TestAgentEnforcesEditsAndRepairsDrift(t *testing.T) {
 		agent := startAgent(t, h)
 		h.vmfw("ifup", "tap311i0")
 		h.vmfw("ifup", "tap312i0")
-		if !strings.Contains(agent.output(), "up=[tap312i0]") {
+		if !eventually(func() bool { return strings.Contains(agent.output(), "up=[tap312i0]") }) {
 			t.Errorf("ifup did not go through the agent:\n%s", agent.output())
 		}
 		expectAll(t, []probe{
@@ -154,7 +154,7 @@ func TestAgentEnforcesEditsAndRepairsDrift(t *testing.T) {
 		}
 
 		h.vmfw("ifdown", "tap312i0")
-		if !strings.Contains(agent.output(), "down=[tap312i0]") {
+		if !eventually(func() bool { return strings.Contains(agent.output(), "down=[tap312i0]") }) {
 			t.Errorf("ifdown did not go through the agent:\n%s", agent.output())
 		}
 		before := h.save(false)
@@ -189,6 +189,8 @@ func TestAgentBatchesConcurrentIfups(t *testing.T) {
 			}
 		}
 		withAgent4, withAgent6, withAgentSets := h.save(false), h.save(true), h.ipsets()
+		// The agent logs a batch after answering its callers.
+		eventually(func() bool { return strings.Contains(agent.output(), "msg=\"interfaces changed\"") })
 		batches := strings.Count(agent.output(), "msg=\"interfaces changed\"")
 		if batches == 0 || batches >= len(taps) {
 			t.Errorf("%d requests took %d transactions; want fewer (group commit):\n%s", len(taps), batches, agent.output())

@@ -409,9 +409,6 @@ func (a *Agent) apply(ctx context.Context, batch []pending) {
 	res, err := a.Engine.ApplyBatch(ctx, up, down)
 	took := time.Since(start)
 	a.Metrics.batch(len(batch), took, err)
-	if err == nil {
-		a.remember(ctx)
-	}
 	var cfgErr *engine.ConfigError
 	for _, p := range batch {
 		resp := Response{OK: true, Batch: len(batch)}
@@ -426,6 +423,11 @@ func (a *Agent) apply(ctx context.Context, batch []pending) {
 			resp = Response{Error: ferr.Error(), Config: errors.As(ferr, &cfgErr), Batch: len(batch)}
 		}
 		p.reply <- resp
+	}
+	if err == nil {
+		// After the answers: callers wait for nothing the kernel does
+		// not need (reading the generation and the sets takes 10-25 ms).
+		a.remember(ctx)
 	}
 	if err != nil {
 		a.Log.Error("batch failed", "up", up, "down", down, "error", err.Error(), "took", took.String())
