@@ -165,14 +165,7 @@ func agentSize(ctx context.Context, o options, backend string, n int, r *agentRe
 			return err
 		}
 	}
-	l.env = []string{
-		"PATH=" + os.Getenv("PATH"),
-		"VMFW_CONFIG_DIR=" + l.dir,
-		"VMFW_IPTABLES=" + backend,
-		"VMFW_RUN_DIR=" + filepath.Join(tmp, "run"),
-		"VMFW_STATE_DIR=" + filepath.Join(tmp, "state"),
-		"XTABLES_LOCKFILE=" + os.Getenv("XTABLES_LOCKFILE"),
-	}
+	l.env = labEnv(tmp, l.dir, backend)
 	// The agent's log outlives the lab, for a look at where time went
 	// (run the bench with VMFW_TRACE=1 to get the agent's trace in it).
 	a.logPath = filepath.Join(os.TempDir(), fmt.Sprintf("vmfwbench-agent-%s-%d.log", backend, n))
@@ -642,26 +635,13 @@ func (a *agentLab) bootStorm(p *agentProc, upNone []time.Duration) error {
 	}
 	var vms []*netns
 	for i, v := range dataVMs {
-		ns, err := newNetns(ctx, fmt.Sprintf("vm%d", i+1))
+		ns, err := addDataVM(ctx, a.hv, i, v)
 		if err != nil {
 			return err
 		}
 		defer ns.remove()
 		vms = append(vms, ns)
-		tap := tapName(v.vmid)
-		taps = append(taps, tap)
-		if _, err := a.hv.run(ctx, "ip", "link", "add", tap, "type", "veth", "peer", "name", "eth0", "netns", ns.name); err != nil {
-			return err
-		}
-		for _, args := range [][]string{
-			{"link", "set", "eth0", "address", v.mac},
-			{"addr", "add", v.ip + "/24", "dev", "eth0"},
-			{"link", "set", "eth0", "up"},
-		} {
-			if _, err := ns.run(ctx, "ip", args...); err != nil {
-				return err
-			}
-		}
+		taps = append(taps, tapName(v.vmid))
 	}
 
 	// With the agent.

@@ -47,14 +47,7 @@ func benchSize(ctx context.Context, o options, backend string, n int, r *results
 	if err := writeScenario(l.dir, n, o.runs+1); err != nil {
 		return err
 	}
-	l.env = []string{
-		"PATH=" + os.Getenv("PATH"),
-		"VMFW_CONFIG_DIR=" + l.dir,
-		"VMFW_IPTABLES=" + backend,
-		"VMFW_RUN_DIR=" + filepath.Join(tmp, "run"),
-		"VMFW_STATE_DIR=" + filepath.Join(tmp, "state"),
-		"XTABLES_LOCKFILE=" + os.Getenv("XTABLES_LOCKFILE"),
-	}
+	l.env = labEnv(tmp, l.dir, backend)
 	if l.hv, err = newNetns(ctx, "hv"); err != nil {
 		return err
 	}

@@ -40,25 +40,13 @@ func (l *lab) dataPlane(r *results) error {
 	ctx := l.ctx
 	var vms []*netns
 	for i, v := range dataVMs {
-		ns, err := newNetns(ctx, fmt.Sprintf("vm%d", i+1))
+		ns, err := addDataVM(ctx, l.hv, i, v)
 		if err != nil {
 			return err
 		}
 		defer ns.remove()
 		vms = append(vms, ns)
 		tap := tapName(v.vmid)
-		if _, err := l.hv.run(ctx, "ip", "link", "add", tap, "type", "veth", "peer", "name", "eth0", "netns", ns.name); err != nil {
-			return err
-		}
-		for _, args := range [][]string{
-			{"link", "set", "eth0", "address", v.mac},
-			{"addr", "add", v.ip + "/24", "dev", "eth0"},
-			{"link", "set", "eth0", "up"},
-		} {
-			if _, err := ns.run(ctx, "ip", args...); err != nil {
-				return err
-			}
-		}
 		if _, _, err := l.vmfw("ifup", tap); err != nil {
 			return err
 		}

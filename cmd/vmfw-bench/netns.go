@@ -181,3 +181,42 @@ func runCmd(ctx context.Context, name string, args ...string) ([]byte, error) {
 	}
 	return stdout.Bytes(), nil
 }
+
+// labEnv is the environment of every vmfw run in a lab whose files live
+// under tmp: its configuration dir, backend, and run and state dirs of
+// its own, so that labs never share a lock, a socket or a record.
+func labEnv(tmp, dir, backend string) []string {
+	return []string{
+		"PATH=" + os.Getenv("PATH"),
+		"VMFW_CONFIG_DIR=" + dir,
+		"VMFW_IPTABLES=" + backend,
+		"VMFW_RUN_DIR=" + filepath.Join(tmp, "run"),
+		"VMFW_STATE_DIR=" + filepath.Join(tmp, "state"),
+		"XTABLES_LOCKFILE=" + os.Getenv("XTABLES_LOCKFILE"),
+	}
+}
+
+// addDataVM creates the namespace of data-plane VM i (v) and joins it to
+// hv by a veth pair named after its tap, with its MAC and IPv4 address on
+// eth0. The caller removes the namespace.
+func addDataVM(ctx context.Context, hv *netns, i int, v dataVM) (*netns, error) {
+	ns, err := newNetns(ctx, fmt.Sprintf("vm%d", i+1))
+	if err != nil {
+		return nil, err
+	}
+	if _, err := hv.run(ctx, "ip", "link", "add", tapName(v.vmid), "type", "veth", "peer", "name", "eth0", "netns", ns.name); err != nil {
+		ns.remove()
+		return nil, err
+	}
+	for _, args := range [][]string{
+		{"link", "set", "eth0", "address", v.mac},
+		{"addr", "add", v.ip + "/24", "dev", "eth0"},
+		{"link", "set", "eth0", "up"},
+	} {
+		if _, err := ns.run(ctx, "ip", args...); err != nil {
+			ns.remove()
+			return nil, err
+		}
+	}
+	return ns, nil
+}
