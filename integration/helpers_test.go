@@ -321,32 +321,18 @@ type probe struct {
 // unexpected result.
 func expectAll(t *testing.T, probes []probe) {
 	t.Helper()
-	type result struct {
-		r   labnet.Result
-		err error
-	}
-	results := make([]result, len(probes))
-	sem := make(chan struct{}, 24)
-	var wg sync.WaitGroup
-	for i, p := range probes {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			r, err := labnet.TCPConnect(context.Background(), p.from, hostPort(p.addr, p.port), probeTimeout)
-			results[i] = result{r, err}
-		}()
-	}
-	wg.Wait()
+	results, errs := probeAll(len(probes), func(ctx context.Context, i int) (labnet.Result, error) {
+		p := probes[i]
+		return labnet.TCPConnect(ctx, p.from, hostPort(p.addr, p.port), probeTimeout)
+	})
 	for i, p := range probes {
 		r := results[i]
 		switch {
-		case r.err != nil:
-			t.Errorf("%s: %v", p.what, r.err)
-		case p.open && r.r != labnet.Connected:
-			t.Errorf("%s: tcp %s:%d should connect, got %v", p.what, p.addr, p.port, r.r)
-		case !p.open && r.r == labnet.Connected:
+		case errs[i] != nil:
+			t.Errorf("%s: %v", p.what, errs[i])
+		case p.open && r != labnet.Connected:
+			t.Errorf("%s: tcp %s:%d should connect, got %v", p.what, p.addr, p.port, r)
+		case !p.open && r == labnet.Connected:
 			t.Errorf("%s: tcp %s:%d should be blocked, but it connected", p.what, p.addr, p.port)
 		}
 	}
@@ -490,4 +476,23 @@ func (h *hv) concurrently(cmd string, taps []string) []string {
 	}
 	wg.Wait()
 	return errs
+}
+
+// probeAll runs n probes at once, at most 24 at a time (a blocked probe
+// waits for its timeout, so one by one would take minutes), and returns
+// each one's result and error.
+func probeAll(n int, probe func(ctx context.Context, i int) (labnet.Result, error)) ([]labnet.Result, []error) {
+	results := make([]labnet.Result, n)
+	errs := make([]error, n)
+	sem := make(chan struct{}, 24)
+	var wg sync.WaitGroup
+	for i := range n {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			results[i], errs[i] = probe(context.Background(), i)
+		})
+	}
+	wg.Wait()
+	return results, errs
 }

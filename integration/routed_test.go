@@ -286,33 +286,24 @@ type flow struct {
 // runFlows runs the flows concurrently (a blocked probe waits for its
 // timeout) and returns each result.
 func runFlows(flows []flow) ([]labnet.Result, []error) {
-	res := make([]labnet.Result, len(flows))
-	errs := make([]error, len(flows))
-	sem := make(chan struct{}, 24)
-	var wg sync.WaitGroup
-	for i, f := range flows {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			ctx := context.Background()
-			if f.ping {
-				res[i], errs[i] = labnet.Ping(ctx, f.from, f.addr, probeTimeout)
-			} else {
-				res[i], errs[i] = labnet.TCPConnectFrom(ctx, f.from, f.src, hostPort(f.addr, f.port), probeTimeout)
-			}
-			if errors.Is(errs[i], syscall.EPERM) {
-				// The sender's own netfilter dropped the packet (the
-				// kernel reports a drop in OUTPUT to a raw socket as
-				// EPERM): for a probe from the hypervisor that is a
-				// block, as silent as a Timeout.
-				res[i], errs[i] = labnet.Timeout, nil
-			}
-		}()
-	}
-	wg.Wait()
-	return res, errs
+	return probeAll(len(flows), func(ctx context.Context, i int) (labnet.Result, error) {
+		f := flows[i]
+		var r labnet.Result
+		var err error
+		if f.ping {
+			r, err = labnet.Ping(ctx, f.from, f.addr, probeTimeout)
+		} else {
+			r, err = labnet.TCPConnectFrom(ctx, f.from, f.src, hostPort(f.addr, f.port), probeTimeout)
+		}
+		if errors.Is(err, syscall.EPERM) {
+			// The sender's own netfilter dropped the packet (the
+			// kernel reports a drop in OUTPUT to a raw socket as
+			// EPERM): for a probe from the hypervisor that is a
+			// block, as silent as a Timeout.
+			return labnet.Timeout, nil
+		}
+		return r, err
+	})
 }
 
 func (f flow) String() string {

@@ -13,7 +13,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -474,28 +473,17 @@ func (d *diffLab) checkFlows(t *testing.T, r *rand.Rand, n int, seed int64, seen
 		queries[i] = flows[i].query
 	}
 	reps := d.h.traceBatch(queries)
-	results := make([]labnet.Result, n)
-	errs := make([]error, n)
-	sem := make(chan struct{}, 24)
-	var wg sync.WaitGroup
-	for i, f := range flows {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			ctx := context.Background()
-			switch f.proto {
-			case "tcp":
-				results[i], errs[i] = labnet.TCPConnect(ctx, f.from, hostPort(f.dst, f.port), probeTimeout)
-			case "udp":
-				results[i], errs[i] = labnet.UDPProbe(ctx, f.from, hostPort(f.dst, f.port), probeTimeout)
-			default:
-				results[i], errs[i] = labnet.Ping(ctx, f.from, f.dst, probeTimeout)
-			}
-		}()
-	}
-	wg.Wait()
+	results, errs := probeAll(n, func(ctx context.Context, i int) (labnet.Result, error) {
+		f := flows[i]
+		switch f.proto {
+		case "tcp":
+			return labnet.TCPConnect(ctx, f.from, hostPort(f.dst, f.port), probeTimeout)
+		case "udp":
+			return labnet.UDPProbe(ctx, f.from, hostPort(f.dst, f.port), probeTimeout)
+		default:
+			return labnet.Ping(ctx, f.from, f.dst, probeTimeout)
+		}
+	})
 	for i, f := range flows {
 		rep := reps[i]
 		q, _ := json.Marshal(f.query)
