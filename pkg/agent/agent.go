@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -275,14 +276,7 @@ func (a *Agent) applyEdit(ctx context.Context, prev *config.Model, reason string
 		start := time.Now()
 		handled, ch, err := a.Engine.SyncGroups(ctx, prev, groups)
 		if handled {
-			took := time.Since(start)
-			a.Metrics.applied(took, err)
-			if err != nil {
-				a.Log.Error("apply failed", "reason", reason, "groups", groups, "error", err.Error(), "took", took.String())
-				return
-			}
-			a.remember(ctx)
-			a.Log.Info("applied", append([]any{"reason", reason, "groups", groups, "took", took.Round(time.Microsecond).String()}, changeAttrs(ch)...)...)
+			a.record(ctx, time.Since(start), ch, err, "reason", reason, "groups", groups)
 			return
 		}
 	}
@@ -317,14 +311,20 @@ func (a *Agent) sync(ctx context.Context, reason string) *engine.Change {
 	}
 	start := time.Now()
 	ch, err := a.Engine.Sync(ctx, false)
-	took := time.Since(start)
+	return a.record(ctx, time.Since(start), ch, err, "reason", reason)
+}
+
+// record counts and logs an apply that took took, described by attrs
+// (its reason, and what it covered), and remembers what the kernel then
+// holds. It returns ch, nil when the apply failed.
+func (a *Agent) record(ctx context.Context, took time.Duration, ch *engine.Change, err error, attrs ...any) *engine.Change {
 	a.Metrics.applied(took, err)
 	if err != nil {
-		a.Log.Error("apply failed", "reason", reason, "error", err.Error(), "took", took.String())
+		a.Log.Error("apply failed", append(attrs, "error", err.Error(), "took", took.String())...)
 		return nil
 	}
 	a.remember(ctx)
-	attrs := append([]any{"reason", reason, "took", took.Round(time.Microsecond).String()}, changeAttrs(ch)...)
+	attrs = append(append(attrs, "took", took.Round(time.Microsecond).String()), changeAttrs(ch)...)
 	if ch.Empty() {
 		a.Log.Debug("nothing to change", attrs...)
 	} else {
@@ -371,21 +371,11 @@ func (a *Agent) setsFingerprint(ctx context.Context) string {
 		return "error: " + err.Error()
 	}
 	var b strings.Builder
-	for _, name := range slices.Sorted(mapsKeys(sets)) {
-		members := slices.Sorted(mapsKeys(sets[name].Members))
+	for _, name := range slices.Sorted(maps.Keys(sets)) {
+		members := slices.Sorted(maps.Keys(sets[name].Members))
 		fmt.Fprintf(&b, "%s:%s\n", name, strings.Join(members, ","))
 	}
 	return b.String()
-}
-
-func mapsKeys[V any](m map[string]V) func(func(string) bool) {
-	return func(yield func(string) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
-	}
 }
 
 // apply runs one batch of requests: the last request for a tap wins, and
