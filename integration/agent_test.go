@@ -248,6 +248,13 @@ func TestAgentMetrics(t *testing.T) {
 	h.exec("ip", "link", "set", "lo", "up")
 	startAgent(t, h)
 	h.vmfw("ifup", "tap341i0")
+	// Two SYNs to a port group app does not open, sent by the hypervisor:
+	// the tap's in chain drops them (policy), and both counters show it.
+	for range 2 {
+		if got := tcp(t, h.ns, "192.0.2.171", 80); got == labnet.Connected {
+			t.Fatalf("tcp to 192.0.2.171:80 connected; the policy should drop it")
+		}
+	}
 
 	parse := func(what string, text []byte) {
 		t.Helper()
@@ -256,7 +263,7 @@ func TestAgentMetrics(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s does not parse: %v\n%s", what, err, text)
 		}
-		for _, name := range []string{"vmfw_tap_state", "vmfw_tap_dropped_packets_total", "vmfw_base_in_sync"} {
+		for _, name := range []string{"vmfw_tap_state", "vmfw_tap_dropped_packets_total", "vmfw_tap_dropped_bytes_total", "vmfw_base_in_sync"} {
 			if fams[name] == nil {
 				t.Errorf("%s lacks %s", what, name)
 			}
@@ -270,6 +277,24 @@ func TestAgentMetrics(t *testing.T) {
 		}
 		if !bytes.Contains(text, []byte(`vmfw_tap_state{tap="tap341i0",vm="341",state="in-sync"} 1`)) {
 			t.Errorf("%s does not show tap341i0 in sync:\n%s", what, text)
+		}
+		value := func(name string) float64 {
+			for _, m := range fams[name].GetMetric() {
+				labels := map[string]string{}
+				for _, l := range m.GetLabel() {
+					labels[l.GetName()] = l.GetValue()
+				}
+				if labels["tap"] == "tap341i0" && labels["direction"] == "in" {
+					return m.GetCounter().GetValue()
+				}
+			}
+			t.Errorf("%s has no %s for tap341i0 in", what, name)
+			return 0
+		}
+		// Each SYN is at least an IPv4 and a TCP header; the probe may
+		// retransmit, so at least two.
+		if pkts, bytes := value("vmfw_tap_dropped_packets_total"), value("vmfw_tap_dropped_bytes_total"); pkts < 2 || bytes < 40*pkts {
+			t.Errorf("%s: tap341i0 dropped %v packets, %v bytes in; want at least 2 packets of at least 40 bytes each", what, pkts, bytes)
 		}
 	}
 	parse("status -o prometheus", []byte(h.vmfw("status", "-o", "prometheus")))

@@ -38,6 +38,9 @@ type host struct {
 	config  string
 	state   string
 	backend string
+	// env is added to the environment of everything exec runs (the
+	// agent's VMFW_RUN_DIR).
+	env []string
 }
 
 func newHost(t *testing.T, backend string, files map[string]string) *host {
@@ -113,7 +116,7 @@ func (h *host) exec(stdin io.Reader, argv ...string) (stdout, stderr string, cod
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	full := append([]string{"netns", "exec", h.lab.Hypervisor().Name, "env",
-		"VMFW_CONFIG_DIR=" + h.config, "VMFW_STATE_DIR=" + h.state, "VMFW_IPTABLES=" + h.backend}, argv...)
+		"VMFW_CONFIG_DIR=" + h.config, "VMFW_STATE_DIR=" + h.state, "VMFW_IPTABLES=" + h.backend}, append(h.env, argv...)...)
 	cmd := exec.CommandContext(ctx, "ip", full...)
 	cmd.Stdin = stdin
 	var o, e bytes.Buffer

@@ -45,6 +45,13 @@ type Agent struct {
 	Engine *engine.Engine
 	// Log receives one record per change.
 	Log *slog.Logger
+	// StateDir is where the engine keeps attachment records, absolute;
+	// requests naming another are refused.
+	StateDir string
+	// Jobs run the requests of operations other than ifup and ifdown
+	// (hooks, the CNI plugin); an operation without one is refused and
+	// its caller does the work itself.
+	Jobs map[Op]Job
 	// Metrics counts what the agent does; nil counts nothing.
 	Metrics *Metrics
 	// Packets, when set and log_group is configured, receives every
@@ -378,9 +385,72 @@ func (a *Agent) setsFingerprint(ctx context.Context) string {
 	return b.String()
 }
 
-// apply runs one batch of requests: the last request for a tap wins, and
-// all of them go to the kernel in one transaction per family.
+// apply runs one batch of requests: ifup and ifdown together (applyTaps),
+// then every job in the order it arrived.
 func (a *Agent) apply(ctx context.Context, batch []pending) {
+	var taps, jobs []pending
+	for _, p := range batch {
+		if p.req.Op == Ifup || p.req.Op == Ifdown {
+			taps = append(taps, p)
+		} else {
+			jobs = append(jobs, p)
+		}
+	}
+	if len(taps) > 0 {
+		a.applyTaps(ctx, taps)
+	}
+	for _, p := range jobs {
+		a.runJob(ctx, p)
+	}
+}
+
+// runJob runs one job and answers its caller. Jobs are not grouped: each
+// is one hook or CNI invocation, with its own records and selection, and
+// what grouping saves (loading the configuration) the agent's model
+// already saves.
+func (a *Agent) runJob(ctx context.Context, p pending) {
+	start := time.Now()
+	changed, err := a.Jobs[p.req.Op](ctx, a.Engine, p.req)
+	took := time.Since(start)
+	a.Metrics.batch(1, took, err)
+	resp := Response{OK: err == nil, Batch: 1}
+	if err != nil {
+		var cfgErr *engine.ConfigError
+		var coded CodedError
+		resp.Error = err.Error()
+		resp.Config = errors.As(err, &cfgErr)
+		if errors.As(err, &coded) {
+			resp.Code, resp.Details = coded.ErrorCode()
+		}
+	}
+	p.reply <- resp
+	attrs := []any{"op", string(p.req.Op), "args", jobArgs(p.req), "took", took.Round(time.Microsecond).String()}
+	if err != nil {
+		a.Log.Error("request failed", append(attrs, "error", err.Error())...)
+		return
+	}
+	a.remember(ctx)
+	a.Log.Info("request applied", append(attrs, "interfaces", changed)...)
+}
+
+// jobArgs describes a job's request for its log record.
+func jobArgs(req Request) []string {
+	if req.Op != CNI {
+		return req.Args
+	}
+	var args []string
+	for _, k := range []string{"CNI_COMMAND", "CNI_CONTAINERID", "CNI_IFNAME"} {
+		if v := req.Env[k]; v != "" {
+			args = append(args, k+"="+v)
+		}
+	}
+	return args
+}
+
+// applyTaps runs a batch of ifup and ifdown requests: the last request for
+// a tap wins, and all of them go to the kernel in one transaction per
+// family.
+func (a *Agent) applyTaps(ctx context.Context, batch []pending) {
 	last := map[string]Op{}
 	for _, p := range batch {
 		last[p.req.Tap] = p.req.Op

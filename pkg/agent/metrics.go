@@ -161,6 +161,11 @@ func WriteStatus(w io.Writer, st *engine.Status) error {
 		fmt.Fprintf(&b, "vmfw_tap_dropped_packets_total{tap=%q,vm=%q,direction=\"in\"} %d\n", t.Tap, vmLabel(t), t.DroppedIn)
 		fmt.Fprintf(&b, "vmfw_tap_dropped_packets_total{tap=%q,vm=%q,direction=\"out\"} %d\n", t.Tap, vmLabel(t), t.DroppedOut)
 	}
+	fmt.Fprintf(&b, "# HELP vmfw_tap_dropped_bytes_total Bytes of the packets vmfw_tap_dropped_packets_total counts.\n# TYPE vmfw_tap_dropped_bytes_total counter\n")
+	for _, t := range st.Taps {
+		fmt.Fprintf(&b, "vmfw_tap_dropped_bytes_total{tap=%q,vm=%q,direction=\"in\"} %d\n", t.Tap, vmLabel(t), t.DroppedInBytes)
+		fmt.Fprintf(&b, "vmfw_tap_dropped_bytes_total{tap=%q,vm=%q,direction=\"out\"} %d\n", t.Tap, vmLabel(t), t.DroppedOutBytes)
+	}
 	_, err := io.WriteString(w, b.String())
 	return err
 }

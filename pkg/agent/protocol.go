@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vmfw/vmfw/pkg/engine"
 )
 
 // The protocol on the agent's socket is one JSON request line from the
@@ -31,18 +33,48 @@ const (
 	Ifup Op = "ifup"
 	// Ifdown removes a tap's chains and memberships (vmfw ifdown).
 	Ifdown Op = "ifdown"
+	// Hook runs a hypervisor hook (vmfw hook proxmox|libvirt ...) with
+	// Args and, for libvirt, the domain XML in Stdin.
+	Hook Op = "hook"
+	// CNI runs the CNI plugin's command: Env holds the CNI_* variables,
+	// Stdin the network configuration.
+	CNI Op = "cni"
 )
+
+// Job runs one request of an operation other than ifup and ifdown with
+// the agent's engine, whose configuration is the agent's model. The
+// agent runs jobs one at a time between its batches; the entry points
+// that own these operations (the CLI's hooks, the CNI plugin) supply them,
+// so the agent runs exactly the code they run without it.
+type Job func(ctx context.Context, e *engine.Engine, req Request) (changed []string, err error)
+
+// CodedError is an error that carries a numeric code to the caller (a CNI
+// error code); the agent passes Code and Details back in the Response.
+type CodedError interface {
+	error
+	ErrorCode() (code uint, details string)
+}
 
 // Request is one change an entry point hands to the agent.
 type Request struct {
-	Op  Op     `json:"op"`
-	Tap string `json:"tap"`
+	Op Op `json:"op"`
+	// Tap is the tap of ifup and ifdown; jobs leave it empty.
+	Tap string `json:"tap,omitempty"`
 	// ConfigDir is the caller's configuration directory, absolute; an
 	// agent watching another one refuses the request.
 	ConfigDir string `json:"config_dir"`
 	// IPTables is the backend the caller was told to use ("" for the
 	// host's); an agent on another backend refuses the request.
 	IPTables string `json:"iptables,omitempty"`
+	// StateDir is the caller's state directory (attachment records),
+	// absolute; an agent keeping records elsewhere refuses the request.
+	StateDir string `json:"state_dir,omitempty"`
+	// Args are a hook's arguments.
+	Args []string `json:"args,omitempty"`
+	// Env holds the environment a job reads (the CNI_* variables).
+	Env map[string]string `json:"env,omitempty"`
+	// Stdin is what the caller read from its standard input.
+	Stdin []byte `json:"stdin,omitempty"`
 }
 
 // Response is the agent's answer to one request.
@@ -59,6 +91,10 @@ type Response struct {
 	// Refused is true when the agent will not serve the request (another
 	// configuration directory or backend): the caller does the work.
 	Refused bool `json:"refused,omitempty"`
+	// Code and Details are a CodedError's (a CNI error code), 0 and ""
+	// for other errors.
+	Code    uint   `json:"code,omitempty"`
+	Details string `json:"details,omitempty"`
 }
 
 // SocketName is the agent's socket in the run directory.
@@ -174,4 +210,43 @@ func netnsID(path string) ([2]uint64, error) {
 		return [2]uint64{}, err
 	}
 	return [2]uint64{st.Dev, st.Ino}, nil
+}
+
+// Try hands req to the agent of this network namespace, filling in the
+// absolute configuration and state directories. It reports handled false
+// when the caller must do the work itself: VMFW_NO_AGENT is set, no agent
+// answered, or the agent serves another configuration directory, state
+// directory or backend (docs/agent.md, "Fallback"). The error is the
+// agent's answer when it handled the request and the work failed.
+func Try(ctx context.Context, req Request) (resp *Response, handled bool) {
+	if os.Getenv("VMFW_NO_AGENT") != "" {
+		return nil, false
+	}
+	var err error
+	if req.ConfigDir, err = filepath.Abs(req.ConfigDir); err != nil {
+		return nil, false
+	}
+	if req.StateDir != "" {
+		if req.StateDir, err = filepath.Abs(req.StateDir); err != nil {
+			return nil, false
+		}
+	}
+	resp, err = Call(ctx, RunDirFromEnv(), req)
+	if err != nil {
+		return nil, false
+	}
+	return resp, true
+}
+
+// Err is the error a caller reports for the response: nil when the change
+// is in the kernel, an *engine.ConfigError (exit status 2) when the
+// configuration refused it.
+func (r *Response) Err() error {
+	switch {
+	case r.OK:
+		return nil
+	case r.Config:
+		return &engine.ConfigError{Err: errors.New(r.Error)}
+	}
+	return errors.New(r.Error)
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -51,12 +52,28 @@ func (a *Agent) handle(ctx context.Context, conn *net.UnixConn, reqs chan<- pend
 		return
 	}
 	var req Request
-	if err := json.Unmarshal(line, &req); err != nil || (req.Op != Ifup && req.Op != Ifdown) || req.Tap == "" {
-		answer(Response{Error: "malformed request: want {\"op\": \"ifup\" or \"ifdown\", \"tap\": NAME}"})
+	if err := json.Unmarshal(line, &req); err != nil {
+		answer(Response{Error: "malformed request: " + err.Error()})
+		return
+	}
+	switch {
+	case req.Op == Ifup || req.Op == Ifdown:
+		if req.Tap == "" {
+			answer(Response{Error: "malformed request: " + string(req.Op) + " without a tap"})
+			return
+		}
+	case a.Jobs[req.Op] == nil:
+		// An agent of another version may not know an operation a
+		// newer caller sends: the caller does it itself.
+		answer(Response{Error: "the agent does not run " + strconv.Quote(string(req.Op)), Refused: true})
 		return
 	}
 	if req.ConfigDir != a.ConfigDir {
 		answer(Response{Error: "the agent serves configuration directory " + a.ConfigDir + ", not " + req.ConfigDir, Refused: true})
+		return
+	}
+	if req.StateDir != "" && a.StateDir != "" && req.StateDir != a.StateDir {
+		answer(Response{Error: "the agent keeps attachment records in " + a.StateDir + ", not " + req.StateDir, Refused: true})
 		return
 	}
 	if req.IPTables != "" && !strings.HasPrefix(a.Engine.Backend, req.IPTables+",") {

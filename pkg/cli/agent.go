@@ -2,16 +2,14 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 
 	"github.com/vmfw/vmfw/pkg/agent"
-	"github.com/vmfw/vmfw/pkg/engine"
-	"github.com/vmfw/vmfw/pkg/iptables"
+	"github.com/vmfw/vmfw/pkg/cni"
+	"github.com/vmfw/vmfw/pkg/state"
 	"github.com/vmfw/vmfw/pkg/system"
 )
 
@@ -32,14 +30,22 @@ func agentCmd(ctx context.Context, o system.Options, args []string, stdout, stde
 		return err
 	}
 	o.ConfigDir = dir
+	if o.StateDir == "" {
+		o.StateDir = state.DirFromEnv()
+	}
+	if o.StateDir, err = filepath.Abs(o.StateDir); err != nil {
+		return err
+	}
 	e, err := system.NewEngine(ctx, o)
 	if err != nil {
 		return err
 	}
 	a := &agent.Agent{
 		ConfigDir: dir,
+		StateDir:  o.StateDir,
 		RunDir:    agent.RunDirFromEnv(),
 		Engine:    e,
+		Jobs:      map[agent.Op]agent.Job{agent.Hook: hookJob, agent.CNI: cni.Job},
 		Log:       agent.NewLogger(stderr, *format == "json"),
 		Metrics:   agent.NewMetrics(),
 	}
@@ -51,27 +57,12 @@ func agentCmd(ctx context.Context, o system.Options, args []string, stdout, stde
 
 // viaAgent hands ifup or ifdown of tap to a running agent. It reports
 // handled false when no agent answered (or one would not serve this
-// configuration directory or backend): the caller then does the work.
-func viaAgent(ctx context.Context, op agent.Op, tap, configDir string, backend iptables.Mode) (handled bool, err error) {
-	if os.Getenv("VMFW_NO_AGENT") != "" {
+// configuration directory, state directory or backend): the caller then
+// does the work.
+func viaAgent(ctx context.Context, req agent.Request) (handled bool, err error) {
+	resp, handled := agent.Try(ctx, req)
+	if !handled {
 		return false, nil
 	}
-	dir, err := filepath.Abs(configDir)
-	if err != nil {
-		return false, nil
-	}
-	resp, err := agent.Call(ctx, agent.RunDirFromEnv(), agent.Request{Op: op, Tap: tap, ConfigDir: dir, IPTables: string(backend)})
-	if errors.Is(err, agent.ErrNoAgent) {
-		return false, nil
-	}
-	if err != nil {
-		return false, nil
-	}
-	switch {
-	case resp.OK:
-		return true, nil
-	case resp.Config:
-		return true, &engine.ConfigError{Err: errors.New(resp.Error)}
-	}
-	return true, errors.New(resp.Error)
+	return true, resp.Err()
 }

@@ -214,7 +214,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		// A running agent applies it with the requests of other taps in
 		// one transaction; without one, do it here (docs/agent.md).
-		if handled, err := viaAgent(ctx, agent.Op(cmd), rest[0], *configDir, iptables.Mode(*backend)); handled {
+		if handled, err := viaAgent(ctx, agent.Request{Op: agent.Op(cmd), Tap: rest[0], ConfigDir: *configDir, StateDir: *stateDir, IPTables: *backend}); handled {
 			return err
 		}
 		e, err := newEngine()
@@ -269,7 +269,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "agent":
 		return agentCmd(ctx, system.Options{ConfigDir: *configDir, StateDir: *stateDir, IPTables: iptables.Mode(*backend)}, rest, stdout, stderr)
 	case "hook":
-		return hookCmd(ctx, newEngine, rest)
+		return hookCmd(ctx, newEngine, agent.Request{ConfigDir: *configDir, StateDir: *stateDir, IPTables: *backend}, rest)
 	case "version":
 		fmt.Fprintln(stdout, "vmfw", Version)
 		return nil

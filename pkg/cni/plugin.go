@@ -36,17 +36,39 @@ const timeout = 2 * time.Minute
 // when CNI_COMMAND is missing.
 func Main(ver string) {
 	skel.PluginMainFuncs(skel.CNIFuncs{
-		Add:    run(cmdAdd),
-		Del:    run(cmdDel),
-		Check:  run(cmdCheck),
-		GC:     run(cmdGC),
-		Status: run(cmdStatus),
+		Add:    run("ADD"),
+		Del:    run("DEL"),
+		Check:  run("CHECK"),
+		GC:     run("GC"),
+		Status: status,
 	}, Versions, "vmfw CNI plugin "+ver)
 }
 
+// Engine is the part of *engine.Engine the plugin's commands use.
+type Engine interface {
+	Records(ctx context.Context) ([]*state.Attachment, error)
+	AttachRecords(ctx context.Context, recs ...*state.Attachment) error
+	DetachWhere(ctx context.Context, sel engine.Selector) ([]string, error)
+	ForgetWhere(ctx context.Context, sel func(a *state.Attachment) bool) ([]string, error)
+	Check(ctx context.Context, iface string) (*state.Attachment, error)
+}
+
+var _ Engine = (*engine.Engine)(nil)
+
+// commands are the plugin's commands that change or check attachments,
+// by CNI_COMMAND.
+var commands = map[string]func(ctx context.Context, args *skel.CmdArgs, c *NetConf, e Engine) error{
+	"ADD":   cmdAdd,
+	"DEL":   cmdDel,
+	"CHECK": cmdCheck,
+	"GC":    cmdGC,
+}
+
 // run adapts a command to skel: it parses the configuration, bounds the
-// run in time and maps errors to CNI error codes.
-func run(cmd func(ctx context.Context, args *skel.CmdArgs, c *NetConf) error) func(*skel.CmdArgs) error {
+// run in time, hands the command to a running agent or else runs it here,
+// and maps errors to CNI error codes. ADD prints prevResult back on
+// success.
+func run(command string) func(*skel.CmdArgs) error {
 	return func(args *skel.CmdArgs) error {
 		c, err := parseConf(args.StdinData)
 		if err != nil {
@@ -54,8 +76,43 @@ func run(cmd func(ctx context.Context, args *skel.CmdArgs, c *NetConf) error) fu
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
-		return cniError(cmd(ctx, args, c))
+		if handled, err := viaAgent(ctx, command, args, c); handled {
+			if err != nil {
+				return err
+			}
+		} else {
+			e, err := newEngine(ctx, c)
+			if err != nil {
+				return cniError(err)
+			}
+			if err := cniError(commands[command](ctx, args, c, e)); err != nil {
+				return err
+			}
+		}
+		if command == "ADD" {
+			// The agent parsed its own copy of prevResult; ADD succeeded,
+			// so this one parses too.
+			if c.PrevResult == nil {
+				if err := version.ParsePrevResult(&c.PluginConf); err != nil || c.PrevResult == nil {
+					return types.NewError(types.ErrDecodingFailure, "vmfw: parsing prevResult", fmt.Sprint(err))
+				}
+			}
+			return types.PrintResult(c.PrevResult, c.CNIVersion)
+		}
+		return nil
 	}
+}
+
+// status runs STATUS, which reads and changes nothing, so it never goes
+// through the agent.
+func status(args *skel.CmdArgs) error {
+	c, err := parseConf(args.StdinData)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return cniError(cmdStatus(ctx, args, c))
 }
 
 // cniError maps an error to a CNI error: 7 for configuration problems, 11
@@ -185,26 +242,22 @@ func sameAttachment(c *NetConf, args *skel.CmdArgs) func(*state.Attachment) bool
 	}
 }
 
-// prepare gathers what ADD and CHECK work from: the effective settings, the
-// attachment the previous plugins made, and an engine.
-func prepare(ctx context.Context, args *skel.CmdArgs, c *NetConf) (*Settings, *attachment, *engine.Engine, error) {
+// prepare gathers what ADD and CHECK work from: the effective settings and
+// the attachment the previous plugins made.
+func prepare(args *skel.CmdArgs, c *NetConf) (*Settings, *attachment, error) {
 	s, err := c.effective()
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
 	a, err := fromPrevResult(args, c)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
-	e, err := newEngine(ctx, c)
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	return s, a, e, nil
+	return s, a, nil
 }
 
-func cmdAdd(ctx context.Context, args *skel.CmdArgs, c *NetConf) error {
-	s, a, e, err := prepare(ctx, args, c)
+func cmdAdd(ctx context.Context, args *skel.CmdArgs, c *NetConf, e Engine) error {
+	s, a, err := prepare(args, c)
 	if err != nil {
 		return err
 	}
@@ -229,22 +282,15 @@ func cmdAdd(ctx context.Context, args *skel.CmdArgs, c *NetConf) error {
 			return err
 		}
 	}
-	if err := e.AttachRecords(ctx, rec); err != nil {
-		return err
-	}
-	return types.PrintResult(c.PrevResult, c.CNIVersion)
+	return e.AttachRecords(ctx, rec)
 }
 
 // cmdDel removes the attachment. With a configuration that does not load
 // it still succeeds as far as it can (the runtime retries a failed DEL and
 // keeps the container until one succeeds): the record goes and its
 // addresses leave every group, and the next apply removes its chains.
-func cmdDel(ctx context.Context, args *skel.CmdArgs, c *NetConf) error {
-	e, err := newEngine(ctx, c)
-	if err != nil {
-		return err
-	}
-	_, err = e.DetachWhere(ctx, engine.Selector{Record: sameAttachment(c, args)})
+func cmdDel(ctx context.Context, args *skel.CmdArgs, c *NetConf, e Engine) error {
+	_, err := e.DetachWhere(ctx, engine.Selector{Record: sameAttachment(c, args)})
 	var ce *engine.ConfigError
 	if !errors.As(err, &ce) {
 		return err
@@ -260,8 +306,8 @@ func cmdDel(ctx context.Context, args *skel.CmdArgs, c *NetConf) error {
 	return nil
 }
 
-func cmdCheck(ctx context.Context, args *skel.CmdArgs, c *NetConf) error {
-	s, a, e, err := prepare(ctx, args, c)
+func cmdCheck(ctx context.Context, args *skel.CmdArgs, c *NetConf, e Engine) error {
+	s, a, err := prepare(args, c)
 	if err != nil {
 		return err
 	}
@@ -297,16 +343,12 @@ func cmdCheck(ctx context.Context, args *skel.CmdArgs, c *NetConf) error {
 	return nil
 }
 
-func cmdGC(ctx context.Context, _ *skel.CmdArgs, c *NetConf) error {
+func cmdGC(ctx context.Context, _ *skel.CmdArgs, c *NetConf, e Engine) error {
 	valid := map[types.GCAttachment]bool{}
 	for _, v := range c.ValidAttachments {
 		valid[v] = true
 	}
-	e, err := newEngine(ctx, c)
-	if err != nil {
-		return err
-	}
-	_, err = e.DetachWhere(ctx, engine.Selector{Record: func(a *state.Attachment) bool {
+	_, err := e.DetachWhere(ctx, engine.Selector{Record: func(a *state.Attachment) bool {
 		return a.Owner == state.CNI && a.Network == c.Name &&
 			!valid[types.GCAttachment{ContainerID: a.ContainerID, IfName: a.IfName}]
 	}})

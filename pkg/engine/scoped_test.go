@@ -242,7 +242,7 @@ func (f narrowFirewall) SaveChains(_ context.Context, fam ruleset.Family, names 
 	}
 	s := &iptables.Snapshot{
 		Observed: ruleset.Observed{Chains: map[ruleset.Chain][]string{}, Lines: map[ruleset.Chain][]string{}, Hooks: full.Hooks},
-		Counters: map[ruleset.Chain][]uint64{},
+		Counters: map[ruleset.Chain][]iptables.Counter{},
 		Foreign:  map[ruleset.Chain]int{},
 	}
 	for _, n := range names {

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/iptables"
 	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
@@ -39,6 +40,9 @@ type TapStatus struct {
 	// tap's own rules (policy and anti-spoofing), both families.
 	DroppedIn  uint64 `json:"dropped_in"`
 	DroppedOut uint64 `json:"dropped_out"`
+	// DroppedInBytes and DroppedOutBytes are the same packets' bytes.
+	DroppedInBytes  uint64 `json:"dropped_in_bytes"`
+	DroppedOutBytes uint64 `json:"dropped_out_bytes"`
 	// Routed says how traffic the hypervisor routes, NATs or sends to the
 	// tap is filtered: filtered, listed-only, dropped or unfiltered
 	// (docs/routing.md); RoutedNote says it in a sentence. Empty for an
@@ -192,11 +196,13 @@ func (e *Engine) tapStatus(src nicSource, w wanted, st *kernelState, tap string,
 			if _, _, isGroup := ruleset.ParseGroupChain(name); isGroup {
 				continue
 			}
-			dropped := droppedPackets(c, got, have.Counters[name])
+			dropped := droppedBy(c, got, have.Counters[name])
 			if ruleset.IsInChain(name) {
-				ts.DroppedIn += dropped
+				ts.DroppedIn += dropped.Packets
+				ts.DroppedInBytes += dropped.Bytes
 			} else {
-				ts.DroppedOut += dropped
+				ts.DroppedOut += dropped.Packets
+				ts.DroppedOutBytes += dropped.Bytes
 			}
 		}
 	}
@@ -214,10 +220,10 @@ func (e *Engine) tapStatus(src nicSource, w wanted, st *kernelState, tap string,
 	return ts
 }
 
-// droppedPackets sums the counters of the chain's DROP and REJECT rules,
-// found in the kernel by their fingerprints.
-func droppedPackets(c *ruleset.ChainRules, hashes []string, counters []uint64) uint64 {
-	var sum uint64
+// droppedBy sums the counters of the chain's DROP and REJECT rules, found
+// in the kernel by their fingerprints.
+func droppedBy(c *ruleset.ChainRules, hashes []string, counters []iptables.Counter) iptables.Counter {
+	var sum iptables.Counter
 	for _, r := range c.Rules {
 		if !strings.HasSuffix(r.Spec, "-j DROP") && !strings.Contains(r.Spec, "-j REJECT") {
 			continue
@@ -225,7 +231,8 @@ func droppedPackets(c *ruleset.ChainRules, hashes []string, counters []uint64) u
 		h := r.Hash(c.Name)
 		for i, got := range hashes {
 			if got == h && i < len(counters) {
-				sum += counters[i]
+				sum.Packets += counters[i].Packets
+				sum.Bytes += counters[i].Bytes
 			}
 		}
 	}

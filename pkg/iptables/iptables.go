@@ -93,11 +93,16 @@ func (c *Client) command(f ruleset.Family, tool string) string {
 	return base + "-" + string(c.mode) + tool
 }
 
+// Counter is what a rule has matched since it was written.
+type Counter struct {
+	Packets, Bytes uint64
+}
+
 // Snapshot is vmfw's part of one family's filter table.
 type Snapshot struct {
 	ruleset.Observed
-	// Counters maps each owned chain to the packet counter of each rule.
-	Counters map[ruleset.Chain][]uint64
+	// Counters maps each owned chain to the counters of each rule.
+	Counters map[ruleset.Chain][]Counter
 	// Foreign counts rules in owned chains that carry no vmfw comment.
 	Foreign map[ruleset.Chain]int
 }
@@ -109,7 +114,7 @@ func newSnapshot() *Snapshot {
 			Lines:  map[ruleset.Chain][]string{},
 			Hooks:  map[ruleset.Hook]int{},
 		},
-		Counters: map[ruleset.Chain][]uint64{},
+		Counters: map[ruleset.Chain][]Counter{},
 		Foreign:  map[ruleset.Chain]int{},
 	}
 }

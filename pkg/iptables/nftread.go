@@ -59,6 +59,7 @@ const (
 	nftaExprData      = 2
 	nftaMatchName     = 1
 	nftaMatchInfo     = 3
+	nftaCounterBytes  = 1
 	nftaCounterPkts   = 2
 	nftaImmediateData = 2
 	nftaDataVerdict   = 2
@@ -78,8 +79,8 @@ const (
 type kernelRule struct {
 	// Hash is the vmfw fingerprint from the rule's comment, "" if none.
 	Hash string
-	// Packets is the rule's packet counter.
-	Packets uint64
+	// Counter is the rule's packet and byte counter.
+	Counter Counter
 	// Target is the chain the rule jumps or goes to, "" if none.
 	Target ruleset.Chain
 	// Matches counts the rule's expressions other than its counter and
@@ -216,8 +217,14 @@ func parseExpressions(list []byte, r *kernelRule) {
 		switch name {
 		case "counter":
 			forAttrs(data, func(typ uint16, val []byte) {
-				if typ == nftaCounterPkts && len(val) == 8 {
-					r.Packets = binary.BigEndian.Uint64(val)
+				if len(val) != 8 {
+					return
+				}
+				switch typ {
+				case nftaCounterPkts:
+					r.Counter.Packets = binary.BigEndian.Uint64(val)
+				case nftaCounterBytes:
+					r.Counter.Bytes = binary.BigEndian.Uint64(val)
 				}
 			})
 		case "immediate":
@@ -467,10 +474,10 @@ func (c *Client) SaveChains(ctx context.Context, f ruleset.Family, names []rules
 	}
 	for _, n := range read {
 		s.Chains[n] = []string{}
-		s.Counters[n] = []uint64{}
+		s.Counters[n] = []Counter{}
 		for _, r := range rules[n] {
 			s.Chains[n] = append(s.Chains[n], r.Hash)
-			s.Counters[n] = append(s.Counters[n], r.Packets)
+			s.Counters[n] = append(s.Counters[n], r.Counter)
 			if r.Hash == "" {
 				s.Foreign[n]++
 			}
@@ -521,7 +528,7 @@ func (c *Client) SaveFingerprints(ctx context.Context, f ruleset.Family) (*Snaps
 		var saved []savedRule
 		for _, chain := range declared {
 			for _, r := range rules[chain] {
-				saved = append(saved, savedRule{chain: chain, packets: r.Packets, hash: r.Hash, target: r.Target})
+				saved = append(saved, savedRule{chain: chain, counter: r.Counter, hash: r.Hash, target: r.Target})
 			}
 		}
 		return snapshotOf(declared, saved), nil

@@ -14,7 +14,7 @@ import (
 type savedRule struct {
 	chain   ruleset.Chain
 	line    string // without the counters
-	packets uint64
+	counter Counter
 	hash    string // "" when the rule has no vmfw comment
 	target  ruleset.Chain
 }
@@ -94,7 +94,7 @@ func snapshotOf(declared []ruleset.Chain, rules []savedRule) *Snapshot {
 		if r.line != "" {
 			s.Lines[r.chain] = append(s.Lines[r.chain], r.line)
 		}
-		s.Counters[r.chain] = append(s.Counters[r.chain], r.packets)
+		s.Counters[r.chain] = append(s.Counters[r.chain], r.counter)
 		if r.hash == "" {
 			s.Foreign[r.chain]++
 		}
@@ -109,12 +109,16 @@ func parseSavedRule(line string) (savedRule, error) {
 		if !ok {
 			return r, fmt.Errorf("malformed counters in %q", line)
 		}
-		pkts, _, _ := strings.Cut(counters, ":")
+		pkts, bytes, _ := strings.Cut(counters, ":")
 		n, err := strconv.ParseUint(pkts, 10, 64)
 		if err != nil {
 			return r, fmt.Errorf("malformed counters in %q", line)
 		}
-		r.packets, line = n, rest
+		b, err := strconv.ParseUint(bytes, 10, 64)
+		if err != nil {
+			return r, fmt.Errorf("malformed counters in %q", line)
+		}
+		r.counter, line = Counter{Packets: n, Bytes: b}, rest
 	}
 	r.line = line
 	words, err := ruleset.SplitWords(line)

@@ -54,7 +54,7 @@ func TestParseKeepsOnlyOwnedChains(t *testing.T) {
 	if got := s.Hooks[ruleset.Hook{From: ruleset.Forward, To: ruleset.ChainForward}]; got != 1 {
 		t.Errorf("hook count = %d, want 1", got)
 	}
-	if got := s.Counters["tap110i0-in"]; !reflect.DeepEqual(got, []uint64{3, 7, 1}) {
+	if got := s.Counters["tap110i0-in"]; !reflect.DeepEqual(got, []Counter{{3, 180}, {7, 420}, {1, 60}}) {
 		t.Errorf("counters = %v", got)
 	}
 	if s.Foreign["tap110i0-in"] != 1 {

@@ -1,0 +1,163 @@
+package hooks
+
+import (
+	"bytes"
+	"os/exec"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vmfw/vmfw/integration/labnet"
+)
+
+// agentLog is a running agent's standard error, safe to read while it
+// writes.
+type agentLog struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *agentLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *agentLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+// startAgent runs "vmfw agent" in h's hypervisor namespace with its own
+// run directory, which every later exec of h is given, and waits until
+// it is ready. stop sends SIGTERM and waits for it to exit.
+func (h *host) startAgent() (log *agentLog, stop func()) {
+	h.t.Helper()
+	h.env = []string{"VMFW_RUN_DIR=" + h.t.TempDir()}
+	log = &agentLog{}
+	cmd := exec.Command("ip", append([]string{"netns", "exec", h.lab.Hypervisor().Name, "env"},
+		append(h.env, vmfwBin, "--iptables", h.backend, "--config-dir", h.config, "--state-dir", h.state, "agent")...)...)
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		h.t.Fatalf("starting the agent: %v", err)
+	}
+	stop = func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Signal(syscall.SIGTERM)
+			cmd.Wait()
+		}
+	}
+	h.t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	})
+	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(log.String(), "agent ready"); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			h.t.Fatalf("the agent did not get ready:\n%s", log)
+		}
+	}
+	return log, stop
+}
+
+// TestHooksThroughAgent: with an agent running, the Proxmox hookscript and
+// libvirt's qemu hook hand their calls to it (its log names each one) and
+// the result is what they do on their own, proven with real packets; a
+// refused call keeps its exit status and message; with the agent stopped
+// the hooks do the work themselves.
+func TestHooksThroughAgent(t *testing.T) {
+	t.Parallel()
+	for _, backend := range []string{"nft", "legacy"} {
+		t.Run(backend, func(t *testing.T) {
+			t.Parallel()
+			files := map[string]string{
+				// The agent's own apply must not install what the hooks are
+				// tested for: its timer is far away, and the taps appear
+				// after it started.
+				"vmfw.toml": "repair_interval = \"1h\"\n",
+			}
+			for k, v := range proxmoxConfig {
+				files[k] = v
+			}
+			for k, v := range libvirtConfig {
+				files[k] = v
+			}
+			h := newHost(t, backend, files)
+			log, stop := h.startAgent()
+			hookscript := script(t, "proxmox/vmfw-hook.sh")
+			qemu := script(t, "libvirt/qemu")
+			vm0 := h.vm("tap110i0", "02:00:00:00:11:00", "192.0.2.110/24")
+			web := h.vm("vnet0", "52:54:00:6b:3c:01", "192.0.2.200/24")
+			client := h.external("uplink0", "192.0.2.250/24")
+			h.serve(vm0, ":80", ":22")
+			h.serve(web, ":80", ":22")
+			// tap110i0 is closed by the agent's base chains until its
+			// hook runs (fail-closed); vnet0 is not a managed name.
+			h.expect(client, "192.0.2.110:80", labnet.Timeout)
+			h.expect(client, "192.0.2.200:22", labnet.Connected)
+
+			handled := func(what string) {
+				t.Helper()
+				deadline := time.Now().Add(5 * time.Second)
+				for !strings.Contains(log.String(), what) {
+					if time.Now().After(deadline) {
+						t.Errorf("the agent's log does not show %q:\n%s", what, log)
+						return
+					}
+					time.Sleep(20 * time.Millisecond)
+				}
+			}
+
+			h.hook(hookscript, nil, "110", "post-start")
+			handled("args=\"[proxmox 110 post-start]\"")
+			h.expect(client, "192.0.2.110:80", labnet.Connected)
+			h.expect(client, "192.0.2.110:22", labnet.Timeout)
+
+			h.hook(qemu, strings.NewReader(webXML), hookArgs("web", "started", "begin")...)
+			handled("args=\"[libvirt web started begin -]\"")
+			h.expect(client, "192.0.2.200:80", labnet.Connected)
+			h.expect(client, "192.0.2.200:22", labnet.Timeout)
+			// webXML's interface 2 (vnet1) maps to [net2] by position.
+			if recs := h.records(); !slices.Equal(recs, []string{"vnet0", "vnet1"}) {
+				t.Errorf("records after started: %v, want [vnet0 vnet1]", recs)
+			}
+
+			// Refused by the configuration: exit 2 and the file named,
+			// from the agent as from the hook alone; nothing changes.
+			h.vm("tap130i0", "", "192.0.2.130/24")
+			before := h.save()
+			_, stderr, code := h.run(nil, "hook", "proxmox", "130", "post-start")
+			if code != 2 || !strings.Contains(stderr, "vms/130.toml") {
+				t.Errorf("post-start of an unconfigured VM through the agent: exit %d, stderr %q; want 2 naming vms/130.toml", code, stderr)
+			}
+			handled("request failed")
+			if after := h.save(); after != before {
+				t.Errorf("a refused hook changed the firewall")
+			}
+
+			h.hook(hookscript, nil, "110", "post-stop")
+			handled("args=\"[proxmox 110 post-stop]\"")
+			h.expect(client, "192.0.2.110:80", labnet.Timeout) // tap without chains: fail-closed
+			h.hook(qemu, strings.NewReader(webXML), hookArgs("web", "stopped", "end")...)
+			handled("args=\"[libvirt web stopped end -]\"")
+			h.expect(client, "192.0.2.200:22", labnet.Connected) // vnet names are not fail-closed
+			if recs := h.records(); len(recs) != 0 {
+				t.Errorf("records after stopped: %v", recs)
+			}
+
+			// Without the agent the hooks do it themselves.
+			stop()
+			h.hook(hookscript, nil, "110", "post-start")
+			h.expect(client, "192.0.2.110:80", labnet.Connected)
+			h.expect(client, "192.0.2.110:22", labnet.Timeout)
+			if n := strings.Count(log.String(), "request applied"); n != 4 {
+				t.Errorf("the agent applied %d requests, want 4 (two per hook):\n%s", n, log)
+			}
+		})
+	}
+}
