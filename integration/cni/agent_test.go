@@ -1,15 +1,11 @@
 package cni
 
 import (
-	"bytes"
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -19,58 +15,23 @@ import (
 	"github.com/vmfw/vmfw/integration/labnet"
 )
 
-// agentLog is a running agent's standard error, safe to read while it
-// writes.
-type agentLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *agentLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *agentLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 // startAgent runs "vmfw agent" in h's namespace with h's directories and
 // its own run directory, points h's CNI client at it, and waits until it
-// is ready. stop sends SIGTERM and waits for it to exit.
-func (h *host) startAgent(backend string) (log *agentLog, stop func()) {
+// is ready.
+func (h *host) startAgent(backend string) *labnet.Process {
 	h.t.Helper()
 	runDir := h.t.TempDir()
-	log = &agentLog{}
-	cmd := exec.Command("ip", "netns", "exec", h.ns.Name, filepath.Join(pluginDir, "vmfw"),
+	p, err := labnet.Start(h.ns, []string{"VMFW_RUN_DIR=" + runDir}, filepath.Join(pluginDir, "vmfw"),
 		"--iptables", backend, "--config-dir", h.config, "--state-dir", h.state, "agent")
-	cmd.Env = append(os.Environ(), "VMFW_RUN_DIR="+runDir)
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
-		h.t.Fatalf("starting the agent: %v", err)
+	if err != nil {
+		h.t.Fatal(err)
 	}
-	stop = func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Signal(syscall.SIGTERM)
-			cmd.Wait()
-		}
-	}
-	h.t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			cmd.Wait()
-		}
-	})
-	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(log.String(), "agent ready"); time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			h.t.Fatalf("the agent did not get ready:\n%s", log)
-		}
+	h.t.Cleanup(p.Kill)
+	if !p.WaitOutput("agent ready", 1, 30*time.Second) {
+		h.t.Fatalf("the agent did not get ready:\n%s", p.Output())
 	}
 	h.client = libcni.NewCNIConfigWithCacheDir([]string{pluginDir}, h.cache, &envExec{env: []string{"VMFW_RUN_DIR=" + runDir}})
-	return log, stop
+	return p
 }
 
 // TestCNIThroughAgent: with an agent running, ADD, CHECK, GC and DEL are
@@ -88,16 +49,11 @@ func TestCNIThroughAgent(t *testing.T) {
 			if err := os.WriteFile(filepath.Join(h.config, "vmfw.toml"), []byte("repair_interval = \"1h\"\n"), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			log, stop := h.startAgent(backend)
+			agent := h.startAgent(backend)
 			handled := func(what string, n int) {
 				t.Helper()
-				deadline := time.Now().Add(5 * time.Second)
-				for strings.Count(log.String(), what) < n {
-					if time.Now().After(deadline) {
-						t.Errorf("the agent's log shows %q %d times, want %d:\n%s", what, strings.Count(log.String(), what), n, log)
-						return
-					}
-					time.Sleep(20 * time.Millisecond)
+				if !agent.WaitOutput(what, n, 5*time.Second) {
+					t.Errorf("the agent's log shows %q %d times, want %d:\n%s", what, strings.Count(agent.Output(), what), n, agent.Output())
 				}
 			}
 			list := h.conflist("1.1.0", backend, nil)
@@ -151,7 +107,9 @@ func TestCNIThroughAgent(t *testing.T) {
 			}
 
 			// Without the agent the plugin does it itself.
-			stop()
+			if err := agent.Stop(); err != nil {
+				t.Error(err)
+			}
 			again := h.newContainer("again", nil)
 			h.add(list, again)
 			probe := h.newContainer("probe", nil)
@@ -159,7 +117,7 @@ func TestCNIThroughAgent(t *testing.T) {
 			h.serve(again, 80, 22)
 			h.expect(probe, again, 80, labnet.Connected)
 			h.expect(probe, again, 22, labnet.Timeout)
-			if n := strings.Count(log.String(), "CNI_COMMAND=ADD"); n != 3 {
+			if n := strings.Count(agent.Output(), "CNI_COMMAND=ADD"); n != 3 {
 				t.Errorf("the agent saw %d ADDs, want 3 (web, db, bad)", n)
 			}
 		})

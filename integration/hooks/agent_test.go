@@ -1,68 +1,30 @@
 package hooks
 
 import (
-	"bytes"
-	"os/exec"
 	"slices"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/vmfw/vmfw/integration/labnet"
 )
 
-// agentLog is a running agent's standard error, safe to read while it
-// writes.
-type agentLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *agentLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *agentLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 // startAgent runs "vmfw agent" in h's hypervisor namespace with its own
-// run directory, which every later exec of h is given, and waits until
-// it is ready. stop sends SIGTERM and waits for it to exit.
-func (h *host) startAgent() (log *agentLog, stop func()) {
+// run directory, which every later exec of h is given, and waits until it
+// is ready.
+func (h *host) startAgent() *labnet.Process {
 	h.t.Helper()
 	h.env = []string{"VMFW_RUN_DIR=" + h.t.TempDir()}
-	log = &agentLog{}
-	cmd := exec.Command("ip", append([]string{"netns", "exec", h.lab.Hypervisor().Name, "env"},
-		append(h.env, vmfwBin, "--iptables", h.backend, "--config-dir", h.config, "--state-dir", h.state, "agent")...)...)
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
-		h.t.Fatalf("starting the agent: %v", err)
+	p, err := labnet.Start(h.lab.Hypervisor(), h.env, vmfwBin,
+		"--iptables", h.backend, "--config-dir", h.config, "--state-dir", h.state, "agent")
+	if err != nil {
+		h.t.Fatal(err)
 	}
-	stop = func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Signal(syscall.SIGTERM)
-			cmd.Wait()
-		}
+	h.t.Cleanup(p.Kill)
+	if !p.WaitOutput("agent ready", 1, 30*time.Second) {
+		h.t.Fatalf("the agent did not get ready:\n%s", p.Output())
 	}
-	h.t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			cmd.Wait()
-		}
-	})
-	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(log.String(), "agent ready"); time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			h.t.Fatalf("the agent did not get ready:\n%s", log)
-		}
-	}
-	return log, stop
+	return p
 }
 
 // TestHooksThroughAgent: with an agent running, the Proxmox hookscript and
@@ -88,7 +50,7 @@ func TestHooksThroughAgent(t *testing.T) {
 				files[k] = v
 			}
 			h := newHost(t, backend, files)
-			log, stop := h.startAgent()
+			agent := h.startAgent()
 			hookscript := script(t, "proxmox/vmfw-hook.sh")
 			qemu := script(t, "libvirt/qemu")
 			vm0 := h.vm("tap110i0", "02:00:00:00:11:00", "192.0.2.110/24")
@@ -103,13 +65,8 @@ func TestHooksThroughAgent(t *testing.T) {
 
 			handled := func(what string) {
 				t.Helper()
-				deadline := time.Now().Add(5 * time.Second)
-				for !strings.Contains(log.String(), what) {
-					if time.Now().After(deadline) {
-						t.Errorf("the agent's log does not show %q:\n%s", what, log)
-						return
-					}
-					time.Sleep(20 * time.Millisecond)
+				if !agent.WaitOutput(what, 1, 5*time.Second) {
+					t.Errorf("the agent's log does not show %q:\n%s", what, agent.Output())
 				}
 			}
 
@@ -151,12 +108,14 @@ func TestHooksThroughAgent(t *testing.T) {
 			}
 
 			// Without the agent the hooks do it themselves.
-			stop()
+			if err := agent.Stop(); err != nil {
+				t.Error(err)
+			}
 			h.hook(hookscript, nil, "110", "post-start")
 			h.expect(client, "192.0.2.110:80", labnet.Connected)
 			h.expect(client, "192.0.2.110:22", labnet.Timeout)
-			if n := strings.Count(log.String(), "request applied"); n != 4 {
-				t.Errorf("the agent applied %d requests, want 4 (two per hook):\n%s", n, log)
+			if n := strings.Count(agent.Output(), "request applied"); n != 4 {
+				t.Errorf("the agent applied %d requests, want 4 (two per hook):\n%s", n, agent.Output())
 			}
 		})
 	}
