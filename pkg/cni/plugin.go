@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"slices"
@@ -35,14 +34,25 @@ const timeout = 2 * time.Minute
 // printing the error as the spec says. ver is shown by VERSION's caller
 // when CNI_COMMAND is missing.
 func Main(ver string) {
+	p := onHost
 	skel.PluginMainFuncs(skel.CNIFuncs{
-		Add:    run(cmdAdd),
-		Del:    run(cmdDel),
-		Check:  run(cmdCheck),
-		GC:     run(cmdGC),
-		Status: run(cmdStatus),
+		Add:    run(p.cmdAdd),
+		Del:    run(p.cmdDel),
+		Check:  run(p.cmdCheck),
+		GC:     run(p.cmdGC),
+		Status: run(p.cmdStatus),
 	}, Versions, "vmfw CNI plugin "+ver)
 }
+
+// plugin is what the commands need of the host: whether an interface is a
+// bridge port or a tap, and an engine. Tests replace both.
+type plugin struct {
+	isPort    func(ifname string) (bool, error)
+	newEngine func(ctx context.Context, c *NetConf) (*engine.Engine, error)
+}
+
+// onHost is the plugin on the real host.
+var onHost = plugin{isPort: isPort, newEngine: newEngine}
 
 // run adapts a command to skel: it parses the configuration, bounds the
 // run in time and maps errors to CNI error codes.
@@ -86,19 +96,20 @@ func newEngine(ctx context.Context, c *NetConf) (*engine.Engine, error) {
 	return system.NewEngine(ctx, system.Options{ConfigDir: c.ConfigDir, StateDir: c.StateDir, IPTables: iptables.Mode(c.IPTables)})
 }
 
-// attachment is what ADD and CHECK learn from prevResult.
+// attachment is what ADD and CHECK learn from prevResult, not yet
+// validated, with the key of each value for messages.
 type attachment struct {
 	result *types100.Result
 	// host is the host-side interface: a bridge port or a tap.
-	host string
+	host, hostKey string
 	// mac is the container interface's MAC, "" if prevResult has none.
-	mac string
+	mac, macKey string
 	// ips are the container's addresses.
-	ips []string
+	ips, ipKeys []string
 }
 
 // fromPrevResult interprets prevResult; it is required.
-func fromPrevResult(args *skel.CmdArgs, c *NetConf) (*attachment, error) {
+func (p plugin) fromPrevResult(args *skel.CmdArgs, c *NetConf) (*attachment, error) {
 	if err := version.ParsePrevResult(&c.PluginConf); err != nil {
 		return nil, types.NewError(types.ErrDecodingFailure, "vmfw: parsing prevResult", err.Error())
 	}
@@ -110,7 +121,7 @@ func fromPrevResult(args *skel.CmdArgs, c *NetConf) (*attachment, error) {
 		return nil, types.NewError(types.ErrDecodingFailure, "vmfw: converting prevResult", err.Error())
 	}
 	a := &attachment{result: res}
-	var hosts []string
+	var hosts []int
 	container := -1
 	for i, ifc := range res.Interfaces {
 		if ifc.Sandbox != "" {
@@ -119,37 +130,37 @@ func fromPrevResult(args *skel.CmdArgs, c *NetConf) (*attachment, error) {
 			}
 			continue
 		}
-		if ok, err := isPort(ifc.Name); err != nil {
+		if ok, err := p.isPort(ifc.Name); err != nil {
 			return nil, err
 		} else if ok {
-			hosts = append(hosts, ifc.Name)
+			hosts = append(hosts, i)
 		}
 	}
 	switch len(hosts) {
 	case 0:
 		return nil, invalid("prevResult lists no host-side interface that is a bridge port or a tap")
 	case 1:
-		a.host = hosts[0]
+		a.host = res.Interfaces[hosts[0]].Name
+		a.hostKey = fmt.Sprintf("prevResult.interfaces[%d].name", hosts[0])
 	default:
-		return nil, invalid("prevResult lists several host-side bridge ports or taps (%s); vmfw firewalls one", strings.Join(hosts, ", "))
-	}
-	if !state.ValidIface(a.host) {
-		return nil, invalid("host interface %q cannot be firewalled (its name is not usable in iptables chain names)", a.host)
-	}
-	if container >= 0 && res.Interfaces[container].Mac != "" {
-		mac, err := net.ParseMAC(res.Interfaces[container].Mac)
-		if err != nil {
-			return nil, invalid("prevResult interface %s: mac %q: %v", res.Interfaces[container].Name, res.Interfaces[container].Mac, err)
+		var names []string
+		for _, i := range hosts {
+			names = append(names, res.Interfaces[i].Name)
 		}
-		a.mac = mac.String()
+		return nil, invalid("prevResult lists several host-side bridge ports or taps (%s); vmfw firewalls one", strings.Join(names, ", "))
 	}
-	for _, ip := range res.IPs {
+	if container >= 0 {
+		a.mac = res.Interfaces[container].Mac
+		a.macKey = fmt.Sprintf("prevResult.interfaces[%d].mac", container)
+	}
+	for i, ip := range res.IPs {
 		// Addresses of the container's interface, or of no interface
 		// (which a result without interfaces may list).
 		if ip.Interface != nil && *ip.Interface != container {
 			continue
 		}
 		a.ips = append(a.ips, ip.Address.IP.String())
+		a.ipKeys = append(a.ipKeys, fmt.Sprintf("prevResult.ips[%d].address", i))
 	}
 	return a, nil
 }
@@ -185,37 +196,43 @@ func sameAttachment(c *NetConf, args *skel.CmdArgs) func(*state.Attachment) bool
 	}
 }
 
-// prepare gathers what ADD and CHECK work from: the effective settings, the
-// attachment the previous plugins made, and an engine.
-func prepare(ctx context.Context, args *skel.CmdArgs, c *NetConf) (*Settings, *attachment, *engine.Engine, error) {
-	s, err := c.effective()
+// prepare gathers what ADD and CHECK work from: the effective settings
+// and the attachment the previous plugins made, validated (groups for
+// their form: the engine checks they are defined), and an engine.
+func (p plugin) prepare(ctx context.Context, args *skel.CmdArgs, c *NetConf) (*merged, *attachment, *config.NIC, *engine.Engine, error) {
+	m := c.effective()
+	a, err := p.fromPrevResult(args, c)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
-	a, err := fromPrevResult(args, c)
+	nic, err := m.validate(label(c.Name, args.ContainerID), a, nil)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
-	e, err := newEngine(ctx, c)
+	e, err := p.newEngine(ctx, c)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
-	return s, a, e, nil
+	return m, a, nic, e, nil
 }
 
-func cmdAdd(ctx context.Context, args *skel.CmdArgs, c *NetConf) error {
-	s, a, e, err := prepare(ctx, args, c)
-	if err != nil {
+func (p plugin) cmdAdd(ctx context.Context, args *skel.CmdArgs, c *NetConf) error {
+	if err := p.add(ctx, args, c); err != nil {
 		return err
 	}
-	short := args.ContainerID
-	if len(short) > 12 {
-		short = short[:12]
+	return types.PrintResult(c.PrevResult, c.CNIVersion)
+}
+
+// add records and firewalls the attachment.
+func (p plugin) add(ctx context.Context, args *skel.CmdArgs, c *NetConf) error {
+	m, a, nic, e, err := p.prepare(ctx, args, c)
+	if err != nil {
+		return err
 	}
 	rec := &state.Attachment{
 		Iface: a.host, Owner: state.CNI,
 		Network: c.Name, ContainerID: args.ContainerID, IfName: args.IfName,
-		Spec: s.spec(c.Name+"/"+short, a.mac, a.ips),
+		Spec: spec(nic),
 	}
 	// A repeated ADD may have got a new host interface; the old one's
 	// record and chains go first.
@@ -229,18 +246,22 @@ func cmdAdd(ctx context.Context, args *skel.CmdArgs, c *NetConf) error {
 			return err
 		}
 	}
-	if err := e.AttachRecords(ctx, rec); err != nil {
-		return err
+	err = e.AttachRecords(ctx, rec)
+	// The engine checks what prepare could not, that the groups are
+	// defined; its words name the record, these the configuration key.
+	var fe *config.FieldError
+	if errors.As(err, &fe) {
+		return m.invalid(a, fe)
 	}
-	return types.PrintResult(c.PrevResult, c.CNIVersion)
+	return err
 }
 
 // cmdDel removes the attachment. With a configuration that does not load
 // it still succeeds as far as it can (the runtime retries a failed DEL and
 // keeps the container until one succeeds): the record goes and its
 // addresses leave every group, and the next apply removes its chains.
-func cmdDel(ctx context.Context, args *skel.CmdArgs, c *NetConf) error {
-	e, err := newEngine(ctx, c)
+func (p plugin) cmdDel(ctx context.Context, args *skel.CmdArgs, c *NetConf) error {
+	e, err := p.newEngine(ctx, c)
 	if err != nil {
 		return err
 	}
@@ -260,8 +281,8 @@ func cmdDel(ctx context.Context, args *skel.CmdArgs, c *NetConf) error {
 	return nil
 }
 
-func cmdCheck(ctx context.Context, args *skel.CmdArgs, c *NetConf) error {
-	s, a, e, err := prepare(ctx, args, c)
+func (p plugin) cmdCheck(ctx context.Context, args *skel.CmdArgs, c *NetConf) error {
+	_, a, nic, e, err := p.prepare(ctx, args, c)
 	if err != nil {
 		return err
 	}
@@ -280,7 +301,8 @@ func cmdCheck(ctx context.Context, args *skel.CmdArgs, c *NetConf) error {
 	case rec.Spec == nil:
 		return drift("the attachment record has no settings")
 	}
-	want := s.spec(rec.Spec.Name, a.mac, a.ips)
+	want := spec(nic)
+	want.Name = rec.Spec.Name
 	got := rec.Spec
 	switch {
 	case !slices.Equal(got.Groups, want.Groups):
@@ -297,12 +319,12 @@ func cmdCheck(ctx context.Context, args *skel.CmdArgs, c *NetConf) error {
 	return nil
 }
 
-func cmdGC(ctx context.Context, _ *skel.CmdArgs, c *NetConf) error {
+func (p plugin) cmdGC(ctx context.Context, _ *skel.CmdArgs, c *NetConf) error {
 	valid := map[types.GCAttachment]bool{}
 	for _, v := range c.ValidAttachments {
 		valid[v] = true
 	}
-	e, err := newEngine(ctx, c)
+	e, err := p.newEngine(ctx, c)
 	if err != nil {
 		return err
 	}
@@ -316,11 +338,11 @@ func cmdGC(ctx context.Context, _ *skel.CmdArgs, c *NetConf) error {
 // cmdStatus reports, changing nothing, whether ADD could work: the
 // configuration loads, iptables and ip6tables of the backend and ipset
 // can be read, and bridge netfilter is available.
-func cmdStatus(ctx context.Context, _ *skel.CmdArgs, c *NetConf) error {
+func (p plugin) cmdStatus(ctx context.Context, _ *skel.CmdArgs, c *NetConf) error {
 	unavailable := func(what string, err error) error {
 		return types.NewError(types.ErrPluginNotAvailable, "vmfw: "+what+" is unusable", err.Error())
 	}
-	e, err := newEngine(ctx, c)
+	e, err := p.newEngine(ctx, c)
 	if err != nil {
 		return unavailable("iptables", err)
 	}
