@@ -192,7 +192,10 @@ func (m *merged) invalid(a *attachment, fe *config.FieldError) *types.Error {
 	case config.FieldMAC:
 		key = a.macKey
 	case config.FieldIPs:
-		key = a.ipKeys[fe.Index]
+		key = "prevResult.ips"
+		if fe.Index >= 0 && fe.Index < len(a.ipKeys) {
+			key = a.ipKeys[fe.Index]
+		}
 	case config.FieldLabel:
 		key = "name"
 	case config.FieldPolicyIn:
