@@ -15,7 +15,10 @@
 //
 // Settings come from the plugin configuration, overridden by "args":
 // {"cni": {...}} and then by the "vmfw" runtimeConfig capability: the most
-// specific source wins, key by key.
+// specific source wins, key by key. They, and the interface, MAC and
+// addresses of prevResult, are checked by the rules of a VM file's
+// interface (config.ValidateIface); a bad value is an "invalid
+// configuration" error naming its key, such as args.cni.groups[1].
 package cni
 
 import (
@@ -49,10 +52,10 @@ type Settings struct {
 	// opposed to an absent one, clears the groups of a less specific source.
 	Groups []string `json:"groups,omitempty"`
 	// PolicyIn decides traffic to the container that no rule matched:
-	// "drop" (default), "reject" or "accept".
+	// "drop" (default), "reject" or "accept", in any case.
 	PolicyIn string `json:"policyIn,omitempty"`
 	// PolicyOut decides traffic from the container that no rule matched:
-	// "accept" (default), "drop" or "reject".
+	// "accept" (default), "drop" or "reject", in any case.
 	PolicyOut string `json:"policyOut,omitempty"`
 	// Log logs packets dropped or rejected by policy (default false).
 	Log *bool `json:"log,omitempty"`
