@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/vmfw/vmfw/integration/labnet"
+	"github.com/vmfw/vmfw/integration/testbin"
 
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -32,7 +33,7 @@ func startAgent(t *testing.T, h *hv, args ...string) *process {
 		h.env = []string{"VMFW_RUN_DIR=" + t.TempDir()}
 	}
 	p := &process{out: &bytes.Buffer{}, mu: &sync.Mutex{}}
-	p.cmd = exec.Command("ip", append([]string{"netns", "exec", h.ns.Name, vmfwBin, "--iptables", h.backend, "--config-dir", h.config, "agent"}, args...)...)
+	p.cmd = exec.Command("ip", append([]string{"netns", "exec", h.ns.Name, testbin.VMFW, "--iptables", h.backend, "--config-dir", h.config, "agent"}, args...)...)
 	p.cmd.Env = append(os.Environ(), h.env...)
 	w := lockedBuffer{p.mu, p.out}
 	p.cmd.Stdout, p.cmd.Stderr = w, w

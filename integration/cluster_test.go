@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/vmfw/vmfw/integration/labnet"
+	"github.com/vmfw/vmfw/integration/testbin"
 )
 
 // The cluster tests run three hypervisors (labnet.Cluster: their bridges
@@ -215,7 +216,7 @@ func TestClusterGroupsAcrossHosts(t *testing.T) {
 		"vms/104.toml": clusterVM(104, "app"), "vms/105.toml": clusterVM(105, "web"), "vms/106.toml": clusterVM(106),
 	})
 	_, errOut, code := h0.run("cluster", "push", conf)
-	checkOut, _ := exec.Command(vmfwBin, "--config-dir", conf, "check").CombinedOutput()
+	checkOut, _ := exec.Command(testbin.VMFW, "--config-dir", conf, "check").CombinedOutput()
 	checkErr := string(checkOut)
 	if code != 2 || !strings.Contains(errOut, filepath.Join(conf, "groups/web.toml")+":4") || errOut != checkErr {
 		t.Fatalf("a bad push: exit %d, %q; check says %q", code, errOut, checkErr)

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vmfw/vmfw/integration/testbin"
 )
 
 // vmfwLine matches the lines of an iptables-save that belong to vmfw: its
@@ -165,7 +167,7 @@ func TestQEMU(t *testing.T) {
 		dir := t.TempDir()
 		for _, name := range []string{"ifup", "ifdown"} {
 			link := filepath.Join(dir, "vmfw-"+name)
-			if err := os.Symlink(vmfwBin, link); err != nil {
+			if err := os.Symlink(testbin.VMFW, link); err != nil {
 				t.Fatal(err)
 			}
 			script := fmt.Sprintf("#!/bin/sh\nexport VMFW_CONFIG_DIR=%s VMFW_IPTABLES=%s\nexec %s \"$@\"\n", h.config, backend, link)

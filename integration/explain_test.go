@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/vmfw/vmfw/integration/labnet"
+	"github.com/vmfw/vmfw/integration/testbin"
 )
 
 // explainConfig is a small scenario for trace, log and the JSON outputs:
@@ -63,7 +64,7 @@ func newExplainHV(t *testing.T, backend string) (*hv, *labnet.NS, *labnet.NS) {
 // exit 0, wherever they stand; a bad command still exits 2.
 func TestCommandLine(t *testing.T) {
 	for _, args := range [][]string{{"--help"}, {"-h"}, {"help"}, {"trace", "--help"}, {"--config-dir", "/nonexistent", "apply", "-h"}, {"--version"}, {"version"}} {
-		cmd := exec.Command(vmfwBin, args...)
+		cmd := exec.Command(testbin.VMFW, args...)
 		var out, errOut strings.Builder
 		cmd.Stdout, cmd.Stderr = &out, &errOut
 		if err := cmd.Run(); err != nil {
@@ -81,14 +82,14 @@ func TestCommandLine(t *testing.T) {
 	if !strings.Contains(usageText(t), "trace --from X --to Y") {
 		t.Error("the help does not describe trace")
 	}
-	cmd := exec.Command(vmfwBin, "frobnicate")
+	cmd := exec.Command(testbin.VMFW, "frobnicate")
 	if err := cmd.Run(); err == nil || cmd.ProcessState.ExitCode() != 2 {
 		t.Errorf("unknown command: %v, want exit status 2", err)
 	}
 }
 
 func usageText(t *testing.T) string {
-	out, err := exec.Command(vmfwBin, "--help").Output()
+	out, err := exec.Command(testbin.VMFW, "--help").Output()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,7 +179,7 @@ func TestLogCommand(t *testing.T) {
 			t.Fatalf("log_group = 7 did not switch LOG to NFLOG:\n%s", save)
 		}
 		h.serve(vm1, "192.0.2.101", 22)
-		p := startInNS(t, h.ns.Name, vmfwBin, "--iptables", backend, "--config-dir", h.config, "log")
+		p := startInNS(t, h.ns.Name, testbin.VMFW, "--iptables", backend, "--config-dir", h.config, "log")
 		defer p.stop(t)
 
 		type line struct {

@@ -21,14 +21,10 @@ import (
 	"time"
 
 	"github.com/vmfw/vmfw/integration/labnet"
+	"github.com/vmfw/vmfw/integration/testbin"
 )
 
-// vmfwBin is the binary under test: $VMFW_BIN, or built by TestMain.
-var vmfwBin string
-
-func TestMain(m *testing.M) {
-	os.Exit(labnet.RunWithVMFW("integration tests", m, &vmfwBin))
-}
+func TestMain(m *testing.M) { testbin.Main(m, "integration tests", nil) }
 
 // backends are the iptables backends every firewall test runs with.
 var backends = []string{"nft", "legacy"}
@@ -116,7 +112,7 @@ func (h *hv) run(args ...string) (stdout, stderr string, code int) {
 	h.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	full := append([]string{"ip", "netns", "exec", h.ns.Name, vmfwBin, "--iptables", h.backend, "--config-dir", h.config}, args...)
+	full := append([]string{"ip", "netns", "exec", h.ns.Name, testbin.VMFW, "--iptables", h.backend, "--config-dir", h.config}, args...)
 	cmd := exec.CommandContext(ctx, full[0], full[1:]...)
 	if len(h.env) > 0 {
 		cmd.Env = append(os.Environ(), h.env...)

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vmfw/vmfw/integration/testbin"
 )
 
 // The tests of this file push vmfw to the sizes docs/limits.md promises —
@@ -150,7 +152,7 @@ func (h *hv) vmfwSlow(args ...string) string {
 	h.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Minute)
 	defer cancel()
-	full := append([]string{"netns", "exec", h.ns.Name, vmfwBin, "--iptables", h.backend, "--config-dir", h.config}, args...)
+	full := append([]string{"netns", "exec", h.ns.Name, testbin.VMFW, "--iptables", h.backend, "--config-dir", h.config}, args...)
 	out, err := exec.CommandContext(ctx, "ip", full...).CombinedOutput()
 	if err != nil {
 		h.t.Fatalf("vmfw %s: %v\n%s", strings.Join(args, " "), err, out)

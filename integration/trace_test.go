@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/vmfw/vmfw/integration/labnet"
+	"github.com/vmfw/vmfw/integration/testbin"
 	"golang.org/x/sys/unix"
 )
 
@@ -421,7 +422,7 @@ func (h *hv) traceBatch(queries []map[string]any) []traceReport {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", h.ns.Name, vmfwBin, "--iptables", h.backend, "--config-dir", h.config, "trace", "--batch", "-")
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", h.ns.Name, testbin.VMFW, "--iptables", h.backend, "--config-dir", h.config, "trace", "--batch", "-")
 	cmd.Stdin = &in
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut

@@ -13,6 +13,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/vmfw/vmfw/integration/labnet"
+	"github.com/vmfw/vmfw/integration/testbin"
 )
 
 // startAgent runs "vmfw agent" in h's namespace with h's directories and
@@ -21,7 +22,7 @@ import (
 func (h *host) startAgent(backend string) *labnet.Process {
 	h.t.Helper()
 	runDir := h.t.TempDir()
-	p, err := labnet.Start(h.ns, []string{"VMFW_RUN_DIR=" + runDir}, filepath.Join(pluginDir, "vmfw"),
+	p, err := labnet.Start(h.ns, []string{"VMFW_RUN_DIR=" + runDir}, filepath.Join(testbin.Dir, "vmfw"),
 		"--iptables", backend, "--config-dir", h.config, "--state-dir", h.state, "agent")
 	if err != nil {
 		h.t.Fatal(err)
@@ -30,7 +31,7 @@ func (h *host) startAgent(backend string) *labnet.Process {
 	if !p.WaitOutput("agent ready", 1, 30*time.Second) {
 		h.t.Fatalf("the agent did not get ready:\n%s", p.Output())
 	}
-	h.client = libcni.NewCNIConfigWithCacheDir([]string{pluginDir}, h.cache, &envExec{env: []string{"VMFW_RUN_DIR=" + runDir}})
+	h.client = libcni.NewCNIConfigWithCacheDir([]string{testbin.Dir}, h.cache, &envExec{env: []string{"VMFW_RUN_DIR=" + runDir}})
 	return p
 }
 

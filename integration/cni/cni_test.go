@@ -13,6 +13,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/vmfw/vmfw/integration/labnet"
+	"github.com/vmfw/vmfw/integration/testbin"
 )
 
 // TestCNI drives one network through ADD, CHECK, GC, STATUS and DEL with
@@ -66,7 +67,7 @@ func TestCNI(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(fake, "ipset"), []byte("#!/bin/sh\necho 'ipset v7.17: Kernel error received: Operation not permitted' >&2\nexit 1\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	broken := libcni.NewCNIConfigWithCacheDir([]string{pluginDir}, h.cache, &envExec{env: []string{"PATH=" + fake + ":" + os.Getenv("PATH")}})
+	broken := libcni.NewCNIConfigWithCacheDir([]string{testbin.Dir}, h.cache, &envExec{env: []string{"PATH=" + fake + ":" + os.Getenv("PATH")}})
 	err := h.in(func(ctx context.Context) error { return broken.GetStatusNetworkList(ctx, list) })
 	if cniCode(err) != types.ErrPluginNotAvailable || !strings.Contains(err.Error(), "ipset") {
 		t.Errorf("STATUS with a failing ipset: %v (code %d), want code 50 naming ipset", err, cniCode(err))
@@ -100,7 +101,7 @@ func TestCNI(t *testing.T) {
 	// A leaked attachment: ADD through a client whose cache is then lost,
 	// so only vmfw's GC can clean it.
 	leaked := h.newContainer("leak", nil)
-	lost := libcni.NewCNIConfigWithCacheDir([]string{pluginDir}, t.TempDir(), nil)
+	lost := libcni.NewCNIConfigWithCacheDir([]string{testbin.Dir}, t.TempDir(), nil)
 	saved := h.client
 	h.client = lost
 	h.add(list, leaked)

@@ -29,45 +29,14 @@ import (
 	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/vmfw/vmfw/integration/labnet"
+	"github.com/vmfw/vmfw/integration/testbin"
 )
 
-// pluginDir holds bridge, host-local and vmfw.
-var pluginDir string
-
 func TestMain(m *testing.M) {
-	if !labnet.IsRoot("CNI integration tests") {
-		os.Exit(0)
-	}
-	os.Exit(run(m))
-}
-
-func run(m *testing.M) int {
-	dir, err := os.MkdirTemp("", "vmfw-cni-bin")
-	if err != nil {
-		fmt.Println(err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	pluginDir = dir
-	builds := map[string]string{
+	testbin.Main(m, "CNI integration tests", map[string]string{
 		"bridge":     "github.com/containernetworking/plugins/plugins/main/bridge",
 		"host-local": "github.com/containernetworking/plugins/plugins/ipam/host-local",
-	}
-	if bin := os.Getenv("VMFW_BIN"); bin != "" {
-		if err := os.Symlink(bin, filepath.Join(dir, "vmfw")); err != nil {
-			fmt.Println(err)
-			return 1
-		}
-	} else {
-		builds["vmfw"] = labnet.VMFWPackage
-	}
-	for name, pkg := range builds {
-		if _, err := labnet.GoBuild(dir, name, pkg); err != nil {
-			fmt.Println(err)
-			return 1
-		}
-	}
-	return m.Run()
+	})
 }
 
 // probeTimeout is how long a TCP probe waits before calling a silent
@@ -122,27 +91,27 @@ func ip(args ...string) error {
 	return nil
 }
 
-// newNS creates a network namespace and deletes it when the test ends.
-func newNS(t *testing.T, name string) *labnet.NS {
+// setUp deletes ns when the test ends and brings its loopback up.
+func setUp(t *testing.T, ns *labnet.NS) *labnet.NS {
 	t.Helper()
-	if err := ip("netns", "add", name); err != nil {
-		t.Fatal(err)
-	}
 	t.Cleanup(func() {
-		if err := ip("netns", "del", name); err != nil {
+		if err := ns.Delete(); err != nil {
 			t.Errorf("deleting namespace: %v", err)
 		}
 	})
-	if err := ip("-n", name, "link", "set", "lo", "up"); err != nil {
+	if err := ip("-n", ns.Name, "link", "set", "lo", "up"); err != nil {
 		t.Fatal(err)
 	}
-	return &labnet.NS{Name: name}
+	return ns
 }
 
 func newHost(t *testing.T) *host {
 	t.Helper()
-	h := &host{t: t, id: "vfc" + randomID(), config: t.TempDir(), state: t.TempDir(), ipam: t.TempDir(), cache: t.TempDir()}
-	h.ns = newNS(t, h.id+"-host")
+	id, ns, err := labnet.FreshNS("vfc", 3, "host")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &host{t: t, id: id, ns: setUp(t, ns), config: t.TempDir(), state: t.TempDir(), ipam: t.TempDir(), cache: t.TempDir()}
 	for rel, content := range vmfwConfig {
 		path := filepath.Join(h.config, rel)
 		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
@@ -152,7 +121,7 @@ func newHost(t *testing.T) *host {
 			t.Fatal(err)
 		}
 	}
-	h.client = libcni.NewCNIConfigWithCacheDir([]string{pluginDir}, h.cache, nil)
+	h.client = libcni.NewCNIConfigWithCacheDir([]string{testbin.Dir}, h.cache, nil)
 	return h
 }
 
@@ -212,7 +181,11 @@ type container struct {
 // newContainer creates a container namespace; nothing is attached yet.
 func (h *host) newContainer(name string, caps map[string]any) *container {
 	h.t.Helper()
-	ns := newNS(h.t, h.id+"-"+name)
+	ns, err := labnet.AddNS(h.id + "-" + name)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	setUp(h.t, ns)
 	c := &container{id: "ctr-" + name + "-" + randomID(), ns: ns}
 	c.rt = &libcni.RuntimeConf{ContainerID: c.id, NetNS: ns.Path(), IfName: "eth0", CapabilityArgs: caps}
 	return c
@@ -390,7 +363,7 @@ func (h *host) deleteChain(backend, chain string) {
 // configuration and state directories.
 func (h *host) vmfw(backend string, args ...string) string {
 	h.t.Helper()
-	full := append([]string{"netns", "exec", h.ns.Name, filepath.Join(pluginDir, "vmfw"),
+	full := append([]string{"netns", "exec", h.ns.Name, filepath.Join(testbin.Dir, "vmfw"),
 		"--iptables", backend, "--config-dir", h.config, "--state-dir", h.state}, args...)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/vmfw/vmfw/integration/labnet"
+	"github.com/vmfw/vmfw/integration/testbin"
 )
 
 // startAgent runs "vmfw agent" in h's hypervisor namespace with its own
@@ -15,7 +16,7 @@ import (
 func (h *host) startAgent() *labnet.Process {
 	h.t.Helper()
 	h.env = []string{"VMFW_RUN_DIR=" + h.t.TempDir()}
-	p, err := labnet.Start(h.lab.Hypervisor(), h.env, vmfwBin,
+	p, err := labnet.Start(h.lab.Hypervisor(), h.env, testbin.VMFW,
 		"--iptables", h.backend, "--config-dir", h.config, "--state-dir", h.state, "agent")
 	if err != nil {
 		h.t.Fatal(err)

@@ -17,14 +17,10 @@ import (
 	"time"
 
 	"github.com/vmfw/vmfw/integration/labnet"
+	"github.com/vmfw/vmfw/integration/testbin"
 )
 
-// vmfwBin is the binary under test: $VMFW_BIN, or built by TestMain.
-var vmfwBin string
-
-func TestMain(m *testing.M) {
-	os.Exit(labnet.RunWithVMFW("hook integration tests", m, &vmfwBin))
-}
+func TestMain(m *testing.M) { testbin.Main(m, "hook integration tests", nil) }
 
 // probeTimeout is how long a TCP probe waits before calling a silent
 // peer Timeout (a dropped packet).
@@ -105,7 +101,7 @@ func (h *host) serve(ns *labnet.NS, addrs ...string) {
 // output and exit status.
 func (h *host) run(stdin io.Reader, args ...string) (stdout, stderr string, code int) {
 	h.t.Helper()
-	return h.exec(stdin, append([]string{vmfwBin, "--iptables", h.backend, "--config-dir", h.config, "--state-dir", h.state}, args...)...)
+	return h.exec(stdin, append([]string{testbin.VMFW, "--iptables", h.backend, "--config-dir", h.config, "--state-dir", h.state}, args...)...)
 }
 
 // exec runs argv in the hypervisor namespace with stdin and returns its
@@ -156,7 +152,7 @@ func script(t *testing.T, name string) string {
 		t.Fatalf("conf/%s does not run /usr/local/sbin/vmfw:\n%s", name, text)
 	}
 	path := filepath.Join(t.TempDir(), filepath.Base(name))
-	if err := os.WriteFile(path, []byte(strings.Replace(text, "/usr/local/sbin/vmfw ", vmfwBin+" ", 1)), 0o755); err != nil {
+	if err := os.WriteFile(path, []byte(strings.Replace(text, "/usr/local/sbin/vmfw ", testbin.VMFW+" ", 1)), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	return path

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 )
 
 // Cluster is several hypervisors (Labs) whose bridges share one L2
@@ -47,22 +46,8 @@ func NewCluster(n int) (_ *Cluster, err error) {
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
 	defer cancel()
-	for try := 0; c.Core == nil; try++ {
-		if try == 16 {
-			return nil, errors.New("creating core namespace: no free id after 16 tries")
-		}
-		id := "vc" + randHex(2)
-		if idInUse(id) {
-			continue
-		}
-		name := id + "-core"
-		if _, err := run(ctx, "ip", "netns", "add", name); err != nil {
-			if _, serr := os.Stat(netnsDir + "/" + name); serr == nil {
-				continue
-			}
-			return nil, fmt.Errorf("creating core namespace: %w", err)
-		}
-		c.Core = &NS{Name: name}
+	if _, c.Core, err = FreshNS("vc", 2, "core"); err != nil {
+		return nil, fmt.Errorf("creating core namespace: %w", err)
 	}
 	if err := ipBatch(ctx, c.Core.Name, "link set lo up",
 		"link add seg0 type bridge stp_state 0 mcast_snooping 0",

@@ -105,25 +105,11 @@ func New(opts Options) (lab *Lab, err error) {
 	defer cancel()
 	// "hv" is reserved: a guest's namespace is named after its port.
 	l := &Lab{bridge: opts.Bridge, ports: map[string]bool{opts.Bridge: true, "hv": true}}
-	// The per-lab id is random; a clash with a live lab shows up as an
-	// existing namespace and is retried with another id.
-	for try := 0; l.hv == nil; try++ {
-		if try == 16 {
-			return nil, errors.New("creating hypervisor namespace: no free lab id after 16 tries")
-		}
-		l.id = "vf" + randHex(2)
-		name := l.id + "-hv"
-		if idInUse(l.id) {
-			continue // a live lab, or one a killed process left behind
-		}
-		if _, err := run(ctx, "ip", "netns", "add", name); err != nil {
-			if _, serr := os.Stat(netnsDir + "/" + name); serr == nil {
-				continue // lost a race for the id
-			}
-			return nil, fmt.Errorf("creating hypervisor namespace: %w", err)
-		}
-		l.hv = &NS{Name: name, lab: l}
+	id, ns, err := FreshNS("vf", 2, "hv")
+	if err != nil {
+		return nil, fmt.Errorf("creating hypervisor namespace: %w", err)
 	}
+	l.id, ns.lab, l.hv = id, l, ns
 	done := false
 	defer func() { // also on panic
 		if !done {
@@ -152,20 +138,6 @@ func New(opts Options) (lab *Lab, err error) {
 	}
 	done = true
 	return l, nil
-}
-
-// idInUse reports whether any namespace name starts with id and a dash.
-func idInUse(id string) bool {
-	entries, err := os.ReadDir(netnsDir)
-	if err != nil {
-		return false // no namespace yet: ip netns add creates the directory
-	}
-	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), id+"-") {
-			return true
-		}
-	}
-	return false
 }
 
 // ID returns the lab's random id, the prefix of all its namespace names.
@@ -226,7 +198,7 @@ func (l *Lab) addGuest(port, mac string, attach bool, addrStrs []string) (guest 
 
 	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
 	defer cancel()
-	if _, err := run(ctx, "ip", "netns", "add", guest.Name); err != nil {
+	if _, err := AddNS(guest.Name); err != nil {
 		l.mu.Lock()
 		delete(l.ports, port)
 		l.mu.Unlock()
@@ -437,19 +409,6 @@ func (l *Lab) Close() error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// delNS deletes a named namespace; one that is already gone is not an error.
-func delNS(name string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
-	defer cancel()
-	if _, err := run(ctx, "ip", "netns", "delete", name); err != nil {
-		if _, serr := os.Stat(netnsDir + "/" + name); errors.Is(serr, os.ErrNotExist) {
-			return nil
-		}
-		return fmt.Errorf("deleting namespace %s: %w", name, err)
-	}
-	return nil
 }
 
 // probeSysctls are set in every namespace of a lab: no ICMP error rate

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
@@ -28,6 +29,71 @@ type NS struct {
 	Name string
 
 	lab *Lab
+}
+
+// AddNS creates the network namespace name; its loopback is down, as in
+// any new namespace. Delete removes it.
+func AddNS(name string) (*NS, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+	defer cancel()
+	if _, err := run(ctx, "ip", "netns", "add", name); err != nil {
+		return nil, fmt.Errorf("creating namespace %s: %w", name, err)
+	}
+	return &NS{Name: name}, nil
+}
+
+// FreshNS creates a namespace named ID-suffix, ID being prefix followed
+// by nbytes random bytes in hex such that no namespace yet starts with
+// "ID-". It returns ID, which the caller's further namespaces start with,
+// so that parallel labs and tests, and what killed ones left behind,
+// never collide.
+func FreshNS(prefix string, nbytes int, suffix string) (id string, ns *NS, err error) {
+	for range 16 {
+		id = prefix + randHex(nbytes)
+		if idInUse(id) {
+			continue // a live lab, or one a killed process left behind
+		}
+		name := id + "-" + suffix
+		if ns, err = AddNS(name); err != nil {
+			if _, serr := os.Stat(filepath.Join(netnsDir, name)); serr == nil {
+				continue // lost a race for the id
+			}
+			return "", nil, err
+		}
+		return id, ns, nil
+	}
+	return "", nil, fmt.Errorf("no free id %s* after 16 tries", prefix)
+}
+
+// idInUse reports whether any namespace name starts with id and a dash.
+func idInUse(id string) bool {
+	entries, err := os.ReadDir(netnsDir)
+	if err != nil {
+		return false // no namespace yet: ip netns add creates the directory
+	}
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), id+"-") {
+			return true
+		}
+	}
+	return false
+}
+
+// Delete deletes the namespace; one that is already gone is not an
+// error.
+func (n *NS) Delete() error { return delNS(n.Name) }
+
+// delNS deletes a named namespace; one that is already gone is not an error.
+func delNS(name string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+	defer cancel()
+	if _, err := run(ctx, "ip", "netns", "delete", name); err != nil {
+		if _, serr := os.Stat(filepath.Join(netnsDir, name)); errors.Is(serr, os.ErrNotExist) {
+			return nil
+		}
+		return fmt.Errorf("deleting namespace %s: %w", name, err)
+	}
+	return nil
 }
 
 // Path returns the namespace's bind-mount path, /run/netns/NAME.

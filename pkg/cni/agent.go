@@ -68,8 +68,8 @@ func viaAgent(ctx context.Context, command string, args *skel.CmdArgs, c *NetCon
 // the plugin would run it itself; the error carries the CNI error code.
 func Job(ctx context.Context, e *engine.Engine, req agent.Request) ([]string, error) {
 	command := req.Env[envCommand]
-	cmd := commands[command]
-	if cmd == nil {
+	fn := commands[command]
+	if fn == nil {
 		return nil, codedError{invalid("CNI_COMMAND %q is not one the agent runs", command)}
 	}
 	c, err := parseConf(req.Stdin)
@@ -84,7 +84,7 @@ func Job(ctx context.Context, e *engine.Engine, req agent.Request) ([]string, er
 		Path:        req.Env[envPath],
 		StdinData:   req.Stdin,
 	}
-	if err := cniError(cmd(ctx, args, c, e)); err != nil {
+	if err := cniError(fn(onHost, ctx, args, c, e)); err != nil {
 		return nil, asCoded(err)
 	}
 	return []string{fmt.Sprintf("%s %s/%s", c.Name, args.ContainerID, args.IfName)}, nil

@@ -15,16 +15,20 @@
 //
 // Settings come from the plugin configuration, overridden by "args":
 // {"cni": {...}} and then by the "vmfw" runtimeConfig capability: the most
-// specific source wins, key by key.
+// specific source wins, key by key. They, and the interface, MAC and
+// addresses of prevResult, are checked by the rules of a VM file's
+// interface (config.ValidateIface); a bad value is an "invalid
+// configuration" error naming its key, such as args.cni.groups[1].
 package cni
 
 import (
 	"encoding/json"
 	"fmt"
-	"slices"
+	"strconv"
 
 	"github.com/containernetworking/cni/pkg/types"
 
+	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/state"
 )
 
@@ -48,10 +52,10 @@ type Settings struct {
 	// opposed to an absent one, clears the groups of a less specific source.
 	Groups []string `json:"groups,omitempty"`
 	// PolicyIn decides traffic to the container that no rule matched:
-	// "drop" (default), "reject" or "accept".
+	// "drop" (default), "reject" or "accept", in any case.
 	PolicyIn string `json:"policyIn,omitempty"`
 	// PolicyOut decides traffic from the container that no rule matched:
-	// "accept" (default), "drop" or "reject".
+	// "accept" (default), "drop" or "reject", in any case.
 	PolicyOut string `json:"policyOut,omitempty"`
 	// Log logs packets dropped or rejected by policy (default false).
 	Log *bool `json:"log,omitempty"`
@@ -63,19 +67,23 @@ type Settings struct {
 	DHCP *bool `json:"dhcp,omitempty"`
 }
 
-// merge overlays the fields set in o onto s.
-func (s *Settings) merge(o *Settings) {
+// merge overlays the fields set in o onto s, noting in from that source
+// (a key prefix: "", "args.cni." or "runtimeConfig.vmfw.") set them.
+func (s *Settings) merge(o *Settings, source string, from map[string]string) {
 	if o == nil {
 		return
 	}
 	if o.Groups != nil {
 		s.Groups = append([]string{}, o.Groups...)
+		from["groups"] = source
 	}
 	if o.PolicyIn != "" {
 		s.PolicyIn = o.PolicyIn
+		from["policyIn"] = source
 	}
 	if o.PolicyOut != "" {
 		s.PolicyOut = o.PolicyOut
+		from["policyOut"] = source
 	}
 	if o.Log != nil {
 		s.Log = o.Log
@@ -126,56 +134,115 @@ func parseConf(stdin []byte) (*NetConf, error) {
 	return &c, nil
 }
 
+// merged is an attachment's settings after merging its sources, with
+// the source of each so that a bad value is named where it was written.
+type merged struct {
+	Settings
+	// from maps a key (groups, policyIn, policyOut) to the prefix of the
+	// source that set it: "", "args.cni." or "runtimeConfig.vmfw.".
+	from map[string]string
+}
+
 // effective returns the attachment's settings: the plugin configuration,
 // then args.cni, then runtimeConfig.vmfw, each overriding the previous
 // source key by key.
-func (c *NetConf) effective() (*Settings, error) {
-	s := &Settings{}
-	s.merge(&c.Settings)
+func (c *NetConf) effective() *merged {
+	m := &merged{from: map[string]string{}}
+	m.merge(&c.Settings, "", m.from)
 	if c.Args != nil {
-		s.merge(c.Args.CNI)
+		m.merge(c.Args.CNI, "args.cni.", m.from)
 	}
 	if c.RuntimeConfig != nil {
-		s.merge(c.RuntimeConfig.VMFW)
+		m.merge(c.RuntimeConfig.VMFW, "runtimeConfig.vmfw.", m.from)
 	}
-	for i, g := range s.Groups {
-		if slices.Contains(s.Groups[:i], g) {
-			return nil, invalid("group %q listed twice", g)
-		}
-	}
-	for _, p := range []struct{ key, v string }{{"policyIn", s.PolicyIn}, {"policyOut", s.PolicyOut}} {
-		switch p.v {
-		case "", "accept", "drop", "reject":
-		default:
-			return nil, invalid("%s %q: must be accept, drop or reject", p.key, p.v)
-		}
-	}
-	return s, nil
+	return m
 }
 
-// spec turns settings into the record's form, defaults filled in.
-func (s *Settings) spec(name, mac string, ips []string) *state.Spec {
+// settings returns the attachment's settings for validation, defaults
+// filled in: antispoof on, DHCP and log off.
+func (m *merged) settings(label string, a *attachment) *config.IfaceSettings {
+	return &config.IfaceSettings{
+		Iface: a.host, Label: label,
+		PolicyIn: m.PolicyIn, PolicyOut: m.PolicyOut,
+		Log:       m.Log != nil && *m.Log,
+		MAC:       a.mac,
+		IPs:       a.ips,
+		Groups:    m.Groups,
+		Antispoof: m.Antispoof == nil || *m.Antispoof,
+		DHCP:      m.DHCP != nil && *m.DHCP,
+	}
+}
+
+// validate checks the settings and what prevResult says of the attachment
+// by the rules VM files and attachment records follow
+// (config.ValidateIface); a bad value is an "invalid configuration" error
+// naming it by its key. defined is as for config.ValidateIface.
+func (m *merged) validate(label string, a *attachment, defined func(string) bool) (*config.NIC, error) {
+	nic, fe := config.ValidateIface(m.settings(label, a), defined)
+	if fe != nil {
+		return nil, m.invalid(a, fe)
+	}
+	return nic, nil
+}
+
+// invalid words fe as an "invalid configuration" error with the key the
+// setting has in the plugin configuration or prevResult.
+func (m *merged) invalid(a *attachment, fe *config.FieldError) *types.Error {
+	var key string
+	switch fe.Field {
+	case config.FieldIface:
+		key = a.hostKey
+	case config.FieldMAC:
+		key = a.macKey
+	case config.FieldIPs:
+		key = "prevResult.ips"
+		if fe.Index >= 0 && fe.Index < len(a.ipKeys) {
+			key = a.ipKeys[fe.Index]
+		}
+	case config.FieldLabel:
+		key = "name"
+	case config.FieldPolicyIn:
+		key = m.from["policyIn"] + "policyIn"
+	case config.FieldPolicyOut:
+		key = m.from["policyOut"] + "policyOut"
+	case config.FieldGroups:
+		key = m.from["groups"] + "groups[" + strconv.Itoa(fe.Index) + "]"
+	default:
+		key = string(fe.Field)
+	}
+	return invalid("%s", fe.Render(key))
+}
+
+// label names an attachment in status output and logs: NETWORK/CONTAINER
+// with the container id cut to 12 characters, as container runtimes
+// show it, and the whole cut to what a label may be.
+func label(network, containerID string) string {
+	if len(containerID) > 12 {
+		containerID = containerID[:12]
+	}
+	l := network + "/" + containerID
+	if len(l) > config.MaxLabel {
+		l = l[:config.MaxLabel]
+	}
+	return l
+}
+
+// spec turns validated settings into the record's form.
+func spec(nic *config.NIC) *state.Spec {
 	sp := &state.Spec{
-		Name: name, MAC: mac, IPs: ips,
-		Groups:    append([]string{}, s.Groups...),
-		PolicyIn:  s.PolicyIn,
-		PolicyOut: s.PolicyOut,
-		Antispoof: true,
+		Name:      nic.VM.Name,
+		Groups:    append([]string{}, nic.Groups...),
+		PolicyIn:  string(nic.VM.PolicyIn),
+		PolicyOut: string(nic.VM.PolicyOut),
+		Log:       nic.VM.Log,
+		Antispoof: nic.Antispoof,
+		DHCP:      nic.DHCP,
 	}
-	if sp.PolicyIn == "" {
-		sp.PolicyIn = "drop"
+	if nic.MAC != nil {
+		sp.MAC = nic.MAC.String()
 	}
-	if sp.PolicyOut == "" {
-		sp.PolicyOut = "accept"
-	}
-	if s.Log != nil {
-		sp.Log = *s.Log
-	}
-	if s.Antispoof != nil {
-		sp.Antispoof = *s.Antispoof
-	}
-	if s.DHCP != nil {
-		sp.DHCP = *s.DHCP
+	for _, ip := range nic.IPs {
+		sp.IPs = append(sp.IPs, ip.String())
 	}
 	return sp
 }

@@ -44,11 +44,11 @@ func TestEffectivePrecedence(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			s, err := c.effective()
+			nic, err := c.effective().validate("", &attachment{host: "veth1"}, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := s.spec("", "", nil); !reflect.DeepEqual(*got, tc.want) {
+			if got := spec(nic); !reflect.DeepEqual(*got, tc.want) {
 				t.Errorf("got %+v, want %+v", *got, tc.want)
 			}
 		})
@@ -65,7 +65,7 @@ func TestConfErrors(t *testing.T) {
 	} {
 		c, err := parseConf([]byte(conf))
 		if err == nil {
-			_, err = c.effective()
+			_, err = c.effective().validate("", &attachment{host: "veth1"}, nil)
 		}
 		var te *types.Error
 		if !errors.As(err, &te) || te.Code != types.ErrInvalidNetworkConfig && te.Code != types.ErrDecodingFailure {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"slices"
@@ -55,20 +54,32 @@ type Engine interface {
 
 var _ Engine = (*engine.Engine)(nil)
 
-// commands are the plugin's commands that change or check attachments,
-// by CNI_COMMAND.
-var commands = map[string]func(ctx context.Context, args *skel.CmdArgs, c *NetConf, e Engine) error{
-	"ADD":   cmdAdd,
-	"DEL":   cmdDel,
-	"CHECK": cmdCheck,
-	"GC":    cmdGC,
+// plugin is what the commands need of the host besides an engine: whether
+// an interface is a bridge port or a tap. Tests replace it.
+type plugin struct {
+	isPort func(ifname string) (bool, error)
+}
+
+// onHost is the plugin on the real host.
+var onHost = plugin{isPort: isPort}
+
+// command is one of the plugin's commands that change or check
+// attachments.
+type command func(p plugin, ctx context.Context, args *skel.CmdArgs, c *NetConf, e Engine) error
+
+// commands are those commands by CNI_COMMAND.
+var commands = map[string]command{
+	"ADD":   plugin.add,
+	"DEL":   plugin.del,
+	"CHECK": plugin.check,
+	"GC":    plugin.gc,
 }
 
 // run adapts a command to skel: it parses the configuration, bounds the
 // run in time, hands the command to a running agent or else runs it here,
 // and maps errors to CNI error codes. ADD prints prevResult back on
 // success.
-func run(command string) func(*skel.CmdArgs) error {
+func run(name string) func(*skel.CmdArgs) error {
 	return func(args *skel.CmdArgs) error {
 		c, err := parseConf(args.StdinData)
 		if err != nil {
@@ -76,7 +87,7 @@ func run(command string) func(*skel.CmdArgs) error {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
-		if handled, err := viaAgent(ctx, command, args, c); handled {
+		if handled, err := viaAgent(ctx, name, args, c); handled {
 			if err != nil {
 				return err
 			}
@@ -85,11 +96,11 @@ func run(command string) func(*skel.CmdArgs) error {
 			if err != nil {
 				return cniError(err)
 			}
-			if err := cniError(commands[command](ctx, args, c, e)); err != nil {
+			if err := cniError(commands[name](onHost, ctx, args, c, e)); err != nil {
 				return err
 			}
 		}
-		if command == "ADD" {
+		if name == "ADD" {
 			// The agent parsed its own copy of prevResult; ADD succeeded,
 			// so this one parses too.
 			if c.PrevResult == nil {
@@ -143,19 +154,20 @@ func newEngine(ctx context.Context, c *NetConf) (*engine.Engine, error) {
 	return system.NewEngine(ctx, system.Options{ConfigDir: c.ConfigDir, StateDir: c.StateDir, IPTables: iptables.Mode(c.IPTables)})
 }
 
-// attachment is what ADD and CHECK learn from prevResult.
+// attachment is what ADD and CHECK learn from prevResult, not yet
+// validated, with the key of each value for messages.
 type attachment struct {
 	result *types100.Result
 	// host is the host-side interface: a bridge port or a tap.
-	host string
+	host, hostKey string
 	// mac is the container interface's MAC, "" if prevResult has none.
-	mac string
+	mac, macKey string
 	// ips are the container's addresses.
-	ips []string
+	ips, ipKeys []string
 }
 
 // fromPrevResult interprets prevResult; it is required.
-func fromPrevResult(args *skel.CmdArgs, c *NetConf) (*attachment, error) {
+func (p plugin) fromPrevResult(args *skel.CmdArgs, c *NetConf) (*attachment, error) {
 	if err := version.ParsePrevResult(&c.PluginConf); err != nil {
 		return nil, types.NewError(types.ErrDecodingFailure, "vmfw: parsing prevResult", err.Error())
 	}
@@ -167,7 +179,7 @@ func fromPrevResult(args *skel.CmdArgs, c *NetConf) (*attachment, error) {
 		return nil, types.NewError(types.ErrDecodingFailure, "vmfw: converting prevResult", err.Error())
 	}
 	a := &attachment{result: res}
-	var hosts []string
+	var hosts []int
 	container := -1
 	for i, ifc := range res.Interfaces {
 		if ifc.Sandbox != "" {
@@ -176,37 +188,37 @@ func fromPrevResult(args *skel.CmdArgs, c *NetConf) (*attachment, error) {
 			}
 			continue
 		}
-		if ok, err := isPort(ifc.Name); err != nil {
+		if ok, err := p.isPort(ifc.Name); err != nil {
 			return nil, err
 		} else if ok {
-			hosts = append(hosts, ifc.Name)
+			hosts = append(hosts, i)
 		}
 	}
 	switch len(hosts) {
 	case 0:
 		return nil, invalid("prevResult lists no host-side interface that is a bridge port or a tap")
 	case 1:
-		a.host = hosts[0]
+		a.host = res.Interfaces[hosts[0]].Name
+		a.hostKey = fmt.Sprintf("prevResult.interfaces[%d].name", hosts[0])
 	default:
-		return nil, invalid("prevResult lists several host-side bridge ports or taps (%s); vmfw firewalls one", strings.Join(hosts, ", "))
-	}
-	if !state.ValidIface(a.host) {
-		return nil, invalid("host interface %q cannot be firewalled (its name is not usable in iptables chain names)", a.host)
-	}
-	if container >= 0 && res.Interfaces[container].Mac != "" {
-		mac, err := net.ParseMAC(res.Interfaces[container].Mac)
-		if err != nil {
-			return nil, invalid("prevResult interface %s: mac %q: %v", res.Interfaces[container].Name, res.Interfaces[container].Mac, err)
+		var names []string
+		for _, i := range hosts {
+			names = append(names, res.Interfaces[i].Name)
 		}
-		a.mac = mac.String()
+		return nil, invalid("prevResult lists several host-side bridge ports or taps (%s); vmfw firewalls one", strings.Join(names, ", "))
 	}
-	for _, ip := range res.IPs {
+	if container >= 0 {
+		a.mac = res.Interfaces[container].Mac
+		a.macKey = fmt.Sprintf("prevResult.interfaces[%d].mac", container)
+	}
+	for i, ip := range res.IPs {
 		// Addresses of the container's interface, or of no interface
 		// (which a result without interfaces may list).
 		if ip.Interface != nil && *ip.Interface != container {
 			continue
 		}
 		a.ips = append(a.ips, ip.Address.IP.String())
+		a.ipKeys = append(a.ipKeys, fmt.Sprintf("prevResult.ips[%d].address", i))
 	}
 	return a, nil
 }
@@ -242,33 +254,32 @@ func sameAttachment(c *NetConf, args *skel.CmdArgs) func(*state.Attachment) bool
 	}
 }
 
-// prepare gathers what ADD and CHECK work from: the effective settings and
-// the attachment the previous plugins made.
-func prepare(args *skel.CmdArgs, c *NetConf) (*Settings, *attachment, error) {
-	s, err := c.effective()
+// prepare gathers what ADD and CHECK work from: the effective settings
+// and the attachment the previous plugins made, validated (groups for
+// their form: the engine checks they are defined).
+func (p plugin) prepare(args *skel.CmdArgs, c *NetConf) (*merged, *attachment, *config.NIC, error) {
+	m := c.effective()
+	a, err := p.fromPrevResult(args, c)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	a, err := fromPrevResult(args, c)
+	nic, err := m.validate(label(c.Name, args.ContainerID), a, nil)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return s, a, nil
+	return m, a, nic, nil
 }
 
-func cmdAdd(ctx context.Context, args *skel.CmdArgs, c *NetConf, e Engine) error {
-	s, a, err := prepare(args, c)
+// add records and firewalls the attachment (ADD).
+func (p plugin) add(ctx context.Context, args *skel.CmdArgs, c *NetConf, e Engine) error {
+	m, a, nic, err := p.prepare(args, c)
 	if err != nil {
 		return err
-	}
-	short := args.ContainerID
-	if len(short) > 12 {
-		short = short[:12]
 	}
 	rec := &state.Attachment{
 		Iface: a.host, Owner: state.CNI,
 		Network: c.Name, ContainerID: args.ContainerID, IfName: args.IfName,
-		Spec: s.spec(c.Name+"/"+short, a.mac, a.ips),
+		Spec: spec(nic),
 	}
 	// A repeated ADD may have got a new host interface; the old one's
 	// record and chains go first.
@@ -282,14 +293,21 @@ func cmdAdd(ctx context.Context, args *skel.CmdArgs, c *NetConf, e Engine) error
 			return err
 		}
 	}
-	return e.AttachRecords(ctx, rec)
+	err = e.AttachRecords(ctx, rec)
+	// The engine checks what prepare could not, that the groups are
+	// defined; its words name the record, these the configuration key.
+	var fe *config.FieldError
+	if errors.As(err, &fe) {
+		return m.invalid(a, fe)
+	}
+	return err
 }
 
-// cmdDel removes the attachment. With a configuration that does not load
+// del removes the attachment. With a configuration that does not load
 // it still succeeds as far as it can (the runtime retries a failed DEL and
 // keeps the container until one succeeds): the record goes and its
 // addresses leave every group, and the next apply removes its chains.
-func cmdDel(ctx context.Context, args *skel.CmdArgs, c *NetConf, e Engine) error {
+func (p plugin) del(ctx context.Context, args *skel.CmdArgs, c *NetConf, e Engine) error {
 	_, err := e.DetachWhere(ctx, engine.Selector{Record: sameAttachment(c, args)})
 	var ce *engine.ConfigError
 	if !errors.As(err, &ce) {
@@ -306,8 +324,10 @@ func cmdDel(ctx context.Context, args *skel.CmdArgs, c *NetConf, e Engine) error
 	return nil
 }
 
-func cmdCheck(ctx context.Context, args *skel.CmdArgs, c *NetConf, e Engine) error {
-	s, a, err := prepare(args, c)
+// check reports a missing or drifted chain, jump, ipset member or record
+// (CHECK).
+func (p plugin) check(ctx context.Context, args *skel.CmdArgs, c *NetConf, e Engine) error {
+	_, a, nic, err := p.prepare(args, c)
 	if err != nil {
 		return err
 	}
@@ -326,7 +346,8 @@ func cmdCheck(ctx context.Context, args *skel.CmdArgs, c *NetConf, e Engine) err
 	case rec.Spec == nil:
 		return drift("the attachment record has no settings")
 	}
-	want := s.spec(rec.Spec.Name, a.mac, a.ips)
+	want := spec(nic)
+	want.Name = rec.Spec.Name
 	got := rec.Spec
 	switch {
 	case !slices.Equal(got.Groups, want.Groups):
@@ -343,7 +364,9 @@ func cmdCheck(ctx context.Context, args *skel.CmdArgs, c *NetConf, e Engine) err
 	return nil
 }
 
-func cmdGC(ctx context.Context, _ *skel.CmdArgs, c *NetConf, e Engine) error {
+// gc removes the network's attachments the runtime does not list as
+// valid (GC).
+func (p plugin) gc(ctx context.Context, _ *skel.CmdArgs, c *NetConf, e Engine) error {
 	valid := map[types.GCAttachment]bool{}
 	for _, v := range c.ValidAttachments {
 		valid[v] = true

@@ -235,11 +235,8 @@ func groupRef(f *file, path, key string, name *string, known map[string]bool) (s
 	if name == nil {
 		return "", nil
 	}
-	if !validGroupName(*name) {
-		return "", f.errorAt(path, "%s %q: not a group name (a letter followed by up to 19 letters, digits or _)", key, *name)
-	}
-	if !known[*name] {
-		return "", f.errorAt(path, "%s %q: unknown group, there is no groups/%s.toml", key, *name, *name)
+	if p := groupProblem(*name, func(g string) bool { return known[g] }); p != "" {
+		return "", f.errorAt(path, "%s", fieldError(FieldGroups, -1, *name, p).Render(key))
 	}
 	return *name, nil
 }

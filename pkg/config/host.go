@@ -266,21 +266,7 @@ func validHostName(s string) bool {
 // (IFNAMSIZ - 1). A lone "+" would match every interface and is refused.
 func validIfacePattern(p string) bool {
 	name := strings.TrimSuffix(p, "+")
-	return len(p) <= 15 && validIfaceName(name)
-}
-
-// validIfaceName accepts a Linux interface name made of safe characters.
-func validIfaceName(name string) bool {
-	if name == "" || len(name) > 15 || name == "." || name == ".." {
-		return false
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if !isAlnum(c) && c != '_' && c != '.' && c != '-' {
-			return false
-		}
-	}
-	return true
+	return len(p) <= maxIfName && linuxNameProblem(name) == ""
 }
 
 // parseMark accepts "0x1000" or, since TOML has hexadecimal integers,

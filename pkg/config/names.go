@@ -29,21 +29,6 @@ func parseVMID(s string) (int, bool) {
 	return parseDecimal(s, maxVMID)
 }
 
-// maxVMName bounds a VM's label, which ends up in logs and status output.
-const maxVMName = 64
-
-// validVMName reports whether name is made of [A-Za-z0-9._-]; empty means
-// no name.
-func validVMName(name string) bool {
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if !isAlnum(c) && c != '.' && c != '_' && c != '-' {
-			return false
-		}
-	}
-	return true
-}
-
 func isLetter(c byte) bool {
 	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z'
 }

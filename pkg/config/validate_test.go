@@ -444,7 +444,7 @@ func TestLoadErrors(t *testing.T) {
 			name:   "VM name too long",
 			files:  map[string]string{"vms/110.toml": "name = \"" + strings.Repeat("n", 65) + "\"\n"},
 			prefix: "vms/110.toml:1: ",
-			phrase: "name is 65 characters, at most 64",
+			phrase: "is 65 characters, at most 64",
 		},
 		{
 			name:   "enable wrong type",
@@ -486,7 +486,7 @@ func TestLoadErrors(t *testing.T) {
 			name:   "tap name too long",
 			files:  map[string]string{"vms/999999999.toml": "[net0]\n[net10]\n[net100]\n"},
 			prefix: "vms/999999999.toml:3: ",
-			phrase: "tap name \"tap999999999i100\" is 16 characters, Linux allows 15",
+			phrase: "[net100]: tap name \"tap999999999i100\": not an interface name: 16 characters, Linux allows 15",
 		},
 		{
 			name:   "interface unknown key",
@@ -558,10 +558,10 @@ func TestLoadErrors(t *testing.T) {
 			phrase: "ip 192.0.2.10 is already claimed by tap110i0 (vms/110.toml:4)",
 		},
 		{
-			name:   "ip claimed twice by one interface",
+			name:   "ip listed twice by one interface",
 			files:  map[string]string{"vms/110.toml": vmWith("ips = [\"2001:db8::10\", \"2001:DB8:0::10\"]\n")},
 			prefix: "vms/110.toml:4: ",
-			phrase: "ip 2001:db8::10 is already claimed by tap110i0 (vms/110.toml:4)",
+			phrase: "ips \"2001:DB8:0::10\": listed twice (\"2001:db8::10\" is the same address)",
 		},
 		{
 			name: "ip claimed by two interfaces of one VM",

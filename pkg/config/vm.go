@@ -41,9 +41,6 @@ var vmSchema = &schema{
 	},
 }
 
-// maxIfName is the longest Linux interface name (IFNAMSIZ - 1).
-const maxIfName = 15
-
 // loadedVM is one VM file decoded and validated on its own: the VM and
 // the addresses its interfaces claim, in file order, which only the
 // files before it can contradict (see loader.claim).
@@ -114,25 +111,13 @@ func (l *loader) loadVM(f *file, id int, known map[string]bool, claims *[]addrCl
 		hv.Field(i).Set(v.Elem().Field(i))
 	}
 
-	vm := &VM{ID: id, File: f.path, Name: head.Name, Enable: true, PolicyIn: Drop, PolicyOut: Accept, Log: head.Log}
-	if len(head.Name) > maxVMName {
-		return nil, f.errorAt("name", "name is %d characters, at most %d are allowed", len(head.Name), maxVMName)
+	vm, ferr := validateVMSettings(head.Name, deref(head.PolicyIn), deref(head.PolicyOut))
+	if ferr != nil {
+		return nil, f.errorAt(string(ferr.Field), "%s", ferr.Error())
 	}
-	if !validVMName(head.Name) {
-		return nil, f.errorAt("name", "name %q: use only letters, digits, '.', '_' or '-'", head.Name)
-	}
+	vm.ID, vm.File, vm.Log = id, f.path, head.Log
 	if head.Enable != nil {
 		vm.Enable = *head.Enable
-	}
-	if head.PolicyIn != nil {
-		if vm.PolicyIn, _ = parseAction(*head.PolicyIn); vm.PolicyIn == "" {
-			return nil, f.errorAt("policy_in", "policy_in %q: must be drop, reject or accept", *head.PolicyIn)
-		}
-	}
-	if head.PolicyOut != nil {
-		if vm.PolicyOut, _ = parseAction(*head.PolicyOut); vm.PolicyOut == "" {
-			return nil, f.errorAt("policy_out", "policy_out %q: must be accept, drop or reject", *head.PolicyOut)
-		}
 	}
 
 	// Interfaces are checked in file order, so that an address listed twice
@@ -166,9 +151,9 @@ func netTables(f *file, id int) ([]netTable, *Error) {
 		if len(digits) > 1 && digits[0] == '0' {
 			return nil, f.errorAt(key, "[%s]: interface numbers are written without leading zeros", key)
 		}
-		// Check the length before converting: the number may not fit an int.
-		if tap := "tap" + strconv.Itoa(id) + "i" + digits; len(tap) > maxIfName {
-			return nil, f.errorAt(key, "[%s]: tap name %q is %d characters, Linux allows %d", key, tap, len(tap), maxIfName)
+		// Check the name before converting: the number may not fit an int.
+		if tap := "tap" + strconv.Itoa(id) + "i" + digits; IfaceNameProblem(tap) != "" {
+			return nil, f.errorAt(key, "[%s]: %s", key, fieldError(FieldIface, -1, tap, IfaceNameProblem(tap)).Render("tap name"))
 		}
 		n, _ := strconv.Atoi(digits)
 		nets = append(nets, netTable{key: key, index: n})
@@ -218,76 +203,43 @@ func netIndex(key string) (int, bool) {
 	return parseDecimal(digits, maxVMID)
 }
 
-// loadNIC validates one interface of vm, appending the addresses it claims
-// to claims.
+// loadNIC validates one interface of vm (ValidateIface's rules),
+// appending the addresses it claims to claims.
 func loadNIC(f *file, vm *VM, nt netTable, nf *nicFile, known map[string]bool, claims *[]addrClaim) (*NIC, *Error) {
 	at := func(key string) string { return nt.key + "." + key }
-	nic := &NIC{
-		VM:        vm,
-		Index:     nt.index,
-		Line:      f.lines.line(nt.key),
-		Tap:       TapName(vm.ID, nt.index),
-		Antispoof: true,
-		DHCP:      true,
+	s := &IfaceSettings{
+		Iface:       TapName(vm.ID, nt.index),
+		MAC:         deref(nf.MAC),
+		IPs:         nf.IPs,
+		Bridge:      nf.Bridge,
+		Groups:      nf.Groups,
+		Antispoof:   nf.Antispoof == nil || *nf.Antispoof,
+		DHCP:        nf.DHCP == nil || *nf.DHCP,
+		L2Protocols: nf.L2,
 	}
-	if nf.MAC != nil {
-		mac, problem := parseMAC(*nf.MAC)
-		if problem != "" {
-			return nil, f.errorAt(at("mac"), "mac %q: %s", *nf.MAC, problem)
+	nic, ferr := validateNIC(vm, s, func(g string) bool { return known[g] })
+	if ferr != nil {
+		path := at(string(ferr.Field))
+		if ferr.Index >= 0 {
+			path = index(path, ferr.Index)
 		}
-		*claims = append(*claims, addrClaim{mac: mac, tap: nic.Tap, line: f.lines.line(at("mac"))})
-		nic.MAC = mac
+		return nil, f.errorAt(path, "%s", ferr.Error())
 	}
-	for i, s := range nf.IPs {
-		path := index(at("ips"), i)
-		a, problem := parseAddr(s)
-		if problem == "" && !unicast(a) {
-			problem = "not a unicast address"
-		}
-		if problem != "" {
-			return nil, f.errorAt(path, "ips %q: %s", s, problem)
-		}
-		*claims = append(*claims, addrClaim{ip: a, tap: nic.Tap, line: f.lines.line(path)})
-		nic.IPs = append(nic.IPs, a)
+	nic.Index, nic.Line = nt.index, f.lines.line(nt.key)
+	if nic.MAC != nil {
+		*claims = append(*claims, addrClaim{mac: nic.MAC, tap: nic.Tap, line: f.lines.line(at("mac"))})
 	}
-	if nf.Bridge != nil {
-		if !validIfaceName(*nf.Bridge) {
-			return nil, f.errorAt(at("bridge"), "bridge %q: not an interface name; use 1 to 15 letters, digits, '_', '.' or '-'", *nf.Bridge)
-		}
-		nic.Bridge = *nf.Bridge
-	}
-	for i, g := range nf.Groups {
-		path := index(at("groups"), i)
-		if _, err := groupRef(f, path, "groups", &g, known); err != nil {
-			return nil, err
-		}
-		if slices.Contains(nf.Groups[:i], g) {
-			return nil, f.errorAt(path, "groups %q: listed twice", g)
-		}
-	}
-	nic.Groups = append([]string{}, nf.Groups...)
-	if nf.Antispoof != nil {
-		nic.Antispoof = *nf.Antispoof
-	}
-	if nf.DHCP != nil {
-		nic.DHCP = *nf.DHCP
-	}
-	for i, p := range nf.L2 {
-		path := index(at("l2_protocols"), i)
-		name, ok := EtherType(p)
-		if !ok {
-			return nil, f.errorAt(path, "l2_protocols %q: not an ethertype; use a name such as LLDP, 802_1Q or PPP_DISC, or a hex number 0x0600..0xffff", p)
-		}
-		if slices.Contains(nic.L2Protocols, name) {
-			return nil, f.errorAt(path, "l2_protocols %q: listed twice", p)
-		}
-		nic.L2Protocols = append(nic.L2Protocols, name)
+	for i, a := range nic.IPs {
+		*claims = append(*claims, addrClaim{ip: a, tap: nic.Tap, line: f.lines.line(index(at("ips"), i))})
 	}
 	return nic, nil
 }
 
-// unicast reports whether a can be an interface's own address.
-func unicast(a netip.Addr) bool {
-	return a.IsValid() && !a.IsUnspecified() && !a.IsMulticast() && !a.IsLoopback() &&
-		a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
+// deref returns *s, "" for nil: an empty value and a missing key are the
+// same for the settings every source shares (IfaceSettings).
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
 }

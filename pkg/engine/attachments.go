@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/vmfw/vmfw/pkg/config"
@@ -25,6 +25,9 @@ type Attachments interface {
 	Put(a *state.Attachment) error
 	// Delete removes a record; a missing one is not an error.
 	Delete(iface string) error
+	// Path returns the file that holds (or will hold) iface's record,
+	// for messages.
+	Path(iface string) string
 }
 
 var _ Attachments = (*state.Store)(nil)
@@ -62,7 +65,7 @@ func (e *Engine) resolver(m *config.Model) (*resolver, error) {
 		if m.NIC(iface) != nil {
 			continue // the configuration wins
 		}
-		nic, err := recordNIC(m, a)
+		nic, err := recordNIC(m, a, e.recordPath(iface))
 		if err != nil {
 			nic = closedNIC(iface)
 			r.problems[iface] = err
@@ -106,12 +109,56 @@ func closedNIC(iface string) *config.NIC {
 	return &config.NIC{VM: vm, Tap: iface, Antispoof: true}
 }
 
-// recordNIC resolves a record against the configuration.
-func recordNIC(m *config.Model, a *state.Attachment) (*config.NIC, error) {
+// recordPath is the file of iface's record, for messages; "" when there is
+// no state directory or iface cannot name a file.
+func (e *Engine) recordPath(iface string) string {
+	if e.State == nil || !config.ValidIfaceName(iface) {
+		return ""
+	}
+	return e.State.Path(iface)
+}
+
+// RecordError is a record that does not resolve against the
+// configuration. It names the record's file and, for a bad setting, the
+// setting as the record spells it ("spec.groups[1]"); the setting's own
+// problem is a *config.FieldError, worded as for VM files and CNI.
+type RecordError struct {
+	// Path is the record's file, "" when its interface cannot name one.
+	Path string
+	// Iface is the record's interface.
+	Iface string
+	// Err is the problem: a *config.FieldError for a bad setting.
+	Err error
+}
+
+// Error names the record's file, then the problem.
+func (e *RecordError) Error() string {
+	where := e.Path
+	if where == "" {
+		where = "attachment record for " + strconv.Quote(e.Iface)
+	}
+	var fe *config.FieldError
+	if errors.As(e.Err, &fe) {
+		return where + ": " + fe.Render(state.Key(fe.Field, fe.Index))
+	}
+	return where + ": " + e.Err.Error()
+}
+
+// Unwrap returns the problem.
+func (e *RecordError) Unwrap() error { return e.Err }
+
+// recordNIC resolves a record, whose file is path, against the
+// configuration. A record's own settings are validated by the rules of
+// VM files and CNI configurations (config.ValidateIface).
+func recordNIC(m *config.Model, a *state.Attachment, path string) (*config.NIC, error) {
+	fail := func(err error) error { return &RecordError{Path: path, Iface: a.Iface, Err: err} }
 	if a.VM != nil {
+		if p := config.IfaceNameProblem(a.Iface); p != "" {
+			return nil, fail(&config.FieldError{Field: config.FieldIface, Index: -1, Value: a.Iface, Problem: p})
+		}
 		vm := m.VMs[a.VM.ID]
 		if vm == nil {
-			return nil, fmt.Errorf("%s: VM %d has no configuration (vms/%d.toml)", a.Iface, a.VM.ID, a.VM.ID)
+			return nil, fail(fmt.Errorf("VM %d has no configuration (vms/%d.toml)", a.VM.ID, a.VM.ID))
 		}
 		for _, n := range vm.NICs {
 			if n.Index == a.VM.Index {
@@ -120,56 +167,16 @@ func recordNIC(m *config.Model, a *state.Attachment) (*config.NIC, error) {
 				return &c, nil
 			}
 		}
-		return nil, fmt.Errorf("%s: %s has no [net%d] table", a.Iface, vm.File, a.VM.Index)
+		return nil, fail(fmt.Errorf("%s has no [net%d] table", vm.File, a.VM.Index))
 	}
-	s := a.Spec
-	if s == nil {
-		return nil, fmt.Errorf("%s: the record has neither a VM nor settings", a.Iface)
+	if a.Spec == nil {
+		return nil, fail(errors.New("the record has neither a VM nor settings"))
 	}
-	vm := &config.VM{Name: s.Name, Enable: true, Log: s.Log}
-	var err error
-	if vm.PolicyIn, err = ParseAction(s.PolicyIn, config.Drop); err != nil {
-		return nil, fmt.Errorf("%s: policy in: %w", a.Iface, err)
-	}
-	if vm.PolicyOut, err = ParseAction(s.PolicyOut, config.Accept); err != nil {
-		return nil, fmt.Errorf("%s: policy out: %w", a.Iface, err)
-	}
-	nic := &config.NIC{VM: vm, Tap: a.Iface, Antispoof: s.Antispoof, DHCP: s.DHCP}
-	for i, g := range s.Groups {
-		if m.Groups[g] == nil {
-			return nil, fmt.Errorf("%s: group %q is not defined (no groups/%s.toml in %s)", a.Iface, g, g, m.Dir)
-		}
-		if slices.Contains(s.Groups[:i], g) {
-			return nil, fmt.Errorf("%s: group %q listed twice", a.Iface, g)
-		}
-	}
-	nic.Groups = append([]string{}, s.Groups...)
-	if s.MAC != "" {
-		mac, err := net.ParseMAC(s.MAC)
-		if err != nil || len(mac) != 6 {
-			return nil, fmt.Errorf("%s: mac %q is not an Ethernet address", a.Iface, s.MAC)
-		}
-		nic.MAC = mac
-	}
-	for _, ip := range s.IPs {
-		addr, err := netip.ParseAddr(ip)
-		if err != nil || addr.Zone() != "" || !unicast(addr) {
-			return nil, fmt.Errorf("%s: %q is not a unicast address", a.Iface, ip)
-		}
-		nic.IPs = append(nic.IPs, addr.Unmap())
+	nic, fe := config.ValidateIface(a.Spec.Settings(a.Iface), func(g string) bool { return m.Groups[g] != nil })
+	if fe != nil {
+		return nil, fail(fe)
 	}
 	return nic, nil
-}
-
-// ParseAction parses a policy ("accept", "drop", "reject"); "" gives def.
-func ParseAction(s string, def config.Action) (config.Action, error) {
-	switch a := config.Action(strings.ToLower(s)); a {
-	case "":
-		return def, nil
-	case config.Accept, config.Drop, config.Reject:
-		return a, nil
-	}
-	return "", fmt.Errorf("%q: must be accept, drop or reject", s)
 }
 
 // claims checks that no address of nic is already another interface's. A
@@ -222,16 +229,13 @@ func (e *Engine) AttachRecords(ctx context.Context, recs ...*state.Attachment) e
 	m := r.model
 	pending := map[string]*config.NIC{}
 	for _, a := range recs {
-		if !state.ValidIface(a.Iface) {
-			return &ConfigError{Err: fmt.Errorf("%q: not an interface name vmfw can firewall (1 to 15 letters, digits, '_', '.', '-'; not sg-* or vmfw-*)", a.Iface)}
-		}
 		if n := m.NIC(a.Iface); n != nil {
 			return &ConfigError{Err: fmt.Errorf("%s: is a tap configured in %s; use ifup", a.Iface, n.VM.File)}
 		}
 		if pending[a.Iface] != nil {
 			return &ConfigError{Err: fmt.Errorf("%s: attached twice", a.Iface)}
 		}
-		nic, err := recordNIC(m, a)
+		nic, err := recordNIC(m, a, e.recordPath(a.Iface))
 		if err != nil {
 			return &ConfigError{Err: err}
 		}
@@ -513,12 +517,6 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(out)
 	return out
-}
-
-// unicast reports whether a can be an interface's own address.
-func unicast(a netip.Addr) bool {
-	return a.IsValid() && !a.IsUnspecified() && !a.IsMulticast() && !a.IsLoopback() &&
-		a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
 }
 
 // Config loads and validates the configuration; an invalid one is a

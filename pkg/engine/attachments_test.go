@@ -112,12 +112,12 @@ func TestAttachRecordsRefuses(t *testing.T) {
 		rec  *state.Attachment
 		want string
 	}{
-		"unknown group":   {attRecord("veth1", "198.51.100.2", "nosuch"), `group "nosuch" is not defined`},
+		"unknown group":   {attRecord("veth1", "198.51.100.2", "nosuch"), `attachments/veth1.json: spec.groups[0] "nosuch": unknown group, there is no groups/nosuch.toml`},
 		"claimed address": {attRecord("veth1", "192.0.2.110", "web"), "already claimed by tap110i0"},
 		"bad address":     {attRecord("veth1", "224.0.0.1"), "not a unicast address"},
-		"bad policy":      {&state.Attachment{Iface: "veth1", Owner: state.CNI, Spec: &state.Spec{PolicyIn: "allow"}}, "must be accept, drop or reject"},
+		"bad policy":      {&state.Attachment{Iface: "veth1", Owner: state.CNI, Spec: &state.Spec{PolicyIn: "allow"}}, `spec.policyIn "allow": must be drop, reject or accept`},
 		"tap name":        {attRecord("tap110i0", "198.51.100.2"), "is a tap configured in"},
-		"chain name":      {attRecord("sg-web", "198.51.100.2"), "not an interface name"},
+		"chain name":      {attRecord("sg-web", "198.51.100.2"), `iface "sg-web": starts with "sg-" like vmfw's own chains and sets`},
 		"missing VM":      {&state.Attachment{Iface: "vnet0", Owner: state.Libvirt, VM: &state.VMRef{ID: 7}}, "VM 7 has no configuration"},
 		"missing netN":    {&state.Attachment{Iface: "vnet0", Owner: state.Libvirt, VM: &state.VMRef{ID: 110, Index: 5}}, "has no [net5] table"},
 	} {
@@ -199,16 +199,5 @@ func TestDetachWhere(t *testing.T) {
 	recs, err := st.List()
 	if err != nil || len(recs) != 1 || recs["veth2"] == nil {
 		t.Errorf("records after DetachWhere: %v, %v", recs, err)
-	}
-}
-
-func TestParseAction(t *testing.T) {
-	for in, want := range map[string]config.Action{"": config.Reject, "accept": config.Accept, "DROP": config.Drop, "reject": config.Reject} {
-		if got, err := ParseAction(in, config.Reject); err != nil || got != want {
-			t.Errorf("ParseAction(%q) = %q, %v", in, got, err)
-		}
-	}
-	if _, err := ParseAction("allow", config.Drop); err == nil {
-		t.Errorf("ParseAction(allow) succeeded")
 	}
 }

@@ -231,8 +231,8 @@ func mapInterfaces(m *config.Model, name string, dom *domainXML) ([]*state.Attac
 			return nil, fmt.Errorf("%s has no target device", what)
 		}
 		what = fmt.Sprintf("interface %d (%s, mac %s)", k, dev, ifc.MAC.Address)
-		if !state.ValidIface(dev) {
-			return nil, fmt.Errorf("%s: target device %q cannot be firewalled", what, dev)
+		if p := config.IfaceNameProblem(dev); p != "" {
+			return nil, fmt.Errorf("%s: target device %q cannot be firewalled: %s", what, dev, p)
 		}
 		var mac net.HardwareAddr
 		if ifc.MAC.Address != "" {

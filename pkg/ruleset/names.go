@@ -1,6 +1,10 @@
 package ruleset
 
-import "strings"
+import (
+	"strings"
+
+	"github.com/vmfw/vmfw/pkg/config"
+)
 
 // Names. Every name vmfw gives a chain or an ipset is built by a function
 // of this package (TapChain, GroupChain, L2Chain, SetName, the base chain
@@ -9,10 +13,11 @@ import "strings"
 
 // Prefixes of vmfw's names: its base and dispatch chains, and its group
 // chains and sets. No interface may be named with either (an attachment's
-// interface name becomes part of a chain name).
+// interface name becomes part of a chain name), which is why package
+// config, validating interface names, holds them.
 const (
-	basePrefix  = "vmfw-"
-	groupPrefix = "sg-"
+	basePrefix  = config.BaseChainPrefix
+	groupPrefix = config.GroupChainPrefix
 )
 
 // tapChainKinds are the suffixes of a tap's chains (see TapChains and
@@ -23,10 +28,10 @@ var tapChainKinds = []string{"out", "in", "lin", "src", "nd", "l2"}
 // chains, the dispatch roots and their node chains.
 func IsBaseChain(c Chain) bool { return strings.HasPrefix(string(c), basePrefix) }
 
-// IsReservedName reports whether an interface name could be mistaken for
+// isReservedName reports whether an interface name could be mistaken for
 // one of vmfw's own chain or set names (it starts like a base or group
 // chain).
-func IsReservedName(name string) bool {
+func isReservedName(name string) bool {
 	return strings.HasPrefix(name, basePrefix) || strings.HasPrefix(name, groupPrefix)
 }
 
@@ -35,7 +40,7 @@ func IsReservedName(name string) bool {
 // other name.
 func ParseTapChain(c Chain) (tap, kind string, ok bool) {
 	s := string(c)
-	if IsReservedName(s) {
+	if isReservedName(s) {
 		return "", "", false
 	}
 	i := strings.LastIndexByte(s, '-')

@@ -20,9 +20,10 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 
-	"github.com/vmfw/vmfw/pkg/ruleset"
+	"github.com/vmfw/vmfw/pkg/config"
 )
 
 // DefaultDir is the state directory unless told otherwise.
@@ -84,7 +85,9 @@ type VMRef struct {
 
 // Spec is the firewall settings of an interface described by its record
 // rather than by a VM file. Values are as an operator writes them in a VM
-// file; the engine validates them against the configuration on every use.
+// file; the engine validates them against the configuration on every use,
+// by the rules VM files and CNI configurations follow (Settings,
+// config.ValidateIface).
 type Spec struct {
 	// Name labels the attachment in status output and logs.
 	Name string `json:"name,omitempty"`
@@ -105,24 +108,36 @@ type Spec struct {
 	DHCP bool `json:"dhcp"`
 }
 
-// ValidIface reports whether name may be an attachment's interface: a Linux
-// interface name (1 to 15 of letters, digits, '_', '.', '-', not starting
-// with '-') that cannot be mistaken for one of vmfw's own chains (sg-*,
-// vmfw-*). The name ends up in iptables rules and in a file name.
-func ValidIface(name string) bool {
-	if name == "" || len(name) > 15 || name == "." || name == ".." || name[0] == '-' {
-		return false
+// Key names an interface setting as a record spells it, for messages
+// about a record's settings: "iface", "spec.policyIn", "spec.ips[1]".
+func Key(f config.Field, index int) string {
+	key := map[config.Field]string{
+		config.FieldIface:     "iface",
+		config.FieldLabel:     "spec.name",
+		config.FieldPolicyIn:  "spec.policyIn",
+		config.FieldPolicyOut: "spec.policyOut",
+		config.FieldMAC:       "spec.mac",
+		config.FieldIPs:       "spec.ips",
+		config.FieldGroups:    "spec.groups",
+	}[f]
+	if key == "" {
+		key = "spec." + string(f) // a setting records do not have
 	}
-	if ruleset.IsReservedName(name) {
-		return false
+	if index >= 0 {
+		key += "[" + strconv.Itoa(index) + "]"
 	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '.' || c == '-') {
-			return false
-		}
+	return key
+}
+
+// Settings returns the record's settings for validation
+// (config.ValidateIface); s must not be nil.
+func (s *Spec) Settings(iface string) *config.IfaceSettings {
+	return &config.IfaceSettings{
+		Iface: iface, Label: s.Name,
+		PolicyIn: s.PolicyIn, PolicyOut: s.PolicyOut, Log: s.Log,
+		MAC: s.MAC, IPs: s.IPs, Groups: s.Groups,
+		Antispoof: s.Antispoof, DHCP: s.DHCP,
 	}
-	return true
 }
 
 // Store is a state directory.
@@ -170,7 +185,7 @@ func (s *Store) List() (map[string]*Attachment, error) {
 
 // Get returns iface's record, or nil when there is none.
 func (s *Store) Get(iface string) (*Attachment, error) {
-	if !ValidIface(iface) {
+	if !config.ValidIfaceName(iface) {
 		return nil, nil
 	}
 	a, err := s.read(iface)
@@ -182,7 +197,7 @@ func (s *Store) Get(iface string) (*Attachment, error) {
 
 func (s *Store) read(iface string) (*Attachment, error) {
 	path := s.Path(iface)
-	if !ValidIface(iface) {
+	if !config.ValidIfaceName(iface) {
 		return nil, fmt.Errorf("attachment record %s: %q is not a valid interface name", path, iface)
 	}
 	f, err := os.Open(path)
@@ -215,7 +230,7 @@ func (s *Store) read(iface string) (*Attachment, error) {
 // Put writes a's record atomically, replacing any record of the same
 // interface.
 func (s *Store) Put(a *Attachment) error {
-	if !ValidIface(a.Iface) {
+	if !config.ValidIfaceName(a.Iface) {
 		return fmt.Errorf("writing attachment record: %q is not a valid interface name", a.Iface)
 	}
 	if (a.VM == nil) == (a.Spec == nil) {
@@ -279,7 +294,7 @@ func syncDir(dir string) error {
 
 // Delete removes iface's record; a missing record is not an error.
 func (s *Store) Delete(iface string) error {
-	if !ValidIface(iface) {
+	if !config.ValidIfaceName(iface) {
 		return nil
 	}
 	err := os.Remove(s.Path(iface))

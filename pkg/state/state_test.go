@@ -108,18 +108,6 @@ func TestListRejectsBadRecords(t *testing.T) {
 	}
 }
 
-func TestValidIface(t *testing.T) {
-	for name, want := range map[string]bool{
-		"veth1234abcd": true, "vnet0": true, "tap110i0": true, "eth0.100": true, "a_b-c": true,
-		"": false, ".": false, "..": false, "-a": false, "a/b": false, "a b": false, "tap+": false,
-		"sg-web": false, "vmfw-out": false, "1234567890123456": false,
-	} {
-		if got := ValidIface(name); got != want {
-			t.Errorf("ValidIface(%q) = %v, want %v", name, got, want)
-		}
-	}
-}
-
 func TestDirFromEnv(t *testing.T) {
 	t.Setenv("VMFW_STATE_DIR", "")
 	if got := DirFromEnv(); got != DefaultDir {

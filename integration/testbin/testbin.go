@@ -1,0 +1,79 @@
+// Package testbin is the TestMain of every integration test package: it
+// gives the tests the programs they run, the vmfw binary under test
+// ($VMFW_BIN, or built from this source tree) and any other Go command
+// they need (the CNI reference plugins), built once per test binary into
+// one directory that is removed afterwards. Without root the tests are
+// skipped, since every one of them builds network namespaces.
+package testbin
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+)
+
+// VMFWPackage is the import path of the vmfw binary.
+const VMFWPackage = "github.com/vmfw/vmfw/plugins/vmfw"
+
+// Set by Main before the tests run.
+var (
+	// VMFW is the vmfw binary under test: $VMFW_BIN or a fresh build.
+	VMFW string
+	// Dir holds every program, each under its name: "vmfw" (VMFW, or a
+	// link to it) and those Main was asked to build. A CNI client takes
+	// it as its plugin directory.
+	Dir string
+)
+
+// Main runs m's tests, which need root and programs, and exits with
+// their status. what names the tests for the message printed when they
+// are skipped for want of root. builds maps a program name to the import
+// path of the Go command Main builds under that name into Dir.
+func Main(m *testing.M, what string, builds map[string]string) {
+	if os.Geteuid() != 0 {
+		fmt.Println(what + " need root (network namespaces, iptables); skipping")
+		os.Exit(0)
+	}
+	os.Exit(run(m, builds))
+}
+
+func run(m *testing.M, builds map[string]string) int {
+	dir, err := os.MkdirTemp("", "vmfw-bin")
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	Dir = dir
+	all := map[string]string{}
+	for name, pkg := range builds {
+		all[name] = pkg
+	}
+	if VMFW = os.Getenv("VMFW_BIN"); VMFW != "" {
+		if err := os.Symlink(VMFW, filepath.Join(dir, "vmfw")); err != nil {
+			fmt.Println(err)
+			return 1
+		}
+	} else {
+		all["vmfw"] = VMFWPackage
+		VMFW = filepath.Join(dir, "vmfw")
+	}
+	for name, pkg := range all {
+		if err := build(filepath.Join(dir, name), pkg); err != nil {
+			fmt.Println(err)
+			return 1
+		}
+	}
+	return m.Run()
+}
+
+// build builds the Go command pkg into path.
+func build(path, pkg string) error {
+	out, err := exec.Command("go", "build", "-o", path, pkg).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("building %s: %v\n%s", pkg, err, out)
+	}
+	return nil
+}
