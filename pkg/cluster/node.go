@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"reflect"
 	"slices"
@@ -13,6 +15,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
 
 	"github.com/vmfw/vmfw/pkg/config"
 )
@@ -32,6 +35,8 @@ type Node struct {
 	Cfg   *config.Cluster
 	Cache Cache
 	Log   *slog.Logger
+	// DialOptions are passed to Dial by Start (nil for an agent).
+	DialOptions []grpc.DialOption
 
 	// ConfigChanged and MembersChanged are signalled (never closed)
 	// when the cached configuration or the remote members change.
@@ -92,7 +97,7 @@ func signal(c chan struct{}) {
 // an agent starting with etcd reachable enforces the current revision
 // from its first apply; with etcd unreachable it goes on with the cache.
 func (n *Node) Start(ctx context.Context, initialWait time.Duration) error {
-	cli, err := Dial(n.Cfg, false)
+	cli, err := Dial(n.Cfg, false, n.DialOptions...)
 	if err != nil {
 		return err
 	}
@@ -375,6 +380,12 @@ func (n *Node) publish(ctx context.Context) {
 		if written == nil || !reflect.DeepEqual(want, written) || rev != writtenRev {
 			if err := n.write(ctx, lease, written, want, rev, since); err != nil {
 				n.Log.Warn("publishing this host's members", "error", err.Error())
+				// Some of the write's transactions may have committed
+				// (or the last one, with its answer lost): what the
+				// keys hold is unknown, so the next write reads them
+				// and replaces them all, as under a new lease, and
+				// leaves no key behind that a diff would not delete.
+				written = nil
 				select {
 				case _, ok := <-alive:
 					if !ok {
@@ -402,53 +413,76 @@ func (n *Node) publish(ctx context.Context) {
 }
 
 // write makes this host's keys equal to want under lease: with written
-// nil (a new lease) it replaces every member key of the host.
+// nil (a new lease, or after a failed write) it reads the host's member
+// keys and replaces them all.
+//
+// The operations go in transactions of at most txnOps (etcd caps the
+// operations of one transaction), in an order that keeps every state
+// other hosts can see between two of them consistent: first the puts
+// (new and changed members), then the deletes of members that left, and
+// last hosts/HOST with the member count and revision. A member that
+// stays is never missing in between (its key is overwritten, never
+// deleted and re-created), one that joins is added before any other
+// goes, and one that leaves goes only after every new one is in: a
+// watcher sees at most the union of the old and new members, as during
+// the migration grace. Each member is one key whose value is whole, so
+// an intermediate state never holds half a member. A join or a leave is
+// one transaction of three operations (the member, hosts/HOST,
+// known/HOST); only a host rewriting more than txnOps keys (a new lease
+// on a host with many interfaces) takes several.
 func (n *Node) write(ctx context.Context, lease clientv3.LeaseID, written, want map[string]Member, rev int64, since time.Time) error {
-	var ops []clientv3.Op
+	var puts, deletes []clientv3.Op
 	stale := map[string]bool{}
 	for tap := range written {
 		stale[tap] = true
 	}
 	if written == nil {
-		// A new lease: whatever keys the host has (an earlier lease's,
-		// or a previous agent's) are replaced. They are deleted in the
-		// same transaction that puts the new ones, so that other hosts
-		// never see this host's members missing in between.
+		// Whatever keys the host has (an earlier lease's, or a
+		// previous agent's) are replaced; they are deleted after the
+		// new ones are put, so that other hosts never see this host's
+		// members missing in between.
 		tctx, cancel := withTimeout(ctx)
 		resp, err := n.cli.Get(tctx, n.keys.MembersOf(n.Cfg.Host), clientv3.WithPrefix(), clientv3.WithKeysOnly())
 		cancel()
 		if err != nil {
-			return err
+			return fmt.Errorf("reading this host's member keys: %w", err)
 		}
 		for _, kv := range resp.Kvs {
 			stale[strings.TrimPrefix(string(kv.Key), n.keys.MembersOf(n.Cfg.Host))] = true
 		}
 	}
-	for tap := range stale {
+	for _, tap := range slices.Sorted(maps.Keys(stale)) {
 		if _, ok := want[tap]; !ok {
-			ops = append(ops, clientv3.OpDelete(n.keys.MembersOf(n.Cfg.Host)+tap))
+			deletes = append(deletes, clientv3.OpDelete(n.keys.MembersOf(n.Cfg.Host)+tap))
 		}
 	}
-	for tap, m := range want {
+	for _, tap := range slices.Sorted(maps.Keys(want)) {
+		m := want[tap]
 		if old, ok := written[tap]; ok && reflect.DeepEqual(old, m) {
 			continue
 		}
 		v, err := json.Marshal(m)
 		if err != nil {
-			return err
+			return fmt.Errorf("encoding member %s: %w", tap, err)
 		}
-		ops = append(ops, clientv3.OpPut(n.keys.MembersOf(n.Cfg.Host)+tap, string(v), clientv3.WithLease(lease)))
+		puts = append(puts, clientv3.OpPut(n.keys.MembersOf(n.Cfg.Host)+tap, string(v), clientv3.WithLease(lease)))
 	}
 	info, err := json.Marshal(HostInfo{Host: n.Cfg.Host, Revision: rev, Members: len(want), LeaseTTL: int64(n.Cfg.LeaseTTL / time.Second), Since: since})
 	if err != nil {
-		return err
+		return fmt.Errorf("encoding host info: %w", err)
 	}
-	ops = append(ops, clientv3.OpPut(n.keys.Hosts()+n.Cfg.Host, string(info), clientv3.WithLease(lease)),
+	ops := append(append(puts, deletes...),
+		clientv3.OpPut(n.keys.Hosts()+n.Cfg.Host, string(info), clientv3.WithLease(lease)),
 		clientv3.OpPut(n.keys.Known()+n.Cfg.Host, string(info)))
-	tctx, cancel := withTimeout(ctx)
-	defer cancel()
-	_, err = n.cli.Txn(tctx).Then(ops...).Commit()
-	return err
+	for chunk := range slices.Chunk(ops, txnOps) {
+		tctx, cancel := withTimeout(ctx)
+		_, err := n.cli.Txn(tctx).Then(chunk...).Commit()
+		cancel()
+		if err != nil {
+			return fmt.Errorf("writing %d of this host's keys: %w", len(chunk), err)
+		}
+	}
+	return nil
 }
 
 func sleep(ctx context.Context, d time.Duration) {
