@@ -179,9 +179,13 @@ func TestNodeMembership(t *testing.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("Remote() = %v, want %v", got, want)
 	}
-	next := cloneRemote(all)
-	n.apply(next, n.keys.MembersOf("c")+"tap3i0", nil)
-	n.setRemote(next)
+	n.mu.Lock()
+	deleted := n.apply(n.remote, n.keys.MembersOf("c")+"tap3i0", nil)
+	again := n.apply(n.remote, n.keys.MembersOf("c")+"tap3i0", nil)
+	n.mu.Unlock()
+	if !deleted || again {
+		t.Fatalf("deleting a member: changed %v, deleting it again: changed %v", deleted, again)
+	}
 	if got := n.Remote()["app"]; len(got) != 2 {
 		t.Fatalf("after a deletion app = %v", got)
 	}
