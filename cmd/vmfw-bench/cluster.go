@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"text/tabwriter"
 	"time"
@@ -72,6 +73,9 @@ type clusterResults struct {
 	// benchCPU is this process's CPU time (every simulated host) per
 	// join and leave.
 	benchCPU   time.Duration
+	// logged counts the nodes' log records by message ("cluster lease
+	// granted" once per host when nothing went wrong).
+	logged     sync.Map
 	loadBefore string
 	loadAfter  string
 	etcdVer    string
@@ -163,7 +167,7 @@ func clusterPart(ctx context.Context, o options, r *clusterResults) (err error) 
 		h := &simHost{i: i}
 		h.node = cluster.NewNode(&config.Cluster{Endpoints: []string{e.URL}, Prefix: config.DefaultClusterPrefix,
 			Host: fmt.Sprintf("hv%03d", i), LeaseTTL: config.DefaultClusterLeaseTTL,
-			CacheDir: fmt.Sprintf("%s/hv%03d", cache, i)}, slog.New(slog.DiscardHandler))
+			CacheDir: fmt.Sprintf("%s/hv%03d", cache, i)}, slog.New(logCounter{&r.logged}))
 		h.node.DialOptions = []grpc.DialOption{grpc.WithContextDialer(c.Core.Dial)}
 		if err := h.node.Start(nctx, 3*time.Second); err != nil {
 			return fmt.Errorf("host %d: %w", i, err)
@@ -171,11 +175,15 @@ func clusterPart(ctx context.Context, o options, r *clusterResults) (err error) 
 		for v := range r.vms {
 			h.base = append(h.base, simMember(i, v, groupName((i+v)%clusterGroups), groupName((i+v+7)%clusterGroups), groupName((i+v+13)%clusterGroups)))
 		}
-		h.node.Publish(h.base, 0)
 		go h.follow(nctx, &cur)
 		hosts[i] = h
 	}
-	progress("cluster: %d hosts started in %s; waiting until each sees every other host's VMs", r.hosts, time.Since(start).Round(time.Millisecond))
+	progress("cluster: %d hosts started in %s; each publishes its VMs", r.hosts, time.Since(start).Round(time.Millisecond))
+	// Cold start: every host publishes at once, as after a power cut.
+	start = time.Now()
+	for _, h := range hosts {
+		h.node.Publish(h.base, 0)
+	}
 	want := (r.hosts - 1) * r.vms
 	for {
 		all := true
@@ -185,8 +193,12 @@ func clusterPart(ctx context.Context, o options, r *clusterResults) (err error) 
 		if all {
 			break
 		}
-		if time.Since(start) > 5*time.Minute {
-			return fmt.Errorf("the hosts did not see each other's %d members within 5 minutes", want)
+		if time.Since(start) > time.Duration(o.clusterHosts)*time.Second {
+			lo, hi := want, 0
+			for _, h := range hosts {
+				lo, hi = min(lo, h.node.RemoteCount()), max(hi, h.node.RemoteCount())
+			}
+			return fmt.Errorf("the hosts did not see each other's %d members within %s (they see %d to %d; the nodes logged %s)", want, time.Duration(o.clusterHosts)*time.Second, lo, hi, logSummary(&r.logged))
 		}
 		if err := sleepCtx(ctx, 20*time.Millisecond); err != nil {
 			return err
@@ -289,6 +301,31 @@ func clusterPart(ctx context.Context, o options, r *clusterResults) (err error) 
 
 func addCounters(a, b etcdCounters) etcdCounters {
 	return etcdCounters{a.txns + b.txns, a.puts + b.puts, a.deletes + b.deletes, a.events + b.events, a.sentBytes + b.sentBytes}
+}
+
+// logCounter is a slog handler that counts records by message.
+type logCounter struct{ counts *sync.Map }
+
+func (logCounter) Enabled(context.Context, slog.Level) bool { return true }
+
+func (l logCounter) Handle(_ context.Context, rec slog.Record) error {
+	v, _ := l.counts.LoadOrStore(rec.Message, new(atomic.Int64))
+	v.(*atomic.Int64).Add(1)
+	return nil
+}
+
+func (l logCounter) WithAttrs([]slog.Attr) slog.Handler { return l }
+func (l logCounter) WithGroup(string) slog.Handler      { return l }
+
+// logSummary returns the counted messages, sorted.
+func logSummary(m *sync.Map) string {
+	var out []string
+	m.Range(func(k, v any) bool {
+		out = append(out, fmt.Sprintf("%q x%d", k, v.(*atomic.Int64).Load()))
+		return true
+	})
+	slices.Sort(out)
+	return strings.Join(out, ", ")
 }
 
 // simMember is VM v of simulated host h: tap tapVi0 (VM ids start at
@@ -449,5 +486,6 @@ func (r *clusterResults) print(w io.Writer, took time.Duration) {
 		float64(r.heapPerHost)/1024, (r.hosts-1)*r.vms, r.goroutinesPerHost)
 	fmt.Fprintf(w, "etcd: %.0f MiB resident; CPU per join and leave: etcd %s, all simulated hosts together %s\n",
 		float64(r.etcdRSS)/(1<<20), ms(r.etcdCPU), ms(r.benchCPU))
+	fmt.Fprintf(w, "the simulated hosts logged: %s\n", logSummary(&r.logged))
 	fmt.Fprintf(w, "load average (1 min) before %s, after %s; total cluster bench time %s\n", r.loadBefore, r.loadAfter, took.Round(time.Second))
 }

@@ -62,11 +62,11 @@ func main() {
 	var o options
 	var backends, sizes, parts string
 	flag.StringVar(&o.vmfw, "vmfw", "bin/vmfw", "the vmfw binary to measure")
-	flag.BoolVar(&o.quick, "quick", false, "a short run: nft only, 0 and 1000 taps, 3 runs (about 2 minutes)")
+	flag.BoolVar(&o.quick, "quick", false, "a short run: nft only, 0 and 1000 taps, 3 runs; cluster: 25 hosts, 20 joins (about 3 minutes)")
 	flag.IntVar(&o.runs, "runs", 5, "runs per row; the table shows medians")
 	flag.StringVar(&backends, "backends", "nft,legacy", "iptables backends to measure")
 	flag.StringVar(&sizes, "sizes", "0,1000,5000", "numbers of installed taps")
-	flag.StringVar(&parts, "parts", "control,data", "what to measure: control (with the baseline), data, agent (vmfw agent against no agent), cluster (membership fan-out on etcd)")
+	flag.StringVar(&parts, "parts", "control,data,cluster", "what to measure: control (with the baseline), data, agent (vmfw agent against no agent), cluster (membership fan-out on etcd)")
 	flag.IntVar(&o.clusterHosts, "cluster-hosts", 100, "cluster part: simulated hosts")
 	flag.IntVar(&o.clusterVMs, "cluster-vms", 50, "cluster part: VMs per host")
 	flag.IntVar(&o.clusterJoins, "cluster-joins", 100, "cluster part: joins (and leaves) measured")
@@ -75,7 +75,7 @@ func main() {
 	flag.Parse()
 	if o.quick {
 		o.runs, backends, sizes = 3, "nft", "0,1000"
-		o.clusterJoins = 20
+		o.clusterHosts, o.clusterJoins = 25, 20
 	}
 	o.backends = strings.Split(backends, ",")
 	for _, p := range strings.Split(parts, ",") {
