@@ -37,6 +37,14 @@ build:
 demo: deps build
 	$(GO) run ./cmd/vmfw-demo --vmfw $(CURDIR)/$(BIN)/vmfw --config conf/examples/reference
 
+# make demo-cluster: cluster mode on three throwaway hypervisors sharing one
+# L2 segment, etcd in a management namespace, an agent per host, the
+# configuration pushed with vmfw cluster push; real connections across
+# hosts (root; throwaway namespaces only; about half a minute).
+.PHONY: demo-cluster
+demo-cluster: deps build
+	$(GO) run ./cmd/vmfw-demo-cluster --vmfw $(CURDIR)/$(BIN)/vmfw
+
 unit:
 	$(GO) vet ./...
 	$(GO) test -count=1 ./pkg/... ./plugins/... ./packaging/...
