@@ -48,6 +48,9 @@ func TestClusterHostWithManyInterfaces(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(e.Stop)
+	// The leases are long so that no lease expires during the test,
+	// however loaded the machine: an expiry deletes keys, which the
+	// checks below would take for a write that lost members.
 	// The nodes run in this process and reach etcd through sockets
 	// opened in the core namespace.
 	dial := grpc.WithContextDialer(c.Core.Dial)
@@ -55,7 +58,7 @@ func TestClusterHostWithManyInterfaces(t *testing.T) {
 	node := func(host string) (*cluster.Node, context.CancelFunc) {
 		t.Helper()
 		n := cluster.NewNode(&config.Cluster{Endpoints: []string{e.URL}, Prefix: prefix, Host: host,
-			LeaseTTL: 10 * time.Second, CacheDir: t.TempDir()}, slog.New(slog.DiscardHandler))
+			LeaseTTL: time.Minute, CacheDir: t.TempDir()}, slog.New(slog.DiscardHandler))
 		n.DialOptions = []grpc.DialOption{dial}
 		ctx, cancel := context.WithCancel(context.Background())
 		t.Cleanup(cancel)
