@@ -47,10 +47,14 @@ type Node struct {
 	keys Keys
 	kick chan struct{}
 
-	mu       sync.Mutex
-	remote   map[string]map[string]Member // host -> tap -> member, other hosts only
-	want     map[string]Member            // this host's members, by tap
-	revision int64                        // the revision this host enforces
+	mu     sync.Mutex
+	remote map[string]map[string]Member // host -> tap -> member, other hosts only
+	// byGroup is remote's addresses by group, kept up to date with it,
+	// so that Remote copies sets instead of building and sorting them
+	// for every change.
+	byGroup  groupIndex
+	want     map[string]Member // this host's members, by tap
+	revision int64             // the revision this host enforces
 	// leaving holds this host's members that were detached, published
 	// until their grace ends.
 	leaving map[string]departure
@@ -80,6 +84,7 @@ func NewNode(c *config.Cluster, log *slog.Logger) *Node {
 		keys:           Keys{Prefix: c.Prefix},
 		kick:           make(chan struct{}, 1),
 		remote:         map[string]map[string]Member{},
+		byGroup:        groupIndex{},
 		leaving:        map[string]departure{},
 		want:           map[string]Member{},
 	}
@@ -202,7 +207,7 @@ func (n *Node) followMembers(ctx context.Context) {
 				if ev.Type != clientv3.EventTypeDelete {
 					value = ev.Kv.Value
 				}
-				if n.apply(n.remote, string(ev.Kv.Key), value) {
+				if n.applyIndexed(string(ev.Kv.Key), value) {
 					changed = true
 				}
 			}
@@ -255,32 +260,93 @@ func (n *Node) apply(all map[string]map[string]Member, key string, value []byte)
 func (n *Node) setRemote(all map[string]map[string]Member) {
 	n.mu.Lock()
 	changed := !reflect.DeepEqual(n.remote, all)
-	n.remote = all
+	if changed {
+		n.remote = all
+		n.byGroup = groupIndex{}
+		for _, taps := range all {
+			for _, m := range taps {
+				n.byGroup.add(m)
+			}
+		}
+	}
 	n.mu.Unlock()
 	if changed {
 		signal(n.MembersChanged)
 	}
 }
 
-// Remote returns the other hosts' members' addresses by group, sorted.
+// applyIndexed applies one member event to n.remote and n.byGroup
+// (caller holds n.mu) and reports whether they changed.
+func (n *Node) applyIndexed(key string, value []byte) bool {
+	host, tap, ok := strings.Cut(strings.TrimPrefix(key, n.keys.Members()), "/")
+	old, had := n.remote[host][tap]
+	if !ok || !n.apply(n.remote, key, value) {
+		return false
+	}
+	if had {
+		n.byGroup.remove(old)
+	}
+	if m, has := n.remote[host][tap]; has {
+		n.byGroup.add(m)
+	}
+	return true
+}
+
+// groupIndex holds addresses by group, each group's sorted, with the
+// number of members that hold each (an address can be two members' for
+// a moment: a VM migrating is published by both hosts).
+type groupIndex map[string]*groupSet
+
+type groupSet struct {
+	sorted []netip.Addr
+	count  map[netip.Addr]int
+}
+
+func (x groupIndex) add(m Member) {
+	for _, g := range m.Groups {
+		s := x[g]
+		if s == nil {
+			s = &groupSet{count: map[netip.Addr]int{}}
+			x[g] = s
+		}
+		for _, ip := range m.IPs {
+			if s.count[ip]++; s.count[ip] == 1 {
+				i, _ := slices.BinarySearchFunc(s.sorted, ip, netip.Addr.Compare)
+				s.sorted = slices.Insert(s.sorted, i, ip)
+			}
+		}
+	}
+}
+
+func (x groupIndex) remove(m Member) {
+	for _, g := range m.Groups {
+		s := x[g]
+		if s == nil {
+			continue
+		}
+		for _, ip := range m.IPs {
+			if s.count[ip]--; s.count[ip] > 0 {
+				continue
+			}
+			delete(s.count, ip)
+			if i, ok := slices.BinarySearchFunc(s.sorted, ip, netip.Addr.Compare); ok {
+				s.sorted = slices.Delete(s.sorted, i, i+1)
+			}
+		}
+		if len(s.sorted) == 0 {
+			delete(x, g)
+		}
+	}
+}
+
+// Remote returns the other hosts' members' addresses by group, sorted;
+// the caller may keep and change them.
 func (n *Node) Remote() map[string][]netip.Addr {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	out := map[string][]netip.Addr{}
-	add := func(m Member) {
-		for _, g := range m.Groups {
-			out[g] = append(out[g], m.IPs...)
-		}
-	}
-	for _, taps := range n.remote {
-		for _, m := range taps {
-			add(m)
-		}
-	}
-
-	for g, ips := range out {
-		slices.SortFunc(ips, func(a, b netip.Addr) int { return a.Compare(b) })
-		out[g] = slices.Compact(ips)
+	out := make(map[string][]netip.Addr, len(n.byGroup))
+	for g, s := range n.byGroup {
+		out[g] = slices.Clone(s.sorted)
 	}
 	return out
 }
