@@ -78,6 +78,9 @@ type clusterResults struct {
 	logged     sync.Map
 	loadBefore string
 	loadAfter  string
+	// loads are the 1-minute load averages sampled during the run.
+	loadMu sync.Mutex
+	loads  []float64
 	etcdVer    string
 }
 
@@ -120,6 +123,19 @@ type change struct {
 func clusterPart(ctx context.Context, o options, r *clusterResults) (err error) {
 	r.hosts, r.vms, r.joins = o.clusterHosts, o.clusterVMs, o.clusterJoins
 	r.loadBefore = loadAverage()
+	// The machine may be shared: the load average is sampled through
+	// the run and printed with the results.
+	lctx, lstop := context.WithCancel(ctx)
+	defer lstop()
+	go func() {
+		for sleepCtx(lctx, 5*time.Second) == nil {
+			if l, err := strconv.ParseFloat(loadAverage(), 64); err == nil {
+				r.loadMu.Lock()
+				r.loads = append(r.loads, l)
+				r.loadMu.Unlock()
+			}
+		}
+	}()
 	progress("cluster: %d hosts x %d VMs: starting etcd", r.hosts, r.vms)
 	c, err := labnet.NewCluster(0)
 	if err != nil {
@@ -487,5 +503,12 @@ func (r *clusterResults) print(w io.Writer, took time.Duration) {
 	fmt.Fprintf(w, "etcd: %.0f MiB resident; CPU per join and leave: etcd %s, all simulated hosts together %s\n",
 		float64(r.etcdRSS)/(1<<20), ms(r.etcdCPU), ms(r.benchCPU))
 	fmt.Fprintf(w, "the simulated hosts logged: %s\n", logSummary(&r.logged))
-	fmt.Fprintf(w, "load average (1 min) before %s, after %s; total cluster bench time %s\n", r.loadBefore, r.loadAfter, took.Round(time.Second))
+	r.loadMu.Lock()
+	loads := slices.Clone(r.loads)
+	r.loadMu.Unlock()
+	during := "-"
+	if len(loads) > 0 {
+		during = fmt.Sprintf("%.1f to %.1f, median %.1f", slices.Min(loads), slices.Max(loads), median(loads))
+	}
+	fmt.Fprintf(w, "load average (1 min) before %s, after %s, during (every 5 s) %s; total cluster bench time %s\n", r.loadBefore, r.loadAfter, during, took.Round(time.Second))
 }
