@@ -60,9 +60,10 @@ func main() {
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, *bin, *backend)
+	interrupted := ctx.Err() != nil // before stop, which cancels ctx
 	stop()
 	if err != nil {
-		if ctx.Err() != nil {
+		if interrupted {
 			err = errors.New("interrupted; everything it created is removed")
 		}
 		fmt.Fprintln(os.Stderr, "vmfw-demo-cluster:", err)
@@ -131,7 +132,23 @@ func (h *host) startAgent(ctx context.Context) error {
 		cmd.Wait()
 		close(h.done)
 	}()
-	return waitFor(ctx, 15*time.Second, h.name+": agent ready", func() bool { return strings.Contains(h.log(), "agent ready") })
+	exited := false
+	err := waitFor(ctx, 30*time.Second, h.name+": agent ready", func() bool {
+		select {
+		case <-h.done:
+			exited = true
+			return true
+		default:
+		}
+		return strings.Contains(h.log(), "agent ready")
+	})
+	if exited {
+		err = fmt.Errorf("%s: vmfw agent exited at start (%v)", h.name, h.agent.ProcessState)
+	}
+	if err != nil && ctx.Err() == nil {
+		return fmt.Errorf("%w; its log:\n%s", err, h.log())
+	}
+	return err
 }
 
 // stopAgent stops the agent as systemd does (SIGTERM), killing it when
