@@ -43,7 +43,7 @@ func TestClusterHostWithManyInterfaces(t *testing.T) {
 			t.Errorf("closing the cluster: %v", err)
 		}
 	})
-	e, err := labnet.StartEtcd(c.Core, labnet.CoreAddr, t.TempDir())
+	e, err := labnet.StartEtcd(c.Core, labnet.EtcdURL("http", labnet.CoreAddr), t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}

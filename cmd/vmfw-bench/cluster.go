@@ -156,7 +156,7 @@ func clusterPart(ctx context.Context, o options, r *clusterResults) (err error) 
 		return err
 	}
 	defer os.RemoveAll(data)
-	e, err := labnet.StartEtcd(c.Core, labnet.CoreAddr, data)
+	e, err := labnet.StartEtcd(c.Core, labnet.EtcdURL("http", labnet.CoreAddr), data)
 	if err != nil {
 		return err
 	}

@@ -223,7 +223,7 @@ func run(ctx context.Context, bin, backend string) (err error) {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	etcd, err := labnet.StartEtcd(c.Core, labnet.CoreAddr, filepath.Join(tmp, "etcd"))
+	etcd, err := labnet.StartEtcd(c.Core, labnet.EtcdURL("http", labnet.CoreAddr), filepath.Join(tmp, "etcd"))
 	if err != nil {
 		return err
 	}

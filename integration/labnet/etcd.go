@@ -19,7 +19,8 @@ import (
 type Etcd struct {
 	// NS is the namespace it runs in.
 	NS *NS
-	// URL is its client URL, http://ADDR:2379.
+	// URL is its client URL (http://ADDR:2379, or https:// with the
+	// TLS files in Args).
 	URL string
 	// Data is its data directory; the caller removes it.
 	Data string
@@ -35,12 +36,17 @@ type Etcd struct {
 // etcdStartTimeout bounds the wait for "ready to serve client requests".
 const etcdStartTimeout = 30 * time.Second
 
-// StartEtcd starts etcd in ns, listening for clients on addr:2379 (an
-// address of ns) with its data in dataDir, and waits until it serves.
-func StartEtcd(ns *NS, addr, dataDir string, args ...string) (*Etcd, error) {
-	e := &Etcd{NS: ns, URL: "http://" + net.JoinHostPort(addr, "2379"), Data: dataDir, Args: args}
+// StartEtcd starts etcd in ns, listening for clients at url (on an
+// address of ns, as EtcdURL returns) with its data in dataDir, and waits
+// until it serves.
+func StartEtcd(ns *NS, url, dataDir string, args ...string) (*Etcd, error) {
+	e := &Etcd{NS: ns, URL: url, Data: dataDir, Args: args}
 	return e, e.Start()
 }
+
+// EtcdURL returns the client URL of an etcd listening on addr, port 2379;
+// scheme is http or https.
+func EtcdURL(scheme, addr string) string { return scheme + "://" + net.JoinHostPort(addr, "2379") }
 
 // etcdWriter collects etcd's output for Output.
 type etcdWriter struct{ e *Etcd }
