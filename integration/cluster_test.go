@@ -24,38 +24,35 @@ import (
 
 const clusterLeaseTTL = 3 * time.Second
 
-// etcd is a test etcd server in the core namespace.
+// etcd is a test etcd server in the core namespace, killed when the test
+// ends.
 type etcd struct {
-	t    *testing.T
-	core *labnet.NS
-	data string
-	// scheme is http or https; args are added to etcd's (TLS files).
-	scheme string
-	args   []string
-	p      *process
+	*labnet.Etcd
+	t *testing.T
 }
 
-func startEtcd(t *testing.T, e *etcd) {
+// newEtcd starts etcd in core, listening at CoreAddr; scheme is http or
+// https, args are added to etcd's (TLS files).
+func newEtcd(t *testing.T, core *labnet.NS, scheme string, args ...string) *etcd {
 	t.Helper()
-	if e.scheme == "" {
-		e.scheme = "http"
+	le, err := labnet.StartEtcd(core, labnet.EtcdURL(scheme, labnet.CoreAddr), t.TempDir(), args...)
+	t.Cleanup(le.Stop)
+	if err != nil {
+		t.Fatal(err)
 	}
-	url := e.scheme + "://" + labnet.CoreAddr + ":2379"
-	e.p = startInNS(t, e.core.Name, "etcd", append([]string{"--name", "vmfw-test", "--data-dir", e.data,
-		"--listen-client-urls", url, "--advertise-client-urls", url,
-		"--listen-peer-urls", "http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
-		"--initial-cluster", "vmfw-test=http://127.0.0.1:2380"}, e.args...)...)
-	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(e.p.output(), "ready to serve client requests"); time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("etcd did not start:\n%s", e.p.output())
-		}
+	return &etcd{Etcd: le, t: t}
+}
+
+// start starts etcd again, on the same data.
+func (e *etcd) start() {
+	e.t.Helper()
+	if err := e.Start(); err != nil {
+		e.t.Fatal(err)
 	}
 }
 
-func (e *etcd) kill() {
-	e.p.cmd.Process.Kill()
-	e.p.cmd.Wait()
-}
+// kill kills etcd and waits for it to exit.
+func (e *etcd) kill() { e.Stop() }
 
 // clusterHost is one hypervisor of the test cluster.
 type clusterHost struct {
@@ -80,8 +77,7 @@ func newTestCluster(t *testing.T) (*labnet.Cluster, *etcd, []*clusterHost) {
 			t.Errorf("closing the cluster: %v", err)
 		}
 	})
-	e := &etcd{t: t, core: c.Core, data: t.TempDir()}
-	startEtcd(t, e)
+	e := newEtcd(t, c.Core, "http")
 	backendOf := []string{"nft", "legacy", "nft"}
 	var hosts []*clusterHost
 	for i, lab := range c.Labs {
@@ -378,7 +374,7 @@ func TestClusterGroupsAcrossHosts(t *testing.T) {
 	// hv0: hv1 applies it at once, hv2 when it is reachable again.
 	granted := func(h *clusterHost) int { return strings.Count(h.agent.output(), "cluster lease granted") }
 	leases := []int{granted(h0), granted(h1), granted(h2)}
-	startEtcd(t, e)
+	e.start()
 	within(t, 5*time.Second, "every host is back under a new lease", func() bool {
 		return granted(h0) > leases[0] && granted(h1) > leases[1] && granted(h2) > leases[2]
 	})
@@ -428,7 +424,7 @@ func TestClusterGroupsAcrossHosts(t *testing.T) {
 	// A restart breaks hv0's connection, so its watch must be resumed
 	// from the revision it last saw, which is gone.
 	e.kill()
-	startEtcd(t, e)
+	e.start()
 	time.Sleep(time.Second)
 	if h0.hasMember("app", "192.0.2.104") {
 		t.Fatal("hv0 saw a member while cut off")

@@ -102,9 +102,8 @@ func TestClusterTLS(t *testing.T) {
 	serverCert, serverKey := ca.issue(t, "server", net.ParseIP(labnet.CoreAddr), 2)
 	clientCert, clientKey := ca.issue(t, "client", nil, 3)
 	strangerCert, strangerKey := other.issue(t, "stranger", nil, 4)
-	e := &etcd{t: t, core: c.Core, data: t.TempDir(), scheme: "https", args: []string{
-		"--cert-file", serverCert, "--key-file", serverKey, "--client-cert-auth", "--trusted-ca-file", filepath.Join(pki, "ca.pem")}}
-	startEtcd(t, e)
+	newEtcd(t, c.Core, "https",
+		"--cert-file", serverCert, "--key-file", serverKey, "--client-cert-auth", "--trusted-ca-file", filepath.Join(pki, "ca.pem"))
 
 	lab := c.Labs[0]
 	h := &clusterHost{hv: &hv{t: t, lab: lab, ns: lab.Hypervisor(), config: t.TempDir(), backend: "nft",

@@ -10,7 +10,11 @@
 // (also when interrupted), with addresses from the documentation ranges;
 // nothing is sent outside them. See docs/performance.md.
 //
-//	vmfw-bench [--vmfw bin/vmfw] [--quick] [--runs N] [--backends nft,legacy] [--sizes 0,1000,5000] [--parts control,data,agent]
+// The cluster part measures cluster mode's membership fan-out: simulated
+// hosts on a real etcd in a namespace (cluster.go).
+//
+//	vmfw-bench [--vmfw bin/vmfw] [--quick] [--runs N] [--backends nft,legacy] [--sizes 0,1000,5000] [--parts control,data,agent,cluster]
+//	           [--cluster-hosts 100] [--cluster-vms 50] [--cluster-joins 100]
 package main
 
 import (
@@ -48,24 +52,30 @@ type options struct {
 	// slow also runs what takes minutes: the full apply from empty above
 	// 1000 taps, the legacy baseline above 1000 taps.
 	slow bool
-	// control, data and agent select the parts to run.
-	control, data, agent bool
+	// control, data, agent and cluster select the parts to run.
+	control, data, agent, cluster bool
+	// clusterHosts, clusterVMs and clusterJoins size the cluster part.
+	clusterHosts, clusterVMs, clusterJoins int
 }
 
 func main() {
 	var o options
 	var backends, sizes, parts string
 	flag.StringVar(&o.vmfw, "vmfw", "bin/vmfw", "the vmfw binary to measure")
-	flag.BoolVar(&o.quick, "quick", false, "a short run: nft only, 0 and 1000 taps, 3 runs (about 2 minutes)")
+	flag.BoolVar(&o.quick, "quick", false, "a short run: nft only, 0 and 1000 taps, 3 runs; cluster: 25 hosts, 20 joins (about 3 minutes)")
 	flag.IntVar(&o.runs, "runs", 5, "runs per row; the table shows medians")
 	flag.StringVar(&backends, "backends", "nft,legacy", "iptables backends to measure")
 	flag.StringVar(&sizes, "sizes", "0,1000,5000", "numbers of installed taps")
-	flag.StringVar(&parts, "parts", "control,data", "what to measure: control (with the baseline), data, agent (vmfw agent against no agent)")
+	flag.StringVar(&parts, "parts", "control,data,cluster", "what to measure: control (with the baseline), data, agent (vmfw agent against no agent), cluster (membership fan-out on etcd)")
+	flag.IntVar(&o.clusterHosts, "cluster-hosts", 100, "cluster part: simulated hosts")
+	flag.IntVar(&o.clusterVMs, "cluster-vms", 50, "cluster part: VMs per host")
+	flag.IntVar(&o.clusterJoins, "cluster-joins", 100, "cluster part: joins (and leaves) measured")
 	flag.BoolVar(&o.hold, "hold", false, "set up the first backend and size only, print how to reach the lab, and keep it until interrupted")
 	flag.BoolVar(&o.slow, "slow", false, "also run what takes minutes: full apply from empty and the legacy baseline above 1000 taps")
 	flag.Parse()
 	if o.quick {
 		o.runs, backends, sizes = 3, "nft", "0,1000"
+		o.clusterHosts, o.clusterJoins = 25, 20
 	}
 	o.backends = strings.Split(backends, ",")
 	for _, p := range strings.Split(parts, ",") {
@@ -76,8 +86,10 @@ func main() {
 			o.data = true
 		case "agent":
 			o.agent = true
+		case "cluster":
+			o.cluster = true
 		default:
-			fatalf("unknown part %q (want control, data or agent)", p)
+			fatalf("unknown part %q (want control, data, agent or cluster)", p)
 		}
 	}
 	for _, s := range strings.Split(sizes, ",") {
@@ -144,6 +156,16 @@ func main() {
 			fatalf("%v", err)
 		}
 	}
+	if o.cluster {
+		var cr clusterResults
+		cstart := time.Now()
+		err := clusterPart(ctx, o, &cr)
+		if err != nil {
+			removeAll()
+			fatalf("cluster: %v", err)
+		}
+		cr.print(os.Stdout, time.Since(cstart))
+	}
 }
 
 // preflight checks what the bench needs before creating anything.
@@ -160,6 +182,9 @@ func preflight(o options) error {
 			return fmt.Errorf("unknown backend %q (want nft or legacy)", b)
 		}
 		tools = append(tools, "iptables-"+b+"-restore", "ip6tables-"+b+"-restore", "iptables-"+b)
+	}
+	if o.cluster {
+		tools = append(tools, "etcd")
 	}
 	for _, t := range tools {
 		if _, err := exec.LookPath(t); err != nil {

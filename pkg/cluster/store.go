@@ -89,8 +89,10 @@ type HostInfo struct {
 // Dial returns a client of c's endpoints. With wait it fails when no
 // endpoint answers within a few seconds (the CLI); without, it returns at
 // once and connects in the background (the agent, which must start
-// during an outage).
-func Dial(c *config.Cluster, wait bool) (*clientv3.Client, error) {
+// during an outage). opts are added to the gRPC dial options: a program
+// whose etcd listens inside a network namespace passes a dialer that
+// opens its sockets there (grpc.WithContextDialer).
+func Dial(c *config.Cluster, wait bool, opts ...grpc.DialOption) (*clientv3.Client, error) {
 	var tlsConf *tls.Config
 	if c.CA != "" || c.Cert != "" {
 		info := transport.TLSInfo{TrustedCAFile: c.CA, CertFile: c.Cert, KeyFile: c.Key}
@@ -107,10 +109,10 @@ func Dial(c *config.Cluster, wait bool) (*clientv3.Client, error) {
 		Logger:               zap.NewNop(),
 		// Reconnect within a second of etcd coming back, not after
 		// gRPC's default backoff of up to two minutes.
-		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+		DialOptions: append([]grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
 			MinConnectTimeout: time.Second,
-		})},
+		})}, opts...),
 	}
 	if wait {
 		cfg.DialTimeout = 3 * time.Second
@@ -121,6 +123,11 @@ func Dial(c *config.Cluster, wait bool) (*clientv3.Client, error) {
 	}
 	return cli, nil
 }
+
+// txnOps is the most operations vmfw puts in one etcd transaction:
+// etcd refuses a transaction of more than its --max-txn-ops (128 by
+// default), so larger writes are split.
+const txnOps = 100
 
 // opTimeout bounds one etcd request.
 const opTimeout = 3 * time.Second
