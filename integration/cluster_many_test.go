@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -210,4 +212,98 @@ func TestClusterHostWithManyInterfaces(t *testing.T) {
 	expect("a diff of more than 128 keys", members(manyTaps/2, manyTaps/2+20), last)
 	within(t, 10*time.Second, "the observer follows", func() bool { return observer.RemoteCount() == len(last) })
 	within(t, 10*time.Second, "hosts/big counts the new members", func() bool { return hostInfo().Members == len(last) })
+}
+
+// TestClusterPushesManyFiles: a configuration of more files than etcd
+// accepts operations in one transaction is pushed whole, against a real
+// etcd with its default limits, and read back and pulled exactly; a
+// second push that drops half of the VMs leaves exactly the new set.
+func TestClusterPushesManyFiles(t *testing.T) {
+	if _, err := exec.LookPath("etcd"); err != nil {
+		t.Fatalf("etcd is required (Debian package etcd-server; make deps installs it): %v", err)
+	}
+	c, err := labnet.NewCluster(0)
+	if err != nil {
+		t.Fatalf("building the core namespace: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Errorf("closing the cluster: %v", err)
+		}
+	})
+	e, err := labnet.StartEtcd(c.Core, labnet.EtcdURL("http", labnet.CoreAddr), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Stop)
+	cli, err := cluster.Dial(&config.Cluster{Endpoints: []string{e.URL}, Prefix: "/vmfw/"}, true, grpc.WithContextDialer(c.Core.Dial))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	keys := cluster.Keys{Prefix: "/vmfw/"}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	const vms = 600
+	dir := t.TempDir()
+	write := func(rel, content string) {
+		t.Helper()
+		path := dir + "/" + rel
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("groups/web.toml", "[[in]]\nproto = \"tcp\"\ndport = \"80\"\n")
+	for i := range vms {
+		write(fmt.Sprintf("vms/%d.toml", 1000+i), fmt.Sprintf("[net0]\nmac = \"02:00:00:00:%02x:%02x\"\nips = [\"2001:db8:0:d::%x\"]\ngroups = [\"web\"]\n", i>>8, i&0xff, i+1))
+	}
+	check := func(what string) {
+		t.Helper()
+		want, err := cluster.ReadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, _, err := cluster.Fetch(ctx, cli, keys)
+		if err != nil {
+			t.Fatalf("%s: reading back: %v", what, err)
+		}
+		if len(s.Files) != len(want) {
+			t.Errorf("%s: etcd holds %d files, want %d", what, len(s.Files), len(want))
+		}
+		for rel, data := range want {
+			if string(s.Files[rel]) != string(data) {
+				t.Errorf("%s: %s differs in etcd", what, rel)
+			}
+		}
+		pulled := filepath.Join(t.TempDir(), "pulled")
+		if _, err := cluster.Pull(ctx, cli, keys, pulled); err != nil {
+			t.Fatalf("%s: pull: %v", what, err)
+		}
+		got, err := cluster.ReadDir(pulled)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != len(want) {
+			t.Errorf("%s: pulled %d files, want %d", what, len(got), len(want))
+		}
+	}
+	rev1, err := cluster.Push(ctx, cli, keys, dir, "test")
+	if err != nil {
+		t.Fatalf("pushing %d VM files: %v", vms, err)
+	}
+	check("first push")
+	for i := range vms / 2 {
+		if err := os.Remove(fmt.Sprintf("%s/vms/%d.toml", dir, 1000+2*i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rev2, err := cluster.Push(ctx, cli, keys, dir, "test")
+	if err != nil || rev2 <= rev1 {
+		t.Fatalf("second push: revision %d after %d, %v", rev2, rev1, err)
+	}
+	check("second push")
 }

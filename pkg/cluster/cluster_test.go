@@ -85,12 +85,15 @@ func TestPushRefusesBadConfiguration(t *testing.T) {
 }
 
 func kvs(k Keys, files map[string][]byte, meta Meta, rev int64) []*mvccpb.KeyValue {
-	var out []*mvccpb.KeyValue
-	for rel, data := range files {
-		out = append(out, &mvccpb.KeyValue{Key: []byte(k.ConfigFiles() + rel), Value: data, ModRevision: rev})
+	archive, err := encodeFiles(files)
+	if err != nil {
+		panic(err)
 	}
 	m, _ := json.Marshal(meta)
-	return append(out, &mvccpb.KeyValue{Key: []byte(k.ConfigMeta()), Value: m, ModRevision: rev})
+	return []*mvccpb.KeyValue{
+		{Key: []byte(k.ConfigFiles()), Value: archive, ModRevision: rev},
+		{Key: []byte(k.ConfigMeta()), Value: m, ModRevision: rev},
+	}
 }
 
 // TestSnapshotChecksDigestAndNames: a snapshot whose files do not match

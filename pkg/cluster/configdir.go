@@ -1,12 +1,15 @@
 package cluster
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -111,6 +114,10 @@ func Push(ctx context.Context, cli *clientv3.Client, k Keys, dir, by string) (in
 	if err != nil {
 		return 0, err
 	}
+	archive, err := encodeFiles(files)
+	if err != nil {
+		return 0, err
+	}
 	for try := 0; ; try++ {
 		tctx, cancel := withTimeout(ctx)
 		old, err := cli.Get(tctx, k.ConfigPrefix(), clientv3.WithPrefix(), clientv3.WithKeysOnly())
@@ -119,20 +126,12 @@ func Push(ctx context.Context, cli *clientv3.Client, k Keys, dir, by string) (in
 			return 0, fmt.Errorf("reading the configuration in etcd: %w", err)
 		}
 		var metaRev int64
-		var ops []clientv3.Op
 		for _, kv := range old.Kvs {
-			key := string(kv.Key)
-			if key == k.ConfigMeta() {
+			if string(kv.Key) == k.ConfigMeta() {
 				metaRev = kv.ModRevision
 			}
-			if rel, isFile := strings.CutPrefix(key, k.ConfigFiles()); isFile && files[rel] == nil {
-				ops = append(ops, clientv3.OpDelete(key))
-			}
 		}
-		for _, rel := range slices.Sorted(mapKeys(files)) {
-			ops = append(ops, clientv3.OpPut(k.ConfigFiles()+rel, string(files[rel])))
-		}
-		ops = append(ops, clientv3.OpPut(k.ConfigMeta(), string(meta)))
+		ops := []clientv3.Op{clientv3.OpPut(k.ConfigFiles(), string(archive)), clientv3.OpPut(k.ConfigMeta(), string(meta))}
 		// Every push rewrites the meta key: unchanged since the read, no
 		// other push came in between and the deletions are right.
 		tctx, cancel = withTimeout(ctx)
@@ -141,7 +140,7 @@ func Push(ctx context.Context, cli *clientv3.Client, k Keys, dir, by string) (in
 			Then(ops...).Commit()
 		cancel()
 		if err != nil {
-			return 0, fmt.Errorf("writing the configuration to etcd: %w", err)
+			return 0, fmt.Errorf("writing the configuration to etcd (%d files, %d bytes compressed; etcd refuses requests over its --max-request-bytes, 1.5 MiB by default): %w", len(files), len(archive), err)
 		}
 		if resp.Succeeded {
 			return resp.Header.Revision, nil
@@ -150,6 +149,47 @@ func Push(ctx context.Context, cli *clientv3.Client, k Keys, dir, by string) (in
 			return 0, errors.New("writing the configuration to etcd: other pushes keep coming in; try again")
 		}
 	}
+}
+
+// encodeFiles packs a file set into the value of the ConfigFiles key:
+// gzip-compressed JSON of the files by relative path. Configuration files
+// are small and alike (thousands of VM files compress to a few hundred
+// kilobytes), so one value holds a large cluster's configuration.
+func encodeFiles(files map[string][]byte) ([]byte, error) {
+	var b bytes.Buffer
+	z := gzip.NewWriter(&b)
+	if err := json.NewEncoder(z).Encode(files); err != nil {
+		return nil, err
+	}
+	if err := z.Close(); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), nil
+}
+
+// maxArchive bounds what decodeFiles inflates, far above what etcd
+// accepts compressed, so that a corrupt or hostile value cannot exhaust
+// memory.
+const maxArchive = 256 << 20
+
+// decodeFiles unpacks what encodeFiles packed.
+func decodeFiles(value []byte) (map[string][]byte, error) {
+	z, err := gzip.NewReader(bytes.NewReader(value))
+	if err != nil {
+		return nil, fmt.Errorf("not a configuration archive: %w", err)
+	}
+	data, err := io.ReadAll(io.LimitReader(z, maxArchive+1))
+	if err != nil {
+		return nil, fmt.Errorf("not a configuration archive: %w", err)
+	}
+	if len(data) > maxArchive {
+		return nil, fmt.Errorf("the configuration archive inflates to more than %d bytes", maxArchive)
+	}
+	files := map[string][]byte{}
+	if err := json.Unmarshal(data, &files); err != nil {
+		return nil, fmt.Errorf("not a configuration archive: %w", err)
+	}
+	return files, nil
 }
 
 // validateFiles loads the file set from a scratch directory, as an agent
@@ -193,19 +233,23 @@ func Fetch(ctx context.Context, cli *clientv3.Client, k Keys) (*Snapshot, int64,
 func snapshotOf(k Keys, kvs []*mvccpb.KeyValue) (*Snapshot, error) {
 	s := &Snapshot{Files: map[string][]byte{}}
 	for _, kv := range kvs {
-		key := string(kv.Key)
-		if key == k.ConfigMeta() {
+		switch key := string(kv.Key); key {
+		case k.ConfigMeta():
 			if err := json.Unmarshal(kv.Value, &s.Meta); err != nil {
 				return nil, fmt.Errorf("%s: %w", key, err)
 			}
 			s.Revision = kv.ModRevision
-			continue
-		}
-		if rel, ok := strings.CutPrefix(key, k.ConfigFiles()); ok {
-			if !validRel(rel) {
-				return nil, fmt.Errorf("%s: not a configuration file name", key)
+		case k.ConfigFiles():
+			files, err := decodeFiles(kv.Value)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", key, err)
 			}
-			s.Files[rel] = kv.Value
+			for rel := range files {
+				if !validRel(rel) {
+					return nil, fmt.Errorf("%s: %q is not a configuration file name", key, rel)
+				}
+			}
+			s.Files = files
 		}
 	}
 	if s.Revision != 0 && digest(s.Files) != s.Meta.SHA256 {

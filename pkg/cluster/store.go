@@ -25,7 +25,7 @@ import (
 // Keys names what vmfw keeps under a prefix:
 //
 //	PREFIX config/meta            the pushed configuration's summary (Meta)
-//	PREFIX config/files/REL       one file of it (vmfw.toml, groups/x.toml, vms/1.toml)
+//	PREFIX config/files           its files (vmfw.toml, groups/*.toml, vms/*.toml), one archive
 //	PREFIX members/HOST/TAP       an attached interface (Member), under HOST's lease
 //	PREFIX hosts/HOST             HOST's liveness and revision (HostInfo), under its lease
 //	PREFIX known/HOST             every host that ever joined (HostInfo at join)
@@ -38,8 +38,10 @@ func (k Keys) ConfigPrefix() string { return k.Prefix + "config/" }
 // configuration's revision.
 func (k Keys) ConfigMeta() string { return k.Prefix + "config/meta" }
 
-// ConfigFiles is the prefix of the configuration's files.
-func (k Keys) ConfigFiles() string { return k.Prefix + "config/files/" }
+// ConfigFiles holds the configuration's files as one archive (see
+// encodeFiles): one key, so that a push of any number of files is two
+// puts in one transaction, within etcd's --max-txn-ops.
+func (k Keys) ConfigFiles() string { return k.Prefix + "config/files" }
 
 // Members is the prefix of every host's members.
 func (k Keys) Members() string { return k.Prefix + "members/" }
