@@ -77,7 +77,11 @@ func (e *Engine) changeScoped(ctx context.Context, m *config.Model, r nicSource,
 	}
 	before := view.before
 	focus := append(slices.Clone(up), down...)
-	after := slices.DeleteFunc(slices.Clone(before), func(n *config.NIC) bool { return slices.Contains(focus, n.Tap) })
+	inFocus := make(map[string]bool, len(focus))
+	for _, tap := range focus {
+		inFocus[tap] = true
+	}
+	after := slices.DeleteFunc(slices.Clone(before), func(n *config.NIC) bool { return inFocus[n.Tap] })
 	for _, tap := range up {
 		nic := r.NIC(tap)
 		if nic == nil {
