@@ -68,6 +68,11 @@ type Agent struct {
 	// what remember read when nothing changed since (knownSets); nil on
 	// legacy, whose writes the generation does not see.
 	sets *knownSets
+	// queued reports work waiting for the main loop (requests, edits);
+	// while there is, remember waits (unremembered says it owes one),
+	// since the next write would make what it reads old at once.
+	queued       func() bool
+	unremembered bool
 
 	// Cluster mode (cluster.go): nil in file mode.
 	cluster  *cluster.Node
@@ -148,6 +153,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer ln.Close()
 	reqs := make(chan pending, 4096)
 	go a.serve(ctx, ln, reqs)
+	a.queued = func() bool { return len(reqs) > 0 || len(w.Changed) > 0 }
 
 	a.sync(ctx, "agent started")
 	if err := notify("READY=1"); err != nil {
@@ -162,6 +168,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	ticker := time.NewTicker(interval)
 	defer ticker.Stop()
 	for {
+		if a.unremembered && !a.queued() {
+			a.remember(ctx)
+		}
 		select {
 		case <-ctx.Done():
 			notify("STOPPING=1")
@@ -397,6 +406,18 @@ func (a *Agent) retryStale(op func() error) {
 // keeps are those of that generation even if another vmfw process
 // writes meanwhile (remember does not hold the namespace lock).
 func (a *Agent) remember(ctx context.Context) {
+	if a.queued != nil && a.queued() {
+		// Reading the sets takes 10-25 ms, seconds under a boot storm's
+		// load, and the next batch waits for it; after the last one the
+		// main loop remembers. Until then the drift check, finding the
+		// generation moved, runs a full apply: safe, not cheap.
+		a.unremembered = true
+		if a.sets != nil {
+			a.sets.forget()
+		}
+		return
+	}
+	a.unremembered = false
 	gen, genErr := iptables.Generation(ctx)
 	if genErr == nil {
 		a.lastGen = gen
