@@ -409,8 +409,7 @@ func (a *Agent) remember(ctx context.Context) {
 	if a.queued != nil && a.queued() {
 		// Reading the sets takes 10-25 ms, seconds under a boot storm's
 		// load, and the next batch waits for it; after the last one the
-		// main loop remembers. Until then the drift check, finding the
-		// generation moved, runs a full apply: safe, not cheap.
+		// main loop remembers. Until then drift checks wait (repair).
 		a.unremembered = true
 		if a.sets != nil {
 			a.sets.forget()
@@ -451,6 +450,16 @@ func (a *Agent) readSets(ctx context.Context) (map[string]*ipset.Observed, error
 // iptables the generation does not see x_tables, so every tick reads.
 func (a *Agent) repair(ctx context.Context) {
 	if _, err := a.currentModel(); err != nil {
+		return
+	}
+	if a.unremembered {
+		// Requests are queued and the agent has not read back what its
+		// last batch left (remember): the generation has moved by its
+		// own writes, which a check now would take for drift, and its
+		// full apply would firewall the queued taps ahead of their
+		// batch. The check waits for the next tick; the queue empties
+		// between bursts and the main loop then remembers.
+		a.Log.Debug("drift check deferred: requests queued")
 		return
 	}
 	if strings.HasPrefix(a.Engine.Backend, string(iptables.NFT)) {
