@@ -32,6 +32,7 @@ import (
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/droplog"
 	"github.com/vmfw/vmfw/pkg/engine"
+	"github.com/vmfw/vmfw/pkg/ipset"
 	"github.com/vmfw/vmfw/pkg/iptables"
 )
 
@@ -62,11 +63,23 @@ type Agent struct {
 	mu       sync.Mutex
 	model    *config.Model // the last valid configuration, nil before one loaded
 	modelErr error         // why the configuration on disk is not in force
+	// files keeps the parsed configuration files, so that an edit
+	// parses only the files inotify named (config.Cache).
+	files config.Cache
 
 	// What the kernel held after the agent's last write, to tell drift
 	// from quiet cheaply (see repair).
 	lastGen  uint32
 	lastSets string
+	// sets is the engine's set store on nf_tables, which answers from
+	// what remember read when nothing changed since (knownSets); nil on
+	// legacy, whose writes the generation does not see.
+	sets *knownSets
+	// queued reports work waiting for the main loop (requests, edits);
+	// while there is, remember waits (unremembered says it owes one),
+	// since the next write would make what it reads old at once.
+	queued       func() bool
+	unremembered bool
 
 	// Cluster mode (cluster.go): nil in file mode.
 	cluster  *cluster.Node
@@ -75,12 +88,16 @@ type Agent struct {
 	attached []*config.NIC           // interfaces with chains, as last published
 }
 
-// debounce is how long the agent waits after a change for the next one
-// before reloading, so that a tool writing many files (rsync, a directory
-// swap) costs one reload; maxDebounce bounds the wait under a stream of
-// writes.
+// After a change the agent waits for the directory to be quiet before it
+// reloads, so that a tool writing many files (rsync, a directory swap)
+// costs one reload: quiet for debounce while a file was created or
+// modified and not yet closed (a writer that may not be done), for
+// settled when every file named was closed or renamed into place (an
+// editor's or a configuration manager's rename is complete at once).
+// maxDebounce bounds the wait under a stream of writes.
 const (
 	debounce    = 20 * time.Millisecond
+	settled     = 2 * time.Millisecond
 	maxDebounce = 500 * time.Millisecond
 )
 
@@ -101,6 +118,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.Metrics = NewMetrics()
 	}
 	a.Engine.Model = a.currentModel
+	if strings.HasPrefix(a.Engine.Backend, string(iptables.NFT)) {
+		a.sets = &knownSets{SetStore: a.Engine.Sets}
+		a.Engine.Sets = a.sets
+	}
 	w, err := newWatcher(a.ConfigDir)
 	if err != nil {
 		return err
@@ -111,7 +132,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.startCluster(ctx); err != nil {
 		return err
 	}
-	a.reload()
+	a.reload(nil, true)
 	if m, err := a.currentModel(); err == nil && m.Host.MetricsListen != "" {
 		// The address is read once: changing it takes a restart.
 		if err := a.serveMetrics(ctx, m.Host.MetricsListen); err != nil {
@@ -139,6 +160,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer ln.Close()
 	reqs := make(chan pending, 4096)
 	go a.serve(ctx, ln, reqs)
+	a.queued = func() bool { return len(reqs) > 0 || len(w.Changed) > 0 }
 
 	a.sync(ctx, "agent started")
 	if err := notify("READY=1"); err != nil {
@@ -153,6 +175,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	ticker := time.NewTicker(interval)
 	defer ticker.Stop()
 	for {
+		if a.unremembered && !a.queued() {
+			a.remember(ctx)
+		}
 		select {
 		case <-ctx.Done():
 			notify("STOPPING=1")
@@ -163,12 +188,15 @@ func (a *Agent) Run(ctx context.Context) error {
 			if err := w.rewatch(); err != nil {
 				a.Log.Error("watching the configuration", "error", err)
 			}
-			if prev, ok := a.reload(); ok {
+			if prev, ok := a.reload(w.take()); ok {
 				a.applyEdit(ctx, prev, "configuration changed")
 			}
 		case <-hup:
+			// Everything is read again: SIGHUP is also how an operator
+			// makes the agent see what inotify cannot (a symlinked
+			// file's target, a file edited through a hard link).
 			notify("RELOADING=1")
-			if prev, ok := a.reload(); ok {
+			if prev, ok := a.reload(nil, true); ok {
 				a.applyEdit(ctx, prev, "SIGHUP")
 			}
 			notify("READY=1")
@@ -186,7 +214,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-ticker.C:
 			a.repair(ctx)
 		case <-a.clusterConfig():
-			if prev, ok := a.reload(); ok {
+			if prev, ok := a.reload(nil, true); ok {
 				a.applyEdit(ctx, prev, "cluster configuration pushed")
 			}
 		case <-a.clusterMembers():
@@ -200,13 +228,18 @@ func (a *Agent) Run(ctx context.Context) error {
 }
 
 // settle waits until the configuration directory has been quiet for
-// debounce (at most maxDebounce).
+// debounce, or settled when no file is being written (at most
+// maxDebounce).
 func (a *Agent) settle(ctx context.Context, w *watcher) {
 	deadline := time.After(maxDebounce)
 	for {
+		quiet := settled
+		if w.busy() {
+			quiet = debounce
+		}
 		select {
 		case <-w.Changed:
-		case <-time.After(debounce):
+		case <-time.After(quiet):
 			return
 		case <-deadline:
 			return
@@ -236,14 +269,19 @@ func (a *Agent) interval() time.Duration {
 	return a.model.Host.RepairInterval
 }
 
-// reload reads the configuration directory. A valid one replaces the
-// model and reload reports true and the model it replaced; an invalid one
-// is logged with its file and line and the last valid model stays in
-// force.
-func (a *Agent) reload() (prev *config.Model, ok bool) {
+// reload reads the configuration directory: only the files in changed
+// again, unless full (or in cluster mode, where each revision is another
+// directory), and the others as the last load parsed them. A valid
+// configuration replaces the model and reload reports true and the model
+// it replaced; an invalid one is logged with its file and line and the
+// last valid model stays in force.
+func (a *Agent) reload(changed []string, full bool) (prev *config.Model, ok bool) {
 	start := time.Now()
 	dir, rev := a.loadDir()
-	m, err := config.Load(dir)
+	if full || a.cluster != nil {
+		a.files.Reset()
+	}
+	m, err := a.files.Load(dir, changed)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if err != nil {
@@ -262,7 +300,7 @@ func (a *Agent) reload() (prev *config.Model, ok bool) {
 	}
 	prev = a.model
 	a.model, a.modelErr, a.revision = m, nil, rev
-	a.Log.Info("configuration loaded", "vms", len(m.VMs), "groups", len(m.Groups), "revision", rev, "took", time.Since(start).Round(time.Microsecond).String())
+	a.Log.Info("configuration loaded", "vms", len(m.VMs), "groups", len(m.Groups), "revision", rev, "files_changed", len(changed), "full", full || a.cluster != nil, "took", time.Since(start).Round(time.Microsecond).String())
 	return prev, true
 }
 
@@ -281,7 +319,12 @@ func (a *Agent) applyEdit(ctx context.Context, prev *config.Model, reason string
 			return
 		}
 		start := time.Now()
-		handled, ch, err := a.Engine.SyncGroups(ctx, prev, groups)
+		var handled bool
+		var ch *engine.Change
+		a.retryStale(func() error {
+			handled, ch, err = a.Engine.SyncGroups(ctx, prev, groups)
+			return err
+		})
 		if handled {
 			a.record(ctx, time.Since(start), ch, err, "reason", reason, "groups", groups)
 			return
@@ -317,7 +360,12 @@ func (a *Agent) sync(ctx context.Context, reason string) *engine.Change {
 		return nil
 	}
 	start := time.Now()
-	ch, err := a.Engine.Sync(ctx, false)
+	var ch *engine.Change
+	var err error
+	a.retryStale(func() error {
+		ch, err = a.Engine.Sync(ctx, false)
+		return err
+	})
 	return a.record(ctx, time.Since(start), ch, err, "reason", reason)
 }
 
@@ -340,13 +388,65 @@ func (a *Agent) record(ctx context.Context, took time.Duration, ch *engine.Chang
 	return ch
 }
 
-// remember records what the kernel holds after a write of the agent's.
+// retryStale runs op, and runs it once more when it failed after the
+// engine planned from remembered sets (knownSets) instead of reading
+// them: someone may have changed them behind the agent's back, and the
+// second run reads the kernel. Every operation is idempotent and a
+// failed one leaves the rules as they were, so running it again is safe.
+func (a *Agent) retryStale(op func() error) {
+	if a.sets != nil {
+		a.sets.takeServed()
+	}
+	err := op()
+	if err == nil || a.sets == nil || !a.sets.takeServed() {
+		return
+	}
+	a.Log.Warn("apply failed on remembered ipsets; reading them and trying again", "error", err.Error())
+	a.sets.forget()
+	op()
+}
+
+// remember records what the kernel holds after a write of the agent's:
+// the nf_tables generation and vmfw's ipsets, which the next change then
+// need not read (knownSets) while the generation stays the same. It
+// reads the generation before and after the sets, so that the sets it
+// keeps are those of that generation even if another vmfw process
+// writes meanwhile (remember does not hold the namespace lock).
 func (a *Agent) remember(ctx context.Context) {
-	if gen, err := iptables.Generation(ctx); err == nil {
+	if a.queued != nil && a.queued() {
+		// Reading the sets takes 10-25 ms, seconds under a boot storm's
+		// load, and the next batch waits for it; after the last one the
+		// main loop remembers. Until then drift checks wait (repair).
+		a.unremembered = true
+		if a.sets != nil {
+			a.sets.forget()
+		}
+		return
+	}
+	a.unremembered = false
+	gen, genErr := iptables.Generation(ctx)
+	if genErr == nil {
 		a.lastGen = gen
 	}
-	a.lastSets = a.setsFingerprint(ctx)
+	sets, err := a.readSets(ctx)
+	a.lastSets = setsFingerprint(sets, err)
+	if a.sets != nil {
+		a.sets.forget()
+		if genErr == nil && err == nil {
+			if again, err := iptables.Generation(ctx); err == nil && again == gen {
+				a.sets.remember(sets, gen)
+			}
+		}
+	}
 	a.publish(ctx)
+}
+
+// readSets reads vmfw's ipsets from the kernel, never from memory.
+func (a *Agent) readSets(ctx context.Context) (map[string]*ipset.Observed, error) {
+	if a.sets != nil {
+		return a.sets.SetStore.List(ctx)
+	}
+	return a.Engine.Sets.List(ctx)
 }
 
 // repair looks for drift and repairs it. Reading every chain at thousands
@@ -359,9 +459,19 @@ func (a *Agent) repair(ctx context.Context) {
 	if _, err := a.currentModel(); err != nil {
 		return
 	}
+	if a.unremembered {
+		// Requests are queued and the agent has not read back what its
+		// last batch left (remember): the generation has moved by its
+		// own writes, which a check now would take for drift, and its
+		// full apply would firewall the queued taps ahead of their
+		// batch. The check waits for the next tick; the queue empties
+		// between bursts and the main loop then remembers.
+		a.Log.Debug("drift check deferred: requests queued")
+		return
+	}
 	if strings.HasPrefix(a.Engine.Backend, string(iptables.NFT)) {
 		gen, err := iptables.Generation(ctx)
-		if err == nil && gen == a.lastGen && a.setsFingerprint(ctx) == a.lastSets {
+		if err == nil && gen == a.lastGen && setsFingerprint(a.readSets(ctx)) == a.lastSets {
 			return
 		}
 	}
@@ -371,9 +481,9 @@ func (a *Agent) repair(ctx context.Context) {
 	}
 }
 
-// setsFingerprint summarises vmfw's ipsets and their members.
-func (a *Agent) setsFingerprint(ctx context.Context) string {
-	sets, err := a.Engine.Sets.List(ctx)
+// setsFingerprint summarises vmfw's ipsets and their members, as read
+// (with the error of the read).
+func setsFingerprint(sets map[string]*ipset.Observed, err error) string {
 	if err != nil {
 		return "error: " + err.Error()
 	}
@@ -466,7 +576,12 @@ func (a *Agent) applyTaps(ctx context.Context, batch []pending) {
 	sort.Strings(up)
 	sort.Strings(down)
 	start := time.Now()
-	res, err := a.Engine.ApplyBatch(ctx, up, down)
+	var res *engine.BatchResult
+	var err error
+	a.retryStale(func() error {
+		res, err = a.Engine.ApplyBatch(ctx, up, down)
+		return err
+	})
 	took := time.Since(start)
 	a.Metrics.batch(len(batch), took, err)
 	var cfgErr *engine.ConfigError

@@ -9,6 +9,7 @@ import (
 
 	"github.com/vmfw/vmfw/pkg/cluster"
 	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/engine"
 )
 
 // Cluster mode (docs/cluster.md): with a [cluster] table in the local
@@ -88,7 +89,13 @@ func (a *Agent) membersChanged(ctx context.Context) {
 	if a.attached != nil {
 		// Only set members change: no chain is read or written.
 		start := time.Now()
-		handled, ch, err := a.Engine.SyncSets(ctx, a.attached)
+		var handled bool
+		var ch *engine.Change
+		var err error
+		a.retryStale(func() error {
+			handled, ch, err = a.Engine.SyncSets(ctx, a.attached)
+			return err
+		})
 		if handled {
 			took := time.Since(start)
 			a.Metrics.applied(took, err)
@@ -96,7 +103,7 @@ func (a *Agent) membersChanged(ctx context.Context) {
 				a.Log.Error("apply failed", "reason", reason, "error", err.Error(), "took", took.String())
 				return
 			}
-			a.lastSets = a.setsFingerprint(ctx)
+			a.lastSets = setsFingerprint(a.readSets(ctx))
 			a.Log.Info("applied", append([]any{"reason", reason, "took", took.Round(time.Microsecond).String(), "flows_cut", ch.FlowsCut}, changeAttrs(ch)...)...)
 			return
 		}

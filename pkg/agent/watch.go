@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"sort"
 	"sync"
 	"unsafe"
 
@@ -16,8 +17,11 @@ import (
 // write a temporary file and rename it over the old one), created and
 // deleted; and the directory itself swapped by rename or by a symlink
 // switched to another directory, which only its parent sees. Each batch
-// of events is one signal on Changed; the agent then re-reads everything,
-// so which file changed does not matter and lost details cost nothing.
+// of events is one signal on Changed; take then says which group and VM
+// files the events named, so that the agent parses only those again
+// (config.Cache), or that something no file name describes happened (a
+// swapped or recreated directory, lost events), after which it parses
+// everything.
 //
 // The watches are re-added after every change: a swapped directory is
 // another inode, and a watch follows the inode, not the path.
@@ -28,6 +32,15 @@ type watcher struct {
 
 	mu      sync.Mutex
 	watches map[string]int // path → watch descriptor
+	// changed holds the files named since the last take, relative to
+	// dir ("groups/web.toml"); full says a file list cannot describe
+	// what happened.
+	changed map[string]bool
+	full    bool
+	// writing holds the files created or modified and not yet closed:
+	// while there are any, the agent waits longer for the writer to
+	// finish (see Agent.settle).
+	writing map[string]bool
 }
 
 // watchMask is every event that can change what a directory holds.
@@ -40,7 +53,8 @@ func newWatcher(dir string) (*watcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("inotify: %w", err)
 	}
-	w := &watcher{dir: dir, fd: fd, Changed: make(chan struct{}, 1), watches: map[string]int{}}
+	w := &watcher{dir: dir, fd: fd, Changed: make(chan struct{}, 1), watches: map[string]int{},
+		changed: map[string]bool{}, writing: map[string]bool{}}
 	if err := w.rewatch(); err != nil {
 		unix.Close(fd)
 		return nil, err
@@ -56,7 +70,9 @@ func (w *watcher) paths() []string {
 
 // rewatch (re)adds a watch on every path that exists, following symlinks,
 // and drops watches whose path now names another inode. A missing
-// subdirectory is not an error: loading the configuration reports it.
+// subdirectory is not an error: loading the configuration reports it. A
+// watch that changed means a directory was replaced: the next take
+// reports full.
 func (w *watcher) rewatch() error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -74,16 +90,16 @@ func (w *watcher) rewatch() error {
 		if old, ok := w.watches[p]; ok && old != wd {
 			unix.InotifyRmWatch(w.fd, uint32(old)) // the old inode; it may be gone already
 		}
+		if old, ok := w.watches[p]; !ok || old != wd {
+			w.full = true
+		}
 		w.watches[p] = wd
 	}
 	return nil
 }
 
 // run reads events until ctx is done, signalling Changed for each read
-// that returned any. Events on the parent are for every name in it; only
-// those naming the configuration directory matter, but telling them
-// apart is not worth the risk of missing a swap: a spurious reload of an
-// unchanged configuration writes nothing.
+// that returned any that matter.
 func (w *watcher) run(ctx context.Context) {
 	defer unix.Close(w.fd)
 	buf := make([]byte, 64*1024)
@@ -97,7 +113,7 @@ func (w *watcher) run(ctx context.Context) {
 		if err != nil || got <= 0 {
 			continue
 		}
-		if !w.relevant(buf[:got]) {
+		if !w.note(buf[:got]) {
 			continue
 		}
 		select {
@@ -107,14 +123,45 @@ func (w *watcher) run(ctx context.Context) {
 	}
 }
 
-// relevant reports whether a read of events holds one that can change
-// the configuration: anything in the watched directories themselves, and
-// in the parent only events naming the configuration directory.
-func (w *watcher) relevant(buf []byte) bool {
+// take returns the files events named since the last take, sorted, and
+// whether something a file list cannot describe happened; it forgets
+// both, and the files being written.
+func (w *watcher) take() (changed []string, full bool) {
 	w.mu.Lock()
-	parent := w.watches[w.paths()[0]]
-	w.mu.Unlock()
+	defer w.mu.Unlock()
+	for rel := range w.changed {
+		changed = append(changed, rel)
+	}
+	sort.Strings(changed)
+	full = w.full
+	w.changed, w.full, w.writing = map[string]bool{}, false, map[string]bool{}
+	return changed, full
+}
+
+// busy reports whether a file was created or modified and not closed
+// since the last take: a writer that may not be done.
+func (w *watcher) busy() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.writing) > 0
+}
+
+// note records a read of events and reports whether any can change the
+// configuration: events in the watched directories themselves, and in the
+// parent only those naming the configuration directory. Events that name
+// a file of groups/ or vms/ record it; anything else that matters (the
+// directory or a subdirectory created, removed or swapped, an event on an
+// unknown watch, lost events) records full. vmfw.toml needs neither: it
+// is read on every load.
+func (w *watcher) note(buf []byte) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	paths := w.paths()
+	parent := w.watches[paths[0]]
+	sub := map[int]string{w.watches[paths[2]]: "groups", w.watches[paths[3]]: "vms"}
+	top := w.watches[paths[1]]
 	base := filepath.Base(filepath.Clean(w.dir))
+	relevant := false
 	for off := 0; off+unix.SizeofInotifyEvent <= len(buf); {
 		ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
 		name := ""
@@ -129,9 +176,34 @@ func (w *watcher) relevant(buf []byte) bool {
 			name = string(raw)
 		}
 		off += unix.SizeofInotifyEvent + int(ev.Len)
-		if int(ev.Wd) != parent || name == base {
-			return true
+		wd := int(ev.Wd)
+		switch dir, isSub := sub[wd]; {
+		case ev.Mask&unix.IN_Q_OVERFLOW != 0:
+			w.full, relevant = true, true
+		case wd == parent && wd != top:
+			if name == base {
+				w.full, relevant = true, true
+			}
+		case wd == top:
+			relevant = true
+			if name == "" || name == "groups" || name == "vms" {
+				w.full = true
+			}
+		case isSub && name != "":
+			relevant = true
+			rel := dir + "/" + name
+			w.changed[rel] = true
+			if ev.Mask&(unix.IN_CREATE|unix.IN_MODIFY) != 0 && ev.Mask&unix.IN_ISDIR == 0 {
+				w.writing[rel] = true
+			}
+			if ev.Mask&(unix.IN_CLOSE_WRITE|unix.IN_MOVED_TO|unix.IN_MOVED_FROM|unix.IN_DELETE) != 0 {
+				delete(w.writing, rel)
+			}
+		default:
+			// The subdirectory itself (deleted, moved) or a watch rewatch
+			// has dropped: parse everything.
+			w.full, relevant = true, true
 		}
 	}
-	return false
+	return relevant
 }

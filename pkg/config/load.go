@@ -64,6 +64,9 @@ type loader struct {
 	// ips and macs record which interface claimed an address first.
 	ips  map[netip.Addr]claim
 	macs map[string]claim
+	// cache, when set, supplies the files an earlier load parsed and
+	// keeps those this one parses (Cache).
+	cache *Cache
 }
 
 // claim is the interface that uses an address, for "already claimed by".
@@ -94,15 +97,23 @@ func (l *loader) load(dir string) (*Model, *Error) {
 			known[e.stem] = true
 		}
 	}
+	var cachedGroups map[string]cachedGroup
+	var cachedVMs map[string]loadedVM
+	if l.cache != nil {
+		cachedGroups, cachedVMs = l.cache.begin(known)
+		// What this load parsed or reused replaces the cache, also when
+		// it stops at an error: files it did not reach are parsed next
+		// time.
+		defer func() { l.cache.groups, l.cache.vms = cachedGroups, cachedVMs }()
+	}
 	for _, e := range groupFiles {
 		if !validGroupName(e.stem) {
 			return nil, &Error{File: e.rel, Msg: fmt.Sprintf("invalid group name %q: the file name must be a letter followed by up to 19 letters, digits or _", e.stem)}
 		}
-		f, err := l.open(&l.parser, e, groupSchema)
-		if err != nil {
-			return nil, err
+		g, err := l.loadGroupFile(e, known)
+		if cachedGroups != nil {
+			cachedGroups[e.rel] = cachedGroup{group: g, err: copyError(err)}
 		}
-		g, err := loadGroup(f, e.stem, known)
 		if err != nil {
 			return nil, err
 		}
@@ -128,17 +139,35 @@ func (l *loader) load(dir string) (*Model, *Error) {
 	// they are recorded afterwards in id order, and the first problem is
 	// the same as reading the files one after the other would find.
 	loaded := make([]loadedVM, len(vmFiles))
+	var todo []int // the files to parse: all of them without a cache
+	for i, e := range vmFiles {
+		if l.cache != nil {
+			if lv, ok := l.cache.vm(e); ok {
+				loaded[i] = lv
+				continue
+			}
+		}
+		todo = append(todo, i)
+	}
 	var next atomic.Int64
 	var wg sync.WaitGroup
-	for range min(runtime.GOMAXPROCS(0), len(vmFiles)) {
+	for range min(runtime.GOMAXPROCS(0), len(todo)) {
 		wg.Go(func() {
 			var p unstable.Parser
-			for i := int(next.Add(1)) - 1; i < len(vmFiles); i = int(next.Add(1)) - 1 {
+			for k := int(next.Add(1)) - 1; k < len(todo); k = int(next.Add(1)) - 1 {
+				i := todo[k]
 				loaded[i] = l.loadVMFile(&p, vmFiles[i], ids[vmFiles[i].rel], known)
 			}
 		})
 	}
 	wg.Wait()
+	if cachedVMs != nil {
+		for i, e := range vmFiles {
+			lv := loaded[i]
+			lv.err = copyError(lv.err)
+			cachedVMs[e.rel] = lv
+		}
+	}
 	l.ips = make(map[netip.Addr]claim)
 	l.macs = make(map[string]claim)
 	for _, lv := range loaded {
@@ -151,6 +180,21 @@ func (l *loader) load(dir string) (*Model, *Error) {
 		m.VMs[lv.vm.ID] = lv.vm
 	}
 	return m, nil
+}
+
+// loadGroupFile reads and validates group file e, or takes it from the
+// cache.
+func (l *loader) loadGroupFile(e entry, known map[string]bool) (*Group, *Error) {
+	if l.cache != nil {
+		if g, ok := l.cache.group(e); ok {
+			return g.group, g.err
+		}
+	}
+	f, err := l.open(&l.parser, e, groupSchema)
+	if err != nil {
+		return nil, err
+	}
+	return loadGroup(f, e.stem, known)
 }
 
 // setRoot checks that dir is a directory and resolves the boundary for

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/vmfw/vmfw/pkg/config"
@@ -20,6 +21,7 @@ const attEmptyTable = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUT
 
 // attKernel holds no vmfw state and records what would be applied.
 type attKernel struct {
+	mu       sync.Mutex // the engine writes the families side by side
 	restored []string
 	links    map[string]bool
 }
@@ -29,6 +31,8 @@ func (k *attKernel) Save(context.Context, ruleset.Family) (*iptables.Snapshot, e
 }
 
 func (k *attKernel) Restore(_ context.Context, _ ruleset.Family, text string) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
 	k.restored = append(k.restored, text)
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/vmfw/vmfw/pkg/ipset"
@@ -16,6 +17,7 @@ import (
 // fakeFirewall serves saved snapshots and records restores; it can fail
 // the restore of one family to exercise the revert path.
 type fakeFirewall struct {
+	mu       sync.Mutex // the engine writes the families side by side
 	snap     map[ruleset.Family]*iptables.Snapshot
 	restores map[ruleset.Family][]string
 	failOn   ruleset.Family
@@ -38,6 +40,8 @@ func (f *fakeFirewall) Restore(_ context.Context, fam ruleset.Family, text strin
 	if text == "" {
 		return nil
 	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.restores[fam] = append(f.restores[fam], text)
 	if fam == f.failOn && len(f.restores[fam]) == 1 {
 		return errors.New("ip6tables-restore: line 3 failed")

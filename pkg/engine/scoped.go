@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/vmfw/vmfw/pkg/config"
@@ -76,7 +77,11 @@ func (e *Engine) changeScoped(ctx context.Context, m *config.Model, r nicSource,
 	}
 	before := view.before
 	focus := append(slices.Clone(up), down...)
-	after := slices.DeleteFunc(slices.Clone(before), func(n *config.NIC) bool { return slices.Contains(focus, n.Tap) })
+	inFocus := make(map[string]bool, len(focus))
+	for _, tap := range focus {
+		inFocus[tap] = true
+	}
+	after := slices.DeleteFunc(slices.Clone(before), func(n *config.NIC) bool { return inFocus[n.Tap] })
 	for _, tap := range up {
 		nic := r.NIC(tap)
 		if nic == nil {
@@ -272,17 +277,22 @@ func pureDeletions(sc *ruleset.Scope, st *kernelState) map[ruleset.Family]map[ru
 // deletingFirewall passes restores on to Firewall, rewriting the first
 // (forward) transaction of each family: chains in deletes are not
 // redeclared and refilled but have the listed rules deleted.
+// The families are written concurrently (restoreFamilies), hence mu.
 type deletingFirewall struct {
 	Firewall
 	deletes map[ruleset.Family]map[ruleset.Chain][]int
-	done    map[ruleset.Family]bool
+
+	mu   sync.Mutex
+	done map[ruleset.Family]bool
 }
 
 func (d *deletingFirewall) Restore(ctx context.Context, f ruleset.Family, text string) error {
+	d.mu.Lock()
 	if !d.done[f] && len(d.deletes[f]) > 0 && text != "" {
 		text = deletesInstead(text, d.deletes[f])
 	}
 	d.done[f] = true
+	d.mu.Unlock()
 	return d.Firewall.Restore(ctx, f, text)
 }
 

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -163,7 +164,9 @@ type simKernel struct {
 	saves       atomic.Int64
 	narrowReads int
 	// restores are the iptables transactions, in order; failIPv6 makes
-	// the next IPv6 one fail.
+	// the next IPv6 one fail. The engine writes the families side by
+	// side, hence mu.
+	mu       sync.Mutex
 	restores []string
 	failIPv6 bool
 }
@@ -215,6 +218,8 @@ func (f simFirewall) Restore(_ context.Context, fam ruleset.Family, text string)
 	if text == "" {
 		return nil
 	}
+	f.k.mu.Lock()
+	defer f.k.mu.Unlock()
 	f.k.restores = append(f.k.restores, text)
 	if fam == ruleset.IPv6 && f.k.failIPv6 {
 		f.k.failIPv6 = false

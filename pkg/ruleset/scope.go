@@ -123,16 +123,20 @@ func BuildScope(m *config.Model, before, after []*config.NIC, focus []string) (*
 		t := &Table{Family: f, Hooks: now.Tables[f].Hooks}
 		known := map[Chain]map[string]Rule{}
 		names := scopeNames(was.Tables[f], now.Tables[f], inScope)
+		// Looked up by index: with hundreds of interfaces in focus (a
+		// batch of ifups), walking the chain list for each name made the
+		// compile quadratic.
+		wasIndex, nowIndex := was.Tables[f].Index(), now.Tables[f].Index()
 		for _, name := range names {
 			known[name] = map[string]Rule{}
-			for _, src := range []*Table{was.Tables[f], now.Tables[f]} {
-				if c := src.Chain(name); c != nil {
+			for _, index := range []map[Chain]*ChainRules{wasIndex, nowIndex} {
+				if c := index[name]; c != nil {
 					for _, r := range c.Rules {
 						known[name][r.Hash(name)] = r
 					}
 				}
 			}
-			if c := now.Tables[f].Chain(name); c != nil {
+			if c := nowIndex[name]; c != nil {
 				t.Chains = append(t.Chains, c)
 			}
 		}
@@ -140,8 +144,9 @@ func BuildScope(m *config.Model, before, after []*config.NIC, focus []string) (*
 	}
 	sc.Bridge = &Table{Bridge: true, Hooks: now.Bridge.Hooks}
 	sc.BridgeChains = scopeNames(was.Bridge, now.Bridge, inScope)
+	nowBridge := now.Bridge.Index()
 	for _, name := range sc.BridgeChains {
-		if c := now.Bridge.Chain(name); c != nil {
+		if c := nowBridge[name]; c != nil {
 			sc.Bridge.Chains = append(sc.Bridge.Chains, c)
 		}
 	}

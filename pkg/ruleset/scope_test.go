@@ -17,7 +17,7 @@ import (
 // scopeModel writes and loads a configuration of n VMs in six groups that
 // reference each other's members, with some VMs disabled and some without
 // anti-spoofing, so every kind of chain and set shows up.
-func scopeModel(t *testing.T, n int) (*config.Model, []*config.NIC) {
+func scopeModel(t testing.TB, n int) (*config.Model, []*config.NIC) {
 	t.Helper()
 	dir := t.TempDir()
 	write := func(rel, text string) {

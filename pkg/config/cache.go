@@ -1,0 +1,118 @@
+package config
+
+import (
+	"io/fs"
+	"maps"
+	"sync"
+)
+
+// Cache makes repeated loads of one directory cheap: it keeps what the
+// last load parsed, file by file, and a load through it parses again only
+// the files it is told changed (the agent learns them from inotify), the
+// files it has not parsed before, and every symlinked file (a link's
+// target can change without an event in the directory). Every other group
+// and VM file is taken from the previous load, so a group edit at
+// thousands of VMs parses one file instead of thousands. vmfw.toml is
+// read every time, and the directory listings too, so files added or
+// removed are seen whatever the caller says.
+//
+// The result is exactly what Load returns for the same files: the same
+// Model (sharing the unchanged groups and VMs with the previous one, which
+// nothing modifies) or the same first error. What a file's validation
+// depends on beyond its own text — the set of group names, for group
+// references — is compared, and when it differs every file is parsed.
+//
+// A Cache is safe for use by one goroutine at a time.
+type Cache struct {
+	mu sync.Mutex
+	// dir is the directory the entries were loaded from; a load of another
+	// directory starts afresh.
+	dir string
+	// known is the set of group names the entries were validated against.
+	known  map[string]bool
+	groups map[string]cachedGroup // by path relative to dir
+	vms    map[string]loadedVM    // by path relative to dir
+}
+
+// cachedGroup is one group file's outcome.
+type cachedGroup struct {
+	group *Group
+	err   *Error
+}
+
+// Load loads dir as Load does. changed lists the files that may have
+// changed since the previous load through c, as paths relative to dir
+// ("groups/web.toml", "vms/110.toml"); names of files that do not exist,
+// or are not configuration, are harmless.
+func (c *Cache) Load(dir string, changed []string) (*Model, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.dir != dir {
+		c.reset()
+		c.dir = dir
+	}
+	for _, rel := range changed {
+		delete(c.groups, rel)
+		delete(c.vms, rel)
+	}
+	l := &loader{read: readFile, cache: c}
+	m, err := l.load(dir)
+	if err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// Reset forgets every file: the next load parses them all.
+func (c *Cache) Reset() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.reset()
+}
+
+func (c *Cache) reset() {
+	c.dir, c.known, c.groups, c.vms = "", nil, nil, nil
+}
+
+// begin starts a load that found the group names known: entries validated
+// against another set are dropped. It returns the maps the load fills,
+// which replace the cache's when the load ends, so that files a failed
+// load did not reach are parsed next time.
+func (c *Cache) begin(known map[string]bool) (groups map[string]cachedGroup, vms map[string]loadedVM) {
+	if !maps.Equal(c.known, known) {
+		c.groups, c.vms = nil, nil
+	}
+	c.known = known
+	return map[string]cachedGroup{}, map[string]loadedVM{}
+}
+
+// group returns the cached outcome of group file e, if it can be reused.
+func (c *Cache) group(e entry) (cachedGroup, bool) {
+	if e.mode&fs.ModeSymlink != 0 {
+		return cachedGroup{}, false
+	}
+	g, ok := c.groups[e.rel]
+	g.err = copyError(g.err)
+	return g, ok
+}
+
+// vm returns the cached outcome of VM file e, if it can be reused.
+func (c *Cache) vm(e entry) (loadedVM, bool) {
+	if e.mode&fs.ModeSymlink != 0 {
+		return loadedVM{}, false
+	}
+	lv, ok := c.vms[e.rel]
+	lv.err = copyError(lv.err)
+	return lv, ok
+}
+
+// copyError returns a copy of err (nil for nil): callers may rewrite the
+// error they get (the agent makes its file name absolute), which must not
+// change the cached one.
+func copyError(err *Error) *Error {
+	if err == nil {
+		return nil
+	}
+	c := *err
+	return &c
+}

@@ -1,0 +1,194 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"reflect"
+	"testing"
+)
+
+// TestCacheMatchesLoad edits a configuration directory at random —
+// valid and invalid group and VM files, files added, removed and replaced
+// by symlinks, group names appearing and disappearing, addresses claimed
+// twice — and after every edit compares a load through a Cache, told only
+// the files the edit touched, with a full Load: the models and the errors
+// must be the same.
+func TestCacheMatchesLoad(t *testing.T) {
+	rng := rand.New(rand.NewSource(1))
+	groupNames := []string{"web", "ssh", "db", "mon"}
+	// Invalid content is rare and repaired often, so that most steps
+	// compare models and some compare errors.
+	bad := func() int {
+		if rng.Intn(4) == 0 {
+			return rng.Intn(3)
+		}
+		return 3
+	}
+	groupText := func() string {
+		switch bad() {
+		case 0:
+			return "[[in]]\nproto = \"tcp\"\ndport = \"not a port\"\n" // invalid
+		case 1:
+			return fmt.Sprintf("[[in]]\nsource_group = %q\n", groupNames[rng.Intn(len(groupNames))]) // names a group that may be missing
+		case 2:
+			return "[[in]\n" // syntax error
+		default:
+			return fmt.Sprintf("[[in]]\nproto = \"tcp\"\ndport = \"%d\"\n\n[[out]]\nproto = \"udp\"\ndport = \"53\"\n", 1+rng.Intn(65535))
+		}
+	}
+	vmText := func(id int) string {
+		ip := id
+		switch bad() {
+		case 0:
+			ip = 1 + rng.Intn(20) // may be claimed twice
+		case 1:
+			return "[net0]\nips = [\"192.0.2.300\"]\n" // invalid
+		}
+		return fmt.Sprintf("policy_in = %q\n\n[net0]\nips = [\"198.51.100.%d\", \"2001:db8::%x\"]\ngroups = [%q]\n",
+			[]string{"drop", "accept", "reject"}[rng.Intn(3)], ip, ip, groupNames[rng.Intn(len(groupNames))])
+	}
+	files := map[string]string{"vmfw.toml": "", "groups/web.toml": "", "groups/ssh.toml": "", "groups/db.toml": "", "groups/mon.toml": ""}
+	for id := 1; id <= 20; id++ {
+		files[fmt.Sprintf("vms/%d.toml", id)] = fmt.Sprintf("[net0]\nips = [\"198.51.100.%d\"]\ngroups = [\"web\"]\n", id)
+	}
+	dir := writeConfig(t, files)
+	outside := filepath.Join(dir, "shared")
+	if err := os.MkdirAll(outside, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	write := func(rel, text string) {
+		path := filepath.Join(dir, rel)
+		os.Remove(path)
+		if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var c Cache
+	valid, invalid := 0, 0
+	compare := func(step int, changed []string) {
+		t.Helper()
+		got, gotErr := c.Load(dir, changed)
+		want, wantErr := Load(dir)
+		if wantErr == nil {
+			valid++
+		} else {
+			invalid++
+		}
+		if fmt.Sprint(gotErr) != fmt.Sprint(wantErr) {
+			t.Fatalf("step %d (changed %v): cached load error %v, full load error %v", step, changed, gotErr, wantErr)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("step %d (changed %v): the cached load's model differs from the full load's", step, changed)
+		}
+		// The agent rewrites the file name of the error it gets; the
+		// cache must not see that.
+		var fe *Error
+		if errors.As(gotErr, &fe) {
+			fe.File = "/rewritten/" + fe.File
+		}
+	}
+	compare(0, nil)
+	for step := 1; step <= 600; step++ {
+		var changed []string
+		for range 1 + rng.Intn(3) {
+			var rel string
+			switch k := rng.Intn(10); {
+			case k < 5:
+				id := 1 + rng.Intn(25)
+				rel = fmt.Sprintf("vms/%d.toml", id)
+				if rng.Intn(8) == 0 {
+					os.Remove(filepath.Join(dir, rel))
+				} else {
+					write(rel, vmText(id))
+				}
+			case k < 8:
+				g := groupNames[rng.Intn(len(groupNames))]
+				rel = "groups/" + g + ".toml"
+				if rng.Intn(6) == 0 {
+					os.Remove(filepath.Join(dir, rel))
+				} else {
+					write(rel, groupText())
+				}
+			case k == 8:
+				// A symlink to a file that changes later without an event
+				// naming the link.
+				id := 1 + rng.Intn(25)
+				rel = fmt.Sprintf("vms/%d.toml", id)
+				target := filepath.Join(outside, fmt.Sprintf("%d.toml", id))
+				if err := os.WriteFile(target, []byte(vmText(id)), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				os.Remove(filepath.Join(dir, rel))
+				if err := os.Symlink(target, filepath.Join(dir, rel)); err != nil {
+					t.Fatal(err)
+				}
+			default:
+				// Edit every symlink target: no event names the links.
+				entries, _ := os.ReadDir(outside)
+				for _, e := range entries {
+					var id int
+					fmt.Sscanf(e.Name(), "%d.toml", &id)
+					if err := os.WriteFile(filepath.Join(outside, e.Name()), []byte(vmText(id)), 0o644); err != nil {
+						t.Fatal(err)
+					}
+				}
+				continue
+			}
+			changed = append(changed, rel)
+		}
+		if rng.Intn(3) == 0 {
+			// Repair: every file valid again, every group present.
+			for _, g := range groupNames {
+				rel := "groups/" + g + ".toml"
+				write(rel, "[[in]]\nproto = \"tcp\"\ndport = \"22\"\n")
+				changed = append(changed, rel)
+			}
+			for id := 1; id <= 25; id++ {
+				rel := fmt.Sprintf("vms/%d.toml", id)
+				if _, err := os.Lstat(filepath.Join(dir, rel)); err == nil {
+					write(rel, fmt.Sprintf("[net0]\nips = [\"198.51.100.%d\"]\ngroups = [%q]\n", id, groupNames[id%len(groupNames)]))
+					changed = append(changed, rel)
+				}
+			}
+		}
+		compare(step, changed)
+	}
+	if valid < 100 || invalid < 100 {
+		t.Errorf("%d steps compared models and %d errors: the edits do not exercise both", valid, invalid)
+	}
+}
+
+// TestCacheParsesOnlyChangedFiles checks that a load through a Cache takes
+// files nobody said changed from the previous load: a file rewritten
+// behind its back (which inotify would have reported) keeps its old
+// content until it is named.
+func TestCacheParsesOnlyChangedFiles(t *testing.T) {
+	dir := writeConfig(t, map[string]string{
+		"groups/web.toml": "[[in]]\nproto = \"tcp\"\ndport = \"80\"\n",
+		"vms/1.toml":      "[net0]\ngroups = [\"web\"]\n",
+	})
+	var c Cache
+	if _, err := c.Load(dir, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "groups/web.toml"), []byte("[[in]]\nproto = \"tcp\"\ndport = \"81\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m, err := c.Load(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := m.Groups["web"].In[0].DPort[0].Lo; got != 80 {
+		t.Fatalf("unnamed file parsed again: port %d", got)
+	}
+	m, err = c.Load(dir, []string{"groups/web.toml"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := m.Groups["web"].In[0].DPort[0].Lo; got != 81 {
+		t.Fatalf("named file not parsed again: port %d", got)
+	}
+}
