@@ -520,7 +520,12 @@ func (a *Agent) apply(ctx context.Context, batch []pending) {
 // already saves.
 func (a *Agent) runJob(ctx context.Context, p pending) {
 	start := time.Now()
-	changed, err := a.Jobs[p.req.Op](ctx, a.Engine, p.req)
+	var changed []string
+	var err error
+	a.retryStale(func() error {
+		changed, err = a.Jobs[p.req.Op](ctx, a.Engine, p.req)
+		return err
+	})
 	took := time.Since(start)
 	a.Metrics.batch(1, took, err)
 	resp := Response{OK: err == nil, Batch: 1}
