@@ -34,6 +34,7 @@ import (
 	"github.com/vmfw/vmfw/pkg/engine"
 	"github.com/vmfw/vmfw/pkg/ipset"
 	"github.com/vmfw/vmfw/pkg/iptables"
+	"github.com/vmfw/vmfw/pkg/state"
 )
 
 // Agent runs one network namespace's agent.
@@ -42,8 +43,11 @@ type Agent struct {
 	ConfigDir string
 	// RunDir holds the socket (and the engine's lock files).
 	RunDir string
-	// Engine applies changes; the agent supplies its Model.
-	Engine *engine.Engine
+	// Kernel is what the agent's engine reads and changes, and Backend
+	// names its iptables backend; Run builds the engine on them, with
+	// the agent's model and, on nf_tables, the ipsets it remembers.
+	Kernel  engine.Kernel
+	Backend string
 	// Log receives one record per change.
 	Log *slog.Logger
 	// StateDir is where the engine keeps attachment records, absolute;
@@ -59,6 +63,8 @@ type Agent struct {
 	// packet vmfw's rules log to NFLOG as a JSON line (package droplog).
 	// The agent then holds the group, so vmfw log cannot run beside it.
 	Packets io.Writer
+
+	engine *engine.Engine // built by Run
 
 	mu       sync.Mutex
 	model    *config.Model // the last valid configuration, nil before one loaded
@@ -117,11 +123,18 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.Metrics == nil {
 		a.Metrics = NewMetrics()
 	}
-	a.Engine.Model = a.currentModel
-	if strings.HasPrefix(a.Engine.Backend, string(iptables.NFT)) {
-		a.sets = &knownSets{SetStore: a.Engine.Sets}
-		a.Engine.Sets = a.sets
+	k := a.Kernel
+	if strings.HasPrefix(a.Backend, string(iptables.NFT)) {
+		a.sets = &knownSets{SetStore: k.Sets}
+		k.Sets = a.sets
 	}
+	a.engine = engine.New(k, a.ConfigDir)
+	a.engine.Backend = a.Backend
+	if a.StateDir == "" {
+		a.StateDir = state.DirFromEnv()
+	}
+	a.engine.State = state.New(a.StateDir)
+	a.engine.Model = a.currentModel
 	w, err := newWatcher(a.ConfigDir)
 	if err != nil {
 		return err
@@ -322,7 +335,7 @@ func (a *Agent) applyEdit(ctx context.Context, prev *config.Model, reason string
 		var handled bool
 		var ch *engine.Change
 		a.retryStale(func() error {
-			handled, ch, err = a.Engine.SyncGroups(ctx, prev, groups)
+			handled, ch, err = a.engine.SyncGroups(ctx, prev, groups)
 			return err
 		})
 		if handled {
@@ -363,7 +376,7 @@ func (a *Agent) sync(ctx context.Context, reason string) *engine.Change {
 	var ch *engine.Change
 	var err error
 	a.retryStale(func() error {
-		ch, err = a.Engine.Sync(ctx, false)
+		ch, err = a.engine.Sync(ctx, false)
 		return err
 	})
 	return a.record(ctx, time.Since(start), ch, err, "reason", reason)
@@ -446,7 +459,7 @@ func (a *Agent) readSets(ctx context.Context) (map[string]*ipset.Observed, error
 	if a.sets != nil {
 		return a.sets.SetStore.List(ctx)
 	}
-	return a.Engine.Sets.List(ctx)
+	return a.Kernel.Sets.List(ctx)
 }
 
 // repair looks for drift and repairs it. Reading every chain at thousands
@@ -469,7 +482,7 @@ func (a *Agent) repair(ctx context.Context) {
 		a.Log.Debug("drift check deferred: requests queued")
 		return
 	}
-	if strings.HasPrefix(a.Engine.Backend, string(iptables.NFT)) {
+	if strings.HasPrefix(a.Backend, string(iptables.NFT)) {
 		gen, err := iptables.Generation(ctx)
 		if err == nil && gen == a.lastGen && setsFingerprint(a.readSets(ctx)) == a.lastSets {
 			return
@@ -523,7 +536,7 @@ func (a *Agent) runJob(ctx context.Context, p pending) {
 	var changed []string
 	var err error
 	a.retryStale(func() error {
-		changed, err = a.Jobs[p.req.Op](ctx, a.Engine, p.req)
+		changed, err = a.Jobs[p.req.Op](ctx, a.engine, p.req)
 		return err
 	})
 	took := time.Since(start)
@@ -584,7 +597,7 @@ func (a *Agent) applyTaps(ctx context.Context, batch []pending) {
 	var res *engine.BatchResult
 	var err error
 	a.retryStale(func() error {
-		res, err = a.Engine.ApplyBatch(ctx, up, down)
+		res, err = a.engine.ApplyBatch(ctx, up, down)
 		return err
 	})
 	took := time.Since(start)

@@ -93,7 +93,7 @@ func (a *Agent) membersChanged(ctx context.Context) {
 		var ch *engine.Change
 		var err error
 		a.retryStale(func() error {
-			handled, ch, err = a.Engine.SyncSets(ctx, a.attached)
+			handled, ch, err = a.engine.SyncSets(ctx, a.attached)
 			return err
 		})
 		if handled {
@@ -117,7 +117,7 @@ func (a *Agent) publish(ctx context.Context) {
 	if a.cluster == nil {
 		return
 	}
-	nics, err := a.Engine.Attached(ctx)
+	nics, err := a.engine.Attached(ctx)
 	if err != nil {
 		a.Log.Error("reading the attached interfaces to publish", "error", err.Error())
 		return

@@ -188,7 +188,7 @@ func (a *Agent) serveMetrics(ctx context.Context, addr string) error {
 	mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 		a.Metrics.WriteTo(w)
-		if st, err := a.Engine.Status(r.Context(), ""); err == nil {
+		if st, err := a.engine.Status(r.Context(), ""); err == nil {
 			WriteStatus(w, st)
 		} else {
 			fmt.Fprintf(w, "# status unavailable: %s\n", strings.ReplaceAll(err.Error(), "\n", " "))

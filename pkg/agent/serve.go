@@ -76,8 +76,8 @@ func (a *Agent) handle(ctx context.Context, conn *net.UnixConn, reqs chan<- pend
 		answer(Response{Error: "the agent keeps attachment records in " + a.StateDir + ", not " + req.StateDir, Refused: true})
 		return
 	}
-	if req.IPTables != "" && !strings.HasPrefix(a.Engine.Backend, req.IPTables+",") {
-		answer(Response{Error: "the agent uses iptables backend " + a.Engine.Backend + ", not " + req.IPTables, Refused: true})
+	if req.IPTables != "" && !strings.HasPrefix(a.Backend, req.IPTables+",") {
+		answer(Response{Error: "the agent uses iptables backend " + a.Backend + ", not " + req.IPTables, Refused: true})
 		return
 	}
 	p := pending{req: req, reply: make(chan Response, 1)}

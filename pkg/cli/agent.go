@@ -36,7 +36,7 @@ func agentCmd(ctx context.Context, o system.Options, args []string, stdout, stde
 	if o.StateDir, err = filepath.Abs(o.StateDir); err != nil {
 		return err
 	}
-	e, err := system.NewEngine(ctx, o)
+	k, backend, err := system.NewKernel(ctx, o)
 	if err != nil {
 		return err
 	}
@@ -44,7 +44,8 @@ func agentCmd(ctx context.Context, o system.Options, args []string, stdout, stde
 		ConfigDir: dir,
 		StateDir:  o.StateDir,
 		RunDir:    agent.RunDirFromEnv(),
-		Engine:    e,
+		Kernel:    k,
+		Backend:   backend,
 		Jobs:      map[agent.Op]agent.Job{agent.Hook: hookJob, agent.CNI: cni.Job},
 		Log:       agent.NewLogger(stderr, *format == "json"),
 		Metrics:   agent.NewMetrics(),

@@ -321,10 +321,11 @@ func deref(s *string) string {
 // nothing of vmfw's and takes every change.
 func fakeEngine(configDir, stateDir string) *engine.Engine {
 	k := fakeKernel{}
-	return &engine.Engine{
-		ConfigDir: configDir, Firewall: k, Sets: fakeSets{}, Host: k, State: state.New(stateDir),
+	e := engine.New(engine.Kernel{Firewall: k, Sets: fakeSets{}, Host: k,
 		Lock: func(context.Context) (func(), error) { return func() {}, nil },
-	}
+	}, configDir)
+	e.State = state.New(stateDir)
+	return e
 }
 
 type fakeKernel struct{}

@@ -19,7 +19,6 @@ import (
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/engine"
 	"github.com/vmfw/vmfw/pkg/iptables"
-	"github.com/vmfw/vmfw/pkg/ruleset"
 	"github.com/vmfw/vmfw/pkg/state"
 	"github.com/vmfw/vmfw/pkg/system"
 )
@@ -389,20 +388,11 @@ func cmdStatus(ctx context.Context, _ *skel.CmdArgs, c *NetConf) error {
 	if err != nil {
 		return unavailable("iptables", err)
 	}
-	if _, err := e.Config(); err != nil {
-		return unavailable("the configuration directory "+e.ConfigDir, err)
-	}
-	for _, f := range ruleset.Families {
-		if _, err := e.Firewall.Save(ctx, f); err != nil {
-			tool := "iptables"
-			if f == ruleset.IPv6 {
-				tool = "ip6tables"
-			}
-			return unavailable(tool+" ("+e.Backend+")", err)
-		}
-	}
-	if _, err := e.Sets.List(ctx); err != nil {
-		return unavailable("ipset", err)
+	var ue *engine.UnusableError
+	if err := e.Usable(ctx); errors.As(err, &ue) {
+		return unavailable(ue.What, ue.Err)
+	} else if err != nil {
+		return unavailable("vmfw", err)
 	}
 	if err := bridgeNetfilterAvailable(); err != nil {
 		return unavailable("br_netfilter", err)

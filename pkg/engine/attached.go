@@ -45,7 +45,7 @@ func (e *Engine) SyncSets(ctx context.Context, attached []*config.NIC) (handled 
 	if err != nil {
 		return false, nil, err
 	}
-	have, err := e.Sets.List(ctx)
+	have, err := e.kernel.Sets.List(ctx)
 	if err != nil {
 		return false, nil, err
 	}
@@ -66,7 +66,7 @@ func (e *Engine) SyncSets(ctx context.Context, attached []*config.NIC) (handled 
 	if ch.SetsBefore == "" {
 		return true, ch, nil
 	}
-	if err := e.Sets.Restore(ctx, ch.SetsBefore); err != nil {
+	if err := e.kernel.Sets.Restore(ctx, ch.SetsBefore); err != nil {
 		return true, nil, err
 	}
 	ch.FlowsCut, err = e.cutFlows(r.model, attached)

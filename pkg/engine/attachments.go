@@ -246,7 +246,7 @@ func (e *Engine) AttachRecords(ctx context.Context, recs ...*state.Attachment) e
 			return &ConfigError{Err: err}
 		}
 	}
-	if err := e.Host.EnableBridgeNetfilter(); err != nil {
+	if err := e.kernel.Host.EnableBridgeNetfilter(); err != nil {
 		return err
 	}
 	st, err := e.read(ctx)
@@ -299,7 +299,7 @@ func (e *Engine) AttachVM(ctx context.Context, vmid int) ([]string, error) {
 	}
 	defer release()
 	m := r.model
-	links, err := e.Host.Links()
+	links, err := e.kernel.Host.Links()
 	if err != nil {
 		return nil, err
 	}
@@ -316,7 +316,7 @@ func (e *Engine) AttachVM(ctx context.Context, vmid int) ([]string, error) {
 		return nil, nil
 	}
 	sort.Strings(taps)
-	if err := e.Host.EnableBridgeNetfilter(); err != nil {
+	if err := e.kernel.Host.EnableBridgeNetfilter(); err != nil {
 		return nil, err
 	}
 	st, err := e.read(ctx)
@@ -571,7 +571,7 @@ func (e *Engine) ForgetWhere(ctx context.Context, sel func(a *state.Attachment) 
 	}
 	sort.Strings(forgotten)
 	if len(addrs) > 0 {
-		sets, err := e.Sets.List(ctx)
+		sets, err := e.kernel.Sets.List(ctx)
 		if err != nil {
 			return nil, err
 		}
@@ -583,7 +583,7 @@ func (e *Engine) ForgetWhere(ctx context.Context, sel func(a *state.Attachment) 
 				}
 			}
 		}
-		if err := e.Sets.Restore(ctx, script.String()); err != nil {
+		if err := e.kernel.Sets.Restore(ctx, script.String()); err != nil {
 			return nil, err
 		}
 	}

@@ -74,10 +74,10 @@ func attEngine(t *testing.T) (*Engine, *attKernel, *attSets, *state.Store) {
 	k := &attKernel{links: map[string]bool{}}
 	sets := &attSets{}
 	st := state.New(t.TempDir())
-	e := &Engine{
-		ConfigDir: dir, Firewall: k, Sets: sets, Host: k, State: st,
+	e := New(Kernel{Firewall: k, Sets: sets, Host: k,
 		Lock: func(context.Context) (func(), error) { return func() {}, nil },
-	}
+	}, dir)
+	e.State = st
 	return e, k, sets, st
 }
 

@@ -58,10 +58,11 @@ type Host interface {
 	EnableBridgeNetfilter() error
 }
 
-// Engine applies configuration to one network namespace.
-type Engine struct {
-	// ConfigDir is the configuration directory.
-	ConfigDir string
+// Kernel is what an engine reads and changes. Package system builds the
+// real one; tests build fakes. Entry points hand it to New and never use
+// it beside the engine, so every change goes through the engine's lock,
+// plan and revert (docs/design.md).
+type Kernel struct {
 	// Firewall, Sets and Host talk to the kernel.
 	Firewall Firewall
 	Sets     SetStore
@@ -70,6 +71,20 @@ type Engine struct {
 	Host   Host
 	// Lock serialises runs in the namespace; it returns the release function.
 	Lock func(ctx context.Context) (func(), error)
+}
+
+// New returns an engine on k for the configuration directory configDir;
+// the other settings are its exported fields.
+func New(k Kernel, configDir string) *Engine {
+	return &Engine{kernel: k, ConfigDir: configDir}
+}
+
+// Engine applies configuration to one network namespace. Build one with
+// New; its exported fields are settings, read and set before use.
+type Engine struct {
+	kernel Kernel
+	// ConfigDir is the configuration directory.
+	ConfigDir string
 	// Backend names the iptables backend, for status output.
 	Backend string
 	// LockTimeout bounds the wait for the lock (default one minute).
@@ -188,7 +203,7 @@ func (e *Engine) lock(ctx context.Context) (func(), error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	return e.Lock(ctx)
+	return e.kernel.Lock(ctx)
 }
 
 // begin starts an operation that needs the configuration: it loads it (a
@@ -233,8 +248,8 @@ func (e *Engine) read(ctx context.Context) (*kernelState, error) {
 	}
 	wg.Go(func() {
 		var err error
-		if st.sets, err = e.Sets.List(ctx); err == nil && e.Bridge != nil {
-			st.bridge, err = e.Bridge.Save(ctx)
+		if st.sets, err = e.kernel.Sets.List(ctx); err == nil && e.kernel.Bridge != nil {
+			st.bridge, err = e.kernel.Bridge.Save(ctx)
 		}
 		errs[len(errs)-1] = err
 	})
@@ -249,7 +264,7 @@ func (e *Engine) read(ctx context.Context) (*kernelState, error) {
 // where the firewall can (textless), else with the rules' text.
 func (e *Engine) readTable(ctx context.Context, f ruleset.Family) (s *iptables.Snapshot, textless bool, err error) {
 	start := time.Now()
-	if fr, ok := e.Firewall.(fingerprintReader); ok {
+	if fr, ok := e.kernel.Firewall.(fingerprintReader); ok {
 		s, err := fr.SaveFingerprints(ctx, f)
 		if err == nil {
 			trace.Since(start, "read the %s table's fingerprints", f)
@@ -259,7 +274,7 @@ func (e *Engine) readTable(ctx context.Context, f ruleset.Family) (s *iptables.S
 			return nil, false, err
 		}
 	}
-	s, err = e.Firewall.Save(ctx, f)
+	s, err = e.kernel.Firewall.Save(ctx, f)
 	return s, false, err
 }
 
@@ -310,12 +325,12 @@ func (e *Engine) converge(ctx context.Context, m *config.Model, nics []*config.N
 }
 
 func (e *Engine) applyRuleset(ctx context.Context, rs *ruleset.Ruleset, st *kernelState, dryRun bool) (*Change, error) {
-	return e.applyVia(ctx, e.Firewall, rs, st, dryRun)
+	return e.applyVia(ctx, e.kernel.Firewall, rs, st, dryRun)
 }
 
 // applyVia is applyRuleset writing each family's change through fw, which
 // may rewrite the transaction (scoped.go's deletingFirewall); reads and
-// reverts still go to e.Firewall.
+// reverts still go to e.kernel.Firewall.
 func (e *Engine) applyVia(ctx context.Context, fw Firewall, rs *ruleset.Ruleset, st *kernelState, dryRun bool) (*Change, error) {
 	start := time.Now()
 	ch := &Change{Plans: map[ruleset.Family]*ruleset.Plan{}}
@@ -326,7 +341,7 @@ func (e *Engine) applyVia(ctx context.Context, fw Firewall, rs *ruleset.Ruleset,
 		}
 		ch.Plans[f] = ruleset.Diff(want, st.tables[f].Observed)
 	}
-	if e.Bridge != nil {
+	if e.kernel.Bridge != nil {
 		want := rs.Bridge
 		if want == nil {
 			want = &ruleset.Table{Bridge: true}
@@ -342,18 +357,18 @@ func (e *Engine) applyVia(ctx context.Context, fw Firewall, rs *ruleset.Ruleset,
 	if err := e.linesFor(ctx, ch, st); err != nil {
 		return nil, err
 	}
-	if err := e.Sets.Restore(ctx, ch.SetsBefore); err != nil {
+	if err := e.kernel.Sets.Restore(ctx, ch.SetsBefore); err != nil {
 		return nil, err
 	}
 	if err := e.restoreFamilies(ctx, fw, ch, st); err != nil {
 		return nil, err
 	}
 	if ch.Bridge != nil {
-		if err := e.Bridge.Restore(ctx, ch.Bridge.Render()); err != nil {
+		if err := e.kernel.Bridge.Restore(ctx, ch.Bridge.Render()); err != nil {
 			return nil, errors.Join(err, e.revert(ctx, ch, st, ruleset.Families))
 		}
 	}
-	if err := e.Sets.Restore(ctx, ch.SetsAfter); err != nil {
+	if err := e.kernel.Sets.Restore(ctx, ch.SetsAfter); err != nil {
 		// The rules are in place; only unreferenced sets remain, and the
 		// next run removes them.
 		return ch, fmt.Errorf("removing unused ipsets: %w", err)
@@ -412,13 +427,13 @@ func (e *Engine) linesFor(ctx context.Context, ch *Change, st *kernelState) erro
 		}
 		need := append(slices.Clone(p.Rewrite), p.Delete...)
 		if len(need) > maxChainLineReads {
-			full, err := e.Firewall.Save(ctx, f)
+			full, err := e.kernel.Firewall.Save(ctx, f)
 			if err != nil {
 				return err
 			}
 			st.tables[f].Lines = full.Lines
 		} else if len(need) > 0 {
-			lines, err := e.Firewall.(fingerprintReader).ChainLines(ctx, f, need)
+			lines, err := e.kernel.Firewall.(fingerprintReader).ChainLines(ctx, f, need)
 			if err != nil {
 				return err
 			}
@@ -436,7 +451,7 @@ func (e *Engine) linesFor(ctx context.Context, ch *Change, st *kernelState) erro
 func (e *Engine) revert(ctx context.Context, ch *Change, st *kernelState, done []ruleset.Family) error {
 	var errs []error
 	for _, f := range done {
-		if err := e.Firewall.Restore(ctx, f, ch.Plans[f].Revert(st.tables[f].Observed)); err != nil {
+		if err := e.kernel.Firewall.Restore(ctx, f, ch.Plans[f].Revert(st.tables[f].Observed)); err != nil {
 			errs = append(errs, fmt.Errorf("reverting %s after failure: %w", f, err))
 		}
 	}
@@ -495,7 +510,7 @@ func (e *Engine) ApplyBatch(ctx context.Context, up, down []string) (*BatchResul
 		return res, nil
 	}
 	if len(ups) > 0 {
-		if err := e.Host.EnableBridgeNetfilter(); err != nil {
+		if err := e.kernel.Host.EnableBridgeNetfilter(); err != nil {
 			return nil, err
 		}
 	}
@@ -504,7 +519,7 @@ func (e *Engine) ApplyBatch(ctx context.Context, up, down []string) (*BatchResul
 	}
 	var undo []string
 	for _, tap := range ups {
-		if err := e.Host.Attach(tap, nics[tap].Bridge); err != nil {
+		if err := e.kernel.Host.Attach(tap, nics[tap].Bridge); err != nil {
 			failed[tap] = err
 			undo = append(undo, tap)
 		}
@@ -605,7 +620,7 @@ func (e *Engine) Sync(ctx context.Context, dryRun bool) (*Change, error) {
 	}
 	defer release()
 	if !dryRun {
-		if err := e.Host.EnableBridgeNetfilter(); err != nil {
+		if err := e.kernel.Host.EnableBridgeNetfilter(); err != nil {
 			return nil, err
 		}
 	}
@@ -613,7 +628,7 @@ func (e *Engine) Sync(ctx context.Context, dryRun bool) (*Change, error) {
 	if err != nil {
 		return nil, err
 	}
-	links, err := e.Host.Links()
+	links, err := e.kernel.Host.Links()
 	if err != nil {
 		return nil, err
 	}

@@ -82,13 +82,12 @@ func testEngine(t *testing.T) (*Engine, *fakeFirewall, *fakeSets) {
 		}
 	}
 	fw, sets := newFakeFirewall(), &fakeSets{}
-	e := &Engine{
-		ConfigDir: dir,
-		Firewall:  fw,
-		Sets:      sets,
-		Host:      fakeHost{links: map[string]bool{"tap101i0": true}},
-		Lock:      func(context.Context) (func(), error) { return func() {}, nil },
-	}
+	e := New(Kernel{
+		Firewall: fw,
+		Sets:     sets,
+		Host:     fakeHost{links: map[string]bool{"tap101i0": true}},
+		Lock:     func(context.Context) (func(), error) { return func() {}, nil },
+	}, dir)
 	return e, fw, sets
 }
 

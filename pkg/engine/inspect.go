@@ -25,7 +25,7 @@ func (e *Engine) Inspect(ctx context.Context) (*explain.Input, error) {
 	k := &explain.Kernel{Backend: e.Backend, Tables: map[ruleset.Family]ruleset.Observed{}, Sets: map[string]map[netip.Addr]bool{}}
 	installed := map[string]bool{}
 	for _, f := range ruleset.Families {
-		s, err := e.Firewall.Save(ctx, f)
+		s, err := e.kernel.Firewall.Save(ctx, f)
 		if err != nil {
 			return nil, err
 		}
@@ -35,14 +35,14 @@ func (e *Engine) Inspect(ctx context.Context) (*explain.Input, error) {
 			installed[t] = true
 		}
 	}
-	if e.Bridge != nil {
-		br, err := e.Bridge.Save(ctx)
+	if e.kernel.Bridge != nil {
+		br, err := e.kernel.Bridge.Save(ctx)
 		if err != nil {
 			return nil, err
 		}
 		k.Bridge = &br
 	}
-	sets, err := e.Sets.List(ctx)
+	sets, err := e.kernel.Sets.List(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -113,14 +113,14 @@ type scopeView struct {
 // chain. It returns nil (with handled false, or true and an error) when
 // the scoped path cannot be taken.
 func (e *Engine) scopedView(ctx context.Context, r nicSource) (view *scopeView, handled bool, err error) {
-	fw, ok := e.Firewall.(scopeReader)
+	fw, ok := e.kernel.Firewall.(scopeReader)
 	if !ok {
 		trace.Printf("full path: the firewall backend cannot read single chains")
 		return nil, false, nil
 	}
 	var br bridgeScopeReader
-	if e.Bridge != nil {
-		if br, ok = e.Bridge.(bridgeScopeReader); !ok {
+	if e.kernel.Bridge != nil {
+		if br, ok = e.kernel.Bridge.(bridgeScopeReader); !ok {
 			trace.Printf("full path: the ebtables backend cannot read single chains")
 			return nil, false, nil
 		}
@@ -135,7 +135,7 @@ func (e *Engine) scopedView(ctx context.Context, r nicSource) (view *scopeView, 
 		// still spares compiling and diffing every tap.
 		full := map[ruleset.Family]*iptables.Snapshot{}
 		for _, f := range ruleset.Families {
-			if full[f], err = e.Firewall.Save(ctx, f); err != nil {
+			if full[f], err = e.kernel.Firewall.Save(ctx, f); err != nil {
 				return nil, true, err
 			}
 		}
@@ -215,11 +215,11 @@ func (e *Engine) applyScope(ctx context.Context, m *config.Model, view *scopeVie
 			}
 		}
 	}
-	if st.sets, err = e.Sets.List(ctx); err != nil {
+	if st.sets, err = e.kernel.Sets.List(ctx); err != nil {
 		return true, nil, err
 	}
 	rs := &ruleset.Ruleset{Tables: sc.Tables, Bridge: sc.Bridge, Sets: sc.Sets}
-	deleting := &deletingFirewall{Firewall: e.Firewall, deletes: pureDeletions(sc, st), done: map[ruleset.Family]bool{}}
+	deleting := &deletingFirewall{Firewall: e.kernel.Firewall, deletes: pureDeletions(sc, st), done: map[ruleset.Family]bool{}}
 	if ch, err = e.applyVia(ctx, deleting, rs, st, false); err != nil {
 		return true, nil, err
 	}

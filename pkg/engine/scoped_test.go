@@ -400,19 +400,18 @@ func simEngine(dir string, taps []string, backend string) (*Engine, *simKernel) 
 	for _, t := range taps {
 		links[t] = true
 	}
-	e := &Engine{
-		ConfigDir: dir,
-		Sets:      simSets{k},
-		Host:      fakeHost{links: links},
-		Lock:      func(context.Context) (func(), error) { return func() {}, nil },
-	}
+	e := New(Kernel{
+		Sets: simSets{k},
+		Host: fakeHost{links: links},
+		Lock: func(context.Context) (func(), error) { return func() {}, nil },
+	}, dir)
 	switch backend {
 	case "nft":
-		e.Firewall, e.Bridge = narrowFirewall{simFirewall{k}}, narrowBridge{simBridge{k}}
+		e.kernel.Firewall, e.kernel.Bridge = narrowFirewall{simFirewall{k}}, narrowBridge{simBridge{k}}
 	case "legacy":
-		e.Firewall, e.Bridge = legacyFirewall{simFirewall{k}}, narrowBridge{simBridge{k}}
+		e.kernel.Firewall, e.kernel.Bridge = legacyFirewall{simFirewall{k}}, narrowBridge{simBridge{k}}
 	default:
-		e.Firewall, e.Bridge = simFirewall{k}, simBridge{k}
+		e.kernel.Firewall, e.kernel.Bridge = simFirewall{k}, simBridge{k}
 	}
 	return e, k
 }

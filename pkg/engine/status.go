@@ -76,7 +76,7 @@ func (e *Engine) Status(ctx context.Context, tap string) (*Status, error) {
 	if err != nil {
 		return nil, err
 	}
-	links, err := e.Host.Links()
+	links, err := e.kernel.Host.Links()
 	if err != nil {
 		return nil, err
 	}
@@ -98,7 +98,7 @@ func (e *Engine) Status(ctx context.Context, tap string) (*Status, error) {
 			out.BaseDrifted = append(out.BaseDrifted, f.String()+"/"+string(h.From)+" jump")
 		}
 	}
-	if e.Bridge != nil {
+	if e.kernel.Bridge != nil {
 		plan := ruleset.Diff(rs.Bridge, st.bridge)
 		for _, c := range append(append(append([]ruleset.Chain{}, plan.Create...), plan.Rewrite...), plan.Delete...) {
 			if isBaseChain(c) {
@@ -206,7 +206,7 @@ func (e *Engine) tapStatus(src nicSource, w wanted, st *kernelState, tap string,
 			}
 		}
 	}
-	if e.Bridge != nil {
+	if e.kernel.Bridge != nil {
 		name := ruleset.L2Chain(tap)
 		want, got := w.bridge[name], st.bridge.Chains[name]
 		_, present := st.bridge.Chains[name]
@@ -237,4 +237,37 @@ func droppedBy(c *ruleset.ChainRules, hashes []string, counters []iptables.Count
 		}
 	}
 	return sum
+}
+
+// UnusableError says which part of what an engine reads failed.
+type UnusableError struct {
+	// What names it: the configuration directory, iptables or ip6tables
+	// of the backend, ipset.
+	What string
+	Err  error
+}
+
+func (e *UnusableError) Error() string { return e.What + ": " + e.Err.Error() }
+func (e *UnusableError) Unwrap() error { return e.Err }
+
+// Usable reads, changing nothing, what every operation reads: the
+// configuration, both families' filter tables and vmfw's ipsets (CNI
+// STATUS). Its error is an *UnusableError.
+func (e *Engine) Usable(ctx context.Context) error {
+	if _, err := e.load(); err != nil {
+		return &UnusableError{What: "the configuration directory " + e.ConfigDir, Err: err}
+	}
+	for _, f := range ruleset.Families {
+		if _, err := e.kernel.Firewall.Save(ctx, f); err != nil {
+			tool := "iptables"
+			if f == ruleset.IPv6 {
+				tool = "ip6tables"
+			}
+			return &UnusableError{What: tool + " (" + e.Backend + ")", Err: err}
+		}
+	}
+	if _, err := e.kernel.Sets.List(ctx); err != nil {
+		return &UnusableError{What: "ipset", Err: err}
+	}
+	return nil
 }

@@ -39,34 +39,46 @@ var _ engine.Host = hostLinks{}
 
 // NewEngine returns an engine for the current network namespace.
 func NewEngine(ctx context.Context, o Options) (*engine.Engine, error) {
+	k, backend, err := NewKernel(ctx, o)
+	if err != nil {
+		return nil, err
+	}
 	if o.ConfigDir == "" {
 		o.ConfigDir = engine.ConfigDirFromEnv()
 	}
 	if o.StateDir == "" {
 		o.StateDir = state.DirFromEnv()
 	}
+	e := engine.New(k, o.ConfigDir)
+	e.Backend = backend
+	e.State = state.New(o.StateDir)
+	return e, nil
+}
+
+// NewKernel returns the kernel interface of the current network namespace
+// for o's backend, and the backend's name: what NewEngine builds its
+// engine on, for a caller that wraps part of it first (the agent).
+func NewKernel(ctx context.Context, o Options) (k engine.Kernel, backend string, err error) {
 	if o.IPTables == "" {
 		o.IPTables = iptables.Mode(os.Getenv("VMFW_IPTABLES"))
 	}
 	ipt, err := iptables.New(ctx, o.IPTables, nil)
 	if err != nil {
-		return nil, err
+		return k, "", err
 	}
 	ebt, err := ebtables.New(ctx, nil)
 	if err != nil {
-		return nil, err
+		return k, "", err
 	}
 	runDir := os.Getenv("VMFW_RUN_DIR")
-	return &engine.Engine{
-		ConfigDir: o.ConfigDir,
-		Backend:   string(ipt.Mode()) + ", " + ebt.Tool(),
-		Firewall:  ipt,
-		Sets:      ipset.New(nil),
-		Bridge:    ebt,
-		Host:      hostLinks{},
-		State:     state.New(o.StateDir),
+	k = engine.Kernel{
+		Firewall: ipt,
+		Sets:     ipset.New(nil),
+		Bridge:   ebt,
+		Host:     hostLinks{},
 		Lock: func(ctx context.Context) (func(), error) {
 			return lock.Acquire(ctx, runDir)
 		},
-	}, nil
+	}
+	return k, string(ipt.Mode()) + ", " + ebt.Tool(), nil
 }
