@@ -26,13 +26,10 @@ import (
 // allows in one transaction.
 const manyTaps = 300
 
-// TestClusterHostWithManyInterfaces: a host with more attached
-// interfaces than etcd accepts operations in one transaction publishes
-// them all, against a real etcd with its default limits; when it
-// replaces them under a new lease (an agent restart) and when a large
-// diff changes most of them, another host never sees a member that
-// stays go missing, and ends with exactly the new set.
-func TestClusterHostWithManyInterfaces(t *testing.T) {
+// coreEtcd starts a real etcd with its default limits in a cluster's core
+// namespace (no hypervisors), both removed when the test ends.
+func coreEtcd(t *testing.T) (*labnet.Cluster, *labnet.Etcd) {
+	t.Helper()
 	if _, err := exec.LookPath("etcd"); err != nil {
 		t.Fatalf("etcd is required (Debian package etcd-server; make deps installs it): %v", err)
 	}
@@ -50,6 +47,17 @@ func TestClusterHostWithManyInterfaces(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(e.Stop)
+	return c, e
+}
+
+// TestClusterHostWithManyInterfaces: a host with more attached
+// interfaces than etcd accepts operations in one transaction publishes
+// them all, against a real etcd with its default limits; when it
+// replaces them under a new lease (an agent restart) and when a large
+// diff changes most of them, another host never sees a member that
+// stays go missing, and ends with exactly the new set.
+func TestClusterHostWithManyInterfaces(t *testing.T) {
+	c, e := coreEtcd(t)
 	// The leases are long so that no lease expires during the test,
 	// however loaded the machine: an expiry deletes keys, which the
 	// checks below would take for a write that lost members.
@@ -219,23 +227,7 @@ func TestClusterHostWithManyInterfaces(t *testing.T) {
 // etcd with its default limits, and read back and pulled exactly; a
 // second push that drops half of the VMs leaves exactly the new set.
 func TestClusterPushesManyFiles(t *testing.T) {
-	if _, err := exec.LookPath("etcd"); err != nil {
-		t.Fatalf("etcd is required (Debian package etcd-server; make deps installs it): %v", err)
-	}
-	c, err := labnet.NewCluster(0)
-	if err != nil {
-		t.Fatalf("building the core namespace: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := c.Close(); err != nil {
-			t.Errorf("closing the cluster: %v", err)
-		}
-	})
-	e, err := labnet.StartEtcd(c.Core, labnet.EtcdURL("http", labnet.CoreAddr), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Stop)
+	c, e := coreEtcd(t)
 	cli, err := cluster.Dial(&config.Cluster{Endpoints: []string{e.URL}, Prefix: "/vmfw/"}, true, grpc.WithContextDialer(c.Core.Dial))
 	if err != nil {
 		t.Fatal(err)
