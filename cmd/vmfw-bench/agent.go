@@ -628,7 +628,7 @@ func (a *agentLab) bootStorm(p *agentProc, upNone []time.Duration) error {
 	for k := range stormTaps - len(dataVMs) {
 		tap := tapName(extraVMID(a.n, k))
 		taps = append(taps, tap)
-		fmt.Fprintf(&batch, "link add %s type veth peer name s%d netns %s\n", tap, k, sink.name)
+		fmt.Fprintf(&batch, "link add %s type veth peer name s%d netns %s\n", tap, k, sink.Name)
 	}
 	if _, err := a.hv.runIn(ctx, batch.Bytes(), "ip", "-batch", "-"); err != nil {
 		return err

@@ -56,7 +56,7 @@ func benchSize(ctx context.Context, o options, backend string, n int, r *results
 		return err
 	}
 	if o.hold {
-		fmt.Printf("lab ready: ip netns exec %s env %s %s ...\ninterrupt to remove it\n", l.hv.name, strings.Join(l.env, " "), o.vmfw)
+		fmt.Printf("lab ready: ip netns exec %s env %s %s ...\ninterrupt to remove it\n", l.hv.Name, strings.Join(l.env, " "), o.vmfw)
 		<-ctx.Done()
 		return ctx.Err()
 	}

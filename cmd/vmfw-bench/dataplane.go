@@ -106,7 +106,7 @@ func (l *lab) failClosed(r *results, vms []*netns) error {
 		return err
 	}
 	defer ns.remove()
-	if _, err := l.hv.run(ctx, "ip", "link", "add", rogueTap, "type", "veth", "peer", "name", "eth0", "netns", ns.name); err != nil {
+	if _, err := l.hv.run(ctx, "ip", "link", "add", rogueTap, "type", "veth", "peer", "name", "eth0", "netns", ns.Name); err != nil {
 		return err
 	}
 	for _, cmd := range []struct {
@@ -274,7 +274,7 @@ func rxPackets(ns *netns) (uint64, error) {
 				return err
 			}
 		}
-		return fmt.Errorf("no eth0 in %s", ns.name)
+		return fmt.Errorf("no eth0 in %s", ns.Name)
 	})
 	return n, err
 }

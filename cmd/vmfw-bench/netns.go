@@ -5,46 +5,46 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/vmfw/vmfw/integration/labnet"
 )
 
-// netns is a named network namespace the bench created. Everything the
-// bench changes happens inside one: commands run in it by forking from a
-// thread that entered it, so nothing runs in, or changes, the namespace
-// the bench was started in.
+// netns is a named network namespace the bench created (labnet.NS, the
+// namespace helper the integration tests use). Everything the bench
+// changes happens inside one: commands run in it by forking from a thread
+// that entered it (labnet.NS.Do), so nothing runs in, or changes, the
+// namespace the bench was started in.
 type netns struct {
-	name string
+	*labnet.NS
 }
 
 var (
 	nsMu  sync.Mutex
-	nsAll = map[string]bool{}
+	nsAll = map[*netns]bool{}
 )
 
-// newNetns creates a namespace named vmfwbench-<random>-role.
+// newNetns creates a namespace named vmfwbench-<random>-role with its
+// loopback up.
 func newNetns(ctx context.Context, role string) (*netns, error) {
 	var b [3]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		return nil, err
 	}
-	name := "vmfwbench-" + hex.EncodeToString(b[:]) + "-" + role
-	if _, err := runCmd(ctx, "ip", "netns", "add", name); err != nil {
+	ns, err := labnet.AddNS("vmfwbench-" + hex.EncodeToString(b[:]) + "-" + role)
+	if err != nil {
 		return nil, err
 	}
+	n := &netns{ns}
 	nsMu.Lock()
-	nsAll[name] = true
+	nsAll[n] = true
 	nsMu.Unlock()
-	n := &netns{name: name}
 	if _, err := n.run(ctx, "ip", "link", "set", "lo", "up"); err != nil {
 		return n, err
 	}
@@ -55,67 +55,30 @@ func newNetns(ctx context.Context, role string) (*netns, error) {
 // sets with it.
 func (n *netns) remove() error {
 	nsMu.Lock()
-	delete(nsAll, n.name)
+	delete(nsAll, n)
 	nsMu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	_, err := runCmd(ctx, "ip", "netns", "delete", n.name)
-	return err
+	return n.Delete()
 }
 
 // removeAll deletes every namespace the bench still has, on exit or
 // interrupt, whatever state the run ended in.
 func removeAll() {
 	nsMu.Lock()
-	var names []string
-	for name := range nsAll {
-		names = append(names, name)
+	var all []*netns
+	for n := range nsAll {
+		all = append(all, n)
 	}
 	nsMu.Unlock()
-	for _, name := range names {
-		if err := (&netns{name: name}).remove(); err != nil {
-			fmt.Fprintf(os.Stderr, "vmfw-bench: deleting namespace %s: %v\n", name, err)
+	for _, n := range all {
+		if err := n.remove(); err != nil {
+			fmt.Fprintf(os.Stderr, "vmfw-bench: %v\n", err)
 		}
 	}
 }
 
-// do runs fn on an OS thread inside the namespace. Sockets fn opens belong
-// to the namespace; commands it starts are born in it. A thread that
-// cannot return to its namespace is not reused.
-func (n *netns) do(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer unix.Close(orig)
-		target, err := unix.Open(filepath.Join("/run/netns", n.name), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		err = unix.Setns(target, unix.CLONE_NEWNET)
-		unix.Close(target)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("entering %s: %w", n.name, err)
-			return
-		}
-		ferr := fn()
-		if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
-			errc <- errors.Join(ferr, err) // the thread stays locked and exits
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
+// do runs fn on an OS thread inside the namespace: sockets fn opens belong
+// to it, commands it starts are born in it.
+func (n *netns) do(fn func() error) error { return n.Do(fn) }
 
 // run runs a command in the namespace and returns its output.
 func (n *netns) run(ctx context.Context, name string, args ...string) ([]byte, error) {
@@ -204,7 +167,7 @@ func addDataVM(ctx context.Context, hv *netns, i int, v dataVM) (*netns, error) 
 	if err != nil {
 		return nil, err
 	}
-	if _, err := hv.run(ctx, "ip", "link", "add", tapName(v.vmid), "type", "veth", "peer", "name", "eth0", "netns", ns.name); err != nil {
+	if _, err := hv.run(ctx, "ip", "link", "add", tapName(v.vmid), "type", "veth", "peer", "name", "eth0", "netns", ns.Name); err != nil {
 		ns.remove()
 		return nil, err
 	}

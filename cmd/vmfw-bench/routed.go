@@ -72,7 +72,7 @@ func (l *lab) routed(r *results, vms []*netns) (err error) {
 		in   *netns
 		args []string
 	}{
-		{l.hv, []string{"link", "add", uplinkIf, "type", "veth", "peer", "name", "eth0", "netns", up.name}},
+		{l.hv, []string{"link", "add", uplinkIf, "type", "veth", "peer", "name", "eth0", "netns", up.Name}},
 		{l.hv, []string{"-6", "addr", "add", uplinkHV + "/64", "dev", uplinkIf, "nodad"}},
 		{l.hv, []string{"link", "set", uplinkIf, "up"}},
 		{up, []string{"-6", "addr", "add", uplinkHost + "/64", "dev", "eth0", "nodad"}},
