@@ -51,7 +51,7 @@ type CheckNotice struct {
 // checkCmd validates the configuration. With -o json it also compares it
 // with the kernel, as apply --dry-run does, and says what an apply would
 // change; the text form reads no kernel state, so it works without root.
-func checkCmd(ctx context.Context, newEngine func() (*engine.Engine, error), configDir string, args []string, stdout io.Writer) error {
+func checkCmd(ctx context.Context, newEngine func() (Engine, error), configDir string, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("check", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	format := fs.String("o", "text", "output format: text or json")

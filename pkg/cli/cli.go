@@ -204,8 +204,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	cmd, rest := rest[0], rest[1:]
 
-	newEngine := func() (*engine.Engine, error) {
-		return system.NewEngine(ctx, system.Options{ConfigDir: effectiveConfigDir(*configDir), StateDir: *stateDir, IPTables: iptables.Mode(*backend)})
+	newEngine := func() (Engine, error) {
+		e, err := system.NewEngine(ctx, system.Options{ConfigDir: effectiveConfigDir(*configDir), StateDir: *stateDir, IPTables: iptables.Mode(*backend)})
+		if err != nil {
+			return nil, err // not a nil *engine.Engine in an interface
+		}
+		return e, nil
 	}
 	switch cmd {
 	case "ifup", "ifdown":
@@ -302,7 +306,7 @@ func printUnattributed(w io.Writer, m *config.Model) {
 	}
 }
 
-func status(ctx context.Context, newEngine func() (*engine.Engine, error), configDir string, args []string, stdout io.Writer) error {
+func status(ctx context.Context, newEngine func() (Engine, error), configDir string, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	format := fs.String("o", "text", "output format: text, json or prometheus")

@@ -19,7 +19,7 @@ var Stdin io.Reader = os.Stdin
 // the directories and backend to match), else here. Nothing is printed on
 // success: libvirt reads a hook's standard output as replacement XML for
 // some operations.
-func hookCmd(ctx context.Context, newEngine func() (*engine.Engine, error), req agent.Request, args []string) error {
+func hookCmd(ctx context.Context, newEngine func() (Engine, error), req agent.Request, args []string) error {
 	var in io.Reader
 	if len(args) > 0 && args[0] == "libvirt" {
 		in = Stdin

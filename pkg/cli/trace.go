@@ -10,13 +10,12 @@ import (
 	"net/netip"
 	"os"
 
-	"github.com/vmfw/vmfw/pkg/engine"
 	"github.com/vmfw/vmfw/pkg/explain"
 )
 
 // traceCmd runs vmfw trace: the path of one flow through vmfw's rules,
 // from the configuration and from the kernel (package explain).
-func traceCmd(ctx context.Context, newEngine func() (*engine.Engine, error), args []string, stdout io.Writer) error {
+func traceCmd(ctx context.Context, newEngine func() (Engine, error), args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("trace", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	q := explain.Query{}
@@ -107,7 +106,7 @@ func hostAddrs() ([]netip.Prefix, error) {
 // the kernel: scripts that check many flows (and the differential test)
 // pay for reading the firewall once. A query that fails prints an object
 // with "error" instead of a report, and the batch goes on.
-func traceBatch(ctx context.Context, newEngine func() (*engine.Engine, error), file string, stdout io.Writer) error {
+func traceBatch(ctx context.Context, newEngine func() (Engine, error), file string, stdout io.Writer) error {
 	var r io.Reader = os.Stdin
 	if file != "-" {
 		f, err := os.Open(file)
