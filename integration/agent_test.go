@@ -8,11 +8,8 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -32,22 +29,9 @@ func startAgent(t *testing.T, h *hv, args ...string) *process {
 	if len(h.env) == 0 {
 		h.env = []string{"VMFW_RUN_DIR=" + t.TempDir()}
 	}
-	p := &process{out: &bytes.Buffer{}, mu: &sync.Mutex{}}
-	p.cmd = exec.Command("ip", append([]string{"netns", "exec", h.ns.Name, testbin.VMFW, "--iptables", h.backend, "--config-dir", h.config, "agent"}, args...)...)
-	p.cmd.Env = append(os.Environ(), h.env...)
-	w := lockedBuffer{p.mu, p.out}
-	p.cmd.Stdout, p.cmd.Stderr = w, w
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("starting the agent: %v", err)
-	}
-	t.Cleanup(func() {
-		if p.cmd.ProcessState == nil {
-			p.cmd.Process.Kill()
-			p.cmd.Wait()
-		}
-	})
-	if !waitFor(func() bool { return strings.Contains(p.output(), "agent ready") }) {
-		t.Fatalf("the agent did not get ready:\n%s", p.output())
+	p := startInNS(t, h.ns.Name, h.env, append([]string{testbin.VMFW, "--iptables", h.backend, "--config-dir", h.config, "agent"}, args...)...)
+	if !waitFor(func() bool { return strings.Contains(p.Output(), "agent ready") }) {
+		t.Fatalf("the agent did not get ready:\n%s", p.Output())
 	}
 	return p
 }
@@ -98,8 +82,8 @@ func TestAgentEnforcesEditsAndRepairsDrift(t *testing.T) {
 		agent := startAgent(t, h)
 		h.vmfw("ifup", "tap311i0")
 		h.vmfw("ifup", "tap312i0")
-		if !eventually(func() bool { return strings.Contains(agent.output(), "up=[tap312i0]") }) {
-			t.Errorf("ifup did not go through the agent:\n%s", agent.output())
+		if !eventually(func() bool { return strings.Contains(agent.Output(), "up=[tap312i0]") }) {
+			t.Errorf("ifup did not go through the agent:\n%s", agent.Output())
 		}
 		expectAll(t, []probe{
 			{"group opens 22", b, "192.0.2.111", 22, true},
@@ -109,14 +93,14 @@ func TestAgentEnforcesEditsAndRepairsDrift(t *testing.T) {
 		// An editor's write (temporary file renamed over the group).
 		writeAtomically(t, filepath.Join(h.config, "groups/app.toml"), appGroup+"\n[[in]]\nproto = \"tcp\"\ndport = \"2222\"\n")
 		if !eventually(func() bool { return tcp(t, b, "192.0.2.111", 2222) == labnet.Connected }) {
-			t.Fatalf("the edit never took effect:\n%s", agent.output())
+			t.Fatalf("the edit never took effect:\n%s", agent.Output())
 		}
 
 		// An invalid edit, written in place: logged with file and line,
 		// the last valid rules stay.
 		h.write("groups/app.toml", "[[in]]\nproto = \"tcpp\"\n")
-		if !eventually(func() bool { return strings.Contains(agent.output(), "groups/app.toml:2") }) {
-			t.Errorf("the invalid edit was not logged with its file and line:\n%s", agent.output())
+		if !eventually(func() bool { return strings.Contains(agent.Output(), "groups/app.toml:2") }) {
+			t.Errorf("the invalid edit was not logged with its file and line:\n%s", agent.Output())
 		}
 		expectAll(t, []probe{
 			{"after an invalid edit 22 stays open", b, "192.0.2.111", 22, true},
@@ -138,28 +122,28 @@ func TestAgentEnforcesEditsAndRepairsDrift(t *testing.T) {
 			t.Fatal(err)
 		}
 		if !eventually(func() bool { return tcp(t, b, "192.0.2.111", 2222) != labnet.Connected }) {
-			t.Fatalf("the swapped directory never took effect:\n%s", agent.output())
+			t.Fatalf("the swapped directory never took effect:\n%s", agent.Output())
 		}
 		expectAll(t, []probe{{"after the swap 22 is open", b, "192.0.2.111", 22, true}})
 		good := h.save(false)
 
 		// Drift: a flushed in chain lets everything in until the agent
 		// repairs it, within the repair interval (1 s) and some slack.
-		repairs := strings.Count(agent.output(), "repaired drift")
+		repairs := strings.Count(agent.Output(), "repaired drift")
 		h.exec(h.tool("iptables"), "-F", "tap311i0-in")
-		if !eventually(func() bool { return strings.Count(agent.output(), "repaired drift") > repairs }) {
-			t.Errorf("the agent did not repair the flushed chain:\n%s", agent.output())
+		if !eventually(func() bool { return strings.Count(agent.Output(), "repaired drift") > repairs }) {
+			t.Errorf("the agent did not repair the flushed chain:\n%s", agent.Output())
 		}
 		if got := h.save(false); got != good {
 			t.Errorf("the repair did not restore the ruleset: %v", changedChains(good, got))
 		}
 
 		h.vmfw("ifdown", "tap312i0")
-		if !eventually(func() bool { return strings.Contains(agent.output(), "down=[tap312i0]") }) {
-			t.Errorf("ifdown did not go through the agent:\n%s", agent.output())
+		if !eventually(func() bool { return strings.Contains(agent.Output(), "down=[tap312i0]") }) {
+			t.Errorf("ifdown did not go through the agent:\n%s", agent.Output())
 		}
 		before := h.save(false)
-		agent.stop(t)
+		stop(t, agent)
 		if h.save(false) != before {
 			t.Errorf("SIGTERM changed the ruleset")
 		}
@@ -191,12 +175,12 @@ func TestAgentBatchesConcurrentIfups(t *testing.T) {
 		}
 		withAgent4, withAgent6, withAgentSets := h.save(false), h.save(true), h.ipsets()
 		// The agent logs a batch after answering its callers.
-		eventually(func() bool { return strings.Contains(agent.output(), "msg=\"interfaces changed\"") })
-		batches := strings.Count(agent.output(), "msg=\"interfaces changed\"")
+		eventually(func() bool { return strings.Contains(agent.Output(), "msg=\"interfaces changed\"") })
+		batches := strings.Count(agent.Output(), "msg=\"interfaces changed\"")
 		if batches == 0 || batches >= len(taps) {
-			t.Errorf("%d requests took %d transactions; want fewer (group commit):\n%s", len(taps), batches, agent.output())
+			t.Errorf("%d requests took %d transactions; want fewer (group commit):\n%s", len(taps), batches, agent.Output())
 		}
-		agent.stop(t)
+		stop(t, agent)
 		h.vmfw("flush")
 		for _, tap := range taps {
 			h.vmfw("ifup", tap)
@@ -212,8 +196,7 @@ func TestAgentBatchesConcurrentIfups(t *testing.T) {
 		done := make(chan []string)
 		go func() { done <- ifupAll() }()
 		time.Sleep(30 * time.Millisecond)
-		agent.cmd.Process.Signal(syscall.SIGKILL)
-		agent.cmd.Wait()
+		agent.Kill()
 		select {
 		case errs := <-done:
 			for _, e := range errs {
@@ -343,7 +326,7 @@ func TestAgentPrintsLoggedPackets(t *testing.T) {
 	h.vmfw("ifup", "tap362i0")
 	found := eventually(func() bool {
 		labnet.TCPConnect(t.Context(), b, "192.0.2.181:2222", 200*time.Millisecond)
-		sc := bufio.NewScanner(strings.NewReader(agent.output()))
+		sc := bufio.NewScanner(strings.NewReader(agent.Output()))
 		for sc.Scan() {
 			var l struct {
 				Tap, Verdict, Src, Direction string
@@ -355,6 +338,6 @@ func TestAgentPrintsLoggedPackets(t *testing.T) {
 		return false
 	})
 	if !found {
-		t.Errorf("the agent printed no line for the dropped packet:\n%s", agent.output())
+		t.Errorf("the agent printed no line for the dropped packet:\n%s", agent.Output())
 	}
 }

@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -97,7 +96,7 @@ func (h *clusterHost) start() {
 	p := h.agent
 	h.t.Cleanup(func() {
 		if h.t.Failed() {
-			h.t.Logf("agent of %s:\n%s", h.name, p.output())
+			h.t.Logf("agent of %s:\n%s", h.name, p.Output())
 		}
 	})
 }
@@ -332,8 +331,7 @@ func TestClusterGroupsAcrossHosts(t *testing.T) {
 
 	// A killed agent's members go everywhere after the lease TTL; its
 	// own rules stay in force on its host. Restarted, it publishes them.
-	h2.agent.cmd.Process.Signal(syscall.SIGKILL)
-	h2.agent.cmd.Wait()
+	h2.agent.Kill()
 	killed := time.Now()
 	within(t, clusterLeaseTTL+2*time.Second, "a killed host's member leaves hv0's set", func() bool { return !h0.hasMember("app", "192.0.2.103") })
 	if took := time.Since(killed); took > clusterLeaseTTL+time.Second {
@@ -373,7 +371,7 @@ func TestClusterGroupsAcrossHosts(t *testing.T) {
 
 	// etcd back; hv2 is cut off from it while a push is made through
 	// hv0: hv1 applies it at once, hv2 when it is reachable again.
-	granted := func(h *clusterHost) int { return strings.Count(h.agent.output(), "cluster lease granted") }
+	granted := func(h *clusterHost) int { return strings.Count(h.agent.Output(), "cluster lease granted") }
 	leases := []int{granted(h0), granted(h1), granted(h2)}
 	e.start()
 	within(t, 5*time.Second, "every host is back under a new lease", func() bool {
@@ -434,8 +432,8 @@ func TestClusterGroupsAcrossHosts(t *testing.T) {
 		t.Fatal(err)
 	}
 	within(t, 8*time.Second, "hv0 catches up after a compaction", func() bool { return h0.hasMember("app", "192.0.2.104") })
-	if !strings.Contains(h0.agent.output(), "fell behind a compaction") {
-		t.Errorf("hv0 did not resync after the compaction:\n%s", h0.agent.output())
+	if !strings.Contains(h0.agent.Output(), "fell behind a compaction") {
+		t.Errorf("hv0 did not resync after the compaction:\n%s", h0.agent.Output())
 	}
 	if err := h1.lab.Remove(vm104); err != nil {
 		t.Fatal(err)

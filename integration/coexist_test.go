@@ -176,7 +176,7 @@ func TestQEMU(t *testing.T) {
 			}
 		}
 		qmp := filepath.Join(dir, "qmp.sock")
-		q := startInNS(t, h.ns.Name, qemu, "-M", "none", "-nodefaults", "-display", "none",
+		q := startInNS(t, h.ns.Name, nil, qemu, "-M", "none", "-nodefaults", "-display", "none",
 			"-qmp", "unix:"+qmp+",server=on,wait=off",
 			"-netdev", fmt.Sprintf("tap,id=n0,ifname=tap120i0,script=%s,downscript=%s", filepath.Join(dir, "ifup.sh"), filepath.Join(dir, "ifdown.sh")))
 		onBridge := func() bool {
@@ -184,13 +184,13 @@ func TestQEMU(t *testing.T) {
 			return err == nil && strings.Contains(string(out), "master vmbr0")
 		}
 		if !waitFor(onBridge) {
-			t.Fatalf("tap120i0 never joined vmbr0; qemu output: %s", q.output())
+			t.Fatalf("tap120i0 never joined vmbr0; qemu output: %s", q.Output())
 		}
 		// QEMU sends the QMP greeting from its main loop, which it enters
 		// only once the ifup script has returned and the netdev is set
 		// up; stopped before that, it exits without running downscript.
 		if !waitFor(func() bool { return qmpGreets(qmp) }) {
-			t.Fatalf("QEMU never finished starting; its output: %s", q.output())
+			t.Fatalf("QEMU never finished starting; its output: %s", q.Output())
 		}
 		for _, v6 := range []bool{false, true} {
 			s := h.save(v6)
@@ -200,7 +200,7 @@ func TestQEMU(t *testing.T) {
 				}
 			}
 		}
-		q.stop(t)
+		stop(t, q)
 		if s := h.save(false); strings.Contains(s, "tap120i0") {
 			t.Errorf("tap120i0 chains remain after QEMU exited:\n%s", s)
 		}

@@ -179,8 +179,8 @@ func TestLogCommand(t *testing.T) {
 			t.Fatalf("log_group = 7 did not switch LOG to NFLOG:\n%s", save)
 		}
 		h.serve(vm1, "192.0.2.101", 22)
-		p := startInNS(t, h.ns.Name, testbin.VMFW, "--iptables", backend, "--config-dir", h.config, "log")
-		defer p.stop(t)
+		p := startInNS(t, h.ns.Name, nil, testbin.VMFW, "--iptables", backend, "--config-dir", h.config, "log")
+		defer stop(t, p)
 
 		type line struct {
 			Tap       string `json:"tap"`
@@ -200,7 +200,7 @@ func TestLogCommand(t *testing.T) {
 		}
 		lines := func() []line {
 			var out []line
-			sc := bufio.NewScanner(strings.NewReader(p.output()))
+			sc := bufio.NewScanner(strings.NewReader(p.Output()))
 			for sc.Scan() {
 				var l line
 				if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
@@ -223,7 +223,7 @@ func TestLogCommand(t *testing.T) {
 					}
 				}
 			}
-			t.Fatalf("%s: no matching line in vmfw log's output:\n%s", what, p.output())
+			t.Fatalf("%s: no matching line in vmfw log's output:\n%s", what, p.Output())
 			return line{}
 		}
 		send := func(ns *labnet.NS, addr string, port int) func() {

@@ -16,7 +16,6 @@ import (
 	"sort"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -373,61 +372,27 @@ func waitFor(cond func() bool) bool {
 }
 
 // process is a command running in a namespace.
-type process struct {
-	cmd *exec.Cmd
-	out *bytes.Buffer
-	mu  *sync.Mutex
-}
+// process is a long-running command a test started (labnet.Process).
+type process = labnet.Process
 
-type lockedBuffer struct {
-	mu  *sync.Mutex
-	buf *bytes.Buffer
-}
-
-func (b lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-// startInNS starts a long-running command in namespace ns; the test's
-// cleanup kills it if the test did not stop it.
-func startInNS(t *testing.T, ns string, name string, args ...string) *process {
+// startInNS starts argv in namespace ns with env added to the test's
+// environment; the test's cleanup kills it if the test did not stop it.
+func startInNS(t *testing.T, ns string, env []string, argv ...string) *process {
 	t.Helper()
-	p := &process{out: &bytes.Buffer{}, mu: &sync.Mutex{}}
-	p.cmd = exec.Command("ip", append([]string{"netns", "exec", ns, name}, args...)...)
-	w := lockedBuffer{p.mu, p.out}
-	p.cmd.Stdout, p.cmd.Stderr = w, w
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("starting %s: %v", name, err)
+	p, err := labnet.Start(&labnet.NS{Name: ns}, env, argv...)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		if p.cmd.ProcessState == nil {
-			p.cmd.Process.Kill()
-			p.cmd.Wait()
-		}
-	})
+	t.Cleanup(p.Kill)
 	return p
 }
 
-func (p *process) output() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.String()
-}
-
-// stop sends SIGTERM and waits for the process to exit.
-func (p *process) stop(t *testing.T) {
+// stop sends p SIGTERM and waits for it to exit; one that does not within
+// 30 s is killed and fails the test.
+func stop(t *testing.T, p *process) {
 	t.Helper()
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan error, 1)
-	go func() { done <- p.cmd.Wait() }()
-	select {
-	case <-done:
-	case <-time.After(30 * time.Second):
-		p.cmd.Process.Kill()
-		<-done
-		t.Errorf("process did not exit on SIGTERM: %s", p.output())
+	if err := p.Stop(); err != nil {
+		t.Errorf("%v: %s", err, p.Output())
 	}
 }
 
