@@ -118,37 +118,17 @@ func Push(ctx context.Context, cli *clientv3.Client, k Keys, dir, by string) (in
 	if err != nil {
 		return 0, err
 	}
-	for try := 0; ; try++ {
-		tctx, cancel := withTimeout(ctx)
-		old, err := cli.Get(tctx, k.ConfigPrefix(), clientv3.WithPrefix(), clientv3.WithKeysOnly())
-		cancel()
-		if err != nil {
-			return 0, fmt.Errorf("reading the configuration in etcd: %w", err)
-		}
-		var metaRev int64
-		for _, kv := range old.Kvs {
-			if string(kv.Key) == k.ConfigMeta() {
-				metaRev = kv.ModRevision
-			}
-		}
-		ops := []clientv3.Op{clientv3.OpPut(k.ConfigFiles(), string(archive)), clientv3.OpPut(k.ConfigMeta(), string(meta))}
-		// Every push rewrites the meta key: unchanged since the read, no
-		// other push came in between and the deletions are right.
-		tctx, cancel = withTimeout(ctx)
-		resp, err := cli.Txn(tctx).
-			If(clientv3.Compare(clientv3.ModRevision(k.ConfigMeta()), "=", metaRev)).
-			Then(ops...).Commit()
-		cancel()
-		if err != nil {
-			return 0, fmt.Errorf("writing the configuration to etcd (%d files, %d bytes compressed; etcd refuses requests over its --max-request-bytes, 1.5 MiB by default): %w", len(files), len(archive), err)
-		}
-		if resp.Succeeded {
-			return resp.Header.Revision, nil
-		}
-		if try == 5 {
-			return 0, errors.New("writing the configuration to etcd: other pushes keep coming in; try again")
-		}
+	// The archive and its meta key go in one transaction, so a reader
+	// never sees one without the other; of two concurrent pushes the later
+	// transaction wins whole. Nothing depends on what was there before,
+	// so nothing is read first.
+	tctx, cancel := withTimeout(ctx)
+	defer cancel()
+	resp, err := cli.Txn(tctx).Then(clientv3.OpPut(k.ConfigFiles(), string(archive)), clientv3.OpPut(k.ConfigMeta(), string(meta))).Commit()
+	if err != nil {
+		return 0, fmt.Errorf("writing the configuration to etcd (%d files, %d bytes compressed; etcd refuses requests over its --max-request-bytes, 1.5 MiB by default): %w", len(files), len(archive), err)
 	}
+	return resp.Header.Revision, nil
 }
 
 // encodeFiles packs a file set into the value of the ConfigFiles key:
