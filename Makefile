@@ -31,8 +31,8 @@ deps:
 build:
 	@mkdir -p $(BIN)
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/vmfw ./plugins/vmfw
-	@ln -sf vmfw $(BIN)/vmfw-ifup
-	@ln -sf vmfw $(BIN)/vmfw-ifdown
+	$(GO) build -o $(BIN)/vmfw-ifup ./plugins/vmfw-ifup
+	@ln -sf vmfw-ifup $(BIN)/vmfw-ifdown
 
 demo: deps build
 	$(GO) run ./cmd/vmfw-demo --vmfw $(CURDIR)/$(BIN)/vmfw --config conf/examples/reference
@@ -126,8 +126,8 @@ install: build man
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(CNI_BIN_DIR) $(DESTDIR)$(SYSTEMD_UNIT_DIR) $(DESTDIR)$(DOCDIR)
 	install -d $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(BASH_COMPLETION_DIR)
 	install -m 0755 $(BIN)/vmfw $(DESTDIR)$(SBINDIR)/vmfw
-	ln -sf vmfw $(DESTDIR)$(SBINDIR)/vmfw-ifup
-	ln -sf vmfw $(DESTDIR)$(SBINDIR)/vmfw-ifdown
+	install -m 0755 $(BIN)/vmfw-ifup $(DESTDIR)$(SBINDIR)/vmfw-ifup
+	ln -sf vmfw-ifup $(DESTDIR)$(SBINDIR)/vmfw-ifdown
 	ln -sf $(SBINDIR)/vmfw $(DESTDIR)$(CNI_BIN_DIR)/vmfw
 	for unit in $(UNITS); do \
 		$(call unit_paths,$(SBINDIR),$(DOCDIR)) conf/systemd/$$unit > $(DESTDIR)$(SYSTEMD_UNIT_DIR)/$$unit && \
@@ -181,6 +181,7 @@ deb: man
 	rm -rf $(BUILD)/deb $(BUILD)/vmfw_*.deb
 	mkdir -p $(BUILD)/deb/man $(BUILD)/deb/systemd $(BUILD)/deb/share/libvirt $(BUILD)/deb/share/proxmox $(BUILD)/deb/share/qemu
 	CGO_ENABLED=0 GOOS=linux GOARCH=$(DEB_GOARCH) $(GO) build -trimpath -ldflags '$(LDFLAGS) -s -w' -o $(BUILD)/deb/vmfw ./plugins/vmfw
+	CGO_ENABLED=0 GOOS=linux GOARCH=$(DEB_GOARCH) $(GO) build -trimpath -ldflags '-s -w' -o $(BUILD)/deb/vmfw-ifup ./plugins/vmfw-ifup
 	for page in $(MAN_PAGES); do gzip -9n < $(BUILD)/man/$$page > $(BUILD)/deb/man/$$page.gz || exit 1; done
 	for unit in $(UNITS); do \
 		$(call unit_paths,/usr/sbin,/usr/share/doc/vmfw) conf/systemd/$$unit > $(BUILD)/deb/systemd/$$unit || exit 1; \

@@ -4,10 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -340,4 +342,92 @@ func TestAgentPrintsLoggedPackets(t *testing.T) {
 	if !found {
 		t.Errorf("the agent printed no line for the dropped packet:\n%s", agent.Output())
 	}
+}
+
+// TestIfupProgram: vmfw-ifup and vmfw-ifdown, the programs QEMU runs as
+// script= and downscript= with the tap name only, hand the tap to the
+// agent (its log names the batch; real connections show the rules), answer
+// a configuration error as vmfw ifup does (exit 2, the same message), and
+// without an agent become vmfw and do the work themselves; any other
+// command line goes to vmfw as it is (docs/agent.md, "vmfw-ifup").
+func TestIfupProgram(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, backend string) {
+		h := newHV(t, backend, "")
+		h.write("groups/app.toml", appGroup)
+		h.write("vms/371.toml", vmFile("02:00:00:00:0e:71", "192.0.2.171", "2001:db8::171", "app"))
+		h.write("vms/372.toml", vmFile("02:00:00:00:0e:72", "192.0.2.172", "2001:db8::172"))
+		a := h.vm("tap371i0", "02:00:00:00:0e:71", "192.0.2.171", "2001:db8::171")
+		b := h.vm("tap372i0", "02:00:00:00:0e:72", "192.0.2.172", "2001:db8::172")
+		h.serve(a, "192.0.2.171", 22, 2222)
+		agent := startAgent(t, h)
+		// As conf/qemu/ wraps them: the settings in the environment, the
+		// tap name the only argument.
+		run := func(prog string, args ...string) (stderr string, code int) {
+			t.Helper()
+			cmd := exec.Command("ip", append([]string{"netns", "exec", h.ns.Name, filepath.Join(testbin.Dir, prog)}, args...)...)
+			cmd.Env = append(os.Environ(), append([]string{"VMFW_CONFIG_DIR=" + h.config, "VMFW_IPTABLES=" + backend}, h.env...)...)
+			var e bytes.Buffer
+			cmd.Stderr = &e
+			err := cmd.Run()
+			var exit *exec.ExitError
+			switch {
+			case err == nil:
+			case errors.As(err, &exit):
+				code = exit.ExitCode()
+			default:
+				t.Fatalf("running %s %v: %v", prog, args, err)
+			}
+			return e.String(), code
+		}
+		for _, tap := range []string{"tap371i0", "tap372i0"} {
+			if out, code := run("vmfw-ifup", tap); code != 0 {
+				t.Fatalf("vmfw-ifup %s: exit %d: %s", tap, code, out)
+			}
+		}
+		if !eventually(func() bool { return strings.Contains(agent.Output(), "up=[tap372i0]") }) {
+			t.Errorf("vmfw-ifup did not go through the agent:\n%s", agent.Output())
+		}
+		expectAll(t, []probe{
+			{"group opens 22", b, "192.0.2.171", 22, true},
+			{"2222 closed", b, "192.0.2.171", 2222, false},
+		})
+
+		// A tap no VM file names: the agent refuses it as vmfw ifup does.
+		h.exec("ip", "link", "add", "tap379i0", "type", "veth", "peer", "name", "p379")
+		before := h.save(false)
+		got, gotCode := run("vmfw-ifup", "tap379i0")
+		_, want, wantCode := h.run("ifup", "tap379i0")
+		if gotCode != wantCode || got != want || gotCode != 2 {
+			t.Errorf("vmfw-ifup of an unconfigured tap: exit %d %q; vmfw ifup: exit %d %q (want 2, the same message)", gotCode, got, wantCode, want)
+		}
+		if h.save(false) != before {
+			t.Errorf("the refused vmfw-ifup changed the ruleset")
+		}
+
+		if out, code := run("vmfw-ifdown", "tap371i0"); code != 0 {
+			t.Fatalf("vmfw-ifdown: exit %d: %s", code, out)
+		}
+		if !eventually(func() bool { return strings.Contains(agent.Output(), "down=[tap371i0]") }) {
+			t.Errorf("vmfw-ifdown did not go through the agent:\n%s", agent.Output())
+		}
+		if strings.Contains(h.save(false), ":tap371i0-in") {
+			t.Errorf("vmfw-ifdown left tap371i0's chains")
+		}
+
+		// No agent: they become vmfw, which does the work.
+		stop(t, agent)
+		if out, code := run("vmfw-ifup", "tap371i0"); code != 0 {
+			t.Fatalf("vmfw-ifup without an agent: exit %d: %s", code, out)
+		}
+		expectAll(t, []probe{
+			{"without the agent: group opens 22", b, "192.0.2.171", 22, true},
+			{"without the agent: 2222 closed", b, "192.0.2.171", 2222, false},
+		})
+		if out, code := run("vmfw-ifdown", "tap371i0"); code != 0 || strings.Contains(h.save(false), ":tap371i0-in") {
+			t.Errorf("vmfw-ifdown without an agent: exit %d: %s; chains left: %v", code, out, strings.Contains(h.save(false), ":tap371i0-in"))
+		}
+		if out, code := run("vmfw-ifup"); code != 2 || !strings.Contains(out, "takes exactly one argument") {
+			t.Errorf("vmfw-ifup without a tap: exit %d: %s (want vmfw's usage error, exit 2)", code, out)
+		}
+	})
 }

@@ -166,11 +166,8 @@ func TestQEMU(t *testing.T) {
 		// conf/qemu/ shows for a real host.
 		dir := t.TempDir()
 		for _, name := range []string{"ifup", "ifdown"} {
-			link := filepath.Join(dir, "vmfw-"+name)
-			if err := os.Symlink(testbin.VMFW, link); err != nil {
-				t.Fatal(err)
-			}
-			script := fmt.Sprintf("#!/bin/sh\nexport VMFW_CONFIG_DIR=%s VMFW_IPTABLES=%s\nexec %s \"$@\"\n", h.config, backend, link)
+			prog := filepath.Join(testbin.Dir, "vmfw-"+name)
+			script := fmt.Sprintf("#!/bin/sh\nexport VMFW_CONFIG_DIR=%s VMFW_IPTABLES=%s\nexec %s \"$@\"\n", h.config, backend, prog)
 			if err := os.WriteFile(filepath.Join(dir, name+".sh"), []byte(script), 0o755); err != nil {
 				t.Fatal(err)
 			}

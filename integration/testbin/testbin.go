@@ -14,16 +14,20 @@ import (
 	"testing"
 )
 
-// VMFWPackage is the import path of the vmfw binary.
-const VMFWPackage = "github.com/vmfw/vmfw/plugins/vmfw"
+// The import paths of vmfw and of vmfw-ifup, the program QEMU runs.
+const (
+	VMFWPackage     = "github.com/vmfw/vmfw/plugins/vmfw"
+	VMFWIfupPackage = "github.com/vmfw/vmfw/plugins/vmfw-ifup"
+)
 
 // Set by Main before the tests run.
 var (
 	// VMFW is the vmfw binary under test: $VMFW_BIN or a fresh build.
 	VMFW string
 	// Dir holds every program, each under its name: "vmfw" (VMFW, or a
-	// link to it) and those Main was asked to build. A CNI client takes
-	// it as its plugin directory.
+	// link to it), "vmfw-ifup" and "vmfw-ifdown" (which becomes the vmfw
+	// beside it when no agent answers) and those Main was asked to build.
+	// A CNI client takes it as its plugin directory.
 	Dir string
 )
 
@@ -52,13 +56,22 @@ func run(m *testing.M, builds map[string]string) int {
 		all[name] = pkg
 	}
 	if VMFW = os.Getenv("VMFW_BIN"); VMFW != "" {
-		if err := os.Symlink(VMFW, filepath.Join(dir, "vmfw")); err != nil {
-			fmt.Println(err)
-			return 1
+		// The vmfw-ifup installed beside it, which execs the vmfw there.
+		links := map[string]string{"vmfw": VMFW, "vmfw-ifup": filepath.Join(filepath.Dir(VMFW), "vmfw-ifup")}
+		for name, target := range links {
+			if err := os.Symlink(target, filepath.Join(dir, name)); err != nil {
+				fmt.Println(err)
+				return 1
+			}
 		}
 	} else {
 		all["vmfw"] = VMFWPackage
+		all["vmfw-ifup"] = VMFWIfupPackage
 		VMFW = filepath.Join(dir, "vmfw")
+	}
+	if err := os.Symlink("vmfw-ifup", filepath.Join(dir, "vmfw-ifdown")); err != nil {
+		fmt.Println(err)
+		return 1
 	}
 	for name, pkg := range all {
 		if err := build(filepath.Join(dir, name), pkg); err != nil {

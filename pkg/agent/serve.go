@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/vmfw/vmfw/pkg/agent/wire"
 )
 
 // requestTimeout bounds how long a caller may take to send its request.
@@ -42,7 +44,7 @@ func (a *Agent) handle(ctx context.Context, conn *net.UnixConn, reqs chan<- pend
 		conn.SetWriteDeadline(time.Now().Add(requestTimeout))
 		conn.Write(append(line, '\n'))
 	}
-	if err := checkPeer(conn); err != nil {
+	if err := wire.CheckPeer(conn); err != nil {
 		answer(Response{Error: "refused: " + err.Error(), Refused: true})
 		return
 	}

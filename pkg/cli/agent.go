@@ -65,5 +65,5 @@ func viaAgent(ctx context.Context, req agent.Request) (handled bool, err error) 
 	if !handled {
 		return false, nil
 	}
-	return true, resp.Err()
+	return true, agent.ResponseErr(resp)
 }

@@ -177,7 +177,7 @@ func configDirOf(args []string) string {
 			return args[i+1]
 		}
 	}
-	return engine.ConfigDirFromEnv()
+	return config.DirFromEnv()
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -192,7 +192,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	global := flag.NewFlagSet("vmfw", flag.ContinueOnError)
 	global.SetOutput(io.Discard)
-	configDir := global.String("config-dir", engine.ConfigDirFromEnv(), "configuration directory")
+	configDir := global.String("config-dir", config.DirFromEnv(), "configuration directory")
 	backend := global.String("iptables", os.Getenv("VMFW_IPTABLES"), "iptables backend: nft or legacy")
 	stateDir := global.String("state-dir", state.DirFromEnv(), "state directory")
 	if err := global.Parse(rest); err != nil {

@@ -9,6 +9,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/vmfw/vmfw/pkg/agent"
+	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/engine"
 	"github.com/vmfw/vmfw/pkg/state"
 )
@@ -45,7 +46,7 @@ func viaAgent(ctx context.Context, command string, args *skel.CmdArgs, c *NetCon
 		Stdin: args.StdinData,
 	}
 	if req.ConfigDir == "" {
-		req.ConfigDir = engine.ConfigDirFromEnv()
+		req.ConfigDir = config.DirFromEnv()
 	}
 	if req.StateDir == "" {
 		req.StateDir = state.DirFromEnv()

@@ -402,3 +402,15 @@ func invalidUTF8(data []byte) (int, bool) {
 	}
 	return 0, false
 }
+
+// DefaultDir is where the configuration lives unless told otherwise.
+const DefaultDir = "/etc/vmfw"
+
+// DirFromEnv returns $VMFW_CONFIG_DIR or DefaultDir: the configuration
+// directory of every entry point that is not given one.
+func DirFromEnv() string {
+	if d := os.Getenv("VMFW_CONFIG_DIR"); d != "" {
+		return d
+	}
+	return DefaultDir
+}

@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -652,15 +651,4 @@ func (e *Engine) Flush(ctx context.Context, dryRun bool) (*Change, error) {
 		return nil, err
 	}
 	return e.applyRuleset(ctx, &ruleset.Ruleset{Tables: map[ruleset.Family]*ruleset.Table{}}, st, dryRun)
-}
-
-// DefaultConfigDir is where the configuration lives unless told otherwise.
-const DefaultConfigDir = "/etc/vmfw"
-
-// ConfigDirFromEnv returns VMFW_CONFIG_DIR or the default.
-func ConfigDirFromEnv() string {
-	if d := os.Getenv("VMFW_CONFIG_DIR"); d != "" {
-		return d
-	}
-	return DefaultConfigDir
 }

@@ -8,6 +8,7 @@ import (
 	"context"
 	"os"
 
+	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/ebtables"
 	"github.com/vmfw/vmfw/pkg/engine"
 	"github.com/vmfw/vmfw/pkg/ipset"
@@ -44,7 +45,7 @@ func NewEngine(ctx context.Context, o Options) (*engine.Engine, error) {
 		return nil, err
 	}
 	if o.ConfigDir == "" {
-		o.ConfigDir = engine.ConfigDirFromEnv()
+		o.ConfigDir = config.DirFromEnv()
 	}
 	if o.StateDir == "" {
 		o.StateDir = state.DirFromEnv()
