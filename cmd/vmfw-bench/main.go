@@ -173,8 +173,10 @@ func preflight(o options) error {
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("needs root: it creates network namespaces")
 	}
-	if _, err := os.Stat(o.vmfw); err != nil {
-		return fmt.Errorf("%v (run make build first, or pass --vmfw)", err)
+	for _, prog := range []string{o.vmfw, filepath.Join(filepath.Dir(o.vmfw), "vmfw-ifup"), filepath.Join(filepath.Dir(o.vmfw), "vmfw-ifdown")} {
+		if _, err := os.Stat(prog); err != nil {
+			return fmt.Errorf("%v (run make build first, or pass --vmfw: vmfw-ifup and vmfw-ifdown must be beside it)", err)
+		}
 	}
 	tools := []string{"ip", "ipset", "conntrack", "ping", "ebtables-nft-restore"}
 	for _, b := range o.backends {

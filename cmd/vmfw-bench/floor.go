@@ -1,0 +1,112 @@
+package main
+
+import (
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+
+	"github.com/vmfw/vmfw/pkg/ruleset"
+)
+
+// commitFloor measures what the kernel alone charges for a write into the
+// lab's filter tables as they stand: the nf_tables transaction that adds
+// one rule to a chain of the bench's own, sent over netlink from this
+// process (no iptables process, no parsing), timed from the send to the
+// kernel's answer. Two kinds of rule:
+//
+//   - one with a verdict (accept). Adding any rule whose expressions the
+//     kernel must validate (a verdict, an xtables match or target) makes
+//     the commit walk every chain reachable from the table's hooks, once
+//     per hook that reaches it, checking each rule's expressions: the cost
+//     grows with the whole ruleset, not with the change. Every write vmfw
+//     makes, an ifup, an edit, adds such rules, so this is the least any
+//     of them can cost in that family, however userspace writes it;
+//   - one with only a counter, which the kernel need not validate: the
+//     cost of a transaction as such.
+//
+// The chain is named outside vmfw's namespace of names (vmfw ignores
+// foreign chains, docs/design.md) and removed again; no agent runs while
+// it is measured. The two families commit one after the other (nf_tables
+// serialises transactions per network namespace), so a write of both
+// costs at least the sum.
+func commitFloor(ns *netns, runs int) (verdict map[ruleset.Family][]time.Duration, plain []time.Duration, err error) {
+	verdict = map[ruleset.Family][]time.Duration{}
+	err = ns.do(func() error {
+		c, err := nftables.New()
+		if err != nil {
+			return err
+		}
+		for _, f := range ruleset.Families {
+			fam := nftables.TableFamilyIPv4
+			if f == ruleset.IPv6 {
+				fam = nftables.TableFamilyIPv6
+			}
+			chain := &nftables.Chain{Name: "bench-floor", Table: &nftables.Table{Name: "filter", Family: fam}}
+			c.AddChain(chain)
+			if err := c.Flush(); err != nil {
+				return fmt.Errorf("creating %s chain %s: %w", f, chain.Name, err)
+			}
+			add := func(e expr.Any) (time.Duration, error) {
+				c.AddRule(&nftables.Rule{Table: chain.Table, Chain: chain, Exprs: []expr.Any{e}})
+				start := time.Now()
+				err := c.Flush()
+				d := time.Since(start)
+				c.FlushChain(chain)
+				if ferr := c.Flush(); err == nil {
+					err = ferr
+				}
+				return d, err
+			}
+			for range runs {
+				d, err := add(&expr.Verdict{Kind: expr.VerdictAccept})
+				if err != nil {
+					return fmt.Errorf("%s: one rule with a verdict: %w", f, err)
+				}
+				verdict[f] = append(verdict[f], d)
+				if f == ruleset.IPv4 {
+					d, err := add(&expr.Counter{})
+					if err != nil {
+						return fmt.Errorf("%s: one counter rule: %w", f, err)
+					}
+					plain = append(plain, d)
+				}
+			}
+			c.DelChain(chain)
+			if err := c.Flush(); err != nil {
+				return fmt.Errorf("removing %s chain %s: %w", f, chain.Name, err)
+			}
+		}
+		return nil
+	})
+	return verdict, plain, err
+}
+
+// floorNote measures the commit floor in the agent lab and describes it
+// under the table: the reason the rows that scale with the ruleset cannot
+// go below a bound (docs/performance.md, "The kernel's floor").
+func (a *agentLab) floorNote() error {
+	if a.backend != "nft" {
+		return nil
+	}
+	runs := max(a.o.runs, 5)
+	verdict, plain, err := commitFloor(a.hv, runs)
+	if err != nil {
+		return fmt.Errorf("kernel floor: %w", err)
+	}
+	v4, v6 := median(verdict[ruleset.IPv4]), median(verdict[ruleset.IPv6])
+	a.r.floor = append(a.r.floor, floorRow{backend: a.backend, taps: a.n, v4: v4, v6: v6})
+	a.r.notes = append(a.r.notes, fmt.Sprintf("%s, %d taps: kernel floor (nf_tables commit of a one-rule transaction over netlink, medians of %d): with a verdict ipv4 %s, ipv6 %s, both %s; a counter-only rule %s (max %s)",
+		a.backend, a.n, runs, ms(v4), ms(v6), ms(v4+v6), ms(median(plain)), ms(slices.Max(plain))))
+	return nil
+}
+
+// floorRow is one lab's commit floor, which evaluate sets beside the
+// targets it bounds.
+type floorRow struct {
+	backend string
+	taps    int
+	v4, v6  time.Duration
+}
