@@ -97,6 +97,11 @@ func TestAgentEnforcesEditsAndRepairsDrift(t *testing.T) {
 		if !eventually(func() bool { return tcp(t, b, "192.0.2.111", 2222) == labnet.Connected }) {
 			t.Fatalf("the edit never took effect:\n%s", agent.Output())
 		}
+		// Only the files the events named were parsed again, at the first
+		// edit after the start too (docs/agent.md).
+		if reloads := strings.Split(agent.Output(), "msg=\"configuration loaded\""); len(reloads) < 3 || !strings.Contains(strings.SplitN(reloads[2], "\n", 2)[0], "full=false") {
+			t.Errorf("the first edit did not reload only the edited file:\n%s", agent.Output())
+		}
 
 		// An invalid edit, written in place: logged with file and line,
 		// the last valid rules stay.

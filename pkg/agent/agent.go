@@ -145,6 +145,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.startCluster(ctx); err != nil {
 		return err
 	}
+	// The first load reads everything, so it covers whatever the watcher
+	// noted until now, its own first watches included (each new watch
+	// counts as a replaced directory): without this the first edit after
+	// a start would parse every file again.
+	w.take()
 	a.reload(nil, true)
 	if m, err := a.currentModel(); err == nil && m.Host.MetricsListen != "" {
 		// The address is read once: changing it takes a restart.
