@@ -63,6 +63,8 @@ func TestCNIThroughAgent(t *testing.T) {
 			db := h.newContainer("db", map[string]any{"vmfw": map[string]any{"groups": []string{"db"}}})
 			h.add(list, db)
 			handled("CNI_COMMAND=ADD", 2)
+			// Each record names the host interface the ADD firewalled.
+			handled("interfaces=[veth", 2)
 			h.serve(web, 80, 22)
 			h.serve(db, 5432)
 			h.expect(db, web, 80, labnet.Connected)

@@ -3,7 +3,6 @@ package cni
 import (
 	"context"
 	"errors"
-	"fmt"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -66,7 +65,8 @@ func viaAgent(ctx context.Context, command string, args *skel.CmdArgs, c *NetCon
 }
 
 // Job runs a CNI request in the agent with the agent's engine, exactly as
-// the plugin would run it itself; the error carries the CNI error code.
+// the plugin would run it itself. It returns the host interfaces the
+// command attached or detached; the error carries the CNI error code.
 func Job(ctx context.Context, e *engine.Engine, req agent.Request) ([]string, error) {
 	command := req.Env[envCommand]
 	fn := commands[command]
@@ -85,10 +85,11 @@ func Job(ctx context.Context, e *engine.Engine, req agent.Request) ([]string, er
 		Path:        req.Env[envPath],
 		StdinData:   req.Stdin,
 	}
-	if err := cniError(fn(onHost, ctx, args, c, e)); err != nil {
-		return nil, asCoded(err)
+	ifaces, err := fn(onHost, ctx, args, c, e)
+	if err != nil {
+		return nil, asCoded(cniError(err))
 	}
-	return []string{fmt.Sprintf("%s %s/%s", c.Name, args.ContainerID, args.IfName)}, nil
+	return ifaces, nil
 }
 
 // codedError carries a CNI error through the agent: its message and

@@ -299,7 +299,8 @@ func cniAdd(t *testing.T, conf map[string]any) error {
 		return err
 	}
 	pl := plugin{isPort: func(string) (bool, error) { return true, nil }}
-	return pl.add(context.Background(), &skel.CmdArgs{ContainerID: "c1", IfName: "eth0", StdinData: data}, c, fakeEngine(c.ConfigDir, c.StateDir))
+	_, err = pl.add(context.Background(), &skel.CmdArgs{ContainerID: "c1", IfName: "eth0", StdinData: data}, c, fakeEngine(c.ConfigDir, c.StateDir))
+	return err
 }
 
 // viaRecord attaches a record holding the case.

@@ -63,8 +63,9 @@ type plugin struct {
 var onHost = plugin{isPort: isPort}
 
 // command is one of the plugin's commands that change or check
-// attachments.
-type command func(p plugin, ctx context.Context, args *skel.CmdArgs, c *NetConf, e Engine) error
+// attachments. It returns the host interfaces it attached or detached,
+// which the agent logs.
+type command func(p plugin, ctx context.Context, args *skel.CmdArgs, c *NetConf, e Engine) (ifaces []string, err error)
 
 // commands are those commands by CNI_COMMAND.
 var commands = map[string]command{
@@ -95,8 +96,8 @@ func run(name string) func(*skel.CmdArgs) error {
 			if err != nil {
 				return cniError(err)
 			}
-			if err := cniError(commands[name](onHost, ctx, args, c, e)); err != nil {
-				return err
+			if _, err := commands[name](onHost, ctx, args, c, e); err != nil {
+				return cniError(err)
 			}
 		}
 		if name == "ADD" {
@@ -270,10 +271,10 @@ func (p plugin) prepare(args *skel.CmdArgs, c *NetConf) (*merged, *attachment, *
 }
 
 // add records and firewalls the attachment (ADD).
-func (p plugin) add(ctx context.Context, args *skel.CmdArgs, c *NetConf, e Engine) error {
+func (p plugin) add(ctx context.Context, args *skel.CmdArgs, c *NetConf, e Engine) ([]string, error) {
 	m, a, nic, err := p.prepare(args, c)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	rec := &state.Attachment{
 		Iface: a.host, Owner: state.CNI,
@@ -284,12 +285,13 @@ func (p plugin) add(ctx context.Context, args *skel.CmdArgs, c *NetConf, e Engin
 	// record and chains go first.
 	recs, err := e.Records(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	same := sameAttachment(c, args)
+	var ifaces []string
 	if slices.ContainsFunc(recs, func(r *state.Attachment) bool { return same(r) && r.Iface != a.host }) {
-		if _, err := e.DetachWhere(ctx, engine.Selector{Record: func(r *state.Attachment) bool { return same(r) && r.Iface != a.host }}); err != nil {
-			return err
+		if ifaces, err = e.DetachWhere(ctx, engine.Selector{Record: func(r *state.Attachment) bool { return same(r) && r.Iface != a.host }}); err != nil {
+			return nil, err
 		}
 	}
 	err = e.AttachRecords(ctx, rec)
@@ -297,35 +299,42 @@ func (p plugin) add(ctx context.Context, args *skel.CmdArgs, c *NetConf, e Engin
 	// defined; its words name the record, these the configuration key.
 	var fe *config.FieldError
 	if errors.As(err, &fe) {
-		return m.invalid(a, fe)
+		return nil, m.invalid(a, fe)
 	}
-	return err
+	if err != nil {
+		return nil, err
+	}
+	return append(ifaces, a.host), nil
 }
 
 // del removes the attachment. With a configuration that does not load
 // it still succeeds as far as it can (the runtime retries a failed DEL and
 // keeps the container until one succeeds): the record goes and its
 // addresses leave every group, and the next apply removes its chains.
-func (p plugin) del(ctx context.Context, args *skel.CmdArgs, c *NetConf, e Engine) error {
-	_, err := e.DetachWhere(ctx, engine.Selector{Record: sameAttachment(c, args)})
+func (p plugin) del(ctx context.Context, args *skel.CmdArgs, c *NetConf, e Engine) ([]string, error) {
+	detached, err := e.DetachWhere(ctx, engine.Selector{Record: sameAttachment(c, args)})
 	var ce *engine.ConfigError
 	if !errors.As(err, &ce) {
-		return err
+		return detached, err
 	}
 	forgotten, ferr := e.ForgetWhere(ctx, sameAttachment(c, args))
 	if ferr != nil {
-		return errors.Join(err, ferr)
+		return nil, errors.Join(err, ferr)
 	}
 	if len(forgotten) > 0 {
 		fmt.Fprintf(os.Stderr, "vmfw: DEL %s: configuration does not load (%v); removed the attachment record and its group memberships, its chains go with the next successful apply\n",
 			strings.Join(forgotten, ", "), err)
 	}
-	return nil
+	return forgotten, nil
 }
 
 // check reports a missing or drifted chain, jump, ipset member or record
 // (CHECK).
-func (p plugin) check(ctx context.Context, args *skel.CmdArgs, c *NetConf, e Engine) error {
+func (p plugin) check(ctx context.Context, args *skel.CmdArgs, c *NetConf, e Engine) ([]string, error) {
+	return nil, p.checkAttachment(ctx, args, c, e)
+}
+
+func (p plugin) checkAttachment(ctx context.Context, args *skel.CmdArgs, c *NetConf, e Engine) error {
 	_, a, nic, err := p.prepare(args, c)
 	if err != nil {
 		return err
@@ -365,16 +374,15 @@ func (p plugin) check(ctx context.Context, args *skel.CmdArgs, c *NetConf, e Eng
 
 // gc removes the network's attachments the runtime does not list as
 // valid (GC).
-func (p plugin) gc(ctx context.Context, _ *skel.CmdArgs, c *NetConf, e Engine) error {
+func (p plugin) gc(ctx context.Context, _ *skel.CmdArgs, c *NetConf, e Engine) ([]string, error) {
 	valid := map[types.GCAttachment]bool{}
 	for _, v := range c.ValidAttachments {
 		valid[v] = true
 	}
-	_, err := e.DetachWhere(ctx, engine.Selector{Record: func(a *state.Attachment) bool {
+	return e.DetachWhere(ctx, engine.Selector{Record: func(a *state.Attachment) bool {
 		return a.Owner == state.CNI && a.Network == c.Name &&
 			!valid[types.GCAttachment{ContainerID: a.ContainerID, IfName: a.IfName}]
 	}})
-	return err
 }
 
 // cmdStatus reports, changing nothing, whether ADD could work: the
