@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -371,18 +370,11 @@ func TestIfupProgram(t *testing.T) {
 			t.Helper()
 			cmd := exec.Command("ip", append([]string{"netns", "exec", h.ns.Name, filepath.Join(testbin.Dir, prog)}, args...)...)
 			cmd.Env = append(os.Environ(), append([]string{"VMFW_CONFIG_DIR=" + h.config, "VMFW_IPTABLES=" + backend}, h.env...)...)
-			var e bytes.Buffer
-			cmd.Stderr = &e
-			err := cmd.Run()
-			var exit *exec.ExitError
-			switch {
-			case err == nil:
-			case errors.As(err, &exit):
-				code = exit.ExitCode()
-			default:
+			_, stderr, code, err := labnet.Run(cmd)
+			if err != nil {
 				t.Fatalf("running %s %v: %v", prog, args, err)
 			}
-			return e.String(), code
+			return stderr, code
 		}
 		for _, tap := range []string{"tap371i0", "tap372i0"} {
 			if out, code := run("vmfw-ifup", tap); code != 0 {

@@ -4,9 +4,7 @@
 package integration
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -116,18 +114,11 @@ func (h *hv) run(args ...string) (stdout, stderr string, code int) {
 	if len(h.env) > 0 {
 		cmd.Env = append(os.Environ(), h.env...)
 	}
-	var o, e bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &o, &e
-	err := cmd.Run()
-	var exit *exec.ExitError
-	switch {
-	case err == nil:
-	case errors.As(err, &exit):
-		code = exit.ExitCode()
-	default:
+	stdout, stderr, code, err := labnet.Run(cmd)
+	if err != nil {
 		h.t.Fatalf("running vmfw %v: %v", args, err)
 	}
-	return o.String(), e.String(), code
+	return stdout, stderr, code
 }
 
 // vmfw runs vmfw and fails the test unless it exits 0.

@@ -4,7 +4,6 @@
 package hooks
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -115,18 +114,11 @@ func (h *host) exec(stdin io.Reader, argv ...string) (stdout, stderr string, cod
 		"VMFW_CONFIG_DIR=" + h.config, "VMFW_STATE_DIR=" + h.state, "VMFW_IPTABLES=" + h.backend}, append(h.env, argv...)...)
 	cmd := exec.CommandContext(ctx, "ip", full...)
 	cmd.Stdin = stdin
-	var o, e bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &o, &e
-	err := cmd.Run()
-	var exit *exec.ExitError
-	switch {
-	case err == nil:
-	case errors.As(err, &exit):
-		code = exit.ExitCode()
-	default:
+	stdout, stderr, code, err := labnet.Run(cmd)
+	if err != nil {
 		h.t.Fatalf("running %v: %v", argv, err)
 	}
-	return o.String(), e.String(), code
+	return stdout, stderr, code
 }
 
 // ok runs vmfw and fails the test unless it exits 0 printing nothing on

@@ -2,6 +2,7 @@ package labnet
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -83,4 +84,19 @@ func (p *Process) Stop() error {
 func (p *Process) Kill() {
 	p.cmd.Process.Kill()
 	<-p.done
+}
+
+// Run runs cmd to its end and returns what it wrote to standard output and
+// standard error and its exit status. err is set only when the command
+// could not run to an exit of its own (not found, killed by its context),
+// not for a non-zero status, which the tests compare.
+func Run(cmd *exec.Cmd) (stdout, stderr string, code int, err error) {
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err = cmd.Run()
+	var exit *exec.ExitError
+	if errors.As(err, &exit) && exit.Exited() {
+		code, err = exit.ExitCode(), nil
+	}
+	return o.String(), e.String(), code, err
 }
