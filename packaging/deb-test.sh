@@ -100,6 +100,9 @@ check "dpkg --verify: installed files match the package" in_root dpkg --verify v
 check "vmfw version" bash -c "in_root vmfw version | grep -q '^vmfw '"
 check "vmfw check accepts the default configuration" in_root vmfw check
 check "vmfw-ifup is vmfw ifup (usage error, exit 2)" bash -c "in_root vmfw-ifup; [[ \$? == 2 ]]"
+check "vmfw-ifdown runs vmfw ifdown (usage error names it)" bash -c "in_root vmfw-ifdown 2>&1 | grep -q 'ifdown takes exactly one argument'"
+check "vmfw-ifup is a program of its own, vmfw-ifdown a link to it" \
+	bash -c "[[ -f '$root'/usr/sbin/vmfw-ifup && ! -L '$root'/usr/sbin/vmfw-ifup && \$(readlink '$root'/usr/sbin/vmfw-ifdown) == vmfw-ifup ]]"
 check "the CNI plugin answers VERSION" bash -c "in_root env CNI_COMMAND=VERSION /usr/lib/cni/vmfw </dev/null | grep -q supportedVersions"
 check "units run /usr/sbin/vmfw" \
 	bash -c "grep -h '^Exec' '$root'/usr/lib/systemd/system/vmfw*.service | grep -v /usr/local | grep -q /usr/sbin/vmfw"
