@@ -173,9 +173,14 @@ func preflight(o options) error {
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("needs root: it creates network namespaces")
 	}
-	for _, prog := range []string{o.vmfw, filepath.Join(filepath.Dir(o.vmfw), "vmfw-ifup"), filepath.Join(filepath.Dir(o.vmfw), "vmfw-ifdown")} {
+	progs := []string{o.vmfw}
+	if o.agent {
+		// The agent part runs what QEMU runs (agentLab.script).
+		progs = append(progs, filepath.Join(filepath.Dir(o.vmfw), "vmfw-ifup"), filepath.Join(filepath.Dir(o.vmfw), "vmfw-ifdown"))
+	}
+	for _, prog := range progs {
 		if _, err := os.Stat(prog); err != nil {
-			return fmt.Errorf("%v (run make build first, or pass --vmfw: vmfw-ifup and vmfw-ifdown must be beside it)", err)
+			return fmt.Errorf("%v (run make build first, or pass --vmfw; the agent part needs vmfw-ifup and vmfw-ifdown beside it)", err)
 		}
 	}
 	tools := []string{"ip", "ipset", "conntrack", "ping", "ebtables-nft-restore"}
