@@ -122,6 +122,7 @@ func main() {
 	if err != nil {
 		fatalf("%v", err)
 	}
+	atExit = append(atExit, func() { os.RemoveAll(lockDir) })
 	defer os.RemoveAll(lockDir)
 	os.Setenv("XTABLES_LOCKFILE", filepath.Join(lockDir, "xtables.lock"))
 
@@ -203,8 +204,16 @@ func preflight(o options) error {
 
 func fatalf(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "vmfw-bench: "+format+"\n", args...)
+	for _, f := range atExit {
+		f()
+	}
 	os.Exit(1)
 }
+
+// atExit holds what fatalf undoes before exiting, since os.Exit runs no
+// deferred call: the bench's own directories outside the labs (an
+// interrupted --hold ends there too).
+var atExit []func()
 
 // progress says what is running, on stderr, so a long run shows life.
 func progress(format string, args ...any) {
