@@ -41,9 +41,15 @@ func main() {
 			StateDir:  state.DirFromEnv(),
 			IPTables:  os.Getenv("VMFW_IPTABLES"),
 		})
+		interrupted := ctx.Err() != nil
 		stop()
 		if handled {
 			os.Exit(report(resp))
+		}
+		if interrupted {
+			// Told to stop while it waited: vmfw would give up too.
+			fmt.Fprintf(os.Stderr, "vmfw: %s %s: interrupted\n", op, os.Args[1])
+			os.Exit(1)
 		}
 		// vmfw would ask the agent again and wait as long again.
 		env = append(env, "VMFW_NO_AGENT=1")
