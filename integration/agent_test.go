@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -427,4 +429,74 @@ func TestIfupProgram(t *testing.T) {
 			t.Errorf("vmfw-ifup without a tap: exit %d: %s (want vmfw's usage error, exit 2)", code, out)
 		}
 	})
+}
+
+// TestIfupProgramInterrupted: vmfw-ifup stopped (SIGTERM) while the agent
+// has its request but has not answered gives up as vmfw does, exit 1,
+// instead of doing the work itself. The "agent" is this test binary run as
+// a helper process in the namespace (TestHelperSilentAgent): it takes the
+// request and never answers.
+func TestIfupProgramInterrupted(t *testing.T) {
+	h := newHV(t, "nft", "")
+	h.write("vms/381.toml", vmFile("02:00:00:00:0e:81", "192.0.2.181", "2001:db8::181"))
+	h.exec("ip", "link", "add", "tap381i0", "type", "veth", "peer", "name", "p381")
+	runDir := t.TempDir()
+	helper := startInNS(t, h.ns.Name, []string{testbin.HelperEnv + "=1", "VMFW_SILENT_AGENT_DIR=" + runDir},
+		os.Args[0], "-test.run=^TestHelperSilentAgent$", "-test.v")
+	if !waitFor(func() bool { return strings.Contains(helper.Output(), "listening") }) {
+		t.Fatalf("the silent agent did not start:\n%s", helper.Output())
+	}
+	before := h.save(false)
+	cmd := exec.Command("ip", "netns", "exec", h.ns.Name, filepath.Join(testbin.Dir, "vmfw-ifup"), "tap381i0")
+	cmd.Env = append(os.Environ(), "VMFW_CONFIG_DIR="+h.config, "VMFW_IPTABLES=nft", "VMFW_RUN_DIR="+runDir)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if !waitFor(func() bool { return strings.Contains(helper.Output(), "request taken") }) {
+		t.Fatalf("vmfw-ifup never reached the silent agent:\n%s", helper.Output())
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	// Unfixed, it hung on the unanswered socket for the whole reply
+	// timeout (two minutes); a quarter of that is a hang.
+	hung := time.AfterFunc(30*time.Second, func() { cmd.Process.Kill() })
+	err := cmd.Wait()
+	if !hung.Stop() {
+		t.Fatalf("vmfw-ifup hung after SIGTERM (killed after 30 s)")
+	}
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 || !strings.Contains(stderr.String(), "ifup tap381i0: interrupted") {
+		t.Errorf("vmfw-ifup stopped while waiting: %v, %q (want exit 1, interrupted)", err, stderr.String())
+	}
+	if h.save(false) != before {
+		t.Errorf("the interrupted vmfw-ifup changed the ruleset: %v", changedChains(before, h.save(false)))
+	}
+}
+
+// TestHelperSilentAgent is TestIfupProgramInterrupted's helper process,
+// not a test of its own: it listens on the agent's socket in
+// $VMFW_SILENT_AGENT_DIR, reads each request and never answers.
+func TestHelperSilentAgent(t *testing.T) {
+	dir := os.Getenv("VMFW_SILENT_AGENT_DIR")
+	if dir == "" {
+		t.Skip("run by TestIfupProgramInterrupted")
+	}
+	ln, err := net.Listen("unix", filepath.Join(dir, "agent.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Println("listening")
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		if _, err := bufio.NewReader(c).ReadBytes('\n'); err == nil {
+			fmt.Println("request taken")
+		}
+		defer c.Close() // held open, unanswered, until the process is stopped
+	}
 }

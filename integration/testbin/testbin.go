@@ -40,8 +40,18 @@ func Main(m *testing.M, what string, builds map[string]string) {
 		fmt.Println(what + " need root (network namespaces, iptables); skipping")
 		os.Exit(0)
 	}
+	if os.Getenv(HelperEnv) != "" {
+		// A test's helper process (see HelperEnv): its parent has the
+		// programs already.
+		os.Exit(m.Run())
+	}
 	os.Exit(run(m, builds))
 }
+
+// HelperEnv, set in a test binary's environment, makes Main run the tests
+// without building or linking anything: a test runs its own binary as a
+// helper process (with -test.run naming the helper) this way.
+const HelperEnv = "VMFW_TEST_HELPER"
 
 func run(m *testing.M, builds map[string]string) int {
 	dir, err := os.MkdirTemp("", "vmfw-bin")

@@ -137,6 +137,9 @@ func Call(ctx context.Context, runDir string, req Request) (*Response, error) {
 	if err := conn.SetDeadline(deadline); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoAgent, err)
 	}
+	// The connection's I/O does not watch ctx: a caller stopped while it
+	// waits for its batch (SIGTERM) must not wait out ReplyTimeout.
+	defer context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })()
 	line, err := json.Marshal(req)
 	if err != nil {
 		return nil, err
