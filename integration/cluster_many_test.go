@@ -20,6 +20,7 @@ import (
 	"github.com/vmfw/vmfw/integration/labnet"
 	"github.com/vmfw/vmfw/pkg/cluster"
 	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/config/configtest"
 )
 
 // manyTaps is more interfaces than etcd's default --max-txn-ops (128)
@@ -244,16 +245,7 @@ func TestClusterPushesManyFiles(t *testing.T) {
 
 	const vms = 600
 	dir := t.TempDir()
-	write := func(rel, content string) {
-		t.Helper()
-		path := dir + "/" + rel
-		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	write := func(rel, content string) { configtest.Write(t, dir, map[string]string{rel: content}) }
 	write("groups/web.toml", "[[in]]\nproto = \"tcp\"\ndport = \"80\"\n")
 	for i := range vms {
 		write(fmt.Sprintf("vms/%d.toml", 1000+i), fmt.Sprintf("[net0]\nmac = \"02:00:00:00:%02x:%02x\"\nips = [\"2001:db8:0:d::%x\"]\ngroups = [\"web\"]\n", i>>8, i&0xff, i+1))

@@ -15,6 +15,7 @@ import (
 	"github.com/vmfw/vmfw/integration/labnet"
 	"github.com/vmfw/vmfw/integration/testbin"
 	"github.com/vmfw/vmfw/pkg/cluster"
+	"github.com/vmfw/vmfw/pkg/config/configtest"
 )
 
 // The cluster tests run three hypervisors (labnet.Cluster: their bridges
@@ -177,19 +178,6 @@ func clusterVM(id int, groups ...string) string {
 	return vmFile(fmt.Sprintf("02:00:00:00:01:%02d", id%100), fmt.Sprintf("192.0.2.%d", id), fmt.Sprintf("2001:db8::%d", id), groups...)
 }
 
-func writeTree(t *testing.T, dir string, files map[string]string) {
-	t.Helper()
-	for rel, content := range files {
-		path := filepath.Join(dir, rel)
-		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
 // TestClusterGroupsAcrossHosts: a pushed configuration is enforced by
 // every host; source_group admits members of other hosts and refuses
 // the rest; a VM that starts or stops elsewhere opens or closes access
@@ -206,7 +194,7 @@ func TestClusterGroupsAcrossHosts(t *testing.T) {
 	// A bad push before anything was pushed: exit 2, file and line,
 	// nothing written.
 	conf := t.TempDir()
-	writeTree(t, conf, map[string]string{
+	configtest.Write(t, conf, map[string]string{
 		"groups/web.toml": badWebGroup, "groups/app.toml": appGroupV1,
 		"vms/101.toml": clusterVM(101, "web"), "vms/102.toml": clusterVM(102, "app"), "vms/103.toml": clusterVM(103),
 		"vms/104.toml": clusterVM(104, "app"), "vms/105.toml": clusterVM(105, "web"), "vms/106.toml": clusterVM(106),
@@ -220,7 +208,7 @@ func TestClusterGroupsAcrossHosts(t *testing.T) {
 	if st := h0.status(); st.Revision != 0 {
 		t.Fatalf("a bad push wrote revision %d", st.Revision)
 	}
-	writeTree(t, conf, map[string]string{"groups/web.toml": webGroup})
+	configtest.Write(t, conf, map[string]string{"groups/web.toml": webGroup})
 	out := h0.vmfw("cluster", "push", conf)
 	var rev1 int64
 	fmt.Sscanf(out[strings.LastIndex(out, "revision ")+len("revision "):], "%d", &rev1)
@@ -255,7 +243,7 @@ func TestClusterGroupsAcrossHosts(t *testing.T) {
 	// A push changes behaviour on every host within a second: hv0's web
 	// opens 8080, hv2's VM joins app (hv2 rewrites its chains and
 	// publishes it, hv0 adds it to the set).
-	writeTree(t, conf, map[string]string{"groups/web.toml": webGroupV2, "vms/103.toml": clusterVM(103, "app")})
+	configtest.Write(t, conf, map[string]string{"groups/web.toml": webGroupV2, "vms/103.toml": clusterVM(103, "app")})
 	h0.vmfw("cluster", "push", conf)
 	within(t, time.Second, "a push opens 8080 on hv0", connects(t, vm102, "192.0.2.101", 8080))
 	within(t, time.Second, "a push makes hv2's VM a member on hv0", connects(t, vm103, "192.0.2.101", 80))
@@ -273,11 +261,11 @@ func TestClusterGroupsAcrossHosts(t *testing.T) {
 
 	// A bad push changes nothing anywhere.
 	before := []string{h0.ipsets(), h1.ipsets(), h2.ipsets()}
-	writeTree(t, conf, map[string]string{"groups/web.toml": badWebGroup})
+	configtest.Write(t, conf, map[string]string{"groups/web.toml": badWebGroup})
 	if _, errOut, code := h0.run("cluster", "push", conf); code != 2 || !strings.Contains(errOut, "groups/web.toml:4") {
 		t.Fatalf("a bad push: exit %d, %q", code, errOut)
 	}
-	writeTree(t, conf, map[string]string{"groups/web.toml": webGroupV2})
+	configtest.Write(t, conf, map[string]string{"groups/web.toml": webGroupV2})
 	if got := h0.status().Revision; got != st.Revision {
 		t.Fatalf("a bad push changed the revision from %d to %d", st.Revision, got)
 	}
@@ -380,7 +368,7 @@ func TestClusterGroupsAcrossHosts(t *testing.T) {
 	if err := c.SetManagement(2, false); err != nil {
 		t.Fatal(err)
 	}
-	writeTree(t, conf, map[string]string{"groups/app.toml": appGroupV3})
+	configtest.Write(t, conf, map[string]string{"groups/app.toml": appGroupV3})
 	h0.vmfw("cluster", "push", conf)
 	within(t, time.Second, "hv1 applies a push", connects(t, vm101, "192.0.2.102", 9000))
 	if tcp(t, vm101, "192.0.2.103", 9000) == labnet.Connected {

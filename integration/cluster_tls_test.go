@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/vmfw/vmfw/integration/labnet"
+	"github.com/vmfw/vmfw/pkg/config/configtest"
 )
 
 // testCA issues certificates for the TLS test.
@@ -113,7 +114,7 @@ func TestClusterTLS(t *testing.T) {
 			labnet.CoreAddr, filepath.Join(h.config, "cache"), tls)
 	}
 	conf := t.TempDir()
-	writeTree(t, conf, map[string]string{"groups/web.toml": webGroup, "groups/app.toml": appGroupV1, "vms/101.toml": clusterVM(101, "web")})
+	configtest.Write(t, conf, map[string]string{"groups/web.toml": webGroup, "groups/app.toml": appGroupV1, "vms/101.toml": clusterVM(101, "web")})
 
 	for what, tls := range map[string]string{
 		"a certificate of another CA": fmt.Sprintf("ca_file = %q\ncert_file = %q\nkey_file = %q\n", filepath.Join(pki, "ca.pem"), strangerCert, strangerKey),

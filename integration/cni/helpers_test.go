@@ -30,6 +30,7 @@ import (
 
 	"github.com/vmfw/vmfw/integration/labnet"
 	"github.com/vmfw/vmfw/integration/testbin"
+	"github.com/vmfw/vmfw/pkg/config/configtest"
 )
 
 func TestMain(m *testing.M) {
@@ -112,15 +113,7 @@ func newHost(t *testing.T) *host {
 		t.Fatal(err)
 	}
 	h := &host{t: t, id: id, ns: setUp(t, ns), config: t.TempDir(), state: t.TempDir(), ipam: t.TempDir(), cache: t.TempDir()}
-	for rel, content := range vmfwConfig {
-		path := filepath.Join(h.config, rel)
-		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	configtest.Write(t, h.config, vmfwConfig)
 	h.client = libcni.NewCNIConfigWithCacheDir([]string{testbin.Dir}, h.cache, nil)
 	return h
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/vmfw/vmfw/integration/labnet"
 	"github.com/vmfw/vmfw/integration/testbin"
+	"github.com/vmfw/vmfw/pkg/config/configtest"
 )
 
 func TestMain(m *testing.M) { testbin.Main(m, "hook integration tests", nil) }
@@ -50,15 +51,7 @@ func newHost(t *testing.T, backend string, files map[string]string) *host {
 		}
 	})
 	h := &host{t: t, lab: lab, config: t.TempDir(), state: t.TempDir(), backend: backend}
-	for rel, content := range files {
-		path := filepath.Join(h.config, rel)
-		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	configtest.Write(t, h.config, files)
 	return h
 }
 

@@ -19,22 +19,8 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 
 	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/config/configtest"
 )
-
-func writeTree(t *testing.T, files map[string]string) string {
-	t.Helper()
-	dir := t.TempDir()
-	for rel, content := range files {
-		path := filepath.Join(dir, rel)
-		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dir
-}
 
 var sample = map[string]string{
 	"vmfw.toml":       "repair_interval = \"5s\"\n",
@@ -48,7 +34,7 @@ var sample = map[string]string{
 // TestReadDirReadsWhatLoadReads: the files pushed are exactly those
 // config.Load reads.
 func TestReadDirReadsWhatLoadReads(t *testing.T) {
-	files, err := ReadDir(writeTree(t, sample))
+	files, err := ReadDir(configtest.Dir(t, sample))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,7 +62,7 @@ func TestValidRel(t *testing.T) {
 // TestPushRefusesBadConfiguration: Push validates as Load does and
 // returns Load's error before it talks to etcd (no client is needed).
 func TestPushRefusesBadConfiguration(t *testing.T) {
-	dir := writeTree(t, map[string]string{"groups/web.toml": "[[in]]\nproto = \"tcpp\"\n"})
+	dir := configtest.Dir(t, map[string]string{"groups/web.toml": "[[in]]\nproto = \"tcpp\"\n"})
 	_, err := Push(context.Background(), nil, Keys{Prefix: "/vmfw/"}, dir, "test")
 	var fe *config.Error
 	if !errors.As(err, &fe) || fe.Line != 2 || fe.File != "groups/web.toml" {
@@ -122,7 +108,7 @@ func TestCacheStoresRevisionsAtomically(t *testing.T) {
 	if c.Revision() != 0 {
 		t.Fatal("an empty cache has a revision")
 	}
-	files, err := ReadDir(writeTree(t, sample))
+	files, err := ReadDir(configtest.Dir(t, sample))
 	if err != nil {
 		t.Fatal(err)
 	}

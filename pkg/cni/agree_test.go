@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -15,6 +13,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/config/configtest"
 	"github.com/vmfw/vmfw/pkg/engine"
 	"github.com/vmfw/vmfw/pkg/ipset"
 	"github.com/vmfw/vmfw/pkg/iptables"
@@ -200,22 +199,6 @@ var groupFiles = map[string]string{
 	"groups/db.toml":  "[[in]]\nproto = \"tcp\"\ndport = \"5432\"\nsource_group = \"web\"\n",
 }
 
-// configDir writes files (relative paths) into a new directory.
-func configDir(t *testing.T, files map[string]string) string {
-	t.Helper()
-	dir := t.TempDir()
-	for rel, content := range files {
-		path := filepath.Join(dir, filepath.FromSlash(rel))
-		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dir
-}
-
 // viaVMFile loads a configuration whose VM file holds the case.
 func viaVMFile(t *testing.T, tc ifaceCase) error {
 	vmid, index, _ := config.ParseTapName(tc.iface)
@@ -246,7 +229,7 @@ func viaVMFile(t *testing.T, tc ifaceCase) error {
 	for k, v := range groupFiles {
 		files[k] = v
 	}
-	_, err := config.Load(configDir(t, files))
+	_, err := config.Load(configtest.Dir(t, files))
 	return err
 }
 
@@ -267,7 +250,7 @@ func viaCNI(t *testing.T, tc ifaceCase) error {
 	}
 	conf := map[string]any{
 		"cniVersion": "1.0.0", "name": "net", "type": "vmfw",
-		"configDir": configDir(t, groupFiles), "stateDir": t.TempDir(),
+		"configDir": configtest.Dir(t, groupFiles), "stateDir": t.TempDir(),
 		"prevResult": map[string]any{
 			"cniVersion": "1.0.0",
 			"interfaces": []any{map[string]any{"name": tc.iface}, container},
@@ -308,7 +291,7 @@ func viaRecord(t *testing.T, tc ifaceCase) error {
 	sp := &state.Spec{Groups: tc.groups, MAC: deref(tc.mac), IPs: tc.ips, Name: deref(tc.label),
 		PolicyIn: deref(tc.policyIn), PolicyOut: deref(tc.policyOut), Antispoof: true}
 	rec := &state.Attachment{Iface: tc.iface, Owner: state.CNI, Network: "net", ContainerID: "c1", IfName: "eth0", Spec: sp}
-	return fakeEngine(configDir(t, groupFiles), t.TempDir()).AttachRecords(context.Background(), rec)
+	return fakeEngine(configtest.Dir(t, groupFiles), t.TempDir()).AttachRecords(context.Background(), rec)
 }
 
 func deref(s *string) string {
@@ -374,7 +357,7 @@ func TestCNIKeys(t *testing.T) {
 		{map[string]any{"groups": []string{"web"}, "args": map[string]any{"cni": map[string]any{"groups": []string{"web", "nosuch"}}}}, `args.cni.groups[1] "nosuch": unknown group, there is no groups/nosuch.toml`},
 	} {
 		conf := map[string]any{"cniVersion": "1.0.0", "name": "net", "type": "vmfw",
-			"configDir": configDir(t, groupFiles), "stateDir": t.TempDir(), "prevResult": prev("02:00:00:00:00:01", "198.51.100.2/24")}
+			"configDir": configtest.Dir(t, groupFiles), "stateDir": t.TempDir(), "prevResult": prev("02:00:00:00:00:01", "198.51.100.2/24")}
 		for k, v := range tc.conf {
 			conf[k] = v
 		}

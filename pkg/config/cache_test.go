@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"reflect"
 	"testing"
+
+	"github.com/vmfw/vmfw/pkg/config/configtest"
 )
 
 // TestCacheMatchesLoad edits a configuration directory at random —
@@ -54,7 +56,7 @@ func TestCacheMatchesLoad(t *testing.T) {
 	for id := 1; id <= 20; id++ {
 		files[fmt.Sprintf("vms/%d.toml", id)] = fmt.Sprintf("[net0]\nips = [\"198.51.100.%d\"]\ngroups = [\"web\"]\n", id)
 	}
-	dir := writeConfig(t, files)
+	dir := configtest.Dir(t, files)
 	outside := filepath.Join(dir, "shared")
 	if err := os.MkdirAll(outside, 0o755); err != nil {
 		t.Fatal(err)
@@ -166,7 +168,7 @@ func TestCacheMatchesLoad(t *testing.T) {
 // behind its back (which inotify would have reported) keeps its old
 // content until it is named.
 func TestCacheParsesOnlyChangedFiles(t *testing.T) {
-	dir := writeConfig(t, map[string]string{
+	dir := configtest.Dir(t, map[string]string{
 		"groups/web.toml": "[[in]]\nproto = \"tcp\"\ndport = \"80\"\n",
 		"vms/1.toml":      "[net0]\ngroups = [\"web\"]\n",
 	})

@@ -3,13 +3,12 @@ package engine
 import (
 	"context"
 	"errors"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 
 	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/config/configtest"
 	"github.com/vmfw/vmfw/pkg/ipset"
 	"github.com/vmfw/vmfw/pkg/iptables"
 	"github.com/vmfw/vmfw/pkg/ruleset"
@@ -62,15 +61,7 @@ func attEngine(t *testing.T) (*Engine, *attKernel, *attSets, *state.Store) {
 		"groups/db.toml":  "[[in]]\nproto = \"tcp\"\ndport = \"5432\"\nsource_group = \"web\"\n",
 		"vms/110.toml":    "[net0]\nips = [\"192.0.2.110\"]\ngroups = [\"web\"]\n\n[net1]\nips = [\"192.0.2.111\"]\n",
 	}
-	for rel, content := range files {
-		path := filepath.Join(dir, rel)
-		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	configtest.Write(t, dir, files)
 	k := &attKernel{links: map[string]bool{}}
 	sets := &attSets{}
 	st := state.New(t.TempDir())

@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/vmfw/vmfw/pkg/config/configtest"
 	"github.com/vmfw/vmfw/pkg/ebtables"
 	"github.com/vmfw/vmfw/pkg/ipset"
 	"github.com/vmfw/vmfw/pkg/iptables"
@@ -361,15 +362,7 @@ func (s simSets) Restore(_ context.Context, script string) error {
 func scopedConfig(t *testing.T, n, step int) (string, []string) {
 	t.Helper()
 	dir := t.TempDir()
-	write := func(rel, text string) {
-		path := filepath.Join(dir, rel)
-		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	write := func(rel, text string) { configtest.Write(t, dir, map[string]string{rel: text}) }
 	for g := range 5 {
 		write(fmt.Sprintf("groups/g%d.toml", g), fmt.Sprintf(
 			"[[in]]\nproto = \"tcp\"\ndport = \"22\"\nsource_group = \"g%d\"\n\n[[out]]\naction = \"drop\"\nproto = \"tcp\"\ndport = \"25\"\n", (g+1)%5))

@@ -4,13 +4,12 @@ import (
 	"context"
 	"encoding/xml"
 	"errors"
-	"os"
-	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 
 	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/config/configtest"
 	"github.com/vmfw/vmfw/pkg/engine"
 	"github.com/vmfw/vmfw/pkg/state"
 )
@@ -45,15 +44,7 @@ func loadModel(t *testing.T) *config.Model {
 		"vms/200.toml":    "[net0]\nmac = \"52:54:00:00:00:01\"\ngroups = [\"web\"]\n\n[net2]\nips = [\"192.0.2.202\"]\n",
 		"vms/210.toml":    "[net0]\nmac = \"52:54:00:00:00:10\"\n",
 	}
-	for rel, content := range files {
-		path := filepath.Join(dir, rel)
-		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	configtest.Write(t, dir, files)
 	m, err := config.Load(dir)
 	if err != nil {
 		t.Fatal(err)

@@ -5,13 +5,12 @@ import (
 	"maps"
 	"math/rand"
 	"net"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/config/configtest"
 )
 
 // scopeModel writes and loads a configuration of n VMs in six groups that
@@ -20,15 +19,7 @@ import (
 func scopeModel(t testing.TB, n int) (*config.Model, []*config.NIC) {
 	t.Helper()
 	dir := t.TempDir()
-	write := func(rel, text string) {
-		path := filepath.Join(dir, rel)
-		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	write := func(rel, text string) { configtest.Write(t, dir, map[string]string{rel: text}) }
 	for g := range 6 {
 		write(fmt.Sprintf("groups/g%d.toml", g), fmt.Sprintf(
 			"[[in]]\nproto = \"tcp\"\ndport = \"22\"\nsource_group = \"g%d\"\n\n[[out]]\nproto = \"udp\"\ndport = \"53\"\n", (g+1)%6))
