@@ -124,17 +124,7 @@ func (h *clusterHost) status() clusterStatus {
 
 // hasMember reports whether the host's set of group holds addr.
 func (h *clusterHost) hasMember(group, addr string) bool {
-	h.t.Helper()
-	out, err := h.ns.Exec(context.Background(), "ipset", "list", "sg-"+group+"-v4")
-	if err != nil {
-		return false
-	}
-	for _, l := range strings.Split(string(out), "\n") {
-		if strings.TrimSpace(l) == addr {
-			return true
-		}
-	}
-	return false
+	return h.ns.SetHas(context.Background(), "sg-"+group+"-v4", addr)
 }
 
 // within polls cond every 20 ms for up to limit and returns how long it

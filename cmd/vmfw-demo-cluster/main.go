@@ -170,16 +170,7 @@ func (h *host) stopAgent() {
 
 // hasMember reports whether the host's set of group holds addr.
 func (h *host) hasMember(ctx context.Context, group, addr string) bool {
-	out, err := h.lab.Hypervisor().Exec(ctx, "ipset", "list", "sg-"+group+"-v4")
-	if err != nil {
-		return false
-	}
-	for _, l := range strings.Split(string(out), "\n") {
-		if strings.TrimSpace(l) == addr {
-			return true
-		}
-	}
-	return false
+	return h.lab.Hypervisor().SetHas(ctx, "sg-"+group+"-v4", addr)
 }
 
 // waitFor polls cond every 20 ms for up to limit and returns an error

@@ -115,6 +115,21 @@ func (n *NS) Exec(ctx context.Context, args ...string) ([]byte, error) {
 	return run(ctx, "ip", full...)
 }
 
+// SetHas reports whether the namespace's ipset set lists addr as a
+// member (false too when the set cannot be listed).
+func (n *NS) SetHas(ctx context.Context, set, addr string) bool {
+	out, err := n.Exec(ctx, "ipset", "list", set)
+	if err != nil {
+		return false
+	}
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.TrimSpace(l) == addr {
+			return true
+		}
+	}
+	return false
+}
+
 // Do runs fn on an OS thread that has entered the namespace, and returns
 // fn's error. Sockets fn creates belong to the namespace for their whole
 // life and may be used from any goroutine afterwards; goroutines fn starts
