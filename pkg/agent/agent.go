@@ -28,6 +28,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/vmfw/vmfw/pkg/agent/wire"
 	"github.com/vmfw/vmfw/pkg/cluster"
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/droplog"
@@ -174,7 +175,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer os.Remove(filepath.Join(a.RunDir, SocketName))
+	defer os.Remove(filepath.Join(a.RunDir, wire.SocketName))
 	defer ln.Close()
 	reqs := make(chan pending, 4096)
 	go a.serve(ctx, ln, reqs)
@@ -184,7 +185,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := notify("READY=1"); err != nil {
 		a.Log.Warn("telling systemd the agent is ready", "error", err)
 	}
-	a.Log.Info("agent ready", "config", a.ConfigDir, "socket", filepath.Join(a.RunDir, SocketName), "repair_interval", a.interval().String())
+	a.Log.Info("agent ready", "config", a.ConfigDir, "socket", filepath.Join(a.RunDir, wire.SocketName), "repair_interval", a.interval().String())
 
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -684,7 +685,7 @@ func listen(runDir string) (*net.UnixListener, error) {
 	if err := os.MkdirAll(runDir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating %s: %w", runDir, err)
 	}
-	path := filepath.Join(runDir, SocketName)
+	path := filepath.Join(runDir, wire.SocketName)
 	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 		c.Close()
 		return nil, fmt.Errorf("another agent listens on %s", path)

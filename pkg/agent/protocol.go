@@ -9,7 +9,7 @@ import (
 )
 
 // The protocol and its client side live in package wire, which callers
-// that only hand a request over import without the agent and its
+// that hand a request over (wire.Try) import without the agent and its
 // dependencies; these names are the agent's view of it.
 type (
 	// Op is what a request asks for.
@@ -27,17 +27,6 @@ const (
 	Hook   = wire.Hook
 	CNI    = wire.CNI
 )
-
-// SocketName is the agent's socket in the run directory.
-const SocketName = wire.SocketName
-
-// RunDirFromEnv returns $VMFW_RUN_DIR or the default run directory.
-func RunDirFromEnv() string { return wire.RunDirFromEnv() }
-
-// Try hands req to the agent of this network namespace (wire.Try).
-func Try(ctx context.Context, req Request) (resp *Response, handled bool) {
-	return wire.Try(ctx, req)
-}
 
 // Job runs one request of an operation other than ifup and ifdown with
 // the agent's engine, whose configuration is the agent's model. The

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 
 	"github.com/vmfw/vmfw/pkg/agent"
+	"github.com/vmfw/vmfw/pkg/agent/wire"
 	"github.com/vmfw/vmfw/pkg/cni"
 	"github.com/vmfw/vmfw/pkg/state"
 	"github.com/vmfw/vmfw/pkg/system"
@@ -43,7 +44,7 @@ func agentCmd(ctx context.Context, o system.Options, args []string, stdout, stde
 	a := &agent.Agent{
 		ConfigDir: dir,
 		StateDir:  o.StateDir,
-		RunDir:    agent.RunDirFromEnv(),
+		RunDir:    wire.RunDirFromEnv(),
 		Kernel:    k,
 		Backend:   backend,
 		Jobs:      map[agent.Op]agent.Job{agent.Hook: hookJob, agent.CNI: cni.Job},
@@ -61,7 +62,7 @@ func agentCmd(ctx context.Context, o system.Options, args []string, stdout, stde
 // configuration directory, state directory or backend): the caller then
 // does the work.
 func viaAgent(ctx context.Context, req agent.Request) (handled bool, err error) {
-	resp, handled := agent.Try(ctx, req)
+	resp, handled := wire.Try(ctx, req)
 	if !handled {
 		return false, nil
 	}

@@ -8,6 +8,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/vmfw/vmfw/pkg/agent"
+	"github.com/vmfw/vmfw/pkg/agent/wire"
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/engine"
 	"github.com/vmfw/vmfw/pkg/state"
@@ -50,7 +51,7 @@ func viaAgent(ctx context.Context, command string, args *skel.CmdArgs, c *NetCon
 	if req.StateDir == "" {
 		req.StateDir = state.DirFromEnv()
 	}
-	resp, handled := agent.Try(ctx, req)
+	resp, handled := wire.Try(ctx, req)
 	if !handled {
 		return false, nil
 	}
