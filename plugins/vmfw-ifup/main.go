@@ -71,13 +71,12 @@ func main() {
 // returns vmfw's exit status for it: 2 for a configuration error (nothing
 // changed), 1 for any other failure.
 func report(resp *wire.Response) int {
-	switch {
-	case resp.OK:
+	if resp.OK {
 		return 0
-	case resp.Config:
-		fmt.Fprintln(os.Stderr, "vmfw: "+resp.Error)
-		return 2
 	}
 	fmt.Fprintln(os.Stderr, "vmfw: "+resp.Error)
+	if resp.Config {
+		return 2
+	}
 	return 1
 }
