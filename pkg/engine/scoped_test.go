@@ -358,7 +358,8 @@ func (s simSets) Restore(_ context.Context, script string) error {
 
 // scopedConfig writes n VMs, with ids from 100 every step, in five groups
 // that reference each other's members; some VMs are disabled, some lack
-// anti-spoofing.
+// anti-spoofing, and their addresses take every shape in turn (shapeIPs),
+// the first VM's IPv4 only.
 func scopedConfig(t *testing.T, n, step int) (string, []string) {
 	t.Helper()
 	dir := t.TempDir()
@@ -374,7 +375,7 @@ func scopedConfig(t *testing.T, n, step int) (string, []string) {
 		if k%11 == 4 {
 			text += "enable = false\n"
 		}
-		text += fmt.Sprintf("[net0]\nmac = \"02:00:00:00:01:%02x\"\nips = [\"198.51.100.%d\", \"2001:db8::%x\"]\ngroups = [\"g%d\", \"g%d\"]\n", k, k+1, id, k%5, (k+2)%5)
+		text += fmt.Sprintf("[net0]\nmac = \"02:00:00:00:01:%02x\"\n%s\ngroups = [\"g%d\", \"g%d\"]\n", k, shapeIPs(k, id), k%5, (k+2)%5)
 		if k%7 == 2 {
 			text += "antispoof = false\n"
 		}
@@ -382,6 +383,21 @@ func scopedConfig(t *testing.T, n, step int) (string, []string) {
 		taps = append(taps, fmt.Sprintf("tap%di0", id))
 	}
 	return dir, taps
+}
+
+// shapeIPs returns the ips line of the k-th VM of scopedConfig: IPv4
+// only, IPv6 only, both, none, in turn.
+func shapeIPs(k, id int) string {
+	v4, v6 := fmt.Sprintf("%q", fmt.Sprintf("198.51.100.%d", k+1)), fmt.Sprintf("%q", fmt.Sprintf("2001:db8::%x", id))
+	switch k % 4 {
+	case 0:
+		return "ips = [" + v4 + "]"
+	case 1:
+		return "ips = [" + v6 + "]"
+	case 2:
+		return "ips = [" + v4 + ", " + v6 + "]"
+	}
+	return ""
 }
 
 // simEngine returns an engine on a simulated kernel; backend "nft" offers
@@ -474,6 +490,42 @@ func testScopedMatchesFullPath(t *testing.T, backend string) {
 		var b strings.Builder
 		ch.WriteTo(&b)
 		t.Errorf("apply after scoped changes is not empty:\n%s", b.String())
+	}
+}
+
+// TestScopedFirstAttachOnEmptyKernel starts each backend's simulated kernel
+// empty, as on a new host, and makes an interface of every shape the first
+// one attached (and, separately, detached), then attaches one of another
+// shape: the scoped path must write a ruleset the kernel accepts and
+// exactly what the full path writes.
+func TestScopedFirstAttachOnEmptyKernel(t *testing.T) {
+	ctx := context.Background()
+	dir, taps := scopedConfig(t, 12, 1)
+	for _, backend := range []string{"nft", "legacy"} {
+		for i, first := range taps {
+			second := taps[(i+1)%len(taps)]
+			for _, firstOp := range []string{"ifup", "ifdown"} {
+				fast, fk := simEngine(dir, taps, backend)
+				full, ref := simEngine(dir, taps, "full")
+				for _, op := range []struct{ name, tap string }{{firstOp, first}, {"ifup", second}} {
+					run := func(e *Engine) error {
+						if op.name == "ifdown" {
+							return e.Detach(ctx, op.tap)
+						}
+						return e.Attach(ctx, op.tap)
+					}
+					if err := run(fast); err != nil {
+						t.Fatalf("%s: %s %s on an empty kernel (scoped): %v", backend, op.name, op.tap, err)
+					}
+					if err := run(full); err != nil {
+						t.Fatalf("%s: %s %s on an empty kernel (full): %v", backend, op.name, op.tap, err)
+					}
+					if got, want := fk.state(), ref.state(); got != want {
+						t.Fatalf("%s: %s %s after %s %s: scoped and full paths disagree\nscoped:\n%s\nfull:\n%s", backend, op.name, op.tap, firstOp, first, got, want)
+					}
+				}
+			}
+		}
 	}
 }
 

@@ -67,7 +67,7 @@ func BuildScope(m *config.Model, before, after []*config.NIC, focus []string) (*
 	// The dispatch chains that change, written for both states.
 	b := &builder{model: m, mark: fmt.Sprintf("0x%x", m.Host.Mark)}
 	wasTree, nowTree := newDispatchTree(tapNames(before)), newDispatchTree(tapNames(after))
-	changed := changedNodes(wasTree, nowTree)
+	changed := scopeNodes(wasTree, nowTree)
 	for _, s := range dispatchStyles(m.Host.Managed, b.clearMark()) {
 		wasChains, nowChains := s.someChains(wasTree, changed), s.someChains(nowTree, changed)
 		for _, f := range Families {
@@ -79,7 +79,7 @@ func BuildScope(m *config.Model, before, after []*config.NIC, focus []string) (*
 	for _, f := range Families {
 		wasRT, wasOwners := routeTree(f, before)
 		nowRT, nowOwners := routeTree(f, after)
-		changed := changedNodes(wasRT, nowRT)
+		changed := scopeNodes(wasRT, nowRT)
 		wasStyles, nowStyles := b.routeStyles(f, wasOwners), b.routeStyles(f, nowOwners)
 		for i := range wasStyles {
 			was.Tables[f].Chains = append(was.Tables[f].Chains, wasStyles[i].someChains(wasRT, changed)...)
@@ -91,7 +91,7 @@ func BuildScope(m *config.Model, before, after []*config.NIC, focus []string) (*
 	was.Bridge.Chains = append(was.Bridge.Chains, b.l2Out(before))
 	now.Bridge.Chains = append(now.Bridge.Chains, b.l2Out(after))
 	wasL2, nowL2 := newDispatchTree(l2Names(before)), newDispatchTree(l2Names(after))
-	changedL2 := changedNodes(wasL2, nowL2)
+	changedL2 := scopeNodes(wasL2, nowL2)
 	was.Bridge.Chains = append(was.Bridge.Chains, l2Style.someChains(wasL2, changedL2)...)
 	now.Bridge.Chains = append(now.Bridge.Chains, l2Style.someChains(nowL2, changedL2)...)
 
@@ -151,6 +151,21 @@ func BuildScope(m *config.Model, before, after []*config.NIC, focus []string) (*
 		}
 	}
 	return sc, nil
+}
+
+// scopeNodes returns the keys of the nodes of a dispatch tree that a scope
+// writes: those whose chains differ between the trees, and the root
+// whether or not it does. vmfw's entry chains and hooks, which every scope
+// installs, jump to every root, so the scope must vouch for each root too:
+// a change can leave a tree as it was and still need its root created. A
+// host's first IPv4-only tap leaves the IPv6 address tree empty before and
+// after, and on an empty kernel its root (vmfw-route) did not exist yet, so
+// the IPv6 transaction jumped to a chain it never declared (issue: a fresh
+// host's first VM does not start). A root is one small chain to read back.
+func scopeNodes(was, now *dispatchNode) map[string]bool {
+	nodes := changedNodes(was, now)
+	nodes[nodeKey(now, now)] = true
+	return nodes
 }
 
 func tapNames(nics []*config.NIC) []string {

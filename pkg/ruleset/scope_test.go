@@ -252,3 +252,109 @@ func TestGroupScopeTakesKernelFromBeforeToAfter(t *testing.T) {
 		t.Errorf("a group gaining a source MAC rule got a group scope: %v, %v", sc, err)
 	}
 }
+
+// shapesModel loads one VM per interface shape a new user may start with,
+// in the order shapeTaps lists them: IPv4 only, IPv6 only, both, no ips,
+// anti-spoofing off, disabled, and a VM with one IPv4-only and one
+// IPv6-only interface.
+func shapesModel(t testing.TB) *config.Model {
+	t.Helper()
+	dir := t.TempDir()
+	files := map[string]string{
+		"groups/ssh.toml": "[[in]]\nproto = \"tcp\"\ndport = \"22\"\nsource_group = \"ssh\"\n",
+		"groups/mac.toml": "[[in]]\nsource_mac = \"02:00:00:00:00:99\"\n",
+	}
+	bodies := []string{
+		`ips = ["192.0.2.10"]`,
+		`ips = ["2001:db8::11"]`,
+		`ips = ["192.0.2.12", "2001:db8::12"]`,
+		``,
+		"ips = [\"192.0.2.14\"]\nantispoof = false",
+		`ips = ["192.0.2.15"]`,
+	}
+	for i, body := range bodies {
+		head := ""
+		if i == 5 {
+			head = "enable = false\n"
+		}
+		files[fmt.Sprintf("vms/%d.toml", 110+i)] = fmt.Sprintf("%s[net0]\nmac = \"02:00:00:00:01:%02x\"\n%s\ngroups = [\"ssh\", \"mac\"]\n", head, i, body)
+	}
+	files["vms/116.toml"] = "[net0]\nmac = \"02:00:00:00:01:16\"\nips = [\"192.0.2.16\"]\ngroups = [\"ssh\"]\n" +
+		"[net1]\nmac = \"02:00:00:00:01:17\"\nips = [\"2001:db8::17\"]\n"
+	configtest.Write(t, dir, files)
+	m, err := config.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+var shapeTaps = []string{"tap110i0", "tap111i0", "tap112i0", "tap113i0", "tap114i0", "tap115i0", "tap116i0", "tap116i1"}
+
+// jumpsResolve reports the first jump of kernel to a chain it lacks, as
+// the kernel would refuse it.
+func jumpsResolve(kernel map[Chain][]Rule) error {
+	targets := map[string]bool{"ACCEPT": true, "DROP": true, "RETURN": true, "REJECT": true, "MARK": true, "LOG": true, "NFLOG": true}
+	for c, rules := range kernel {
+		for _, r := range rules {
+			f := strings.Fields(r.Spec)
+			for i := 0; i+1 < len(f); i++ {
+				if f[i] != "-j" && f[i] != "-g" || targets[f[i+1]] {
+					continue
+				}
+				if _, ok := kernel[Chain(f[i+1])]; !ok {
+					return fmt.Errorf("%s jumps to %s, which does not exist", c, f[i+1])
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// TestScopeFromEmptyKernel starts where a new host starts: no chain of
+// vmfw's at all, not even the empty trees Build writes for no interfaces.
+// The first attach of every interface shape, then a second interface of
+// every other shape, must leave exactly Build's ruleset, with every jump
+// resolving. A kernel that always started from Build(nil) hid a first
+// IPv4-only tap jumping to an IPv6 vmfw-route it never created.
+func TestScopeFromEmptyKernel(t *testing.T) {
+	m := shapesModel(t)
+	for _, first := range shapeTaps {
+		for _, second := range append([]string{""}, shapeTaps...) {
+			if second == first {
+				continue
+			}
+			kernels := map[Family]map[Chain][]Rule{IPv4: {}, IPv6: {}}
+			bridge := map[Chain][]Rule{}
+			var attached []*config.NIC
+			for _, tap := range []string{first, second} {
+				if tap == "" {
+					continue
+				}
+				after := append(slices.Clone(attached), m.NIC(tap))
+				sc, err := BuildScope(m, attached, after, []string{tap})
+				if err != nil {
+					t.Fatal(err)
+				}
+				want, err := Build(m, after)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, f := range Families {
+					applyScope(kernels[f], sc.Tables[f], sc.Chains[f])
+					if err := jumpsResolve(kernels[f]); err != nil {
+						t.Errorf("%s then %s, %s: %v", first, tap, f, err)
+					}
+					if !sameKernel(kernels[f], kernelOf(want.Tables[f])) {
+						t.Errorf("%s then %s, %s: kernel differs from Build", first, tap, f)
+					}
+				}
+				applyScope(bridge, sc.Bridge, sc.BridgeChains)
+				if !sameKernel(bridge, kernelOf(want.Bridge)) {
+					t.Errorf("%s then %s: bridge table differs from Build", first, tap)
+				}
+				attached = after
+			}
+		}
+	}
+}
