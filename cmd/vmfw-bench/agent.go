@@ -23,8 +23,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/vmfw/vmfw/pkg/iptables"
-	"github.com/vmfw/vmfw/pkg/ruleset"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 )
 
 // The agent part (--parts agent): what vmfw agent (docs/agent.md) changes,
@@ -113,8 +113,8 @@ type agentLab struct {
 	// "vm:true"), the fingerprints of the edited chain in each family in
 	// that state, learnt from the kernel after vmfw apply wrote it
 	// (nf_tables only): what waitChain waits for.
-	fingerprints map[string]map[ruleset.Family][]string
-	fw           *iptables.Client
+	fingerprints map[string]map[layout.Family][]string
+	fw           *xtables.Client
 }
 
 // stormSize returns the tap count the boot storm runs at: stormAt when
@@ -225,9 +225,9 @@ func (a *agentLab) run(storm bool) error {
 
 	progress("agent, %s, %d taps: without the agent: edits + apply, ifup, ifdown", a.backend, a.n)
 	var editNone, vmNone, upNone, downNone []time.Duration
-	groupChain := ruleset.GroupChain(groupName(editGroup), "in")
+	groupChain := layout.GroupChain(groupName(editGroup), "in")
 	id, _, _ := a.editedVM()
-	vmChain := ruleset.TapChain(tapName(id), "in")
+	vmChain := layout.TapChain(tapName(id), "in")
 	if err := a.learn("group:0", groupChain); err != nil {
 		return err
 	}
@@ -330,7 +330,7 @@ func (a *agentLab) run(storm bool) error {
 			return err
 		}
 		want := a.joined
-		jump := string(ruleset.GroupChain(joinGroup, "in"))
+		jump := string(layout.GroupChain(joinGroup, "in"))
 		d, err := a.waitChain(start, vmChain, fmt.Sprintf("vm:%v", want), func(s string) bool { return strings.Contains(s, jump) == want })
 		if err != nil {
 			return fmt.Errorf("VM edit: %w\nagent log:\n%s", err, p.tail(20))
@@ -385,9 +385,9 @@ func (a *agentLab) run(storm bool) error {
 // checkScenario checks that the rows' edits change what they are meant
 // to: the group chain holds port 8000 before the first edit.
 func (a *agentLab) checkScenario() error {
-	chain := ruleset.GroupChain(groupName(editGroup), "in")
+	chain := layout.GroupChain(groupName(editGroup), "in")
 	return a.hv.do(func() error {
-		for _, f := range ruleset.Families {
+		for _, f := range layout.Families {
 			if s := a.chainText(f, chain); !strings.Contains(s, ",8000 ") {
 				return fmt.Errorf("%s %s does not hold port 8000 as groupFile(%d, 0) should:\n%s", f, chain, editGroup, s)
 			}
@@ -430,7 +430,7 @@ func (a *agentLab) editVM() (time.Time, error) {
 
 // chainText returns "iptables -S chain" of family f, "" when the chain
 // does not exist. It must run inside the lab's namespace (hv.do).
-func (a *agentLab) chainText(f ruleset.Family, chain ruleset.Chain) string {
+func (a *agentLab) chainText(f layout.Family, chain layout.Chain) string {
 	args := []string{"-S", string(chain)}
 	if a.backend == "legacy" {
 		args = append([]string{"-w"}, args...)
@@ -444,16 +444,16 @@ func (a *agentLab) chainText(f ruleset.Family, chain ruleset.Chain) string {
 
 // learn records the fingerprints of chain in both families as the state
 // key (nf_tables only; on legacy the rows read the chains' text instead).
-func (a *agentLab) learn(key string, chain ruleset.Chain) error {
+func (a *agentLab) learn(key string, chain layout.Chain) error {
 	if a.backend != "nft" {
 		return nil
 	}
 	if a.fw == nil {
 		var err error
-		if a.fw, err = iptables.New(a.ctx, iptables.NFT, nil); err != nil {
+		if a.fw, err = xtables.New(a.ctx, xtables.NFT, nil); err != nil {
 			return err
 		}
-		a.fingerprints = map[string]map[ruleset.Family][]string{}
+		a.fingerprints = map[string]map[layout.Family][]string{}
 	}
 	fp, err := a.readFingerprints(chain)
 	if err != nil {
@@ -475,12 +475,12 @@ func kind(key string) string {
 }
 
 // readFingerprints reads chain's rules' fingerprints in both families
-// over netlink (iptables.Client.SaveChains), nil for a family without it.
-func (a *agentLab) readFingerprints(chain ruleset.Chain) (map[ruleset.Family][]string, error) {
-	fp := map[ruleset.Family][]string{}
+// over netlink (xtables.Client.SaveChains), nil for a family without it.
+func (a *agentLab) readFingerprints(chain layout.Chain) (map[layout.Family][]string, error) {
+	fp := map[layout.Family][]string{}
 	err := a.hv.do(func() error {
-		for _, f := range ruleset.Families {
-			snap, err := a.fw.SaveChains(a.ctx, f, []ruleset.Chain{chain})
+		for _, f := range layout.Families {
+			snap, err := a.fw.SaveChains(a.ctx, f, []layout.Chain{chain})
 			if err != nil {
 				return err
 			}
@@ -514,7 +514,7 @@ func (a *agentLab) readFingerprints(chain ruleset.Chain) (map[ruleset.Family][]s
 // every half second in case a hold fell between two tests. The time is
 // that of the first test that found the lock free after the write: late
 // by at most one poll interval (or the half second, for a missed hold).
-func (a *agentLab) waitChain(start time.Time, chain ruleset.Chain, key string, text func(string) bool) (time.Duration, error) {
+func (a *agentLab) waitChain(start time.Time, chain layout.Chain, key string, text func(string) bool) (time.Duration, error) {
 	var took time.Duration
 	want, nft := a.fingerprints[key], a.backend == "nft"
 	if nft && want == nil {
@@ -531,7 +531,7 @@ func (a *agentLab) waitChain(start time.Time, chain ruleset.Chain, key string, t
 			if time.Now().After(deadline) {
 				return fmt.Errorf("%s did not reach state %s within %s", chain, key, opTimeout)
 			}
-			gen, err := iptables.Generation(a.ctx)
+			gen, err := xtables.Generation(a.ctx)
 			if err != nil {
 				return err
 			}
@@ -541,8 +541,8 @@ func (a *agentLab) waitChain(start time.Time, chain ruleset.Chain, key string, t
 			}
 			seen := time.Now()
 			ok := true
-			for _, f := range ruleset.Families {
-				snap, err := a.fw.SaveChains(a.ctx, f, []ruleset.Chain{chain})
+			for _, f := range layout.Families {
+				snap, err := a.fw.SaveChains(a.ctx, f, []layout.Chain{chain})
 				if err != nil {
 					return err
 				}
@@ -552,7 +552,7 @@ func (a *agentLab) waitChain(start time.Time, chain ruleset.Chain, key string, t
 				}
 			}
 			if ok {
-				now, err := iptables.Generation(a.ctx)
+				now, err := xtables.Generation(a.ctx)
 				if err != nil {
 					return err
 				}
@@ -569,7 +569,7 @@ func (a *agentLab) waitChain(start time.Time, chain ruleset.Chain, key string, t
 }
 
 // waitChainLegacy is waitChain on legacy (see there).
-func (a *agentLab) waitChainLegacy(start time.Time, chain ruleset.Chain, key string, text func(string) bool) (time.Duration, error) {
+func (a *agentLab) waitChainLegacy(start time.Time, chain layout.Chain, key string, text func(string) bool) (time.Duration, error) {
 	lock, err := unix.Open(os.Getenv("XTABLES_LOCKFILE"), unix.O_RDONLY|unix.O_CREAT|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return 0, fmt.Errorf("opening the xtables lock: %w", err)
@@ -600,7 +600,7 @@ func (a *agentLab) waitChainLegacy(start time.Time, chain ruleset.Chain, key str
 			if held || checked.IsZero() || now.Sub(checked) >= 500*time.Millisecond {
 				held, checked = false, now
 				ok := true
-				for _, f := range ruleset.Families {
+				for _, f := range layout.Families {
 					if !text(a.chainText(f, chain)) {
 						ok = false
 						break

@@ -10,7 +10,7 @@ import (
 	goipt "github.com/coreos/go-iptables/iptables"
 
 	"github.com/vmfw/vmfw/pkg/config"
-	"github.com/vmfw/vmfw/pkg/ruleset"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 )
 
 // baseline adds and removes the same tap's chains the way the original
@@ -23,20 +23,20 @@ import (
 // also creates missing group chains and sets and adds members one command
 // each; unlike vmfw it writes no ebtables rules.
 func (l *lab) baseline(m *config.Model, nic *config.NIC) (up, down time.Duration, err error) {
-	rs, err := ruleset.Build(m, []*config.NIC{nic})
+	rs, err := layout.Build(m, []*config.NIC{nic})
 	if err != nil {
 		return 0, 0, err
 	}
-	mine := func(c ruleset.Chain) bool {
+	mine := func(c layout.Chain) bool {
 		return strings.HasPrefix(string(c), nic.Tap+"-") || strings.HasPrefix(string(c), "sg-")
 	}
-	jumps := map[ruleset.Chain][]string{
-		ruleset.ChainOut: {"-m", "physdev", "--physdev-in", nic.Tap, "-g", string(ruleset.TapChain(nic.Tap, "out"))},
-		ruleset.ChainIn:  {"-m", "physdev", "--physdev-out", nic.Tap, "-g", string(ruleset.TapChain(nic.Tap, "in"))},
+	jumps := map[layout.Chain][]string{
+		layout.ChainOut: {"-m", "physdev", "--physdev-in", nic.Tap, "-g", string(layout.TapChain(nic.Tap, "out"))},
+		layout.ChainIn:  {"-m", "physdev", "--physdev-out", nic.Tap, "-g", string(layout.TapChain(nic.Tap, "in"))},
 	}
 	// What the add creates that was not there (the first member's group
 	// chains, sets) the remove deletes again, so every run starts equal.
-	created := map[ruleset.Family][]string{}
+	created := map[layout.Family][]string{}
 	var sets []string
 	err = l.hv.do(func() error {
 		start := time.Now()
@@ -54,7 +54,7 @@ func (l *lab) baseline(m *config.Model, nic *config.NIC) (up, down time.Duration
 				}
 			}
 		}
-		for _, f := range ruleset.Families {
+		for _, f := range layout.Families {
 			ipt, err := l.goIPTables(f)
 			if err != nil {
 				return err
@@ -96,7 +96,7 @@ func (l *lab) baseline(m *config.Model, nic *config.NIC) (up, down time.Duration
 		up = time.Since(start)
 
 		start = time.Now()
-		for _, f := range ruleset.Families {
+		for _, f := range layout.Families {
 			ipt, err := l.goIPTables(f)
 			if err != nil {
 				return err
@@ -107,7 +107,7 @@ func (l *lab) baseline(m *config.Model, nic *config.NIC) (up, down time.Duration
 				}
 			}
 			// Referring chains first: out jumps to src and nd.
-			chains := ruleset.TapChains(nic.Tap)
+			chains := layout.TapChains(nic.Tap)
 			slices.Reverse(chains)
 			for _, tc := range chains {
 				c := string(tc)
@@ -147,17 +147,17 @@ func (l *lab) baseline(m *config.Model, nic *config.NIC) (up, down time.Duration
 	return up, down, err
 }
 
-func ipsetFamily(f ruleset.Family) string {
-	if f == ruleset.IPv6 {
+func ipsetFamily(f layout.Family) string {
+	if f == layout.IPv6 {
 		return "inet6"
 	}
 	return "inet"
 }
 
 // goIPTables returns a go-iptables handle on the lab's backend.
-func (l *lab) goIPTables(f ruleset.Family) (*goipt.IPTables, error) {
+func (l *lab) goIPTables(f layout.Family) (*goipt.IPTables, error) {
 	proto := goipt.ProtocolIPv4
-	if f == ruleset.IPv6 {
+	if f == layout.IPv6 {
 		proto = goipt.ProtocolIPv6
 	}
 	path := "/usr/sbin/" + l.tool(f, "")

@@ -15,7 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/vmfw/vmfw/pkg/ruleset"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 )
 
 const (
@@ -144,21 +144,21 @@ func (l *lab) flatDispatch(l2 bool) error {
 		taps = append(taps, tapName(scaleVMID(k)))
 	}
 	slices.Sort(taps)
-	resetMark := ruleset.Rule{Spec: "-j MARK --set-xmark 0x0/0x1000"}
-	for _, f := range ruleset.Families {
+	resetMark := layout.Rule{Spec: "-j MARK --set-xmark 0x0/0x1000"}
+	for _, f := range layout.Families {
 		var b strings.Builder
 		b.WriteString("*filter\n:vmfw-out - [0:0]\n:vmfw-in - [0:0]\n")
-		b.WriteString(resetMark.Line(ruleset.ChainOut) + "\n")
+		b.WriteString(resetMark.Line(layout.ChainOut) + "\n")
 		for _, dir := range []struct {
-			chain ruleset.Chain
+			chain layout.Chain
 			flag  string
 			sfx   string
-		}{{ruleset.ChainOut, "--physdev-in", "out"}, {ruleset.ChainIn, "--physdev-out", "in"}} {
+		}{{layout.ChainOut, "--physdev-in", "out"}, {layout.ChainIn, "--physdev-out", "in"}} {
 			for _, t := range taps {
-				rule := ruleset.Rule{Spec: "-m physdev " + dir.flag + " " + t + " -g " + string(ruleset.TapChain(t, dir.sfx))}
+				rule := layout.Rule{Spec: "-m physdev " + dir.flag + " " + t + " -g " + string(layout.TapChain(t, dir.sfx))}
 				b.WriteString(rule.Line(dir.chain) + "\n")
 			}
-			drop := ruleset.Rule{Spec: "-m physdev " + dir.flag + " tap+ -j DROP", Comment: "fail-closed"}
+			drop := layout.Rule{Spec: "-m physdev " + dir.flag + " tap+ -j DROP", Comment: "fail-closed"}
 			b.WriteString(drop.Line(dir.chain) + "\n")
 		}
 		b.WriteString("COMMIT\n")
@@ -172,7 +172,7 @@ func (l *lab) flatDispatch(l2 bool) error {
 	var b strings.Builder
 	b.WriteString("*filter\n:vmfw-l2 RETURN\n")
 	for _, t := range taps {
-		b.WriteString("-A vmfw-l2 -i " + t + " -j " + string(ruleset.L2Chain(t)) + "\n")
+		b.WriteString("-A vmfw-l2 -i " + t + " -j " + string(layout.L2Chain(t)) + "\n")
 	}
 	b.WriteString("COMMIT\n")
 	_, err := l.hv.runIn(l.ctx, []byte(b.String()), "ebtables-nft-restore", "--noflush")

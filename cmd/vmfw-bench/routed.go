@@ -13,7 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vmfw/vmfw/pkg/config"
-	"github.com/vmfw/vmfw/pkg/ruleset"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 )
 
 // The "routed new flows" rows (docs/routing.md, docs/performance.md): new
@@ -113,7 +113,7 @@ func (l *lab) routed(r *results, vms []*netns) (err error) {
 				return err
 			}
 			if err := l.checkRouted(up, vms[1], dst); err != nil {
-				return fmt.Errorf("VM 2 alone in %s: %w", ruleset.ChainRoute, err)
+				return fmt.Errorf("VM 2 alone in %s: %w", layout.ChainRoute, err)
 			}
 			return nil
 		}},
@@ -197,12 +197,12 @@ func (l *lab) hv6Router() (func() error, error) {
 // arrives on a port VM 2's groups allow and not on one its policy refuses,
 // and VM 2's in chain counted both: the in chain is what decides.
 func (l *lab) checkRouted(up, vm2 *netns, dst string) error {
-	in := ruleset.TapChain(tapName(dataVMs[1].vmid), "in")
+	in := layout.TapChain(tapName(dataVMs[1].vmid), "in")
 	for _, c := range []struct {
 		port int
 		want bool
 	}{{openPort, true}, {closedPort, false}} {
-		before, err := l.chainCounters(ruleset.IPv6, in)
+		before, err := l.chainCounters(layout.IPv6, in)
 		if err != nil {
 			return err
 		}
@@ -210,7 +210,7 @@ func (l *lab) checkRouted(up, vm2 *netns, dst string) error {
 		if err != nil {
 			return err
 		}
-		after, err := l.chainCounters(ruleset.IPv6, in)
+		after, err := l.chainCounters(layout.IPv6, in)
 		if err != nil {
 			return err
 		}
@@ -285,7 +285,7 @@ func udpProbe(up, vm2 *netns, dst string, port int) (bool, error) {
 
 // chainCounters returns the packet counters of the rules of chain in
 // family f, in order.
-func (l *lab) chainCounters(f ruleset.Family, chain ruleset.Chain) ([]uint64, error) {
+func (l *lab) chainCounters(f layout.Family, chain layout.Chain) ([]uint64, error) {
 	out, err := l.hv.run(l.ctx, l.tool(f, ""), "-w", "-n", "-v", "-x", "-L", string(chain))
 	if err != nil {
 		return nil, err
@@ -343,13 +343,13 @@ func (l *lab) flatRoute(dst, only string) (pos, total int, err error) {
 		nics = slices.DeleteFunc(nics, func(n *config.NIC) bool { return n.Tap != only })
 	}
 	want := netip.MustParseAddr(dst)
-	for _, f := range ruleset.Families {
-		out, err := l.hv.run(l.ctx, l.tool(f, ""), "-w", "-S", string(ruleset.ChainRoute))
+	for _, f := range layout.Families {
+		out, err := l.hv.run(l.ctx, l.tool(f, ""), "-w", "-S", string(layout.ChainRoute))
 		if err != nil {
 			return 0, 0, err
 		}
 		var b strings.Builder
-		b.WriteString("*filter\n:" + string(ruleset.ChainRoute) + " - [0:0]\n")
+		b.WriteString("*filter\n:" + string(layout.ChainRoute) + " - [0:0]\n")
 		n := 0
 		for _, line := range strings.Split(string(out), "\n") {
 			if strings.HasPrefix(line, "-A ") && !strings.Contains(line, " -g ") {
@@ -359,11 +359,11 @@ func (l *lab) flatRoute(dst, only string) (pos, total int, err error) {
 		}
 		for _, nic := range nics {
 			for _, ip := range nic.IPs {
-				if ip.Is4() != (f == ruleset.IPv4) {
+				if ip.Is4() != (f == layout.IPv4) {
 					continue
 				}
-				rule := ruleset.Rule{Spec: "-d " + netip.PrefixFrom(ip, ip.BitLen()).String() + " -g " + string(ruleset.TapChain(nic.Tap, "in"))}
-				b.WriteString(rule.Line(ruleset.ChainRoute) + "\n")
+				rule := layout.Rule{Spec: "-d " + netip.PrefixFrom(ip, ip.BitLen()).String() + " -g " + string(layout.TapChain(nic.Tap, "in"))}
+				b.WriteString(rule.Line(layout.ChainRoute) + "\n")
 				n++
 				if ip == want {
 					pos = n
@@ -374,7 +374,7 @@ func (l *lab) flatRoute(dst, only string) (pos, total int, err error) {
 		if _, err := l.hv.runIn(l.ctx, []byte(b.String()), l.tool(f, "-restore"), "--noflush"); err != nil {
 			return 0, 0, err
 		}
-		if want.Is4() == (f == ruleset.IPv4) {
+		if want.Is4() == (f == layout.IPv4) {
 			total = n
 		}
 	}
@@ -395,27 +395,27 @@ func (l *lab) routeTreeStats(dst string) (*treeStats, error) {
 	if err != nil {
 		return nil, err
 	}
-	rs, err := ruleset.Build(m, nics)
+	rs, err := layout.Build(m, nics)
 	if err != nil {
 		return nil, err
 	}
-	chains := map[ruleset.Chain]*ruleset.ChainRules{}
+	chains := map[layout.Chain]*layout.ChainRules{}
 	longest := 0
-	for _, c := range rs.Tables[ruleset.IPv6].Chains {
-		if c.Name == ruleset.ChainRoute || strings.HasSuffix(string(c.Name), "-rt") {
+	for _, c := range rs.Tables[layout.IPv6].Chains {
+		if c.Name == layout.ChainRoute || strings.HasSuffix(string(c.Name), "-rt") {
 			chains[c.Name] = c
 			longest = max(longest, len(c.Rules))
 		}
 	}
-	if chains[ruleset.ChainRoute] == nil {
-		return nil, fmt.Errorf("vmfw builds no IPv6 %s", ruleset.ChainRoute)
+	if chains[layout.ChainRoute] == nil {
+		return nil, fmt.Errorf("vmfw builds no IPv6 %s", layout.ChainRoute)
 	}
 	// walk returns the rules a packet to a evaluates and the chains it
 	// passes, or ok false when no leaf takes it.
 	walk := func(a netip.Addr) (rules, depth int, ok bool) {
-		c := chains[ruleset.ChainRoute]
+		c := chains[layout.ChainRoute]
 		for depth = 1; depth <= 64; depth++ {
-			var next *ruleset.ChainRules
+			var next *layout.ChainRules
 			for _, rule := range c.Rules {
 				rules++
 				f := strings.Fields(rule.Spec)
@@ -426,7 +426,7 @@ func (l *lab) routeTreeStats(dst string) (*treeStats, error) {
 				if err != nil || !p.Contains(a) {
 					continue
 				}
-				if next = chains[ruleset.Chain(f[3])]; next == nil {
+				if next = chains[layout.Chain(f[3])]; next == nil {
 					return rules, depth, true // the leaf
 				}
 				break
@@ -441,7 +441,7 @@ func (l *lab) routeTreeStats(dst string) (*treeStats, error) {
 	st := &treeStats{chains: len(chains), longest: longest}
 	var ok bool
 	if st.dstRules, st.dstDepth, ok = walk(netip.MustParseAddr(dst)); !ok {
-		return nil, fmt.Errorf("no leaf of the IPv6 %s takes %s", ruleset.ChainRoute, dst)
+		return nil, fmt.Errorf("no leaf of the IPv6 %s takes %s", layout.ChainRoute, dst)
 	}
 	for _, n := range nics {
 		for _, ip := range n.IPs {
@@ -450,7 +450,7 @@ func (l *lab) routeTreeStats(dst string) (*treeStats, error) {
 			}
 			rules, depth, ok := walk(ip)
 			if !ok {
-				return nil, fmt.Errorf("no leaf of the IPv6 %s takes %s (%s)", ruleset.ChainRoute, ip, n.Tap)
+				return nil, fmt.Errorf("no leaf of the IPv6 %s takes %s (%s)", layout.ChainRoute, ip, n.Tap)
 			}
 			st.addrs++
 			st.depth = max(st.depth, depth)

@@ -33,8 +33,8 @@ import (
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/droplog"
 	"github.com/vmfw/vmfw/pkg/engine"
-	"github.com/vmfw/vmfw/pkg/ipset"
-	"github.com/vmfw/vmfw/pkg/iptables"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/ipset"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
 	"github.com/vmfw/vmfw/pkg/state"
 )
 
@@ -125,7 +125,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.Metrics = NewMetrics()
 	}
 	k := a.Kernel
-	if strings.HasPrefix(a.Backend, string(iptables.NFT)) {
+	if strings.HasPrefix(a.Backend, string(xtables.NFT)) {
 		a.sets = &knownSets{SetStore: k.Sets}
 		k.Sets = a.sets
 	}
@@ -443,7 +443,7 @@ func (a *Agent) remember(ctx context.Context) {
 		return
 	}
 	a.unremembered = false
-	gen, genErr := iptables.Generation(ctx)
+	gen, genErr := xtables.Generation(ctx)
 	if genErr == nil {
 		a.lastGen = gen
 	}
@@ -452,7 +452,7 @@ func (a *Agent) remember(ctx context.Context) {
 	if a.sets != nil {
 		a.sets.forget()
 		if genErr == nil && err == nil {
-			if again, err := iptables.Generation(ctx); err == nil && again == gen {
+			if again, err := xtables.Generation(ctx); err == nil && again == gen {
 				a.sets.remember(sets, gen)
 			}
 		}
@@ -488,8 +488,8 @@ func (a *Agent) repair(ctx context.Context) {
 		a.Log.Debug("drift check deferred: requests queued")
 		return
 	}
-	if strings.HasPrefix(a.Backend, string(iptables.NFT)) {
-		gen, err := iptables.Generation(ctx)
+	if strings.HasPrefix(a.Backend, string(xtables.NFT)) {
+		gen, err := xtables.Generation(ctx)
 		if err == nil && gen == a.lastGen && setsFingerprint(a.readSets(ctx)) == a.lastSets {
 			return
 		}

@@ -6,8 +6,8 @@ import (
 	"sync"
 
 	"github.com/vmfw/vmfw/pkg/engine"
-	"github.com/vmfw/vmfw/pkg/ipset"
-	"github.com/vmfw/vmfw/pkg/iptables"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/ipset"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
 )
 
 // knownSets is the engine's set store in an agent on nf_tables. Every
@@ -43,7 +43,7 @@ func (k *knownSets) List(ctx context.Context) (map[string]*ipset.Observed, error
 	sets, gen := k.sets, k.gen
 	k.mu.Unlock()
 	if sets != nil {
-		if now, err := iptables.Generation(ctx); err == nil && now == gen {
+		if now, err := xtables.Generation(ctx); err == nil && now == gen {
 			k.mu.Lock()
 			k.served = true
 			k.mu.Unlock()

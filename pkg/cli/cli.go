@@ -21,8 +21,8 @@ import (
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/engine"
 	"github.com/vmfw/vmfw/pkg/explain"
-	"github.com/vmfw/vmfw/pkg/iptables"
-	"github.com/vmfw/vmfw/pkg/ruleset"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 	"github.com/vmfw/vmfw/pkg/state"
 	"github.com/vmfw/vmfw/pkg/system"
 )
@@ -205,7 +205,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cmd, rest := rest[0], rest[1:]
 
 	newEngine := func() (Engine, error) {
-		e, err := system.NewEngine(ctx, system.Options{ConfigDir: effectiveConfigDir(*configDir), StateDir: *stateDir, IPTables: iptables.Mode(*backend)})
+		e, err := system.NewEngine(ctx, system.Options{ConfigDir: effectiveConfigDir(*configDir), StateDir: *stateDir, IPTables: xtables.Mode(*backend)})
 		if err != nil {
 			return nil, err // not a nil *engine.Engine in an interface
 		}
@@ -271,7 +271,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "cluster":
 		return clusterCmd(ctx, *configDir, rest, stdout)
 	case "agent":
-		return agentCmd(ctx, system.Options{ConfigDir: *configDir, StateDir: *stateDir, IPTables: iptables.Mode(*backend)}, rest, stdout, stderr)
+		return agentCmd(ctx, system.Options{ConfigDir: *configDir, StateDir: *stateDir, IPTables: xtables.Mode(*backend)}, rest, stdout, stderr)
 	case "hook":
 		return hookCmd(ctx, newEngine, agent.Request{ConfigDir: *configDir, StateDir: *stateDir, IPTables: *backend}, rest)
 	case "version":
@@ -299,7 +299,7 @@ func printUnattributed(w io.Writer, m *config.Model) {
 	ids := slices.Sorted(maps.Keys(m.VMs))
 	for _, id := range ids {
 		for _, n := range m.VMs[id].NICs {
-			if a := ruleset.Attribute(n); a != ruleset.Filtered {
+			if a := layout.Attribute(n); a != layout.Filtered {
 				fmt.Fprintf(w, "notice: %s (%s:%d): routed traffic %s: %s\n", n.Tap, n.VM.File, n.Line, a, a.Explain())
 			}
 		}

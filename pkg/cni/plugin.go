@@ -18,7 +18,7 @@ import (
 
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/engine"
-	"github.com/vmfw/vmfw/pkg/iptables"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
 	"github.com/vmfw/vmfw/pkg/state"
 	"github.com/vmfw/vmfw/pkg/system"
 )
@@ -151,7 +151,7 @@ func cniError(err error) error {
 
 // newEngine returns the engine for the plugin configuration c.
 func newEngine(ctx context.Context, c *NetConf) (*engine.Engine, error) {
-	return system.NewEngine(ctx, system.Options{ConfigDir: c.ConfigDir, StateDir: c.StateDir, IPTables: iptables.Mode(c.IPTables)})
+	return system.NewEngine(ctx, system.Options{ConfigDir: c.ConfigDir, StateDir: c.StateDir, IPTables: xtables.Mode(c.IPTables)})
 }
 
 // attachment is what ADD and CHECK learn from prevResult, not yet

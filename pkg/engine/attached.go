@@ -4,9 +4,9 @@ import (
 	"context"
 
 	"github.com/vmfw/vmfw/pkg/config"
-	"github.com/vmfw/vmfw/pkg/ipset"
-	"github.com/vmfw/vmfw/pkg/iptables"
-	"github.com/vmfw/vmfw/pkg/ruleset"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/ipset"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 )
 
 // Attached returns the interfaces whose chains are installed, with their
@@ -18,8 +18,8 @@ func (e *Engine) Attached(ctx context.Context) ([]*config.NIC, error) {
 		return nil, err
 	}
 	defer release()
-	st := &kernelState{tables: map[ruleset.Family]*iptables.Snapshot{}}
-	for _, f := range ruleset.Families {
+	st := &kernelState{tables: map[layout.Family]*xtables.Snapshot{}}
+	for _, f := range layout.Families {
 		s, _, err := e.readTable(ctx, f)
 		if err != nil {
 			return nil, err
@@ -41,7 +41,7 @@ func (e *Engine) SyncSets(ctx context.Context, attached []*config.NIC) (handled 
 		return false, nil, err
 	}
 	defer release()
-	rs, err := ruleset.Build(r.model, attached)
+	rs, err := layout.Build(r.model, attached)
 	if err != nil {
 		return false, nil, err
 	}
@@ -57,7 +57,7 @@ func (e *Engine) SyncSets(ctx context.Context, attached []*config.NIC) (handled 
 			return false, nil, nil
 		}
 	}
-	ch = &Change{Plans: map[ruleset.Family]*ruleset.Plan{}}
+	ch = &Change{Plans: map[layout.Family]*layout.Plan{}}
 	ch.SetsBefore, ch.SetsAfter = ipset.Plan(rs.Sets, have)
 	if ch.SetsAfter != "" {
 		return false, nil, nil

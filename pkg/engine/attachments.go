@@ -11,7 +11,7 @@ import (
 	"strings"
 
 	"github.com/vmfw/vmfw/pkg/config"
-	"github.com/vmfw/vmfw/pkg/ruleset"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 	"github.com/vmfw/vmfw/pkg/state"
 )
 
@@ -458,24 +458,24 @@ func (e *Engine) Check(ctx context.Context, iface string) (*state.Attachment, er
 	if p := r.problems[iface]; p != nil {
 		d.Problems = append(d.Problems, "record does not resolve, all traffic dropped: "+p.Error())
 	}
-	rs, err := ruleset.Build(m, nicsFor(r, dedupe(append(st.installed(), iface))))
+	rs, err := layout.Build(m, nicsFor(r, dedupe(append(st.installed(), iface))))
 	if err != nil {
 		return nil, err
 	}
-	mine := map[ruleset.Chain]bool{}
-	for _, c := range ruleset.TapChains(iface) {
+	mine := map[layout.Chain]bool{}
+	for _, c := range layout.TapChains(iface) {
 		mine[c] = true
 	}
 	if nic.VM.Enable {
 		for _, g := range nic.Groups {
-			mine[ruleset.GroupChain(g, "in")] = true
-			mine[ruleset.GroupChain(g, "lin")] = true
-			mine[ruleset.GroupChain(g, "out")] = true
+			mine[layout.GroupChain(g, "in")] = true
+			mine[layout.GroupChain(g, "lin")] = true
+			mine[layout.GroupChain(g, "out")] = true
 		}
 	}
-	for _, f := range ruleset.Families {
-		plan := ruleset.Diff(rs.Tables[f], st.tables[f].Observed)
-		report := func(list []ruleset.Chain, what string) {
+	for _, f := range layout.Families {
+		plan := layout.Diff(rs.Tables[f], st.tables[f].Observed)
+		report := func(list []layout.Chain, what string) {
 			for _, c := range list {
 				if mine[c] || isBaseChain(c) {
 					d.Problems = append(d.Problems, fmt.Sprintf("%s/%s: %s", f, c, what))

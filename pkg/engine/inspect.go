@@ -6,8 +6,8 @@ import (
 	"net/netip"
 
 	"github.com/vmfw/vmfw/pkg/explain"
-	"github.com/vmfw/vmfw/pkg/iptables"
-	"github.com/vmfw/vmfw/pkg/ruleset"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 )
 
 // Inspect reads what vmfw trace evaluates: the configuration, the
@@ -22,15 +22,15 @@ func (e *Engine) Inspect(ctx context.Context) (*explain.Input, error) {
 		return nil, err
 	}
 	defer release()
-	k := &explain.Kernel{Backend: e.Backend, Tables: map[ruleset.Family]ruleset.Observed{}, Sets: map[string]map[netip.Addr]bool{}}
+	k := &explain.Kernel{Backend: e.Backend, Tables: map[layout.Family]layout.Observed{}, Sets: map[string]map[netip.Addr]bool{}}
 	installed := map[string]bool{}
-	for _, f := range ruleset.Families {
+	for _, f := range layout.Families {
 		s, err := e.kernel.Firewall.Save(ctx, f)
 		if err != nil {
 			return nil, err
 		}
 		k.Tables[f] = s.Observed
-		st := kernelState{tables: map[ruleset.Family]*iptables.Snapshot{f: s}}
+		st := kernelState{tables: map[layout.Family]*xtables.Snapshot{f: s}}
 		for _, t := range st.installed() {
 			installed[t] = true
 		}

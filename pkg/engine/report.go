@@ -5,8 +5,8 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/vmfw/vmfw/pkg/ipset"
-	"github.com/vmfw/vmfw/pkg/ruleset"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/ipset"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 )
 
 // SetChanges is what a change does to vmfw's ipsets.
@@ -27,7 +27,7 @@ func (s SetChanges) Empty() bool {
 // setChanges compares the sets a ruleset wants with those the kernel has.
 // Members are compared as addresses, so "2001:DB8::1" and "2001:db8::1"
 // are one member.
-func setChanges(want []ruleset.Set, have map[string]*ipset.Observed) SetChanges {
+func setChanges(want []layout.Set, have map[string]*ipset.Observed) SetChanges {
 	sc := SetChanges{Created: []string{}, Destroyed: []string{}, Added: map[string][]string{}, Removed: map[string][]string{}}
 	wanted := map[string]bool{}
 	for _, s := range want {
@@ -57,7 +57,7 @@ func setChanges(want []ruleset.Set, have map[string]*ipset.Observed) SetChanges 
 		slices.Sort(sc.Removed[s.Name])
 	}
 	for name := range have {
-		if !wanted[name] && ruleset.IsOwnedSet(name) {
+		if !wanted[name] && layout.IsOwnedSet(name) {
 			sc.Destroyed = append(sc.Destroyed, name)
 		}
 	}
@@ -108,7 +108,7 @@ func (c *Change) Report(dryRun bool) *Report {
 	if r.Sets.Created == nil {
 		r.Sets = SetChanges{Created: []string{}, Destroyed: []string{}, Added: map[string][]string{}, Removed: map[string][]string{}}
 	}
-	for _, f := range ruleset.Families {
+	for _, f := range layout.Families {
 		if p := c.Plans[f]; p != nil {
 			r.Chains[f.String()] = planChanges(p)
 		}
@@ -119,8 +119,8 @@ func (c *Change) Report(dryRun bool) *Report {
 	return r
 }
 
-func planChanges(p *ruleset.Plan) ChainChanges {
-	names := func(list []ruleset.Chain) []string {
+func planChanges(p *layout.Plan) ChainChanges {
+	names := func(list []layout.Chain) []string {
 		out := make([]string, 0, len(list))
 		for _, c := range list {
 			out = append(out, string(c))
@@ -128,7 +128,7 @@ func planChanges(p *ruleset.Plan) ChainChanges {
 		slices.Sort(out)
 		return out
 	}
-	hooks := func(list []ruleset.Hook) []string {
+	hooks := func(list []layout.Hook) []string {
 		out := make([]string, 0, len(list))
 		for _, h := range list {
 			out = append(out, string(h.From)+" -> "+string(h.To))

@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/vmfw/vmfw/pkg/config"
-	"github.com/vmfw/vmfw/pkg/iptables"
-	"github.com/vmfw/vmfw/pkg/ruleset"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 	"github.com/vmfw/vmfw/pkg/trace"
 )
 
@@ -25,7 +25,7 @@ import (
 //
 //   - lists the chain names of the IPv4 table to learn which taps are
 //     installed (the dispatch tree and the ipsets depend on all of them),
-//   - compiles only the scope of the change (ruleset.BuildScope): the tap's
+//   - compiles only the scope of the change (layout.BuildScope): the tap's
 //     chains, its groups', the entry chains and the few dispatch chains
 //     whose rules change,
 //   - reads back just those chains and the hooks, and
@@ -41,14 +41,14 @@ import (
 // it rebuilds the text a revert needs from those same known rules.
 
 // scopeReader is what a firewall backend offers for scoped changes;
-// *iptables.Client does on nf_tables and fails with iptables.ErrNotNFT on
+// *xtables.Client does on nf_tables and fails with xtables.ErrNotNFT on
 // legacy.
 type scopeReader interface {
 	// ListChains returns the names of the chains of f's filter table.
-	ListChains(ctx context.Context, f ruleset.Family) (map[ruleset.Chain]bool, error)
+	ListChains(ctx context.Context, f layout.Family) (map[layout.Chain]bool, error)
 	// SaveChains reads the named chains (those that exist) and the hooks,
 	// with fingerprints but without rule text.
-	SaveChains(ctx context.Context, f ruleset.Family, names []ruleset.Chain) (*iptables.Snapshot, error)
+	SaveChains(ctx context.Context, f layout.Family, names []layout.Chain) (*xtables.Snapshot, error)
 }
 
 // bridgeScopeReader is what an ebtables backend offers for scoped changes.
@@ -56,9 +56,9 @@ type scopeReader interface {
 // are read; chains in scope are rewritten.
 type bridgeScopeReader interface {
 	// ChainsExist reports which of the named chains exist.
-	ChainsExist(ctx context.Context, names []ruleset.Chain) (map[ruleset.Chain]bool, error)
+	ChainsExist(ctx context.Context, names []layout.Chain) (map[layout.Chain]bool, error)
 	// Hooks counts the jumps into vmfw-l2.
-	Hooks(ctx context.Context) (map[ruleset.Hook]int, error)
+	Hooks(ctx context.Context) (map[layout.Hook]int, error)
 }
 
 // unknownRule stands for the rules of an ebtables chain in scope, which
@@ -91,7 +91,7 @@ func (e *Engine) changeScoped(ctx context.Context, m *config.Model, r nicSource,
 		after = append(after, nic)
 	}
 	start := time.Now()
-	sc, err := ruleset.BuildScope(m, before, after, focus)
+	sc, err := layout.BuildScope(m, before, after, focus)
 	if err != nil {
 		trace.Printf("full path: compiling the scope: %v", err)
 		return false, nil, nil // the full path reports it
@@ -105,7 +105,7 @@ func (e *Engine) changeScoped(ctx context.Context, m *config.Model, r nicSource,
 type scopeView struct {
 	// before are the installed interfaces' settings.
 	before     []*config.NIC
-	saveChains func(ctx context.Context, f ruleset.Family, names []ruleset.Chain) (*iptables.Snapshot, error)
+	saveChains func(ctx context.Context, f layout.Family, names []layout.Chain) (*xtables.Snapshot, error)
 	bridge     bridgeScopeReader
 }
 
@@ -127,23 +127,23 @@ func (e *Engine) scopedView(ctx context.Context, r nicSource) (view *scopeView, 
 	}
 	saveChains := fw.SaveChains
 	start := time.Now()
-	chains, err := fw.ListChains(ctx, ruleset.IPv4)
+	chains, err := fw.ListChains(ctx, layout.IPv4)
 	trace.Since(start, "list chains")
-	if errors.Is(err, iptables.ErrNotNFT) {
+	if errors.Is(err, xtables.ErrNotNFT) {
 		// Legacy x_tables hands out whole tables only: read them once,
 		// then compile, diff and write the scope as on nf_tables. That
 		// still spares compiling and diffing every tap.
-		full := map[ruleset.Family]*iptables.Snapshot{}
-		for _, f := range ruleset.Families {
+		full := map[layout.Family]*xtables.Snapshot{}
+		for _, f := range layout.Families {
 			if full[f], err = e.kernel.Firewall.Save(ctx, f); err != nil {
 				return nil, true, err
 			}
 		}
-		chains = map[ruleset.Chain]bool{}
-		for c := range full[ruleset.IPv4].Chains {
+		chains = map[layout.Chain]bool{}
+		for c := range full[layout.IPv4].Chains {
 			chains[c] = true
 		}
-		saveChains = func(_ context.Context, f ruleset.Family, names []ruleset.Chain) (*iptables.Snapshot, error) {
+		saveChains = func(_ context.Context, f layout.Family, names []layout.Chain) (*xtables.Snapshot, error) {
 			return full[f].Only(names), nil
 		}
 	} else if err != nil {
@@ -153,7 +153,7 @@ func (e *Engine) scopedView(ctx context.Context, r nicSource) (view *scopeView, 
 	var installed []string
 	for c := range chains {
 		name := string(c)
-		if t, ok := ruleset.InstalledTap(ruleset.Chain(name)); ok {
+		if t, ok := layout.InstalledTap(layout.Chain(name)); ok {
 			installed = append(installed, t)
 		}
 	}
@@ -170,11 +170,11 @@ func (e *Engine) scopedView(ctx context.Context, r nicSource) (view *scopeView, 
 // the scope did not expect, which the full path repairs), and applies the
 // difference; after are the interfaces installed afterwards, whose flows
 // the change may end.
-func (e *Engine) applyScope(ctx context.Context, m *config.Model, view *scopeView, sc *ruleset.Scope, after []*config.NIC) (handled bool, ch *Change, err error) {
+func (e *Engine) applyScope(ctx context.Context, m *config.Model, view *scopeView, sc *layout.Scope, after []*config.NIC) (handled bool, ch *Change, err error) {
 	saveChains, br := view.saveChains, view.bridge
 	var start time.Time
-	st := &kernelState{tables: map[ruleset.Family]*iptables.Snapshot{}}
-	for _, f := range ruleset.Families {
+	st := &kernelState{tables: map[layout.Family]*xtables.Snapshot{}}
+	for _, f := range layout.Families {
 		start = time.Now()
 		snap, err := saveChains(ctx, f, sc.Chains[f])
 		if err != nil {
@@ -208,7 +208,7 @@ func (e *Engine) applyScope(ctx context.Context, m *config.Model, view *scopeVie
 			return false, nil, nil
 		}
 		trace.Since(start, "read %d ebtables chains", len(sc.BridgeChains))
-		st.bridge = ruleset.Observed{Chains: map[ruleset.Chain][]string{}, Lines: map[ruleset.Chain][]string{}, Hooks: hooks}
+		st.bridge = layout.Observed{Chains: map[layout.Chain][]string{}, Lines: map[layout.Chain][]string{}, Hooks: hooks}
 		for _, c := range sc.BridgeChains {
 			if exist[c] {
 				st.bridge.Chains[c] = []string{unknownRule}
@@ -218,8 +218,8 @@ func (e *Engine) applyScope(ctx context.Context, m *config.Model, view *scopeVie
 	if st.sets, err = e.kernel.Sets.List(ctx); err != nil {
 		return true, nil, err
 	}
-	rs := &ruleset.Ruleset{Tables: sc.Tables, Bridge: sc.Bridge, Sets: sc.Sets}
-	deleting := &deletingFirewall{Firewall: e.kernel.Firewall, deletes: pureDeletions(sc, st), done: map[ruleset.Family]bool{}}
+	rs := &layout.Ruleset{Tables: sc.Tables, Bridge: sc.Bridge, Sets: sc.Sets}
+	deleting := &deletingFirewall{Firewall: e.kernel.Firewall, deletes: pureDeletions(sc, st), done: map[layout.Family]bool{}}
 	if ch, err = e.applyVia(ctx, deleting, rs, st, false); err != nil {
 		return true, nil, err
 	}
@@ -247,10 +247,10 @@ func (e *Engine) applyScope(ctx context.Context, m *config.Model, view *scopeVie
 // (from 1) of the rules left out, highest first. Deleting by position
 // rather than by rule text also deletes a rule an older vmfw wrote with
 // its matches in another order, which text would not match.
-func pureDeletions(sc *ruleset.Scope, st *kernelState) map[ruleset.Family]map[ruleset.Chain][]int {
-	out := map[ruleset.Family]map[ruleset.Chain][]int{}
-	for _, f := range ruleset.Families {
-		out[f] = map[ruleset.Chain][]int{}
+func pureDeletions(sc *layout.Scope, st *kernelState) map[layout.Family]map[layout.Chain][]int {
+	out := map[layout.Family]map[layout.Chain][]int{}
+	for _, f := range layout.Families {
+		out[f] = map[layout.Chain][]int{}
 		for _, c := range sc.Tables[f].Chains {
 			have, ok := st.tables[f].Chains[c.Name]
 			want := c.Hashes()
@@ -280,13 +280,13 @@ func pureDeletions(sc *ruleset.Scope, st *kernelState) map[ruleset.Family]map[ru
 // The families are written concurrently (restoreFamilies), hence mu.
 type deletingFirewall struct {
 	Firewall
-	deletes map[ruleset.Family]map[ruleset.Chain][]int
+	deletes map[layout.Family]map[layout.Chain][]int
 
 	mu   sync.Mutex
-	done map[ruleset.Family]bool
+	done map[layout.Family]bool
 }
 
-func (d *deletingFirewall) Restore(ctx context.Context, f ruleset.Family, text string) error {
+func (d *deletingFirewall) Restore(ctx context.Context, f layout.Family, text string) error {
 	d.mu.Lock()
 	if !d.done[f] && len(d.deletes[f]) > 0 && text != "" {
 		text = deletesInstead(text, d.deletes[f])
@@ -296,11 +296,11 @@ func (d *deletingFirewall) Restore(ctx context.Context, f ruleset.Family, text s
 	return d.Firewall.Restore(ctx, f, text)
 }
 
-// deletesInstead rewrites a restore transaction (as ruleset.Plan renders
+// deletesInstead rewrites a restore transaction (as layout.Plan renders
 // it) so that each chain in dels is neither declared nor filled, and the
 // rules at the positions listed for it (highest first) are deleted first
 // instead.
-func deletesInstead(text string, dels map[ruleset.Chain][]int) string {
+func deletesInstead(text string, dels map[layout.Chain][]int) string {
 	var b strings.Builder
 	for _, line := range strings.SplitAfter(text, "\n") {
 		name := ""
@@ -310,12 +310,12 @@ func deletesInstead(text string, dels map[ruleset.Chain][]int) string {
 		case strings.HasPrefix(line, "-A "):
 			name, _, _ = strings.Cut(line[3:], " ")
 		}
-		if _, skip := dels[ruleset.Chain(name)]; skip && name != "" {
+		if _, skip := dels[layout.Chain(name)]; skip && name != "" {
 			continue
 		}
 		b.WriteString(line)
 		if line == "*filter\n" {
-			chains := make([]ruleset.Chain, 0, len(dels))
+			chains := make([]layout.Chain, 0, len(dels))
 			for c := range dels {
 				chains = append(chains, c)
 			}
@@ -348,7 +348,7 @@ func (e *Engine) SyncGroups(ctx context.Context, was *config.Model, groups []str
 		return handled, nil, err
 	}
 	start := time.Now()
-	sc, err := ruleset.GroupScope(was, r.model, view.before, groups)
+	sc, err := layout.GroupScope(was, r.model, view.before, groups)
 	if err != nil || sc == nil {
 		trace.Printf("full path: the edit reaches beyond the groups' chains (%v)", err)
 		return false, nil, nil

@@ -16,10 +16,10 @@ import (
 	"testing"
 
 	"github.com/vmfw/vmfw/pkg/config/configtest"
-	"github.com/vmfw/vmfw/pkg/ebtables"
-	"github.com/vmfw/vmfw/pkg/ipset"
-	"github.com/vmfw/vmfw/pkg/iptables"
-	"github.com/vmfw/vmfw/pkg/ruleset"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/ebtables"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/ipset"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 )
 
 // simTable is a filter table as a kernel would hold it: rule lines by
@@ -29,22 +29,22 @@ import (
 // still referenced), so a wrong plan shows up as an error.
 type simTable struct {
 	bridge bool
-	chains map[ruleset.Chain][]string
+	chains map[layout.Chain][]string
 }
 
 func newSimTable(bridge bool) *simTable {
-	return &simTable{bridge: bridge, chains: map[ruleset.Chain][]string{ruleset.Forward: nil, ruleset.Input: nil, ruleset.Output: nil}}
+	return &simTable{bridge: bridge, chains: map[layout.Chain][]string{layout.Forward: nil, layout.Input: nil, layout.Output: nil}}
 }
 
 func (t *simTable) clone() *simTable {
-	c := &simTable{bridge: t.bridge, chains: map[ruleset.Chain][]string{}}
+	c := &simTable{bridge: t.bridge, chains: map[layout.Chain][]string{}}
 	for k, v := range t.chains {
 		c.chains[k] = slices.Clone(v)
 	}
 	return c
 }
 
-func (t *simTable) builtin(c ruleset.Chain) bool { return ruleset.IsBuiltin(c) }
+func (t *simTable) builtin(c layout.Chain) bool { return layout.IsBuiltin(c) }
 
 // save renders the table as iptables-save or ebtables-save would.
 func (t *simTable) save() string {
@@ -57,9 +57,9 @@ func (t *simTable) save() string {
 	sort.Strings(names)
 	for _, n := range names {
 		switch {
-		case t.builtin(ruleset.Chain(n)) && t.bridge:
+		case t.builtin(layout.Chain(n)) && t.bridge:
 			b.WriteString(":" + n + " ACCEPT\n")
-		case t.builtin(ruleset.Chain(n)):
+		case t.builtin(layout.Chain(n)):
 			b.WriteString(":" + n + " ACCEPT [0:0]\n")
 		case t.bridge:
 			b.WriteString(":" + n + " RETURN\n")
@@ -68,7 +68,7 @@ func (t *simTable) save() string {
 		}
 	}
 	for _, n := range names {
-		for _, l := range t.chains[ruleset.Chain(n)] {
+		for _, l := range t.chains[layout.Chain(n)] {
 			b.WriteString(l + "\n")
 		}
 	}
@@ -76,11 +76,11 @@ func (t *simTable) save() string {
 	return b.String()
 }
 
-func target(line string) ruleset.Chain {
+func target(line string) layout.Chain {
 	f := strings.Fields(line)
 	for i := 0; i+1 < len(f); i++ {
 		if f[i] == "-j" || f[i] == "-g" {
-			return ruleset.Chain(f[i+1])
+			return layout.Chain(f[i+1])
 		}
 	}
 	return ""
@@ -88,16 +88,16 @@ func target(line string) ruleset.Chain {
 
 func (t *simTable) restore(text string) error {
 	next := t.clone()
-	var deleted []ruleset.Chain
+	var deleted []layout.Chain
 	for _, line := range strings.Split(strings.TrimSpace(text), "\n") {
 		switch {
 		case line == "*filter" || line == "COMMIT":
 		case strings.HasPrefix(line, ":"):
 			name, _, _ := strings.Cut(line[1:], " ")
-			next.chains[ruleset.Chain(name)] = nil // create, or flush
+			next.chains[layout.Chain(name)] = nil // create, or flush
 		case strings.HasPrefix(line, "-A "), strings.HasPrefix(line, "-I "), strings.HasPrefix(line, "-D "):
 			f := strings.Fields(line)
-			chain := ruleset.Chain(f[1])
+			chain := layout.Chain(f[1])
 			if _, ok := next.chains[chain]; !ok {
 				return fmt.Errorf("%q: no chain %s", line, chain)
 			}
@@ -125,7 +125,7 @@ func (t *simTable) restore(text string) error {
 				next.chains[chain] = slices.Delete(next.chains[chain], i, i+1)
 			}
 		case strings.HasPrefix(line, "-X "):
-			name := ruleset.Chain(strings.TrimPrefix(line, "-X "))
+			name := layout.Chain(strings.TrimPrefix(line, "-X "))
 			if _, ok := next.chains[name]; !ok {
 				return fmt.Errorf("%q: no chain %s", line, name)
 			}
@@ -157,7 +157,7 @@ func (t *simTable) restore(text string) error {
 // families, the bridge table and ipsets. With narrow set it also offers
 // the narrow reads of nf_tables, answering from the same state.
 type simKernel struct {
-	tables map[ruleset.Family]*simTable
+	tables map[layout.Family]*simTable
 	bridge *simTable
 	sets   map[string]*ipset.Observed
 	narrow bool
@@ -174,7 +174,7 @@ type simKernel struct {
 
 func newSimKernel(narrow bool) *simKernel {
 	return &simKernel{
-		tables: map[ruleset.Family]*simTable{ruleset.IPv4: newSimTable(false), ruleset.IPv6: newSimTable(false)},
+		tables: map[layout.Family]*simTable{layout.IPv4: newSimTable(false), layout.IPv6: newSimTable(false)},
 		bridge: newSimTable(true),
 		sets:   map[string]*ipset.Observed{},
 		narrow: narrow,
@@ -184,7 +184,7 @@ func newSimKernel(narrow bool) *simKernel {
 // state renders everything, for comparing two kernels.
 func (k *simKernel) state() string {
 	var b strings.Builder
-	for _, f := range ruleset.Families {
+	for _, f := range layout.Families {
 		b.WriteString(k.tables[f].save())
 	}
 	b.WriteString(k.bridge.save())
@@ -210,19 +210,19 @@ type simFirewall struct{ k *simKernel }
 // failNext makes the next IPv6 restore fail, as a kernel refusing it would.
 var errSimRefused = errors.New("ip6tables-restore: refused")
 
-func (f simFirewall) Save(_ context.Context, fam ruleset.Family) (*iptables.Snapshot, error) {
+func (f simFirewall) Save(_ context.Context, fam layout.Family) (*xtables.Snapshot, error) {
 	f.k.saves.Add(1)
-	return iptables.Parse([]byte(f.k.tables[fam].save()))
+	return xtables.Parse([]byte(f.k.tables[fam].save()))
 }
 
-func (f simFirewall) Restore(_ context.Context, fam ruleset.Family, text string) error {
+func (f simFirewall) Restore(_ context.Context, fam layout.Family, text string) error {
 	if text == "" {
 		return nil
 	}
 	f.k.mu.Lock()
 	defer f.k.mu.Unlock()
 	f.k.restores = append(f.k.restores, text)
-	if fam == ruleset.IPv6 && f.k.failIPv6 {
+	if fam == layout.IPv6 && f.k.failIPv6 {
 		f.k.failIPv6 = false
 		return errSimRefused
 	}
@@ -232,24 +232,24 @@ func (f simFirewall) Restore(_ context.Context, fam ruleset.Family, text string)
 // narrowFirewall adds the nf_tables narrow reads to simFirewall.
 type narrowFirewall struct{ simFirewall }
 
-func (f narrowFirewall) ListChains(_ context.Context, fam ruleset.Family) (map[ruleset.Chain]bool, error) {
-	out := map[ruleset.Chain]bool{}
+func (f narrowFirewall) ListChains(_ context.Context, fam layout.Family) (map[layout.Chain]bool, error) {
+	out := map[layout.Chain]bool{}
 	for c := range f.k.tables[fam].chains {
 		out[c] = true
 	}
 	return out, nil
 }
 
-func (f narrowFirewall) SaveChains(_ context.Context, fam ruleset.Family, names []ruleset.Chain) (*iptables.Snapshot, error) {
+func (f narrowFirewall) SaveChains(_ context.Context, fam layout.Family, names []layout.Chain) (*xtables.Snapshot, error) {
 	f.k.narrowReads++
-	full, err := iptables.Parse([]byte(f.k.tables[fam].save()))
+	full, err := xtables.Parse([]byte(f.k.tables[fam].save()))
 	if err != nil {
 		return nil, err
 	}
-	s := &iptables.Snapshot{
-		Observed: ruleset.Observed{Chains: map[ruleset.Chain][]string{}, Lines: map[ruleset.Chain][]string{}, Hooks: full.Hooks},
-		Counters: map[ruleset.Chain][]iptables.Counter{},
-		Foreign:  map[ruleset.Chain]int{},
+	s := &xtables.Snapshot{
+		Observed: layout.Observed{Chains: map[layout.Chain][]string{}, Lines: map[layout.Chain][]string{}, Hooks: full.Hooks},
+		Counters: map[layout.Chain][]xtables.Counter{},
+		Foreign:  map[layout.Chain]int{},
 	}
 	for _, n := range names {
 		if _, ok := f.k.tables[fam].chains[n]; !ok {
@@ -262,7 +262,7 @@ func (f narrowFirewall) SaveChains(_ context.Context, fam ruleset.Family, names 
 			h := ""
 			if _, after, ok := strings.Cut(l, "--comment "); ok {
 				after = strings.TrimPrefix(after, `"`)
-				if rest, ok := strings.CutPrefix(after, ruleset.CommentPrefix); ok {
+				if rest, ok := strings.CutPrefix(after, layout.CommentPrefix); ok {
 					h, _, _ = strings.Cut(rest, " ")
 					h = strings.TrimSuffix(h, `"`)
 				}
@@ -275,7 +275,7 @@ func (f narrowFirewall) SaveChains(_ context.Context, fam ruleset.Family, names 
 
 type simBridge struct{ k *simKernel }
 
-func (b simBridge) Save(context.Context) (ruleset.Observed, error) {
+func (b simBridge) Save(context.Context) (layout.Observed, error) {
 	b.k.saves.Add(1)
 	return ebtables.Parse([]byte(b.k.bridge.save())), nil
 }
@@ -288,28 +288,28 @@ func (b simBridge) Restore(_ context.Context, text string) error {
 }
 
 // legacyFirewall is simFirewall on a backend without narrow reads: it
-// says so, as iptables.Client does on legacy.
+// says so, as xtables.Client does on legacy.
 type legacyFirewall struct{ simFirewall }
 
-func (legacyFirewall) ListChains(context.Context, ruleset.Family) (map[ruleset.Chain]bool, error) {
-	return nil, iptables.ErrNotNFT
+func (legacyFirewall) ListChains(context.Context, layout.Family) (map[layout.Chain]bool, error) {
+	return nil, xtables.ErrNotNFT
 }
 
-func (legacyFirewall) SaveChains(context.Context, ruleset.Family, []ruleset.Chain) (*iptables.Snapshot, error) {
-	return nil, iptables.ErrNotNFT
+func (legacyFirewall) SaveChains(context.Context, layout.Family, []layout.Chain) (*xtables.Snapshot, error) {
+	return nil, xtables.ErrNotNFT
 }
 
 type narrowBridge struct{ simBridge }
 
-func (b narrowBridge) ChainsExist(_ context.Context, names []ruleset.Chain) (map[ruleset.Chain]bool, error) {
-	out := map[ruleset.Chain]bool{}
+func (b narrowBridge) ChainsExist(_ context.Context, names []layout.Chain) (map[layout.Chain]bool, error) {
+	out := map[layout.Chain]bool{}
 	for _, n := range names {
 		_, out[n] = b.k.bridge.chains[n]
 	}
 	return out, nil
 }
 
-func (b narrowBridge) Hooks(context.Context) (map[ruleset.Hook]int, error) {
+func (b narrowBridge) Hooks(context.Context) (map[layout.Hook]int, error) {
 	return ebtables.Parse([]byte(b.k.bridge.save())).Hooks, nil
 }
 
@@ -336,7 +336,7 @@ func (s simSets) Restore(_ context.Context, script string) error {
 		}
 		switch f[0] {
 		case "create":
-			o := &ipset.Observed{Type: ruleset.SetType(f[2]), Members: map[string]bool{}, MaxElem: 65536}
+			o := &ipset.Observed{Type: layout.SetType(f[2]), Members: map[string]bool{}, MaxElem: 65536}
 			if len(f) > 4 && f[3] == "family" {
 				o.Family = f[4]
 			}
@@ -610,7 +610,7 @@ func TestScopedDetachDeletesAndReverts(t *testing.T) {
 	}
 	// The engine reverts the rules, not ipset members (as on the full
 	// path): compare the tables.
-	tables := func() string { return k.tables[ruleset.IPv4].save() + k.tables[ruleset.IPv6].save() }
+	tables := func() string { return k.tables[layout.IPv4].save() + k.tables[layout.IPv6].save() }
 	want := tables()
 	k.failIPv6 = true
 	if err := e.Detach(ctx, tap); !errors.Is(err, errSimRefused) {

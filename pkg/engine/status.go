@@ -7,8 +7,8 @@ import (
 	"strings"
 
 	"github.com/vmfw/vmfw/pkg/config"
-	"github.com/vmfw/vmfw/pkg/iptables"
-	"github.com/vmfw/vmfw/pkg/ruleset"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 )
 
 // The states Status reports for a tap or the base chains.
@@ -81,31 +81,31 @@ func (e *Engine) Status(ctx context.Context, tap string) (*Status, error) {
 		return nil, err
 	}
 	installed := st.installed()
-	rs, err := ruleset.Build(m, nicsFor(r, installed))
+	rs, err := layout.Build(m, nicsFor(r, installed))
 	if err != nil {
 		return nil, err
 	}
 	out := &Status{Backend: e.Backend, Base: StateInSync}
-	for _, f := range ruleset.Families {
+	for _, f := range layout.Families {
 		want := rs.Tables[f]
-		plan := ruleset.Diff(want, st.tables[f].Observed)
-		for _, c := range append(append(append([]ruleset.Chain{}, plan.Create...), plan.Rewrite...), plan.Delete...) {
+		plan := layout.Diff(want, st.tables[f].Observed)
+		for _, c := range append(append(append([]layout.Chain{}, plan.Create...), plan.Rewrite...), plan.Delete...) {
 			if isBaseChain(c) {
 				out.BaseDrifted = append(out.BaseDrifted, f.String()+"/"+string(c))
 			}
 		}
-		for _, h := range append(append([]ruleset.Hook{}, plan.AddHooks...), plan.DelHooks...) {
+		for _, h := range append(append([]layout.Hook{}, plan.AddHooks...), plan.DelHooks...) {
 			out.BaseDrifted = append(out.BaseDrifted, f.String()+"/"+string(h.From)+" jump")
 		}
 	}
 	if e.kernel.Bridge != nil {
-		plan := ruleset.Diff(rs.Bridge, st.bridge)
-		for _, c := range append(append(append([]ruleset.Chain{}, plan.Create...), plan.Rewrite...), plan.Delete...) {
+		plan := layout.Diff(rs.Bridge, st.bridge)
+		for _, c := range append(append(append([]layout.Chain{}, plan.Create...), plan.Rewrite...), plan.Delete...) {
 			if isBaseChain(c) {
 				out.BaseDrifted = append(out.BaseDrifted, "bridge/"+string(c))
 			}
 		}
-		for _, h := range append(append([]ruleset.Hook{}, plan.AddHooks...), plan.DelHooks...) {
+		for _, h := range append(append([]layout.Hook{}, plan.AddHooks...), plan.DelHooks...) {
 			out.BaseDrifted = append(out.BaseDrifted, "bridge/"+string(h.From)+" jump")
 		}
 	}
@@ -124,8 +124,8 @@ func (e *Engine) Status(ctx context.Context, tap string) (*Status, error) {
 	for _, t := range installed {
 		isInstalled[t] = true
 	}
-	want := wanted{tables: map[ruleset.Family]map[ruleset.Chain]*ruleset.ChainRules{}, rs: rs}
-	for _, f := range ruleset.Families {
+	want := wanted{tables: map[layout.Family]map[layout.Chain]*layout.ChainRules{}, rs: rs}
+	for _, f := range layout.Families {
 		want.tables[f] = rs.Tables[f].Index()
 	}
 	if rs.Bridge != nil {
@@ -141,14 +141,14 @@ func (e *Engine) Status(ctx context.Context, tap string) (*Status, error) {
 	return out, nil
 }
 
-func isBaseChain(c ruleset.Chain) bool { return ruleset.IsBaseChain(c) }
+func isBaseChain(c layout.Chain) bool { return layout.IsBaseChain(c) }
 
 // wanted is the desired ruleset with its chains indexed by name: status
 // looks up several chains per tap.
 type wanted struct {
-	rs     *ruleset.Ruleset
-	tables map[ruleset.Family]map[ruleset.Chain]*ruleset.ChainRules
-	bridge map[ruleset.Chain]*ruleset.ChainRules
+	rs     *layout.Ruleset
+	tables map[layout.Family]map[layout.Chain]*layout.ChainRules
+	bridge map[layout.Chain]*layout.ChainRules
 }
 
 func (e *Engine) tapStatus(src nicSource, w wanted, st *kernelState, tap string, installed bool) TapStatus {
@@ -167,19 +167,19 @@ func (e *Engine) tapStatus(src nicSource, w wanted, st *kernelState, tap string,
 	ts.VMName, ts.Enabled = nic.VM.Name, nic.VM.Enable
 	ts.Groups = append(ts.Groups, nic.Groups...)
 	ts.PolicyIn, ts.PolicyOut = string(nic.VM.PolicyIn), string(nic.VM.PolicyOut)
-	attr := ruleset.Attribute(nic)
+	attr := layout.Attribute(nic)
 	ts.Routed, ts.RoutedNote = string(attr), attr.Explain()
 	if !installed {
 		ts.State = StateNotInstalled
 		return ts
 	}
-	chains := ruleset.TapChains(tap)
+	chains := layout.TapChains(tap)
 	if nic.VM.Enable {
 		for _, g := range nic.Groups {
-			chains = append(chains, ruleset.GroupChain(g, "in"), ruleset.GroupChain(g, "lin"), ruleset.GroupChain(g, "out"))
+			chains = append(chains, layout.GroupChain(g, "in"), layout.GroupChain(g, "lin"), layout.GroupChain(g, "out"))
 		}
 	}
-	for _, f := range ruleset.Families {
+	for _, f := range layout.Families {
 		have := st.tables[f]
 		for _, name := range chains {
 			c := w.tables[f][name]
@@ -193,11 +193,11 @@ func (e *Engine) tapStatus(src nicSource, w wanted, st *kernelState, tap string,
 			if !present || !slices.Equal(got, c.Hashes()) {
 				ts.Drifted = append(ts.Drifted, f.String()+"/"+string(name))
 			}
-			if _, _, isGroup := ruleset.ParseGroupChain(name); isGroup {
+			if _, _, isGroup := layout.ParseGroupChain(name); isGroup {
 				continue
 			}
 			dropped := droppedBy(c, got, have.Counters[name])
-			if ruleset.IsInChain(name) {
+			if layout.IsInChain(name) {
 				ts.DroppedIn += dropped.Packets
 				ts.DroppedInBytes += dropped.Bytes
 			} else {
@@ -207,7 +207,7 @@ func (e *Engine) tapStatus(src nicSource, w wanted, st *kernelState, tap string,
 		}
 	}
 	if e.kernel.Bridge != nil {
-		name := ruleset.L2Chain(tap)
+		name := layout.L2Chain(tap)
 		want, got := w.bridge[name], st.bridge.Chains[name]
 		_, present := st.bridge.Chains[name]
 		if (want == nil && present) || (want != nil && (!present || !slices.Equal(got, w.rs.Bridge.Fingerprints(want)))) {
@@ -222,8 +222,8 @@ func (e *Engine) tapStatus(src nicSource, w wanted, st *kernelState, tap string,
 
 // droppedBy sums the counters of the chain's DROP and REJECT rules, found
 // in the kernel by their fingerprints.
-func droppedBy(c *ruleset.ChainRules, hashes []string, counters []iptables.Counter) iptables.Counter {
-	var sum iptables.Counter
+func droppedBy(c *layout.ChainRules, hashes []string, counters []xtables.Counter) xtables.Counter {
+	var sum xtables.Counter
 	for _, r := range c.Rules {
 		if !strings.HasSuffix(r.Spec, "-j DROP") && !strings.Contains(r.Spec, "-j REJECT") {
 			continue
@@ -257,10 +257,10 @@ func (e *Engine) Usable(ctx context.Context) error {
 	if _, err := e.load(); err != nil {
 		return &UnusableError{What: "the configuration directory " + e.ConfigDir, Err: err}
 	}
-	for _, f := range ruleset.Families {
+	for _, f := range layout.Families {
 		if _, err := e.kernel.Firewall.Save(ctx, f); err != nil {
 			tool := "iptables"
-			if f == ruleset.IPv6 {
+			if f == layout.IPv6 {
 				tool = "ip6tables"
 			}
 			return &UnusableError{What: tool + " (" + e.Backend + ")", Err: err}

@@ -8,9 +8,9 @@ import (
 	"testing"
 
 	"github.com/vmfw/vmfw/pkg/config"
-	"github.com/vmfw/vmfw/pkg/ebtables"
-	"github.com/vmfw/vmfw/pkg/iptables"
-	"github.com/vmfw/vmfw/pkg/ruleset"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/ebtables"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 )
 
 // referenceDir is the reference scenario; testdata/reference-*.save are
@@ -39,13 +39,13 @@ func loadModel(t *testing.T, dir string) (*config.Model, []*config.NIC) {
 // savedKernel reads the reference scenario's kernel from testdata.
 func savedKernel(t *testing.T) *Kernel {
 	t.Helper()
-	k := &Kernel{Backend: "nft", Tables: map[ruleset.Family]ruleset.Observed{}}
-	for _, f := range ruleset.Families {
+	k := &Kernel{Backend: "nft", Tables: map[layout.Family]layout.Observed{}}
+	for _, f := range layout.Families {
 		data, err := os.ReadFile(filepath.Join("testdata", "reference-"+f.String()+".save"))
 		if err != nil {
 			t.Fatal(err)
 		}
-		s, err := iptables.Parse(data)
+		s, err := xtables.Parse(data)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -61,11 +61,11 @@ func savedKernel(t *testing.T) *Kernel {
 }
 
 // compiledKernel is a kernel holding exactly the compiled ruleset, in the
-// form vmfw writes it (ruleset.Rule.Line).
-func compiledKernel(rs *ruleset.Ruleset) *Kernel {
-	k := &Kernel{Backend: "test", Tables: map[ruleset.Family]ruleset.Observed{}, Sets: compiledSets(rs)}
-	for _, f := range ruleset.Families {
-		o := ruleset.Observed{Chains: map[ruleset.Chain][]string{}, Lines: map[ruleset.Chain][]string{}, Hooks: map[ruleset.Hook]int{}}
+// form vmfw writes it (layout.Rule.Line).
+func compiledKernel(rs *layout.Ruleset) *Kernel {
+	k := &Kernel{Backend: "test", Tables: map[layout.Family]layout.Observed{}, Sets: compiledSets(rs)}
+	for _, f := range layout.Families {
+		o := layout.Observed{Chains: map[layout.Chain][]string{}, Lines: map[layout.Chain][]string{}, Hooks: map[layout.Hook]int{}}
 		for _, c := range rs.Tables[f].Chains {
 			o.Chains[c.Name] = c.Hashes()
 			o.Lines[c.Name] = []string{}
@@ -78,7 +78,7 @@ func compiledKernel(rs *ruleset.Ruleset) *Kernel {
 		}
 		k.Tables[f] = o
 	}
-	br := ruleset.Observed{Chains: map[ruleset.Chain][]string{}, Hooks: map[ruleset.Hook]int{}}
+	br := layout.Observed{Chains: map[layout.Chain][]string{}, Hooks: map[layout.Hook]int{}}
 	for _, c := range rs.Bridge.Chains {
 		br.Chains[c.Name] = rs.Bridge.Fingerprints(c)
 	}
@@ -92,7 +92,7 @@ func compiledKernel(rs *ruleset.Ruleset) *Kernel {
 func referenceInput(t *testing.T) *Input {
 	t.Helper()
 	m, nics := loadModel(t, referenceDir)
-	rs, err := ruleset.Build(m, nics)
+	rs, err := layout.Build(m, nics)
 	if err != nil {
 		t.Fatal(err)
 	}

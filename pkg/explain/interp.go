@@ -10,13 +10,13 @@ import (
 	"strings"
 
 	"github.com/vmfw/vmfw/pkg/policy"
-	"github.com/vmfw/vmfw/pkg/ruleset"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 )
 
 // An interpreter of the iptables rules vmfw writes.
 //
 // It runs one packet through vmfw's chains as the kernel would, taking the
-// rules either from the compiled ruleset (ruleset.Rule.Spec) or from the
+// rules either from the compiled ruleset (layout.Rule.Spec) or from the
 // kernel (the lines iptables-save prints, which spell the same rules
 // differently: "-m tcp", numeric ICMP types, "--tcp-flags FIN,SYN,RST,ACK
 // SYN" for "--syn"). It knows the matches and targets vmfw uses and nothing
@@ -95,7 +95,7 @@ type cond func(p *packet, m *machine) bool
 
 // irule is one rule ready to run.
 type irule struct {
-	chain ruleset.Chain
+	chain layout.Chain
 	// index is the rule's position in its chain, from 1.
 	index int
 	// text is the rule as read (without "-A CHAIN").
@@ -143,12 +143,12 @@ type hit struct {
 
 // machine runs packets through one table's chains.
 type machine struct {
-	chains map[ruleset.Chain][]*irule
+	chains map[layout.Chain][]*irule
 	sets   map[string]map[netip.Addr]bool
 	// hits and entered record the last run: the rules that matched, and
 	// the chains entered, in order.
 	hits    []hit
-	entered []ruleset.Chain
+	entered []layout.Chain
 	// sets used by the last run's matching and non-matching set matches.
 	setsUsed map[string]bool
 }
@@ -159,12 +159,12 @@ var errOpaque = errors.New("cannot evaluate")
 
 // run runs p through chain; it returns how the chain ended and the rule
 // that decided (nil when none did).
-func (m *machine) run(chain ruleset.Chain, p *packet) (outcome, *irule, error) {
+func (m *machine) run(chain layout.Chain, p *packet) (outcome, *irule, error) {
 	m.hits, m.entered, m.setsUsed = nil, nil, map[string]bool{}
 	return m.exec(chain, p, 0)
 }
 
-func (m *machine) exec(chain ruleset.Chain, p *packet, depth int) (outcome, *irule, error) {
+func (m *machine) exec(chain layout.Chain, p *packet, depth int) (outcome, *irule, error) {
 	if depth > 64 {
 		return fallThrough, nil, fmt.Errorf("%w: chains nest deeper than 64 at %s", errOpaque, chain)
 	}
@@ -201,7 +201,7 @@ func (m *machine) exec(chain ruleset.Chain, p *packet, depth int) (outcome, *iru
 		case "MARK":
 			p.mark = p.mark&^r.markMask ^ r.markValue
 		default:
-			o, by, err := m.exec(ruleset.Chain(r.target), p, depth+1)
+			o, by, err := m.exec(layout.Chain(r.target), p, depth+1)
 			if err != nil {
 				return o, by, err
 			}
@@ -216,8 +216,8 @@ func (m *machine) exec(chain ruleset.Chain, p *packet, depth int) (outcome, *iru
 // newMachine parses the chains of one table. lines maps a chain to its
 // rules, each the arguments after "-A CHAIN" (compiled specs or kernel
 // lines); hashes, when given, are their fingerprints.
-func newMachine(lines map[ruleset.Chain][]string, hashes map[ruleset.Chain][]string, sets map[string]map[netip.Addr]bool) *machine {
-	m := &machine{chains: map[ruleset.Chain][]*irule{}, sets: sets}
+func newMachine(lines map[layout.Chain][]string, hashes map[layout.Chain][]string, sets map[string]map[netip.Addr]bool) *machine {
+	m := &machine{chains: map[layout.Chain][]*irule{}, sets: sets}
 	for c := range hashes {
 		m.chains[c] = nil // an empty chain has fingerprints but no lines
 	}
@@ -238,13 +238,13 @@ func newMachine(lines map[ruleset.Chain][]string, hashes map[ruleset.Chain][]str
 
 // parseRule parses one rule's arguments. A rule it cannot read gets err,
 // which stops any walk that reaches it.
-func parseRule(chain ruleset.Chain, text string) *irule {
+func parseRule(chain layout.Chain, text string) *irule {
 	text = strings.TrimSpace(text)
 	if rest, ok := strings.CutPrefix(text, "-A "); ok {
 		_, text, _ = strings.Cut(rest, " ")
 	}
 	r := &irule{chain: chain, text: text}
-	words, err := ruleset.SplitWords(text)
+	words, err := layout.SplitWords(text)
 	if err != nil {
 		r.err = err
 		return r
@@ -298,7 +298,7 @@ func (r *irule) parse(w []string) error {
 			if a, err = arg(); err != nil {
 				return err
 			}
-			if h, ok := strings.CutPrefix(a, ruleset.CommentPrefix); ok {
+			if h, ok := strings.CutPrefix(a, layout.CommentPrefix); ok {
 				r.hash, _, _ = strings.Cut(h, " ")
 			}
 			continue

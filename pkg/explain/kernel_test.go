@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/vmfw/vmfw/pkg/ruleset"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files in testdata/")
@@ -99,7 +99,7 @@ func TestRandomConfigurations(t *testing.T) {
 func keysInputFrom(t *testing.T, dir string) *Input {
 	t.Helper()
 	m, nics := loadModel(t, dir)
-	rs, err := ruleset.Build(m, nics)
+	rs, err := layout.Build(m, nics)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,7 +8,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/vmfw/vmfw/pkg/ruleset"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 )
 
 // The layer-2 part: vmfw's ebtables chains, which an IP frame meets when
@@ -16,7 +16,7 @@ import (
 // carry the VM's MAC) and when the hypervisor puts it on a port
 // (vmfw-l2out: it must carry the mark an in chain sets). The rules are
 // read as ebtables-save prints them, which is also how vmfw writes them
-// (ruleset.Table.Bridge), and only the matches vmfw uses are known.
+// (layout.Table.Bridge), and only the matches vmfw uses are known.
 
 // frame is an IP frame as ebtables sees it.
 type frame struct {
@@ -29,7 +29,7 @@ type frame struct {
 
 // l2rule is one ebtables rule ready to run.
 type l2rule struct {
-	chain  ruleset.Chain
+	chain  layout.Chain
 	index  int
 	text   string
 	conds  []func(*frame) bool
@@ -39,13 +39,13 @@ type l2rule struct {
 
 // l2machine runs frames through vmfw's ebtables chains.
 type l2machine struct {
-	chains  map[ruleset.Chain][]*l2rule
-	entered []ruleset.Chain
+	chains  map[layout.Chain][]*l2rule
+	entered []layout.Chain
 	hits    []*l2rule
 }
 
-func newL2Machine(specs map[ruleset.Chain][]string) *l2machine {
-	m := &l2machine{chains: map[ruleset.Chain][]*l2rule{}}
+func newL2Machine(specs map[layout.Chain][]string) *l2machine {
+	m := &l2machine{chains: map[layout.Chain][]*l2rule{}}
 	for c, list := range specs {
 		for i, s := range list {
 			r := parseL2Rule(s)
@@ -58,13 +58,13 @@ func newL2Machine(specs map[ruleset.Chain][]string) *l2machine {
 
 // run runs f through chain; it reports whether the frame is dropped and
 // by which rule.
-func (m *l2machine) run(chain ruleset.Chain, f *frame) (drop bool, by *l2rule, err error) {
+func (m *l2machine) run(chain layout.Chain, f *frame) (drop bool, by *l2rule, err error) {
 	m.entered, m.hits = nil, nil
 	o, by, err := m.exec(chain, f, 0)
 	return o == dropped, by, err
 }
 
-func (m *l2machine) exec(chain ruleset.Chain, f *frame, depth int) (outcome, *l2rule, error) {
+func (m *l2machine) exec(chain layout.Chain, f *frame, depth int) (outcome, *l2rule, error) {
 	rules, ok := m.chains[chain]
 	if !ok || depth > 32 {
 		return fallThrough, nil, fmt.Errorf("%w: ebtables chain %s does not exist", errOpaque, chain)
@@ -94,7 +94,7 @@ func (m *l2machine) exec(chain ruleset.Chain, f *frame, depth int) (outcome, *l2
 			return fallThrough, nil, nil
 		case "CONTINUE", "":
 		default:
-			o, by, err := m.exec(ruleset.Chain(r.target), f, depth+1)
+			o, by, err := m.exec(layout.Chain(r.target), f, depth+1)
 			if err != nil || o != fallThrough {
 				return o, by, err
 			}

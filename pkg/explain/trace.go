@@ -38,7 +38,7 @@ import (
 
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/policy"
-	"github.com/vmfw/vmfw/pkg/ruleset"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 )
 
 // Input is what Trace reads.
@@ -61,16 +61,16 @@ type Input struct {
 	// compiled caches the ruleset compiled for Attached: a batch of
 	// traces compiles it once.
 	mu       sync.Mutex
-	compiled *ruleset.Ruleset
+	compiled *layout.Ruleset
 }
 
 // compile returns the ruleset for the attached interfaces, nics,
 // compiling it once.
-func (in *Input) compile(nics []*config.NIC) (*ruleset.Ruleset, error) {
+func (in *Input) compile(nics []*config.NIC) (*layout.Ruleset, error) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	if in.compiled == nil {
-		rs, err := ruleset.Build(in.Model, nics)
+		rs, err := layout.Build(in.Model, nics)
 		if err != nil {
 			return nil, err
 		}
@@ -85,10 +85,10 @@ type Kernel struct {
 	Backend string
 	// Tables holds each family's chains with their rules' text (Lines)
 	// and fingerprints (Chains), and the hooks.
-	Tables map[ruleset.Family]ruleset.Observed
+	Tables map[layout.Family]layout.Observed
 	// Bridge is vmfw's part of the ebtables filter table; nil when
 	// ebtables is not managed.
-	Bridge *ruleset.Observed
+	Bridge *layout.Observed
 	// Sets maps vmfw's ipsets to their members.
 	Sets map[string]map[netip.Addr]bool
 }
@@ -269,7 +269,7 @@ type tracer struct {
 	in        *Input
 	q         Query
 	from, to  Endpoint
-	family    ruleset.Family
+	family    layout.Family
 	proto     uint8
 	protoName string
 	path      string
@@ -283,7 +283,7 @@ type tracer struct {
 	// answer is checked against; actual is the one for the interfaces
 	// whose chains are installed, which the kernel is compared with. They
 	// are one when both ends that are VMs are attached.
-	compiled, actual *ruleset.Ruleset
+	compiled, actual *layout.Ruleset
 	notes            []string
 	// resolve is in.Resolve, or Model.NIC.
 	resolve func(string) *config.NIC
@@ -338,7 +338,7 @@ func newTracer(in *Input, q Query) (*tracer, error) {
 	}
 	t.compiled = t.actual
 	if len(t.attached) != len(in.Attached) {
-		if t.compiled, err = ruleset.Build(in.Model, t.attached); err != nil {
+		if t.compiled, err = layout.Build(in.Model, t.attached); err != nil {
 			return nil, fmt.Errorf("compiling the configuration: %w", err)
 		}
 	}
@@ -521,9 +521,9 @@ func (t *tracer) chooseFamily() error {
 			}
 		}
 	}
-	t.family = ruleset.IPv4
+	t.family = layout.IPv4
 	if fam == 6 {
-		t.family = ruleset.IPv6
+		t.family = layout.IPv6
 	}
 	return nil
 }
@@ -532,7 +532,7 @@ func (t *tracer) chooseFamily() error {
 // interface's first address of the family, the hypervisor's address on
 // the other end's subnet.
 func (t *tracer) addresses() error {
-	is6 := t.family == ruleset.IPv6
+	is6 := t.family == layout.IPv6
 	for _, e := range []*Endpoint{&t.from, &t.to} {
 		if e.Address.IsValid() || e.Kind != "vm" {
 			continue
@@ -804,7 +804,7 @@ type result struct {
 	decider  *irule
 	hits     []RuleHit
 	chains   []string
-	entered  map[string][]ruleset.Chain // per table
+	entered  map[string][]layout.Chain // per table
 	setsUsed map[string]bool
 	err      error
 }
@@ -1044,10 +1044,10 @@ func (t *tracer) policyPath(c candidate) policy.Path {
 	return p
 }
 
-func (t *tracer) compiledMachine(rs *ruleset.Ruleset) *machine {
+func (t *tracer) compiledMachine(rs *layout.Ruleset) *machine {
 	tbl := rs.Tables[t.family]
-	lines := map[ruleset.Chain][]string{}
-	hashes := map[ruleset.Chain][]string{}
+	lines := map[layout.Chain][]string{}
+	hashes := map[layout.Chain][]string{}
 	for _, c := range tbl.Chains {
 		for _, r := range c.Rules {
 			lines[c.Name] = append(lines[c.Name], r.Spec)
@@ -1057,7 +1057,7 @@ func (t *tracer) compiledMachine(rs *ruleset.Ruleset) *machine {
 	return newMachine(lines, hashes, compiledSets(rs))
 }
 
-func compiledSets(rs *ruleset.Ruleset) map[string]map[netip.Addr]bool {
+func compiledSets(rs *layout.Ruleset) map[string]map[netip.Addr]bool {
 	sets := map[string]map[netip.Addr]bool{}
 	for _, s := range rs.Sets {
 		m := map[netip.Addr]bool{}
@@ -1071,11 +1071,11 @@ func compiledSets(rs *ruleset.Ruleset) map[string]map[netip.Addr]bool {
 	return sets
 }
 
-func (t *tracer) compiledL2(rs *ruleset.Ruleset) *l2machine {
+func (t *tracer) compiledL2(rs *layout.Ruleset) *l2machine {
 	if rs.Bridge == nil {
 		return nil
 	}
-	specs := map[ruleset.Chain][]string{}
+	specs := map[layout.Chain][]string{}
 	for _, c := range rs.Bridge.Chains {
 		specs[c.Name] = rs.Bridge.Fingerprints(c)
 	}
@@ -1084,11 +1084,11 @@ func (t *tracer) compiledL2(rs *ruleset.Ruleset) *l2machine {
 
 // hooked reports whether the kernel jumps from built-in chain from to to;
 // the compiled ruleset (k nil) always does.
-func hooked(k *Kernel, table string, from, to ruleset.Chain, f ruleset.Family) bool {
+func hooked(k *Kernel, table string, from, to layout.Chain, f layout.Family) bool {
 	if k == nil {
 		return true
 	}
-	h := ruleset.Hook{From: from, To: to}
+	h := layout.Hook{From: from, To: to}
 	if table == "bridge" {
 		return k.Bridge == nil || k.Bridge.Hooks[h] > 0
 	}
@@ -1099,7 +1099,7 @@ func hooked(k *Kernel, table string, from, to ruleset.Chain, f ruleset.Family) b
 // VM's port, the IP hook of the path, and for packets the hypervisor
 // routes or sends, the layer-2 check of the receiving port.
 func (t *tracer) walk(ipm *machine, l2m *l2machine, k *Kernel, p *packet) *result {
-	res := &result{entered: map[string][]ruleset.Chain{}, setsUsed: map[string]bool{}}
+	res := &result{entered: map[string][]layout.Chain{}, setsUsed: map[string]bool{}}
 	table := t.family.String()
 	senderPort, receiverPort := "", ""
 	if t.from.nic != nil {
@@ -1109,19 +1109,19 @@ func (t *tracer) walk(ipm *machine, l2m *l2machine, k *Kernel, p *packet) *resul
 		receiverPort = t.to.nic.Tap
 	}
 	uplink := "(uplink)"
-	var hook, entry ruleset.Chain
+	var hook, entry layout.Chain
 	switch t.path {
 	case PathBridged:
-		hook, entry = ruleset.Forward, ruleset.ChainForward
+		hook, entry = layout.Forward, layout.ChainForward
 		p.physIn, p.physOut, p.bridged = cmp(senderPort, uplink), cmp(receiverPort, uplink), true
 	case PathRouted:
-		hook, entry = ruleset.Forward, ruleset.ChainForward
+		hook, entry = layout.Forward, layout.ChainForward
 		p.physIn = senderPort
 	case PathToHypervisor:
-		hook, entry = ruleset.Input, ruleset.ChainInput
+		hook, entry = layout.Input, layout.ChainInput
 		p.physIn = senderPort
 	case PathFromHypervisor:
-		hook, entry = ruleset.Output, ruleset.ChainOutput
+		hook, entry = layout.Output, layout.ChainOutput
 	}
 	hitL2 := func(m *l2machine) {
 		for _, r := range m.hits {
@@ -1141,16 +1141,16 @@ func (t *tracer) walk(ipm *machine, l2m *l2machine, k *Kernel, p *packet) *resul
 	// iptables' (br_netfilter). A frame the hypervisor routes onward was
 	// received by the bridge's own interface (INPUT).
 	if l2m != nil && senderPort != "" && t.path != PathFromHypervisor {
-		l2hook := ruleset.Input
+		l2hook := layout.Input
 		if t.path == PathBridged {
-			l2hook = ruleset.Forward
+			l2hook = layout.Forward
 		}
-		if hooked(k, "bridge", l2hook, ruleset.ChainL2, t.family) {
+		if hooked(k, "bridge", l2hook, layout.ChainL2, t.family) {
 			f := &frame{pkt: p, in: senderPort}
 			if t.path == PathBridged {
 				f.out = p.physOut
 			}
-			drop, by, err := l2m.run(ruleset.ChainL2, f)
+			drop, by, err := l2m.run(layout.ChainL2, f)
 			hitL2(l2m)
 			if err != nil {
 				res.err = err
@@ -1197,7 +1197,7 @@ func (t *tracer) walk(ipm *machine, l2m *l2machine, k *Kernel, p *packet) *resul
 	// says why a packet no in chain decided got through.
 	allowed := ""
 	for i := len(ipm.hits) - 1; i >= 0; i-- {
-		if r := ipm.hits[i].rule; r.target == "MARK" && r.markValue != 0 && !ruleset.IsBaseChain(r.chain) {
+		if r := ipm.hits[i].rule; r.target == "MARK" && r.markValue != 0 && !layout.IsBaseChain(r.chain) {
 			allowed = "allowed by " + describe(r) + "; "
 			break
 		}
@@ -1205,7 +1205,7 @@ func (t *tracer) walk(ipm *machine, l2m *l2machine, k *Kernel, p *packet) *resul
 	switch o {
 	case accepted:
 		why := describe(by)
-		if ruleset.IsBaseChain(by.chain) && allowed != "" {
+		if layout.IsBaseChain(by.chain) && allowed != "" {
 			// vmfw-accept: allowed out to a port or address no VM has.
 			why = allowed + "accepted by " + why
 		}
@@ -1232,11 +1232,11 @@ func (t *tracer) walk(ipm *machine, l2m *l2machine, k *Kernel, p *packet) *resul
 // l2out finishes the path of a packet the hypervisor puts on a bridge
 // port: vmfw-l2out drops IP frames to managed ports that carry no mark.
 func (t *tracer) l2out(res *result, l2m *l2machine, k *Kernel, p *packet, port string, hitL2 func(*l2machine), ipDecision string) *result {
-	if port == "" || l2m == nil || !hooked(k, "bridge", ruleset.Output, ruleset.ChainL2Out, t.family) {
+	if port == "" || l2m == nil || !hooked(k, "bridge", layout.Output, layout.ChainL2Out, t.family) {
 		res.verdict, res.decidedBy = "accept", ipDecision
 		return res
 	}
-	drop, by, err := l2m.run(ruleset.ChainL2Out, &frame{pkt: p, out: port})
+	drop, by, err := l2m.run(layout.ChainL2Out, &frame{pkt: p, out: port})
 	hitL2(l2m)
 	if err != nil {
 		res.err = err
@@ -1261,7 +1261,7 @@ func cmp(a, b string) string {
 // stripComment drops vmfw's comment from a rule's text: the fingerprint
 // says nothing to a reader, the origin says more.
 func stripComment(text string) string {
-	words, err := ruleset.SplitWords(text)
+	words, err := layout.SplitWords(text)
 	if err != nil {
 		return text
 	}
@@ -1286,7 +1286,7 @@ func (t *tracer) origin(r *irule) string {
 	if r.hash == "" {
 		return ""
 	}
-	for _, rs := range []*ruleset.Ruleset{t.actual, t.compiled} {
+	for _, rs := range []*layout.Ruleset{t.actual, t.compiled} {
 		if c := rs.Tables[t.family].Chain(r.chain); c != nil {
 			for _, cr := range c.Rules {
 				if cr.Hash(c.Name) == r.hash {
@@ -1298,7 +1298,7 @@ func (t *tracer) origin(r *irule) string {
 	return ""
 }
 
-func (t *tracer) describeOrigin(o ruleset.Origin) string {
+func (t *tracer) describeOrigin(o layout.Origin) string {
 	if o.IsZero() {
 		return ""
 	}

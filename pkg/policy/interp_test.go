@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/vmfw/vmfw/pkg/config"
-	"github.com/vmfw/vmfw/pkg/ruleset"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 )
 
 // This file runs packets through the chains pkg/ruleset compiles, with a
@@ -37,12 +37,12 @@ const (
 )
 
 type interp struct {
-	chains map[ruleset.Chain][][]string
+	chains map[layout.Chain][][]string
 	sets   map[string]map[netip.Addr]bool
 }
 
-func newInterp(t *ruleset.Table, sets []ruleset.Set) *interp {
-	it := &interp{chains: map[ruleset.Chain][][]string{}, sets: map[string]map[netip.Addr]bool{}}
+func newInterp(t *layout.Table, sets []layout.Set) *interp {
+	it := &interp{chains: map[layout.Chain][][]string{}, sets: map[string]map[netip.Addr]bool{}}
 	for _, c := range t.Chains {
 		var rules [][]string
 		for _, r := range c.Rules {
@@ -63,9 +63,9 @@ func newInterp(t *ruleset.Table, sets []ruleset.Set) *interp {
 // verdict runs p through FORWARD (bridged) or, when physOut is empty,
 // INPUT, whose policies accept.
 func (it *interp) verdict(p *packet) Verdict {
-	chain := ruleset.ChainForward
+	chain := layout.ChainForward
 	if p.physOut == "" {
-		chain = ruleset.ChainInput
+		chain = layout.ChainInput
 	}
 	if it.run(chain, p, 0) == dropped {
 		return Deny
@@ -73,7 +73,7 @@ func (it *interp) verdict(p *packet) Verdict {
 	return Allow
 }
 
-func (it *interp) run(chain ruleset.Chain, p *packet, depth int) outcome {
+func (it *interp) run(chain layout.Chain, p *packet, depth int) outcome {
 	if depth > 10 {
 		panic("chain loop at " + string(chain))
 	}
@@ -99,9 +99,9 @@ func (it *interp) run(chain ruleset.Chain, p *packet, depth int) outcome {
 			p.mark = p.mark&^m ^ v
 		default:
 			if arg == "goto" {
-				return it.run(ruleset.Chain(target), p, depth+1)
+				return it.run(layout.Chain(target), p, depth+1)
 			}
-			if o := it.run(ruleset.Chain(target), p, depth+1); o != fallThrough {
+			if o := it.run(layout.Chain(target), p, depth+1); o != fallThrough {
 				return o
 			}
 		}
@@ -273,7 +273,7 @@ func TestMatchesCompiledRules(t *testing.T) {
 	for _, dir := range dirs {
 		t.Run(filepath.Base(dir), func(t *testing.T) {
 			m, nics := load(t, dir)
-			rs, err := ruleset.Build(m, nics)
+			rs, err := layout.Build(m, nics)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -294,8 +294,8 @@ func TestMatchesCompiledRules(t *testing.T) {
 			}
 			ev := New(m, nics, func(a netip.Addr) bool { return local[a] })
 			interps := map[bool]*interp{
-				false: newInterp(rs.Tables[ruleset.IPv4], rs.Sets),
-				true:  newInterp(rs.Tables[ruleset.IPv6], rs.Sets),
+				false: newInterp(rs.Tables[layout.IPv4], rs.Sets),
+				true:  newInterp(rs.Tables[layout.IPv6], rs.Sets),
 			}
 			// The MACs an outsider (or an interface configured without
 			// one) may send from, as far as the rules can tell: any MAC a

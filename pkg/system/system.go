@@ -9,10 +9,10 @@ import (
 	"os"
 
 	"github.com/vmfw/vmfw/pkg/config"
-	"github.com/vmfw/vmfw/pkg/ebtables"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/ebtables"
 	"github.com/vmfw/vmfw/pkg/engine"
-	"github.com/vmfw/vmfw/pkg/ipset"
-	"github.com/vmfw/vmfw/pkg/iptables"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/ipset"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
 	"github.com/vmfw/vmfw/pkg/link"
 	"github.com/vmfw/vmfw/pkg/lock"
 	"github.com/vmfw/vmfw/pkg/state"
@@ -26,7 +26,7 @@ type Options struct {
 	// StateDir holds attachment records (CNI, libvirt).
 	StateDir string
 	// IPTables is the iptables backend: nft, legacy, or "" to detect.
-	IPTables iptables.Mode
+	IPTables xtables.Mode
 }
 
 // hostLinks adapts package link to engine.Host.
@@ -61,9 +61,9 @@ func NewEngine(ctx context.Context, o Options) (*engine.Engine, error) {
 // engine on, for a caller that wraps part of it first (the agent).
 func NewKernel(ctx context.Context, o Options) (k engine.Kernel, backend string, err error) {
 	if o.IPTables == "" {
-		o.IPTables = iptables.Mode(os.Getenv("VMFW_IPTABLES"))
+		o.IPTables = xtables.Mode(os.Getenv("VMFW_IPTABLES"))
 	}
-	ipt, err := iptables.New(ctx, o.IPTables, nil)
+	ipt, err := xtables.New(ctx, o.IPTables, nil)
 	if err != nil {
 		return k, "", err
 	}

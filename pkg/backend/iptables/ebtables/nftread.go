@@ -1,0 +1,33 @@
+package ebtables
+
+import (
+	"context"
+
+	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
+)
+
+// Narrow reads for scoped attach and detach (see package engine): with
+// ebtables-nft the bridge table is an nf_tables table, so which chains
+// exist and the jumps into vmfw-l2 can be asked over netlink instead of
+// reading the whole table with ebtables-save (tens of thousands of lines
+// at 5000 taps). ebtables-legacy offers no such thing.
+
+// ChainsExist reports which of the named chains the bridge filter table
+// has; with ebtables-legacy it returns xtables.ErrNotNFT.
+func (c *Client) ChainsExist(ctx context.Context, names []layout.Chain) (map[layout.Chain]bool, error) {
+	if c.tool != "ebtables-nft" {
+		return nil, xtables.ErrNotNFT
+	}
+	return xtables.BridgeChainsExist(ctx, names)
+}
+
+// Hooks counts the jumps into vmfw's root chains (layout.BridgeRoots)
+// from the built-in chains; with ebtables-legacy it returns
+// xtables.ErrNotNFT.
+func (c *Client) Hooks(ctx context.Context) (map[layout.Hook]int, error) {
+	if c.tool != "ebtables-nft" {
+		return nil, xtables.ErrNotNFT
+	}
+	return xtables.BridgeHooks(ctx, layout.BridgeRoots)
+}

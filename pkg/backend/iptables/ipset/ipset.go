@@ -1,0 +1,262 @@
+// Package ipset is the only code in vmfw that runs ipset. It reads back the
+// sets vmfw owns, and no other, and changes them with one "ipset restore"
+// per operation: members are added and deleted in place (group membership
+// changes never touch a chain), and a set that must change its header
+// (capacity) is rebuilt under a temporary name and swapped in, so rules
+// that reference it never see it missing. The kernel swaps only sets of
+// the same type and family; a set of vmfw's name but another type (made by
+// hand) makes the swap, and so the operation, fail with ipset's message.
+package ipset
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
+)
+
+// Observed is one vmfw-owned set as the kernel holds it.
+type Observed struct {
+	// Type is the set's type, e.g. hash:ip.
+	Type layout.SetType
+	// Family is inet or inet6 for hash:ip sets, "" otherwise.
+	Family string
+	// MaxElem is the set's capacity.
+	MaxElem int
+	// Members holds the set's entries, normalised to lower case.
+	Members map[string]bool
+}
+
+// Client runs the ipset command.
+type Client struct {
+	runner xtables.Runner
+}
+
+// New returns a client; a nil runner runs the real ipset command.
+func New(runner xtables.Runner) *Client {
+	if runner == nil {
+		runner = xtables.ExecRunner{}
+	}
+	return &Client{runner: runner}
+}
+
+// listAttempts bounds how often List starts over when a set it found by
+// name is gone before its contents are read. vmfw changes its sets only
+// under the namespace lock, so only an operator's "ipset destroy" between
+// the two commands gets there.
+const listAttempts = 3
+
+// List returns vmfw's sets. It reads the names of every set (names only:
+// "ipset list -n" reads no members), then the headers and members of
+// vmfw's own sets, and of leftovers of a rebuild, with one "ipset
+// restore" of "save NAME" lines (ipset accepts list and save in restore
+// mode, and "ipset save" takes at most one name). Sets of other tools,
+// however large, are never read.
+func (c *Client) List(ctx context.Context) (map[string]*Observed, error) {
+	for attempt := 1; ; attempt++ {
+		out, err := c.runner.Run(ctx, nil, "ipset", "list", "-n")
+		if err != nil {
+			return nil, fmt.Errorf("listing ipsets: %w", err)
+		}
+		names := ownNames(out)
+		if len(names) == 0 {
+			return map[string]*Observed{}, nil
+		}
+		var script strings.Builder
+		for _, name := range names {
+			script.WriteString("save " + name + "\n")
+		}
+		save, err := c.runner.Run(ctx, []byte(script.String()), "ipset", "restore")
+		if err == nil {
+			return Parse(save), nil
+		}
+		if attempt == listAttempts {
+			return nil, fmt.Errorf("reading ipsets: %w", err)
+		}
+	}
+}
+
+// ownNames picks, sorted, the names of "ipset list -n" output that are
+// vmfw's: its sets and leftovers of an interrupted rebuild.
+func ownNames(list []byte) []string {
+	var names []string
+	for _, line := range strings.Split(string(list), "\n") {
+		if name := strings.TrimSpace(line); layout.IsOwnedSet(name) || isLeftover(name) {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Parse extracts vmfw's sets, and leftovers of a rebuild, from "ipset
+// save" output.
+func Parse(save []byte) map[string]*Observed {
+	sets := map[string]*Observed{}
+	sc := bufio.NewScanner(bytes.NewReader(save))
+	sc.Buffer(make([]byte, 1<<20), 1<<26)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 3 || !(layout.IsOwnedSet(f[1]) || isLeftover(f[1])) {
+			continue
+		}
+		switch f[0] {
+		case "create":
+			o := &Observed{Type: layout.SetType(f[2]), Members: map[string]bool{}}
+			for i := 3; i+1 < len(f); i++ {
+				switch f[i] {
+				case "family":
+					o.Family = f[i+1]
+				case "maxelem":
+					o.MaxElem, _ = strconv.Atoi(f[i+1])
+				}
+			}
+			sets[f[1]] = o
+		case "add":
+			if o := sets[f[1]]; o != nil {
+				o.Members[strings.ToLower(f[2])] = true
+			}
+		}
+	}
+	return sets
+}
+
+// Restore runs script through one "ipset restore".
+func (c *Client) Restore(ctx context.Context, script string) error {
+	if script == "" {
+		return nil
+	}
+	if _, err := c.runner.Run(ctx, []byte(script), "ipset", "restore"); err != nil {
+		return fmt.Errorf("applying ipsets: %w", err)
+	}
+	return nil
+}
+
+// minMaxElem is the capacity of a new set; sets grow past it when a group
+// has more members.
+const minMaxElem = 65536
+
+func familyName(f layout.Family) string {
+	if f == layout.IPv6 {
+		return "inet6"
+	}
+	return "inet"
+}
+
+func createLine(name string, s layout.Set) string {
+	maxElem := minMaxElem
+	for maxElem < 2*len(s.Members) {
+		maxElem *= 2
+	}
+	opts := ""
+	if s.Type == layout.HashIP {
+		opts = " family " + familyName(s.Family)
+	}
+	return fmt.Sprintf("create %s %s%s maxelem %d\n", name, s.Type, opts, maxElem)
+}
+
+// Plan returns two ipset restore scripts: pre, run before the iptables
+// change (create sets and fix members, so new rules find their sets), and
+// post, run after it (destroy sets no rule references any more).
+func Plan(want []layout.Set, have map[string]*Observed) (pre, post string) {
+	var b strings.Builder
+	wanted := map[string]bool{}
+	var leftovers []string
+	for name := range have {
+		if isLeftover(name) {
+			leftovers = append(leftovers, name)
+			wanted[name] = true // destroyed here, not in post
+		}
+	}
+	sort.Strings(leftovers)
+	for _, name := range leftovers {
+		b.WriteString("destroy " + name + "\n")
+	}
+	for _, s := range want {
+		wanted[s.Name] = true
+		o := have[s.Name]
+		if o == nil {
+			b.WriteString(createLine(s.Name, s))
+			for _, m := range s.Members {
+				b.WriteString("add " + s.Name + " " + m + "\n")
+			}
+			continue
+		}
+		fam := ""
+		if s.Type == layout.HashIP {
+			fam = familyName(s.Family)
+		}
+		if o.Type != s.Type || o.Family != fam || o.MaxElem < len(s.Members) {
+			tmp := tempName(s.Name)
+			b.WriteString(createLine(tmp, s))
+			for _, m := range s.Members {
+				b.WriteString("add " + tmp + " " + m + "\n")
+			}
+			b.WriteString("swap " + tmp + " " + s.Name + "\ndestroy " + tmp + "\n")
+			continue
+		}
+		wantMembers := map[string]bool{}
+		for _, m := range s.Members {
+			wantMembers[strings.ToLower(m)] = true
+			if !o.Members[strings.ToLower(m)] {
+				b.WriteString("add " + s.Name + " " + m + "\n")
+			}
+		}
+		var stale []string
+		for m := range o.Members {
+			if !wantMembers[m] {
+				stale = append(stale, m)
+			}
+		}
+		sort.Strings(stale)
+		for _, m := range stale {
+			b.WriteString("del " + s.Name + " " + m + "\n")
+		}
+	}
+	var gone []string
+	for name := range have {
+		if !wanted[name] {
+			gone = append(gone, name)
+		}
+	}
+	sort.Strings(gone)
+	var p strings.Builder
+	for _, name := range gone {
+		p.WriteString("destroy " + name + "\n")
+	}
+	return b.String(), p.String()
+}
+
+// tempName names the set a changed set is rebuilt in before the swap. It
+// is not shaped like a group's set, so no rule ever references it, and it
+// fits ipset's 31 characters for the longest group name
+// (vmfw-sg-NAME-v4 with a 20-character NAME).
+func tempName(name string) string { return tempPrefix + name }
+
+// tempPrefix starts the name of a set being rebuilt; one found at the start
+// of a run was left by a crash and is destroyed first.
+const tempPrefix = "vmfw-"
+
+// oldTempPrefix started the names of sets being rebuilt before tempPrefix,
+// which is too long for the longest group names. A crash of that version can
+// have left such a set behind.
+const oldTempPrefix = "vmfw-tmp-"
+
+// isLeftover reports whether name is a set being rebuilt: vmfw's name of a
+// group's set behind one of the temporary prefixes. Only such names are
+// destroyed as leftovers, so another tool's set that merely starts with
+// "vmfw-" is never touched.
+func isLeftover(name string) bool {
+	for _, prefix := range []string{oldTempPrefix, tempPrefix} {
+		if rest, ok := strings.CutPrefix(name, prefix); ok && layout.IsOwnedSet(rest) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,123 @@
+package ipset
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/vishvananda/netns"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
+)
+
+// TestWithKernel runs List, Plan and Restore against the real ipset in a
+// network namespace of its own (ipsets are per namespace), next to sets
+// of other tools: vmfw reads and changes its sets, rebuilds one that
+// outgrew its capacity under a temporary name that ipset accepts, removes a leftover of a crash, and
+// leaves the other sets exactly as they were.
+func TestWithKernel(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a network namespace")
+	}
+	if _, err := exec.LookPath("ipset"); err != nil {
+		t.Skip("ipset is not installed")
+	}
+	// Commands started from this goroutine run in the thread's namespace.
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		t.Fatal(err)
+	}
+	defer orig.Close()
+	ns, err := netns.New()
+	if err != nil {
+		runtime.UnlockOSThread()
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	defer func() {
+		// A thread that cannot go back stays locked and exits with the test.
+		if err := netns.Set(orig); err == nil {
+			runtime.UnlockOSThread()
+		}
+	}()
+
+	longest := "sg-" + strings.Repeat("g", 20) + "-v6"
+	ipset(t, "restore", `create blocklist hash:net family inet
+add blocklist 203.0.113.0/24
+create vmfw-blocklist hash:ip family inet
+add vmfw-blocklist 198.51.100.1
+create sg-web-v4 hash:ip family inet maxelem 65536
+add sg-web-v4 192.0.2.10
+add sg-web-v4 192.0.2.11
+create `+longest+` hash:ip family inet6 maxelem 1
+create vmfw-sg-web-v6 hash:ip family inet6
+`)
+	foreign := ipset(t, "save", "blocklist") + ipset(t, "save", "vmfw-blocklist")
+
+	ctx := context.Background()
+	c := New(nil)
+	have, err := c.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(sortedNames(have), " "); got != "sg-gggggggggggggggggggg-v6 sg-web-v4 vmfw-sg-web-v6" {
+		t.Fatalf("List found %s; want vmfw's sets and the leftover only", got)
+	}
+	if m := have["sg-web-v4"].Members; len(m) != 2 || !m["192.0.2.11"] {
+		t.Errorf("sg-web-v4 members %v", m)
+	}
+
+	// The longest group's set outgrows its capacity: it is rebuilt under
+	// the temporary name and swapped in.
+	want := []layout.Set{
+		{Name: "sg-web-v4", Type: layout.HashIP, Family: layout.IPv4, Members: []string{"192.0.2.10", "192.0.2.12"}},
+		{Name: longest, Type: layout.HashIP, Family: layout.IPv6, Members: []string{"2001:db8::1", "2001:db8::2"}},
+	}
+	pre, post := Plan(want, have)
+	if err := c.Restore(ctx, pre); err != nil {
+		t.Fatalf("pre script:\n%s\n%v", pre, err)
+	}
+	if err := c.Restore(ctx, post); err != nil {
+		t.Fatalf("post script:\n%s\n%v", post, err)
+	}
+
+	after, err := c.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(sortedNames(after), " "); got != "sg-gggggggggggggggggggg-v6 sg-web-v4" {
+		t.Errorf("after the change List found %s", got)
+	}
+	if o := after[longest]; o == nil || o.MaxElem < 2 || len(o.Members) != 2 {
+		t.Errorf("%s after the rebuild: %+v", longest, o)
+	}
+	if m := after["sg-web-v4"].Members; len(m) != 2 || !m["192.0.2.12"] || m["192.0.2.11"] {
+		t.Errorf("sg-web-v4 members %v, want 192.0.2.10 and 192.0.2.12", m)
+	}
+	if again, _ := Plan(want, after); again != "" {
+		t.Errorf("a second plan is not empty:\n%s", again)
+	}
+	if got := ipset(t, "save", "blocklist") + ipset(t, "save", "vmfw-blocklist"); got != foreign {
+		t.Errorf("other sets changed:\nbefore:\n%s\nafter:\n%s", foreign, got)
+	}
+}
+
+// ipset runs the ipset command; a single argument after "restore" is its
+// input.
+func ipset(t *testing.T, args ...string) string {
+	t.Helper()
+	cmd := exec.Command("ipset", args...)
+	if args[0] == "restore" {
+		cmd = exec.Command("ipset", "restore")
+		cmd.Stdin = strings.NewReader(args[1])
+	}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("ipset %s: %v\n%s", args[0], err, out)
+	}
+	return string(out)
+}

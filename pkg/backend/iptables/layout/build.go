@@ -1,0 +1,681 @@
+package layout
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/vmfw/vmfw/pkg/config"
+)
+
+// Build compiles the model and the attached interfaces into the desired
+// ruleset. nics are the interfaces whose chains should be installed (their
+// Tap is the host-side interface name); they are also the members of the
+// groups they list, so a stopped VM's addresses match no source_group.
+func Build(m *config.Model, nics []*config.NIC) (*Ruleset, error) {
+	b := &builder{model: m, mark: fmt.Sprintf("0x%x", m.Host.Mark)}
+	sorted := append([]*config.NIC(nil), nics...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Tap < sorted[j].Tap })
+	for i := 1; i < len(sorted); i++ {
+		if sorted[i].Tap == sorted[i-1].Tap {
+			return nil, fmt.Errorf("interface %s attached twice", sorted[i].Tap)
+		}
+	}
+	for _, n := range sorted {
+		for _, g := range n.Groups {
+			if m.Groups[g] == nil {
+				return nil, fmt.Errorf("%s: unknown group %q", n.Tap, g)
+			}
+		}
+	}
+	rs := &Ruleset{Tables: map[Family]*Table{}}
+	for _, f := range Families {
+		rs.Tables[f] = b.table(f, sorted)
+	}
+	rs.Bridge = b.bridgeTable(sorted)
+	rs.Sets = b.sets(sorted)
+	return rs, nil
+}
+
+type builder struct {
+	model *config.Model
+	mark  string
+	// setsUsed collects the groups whose ipsets a compiled rule references.
+	setsUsed map[string]bool
+}
+
+func (b *builder) setMark() string   { return "-j MARK --set-xmark " + b.mark + "/" + b.mark }
+func (b *builder) clearMark() string { return "-j MARK --set-xmark 0x0/" + b.mark }
+func (b *builder) isMarked() string  { return "-m mark --mark " + b.mark + "/" + b.mark }
+
+func (b *builder) table(f Family, nics []*config.NIC) *Table {
+	t := &Table{Family: f}
+	// Group chains shared by every tap that lists the group.
+	var groups []string
+	seen := map[string]bool{}
+	for _, n := range nics {
+		if !n.VM.Enable {
+			continue
+		}
+		for _, g := range n.Groups {
+			if !seen[g] {
+				seen[g] = true
+				groups = append(groups, g)
+			}
+		}
+	}
+	sort.Strings(groups)
+	for _, g := range groups {
+		t.Chains = append(t.Chains,
+			b.groupChain(f, b.model.Groups[g], config.In),
+			b.groupChain(f, b.model.Groups[g], config.Out))
+		if b.macGroup(g) {
+			t.Chains = append(t.Chains, b.localGroupChain(f, b.model.Groups[g]))
+		}
+	}
+	for _, n := range nics {
+		t.Chains = append(t.Chains, b.tapChains(f, n)...)
+	}
+	t.Chains = append(t.Chains, b.dispatch(nics)...)
+	t.Chains = append(t.Chains, b.routes(f, nics)...)
+	t.Chains = append(t.Chains, b.entryChains()...)
+	t.Hooks = filterHooks()
+	return t
+}
+
+// filterHooks are the jumps from the built-in chains of the filter table
+// into vmfw's entry chains.
+func filterHooks() []Hook {
+	return []Hook{{From: Forward, To: ChainForward}, {From: Input, To: ChainInput}, {From: Output, To: ChainOutput}}
+}
+
+// entryChains are the chains the hooks enter. A packet from a bridge port
+// first passes the sending tap's out chain, which sets the mark bit when it
+// allows the packet; then, when bridged to a tap, that tap's in chain
+// decides, and when routed, the in chain of the VM owning the destination
+// address (vmfw-route, route.go). A packet allowed out of a tap towards a
+// port or address vmfw does not manage is accepted here, so VMs work when
+// FORWARD's policy is DROP. Packets the hypervisor sends meet the in chain
+// of the VM owning their destination (vmfw-local).
+func (b *builder) entryChains() []*ChainRules {
+	fromPort := "-m physdev --physdev-is-in"
+	return []*ChainRules{
+		{Name: ChainAccept, Rules: []Rule{{Spec: b.clearMark()}, {Spec: "-j ACCEPT"}}},
+		{Name: ChainForward, Rules: []Rule{
+			{Spec: fromPort + " -j " + string(ChainOut)},
+			{Spec: "-m physdev --physdev-is-out --physdev-is-bridged -j " + string(ChainIn)},
+			{Spec: "-m physdev ! --physdev-is-bridged -j " + string(ChainRoute)},
+			{Spec: fromPort + " " + b.isMarked() + " -j " + string(ChainAccept)},
+		}},
+		{Name: ChainInput, Rules: []Rule{
+			{Spec: fromPort + " -j " + string(ChainOut)},
+			{Spec: fromPort + " " + b.isMarked() + " " + b.clearMark()},
+		}},
+		{Name: ChainOutput, Rules: []Rule{
+			{Spec: "-j " + string(ChainLocal)},
+		}},
+	}
+}
+
+// tapChains builds TAP-src (when anti-spoofing), TAP-out and TAP-in.
+func (b *builder) tapChains(f Family, n *config.NIC) []*ChainRules {
+	outName, inName := TapChain(n.Tap, "out"), TapChain(n.Tap, "in")
+	if !n.VM.Enable {
+		return []*ChainRules{
+			{Name: outName, Rules: []Rule{{Spec: b.setMark(), Comment: "vm disabled"}}},
+			{Name: inName, Rules: []Rule{{Spec: b.setMark()}, {Spec: "-j ACCEPT", Comment: "vm disabled"}}},
+		}
+	}
+	var chains []*ChainRules
+	out := &ChainRules{Name: outName}
+	if n.Antispoof {
+		src := b.sourceChain(f, n)
+		chains = append(chains, src)
+		if f == IPv6 {
+			chains = append(chains, ndTargetChain(n))
+		}
+		out.Rules = append(out.Rules, b.antispoof(f, n, src.Name)...)
+	}
+	out.Rules = append(out.Rules,
+		Rule{Spec: "-m conntrack --ctstate INVALID -j DROP"},
+		Rule{Spec: "-m conntrack --ctstate RELATED,ESTABLISHED " + b.setMark()},
+		Rule{Spec: b.isMarked() + " -j RETURN"},
+		midStreamDrop)
+	switch {
+	case f == IPv6:
+		// NDP from the VM's own (or link-local) address.
+		for _, t := range []string{"router-solicitation", "neighbour-solicitation", "neighbour-advertisement"} {
+			out.Rules = append(out.Rules, Rule{Spec: "-p ipv6-icmp --icmpv6-type " + t + " " + b.setMark()})
+		}
+		if n.DHCP {
+			out.Rules = append(out.Rules, Rule{Spec: udpPorts(546, 547) + " " + b.setMark(), Comment: "dhcpv6 client"})
+		}
+		out.Rules = append(out.Rules, Rule{Spec: b.isMarked() + " -j RETURN"})
+	case n.DHCP:
+		out.Rules = append(out.Rules, b.outAccept(udpPorts(68, 67), "dhcp client")...)
+	}
+	for _, g := range n.Groups {
+		out.Rules = append(out.Rules,
+			Rule{Spec: "-j " + string(GroupChain(g, "out"))},
+			Rule{Spec: b.isMarked() + " -j RETURN"})
+	}
+	out.Rules = append(out.Rules, b.policy(f, n, config.Out, n.VM.PolicyOut)...)
+	chains = append(chains, out)
+	if b.localIn(n) {
+		chains = append(chains, b.inChain(f, n, true))
+	}
+	return append(chains, b.inChain(f, n, false))
+}
+
+// inChain builds TAP-in, or with local TAP-lin: the same rules jumping to
+// the groups' sg-NAME-lin where a group has one (route.go). Its first rule
+// sets the mark bit whatever came before: the sender's verdict, which the
+// bit carried this far, has been read, and from here on the bit says that
+// an in chain saw the packet, which vmfw-l2out requires of every packet
+// the hypervisor routes or sends to a VM (docs/routing.md).
+func (b *builder) inChain(f Family, n *config.NIC, local bool) *ChainRules {
+	name := TapChain(n.Tap, "in")
+	if local {
+		name = TapChain(n.Tap, "lin")
+	}
+	in := &ChainRules{Name: name, Rules: []Rule{
+		{Spec: b.setMark()},
+		{Spec: "-m conntrack --ctstate INVALID -j DROP"},
+		{Spec: "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"},
+		midStreamDrop,
+	}}
+	if f == IPv6 {
+		for _, t := range []string{"router-solicitation", "router-advertisement", "neighbour-solicitation", "neighbour-advertisement"} {
+			in.Rules = append(in.Rules, Rule{Spec: "-p ipv6-icmp --icmpv6-type " + t + " -j ACCEPT"})
+		}
+		if n.DHCP {
+			in.Rules = append(in.Rules, Rule{Spec: udpPorts(547, 546) + " -j ACCEPT", Comment: "dhcpv6 reply"})
+		}
+	} else if n.DHCP {
+		in.Rules = append(in.Rules, Rule{Spec: udpPorts(67, 68) + " -j ACCEPT", Comment: "dhcp reply"})
+	}
+	for _, g := range n.Groups {
+		dir := "in"
+		if local && b.macGroup(g) {
+			dir = "lin"
+		}
+		in.Rules = append(in.Rules, Rule{Spec: "-j " + string(GroupChain(g, dir))})
+	}
+	in.Rules = append(in.Rules, b.policy(f, n, config.In, n.VM.PolicyIn)...)
+	return in
+}
+
+// udpPorts matches UDP from source port sport and, unless dport is 0, to
+// destination port dport: the DHCP rules every tap's chains carry.
+//
+// They are written with the multiport match, not udp's --sport/--dport,
+// for the cost of loading them: iptables 1.8's udp match resolves each
+// port through getaddrinfo, which (AI_ADDRCONFIG) dumps every address of
+// every interface of the namespace over netlink, so at 5000 taps the
+// seven DHCP ports per tap made a full iptables-restore spend half a
+// minute in those dumps; multiport parses numbers itself. The match is
+// the same: both take only UDP, only the first fragment, and drop a
+// truncated header.
+func udpPorts(sport, dport int) string {
+	s := "-p udp -m multiport --sports " + strconv.Itoa(sport)
+	if dport != 0 {
+		s += " -m multiport --dports " + strconv.Itoa(dport)
+	}
+	return s
+}
+
+// midStreamDrop refuses TCP segments that conntrack sees as a new
+// connection but that do not open one. The kernel picks up connections in
+// mid-stream (nf_conntrack_tcp_loose), so without it a connection whose
+// tracking entry vmfw deleted after an edit revived with the next
+// retransmission of whichever end may still open connections.
+var midStreamDrop = Rule{Spec: "-p tcp -m conntrack --ctstate NEW -m tcp ! --syn -j DROP", Comment: "new tcp without syn"}
+
+// antispoof returns the first rules of TAP-out: every packet must carry the
+// VM's MAC, DHCP-server and router-advertisement traffic is dropped, DHCP
+// discovery is allowed before the VM has an address, and everything else
+// must come from one of the VM's addresses (checked in TAP-src).
+func (b *builder) antispoof(f Family, n *config.NIC, src Chain) []Rule {
+	var r []Rule
+	if n.MAC != nil {
+		r = append(r, Rule{Spec: "-m mac ! --mac-source " + n.MAC.String() + " -j DROP", Comment: "antispoof mac"})
+	}
+	if f == IPv4 {
+		r = append(r, Rule{Spec: udpPorts(67, 0) + " -j DROP", Comment: "no dhcp server"})
+		if n.DHCP {
+			r = append(r, b.outAccept("-s 0.0.0.0/32 -d 255.255.255.255/32 "+udpPorts(68, 67), "dhcp discover")...)
+		}
+	} else {
+		r = append(r,
+			Rule{Spec: "-p ipv6-icmp --icmpv6-type router-advertisement -j DROP", Comment: "no router advertisement"},
+			Rule{Spec: "-p ipv6-icmp --icmpv6-type redirect -j DROP", Comment: "no redirect"},
+			Rule{Spec: udpPorts(547, 0) + " -j DROP", Comment: "no dhcpv6 server"},
+			Rule{Spec: "-p ipv6-icmp --icmpv6-type neighbour-advertisement -j " + string(TapChain(n.Tap, "nd"))})
+	}
+	return append(r, Rule{Spec: "-j " + string(src)})
+}
+
+// sourceChain returns TAP-src: RETURN for the VM's own addresses, DROP for
+// any other source. IPv6 also allows link-local sources and the unspecified
+// address that duplicate address detection and MLD use.
+func (b *builder) sourceChain(f Family, n *config.NIC) *ChainRules {
+	c := &ChainRules{Name: TapChain(n.Tap, "src")}
+	if f == IPv6 {
+		c.Rules = append(c.Rules,
+			Rule{Spec: "-s fe80::/10 -j RETURN", Comment: "link-local"},
+			Rule{Spec: "-s ::/128 -p ipv6-icmp --icmpv6-type neighbour-solicitation -j RETURN", Comment: "dad"},
+			Rule{Spec: "-s ::/128 -p ipv6-icmp --icmpv6-type 143 -j RETURN", Comment: "mld report"})
+	}
+	for _, ip := range n.IPs {
+		if familyOf(ip) == f {
+			c.Rules = append(c.Rules, Rule{Spec: "-s " + netip.PrefixFrom(ip, ip.BitLen()).String() + " -j RETURN"})
+		}
+	}
+	c.Rules = append(c.Rules, Rule{Spec: "-j DROP", Comment: "antispoof ip"})
+	return c
+}
+
+// ndTargetChain returns TAP-nd, which every neighbour advertisement the VM
+// sends passes: the IPv6 counterpart of ARP anti-spoofing. An advertisement
+// updates its receivers' neighbour caches for its target address, whatever
+// its source, so the target must be one of the VM's addresses. Link-local
+// targets stay allowed: a VM picks its own link-local addresses (EUI-64,
+// stable privacy), which the configuration does not list.
+func ndTargetChain(n *config.NIC) *ChainRules {
+	c := &ChainRules{Name: TapChain(n.Tap, "nd"), Rules: []Rule{
+		{Spec: "-m u32 --u32 " + ndTargetLinkLocal + " -j RETURN", Comment: "link-local target"},
+	}}
+	for _, ip := range n.IPs {
+		if familyOf(ip) == IPv6 {
+			c.Rules = append(c.Rules, Rule{Spec: "-m u32 --u32 " + ndTargetIs(ip) + " -j RETURN"})
+		}
+	}
+	c.Rules = append(c.Rules, Rule{Spec: "-j DROP", Comment: "antispoof nd target"})
+	return c
+}
+
+// ndTargetOffset is where a neighbour advertisement's target address
+// starts, counted from the IPv6 header: 40 bytes of header, then the
+// ICMPv6 type, code, checksum and flags (8 bytes). Neighbour discovery is
+// sent without extension headers; one that has them misses every match
+// below and is dropped.
+const ndTargetOffset = 48
+
+// ndTargetLinkLocal is the u32 test for a target in fe80::/10.
+var ndTargetLinkLocal = fmt.Sprintf(`"%d&0xffc00000=0xfe800000"`, ndTargetOffset)
+
+// ndTargetIs returns the u32 test for a target equal to ip, as four 32-bit
+// words.
+func ndTargetIs(ip netip.Addr) string {
+	a := ip.As16()
+	var words []string
+	for i := 0; i < 16; i += 4 {
+		w := uint32(a[i])<<24 | uint32(a[i+1])<<16 | uint32(a[i+2])<<8 | uint32(a[i+3])
+		words = append(words, fmt.Sprintf("%d=0x%x", ndTargetOffset+i, w))
+	}
+	return `"` + strings.Join(words, "&&") + `"`
+}
+
+// outAccept returns the rules that let match through an out chain: set the
+// mark and return at once, so later rules of the chain cannot overrule it.
+func (b *builder) outAccept(match, comment string) []Rule {
+	return []Rule{
+		{Spec: match + " " + b.setMark(), Comment: comment},
+		{Spec: b.isMarked() + " -j RETURN"},
+	}
+}
+
+// policy returns the rules deciding what no rule matched.
+func (b *builder) policy(f Family, n *config.NIC, dir config.Direction, a config.Action) []Rule {
+	var r []Rule
+	o := Origin{Dir: dir, Tap: n.Tap}
+	if n.VM.Log && a != config.Accept {
+		r = append(r, b.logRule("", o, a))
+	}
+	switch {
+	case a == config.Accept && dir == config.Out:
+		r = append(r, Rule{Spec: b.setMark(), Comment: "policy accept"})
+	case a == config.Accept:
+		r = append(r, Rule{Spec: "-j ACCEPT", Comment: "policy accept"})
+	case a == config.Reject:
+		r = append(r, rejectRules(f, "", "policy reject")...)
+	default:
+		r = append(r, Rule{Spec: "-j DROP", Comment: "policy drop"})
+	}
+	return withOrigin(r, o)
+}
+
+// withOrigin sets the origin of rules that have none.
+func withOrigin(rules []Rule, o Origin) []Rule {
+	for i := range rules {
+		if rules[i].Origin.IsZero() {
+			rules[i].Origin = o
+		}
+	}
+	return rules
+}
+
+// rejectRules rejects TCP with a reset and everything else with an ICMP
+// port unreachable, so clients fail fast either way.
+func rejectRules(f Family, match, comment string) []Rule {
+	icmp := "icmp-port-unreachable"
+	if f == IPv6 {
+		icmp = "icmp6-port-unreachable"
+	}
+	m := match
+	if m != "" {
+		m += " "
+	}
+	if strings.Contains(match, "-p ") {
+		if strings.Contains(match, "-p tcp") {
+			return []Rule{{Spec: m + "-j REJECT --reject-with tcp-reset", Comment: comment}}
+		}
+		return []Rule{{Spec: m + "-j REJECT --reject-with " + icmp, Comment: comment}}
+	}
+	return []Rule{
+		{Spec: m + "-p tcp -j REJECT --reject-with tcp-reset", Comment: comment},
+		{Spec: m + "-j REJECT --reject-with " + icmp, Comment: comment},
+	}
+}
+
+// logRule returns a rate-limited LOG rule, or with log_group an NFLOG
+// rule. The LOG prefix names the object (a tap or sg-GROUP), the direction
+// and the verdict: "vmfw tap110i0-in DROP ". The kernel keeps 28
+// characters, so long names lose the "vmfw " and then their tail rather
+// than the verdict.
+func (b *builder) logRule(match string, o Origin, a config.Action) Rule {
+	m := match
+	if m != "" {
+		m += " "
+	}
+	limit := fmt.Sprintf("-m limit --limit %s --limit-burst %d", b.model.Host.LogLimit, b.model.Host.LogBurst)
+	if b.model.Host.LogGroup > 0 {
+		return Rule{Spec: fmt.Sprintf("%s%s -j NFLOG --nflog-group %d --nflog-prefix %q",
+			m, limit, b.model.Host.LogGroup, NFLOGPrefix(o, a)), Origin: o}
+	}
+	object := o.Tap
+	if o.Group != "" {
+		object = "sg-" + o.Group
+	}
+	verdict := strings.ToUpper(string(a))
+	tail := "-" + string(o.Dir) + " " + verdict + " "
+	prefix := "vmfw " + object + tail
+	if len(prefix) > 28 {
+		prefix = object + tail
+	}
+	if len(prefix) > 28 {
+		prefix = object[:28-len(tail)] + tail
+	}
+	return Rule{Spec: fmt.Sprintf("%s%s -j LOG --log-prefix %q", m, limit, prefix), Origin: o}
+}
+
+// NFLOGPrefix is the prefix of the NFLOG rule logging for origin o with
+// verdict a: "vmfw sg-web-in #2 DROP" for the second in rule of group web,
+// "vmfw tap110i0-in policy DROP" for a policy. It names the rule by its
+// position, not its line, so that editing comments in a group file does
+// not rewrite the group's chains; vmfw log resolves it against the
+// configuration (ParseNFLOGPrefix). At most 47 characters: NFLOG keeps 64.
+func NFLOGPrefix(o Origin, a config.Action) string {
+	verdict := strings.ToUpper(string(a))
+	if o.Group == "" {
+		return fmt.Sprintf("vmfw %s-%s policy %s", o.Tap, o.Dir, verdict)
+	}
+	return fmt.Sprintf("vmfw sg-%s-%s #%d %s", o.Group, o.Dir, o.Index+1, verdict)
+}
+
+// ParseNFLOGPrefix reverses NFLOGPrefix: the origin and the verdict
+// (accept, drop, reject). ok is false for a prefix vmfw did not write.
+func ParseNFLOGPrefix(prefix string) (o Origin, a config.Action, ok bool) {
+	f := strings.Fields(prefix)
+	if len(f) != 4 || f[0] != "vmfw" {
+		return o, "", false
+	}
+	a = config.Action(strings.ToLower(f[3]))
+	if a != config.Accept && a != config.Drop && a != config.Reject {
+		return o, "", false
+	}
+	object, dir, found := cutLast(f[1], "-")
+	if !found || (dir != string(config.In) && dir != string(config.Out)) {
+		return o, "", false
+	}
+	o.Dir = config.Direction(dir)
+	if f[2] == "policy" {
+		o.Tap = object
+		return o, a, object != ""
+	}
+	group, isGroup := strings.CutPrefix(object, "sg-")
+	n, err := strconv.Atoi(strings.TrimPrefix(f[2], "#"))
+	if !isGroup || group == "" || !strings.HasPrefix(f[2], "#") || err != nil || n < 1 {
+		return o, "", false
+	}
+	o.Group, o.Index = group, n-1
+	return o, a, true
+}
+
+// cutLast splits s around the last sep.
+func cutLast(s, sep string) (before, after string, found bool) {
+	i := strings.LastIndex(s, sep)
+	if i < 0 {
+		return s, "", false
+	}
+	return s[:i], s[i+len(sep):], true
+}
+
+// groupChain compiles one direction of a group. In chains decide for good
+// (the receiver is the last to look at a packet); out chains only mark an
+// accepted packet and return, so the receiver's in rules still apply.
+func (b *builder) groupChain(f Family, g *config.Group, dir config.Direction) *ChainRules {
+	return b.compileGroup(f, g, dir, GroupChain(g.Name, string(dir)), false)
+}
+
+// localGroupChain compiles sg-NAME-lin: the group's in rules without those
+// matching a source MAC, which no packet the hypervisor sends can match
+// and OUTPUT may not reach (route.go).
+func (b *builder) localGroupChain(f Family, g *config.Group) *ChainRules {
+	return b.compileGroup(f, g, config.In, GroupChain(g.Name, "lin"), true)
+}
+
+func (b *builder) compileGroup(f Family, g *config.Group, dir config.Direction, name Chain, skipMAC bool) *ChainRules {
+	c := &ChainRules{Name: name}
+	for i, rule := range g.Rules(dir) {
+		if skipMAC && rule.SourceMAC != nil {
+			continue
+		}
+		matches := b.ruleMatches(f, rule)
+		if len(matches) == 0 {
+			continue
+		}
+		o := Origin{Group: g.Name, Dir: dir, Index: i}
+		first := len(c.Rules)
+		for _, m := range matches {
+			if rule.Log {
+				c.Rules = append(c.Rules, b.logRule(m, o, rule.Action))
+			}
+			switch {
+			case rule.Action == config.Drop:
+				c.Rules = append(c.Rules, Rule{Spec: join(m, "-j DROP"), Comment: rule.Comment})
+			case rule.Action == config.Reject:
+				c.Rules = append(c.Rules, rejectRules(f, m, rule.Comment)...)
+			case dir == config.In:
+				c.Rules = append(c.Rules, Rule{Spec: join(m, "-j ACCEPT"), Comment: rule.Comment})
+			default:
+				c.Rules = append(c.Rules, Rule{Spec: join(m, b.setMark()), Comment: rule.Comment})
+			}
+		}
+		if rule.Action == config.Accept && dir == config.Out {
+			c.Rules = append(c.Rules, Rule{Spec: b.isMarked() + " -j RETURN"})
+		}
+		withOrigin(c.Rules[first:], o)
+	}
+	return c
+}
+
+func join(a, b string) string {
+	if a == "" {
+		return b
+	}
+	return a + " " + b
+}
+
+// ruleMatches returns the match arguments of every iptables rule one config
+// rule becomes in family f: one per address and group alternative, none
+// when the rule cannot apply to f (an icmp rule in IPv6, only IPv4 addresses).
+func (b *builder) ruleMatches(f Family, r config.Rule) []string {
+	var proto []string
+	switch r.Proto {
+	case "":
+	case "icmp":
+		if f == IPv6 {
+			return nil
+		}
+		proto = append(proto, "-p icmp")
+		if r.ICMPType != "" {
+			proto = append(proto, "--icmp-type "+r.ICMPType)
+		}
+	case "icmpv6":
+		if f == IPv4 {
+			return nil
+		}
+		proto = append(proto, "-p ipv6-icmp")
+		if r.ICMPType != "" {
+			proto = append(proto, "--icmpv6-type "+r.ICMPType)
+		}
+	default:
+		proto = append(proto, "-p "+r.Proto)
+	}
+	proto = append(proto, portMatch(r.SPort, "sport")...)
+	proto = append(proto, portMatch(r.DPort, "dport")...)
+	if r.SourceMAC != nil {
+		proto = append(proto, "-m mac --mac-source "+r.SourceMAC.String())
+	}
+	base := strings.Join(proto, " ")
+
+	variants := []string{base}
+	variants = b.addresses(f, variants, r.Source, "-s")
+	variants = b.addresses(f, variants, r.Dest, "-d")
+	variants = b.groupSets(f, variants, r.SourceGroup, "src")
+	variants = b.groupSets(f, variants, r.DestGroup, "dst")
+	return variants
+}
+
+func (b *builder) addresses(f Family, variants []string, prefixes []netip.Prefix, flag string) []string {
+	if len(prefixes) == 0 {
+		return variants
+	}
+	var out []string
+	for _, v := range variants {
+		for _, p := range prefixes {
+			if familyOf(p.Addr()) == f {
+				out = append(out, join(v, flag+" "+p.String()))
+			}
+		}
+	}
+	return out
+}
+
+// groupSets restricts the variants to members' addresses of family f.
+// Members are matched by address only: the hash:mac set type is not in
+// every kernel (CONFIG_IP_SET_HASH_MAC), and anti-spoofing already binds a
+// member's MAC to its addresses.
+func (b *builder) groupSets(f Family, variants []string, group, dir string) []string {
+	if group == "" {
+		return variants
+	}
+	if b.setsUsed == nil {
+		b.setsUsed = map[string]bool{}
+	}
+	b.setsUsed[group] = true
+	out := make([]string, len(variants))
+	for i, v := range variants {
+		out[i] = join(v, "-m set --match-set "+SetName(group, f)+" "+dir)
+	}
+	return out
+}
+
+// SetName returns the ipset holding group members' addresses of family f.
+func SetName(group string, f Family) string {
+	if f == IPv6 {
+		return groupPrefix + group + "-v6"
+	}
+	return groupPrefix + group + "-v4"
+}
+
+func portMatch(ports []config.PortRange, dir string) []string {
+	if len(ports) == 0 {
+		return nil
+	}
+	parts := make([]string, len(ports))
+	for i, p := range ports {
+		parts[i] = strconv.Itoa(int(p.Lo))
+		if p.Hi != p.Lo {
+			parts[i] += ":" + strconv.Itoa(int(p.Hi))
+		}
+	}
+	if len(ports) == 1 {
+		return []string{"--" + dir + " " + parts[0]}
+	}
+	return []string{"-m multiport --" + dir + "s " + strings.Join(parts, ",")}
+}
+
+func familyOf(a netip.Addr) Family {
+	if a.Is4() {
+		return IPv4
+	}
+	return IPv6
+}
+
+// sets returns the ipsets of every group a compiled rule references,
+// filled with the attached members' addresses and the model's
+// RemoteMembers.
+func (b *builder) sets(nics []*config.NIC) []Set {
+	var names []string
+	for g := range b.setsUsed {
+		names = append(names, g)
+	}
+	sort.Strings(names)
+	var out []Set
+	for _, g := range names {
+		v4 := Set{Name: SetName(g, IPv4), Type: HashIP, Family: IPv4}
+		v6 := Set{Name: SetName(g, IPv6), Type: HashIP, Family: IPv6}
+		for _, n := range nics {
+			if !contains(n.Groups, g) {
+				continue
+			}
+			for _, ip := range n.IPs {
+				if ip.Is4() {
+					v4.Members = append(v4.Members, ip.String())
+				} else {
+					v6.Members = append(v6.Members, ip.String())
+				}
+			}
+		}
+		// Members attached on other hosts (cluster mode) are in the set
+		// too; they have no chains here.
+		for _, ip := range b.model.RemoteMembers[g] {
+			if ip.Is4() {
+				v4.Members = append(v4.Members, ip.String())
+			} else {
+				v6.Members = append(v6.Members, ip.String())
+			}
+		}
+		// An address claimed twice (config validation forbids it, but a
+		// record can race an edit, or a VM migrate) must not make "ipset
+		// add" fail.
+		v4.Members = slices.Compact(slices.Sorted(slices.Values(v4.Members)))
+		v6.Members = slices.Compact(slices.Sorted(slices.Values(v6.Members)))
+		out = append(out, v4, v6)
+	}
+	return out
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}

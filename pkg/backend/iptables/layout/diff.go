@@ -1,0 +1,154 @@
+package layout
+
+import (
+	"regexp"
+	"slices"
+	"strings"
+)
+
+// Observed is what the kernel holds of vmfw's objects in one filter table.
+type Observed struct {
+	// Chains maps each vmfw-owned chain to the fingerprints of its rules in
+	// order ("" for a rule without a vmfw comment, e.g. one added by hand).
+	Chains map[Chain][]string
+	// Lines maps each vmfw-owned chain to its rules as iptables-save printed
+	// them, so a failed change can be reverted.
+	Lines map[Chain][]string
+	// Hooks counts the hook rules found in the built-in chains.
+	Hooks map[Hook]int
+}
+
+// Plan is the set of changes that turns an observed table into a desired one.
+type Plan struct {
+	Family Family
+	// Create, Rewrite and Delete list chains to add, replace and remove.
+	Create, Rewrite, Delete []Chain
+	// AddHooks and DelHooks list hook rules to insert and remove.
+	AddHooks, DelHooks []Hook
+	want               *Table
+}
+
+// Empty reports whether the plan changes nothing.
+func (p *Plan) Empty() bool {
+	return len(p.Create)+len(p.Rewrite)+len(p.Delete)+len(p.AddHooks)+len(p.DelHooks) == 0
+}
+
+// Diff compares the desired table with the observed one. Only chains whose
+// fingerprints differ are rewritten, so editing one group touches that
+// group's chains and nothing else. An empty want (no chains, no hooks)
+// removes everything vmfw owns.
+func Diff(want *Table, have Observed) *Plan {
+	p := &Plan{Family: want.Family, want: want}
+	wanted := map[Chain]bool{}
+	for _, c := range want.Chains {
+		wanted[c.Name] = true
+		got, ok := have.Chains[c.Name]
+		switch {
+		case !ok:
+			p.Create = append(p.Create, c.Name)
+		case !slices.Equal(got, want.Fingerprints(c)):
+			p.Rewrite = append(p.Rewrite, c.Name)
+		}
+	}
+	for name := range have.Chains {
+		if !wanted[name] {
+			p.Delete = append(p.Delete, name)
+		}
+	}
+	slices.Sort(p.Delete)
+	wantHooks := map[Hook]bool{}
+	for _, h := range want.Hooks {
+		wantHooks[h] = true
+		if have.Hooks[h] == 0 {
+			p.AddHooks = append(p.AddHooks, h)
+		}
+	}
+	for h, n := range have.Hooks {
+		extra := n
+		if wantHooks[h] {
+			extra = n - 1 // keep exactly one
+		}
+		for range extra {
+			p.DelHooks = append(p.DelHooks, h)
+		}
+	}
+	slices.SortFunc(p.DelHooks, func(a, b Hook) int { return strings.Compare(string(a.From), string(b.From)) })
+	return p
+}
+
+// Render returns the plan as one iptables-restore --noflush transaction.
+// Declaring a chain creates it or flushes it; chains to delete are flushed
+// first so that references between them are gone before "-X".
+func (p *Plan) Render() string {
+	if p.Empty() {
+		return ""
+	}
+	var b strings.Builder
+	b.WriteString("*filter\n")
+	b.WriteString(p.want.declareAll(p.Create, p.Rewrite, p.Delete))
+	index := p.want.Index()
+	for _, list := range [][]Chain{p.Create, p.Rewrite} {
+		for _, name := range list {
+			c := index[name]
+			for _, r := range c.Rules {
+				b.WriteString(p.want.line(c.Name, r) + "\n")
+			}
+		}
+	}
+	for _, h := range p.DelHooks {
+		b.WriteString(p.want.deleteHook(h))
+	}
+	for _, h := range p.AddHooks {
+		b.WriteString(p.want.insertHook(h))
+	}
+	for _, c := range p.Delete {
+		b.WriteString("-X " + string(c) + "\n")
+	}
+	b.WriteString("COMMIT\n")
+	return b.String()
+}
+
+// Revert returns the transaction that undoes the plan, restoring the
+// chains as they were observed. It is used when a later step of the same
+// operation (the other family) fails, so no half-applied change remains.
+func (p *Plan) Revert(have Observed) string {
+	if p.Empty() {
+		return ""
+	}
+	var b strings.Builder
+	b.WriteString("*filter\n")
+	b.WriteString(p.want.declareAll(p.Create, p.Rewrite, p.Delete))
+	for _, list := range [][]Chain{p.Rewrite, p.Delete} {
+		for _, c := range list {
+			for _, l := range have.Lines[c] {
+				b.WriteString(l + "\n")
+			}
+		}
+	}
+	for _, h := range p.AddHooks {
+		b.WriteString(p.want.deleteHook(h))
+	}
+	for _, h := range p.DelHooks {
+		b.WriteString(p.want.insertHook(h))
+	}
+	for _, c := range p.Create {
+		b.WriteString("-X " + string(c) + "\n")
+	}
+	b.WriteString("COMMIT\n")
+	return b.String()
+}
+
+// ownedName matches the names vmfw gives its chains: its base chains,
+// group chains and per-interface chains.
+var ownedName = regexp.MustCompile(`^(vmfw-(FORWARD|INPUT|OUTPUT|out|in|accept|l2|l2out|route|local)|sg-[A-Za-z][A-Za-z0-9_]{0,19}-(in|out|lin)|[A-Za-z0-9_.-]{1,15}-(in|out|src|nd|lin|l2|rt|lo))$`)
+
+// IsOwnedName reports whether name is shaped like a chain vmfw creates.
+// A chain so named is vmfw's only if it also carries vmfw's comments or a
+// vmfw chain jumps to it; the caller checks that.
+func IsOwnedName(name string) bool { return ownedName.MatchString(name) }
+
+// ownedSet matches the names of the ipsets vmfw creates.
+var ownedSet = regexp.MustCompile(`^sg-[A-Za-z][A-Za-z0-9_]{0,19}-(v4|v6)$`)
+
+// IsOwnedSet reports whether an ipset name is one vmfw creates.
+func IsOwnedSet(name string) bool { return ownedSet.MatchString(name) }

@@ -1,0 +1,95 @@
+package layout
+
+import (
+	"strings"
+
+	"github.com/vmfw/vmfw/pkg/config"
+)
+
+// Names. Every name vmfw gives a chain or an ipset is built by a function
+// of this package (TapChain, GroupChain, L2Chain, SetName, the base chain
+// constants and the dispatch node names) and read back by the functions
+// below, so no other package cuts prefixes or suffixes off names.
+
+// Prefixes of vmfw's names: its base and dispatch chains, and its group
+// chains and sets. No interface may be named with either (an attachment's
+// interface name becomes part of a chain name), which is why package
+// config, validating interface names, holds them.
+const (
+	basePrefix  = config.BaseChainPrefix
+	groupPrefix = config.GroupChainPrefix
+)
+
+// tapChainKinds are the suffixes of a tap's chains (see TapChains and
+// L2Chain).
+var tapChainKinds = []string{"out", "in", "lin", "src", "nd", "l2"}
+
+// IsBaseChain reports whether c is one of vmfw's base chains: the entry
+// chains, the dispatch roots and their node chains.
+func IsBaseChain(c Chain) bool { return strings.HasPrefix(string(c), basePrefix) }
+
+// isReservedName reports whether an interface name could be mistaken for
+// one of vmfw's own chain or set names (it starts like a base or group
+// chain).
+func isReservedName(name string) bool {
+	return strings.HasPrefix(name, basePrefix) || strings.HasPrefix(name, groupPrefix)
+}
+
+// ParseTapChain splits a tap's chain name into the tap and the kind of
+// chain ("in", "out", "lin", "src", "nd" or "l2"). ok is false for any
+// other name.
+func ParseTapChain(c Chain) (tap, kind string, ok bool) {
+	s := string(c)
+	if isReservedName(s) {
+		return "", "", false
+	}
+	i := strings.LastIndexByte(s, '-')
+	if i <= 0 {
+		return "", "", false
+	}
+	for _, k := range tapChainKinds {
+		if s[i+1:] == k {
+			return s[:i], k, true
+		}
+	}
+	return "", "", false
+}
+
+// InstalledTap returns the tap whose out chain c is: every installed tap
+// has one, in both families.
+func InstalledTap(c Chain) (string, bool) {
+	tap, kind, ok := ParseTapChain(c)
+	return tap, ok && kind == "out"
+}
+
+// IsInChain reports whether c is a tap's in chain for forwarded or
+// hypervisor-sent packets (TAP-in, TAP-lin): its drops count as dropped in.
+func IsInChain(c Chain) bool {
+	_, kind, ok := ParseTapChain(c)
+	return ok && (kind == "in" || kind == "lin")
+}
+
+// ParseGroupChain splits a group chain's name into the group and the
+// direction ("in", "out", "lin"). ok is false for any other name.
+func ParseGroupChain(c Chain) (group, dir string, ok bool) {
+	rest, found := strings.CutPrefix(string(c), groupPrefix)
+	i := strings.LastIndexByte(rest, '-')
+	if !found || i <= 0 {
+		return "", "", false
+	}
+	return rest[:i], rest[i+1:], true
+}
+
+// ParseSetName splits an ipset name of vmfw's (sg-GROUP-v4, sg-GROUP-v6)
+// into its group and family.
+func ParseSetName(name string) (group string, f Family, ok bool) {
+	if !IsOwnedSet(name) {
+		return "", 0, false
+	}
+	rest := strings.TrimPrefix(name, groupPrefix)
+	group, fam := rest[:len(rest)-3], rest[len(rest)-2:]
+	if fam == "v6" {
+		return group, IPv6, true
+	}
+	return group, IPv4, true
+}

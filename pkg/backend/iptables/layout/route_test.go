@@ -1,0 +1,224 @@
+package layout
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/vmfw/vmfw/pkg/config"
+)
+
+// routeNICs returns n attached interfaces of one enabled VM each with an
+// IPv6 address in 2001:db8:1::/64 and, for the first 200, an IPv4 one.
+func routeNICs(n int, groups ...string) []*config.NIC {
+	out := make([]*config.NIC, n)
+	for k := range out {
+		id := 1000 + 2*k
+		vm := &config.VM{ID: id, Enable: true, PolicyIn: config.Drop, PolicyOut: config.Accept}
+		nic := &config.NIC{VM: vm, Tap: fmt.Sprintf("tap%di0", id), Antispoof: true, Groups: groups,
+			IPs: []netip.Addr{netip.MustParseAddr(fmt.Sprintf("2001:db8:1::%x", id))}}
+		if k < 200 {
+			nic.IPs = append(nic.IPs, netip.MustParseAddr(fmt.Sprintf("198.51.%d.%d", 100+k/250, k%250+1)))
+		}
+		vm.NICs = []*config.NIC{nic}
+		out[k] = nic
+	}
+	return out
+}
+
+var destRule = regexp.MustCompile(`^-d (\S+) -g (\S+)$`)
+
+// routeTrace follows a packet to dst through the address tree at root, as
+// the kernel would: it returns the chain the packet is sent to ("" when it
+// falls off the tree) and the number of "-d" matches evaluated.
+func routeTrace(t *testing.T, chains map[Chain]*ChainRules, root Chain, dst netip.Addr) (Chain, int) {
+	t.Helper()
+	c, evaluated := chains[root], 0
+	for depth := 0; ; depth++ {
+		if depth > 40 {
+			t.Fatalf("%s: address tree deeper than 40 chains", dst)
+		}
+		next := Chain("")
+		for _, r := range c.Rules {
+			m := destRule.FindStringSubmatch(r.Spec)
+			if m == nil {
+				continue // the head: clearing the mark
+			}
+			evaluated++
+			if netip.MustParsePrefix(m[1]).Contains(dst) {
+				next = Chain(m[2])
+				break
+			}
+		}
+		if next == "" {
+			return "", evaluated
+		}
+		if chains[next] == nil || !isDispatchChain(next) {
+			return next, evaluated
+		}
+		c = chains[next]
+	}
+}
+
+func testBuilder(m *config.Model) *builder {
+	return &builder{model: m, mark: "0x1000"}
+}
+
+// TestRouteTreeReachesEveryAddress: every listed address of either family
+// reaches its interface's in chain, an address nobody lists reaches none,
+// and a packet evaluates few matches at 5000 interfaces.
+func TestRouteTreeReachesEveryAddress(t *testing.T) {
+	m := &config.Model{Host: config.Host{Mark: 0x1000}, Groups: map[string]*config.Group{}}
+	nics := routeNICs(5000)
+	b := testBuilder(m)
+	for _, f := range Families {
+		chains := chainMap(b.routes(f, nics))
+		worst := 0
+		for _, n := range nics {
+			for _, ip := range n.IPs {
+				if familyOf(ip) != f {
+					continue
+				}
+				for _, root := range []Chain{ChainRoute, ChainLocal} {
+					got, cost := routeTrace(t, chains, root, ip)
+					if got != TapChain(n.Tap, "in") {
+						t.Fatalf("%s via %s reaches %q, want %s-in", ip, root, got, n.Tap)
+					}
+					worst = max(worst, cost)
+				}
+			}
+		}
+		stranger := netip.MustParseAddr("2001:db8:1::ffff:1")
+		if f == IPv4 {
+			stranger = netip.MustParseAddr("198.51.100.251")
+		}
+		if got, _ := routeTrace(t, chains, ChainRoute, stranger); got != "" {
+			t.Errorf("%s, listed by nobody, reaches %s", stranger, got)
+		}
+		// 16 entries per node at most, a node per hex digit that tells
+		// the addresses apart: 4 digits for 5000 IPv6 addresses.
+		if worst > 80 {
+			t.Errorf("%s: worst case %d destination matches at 5000 interfaces", f, worst)
+		}
+	}
+}
+
+// TestRouteTreeNodeNamesAndPrefixes checks the prefixes the nodes match
+// and the chain names they get: nibble-aligned, named after their digits
+// while short, after a hash when long, never colliding.
+func TestRouteTreeNodeNamesAndPrefixes(t *testing.T) {
+	for _, c := range []struct {
+		f    Family
+		key  string
+		want string
+	}{
+		{IPv4, "c0000205", "192.0.2.5/32"},
+		{IPv4, "c00002+", "192.0.2.0/24"},
+		{IPv4, "c000020+", "192.0.2.0/28"},
+		{IPv6, "20010db80001" + "0000000000000000" + "03e8", "2001:db8:1::3e8/128"},
+		{IPv6, "20010db80001+", "2001:db8:1::/48"},
+	} {
+		if got := routePrefix(c.f, c.key).String(); got != c.want {
+			t.Errorf("routePrefix(%s, %s) = %s, want %s", c.f, c.key, got, c.want)
+		}
+	}
+	m := &config.Model{Host: config.Host{Mark: 0x1000}, Groups: map[string]*config.Group{}}
+	seen := map[Chain]bool{}
+	for _, f := range Families {
+		for _, c := range testBuilder(m).routes(f, routeNICs(5000)) {
+			if len(c.Name) > 28 {
+				t.Errorf("chain name %s longer than iptables allows", c.Name)
+			}
+			if !IsOwnedName(string(c.Name)) {
+				t.Errorf("chain name %s not recognised as vmfw's", c.Name)
+			}
+			if seen[c.Name] && f == IPv4 {
+				t.Errorf("chain %s written twice", c.Name)
+			}
+			seen[c.Name] = true
+		}
+	}
+}
+
+// TestLocalTreeAvoidsMACMatches: vmfw-local sends a packet to TAP-lin when
+// the interface's groups match source MACs in their in rules, and no chain
+// OUTPUT reaches holds a mac match; vmfw-route keeps TAP-in.
+func TestLocalTreeAvoidsMACMatches(t *testing.T) {
+	mac, _ := net.ParseMAC("02:00:00:00:00:01")
+	m := &config.Model{Host: config.Host{Mark: 0x1000, Managed: []string{"tap+"}, LogLimit: "1/second", LogBurst: 1}, Groups: map[string]*config.Group{
+		"bymac": {Name: "bymac", In: []config.Rule{{Action: config.Accept, SourceMAC: mac}, {Action: config.Accept, Proto: "tcp", DPort: []config.PortRange{{Lo: 22, Hi: 22}}}}},
+		"plain": {Name: "plain", In: []config.Rule{{Action: config.Accept, Proto: "tcp", DPort: []config.PortRange{{Lo: 80, Hi: 80}}}}},
+	}}
+	withMAC := routeNICs(2, "plain", "bymac")[0]
+	without := routeNICs(4, "plain")[3]
+	rs, err := Build(m, []*config.NIC{withMAC, without})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range Families {
+		chains := rs.Tables[f].Index()
+		ip := withMAC.IPs[0]
+		if f == IPv4 {
+			ip = withMAC.IPs[1]
+		}
+		if got, _ := routeTrace(t, chains, ChainLocal, ip); got != TapChain(withMAC.Tap, "lin") {
+			t.Errorf("%s: local packets to %s go to %s, want %s-lin", f, ip, got, withMAC.Tap)
+		}
+		if got, _ := routeTrace(t, chains, ChainRoute, ip); got != TapChain(withMAC.Tap, "in") {
+			t.Errorf("%s: routed packets to %s go to %s, want %s-in", f, ip, got, withMAC.Tap)
+		}
+		// Walk everything OUTPUT reaches.
+		reached := map[Chain]bool{}
+		var walk func(Chain)
+		walk = func(c Chain) {
+			if reached[c] || chains[c] == nil {
+				return
+			}
+			reached[c] = true
+			for _, r := range chains[c].Rules {
+				if strings.Contains(r.Spec, "-m mac") {
+					t.Errorf("%s: %s, reachable from OUTPUT, has a mac match: %s", f, c, r.Spec)
+				}
+				for _, w := range []string{"-j ", "-g "} {
+					if _, target, ok := strings.Cut(r.Spec, w); ok {
+						walk(Chain(strings.Fields(target)[0]))
+					}
+				}
+			}
+		}
+		walk(ChainOutput)
+		if !reached[GroupChain("bymac", "lin")] || reached[GroupChain("bymac", "in")] {
+			t.Errorf("%s: OUTPUT reaches %v, want sg-bymac-lin and not sg-bymac-in", f, reached)
+		}
+		if chains[TapChain(without.Tap, "lin")] != nil {
+			t.Errorf("%s: %s has a lin chain though its groups match no MAC", f, without.Tap)
+		}
+	}
+}
+
+// TestAttribute covers the four answers status and check give.
+func TestAttribute(t *testing.T) {
+	ip := []netip.Addr{netip.MustParseAddr("192.0.2.5")}
+	for _, c := range []struct {
+		enable, antispoof bool
+		ips               []netip.Addr
+		want              Attribution
+	}{
+		{true, true, ip, Filtered},
+		{true, false, ip, ListedOnly},
+		{true, true, nil, Dropped},
+		{true, false, nil, Dropped},
+		{false, true, ip, Unfiltered},
+	} {
+		n := &config.NIC{VM: &config.VM{Enable: c.enable}, Antispoof: c.antispoof, IPs: c.ips}
+		if got := Attribute(n); got != c.want {
+			t.Errorf("enable=%v antispoof=%v ips=%v: %s, want %s", c.enable, c.antispoof, c.ips, got, c.want)
+		}
+		if got := Attribute(n).Explain(); got == "" {
+			t.Errorf("%s: no explanation", c.want)
+		}
+	}
+}

@@ -1,0 +1,387 @@
+package layout
+
+import (
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/vmfw/vmfw/pkg/config"
+)
+
+// Scope is the part of the desired state an attach or detach of a few
+// interfaces can change, compiled without compiling every other tap: at
+// 5000 taps Build spends most of its time writing the chains of taps the
+// change does not touch. Given the interfaces attached before and after,
+// it holds
+//
+//   - the chains of the interfaces in focus,
+//   - the chains of the groups they list (created for the first member,
+//     deleted after the last),
+//   - vmfw's entry chains and hooks (so a first attach installs them),
+//   - the dispatch chains whose rules differ before and after (see
+//     dispatch.go: a handful, on the focus taps' paths),
+//   - and every ipset with its full membership, which is cheap to compute
+//     and lets the ipset diff stay exact.
+//
+// A chain outside the scope is the same before and after, so a change
+// confined to the scope leaves the kernel exactly where Build and Diff over
+// everything would: the next apply finds nothing to do.
+type Scope struct {
+	// Tables holds, per family, the desired chains in scope (after the
+	// change) and the hooks.
+	Tables map[Family]*Table
+	// Bridge holds the desired ebtables chains in scope and the hooks.
+	Bridge *Table
+	// Sets are all ipsets the rules reference after the change, with all
+	// their members, as Build returns them.
+	Sets []Set
+	// Chains lists, per family, every chain in scope before or after the
+	// change: those to read back, and to delete if no longer wanted.
+	Chains map[Family][]Chain
+	// BridgeChains lists the ebtables chains in scope before or after.
+	BridgeChains []Chain
+	// Known holds, per family and chain, the rules the chain holds before
+	// or after the change by fingerprint, so that fingerprints read back
+	// can be turned into rule text for a revert without reading the text.
+	Known map[Family]map[Chain]map[string]Rule
+}
+
+// BuildScope compiles the scope of changing the attached interfaces from
+// before to after, where focus names the interfaces added, removed or
+// re-attached (every other interface must be in both lists with the same
+// settings).
+func BuildScope(m *config.Model, before, after []*config.NIC, focus []string) (*Scope, error) {
+	inFocus := map[string]bool{}
+	for _, f := range focus {
+		inFocus[f] = true
+	}
+	was, err := buildScoped(m, before, inFocus)
+	if err != nil {
+		return nil, err
+	}
+	now, err := buildScoped(m, after, inFocus)
+	if err != nil {
+		return nil, err
+	}
+	// The dispatch chains that change, written for both states.
+	b := &builder{model: m, mark: fmt.Sprintf("0x%x", m.Host.Mark)}
+	wasTree, nowTree := newDispatchTree(tapNames(before)), newDispatchTree(tapNames(after))
+	changed := scopeNodes(wasTree, nowTree)
+	for _, s := range dispatchStyles(m.Host.Managed, b.clearMark()) {
+		wasChains, nowChains := s.someChains(wasTree, changed), s.someChains(nowTree, changed)
+		for _, f := range Families {
+			was.Tables[f].Chains = append(was.Tables[f].Chains, wasChains...)
+			now.Tables[f].Chains = append(now.Tables[f].Chains, nowChains...)
+		}
+	}
+	// The route trees, per family: attaching a tap adds its addresses.
+	for _, f := range Families {
+		wasRT, wasOwners := routeTree(f, before)
+		nowRT, nowOwners := routeTree(f, after)
+		changed := scopeNodes(wasRT, nowRT)
+		wasStyles, nowStyles := b.routeStyles(f, wasOwners), b.routeStyles(f, nowOwners)
+		for i := range wasStyles {
+			was.Tables[f].Chains = append(was.Tables[f].Chains, wasStyles[i].someChains(wasRT, changed)...)
+			now.Tables[f].Chains = append(now.Tables[f].Chains, nowStyles[i].someChains(nowRT, changed)...)
+		}
+	}
+	// vmfw-l2out lists disabled and unmanaged interfaces: written from
+	// every interface, not the representatives buildScoped compiled.
+	was.Bridge.Chains = append(was.Bridge.Chains, b.l2Out(before))
+	now.Bridge.Chains = append(now.Bridge.Chains, b.l2Out(after))
+	wasL2, nowL2 := newDispatchTree(l2Names(before)), newDispatchTree(l2Names(after))
+	changedL2 := scopeNodes(wasL2, nowL2)
+	was.Bridge.Chains = append(was.Bridge.Chains, l2Style.someChains(wasL2, changedL2)...)
+	now.Bridge.Chains = append(now.Bridge.Chains, l2Style.someChains(nowL2, changedL2)...)
+
+	groups := map[string]bool{}
+	for _, list := range [][]*config.NIC{before, after} {
+		for _, n := range list {
+			if inFocus[n.Tap] {
+				for _, g := range n.Groups {
+					groups[g] = true
+				}
+			}
+		}
+	}
+	// inScope keeps the chains of the groups the focus interfaces list out
+	// of all group chains; everything else compiled here is in scope.
+	inScope := func(c Chain) bool {
+		if g, _, ok := ParseGroupChain(c); ok {
+			return groups[g]
+		}
+		return true
+	}
+	sc := &Scope{
+		Tables: map[Family]*Table{},
+		Sets:   now.Sets,
+		Chains: map[Family][]Chain{},
+		Known:  map[Family]map[Chain]map[string]Rule{},
+	}
+	for _, f := range Families {
+		t := &Table{Family: f, Hooks: now.Tables[f].Hooks}
+		known := map[Chain]map[string]Rule{}
+		names := scopeNames(was.Tables[f], now.Tables[f], inScope)
+		// Looked up by index: with hundreds of interfaces in focus (a
+		// batch of ifups), walking the chain list for each name made the
+		// compile quadratic.
+		wasIndex, nowIndex := was.Tables[f].Index(), now.Tables[f].Index()
+		for _, name := range names {
+			known[name] = map[string]Rule{}
+			for _, index := range []map[Chain]*ChainRules{wasIndex, nowIndex} {
+				if c := index[name]; c != nil {
+					for _, r := range c.Rules {
+						known[name][r.Hash(name)] = r
+					}
+				}
+			}
+			if c := nowIndex[name]; c != nil {
+				t.Chains = append(t.Chains, c)
+			}
+		}
+		sc.Tables[f], sc.Chains[f], sc.Known[f] = t, names, known
+	}
+	sc.Bridge = &Table{Bridge: true, Hooks: now.Bridge.Hooks}
+	sc.BridgeChains = scopeNames(was.Bridge, now.Bridge, inScope)
+	nowBridge := now.Bridge.Index()
+	for _, name := range sc.BridgeChains {
+		if c := nowBridge[name]; c != nil {
+			sc.Bridge.Chains = append(sc.Bridge.Chains, c)
+		}
+	}
+	return sc, nil
+}
+
+// scopeNodes returns the keys of the nodes of a dispatch tree that a scope
+// writes: those whose chains differ between the trees, and the root
+// whether or not it does. vmfw's entry chains and hooks, which every scope
+// installs, jump to every root, so the scope must vouch for each root too:
+// a change can leave a tree as it was and still need its root created. A
+// host's first IPv4-only tap leaves the IPv6 address tree empty before and
+// after, and on an empty kernel its root (vmfw-route) did not exist yet, so
+// the IPv6 transaction jumped to a chain it never declared (issue: a fresh
+// host's first VM does not start). A root is one small chain to read back.
+func scopeNodes(was, now *dispatchNode) map[string]bool {
+	nodes := changedNodes(was, now)
+	nodes[nodeKey(now, now)] = true
+	return nodes
+}
+
+func tapNames(nics []*config.NIC) []string {
+	out := make([]string, len(nics))
+	for i, n := range nics {
+		out[i] = n.Tap
+	}
+	return out
+}
+
+// l2Names returns the interfaces bridgeTable gives an L2 chain: those of
+// enabled VMs with anti-spoofing.
+func l2Names(nics []*config.NIC) []string {
+	var out []string
+	for _, n := range nics {
+		if n.VM.Enable && n.Antispoof {
+			out = append(out, n.Tap)
+		}
+	}
+	return out
+}
+
+// scopeNames returns the chains of was and now that keep says are in
+// scope, in the order now lists them, then those only was has.
+func scopeNames(was, now *Table, keep func(c Chain) bool) []Chain {
+	var out []Chain
+	seen := map[Chain]bool{}
+	for _, src := range []*Table{now, was} {
+		for _, c := range src.Chains {
+			if seen[c.Name] {
+				continue
+			}
+			seen[c.Name] = true
+			if keep(c.Name) {
+				out = append(out, c.Name)
+			}
+		}
+	}
+	return out
+}
+
+// isDispatchChain reports whether c is a dispatch root or node chain, or
+// vmfw-l2out: one of the roots, or vmfw-NODE-out, -in, -l2, -rt or -lo (see
+// dispatchStyle.nodeChain). BuildScope writes these from every interface.
+func isDispatchChain(c Chain) bool {
+	switch c {
+	case ChainOut, ChainIn, ChainL2, ChainL2Out, ChainRoute, ChainLocal:
+		return true
+	case ChainForward, ChainInput, ChainOutput, ChainAccept:
+		return false
+	}
+	s := string(c)
+	if !IsBaseChain(c) {
+		return false
+	}
+	for _, suffix := range []string{"-out", "-in", "-l2", "-rt", "-lo"} {
+		if strings.HasSuffix(s, suffix) {
+			return true
+		}
+	}
+	return false
+}
+
+// buildScoped is Build with per-interface chains only for the interfaces in
+// focus and without the dispatch chains (BuildScope writes those it needs).
+// It compiles the rest through Build itself, on a few interfaces that
+// between them list every group the attached interfaces use (so the same
+// group chains, entry chains, hooks and set names come out), then fills
+// the sets with every interface's addresses.
+func buildScoped(m *config.Model, nics []*config.NIC, focus map[string]bool) (*Ruleset, error) {
+	sorted := append([]*config.NIC(nil), nics...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Tap < sorted[j].Tap })
+	for i := 1; i < len(sorted); i++ {
+		if sorted[i].Tap == sorted[i-1].Tap {
+			return nil, fmt.Errorf("interface %s attached twice", sorted[i].Tap)
+		}
+	}
+	var reps []*config.NIC
+	covered := map[string]bool{}
+	for _, n := range sorted {
+		if focus[n.Tap] {
+			reps = append(reps, n)
+			continue
+		}
+		if !n.VM.Enable {
+			continue
+		}
+		for _, g := range n.Groups {
+			if !covered[g] {
+				reps = append(reps, n)
+				break
+			}
+		}
+		for _, g := range n.Groups {
+			covered[g] = true
+		}
+	}
+	for _, n := range sorted {
+		for _, g := range n.Groups {
+			if m.Groups[g] == nil {
+				return nil, fmt.Errorf("%s: unknown group %q", n.Tap, g)
+			}
+		}
+	}
+	rs, err := Build(m, reps)
+	if err != nil {
+		return nil, err
+	}
+	b := &builder{model: m, mark: fmt.Sprintf("0x%x", m.Host.Mark), setsUsed: map[string]bool{}}
+	for _, s := range rs.Sets {
+		if g, _, ok := ParseSetName(s.Name); ok {
+			b.setsUsed[g] = true
+		}
+	}
+	rs.Sets = b.sets(sorted)
+
+	// Drop the chains of representatives out of focus, and the dispatch
+	// compiled for the representatives only.
+	drop := map[Chain]bool{}
+	for _, n := range reps {
+		if !focus[n.Tap] {
+			for _, c := range TapChains(n.Tap) {
+				drop[c] = true
+			}
+			drop[L2Chain(n.Tap)] = true
+		}
+	}
+	for _, f := range Families {
+		t := rs.Tables[f]
+		var kept []*ChainRules
+		for _, c := range t.Chains {
+			if !drop[c.Name] && !isDispatchChain(c.Name) {
+				kept = append(kept, c)
+			}
+		}
+		t.Chains = kept
+	}
+	var kept []*ChainRules
+	for _, c := range rs.Bridge.Chains {
+		if !drop[c.Name] && !isDispatchChain(c.Name) {
+			kept = append(kept, c)
+		}
+	}
+	rs.Bridge.Chains = kept
+	return rs, nil
+}
+
+// GroupScope is the scope of editing the rules of the named groups, and
+// nothing else, from configuration was to now, with nics installed: the
+// groups' chains (sg-NAME-in, -out, -lin) of both versions, the hooks, and
+// every ipset with its members (a rule may start or stop naming a
+// source_group). It returns nil when such an edit reaches further — a
+// group gained or lost its source MAC rules, which adds or removes the
+// TAP-lin chains of its members — and the caller applies everything.
+func GroupScope(was, now *config.Model, nics []*config.NIC, groups []string) (*Scope, error) {
+	bw := &builder{model: was, mark: fmt.Sprintf("0x%x", was.Host.Mark)}
+	bn := &builder{model: now, mark: fmt.Sprintf("0x%x", now.Host.Mark)}
+	used := map[string]bool{}
+	for _, n := range nics {
+		if !n.VM.Enable {
+			continue
+		}
+		for _, g := range n.Groups {
+			if now.Groups[g] == nil {
+				return nil, fmt.Errorf("%s: unknown group %q", n.Tap, g)
+			}
+			used[g] = true
+		}
+	}
+	sc := &Scope{
+		Tables: map[Family]*Table{},
+		Chains: map[Family][]Chain{},
+		Known:  map[Family]map[Chain]map[string]Rule{},
+		Bridge: &Table{Bridge: true, Hooks: bridgeHooks()},
+	}
+	for _, f := range Families {
+		t := &Table{Family: f, Hooks: filterHooks()}
+		known := map[Chain]map[string]Rule{}
+		var names []Chain
+		add := func(c *ChainRules, desired bool) {
+			if known[c.Name] == nil {
+				known[c.Name] = map[string]Rule{}
+				names = append(names, c.Name)
+			}
+			for _, r := range c.Rules {
+				known[c.Name][r.Hash(c.Name)] = r
+			}
+			if desired {
+				t.Chains = append(t.Chains, c)
+			}
+		}
+		for _, g := range slices.Sorted(slices.Values(groups)) {
+			if !used[g] {
+				continue // no installed interface lists it: no chain to write
+			}
+			if was.Groups[g] == nil || bw.macGroup(g) != bn.macGroup(g) {
+				return nil, nil
+			}
+			for _, dir := range []config.Direction{config.In, config.Out} {
+				add(bw.groupChain(f, was.Groups[g], dir), false)
+				add(bn.groupChain(f, now.Groups[g], dir), true)
+			}
+			if bn.macGroup(g) {
+				add(bw.localGroupChain(f, was.Groups[g]), false)
+				add(bn.localGroupChain(f, now.Groups[g]), true)
+			}
+		}
+		// Compiling every group in use tells which sets rules reference.
+		for g := range used {
+			bn.groupChain(f, now.Groups[g], config.In)
+			bn.groupChain(f, now.Groups[g], config.Out)
+		}
+		sc.Tables[f], sc.Chains[f], sc.Known[f] = t, names, known
+	}
+	sorted := append([]*config.NIC(nil), nics...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Tap < sorted[j].Tap })
+	sc.Sets = bn.sets(sorted)
+	return sc, nil
+}
