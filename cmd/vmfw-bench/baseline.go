@@ -9,8 +9,8 @@ import (
 
 	goipt "github.com/coreos/go-iptables/iptables"
 
-	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
+	"github.com/vmfw/vmfw/pkg/config"
 )
 
 // baseline adds and removes the same tap's chains the way the original

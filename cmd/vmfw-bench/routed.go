@@ -12,8 +12,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
+	"github.com/vmfw/vmfw/pkg/config"
 )
 
 // The "routed new flows" rows (docs/routing.md, docs/performance.md): new

@@ -5,9 +5,9 @@ import (
 	"maps"
 	"sync"
 
-	"github.com/vmfw/vmfw/pkg/engine"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/ipset"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
+	"github.com/vmfw/vmfw/pkg/engine"
 )
 
 // knownSets is the engine's set store in an agent on nf_tables. Every

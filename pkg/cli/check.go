@@ -9,9 +9,9 @@ import (
 	"maps"
 	"slices"
 
+	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/engine"
-	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 )
 
 // CheckReport is what check -o json prints.

@@ -18,11 +18,11 @@ import (
 	"text/tabwriter"
 
 	"github.com/vmfw/vmfw/pkg/agent"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/engine"
 	"github.com/vmfw/vmfw/pkg/explain"
-	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
-	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 	"github.com/vmfw/vmfw/pkg/state"
 	"github.com/vmfw/vmfw/pkg/system"
 )

@@ -21,9 +21,9 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/nflog"
-	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 )
 
 // Line is one logged packet as vmfw log and the agent print it: a JSON

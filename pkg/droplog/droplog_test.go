@@ -7,9 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/nflog"
-	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 )
 
 // keysDir is pkg/explain's scenario with a rule per rule key.

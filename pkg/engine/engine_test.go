@@ -10,8 +10,8 @@ import (
 	"testing"
 
 	"github.com/vmfw/vmfw/pkg/backend/iptables/ipset"
-	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
 )
 
 // fakeFirewall serves saved snapshots and records restores; it can fail

@@ -9,9 +9,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/vmfw/vmfw/pkg/config"
-	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
+	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/trace"
 )
 

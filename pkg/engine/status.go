@@ -6,9 +6,9 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/vmfw/vmfw/pkg/config"
-	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
+	"github.com/vmfw/vmfw/pkg/config"
 )
 
 // The states Status reports for a tap or the base chains.

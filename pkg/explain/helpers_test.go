@@ -7,10 +7,10 @@ import (
 	"sort"
 	"testing"
 
-	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/ebtables"
-	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
+	"github.com/vmfw/vmfw/pkg/config"
 )
 
 // referenceDir is the reference scenario; testdata/reference-*.save are

@@ -9,8 +9,8 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/vmfw/vmfw/pkg/policy"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
+	"github.com/vmfw/vmfw/pkg/policy"
 )
 
 // An interpreter of the iptables rules vmfw writes.

@@ -36,9 +36,9 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/policy"
-	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 )
 
 // Input is what Trace reads.

@@ -7,8 +7,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
+	"github.com/vmfw/vmfw/pkg/config"
 )
 
 // keysDir has one group rule per rule key (testdata/keys/groups), VMs

@@ -8,8 +8,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
+	"github.com/vmfw/vmfw/pkg/config"
 )
 
 // This file runs packets through the chains pkg/ruleset compiles, with a

@@ -19,8 +19,8 @@ import (
 	"slices"
 	"strconv"
 
-	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
+	"github.com/vmfw/vmfw/pkg/config"
 )
 
 // Verdict is what the ruleset does with the first packet of a flow.

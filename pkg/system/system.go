@@ -8,11 +8,11 @@ import (
 	"context"
 	"os"
 
-	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/ebtables"
-	"github.com/vmfw/vmfw/pkg/engine"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/ipset"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
+	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/engine"
 	"github.com/vmfw/vmfw/pkg/link"
 	"github.com/vmfw/vmfw/pkg/lock"
 	"github.com/vmfw/vmfw/pkg/state"

@@ -15,8 +15,8 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
 )
 
 // Client runs one ebtables backend.

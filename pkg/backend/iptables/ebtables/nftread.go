@@ -3,8 +3,8 @@ package ebtables
 import (
 	"context"
 
-	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
 )
 
 // Narrow reads for scoped attach and detach (see package engine): with

@@ -17,8 +17,8 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
 )
 
 // Observed is one vmfw-owned set as the kernel holds it.
