@@ -25,6 +25,7 @@ import (
 
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // The agent part (--parts agent): what vmfw agent (docs/agent.md) changes,
@@ -113,7 +114,7 @@ type agentLab struct {
 	// "vm:true"), the fingerprints of the edited chain in each family in
 	// that state, learnt from the kernel after vmfw apply wrote it
 	// (nf_tables only): what waitChain waits for.
-	fingerprints map[string]map[layout.Family][]string
+	fingerprints map[string]map[ruleset.Family][]string
 	fw           *xtables.Client
 }
 
@@ -387,7 +388,7 @@ func (a *agentLab) run(storm bool) error {
 func (a *agentLab) checkScenario() error {
 	chain := layout.GroupChain(groupName(editGroup), "in")
 	return a.hv.do(func() error {
-		for _, f := range layout.Families {
+		for _, f := range ruleset.Families {
 			if s := a.chainText(f, chain); !strings.Contains(s, ",8000 ") {
 				return fmt.Errorf("%s %s does not hold port 8000 as groupFile(%d, 0) should:\n%s", f, chain, editGroup, s)
 			}
@@ -430,7 +431,7 @@ func (a *agentLab) editVM() (time.Time, error) {
 
 // chainText returns "iptables -S chain" of family f, "" when the chain
 // does not exist. It must run inside the lab's namespace (hv.do).
-func (a *agentLab) chainText(f layout.Family, chain layout.Chain) string {
+func (a *agentLab) chainText(f ruleset.Family, chain layout.Chain) string {
 	args := []string{"-S", string(chain)}
 	if a.backend == "legacy" {
 		args = append([]string{"-w"}, args...)
@@ -453,7 +454,7 @@ func (a *agentLab) learn(key string, chain layout.Chain) error {
 		if a.fw, err = xtables.New(a.ctx, xtables.NFT, nil); err != nil {
 			return err
 		}
-		a.fingerprints = map[string]map[layout.Family][]string{}
+		a.fingerprints = map[string]map[ruleset.Family][]string{}
 	}
 	fp, err := a.readFingerprints(chain)
 	if err != nil {
@@ -476,10 +477,10 @@ func kind(key string) string {
 
 // readFingerprints reads chain's rules' fingerprints in both families
 // over netlink (xtables.Client.SaveChains), nil for a family without it.
-func (a *agentLab) readFingerprints(chain layout.Chain) (map[layout.Family][]string, error) {
-	fp := map[layout.Family][]string{}
+func (a *agentLab) readFingerprints(chain layout.Chain) (map[ruleset.Family][]string, error) {
+	fp := map[ruleset.Family][]string{}
 	err := a.hv.do(func() error {
-		for _, f := range layout.Families {
+		for _, f := range ruleset.Families {
 			snap, err := a.fw.SaveChains(a.ctx, f, []layout.Chain{chain})
 			if err != nil {
 				return err
@@ -541,7 +542,7 @@ func (a *agentLab) waitChain(start time.Time, chain layout.Chain, key string, te
 			}
 			seen := time.Now()
 			ok := true
-			for _, f := range layout.Families {
+			for _, f := range ruleset.Families {
 				snap, err := a.fw.SaveChains(a.ctx, f, []layout.Chain{chain})
 				if err != nil {
 					return err
@@ -600,7 +601,7 @@ func (a *agentLab) waitChainLegacy(start time.Time, chain layout.Chain, key stri
 			if held || checked.IsZero() || now.Sub(checked) >= 500*time.Millisecond {
 				held, checked = false, now
 				ok := true
-				for _, f := range layout.Families {
+				for _, f := range ruleset.Families {
 					if !text(a.chainText(f, chain)) {
 						ok = false
 						break

@@ -11,6 +11,7 @@ import (
 
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // baseline adds and removes the same tap's chains the way the original
@@ -23,7 +24,7 @@ import (
 // also creates missing group chains and sets and adds members one command
 // each; unlike vmfw it writes no ebtables rules.
 func (l *lab) baseline(m *config.Model, nic *config.NIC) (up, down time.Duration, err error) {
-	rs, err := layout.Build(m, []*config.NIC{nic})
+	rs, err := layout.FromConfig(m, []*config.NIC{nic})
 	if err != nil {
 		return 0, 0, err
 	}
@@ -36,7 +37,7 @@ func (l *lab) baseline(m *config.Model, nic *config.NIC) (up, down time.Duration
 	}
 	// What the add creates that was not there (the first member's group
 	// chains, sets) the remove deletes again, so every run starts equal.
-	created := map[layout.Family][]string{}
+	created := map[ruleset.Family][]string{}
 	var sets []string
 	err = l.hv.do(func() error {
 		start := time.Now()
@@ -54,7 +55,7 @@ func (l *lab) baseline(m *config.Model, nic *config.NIC) (up, down time.Duration
 				}
 			}
 		}
-		for _, f := range layout.Families {
+		for _, f := range ruleset.Families {
 			ipt, err := l.goIPTables(f)
 			if err != nil {
 				return err
@@ -96,7 +97,7 @@ func (l *lab) baseline(m *config.Model, nic *config.NIC) (up, down time.Duration
 		up = time.Since(start)
 
 		start = time.Now()
-		for _, f := range layout.Families {
+		for _, f := range ruleset.Families {
 			ipt, err := l.goIPTables(f)
 			if err != nil {
 				return err
@@ -147,17 +148,17 @@ func (l *lab) baseline(m *config.Model, nic *config.NIC) (up, down time.Duration
 	return up, down, err
 }
 
-func ipsetFamily(f layout.Family) string {
-	if f == layout.IPv6 {
+func ipsetFamily(f ruleset.Family) string {
+	if f == ruleset.IPv6 {
 		return "inet6"
 	}
 	return "inet"
 }
 
 // goIPTables returns a go-iptables handle on the lab's backend.
-func (l *lab) goIPTables(f layout.Family) (*goipt.IPTables, error) {
+func (l *lab) goIPTables(f ruleset.Family) (*goipt.IPTables, error) {
 	proto := goipt.ProtocolIPv4
-	if f == layout.IPv6 {
+	if f == ruleset.IPv6 {
 		proto = goipt.ProtocolIPv6
 	}
 	path := "/usr/sbin/" + l.tool(f, "")

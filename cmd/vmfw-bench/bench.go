@@ -14,6 +14,7 @@ import (
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
 	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // lab is one hypervisor namespace with n scale taps installed.
@@ -118,7 +119,7 @@ func (l *lab) setup() error {
 		nics = append(nics, nic)
 		fmt.Fprintf(&batch, "link add %s type %s\n", nic.Tap, l.linkKind)
 	}
-	rs, err := layout.Build(m, nics)
+	rs, err := layout.FromConfig(m, nics)
 	if err != nil {
 		return err
 	}
@@ -131,7 +132,7 @@ func (l *lab) setup() error {
 	// The namespace is new, so the restores may flush: iptables-nft-restore
 	// --noflush keeps the chains it is told about in a sorted list, which
 	// costs seconds at 17,000 chains (see docs/performance.md).
-	for _, f := range layout.Families {
+	for _, f := range ruleset.Families {
 		if _, err := l.hv.runIn(ctx, []byte(rs.Tables[f].Render()), l.tool(f, "-restore")); err != nil {
 			return err
 		}
@@ -159,9 +160,9 @@ func (l *lab) setup() error {
 }
 
 // tool names an iptables command of the lab's backend.
-func (l *lab) tool(f layout.Family, suffix string) string {
+func (l *lab) tool(f ruleset.Family, suffix string) string {
 	base := "iptables"
-	if f == layout.IPv6 {
+	if f == ruleset.IPv6 {
 		base = "ip6tables"
 	}
 	return base + "-" + l.backend + suffix

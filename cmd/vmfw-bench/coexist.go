@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // foreignChain is a chain another tool owns, named like a vmfw tap chain
@@ -15,9 +16,9 @@ const foreignChain = "web-in"
 // addForeign installs rules, a chain, an ipset and an ebtables chain that
 // belong to someone else, before anything is measured.
 func (l *lab) addForeign() error {
-	for _, f := range layout.Families {
+	for _, f := range ruleset.Families {
 		src := "203.0.113.0/24"
-		if f == layout.IPv6 {
+		if f == ruleset.IPv6 {
 			src = "2001:db8:ffff::/48"
 		}
 		rules := fmt.Sprintf("*filter\n:%s - [0:0]\n-A %s -s %s -j ACCEPT\n-A FORWARD -s %s -j %s\n-A INPUT -p tcp --dport 22 -j ACCEPT\nCOMMIT\n",
@@ -38,7 +39,7 @@ func (l *lab) addForeign() error {
 // and the bridge table's foreign lines.
 func (l *lab) foreign() (string, error) {
 	var b strings.Builder
-	for _, f := range layout.Families {
+	for _, f := range ruleset.Families {
 		out, err := l.hv.run(l.ctx, l.tool(f, "-save"))
 		if err != nil {
 			return "", err

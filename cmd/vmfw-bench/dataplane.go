@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 const (
@@ -145,7 +146,7 @@ func (l *lab) flatDispatch(l2 bool) error {
 	}
 	slices.Sort(taps)
 	resetMark := layout.Rule{Spec: "-j MARK --set-xmark 0x0/0x1000"}
-	for _, f := range layout.Families {
+	for _, f := range ruleset.Families {
 		var b strings.Builder
 		b.WriteString("*filter\n:vmfw-out - [0:0]\n:vmfw-in - [0:0]\n")
 		b.WriteString(resetMark.Line(layout.ChainOut) + "\n")

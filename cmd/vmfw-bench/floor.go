@@ -7,8 +7,7 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
-
-	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // commitFloor measures what the kernel alone charges for a write into the
@@ -32,16 +31,16 @@ import (
 // it is measured. The two families commit one after the other (nf_tables
 // serialises transactions per network namespace), so a write of both
 // costs at least the sum.
-func commitFloor(ns *netns, runs int) (verdict map[layout.Family][]time.Duration, plain []time.Duration, err error) {
-	verdict = map[layout.Family][]time.Duration{}
+func commitFloor(ns *netns, runs int) (verdict map[ruleset.Family][]time.Duration, plain []time.Duration, err error) {
+	verdict = map[ruleset.Family][]time.Duration{}
 	err = ns.do(func() error {
 		c, err := nftables.New()
 		if err != nil {
 			return err
 		}
-		for _, f := range layout.Families {
+		for _, f := range ruleset.Families {
 			fam := nftables.TableFamilyIPv4
-			if f == layout.IPv6 {
+			if f == ruleset.IPv6 {
 				fam = nftables.TableFamilyIPv6
 			}
 			chain := &nftables.Chain{Name: "bench-floor", Table: &nftables.Table{Name: "filter", Family: fam}}
@@ -66,7 +65,7 @@ func commitFloor(ns *netns, runs int) (verdict map[layout.Family][]time.Duration
 					return fmt.Errorf("%s: one rule with a verdict: %w", f, err)
 				}
 				verdict[f] = append(verdict[f], d)
-				if f == layout.IPv4 {
+				if f == ruleset.IPv4 {
 					d, err := add(&expr.Counter{})
 					if err != nil {
 						return fmt.Errorf("%s: one counter rule: %w", f, err)
@@ -96,7 +95,7 @@ func (a *agentLab) floorNote() error {
 	if err != nil {
 		return fmt.Errorf("kernel floor: %w", err)
 	}
-	v4, v6 := median(verdict[layout.IPv4]), median(verdict[layout.IPv6])
+	v4, v6 := median(verdict[ruleset.IPv4]), median(verdict[ruleset.IPv6])
 	a.r.floor = append(a.r.floor, floorRow{backend: a.backend, taps: a.n, v4: v4, v6: v6})
 	a.r.notes = append(a.r.notes, fmt.Sprintf("%s, %d taps: kernel floor (nf_tables commit of a one-rule transaction over netlink, medians of %d): with a verdict ipv4 %s, ipv6 %s, both %s; a counter-only rule %s (max %s)",
 		a.backend, a.n, runs, ms(v4), ms(v6), ms(v4+v6), ms(median(plain)), ms(slices.Max(plain))))

@@ -14,6 +14,7 @@ import (
 
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // The "routed new flows" rows (docs/routing.md, docs/performance.md): new
@@ -202,7 +203,7 @@ func (l *lab) checkRouted(up, vm2 *netns, dst string) error {
 		port int
 		want bool
 	}{{openPort, true}, {closedPort, false}} {
-		before, err := l.chainCounters(layout.IPv6, in)
+		before, err := l.chainCounters(ruleset.IPv6, in)
 		if err != nil {
 			return err
 		}
@@ -210,7 +211,7 @@ func (l *lab) checkRouted(up, vm2 *netns, dst string) error {
 		if err != nil {
 			return err
 		}
-		after, err := l.chainCounters(layout.IPv6, in)
+		after, err := l.chainCounters(ruleset.IPv6, in)
 		if err != nil {
 			return err
 		}
@@ -285,7 +286,7 @@ func udpProbe(up, vm2 *netns, dst string, port int) (bool, error) {
 
 // chainCounters returns the packet counters of the rules of chain in
 // family f, in order.
-func (l *lab) chainCounters(f layout.Family, chain layout.Chain) ([]uint64, error) {
+func (l *lab) chainCounters(f ruleset.Family, chain layout.Chain) ([]uint64, error) {
 	out, err := l.hv.run(l.ctx, l.tool(f, ""), "-w", "-n", "-v", "-x", "-L", string(chain))
 	if err != nil {
 		return nil, err
@@ -343,7 +344,7 @@ func (l *lab) flatRoute(dst, only string) (pos, total int, err error) {
 		nics = slices.DeleteFunc(nics, func(n *config.NIC) bool { return n.Tap != only })
 	}
 	want := netip.MustParseAddr(dst)
-	for _, f := range layout.Families {
+	for _, f := range ruleset.Families {
 		out, err := l.hv.run(l.ctx, l.tool(f, ""), "-w", "-S", string(layout.ChainRoute))
 		if err != nil {
 			return 0, 0, err
@@ -359,7 +360,7 @@ func (l *lab) flatRoute(dst, only string) (pos, total int, err error) {
 		}
 		for _, nic := range nics {
 			for _, ip := range nic.IPs {
-				if ip.Is4() != (f == layout.IPv4) {
+				if ip.Is4() != (f == ruleset.IPv4) {
 					continue
 				}
 				rule := layout.Rule{Spec: "-d " + netip.PrefixFrom(ip, ip.BitLen()).String() + " -g " + string(layout.TapChain(nic.Tap, "in"))}
@@ -374,7 +375,7 @@ func (l *lab) flatRoute(dst, only string) (pos, total int, err error) {
 		if _, err := l.hv.runIn(l.ctx, []byte(b.String()), l.tool(f, "-restore"), "--noflush"); err != nil {
 			return 0, 0, err
 		}
-		if want.Is4() == (f == layout.IPv4) {
+		if want.Is4() == (f == ruleset.IPv4) {
 			total = n
 		}
 	}
@@ -395,13 +396,13 @@ func (l *lab) routeTreeStats(dst string) (*treeStats, error) {
 	if err != nil {
 		return nil, err
 	}
-	rs, err := layout.Build(m, nics)
+	rs, err := layout.FromConfig(m, nics)
 	if err != nil {
 		return nil, err
 	}
 	chains := map[layout.Chain]*layout.ChainRules{}
 	longest := 0
-	for _, c := range rs.Tables[layout.IPv6].Chains {
+	for _, c := range rs.Tables[ruleset.IPv6].Chains {
 		if c.Name == layout.ChainRoute || strings.HasSuffix(string(c.Name), "-rt") {
 			chains[c.Name] = c
 			longest = max(longest, len(c.Rules))

@@ -9,9 +9,9 @@ import (
 	"maps"
 	"slices"
 
-	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/engine"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // CheckReport is what check -o json prints.
@@ -82,7 +82,7 @@ func checkCmd(ctx context.Context, newEngine func() (Engine, error), configDir s
 	rep.Valid, rep.Groups, rep.VMs, rep.NICs = true, len(m.Groups), len(m.VMs), countNICs(m)
 	for _, id := range slices.Sorted(maps.Keys(m.VMs)) {
 		for _, n := range m.VMs[id].NICs {
-			if a := layout.Attribute(n); a != layout.Filtered {
+			if a := ruleset.Attribute(n); a != ruleset.Filtered {
 				rep.Notices = append(rep.Notices, CheckNotice{Tap: n.Tap, File: n.VM.File, Line: n.Line, Routed: string(a), Note: a.Explain()})
 			}
 		}

@@ -18,11 +18,11 @@ import (
 	"text/tabwriter"
 
 	"github.com/vmfw/vmfw/pkg/agent"
-	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/engine"
 	"github.com/vmfw/vmfw/pkg/explain"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 	"github.com/vmfw/vmfw/pkg/state"
 	"github.com/vmfw/vmfw/pkg/system"
 )
@@ -299,7 +299,7 @@ func printUnattributed(w io.Writer, m *config.Model) {
 	ids := slices.Sorted(maps.Keys(m.VMs))
 	for _, id := range ids {
 		for _, n := range m.VMs[id].NICs {
-			if a := layout.Attribute(n); a != layout.Filtered {
+			if a := ruleset.Attribute(n); a != ruleset.Filtered {
 				fmt.Fprintf(w, "notice: %s (%s:%d): routed traffic %s: %s\n", n.Tap, n.VM.File, n.Line, a, a.Explain())
 			}
 		}

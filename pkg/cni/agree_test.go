@@ -13,11 +13,11 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/vmfw/vmfw/pkg/backend/iptables/ipset"
-	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/config/configtest"
 	"github.com/vmfw/vmfw/pkg/engine"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 	"github.com/vmfw/vmfw/pkg/state"
 )
 
@@ -314,10 +314,10 @@ func fakeEngine(configDir, stateDir string) *engine.Engine {
 
 type fakeKernel struct{}
 
-func (fakeKernel) Save(context.Context, layout.Family) (*xtables.Snapshot, error) {
+func (fakeKernel) Save(context.Context, ruleset.Family) (*xtables.Snapshot, error) {
 	return xtables.Parse([]byte("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"))
 }
-func (fakeKernel) Restore(context.Context, layout.Family, string) error { return nil }
+func (fakeKernel) Restore(context.Context, ruleset.Family, string) error { return nil }
 
 type fakeSets struct{}
 

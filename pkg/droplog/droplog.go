@@ -2,7 +2,7 @@
 // in vmfw.toml) into JSON lines that name the tap, the VM, the direction,
 // the group and the rule by file and line, and the verdict: what vmfw log
 // prints, and what the agent can print while it runs. The rules' NFLOG
-// prefix names the rule by group and position (layout.NFLOGPrefix);
+// prefix names the rule by group and position (ruleset.NFLOGPrefix);
 // the tap comes from the prefix (a policy), the packet's bridge port (a
 // bridged packet), or its destination address (routed and
 // hypervisor-sent packets to a VM, docs/routing.md).
@@ -21,9 +21,9 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/nflog"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // Line is one logged packet as vmfw log and the agent print it: a JSON
@@ -120,7 +120,7 @@ func Follow(ctx context.Context, group uint16, model func() (*config.Model, erro
 // false for a packet another tool logged to the same group: its prefix is
 // not vmfw's.
 func Describe(p *nflog.Packet, m *config.Model) (Line, bool) {
-	o, verdict, ok := layout.ParseNFLOGPrefix(p.Prefix)
+	o, verdict, ok := ruleset.ParseNFLOGPrefix(p.Prefix)
 	if !ok {
 		return Line{}, false
 	}

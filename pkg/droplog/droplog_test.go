@@ -7,9 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/nflog"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // keysDir is pkg/explain's scenario with a rule per rule key.
@@ -36,7 +36,7 @@ func TestDescribe(t *testing.T) {
 	when := time.Unix(1700000000, 0)
 	// A group rule: the chain is shared, the destination names the VM
 	// (no bridge port: routed or sent by the hypervisor).
-	p := &nflog.Packet{Time: when, Prefix: layout.NFLOGPrefix(layout.Origin{Group: "admin", Dir: config.In, Index: 2}, config.Drop),
+	p := &nflog.Packet{Time: when, Prefix: ruleset.NFLOGPrefix(ruleset.Origin{Group: "admin", Dir: config.In, Index: 2}, config.Drop),
 		Payload: tcp4("192.0.2.200", "192.0.2.31", 40000, 22)}
 	l, ok := Describe(p, m)
 	if !ok {
@@ -47,7 +47,7 @@ func TestDescribe(t *testing.T) {
 		t.Errorf("group rule: %+v", l)
 	}
 	// A policy names its tap.
-	p = &nflog.Packet{Time: when, Prefix: layout.NFLOGPrefix(layout.Origin{Tap: "tap302i0", Dir: config.Out}, config.Reject),
+	p = &nflog.Packet{Time: when, Prefix: ruleset.NFLOGPrefix(ruleset.Origin{Tap: "tap302i0", Dir: config.Out}, config.Reject),
 		Payload: tcp4("192.0.2.32", "198.51.100.7", 40000, 80)}
 	l, ok = Describe(p, m)
 	if !ok || l.Tap != "tap302i0" || !l.Policy || l.Verdict != "reject" || l.Direction != "out" || !strings.HasSuffix(l.Rule, "vms/302.toml") {
@@ -66,18 +66,18 @@ func TestDescribe(t *testing.T) {
 func TestPrefixRoundTrip(t *testing.T) {
 	long := strings.Repeat("g", 20)
 	for _, c := range []struct {
-		o layout.Origin
+		o ruleset.Origin
 		a config.Action
 	}{
-		{layout.Origin{Group: long, Dir: config.Out, Index: 998}, config.Reject},
-		{layout.Origin{Group: "web", Dir: config.In}, config.Accept},
-		{layout.Origin{Tap: "tap123456789i99", Dir: config.In}, config.Drop},
+		{ruleset.Origin{Group: long, Dir: config.Out, Index: 998}, config.Reject},
+		{ruleset.Origin{Group: "web", Dir: config.In}, config.Accept},
+		{ruleset.Origin{Tap: "tap123456789i99", Dir: config.In}, config.Drop},
 	} {
-		p := layout.NFLOGPrefix(c.o, c.a)
+		p := ruleset.NFLOGPrefix(c.o, c.a)
 		if len(p) > 63 {
 			t.Errorf("%q: %d characters", p, len(p))
 		}
-		o, a, ok := layout.ParseNFLOGPrefix(p)
+		o, a, ok := ruleset.ParseNFLOGPrefix(p)
 		if !ok || o != c.o || a != c.a {
 			t.Errorf("%q parsed to %+v %s %v", p, o, a, ok)
 		}

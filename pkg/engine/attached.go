@@ -7,6 +7,7 @@ import (
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
 	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // Attached returns the interfaces whose chains are installed, with their
@@ -18,8 +19,8 @@ func (e *Engine) Attached(ctx context.Context) ([]*config.NIC, error) {
 		return nil, err
 	}
 	defer release()
-	st := &kernelState{tables: map[layout.Family]*xtables.Snapshot{}}
-	for _, f := range layout.Families {
+	st := &kernelState{tables: map[ruleset.Family]*xtables.Snapshot{}}
+	for _, f := range ruleset.Families {
 		s, _, err := e.readTable(ctx, f)
 		if err != nil {
 			return nil, err
@@ -41,7 +42,7 @@ func (e *Engine) SyncSets(ctx context.Context, attached []*config.NIC) (handled 
 		return false, nil, err
 	}
 	defer release()
-	rs, err := layout.Build(r.model, attached)
+	rs, err := layout.FromConfig(r.model, attached)
 	if err != nil {
 		return false, nil, err
 	}
@@ -57,7 +58,7 @@ func (e *Engine) SyncSets(ctx context.Context, attached []*config.NIC) (handled 
 			return false, nil, nil
 		}
 	}
-	ch = &Change{Plans: map[layout.Family]*layout.Plan{}}
+	ch = &Change{Plans: map[ruleset.Family]*layout.Plan{}}
 	ch.SetsBefore, ch.SetsAfter = ipset.Plan(rs.Sets, have)
 	if ch.SetsAfter != "" {
 		return false, nil, nil

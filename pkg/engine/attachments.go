@@ -12,6 +12,7 @@ import (
 
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 	"github.com/vmfw/vmfw/pkg/state"
 )
 
@@ -458,7 +459,7 @@ func (e *Engine) Check(ctx context.Context, iface string) (*state.Attachment, er
 	if p := r.problems[iface]; p != nil {
 		d.Problems = append(d.Problems, "record does not resolve, all traffic dropped: "+p.Error())
 	}
-	rs, err := layout.Build(m, nicsFor(r, dedupe(append(st.installed(), iface))))
+	rs, err := layout.FromConfig(m, nicsFor(r, dedupe(append(st.installed(), iface))))
 	if err != nil {
 		return nil, err
 	}
@@ -473,7 +474,7 @@ func (e *Engine) Check(ctx context.Context, iface string) (*state.Attachment, er
 			mine[layout.GroupChain(g, "out")] = true
 		}
 	}
-	for _, f := range layout.Families {
+	for _, f := range ruleset.Families {
 		plan := layout.Diff(rs.Tables[f], st.tables[f].Observed)
 		report := func(list []layout.Chain, what string) {
 			for _, c := range list {

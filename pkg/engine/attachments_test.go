@@ -8,10 +8,10 @@ import (
 	"testing"
 
 	"github.com/vmfw/vmfw/pkg/backend/iptables/ipset"
-	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/config/configtest"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 	"github.com/vmfw/vmfw/pkg/state"
 )
 
@@ -25,11 +25,11 @@ type attKernel struct {
 	links    map[string]bool
 }
 
-func (k *attKernel) Save(context.Context, layout.Family) (*xtables.Snapshot, error) {
+func (k *attKernel) Save(context.Context, ruleset.Family) (*xtables.Snapshot, error) {
 	return xtables.Parse([]byte(attEmptyTable))
 }
 
-func (k *attKernel) Restore(_ context.Context, _ layout.Family, text string) error {
+func (k *attKernel) Restore(_ context.Context, _ ruleset.Family, text string) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.restored = append(k.restored, text)

@@ -24,14 +24,15 @@ import (
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
 	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 	"github.com/vmfw/vmfw/pkg/trace"
 )
 
 // Firewall reads and writes vmfw's part of the filter table. Restore is
 // called for both families at once (restoreFamilies).
 type Firewall interface {
-	Save(ctx context.Context, f layout.Family) (*xtables.Snapshot, error)
-	Restore(ctx context.Context, f layout.Family, text string) error
+	Save(ctx context.Context, f ruleset.Family) (*xtables.Snapshot, error)
+	Restore(ctx context.Context, f ruleset.Family, text string) error
 }
 
 // SetStore reads and writes vmfw's ipsets.
@@ -107,7 +108,7 @@ func (e *ConfigError) Unwrap() error { return e.Err }
 // Change summarises what an operation changed (or, in a dry run, would).
 type Change struct {
 	// Plans are the iptables changes per family.
-	Plans map[layout.Family]*layout.Plan
+	Plans map[ruleset.Family]*layout.Plan
 	// Bridge is the ebtables change, nil when ebtables is not managed.
 	Bridge *layout.Plan
 	// SetsBefore and SetsAfter are the ipset scripts run before and after
@@ -143,10 +144,10 @@ func (c *Change) WriteTo(w io.Writer) (int64, error) {
 	if c.SetsBefore != "" {
 		b.WriteString("# ipset restore\n" + c.SetsBefore)
 	}
-	for _, f := range layout.Families {
+	for _, f := range ruleset.Families {
 		if p := c.Plans[f]; p != nil && !p.Empty() {
 			tool := "iptables-restore"
-			if f == layout.IPv6 {
+			if f == ruleset.IPv6 {
 				tool = "ip6tables-restore"
 			}
 			b.WriteString("# " + tool + " --noflush\n" + p.Render())
@@ -164,10 +165,10 @@ func (c *Change) WriteTo(w io.Writer) (int64, error) {
 
 // kernelState is vmfw's part of the kernel as read at the start of an operation.
 type kernelState struct {
-	tables map[layout.Family]*xtables.Snapshot
+	tables map[ruleset.Family]*xtables.Snapshot
 	// textless lists the families read without rule text (see
 	// fingerprintReader); linesFor adds the text a change needs.
-	textless map[layout.Family]bool
+	textless map[ruleset.Family]bool
 	bridge   layout.Observed
 	sets     map[string]*ipset.Observed
 }
@@ -176,8 +177,8 @@ type kernelState struct {
 // fingerprints without its rule text (nf_tables, over netlink), and the
 // text of a few chains when a change must be able to revert them.
 type fingerprintReader interface {
-	SaveFingerprints(ctx context.Context, f layout.Family) (*xtables.Snapshot, error)
-	ChainLines(ctx context.Context, f layout.Family, names []layout.Chain) (map[layout.Chain][]string, error)
+	SaveFingerprints(ctx context.Context, f ruleset.Family) (*xtables.Snapshot, error)
+	ChainLines(ctx context.Context, f ruleset.Family, names []layout.Chain) (map[layout.Chain][]string, error)
 }
 
 // maxChainLineReads is how many chains' text a change reads one by one;
@@ -231,13 +232,13 @@ func (e *Engine) begin(ctx context.Context) (r *resolver, release func(), err er
 }
 
 func (e *Engine) read(ctx context.Context) (*kernelState, error) {
-	st := &kernelState{tables: map[layout.Family]*xtables.Snapshot{}, textless: map[layout.Family]bool{}}
+	st := &kernelState{tables: map[ruleset.Family]*xtables.Snapshot{}, textless: map[ruleset.Family]bool{}}
 	// The reads are independent and, at thousands of taps, each takes
 	// about a second: they run side by side.
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	errs := make([]error, len(layout.Families)+1)
-	for i, f := range layout.Families {
+	errs := make([]error, len(ruleset.Families)+1)
+	for i, f := range ruleset.Families {
 		wg.Go(func() {
 			s, textless, err := e.readTable(ctx, f)
 			mu.Lock()
@@ -261,7 +262,7 @@ func (e *Engine) read(ctx context.Context) (*kernelState, error) {
 
 // readTable reads vmfw's part of family f's table: its fingerprints only
 // where the firewall can (textless), else with the rules' text.
-func (e *Engine) readTable(ctx context.Context, f layout.Family) (s *xtables.Snapshot, textless bool, err error) {
+func (e *Engine) readTable(ctx context.Context, f ruleset.Family) (s *xtables.Snapshot, textless bool, err error) {
 	start := time.Now()
 	if fr, ok := e.kernel.Firewall.(fingerprintReader); ok {
 		s, err := fr.SaveFingerprints(ctx, f)
@@ -311,7 +312,7 @@ func nicsFor(src nicSource, taps []string) []*config.NIC {
 // converge applies the ruleset for nics; with dryRun it only computes the change.
 func (e *Engine) converge(ctx context.Context, m *config.Model, nics []*config.NIC, st *kernelState, dryRun bool) (*Change, error) {
 	start := time.Now()
-	rs, err := layout.Build(m, nics)
+	rs, err := layout.FromConfig(m, nics)
 	if err != nil {
 		return nil, err
 	}
@@ -332,8 +333,8 @@ func (e *Engine) applyRuleset(ctx context.Context, rs *layout.Ruleset, st *kerne
 // reverts still go to e.kernel.Firewall.
 func (e *Engine) applyVia(ctx context.Context, fw Firewall, rs *layout.Ruleset, st *kernelState, dryRun bool) (*Change, error) {
 	start := time.Now()
-	ch := &Change{Plans: map[layout.Family]*layout.Plan{}}
-	for _, f := range layout.Families {
+	ch := &Change{Plans: map[ruleset.Family]*layout.Plan{}}
+	for _, f := range ruleset.Families {
 		want := rs.Tables[f]
 		if want == nil {
 			want = &layout.Table{Family: f}
@@ -364,7 +365,7 @@ func (e *Engine) applyVia(ctx context.Context, fw Firewall, rs *layout.Ruleset, 
 	}
 	if ch.Bridge != nil {
 		if err := e.kernel.Bridge.Restore(ctx, ch.Bridge.Render()); err != nil {
-			return nil, errors.Join(err, e.revert(ctx, ch, st, layout.Families))
+			return nil, errors.Join(err, e.revert(ctx, ch, st, ruleset.Families))
 		}
 	}
 	if err := e.kernel.Sets.Restore(ctx, ch.SetsAfter); err != nil {
@@ -387,9 +388,9 @@ func (e *Engine) applyVia(ctx context.Context, fw Firewall, rs *layout.Ruleset, 
 // other's old ones: the same all-or-nothing as writing them one after the
 // other and stopping at the first failure.
 func (e *Engine) restoreFamilies(ctx context.Context, fw Firewall, ch *Change, st *kernelState) error {
-	errs := make([]error, len(layout.Families))
+	errs := make([]error, len(ruleset.Families))
 	var wg sync.WaitGroup
-	for i, f := range layout.Families {
+	for i, f := range ruleset.Families {
 		text := ch.Plans[f].Render()
 		if text == "" {
 			continue
@@ -401,9 +402,9 @@ func (e *Engine) restoreFamilies(ctx context.Context, fw Firewall, ch *Change, s
 		})
 	}
 	wg.Wait()
-	var done []layout.Family
+	var done []ruleset.Family
 	var failed []error
-	for i, f := range layout.Families {
+	for i, f := range ruleset.Families {
 		if errs[i] != nil {
 			failed = append(failed, errs[i])
 		} else {
@@ -419,7 +420,7 @@ func (e *Engine) restoreFamilies(ctx context.Context, fw Firewall, ch *Change, s
 // linesFor reads the rule text of the chains ch rewrites or deletes in
 // families read without it, so that a failure can put them back.
 func (e *Engine) linesFor(ctx context.Context, ch *Change, st *kernelState) error {
-	for _, f := range layout.Families {
+	for _, f := range ruleset.Families {
 		p := ch.Plans[f]
 		if !st.textless[f] || p.Empty() {
 			continue
@@ -447,7 +448,7 @@ func (e *Engine) linesFor(ctx context.Context, ch *Change, st *kernelState) erro
 
 // revert undoes the families already changed when a later one fails, so the
 // host never keeps IPv4 rules from the new config and IPv6 from the old.
-func (e *Engine) revert(ctx context.Context, ch *Change, st *kernelState, done []layout.Family) error {
+func (e *Engine) revert(ctx context.Context, ch *Change, st *kernelState, done []ruleset.Family) error {
 	var errs []error
 	for _, f := range done {
 		if err := e.kernel.Firewall.Restore(ctx, f, ch.Plans[f].Revert(st.tables[f].Observed)); err != nil {
@@ -650,5 +651,5 @@ func (e *Engine) Flush(ctx context.Context, dryRun bool) (*Change, error) {
 	if err != nil {
 		return nil, err
 	}
-	return e.applyRuleset(ctx, &layout.Ruleset{Tables: map[layout.Family]*layout.Table{}}, st, dryRun)
+	return e.applyRuleset(ctx, &layout.Ruleset{Tables: map[ruleset.Family]*layout.Table{}}, st, dryRun)
 }

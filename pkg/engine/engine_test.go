@@ -10,33 +10,33 @@ import (
 	"testing"
 
 	"github.com/vmfw/vmfw/pkg/backend/iptables/ipset"
-	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // fakeFirewall serves saved snapshots and records restores; it can fail
 // the restore of one family to exercise the revert path.
 type fakeFirewall struct {
 	mu       sync.Mutex // the engine writes the families side by side
-	snap     map[layout.Family]*xtables.Snapshot
-	restores map[layout.Family][]string
-	failOn   layout.Family
+	snap     map[ruleset.Family]*xtables.Snapshot
+	restores map[ruleset.Family][]string
+	failOn   ruleset.Family
 }
 
 func newFakeFirewall() *fakeFirewall {
-	f := &fakeFirewall{snap: map[layout.Family]*xtables.Snapshot{}, restores: map[layout.Family][]string{}}
-	for _, fam := range layout.Families {
+	f := &fakeFirewall{snap: map[ruleset.Family]*xtables.Snapshot{}, restores: map[ruleset.Family][]string{}}
+	for _, fam := range ruleset.Families {
 		s, _ := xtables.Parse([]byte("*filter\n:FORWARD ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\nCOMMIT\n"))
 		f.snap[fam] = s
 	}
 	return f
 }
 
-func (f *fakeFirewall) Save(_ context.Context, fam layout.Family) (*xtables.Snapshot, error) {
+func (f *fakeFirewall) Save(_ context.Context, fam ruleset.Family) (*xtables.Snapshot, error) {
 	return f.snap[fam], nil
 }
 
-func (f *fakeFirewall) Restore(_ context.Context, fam layout.Family, text string) error {
+func (f *fakeFirewall) Restore(_ context.Context, fam ruleset.Family, text string) error {
 	if text == "" {
 		return nil
 	}
@@ -95,12 +95,12 @@ func testEngine(t *testing.T) (*Engine, *fakeFirewall, *fakeSets) {
 // the sets that would have become unused alone.
 func TestSyncRevertsIPv4WhenIPv6Fails(t *testing.T) {
 	e, fw, sets := testEngine(t)
-	fw.failOn = layout.IPv6
+	fw.failOn = ruleset.IPv6
 	_, err := e.Sync(context.Background(), false)
 	if err == nil || !strings.Contains(err.Error(), "line 3 failed") {
 		t.Fatalf("Sync error = %v, want the ip6tables-restore failure", err)
 	}
-	v4 := fw.restores[layout.IPv4]
+	v4 := fw.restores[ruleset.IPv4]
 	if len(v4) != 2 {
 		t.Fatalf("IPv4 restores = %d, want apply then revert", len(v4))
 	}

@@ -8,6 +8,7 @@ import (
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
 	"github.com/vmfw/vmfw/pkg/explain"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // Inspect reads what vmfw trace evaluates: the configuration, the
@@ -22,15 +23,15 @@ func (e *Engine) Inspect(ctx context.Context) (*explain.Input, error) {
 		return nil, err
 	}
 	defer release()
-	k := &explain.Kernel{Backend: e.Backend, Tables: map[layout.Family]layout.Observed{}, Sets: map[string]map[netip.Addr]bool{}}
+	k := &explain.Kernel{Backend: e.Backend, Tables: map[ruleset.Family]layout.Observed{}, Sets: map[string]map[netip.Addr]bool{}}
 	installed := map[string]bool{}
-	for _, f := range layout.Families {
+	for _, f := range ruleset.Families {
 		s, err := e.kernel.Firewall.Save(ctx, f)
 		if err != nil {
 			return nil, err
 		}
 		k.Tables[f] = s.Observed
-		st := kernelState{tables: map[layout.Family]*xtables.Snapshot{f: s}}
+		st := kernelState{tables: map[ruleset.Family]*xtables.Snapshot{f: s}}
 		for _, t := range st.installed() {
 			installed[t] = true
 		}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/vmfw/vmfw/pkg/backend/iptables/ipset"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // SetChanges is what a change does to vmfw's ipsets.
@@ -108,7 +109,7 @@ func (c *Change) Report(dryRun bool) *Report {
 	if r.Sets.Created == nil {
 		r.Sets = SetChanges{Created: []string{}, Destroyed: []string{}, Added: map[string][]string{}, Removed: map[string][]string{}}
 	}
-	for _, f := range layout.Families {
+	for _, f := range ruleset.Families {
 		if p := c.Plans[f]; p != nil {
 			r.Chains[f.String()] = planChanges(p)
 		}

@@ -12,6 +12,7 @@ import (
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
 	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 	"github.com/vmfw/vmfw/pkg/trace"
 )
 
@@ -45,10 +46,10 @@ import (
 // legacy.
 type scopeReader interface {
 	// ListChains returns the names of the chains of f's filter table.
-	ListChains(ctx context.Context, f layout.Family) (map[layout.Chain]bool, error)
+	ListChains(ctx context.Context, f ruleset.Family) (map[layout.Chain]bool, error)
 	// SaveChains reads the named chains (those that exist) and the hooks,
 	// with fingerprints but without rule text.
-	SaveChains(ctx context.Context, f layout.Family, names []layout.Chain) (*xtables.Snapshot, error)
+	SaveChains(ctx context.Context, f ruleset.Family, names []layout.Chain) (*xtables.Snapshot, error)
 }
 
 // bridgeScopeReader is what an ebtables backend offers for scoped changes.
@@ -91,11 +92,17 @@ func (e *Engine) changeScoped(ctx context.Context, m *config.Model, r nicSource,
 		after = append(after, nic)
 	}
 	start := time.Now()
-	sc, err := layout.BuildScope(m, before, after, focus)
+	was, err := ruleset.Compile(m, before)
 	if err != nil {
 		trace.Printf("full path: compiling the scope: %v", err)
 		return false, nil, nil // the full path reports it
 	}
+	now, err := ruleset.Compile(m, after)
+	if err != nil {
+		trace.Printf("full path: compiling the scope: %v", err)
+		return false, nil, nil // the full path reports it
+	}
+	sc := layout.BuildScope(was, now, focus)
 	trace.Since(start, "compile the scope of %s (%d interfaces installed)", strings.Join(focus, ", "), len(before))
 	return e.applyScope(ctx, m, view, sc, after)
 }
@@ -105,7 +112,7 @@ func (e *Engine) changeScoped(ctx context.Context, m *config.Model, r nicSource,
 type scopeView struct {
 	// before are the installed interfaces' settings.
 	before     []*config.NIC
-	saveChains func(ctx context.Context, f layout.Family, names []layout.Chain) (*xtables.Snapshot, error)
+	saveChains func(ctx context.Context, f ruleset.Family, names []layout.Chain) (*xtables.Snapshot, error)
 	bridge     bridgeScopeReader
 }
 
@@ -127,23 +134,23 @@ func (e *Engine) scopedView(ctx context.Context, r nicSource) (view *scopeView, 
 	}
 	saveChains := fw.SaveChains
 	start := time.Now()
-	chains, err := fw.ListChains(ctx, layout.IPv4)
+	chains, err := fw.ListChains(ctx, ruleset.IPv4)
 	trace.Since(start, "list chains")
 	if errors.Is(err, xtables.ErrNotNFT) {
 		// Legacy x_tables hands out whole tables only: read them once,
 		// then compile, diff and write the scope as on nf_tables. That
 		// still spares compiling and diffing every tap.
-		full := map[layout.Family]*xtables.Snapshot{}
-		for _, f := range layout.Families {
+		full := map[ruleset.Family]*xtables.Snapshot{}
+		for _, f := range ruleset.Families {
 			if full[f], err = e.kernel.Firewall.Save(ctx, f); err != nil {
 				return nil, true, err
 			}
 		}
 		chains = map[layout.Chain]bool{}
-		for c := range full[layout.IPv4].Chains {
+		for c := range full[ruleset.IPv4].Chains {
 			chains[c] = true
 		}
-		saveChains = func(_ context.Context, f layout.Family, names []layout.Chain) (*xtables.Snapshot, error) {
+		saveChains = func(_ context.Context, f ruleset.Family, names []layout.Chain) (*xtables.Snapshot, error) {
 			return full[f].Only(names), nil
 		}
 	} else if err != nil {
@@ -173,8 +180,8 @@ func (e *Engine) scopedView(ctx context.Context, r nicSource) (view *scopeView, 
 func (e *Engine) applyScope(ctx context.Context, m *config.Model, view *scopeView, sc *layout.Scope, after []*config.NIC) (handled bool, ch *Change, err error) {
 	saveChains, br := view.saveChains, view.bridge
 	var start time.Time
-	st := &kernelState{tables: map[layout.Family]*xtables.Snapshot{}}
-	for _, f := range layout.Families {
+	st := &kernelState{tables: map[ruleset.Family]*xtables.Snapshot{}}
+	for _, f := range ruleset.Families {
 		start = time.Now()
 		snap, err := saveChains(ctx, f, sc.Chains[f])
 		if err != nil {
@@ -219,7 +226,7 @@ func (e *Engine) applyScope(ctx context.Context, m *config.Model, view *scopeVie
 		return true, nil, err
 	}
 	rs := &layout.Ruleset{Tables: sc.Tables, Bridge: sc.Bridge, Sets: sc.Sets}
-	deleting := &deletingFirewall{Firewall: e.kernel.Firewall, deletes: pureDeletions(sc, st), done: map[layout.Family]bool{}}
+	deleting := &deletingFirewall{Firewall: e.kernel.Firewall, deletes: pureDeletions(sc, st), done: map[ruleset.Family]bool{}}
 	if ch, err = e.applyVia(ctx, deleting, rs, st, false); err != nil {
 		return true, nil, err
 	}
@@ -247,9 +254,9 @@ func (e *Engine) applyScope(ctx context.Context, m *config.Model, view *scopeVie
 // (from 1) of the rules left out, highest first. Deleting by position
 // rather than by rule text also deletes a rule an older vmfw wrote with
 // its matches in another order, which text would not match.
-func pureDeletions(sc *layout.Scope, st *kernelState) map[layout.Family]map[layout.Chain][]int {
-	out := map[layout.Family]map[layout.Chain][]int{}
-	for _, f := range layout.Families {
+func pureDeletions(sc *layout.Scope, st *kernelState) map[ruleset.Family]map[layout.Chain][]int {
+	out := map[ruleset.Family]map[layout.Chain][]int{}
+	for _, f := range ruleset.Families {
 		out[f] = map[layout.Chain][]int{}
 		for _, c := range sc.Tables[f].Chains {
 			have, ok := st.tables[f].Chains[c.Name]
@@ -280,13 +287,13 @@ func pureDeletions(sc *layout.Scope, st *kernelState) map[layout.Family]map[layo
 // The families are written concurrently (restoreFamilies), hence mu.
 type deletingFirewall struct {
 	Firewall
-	deletes map[layout.Family]map[layout.Chain][]int
+	deletes map[ruleset.Family]map[layout.Chain][]int
 
 	mu   sync.Mutex
-	done map[layout.Family]bool
+	done map[ruleset.Family]bool
 }
 
-func (d *deletingFirewall) Restore(ctx context.Context, f layout.Family, text string) error {
+func (d *deletingFirewall) Restore(ctx context.Context, f ruleset.Family, text string) error {
 	d.mu.Lock()
 	if !d.done[f] && len(d.deletes[f]) > 0 && text != "" {
 		text = deletesInstead(text, d.deletes[f])
@@ -348,7 +355,14 @@ func (e *Engine) SyncGroups(ctx context.Context, was *config.Model, groups []str
 		return handled, nil, err
 	}
 	start := time.Now()
-	sc, err := layout.GroupScope(was, r.model, view.before, groups)
+	var sc *layout.Scope
+	pw, err := ruleset.Compile(was, view.before)
+	if err == nil {
+		var pn *ruleset.Policy
+		if pn, err = ruleset.Compile(r.model, view.before); err == nil {
+			sc = layout.GroupScope(pw, pn, groups)
+		}
+	}
 	if err != nil || sc == nil {
 		trace.Printf("full path: the edit reaches beyond the groups' chains (%v)", err)
 		return false, nil, nil

@@ -20,6 +20,7 @@ import (
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
 	"github.com/vmfw/vmfw/pkg/config/configtest"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // simTable is a filter table as a kernel would hold it: rule lines by
@@ -157,7 +158,7 @@ func (t *simTable) restore(text string) error {
 // families, the bridge table and ipsets. With narrow set it also offers
 // the narrow reads of nf_tables, answering from the same state.
 type simKernel struct {
-	tables map[layout.Family]*simTable
+	tables map[ruleset.Family]*simTable
 	bridge *simTable
 	sets   map[string]*ipset.Observed
 	narrow bool
@@ -174,7 +175,7 @@ type simKernel struct {
 
 func newSimKernel(narrow bool) *simKernel {
 	return &simKernel{
-		tables: map[layout.Family]*simTable{layout.IPv4: newSimTable(false), layout.IPv6: newSimTable(false)},
+		tables: map[ruleset.Family]*simTable{ruleset.IPv4: newSimTable(false), ruleset.IPv6: newSimTable(false)},
 		bridge: newSimTable(true),
 		sets:   map[string]*ipset.Observed{},
 		narrow: narrow,
@@ -184,7 +185,7 @@ func newSimKernel(narrow bool) *simKernel {
 // state renders everything, for comparing two kernels.
 func (k *simKernel) state() string {
 	var b strings.Builder
-	for _, f := range layout.Families {
+	for _, f := range ruleset.Families {
 		b.WriteString(k.tables[f].save())
 	}
 	b.WriteString(k.bridge.save())
@@ -210,19 +211,19 @@ type simFirewall struct{ k *simKernel }
 // failNext makes the next IPv6 restore fail, as a kernel refusing it would.
 var errSimRefused = errors.New("ip6tables-restore: refused")
 
-func (f simFirewall) Save(_ context.Context, fam layout.Family) (*xtables.Snapshot, error) {
+func (f simFirewall) Save(_ context.Context, fam ruleset.Family) (*xtables.Snapshot, error) {
 	f.k.saves.Add(1)
 	return xtables.Parse([]byte(f.k.tables[fam].save()))
 }
 
-func (f simFirewall) Restore(_ context.Context, fam layout.Family, text string) error {
+func (f simFirewall) Restore(_ context.Context, fam ruleset.Family, text string) error {
 	if text == "" {
 		return nil
 	}
 	f.k.mu.Lock()
 	defer f.k.mu.Unlock()
 	f.k.restores = append(f.k.restores, text)
-	if fam == layout.IPv6 && f.k.failIPv6 {
+	if fam == ruleset.IPv6 && f.k.failIPv6 {
 		f.k.failIPv6 = false
 		return errSimRefused
 	}
@@ -232,7 +233,7 @@ func (f simFirewall) Restore(_ context.Context, fam layout.Family, text string) 
 // narrowFirewall adds the nf_tables narrow reads to simFirewall.
 type narrowFirewall struct{ simFirewall }
 
-func (f narrowFirewall) ListChains(_ context.Context, fam layout.Family) (map[layout.Chain]bool, error) {
+func (f narrowFirewall) ListChains(_ context.Context, fam ruleset.Family) (map[layout.Chain]bool, error) {
 	out := map[layout.Chain]bool{}
 	for c := range f.k.tables[fam].chains {
 		out[c] = true
@@ -240,7 +241,7 @@ func (f narrowFirewall) ListChains(_ context.Context, fam layout.Family) (map[la
 	return out, nil
 }
 
-func (f narrowFirewall) SaveChains(_ context.Context, fam layout.Family, names []layout.Chain) (*xtables.Snapshot, error) {
+func (f narrowFirewall) SaveChains(_ context.Context, fam ruleset.Family, names []layout.Chain) (*xtables.Snapshot, error) {
 	f.k.narrowReads++
 	full, err := xtables.Parse([]byte(f.k.tables[fam].save()))
 	if err != nil {
@@ -291,11 +292,11 @@ func (b simBridge) Restore(_ context.Context, text string) error {
 // says so, as xtables.Client does on legacy.
 type legacyFirewall struct{ simFirewall }
 
-func (legacyFirewall) ListChains(context.Context, layout.Family) (map[layout.Chain]bool, error) {
+func (legacyFirewall) ListChains(context.Context, ruleset.Family) (map[layout.Chain]bool, error) {
 	return nil, xtables.ErrNotNFT
 }
 
-func (legacyFirewall) SaveChains(context.Context, layout.Family, []layout.Chain) (*xtables.Snapshot, error) {
+func (legacyFirewall) SaveChains(context.Context, ruleset.Family, []layout.Chain) (*xtables.Snapshot, error) {
 	return nil, xtables.ErrNotNFT
 }
 
@@ -610,7 +611,7 @@ func TestScopedDetachDeletesAndReverts(t *testing.T) {
 	}
 	// The engine reverts the rules, not ipset members (as on the full
 	// path): compare the tables.
-	tables := func() string { return k.tables[layout.IPv4].save() + k.tables[layout.IPv6].save() }
+	tables := func() string { return k.tables[ruleset.IPv4].save() + k.tables[ruleset.IPv6].save() }
 	want := tables()
 	k.failIPv6 = true
 	if err := e.Detach(ctx, tap); !errors.Is(err, errSimRefused) {

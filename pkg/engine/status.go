@@ -9,6 +9,7 @@ import (
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
 	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // The states Status reports for a tap or the base chains.
@@ -81,12 +82,12 @@ func (e *Engine) Status(ctx context.Context, tap string) (*Status, error) {
 		return nil, err
 	}
 	installed := st.installed()
-	rs, err := layout.Build(m, nicsFor(r, installed))
+	rs, err := layout.FromConfig(m, nicsFor(r, installed))
 	if err != nil {
 		return nil, err
 	}
 	out := &Status{Backend: e.Backend, Base: StateInSync}
-	for _, f := range layout.Families {
+	for _, f := range ruleset.Families {
 		want := rs.Tables[f]
 		plan := layout.Diff(want, st.tables[f].Observed)
 		for _, c := range append(append(append([]layout.Chain{}, plan.Create...), plan.Rewrite...), plan.Delete...) {
@@ -124,8 +125,8 @@ func (e *Engine) Status(ctx context.Context, tap string) (*Status, error) {
 	for _, t := range installed {
 		isInstalled[t] = true
 	}
-	want := wanted{tables: map[layout.Family]map[layout.Chain]*layout.ChainRules{}, rs: rs}
-	for _, f := range layout.Families {
+	want := wanted{tables: map[ruleset.Family]map[layout.Chain]*layout.ChainRules{}, rs: rs}
+	for _, f := range ruleset.Families {
 		want.tables[f] = rs.Tables[f].Index()
 	}
 	if rs.Bridge != nil {
@@ -147,7 +148,7 @@ func isBaseChain(c layout.Chain) bool { return layout.IsBaseChain(c) }
 // looks up several chains per tap.
 type wanted struct {
 	rs     *layout.Ruleset
-	tables map[layout.Family]map[layout.Chain]*layout.ChainRules
+	tables map[ruleset.Family]map[layout.Chain]*layout.ChainRules
 	bridge map[layout.Chain]*layout.ChainRules
 }
 
@@ -167,7 +168,7 @@ func (e *Engine) tapStatus(src nicSource, w wanted, st *kernelState, tap string,
 	ts.VMName, ts.Enabled = nic.VM.Name, nic.VM.Enable
 	ts.Groups = append(ts.Groups, nic.Groups...)
 	ts.PolicyIn, ts.PolicyOut = string(nic.VM.PolicyIn), string(nic.VM.PolicyOut)
-	attr := layout.Attribute(nic)
+	attr := ruleset.Attribute(nic)
 	ts.Routed, ts.RoutedNote = string(attr), attr.Explain()
 	if !installed {
 		ts.State = StateNotInstalled
@@ -179,7 +180,7 @@ func (e *Engine) tapStatus(src nicSource, w wanted, st *kernelState, tap string,
 			chains = append(chains, layout.GroupChain(g, "in"), layout.GroupChain(g, "lin"), layout.GroupChain(g, "out"))
 		}
 	}
-	for _, f := range layout.Families {
+	for _, f := range ruleset.Families {
 		have := st.tables[f]
 		for _, name := range chains {
 			c := w.tables[f][name]
@@ -257,10 +258,10 @@ func (e *Engine) Usable(ctx context.Context) error {
 	if _, err := e.load(); err != nil {
 		return &UnusableError{What: "the configuration directory " + e.ConfigDir, Err: err}
 	}
-	for _, f := range layout.Families {
+	for _, f := range ruleset.Families {
 		if _, err := e.kernel.Firewall.Save(ctx, f); err != nil {
 			tool := "iptables"
-			if f == layout.IPv6 {
+			if f == ruleset.IPv6 {
 				tool = "ip6tables"
 			}
 			return &UnusableError{What: tool + " (" + e.Backend + ")", Err: err}

@@ -11,6 +11,7 @@ import (
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
 	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // referenceDir is the reference scenario; testdata/reference-*.save are
@@ -39,8 +40,8 @@ func loadModel(t *testing.T, dir string) (*config.Model, []*config.NIC) {
 // savedKernel reads the reference scenario's kernel from testdata.
 func savedKernel(t *testing.T) *Kernel {
 	t.Helper()
-	k := &Kernel{Backend: "nft", Tables: map[layout.Family]layout.Observed{}}
-	for _, f := range layout.Families {
+	k := &Kernel{Backend: "nft", Tables: map[ruleset.Family]layout.Observed{}}
+	for _, f := range ruleset.Families {
 		data, err := os.ReadFile(filepath.Join("testdata", "reference-"+f.String()+".save"))
 		if err != nil {
 			t.Fatal(err)
@@ -63,8 +64,8 @@ func savedKernel(t *testing.T) *Kernel {
 // compiledKernel is a kernel holding exactly the compiled ruleset, in the
 // form vmfw writes it (layout.Rule.Line).
 func compiledKernel(rs *layout.Ruleset) *Kernel {
-	k := &Kernel{Backend: "test", Tables: map[layout.Family]layout.Observed{}, Sets: compiledSets(rs)}
-	for _, f := range layout.Families {
+	k := &Kernel{Backend: "test", Tables: map[ruleset.Family]layout.Observed{}, Sets: compiledSets(rs)}
+	for _, f := range ruleset.Families {
 		o := layout.Observed{Chains: map[layout.Chain][]string{}, Lines: map[layout.Chain][]string{}, Hooks: map[layout.Hook]int{}}
 		for _, c := range rs.Tables[f].Chains {
 			o.Chains[c.Name] = c.Hashes()
@@ -92,7 +93,7 @@ func compiledKernel(rs *layout.Ruleset) *Kernel {
 func referenceInput(t *testing.T) *Input {
 	t.Helper()
 	m, nics := loadModel(t, referenceDir)
-	rs, err := layout.Build(m, nics)
+	rs, err := layout.FromConfig(m, nics)
 	if err != nil {
 		t.Fatal(err)
 	}

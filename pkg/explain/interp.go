@@ -10,7 +10,7 @@ import (
 	"strings"
 
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
-	"github.com/vmfw/vmfw/pkg/policy"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // An interpreter of the iptables rules vmfw writes.
@@ -657,5 +657,5 @@ func parseU32(s string) (func([]byte) bool, error) {
 // parseICMP reads an ICMP type as iptables-save prints it ("8", "3/3") or
 // vmfw writes it (a name).
 func parseICMP(proto, s string) (typ, code int, ok bool) {
-	return policy.ParseICMPType(proto, s)
+	return ruleset.ParseICMPType(proto, s)
 }

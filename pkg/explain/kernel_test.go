@@ -99,7 +99,7 @@ func TestRandomConfigurations(t *testing.T) {
 func keysInputFrom(t *testing.T, dir string) *Input {
 	t.Helper()
 	m, nics := loadModel(t, dir)
-	rs, err := layout.Build(m, nics)
+	rs, err := layout.FromConfig(m, nics)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -39,6 +39,7 @@ import (
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/policy"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // Input is what Trace reads.
@@ -70,7 +71,7 @@ func (in *Input) compile(nics []*config.NIC) (*layout.Ruleset, error) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	if in.compiled == nil {
-		rs, err := layout.Build(in.Model, nics)
+		rs, err := layout.FromConfig(in.Model, nics)
 		if err != nil {
 			return nil, err
 		}
@@ -85,7 +86,7 @@ type Kernel struct {
 	Backend string
 	// Tables holds each family's chains with their rules' text (Lines)
 	// and fingerprints (Chains), and the hooks.
-	Tables map[layout.Family]layout.Observed
+	Tables map[ruleset.Family]layout.Observed
 	// Bridge is vmfw's part of the ebtables filter table; nil when
 	// ebtables is not managed.
 	Bridge *layout.Observed
@@ -269,7 +270,7 @@ type tracer struct {
 	in        *Input
 	q         Query
 	from, to  Endpoint
-	family    layout.Family
+	family    ruleset.Family
 	proto     uint8
 	protoName string
 	path      string
@@ -338,7 +339,7 @@ func newTracer(in *Input, q Query) (*tracer, error) {
 	}
 	t.compiled = t.actual
 	if len(t.attached) != len(in.Attached) {
-		if t.compiled, err = layout.Build(in.Model, t.attached); err != nil {
+		if t.compiled, err = layout.FromConfig(in.Model, t.attached); err != nil {
 			return nil, fmt.Errorf("compiling the configuration: %w", err)
 		}
 	}
@@ -521,9 +522,9 @@ func (t *tracer) chooseFamily() error {
 			}
 		}
 	}
-	t.family = layout.IPv4
+	t.family = ruleset.IPv4
 	if fam == 6 {
-		t.family = layout.IPv6
+		t.family = ruleset.IPv6
 	}
 	return nil
 }
@@ -532,7 +533,7 @@ func (t *tracer) chooseFamily() error {
 // interface's first address of the family, the hypervisor's address on
 // the other end's subnet.
 func (t *tracer) addresses() error {
-	is6 := t.family == layout.IPv6
+	is6 := t.family == ruleset.IPv6
 	for _, e := range []*Endpoint{&t.from, &t.to} {
 		if e.Address.IsValid() || e.Kind != "vm" {
 			continue
@@ -644,7 +645,7 @@ func (t *tracer) ports() error {
 		if name == "" {
 			name = "echo-request"
 		}
-		typ, code, ok := policy.ParseICMPType(t.protoName, name)
+		typ, code, ok := ruleset.ParseICMPType(t.protoName, name)
 		if !ok {
 			return queryErr("--icmp-type %q: not an %s type name, number or TYPE/CODE", t.q.ICMPType, t.protoName)
 		}
@@ -1084,7 +1085,7 @@ func (t *tracer) compiledL2(rs *layout.Ruleset) *l2machine {
 
 // hooked reports whether the kernel jumps from built-in chain from to to;
 // the compiled ruleset (k nil) always does.
-func hooked(k *Kernel, table string, from, to layout.Chain, f layout.Family) bool {
+func hooked(k *Kernel, table string, from, to layout.Chain, f ruleset.Family) bool {
 	if k == nil {
 		return true
 	}
@@ -1298,7 +1299,7 @@ func (t *tracer) origin(r *irule) string {
 	return ""
 }
 
-func (t *tracer) describeOrigin(o layout.Origin) string {
+func (t *tracer) describeOrigin(o ruleset.Origin) string {
 	if o.IsZero() {
 		return ""
 	}

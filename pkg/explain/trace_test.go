@@ -9,6 +9,7 @@ import (
 
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // keysDir has one group rule per rule key (testdata/keys/groups), VMs
@@ -29,7 +30,7 @@ var keysHost = []netip.Prefix{
 func keysInput(t *testing.T) *Input {
 	t.Helper()
 	m, nics := loadModel(t, keysDir)
-	rs, err := layout.Build(m, nics)
+	rs, err := layout.FromConfig(m, nics)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,16 +172,16 @@ func TestDrift(t *testing.T) {
 			delete(k.Sets["sg-clients-v4"], netip.MustParseAddr("192.0.2.35"))
 		}, "set sg-clients-v4 differs: missing 192.0.2.35", "drop"},
 		{"a group chain edited by hand", func(k *Kernel) {
-			o := k.Tables[layout.IPv4]
+			o := k.Tables[ruleset.IPv4]
 			o.Lines["sg-admin-in"] = []string{"-A sg-admin-in -p tcp -m tcp --dport 22 -j DROP"}
 			o.Chains["sg-admin-in"] = []string{""}
 		}, "ipv4/sg-admin-in differs", "drop"},
 		{"the FORWARD jump deleted", func(k *Kernel) {
-			o := k.Tables[layout.IPv4]
+			o := k.Tables[ruleset.IPv4]
 			delete(o.Hooks, layout.Hook{From: layout.Forward, To: layout.ChainForward})
 		}, "ipv4/FORWARD jump to vmfw-FORWARD missing", "accept"},
 		{"a tap chain flushed", func(k *Kernel) {
-			o := k.Tables[layout.IPv4]
+			o := k.Tables[ruleset.IPv4]
 			o.Lines["tap301i0-in"] = nil
 			o.Chains["tap301i0-in"] = []string{}
 		}, "ipv4/tap301i0-in differs", "accept"},
@@ -208,7 +209,7 @@ func TestDrift(t *testing.T) {
 	// A rule the interpreter cannot read: the kernel's verdict is
 	// unknown, the configuration's stands, and the chain is drift.
 	in := keysInput(t)
-	o := in.Kernel.Tables[layout.IPv4]
+	o := in.Kernel.Tables[ruleset.IPv4]
 	o.Lines["sg-admin-in"] = []string{"-A sg-admin-in -m time --timestart 08:00 -j ACCEPT"}
 	o.Chains["sg-admin-in"] = []string{""}
 	r, err := Trace(in, flow)
@@ -229,7 +230,7 @@ func TestDrift(t *testing.T) {
 func TestNotAttached(t *testing.T) {
 	in := keysInput(t)
 	in.Attached = slices.DeleteFunc(in.Attached, func(n *config.NIC) bool { return n.Tap == "tap302i0" })
-	rs, err := layout.Build(in.Model, in.Attached)
+	rs, err := layout.FromConfig(in.Model, in.Attached)
 	if err != nil {
 		t.Fatal(err)
 	}

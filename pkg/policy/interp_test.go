@@ -10,6 +10,7 @@ import (
 
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // This file runs packets through the chains pkg/ruleset compiles, with a
@@ -273,7 +274,7 @@ func TestMatchesCompiledRules(t *testing.T) {
 	for _, dir := range dirs {
 		t.Run(filepath.Base(dir), func(t *testing.T) {
 			m, nics := load(t, dir)
-			rs, err := layout.Build(m, nics)
+			rs, err := layout.FromConfig(m, nics)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -294,8 +295,8 @@ func TestMatchesCompiledRules(t *testing.T) {
 			}
 			ev := New(m, nics, func(a netip.Addr) bool { return local[a] })
 			interps := map[bool]*interp{
-				false: newInterp(rs.Tables[layout.IPv4], rs.Sets),
-				true:  newInterp(rs.Tables[layout.IPv6], rs.Sets),
+				false: newInterp(rs.Tables[ruleset.IPv4], rs.Sets),
+				true:  newInterp(rs.Tables[ruleset.IPv6], rs.Sets),
 			}
 			// The MACs an outsider (or an interface configured without
 			// one) may send from, as far as the rules can tell: any MAC a

@@ -19,6 +19,7 @@ import (
 
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // Observed is one vmfw-owned set as the kernel holds it.
@@ -142,8 +143,8 @@ func (c *Client) Restore(ctx context.Context, script string) error {
 // has more members.
 const minMaxElem = 65536
 
-func familyName(f layout.Family) string {
-	if f == layout.IPv6 {
+func familyName(f ruleset.Family) string {
+	if f == ruleset.IPv6 {
 		return "inet6"
 	}
 	return "inet"

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // call is one command the fake runner was asked to run.
@@ -157,7 +158,7 @@ func TestRebuildOfLongestGroupName(t *testing.T) {
 		t.Fatalf("%s is not a group's set name; update the test", name)
 	}
 	have := map[string]*Observed{name: {Type: layout.HashIP, Family: "inet6", MaxElem: 1, Members: map[string]bool{}}}
-	pre, _ := Plan([]layout.Set{{Name: name, Type: layout.HashIP, Family: layout.IPv6, Members: []string{"2001:db8::1", "2001:db8::2"}}}, have)
+	pre, _ := Plan([]layout.Set{{Name: name, Type: layout.HashIP, Family: ruleset.IPv6, Members: []string{"2001:db8::1", "2001:db8::2"}}}, have)
 	if !strings.Contains(pre, "swap ") {
 		t.Fatalf("a set past its capacity must be rebuilt; got:\n%s", pre)
 	}
@@ -176,8 +177,8 @@ func TestRebuildOfLongestGroupName(t *testing.T) {
 func TestPlanDestroysLeftoversOnly(t *testing.T) {
 	have := Parse([]byte(ownSave))
 	pre, post := Plan([]layout.Set{
-		{Name: "sg-web-v4", Type: layout.HashIP, Family: layout.IPv4, Members: []string{"192.0.2.10", "192.0.2.12"}},
-		{Name: "sg-web-v6", Type: layout.HashIP, Family: layout.IPv6, Members: []string{"2001:db8::10"}},
+		{Name: "sg-web-v4", Type: layout.HashIP, Family: ruleset.IPv4, Members: []string{"192.0.2.10", "192.0.2.12"}},
+		{Name: "sg-web-v6", Type: layout.HashIP, Family: ruleset.IPv6, Members: []string{"2001:db8::10"}},
 	}, have)
 	wantPre := "destroy vmfw-sg-db-v4\ndestroy vmfw-tmp-sg-db-v6\nadd sg-web-v4 192.0.2.12\ndel sg-web-v4 192.0.2.11\n"
 	if pre != wantPre {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/vishvananda/netns"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // TestWithKernel runs List, Plan and Restore against the real ipset in a
@@ -74,8 +75,8 @@ create vmfw-sg-web-v6 hash:ip family inet6
 	// The longest group's set outgrows its capacity: it is rebuilt under
 	// the temporary name and swapped in.
 	want := []layout.Set{
-		{Name: "sg-web-v4", Type: layout.HashIP, Family: layout.IPv4, Members: []string{"192.0.2.10", "192.0.2.12"}},
-		{Name: longest, Type: layout.HashIP, Family: layout.IPv6, Members: []string{"2001:db8::1", "2001:db8::2"}},
+		{Name: "sg-web-v4", Type: layout.HashIP, Family: ruleset.IPv4, Members: []string{"192.0.2.10", "192.0.2.12"}},
+		{Name: longest, Type: layout.HashIP, Family: ruleset.IPv6, Members: []string{"2001:db8::1", "2001:db8::2"}},
 	}
 	pre, post := Plan(want, have)
 	if err := c.Restore(ctx, pre); err != nil {

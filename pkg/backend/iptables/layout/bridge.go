@@ -4,7 +4,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // ChainL2 dispatches frames from bridge ports to their tap's L2 chain in
@@ -29,15 +29,15 @@ func L2Chain(tap string) Chain { return Chain(tap + "-l2") }
 // 0.0.0.0), and besides IPv4, IPv6 and ARP only the ethertypes it lists in
 // l2_protocols. Frames pass ebtables' FORWARD (to other ports) and INPUT
 // (to the hypervisor) hooks.
-func (b *builder) bridgeTable(nics []*config.NIC) *Table {
+func (b *builder) bridgeTable(nics []*ruleset.Interface) *Table {
 	t := &Table{Bridge: true}
 	var names []string
 	for _, n := range nics {
-		if !n.VM.Enable || !n.Antispoof {
+		if !n.Enabled || !n.Antispoof {
 			continue
 		}
-		c := &ChainRules{Name: L2Chain(n.Tap)}
-		names = append(names, n.Tap)
+		c := &ChainRules{Name: L2Chain(n.Name)}
+		names = append(names, n.Name)
 		if n.MAC != nil {
 			mac := n.MAC.String()
 			c.Rules = append(c.Rules,
@@ -85,7 +85,7 @@ func bridgeHooks() []Hook {
 //
 // Rules are written as ebtables-save prints them (ebtables has no comment
 // to fingerprint; see Table.Bridge).
-func (b *builder) l2Out(nics []*config.NIC) *ChainRules {
+func (b *builder) l2Out(nics []*ruleset.Interface) *ChainRules {
 	c := &ChainRules{Name: ChainL2Out, Rules: []Rule{
 		{Spec: "-d Multicast -j RETURN"},
 		{Spec: "--mark " + b.mark + "/" + b.mark + " -j RETURN"},
@@ -93,17 +93,17 @@ func (b *builder) l2Out(nics []*config.NIC) *ChainRules {
 		{Spec: "-p IPv6 --ip6-dst fe80::/10 --ip6-proto ipv6-icmp --ip6-icmp-type 133:137/0:255 -j RETURN"},
 		{Spec: "-p IPv6 --ip6-proto udp --ip6-sport 547 --ip6-dport 546 -j RETURN"},
 	}}
-	sorted := slices.SortedFunc(slices.Values(nics), func(a, b *config.NIC) int { return strings.Compare(a.Tap, b.Tap) })
+	sorted := slices.SortedFunc(slices.Values(nics), func(a, b *ruleset.Interface) int { return strings.Compare(a.Name, b.Name) })
 	var unmanaged []string
 	for _, n := range sorted {
 		switch {
-		case !n.VM.Enable:
-			c.Rules = append(c.Rules, Rule{Spec: "-o " + n.Tap + " -j RETURN"})
-		case !matchesAny(b.model.Host.Managed, n.Tap):
-			unmanaged = append(unmanaged, n.Tap)
+		case !n.Enabled:
+			c.Rules = append(c.Rules, Rule{Spec: "-o " + n.Name + " -j RETURN"})
+		case !matchesAny(b.policy.Host.Managed, n.Name):
+			unmanaged = append(unmanaged, n.Name)
 		}
 	}
-	for _, port := range append(slices.Clone(b.model.Host.Managed), unmanaged...) {
+	for _, port := range append(slices.Clone(b.policy.Host.Managed), unmanaged...) {
 		c.Rules = append(c.Rules,
 			Rule{Spec: "-p IPv4 -o " + port + " -j DROP"},
 			Rule{Spec: "-p IPv6 -o " + port + " -j DROP"})

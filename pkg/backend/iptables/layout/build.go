@@ -2,6 +2,7 @@ package layout
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"sort"
@@ -9,55 +10,42 @@ import (
 	"strings"
 
 	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
-// Build compiles the model and the attached interfaces into the desired
-// ruleset. nics are the interfaces whose chains should be installed (their
-// Tap is the host-side interface name); they are also the members of the
-// groups they list, so a stopped VM's addresses match no source_group.
-func Build(m *config.Model, nics []*config.NIC) (*Ruleset, error) {
-	b := &builder{model: m, mark: fmt.Sprintf("0x%x", m.Host.Mark)}
-	sorted := append([]*config.NIC(nil), nics...)
-	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Tap < sorted[j].Tap })
-	for i := 1; i < len(sorted); i++ {
-		if sorted[i].Tap == sorted[i-1].Tap {
-			return nil, fmt.Errorf("interface %s attached twice", sorted[i].Tap)
-		}
+// Build lays out the policy as iptables chains, ebtables chains and
+// ipsets: the desired ruleset of the iptables backend.
+func Build(p *ruleset.Policy) *Ruleset {
+	b := newBuilder(p)
+	rs := &Ruleset{Tables: map[ruleset.Family]*Table{}}
+	for _, f := range ruleset.Families {
+		rs.Tables[f] = b.table(f, p.Interfaces)
 	}
-	for _, n := range sorted {
-		for _, g := range n.Groups {
-			if m.Groups[g] == nil {
-				return nil, fmt.Errorf("%s: unknown group %q", n.Tap, g)
-			}
-		}
-	}
-	rs := &Ruleset{Tables: map[Family]*Table{}}
-	for _, f := range Families {
-		rs.Tables[f] = b.table(f, sorted)
-	}
-	rs.Bridge = b.bridgeTable(sorted)
-	rs.Sets = b.sets(sorted)
-	return rs, nil
+	rs.Bridge = b.bridgeTable(p.Interfaces)
+	rs.Sets = b.sets()
+	return rs
 }
 
 type builder struct {
-	model *config.Model
-	mark  string
-	// setsUsed collects the groups whose ipsets a compiled rule references.
-	setsUsed map[string]bool
+	policy *ruleset.Policy
+	mark   string
+}
+
+func newBuilder(p *ruleset.Policy) *builder {
+	return &builder{policy: p, mark: fmt.Sprintf("0x%x", p.Host.Mark)}
 }
 
 func (b *builder) setMark() string   { return "-j MARK --set-xmark " + b.mark + "/" + b.mark }
 func (b *builder) clearMark() string { return "-j MARK --set-xmark 0x0/" + b.mark }
 func (b *builder) isMarked() string  { return "-m mark --mark " + b.mark + "/" + b.mark }
 
-func (b *builder) table(f Family, nics []*config.NIC) *Table {
+func (b *builder) table(f ruleset.Family, nics []*ruleset.Interface) *Table {
 	t := &Table{Family: f}
 	// Group chains shared by every tap that lists the group.
 	var groups []string
 	seen := map[string]bool{}
 	for _, n := range nics {
-		if !n.VM.Enable {
+		if !n.Enabled {
 			continue
 		}
 		for _, g := range n.Groups {
@@ -70,10 +58,10 @@ func (b *builder) table(f Family, nics []*config.NIC) *Table {
 	sort.Strings(groups)
 	for _, g := range groups {
 		t.Chains = append(t.Chains,
-			b.groupChain(f, b.model.Groups[g], config.In),
-			b.groupChain(f, b.model.Groups[g], config.Out))
+			b.groupChain(f, b.policy.Groups[g], config.In),
+			b.groupChain(f, b.policy.Groups[g], config.Out))
 		if b.macGroup(g) {
-			t.Chains = append(t.Chains, b.localGroupChain(f, b.model.Groups[g]))
+			t.Chains = append(t.Chains, b.localGroupChain(f, b.policy.Groups[g]))
 		}
 	}
 	for _, n := range nics {
@@ -121,9 +109,9 @@ func (b *builder) entryChains() []*ChainRules {
 }
 
 // tapChains builds TAP-src (when anti-spoofing), TAP-out and TAP-in.
-func (b *builder) tapChains(f Family, n *config.NIC) []*ChainRules {
-	outName, inName := TapChain(n.Tap, "out"), TapChain(n.Tap, "in")
-	if !n.VM.Enable {
+func (b *builder) tapChains(f ruleset.Family, n *ruleset.Interface) []*ChainRules {
+	outName, inName := TapChain(n.Name, "out"), TapChain(n.Name, "in")
+	if !n.Enabled {
 		return []*ChainRules{
 			{Name: outName, Rules: []Rule{{Spec: b.setMark(), Comment: "vm disabled"}}},
 			{Name: inName, Rules: []Rule{{Spec: b.setMark()}, {Spec: "-j ACCEPT", Comment: "vm disabled"}}},
@@ -134,7 +122,7 @@ func (b *builder) tapChains(f Family, n *config.NIC) []*ChainRules {
 	if n.Antispoof {
 		src := b.sourceChain(f, n)
 		chains = append(chains, src)
-		if f == IPv6 {
+		if f == ruleset.IPv6 {
 			chains = append(chains, ndTargetChain(n))
 		}
 		out.Rules = append(out.Rules, b.antispoof(f, n, src.Name)...)
@@ -145,7 +133,7 @@ func (b *builder) tapChains(f Family, n *config.NIC) []*ChainRules {
 		Rule{Spec: b.isMarked() + " -j RETURN"},
 		midStreamDrop)
 	switch {
-	case f == IPv6:
+	case f == ruleset.IPv6:
 		// NDP from the VM's own (or link-local) address.
 		for _, t := range []string{"router-solicitation", "neighbour-solicitation", "neighbour-advertisement"} {
 			out.Rules = append(out.Rules, Rule{Spec: "-p ipv6-icmp --icmpv6-type " + t + " " + b.setMark()})
@@ -162,7 +150,7 @@ func (b *builder) tapChains(f Family, n *config.NIC) []*ChainRules {
 			Rule{Spec: "-j " + string(GroupChain(g, "out"))},
 			Rule{Spec: b.isMarked() + " -j RETURN"})
 	}
-	out.Rules = append(out.Rules, b.policy(f, n, config.Out, n.VM.PolicyOut)...)
+	out.Rules = append(out.Rules, b.policyRules(f, n, config.Out, n.PolicyOut)...)
 	chains = append(chains, out)
 	if b.localIn(n) {
 		chains = append(chains, b.inChain(f, n, true))
@@ -176,10 +164,10 @@ func (b *builder) tapChains(f Family, n *config.NIC) []*ChainRules {
 // bit carried this far, has been read, and from here on the bit says that
 // an in chain saw the packet, which vmfw-l2out requires of every packet
 // the hypervisor routes or sends to a VM (docs/routing.md).
-func (b *builder) inChain(f Family, n *config.NIC, local bool) *ChainRules {
-	name := TapChain(n.Tap, "in")
+func (b *builder) inChain(f ruleset.Family, n *ruleset.Interface, local bool) *ChainRules {
+	name := TapChain(n.Name, "in")
 	if local {
-		name = TapChain(n.Tap, "lin")
+		name = TapChain(n.Name, "lin")
 	}
 	in := &ChainRules{Name: name, Rules: []Rule{
 		{Spec: b.setMark()},
@@ -187,7 +175,7 @@ func (b *builder) inChain(f Family, n *config.NIC, local bool) *ChainRules {
 		{Spec: "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"},
 		midStreamDrop,
 	}}
-	if f == IPv6 {
+	if f == ruleset.IPv6 {
 		for _, t := range []string{"router-solicitation", "router-advertisement", "neighbour-solicitation", "neighbour-advertisement"} {
 			in.Rules = append(in.Rules, Rule{Spec: "-p ipv6-icmp --icmpv6-type " + t + " -j ACCEPT"})
 		}
@@ -204,7 +192,7 @@ func (b *builder) inChain(f Family, n *config.NIC, local bool) *ChainRules {
 		}
 		in.Rules = append(in.Rules, Rule{Spec: "-j " + string(GroupChain(g, dir))})
 	}
-	in.Rules = append(in.Rules, b.policy(f, n, config.In, n.VM.PolicyIn)...)
+	in.Rules = append(in.Rules, b.policyRules(f, n, config.In, n.PolicyIn)...)
 	return in
 }
 
@@ -238,12 +226,12 @@ var midStreamDrop = Rule{Spec: "-p tcp -m conntrack --ctstate NEW -m tcp ! --syn
 // VM's MAC, DHCP-server and router-advertisement traffic is dropped, DHCP
 // discovery is allowed before the VM has an address, and everything else
 // must come from one of the VM's addresses (checked in TAP-src).
-func (b *builder) antispoof(f Family, n *config.NIC, src Chain) []Rule {
+func (b *builder) antispoof(f ruleset.Family, n *ruleset.Interface, src Chain) []Rule {
 	var r []Rule
 	if n.MAC != nil {
 		r = append(r, Rule{Spec: "-m mac ! --mac-source " + n.MAC.String() + " -j DROP", Comment: "antispoof mac"})
 	}
-	if f == IPv4 {
+	if f == ruleset.IPv4 {
 		r = append(r, Rule{Spec: udpPorts(67, 0) + " -j DROP", Comment: "no dhcp server"})
 		if n.DHCP {
 			r = append(r, b.outAccept("-s 0.0.0.0/32 -d 255.255.255.255/32 "+udpPorts(68, 67), "dhcp discover")...)
@@ -253,7 +241,7 @@ func (b *builder) antispoof(f Family, n *config.NIC, src Chain) []Rule {
 			Rule{Spec: "-p ipv6-icmp --icmpv6-type router-advertisement -j DROP", Comment: "no router advertisement"},
 			Rule{Spec: "-p ipv6-icmp --icmpv6-type redirect -j DROP", Comment: "no redirect"},
 			Rule{Spec: udpPorts(547, 0) + " -j DROP", Comment: "no dhcpv6 server"},
-			Rule{Spec: "-p ipv6-icmp --icmpv6-type neighbour-advertisement -j " + string(TapChain(n.Tap, "nd"))})
+			Rule{Spec: "-p ipv6-icmp --icmpv6-type neighbour-advertisement -j " + string(TapChain(n.Name, "nd"))})
 	}
 	return append(r, Rule{Spec: "-j " + string(src)})
 }
@@ -261,16 +249,16 @@ func (b *builder) antispoof(f Family, n *config.NIC, src Chain) []Rule {
 // sourceChain returns TAP-src: RETURN for the VM's own addresses, DROP for
 // any other source. IPv6 also allows link-local sources and the unspecified
 // address that duplicate address detection and MLD use.
-func (b *builder) sourceChain(f Family, n *config.NIC) *ChainRules {
-	c := &ChainRules{Name: TapChain(n.Tap, "src")}
-	if f == IPv6 {
+func (b *builder) sourceChain(f ruleset.Family, n *ruleset.Interface) *ChainRules {
+	c := &ChainRules{Name: TapChain(n.Name, "src")}
+	if f == ruleset.IPv6 {
 		c.Rules = append(c.Rules,
 			Rule{Spec: "-s fe80::/10 -j RETURN", Comment: "link-local"},
 			Rule{Spec: "-s ::/128 -p ipv6-icmp --icmpv6-type neighbour-solicitation -j RETURN", Comment: "dad"},
 			Rule{Spec: "-s ::/128 -p ipv6-icmp --icmpv6-type 143 -j RETURN", Comment: "mld report"})
 	}
 	for _, ip := range n.IPs {
-		if familyOf(ip) == f {
+		if ruleset.FamilyOf(ip) == f {
 			c.Rules = append(c.Rules, Rule{Spec: "-s " + netip.PrefixFrom(ip, ip.BitLen()).String() + " -j RETURN"})
 		}
 	}
@@ -284,12 +272,12 @@ func (b *builder) sourceChain(f Family, n *config.NIC) *ChainRules {
 // its source, so the target must be one of the VM's addresses. Link-local
 // targets stay allowed: a VM picks its own link-local addresses (EUI-64,
 // stable privacy), which the configuration does not list.
-func ndTargetChain(n *config.NIC) *ChainRules {
-	c := &ChainRules{Name: TapChain(n.Tap, "nd"), Rules: []Rule{
+func ndTargetChain(n *ruleset.Interface) *ChainRules {
+	c := &ChainRules{Name: TapChain(n.Name, "nd"), Rules: []Rule{
 		{Spec: "-m u32 --u32 " + ndTargetLinkLocal + " -j RETURN", Comment: "link-local target"},
 	}}
 	for _, ip := range n.IPs {
-		if familyOf(ip) == IPv6 {
+		if ruleset.FamilyOf(ip) == ruleset.IPv6 {
 			c.Rules = append(c.Rules, Rule{Spec: "-m u32 --u32 " + ndTargetIs(ip) + " -j RETURN"})
 		}
 	}
@@ -329,10 +317,10 @@ func (b *builder) outAccept(match, comment string) []Rule {
 }
 
 // policy returns the rules deciding what no rule matched.
-func (b *builder) policy(f Family, n *config.NIC, dir config.Direction, a config.Action) []Rule {
+func (b *builder) policyRules(f ruleset.Family, n *ruleset.Interface, dir config.Direction, a config.Action) []Rule {
 	var r []Rule
-	o := Origin{Dir: dir, Tap: n.Tap}
-	if n.VM.Log && a != config.Accept {
+	o := ruleset.Origin{Dir: dir, Tap: n.Name}
+	if n.LogPolicy && a != config.Accept {
 		r = append(r, b.logRule("", o, a))
 	}
 	switch {
@@ -349,7 +337,7 @@ func (b *builder) policy(f Family, n *config.NIC, dir config.Direction, a config
 }
 
 // withOrigin sets the origin of rules that have none.
-func withOrigin(rules []Rule, o Origin) []Rule {
+func withOrigin(rules []Rule, o ruleset.Origin) []Rule {
 	for i := range rules {
 		if rules[i].Origin.IsZero() {
 			rules[i].Origin = o
@@ -360,9 +348,9 @@ func withOrigin(rules []Rule, o Origin) []Rule {
 
 // rejectRules rejects TCP with a reset and everything else with an ICMP
 // port unreachable, so clients fail fast either way.
-func rejectRules(f Family, match, comment string) []Rule {
+func rejectRules(f ruleset.Family, match, comment string) []Rule {
 	icmp := "icmp-port-unreachable"
-	if f == IPv6 {
+	if f == ruleset.IPv6 {
 		icmp = "icmp6-port-unreachable"
 	}
 	m := match
@@ -386,15 +374,15 @@ func rejectRules(f Family, match, comment string) []Rule {
 // and the verdict: "vmfw tap110i0-in DROP ". The kernel keeps 28
 // characters, so long names lose the "vmfw " and then their tail rather
 // than the verdict.
-func (b *builder) logRule(match string, o Origin, a config.Action) Rule {
+func (b *builder) logRule(match string, o ruleset.Origin, a config.Action) Rule {
 	m := match
 	if m != "" {
 		m += " "
 	}
-	limit := fmt.Sprintf("-m limit --limit %s --limit-burst %d", b.model.Host.LogLimit, b.model.Host.LogBurst)
-	if b.model.Host.LogGroup > 0 {
+	limit := fmt.Sprintf("-m limit --limit %s --limit-burst %d", b.policy.Host.LogLimit, b.policy.Host.LogBurst)
+	if b.policy.Host.LogGroup > 0 {
 		return Rule{Spec: fmt.Sprintf("%s%s -j NFLOG --nflog-group %d --nflog-prefix %q",
-			m, limit, b.model.Host.LogGroup, NFLOGPrefix(o, a)), Origin: o}
+			m, limit, b.policy.Host.LogGroup, ruleset.NFLOGPrefix(o, a)), Origin: o}
 	}
 	object := o.Tap
 	if o.Group != "" {
@@ -412,83 +400,31 @@ func (b *builder) logRule(match string, o Origin, a config.Action) Rule {
 	return Rule{Spec: fmt.Sprintf("%s%s -j LOG --log-prefix %q", m, limit, prefix), Origin: o}
 }
 
-// NFLOGPrefix is the prefix of the NFLOG rule logging for origin o with
-// verdict a: "vmfw sg-web-in #2 DROP" for the second in rule of group web,
-// "vmfw tap110i0-in policy DROP" for a policy. It names the rule by its
-// position, not its line, so that editing comments in a group file does
-// not rewrite the group's chains; vmfw log resolves it against the
-// configuration (ParseNFLOGPrefix). At most 47 characters: NFLOG keeps 64.
-func NFLOGPrefix(o Origin, a config.Action) string {
-	verdict := strings.ToUpper(string(a))
-	if o.Group == "" {
-		return fmt.Sprintf("vmfw %s-%s policy %s", o.Tap, o.Dir, verdict)
-	}
-	return fmt.Sprintf("vmfw sg-%s-%s #%d %s", o.Group, o.Dir, o.Index+1, verdict)
-}
-
-// ParseNFLOGPrefix reverses NFLOGPrefix: the origin and the verdict
-// (accept, drop, reject). ok is false for a prefix vmfw did not write.
-func ParseNFLOGPrefix(prefix string) (o Origin, a config.Action, ok bool) {
-	f := strings.Fields(prefix)
-	if len(f) != 4 || f[0] != "vmfw" {
-		return o, "", false
-	}
-	a = config.Action(strings.ToLower(f[3]))
-	if a != config.Accept && a != config.Drop && a != config.Reject {
-		return o, "", false
-	}
-	object, dir, found := cutLast(f[1], "-")
-	if !found || (dir != string(config.In) && dir != string(config.Out)) {
-		return o, "", false
-	}
-	o.Dir = config.Direction(dir)
-	if f[2] == "policy" {
-		o.Tap = object
-		return o, a, object != ""
-	}
-	group, isGroup := strings.CutPrefix(object, "sg-")
-	n, err := strconv.Atoi(strings.TrimPrefix(f[2], "#"))
-	if !isGroup || group == "" || !strings.HasPrefix(f[2], "#") || err != nil || n < 1 {
-		return o, "", false
-	}
-	o.Group, o.Index = group, n-1
-	return o, a, true
-}
-
-// cutLast splits s around the last sep.
-func cutLast(s, sep string) (before, after string, found bool) {
-	i := strings.LastIndex(s, sep)
-	if i < 0 {
-		return s, "", false
-	}
-	return s[:i], s[i+len(sep):], true
-}
-
 // groupChain compiles one direction of a group. In chains decide for good
 // (the receiver is the last to look at a packet); out chains only mark an
 // accepted packet and return, so the receiver's in rules still apply.
-func (b *builder) groupChain(f Family, g *config.Group, dir config.Direction) *ChainRules {
+func (b *builder) groupChain(f ruleset.Family, g *ruleset.Group, dir config.Direction) *ChainRules {
 	return b.compileGroup(f, g, dir, GroupChain(g.Name, string(dir)), false)
 }
 
 // localGroupChain compiles sg-NAME-lin: the group's in rules without those
 // matching a source MAC, which no packet the hypervisor sends can match
 // and OUTPUT may not reach (route.go).
-func (b *builder) localGroupChain(f Family, g *config.Group) *ChainRules {
+func (b *builder) localGroupChain(f ruleset.Family, g *ruleset.Group) *ChainRules {
 	return b.compileGroup(f, g, config.In, GroupChain(g.Name, "lin"), true)
 }
 
-func (b *builder) compileGroup(f Family, g *config.Group, dir config.Direction, name Chain, skipMAC bool) *ChainRules {
+func (b *builder) compileGroup(f ruleset.Family, g *ruleset.Group, dir config.Direction, name Chain, skipMAC bool) *ChainRules {
 	c := &ChainRules{Name: name}
-	for i, rule := range g.Rules(dir) {
-		if skipMAC && rule.SourceMAC != nil {
+	for _, rule := range g.Rules(dir) {
+		if skipMAC && rule.Match.SourceMAC != nil {
 			continue
 		}
 		matches := b.ruleMatches(f, rule)
 		if len(matches) == 0 {
 			continue
 		}
-		o := Origin{Group: g.Name, Dir: dir, Index: i}
+		o := rule.Origin
 		first := len(c.Rules)
 		for _, m := range matches {
 			if rule.Log {
@@ -520,55 +456,53 @@ func join(a, b string) string {
 	return a + " " + b
 }
 
-// ruleMatches returns the match arguments of every iptables rule one config
-// rule becomes in family f: one per address and group alternative, none
-// when the rule cannot apply to f (an icmp rule in IPv6, only IPv4 addresses).
-func (b *builder) ruleMatches(f Family, r config.Rule) []string {
+// ruleMatches returns the match arguments of every iptables rule one
+// policy rule becomes in family f: one per address alternative, none when
+// the rule cannot apply to f (an icmp rule in IPv6, only IPv4 addresses).
+func (b *builder) ruleMatches(f ruleset.Family, r ruleset.Rule) []string {
+	m := r.Match
+	if pf := m.Proto.Family(); pf != 0 && pf != f {
+		return nil
+	}
 	var proto []string
-	switch r.Proto {
+	switch m.Proto.Name {
 	case "":
 	case "icmp":
-		if f == IPv6 {
-			return nil
-		}
 		proto = append(proto, "-p icmp")
-		if r.ICMPType != "" {
-			proto = append(proto, "--icmp-type "+r.ICMPType)
+		if !m.ICMP.IsAny() {
+			proto = append(proto, "--icmp-type "+m.ICMP.Name)
 		}
 	case "icmpv6":
-		if f == IPv4 {
-			return nil
-		}
 		proto = append(proto, "-p ipv6-icmp")
-		if r.ICMPType != "" {
-			proto = append(proto, "--icmpv6-type "+r.ICMPType)
+		if !m.ICMP.IsAny() {
+			proto = append(proto, "--icmpv6-type "+m.ICMP.Name)
 		}
 	default:
-		proto = append(proto, "-p "+r.Proto)
+		proto = append(proto, "-p "+m.Proto.Name)
 	}
-	proto = append(proto, portMatch(r.SPort, "sport")...)
-	proto = append(proto, portMatch(r.DPort, "dport")...)
-	if r.SourceMAC != nil {
-		proto = append(proto, "-m mac --mac-source "+r.SourceMAC.String())
+	proto = append(proto, portMatch(m.SPorts, "sport")...)
+	proto = append(proto, portMatch(m.DPorts, "dport")...)
+	if m.SourceMAC != nil {
+		proto = append(proto, "-m mac --mac-source "+m.SourceMAC.String())
 	}
 	base := strings.Join(proto, " ")
 
 	variants := []string{base}
-	variants = b.addresses(f, variants, r.Source, "-s")
-	variants = b.addresses(f, variants, r.Dest, "-d")
-	variants = b.groupSets(f, variants, r.SourceGroup, "src")
-	variants = b.groupSets(f, variants, r.DestGroup, "dst")
+	variants = b.addresses(f, variants, m.Source, "-s")
+	variants = b.addresses(f, variants, m.Dest, "-d")
+	variants = groupSets(f, variants, m.SourceGroup, "src")
+	variants = groupSets(f, variants, m.DestGroup, "dst")
 	return variants
 }
 
-func (b *builder) addresses(f Family, variants []string, prefixes []netip.Prefix, flag string) []string {
+func (b *builder) addresses(f ruleset.Family, variants []string, prefixes []netip.Prefix, flag string) []string {
 	if len(prefixes) == 0 {
 		return variants
 	}
 	var out []string
 	for _, v := range variants {
 		for _, p := range prefixes {
-			if familyOf(p.Addr()) == f {
+			if ruleset.FamilyOf(p.Addr()) == f {
 				out = append(out, join(v, flag+" "+p.String()))
 			}
 		}
@@ -580,14 +514,10 @@ func (b *builder) addresses(f Family, variants []string, prefixes []netip.Prefix
 // Members are matched by address only: the hash:mac set type is not in
 // every kernel (CONFIG_IP_SET_HASH_MAC), and anti-spoofing already binds a
 // member's MAC to its addresses.
-func (b *builder) groupSets(f Family, variants []string, group, dir string) []string {
+func groupSets(f ruleset.Family, variants []string, group, dir string) []string {
 	if group == "" {
 		return variants
 	}
-	if b.setsUsed == nil {
-		b.setsUsed = map[string]bool{}
-	}
-	b.setsUsed[group] = true
 	out := make([]string, len(variants))
 	for i, v := range variants {
 		out[i] = join(v, "-m set --match-set "+SetName(group, f)+" "+dir)
@@ -596,8 +526,8 @@ func (b *builder) groupSets(f Family, variants []string, group, dir string) []st
 }
 
 // SetName returns the ipset holding group members' addresses of family f.
-func SetName(group string, f Family) string {
-	if f == IPv6 {
+func SetName(group string, f ruleset.Family) string {
+	if f == ruleset.IPv6 {
 		return groupPrefix + group + "-v6"
 	}
 	return groupPrefix + group + "-v4"
@@ -620,62 +550,32 @@ func portMatch(ports []config.PortRange, dir string) []string {
 	return []string{"-m multiport --" + dir + "s " + strings.Join(parts, ",")}
 }
 
-func familyOf(a netip.Addr) Family {
-	if a.Is4() {
-		return IPv4
-	}
-	return IPv6
-}
-
-// sets returns the ipsets of every group a compiled rule references,
-// filled with the attached members' addresses and the model's
-// RemoteMembers.
-func (b *builder) sets(nics []*config.NIC) []Set {
-	var names []string
-	for g := range b.setsUsed {
-		names = append(names, g)
-	}
-	sort.Strings(names)
+// sets returns the ipsets of every group a compiled rule refers to,
+// holding its members' addresses (the policy's Members, remote members
+// included), sorted as text as ipset restore scripts list them.
+func (b *builder) sets() []Set {
+	names := slices.Sorted(maps.Keys(b.policy.Members))
 	var out []Set
 	for _, g := range names {
-		v4 := Set{Name: SetName(g, IPv4), Type: HashIP, Family: IPv4}
-		v6 := Set{Name: SetName(g, IPv6), Type: HashIP, Family: IPv6}
-		for _, n := range nics {
-			if !contains(n.Groups, g) {
-				continue
+		for _, f := range ruleset.Families {
+			s := Set{Name: SetName(g, f), Type: HashIP, Family: f}
+			for _, a := range b.policy.Members[g].Addrs[f] {
+				s.Members = append(s.Members, a.String())
 			}
-			for _, ip := range n.IPs {
-				if ip.Is4() {
-					v4.Members = append(v4.Members, ip.String())
-				} else {
-					v6.Members = append(v6.Members, ip.String())
-				}
-			}
+			slices.Sort(s.Members)
+			out = append(out, s)
 		}
-		// Members attached on other hosts (cluster mode) are in the set
-		// too; they have no chains here.
-		for _, ip := range b.model.RemoteMembers[g] {
-			if ip.Is4() {
-				v4.Members = append(v4.Members, ip.String())
-			} else {
-				v6.Members = append(v6.Members, ip.String())
-			}
-		}
-		// An address claimed twice (config validation forbids it, but a
-		// record can race an edit, or a VM migrate) must not make "ipset
-		// add" fail.
-		v4.Members = slices.Compact(slices.Sorted(slices.Values(v4.Members)))
-		v6.Members = slices.Compact(slices.Sorted(slices.Values(v6.Members)))
-		out = append(out, v4, v6)
 	}
 	return out
 }
 
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
+// FromConfig compiles the policy of m for the attached interfaces and
+// lays it out: Build for callers that start from the configuration (the
+// bench, tests).
+func FromConfig(m *config.Model, attached []*config.NIC) (*Ruleset, error) {
+	p, err := ruleset.Compile(m, attached)
+	if err != nil {
+		return nil, err
 	}
-	return false
+	return Build(p), nil
 }

@@ -4,6 +4,8 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // Observed is what the kernel holds of vmfw's objects in one filter table.
@@ -20,7 +22,7 @@ type Observed struct {
 
 // Plan is the set of changes that turns an observed table into a desired one.
 type Plan struct {
-	Family Family
+	Family ruleset.Family
 	// Create, Rewrite and Delete list chains to add, replace and remove.
 	Create, Rewrite, Delete []Chain
 	// AddHooks and DelHooks list hook rules to insert and remove.

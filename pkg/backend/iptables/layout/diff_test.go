@@ -3,10 +3,12 @@ package layout
 import (
 	"strings"
 	"testing"
+
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 func table(chains ...*ChainRules) *Table {
-	return &Table{Family: IPv4, Chains: chains, Hooks: []Hook{{From: Forward, To: ChainForward}}}
+	return &Table{Family: ruleset.IPv4, Chains: chains, Hooks: []Hook{{From: Forward, To: ChainForward}}}
 }
 
 func observe(t *Table) Observed {
@@ -48,7 +50,7 @@ func TestDiffRewritesOnlyChangedChains(t *testing.T) {
 func TestDiffDeletesAndReverts(t *testing.T) {
 	a := &ChainRules{Name: "tap1i0-in", Rules: []Rule{{Spec: "-j DROP"}}}
 	old := table(a)
-	p := Diff(&Table{Family: IPv4}, observe(old))
+	p := Diff(&Table{Family: ruleset.IPv4}, observe(old))
 	text := p.Render()
 	for _, want := range []string{":tap1i0-in - [0:0]", "-X tap1i0-in", "-D FORWARD -j vmfw-FORWARD -m comment"} {
 		if !strings.Contains(text, want) {

@@ -6,7 +6,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // Dispatch trees.
@@ -303,12 +303,12 @@ func dispatchChains(names, managed []string, clearMark string) []*ChainRules {
 }
 
 // dispatch builds the chains that send a packet to its tap's chain.
-func (b *builder) dispatch(nics []*config.NIC) []*ChainRules {
+func (b *builder) dispatch(nics []*ruleset.Interface) []*ChainRules {
 	names := make([]string, len(nics))
 	for i, n := range nics {
-		names[i] = n.Tap
+		names[i] = n.Name
 	}
-	return dispatchChains(names, b.model.Host.Managed, b.clearMark())
+	return dispatchChains(names, b.policy.Host.Managed, b.clearMark())
 }
 
 // l2Style is how vmfw-l2, the ebtables dispatch of L2 anti-spoofing, is

@@ -9,6 +9,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // fuzzFiles are the files FuzzBuild writes: a fixed group the fuzzed ones
@@ -61,7 +62,7 @@ func FuzzBuild(f *testing.F) {
 		for _, v := range m.VMs {
 			nics = append(nics, v.NICs...)
 		}
-		rs, err := Build(m, nics)
+		rs, err := buildFor(m, nics)
 		if err != nil {
 			t.Fatalf("Build refused a configuration Load accepted: %v", err)
 		}
@@ -124,7 +125,7 @@ func checkRendered(t *testing.T, rs *Ruleset) {
 		maxChain int
 	}
 	var docs []doc
-	for _, f := range Families {
+	for _, f := range ruleset.Families {
 		docs = append(docs, doc{f.String(), rs.Tables[f].Render(), maxChainName})
 	}
 	if rs.Bridge != nil {

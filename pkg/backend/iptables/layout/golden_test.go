@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // featureDir holds one small configuration per rule feature.
@@ -57,7 +58,7 @@ func lineDiff(want, got string) string {
 // render prints a whole ruleset: both tables and the sets.
 func render(rs *Ruleset) string {
 	var b strings.Builder
-	for _, f := range Families {
+	for _, f := range ruleset.Families {
 		b.WriteString("# " + f.String() + "\n" + rs.Tables[f].Render())
 	}
 	b.WriteString("# ebtables\n" + rs.Bridge.Render())
@@ -89,7 +90,7 @@ func loadDir(t *testing.T, dir string) *config.Model {
 // TestGoldenReference compiles the reference scenario with every tap attached.
 func TestGoldenReference(t *testing.T) {
 	m := loadDir(t, "../../../../conf/examples/reference")
-	rs, err := Build(m, allNICs(m))
+	rs, err := buildFor(m, allNICs(m))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +112,7 @@ func TestGoldenFeatures(t *testing.T) {
 		name := filepath.Base(dir)
 		t.Run(name, func(t *testing.T) {
 			m := loadDir(t, dir)
-			rs, err := Build(m, allNICs(m))
+			rs, err := buildFor(m, allNICs(m))
 			if err != nil {
 				t.Fatal(err)
 			}

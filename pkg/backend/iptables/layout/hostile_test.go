@@ -11,6 +11,7 @@ import (
 	"unicode"
 
 	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // smuggling are values that try to end an argument, a line or a quoted
@@ -141,13 +142,13 @@ func restoreLines(t *testing.T, dir string) [][]string {
 	for _, vm := range m.VMs {
 		nics = append(nics, vm.NICs...)
 	}
-	rs, err := Build(m, nics)
+	rs, err := buildFor(m, nics)
 	if err != nil {
 		t.Fatal(err)
 	}
 	checkRendered(t, rs)
 	var out [][]string
-	for _, f := range Families {
+	for _, f := range ruleset.Families {
 		for _, l := range strings.Split(rs.Tables[f].Render(), "\n") {
 			args, _ := restoreArgs(l)
 			out = append(out, args)

@@ -4,6 +4,7 @@ import (
 	"strings"
 
 	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // Names. Every name vmfw gives a chain or an ipset is built by a function
@@ -82,14 +83,14 @@ func ParseGroupChain(c Chain) (group, dir string, ok bool) {
 
 // ParseSetName splits an ipset name of vmfw's (sg-GROUP-v4, sg-GROUP-v6)
 // into its group and family.
-func ParseSetName(name string) (group string, f Family, ok bool) {
+func ParseSetName(name string) (group string, f ruleset.Family, ok bool) {
 	if !IsOwnedSet(name) {
 		return "", 0, false
 	}
 	rest := strings.TrimPrefix(name, groupPrefix)
 	group, fam := rest[:len(rest)-3], rest[len(rest)-2:]
 	if fam == "v6" {
-		return group, IPv6, true
+		return group, ruleset.IPv6, true
 	}
-	return group, IPv4, true
+	return group, ruleset.IPv4, true
 }

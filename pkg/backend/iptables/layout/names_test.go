@@ -1,6 +1,10 @@
 package layout
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/vmfw/vmfw/pkg/ruleset"
+)
 
 // TestNamesRoundTrip: what the builders name, the parsers read back, and
 // nothing else passes for a tap's, a group's chain or a set.
@@ -32,7 +36,7 @@ func TestNamesRoundTrip(t *testing.T) {
 				t.Errorf("%s taken for a tap's chain", GroupChain(g, dir))
 			}
 		}
-		for _, f := range Families {
+		for _, f := range ruleset.Families {
 			got, fam, ok := ParseSetName(SetName(g, f))
 			if g != "a_b-c" && (!ok || got != g || fam != f) {
 				t.Errorf("ParseSetName(%s) = %q, %v, %v", SetName(g, f), got, fam, ok)

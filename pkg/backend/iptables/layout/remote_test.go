@@ -4,6 +4,8 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // TestRemoteMembersFillSetsOnly: members attached on other hosts (cluster
@@ -12,13 +14,13 @@ import (
 func TestRemoteMembersFillSetsOnly(t *testing.T) {
 	m := loadDir(t, "../../../../conf/examples/reference")
 	nics := allNICs(m)
-	local, err := Build(m, nics)
+	local, err := buildFor(m, nics)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var group string
 	for _, s := range local.Sets {
-		if s.Family == IPv4 {
+		if s.Family == ruleset.IPv4 {
 			group = s.Name[len("sg-") : len(s.Name)-len("-v4")]
 			break
 		}
@@ -28,7 +30,7 @@ func TestRemoteMembersFillSetsOnly(t *testing.T) {
 	}
 	remote := []netip.Addr{netip.MustParseAddr("203.0.113.9"), netip.MustParseAddr("2001:db8:ffff::9"), netip.MustParseAddr("203.0.113.9")}
 	m.RemoteMembers = map[string][]netip.Addr{group: remote}
-	rs, err := Build(m, nics)
+	rs, err := buildFor(m, nics)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,10 +41,10 @@ func TestRemoteMembersFillSetsOnly(t *testing.T) {
 	}
 	for i, s := range rs.Sets {
 		want := slices.Clone(local.Sets[i].Members)
-		if s.Name == SetName(group, IPv4) {
+		if s.Name == SetName(group, ruleset.IPv4) {
 			want = append(want, "203.0.113.9")
 		}
-		if s.Name == SetName(group, IPv6) {
+		if s.Name == SetName(group, ruleset.IPv6) {
 			want = append(want, "2001:db8:ffff::9")
 		}
 		slices.Sort(want)
@@ -50,12 +52,12 @@ func TestRemoteMembersFillSetsOnly(t *testing.T) {
 			t.Errorf("%s: %v, want %v", s.Name, s.Members, want)
 		}
 	}
-	sc, err := BuildScope(m, nics, nics, []string{nics[0].Tap})
+	sc, err := buildScopeFor(m, nics, nics, []string{nics[0].Tap})
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, s := range sc.Sets {
-		if s.Name == SetName(group, IPv4) && !slices.Contains(s.Members, "203.0.113.9") {
+		if s.Name == SetName(group, ruleset.IPv4) && !slices.Contains(s.Members, "203.0.113.9") {
 			t.Errorf("BuildScope lost the remote member: %v", s.Members)
 		}
 	}

@@ -6,7 +6,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // Routed, NATed and hypervisor-sent traffic (docs/routing.md).
@@ -42,10 +42,10 @@ func routeKey(a netip.Addr) string { return hex.EncodeToString(a.AsSlice()) }
 // routePrefix turns a route tree key back into the prefix it stands for: a
 // whole address, or with a trailing "+" every address starting with the
 // key's digits.
-func routePrefix(f Family, key string) netip.Prefix {
+func routePrefix(f ruleset.Family, key string) netip.Prefix {
 	digits, _ := strings.CutSuffix(key, "+")
 	full := 8
-	if f == IPv6 {
+	if f == ruleset.IPv6 {
 		full = 32
 	}
 	padded := digits + strings.Repeat("0", full-len(digits))
@@ -62,13 +62,13 @@ func routePrefix(f Family, key string) netip.Prefix {
 // attached interface lists to that interface. An address listed twice (the
 // configuration forbids it; an attachment record may race an edit) goes to
 // the interface first by name.
-func routeOwners(f Family, nics []*config.NIC) map[string]*config.NIC {
-	sorted := append([]*config.NIC(nil), nics...)
-	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Tap < sorted[j].Tap })
-	owners := map[string]*config.NIC{}
+func routeOwners(f ruleset.Family, nics []*ruleset.Interface) map[string]*ruleset.Interface {
+	sorted := append([]*ruleset.Interface(nil), nics...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Name < sorted[j].Name })
+	owners := map[string]*ruleset.Interface{}
 	for _, n := range sorted {
 		for _, ip := range n.IPs {
-			if familyOf(ip) != f {
+			if ruleset.FamilyOf(ip) != f {
 				continue
 			}
 			if k := routeKey(ip); owners[k] == nil {
@@ -80,7 +80,7 @@ func routeOwners(f Family, nics []*config.NIC) map[string]*config.NIC {
 }
 
 // routeTree builds the tree of the addresses of family f the interfaces list.
-func routeTree(f Family, nics []*config.NIC) (*dispatchNode, map[string]*config.NIC) {
+func routeTree(f ruleset.Family, nics []*ruleset.Interface) (*dispatchNode, map[string]*ruleset.Interface) {
 	owners := routeOwners(f, nics)
 	keys := make([]string, 0, len(owners))
 	for k := range owners {
@@ -93,7 +93,7 @@ func routeTree(f Family, nics []*config.NIC) (*dispatchNode, map[string]*config.
 // f, given the owner of every address. vmfw-local sends a packet to the
 // owner's TAP-lin when it has one (localIn), as OUTPUT may not reach a
 // source MAC match.
-func (b *builder) routeStyles(f Family, owners map[string]*config.NIC) []*dispatchStyle {
+func (b *builder) routeStyles(f ruleset.Family, owners map[string]*ruleset.Interface) []*dispatchStyle {
 	match := func(key string) string { return "-d " + routePrefix(f, key).String() }
 	return []*dispatchStyle{
 		{
@@ -101,7 +101,7 @@ func (b *builder) routeStyles(f Family, owners map[string]*config.NIC) []*dispat
 			suffix: "rt",
 			match:  match,
 			jump:   "-g",
-			target: func(key string) Chain { return TapChain(owners[key].Tap, "in") },
+			target: func(key string) Chain { return TapChain(owners[key].Name, "in") },
 			head:   []Rule{{Spec: "-m physdev ! --physdev-is-in " + b.clearMark()}},
 		},
 		{
@@ -112,9 +112,9 @@ func (b *builder) routeStyles(f Family, owners map[string]*config.NIC) []*dispat
 			target: func(key string) Chain {
 				n := owners[key]
 				if b.localIn(n) {
-					return TapChain(n.Tap, "lin")
+					return TapChain(n.Name, "lin")
 				}
-				return TapChain(n.Tap, "in")
+				return TapChain(n.Name, "in")
 			},
 			head: []Rule{{Spec: b.clearMark()}},
 		},
@@ -122,7 +122,7 @@ func (b *builder) routeStyles(f Family, owners map[string]*config.NIC) []*dispat
 }
 
 // routes returns vmfw-route, vmfw-local and their node chains for family f.
-func (b *builder) routes(f Family, nics []*config.NIC) []*ChainRules {
+func (b *builder) routes(f ruleset.Family, nics []*ruleset.Interface) []*ChainRules {
 	tree, owners := routeTree(f, nics)
 	var out []*ChainRules
 	for _, s := range b.routeStyles(f, owners) {
@@ -137,22 +137,14 @@ func (b *builder) routes(f Family, nics []*config.NIC) []*ChainRules {
 // in chain, sg-NAME-lin, without those rules (a packet the hypervisor sends
 // has no source MAC yet, so they could not match it anyway).
 func (b *builder) macGroup(g string) bool {
-	grp := b.model.Groups[g]
-	if grp == nil {
-		return false
-	}
-	for _, r := range grp.In {
-		if r.SourceMAC != nil {
-			return true
-		}
-	}
-	return false
+	grp := b.policy.Groups[g]
+	return grp != nil && grp.MatchesSourceMAC()
 }
 
 // localIn reports whether n needs TAP-lin: its in chain for packets the
 // hypervisor sends, which jumps to sg-NAME-lin instead of sg-NAME-in.
-func (b *builder) localIn(n *config.NIC) bool {
-	if !n.VM.Enable {
+func (b *builder) localIn(n *ruleset.Interface) bool {
+	if !n.Enabled {
 		return false
 	}
 	for _, g := range n.Groups {
@@ -161,53 +153,4 @@ func (b *builder) localIn(n *config.NIC) bool {
 		}
 	}
 	return false
-}
-
-// Attribution says which paths into a tap meet its in chain.
-type Attribution string
-
-// The attributions of a tap (see docs/routing.md).
-const (
-	// Filtered: anti-spoofing binds the tap's addresses to it, so routed,
-	// NATed and hypervisor-sent packets to them meet its in chain, and no
-	// other address can be claimed by it.
-	Filtered Attribution = "filtered"
-	// ListedOnly: anti-spoofing is off. Routed and hypervisor-sent packets
-	// to the listed addresses meet the in chain; to any other address the
-	// VM may claim, they are dropped.
-	ListedOnly Attribution = "listed-only"
-	// Dropped: the interface lists no addresses, so no routed or
-	// hypervisor-sent unicast packet can be attributed to it; they are
-	// dropped.
-	Dropped Attribution = "dropped"
-	// Unfiltered: the VM is disabled; everything passes.
-	Unfiltered Attribution = "unfiltered"
-)
-
-// Attribute returns how routed, NATed and hypervisor-sent traffic to n is
-// filtered.
-func Attribute(n *config.NIC) Attribution {
-	switch {
-	case !n.VM.Enable:
-		return Unfiltered
-	case len(n.IPs) == 0:
-		return Dropped
-	case !n.Antispoof:
-		return ListedOnly
-	}
-	return Filtered
-}
-
-// Explain says in a sentence what Attribute's answer means for an
-// operator: what is filtered and what is not.
-func (a Attribution) Explain() string {
-	switch a {
-	case Unfiltered:
-		return "VM disabled: routed, NATed and hypervisor-sent traffic passes unfiltered, like bridged traffic"
-	case Dropped:
-		return "no ips: routed, NATed and hypervisor-sent unicast to it is dropped (bridged traffic, broadcast, multicast, DHCP replies and link-local neighbour discovery pass as usual)"
-	case ListedOnly:
-		return "antispoof = false: routed, NATed and hypervisor-sent traffic to its ips meets its in rules; to any other address it may claim, such traffic is dropped"
-	}
-	return "routed, NATed and hypervisor-sent traffic to its ips meets its in rules"
 }

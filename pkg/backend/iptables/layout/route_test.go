@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // routeNICs returns n attached interfaces of one enabled VM each with an
@@ -63,8 +64,15 @@ func routeTrace(t *testing.T, chains map[Chain]*ChainRules, root Chain, dst neti
 	}
 }
 
-func testBuilder(m *config.Model) *builder {
-	return &builder{model: m, mark: "0x1000"}
+// routePolicy compiles m for nics, whose addresses the route trees are
+// built over.
+func routePolicy(t *testing.T, m *config.Model, nics []*config.NIC) *ruleset.Policy {
+	t.Helper()
+	p, err := ruleset.Compile(m, nics)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 // TestRouteTreeReachesEveryAddress: every listed address of either family
@@ -73,13 +81,14 @@ func testBuilder(m *config.Model) *builder {
 func TestRouteTreeReachesEveryAddress(t *testing.T) {
 	m := &config.Model{Host: config.Host{Mark: 0x1000}, Groups: map[string]*config.Group{}}
 	nics := routeNICs(5000)
-	b := testBuilder(m)
-	for _, f := range Families {
-		chains := chainMap(b.routes(f, nics))
+	p := routePolicy(t, m, nics)
+	b := newBuilder(p)
+	for _, f := range ruleset.Families {
+		chains := chainMap(b.routes(f, p.Interfaces))
 		worst := 0
 		for _, n := range nics {
 			for _, ip := range n.IPs {
-				if familyOf(ip) != f {
+				if ruleset.FamilyOf(ip) != f {
 					continue
 				}
 				for _, root := range []Chain{ChainRoute, ChainLocal} {
@@ -92,7 +101,7 @@ func TestRouteTreeReachesEveryAddress(t *testing.T) {
 			}
 		}
 		stranger := netip.MustParseAddr("2001:db8:1::ffff:1")
-		if f == IPv4 {
+		if f == ruleset.IPv4 {
 			stranger = netip.MustParseAddr("198.51.100.251")
 		}
 		if got, _ := routeTrace(t, chains, ChainRoute, stranger); got != "" {
@@ -111,31 +120,32 @@ func TestRouteTreeReachesEveryAddress(t *testing.T) {
 // while short, after a hash when long, never colliding.
 func TestRouteTreeNodeNamesAndPrefixes(t *testing.T) {
 	for _, c := range []struct {
-		f    Family
+		f    ruleset.Family
 		key  string
 		want string
 	}{
-		{IPv4, "c0000205", "192.0.2.5/32"},
-		{IPv4, "c00002+", "192.0.2.0/24"},
-		{IPv4, "c000020+", "192.0.2.0/28"},
-		{IPv6, "20010db80001" + "0000000000000000" + "03e8", "2001:db8:1::3e8/128"},
-		{IPv6, "20010db80001+", "2001:db8:1::/48"},
+		{ruleset.IPv4, "c0000205", "192.0.2.5/32"},
+		{ruleset.IPv4, "c00002+", "192.0.2.0/24"},
+		{ruleset.IPv4, "c000020+", "192.0.2.0/28"},
+		{ruleset.IPv6, "20010db80001" + "0000000000000000" + "03e8", "2001:db8:1::3e8/128"},
+		{ruleset.IPv6, "20010db80001+", "2001:db8:1::/48"},
 	} {
 		if got := routePrefix(c.f, c.key).String(); got != c.want {
 			t.Errorf("routePrefix(%s, %s) = %s, want %s", c.f, c.key, got, c.want)
 		}
 	}
 	m := &config.Model{Host: config.Host{Mark: 0x1000}, Groups: map[string]*config.Group{}}
+	p := routePolicy(t, m, routeNICs(5000))
 	seen := map[Chain]bool{}
-	for _, f := range Families {
-		for _, c := range testBuilder(m).routes(f, routeNICs(5000)) {
+	for _, f := range ruleset.Families {
+		for _, c := range newBuilder(p).routes(f, p.Interfaces) {
 			if len(c.Name) > 28 {
 				t.Errorf("chain name %s longer than iptables allows", c.Name)
 			}
 			if !IsOwnedName(string(c.Name)) {
 				t.Errorf("chain name %s not recognised as vmfw's", c.Name)
 			}
-			if seen[c.Name] && f == IPv4 {
+			if seen[c.Name] && f == ruleset.IPv4 {
 				t.Errorf("chain %s written twice", c.Name)
 			}
 			seen[c.Name] = true
@@ -154,14 +164,14 @@ func TestLocalTreeAvoidsMACMatches(t *testing.T) {
 	}}
 	withMAC := routeNICs(2, "plain", "bymac")[0]
 	without := routeNICs(4, "plain")[3]
-	rs, err := Build(m, []*config.NIC{withMAC, without})
+	rs, err := buildFor(m, []*config.NIC{withMAC, without})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range Families {
+	for _, f := range ruleset.Families {
 		chains := rs.Tables[f].Index()
 		ip := withMAC.IPs[0]
-		if f == IPv4 {
+		if f == ruleset.IPv4 {
 			ip = withMAC.IPs[1]
 		}
 		if got, _ := routeTrace(t, chains, ChainLocal, ip); got != TapChain(withMAC.Tap, "lin") {
@@ -195,30 +205,6 @@ func TestLocalTreeAvoidsMACMatches(t *testing.T) {
 		}
 		if chains[TapChain(without.Tap, "lin")] != nil {
 			t.Errorf("%s: %s has a lin chain though its groups match no MAC", f, without.Tap)
-		}
-	}
-}
-
-// TestAttribute covers the four answers status and check give.
-func TestAttribute(t *testing.T) {
-	ip := []netip.Addr{netip.MustParseAddr("192.0.2.5")}
-	for _, c := range []struct {
-		enable, antispoof bool
-		ips               []netip.Addr
-		want              Attribution
-	}{
-		{true, true, ip, Filtered},
-		{true, false, ip, ListedOnly},
-		{true, true, nil, Dropped},
-		{true, false, nil, Dropped},
-		{false, true, ip, Unfiltered},
-	} {
-		n := &config.NIC{VM: &config.VM{Enable: c.enable}, Antispoof: c.antispoof, IPs: c.ips}
-		if got := Attribute(n); got != c.want {
-			t.Errorf("enable=%v antispoof=%v ips=%v: %s, want %s", c.enable, c.antispoof, c.ips, got, c.want)
-		}
-		if got := Attribute(n).Explain(); got == "" {
-			t.Errorf("%s: no explanation", c.want)
 		}
 	}
 }

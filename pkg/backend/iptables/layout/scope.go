@@ -1,12 +1,11 @@
 package layout
 
 import (
-	"fmt"
 	"slices"
-	"sort"
 	"strings"
 
 	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // Scope is the part of the desired state an attach or detach of a few
@@ -30,7 +29,7 @@ import (
 type Scope struct {
 	// Tables holds, per family, the desired chains in scope (after the
 	// change) and the hooks.
-	Tables map[Family]*Table
+	Tables map[ruleset.Family]*Table
 	// Bridge holds the desired ebtables chains in scope and the hooks.
 	Bridge *Table
 	// Sets are all ipsets the rules reference after the change, with all
@@ -38,67 +37,62 @@ type Scope struct {
 	Sets []Set
 	// Chains lists, per family, every chain in scope before or after the
 	// change: those to read back, and to delete if no longer wanted.
-	Chains map[Family][]Chain
+	Chains map[ruleset.Family][]Chain
 	// BridgeChains lists the ebtables chains in scope before or after.
 	BridgeChains []Chain
 	// Known holds, per family and chain, the rules the chain holds before
 	// or after the change by fingerprint, so that fingerprints read back
 	// can be turned into rule text for a revert without reading the text.
-	Known map[Family]map[Chain]map[string]Rule
+	Known map[ruleset.Family]map[Chain]map[string]Rule
 }
 
 // BuildScope compiles the scope of changing the attached interfaces from
-// before to after, where focus names the interfaces added, removed or
-// re-attached (every other interface must be in both lists with the same
-// settings).
-func BuildScope(m *config.Model, before, after []*config.NIC, focus []string) (*Scope, error) {
+// those of policy was to those of policy now, where focus names the
+// interfaces added, removed or re-attached (every other interface must be
+// attached in both, with the same settings, and both policies must come
+// from the same configuration).
+func BuildScope(was, now *ruleset.Policy, focus []string) *Scope {
 	inFocus := map[string]bool{}
 	for _, f := range focus {
 		inFocus[f] = true
 	}
-	was, err := buildScoped(m, before, inFocus)
-	if err != nil {
-		return nil, err
-	}
-	now, err := buildScoped(m, after, inFocus)
-	if err != nil {
-		return nil, err
-	}
+	before, after := was.Interfaces, now.Interfaces
+	wasRS, nowRS := buildScoped(was, inFocus), buildScoped(now, inFocus)
 	// The dispatch chains that change, written for both states.
-	b := &builder{model: m, mark: fmt.Sprintf("0x%x", m.Host.Mark)}
+	b := newBuilder(now)
 	wasTree, nowTree := newDispatchTree(tapNames(before)), newDispatchTree(tapNames(after))
 	changed := scopeNodes(wasTree, nowTree)
-	for _, s := range dispatchStyles(m.Host.Managed, b.clearMark()) {
+	for _, s := range dispatchStyles(now.Host.Managed, b.clearMark()) {
 		wasChains, nowChains := s.someChains(wasTree, changed), s.someChains(nowTree, changed)
-		for _, f := range Families {
-			was.Tables[f].Chains = append(was.Tables[f].Chains, wasChains...)
-			now.Tables[f].Chains = append(now.Tables[f].Chains, nowChains...)
+		for _, f := range ruleset.Families {
+			wasRS.Tables[f].Chains = append(wasRS.Tables[f].Chains, wasChains...)
+			nowRS.Tables[f].Chains = append(nowRS.Tables[f].Chains, nowChains...)
 		}
 	}
 	// The route trees, per family: attaching a tap adds its addresses.
-	for _, f := range Families {
+	for _, f := range ruleset.Families {
 		wasRT, wasOwners := routeTree(f, before)
 		nowRT, nowOwners := routeTree(f, after)
 		changed := scopeNodes(wasRT, nowRT)
 		wasStyles, nowStyles := b.routeStyles(f, wasOwners), b.routeStyles(f, nowOwners)
 		for i := range wasStyles {
-			was.Tables[f].Chains = append(was.Tables[f].Chains, wasStyles[i].someChains(wasRT, changed)...)
-			now.Tables[f].Chains = append(now.Tables[f].Chains, nowStyles[i].someChains(nowRT, changed)...)
+			wasRS.Tables[f].Chains = append(wasRS.Tables[f].Chains, wasStyles[i].someChains(wasRT, changed)...)
+			nowRS.Tables[f].Chains = append(nowRS.Tables[f].Chains, nowStyles[i].someChains(nowRT, changed)...)
 		}
 	}
 	// vmfw-l2out lists disabled and unmanaged interfaces: written from
 	// every interface, not the representatives buildScoped compiled.
-	was.Bridge.Chains = append(was.Bridge.Chains, b.l2Out(before))
-	now.Bridge.Chains = append(now.Bridge.Chains, b.l2Out(after))
+	wasRS.Bridge.Chains = append(wasRS.Bridge.Chains, b.l2Out(before))
+	nowRS.Bridge.Chains = append(nowRS.Bridge.Chains, b.l2Out(after))
 	wasL2, nowL2 := newDispatchTree(l2Names(before)), newDispatchTree(l2Names(after))
 	changedL2 := scopeNodes(wasL2, nowL2)
-	was.Bridge.Chains = append(was.Bridge.Chains, l2Style.someChains(wasL2, changedL2)...)
-	now.Bridge.Chains = append(now.Bridge.Chains, l2Style.someChains(nowL2, changedL2)...)
+	wasRS.Bridge.Chains = append(wasRS.Bridge.Chains, l2Style.someChains(wasL2, changedL2)...)
+	nowRS.Bridge.Chains = append(nowRS.Bridge.Chains, l2Style.someChains(nowL2, changedL2)...)
 
 	groups := map[string]bool{}
-	for _, list := range [][]*config.NIC{before, after} {
+	for _, list := range [][]*ruleset.Interface{before, after} {
 		for _, n := range list {
-			if inFocus[n.Tap] {
+			if inFocus[n.Name] {
 				for _, g := range n.Groups {
 					groups[g] = true
 				}
@@ -114,19 +108,19 @@ func BuildScope(m *config.Model, before, after []*config.NIC, focus []string) (*
 		return true
 	}
 	sc := &Scope{
-		Tables: map[Family]*Table{},
-		Sets:   now.Sets,
-		Chains: map[Family][]Chain{},
-		Known:  map[Family]map[Chain]map[string]Rule{},
+		Tables: map[ruleset.Family]*Table{},
+		Sets:   nowRS.Sets,
+		Chains: map[ruleset.Family][]Chain{},
+		Known:  map[ruleset.Family]map[Chain]map[string]Rule{},
 	}
-	for _, f := range Families {
-		t := &Table{Family: f, Hooks: now.Tables[f].Hooks}
+	for _, f := range ruleset.Families {
+		t := &Table{Family: f, Hooks: nowRS.Tables[f].Hooks}
 		known := map[Chain]map[string]Rule{}
-		names := scopeNames(was.Tables[f], now.Tables[f], inScope)
+		names := scopeNames(wasRS.Tables[f], nowRS.Tables[f], inScope)
 		// Looked up by index: with hundreds of interfaces in focus (a
 		// batch of ifups), walking the chain list for each name made the
 		// compile quadratic.
-		wasIndex, nowIndex := was.Tables[f].Index(), now.Tables[f].Index()
+		wasIndex, nowIndex := wasRS.Tables[f].Index(), nowRS.Tables[f].Index()
 		for _, name := range names {
 			known[name] = map[string]Rule{}
 			for _, index := range []map[Chain]*ChainRules{wasIndex, nowIndex} {
@@ -142,15 +136,15 @@ func BuildScope(m *config.Model, before, after []*config.NIC, focus []string) (*
 		}
 		sc.Tables[f], sc.Chains[f], sc.Known[f] = t, names, known
 	}
-	sc.Bridge = &Table{Bridge: true, Hooks: now.Bridge.Hooks}
-	sc.BridgeChains = scopeNames(was.Bridge, now.Bridge, inScope)
-	nowBridge := now.Bridge.Index()
+	sc.Bridge = &Table{Bridge: true, Hooks: nowRS.Bridge.Hooks}
+	sc.BridgeChains = scopeNames(wasRS.Bridge, nowRS.Bridge, inScope)
+	nowBridge := nowRS.Bridge.Index()
 	for _, name := range sc.BridgeChains {
 		if c := nowBridge[name]; c != nil {
 			sc.Bridge.Chains = append(sc.Bridge.Chains, c)
 		}
 	}
-	return sc, nil
+	return sc
 }
 
 // scopeNodes returns the keys of the nodes of a dispatch tree that a scope
@@ -168,21 +162,21 @@ func scopeNodes(was, now *dispatchNode) map[string]bool {
 	return nodes
 }
 
-func tapNames(nics []*config.NIC) []string {
+func tapNames(nics []*ruleset.Interface) []string {
 	out := make([]string, len(nics))
 	for i, n := range nics {
-		out[i] = n.Tap
+		out[i] = n.Name
 	}
 	return out
 }
 
 // l2Names returns the interfaces bridgeTable gives an L2 chain: those of
 // enabled VMs with anti-spoofing.
-func l2Names(nics []*config.NIC) []string {
+func l2Names(nics []*ruleset.Interface) []string {
 	var out []string
 	for _, n := range nics {
-		if n.VM.Enable && n.Antispoof {
-			out = append(out, n.Tap)
+		if n.Enabled && n.Antispoof {
+			out = append(out, n.Name)
 		}
 	}
 	return out
@@ -229,28 +223,21 @@ func isDispatchChain(c Chain) bool {
 	return false
 }
 
-// buildScoped is Build with per-interface chains only for the interfaces in
-// focus and without the dispatch chains (BuildScope writes those it needs).
-// It compiles the rest through Build itself, on a few interfaces that
-// between them list every group the attached interfaces use (so the same
-// group chains, entry chains, hooks and set names come out), then fills
-// the sets with every interface's addresses.
-func buildScoped(m *config.Model, nics []*config.NIC, focus map[string]bool) (*Ruleset, error) {
-	sorted := append([]*config.NIC(nil), nics...)
-	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Tap < sorted[j].Tap })
-	for i := 1; i < len(sorted); i++ {
-		if sorted[i].Tap == sorted[i-1].Tap {
-			return nil, fmt.Errorf("interface %s attached twice", sorted[i].Tap)
-		}
-	}
-	var reps []*config.NIC
+// buildScoped is Build with per-interface chains only for the interfaces
+// in focus and without the dispatch chains (BuildScope writes those it
+// needs). It lays out the rest through Build itself, on a few interfaces
+// that between them list every group the attached interfaces use (so the
+// same group chains, entry chains, hooks and sets come out: the sets are
+// the policy's, with every member).
+func buildScoped(p *ruleset.Policy, focus map[string]bool) *Ruleset {
+	var reps []*ruleset.Interface
 	covered := map[string]bool{}
-	for _, n := range sorted {
-		if focus[n.Tap] {
+	for _, n := range p.Interfaces {
+		if focus[n.Name] {
 			reps = append(reps, n)
 			continue
 		}
-		if !n.VM.Enable {
+		if !n.Enabled {
 			continue
 		}
 		for _, g := range n.Groups {
@@ -263,37 +250,20 @@ func buildScoped(m *config.Model, nics []*config.NIC, focus map[string]bool) (*R
 			covered[g] = true
 		}
 	}
-	for _, n := range sorted {
-		for _, g := range n.Groups {
-			if m.Groups[g] == nil {
-				return nil, fmt.Errorf("%s: unknown group %q", n.Tap, g)
-			}
-		}
-	}
-	rs, err := Build(m, reps)
-	if err != nil {
-		return nil, err
-	}
-	b := &builder{model: m, mark: fmt.Sprintf("0x%x", m.Host.Mark), setsUsed: map[string]bool{}}
-	for _, s := range rs.Sets {
-		if g, _, ok := ParseSetName(s.Name); ok {
-			b.setsUsed[g] = true
-		}
-	}
-	rs.Sets = b.sets(sorted)
+	rs := Build(&ruleset.Policy{Host: p.Host, Interfaces: reps, Groups: p.Groups, Members: p.Members})
 
 	// Drop the chains of representatives out of focus, and the dispatch
 	// compiled for the representatives only.
 	drop := map[Chain]bool{}
 	for _, n := range reps {
-		if !focus[n.Tap] {
-			for _, c := range TapChains(n.Tap) {
+		if !focus[n.Name] {
+			for _, c := range TapChains(n.Name) {
 				drop[c] = true
 			}
-			drop[L2Chain(n.Tap)] = true
+			drop[L2Chain(n.Name)] = true
 		}
 	}
-	for _, f := range Families {
+	for _, f := range ruleset.Families {
 		t := rs.Tables[f]
 		var kept []*ChainRules
 		for _, c := range t.Chains {
@@ -310,38 +280,25 @@ func buildScoped(m *config.Model, nics []*config.NIC, focus map[string]bool) (*R
 		}
 	}
 	rs.Bridge.Chains = kept
-	return rs, nil
+	return rs
 }
 
 // GroupScope is the scope of editing the rules of the named groups, and
-// nothing else, from configuration was to now, with nics installed: the
-// groups' chains (sg-NAME-in, -out, -lin) of both versions, the hooks, and
-// every ipset with its members (a rule may start or stop naming a
-// source_group). It returns nil when such an edit reaches further — a
-// group gained or lost its source MAC rules, which adds or removes the
+// nothing else, from policy was to policy now (the same interfaces
+// attached): the groups' chains (sg-NAME-in, -out, -lin) of both versions,
+// the hooks, and every ipset with its members (a rule may start or stop
+// naming a source_group). It returns nil when such an edit reaches further
+// — a group gained or lost its source MAC rules, which adds or removes the
 // TAP-lin chains of its members — and the caller applies everything.
-func GroupScope(was, now *config.Model, nics []*config.NIC, groups []string) (*Scope, error) {
-	bw := &builder{model: was, mark: fmt.Sprintf("0x%x", was.Host.Mark)}
-	bn := &builder{model: now, mark: fmt.Sprintf("0x%x", now.Host.Mark)}
-	used := map[string]bool{}
-	for _, n := range nics {
-		if !n.VM.Enable {
-			continue
-		}
-		for _, g := range n.Groups {
-			if now.Groups[g] == nil {
-				return nil, fmt.Errorf("%s: unknown group %q", n.Tap, g)
-			}
-			used[g] = true
-		}
-	}
+func GroupScope(was, now *ruleset.Policy, groups []string) *Scope {
+	bw, bn := newBuilder(was), newBuilder(now)
 	sc := &Scope{
-		Tables: map[Family]*Table{},
-		Chains: map[Family][]Chain{},
-		Known:  map[Family]map[Chain]map[string]Rule{},
+		Tables: map[ruleset.Family]*Table{},
+		Chains: map[ruleset.Family][]Chain{},
+		Known:  map[ruleset.Family]map[Chain]map[string]Rule{},
 		Bridge: &Table{Bridge: true, Hooks: bridgeHooks()},
 	}
-	for _, f := range Families {
+	for _, f := range ruleset.Families {
 		t := &Table{Family: f, Hooks: filterHooks()}
 		known := map[Chain]map[string]Rule{}
 		var names []Chain
@@ -358,11 +315,11 @@ func GroupScope(was, now *config.Model, nics []*config.NIC, groups []string) (*S
 			}
 		}
 		for _, g := range slices.Sorted(slices.Values(groups)) {
-			if !used[g] {
-				continue // no installed interface lists it: no chain to write
+			if now.Groups[g] == nil {
+				continue // no attached interface lists it: no chain to write
 			}
 			if was.Groups[g] == nil || bw.macGroup(g) != bn.macGroup(g) {
-				return nil, nil
+				return nil
 			}
 			for _, dir := range []config.Direction{config.In, config.Out} {
 				add(bw.groupChain(f, was.Groups[g], dir), false)
@@ -373,15 +330,8 @@ func GroupScope(was, now *config.Model, nics []*config.NIC, groups []string) (*S
 				add(bn.localGroupChain(f, now.Groups[g]), true)
 			}
 		}
-		// Compiling every group in use tells which sets rules reference.
-		for g := range used {
-			bn.groupChain(f, now.Groups[g], config.In)
-			bn.groupChain(f, now.Groups[g], config.Out)
-		}
 		sc.Tables[f], sc.Chains[f], sc.Known[f] = t, names, known
 	}
-	sorted := append([]*config.NIC(nil), nics...)
-	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Tap < sorted[j].Tap })
-	sc.Sets = bn.sets(sorted)
-	return sc, nil
+	sc.Sets = bn.sets()
+	return sc
 }

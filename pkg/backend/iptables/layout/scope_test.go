@@ -11,6 +11,7 @@ import (
 
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/config/configtest"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // scopeModel writes and loads a configuration of n VMs in six groups that
@@ -52,12 +53,12 @@ func scopeModel(t testing.TB, n int) (*config.Model, []*config.NIC) {
 // out of focus and the dispatch chains (BuildScope adds those that change).
 func TestBuildScopedMatchesBuild(t *testing.T) {
 	m, nics := scopeModel(t, 200)
-	full, err := Build(m, nics)
+	full, err := buildFor(m, nics)
 	if err != nil {
 		t.Fatal(err)
 	}
 	focus := map[string]bool{"tap1000i0": true, "tap1010i0": true, "tap1200i0": true}
-	scoped, err := buildScoped(m, nics, focus)
+	scoped, err := buildScopedFor(m, nics, focus)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +92,7 @@ func TestBuildScopedMatchesBuild(t *testing.T) {
 			}
 		}
 	}
-	for _, f := range Families {
+	for _, f := range ruleset.Families {
 		compare(f.String(), full.Tables[f], scoped.Tables[f])
 	}
 	compare("bridge", full.Bridge, scoped.Bridge)
@@ -156,19 +157,19 @@ func TestScopeTakesKernelFromBeforeToAfter(t *testing.T) {
 			if !attach {
 				before, after = after, before
 			}
-			sc, err := BuildScope(m, before, after, []string{tap})
+			sc, err := buildScopeFor(m, before, after, []string{tap})
 			if err != nil {
 				t.Fatal(err)
 			}
-			was, err := Build(m, before)
+			was, err := buildFor(m, before)
 			if err != nil {
 				t.Fatal(err)
 			}
-			now, err := Build(m, after)
+			now, err := buildFor(m, after)
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, f := range Families {
+			for _, f := range ruleset.Families {
 				k := kernelOf(was.Tables[f])
 				applyScope(k, sc.Tables[f], sc.Chains[f])
 				if !sameKernel(k, kernelOf(now.Tables[f])) {
@@ -220,19 +221,19 @@ func TestGroupScopeTakesKernelFromBeforeToAfter(t *testing.T) {
 	now := edited("g2",
 		config.Rule{Action: config.Accept, Proto: "tcp", DPort: []config.PortRange{{Lo: 8080, Hi: 8080}}},
 		config.Rule{Action: config.Drop, Proto: "udp", SourceGroup: "g4"})
-	sc, err := GroupScope(was, now, nics, []string{"g2"})
+	sc, err := groupScopeFor(was, now, nics, []string{"g2"})
 	if err != nil || sc == nil {
 		t.Fatalf("GroupScope = %v, %v", sc, err)
 	}
-	before, err := Build(was, nics)
+	before, err := buildFor(was, nics)
 	if err != nil {
 		t.Fatal(err)
 	}
-	after, err := Build(now, nics)
+	after, err := buildFor(now, nics)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range Families {
+	for _, f := range ruleset.Families {
 		k := kernelOf(before.Tables[f])
 		applyScope(k, sc.Tables[f], sc.Chains[f])
 		if !sameKernel(k, kernelOf(after.Tables[f])) {
@@ -248,7 +249,7 @@ func TestGroupScopeTakesKernelFromBeforeToAfter(t *testing.T) {
 		t.Errorf("sets differ from Build:\n%v\n%v", sc.Sets, after.Sets)
 	}
 	mac, _ := net.ParseMAC("02:00:00:00:00:09")
-	if sc, err := GroupScope(was, edited("g2", config.Rule{Action: config.Accept, SourceMAC: mac}), nics, []string{"g2"}); sc != nil || err != nil {
+	if sc, err := groupScopeFor(was, edited("g2", config.Rule{Action: config.Accept, SourceMAC: mac}), nics, []string{"g2"}); sc != nil || err != nil {
 		t.Errorf("a group gaining a source MAC rule got a group scope: %v, %v", sc, err)
 	}
 }
@@ -324,7 +325,7 @@ func TestScopeFromEmptyKernel(t *testing.T) {
 			if second == first {
 				continue
 			}
-			kernels := map[Family]map[Chain][]Rule{IPv4: {}, IPv6: {}}
+			kernels := map[ruleset.Family]map[Chain][]Rule{ruleset.IPv4: {}, ruleset.IPv6: {}}
 			bridge := map[Chain][]Rule{}
 			var attached []*config.NIC
 			for _, tap := range []string{first, second} {
@@ -332,15 +333,15 @@ func TestScopeFromEmptyKernel(t *testing.T) {
 					continue
 				}
 				after := append(slices.Clone(attached), m.NIC(tap))
-				sc, err := BuildScope(m, attached, after, []string{tap})
+				sc, err := buildScopeFor(m, attached, after, []string{tap})
 				if err != nil {
 					t.Fatal(err)
 				}
-				want, err := Build(m, after)
+				want, err := buildFor(m, after)
 				if err != nil {
 					t.Fatal(err)
 				}
-				for _, f := range Families {
+				for _, f := range ruleset.Families {
 					applyScope(kernels[f], sc.Tables[f], sc.Chains[f])
 					if err := jumpsResolve(kernels[f]); err != nil {
 						t.Errorf("%s then %s, %s: %v", first, tap, f, err)

@@ -24,14 +24,14 @@ func BenchmarkBuildScope(b *testing.B) {
 		}
 		b.Run(fmt.Sprintf("scope/focus=%d", k), func(b *testing.B) {
 			for b.Loop() {
-				if _, err := BuildScope(m, before, after, focus); err != nil {
+				if _, err := buildScopeFor(m, before, after, focus); err != nil {
 					b.Fatal(err)
 				}
 			}
 		})
 		b.Run(fmt.Sprintf("full/taps=%d", len(after)), func(b *testing.B) {
 			for b.Loop() {
-				if _, err := Build(m, after); err != nil {
+				if _, err := buildFor(m, after); err != nil {
 					b.Fatal(err)
 				}
 			}

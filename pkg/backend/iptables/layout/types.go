@@ -15,27 +15,8 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
-
-// Family is an IP family: one iptables table per family.
-type Family int
-
-// The two families vmfw programs.
-const (
-	IPv4 Family = 4
-	IPv6 Family = 6
-)
-
-// Families lists both families in the order they are applied.
-var Families = []Family{IPv4, IPv6}
-
-func (f Family) String() string {
-	if f == IPv6 {
-		return "ipv6"
-	}
-	return "ipv4"
-}
 
 // Chain is the name of an iptables chain in the filter table.
 type Chain string
@@ -106,24 +87,8 @@ type Rule struct {
 	// dispatch). It is not part of the fingerprint: vmfw trace and vmfw
 	// log read it to name a rule's file and line. A value, not a pointer,
 	// so that rules still compare with ==.
-	Origin Origin
+	Origin ruleset.Origin
 }
-
-// Origin is the part of the configuration a compiled rule comes from: a
-// group's rule, or a VM's policy for one direction of one interface.
-type Origin struct {
-	// Group is the group of a group rule, "" for a policy.
-	Group string
-	// Dir is the direction of the rule or policy.
-	Dir config.Direction
-	// Index is the rule's position among the group's Dir rules, from 0.
-	Index int
-	// Tap is the interface of a policy rule, "" for a group rule.
-	Tap string
-}
-
-// IsZero reports whether o names nothing: a rule vmfw adds by itself.
-func (o Origin) IsZero() bool { return o == Origin{} }
 
 // Hash fingerprints the rule as installed in chain c.
 func (r Rule) Hash(c Chain) string {
@@ -185,7 +150,7 @@ func (h Hook) Rule() Rule { return Rule{Spec: "-j " + string(h.To)} }
 // hooks. Chains are listed in a stable order; iptables-restore resolves
 // jumps within one transaction, so the order is for readable output only.
 type Table struct {
-	Family Family
+	Family ruleset.Family
 	// Bridge marks the ebtables filter table: ebtables has no comment
 	// match, so its rules carry no fingerprint and are compared by their
 	// text, and its user chains need a policy (RETURN).
@@ -304,7 +269,7 @@ type Set struct {
 	// Type is the set's type.
 	Type SetType
 	// Family is the address family of the set's members.
-	Family Family
+	Family ruleset.Family
 	// Members are the set's entries, sorted.
 	Members []string
 }
@@ -312,7 +277,7 @@ type Set struct {
 // Ruleset is everything vmfw wants installed.
 type Ruleset struct {
 	// Tables holds the filter table of each family.
-	Tables map[Family]*Table
+	Tables map[ruleset.Family]*Table
 	// Bridge is vmfw's part of the ebtables filter table (L2 anti-spoofing).
 	Bridge *Table
 	// Sets are the ipsets the rules reference, sorted by name.

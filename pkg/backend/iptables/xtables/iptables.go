@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 	"github.com/vmfw/vmfw/pkg/trace"
 )
 
@@ -85,9 +86,9 @@ func New(ctx context.Context, mode Mode, runner Runner) (*Client, error) {
 // Mode returns the backend in use.
 func (c *Client) Mode() Mode { return c.mode }
 
-func (c *Client) command(f layout.Family, tool string) string {
+func (c *Client) command(f ruleset.Family, tool string) string {
 	base := "iptables"
-	if f == layout.IPv6 {
+	if f == ruleset.IPv6 {
 		base = "ip6tables"
 	}
 	return base + "-" + string(c.mode) + tool
@@ -136,7 +137,7 @@ func (s *Snapshot) Only(names []layout.Chain) *Snapshot {
 }
 
 // Save reads the filter table of family f and returns vmfw's part of it.
-func (c *Client) Save(ctx context.Context, f layout.Family) (*Snapshot, error) {
+func (c *Client) Save(ctx context.Context, f ruleset.Family) (*Snapshot, error) {
 	out, err := c.runner.Run(ctx, nil, c.command(f, "-save"), "-c", "-t", "filter")
 	if err != nil {
 		return nil, fmt.Errorf("reading %s filter table: %w", f, err)
@@ -149,7 +150,7 @@ func (c *Client) Save(ctx context.Context, f layout.Family) (*Snapshot, error) {
 }
 
 // Restore applies text as one iptables-restore --noflush transaction.
-func (c *Client) Restore(ctx context.Context, f layout.Family, text string) error {
+func (c *Client) Restore(ctx context.Context, f ruleset.Family, text string) error {
 	if text == "" {
 		return nil
 	}

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // Narrow reads.
@@ -89,8 +90,8 @@ type kernelRule struct {
 }
 
 // nfproto returns the nf_tables family of f.
-func nfproto(f layout.Family) uint8 {
-	if f == layout.IPv6 {
+func nfproto(f ruleset.Family) uint8 {
+	if f == ruleset.IPv6 {
 		return nfprotoIPv6
 	}
 	return nfprotoIPv4
@@ -445,7 +446,7 @@ func nlmsgAlign(n int) int { return (n + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_
 // the table. The snapshot has fingerprints and counters but no rule text
 // (Lines): a caller that may have to revert rebuilds it. Chains that do
 // not exist are absent from the snapshot. On legacy it returns ErrNotNFT.
-func (c *Client) SaveChains(ctx context.Context, f layout.Family, names []layout.Chain) (*Snapshot, error) {
+func (c *Client) SaveChains(ctx context.Context, f ruleset.Family, names []layout.Chain) (*Snapshot, error) {
 	if c.mode != NFT {
 		return nil, ErrNotNFT
 	}
@@ -492,7 +493,7 @@ func (c *Client) SaveChains(ctx context.Context, f layout.Family, names []layout
 // every rule of the table into text (seconds at thousands of taps). The
 // snapshot has no rule text (Lines); ChainLines reads it for the few
 // chains a change must be able to revert. On legacy it returns ErrNotNFT.
-func (c *Client) SaveFingerprints(ctx context.Context, f layout.Family) (*Snapshot, error) {
+func (c *Client) SaveFingerprints(ctx context.Context, f ruleset.Family) (*Snapshot, error) {
 	if c.mode != NFT {
 		return nil, ErrNotNFT
 	}
@@ -537,7 +538,7 @@ func (c *Client) SaveFingerprints(ctx context.Context, f layout.Family) (*Snapsh
 
 // ChainLines returns the rules of the named chains of family f as
 // iptables-save prints them (without counters), one "iptables -S" each.
-func (c *Client) ChainLines(ctx context.Context, f layout.Family, names []layout.Chain) (map[layout.Chain][]string, error) {
+func (c *Client) ChainLines(ctx context.Context, f ruleset.Family, names []layout.Chain) (map[layout.Chain][]string, error) {
 	out := map[layout.Chain][]string{}
 	for _, name := range names {
 		text, err := c.runner.Run(ctx, nil, c.command(f, ""), "-w", xtablesWait, "-t", "filter", "-S", string(name))
@@ -579,7 +580,7 @@ func BridgeHooks(ctx context.Context, to []layout.Chain) (map[layout.Hook]int, e
 
 // ListChains lists the chains of family f's filter table, in one netlink
 // dump, on the nf_tables backend; on legacy it returns ErrNotNFT.
-func (c *Client) ListChains(ctx context.Context, f layout.Family) (map[layout.Chain]bool, error) {
+func (c *Client) ListChains(ctx context.Context, f ruleset.Family) (map[layout.Chain]bool, error) {
 	if c.mode != NFT {
 		return nil, ErrNotNFT
 	}

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // inPrivateNetns runs fn on a thread in a new, empty network namespace.
@@ -78,7 +79,7 @@ COMMIT
 		}
 		ctx := context.Background()
 		c := &Client{mode: NFT, runner: ExecRunner{}}
-		v4, err := c.ListChains(ctx, layout.IPv4)
+		v4, err := c.ListChains(ctx, ruleset.IPv4)
 		if err != nil {
 			return err
 		}
@@ -88,11 +89,11 @@ COMMIT
 				t.Errorf("chain %s not listed: %v", name, v4)
 			}
 		}
-		if v6, err := c.ListChains(ctx, layout.IPv6); err != nil || len(v6) != 0 {
+		if v6, err := c.ListChains(ctx, ruleset.IPv6); err != nil || len(v6) != 0 {
 			t.Errorf("IPv6 chains = %v, %v; want none", v6, err)
 		}
 		names := []layout.Chain{"vmfw-FORWARD", "vmfw-out", "tap1i0-out", "missing-out"}
-		got, err := c.SaveChains(ctx, layout.IPv4, names)
+		got, err := c.SaveChains(ctx, ruleset.IPv4, names)
 		if err != nil {
 			return err
 		}
@@ -120,7 +121,7 @@ COMMIT
 		if len(got.Hooks) != 1 || got.Hooks[layout.Hook{From: layout.Forward, To: layout.ChainForward}] != 1 {
 			t.Errorf("hooks = %v, want one FORWARD -> vmfw-FORWARD", got.Hooks)
 		}
-		if _, err := (&Client{mode: Legacy}).SaveChains(ctx, layout.IPv4, names); err != ErrNotNFT {
+		if _, err := (&Client{mode: Legacy}).SaveChains(ctx, ruleset.IPv4, names); err != ErrNotNFT {
 			t.Errorf("legacy SaveChains error = %v, want ErrNotNFT", err)
 		}
 		return nil

@@ -1,0 +1,56 @@
+package ruleset
+
+import "github.com/vmfw/vmfw/pkg/config"
+
+// Attribution says which paths into an interface meet its in rules
+// (docs/routing.md).
+type Attribution string
+
+// The attributions of an interface.
+const (
+	// Filtered: anti-spoofing binds the interface's addresses to it, so
+	// routed, NATed and hypervisor-sent packets to them meet its in rules,
+	// and no other address can be claimed by it.
+	Filtered Attribution = "filtered"
+	// ListedOnly: anti-spoofing is off. Routed and hypervisor-sent packets
+	// to the listed addresses meet the in rules; to any other address the
+	// VM may claim, they are dropped.
+	ListedOnly Attribution = "listed-only"
+	// Dropped: the interface lists no addresses, so no routed or
+	// hypervisor-sent unicast packet can be attributed to it; they are
+	// dropped.
+	Dropped Attribution = "dropped"
+	// Unfiltered: the VM is disabled; everything passes.
+	Unfiltered Attribution = "unfiltered"
+)
+
+// Attribution returns how routed, NATed and hypervisor-sent traffic to
+// the interface is filtered.
+func (i *Interface) Attribution() Attribution {
+	switch {
+	case !i.Enabled:
+		return Unfiltered
+	case len(i.IPs) == 0:
+		return Dropped
+	case !i.Antispoof:
+		return ListedOnly
+	}
+	return Filtered
+}
+
+// Attribute is the Attribution of the interface n configures.
+func Attribute(n *config.NIC) Attribution { return compileInterface(n).Attribution() }
+
+// Explain says in a sentence what the attribution means for an operator:
+// what is filtered and what is not.
+func (a Attribution) Explain() string {
+	switch a {
+	case Unfiltered:
+		return "VM disabled: routed, NATed and hypervisor-sent traffic passes unfiltered, like bridged traffic"
+	case Dropped:
+		return "no ips: routed, NATed and hypervisor-sent unicast to it is dropped (bridged traffic, broadcast, multicast, DHCP replies and link-local neighbour discovery pass as usual)"
+	case ListedOnly:
+		return "antispoof = false: routed, NATed and hypervisor-sent traffic to its ips meets its in rules; to any other address it may claim, such traffic is dropped"
+	}
+	return "routed, NATed and hypervisor-sent traffic to its ips meets its in rules"
+}

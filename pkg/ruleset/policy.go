@@ -1,0 +1,362 @@
+// Package ruleset compiles a validated configuration and the interfaces
+// attached on this host into a typed model of the policy: which interfaces
+// are filtered and with which settings, the groups they list as ordered
+// rules of typed match terms with a typed action and their origin, the
+// members of every group a rule refers to, and which interface owns each
+// address. It says nothing about how a backend lays the policy out in the
+// kernel (docs/design.md, "The backend seam"): the iptables backend turns
+// it into per-tap chains and dispatch trees, the nftables backend into
+// sets and maps. It is pure: no exec, no netlink, no files.
+package ruleset
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"sort"
+	"strconv"
+
+	"github.com/vmfw/vmfw/pkg/config"
+)
+
+// Policy is what vmfw wants enforced on this host: the compiled form of
+// the configuration for the interfaces attached.
+type Policy struct {
+	// Host holds the host-wide settings a backend needs.
+	Host Host
+	// Interfaces are the attached interfaces, sorted by name.
+	Interfaces []*Interface
+	// Groups holds every group an enabled attached interface lists.
+	Groups map[string]*Group
+	// Members holds, for every group a rule of Groups refers to
+	// (source_group, dest_group), the addresses of its members: the
+	// attached interfaces listing it and, in cluster mode, the members
+	// attached on other hosts.
+	Members map[string]*Members
+
+	byName map[string]*Interface
+	owners map[netip.Addr]*Interface
+}
+
+// Host holds the host-wide settings (vmfw.toml) that shape the ruleset.
+type Host struct {
+	// Managed lists interface patterns (a trailing "+" is a wildcard)
+	// that get no traffic through unless vmfw installed their filtering.
+	Managed []string
+	// Mark holds the packet mark bits vmfw may use.
+	Mark uint32
+	// LogLimit and LogBurst rate-limit logged packets ("10/second", 20).
+	LogLimit string
+	LogBurst int
+	// LogGroup is the NFLOG group logged packets go to; 0 logs with the
+	// kernel's LOG target.
+	LogGroup int
+}
+
+// Interface is one attached interface and how it is filtered.
+type Interface struct {
+	// Name is the host-side interface name (tap110i0, a CNI veth).
+	Name string
+	// Enabled false lets the interface pass unfiltered (explicitly).
+	Enabled bool
+	// MAC is the VM's address on the interface, nil if unknown.
+	MAC net.HardwareAddr
+	// IPs are the addresses the VM may send from, and which traffic
+	// routed or sent by the host is attributed to the interface by.
+	IPs []netip.Addr
+	// Antispoof binds the VM's source MAC and addresses to MAC and IPs.
+	Antispoof bool
+	// DHCP allows DHCP and DHCPv6 client traffic.
+	DHCP bool
+	// L2Protocols are the ethertypes besides IPv4, IPv6 and ARP the VM
+	// may send with anti-spoofing on.
+	L2Protocols []string
+	// PolicyIn and PolicyOut decide what no rule matched.
+	PolicyIn, PolicyOut config.Action
+	// LogPolicy logs packets the policies drop or reject.
+	LogPolicy bool
+	// Groups are the interface's groups, evaluated in this order.
+	Groups []string
+	// Config is the configuration the interface was compiled from (a VM
+	// file's [netN], or the settings of an attachment record), for
+	// messages and status: backends use the fields above.
+	Config *config.NIC
+}
+
+// Group is a security group as backends compile it.
+type Group struct {
+	// Name is the group's name.
+	Name string
+	// File is the file the group was loaded from, for messages.
+	File string
+	// In filters traffic to the VM, Out traffic from it; first match wins.
+	In, Out []Rule
+}
+
+// Rules returns the group's rules for direction d.
+func (g *Group) Rules(d config.Direction) []Rule {
+	if d == config.In {
+		return g.In
+	}
+	return g.Out
+}
+
+// MatchesSourceMAC reports whether an in rule of the group matches a
+// source MAC address: packets the host sends have none, which some
+// backends must lay out separately (docs/routing.md).
+func (g *Group) MatchesSourceMAC() bool {
+	return slices.ContainsFunc(g.In, func(r Rule) bool { return r.Match.SourceMAC != nil })
+}
+
+// Rule is one rule of a group.
+type Rule struct {
+	// Origin names the group, direction and position.
+	Origin Origin
+	// Line is the line of the rule in the group's file.
+	Line int
+	// Match says which packets the rule decides.
+	Match Match
+	// Action is what happens to them.
+	Action config.Action
+	// Log logs them, rate limited, before the action.
+	Log bool
+	// Comment is the operator's comment, printable ASCII without quotes.
+	Comment string
+}
+
+// Match is a rule's conditions; a packet must meet every one that is set.
+type Match struct {
+	// Proto is the IP protocol; the zero Proto matches any.
+	Proto Proto
+	// ICMP restricts an icmp or icmpv6 rule to one type (and code); the
+	// zero ICMP matches any.
+	ICMP ICMP
+	// SPorts and DPorts are the source and destination port ranges (tcp,
+	// udp, sctp); empty matches any.
+	SPorts, DPorts []config.PortRange
+	// Source and Dest are alternatives of address prefixes; empty matches
+	// any. A prefix of the other family never matches.
+	Source, Dest []netip.Prefix
+	// SourceGroup and DestGroup match the members of a group (Policy.Members).
+	SourceGroup, DestGroup string
+	// SourceMAC matches the Ethernet source address.
+	SourceMAC net.HardwareAddr
+}
+
+// Proto is an IP protocol as the configuration names it.
+type Proto struct {
+	// Name is the protocol's name (tcp, udp, sctp, icmp, icmpv6) or, for
+	// any other, its decimal number; "" for any protocol.
+	Name string
+	// Number is the protocol number.
+	Number uint8
+}
+
+// IsAny reports whether p matches every protocol.
+func (p Proto) IsAny() bool { return p.Name == "" }
+
+// Family returns the only family p exists in (icmp in IPv4, icmpv6 in
+// IPv6), or 0 for a protocol of both.
+func (p Proto) Family() Family {
+	switch p.Name {
+	case "icmp":
+		return IPv4
+	case "icmpv6":
+		return IPv6
+	}
+	return 0
+}
+
+// ICMP is an ICMP or ICMPv6 type, and maybe code, a rule matches.
+type ICMP struct {
+	// Name is the type as the configuration keeps it: a name iptables
+	// knows or a decimal number; "" for any type.
+	Name string
+	// Type is the type number; Code the code, or -1 for every code.
+	Type uint8
+	Code int
+}
+
+// IsAny reports whether i matches every type.
+func (i ICMP) IsAny() bool { return i.Name == "" }
+
+// Members are the addresses of a group's members, per family, sorted.
+type Members struct {
+	Group string
+	Addrs map[Family][]netip.Addr
+}
+
+// Interface returns the attached interface called name, or nil.
+func (p *Policy) Interface(name string) *Interface { return p.byName[name] }
+
+// Owner returns the attached interface that lists a among its ips, the
+// one first by name if several do (the configuration forbids it; an
+// attachment record can race an edit), or nil.
+func (p *Policy) Owner(a netip.Addr) *Interface { return p.owners[a] }
+
+// Compile builds the policy of m for the attached interfaces, which are
+// also the members of the groups they list, so a stopped VM's addresses
+// match no source_group. It fails for an interface attached twice or
+// listing an unknown group.
+func Compile(m *config.Model, attached []*config.NIC) (*Policy, error) {
+	p := &Policy{
+		Host: Host{
+			Managed:  m.Host.Managed,
+			Mark:     m.Host.Mark,
+			LogLimit: m.Host.LogLimit,
+			LogBurst: m.Host.LogBurst,
+			LogGroup: m.Host.LogGroup,
+		},
+		Groups:  map[string]*Group{},
+		Members: map[string]*Members{},
+		byName:  make(map[string]*Interface, len(attached)),
+		owners:  map[netip.Addr]*Interface{},
+	}
+	sorted := slices.Clone(attached)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Tap < sorted[j].Tap })
+	for i, n := range sorted {
+		if i > 0 && n.Tap == sorted[i-1].Tap {
+			return nil, fmt.Errorf("interface %s attached twice", n.Tap)
+		}
+		for _, g := range n.Groups {
+			if m.Groups[g] == nil {
+				return nil, fmt.Errorf("%s: unknown group %q", n.Tap, g)
+			}
+		}
+		iface := compileInterface(n)
+		p.Interfaces = append(p.Interfaces, iface)
+		p.byName[iface.Name] = iface
+		for _, ip := range iface.IPs {
+			if p.owners[ip] == nil {
+				p.owners[ip] = iface
+			}
+		}
+		if iface.Enabled {
+			for _, g := range iface.Groups {
+				if p.Groups[g] == nil {
+					p.Groups[g] = compileGroup(m.Groups[g])
+				}
+			}
+		}
+	}
+	for _, g := range p.Groups {
+		for _, d := range []config.Direction{config.In, config.Out} {
+			for _, r := range g.Rules(d) {
+				for _, ref := range []string{r.Match.SourceGroup, r.Match.DestGroup} {
+					if ref != "" && p.Members[ref] == nil {
+						p.Members[ref] = members(ref, p.Interfaces, m.RemoteMembers[ref])
+					}
+				}
+			}
+		}
+	}
+	return p, nil
+}
+
+func compileInterface(n *config.NIC) *Interface {
+	return &Interface{
+		Name:        n.Tap,
+		Enabled:     n.VM.Enable,
+		MAC:         n.MAC,
+		IPs:         n.IPs,
+		Antispoof:   n.Antispoof,
+		DHCP:        n.DHCP,
+		L2Protocols: n.L2Protocols,
+		PolicyIn:    n.VM.PolicyIn,
+		PolicyOut:   n.VM.PolicyOut,
+		LogPolicy:   n.VM.Log,
+		Groups:      n.Groups,
+		Config:      n,
+	}
+}
+
+func compileGroup(g *config.Group) *Group {
+	out := &Group{Name: g.Name, File: g.File}
+	for _, d := range []config.Direction{config.In, config.Out} {
+		var rules []Rule
+		for i, r := range g.Rules(d) {
+			rules = append(rules, Rule{
+				Origin:  Origin{Group: g.Name, Dir: d, Index: i},
+				Line:    r.Line,
+				Match:   compileMatch(r),
+				Action:  r.Action,
+				Log:     r.Log,
+				Comment: r.Comment,
+			})
+		}
+		if d == config.In {
+			out.In = rules
+		} else {
+			out.Out = rules
+		}
+	}
+	return out
+}
+
+// compileMatch turns a rule's conditions, validated by config, into typed
+// terms: protocol and ICMP names resolve to numbers here, once.
+func compileMatch(r config.Rule) Match {
+	m := Match{
+		SPorts:      r.SPort,
+		DPorts:      r.DPort,
+		Source:      r.Source,
+		Dest:        r.Dest,
+		SourceGroup: r.SourceGroup,
+		DestGroup:   r.DestGroup,
+		SourceMAC:   r.SourceMAC,
+	}
+	if r.Proto != "" {
+		m.Proto = Proto{Name: r.Proto, Number: protoNumber(r.Proto)}
+	}
+	if r.ICMPType != "" {
+		typ, code, _ := ParseICMPType(r.Proto, r.ICMPType)
+		m.ICMP = ICMP{Name: r.ICMPType, Type: uint8(typ), Code: code}
+	}
+	return m
+}
+
+// protoNumber returns the number of a protocol as config keeps it: a name
+// of config's, or a decimal number.
+func protoNumber(name string) uint8 {
+	switch name {
+	case "icmp":
+		return 1
+	case "tcp":
+		return 6
+	case "udp":
+		return 17
+	case "icmpv6":
+		return 58
+	case "sctp":
+		return 132
+	}
+	n, _ := strconv.Atoi(name)
+	return uint8(n)
+}
+
+// members collects the addresses of group's members: the attached
+// interfaces listing it and the remote members. An address listed twice
+// (an attachment record racing an edit, a migrating VM) is kept once.
+func members(group string, ifaces []*Interface, remote []netip.Addr) *Members {
+	out := &Members{Group: group, Addrs: map[Family][]netip.Addr{}}
+	add := func(a netip.Addr) {
+		f := FamilyOf(a)
+		out.Addrs[f] = append(out.Addrs[f], a)
+	}
+	for _, n := range ifaces {
+		if slices.Contains(n.Groups, group) {
+			for _, ip := range n.IPs {
+				add(ip)
+			}
+		}
+	}
+	for _, ip := range remote {
+		add(ip)
+	}
+	for f, addrs := range out.Addrs {
+		slices.SortFunc(addrs, func(a, b netip.Addr) int { return a.Compare(b) })
+		out.Addrs[f] = slices.Compact(addrs)
+	}
+	return out
+}
