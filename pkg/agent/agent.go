@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -23,14 +22,12 @@ import (
 	"reflect"
 	"slices"
 	"sort"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/vmfw/vmfw/pkg/agent/wire"
-	"github.com/vmfw/vmfw/pkg/backend/iptables/ipset"
-	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
+	"github.com/vmfw/vmfw/pkg/backend"
 	"github.com/vmfw/vmfw/pkg/cluster"
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/droplog"
@@ -44,11 +41,11 @@ type Agent struct {
 	ConfigDir string
 	// RunDir holds the socket (and the engine's lock files).
 	RunDir string
-	// Kernel is what the agent's engine reads and changes, and Backend
-	// names its iptables backend; Run builds the engine on them, with
-	// the agent's model and, on nf_tables, the ipsets it remembers.
-	Kernel  engine.Kernel
-	Backend string
+	// Kernel is what the agent's engine reads and changes; Run builds the
+	// engine on it, with the agent's model. A backend that can tell
+	// cheaply whether the kernel changed (backend.Generationer) spares
+	// the drift check and the next change their reads.
+	Kernel engine.Kernel
 	// Log receives one record per change.
 	Log *slog.Logger
 	// StateDir is where the engine keeps attachment records, absolute;
@@ -74,14 +71,6 @@ type Agent struct {
 	// parses only the files inotify named (config.Cache).
 	files config.Cache
 
-	// What the kernel held after the agent's last write, to tell drift
-	// from quiet cheaply (see repair).
-	lastGen  uint32
-	lastSets string
-	// sets is the engine's set store on nf_tables, which answers from
-	// what remember read when nothing changed since (knownSets); nil on
-	// legacy, whose writes the generation does not see.
-	sets *knownSets
 	// queued reports work waiting for the main loop (requests, edits);
 	// while there is, remember waits (unremembered says it owes one),
 	// since the next write would make what it reads old at once.
@@ -124,13 +113,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.Metrics == nil {
 		a.Metrics = NewMetrics()
 	}
-	k := a.Kernel
-	if strings.HasPrefix(a.Backend, string(xtables.NFT)) {
-		a.sets = &knownSets{SetStore: k.Sets}
-		k.Sets = a.sets
-	}
-	a.engine = engine.New(k, a.ConfigDir)
-	a.engine.Backend = a.Backend
+	a.engine = engine.New(a.Kernel, a.ConfigDir)
 	if a.StateDir == "" {
 		a.StateDir = state.DirFromEnv()
 	}
@@ -338,16 +321,9 @@ func (a *Agent) applyEdit(ctx context.Context, prev *config.Model, reason string
 			return
 		}
 		start := time.Now()
-		var handled bool
-		var ch *engine.Change
-		a.retryStale(func() error {
-			handled, ch, err = a.engine.SyncGroups(ctx, prev, groups)
-			return err
-		})
-		if handled {
-			a.record(ctx, time.Since(start), ch, err, "reason", reason, "groups", groups)
-			return
-		}
+		ch, err := a.engine.SyncGroups(ctx, prev, groups)
+		a.record(ctx, time.Since(start), ch, err, "reason", reason, "groups", groups)
+		return
 	}
 	a.sync(ctx, reason)
 }
@@ -379,12 +355,7 @@ func (a *Agent) sync(ctx context.Context, reason string) *engine.Change {
 		return nil
 	}
 	start := time.Now()
-	var ch *engine.Change
-	var err error
-	a.retryStale(func() error {
-		ch, err = a.engine.Sync(ctx, false)
-		return err
-	})
+	ch, err := a.engine.Sync(ctx, false)
 	return a.record(ctx, time.Since(start), ch, err, "reason", reason)
 }
 
@@ -407,73 +378,34 @@ func (a *Agent) record(ctx context.Context, took time.Duration, ch *engine.Chang
 	return ch
 }
 
-// retryStale runs op, and runs it once more when it failed after the
-// engine planned from remembered sets (knownSets) instead of reading
-// them: someone may have changed them behind the agent's back, and the
-// second run reads the kernel. Every operation is idempotent and a
-// failed one leaves the rules as they were, so running it again is safe.
-func (a *Agent) retryStale(op func() error) {
-	if a.sets != nil {
-		a.sets.takeServed()
-	}
-	err := op()
-	if err == nil || a.sets == nil || !a.sets.takeServed() {
-		return
-	}
-	a.Log.Warn("apply failed on remembered ipsets; reading them and trying again", "error", err.Error())
-	a.sets.forget()
-	op()
-}
-
-// remember records what the kernel holds after a write of the agent's:
-// the nf_tables generation and vmfw's ipsets, which the next change then
-// need not read (knownSets) while the generation stays the same. It
-// reads the generation before and after the sets, so that the sets it
-// keeps are those of that generation even if another vmfw process
-// writes meanwhile (remember does not hold the namespace lock).
+// remember tells the backend, when it can remember (backend.Generationer),
+// that what the kernel holds after a write of the agent's is its own: the
+// next change and the next drift check then read only what moved since.
+// The backend reads to remember (the sets: 10-25 ms), so remember waits
+// while work is queued, since the next write would make what it reads old
+// at once. It also publishes the attached interfaces in cluster mode.
 func (a *Agent) remember(ctx context.Context) {
 	if a.queued != nil && a.queued() {
-		// Reading the sets takes 10-25 ms, seconds under a boot storm's
-		// load, and the next batch waits for it; after the last one the
-		// main loop remembers. Until then drift checks wait (repair).
+		// Seconds under a boot storm's load, and the next batch would
+		// wait for it; after the last one the main loop remembers.
+		// Until then drift checks wait (repair).
 		a.unremembered = true
-		if a.sets != nil {
-			a.sets.forget()
-		}
 		return
 	}
 	a.unremembered = false
-	gen, genErr := xtables.Generation(ctx)
-	if genErr == nil {
-		a.lastGen = gen
-	}
-	sets, err := a.readSets(ctx)
-	a.lastSets = setsFingerprint(sets, err)
-	if a.sets != nil {
-		a.sets.forget()
-		if genErr == nil && err == nil {
-			if again, err := xtables.Generation(ctx); err == nil && again == gen {
-				a.sets.remember(sets, gen)
-			}
+	if g, ok := a.Kernel.Backend.(backend.Generationer); ok {
+		if err := g.Mark(ctx); err != nil {
+			a.Log.Debug("remembering the kernel's state", "error", err.Error())
 		}
 	}
 	a.publish(ctx)
 }
 
-// readSets reads vmfw's ipsets from the kernel, never from memory.
-func (a *Agent) readSets(ctx context.Context) (map[string]*ipset.Observed, error) {
-	if a.sets != nil {
-		return a.sets.SetStore.List(ctx)
-	}
-	return a.Kernel.Sets.List(ctx)
-}
-
 // repair looks for drift and repairs it. Reading every chain at thousands
-// of taps takes seconds, so it first asks what is cheap: the nf_tables
-// generation, which every committed change of iptables-nft or
-// ebtables-nft increments, and the members of vmfw's ipsets. When both
-// are as the agent left them nothing changed behind its back. On legacy
-// iptables the generation does not see x_tables, so every tick reads.
+// of taps takes seconds, so it first asks the backend, when it can tell
+// cheaply (backend.Generationer: the nf_tables generation and the sets'
+// members for iptables-nft), whether anything moved since the agent's
+// last write; otherwise every tick reads.
 func (a *Agent) repair(ctx context.Context) {
 	if _, err := a.currentModel(); err != nil {
 		return
@@ -488,9 +420,8 @@ func (a *Agent) repair(ctx context.Context) {
 		a.Log.Debug("drift check deferred: requests queued")
 		return
 	}
-	if strings.HasPrefix(a.Backend, string(xtables.NFT)) {
-		gen, err := xtables.Generation(ctx)
-		if err == nil && gen == a.lastGen && setsFingerprint(a.readSets(ctx)) == a.lastSets {
+	if g, ok := a.Kernel.Backend.(backend.Generationer); ok {
+		if same, err := g.Unchanged(ctx); err == nil && same {
 			return
 		}
 	}
@@ -498,20 +429,6 @@ func (a *Agent) repair(ctx context.Context) {
 		a.Metrics.driftRepaired()
 		a.Log.Warn("repaired drift", changeAttrs(ch)...)
 	}
-}
-
-// setsFingerprint summarises vmfw's ipsets and their members, as read
-// (with the error of the read).
-func setsFingerprint(sets map[string]*ipset.Observed, err error) string {
-	if err != nil {
-		return "error: " + err.Error()
-	}
-	var b strings.Builder
-	for _, name := range slices.Sorted(maps.Keys(sets)) {
-		members := slices.Sorted(maps.Keys(sets[name].Members))
-		fmt.Fprintf(&b, "%s:%s\n", name, strings.Join(members, ","))
-	}
-	return b.String()
 }
 
 // apply runs one batch of requests: ifup and ifdown together (applyTaps),
@@ -539,12 +456,7 @@ func (a *Agent) apply(ctx context.Context, batch []pending) {
 // already saves.
 func (a *Agent) runJob(ctx context.Context, p pending) {
 	start := time.Now()
-	var changed []string
-	var err error
-	a.retryStale(func() error {
-		changed, err = a.Jobs[p.req.Op](ctx, a.engine, p.req)
-		return err
-	})
+	changed, err := a.Jobs[p.req.Op](ctx, a.engine, p.req)
 	took := time.Since(start)
 	a.Metrics.batch(1, took, err)
 	resp := Response{OK: err == nil, Batch: 1}
@@ -600,12 +512,7 @@ func (a *Agent) applyTaps(ctx context.Context, batch []pending) {
 	sort.Strings(up)
 	sort.Strings(down)
 	start := time.Now()
-	var res *engine.BatchResult
-	var err error
-	a.retryStale(func() error {
-		res, err = a.engine.ApplyBatch(ctx, up, down)
-		return err
-	})
+	res, err := a.engine.ApplyBatch(ctx, up, down)
 	took := time.Since(start)
 	a.Metrics.batch(len(batch), took, err)
 	var cfgErr *engine.ConfigError
@@ -642,41 +549,26 @@ func (a *Agent) applyTaps(ctx context.Context, batch []pending) {
 	}
 }
 
-// changeAttrs describes a change for a log record: the chains written and
-// removed per family and the ipset members added and removed.
+// changeAttrs describes a change for a log record: the objects written
+// and removed per part of the kernel and the set members added and
+// removed, as the backend summarised them.
 func changeAttrs(ch *engine.Change) []any {
 	if ch == nil {
 		return nil
 	}
+	sum := ch.Summary()
 	var written, removed []string
-	for f, p := range ch.Plans {
-		for _, c := range append(slices.Clone(p.Create), p.Rewrite...) {
-			written = append(written, f.String()+"/"+string(c))
+	for table, t := range sum.Tables {
+		for _, c := range slices.Concat(t.Created, t.Rewritten) {
+			written = append(written, table+"/"+c)
 		}
-		for _, c := range p.Delete {
-			removed = append(removed, f.String()+"/"+string(c))
-		}
-	}
-	if ch.Bridge != nil {
-		for _, c := range append(slices.Clone(ch.Bridge.Create), ch.Bridge.Rewrite...) {
-			written = append(written, "bridge/"+string(c))
-		}
-		for _, c := range ch.Bridge.Delete {
-			removed = append(removed, "bridge/"+string(c))
+		for _, c := range t.Deleted {
+			removed = append(removed, table+"/"+c)
 		}
 	}
 	sort.Strings(written)
 	sort.Strings(removed)
-	added, deleted := 0, 0
-	for _, l := range strings.Split(ch.SetsBefore+ch.SetsAfter, "\n") {
-		switch {
-		case strings.HasPrefix(l, "add "):
-			added++
-		case strings.HasPrefix(l, "del "):
-			deleted++
-		}
-	}
-	return []any{"chains_written", written, "chains_removed", removed, "set_members_added", added, "set_members_removed", deleted}
+	return []any{"chains_written", written, "chains_removed", removed, "set_members_added", sum.Sets.MembersAdded(), "set_members_removed", sum.Sets.MembersRemoved()}
 }
 
 // listen opens the agent's socket: root-only, replacing a stale socket a

@@ -7,9 +7,9 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/vmfw/vmfw/pkg/backend"
 	"github.com/vmfw/vmfw/pkg/cluster"
 	"github.com/vmfw/vmfw/pkg/config"
-	"github.com/vmfw/vmfw/pkg/engine"
 )
 
 // Cluster mode (docs/cluster.md): with a [cluster] table in the local
@@ -87,26 +87,21 @@ func (a *Agent) membersChanged(ctx context.Context) {
 	a.Log.Info("cluster membership changed", "remote_interfaces", a.cluster.RemoteCount())
 	const reason = "cluster membership changed"
 	if a.attached != nil {
-		// Only set members change: no chain is read or written.
+		// Only set members change: the backend writes no rule unless a
+		// set must appear or go.
 		start := time.Now()
-		var handled bool
-		var ch *engine.Change
-		var err error
-		a.retryStale(func() error {
-			handled, ch, err = a.engine.SyncSets(ctx, a.attached)
-			return err
-		})
-		if handled {
-			took := time.Since(start)
-			a.Metrics.applied(took, err)
-			if err != nil {
-				a.Log.Error("apply failed", "reason", reason, "error", err.Error(), "took", took.String())
-				return
-			}
-			a.lastSets = setsFingerprint(a.readSets(ctx))
-			a.Log.Info("applied", append([]any{"reason", reason, "took", took.Round(time.Microsecond).String(), "flows_cut", ch.FlowsCut}, changeAttrs(ch)...)...)
+		ch, err := a.engine.SyncSets(ctx, a.attached)
+		took := time.Since(start)
+		a.Metrics.applied(took, err)
+		if err != nil {
+			a.Log.Error("apply failed", "reason", reason, "error", err.Error(), "took", took.String())
 			return
 		}
+		if g, ok := a.Kernel.Backend.(backend.Generationer); ok {
+			g.Mark(ctx)
+		}
+		a.Log.Info("applied", append([]any{"reason", reason, "took", took.Round(time.Microsecond).String(), "flows_cut", ch.FlowsCut}, changeAttrs(ch)...)...)
+		return
 	}
 	a.sync(ctx, reason)
 }

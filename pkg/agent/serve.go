@@ -7,10 +7,10 @@ import (
 	"errors"
 	"net"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/vmfw/vmfw/pkg/agent/wire"
+	"github.com/vmfw/vmfw/pkg/backend"
 )
 
 // requestTimeout bounds how long a caller may take to send its request.
@@ -78,8 +78,8 @@ func (a *Agent) handle(ctx context.Context, conn *net.UnixConn, reqs chan<- pend
 		answer(Response{Error: "the agent keeps attachment records in " + a.StateDir + ", not " + req.StateDir, Refused: true})
 		return
 	}
-	if req.IPTables != "" && !strings.HasPrefix(a.Backend, req.IPTables+",") {
-		answer(Response{Error: "the agent uses iptables backend " + a.Backend + ", not " + req.IPTables, Refused: true})
+	if be := a.Kernel.Backend; req.IPTables != "" && (be.Name() != backend.IPTables || be.Flavour() != req.IPTables) {
+		answer(Response{Error: "the agent uses backend " + string(be.Name()) + " (" + be.Describe() + "), not iptables " + req.IPTables, Refused: true})
 		return
 	}
 	p := pending{req: req, reply: make(chan Response, 1)}

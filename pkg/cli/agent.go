@@ -37,7 +37,7 @@ func agentCmd(ctx context.Context, o system.Options, args []string, stdout, stde
 	if o.StateDir, err = filepath.Abs(o.StateDir); err != nil {
 		return err
 	}
-	k, backend, err := system.NewKernel(ctx, o)
+	k, err := system.NewKernel(ctx, o)
 	if err != nil {
 		return err
 	}
@@ -46,7 +46,6 @@ func agentCmd(ctx context.Context, o system.Options, args []string, stdout, stde
 		StateDir:  o.StateDir,
 		RunDir:    wire.RunDirFromEnv(),
 		Kernel:    k,
-		Backend:   backend,
 		Jobs:      map[agent.Op]agent.Job{agent.Hook: hookJob, agent.CNI: cni.Job},
 		Log:       agent.NewLogger(stderr, *format == "json"),
 		Metrics:   agent.NewMetrics(),

@@ -12,12 +12,10 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 
-	"github.com/vmfw/vmfw/pkg/backend/iptables/ipset"
-	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
+	"github.com/vmfw/vmfw/pkg/backend"
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/config/configtest"
 	"github.com/vmfw/vmfw/pkg/engine"
-	"github.com/vmfw/vmfw/pkg/ruleset"
 	"github.com/vmfw/vmfw/pkg/state"
 )
 
@@ -301,34 +299,21 @@ func deref(s *string) string {
 	return *s
 }
 
-// fakeEngine is an engine on configDir and stateDir whose kernel holds
+// fakeEngine is an engine on configDir and stateDir whose backend holds
 // nothing of vmfw's and takes every change.
 func fakeEngine(configDir, stateDir string) *engine.Engine {
-	k := fakeKernel{}
-	e := engine.New(engine.Kernel{Firewall: k, Sets: fakeSets{}, Host: k,
+	e := engine.New(engine.Kernel{Backend: &backend.Fake{}, Host: fakeHost{},
 		Lock: func(context.Context) (func(), error) { return func() {}, nil },
 	}, configDir)
 	e.State = state.New(stateDir)
 	return e
 }
 
-type fakeKernel struct{}
+type fakeHost struct{}
 
-func (fakeKernel) Save(context.Context, ruleset.Family) (*xtables.Snapshot, error) {
-	return xtables.Parse([]byte("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"))
-}
-func (fakeKernel) Restore(context.Context, ruleset.Family, string) error { return nil }
-
-type fakeSets struct{}
-
-func (fakeSets) List(context.Context) (map[string]*ipset.Observed, error) {
-	return map[string]*ipset.Observed{}, nil
-}
-func (fakeSets) Restore(context.Context, string) error { return nil }
-
-func (fakeKernel) Links() (map[string]bool, error) { return map[string]bool{}, nil }
-func (fakeKernel) Attach(string, string) error     { return nil }
-func (fakeKernel) EnableBridgeNetfilter() error    { return nil }
+func (fakeHost) Links() (map[string]bool, error) { return map[string]bool{}, nil }
+func (fakeHost) Attach(string, string) error     { return nil }
+func (fakeHost) EnableBridgeNetfilter() error    { return nil }
 
 // TestCNIKeys checks that the plugin names a bad setting by the key it
 // was written with: in the plugin configuration, in args or

@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/ruleset"
 	"github.com/vmfw/vmfw/pkg/state"
@@ -276,7 +275,7 @@ func (e *Engine) AttachRecords(ctx context.Context, recs ...*state.Attachment) e
 		}
 		written = append(written, a)
 	}
-	names := st.installed()
+	names := st.Installed()
 	for iface, nic := range pending {
 		r.nics[iface] = nic
 		delete(r.problems, iface)
@@ -324,7 +323,7 @@ func (e *Engine) AttachVM(ctx context.Context, vmid int) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := e.converge(ctx, m, nicsFor(r, dedupe(append(st.installed(), taps...))), st, false); err != nil {
+	if _, err := e.converge(ctx, m, nicsFor(r, dedupe(append(st.Installed(), taps...))), st, false); err != nil {
 		return nil, fmt.Errorf("firewalling %s: %w", strings.Join(taps, ", "), err)
 	}
 	return taps, nil
@@ -368,7 +367,7 @@ func (e *Engine) DetachWhere(ctx context.Context, sel Selector) ([]string, error
 	if err != nil {
 		return nil, err
 	}
-	installed := st.installed()
+	installed := st.Installed()
 	var keep []string
 	for _, t := range installed {
 		if sel.Iface != nil && sel.Iface(t) {
@@ -459,51 +458,20 @@ func (e *Engine) Check(ctx context.Context, iface string) (*state.Attachment, er
 	if p := r.problems[iface]; p != nil {
 		d.Problems = append(d.Problems, "record does not resolve, all traffic dropped: "+p.Error())
 	}
-	rs, err := layout.FromConfig(m, nicsFor(r, dedupe(append(st.installed(), iface))))
+	want, err := ruleset.Compile(m, nicsFor(r, dedupe(append(st.Installed(), iface))))
 	if err != nil {
 		return nil, err
 	}
-	mine := map[layout.Chain]bool{}
-	for _, c := range layout.TapChains(iface) {
-		mine[c] = true
+	bs, err := e.kernel.Backend.Status(ctx, st, want)
+	if err != nil {
+		return nil, err
 	}
-	if nic.VM.Enable {
-		for _, g := range nic.Groups {
-			mine[layout.GroupChain(g, "in")] = true
-			mine[layout.GroupChain(g, "lin")] = true
-			mine[layout.GroupChain(g, "out")] = true
-		}
+	drifts := slices.Clone(bs.BaseDrifted)
+	if is := bs.Interfaces[iface]; is != nil {
+		drifts = append(drifts, is.Drifted...)
 	}
-	for _, f := range ruleset.Families {
-		plan := layout.Diff(rs.Tables[f], st.tables[f].Observed)
-		report := func(list []layout.Chain, what string) {
-			for _, c := range list {
-				if mine[c] || isBaseChain(c) {
-					d.Problems = append(d.Problems, fmt.Sprintf("%s/%s: %s", f, c, what))
-				}
-			}
-		}
-		report(plan.Create, "missing")
-		report(plan.Rewrite, "drifted")
-		report(plan.Delete, "unexpected")
-		for _, h := range plan.AddHooks {
-			d.Problems = append(d.Problems, fmt.Sprintf("%s/%s: jump to %s missing", f, h.From, h.To))
-		}
-	}
-	for _, s := range rs.Sets {
-		have := st.sets[s.Name]
-		for _, ip := range nic.IPs {
-			if !slices.Contains(s.Members, ip.String()) {
-				continue
-			}
-			if have == nil {
-				d.Problems = append(d.Problems, fmt.Sprintf("ipset %s: missing", s.Name))
-				break
-			}
-			if !have.Members[strings.ToLower(ip.String())] {
-				d.Problems = append(d.Problems, fmt.Sprintf("ipset %s: member %s missing", s.Name, ip))
-			}
-		}
+	for _, dr := range drifts {
+		d.Problems = append(d.Problems, dr.String())
 	}
 	if len(d.Problems) > 0 {
 		return rec, d
@@ -556,7 +524,7 @@ func (e *Engine) ForgetWhere(ctx context.Context, sel func(a *state.Attachment) 
 	}
 	defer release()
 	var forgotten []string
-	addrs := map[string]bool{}
+	var addrs []netip.Addr
 	for iface, a := range recs {
 		if !sel(a) {
 			continue
@@ -565,28 +533,14 @@ func (e *Engine) ForgetWhere(ctx context.Context, sel func(a *state.Attachment) 
 		if a.Spec != nil {
 			for _, ip := range a.Spec.IPs {
 				if p, err := netip.ParseAddr(ip); err == nil {
-					addrs[strings.ToLower(p.String())] = true
+					addrs = append(addrs, p)
 				}
 			}
 		}
 	}
 	sort.Strings(forgotten)
-	if len(addrs) > 0 {
-		sets, err := e.kernel.Sets.List(ctx)
-		if err != nil {
-			return nil, err
-		}
-		var script strings.Builder
-		for _, name := range sortedKeys(sets) {
-			for _, addr := range sortedKeys(addrs) {
-				if sets[name].Members[addr] {
-					fmt.Fprintf(&script, "del %s %s -exist\n", name, addr)
-				}
-			}
-		}
-		if err := e.kernel.Sets.Restore(ctx, script.String()); err != nil {
-			return nil, err
-		}
+	if err := e.kernel.Backend.ForgetAddresses(ctx, addrs); err != nil {
+		return nil, err
 	}
 	var errs []error
 	for _, iface := range forgotten {

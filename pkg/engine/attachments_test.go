@@ -4,56 +4,22 @@ import (
 	"context"
 	"errors"
 	"strings"
-	"sync"
 	"testing"
 
-	"github.com/vmfw/vmfw/pkg/backend/iptables/ipset"
-	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
+	"github.com/vmfw/vmfw/pkg/backend"
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/config/configtest"
-	"github.com/vmfw/vmfw/pkg/ruleset"
 	"github.com/vmfw/vmfw/pkg/state"
 )
 
-// attEmptyTable is iptables-save of a filter table without vmfw.
-const attEmptyTable = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
+// attHost is a host whose interfaces the test names.
+type attHost struct{ links map[string]bool }
 
-// attKernel holds no vmfw state and records what would be applied.
-type attKernel struct {
-	mu       sync.Mutex // the engine writes the families side by side
-	restored []string
-	links    map[string]bool
-}
+func (k *attHost) Links() (map[string]bool, error) { return k.links, nil }
+func (k *attHost) Attach(string, string) error     { return nil }
+func (k *attHost) EnableBridgeNetfilter() error    { return nil }
 
-func (k *attKernel) Save(context.Context, ruleset.Family) (*xtables.Snapshot, error) {
-	return xtables.Parse([]byte(attEmptyTable))
-}
-
-func (k *attKernel) Restore(_ context.Context, _ ruleset.Family, text string) error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	k.restored = append(k.restored, text)
-	return nil
-}
-
-type attSets struct{ scripts []string }
-
-func (s *attSets) List(context.Context) (map[string]*ipset.Observed, error) {
-	return map[string]*ipset.Observed{}, nil
-}
-
-func (s *attSets) Restore(_ context.Context, script string) error {
-	if script != "" {
-		s.scripts = append(s.scripts, script)
-	}
-	return nil
-}
-
-func (k *attKernel) Links() (map[string]bool, error) { return k.links, nil }
-func (k *attKernel) Attach(string, string) error     { return nil }
-func (k *attKernel) EnableBridgeNetfilter() error    { return nil }
-
-func attEngine(t *testing.T) (*Engine, *attKernel, *attSets, *state.Store) {
+func attEngine(t *testing.T) (*Engine, *backend.Fake, *state.Store) {
 	t.Helper()
 	dir := t.TempDir()
 	files := map[string]string{
@@ -62,14 +28,13 @@ func attEngine(t *testing.T) (*Engine, *attKernel, *attSets, *state.Store) {
 		"vms/110.toml":    "[net0]\nips = [\"192.0.2.110\"]\ngroups = [\"web\"]\n\n[net1]\nips = [\"192.0.2.111\"]\n",
 	}
 	configtest.Write(t, dir, files)
-	k := &attKernel{links: map[string]bool{}}
-	sets := &attSets{}
+	be := &backend.Fake{}
 	st := state.New(t.TempDir())
-	e := New(Kernel{Firewall: k, Sets: sets, Host: k,
+	e := New(Kernel{Backend: be, Host: &attHost{links: map[string]bool{}},
 		Lock: func(context.Context) (func(), error) { return func() {}, nil },
 	}, dir)
 	e.State = st
-	return e, k, sets, st
+	return e, be, st
 }
 
 func attRecord(iface, ip string, groups ...string) *state.Attachment {
@@ -78,27 +43,25 @@ func attRecord(iface, ip string, groups ...string) *state.Attachment {
 }
 
 func TestAttachRecords(t *testing.T) {
-	e, k, sets, st := attEngine(t)
+	e, be, st := attEngine(t)
 	ctx := context.Background()
 	if err := e.AttachRecords(ctx, attRecord("veth1", "198.51.100.2", "web")); err != nil {
 		t.Fatal(err)
 	}
-	if len(k.restored) != 2 || !strings.Contains(k.restored[0], ":veth1-in") || !strings.Contains(k.restored[0], "--physdev-in veth1 -g veth1-out") {
-		t.Errorf("restored:\n%s", strings.Join(k.restored, "\n"))
+	if got := be.Dump(); !strings.Contains(got, "iface veth1 enabled=true groups=[web] ips=[198.51.100.2]") {
+		t.Errorf("installed:\n%s", got)
 	}
 	recs, err := st.List()
 	if err != nil || recs["veth1"] == nil {
 		t.Errorf("records: %v, %v", recs, err)
 	}
-	// A member of web with db attached: the set holds it.
-	k.restored = nil
+	// A member of web with db attached: web's members are referenced by
+	// db's rule, and the set holds both records' addresses.
 	if err := e.AttachRecords(ctx, attRecord("veth2", "198.51.100.3", "db"), attRecord("veth3", "198.51.100.4", "web")); err != nil {
 		t.Fatal(err)
 	}
-	// The fake kernel kept nothing, so only the new records are attached,
-	// yet membership comes from the records: veth3 is in sg-web-v4.
-	if len(sets.scripts) == 0 || !strings.Contains(sets.scripts[len(sets.scripts)-1], "add sg-web-v4 198.51.100.4") {
-		t.Errorf("ipset scripts: %q", sets.scripts)
+	if got := be.Dump(); !strings.Contains(got, "members web [198.51.100.2 198.51.100.4] []") || !strings.Contains(got, "iface veth2") {
+		t.Errorf("installed:\n%s", got)
 	}
 }
 
@@ -117,14 +80,14 @@ func TestAttachRecordsRefuses(t *testing.T) {
 		"missing netN":    {&state.Attachment{Iface: "vnet0", Owner: state.Libvirt, VM: &state.VMRef{ID: 110, Index: 5}}, "has no [net5] table"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			e, k, _, st := attEngine(t)
+			e, be, st := attEngine(t)
 			err := e.AttachRecords(context.Background(), tc.rec)
 			var ce *ConfigError
 			if !errors.As(err, &ce) || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("AttachRecords: %v, want a ConfigError containing %q", err, tc.want)
 			}
-			if len(k.restored) != 0 {
-				t.Errorf("changed the firewall: %q", k.restored)
+			if be.Applies != 0 {
+				t.Errorf("changed the firewall:\n%s", be.Dump())
 			}
 			if recs, _ := st.List(); len(recs) != 0 {
 				t.Errorf("wrote records: %v", recs)
@@ -134,7 +97,7 @@ func TestAttachRecordsRefuses(t *testing.T) {
 }
 
 func TestResolver(t *testing.T) {
-	e, _, _, st := attEngine(t)
+	e, _, st := attEngine(t)
 	m, err := config.Load(e.ConfigDir)
 	if err != nil {
 		t.Fatal(err)
@@ -177,7 +140,7 @@ func TestResolver(t *testing.T) {
 }
 
 func TestDetachWhere(t *testing.T) {
-	e, _, _, st := attEngine(t)
+	e, _, st := attEngine(t)
 	ctx := context.Background()
 	if err := e.AttachRecords(ctx, attRecord("veth1", "198.51.100.2", "web"), attRecord("veth2", "198.51.100.3", "web")); err != nil {
 		t.Fatal(err)

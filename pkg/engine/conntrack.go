@@ -20,11 +20,6 @@ type FlowTable interface {
 
 var _ FlowTable = conntrack.Table{}
 
-// flowTable returns the table cutFlows works on: the kernel's. It is a
-// variable so that the package's tests put a fake in its place; they must
-// never read or change the conntrack table of the namespace they run in.
-var flowTable = func() FlowTable { return conntrack.Table{} }
-
 // cutFlows deletes the tracked connections that the ruleset just applied
 // for nics does not allow, so that they stop. Their packets would
 // otherwise keep passing the "established" rules, which come before the
@@ -43,10 +38,10 @@ func (e *Engine) cutFlows(m *config.Model, nics []*config.NIC) (int, error) {
 	for _, n := range nics {
 		addressed = addressed || len(n.IPs) > 0
 	}
-	if !addressed {
+	table := e.kernel.Flows
+	if !addressed || table == nil {
 		return 0, nil // no flow can be told to be a VM's
 	}
-	table := flowTable()
 	addrs, err := table.LocalAddrs()
 	if err != nil {
 		return 0, fmt.Errorf("rules applied, but cutting the connections they no longer allow failed: %w", err)

@@ -13,15 +13,6 @@ import (
 	"github.com/vmfw/vmfw/pkg/conntrack"
 )
 
-// TestMain keeps every test of the package away from the kernel's
-// connection tracking table: an engine whose apply changed something
-// would otherwise read and prune the table of the namespace the test runs
-// in.
-func TestMain(m *testing.M) {
-	flowTable = func() FlowTable { return &fakeFlows{} }
-	os.Exit(m.Run())
-}
-
 // fakeFlows is a connection tracking table held in memory.
 type fakeFlows struct {
 	flows   []conntrack.Flow
@@ -50,13 +41,6 @@ func (f *fakeFlows) Delete(cut func(conntrack.Flow) bool) (int, error) {
 	return n, nil
 }
 
-// useFlows makes the engine work on table for the rest of the test.
-func useFlows(t *testing.T, table *fakeFlows) {
-	prev := flowTable
-	flowTable = func() FlowTable { return table }
-	t.Cleanup(func() { flowTable = prev })
-}
-
 func tcpFlow(src, dst string, dport uint16) conntrack.Flow {
 	return conntrack.Flow{Proto: 6, Src: netip.MustParseAddr(src), Dst: netip.MustParseAddr(dst), SPort: 40000, DPort: dport, Ports: true}
 }
@@ -67,7 +51,7 @@ func tcpFlow(src, dst string, dport uint16) conntrack.Flow {
 // http ones, the VM's own outbound connection (whose replies pass only as
 // established) and flows of other hosts.
 func TestSyncCutsWithdrawnFlows(t *testing.T) {
-	e, _, _ := testEngine(t)
+	e, _, table := testEngine(t)
 	write := func(rel, content string) {
 		if err := os.WriteFile(filepath.Join(e.ConfigDir, rel), []byte(content), 0o644); err != nil {
 			t.Fatal(err)
@@ -80,11 +64,8 @@ func TestSyncCutsWithdrawnFlows(t *testing.T) {
 	hostOwn := tcpFlow("192.0.2.254", "192.0.2.1", 80)
 	hostSSH := tcpFlow("192.0.2.254", "192.0.2.1", 22)
 	others := tcpFlow("198.51.100.7", "198.51.100.8", 3306)
-	table := &fakeFlows{
-		flows: []conntrack.Flow{ssh, http, outbound, hostOwn, hostSSH, others},
-		local: []netip.Addr{netip.MustParseAddr("192.0.2.254")},
-	}
-	useFlows(t, table)
+	table.flows = []conntrack.Flow{ssh, http, outbound, hostOwn, hostSSH, others}
+	table.local = []netip.Addr{netip.MustParseAddr("192.0.2.254")}
 	if _, err := e.Sync(context.Background(), false); err != nil {
 		t.Fatal(err)
 	}
@@ -104,9 +85,8 @@ func TestSyncCutsWithdrawnFlows(t *testing.T) {
 
 // TestDryRunCutsNothing: a dry run neither reads nor changes the table.
 func TestDryRunCutsNothing(t *testing.T) {
-	e, _, _ := testEngine(t)
-	table := &fakeFlows{flows: []conntrack.Flow{tcpFlow("198.51.100.7", "192.0.2.1", 3306)}}
-	useFlows(t, table)
+	e, _, table := testEngine(t)
+	table.flows = []conntrack.Flow{tcpFlow("198.51.100.7", "192.0.2.1", 3306)}
 	if _, err := e.Sync(context.Background(), true); err != nil {
 		t.Fatal(err)
 	}
@@ -118,13 +98,13 @@ func TestDryRunCutsNothing(t *testing.T) {
 // TestCutFailureIsReported: the rules are in place but the apply fails,
 // saying so, when the connections cannot be cut.
 func TestCutFailureIsReported(t *testing.T) {
-	e, fw, _ := testEngine(t)
-	useFlows(t, &fakeFlows{err: errors.New("netlink: operation not permitted")})
+	e, be, table := testEngine(t)
+	table.err = errors.New("netlink: operation not permitted")
 	_, err := e.Sync(context.Background(), false)
 	if err == nil || !strings.Contains(err.Error(), "rules applied, but cutting the connections") || !strings.Contains(err.Error(), "operation not permitted") {
 		t.Fatalf("Sync error = %v, want the cut failure", err)
 	}
-	if len(fw.restores) == 0 {
+	if be.Applies != 1 {
 		t.Error("the rules were not applied")
 	}
 }

@@ -1,10 +1,10 @@
-// Package engine is what every entry point (QEMU scripts, the CLI, later
-// CNI and hypervisor hooks) calls: Attach, Detach, Sync, Flush and Status.
-// Each operation loads the configuration, takes the namespace lock, reads
-// vmfw's part of the kernel state, compiles the desired ruleset for the
-// interfaces that should be attached, and applies only the difference:
-// ipsets first (so new rules find their sets), then one iptables-restore
-// per family, then removal of sets nothing references any more.
+// Package engine is what every entry point (QEMU scripts, the CLI, CNI,
+// the hypervisor hooks, the agent) calls: Attach, Detach, Sync, Flush,
+// Status and the rest. Each operation loads the configuration, takes the
+// namespace lock, resolves which interfaces are to be attached, compiles
+// their policy (package ruleset) and hands it to the backend, which reads
+// the kernel, plans the difference and writes it all or nothing
+// (docs/design.md, "The backend seam").
 package engine
 
 import (
@@ -17,35 +17,13 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
-	"github.com/vmfw/vmfw/pkg/backend/iptables/ipset"
-	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
-	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
+	"github.com/vmfw/vmfw/pkg/backend"
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/ruleset"
 	"github.com/vmfw/vmfw/pkg/trace"
 )
-
-// Firewall reads and writes vmfw's part of the filter table. Restore is
-// called for both families at once (restoreFamilies).
-type Firewall interface {
-	Save(ctx context.Context, f ruleset.Family) (*xtables.Snapshot, error)
-	Restore(ctx context.Context, f ruleset.Family, text string) error
-}
-
-// SetStore reads and writes vmfw's ipsets.
-type SetStore interface {
-	List(ctx context.Context) (map[string]*ipset.Observed, error)
-	Restore(ctx context.Context, script string) error
-}
-
-// BridgeFirewall reads and writes vmfw's part of the ebtables filter table.
-type BridgeFirewall interface {
-	Save(ctx context.Context) (layout.Observed, error)
-	Restore(ctx context.Context, text string) error
-}
 
 // Host is the part of the host that is not the firewall: interfaces and
 // the bridge-netfilter switches.
@@ -59,18 +37,20 @@ type Host interface {
 }
 
 // Kernel is what an engine reads and changes. Package system builds the
-// real one; tests build fakes. Entry points hand it to New and never use
-// it beside the engine, so every change goes through the engine's lock,
-// plan and revert (docs/design.md).
+// real one; tests build one on backend.Fake. Entry points hand it to New
+// and never use it beside the engine, so every change goes through the
+// engine's lock, plan and apply (docs/design.md).
 type Kernel struct {
-	// Firewall, Sets and Host talk to the kernel.
-	Firewall Firewall
-	Sets     SetStore
-	// Bridge programs L2 anti-spoofing; nil leaves ebtables alone.
-	Bridge BridgeFirewall
-	Host   Host
+	// Backend lays the policy out in the kernel and owns its reads and
+	// writes.
+	Backend backend.Backend
+	// Host is the interfaces and the bridge netfilter switches.
+	Host Host
 	// Lock serialises runs in the namespace; it returns the release function.
 	Lock func(ctx context.Context) (func(), error)
+	// Flows is the connection tracking table an edit cuts denied flows
+	// from; nil leaves connections alone.
+	Flows FlowTable
 }
 
 // New returns an engine on k for the configuration directory configDir;
@@ -85,8 +65,6 @@ type Engine struct {
 	kernel Kernel
 	// ConfigDir is the configuration directory.
 	ConfigDir string
-	// Backend names the iptables backend, for status output.
-	Backend string
 	// LockTimeout bounds the wait for the lock (default one minute).
 	LockTimeout time.Duration
 	// State holds the records of attached interfaces the configuration
@@ -105,85 +83,34 @@ type ConfigError struct{ Err error }
 func (e *ConfigError) Error() string { return e.Err.Error() }
 func (e *ConfigError) Unwrap() error { return e.Err }
 
-// Change summarises what an operation changed (or, in a dry run, would).
+// Change is what an operation changed (or, in a dry run, would).
 type Change struct {
-	// Plans are the iptables changes per family.
-	Plans map[ruleset.Family]*layout.Plan
-	// Bridge is the ebtables change, nil when ebtables is not managed.
-	Bridge *layout.Plan
-	// SetsBefore and SetsAfter are the ipset scripts run before and after
-	// the iptables changes.
-	SetsBefore, SetsAfter string
-	// Sets says what the scripts do to each set (report.go).
-	Sets SetChanges
+	// Plan is the backend's change; nil when none was planned.
+	Plan backend.Plan
 	// FlowsCut counts the tracked connections deleted because the new
 	// rules deny them.
 	FlowsCut int
 }
 
 // Empty reports whether nothing changed.
-func (c *Change) Empty() bool {
-	for _, p := range c.Plans {
-		if !p.Empty() {
-			return false
-		}
+func (c *Change) Empty() bool { return c.Plan == nil || c.Plan.Empty() }
+
+// Summary says what changed, as the backend computed it once.
+func (c *Change) Summary() *backend.Summary {
+	if c.Plan == nil {
+		return &backend.Summary{Tables: map[string]backend.TableChanges{}, Sets: backend.NewSetChanges()}
 	}
-	if c.Bridge != nil && !c.Bridge.Empty() {
-		return false
-	}
-	return c.SetsBefore == "" && c.SetsAfter == ""
+	return c.Plan.Summary()
 }
 
-// WriteTo prints the exact changes: the ipset scripts and the
-// iptables-restore transactions, in the order they are applied.
+// WriteTo prints the exact changes as the backend writes them.
 func (c *Change) WriteTo(w io.Writer) (int64, error) {
-	var b strings.Builder
-	if c.Empty() {
-		b.WriteString("# no changes\n")
+	if c.Plan == nil {
+		n, err := io.WriteString(w, "# no changes\n")
+		return int64(n), err
 	}
-	if c.SetsBefore != "" {
-		b.WriteString("# ipset restore\n" + c.SetsBefore)
-	}
-	for _, f := range ruleset.Families {
-		if p := c.Plans[f]; p != nil && !p.Empty() {
-			tool := "iptables-restore"
-			if f == ruleset.IPv6 {
-				tool = "ip6tables-restore"
-			}
-			b.WriteString("# " + tool + " --noflush\n" + p.Render())
-		}
-	}
-	if c.Bridge != nil && !c.Bridge.Empty() {
-		b.WriteString("# ebtables-restore --noflush\n" + c.Bridge.Render())
-	}
-	if c.SetsAfter != "" {
-		b.WriteString("# ipset restore\n" + c.SetsAfter)
-	}
-	n, err := io.WriteString(w, b.String())
-	return int64(n), err
+	return c.Plan.WriteTo(w)
 }
-
-// kernelState is vmfw's part of the kernel as read at the start of an operation.
-type kernelState struct {
-	tables map[ruleset.Family]*xtables.Snapshot
-	// textless lists the families read without rule text (see
-	// fingerprintReader); linesFor adds the text a change needs.
-	textless map[ruleset.Family]bool
-	bridge   layout.Observed
-	sets     map[string]*ipset.Observed
-}
-
-// fingerprintReader is a Firewall that can read a whole table's
-// fingerprints without its rule text (nf_tables, over netlink), and the
-// text of a few chains when a change must be able to revert them.
-type fingerprintReader interface {
-	SaveFingerprints(ctx context.Context, f ruleset.Family) (*xtables.Snapshot, error)
-	ChainLines(ctx context.Context, f ruleset.Family, names []layout.Chain) (map[layout.Chain][]string, error)
-}
-
-// maxChainLineReads is how many chains' text a change reads one by one;
-// above it one whole-table read is cheaper.
-const maxChainLineReads = 16
 
 func (e *Engine) load() (*config.Model, error) {
 	if e.Model != nil {
@@ -231,70 +158,9 @@ func (e *Engine) begin(ctx context.Context) (r *resolver, release func(), err er
 	return r, release, nil
 }
 
-func (e *Engine) read(ctx context.Context) (*kernelState, error) {
-	st := &kernelState{tables: map[ruleset.Family]*xtables.Snapshot{}, textless: map[ruleset.Family]bool{}}
-	// The reads are independent and, at thousands of taps, each takes
-	// about a second: they run side by side.
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	errs := make([]error, len(ruleset.Families)+1)
-	for i, f := range ruleset.Families {
-		wg.Go(func() {
-			s, textless, err := e.readTable(ctx, f)
-			mu.Lock()
-			defer mu.Unlock()
-			st.tables[f], st.textless[f], errs[i] = s, textless, err
-		})
-	}
-	wg.Go(func() {
-		var err error
-		if st.sets, err = e.kernel.Sets.List(ctx); err == nil && e.kernel.Bridge != nil {
-			st.bridge, err = e.kernel.Bridge.Save(ctx)
-		}
-		errs[len(errs)-1] = err
-	})
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		return nil, err
-	}
-	return st, nil
-}
-
-// readTable reads vmfw's part of family f's table: its fingerprints only
-// where the firewall can (textless), else with the rules' text.
-func (e *Engine) readTable(ctx context.Context, f ruleset.Family) (s *xtables.Snapshot, textless bool, err error) {
-	start := time.Now()
-	if fr, ok := e.kernel.Firewall.(fingerprintReader); ok {
-		s, err := fr.SaveFingerprints(ctx, f)
-		if err == nil {
-			trace.Since(start, "read the %s table's fingerprints", f)
-			return s, true, nil
-		}
-		if !errors.Is(err, xtables.ErrNotNFT) {
-			return nil, false, err
-		}
-	}
-	s, err = e.kernel.Firewall.Save(ctx, f)
-	return s, false, err
-}
-
-// installed returns the interfaces whose chains are in the kernel.
-func (st *kernelState) installed() []string {
-	seen := map[string]bool{}
-	for _, s := range st.tables {
-		for c := range s.Chains {
-			name := string(c)
-			if tap, ok := layout.InstalledTap(layout.Chain(name)); ok {
-				seen[tap] = true
-			}
-		}
-	}
-	out := make([]string, 0, len(seen))
-	for t := range seen {
-		out = append(out, t)
-	}
-	sort.Strings(out)
-	return out
+// read reads everything the backend installed.
+func (e *Engine) read(ctx context.Context) (backend.State, error) {
+	return e.kernel.Backend.Read(ctx, false)
 }
 
 // nicsFor maps interface names to their configuration, leaving out names
@@ -309,153 +175,52 @@ func nicsFor(src nicSource, taps []string) []*config.NIC {
 	return nics
 }
 
-// converge applies the ruleset for nics; with dryRun it only computes the change.
-func (e *Engine) converge(ctx context.Context, m *config.Model, nics []*config.NIC, st *kernelState, dryRun bool) (*Change, error) {
+// converge applies the policy for nics; with dryRun it only plans.
+func (e *Engine) converge(ctx context.Context, m *config.Model, nics []*config.NIC, st backend.State, dryRun bool) (*Change, error) {
 	start := time.Now()
-	rs, err := layout.FromConfig(m, nics)
+	p, err := ruleset.Compile(m, nics)
 	if err != nil {
 		return nil, err
 	}
 	trace.Since(start, "compile %d interfaces", len(nics))
-	ch, err := e.applyRuleset(ctx, rs, st, dryRun)
-	if err == nil && !dryRun {
-		ch.FlowsCut, err = e.cutFlows(m, nics)
-	}
-	return ch, err
+	return e.apply(ctx, st, p, nil, dryRun, m, nics)
 }
 
-func (e *Engine) applyRuleset(ctx context.Context, rs *layout.Ruleset, st *kernelState, dryRun bool) (*Change, error) {
-	return e.applyVia(ctx, e.kernel.Firewall, rs, st, dryRun)
-}
-
-// applyVia is applyRuleset writing each family's change through fw, which
-// may rewrite the transaction (scoped.go's deletingFirewall); reads and
-// reverts still go to e.kernel.Firewall.
-func (e *Engine) applyVia(ctx context.Context, fw Firewall, rs *layout.Ruleset, st *kernelState, dryRun bool) (*Change, error) {
-	start := time.Now()
-	ch := &Change{Plans: map[ruleset.Family]*layout.Plan{}}
-	for _, f := range ruleset.Families {
-		want := rs.Tables[f]
-		if want == nil {
-			want = &layout.Table{Family: f}
-		}
-		ch.Plans[f] = layout.Diff(want, st.tables[f].Observed)
+// apply plans want (with hint) from st and, unless dryRun, writes it and
+// cuts the flows it denies; m and nics are what want was compiled from.
+// A plan the backend made from remembered state and could not write is
+// made once more from a fresh read (backend.StaleError).
+func (e *Engine) apply(ctx context.Context, st backend.State, want *ruleset.Policy, hint *backend.Hint, dryRun bool, m *config.Model, nics []*config.NIC) (*Change, error) {
+	be := e.kernel.Backend
+	plan, err := be.Plan(ctx, st, want, hint)
+	if err != nil {
+		return nil, err
 	}
-	if e.kernel.Bridge != nil {
-		want := rs.Bridge
-		if want == nil {
-			want = &layout.Table{Bridge: true}
-		}
-		ch.Bridge = layout.Diff(want, st.bridge)
-	}
-	ch.SetsBefore, ch.SetsAfter = ipset.Plan(rs.Sets, st.sets)
-	ch.Sets = setChanges(rs.Sets, st.sets)
-	trace.Since(start, "compare with the kernel")
-	if dryRun || ch.Empty() {
+	ch := &Change{Plan: plan}
+	if dryRun || plan.Empty() {
 		return ch, nil
 	}
-	if err := e.linesFor(ctx, ch, st); err != nil {
+	err = be.Apply(ctx, plan)
+	var stale *backend.StaleError
+	if errors.As(err, &stale) {
+		trace.Printf("planned from remembered state, which failed (%v): planning again", stale.Err)
+		if st, err = be.Read(ctx, hint != nil); err != nil {
+			return nil, err
+		}
+		if ch.Plan, err = be.Plan(ctx, st, want, hint); err != nil {
+			return nil, err
+		}
+		err = be.Apply(ctx, ch.Plan)
+	}
+	if err != nil {
 		return nil, err
 	}
-	if err := e.kernel.Sets.Restore(ctx, ch.SetsBefore); err != nil {
-		return nil, err
+	if want != nil {
+		start := time.Now()
+		ch.FlowsCut, err = e.cutFlows(m, nics)
+		trace.Since(start, "cut flows")
 	}
-	if err := e.restoreFamilies(ctx, fw, ch, st); err != nil {
-		return nil, err
-	}
-	if ch.Bridge != nil {
-		if err := e.kernel.Bridge.Restore(ctx, ch.Bridge.Render()); err != nil {
-			return nil, errors.Join(err, e.revert(ctx, ch, st, ruleset.Families))
-		}
-	}
-	if err := e.kernel.Sets.Restore(ctx, ch.SetsAfter); err != nil {
-		// The rules are in place; only unreferenced sets remain, and the
-		// next run removes them.
-		return ch, fmt.Errorf("removing unused ipsets: %w", err)
-	}
-	return ch, nil
-}
-
-// restoreFamilies writes each family's transaction of ch through fw, the
-// families side by side: they are separate transactions, and what
-// iptables-restore does before its commit (parsing, reading the cache)
-// overlaps. That is most of a large transaction (a first apply at 5000
-// taps: 26 s instead of 44). Small ones gain little: nf_tables commits one
-// transaction at a time, and iptables-nft restarts a commit when the
-// other family's moved the ruleset generation (docs/performance.md). When one
-// fails (its table stays as it was), the families that succeeded are
-// reverted, so the host never keeps one family's new rules beside the
-// other's old ones: the same all-or-nothing as writing them one after the
-// other and stopping at the first failure.
-func (e *Engine) restoreFamilies(ctx context.Context, fw Firewall, ch *Change, st *kernelState) error {
-	errs := make([]error, len(ruleset.Families))
-	var wg sync.WaitGroup
-	for i, f := range ruleset.Families {
-		text := ch.Plans[f].Render()
-		if text == "" {
-			continue
-		}
-		wg.Go(func() {
-			start := time.Now()
-			errs[i] = fw.Restore(ctx, f, text)
-			trace.Since(start, "write the %s table (%d bytes)", f, len(text))
-		})
-	}
-	wg.Wait()
-	var done []ruleset.Family
-	var failed []error
-	for i, f := range ruleset.Families {
-		if errs[i] != nil {
-			failed = append(failed, errs[i])
-		} else {
-			done = append(done, f)
-		}
-	}
-	if len(failed) == 0 {
-		return nil
-	}
-	return errors.Join(append(failed, e.revert(ctx, ch, st, done))...)
-}
-
-// linesFor reads the rule text of the chains ch rewrites or deletes in
-// families read without it, so that a failure can put them back.
-func (e *Engine) linesFor(ctx context.Context, ch *Change, st *kernelState) error {
-	for _, f := range ruleset.Families {
-		p := ch.Plans[f]
-		if !st.textless[f] || p.Empty() {
-			continue
-		}
-		need := append(slices.Clone(p.Rewrite), p.Delete...)
-		if len(need) > maxChainLineReads {
-			full, err := e.kernel.Firewall.Save(ctx, f)
-			if err != nil {
-				return err
-			}
-			st.tables[f].Lines = full.Lines
-		} else if len(need) > 0 {
-			lines, err := e.kernel.Firewall.(fingerprintReader).ChainLines(ctx, f, need)
-			if err != nil {
-				return err
-			}
-			for c, l := range lines {
-				st.tables[f].Lines[c] = l
-			}
-		}
-		st.textless[f] = false
-	}
-	return nil
-}
-
-// revert undoes the families already changed when a later one fails, so the
-// host never keeps IPv4 rules from the new config and IPv6 from the old.
-func (e *Engine) revert(ctx context.Context, ch *Change, st *kernelState, done []ruleset.Family) error {
-	var errs []error
-	for _, f := range done {
-		if err := e.kernel.Firewall.Restore(ctx, f, ch.Plans[f].Revert(st.tables[f].Observed)); err != nil {
-			errs = append(errs, fmt.Errorf("reverting %s after failure: %w", f, err))
-		}
-	}
-	return errors.Join(errs...)
+	return ch, err
 }
 
 // Attach firewalls tap and then attaches it to its bridge: QEMU's script=.
@@ -547,19 +312,33 @@ func describeBatch(up, down []string) string {
 	return strings.Join(parts, "; ")
 }
 
-// change installs the chains of up and removes those of down, keeping
-// every other installed interface as it is: by the scoped path where the
-// backend allows it, else by reading and converging everything.
+// change installs the filtering of up and removes that of down, keeping
+// every other installed interface as it is. It tells the backend which
+// interfaces change (backend.Hint), so that it can read and write only
+// what they touch, when every installed interface is configured; an
+// installed interface the configuration no longer has is removed by a
+// full change.
 func (e *Engine) change(ctx context.Context, m *config.Model, r nicSource, up, down []string) (*Change, error) {
-	if done, ch, err := e.changeScoped(ctx, m, r, up, down); done {
-		return ch, err
-	}
-	st, err := e.read(ctx)
+	st, err := e.kernel.Backend.Read(ctx, true)
 	if err != nil {
 		return nil, err
 	}
-	taps := slices.DeleteFunc(st.installed(), func(t string) bool { return slices.Contains(down, t) })
-	return e.converge(ctx, m, nicsFor(r, dedupe(append(taps, up...))), st, false)
+	installed := st.Installed()
+	before := nicsFor(r, installed)
+	after := nicsFor(r, dedupe(append(slices.DeleteFunc(slices.Clone(installed), func(t string) bool { return slices.Contains(down, t) }), up...)))
+	want, err := ruleset.Compile(m, after)
+	if err != nil {
+		return nil, err
+	}
+	var hint *backend.Hint
+	if len(before) == len(installed) {
+		if was, err := ruleset.Compile(m, before); err == nil {
+			hint = &backend.Hint{Was: was, Interfaces: append(slices.Clone(up), down...)}
+		}
+	} else {
+		trace.Printf("full change: %d installed interfaces are no longer configured", len(installed)-len(before))
+	}
+	return e.apply(ctx, st, want, hint, false, m, after)
 }
 
 // detach removes tap's chains and memberships, keeping every other
@@ -651,5 +430,35 @@ func (e *Engine) Flush(ctx context.Context, dryRun bool) (*Change, error) {
 	if err != nil {
 		return nil, err
 	}
-	return e.applyRuleset(ctx, &layout.Ruleset{Tables: map[ruleset.Family]*layout.Table{}}, st, dryRun)
+	return e.apply(ctx, st, nil, nil, dryRun, nil, nil)
+}
+
+// SyncGroups applies an edit of the named groups' rules, and nothing else,
+// from configuration was to the current one: the agent's path for the most
+// common edit. It tells the backend which groups changed (backend.Hint),
+// so that it rewrites only their objects when the kernel holds what was
+// describes, and everything otherwise.
+func (e *Engine) SyncGroups(ctx context.Context, was *config.Model, groups []string) (*Change, error) {
+	r, release, err := e.begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	st, err := e.kernel.Backend.Read(ctx, true)
+	if err != nil {
+		return nil, err
+	}
+	installed := st.Installed()
+	nics := nicsFor(r, installed)
+	want, err := ruleset.Compile(r.model, nics)
+	if err != nil {
+		return nil, err
+	}
+	var hint *backend.Hint
+	if len(nics) == len(installed) {
+		if pw, err := ruleset.Compile(was, nics); err == nil {
+			hint = &backend.Hint{Was: pw, Groups: groups}
+		}
+	}
+	return e.apply(ctx, st, want, hint, false, r.model, nics)
 }

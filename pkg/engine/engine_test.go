@@ -6,61 +6,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
-	"github.com/vmfw/vmfw/pkg/backend/iptables/ipset"
-	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
-	"github.com/vmfw/vmfw/pkg/ruleset"
+	"github.com/vmfw/vmfw/pkg/backend"
 )
-
-// fakeFirewall serves saved snapshots and records restores; it can fail
-// the restore of one family to exercise the revert path.
-type fakeFirewall struct {
-	mu       sync.Mutex // the engine writes the families side by side
-	snap     map[ruleset.Family]*xtables.Snapshot
-	restores map[ruleset.Family][]string
-	failOn   ruleset.Family
-}
-
-func newFakeFirewall() *fakeFirewall {
-	f := &fakeFirewall{snap: map[ruleset.Family]*xtables.Snapshot{}, restores: map[ruleset.Family][]string{}}
-	for _, fam := range ruleset.Families {
-		s, _ := xtables.Parse([]byte("*filter\n:FORWARD ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\nCOMMIT\n"))
-		f.snap[fam] = s
-	}
-	return f
-}
-
-func (f *fakeFirewall) Save(_ context.Context, fam ruleset.Family) (*xtables.Snapshot, error) {
-	return f.snap[fam], nil
-}
-
-func (f *fakeFirewall) Restore(_ context.Context, fam ruleset.Family, text string) error {
-	if text == "" {
-		return nil
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.restores[fam] = append(f.restores[fam], text)
-	if fam == f.failOn && len(f.restores[fam]) == 1 {
-		return errors.New("ip6tables-restore: line 3 failed")
-	}
-	return nil
-}
-
-type fakeSets struct{ scripts []string }
-
-func (s *fakeSets) List(context.Context) (map[string]*ipset.Observed, error) {
-	return map[string]*ipset.Observed{}, nil
-}
-
-func (s *fakeSets) Restore(_ context.Context, script string) error {
-	if script != "" {
-		s.scripts = append(s.scripts, script)
-	}
-	return nil
-}
 
 type fakeHost struct{ links map[string]bool }
 
@@ -68,7 +17,9 @@ func (h fakeHost) Links() (map[string]bool, error) { return h.links, nil }
 func (h fakeHost) Attach(tap, bridge string) error { return nil }
 func (h fakeHost) EnableBridgeNetfilter() error    { return nil }
 
-func testEngine(t *testing.T) (*Engine, *fakeFirewall, *fakeSets) {
+// testEngine returns an engine on a backend.Fake and an empty connection
+// tracking table, with VM 101 configured and its tap present.
+func testEngine(t *testing.T) (*Engine, *backend.Fake, *fakeFlows) {
 	t.Helper()
 	dir := t.TempDir()
 	files := map[string]string{
@@ -81,42 +32,19 @@ func testEngine(t *testing.T) (*Engine, *fakeFirewall, *fakeSets) {
 			t.Fatal(err)
 		}
 	}
-	fw, sets := newFakeFirewall(), &fakeSets{}
+	be, flows := &backend.Fake{}, &fakeFlows{}
 	e := New(Kernel{
-		Firewall: fw,
-		Sets:     sets,
-		Host:     fakeHost{links: map[string]bool{"tap101i0": true}},
-		Lock:     func(context.Context) (func(), error) { return func() {}, nil },
+		Backend: be,
+		Host:    fakeHost{links: map[string]bool{"tap101i0": true}},
+		Lock:    func(context.Context) (func(), error) { return func() {}, nil },
+		Flows:   flows,
 	}, dir)
-	return e, fw, sets
-}
-
-// A failed IPv6 restore reverts the IPv4 change already applied and leaves
-// the sets that would have become unused alone.
-func TestSyncRevertsIPv4WhenIPv6Fails(t *testing.T) {
-	e, fw, sets := testEngine(t)
-	fw.failOn = ruleset.IPv6
-	_, err := e.Sync(context.Background(), false)
-	if err == nil || !strings.Contains(err.Error(), "line 3 failed") {
-		t.Fatalf("Sync error = %v, want the ip6tables-restore failure", err)
-	}
-	v4 := fw.restores[ruleset.IPv4]
-	if len(v4) != 2 {
-		t.Fatalf("IPv4 restores = %d, want apply then revert", len(v4))
-	}
-	for _, want := range []string{"-X tap101i0-in", "-X vmfw-FORWARD", "-D FORWARD -j vmfw-FORWARD -m comment"} {
-		if !strings.Contains(v4[1], want) {
-			t.Errorf("revert lacks %q:\n%s", want, v4[1])
-		}
-	}
-	if len(sets.scripts) != 1 {
-		t.Errorf("ipset scripts = %q, want only the one before the rules", sets.scripts)
-	}
+	return e, be, flows
 }
 
 // A dry run computes the change and writes nothing.
 func TestSyncDryRunWritesNothing(t *testing.T) {
-	e, fw, sets := testEngine(t)
+	e, be, _ := testEngine(t)
 	ch, err := e.Sync(context.Background(), true)
 	if err != nil {
 		t.Fatal(err)
@@ -124,29 +52,97 @@ func TestSyncDryRunWritesNothing(t *testing.T) {
 	if ch.Empty() {
 		t.Fatal("dry run on an empty host reports no change")
 	}
-	if len(fw.restores) != 0 || len(sets.scripts) != 0 {
-		t.Errorf("dry run wrote: %v %v", fw.restores, sets.scripts)
+	if be.Applies != 0 || be.Dump() != "" {
+		t.Errorf("dry run wrote: %d applies, holding\n%s", be.Applies, be.Dump())
 	}
 	var b strings.Builder
 	ch.WriteTo(&b)
-	for _, want := range []string{"# ipset restore", "create sg-app-v4 hash:ip family inet", "add sg-app-v4 192.0.2.1", "# iptables-restore --noflush", "# ip6tables-restore --noflush", ":tap101i0-in - [0:0]"} {
+	for _, want := range []string{"create iface/tap101i0", "create group/app", "add app-v4 192.0.2.1"} {
 		if !strings.Contains(b.String(), want) {
-			t.Errorf("dry-run output lacks %q", want)
+			t.Errorf("dry-run output lacks %q:\n%s", want, b.String())
 		}
+	}
+	rep := ch.Report(true)
+	if !rep.Changed || !rep.DryRun || len(rep.Sets.Added["app-v4"]) != 1 || rep.FlowsCut != 0 {
+		t.Errorf("report %+v", rep)
+	}
+}
+
+// Sync installs the configured taps that exist; a second Sync changes
+// nothing and applies nothing.
+func TestSyncConverges(t *testing.T) {
+	e, be, _ := testEngine(t)
+	ctx := context.Background()
+	if _, err := e.Sync(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	want := "iface tap101i0 enabled=true groups=[app] ips=[192.0.2.1 2001:db8::1]\ngroup app in=1 out=0\nmembers app [192.0.2.1] [2001:db8::1]\n"
+	if got := be.Dump(); got != want {
+		t.Errorf("installed:\n%s\nwant:\n%s", got, want)
+	}
+	ch, err := e.Sync(ctx, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ch.Empty() || be.Applies != 1 {
+		t.Errorf("second Sync: empty=%v, %d applies", ch.Empty(), be.Applies)
+	}
+}
+
+// A failed apply fails the operation and leaves the backend as it was.
+func TestSyncApplyFailure(t *testing.T) {
+	e, be, _ := testEngine(t)
+	be.FailApply = errors.New("kernel refused")
+	if _, err := e.Sync(context.Background(), false); err == nil || !strings.Contains(err.Error(), "kernel refused") {
+		t.Fatalf("Sync error = %v, want the apply failure", err)
+	}
+	if be.Dump() != "" {
+		t.Errorf("backend holds after a failed apply:\n%s", be.Dump())
+	}
+}
+
+// A plan made from remembered state that the backend cannot write is made
+// once more from a fresh read; a second failure is the operation's.
+func TestApplyRetriesStalePlanOnce(t *testing.T) {
+	e, be, _ := testEngine(t)
+	be.FailApply = &backend.StaleError{Err: errors.New("ipset add: element already exists")}
+	if _, err := e.Sync(context.Background(), false); err != nil {
+		t.Fatalf("Sync after one stale failure: %v", err)
+	}
+	if be.Plans != 2 || be.Applies != 1 {
+		t.Errorf("%d plans and %d applies, want 2 and 1", be.Plans, be.Applies)
+	}
+}
+
+// Flush removes everything and needs no configuration.
+func TestFlush(t *testing.T) {
+	e, be, _ := testEngine(t)
+	ctx := context.Background()
+	if _, err := e.Sync(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(e.ConfigDir, "groups", "app.toml"), []byte("broken ="), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Flush(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if be.Dump() != "" {
+		t.Errorf("after flush the backend holds:\n%s", be.Dump())
 	}
 }
 
 // Attach of a tap without configuration names the file it looked for and
 // touches nothing.
 func TestAttachWithoutConfig(t *testing.T) {
-	e, fw, _ := testEngine(t)
+	e, be, _ := testEngine(t)
 	err := e.Attach(context.Background(), "tap999i0")
 	var ce *ConfigError
 	if !errors.As(err, &ce) || !strings.Contains(err.Error(), filepath.Join(e.ConfigDir, "vms", "999.toml")) {
 		t.Fatalf("error = %v, want a ConfigError naming vms/999.toml", err)
 	}
-	if len(fw.restores) != 0 {
-		t.Errorf("restores happened: %v", fw.restores)
+	if be.Applies != 0 || be.Reads != 0 {
+		t.Errorf("the backend was read (%d) or written (%d)", be.Reads, be.Applies)
 	}
 	for _, bad := range []string{"eth0", "tap01i0", "tap1i"} {
 		if err := e.Attach(context.Background(), bad); !errors.As(err, &ce) {

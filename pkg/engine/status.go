@@ -2,12 +2,10 @@ package engine
 
 import (
 	"context"
+	"maps"
 	"slices"
-	"sort"
-	"strings"
 
-	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
-	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
+	"github.com/vmfw/vmfw/pkg/backend"
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/ruleset"
 )
@@ -54,7 +52,7 @@ type TapStatus struct {
 
 // Status is what Status reports.
 type Status struct {
-	// Backend is the iptables backend in use.
+	// Backend names the backend in use and its tools.
 	Backend string `json:"backend,omitempty"`
 	// Base is the state of vmfw's entry and dispatch chains and hooks.
 	Base string `json:"base"`
@@ -72,7 +70,6 @@ func (e *Engine) Status(ctx context.Context, tap string) (*Status, error) {
 		return nil, err
 	}
 	defer release()
-	m := r.model
 	st, err := e.read(ctx)
 	if err != nil {
 		return nil, err
@@ -81,39 +78,22 @@ func (e *Engine) Status(ctx context.Context, tap string) (*Status, error) {
 	if err != nil {
 		return nil, err
 	}
-	installed := st.installed()
-	rs, err := layout.FromConfig(m, nicsFor(r, installed))
+	installed := st.Installed()
+	want, err := ruleset.Compile(r.model, nicsFor(r, installed))
 	if err != nil {
 		return nil, err
 	}
-	out := &Status{Backend: e.Backend, Base: StateInSync}
-	for _, f := range ruleset.Families {
-		want := rs.Tables[f]
-		plan := layout.Diff(want, st.tables[f].Observed)
-		for _, c := range append(append(append([]layout.Chain{}, plan.Create...), plan.Rewrite...), plan.Delete...) {
-			if isBaseChain(c) {
-				out.BaseDrifted = append(out.BaseDrifted, f.String()+"/"+string(c))
-			}
-		}
-		for _, h := range append(append([]layout.Hook{}, plan.AddHooks...), plan.DelHooks...) {
-			out.BaseDrifted = append(out.BaseDrifted, f.String()+"/"+string(h.From)+" jump")
-		}
+	bs, err := e.kernel.Backend.Status(ctx, st, want)
+	if err != nil {
+		return nil, err
 	}
-	if e.kernel.Bridge != nil {
-		plan := layout.Diff(rs.Bridge, st.bridge)
-		for _, c := range append(append(append([]layout.Chain{}, plan.Create...), plan.Rewrite...), plan.Delete...) {
-			if isBaseChain(c) {
-				out.BaseDrifted = append(out.BaseDrifted, "bridge/"+string(c))
-			}
-		}
-		for _, h := range append(append([]layout.Hook{}, plan.AddHooks...), plan.DelHooks...) {
-			out.BaseDrifted = append(out.BaseDrifted, "bridge/"+string(h.From)+" jump")
-		}
+	out := &Status{Backend: e.kernel.Backend.Describe(), Base: StateInSync}
+	for _, d := range bs.BaseDrifted {
+		out.BaseDrifted = append(out.BaseDrifted, d.Object)
 	}
 	if len(out.BaseDrifted) > 0 {
 		out.Base = StateDrifted
 	}
-
 	names := map[string]bool{}
 	for _, t := range installed {
 		names[t] = true
@@ -121,38 +101,18 @@ func (e *Engine) Status(ctx context.Context, tap string) (*Status, error) {
 	for _, n := range r.present(links) {
 		names[n.Tap] = true
 	}
-	isInstalled := map[string]bool{}
-	for _, t := range installed {
-		isInstalled[t] = true
-	}
-	want := wanted{tables: map[ruleset.Family]map[layout.Chain]*layout.ChainRules{}, rs: rs}
-	for _, f := range ruleset.Families {
-		want.tables[f] = rs.Tables[f].Index()
-	}
-	if rs.Bridge != nil {
-		want.bridge = rs.Bridge.Index()
-	}
-	for t := range names {
-		if tap != "" && t != tap {
-			continue
+	for _, t := range slices.Sorted(maps.Keys(names)) {
+		if tap == "" || t == tap {
+			out.Taps = append(out.Taps, tapStatus(r, t, bs.Interfaces[t], slices.Contains(installed, t)))
 		}
-		out.Taps = append(out.Taps, e.tapStatus(r, want, st, t, isInstalled[t]))
 	}
-	sort.Slice(out.Taps, func(i, j int) bool { return out.Taps[i].Tap < out.Taps[j].Tap })
 	return out, nil
 }
 
-func isBaseChain(c layout.Chain) bool { return layout.IsBaseChain(c) }
-
-// wanted is the desired ruleset with its chains indexed by name: status
-// looks up several chains per tap.
-type wanted struct {
-	rs     *layout.Ruleset
-	tables map[ruleset.Family]map[layout.Chain]*layout.ChainRules
-	bridge map[layout.Chain]*layout.ChainRules
-}
-
-func (e *Engine) tapStatus(src nicSource, w wanted, st *kernelState, tap string, installed bool) TapStatus {
+// tapStatus describes tap from its configuration (src) and what the
+// backend found installed (is, nil when the configuration does not name
+// it).
+func tapStatus(src nicSource, tap string, is *backend.InterfaceStatus, installed bool) TapStatus {
 	ts := TapStatus{Tap: tap, State: StateInSync, Groups: []string{}}
 	nic := src.NIC(tap)
 	if nic == nil {
@@ -170,74 +130,21 @@ func (e *Engine) tapStatus(src nicSource, w wanted, st *kernelState, tap string,
 	ts.PolicyIn, ts.PolicyOut = string(nic.VM.PolicyIn), string(nic.VM.PolicyOut)
 	attr := ruleset.Attribute(nic)
 	ts.Routed, ts.RoutedNote = string(attr), attr.Explain()
-	if !installed {
+	if !installed || is == nil {
 		ts.State = StateNotInstalled
 		return ts
 	}
-	chains := layout.TapChains(tap)
-	if nic.VM.Enable {
-		for _, g := range nic.Groups {
-			chains = append(chains, layout.GroupChain(g, "in"), layout.GroupChain(g, "lin"), layout.GroupChain(g, "out"))
-		}
-	}
-	for _, f := range ruleset.Families {
-		have := st.tables[f]
-		for _, name := range chains {
-			c := w.tables[f][name]
-			got, present := have.Chains[name]
-			if c == nil {
-				if present {
-					ts.Drifted = append(ts.Drifted, f.String()+"/"+string(name))
-				}
-				continue
-			}
-			if !present || !slices.Equal(got, c.Hashes()) {
-				ts.Drifted = append(ts.Drifted, f.String()+"/"+string(name))
-			}
-			if _, _, isGroup := layout.ParseGroupChain(name); isGroup {
-				continue
-			}
-			dropped := droppedBy(c, got, have.Counters[name])
-			if layout.IsInChain(name) {
-				ts.DroppedIn += dropped.Packets
-				ts.DroppedInBytes += dropped.Bytes
-			} else {
-				ts.DroppedOut += dropped.Packets
-				ts.DroppedOutBytes += dropped.Bytes
-			}
-		}
-	}
-	if e.kernel.Bridge != nil {
-		name := layout.L2Chain(tap)
-		want, got := w.bridge[name], st.bridge.Chains[name]
-		_, present := st.bridge.Chains[name]
-		if (want == nil && present) || (want != nil && (!present || !slices.Equal(got, w.rs.Bridge.Fingerprints(want)))) {
-			ts.Drifted = append(ts.Drifted, "bridge/"+string(name))
+	for _, d := range is.Drifted {
+		if !slices.Contains(ts.Drifted, d.Object) {
+			ts.Drifted = append(ts.Drifted, d.Object)
 		}
 	}
 	if len(ts.Drifted) > 0 {
 		ts.State = StateDrifted
 	}
+	ts.DroppedIn, ts.DroppedInBytes = is.DroppedIn.Packets, is.DroppedIn.Bytes
+	ts.DroppedOut, ts.DroppedOutBytes = is.DroppedOut.Packets, is.DroppedOut.Bytes
 	return ts
-}
-
-// droppedBy sums the counters of the chain's DROP and REJECT rules, found
-// in the kernel by their fingerprints.
-func droppedBy(c *layout.ChainRules, hashes []string, counters []xtables.Counter) xtables.Counter {
-	var sum xtables.Counter
-	for _, r := range c.Rules {
-		if !strings.HasSuffix(r.Spec, "-j DROP") && !strings.Contains(r.Spec, "-j REJECT") {
-			continue
-		}
-		h := r.Hash(c.Name)
-		for i, got := range hashes {
-			if got == h && i < len(counters) {
-				sum.Packets += counters[i].Packets
-				sum.Bytes += counters[i].Bytes
-			}
-		}
-	}
-	return sum
 }
 
 // UnusableError says which part of what an engine reads failed.
@@ -252,23 +159,14 @@ func (e *UnusableError) Error() string { return e.What + ": " + e.Err.Error() }
 func (e *UnusableError) Unwrap() error { return e.Err }
 
 // Usable reads, changing nothing, what every operation reads: the
-// configuration, both families' filter tables and vmfw's ipsets (CNI
-// STATUS). Its error is an *UnusableError.
+// configuration and everything the backend reads (CNI STATUS). Its error
+// is an *UnusableError.
 func (e *Engine) Usable(ctx context.Context) error {
 	if _, err := e.load(); err != nil {
 		return &UnusableError{What: "the configuration directory " + e.ConfigDir, Err: err}
 	}
-	for _, f := range ruleset.Families {
-		if _, err := e.kernel.Firewall.Save(ctx, f); err != nil {
-			tool := "iptables"
-			if f == ruleset.IPv6 {
-				tool = "ip6tables"
-			}
-			return &UnusableError{What: tool + " (" + e.Backend + ")", Err: err}
-		}
-	}
-	if _, err := e.kernel.Sets.List(ctx); err != nil {
-		return &UnusableError{What: "ipset", Err: err}
+	if err := e.kernel.Backend.Usable(ctx); err != nil {
+		return &UnusableError{What: string(e.kernel.Backend.Name()), Err: err}
 	}
 	return nil
 }

@@ -8,10 +8,12 @@ import (
 	"context"
 	"os"
 
+	"github.com/vmfw/vmfw/pkg/backend/iptables"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/ebtables"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/ipset"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
 	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/conntrack"
 	"github.com/vmfw/vmfw/pkg/engine"
 	"github.com/vmfw/vmfw/pkg/link"
 	"github.com/vmfw/vmfw/pkg/lock"
@@ -40,7 +42,7 @@ var _ engine.Host = hostLinks{}
 
 // NewEngine returns an engine for the current network namespace.
 func NewEngine(ctx context.Context, o Options) (*engine.Engine, error) {
-	k, backend, err := NewKernel(ctx, o)
+	k, err := NewKernel(ctx, o)
 	if err != nil {
 		return nil, err
 	}
@@ -51,35 +53,49 @@ func NewEngine(ctx context.Context, o Options) (*engine.Engine, error) {
 		o.StateDir = state.DirFromEnv()
 	}
 	e := engine.New(k, o.ConfigDir)
-	e.Backend = backend
 	e.State = state.New(o.StateDir)
 	return e, nil
 }
 
 // NewKernel returns the kernel interface of the current network namespace
-// for o's backend, and the backend's name: what NewEngine builds its
-// engine on, for a caller that wraps part of it first (the agent).
-func NewKernel(ctx context.Context, o Options) (k engine.Kernel, backend string, err error) {
-	if o.IPTables == "" {
-		o.IPTables = xtables.Mode(os.Getenv("VMFW_IPTABLES"))
-	}
-	ipt, err := xtables.New(ctx, o.IPTables, nil)
+// for o's backend: what NewEngine builds its engine on, for a caller that
+// keeps the backend too (the agent).
+func NewKernel(ctx context.Context, o Options) (engine.Kernel, error) {
+	be, err := newIPTables(ctx, o.IPTables)
 	if err != nil {
-		return k, "", err
-	}
-	ebt, err := ebtables.New(ctx, nil)
-	if err != nil {
-		return k, "", err
+		return engine.Kernel{}, err
 	}
 	runDir := os.Getenv("VMFW_RUN_DIR")
-	k = engine.Kernel{
-		Firewall: ipt,
-		Sets:     ipset.New(nil),
-		Bridge:   ebt,
-		Host:     hostLinks{},
+	return engine.Kernel{
+		Backend: be,
+		Host:    hostLinks{},
 		Lock: func(ctx context.Context) (func(), error) {
 			return lock.Acquire(ctx, runDir)
 		},
+		Flows: conntrack.Table{},
+	}, nil
+}
+
+// newIPTables returns the iptables backend on the host's tools: mode's
+// iptables ("" detects it, after $VMFW_IPTABLES), ipset, and the
+// ebtables that works here.
+func newIPTables(ctx context.Context, mode xtables.Mode) (*iptables.Backend, error) {
+	if mode == "" {
+		mode = xtables.Mode(os.Getenv("VMFW_IPTABLES"))
 	}
-	return k, string(ipt.Mode()) + ", " + ebt.Tool(), nil
+	ipt, err := xtables.New(ctx, mode, nil)
+	if err != nil {
+		return nil, err
+	}
+	ebt, err := ebtables.New(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	return iptables.New(iptables.Options{
+		Tables:   ipt,
+		Sets:     ipset.New(nil),
+		Bridge:   ebt,
+		Flavour:  ipt.Mode(),
+		Describe: string(ipt.Mode()) + ", " + ebt.Tool(),
+	}), nil
 }

@@ -31,3 +31,6 @@ func (c *Client) Hooks(ctx context.Context) (map[layout.Hook]int, error) {
 	}
 	return xtables.BridgeHooks(ctx, layout.BridgeRoots)
 }
+
+// Narrow reports whether ChainsExist and Hooks work (ebtables-nft).
+func (c *Client) Narrow() bool { return c.tool == "ebtables-nft" }

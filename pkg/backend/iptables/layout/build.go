@@ -579,3 +579,7 @@ func FromConfig(m *config.Model, attached []*config.NIC) (*Ruleset, error) {
 	}
 	return Build(p), nil
 }
+
+// Sets returns the ipsets Build would lay out for p, without laying out
+// any chain: what a change of group members alone needs.
+func Sets(p *ruleset.Policy) []Set { return newBuilder(p).sets() }

@@ -1,8 +1,10 @@
 package layout
 
 import (
+	"maps"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/vmfw/vmfw/pkg/ruleset"
@@ -27,7 +29,15 @@ type Plan struct {
 	Create, Rewrite, Delete []Chain
 	// AddHooks and DelHooks list hook rules to insert and remove.
 	AddHooks, DelHooks []Hook
-	want               *Table
+	// DeleteOnly lists chains of Rewrite that only lose rules, with the
+	// positions (from 1, highest first) of the rules they lose: Render
+	// writes "-D" of those rules instead of redeclaring and refilling the
+	// chain. nf_tables validates the whole table at the commit of a
+	// transaction that adds a rule and not of one that only deletes, so a
+	// detach that only takes entries out of dispatch chains stays cheap
+	// at thousands of taps. Revert still rewrites them whole.
+	DeleteOnly map[Chain][]int
+	want       *Table
 }
 
 // Empty reports whether the plan changes nothing.
@@ -87,9 +97,15 @@ func (p *Plan) Render() string {
 	}
 	var b strings.Builder
 	b.WriteString("*filter\n")
-	b.WriteString(p.want.declareAll(p.Create, p.Rewrite, p.Delete))
+	for _, c := range slices.Sorted(maps.Keys(p.DeleteOnly)) {
+		for _, pos := range p.DeleteOnly[c] {
+			b.WriteString("-D " + string(c) + " " + strconv.Itoa(pos) + "\n")
+		}
+	}
+	rewrite := slices.DeleteFunc(slices.Clone(p.Rewrite), func(c Chain) bool { _, only := p.DeleteOnly[c]; return only })
+	b.WriteString(p.want.declareAll(p.Create, rewrite, p.Delete))
 	index := p.want.Index()
-	for _, list := range [][]Chain{p.Create, p.Rewrite} {
+	for _, list := range [][]Chain{p.Create, rewrite} {
 		for _, name := range list {
 			c := index[name]
 			for _, r := range c.Rules {

@@ -166,3 +166,8 @@ func (c *Client) Restore(ctx context.Context, f ruleset.Family, text string) err
 // container runtime) can hold it for seconds; vmfw's own lock bounds the
 // whole operation at a minute.
 const xtablesWait = "60"
+
+// Narrow reports whether the narrow reads (ListChains, SaveChains,
+// SaveFingerprints, Generation) work: on nf_tables, not on legacy
+// x_tables, which hands out whole tables only.
+func (c *Client) Narrow() bool { return c.mode == NFT }

@@ -1,4 +1,4 @@
-package engine
+package iptables
 
 import (
 	"context"
@@ -20,6 +20,7 @@ import (
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
 	"github.com/vmfw/vmfw/pkg/config/configtest"
+	"github.com/vmfw/vmfw/pkg/engine"
 	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
@@ -206,17 +207,50 @@ func (k *simKernel) state() string {
 	return b.String()
 }
 
-type simFirewall struct{ k *simKernel }
+// simTables is both families' filter tables for the backend; with narrow
+// set it offers the narrow reads of nf_tables, answering from the same
+// state, and says it has none otherwise (legacy).
+type simTables struct {
+	k      *simKernel
+	narrow bool
+}
 
-// failNext makes the next IPv6 restore fail, as a kernel refusing it would.
+var _ Tables = simTables{}
+
+// errSimRefused is what a restore fails with when failIPv6 is set, as a
+// kernel refusing it would.
 var errSimRefused = errors.New("ip6tables-restore: refused")
 
-func (f simFirewall) Save(_ context.Context, fam ruleset.Family) (*xtables.Snapshot, error) {
+func (f simTables) Narrow() bool { return f.narrow }
+
+func (f simTables) Save(_ context.Context, fam ruleset.Family) (*xtables.Snapshot, error) {
 	f.k.saves.Add(1)
 	return xtables.Parse([]byte(f.k.tables[fam].save()))
 }
 
-func (f simFirewall) Restore(_ context.Context, fam ruleset.Family, text string) error {
+// SaveFingerprints reads a whole table as Save does, and counts as one.
+func (f simTables) SaveFingerprints(ctx context.Context, fam ruleset.Family) (*xtables.Snapshot, error) {
+	s, err := f.Save(ctx, fam)
+	if err != nil {
+		return nil, err
+	}
+	s.Lines = map[layout.Chain][]string{}
+	return s, nil
+}
+
+func (f simTables) ChainLines(_ context.Context, fam ruleset.Family, names []layout.Chain) (map[layout.Chain][]string, error) {
+	full, err := xtables.Parse([]byte(f.k.tables[fam].save()))
+	if err != nil {
+		return nil, err
+	}
+	out := map[layout.Chain][]string{}
+	for _, n := range names {
+		out[n] = full.Lines[n]
+	}
+	return out, nil
+}
+
+func (f simTables) Restore(_ context.Context, fam ruleset.Family, text string) error {
 	if text == "" {
 		return nil
 	}
@@ -230,10 +264,10 @@ func (f simFirewall) Restore(_ context.Context, fam ruleset.Family, text string)
 	return f.k.tables[fam].restore(text)
 }
 
-// narrowFirewall adds the nf_tables narrow reads to simFirewall.
-type narrowFirewall struct{ simFirewall }
-
-func (f narrowFirewall) ListChains(_ context.Context, fam ruleset.Family) (map[layout.Chain]bool, error) {
+func (f simTables) ListChains(_ context.Context, fam ruleset.Family) (map[layout.Chain]bool, error) {
+	if !f.narrow {
+		return nil, xtables.ErrNotNFT
+	}
 	out := map[layout.Chain]bool{}
 	for c := range f.k.tables[fam].chains {
 		out[c] = true
@@ -241,7 +275,10 @@ func (f narrowFirewall) ListChains(_ context.Context, fam ruleset.Family) (map[l
 	return out, nil
 }
 
-func (f narrowFirewall) SaveChains(_ context.Context, fam ruleset.Family, names []layout.Chain) (*xtables.Snapshot, error) {
+func (f simTables) SaveChains(_ context.Context, fam ruleset.Family, names []layout.Chain) (*xtables.Snapshot, error) {
+	if !f.narrow {
+		return nil, xtables.ErrNotNFT
+	}
 	f.k.narrowReads++
 	full, err := xtables.Parse([]byte(f.k.tables[fam].save()))
 	if err != nil {
@@ -274,7 +311,14 @@ func (f narrowFirewall) SaveChains(_ context.Context, fam ruleset.Family, names 
 	return s, nil
 }
 
-type simBridge struct{ k *simKernel }
+// simBridge is the ebtables filter table; with narrow set it offers the
+// narrow reads of ebtables-nft.
+type simBridge struct {
+	k      *simKernel
+	narrow bool
+}
+
+var _ Bridge = simBridge{}
 
 func (b simBridge) Save(context.Context) (layout.Observed, error) {
 	b.k.saves.Add(1)
@@ -288,21 +332,9 @@ func (b simBridge) Restore(_ context.Context, text string) error {
 	return b.k.bridge.restore(text)
 }
 
-// legacyFirewall is simFirewall on a backend without narrow reads: it
-// says so, as xtables.Client does on legacy.
-type legacyFirewall struct{ simFirewall }
+func (b simBridge) Narrow() bool { return b.narrow }
 
-func (legacyFirewall) ListChains(context.Context, ruleset.Family) (map[layout.Chain]bool, error) {
-	return nil, xtables.ErrNotNFT
-}
-
-func (legacyFirewall) SaveChains(context.Context, ruleset.Family, []layout.Chain) (*xtables.Snapshot, error) {
-	return nil, xtables.ErrNotNFT
-}
-
-type narrowBridge struct{ simBridge }
-
-func (b narrowBridge) ChainsExist(_ context.Context, names []layout.Chain) (map[layout.Chain]bool, error) {
+func (b simBridge) ChainsExist(_ context.Context, names []layout.Chain) (map[layout.Chain]bool, error) {
 	out := map[layout.Chain]bool{}
 	for _, n := range names {
 		_, out[n] = b.k.bridge.chains[n]
@@ -310,7 +342,7 @@ func (b narrowBridge) ChainsExist(_ context.Context, names []layout.Chain) (map[
 	return out, nil
 }
 
-func (b narrowBridge) Hooks(context.Context) (map[layout.Hook]int, error) {
+func (b simBridge) Hooks(context.Context) (map[layout.Hook]int, error) {
 	return ebtables.Parse([]byte(b.k.bridge.save())).Hooks, nil
 }
 
@@ -401,28 +433,35 @@ func shapeIPs(k, id int) string {
 	return ""
 }
 
-// simEngine returns an engine on a simulated kernel; backend "nft" offers
-// the narrow reads, "legacy" says it has none, "full" knows nothing of
-// them (the full path).
-func simEngine(dir string, taps []string, backend string) (*Engine, *simKernel) {
-	k := newSimKernel(backend == "nft")
+type fakeHost struct{ links map[string]bool }
+
+func (h fakeHost) Links() (map[string]bool, error) { return h.links, nil }
+func (h fakeHost) Attach(tap, bridge string) error { return nil }
+func (h fakeHost) EnableBridgeNetfilter() error    { return nil }
+
+// simEngine returns an engine on the backend over a simulated kernel;
+// flavour "nft" offers the narrow reads, "legacy" has none for the
+// filter tables, "full" none at all (every change is planned in full).
+func simEngine(dir string, taps []string, flavour string) (*engine.Engine, *simKernel) {
+	k := newSimKernel(flavour == "nft")
 	links := map[string]bool{}
 	for _, t := range taps {
 		links[t] = true
 	}
-	e := New(Kernel{
-		Sets: simSets{k},
-		Host: fakeHost{links: links},
-		Lock: func(context.Context) (func(), error) { return func() {}, nil },
+	be := New(Options{
+		Tables:   simTables{k: k, narrow: flavour == "nft"},
+		Sets:     simSets{k},
+		Bridge:   simBridge{k: k, narrow: flavour != "full"},
+		Describe: "simulated " + flavour,
+		// The generation never moves: nothing is remembered (Mark is
+		// not called), so it is never asked.
+		Generation: func(context.Context) (uint32, error) { return 0, nil },
+	})
+	e := engine.New(engine.Kernel{
+		Backend: be,
+		Host:    fakeHost{links: links},
+		Lock:    func(context.Context) (func(), error) { return func() {}, nil },
 	}, dir)
-	switch backend {
-	case "nft":
-		e.kernel.Firewall, e.kernel.Bridge = narrowFirewall{simFirewall{k}}, narrowBridge{simBridge{k}}
-	case "legacy":
-		e.kernel.Firewall, e.kernel.Bridge = legacyFirewall{simFirewall{k}}, narrowBridge{simBridge{k}}
-	default:
-		e.kernel.Firewall, e.kernel.Bridge = simFirewall{k}, simBridge{k}
-	}
 	return e, k
 }
 
@@ -444,7 +483,7 @@ func testScopedMatchesFullPath(t *testing.T, backend string) {
 	fast, fk := simEngine(dir, taps, backend)
 	full, ref := simEngine(dir, taps, "full")
 	r := rand.New(rand.NewSource(4))
-	step := func(what string, op func(e *Engine) error) {
+	step := func(what string, op func(e *engine.Engine) error) {
 		t.Helper()
 		before := fk.saves.Load()
 		if err := op(fast); err != nil {
@@ -463,17 +502,17 @@ func testScopedMatchesFullPath(t *testing.T, backend string) {
 	for i := range 60 {
 		tap := taps[r.Intn(len(taps))]
 		if i < 20 || r.Intn(3) > 0 {
-			step("ifup "+tap, func(e *Engine) error { return e.Attach(ctx, tap) })
+			step("ifup "+tap, func(e *engine.Engine) error { return e.Attach(ctx, tap) })
 		} else {
-			step("ifdown "+tap, func(e *Engine) error { return e.Detach(ctx, tap) })
+			step("ifdown "+tap, func(e *engine.Engine) error { return e.Detach(ctx, tap) })
 		}
 	}
 	for _, tap := range taps {
-		step("ifdown "+tap, func(e *Engine) error { return e.Detach(ctx, tap) })
+		step("ifdown "+tap, func(e *engine.Engine) error { return e.Detach(ctx, tap) })
 	}
-	step("ifdown of an unknown tap", func(e *Engine) error { return e.Detach(ctx, "tap99i0") })
+	step("ifdown of an unknown tap", func(e *engine.Engine) error { return e.Detach(ctx, "tap99i0") })
 	for _, tap := range taps[:10] {
-		step("ifup "+tap, func(e *Engine) error { return e.Attach(ctx, tap) })
+		step("ifup "+tap, func(e *engine.Engine) error { return e.Attach(ctx, tap) })
 	}
 	if backend == "nft" && fk.narrowReads == 0 {
 		t.Error("the scoped path never ran")
@@ -509,7 +548,7 @@ func TestScopedFirstAttachOnEmptyKernel(t *testing.T) {
 				fast, fk := simEngine(dir, taps, backend)
 				full, ref := simEngine(dir, taps, "full")
 				for _, op := range []struct{ name, tap string }{{firstOp, first}, {"ifup", second}} {
-					run := func(e *Engine) error {
+					run := func(e *engine.Engine) error {
 						if op.name == "ifdown" {
 							return e.Detach(ctx, op.tap)
 						}
@@ -619,5 +658,54 @@ func TestScopedDetachDeletesAndReverts(t *testing.T) {
 	}
 	if got := tables(); got != want {
 		t.Errorf("the failed detach was not reverted:\nbefore:\n%s\nafter:\n%s", want, got)
+	}
+}
+
+// TestSyncRevertsIPv4WhenIPv6Fails: when the IPv6 transaction of a first
+// apply fails, the IPv4 one already written is reverted, on every
+// flavour, and the operation fails with the kernel's error.
+func TestSyncRevertsIPv4WhenIPv6Fails(t *testing.T) {
+	ctx := context.Background()
+	dir, taps := scopedConfig(t, 4, 1)
+	for _, flavour := range []string{"nft", "legacy", "full"} {
+		e, k := simEngine(dir, taps, flavour)
+		tables := func() string { return k.tables[ruleset.IPv4].save() + k.tables[ruleset.IPv6].save() + k.bridge.save() }
+		want := tables()
+		k.failIPv6 = true
+		if _, err := e.Sync(ctx, false); !errors.Is(err, errSimRefused) {
+			t.Fatalf("%s: Sync error = %v, want the IPv6 failure", flavour, err)
+		}
+		if got := tables(); got != want {
+			t.Errorf("%s: the failed apply was not reverted:\nbefore:\n%s\nafter:\n%s", flavour, want, got)
+		}
+		if _, err := e.Sync(ctx, false); err != nil {
+			t.Fatalf("%s: Sync after the failure: %v", flavour, err)
+		}
+	}
+}
+
+// TestDryRunRendersTheTransactions: apply --dry-run prints the ipset
+// script and both families' restores as they would be written, and
+// writes nothing.
+func TestDryRunRendersTheTransactions(t *testing.T) {
+	dir, taps := scopedConfig(t, 3, 1)
+	e, k := simEngine(dir, taps, "nft")
+	ch, err := e.Sync(context.Background(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(k.restores) != 0 || len(k.sets) != 0 {
+		t.Fatalf("dry run wrote: %d restores, sets %v", len(k.restores), k.sets)
+	}
+	var b strings.Builder
+	ch.WriteTo(&b)
+	for _, want := range []string{"# ipset restore", "create sg-g0-v4 hash:ip family inet", "# iptables-restore --noflush", "# ip6tables-restore --noflush", ":tap100i0-in - [0:0]", "# ebtables-restore --noflush"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("dry-run output lacks %q", want)
+		}
+	}
+	rep := ch.Report(true)
+	if !rep.Changed || len(rep.Chains["ipv4"].Created) == 0 || len(rep.Sets.Created) == 0 {
+		t.Errorf("report: %+v", rep)
 	}
 }

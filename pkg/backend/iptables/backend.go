@@ -1,0 +1,275 @@
+// Package iptables is vmfw's iptables backend (docs/design.md): it lays a
+// policy out as per-interface iptables chains entered through physdev
+// dispatch trees, address trees for routed and host-sent traffic, the
+// mark protocol, ipsets for group members and ebtables chains for L2
+// anti-spoofing (package layout), and reads, plans and writes them with
+// iptables-restore, ipset and ebtables-restore (packages xtables, ipset,
+// ebtables). Every change is one transaction per family, with the other
+// family reverted when one fails; ifup, ifdown and group edits read and
+// compile only what they touch (scoped.go).
+package iptables
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vmfw/vmfw/pkg/backend"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/ipset"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
+	"github.com/vmfw/vmfw/pkg/ruleset"
+	"github.com/vmfw/vmfw/pkg/trace"
+)
+
+// Tables reads and writes vmfw's part of both families' filter tables.
+// *xtables.Client implements it. The narrow reads work only where Narrow
+// says so (nf_tables).
+type Tables interface {
+	// Save reads family f's table with the rules' text.
+	Save(ctx context.Context, f ruleset.Family) (*xtables.Snapshot, error)
+	// Restore runs one iptables-restore --noflush transaction.
+	Restore(ctx context.Context, f ruleset.Family, text string) error
+	// Narrow reports whether the reads below work.
+	Narrow() bool
+	// SaveFingerprints reads f's table without rule text.
+	SaveFingerprints(ctx context.Context, f ruleset.Family) (*xtables.Snapshot, error)
+	// ChainLines reads the text of the named chains.
+	ChainLines(ctx context.Context, f ruleset.Family, names []layout.Chain) (map[layout.Chain][]string, error)
+	// ListChains names the chains of f's table.
+	ListChains(ctx context.Context, f ruleset.Family) (map[layout.Chain]bool, error)
+	// SaveChains reads the named chains and the hooks, without text.
+	SaveChains(ctx context.Context, f ruleset.Family, names []layout.Chain) (*xtables.Snapshot, error)
+}
+
+// Sets reads and writes vmfw's ipsets. *ipset.Client implements it.
+type Sets interface {
+	List(ctx context.Context) (map[string]*ipset.Observed, error)
+	Restore(ctx context.Context, script string) error
+}
+
+// Bridge reads and writes vmfw's part of the ebtables filter table.
+// *ebtables.Client implements it; the narrow reads work only where Narrow
+// says so (ebtables-nft).
+type Bridge interface {
+	Save(ctx context.Context) (layout.Observed, error)
+	Restore(ctx context.Context, text string) error
+	Narrow() bool
+	ChainsExist(ctx context.Context, names []layout.Chain) (map[layout.Chain]bool, error)
+	Hooks(ctx context.Context) (map[layout.Hook]int, error)
+}
+
+// Backend is the iptables backend. Build one with New.
+type Backend struct {
+	tables  Tables
+	sets    Sets
+	bridge  Bridge
+	desc    string
+	flavour xtables.Mode
+	// generation reads the nf_tables ruleset generation (Generationer).
+	generation func(ctx context.Context) (uint32, error)
+
+	// memory is what Mark remembered, nil when nothing is.
+	mu     sync.Mutex
+	memory *memory
+}
+
+var (
+	_ backend.Backend      = (*Backend)(nil)
+	_ backend.Generationer = (*Backend)(nil)
+)
+
+// Options are what New builds a backend on.
+type Options struct {
+	// Tables, Sets and Bridge talk to the kernel; a nil Bridge leaves
+	// ebtables alone.
+	Tables Tables
+	Sets   Sets
+	Bridge Bridge
+	// Flavour is the iptables flavour Tables uses (nft, legacy).
+	Flavour xtables.Mode
+	// Describe names the tools, for status ("nft, ebtables-nft").
+	Describe string
+	// Generation reads the nf_tables ruleset generation; nil reads the
+	// kernel's (xtables.Generation).
+	Generation func(ctx context.Context) (uint32, error)
+}
+
+// New returns a backend on o's tools.
+func New(o Options) *Backend {
+	gen := o.Generation
+	if gen == nil {
+		gen = xtables.Generation
+	}
+	return &Backend{tables: o.Tables, sets: o.Sets, bridge: o.Bridge, desc: o.Describe, flavour: o.Flavour, generation: gen}
+}
+
+// Name is backend.IPTables.
+func (b *Backend) Name() backend.Name { return backend.IPTables }
+
+// Flavour is nft or legacy.
+func (b *Backend) Flavour() string { return string(b.flavour) }
+
+// Describe names the iptables and ebtables flavours in use.
+func (b *Backend) Describe() string { return b.desc }
+
+// state is vmfw's part of the kernel as read at the start of an operation.
+type state struct {
+	// full says tables, bridge and sets were read; a narrow state holds
+	// only the chain names of the IPv4 table (listed).
+	full   bool
+	listed map[layout.Chain]bool
+
+	tables map[ruleset.Family]*xtables.Snapshot
+	// textless lists the families read without rule text (narrow reads
+	// of a whole table); linesFor adds the text a change needs.
+	textless map[ruleset.Family]bool
+	bridge   layout.Observed
+	sets     map[string]*ipset.Observed
+	// remembered says sets came from memory (Mark), not the kernel.
+	remembered bool
+}
+
+// Installed names the interfaces whose chains are installed: every
+// installed interface has an out chain in both families.
+func (s *state) Installed() []string {
+	seen := map[string]bool{}
+	note := func(c layout.Chain) {
+		if tap, ok := layout.InstalledTap(c); ok {
+			seen[tap] = true
+		}
+	}
+	if s.full {
+		for _, t := range s.tables {
+			for c := range t.Chains {
+				note(c)
+			}
+		}
+	} else {
+		for c := range s.listed {
+			note(c)
+		}
+	}
+	out := make([]string, 0, len(seen))
+	for t := range seen {
+		out = append(out, t)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Read reads vmfw's chains, ipsets and bridge chains. Narrow, on
+// nf_tables, it lists the IPv4 chains' names only (one netlink dump),
+// which tells the installed interfaces; a scoped Plan then reads the few
+// chains it touches. Legacy x_tables hands out whole tables, so there a
+// narrow read is a full one.
+func (b *Backend) Read(ctx context.Context, narrow bool) (backend.State, error) {
+	if narrow && b.tables.Narrow() {
+		start := time.Now()
+		chains, err := b.tables.ListChains(ctx, ruleset.IPv4)
+		if err != nil {
+			return nil, err
+		}
+		trace.Since(start, "list chains")
+		return &state{listed: chains}, nil
+	}
+	return b.readFull(ctx)
+}
+
+// readFull reads everything: both families' tables (fingerprints only
+// where the kernel answers over netlink), the sets and the bridge table.
+// The reads are independent and, at thousands of taps, each takes about a
+// second: they run side by side.
+func (b *Backend) readFull(ctx context.Context) (*state, error) {
+	st := &state{full: true, tables: map[ruleset.Family]*xtables.Snapshot{}, textless: map[ruleset.Family]bool{}}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	errs := make([]error, len(ruleset.Families)+1)
+	for i, f := range ruleset.Families {
+		wg.Go(func() {
+			s, textless, err := b.readTable(ctx, f)
+			mu.Lock()
+			defer mu.Unlock()
+			st.tables[f], st.textless[f], errs[i] = s, textless, err
+		})
+	}
+	wg.Go(func() {
+		var err error
+		if st.sets, st.remembered, err = b.listSets(ctx); err == nil && b.bridge != nil {
+			st.bridge, err = b.bridge.Save(ctx)
+		}
+		errs[len(errs)-1] = err
+	})
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+// readTable reads vmfw's part of family f's table: its fingerprints only
+// where the kernel answers over netlink (textless), else with the text.
+func (b *Backend) readTable(ctx context.Context, f ruleset.Family) (s *xtables.Snapshot, textless bool, err error) {
+	start := time.Now()
+	if b.tables.Narrow() {
+		s, err := b.tables.SaveFingerprints(ctx, f)
+		if err != nil {
+			return nil, false, err
+		}
+		trace.Since(start, "read the %s table's fingerprints", f)
+		return s, true, nil
+	}
+	s, err = b.tables.Save(ctx, f)
+	return s, false, err
+}
+
+// Usable reads, changing nothing, everything Read reads, and names the
+// part that failed: iptables or ip6tables, ipset, ebtables.
+func (b *Backend) Usable(ctx context.Context) error {
+	for _, f := range ruleset.Families {
+		if _, err := b.tables.Save(ctx, f); err != nil {
+			tool := "iptables"
+			if f == ruleset.IPv6 {
+				tool = "ip6tables"
+			}
+			return fmt.Errorf("%s (%s): %w", tool, b.desc, err)
+		}
+	}
+	if _, err := b.sets.List(ctx); err != nil {
+		return fmt.Errorf("ipset: %w", err)
+	}
+	if b.bridge != nil {
+		if _, err := b.bridge.Save(ctx); err != nil {
+			return fmt.Errorf("ebtables: %w", err)
+		}
+	}
+	return nil
+}
+
+// ForgetAddresses deletes addrs from every vmfw ipset that lists them.
+func (b *Backend) ForgetAddresses(ctx context.Context, addrs []netip.Addr) error {
+	if len(addrs) == 0 {
+		return nil
+	}
+	sets, err := b.sets.List(ctx)
+	if err != nil {
+		return err
+	}
+	var script strings.Builder
+	for _, name := range slices.Sorted(maps.Keys(sets)) {
+		for _, a := range addrs {
+			if member := strings.ToLower(a.String()); sets[name].Members[member] {
+				fmt.Fprintf(&script, "del %s %s -exist\n", name, member)
+			}
+		}
+	}
+	b.forget()
+	return b.sets.Restore(ctx, script.String())
+}

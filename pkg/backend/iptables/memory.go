@@ -1,0 +1,130 @@
+package iptables
+
+import (
+	"context"
+	"maps"
+	"slices"
+	"strings"
+
+	"github.com/vmfw/vmfw/pkg/backend/iptables/ipset"
+)
+
+// Remembering what the kernel holds, for the agent (docs/agent.md).
+//
+// Every change reads vmfw's ipsets first (two ipset processes, 10-25 ms)
+// to plan the members to add and remove, and the agent's drift check would
+// read every chain (seconds at thousands of taps). After the agent's own
+// change, Mark reads the nf_tables ruleset generation and the sets once;
+// while the generation stays the same, the next change takes the sets from
+// memory, and the drift check reads everything only when the generation
+// or the sets' members moved.
+//
+// "The generation stays the same" means nothing was committed to
+// nf_tables: every vmfw process writes its iptables rules after its sets,
+// so one that changed the sets also moved the generation (changes run
+// under the namespace lock, so no vmfw process is between the two).
+// Someone changing vmfw's ipsets by hand does not move it: Unchanged
+// compares the members themselves, so the drift check repairs that, and a
+// change planned from remembered sets that fails (an ipset "add" of a
+// member already there) returns backend.StaleError, on which the caller
+// reads afresh and tries once more. On legacy x_tables the generation does
+// not cover the tables: nothing is remembered and every check reads.
+
+// memory is what Mark read.
+type memory struct {
+	gen  uint32
+	sets map[string]*ipset.Observed
+}
+
+// Mark remembers the generation and the sets as the backend's own.
+func (b *Backend) Mark(ctx context.Context) error {
+	b.forget()
+	if !b.tables.Narrow() {
+		return nil
+	}
+	gen, err := b.generation(ctx)
+	if err != nil {
+		return err
+	}
+	sets, err := b.sets.List(ctx)
+	if err != nil {
+		return err
+	}
+	// The sets are those of gen only if nothing committed while they
+	// were read (another vmfw process does not wait for the agent).
+	if again, err := b.generation(ctx); err != nil || again != gen {
+		return err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.memory = &memory{gen: gen, sets: cloneSets(sets)}
+	return nil
+}
+
+// Unchanged reports whether the generation and the sets' members are as
+// Mark found them; false when nothing is remembered.
+func (b *Backend) Unchanged(ctx context.Context) (bool, error) {
+	b.mu.Lock()
+	mem := b.memory
+	b.mu.Unlock()
+	if mem == nil {
+		return false, nil
+	}
+	gen, err := b.generation(ctx)
+	if err != nil || gen != mem.gen {
+		return false, err
+	}
+	sets, err := b.sets.List(ctx)
+	if err != nil {
+		return false, err
+	}
+	return setsFingerprint(sets) == setsFingerprint(mem.sets), nil
+}
+
+// forget drops what Mark remembered: the backend is about to write.
+func (b *Backend) forget() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.memory = nil
+}
+
+// listSets returns vmfw's sets: from memory while the generation is the
+// one Mark saw (remembered), else from the kernel.
+func (b *Backend) listSets(ctx context.Context) (sets map[string]*ipset.Observed, remembered bool, err error) {
+	b.mu.Lock()
+	mem := b.memory
+	b.mu.Unlock()
+	if mem != nil {
+		if gen, err := b.generation(ctx); err == nil && gen == mem.gen {
+			return cloneSets(mem.sets), true, nil
+		}
+	}
+	sets, err = b.sets.List(ctx)
+	return sets, false, err
+}
+
+// setsFingerprint summarises sets and their members.
+func setsFingerprint(sets map[string]*ipset.Observed) string {
+	var b strings.Builder
+	for _, name := range slices.Sorted(maps.Keys(sets)) {
+		o := sets[name]
+		b.WriteString(name + " " + string(o.Type) + " " + o.Family + ":")
+		for _, m := range slices.Sorted(maps.Keys(o.Members)) {
+			b.WriteString(" " + m)
+		}
+		b.WriteString("\n")
+	}
+	return b.String()
+}
+
+// cloneSets copies sets deeply enough that planning with a copy cannot
+// change another.
+func cloneSets(sets map[string]*ipset.Observed) map[string]*ipset.Observed {
+	out := make(map[string]*ipset.Observed, len(sets))
+	for name, o := range sets {
+		c := *o
+		c.Members = maps.Clone(o.Members)
+		out[name] = &c
+	}
+	return out
+}
