@@ -88,8 +88,8 @@ type fakePlan struct {
 	from    uint64
 }
 
-func (p *fakePlan) Empty() bool         { return p.summary.Empty() }
-func (p *fakePlan) Summary() *Summary   { return p.summary }
+func (p *fakePlan) Empty() bool       { return p.summary.Empty() }
+func (p *fakePlan) Summary() *Summary { return p.summary }
 func (p *fakePlan) WriteTo(w io.Writer) (int64, error) {
 	var b strings.Builder
 	if p.Empty() {
