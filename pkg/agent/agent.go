@@ -35,6 +35,7 @@ import (
 	"github.com/vmfw/vmfw/pkg/engine"
 	"github.com/vmfw/vmfw/pkg/ipset"
 	"github.com/vmfw/vmfw/pkg/iptables"
+	"github.com/vmfw/vmfw/pkg/rundir"
 	"github.com/vmfw/vmfw/pkg/state"
 )
 
@@ -682,8 +683,8 @@ func changeAttrs(ch *engine.Change) []any {
 // listen opens the agent's socket: root-only, replacing a stale socket a
 // killed agent left, refusing to start beside a live one.
 func listen(runDir string) (*net.UnixListener, error) {
-	if err := os.MkdirAll(runDir, 0o700); err != nil {
-		return nil, fmt.Errorf("creating %s: %w", runDir, err)
+	if err := rundir.Ensure(runDir); err != nil {
+		return nil, err
 	}
 	path := filepath.Join(runDir, wire.SocketName)
 	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {

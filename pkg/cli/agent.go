@@ -10,6 +10,7 @@ import (
 	"github.com/vmfw/vmfw/pkg/agent"
 	"github.com/vmfw/vmfw/pkg/agent/wire"
 	"github.com/vmfw/vmfw/pkg/cni"
+	"github.com/vmfw/vmfw/pkg/rundir"
 	"github.com/vmfw/vmfw/pkg/state"
 	"github.com/vmfw/vmfw/pkg/system"
 )
@@ -44,7 +45,7 @@ func agentCmd(ctx context.Context, o system.Options, args []string, stdout, stde
 	a := &agent.Agent{
 		ConfigDir: dir,
 		StateDir:  o.StateDir,
-		RunDir:    wire.RunDirFromEnv(),
+		RunDir:    rundir.FromEnv(),
 		Kernel:    k,
 		Backend:   backend,
 		Jobs:      map[agent.Op]agent.Job{agent.Hook: hookJob, agent.CNI: cni.Job},
