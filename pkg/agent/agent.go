@@ -117,8 +117,62 @@ type pending struct {
 
 // Run loads the configuration, enforces it, listens, tells systemd it is
 // ready and then serves until ctx is done (SIGTERM), leaving the ruleset in
-// place. SIGHUP reloads the configuration.
+// place. SIGHUP reloads the configuration. Every goroutine Run starts has
+// ended when it returns.
 func (a *Agent) Run(ctx context.Context) error {
+	a.build()
+	w, err := newWatcher(a.ConfigDir)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	var bg sync.WaitGroup
+	// Deferred calls run last first: the goroutines are told to stop,
+	// then waited for.
+	defer a.waitCluster()
+	defer bg.Wait()
+	defer cancel()
+	bg.Go(func() { w.run(ctx) })
+	if err := a.startCluster(ctx); err != nil {
+		return err
+	}
+	// The first load reads everything, so it covers whatever the watcher
+	// noted until now, its own first watches included (each new watch
+	// counts as a replaced directory): without this the first edit after
+	// a start would parse every file again.
+	w.take()
+	a.reload(nil, true)
+	if m, err := a.currentModel(); err == nil && m.Host.MetricsListen != "" {
+		// The address is read once: changing it takes a restart.
+		if err := a.serveMetrics(ctx, &bg, m.Host.MetricsListen); err != nil {
+			return err
+		}
+	}
+	a.followPackets(ctx, &bg)
+
+	ln, err := listen(a.RunDir)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(filepath.Join(a.RunDir, wire.SocketName))
+	defer ln.Close() // ends serve, which waits for its connections
+	reqs := make(chan pending, 4096)
+	bg.Go(func() { a.serve(ctx, ln, reqs) })
+	a.queued = func() bool { return len(reqs) > 0 || len(w.Changed) > 0 }
+
+	a.sync(ctx, "agent started")
+	if err := notify("READY=1"); err != nil {
+		a.Log.Warn("telling systemd the agent is ready", "error", err)
+	}
+	a.Log.Info("agent ready", "config", a.ConfigDir, "socket", filepath.Join(a.RunDir, wire.SocketName), "repair_interval", a.interval().String())
+	a.loop(ctx, w, reqs)
+	return nil
+}
+
+// build fills in the defaults and builds the agent's engine on its
+// kernel, with the agent's model and, on nf_tables, the ipsets it
+// remembers.
+func (a *Agent) build() {
 	if a.Log == nil {
 		a.Log = slog.New(slog.DiscardHandler)
 	}
@@ -135,59 +189,35 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.StateDir == "" {
 		a.StateDir = state.DirFromEnv()
 	}
+	if a.RunDir == "" {
+		a.RunDir = rundir.FromEnv()
+	}
 	a.engine.State = state.New(a.StateDir)
 	a.engine.Model = a.currentModel
-	w, err := newWatcher(a.ConfigDir)
-	if err != nil {
-		return err
+}
+
+// followPackets prints logged packets (Packets) when log_group is set,
+// until ctx is done.
+func (a *Agent) followPackets(ctx context.Context, bg *sync.WaitGroup) {
+	m, err := a.currentModel()
+	if err != nil || a.Packets == nil {
+		return
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go w.run(ctx)
-	if err := a.startCluster(ctx); err != nil {
-		return err
+	if m.Host.LogGroup == 0 {
+		a.Log.Warn("no log_group in vmfw.toml: logged packets go to the kernel log, not to the agent")
+		return
 	}
-	// The first load reads everything, so it covers whatever the watcher
-	// noted until now, its own first watches included (each new watch
-	// counts as a replaced directory): without this the first edit after
-	// a start would parse every file again.
-	w.take()
-	a.reload(nil, true)
-	if m, err := a.currentModel(); err == nil && m.Host.MetricsListen != "" {
-		// The address is read once: changing it takes a restart.
-		if err := a.serveMetrics(ctx, m.Host.MetricsListen); err != nil {
-			return err
+	bg.Go(func() {
+		// The group is read once, like metrics_listen.
+		if err := droplog.Follow(ctx, uint16(m.Host.LogGroup), a.currentModel, a.Packets, 0); err != nil && ctx.Err() == nil {
+			a.Log.Error("following logged packets", "log_group", m.Host.LogGroup, "error", err.Error())
 		}
-	}
-	if m, err := a.currentModel(); err == nil && a.Packets != nil {
-		if m.Host.LogGroup == 0 {
-			a.Log.Warn("no log_group in vmfw.toml: logged packets go to the kernel log, not to the agent")
-		} else {
-			go func() {
-				// The group is read once, like metrics_listen.
-				if err := droplog.Follow(ctx, uint16(m.Host.LogGroup), a.currentModel, a.Packets, 0); err != nil && ctx.Err() == nil {
-					a.Log.Error("following logged packets", "log_group", m.Host.LogGroup, "error", err.Error())
-				}
-			}()
-		}
-	}
+	})
+}
 
-	ln, err := listen(a.RunDir)
-	if err != nil {
-		return err
-	}
-	defer os.Remove(filepath.Join(a.RunDir, wire.SocketName))
-	defer ln.Close()
-	reqs := make(chan pending, 4096)
-	go a.serve(ctx, ln, reqs)
-	a.queued = func() bool { return len(reqs) > 0 || len(w.Changed) > 0 }
-
-	a.sync(ctx, "agent started")
-	if err := notify("READY=1"); err != nil {
-		a.Log.Warn("telling systemd the agent is ready", "error", err)
-	}
-	a.Log.Info("agent ready", "config", a.ConfigDir, "socket", filepath.Join(a.RunDir, wire.SocketName), "repair_interval", a.interval().String())
-
+// loop is the agent's main loop: every change to the kernel is made here,
+// one at a time, until ctx is done.
+func (a *Agent) loop(ctx context.Context, w *watcher, reqs chan pending) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -202,7 +232,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			notify("STOPPING=1")
 			a.Log.Info("agent stopping; the ruleset stays in place")
-			return nil
+			return
 		case <-w.Changed:
 			a.settle(ctx, w)
 			if err := w.rewatch(); err != nil {
@@ -221,16 +251,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 			notify("READY=1")
 		case p := <-reqs:
-			batch := []pending{p}
-			for more := true; more; {
-				select {
-				case q := <-reqs:
-					batch = append(batch, q)
-				default:
-					more = false
-				}
-			}
-			a.apply(ctx, batch)
+			a.apply(ctx, drain(p, reqs))
 		case <-ticker.C:
 			a.repair(ctx)
 		case <-a.clusterConfig():
@@ -243,6 +264,19 @@ func (a *Agent) Run(ctx context.Context) error {
 		if now := a.interval(); now != interval {
 			interval = now
 			ticker.Reset(interval)
+		}
+	}
+}
+
+// drain returns p and every request queued behind it: one batch.
+func drain(p pending, reqs chan pending) []pending {
+	batch := []pending{p}
+	for {
+		select {
+		case q := <-reqs:
+			batch = append(batch, q)
+		default:
+			return batch
 		}
 	}
 }

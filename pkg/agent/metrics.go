@@ -177,9 +177,10 @@ func vmLabel(t engine.TapStatus) string {
 	return fmt.Sprint(*t.VMID)
 }
 
-// serveMetrics serves /metrics on addr until ctx is done: the agent's
-// metrics, then the status of every tap, read from the kernel per scrape.
-func (a *Agent) serveMetrics(ctx context.Context, addr string) error {
+// serveMetrics serves /metrics on addr until ctx is done, in goroutines
+// of bg: the agent's metrics, then the status of every tap, read from the
+// kernel per scrape.
+func (a *Agent) serveMetrics(ctx context.Context, bg *sync.WaitGroup, addr string) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("metrics_listen %s: %w", addr, err)
@@ -194,11 +195,27 @@ func (a *Agent) serveMetrics(ctx context.Context, addr string) error {
 			fmt.Fprintf(w, "# status unavailable: %s\n", strings.ReplaceAll(err.Error(), "\n", " "))
 		}
 	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
+	// conns counts the server's connections from the moment Serve takes
+	// one (StateNew, in Serve's goroutine) until its goroutine closes it,
+	// so that waiting for them once Serve has returned waits for them
+	// all: Close alone does not.
+	var conns sync.WaitGroup
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second,
+		ConnState: func(_ net.Conn, s http.ConnState) {
+			switch s {
+			case http.StateNew:
+				conns.Add(1)
+			case http.StateClosed, http.StateHijacked:
+				conns.Done()
+			}
+		}}
+	bg.Go(func() {
 		<-ctx.Done()
 		srv.Close()
-	}()
-	go srv.Serve(ln)
+	})
+	bg.Go(func() {
+		srv.Serve(ln)
+		conns.Wait()
+	})
 	return nil
 }
