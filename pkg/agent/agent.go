@@ -18,14 +18,12 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"reflect"
 	"slices"
 	"sort"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/vmfw/vmfw/pkg/agent/wire"
@@ -65,6 +63,14 @@ type Agent struct {
 	// packet vmfw's rules log to NFLOG as a JSON line (package droplog).
 	// The agent then holds the group, so vmfw log cannot run beside it.
 	Packets io.Writer
+	// Lifecycle, when set, is told each Stage as Run enters it, from
+	// Run's goroutine: what a service manager follows (the command
+	// passes it on to systemd).
+	Lifecycle func(Stage)
+
+	// reloads holds a Reload not yet served.
+	reloads    chan struct{}
+	reloadOnce sync.Once
 
 	engine *engine.Engine // built by Run
 
@@ -109,16 +115,55 @@ const (
 	maxDebounce = 500 * time.Millisecond
 )
 
+// Stage is a point of the agent's life a service manager follows.
+type Stage int
+
+const (
+	// Ready: the configuration is enforced and the socket listens. Run
+	// enters it after starting and again after each reload.
+	Ready Stage = iota + 1
+	// Reloading: a reload (Reload) begins.
+	Reloading
+	// Stopping: Run's context is done; it lets go of everything and
+	// leaves the ruleset in place.
+	Stopping
+)
+
+// stage tells Lifecycle that Run enters s.
+func (a *Agent) stage(s Stage) {
+	if a.Lifecycle != nil {
+		a.Lifecycle(s)
+	}
+}
+
+// Reload asks the agent to read its whole configuration again and
+// enforce it, as at start: how an operator makes it see what inotify
+// cannot (a symlinked file's target, a file edited through a hard link).
+// It does not wait. A Reload while one is pending is the same reload; one
+// before Run is served once Run is ready. Safe from any goroutine.
+func (a *Agent) Reload() {
+	select {
+	case a.reloadRequests() <- struct{}{}:
+	default: // one is pending already
+	}
+}
+
+// reloadRequests is where Reload leaves its requests, made on first use
+// since Reload may come before Run.
+func (a *Agent) reloadRequests() chan struct{} {
+	a.reloadOnce.Do(func() { a.reloads = make(chan struct{}, 1) })
+	return a.reloads
+}
+
 // pending is a request waiting for its batch.
 type pending struct {
 	req   Request
 	reply chan Response
 }
 
-// Run loads the configuration, enforces it, listens, tells systemd it is
-// ready and then serves until ctx is done (SIGTERM), leaving the ruleset in
-// place. SIGHUP reloads the configuration. Every goroutine Run starts has
-// ended when it returns.
+// Run loads the configuration, enforces it, listens, enters Ready and then
+// serves until ctx is done, leaving the ruleset in place. Every goroutine
+// Run starts has ended when it returns.
 func (a *Agent) Run(ctx context.Context) error {
 	a.build()
 	w, err := newWatcher(a.ConfigDir)
@@ -161,9 +206,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.queued = func() bool { return len(reqs) > 0 || len(w.Changed) > 0 }
 
 	a.sync(ctx, "agent started")
-	if err := notify("READY=1"); err != nil {
-		a.Log.Warn("telling systemd the agent is ready", "error", err)
-	}
+	a.stage(Ready)
 	a.Log.Info("agent ready", "config", a.ConfigDir, "socket", filepath.Join(a.RunDir, wire.SocketName), "repair_interval", a.interval().String())
 	a.loop(ctx, w, reqs)
 	return nil
@@ -218,9 +261,6 @@ func (a *Agent) followPackets(ctx context.Context, bg *sync.WaitGroup) {
 // loop is the agent's main loop: every change to the kernel is made here,
 // one at a time, until ctx is done.
 func (a *Agent) loop(ctx context.Context, w *watcher, reqs chan pending) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	interval := a.interval()
 	ticker := time.NewTicker(interval)
 	defer ticker.Stop()
@@ -230,7 +270,7 @@ func (a *Agent) loop(ctx context.Context, w *watcher, reqs chan pending) {
 		}
 		select {
 		case <-ctx.Done():
-			notify("STOPPING=1")
+			a.stage(Stopping)
 			a.Log.Info("agent stopping; the ruleset stays in place")
 			return
 		case <-w.Changed:
@@ -241,15 +281,12 @@ func (a *Agent) loop(ctx context.Context, w *watcher, reqs chan pending) {
 			if prev, ok := a.reload(w.take()); ok {
 				a.applyEdit(ctx, prev, "configuration changed")
 			}
-		case <-hup:
-			// Everything is read again: SIGHUP is also how an operator
-			// makes the agent see what inotify cannot (a symlinked
-			// file's target, a file edited through a hard link).
-			notify("RELOADING=1")
+		case <-a.reloadRequests():
+			a.stage(Reloading)
 			if prev, ok := a.reload(nil, true); ok {
-				a.applyEdit(ctx, prev, "SIGHUP")
+				a.applyEdit(ctx, prev, "reload")
 			}
-			notify("READY=1")
+			a.stage(Ready)
 		case p := <-reqs:
 			a.apply(ctx, drain(p, reqs))
 		case <-ticker.C:
@@ -714,8 +751,14 @@ func changeAttrs(ch *engine.Change) []any {
 	return []any{"chains_written", written, "chains_removed", removed, "set_members_added", added, "set_members_removed", deleted}
 }
 
-// listen opens the agent's socket: root-only, replacing a stale socket a
-// killed agent left, refusing to start beside a live one.
+// listen opens the agent's socket in runDir: root only, replacing a stale
+// socket a killed agent left, refusing to start beside a live one.
+//
+// The socket is bound in a private directory, made 0600 there and only
+// then renamed into place: no caller can find it with a looser mode,
+// whatever the mode of a run directory that already existed, and the
+// process's umask is left alone (it is process-wide, and other goroutines
+// create files meanwhile: the cluster cache, the engine's lock).
 func listen(runDir string) (*net.UnixListener, error) {
 	if err := rundir.Ensure(runDir); err != nil {
 		return nil, err
@@ -725,13 +768,24 @@ func listen(runDir string) (*net.UnixListener, error) {
 		c.Close()
 		return nil, fmt.Errorf("another agent listens on %s", path)
 	}
-	os.Remove(path)
-	old := syscall.Umask(0o077)
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
-	syscall.Umask(old)
+	private, err := os.MkdirTemp(runDir, ".agent-")
+	if err != nil {
+		return nil, fmt.Errorf("creating the socket: %w", err)
+	}
+	defer os.RemoveAll(private)
+	tmp := filepath.Join(private, wire.SocketName)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
 	if err != nil {
 		return nil, fmt.Errorf("listening on %s: %w", path, err)
 	}
 	ln.SetUnlinkOnClose(false)
+	err = os.Chmod(tmp, 0o600)
+	if err == nil {
+		err = os.Rename(tmp, path) // a stale socket is replaced at once
+	}
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("listening on %s: %w", path, err)
+	}
 	return ln, nil
 }
