@@ -94,6 +94,10 @@ type Agent struct {
 	// since the next write would make what it reads old at once.
 	queued       func() bool
 	unremembered bool
+	// status is what /metrics serves of the kernel; statusOwed says a
+	// scrape asked for a fresh read, which waits for an empty queue.
+	status     statusView
+	statusOwed bool
 
 	// Cluster mode (cluster.go): nil in file mode.
 	cluster  *cluster.Node
@@ -268,6 +272,9 @@ func (a *Agent) loop(ctx context.Context, w *watcher, reqs chan pending) {
 		if a.unremembered && !a.queued() {
 			a.remember(ctx)
 		}
+		if a.statusOwed && !a.queued() {
+			a.readStatus(ctx)
+		}
 		select {
 		case <-ctx.Done():
 			a.stage(Stopping)
@@ -297,6 +304,8 @@ func (a *Agent) loop(ctx context.Context, w *watcher, reqs chan pending) {
 			}
 		case <-a.clusterMembers():
 			a.membersChanged(ctx)
+		case <-a.status.wanted:
+			a.statusOwed = true
 		}
 		if now := a.interval(); now != interval {
 			interval = now
