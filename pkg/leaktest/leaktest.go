@@ -41,7 +41,7 @@ func Take() Snapshot {
 
 // Check fails t with the stack of every goroutine started after s (other
 // than the caller's) that still runs vmfw's code now, or any other code
-// after Patience.
+// after Patience. The test's own goroutines count: it joins them first.
 func (s Snapshot) Check(t testing.TB) {
 	t.Helper()
 	s.check(t, module)
