@@ -78,6 +78,8 @@ type Agent struct {
 	// parses only the files inotify named (config.Cache).
 	files config.Cache
 
+	// queue holds the requests waiting for the next batch (under mu).
+	queue chan pending
 	// queued reports work waiting for the main loop (requests, edits);
 	// while there is, remember waits (unremembered says it owes one),
 	// since the next write would make what it reads old at once.
@@ -195,6 +197,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer os.Remove(filepath.Join(a.RunDir, wire.SocketName))
 	defer ln.Close() // ends serve, which waits for its connections
 	reqs := make(chan pending, 4096)
+	a.mu.Lock()
+	a.queue = reqs
+	a.mu.Unlock()
 	bg.Go(func() { a.serve(ctx, ln, reqs) })
 	a.queued = func() bool { return len(reqs) > 0 || len(w.Changed) > 0 }
 
