@@ -145,7 +145,7 @@ func TestRuleMatches(t *testing.T) {
 		if got := o == accepted; got != c.want {
 			t.Errorf("%s: matched %v, want %v", c.rule, got, c.want)
 		}
-		if used := m.setsUsed["sg-a-v4"]; used != strings.Contains(c.rule, "sg-a-v4") {
+		if used := m.sets.used["sg-a-v4"]; used != strings.Contains(c.rule, "sg-a-v4") {
 			t.Errorf("%s: set looked up %v", c.rule, used)
 		}
 	}

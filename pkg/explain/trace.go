@@ -1175,7 +1175,7 @@ func (t *tracer) walk(ipm *machine, l2m *l2machine, k *Kernel, p *packet) *resul
 		res.chains = append(res.chains, string(c))
 	}
 	res.entered[table] = ipm.entered
-	for s := range ipm.setsUsed {
+	for s := range ipm.sets.used {
 		res.setsUsed[s] = true
 	}
 	for _, h := range ipm.hits {
