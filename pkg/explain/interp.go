@@ -2,7 +2,6 @@ package explain
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -112,41 +111,10 @@ type irule struct {
 	err error
 }
 
-// outcome is how a chain ends for a packet.
-type outcome int
-
-const (
-	fallThrough outcome = iota // RETURN or the end of the chain
-	accepted
-	dropped
-	rejected
-)
-
-func (o outcome) String() string {
-	switch o {
-	case accepted:
-		return "accept"
-	case dropped:
-		return "drop"
-	case rejected:
-		return "reject"
-	}
-	return "continue"
-}
-
-// hit is one rule a packet matched.
-type hit struct {
-	rule *irule
-}
-
 // machine runs packets through one table's chains.
 type machine struct {
-	chains map[ruleset.Chain][]*irule
-	sets   *ipsets
-	// hits and entered record the last run: the rules that matched, and
-	// the chains entered, in order.
-	hits    []hit
-	entered []ruleset.Chain
+	walker[*packet, *irule]
+	sets *ipsets
 }
 
 // ipsets are the members of the sets a machine's rules look up, shared by
@@ -158,71 +126,63 @@ type ipsets struct {
 	used map[string]bool
 }
 
-// errOpaque is wrapped by every error about a rule the interpreter cannot
-// evaluate.
-var errOpaque = errors.New("cannot evaluate")
-
 // run runs p through chain; it returns how the chain ended and the rule
 // that decided (nil when none did).
 func (m *machine) run(chain ruleset.Chain, p *packet) (outcome, *irule, error) {
-	m.hits, m.entered, m.sets.used = nil, nil, map[string]bool{}
-	return m.exec(chain, p, 0)
+	m.sets.used = map[string]bool{}
+	return m.walker.run(chain, p)
 }
 
-func (m *machine) exec(chain ruleset.Chain, p *packet, depth int) (outcome, *irule, error) {
-	if depth > 64 {
-		return fallThrough, nil, fmt.Errorf("%w: chains nest deeper than 64 at %s", errOpaque, chain)
+func (r *irule) fault() error {
+	if r.err == nil {
+		return nil
 	}
-	rules, ok := m.chains[chain]
-	if !ok {
-		return fallThrough, nil, fmt.Errorf("%w: chain %s does not exist", errOpaque, chain)
+	return fmt.Errorf("%w: rule %d of %s (%s): %v", errOpaque, r.index, r.chain, r.text, r.err)
+}
+
+func (r *irule) matches(p *packet) bool {
+	return passes(r.conds, p)
+}
+
+// apply runs the target: the verdicts end the walk, MARK changes the
+// packet's mark and the walk goes on, as it does after the log targets
+// and a rule without a target; any other target is a chain.
+func (r *irule) apply(p *packet) step {
+	switch r.target {
+	case "", "LOG", "NFLOG":
+		return step{}
+	case "ACCEPT":
+		return step{verdict: accepted}
+	case "DROP":
+		return step{verdict: dropped}
+	case "REJECT":
+		return step{verdict: rejected}
+	case "RETURN":
+		return step{ret: true}
+	case "MARK":
+		p.mark = p.mark&^r.markMask ^ r.markValue
+		return step{}
 	}
-	m.entered = append(m.entered, chain)
-	for _, r := range rules {
-		if r.err != nil {
-			return fallThrough, r, fmt.Errorf("%w: rule %d of %s (%s): %v", errOpaque, r.index, chain, r.text, r.err)
-		}
-		matched := true
-		for _, c := range r.conds {
-			if !c(p) {
-				matched = false
-				break
-			}
-		}
-		if !matched {
-			continue
-		}
-		m.hits = append(m.hits, hit{rule: r})
-		switch r.target {
-		case "", "LOG", "NFLOG":
-		case "ACCEPT":
-			return accepted, r, nil
-		case "DROP":
-			return dropped, r, nil
-		case "REJECT":
-			return rejected, r, nil
-		case "RETURN":
-			return fallThrough, nil, nil
-		case "MARK":
-			p.mark = p.mark&^r.markMask ^ r.markValue
-		default:
-			o, by, err := m.exec(ruleset.Chain(r.target), p, depth+1)
-			if err != nil {
-				return o, by, err
-			}
-			if r.goTo || o != fallThrough {
-				return o, by, nil
-			}
-		}
-	}
-	return fallThrough, nil, nil
+	return step{jump: ruleset.Chain(r.target), goTo: r.goTo}
 }
 
 // newMachine parses the chains of one table. lines maps a chain to its
 // rules, each the arguments after "-A CHAIN" (compiled specs or kernel
 // lines); hashes, when given, are their fingerprints.
 func newMachine(lines map[ruleset.Chain][]string, hashes map[ruleset.Chain][]string, sets map[string]map[netip.Addr]bool) *machine {
-	m := &machine{chains: map[ruleset.Chain][]*irule{}, sets: &ipsets{members: sets}}
+	m := &machine{
+		walker: walker[*packet, *irule]{
+			chains:   map[ruleset.Chain][]*irule{},
+			maxDepth: 64,
+			tooDeep: func(c ruleset.Chain) error {
+				return fmt.Errorf("%w: chains nest deeper than 64 at %s", errOpaque, c)
+			},
+			missing: func(c ruleset.Chain) error {
+				return fmt.Errorf("%w: chain %s does not exist", errOpaque, c)
+			},
+		},
+		sets: &ipsets{members: sets},
+	}
 	for c := range hashes {
 		m.chains[c] = nil // an empty chain has fingerprints but no lines
 	}

@@ -39,13 +39,22 @@ type l2rule struct {
 
 // l2machine runs frames through vmfw's ebtables chains.
 type l2machine struct {
-	chains  map[ruleset.Chain][]*l2rule
-	entered []ruleset.Chain
-	hits    []*l2rule
+	walker[*frame, *l2rule]
 }
 
 func newL2Machine(specs map[ruleset.Chain][]string) *l2machine {
-	m := &l2machine{chains: map[ruleset.Chain][]*l2rule{}}
+	missing := func(c ruleset.Chain) error {
+		return fmt.Errorf("%w: ebtables chain %s does not exist", errOpaque, c)
+	}
+	m := &l2machine{walker[*frame, *l2rule]{
+		chains: map[ruleset.Chain][]*l2rule{},
+		// The kernel refuses loops among ebtables chains, so only
+		// hand-made rules nest this deep; the walk reports the chain it
+		// did not enter.
+		maxDepth: 32,
+		tooDeep:  missing,
+		missing:  missing,
+	}}
 	for c, list := range specs {
 		for i, s := range list {
 			r := parseL2Rule(s)
@@ -59,48 +68,35 @@ func newL2Machine(specs map[ruleset.Chain][]string) *l2machine {
 // run runs f through chain; it reports whether the frame is dropped and
 // by which rule.
 func (m *l2machine) run(chain ruleset.Chain, f *frame) (drop bool, by *l2rule, err error) {
-	m.entered, m.hits = nil, nil
-	o, by, err := m.exec(chain, f, 0)
+	o, by, err := m.walker.run(chain, f)
 	return o == dropped, by, err
 }
 
-func (m *l2machine) exec(chain ruleset.Chain, f *frame, depth int) (outcome, *l2rule, error) {
-	rules, ok := m.chains[chain]
-	if !ok || depth > 32 {
-		return fallThrough, nil, fmt.Errorf("%w: ebtables chain %s does not exist", errOpaque, chain)
+func (r *l2rule) fault() error {
+	if r.err == nil {
+		return nil
 	}
-	m.entered = append(m.entered, chain)
-	for _, r := range rules {
-		if r.err != nil {
-			return fallThrough, r, fmt.Errorf("%w: ebtables rule %d of %s (%s): %v", errOpaque, r.index, chain, r.text, r.err)
-		}
-		matched := true
-		for _, c := range r.conds {
-			if !c(f) {
-				matched = false
-				break
-			}
-		}
-		if !matched {
-			continue
-		}
-		m.hits = append(m.hits, r)
-		switch r.target {
-		case "ACCEPT":
-			return accepted, r, nil
-		case "DROP":
-			return dropped, r, nil
-		case "RETURN":
-			return fallThrough, nil, nil
-		case "CONTINUE", "":
-		default:
-			o, by, err := m.exec(ruleset.Chain(r.target), f, depth+1)
-			if err != nil || o != fallThrough {
-				return o, by, err
-			}
-		}
+	return fmt.Errorf("%w: ebtables rule %d of %s (%s): %v", errOpaque, r.index, r.chain, r.text, r.err)
+}
+
+func (r *l2rule) matches(f *frame) bool {
+	return passes(r.conds, f)
+}
+
+// apply runs the target. ebtables has no goto, and vmfw writes no target
+// but the verdicts, RETURN and CONTINUE: any other is a chain.
+func (r *l2rule) apply(*frame) step {
+	switch r.target {
+	case "ACCEPT":
+		return step{verdict: accepted}
+	case "DROP":
+		return step{verdict: dropped}
+	case "RETURN":
+		return step{ret: true}
+	case "CONTINUE", "":
+		return step{}
 	}
-	return fallThrough, nil, nil
+	return step{jump: ruleset.Chain(r.target)}
 }
 
 // parseL2Rule parses one ebtables rule (the text after "-A CHAIN").

@@ -1179,7 +1179,7 @@ func (t *tracer) walk(ipm *machine, l2m *l2machine, k *Kernel, p *packet) *resul
 		res.setsUsed[s] = true
 	}
 	for _, h := range ipm.hits {
-		res.hits = append(res.hits, RuleHit{Table: table, Chain: string(h.rule.chain), Index: h.rule.index, Rule: stripComment(h.rule.text), Origin: t.origin(h.rule)})
+		res.hits = append(res.hits, RuleHit{Table: table, Chain: string(h.chain), Index: h.index, Rule: stripComment(h.text), Origin: t.origin(h)})
 	}
 	if err != nil {
 		res.err = err
@@ -1197,7 +1197,7 @@ func (t *tracer) walk(ipm *machine, l2m *l2machine, k *Kernel, p *packet) *resul
 	// says why a packet no in chain decided got through.
 	allowed := ""
 	for i := len(ipm.hits) - 1; i >= 0; i-- {
-		if r := ipm.hits[i].rule; r.target == "MARK" && r.markValue != 0 && !ruleset.IsBaseChain(r.chain) {
+		if r := ipm.hits[i]; r.target == "MARK" && r.markValue != 0 && !ruleset.IsBaseChain(r.chain) {
 			allowed = "allowed by " + describe(r) + "; "
 			break
 		}
