@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"strconv"
 	"strings"
 
@@ -269,10 +268,4 @@ func parseL2ICMP(s string) (lo, hi, clo, chi uint8, err error) {
 		clo, chi, err = rng(codes)
 	}
 	return
-}
-
-// unicast reports whether a is a unicast address: every address vmfw
-// trace accepts as an endpoint.
-func unicast(a netip.Addr) bool {
-	return !a.IsMulticast() && a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
 }
