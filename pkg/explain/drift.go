@@ -9,31 +9,48 @@ import (
 )
 
 // drift lists the chains and sets on the packet's way (in the kernel or
-// in the compiled rules) whose kernel contents differ from the compiled.
+// in the compiled rules) whose kernel contents differ from the compiled,
+// and the hooks missing, each once.
 func (t *tracer) drift(compiled, kernel *result) []string {
+	all := t.hookDrift()
+	all = append(all, t.chainDrift(compiled, kernel)...)
+	all = append(all, t.bridgeDrift(compiled, kernel)...)
+	all = append(all, t.setDrift(compiled, kernel)...)
 	out := []string{}
-	k := t.in.Kernel
-	table := t.family.String()
-	tbl := t.actual.Tables[t.family]
 	seen := map[string]bool{}
-	note := func(s string) {
+	for _, s := range all {
 		if !seen[s] {
 			seen[s] = true
 			out = append(out, s)
 		}
 	}
-	for _, h := range tbl.Hooks {
+	return out
+}
+
+// hookDrift lists the jumps into vmfw's chains the kernel lacks.
+func (t *tracer) hookDrift() []string {
+	var out []string
+	k := t.in.Kernel
+	for _, h := range t.actual.Tables[t.family].Hooks {
 		if k.Tables[t.family].Hooks[h] == 0 {
-			note(fmt.Sprintf("%s/%s jump to %s missing", table, h.From, h.To))
+			out = append(out, fmt.Sprintf("%s/%s jump to %s missing", t.family, h.From, h.To))
 		}
 	}
 	if k.Bridge != nil && t.actual.Bridge != nil {
 		for _, h := range t.actual.Bridge.Hooks {
 			if k.Bridge.Hooks[h] == 0 {
-				note(fmt.Sprintf("bridge/%s jump to %s missing", h.From, h.To))
+				out = append(out, fmt.Sprintf("bridge/%s jump to %s missing", h.From, h.To))
 			}
 		}
 	}
+	return out
+}
+
+// chainDrift lists the IP chains either walk entered that differ.
+func (t *tracer) chainDrift(compiled, kernel *result) []string {
+	var out []string
+	table := t.family.String()
+	tbl := t.actual.Tables[t.family]
 	chains := append(slices.Clone(compiled.entered[table]), kernel.entered[table]...)
 	if kernel.err != nil && kernel.decider == nil {
 		// The walk stopped at a chain it could not read: compare that
@@ -44,34 +61,48 @@ func (t *tracer) drift(compiled, kernel *result) []string {
 			}
 		}
 	}
-	obs := k.Tables[t.family]
+	obs := t.in.Kernel.Tables[t.family]
 	for _, c := range chains {
 		want := tbl.Chain(c)
 		got, ok := obs.Chains[c]
 		switch {
 		case want == nil && ok:
-			note(fmt.Sprintf("%s/%s is installed but the configuration has no such chain", table, c))
+			out = append(out, fmt.Sprintf("%s/%s is installed but the configuration has no such chain", table, c))
 		case want != nil && !ok:
-			note(fmt.Sprintf("%s/%s is missing", table, c))
+			out = append(out, fmt.Sprintf("%s/%s is missing", table, c))
 		case want != nil && !slices.Equal(got, want.Hashes()):
-			note(fmt.Sprintf("%s/%s differs", table, c))
+			out = append(out, fmt.Sprintf("%s/%s differs", table, c))
 		}
 	}
-	if k.Bridge != nil && t.actual.Bridge != nil {
-		br := t.actual.Bridge
-		for _, c := range append(slices.Clone(compiled.entered["bridge"]), kernel.entered["bridge"]...) {
-			want := br.Chain(c)
-			got, ok := k.Bridge.Chains[c]
-			switch {
-			case want == nil && ok:
-				note(fmt.Sprintf("bridge/%s is installed but the configuration has no such chain", c))
-			case want != nil && !ok:
-				note(fmt.Sprintf("bridge/%s is missing", c))
-			case want != nil && !slices.Equal(got, br.Fingerprints(want)):
-				note(fmt.Sprintf("bridge/%s differs", c))
-			}
+	return out
+}
+
+// bridgeDrift lists the ebtables chains either walk entered that differ.
+func (t *tracer) bridgeDrift(compiled, kernel *result) []string {
+	k := t.in.Kernel
+	if k.Bridge == nil || t.actual.Bridge == nil {
+		return nil
+	}
+	var out []string
+	br := t.actual.Bridge
+	for _, c := range append(slices.Clone(compiled.entered["bridge"]), kernel.entered["bridge"]...) {
+		want := br.Chain(c)
+		got, ok := k.Bridge.Chains[c]
+		switch {
+		case want == nil && ok:
+			out = append(out, fmt.Sprintf("bridge/%s is installed but the configuration has no such chain", c))
+		case want != nil && !ok:
+			out = append(out, fmt.Sprintf("bridge/%s is missing", c))
+		case want != nil && !slices.Equal(got, br.Fingerprints(want)):
+			out = append(out, fmt.Sprintf("bridge/%s differs", c))
 		}
 	}
+	return out
+}
+
+// setDrift lists the ipsets either walk looked up whose members differ.
+func (t *tracer) setDrift(compiled, kernel *result) []string {
+	var out []string
 	want := compiledSets(t.actual)
 	sets := map[string]bool{}
 	for s := range compiled.setsUsed {
@@ -81,7 +112,7 @@ func (t *tracer) drift(compiled, kernel *result) []string {
 		sets[s] = true
 	}
 	for _, s := range slices.Sorted(maps.Keys(sets)) {
-		w, g := want[s], k.Sets[s]
+		w, g := want[s], t.in.Kernel.Sets[s]
 		var missing, extra []string
 		for a := range w {
 			if !g[a] {
@@ -105,7 +136,7 @@ func (t *tracer) drift(compiled, kernel *result) []string {
 		if len(extra) > 0 {
 			d += ": extra " + strings.Join(extra, " ")
 		}
-		note(d)
+		out = append(out, d)
 	}
 	return out
 }

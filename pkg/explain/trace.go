@@ -189,8 +189,43 @@ func (t *tracer) trace() (*Report, error) {
 	u := t.unknowns()
 	cands := u.candidates()
 	r := &Report{From: t.from, To: t.to, Path: t.path, Drift: []string{}}
-	ev := policy.New(t.in.Model, t.attached, t.isLocal)
+	answers := t.answers(cands)
 
+	first := answers[0]
+	r.Flow = t.flowInfo(cands[0])
+	r.Config = Config{Verdict: configVerdict(first.config), Out: first.config.Out, In: first.config.In}
+	r.Verdict = r.Config.Verdict
+	if first.compiled.err == nil && r.Config.Verdict != "unknown" && first.compiled.verdict != r.Config.Verdict {
+		r.Notes = append(r.Notes, fmt.Sprintf("internal error: the rules compiled from the configuration %s the packet, the configuration says %s (please report this)", first.compiled.verdict, r.Config.Verdict))
+	}
+	if first.krn != nil {
+		t.kernelAnswer(r, first)
+	}
+	if r.Verdict == "unknown" {
+		// Only the configuration answered and it cannot tell: the
+		// compiled rules decide on the typical values.
+		r.Verdict = first.compiled.verdict
+	}
+	r.Alternatives = alternatives(answers[1:], r.Verdict)
+	r.Notes = append(t.notes, r.Notes...)
+	r.Notes = append(r.Notes, t.assumptions(u)...)
+	return r, nil
+}
+
+// answer is what each evaluation says of one candidate packet.
+type answer struct {
+	c             candidate
+	config        *policy.Explanation
+	compiled, krn *result
+	// actual is the walk over the installed interfaces' ruleset,
+	// when it is not compiled's.
+	actual *result
+}
+
+// answers evaluates every candidate: the configuration's answer, and the
+// walks over the compiled rules and, when it was read, the kernel's.
+func (t *tracer) answers(cands []candidate) []answer {
+	ev := policy.New(t.in.Model, t.attached, t.isLocal)
 	compiledIP, compiledL2 := t.compiledMachine(t.compiled), t.compiledL2(t.compiled)
 	actualIP, actualL2 := compiledIP, compiledL2
 	if t.actual != t.compiled {
@@ -204,15 +239,6 @@ func (t *tracer) trace() (*Report, error) {
 		if k.Bridge != nil {
 			kernelL2 = newL2Machine(k.Bridge.Chains)
 		}
-	}
-
-	type answer struct {
-		c             candidate
-		config        *policy.Explanation
-		compiled, krn *result
-		// actual is the walk over the installed interfaces' ruleset,
-		// when it is not compiled's.
-		actual *result
 	}
 	var answers []answer
 	for _, c := range cands {
@@ -229,50 +255,44 @@ func (t *tracer) trace() (*Report, error) {
 		}
 		answers = append(answers, a)
 	}
+	return answers
+}
 
-	first := answers[0]
-	r.Flow = t.flowInfo(cands[0])
-	r.Config = Config{Verdict: configVerdict(first.config), Out: first.config.Out, In: first.config.In}
-	r.Verdict = r.Config.Verdict
-	if first.compiled.err == nil && r.Config.Verdict != "unknown" && first.compiled.verdict != r.Config.Verdict {
-		r.Notes = append(r.Notes, fmt.Sprintf("internal error: the rules compiled from the configuration %s the packet, the configuration says %s (please report this)", first.compiled.verdict, r.Config.Verdict))
+// kernelAnswer fills in r the kernel's answer for the typical packet,
+// a, with the drift on its way; the kernel's verdict is the report's.
+func (t *tracer) kernelAnswer(r *Report, a answer) {
+	k := &KernelResult{Backend: t.in.Kernel.Backend, Verdict: a.krn.verdict, Chains: a.krn.chains, Rules: a.krn.hits, DecidedBy: a.krn.decidedBy}
+	if k.Rules == nil {
+		k.Rules = []RuleHit{}
 	}
-	if first.krn != nil {
-		k := &KernelResult{Backend: t.in.Kernel.Backend, Verdict: first.krn.verdict, Chains: first.krn.chains, Rules: first.krn.hits, DecidedBy: first.krn.decidedBy}
-		if k.Rules == nil {
-			k.Rules = []RuleHit{}
-		}
-		if first.krn.err != nil {
-			k.Verdict, k.Error = "", first.krn.err.Error()
-		} else {
-			r.Verdict = k.Verdict
-		}
-		r.Kernel = k
-		r.Drift = t.drift(first.actual, first.krn)
-		if k.Verdict != "" && k.Verdict != r.Config.Verdict && r.Config.Verdict != "unknown" {
-			what := "drift"
-			if len(r.Drift) == 0 {
-				what = "an error in vmfw (please report it)"
-			}
-			r.Notes = append(r.Notes, fmt.Sprintf("the kernel's rules %s the packet, the configuration would %s it: %s", verbed(k.Verdict), r.Config.Verdict, what))
-		}
+	if a.krn.err != nil {
+		k.Verdict, k.Error = "", a.krn.err.Error()
+	} else {
+		r.Verdict = k.Verdict
 	}
-	if r.Verdict == "unknown" {
-		// Only the configuration answered and it cannot tell: the
-		// compiled rules decide on the typical values.
-		r.Verdict = first.compiled.verdict
+	r.Kernel = k
+	r.Drift = t.drift(a.actual, a.krn)
+	if k.Verdict != "" && k.Verdict != r.Config.Verdict && r.Config.Verdict != "unknown" {
+		what := "drift"
+		if len(r.Drift) == 0 {
+			what = "an error in vmfw (please report it)"
+		}
+		r.Notes = append(r.Notes, fmt.Sprintf("the kernel's rules %s the packet, the configuration would %s it: %s", verbed(k.Verdict), r.Config.Verdict, what))
 	}
+}
 
-	// Alternatives: values of the unknowns that change the verdict.
+// alternatives are the values of the unknowns, tried in answers, that
+// change the verdict, grouped by the verdict and the rule that decides.
+func alternatives(answers []answer, verdict string) []Alternative {
 	type key struct{ when, verdict, by string }
 	groups := map[key][]string{}
 	var order []key
-	for _, a := range answers[1:] {
+	for _, a := range answers {
 		v, by := a.compiled.verdict, a.compiled.decidedBy
 		if a.krn != nil && a.krn.err == nil {
 			v, by = a.krn.verdict, a.krn.decidedBy
 		}
-		if v == r.Verdict || v == "" {
+		if v == verdict || v == "" {
 			continue
 		}
 		k := key{a.c.when, v, by}
@@ -282,16 +302,15 @@ func (t *tracer) trace() (*Report, error) {
 		value := strings.TrimLeft(a.c.dim, "sd")
 		groups[k] = append(groups[k], value)
 	}
+	var out []Alternative
 	for _, k := range order {
 		alt := Alternative{When: k.when + " " + strings.Join(groups[k], ", "), Verdict: k.verdict}
 		if k.by != "" {
 			alt.When += " (" + k.by + ")"
 		}
-		r.Alternatives = append(r.Alternatives, alt)
+		out = append(out, alt)
 	}
-	r.Notes = append(t.notes, r.Notes...)
-	r.Notes = append(r.Notes, t.assumptions(u)...)
-	return r, nil
+	return out
 }
 
 func (t *tracer) policyFlow(c candidate) policy.Flow {

@@ -127,8 +127,61 @@ func (t *tracer) walk(ipm *machine, l2m *l2machine, k *Kernel, p *packet) *resul
 	if t.to.nic != nil {
 		receiverPort = t.to.nic.Tap
 	}
+	hook, entry := t.hook(p, senderPort, receiverPort)
+
+	// Layer 2 first: ebtables' FORWARD and INPUT hooks come before
+	// iptables' (br_netfilter).
+	if l2m != nil && senderPort != "" && t.path != PathFromHypervisor && t.l2in(res, l2m, k, p, senderPort) {
+		return res
+	}
+
+	if !hooked(k, table, hook, entry, t.family) {
+		res.chains = append(res.chains, string(hook))
+		if t.path == PathFromHypervisor {
+			return t.l2out(res, l2m, k, p, receiverPort, fmt.Sprintf("the jump from %s to %s is missing: no vmfw rule sees the packet", hook, entry))
+		}
+		return res.decide("accept", fmt.Sprintf("the jump from %s to %s is missing: no vmfw rule sees the packet; %s's own rules and policy decide", hook, entry, hook))
+	}
+	o, by, err := ipm.run(entry, p)
+	t.addIP(res, ipm, hook)
+	if err != nil {
+		res.err = err
+		return res
+	}
+	res.decider = by
+	allowed := t.allowed(ipm.hits)
+	switch o {
+	case accepted:
+		why := t.describe(by)
+		if ruleset.IsBaseChain(by.chain) && allowed != "" {
+			// vmfw-accept: allowed out to a port or address no VM has.
+			why = allowed + "accepted by " + why
+		}
+		if t.path == PathRouted {
+			return t.l2out(res, l2m, k, p, receiverPort, why)
+		}
+		return res.decide("accept", why)
+	case dropped:
+		return res.decide("drop", t.describe(by))
+	case rejected:
+		return res.decide("reject", t.describe(by))
+	}
+	switch t.path {
+	case PathToHypervisor:
+		return res.decide("accept", allowed+"the host's own INPUT rules decide the rest")
+	case PathFromHypervisor:
+		return t.l2out(res, l2m, k, p, receiverPort, "no in chain decided the packet")
+	case PathRouted:
+		return t.l2out(res, l2m, k, p, receiverPort, allowed+"FORWARD's own rules and policy decide the rest")
+	}
+	return res.decide("accept", allowed+"FORWARD's own rules and policy decide the rest")
+}
+
+// hook returns the built-in chain the path's packet meets and vmfw's
+// chain it jumps to, and sets the bridge ports the packet carries on that
+// path.
+func (t *tracer) hook(p *packet, senderPort, receiverPort string) (hook, entry ruleset.Chain) {
 	uplink := "(uplink)"
-	var hook, entry ruleset.Chain
 	switch t.path {
 	case PathBridged:
 		hook, entry = ruleset.Forward, ruleset.ChainForward
@@ -142,53 +195,41 @@ func (t *tracer) walk(ipm *machine, l2m *l2machine, k *Kernel, p *packet) *resul
 	case PathFromHypervisor:
 		hook, entry = ruleset.Output, ruleset.ChainOutput
 	}
-	hitL2 := func(m *l2machine) {
-		for _, r := range m.hits {
-			res.hits = append(res.hits, RuleHit{Table: "bridge", Chain: string(r.chain), Index: r.index, Rule: r.text})
-		}
-		for _, c := range m.entered {
-			res.chains = append(res.chains, "bridge/"+string(c))
-		}
-		res.entered["bridge"] = append(res.entered["bridge"], m.entered...)
-	}
-	decide := func(v, by string) *result {
-		res.verdict, res.decidedBy = v, by
-		return res
-	}
+	return hook, entry
+}
 
-	// Layer 2 first: ebtables' FORWARD and INPUT hooks come before
-	// iptables' (br_netfilter). A frame the hypervisor routes onward was
-	// received by the bridge's own interface (INPUT).
-	if l2m != nil && senderPort != "" && t.path != PathFromHypervisor {
-		l2hook := ruleset.Input
-		if t.path == PathBridged {
-			l2hook = ruleset.Forward
-		}
-		if hooked(k, "bridge", l2hook, ruleset.ChainL2, t.family) {
-			f := &frame{pkt: p, in: senderPort}
-			if t.path == PathBridged {
-				f.out = p.physOut
-			}
-			drop, by, err := l2m.run(ruleset.ChainL2, f)
-			hitL2(l2m)
-			if err != nil {
-				res.err = err
-				return res
-			}
-			if drop {
-				return decide("drop", fmt.Sprintf("bridge %s rule %d: %s", by.chain, by.index, by.text))
-			}
-		}
+// l2in runs the frame through the layer-2 chains of the sender's port,
+// port; it reports whether the walk ends there (res says why). A frame
+// the hypervisor routes onward was received by the bridge's own
+// interface (INPUT).
+func (t *tracer) l2in(res *result, l2m *l2machine, k *Kernel, p *packet, port string) bool {
+	l2hook := ruleset.Input
+	if t.path == PathBridged {
+		l2hook = ruleset.Forward
 	}
+	if !hooked(k, "bridge", l2hook, ruleset.ChainL2, t.family) {
+		return false
+	}
+	f := &frame{pkt: p, in: port}
+	if t.path == PathBridged {
+		f.out = p.physOut
+	}
+	drop, by, err := l2m.run(ruleset.ChainL2, f)
+	res.addL2(l2m)
+	if err != nil {
+		res.err = err
+		return true
+	}
+	if drop {
+		res.decide("drop", fmt.Sprintf("bridge %s rule %d: %s", by.chain, by.index, by.text))
+		return true
+	}
+	return false
+}
 
-	if !hooked(k, table, hook, entry, t.family) {
-		res.chains = append(res.chains, string(hook))
-		if t.path == PathFromHypervisor {
-			return t.l2out(res, l2m, k, p, receiverPort, hitL2, fmt.Sprintf("the jump from %s to %s is missing: no vmfw rule sees the packet", hook, entry))
-		}
-		return decide("accept", fmt.Sprintf("the jump from %s to %s is missing: no vmfw rule sees the packet; %s's own rules and policy decide", hook, entry, hook))
-	}
-	o, by, err := ipm.run(entry, p)
+// addIP records in res what the IP walk from hook saw.
+func (t *tracer) addIP(res *result, ipm *machine, hook ruleset.Chain) {
+	table := t.family.String()
 	res.chains = append(res.chains, string(hook))
 	for _, c := range ipm.entered {
 		res.chains = append(res.chains, string(c))
@@ -200,74 +241,63 @@ func (t *tracer) walk(ipm *machine, l2m *l2machine, k *Kernel, p *packet) *resul
 	for _, h := range ipm.hits {
 		res.hits = append(res.hits, RuleHit{Table: table, Chain: string(h.chain), Index: h.index, Rule: stripComment(h.text), Origin: t.origin(h)})
 	}
-	if err != nil {
-		res.err = err
-		return res
+}
+
+// addL2 records in res what an ebtables walk saw.
+func (res *result) addL2(m *l2machine) {
+	for _, r := range m.hits {
+		res.hits = append(res.hits, RuleHit{Table: "bridge", Chain: string(r.chain), Index: r.index, Rule: r.text})
 	}
-	res.decider = by
-	describe := func(r *irule) string {
-		s := fmt.Sprintf("%s rule %d", r.chain, r.index)
-		if o := t.origin(r); o != "" {
-			s += " (" + o + ")"
+	for _, c := range m.entered {
+		res.chains = append(res.chains, "bridge/"+string(c))
+	}
+	res.entered["bridge"] = append(res.entered["bridge"], m.entered...)
+}
+
+// decide ends the walk with verdict v, by saying what decided.
+func (res *result) decide(v, by string) *result {
+	res.verdict, res.decidedBy = v, by
+	return res
+}
+
+// describe names an IP rule by its place and the configuration it
+// implements.
+func (t *tracer) describe(r *irule) string {
+	s := fmt.Sprintf("%s rule %d", r.chain, r.index)
+	if o := t.origin(r); o != "" {
+		s += " (" + o + ")"
+	}
+	return s
+}
+
+// allowed says which rule let the packet out, "" when none did: the
+// sender's out chain marks what it allows, and the last rule that did
+// says why a packet no in chain decided got through.
+func (t *tracer) allowed(hits []*irule) string {
+	for i := len(hits) - 1; i >= 0; i-- {
+		if r := hits[i]; r.target == "MARK" && r.markValue != 0 && !ruleset.IsBaseChain(r.chain) {
+			return "allowed by " + t.describe(r) + "; "
 		}
-		return s
 	}
-	// The sender's out chain marks what it allows: the last rule that did
-	// says why a packet no in chain decided got through.
-	allowed := ""
-	for i := len(ipm.hits) - 1; i >= 0; i-- {
-		if r := ipm.hits[i]; r.target == "MARK" && r.markValue != 0 && !ruleset.IsBaseChain(r.chain) {
-			allowed = "allowed by " + describe(r) + "; "
-			break
-		}
-	}
-	switch o {
-	case accepted:
-		why := describe(by)
-		if ruleset.IsBaseChain(by.chain) && allowed != "" {
-			// vmfw-accept: allowed out to a port or address no VM has.
-			why = allowed + "accepted by " + why
-		}
-		if t.path == PathRouted {
-			return t.l2out(res, l2m, k, p, receiverPort, hitL2, why)
-		}
-		return decide("accept", why)
-	case dropped:
-		return decide("drop", describe(by))
-	case rejected:
-		return decide("reject", describe(by))
-	}
-	switch t.path {
-	case PathToHypervisor:
-		return decide("accept", allowed+"the host's own INPUT rules decide the rest")
-	case PathFromHypervisor:
-		return t.l2out(res, l2m, k, p, receiverPort, hitL2, "no in chain decided the packet")
-	case PathRouted:
-		return t.l2out(res, l2m, k, p, receiverPort, hitL2, allowed+"FORWARD's own rules and policy decide the rest")
-	}
-	return decide("accept", allowed+"FORWARD's own rules and policy decide the rest")
+	return ""
 }
 
 // l2out finishes the path of a packet the hypervisor puts on a bridge
 // port: vmfw-l2out drops IP frames to managed ports that carry no mark.
-func (t *tracer) l2out(res *result, l2m *l2machine, k *Kernel, p *packet, port string, hitL2 func(*l2machine), ipDecision string) *result {
+func (t *tracer) l2out(res *result, l2m *l2machine, k *Kernel, p *packet, port string, ipDecision string) *result {
 	if port == "" || l2m == nil || !hooked(k, "bridge", ruleset.Output, ruleset.ChainL2Out, t.family) {
-		res.verdict, res.decidedBy = "accept", ipDecision
-		return res
+		return res.decide("accept", ipDecision)
 	}
 	drop, by, err := l2m.run(ruleset.ChainL2Out, &frame{pkt: p, out: port})
-	hitL2(l2m)
+	res.addL2(l2m)
 	if err != nil {
 		res.err = err
 		return res
 	}
 	if drop {
-		res.verdict = "drop"
-		res.decidedBy = fmt.Sprintf("bridge %s rule %d (%s): no in chain accepted the packet (%s)", by.chain, by.index, by.text, ipDecision)
-		return res
+		return res.decide("drop", fmt.Sprintf("bridge %s rule %d (%s): no in chain accepted the packet (%s)", by.chain, by.index, by.text, ipDecision))
 	}
-	res.verdict, res.decidedBy = "accept", ipDecision
-	return res
+	return res.decide("accept", ipDecision)
 }
 
 func cmp(a, b string) string {
