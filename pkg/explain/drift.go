@@ -52,14 +52,10 @@ func (t *tracer) chainDrift(compiled, kernel *result) []string {
 	table := t.family.String()
 	tbl := t.actual.Tables[t.family]
 	chains := append(slices.Clone(compiled.entered[table]), kernel.entered[table]...)
-	if kernel.err != nil && kernel.decider == nil {
-		// The walk stopped at a chain it could not read: compare that
-		// one too (errors name it).
-		for _, c := range tbl.Chains {
-			if strings.Contains(kernel.err.Error(), " "+string(c.Name)+" ") {
-				chains = append(chains, c.Name)
-			}
-		}
+	if kernel.lost != "" {
+		// The kernel's walk stopped at a chain that is not there: the
+		// configuration may want it.
+		chains = append(chains, kernel.lost)
 	}
 	obs := t.in.Kernel.Tables[t.family]
 	for _, c := range chains {

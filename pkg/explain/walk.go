@@ -14,12 +14,12 @@ import (
 type result struct {
 	verdict   string
 	decidedBy string
-	// decider is the IP rule that decided, nil when an ebtables rule or
-	// no rule did.
-	decider  *irule
-	hits     []RuleHit
-	chains   []string
-	entered  map[string][]layout.Chain // per table
+	hits      []RuleHit
+	chains    []string
+	entered   map[string][]layout.Chain // per table
+	// lost is the IP chain the walk could not enter because it does not
+	// exist, "" when there is none.
+	lost     layout.Chain
 	setsUsed map[string]bool
 	err      error
 }
@@ -149,7 +149,6 @@ func (t *tracer) walk(ipm *machine, l2m *l2machine, k *Kernel, p *packet) *resul
 		res.err = err
 		return res
 	}
-	res.decider = by
 	allowed := t.allowed(ipm.hits)
 	switch o {
 	case accepted:
@@ -236,6 +235,7 @@ func (t *tracer) addIP(res *result, ipm *machine, hook layout.Chain) {
 		res.chains = append(res.chains, string(c))
 	}
 	res.entered[table] = ipm.entered
+	res.lost = ipm.lost
 	for s := range ipm.sets.used {
 		res.setsUsed[s] = true
 	}
