@@ -296,3 +296,13 @@ func TestWalkL2(t *testing.T) {
 		t.Errorf("endless nesting: error %v, want one naming the chain", err)
 	}
 }
+
+// TestEmptyL2ChainExists: an ebtables chain without rules (vmfw-l2 when
+// no VM has anti-spoofing) is entered and falls through; it used to read
+// as missing, and a trace on such a host could not evaluate any frame.
+func TestEmptyL2ChainExists(t *testing.T) {
+	m := newL2Machine(map[layout.Chain][]string{layout.ChainL2: {}})
+	if drop, _, err := m.run(layout.ChainL2, &frame{}); drop || err != nil {
+		t.Errorf("empty vmfw-l2: drop=%v err=%v, want a fall through", drop, err)
+	}
+}
