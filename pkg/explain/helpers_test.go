@@ -2,11 +2,11 @@ package explain
 
 import (
 	"net/netip"
-	"sort"
 	"testing"
 
 	"github.com/vmfw/vmfw/pkg/backend/iptables/interp/interptest"
 	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/config/configtest"
 	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
@@ -19,16 +19,7 @@ var hostAddrs = []netip.Prefix{netip.MustParsePrefix("192.0.2.1/24"), netip.Must
 
 func loadModel(t *testing.T, dir string) (*config.Model, []*config.NIC) {
 	t.Helper()
-	m, err := config.Load(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var nics []*config.NIC
-	for _, vm := range m.VMs {
-		nics = append(nics, vm.NICs...)
-	}
-	sort.Slice(nics, func(i, j int) bool { return nics[i].Tap < nics[j].Tap })
-	return m, nics
+	return configtest.Load(t, dir)
 }
 
 // compile is the policy of m for nics.

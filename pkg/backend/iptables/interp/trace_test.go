@@ -3,7 +3,6 @@ package interp_test
 import (
 	"net/netip"
 	"slices"
-	"sort"
 	"strings"
 	"testing"
 
@@ -11,6 +10,7 @@ import (
 	"github.com/vmfw/vmfw/pkg/backend/iptables/interp/interptest"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/config/configtest"
 	"github.com/vmfw/vmfw/pkg/explain"
 	"github.com/vmfw/vmfw/pkg/ruleset"
 )
@@ -41,15 +41,7 @@ var keysHost = []netip.Prefix{
 // compiles its policy.
 func load(t *testing.T, dir string) (*config.Model, []*config.NIC, *ruleset.Policy) {
 	t.Helper()
-	m, err := config.Load(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var nics []*config.NIC
-	for _, vm := range m.VMs {
-		nics = append(nics, vm.NICs...)
-	}
-	sort.Slice(nics, func(i, j int) bool { return nics[i].Tap < nics[j].Tap })
+	m, nics := configtest.Load(t, dir)
 	p, err := ruleset.Compile(m, nics)
 	if err != nil {
 		t.Fatal(err)
