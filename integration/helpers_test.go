@@ -7,6 +7,8 @@ import (
 	"context"
 	"fmt"
 	"io/fs"
+	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -350,6 +352,24 @@ next:
 
 func lookPath(name string) (string, error) { return exec.LookPath(name) }
 
+// announce sends one frame from a guest (an ARP probe, which anti-spoofing
+// allows and which the bridge learns the guest's MAC from even when a
+// filter drops it), so that the bridge forwards frames to the guest to its
+// port only. A frame to a MAC the bridge has not learnt is flooded to
+// every port, and the in chain of a VM whose policy_in is reject answers
+// the copy it gets with a reset in the destination's name, which can reach
+// the sender before the real answer.
+func announce(t *testing.T, g *labnet.NS, mac string) {
+	t.Helper()
+	hw, err := net.ParseMAC(mac)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := labnet.SendFrame(g, "eth0", labnet.ARPRequestFrame(hw, netip.IPv4Unspecified(), netip.MustParseAddr("192.0.2.1"), nil)); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // waitFor polls cond for up to ten seconds.
 func waitFor(cond func() bool) bool {
 	deadline := time.Now().Add(10 * time.Second)
@@ -447,4 +467,41 @@ func probeAll(n int, probe func(ctx context.Context, i int) (labnet.Result, erro
 	}
 	wg.Wait()
 	return results, errs
+}
+
+// vmfwFree returns an error naming the first of vmfw's objects it finds in
+// the hypervisor's kernel (a chain or rule of either family, an ebtables
+// chain, an ipset), nil on a host where vmfw never ran or was flushed.
+func (h *hv) vmfwFree() error {
+	h.t.Helper()
+	mine := func(l string) bool {
+		return strings.Contains(l, "vmfw") || strings.HasPrefix(l, ":tap") || strings.HasPrefix(l, ":sg-")
+	}
+	for _, v6 := range []bool{false, true} {
+		for _, l := range strings.Split(h.save(v6), "\n") {
+			if mine(l) {
+				return fmt.Errorf("the filter table (v6=%v) holds %q", v6, l)
+			}
+		}
+	}
+	for _, l := range strings.Split(h.bridgeSave(), "\n") {
+		if mine(l) {
+			return fmt.Errorf("the bridge table holds %q", l)
+		}
+	}
+	for _, l := range strings.Split(h.ipsets(), "\n") {
+		if strings.HasPrefix(l, "create sg-") {
+			return fmt.Errorf("ipset holds %q", l)
+		}
+	}
+	return nil
+}
+
+// applied fails the test unless "vmfw apply --dry-run" has nothing to do:
+// what the commands so far installed is what a full apply writes.
+func (h *hv) applied(after string) {
+	h.t.Helper()
+	if out := h.vmfw("apply", "--dry-run"); !strings.HasPrefix(out, "# no changes") {
+		h.t.Errorf("after %s an apply would still change:\n%s", after, out)
+	}
 }
