@@ -95,6 +95,8 @@ func TestCoexistence(t *testing.T) {
 				t.Errorf("after %s: foreign ipset changed:\n%s", step, h.ipsets())
 			}
 		}
+		h.firstV4(250, "192.0.2.9")
+		check("the first VM's ifup")
 		h.vmfw("ifup", "tap251i0")
 		check("ifup")
 		h.vmfw("ifup", "tap252i0")
@@ -126,6 +128,7 @@ func TestCoexistence(t *testing.T) {
 func TestConcurrentIfupIfdown(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, backend string) {
 		h := newHV(t, backend, "")
+		h.firstV4Gone(259, "192.0.2.9")
 		taps := h.twentyTaps(260, 0x08)
 		parallel := func(cmd string) {
 			for _, e := range h.concurrently(cmd, taps) {
