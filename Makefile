@@ -83,14 +83,12 @@ crashtest: deps build
 # long: random ifup, ifdown, edits and applies from an empty kernel, STEPS
 # steps per backend (root; throwaway namespaces only; about 10 minutes for
 # 2000). The test logs its seed: SEED=N replays that run (STEPS=200 for
-# one of make test's); UNAPPLIED=1 also brings taps up and down while an
-# edit is not applied yet.
+# one of make test's).
 STEPS     ?= 2000
 SEED      ?=
-UNAPPLIED ?=
 .PHONY: proptest
 proptest: build
-	VMFW_STEPS=$(STEPS) VMFW_SEED=$(SEED) VMFW_UNAPPLIED=$(UNAPPLIED) VMFW_BIN=$(CURDIR)/$(BIN)/vmfw $(GO) test -count=1 -timeout 120m -run 'TestScopedPathMatchesApply' -v ./integration/
+	VMFW_STEPS=$(STEPS) VMFW_SEED=$(SEED) VMFW_BIN=$(CURDIR)/$(BIN)/vmfw $(GO) test -count=1 -timeout 120m -run 'TestScopedPathMatchesApply' -v ./integration/
 
 # make limits: the resource-limit test with 10,000 interfaces in one group
 # (docs/limits.md; root; throwaway namespaces only; up to 40 minutes).

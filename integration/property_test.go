@@ -41,15 +41,13 @@ const propCheckEvery = 50
 // do.
 //
 // An edit is not in force until something applies it: after an edit the
-// dry run may show changes until it first shows none, and the test edits
-// more or applies, but brings no tap up or down until then. An ifup or
-// ifdown vouches only for what its scope reads, taking the full path
-// (which converges everything) when it meets a rule it does not know;
-// VMFW_UNAPPLIED=1 lets taps come and go between an edit and its apply
-// too, and then requires only that each command succeeds, that each tap
-// an ifup brought up is in sync (vmfw status) and that each tap an ifdown
-// took down has no chains left. An apply follows every edit within a few
-// steps.
+// dry run may show changes until it first shows none. Taps come and go
+// between an edit and its apply too (an operator edits a file, then a VM
+// starts): an ifup or ifdown must then take the full path whenever its
+// scope relies on a chain the edit made stale, so the test requires that
+// each command succeeds, that each tap an ifup brought up is in sync
+// (vmfw status) and that each tap an ifdown took down has no chains left.
+// An apply follows every edit within a few steps.
 //
 // Every few dozen steps, and at the end, real packets prove the state:
 // four VMs whose files never change (a server admitting members of group
@@ -59,8 +57,7 @@ const propCheckEvery = 50
 //
 // The seed is logged; VMFW_SEED=N replays a run (both backends take the
 // same steps), VMFW_STEPS=N sets the number of steps per backend (default
-// propSteps; make proptest runs a long one), VMFW_UNAPPLIED=1 is
-// described above.
+// propSteps; make proptest runs a long one).
 func TestScopedPathMatchesApply(t *testing.T) {
 	seed := time.Now().UnixNano()
 	if s := os.Getenv("VMFW_SEED"); s != "" {
@@ -179,9 +176,6 @@ type propLab struct {
 	counts  map[string]int
 	// packetChecks counts the checks with real packets.
 	packetChecks int
-	// unapplied lets taps come and go while an edit is not in force
-	// (VMFW_UNAPPLIED).
-	unapplied bool
 }
 
 // Fixed parts of the configuration: group probe admits its members on
@@ -205,7 +199,7 @@ func newPropLab(t *testing.T, backend string, seed int64) *propLab {
 	// A run directory of its own: vmfw-ifup finds no agent there.
 	h.env = []string{"VMFW_RUN_DIR=" + t.TempDir()}
 	p := &propLab{hv: h, r: rand.New(rand.NewSource(seed)), up: map[string]bool{}, guests: map[string]*labnet.NS{},
-		applyIn: -1, counts: map[string]int{}, unapplied: os.Getenv("VMFW_UNAPPLIED") != ""}
+		applyIn: -1, counts: map[string]int{}}
 	p.groups = append(p.groups, &propGroup{name: "probe", fixed: true,
 		in: [][]string{{`proto = "tcp"`, fmt.Sprintf("dport = \"%d\"", propPort), `source_group = "probe"`}}})
 	for i := range 4 {
@@ -402,24 +396,19 @@ func (p *propLab) step() {
 		p.apply()
 		return
 	}
-	// Weighted choice of the next step. Until an edit is in force, only
-	// edits and the apply follow, unless VMFW_UNAPPLIED is set.
-	taps := !p.edited || p.unapplied
+	// Weighted choice of the next step.
 	kinds := []struct {
 		name   string
 		weight int
 		ok     bool
 	}{
-		{"ifup", 34, taps && len(down) > 0},
-		{"ifdown", 20, taps && len(up) > 0},
-		{"ifdown-absent", 3, taps && len(down) > 0},
+		{"ifup", 34, len(down) > 0},
+		{"ifdown", 20, len(up) > 0},
+		{"ifdown-absent", 3, len(down) > 0},
 		{"group", 12, true},
 		{"vm", 12, true},
 		{"apply", 6, true},
-		{"reset", 3, taps && len(up) > 0},
-	}
-	if !taps {
-		kinds[5].weight = 36
+		{"reset", 3, len(up) > 0},
 	}
 	total := 0
 	for _, k := range kinds {
