@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/vmfw/vmfw/pkg/config"
-	"github.com/vmfw/vmfw/pkg/config/configtest"
+	"github.com/vmfw/vmfw/pkg/config/configtest/scenario"
 )
 
 // featureDir is where pkg/ruleset keeps one config per rule feature; the
@@ -15,7 +15,7 @@ const featureDir = "../ruleset/testdata/features"
 
 func load(t *testing.T, dir string) (*config.Model, []*config.NIC) {
 	t.Helper()
-	return configtest.Load(t, dir)
+	return scenario.Load(t, dir)
 }
 
 // hypervisor is the address the tests give the host itself.
