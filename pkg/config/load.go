@@ -67,6 +67,9 @@ type loader struct {
 	// cache, when set, supplies the files an earlier load parsed and
 	// keeps those this one parses (Cache).
 	cache *Cache
+	// listing, when set, is called with every directory the load lists,
+	// before it lists it (LoadIndexed records them).
+	listing func(path string)
 }
 
 // claim is the interface that uses an address, for "already claimed by".
@@ -232,6 +235,9 @@ type entry struct {
 // backups and lock files (emacs' .#web.toml), not configuration.
 func (l *loader) list(sub string) ([]entry, *Error) {
 	path := filepath.Join(l.dir, sub)
+	if l.listing != nil {
+		l.listing(path)
+	}
 	fi, err := os.Lstat(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil

@@ -6,7 +6,10 @@ package system
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"os"
+	"path/filepath"
 
 	"github.com/vmfw/vmfw/pkg/backend/iptables"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/ebtables"
@@ -17,6 +20,7 @@ import (
 	"github.com/vmfw/vmfw/pkg/engine"
 	"github.com/vmfw/vmfw/pkg/link"
 	"github.com/vmfw/vmfw/pkg/lock"
+	"github.com/vmfw/vmfw/pkg/rundir"
 	"github.com/vmfw/vmfw/pkg/state"
 )
 
@@ -53,6 +57,7 @@ func NewEngine(ctx context.Context, o Options) (*engine.Engine, error) {
 		o.StateDir = state.DirFromEnv()
 	}
 	e := engine.New(k, o.ConfigDir)
+	e.ConfigIndex = configIndex(o.ConfigDir)
 	e.State = state.New(o.StateDir)
 	return e, nil
 }
@@ -97,4 +102,18 @@ func newIPTables(ctx context.Context, mode xtables.Mode) (*iptables.Backend, err
 		Flavour:  ipt.Mode(),
 		Describe: string(ipt.Mode()) + ", " + ebt.Tool(),
 	}), nil
+}
+
+// configIndex names the file the engine keeps the parsed configuration of
+// dir in (config.LoadIndexed): in the run directory, which is root's alone
+// and empty after a reboot, one file per configuration directory. "" when
+// the run directory cannot be made: every load then parses the files.
+func configIndex(dir string) string {
+	run := rundir.FromEnv()
+	abs, err := filepath.Abs(dir)
+	if err != nil || rundir.Ensure(run) != nil {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(abs))
+	return filepath.Join(run, "config-"+hex.EncodeToString(sum[:8])+".index")
 }
