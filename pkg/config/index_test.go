@@ -40,9 +40,9 @@ func TestLoadIndexed(t *testing.T) {
 		"a group edited": func(dir string) {
 			configtest.Write(t, dir, map[string]string{"groups/web.toml": "[[in]]\nproto = \"tcp\"\ndport = 81\n"})
 		},
-		"a VM file added":    func(dir string) { configtest.Write(t, dir, map[string]string{"vms/7.toml": "[net0]\n"}) },
-		"a VM file removed":  func(dir string) { os.Remove(filepath.Join(dir, "vms/1004.toml")) },
-		"vmfw.toml removed":  func(dir string) { os.Remove(filepath.Join(dir, "vmfw.toml")) },
+		"a VM file added":   func(dir string) { configtest.Write(t, dir, map[string]string{"vms/7.toml": "[net0]\n"}) },
+		"a VM file removed": func(dir string) { os.Remove(filepath.Join(dir, "vms/1004.toml")) },
+		"vmfw.toml removed": func(dir string) { os.Remove(filepath.Join(dir, "vmfw.toml")) },
 		"a file replaced by one of the same size and time": func(dir string) {
 			p := filepath.Join(dir, "vms/1005.toml")
 			fi, _ := os.Stat(p)
