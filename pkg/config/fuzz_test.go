@@ -26,6 +26,7 @@ func FuzzLoad(f *testing.F) {
 		"net0.mac = \"02:00:00:00:00:01\"\nnet7 = {dhcp = false}\n",
 		"managed = [\"tap+\", \"veth+\"]\nmark = 0x1000\nlog_limit = \"1/day\"\nlog_burst = 5\n",
 		"[in.x]\n[[in]]\n[in.y]\n",
+		"[[out]]\ndest_group = \"web-1\"\n[net0]\ngroups = [\"-web\", \"web-\"]\n",
 		"a = [[[[1]]]]\n",
 		"\xef\xbb\xbf[net01]\n",
 		"description = \"\xff\"\n",

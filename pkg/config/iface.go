@@ -228,7 +228,7 @@ func validateNIC(vm *VM, s *IfaceSettings, defined func(string) bool) (*NIC, *Fi
 // defined is nil, that it is defined.
 func groupProblem(name string, defined func(string) bool) string {
 	if !validGroupName(name) {
-		return "not a group name (a letter followed by up to 19 letters, digits or _)"
+		return "not a group name (" + nameRule + ")"
 	}
 	if defined != nil && !defined(name) {
 		return "unknown group, there is no groups/" + name + ".toml"

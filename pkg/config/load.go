@@ -108,7 +108,7 @@ func (l *loader) load(dir string) (*Model, *Error) {
 	}
 	for _, e := range groupFiles {
 		if !validGroupName(e.stem) {
-			return nil, &Error{File: e.rel, Msg: fmt.Sprintf("invalid group name %q: the file name must be a letter followed by up to 19 letters, digits or _", e.stem)}
+			return nil, &Error{File: e.rel, Msg: fmt.Sprintf("invalid group name %q: the file name must be %s", e.stem, nameRule)}
 		}
 		g, err := l.loadGroupFile(e, known)
 		if cachedGroups != nil {

@@ -83,6 +83,30 @@ func TestLoadErrors(t *testing.T) {
 			phrase: "invalid group name \"1web\"",
 		},
 		{
+			name:   "group file name starting with a dash",
+			files:  map[string]string{"groups/-web.toml": web},
+			prefix: "groups/-web.toml: ",
+			phrase: "invalid group name \"-web\": the file name must be a letter followed by up to 19 letters, digits, _ or -",
+		},
+		{
+			name:   "group file name with a dot",
+			files:  map[string]string{"groups/web.v2.toml": web},
+			prefix: "groups/web.v2.toml: ",
+			phrase: "invalid group name \"web.v2\"",
+		},
+		{
+			name:   "group file name too long with dashes",
+			files:  map[string]string{"groups/a-b-c-d-e-f-g-h-i-j-k.toml": web},
+			prefix: "groups/a-b-c-d-e-f-g-h-i-j-k.toml: ",
+			phrase: "invalid group name",
+		},
+		{
+			name:   "groups names a group with a space",
+			files:  map[string]string{"vms/110.toml": vmWith("groups = [\"web 1\"]\n")},
+			prefix: "vms/110.toml:4: ",
+			phrase: "groups \"web 1\": not a group name",
+		},
+		{
 			name:   "group file name too long",
 			files:  map[string]string{"groups/abcdefghijklmnopqrstu.toml": web},
 			prefix: "groups/abcdefghijklmnopqrstu.toml: ",
@@ -370,9 +394,9 @@ func TestLoadErrors(t *testing.T) {
 		},
 		{
 			name:   "dest_group invalid name",
-			files:  map[string]string{"groups/web.toml": "[[out]]\ndest_group = \"my-group\"\n"},
+			files:  map[string]string{"groups/web.toml": "[[out]]\ndest_group = \"my.group\"\n"},
 			prefix: "groups/web.toml:2: ",
-			phrase: "dest_group \"my-group\": not a group name",
+			phrase: "dest_group \"my.group\": not a group name (a letter followed by up to 19 letters, digits, _ or -)",
 		},
 		{
 			name:   "source_mac not a MAC",
