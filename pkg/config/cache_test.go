@@ -194,3 +194,52 @@ func TestCacheParsesOnlyChangedFiles(t *testing.T) {
 		t.Fatalf("named file not parsed again: port %d", got)
 	}
 }
+
+// TestCacheKeepsSets: a set file is parsed once and reused until it is
+// named as changed, whatever else changes; a set added, removed or
+// broken is seen as a full load sees it.
+func TestCacheKeepsSets(t *testing.T) {
+	dir := configtest.Dir(t, map[string]string{
+		"sets/bl.toml":    "entries = [\"192.0.2.0/24\"]\n",
+		"groups/web.toml": "[[in]]\n",
+	})
+	var c Cache
+	first, err := c.Load(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(rel, text string) {
+		if err := os.WriteFile(filepath.Join(dir, rel), []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("sets/bl.toml", "entries = [\"198.51.100.0/24\"]\n")
+	write("groups/web.toml", "[[out]]\n")
+	m, err := c.Load(dir, []string{"groups/web.toml"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Sets["bl"] != first.Sets["bl"] || len(m.Groups["web"].Out) != 1 {
+		t.Fatalf("the unnamed set was parsed again, or the named group was not")
+	}
+	m, err = c.Load(dir, []string{"sets/bl.toml"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := m.Sets["bl"].Entries[0].Prefix.String(); got != "198.51.100.0/24" {
+		t.Fatalf("named set not parsed again: %s", got)
+	}
+	write("sets/new.toml", "except = [\"192.0.2.1\"]\n")
+	_, err = c.Load(dir, []string{"sets/new.toml"})
+	_, want := Load(dir)
+	if err == nil || fmt.Sprint(err) != fmt.Sprint(want) {
+		t.Fatalf("a broken set: cached load %v, full load %v", err, want)
+	}
+	if err := os.Remove(filepath.Join(dir, "sets/new.toml")); err != nil {
+		t.Fatal(err)
+	}
+	m, err = c.Load(dir, []string{"sets/new.toml"})
+	if err != nil || len(m.Sets) != 1 {
+		t.Fatalf("after removing the broken set: %v, %d sets", err, len(m.Sets))
+	}
+}

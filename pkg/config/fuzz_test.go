@@ -1,17 +1,25 @@
 package config
 
 import (
+	"bytes"
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
+	"unicode/utf8"
+
+	"github.com/pelletier/go-toml/v2/unstable"
 
 	"github.com/vmfw/vmfw/pkg/config/configtest"
 )
 
-// FuzzLoad feeds arbitrary bytes to Load as vmfw.toml, as a group file and
-// as a VM file. Load must not panic, must fail only with an *Error naming a
-// file, and must return a consistent Model when it succeeds.
+// FuzzLoad feeds arbitrary bytes to Load as vmfw.toml, as a set file, as a
+// group file and as a VM file. Load must not panic, must fail only with an
+// *Error naming a file, and must return a consistent Model when it
+// succeeds. Set files, read in one walk of the parser rather than decoded,
+// must be read exactly as decoding reads them.
 func FuzzLoad(f *testing.F) {
 	seeds := []string{
 		"",
@@ -30,18 +38,24 @@ func FuzzLoad(f *testing.F) {
 		"a = [[[[1]]]]\n",
 		"\xef\xbb\xbf[net01]\n",
 		"description = \"\xff\"\n",
+		"description = \"blocked\"\nentries = [\n  \"10.0.0.0/8\", # all\n  '2001:db8::/32',\n  \"10.1.2.0/24\",\n]\nexcept = [\"10.1.0.0/16\"]\n",
+		"entries = [\"192.0.2.1\", \"192.0.2.1/32\"]\n",
+		"entries = [\"0.0.0.0/0\", \"::/0\"]\nexcept = [\"255.255.255.255\", \"::/1\"]\n",
+		"except = [\"10.0.0.0/8\"]\nentries = [\"10.0.0.0/9\"]\n",
+		"entries = [1, \"\"\"x\"\"\"]\n\"entries\" = []\n",
 	}
 	for _, s := range seeds {
 		f.Add([]byte(s))
 	}
 	// Inputs run one after another within a worker, so the directories are
 	// made once and only the fuzzed file is rewritten.
-	targets := []string{"vmfw.toml", "groups/fuzz.toml", "vms/110.toml"}
+	targets := []string{"vmfw.toml", "sets/fuzz.toml", "groups/fuzz.toml", "vms/110.toml"}
 	dirs := make([]string, len(targets))
 	for i := range targets {
-		dirs[i] = configtest.Dir(f, map[string]string{"groups/web.toml": web, targets[i]: ""})
+		dirs[i] = configtest.Dir(f, map[string]string{"groups/web.toml": web, "sets/bl.toml": "entries = [\"192.0.2.0/24\"]\n", targets[i]: ""})
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
+		checkScanSet(t, data)
 		for i, rel := range targets {
 			if err := os.WriteFile(filepath.Join(dirs[i], filepath.FromSlash(rel)), data, 0o644); err != nil {
 				t.Fatal(err)
@@ -57,6 +71,50 @@ func FuzzLoad(f *testing.F) {
 			checkModel(t, m)
 		}
 	})
+}
+
+// checkScanSet asserts that scanSet reads data as a set file exactly
+// when decoding does, with the same values and lines.
+func checkScanSet(t *testing.T, data []byte) {
+	t.Helper()
+	data = bytes.TrimPrefix(data, []byte("\xef\xbb\xbf"))
+	if !utf8.Valid(data) {
+		return // Load refuses it before either reads it
+	}
+	var p unstable.Parser
+	got, ok := scanSet(&p, data)
+	f := &file{rel: "sets/fuzz.toml", data: data, lines: scanLines(&p, data), schema: setSchema}
+	var want setFile
+	err := f.decode(&want)
+	if ok != (err == nil) {
+		t.Fatalf("scanSet ok %v, decode error %v", ok, err)
+	}
+	if !ok {
+		return
+	}
+	if got.Description != want.Description || !slices.Equal(got.Entries, want.Entries) || !slices.Equal(got.Except, want.Except) {
+		t.Fatalf("scanSet read %+v, decode %+v", got.setFile, want)
+	}
+	for key, lines := range map[string][]int{"entries": got.entryLines, "except": got.exceptLines} {
+		spelt := spelling(f.lines, key)
+		for i, l := range lines {
+			if w := f.lines.line(index(spelt, i)); l != w {
+				t.Fatalf("%s[%d] on line %d, the line scan says %d", key, i, l, w)
+			}
+		}
+	}
+}
+
+// spelling returns how the file spells the top-level key the decoder
+// takes for key: the last one equal to it but for case.
+func spelling(k *keyLines, key string) string {
+	spelt := key
+	for _, top := range k.top {
+		if strings.ToLower(top) == key {
+			spelt = top
+		}
+	}
+	return spelt
 }
 
 // checkModel asserts invariants every loaded Model keeps.
@@ -77,6 +135,29 @@ func checkModel(t *testing.T, m *Model) {
 			}
 			if (len(r.DPort) > 0 || len(r.SPort) > 0) && !portProto(r.Proto) {
 				t.Fatalf("group %s: ports with proto %q", name, r.Proto)
+			}
+		}
+	}
+	for name, s := range m.Sets {
+		if s.Name != name || s.index == nil {
+			t.Fatalf("set %s: name %q, index %v", name, s.Name, s.index != nil)
+		}
+		for _, e := range append(append([]SetEntry{}, s.Entries...), s.Except...) {
+			if e.Line < 1 || e.Prefix != e.Prefix.Masked() || !e.Prefix.IsValid() {
+				t.Fatalf("set %s: entry %+v", name, e)
+			}
+			// Every listed prefix decides for its own first address.
+			if got, ok := s.Match(e.Prefix.Addr()); got.Prefix.Bits() < e.Prefix.Bits() || (got == e) != (got.Prefix == e.Prefix) {
+				t.Fatalf("set %s: Match(%s) = %+v %v, a less specific prefix than %s", name, e.Prefix.Addr(), got, ok, e.Prefix)
+			}
+		}
+		for _, x := range s.Except {
+			inside := false
+			for _, e := range s.Entries {
+				inside = inside || e.Prefix.Bits() < x.Prefix.Bits() && e.Prefix.Contains(x.Prefix.Addr())
+			}
+			if !inside {
+				t.Fatalf("set %s: except %s lies inside no entry", name, x.Prefix)
 			}
 		}
 	}

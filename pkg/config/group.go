@@ -46,11 +46,8 @@ func loadGroup(f *file, name string, known map[string]bool) (*Group, *Error) {
 	if err := f.decode(&gf); err != nil {
 		return nil, err
 	}
-	if len(gf.Description) > maxDescription {
-		return nil, f.errorAt("description", "description is %d bytes, at most %d are allowed", len(gf.Description), maxDescription)
-	}
-	if !validDescription(gf.Description) {
-		return nil, f.errorAt("description", "description %q: control characters (tabs and newlines included) are not allowed", gf.Description)
+	if err := checkDescription(f, gf.Description); err != nil {
+		return nil, err
 	}
 	g := &Group{Name: name, File: f.path, Description: gf.Description}
 	for _, d := range []Direction{In, Out} {
@@ -73,6 +70,17 @@ func loadGroup(f *file, name string, known map[string]bool) (*Group, *Error) {
 		}
 	}
 	return g, nil
+}
+
+// checkDescription validates the description of a group or set file.
+func checkDescription(f *file, d string) *Error {
+	if len(d) > maxDescription {
+		return f.errorAt("description", "description is %d bytes, at most %d are allowed", len(d), maxDescription)
+	}
+	if !validDescription(d) {
+		return f.errorAt("description", "description %q: control characters (tabs and newlines included) are not allowed", d)
+	}
+	return nil
 }
 
 // loadRule validates rule i of direction d.

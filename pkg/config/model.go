@@ -47,6 +47,8 @@ type Model struct {
 	Groups map[string]*Group
 	// VMs maps a VM id to its definition.
 	VMs map[int]*VM
+	// Sets maps an address set's name to its definition (sets/NAME.toml).
+	Sets map[string]*Set
 	// RemoteMembers maps a group to the addresses of its members attached
 	// on other hosts (cluster mode). They fill the group's ipsets but get
 	// no chains here; Load leaves it nil.

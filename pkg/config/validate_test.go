@@ -453,6 +453,140 @@ func TestLoadErrors(t *testing.T) {
 			phrase: "dport \"x\"",
 		},
 
+		// Sets.
+		{
+			name:   "set file name",
+			files:  map[string]string{"sets/block list.toml": ""},
+			prefix: "sets/block list.toml: ",
+			phrase: "invalid set name \"block list\": the file name must be a letter followed by up to 19 letters, digits, _ or -",
+		},
+		{
+			name:   "set file name too long",
+			files:  map[string]string{"sets/abcdefghijklmnopqrstu.toml": ""},
+			prefix: "sets/abcdefghijklmnopqrstu.toml: ",
+			phrase: "invalid set name",
+		},
+		{
+			name:   "set unknown key",
+			files:  map[string]string{"sets/bl.toml": "entries = []\nexcepts = []\n"},
+			prefix: "sets/bl.toml:2: ",
+			phrase: "unknown key \"excepts\"; set keys are description, entries and except",
+		},
+		{
+			name:   "set table",
+			files:  map[string]string{"sets/bl.toml": "entries = []\n[more]\n"},
+			prefix: "sets/bl.toml:2: ",
+			phrase: "unknown key \"more\"; set keys are",
+		},
+		{
+			name:   "set syntax error",
+			files:  map[string]string{"sets/bl.toml": "entries = [\n  \"10.0.0.1\"\n  \"10.0.0.2\",\n]\n"},
+			prefix: "sets/bl.toml:3: ",
+			phrase: "array",
+		},
+		{
+			name:   "set key twice",
+			files:  map[string]string{"sets/bl.toml": "entries = []\nentries = []\n"},
+			prefix: "sets/bl.toml:2: ",
+			phrase: "entries",
+		},
+		{
+			name:   "set entries not an array",
+			files:  map[string]string{"sets/bl.toml": "entries = \"10.0.0.1\"\n"},
+			prefix: "sets/bl.toml:1: ",
+			phrase: "entries: expected an array, got a string",
+		},
+		{
+			name:   "set entry not a string",
+			files:  map[string]string{"sets/bl.toml": "entries = [\n  \"10.0.0.1\",\n  167772162,\n]\n"},
+			prefix: "sets/bl.toml:3: ",
+			phrase: "entries: expected a string, got an integer",
+		},
+		{
+			name:   "set description",
+			files:  map[string]string{"sets/bl.toml": "entries = []\ndescription = \"a\\nb\"\n"},
+			prefix: "sets/bl.toml:2: ",
+			phrase: "description \"a\\nb\": control characters",
+		},
+		{
+			name:   "set description too long",
+			files:  map[string]string{"sets/bl.toml": "description = \"" + strings.Repeat("x", 1025) + "\"\n"},
+			prefix: "sets/bl.toml:1: ",
+			phrase: "description is 1025 bytes, at most 1024",
+		},
+		{
+			name:   "set entry not an address",
+			files:  map[string]string{"sets/bl.toml": "entries = [\n  \"10.0.0.1\",\n  \"10.0.0.256\",\n]\n"},
+			prefix: "sets/bl.toml:3: ",
+			phrase: "entries \"10.0.0.256\": not an IP address",
+		},
+		{
+			name:   "set entry with host bits",
+			files:  map[string]string{"sets/bl.toml": "entries = [\"2001:db8::1/64\"]\n"},
+			prefix: "sets/bl.toml:1: ",
+			phrase: "entries \"2001:db8::1/64\": host bits set; did you mean \"2001:db8::/64\"?",
+		},
+		{
+			name:   "set entry a range",
+			files:  map[string]string{"sets/bl.toml": "entries = [\"10.0.0.1-10.0.0.9\"]\n"},
+			prefix: "sets/bl.toml:1: ",
+			phrase: "not an IP address",
+		},
+		{
+			name:   "set except with host bits",
+			files:  map[string]string{"sets/bl.toml": "entries = [\"10.0.0.0/8\"]\nexcept = [\"10.1.0.1/16\"]\n"},
+			prefix: "sets/bl.toml:2: ",
+			phrase: "except \"10.1.0.1/16\": host bits set; did you mean \"10.1.0.0/16\"?",
+		},
+		{
+			name:   "set entry twice",
+			files:  map[string]string{"sets/bl.toml": "entries = [\n  \"192.0.2.1\",\n  \"10.0.0.0/8\",\n  \"192.0.2.1/32\",\n]\n"},
+			prefix: "sets/bl.toml:4: ",
+			phrase: "entries \"192.0.2.1/32\": listed twice (192.0.2.1/32 at line 2 is the same prefix)",
+		},
+		{
+			name:   "set except twice",
+			files:  map[string]string{"sets/bl.toml": "entries = [\"2001:db8::/32\"]\nexcept = [\n  \"2001:db8:1::/48\",\n  \"2001:DB8:1::/48\",\n]\n"},
+			prefix: "sets/bl.toml:4: ",
+			phrase: "except \"2001:DB8:1::/48\": listed twice (2001:db8:1::/48 at line 3 is the same prefix)",
+		},
+		{
+			name:   "set prefix as entry and except",
+			files:  map[string]string{"sets/bl.toml": "entries = [\"10.0.0.0/8\", \"10.1.0.0/16\"]\n\nexcept = [\"10.1.0.0/16\"]\n"},
+			prefix: "sets/bl.toml:3: ",
+			phrase: "except \"10.1.0.0/16\": also listed in entries (10.1.0.0/16 at line 1); a prefix is either an entry or an except",
+		},
+		{
+			name:   "set except inside no entry",
+			files:  map[string]string{"sets/bl.toml": "entries = [\"10.0.0.0/8\", \"2001:db8::/32\"]\nexcept = [\n  \"10.1.0.0/16\",\n  \"11.1.0.0/16\",\n]\n"},
+			prefix: "sets/bl.toml:4: ",
+			phrase: "except \"11.1.0.0/16\": lies inside no entry, so it would exclude nothing",
+		},
+		{
+			name:   "set except wider than its entry",
+			files:  map[string]string{"sets/bl.toml": "entries = [\"10.1.0.0/16\"]\nexcept = [\"10.0.0.0/8\"]\n"},
+			prefix: "sets/bl.toml:2: ",
+			phrase: "except \"10.0.0.0/8\": lies inside no entry",
+		},
+		{
+			name:   "set except inside an entry of the other family",
+			files:  map[string]string{"sets/bl.toml": "entries = [\"::/0\"]\nexcept = [\"10.0.0.0/8\"]\n"},
+			prefix: "sets/bl.toml:2: ",
+			phrase: "except \"10.0.0.0/8\": lies inside no entry",
+		},
+		{
+			name:   "set without entries but with an except",
+			files:  map[string]string{"sets/bl.toml": "except = [\"192.0.2.1\"]\n"},
+			prefix: "sets/bl.toml:1: ",
+			phrase: "except \"192.0.2.1\": lies inside no entry",
+		},
+		{
+			name:   "sets is not a directory",
+			files:  map[string]string{"sets": "x"},
+			prefix: "sets: ",
+			phrase: "not a directory",
+		},
+
 		// VMs.
 		{
 			name:   "VM unknown key",
@@ -653,7 +787,7 @@ func TestLoadUnreadable(t *testing.T) {
 	}
 	l := &loader{read: readFile}
 	if os.Geteuid() == 0 {
-		l.read = func(p string) ([]byte, error) {
+		l.read = func(p string, _ int) ([]byte, error) {
 			return nil, &fs.PathError{Op: "open", Path: p, Err: fs.ErrPermission}
 		}
 	}
@@ -672,10 +806,11 @@ func TestLoadMissingDir(t *testing.T) {
 }
 
 // TestLoadErrorOrder checks that the first error is reported in file order:
-// vmfw.toml, groups by name, VMs by numeric id.
+// vmfw.toml, sets by name, groups by name, VMs by numeric id.
 func TestLoadErrorOrder(t *testing.T) {
 	files := map[string]string{
 		"vmfw.toml":        "mark = \"0x3\"\n",
+		"sets/z.toml":      "bad = 1\n",
 		"groups/b.toml":    "bad = 1\n",
 		"groups/a.toml":    "bad = 1\n",
 		"vms/10.toml":      "bad = 1\n",
@@ -683,7 +818,7 @@ func TestLoadErrorOrder(t *testing.T) {
 		"groups/notes.txt": "not configuration",
 		"vms/.#9.toml":     "editor lock file",
 	}
-	for _, want := range []string{"vmfw.toml:1: ", "groups/a.toml:1: ", "groups/b.toml:1: ", "vms/9.toml:1: ", "vms/10.toml:1: "} {
+	for _, want := range []string{"vmfw.toml:1: ", "sets/z.toml:1: ", "groups/a.toml:1: ", "groups/b.toml:1: ", "vms/9.toml:1: ", "vms/10.toml:1: "} {
 		dir := configtest.Dir(t, files)
 		_, err := Load(dir)
 		checkError(t, err, want, "")
