@@ -20,8 +20,9 @@ import (
 // The result is exactly what Load returns for the same files: the same
 // Model (sharing the unchanged sets, groups and VMs with the previous one, which
 // nothing modifies) or the same first error. What a file's validation
-// depends on beyond its own text — the set of group names, for group
-// references — is compared, and when it differs every file is parsed.
+// depends on beyond its own text — the group and set names, for
+// references — is compared, and when it differs every file that refers to
+// such names is parsed.
 //
 // A Cache is safe for use by one goroutine at a time.
 type Cache struct {
@@ -29,11 +30,12 @@ type Cache struct {
 	// dir is the directory the entries were loaded from; a load of another
 	// directory starts afresh.
 	dir string
-	// known is the set of group names the entries were validated against.
-	known  map[string]bool
-	groups map[string]cachedGroup // by path relative to dir
-	vms    map[string]loadedVM    // by path relative to dir
-	sets   map[string]cachedSet   // by path relative to dir
+	// known and knownSets are the group and set names the entries were
+	// validated against.
+	known, knownSets map[string]bool
+	groups           map[string]cachedGroup // by path relative to dir
+	vms              map[string]loadedVM    // by path relative to dir
+	sets             map[string]cachedSet   // by path relative to dir
 }
 
 // cachedSet is one set file's outcome. Sets are the files worth caching
@@ -81,18 +83,22 @@ func (c *Cache) Reset() {
 }
 
 func (c *Cache) reset() {
-	c.dir, c.known, c.groups, c.vms, c.sets = "", nil, nil, nil, nil
+	c.dir, c.known, c.knownSets, c.groups, c.vms, c.sets = "", nil, nil, nil, nil, nil
 }
 
-// begin starts a load that found the group names known: entries validated
-// against another set are dropped. It returns the maps the load fills,
-// which replace the cache's when the load ends, so that files a failed
-// load did not reach are parsed next time.
-func (c *Cache) begin(known map[string]bool) (groups map[string]cachedGroup, vms map[string]loadedVM) {
+// begin starts a load that found the group names known and the set names
+// knownSets: entries validated against other names are dropped (groups
+// refer to groups and sets, VMs to groups). It returns the maps the load
+// fills, which replace the cache's when the load ends, so that files a
+// failed load did not reach are parsed next time.
+func (c *Cache) begin(known, knownSets map[string]bool) (groups map[string]cachedGroup, vms map[string]loadedVM) {
 	if !maps.Equal(c.known, known) {
 		c.groups, c.vms = nil, nil
 	}
-	c.known = known
+	if !maps.Equal(c.knownSets, knownSets) {
+		c.groups = nil
+	}
+	c.known, c.knownSets = known, knownSets
 	return map[string]cachedGroup{}, map[string]loadedVM{}
 }
 

@@ -43,6 +43,8 @@ func FuzzLoad(f *testing.F) {
 		"entries = [\"0.0.0.0/0\", \"::/0\"]\nexcept = [\"255.255.255.255\", \"::/1\"]\n",
 		"except = [\"10.0.0.0/8\"]\nentries = [\"10.0.0.0/9\"]\n",
 		"entries = [1, \"\"\"x\"\"\"]\n\"entries\" = []\n",
+		"[[in]]\nsource_set = \"bl\"\nsource_group = \"web\"\nsource = \"192.0.2.0/25\"\n[[out]]\ndest_set = \"bl\"\n",
+		"[[out]]\nsource_set = \"bl\"\n[[in]]\nsource_set = \"nope\"\n",
 	}
 	for _, s := range seeds {
 		f.Add([]byte(s))
@@ -124,6 +126,16 @@ func checkModel(t *testing.T, m *Model) {
 		t.Fatalf("invalid host options %+v", m.Host)
 	}
 	for name, g := range m.Groups {
+		for _, r := range g.In {
+			if r.DestGroup != "" || r.DestSet != "" || r.Dest != nil {
+				t.Fatalf("group %s: in rule %+v matches a destination", name, r)
+			}
+		}
+		for _, r := range g.Out {
+			if r.SourceGroup != "" || r.SourceSet != "" || r.Source != nil || r.SourceMAC != nil {
+				t.Fatalf("group %s: out rule %+v matches a source", name, r)
+			}
+		}
 		for _, r := range append(append([]Rule{}, g.In...), g.Out...) {
 			if r.Line < 1 || r.Action == "" {
 				t.Fatalf("group %s: rule %+v lacks line or action", name, r)
@@ -131,6 +143,11 @@ func checkModel(t *testing.T, m *Model) {
 			for _, ref := range []string{r.SourceGroup, r.DestGroup} {
 				if ref != "" && m.Groups[ref] == nil {
 					t.Fatalf("group %s refers to missing group %q", name, ref)
+				}
+			}
+			for _, ref := range []string{r.SourceSet, r.DestSet} {
+				if ref != "" && m.Sets[ref] == nil {
+					t.Fatalf("group %s refers to missing set %q", name, ref)
 				}
 			}
 			if (len(r.DPort) > 0 || len(r.SPort) > 0) && !portProto(r.Proto) {

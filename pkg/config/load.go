@@ -101,6 +101,7 @@ func (l *loader) load(dir string) (*Model, *Error) {
 		cachedSets = map[string]cachedSet{}
 		defer func() { l.cache.sets = cachedSets }()
 	}
+	knownSets := make(map[string]bool, len(setFiles))
 	for _, e := range setFiles {
 		if !validGroupName(e.stem) {
 			return nil, &Error{File: e.rel, Msg: fmt.Sprintf("invalid set name %q: the file name must be %s", e.stem, nameRule)}
@@ -113,6 +114,7 @@ func (l *loader) load(dir string) (*Model, *Error) {
 			return nil, err
 		}
 		m.Sets[s.Name] = s
+		knownSets[s.Name] = true
 	}
 
 	groupFiles, err := l.list("groups")
@@ -128,7 +130,7 @@ func (l *loader) load(dir string) (*Model, *Error) {
 	var cachedGroups map[string]cachedGroup
 	var cachedVMs map[string]loadedVM
 	if l.cache != nil {
-		cachedGroups, cachedVMs = l.cache.begin(known)
+		cachedGroups, cachedVMs = l.cache.begin(known, knownSets)
 		// What this load parsed or reused replaces the cache, also when
 		// it stops at an error: files it did not reach are parsed next
 		// time.
@@ -138,7 +140,7 @@ func (l *loader) load(dir string) (*Model, *Error) {
 		if !validGroupName(e.stem) {
 			return nil, &Error{File: e.rel, Msg: fmt.Sprintf("invalid group name %q: the file name must be %s", e.stem, nameRule)}
 		}
-		g, err := l.loadGroupFile(e, known)
+		g, err := l.loadGroupFile(e, known, knownSets)
 		if cachedGroups != nil {
 			cachedGroups[e.rel] = cachedGroup{group: g, err: copyError(err)}
 		}
@@ -212,7 +214,7 @@ func (l *loader) load(dir string) (*Model, *Error) {
 
 // loadGroupFile reads and validates group file e, or takes it from the
 // cache.
-func (l *loader) loadGroupFile(e entry, known map[string]bool) (*Group, *Error) {
+func (l *loader) loadGroupFile(e entry, known, knownSets map[string]bool) (*Group, *Error) {
 	if l.cache != nil {
 		if g, ok := l.cache.group(e); ok {
 			return g.group, g.err
@@ -222,7 +224,7 @@ func (l *loader) loadGroupFile(e entry, known map[string]bool) (*Group, *Error) 
 	if err != nil {
 		return nil, err
 	}
-	return loadGroup(f, e.stem, known)
+	return loadGroup(f, e.stem, known, knownSets)
 }
 
 // loadSetFile reads and validates set file e, or takes it from the cache.

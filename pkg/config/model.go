@@ -123,6 +123,13 @@ type Rule struct {
 	Source, Dest []netip.Prefix
 	// SourceGroup and DestGroup name groups whose members match.
 	SourceGroup, DestGroup string
+	// SourceSet and DestSet name address sets (Model.Sets) whose
+	// addresses match; "" for none. Like SourceGroup and DestGroup,
+	// SourceSet is only in In rules and DestSet only in Out rules. A rule
+	// matches a packet that every key it has matches: Source (any one of
+	// its prefixes), SourceGroup, SourceSet and SourceMAC together, as
+	// Source and SourceGroup have always combined.
+	SourceSet, DestSet string
 	// SourceMAC matches the Ethernet source address.
 	SourceMAC net.HardwareAddr
 	// Log logs packets the rule matches, rate limited.

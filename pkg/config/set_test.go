@@ -408,3 +408,44 @@ func checkSetProperties(t *testing.T, label string, s *Set, addrs []netip.Addr) 
 		}
 	}
 }
+
+// TestRuleSets: source_set in in rules, dest_set in out rules, alone and
+// with the other address keys of their direction.
+func TestRuleSets(t *testing.T) {
+	m := mustLoad(t, configtest.Dir(t, map[string]string{
+		"sets/office-nets.toml": "entries = [\"192.0.2.0/24\"]\n",
+		"sets/blocked.toml":     "entries = [\"198.51.100.0/24\"]\n",
+		"groups/admins.toml":    "",
+		"groups/web.toml": `[[in]]
+source_set = "office-nets"
+
+[[in]]
+proto = "tcp"
+dport = 22
+source = ["192.0.2.0/25", "2001:db8::/64"]
+source_group = "admins"
+source_set = "office-nets"
+source_mac = "02:00:00:00:00:01"
+
+[[out]]
+action = "drop"
+dest_set = "blocked"
+dest = "198.51.100.0/25"
+dest_group = "admins"
+`,
+	}))
+	g := m.Groups["web"]
+	in0, in1, out0 := g.In[0], g.In[1], g.Out[0]
+	if in0.SourceSet != "office-nets" || in0.DestSet != "" || in0.Source != nil || in0.SourceGroup != "" {
+		t.Errorf("in rule 1 = %+v", in0)
+	}
+	if in1.SourceSet != "office-nets" || in1.SourceGroup != "admins" || len(in1.Source) != 2 || in1.SourceMAC == nil || in1.Line != 4 {
+		t.Errorf("in rule 2 = %+v", in1)
+	}
+	if out0.DestSet != "blocked" || out0.SourceSet != "" || out0.DestGroup != "admins" || len(out0.Dest) != 1 || out0.Action != Drop {
+		t.Errorf("out rule 1 = %+v", out0)
+	}
+	if m.Sets[in0.SourceSet] == nil || m.Sets[out0.DestSet] == nil {
+		t.Error("a rule's set is not in Model.Sets")
+	}
+}

@@ -387,6 +387,48 @@ func TestLoadErrors(t *testing.T) {
 			phrase: "source_mac is only allowed in [[in]] rules",
 		},
 		{
+			name:   "dest_set in an in rule",
+			files:  map[string]string{"sets/bl.toml": "", "groups/web.toml": "[[in]]\ndest_set = \"bl\"\n"},
+			prefix: "groups/web.toml:2: ",
+			phrase: "dest_set is only allowed in [[out]] rules; [[in]] rules filter traffic to the VM, match its sender with source, source_group, source_set or source_mac",
+		},
+		{
+			name:   "source_set in an out rule",
+			files:  map[string]string{"sets/bl.toml": "", "groups/web.toml": "[[out]]\nproto = \"tcp\"\nsource_set = \"bl\"\n"},
+			prefix: "groups/web.toml:3: ",
+			phrase: "source_set is only allowed in [[in]] rules; [[out]] rules filter traffic from the VM, match its destination with dest, dest_group or dest_set",
+		},
+		{
+			name:   "source_set unknown",
+			files:  map[string]string{"sets/bl.toml": "", "groups/web.toml": "[[in]]\n\nsource_set = \"blocked\"\n"},
+			prefix: "groups/web.toml:3: ",
+			phrase: "source_set \"blocked\": unknown set, there is no sets/blocked.toml",
+		},
+		{
+			name:   "dest_set names a group",
+			files:  map[string]string{"groups/web.toml": "[[out]]\ndest_set = \"web\"\n"},
+			prefix: "groups/web.toml:2: ",
+			phrase: "dest_set \"web\": unknown set, there is no sets/web.toml",
+		},
+		{
+			name:   "source_group names a set",
+			files:  map[string]string{"sets/bl.toml": "", "groups/web.toml": "[[in]]\nsource_group = \"bl\"\n"},
+			prefix: "groups/web.toml:2: ",
+			phrase: "source_group \"bl\": unknown group, there is no groups/bl.toml",
+		},
+		{
+			name:   "dest_set invalid name",
+			files:  map[string]string{"groups/web.toml": "[[out]]\ndest_set = \"../bl\"\n"},
+			prefix: "groups/web.toml:2: ",
+			phrase: "dest_set \"../bl\": not a set name (a letter followed by up to 19 letters, digits, _ or -)",
+		},
+		{
+			name:   "source_set wrong type",
+			files:  map[string]string{"groups/web.toml": "[[in]]\nsource_set = [\"bl\"]\n"},
+			prefix: "groups/web.toml:2: ",
+			phrase: "in.source_set: expected a string, got an array",
+		},
+		{
 			name:   "source_group unknown",
 			files:  map[string]string{"groups/web.toml": "[[in]]\nsource_group = \"admins\"\n"},
 			prefix: "groups/web.toml:2: ",
