@@ -45,6 +45,7 @@ func FuzzLoad(f *testing.F) {
 		"entries = [1, \"\"\"x\"\"\"]\n\"entries\" = []\n",
 		"[[in]]\nsource_set = \"bl\"\nsource_group = \"web\"\nsource = \"192.0.2.0/25\"\n[[out]]\ndest_set = \"bl\"\n",
 		"[[out]]\nsource_set = \"bl\"\n[[in]]\nsource_set = \"nope\"\n",
+		"[net0]\nmac = \"02:00:00:00:00:01\"\nantispoof = \"mac\"\n[net1]\nantispoof = \"Mac\"\n[net2]\nantispoof = \"ip\"\n",
 	}
 	for _, s := range seeds {
 		f.Add([]byte(s))
@@ -183,6 +184,9 @@ func checkModel(t *testing.T, m *Model) {
 		for i, n := range vm.NICs {
 			if n.VM != vm || n.Tap != TapName(id, n.Index) || len(n.Tap) > 15 || n.Line < 1 || m.NIC(n.Tap) != n {
 				t.Fatalf("inconsistent interface %+v of VM %d", n, id)
+			}
+			if n.AntispoofMACOnly && (!n.Antispoof || n.MAC == nil) {
+				t.Fatalf("interface %s: MAC-only anti-spoofing without Antispoof or a MAC: %+v", n.Tap, n)
 			}
 			if i > 0 && vm.NICs[i-1].Index >= n.Index {
 				t.Fatalf("VM %d interfaces not sorted by index", id)

@@ -174,8 +174,16 @@ type NIC struct {
 	Bridge string
 	// Groups are the security groups, evaluated in this order.
 	Groups []string
-	// Antispoof restricts source MAC and IP to MAC and IPs (default true).
+	// Antispoof says the interface has anti-spoofing (default true):
+	// source MAC and IP restricted to MAC and IPs, or with
+	// AntispoofMACOnly the MAC alone.
 	Antispoof bool
+	// AntispoofMACOnly limits anti-spoofing to the source MAC of frames
+	// and the sender hardware address of ARP; the interface's addresses
+	// are not bound (antispoof = "mac", Proxmox's macfilter without
+	// ipfilter). Antispoof is true whenever it is, so code that knows
+	// only Antispoof checks more than asked, never less.
+	AntispoofMACOnly bool
 	// DHCP allows DHCP/DHCPv6 client traffic (default true).
 	DHCP bool
 	// L2Protocols are the ethertypes besides IPv4, IPv6 and ARP the VM may

@@ -739,6 +739,24 @@ func TestLoadErrors(t *testing.T) {
 			phrase: "not an interface name",
 		},
 		{
+			name:   "antispoof value",
+			files:  map[string]string{"vms/110.toml": vmWith("mac = \"02:00:00:00:01:10\"\nantispoof = \"ip\"\n")},
+			prefix: "vms/110.toml:5: ",
+			phrase: "antispoof \"ip\": use true (MAC and addresses), false or \"mac\" (the MAC alone)",
+		},
+		{
+			name:   "antispoof type",
+			files:  map[string]string{"vms/110.toml": vmWith("antispoof = 1\n")},
+			prefix: "vms/110.toml:4: ",
+			phrase: "antispoof 1: use true (MAC and addresses), false or \"mac\"",
+		},
+		{
+			name:   "antispoof mac without a mac",
+			files:  map[string]string{"vms/110.toml": vmWith("ips = [\"192.0.2.1\"]\nantispoof = \"mac\"\n")},
+			prefix: "vms/110.toml:5: ",
+			phrase: "antispoof \"mac\": checks the source MAC, but the interface has no mac; give its mac, or set antispoof = false",
+		},
+		{
 			name:   "groups unknown",
 			files:  map[string]string{"groups/web.toml": web, "vms/110.toml": vmWith("groups = [\"web\", \"db\"]\n")},
 			prefix: "vms/110.toml:4: ",

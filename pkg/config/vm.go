@@ -26,7 +26,7 @@ type nicFile struct {
 	IPs       []string `toml:"ips"`
 	Bridge    *string  `toml:"bridge"`
 	Groups    []string `toml:"groups"`
-	Antispoof *bool    `toml:"antispoof"`
+	Antispoof any      `toml:"antispoof"`
 	DHCP      *bool    `toml:"dhcp"`
 	L2        []string `toml:"l2_protocols"`
 }
@@ -207,15 +207,23 @@ func netIndex(key string) (int, bool) {
 // appending the addresses it claims to claims.
 func loadNIC(f *file, vm *VM, nt netTable, nf *nicFile, known map[string]bool, claims *[]addrClaim) (*NIC, *Error) {
 	at := func(key string) string { return nt.key + "." + key }
+	antispoof, macOnly := true, false
+	if nf.Antispoof != nil {
+		var ok bool
+		if antispoof, macOnly, ok = ParseAntispoof(nf.Antispoof); !ok {
+			return nil, f.errorAt(at("antispoof"), "antispoof %s: use true (MAC and addresses), false or %q (the MAC alone)", show(nf.Antispoof), AntispoofMAC)
+		}
+	}
 	s := &IfaceSettings{
-		Iface:       TapName(vm.ID, nt.index),
-		MAC:         deref(nf.MAC),
-		IPs:         nf.IPs,
-		Bridge:      nf.Bridge,
-		Groups:      nf.Groups,
-		Antispoof:   nf.Antispoof == nil || *nf.Antispoof,
-		DHCP:        nf.DHCP == nil || *nf.DHCP,
-		L2Protocols: nf.L2,
+		Iface:            TapName(vm.ID, nt.index),
+		MAC:              deref(nf.MAC),
+		IPs:              nf.IPs,
+		Bridge:           nf.Bridge,
+		Groups:           nf.Groups,
+		Antispoof:        antispoof,
+		AntispoofMACOnly: macOnly,
+		DHCP:             nf.DHCP == nil || *nf.DHCP,
+		L2Protocols:      nf.L2,
 	}
 	nic, ferr := validateNIC(vm, s, func(g string) bool { return known[g] })
 	if ferr != nil {
