@@ -46,6 +46,7 @@ func FuzzLoad(f *testing.F) {
 		"[[in]]\nsource_set = \"bl\"\nsource_group = \"web\"\nsource = \"192.0.2.0/25\"\n[[out]]\ndest_set = \"bl\"\n",
 		"[[out]]\nsource_set = \"bl\"\n[[in]]\nsource_set = \"nope\"\n",
 		"[net0]\nmac = \"02:00:00:00:00:01\"\nantispoof = \"mac\"\n[net1]\nantispoof = \"Mac\"\n[net2]\nantispoof = \"ip\"\n",
+		"log = \"info\"\nlog_in = false\nlog_out = \"DEBUG\"\n[[in]]\nlog = \"crit\"\n[[out]]\nlog = \"nolog\"\n",
 	}
 	for _, s := range seeds {
 		f.Add([]byte(s))
@@ -151,6 +152,9 @@ func checkModel(t *testing.T, m *Model) {
 					t.Fatalf("group %s refers to missing set %q", name, ref)
 				}
 			}
+			if r.Log != (r.LogLevel != LogOff) {
+				t.Fatalf("group %s: rule %+v: Log and LogLevel disagree", name, r)
+			}
 			if (len(r.DPort) > 0 || len(r.SPort) > 0) && !portProto(r.Proto) {
 				t.Fatalf("group %s: ports with proto %q", name, r.Proto)
 			}
@@ -181,6 +185,9 @@ func checkModel(t *testing.T, m *Model) {
 	}
 	seen := map[string]bool{}
 	for id, vm := range m.VMs {
+		if vm.Log != (vm.LogIn != LogOff || vm.LogOut != LogOff) {
+			t.Fatalf("VM %d: Log %v but LogIn %q and LogOut %q", id, vm.Log, vm.LogIn, vm.LogOut)
+		}
 		for i, n := range vm.NICs {
 			if n.VM != vm || n.Tap != TapName(id, n.Index) || len(n.Tap) > 15 || n.Line < 1 || m.NIC(n.Tap) != n {
 				t.Fatalf("inconsistent interface %+v of VM %d", n, id)

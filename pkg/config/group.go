@@ -25,7 +25,7 @@ type ruleFile struct {
 	SourceSet   *string `toml:"source_set"`
 	DestSet     *string `toml:"dest_set"`
 	SourceMAC   *string `toml:"source_mac"`
-	Log         bool    `toml:"log"`
+	Log         any     `toml:"log"`
 	Comment     string  `toml:"comment"`
 }
 
@@ -90,7 +90,7 @@ func checkDescription(f *file, d string) *Error {
 func loadRule(f *file, d Direction, i int, rf *ruleFile, known, knownSets map[string]bool) (Rule, *Error) {
 	base := index(string(d), i)
 	at := func(key string) string { return base + "." + key }
-	r := Rule{Line: f.lines.line(base), Action: Accept, Log: rf.Log}
+	r := Rule{Line: f.lines.line(base), Action: Accept}
 
 	// Keys that make no sense in this direction come first: they are a
 	// misunderstanding of the rule, not a typo in a value.
@@ -103,6 +103,13 @@ func loadRule(f *file, d Direction, i int, rf *ruleFile, known, knownSets map[st
 			return Rule{}, f.errorAt(at("action"), "action %q: must be accept, drop or reject", *rf.Action)
 		}
 		r.Action = a
+	}
+	if rf.Log != nil {
+		l, ok := ParseLogLevel(rf.Log)
+		if !ok {
+			return Rule{}, f.errorAt(at("log"), "log %s: %s", show(rf.Log), logLevelHelp)
+		}
+		r.Log, r.LogLevel = l != LogOff, l
 	}
 	if rf.Proto != nil {
 		p, ok := parseProto(rf.Proto)

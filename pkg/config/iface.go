@@ -38,7 +38,8 @@ type IfaceSettings struct {
 	// PolicyIn and PolicyOut decide what no rule matched: accept, drop or
 	// reject, in any case; "" means drop in and accept out.
 	PolicyIn, PolicyOut string
-	// Log logs packets dropped or rejected by policy.
+	// Log logs packets dropped or rejected by policy, in both
+	// directions at DefaultLogLevel.
 	Log bool
 	// MAC is the guest's MAC address, "" if unknown.
 	MAC string
@@ -119,7 +120,9 @@ func ValidateIface(s *IfaceSettings, defined func(group string) bool) (*NIC, *Fi
 	if err != nil {
 		return nil, err
 	}
-	vm.Log = s.Log
+	if s.Log {
+		vm.Log, vm.LogIn, vm.LogOut = true, DefaultLogLevel, DefaultLogLevel
+	}
 	return validateNIC(vm, s, defined)
 }
 

@@ -132,8 +132,11 @@ type Rule struct {
 	SourceSet, DestSet string
 	// SourceMAC matches the Ethernet source address.
 	SourceMAC net.HardwareAddr
-	// Log logs packets the rule matches, rate limited.
+	// Log logs packets the rule matches, rate limited: LogLevel != "".
 	Log bool
+	// LogLevel is the syslog level the rule logs at, LogOff for none
+	// (log = true is DefaultLogLevel).
+	LogLevel LogLevel
 	// Comment is shown in the generated rule; printable ASCII without quotes.
 	Comment string
 }
@@ -150,8 +153,13 @@ type VM struct {
 	Enable bool
 	// PolicyIn and PolicyOut decide packets no rule matched.
 	PolicyIn, PolicyOut Action
-	// Log logs packets dropped or rejected by policy, rate limited.
+	// Log logs packets dropped or rejected by policy, rate limited, in
+	// either direction: LogIn != "" || LogOut != "".
 	Log bool
+	// LogIn and LogOut are the syslog levels packets dropped or
+	// rejected by policy_in and policy_out are logged at, LogOff for
+	// none: log sets both, log_in and log_out one each.
+	LogIn, LogOut LogLevel
 	// NICs are the VM's interfaces, ordered by index.
 	NICs []*NIC
 }

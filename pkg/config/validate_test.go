@@ -466,9 +466,21 @@ func TestLoadErrors(t *testing.T) {
 		},
 		{
 			name:   "log wrong type",
-			files:  map[string]string{"groups/web.toml": "[[in]]\nlog = \"yes\"\n"},
+			files:  map[string]string{"groups/web.toml": "[[in]]\nlog = 4\n"},
 			prefix: "groups/web.toml:2: ",
-			phrase: "in.log: expected a boolean, got a string",
+			phrase: "log 4: use true (level warning), false (off) or a syslog level: emerg, alert, crit, err, warning, notice, info or debug",
+		},
+		{
+			name:   "log level unknown",
+			files:  map[string]string{"groups/web.toml": "[[out]]\naction = \"drop\"\nlog = \"warn\"\n"},
+			prefix: "groups/web.toml:3: ",
+			phrase: "log \"warn\": use true (level warning), false (off) or a syslog level: emerg, alert, crit, err, warning, notice, info or debug",
+		},
+		{
+			name:   "log nolog",
+			files:  map[string]string{"groups/web.toml": "[[in]]\nlog = \"nolog\"\n"},
+			prefix: "groups/web.toml:2: ",
+			phrase: "log \"nolog\": use true (level warning), false (off)",
 		},
 		{
 			name:   "comment with a quote",
@@ -670,7 +682,19 @@ func TestLoadErrors(t *testing.T) {
 			name:   "VM log wrong type",
 			files:  map[string]string{"vms/110.toml": "log = 1\n"},
 			prefix: "vms/110.toml:1: ",
-			phrase: "log: expected a boolean, got an integer",
+			phrase: "log 1: use true (level warning), false (off) or a syslog level",
+		},
+		{
+			name:   "VM log_in level",
+			files:  map[string]string{"vms/110.toml": "log = true\nlog_in = \"loud\"\n"},
+			prefix: "vms/110.toml:2: ",
+			phrase: "log_in \"loud\": use true (level warning), false (off) or a syslog level",
+		},
+		{
+			name:   "VM log_out type",
+			files:  map[string]string{"vms/110.toml": "name = \"a\"\n\nlog_out = [\"info\"]\n"},
+			prefix: "vms/110.toml:3: ",
+			phrase: "log_out [info]: use true (level warning), false (off) or a syslog level",
 		},
 		{
 			name:   "netN with a leading zero",
