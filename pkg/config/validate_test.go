@@ -501,6 +501,12 @@ func TestLoadErrors(t *testing.T) {
 			phrase: "comment is 129 bytes, at most 128",
 		},
 		{
+			name:   "rule key in another case",
+			files:  map[string]string{"groups/web.toml": "[[In]]\nPROTO = \"udp\"\n\nDport = \"x\"\n"},
+			prefix: "groups/web.toml:4: ",
+			phrase: "dport \"x\"",
+		},
+		{
 			name:   "rule in an inline table",
 			files:  map[string]string{"groups/web.toml": "in = [\n  {proto = \"tcp\"},\n  {proto = \"udp\", dport = \"x\"},\n]\n"},
 			prefix: "groups/web.toml:3: ",
