@@ -92,8 +92,13 @@ type Kernel struct {
 	// Bridge is vmfw's part of the ebtables filter table; nil when
 	// ebtables is not managed.
 	Bridge *layout.Observed
-	// Sets maps vmfw's ipsets to their members.
+	// Sets maps vmfw's ipsets to their members: every member of a
+	// group's hash:ip set, and of an address set's hash:net set the
+	// single addresses that are not nomatch.
 	Sets map[string]map[netip.Addr]bool
+	// NetSets maps vmfw's hash:net ipsets (address sets) to all their
+	// members (netsets.go).
+	NetSets map[string][]NetMember
 }
 
 // Trace follows q's first packet through vmfw's rules.
@@ -228,15 +233,17 @@ type answer struct {
 func (t *tracer) answers(cands []candidate) []answer {
 	ev := policy.New(t.in.Model, t.attached, t.isLocal)
 	compiledIP, compiledL2 := t.compiledMachine(t.compiled), t.compiledL2(t.compiled)
+	t.resolveNetSets(compiledIP.sets.members, compiledNetSets(t.compiled))
 	actualIP, actualL2 := compiledIP, compiledL2
 	if t.actual != t.compiled {
 		actualIP, actualL2 = t.compiledMachine(t.actual), t.compiledL2(t.actual)
+		t.resolveNetSets(actualIP.sets.members, compiledNetSets(t.actual))
 	}
 	var kernelIP *machine
 	var kernelL2 *l2machine
 	if k := t.in.Kernel; k != nil {
 		obs := k.Tables[t.family]
-		kernelIP = newMachine(obs.Lines, obs.Chains, k.Sets)
+		kernelIP = newMachine(obs.Lines, obs.Chains, t.kernelSets(k))
 		if k.Bridge != nil {
 			kernelL2 = newL2Machine(k.Bridge.Chains)
 		}
@@ -272,7 +279,7 @@ func (t *tracer) kernelAnswer(r *Report, a answer) {
 		r.Verdict = k.Verdict
 	}
 	r.Kernel = k
-	r.Drift = t.drift(a.actual, a.krn)
+	r.Drift = append(t.drift(a.actual, a.krn), t.netSetDrift(a.actual, a.krn)...)
 	if k.Verdict != "" && k.Verdict != r.Config.Verdict && r.Config.Verdict != "unknown" {
 		what := "drift"
 		if len(r.Drift) == 0 {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -40,10 +41,13 @@ const (
 type interp struct {
 	chains map[layout.Chain][][]string
 	sets   map[string]map[netip.Addr]bool
+	// nets are the hash:net sets (address sets): prefixes, with their
+	// nomatch flag.
+	nets map[string]map[netip.Prefix]bool
 }
 
 func newInterp(t *layout.Table, sets []layout.Set) *interp {
-	it := &interp{chains: map[layout.Chain][][]string{}, sets: map[string]map[netip.Addr]bool{}}
+	it := &interp{chains: map[layout.Chain][][]string{}, sets: map[string]map[netip.Addr]bool{}, nets: map[string]map[netip.Prefix]bool{}}
 	for _, c := range t.Chains {
 		var rules [][]string
 		for _, r := range c.Rules {
@@ -52,6 +56,20 @@ func newInterp(t *layout.Table, sets []layout.Set) *interp {
 		it.chains[c.Name] = rules
 	}
 	for _, s := range sets {
+		if s.Type == layout.HashNet {
+			nm := map[netip.Prefix]bool{}
+			for _, member := range s.Members {
+				bare, nomatch := strings.CutSuffix(member, layout.NoMatch)
+				p, err := netip.ParsePrefix(bare)
+				if err != nil {
+					a := netip.MustParseAddr(bare)
+					p = netip.PrefixFrom(a, a.BitLen())
+				}
+				nm[p] = nomatch
+			}
+			it.nets[s.Name] = nm
+			continue
+		}
 		m := map[netip.Addr]bool{}
 		for _, a := range s.Members {
 			m[netip.MustParseAddr(a)] = true
@@ -185,7 +203,20 @@ func (it *interp) matches(tok []string, p *packet) (target, arg string, ok bool)
 			if dir == "dst" {
 				a = p.dst
 			}
-			m = it.sets[set][a]
+			if nets, ok := it.nets[set]; ok {
+				// The kernel's hash:net lookup: the most specific
+				// member decides, a nomatch one by not matching.
+				m = false
+				for bits := a.BitLen(); bits > 0; bits-- {
+					p, _ := a.Prefix(bits)
+					if nomatch, ok := nets[p]; ok {
+						m = !nomatch
+						break
+					}
+				}
+			} else {
+				m = it.sets[set][a]
+			}
 		default:
 			panic(fmt.Sprintf("interpreter does not know %q in %q", tok[i], strings.Join(tok, " ")))
 		}
@@ -287,6 +318,22 @@ func TestMatchesCompiledRules(t *testing.T) {
 			}
 			for _, s := range outsiders {
 				ends = append(ends, endpoint{addr: netip.MustParseAddr(s)})
+			}
+			// Addresses the address sets single out: the first two of
+			// each entry and except, where no VM has them.
+			owned := map[netip.Addr]bool{}
+			for _, e := range ends {
+				owned[e.addr] = true
+			}
+			for _, set := range m.Sets {
+				for _, e := range append(append([]config.SetEntry{}, set.Entries...), set.Except...) {
+					for _, a := range []netip.Addr{e.Prefix.Addr(), e.Prefix.Addr().Next()} {
+						if e.Prefix.Contains(a) && !owned[a] && !slices.Contains(hostAddrs, a.String()) {
+							owned[a] = true
+							ends = append(ends, endpoint{addr: a})
+						}
+					}
+				}
 			}
 			for _, s := range hostAddrs {
 				a := netip.MustParseAddr(s)
