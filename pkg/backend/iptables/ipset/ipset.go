@@ -5,9 +5,7 @@
 // change its header (capacity) is rebuilt under a temporary name and
 // swapped in, so rules that reference it never see it missing. Members of
 // hash:net sets (address sets) carry their nomatch flag: a member that
-// changes only its flag is rewritten in place with "add -exist", which
-// sets the flag as given, so its addresses never fall to a less specific
-// member in between. The kernel swaps only sets of
+// changes only its flag is deleted and added again (see Plan). The kernel swaps only sets of
 // the same type and family; a set of vmfw's name but another type (made by
 // hand) makes the swap, and so the operation, fail with ipset's message.
 package ipset
@@ -251,21 +249,27 @@ func Plan(want []layout.Set, have map[string]*Observed) (pre, post string) {
 			switch {
 			case o.Members[m]:
 			case o.Members[flipped(m)]:
-				// The same prefix with the other nomatch flag: rewritten
-				// in place, where a del and an add would leave its
-				// addresses to a less specific member in between.
 				flips = append(flips, m)
 			default:
 				b.WriteString("add " + s.Name + " " + m + "\n")
 			}
 		}
+		// The same prefix with the other nomatch flag: deleted, then
+		// added with the new flag. In between, the next less specific
+		// member decides its addresses; excepts lie inside entries, so
+		// that is an entry or an except around it, and the addresses see
+		// either the old or the new answer, never a third. "add -exist"
+		// would rewrite the flag in one step, but ipset restore honours
+		// -exist only on the first line of a run of commands for a set,
+		// and for the whole run then, which would hide the error that
+		// tells a plan from stale state (backend.StaleError).
 		for _, m := range flips {
-			wantMembers[flipped(m)] = true
-			b.WriteString("add " + s.Name + " " + m + " -exist\n")
+			b.WriteString("del " + s.Name + " " + strings.TrimSuffix(m, layout.NoMatch) + "\n")
+			b.WriteString("add " + s.Name + " " + m + "\n")
 		}
 		var stale []string
 		for m := range o.Members {
-			if !wantMembers[m] {
+			if !wantMembers[m] && !wantMembers[flipped(m)] {
 				stale = append(stale, m)
 			}
 		}
