@@ -36,6 +36,9 @@ const (
 	toggled = "2001:db8:c000::1"
 	// setEdits is how many one-entry edits the agent row makes.
 	setEdits = 20
+	// idleAfterEdit is how long the agent row waits after the agent logs
+	// an edit's apply, for its read of the sets that follows (Mark).
+	idleAfterEdit = 500 * time.Millisecond
 )
 
 // setRow is one line of the sets table.
@@ -187,7 +190,7 @@ func setsLab(ctx context.Context, o options, backend string, r *setResults) erro
 	var enforced []time.Duration
 	with := false
 	from := p.mark()
-	for range setEdits {
+	for i := range setEdits {
 		with = !with
 		took, err := editSet(l, with)
 		if err != nil {
@@ -195,6 +198,14 @@ func setsLab(ctx context.Context, o options, backend string, r *setResults) erro
 			return fmt.Errorf("%w:\n%s", err, p.tail(20))
 		}
 		enforced = append(enforced, took)
+		// One edit at a time, each meeting an idle agent: after logging
+		// the apply it reads the sets back (Mark), 100,000 members, and
+		// an edit arriving meanwhile would wait for that read.
+		logged := time.Now().Add(10 * time.Second)
+		for p.count("sets=[big]", from) <= i && time.Now().Before(logged) {
+			time.Sleep(5 * time.Millisecond)
+		}
+		time.Sleep(idleAfterEdit)
 	}
 	// Every edit was applied as a set edit: the kernel holds the last one
 	// before the agent logs it, so wait for the log.

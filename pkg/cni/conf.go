@@ -194,10 +194,10 @@ func (m *merged) settings(label string, a *attachment) *config.IfaceSettings {
 	return &config.IfaceSettings{
 		Iface: a.host, Label: label,
 		PolicyIn: m.PolicyIn, PolicyOut: m.PolicyOut,
-		Log:       m.Log != nil && *m.Log,
-		MAC:       a.mac,
-		IPs:       a.ips,
-		Groups:    m.Groups,
+		Log:              m.Log != nil && *m.Log,
+		MAC:              a.mac,
+		IPs:              a.ips,
+		Groups:           m.Groups,
 		Antispoof:        m.Antispoof == nil || m.Antispoof.On,
 		AntispoofMACOnly: m.Antispoof != nil && m.Antispoof.MACOnly,
 		DHCP:             m.DHCP != nil && *m.DHCP,
@@ -261,11 +261,11 @@ func label(network, containerID string) string {
 // spec turns validated settings into the record's form.
 func spec(nic *config.NIC) *state.Spec {
 	sp := &state.Spec{
-		Name:      nic.VM.Name,
-		Groups:    append([]string{}, nic.Groups...),
-		PolicyIn:  string(nic.VM.PolicyIn),
-		PolicyOut: string(nic.VM.PolicyOut),
-		Log:       nic.VM.Log,
+		Name:             nic.VM.Name,
+		Groups:           append([]string{}, nic.Groups...),
+		PolicyIn:         string(nic.VM.PolicyIn),
+		PolicyOut:        string(nic.VM.PolicyOut),
+		Log:              nic.VM.Log,
 		Antispoof:        nic.Antispoof,
 		AntispoofMACOnly: nic.AntispoofMACOnly,
 		DHCP:             nic.DHCP,
