@@ -18,7 +18,6 @@ import (
 	"text/tabwriter"
 
 	"github.com/vmfw/vmfw/pkg/agent"
-	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/engine"
 	"github.com/vmfw/vmfw/pkg/explain"
@@ -205,7 +204,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cmd, rest := rest[0], rest[1:]
 
 	newEngine := func() (Engine, error) {
-		e, err := system.NewEngine(ctx, system.Options{ConfigDir: effectiveConfigDir(*configDir), StateDir: *stateDir, IPTables: xtables.Mode(*backend)})
+		e, err := system.NewEngine(ctx, system.Options{ConfigDir: effectiveConfigDir(*configDir), StateDir: *stateDir, IPTables: *backend})
 		if err != nil {
 			return nil, err // not a nil *engine.Engine in an interface
 		}
@@ -271,7 +270,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "cluster":
 		return clusterCmd(ctx, *configDir, rest, stdout)
 	case "agent":
-		return agentCmd(ctx, system.Options{ConfigDir: *configDir, StateDir: *stateDir, IPTables: xtables.Mode(*backend)}, rest, stdout, stderr)
+		return agentCmd(ctx, system.Options{ConfigDir: *configDir, StateDir: *stateDir, IPTables: *backend}, rest, stdout, stderr)
 	case "hook":
 		return hookCmd(ctx, newEngine, agent.Request{ConfigDir: *configDir, StateDir: *stateDir, IPTables: *backend}, rest)
 	case "version":

@@ -16,7 +16,6 @@ import (
 	"github.com/containernetworking/cni/pkg/version"
 	"github.com/vishvananda/netlink"
 
-	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/engine"
 	"github.com/vmfw/vmfw/pkg/state"
@@ -151,7 +150,7 @@ func cniError(err error) error {
 
 // newEngine returns the engine for the plugin configuration c.
 func newEngine(ctx context.Context, c *NetConf) (*engine.Engine, error) {
-	return system.NewEngine(ctx, system.Options{ConfigDir: c.ConfigDir, StateDir: c.StateDir, IPTables: xtables.Mode(c.IPTables)})
+	return system.NewEngine(ctx, system.Options{ConfigDir: c.ConfigDir, StateDir: c.StateDir, IPTables: c.IPTables})
 }
 
 // attachment is what ADD and CHECK learn from prevResult, not yet

@@ -8,8 +8,6 @@ import (
 	"path/filepath"
 	"reflect"
 	"testing"
-
-	"github.com/vmfw/vmfw/pkg/config/configtest"
 )
 
 // TestCacheMatchesLoad edits a configuration directory at random —
@@ -71,7 +69,7 @@ func TestCacheMatchesLoad(t *testing.T) {
 	for id := 1; id <= 20; id++ {
 		files[fmt.Sprintf("vms/%d.toml", id)] = fmt.Sprintf("[net0]\nips = [\"198.51.100.%d\"]\ngroups = [\"web\"]\n", id)
 	}
-	dir := configtest.Dir(t, files)
+	dir := testDir(t, files)
 	outside := filepath.Join(dir, "shared")
 	if err := os.MkdirAll(outside, 0o755); err != nil {
 		t.Fatal(err)
@@ -196,7 +194,7 @@ func TestCacheMatchesLoad(t *testing.T) {
 // behind its back (which inotify would have reported) keeps its old
 // content until it is named.
 func TestCacheParsesOnlyChangedFiles(t *testing.T) {
-	dir := configtest.Dir(t, map[string]string{
+	dir := testDir(t, map[string]string{
 		"groups/web.toml": "[[in]]\nproto = \"tcp\"\ndport = \"80\"\n",
 		"vms/1.toml":      "[net0]\ngroups = [\"web\"]\n",
 	})
@@ -227,7 +225,7 @@ func TestCacheParsesOnlyChangedFiles(t *testing.T) {
 // named as changed, whatever else changes; a set added, removed or
 // broken is seen as a full load sees it.
 func TestCacheKeepsSets(t *testing.T) {
-	dir := configtest.Dir(t, map[string]string{
+	dir := testDir(t, map[string]string{
 		"sets/bl.toml":    "entries = [\"192.0.2.0/24\"]\n",
 		"groups/web.toml": "[[in]]\n",
 	})

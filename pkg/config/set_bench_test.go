@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"strings"
 	"testing"
-
-	"github.com/vmfw/vmfw/pkg/config/configtest"
 )
 
 // bigSet returns a set file of n entries, one per line as a generator
@@ -39,7 +37,7 @@ func bigSet(n int) string {
 // BenchmarkLoadSet100000 measures a Load of a directory holding one set of
 // 100,000 entries.
 func BenchmarkLoadSet100000(b *testing.B) {
-	dir := configtest.Dir(b, map[string]string{"sets/big.toml": bigSet(100000)})
+	dir := testDir(b, map[string]string{"sets/big.toml": bigSet(100000)})
 	b.ResetTimer()
 	for range b.N {
 		if _, err := Load(dir); err != nil {
@@ -51,7 +49,7 @@ func BenchmarkLoadSet100000(b *testing.B) {
 // BenchmarkSetEffective100000 measures the prefixes a kernel set without
 // nomatch is loaded with, per family, for a set of 100,000 entries.
 func BenchmarkSetEffective100000(b *testing.B) {
-	s := mustLoad(b, configtest.Dir(b, map[string]string{"sets/big.toml": bigSet(100000)})).Sets["big"]
+	s := mustLoad(b, testDir(b, map[string]string{"sets/big.toml": bigSet(100000)})).Sets["big"]
 	b.ResetTimer()
 	for range b.N {
 		s.Effective(false)

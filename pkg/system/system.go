@@ -27,8 +27,8 @@ type Options struct {
 	ConfigDir string
 	// StateDir holds attachment records (CNI, libvirt).
 	StateDir string
-	// IPTables is the iptables backend: nft, legacy, or "" to detect.
-	IPTables xtables.Mode
+	// IPTables is the iptables flavour: nft, legacy, or "" to detect.
+	IPTables string
 }
 
 // hostLinks adapts package link to engine.Host.
@@ -61,7 +61,7 @@ func NewEngine(ctx context.Context, o Options) (*engine.Engine, error) {
 // for o's backend: what NewEngine builds its engine on, for a caller that
 // keeps the backend too (the agent).
 func NewKernel(ctx context.Context, o Options) (engine.Kernel, error) {
-	be, err := newIPTables(ctx, o.IPTables)
+	be, err := newIPTables(ctx, xtables.Mode(o.IPTables))
 	if err != nil {
 		return engine.Kernel{}, err
 	}

@@ -1,4 +1,4 @@
-package explain
+package interp
 
 import (
 	"encoding/binary"
@@ -396,6 +396,9 @@ func matchSet(p *ruleParser) error {
 		a := pkt.src
 		if dir == "dst" {
 			a = pkt.dst
+		}
+		if n, ok := sets.nets[name]; ok {
+			return n.Has(a)
 		}
 		return sets.members[name][a]
 	})

@@ -1,4 +1,4 @@
-package explain
+package interp
 
 import (
 	"errors"
@@ -53,7 +53,7 @@ func TestRuleErrors(t *testing.T) {
 		{"-j REJECT --reject-with", "--reject-with needs an argument"},
 		{`-m comment --comment "open -j ACCEPT`, `unterminated quote in "-m comment --comment \"open -j ACCEPT"`},
 	} {
-		m := newMachine(map[layout.Chain][]string{"c": {c.rule}}, nil, nil)
+		m := newMachine(map[layout.Chain][]string{"c": {c.rule}}, nil, nil, nil)
 		_, by, err := m.run("c", tcpPacket())
 		want := "cannot evaluate: rule 1 of c (" + c.rule + "): " + c.want
 		if err == nil || err.Error() != want || !errors.Is(err, errOpaque) || by == nil || by.index != 1 {
@@ -67,6 +67,14 @@ func TestRuleErrors(t *testing.T) {
 // negated: each must match exactly the packets the kernel's would.
 func TestRuleMatches(t *testing.T) {
 	sets := map[string]map[netip.Addr]bool{"sg-a-v4": {netip.MustParseAddr("192.0.2.101"): true}}
+	// An address set: entry, except inside it, entry inside that.
+	nets := map[string]NetSet{"as-a-v4": {
+		netip.MustParsePrefix("192.0.2.0/24"):    false,
+		netip.MustParsePrefix("192.0.2.96/28"):   true,
+		netip.MustParsePrefix("192.0.2.101/32"):  false,
+		netip.MustParsePrefix("198.51.100.0/24"): true,
+	}}
+	srcIs := func(a string) func(*packet) { return func(p *packet) { p.src = netip.MustParseAddr(a) } }
 	v6 := func(p *packet) {
 		p.src, p.dst = netip.MustParseAddr("2001:db8::101"), netip.MustParseAddr("2001:db8::102")
 	}
@@ -118,6 +126,12 @@ func TestRuleMatches(t *testing.T) {
 		{"-m set --match-set sg-a-v4 src", nil, true},
 		{"-m set --match-set sg-a-v4 dst", nil, false},
 		{"-m set --match-set sg-missing src", nil, false},
+		{"-m set --match-set as-a-v4 src", nil, true},
+		{"-m set --match-set as-a-v4 src", srcIs("192.0.2.100"), false},
+		{"-m set --match-set as-a-v4 src", srcIs("192.0.2.5"), true},
+		{"-m set --match-set as-a-v4 src", srcIs("198.51.100.7"), false},
+		{"-m set --match-set as-a-v4 src", srcIs("203.0.113.7"), false},
+		{"-m set ! --match-set as-a-v4 src", srcIs("192.0.2.100"), true},
 		{"-m mac --mac-source 02:00:00:00:01:01", nil, true},
 		{"-m mac --mac-source 02:00:00:00:01:01", func(p *packet) { p.srcMAC = nil }, false},
 		{"-m mac ! --mac-source 02:00:00:00:01:02", nil, true},
@@ -136,7 +150,7 @@ func TestRuleMatches(t *testing.T) {
 		if c.change != nil {
 			c.change(p)
 		}
-		m := newMachine(map[layout.Chain][]string{"c": {c.rule + " -j ACCEPT"}}, nil, sets)
+		m := newMachine(map[layout.Chain][]string{"c": {c.rule + " -j ACCEPT"}}, nil, sets, nets)
 		o, _, err := m.run("c", p)
 		if err != nil {
 			t.Errorf("%s: %v", c.rule, err)
@@ -164,7 +178,7 @@ func TestTargets(t *testing.T) {
 			"-j MARK --set-mark 0x2",
 			`-m comment --comment "vmfw:0123456789 a note" -j REJECT --reject-with icmp-port-unreachable`,
 		},
-	}, nil, nil)
+	}, nil, nil, nil)
 	p := tcpPacket()
 	p.mark = 0x1001
 	o, by, err := m.run("c", p)
@@ -194,7 +208,7 @@ func TestWalkIP(t *testing.T) {
 		"loop":    {"-j loop"},
 		"missing": {"-j nowhere", "-j ACCEPT"},
 		"bad":     {"-p udp -j ACCEPT", "-m time --timestart 08:00 -j DROP", "-j ACCEPT"},
-	}, map[layout.Chain][]string{"empty": {}}, nil)
+	}, map[layout.Chain][]string{"empty": {}}, nil, nil)
 	for _, c := range []struct {
 		name    string
 		chain   layout.Chain
@@ -203,20 +217,22 @@ func TestWalkIP(t *testing.T) {
 		by      string
 		entered []layout.Chain
 		err     string
+		// lost is the chain the walk could not enter.
+		lost layout.Chain
 	}{
 		// sub marks and falls off its end; the goto to tail returns past
 		// main (main's ACCEPT is never reached).
-		{"goto returns past its caller", "main", nil, fallThrough, "", []layout.Chain{"main", "sub", "tail"}, ""},
+		{"goto returns past its caller", "main", nil, fallThrough, "", []layout.Chain{"main", "sub", "tail"}, "", ""},
 		// sub returns at once; tail drops; the walk ends there.
-		{"verdict in a goto", "main", func(p *packet) { p.mark = 1 }, dropped, "tail#2", []layout.Chain{"main", "sub", "tail"}, ""},
+		{"verdict in a goto", "main", func(p *packet) { p.mark = 1 }, dropped, "tail#2", []layout.Chain{"main", "sub", "tail"}, "", ""},
 		// not TCP: no goto, so main goes on after the jump to sub.
-		{"jump comes back", "main", func(p *packet) { p.proto = protoUDP }, accepted, "main#3", []layout.Chain{"main", "sub"}, ""},
-		{"empty chain", "empty", nil, fallThrough, "", []layout.Chain{"empty"}, ""},
-		{"chain does not exist", "nowhere", nil, fallThrough, "", nil, "cannot evaluate: chain nowhere does not exist"},
-		{"jump to a chain that does not exist", "missing", nil, fallThrough, "", []layout.Chain{"missing"}, "cannot evaluate: chain nowhere does not exist"},
-		{"endless nesting", "loop", nil, fallThrough, "", slices.Repeat([]layout.Chain{"loop"}, 65), "cannot evaluate: chains nest deeper than 64 at loop"},
-		{"unreadable rule", "bad", nil, fallThrough, "bad#2", []layout.Chain{"bad"}, "cannot evaluate: rule 2 of bad (-m time --timestart 08:00 -j DROP): unknown match --timestart"},
-		{"verdict before an unreadable rule", "bad", func(p *packet) { p.proto = protoUDP }, accepted, "bad#1", []layout.Chain{"bad"}, ""},
+		{"jump comes back", "main", func(p *packet) { p.proto = protoUDP }, accepted, "main#3", []layout.Chain{"main", "sub"}, "", ""},
+		{"empty chain", "empty", nil, fallThrough, "", []layout.Chain{"empty"}, "", ""},
+		{"chain does not exist", "nowhere", nil, fallThrough, "", nil, "cannot evaluate: chain nowhere does not exist", "nowhere"},
+		{"jump to a chain that does not exist", "missing", nil, fallThrough, "", []layout.Chain{"missing"}, "cannot evaluate: chain nowhere does not exist", "nowhere"},
+		{"endless nesting", "loop", nil, fallThrough, "", slices.Repeat([]layout.Chain{"loop"}, 65), "cannot evaluate: chains nest deeper than 64 at loop", ""},
+		{"unreadable rule", "bad", nil, fallThrough, "bad#2", []layout.Chain{"bad"}, "cannot evaluate: rule 2 of bad (-m time --timestart 08:00 -j DROP): unknown match --timestart", ""},
+		{"verdict before an unreadable rule", "bad", func(p *packet) { p.proto = protoUDP }, accepted, "bad#1", []layout.Chain{"bad"}, "", ""},
 	} {
 		p := tcpPacket()
 		if c.change != nil {
@@ -231,8 +247,8 @@ func TestWalkIP(t *testing.T) {
 		if by != nil {
 			gotBy = fmt.Sprintf("%s#%d", by.chain, by.index)
 		}
-		if o != c.want || gotBy != c.by || gotErr != c.err || !slices.Equal(m.entered, c.entered) {
-			t.Errorf("%s: %v by %q, error %q, entered %v; want %v by %q, error %q, entered %v", c.name, o, gotBy, gotErr, m.entered, c.want, c.by, c.err, c.entered)
+		if o != c.want || gotBy != c.by || gotErr != c.err || !slices.Equal(m.entered, c.entered) || m.lost != c.lost {
+			t.Errorf("%s: %v by %q, error %q, entered %v, lost %q; want %v by %q, error %q, entered %v, lost %q", c.name, o, gotBy, gotErr, m.entered, m.lost, c.want, c.by, c.err, c.entered, c.lost)
 		}
 	}
 }
@@ -292,5 +308,15 @@ func TestWalkL2(t *testing.T) {
 	_, _, err := m.run("loop", &frame{pkt: tcpPacket()})
 	if !errors.Is(err, errOpaque) || !strings.Contains(err.Error(), " loop ") {
 		t.Errorf("endless nesting: error %v, want one naming the chain", err)
+	}
+}
+
+// TestEmptyL2ChainExists: an ebtables chain without rules (vmfw-l2 when
+// no VM has anti-spoofing) is entered and falls through; it used to read
+// as missing, and a trace on such a host could not evaluate any frame.
+func TestEmptyL2ChainExists(t *testing.T) {
+	m := newL2Machine(map[layout.Chain][]string{layout.ChainL2: {}})
+	if drop, _, err := m.run(layout.ChainL2, &frame{}); drop || err != nil {
+		t.Errorf("empty vmfw-l2: drop=%v err=%v, want a fall through", drop, err)
 	}
 }
