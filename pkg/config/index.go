@@ -82,7 +82,7 @@ func LoadIndexed(dir, path string) (*Model, error) {
 		defer mu.Unlock()
 		paths = append(paths, id)
 	}
-	l := &loader{read: func(p string) ([]byte, error) { note(p); return readFile(p) }, listing: note}
+	l := &loader{read: func(p string, limit int) ([]byte, error) { note(p); return readFile(p, limit) }, listing: note}
 	note(filepath.Join(dir, "vmfw.toml")) // read only when it exists
 	m, lerr := l.load(dir)
 	if lerr != nil {
@@ -145,6 +145,12 @@ func readIndex(path, dir string, program fileID) *Model {
 	}
 	if m.VMs == nil {
 		m.VMs = map[int]*VM{}
+	}
+	if m.Sets == nil {
+		m.Sets = map[string]*Set{}
+	}
+	for _, s := range m.Sets {
+		s.reindex()
 	}
 	for _, vm := range m.VMs {
 		for _, n := range vm.NICs {

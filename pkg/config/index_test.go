@@ -1,6 +1,7 @@
 package config
 
 import (
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -33,12 +34,16 @@ func loadsFromIndex(t *testing.T, dir, index string) (*Model, bool) {
 func TestLoadIndexed(t *testing.T) {
 	files := manyVMs(20)
 	files["vmfw.toml"] = "log_limit = \"5/second\"\n"
+	files["sets/office.toml"] = "entries = [\"198.51.100.0/24\", \"2001:db8:5::/48\"]\nexcept = [\"198.51.100.128/25\"]\n"
 	for name, change := range map[string]func(dir string){
 		"a VM file edited": func(dir string) {
 			configtest.Write(t, dir, map[string]string{"vms/1003.toml": "[net0]\nips = [\"198.51.100.3\"]\n"})
 		},
 		"a group edited": func(dir string) {
 			configtest.Write(t, dir, map[string]string{"groups/web.toml": "[[in]]\nproto = \"tcp\"\ndport = 81\n"})
+		},
+		"a set edited": func(dir string) {
+			configtest.Write(t, dir, map[string]string{"sets/office.toml": "entries = [\"203.0.113.0/24\"]\n"})
 		},
 		"a VM file added":   func(dir string) { configtest.Write(t, dir, map[string]string{"vms/7.toml": "[net0]\n"}) },
 		"a VM file removed": func(dir string) { os.Remove(filepath.Join(dir, "vms/1004.toml")) },
@@ -66,6 +71,9 @@ func TestLoadIndexed(t *testing.T) {
 			}
 			if !reflect.DeepEqual(first, second) {
 				t.Fatal("the index gives another Model than the files")
+			}
+			if e, ok := second.Sets["office"].Match(netip.MustParseAddr("198.51.100.200")); ok || e.Line == 0 {
+				t.Errorf("a set read from the index matches 198.51.100.200 (%+v, %v), which its except excludes", e, ok)
 			}
 			time.Sleep(10 * time.Millisecond) // coarse file systems: a visible time step
 			change(dir)

@@ -50,7 +50,7 @@ const unknownRule = "\x00unknown"
 // cannot vouch for the plan; the caller then plans everything.
 func (b *Backend) planScoped(ctx context.Context, st *state, want *ruleset.Policy, hint *backend.Hint) (p *plan, ok bool, err error) {
 	if hint.Members {
-		return b.planMembers(ctx, want)
+		return b.planMembers(ctx, st, want)
 	}
 	if b.bridge != nil && !b.bridge.Narrow() {
 		trace.Printf("full plan: the ebtables backend cannot read single chains")
@@ -168,13 +168,18 @@ func unexpected(expect map[layout.Chain][]string, snap *xtables.Snapshot) (layou
 	return "", true
 }
 
-// planMembers plans a change of group members alone (cluster mode): the
-// ipset members to add and remove, no chain. When a set would be created
-// or destroyed, rules would change too, and ok is false.
-func (b *Backend) planMembers(ctx context.Context, want *ruleset.Policy) (p *plan, ok bool, err error) {
-	sets, remembered, err := b.listSets(ctx)
-	if err != nil {
-		return nil, false, err
+// planMembers plans a change of set members alone (cluster membership,
+// an edit of address sets): the ipset members to add and remove, no
+// chain. When a set would be created or destroyed, rules would change
+// too, and ok is false. The sets are st's when st was read whole (legacy
+// reads whole even when asked to read narrow): reading them again would
+// cost another ipset save, over 100 ms for a set of 100,000 networks.
+func (b *Backend) planMembers(ctx context.Context, st *state, want *ruleset.Policy) (p *plan, ok bool, err error) {
+	sets, remembered := st.sets, st.remembered
+	if !st.full {
+		if sets, remembered, err = b.listSets(ctx); err != nil {
+			return nil, false, err
+		}
 	}
 	wantSets := layout.Sets(want)
 	if len(sets) != len(wantSets) {

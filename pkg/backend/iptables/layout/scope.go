@@ -248,7 +248,7 @@ func tapNames(nics []*ruleset.Interface) []string {
 }
 
 // l2Names returns the interfaces bridgeTable gives an L2 chain: those of
-// enabled VMs with anti-spoofing.
+// enabled VMs with anti-spoofing (antispoof = "mac" included).
 func l2Names(nics []*ruleset.Interface) []string {
 	var out []string
 	for _, n := range nics {
@@ -327,7 +327,7 @@ func buildScoped(p *ruleset.Policy, focus map[string]bool) *Ruleset {
 			covered[g] = true
 		}
 	}
-	rs := Build(&ruleset.Policy{Host: p.Host, Interfaces: reps, Groups: p.Groups, Members: p.Members})
+	rs := Build(&ruleset.Policy{Host: p.Host, Interfaces: reps, Groups: p.Groups, Members: p.Members, Sets: p.Sets})
 
 	// Drop the chains of representatives out of focus, and the dispatch
 	// compiled for the representatives only.
