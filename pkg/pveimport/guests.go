@@ -121,7 +121,7 @@ func (t *translator) unfilteredGuest(c *guestCtx) {
 		}
 		return
 	}
-	vm := &outVM{id: c.g.ID, name: label(c.g.Name), enable: false,
+	vm := &outVM{id: c.g.ID, name: label(c.g.Name), enable: false, optionSrc: t.enableSrc(),
 		header: []string{fmt.Sprintf("VM %d, imported from %s by vmfw import proxmox: not filtered, as %s.", c.g.ID, c.g.Path, why)}}
 	if o, ok := c.fw.Opt("enable"); ok {
 		vm.optionSrc = append(vm.optionSrc, o.Line)
@@ -187,7 +187,7 @@ func (t *translator) inputFilters(c *guestCtx) []groupRef {
 		}
 	}
 	if o, ok := h.Opt("nosmurfs"); ok && o.Value == "0" {
-		t.rep.set(o.Line, Translated, "no smurf filter")
+		t.rep.set(o.Line, NoEffect, "no smurf filter, so no group for it")
 	} else {
 		lvl, ll := level("smurf_log_level")
 		ref := groupRef{name: t.smurfGroup(pvefw.Line{}, lvl), why: "smurf filter (host.fw nosmurfs)"}
@@ -226,7 +226,7 @@ type segRule struct {
 // vm translates a VM with at least one filtered interface.
 func (t *translator) vm(c *guestCtx) *outVM {
 	g, fw := c.g, c.fw
-	vm := &outVM{id: g.ID, name: label(g.Name), enable: true, policyIn: "accept", policyOut: "accept",
+	vm := &outVM{id: g.ID, name: label(g.Name), enable: true, policyIn: "accept", policyOut: "accept", optionSrc: t.enableSrc(),
 		header: []string{fmt.Sprintf("VM %d, imported from %s and firewall/%d.fw by vmfw import proxmox.", g.ID, g.Path, g.ID)}}
 	opts := map[string]string{}
 	if c.vmOn {
@@ -243,6 +243,17 @@ func (t *translator) vm(c *guestCtx) *outVM {
 	if c.vmOn {
 		segs, groupLines = t.vmRules(c)
 	}
+	// GROUP lines that name a group an interface lists already decide
+	// nothing: the first time the group matched nothing, so it matches
+	// nothing the second time.
+	dups, listed := map[pvefw.Pos]pvefw.Line{}, map[pvefw.Pos]bool{}
+	defer func() {
+		for pos, l := range dups {
+			if !listed[pos] {
+				t.rep.set(l, NoEffect, "the group is listed already; the first occurrence decides everything it can")
+			}
+		}
+	}()
 	ebtablesOff := false
 	if o, ok := t.cluster.Options["ebtables"]; ok && o.Value == "0" {
 		ebtablesOff = true
@@ -261,6 +272,12 @@ func (t *translator) vm(c *guestCtx) *outVM {
 			continue
 		}
 		t.rep.set(n.Line, Translated, "")
+		if o, ok := fw.Options["macfilter"]; ok {
+			on.antispoofSrc = o.Line
+		}
+		if o, ok := fw.Options["dhcp"]; ok {
+			on.srcs = append(on.srcs, o.Line)
+		}
 		if n.MAC != "" && opts["macfilter"] != "0" {
 			on.mac, on.antispoof = strings.ToLower(n.MAC), "mac"
 			if ebtablesOff {
@@ -298,7 +315,9 @@ func (t *translator) vm(c *guestCtx) *outVM {
 				before := len(on.groups)
 				on.groups = appendGroup(on.groups, groupRef{name: gl.Action, why: gl.Pos.String() + ": GROUP " + gl.Action, src: []pvefw.Line{gl.Line}})
 				if len(on.groups) == before {
-					t.rep.note(gl.Line, "net"+strconv.Itoa(n.Index)+" lists the group already: the first occurrence decides everything it could")
+					dups[gl.Pos] = gl.Line
+				} else {
+					listed[gl.Pos] = true
 				}
 			}
 		}
@@ -486,4 +505,13 @@ func label(name string) string {
 		return name
 	}
 	return ""
+}
+
+// enableSrc is the cluster's enable line, which every VM's enable comes
+// from.
+func (t *translator) enableSrc() []pvefw.Line {
+	if o, ok := t.cluster.Options["enable"]; ok {
+		return []pvefw.Line{o.Line}
+	}
+	return nil
 }

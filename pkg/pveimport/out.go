@@ -74,7 +74,9 @@ type outNIC struct {
 	mac       string
 	bridge    string
 	antispoof string // "mac" or "false"
-	groups    []groupRef
+	// antispoofSrc is the macfilter option line.
+	antispoofSrc pvefw.Line
+	groups       []groupRef
 	// srcs are further lines the interface's settings come from (options).
 	srcs []pvefw.Line
 }

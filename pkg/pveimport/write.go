@@ -245,6 +245,7 @@ func writeVM(vm *outVM, rep *reporter) File {
 		} else {
 			d.add("antispoof = false")
 		}
+		d.from(n.antispoofSrc)
 		d.add("dhcp = false")
 		d.from(n.srcs...)
 		if len(n.groups) == 0 {
