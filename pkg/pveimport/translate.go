@@ -15,7 +15,6 @@
 package pveimport
 
 import (
-	"errors"
 	"fmt"
 	"hash/fnv"
 	"slices"
@@ -363,6 +362,3 @@ func sortedKeys[V any](m map[string]V) []string {
 	slices.Sort(keys)
 	return keys
 }
-
-// errSkip says a value was refused and the problem recorded.
-var errSkip = errors.New("skipped")

@@ -274,7 +274,6 @@ func (e *Eval) match(r pvefw.Rule, f Flow, fw *pvefw.FwFile) (Verdict, bool) {
 
 var protoNumbers = map[string]int{"tcp": TCP, "udp": UDP, "icmp": ICMP, "icmpv6": ICMPv6, "ipv6-icmp": ICMPv6}
 
-
 func (e *Eval) matchOne(r pvefw.Rule, proto, dport, sport string, f Flow, fw *pvefw.FwFile, fam int) bool {
 	if proto != "" {
 		n, ok := protoNumbers[proto]
