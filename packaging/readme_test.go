@@ -12,7 +12,7 @@ import (
 // the bash completion are checked against.
 type readme struct {
 	// commands are the subcommands as the Commands block spells them,
-	// e.g. "ifup" or "hook proxmox".
+	// e.g. "ifup", "hook proxmox" or "import proxmox".
 	commands []string
 	// commandOptions are the options of subcommands, e.g. "--dry-run".
 	commandOptions []string
@@ -106,8 +106,8 @@ func readREADME(t *testing.T) readme {
 			continue
 		}
 		name := f[1]
-		if name == "hook" {
-			name += " " + f[2]
+		if name == "hook" || name == "import" {
+			name += " " + f[2] // the command names its subject: hook proxmox
 		}
 		r.commands = append(r.commands, name)
 		synopsis := line
@@ -224,7 +224,8 @@ func TestManPagesFollowREADME(t *testing.T) {
 // usage is the command line as vmfw's own usage text (pkg/cli) states it:
 // the code's word, which the README may lag behind.
 type usage struct {
-	// commands are the subcommands, e.g. "ifup" or "hook proxmox".
+	// commands are the subcommands, e.g. "ifup", "hook proxmox" or
+	// "import proxmox".
 	commands []string
 	// options maps a subcommand ("" for the global ones) to its options
 	// and each option to the values it takes, e.g. "-o": json, prometheus.
@@ -293,7 +294,7 @@ func readUsage(t *testing.T) usage {
 				t.Fatalf("usage line %q does not start with a command", line)
 			}
 			name := cmd
-			if cmd == "hook" && len(f) > 1 {
+			if (cmd == "hook" || cmd == "import") && len(f) > 1 {
 				name += " " + f[1]
 			}
 			u.commands = append(u.commands, name)

@@ -65,6 +65,9 @@ commands:
                             configuration into DIR; list every host, its liveness and revision
   flush [--dry-run] [-o json]
                             remove everything vmfw installed and nothing else
+  import proxmox [--node NAME] [--skip-untranslatable] [-o json] SRC DEST
+                            translate a Proxmox VE firewall configuration (SRC laid out like
+                            /etc/pve) into the new configuration directory DEST
   hook proxmox VMID PHASE   Proxmox VE hookscript: post-start firewalls, post-stop removes
   hook libvirt GUEST OP SUBOP [EXTRA]
                             libvirt qemu hook, domain XML on stdin
@@ -101,6 +104,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var ue *usageError
 	var ce *engine.ConfigError
 	var fe *config.Error
+	var ie *importError
 	if errors.As(err, &fe) && !filepath.IsAbs(fe.File) {
 		// Name the file as the operator can open it.
 		fe.File = filepath.Join(configDirOf(args), fe.File)
@@ -110,7 +114,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case errors.As(err, &ue):
 		fmt.Fprint(stderr, usage)
 		return ExitUsage
-	case errors.As(err, &ce), errors.As(err, &fe), explain.IsQueryError(err):
+	case errors.As(err, &ce), errors.As(err, &fe), errors.As(err, &ie), explain.IsQueryError(err):
 		return ExitUsage
 	}
 	return ExitFailed
@@ -271,6 +275,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return clusterCmd(ctx, *configDir, rest, stdout)
 	case "agent":
 		return agentCmd(ctx, system.Options{ConfigDir: *configDir, StateDir: *stateDir, IPTables: *backend}, rest, stdout, stderr)
+	case "import":
+		return importCmd(rest, stdout)
 	case "hook":
 		return hookCmd(ctx, newEngine, agent.Request{ConfigDir: *configDir, StateDir: *stateDir, IPTables: *backend}, rest)
 	case "version":

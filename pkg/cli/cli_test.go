@@ -106,3 +106,33 @@ func TestCheckJSONInvalid(t *testing.T) {
 		t.Errorf("exit %d, %+v, stderr %q", code, r, errOut)
 	}
 }
+
+// TestImportProxmox: the import writes DEST and exits 0; a tree with lines
+// it cannot translate exits 2 naming them and writes nothing; DEST must be
+// new.
+func TestImportProxmox(t *testing.T) {
+	src := filepath.Join("..", "pveimport", "testdata")
+	dest := filepath.Join(t.TempDir(), "vmfw")
+	code, out, errOut := run1("import", "proxmox", filepath.Join(src, "plain", "src"), dest)
+	if code != 0 || !strings.Contains(out, "firewall/201.fw:7: translated -> groups/VM201_1.toml:") {
+		t.Fatalf("exit %d, stdout %.300q, stderr %q", code, out, errOut)
+	}
+	if code, _, errOut := run1("--config-dir", dest, "check"); code != 0 {
+		t.Errorf("vmfw check of the import: exit %d: %s", code, errOut)
+	}
+	code, _, errOut = run1("import", "proxmox", filepath.Join(src, "plain", "src"), dest)
+	if code != ExitUsage || !strings.Contains(errOut, "not empty") {
+		t.Errorf("import into a filled DEST: exit %d, %q", code, errOut)
+	}
+	bad := filepath.Join(t.TempDir(), "bad")
+	code, out, errOut = run1("import", "proxmox", "-o", "json", filepath.Join(src, "errors", "src"), bad)
+	if code != ExitUsage || !strings.Contains(errOut, "firewall/301.fw:3: cannot be translated exactly") || !strings.Contains(out, `"written": false`) {
+		t.Errorf("exit %d, stdout %.200q, stderr %.300q", code, out, errOut)
+	}
+	if _, err := os.Stat(bad); !os.IsNotExist(err) {
+		t.Errorf("a failed import wrote %s", bad)
+	}
+	if code, _, errOut := run1("import", "libvirt", "a", "b"); code != ExitUsage || !strings.Contains(errOut, "only source is proxmox") {
+		t.Errorf("exit %d, %q", code, errOut)
+	}
+}

@@ -1,0 +1,227 @@
+package pvefw
+
+import (
+	"regexp"
+	"strings"
+)
+
+// Kind says which .fw file is read: the sections and options it allows
+// differ.
+type Kind int
+
+// The kinds of .fw file.
+const (
+	// Cluster is firewall/cluster.fw.
+	Cluster Kind = iota
+	// Host is nodes/NODE/host.fw.
+	Host
+	// GuestFile is firewall/VMID.fw of a VM or a container.
+	GuestFile
+)
+
+// Names as pve-firewall's patterns allow them ($security_group_name_pattern
+// and friends); the length limits are those of generic_fw_config_parser.
+var (
+	namePattern     = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9\-_]+$`)
+	groupHeader     = regexp.MustCompile(`(?i)^\[group\s+(\S+)\]\s*(?:#\s*(.*?)\s*)?$`)
+	ipsetHeader     = regexp.MustCompile(`(?i)^\[ipset\s+(\S+)\]\s*(?:#\s*(.*?)\s*)?$`)
+	maxGroupNameLen = 18
+	maxIPSetNameLen = 64
+)
+
+// ParseFw parses the text of a .fw file at path (relative to the tree) of
+// the given kind, line by line as generic_fw_config_parser does: lines are
+// trimmed, blank lines and lines starting with '#' are skipped, section
+// headers are case-insensitive.
+func ParseFw(path string, kind Kind, text string) *FwFile {
+	f := &FwFile{
+		Path:    path,
+		Options: map[string]Option{},
+		Aliases: map[string]Alias{},
+		IPSets:  map[string]*IPSet{},
+		Groups:  map[string]*Group{},
+	}
+	section := ""
+	var group *Group
+	var ipset *IPSet
+	seen := map[string]bool{} // entries of the current IP set, for duplicates
+	for i, raw := range strings.Split(text, "\n") {
+		line := strings.Trim(raw, " \t\r")
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		l := Line{Pos: Pos{File: path, Line: i + 1}, Text: line}
+		f.Lines = append(f.Lines, l)
+		problem := func(reason string) { f.Problems = append(f.Problems, Problem{Line: l, Reason: reason}) }
+		lower := strings.ToLower(line)
+		switch {
+		case lower == "[options]":
+			section = "options"
+			continue
+		case lower == "[aliases]" && kind != Host:
+			section = "aliases"
+			continue
+		case lower == "[rules]":
+			section = "rules"
+			continue
+		}
+		if m := groupHeader.FindStringSubmatch(line); m != nil && kind == Cluster {
+			name := strings.ToLower(m[1])
+			section, group = "", nil
+			switch {
+			case len(name) > maxGroupNameLen:
+				problem("security group name too long (at most 18 characters)")
+			case !namePattern.MatchString(name):
+				problem("invalid security group name " + quote(name))
+			default:
+				section = "group"
+				group = &Group{Line: l, Name: name, Comment: m[2]}
+				if _, dup := f.Groups[name]; !dup {
+					f.GroupOrder = append(f.GroupOrder, name)
+				}
+				// A second section of the same name starts the group
+				// anew, as pve-firewall's assignment does.
+				f.Groups[name] = group
+			}
+			continue
+		}
+		if m := ipsetHeader.FindStringSubmatch(line); m != nil && kind != Host {
+			name := strings.ToLower(m[1])
+			section, ipset = "", nil
+			switch {
+			case len(name) > maxIPSetNameLen:
+				problem("ipset name too long (at most 64 characters)")
+			case !namePattern.MatchString(name):
+				problem("invalid ipset name " + quote(name))
+			default:
+				section = "ipset"
+				ipset = &IPSet{Line: l, Name: name, Comment: m[2]}
+				if _, dup := f.IPSets[name]; !dup {
+					f.IPSetOrder = append(f.IPSetOrder, name)
+				}
+				f.IPSets[name] = ipset
+				seen = map[string]bool{}
+			}
+			continue
+		}
+		switch section {
+		case "":
+			problem("skip line - no section")
+		case "options":
+			key, value, reason := parseOption(kind, line)
+			if reason != "" {
+				problem(reason)
+				continue
+			}
+			f.Options[key] = Option{Line: l, Key: key, Value: value}
+		case "aliases":
+			a, reason := parseAlias(l)
+			if reason != "" {
+				problem(reason)
+				continue
+			}
+			f.Aliases[a.Name] = a
+		case "rules", "group":
+			r, reason := ParseRule(l)
+			if reason != "" {
+				problem(reason)
+				continue
+			}
+			if section == "rules" {
+				f.Rules = append(f.Rules, r)
+			} else {
+				group.Rules = append(group.Rules, r)
+			}
+		case "ipset":
+			e := parseIPSetEntry(l)
+			key := strings.ToLower(e.CIDR)
+			if seen[key] {
+				// generic_fw_config_parser flags it and
+				// generate_ipset_chains skips flagged entries.
+				problem("duplicate ipset entry for " + quote(e.CIDR))
+				continue
+			}
+			seen[key] = true
+			ipset.Entries = append(ipset.Entries, e)
+		}
+	}
+	return f
+}
+
+// Option syntax, from parse_clusterfw_option, parse_hostfw_option and
+// parse_vmfw_option.
+var (
+	logLevels        = `emerg|alert|crit|err|warning|notice|info|debug|nolog`
+	clusterBool      = regexp.MustCompile(`(?i)^(ebtables):\s*(0|1)\s*$`)
+	clusterEnable    = regexp.MustCompile(`(?i)^(enable):\s*(\d+)\s*$`)
+	policyOpt        = regexp.MustCompile(`(?i)^(policy_(?:in|out|forward)):\s*(ACCEPT|DROP|REJECT)\s*$`)
+	clusterRatelimit = regexp.MustCompile(`^(log_ratelimit):\s*(\S+)\s*$`)
+	hostBool         = regexp.MustCompile(`(?i)^(enable|nosmurfs|tcpflags|ndp|log_nf_conntrack|nf_conntrack_allow_invalid|protection_synflood|nftables):\s*(0|1)\s*$`)
+	hostLog          = regexp.MustCompile(`(?i)^(log_level_(?:in|out|forward)|tcp_flags_log_level|smurf_log_level):\s*((` + logLevels + `)\s*)?$`)
+	hostHelpers      = regexp.MustCompile(`(?i)^(nf_conntrack_helpers):\s*(((\S+)[,]?)+)\s*$`)
+	hostNumber       = regexp.MustCompile(`(?i)^(nf_conntrack_max|nf_conntrack_tcp_timeout_established|nf_conntrack_tcp_timeout_syn_recv|protection_synflood_rate|protection_synflood_burst|protection_limit):\s*(\d+)\s*$`)
+	guestBool        = regexp.MustCompile(`(?i)^(enable|dhcp|ndp|radv|macfilter|ipfilter|ips):\s*(0|1)\s*$`)
+	guestLog         = regexp.MustCompile(`(?i)^(log_level_in|log_level_out):\s*((` + logLevels + `)\s*)?$`)
+	guestPolicy      = regexp.MustCompile(`(?i)^(policy_(?:in|out)):\s*(ACCEPT|DROP|REJECT)\s*$`)
+	guestQueues      = regexp.MustCompile(`(?i)^(ips_queues):\s*((\d+)(:(\d+))?)\s*$`)
+	guestL2          = regexp.MustCompile(`(?i)^(layer2_protocols):\s*(((\S+)[,]?)+)\s*$`)
+)
+
+// parseOption returns an option's key and value in pve-firewall's
+// normalised form (booleans "0"/"1", policies upper case, log levels
+// lower case), or the reason it skips the line.
+func parseOption(kind Kind, line string) (key, value, reason string) {
+	type form struct {
+		re    *regexp.Regexp
+		value func(m []string) string
+	}
+	plain := func(m []string) string { return m[2] }
+	upper := func(m []string) string { return strings.ToUpper(m[2]) }
+	level := func(m []string) string { return strings.ToLower(m[3]) }
+	var forms []form
+	switch kind {
+	case Cluster:
+		forms = []form{{clusterEnable, plain}, {clusterBool, plain}, {policyOpt, upper}, {clusterRatelimit, plain}}
+	case Host:
+		forms = []form{{hostBool, plain}, {hostLog, level}, {hostHelpers, func(m []string) string { return strings.ToLower(m[2]) }}, {hostNumber, plain}}
+	default:
+		forms = []form{{guestBool, plain}, {guestLog, level}, {guestPolicy, upper}, {guestQueues, plain}, {guestL2, plain}}
+	}
+	for _, fm := range forms {
+		if m := fm.re.FindStringSubmatch(line); m != nil {
+			return strings.ToLower(m[1]), fm.value(m), ""
+		}
+	}
+	return "", "", "can't parse option " + quote(line)
+}
+
+// parseAlias reads "NAME CIDR # comment" (parse_alias).
+func parseAlias(l Line) (Alias, string) {
+	text, comment := cutComment(l.Text)
+	fields := strings.Fields(text)
+	if len(fields) != 2 {
+		return Alias{}, "can't parse alias " + quote(l.Text)
+	}
+	return Alias{Line: l, Name: strings.ToLower(fields[0]), CIDR: fields[1], Comment: comment}, ""
+}
+
+// parseIPSetEntry reads "[!]CIDR # comment".
+func parseIPSetEntry(l Line) IPSetEntry {
+	text, comment := cutComment(l.Text)
+	text = strings.TrimSpace(text)
+	e := IPSetEntry{Line: l, Comment: comment}
+	if rest, ok := strings.CutPrefix(text, "!"); ok {
+		e.NoMatch = true
+		text = strings.TrimSpace(rest)
+	}
+	e.CIDR = text
+	return e
+}
+
+// cutComment splits off the text after the first '#', trimmed.
+func cutComment(s string) (text, comment string) {
+	text, comment, _ = strings.Cut(s, "#")
+	return strings.TrimSpace(text), strings.TrimSpace(comment)
+}
+
+func quote(s string) string { return "'" + s + "'" }
