@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -525,7 +526,7 @@ func (t *translator) emit(p *prule) []outRule {
 	switch p.proto {
 	case "tcp", "udp":
 		base.action = "reject"
-		return []outRule{base}
+		return append(rejectGuards(p, base), base)
 	case "icmp", "icmpv6":
 		base.action = "drop"
 		base.note = joinNote(base.note, "pve-firewall's REJECT drops ICMP")
@@ -546,9 +547,58 @@ func (t *translator) emit(p *prule) []outRule {
 			out = append(out, r)
 		}
 	}
+	out = append(out, rejectGuards(p, base)...)
 	r := base
 	r.action = "reject"
 	r.note = joinNote(base.note, "pve-firewall answers protocols other than TCP and UDP with ICMP host-prohibited, vmfw with port-unreachable")
 	t.rep.note(p.src.Line, "REJECT of protocols other than TCP, UDP and ICMP: vmfw answers ICMP port-unreachable where pve-firewall answers host-prohibited")
 	return append(out, r)
+}
+
+// Addresses PVEFW-reject drops rather than rejects, in IPv4: packets
+// from a multicast source, and to the broadcast address.
+var (
+	multicast4 = netip.MustParsePrefix("224.0.0.0/4")
+	broadcast4 = netip.MustParsePrefix("255.255.255.255/32")
+)
+
+// rejectGuards are the drops PVEFW-reject makes before it rejects, for
+// the addresses vmfw's rules can see: the sender's, in in rules
+// (multicast sources), and the receiver's, in out rules (the limited
+// broadcast address). Each matches what the REJECT rule base matches and
+// logs as it does (pve-firewall logs before it jumps to PVEFW-reject).
+// None for an IPv6 rule: IPv6's PVEFW-reject only drops ICMPv6.
+func rejectGuards(p *prule, base outRule) []outRule {
+	if p.family == 6 {
+		return nil
+	}
+	guard, list, note := multicast4, base.source, "pve-firewall's REJECT drops packets from multicast sources (PVEFW-reject)"
+	if p.dir == "out" {
+		guard, list, note = broadcast4, base.dest, "pve-firewall's REJECT drops packets to the broadcast address (PVEFW-reject)"
+	}
+	var within []string
+	if len(list) == 0 {
+		within = []string{prefixText(guard)}
+	}
+	for _, a := range list {
+		q, _, err := parsePrefix(a)
+		if err != nil || !q.Overlaps(guard) {
+			continue
+		}
+		if q.Bits() < guard.Bits() {
+			q = guard
+		}
+		within = append(within, prefixText(q))
+	}
+	if len(within) == 0 {
+		return nil // the rule cannot match such a packet
+	}
+	r := base
+	if p.dir == "out" {
+		r.dest = slices.Compact(within)
+	} else {
+		r.source = slices.Compact(within)
+	}
+	r.action, r.note = "drop", joinNote(base.note, note)
+	return []outRule{r}
 }

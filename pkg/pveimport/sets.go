@@ -90,7 +90,8 @@ func (t *translator) guestIPSets(id int, f *pvefw.FwFile) {
 
 // translateSet writes an IP set as a vmfw set (generate_ipset_chains): its
 // entries resolved (aliases) and normalised, a later entry for the same
-// prefix replacing an earlier one, nomatch entries in except. pve-firewall
+// prefix replacing an earlier one, nomatch entries in except (those no
+// entry contains left out: they exclude nothing). pve-firewall
 // leaves out entries it cannot read; so does the import, when told to.
 func (t *translator) translateSet(s *pvefw.IPSet, name string, sc setScope, header string) {
 	out := &outSet{name: name, description: s.Comment, header: []string{header}, src: s.Line}
@@ -136,11 +137,27 @@ func (t *translator) translateSet(s *pvefw.IPSet, name string, sc setScope, head
 	}
 	for _, p := range order {
 		en := byPrefix[p]
-		if en.nomatch {
-			out.except = append(out.except, en.e)
-		} else {
+		if !en.nomatch {
 			out.entries = append(out.entries, en.e)
+			continue
 		}
+		// ipset looks an address up from its most specific prefix: a
+		// nomatch entry that no entry contains decides only for
+		// addresses that would match nothing without it, so leaving it
+		// out changes no lookup (and vmfw refuses an except outside
+		// every entry as a mistake).
+		inside := false
+		for q, other := range byPrefix {
+			if !other.nomatch && q.Bits() < p.Bits() && q.Contains(p.Addr()) {
+				inside = true
+				break
+			}
+		}
+		if !inside {
+			t.rep.set(en.e.src, NoEffect, "a ! entry that no entry of the set contains excludes nothing")
+			continue
+		}
+		out.except = append(out.except, en.e)
 	}
 	t.rep.set(s.Line, Translated, "")
 	t.sets[name] = out
