@@ -44,6 +44,51 @@ type Flow struct {
 	ICMPType uint8
 }
 
+// ctState is what connection tracking makes of a flow's first packet:
+// ICMP queries open a connection (NEW); neighbour discovery, router
+// discovery and multicast listener messages are not tracked; every other
+// ICMP message without a connection it belongs to (errors, replies) is
+// INVALID.
+func ctState(f Flow) string {
+	switch f.Proto {
+	case ICMP:
+		switch f.ICMPType {
+		case 8, 13, 15, 17:
+			return "NEW"
+		}
+		return "INVALID"
+	case ICMPv6:
+		switch f.ICMPType {
+		case 128, 139:
+			return "NEW"
+		case 130, 131, 132, 133, 134, 135, 136, 137, 143:
+			return "UNTRACKED"
+		}
+		return "INVALID"
+	}
+	return "NEW"
+}
+
+// Forward is what PVEFW-FORWARD does before any tap chain, on the node
+// of guest id (compile_iptables_filter, ruleset_chain_add_conn_filters):
+// while the cluster firewall is on, every bridged packet conntrack finds
+// INVALID is dropped, whatever the guest's own settings, unless the
+// node's host.fw sets nf_conntrack_allow_invalid. ok is false when the
+// packet goes on to the tap chains.
+func (e *Eval) Forward(id int, f Flow) (v Verdict, why string, ok bool) {
+	g, _ := e.guest(id)
+	if g == nil || ctState(f) != "INVALID" {
+		return "", "", false
+	}
+	if on, _ := opt(e.t.Cluster, "enable"); on != "1" {
+		return "", "", false
+	}
+	if allow, _ := opt(e.t.HostOptions(g), "nf_conntrack_allow_invalid"); allow == "1" {
+		return "", "", false
+	}
+	return Drop, "INVALID", true
+}
+
 // Eval answers for one tree.
 type Eval struct {
 	t *pvefw.Tree
@@ -123,7 +168,7 @@ func (e *Eval) Out(id, index int, f Flow) (Verdict, string) {
 	if p == "" {
 		p = "ACCEPT"
 	}
-	return policy(p, f, "out")
+	return policy(p, f)
 }
 
 // In is the verdict of PVEFW-FWBR-IN's input filters and the tap's IN
@@ -134,12 +179,16 @@ func (e *Eval) In(id, index int, f Flow) (Verdict, string) {
 		return Accept, "not filtered"
 	}
 	g, fw := e.guest(id)
-	if s, ok := e.t.Cluster.IPSets["blacklist"]; ok && inSet(s, f.Src) {
+	if s, ok := e.t.Cluster.IPSets["blacklist"]; ok && inSetScoped(s, f.Src, e, nil) {
 		return Drop, "blacklist"
 	}
 	host := e.t.HostOptions(g)
-	if ns, _ := opt(host, "nosmurfs"); ns != "0" && f.Src.Is4() {
-		if f.Src == netip.AddrFrom4([4]byte{255, 255, 255, 255}) || netip.MustParsePrefix("224.0.0.0/4").Contains(f.Src) {
+	if ns, _ := opt(host, "nosmurfs"); ns != "0" && f.Src.Is4() && (ctState(f) == "NEW" || ctState(f) == "INVALID") {
+		// PVEFW-smurfs, entered for NEW and INVALID packets:
+		// 0.0.0.0 returns (DHCP); a broadcast source (addrtype
+		// BROADCAST: the host's subnets' broadcast addresses too,
+		// which a tree does not tell) or a multicast one is dropped.
+		if f.Src == broadcast || multicast4.Contains(f.Src) {
 			return Drop, "smurfs"
 		}
 	}
@@ -162,23 +211,35 @@ func (e *Eval) In(id, index int, f Flow) (Verdict, string) {
 	if p == "" {
 		p = "DROP"
 	}
-	return policy(p, f, "in")
+	return policy(p, f)
 }
 
-// policy is ruleset_add_chain_policy: DROP runs PVEFW-Drop first, REJECT
-// PVEFW-Reject, then PVEFW-reject.
-func policy(p string, f Flow, dir string) (Verdict, string) {
+// Addresses the standard chains single out.
+var (
+	broadcast   = netip.AddrFrom4([4]byte{255, 255, 255, 255})
+	multicast4  = netip.MustParsePrefix("224.0.0.0/4")
+	multicast6  = netip.MustParsePrefix("ff00::/8")
+	smbUDPPorts = map[uint16]bool{135: true, 445: true, 137: true, 138: true, 139: true}
+)
+
+// policy is ruleset_add_chain_policy: DROP runs PVEFW-Drop first, then
+// drops; REJECT runs PVEFW-Reject, then PVEFW-reject.
+func policy(p string, f Flow) (Verdict, string) {
 	if p == "ACCEPT" {
 		return Accept, "policy"
 	}
 	v6 := f.Src.Is6()
-	smb := f.Proto == UDP && (f.DPort == 135 || f.DPort == 445 || f.DPort >= 137 && f.DPort <= 139 || f.SPort == 137 && f.DPort >= 1024) ||
+	smb := f.Proto == UDP && (smbUDPPorts[f.DPort] || f.SPort == 137 && f.DPort >= 1024) ||
 		f.Proto == TCP && (f.DPort == 135 || f.DPort == 139 || f.DPort == 445)
-	bcast := dir == "out" && (f.Dst == netip.AddrFrom4([4]byte{255, 255, 255, 255}) || netip.MustParsePrefix("224.0.0.0/4").Contains(f.Dst) || netip.MustParsePrefix("ff00::/8").Contains(f.Dst))
+	// PVEFW-DropBroadcast, in both directions: IPv4's by address type
+	// (the limited broadcast address; a subnet's, which the tree does
+	// not tell, is not modelled) and 224.0.0.0/4, IPv6's ff00::/8.
+	bcast := !v6 && (f.Dst == broadcast || multicast4.Contains(f.Dst)) || v6 && multicast6.Contains(f.Dst)
+	if v6 && f.Proto == TCP && f.DPort == 43 {
+		// IPv6's PVEFW-Drop and PVEFW-Reject start with it.
+		return reject(f), "PVEFW-" + map[string]string{"DROP": "Drop", "REJECT": "Reject"}[p] + " rejects tcp/43 (IPv6)"
+	}
 	if p == "DROP" {
-		if v6 && f.Proto == TCP && f.DPort == 43 {
-			return Reject, "PVEFW-Drop rejects tcp/43 (IPv6)"
-		}
 		return Drop, "policy DROP"
 	}
 	switch {
@@ -192,10 +253,14 @@ func policy(p string, f Flow, dir string) (Verdict, string) {
 	return reject(f), "policy REJECT"
 }
 
-// reject is PVEFW-reject: ICMP and packets from multicast sources are
-// dropped, the rest rejected.
+// reject is PVEFW-reject: in IPv4 packets to the broadcast address, from
+// multicast sources and ICMP are dropped, in IPv6 ICMPv6; the rest is
+// rejected.
 func reject(f Flow) Verdict {
-	if f.Proto == ICMP || f.Proto == ICMPv6 || netip.MustParsePrefix("224.0.0.0/4").Contains(f.Src) {
+	if f.Src.Is4() && (f.Dst == broadcast || multicast4.Contains(f.Src) || f.Proto == ICMP) {
+		return Drop
+	}
+	if f.Src.Is6() && f.Proto == ICMPv6 {
 		return Drop
 	}
 	return Reject
@@ -411,8 +476,6 @@ func prefix(s string) (netip.Prefix, bool) {
 	p, err := netip.ParsePrefix(s)
 	return p.Masked(), err == nil
 }
-
-func inSet(s *pvefw.IPSet, a netip.Addr) bool { return inSetScoped(s, a, nil, nil) }
 
 // inSetScoped is ipset hash:net with nomatch: the most specific matching
 // entry decides.
