@@ -376,8 +376,8 @@ func TestProxmoxImportCluster(t *testing.T) {
 			{"policy_out REJECT (110.fw:3)", app0, "", false, "192.0.2.201", 80, labnet.Refused},
 			{"110's net1 has no firewall=1: everything reaches it", ext9, "", false, "192.0.2.111", 8080, labnet.Connected},
 			{"110's net1 has no firewall=1: everything leaves it", app1, "", false, "192.0.2.209", 5900, labnet.Connected},
-			{"120: IN DROP tcp 22 -i net0 (120.fw:5)", ext, "192.0.2.201", false, "192.0.2.120", 22, labnet.Timeout},
-			{"120: IN REJECT -i net0 (120.fw:6)", ext, "192.0.2.201", false, "192.0.2.120", 80, labnet.Refused},
+			{"120: IN DROP tcp 22 -i net0 (120.fw:6)", ext, "192.0.2.201", false, "192.0.2.120", 22, labnet.Timeout},
+			{"120: IN REJECT -i net0 (120.fw:7)", ext, "192.0.2.201", false, "192.0.2.120", 80, labnet.Refused},
 			{"120 net1: the -i net0 rules do not apply; policy_in ACCEPT (120.fw:3)", ext1, "", false, "192.0.2.121", 22, labnet.Connected},
 		})
 
