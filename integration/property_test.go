@@ -634,7 +634,9 @@ func (p *propLab) apply() {
 // starts again from a kernel without any of vmfw's objects.
 func (p *propLab) reset() {
 	p.record("reset", "flush, and every tap removed")
-	p.vmfw("flush")
+	if out, errOut, code := p.hv.run("flush"); code != 0 {
+		p.fail("vmfw flush: exit %d\n%s%s", code, out, errOut)
+	}
 	for tap := range p.up {
 		p.removeTap(tap)
 	}

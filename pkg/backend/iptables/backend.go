@@ -64,6 +64,8 @@ type Bridge interface {
 	Narrow() bool
 	ChainsExist(ctx context.Context, names []layout.Chain) (map[layout.Chain]bool, error)
 	Hooks(ctx context.Context) (map[layout.Hook]int, error)
+	// Targets reads what the named chains jump to, in rule order.
+	Targets(ctx context.Context, names []layout.Chain) (map[layout.Chain][]layout.Chain, error)
 }
 
 // Backend is the iptables backend. Build one with New.

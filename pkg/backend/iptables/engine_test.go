@@ -342,6 +342,19 @@ func (b simBridge) ChainsExist(_ context.Context, names []layout.Chain) (map[lay
 	return out, nil
 }
 
+func (b simBridge) Targets(_ context.Context, names []layout.Chain) (map[layout.Chain][]layout.Chain, error) {
+	out := map[layout.Chain][]layout.Chain{}
+	for _, n := range names {
+		out[n] = []layout.Chain{}
+		for _, l := range b.k.bridge.chains[n] {
+			if t := target(l); t != "" && !slices.Contains([]layout.Chain{"ACCEPT", "DROP", "RETURN", "CONTINUE"}, t) {
+				out[n] = append(out[n], t)
+			}
+		}
+	}
+	return out, nil
+}
+
 func (b simBridge) Hooks(context.Context) (map[layout.Hook]int, error) {
 	return ebtables.Parse([]byte(b.k.bridge.save())).Hooks, nil
 }
@@ -728,21 +741,24 @@ func TestDryRunRendersTheTransactions(t *testing.T) {
 // the kernel ends exactly as a full apply leaves it.
 func TestScopedChecksWhatItReliesOn(t *testing.T) {
 	ctx := context.Background()
-	for name, edit := range map[string]func(dir string){
+	const vm103 = "[net0]\nmac = \"02:00:00:00:01:03\"\nips = [\"198.51.100.4\"]\ngroups = [\"g3\", \"g0\"]\n"
+	for name, c := range map[string]struct {
+		vm103 string // VM 103's file when the taps come up
+		edit  map[string]string
+	}{
 		// g2 stops using g3's members, whose sets nothing else uses;
 		// taps[4] lists neither (g4 and g1).
-		"group out of focus": func(dir string) {
-			configtest.Write(t, dir, map[string]string{"groups/g2.toml": "[[in]]\nproto = \"tcp\"\ndport = \"22\"\n"})
-		},
+		"group out of focus": {vm103, map[string]string{"groups/g2.toml": "[[in]]\nproto = \"tcp\"\ndport = \"22\"\n"}},
 		// taps[3], already attached, gains anti-spoofing: an L2 chain
 		// the dispatch node it shares with taps[4] would jump to.
-		"settings of an attached VM": func(dir string) {
-			configtest.Write(t, dir, map[string]string{"vms/103.toml": "[net0]\nmac = \"02:00:00:00:01:03\"\nips = [\"198.51.100.4\"]\ngroups = [\"g3\", \"g0\"]\n"})
-		},
+		"anti-spoofing turned on": {vm103 + "antispoof = false\n", map[string]string{"vms/103.toml": vm103}},
+		// taps[3] loses it: the kernel's L2 dispatch still jumps to its
+		// chain, which the configuration no longer lays out.
+		"anti-spoofing turned off": {vm103, map[string]string{"vms/103.toml": vm103 + "antispoof = false\n"}},
 	} {
 		t.Run(name, func(t *testing.T) {
 			dir, taps := scopedConfig(t, 6, 1)
-			configtest.Write(t, dir, map[string]string{"vms/103.toml": "[net0]\nmac = \"02:00:00:00:01:03\"\nips = [\"198.51.100.4\"]\ngroups = [\"g3\", \"g0\"]\nantispoof = false\n"})
+			configtest.Write(t, dir, map[string]string{"vms/103.toml": c.vm103})
 			e, k := simEngine(dir, taps, "nft")
 			full, ref := simEngine(dir, taps, "full")
 			for _, tap := range taps[:4] {
@@ -752,7 +768,7 @@ func TestScopedChecksWhatItReliesOn(t *testing.T) {
 					}
 				}
 			}
-			edit(dir)
+			configtest.Write(t, dir, c.edit)
 			saves := k.saves.Load()
 			for _, en := range []*engine.Engine{e, full} {
 				if err := en.Attach(ctx, taps[4]); err != nil {
@@ -766,5 +782,44 @@ func TestScopedChecksWhatItReliesOn(t *testing.T) {
 				t.Errorf("the ifup left another kernel than the full path:\nscoped:\n%s\nfull:\n%s", got, want)
 			}
 		})
+	}
+}
+
+// TestScopedChecksBridgeDispatch: ebtables rules carry no fingerprints,
+// so a scope rewrites the L2 dispatch chains it writes without reading
+// their rules. When an unapplied edit took an attached VM's anti-spoofing
+// away, the kernel's dispatch still holds a node for it that the
+// configuration no longer lays out; rewriting the root over it would
+// leave that node and the VM's L2 chain unreachable, never to be removed
+// (and a later flush refused: a chain still jumped to). The scope reads
+// what the chains it rewrites jump to, and takes the full path.
+func TestScopedChecksBridgeDispatch(t *testing.T) {
+	ctx := context.Background()
+	dir, taps := scopedConfig(t, 12, 1)
+	e, k := simEngine(dir, taps, "nft")
+	full, ref := simEngine(dir, taps, "full")
+	// tap100, 101, 103 and 105 share "tap10" below the root "tap1": a
+	// node of their own, beside tap110i0.
+	for _, i := range []int{0, 1, 3, 5, 10} {
+		for _, en := range []*engine.Engine{e, full} {
+			if err := en.Attach(ctx, taps[i]); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// VM 103 keeps its settings (no ips) but loses anti-spoofing.
+	configtest.Write(t, dir, map[string]string{"vms/103.toml": "[net0]\nmac = \"02:00:00:00:01:03\"\ngroups = [\"g3\", \"g0\"]\nantispoof = false\n"})
+	// tap111i0 joins the root beside tap110i0: the root is rewritten,
+	// the name tree's node tap10 (which the iptables checks read) is not.
+	for _, en := range []*engine.Engine{e, full} {
+		if err := en.Attach(ctx, taps[11]); err != nil {
+			t.Fatalf("ifup after an unapplied edit: %v", err)
+		}
+	}
+	if got, want := k.state(), ref.state(); got != want {
+		t.Errorf("the ifup left another kernel than the full path:\nscoped:\n%s\nfull:\n%s", got, want)
+	}
+	if _, err := e.Flush(ctx, false); err != nil {
+		t.Errorf("flush: %v", err)
 	}
 }

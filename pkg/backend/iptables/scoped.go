@@ -130,6 +130,23 @@ func (b *Backend) readScope(ctx context.Context, st *state, sc *layout.Scope) (s
 				return nil, false, nil
 			}
 		}
+		var present []layout.Chain
+		for _, c := range sc.BridgeChains {
+			if exist[c] {
+				present = append(present, c)
+			}
+		}
+		targets, err := b.bridge.Targets(ctx, present)
+		if err != nil {
+			trace.Printf("full plan: reading ebtables chains: %v", err)
+			return nil, false, nil
+		}
+		for _, c := range present {
+			if want, known := sc.BridgeTargets[c]; !known || !slices.Equal(targets[c], want) {
+				trace.Printf("full plan: bridge/%s jumps elsewhere than the configuration lays it out", c)
+				return nil, false, nil
+			}
+		}
 		hooks, err := b.bridge.Hooks(ctx)
 		if err != nil {
 			trace.Printf("full plan: reading ebtables hooks: %v", err)

@@ -34,3 +34,13 @@ func (c *Client) Hooks(ctx context.Context) (map[layout.Hook]int, error) {
 
 // Narrow reports whether ChainsExist and Hooks work (ebtables-nft).
 func (c *Client) Narrow() bool { return c.tool == "ebtables-nft" }
+
+// Targets returns what each of the named chains jumps to, in rule order
+// (xtables.BridgeTargets); with ebtables-legacy it returns
+// xtables.ErrNotNFT.
+func (c *Client) Targets(ctx context.Context, names []layout.Chain) (map[layout.Chain][]layout.Chain, error) {
+	if !c.Narrow() {
+		return nil, xtables.ErrNotNFT
+	}
+	return xtables.BridgeTargets(ctx, names)
+}

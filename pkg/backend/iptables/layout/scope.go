@@ -55,6 +55,14 @@ type Scope struct {
 	// ExpectBridge lists the ebtables chains the scope relies on, true for
 	// those that must exist (ebtables rules carry no fingerprints).
 	ExpectBridge map[Chain]bool
+	// BridgeTargets holds, for each ebtables chain of BridgeChains that
+	// the installed policy lays out, the chains its rules jump to. The
+	// scope rewrites those chains without reading their rules, so it
+	// checks what they jump to first: a dispatch chain the kernel holds
+	// from another layout (an unapplied edit that changed which VMs have
+	// anti-spoofing) would otherwise lose its jumps to chains the scope
+	// does not know, left behind unreachable.
+	BridgeTargets map[Chain][]Chain
 }
 
 // BuildScope compiles the scope of changing the attached interfaces from
@@ -149,6 +157,13 @@ func BuildScope(was, now *ruleset.Policy, focus []string) *Scope {
 	}
 	sc.Bridge = &Table{Bridge: true, Hooks: nowRS.Bridge.Hooks}
 	sc.BridgeChains = scopeNames(wasRS.Bridge, nowRS.Bridge, inScope)
+	sc.BridgeTargets = map[Chain][]Chain{}
+	wasBridge := wasRS.Bridge.Index()
+	for _, name := range sc.BridgeChains {
+		if c := wasBridge[name]; c != nil {
+			sc.BridgeTargets[name] = jumpTargets(c)
+		}
+	}
 	nowBridge := nowRS.Bridge.Index()
 	for _, name := range sc.BridgeChains {
 		if c := nowBridge[name]; c != nil {
@@ -176,6 +191,17 @@ func BuildScope(was, now *ruleset.Policy, focus []string) *Scope {
 	}
 	sc.expect(b, wasRS, targets, inScope)
 	return sc
+}
+
+// jumpTargets returns the chains c's rules jump to, in order.
+func jumpTargets(c *ChainRules) []Chain {
+	out := []Chain{}
+	for _, r := range c.Rules {
+		if t := r.target(); t != "" {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 // leavesOf returns the leaves of the nodes of tree that nodes selects:

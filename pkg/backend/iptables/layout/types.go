@@ -96,6 +96,23 @@ func (r Rule) Hash(c Chain) string {
 	return hex.EncodeToString(sum[:5])
 }
 
+// target returns the chain the rule jumps or goes to, "" when none (a
+// verdict, or no target).
+func (r Rule) target() Chain {
+	f := strings.Fields(r.Spec)
+	for i := 0; i+1 < len(f); i++ {
+		if f[i] == "-j" || f[i] == "-g" {
+			switch t := f[i+1]; t {
+			case "ACCEPT", "DROP", "RETURN", "CONTINUE", "REJECT", "MARK", "LOG", "NFLOG":
+				return ""
+			default:
+				return Chain(t)
+			}
+		}
+	}
+	return ""
+}
+
 // CommentPrefix starts the comment of every rule vmfw installs.
 const CommentPrefix = "vmfw:"
 

@@ -613,3 +613,25 @@ func Generation(ctx context.Context) (uint32, error) {
 	}
 	return gen, nil
 }
+
+// BridgeTargets returns, for each of the named chains of the bridge
+// filter table (ebtables-nft), the chains its rules jump to, in rule
+// order, without the rules that jump nowhere; a chain that does not exist
+// reads as none. ebtables rules carry no fingerprints: what a dispatch
+// chain jumps to is what a scoped change must know before it rewrites it.
+func BridgeTargets(ctx context.Context, names []layout.Chain) (map[layout.Chain][]layout.Chain, error) {
+	rules, err := readFilterRules(ctx, nfprotoBridge, names)
+	if err != nil {
+		return nil, fmt.Errorf("reading bridge chains: %w", err)
+	}
+	out := make(map[layout.Chain][]layout.Chain, len(rules))
+	for c, list := range rules {
+		out[c] = []layout.Chain{}
+		for _, r := range list {
+			if r.Target != "" {
+				out[c] = append(out[c], r.Target)
+			}
+		}
+	}
+	return out, nil
+}
