@@ -227,3 +227,15 @@ type StaleError struct{ Err error }
 
 func (e *StaleError) Error() string { return e.Err.Error() }
 func (e *StaleError) Unwrap() error { return e.Err }
+
+// Watcher is implemented by a backend that can tell at once when someone
+// else changed or deleted its objects (a foreign "nft flush ruleset"),
+// so that the agent repairs them without waiting for its next drift
+// check (docs/nftables.md, "Repair").
+type Watcher interface {
+	// Watch signals on the returned channel when someone else changed or
+	// deleted the backend's objects. Signals coalesce: one pending
+	// signal stands for any number of changes. The channel is closed
+	// when ctx ends or watching fails.
+	Watch(ctx context.Context) (<-chan struct{}, error)
+}
