@@ -8,10 +8,12 @@ import (
 	"context"
 	"os"
 
+	"github.com/vmfw/vmfw/pkg/backend"
 	"github.com/vmfw/vmfw/pkg/backend/iptables"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/ebtables"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/ipset"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
+	"github.com/vmfw/vmfw/pkg/backend/nftables"
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/conntrack"
 	"github.com/vmfw/vmfw/pkg/engine"
@@ -61,7 +63,13 @@ func NewEngine(ctx context.Context, o Options) (*engine.Engine, error) {
 // for o's backend: what NewEngine builds its engine on, for a caller that
 // keeps the backend too (the agent).
 func NewKernel(ctx context.Context, o Options) (engine.Kernel, error) {
-	be, err := newIPTables(ctx, o.IPTables)
+	var be backend.Backend
+	var err error
+	if backend.Name(os.Getenv("VMFW_BACKEND")) == backend.NFTables {
+		be, err = nftables.New(nftables.Options{})
+	} else {
+		be, err = newIPTables(ctx, o.IPTables)
+	}
 	if err != nil {
 		return engine.Kernel{}, err
 	}

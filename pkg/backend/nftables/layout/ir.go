@@ -79,6 +79,10 @@ func (v Value) String() string {
 	b := v.Bytes
 	switch v.Type {
 	case TypeIfname, TypeString:
+		if v.Type == TypeIfname && len(b) < 16 {
+			// A prefix of a name: nft's wildcard.
+			return strconv.Quote(string(b) + "*")
+		}
 		return strconv.Quote(strings.TrimRight(string(b), "\x00"))
 	case TypeIPv4, TypeIPv6:
 		a, _ := netip.AddrFromSlice(b)
@@ -341,6 +345,12 @@ type SetMark struct{ Clear, Set uint32 }
 
 // Text renders the statement.
 func (s *SetMark) Text() string {
+	switch {
+	case s.Clear == 0:
+		return fmt.Sprintf("meta mark set meta mark | 0x%08x", s.Set)
+	case s.Set == 0:
+		return fmt.Sprintf("meta mark set meta mark & 0x%08x", ^s.Clear)
+	}
 	return fmt.Sprintf("meta mark set meta mark & 0x%08x | 0x%08x", ^s.Clear, s.Set)
 }
 
@@ -499,6 +509,9 @@ type Element struct {
 // KeyBytes returns the key as the kernel stores it: the parts, each
 // padded to a multiple of four bytes.
 func (e Element) KeyBytes() []byte {
+	if len(e.Key) == 1 {
+		return e.Key[0].Bytes
+	}
 	var b []byte
 	for _, v := range e.Key {
 		b = append(b, v.Bytes...)
@@ -557,4 +570,26 @@ func (t *Table) Set(name string) *Set {
 		}
 	}
 	return nil
+}
+
+// DecodeElement splits the key bytes of an element of a set keyed by
+// types (as the kernel returns them, each part padded to four bytes)
+// into its parts; ok is false when the bytes do not fit the types.
+func DecodeElement(types []Type, key []byte) (e Element, ok bool) {
+	for _, t := range types {
+		n := t.Len()
+		if len(key) < n {
+			return Element{}, false
+		}
+		e.Key = append(e.Key, Value{t, append([]byte(nil), key[:n]...)})
+		pad := (n + 3) / 4 * 4
+		if len(types) == 1 {
+			pad = n
+		}
+		if len(key) < pad {
+			return Element{}, false
+		}
+		key = key[pad:]
+	}
+	return e, len(key) == 0
 }
