@@ -726,8 +726,8 @@ func (b *builder) inet() *Table {
 		}},
 		{Name: ChainRouted, Rules: []Rule{
 			rule(jump(ChainState)),
-			rule(in(FIPDst, SetVM4), b.setMark(m.Acc)),
-			rule(in(FIP6Dst, SetVM6), b.setMark(m.Acc)),
+			rule(eq(FNFProto, Byte(TypeInteger, 2)), in(FIPDst, SetVM4), b.setMark(m.Acc)),
+			rule(eq(FNFProto, Byte(TypeInteger, 10)), in(FIP6Dst, SetVM6), b.setMark(m.Acc)),
 		}},
 		{Name: ChainReject, Rules: []Rule{
 			rule(proto(6), &Reject{TCP: true}),

@@ -184,11 +184,14 @@ type Field struct {
 
 // The fields vmfw's rules read.
 var (
-	FIifname   = Field{Name: "iifname", Type: TypeIfname, Meta: "iifname", Len: 16}
-	FOifname   = Field{Name: "oifname", Type: TypeIfname, Meta: "oifname", Len: 16}
-	FIifkind   = Field{Name: "meta iifkind", Type: TypeString, Meta: "iifkind", Len: 16}
-	FOifkind   = Field{Name: "meta oifkind", Type: TypeString, Meta: "oifkind", Len: 16}
-	FProtocol  = Field{Name: "meta protocol", Type: TypeEtherType, Meta: "protocol", Len: 2}
+	FIifname  = Field{Name: "iifname", Type: TypeIfname, Meta: "iifname", Len: 16}
+	FOifname  = Field{Name: "oifname", Type: TypeIfname, Meta: "oifname", Len: 16}
+	FIifkind  = Field{Name: "meta iifkind", Type: TypeString, Meta: "iifkind", Len: 16}
+	FOifkind  = Field{Name: "meta oifkind", Type: TypeString, Meta: "oifkind", Len: 16}
+	FProtocol = Field{Name: "meta protocol", Type: TypeEtherType, Meta: "protocol", Len: 2}
+	// FNFProto is the IP family of a packet in the inet table (2 IPv4,
+	// 10 IPv6): what an address match there must check first.
+	FNFProto   = Field{Name: "meta nfproto", Type: TypeInteger, Meta: "nfproto", Len: 1}
 	FL4Proto   = Field{Name: "meta l4proto", Type: TypeL4Proto, Meta: "l4proto", Len: 1}
 	FMark      = Field{Name: "meta mark", Type: TypeMark, Meta: "mark", Len: 4}
 	FEtherSrc  = Field{Name: "ether saddr", Type: TypeEther, Base: "ll", Offset: 6, Len: 6}

@@ -35,7 +35,7 @@ const (
 // Chains of the inet table.
 const (
 	ChainState  = "state"
-	ChainReject = "reject"
+	ChainReject = "reject-marked"
 	ChainRouted = "routed"
 	ChainOutput = "output"
 )

@@ -16,6 +16,7 @@ import (
 	"sync"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
 	"golang.org/x/sys/unix"
@@ -417,7 +418,13 @@ func nlSet(t *nftables.Table, s *layout.Set) (*nftables.Set, error) {
 	if err != nil {
 		return nil, fmt.Errorf("set %s: %w", s.Name, err)
 	}
-	return &nftables.Set{Table: t, Name: s.Name, KeyType: kt, Concatenation: concat, Comment: commentPrefix + s.Signature()}, nil
+	ns := &nftables.Set{Table: t, Name: s.Name, KeyType: kt, Concatenation: concat, Comment: commentPrefix + s.Signature()}
+	if !concat && (s.Key[0] == layout.TypeIfname || s.Key[0] == layout.TypeMark) {
+		// nft prints the elements of a set by the byte order its user
+		// data records: names and marks are kept in host order.
+		ns.KeyByteOrder = binaryutil.NativeEndian
+	}
+	return ns, nil
 }
 
 // elements turns layout elements of s into netlink ones.

@@ -80,6 +80,7 @@ var metaKeys = map[string]expr.MetaKey{
 	"oifkind":  metaKeyOIFKIND,
 	"protocol": expr.MetaKeyPROTOCOL,
 	"l4proto":  expr.MetaKeyL4PROTO,
+	"nfproto":  expr.MetaKeyNFPROTO,
 	"mark":     expr.MetaKeyMARK,
 }
 
@@ -196,7 +197,9 @@ func (r *rule) add(e layout.Expr, t *nftables.Table, sets func(string) *nftables
 		r.anon = append(r.anon, anonSet{set: s, elems: elems, lookup: lk})
 		r.exprs = append(r.exprs, l, lk)
 	case *layout.SetMark:
-		mask := binary.NativeEndian.AppendUint32(nil, ^e.Clear)
+		// The kernel computes (mark & mask) ^ xor: clearing the bits to
+		// set first makes the xor set them whatever they were.
+		mask := binary.NativeEndian.AppendUint32(nil, ^(e.Clear | e.Set))
 		xor := binary.NativeEndian.AppendUint32(nil, e.Set)
 		r.exprs = append(r.exprs,
 			&expr.Meta{Key: expr.MetaKeyMARK, Register: reg1},
