@@ -39,7 +39,7 @@ func (b *Backend) Watch(ctx context.Context) (<-chan struct{}, error) {
 					return
 				}
 				if ev.GeneratedBy != nil {
-					if g, ok := ev.GeneratedBy.Data.(*nftables.GenMsg); ok && g.ProcPID == self {
+					if g, ok := ev.GeneratedBy.Data.(*nftables.Gen); ok && g.ProcPID == self {
 						continue
 					}
 				}
