@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -230,7 +231,8 @@ func TestAgentBatchesConcurrentIfups(t *testing.T) {
 
 // TestAgentMetrics: /metrics (metrics_listen) and vmfw status -o
 // prometheus parse with the Prometheus text parser and carry the counters
-// and tap states.
+// and tap states; /metrics serves the status the agent read once idle
+// after the scrape before, and says how old it is.
 func TestAgentMetrics(t *testing.T) {
 	h := newHV(t, "nft", "")
 	h.write("vmfw.toml", "metrics_listen = \"127.0.0.1:9469\"\n")
@@ -247,6 +249,7 @@ func TestAgentMetrics(t *testing.T) {
 			t.Fatalf("tcp to 192.0.2.171:80 connected; the policy should drop it")
 		}
 	}
+	sent := time.Now()
 
 	parse := func(what string, text []byte) {
 		t.Helper()
@@ -261,7 +264,7 @@ func TestAgentMetrics(t *testing.T) {
 			}
 		}
 		if what == "/metrics" {
-			for _, name := range []string{"vmfw_applies_total", "vmfw_apply_duration_seconds", "vmfw_batch_size", "vmfw_last_apply_success_timestamp_seconds", "vmfw_drift_repairs_total"} {
+			for _, name := range []string{"vmfw_applies_total", "vmfw_apply_duration_seconds", "vmfw_batch_size", "vmfw_last_apply_success_timestamp_seconds", "vmfw_drift_repairs_total", "vmfw_status_age_seconds"} {
 				if fams[name] == nil {
 					t.Errorf("/metrics lacks %s", name)
 				}
@@ -291,30 +294,48 @@ func TestAgentMetrics(t *testing.T) {
 	}
 	parse("status -o prometheus", []byte(h.vmfw("status", "-o", "prometheus")))
 
-	var body []byte
-	err := h.ns.Do(func() error {
-		c, err := net.DialTimeout("tcp", "127.0.0.1:9469", 5*time.Second)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(30 * time.Second))
-		fmt.Fprintf(c, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-		r := bufio.NewReader(c)
-		for {
-			line, err := r.ReadString('\n')
+	get := func() (body []byte, err error) {
+		err = h.ns.Do(func() error {
+			c, err := net.DialTimeout("tcp", "127.0.0.1:9469", 5*time.Second)
 			if err != nil {
 				return err
 			}
-			if line == "\r\n" {
-				break
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(30 * time.Second))
+			fmt.Fprintf(c, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+			r := bufio.NewReader(c)
+			for {
+				line, err := r.ReadString('\n')
+				if err != nil {
+					return err
+				}
+				if line == "\r\n" {
+					break
+				}
+			}
+			body, err = io.ReadAll(r)
+			return err
+		})
+		return body, err
+	}
+	// Each scrape asks for a fresh read, which the next one serves: scrape
+	// until the status served was read after the SYNs.
+	var body []byte
+	fresh := eventually(func() bool {
+		var err error
+		if body, err = get(); err != nil {
+			t.Fatalf("GET /metrics: %v", err)
+		}
+		for _, line := range strings.Split(string(body), "\n") {
+			if v, ok := strings.CutPrefix(line, "vmfw_status_age_seconds "); ok {
+				age, err := strconv.ParseFloat(v, 64)
+				return err == nil && time.Since(sent).Seconds() > age
 			}
 		}
-		body, err = io.ReadAll(r)
-		return err
+		return false
 	})
-	if err != nil {
-		t.Fatalf("GET /metrics: %v", err)
+	if !fresh {
+		t.Fatalf("/metrics never served a status read after the SYNs:\n%s", body)
 	}
 	parse("/metrics", body)
 }

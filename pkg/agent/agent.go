@@ -17,13 +17,11 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"reflect"
 	"slices"
 	"sort"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/vmfw/vmfw/pkg/agent/wire"
@@ -32,6 +30,7 @@ import (
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/droplog"
 	"github.com/vmfw/vmfw/pkg/engine"
+	"github.com/vmfw/vmfw/pkg/rundir"
 	"github.com/vmfw/vmfw/pkg/state"
 )
 
@@ -61,6 +60,14 @@ type Agent struct {
 	// packet vmfw's rules log to NFLOG as a JSON line (package droplog).
 	// The agent then holds the group, so vmfw log cannot run beside it.
 	Packets io.Writer
+	// Lifecycle, when set, is told each Stage as Run enters it, from
+	// Run's goroutine: what a service manager follows (the command
+	// passes it on to systemd).
+	Lifecycle func(Stage)
+
+	// reloads holds a Reload not yet served.
+	reloads    chan struct{}
+	reloadOnce sync.Once
 
 	engine *engine.Engine // built by Run
 
@@ -71,11 +78,17 @@ type Agent struct {
 	// parses only the files inotify named (config.Cache).
 	files config.Cache
 
+	// queue holds the requests waiting for the next batch (under mu).
+	queue chan pending
 	// queued reports work waiting for the main loop (requests, edits);
 	// while there is, remember waits (unremembered says it owes one),
 	// since the next write would make what it reads old at once.
 	queued       func() bool
 	unremembered bool
+	// status is what /metrics serves of the kernel; statusOwed says a
+	// scrape asked for a fresh read, which waits for an empty queue.
+	status     statusView
+	statusOwed bool
 
 	// Cluster mode (cluster.go): nil in file mode.
 	cluster  *cluster.Node
@@ -97,35 +110,69 @@ const (
 	maxDebounce = 500 * time.Millisecond
 )
 
+// Stage is a point of the agent's life a service manager follows.
+type Stage int
+
+const (
+	// Ready: the configuration is enforced and the socket listens. Run
+	// enters it after starting and again after each reload.
+	Ready Stage = iota + 1
+	// Reloading: a reload (Reload) begins.
+	Reloading
+	// Stopping: Run's context is done; it lets go of everything and
+	// leaves the ruleset in place.
+	Stopping
+)
+
+// stage tells Lifecycle that Run enters s.
+func (a *Agent) stage(s Stage) {
+	if a.Lifecycle != nil {
+		a.Lifecycle(s)
+	}
+}
+
+// Reload asks the agent to read its whole configuration again and
+// enforce it, as at start: how an operator makes it see what inotify
+// cannot (a symlinked file's target, a file edited through a hard link).
+// It does not wait. A Reload while one is pending is the same reload; one
+// before Run is served once Run is ready. Safe from any goroutine.
+func (a *Agent) Reload() {
+	select {
+	case a.reloadRequests() <- struct{}{}:
+	default: // one is pending already
+	}
+}
+
+// reloadRequests is where Reload leaves its requests, made on first use
+// since Reload may come before Run.
+func (a *Agent) reloadRequests() chan struct{} {
+	a.reloadOnce.Do(func() { a.reloads = make(chan struct{}, 1) })
+	return a.reloads
+}
+
 // pending is a request waiting for its batch.
 type pending struct {
 	req   Request
 	reply chan Response
 }
 
-// Run loads the configuration, enforces it, listens, tells systemd it is
-// ready and then serves until ctx is done (SIGTERM), leaving the ruleset in
-// place. SIGHUP reloads the configuration.
+// Run loads the configuration, enforces it, listens, enters Ready and then
+// serves until ctx is done, leaving the ruleset in place. Every goroutine
+// Run starts has ended when it returns.
 func (a *Agent) Run(ctx context.Context) error {
-	if a.Log == nil {
-		a.Log = slog.New(slog.DiscardHandler)
-	}
-	if a.Metrics == nil {
-		a.Metrics = NewMetrics()
-	}
-	a.engine = engine.New(a.Kernel, a.ConfigDir)
-	if a.StateDir == "" {
-		a.StateDir = state.DirFromEnv()
-	}
-	a.engine.State = state.New(a.StateDir)
-	a.engine.Model = a.currentModel
+	a.build()
 	w, err := newWatcher(a.ConfigDir)
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithCancel(ctx)
+	var bg sync.WaitGroup
+	// Deferred calls run last first: the goroutines are told to stop,
+	// then waited for.
+	defer a.waitCluster()
+	defer bg.Wait()
 	defer cancel()
-	go w.run(ctx)
+	bg.Go(func() { w.run(ctx) })
 	if err := a.startCluster(ctx); err != nil {
 		return err
 	}
@@ -137,42 +184,75 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.reload(nil, true)
 	if m, err := a.currentModel(); err == nil && m.Host.MetricsListen != "" {
 		// The address is read once: changing it takes a restart.
-		if err := a.serveMetrics(ctx, m.Host.MetricsListen); err != nil {
+		if err := a.serveMetrics(ctx, &bg, m.Host.MetricsListen); err != nil {
 			return err
 		}
 	}
-	if m, err := a.currentModel(); err == nil && a.Packets != nil {
-		if m.Host.LogGroup == 0 {
-			a.Log.Warn("no log_group in vmfw.toml: logged packets go to the kernel log, not to the agent")
-		} else {
-			go func() {
-				// The group is read once, like metrics_listen.
-				if err := droplog.Follow(ctx, uint16(m.Host.LogGroup), a.currentModel, a.Packets, 0); err != nil && ctx.Err() == nil {
-					a.Log.Error("following logged packets", "log_group", m.Host.LogGroup, "error", err.Error())
-				}
-			}()
-		}
-	}
+	a.followPackets(ctx, &bg)
 
 	ln, err := listen(a.RunDir)
 	if err != nil {
 		return err
 	}
 	defer os.Remove(filepath.Join(a.RunDir, wire.SocketName))
-	defer ln.Close()
+	defer ln.Close() // ends serve, which waits for its connections
 	reqs := make(chan pending, 4096)
-	go a.serve(ctx, ln, reqs)
+	a.mu.Lock()
+	a.queue = reqs
+	a.mu.Unlock()
+	bg.Go(func() { a.serve(ctx, ln, reqs) })
 	a.queued = func() bool { return len(reqs) > 0 || len(w.Changed) > 0 }
 
 	a.sync(ctx, "agent started")
-	if err := notify("READY=1"); err != nil {
-		a.Log.Warn("telling systemd the agent is ready", "error", err)
-	}
+	a.stage(Ready)
 	a.Log.Info("agent ready", "config", a.ConfigDir, "socket", filepath.Join(a.RunDir, wire.SocketName), "repair_interval", a.interval().String())
+	a.loop(ctx, w, reqs)
+	return nil
+}
 
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
+// build fills in the defaults and builds the agent's engine on its
+// kernel, with the agent's model and, on nf_tables, the ipsets it
+// remembers.
+func (a *Agent) build() {
+	if a.Log == nil {
+		a.Log = slog.New(slog.DiscardHandler)
+	}
+	if a.Metrics == nil {
+		a.Metrics = NewMetrics()
+	}
+	a.engine = engine.New(a.Kernel, a.ConfigDir)
+	if a.StateDir == "" {
+		a.StateDir = state.DirFromEnv()
+	}
+	if a.RunDir == "" {
+		a.RunDir = rundir.FromEnv()
+	}
+	a.engine.State = state.New(a.StateDir)
+	a.engine.Model = a.currentModel
+}
+
+// followPackets prints logged packets (Packets) when log_group is set,
+// until ctx is done.
+func (a *Agent) followPackets(ctx context.Context, bg *sync.WaitGroup) {
+	m, err := a.currentModel()
+	if err != nil || a.Packets == nil {
+		return
+	}
+	if m.Host.LogGroup == 0 {
+		a.Log.Warn("no log_group in vmfw.toml: logged packets go to the kernel log, not to the agent")
+		return
+	}
+	bg.Go(func() {
+		// The group is read once, like metrics_listen.
+		if err := droplog.Follow(ctx, uint16(m.Host.LogGroup), a.currentModel, a.Packets, 0); err != nil && ctx.Err() == nil {
+			a.Log.Error("following logged packets", "log_group", m.Host.LogGroup, "error", err.Error())
+		}
+	})
+}
+
+// loop is the agent's main loop: every change to the kernel is made here,
+// one at a time, until ctx is done.
+func (a *Agent) loop(ctx context.Context, w *watcher, reqs chan pending) {
 	interval := a.interval()
 	ticker := time.NewTicker(interval)
 	defer ticker.Stop()
@@ -180,11 +260,14 @@ func (a *Agent) Run(ctx context.Context) error {
 		if a.unremembered && !a.queued() {
 			a.remember(ctx)
 		}
+		if a.statusOwed && !a.queued() {
+			a.readStatus(ctx)
+		}
 		select {
 		case <-ctx.Done():
-			notify("STOPPING=1")
+			a.stage(Stopping)
 			a.Log.Info("agent stopping; the ruleset stays in place")
-			return nil
+			return
 		case <-w.Changed:
 			a.settle(ctx, w)
 			if err := w.rewatch(); err != nil {
@@ -193,26 +276,14 @@ func (a *Agent) Run(ctx context.Context) error {
 			if prev, ok := a.reload(w.take()); ok {
 				a.applyEdit(ctx, prev, "configuration changed")
 			}
-		case <-hup:
-			// Everything is read again: SIGHUP is also how an operator
-			// makes the agent see what inotify cannot (a symlinked
-			// file's target, a file edited through a hard link).
-			notify("RELOADING=1")
+		case <-a.reloadRequests():
+			a.stage(Reloading)
 			if prev, ok := a.reload(nil, true); ok {
-				a.applyEdit(ctx, prev, "SIGHUP")
+				a.applyEdit(ctx, prev, "reload")
 			}
-			notify("READY=1")
+			a.stage(Ready)
 		case p := <-reqs:
-			batch := []pending{p}
-			for more := true; more; {
-				select {
-				case q := <-reqs:
-					batch = append(batch, q)
-				default:
-					more = false
-				}
-			}
-			a.apply(ctx, batch)
+			a.apply(ctx, drain(p, reqs))
 		case <-ticker.C:
 			a.repair(ctx)
 		case <-a.clusterConfig():
@@ -221,10 +292,25 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 		case <-a.clusterMembers():
 			a.membersChanged(ctx)
+		case <-a.status.wanted:
+			a.statusOwed = true
 		}
 		if now := a.interval(); now != interval {
 			interval = now
 			ticker.Reset(interval)
+		}
+	}
+}
+
+// drain returns p and every request queued behind it: one batch.
+func drain(p pending, reqs chan pending) []pending {
+	batch := []pending{p}
+	for {
+		select {
+		case q := <-reqs:
+			batch = append(batch, q)
+		default:
+			return batch
 		}
 	}
 }
@@ -571,24 +657,41 @@ func changeAttrs(ch *engine.Change) []any {
 	return []any{"chains_written", written, "chains_removed", removed, "set_members_added", sum.Sets.MembersAdded(), "set_members_removed", sum.Sets.MembersRemoved()}
 }
 
-// listen opens the agent's socket: root-only, replacing a stale socket a
-// killed agent left, refusing to start beside a live one.
+// listen opens the agent's socket in runDir: root only, replacing a stale
+// socket a killed agent left, refusing to start beside a live one.
+//
+// The socket is bound in a private directory, made 0600 there and only
+// then renamed into place: no caller can find it with a looser mode,
+// whatever the mode of a run directory that already existed, and the
+// process's umask is left alone (it is process-wide, and other goroutines
+// create files meanwhile: the cluster cache, the engine's lock).
 func listen(runDir string) (*net.UnixListener, error) {
-	if err := os.MkdirAll(runDir, 0o700); err != nil {
-		return nil, fmt.Errorf("creating %s: %w", runDir, err)
+	if err := rundir.Ensure(runDir); err != nil {
+		return nil, err
 	}
 	path := filepath.Join(runDir, wire.SocketName)
 	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 		c.Close()
 		return nil, fmt.Errorf("another agent listens on %s", path)
 	}
-	os.Remove(path)
-	old := syscall.Umask(0o077)
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
-	syscall.Umask(old)
+	private, err := os.MkdirTemp(runDir, ".agent-")
+	if err != nil {
+		return nil, fmt.Errorf("creating the socket: %w", err)
+	}
+	defer os.RemoveAll(private)
+	tmp := filepath.Join(private, wire.SocketName)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
 	if err != nil {
 		return nil, fmt.Errorf("listening on %s: %w", path, err)
 	}
 	ln.SetUnlinkOnClose(false)
+	err = os.Chmod(tmp, 0o600)
+	if err == nil {
+		err = os.Rename(tmp, path) // a stale socket is replaced at once
+	}
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("listening on %s: %w", path, err)
+	}
 	return ln, nil
 }

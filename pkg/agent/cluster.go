@@ -33,6 +33,14 @@ func (a *Agent) startCluster(ctx context.Context) error {
 	return n.Start(ctx, clusterWait)
 }
 
+// waitCluster waits for the cluster node's goroutines to end, once the
+// context Run gave it is done.
+func (a *Agent) waitCluster() {
+	if a.cluster != nil {
+		a.cluster.Wait()
+	}
+}
+
 // loadDir is the directory reload loads: the local configuration
 // directory, or in cluster mode the cached revision (resolved, so that a
 // revision stored while loading cannot mix two revisions) and its number.

@@ -177,28 +177,109 @@ func vmLabel(t engine.TapStatus) string {
 	return fmt.Sprint(*t.VMID)
 }
 
-// serveMetrics serves /metrics on addr until ctx is done: the agent's
-// metrics, then the status of every tap, read from the kernel per scrape.
-func (a *Agent) serveMetrics(ctx context.Context, addr string) error {
+// statusView is the kernel's part of /metrics: the status the agent last
+// read, which a scrape serves with its age instead of reading the kernel.
+// A read takes the namespace lock and, at thousands of taps, seconds
+// (docs/performance.md): a scrape that read itself waited behind every
+// batch, and made the next wait behind it. A scrape asks for a fresh read
+// instead, which the main loop makes once no work is queued.
+type statusView struct {
+	mu   sync.Mutex
+	st   *engine.Status // nil before the first read that succeeded
+	read time.Time      // when the read of st began
+	err  error          // why the last read failed; nil when it did not
+
+	// wanted holds a scrape's request for a fresh read; nil without
+	// metrics_listen.
+	wanted chan struct{}
+}
+
+// set records a read that began at start: its status, or why it failed,
+// in which case the status read before stays.
+func (v *statusView) set(st *engine.Status, err error, start time.Time) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.err = err
+	if err == nil {
+		v.st, v.read = st, start
+	}
+}
+
+// write writes the last status read and its age at now, and why the last
+// read failed when it did.
+func (v *statusView) write(w io.Writer, now time.Time) {
+	v.mu.Lock()
+	st, read, err := v.st, v.read, v.err
+	v.mu.Unlock()
+	if err != nil {
+		fmt.Fprintf(w, "# the last status read failed: %s\n", strings.ReplaceAll(err.Error(), "\n", " "))
+	}
+	if st == nil {
+		fmt.Fprintf(w, "# status not read yet\n")
+		return
+	}
+	fmt.Fprintf(w, "# HELP vmfw_status_age_seconds How long ago the agent read the status below from the kernel (it reads again once idle after a scrape).\n# TYPE vmfw_status_age_seconds gauge\nvmfw_status_age_seconds %.3f\n", now.Sub(read).Seconds())
+	WriteStatus(w, st)
+}
+
+// request asks the main loop for a fresh read, without waiting.
+func (v *statusView) request() {
+	select {
+	case v.wanted <- struct{}{}:
+	default: // one is pending already
+	}
+}
+
+// readStatus reads the status /metrics serves, from the main loop.
+func (a *Agent) readStatus(ctx context.Context) {
+	a.statusOwed = false
+	start := time.Now()
+	st, err := a.engine.Status(ctx, "")
+	a.status.set(st, err, start)
+}
+
+// scrape answers a /metrics request without touching the kernel or the
+// engine: the agent's metrics, then the status it last read, with its
+// age. It asks for a fresh read for the next scrape.
+func (a *Agent) scrape(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+	a.Metrics.WriteTo(w)
+	a.status.write(w, time.Now())
+	a.status.request()
+}
+
+// serveMetrics serves /metrics on addr (scrape) until ctx is done, in
+// goroutines of bg.
+func (a *Agent) serveMetrics(ctx context.Context, bg *sync.WaitGroup, addr string) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("metrics_listen %s: %w", addr, err)
 	}
+	a.status.wanted = make(chan struct{}, 1)
+	a.statusOwed = true // the first scrape finds a status
 	mux := http.NewServeMux()
-	mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-		a.Metrics.WriteTo(w)
-		if st, err := a.engine.Status(r.Context(), ""); err == nil {
-			WriteStatus(w, st)
-		} else {
-			fmt.Fprintf(w, "# status unavailable: %s\n", strings.ReplaceAll(err.Error(), "\n", " "))
-		}
-	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
+	mux.HandleFunc("/metrics", a.scrape)
+	// conns counts the server's connections from the moment Serve takes
+	// one (StateNew, in Serve's goroutine) until its goroutine closes it,
+	// so that waiting for them once Serve has returned waits for them
+	// all: Close alone does not.
+	var conns sync.WaitGroup
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second,
+		ConnState: func(_ net.Conn, s http.ConnState) {
+			switch s {
+			case http.StateNew:
+				conns.Add(1)
+			case http.StateClosed, http.StateHijacked:
+				conns.Done()
+			}
+		}}
+	bg.Go(func() {
 		<-ctx.Done()
 		srv.Close()
-	}()
-	go srv.Serve(ln)
+	})
+	bg.Go(func() {
+		srv.Serve(ln)
+		conns.Wait()
+	})
 	return nil
 }

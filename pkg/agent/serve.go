@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/vmfw/vmfw/pkg/agent/wire"
@@ -16,12 +17,21 @@ import (
 // requestTimeout bounds how long a caller may take to send its request.
 const requestTimeout = 5 * time.Second
 
-// serve accepts connections until ctx is done and queues each request
-// for the main loop.
+// serve accepts connections until the listener is closed and queues each
+// request for the main loop. It returns once every connection it took
+// has been handled: those still open then are closed, and their callers,
+// who see the connection break, do the work themselves.
 func (a *Agent) serve(ctx context.Context, ln *net.UnixListener, reqs chan<- pending) {
-	go func() {
-		<-ctx.Done()
-		ln.Close()
+	var handlers sync.WaitGroup
+	var mu sync.Mutex
+	open := map[*net.UnixConn]bool{}
+	defer func() {
+		mu.Lock()
+		for c := range open {
+			c.Close() // a caller still sending or reading is not waited for
+		}
+		mu.Unlock()
+		handlers.Wait()
 	}()
 	for {
 		conn, err := ln.AcceptUnix()
@@ -32,7 +42,15 @@ func (a *Agent) serve(ctx context.Context, ln *net.UnixListener, reqs chan<- pen
 			a.Log.Warn("accepting a connection", "error", err)
 			continue
 		}
-		go a.handle(ctx, conn, reqs)
+		mu.Lock()
+		open[conn] = true
+		mu.Unlock()
+		handlers.Go(func() {
+			a.handle(ctx, conn, reqs)
+			mu.Lock()
+			delete(open, conn)
+			mu.Unlock()
+		})
 	}
 }
 

@@ -37,6 +37,10 @@ type Fake struct {
 	// FailRead and FailApply, when set, are returned by the next Read or
 	// Apply, which then do nothing; each is cleared when returned.
 	FailRead, FailApply error
+	// BeforeApply, when set, is called at the start of every Apply of a
+	// plan that changes something, without the fake's lock held: a test
+	// blocks in it to hold an operation half way.
+	BeforeApply func()
 }
 
 var (
@@ -134,12 +138,18 @@ func (f *Fake) Plan(_ context.Context, s State, want *ruleset.Policy, hint *Hint
 
 // Apply makes the plan's policy what the fake holds.
 func (f *Fake) Apply(_ context.Context, p Plan) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
 	fp := p.(*fakePlan)
 	if fp.Empty() {
 		return nil
 	}
+	f.mu.Lock()
+	before := f.BeforeApply
+	f.mu.Unlock()
+	if before != nil {
+		before()
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	if err := f.FailApply; err != nil {
 		f.FailApply = nil
 		return err

@@ -5,16 +5,27 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
 	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
 
 	"github.com/vmfw/vmfw/pkg/agent"
 	"github.com/vmfw/vmfw/pkg/agent/wire"
 	"github.com/vmfw/vmfw/pkg/cni"
+	"github.com/vmfw/vmfw/pkg/rundir"
 	"github.com/vmfw/vmfw/pkg/state"
 	"github.com/vmfw/vmfw/pkg/system"
 )
 
-// agentCmd runs vmfw agent in the foreground until SIGTERM or SIGINT.
+// agentCmd runs vmfw agent in the foreground until ctx is done (SIGTERM or
+// SIGINT, plugins/vmfw). What belongs to the process rather than to the
+// agent is done here: SIGHUP asks the agent to reload, and systemd hears
+// the agent's stages (Type=notify).
 func agentCmd(ctx context.Context, o system.Options, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
@@ -41,19 +52,82 @@ func agentCmd(ctx context.Context, o system.Options, args []string, stdout, stde
 	if err != nil {
 		return err
 	}
+	log := agent.NewLogger(stderr, *format == "json")
 	a := &agent.Agent{
 		ConfigDir: dir,
 		StateDir:  o.StateDir,
-		RunDir:    wire.RunDirFromEnv(),
+		RunDir:    rundir.FromEnv(),
 		Kernel:    k,
 		Jobs:      map[agent.Op]agent.Job{agent.Hook: hookJob, agent.CNI: cni.Job},
-		Log:       agent.NewLogger(stderr, *format == "json"),
+		Log:       log,
 		Metrics:   agent.NewMetrics(),
+		Lifecycle: notifySystemd(log),
 	}
 	if *packets {
 		a.Packets = stdout
 	}
+	defer reloadOnSIGHUP(a, log)()
 	return a.Run(ctx)
+}
+
+// reloadOnSIGHUP makes SIGHUP reload a (systemctl reload vmfw-agent) until
+// the function it returns is called, which returns once SIGHUP no longer
+// reaches a. Catching SIGHUP from before Run also keeps one sent during
+// the start from killing the process: it is a reload once a is ready.
+func reloadOnSIGHUP(a *agent.Agent, log *slog.Logger) (stop func()) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	done := make(chan struct{})
+	var forwarding sync.WaitGroup
+	forwarding.Go(func() {
+		for {
+			select {
+			case <-hup:
+				log.Info("SIGHUP: reloading the configuration")
+				a.Reload()
+			case <-done:
+				return
+			}
+		}
+	})
+	return func() {
+		signal.Stop(hup)
+		close(done)
+		forwarding.Wait()
+	}
+}
+
+// sdStates are the systemd notifications of the agent's stages.
+var sdStates = map[agent.Stage]string{agent.Ready: "READY=1", agent.Reloading: "RELOADING=1", agent.Stopping: "STOPPING=1"}
+
+// notifySystemd returns the agent's Lifecycle when systemd started it as
+// a Type=notify service (NOTIFY_SOCKET set): each stage is sent as its
+// state (sdStates). Without NOTIFY_SOCKET it returns nil.
+func notifySystemd(log *slog.Logger) func(agent.Stage) {
+	path := os.Getenv("NOTIFY_SOCKET")
+	if path == "" {
+		return nil
+	}
+	return func(s agent.Stage) {
+		if err := sdNotify(path, sdStates[s]); err != nil {
+			log.Warn("telling systemd", "state", sdStates[s], "error", err.Error())
+		}
+	}
+}
+
+// sdNotify sends state to systemd's notification socket path ("@" starts
+// an abstract socket's name).
+func sdNotify(path, state string) error {
+	if strings.HasPrefix(path, "@") {
+		path = "\x00" + path[1:]
+	}
+	conn, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_, err = conn.Write([]byte(state))
+	return err
 }
 
 // viaAgent hands ifup or ifdown of tap to a running agent. It reports

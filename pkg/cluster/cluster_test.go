@@ -20,6 +20,7 @@ import (
 
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/config/configtest"
+	"github.com/vmfw/vmfw/pkg/leaktest"
 )
 
 var sample = map[string]string{
@@ -262,4 +263,24 @@ func BenchmarkRemote(b *testing.B) {
 	for b.Loop() {
 		n.Remote()
 	}
+}
+
+// TestNodeWaitJoinsItsGoroutines: once the context given to Start is done,
+// Wait returns only after every goroutine of the node has ended, the etcd
+// client's with it; a member still in its grace leaves nothing behind.
+// etcd is unreachable, so the node runs its retry loops meanwhile.
+func TestNodeWaitJoinsItsGoroutines(t *testing.T) {
+	before := leaktest.Take()
+	n := NewNode(&config.Cluster{Host: "a", Prefix: "/p/", LeaseTTL: 3 * time.Second,
+		Endpoints: []string{"unix://" + filepath.Join(t.TempDir(), "no-etcd.sock")}, CacheDir: t.TempDir()},
+		slog.New(slog.DiscardHandler))
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := n.Start(ctx, 10*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	n.Publish([]Member{{Tap: "tap1i0"}}, 1)
+	n.Publish(nil, 1)
+	cancel()
+	n.Wait()
+	before.Check(t)
 }

@@ -46,6 +46,8 @@ type Node struct {
 	cli  *clientv3.Client
 	keys Keys
 	kick chan struct{}
+	// running counts the goroutines Start started (Wait).
+	running sync.WaitGroup
 
 	mu     sync.Mutex
 	remote map[string]map[string]Member // host -> tap -> member, other hosts only
@@ -97,30 +99,38 @@ func signal(c chan struct{}) {
 	}
 }
 
-// Start connects in the background and runs until ctx is done. It first
-// tries, for at most initialWait, to bring the cache up to date, so that
-// an agent starting with etcd reachable enforces the current revision
-// from its first apply; with etcd unreachable it goes on with the cache.
+// Start connects in the background and runs until ctx is done; Wait then
+// waits for it to end. It first tries, for at most initialWait, to bring
+// the cache up to date, so that an agent starting with etcd reachable
+// enforces the current revision from its first apply; with etcd
+// unreachable it goes on with the cache.
 func (n *Node) Start(ctx context.Context, initialWait time.Duration) error {
 	cli, err := Dial(n.Cfg, false, n.DialOptions...)
 	if err != nil {
 		return err
 	}
 	n.cli = cli
-	go func() {
+	n.running.Go(func() {
 		<-ctx.Done()
 		cli.Close()
-	}()
+	})
 	first, cancel := context.WithTimeout(ctx, initialWait)
 	rev, err := n.syncConfig(first)
 	cancel()
 	if err != nil {
 		n.Log.Warn("etcd unreachable at start; enforcing the cached configuration", "revision", n.Cache.Revision(), "error", err.Error())
 	}
-	go n.followConfig(ctx, rev)
-	go n.followMembers(ctx)
-	go n.publish(ctx)
+	n.running.Go(func() { n.followConfig(ctx, rev) })
+	n.running.Go(func() { n.followMembers(ctx) })
+	n.running.Go(func() { n.publish(ctx) })
 	return nil
+}
+
+// Wait returns once every goroutine Start started has ended, the etcd
+// client closed: after the context given to Start is done. Without a
+// Start it returns at once.
+func (n *Node) Wait() {
+	n.running.Wait()
 }
 
 // syncConfig reads the configuration and caches it when it is new. It
@@ -376,11 +386,9 @@ func (n *Node) Publish(members []Member, revision int64) {
 		n.mu.Unlock()
 		return
 	}
-	left := false
 	for tap, m := range n.want {
 		if _, ok := want[tap]; !ok {
 			n.leaving[tap] = departure{m: m, until: time.Now().Add(Grace)}
-			left = true
 		}
 	}
 	for tap := range want {
@@ -388,9 +396,6 @@ func (n *Node) Publish(members []Member, revision int64) {
 	}
 	n.want, n.revision = want, revision
 	n.mu.Unlock()
-	if left {
-		time.AfterFunc(Grace, func() { signal(n.kick) })
-	}
 	signal(n.kick)
 }
 
@@ -413,6 +418,25 @@ func (n *Node) published() map[string]Member {
 		out[tap] = m
 	}
 	return out
+}
+
+// graceEnds fires when the grace of the first member still published
+// after it left ends, which publish then unpublishes; nil when none is.
+// publish waits for it itself, rather than a timer's goroutine kicking it,
+// so that nothing of the node runs after Wait.
+func (n *Node) graceEnds() <-chan time.Time {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var first time.Time
+	for _, d := range n.leaving {
+		if first.IsZero() || d.until.Before(first) {
+			first = d.until
+		}
+	}
+	if first.IsZero() {
+		return nil
+	}
+	return time.After(time.Until(first))
 }
 
 // publish keeps this host's lease alive and its keys equal to n.want.
@@ -473,6 +497,7 @@ func (n *Node) publish(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 		case <-n.kick:
+		case <-n.graceEnds():
 		case _, ok := <-alive:
 			if !ok {
 				n.Log.Warn("cluster lease lost; publishing again under a new one")

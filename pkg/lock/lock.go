@@ -16,28 +16,28 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-)
 
-// DefaultDir holds the lock files.
-const DefaultDir = "/run/vmfw"
+	"github.com/vmfw/vmfw/pkg/rundir"
+)
 
 // pollInterval is how often a waiting run retries; flock itself cannot be
 // cancelled, so waiting is a bounded loop of non-blocking attempts.
 const pollInterval = 5 * time.Millisecond
 
-// Acquire takes the lock of the calling thread's network namespace, waiting
-// until ctx is done. The returned function releases it. The kernel drops
-// the lock when the process dies, so a crashed run never blocks the next.
+// Acquire takes the lock of the calling thread's network namespace in the
+// run directory dir ("" for rundir.FromEnv), waiting until ctx is done.
+// The returned function releases it. The kernel drops the lock when the
+// process dies, so a crashed run never blocks the next.
 func Acquire(ctx context.Context, dir string) (release func(), err error) {
 	if dir == "" {
-		dir = DefaultDir
+		dir = rundir.FromEnv()
 	}
 	var st syscall.Stat_t
 	if err := syscall.Stat("/proc/thread-self/ns/net", &st); err != nil {
 		return nil, fmt.Errorf("identifying network namespace: %w", err)
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("creating lock directory: %w", err)
+	if err := rundir.Ensure(dir); err != nil {
+		return nil, err
 	}
 	path := filepath.Join(dir, fmt.Sprintf("netns-%d-%d.lock", st.Dev, st.Ino))
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)

@@ -73,12 +73,11 @@ func NewKernel(ctx context.Context, o Options) (engine.Kernel, error) {
 	if err != nil {
 		return engine.Kernel{}, err
 	}
-	runDir := os.Getenv("VMFW_RUN_DIR")
 	return engine.Kernel{
 		Backend: be,
 		Host:    hostLinks{},
 		Lock: func(ctx context.Context) (func(), error) {
-			return lock.Acquire(ctx, runDir)
+			return lock.Acquire(ctx, "") // the run directory of $VMFW_RUN_DIR (package rundir)
 		},
 		Flows: conntrack.Table{},
 	}, nil

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vmfw/vmfw/pkg/rundir"
 )
 
 // The protocol on the agent's socket is one JSON request line from the
@@ -89,17 +91,6 @@ type Response struct {
 
 // SocketName is the agent's socket in the run directory.
 const SocketName = "agent.sock"
-
-// DefaultRunDir is the run directory when VMFW_RUN_DIR is not set.
-const DefaultRunDir = "/run/vmfw"
-
-// RunDirFromEnv returns $VMFW_RUN_DIR or DefaultRunDir.
-func RunDirFromEnv() string {
-	if d := os.Getenv("VMFW_RUN_DIR"); d != "" {
-		return d
-	}
-	return DefaultRunDir
-}
 
 // ErrNoAgent means no agent answered: the caller does the work itself.
 var ErrNoAgent = errors.New("no agent answered")
@@ -224,7 +215,7 @@ func Try(ctx context.Context, req Request) (resp *Response, handled bool) {
 			return nil, false
 		}
 	}
-	resp, err = Call(ctx, RunDirFromEnv(), req)
+	resp, err = Call(ctx, rundir.FromEnv(), req)
 	if err != nil {
 		return nil, false
 	}

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"strconv"
 	"strings"
 
@@ -39,13 +38,22 @@ type l2rule struct {
 
 // l2machine runs frames through vmfw's ebtables chains.
 type l2machine struct {
-	chains  map[layout.Chain][]*l2rule
-	entered []layout.Chain
-	hits    []*l2rule
+	walker[*frame, *l2rule]
 }
 
 func newL2Machine(specs map[layout.Chain][]string) *l2machine {
-	m := &l2machine{chains: map[layout.Chain][]*l2rule{}}
+	missing := func(c layout.Chain) error {
+		return fmt.Errorf("%w: ebtables chain %s does not exist", errOpaque, c)
+	}
+	m := &l2machine{walker[*frame, *l2rule]{
+		chains: map[layout.Chain][]*l2rule{},
+		// The kernel refuses loops among ebtables chains, so only
+		// hand-made rules nest this deep; the walk reports the chain it
+		// did not enter.
+		maxDepth: 32,
+		tooDeep:  missing,
+		missing:  missing,
+	}}
 	for c, list := range specs {
 		for i, s := range list {
 			r := parseL2Rule(s)
@@ -59,48 +67,35 @@ func newL2Machine(specs map[layout.Chain][]string) *l2machine {
 // run runs f through chain; it reports whether the frame is dropped and
 // by which rule.
 func (m *l2machine) run(chain layout.Chain, f *frame) (drop bool, by *l2rule, err error) {
-	m.entered, m.hits = nil, nil
-	o, by, err := m.exec(chain, f, 0)
+	o, by, err := m.walker.run(chain, f)
 	return o == dropped, by, err
 }
 
-func (m *l2machine) exec(chain layout.Chain, f *frame, depth int) (outcome, *l2rule, error) {
-	rules, ok := m.chains[chain]
-	if !ok || depth > 32 {
-		return fallThrough, nil, fmt.Errorf("%w: ebtables chain %s does not exist", errOpaque, chain)
+func (r *l2rule) fault() error {
+	if r.err == nil {
+		return nil
 	}
-	m.entered = append(m.entered, chain)
-	for _, r := range rules {
-		if r.err != nil {
-			return fallThrough, r, fmt.Errorf("%w: ebtables rule %d of %s (%s): %v", errOpaque, r.index, chain, r.text, r.err)
-		}
-		matched := true
-		for _, c := range r.conds {
-			if !c(f) {
-				matched = false
-				break
-			}
-		}
-		if !matched {
-			continue
-		}
-		m.hits = append(m.hits, r)
-		switch r.target {
-		case "ACCEPT":
-			return accepted, r, nil
-		case "DROP":
-			return dropped, r, nil
-		case "RETURN":
-			return fallThrough, nil, nil
-		case "CONTINUE", "":
-		default:
-			o, by, err := m.exec(layout.Chain(r.target), f, depth+1)
-			if err != nil || o != fallThrough {
-				return o, by, err
-			}
-		}
+	return fmt.Errorf("%w: ebtables rule %d of %s (%s): %v", errOpaque, r.index, r.chain, r.text, r.err)
+}
+
+func (r *l2rule) matches(f *frame) bool {
+	return passes(r.conds, f)
+}
+
+// apply runs the target. ebtables has no goto, and vmfw writes no target
+// but the verdicts, RETURN and CONTINUE: any other is a chain.
+func (r *l2rule) apply(*frame) step {
+	switch r.target {
+	case "ACCEPT":
+		return step{verdict: accepted}
+	case "DROP":
+		return step{verdict: dropped}
+	case "RETURN":
+		return step{ret: true}
+	case "CONTINUE", "":
+		return step{}
 	}
-	return fallThrough, nil, nil
+	return step{jump: layout.Chain(r.target)}
 }
 
 // parseL2Rule parses one ebtables rule (the text after "-A CHAIN").
@@ -273,10 +268,4 @@ func parseL2ICMP(s string) (lo, hi, clo, chi uint8, err error) {
 		clo, chi, err = rng(codes)
 	}
 	return
-}
-
-// unicast reports whether a is a unicast address: every address vmfw
-// trace accepts as an endpoint.
-func unicast(a netip.Addr) bool {
-	return !a.IsMulticast() && a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
 }

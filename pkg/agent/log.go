@@ -4,32 +4,9 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"net"
 	"os"
-	"strings"
 	"sync"
 )
-
-// notify sends state to systemd when it started the agent as a
-// Type=notify service (NOTIFY_SOCKET set): "READY=1" once the ruleset is
-// enforced and the socket listens, "RELOADING=1" around a SIGHUP reload,
-// "STOPPING=1" on the way out. Without NOTIFY_SOCKET it does nothing.
-func notify(state string) error {
-	path := os.Getenv("NOTIFY_SOCKET")
-	if path == "" {
-		return nil
-	}
-	if strings.HasPrefix(path, "@") {
-		path = "\x00" + path[1:] // an abstract socket
-	}
-	conn, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: path, Net: "unixgram"})
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	_, err = conn.Write([]byte(state))
-	return err
-}
 
 // NewLogger returns the logger of every vmfw command: text records by
 // default, JSON with json set. Under systemd (JOURNAL_STREAM set, standard

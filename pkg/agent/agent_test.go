@@ -1,0 +1,262 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vmfw/vmfw/pkg/agent/wire"
+	"github.com/vmfw/vmfw/pkg/backend"
+	"github.com/vmfw/vmfw/pkg/config/configtest"
+	"github.com/vmfw/vmfw/pkg/engine"
+	"github.com/vmfw/vmfw/pkg/leaktest"
+)
+
+// The agent's rules for requests, run against backend.Fake: no kernel,
+// the real socket, loop and engine.
+
+type testHost struct{}
+
+func (testHost) Links() (map[string]bool, error) { return map[string]bool{}, nil }
+func (testHost) Attach(string, string) error     { return nil }
+func (testHost) EnableBridgeNetfilter() error    { return nil }
+
+// testAgent is an agent on a Fake, running until the test ends.
+type testAgent struct {
+	*Agent
+	be     *backend.Fake
+	config string
+}
+
+// startAgent runs an agent on a Fake with VMs 101 to 106 configured, and
+// waits until it answers.
+func startAgent(t *testing.T, be *backend.Fake) *testAgent {
+	t.Helper()
+	snap := leaktest.Take()
+	files := map[string]string{
+		"groups/web.toml": "[[in]]\nproto = \"tcp\"\ndport = \"80\"\nsource_group = \"web\"\n",
+	}
+	for id := 101; id <= 106; id++ {
+		files["vms/"+strconv.Itoa(id)+".toml"] = "[net0]\nips = [\"192.0.2." + strconv.Itoa(id) + "\"]\ngroups = [\"web\"]\n"
+	}
+	dir := configtest.Dir(t, files)
+	a := &Agent{
+		ConfigDir: dir,
+		StateDir:  t.TempDir(),
+		RunDir:    t.TempDir(),
+		Kernel: engine.Kernel{Backend: be, Host: testHost{},
+			Lock: func(context.Context) (func(), error) { return func() {}, nil }},
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("agent: %v", err)
+		}
+		snap.Check(t)
+	})
+	ta := &testAgent{Agent: a, be: be, config: dir}
+	for i := 0; ; i++ {
+		if _, err := os.Stat(filepath.Join(a.RunDir, wire.SocketName)); err == nil {
+			return ta
+		}
+		if i > 500 {
+			t.Fatal("the agent never listened")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// call sends req to the agent, filled in with its directories.
+func (ta *testAgent) call(t *testing.T, req wire.Request) *wire.Response {
+	t.Helper()
+	resp, err := ta.try(req)
+	if err != nil {
+		t.Errorf("%s %s: %v", req.Op, req.Tap, err)
+		return &wire.Response{}
+	}
+	return resp
+}
+
+// try sends req and returns the answer or why there was none.
+func (ta *testAgent) try(req wire.Request) (*wire.Response, error) {
+	if req.ConfigDir == "" {
+		req.ConfigDir = ta.config
+	}
+	return wire.Call(context.Background(), ta.RunDir, req)
+}
+
+// TestAgentBatchesQueuedRequests: the requests that arrive while the agent
+// applies one are applied together, in one plan and one write.
+func TestAgentBatchesQueuedRequests(t *testing.T) {
+	be := &backend.Fake{}
+	ta := startAgent(t, be)
+	hold, held := make(chan struct{}), make(chan struct{}, 1)
+	be.BeforeApply = func() {
+		select {
+		case held <- struct{}{}:
+			<-hold // only the first write waits
+		default:
+		}
+	}
+	var wg sync.WaitGroup
+	responses := make([]*wire.Response, 6)
+	wg.Go(func() { responses[0] = ta.call(t, wire.Request{Op: Ifup, Tap: "tap101i0"}) })
+	<-held
+	applies := be.Applies
+	for i := 1; i < 6; i++ {
+		wg.Go(func() { responses[i] = ta.call(t, wire.Request{Op: Ifup, Tap: "tap10" + strconv.Itoa(i+1) + "i0"}) })
+	}
+	// The five wait for the first write; once they are queued, let it go.
+	waitFor(t, "five queued requests", func() bool { return queuedRequests(ta.Agent) == 5 })
+	close(hold)
+	wg.Wait()
+	for i, r := range responses {
+		if !r.OK {
+			t.Errorf("request %d: %+v", i, r)
+		}
+	}
+	if responses[0].Batch != 1 || responses[5].Batch != 5 {
+		t.Errorf("batches %d and %d, want 1 and 5", responses[0].Batch, responses[5].Batch)
+	}
+	if got := be.Applies - applies; got != 2 {
+		t.Errorf("%d writes for two batches", got)
+	}
+	if dump := be.Dump(); strings.Count(dump, "iface tap") != 6 {
+		t.Errorf("installed:\n%s", dump)
+	}
+}
+
+// TestAgentLastRequestWins: an ifup and an ifdown of one tap in the same
+// batch leave the tap as the later one says; both callers are answered OK.
+func TestAgentLastRequestWins(t *testing.T) {
+	be := &backend.Fake{}
+	ta := startAgent(t, be)
+	if r := ta.call(t, wire.Request{Op: Ifup, Tap: "tap102i0"}); !r.OK {
+		t.Fatal(r.Error)
+	}
+	hold, held := make(chan struct{}), make(chan struct{}, 1)
+	be.BeforeApply = func() {
+		select {
+		case held <- struct{}{}:
+			<-hold
+		default:
+		}
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() { ta.call(t, wire.Request{Op: Ifup, Tap: "tap103i0"}) })
+	<-held
+	var up, down *wire.Response
+	wg.Go(func() { up = ta.call(t, wire.Request{Op: Ifup, Tap: "tap101i0"}) })
+	waitFor(t, "the ifup queued", func() bool { return queuedRequests(ta.Agent) == 1 })
+	wg.Go(func() { down = ta.call(t, wire.Request{Op: Ifdown, Tap: "tap101i0"}) })
+	waitFor(t, "the ifdown queued", func() bool { return queuedRequests(ta.Agent) == 2 })
+	close(hold)
+	wg.Wait()
+	if !up.OK || !down.OK || up.Batch != 2 {
+		t.Errorf("ifup %+v, ifdown %+v: want both OK in one batch of 2", up, down)
+	}
+	if dump := be.Dump(); strings.Contains(dump, "tap101i0") || !strings.Contains(dump, "tap102i0") {
+		t.Errorf("installed:\n%s", dump)
+	}
+}
+
+// TestAgentRefuses: a request for another configuration directory, state
+// directory or backend is refused untouched (the caller does the work);
+// a tap without configuration is a configuration error (exit 2 for the
+// caller) that changes nothing.
+func TestAgentRefuses(t *testing.T) {
+	be := &backend.Fake{}
+	ta := startAgent(t, be)
+	applies := be.Applies
+	for name, req := range map[string]wire.Request{
+		"config dir": {Op: Ifup, Tap: "tap101i0", ConfigDir: t.TempDir()},
+		"state dir":  {Op: Ifup, Tap: "tap101i0", StateDir: t.TempDir()},
+		"backend":    {Op: Ifup, Tap: "tap101i0", IPTables: "legacy"},
+		"operation":  {Op: "frobnicate"},
+	} {
+		if r, err := ta.try(req); !errors.Is(err, wire.ErrNoAgent) {
+			t.Errorf("%s: %+v, %v, want refused", name, r, err)
+		}
+	}
+	r := ta.call(t, wire.Request{Op: Ifup, Tap: "tap999i0"})
+	if r.OK || r.Refused || !r.Config || !strings.Contains(r.Error, "999.toml") {
+		t.Errorf("unconfigured tap: %+v, want a configuration error naming vms/999.toml", r)
+	}
+	if be.Applies != applies {
+		t.Errorf("refused requests wrote %d times", be.Applies-applies)
+	}
+}
+
+// TestAgentRetriesStalePlan: a batch planned from remembered state that
+// the backend cannot write is planned again from a fresh read, once; the
+// caller sees success.
+func TestAgentRetriesStalePlan(t *testing.T) {
+	be := &backend.Fake{}
+	ta := startAgent(t, be)
+	be.FailApply = &backend.StaleError{Err: errors.New("ipset add: element already exists")}
+	if r := ta.call(t, wire.Request{Op: Ifup, Tap: "tap104i0"}); !r.OK {
+		t.Fatalf("ifup after a stale plan: %+v", r)
+	}
+	be.FailApply = errors.New("kernel refused")
+	if r := ta.call(t, wire.Request{Op: Ifup, Tap: "tap105i0"}); r.OK || r.Config || !strings.Contains(r.Error, "kernel refused") {
+		t.Errorf("ifup on a failing backend: %+v, want the failure", r)
+	}
+}
+
+// TestAgentAppliesGroupEditsByHint: editing only a group's rules reaches
+// the backend as a hint naming that group, so a backend can rewrite only
+// its objects; the edit is enforced.
+func TestAgentAppliesGroupEditsByHint(t *testing.T) {
+	be := &backend.Fake{}
+	ta := startAgent(t, be)
+	if r := ta.call(t, wire.Request{Op: Ifup, Tap: "tap101i0"}); !r.OK {
+		t.Fatal(r.Error)
+	}
+	configtest.Write(t, ta.config, map[string]string{"groups/web.toml": "[[in]]\nproto = \"tcp\"\ndport = \"443\"\n\n[[in]]\nproto = \"tcp\"\ndport = \"80\"\n"})
+	waitFor(t, "the edit applied", func() bool { return strings.Contains(be.Dump(), "group web in=2") })
+	be.Hints = be.Hints[:0:0]
+	hints := func() []*backend.Hint {
+		var out []*backend.Hint
+		for _, h := range be.Hints {
+			if h != nil && len(h.Groups) > 0 {
+				out = append(out, h)
+			}
+		}
+		return out
+	}
+	configtest.Write(t, ta.config, map[string]string{"groups/web.toml": "[[in]]\nproto = \"tcp\"\ndport = \"22\"\n"})
+	waitFor(t, "the second edit applied", func() bool { return strings.Contains(be.Dump(), "group web in=1") })
+	if got := hints(); len(got) == 0 || !slices.Equal(got[len(got)-1].Groups, []string{"web"}) {
+		t.Errorf("hints of the edit: %+v, want one naming group web", got)
+	}
+}
+
+// queuedRequests counts the requests waiting for the agent's next batch.
+func queuedRequests(a *Agent) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.queue)
+}
+
+// waitFor polls cond for up to ten seconds: how long the agent takes is
+// not what these tests check, only that it gets there.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for i := 0; i < 1000; i++ {
+		if cond() {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("timed out waiting for %s", what)
+}
