@@ -181,14 +181,15 @@ func TestAgentRefuses(t *testing.T) {
 	for name, req := range map[string]wire.Request{
 		"config dir": {Op: Ifup, Tap: "tap101i0", ConfigDir: t.TempDir()},
 		"state dir":  {Op: Ifup, Tap: "tap101i0", StateDir: t.TempDir()},
-		"backend":    {Op: Ifup, Tap: "tap101i0", IPTables: "legacy"},
+		"flavour":    {Op: Ifup, Tap: "tap101i0", IPTables: "legacy"},
+		"backend":    {Op: Ifup, Tap: "tap101i0", Backend: "nftables"},
 		"operation":  {Op: "frobnicate"},
 	} {
 		if r, err := ta.try(req); !errors.Is(err, wire.ErrNoAgent) {
 			t.Errorf("%s: %+v, %v, want refused", name, r, err)
 		}
 	}
-	r := ta.call(t, wire.Request{Op: Ifup, Tap: "tap999i0"})
+	r := ta.call(t, wire.Request{Op: Ifup, Tap: "tap999i0", Backend: string(be.Name())})
 	if r.OK || r.Refused || !r.Config || !strings.Contains(r.Error, "999.toml") {
 		t.Errorf("unconfigured tap: %+v, want a configuration error naming vms/999.toml", r)
 	}

@@ -239,3 +239,12 @@ type Watcher interface {
 	// when ctx ends or watching fails.
 	Watch(ctx context.Context) (<-chan struct{}, error)
 }
+
+// Warner is implemented by a backend that can tell what about the host
+// may keep its ruleset from working as intended without being drift: a
+// foreign chain's DROP policy, a kernel feature or setting missing.
+// check and status print them.
+type Warner interface {
+	// Warnings says what it found, one sentence each; none is nil.
+	Warnings(ctx context.Context) ([]string, error)
+}

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"slices"
 
@@ -52,8 +53,15 @@ type TapStatus struct {
 
 // Status is what Status reports.
 type Status struct {
-	// Backend names the backend in use and its tools.
+	// Backend names the backend in use: iptables or nftables.
 	Backend string `json:"backend,omitempty"`
+	// Tools names the tools or kernel interfaces it uses ("nft,
+	// ebtables-nft").
+	Tools string `json:"tools,omitempty"`
+	// Warnings are what an operator must know that is not drift: the
+	// other backend's ruleset installed, a foreign DROP policy, a missing
+	// prerequisite.
+	Warnings []string `json:"warnings,omitempty"`
 	// Base is the state of vmfw's entry and dispatch chains and hooks.
 	Base string `json:"base"`
 	// BaseDrifted lists what differs there.
@@ -87,7 +95,23 @@ func (e *Engine) Status(ctx context.Context, tap string) (*Status, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := &Status{Backend: e.kernel.Backend.Describe(), Base: StateInSync}
+	out := &Status{Backend: string(e.kernel.Backend.Name()), Tools: e.kernel.Backend.Describe(), Base: StateInSync}
+	if o := e.kernel.Other; o != nil {
+		have, err := o.Installed(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("looking for the %s backend's ruleset: %w", o.Name, err)
+		}
+		if have {
+			out.Warnings = append(out.Warnings, fmt.Sprintf("the %s backend's ruleset is installed too: \"vmfw apply\" removes it, and ifup, ifdown, the hooks and CNI refuse until then", o.Name))
+		}
+	}
+	if w, ok := e.kernel.Backend.(backend.Warner); ok {
+		ws, err := w.Warnings(ctx)
+		if err != nil {
+			return nil, err
+		}
+		out.Warnings = append(out.Warnings, ws...)
+	}
 	for _, d := range bs.BaseDrifted {
 		out.BaseDrifted = append(out.BaseDrifted, d.Object)
 	}

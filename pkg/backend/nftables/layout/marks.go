@@ -3,6 +3,8 @@ package layout
 import (
 	"fmt"
 	"math/bits"
+
+	"github.com/vmfw/vmfw/pkg/config"
 )
 
 // DefaultMask is the packet-mark bits the nftables backend uses unless
@@ -12,7 +14,7 @@ import (
 // 0xffff0000, Cilium 0x0f00 and the upper half, Tailscale 0xff0000,
 // Istio 0x539 (1337), Docker's swarm 0x100, and the iptables backend's
 // 0x1000, so that both backends can be installed during a switch.
-const DefaultMask uint32 = 0x20c6
+const DefaultMask = config.DefaultMarkMask
 
 // markBits is how many bits the backend needs.
 const markBits = 5

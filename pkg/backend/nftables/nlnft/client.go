@@ -438,3 +438,23 @@ func elements(s *layout.Set, list []layout.Element) []nftables.SetElement {
 	}
 	return out
 }
+
+// Present reports whether either of vmfw's tables exists: the cheap check
+// the iptables backend's entry points make before they write (a host
+// switching backends), two netlink lookups.
+func (cl Client) Present() (bool, error) {
+	c, err := cl.conn()
+	if err != nil {
+		return false, err
+	}
+	for _, f := range []layout.Family{layout.Bridge, layout.Inet} {
+		_, err := c.ListTableOfFamily(layout.TableName, Family(f))
+		switch {
+		case err == nil:
+			return true, nil
+		case !errors.Is(err, unix.ENOENT):
+			return false, fmt.Errorf("looking up table %s %s: %w", f, layout.TableName, err)
+		}
+	}
+	return false, nil
+}
