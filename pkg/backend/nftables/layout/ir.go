@@ -443,10 +443,22 @@ func (r Rule) Text() string {
 	return strings.Join(parts, " ")
 }
 
+// Encoding is the version of how rules become netlink expressions
+// (package nlnft). A fix there can leave a rule's text as it was, so the
+// fingerprint hashes the version too: raising it makes every chain
+// compare different once, and the next plan rewrites them in the fixed
+// encoding (drift repair, upgrades).
+const Encoding = 1
+
 // Hash fingerprints the rule in chain: what vmfw keeps in the rule's
-// comment ("vmfw:HASH") and compares to tell which chains differ.
+// comment ("vmfw:HASH") and compares to tell which chains differ. It
+// covers the chain, the rule's text, its comment and Encoding.
 func (r Rule) Hash(chain string) string {
-	sum := sha256.Sum256([]byte(chain + "\x00" + r.Text() + "\x00" + r.Comment))
+	return r.hashAt(chain, Encoding)
+}
+
+func (r Rule) hashAt(chain string, encoding int) string {
+	sum := sha256.Sum256([]byte("encoding " + strconv.Itoa(encoding) + "\x00" + chain + "\x00" + r.Text() + "\x00" + r.Comment))
 	return hex.EncodeToString(sum[:8])
 }
 

@@ -1,0 +1,86 @@
+package nftables
+
+import (
+	"context"
+	"slices"
+	"sort"
+	"testing"
+
+	"github.com/vmfw/vmfw/pkg/backend/nftables/layout"
+	"github.com/vmfw/vmfw/pkg/backend/nftables/nlnft"
+	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/ruleset"
+)
+
+// fakeKernel holds what a read returns and records what is written.
+type fakeKernel struct {
+	obs     *nlnft.Observed
+	batches []*nlnft.Batch
+}
+
+func (k *fakeKernel) Read(bool, ...string) (*nlnft.Observed, error) { return k.obs.Clone(), nil }
+func (k *fakeKernel) Write(b *nlnft.Batch) error                    { k.batches = append(k.batches, b); return nil }
+func (k *fakeKernel) Generation() (uint32, error)                   { return k.obs.Gen, nil }
+
+func referencePolicy(t *testing.T) *ruleset.Policy {
+	t.Helper()
+	m, err := config.Load("../../../conf/examples/reference")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var nics []*config.NIC
+	for _, vm := range m.VMs {
+		nics = append(nics, vm.NICs...)
+	}
+	sort.Slice(nics, func(i, j int) bool { return nics[i].Tap < nics[j].Tap })
+	p, err := ruleset.Compile(m, nics)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestPlanRewritesChangedFingerprints: a plan against what the previous
+// plan left is empty; a chain whose rules carry other fingerprints (rules
+// written under an older encoding, or edited by someone else) is
+// rewritten whole, and nothing else is.
+func TestPlanRewritesChangedFingerprints(t *testing.T) {
+	k := &fakeKernel{obs: &nlnft.Observed{Tables: map[layout.Family]*nlnft.ObservedTable{}}}
+	b, err := New(Options{Kernel: k})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	want := referencePolicy(t)
+	plan := func() *plan {
+		t.Helper()
+		st, err := b.Read(ctx, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := b.Plan(ctx, st, want, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p.(*plan)
+	}
+	first := plan()
+	if first.Empty() || !slices.Contains(first.Summary().Tables["bridge"].Created, layout.ChainIn) {
+		t.Fatalf("the first plan does not create the tables: %+v", first.Summary())
+	}
+	k.obs = first.result()
+	if p := plan(); !p.Empty() {
+		t.Fatalf("a plan against its own result changes %+v", p.Summary())
+	}
+	in := k.obs.Tables[layout.Bridge].Chains[layout.ChainIn]
+	in.Hashes = slices.Clone(in.Hashes)
+	in.Hashes[0] = "0000000000000000"
+	p := plan()
+	got := p.Summary().Tables["bridge"]
+	if !slices.Equal(got.Rewritten, []string{layout.ChainIn}) || len(got.Created)+len(got.Deleted) != 0 || !p.Summary().Sets.Empty() {
+		t.Errorf("after a fingerprint changed in %s: %+v, sets %+v; want only %s rewritten", layout.ChainIn, got, p.Summary().Sets, layout.ChainIn)
+	}
+	if inet := p.Summary().Tables["inet"]; !inet.Empty() {
+		t.Errorf("the inet table changes: %+v", inet)
+	}
+}
