@@ -34,6 +34,9 @@ type CheckReport struct {
 	// then false.
 	*engine.Report
 	KernelError string `json:"kernel_error,omitempty"`
+	// Warnings are what the host does that keeps the ruleset from
+	// working as intended without being drift (engine.Warnings).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // CheckNotice is one notice of check: an interface (its tap, and the
@@ -68,6 +71,15 @@ func checkCmd(ctx context.Context, newEngine func() (Engine, error), configDir s
 		}
 		fmt.Fprintf(stdout, "%s: ok (%d groups, %d VMs, %d interfaces)\n", configDir, len(m.Groups), len(m.VMs), countNICs(m))
 		printUnattributed(stdout, m)
+		// The host's part is best effort: check validates the
+		// configuration even where the kernel cannot be read (no root).
+		if e, err := newEngine(); err == nil {
+			if ws, err := e.Warnings(ctx); err == nil {
+				for _, w := range ws {
+					fmt.Fprintf(stdout, "warning: %s\n", w)
+				}
+			}
+		}
 		return nil
 	}
 	rep := CheckReport{ConfigDir: configDir, Notices: []CheckNotice{}}
@@ -99,6 +111,11 @@ func checkCmd(ctx context.Context, newEngine func() (Engine, error), configDir s
 		rep.Report = (&engine.Change{}).Report(true)
 	} else {
 		rep.Report = ch.Report(true)
+		if e, err := newEngine(); err == nil {
+			if rep.Warnings, err = e.Warnings(ctx); err != nil {
+				rep.KernelError = err.Error()
+			}
+		}
 	}
 	return writeJSON(stdout, rep)
 }

@@ -18,6 +18,7 @@ type Engine interface {
 	Flush(ctx context.Context, dryRun bool) (*engine.Change, error)
 	Status(ctx context.Context, tap string) (*engine.Status, error)
 	Inspect(ctx context.Context) (*explain.Input, error)
+	Warnings(ctx context.Context) ([]string, error)
 }
 
 var _ Engine = (*engine.Engine)(nil)

@@ -96,21 +96,8 @@ func (e *Engine) Status(ctx context.Context, tap string) (*Status, error) {
 		return nil, err
 	}
 	out := &Status{Backend: string(e.kernel.Backend.Name()), Tools: e.kernel.Backend.Describe(), Base: StateInSync}
-	if o := e.kernel.Other; o != nil {
-		have, err := o.Installed(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("looking for the %s backend's ruleset: %w", o.Name, err)
-		}
-		if have {
-			out.Warnings = append(out.Warnings, fmt.Sprintf("the %s backend's ruleset is installed too: \"vmfw apply\" removes it, and ifup, ifdown, the hooks and CNI refuse until then", o.Name))
-		}
-	}
-	if w, ok := e.kernel.Backend.(backend.Warner); ok {
-		ws, err := w.Warnings(ctx)
-		if err != nil {
-			return nil, err
-		}
-		out.Warnings = append(out.Warnings, ws...)
+	if out.Warnings, err = e.warnings(ctx); err != nil {
+		return nil, err
 	}
 	for _, d := range bs.BaseDrifted {
 		out.BaseDrifted = append(out.BaseDrifted, d.Object)
@@ -129,6 +116,40 @@ func (e *Engine) Status(ctx context.Context, tap string) (*Status, error) {
 		if tap == "" || t == tap {
 			out.Taps = append(out.Taps, tapStatus(r, t, bs.Interfaces[t], slices.Contains(installed, t)))
 		}
+	}
+	return out, nil
+}
+
+// Warnings says what about the host keeps vmfw's ruleset from working as
+// intended without being drift (status and check print it): the other
+// backend's ruleset installed, and what the backend finds (a foreign
+// DROP policy, a missing prerequisite).
+func (e *Engine) Warnings(ctx context.Context) ([]string, error) {
+	release, err := e.lock(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	return e.warnings(ctx)
+}
+
+func (e *Engine) warnings(ctx context.Context) ([]string, error) {
+	var out []string
+	if o := e.kernel.Other; o != nil {
+		have, err := o.Installed(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("looking for the %s backend's ruleset: %w", o.Name, err)
+		}
+		if have {
+			out = append(out, fmt.Sprintf("the %s backend's ruleset is installed too: \"vmfw apply\" removes it, and ifup, ifdown, the hooks and CNI refuse until then", o.Name))
+		}
+	}
+	if w, ok := e.kernel.Backend.(backend.Warner); ok {
+		ws, err := w.Warnings(ctx)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, ws...)
 	}
 	return out, nil
 }

@@ -101,7 +101,7 @@ func NewKernel(ctx context.Context, o Options) (engine.Kernel, error) {
 		return engine.Kernel{}, err
 	}
 	openNFT := func(context.Context) (backend.Backend, error) {
-		return nftables.New(nftables.Options{Mark: host.MarkMask})
+		return nftables.New(nftables.Options{Mark: host.MarkMask, IPTables: o.IPTables})
 	}
 	openIPT := func(ctx context.Context) (backend.Backend, error) {
 		return newIPTables(ctx, o.IPTables)

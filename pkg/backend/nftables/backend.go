@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/vmfw/vmfw/pkg/backend"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
 	"github.com/vmfw/vmfw/pkg/backend/nftables/layout"
 	"github.com/vmfw/vmfw/pkg/backend/nftables/nlnft"
 	"github.com/vmfw/vmfw/pkg/ruleset"
@@ -46,11 +47,16 @@ type Options struct {
 	Mark uint32
 	// Kernel talks to nf_tables; nil uses the current network namespace.
 	Kernel Kernel
+	// Hooks writes vmfw's rule in iptables' FORWARD and OUTPUT chains;
+	// nil uses the host's iptables of flavour IPTables ("" detects it).
+	Hooks    Hooks
+	IPTables xtables.Mode
 }
 
 // Backend is the nftables backend. Build one with New.
 type Backend struct {
 	kernel Kernel
+	hooks  Hooks
 	marks  layout.Marks
 
 	mu sync.Mutex
@@ -81,7 +87,11 @@ func New(o Options) (*Backend, error) {
 	if k == nil {
 		k = nlnft.Client{}
 	}
-	return &Backend{kernel: k, marks: m}, nil
+	h := o.Hooks
+	if h == nil {
+		h = &xtablesHooks{mode: o.IPTables}
+	}
+	return &Backend{kernel: k, hooks: h, marks: m}, nil
 }
 
 // Name is backend.NFTables.
@@ -159,10 +169,13 @@ func (b *Backend) fullState(st *state) (*state, error) {
 	return &state{obs: obs, full: true}, nil
 }
 
-// Plan lays want out and compares it with the kernel. The hint is not
-// needed: the comparison is by fingerprint and element, as cheap as the
-// read, so every plan is the full one.
-func (b *Backend) Plan(ctx context.Context, s backend.State, want *ruleset.Policy, _ *backend.Hint) (backend.Plan, error) {
+// Plan lays want out and compares it with the kernel: the comparison is
+// by fingerprint and element, as cheap as the read, so every plan is the
+// full one. The hint only spares an interface's change (ifup, ifdown, a
+// group edit) the read of vmfw's rules in iptables' chains, which such a
+// change leaves as they are; a full plan (apply, flush, repair) and any
+// plan that creates or deletes the tables checks them.
+func (b *Backend) Plan(ctx context.Context, s backend.State, want *ruleset.Policy, hint *backend.Hint) (backend.Plan, error) {
 	st, err := b.fullState(s.(*state))
 	if err != nil {
 		return nil, err
@@ -173,7 +186,18 @@ func (b *Backend) Plan(ctx context.Context, s backend.State, want *ruleset.Polic
 		rs = layout.Build(want, b.marks)
 		trace.Since(start, "lay out %d interfaces", len(want.Interfaces))
 	}
-	return diff(rs, st), nil
+	p := diff(rs, st)
+	if hint == nil || p.createsOrDeletes() {
+		start := time.Now()
+		hs, err := b.hooks.Read(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("reading iptables' FORWARD and OUTPUT chains: %w", err)
+		}
+		p.hooks = planHooks(hs, want != nil, b.marks.Acc)
+		p.summarizeHooks()
+		trace.Since(start, "read vmfw's rules in iptables' chains")
+	}
+	return p, nil
 }
 
 // Apply writes the plan as one transaction. A plan made from remembered
@@ -184,6 +208,9 @@ func (b *Backend) Apply(ctx context.Context, bp backend.Plan) error {
 	p := bp.(*plan)
 	if p.Empty() {
 		return nil
+	}
+	if len(p.batch.Tables) == 0 {
+		return b.applyHooks(ctx, p.hooks)
 	}
 	b.forget()
 	start := time.Now()
@@ -204,6 +231,25 @@ func (b *Backend) Apply(ctx context.Context, bp backend.Plan) error {
 		b.pending = after
 		b.mu.Unlock()
 	}
+	return b.applyHooks(ctx, p.hooks)
+}
+
+// applyHooks writes vmfw's rules in iptables' chains, after the tables:
+// they accept what the tables marked, so a rule that comes first passes
+// nothing vmfw did not decide. It is not part of the nf_tables
+// transaction; a failure is reported and the next full plan repairs it.
+func (b *Backend) applyHooks(ctx context.Context, h *hookChange) error {
+	if h.empty() {
+		return nil
+	}
+	start := time.Now()
+	if err := b.hooks.Delete(ctx, h.delete); err != nil {
+		return err
+	}
+	if err := b.hooks.Insert(ctx, h.insert, h.rule); err != nil {
+		return err
+	}
+	trace.Since(start, "write vmfw's rules in iptables' chains")
 	return nil
 }
 

@@ -15,13 +15,16 @@ import (
 
 // plan is a change of vmfw's tables: one batch.
 type plan struct {
-	batch   *nlnft.Batch
+	batch *nlnft.Batch
+	// hooks is the change of vmfw's rules in iptables' chains; nil when
+	// the plan did not look at them.
+	hooks   *hookChange
 	want    *layout.Ruleset
 	st      *state
 	summary *backend.Summary
 }
 
-func (p *plan) Empty() bool               { return len(p.batch.Tables) == 0 }
+func (p *plan) Empty() bool               { return len(p.batch.Tables) == 0 && p.hooks.empty() }
 func (p *plan) Summary() *backend.Summary { return p.summary }
 
 // diff is the plan taking the kernel from st to want (nil: remove both
@@ -46,6 +49,34 @@ func diff(want *layout.Ruleset, st *state) *plan {
 		}
 	}
 	return p
+}
+
+// createsOrDeletes reports whether the plan creates or deletes a table.
+func (p *plan) createsOrDeletes() bool {
+	for _, tc := range p.batch.Tables {
+		if tc.Create || tc.Delete {
+			return true
+		}
+	}
+	return false
+}
+
+// summarizeHooks adds the change of vmfw's rules in iptables' chains to
+// the summary, as the part "iptables".
+func (p *plan) summarizeHooks() {
+	if p.hooks.empty() {
+		return
+	}
+	t := backend.TableChanges{Created: []string{}, Rewritten: []string{}, Deleted: []string{}, HooksAdded: []string{}, HooksRemoved: []string{}}
+	for _, hc := range p.hooks.insert {
+		t.HooksAdded = append(t.HooksAdded, hc.String()+" -> vmfw accept")
+	}
+	for _, hc := range hookChains {
+		if len(p.hooks.delete[hc]) > 0 {
+			t.HooksRemoved = append(t.HooksRemoved, hc.String()+" -> vmfw accept")
+		}
+	}
+	p.summary.Tables["iptables"] = t
 }
 
 // diffTable compares one table; tc is nil when nothing changes.
@@ -231,6 +262,17 @@ func (p *plan) WriteTo(w io.Writer) (int64, error) {
 	}
 	for _, tc := range p.batch.Tables {
 		writeTableChange(&b, tc)
+	}
+	if !p.hooks.empty() {
+		b.WriteString("# then iptables (not part of the transaction)\n")
+		for _, hc := range hookChains {
+			for _, l := range p.hooks.delete[hc] {
+				b.WriteString("# " + hc.Family + ": " + strings.Replace(l, "-A ", "-D ", 1) + "\n")
+			}
+		}
+		for _, hc := range p.hooks.insert {
+			b.WriteString("# " + hc.Family + ": -I " + hc.Chain + " 1 " + strings.Join(p.hooks.rule, " ") + "\n")
+		}
 	}
 	n, err := io.WriteString(w, b.String())
 	return int64(n), err

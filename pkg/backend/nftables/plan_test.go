@@ -22,6 +22,13 @@ func (k *fakeKernel) Read(bool, ...string) (*nlnft.Observed, error) { return k.o
 func (k *fakeKernel) Write(b *nlnft.Batch) error                    { k.batches = append(k.batches, b); return nil }
 func (k *fakeKernel) Generation() (uint32, error)                   { return k.obs.Gen, nil }
 
+// fakeHooks holds what a read of iptables' chains returns.
+type fakeHooks struct{ st *HookState }
+
+func (h *fakeHooks) Read(context.Context) (*HookState, error)             { return h.st, nil }
+func (h *fakeHooks) Insert(context.Context, []HookChain, []string) error  { return nil }
+func (h *fakeHooks) Delete(context.Context, map[HookChain][]string) error { return nil }
+
 func referencePolicy(t *testing.T) *ruleset.Policy {
 	t.Helper()
 	m, err := config.Load("../../../conf/examples/reference")
@@ -46,7 +53,7 @@ func referencePolicy(t *testing.T) *ruleset.Policy {
 // rewritten whole, and nothing else is.
 func TestPlanRewritesChangedFingerprints(t *testing.T) {
 	k := &fakeKernel{obs: &nlnft.Observed{Tables: map[layout.Family]*nlnft.ObservedTable{}}}
-	b, err := New(Options{Kernel: k})
+	b, err := New(Options{Kernel: k, Hooks: &fakeHooks{st: &HookState{}}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package nftables
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"slices"
 	"strings"
@@ -114,6 +115,19 @@ func (b *Backend) Status(ctx context.Context, s backend.State, want *ruleset.Pol
 		for _, name := range slices.Sorted(maps.Keys(have.Sets)) {
 			if t.Set(name) == nil {
 				out.BaseDrifted = append(out.BaseDrifted, backend.Drift{Object: "set " + prefix + name, Problem: "unexpected"})
+			}
+		}
+	}
+	hs, err := b.hooks.Read(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("reading iptables' FORWARD and OUTPUT chains: %w", err)
+	}
+	if h := planHooks(hs, true, b.marks.Acc); !h.empty() {
+		for _, hc := range hookChains {
+			if slices.Contains(h.insert, hc) {
+				out.BaseDrifted = append(out.BaseDrifted, backend.Drift{Object: "iptables " + hc.String(), Problem: "vmfw's accept rule missing"})
+			} else if len(h.delete[hc]) > 0 {
+				out.BaseDrifted = append(out.BaseDrifted, backend.Drift{Object: "iptables " + hc.String(), Problem: "vmfw's accept rule drifted"})
 			}
 		}
 	}
