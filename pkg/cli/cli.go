@@ -19,7 +19,6 @@ import (
 
 	"github.com/vmfw/vmfw/pkg/agent"
 	"github.com/vmfw/vmfw/pkg/backend"
-	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/engine"
 	"github.com/vmfw/vmfw/pkg/explain"
@@ -214,7 +213,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *chosen != "" && *chosen != config.BackendIPTables && *chosen != config.BackendNFTables {
 		return &usageError{fmt.Sprintf("--backend %q: must be iptables or nftables", *chosen)}
 	}
-	opts := system.Options{ConfigDir: *configDir, StateDir: *stateDir, Backend: backend.Name(*chosen), IPTables: xtables.Mode(*flavour)}
+	opts := system.Options{ConfigDir: *configDir, StateDir: *stateDir, Backend: backend.Name(*chosen), IPTables: *flavour}
 	// What a caller of the agent sends: an agent on the other backend
 	// refuses it, and the command does the work (or refuses) itself.
 	request := func(op agent.Op) agent.Request {

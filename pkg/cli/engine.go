@@ -4,7 +4,6 @@ import (
 	"context"
 
 	"github.com/vmfw/vmfw/pkg/engine"
-	"github.com/vmfw/vmfw/pkg/explain"
 	"github.com/vmfw/vmfw/pkg/hook"
 )
 
@@ -17,7 +16,7 @@ type Engine interface {
 	Sync(ctx context.Context, dryRun bool) (*engine.Change, error)
 	Flush(ctx context.Context, dryRun bool) (*engine.Change, error)
 	Status(ctx context.Context, tap string) (*engine.Status, error)
-	Inspect(ctx context.Context) (*explain.Input, error)
+	Inspect(ctx context.Context) (*engine.Inspection, error)
 	Warnings(ctx context.Context) ([]string, error)
 }
 

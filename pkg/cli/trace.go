@@ -52,15 +52,8 @@ func traceCmd(ctx context.Context, newEngine func() (Engine, error), args []stri
 	if q.From == "" || q.To == "" || q.Proto == "" {
 		return &usageError{"trace needs --from, --to and --proto"}
 	}
-	e, err := newEngine()
+	in, err := traceInput(ctx, newEngine)
 	if err != nil {
-		return err
-	}
-	in, err := e.Inspect(ctx)
-	if err != nil {
-		return err
-	}
-	if in.HostAddrs, err = hostAddrs(); err != nil {
 		return err
 	}
 	r, err := explain.Trace(in, q)
@@ -73,6 +66,24 @@ func traceCmd(ctx context.Context, newEngine func() (Engine, error), args []stri
 		return enc.Encode(r)
 	}
 	return r.WriteText(stdout)
+}
+
+// traceInput reads, through the engine, what a trace evaluates, and adds
+// the hypervisor's addresses.
+func traceInput(ctx context.Context, newEngine func() (Engine, error)) (*explain.Input, error) {
+	e, err := newEngine()
+	if err != nil {
+		return nil, err
+	}
+	x, err := e.Inspect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	addrs, err := hostAddrs()
+	if err != nil {
+		return nil, err
+	}
+	return &explain.Input{Model: x.Model, Resolve: x.Resolve, Attached: x.Attached, Kernel: x.Kernel, HostAddrs: addrs}, nil
 }
 
 // hostAddrs returns the addresses of this network namespace's interfaces
@@ -116,15 +127,8 @@ func traceBatch(ctx context.Context, newEngine func() (Engine, error), file stri
 		defer f.Close()
 		r = f
 	}
-	e, err := newEngine()
+	in, err := traceInput(ctx, newEngine)
 	if err != nil {
-		return err
-	}
-	in, err := e.Inspect(ctx)
-	if err != nil {
-		return err
-	}
-	if in.HostAddrs, err = hostAddrs(); err != nil {
 		return err
 	}
 	dec := json.NewDecoder(r)

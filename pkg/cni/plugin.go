@@ -17,7 +17,6 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/vmfw/vmfw/pkg/backend"
-	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/engine"
 	"github.com/vmfw/vmfw/pkg/state"
@@ -152,7 +151,7 @@ func cniError(err error) error {
 
 // newEngine returns the engine for the plugin configuration c.
 func newEngine(ctx context.Context, c *NetConf) (*engine.Engine, error) {
-	return system.NewEngine(ctx, system.Options{ConfigDir: c.ConfigDir, StateDir: c.StateDir, Backend: backend.Name(c.Backend), IPTables: xtables.Mode(c.IPTables)})
+	return system.NewEngine(ctx, system.Options{ConfigDir: c.ConfigDir, StateDir: c.StateDir, Backend: backend.Name(c.Backend), IPTables: c.IPTables})
 }
 
 // attachment is what ADD and CHECK learn from prevResult, not yet

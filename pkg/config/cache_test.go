@@ -8,8 +8,6 @@ import (
 	"path/filepath"
 	"reflect"
 	"testing"
-
-	"github.com/vmfw/vmfw/pkg/config/configtest"
 )
 
 // TestCacheMatchesLoad edits a configuration directory at random —
@@ -56,7 +54,7 @@ func TestCacheMatchesLoad(t *testing.T) {
 	for id := 1; id <= 20; id++ {
 		files[fmt.Sprintf("vms/%d.toml", id)] = fmt.Sprintf("[net0]\nips = [\"198.51.100.%d\"]\ngroups = [\"web\"]\n", id)
 	}
-	dir := configtest.Dir(t, files)
+	dir := testDir(t, files)
 	outside := filepath.Join(dir, "shared")
 	if err := os.MkdirAll(outside, 0o755); err != nil {
 		t.Fatal(err)
@@ -168,7 +166,7 @@ func TestCacheMatchesLoad(t *testing.T) {
 // behind its back (which inotify would have reported) keeps its old
 // content until it is named.
 func TestCacheParsesOnlyChangedFiles(t *testing.T) {
-	dir := configtest.Dir(t, map[string]string{
+	dir := testDir(t, map[string]string{
 		"groups/web.toml": "[[in]]\nproto = \"tcp\"\ndport = \"80\"\n",
 		"vms/1.toml":      "[net0]\ngroups = [\"web\"]\n",
 	})

@@ -5,8 +5,6 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
-
-	"github.com/vmfw/vmfw/pkg/config/configtest"
 )
 
 // FuzzLoad feeds arbitrary bytes to Load as vmfw.toml, as a group file and
@@ -38,7 +36,7 @@ func FuzzLoad(f *testing.F) {
 	targets := []string{"vmfw.toml", "groups/fuzz.toml", "vms/110.toml"}
 	dirs := make([]string, len(targets))
 	for i := range targets {
-		dirs[i] = configtest.Dir(f, map[string]string{"groups/web.toml": web, targets[i]: ""})
+		dirs[i] = testDir(f, map[string]string{"groups/web.toml": web, targets[i]: ""})
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		for i, rel := range targets {

@@ -6,8 +6,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/vmfw/vmfw/pkg/config/configtest"
 )
 
 // web is a valid group for VM files to refer to.
@@ -615,7 +613,7 @@ func TestLoadErrors(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			dir := configtest.Dir(t, tc.files)
+			dir := testDir(t, tc.files)
 			if tc.setup != nil {
 				tc.setup(t, dir)
 			}
@@ -652,7 +650,7 @@ func mkdir(rel string) func(*testing.T, string) {
 // not a panic. Root reads any file whatever its mode, so when running as
 // root the read error is injected instead.
 func TestLoadUnreadable(t *testing.T) {
-	dir := configtest.Dir(t, map[string]string{"groups/web.toml": web})
+	dir := testDir(t, map[string]string{"groups/web.toml": web})
 	path := filepath.Join(dir, "groups", "web.toml")
 	if err := os.Chmod(path, 0); err != nil {
 		t.Fatal(err)
@@ -690,11 +688,11 @@ func TestLoadErrorOrder(t *testing.T) {
 		"vms/.#9.toml":     "editor lock file",
 	}
 	for _, want := range []string{"vmfw.toml:1: ", "groups/a.toml:1: ", "groups/b.toml:1: ", "vms/9.toml:1: ", "vms/10.toml:1: "} {
-		dir := configtest.Dir(t, files)
+		dir := testDir(t, files)
 		_, err := Load(dir)
 		checkError(t, err, want, "")
 		rel := strings.TrimSuffix(want, ":1: ")
 		delete(files, rel)
 	}
-	mustLoad(t, configtest.Dir(t, files))
+	mustLoad(t, testDir(t, files))
 }

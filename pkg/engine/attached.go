@@ -18,11 +18,11 @@ func (e *Engine) Attached(ctx context.Context) ([]*config.NIC, error) {
 		return nil, err
 	}
 	defer release()
-	st, err := e.kernel.Backend.Read(ctx, true)
+	_, installed, _, err := e.installed(ctx, r)
 	if err != nil {
 		return nil, err
 	}
-	return nicsFor(r, st.Installed()), nil
+	return nicsFor(r, installed), nil
 }
 
 // SyncSets brings the members of vmfw's sets to what the configuration

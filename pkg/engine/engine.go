@@ -445,26 +445,49 @@ func describeBatch(up, down []string) string {
 // installed interface the configuration no longer has is removed by a
 // full change.
 func (e *Engine) change(ctx context.Context, m *config.Model, r nicSource, up, down []string) (*Change, error) {
-	st, err := e.kernel.Backend.Read(ctx, true)
+	st, installed, before, err := e.installed(ctx, r)
 	if err != nil {
 		return nil, err
 	}
-	installed := st.Installed()
-	before := nicsFor(r, installed)
-	after := nicsFor(r, dedupe(append(slices.DeleteFunc(slices.Clone(installed), func(t string) bool { return slices.Contains(down, t) }), up...)))
+	after := nicsFor(r, dedupe(append(slices.DeleteFunc(installed, func(t string) bool { return slices.Contains(down, t) }), up...)))
 	want, err := ruleset.Compile(m, after)
 	if err != nil {
 		return nil, err
 	}
-	var hint *backend.Hint
-	if len(before) == len(installed) {
-		if was, err := ruleset.Compile(m, before); err == nil {
-			hint = &backend.Hint{Was: was, Interfaces: append(slices.Clone(up), down...)}
-		}
-	} else {
-		trace.Printf("full change: %d installed interfaces are no longer configured", len(installed)-len(before))
-	}
+	hint := hintFrom(m, before, backend.Hint{Interfaces: append(slices.Clone(up), down...)})
 	return e.apply(ctx, st, want, hint, false, m, after)
+}
+
+// installed reads, narrowly, which interfaces the backend installed and
+// resolves them; before is nil when the configuration no longer names
+// some of them, whose removal then takes a full change.
+func (e *Engine) installed(ctx context.Context, r nicSource) (st backend.State, names []string, before []*config.NIC, err error) {
+	if st, err = e.kernel.Backend.Read(ctx, true); err != nil {
+		return nil, nil, nil, err
+	}
+	names = st.Installed()
+	if before = nicsFor(r, names); len(before) != len(names) {
+		trace.Printf("full change: %d installed interfaces are no longer configured", len(names)-len(before))
+		return st, names, nil, nil
+	}
+	if before == nil {
+		before = []*config.NIC{} // none installed, all known
+	}
+	return st, names, before, nil
+}
+
+// hintFrom completes h with the policy m gives the installed interfaces
+// before; nil, a full change, when they are not known.
+func hintFrom(m *config.Model, before []*config.NIC, h backend.Hint) *backend.Hint {
+	if before == nil {
+		return nil
+	}
+	was, err := ruleset.Compile(m, before)
+	if err != nil {
+		return nil
+	}
+	h.Was = was
+	return &h
 }
 
 // detach removes tap's chains and memberships, keeping every other
@@ -586,21 +609,14 @@ func (e *Engine) SyncGroups(ctx context.Context, was *config.Model, groups []str
 		return nil, err
 	}
 	defer release()
-	st, err := e.kernel.Backend.Read(ctx, true)
+	st, installed, before, err := e.installed(ctx, r)
 	if err != nil {
 		return nil, err
 	}
-	installed := st.Installed()
 	nics := nicsFor(r, installed)
 	want, err := ruleset.Compile(r.model, nics)
 	if err != nil {
 		return nil, err
 	}
-	var hint *backend.Hint
-	if len(nics) == len(installed) {
-		if pw, err := ruleset.Compile(was, nics); err == nil {
-			hint = &backend.Hint{Was: pw, Groups: groups}
-		}
-	}
-	return e.apply(ctx, st, want, hint, false, r.model, nics)
+	return e.apply(ctx, st, want, hintFrom(was, before, backend.Hint{Groups: groups}), false, r.model, nics)
 }

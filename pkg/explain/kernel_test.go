@@ -8,51 +8,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files in testdata/")
-
-// TestSavedKernel traces every flow between the reference scenario's
-// endpoints over the ruleset as iptables-nft-save and ebtables-nft-save
-// print it (testdata/reference-*.save): the kernel's spelling of vmfw's
-// rules ("-m tcp", numeric ICMP types, "--tcp-flags", hex u32 tests) must
-// give the configuration's verdicts, with no drift.
-func TestSavedKernel(t *testing.T) {
-	in := referenceInput(t)
-	ends := []string{"101", "102", "103", "104", "110", "192.0.2.200", "2001:db8::200", "198.51.100.7", "2001:db8:2::7", "hypervisor"}
-	n := 0
-	for _, from := range ends {
-		for _, to := range ends {
-			if from == to {
-				continue
-			}
-			for _, fam := range []int{4, 6} {
-				for _, p := range []struct {
-					proto string
-					dport int
-				}{{"tcp", 22}, {"tcp", 80}, {"udp", 53}, {"icmp", -1}, {"icmpv6", -1}} {
-					query := Query{From: from, To: to, Proto: p.proto, DPort: p.dport, SPort: -1, Family: fam}
-					r, err := Trace(in, query)
-					if IsQueryError(err) {
-						continue // two hosts that are not VMs, families that do not mix
-					}
-					if err != nil {
-						t.Fatal(err)
-					}
-					n++
-					if r.Kernel.Error != "" || r.Kernel.Verdict != r.Config.Verdict || len(r.Drift) > 0 {
-						t.Errorf("%+v: configuration %s, kernel %s %s, drift %v", query, r.Config.Verdict, r.Kernel.Verdict, r.Kernel.Error, r.Drift)
-					}
-				}
-			}
-		}
-	}
-	if n < 300 {
-		t.Errorf("only %d flows traced", n)
-	}
-}
 
 // TestRandomConfigurations compares the configuration's answer with the
 // compiled rules' on random configurations and flows: trace reports both,
@@ -99,11 +57,9 @@ func TestRandomConfigurations(t *testing.T) {
 func keysInputFrom(t *testing.T, dir string) *Input {
 	t.Helper()
 	m, nics := loadModel(t, dir)
-	rs, err := layout.FromConfig(m, nics)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &Input{Model: m, Attached: nics, Kernel: compiledKernel(rs), HostAddrs: keysHost}
+	in := applied(t, m, nics)
+	in.HostAddrs = keysHost
+	return in
 }
 
 // writeRandomConfig writes three groups of random rules over every rule

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/vmfw/vmfw/pkg/backend"
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/ruleset"
 )
@@ -72,12 +73,21 @@ type Endpoint struct {
 	nic *config.NIC
 }
 
-// Paths a packet can take (docs/routing.md).
+// Paths a packet can take (docs/routing.md), as the report names them.
 const (
-	PathBridged        = "bridged"
-	PathRouted         = "routed"
-	PathFromHypervisor = "from-hypervisor"
-	PathToHypervisor   = "to-hypervisor"
+	PathBridged        = string(backend.PathBridged)
+	PathRouted         = string(backend.PathRouted)
+	PathFromHypervisor = string(backend.PathFromHypervisor)
+	PathToHypervisor   = string(backend.PathToHypervisor)
+)
+
+// IP protocol numbers.
+const (
+	protoICMP   = 1
+	protoTCP    = 6
+	protoUDP    = 17
+	protoICMPv6 = 58
+	protoSCTP   = 132
 )
 
 // parseProto reads --proto.

@@ -56,7 +56,7 @@ type RuleHit struct {
 
 // KernelResult is the kernel's answer.
 type KernelResult struct {
-	// Backend is the iptables backend.
+	// Backend names the tools the backend read the kernel with.
 	Backend string `json:"backend,omitempty"`
 	// Verdict is accept, drop or reject; empty when the rules could not
 	// be evaluated (Error says why).
@@ -86,7 +86,8 @@ type Alternative struct {
 type Report struct {
 	// Verdict is what happens to the packet: the kernel's verdict, or
 	// the configuration's when the kernel was not read or its rules could
-	// not be evaluated.
+	// not be evaluated (then, if the configuration cannot tell, the rules
+	// compiled from it decide, or, without a kernel, it is unknown).
 	Verdict string `json:"verdict"`
 	// From and To are the flow's ends, Flow its first packet.
 	From Endpoint `json:"from"`

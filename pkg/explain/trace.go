@@ -9,26 +9,23 @@
 //     decides which connections an edit cuts): anti-spoofing, state, the
 //     DHCP and neighbour discovery exceptions, each group rule by file and
 //     line, the policy;
-//   - from the ruleset read back from the kernel, with an interpreter of
-//     the iptables and ebtables rules vmfw writes (interp*.go), starting
-//     at the hooks vmfw installs.
+//   - from what the backend installed, which the backend walks itself
+//     (backend.Tracer): only it knows how its kernel objects decide.
 //
-// The same interpreter also runs the ruleset compiled from the current
-// configuration; every chain either walk enters whose rules in the kernel
-// differ from the compiled ones (by fingerprint, see package ruleset), and
-// every ipset a rule on the way looks up whose members differ, is drift.
-// When the kernel's verdict and the configuration's differ, the report
-// says which is which: the kernel decides what packets do.
+// The backend also walks what it would install for the policy compiled
+// from the current configuration (package ruleset), and names what
+// differs from it on the packet's way: drift. When the kernel's verdict
+// and the configuration's differ, the report says which is which: the
+// kernel decides what packets do.
 //
-// Like pkg/ruleset it is pure: the caller reads the kernel (package engine)
-// and hands over the snapshots, so tests feed it hand-made kernels.
+// Like pkg/ruleset it is pure: the caller reads the kernel (package
+// engine, through the backend) and hands over what it read, so tests
+// feed it kernels of their own.
 //
 // The tracer reads one concern a file: the query and its endpoints
-// (query.go), what the query leaves open (unknowns.go), the walks along
-// the packet's path (walk.go), drift (drift.go), the report (report.go,
-// text.go), and Trace itself (trace.go). The interpreter (interp*.go)
-// knows nothing of traces: it takes rules as text and a packet, and
-// answers with the verdict, the chains entered and the rules matched.
+// (query.go), what the query leaves open (unknowns.go), the packets it
+// hands the backend (walk.go), the report (report.go, text.go), and Trace
+// itself (trace.go).
 package explain
 
 import (
@@ -38,7 +35,7 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
+	"github.com/vmfw/vmfw/pkg/backend"
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/policy"
 	"github.com/vmfw/vmfw/pkg/ruleset"
@@ -53,47 +50,33 @@ type Input struct {
 	Resolve func(name string) *config.NIC
 	// Attached are the interfaces whose chains are installed.
 	Attached []*config.NIC
-	// Kernel is what the kernel holds; nil evaluates the configuration
-	// and the compiled rules only.
-	Kernel *Kernel
+	// Kernel is what the backend read of the kernel; nil evaluates the
+	// configuration only.
+	Kernel backend.Inspection
 	// HostAddrs are the hypervisor's own addresses with the prefix of
 	// their subnet: they tell the hypervisor from other hosts and a
 	// bridged path from a routed one.
 	HostAddrs []netip.Prefix
 
-	// compiled caches the ruleset compiled for Attached: a batch of
-	// traces compiles it once.
-	mu       sync.Mutex
-	compiled *layout.Ruleset
+	// installed caches the policy compiled for Attached: a batch of
+	// traces compiles it once, and the backend lays it out once.
+	mu        sync.Mutex
+	installed *ruleset.Policy
 }
 
-// compile returns the ruleset for the attached interfaces, nics,
-// compiling it once.
-func (in *Input) compile(nics []*config.NIC) (*layout.Ruleset, error) {
+// compile returns the policy of the attached interfaces, nics, compiling
+// it once.
+func (in *Input) compile(nics []*config.NIC) (*ruleset.Policy, error) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	if in.compiled == nil {
-		rs, err := layout.FromConfig(in.Model, nics)
+	if in.installed == nil {
+		p, err := ruleset.Compile(in.Model, nics)
 		if err != nil {
 			return nil, err
 		}
-		in.compiled = rs
+		in.installed = p
 	}
-	return in.compiled, nil
-}
-
-// Kernel is vmfw's part of the kernel's firewall, as read back.
-type Kernel struct {
-	// Backend names the iptables backend, for the report.
-	Backend string
-	// Tables holds each family's chains with their rules' text (Lines)
-	// and fingerprints (Chains), and the hooks.
-	Tables map[ruleset.Family]layout.Observed
-	// Bridge is vmfw's part of the ebtables filter table; nil when
-	// ebtables is not managed.
-	Bridge *layout.Observed
-	// Sets maps vmfw's ipsets to their members.
-	Sets map[string]map[netip.Addr]bool
+	return in.installed, nil
 }
 
 // Trace follows q's first packet through vmfw's rules.
@@ -120,12 +103,12 @@ type tracer struct {
 	// the configuration's answer for a VM not running is what it would be
 	// once it runs.
 	attached []*config.NIC
-	// compiled is the ruleset for attached, which the configuration's
-	// answer is checked against; actual is the one for the interfaces
-	// whose chains are installed, which the kernel is compared with. They
-	// are one when both ends that are VMs are attached.
-	compiled, actual *layout.Ruleset
-	notes            []string
+	// want is the policy of attached, which the configuration's answer
+	// is checked against; installed is the one of the interfaces whose
+	// chains are installed, which the kernel is compared with. They are
+	// one when both ends that are VMs are attached.
+	want, installed *ruleset.Policy
+	notes           []string
 	// resolve is in.Resolve, or Model.NIC.
 	resolve func(string) *config.NIC
 }
@@ -174,12 +157,12 @@ func newTracer(in *Input, q Query) (*tracer, error) {
 			t.notes = append(t.notes, fmt.Sprintf("%s is not attached (no chains installed: the VM is not running, or vmfw has not firewalled it); the configuration's answer is for when it is", e.nic.Tap))
 		}
 	}
-	if t.actual, err = t.in.compile(in.Attached); err != nil {
+	if t.installed, err = t.in.compile(in.Attached); err != nil {
 		return nil, fmt.Errorf("compiling the configuration: %w", err)
 	}
-	t.compiled = t.actual
+	t.want = t.installed
 	if len(t.attached) != len(in.Attached) {
-		if t.compiled, err = layout.FromConfig(in.Model, t.attached); err != nil {
+		if t.want, err = ruleset.Compile(in.Model, t.attached); err != nil {
 			return nil, fmt.Errorf("compiling the configuration: %w", err)
 		}
 	}
@@ -196,16 +179,17 @@ func (t *tracer) trace() (*Report, error) {
 	r.Flow = t.flowInfo(cands[0])
 	r.Config = Config{Verdict: configVerdict(first.config), Out: first.config.Out, In: first.config.In}
 	r.Verdict = r.Config.Verdict
-	if first.compiled.err == nil && r.Config.Verdict != "unknown" && first.compiled.verdict != r.Config.Verdict {
-		r.Notes = append(r.Notes, fmt.Sprintf("internal error: the rules compiled from the configuration %s the packet, the configuration says %s (please report this)", first.compiled.verdict, r.Config.Verdict))
-	}
 	if first.krn != nil {
+		if first.compiled.Err == nil && r.Config.Verdict != "unknown" && first.compiled.Verdict != r.Config.Verdict {
+			r.Notes = append(r.Notes, fmt.Sprintf("internal error: the rules compiled from the configuration %s the packet, the configuration says %s (please report this)", first.compiled.Verdict, r.Config.Verdict))
+		}
 		t.kernelAnswer(r, first)
-	}
-	if r.Verdict == "unknown" {
-		// Only the configuration answered and it cannot tell: the
-		// compiled rules decide on the typical values.
-		r.Verdict = first.compiled.verdict
+		if r.Verdict == "unknown" {
+			// The kernel could not answer and the configuration
+			// cannot tell: the compiled rules decide on the typical
+			// values.
+			r.Verdict = first.compiled.Verdict
+		}
 	}
 	r.Alternatives = alternatives(answers[1:], r.Verdict)
 	r.Notes = append(t.notes, r.Notes...)
@@ -215,44 +199,29 @@ func (t *tracer) trace() (*Report, error) {
 
 // answer is what each evaluation says of one candidate packet.
 type answer struct {
-	c             candidate
-	config        *policy.Explanation
-	compiled, krn *result
-	// actual is the walk over the installed interfaces' ruleset,
-	// when it is not compiled's.
-	actual *result
+	c      candidate
+	config *policy.Explanation
+	// krn and compiled are the backend's walks over the kernel and over
+	// the rules it would install for the configuration; nil when the
+	// kernel was not read.
+	krn, compiled *backend.Walk
 }
 
-// answers evaluates every candidate: the configuration's answer, and the
-// walks over the compiled rules and, when it was read, the kernel's.
+// answers evaluates every candidate: the configuration's answer and,
+// when the kernel was read, the backend's walks.
 func (t *tracer) answers(cands []candidate) []answer {
 	ev := policy.New(t.in.Model, t.attached, t.isLocal)
-	compiledIP, compiledL2 := t.compiledMachine(t.compiled), t.compiledL2(t.compiled)
-	actualIP, actualL2 := compiledIP, compiledL2
-	if t.actual != t.compiled {
-		actualIP, actualL2 = t.compiledMachine(t.actual), t.compiledL2(t.actual)
-	}
-	var kernelIP *machine
-	var kernelL2 *l2machine
+	var walks backend.KernelTrace
 	if k := t.in.Kernel; k != nil {
-		obs := k.Tables[t.family]
-		kernelIP = newMachine(obs.Lines, obs.Chains, k.Sets)
-		if k.Bridge != nil {
-			kernelL2 = newL2Machine(k.Bridge.Chains)
-		}
+		walks = k.Trace(t.installed, t.want, t.describeOrigin)
 	}
 	var answers []answer
 	for _, c := range cands {
-		p := t.packet(c)
 		a := answer{c: c}
 		a.config = ev.Explain(t.policyFlow(c), t.policyPath(c))
-		a.compiled = t.walk(compiledIP, compiledL2, nil, p)
-		a.actual = a.compiled
-		if kernelIP != nil && t.actual != t.compiled {
-			a.actual = t.walk(actualIP, actualL2, nil, t.packet(c))
-		}
-		if kernelIP != nil {
-			a.krn = t.walk(kernelIP, kernelL2, t.in.Kernel, t.packet(c))
+		if walks != nil {
+			krn, compiled := walks.Walk(t.packet(c))
+			a.krn, a.compiled = &krn, &compiled
 		}
 		answers = append(answers, a)
 	}
@@ -262,17 +231,19 @@ func (t *tracer) answers(cands []candidate) []answer {
 // kernelAnswer fills in r the kernel's answer for the typical packet,
 // a, with the drift on its way; the kernel's verdict is the report's.
 func (t *tracer) kernelAnswer(r *Report, a answer) {
-	k := &KernelResult{Backend: t.in.Kernel.Backend, Verdict: a.krn.verdict, Chains: a.krn.chains, Rules: a.krn.hits, DecidedBy: a.krn.decidedBy}
-	if k.Rules == nil {
-		k.Rules = []RuleHit{}
+	k := &KernelResult{Backend: t.in.Kernel.Describe(), Verdict: a.krn.Verdict, Chains: a.krn.Objects, Rules: []RuleHit{}, DecidedBy: a.krn.DecidedBy}
+	for _, h := range a.krn.Rules {
+		k.Rules = append(k.Rules, RuleHit{Table: h.Table, Chain: h.Object, Index: h.Index, Rule: h.Text, Origin: t.describeOrigin(h.Origin)})
 	}
-	if a.krn.err != nil {
-		k.Verdict, k.Error = "", a.krn.err.Error()
+	if a.krn.Err != nil {
+		k.Verdict, k.Error = "", a.krn.Err.Error()
 	} else {
 		r.Verdict = k.Verdict
 	}
 	r.Kernel = k
-	r.Drift = t.drift(a.actual, a.krn)
+	if a.krn.Drift != nil {
+		r.Drift = a.krn.Drift
+	}
 	if k.Verdict != "" && k.Verdict != r.Config.Verdict && r.Config.Verdict != "unknown" {
 		what := "drift"
 		if len(r.Drift) == 0 {
@@ -289,9 +260,12 @@ func alternatives(answers []answer, verdict string) []Alternative {
 	groups := map[key][]string{}
 	var order []key
 	for _, a := range answers {
-		v, by := a.compiled.verdict, a.compiled.decidedBy
-		if a.krn != nil && a.krn.err == nil {
-			v, by = a.krn.verdict, a.krn.decidedBy
+		if a.krn == nil {
+			continue
+		}
+		v, by := a.compiled.Verdict, a.compiled.DecidedBy
+		if a.krn.Err == nil {
+			v, by = a.krn.Verdict, a.krn.DecidedBy
 		}
 		if v == verdict || v == "" {
 			continue

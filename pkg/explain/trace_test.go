@@ -7,9 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 	"github.com/vmfw/vmfw/pkg/config"
-	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // keysDir has one group rule per rule key (testdata/keys/groups), VMs
@@ -29,12 +27,7 @@ var keysHost = []netip.Prefix{
 // kernel holding exactly the compiled rules.
 func keysInput(t *testing.T) *Input {
 	t.Helper()
-	m, nics := loadModel(t, keysDir)
-	rs, err := layout.FromConfig(m, nics)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &Input{Model: m, Attached: nics, Kernel: compiledKernel(rs), HostAddrs: keysHost}
+	return keysInputFrom(t, keysDir)
 }
 
 // q builds a query; ports -1 unless given.
@@ -157,84 +150,14 @@ func TestQueryErrors(t *testing.T) {
 
 func withPath(x Query, p string) Query { x.Path = p; return x }
 
-// TestDrift changes the kernel behind the configuration's back, each
-// way vmfw's objects can drift, and checks that trace names the drift and
-// reports what the kernel does, not what the configuration says.
-func TestDrift(t *testing.T) {
-	flow := q("305", "301", "tcp", 22) // accepted by admin.toml's source_group rule
-	cases := []struct {
-		what    string
-		change  func(k *Kernel)
-		drift   string
-		verdict string
-	}{
-		{"a set member missing", func(k *Kernel) {
-			delete(k.Sets["sg-clients-v4"], netip.MustParseAddr("192.0.2.35"))
-		}, "set sg-clients-v4 differs: missing 192.0.2.35", "drop"},
-		{"a group chain edited by hand", func(k *Kernel) {
-			o := k.Tables[ruleset.IPv4]
-			o.Lines["sg-admin-in"] = []string{"-A sg-admin-in -p tcp -m tcp --dport 22 -j DROP"}
-			o.Chains["sg-admin-in"] = []string{""}
-		}, "ipv4/sg-admin-in differs", "drop"},
-		{"the FORWARD jump deleted", func(k *Kernel) {
-			o := k.Tables[ruleset.IPv4]
-			delete(o.Hooks, layout.Hook{From: layout.Forward, To: layout.ChainForward})
-		}, "ipv4/FORWARD jump to vmfw-FORWARD missing", "accept"},
-		{"a tap chain flushed", func(k *Kernel) {
-			o := k.Tables[ruleset.IPv4]
-			o.Lines["tap301i0-in"] = nil
-			o.Chains["tap301i0-in"] = []string{}
-		}, "ipv4/tap301i0-in differs", "accept"},
-	}
-	for _, c := range cases {
-		t.Run(c.what, func(t *testing.T) {
-			in := keysInput(t)
-			c.change(in.Kernel)
-			r, err := Trace(in, flow)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !slices.Contains(r.Drift, c.drift) {
-				t.Errorf("drift %q, want %q", r.Drift, c.drift)
-			}
-			if r.Config.Verdict != "accept" || r.Kernel.Verdict != c.verdict || r.Verdict != c.verdict {
-				t.Errorf("verdicts: configuration %s, kernel %s, report %s; want accept, %s, %s", r.Config.Verdict, r.Kernel.Verdict, r.Verdict, c.verdict, c.verdict)
-			}
-			if c.verdict != "accept" && !slices.ContainsFunc(r.Notes, func(n string) bool { return strings.Contains(n, "drift") }) {
-				t.Errorf("notes do not say the verdicts differ by drift: %q", r.Notes)
-			}
-		})
-	}
-
-	// A rule the interpreter cannot read: the kernel's verdict is
-	// unknown, the configuration's stands, and the chain is drift.
-	in := keysInput(t)
-	o := in.Kernel.Tables[ruleset.IPv4]
-	o.Lines["sg-admin-in"] = []string{"-A sg-admin-in -m time --timestart 08:00 -j ACCEPT"}
-	o.Chains["sg-admin-in"] = []string{""}
-	r, err := Trace(in, flow)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if r.Kernel.Error == "" || !strings.Contains(r.Kernel.Error, "--timestart") || r.Verdict != "accept" {
-		t.Errorf("unreadable rule: kernel %+v, verdict %s", r.Kernel, r.Verdict)
-	}
-	if !slices.Contains(r.Drift, "ipv4/sg-admin-in differs") {
-		t.Errorf("drift %q", r.Drift)
-	}
-}
-
 // TestNotAttached: a VM whose tap has no chains gets the configuration's
 // answer for when it runs, and a note; the kernel drops what reaches a
 // managed port without chains.
 func TestNotAttached(t *testing.T) {
 	in := keysInput(t)
-	in.Attached = slices.DeleteFunc(in.Attached, func(n *config.NIC) bool { return n.Tap == "tap302i0" })
-	rs, err := layout.FromConfig(in.Model, in.Attached)
-	if err != nil {
-		t.Fatal(err)
-	}
-	in.Kernel = compiledKernel(rs)
+	attached := slices.DeleteFunc(in.Attached, func(n *config.NIC) bool { return n.Tap == "tap302i0" })
+	in = applied(t, in.Model, attached)
+	in.HostAddrs = keysHost
 	r, err := Trace(in, q("301", "302", "tcp", 5432))
 	if err != nil {
 		t.Fatal(err)

@@ -1,251 +1,34 @@
 package policy
 
 import (
-	"fmt"
+	"net"
 	"net/netip"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"testing"
 
-	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
+	"github.com/vmfw/vmfw/pkg/backend"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/interp/interptest"
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
-// This file runs packets through the chains pkg/ruleset compiles, with a
-// small interpreter of the iptables matches and targets vmfw uses, and
-// checks that the evaluator, which reads the configuration instead, comes
-// to the same verdict. It catches the evaluator drifting from the
-// compiler as either changes.
+// This file runs packets through the iptables backend's rules as it lays
+// them out for the configuration, with the interpreter vmfw trace uses
+// for that backend, and checks that the evaluator, which reads the
+// configuration instead, comes to the same verdict. It catches the
+// evaluator drifting from a backend as either changes.
 
-// packet is the first packet of a flow as iptables sees it.
-type packet struct {
-	proto           uint8
-	src, dst        netip.Addr
-	sport, dport    uint16
-	srcMAC          string
-	physIn, physOut string // bridge ports; physOut is "" for the host itself
-	mark            uint32
-}
-
-type outcome int
-
-const (
-	fallThrough outcome = iota // RETURN or end of chain
-	accepted
-	dropped
-)
-
-type interp struct {
-	chains map[layout.Chain][][]string
-	sets   map[string]map[netip.Addr]bool
-}
-
-func newInterp(t *layout.Table, sets []layout.Set) *interp {
-	it := &interp{chains: map[layout.Chain][][]string{}, sets: map[string]map[netip.Addr]bool{}}
-	for _, c := range t.Chains {
-		var rules [][]string
-		for _, r := range c.Rules {
-			rules = append(rules, strings.Fields(r.Spec))
-		}
-		it.chains[c.Name] = rules
-	}
-	for _, s := range sets {
-		m := map[netip.Addr]bool{}
-		for _, a := range s.Members {
-			m[netip.MustParseAddr(a)] = true
-		}
-		it.sets[s.Name] = m
-	}
-	return it
-}
-
-// verdict runs p through FORWARD (bridged) or, when physOut is empty,
-// INPUT, whose policies accept.
-func (it *interp) verdict(p *packet) Verdict {
-	chain := layout.ChainForward
-	if p.physOut == "" {
-		chain = layout.ChainInput
-	}
-	if it.run(chain, p, 0) == dropped {
+// walkVerdict is the backend's verdict on p: Allow, Deny, or Unknown when
+// the walk ended without one.
+func walkVerdict(kt backend.KernelTrace, p backend.Packet) Verdict {
+	w, _ := kt.Walk(p)
+	switch w.Verdict {
+	case "accept":
+		return Allow
+	case "drop", "reject":
 		return Deny
 	}
-	return Allow
-}
-
-func (it *interp) run(chain layout.Chain, p *packet, depth int) outcome {
-	if depth > 10 {
-		panic("chain loop at " + string(chain))
-	}
-	rules, ok := it.chains[chain]
-	if !ok {
-		panic("no chain " + string(chain))
-	}
-	for _, tok := range rules {
-		target, arg, ok := it.matches(tok, p)
-		if !ok {
-			continue
-		}
-		switch target {
-		case "LOG", "NFLOG":
-		case "ACCEPT":
-			return accepted
-		case "DROP", "REJECT":
-			return dropped
-		case "RETURN":
-			return fallThrough
-		case "MARK":
-			v, m := parseMark(arg)
-			p.mark = p.mark&^m ^ v
-		default:
-			if arg == "goto" {
-				return it.run(layout.Chain(target), p, depth+1)
-			}
-			if o := it.run(layout.Chain(target), p, depth+1); o != fallThrough {
-				return o
-			}
-		}
-	}
-	return fallThrough
-}
-
-// matches evaluates a rule's matches; it returns the target and its
-// argument (the mark of MARK, "goto" for -g).
-func (it *interp) matches(tok []string, p *packet) (target, arg string, ok bool) {
-	neg := false
-	for i := 0; i < len(tok); i++ {
-		var m bool
-		next := func() string { i++; return tok[i] }
-		switch tok[i] {
-		case "!":
-			neg = true
-			continue
-		case "-m":
-			next()
-			continue
-		case "-j", "-g":
-			target = next()
-			if tok[i-1] == "-g" {
-				arg = "goto"
-			}
-			if target == "MARK" {
-				next() // --set-xmark
-				arg = next()
-			}
-			if target == "LOG" || target == "NFLOG" {
-				return target, "", true // the rest is the log prefix and group
-			}
-			continue
-		case "--reject-with":
-			next()
-			continue
-		case "--limit", "--limit-burst":
-			next()
-			continue
-		case "-p":
-			m = protoIs(next(), p)
-		case "-s":
-			m = netip.MustParsePrefix(next()).Contains(p.src)
-		case "-d":
-			m = netip.MustParsePrefix(next()).Contains(p.dst)
-		case "--sport":
-			m = inPorts(next(), p.sport)
-		case "--dport":
-			m = inPorts(next(), p.dport)
-		case "--sports":
-			m = inPorts(next(), p.sport)
-		case "--dports":
-			m = inPorts(next(), p.dport)
-		case "--icmp-type", "--icmpv6-type":
-			// Tracked ICMP flows are echo requests.
-			v := next()
-			m = v == "echo-request" || v == "8" && p.proto == protoICMP || v == "128" && p.proto == protoICMPv6
-		case "--mac-source":
-			m = next() == p.srcMAC
-		case "--physdev-in":
-			m = ifMatch(next(), p.physIn)
-		case "--physdev-out":
-			m = ifMatch(next(), p.physOut)
-		case "--physdev-is-in":
-			m = p.physIn != ""
-		case "--physdev-is-out", "--physdev-is-bridged":
-			m = p.physOut != ""
-		case "--ctstate":
-			m = strings.Contains(next(), "NEW")
-		case "--syn":
-			// A flow's first TCP segment opens the connection.
-			m = true
-		case "--mark":
-			v, mask := parseMark(next())
-			m = p.mark&mask == v
-		case "--match-set":
-			set, dir := next(), next()
-			a := p.src
-			if dir == "dst" {
-				a = p.dst
-			}
-			m = it.sets[set][a]
-		default:
-			panic(fmt.Sprintf("interpreter does not know %q in %q", tok[i], strings.Join(tok, " ")))
-		}
-		if m == neg {
-			return "", "", false
-		}
-		neg = false
-	}
-	return target, arg, true
-}
-
-func protoIs(name string, p *packet) bool {
-	switch name {
-	case "tcp":
-		return p.proto == protoTCP
-	case "udp":
-		return p.proto == protoUDP
-	case "sctp":
-		return p.proto == protoSCTP
-	case "icmp":
-		return p.proto == protoICMP
-	case "ipv6-icmp":
-		return p.proto == protoICMPv6
-	case "0", "all":
-		return true
-	}
-	n, err := strconv.Atoi(name)
-	if err != nil {
-		panic("unknown protocol " + name)
-	}
-	return int(p.proto) == n
-}
-
-func inPorts(list string, port uint16) bool {
-	for _, part := range strings.Split(list, ",") {
-		lo, hi, isRange := strings.Cut(part, ":")
-		if !isRange {
-			hi = lo
-		}
-		l, _ := strconv.Atoi(lo)
-		h, _ := strconv.Atoi(hi)
-		if int(port) >= l && int(port) <= h {
-			return true
-		}
-	}
-	return false
-}
-
-func ifMatch(pattern, name string) bool {
-	if prefix, ok := strings.CutSuffix(pattern, "+"); ok {
-		return name != "" && strings.HasPrefix(name, prefix)
-	}
-	return name == pattern
-}
-
-func parseMark(s string) (v, m uint32) {
-	a, b, _ := strings.Cut(s, "/")
-	x, _ := strconv.ParseUint(a, 0, 32)
-	y, _ := strconv.ParseUint(b, 0, 32)
-	return uint32(x), uint32(y)
+	return Unknown
 }
 
 // Addresses the differential test sends from and to besides the VMs'.
@@ -254,10 +37,7 @@ var (
 	hostAddrs = []string{"192.0.2.1", "2001:db8::1"}
 )
 
-const (
-	outsiderMAC = "02:ee:00:00:00:01"
-	uplink      = "uplink0"
-)
+const outsiderMAC = "02:ee:00:00:00:01"
 
 type endpoint struct {
 	addr netip.Addr
@@ -274,10 +54,11 @@ func TestMatchesCompiledRules(t *testing.T) {
 	for _, dir := range dirs {
 		t.Run(filepath.Base(dir), func(t *testing.T) {
 			m, nics := load(t, dir)
-			rs, err := layout.FromConfig(m, nics)
+			p, err := ruleset.Compile(m, nics)
 			if err != nil {
 				t.Fatal(err)
 			}
+			kt := interptest.Applied(p).Trace(p, p, func(o ruleset.Origin) string { return o.Object() })
 			local := map[netip.Addr]bool{}
 			var ends []endpoint
 			for _, n := range nics {
@@ -294,10 +75,6 @@ func TestMatchesCompiledRules(t *testing.T) {
 				ends = append(ends, endpoint{addr: a, host: true})
 			}
 			ev := New(m, nics, func(a netip.Addr) bool { return local[a] })
-			interps := map[bool]*interp{
-				false: newInterp(rs.Tables[ruleset.IPv4], rs.Sets),
-				true:  newInterp(rs.Tables[ruleset.IPv6], rs.Sets),
-			}
 			// The MACs an outsider (or an interface configured without
 			// one) may send from, as far as the rules can tell: any MAC a
 			// rule names that no interface is configured with, or another.
@@ -317,27 +94,34 @@ func TestMatchesCompiledRules(t *testing.T) {
 						continue // different families, the host's own, hairpin
 					}
 					for _, f := range flows(from.addr, to.addr) {
-						p := packet{proto: f.Proto, src: f.Src, dst: f.Dst, sport: f.SPort, dport: f.DPort, physIn: uplink, physOut: uplink}
+						p := backend.Packet{Family: ruleset.FamilyOf(f.Src), Proto: f.Proto, Src: f.Src, Dst: f.Dst, SPort: f.SPort, DPort: f.DPort,
+							State: "NEW", Path: backend.PathBridged}
+						if f.Proto == protoICMP || f.Proto == protoICMPv6 {
+							p.ICMPType = 8 // echo-request
+							if f.Proto == protoICMPv6 {
+								p.ICMPType = 128
+							}
+						}
 						senderMACs := macs
 						if from.nic != nil {
-							p.physIn = from.nic.Tap
+							p.InPort = from.nic.Tap
 							if from.nic.MAC != nil {
 								senderMACs = []string{from.nic.MAC.String()}
 							}
 						}
 						switch {
 						case to.host:
-							p.physOut = ""
+							p.Path = backend.PathToHypervisor
 						case to.nic != nil:
-							p.physOut = to.nic.Tap
+							p.OutPort = to.nic.Tap
 						}
 						// The compiled rules' verdict for each MAC the
 						// sender may have: certain only if they agree.
 						want := Unknown
 						for i, mac := range senderMACs {
 							q := p
-							q.srcMAC = mac
-							v := interps[f.Src.Is6()].verdict(&q)
+							q.SrcMAC, _ = net.ParseMAC(mac)
+							v := walkVerdict(kt, q)
 							if i == 0 {
 								want = v
 							} else if v != want {

@@ -19,8 +19,8 @@ import (
 	"slices"
 	"strconv"
 
-	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // Verdict is what the ruleset does with the first packet of a flow.
@@ -102,7 +102,7 @@ var (
 )
 
 // Evaluator answers for one configuration and set of attached interfaces:
-// the same inputs layout.Build takes.
+// the same inputs ruleset.Compile takes.
 type Evaluator struct {
 	local func(netip.Addr) bool
 	// nics maps every address of an attached interface to it.
@@ -219,7 +219,7 @@ func (e *Evaluator) In(n *config.NIC, sender *config.NIC, f Flow) Verdict {
 }
 
 func (e *Evaluator) out(w *walk, n *config.NIC, f Flow) {
-	chain := string(layout.TapChain(n.Tap, "out"))
+	chain := ruleset.TapObject(n.Tap, "out")
 	if !n.VM.Enable {
 		w.step(yes, config.Accept, Step{Chain: chain, What: "disabled", File: n.VM.File, Note: "VM disabled (enable = false): its interfaces pass unfiltered"})
 		return
@@ -254,7 +254,7 @@ func (e *Evaluator) out(w *walk, n *config.NIC, f Flow) {
 // chain. Only flows known to be of a type the rules single out can match
 // them; the source address is the interface's when Check chose it by it.
 func (e *Evaluator) antispoof(w *walk, n *config.NIC, f Flow) {
-	chain := string(layout.TapChain(n.Tap, "out"))
+	chain := ruleset.TapObject(n.Tap, "out")
 	step := func(m match, what, note string) {
 		w.step(m, config.Drop, Step{Chain: chain, What: what, File: n.VM.File, Line: n.Line, Note: note})
 	}
@@ -334,7 +334,7 @@ func ctState(f Flow) string {
 // it then meets TAP-lin, whose groups' chains leave out the rules that
 // match a source MAC (docs/routing.md).
 func (e *Evaluator) in(w *walk, n *config.NIC, sender *config.NIC, f Flow, local bool) {
-	chain := string(layout.TapChain(n.Tap, "in"))
+	chain := ruleset.TapObject(n.Tap, "in")
 	if local && e.needsLocalIn(n) {
 		chain = n.Tap + "-lin"
 	}
@@ -361,7 +361,7 @@ func (e *Evaluator) in(w *walk, n *config.NIC, sender *config.NIC, f Flow, local
 		for i, r := range e.rules(g, config.In) {
 			s := e.ruleStep(g, config.In, i, r)
 			if lin {
-				s.Chain = string(layout.GroupChain(g, "lin"))
+				s.Chain = ruleset.GroupObject(g, "lin")
 			}
 			if lin && r.SourceMAC != nil {
 				if w.record {
@@ -390,7 +390,7 @@ func (e *Evaluator) groupMatchesMAC(g string) bool {
 
 // ruleStep describes rule i of group g's direction d.
 func (e *Evaluator) ruleStep(g string, d config.Direction, i int, r config.Rule) Step {
-	s := Step{Chain: string(layout.GroupChain(g, string(d))), What: "rule", Group: g, Rule: i + 1, Line: r.Line, Note: r.Comment}
+	s := Step{Chain: ruleset.GroupObject(g, string(d)), What: "rule", Group: g, Rule: i + 1, Line: r.Line, Note: r.Comment}
 	if grp := e.groups[g]; grp != nil {
 		s.File = grp.File
 	}

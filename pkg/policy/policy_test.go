@@ -3,10 +3,10 @@ package policy
 import (
 	"net/netip"
 	"path/filepath"
-	"sort"
 	"testing"
 
 	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/config/configtest"
 )
 
 // featureDir is where pkg/ruleset keeps one config per rule feature; the
@@ -15,16 +15,7 @@ const featureDir = "../ruleset/testdata/features"
 
 func load(t *testing.T, dir string) (*config.Model, []*config.NIC) {
 	t.Helper()
-	m, err := config.Load(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var nics []*config.NIC
-	for _, vm := range m.VMs {
-		nics = append(nics, vm.NICs...)
-	}
-	sort.Slice(nics, func(i, j int) bool { return nics[i].Tap < nics[j].Tap })
-	return m, nics
+	return configtest.Load(t, dir)
 }
 
 // hypervisor is the address the tests give the host itself.

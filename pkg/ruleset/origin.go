@@ -32,10 +32,20 @@ func (o Origin) IsZero() bool { return o == Origin{} }
 // the group's direction ("sg-web-in") or the interface's ("tap110i0-out").
 func (o Origin) Object() string {
 	if o.Group != "" {
-		return "sg-" + o.Group + "-" + string(o.Dir)
+		return GroupObject(o.Group, string(o.Dir))
 	}
-	return o.Tap + "-" + string(o.Dir)
+	return TapObject(o.Tap, string(o.Dir))
 }
+
+// TapObject names an interface's filtering in one direction ("in",
+// "out") as logs, traces and the iptables backend's chains name it:
+// "tap110i0-in".
+func TapObject(tap, dir string) string { return tap + "-" + dir }
+
+// GroupObject names a group's rules in one direction: "sg-web-in"; "lin"
+// names its in rules without source MAC matches, which packets the host
+// sends meet (docs/routing.md).
+func GroupObject(group, dir string) string { return config.GroupChainPrefix + group + "-" + dir }
 
 // NFLOGPrefix is the prefix of the NFLOG rule logging for origin o with
 // verdict a: "vmfw sg-web-in #2 DROP" for the second in rule of group web,

@@ -35,9 +35,8 @@ type Options struct {
 	// Backend is the backend --backend names; "" takes $VMFW_BACKEND,
 	// then vmfw.toml's backend, then iptables (ChooseBackend).
 	Backend backend.Name
-	// IPTables is the iptables backend's flavour: nft, legacy, or "" to
-	// detect.
-	IPTables xtables.Mode
+	// IPTables is the iptables flavour: nft, legacy, or "" to detect.
+	IPTables string
 }
 
 // ChooseBackend returns the backend to use: flag (--backend), then
@@ -101,10 +100,10 @@ func NewKernel(ctx context.Context, o Options) (engine.Kernel, error) {
 		return engine.Kernel{}, err
 	}
 	openNFT := func(context.Context) (backend.Backend, error) {
-		return nftables.New(nftables.Options{Mark: host.MarkMask, IPTables: o.IPTables})
+		return nftables.New(nftables.Options{Mark: host.MarkMask, IPTables: xtables.Mode(o.IPTables)})
 	}
 	openIPT := func(ctx context.Context) (backend.Backend, error) {
-		return newIPTables(ctx, o.IPTables)
+		return newIPTables(ctx, xtables.Mode(o.IPTables))
 	}
 	var be backend.Backend
 	var other *engine.OtherBackend

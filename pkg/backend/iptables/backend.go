@@ -84,6 +84,7 @@ type Backend struct {
 var (
 	_ backend.Backend      = (*Backend)(nil)
 	_ backend.Generationer = (*Backend)(nil)
+	_ backend.Tracer       = (*Backend)(nil)
 )
 
 // Options are what New builds a backend on.

@@ -5,22 +5,23 @@ import (
 	"fmt"
 	"net/netip"
 
+	"github.com/vmfw/vmfw/pkg/backend"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/interp"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
-	"github.com/vmfw/vmfw/pkg/explain"
 	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // Inspect reads vmfw's part of the kernel with the rules' text, which
-// vmfw trace interprets (the fingerprint-only reads of other operations
-// are not enough), and names the installed interfaces.
-func (b *Backend) Inspect(ctx context.Context) (*explain.Kernel, []string, error) {
-	k := &explain.Kernel{Backend: b.desc, Tables: map[ruleset.Family]layout.Observed{}, Sets: map[string]map[netip.Addr]bool{}}
+// vmfw trace interprets (package interp; the fingerprint-only reads of
+// other operations are not enough), and names the installed interfaces.
+func (b *Backend) Inspect(ctx context.Context) (backend.Inspection, error) {
+	k := &interp.Kernel{Backend: b.desc, Tables: map[ruleset.Family]layout.Observed{}, Sets: map[string]map[netip.Addr]bool{}}
 	st := &state{full: true, tables: map[ruleset.Family]*xtables.Snapshot{}}
 	for _, f := range ruleset.Families {
 		s, err := b.tables.Save(ctx, f)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		k.Tables[f] = s.Observed
 		st.tables[f] = s
@@ -28,24 +29,25 @@ func (b *Backend) Inspect(ctx context.Context) (*explain.Kernel, []string, error
 	if b.bridge != nil {
 		br, err := b.bridge.Save(ctx)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		k.Bridge = &br
 	}
 	sets, err := b.sets.List(ctx)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	for name, o := range sets {
 		m := map[netip.Addr]bool{}
 		for member := range o.Members {
 			a, err := netip.ParseAddr(member)
 			if err != nil {
-				return nil, nil, fmt.Errorf("ipset %s: member %q is not an address", name, member)
+				return nil, fmt.Errorf("ipset %s: member %q is not an address", name, member)
 			}
 			m[a] = true
 		}
 		k.Sets[name] = m
 	}
-	return k, st.Installed(), nil
+	k.Interfaces = st.Installed()
+	return k, nil
 }

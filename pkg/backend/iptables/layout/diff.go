@@ -95,35 +95,23 @@ func (p *Plan) Render() string {
 	if p.Empty() {
 		return ""
 	}
-	var b strings.Builder
-	b.WriteString("*filter\n")
+	var deletes strings.Builder
 	for _, c := range slices.Sorted(maps.Keys(p.DeleteOnly)) {
 		for _, pos := range p.DeleteOnly[c] {
-			b.WriteString("-D " + string(c) + " " + strconv.Itoa(pos) + "\n")
+			deletes.WriteString("-D " + string(c) + " " + strconv.Itoa(pos) + "\n")
 		}
 	}
 	rewrite := slices.DeleteFunc(slices.Clone(p.Rewrite), func(c Chain) bool { _, only := p.DeleteOnly[c]; return only })
-	b.WriteString(p.want.declareAll(p.Create, rewrite, p.Delete))
 	index := p.want.Index()
-	for _, list := range [][]Chain{p.Create, rewrite} {
-		for _, name := range list {
-			c := index[name]
-			for _, r := range c.Rules {
-				b.WriteString(p.want.line(c.Name, r) + "\n")
+	return p.transaction(deletes.String(), [][]Chain{p.Create, rewrite, p.Delete}, func(c Chain) []string {
+		var lines []string
+		if want := index[c]; want != nil {
+			for _, r := range want.Rules {
+				lines = append(lines, p.want.line(c, r))
 			}
 		}
-	}
-	for _, h := range p.DelHooks {
-		b.WriteString(p.want.deleteHook(h))
-	}
-	for _, h := range p.AddHooks {
-		b.WriteString(p.want.insertHook(h))
-	}
-	for _, c := range p.Delete {
-		b.WriteString("-X " + string(c) + "\n")
-	}
-	b.WriteString("COMMIT\n")
-	return b.String()
+		return lines
+	}, p.DelHooks, p.AddHooks, p.Delete)
 }
 
 // Revert returns the transaction that undoes the plan, restoring the
@@ -133,23 +121,40 @@ func (p *Plan) Revert(have Observed) string {
 	if p.Empty() {
 		return ""
 	}
+	created := make(map[Chain]bool, len(p.Create))
+	for _, c := range p.Create {
+		created[c] = true
+	}
+	return p.transaction("", [][]Chain{p.Create, p.Rewrite, p.Delete}, func(c Chain) []string {
+		if created[c] {
+			return nil
+		}
+		return have.Lines[c]
+	}, p.AddHooks, p.DelHooks, p.Create)
+}
+
+// transaction renders one restore transaction: first lines, then the
+// chains of declare declared (created, or flushed), filled in list order
+// with rules(chain), the hooks of unhook deleted and of hook inserted,
+// and the chains of remove deleted.
+func (p *Plan) transaction(first string, declare [][]Chain, rules func(Chain) []string, unhook, hook []Hook, remove []Chain) string {
 	var b strings.Builder
-	b.WriteString("*filter\n")
-	b.WriteString(p.want.declareAll(p.Create, p.Rewrite, p.Delete))
-	for _, list := range [][]Chain{p.Rewrite, p.Delete} {
+	b.WriteString("*filter\n" + first)
+	b.WriteString(p.want.declareAll(declare...))
+	for _, list := range declare {
 		for _, c := range list {
-			for _, l := range have.Lines[c] {
+			for _, l := range rules(c) {
 				b.WriteString(l + "\n")
 			}
 		}
 	}
-	for _, h := range p.AddHooks {
+	for _, h := range unhook {
 		b.WriteString(p.want.deleteHook(h))
 	}
-	for _, h := range p.DelHooks {
+	for _, h := range hook {
 		b.WriteString(p.want.insertHook(h))
 	}
-	for _, c := range p.Create {
+	for _, c := range remove {
 		b.WriteString("-X " + string(c) + "\n")
 	}
 	b.WriteString("COMMIT\n")

@@ -4,12 +4,11 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"testing"
 
-	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/config/configtest"
 	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
@@ -69,28 +68,10 @@ func render(rs *Ruleset) string {
 	return b.String()
 }
 
-func allNICs(m *config.Model) []*config.NIC {
-	var nics []*config.NIC
-	for _, vm := range m.VMs {
-		nics = append(nics, vm.NICs...)
-	}
-	sort.Slice(nics, func(i, j int) bool { return nics[i].Tap < nics[j].Tap })
-	return nics
-}
-
-func loadDir(t *testing.T, dir string) *config.Model {
-	t.Helper()
-	m, err := config.Load(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m
-}
-
 // TestGoldenReference compiles the reference scenario with every tap attached.
 func TestGoldenReference(t *testing.T) {
-	m := loadDir(t, "../../../../conf/examples/reference")
-	rs, err := buildFor(m, allNICs(m))
+	m, nics := configtest.Load(t, "../../../../conf/examples/reference")
+	rs, err := buildFor(m, nics)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,8 +92,8 @@ func TestGoldenFeatures(t *testing.T) {
 	for _, dir := range dirs {
 		name := filepath.Base(dir)
 		t.Run(name, func(t *testing.T) {
-			m := loadDir(t, dir)
-			rs, err := buildFor(m, allNICs(m))
+			m, nics := configtest.Load(t, dir)
+			rs, err := buildFor(m, nics)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -11,6 +11,7 @@ import (
 	"unicode"
 
 	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/config/configtest"
 	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
@@ -134,14 +135,7 @@ func lineOf(content string) int {
 // restoreLines renders every table as iptables-restore arguments per line.
 func restoreLines(t *testing.T, dir string) [][]string {
 	t.Helper()
-	m, err := config.Load(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var nics []*config.NIC
-	for _, vm := range m.VMs {
-		nics = append(nics, vm.NICs...)
-	}
+	m, nics := configtest.Load(t, dir)
 	rs, err := buildFor(m, nics)
 	if err != nil {
 		t.Fatal(err)

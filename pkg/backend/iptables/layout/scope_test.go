@@ -37,15 +37,7 @@ func scopeModel(t testing.TB, n int) (*config.Model, []*config.NIC) {
 		}
 		write(fmt.Sprintf("vms/%d.toml", id), text)
 	}
-	m, err := config.Load(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var nics []*config.NIC
-	for _, vm := range m.VMs {
-		nics = append(nics, vm.NICs...)
-	}
-	return m, nics
+	return configtest.Load(t, dir)
 }
 
 // TestBuildScopedMatchesBuild checks that the scoped compile yields, chain

@@ -63,7 +63,7 @@ const (
 // source address list ("src"), its neighbour advertisement target list
 // ("nd") or its in chain for packets the hypervisor sends ("lin", only for
 // taps whose groups match source MACs; see localIn).
-func TapChain(tap, suffix string) Chain { return Chain(tap + "-" + suffix) }
+func TapChain(tap, suffix string) Chain { return Chain(ruleset.TapObject(tap, suffix)) }
 
 // TapChains returns every chain tap can have, whether or not its settings
 // need them all; a chain jumped to comes before the chains jumping to it.
@@ -73,7 +73,7 @@ func TapChains(tap string) []Chain {
 
 // GroupChain returns the chain of security group name for one direction
 // ("in", "out", or "lin": the in rules without source MAC matches).
-func GroupChain(name, dir string) Chain { return Chain(groupPrefix + name + "-" + dir) }
+func GroupChain(name, dir string) Chain { return Chain(ruleset.GroupObject(name, dir)) }
 
 // Rule is one rule of a chain: its match and target arguments, and an
 // optional operator comment shown after the fingerprint.

@@ -1,4 +1,4 @@
-package explain
+package interp
 
 import (
 	"encoding/binary"

@@ -1,4 +1,4 @@
-package explain
+package interp
 
 import (
 	"encoding/binary"
@@ -19,8 +19,8 @@ import (
 // SYN" for "--syn"). It knows the matches and targets vmfw uses and nothing
 // else: a rule with anything else in a chain vmfw owns cannot be evaluated,
 // and the walk says so rather than guess. Every field of the packet is
-// concrete; Trace enumerates the values a flow leaves open (ports, source
-// MAC) and runs the interpreter once for each.
+// concrete; vmfw trace enumerates the values a flow leaves open (ports,
+// source MAC) and runs the interpreter once for each.
 
 // packet is the first packet of a flow as the rules see it.
 type packet struct {

@@ -1,4 +1,4 @@
-package explain
+package interp
 
 import (
 	"errors"
@@ -55,6 +55,7 @@ func newL2Machine(specs map[layout.Chain][]string) *l2machine {
 		missing:  missing,
 	}}
 	for c, list := range specs {
+		m.chains[c] = nil // an empty chain (vmfw-l2 when no VM has anti-spoofing) exists
 		for i, s := range list {
 			r := parseL2Rule(s)
 			r.chain, r.index = c, i+1

@@ -1,4 +1,4 @@
-package explain
+package interp
 
 import (
 	"fmt"
@@ -6,16 +6,18 @@ import (
 	"slices"
 	"sort"
 	"strings"
+
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // drift lists the chains and sets on the packet's way (in the kernel or
-// in the compiled rules) whose kernel contents differ from the compiled,
-// and the hooks missing, each once.
-func (t *tracer) drift(compiled, kernel *result) []string {
-	all := t.hookDrift()
-	all = append(all, t.chainDrift(compiled, kernel)...)
-	all = append(all, t.bridgeDrift(compiled, kernel)...)
-	all = append(all, t.setDrift(compiled, kernel)...)
+// in the rules laid out for the installed interfaces, actual) whose
+// kernel contents differ from actual's, and the hooks missing, each once.
+func (t *flow) drift(m *machines, f ruleset.Family, actual, kernel *result) []string {
+	all := t.hookDrift(f)
+	all = append(all, t.chainDrift(m, f, actual, kernel)...)
+	all = append(all, t.bridgeDrift(m, actual, kernel)...)
+	all = append(all, t.setDrift(m, actual, kernel)...)
 	out := []string{}
 	seen := map[string]bool{}
 	for _, s := range all {
@@ -28,12 +30,12 @@ func (t *tracer) drift(compiled, kernel *result) []string {
 }
 
 // hookDrift lists the jumps into vmfw's chains the kernel lacks.
-func (t *tracer) hookDrift() []string {
+func (t *flow) hookDrift(f ruleset.Family) []string {
 	var out []string
-	k := t.in.Kernel
-	for _, h := range t.actual.Tables[t.family].Hooks {
-		if k.Tables[t.family].Hooks[h] == 0 {
-			out = append(out, fmt.Sprintf("%s/%s jump to %s missing", t.family, h.From, h.To))
+	k := t.k
+	for _, h := range t.actual.Tables[f].Hooks {
+		if k.Tables[f].Hooks[h] == 0 {
+			out = append(out, fmt.Sprintf("%s/%s jump to %s missing", f, h.From, h.To))
 		}
 	}
 	if k.Bridge != nil && t.actual.Bridge != nil {
@@ -47,23 +49,18 @@ func (t *tracer) hookDrift() []string {
 }
 
 // chainDrift lists the IP chains either walk entered that differ.
-func (t *tracer) chainDrift(compiled, kernel *result) []string {
+func (t *flow) chainDrift(m *machines, f ruleset.Family, actual, kernel *result) []string {
 	var out []string
-	table := t.family.String()
-	tbl := t.actual.Tables[t.family]
-	chains := append(slices.Clone(compiled.entered[table]), kernel.entered[table]...)
-	if kernel.err != nil && kernel.decider == nil {
-		// The walk stopped at a chain it could not read: compare that
-		// one too (errors name it).
-		for _, c := range tbl.Chains {
-			if strings.Contains(kernel.err.Error(), " "+string(c.Name)+" ") {
-				chains = append(chains, c.Name)
-			}
-		}
+	table := f.String()
+	chains := append(slices.Clone(actual.entered[table]), kernel.entered[table]...)
+	if kernel.lost != "" {
+		// The kernel's walk stopped at a chain that is not there: the
+		// configuration may want it.
+		chains = append(chains, kernel.lost)
 	}
-	obs := t.in.Kernel.Tables[t.family]
+	obs := t.k.Tables[f]
 	for _, c := range chains {
-		want := tbl.Chain(c)
+		want := m.want[c]
 		got, ok := obs.Chains[c]
 		switch {
 		case want == nil && ok:
@@ -78,15 +75,15 @@ func (t *tracer) chainDrift(compiled, kernel *result) []string {
 }
 
 // bridgeDrift lists the ebtables chains either walk entered that differ.
-func (t *tracer) bridgeDrift(compiled, kernel *result) []string {
-	k := t.in.Kernel
+func (t *flow) bridgeDrift(m *machines, actual, kernel *result) []string {
+	k := t.k
 	if k.Bridge == nil || t.actual.Bridge == nil {
 		return nil
 	}
 	var out []string
 	br := t.actual.Bridge
-	for _, c := range append(slices.Clone(compiled.entered["bridge"]), kernel.entered["bridge"]...) {
-		want := br.Chain(c)
+	for _, c := range append(slices.Clone(actual.entered["bridge"]), kernel.entered["bridge"]...) {
+		want := m.wantL2[c]
 		got, ok := k.Bridge.Chains[c]
 		switch {
 		case want == nil && ok:
@@ -101,18 +98,18 @@ func (t *tracer) bridgeDrift(compiled, kernel *result) []string {
 }
 
 // setDrift lists the ipsets either walk looked up whose members differ.
-func (t *tracer) setDrift(compiled, kernel *result) []string {
+func (t *flow) setDrift(m *machines, actual, kernel *result) []string {
 	var out []string
-	want := compiledSets(t.actual)
+	want := m.wantSets
 	sets := map[string]bool{}
-	for s := range compiled.setsUsed {
+	for s := range actual.setsUsed {
 		sets[s] = true
 	}
 	for s := range kernel.setsUsed {
 		sets[s] = true
 	}
 	for _, s := range slices.Sorted(maps.Keys(sets)) {
-		w, g := want[s], t.in.Kernel.Sets[s]
+		w, g := want[s], t.k.Sets[s]
 		var missing, extra []string
 		for a := range w {
 			if !g[a] {

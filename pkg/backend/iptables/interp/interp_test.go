@@ -1,4 +1,4 @@
-package explain
+package interp
 
 import (
 	"errors"
@@ -203,20 +203,22 @@ func TestWalkIP(t *testing.T) {
 		by      string
 		entered []layout.Chain
 		err     string
+		// lost is the chain the walk could not enter.
+		lost layout.Chain
 	}{
 		// sub marks and falls off its end; the goto to tail returns past
 		// main (main's ACCEPT is never reached).
-		{"goto returns past its caller", "main", nil, fallThrough, "", []layout.Chain{"main", "sub", "tail"}, ""},
+		{"goto returns past its caller", "main", nil, fallThrough, "", []layout.Chain{"main", "sub", "tail"}, "", ""},
 		// sub returns at once; tail drops; the walk ends there.
-		{"verdict in a goto", "main", func(p *packet) { p.mark = 1 }, dropped, "tail#2", []layout.Chain{"main", "sub", "tail"}, ""},
+		{"verdict in a goto", "main", func(p *packet) { p.mark = 1 }, dropped, "tail#2", []layout.Chain{"main", "sub", "tail"}, "", ""},
 		// not TCP: no goto, so main goes on after the jump to sub.
-		{"jump comes back", "main", func(p *packet) { p.proto = protoUDP }, accepted, "main#3", []layout.Chain{"main", "sub"}, ""},
-		{"empty chain", "empty", nil, fallThrough, "", []layout.Chain{"empty"}, ""},
-		{"chain does not exist", "nowhere", nil, fallThrough, "", nil, "cannot evaluate: chain nowhere does not exist"},
-		{"jump to a chain that does not exist", "missing", nil, fallThrough, "", []layout.Chain{"missing"}, "cannot evaluate: chain nowhere does not exist"},
-		{"endless nesting", "loop", nil, fallThrough, "", slices.Repeat([]layout.Chain{"loop"}, 65), "cannot evaluate: chains nest deeper than 64 at loop"},
-		{"unreadable rule", "bad", nil, fallThrough, "bad#2", []layout.Chain{"bad"}, "cannot evaluate: rule 2 of bad (-m time --timestart 08:00 -j DROP): unknown match --timestart"},
-		{"verdict before an unreadable rule", "bad", func(p *packet) { p.proto = protoUDP }, accepted, "bad#1", []layout.Chain{"bad"}, ""},
+		{"jump comes back", "main", func(p *packet) { p.proto = protoUDP }, accepted, "main#3", []layout.Chain{"main", "sub"}, "", ""},
+		{"empty chain", "empty", nil, fallThrough, "", []layout.Chain{"empty"}, "", ""},
+		{"chain does not exist", "nowhere", nil, fallThrough, "", nil, "cannot evaluate: chain nowhere does not exist", "nowhere"},
+		{"jump to a chain that does not exist", "missing", nil, fallThrough, "", []layout.Chain{"missing"}, "cannot evaluate: chain nowhere does not exist", "nowhere"},
+		{"endless nesting", "loop", nil, fallThrough, "", slices.Repeat([]layout.Chain{"loop"}, 65), "cannot evaluate: chains nest deeper than 64 at loop", ""},
+		{"unreadable rule", "bad", nil, fallThrough, "bad#2", []layout.Chain{"bad"}, "cannot evaluate: rule 2 of bad (-m time --timestart 08:00 -j DROP): unknown match --timestart", ""},
+		{"verdict before an unreadable rule", "bad", func(p *packet) { p.proto = protoUDP }, accepted, "bad#1", []layout.Chain{"bad"}, "", ""},
 	} {
 		p := tcpPacket()
 		if c.change != nil {
@@ -231,8 +233,8 @@ func TestWalkIP(t *testing.T) {
 		if by != nil {
 			gotBy = fmt.Sprintf("%s#%d", by.chain, by.index)
 		}
-		if o != c.want || gotBy != c.by || gotErr != c.err || !slices.Equal(m.entered, c.entered) {
-			t.Errorf("%s: %v by %q, error %q, entered %v; want %v by %q, error %q, entered %v", c.name, o, gotBy, gotErr, m.entered, c.want, c.by, c.err, c.entered)
+		if o != c.want || gotBy != c.by || gotErr != c.err || !slices.Equal(m.entered, c.entered) || m.lost != c.lost {
+			t.Errorf("%s: %v by %q, error %q, entered %v, lost %q; want %v by %q, error %q, entered %v, lost %q", c.name, o, gotBy, gotErr, m.entered, m.lost, c.want, c.by, c.err, c.entered, c.lost)
 		}
 	}
 }
@@ -292,5 +294,15 @@ func TestWalkL2(t *testing.T) {
 	_, _, err := m.run("loop", &frame{pkt: tcpPacket()})
 	if !errors.Is(err, errOpaque) || !strings.Contains(err.Error(), " loop ") {
 		t.Errorf("endless nesting: error %v, want one naming the chain", err)
+	}
+}
+
+// TestEmptyL2ChainExists: an ebtables chain without rules (vmfw-l2 when
+// no VM has anti-spoofing) is entered and falls through; it used to read
+// as missing, and a trace on such a host could not evaluate any frame.
+func TestEmptyL2ChainExists(t *testing.T) {
+	m := newL2Machine(map[layout.Chain][]string{layout.ChainL2: {}})
+	if drop, _, err := m.run(layout.ChainL2, &frame{}); drop || err != nil {
+		t.Errorf("empty vmfw-l2: drop=%v err=%v, want a fall through", drop, err)
 	}
 }

@@ -1,4 +1,4 @@
-package explain
+package interp
 
 import (
 	"errors"
@@ -85,9 +85,12 @@ type walker[P any, R chainRule[P]] struct {
 	maxDepth         int
 	tooDeep, missing func(layout.Chain) error
 	// hits and entered record the last run: the rules that matched, and
-	// the chains entered, in order.
+	// the chains entered, in order. lost is the chain the run could not
+	// enter because it does not exist, "" when it entered every chain it
+	// went to: drift compares it, as it compares the chains entered.
 	hits    []R
 	entered []layout.Chain
+	lost    layout.Chain
 }
 
 // run runs p through chain; it returns how the chain ended and the rule
@@ -96,7 +99,7 @@ type walker[P any, R chainRule[P]] struct {
 // a built-in one, so its end is fallThrough and never a chain's policy:
 // the caller knows what comes after vmfw's rules.
 func (w *walker[P, R]) run(chain layout.Chain, p P) (outcome, R, error) {
-	w.hits, w.entered = nil, nil
+	w.hits, w.entered, w.lost = nil, nil, ""
 	return w.exec(chain, p, 0)
 }
 
@@ -107,6 +110,7 @@ func (w *walker[P, R]) exec(chain layout.Chain, p P, depth int) (outcome, R, err
 	}
 	rules, ok := w.chains[chain]
 	if !ok {
+		w.lost = chain
 		return fallThrough, none, w.missing(chain)
 	}
 	w.entered = append(w.entered, chain)
