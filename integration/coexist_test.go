@@ -161,13 +161,14 @@ func TestQEMU(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, backend string) {
 		h := newHV(t, backend, "")
 		h.write("groups/app.toml", appGroup)
-		h.write("vms/120.toml", vmFile("52:54:00:12:34:56", "192.0.2.120", "2001:db8::120", "app"))
+		h.write("groups/db.toml", dbGroup) // its rules name app, whose member sets then exist
+		h.write("vms/120.toml", vmFile("52:54:00:12:34:56", "192.0.2.120", "2001:db8::120", "app", "db"))
 		// QEMU passes only the tap name; the scripts carry the rest, as
 		// conf/qemu/ shows for a real host.
 		dir := t.TempDir()
 		for _, name := range []string{"ifup", "ifdown"} {
 			prog := filepath.Join(testbin.Dir, "vmfw-"+name)
-			script := fmt.Sprintf("#!/bin/sh\nexport VMFW_CONFIG_DIR=%s VMFW_IPTABLES=%s\nexec %s \"$@\"\n", h.config, backend, prog)
+			script := fmt.Sprintf("#!/bin/sh\nexport VMFW_CONFIG_DIR=%s %s\nexec %s \"$@\"\n", h.config, h.backendEnv(), prog)
 			if err := os.WriteFile(filepath.Join(dir, name+".sh"), []byte(script), 0o755); err != nil {
 				t.Fatal(err)
 			}
@@ -189,19 +190,24 @@ func TestQEMU(t *testing.T) {
 		if !waitFor(func() bool { return qmpGreets(qmp) }) {
 			t.Fatalf("QEMU never finished starting; its output: %s", q.Output())
 		}
-		for _, v6 := range []bool{false, true} {
-			s := h.save(v6)
-			for _, want := range []string{":tap120i0-in", ":tap120i0-out", "--physdev-in tap120i0"} {
-				if !strings.Contains(s, want) {
-					t.Errorf("v6=%v: %q missing while QEMU runs", v6, want)
+		if !h.installed("tap120i0") {
+			t.Errorf("tap120i0 is not firewalled while QEMU runs")
+		}
+		if !h.member("app", "192.0.2.120") {
+			t.Errorf("VM 120 is not a member of app while QEMU runs")
+		}
+		if !h.nft() {
+			for _, v6 := range []bool{false, true} {
+				if s := h.save(v6); !strings.Contains(s, "--physdev-in tap120i0") {
+					t.Errorf("v6=%v: no physdev dispatch to tap120i0 while QEMU runs", v6)
 				}
 			}
 		}
 		stop(t, q)
-		if s := h.save(false); strings.Contains(s, "tap120i0") {
-			t.Errorf("tap120i0 chains remain after QEMU exited:\n%s", s)
+		if h.installed("tap120i0") {
+			t.Errorf("tap120i0 is still firewalled after QEMU exited")
 		}
-		if strings.Contains(h.ipsets(), "192.0.2.120") {
+		if h.member("app", "192.0.2.120") {
 			t.Errorf("VM 120's membership remains after QEMU exited")
 		}
 	})

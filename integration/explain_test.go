@@ -179,7 +179,7 @@ func TestLogCommand(t *testing.T) {
 			t.Fatalf("log_group = 7 did not switch LOG to NFLOG:\n%s", save)
 		}
 		h.serve(vm1, "192.0.2.101", 22)
-		p := startInNS(t, h.ns.Name, nil, testbin.VMFW, "--iptables", backend, "--config-dir", h.config, "log")
+		p := startInNS(t, h.ns.Name, nil, testbin.VMFW, h.backendFlags()[0], h.backendFlags()[1], "--config-dir", h.config, "log")
 		defer stop(t, p)
 
 		type line struct {

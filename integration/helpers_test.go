@@ -5,12 +5,14 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -23,10 +25,20 @@ import (
 
 func TestMain(m *testing.M) { testbin.Main(m, "integration tests", nil) }
 
-// backends are the iptables backends every firewall test runs with.
-var backends = []string{"nft", "legacy"}
+// backends are what every firewall test runs with: the iptables backend
+// on iptables-nft and on iptables-legacy, and the nftables backend.
+var backends = []string{"nft", "legacy", nftablesBackend}
 
-// forEachBackend runs fn as a parallel subtest per iptables backend.
+// nftablesBackend names the nftables backend among backends; vmfw runs
+// with --backend nftables for it.
+const nftablesBackend = "nftables"
+
+// iptablesFlavours are the iptables backend's flavours alone, for the
+// tests of what the nftables backend does beside iptables (a switch of
+// backends, a foreign DROP policy).
+var iptablesFlavours = []string{"nft", "legacy"}
+
+// forEachBackend runs fn as a parallel subtest per backend.
 func forEachBackend(t *testing.T, fn func(t *testing.T, backend string)) {
 	for _, b := range backends {
 		t.Run(b, func(t *testing.T) {
@@ -109,7 +121,7 @@ func (h *hv) run(args ...string) (stdout, stderr string, code int) {
 	h.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	full := append([]string{"ip", "netns", "exec", h.ns.Name, testbin.VMFW, "--iptables", h.backend, "--config-dir", h.config}, args...)
+	full := append(append([]string{"ip", "netns", "exec", h.ns.Name, testbin.VMFW}, h.backendFlags()...), append([]string{"--config-dir", h.config}, args...)...)
 	cmd := exec.CommandContext(ctx, full[0], full[1:]...)
 	if len(h.env) > 0 {
 		cmd.Env = append(os.Environ(), h.env...)
@@ -143,13 +155,38 @@ func (h *hv) exec(args ...string) string {
 	return string(out)
 }
 
-// tool returns the backend's name of an iptables command.
+// backendFlags are the global flags that choose h's backend.
+func (h *hv) backendFlags() []string {
+	if h.backend == nftablesBackend {
+		return []string{"--backend", nftablesBackend}
+	}
+	return []string{"--iptables", h.backend}
+}
+
+// backendEnv is the environment that chooses h's backend for a program
+// that takes no flags (vmfw-ifup as QEMU runs it).
+func (h *hv) backendEnv() string {
+	if h.nft() {
+		return "VMFW_BACKEND=" + nftablesBackend
+	}
+	return "VMFW_IPTABLES=" + h.backend
+}
+
+// nft reports whether h runs the nftables backend.
+func (h *hv) nft() bool { return h.backend == nftablesBackend }
+
+// tool returns the backend's name of an iptables command: for the
+// nftables backend, iptables-nft's (foreign rules a test adds beside it).
 func (h *hv) tool(name string) string {
+	flavour := h.backend
+	if h.nft() {
+		flavour = "nft"
+	}
 	base, action, _ := strings.Cut(name, "-")
 	if action == "" {
-		return base + "-" + h.backend
+		return base + "-" + flavour
 	}
-	return base + "-" + h.backend + "-" + action
+	return base + "-" + flavour + "-" + action
 }
 
 // save returns iptables-save (ip6tables-save for v6) of the filter table
@@ -195,6 +232,159 @@ func (h *hv) bridgeSave() string {
 		}
 	}
 	return strings.Join(keep, "\n") + "\n"
+}
+
+// installed reports whether tap's filtering is installed, as the
+// backend's own objects show it: its chains (iptables) or its element of
+// the ports set (nftables).
+func (h *hv) installed(tap string) bool {
+	h.t.Helper()
+	if h.nft() {
+		return h.nftTable("bridge") != "" && slices.Contains(h.nftElements("bridge", "ports"), tap)
+	}
+	return strings.Contains(h.save(false), ":"+tap+"-in ")
+}
+
+// member reports whether addr is in group's member set: the ipset
+// sg-GROUP-v4/-v6 (iptables) or the set of that name in table bridge vmfw
+// (nftables). A set that does not exist has no members.
+func (h *hv) member(group, addr string) bool {
+	h.t.Helper()
+	set := "sg-" + group + "-v4"
+	if strings.Contains(addr, ":") {
+		set = "sg-" + group + "-v6"
+	}
+	if h.nft() {
+		if !strings.Contains(h.nftTable("bridge"), "set "+set+" ") {
+			return false
+		}
+		return slices.Contains(h.nftElements("bridge", set), addr)
+	}
+	return strings.Contains(h.ipsets()+"\n", "add "+set+" "+addr+"\n")
+}
+
+// snapshot is vmfw's installed ruleset as text, for before-and-after
+// comparisons: iptables-save of both families and ipset save for the
+// iptables backend; nft's stateless listing (no counters) of vmfw's two
+// tables for the nftables backend.
+func (h *hv) snapshot() string {
+	h.t.Helper()
+	if !h.nft() {
+		return h.save(false) + h.save(true) + h.ipsets()
+	}
+	var b strings.Builder
+	for _, table := range [][]string{{"bridge", "vmfw"}, {"inet", "vmfw"}} {
+		out, err := h.ns.Exec(context.Background(), "nft", "-s", "list", "table", table[0], table[1])
+		if err != nil {
+			b.WriteString("no table " + strings.Join(table, " ") + "\n")
+			continue
+		}
+		b.Write(out)
+	}
+	return b.String()
+}
+
+// nftTable returns nft's stateless listing of one of vmfw's tables
+// (family bridge or inet), "" when it does not exist.
+func (h *hv) nftTable(family string) string {
+	h.t.Helper()
+	out, err := h.ns.Exec(context.Background(), "nft", "-s", "list", "table", family, "vmfw")
+	if err != nil {
+		return ""
+	}
+	return string(out)
+}
+
+// nftChain returns the rule lines of one of vmfw's chains, trimmed, as
+// nft -s lists them (none when the chain does not exist).
+func (h *hv) nftChain(family, chain string) []string {
+	h.t.Helper()
+	out, err := h.ns.Exec(context.Background(), "nft", "-s", "list", "chain", family, "vmfw", chain)
+	if err != nil {
+		return nil
+	}
+	var rules []string
+	for _, l := range strings.Split(string(out), "\n") {
+		l = strings.TrimSpace(l)
+		if l == "" || strings.HasPrefix(l, "table ") || strings.HasPrefix(l, "chain ") || strings.HasPrefix(l, "type ") || l == "}" {
+			continue
+		}
+		rules = append(rules, l)
+	}
+	return rules
+}
+
+// nftElements returns the elements of one of vmfw's sets, as nft lists
+// them, sorted.
+func (h *hv) nftElements(family, set string) []string {
+	h.t.Helper()
+	out, err := h.ns.Exec(context.Background(), "nft", "-j", "list", "set", family, "vmfw", set)
+	if err != nil {
+		h.t.Fatalf("nft list set %s vmfw %s: %v\n%s", family, set, err, out)
+	}
+	var doc struct {
+		Nftables []struct {
+			Set *struct {
+				Elem []json.RawMessage `json:"elem"`
+			} `json:"set"`
+		} `json:"nftables"`
+	}
+	if err := json.Unmarshal(out, &doc); err != nil {
+		h.t.Fatalf("nft -j list set %s: %v", set, err)
+	}
+	var elems []string
+	for _, o := range doc.Nftables {
+		if o.Set == nil {
+			continue
+		}
+		for _, e := range o.Set.Elem {
+			elems = append(elems, nftElemText(e))
+		}
+	}
+	sort.Strings(elems)
+	return elems
+}
+
+// nftElemText renders one element of nft's JSON: a string, or a
+// concatenation ({"concat": [...]}), or an element with a counter
+// ({"elem": {"val": ...}}), as "a . b".
+func nftElemText(raw json.RawMessage) string {
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		return s
+	}
+	var obj map[string]json.RawMessage
+	if json.Unmarshal(raw, &obj) != nil {
+		return string(raw)
+	}
+	if v, ok := obj["elem"]; ok {
+		var inner map[string]json.RawMessage
+		if json.Unmarshal(v, &inner) == nil {
+			if val, ok := inner["val"]; ok {
+				return nftElemText(val)
+			}
+		}
+	}
+	if v, ok := obj["concat"]; ok {
+		var parts []json.RawMessage
+		if json.Unmarshal(v, &parts) == nil {
+			var out []string
+			for _, p := range parts {
+				out = append(out, nftElemText(p))
+			}
+			return strings.Join(out, " . ")
+		}
+	}
+	if v, ok := obj["prefix"]; ok {
+		var p struct {
+			Addr string `json:"addr"`
+			Len  int    `json:"len"`
+		}
+		if json.Unmarshal(v, &p) == nil {
+			return fmt.Sprintf("%s/%d", p.Addr, p.Len)
+		}
+	}
+	return string(raw)
 }
 
 // chains splits a save into chain name → rule lines.

@@ -152,7 +152,7 @@ func (h *hv) vmfwSlow(args ...string) string {
 	h.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Minute)
 	defer cancel()
-	full := append([]string{"netns", "exec", h.ns.Name, testbin.VMFW, "--iptables", h.backend, "--config-dir", h.config}, args...)
+	full := append([]string{"netns", "exec", h.ns.Name, testbin.VMFW, h.backendFlags()[0], h.backendFlags()[1], "--config-dir", h.config}, args...)
 	out, err := exec.CommandContext(ctx, "ip", full...).CombinedOutput()
 	if err != nil {
 		h.t.Fatalf("vmfw %s: %v\n%s", strings.Join(args, " "), err, out)

@@ -51,7 +51,7 @@ func (f *flood) stop() { f.cancel(); f.wg.Wait() }
 // installed, ifup, ifdown and the hooks on the other refuse with exit status 2,
 // naming both; flush on either removes whichever is installed.
 func TestSwitchBackends(t *testing.T) {
-	for _, flavour := range backends {
+	for _, flavour := range iptablesFlavours {
 		t.Run(flavour, func(t *testing.T) {
 			t.Parallel()
 			h := newHV(t, flavour, "")

@@ -422,7 +422,7 @@ func (h *hv) traceBatch(queries []map[string]any) []traceReport {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", h.ns.Name, testbin.VMFW, "--iptables", h.backend, "--config-dir", h.config, "trace", "--batch", "-")
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", h.ns.Name, testbin.VMFW, h.backendFlags()[0], h.backendFlags()[1], "--config-dir", h.config, "trace", "--batch", "-")
 	cmd.Stdin = &in
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut

@@ -248,3 +248,12 @@ type Warner interface {
 	// Warnings says what it found, one sentence each; none is nil.
 	Warnings(ctx context.Context) ([]string, error)
 }
+
+// PortAttributor is implemented by a backend that checks routed, NATed
+// and hypervisor-sent packets to a VM by the bridge port they leave
+// through rather than by the VM's addresses (the nftables backend): every
+// enabled interface's in rules then see such traffic, whatever addresses
+// it lists (docs/routing.md, docs/nftables.md).
+type PortAttributor interface {
+	AttributesByPort() bool
+}

@@ -281,7 +281,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return err
 	case "check":
-		return checkCmd(ctx, newEngine, *configDir, rest, stdout)
+		return checkCmd(ctx, newEngine, *configDir, config.ChosenBackend(*chosen, *configDir), rest, stdout)
 	case "trace":
 		return traceCmd(ctx, newEngine, rest, stdout)
 	case "log":
@@ -315,11 +315,11 @@ func parseNoArgs(fs *flag.FlagSet, args []string) error {
 // hypervisor-sent traffic cannot be attributed to it by address, and says
 // what is and is not filtered for it (docs/routing.md). These are notices:
 // the configuration is valid.
-func printUnattributed(w io.Writer, m *config.Model) {
+func printUnattributed(w io.Writer, m *config.Model, byPort bool) {
 	ids := slices.Sorted(maps.Keys(m.VMs))
 	for _, id := range ids {
 		for _, n := range m.VMs[id].NICs {
-			if a := ruleset.Attribute(n); a != ruleset.Filtered {
+			if a := ruleset.AttributeFor(n, byPort); a != ruleset.Filtered {
 				fmt.Fprintf(w, "notice: %s (%s:%d): routed traffic %s: %s\n", n.Tap, n.VM.File, n.Line, a, a.Explain())
 			}
 		}

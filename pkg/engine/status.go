@@ -114,7 +114,7 @@ func (e *Engine) Status(ctx context.Context, tap string) (*Status, error) {
 	}
 	for _, t := range slices.Sorted(maps.Keys(names)) {
 		if tap == "" || t == tap {
-			out.Taps = append(out.Taps, tapStatus(r, t, bs.Interfaces[t], slices.Contains(installed, t)))
+			out.Taps = append(out.Taps, tapStatus(r, t, bs.Interfaces[t], slices.Contains(installed, t), byPort(e.kernel.Backend)))
 		}
 	}
 	return out, nil
@@ -157,7 +157,7 @@ func (e *Engine) warnings(ctx context.Context) ([]string, error) {
 // tapStatus describes tap from its configuration (src) and what the
 // backend found installed (is, nil when the configuration does not name
 // it).
-func tapStatus(src nicSource, tap string, is *backend.InterfaceStatus, installed bool) TapStatus {
+func tapStatus(src nicSource, tap string, is *backend.InterfaceStatus, installed, byPort bool) TapStatus {
 	ts := TapStatus{Tap: tap, State: StateInSync, Groups: []string{}}
 	nic := src.NIC(tap)
 	if nic == nil {
@@ -173,8 +173,11 @@ func tapStatus(src nicSource, tap string, is *backend.InterfaceStatus, installed
 	ts.VMName, ts.Enabled = nic.VM.Name, nic.VM.Enable
 	ts.Groups = append(ts.Groups, nic.Groups...)
 	ts.PolicyIn, ts.PolicyOut = string(nic.VM.PolicyIn), string(nic.VM.PolicyOut)
-	attr := ruleset.Attribute(nic)
+	attr := ruleset.AttributeFor(nic, byPort)
 	ts.Routed, ts.RoutedNote = string(attr), attr.Explain()
+	if byPort && attr == ruleset.Filtered {
+		ts.RoutedNote = "routed, NATed and hypervisor-sent traffic meets its in rules at the bridge port it leaves through"
+	}
 	if !installed || is == nil {
 		ts.State = StateNotInstalled
 		return ts
@@ -190,6 +193,14 @@ func tapStatus(src nicSource, tap string, is *backend.InterfaceStatus, installed
 	ts.DroppedIn, ts.DroppedInBytes = is.DroppedIn.Packets, is.DroppedIn.Bytes
 	ts.DroppedOut, ts.DroppedOutBytes = is.DroppedOut.Packets, is.DroppedOut.Bytes
 	return ts
+}
+
+// byPort reports whether be attributes routed, NATed and host-sent
+// traffic to an interface by the bridge port it leaves through
+// (backend.PortAttributor).
+func byPort(be backend.Backend) bool {
+	pa, ok := be.(backend.PortAttributor)
+	return ok && pa.AttributesByPort()
 }
 
 // UnusableError says which part of what an engine reads failed.

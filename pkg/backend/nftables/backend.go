@@ -68,9 +68,10 @@ type Backend struct {
 }
 
 var (
-	_ backend.Backend      = (*Backend)(nil)
-	_ backend.Generationer = (*Backend)(nil)
-	_ backend.Watcher      = (*Backend)(nil)
+	_ backend.Backend        = (*Backend)(nil)
+	_ backend.Generationer   = (*Backend)(nil)
+	_ backend.Watcher        = (*Backend)(nil)
+	_ backend.PortAttributor = (*Backend)(nil)
 )
 
 // New returns a backend on o.
@@ -102,6 +103,11 @@ func (b *Backend) Flavour() string { return "" }
 
 // Describe names the kernel interface.
 func (b *Backend) Describe() string { return "nftables (netlink)" }
+
+// AttributesByPort is true: routed, NATed and host-sent packets to a VM
+// meet its in rules at bridge postrouting, by the port they leave
+// through (backend.PortAttributor).
+func (b *Backend) AttributesByPort() bool { return true }
 
 // Marks returns the mark bits the backend uses.
 func (b *Backend) Marks() layout.Marks { return b.marks }

@@ -29,8 +29,7 @@ var hookChains = []HookChain{{"ipv4", "FORWARD"}, {"ipv4", "OUTPUT"}, {"ipv6", "
 
 // HookState is what a read of iptables' built-in chains found.
 type HookState struct {
-	// Exists holds the chains whose filter table exists: vmfw adds its
-	// rule to those alone, never creating iptables' tables.
+	// Exists holds the chains whose filter table exists.
 	Exists map[HookChain]bool
 	// Policy holds each existing chain's policy (ACCEPT, DROP).
 	Policy map[HookChain]string
@@ -166,19 +165,21 @@ type hookChange struct {
 func (c *hookChange) empty() bool { return c == nil || len(c.insert)+len(c.delete) == 0 }
 
 // planHooks compares what st found with vmfw's rule for acc (want false:
-// none): each existing chain gets exactly one rule, the current one.
+// none): each chain gets exactly one rule, the current one. A chain whose
+// table does not exist gets it too (iptables creates the table, with an
+// ACCEPT policy): a DROP policy set later, by Docker starting after the
+// VMs, then finds the rule already there.
 func planHooks(st *HookState, want bool, acc uint32) *hookChange {
 	ch := &hookChange{delete: map[HookChain][]string{}, rule: hookRule(acc)}
 	for _, hc := range hookChains {
 		rules := st.Rules[hc]
-		keep := want && st.Exists[hc] && slices.Equal(rules, []string{hookLine(hc.Chain, acc)})
-		if keep {
+		if want && slices.Equal(rules, []string{hookLine(hc.Chain, acc)}) {
 			continue
 		}
 		if len(rules) > 0 {
 			ch.delete[hc] = rules
 		}
-		if want && st.Exists[hc] {
+		if want {
 			ch.insert = append(ch.insert, hc)
 		}
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 
 	"github.com/google/nftables"
 
@@ -39,13 +41,14 @@ func (b *Backend) Watch(ctx context.Context) (<-chan struct{}, error) {
 					return
 				}
 				if ev.GeneratedBy != nil {
-					if g, ok := ev.GeneratedBy.Data.(*nftables.Gen); ok && g.ProcPID == self {
+					if g, ok := ev.GeneratedBy.Data.(*nftables.Gen); ok && ownThread(g.ProcPID, self) {
 						continue
 					}
 				}
 				if !touchesVMFW(ev.Changes) {
 					continue
 				}
+
 				select {
 				case out <- struct{}{}:
 				default:
@@ -54,6 +57,27 @@ func (b *Backend) Watch(ctx context.Context) (<-chan struct{}, error) {
 		}
 	}()
 	return out, nil
+}
+
+// ownThread reports whether the committing task tid is a thread of
+// process pid: the kernel names the thread (task_pid_nr), and a Go
+// program commits from whichever thread runs the goroutine. A thread
+// that has already ended cannot be told apart; its commit counts as
+// foreign, which costs one repair that changes nothing.
+func ownThread(tid, pid uint32) bool {
+	if tid == pid {
+		return true
+	}
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", tid))
+	if err != nil {
+		return false
+	}
+	for _, l := range strings.Split(string(status), "\n") {
+		if v, ok := strings.CutPrefix(l, "Tgid:"); ok {
+			return strings.TrimSpace(v) == strconv.FormatUint(uint64(pid), 10)
+		}
+	}
+	return false
 }
 
 // touchesVMFW reports whether a change is to one of vmfw's tables.
