@@ -57,8 +57,11 @@ func hookRule(acc uint32) []string {
 }
 
 // hookLine is hookRule as iptables-save prints it in chain.
-func hookLine(chain string, acc uint32) string {
-	args := hookRule(acc)
+func hookLine(chain string, acc uint32) string { return saveLine(chain, hookRule(acc)) }
+
+// saveLine is a rule of args in chain as iptables-save prints it.
+func saveLine(chain string, rule []string) string {
+	args := slices.Clone(rule)
 	for i, a := range args {
 		if strings.Contains(a, " ") {
 			args[i] = `"` + a + `"`

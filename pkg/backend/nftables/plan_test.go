@@ -22,12 +22,28 @@ func (k *fakeKernel) Read(bool, ...string) (*nlnft.Observed, error) { return k.o
 func (k *fakeKernel) Write(b *nlnft.Batch) error                    { k.batches = append(k.batches, b); return nil }
 func (k *fakeKernel) Generation() (uint32, error)                   { return k.obs.Gen, nil }
 
-// fakeHooks holds what a read of iptables' chains returns.
+// fakeHooks holds what a read of iptables' chains returns, and what
+// Insert and Delete left.
 type fakeHooks struct{ st *HookState }
 
-func (h *fakeHooks) Read(context.Context) (*HookState, error)             { return h.st, nil }
-func (h *fakeHooks) Insert(context.Context, []HookChain, []string) error  { return nil }
-func (h *fakeHooks) Delete(context.Context, map[HookChain][]string) error { return nil }
+func (h *fakeHooks) Read(context.Context) (*HookState, error) { return h.st, nil }
+
+func (h *fakeHooks) Insert(_ context.Context, chains []HookChain, rule []string) error {
+	if h.st.Rules == nil {
+		h.st.Rules = map[HookChain][]string{}
+	}
+	for _, hc := range chains {
+		h.st.Rules[hc] = append([]string{saveLine(hc.Chain, rule)}, h.st.Rules[hc]...)
+	}
+	return nil
+}
+
+func (h *fakeHooks) Delete(_ context.Context, rules map[HookChain][]string) error {
+	for hc, del := range rules {
+		h.st.Rules[hc] = slices.DeleteFunc(h.st.Rules[hc], func(l string) bool { return slices.Contains(del, l) })
+	}
+	return nil
+}
 
 func referencePolicy(t *testing.T) *ruleset.Policy {
 	t.Helper()
@@ -76,6 +92,9 @@ func TestPlanRewritesChangedFingerprints(t *testing.T) {
 		t.Fatalf("the first plan does not create the tables: %+v", first.Summary())
 	}
 	k.obs = first.result()
+	if err := b.applyHooks(ctx, first.hooks); err != nil {
+		t.Fatal(err)
+	}
 	if p := plan(); !p.Empty() {
 		t.Fatalf("a plan against its own result changes %+v", p.Summary())
 	}
@@ -89,5 +108,8 @@ func TestPlanRewritesChangedFingerprints(t *testing.T) {
 	}
 	if inet := p.Summary().Tables["inet"]; !inet.Empty() {
 		t.Errorf("the inet table changes: %+v", inet)
+	}
+	if _, ok := p.Summary().Tables["iptables"]; ok {
+		t.Errorf("vmfw's rules in iptables' chains change: %+v", p.Summary().Tables["iptables"])
 	}
 }
