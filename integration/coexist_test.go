@@ -18,7 +18,7 @@ import (
 // vmfwLine matches the lines of an iptables-save that belong to vmfw: its
 // chains (declarations and rules) and its hook rules, for the taps of
 // these tests.
-var vmfwLine = regexp.MustCompile(`^(:|-A )(vmfw-|sg-|tap2[0-9]{2}i0-)|vmfw:|-j vmfw-l2(out)?$`)
+var vmfwLine = regexp.MustCompile(`^(:|-A )(vmfw-|sg-|tap2[0-9]{2}i0-)|vmfw:|-j vmfw-l2(out)?$|"vmfw nftables: allowed"`)
 
 // foreign returns the lines of a save that are not vmfw's.
 func foreign(save string) string {
@@ -70,10 +70,65 @@ func TestCoexistence(t *testing.T) {
 		h.exec("ebtables-nft", "-N", "host-l2")
 		h.exec("ebtables-nft", "-A", "host-l2", "-p", "IPX", "-j", "DROP")
 		h.exec("ebtables-nft", "-A", "FORWARD", "-j", "host-l2")
+		// The nftables backend beside foreign nf_tables tables of every
+		// family it uses, with base chains on its hooks, a set and a map.
+		foreignNFT := []string{"inet host", "bridge host", "ip host4"}
+		if h.nft() {
+			script := `table inet host {
+	set block {
+		type ipv4_addr
+		elements = { 203.0.113.9 }
+	}
+	map ports {
+		type inet_service : verdict
+		elements = { 22 : accept }
+	}
+	chain hostfwd {
+		type filter hook forward priority 0; policy accept;
+		ip saddr @block drop
+		tcp dport vmap @ports
+	}
+	chain hostout {
+		type filter hook output priority 0; policy accept;
+		counter
+	}
+}
+table bridge host {
+	chain hostfwd {
+		type filter hook forward priority -300; policy accept;
+		ether type 0x8137 drop
+	}
+}
+table ip host4 {
+	chain hostpre {
+		type nat hook prerouting priority -100; policy accept;
+		ip daddr 203.0.113.1 tcp dport 2223 dnat to 192.0.2.71:22
+	}
+}
+`
+			file := filepath.Join(t.TempDir(), "host.nft")
+			if err := os.WriteFile(file, []byte(script), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			h.exec("nft", "-f", file)
+		}
+		nftSave := func() string {
+			var b strings.Builder
+			for _, tbl := range foreignNFT {
+				if out, err := h.ns.Exec(context.Background(), append([]string{"nft", "-s", "list", "table"}, strings.Fields(tbl)...)...); err == nil {
+					b.Write(out)
+				}
+			}
+			return b.String()
+		}
+		origNFT := nftSave()
 		orig4, orig6, origSets, origBridge := h.save(false), h.save(true), h.ipsets(), h.bridgeSave()
 
 		check := func(step string) {
 			t.Helper()
+			if got := nftSave(); got != origNFT {
+				t.Errorf("after %s: foreign nf_tables tables changed:\nbefore:\n%s\nafter:\n%s", step, origNFT, got)
+			}
 			if got := foreign(h.save(false)); got != foreign(orig4) {
 				t.Errorf("after %s: foreign IPv4 rules changed:\nbefore:\n%s\nafter:\n%s", step, foreign(orig4), got)
 			}
@@ -111,6 +166,9 @@ func TestCoexistence(t *testing.T) {
 		if got := h.ipsets(); got != origSets {
 			t.Errorf("after flush ipsets differ:\nbefore:\n%s\nafter:\n%s", origSets, got)
 		}
+		if h.nft() && (h.nftTable("bridge") != "" || h.nftTable("inet") != "") {
+			t.Errorf("flush left vmfw's tables:\n%s", h.snapshot())
+		}
 		h.vmfw("flush") // idempotent
 	})
 }
@@ -130,21 +188,29 @@ func TestConcurrentIfupIfdown(t *testing.T) {
 			}
 		}
 		parallel("ifup")
-		conc4, conc6, concSets := h.save(false), h.save(true), h.ipsets()
+		conc := h.snapshot()
 		h.vmfw("flush")
 		for _, tap := range taps {
 			h.vmfw("ifup", tap)
 		}
-		if h.save(false) != conc4 || h.save(true) != conc6 {
-			t.Errorf("concurrent ifup gave another ruleset than serial ifup:\n%v", changedChains(conc4, h.save(false)))
-		}
-		if h.ipsets() != concSets {
-			t.Errorf("concurrent ifup gave other ipsets than serial ifup")
+		if got := h.snapshot(); got != conc {
+			t.Errorf("concurrent ifup gave another ruleset than serial ifup:\n%v", changedChains(conc, got))
 		}
 		parallel("ifdown")
-		for name := range chains(h.save(false)) {
-			if strings.HasPrefix(name, "tap") || strings.HasPrefix(name, "sg-") {
-				t.Errorf("chain %s remains after concurrent ifdown", name)
+		for _, tap := range taps {
+			if h.installed(tap) {
+				t.Errorf("%s still installed after concurrent ifdown", tap)
+			}
+		}
+		if h.nft() {
+			if br := h.nftTable("bridge"); strings.Contains(br, "chain sg-") {
+				t.Errorf("group chains remain after concurrent ifdown:\n%s", br)
+			}
+		} else {
+			for name := range chains(h.save(false)) {
+				if strings.HasPrefix(name, "tap") || strings.HasPrefix(name, "sg-") {
+					t.Errorf("chain %s remains after concurrent ifdown", name)
+				}
 			}
 		}
 	})

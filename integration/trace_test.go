@@ -92,6 +92,9 @@ func TestTraceMatchesPackets(t *testing.T) {
 			r := rand.New(rand.NewSource(seed))
 			d.writeConfig(r)
 			d.h.vmfw("apply")
+			if d.h.untraced("--from", "hypervisor", "--to", "hypervisor", "--proto", "tcp") {
+				return
+			}
 			n, bad := d.checkFlows(t, r, flows, seed, seen)
 			total += n
 			mismatches += bad
