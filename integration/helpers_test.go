@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -361,6 +362,28 @@ func changedObjects(before, after map[string]string) []string {
 	sort.Strings(diff)
 	return diff
 }
+
+// nftCounter returns the packet counter of the first rule of chain in
+// table bridge vmfw whose line holds every fragment, or -1.
+func (h *hv) nftCounter(chain string, fragments ...string) int {
+	h.t.Helper()
+	out := h.exec("nft", "list", "chain", "bridge", "vmfw", chain)
+next:
+	for _, l := range strings.Split(out, "\n") {
+		for _, f := range fragments {
+			if !strings.Contains(l, f) {
+				continue next
+			}
+		}
+		if m := nftPackets.FindStringSubmatch(l); m != nil {
+			n, _ := strconv.Atoi(m[1])
+			return n
+		}
+	}
+	return -1
+}
+
+var nftPackets = regexp.MustCompile(`counter packets (\d+)`)
 
 // nftTable returns nft's stateless listing of one of vmfw's tables
 // (family bridge or inet), "" when it does not exist.

@@ -377,12 +377,15 @@ type Log struct {
 	Group  int
 }
 
-// Text renders the statement.
+// Text renders the statement. A counter comes with it, so that what was
+// logged can be counted as the iptables backend's LOG rules count it
+// (status and tests read it; the kernel log of a namespace other than the
+// host's is off by default).
 func (l *Log) Text() string {
 	if l.Group > 0 {
-		return fmt.Sprintf("log prefix %q group %d", l.Prefix, l.Group)
+		return fmt.Sprintf("counter log prefix %q group %d", l.Prefix, l.Group)
 	}
-	return fmt.Sprintf("log prefix %q", l.Prefix)
+	return fmt.Sprintf("counter log prefix %q", l.Prefix)
 }
 
 // Reject rejects the packet: a TCP reset when TCP, else an ICMP or

@@ -226,7 +226,7 @@ func (r *rule) add(e layout.Expr, t *nftables.Table, sets func(string) *nftables
 			l.Key |= 1 << unix.NFTA_LOG_LEVEL
 			l.Level = expr.LogLevelWarning
 		}
-		r.exprs = append(r.exprs, l)
+		r.exprs = append(r.exprs, &expr.Counter{}, l)
 	case *layout.Reject:
 		if e.TCP {
 			r.exprs = append(r.exprs, &expr.Reject{Type: unix.NFT_REJECT_TCP_RST})
