@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -282,23 +283,46 @@ func (h *hv) member(group, addr string) bool {
 
 // snapshot is vmfw's installed ruleset as text, for before-and-after
 // comparisons: iptables-save of both families and ipset save for the
-// iptables backend; nft's stateless listing (no counters) of vmfw's two
-// tables for the nftables backend.
+// iptables backend; for the nftables backend every chain and set of its
+// two tables as nft lists them without counters, in name order, with
+// sorted elements.
 func (h *hv) snapshot() string {
 	h.t.Helper()
 	if !h.nft() {
 		return h.save(false) + h.save(true) + h.ipsets()
 	}
+	// Objects in name order: nft lists them in the order they were
+	// created, which a tap's ifdown and ifup changes.
+	objs := h.objects()
 	var b strings.Builder
-	for _, table := range [][]string{{"bridge", "vmfw"}, {"inet", "vmfw"}} {
-		out, err := h.ns.Exec(context.Background(), "nft", "-s", "list", "table", table[0], table[1])
-		if err != nil {
-			b.WriteString("no table " + strings.Join(table, " ") + "\n")
-			continue
+	for _, fam := range []string{"bridge", "inet"} {
+		if h.nftTable(fam) == "" {
+			b.WriteString("no table " + fam + " vmfw\n")
 		}
-		b.Write(out)
+	}
+	for _, name := range slices.Sorted(maps.Keys(objs)) {
+		b.WriteString(name + " {\n" + objs[name] + "}\n")
 	}
 	return b.String()
+}
+
+var elementList = regexp.MustCompile(`(?s)elements = \{(.*?)\}`)
+
+// sortElements puts the elements of every set in a listing in order: nft
+// lists a hash set in its buckets' order, which deleting and adding an
+// element changes without changing the set.
+func sortElements(listing string) string {
+	return elementList.ReplaceAllStringFunc(listing, func(m string) string {
+		inner := elementList.FindStringSubmatch(m)[1]
+		var elems []string
+		for _, e := range strings.Split(inner, ",") {
+			if e = strings.TrimSpace(e); e != "" {
+				elems = append(elems, e)
+			}
+		}
+		sort.Strings(elems)
+		return "elements = { " + strings.Join(elems, ", ") + " }"
+	})
 }
 
 // objects splits vmfw's installed ruleset into its chains and sets, each
@@ -325,7 +349,7 @@ func (h *hv) objects() map[string]string {
 	for _, fam := range []string{"bridge", "inet"} {
 		var name string
 		var body strings.Builder
-		for _, l := range strings.Split(h.nftTable(fam), "\n") {
+		for _, l := range strings.Split(sortElements(h.nftTable(fam)), "\n") {
 			t := strings.TrimSpace(l)
 			switch {
 			case strings.HasPrefix(l, "\tchain ") || strings.HasPrefix(l, "\tset ") || strings.HasPrefix(l, "\tmap "):
