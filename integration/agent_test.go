@@ -186,7 +186,7 @@ func TestAgentBatchesConcurrentIfups(t *testing.T) {
 				t.Error(e)
 			}
 		}
-		withAgent4, withAgent6, withAgentSets := h.save(false), h.save(true), h.ipsets()
+		withAgent := h.snapshot()
 		// The agent logs a batch after answering its callers.
 		eventually(func() bool { return strings.Contains(agent.Output(), "msg=\"interfaces changed\"") })
 		batches := strings.Count(agent.Output(), "msg=\"interfaces changed\"")
@@ -198,8 +198,8 @@ func TestAgentBatchesConcurrentIfups(t *testing.T) {
 		for _, tap := range taps {
 			h.vmfw("ifup", tap)
 		}
-		if h.save(false) != withAgent4 || h.save(true) != withAgent6 || h.ipsets() != withAgentSets {
-			t.Errorf("ifups through the agent gave another ruleset than serial ones: %v", changedChains(withAgent4, h.save(false)))
+		if got := h.snapshot(); got != withAgent {
+			t.Errorf("ifups through the agent gave another ruleset than serial ones:\n%s", lineDiff(withAgent, got))
 		}
 
 		// Kill the agent while callers wait for their batch.
@@ -221,8 +221,8 @@ func TestAgentBatchesConcurrentIfups(t *testing.T) {
 			t.Fatal("callers hung after the agent was killed")
 		}
 		h.vmfw("apply")
-		if h.save(false) != withAgent4 || h.save(true) != withAgent6 {
-			t.Errorf("apply after the killed agent did not converge: %v", changedChains(withAgent4, h.save(false)))
+		if got := h.snapshot(); got != withAgent {
+			t.Errorf("apply after the killed agent did not converge:\n%s", lineDiff(withAgent, got))
 		}
 		st := h.status()
 		for _, tp := range st.Taps {
@@ -418,13 +418,13 @@ func TestIfupProgram(t *testing.T) {
 
 		// A tap no VM file names: the agent refuses it as vmfw ifup does.
 		h.exec("ip", "link", "add", "tap379i0", "type", "veth", "peer", "name", "p379")
-		before := h.save(false)
+		before := h.snapshot()
 		got, gotCode := run("vmfw-ifup", "tap379i0")
 		_, want, wantCode := h.run("ifup", "tap379i0")
 		if gotCode != wantCode || got != want || gotCode != 2 {
 			t.Errorf("vmfw-ifup of an unconfigured tap: exit %d %q; vmfw ifup: exit %d %q (want 2, the same message)", gotCode, got, wantCode, want)
 		}
-		if h.save(false) != before {
+		if h.snapshot() != before {
 			t.Errorf("the refused vmfw-ifup changed the ruleset")
 		}
 
@@ -471,7 +471,7 @@ func TestIfupProgramInterrupted(t *testing.T) {
 	if !waitFor(func() bool { return strings.Contains(helper.Output(), "listening") }) {
 		t.Fatalf("the silent agent did not start:\n%s", helper.Output())
 	}
-	before := h.save(false)
+	before := h.snapshot()
 	cmd := exec.Command("ip", "netns", "exec", h.ns.Name, filepath.Join(testbin.Dir, "vmfw-ifup"), "tap381i0")
 	cmd.Env = append(os.Environ(), "VMFW_CONFIG_DIR="+h.config, "VMFW_IPTABLES=nft", "VMFW_RUN_DIR="+runDir)
 	var stderr strings.Builder
@@ -496,8 +496,8 @@ func TestIfupProgramInterrupted(t *testing.T) {
 	if !errors.As(err, &exit) || exit.ExitCode() != 1 || !strings.Contains(stderr.String(), "ifup tap381i0: interrupted") {
 		t.Errorf("vmfw-ifup stopped while waiting: %v, %q (want exit 1, interrupted)", err, stderr.String())
 	}
-	if h.save(false) != before {
-		t.Errorf("the interrupted vmfw-ifup changed the ruleset: %v", changedChains(before, h.save(false)))
+	if got := h.snapshot(); got != before {
+		t.Errorf("the interrupted vmfw-ifup changed the ruleset:\n%s", lineDiff(before, got))
 	}
 }
 
