@@ -65,6 +65,9 @@ type Backend struct {
 	memory *nlnft.Observed
 	// pending is the state the last Apply left, not yet Marked.
 	pending *nlnft.Observed
+	// fullNext makes the next plan a full one: a plan made from a hint
+	// failed to apply, so the kernel is not what the hint said.
+	fullNext bool
 }
 
 var (
@@ -182,6 +185,12 @@ func (b *Backend) fullState(st *state) (*state, error) {
 // change leaves as they are; a full plan (apply, flush, repair) and any
 // plan that creates or deletes the tables checks them.
 func (b *Backend) Plan(ctx context.Context, s backend.State, want *ruleset.Policy, hint *backend.Hint) (backend.Plan, error) {
+	if st := s.(*state); !st.full && hint != nil && hint.Was != nil && want != nil && !b.takeFullNext() {
+		p, err := b.planHinted(st, want, hint)
+		if err != nil || p != nil {
+			return p, err
+		}
+	}
 	st, err := b.fullState(s.(*state))
 	if err != nil {
 		return nil, err
@@ -222,7 +231,12 @@ func (b *Backend) Apply(ctx context.Context, bp backend.Plan) error {
 	start := time.Now()
 	err := b.kernel.Write(p.batch)
 	if err != nil {
-		if p.st.remembered || errors.Is(err, nlnft.ErrGeneration) {
+		if p.hinted {
+			b.mu.Lock()
+			b.fullNext = true
+			b.mu.Unlock()
+		}
+		if p.st.remembered || p.hinted || errors.Is(err, nlnft.ErrGeneration) {
 			return &backend.StaleError{Err: err}
 		}
 		return err

@@ -16,6 +16,9 @@ import (
 // plan is a change of vmfw's tables: one batch.
 type plan struct {
 	batch *nlnft.Batch
+	// hinted says the plan was made from the hint's installed policy,
+	// not from the sets' elements as read (Backend.planHinted).
+	hinted bool
 	// hooks is the change of vmfw's rules in iptables' chains; nil when
 	// the plan did not look at them.
 	hooks   *hookChange
@@ -229,12 +232,16 @@ func usesAny(c *layout.Chain, sets map[string]bool) bool {
 // result is what the tables hold once the plan is applied, as a read
 // would see it (without counters and rule bodies): what the agent
 // remembers after its own change.
-func (p *plan) result() *nlnft.Observed {
+func (p *plan) result() *nlnft.Observed { return observedOf(p.want) }
+
+// observedOf is what a read would see of vmfw's tables holding rs
+// (without counters and rule bodies); rs nil is no table.
+func observedOf(rs *layout.Ruleset) *nlnft.Observed {
 	out := &nlnft.Observed{Tables: map[layout.Family]*nlnft.ObservedTable{}}
-	if p.want == nil {
+	if rs == nil {
 		return out
 	}
-	for _, t := range p.want.Tables() {
+	for _, t := range rs.Tables() {
 		ot := &nlnft.ObservedTable{Chains: map[string]*nlnft.ObservedChain{}, Sets: map[string]*nlnft.ObservedSet{}}
 		for _, c := range t.Chains {
 			ot.Chains[c.Name] = &nlnft.ObservedChain{Hook: c.Hook, Hashes: c.Hashes()}

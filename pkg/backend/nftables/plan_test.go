@@ -2,8 +2,11 @@ package nftables
 
 import (
 	"context"
+	"errors"
+	"github.com/vmfw/vmfw/pkg/backend"
 	"slices"
 	"sort"
+	"strings"
 	"testing"
 
 	"github.com/vmfw/vmfw/pkg/backend/nftables/layout"
@@ -14,13 +17,21 @@ import (
 
 // fakeKernel holds what a read returns and records what is written.
 type fakeKernel struct {
-	obs     *nlnft.Observed
-	batches []*nlnft.Batch
+	obs       *nlnft.Observed
+	batches   []*nlnft.Batch
+	failWrite error
 }
 
 func (k *fakeKernel) Read(bool, ...string) (*nlnft.Observed, error) { return k.obs.Clone(), nil }
-func (k *fakeKernel) Write(b *nlnft.Batch) error                    { k.batches = append(k.batches, b); return nil }
-func (k *fakeKernel) Generation() (uint32, error)                   { return k.obs.Gen, nil }
+func (k *fakeKernel) Write(b *nlnft.Batch) error {
+	if err := k.failWrite; err != nil {
+		k.failWrite = nil
+		return err
+	}
+	k.batches = append(k.batches, b)
+	return nil
+}
+func (k *fakeKernel) Generation() (uint32, error) { return k.obs.Gen, nil }
 
 // fakeHooks holds what a read of iptables' chains returns, and what
 // Insert and Delete left.
@@ -112,4 +123,96 @@ func TestPlanRewritesChangedFingerprints(t *testing.T) {
 	if _, ok := p.Summary().Tables["iptables"]; ok {
 		t.Errorf("vmfw's rules in iptables' chains change: %+v", p.Summary().Tables["iptables"])
 	}
+}
+
+// TestPlanFromHint: an ifup planned from the hint (the tables hold the
+// hint's installed policy, checked by chains, set signatures and the
+// ports set) writes exactly what a plan from a full read writes; when the
+// chains differ from the hint it plans from a full read; a hinted plan
+// that fails to apply is stale, and the next plan reads in full.
+func TestPlanFromHint(t *testing.T) {
+	ctx := context.Background()
+	all := referencePolicy(t)
+	was := *all
+	was.Interfaces = all.Interfaces[1:]
+	wasPolicy, err := ruleset.Compile(mustModel(t), nicsOf(t, was.Interfaces))
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := &fakeKernel{}
+	b, err := New(Options{Kernel: k, Hooks: &fakeHooks{st: &HookState{}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.obs = observedOf(layout.Build(wasPolicy, b.Marks()))
+	// vmfw's rules in iptables' chains are in place, as after any apply.
+	if err := b.applyHooks(ctx, planHooks(&HookState{}, true, b.Marks().Acc)); err != nil {
+		t.Fatal(err)
+	}
+	narrow := &state{obs: k.obs.Clone()}
+	hint := &backend.Hint{Was: wasPolicy, Interfaces: []string{all.Interfaces[0].Name}}
+	hinted, err := b.Plan(ctx, narrow, all, hint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	full, err := b.Plan(ctx, &state{obs: k.obs.Clone()}, all, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !hinted.(*plan).hinted || text(t, hinted) != text(t, full) || hinted.Empty() {
+		t.Errorf("the hinted plan (hinted %v):\n%s\ndiffers from the full one:\n%s", hinted.(*plan).hinted, text(t, hinted), text(t, full))
+	}
+
+	in := k.obs.Tables[layout.Bridge].Chains[layout.ChainIn]
+	in.Hashes = append([]string{"0000000000000000"}, in.Hashes[1:]...)
+	p, err := b.Plan(ctx, &state{obs: k.obs.Clone()}, all, hint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.(*plan).hinted || !slices.Contains(p.Summary().Tables["bridge"].Rewritten, layout.ChainIn) {
+		t.Errorf("with the in chain not as the hint says, the plan is hinted %v and rewrites %v", p.(*plan).hinted, p.Summary().Tables["bridge"].Rewritten)
+	}
+
+	k.obs = observedOf(layout.Build(wasPolicy, b.Marks()))
+	k.failWrite = errors.New("No such file or directory")
+	hinted, err = b.Plan(ctx, &state{obs: k.obs.Clone()}, all, hint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stale *backend.StaleError
+	if err := b.Apply(ctx, hinted); !errors.As(err, &stale) {
+		t.Errorf("a hinted plan that fails: %v, want a StaleError", err)
+	}
+	if p, err := b.Plan(ctx, &state{obs: k.obs.Clone()}, all, hint); err != nil || p.(*plan).hinted {
+		t.Errorf("the plan after a failed hinted one is hinted %v (%v), want a full one", p.(*plan).hinted, err)
+	}
+}
+
+func text(t *testing.T, p backend.Plan) string {
+	t.Helper()
+	var b strings.Builder
+	if _, err := p.WriteTo(&b); err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
+}
+
+func mustModel(t *testing.T) *config.Model {
+	t.Helper()
+	m, err := config.Load("../../../conf/examples/reference")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// nicsOf returns the configuration of the interfaces ifaces name.
+func nicsOf(t *testing.T, ifaces []*ruleset.Interface) []*config.NIC {
+	t.Helper()
+	m := mustModel(t)
+	var nics []*config.NIC
+	for _, n := range ifaces {
+		nics = append(nics, m.NIC(n.Name))
+	}
+	return nics
 }
