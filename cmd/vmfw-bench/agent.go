@@ -134,13 +134,16 @@ func stormSize(o options) int {
 // agentPart measures the agent rows for every backend and size.
 func agentPart(ctx context.Context, o options, r *agentResults) error {
 	for _, backend := range o.backends {
+		if !o.agent {
+			break // the worst case alone
+		}
 		for _, n := range o.sizes {
 			if err := agentSize(ctx, o, backend, n, r); err != nil {
 				return fmt.Errorf("agent, %s, %d taps: %w", backend, n, err)
 			}
 		}
 	}
-	if slices.Contains(o.backends, nftablesBackend) {
+	if o.worst && slices.Contains(o.backends, nftablesBackend) {
 		for _, n := range o.sizes {
 			if err := worstCase(ctx, o, n, r); err != nil {
 				return fmt.Errorf("worst case, %d taps: %w", n, err)

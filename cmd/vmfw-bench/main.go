@@ -52,8 +52,8 @@ type options struct {
 	// slow also runs what takes minutes: the full apply from empty above
 	// 1000 taps, the legacy baseline above 1000 taps.
 	slow bool
-	// control, data, agent and cluster select the parts to run.
-	control, data, agent, cluster bool
+	// control, data, agent, worst and cluster select the parts to run.
+	control, data, agent, worst, cluster bool
 	// clusterHosts, clusterVMs and clusterJoins size the cluster part.
 	clusterHosts, clusterVMs, clusterJoins int
 }
@@ -66,7 +66,7 @@ func main() {
 	flag.IntVar(&o.runs, "runs", 5, "runs per row; the table shows medians")
 	flag.StringVar(&backends, "backends", "nft,legacy,nftables", "backends to measure: the iptables backend's flavours nft and legacy, and nftables")
 	flag.StringVar(&sizes, "sizes", "0,1000,5000", "numbers of installed taps")
-	flag.StringVar(&parts, "parts", "control,data,cluster", "what to measure: control (with the baseline), data, agent (vmfw agent against no agent), cluster (membership fan-out on etcd)")
+	flag.StringVar(&parts, "parts", "control,data,cluster", "what to measure: control (with the baseline), data, agent (vmfw agent against no agent), worst (nftables: every tap its own group), cluster (membership fan-out on etcd)")
 	flag.IntVar(&o.clusterHosts, "cluster-hosts", 100, "cluster part: simulated hosts")
 	flag.IntVar(&o.clusterVMs, "cluster-vms", 50, "cluster part: VMs per host")
 	flag.IntVar(&o.clusterJoins, "cluster-joins", 100, "cluster part: joins (and leaves) measured")
@@ -86,10 +86,12 @@ func main() {
 			o.data = true
 		case "agent":
 			o.agent = true
+		case "worst":
+			o.worst = true
 		case "cluster":
 			o.cluster = true
 		default:
-			fatalf("unknown part %q (want control, data, agent or cluster)", p)
+			fatalf("unknown part %q (want control, data, agent, worst or cluster)", p)
 		}
 	}
 	for _, s := range strings.Split(sizes, ",") {
@@ -147,7 +149,7 @@ func main() {
 	if len(labs) > 0 {
 		table.print(os.Stdout, o, time.Since(start))
 	}
-	if o.agent {
+	if o.agent || o.worst {
 		var at agentResults
 		err := agentPart(ctx, o, &at)
 		at.evaluate()

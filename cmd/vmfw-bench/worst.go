@@ -37,12 +37,24 @@ func worstCase(ctx context.Context, o options, n int, r *agentResults) error {
 		}
 		return l.write(fmt.Sprintf("vms/%d.toml", id), vmFile(id, k, []string{own(id)}))
 	}
+	l.env = labEnv(tmp, l.dir, nftablesBackend)
+	if l.hv, err = newNetns(ctx, "hv"); err != nil {
+		return err
+	}
+	defer l.hv.remove()
+	// Taps are dummies where the kernel has them, ifb otherwise (lab.setup).
+	l.linkKind = "dummy"
+	if _, err := l.hv.run(ctx, "ip", "link", "add", "vmfwprobe0", "type", "dummy"); err != nil {
+		l.linkKind = "ifb"
+	} else if _, err := l.hv.run(ctx, "ip", "link", "del", "vmfwprobe0"); err != nil {
+		return err
+	}
 	var batch bytes.Buffer
 	for k := range n {
 		if err := write(scaleVMID(k), k); err != nil {
 			return err
 		}
-		fmt.Fprintf(&batch, "link add %s type dummy\n", tapName(scaleVMID(k)))
+		fmt.Fprintf(&batch, "link add %s type %s\n", tapName(scaleVMID(k)), l.linkKind)
 	}
 	extra := make([]int, o.runs)
 	for i := range extra {
@@ -51,11 +63,6 @@ func worstCase(ctx context.Context, o options, n int, r *agentResults) error {
 			return err
 		}
 	}
-	l.env = labEnv(tmp, l.dir, nftablesBackend)
-	if l.hv, err = newNetns(ctx, "hv"); err != nil {
-		return err
-	}
-	defer l.hv.remove()
 	if batch.Len() > 0 {
 		if _, err := l.hv.runIn(ctx, batch.Bytes(), "ip", "-batch", "-"); err != nil {
 			return err
@@ -68,7 +75,7 @@ func worstCase(ctx context.Context, o options, n int, r *agentResults) error {
 	var up, down []time.Duration
 	for _, id := range extra {
 		tap := tapName(id)
-		if _, err := l.hv.run(ctx, "ip", "link", "add", tap, "type", "dummy"); err != nil {
+		if err := l.addLink(tap); err != nil {
 			return err
 		}
 		d, _, err := l.vmfw("ifup", tap)
