@@ -16,8 +16,8 @@ import (
 func (h *host) startAgent() *labnet.Process {
 	h.t.Helper()
 	h.env = []string{"VMFW_RUN_DIR=" + h.t.TempDir()}
-	p, err := labnet.Start(h.lab.Hypervisor(), h.env, testbin.VMFW,
-		"--iptables", h.backend, "--config-dir", h.config, "--state-dir", h.state, "agent")
+	p, err := labnet.Start(h.lab.Hypervisor(), append(slices.Clone(h.env), h.backendEnv()), testbin.VMFW,
+		"--config-dir", h.config, "--state-dir", h.state, "agent")
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -35,7 +35,7 @@ func (h *host) startAgent() *labnet.Process {
 // the hooks do the work themselves.
 func TestHooksThroughAgent(t *testing.T) {
 	t.Parallel()
-	for _, backend := range []string{"nft", "legacy"} {
+	for _, backend := range []string{"nft", "legacy", nftablesBackend} {
 		t.Run(backend, func(t *testing.T) {
 			t.Parallel()
 			files := map[string]string{
