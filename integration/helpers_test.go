@@ -420,25 +420,6 @@ func (h *hv) nftTable(family string) string {
 	return string(out)
 }
 
-// nftChain returns the rule lines of one of vmfw's chains, trimmed, as
-// nft -s lists them (none when the chain does not exist).
-func (h *hv) nftChain(family, chain string) []string {
-	h.t.Helper()
-	out, err := h.ns.Exec(context.Background(), "nft", "-s", "list", "chain", family, "vmfw", chain)
-	if err != nil {
-		return nil
-	}
-	var rules []string
-	for _, l := range strings.Split(string(out), "\n") {
-		l = strings.TrimSpace(l)
-		if l == "" || strings.HasPrefix(l, "table ") || strings.HasPrefix(l, "chain ") || strings.HasPrefix(l, "type ") || l == "}" {
-			continue
-		}
-		rules = append(rules, l)
-	}
-	return rules
-}
-
 // nftElements returns the elements of one of vmfw's sets, as nft lists
 // them, sorted.
 func (h *hv) nftElements(family, set string) []string {
