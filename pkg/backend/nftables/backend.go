@@ -273,12 +273,18 @@ func (b *Backend) applyHooks(ctx context.Context, h *hookChange) error {
 	return nil
 }
 
-// Usable reads everything Read reads and checks what the backend needs
-// from the kernel besides nf_tables: br_netfilter, which hands bridged
-// packets to the inet table.
+// Usable reads everything Read reads, probes the kernel features the
+// layout uses (nlnft.Client.Probe: an error names the one missing), and
+// checks what the backend needs besides nf_tables: br_netfilter, which
+// hands bridged packets to the inet table.
 func (b *Backend) Usable(ctx context.Context) error {
 	if _, err := b.kernel.Read(true); err != nil {
 		return fmt.Errorf("nf_tables: %w", err)
+	}
+	if p, ok := b.kernel.(interface{ Probe() error }); ok {
+		if err := p.Probe(); err != nil {
+			return err
+		}
 	}
 	for _, f := range []string{"/proc/sys/net/bridge/bridge-nf-call-iptables", "/proc/sys/net/bridge/bridge-nf-call-ip6tables"} {
 		if _, err := os.Stat(f); err != nil {

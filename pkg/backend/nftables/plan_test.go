@@ -216,3 +216,25 @@ func nicsOf(t *testing.T, ifaces []*ruleset.Interface) []*config.NIC {
 	}
 	return nics
 }
+
+// probingKernel is a fake kernel whose feature probe fails.
+type probingKernel struct {
+	fakeKernel
+	missing error
+}
+
+func (k *probingKernel) Probe() error { return k.missing }
+
+// TestUsableNamesMissingFeature: a kernel feature the probe finds missing
+// makes Usable fail with the probe's words, and status warn with them.
+func TestUsableNamesMissingFeature(t *testing.T) {
+	k := &probingKernel{fakeKernel: fakeKernel{obs: &nlnft.Observed{Tables: map[layout.Family]*nlnft.ObservedTable{}}},
+		missing: errors.New("the kernel lacks counters on set elements, which vmfw's nftables backend needs: operation not supported")}
+	b, err := New(Options{Kernel: k, Hooks: &fakeHooks{st: &HookState{}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Usable(context.Background()); err == nil || !strings.Contains(err.Error(), "counters on set elements") {
+		t.Errorf("Usable: %v, want the missing feature named", err)
+	}
+}

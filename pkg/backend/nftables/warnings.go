@@ -25,9 +25,15 @@ var brNetfilter = []string{"/proc/sys/net/bridge/bridge-nf-call-iptables", "/pro
 // iptables' FORWARD or OUTPUT (passed by vmfw's rule there, said so that
 // the operator knows the rule matters), a foreign nf_tables base chain
 // with a drop policy on a path VM traffic takes (vmfw cannot accept past
-// another table's chain), and br_netfilter off or absent.
+// another table's chain), br_netfilter off or absent, and a kernel
+// feature the layout needs missing (nlnft.Client.Probe).
 func (b *Backend) Warnings(ctx context.Context) ([]string, error) {
 	out := []string{}
+	if p, ok := b.kernel.(interface{ Probe() error }); ok {
+		if err := p.Probe(); err != nil {
+			out = append(out, err.Error())
+		}
+	}
 	hs, err := b.hooks.Read(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("reading iptables' FORWARD and OUTPUT chains: %w", err)
