@@ -81,6 +81,17 @@ fuzz:
 crashtest: deps build
 	$(GO) run ./cmd/vmfw-crashtest --vmfw $(CURDIR)/$(BIN)/vmfw $(CRASHFLAGS)
 
+# make proptest: the scoped path's property test (integration/property_test.go),
+# long: random ifup, ifdown, edits and applies from an empty kernel, STEPS
+# steps per backend (root; throwaway namespaces only; about 10 minutes for
+# 2000). The test logs its seed: SEED=N replays that run (STEPS=200 for
+# one of make test's).
+STEPS     ?= 2000
+SEED      ?=
+.PHONY: proptest
+proptest: build
+	VMFW_STEPS=$(STEPS) VMFW_SEED=$(SEED) VMFW_BIN=$(CURDIR)/$(BIN)/vmfw $(GO) test -count=1 -timeout 120m -run 'TestScopedPathMatchesApply' -v ./integration/
+
 # make limits: the resource-limit test with 10,000 interfaces in one group
 # (docs/limits.md; root; throwaway namespaces only; up to 40 minutes).
 .PHONY: limits

@@ -80,6 +80,7 @@ func TestAgentEnforcesEditsAndRepairsDrift(t *testing.T) {
 		h.write("groups/app.toml", appGroup)
 		h.write("vms/311.toml", vmFile("02:00:00:00:0b:11", "192.0.2.111", "2001:db8::111", "app"))
 		h.write("vms/312.toml", vmFile("02:00:00:00:0b:12", "192.0.2.112", "2001:db8::112"))
+		h.firstV4(310, "192.0.2.9")
 		a := h.vm("tap311i0", "02:00:00:00:0b:11", "192.0.2.111", "2001:db8::111")
 		b := h.vm("tap312i0", "02:00:00:00:0b:12", "192.0.2.112", "2001:db8::112")
 		h.serve(a, "192.0.2.111", 22, 2222)
@@ -176,6 +177,7 @@ func TestAgentEnforcesEditsAndRepairsDrift(t *testing.T) {
 func TestAgentBatchesConcurrentIfups(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, backend string) {
 		h := newHV(t, backend, "")
+		h.firstV4Gone(319, "192.0.2.9")
 		taps := h.twentyTaps(320, 0x0c)
 		ifupAll := func() []string { return h.concurrently("ifup", taps) }
 		agent := startAgent(t, h)
@@ -244,6 +246,7 @@ func TestAgentMetrics(t *testing.T) {
 	h.write("vms/341.toml", vmFile("02:00:00:00:0d:41", "192.0.2.171", "2001:db8::171", "app"))
 	h.vm("tap341i0", "02:00:00:00:0d:41", "192.0.2.171", "2001:db8::171")
 	h.exec("ip", "link", "set", "lo", "up")
+	h.firstV4(340, "192.0.2.9")
 	startAgent(t, h)
 	h.vmfw("ifup", "tap341i0")
 	// Two SYNs to a port group app does not open, sent by the hypervisor:
@@ -354,6 +357,7 @@ func TestAgentPrintsLoggedPackets(t *testing.T) {
 	h.write("vms/362.toml", vmFile("02:00:00:00:0e:62", "192.0.2.182", "2001:db8::182"))
 	h.vm("tap361i0", "02:00:00:00:0e:61", "192.0.2.181", "2001:db8::181")
 	b := h.vm("tap362i0", "02:00:00:00:0e:62", "192.0.2.182", "2001:db8::182")
+	h.firstV4(360, "192.0.2.9")
 	agent := startAgent(t, h, "--log-packets")
 	h.vmfw("ifup", "tap361i0")
 	h.vmfw("ifup", "tap362i0")
@@ -390,6 +394,7 @@ func TestIfupProgram(t *testing.T) {
 		a := h.vm("tap371i0", "02:00:00:00:0e:71", "192.0.2.171", "2001:db8::171")
 		b := h.vm("tap372i0", "02:00:00:00:0e:72", "192.0.2.172", "2001:db8::172")
 		h.serve(a, "192.0.2.171", 22, 2222)
+		h.firstV4(370, "192.0.2.9")
 		agent := startAgent(t, h)
 		// As conf/qemu/ wraps them: the settings in the environment, the
 		// tap name the only argument.
@@ -465,6 +470,7 @@ func TestIfupProgramInterrupted(t *testing.T) {
 	h := newHV(t, "nft", "")
 	h.write("vms/381.toml", vmFile("02:00:00:00:0e:81", "192.0.2.181", "2001:db8::181"))
 	h.exec("ip", "link", "add", "tap381i0", "type", "veth", "peer", "name", "p381")
+	h.firstV4(380, "192.0.2.9")
 	runDir := t.TempDir()
 	helper := startInNS(t, h.ns.Name, []string{testbin.HelperEnv + "=1", "VMFW_SILENT_AGENT_DIR=" + runDir},
 		os.Args[0], "-test.run=^TestHelperSilentAgent$", "-test.v")

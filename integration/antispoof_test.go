@@ -29,6 +29,7 @@ ips = ["192.0.2.31", "2001:db8::31"]
 		if err != nil {
 			t.Fatal(err)
 		}
+		h.firstV4(210, "192.0.2.9")
 		h.vmfw("ifup", "tap211i0")
 		h.serve(ext, "192.0.2.200", 22)
 

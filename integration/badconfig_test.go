@@ -17,6 +17,7 @@ func TestBadConfigChangesNothing(t *testing.T) {
 		h.write("groups/app.toml", appGroup)
 		h.write("vms/281.toml", vmFile("02:00:00:00:09:81", "192.0.2.91", "2001:db8::91", "app", "db"))
 		h.vm("tap281i0", "02:00:00:00:09:81", "192.0.2.91", "2001:db8::91")
+		h.firstV4(280, "192.0.2.9")
 		h.vmfw("ifup", "tap281i0")
 		good := h.snapshot()
 

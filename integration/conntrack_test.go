@@ -93,6 +93,7 @@ func TestRemovedPermissionCutsFlows(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		h.firstV4(510, "192.0.2.9")
 		for _, tap := range []string{"tap511i0", "tap512i0", "tap513i0", "tap514i0"} {
 			h.vmfw("ifup", tap)
 		}
@@ -155,6 +156,7 @@ func TestCutFlowStaysCutWhenTheServerMaySend(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		h.firstV4(520, "192.0.2.9")
 		h.vmfw("ifup", "tap521i0")
 		h.serve(b, "192.0.2.61", 80)
 		h.serve(b, "2001:db8::61", 80)

@@ -43,6 +43,7 @@ func TestDriftIsReportedAndRepaired(t *testing.T) {
 		h.write("vms/292.toml", vmFile("02:00:00:00:0a:92", "192.0.2.82", "2001:db8::82", "app"))
 		a := h.vm("tap291i0", "02:00:00:00:0a:91", "192.0.2.81", "2001:db8::81")
 		b := h.vm("tap292i0", "02:00:00:00:0a:92", "192.0.2.82", "2001:db8::82")
+		h.firstV4Gone(290, "192.0.2.9")
 		h.vmfw("ifup", "tap291i0")
 		h.vmfw("ifup", "tap292i0")
 		h.serve(a, "192.0.2.81", 22, 2222)

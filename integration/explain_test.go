@@ -102,6 +102,7 @@ func usageText(t *testing.T) string {
 func TestTraceCommand(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, backend string) {
 		h, _, _ := newExplainHV(t, backend)
+		h.firstV4(100, "192.0.2.9")
 		h.vmfw("ifup", "tap101i0")
 		h.vmfw("ifup", "tap102i0")
 		if h.untraced("--from", "102", "--to", "101", "--proto", "tcp", "--dport", "80") {
@@ -176,6 +177,7 @@ func TestLogCommand(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, backend string) {
 		h, vm1, vm2 := newExplainHV(t, backend)
 		h.write("vmfw.toml", "log_group = 7\nlog_limit = \"100/second\"\n")
+		h.firstV4(100, "192.0.2.9")
 		h.vmfw("ifup", "tap101i0")
 		h.vmfw("ifup", "tap102i0")
 		if h.nft() {
@@ -262,10 +264,17 @@ func TestLogCommand(t *testing.T) {
 // TestJSONReports checks apply -o json and check -o json by parsing them
 // through a first apply, an unchanged one, a group edit, a membership
 // change and an edit that cuts a running connection; an invalid
-// configuration still exits 2.
+// configuration still exits 2. The first apply is what vmfw does first
+// here, and it firewalls an IPv4-only VM too (VM 103), the shape whose
+// first start on a new host once failed.
 func TestJSONReports(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, backend string) {
 		h, vm1, vm2 := newExplainHV(t, backend)
+		h.write("vms/103.toml", "[net0]\nmac = \"02:00:00:00:01:03\"\nips = [\"192.0.2.103\"]\nbridge = \"vmbr0\"\n")
+		h.vm("tap103i0", "02:00:00:00:01:03", "192.0.2.103", "")
+		if err := h.vmfwFree(); err != nil {
+			t.Fatalf("before the first apply: %v", err)
+		}
 		type chains struct {
 			Created, Rewritten, Deleted []string
 			HooksAdded                  []string `json:"hooks_added"`
@@ -305,7 +314,8 @@ func TestJSONReports(t *testing.T) {
 		}
 		r = parse("apply", "-o", "json")
 		if !r.Changed || r.DryRun || !slices.Contains(r.Chains[v4].Created, tapChain) || !slices.Contains(r.Chains[v6].Created, "sg-web-in") ||
-			!slices.Contains(r.Chains[v4].HooksAdded, hook) || !slices.Contains(r.Sets.Created, set) {
+			!slices.Contains(r.Chains[v4].HooksAdded, hook) || !slices.Contains(r.Sets.Created, set) ||
+			!h.nft() && (!slices.Contains(r.Chains["ipv4"].Created, "tap103i0-in") || !slices.Contains(r.Chains["ipv6"].Created, "tap103i0-in")) {
 			t.Errorf("first apply: %+v", r)
 		}
 		if h.nft() && !slices.Contains(r.Chains["iptables"].HooksAdded, "ipv4 FORWARD -> vmfw accept") {

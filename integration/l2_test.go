@@ -24,6 +24,7 @@ func TestARPSpoofing(t *testing.T) {
 		target := h.vm("tap302i0", "02:00:00:00:0b:02", "192.0.2.132", "2001:db8::132")
 		spoofer := h.vm("tap303i0", "02:00:00:00:0b:03", "192.0.2.133", "2001:db8::133")
 		router := h.vm("tap304i0", "02:00:00:00:0b:04", "192.0.2.134", "2001:db8::134")
+		h.firstV4(300, "192.0.2.9")
 		for _, tap := range []string{"tap301i0", "tap302i0", "tap303i0", "tap304i0"} {
 			h.vmfw("ifup", tap)
 		}
@@ -68,6 +69,7 @@ func TestL2Protocols(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		h.firstV4(310, "192.0.2.9")
 		h.vmfw("ifup", "tap311i0")
 		send := func(etherType uint16) bool {
 			t.Helper()

@@ -22,16 +22,22 @@ proto = "tcp"
 dport = "22"
 `
 
+// vmFile is the file of a VM with one interface on vmbr0 with addresses
+// v4 and, unless empty, v6.
 func vmFile(mac, v4, v6 string, groups ...string) string {
 	quoted := make([]string, len(groups))
 	for i, g := range groups {
 		quoted[i] = `"` + g + `"`
 	}
+	ips := `"` + v4 + `"`
+	if v6 != "" {
+		ips += `, "` + v6 + `"`
+	}
 	return `
 [net0]
 bridge = "vmbr0"
 mac = "` + mac + `"
-ips = ["` + v4 + `", "` + v6 + `"]
+ips = [` + ips + `]
 groups = [` + strings.Join(quoted, ", ") + `]
 `
 }
@@ -50,6 +56,7 @@ func TestMembershipChangesOnlyIpsets(t *testing.T) {
 		c := h.vm("tap221i0", "02:00:00:00:04:21", "192.0.2.41", "2001:db8::41")
 		a := h.vm("tap222i0", "02:00:00:00:04:22", "192.0.2.42", "2001:db8::42")
 		x := h.vm("tap223i0", "02:00:00:00:04:23", "192.0.2.43", "2001:db8::43")
+		h.firstV4(220, "192.0.2.9")
 		for _, tap := range []string{"tap221i0", "tap222i0", "tap223i0"} {
 			h.vmfw("ifup", tap)
 		}
@@ -101,6 +108,7 @@ func TestGroupEditRewritesOnlyThatGroup(t *testing.T) {
 		h.write("vms/232.toml", vmFile("02:00:00:00:05:32", "192.0.2.52", "2001:db8::52", "app", "db"))
 		a := h.vm("tap231i0", "02:00:00:00:05:31", "192.0.2.51", "2001:db8::51")
 		b := h.vm("tap232i0", "02:00:00:00:05:32", "192.0.2.52", "2001:db8::52")
+		h.firstV4(230, "192.0.2.9")
 		h.vmfw("ifup", "tap231i0")
 		h.vmfw("ifup", "tap232i0")
 		h.serve(b, "192.0.2.52", 22, 2222)
@@ -159,6 +167,7 @@ func TestFailClosed(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		h.firstV4(240, "192.0.2.9")
 		h.vmfw("ifup", "tap241i0")
 		h.vmfw("ifup", "tap242i0")
 		if err := h.lab.AttachToBridge("tap249i0"); err != nil {

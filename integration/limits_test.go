@@ -101,6 +101,7 @@ func TestVMWithThousandAddresses(t *testing.T) {
 		big := h.vm("tap541i0", "02:00:00:00:05:41", lastV4, lastV6)
 		peer := h.vm("tap542i0", "02:00:00:00:05:42", "192.0.2.2", "2001:db8::2")
 		other := h.vm("tap543i0", "02:00:00:00:05:43", "192.0.2.3", "2001:db8::3")
+		h.firstV4(540, "192.0.2.4") // .10 and up are the big VM's
 		for _, tap := range []string{"tap541i0", "tap542i0", "tap543i0"} {
 			h.vmfw("ifup", tap)
 		}
@@ -213,6 +214,7 @@ func TestGroupWithTenThousandMembers(t *testing.T) {
 		srv := h.vm("tap551i0", "02:00:00:00:05:51", "192.0.2.51", "2001:db8::51")
 		member := h.vm("tap552i0", "02:00:00:00:05:52", "192.0.2.52", "2001:db8::52")
 		other := h.vm("tap553i0", "02:00:00:00:05:53", "192.0.2.53", "2001:db8::53")
+		h.firstV4(550, "192.0.2.9")
 		for _, tap := range []string{"tap551i0", "tap552i0", "tap553i0"} {
 			h.vmfw("ifup", tap)
 		}
@@ -264,6 +266,7 @@ func TestSixtyGroupsOnOneTap(t *testing.T) {
 		many := h.vm("tap561i0", "02:00:00:00:05:61", "192.0.2.61", "2001:db8::61")
 		last := h.vm("tap562i0", "02:00:00:00:05:62", "192.0.2.62", "2001:db8::62")
 		first := h.vm("tap563i0", "02:00:00:00:05:63", "192.0.2.63", "2001:db8::63")
+		h.firstV4(560, "192.0.2.9")
 		for _, tap := range []string{"tap561i0", "tap562i0", "tap563i0"} {
 			h.vmfw("ifup", tap)
 		}

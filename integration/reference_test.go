@@ -61,6 +61,7 @@ func refAllowed(family string) map[string]bool {
 func TestReferenceScenario(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, backend string) {
 		h := newHV(t, backend, "../conf/examples/reference")
+		h.firstV4(199, "192.0.2.9")
 		ns := map[string]*labnet.NS{}
 		addr := map[string][2]string{}
 		for _, v := range refVMs {

@@ -255,9 +255,11 @@ func onLink(addrs []string, gw string) bool {
 	return false
 }
 
-// ifupAll firewalls every VM's tap as QEMU would.
+// ifupAll firewalls every VM's tap as QEMU would, after an IPv4-only VM
+// as vmfw's first act in the lab.
 func (l *routedLab) ifupAll() {
 	l.t.Helper()
+	l.firstV4(300, "192.0.2.9")
 	for _, v := range l.specs {
 		l.vmfw("ifup", v.tap())
 	}

@@ -94,6 +94,7 @@ func newSemanticsLab(t *testing.T, backend string, forwardDrop bool) *semanticsL
 		t.Fatal(err)
 	}
 	l.ext = ext
+	h.firstV4(200, "192.0.2.9")
 	for _, tap := range []string{"tap201i0", "tap202i0", "tap203i0", "tap204i0"} {
 		h.vmfw("ifup", tap)
 	}

@@ -73,6 +73,9 @@ type diffLab struct {
 	h          *hv
 	vms        []*diffHost
 	extB, extR *diffHost
+	// first is the file of the IPv4-only VM the lab starts with, which
+	// every random configuration keeps.
+	first string
 }
 
 func TestTraceMatchesPackets(t *testing.T) {
@@ -163,6 +166,12 @@ func newDiffLab(t *testing.T, backend string, n int) *diffLab {
 		serveAll(t, host.ns)
 	}
 	serveAll(t, h.ns)
+	h.firstV4(200, "192.0.2.9")
+	first, err := os.ReadFile(filepath.Join(h.config, "vms", "200.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.first = string(first)
 	// A first configuration so that ifup finds the VM files.
 	d.writeConfig(rand.New(rand.NewSource(1)))
 	for _, vm := range d.vms {
@@ -216,6 +225,9 @@ func (d *diffLab) writeConfig(r *rand.Rand) {
 		if err := os.MkdirAll(filepath.Join(h.config, sub), 0o755); err != nil {
 			h.t.Fatal(err)
 		}
+	}
+	if d.first != "" {
+		h.write("vms/200.toml", d.first)
 	}
 	groups := []string{"g0", "g1", "g2", "g3"}
 	for _, g := range groups {

@@ -11,9 +11,10 @@
 // nothing is sent outside them. See docs/performance.md.
 //
 // The cluster part measures cluster mode's membership fan-out: simulated
-// hosts on a real etcd in a namespace (cluster.go).
+// hosts on a real etcd in a namespace (cluster.go); the sets part an
+// address set of 100,000 entries (sets.go).
 //
-//	vmfw-bench [--vmfw bin/vmfw] [--quick] [--runs N] [--backends nft,legacy,nftables] [--sizes 0,1000,5000] [--parts control,data,agent,cluster]
+//	vmfw-bench [--vmfw bin/vmfw] [--quick] [--runs N] [--backends nft,legacy,nftables] [--sizes 0,1000,5000] [--parts control,data,agent,worst,cluster,sets]
 //	           [--cluster-hosts 100] [--cluster-vms 50] [--cluster-joins 100]
 package main
 
@@ -52,8 +53,8 @@ type options struct {
 	// slow also runs what takes minutes: the full apply from empty above
 	// 1000 taps, the legacy baseline above 1000 taps.
 	slow bool
-	// control, data, agent, worst and cluster select the parts to run.
-	control, data, agent, worst, cluster bool
+	// control, data, agent, worst, cluster and sets select the parts to run.
+	control, data, agent, worst, cluster, sets bool
 	// clusterHosts, clusterVMs and clusterJoins size the cluster part.
 	clusterHosts, clusterVMs, clusterJoins int
 }
@@ -66,7 +67,7 @@ func main() {
 	flag.IntVar(&o.runs, "runs", 5, "runs per row; the table shows medians")
 	flag.StringVar(&backends, "backends", "nft,legacy,nftables", "backends to measure: the iptables backend's flavours nft and legacy, and nftables")
 	flag.StringVar(&sizes, "sizes", "0,1000,5000", "numbers of installed taps")
-	flag.StringVar(&parts, "parts", "control,data,cluster", "what to measure: control (with the baseline), data, agent (vmfw agent against no agent), worst (nftables: every tap its own group), cluster (membership fan-out on etcd)")
+	flag.StringVar(&parts, "parts", "control,data,cluster,sets", "what to measure: control (with the baseline), data, agent (vmfw agent against no agent), worst (nftables: every tap its own group), cluster (membership fan-out on etcd), sets (a 100,000-entry address set)")
 	flag.IntVar(&o.clusterHosts, "cluster-hosts", 100, "cluster part: simulated hosts")
 	flag.IntVar(&o.clusterVMs, "cluster-vms", 50, "cluster part: VMs per host")
 	flag.IntVar(&o.clusterJoins, "cluster-joins", 100, "cluster part: joins (and leaves) measured")
@@ -90,8 +91,10 @@ func main() {
 			o.worst = true
 		case "cluster":
 			o.cluster = true
+		case "sets":
+			o.sets = true
 		default:
-			fatalf("unknown part %q (want control, data, agent, worst or cluster)", p)
+			fatalf("unknown part %q (want control, data, agent, worst, cluster or sets)", p)
 		}
 	}
 	for _, s := range strings.Split(sizes, ",") {
@@ -168,6 +171,16 @@ func main() {
 			fatalf("cluster: %v", err)
 		}
 		cr.print(os.Stdout, time.Since(cstart))
+	}
+	if o.sets {
+		var sr setResults
+		sstart := time.Now()
+		err := setsPart(ctx, o, &sr)
+		sr.print(os.Stdout, time.Since(sstart))
+		if err != nil {
+			removeAll()
+			fatalf("sets: %v", err)
+		}
 	}
 }
 

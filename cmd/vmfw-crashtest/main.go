@@ -4,6 +4,9 @@
 // transaction changes), either the whole old ruleset or the whole new one, that the
 // ipsets are in a state the interrupted apply could have left (see
 // checkSets), and that the next apply converges to exactly the new state.
+// The first trial and every tenth after it kill the first apply on a host
+// vmfw never ran on (a fresh namespace with the same interfaces), whose old
+// state is an empty kernel.
 //
 // It is a benchmark-style harness, not a test: a trial takes about a
 // second and a useful run has hundreds. It runs as root, only inside

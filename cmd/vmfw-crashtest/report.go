@@ -10,10 +10,13 @@ import (
 
 // result is what one backend's run found.
 type result struct {
-	backend    string
-	taps       int
-	applyTime  time.Duration
-	trials     int
+	backend   string
+	taps      int
+	applyTime time.Duration
+	trials    int
+	// fresh counts the trials that killed the first apply on a kernel
+	// vmfw never touched.
+	fresh      int
 	outcomes   map[string]int
 	violations []string
 	converged  int
@@ -59,6 +62,7 @@ func (r *result) print(w io.Writer) {
 	for _, o := range other {
 		fmt.Fprintf(w, "  %-45s %6d\n", o, r.outcomes[o])
 	}
+	fmt.Fprintf(w, "  %-45s %6d\n", "of which from an empty kernel (first apply)", r.fresh)
 	fmt.Fprintf(w, "  %-45s %6d\n", "violations", len(r.violations))
 	fmt.Fprintf(w, "  %-45s %2d/%d\n", "next apply converged", r.converged, r.trials)
 	for _, v := range r.violations {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand"
@@ -107,7 +108,7 @@ func runBackend(ctx context.Context, o options) (*result, error) {
 
 	// The two states, and the proof that the canonical form does not
 	// depend on the way a state was reached.
-	_, snapA, err := h.applyTo(ctx, false)
+	tA, snapA, err := h.applyTo(ctx, false)
 	if err != nil {
 		return nil, err
 	}
@@ -157,10 +158,39 @@ func runBackend(ctx context.Context, o options) (*result, error) {
 	recent := &durations{}
 	recent.add(tAB)
 	recent.add(tBA)
+	// Applies from nothing, timed apart: they install everything.
+	recentFresh := &durations{}
+	recentFresh.add(tA)
 	cur := ba // the host is in state A: the next change is A→B
 	for i := range o.trials {
 		if ctx.Err() != nil {
 			return r, ctx.Err()
+		}
+		if i%freshEvery == 0 {
+			// A host's first apply is a path of its own (nothing to read,
+			// every table and set created), which a kernel vmfw has
+			// already written to never takes.
+			delay := time.Duration(rng.Float64() * 1.2 * float64(recentFresh.median()))
+			outcome, violation, full, err := freshTrial(ctx, o, snapA, delay)
+			if err != nil {
+				return r, fmt.Errorf("trial %d (from an empty kernel): %w", i+1, err)
+			}
+			if full > 0 {
+				recentFresh.add(full)
+				outcome = "apply finished before the kill"
+			}
+			r.trials++
+			r.fresh++
+			r.outcomes[outcome]++
+			r.delays = append(r.delays, delay)
+			// Each such trial has a lab of its own: nothing it left
+			// carries over to the next trial.
+			if violation != "" {
+				r.violations = append(r.violations, fmt.Sprintf("trial %d (∅→A, from an empty kernel, killed after %v): %s", i+1, delay.Round(time.Millisecond), violation))
+			} else {
+				r.converged++
+			}
+			continue
 		}
 		d := ab
 		if cur == ab {
@@ -212,6 +242,71 @@ func runBackend(ctx context.Context, o options) (*result, error) {
 		}
 	}
 	return r, nil
+}
+
+// freshEvery is how often a trial starts from a kernel vmfw never touched:
+// the first trial and every freshEvery-th after it.
+const freshEvery = 10
+
+// freshTrial kills the first apply of configuration A on a fresh lab (a
+// hypervisor namespace vmfw never ran in, with the scenario's interfaces)
+// after delay, judges the state it left against that empty kernel and
+// snapA, the state a clean apply of A left in the main lab, and checks
+// that the next apply converges to snapA. It returns what trial does.
+func freshTrial(ctx context.Context, o options, snapA *snapshot, delay time.Duration) (label, violation string, full time.Duration, err error) {
+	lab, err := labnet.New(labnet.Options{})
+	if err != nil {
+		return "", "", 0, err
+	}
+	defer lab.Close()
+	tmp, err := os.MkdirTemp("", "vmfw-crashtest-fresh")
+	if err != nil {
+		return "", "", 0, err
+	}
+	defer os.RemoveAll(tmp)
+	h := &harness{o: o, hv: lab.Hypervisor(), config: filepath.Join(tmp, "config"),
+		runDir: filepath.Join(tmp, "run"), stateDir: filepath.Join(tmp, "state")}
+	for _, d := range []string{h.config, h.runDir, h.stateDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return "", "", 0, err
+		}
+	}
+	if err := h.addInterfaces(ctx); err != nil {
+		return "", "", 0, err
+	}
+	empty, err := read(ctx, h.hv, o.backend)
+	if err != nil {
+		return "", "", 0, err
+	}
+	if err := h.configure(false); err != nil {
+		return "", "", 0, err
+	}
+	dry, err := h.vmfw(ctx, "apply", "--dry-run")
+	if err != nil {
+		return "", "", 0, err
+	}
+	d := &direction{name: "∅→A", to: false, from: empty, at: snapA, plan: parsePlan(dry)}
+	if d.stages, err = setStages(empty.sets, d.plan); err != nil {
+		return "", "", 0, err
+	}
+	if d.stages[len(d.stages)-1] != snapA.sets.String() {
+		return "", "", 0, errors.New("from an empty kernel, the dry run's ipset scripts do not lead to the applied sets")
+	}
+	label, violation, full, err = h.trial(ctx, d, delay)
+	if err != nil || violation != "" {
+		return label, violation, full, err
+	}
+	if _, err := h.vmfw(ctx, "apply"); err != nil {
+		return label, fmt.Sprintf("apply after the kill failed: %v", err), full, nil
+	}
+	after, err := read(ctx, h.hv, o.backend)
+	if err != nil {
+		return "", "", 0, err
+	}
+	if diff := compare(after, snapA); diff != "" {
+		return label, fmt.Sprintf("the apply after the kill (%s) left %s different from a clean apply:\n%s", label, diff, explain(after, snapA)), full, nil
+	}
+	return label, "", full, nil
 }
 
 // addInterfaces creates the scenario's interfaces with one ip -batch.

@@ -50,6 +50,26 @@ func TestCNIThroughAgent(t *testing.T) {
 			if err := os.WriteFile(filepath.Join(h.config, "vmfw.toml"), []byte("repair_interval = \"1h\"\n"), 0o644); err != nil {
 				t.Fatal(err)
 			}
+			list := h.conflist("1.1.0", backend, nil)
+			// Before the agent, which applies when it starts, an
+			// IPv4-only container comes and goes as the first thing vmfw
+			// does here: group web's http reaches it, ssh does not.
+			if err := h.free(backend); err != nil {
+				t.Fatalf("before the first ADD: %v", err)
+			}
+			first := h.newContainer("first", nil)
+			h.add(list, first)
+			h.applied(backend, "the first ADD")
+			h.serve(first, 80, 22)
+			for port, want := range map[int]labnet.Result{80: labnet.Connected, 22: labnet.Timeout} {
+				if got, err := labnet.TCPConnect(context.Background(), h.ns, hostPort(first.ip, port), probeTimeout); err != nil || got != want {
+					t.Errorf("the host to the first container's port %d: %v %v, want %v", port, got, err, want)
+				}
+			}
+			if err := h.del(list, first); err != nil {
+				t.Fatalf("DEL of the first container: %v", err)
+			}
+
 			agent := h.startAgent(backend)
 			handled := func(what string, n int) {
 				t.Helper()
@@ -57,7 +77,6 @@ func TestCNIThroughAgent(t *testing.T) {
 					t.Errorf("the agent's log shows %q %d times, want %d:\n%s", what, strings.Count(agent.Output(), what), n, agent.Output())
 				}
 			}
-			list := h.conflist("1.1.0", backend, nil)
 			web := h.newContainer("web", nil)
 			h.add(list, web)
 			db := h.newContainer("db", map[string]any{"vmfw": map[string]any{"groups": []string{"db"}}})

@@ -1,6 +1,7 @@
 package hooks
 
 import (
+	"context"
 	"slices"
 	"strings"
 	"testing"
@@ -50,10 +51,32 @@ func TestHooksThroughAgent(t *testing.T) {
 			for k, v := range libvirtConfig {
 				files[k] = v
 			}
+			files["vms/140.toml"] = "policy_in = \"reject\"\n\n[net0]\nmac = \"02:00:00:00:14:00\"\nips = [\"192.0.2.140\"]\n"
 			h := newHost(t, backend, files)
-			agent := h.startAgent()
 			hookscript := script(t, "proxmox/vmfw-hook.sh")
 			qemu := script(t, "libvirt/qemu")
+
+			// Before the agent, which applies when it starts, an
+			// IPv4-only VM comes and goes as the first thing vmfw does
+			// here: its tap forwards and filters (the hypervisor's
+			// connection is rejected, its ping answered).
+			if err := h.free(); err != nil {
+				t.Fatalf("before the first hook: %v", err)
+			}
+			first := h.vm("tap140i0", "02:00:00:00:14:00", "192.0.2.140/24")
+			h.serve(first, ":22")
+			h.hook(hookscript, nil, "140", "post-start")
+			h.applied("the first VM's post-start")
+			h.expect(h.lab.Hypervisor(), "192.0.2.140:22", labnet.Refused)
+			if r, err := labnet.Ping(context.Background(), first, "192.0.2.1", 5*time.Second); err != nil || r != labnet.Connected {
+				t.Errorf("the first VM pings the hypervisor: %v %v", r, err)
+			}
+			h.hook(hookscript, nil, "140", "post-stop")
+			if err := h.lab.Remove(first); err != nil {
+				t.Fatal(err)
+			}
+
+			agent := h.startAgent()
 			vm0 := h.vm("tap110i0", "02:00:00:00:11:00", "192.0.2.110/24")
 			web := h.vm("vnet0", "52:54:00:6b:3c:01", "192.0.2.200/24")
 			client := h.external("uplink0", "192.0.2.250/24")

@@ -58,9 +58,9 @@ func newHost(t *testing.T, backend string, files map[string]string) *host {
 
 // vm adds a guest whose hypervisor end is port, already on the bridge (as
 // Proxmox and libvirt leave it before their hooks run).
-func (h *host) vm(port, mac, addr string) *labnet.NS {
+func (h *host) vm(port, mac string, addrs ...string) *labnet.NS {
 	h.t.Helper()
-	ns, err := h.lab.AddVM(port, mac, addr)
+	ns, err := h.lab.AddVM(port, mac, addrs...)
 	if err != nil {
 		h.t.Fatalf("adding %s: %v", port, err)
 	}

@@ -142,6 +142,14 @@ func ARPRequestFrame(senderMAC net.HardwareAddr, senderIP, targetIP netip.Addr, 
 	return arp(1, senderMAC, Broadcast, senderMAC, senderIP, make(net.HardwareAddr, 6), targetIP, marker)
 }
 
+// ARPRequestFrameFrom is ARPRequestFrame sent from the Ethernet source
+// ethSrc while the ARP payload names senderMAC as the sender hardware
+// address: what a host that checks only a frame's source MAC lets through
+// and one that checks ARP too does not.
+func ARPRequestFrameFrom(ethSrc, senderMAC net.HardwareAddr, senderIP, targetIP netip.Addr, marker []byte) []byte {
+	return arp(1, ethSrc, Broadcast, senderMAC, senderIP, make(net.HardwareAddr, 6), targetIP, marker)
+}
+
 // ARPReplyFrame builds a unicast ARP reply "senderIP is at senderMAC" to
 // targetMAC/targetIP, with marker in the Ethernet padding.
 func ARPReplyFrame(senderMAC net.HardwareAddr, senderIP netip.Addr, targetMAC net.HardwareAddr, targetIP netip.Addr, marker []byte) []byte {

@@ -430,45 +430,93 @@ func (a *Agent) reload(changed []string, full bool) (prev *config.Model, ok bool
 
 // applyEdit enforces a newly loaded configuration. When only groups'
 // rules changed (the most common edit), it rewrites just their chains
-// (engine.SyncGroups); anything else, or anything that path cannot vouch
-// for, is a full apply.
+// (engine.SyncGroups), with the members of any address set edited at the
+// same time; when only address sets changed, it changes their members and
+// no chain (engine.SyncSets); anything else, or anything those paths
+// cannot vouch for, is a full apply.
 func (a *Agent) applyEdit(ctx context.Context, prev *config.Model, reason string) {
 	now, err := a.currentModel()
 	if err != nil {
 		return
 	}
-	if groups, ok := changedGroups(prev, now); ok {
-		if len(groups) == 0 {
-			a.Log.Debug("nothing to change", "reason", reason)
-			return
-		}
+	e, ok := changedGroups(prev, now)
+	switch {
+	case !ok:
+		a.sync(ctx, reason)
+	case len(e.groups) > 0:
 		start := time.Now()
-		ch, err := a.engine.SyncGroups(ctx, prev, groups)
-		a.record(ctx, time.Since(start), ch, err, "reason", reason, "groups", groups)
-		return
+		ch, err := a.engine.SyncGroups(ctx, prev, e.groups)
+		a.record(ctx, time.Since(start), ch, err, "reason", reason, "groups", e.groups, "sets", e.sets)
+	case len(e.sets) > 0:
+		// The same rules refer to the same sets: a set's edit changes
+		// its members only (README, "Address sets"), with nil for the
+		// interfaces installed now.
+		start := time.Now()
+		ch, err := a.engine.SyncSets(ctx, nil)
+		a.record(ctx, time.Since(start), ch, err, "reason", reason, "sets", e.sets)
+	default:
+		a.Log.Debug("nothing to change", "reason", reason)
 	}
-	a.sync(ctx, reason)
+}
+
+// edit is what changed between two configurations that changedGroups can
+// name: the groups whose rules changed and the address sets added,
+// removed or edited, each sorted.
+type edit struct {
+	groups, sets []string
 }
 
 // changedGroups compares two configurations. When they differ only in the
-// rules of existing groups it returns those groups and true; any other
-// difference (host options, VMs, groups added or removed) returns false.
-func changedGroups(prev, now *config.Model) ([]string, bool) {
+// rules of existing groups and in address sets it returns those and true;
+// any other difference (host options, VMs, groups added or removed)
+// returns false. A set whose entries and excepts are the same prefixes
+// (a comment or the order edited) has not changed: the kernel holds the
+// same members.
+func changedGroups(prev, now *config.Model) (edit, bool) {
+	var e edit
 	if prev == nil || !reflect.DeepEqual(prev.Host, now.Host) || !reflect.DeepEqual(prev.VMs, now.VMs) || len(prev.Groups) != len(now.Groups) {
-		return nil, false
+		return e, false
 	}
-	var changed []string
 	for name, g := range now.Groups {
 		old := prev.Groups[name]
 		if old == nil {
-			return nil, false
+			return e, false
 		}
 		if !reflect.DeepEqual(old, g) {
-			changed = append(changed, name)
+			e.groups = append(e.groups, name)
 		}
 	}
-	sort.Strings(changed)
-	return changed, true
+	sort.Strings(e.groups)
+	for name, s := range now.Sets {
+		if !sameMembers(prev.Sets[name], s) {
+			e.sets = append(e.sets, name)
+		}
+	}
+	for name := range prev.Sets {
+		if now.Sets[name] == nil {
+			e.sets = append(e.sets, name)
+		}
+	}
+	sort.Strings(e.sets)
+	return e, true
+}
+
+// sameMembers reports whether two versions of an address set list the
+// same prefixes as entries and as excepts, in the same order: an edit of
+// a comment or the description changes no member. The cache keeps an
+// unchanged file's set, so most are the same pointer. Sets reordered are
+// reported as changed, which costs a plan that finds nothing to write.
+func sameMembers(a, b *config.Set) bool {
+	if a == b {
+		return true
+	}
+	if a == nil || b == nil {
+		return false
+	}
+	same := func(x, y []config.SetEntry) bool {
+		return slices.EqualFunc(x, y, func(p, q config.SetEntry) bool { return p.Prefix == q.Prefix })
+	}
+	return same(a.Entries, b.Entries) && same(a.Except, b.Except)
 }
 
 // sync reconciles the kernel with the configuration, as vmfw apply does.

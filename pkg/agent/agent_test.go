@@ -15,6 +15,7 @@ import (
 
 	"github.com/vmfw/vmfw/pkg/agent/wire"
 	"github.com/vmfw/vmfw/pkg/backend"
+	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/config/configtest"
 	"github.com/vmfw/vmfw/pkg/engine"
 	"github.com/vmfw/vmfw/pkg/leaktest"
@@ -51,8 +52,9 @@ func startAgentOn(t *testing.T, be *backend.Fake, host testHost) *testAgent {
 	files := map[string]string{
 		// No test here waits for a drift check: what repairs, repairs
 		// for another reason.
-		"vmfw.toml":       "repair_interval = \"1h\"\n",
-		"groups/web.toml": "[[in]]\nproto = \"tcp\"\ndport = \"80\"\nsource_group = \"web\"\n",
+		"vmfw.toml":         "repair_interval = \"1h\"\n",
+		"groups/web.toml":   "[[in]]\nproto = \"tcp\"\ndport = \"80\"\nsource_group = \"web\"\n",
+		"sets/blocked.toml": "entries = [\"198.51.100.0/24\"]\n",
 	}
 	for id := 101; id <= 106; id++ {
 		files["vms/"+strconv.Itoa(id)+".toml"] = "[net0]\nips = [\"192.0.2." + strconv.Itoa(id) + "\"]\ngroups = [\"web\"]\n"
@@ -250,6 +252,77 @@ func TestAgentAppliesGroupEditsByHint(t *testing.T) {
 	waitFor(t, "the second edit applied", func() bool { return strings.Contains(be.Dump(), "group web in=1") })
 	if got := hints(); len(got) == 0 || !slices.Equal(got[len(got)-1].Groups, []string{"web"}) {
 		t.Errorf("hints of the edit: %+v, want one naming group web", got)
+	}
+}
+
+// TestAgentAppliesSetEditsAsMembers: an edit of an address set alone
+// reaches the backend as a members-only hint (no group, no interface),
+// and the set's new entries are what the backend holds; an edit that
+// changes only a set's description changes nothing.
+func TestAgentAppliesSetEditsAsMembers(t *testing.T) {
+	be := &backend.Fake{}
+	ta := startAgent(t, be)
+	configtest.Write(t, ta.config, map[string]string{"groups/web.toml": "[[in]]\nsource_set = \"blocked\"\naction = \"drop\"\n"})
+	if r := ta.call(t, wire.Request{Op: Ifup, Tap: "tap101i0"}); !r.OK {
+		t.Fatal(r.Error)
+	}
+	waitFor(t, "the set installed", func() bool { return strings.Contains(be.Dump(), "set blocked [198.51.100.0/24] []") })
+	be.Hints = be.Hints[:0:0]
+	applies := be.Applies
+	configtest.Write(t, ta.config, map[string]string{"sets/blocked.toml": "entries = [\"198.51.100.0/24\", \"2001:db8::/32\"]\nexcept = [\"198.51.100.128/25\"]\n"})
+	waitFor(t, "the set edit applied", func() bool {
+		return strings.Contains(be.Dump(), "set blocked [198.51.100.0/24 198.51.100.128/25 nomatch] [2001:db8::/32]")
+	})
+	if n := len(be.Hints); n == 0 || be.Hints[n-1] == nil || !be.Hints[n-1].Members || be.Hints[n-1].Groups != nil || be.Hints[n-1].Interfaces != nil {
+		t.Errorf("hints of the set edit: %+v, want a members-only one", be.Hints)
+	}
+	if be.Applies != applies+1 {
+		t.Errorf("the set edit took %d applies, want 1", be.Applies-applies)
+	}
+}
+
+// TestChangedGroupsSets: changedGroups names the sets an edit added,
+// removed or changed in entries or excepts, not one whose description
+// alone changed, and the groups beside them.
+func TestChangedGroupsSets(t *testing.T) {
+	load := func(dir string) *config.Model {
+		m, err := config.Load(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	base := map[string]string{
+		"groups/web.toml": "[[in]]\nsource_set = \"a\"\n",
+		"sets/a.toml":     "entries = [\"192.0.2.0/24\"]\n",
+		"sets/b.toml":     "entries = [\"198.51.100.0/24\"]\n",
+		"vms/101.toml":    "[net0]\ngroups = [\"web\"]\n",
+	}
+	for _, c := range []struct {
+		what         string
+		changes      map[string]string
+		groups, sets []string
+	}{
+		{"description only", map[string]string{"sets/a.toml": "description = \"x\"\nentries = [\"192.0.2.0/24\"]\n"}, nil, nil},
+		{"an except added", map[string]string{"sets/a.toml": "entries = [\"192.0.2.0/24\"]\nexcept = [\"192.0.2.0/25\"]\n"}, nil, []string{"a"}},
+		{"a set removed, one added", map[string]string{"sets/b.toml": "", "sets/c.toml": "entries = [\"203.0.113.0/24\"]\n"}, nil, []string{"b", "c"}},
+		{"a group and a set", map[string]string{"groups/web.toml": "[[in]]\nsource_set = \"b\"\n", "sets/b.toml": "entries = [\"198.51.100.0/25\"]\n"}, []string{"web"}, []string{"b"}},
+	} {
+		dir := configtest.Dir(t, base)
+		prev := load(dir)
+		for rel, content := range c.changes {
+			if content == "" {
+				if err := os.Remove(filepath.Join(dir, rel)); err != nil {
+					t.Fatal(err)
+				}
+				continue
+			}
+			configtest.Write(t, dir, map[string]string{rel: content})
+		}
+		e, ok := changedGroups(prev, load(dir))
+		if !ok || !slices.Equal(e.groups, c.groups) || !slices.Equal(e.sets, c.sets) {
+			t.Errorf("%s: %+v, %v; want groups %v, sets %v", c.what, e, ok, c.groups, c.sets)
+		}
 	}
 }
 

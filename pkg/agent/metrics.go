@@ -166,6 +166,27 @@ func WriteStatus(w io.Writer, st *engine.Status) error {
 		fmt.Fprintf(&b, "vmfw_tap_dropped_bytes_total{tap=%q,vm=%q,direction=\"in\"} %d\n", t.Tap, vmLabel(t), t.DroppedInBytes)
 		fmt.Fprintf(&b, "vmfw_tap_dropped_bytes_total{tap=%q,vm=%q,direction=\"out\"} %d\n", t.Tap, vmLabel(t), t.DroppedOutBytes)
 	}
+	if len(st.Sets) > 0 {
+		fmt.Fprintf(&b, "# HELP vmfw_set_entries The entries and excepts of each address set's configuration.\n# TYPE vmfw_set_entries gauge\n")
+		for _, s := range st.Sets {
+			fmt.Fprintf(&b, "vmfw_set_entries{set=%q,kind=\"entry\"} %d\n", s.Name, s.Entries)
+			fmt.Fprintf(&b, "vmfw_set_entries{set=%q,kind=\"except\"} %d\n", s.Name, s.Except)
+		}
+		fmt.Fprintf(&b, "# HELP vmfw_set_kernel_members The members of each address set's kernel sets, per family (absent while no rule uses the set).\n# TYPE vmfw_set_kernel_members gauge\n")
+		for _, s := range st.Sets {
+			for _, fam := range []string{"ipv4", "ipv6"} {
+				if n, ok := s.Kernel[fam]; ok {
+					fmt.Fprintf(&b, "vmfw_set_kernel_members{set=%q,family=%q} %d\n", s.Name, fam, n)
+				}
+			}
+		}
+		fmt.Fprintf(&b, "# HELP vmfw_set_in_sync Whether each address set in use is as configured (1) or drifted (0).\n# TYPE vmfw_set_in_sync gauge\n")
+		for _, s := range st.Sets {
+			if s.State != engine.StateUnused {
+				fmt.Fprintf(&b, "vmfw_set_in_sync{set=%q} %d\n", s.Name, map[bool]int{true: 1}[s.State == engine.StateInSync])
+			}
+		}
+	}
 	_, err := io.WriteString(w, b.String())
 	return err
 }

@@ -112,3 +112,33 @@ func TestScrapeBeforeAnyRead(t *testing.T) {
 		t.Errorf("scrape before any read:\n%s", body)
 	}
 }
+
+// TestWriteStatusSets: the address sets of a status are metrics, their
+// kernel members per family only where the kernel has the set, and the
+// result parses as Prometheus text.
+func TestWriteStatusSets(t *testing.T) {
+	st := &engine.Status{Base: engine.StateInSync, Sets: []engine.SetStatus{
+		{Name: "blocked", Entries: 3, Except: 1, State: engine.StateInSync, Kernel: map[string]int{"ipv4": 3, "ipv6": 1}},
+		{Name: "unused", Entries: 1, State: engine.StateUnused},
+	}}
+	var b strings.Builder
+	if err := WriteStatus(&b, st); err != nil {
+		t.Fatal(err)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := p.TextToMetricFamilies(strings.NewReader(b.String()))
+	if err != nil {
+		t.Fatalf("%v\n%s", err, b.String())
+	}
+	for _, want := range []string{`vmfw_set_entries{set="blocked",kind="except"} 1`, `vmfw_set_kernel_members{set="blocked",family="ipv6"} 1`, `vmfw_set_in_sync{set="blocked"} 1`} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("no %s in\n%s", want, b.String())
+		}
+	}
+	if strings.Contains(b.String(), `vmfw_set_kernel_members{set="unused"`) || strings.Contains(b.String(), `vmfw_set_in_sync{set="unused"`) {
+		t.Errorf("an unused set has kernel metrics:\n%s", b.String())
+	}
+	if families["vmfw_set_kernel_members"] == nil {
+		t.Error("vmfw_set_kernel_members did not parse")
+	}
+}

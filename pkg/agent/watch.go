@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"sort"
 	"sync"
 	"unsafe"
@@ -17,8 +18,8 @@ import (
 // write a temporary file and rename it over the old one), created and
 // deleted; and the directory itself swapped by rename or by a symlink
 // switched to another directory, which only its parent sees. Each batch
-// of events is one signal on Changed; take then says which group and VM
-// files the events named, so that the agent parses only those again
+// of events is one signal on Changed; take then says which set, group and
+// VM files the events named, so that the agent parses only those again
 // (config.Cache), or that something no file name describes happened (a
 // swapped or recreated directory, lost events), after which it parses
 // everything.
@@ -62,10 +63,19 @@ func newWatcher(dir string) (*watcher, error) {
 	return w, nil
 }
 
+// subdirs are the subdirectories of the configuration directory whose
+// files the configuration is made of, in the order paths lists them after
+// the parent and the directory.
+var subdirs = []string{"groups", "vms", "sets"}
+
 // paths are the directories watched: the configuration directory's
-// parent (for swaps), the directory and its two subdirectories.
+// parent (for swaps), the directory and its subdirectories (subdirs).
 func (w *watcher) paths() []string {
-	return []string{filepath.Dir(filepath.Clean(w.dir)), w.dir, filepath.Join(w.dir, "groups"), filepath.Join(w.dir, "vms")}
+	out := []string{filepath.Dir(filepath.Clean(w.dir)), w.dir}
+	for _, d := range subdirs {
+		out = append(out, filepath.Join(w.dir, d))
+	}
+	return out
 }
 
 // rewatch (re)adds a watch on every path that exists, following symlinks,
@@ -149,7 +159,7 @@ func (w *watcher) busy() bool {
 // note records a read of events and reports whether any can change the
 // configuration: events in the watched directories themselves, and in the
 // parent only those naming the configuration directory. Events that name
-// a file of groups/ or vms/ record it; anything else that matters (the
+// a file of sets/, groups/ or vms/ record it; anything else that matters (the
 // directory or a subdirectory created, removed or swapped, an event on an
 // unknown watch, lost events) records full. vmfw.toml needs neither: it
 // is read on every load.
@@ -158,7 +168,14 @@ func (w *watcher) note(buf []byte) bool {
 	defer w.mu.Unlock()
 	paths := w.paths()
 	parent := w.watches[paths[0]]
-	sub := map[int]string{w.watches[paths[2]]: "groups", w.watches[paths[3]]: "vms"}
+	sub := map[int]string{}
+	for i, d := range subdirs {
+		// A subdirectory that does not exist has no watch: its 0 must
+		// not stand for it.
+		if wd, ok := w.watches[paths[2+i]]; ok {
+			sub[wd] = d
+		}
+	}
 	top := w.watches[paths[1]]
 	base := filepath.Base(filepath.Clean(w.dir))
 	relevant := false
@@ -186,7 +203,7 @@ func (w *watcher) note(buf []byte) bool {
 			}
 		case wd == top:
 			relevant = true
-			if name == "" || name == "groups" || name == "vms" {
+			if name == "" || slices.Contains(subdirs, name) {
 				w.full = true
 			}
 		case isSub && name != "":

@@ -24,14 +24,14 @@ func event(wd int, mask uint32, name string) []byte {
 }
 
 // TestWatcherNotesFiles checks what the watcher makes of events: the
-// group and VM files they name, a full reload for anything a file name
+// set, group and VM files they name, a full reload for anything a file name
 // cannot describe, and whether a writer may not be done.
 func TestWatcherNotesFiles(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "vmfw")
 	newW := func() *watcher {
 		w := &watcher{dir: dir, watches: map[string]int{}, changed: map[string]bool{}, writing: map[string]bool{}}
 		for i, p := range w.paths() {
-			w.watches[p] = i + 1 // parent 1, dir 2, groups 3, vms 4
+			w.watches[p] = i + 1 // parent 1, dir 2, groups 3, vms 4, sets 5
 		}
 		return w
 	}
@@ -54,6 +54,8 @@ func TestWatcherNotesFiles(t *testing.T) {
 		{"written in place, still open", join(event(4, unix.IN_CREATE, "7.toml"), event(4, unix.IN_MODIFY, "7.toml")), true, []string{"vms/7.toml"}, false, true},
 		{"written in place and closed", join(event(4, unix.IN_MODIFY, "7.toml"), event(4, unix.IN_CLOSE_WRITE, "7.toml")), true, []string{"vms/7.toml"}, false, false},
 		{"deleted", event(3, unix.IN_DELETE, "db.toml"), true, []string{"groups/db.toml"}, false, false},
+		{"rename into sets/", event(5, unix.IN_MOVED_TO, "blocked.toml"), true, []string{"sets/blocked.toml"}, false, false},
+		{"sets/ created", event(2, unix.IN_CREATE|unix.IN_ISDIR, "sets"), true, nil, true, false},
 		{"vmfw.toml edited", event(2, unix.IN_CLOSE_WRITE, "vmfw.toml"), true, nil, false, false},
 		{"groups/ replaced", event(2, unix.IN_MOVED_TO, "groups"), true, nil, true, false},
 		{"the directory swapped", event(1, unix.IN_MOVED_TO, "vmfw"), true, nil, true, false},

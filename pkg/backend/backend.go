@@ -96,8 +96,10 @@ type Hint struct {
 	// Groups names the groups whose rules alone changed between Was and
 	// the wanted policy, which attach the same interfaces.
 	Groups []string
-	// Members says that only the members of groups changed (cluster
-	// membership): the same interfaces, settings and rules.
+	// Members says that only the members of sets changed: of groups
+	// (cluster membership) or of address sets (an edit of sets/ alone).
+	// The same interfaces, settings and rules, and the same sets
+	// referenced.
 	Members bool
 }
 
@@ -178,6 +180,20 @@ type Status struct {
 	BaseDrifted []Drift
 	// Interfaces holds the installed interfaces of the wanted policy.
 	Interfaces map[string]*InterfaceStatus
+	// Sets holds the address sets of the wanted policy (Policy.Sets),
+	// by name.
+	Sets map[string]*SetStatus
+}
+
+// SetStatus is what the kernel holds of one address set.
+type SetStatus struct {
+	// Members counts the members the kernel's set holds per family
+	// ("ipv4", "ipv6"); a family without a kernel set is absent. How
+	// entries become members is the backend's: one each for ipset's
+	// hash:net, the effective prefixes for nftables.
+	Members map[string]int
+	// Drifted lists what differs from the set's configuration.
+	Drifted []Drift
 }
 
 // InterfaceStatus is one installed interface's state.

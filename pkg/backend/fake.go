@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
@@ -124,7 +125,8 @@ func (p *fakePlan) WriteTo(w io.Writer) (int64, error) {
 
 // Plan compares want with what st saw: interfaces ("iface/NAME") and
 // groups ("group/NAME") created, rewritten or deleted, and the members
-// each group's set gains and loses.
+// each group's set ("GROUP-v4") and each address set ("set/NAME-v4")
+// gains and loses.
 func (f *Fake) Plan(_ context.Context, s State, want *ruleset.Policy, hint *Hint) (Plan, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -182,6 +184,23 @@ func (f *Fake) Status(_ context.Context, s State, want *ruleset.Policy) (*Status
 			is.Drifted = append(is.Drifted, Drift{Object: "iface/" + name, Problem: "drifted"})
 		}
 		st.Interfaces[name] = is
+	}
+	st.Sets = map[string]*SetStatus{}
+	held := members(have)
+	for name, s := range setMembers(want) {
+		ss := &SetStatus{Members: map[string]int{}}
+		for fam, list := range s {
+			got, ok := held["set/"+name+"-"+fam]
+			if !ok {
+				ss.Drifted = append(ss.Drifted, Drift{Object: "set/" + name + "-" + fam, Problem: "missing"})
+				continue
+			}
+			ss.Members[map[string]string{"v4": "ipv4", "v6": "ipv6"}[fam]] = len(got)
+			if !slices.Equal(got, list) {
+				ss.Drifted = append(ss.Drifted, Drift{Object: "set/" + name + "-" + fam, Problem: "drifted"})
+			}
+		}
+		st.Sets[name] = ss
 	}
 	return st, nil
 }
@@ -293,6 +312,10 @@ func (f *Fake) Dump() string {
 	for _, g := range slices.Sorted(maps.Keys(p.Members)) {
 		fmt.Fprintf(&b, "members %s %v %v\n", g, p.Members[g].Addrs[ruleset.IPv4], p.Members[g].Addrs[ruleset.IPv6])
 	}
+	sets := setMembers(p)
+	for _, name := range slices.Sorted(maps.Keys(sets)) {
+		fmt.Fprintf(&b, "set %s %v %v\n", name, sets[name]["v4"], sets[name]["v6"])
+	}
 	return b.String()
 }
 
@@ -315,11 +338,17 @@ func groups(p *ruleset.Policy) map[string]*ruleset.Group {
 	return p.Groups
 }
 
-// members maps each set (GROUP-v4, GROUP-v6) to its members.
+// members maps each set (GROUP-v4, GROUP-v6, and set/NAME-v4,
+// set/NAME-v6 for address sets) to its members.
 func members(p *ruleset.Policy) map[string][]string {
 	out := map[string][]string{}
 	if p == nil {
 		return out
+	}
+	for name, fams := range setMembers(p) {
+		for fam, list := range fams {
+			out["set/"+name+"-"+fam] = list
+		}
 	}
 	for g, m := range p.Members {
 		for _, fam := range ruleset.Families {
@@ -372,4 +401,31 @@ func diffMembers(s *SetChanges, have, want map[string][]string) {
 			s.Destroyed = append(s.Destroyed, name)
 		}
 	}
+}
+
+// setMembers maps each address set of p to its members per family ("v4",
+// "v6"): its entries' prefixes and, followed by " nomatch", its excepts',
+// in file order.
+func setMembers(p *ruleset.Policy) map[string]map[string][]string {
+	out := map[string]map[string][]string{}
+	if p == nil {
+		return out
+	}
+	for name, s := range p.Sets {
+		fams := map[string][]string{"v4": {}, "v6": {}}
+		for _, l := range []struct {
+			entries []config.SetEntry
+			flag    string
+		}{{s.Entries, ""}, {s.Except, " nomatch"}} {
+			for _, e := range l.entries {
+				fam := "v4"
+				if e.Prefix.Addr().Is6() {
+					fam = "v6"
+				}
+				fams[fam] = append(fams[fam], e.Prefix.String()+l.flag)
+			}
+		}
+		out[name] = fams
+	}
+	return out
 }

@@ -404,5 +404,34 @@ func status(ctx context.Context, newEngine func() (Engine, error), configDir str
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\n", t.Tap, vm, groups, pin, pout, routed, state, t.DroppedIn, t.DroppedOut)
 	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	return printSets(stdout, st.Sets)
+}
+
+// printSets prints the address sets of a status: entries, excepts and
+// the members of the kernel's sets per family.
+func printSets(w io.Writer, sets []engine.SetStatus) error {
+	if len(sets) == 0 {
+		return nil
+	}
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SET\tENTRIES\tEXCEPT\tKERNEL IPV4\tKERNEL IPV6\tSTATE")
+	for _, s := range sets {
+		v4, v6 := "-", "-"
+		if n, ok := s.Kernel["ipv4"]; ok {
+			v4 = fmt.Sprint(n)
+		}
+		if n, ok := s.Kernel["ipv6"]; ok {
+			v6 = fmt.Sprint(n)
+		}
+		state := s.State
+		if len(s.Drifted) > 0 {
+			state += ": " + strings.Join(s.Drifted, ", ")
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\n", s.Name, s.Entries, s.Except, v4, v6, state)
+	}
 	return tw.Flush()
 }

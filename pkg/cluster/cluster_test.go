@@ -24,12 +24,14 @@ import (
 )
 
 var sample = map[string]string{
-	"vmfw.toml":       "repair_interval = \"5s\"\n",
-	"groups/web.toml": "[[in]]\nproto = \"tcp\"\ndport = \"80\"\n",
-	"vms/101.toml":    "[net0]\nips = [\"192.0.2.101\"]\ngroups = [\"web\"]\n",
-	"vms/.101.toml~":  "editor junk",
-	"vms/.#101.toml":  "lock file",
-	"README":          "not configuration",
+	"vmfw.toml":          "repair_interval = \"5s\"\n",
+	"groups/web.toml":    "[[in]]\nproto = \"tcp\"\ndport = \"80\"\n\n[[in]]\nsource_set = \"office\"\n",
+	"sets/office.toml":   "entries = [\"198.51.100.0/24\"]\n",
+	"vms/101.toml":       "[net0]\nips = [\"192.0.2.101\"]\ngroups = [\"web\"]\n",
+	"vms/.101.toml~":     "editor junk",
+	"sets/.#office.toml": "lock file",
+	"vms/.#101.toml":     "lock file",
+	"README":             "not configuration",
 }
 
 // TestReadDirReadsWhatLoadReads: the files pushed are exactly those
@@ -43,14 +45,15 @@ func TestReadDirReadsWhatLoadReads(t *testing.T) {
 	for rel := range files {
 		got = append(got, rel)
 	}
-	if len(got) != 3 || files["vms/101.toml"] == nil || files["groups/web.toml"] == nil || files["vmfw.toml"] == nil {
+	if len(got) != 4 || files["vms/101.toml"] == nil || files["groups/web.toml"] == nil || files["vmfw.toml"] == nil || files["sets/office.toml"] == nil {
 		t.Fatalf("ReadDir: %v", got)
 	}
 }
 
 func TestValidRel(t *testing.T) {
 	for rel, ok := range map[string]bool{
-		"vmfw.toml": true, "groups/web.toml": true, "vms/101.toml": true,
+		"vmfw.toml": true, "groups/web.toml": true, "vms/101.toml": true, "sets/office.toml": true,
+		"sets/../x.toml": false, "sets/a/b.toml": false, "set/x.toml": false,
 		"../etc/passwd": false, "groups/../../x.toml": false, "vms/a/b.toml": false, "other/x.toml": false,
 		"groups/.x.toml": false, "groups/x.txt": false, "/abs.toml": false, "groups/": false,
 	} {
@@ -117,7 +120,7 @@ func TestCacheStoresRevisionsAtomically(t *testing.T) {
 		t.Fatal(err)
 	}
 	m, err := config.Load(c.ConfigDir())
-	if err != nil || len(m.VMs) != 1 || len(m.Groups) != 1 || m.Host.RepairInterval != 5*time.Second {
+	if err != nil || len(m.VMs) != 1 || len(m.Groups) != 1 || len(m.Sets) != 1 || m.Host.RepairInterval != 5*time.Second {
 		t.Fatalf("loading revision 5: %+v, %v", m, err)
 	}
 	delete(files, "vms/101.toml")

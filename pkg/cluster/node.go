@@ -152,8 +152,10 @@ func (n *Node) syncConfig(ctx context.Context) (int64, error) {
 	return rev, nil
 }
 
-// followConfig watches the configuration from revision rev+1 on; any
-// event reads it whole again.
+// followConfig watches the configuration's meta key from revision rev+1
+// on; any event reads the configuration whole again. Every push writes the
+// meta key last, in the transaction that makes its files current, so the
+// parts a large push writes before it start no read of their own.
 func (n *Node) followConfig(ctx context.Context, rev int64) {
 	for ctx.Err() == nil {
 		if rev == 0 {
@@ -164,7 +166,7 @@ func (n *Node) followConfig(ctx context.Context, rev int64) {
 			}
 		}
 		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-		for wr := range n.cli.Watch(wctx, n.keys.ConfigPrefix(), clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
+		for wr := range n.cli.Watch(wctx, n.keys.ConfigMeta(), clientv3.WithRev(rev+1)) {
 			if wr.Err() != nil || wr.Canceled {
 				break
 			}

@@ -25,7 +25,8 @@ import (
 // Keys names what vmfw keeps under a prefix:
 //
 //	PREFIX config/meta            the pushed configuration's summary (Meta)
-//	PREFIX config/files           its files (vmfw.toml, groups/*.toml, vms/*.toml), one archive
+//	PREFIX config/files           its files (vmfw.toml, sets/*.toml, groups/*.toml, vms/*.toml), one archive
+//	PREFIX config/parts/ID/N      or that archive in parts, when one value is too large for etcd
 //	PREFIX members/HOST/TAP       an attached interface (Member), under HOST's lease
 //	PREFIX hosts/HOST             HOST's liveness and revision (HostInfo), under its lease
 //	PREFIX known/HOST             every host that ever joined (HostInfo at join)
@@ -42,6 +43,16 @@ func (k Keys) ConfigMeta() string { return k.Prefix + "config/meta" }
 // encodeFiles): one key, so that a push of any number of files is two
 // puts in one transaction, within etcd's --max-txn-ops.
 func (k Keys) ConfigFiles() string { return k.Prefix + "config/files" }
+
+// ConfigParts is the prefix of the parts of an archive too large for one
+// value (see Push); the meta key names them.
+func (k Keys) ConfigParts() string { return k.Prefix + "config/parts/" }
+
+// configPart is part i of the archive of digest sum cut in parts of size
+// bytes: the name says both, so that the parts of two pushes never mix.
+func (k Keys) configPart(sum string, size, i int) string {
+	return fmt.Sprintf("%s%s-%d/%04d", k.ConfigParts(), sum[:16], size, i)
+}
 
 // Members is the prefix of every host's members.
 func (k Keys) Members() string { return k.Prefix + "members/" }
@@ -61,6 +72,14 @@ type Meta struct {
 	SHA256   string    `json:"sha256"`
 	PushedAt time.Time `json:"pushed_at"`
 	PushedBy string    `json:"pushed_by,omitempty"`
+	// Parts is the number of parts the archive was written in under
+	// ConfigParts, 0 when it is the one value of ConfigFiles.
+	Parts int `json:"parts,omitempty"`
+	// PartSize is the size of every part but the last.
+	PartSize int `json:"part_size,omitempty"`
+	// Archive is the SHA-256 of the whole archive, which the parts
+	// must make up.
+	Archive string `json:"archive,omitempty"`
 }
 
 // Member is one interface attached on a host: what every other host puts

@@ -102,7 +102,7 @@ var ifaceCases = []ifaceCase{
 
 	// Groups.
 	{name: "unknown group", groups: []string{"web", "nosuch"}, want: "unknown group, there is no groups/nosuch.toml"},
-	{name: "group name with a dash", groups: []string{"my-group"}, want: "not a group name"},
+	{name: "group name with a dot", groups: []string{"my.group"}, want: "not a group name"},
 	{name: "group name too long", groups: []string{"abcdefghijklmnopqrstu"}, want: "not a group name"},
 	{name: "group name starting with a digit", groups: []string{"1web"}, want: "not a group name"},
 	{name: "group listed twice", groups: []string{"web", "db", "web"}, want: "listed twice"},

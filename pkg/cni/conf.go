@@ -60,11 +60,41 @@ type Settings struct {
 	// Log logs packets dropped or rejected by policy (default false).
 	Log *bool `json:"log,omitempty"`
 	// Antispoof restricts the container's source MAC and addresses to
-	// those of prevResult (default true).
-	Antispoof *bool `json:"antispoof,omitempty"`
+	// those of prevResult (default true), or with "mac" its source MAC
+	// alone (config.ParseAntispoof).
+	Antispoof *Antispoof `json:"antispoof,omitempty"`
 	// DHCP allows DHCP and DHCPv6 client traffic (default false: CNI
 	// IPAM assigns addresses without it).
 	DHCP *bool `json:"dhcp,omitempty"`
+}
+
+// Antispoof is an antispoof setting as a CNI configuration writes it:
+// true, false or "mac", read as VM files read it (config.ParseAntispoof).
+type Antispoof struct {
+	// On is true for true and "mac"; MACOnly for "mac" alone.
+	On, MACOnly bool
+}
+
+// UnmarshalJSON reads true, false or "mac" (in any case).
+func (a *Antispoof) UnmarshalJSON(b []byte) error {
+	var v any
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	on, macOnly, ok := config.ParseAntispoof(v)
+	if !ok {
+		return fmt.Errorf(`antispoof %s: use true, false or "mac"`, b)
+	}
+	a.On, a.MACOnly = on, macOnly
+	return nil
+}
+
+// MarshalJSON writes the setting as it is read.
+func (a Antispoof) MarshalJSON() ([]byte, error) {
+	if a.MACOnly {
+		return []byte(`"mac"`), nil
+	}
+	return json.Marshal(a.On)
 }
 
 // merge overlays the fields set in o onto s, noting in from that source
@@ -171,12 +201,13 @@ func (m *merged) settings(label string, a *attachment) *config.IfaceSettings {
 	return &config.IfaceSettings{
 		Iface: a.host, Label: label,
 		PolicyIn: m.PolicyIn, PolicyOut: m.PolicyOut,
-		Log:       m.Log != nil && *m.Log,
-		MAC:       a.mac,
-		IPs:       a.ips,
-		Groups:    m.Groups,
-		Antispoof: m.Antispoof == nil || *m.Antispoof,
-		DHCP:      m.DHCP != nil && *m.DHCP,
+		Log:              m.Log != nil && *m.Log,
+		MAC:              a.mac,
+		IPs:              a.ips,
+		Groups:           m.Groups,
+		Antispoof:        m.Antispoof == nil || m.Antispoof.On,
+		AntispoofMACOnly: m.Antispoof != nil && m.Antispoof.MACOnly,
+		DHCP:             m.DHCP != nil && *m.DHCP,
 	}
 }
 
@@ -237,13 +268,14 @@ func label(network, containerID string) string {
 // spec turns validated settings into the record's form.
 func spec(nic *config.NIC) *state.Spec {
 	sp := &state.Spec{
-		Name:      nic.VM.Name,
-		Groups:    append([]string{}, nic.Groups...),
-		PolicyIn:  string(nic.VM.PolicyIn),
-		PolicyOut: string(nic.VM.PolicyOut),
-		Log:       nic.VM.Log,
-		Antispoof: nic.Antispoof,
-		DHCP:      nic.DHCP,
+		Name:             nic.VM.Name,
+		Groups:           append([]string{}, nic.Groups...),
+		PolicyIn:         string(nic.VM.PolicyIn),
+		PolicyOut:        string(nic.VM.PolicyOut),
+		Log:              nic.VM.Log,
+		Antispoof:        nic.Antispoof,
+		AntispoofMACOnly: nic.AntispoofMACOnly,
+		DHCP:             nic.DHCP,
 	}
 	if nic.MAC != nil {
 		sp.MAC = nic.MAC.String()

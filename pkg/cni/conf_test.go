@@ -55,12 +55,40 @@ func TestEffectivePrecedence(t *testing.T) {
 	}
 }
 
+// TestAntispoofMAC: antispoof takes "mac" (in any case) as VM files do,
+// from any source; the record keeps it, and a less specific source's
+// value is overridden.
+func TestAntispoofMAC(t *testing.T) {
+	for _, conf := range []string{
+		`{"name":"n","type":"vmfw","antispoof":"MAC"}`,
+		`{"name":"n","type":"vmfw","antispoof":false,"runtimeConfig":{"vmfw":{"antispoof":"mac"}}}`,
+	} {
+		c, err := parseConf([]byte(conf))
+		if err != nil {
+			t.Fatal(err)
+		}
+		nic, err := c.effective().validate("", &attachment{host: "veth1", mac: "02:00:00:00:00:01"}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := spec(nic)
+		if !got.Antispoof || !got.AntispoofMACOnly || got.AntispoofSetting() != `"mac"` {
+			t.Errorf("%s: record %+v, want MAC-only anti-spoofing", conf, *got)
+		}
+		if back := got.Settings("veth1"); !back.AntispoofMACOnly {
+			t.Errorf("%s: the record's settings lost \"mac\": %+v", conf, back)
+		}
+	}
+}
+
 func TestConfErrors(t *testing.T) {
 	for _, conf := range []string{
 		`{"name":"n","iptables":"ebtables"}`,
 		`{"name":"n","policyIn":"allow"}`,
 		`{"name":"n","args":{"cni":{"policyOut":"pass"}}}`,
 		`{"name":"n","groups":["web","web"]}`,
+		`{"name":"n","antispoof":"ip"}`,
+		`{"name":"n","antispoof":"mac"}`, // no MAC to check
 		`{"name":`,
 	} {
 		c, err := parseConf([]byte(conf))

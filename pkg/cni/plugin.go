@@ -365,9 +365,9 @@ func (p plugin) checkAttachment(ctx context.Context, args *skel.CmdArgs, c *NetC
 		return drift("attached with groups [%s], configured [%s]", strings.Join(got.Groups, " "), strings.Join(want.Groups, " "))
 	case got.PolicyIn != want.PolicyIn || got.PolicyOut != want.PolicyOut:
 		return drift("attached with policies in %s out %s, configured in %s out %s", got.PolicyIn, got.PolicyOut, want.PolicyIn, want.PolicyOut)
-	case got.Log != want.Log || got.Antispoof != want.Antispoof || got.DHCP != want.DHCP:
-		return drift("attached with log=%t antispoof=%t dhcp=%t, configured log=%t antispoof=%t dhcp=%t",
-			got.Log, got.Antispoof, got.DHCP, want.Log, want.Antispoof, want.DHCP)
+	case got.Log != want.Log || got.Antispoof != want.Antispoof || got.AntispoofMACOnly != want.AntispoofMACOnly || got.DHCP != want.DHCP:
+		return drift("attached with log=%t antispoof=%s dhcp=%t, configured log=%t antispoof=%s dhcp=%t",
+			got.Log, got.AntispoofSetting(), got.DHCP, want.Log, want.AntispoofSetting(), want.DHCP)
 	case got.MAC != want.MAC || !slices.Equal(got.IPs, want.IPs):
 		return drift("attached for mac %s addresses [%s], prevResult has mac %s addresses [%s]",
 			got.MAC, strings.Join(got.IPs, " "), want.MAC, strings.Join(want.IPs, " "))

@@ -10,17 +10,19 @@ import (
 // last load parsed, file by file, and a load through it parses again only
 // the files it is told changed (the agent learns them from inotify), the
 // files it has not parsed before, and every symlinked file (a link's
-// target can change without an event in the directory). Every other group
-// and VM file is taken from the previous load, so a group edit at
-// thousands of VMs parses one file instead of thousands. vmfw.toml is
+// target can change without an event in the directory). Every other set,
+// group and VM file is taken from the previous load, so a group edit at
+// thousands of VMs parses one file instead of thousands, and an edit
+// elsewhere does not parse a set of 100,000 networks again. vmfw.toml is
 // read every time, and the directory listings too, so files added or
 // removed are seen whatever the caller says.
 //
 // The result is exactly what Load returns for the same files: the same
-// Model (sharing the unchanged groups and VMs with the previous one, which
+// Model (sharing the unchanged sets, groups and VMs with the previous one, which
 // nothing modifies) or the same first error. What a file's validation
-// depends on beyond its own text — the set of group names, for group
-// references — is compared, and when it differs every file is parsed.
+// depends on beyond its own text — the group and set names, for
+// references — is compared, and when it differs every file that refers to
+// such names is parsed.
 //
 // A Cache is safe for use by one goroutine at a time.
 type Cache struct {
@@ -28,10 +30,19 @@ type Cache struct {
 	// dir is the directory the entries were loaded from; a load of another
 	// directory starts afresh.
 	dir string
-	// known is the set of group names the entries were validated against.
-	known  map[string]bool
-	groups map[string]cachedGroup // by path relative to dir
-	vms    map[string]loadedVM    // by path relative to dir
+	// known and knownSets are the group and set names the entries were
+	// validated against.
+	known, knownSets map[string]bool
+	groups           map[string]cachedGroup // by path relative to dir
+	vms              map[string]loadedVM    // by path relative to dir
+	sets             map[string]cachedSet   // by path relative to dir
+}
+
+// cachedSet is one set file's outcome. Sets are the files worth caching
+// most: one can list 100,000 networks.
+type cachedSet struct {
+	set *Set
+	err *Error
 }
 
 // cachedGroup is one group file's outcome.
@@ -42,8 +53,8 @@ type cachedGroup struct {
 
 // Load loads dir as Load does. changed lists the files that may have
 // changed since the previous load through c, as paths relative to dir
-// ("groups/web.toml", "vms/110.toml"); names of files that do not exist,
-// or are not configuration, are harmless.
+// ("groups/web.toml", "vms/110.toml", "sets/blocked.toml"); names of
+// files that do not exist, or are not configuration, are harmless.
 func (c *Cache) Load(dir string, changed []string) (*Model, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -54,6 +65,7 @@ func (c *Cache) Load(dir string, changed []string) (*Model, error) {
 	for _, rel := range changed {
 		delete(c.groups, rel)
 		delete(c.vms, rel)
+		delete(c.sets, rel)
 	}
 	l := &loader{read: readFile, cache: c}
 	m, err := l.load(dir)
@@ -71,18 +83,22 @@ func (c *Cache) Reset() {
 }
 
 func (c *Cache) reset() {
-	c.dir, c.known, c.groups, c.vms = "", nil, nil, nil
+	c.dir, c.known, c.knownSets, c.groups, c.vms, c.sets = "", nil, nil, nil, nil, nil
 }
 
-// begin starts a load that found the group names known: entries validated
-// against another set are dropped. It returns the maps the load fills,
-// which replace the cache's when the load ends, so that files a failed
-// load did not reach are parsed next time.
-func (c *Cache) begin(known map[string]bool) (groups map[string]cachedGroup, vms map[string]loadedVM) {
+// begin starts a load that found the group names known and the set names
+// knownSets: entries validated against other names are dropped (groups
+// refer to groups and sets, VMs to groups). It returns the maps the load
+// fills, which replace the cache's when the load ends, so that files a
+// failed load did not reach are parsed next time.
+func (c *Cache) begin(known, knownSets map[string]bool) (groups map[string]cachedGroup, vms map[string]loadedVM) {
 	if !maps.Equal(c.known, known) {
 		c.groups, c.vms = nil, nil
 	}
-	c.known = known
+	if !maps.Equal(c.knownSets, knownSets) {
+		c.groups = nil
+	}
+	c.known, c.knownSets = known, knownSets
 	return map[string]cachedGroup{}, map[string]loadedVM{}
 }
 
@@ -94,6 +110,16 @@ func (c *Cache) group(e entry) (cachedGroup, bool) {
 	g, ok := c.groups[e.rel]
 	g.err = copyError(g.err)
 	return g, ok
+}
+
+// set returns the cached outcome of set file e, if it can be reused.
+func (c *Cache) set(e entry) (cachedSet, bool) {
+	if e.mode&fs.ModeSymlink != 0 {
+		return cachedSet{}, false
+	}
+	s, ok := c.sets[e.rel]
+	s.err = copyError(s.err)
+	return s, ok
 }
 
 // vm returns the cached outcome of VM file e, if it can be reused.

@@ -11,8 +11,9 @@ import (
 )
 
 // TestCacheMatchesLoad edits a configuration directory at random —
-// valid and invalid group and VM files, files added, removed and replaced
-// by symlinks, group names appearing and disappearing, addresses claimed
+// valid and invalid set, group and VM files, files added, removed and
+// replaced by symlinks, group and set names appearing and disappearing
+// (groups refer to both), addresses claimed
 // twice — and after every edit compares a load through a Cache, told only
 // the files the edit touched, with a full Load: the models and the errors
 // must be the same.
@@ -27,16 +28,30 @@ func TestCacheMatchesLoad(t *testing.T) {
 		}
 		return 3
 	}
+	setNames := []string{"bl", "office"}
+	setText := func() string {
+		if bad() == 0 {
+			return "except = [\"192.0.2.0/24\"]\n" // invalid
+		}
+		return fmt.Sprintf("entries = [\"198.51.100.0/24\", \"2001:db8::%x\"]\n", rng.Intn(1000))
+	}
 	groupText := func() string {
 		switch bad() {
 		case 0:
 			return "[[in]]\nproto = \"tcp\"\ndport = \"not a port\"\n" // invalid
 		case 1:
+			if rng.Intn(2) == 0 {
+				return fmt.Sprintf("[[out]]\ndest_set = %q\n", setNames[rng.Intn(len(setNames))]) // names a set that may be missing
+			}
 			return fmt.Sprintf("[[in]]\nsource_group = %q\n", groupNames[rng.Intn(len(groupNames))]) // names a group that may be missing
 		case 2:
 			return "[[in]\n" // syntax error
 		default:
-			return fmt.Sprintf("[[in]]\nproto = \"tcp\"\ndport = \"%d\"\n\n[[out]]\nproto = \"udp\"\ndport = \"53\"\n", 1+rng.Intn(65535))
+			text := fmt.Sprintf("[[in]]\nproto = \"tcp\"\ndport = \"%d\"\n\n[[out]]\nproto = \"udp\"\ndport = \"53\"\n", 1+rng.Intn(65535))
+			if rng.Intn(2) == 0 {
+				text += fmt.Sprintf("\n[[in]]\nsource_set = %q\n", setNames[rng.Intn(len(setNames))]) // a set that may be removed
+			}
+			return text
 		}
 	}
 	vmText := func(id int) string {
@@ -50,7 +65,7 @@ func TestCacheMatchesLoad(t *testing.T) {
 		return fmt.Sprintf("policy_in = %q\n\n[net0]\nips = [\"198.51.100.%d\", \"2001:db8::%x\"]\ngroups = [%q]\n",
 			[]string{"drop", "accept", "reject"}[rng.Intn(3)], ip, ip, groupNames[rng.Intn(len(groupNames))])
 	}
-	files := map[string]string{"vmfw.toml": "", "groups/web.toml": "", "groups/ssh.toml": "", "groups/db.toml": "", "groups/mon.toml": ""}
+	files := map[string]string{"vmfw.toml": "", "groups/web.toml": "", "groups/ssh.toml": "", "groups/db.toml": "", "groups/mon.toml": "", "sets/bl.toml": "", "sets/office.toml": ""}
 	for id := 1; id <= 20; id++ {
 		files[fmt.Sprintf("vms/%d.toml", id)] = fmt.Sprintf("[net0]\nips = [\"198.51.100.%d\"]\ngroups = [\"web\"]\n", id)
 	}
@@ -95,7 +110,15 @@ func TestCacheMatchesLoad(t *testing.T) {
 		var changed []string
 		for range 1 + rng.Intn(3) {
 			var rel string
-			switch k := rng.Intn(10); {
+			switch k := rng.Intn(11); {
+			case k == 10:
+				s := setNames[rng.Intn(len(setNames))]
+				rel = "sets/" + s + ".toml"
+				if rng.Intn(4) == 0 {
+					os.Remove(filepath.Join(dir, rel))
+				} else {
+					write(rel, setText())
+				}
 			case k < 5:
 				id := 1 + rng.Intn(25)
 				rel = fmt.Sprintf("vms/%d.toml", id)
@@ -140,7 +163,12 @@ func TestCacheMatchesLoad(t *testing.T) {
 			changed = append(changed, rel)
 		}
 		if rng.Intn(3) == 0 {
-			// Repair: every file valid again, every group present.
+			// Repair: every file valid again, every group and set present.
+			for _, s := range setNames {
+				rel := "sets/" + s + ".toml"
+				write(rel, "entries = [\"203.0.113.0/24\"]\n")
+				changed = append(changed, rel)
+			}
 			for _, g := range groupNames {
 				rel := "groups/" + g + ".toml"
 				write(rel, "[[in]]\nproto = \"tcp\"\ndport = \"22\"\n")
@@ -190,5 +218,54 @@ func TestCacheParsesOnlyChangedFiles(t *testing.T) {
 	}
 	if got := m.Groups["web"].In[0].DPort[0].Lo; got != 81 {
 		t.Fatalf("named file not parsed again: port %d", got)
+	}
+}
+
+// TestCacheKeepsSets: a set file is parsed once and reused until it is
+// named as changed, whatever else changes; a set added, removed or
+// broken is seen as a full load sees it.
+func TestCacheKeepsSets(t *testing.T) {
+	dir := testDir(t, map[string]string{
+		"sets/bl.toml":    "entries = [\"192.0.2.0/24\"]\n",
+		"groups/web.toml": "[[in]]\n",
+	})
+	var c Cache
+	first, err := c.Load(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(rel, text string) {
+		if err := os.WriteFile(filepath.Join(dir, rel), []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("sets/bl.toml", "entries = [\"198.51.100.0/24\"]\n")
+	write("groups/web.toml", "[[out]]\n")
+	m, err := c.Load(dir, []string{"groups/web.toml"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Sets["bl"] != first.Sets["bl"] || len(m.Groups["web"].Out) != 1 {
+		t.Fatalf("the unnamed set was parsed again, or the named group was not")
+	}
+	m, err = c.Load(dir, []string{"sets/bl.toml"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := m.Sets["bl"].Entries[0].Prefix.String(); got != "198.51.100.0/24" {
+		t.Fatalf("named set not parsed again: %s", got)
+	}
+	write("sets/new.toml", "except = [\"192.0.2.1\"]\n")
+	_, err = c.Load(dir, []string{"sets/new.toml"})
+	_, want := Load(dir)
+	if err == nil || fmt.Sprint(err) != fmt.Sprint(want) {
+		t.Fatalf("a broken set: cached load %v, full load %v", err, want)
+	}
+	if err := os.Remove(filepath.Join(dir, "sets/new.toml")); err != nil {
+		t.Fatal(err)
+	}
+	m, err = c.Load(dir, []string{"sets/new.toml"})
+	if err != nil || len(m.Sets) != 1 {
+		t.Fatalf("after removing the broken set: %v, %d sets", err, len(m.Sets))
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 
 	toml "github.com/pelletier/go-toml/v2"
@@ -27,6 +28,28 @@ type schema struct {
 	// sub describes the keys allowed in the sub-table named table, "" if
 	// that table takes no keys.
 	sub func(table string) string
+	// maxSize bounds the file's size in bytes; 0 is maxFileSize. Only
+	// set files, which list networks by the thousand, have more room.
+	maxSize int
+	// sizeNote follows "file is larger than N MiB" in the error for a
+	// file over maxSize, "" for none.
+	sizeNote string
+	// ownWalk leaves the file's lines unscanned when it is opened: its
+	// loader walks the file once itself and fills them in.
+	ownWalk bool
+}
+
+// limit returns the most bytes a file of this kind may have.
+func (s *schema) limit() int {
+	if s.maxSize > 0 {
+		return s.maxSize
+	}
+	return maxFileSize
+}
+
+// tooLarge words the error for a file over limit.
+func (s *schema) tooLarge() string {
+	return "file is larger than " + strconv.Itoa(s.limit()>>20) + " MiB" + s.sizeNote
 }
 
 // errorf returns an error at line.

@@ -22,12 +22,14 @@ type ruleFile struct {
 	Dest        any     `toml:"dest"`
 	SourceGroup *string `toml:"source_group"`
 	DestGroup   *string `toml:"dest_group"`
+	SourceSet   *string `toml:"source_set"`
+	DestSet     *string `toml:"dest_set"`
 	SourceMAC   *string `toml:"source_mac"`
-	Log         bool    `toml:"log"`
+	Log         any     `toml:"log"`
 	Comment     string  `toml:"comment"`
 }
 
-const ruleKeys = "rule keys are action, proto, dport, sport, icmp_type, source, dest, source_group, dest_group, source_mac, log and comment"
+const ruleKeys = "rule keys are action, proto, dport, sport, icmp_type, source, dest, source_group, dest_group, source_set, dest_set, source_mac, log and comment"
 
 var groupSchema = &schema{
 	top: "group keys are description, in and out",
@@ -40,17 +42,15 @@ var groupSchema = &schema{
 }
 
 // loadGroup decodes and validates the group name. known holds every group
-// name, for source_group and dest_group.
-func loadGroup(f *file, name string, known map[string]bool) (*Group, *Error) {
+// name, for source_group and dest_group, and knownSets every set name, for
+// source_set and dest_set.
+func loadGroup(f *file, name string, known, knownSets map[string]bool) (*Group, *Error) {
 	var gf groupFile
 	if err := f.decode(&gf); err != nil {
 		return nil, err
 	}
-	if len(gf.Description) > maxDescription {
-		return nil, f.errorAt("description", "description is %d bytes, at most %d are allowed", len(gf.Description), maxDescription)
-	}
-	if !validDescription(gf.Description) {
-		return nil, f.errorAt("description", "description %q: control characters (tabs and newlines included) are not allowed", gf.Description)
+	if err := checkDescription(f, gf.Description); err != nil {
+		return nil, err
 	}
 	g := &Group{Name: name, File: f.path, Description: gf.Description}
 	for _, d := range []Direction{In, Out} {
@@ -60,7 +60,7 @@ func loadGroup(f *file, name string, known map[string]bool) (*Group, *Error) {
 		}
 		rules := make([]Rule, 0, len(rfs))
 		for i := range rfs {
-			r, err := loadRule(f, d, i, &rfs[i], known)
+			r, err := loadRule(f, d, i, &rfs[i], known, knownSets)
 			if err != nil {
 				return nil, err
 			}
@@ -75,11 +75,22 @@ func loadGroup(f *file, name string, known map[string]bool) (*Group, *Error) {
 	return g, nil
 }
 
+// checkDescription validates the description of a group or set file.
+func checkDescription(f *file, d string) *Error {
+	if len(d) > maxDescription {
+		return f.errorAt("description", "description is %d bytes, at most %d are allowed", len(d), maxDescription)
+	}
+	if !validDescription(d) {
+		return f.errorAt("description", "description %q: control characters (tabs and newlines included) are not allowed", d)
+	}
+	return nil
+}
+
 // loadRule validates rule i of direction d.
-func loadRule(f *file, d Direction, i int, rf *ruleFile, known map[string]bool) (Rule, *Error) {
+func loadRule(f *file, d Direction, i int, rf *ruleFile, known, knownSets map[string]bool) (Rule, *Error) {
 	base := index(string(d), i)
 	at := func(key string) string { return base + "." + key }
-	r := Rule{Line: f.lines.line(base), Action: Accept, Log: rf.Log}
+	r := Rule{Line: f.lines.line(base), Action: Accept}
 
 	// Keys that make no sense in this direction come first: they are a
 	// misunderstanding of the rule, not a typo in a value.
@@ -92,6 +103,13 @@ func loadRule(f *file, d Direction, i int, rf *ruleFile, known map[string]bool) 
 			return Rule{}, f.errorAt(at("action"), "action %q: must be accept, drop or reject", *rf.Action)
 		}
 		r.Action = a
+	}
+	if rf.Log != nil {
+		l, ok := ParseLogLevel(rf.Log)
+		if !ok {
+			return Rule{}, f.errorAt(at("log"), "log %s: %s", show(rf.Log), logLevelHelp)
+		}
+		r.Log, r.LogLevel = l != LogOff, l
 	}
 	if rf.Proto != nil {
 		p, ok := parseProto(rf.Proto)
@@ -133,6 +151,12 @@ func loadRule(f *file, d Direction, i int, rf *ruleFile, known map[string]bool) 
 	if r.DestGroup, err = groupRef(f, at("dest_group"), "dest_group", rf.DestGroup, known); err != nil {
 		return Rule{}, err
 	}
+	if r.SourceSet, err = setNameRef(f, at("source_set"), "source_set", rf.SourceSet, knownSets); err != nil {
+		return Rule{}, err
+	}
+	if r.DestSet, err = setNameRef(f, at("dest_set"), "dest_set", rf.DestSet, knownSets); err != nil {
+		return Rule{}, err
+	}
 	if rf.SourceMAC != nil {
 		mac, problem := parseMAC(*rf.SourceMAC)
 		if problem != "" {
@@ -159,16 +183,16 @@ func checkDirection(f *file, d Direction, rf *ruleFile, at func(string) string) 
 		present bool
 	}
 	if d == In {
-		for _, k := range []key{{"dest", rf.Dest != nil}, {"dest_group", rf.DestGroup != nil}} {
+		for _, k := range []key{{"dest", rf.Dest != nil}, {"dest_group", rf.DestGroup != nil}, {"dest_set", rf.DestSet != nil}} {
 			if k.present {
-				return f.errorAt(at(k.name), "%s is only allowed in [[out]] rules; [[in]] rules filter traffic to the VM, match its sender with source, source_group or source_mac", k.name)
+				return f.errorAt(at(k.name), "%s is only allowed in [[out]] rules; [[in]] rules filter traffic to the VM, match its sender with source, source_group, source_set or source_mac", k.name)
 			}
 		}
 		return nil
 	}
-	for _, k := range []key{{"source", rf.Source != nil}, {"source_group", rf.SourceGroup != nil}, {"source_mac", rf.SourceMAC != nil}} {
+	for _, k := range []key{{"source", rf.Source != nil}, {"source_group", rf.SourceGroup != nil}, {"source_set", rf.SourceSet != nil}, {"source_mac", rf.SourceMAC != nil}} {
 		if k.present {
-			return f.errorAt(at(k.name), "%s is only allowed in [[in]] rules; [[out]] rules filter traffic from the VM, match its destination with dest or dest_group", k.name)
+			return f.errorAt(at(k.name), "%s is only allowed in [[in]] rules; [[out]] rules filter traffic from the VM, match its destination with dest, dest_group or dest_set", k.name)
 		}
 	}
 	return nil
@@ -237,6 +261,19 @@ func groupRef(f *file, path, key string, name *string, known map[string]bool) (s
 	}
 	if p := groupProblem(*name, func(g string) bool { return known[g] }); p != "" {
 		return "", f.errorAt(path, "%s", fieldError(FieldGroups, -1, *name, p).Render(key))
+	}
+	return *name, nil
+}
+
+// setNameRef validates a reference to an address set.
+func setNameRef(f *file, path, key string, name *string, known map[string]bool) (string, *Error) {
+	switch {
+	case name == nil:
+		return "", nil
+	case !validGroupName(*name):
+		return "", f.errorAt(path, "%s %q: not a set name (%s)", key, *name, nameRule)
+	case !known[*name]:
+		return "", f.errorAt(path, "%s %q: unknown set, there is no sets/%s.toml", key, *name, *name)
 	}
 	return *name, nil
 }

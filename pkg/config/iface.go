@@ -38,7 +38,8 @@ type IfaceSettings struct {
 	// PolicyIn and PolicyOut decide what no rule matched: accept, drop or
 	// reject, in any case; "" means drop in and accept out.
 	PolicyIn, PolicyOut string
-	// Log logs packets dropped or rejected by policy.
+	// Log logs packets dropped or rejected by policy, in both
+	// directions at DefaultLogLevel.
 	Log bool
 	// MAC is the guest's MAC address, "" if unknown.
 	MAC string
@@ -51,6 +52,10 @@ type IfaceSettings struct {
 	Groups []string
 	// Antispoof restricts source MAC and IP to MAC and IPs.
 	Antispoof bool
+	// AntispoofMACOnly turns anti-spoofing on for the source MAC alone
+	// (antispoof = "mac"): MAC must be given, the addresses are not
+	// bound. ParseAntispoof reads both from a setting as written.
+	AntispoofMACOnly bool
 	// DHCP allows DHCP and DHCPv6 client traffic.
 	DHCP bool
 	// L2Protocols are ethertypes the guest may send besides IPv4, IPv6
@@ -71,6 +76,7 @@ const (
 	FieldIPs         Field = "ips"
 	FieldBridge      Field = "bridge"
 	FieldGroups      Field = "groups"
+	FieldAntispoof   Field = "antispoof"
 	FieldL2Protocols Field = "l2_protocols"
 )
 
@@ -114,7 +120,9 @@ func ValidateIface(s *IfaceSettings, defined func(group string) bool) (*NIC, *Fi
 	if err != nil {
 		return nil, err
 	}
-	vm.Log = s.Log
+	if s.Log {
+		vm.Log, vm.LogIn, vm.LogOut = true, DefaultLogLevel, DefaultLogLevel
+	}
 	return validateNIC(vm, s, defined)
 }
 
@@ -167,13 +175,18 @@ func validateNIC(vm *VM, s *IfaceSettings, defined func(string) bool) (*NIC, *Fi
 	if p := IfaceNameProblem(s.Iface); p != "" {
 		return nil, fieldError(FieldIface, -1, s.Iface, p)
 	}
-	nic := &NIC{VM: vm, Tap: s.Iface, Antispoof: s.Antispoof, DHCP: s.DHCP}
+	nic := &NIC{VM: vm, Tap: s.Iface, Antispoof: s.Antispoof || s.AntispoofMACOnly, AntispoofMACOnly: s.AntispoofMACOnly, DHCP: s.DHCP}
 	if s.MAC != "" {
 		mac, problem := parseMAC(s.MAC)
 		if problem != "" {
 			return nil, fieldError(FieldMAC, -1, s.MAC, problem)
 		}
 		nic.MAC = mac
+	}
+	if s.AntispoofMACOnly && nic.MAC == nil {
+		// Without a MAC there is nothing to check, and an operator who
+		// asked for MAC anti-spoofing must not get none.
+		return nil, fieldError(FieldAntispoof, -1, AntispoofMAC, "checks the source MAC, but the interface has no mac; give its mac, or set antispoof = false")
 	}
 	for i, v := range s.IPs {
 		a, problem := parseAddr(v)
@@ -224,11 +237,30 @@ func validateNIC(vm *VM, s *IfaceSettings, defined func(string) bool) (*NIC, *Fi
 	return nic, nil
 }
 
+// AntispoofMAC is the value of antispoof that limits anti-spoofing to the
+// MAC address.
+const AntispoofMAC = "mac"
+
+// ParseAntispoof reads an antispoof setting as written in TOML or JSON:
+// true (MAC and addresses), false (off) or "mac" in any case (the MAC
+// alone). ok is false for any other value.
+func ParseAntispoof(v any) (on, macOnly, ok bool) {
+	switch v := v.(type) {
+	case bool:
+		return v, false, true
+	case string:
+		if strings.EqualFold(v, AntispoofMAC) {
+			return true, true, true
+		}
+	}
+	return false, false, false
+}
+
 // groupProblem checks a reference to a group: its form and, unless
 // defined is nil, that it is defined.
 func groupProblem(name string, defined func(string) bool) string {
 	if !validGroupName(name) {
-		return "not a group name (a letter followed by up to 19 letters, digits or _)"
+		return "not a group name (" + nameRule + ")"
 	}
 	if defined != nil && !defined(name) {
 		return "unknown group, there is no groups/" + name + ".toml"

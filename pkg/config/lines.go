@@ -17,6 +17,11 @@ import (
 // third [[in]] header), "in[2].dport", "net0.ips[1]".
 type keyLines struct {
 	at map[string]int
+	// folded maps the lower-case form of each path written in another
+	// case to its line: decoding matches keys to fields in any case
+	// ([[In]] is an in rule), so a value it decoded must be found by its
+	// lower-case path too.
+	folded map[string]int
 	// top lists the top-level keys and table names in order of appearance;
 	// a VM file's [netN] tables are only known from it.
 	top []string
@@ -129,6 +134,14 @@ func (k *keyLines) set(path string, line int) {
 		return
 	}
 	k.at[path] = line
+	if lower := strings.ToLower(path); lower != path {
+		if k.folded == nil {
+			k.folded = make(map[string]int)
+		}
+		if _, ok := k.folded[lower]; !ok {
+			k.folded[lower] = line
+		}
+	}
 	if !strings.ContainsAny(path, ".[") {
 		k.top = append(k.top, path)
 	}
@@ -144,6 +157,9 @@ func (k *keyLines) offsetLine(r unstable.Range) int {
 func (k *keyLines) line(path string) int {
 	for path != "" {
 		if l, ok := k.at[path]; ok {
+			return l
+		}
+		if l, ok := k.folded[path]; ok {
 			return l
 		}
 		i := strings.LastIndexAny(path, ".[")

@@ -26,18 +26,20 @@ import (
 // ifup read gigabytes.
 const maxFileSize = 1 << 20
 
-// errTooLarge reports a file over maxFileSize.
-var errTooLarge = errors.New("file is larger than 1 MiB")
+// errTooLarge reports a file over the limit its kind of file has (see
+// schema.maxSize).
+var errTooLarge = errors.New("file is too large")
 
 // errNotRegular reports a file that turned out not to be a regular file
 // when it was opened.
 var errNotRegular = errors.New("not a regular file")
 
 // Load reads the configuration directory dir: dir/vmfw.toml (optional),
-// dir/groups/NAME.toml and dir/vms/VMID.toml (either directory may be
-// missing). It returns a complete, validated Model, or an *Error naming the
-// file and line of the first problem, files taken in the order vmfw.toml,
-// groups by name, VMs by id. It only reads files.
+// dir/sets/NAME.toml, dir/groups/NAME.toml and dir/vms/VMID.toml (any of
+// the directories may be missing). It returns a complete, validated Model,
+// or an *Error naming the file and line of the first problem, files taken
+// in the order vmfw.toml, sets by name, groups by name, VMs by id: each
+// kind before the kind that refers to it. It only reads files.
 func Load(dir string) (*Model, error) {
 	l := &loader{read: readFile}
 	m, err := l.load(dir)
@@ -52,9 +54,10 @@ type loader struct {
 	// dir is the directory as given; root is its absolute, symlink-free
 	// form, the boundary symlinks must resolve within.
 	dir, root string
-	// read reads one regular file; tests replace it to simulate I/O errors
-	// that permissions cannot produce when running as root.
-	read func(path string) ([]byte, error)
+	// read reads one regular file of at most limit bytes; tests replace
+	// it to simulate I/O errors that permissions cannot produce when
+	// running as root.
+	read func(path string, limit int) ([]byte, error)
 	// parser walks vmfw.toml and the group files; VM files, read
 	// concurrently, get one per worker.
 	parser unstable.Parser
@@ -67,6 +70,9 @@ type loader struct {
 	// cache, when set, supplies the files an earlier load parsed and
 	// keeps those this one parses (Cache).
 	cache *Cache
+	// listing, when set, is called with every directory the load lists,
+	// before it lists it (LoadIndexed records them).
+	listing func(path string)
 }
 
 // claim is the interface that uses an address, for "already claimed by".
@@ -80,12 +86,39 @@ func (l *loader) load(dir string) (*Model, *Error) {
 	if err := l.setRoot(dir); err != nil {
 		return nil, err
 	}
-	m := &Model{Dir: dir, Groups: map[string]*Group{}, VMs: map[int]*VM{}}
+	m := &Model{Dir: dir, Groups: map[string]*Group{}, VMs: map[int]*VM{}, Sets: map[string]*Set{}}
 	host, err := l.loadHost()
 	if err != nil {
 		return nil, err
 	}
 	m.Host = *host
+
+	setFiles, err := l.list("sets")
+	if err != nil {
+		return nil, err
+	}
+	var cachedSets map[string]cachedSet
+	if l.cache != nil {
+		// A set's validation depends on its file alone, so cached sets
+		// stay valid whatever else changed.
+		cachedSets = map[string]cachedSet{}
+		defer func() { l.cache.sets = cachedSets }()
+	}
+	knownSets := make(map[string]bool, len(setFiles))
+	for _, e := range setFiles {
+		if !validGroupName(e.stem) {
+			return nil, &Error{File: e.rel, Msg: fmt.Sprintf("invalid set name %q: the file name must be %s", e.stem, nameRule)}
+		}
+		s, err := l.loadSetFile(e)
+		if cachedSets != nil {
+			cachedSets[e.rel] = cachedSet{set: s, err: copyError(err)}
+		}
+		if err != nil {
+			return nil, err
+		}
+		m.Sets[s.Name] = s
+		knownSets[s.Name] = true
+	}
 
 	groupFiles, err := l.list("groups")
 	if err != nil {
@@ -100,7 +133,7 @@ func (l *loader) load(dir string) (*Model, *Error) {
 	var cachedGroups map[string]cachedGroup
 	var cachedVMs map[string]loadedVM
 	if l.cache != nil {
-		cachedGroups, cachedVMs = l.cache.begin(known)
+		cachedGroups, cachedVMs = l.cache.begin(known, knownSets)
 		// What this load parsed or reused replaces the cache, also when
 		// it stops at an error: files it did not reach are parsed next
 		// time.
@@ -108,9 +141,9 @@ func (l *loader) load(dir string) (*Model, *Error) {
 	}
 	for _, e := range groupFiles {
 		if !validGroupName(e.stem) {
-			return nil, &Error{File: e.rel, Msg: fmt.Sprintf("invalid group name %q: the file name must be a letter followed by up to 19 letters, digits or _", e.stem)}
+			return nil, &Error{File: e.rel, Msg: fmt.Sprintf("invalid group name %q: the file name must be %s", e.stem, nameRule)}
 		}
-		g, err := l.loadGroupFile(e, known)
+		g, err := l.loadGroupFile(e, known, knownSets)
 		if cachedGroups != nil {
 			cachedGroups[e.rel] = cachedGroup{group: g, err: copyError(err)}
 		}
@@ -184,7 +217,7 @@ func (l *loader) load(dir string) (*Model, *Error) {
 
 // loadGroupFile reads and validates group file e, or takes it from the
 // cache.
-func (l *loader) loadGroupFile(e entry, known map[string]bool) (*Group, *Error) {
+func (l *loader) loadGroupFile(e entry, known, knownSets map[string]bool) (*Group, *Error) {
 	if l.cache != nil {
 		if g, ok := l.cache.group(e); ok {
 			return g.group, g.err
@@ -194,7 +227,21 @@ func (l *loader) loadGroupFile(e entry, known map[string]bool) (*Group, *Error) 
 	if err != nil {
 		return nil, err
 	}
-	return loadGroup(f, e.stem, known)
+	return loadGroup(f, e.stem, known, knownSets)
+}
+
+// loadSetFile reads and validates set file e, or takes it from the cache.
+func (l *loader) loadSetFile(e entry) (*Set, *Error) {
+	if l.cache != nil {
+		if s, ok := l.cache.set(e); ok {
+			return s.set, s.err
+		}
+	}
+	f, err := l.open(&l.parser, e, setSchema)
+	if err != nil {
+		return nil, err
+	}
+	return loadSet(f, &l.parser, e.stem)
 }
 
 // setRoot checks that dir is a directory and resolves the boundary for
@@ -232,6 +279,9 @@ type entry struct {
 // backups and lock files (emacs' .#web.toml), not configuration.
 func (l *loader) list(sub string) ([]entry, *Error) {
 	path := filepath.Join(l.dir, sub)
+	if l.listing != nil {
+		l.listing(path)
+	}
 	fi, err := os.Lstat(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
@@ -306,8 +356,11 @@ func (l *loader) open(p *unstable.Parser, e entry, s *schema) (*file, *Error) {
 	if !mode.IsRegular() {
 		return nil, &Error{File: e.rel, Msg: "not a regular file"}
 	}
-	data, err := l.read(e.path)
-	if errors.Is(err, errTooLarge) || errors.Is(err, errNotRegular) {
+	data, err := l.read(e.path, s.limit())
+	if errors.Is(err, errTooLarge) {
+		return nil, &Error{File: e.rel, Msg: s.tooLarge()}
+	}
+	if errors.Is(err, errNotRegular) {
 		return nil, &Error{File: e.rel, Msg: err.Error()}
 	}
 	if err != nil {
@@ -319,13 +372,17 @@ func (l *loader) open(p *unstable.Parser, e entry, s *schema) (*file, *Error) {
 	if line, ok := invalidUTF8(data); ok {
 		return nil, &Error{File: e.rel, Line: line, Msg: "file is not valid UTF-8"}
 	}
-	return &file{rel: e.rel, path: e.path, data: data, lines: scanLines(p, data), schema: s}, nil
+	f := &file{rel: e.rel, path: e.path, data: data, schema: s}
+	if !s.ownWalk {
+		f.lines = scanLines(p, data)
+	}
+	return f, nil
 }
 
-// readFile reads a regular file of at most maxFileSize bytes. It uses the
+// readFile reads a regular file of at most limit bytes. It uses the
 // system calls directly: a Load reads thousands of small files, and an
 // os.File costs a poller registration and a finalizer each.
-func readFile(path string) ([]byte, error) {
+func readFile(path string, limit int) ([]byte, error) {
 	// The file may have been replaced since its type was checked: opening
 	// a FIFO blocks until a writer appears unless O_NONBLOCK is given, and
 	// what was opened is checked again below.
@@ -341,7 +398,7 @@ func readFile(path string) ([]byte, error) {
 	if st.Mode&syscall.S_IFMT != syscall.S_IFREG {
 		return nil, errNotRegular
 	}
-	if st.Size > maxFileSize {
+	if st.Size > int64(limit) {
 		return nil, errTooLarge
 	}
 	// One byte more than the size shows in one read that the file ended
@@ -349,7 +406,7 @@ func readFile(path string) ([]byte, error) {
 	data := make([]byte, 0, st.Size+1)
 	for {
 		if len(data) == cap(data) {
-			data = slices.Grow(data, min(cap(data), maxFileSize+1-len(data)))
+			data = slices.Grow(data, min(cap(data), limit+1-len(data)))
 		}
 		n, err := syscall.Read(fd, data[len(data):cap(data)])
 		if err == syscall.EINTR {
@@ -359,7 +416,7 @@ func readFile(path string) ([]byte, error) {
 			return nil, &fs.PathError{Op: "read", Path: path, Err: err}
 		}
 		data = data[:len(data)+n]
-		if len(data) > maxFileSize {
+		if len(data) > limit {
 			return nil, errTooLarge
 		}
 		if n == 0 || len(data) < cap(data) && int64(len(data)) >= st.Size {

@@ -37,7 +37,7 @@ func TestLoadDefaults(t *testing.T) {
 		t.Errorf("rules in %+v out %+v, want one accept-any rule each", g.In, g.Out)
 	}
 	vm := m.VMs[7]
-	if !vm.Enable || vm.PolicyIn != Drop || vm.PolicyOut != Accept || vm.Log || vm.Name != "" {
+	if !vm.Enable || vm.PolicyIn != Drop || vm.PolicyOut != Accept || vm.Log || vm.LogIn != LogOff || vm.LogOut != LogOff || vm.Name != "" {
 		t.Errorf("VM = %+v, want enabled, policy in drop, out accept, no log", vm)
 	}
 	n := vm.NICs[0]
@@ -148,7 +148,7 @@ groups = ["web", "admins"]
 	wantIn := []Rule{
 		{Line: 3, Action: Accept, Proto: "tcp", DPort: []PortRange{{80, 80}, {443, 443}, {8000, 8080}}, Comment: "http"},
 		{Line: 8, Action: Accept, Proto: "tcp", DPort: []PortRange{{22, 22}}, SPort: []PortRange{{1024, 65535}}, SourceGroup: "admins"},
-		{Line: 14, Action: Reject, Source: []netip.Prefix{netip.MustParsePrefix("192.0.2.55/32"), netip.MustParsePrefix("2001:db8::/64")}, Log: true},
+		{Line: 14, Action: Reject, Source: []netip.Prefix{netip.MustParsePrefix("192.0.2.55/32"), netip.MustParsePrefix("2001:db8::/64")}, Log: true, LogLevel: LogWarning},
 		{Line: 19, Action: Accept, SourceMAC: mac("1e:0b:85:27:8d:65")},
 		{Line: 22, Action: Accept, Proto: "icmp", ICMPType: "echo-request"},
 		{Line: 26, Action: Accept, Proto: "icmpv6", ICMPType: "neighbour-solicitation"},
@@ -170,7 +170,7 @@ groups = ["web", "admins"]
 	}
 
 	vm := m.VMs[110]
-	if vm.ID != 110 || vm.Name != "web01" || vm.Enable || vm.PolicyIn != Reject || vm.PolicyOut != Drop || !vm.Log {
+	if vm.ID != 110 || vm.Name != "web01" || vm.Enable || vm.PolicyIn != Reject || vm.PolicyOut != Drop || !vm.Log || vm.LogIn != LogWarning || vm.LogOut != LogWarning {
 		t.Errorf("VM = %+v", vm)
 	}
 	if len(vm.NICs) != 2 || vm.NICs[0].Index != 0 || vm.NICs[1].Index != 1 {
@@ -232,8 +232,8 @@ func TestLoadReference(t *testing.T) {
 			t.Errorf("VM %d interface = %+v, want %s %v %v on vmbr0 in %v", id, n, wantMAC, wantIPs, groups, groups)
 		}
 	}
-	if vm := m.VMs[110]; vm.PolicyIn != Drop || !vm.Log {
-		t.Errorf("VM 110 policy_in %q log %v, want drop and logging", vm.PolicyIn, vm.Log)
+	if vm := m.VMs[110]; vm.PolicyIn != Drop || !vm.Log || vm.LogIn != LogWarning || vm.LogOut != LogWarning {
+		t.Errorf("VM 110 policy_in %q log %v (%q, %q), want drop and logging at warning", vm.PolicyIn, vm.Log, vm.LogIn, vm.LogOut)
 	}
 	// ssh from members only means something if the groups have members.
 	if r := m.Groups["security1"].In[1]; r.SourceGroup != "security4" || r.DPort[0] != (PortRange{22, 22}) {

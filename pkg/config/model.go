@@ -61,6 +61,8 @@ type Model struct {
 	Groups map[string]*Group
 	// VMs maps a VM id to its definition.
 	VMs map[int]*VM
+	// Sets maps an address set's name to its definition (sets/NAME.toml).
+	Sets map[string]*Set
 	// RemoteMembers maps a group to the addresses of its members attached
 	// on other hosts (cluster mode). They fill the group's ipsets but get
 	// no chains here; Load leaves it nil.
@@ -142,10 +144,20 @@ type Rule struct {
 	Source, Dest []netip.Prefix
 	// SourceGroup and DestGroup name groups whose members match.
 	SourceGroup, DestGroup string
+	// SourceSet and DestSet name address sets (Model.Sets) whose
+	// addresses match; "" for none. Like SourceGroup and DestGroup,
+	// SourceSet is only in In rules and DestSet only in Out rules. A rule
+	// matches a packet that every key it has matches: Source (any one of
+	// its prefixes), SourceGroup, SourceSet and SourceMAC together, as
+	// Source and SourceGroup have always combined.
+	SourceSet, DestSet string
 	// SourceMAC matches the Ethernet source address.
 	SourceMAC net.HardwareAddr
-	// Log logs packets the rule matches, rate limited.
+	// Log logs packets the rule matches, rate limited: LogLevel != "".
 	Log bool
+	// LogLevel is the syslog level the rule logs at, LogOff for none
+	// (log = true is DefaultLogLevel).
+	LogLevel LogLevel
 	// Comment is shown in the generated rule; printable ASCII without quotes.
 	Comment string
 }
@@ -162,8 +174,13 @@ type VM struct {
 	Enable bool
 	// PolicyIn and PolicyOut decide packets no rule matched.
 	PolicyIn, PolicyOut Action
-	// Log logs packets dropped or rejected by policy, rate limited.
+	// Log logs packets dropped or rejected by policy, rate limited, in
+	// either direction: LogIn != "" || LogOut != "".
 	Log bool
+	// LogIn and LogOut are the syslog levels packets dropped or
+	// rejected by policy_in and policy_out are logged at, LogOff for
+	// none: log sets both, log_in and log_out one each.
+	LogIn, LogOut LogLevel
 	// NICs are the VM's interfaces, ordered by index.
 	NICs []*NIC
 }
@@ -186,8 +203,16 @@ type NIC struct {
 	Bridge string
 	// Groups are the security groups, evaluated in this order.
 	Groups []string
-	// Antispoof restricts source MAC and IP to MAC and IPs (default true).
+	// Antispoof says the interface has anti-spoofing (default true):
+	// source MAC and IP restricted to MAC and IPs, or with
+	// AntispoofMACOnly the MAC alone.
 	Antispoof bool
+	// AntispoofMACOnly limits anti-spoofing to the source MAC of frames
+	// and the sender hardware address of ARP; the interface's addresses
+	// are not bound (antispoof = "mac", Proxmox's macfilter without
+	// ipfilter). Antispoof is true whenever it is, so code that knows
+	// only Antispoof checks more than asked, never less.
+	AntispoofMACOnly bool
 	// DHCP allows DHCP/DHCPv6 client traffic (default true).
 	DHCP bool
 	// L2Protocols are the ethertypes besides IPv4, IPv6 and ARP the VM may

@@ -81,6 +81,30 @@ func TestLoadErrors(t *testing.T) {
 			phrase: "invalid group name \"1web\"",
 		},
 		{
+			name:   "group file name starting with a dash",
+			files:  map[string]string{"groups/-web.toml": web},
+			prefix: "groups/-web.toml: ",
+			phrase: "invalid group name \"-web\": the file name must be a letter followed by up to 19 letters, digits, _ or -",
+		},
+		{
+			name:   "group file name with a dot",
+			files:  map[string]string{"groups/web.v2.toml": web},
+			prefix: "groups/web.v2.toml: ",
+			phrase: "invalid group name \"web.v2\"",
+		},
+		{
+			name:   "group file name too long with dashes",
+			files:  map[string]string{"groups/a-b-c-d-e-f-g-h-i-j-k.toml": web},
+			prefix: "groups/a-b-c-d-e-f-g-h-i-j-k.toml: ",
+			phrase: "invalid group name",
+		},
+		{
+			name:   "groups names a group with a space",
+			files:  map[string]string{"vms/110.toml": vmWith("groups = [\"web 1\"]\n")},
+			prefix: "vms/110.toml:4: ",
+			phrase: "groups \"web 1\": not a group name",
+		},
+		{
 			name:   "group file name too long",
 			files:  map[string]string{"groups/abcdefghijklmnopqrstu.toml": web},
 			prefix: "groups/abcdefghijklmnopqrstu.toml: ",
@@ -391,6 +415,48 @@ func TestLoadErrors(t *testing.T) {
 			phrase: "source_mac is only allowed in [[in]] rules",
 		},
 		{
+			name:   "dest_set in an in rule",
+			files:  map[string]string{"sets/bl.toml": "", "groups/web.toml": "[[in]]\ndest_set = \"bl\"\n"},
+			prefix: "groups/web.toml:2: ",
+			phrase: "dest_set is only allowed in [[out]] rules; [[in]] rules filter traffic to the VM, match its sender with source, source_group, source_set or source_mac",
+		},
+		{
+			name:   "source_set in an out rule",
+			files:  map[string]string{"sets/bl.toml": "", "groups/web.toml": "[[out]]\nproto = \"tcp\"\nsource_set = \"bl\"\n"},
+			prefix: "groups/web.toml:3: ",
+			phrase: "source_set is only allowed in [[in]] rules; [[out]] rules filter traffic from the VM, match its destination with dest, dest_group or dest_set",
+		},
+		{
+			name:   "source_set unknown",
+			files:  map[string]string{"sets/bl.toml": "", "groups/web.toml": "[[in]]\n\nsource_set = \"blocked\"\n"},
+			prefix: "groups/web.toml:3: ",
+			phrase: "source_set \"blocked\": unknown set, there is no sets/blocked.toml",
+		},
+		{
+			name:   "dest_set names a group",
+			files:  map[string]string{"groups/web.toml": "[[out]]\ndest_set = \"web\"\n"},
+			prefix: "groups/web.toml:2: ",
+			phrase: "dest_set \"web\": unknown set, there is no sets/web.toml",
+		},
+		{
+			name:   "source_group names a set",
+			files:  map[string]string{"sets/bl.toml": "", "groups/web.toml": "[[in]]\nsource_group = \"bl\"\n"},
+			prefix: "groups/web.toml:2: ",
+			phrase: "source_group \"bl\": unknown group, there is no groups/bl.toml",
+		},
+		{
+			name:   "dest_set invalid name",
+			files:  map[string]string{"groups/web.toml": "[[out]]\ndest_set = \"../bl\"\n"},
+			prefix: "groups/web.toml:2: ",
+			phrase: "dest_set \"../bl\": not a set name (a letter followed by up to 19 letters, digits, _ or -)",
+		},
+		{
+			name:   "source_set wrong type",
+			files:  map[string]string{"groups/web.toml": "[[in]]\nsource_set = [\"bl\"]\n"},
+			prefix: "groups/web.toml:2: ",
+			phrase: "in.source_set: expected a string, got an array",
+		},
+		{
 			name:   "source_group unknown",
 			files:  map[string]string{"groups/web.toml": "[[in]]\nsource_group = \"admins\"\n"},
 			prefix: "groups/web.toml:2: ",
@@ -398,9 +464,9 @@ func TestLoadErrors(t *testing.T) {
 		},
 		{
 			name:   "dest_group invalid name",
-			files:  map[string]string{"groups/web.toml": "[[out]]\ndest_group = \"my-group\"\n"},
+			files:  map[string]string{"groups/web.toml": "[[out]]\ndest_group = \"my.group\"\n"},
 			prefix: "groups/web.toml:2: ",
-			phrase: "dest_group \"my-group\": not a group name",
+			phrase: "dest_group \"my.group\": not a group name (a letter followed by up to 19 letters, digits, _ or -)",
 		},
 		{
 			name:   "source_mac not a MAC",
@@ -428,9 +494,21 @@ func TestLoadErrors(t *testing.T) {
 		},
 		{
 			name:   "log wrong type",
-			files:  map[string]string{"groups/web.toml": "[[in]]\nlog = \"yes\"\n"},
+			files:  map[string]string{"groups/web.toml": "[[in]]\nlog = 4\n"},
 			prefix: "groups/web.toml:2: ",
-			phrase: "in.log: expected a boolean, got a string",
+			phrase: "log 4: use true (level warning), false (off) or a syslog level: emerg, alert, crit, err, warning, notice, info or debug",
+		},
+		{
+			name:   "log level unknown",
+			files:  map[string]string{"groups/web.toml": "[[out]]\naction = \"drop\"\nlog = \"warn\"\n"},
+			prefix: "groups/web.toml:3: ",
+			phrase: "log \"warn\": use true (level warning), false (off) or a syslog level: emerg, alert, crit, err, warning, notice, info or debug",
+		},
+		{
+			name:   "log nolog",
+			files:  map[string]string{"groups/web.toml": "[[in]]\nlog = \"nolog\"\n"},
+			prefix: "groups/web.toml:2: ",
+			phrase: "log \"nolog\": use true (level warning), false (off)",
 		},
 		{
 			name:   "comment with a quote",
@@ -451,10 +529,150 @@ func TestLoadErrors(t *testing.T) {
 			phrase: "comment is 129 bytes, at most 128",
 		},
 		{
+			name:   "rule key in another case",
+			files:  map[string]string{"groups/web.toml": "[[In]]\nPROTO = \"udp\"\n\nDport = \"x\"\n"},
+			prefix: "groups/web.toml:4: ",
+			phrase: "dport \"x\"",
+		},
+		{
 			name:   "rule in an inline table",
 			files:  map[string]string{"groups/web.toml": "in = [\n  {proto = \"tcp\"},\n  {proto = \"udp\", dport = \"x\"},\n]\n"},
 			prefix: "groups/web.toml:3: ",
 			phrase: "dport \"x\"",
+		},
+
+		// Sets.
+		{
+			name:   "set file name",
+			files:  map[string]string{"sets/block list.toml": ""},
+			prefix: "sets/block list.toml: ",
+			phrase: "invalid set name \"block list\": the file name must be a letter followed by up to 19 letters, digits, _ or -",
+		},
+		{
+			name:   "set file name too long",
+			files:  map[string]string{"sets/abcdefghijklmnopqrstu.toml": ""},
+			prefix: "sets/abcdefghijklmnopqrstu.toml: ",
+			phrase: "invalid set name",
+		},
+		{
+			name:   "set unknown key",
+			files:  map[string]string{"sets/bl.toml": "entries = []\nexcepts = []\n"},
+			prefix: "sets/bl.toml:2: ",
+			phrase: "unknown key \"excepts\"; set keys are description, entries and except",
+		},
+		{
+			name:   "set table",
+			files:  map[string]string{"sets/bl.toml": "entries = []\n[more]\n"},
+			prefix: "sets/bl.toml:2: ",
+			phrase: "unknown key \"more\"; set keys are",
+		},
+		{
+			name:   "set syntax error",
+			files:  map[string]string{"sets/bl.toml": "entries = [\n  \"10.0.0.1\"\n  \"10.0.0.2\",\n]\n"},
+			prefix: "sets/bl.toml:3: ",
+			phrase: "array",
+		},
+		{
+			name:   "set key twice",
+			files:  map[string]string{"sets/bl.toml": "entries = []\nentries = []\n"},
+			prefix: "sets/bl.toml:2: ",
+			phrase: "entries",
+		},
+		{
+			name:   "set entries not an array",
+			files:  map[string]string{"sets/bl.toml": "entries = \"10.0.0.1\"\n"},
+			prefix: "sets/bl.toml:1: ",
+			phrase: "entries: expected an array, got a string",
+		},
+		{
+			name:   "set entry not a string",
+			files:  map[string]string{"sets/bl.toml": "entries = [\n  \"10.0.0.1\",\n  167772162,\n]\n"},
+			prefix: "sets/bl.toml:3: ",
+			phrase: "entries: expected a string, got an integer",
+		},
+		{
+			name:   "set description",
+			files:  map[string]string{"sets/bl.toml": "entries = []\ndescription = \"a\\nb\"\n"},
+			prefix: "sets/bl.toml:2: ",
+			phrase: "description \"a\\nb\": control characters",
+		},
+		{
+			name:   "set description too long",
+			files:  map[string]string{"sets/bl.toml": "description = \"" + strings.Repeat("x", 1025) + "\"\n"},
+			prefix: "sets/bl.toml:1: ",
+			phrase: "description is 1025 bytes, at most 1024",
+		},
+		{
+			name:   "set entry not an address",
+			files:  map[string]string{"sets/bl.toml": "entries = [\n  \"10.0.0.1\",\n  \"10.0.0.256\",\n]\n"},
+			prefix: "sets/bl.toml:3: ",
+			phrase: "entries \"10.0.0.256\": not an IP address",
+		},
+		{
+			name:   "set entry with host bits",
+			files:  map[string]string{"sets/bl.toml": "entries = [\"2001:db8::1/64\"]\n"},
+			prefix: "sets/bl.toml:1: ",
+			phrase: "entries \"2001:db8::1/64\": host bits set; did you mean \"2001:db8::/64\"?",
+		},
+		{
+			name:   "set entry a range",
+			files:  map[string]string{"sets/bl.toml": "entries = [\"10.0.0.1-10.0.0.9\"]\n"},
+			prefix: "sets/bl.toml:1: ",
+			phrase: "not an IP address",
+		},
+		{
+			name:   "set except with host bits",
+			files:  map[string]string{"sets/bl.toml": "entries = [\"10.0.0.0/8\"]\nexcept = [\"10.1.0.1/16\"]\n"},
+			prefix: "sets/bl.toml:2: ",
+			phrase: "except \"10.1.0.1/16\": host bits set; did you mean \"10.1.0.0/16\"?",
+		},
+		{
+			name:   "set entry twice",
+			files:  map[string]string{"sets/bl.toml": "entries = [\n  \"192.0.2.1\",\n  \"10.0.0.0/8\",\n  \"192.0.2.1/32\",\n]\n"},
+			prefix: "sets/bl.toml:4: ",
+			phrase: "entries \"192.0.2.1/32\": listed twice (192.0.2.1/32 at line 2 is the same prefix)",
+		},
+		{
+			name:   "set except twice",
+			files:  map[string]string{"sets/bl.toml": "entries = [\"2001:db8::/32\"]\nexcept = [\n  \"2001:db8:1::/48\",\n  \"2001:DB8:1::/48\",\n]\n"},
+			prefix: "sets/bl.toml:4: ",
+			phrase: "except \"2001:DB8:1::/48\": listed twice (2001:db8:1::/48 at line 3 is the same prefix)",
+		},
+		{
+			name:   "set prefix as entry and except",
+			files:  map[string]string{"sets/bl.toml": "entries = [\"10.0.0.0/8\", \"10.1.0.0/16\"]\n\nexcept = [\"10.1.0.0/16\"]\n"},
+			prefix: "sets/bl.toml:3: ",
+			phrase: "except \"10.1.0.0/16\": also listed in entries (10.1.0.0/16 at line 1); a prefix is either an entry or an except",
+		},
+		{
+			name:   "set except inside no entry",
+			files:  map[string]string{"sets/bl.toml": "entries = [\"10.0.0.0/8\", \"2001:db8::/32\"]\nexcept = [\n  \"10.1.0.0/16\",\n  \"11.1.0.0/16\",\n]\n"},
+			prefix: "sets/bl.toml:4: ",
+			phrase: "except \"11.1.0.0/16\": lies inside no entry, so it would exclude nothing",
+		},
+		{
+			name:   "set except wider than its entry",
+			files:  map[string]string{"sets/bl.toml": "entries = [\"10.1.0.0/16\"]\nexcept = [\"10.0.0.0/8\"]\n"},
+			prefix: "sets/bl.toml:2: ",
+			phrase: "except \"10.0.0.0/8\": lies inside no entry",
+		},
+		{
+			name:   "set except inside an entry of the other family",
+			files:  map[string]string{"sets/bl.toml": "entries = [\"::/0\"]\nexcept = [\"10.0.0.0/8\"]\n"},
+			prefix: "sets/bl.toml:2: ",
+			phrase: "except \"10.0.0.0/8\": lies inside no entry",
+		},
+		{
+			name:   "set without entries but with an except",
+			files:  map[string]string{"sets/bl.toml": "except = [\"192.0.2.1\"]\n"},
+			prefix: "sets/bl.toml:1: ",
+			phrase: "except \"192.0.2.1\": lies inside no entry",
+		},
+		{
+			name:   "sets is not a directory",
+			files:  map[string]string{"sets": "x"},
+			prefix: "sets: ",
+			phrase: "not a directory",
 		},
 
 		// VMs.
@@ -498,7 +716,19 @@ func TestLoadErrors(t *testing.T) {
 			name:   "VM log wrong type",
 			files:  map[string]string{"vms/110.toml": "log = 1\n"},
 			prefix: "vms/110.toml:1: ",
-			phrase: "log: expected a boolean, got an integer",
+			phrase: "log 1: use true (level warning), false (off) or a syslog level",
+		},
+		{
+			name:   "VM log_in level",
+			files:  map[string]string{"vms/110.toml": "log = true\nlog_in = \"loud\"\n"},
+			prefix: "vms/110.toml:2: ",
+			phrase: "log_in \"loud\": use true (level warning), false (off) or a syslog level",
+		},
+		{
+			name:   "VM log_out type",
+			files:  map[string]string{"vms/110.toml": "name = \"a\"\n\nlog_out = [\"info\"]\n"},
+			prefix: "vms/110.toml:3: ",
+			phrase: "log_out [info]: use true (level warning), false (off) or a syslog level",
 		},
 		{
 			name:   "netN with a leading zero",
@@ -565,6 +795,24 @@ func TestLoadErrors(t *testing.T) {
 			files:  map[string]string{"vms/110.toml": vmWith("bridge = \"abcdefghijklmnop\"\n")},
 			prefix: "vms/110.toml:4: ",
 			phrase: "not an interface name",
+		},
+		{
+			name:   "antispoof value",
+			files:  map[string]string{"vms/110.toml": vmWith("mac = \"02:00:00:00:01:10\"\nantispoof = \"ip\"\n")},
+			prefix: "vms/110.toml:5: ",
+			phrase: "antispoof \"ip\": use true (MAC and addresses), false or \"mac\" (the MAC alone)",
+		},
+		{
+			name:   "antispoof type",
+			files:  map[string]string{"vms/110.toml": vmWith("antispoof = 1\n")},
+			prefix: "vms/110.toml:4: ",
+			phrase: "antispoof 1: use true (MAC and addresses), false or \"mac\"",
+		},
+		{
+			name:   "antispoof mac without a mac",
+			files:  map[string]string{"vms/110.toml": vmWith("ips = [\"192.0.2.1\"]\nantispoof = \"mac\"\n")},
+			prefix: "vms/110.toml:5: ",
+			phrase: "antispoof \"mac\": checks the source MAC, but the interface has no mac; give its mac, or set antispoof = false",
 		},
 		{
 			name:   "groups unknown",
@@ -657,7 +905,7 @@ func TestLoadUnreadable(t *testing.T) {
 	}
 	l := &loader{read: readFile}
 	if os.Geteuid() == 0 {
-		l.read = func(p string) ([]byte, error) {
+		l.read = func(p string, _ int) ([]byte, error) {
 			return nil, &fs.PathError{Op: "open", Path: p, Err: fs.ErrPermission}
 		}
 	}
@@ -676,10 +924,11 @@ func TestLoadMissingDir(t *testing.T) {
 }
 
 // TestLoadErrorOrder checks that the first error is reported in file order:
-// vmfw.toml, groups by name, VMs by numeric id.
+// vmfw.toml, sets by name, groups by name, VMs by numeric id.
 func TestLoadErrorOrder(t *testing.T) {
 	files := map[string]string{
 		"vmfw.toml":        "mark = \"0x3\"\n",
+		"sets/z.toml":      "bad = 1\n",
 		"groups/b.toml":    "bad = 1\n",
 		"groups/a.toml":    "bad = 1\n",
 		"vms/10.toml":      "bad = 1\n",
@@ -687,7 +936,7 @@ func TestLoadErrorOrder(t *testing.T) {
 		"groups/notes.txt": "not configuration",
 		"vms/.#9.toml":     "editor lock file",
 	}
-	for _, want := range []string{"vmfw.toml:1: ", "groups/a.toml:1: ", "groups/b.toml:1: ", "vms/9.toml:1: ", "vms/10.toml:1: "} {
+	for _, want := range []string{"vmfw.toml:1: ", "sets/z.toml:1: ", "groups/a.toml:1: ", "groups/b.toml:1: ", "vms/9.toml:1: ", "vms/10.toml:1: "} {
 		dir := testDir(t, files)
 		_, err := Load(dir)
 		checkError(t, err, want, "")

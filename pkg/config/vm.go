@@ -17,7 +17,9 @@ type vmHead struct {
 	Enable    *bool   `toml:"enable"`
 	PolicyIn  *string `toml:"policy_in"`
 	PolicyOut *string `toml:"policy_out"`
-	Log       bool    `toml:"log"`
+	Log       any     `toml:"log"`
+	LogIn     any     `toml:"log_in"`
+	LogOut    any     `toml:"log_out"`
 }
 
 // nicFile is one [netN] table as written.
@@ -26,13 +28,13 @@ type nicFile struct {
 	IPs       []string `toml:"ips"`
 	Bridge    *string  `toml:"bridge"`
 	Groups    []string `toml:"groups"`
-	Antispoof *bool    `toml:"antispoof"`
+	Antispoof any      `toml:"antispoof"`
 	DHCP      *bool    `toml:"dhcp"`
 	L2        []string `toml:"l2_protocols"`
 }
 
 var vmSchema = &schema{
-	top: "VM keys are name, enable, policy_in, policy_out, log and [netN] tables",
+	top: "VM keys are name, enable, policy_in, policy_out, log, log_in, log_out and [netN] tables",
 	sub: func(table string) string {
 		if _, ok := netIndex(table); ok {
 			return "interface keys are mac, ips, bridge, groups, antispoof, dhcp and l2_protocols"
@@ -115,7 +117,10 @@ func (l *loader) loadVM(f *file, id int, known map[string]bool, claims *[]addrCl
 	if ferr != nil {
 		return nil, f.errorAt(string(ferr.Field), "%s", ferr.Error())
 	}
-	vm.ID, vm.File, vm.Log = id, f.path, head.Log
+	vm.ID, vm.File = id, f.path
+	if err := loadVMLog(f, vm, &head); err != nil {
+		return nil, err
+	}
 	if head.Enable != nil {
 		vm.Enable = *head.Enable
 	}
@@ -132,6 +137,34 @@ func (l *loader) loadVM(f *file, id int, known map[string]bool, claims *[]addrCl
 	}
 	slices.SortFunc(vm.NICs, func(a, b *NIC) int { return a.Index - b.Index })
 	return vm, nil
+}
+
+// loadVMLog validates log, log_in and log_out: log sets both directions,
+// log_in and log_out override it for one (Proxmox's log_level_in and
+// log_level_out).
+func loadVMLog(f *file, vm *VM, head *vmHead) *Error {
+	level := func(key string, v any, def LogLevel) (LogLevel, *Error) {
+		if v == nil {
+			return def, nil
+		}
+		l, ok := ParseLogLevel(v)
+		if !ok {
+			return LogOff, f.errorAt(key, "%s %s: %s", key, show(v), logLevelHelp)
+		}
+		return l, nil
+	}
+	both, err := level("log", head.Log, LogOff)
+	if err != nil {
+		return err
+	}
+	if vm.LogIn, err = level("log_in", head.LogIn, both); err != nil {
+		return err
+	}
+	if vm.LogOut, err = level("log_out", head.LogOut, both); err != nil {
+		return err
+	}
+	vm.Log = vm.LogIn != LogOff || vm.LogOut != LogOff
+	return nil
 }
 
 // netTable is a [netN] table found in a VM file.
@@ -207,15 +240,23 @@ func netIndex(key string) (int, bool) {
 // appending the addresses it claims to claims.
 func loadNIC(f *file, vm *VM, nt netTable, nf *nicFile, known map[string]bool, claims *[]addrClaim) (*NIC, *Error) {
 	at := func(key string) string { return nt.key + "." + key }
+	antispoof, macOnly := true, false
+	if nf.Antispoof != nil {
+		var ok bool
+		if antispoof, macOnly, ok = ParseAntispoof(nf.Antispoof); !ok {
+			return nil, f.errorAt(at("antispoof"), "antispoof %s: use true (MAC and addresses), false or %q (the MAC alone)", show(nf.Antispoof), AntispoofMAC)
+		}
+	}
 	s := &IfaceSettings{
-		Iface:       TapName(vm.ID, nt.index),
-		MAC:         deref(nf.MAC),
-		IPs:         nf.IPs,
-		Bridge:      nf.Bridge,
-		Groups:      nf.Groups,
-		Antispoof:   nf.Antispoof == nil || *nf.Antispoof,
-		DHCP:        nf.DHCP == nil || *nf.DHCP,
-		L2Protocols: nf.L2,
+		Iface:            TapName(vm.ID, nt.index),
+		MAC:              deref(nf.MAC),
+		IPs:              nf.IPs,
+		Bridge:           nf.Bridge,
+		Groups:           nf.Groups,
+		Antispoof:        antispoof,
+		AntispoofMACOnly: macOnly,
+		DHCP:             nf.DHCP == nil || *nf.DHCP,
+		L2Protocols:      nf.L2,
 	}
 	nic, ferr := validateNIC(vm, s, func(g string) bool { return known[g] })
 	if ferr != nil {

@@ -26,22 +26,32 @@ func (e *Engine) Attached(ctx context.Context) ([]*config.NIC, error) {
 }
 
 // SyncSets brings the members of vmfw's sets to what the configuration
-// (with its RemoteMembers) and attached, the interfaces whose filtering is
-// installed, make them, and cuts the flows the change denies: what a
-// cluster membership change needs. It tells the backend that only members
-// changed (backend.Hint), so that it writes no rule unless a set itself
-// must appear or go.
+// (with its RemoteMembers, and its address sets) and attached, the
+// interfaces whose filtering is installed, make them, and cuts the flows
+// the change denies: what a cluster membership change and an edit of
+// address sets alone need. attached nil means the interfaces installed
+// now, read under the lock. It tells the backend that only members changed
+// (backend.Hint), so that it writes no rule unless a set itself must
+// appear or go.
 func (e *Engine) SyncSets(ctx context.Context, attached []*config.NIC) (*Change, error) {
 	r, release, err := e.begin(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer release()
-	want, err := ruleset.Compile(r.model, attached)
+	st, err := e.kernel.Backend.Read(ctx, true)
 	if err != nil {
 		return nil, err
 	}
-	st, err := e.kernel.Backend.Read(ctx, true)
+	if attached == nil {
+		installed := st.Installed()
+		if attached = nicsFor(r, installed); len(attached) != len(installed) {
+			// An installed interface the configuration no longer has:
+			// only a full change removes it.
+			return e.converge(ctx, r.model, attached, st, false)
+		}
+	}
+	want, err := ruleset.Compile(r.model, attached)
 	if err != nil {
 		return nil, err
 	}

@@ -108,6 +108,10 @@ type Engine struct {
 	// ConfigDir on every operation: the agent keeps the last valid model
 	// in memory and reloads it only when a file changes.
 	Model func() (*config.Model, error)
+	// ConfigIndex, when set, is the file config.LoadIndexed keeps the
+	// parsed configuration in, so that a process that runs without the
+	// agent does not parse every VM file while none changed.
+	ConfigIndex string
 }
 
 // ConfigError wraps an error in the configuration, which callers report
@@ -239,7 +243,11 @@ func (e *Engine) load() (*config.Model, error) {
 	if e.Model != nil {
 		return e.Model()
 	}
-	m, err := config.Load(e.ConfigDir)
+	load := config.Load
+	if e.ConfigIndex != "" {
+		load = func(dir string) (*config.Model, error) { return config.LoadIndexed(dir, e.ConfigIndex) }
+	}
+	m, err := load(e.ConfigDir)
 	if err != nil {
 		return nil, &ConfigError{Err: err}
 	}

@@ -17,6 +17,9 @@ const (
 	StateDrifted      = "drifted"
 	StateNotInstalled = "not-installed"
 	StateUnconfigured = "unconfigured"
+	// StateUnused is an address set no rule of an attached interface's
+	// groups refers to: the backend holds none of it.
+	StateUnused = "unused"
 )
 
 // TapStatus describes one managed tap.
@@ -68,6 +71,26 @@ type Status struct {
 	BaseDrifted []string `json:"base_drifted,omitempty"`
 	// Taps are the managed taps, sorted by name.
 	Taps []TapStatus `json:"taps"`
+	// Sets are the configuration's address sets, sorted by name; only
+	// when Status reports every tap.
+	Sets []SetStatus `json:"sets"`
+}
+
+// SetStatus describes one address set (sets/NAME.toml).
+type SetStatus struct {
+	Name string `json:"name"`
+	File string `json:"file"`
+	// Entries and Except count the set's entries and excepts.
+	Entries int `json:"entries"`
+	Except  int `json:"except"`
+	// State is in-sync, drifted, or unused (no rule of an attached
+	// interface's groups refers to it, so the kernel holds none of it).
+	State string `json:"state"`
+	// Kernel counts the members of the set's kernel objects per family
+	// ("ipv4", "ipv6"), as the backend lays the set out.
+	Kernel map[string]int `json:"kernel_members,omitempty"`
+	// Drifted says what differs in the kernel.
+	Drifted []string `json:"drifted,omitempty"`
 }
 
 // Status reports each managed tap: installed or configured and present.
@@ -117,6 +140,12 @@ func (e *Engine) Status(ctx context.Context, tap string) (*Status, error) {
 			out.Taps = append(out.Taps, tapStatus(r, t, bs.Interfaces[t], slices.Contains(installed, t), byPort(e.kernel.Backend)))
 		}
 	}
+	out.Sets = []SetStatus{}
+	if tap == "" {
+		for _, name := range slices.Sorted(maps.Keys(r.model.Sets)) {
+			out.Sets = append(out.Sets, setStatus(r.model.Sets[name], bs.Sets[name]))
+		}
+	}
 	return out, nil
 }
 
@@ -152,6 +181,23 @@ func (e *Engine) warnings(ctx context.Context) ([]string, error) {
 		out = append(out, ws...)
 	}
 	return out, nil
+}
+
+// setStatus describes set s from its configuration and what the backend
+// found of it (is, nil when no rule of the installed policy refers to it).
+func setStatus(s *config.Set, is *backend.SetStatus) SetStatus {
+	ss := SetStatus{Name: s.Name, File: s.File, Entries: len(s.Entries), Except: len(s.Except), State: StateUnused}
+	if is == nil {
+		return ss
+	}
+	ss.State, ss.Kernel = StateInSync, is.Members
+	for _, d := range is.Drifted {
+		ss.Drifted = append(ss.Drifted, d.String())
+	}
+	if len(ss.Drifted) > 0 {
+		ss.State = StateDrifted
+	}
+	return ss
 }
 
 // tapStatus describes tap from its configuration (src) and what the

@@ -6,7 +6,7 @@ import (
 
 	"github.com/vmfw/vmfw/pkg/backend/iptables/interp/interptest"
 	"github.com/vmfw/vmfw/pkg/config"
-	"github.com/vmfw/vmfw/pkg/config/configtest"
+	"github.com/vmfw/vmfw/pkg/config/configtest/scenario"
 	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
@@ -19,7 +19,7 @@ var hostAddrs = []netip.Prefix{netip.MustParsePrefix("192.0.2.1/24"), netip.Must
 
 func loadModel(t *testing.T, dir string) (*config.Model, []*config.NIC) {
 	t.Helper()
-	return configtest.Load(t, dir)
+	return scenario.Load(t, dir)
 }
 
 // compile is the policy of m for nics.

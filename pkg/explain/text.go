@@ -139,5 +139,25 @@ func stepWhere(s policy.Step) string {
 		}
 		where += s.Note
 	}
+	if s.Set != "" {
+		if where != "" {
+			where += "  "
+		}
+		where += stepSet(s)
+	}
 	return where
+}
+
+// stepSet says which address set a rule looked the packet up in and the
+// entry that decided, with its file and line: "set blocked: entry
+// 198.51.100.0/24 (sets/blocked.toml:4)".
+func stepSet(s policy.Step) string {
+	if s.SetEntry == "" {
+		return "set " + s.Set + ": no entry contains the address"
+	}
+	entry := s.SetEntry
+	if !strings.HasPrefix(entry, "except ") {
+		entry = "entry " + entry
+	}
+	return fmt.Sprintf("set %s: %s (%s:%d)", s.Set, entry, s.SetFile, s.SetLine)
 }

@@ -33,6 +33,16 @@ type Step struct {
 	Action config.Action `json:"action,omitempty"`
 	// Note says it in words.
 	Note string `json:"note,omitempty"`
+	// Set names the address set a group rule's source_set or dest_set
+	// looks the packet's address up in, SetFile its file. SetEntry is
+	// the prefix of the set that decided ("198.51.100.0/24", or "except
+	// 198.51.100.128/26" when an except did) and SetLine its line in
+	// SetFile; both empty when no prefix of the set contains the
+	// address.
+	Set      string `json:"set,omitempty"`
+	SetFile  string `json:"set_file,omitempty"`
+	SetEntry string `json:"set_entry,omitempty"`
+	SetLine  int    `json:"set_line,omitempty"`
 }
 
 // Path is how a flow reaches the chains: who sends it and who receives it.

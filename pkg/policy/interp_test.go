@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/vmfw/vmfw/pkg/backend"
@@ -68,6 +69,22 @@ func TestMatchesCompiledRules(t *testing.T) {
 			}
 			for _, s := range outsiders {
 				ends = append(ends, endpoint{addr: netip.MustParseAddr(s)})
+			}
+			// Addresses the address sets single out: the first two of
+			// each entry and except, where no VM has them.
+			owned := map[netip.Addr]bool{}
+			for _, e := range ends {
+				owned[e.addr] = true
+			}
+			for _, set := range m.Sets {
+				for _, e := range append(append([]config.SetEntry{}, set.Entries...), set.Except...) {
+					for _, a := range []netip.Addr{e.Prefix.Addr(), e.Prefix.Addr().Next()} {
+						if e.Prefix.Contains(a) && !owned[a] && !slices.Contains(hostAddrs, a.String()) {
+							owned[a] = true
+							ends = append(ends, endpoint{addr: a})
+						}
+					}
+				}
 			}
 			for _, s := range hostAddrs {
 				a := netip.MustParseAddr(s)

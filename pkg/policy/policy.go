@@ -116,6 +116,9 @@ type Evaluator struct {
 	// macs maps a MAC address to the interface configured with it.
 	macs   map[string]*config.NIC
 	groups map[string]*config.Group
+	// sets are the address sets rules refer to, matched with the
+	// meaning every backend gives them (config.Set.Match).
+	sets map[string]*config.Set
 }
 
 // New returns an evaluator for model m with the interfaces attached (their
@@ -132,6 +135,7 @@ func New(m *config.Model, attached []*config.NIC, local func(netip.Addr) bool) *
 		members: map[string]map[netip.Addr]bool{},
 		macs:    map[string]*config.NIC{},
 		groups:  m.Groups,
+		sets:    m.Sets,
 	}
 	for _, vm := range m.VMs {
 		for _, n := range vm.NICs {
@@ -225,7 +229,11 @@ func (e *Evaluator) out(w *walk, n *config.NIC, f Flow) {
 		return
 	}
 	v6 := f.Src.Is6()
-	if n.Antispoof {
+	if n.Antispoof && !n.AntispoofMACOnly {
+		// antispoof = "mac" checks the source MAC alone, which the flow
+		// carries: the interface sends with its own (Check found it by
+		// address; Explain's path gives its MAC). Nothing else of
+		// anti-spoofing applies (layout's tapChains).
 		e.antispoof(w, n, f)
 	}
 	e.state(w, chain, f)
@@ -244,7 +252,7 @@ func (e *Evaluator) out(w *walk, n *config.NIC, f Flow) {
 	}
 	for _, g := range n.Groups {
 		for i, r := range e.rules(g, config.Out) {
-			w.step(e.matchRule(r, f, nil), r.Action, e.ruleStep(g, config.Out, i, r))
+			w.step(e.matchRule(r, f, nil), r.Action, e.setStep(e.ruleStep(g, config.Out, i, r), r, f))
 		}
 	}
 	w.step(yes, n.VM.PolicyOut, Step{Chain: chain, What: "policy", File: n.VM.File, Note: "policy_out = " + string(n.VM.PolicyOut) + ": no rule matched"})
@@ -370,7 +378,7 @@ func (e *Evaluator) in(w *walk, n *config.NIC, sender *config.NIC, f Flow, local
 				}
 				continue
 			}
-			w.step(e.matchRule(r, f, sender), r.Action, s)
+			w.step(e.matchRule(r, f, sender), r.Action, e.setStep(s, r, f))
 		}
 	}
 	w.step(yes, n.VM.PolicyIn, Step{Chain: chain, What: "policy", File: n.VM.File, Note: "policy_in = " + string(n.VM.PolicyIn) + ": no rule matched"})
@@ -393,6 +401,29 @@ func (e *Evaluator) ruleStep(g string, d config.Direction, i int, r config.Rule)
 	s := Step{Chain: ruleset.GroupObject(g, string(d)), What: "rule", Group: g, Rule: i + 1, Line: r.Line, Note: r.Comment}
 	if grp := e.groups[g]; grp != nil {
 		s.File = grp.File
+	}
+	return s
+}
+
+// setStep adds to step s of rule r the address set r looks f's address
+// up in and the prefix that decided, for vmfw trace: "the source is in
+// blocked, by 198.51.100.0/24 at line 4". It is only computed when a walk
+// records steps.
+func (e *Evaluator) setStep(s Step, r config.Rule, f Flow) Step {
+	name, a := r.SourceSet, f.Src
+	if name == "" {
+		name, a = r.DestSet, f.Dst
+	}
+	set := e.sets[name]
+	if set == nil {
+		return s
+	}
+	s.Set, s.SetFile = name, set.File
+	if entry, matched := set.Match(a); entry.Prefix.IsValid() {
+		s.SetEntry, s.SetLine = entry.Prefix.String(), entry.Line
+		if !matched {
+			s.SetEntry = "except " + s.SetEntry
+		}
 	}
 	return s
 }
@@ -509,6 +540,12 @@ func (e *Evaluator) matchRule(r config.Rule, f Flow, sender *config.NIC) match {
 	if r.DestGroup != "" {
 		m = both(m, is(e.members[r.DestGroup][f.Dst]))
 	}
+	if r.SourceSet != "" {
+		m = both(m, is(e.inSet(r.SourceSet, f.Src)))
+	}
+	if r.DestSet != "" {
+		m = both(m, is(e.inSet(r.DestSet, f.Dst)))
+	}
 	if r.SourceMAC != nil {
 		m = both(m, e.matchMAC(r.SourceMAC, sender))
 	}
@@ -570,6 +607,18 @@ func matchPorts(ranges []config.PortRange, port uint16, unknown bool) match {
 	return no
 }
 
+// inSet reports whether a matches address set name: its most specific
+// prefix containing a is an entry, not an except. An unknown set (which
+// validation refuses) matches nothing.
+func (e *Evaluator) inSet(name string, a netip.Addr) bool {
+	s := e.sets[name]
+	if s == nil {
+		return false
+	}
+	_, matched := s.Match(a)
+	return matched
+}
+
 func containedIn(prefixes []netip.Prefix, a netip.Addr) bool {
 	for _, p := range prefixes {
 		if p.Contains(a) {
@@ -584,7 +633,7 @@ func containedIn(prefixes []netip.Prefix, a netip.Addr) bool {
 // configured for an interface is that interface's: a frame carrying it
 // comes from there, and the address Check identified the sender by says it
 // did not — unless that interface may send from any address (antispoof
-// off) while it is attached.
+// off, or "mac") while it is attached.
 func (e *Evaluator) matchMAC(mac net.HardwareAddr, sender *config.NIC) match {
 	if sender != nil && sender.MAC != nil {
 		return is(string(sender.MAC) == string(mac))
@@ -593,7 +642,7 @@ func (e *Evaluator) matchMAC(mac net.HardwareAddr, sender *config.NIC) match {
 	if owner == nil || owner == sender {
 		return maybe
 	}
-	if !owner.Antispoof && e.isAttached(owner) {
+	if (!owner.Antispoof || owner.AntispoofMACOnly) && e.isAttached(owner) {
 		return maybe
 	}
 	return no

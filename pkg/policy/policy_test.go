@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/vmfw/vmfw/pkg/config"
-	"github.com/vmfw/vmfw/pkg/config/configtest"
+	"github.com/vmfw/vmfw/pkg/config/configtest/scenario"
 )
 
 // featureDir is where pkg/ruleset keeps one config per rule feature; the
@@ -15,7 +15,7 @@ const featureDir = "../ruleset/testdata/features"
 
 func load(t *testing.T, dir string) (*config.Model, []*config.NIC) {
 	t.Helper()
-	return configtest.Load(t, dir)
+	return scenario.Load(t, dir)
 }
 
 // hypervisor is the address the tests give the host itself.
@@ -211,5 +211,48 @@ func TestSharedAddress(t *testing.T) {
 	e := New(m, append(nics, &twin), nil)
 	if v := e.Check(tcp("198.51.100.7", "192.0.2.10", 40000, 22)); v != Unknown {
 		t.Errorf("flow to a shared address: %v, want unknown", v)
+	}
+}
+
+// TestSetSteps: Explain names the address set a rule looked the packet up
+// in and the prefix that decided, with its line: an entry inside an except
+// matches, an address in the except does not (so the rule is not a step),
+// and a MAC-only interface sends from a foreign address past no
+// anti-spoofing step.
+func TestSetSteps(t *testing.T) {
+	m, nics := load(t, filepath.Join(featureDir, "sets"))
+	ev := New(m, nics, isHypervisor)
+	vm := m.NIC("tap104i0")
+	in := func(src string) []Step {
+		return ev.Explain(tcp(src, "192.0.2.14", 40000, 22), Path{Receiver: vm}).In
+	}
+	var found bool
+	for _, s := range in("10.1.2.9") {
+		if s.What == "rule" && s.Rule == 1 {
+			found = true
+			if s.Set != "blocked" || s.SetEntry != "10.1.2.0/24" || s.SetLine != 4 || s.SetFile != m.Sets["blocked"].File || s.Action != config.Drop {
+				t.Errorf("10.1.2.9: step %+v, want set blocked, entry 10.1.2.0/24 at line 4", s)
+			}
+		}
+	}
+	if !found {
+		t.Error("10.1.2.9, in an entry inside an except, did not meet the set's drop rule")
+	}
+	for _, s := range in("10.1.3.9") {
+		if s.What == "rule" && s.Rule == 1 {
+			t.Errorf("10.1.3.9, in the except, matched the set's rule: %+v", s)
+		}
+	}
+
+	m, nics = load(t, filepath.Join(featureDir, "antispoofmac"))
+	ev = New(m, nics, isHypervisor)
+	x := ev.Explain(tcp("203.0.113.9", "192.0.2.19", 40000, 22), Path{Sender: m.NIC("tap107i0"), Receiver: m.NIC("tap108i0")})
+	if x.Verdict != Allow {
+		t.Errorf("a foreign source from a MAC-only interface: %v, want allow", x.Verdict)
+	}
+	for _, s := range x.Out {
+		if s.What == "antispoof" {
+			t.Errorf("a MAC-only interface met an anti-spoofing step: %+v", s)
+		}
 	}
 }

@@ -12,9 +12,10 @@ const (
 	// routed, NATed and hypervisor-sent packets to them meet its in rules,
 	// and no other address can be claimed by it.
 	Filtered Attribution = "filtered"
-	// ListedOnly: anti-spoofing is off. Routed and hypervisor-sent packets
-	// to the listed addresses meet the in rules; to any other address the
-	// VM may claim, they are dropped.
+	// ListedOnly: the interface's addresses are not bound to it
+	// (antispoof = false, or "mac", which checks the source MAC alone).
+	// Routed and hypervisor-sent packets to the listed addresses meet the
+	// in rules; to any other address the VM may claim, they are dropped.
 	ListedOnly Attribution = "listed-only"
 	// Dropped: the interface lists no addresses, so no routed or
 	// hypervisor-sent unicast packet can be attributed to it; they are
@@ -32,7 +33,9 @@ func (i *Interface) Attribution() Attribution {
 		return Unfiltered
 	case len(i.IPs) == 0:
 		return Dropped
-	case !i.Antispoof:
+	case !i.Antispoof || i.AntispoofMACOnly:
+		// "mac" binds no address either: the VM may claim any in ARP
+		// and neighbour discovery, as with antispoof = false.
 		return ListedOnly
 	}
 	return Filtered
@@ -62,7 +65,7 @@ func (a Attribution) Explain() string {
 	case Dropped:
 		return "no ips: routed, NATed and hypervisor-sent unicast to it is dropped (bridged traffic, broadcast, multicast, DHCP replies and link-local neighbour discovery pass as usual)"
 	case ListedOnly:
-		return "antispoof = false: routed, NATed and hypervisor-sent traffic to its ips meets its in rules; to any other address it may claim, such traffic is dropped"
+		return "antispoof = false or \"mac\" (addresses not bound): routed, NATed and hypervisor-sent traffic to its ips meets its in rules; to any other address it may claim, such traffic is dropped"
 	}
 	return "routed, NATed and hypervisor-sent traffic to its ips meets its in rules"
 }

@@ -34,6 +34,11 @@ type Policy struct {
 	// attached interfaces listing it and, in cluster mode, the members
 	// attached on other hosts.
 	Members map[string]*Members
+	// Sets holds every address set a rule of Groups refers to
+	// (source_set, dest_set), by name: what a backend loads into its
+	// kernel sets. An address set no such rule names is not here, so a
+	// backend holds only the sets its rules use.
+	Sets map[string]*Set
 
 	byName map[string]*Interface
 	owners map[netip.Addr]*Interface
@@ -65,8 +70,16 @@ type Interface struct {
 	// IPs are the addresses the VM may send from, and which traffic
 	// routed or sent by the host is attributed to the interface by.
 	IPs []netip.Addr
-	// Antispoof binds the VM's source MAC and addresses to MAC and IPs.
+	// Antispoof binds the VM's source MAC and addresses to MAC and IPs
+	// or, with AntispoofMACOnly, its source MAC alone.
 	Antispoof bool
+	// AntispoofMACOnly narrows Antispoof to the source MAC of frames and
+	// the sender hardware address of ARP (antispoof = "mac"): the
+	// addresses are not bound, so the VM may send from any, and nothing
+	// else of anti-spoofing applies (no ARP address, neighbour
+	// advertisement or ethertype check, no DHCP-server or
+	// router-advertisement guard). Antispoof is true whenever it is.
+	AntispoofMACOnly bool
 	// DHCP allows DHCP and DHCPv6 client traffic.
 	DHCP bool
 	// L2Protocols are the ethertypes besides IPv4, IPv6 and ARP the VM
@@ -74,8 +87,10 @@ type Interface struct {
 	L2Protocols []string
 	// PolicyIn and PolicyOut decide what no rule matched.
 	PolicyIn, PolicyOut config.Action
-	// LogPolicy logs packets the policies drop or reject.
-	LogPolicy bool
+	// LogIn and LogOut are the syslog levels packets dropped or
+	// rejected by PolicyIn and PolicyOut are logged at; config.LogOff
+	// logs none.
+	LogIn, LogOut config.LogLevel
 	// Groups are the interface's groups, evaluated in this order.
 	Groups []string
 	// Config is the configuration the interface was compiled from (a VM
@@ -119,8 +134,12 @@ type Rule struct {
 	Match Match
 	// Action is what happens to them.
 	Action config.Action
-	// Log logs them, rate limited, before the action.
+	// Log logs them, rate limited, before the action, at LogLevel.
 	Log bool
+	// LogLevel is the syslog level they are logged at
+	// (config.DefaultLogLevel for log = true); config.LogOff when Log is
+	// false.
+	LogLevel config.LogLevel
 	// Comment is the operator's comment, printable ASCII without quotes.
 	Comment string
 }
@@ -140,6 +159,12 @@ type Match struct {
 	Source, Dest []netip.Prefix
 	// SourceGroup and DestGroup match the members of a group (Policy.Members).
 	SourceGroup, DestGroup string
+	// SourceSet and DestSet match the addresses of an address set
+	// (Policy.Sets): those whose most specific containing prefix of the
+	// set is an entry, not an except. Like every other term they combine
+	// with the rest: a rule with Source and SourceSet matches a source
+	// that is in both.
+	SourceSet, DestSet string
 	// SourceMAC matches the Ethernet source address.
 	SourceMAC net.HardwareAddr
 }
@@ -187,6 +212,26 @@ type Members struct {
 	Addrs map[Family][]netip.Addr
 }
 
+// Set is an address set as backends load it: the networks of a
+// configuration set (sets/NAME.toml), IPv4 and IPv6 mixed, with the
+// meaning of ipset's nomatch — the most specific prefix of Entries and
+// Except that contains an address decides whether it matches.
+type Set struct {
+	// Name is the set's name.
+	Name string
+	// File is the file the set was loaded from, for messages.
+	File string
+	// Entries are the networks the set matches and Except the networks
+	// carved out of them, each in file order with its line; they share
+	// their storage with Config (a set can list 100,000 networks).
+	Entries, Except []config.SetEntry
+	// Config is the set as the configuration defines it: Config.Match
+	// says which entry or except decides an address, Config.Effective
+	// gives the matching addresses as disjoint prefixes, for a kernel set
+	// type without nomatch.
+	Config *config.Set
+}
+
 // Interface returns the attached interface called name, or nil.
 func (p *Policy) Interface(name string) *Interface { return p.byName[name] }
 
@@ -210,6 +255,7 @@ func Compile(m *config.Model, attached []*config.NIC) (*Policy, error) {
 		},
 		Groups:  map[string]*Group{},
 		Members: map[string]*Members{},
+		Sets:    map[string]*Set{},
 		byName:  make(map[string]*Interface, len(attached)),
 		owners:  map[netip.Addr]*Interface{},
 	}
@@ -248,6 +294,16 @@ func Compile(m *config.Model, attached []*config.NIC) (*Policy, error) {
 						p.Members[ref] = members(ref, p.Interfaces, m.RemoteMembers[ref])
 					}
 				}
+				for _, ref := range []string{r.Match.SourceSet, r.Match.DestSet} {
+					if ref == "" || p.Sets[ref] != nil {
+						continue
+					}
+					s := m.Sets[ref]
+					if s == nil {
+						return nil, fmt.Errorf("group %s: unknown address set %q", g.Name, ref)
+					}
+					p.Sets[ref] = &Set{Name: s.Name, File: s.File, Entries: s.Entries, Except: s.Except, Config: s}
+				}
 			}
 		}
 	}
@@ -256,18 +312,20 @@ func Compile(m *config.Model, attached []*config.NIC) (*Policy, error) {
 
 func compileInterface(n *config.NIC) *Interface {
 	return &Interface{
-		Name:        n.Tap,
-		Enabled:     n.VM.Enable,
-		MAC:         n.MAC,
-		IPs:         n.IPs,
-		Antispoof:   n.Antispoof,
-		DHCP:        n.DHCP,
-		L2Protocols: n.L2Protocols,
-		PolicyIn:    n.VM.PolicyIn,
-		PolicyOut:   n.VM.PolicyOut,
-		LogPolicy:   n.VM.Log,
-		Groups:      n.Groups,
-		Config:      n,
+		Name:             n.Tap,
+		Enabled:          n.VM.Enable,
+		MAC:              n.MAC,
+		IPs:              n.IPs,
+		Antispoof:        n.Antispoof,
+		AntispoofMACOnly: n.Antispoof && n.AntispoofMACOnly,
+		DHCP:             n.DHCP,
+		L2Protocols:      n.L2Protocols,
+		PolicyIn:         n.VM.PolicyIn,
+		PolicyOut:        n.VM.PolicyOut,
+		LogIn:            n.VM.LogIn,
+		LogOut:           n.VM.LogOut,
+		Groups:           n.Groups,
+		Config:           n,
 	}
 }
 
@@ -277,12 +335,13 @@ func compileGroup(g *config.Group) *Group {
 		var rules []Rule
 		for i, r := range g.Rules(d) {
 			rules = append(rules, Rule{
-				Origin:  Origin{Group: g.Name, Dir: d, Index: i},
-				Line:    r.Line,
-				Match:   compileMatch(r),
-				Action:  r.Action,
-				Log:     r.Log,
-				Comment: r.Comment,
+				Origin:   Origin{Group: g.Name, Dir: d, Index: i},
+				Line:     r.Line,
+				Match:    compileMatch(r),
+				Action:   r.Action,
+				Log:      r.Log,
+				LogLevel: r.LogLevel,
+				Comment:  r.Comment,
 			})
 		}
 		if d == config.In {
@@ -304,6 +363,8 @@ func compileMatch(r config.Rule) Match {
 		Dest:        r.Dest,
 		SourceGroup: r.SourceGroup,
 		DestGroup:   r.DestGroup,
+		SourceSet:   r.SourceSet,
+		DestSet:     r.DestSet,
 		SourceMAC:   r.SourceMAC,
 	}
 	if r.Proto != "" {

@@ -129,3 +129,39 @@ func TestAttribute(t *testing.T) {
 		}
 	}
 }
+
+// TestCompileFeatures: address sets a rule refers to are in Policy.Sets
+// (with their entries, excepts and configuration) and unreferenced ones
+// are not; rules carry their set names and log levels; interfaces their
+// per-direction policy log levels and MAC-only anti-spoofing, which
+// attributes routed traffic like antispoof = false.
+func TestCompileFeatures(t *testing.T) {
+	m := load(t, map[string]string{
+		"sets/blocked.toml": "entries = [\"198.51.100.0/24\", \"2001:db8::/32\"]\nexcept = [\"198.51.100.128/25\"]\n",
+		"sets/unused.toml":  "entries = [\"203.0.113.0/24\"]\n",
+		"groups/edge.toml":  "[[in]]\nsource_set = \"blocked\"\naction = \"drop\"\nlog = \"info\"\n\n[[out]]\ndest_set = \"blocked\"\n",
+		"vms/120.toml":      "log_in = \"debug\"\n[net0]\nmac = \"02:00:00:00:01:20\"\nips = [\"192.0.2.20\"]\nantispoof = \"mac\"\ngroups = [\"edge\"]\n",
+	})
+	p, err := Compile(m, m.VMs[120].NICs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := slices.Sorted(maps.Keys(p.Sets)); !slices.Equal(got, []string{"blocked"}) {
+		t.Fatalf("sets %v, want blocked alone", got)
+	}
+	s := p.Sets["blocked"]
+	if len(s.Entries) != 2 || len(s.Except) != 1 || s.Config != m.Sets["blocked"] || s.File != m.Sets["blocked"].File {
+		t.Errorf("set blocked compiled to %+v", s)
+	}
+	in, out := p.Groups["edge"].In[0], p.Groups["edge"].Out[0]
+	if in.Match.SourceSet != "blocked" || in.Match.DestSet != "" || out.Match.DestSet != "blocked" || !in.Log || in.LogLevel != config.LogInfo {
+		t.Errorf("rules compiled to %+v and %+v", in, out)
+	}
+	n := p.Interfaces[0]
+	if !n.Antispoof || !n.AntispoofMACOnly || n.LogIn != config.LogDebug || n.LogOut != config.LogOff {
+		t.Errorf("interface compiled to %+v", n)
+	}
+	if a := n.Attribution(); a != ListedOnly || !strings.Contains(a.Explain(), `"mac"`) {
+		t.Errorf("a MAC-only interface is attributed %s (%s), want listed-only", a, a.Explain())
+	}
+}

@@ -104,6 +104,10 @@ type Spec struct {
 	Log bool `json:"log"`
 	// Antispoof restricts source MAC and IP to MAC and IPs.
 	Antispoof bool `json:"antispoof"`
+	// AntispoofMACOnly narrows Antispoof to the source MAC (antispoof =
+	// "mac"); omitted when false, so records written before it existed
+	// read the same and read the same back.
+	AntispoofMACOnly bool `json:"antispoofMACOnly,omitempty"`
 	// DHCP allows DHCP and DHCPv6 client traffic.
 	DHCP bool `json:"dhcp"`
 }
@@ -136,8 +140,17 @@ func (s *Spec) Settings(iface string) *config.IfaceSettings {
 		Iface: iface, Label: s.Name,
 		PolicyIn: s.PolicyIn, PolicyOut: s.PolicyOut, Log: s.Log,
 		MAC: s.MAC, IPs: s.IPs, Groups: s.Groups,
-		Antispoof: s.Antispoof, DHCP: s.DHCP,
+		Antispoof: s.Antispoof, AntispoofMACOnly: s.AntispoofMACOnly, DHCP: s.DHCP,
 	}
+}
+
+// AntispoofSetting words the record's anti-spoofing as a configuration
+// writes it: true, false or "mac".
+func (s *Spec) AntispoofSetting() string {
+	if s.AntispoofMACOnly {
+		return `"mac"`
+	}
+	return strconv.FormatBool(s.Antispoof)
 }
 
 // Store is a state directory.

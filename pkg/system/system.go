@@ -7,8 +7,11 @@ package system
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/vmfw/vmfw/pkg/backend"
 	"github.com/vmfw/vmfw/pkg/backend/iptables"
@@ -22,6 +25,7 @@ import (
 	"github.com/vmfw/vmfw/pkg/engine"
 	"github.com/vmfw/vmfw/pkg/link"
 	"github.com/vmfw/vmfw/pkg/lock"
+	"github.com/vmfw/vmfw/pkg/rundir"
 	"github.com/vmfw/vmfw/pkg/state"
 )
 
@@ -80,6 +84,7 @@ func NewEngine(ctx context.Context, o Options) (*engine.Engine, error) {
 		o.StateDir = state.DirFromEnv()
 	}
 	e := engine.New(k, o.ConfigDir)
+	e.ConfigIndex = configIndex(o.ConfigDir)
 	e.State = state.New(o.StateDir)
 	return e, nil
 }
@@ -151,4 +156,18 @@ func newIPTables(ctx context.Context, mode xtables.Mode) (*iptables.Backend, err
 		Flavour:  ipt.Mode(),
 		Describe: string(ipt.Mode()) + ", " + ebt.Tool(),
 	}), nil
+}
+
+// configIndex names the file the engine keeps the parsed configuration of
+// dir in (config.LoadIndexed): in the run directory, which is root's alone
+// and empty after a reboot, one file per configuration directory. "" when
+// the run directory cannot be made: every load then parses the files.
+func configIndex(dir string) string {
+	run := rundir.FromEnv()
+	abs, err := filepath.Abs(dir)
+	if err != nil || rundir.Ensure(run) != nil {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(abs))
+	return filepath.Join(run, "config-"+hex.EncodeToString(sum[:8])+".index")
 }

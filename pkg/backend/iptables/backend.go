@@ -254,7 +254,9 @@ func (b *Backend) Usable(ctx context.Context) error {
 	return nil
 }
 
-// ForgetAddresses deletes addrs from every vmfw ipset that lists them.
+// ForgetAddresses deletes addrs from every group's member set that lists
+// them. Address sets are left alone: their members are networks the
+// configuration names, not interfaces' addresses.
 func (b *Backend) ForgetAddresses(ctx context.Context, addrs []netip.Addr) error {
 	if len(addrs) == 0 {
 		return nil
@@ -265,6 +267,9 @@ func (b *Backend) ForgetAddresses(ctx context.Context, addrs []netip.Addr) error
 	}
 	var script strings.Builder
 	for _, name := range slices.Sorted(maps.Keys(sets)) {
+		if kind, _, _, ok := layout.ParseSetName(name); !ok || kind != layout.GroupSet {
+			continue
+		}
 		for _, a := range addrs {
 			if member := strings.ToLower(a.String()); sets[name].Members[member] {
 				fmt.Fprintf(&script, "del %s %s -exist\n", name, member)

@@ -379,6 +379,16 @@ func (s simSets) Restore(_ context.Context, script string) error {
 		case "del":
 			delete(s.k.sets[f[1]].Members, strings.ToLower(f[2]))
 		case "destroy":
+			// As the kernel: a set a rule matches against stays.
+			for _, t := range s.k.tables {
+				for _, lines := range t.chains {
+					for _, l := range lines {
+						if strings.Contains(l, "--match-set "+f[1]+" ") {
+							return fmt.Errorf("ipset destroy %s: Set cannot be destroyed: it is in use by a kernel component", f[1])
+						}
+					}
+				}
+			}
 			delete(s.k.sets, f[1])
 		case "swap":
 			s.k.sets[f[1]], s.k.sets[f[2]] = s.k.sets[f[2]], s.k.sets[f[1]]
@@ -707,5 +717,54 @@ func TestDryRunRendersTheTransactions(t *testing.T) {
 	rep := ch.Report(true)
 	if !rep.Changed || len(rep.Chains["ipv4"].Created) == 0 || len(rep.Sets.Created) == 0 {
 		t.Errorf("report: %+v", rep)
+	}
+}
+
+// TestScopedChecksWhatItReliesOn: a scoped ifup writes dispatch chains
+// that jump to other interfaces' chains and may destroy sets no group
+// uses any more, so it must not trust chains out of its scope that an
+// edit not yet applied made stale: a group nobody in focus lists, or a
+// VM's settings. Each such edit sends the ifup down the full path, and
+// the kernel ends exactly as a full apply leaves it.
+func TestScopedChecksWhatItReliesOn(t *testing.T) {
+	ctx := context.Background()
+	for name, edit := range map[string]func(dir string){
+		// g2 stops using g3's members, whose sets nothing else uses;
+		// taps[4] lists neither (g4 and g1).
+		"group out of focus": func(dir string) {
+			configtest.Write(t, dir, map[string]string{"groups/g2.toml": "[[in]]\nproto = \"tcp\"\ndport = \"22\"\n"})
+		},
+		// taps[3], already attached, gains anti-spoofing: an L2 chain
+		// the dispatch node it shares with taps[4] would jump to.
+		"settings of an attached VM": func(dir string) {
+			configtest.Write(t, dir, map[string]string{"vms/103.toml": "[net0]\nmac = \"02:00:00:00:01:03\"\nips = [\"198.51.100.4\"]\ngroups = [\"g3\", \"g0\"]\n"})
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir, taps := scopedConfig(t, 6, 1)
+			configtest.Write(t, dir, map[string]string{"vms/103.toml": "[net0]\nmac = \"02:00:00:00:01:03\"\nips = [\"198.51.100.4\"]\ngroups = [\"g3\", \"g0\"]\nantispoof = false\n"})
+			e, k := simEngine(dir, taps, "nft")
+			full, ref := simEngine(dir, taps, "full")
+			for _, tap := range taps[:4] {
+				for _, en := range []*engine.Engine{e, full} {
+					if err := en.Attach(ctx, tap); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			edit(dir)
+			saves := k.saves.Load()
+			for _, en := range []*engine.Engine{e, full} {
+				if err := en.Attach(ctx, taps[4]); err != nil {
+					t.Fatalf("ifup after an unapplied edit: %v", err)
+				}
+			}
+			if k.saves.Load() == saves {
+				t.Error("the ifup stayed on the scoped path over stale chains")
+			}
+			if got, want := k.state(), ref.state(); got != want {
+				t.Errorf("the ifup left another kernel than the full path:\nscoped:\n%s\nfull:\n%s", got, want)
+			}
+		})
 	}
 }

@@ -16,7 +16,7 @@ import (
 // vmfw trace interprets (package interp; the fingerprint-only reads of
 // other operations are not enough), and names the installed interfaces.
 func (b *Backend) Inspect(ctx context.Context) (backend.Inspection, error) {
-	k := &interp.Kernel{Backend: b.desc, Tables: map[ruleset.Family]layout.Observed{}, Sets: map[string]map[netip.Addr]bool{}}
+	k := &interp.Kernel{Backend: b.desc, Tables: map[ruleset.Family]layout.Observed{}, Sets: map[string]map[netip.Addr]bool{}, Nets: map[string]interp.NetSet{}}
 	st := &state{full: true, tables: map[ruleset.Family]*xtables.Snapshot{}}
 	for _, f := range ruleset.Families {
 		s, err := b.tables.Save(ctx, f)
@@ -38,6 +38,19 @@ func (b *Backend) Inspect(ctx context.Context) (backend.Inspection, error) {
 		return nil, err
 	}
 	for name, o := range sets {
+		if o.Type == layout.HashNet {
+			// An address set: prefixes, with their nomatch flags.
+			n := interp.NetSet{}
+			for member := range o.Members {
+				p, nomatch, err := interp.ParseNetMember(member)
+				if err != nil {
+					return nil, fmt.Errorf("ipset %s: member %w", name, err)
+				}
+				n[p] = nomatch
+			}
+			k.Nets[name] = n
+			continue
+		}
 		m := map[netip.Addr]bool{}
 		for member := range o.Members {
 			a, err := netip.ParseAddr(member)

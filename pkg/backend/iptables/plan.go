@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -150,27 +149,26 @@ func tableChanges(p *layout.Plan) backend.TableChanges {
 }
 
 // setChanges compares the sets a ruleset wants with those the kernel has.
-// Members are compared as addresses, so "2001:DB8::1" and "2001:db8::1"
-// are one member.
+// Both sides are in ipset.Member's form (layout writes it, ipset.Parse
+// reads it), so "2001:DB8::1" and "2001:db8::1" are one member; a member
+// of an address set whose nomatch flag changes is removed with one flag
+// and added with the other.
 func setChanges(want []layout.Set, have map[string]*ipset.Observed) backend.SetChanges {
 	sc := backend.NewSetChanges()
 	wanted := map[string]bool{}
 	for _, s := range want {
 		wanted[s.Name] = true
 		o := have[s.Name]
+		var got map[string]bool
 		if o == nil {
 			sc.Created = append(sc.Created, s.Name)
+		} else {
+			got = o.Members
 		}
-		got := map[string]bool{}
-		if o != nil {
-			for m := range o.Members {
-				got[normalMember(m)] = true
-			}
-		}
-		w := map[string]bool{}
+		w := make(map[string]bool, len(s.Members))
 		for _, m := range s.Members {
-			w[normalMember(m)] = true
-			if !got[normalMember(m)] {
+			w[m] = true
+			if !got[m] {
 				sc.Added[s.Name] = append(sc.Added[s.Name], m)
 			}
 		}
@@ -189,13 +187,6 @@ func setChanges(want []layout.Set, have map[string]*ipset.Observed) backend.SetC
 	slices.Sort(sc.Created)
 	slices.Sort(sc.Destroyed)
 	return sc
-}
-
-func normalMember(m string) string {
-	if a, err := netip.ParseAddr(m); err == nil {
-		return a.String()
-	}
-	return strings.ToLower(m)
 }
 
 // Apply writes the plan: the sets the new rules need, both families'

@@ -2,6 +2,8 @@ package iptables
 
 import (
 	"context"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -48,7 +50,7 @@ const unknownRule = "\x00unknown"
 // cannot vouch for the plan; the caller then plans everything.
 func (b *Backend) planScoped(ctx context.Context, st *state, want *ruleset.Policy, hint *backend.Hint) (p *plan, ok bool, err error) {
 	if hint.Members {
-		return b.planMembers(ctx, want)
+		return b.planMembers(ctx, st, want)
 	}
 	if b.bridge != nil && !b.bridge.Narrow() {
 		trace.Printf("full plan: the ebtables backend cannot read single chains")
@@ -88,14 +90,19 @@ func (b *Backend) readScope(ctx context.Context, st *state, sc *layout.Scope) (s
 	scoped = &state{full: true, tables: map[ruleset.Family]*xtables.Snapshot{}, textless: map[ruleset.Family]bool{}}
 	for _, f := range ruleset.Families {
 		start := time.Now()
+		read := append(slices.Clone(sc.Chains[f]), slices.Sorted(maps.Keys(sc.Expect[f]))...)
 		var snap *xtables.Snapshot
 		if st.full {
-			snap = st.tables[f].Only(sc.Chains[f])
-		} else if snap, err = b.tables.SaveChains(ctx, f, sc.Chains[f]); err != nil {
+			snap = st.tables[f].Only(read)
+		} else if snap, err = b.tables.SaveChains(ctx, f, read); err != nil {
 			trace.Printf("full plan: reading %s chains: %v", f, err)
 			return nil, false, nil
 		}
-		trace.Since(start, "read %d %s chains", len(sc.Chains[f]), f)
+		trace.Since(start, "read %d %s chains", len(read), f)
+		if c, ok := unexpected(sc.Expect[f], snap); !ok {
+			trace.Printf("full plan: %s/%s, which the scope relies on, is not as the configuration lays it out (an edit not applied yet, or drift)", f, c)
+			return nil, false, nil
+		}
 		for c, hashes := range snap.Chains {
 			snap.Lines[c] = nil
 			for _, h := range hashes {
@@ -111,17 +118,24 @@ func (b *Backend) readScope(ctx context.Context, st *state, sc *layout.Scope) (s
 	}
 	if b.bridge != nil {
 		start := time.Now()
-		exist, err := b.bridge.ChainsExist(ctx, sc.BridgeChains)
+		names := append(slices.Clone(sc.BridgeChains), slices.Sorted(maps.Keys(sc.ExpectBridge))...)
+		exist, err := b.bridge.ChainsExist(ctx, names)
 		if err != nil {
 			trace.Printf("full plan: reading ebtables chains: %v", err)
 			return nil, false, nil
+		}
+		for c, want := range sc.ExpectBridge {
+			if exist[c] != want {
+				trace.Printf("full plan: bridge/%s, which the scope relies on, is not as the configuration lays it out", c)
+				return nil, false, nil
+			}
 		}
 		hooks, err := b.bridge.Hooks(ctx)
 		if err != nil {
 			trace.Printf("full plan: reading ebtables hooks: %v", err)
 			return nil, false, nil
 		}
-		trace.Since(start, "read %d ebtables chains", len(sc.BridgeChains))
+		trace.Since(start, "read %d ebtables chains", len(names))
 		scoped.bridge = layout.Observed{Chains: map[layout.Chain][]string{}, Lines: map[layout.Chain][]string{}, Hooks: hooks}
 		for _, c := range sc.BridgeChains {
 			if exist[c] {
@@ -135,13 +149,37 @@ func (b *Backend) readScope(ctx context.Context, st *state, sc *layout.Scope) (s
 	return scoped, true, nil
 }
 
-// planMembers plans a change of group members alone (cluster mode): the
-// ipset members to add and remove, no chain. When a set would be created
-// or destroyed, rules would change too, and ok is false.
-func (b *Backend) planMembers(ctx context.Context, want *ruleset.Policy) (p *plan, ok bool, err error) {
-	sets, remembered, err := b.listSets(ctx)
-	if err != nil {
-		return nil, false, err
+// unexpected checks the chains of expect in snap, which it then leaves
+// out of snap (they are read, never written): each must hold exactly the
+// fingerprints expect lists, or be absent where it lists none. It returns
+// the first chain that differs.
+func unexpected(expect map[layout.Chain][]string, snap *xtables.Snapshot) (layout.Chain, bool) {
+	for _, c := range slices.Sorted(maps.Keys(expect)) {
+		got, present := snap.Chains[c]
+		want := expect[c]
+		if present != (want != nil) || !slices.Equal(got, want) {
+			return c, false
+		}
+		delete(snap.Chains, c)
+		delete(snap.Lines, c)
+		delete(snap.Counters, c)
+		delete(snap.Foreign, c)
+	}
+	return "", true
+}
+
+// planMembers plans a change of set members alone (cluster membership,
+// an edit of address sets): the ipset members to add and remove, no
+// chain. When a set would be created or destroyed, rules would change
+// too, and ok is false. The sets are st's when st was read whole (legacy
+// reads whole even when asked to read narrow): reading them again would
+// cost another ipset save, over 100 ms for a set of 100,000 networks.
+func (b *Backend) planMembers(ctx context.Context, st *state, want *ruleset.Policy) (p *plan, ok bool, err error) {
+	sets, remembered := st.sets, st.remembered
+	if !st.full {
+		if sets, remembered, err = b.listSets(ctx); err != nil {
+			return nil, false, err
+		}
 	}
 	wantSets := layout.Sets(want)
 	if len(sets) != len(wantSets) {

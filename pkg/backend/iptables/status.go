@@ -2,10 +2,12 @@ package iptables
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 
 	"github.com/vmfw/vmfw/pkg/backend"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/ipset"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
 	"github.com/vmfw/vmfw/pkg/ruleset"
@@ -45,7 +47,41 @@ func (b *Backend) Status(ctx context.Context, s backend.State, want *ruleset.Pol
 	for _, n := range want.Interfaces {
 		out.Interfaces[n.Name] = b.interfaceStatus(n, rs, plans, tables, st)
 	}
+	out.Sets = addressSetStatus(rs.Sets, st.sets)
 	return out, nil
+}
+
+// addressSetStatus compares the address sets' ipsets of a laid out
+// policy with the kernel's: members per family, and what differs.
+func addressSetStatus(want []layout.Set, have map[string]*ipset.Observed) map[string]*backend.SetStatus {
+	out := map[string]*backend.SetStatus{}
+	for _, s := range want {
+		kind, name, f, ok := layout.ParseSetName(s.Name)
+		if !ok || kind != layout.AddressSet {
+			continue
+		}
+		ss := out[name]
+		if ss == nil {
+			ss = &backend.SetStatus{Members: map[string]int{}}
+			out[name] = ss
+		}
+		o := have[s.Name]
+		if o == nil {
+			ss.Drifted = append(ss.Drifted, backend.Drift{Object: "ipset " + s.Name, Problem: "missing"})
+			continue
+		}
+		ss.Members[f.String()] = len(o.Members)
+		missing := 0
+		for _, m := range s.Members {
+			if !o.Members[m] {
+				missing++
+			}
+		}
+		if extra := len(o.Members) - (len(s.Members) - missing); missing+extra > 0 {
+			ss.Drifted = append(ss.Drifted, backend.Drift{Object: "ipset " + s.Name, Problem: fmt.Sprintf("%d members missing, %d unexpected", missing, extra)})
+		}
+	}
+	return out
 }
 
 // baseDrift names the base chains and hooks plan would change in table.
@@ -109,6 +145,9 @@ func (b *Backend) interfaceStatus(n *ruleset.Interface, rs *layout.Ruleset, plan
 		}
 	}
 	for _, s := range rs.Sets {
+		if s.Type != layout.HashIP {
+			continue // an address set's members are networks, not interfaces' addresses
+		}
 		have := st.sets[s.Name]
 		for _, ip := range n.IPs {
 			switch {

@@ -6,10 +6,7 @@ package configtest
 import (
 	"os"
 	"path/filepath"
-	"sort"
 	"testing"
-
-	"github.com/vmfw/vmfw/pkg/config"
 )
 
 // Write writes files into dir, each content under its path relative to
@@ -35,21 +32,4 @@ func Dir(t testing.TB, files map[string]string) string {
 	dir := t.TempDir()
 	Write(t, dir, files)
 	return dir
-}
-
-// Load loads the configuration in dir, failing t on error, and returns it
-// with every interface it configures, sorted by name: the interfaces a
-// scenario attaches when every VM runs.
-func Load(t testing.TB, dir string) (*config.Model, []*config.NIC) {
-	t.Helper()
-	m, err := config.Load(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var nics []*config.NIC
-	for _, vm := range m.VMs {
-		nics = append(nics, vm.NICs...)
-	}
-	sort.Slice(nics, func(i, j int) bool { return nics[i].Tap < nics[j].Tap })
-	return m, nics
 }

@@ -121,6 +121,18 @@ func (t *flow) setDrift(m *machines, actual, kernel *result) []string {
 				extra = append(extra, a.String())
 			}
 		}
+		// An address set: its prefixes, each with its nomatch flag.
+		wn, gn := m.wantNets[s], t.k.Nets[s]
+		for p, nomatch := range wn {
+			if got, ok := gn[p]; !ok || got != nomatch {
+				missing = append(missing, wn.member(p))
+			}
+		}
+		for p, nomatch := range gn {
+			if want, ok := wn[p]; !ok || want != nomatch {
+				extra = append(extra, gn.member(p))
+			}
+		}
 		if len(missing)+len(extra) == 0 {
 			continue
 		}

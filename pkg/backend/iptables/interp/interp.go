@@ -121,6 +121,8 @@ type machine struct {
 // its --match-set matches.
 type ipsets struct {
 	members map[string]map[netip.Addr]bool
+	// nets are the hash:net sets, looked up by prefix (sets.go).
+	nets map[string]NetSet
 	// used are the sets the last run looked up, whether the address was
 	// a member or not: drift compares their members.
 	used map[string]bool
@@ -169,7 +171,7 @@ func (r *irule) apply(p *packet) step {
 // newMachine parses the chains of one table. lines maps a chain to its
 // rules, each the arguments after "-A CHAIN" (compiled specs or kernel
 // lines); hashes, when given, are their fingerprints.
-func newMachine(lines map[layout.Chain][]string, hashes map[layout.Chain][]string, sets map[string]map[netip.Addr]bool) *machine {
+func newMachine(lines map[layout.Chain][]string, hashes map[layout.Chain][]string, sets map[string]map[netip.Addr]bool, nets map[string]NetSet) *machine {
 	m := &machine{
 		walker: walker[*packet, *irule]{
 			chains:   map[layout.Chain][]*irule{},
@@ -181,7 +183,7 @@ func newMachine(lines map[layout.Chain][]string, hashes map[layout.Chain][]strin
 				return fmt.Errorf("%w: chain %s does not exist", errOpaque, c)
 			},
 		},
-		sets: &ipsets{members: sets},
+		sets: &ipsets{members: sets, nets: nets},
 	}
 	for c := range hashes {
 		m.chains[c] = nil // an empty chain has fingerprints but no lines

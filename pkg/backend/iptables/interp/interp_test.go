@@ -53,7 +53,7 @@ func TestRuleErrors(t *testing.T) {
 		{"-j REJECT --reject-with", "--reject-with needs an argument"},
 		{`-m comment --comment "open -j ACCEPT`, `unterminated quote in "-m comment --comment \"open -j ACCEPT"`},
 	} {
-		m := newMachine(map[layout.Chain][]string{"c": {c.rule}}, nil, nil)
+		m := newMachine(map[layout.Chain][]string{"c": {c.rule}}, nil, nil, nil)
 		_, by, err := m.run("c", tcpPacket())
 		want := "cannot evaluate: rule 1 of c (" + c.rule + "): " + c.want
 		if err == nil || err.Error() != want || !errors.Is(err, errOpaque) || by == nil || by.index != 1 {
@@ -67,6 +67,14 @@ func TestRuleErrors(t *testing.T) {
 // negated: each must match exactly the packets the kernel's would.
 func TestRuleMatches(t *testing.T) {
 	sets := map[string]map[netip.Addr]bool{"sg-a-v4": {netip.MustParseAddr("192.0.2.101"): true}}
+	// An address set: entry, except inside it, entry inside that.
+	nets := map[string]NetSet{"as-a-v4": {
+		netip.MustParsePrefix("192.0.2.0/24"):    false,
+		netip.MustParsePrefix("192.0.2.96/28"):   true,
+		netip.MustParsePrefix("192.0.2.101/32"):  false,
+		netip.MustParsePrefix("198.51.100.0/24"): true,
+	}}
+	srcIs := func(a string) func(*packet) { return func(p *packet) { p.src = netip.MustParseAddr(a) } }
 	v6 := func(p *packet) {
 		p.src, p.dst = netip.MustParseAddr("2001:db8::101"), netip.MustParseAddr("2001:db8::102")
 	}
@@ -118,6 +126,12 @@ func TestRuleMatches(t *testing.T) {
 		{"-m set --match-set sg-a-v4 src", nil, true},
 		{"-m set --match-set sg-a-v4 dst", nil, false},
 		{"-m set --match-set sg-missing src", nil, false},
+		{"-m set --match-set as-a-v4 src", nil, true},
+		{"-m set --match-set as-a-v4 src", srcIs("192.0.2.100"), false},
+		{"-m set --match-set as-a-v4 src", srcIs("192.0.2.5"), true},
+		{"-m set --match-set as-a-v4 src", srcIs("198.51.100.7"), false},
+		{"-m set --match-set as-a-v4 src", srcIs("203.0.113.7"), false},
+		{"-m set ! --match-set as-a-v4 src", srcIs("192.0.2.100"), true},
 		{"-m mac --mac-source 02:00:00:00:01:01", nil, true},
 		{"-m mac --mac-source 02:00:00:00:01:01", func(p *packet) { p.srcMAC = nil }, false},
 		{"-m mac ! --mac-source 02:00:00:00:01:02", nil, true},
@@ -136,7 +150,7 @@ func TestRuleMatches(t *testing.T) {
 		if c.change != nil {
 			c.change(p)
 		}
-		m := newMachine(map[layout.Chain][]string{"c": {c.rule + " -j ACCEPT"}}, nil, sets)
+		m := newMachine(map[layout.Chain][]string{"c": {c.rule + " -j ACCEPT"}}, nil, sets, nets)
 		o, _, err := m.run("c", p)
 		if err != nil {
 			t.Errorf("%s: %v", c.rule, err)
@@ -164,7 +178,7 @@ func TestTargets(t *testing.T) {
 			"-j MARK --set-mark 0x2",
 			`-m comment --comment "vmfw:0123456789 a note" -j REJECT --reject-with icmp-port-unreachable`,
 		},
-	}, nil, nil)
+	}, nil, nil, nil)
 	p := tcpPacket()
 	p.mark = 0x1001
 	o, by, err := m.run("c", p)
@@ -194,7 +208,7 @@ func TestWalkIP(t *testing.T) {
 		"loop":    {"-j loop"},
 		"missing": {"-j nowhere", "-j ACCEPT"},
 		"bad":     {"-p udp -j ACCEPT", "-m time --timestart 08:00 -j DROP", "-j ACCEPT"},
-	}, map[layout.Chain][]string{"empty": {}}, nil)
+	}, map[layout.Chain][]string{"empty": {}}, nil, nil)
 	for _, c := range []struct {
 		name    string
 		chain   layout.Chain

@@ -33,8 +33,11 @@ type Kernel struct {
 	// Bridge is vmfw's part of the ebtables filter table; nil when
 	// ebtables is not managed.
 	Bridge *layout.Observed
-	// Sets maps vmfw's ipsets to their members.
+	// Sets maps vmfw's hash:ip ipsets (groups' members) to their
+	// members.
 	Sets map[string]map[netip.Addr]bool
+	// Nets maps vmfw's hash:net ipsets (address sets) to their members.
+	Nets map[string]NetSet
 
 	// laidOut is the layout of installed, the policy of the installed
 	// interfaces: every trace of a batch compares the kernel with it, so
@@ -94,6 +97,7 @@ type machines struct {
 	// chains by name and its sets' members.
 	want, wantL2 map[layout.Chain]*layout.ChainRules
 	wantSets     map[string]map[netip.Addr]bool
+	wantNets     map[string]NetSet
 }
 
 // machinesFor parses the rules of family f once per flow: every
@@ -108,7 +112,7 @@ func (t *flow) machinesFor(f ruleset.Family) *machines {
 		m.actualIP, m.actualL2 = compiledMachine(t.actual, f), compiledL2(t.actual)
 	}
 	obs := t.k.Tables[f]
-	m.kernelIP = newMachine(obs.Lines, obs.Chains, t.k.Sets)
+	m.kernelIP = newMachine(obs.Lines, obs.Chains, t.k.Sets, t.k.Nets)
 	if t.k.Bridge != nil {
 		m.kernelL2 = newL2Machine(t.k.Bridge.Chains)
 	}
@@ -116,7 +120,7 @@ func (t *flow) machinesFor(f ruleset.Family) *machines {
 	if t.actual.Bridge != nil {
 		m.wantL2 = t.actual.Bridge.Index()
 	}
-	m.wantSets = compiledSets(t.actual)
+	m.wantSets, m.wantNets = Sets(t.actual.Sets)
 	t.machines[f] = m
 	return m
 }

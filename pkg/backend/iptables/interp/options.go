@@ -397,6 +397,9 @@ func matchSet(p *ruleParser) error {
 		if dir == "dst" {
 			a = pkt.dst
 		}
+		if n, ok := sets.nets[name]; ok {
+			return n.Has(a)
+		}
 		return sets.members[name][a]
 	})
 	return nil

@@ -2,7 +2,6 @@ package interp
 
 import (
 	"fmt"
-	"net/netip"
 	"strconv"
 	"strings"
 
@@ -47,21 +46,8 @@ func compiledMachine(rs *layout.Ruleset, f ruleset.Family) *machine {
 		}
 		hashes[c.Name] = c.Hashes()
 	}
-	return newMachine(lines, hashes, compiledSets(rs))
-}
-
-func compiledSets(rs *layout.Ruleset) map[string]map[netip.Addr]bool {
-	sets := map[string]map[netip.Addr]bool{}
-	for _, s := range rs.Sets {
-		m := map[netip.Addr]bool{}
-		for _, a := range s.Members {
-			if ip, err := netip.ParseAddr(a); err == nil {
-				m[ip] = true
-			}
-		}
-		sets[s.Name] = m
-	}
-	return sets
+	sets, nets := Sets(rs.Sets)
+	return newMachine(lines, hashes, sets, nets)
 }
 
 func compiledL2(rs *layout.Ruleset) *l2machine {

@@ -10,7 +10,7 @@ import (
 	"github.com/vmfw/vmfw/pkg/backend/iptables/interp/interptest"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 	"github.com/vmfw/vmfw/pkg/config"
-	"github.com/vmfw/vmfw/pkg/config/configtest"
+	"github.com/vmfw/vmfw/pkg/config/configtest/scenario"
 	"github.com/vmfw/vmfw/pkg/explain"
 	"github.com/vmfw/vmfw/pkg/ruleset"
 )
@@ -41,7 +41,7 @@ var keysHost = []netip.Prefix{
 // compiles its policy.
 func load(t *testing.T, dir string) (*config.Model, []*config.NIC, *ruleset.Policy) {
 	t.Helper()
-	m, nics := configtest.Load(t, dir)
+	m, nics := scenario.Load(t, dir)
 	p, err := ruleset.Compile(m, nics)
 	if err != nil {
 		t.Fatal(err)

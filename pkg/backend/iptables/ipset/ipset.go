@@ -1,9 +1,11 @@
 // Package ipset is the only code in vmfw that runs ipset. It reads back the
 // sets vmfw owns, and no other, and changes them with one "ipset restore"
 // per operation: members are added and deleted in place (group membership
-// changes never touch a chain), and a set that must change its header
-// (capacity) is rebuilt under a temporary name and swapped in, so rules
-// that reference it never see it missing. The kernel swaps only sets of
+// changes and address set edits never touch a chain), and a set that must
+// change its header (capacity) is rebuilt under a temporary name and
+// swapped in, so rules that reference it never see it missing. Members of
+// hash:net sets (address sets) carry their nomatch flag: a member that
+// changes only its flag is deleted and added again (see Plan). The kernel swaps only sets of
 // the same type and family; a set of vmfw's name but another type (made by
 // hand) makes the swap, and so the operation, fail with ipset's message.
 package ipset
@@ -13,6 +15,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -30,7 +34,9 @@ type Observed struct {
 	Family string
 	// MaxElem is the set's capacity.
 	MaxElem int
-	// Members holds the set's entries, normalised to lower case.
+	// Members holds the set's entries as Member writes them: addresses
+	// and prefixes in their canonical form, those of nomatch entries
+	// followed by layout.NoMatch.
 	Members map[string]bool
 }
 
@@ -121,11 +127,29 @@ func Parse(save []byte) map[string]*Observed {
 			sets[f[1]] = o
 		case "add":
 			if o := sets[f[1]]; o != nil {
-				o.Members[strings.ToLower(f[2])] = true
+				o.Members[Member(f[2], slices.Contains(f[3:], "nomatch"))] = true
 			}
 		}
 	}
 	return sets
+}
+
+// Member returns the canonical form of a set member as ipset prints it
+// (an address, or a prefix of a hash:net set), with layout.NoMatch when
+// nomatch: addresses as netip writes them (lower case, IPv6 compressed),
+// a prefix of a single address as that address, as layout writes
+// members. Anything else is kept, in lower case.
+func Member(m string, nomatch bool) string {
+	out := strings.ToLower(m)
+	if a, err := netip.ParseAddr(m); err == nil {
+		out = a.String()
+	} else if p, err := netip.ParsePrefix(m); err == nil {
+		out = layout.SetMember(p)
+	}
+	if nomatch {
+		out += layout.NoMatch
+	}
+	return out
 }
 
 // Restore runs script through one "ipset restore".
@@ -143,6 +167,9 @@ func (c *Client) Restore(ctx context.Context, script string) error {
 // has more members.
 const minMaxElem = 65536
 
+// minHashSize is ipset's default initial hash size.
+const minHashSize = 1024
+
 func familyName(f ruleset.Family) string {
 	if f == ruleset.IPv6 {
 		return "inet6"
@@ -156,8 +183,19 @@ func createLine(name string, s layout.Set) string {
 		maxElem *= 2
 	}
 	opts := ""
-	if s.Type == layout.HashIP {
+	switch s.Type {
+	case layout.HashIP:
 		opts = " family " + familyName(s.Family)
+	case layout.HashNet:
+		// A hash grows by rehashing every member, several times on the
+		// way from the default 1024 buckets to 100,000 members: sized for
+		// its members from the start, an address set of 100,000 networks
+		// loads in one pass (docs/performance.md, "Address sets").
+		hashSize := minHashSize
+		for hashSize < len(s.Members) {
+			hashSize *= 2
+		}
+		opts = fmt.Sprintf(" family %s hashsize %d", familyName(s.Family), hashSize)
 	}
 	return fmt.Sprintf("create %s %s%s maxelem %d\n", name, s.Type, opts, maxElem)
 }
@@ -190,7 +228,7 @@ func Plan(want []layout.Set, have map[string]*Observed) (pre, post string) {
 			continue
 		}
 		fam := ""
-		if s.Type == layout.HashIP {
+		if s.Type == layout.HashIP || s.Type == layout.HashNet {
 			fam = familyName(s.Family)
 		}
 		if o.Type != s.Type || o.Family != fam || o.MaxElem < len(s.Members) {
@@ -202,22 +240,42 @@ func Plan(want []layout.Set, have map[string]*Observed) (pre, post string) {
 			b.WriteString("swap " + tmp + " " + s.Name + "\ndestroy " + tmp + "\n")
 			continue
 		}
-		wantMembers := map[string]bool{}
+		wantMembers := make(map[string]bool, len(s.Members))
+		var flips []string
 		for _, m := range s.Members {
-			wantMembers[strings.ToLower(m)] = true
-			if !o.Members[strings.ToLower(m)] {
+			// layout writes members in Member's form already: an
+			// address set can have 100,000, each worth no parse here.
+			wantMembers[m] = true
+			switch {
+			case o.Members[m]:
+			case o.Members[flipped(m)]:
+				flips = append(flips, m)
+			default:
 				b.WriteString("add " + s.Name + " " + m + "\n")
 			}
 		}
+		// The same prefix with the other nomatch flag: deleted, then
+		// added with the new flag. In between, the next less specific
+		// member decides its addresses; excepts lie inside entries, so
+		// that is an entry or an except around it, and the addresses see
+		// either the old or the new answer, never a third. "add -exist"
+		// would rewrite the flag in one step, but ipset restore honours
+		// -exist only on the first line of a run of commands for a set,
+		// and for the whole run then, which would hide the error that
+		// tells a plan from stale state (backend.StaleError).
+		for _, m := range flips {
+			b.WriteString("del " + s.Name + " " + strings.TrimSuffix(m, layout.NoMatch) + "\n")
+			b.WriteString("add " + s.Name + " " + m + "\n")
+		}
 		var stale []string
 		for m := range o.Members {
-			if !wantMembers[m] {
+			if !wantMembers[m] && !wantMembers[flipped(m)] {
 				stale = append(stale, m)
 			}
 		}
 		sort.Strings(stale)
 		for _, m := range stale {
-			b.WriteString("del " + s.Name + " " + m + "\n")
+			b.WriteString("del " + s.Name + " " + strings.TrimSuffix(m, layout.NoMatch) + "\n")
 		}
 	}
 	var gone []string
@@ -234,10 +292,18 @@ func Plan(want []layout.Set, have map[string]*Observed) (pre, post string) {
 	return b.String(), p.String()
 }
 
+// flipped returns member m with the other nomatch flag.
+func flipped(m string) string {
+	if bare, ok := strings.CutSuffix(m, layout.NoMatch); ok {
+		return bare
+	}
+	return m + layout.NoMatch
+}
+
 // tempName names the set a changed set is rebuilt in before the swap. It
-// is not shaped like a group's set, so no rule ever references it, and it
-// fits ipset's 31 characters for the longest group name
-// (vmfw-sg-NAME-v4 with a 20-character NAME).
+// is not shaped like a group's or an address set's set, so no rule ever
+// references it, and it fits ipset's 31 characters for the longest name
+// (vmfw-sg-NAME-v4 and vmfw-as-NAME-v4 with a 20-character NAME).
 func tempName(name string) string { return tempPrefix + name }
 
 // tempPrefix starts the name of a set being rebuilt; one found at the start
@@ -250,7 +316,7 @@ const tempPrefix = "vmfw-"
 const oldTempPrefix = "vmfw-tmp-"
 
 // isLeftover reports whether name is a set being rebuilt: vmfw's name of a
-// group's set behind one of the temporary prefixes. Only such names are
+// group's or an address set's set behind one of the temporary prefixes. Only such names are
 // destroyed as leftovers, so another tool's set that merely starts with
 // "vmfw-" is never touched.
 func isLeftover(name string) bool {

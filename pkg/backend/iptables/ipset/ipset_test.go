@@ -200,3 +200,27 @@ func show(sets map[string]*Observed) string {
 func sortedNames(sets map[string]*Observed) []string {
 	return slices.Sorted(maps.Keys(sets))
 }
+
+// TestParseAddressSet: members of a hash:net set are read in the form
+// layout writes them, nomatch flag included, whatever case and
+// compression ipset prints; a plan for a set sized beyond the default
+// hash creates it with room for its members.
+func TestParseAddressSet(t *testing.T) {
+	got := Parse([]byte(`create as-x-v6 hash:net family inet6 hashsize 1024 maxelem 65536 bucketsize 12 initval 0x1
+add as-x-v6 2001:DB8:0:0::/32
+add as-x-v6 2001:db8::1 nomatch
+add as-x-v6 2001:db8:0:1::/64 nomatch
+`))
+	want := map[string]bool{"2001:db8::/32": true, "2001:db8::1 nomatch": true, "2001:db8:0:1::/64 nomatch": true}
+	if o := got["as-x-v6"]; o == nil || o.Type != layout.HashNet || !reflect.DeepEqual(o.Members, want) {
+		t.Errorf("parsed %+v, want members %v", o, want)
+	}
+	members := make([]string, 3000)
+	for i := range members {
+		members[i] = fmt.Sprintf("10.%d.%d.0/24", i/256, i%256)
+	}
+	pre, _ := Plan([]layout.Set{{Name: "as-big-v4", Type: layout.HashNet, Family: ruleset.IPv4, Members: members}}, nil)
+	if first, _, _ := strings.Cut(pre, "\n"); first != "create as-big-v4 hash:net family inet hashsize 4096 maxelem 65536" {
+		t.Errorf("created with %q", first)
+	}
+}

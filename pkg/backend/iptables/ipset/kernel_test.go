@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"reflect"
 	"runtime"
 	"strings"
 	"testing"
@@ -121,4 +122,96 @@ func ipset(t *testing.T, args ...string) string {
 		t.Fatalf("ipset %s: %v\n%s", args[0], err, out)
 	}
 	return string(out)
+}
+
+// TestAddressSetWithKernel runs an address set's hash:net ipset through
+// Plan, Restore and List against the real ipset: excepts go in as nomatch
+// members and are read back as such, the kernel decides by the most
+// specific member, a member that turns from except into entry or back is
+// deleted and added with its new flag, and a plan after each change is
+// empty.
+func TestAddressSetWithKernel(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a network namespace")
+	}
+	if _, err := exec.LookPath("ipset"); err != nil {
+		t.Skip("ipset is not installed")
+	}
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		t.Fatal(err)
+	}
+	defer orig.Close()
+	ns, err := netns.New()
+	if err != nil {
+		runtime.UnlockOSThread()
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	defer func() {
+		if err := netns.Set(orig); err == nil {
+			runtime.UnlockOSThread()
+		}
+	}()
+
+	ctx := context.Background()
+	c := New(nil)
+	set := func(members ...string) []layout.Set {
+		return []layout.Set{{Name: "as-blocked-v4", Type: layout.HashNet, Family: ruleset.IPv4, Members: members}}
+	}
+	apply := func(want []layout.Set) (string, map[string]*Observed) {
+		t.Helper()
+		have, err := c.List(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pre, post := Plan(want, have)
+		if err := c.Restore(ctx, pre+post); err != nil {
+			t.Fatalf("script:\n%s\n%v", pre+post, err)
+		}
+		after, err := c.List(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if again, _ := Plan(want, after); again != "" {
+			t.Errorf("a second plan is not empty:\n%s", again)
+		}
+		return pre + post, after
+	}
+	inSet := func(addr string) bool {
+		return exec.Command("ipset", "test", "as-blocked-v4", addr).Run() == nil
+	}
+
+	first := set("10.0.0.0/8", "10.1.2.0/24", "192.0.2.5", "10.1.0.0/16"+layout.NoMatch)
+	_, got := apply(first)
+	if m := got["as-blocked-v4"].Members; !reflect.DeepEqual(m, map[string]bool{"10.0.0.0/8": true, "10.1.2.0/24": true, "192.0.2.5": true, "10.1.0.0/16 nomatch": true}) {
+		t.Errorf("members read back: %v", m)
+	}
+	for addr, want := range map[string]bool{"10.9.9.9": true, "10.1.3.5": false, "10.1.2.5": true, "192.0.2.5": true, "192.0.2.6": false} {
+		if inSet(addr) != want {
+			t.Errorf("%s in the set: %v, want %v", addr, !want, want)
+		}
+	}
+
+	script, got := apply(set("10.0.0.0/8", "10.1.0.0/16", "192.0.2.6"))
+	if !strings.Contains(script, "del as-blocked-v4 10.1.0.0/16\nadd as-blocked-v4 10.1.0.0/16\n") {
+		t.Errorf("the except turned entry is not deleted and added:\n%s", script)
+	}
+	if m := got["as-blocked-v4"].Members; !reflect.DeepEqual(m, map[string]bool{"10.0.0.0/8": true, "10.1.0.0/16": true, "192.0.2.6": true}) {
+		t.Errorf("members after the edit: %v", m)
+	}
+	for addr, want := range map[string]bool{"10.1.3.5": true, "192.0.2.5": false, "192.0.2.6": true} {
+		if inSet(addr) != want {
+			t.Errorf("after the edit %s in the set: %v, want %v", addr, !want, want)
+		}
+	}
+	script, _ = apply(set("10.0.0.0/8", "10.1.0.0/16"+layout.NoMatch, "192.0.2.6"))
+	if !strings.Contains(script, "del as-blocked-v4 10.1.0.0/16\nadd as-blocked-v4 10.1.0.0/16 nomatch\n") {
+		t.Errorf("the entry turned except is not deleted and added:\n%s", script)
+	}
+	if inSet("10.1.3.5") {
+		t.Error("10.1.3.5 still matches after its prefix became an except")
+	}
 }

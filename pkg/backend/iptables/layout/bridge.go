@@ -27,8 +27,10 @@ func L2Chain(tap string) Chain { return Chain(tap + "-l2") }
 // ARP never reaches it: a VM with anti-spoofing may send frames only from
 // its MAC, ARP only for its own addresses (and RFC 5227 probes from
 // 0.0.0.0), and besides IPv4, IPv6 and ARP only the ethertypes it lists in
-// l2_protocols. Frames pass ebtables' FORWARD (to other ports) and INPUT
-// (to the hypervisor) hooks.
+// l2_protocols. With antispoof = "mac" only the first part holds: frames
+// and ARP's sender hardware address must carry its MAC, and nothing more
+// is checked (build.go, tapChains). Frames pass ebtables' FORWARD (to
+// other ports) and INPUT (to the hypervisor) hooks.
 func (b *builder) bridgeTable(nics []*ruleset.Interface) *Table {
 	t := &Table{Bridge: true}
 	var names []string
@@ -43,6 +45,10 @@ func (b *builder) bridgeTable(nics []*ruleset.Interface) *Table {
 			c.Rules = append(c.Rules,
 				Rule{Spec: "-s ! " + mac + " -j DROP"},
 				Rule{Spec: "-p ARP --arp-mac-src ! " + mac + " -j DROP"})
+		}
+		if n.AntispoofMACOnly {
+			t.Chains = append(t.Chains, c)
+			continue
 		}
 		for _, ip := range n.IPs {
 			if ip.Is4() {

@@ -119,7 +119,17 @@ func (b *builder) tapChains(f ruleset.Family, n *ruleset.Interface) []*ChainRule
 	}
 	var chains []*ChainRules
 	out := &ChainRules{Name: outName}
-	if n.Antispoof {
+	switch {
+	case n.Antispoof && n.AntispoofMACOnly:
+		// antispoof = "mac": the source MAC alone, as Proxmox's
+		// macfilter without ipfilter. Everything else anti-spoofing adds
+		// (address binding, the DHCP-server and router-advertisement
+		// guards) stays off, as with antispoof = false: an operator who
+		// chose "mac" asked for MAC spoofing to stop and nothing else to
+		// change, and an import from Proxmox, whose macfilter has no such
+		// guards, writes its own rules for them (README, "antispoof").
+		out.Rules = append(out.Rules, macCheck(n)...)
+	case n.Antispoof:
 		src := b.sourceChain(f, n)
 		chains = append(chains, src)
 		if f == ruleset.IPv6 {
@@ -222,15 +232,21 @@ func udpPorts(sport, dport int) string {
 // retransmission of whichever end may still open connections.
 var midStreamDrop = Rule{Spec: "-p tcp -m conntrack --ctstate NEW -m tcp ! --syn -j DROP", Comment: "new tcp without syn"}
 
+// macCheck drops packets that do not carry the VM's MAC as their source;
+// none when the interface has no MAC.
+func macCheck(n *ruleset.Interface) []Rule {
+	if n.MAC == nil {
+		return nil
+	}
+	return []Rule{{Spec: "-m mac ! --mac-source " + n.MAC.String() + " -j DROP", Comment: "antispoof mac"}}
+}
+
 // antispoof returns the first rules of TAP-out: every packet must carry the
 // VM's MAC, DHCP-server and router-advertisement traffic is dropped, DHCP
 // discovery is allowed before the VM has an address, and everything else
 // must come from one of the VM's addresses (checked in TAP-src).
 func (b *builder) antispoof(f ruleset.Family, n *ruleset.Interface, src Chain) []Rule {
-	var r []Rule
-	if n.MAC != nil {
-		r = append(r, Rule{Spec: "-m mac ! --mac-source " + n.MAC.String() + " -j DROP", Comment: "antispoof mac"})
-	}
+	r := macCheck(n)
 	if f == ruleset.IPv4 {
 		r = append(r, Rule{Spec: udpPorts(67, 0) + " -j DROP", Comment: "no dhcp server"})
 		if n.DHCP {
@@ -320,8 +336,12 @@ func (b *builder) outAccept(match, comment string) []Rule {
 func (b *builder) policyRules(f ruleset.Family, n *ruleset.Interface, dir config.Direction, a config.Action) []Rule {
 	var r []Rule
 	o := ruleset.Origin{Dir: dir, Tap: n.Name}
-	if n.LogPolicy && a != config.Accept {
-		r = append(r, b.logRule("", o, a))
+	level := n.LogIn
+	if dir == config.Out {
+		level = n.LogOut
+	}
+	if level != config.LogOff && a != config.Accept {
+		r = append(r, b.logRule("", o, a, level))
 	}
 	switch {
 	case a == config.Accept && dir == config.Out:
@@ -369,12 +389,18 @@ func rejectRules(f ruleset.Family, match, comment string) []Rule {
 	}
 }
 
-// logRule returns a rate-limited LOG rule, or with log_group an NFLOG
-// rule. The LOG prefix names the object (a tap or sg-GROUP), the direction
-// and the verdict: "vmfw tap110i0-in DROP ". The kernel keeps 28
-// characters, so long names lose the "vmfw " and then their tail rather
-// than the verdict.
-func (b *builder) logRule(match string, o ruleset.Origin, a config.Action) Rule {
+// logRule returns a rate-limited LOG rule at the syslog level, or with
+// log_group an NFLOG rule. The LOG prefix names the object (a tap or
+// sg-GROUP), the direction and the verdict: "vmfw tap110i0-in DROP ". The
+// kernel keeps 28 characters, so long names lose the "vmfw " and then
+// their tail rather than the verdict.
+//
+// The level is written only when it is not warning, the LOG target's own
+// default and the level of log = true, so a rule that logged before levels
+// existed keeps its text and its fingerprint. NFLOG has no level: packets
+// go to a listener (vmfw log), not to the kernel log, and the level is
+// not written (README, "log").
+func (b *builder) logRule(match string, o ruleset.Origin, a config.Action, level config.LogLevel) Rule {
 	m := match
 	if m != "" {
 		m += " "
@@ -397,7 +423,11 @@ func (b *builder) logRule(match string, o ruleset.Origin, a config.Action) Rule 
 	if len(prefix) > 28 {
 		prefix = object[:28-len(tail)] + tail
 	}
-	return Rule{Spec: fmt.Sprintf("%s%s -j LOG --log-prefix %q", m, limit, prefix), Origin: o}
+	spec := fmt.Sprintf("%s%s -j LOG --log-prefix %q", m, limit, prefix)
+	if level != config.LogOff && level != config.DefaultLogLevel {
+		spec += " --log-level " + string(level)
+	}
+	return Rule{Spec: spec, Origin: o}
 }
 
 // groupChain compiles one direction of a group. In chains decide for good
@@ -428,7 +458,7 @@ func (b *builder) compileGroup(f ruleset.Family, g *ruleset.Group, dir config.Di
 		first := len(c.Rules)
 		for _, m := range matches {
 			if rule.Log {
-				c.Rules = append(c.Rules, b.logRule(m, o, rule.Action))
+				c.Rules = append(c.Rules, b.logRule(m, o, rule.Action, rule.LogLevel))
 			}
 			switch {
 			case rule.Action == config.Drop:
@@ -492,6 +522,8 @@ func (b *builder) ruleMatches(f ruleset.Family, r ruleset.Rule) []string {
 	variants = b.addresses(f, variants, m.Dest, "-d")
 	variants = groupSets(f, variants, m.SourceGroup, "src")
 	variants = groupSets(f, variants, m.DestGroup, "dst")
+	variants = addressSets(f, variants, m.SourceSet, "src")
+	variants = addressSets(f, variants, m.DestSet, "dst")
 	return variants
 }
 
@@ -525,6 +557,31 @@ func groupSets(f ruleset.Family, variants []string, group, dir string) []string 
 	return out
 }
 
+// addressSets restricts the variants to the addresses of an address set
+// in family f: a rule with source_set is in both families' tables
+// whatever families the set's entries are of, so that an edit of the set
+// (an IPv6 entry added to an IPv4-only set) changes members only, never a
+// rule (docs/design.md, "Address sets").
+func addressSets(f ruleset.Family, variants []string, set, dir string) []string {
+	if set == "" {
+		return variants
+	}
+	out := make([]string, len(variants))
+	for i, v := range variants {
+		out[i] = join(v, "-m set --match-set "+AddressSetName(set, f)+" "+dir)
+	}
+	return out
+}
+
+// AddressSetName returns the ipset holding address set's networks of
+// family f.
+func AddressSetName(set string, f ruleset.Family) string {
+	if f == ruleset.IPv6 {
+		return addressSetPrefix + set + "-v6"
+	}
+	return addressSetPrefix + set + "-v4"
+}
+
 // SetName returns the ipset holding group members' addresses of family f.
 func SetName(group string, f ruleset.Family) string {
 	if f == ruleset.IPv6 {
@@ -550,12 +607,19 @@ func portMatch(ports []config.PortRange, dir string) []string {
 	return []string{"-m multiport --" + dir + "s " + strings.Join(parts, ",")}
 }
 
-// sets returns the ipsets of every group a compiled rule refers to,
-// holding its members' addresses (the policy's Members, remote members
-// included), sorted as text as ipset restore scripts list them.
+// sets returns the ipsets of every address set a compiled rule refers to
+// (addressSetMembers), sorted by name, then those of every group a
+// compiled rule refers to, holding its members' addresses (the policy's
+// Members, remote members included) sorted as text as ipset restore
+// scripts list them.
 func (b *builder) sets() []Set {
-	names := slices.Sorted(maps.Keys(b.policy.Members))
 	var out []Set
+	for _, name := range slices.Sorted(maps.Keys(b.policy.Sets)) {
+		for _, f := range ruleset.Families {
+			out = append(out, Set{Name: AddressSetName(name, f), Type: HashNet, Family: f, Members: addressSetMembers(b.policy.Sets[name], f)})
+		}
+	}
+	names := slices.Sorted(maps.Keys(b.policy.Members))
 	for _, g := range names {
 		for _, f := range ruleset.Families {
 			s := Set{Name: SetName(g, f), Type: HashIP, Family: f}
@@ -583,3 +647,75 @@ func FromConfig(m *config.Model, attached []*config.NIC) (*Ruleset, error) {
 // Sets returns the ipsets Build would lay out for p, without laying out
 // any chain: what a change of group members alone needs.
 func Sets(p *ruleset.Policy) []Set { return newBuilder(p).sets() }
+
+// addressSetMembers returns the members of address set s's ipset of
+// family f (type hash:net), as ipset save prints them: its entries, then
+// its excepts with the nomatch flag, each in file order. In a hash:net
+// set the kernel looks an address up from the most specific prefix
+// length to the least and the first prefix found decides, a nomatch one
+// by not matching: the set's own meaning (config.Set), so entries and
+// excepts go in as written, and an edit of one entry is one member added
+// or removed.
+//
+// hash:net takes no prefix of length 0, so an entry 0.0.0.0/0 (::/0)
+// becomes its two halves, each unless the set lists it itself: a listed
+// half, entry or except, is more specific than the /0 and decides its
+// addresses anyway.
+func addressSetMembers(s *ruleset.Set, f ruleset.Family) []string {
+	var out []string
+	var halves []netip.Prefix
+	for _, list := range []struct {
+		entries []config.SetEntry
+		flag    string
+	}{{s.Entries, ""}, {s.Except, NoMatch}} {
+		for _, e := range list.entries {
+			p := e.Prefix
+			if ruleset.FamilyOf(p.Addr()) != f {
+				continue
+			}
+			if p.Bits() == 0 {
+				halves = append(halves, halvesOf(p)...)
+				continue
+			}
+			out = append(out, SetMember(p)+list.flag)
+		}
+	}
+	for _, h := range halves {
+		if !listedPrefix(s, h) {
+			out = append(out, SetMember(h))
+		}
+	}
+	return out
+}
+
+// halvesOf returns the two prefixes of length 1 that make up p, of length
+// 0.
+func halvesOf(p netip.Prefix) []netip.Prefix {
+	lo := netip.PrefixFrom(p.Addr(), 1)
+	b := p.Addr().AsSlice()
+	b[0] |= 0x80
+	hi, _ := netip.AddrFromSlice(b)
+	return []netip.Prefix{lo, netip.PrefixFrom(hi, 1)}
+}
+
+// listedPrefix reports whether s lists p itself, as an entry or an except.
+func listedPrefix(s *ruleset.Set, p netip.Prefix) bool {
+	for _, list := range [][]config.SetEntry{s.Entries, s.Except} {
+		for _, e := range list {
+			if e.Prefix == p {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// SetMember writes prefix p as ipset prints a member of a hash:net set: a
+// single address (a /32 or /128) without its length, any other prefix as
+// a CIDR.
+func SetMember(p netip.Prefix) string {
+	if p.Bits() == p.Addr().BitLen() {
+		return p.Addr().String()
+	}
+	return p.String()
+}

@@ -162,16 +162,18 @@ func (p *Plan) transaction(first string, declare [][]Chain, rules func(Chain) []
 }
 
 // ownedName matches the names vmfw gives its chains: its base chains,
-// group chains and per-interface chains.
-var ownedName = regexp.MustCompile(`^(vmfw-(FORWARD|INPUT|OUTPUT|out|in|accept|l2|l2out|route|local)|sg-[A-Za-z][A-Za-z0-9_]{0,19}-(in|out|lin)|[A-Za-z0-9_.-]{1,15}-(in|out|src|nd|lin|l2|rt|lo))$`)
+// group chains (group names may contain '-', config's name rule) and
+// per-interface chains.
+var ownedName = regexp.MustCompile(`^(vmfw-(FORWARD|INPUT|OUTPUT|out|in|accept|l2|l2out|route|local)|sg-[A-Za-z][A-Za-z0-9_-]{0,19}-(in|out|lin)|[A-Za-z0-9_.-]{1,15}-(in|out|src|nd|lin|l2|rt|lo))$`)
 
 // IsOwnedName reports whether name is shaped like a chain vmfw creates.
 // A chain so named is vmfw's only if it also carries vmfw's comments or a
 // vmfw chain jumps to it; the caller checks that.
 func IsOwnedName(name string) bool { return ownedName.MatchString(name) }
 
-// ownedSet matches the names of the ipsets vmfw creates.
-var ownedSet = regexp.MustCompile(`^sg-[A-Za-z][A-Za-z0-9_]{0,19}-(v4|v6)$`)
+// ownedSet matches the names of the ipsets vmfw creates: groups' member
+// sets and address sets, per family (names.go).
+var ownedSet = regexp.MustCompile(`^(sg|as)-[A-Za-z][A-Za-z0-9_-]{0,19}-(v4|v6)$`)
 
 // IsOwnedSet reports whether an ipset name is one vmfw creates.
 func IsOwnedSet(name string) bool { return ownedSet.MatchString(name) }

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/vmfw/vmfw/pkg/config/configtest"
+	"github.com/vmfw/vmfw/pkg/config/configtest/scenario"
 	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
@@ -70,7 +70,7 @@ func render(rs *Ruleset) string {
 
 // TestGoldenReference compiles the reference scenario with every tap attached.
 func TestGoldenReference(t *testing.T) {
-	m, nics := configtest.Load(t, "../../../../conf/examples/reference")
+	m, nics := scenario.Load(t, "../../../../conf/examples/reference")
 	rs, err := buildFor(m, nics)
 	if err != nil {
 		t.Fatal(err)
@@ -92,7 +92,7 @@ func TestGoldenFeatures(t *testing.T) {
 	for _, dir := range dirs {
 		name := filepath.Base(dir)
 		t.Run(name, func(t *testing.T) {
-			m, nics := configtest.Load(t, dir)
+			m, nics := scenario.Load(t, dir)
 			rs, err := buildFor(m, nics)
 			if err != nil {
 				t.Fatal(err)

@@ -11,7 +11,7 @@ import (
 	"unicode"
 
 	"github.com/vmfw/vmfw/pkg/config"
-	"github.com/vmfw/vmfw/pkg/config/configtest"
+	"github.com/vmfw/vmfw/pkg/config/configtest/scenario"
 	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
@@ -135,7 +135,7 @@ func lineOf(content string) int {
 // restoreLines renders every table as iptables-restore arguments per line.
 func restoreLines(t *testing.T, dir string) [][]string {
 	t.Helper()
-	m, nics := configtest.Load(t, dir)
+	m, nics := scenario.Load(t, dir)
 	rs, err := buildFor(m, nics)
 	if err != nil {
 		t.Fatal(err)

@@ -8,9 +8,10 @@ import (
 )
 
 // Names. Every name vmfw gives a chain or an ipset is built by a function
-// of this package (TapChain, GroupChain, L2Chain, SetName, the base chain
-// constants and the dispatch node names) and read back by the functions
-// below, so no other package cuts prefixes or suffixes off names.
+// of this package (TapChain, GroupChain, L2Chain, SetName,
+// AddressSetName, the base chain constants and the dispatch node names)
+// and read back by the functions below, so no other package cuts prefixes
+// or suffixes off names.
 
 // Prefixes of vmfw's names: its base and dispatch chains, and its group
 // chains and sets. No interface may be named with either (an attachment's
@@ -20,6 +21,14 @@ const (
 	basePrefix  = config.BaseChainPrefix
 	groupPrefix = config.GroupChainPrefix
 )
+
+// addressSetPrefix starts the ipsets of address sets (as-NAME-v4,
+// as-NAME-v6). It differs from groupPrefix, so a set and a group of the
+// same name never share an ipset; the longest name, with the 20
+// characters names may have and the prefix a rebuilt set takes
+// ("vmfw-as-NAME-v4"), is ipset's 31 characters. Address sets make no
+// chains, so no interface name needs to avoid it.
+const addressSetPrefix = "as-"
 
 // tapChainKinds are the suffixes of a tap's chains (see TapChains and
 // L2Chain).
@@ -81,16 +90,34 @@ func ParseGroupChain(c Chain) (group, dir string, ok bool) {
 	return rest[:i], rest[i+1:], true
 }
 
-// ParseSetName splits an ipset name of vmfw's (sg-GROUP-v4, sg-GROUP-v6)
-// into its group and family.
-func ParseSetName(name string) (group string, f ruleset.Family, ok bool) {
+// SetKind tells the two kinds of vmfw's ipsets apart.
+type SetKind int
+
+// The kinds of vmfw's ipsets.
+const (
+	// GroupSet holds a group's members' addresses (sg-GROUP-v4/-v6).
+	GroupSet SetKind = iota + 1
+	// AddressSet holds an address set's networks (as-SET-v4/-v6).
+	AddressSet
+)
+
+// ParseSetName splits an ipset name of vmfw's (sg-GROUP-v4, sg-GROUP-v6,
+// as-SET-v4, as-SET-v6) into its kind, the group's or set's name and the
+// family. The family is read from the end, so dashed names split right.
+func ParseSetName(name string) (kind SetKind, owner string, f ruleset.Family, ok bool) {
 	if !IsOwnedSet(name) {
-		return "", 0, false
+		return 0, "", 0, false
 	}
-	rest := strings.TrimPrefix(name, groupPrefix)
-	group, fam := rest[:len(rest)-3], rest[len(rest)-2:]
+	kind = GroupSet
+	rest, isAddr := strings.CutPrefix(name, addressSetPrefix)
+	if isAddr {
+		kind = AddressSet
+	} else {
+		rest = strings.TrimPrefix(name, groupPrefix)
+	}
+	owner, fam := rest[:len(rest)-3], rest[len(rest)-2:]
 	if fam == "v6" {
-		return group, ruleset.IPv6, true
+		return kind, owner, ruleset.IPv6, true
 	}
-	return group, ruleset.IPv4, true
+	return kind, owner, ruleset.IPv4, true
 }

@@ -1,6 +1,7 @@
 package layout
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/vmfw/vmfw/pkg/ruleset"
@@ -37,9 +38,21 @@ func TestNamesRoundTrip(t *testing.T) {
 			}
 		}
 		for _, f := range ruleset.Families {
-			got, fam, ok := ParseSetName(SetName(g, f))
-			if g != "a_b-c" && (!ok || got != g || fam != f) {
-				t.Errorf("ParseSetName(%s) = %q, %v, %v", SetName(g, f), got, fam, ok)
+			kind, got, fam, ok := ParseSetName(SetName(g, f))
+			if !ok || kind != GroupSet || got != g || fam != f {
+				t.Errorf("ParseSetName(%s) = %v, %q, %v, %v", SetName(g, f), kind, got, fam, ok)
+			}
+			kind, got, fam, ok = ParseSetName(AddressSetName(g, f))
+			if !ok || kind != AddressSet || got != g || fam != f {
+				t.Errorf("ParseSetName(%s) = %v, %q, %v, %v", AddressSetName(g, f), kind, got, fam, ok)
+			}
+			if SetName(g, f) == AddressSetName(g, f) {
+				t.Errorf("group and address set %s share the ipset %s", g, SetName(g, f))
+			}
+		}
+		for _, dir := range []string{"in", "out", "lin"} {
+			if !IsOwnedName(string(GroupChain(g, dir))) {
+				t.Errorf("%s not taken for vmfw's", GroupChain(g, dir))
 			}
 		}
 	}
@@ -56,7 +69,17 @@ func TestNamesRoundTrip(t *testing.T) {
 			t.Errorf("%s parsed as tap %q kind %q", name, tap, kind)
 		}
 	}
-	if _, _, ok := ParseSetName("blocklist"); ok {
-		t.Error("a foreign set parsed as vmfw's")
+	for _, name := range []string{"blocklist", "as-", "as--v4", "as-1x-v4", "sg-web-v5", "vmfw-as-x-v4"} {
+		if _, _, _, ok := ParseSetName(name); ok {
+			t.Errorf("foreign set %s parsed as vmfw's", name)
+		}
+	}
+	// The longest names fit ipset's 31 characters with the prefix of a
+	// set being rebuilt.
+	long := strings.Repeat("a", 19) + "-"
+	for _, name := range []string{SetName(long, ruleset.IPv6), AddressSetName(long, ruleset.IPv6)} {
+		if n := len("vmfw-" + name); n > 31 {
+			t.Errorf("vmfw-%s is %d characters, ipset takes 31", name, n)
+		}
 	}
 }

@@ -5,7 +5,7 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/vmfw/vmfw/pkg/config/configtest"
+	"github.com/vmfw/vmfw/pkg/config/configtest/scenario"
 	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
@@ -13,7 +13,7 @@ import (
 // mode) are in their groups' sets, sorted and without duplicates, and get
 // no chains; BuildScope keeps them too.
 func TestRemoteMembersFillSetsOnly(t *testing.T) {
-	m, nics := configtest.Load(t, "../../../../conf/examples/reference")
+	m, nics := scenario.Load(t, "../../../../conf/examples/reference")
 	local, err := buildFor(m, nics)
 	if err != nil {
 		t.Fatal(err)

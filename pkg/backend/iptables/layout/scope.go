@@ -44,6 +44,17 @@ type Scope struct {
 	// or after the change by fingerprint, so that fingerprints read back
 	// can be turned into rule text for a revert without reading the text.
 	Known map[ruleset.Family]map[Chain]map[string]Rule
+	// Expect lists, per family, chains out of scope that the scope relies
+	// on, with the fingerprints they must hold (nil: the chain must not
+	// exist): every group chain, and the chains of the interfaces out of
+	// focus that a dispatch chain in scope jumps to. A scope written over
+	// anything else (an edit of a group or a VM not applied yet) could
+	// jump to a chain that is missing or stale, or destroy a set a stale
+	// group chain still uses; the caller reads them back first.
+	Expect map[ruleset.Family]map[Chain][]string
+	// ExpectBridge lists the ebtables chains the scope relies on, true for
+	// those that must exist (ebtables rules carry no fingerprints).
+	ExpectBridge map[Chain]bool
 }
 
 // BuildScope compiles the scope of changing the attached interfaces from
@@ -144,7 +155,73 @@ func BuildScope(was, now *ruleset.Policy, focus []string) *Scope {
 			sc.Bridge.Chains = append(sc.Bridge.Chains, c)
 		}
 	}
+	// The interfaces out of focus that the dispatch chains written jump to.
+	var targets []*ruleset.Interface
+	target := func(n *ruleset.Interface) {
+		if n != nil && !inFocus[n.Name] && !slices.Contains(targets, n) {
+			targets = append(targets, n)
+		}
+	}
+	for _, tree := range [][2]*dispatchNode{{wasTree, nowTree}, {wasL2, nowL2}} {
+		for _, name := range leavesOf(tree[1], scopeNodes(tree[0], tree[1])) {
+			target(was.Interface(name))
+		}
+	}
+	for _, f := range ruleset.Families {
+		wasRT, _ := routeTree(f, before)
+		nowRT, owners := routeTree(f, after)
+		for _, key := range leavesOf(nowRT, scopeNodes(wasRT, nowRT)) {
+			target(owners[key])
+		}
+	}
+	sc.expect(b, wasRS, targets, inScope)
 	return sc
+}
+
+// leavesOf returns the leaves of the nodes of tree that nodes selects:
+// the interfaces (in an address tree, the route keys of their addresses)
+// those chains jump to.
+func leavesOf(tree *dispatchNode, nodes map[string]bool) []string {
+	var out []string
+	tree.walk(func(n *dispatchNode) {
+		if !nodes[nodeKey(tree, n)] {
+			return
+		}
+		for _, e := range n.entries {
+			if e.node == nil {
+				out = append(out, e.name)
+			}
+		}
+	})
+	return out
+}
+
+// expect fills Expect and ExpectBridge: every group chain out of scope as
+// wasRS lays it out, and every chain of targets, the interfaces out of
+// focus that the written dispatch chains jump to.
+func (sc *Scope) expect(b *builder, wasRS *Ruleset, targets []*ruleset.Interface, inScope func(Chain) bool) {
+	sc.Expect = map[ruleset.Family]map[Chain][]string{}
+	sc.ExpectBridge = map[Chain]bool{}
+	for _, f := range ruleset.Families {
+		expect := map[Chain][]string{}
+		for _, c := range wasRS.Tables[f].Chains {
+			if _, _, isGroup := ParseGroupChain(c.Name); isGroup && !inScope(c.Name) {
+				expect[c.Name] = c.Hashes()
+			}
+		}
+		for _, n := range targets {
+			for _, name := range TapChains(n.Name) {
+				expect[name] = nil
+			}
+			for _, c := range b.tapChains(f, n) {
+				expect[c.Name] = c.Hashes()
+			}
+		}
+		sc.Expect[f] = expect
+	}
+	for _, n := range targets {
+		sc.ExpectBridge[L2Chain(n.Name)] = n.Enabled && n.Antispoof
+	}
 }
 
 // scopeNodes returns the keys of the nodes of a dispatch tree that a scope
@@ -171,7 +248,7 @@ func tapNames(nics []*ruleset.Interface) []string {
 }
 
 // l2Names returns the interfaces bridgeTable gives an L2 chain: those of
-// enabled VMs with anti-spoofing.
+// enabled VMs with anti-spoofing (antispoof = "mac" included).
 func l2Names(nics []*ruleset.Interface) []string {
 	var out []string
 	for _, n := range nics {
@@ -250,7 +327,7 @@ func buildScoped(p *ruleset.Policy, focus map[string]bool) *Ruleset {
 			covered[g] = true
 		}
 	}
-	rs := Build(&ruleset.Policy{Host: p.Host, Interfaces: reps, Groups: p.Groups, Members: p.Members})
+	rs := Build(&ruleset.Policy{Host: p.Host, Interfaces: reps, Groups: p.Groups, Members: p.Members, Sets: p.Sets})
 
 	// Drop the chains of representatives out of focus, and the dispatch
 	// compiled for the representatives only.
@@ -297,6 +374,7 @@ func GroupScope(was, now *ruleset.Policy, groups []string) *Scope {
 		Chains: map[ruleset.Family][]Chain{},
 		Known:  map[ruleset.Family]map[Chain]map[string]Rule{},
 		Bridge: &Table{Bridge: true, Hooks: bridgeHooks()},
+		Expect: map[ruleset.Family]map[Chain][]string{},
 	}
 	for _, f := range ruleset.Families {
 		t := &Table{Family: f, Hooks: filterHooks()}
@@ -331,6 +409,23 @@ func GroupScope(was, now *ruleset.Policy, groups []string) *Scope {
 			}
 		}
 		sc.Tables[f], sc.Chains[f], sc.Known[f] = t, names, known
+		// The other groups' chains stay; the edit's sets rely on them
+		// holding what was lays out (an unapplied edit of another group
+		// could still use a set the edited group stops using).
+		expect := map[Chain][]string{}
+		for g, grp := range was.Groups {
+			if slices.Contains(groups, g) || now.Groups[g] == nil {
+				continue
+			}
+			for _, c := range []*ChainRules{bw.groupChain(f, grp, config.In), bw.groupChain(f, grp, config.Out)} {
+				expect[c.Name] = c.Hashes()
+			}
+			if bw.macGroup(g) {
+				c := bw.localGroupChain(f, grp)
+				expect[c.Name] = c.Hashes()
+			}
+		}
+		sc.Expect[f] = expect
 	}
 	sc.Sets = bn.sets()
 	return sc

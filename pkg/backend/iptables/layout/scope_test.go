@@ -11,6 +11,7 @@ import (
 
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/config/configtest"
+	"github.com/vmfw/vmfw/pkg/config/configtest/scenario"
 	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
@@ -37,7 +38,7 @@ func scopeModel(t testing.TB, n int) (*config.Model, []*config.NIC) {
 		}
 		write(fmt.Sprintf("vms/%d.toml", id), text)
 	}
-	return configtest.Load(t, dir)
+	return scenario.Load(t, dir)
 }
 
 // TestBuildScopedMatchesBuild checks that the scoped compile yields, chain

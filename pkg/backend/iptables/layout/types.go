@@ -257,20 +257,31 @@ func (t *Table) declareAll(lists ...[]Chain) string {
 // SetType is an ipset type.
 type SetType string
 
-// The ipset types vmfw creates.
+// The ipset types vmfw creates: hash:ip for groups' members, hash:net
+// for address sets (prefixes, and nomatch for their excepts).
 const (
-	HashIP SetType = "hash:ip"
+	HashIP  SetType = "hash:ip"
+	HashNet SetType = "hash:net"
 )
+
+// NoMatch ends a member of a hash:net set that is an except, as ipset
+// save prints it: "10.1.0.0/16 nomatch". Such a member decides that the
+// addresses it holds do not match, unless a more specific member does.
+const NoMatch = " nomatch"
 
 // Set is the desired state of one ipset.
 type Set struct {
-	// Name is the set's name, sg-GROUP-v4 or sg-GROUP-v6.
+	// Name is the set's name: sg-GROUP-v4 or sg-GROUP-v6 (HashIP),
+	// as-SET-v4 or as-SET-v6 (HashNet).
 	Name string
 	// Type is the set's type.
 	Type SetType
 	// Family is the address family of the set's members.
 	Family ruleset.Family
-	// Members are the set's entries, sorted.
+	// Members are the set's entries as ipset save prints them: for
+	// HashIP addresses, sorted; for HashNet prefixes (a single address
+	// without its length), each except followed by NoMatch, in the
+	// order of the set's file.
 	Members []string
 }
 

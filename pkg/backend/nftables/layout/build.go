@@ -429,7 +429,11 @@ func (b *builder) groupChain(g *ruleset.Group, d config.Direction) *Chain {
 	for _, r := range g.Rules(d) {
 		for _, match := range b.ruleMatches(r) {
 			if r.Log {
-				c.Rules = append(c.Rules, Rule{Exprs: with(match, b.limit(), b.log(r.Origin, r.Action)), Origin: r.Origin})
+				l := b.log(r.Origin, r.Action)
+				if r.LogLevel != config.DefaultLogLevel && r.LogLevel != config.LogOff {
+					l.Level = string(r.LogLevel)
+				}
+				c.Rules = append(c.Rules, Rule{Exprs: with(match, b.limit(), l), Origin: r.Origin})
 			}
 			var action []Expr
 			switch {
@@ -651,7 +655,7 @@ func (b *builder) bridgeSets() []*Set {
 			case config.Reject:
 				add(rejectSet, name)
 			}
-			if n.LogPolicy && a != config.Accept {
+			if logged(n, acceptSet) && a != config.Accept {
 				add(logSet, name)
 			}
 		}
@@ -772,4 +776,15 @@ func (rs *Ruleset) Describe() string {
 		}
 	}
 	return fmt.Sprintf("%d rules", n)
+}
+
+// logged reports whether n logs what its policy of the direction of
+// acceptSet drops or rejects. The nftables backend's policy log rules are
+// shared by every interface and log at the warning level whatever level
+// the VM names (docs/nftables.md, "Differences").
+func logged(n *ruleset.Interface, acceptSet string) bool {
+	if acceptSet == SetOutAccept {
+		return n.LogOut != config.LogOff
+	}
+	return n.LogIn != config.LogOff
 }

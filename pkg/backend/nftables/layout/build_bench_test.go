@@ -2,9 +2,9 @@ package layout
 
 import (
 	"fmt"
-	"path/filepath"
 	"testing"
 
+	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/config/configtest"
 	"github.com/vmfw/vmfw/pkg/ruleset"
 )
@@ -22,9 +22,11 @@ func BenchmarkBuild5000(b *testing.B) {
 		files[fmt.Sprintf("vms/%d.toml", id)] = fmt.Sprintf("[net0]\nmac = \"02:00:00:%02x:%02x:01\"\nips = [\"2001:db8:1::%x\"]\ngroups = [\"g%02d\", \"g%02d\", \"g%02d\"]\n",
 			(id>>8)&0xff, id&0xff, id, k%20, (k+7)%20, (k+13)%20)
 	}
-	dir := configtest.Dir(b, files)
-	m, nics := configtest.Load(b, filepath.Clean(dir))
-	p, err := ruleset.Compile(m, nics)
+	m, err := config.Load(configtest.Dir(b, files))
+	if err != nil {
+		b.Fatal(err)
+	}
+	p, err := ruleset.Compile(m, allNICs(m))
 	if err != nil {
 		b.Fatal(err)
 	}

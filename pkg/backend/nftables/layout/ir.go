@@ -375,6 +375,9 @@ func (l *Limit) Text() string {
 type Log struct {
 	Prefix string
 	Group  int
+	// Level is the syslog level of a kernel log rule, "" for warning
+	// (the default, which nft does not print).
+	Level string
 }
 
 // Text renders the statement. A counter comes with it, so that what was
@@ -385,8 +388,22 @@ func (l *Log) Text() string {
 	if l.Group > 0 {
 		return fmt.Sprintf("counter log prefix %q group %d", l.Prefix, l.Group)
 	}
+	if l.Level != "" {
+		return fmt.Sprintf("counter log prefix %q level %s", l.Prefix, nftLevel(l.Level))
+	}
 	return fmt.Sprintf("counter log prefix %q", l.Prefix)
 }
+
+// nftLevel is nft's word for a syslog level ("warning" is "warn").
+func nftLevel(level string) string {
+	if level == "warning" {
+		return "warn"
+	}
+	return level
+}
+
+// LogLevels are the syslog levels by name, as the kernel numbers them.
+var LogLevels = map[string]uint32{"emerg": 0, "alert": 1, "crit": 2, "err": 3, "warning": 4, "notice": 5, "info": 6, "debug": 7}
 
 // Reject rejects the packet: a TCP reset when TCP, else an ICMP or
 // ICMPv6 port unreachable (icmpx), as iptables' REJECT rules of the

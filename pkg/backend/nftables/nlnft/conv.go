@@ -225,6 +225,9 @@ func (r *rule) add(e layout.Expr, t *nftables.Table, sets func(string) *nftables
 		} else {
 			l.Key |= 1 << unix.NFTA_LOG_LEVEL
 			l.Level = expr.LogLevelWarning
+			if n, ok := layout.LogLevels[e.Level]; ok {
+				l.Level = expr.LogLevel(n)
+			}
 		}
 		r.exprs = append(r.exprs, &expr.Counter{}, l)
 	case *layout.Reject:

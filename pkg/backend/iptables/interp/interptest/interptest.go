@@ -6,7 +6,6 @@ package interptest
 
 import (
 	"embed"
-	"net/netip"
 	"slices"
 	"testing"
 
@@ -32,7 +31,8 @@ var saved embed.FS
 // in the form the backend writes it.
 func Applied(p *ruleset.Policy) *interp.Kernel {
 	rs := layout.Build(p)
-	k := &interp.Kernel{Backend: "test", Tables: map[ruleset.Family]layout.Observed{}, Sets: sets(rs)}
+	k := &interp.Kernel{Backend: "test", Tables: map[ruleset.Family]layout.Observed{}}
+	k.Sets, k.Nets = interp.Sets(rs.Sets)
 	for _, f := range ruleset.Families {
 		o := layout.Observed{Chains: map[layout.Chain][]string{}, Lines: map[layout.Chain][]string{}, Hooks: map[layout.Hook]int{}}
 		for _, c := range rs.Tables[f].Chains {
@@ -64,7 +64,8 @@ func Applied(p *ruleset.Policy) *interp.Kernel {
 // reference scenario's policy: the saved files hold the tables alone.
 func Reference(t testing.TB, p *ruleset.Policy) *interp.Kernel {
 	t.Helper()
-	k := &interp.Kernel{Backend: "nft", Tables: map[ruleset.Family]layout.Observed{}, Sets: sets(layout.Build(p))}
+	k := &interp.Kernel{Backend: "nft", Tables: map[ruleset.Family]layout.Observed{}}
+	k.Sets, k.Nets = interp.Sets(layout.Build(p).Sets)
 	for _, f := range ruleset.Families {
 		s, err := xtables.Parse(read(t, f.String()))
 		if err != nil {
@@ -85,19 +86,6 @@ func read(t testing.TB, table string) []byte {
 		t.Fatal(err)
 	}
 	return data
-}
-
-// sets are the members of rs's ipsets.
-func sets(rs *layout.Ruleset) map[string]map[netip.Addr]bool {
-	out := map[string]map[netip.Addr]bool{}
-	for _, s := range rs.Sets {
-		m := map[netip.Addr]bool{}
-		for _, a := range s.Members {
-			m[netip.MustParseAddr(a)] = true
-		}
-		out[s.Name] = m
-	}
-	return out
 }
 
 // installed names the interfaces k holds chains of, as the backend's

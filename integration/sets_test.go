@@ -1,0 +1,437 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vmfw/vmfw/integration/labnet"
+)
+
+// partnersSet nests an entry, an except inside it and an entry inside
+// that, in both families: 192.0.2.130 and 2001:db8::a10 match by the
+// outer entry, 192.0.2.195 and 2001:db8::ac0 fall in the except, and
+// 192.0.2.201 and 2001:db8::a85 match again by the innermost entry.
+const partnersSet = `description = "partners"
+entries = [
+  "192.0.2.128/25",
+  "192.0.2.200/29",
+  "2001:db8::a00/120",
+  "2001:db8::a80/124",
+]
+except = [
+  "192.0.2.192/26",
+  "2001:db8::a80/121",
+]
+`
+
+// guardedGroup lets the set's addresses in on 22 and keeps the VM from
+// reaching them on 80.
+const guardedGroup = `
+[[in]]
+proto = "tcp"
+dport = "22"
+source_set = "partners"
+
+[[out]]
+proto = "tcp"
+dport = "80"
+dest_set = "partners"
+action = "drop"
+`
+
+// setHost is an external host of the address set test and whether its
+// addresses match the set.
+type setHost struct {
+	name   string
+	v4, v6 string
+	inSet  bool
+	ns     *labnet.NS
+}
+
+// applyReport is the part of apply -o json and check -o json the tests
+// read.
+type applyReport struct {
+	Changed bool `json:"changed"`
+	Chains  map[string]struct {
+		Created   []string `json:"created"`
+		Rewritten []string `json:"rewritten"`
+		Deleted   []string `json:"deleted"`
+	} `json:"chains"`
+	Sets struct {
+		Created []string            `json:"created"`
+		Added   map[string][]string `json:"added"`
+		Removed map[string][]string `json:"removed"`
+	} `json:"sets"`
+	FlowsCut int `json:"flows_cut"`
+}
+
+func parseApply(t *testing.T, out string) applyReport {
+	t.Helper()
+	var r applyReport
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("decoding %q: %v", out, err)
+	}
+	return r
+}
+
+// noChains fails unless the report changes no chain in any table.
+func noChains(t *testing.T, what string, r applyReport) {
+	t.Helper()
+	for table, c := range r.Chains {
+		if len(c.Created)+len(c.Rewritten)+len(c.Deleted) > 0 {
+			t.Errorf("%s changed chains in %s: %+v", what, table, c)
+		}
+	}
+}
+
+// TestAddressSets: source_set and dest_set admit and refuse by the most
+// specific prefix of a set (entry, except inside it, entry inside that),
+// in IPv4 and IPv6, with real TCP, from an empty kernel whose first VM is
+// IPv4-only. An edit of the set, by vmfw apply and by a running agent,
+// changes set members only (no chain is rewritten), check -o json says
+// which members it would add and remove, a member turning from except to
+// entry is rewritten in place, and the connections the edit denies are
+// cut. status lists the set with its sizes, and trace names the set and
+// the entry that decided.
+func TestAddressSets(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, backend string) {
+		h := newHV(t, backend, "")
+		if err := os.MkdirAll(filepath.Join(h.config, "sets"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		h.write("sets/partners.toml", partnersSet)
+		h.write("groups/guarded.toml", guardedGroup)
+		vmV4Only := "[net0]\nbridge = \"vmbr0\"\nmac = \"02:00:00:00:04:41\"\nips = [\"192.0.2.41\"]\ngroups = [\"guarded\"]\n"
+		h.write("vms/241.toml", vmV4Only)
+		if h.refusesUnsupported("does not lay out address sets yet") {
+			return
+		}
+		vm := h.vm("tap241i0", "02:00:00:00:04:41", "192.0.2.41", "2001:db8::41")
+		hosts := []*setHost{
+			{name: "outer entry", v4: "192.0.2.130", v6: "2001:db8::a10", inSet: true},
+			{name: "except", v4: "192.0.2.195", v6: "2001:db8::ac0"},
+			{name: "entry inside the except", v4: "192.0.2.201", v6: "2001:db8::a85", inSet: true},
+			{name: "outside", v4: "192.0.2.60", v6: "2001:db8::60"},
+		}
+		for i, x := range hosts {
+			ns, err := h.lab.AddExternal("uplink"+string(rune('0'+i)), "", x.v4+"/24", x.v6+"/64")
+			if err != nil {
+				t.Fatal(err)
+			}
+			x.ns = ns
+			h.serve(ns, x.v4, 80)
+			h.serve(ns, x.v6, 80)
+		}
+		h.serve(vm, "192.0.2.41", 22)
+		h.serve(vm, "2001:db8::41", 22)
+
+		// An empty kernel, an IPv4-only VM: both families' sets and rules
+		// are installed whatever families the VM and the set have.
+		h.vmfw("ifup", "tap241i0")
+		probes := func(v6 bool, when string, inSet func(*setHost) bool) []probe {
+			var out []probe
+			for _, x := range hosts {
+				addr, vmAddr := x.v4, "192.0.2.41"
+				if v6 {
+					addr, vmAddr = x.v6, "2001:db8::41"
+				}
+				out = append(out,
+					probe{when + ": in rule, source_set, from " + x.name + " " + addr, x.ns, vmAddr, 22, inSet(x)},
+					probe{when + ": out rule, dest_set, to " + x.name + " " + addr, vm, addr, 80, !inSet(x)})
+			}
+			return out
+		}
+		byConfig := func(x *setHost) bool { return x.inSet }
+		expectAll(t, probes(false, "IPv4", byConfig))
+		for _, want := range []string{"add as-partners-v4 192.0.2.192/26 nomatch", "add as-partners-v4 192.0.2.200/29", "add as-partners-v6 2001:db8::a80/121 nomatch", "create as-partners-v6 hash:net family inet6"} {
+			if !strings.Contains(h.ipsets(), want) {
+				t.Errorf("ipset save lacks %q:\n%s", want, h.ipsets())
+			}
+		}
+		h.write("vms/241.toml", strings.Replace(vmV4Only, `ips = ["192.0.2.41"]`, `ips = ["192.0.2.41", "2001:db8::41"]`, 1))
+		h.vmfw("apply")
+		expectAll(t, probes(true, "IPv6", byConfig))
+
+		// trace names the set and the entry that decided, on both sides.
+		reps := h.traceBatch([]map[string]any{
+			{"from": "192.0.2.201", "to": "241", "proto": "tcp", "dport": 22},
+			{"from": "2001:db8::ac0", "to": "241", "proto": "tcp", "dport": 22},
+		})
+		for i, want := range []string{"accept", "drop"} {
+			if reps[i].Verdict != want || reps[i].Kernel == nil || reps[i].Kernel.Verdict != want || len(reps[i].Drift) > 0 {
+				t.Errorf("trace %d: verdict %s (kernel %+v, drift %v), want %s from both sides", i, reps[i].Verdict, reps[i].Kernel, reps[i].Drift, want)
+			}
+		}
+		text := h.vmfw("trace", "--from", "192.0.2.201", "--to", "241", "--proto", "tcp", "--dport", "22")
+		if !strings.Contains(text, "set partners: entry 192.0.2.200/29 ("+filepath.Join(h.config, "sets/partners.toml")+":4)") {
+			t.Errorf("trace does not name the set and the entry that decided:\n%s", text)
+		}
+
+		st := h.vmfw("status", "-o", "json")
+		var status struct {
+			Sets []struct {
+				Name    string         `json:"name"`
+				Entries int            `json:"entries"`
+				Except  int            `json:"except"`
+				State   string         `json:"state"`
+				Kernel  map[string]int `json:"kernel_members"`
+			} `json:"sets"`
+		}
+		if err := json.Unmarshal([]byte(st), &status); err != nil {
+			t.Fatal(err)
+		}
+		if len(status.Sets) != 1 || status.Sets[0].Name != "partners" || status.Sets[0].Entries != 4 || status.Sets[0].Except != 2 ||
+			status.Sets[0].State != "in-sync" || status.Sets[0].Kernel["ipv4"] != 3 || status.Sets[0].Kernel["ipv6"] != 3 {
+			t.Errorf("status lists the sets as %+v", status.Sets)
+		}
+
+		// An edit through vmfw apply: the innermost IPv4 entry goes, so
+		// 192.0.2.201 falls in the except; the IPv6 except becomes an
+		// entry, so 2001:db8::ac0 matches.
+		edited := strings.Replace(strings.Replace(partnersSet, "  \"192.0.2.200/29\",\n", "", 1),
+			"  \"2001:db8::a80/124\",\n]\nexcept = [\n  \"192.0.2.192/26\",\n  \"2001:db8::a80/121\",\n]",
+			"  \"2001:db8::a80/124\",\n  \"2001:db8::a80/121\",\n]\nexcept = [\n  \"192.0.2.192/26\",\n]", 1)
+		afterEdit := func(x *setHost, v6 bool) bool {
+			switch {
+			case x.name == "entry inside the except" && !v6:
+				return false
+			case x.name == "except" && v6:
+				return true
+			}
+			return x.inSet
+		}
+		before := h.save(false) + h.save(true) + h.bridgeSave()
+		cut := startStream(t, "from 192.0.2.201, which the edit removes", hosts[2].ns, "192.0.2.41", 22)
+		kept := startStream(t, "from 192.0.2.130, still in the set", hosts[0].ns, "192.0.2.41", 22)
+		h.write("sets/partners.toml", edited)
+		check := parseApply(t, h.vmfw("check", "-o", "json"))
+		wantAdded := map[string][]string{"as-partners-v6": {"2001:db8::a80/121"}}
+		wantRemoved := map[string][]string{"as-partners-v4": {"192.0.2.200/29"}, "as-partners-v6": {"2001:db8::a80/121 nomatch"}}
+		for what, r := range map[string]applyReport{"check -o json": check} {
+			if !r.Changed || !mapsEqual(r.Sets.Added, wantAdded) || !mapsEqual(r.Sets.Removed, wantRemoved) {
+				t.Errorf("%s reports sets %+v, want added %v removed %v", what, r.Sets, wantAdded, wantRemoved)
+			}
+			noChains(t, what, r)
+		}
+		applied := parseApply(t, h.vmfw("apply", "-o", "json"))
+		if !mapsEqual(applied.Sets.Added, wantAdded) || !mapsEqual(applied.Sets.Removed, wantRemoved) || applied.FlowsCut < 1 {
+			t.Errorf("apply -o json reports sets %+v and %d flows cut, want added %v removed %v and the flow from 192.0.2.201 cut", applied.Sets, applied.FlowsCut, wantAdded, wantRemoved)
+		}
+		noChains(t, "the set edit", applied)
+		if after := h.save(false) + h.save(true) + h.bridgeSave(); after != before {
+			t.Errorf("the set edit rewrote chains: %v", changedChains(before, after))
+		}
+		checkStreams(t, "set edit by apply", []namedStream{cut}, []namedStream{kept})
+		var edits []probe
+		for _, v6 := range []bool{false, true} {
+			edits = append(edits, probes(v6, "after the edit", func(x *setHost) bool { return afterEdit(x, v6) })...)
+		}
+		expectAll(t, edits)
+		if out := parseApply(t, h.vmfw("apply", "-o", "json")); out.Changed {
+			t.Errorf("an apply after the edit still changes %+v", out)
+		}
+
+		// The same edit, undone, through a running agent: one file
+		// renamed over the set, enforced without a command and without a
+		// chain rewritten.
+		agent := startAgent(t, h)
+		writeAtomically(t, filepath.Join(h.config, "sets/partners.toml"), partnersSet)
+		if !eventually(func() bool { return tcp(t, hosts[2].ns, "192.0.2.41", 22) == labnet.Connected }) {
+			t.Fatalf("the agent did not enforce the set edit:\n%s", agent.Output())
+		}
+		if !eventually(func() bool { return strings.Contains(agent.Output(), "sets=[partners]") }) {
+			t.Errorf("the agent did not apply the edit as a set edit:\n%s", agent.Output())
+		}
+		if after := h.save(false) + h.save(true) + h.bridgeSave(); after != before {
+			t.Errorf("the agent's set edit rewrote chains: %v", changedChains(before, after))
+		}
+		expectAll(t, append(probes(false, "after the agent's edit", byConfig), probes(true, "after the agent's edit", byConfig)...))
+		stop(t, agent)
+	})
+}
+
+func mapsEqual(a, b map[string][]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		w, ok := b[k]
+		if !ok || !slices.Equal(v, w) {
+			return false
+		}
+	}
+	return true
+}
+
+// TestAntispoofMAC: with antispoof = "mac" a frame must carry the VM's
+// MAC, and ARP its MAC as sender hardware address; the VM may send from
+// any address, IPv4 and IPv6, and claim any address in ARP; nothing else
+// of anti-spoofing applies (a DHCP offer passes, as with antispoof =
+// false).
+func TestAntispoofMAC(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, backend string) {
+		h := newHV(t, backend, "")
+		h.write("vms/251.toml", `
+[net0]
+bridge = "vmbr0"
+mac = "02:00:00:00:05:51"
+ips = ["192.0.2.51", "2001:db8::51"]
+antispoof = "mac"
+`)
+		vm := h.vm("tap251i0", "02:00:00:00:05:51", "192.0.2.51", "2001:db8::51")
+		if h.refusesUnsupported(`does not lay out antispoof = "mac" yet`) {
+			return
+		}
+		ext, err := h.lab.AddExternal("uplink0", "02:00:00:00:05:99", "192.0.2.200/24", "2001:db8::200/64")
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.vmfw("ifup", "tap251i0")
+
+		own := mustMAC(t, "02:00:00:00:05:51")
+		other := mustMAC(t, "02:00:00:00:05:66")
+		extMAC := mustMAC(t, "02:00:00:00:05:99")
+		ap := func(s string, port uint16) netip.AddrPort { return netip.AddrPortFrom(netip.MustParseAddr(s), port) }
+		cases := []struct {
+			name    string
+			frame   func(marker []byte) []byte
+			through bool
+		}{
+			{"own MAC, own IPv4", func(m []byte) []byte {
+				return labnet.UDP4Frame(own, extMAC, ap("192.0.2.51", 4000), ap("192.0.2.200", 5000), m)
+			}, true},
+			{"own MAC, a foreign IPv4 source", func(m []byte) []byte {
+				return labnet.UDP4Frame(own, extMAC, ap("192.0.2.99", 4000), ap("192.0.2.200", 5000), m)
+			}, true},
+			{"own MAC, a foreign IPv6 source", func(m []byte) []byte {
+				return labnet.UDP6Frame(own, extMAC, ap("2001:db8::99", 4000), ap("2001:db8::200", 5000), m)
+			}, true},
+			{"spoofed MAC, own IPv4", func(m []byte) []byte {
+				return labnet.UDP4Frame(other, extMAC, ap("192.0.2.51", 4000), ap("192.0.2.200", 5000), m)
+			}, false},
+			{"spoofed MAC, own IPv6", func(m []byte) []byte {
+				return labnet.UDP6Frame(other, extMAC, ap("2001:db8::51", 4000), ap("2001:db8::200", 5000), m)
+			}, false},
+			{"ARP claiming a foreign address with its own MAC", func(m []byte) []byte {
+				return labnet.ARPRequestFrame(own, netip.MustParseAddr("192.0.2.99"), netip.MustParseAddr("192.0.2.200"), m)
+			}, true},
+			{"ARP with another sender hardware address", func(m []byte) []byte {
+				return labnet.ARPRequestFrameFrom(own, other, netip.MustParseAddr("192.0.2.51"), netip.MustParseAddr("192.0.2.200"), m)
+			}, false},
+			{"DHCP server offer (no guard beyond the MAC)", func(m []byte) []byte {
+				return labnet.DHCPOfferFrame(own, netip.MustParseAddr("192.0.2.51"), extMAC, netip.MustParseAddr("192.0.2.77"), m)
+			}, true},
+		}
+		for _, c := range cases {
+			marker := labnet.NewMarker()
+			capture, err := labnet.StartCapture(ext, "eth0", labnet.HasMarker(marker))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := labnet.SendFrame(vm, "eth0", c.frame(marker)); err != nil {
+				capture.Close()
+				t.Fatalf("%s: sending: %v", c.name, err)
+			}
+			wait := 2 * time.Second
+			if !c.through {
+				wait = probeTimeout
+			}
+			got, err := capture.Wait(wait)
+			capture.Close()
+			if err != nil {
+				t.Fatalf("%s: capturing: %v", c.name, err)
+			}
+			if got != c.through {
+				t.Errorf("%s: frame arrived = %v, want %v", c.name, got, c.through)
+			}
+		}
+		if r, err := labnet.Ping(context.Background(), vm, "2001:db8::200", 2*time.Second); err != nil || r != labnet.Connected {
+			t.Errorf("IPv6 ping from the VM: %v %v", r, err)
+		}
+		// status and check say that routed traffic is attributed by the
+		// listed addresses only, as for antispoof = false.
+		if st := h.vmfw("status"); !strings.Contains(st, "listed-only") {
+			t.Errorf("status does not say the addresses are not bound:\n%s", st)
+		}
+	})
+}
+
+// TestLogLevels: a rule and a policy with a log level log at that level
+// (the LOG rule carries it and counts the packets it logged); log = true
+// logs at the LOG target's default, written without a level as always.
+func TestLogLevels(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, backend string) {
+		h := newHV(t, backend, "")
+		h.write("groups/logged.toml", `
+[[in]]
+proto = "tcp"
+dport = "22"
+log = "info"
+
+[[in]]
+proto = "tcp"
+dport = "80"
+log = true
+`)
+		h.write("vms/261.toml", `
+log_in = "debug"
+
+[net0]
+bridge = "vmbr0"
+mac = "02:00:00:00:06:61"
+ips = ["192.0.2.61"]
+groups = ["logged"]
+`)
+		vm := h.vm("tap261i0", "02:00:00:00:06:61", "192.0.2.61", "")
+		ext, err := h.lab.AddExternal("uplink0", "", "192.0.2.200/24")
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.vmfw("ifup", "tap261i0")
+		h.serve(vm, "192.0.2.61", 22, 80)
+		expectAll(t, []probe{
+			{"logged at info", ext, "192.0.2.61", 22, true},
+			{"logged at warning", ext, "192.0.2.61", 80, true},
+			{"dropped by policy, logged at debug", ext, "192.0.2.61", 8080, false},
+		})
+		if h.nft() {
+			// nft prints the level by name; the policy's log rule is
+			// shared and logs at warning (docs/nftables.md, "Differences").
+			if n := h.nftCounter("sg-logged-in", "dport 22", "level info"); n <= 0 {
+				t.Errorf("the rule at info: its log rule counted %d packets\n%s", n, h.nftTable("bridge"))
+			}
+			if n := h.nftCounter("sg-logged-in", "dport 80", "log prefix"); n <= 0 {
+				t.Errorf("log = true: its log rule counted %d packets", n)
+			}
+			if n := h.nftCounter("policy-in", `log prefix "vmfw policy-in DROP "`); n <= 0 {
+				t.Errorf("the policy: its log rule counted %d packets", n)
+			}
+			return
+		}
+		// iptables-save prints a level other than warning as its number.
+		for _, c := range []struct {
+			what      string
+			fragments []string
+		}{
+			{"the rule at info (6)", []string{"-A sg-logged-in", "--dport 22", "-j LOG", "--log-level 6"}},
+			{"the policy at debug (7)", []string{"-A tap261i0-in", "-j LOG", `--log-prefix "vmfw tap261i0-in DROP "`, "--log-level 7"}},
+		} {
+			if n := h.iptablesCounter(false, c.fragments...); n <= 0 {
+				t.Errorf("%s: LOG rule counted %d packets\n%s", c.what, n, h.save(false))
+			}
+		}
+		if n := h.iptablesCounter(false, "-A sg-logged-in", "--dport 80", "-j LOG"); n <= 0 {
+			t.Errorf("log = true: LOG rule counted %d packets", n)
+		}
+		if strings.Contains(h.save(false), "--dport 80 -m limit --limit 10/second --limit-burst 20 -j LOG --log-prefix \"vmfw sg-logged-in ACCEPT \" --log-level") {
+			t.Errorf("log = true wrote a level:\n%s", h.save(false))
+		}
+	})
+}

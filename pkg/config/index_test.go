@@ -1,0 +1,141 @@
+package config
+
+import (
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vmfw/vmfw/pkg/config/configtest"
+)
+
+// loadsFromIndex reports whether a LoadIndexed of dir through index now
+// answers from the index: it does when the index file is not rewritten.
+func loadsFromIndex(t *testing.T, dir, index string) (*Model, bool) {
+	t.Helper()
+	before, _ := os.Stat(index)
+	m, err := LoadIndexed(dir, index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	after, err := os.Stat(index)
+	if err != nil {
+		t.Fatalf("no index written: %v", err)
+	}
+	return m, before != nil && os.SameFile(before, after)
+}
+
+// TestLoadIndexed: the second load of an unchanged directory comes from
+// the index and gives the Model Load gives; every kind of change makes the
+// next load read the files again, and gives what Load gives then.
+func TestLoadIndexed(t *testing.T) {
+	files := manyVMs(20)
+	files["vmfw.toml"] = "log_limit = \"5/second\"\n"
+	files["sets/office.toml"] = "entries = [\"198.51.100.0/24\", \"2001:db8:5::/48\"]\nexcept = [\"198.51.100.128/25\"]\n"
+	for name, change := range map[string]func(dir string){
+		"a VM file edited": func(dir string) {
+			configtest.Write(t, dir, map[string]string{"vms/1003.toml": "[net0]\nips = [\"198.51.100.3\"]\n"})
+		},
+		"a group edited": func(dir string) {
+			configtest.Write(t, dir, map[string]string{"groups/web.toml": "[[in]]\nproto = \"tcp\"\ndport = 81\n"})
+		},
+		"a set edited": func(dir string) {
+			configtest.Write(t, dir, map[string]string{"sets/office.toml": "entries = [\"203.0.113.0/24\"]\n"})
+		},
+		"a VM file added":   func(dir string) { configtest.Write(t, dir, map[string]string{"vms/7.toml": "[net0]\n"}) },
+		"a VM file removed": func(dir string) { os.Remove(filepath.Join(dir, "vms/1004.toml")) },
+		"vmfw.toml removed": func(dir string) { os.Remove(filepath.Join(dir, "vmfw.toml")) },
+		"a file replaced by one of the same size and time": func(dir string) {
+			p := filepath.Join(dir, "vms/1005.toml")
+			fi, _ := os.Stat(p)
+			data, _ := os.ReadFile(p)
+			tmp := p + ".new"
+			os.WriteFile(tmp, []byte(strings.Replace(string(data), "vm1005", "vm1x05", 1)), 0o644)
+			os.Chtimes(tmp, fi.ModTime(), fi.ModTime())
+			os.Rename(tmp, p)
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := configtest.Dir(t, files)
+			index := filepath.Join(t.TempDir(), "config.index")
+			first, hit := loadsFromIndex(t, dir, index)
+			if hit {
+				t.Fatal("a first load answered from an index")
+			}
+			second, hit := loadsFromIndex(t, dir, index)
+			if !hit {
+				t.Fatal("the second load of an unchanged directory read the files")
+			}
+			if !reflect.DeepEqual(first, second) {
+				t.Fatal("the index gives another Model than the files")
+			}
+			if e, ok := second.Sets["office"].Match(netip.MustParseAddr("198.51.100.200")); ok || e.Line == 0 {
+				t.Errorf("a set read from the index matches 198.51.100.200 (%+v, %v), which its except excludes", e, ok)
+			}
+			time.Sleep(10 * time.Millisecond) // coarse file systems: a visible time step
+			change(dir)
+			got, hit := loadsFromIndex(t, dir, index)
+			if hit {
+				t.Fatalf("after %s the load answered from the index", name)
+			}
+			want, err := Load(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("after %s: the load gives another Model than Load", name)
+			}
+		})
+	}
+}
+
+// TestLoadIndexedRecordsOnlyValidLoads: a configuration that does not load
+// is an error as from Load, leaves the index of the last valid load, and
+// that index is not used while the files differ from what it records.
+func TestLoadIndexedRecordsOnlyValidLoads(t *testing.T) {
+	dir := configtest.Dir(t, manyVMs(3))
+	index := filepath.Join(t.TempDir(), "config.index")
+	if _, err := LoadIndexed(dir, index); err != nil {
+		t.Fatal(err)
+	}
+	configtest.Write(t, dir, map[string]string{"vms/1001.toml": "[net0]\nips = [\"10.0.3.234\"]\n"}) // 1001 claims 1002's address
+	_, err := LoadIndexed(dir, index)
+	if _, want := Load(dir); err == nil || want == nil || err.Error() != want.Error() {
+		t.Fatalf("LoadIndexed: %v, want Load's error %v", err, want)
+	}
+}
+
+// TestLoadIndexedSeesNewDirectories: a subdirectory Load lists that did
+// not exist when the index was written is recorded as missing, so its
+// creation is seen.
+func TestLoadIndexedSeesNewDirectories(t *testing.T) {
+	dir := configtest.Dir(t, map[string]string{"vms/5.toml": "[net0]\n"})
+	index := filepath.Join(t.TempDir(), "config.index")
+	loadsFromIndex(t, dir, index)
+	if _, hit := loadsFromIndex(t, dir, index); !hit {
+		t.Fatal("the second load read the files")
+	}
+	configtest.Write(t, dir, map[string]string{"groups/web.toml": "[[in]]\n"})
+	m, hit := loadsFromIndex(t, dir, index)
+	if hit || m.Groups["web"] == nil {
+		t.Errorf("a new groups directory: from the index %v, groups %v", hit, m.Groups)
+	}
+}
+
+// BenchmarkLoadIndexed10000 is BenchmarkLoad10000 answered from the index.
+func BenchmarkLoadIndexed10000(b *testing.B) {
+	dir := configtest.Dir(b, manyVMs(10000))
+	index := filepath.Join(b.TempDir(), "config.index")
+	if _, err := LoadIndexed(dir, index); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for range b.N {
+		if _, err := LoadIndexed(dir, index); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,580 @@
+package config
+
+import (
+	"bytes"
+	"math/bits"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/pelletier/go-toml/v2/unstable"
+)
+
+// Set is a named address set (sets/NAME.toml): networks that rules match
+// by name with source_set and dest_set. A packet's address matches the set
+// when the most specific of the set's prefixes that contains it is one of
+// Entries; the prefixes in Except carve networks out of entries, and an
+// entry inside an except puts part of it back. That is the meaning of
+// ipset's nomatch flag and of Proxmox's "!" entries, so either imports
+// without a change of meaning.
+type Set struct {
+	// Name is the set's name, taken from its file name.
+	Name string
+	// File is the path of the file the set was loaded from.
+	File string
+	// Description is free text shown to operators.
+	Description string
+	// Entries are the networks the set matches, in file order; a single
+	// address is a /32 or /128 prefix. IPv4 and IPv6 may mix.
+	Entries []SetEntry
+	// Except are the networks excluded from the entries, in file order.
+	// Each lies inside an entry.
+	Except []SetEntry
+
+	// index finds the most specific prefix containing an address without
+	// looking at every prefix; Load builds it, so a loaded Set must not
+	// be changed (as nothing in a Model is). A Set built by hand has none
+	// and is matched by a scan.
+	index *setIndex
+}
+
+// SetEntry is one prefix of a set, with the line that lists it so that a
+// verdict can name it.
+type SetEntry struct {
+	// Prefix is the network; its host bits are zero.
+	Prefix netip.Prefix
+	// Line is the line of the file that lists it, 0 for an entry not read
+	// from a file.
+	Line int
+}
+
+// setIndex maps each prefix of a set to where it is listed, and lists per
+// family the prefix lengths that occur, longest first: an address is
+// looked up once per length, at most 33 or 129 times, whatever the size of
+// the set.
+type setIndex struct {
+	at           map[prefixKey]setRef
+	lens4, lens6 []int
+}
+
+// prefixKey is a prefix as a map key: a netip.Prefix holds a pointer
+// (the zone) and is hashed field by field, this is hashed as one block of
+// memory, which is what indexing 100,000 prefixes mostly costs.
+type prefixKey struct {
+	hi, lo uint64
+	// bits is the prefix length, plus 256 for IPv6.
+	bits uint64
+}
+
+func keyOf(p netip.Prefix) prefixKey {
+	u := fromAddr(p.Addr())
+	k := prefixKey{hi: u.hi, lo: u.lo, bits: uint64(p.Bits())}
+	if p.Addr().Is6() {
+		k.bits += 256
+	}
+	return k
+}
+
+// setRef is an entry (except false) or an except, by index.
+type setRef struct {
+	i      int32
+	except bool
+}
+
+// Match reports whether a matches the set and which prefix decided: the
+// most specific entry or except that contains a. When an except decides,
+// entry is that except and matched is false; when no prefix contains a,
+// entry is the zero SetEntry. Addresses are matched in their own family:
+// an IPv4-mapped IPv6 address is an IPv6 address, as it is to the kernel.
+func (s *Set) Match(a netip.Addr) (entry SetEntry, matched bool) {
+	a = a.WithZone("")
+	if !a.IsValid() {
+		return SetEntry{}, false
+	}
+	if s.index == nil {
+		return s.scan(a)
+	}
+	lens := s.index.lens4
+	if a.Is6() {
+		lens = s.index.lens6
+	}
+	for _, l := range lens {
+		p, _ := a.Prefix(l)
+		if r, ok := s.index.at[keyOf(p)]; ok {
+			if r.except {
+				return s.Except[r.i], false
+			}
+			return s.Entries[r.i], true
+		}
+	}
+	return SetEntry{}, false
+}
+
+// scan is Match without an index. Of an entry and an except that list the
+// same prefix (which Load refuses), the except decides: a set built by
+// hand then matches less, never more.
+func (s *Set) scan(a netip.Addr) (SetEntry, bool) {
+	best, longest, matched := SetEntry{}, -1, false
+	for _, e := range s.Entries {
+		if e.Prefix.Bits() > longest && e.Prefix.Contains(a) {
+			best, longest, matched = e, e.Prefix.Bits(), true
+		}
+	}
+	for _, e := range s.Except {
+		if e.Prefix.Bits() >= longest && e.Prefix.Contains(a) {
+			best, longest, matched = e, e.Prefix.Bits(), false
+		}
+	}
+	return best, matched
+}
+
+// newSetIndex indexes the prefixes of a validated set (no prefix twice),
+// at mapping each to where it is listed.
+func newSetIndex(at map[prefixKey]setRef, entries, except []SetEntry) *setIndex {
+	ix := &setIndex{at: at}
+	var seen4 [33]bool
+	var seen6 [129]bool
+	for _, list := range [][]SetEntry{entries, except} {
+		for _, e := range list {
+			if e.Prefix.Addr().Is4() {
+				seen4[e.Prefix.Bits()] = true
+			} else {
+				seen6[e.Prefix.Bits()] = true
+			}
+		}
+	}
+	for l := 128; l >= 0; l-- {
+		if l <= 32 && seen4[l] {
+			ix.lens4 = append(ix.lens4, l)
+		}
+		if seen6[l] {
+			ix.lens6 = append(ix.lens6, l)
+		}
+	}
+	return ix
+}
+
+// Effective returns the addresses of one family (IPv6 if v6, else IPv4)
+// that match the set as the fewest prefixes that cover exactly them,
+// sorted by address and disjoint: the entries with the excepts taken out,
+// for a kernel set type that has no "nomatch" (nftables interval sets).
+// An entry that an except only partly removes becomes the prefixes of what
+// remains, so the list can be longer than Entries.
+func (s *Set) Effective(v6 bool) []netip.Prefix {
+	width := 32
+	if v6 {
+		width = 128
+	}
+	nodes := make([]setNode, 0, len(s.Entries)+len(s.Except))
+	for _, list := range []struct {
+		entries []SetEntry
+		except  bool
+	}{{s.Entries, false}, {s.Except, true}} {
+		for _, e := range list.entries {
+			p := e.Prefix.Masked()
+			if !p.IsValid() || p.Addr().Is6() != v6 {
+				continue
+			}
+			start := fromAddr(p.Addr())
+			nodes = append(nodes, setNode{start: start, end: start.or(hostMask(width - p.Bits())), bits: p.Bits(), include: !list.except})
+		}
+	}
+	// Prefixes nest or are disjoint, so sorted by start and, at one
+	// start, widest first (an entry before an except of the same
+	// prefix, so that the except is the more specific), every prefix
+	// comes after each prefix that contains it.
+	slices.SortFunc(nodes, func(a, b setNode) int {
+		if c := a.start.cmp(b.start); c != 0 {
+			return c
+		}
+		if a.bits != b.bits {
+			return a.bits - b.bits
+		}
+		if a.include == b.include {
+			return 0
+		}
+		if a.include {
+			return -1
+		}
+		return 1
+	})
+	var ranges []addrRange
+	emit := func(lo, hi u128, include bool) {
+		if !include {
+			return
+		}
+		if n := len(ranges); n > 0 && ranges[n-1].hi.next() == lo && !ranges[n-1].hi.isMax(width) {
+			ranges[n-1].hi = hi
+			return
+		}
+		ranges = append(ranges, addrRange{lo, hi})
+	}
+	// A walk over the nested prefixes: pos is the first address not yet
+	// given to a range; the innermost open prefix decides the addresses
+	// up to the start of the next prefix or to its own end.
+	var stack []setNode
+	var pos u128
+	done := false // pos went past the last address of the family
+	pop := func() {
+		top := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		if !done && pos.cmp(top.end) <= 0 {
+			emit(pos, top.end, top.include)
+			pos = top.end.next()
+		}
+		if top.end.isMax(width) {
+			done = true
+		}
+	}
+	for _, n := range nodes {
+		for len(stack) > 0 && stack[len(stack)-1].end.cmp(n.start) < 0 {
+			pop()
+		}
+		if len(stack) > 0 && pos.cmp(n.start) < 0 {
+			emit(pos, n.start.prev(), stack[len(stack)-1].include)
+		}
+		pos, done = n.start, false
+		stack = append(stack, n)
+	}
+	for len(stack) > 0 {
+		pop()
+	}
+	out := make([]netip.Prefix, 0, len(ranges))
+	for _, r := range ranges {
+		out = appendRange(out, r, width)
+	}
+	return out
+}
+
+// setNode is one prefix of a set as the range of addresses it covers.
+type setNode struct {
+	start, end u128
+	bits       int
+	include    bool
+}
+
+// addrRange is an inclusive range of addresses.
+type addrRange struct{ lo, hi u128 }
+
+// appendRange appends the fewest prefixes that cover r exactly: at each
+// step the largest aligned block that starts at r.lo and stays in r.
+func appendRange(out []netip.Prefix, r addrRange, width int) []netip.Prefix {
+	lo := r.lo
+	for {
+		size := min(lo.trailingZeros(), width) // log2 of the block
+		for size > 0 && lo.or(hostMask(size)).cmp(r.hi) > 0 {
+			size--
+		}
+		out = append(out, netip.PrefixFrom(lo.addr(width), width-size))
+		last := lo.or(hostMask(size))
+		if last.cmp(r.hi) >= 0 {
+			return out
+		}
+		lo = last.next()
+	}
+}
+
+// u128 is an address as a number: IPv4 in the low 32 bits.
+type u128 struct{ hi, lo uint64 }
+
+func fromAddr(a netip.Addr) u128 {
+	if a.Is4() {
+		b := a.As4()
+		return u128{lo: uint64(b[0])<<24 | uint64(b[1])<<16 | uint64(b[2])<<8 | uint64(b[3])}
+	}
+	b := a.As16()
+	var u u128
+	for i := range 8 {
+		u.hi = u.hi<<8 | uint64(b[i])
+		u.lo = u.lo<<8 | uint64(b[8+i])
+	}
+	return u
+}
+
+func (u u128) addr(width int) netip.Addr {
+	if width == 32 {
+		return netip.AddrFrom4([4]byte{byte(u.lo >> 24), byte(u.lo >> 16), byte(u.lo >> 8), byte(u.lo)})
+	}
+	var b [16]byte
+	for i := range 8 {
+		b[7-i] = byte(u.hi >> (8 * i))
+		b[15-i] = byte(u.lo >> (8 * i))
+	}
+	return netip.AddrFrom16(b)
+}
+
+// hostMask returns the number with the low n bits set.
+func hostMask(n int) u128 {
+	switch {
+	case n <= 0:
+		return u128{}
+	case n < 64:
+		return u128{lo: 1<<n - 1}
+	case n == 64:
+		return u128{lo: ^uint64(0)}
+	case n < 128:
+		return u128{hi: 1<<(n-64) - 1, lo: ^uint64(0)}
+	}
+	return u128{hi: ^uint64(0), lo: ^uint64(0)}
+}
+
+func (u u128) or(v u128) u128 { return u128{u.hi | v.hi, u.lo | v.lo} }
+
+func (u u128) cmp(v u128) int {
+	switch {
+	case u.hi != v.hi:
+		if u.hi < v.hi {
+			return -1
+		}
+		return 1
+	case u.lo < v.lo:
+		return -1
+	case u.lo > v.lo:
+		return 1
+	}
+	return 0
+}
+
+// next returns u+1, wrapping at 2^128 (callers check isMax first).
+func (u u128) next() u128 {
+	if u.lo == ^uint64(0) {
+		return u128{hi: u.hi + 1}
+	}
+	return u128{u.hi, u.lo + 1}
+}
+
+// prev returns u-1; u is never 0 where it is used.
+func (u u128) prev() u128 {
+	if u.lo == 0 {
+		return u128{u.hi - 1, ^uint64(0)}
+	}
+	return u128{u.hi, u.lo - 1}
+}
+
+// isMax reports whether u is the last address of a family of width bits.
+func (u u128) isMax(width int) bool { return u == hostMask(width) }
+
+// trailingZeros returns how many low bits of u are zero, 128 for 0.
+func (u u128) trailingZeros() int {
+	if u.lo != 0 {
+		return bits.TrailingZeros64(u.lo)
+	}
+	return 64 + bits.TrailingZeros64(u.hi)
+}
+
+// setFile is a set file as written.
+type setFile struct {
+	Description string   `toml:"description"`
+	Entries     []string `toml:"entries"`
+	Except      []string `toml:"except"`
+}
+
+// maxSetFileSize bounds a set file. Sets are lists of networks, often
+// generated (blocklists, a cloud provider's ranges): 100,000 IPv6 networks
+// take about 4 MB, well within it, while a runaway generator is still
+// stopped.
+const maxSetFileSize = 32 << 20
+
+var setSchema = &schema{
+	top:      "set keys are description, entries and except",
+	maxSize:  maxSetFileSize,
+	sizeNote: ", the limit for set files",
+	ownWalk:  true,
+}
+
+// loadSet decodes and validates the set name, walking it with p. The
+// file's lines are not scanned beforehand (see open): a set file is read
+// in one walk, see scanSet.
+func loadSet(f *file, p *unstable.Parser, name string) (*Set, *Error) {
+	sf, ok := scanSet(p, f.data)
+	if !ok {
+		// What scanSet does not read is not a valid set file; decode
+		// explains why (a syntax error, a wrong type, an unknown key),
+		// in the words every other file's errors use.
+		f.lines = scanLines(p, f.data)
+		if err := f.decode(&setFile{}); err != nil {
+			return nil, err
+		}
+		return nil, f.errorf(0, "not a set file: %s", setSchema.top)
+	}
+	f.lines = &keyLines{at: sf.keys}
+	if err := checkDescription(f, sf.Description); err != nil {
+		return nil, err
+	}
+	s := &Set{Name: name, File: f.path, Description: sf.Description}
+	// Every prefix goes into one map, which finds the same prefix listed
+	// twice (also as an entry and an except) and then serves Match.
+	at := make(map[prefixKey]setRef, len(sf.Entries)+len(sf.Except))
+	var err *Error
+	if s.Entries, err = setPrefixes(f, "entries", sf.Entries, sf.entryLines, false, at, nil); err != nil {
+		return nil, err
+	}
+	if s.Except, err = setPrefixes(f, "except", sf.Except, sf.exceptLines, true, at, s.Entries); err != nil {
+		return nil, err
+	}
+	s.index = newSetIndex(at, s.Entries, s.Except)
+	// An except must carve something out of an entry; one inside no entry
+	// is a mistake (a typo in the network, or an entry that was removed).
+	for i, x := range s.Except {
+		lens := s.index.lens4
+		if x.Prefix.Addr().Is6() {
+			lens = s.index.lens6
+		}
+		if !insideEntry(x.Prefix, lens, at) {
+			return nil, f.errorf(x.Line, "except %q: lies inside no entry, so it would exclude nothing", sf.Except[i])
+		}
+	}
+	return s, nil
+}
+
+// scannedSet is a set file as scanSet read it.
+type scannedSet struct {
+	setFile
+	// entryLines and exceptLines are the lines of the elements.
+	entryLines, exceptLines []int
+	// keys are the lines of the keys, as keyLines.at holds them.
+	keys map[string]int
+}
+
+// scanSet reads a set file in one walk of the parser, taking each element's
+// line as it goes. Decoding into a struct and scanning lines separately, as
+// other files are read, costs three times as much, and a set file can list
+// 100,000 networks. ok is false for anything but the shape of a valid set
+// file: top-level keys description (a string), entries and except (arrays
+// of strings), each at most once, matched as decoding matches them.
+func scanSet(p *unstable.Parser, data []byte) (sf scannedSet, ok bool) {
+	sf.keys = map[string]int{}
+	seen := map[string]bool{}
+	p.Reset(data)
+	line, lineAt := 1, 0 // the line of offset lineAt; offsets only grow
+	lineOf := func(r unstable.Range) int {
+		off := int(r.Offset)
+		line += bytes.Count(data[lineAt:off], []byte{'\n'})
+		lineAt = off
+		return line
+	}
+	for p.NextExpression() {
+		e := p.Expression()
+		if e.Kind != unstable.KeyValue {
+			return sf, false
+		}
+		it := e.Key()
+		if !it.Next() || !it.IsLast() {
+			return sf, false
+		}
+		k := it.Node()
+		// A key defined twice is a TOML error; keys that differ in case
+		// only are the same field to the decoder, which keeps the last.
+		if seen[string(k.Data)] {
+			return sf, false
+		}
+		seen[string(k.Data)] = true
+		key := strings.ToLower(string(k.Data))
+		sf.keys[key] = lineOf(k.Raw)
+		v := e.Value()
+		switch key {
+		case "description":
+			if v.Kind != unstable.String {
+				return sf, false
+			}
+			sf.Description = string(v.Data)
+		case "entries", "except":
+			if v.Kind != unstable.Array {
+				return sf, false
+			}
+			// A first pass sizes the lists and one string holds every
+			// value: 100,000 small strings and growing slices would be
+			// most of the garbage a load makes.
+			count, size := 0, 0
+			for c := v.Children(); c.Next(); {
+				n := c.Node()
+				if n.Kind == unstable.Comment {
+					continue
+				}
+				if n.Kind != unstable.String {
+					return sf, false
+				}
+				count++
+				size += len(n.Data)
+			}
+			buf := make([]byte, 0, size)
+			for c := v.Children(); c.Next(); {
+				if n := c.Node(); n.Kind == unstable.String {
+					buf = append(buf, n.Data...)
+				}
+			}
+			all := string(buf)
+			values, lines := make([]string, 0, count), make([]int, 0, count)
+			for c := v.Children(); c.Next(); {
+				if n := c.Node(); n.Kind == unstable.String {
+					values = append(values, all[:len(n.Data)])
+					all = all[len(n.Data):]
+					lines = append(lines, lineOf(n.Raw))
+				}
+			}
+			if key == "entries" {
+				sf.Entries, sf.entryLines = values, lines
+			} else {
+				sf.Except, sf.exceptLines = values, lines
+			}
+		default:
+			return sf, false
+		}
+	}
+	return sf, p.Error() == nil
+}
+
+// setPrefixes validates the entries or excepts (key) of a set, listed on
+// lines, recording each in at; entries are the set's entries when key is
+// except.
+func setPrefixes(f *file, key string, values []string, lines []int, except bool, at map[prefixKey]setRef, entries []SetEntry) ([]SetEntry, *Error) {
+	if len(values) == 0 {
+		return nil, nil
+	}
+	out := make([]SetEntry, 0, len(values))
+	for i, v := range values {
+		p, problem := parsePrefix(v)
+		if problem != "" {
+			return nil, f.errorf(lines[i], "%s %q: %s", key, v, problem)
+		}
+		k := keyOf(p)
+		if r, ok := at[k]; ok {
+			if r.except == except {
+				return nil, f.errorf(lines[i], "%s %q: listed twice (%s at line %d is the same prefix)", key, v, p, out[r.i].Line)
+			}
+			return nil, f.errorf(lines[i], "%s %q: also listed in entries (%s at line %d); a prefix is either an entry or an except", key, v, p, entries[r.i].Line)
+		}
+		at[k] = setRef{i: int32(len(out)), except: except}
+		out = append(out, SetEntry{Prefix: p, Line: lines[i]})
+	}
+	return out, nil
+}
+
+// insideEntry reports whether an entry wider than p contains it; lens are
+// the prefix lengths that occur in p's family (of entries and excepts).
+func insideEntry(p netip.Prefix, lens []int, at map[prefixKey]setRef) bool {
+	for _, l := range lens {
+		if l >= p.Bits() {
+			continue
+		}
+		outer, _ := p.Addr().Prefix(l)
+		if r, ok := at[keyOf(outer)]; ok && !r.except {
+			return true
+		}
+	}
+	return false
+}
+
+// reindex rebuilds the index Match uses from the set's validated
+// prefixes, for a set that was not read by the loader (config.LoadIndexed
+// decodes sets without it).
+func (s *Set) reindex() {
+	at := make(map[prefixKey]setRef, len(s.Entries)+len(s.Except))
+	for i, e := range s.Entries {
+		at[keyOf(e.Prefix)] = setRef{i: int32(i)}
+	}
+	for i, e := range s.Except {
+		at[keyOf(e.Prefix)] = setRef{i: int32(i), except: true}
+	}
+	s.index = newSetIndex(at, s.Entries, s.Except)
+}
