@@ -105,7 +105,7 @@ func (b *Backend) Name() backend.Name { return backend.NFTables }
 func (b *Backend) Flavour() string { return "" }
 
 // Describe names the kernel interface.
-func (b *Backend) Describe() string { return "nftables (netlink)" }
+func (b *Backend) Describe() string { return "netlink" }
 
 // AttributesByPort is true: routed, NATed and host-sent packets to a VM
 // meet its in rules at bridge postrouting, by the port they leave
