@@ -34,8 +34,10 @@ build:
 	$(GO) build -o $(BIN)/vmfw-ifup ./plugins/vmfw-ifup
 	@ln -sf vmfw-ifup $(BIN)/vmfw-ifdown
 
+# make demo BACKEND=nftables runs it on the nftables backend.
+BACKEND ?=
 demo: deps build
-	$(GO) run ./cmd/vmfw-demo --vmfw $(CURDIR)/$(BIN)/vmfw --config conf/examples/reference
+	$(GO) run ./cmd/vmfw-demo --vmfw $(CURDIR)/$(BIN)/vmfw --config conf/examples/reference $(if $(BACKEND),--backend $(BACKEND))
 
 # make demo-cluster: cluster mode on three throwaway hypervisors sharing one
 # L2 segment, etcd in a management namespace, an agent per host, the

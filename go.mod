@@ -5,7 +5,7 @@ go 1.25.0
 require (
 	github.com/containernetworking/cni v1.3.1
 	github.com/coreos/go-iptables v0.8.0
-	github.com/google/nftables v0.3.0
+	github.com/google/nftables v0.3.1-0.20251119083706-1db35da82052
 	github.com/pelletier/go-toml/v2 v2.4.3
 	github.com/prometheus/common v0.71.0
 	github.com/vishvananda/netlink v1.3.1

@@ -33,7 +33,7 @@ func startAgent(t *testing.T, h *hv, args ...string) *process {
 	if len(h.env) == 0 {
 		h.env = []string{"VMFW_RUN_DIR=" + t.TempDir()}
 	}
-	p := startInNS(t, h.ns.Name, h.env, append([]string{testbin.VMFW, "--iptables", h.backend, "--config-dir", h.config, "agent"}, args...)...)
+	p := startInNS(t, h.ns.Name, h.env, append(append(append([]string{testbin.VMFW}, h.backendFlags()...), "--config-dir", h.config, "agent"), args...)...)
 	if !waitFor(func() bool { return strings.Contains(p.Output(), "agent ready") }) {
 		t.Fatalf("the agent did not get ready:\n%s", p.Output())
 	}
@@ -135,31 +135,35 @@ func TestAgentEnforcesEditsAndRepairsDrift(t *testing.T) {
 			t.Fatalf("the swapped directory never took effect:\n%s", agent.Output())
 		}
 		expectAll(t, []probe{{"after the swap 22 is open", b, "192.0.2.111", 22, true}})
-		good := h.save(false)
+		good := h.snapshot()
 
 		// Drift: a flushed in chain lets everything in until the agent
 		// repairs it, within the repair interval (1 s) and some slack.
 		repairs := strings.Count(agent.Output(), "repaired drift")
-		h.exec(h.tool("iptables"), "-F", "tap311i0-in")
+		if h.nft() {
+			h.exec("nft", "flush", "chain", "bridge", "vmfw", "in")
+		} else {
+			h.exec(h.tool("iptables"), "-F", "tap311i0-in")
+		}
 		if !eventually(func() bool { return strings.Count(agent.Output(), "repaired drift") > repairs }) {
 			t.Errorf("the agent did not repair the flushed chain:\n%s", agent.Output())
 		}
-		if got := h.save(false); got != good {
-			t.Errorf("the repair did not restore the ruleset: %v", changedChains(good, got))
+		if got := h.snapshot(); got != good {
+			t.Errorf("the repair did not restore the ruleset:\nwant:\n%s\ngot:\n%s", good, got)
 		}
 
 		h.vmfw("ifdown", "tap312i0")
 		if !eventually(func() bool { return strings.Contains(agent.Output(), "down=[tap312i0]") }) {
 			t.Errorf("ifdown did not go through the agent:\n%s", agent.Output())
 		}
-		before := h.save(false)
+		before := h.snapshot()
 		stop(t, agent)
-		if h.save(false) != before {
+		if h.snapshot() != before {
 			t.Errorf("SIGTERM changed the ruleset")
 		}
 		// No agent: the commands do the work themselves.
 		h.vmfw("ifup", "tap312i0")
-		if !strings.Contains(h.save(false), ":tap312i0-in") {
+		if !h.installed("tap312i0") {
 			t.Errorf("ifup without an agent did not firewall the tap")
 		}
 	})
@@ -184,7 +188,7 @@ func TestAgentBatchesConcurrentIfups(t *testing.T) {
 				t.Error(e)
 			}
 		}
-		withAgent4, withAgent6, withAgentSets := h.save(false), h.save(true), h.ipsets()
+		withAgent := h.snapshot()
 		// The agent logs a batch after answering its callers.
 		eventually(func() bool { return strings.Contains(agent.Output(), "msg=\"interfaces changed\"") })
 		batches := strings.Count(agent.Output(), "msg=\"interfaces changed\"")
@@ -196,8 +200,8 @@ func TestAgentBatchesConcurrentIfups(t *testing.T) {
 		for _, tap := range taps {
 			h.vmfw("ifup", tap)
 		}
-		if h.save(false) != withAgent4 || h.save(true) != withAgent6 || h.ipsets() != withAgentSets {
-			t.Errorf("ifups through the agent gave another ruleset than serial ones: %v", changedChains(withAgent4, h.save(false)))
+		if got := h.snapshot(); got != withAgent {
+			t.Errorf("ifups through the agent gave another ruleset than serial ones:\n%s", lineDiff(withAgent, got))
 		}
 
 		// Kill the agent while callers wait for their batch.
@@ -219,8 +223,8 @@ func TestAgentBatchesConcurrentIfups(t *testing.T) {
 			t.Fatal("callers hung after the agent was killed")
 		}
 		h.vmfw("apply")
-		if h.save(false) != withAgent4 || h.save(true) != withAgent6 {
-			t.Errorf("apply after the killed agent did not converge: %v", changedChains(withAgent4, h.save(false)))
+		if got := h.snapshot(); got != withAgent {
+			t.Errorf("apply after the killed agent did not converge:\n%s", lineDiff(withAgent, got))
 		}
 		st := h.status()
 		for _, tp := range st.Taps {
@@ -397,7 +401,7 @@ func TestIfupProgram(t *testing.T) {
 		run := func(prog string, args ...string) (stderr string, code int) {
 			t.Helper()
 			cmd := exec.Command("ip", append([]string{"netns", "exec", h.ns.Name, filepath.Join(testbin.Dir, prog)}, args...)...)
-			cmd.Env = append(os.Environ(), append([]string{"VMFW_CONFIG_DIR=" + h.config, "VMFW_IPTABLES=" + backend}, h.env...)...)
+			cmd.Env = append(os.Environ(), append([]string{"VMFW_CONFIG_DIR=" + h.config, h.backendEnv()}, h.env...)...)
 			_, stderr, code, err := labnet.Run(cmd)
 			if err != nil {
 				t.Fatalf("running %s %v: %v", prog, args, err)
@@ -419,13 +423,13 @@ func TestIfupProgram(t *testing.T) {
 
 		// A tap no VM file names: the agent refuses it as vmfw ifup does.
 		h.exec("ip", "link", "add", "tap379i0", "type", "veth", "peer", "name", "p379")
-		before := h.save(false)
+		before := h.snapshot()
 		got, gotCode := run("vmfw-ifup", "tap379i0")
 		_, want, wantCode := h.run("ifup", "tap379i0")
 		if gotCode != wantCode || got != want || gotCode != 2 {
 			t.Errorf("vmfw-ifup of an unconfigured tap: exit %d %q; vmfw ifup: exit %d %q (want 2, the same message)", gotCode, got, wantCode, want)
 		}
-		if h.save(false) != before {
+		if h.snapshot() != before {
 			t.Errorf("the refused vmfw-ifup changed the ruleset")
 		}
 
@@ -435,8 +439,8 @@ func TestIfupProgram(t *testing.T) {
 		if !eventually(func() bool { return strings.Contains(agent.Output(), "down=[tap371i0]") }) {
 			t.Errorf("vmfw-ifdown did not go through the agent:\n%s", agent.Output())
 		}
-		if strings.Contains(h.save(false), ":tap371i0-in") {
-			t.Errorf("vmfw-ifdown left tap371i0's chains")
+		if h.installed("tap371i0") {
+			t.Errorf("vmfw-ifdown left tap371i0's chains:\n%s\n%s", agent.Output(), h.nftTable("bridge"))
 		}
 
 		// No agent: they become vmfw, which does the work.
@@ -448,8 +452,8 @@ func TestIfupProgram(t *testing.T) {
 			{"without the agent: group opens 22", b, "192.0.2.171", 22, true},
 			{"without the agent: 2222 closed", b, "192.0.2.171", 2222, false},
 		})
-		if out, code := run("vmfw-ifdown", "tap371i0"); code != 0 || strings.Contains(h.save(false), ":tap371i0-in") {
-			t.Errorf("vmfw-ifdown without an agent: exit %d: %s; chains left: %v", code, out, strings.Contains(h.save(false), ":tap371i0-in"))
+		if out, code := run("vmfw-ifdown", "tap371i0"); code != 0 || h.installed("tap371i0") {
+			t.Errorf("vmfw-ifdown without an agent: exit %d: %s; chains left: %v", code, out, h.installed("tap371i0"))
 		}
 		if out, code := run("vmfw-ifup"); code != 2 || !strings.Contains(out, "takes exactly one argument") {
 			t.Errorf("vmfw-ifup without a tap: exit %d: %s (want vmfw's usage error, exit 2)", code, out)
@@ -473,7 +477,7 @@ func TestIfupProgramInterrupted(t *testing.T) {
 	if !waitFor(func() bool { return strings.Contains(helper.Output(), "listening") }) {
 		t.Fatalf("the silent agent did not start:\n%s", helper.Output())
 	}
-	before := h.save(false)
+	before := h.snapshot()
 	cmd := exec.Command("ip", "netns", "exec", h.ns.Name, filepath.Join(testbin.Dir, "vmfw-ifup"), "tap381i0")
 	cmd.Env = append(os.Environ(), "VMFW_CONFIG_DIR="+h.config, "VMFW_IPTABLES=nft", "VMFW_RUN_DIR="+runDir)
 	var stderr strings.Builder
@@ -498,8 +502,8 @@ func TestIfupProgramInterrupted(t *testing.T) {
 	if !errors.As(err, &exit) || exit.ExitCode() != 1 || !strings.Contains(stderr.String(), "ifup tap381i0: interrupted") {
 		t.Errorf("vmfw-ifup stopped while waiting: %v, %q (want exit 1, interrupted)", err, stderr.String())
 	}
-	if h.save(false) != before {
-		t.Errorf("the interrupted vmfw-ifup changed the ruleset: %v", changedChains(before, h.save(false)))
+	if got := h.snapshot(); got != before {
+		t.Errorf("the interrupted vmfw-ifup changed the ruleset:\n%s", lineDiff(before, got))
 	}
 }
 

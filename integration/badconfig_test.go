@@ -19,7 +19,7 @@ func TestBadConfigChangesNothing(t *testing.T) {
 		h.vm("tap281i0", "02:00:00:00:09:81", "192.0.2.91", "2001:db8::91")
 		h.firstV4(280, "192.0.2.9")
 		h.vmfw("ifup", "tap281i0")
-		good4, good6, goodSets := h.save(false), h.save(true), h.ipsets()
+		good := h.snapshot()
 
 		cases := []struct {
 			name, file, content, where string
@@ -57,7 +57,7 @@ func TestBadConfigChangesNothing(t *testing.T) {
 					t.Errorf("%s: vmfw %s says %q, want it to name %s", c.name, args[0], strings.TrimSpace(errOut), c.where)
 				}
 			}
-			if h.save(false) != good4 || h.save(true) != good6 || h.ipsets() != goodSets {
+			if h.snapshot() != good {
 				t.Errorf("%s: the ruleset changed although the config is invalid", c.name)
 			}
 			os.Remove(path)
@@ -75,7 +75,7 @@ func TestBadConfigChangesNothing(t *testing.T) {
 				t.Errorf("vmfw %v: exit %d, want 2", args, code)
 			}
 		}
-		if h.save(false) != good4 {
+		if h.snapshot() != good {
 			t.Errorf("the ruleset changed")
 		}
 	})

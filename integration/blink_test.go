@@ -208,8 +208,8 @@ func TestNoBlink(t *testing.T) {
 		for i := 1; i <= blinkApplies; i++ {
 			h.write("groups/g.toml", blinkVersions[i%2])
 			h.vmfw("apply")
-			if i == 1 && !strings.Contains(h.save(false), "x and more") {
-				t.Fatalf("apply did not install version two:\n%s", h.save(false))
+			if i == 1 && !strings.Contains(h.snapshot(), "x and more") {
+				t.Fatalf("apply did not install version two:\n%s", h.snapshot())
 			}
 		}
 

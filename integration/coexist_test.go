@@ -23,7 +23,7 @@ import (
 // vmfwLine matches the lines of an iptables-save that belong to vmfw: its
 // chains (declarations and rules) and its hook rules, for the taps of
 // these tests.
-var vmfwLine = regexp.MustCompile(`^(:|-A )(vmfw-|sg-|tap2[0-9]{2}i0-)|vmfw:|-j vmfw-l2(out)?$`)
+var vmfwLine = regexp.MustCompile(`^(:|-A )(vmfw-|sg-|tap2[0-9]{2}i0-)|vmfw:|-j vmfw-l2(out)?$|"vmfw nftables: allowed"`)
 
 // foreign returns the lines of a save that are not vmfw's.
 func foreign(save string) string {
@@ -75,10 +75,65 @@ func TestCoexistence(t *testing.T) {
 		h.exec("ebtables-nft", "-N", "host-l2")
 		h.exec("ebtables-nft", "-A", "host-l2", "-p", "IPX", "-j", "DROP")
 		h.exec("ebtables-nft", "-A", "FORWARD", "-j", "host-l2")
+		// The nftables backend beside foreign nf_tables tables of every
+		// family it uses, with base chains on its hooks, a set and a map.
+		foreignNFT := []string{"inet host", "bridge host", "ip host4"}
+		if h.nft() {
+			script := `table inet host {
+	set block {
+		type ipv4_addr
+		elements = { 203.0.113.9 }
+	}
+	map ports {
+		type inet_service : verdict
+		elements = { 22 : accept }
+	}
+	chain hostfwd {
+		type filter hook forward priority 0; policy accept;
+		ip saddr @block drop
+		tcp dport vmap @ports
+	}
+	chain hostout {
+		type filter hook output priority 0; policy accept;
+		counter
+	}
+}
+table bridge host {
+	chain hostfwd {
+		type filter hook forward priority -300; policy accept;
+		ether type 0x8137 drop
+	}
+}
+table ip host4 {
+	chain hostpre {
+		type nat hook prerouting priority -100; policy accept;
+		ip daddr 203.0.113.1 tcp dport 2223 dnat to 192.0.2.71:22
+	}
+}
+`
+			file := filepath.Join(t.TempDir(), "host.nft")
+			if err := os.WriteFile(file, []byte(script), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			h.exec("nft", "-f", file)
+		}
+		nftSave := func() string {
+			var b strings.Builder
+			for _, tbl := range foreignNFT {
+				if out, err := h.ns.Exec(context.Background(), append([]string{"nft", "-s", "list", "table"}, strings.Fields(tbl)...)...); err == nil {
+					b.Write(out)
+				}
+			}
+			return b.String()
+		}
+		origNFT := nftSave()
 		orig4, orig6, origSets, origBridge := h.save(false), h.save(true), h.ipsets(), h.bridgeSave()
 
 		check := func(step string) {
 			t.Helper()
+			if got := nftSave(); got != origNFT {
+				t.Errorf("after %s: foreign nf_tables tables changed:\nbefore:\n%s\nafter:\n%s", step, origNFT, got)
+			}
 			if got := foreign(h.save(false)); got != foreign(orig4) {
 				t.Errorf("after %s: foreign IPv4 rules changed:\nbefore:\n%s\nafter:\n%s", step, foreign(orig4), got)
 			}
@@ -118,6 +173,9 @@ func TestCoexistence(t *testing.T) {
 		if got := h.ipsets(); got != origSets {
 			t.Errorf("after flush ipsets differ:\nbefore:\n%s\nafter:\n%s", origSets, got)
 		}
+		if h.nft() && (h.nftTable("bridge") != "" || h.nftTable("inet") != "") {
+			t.Errorf("flush left vmfw's tables:\n%s", h.snapshot())
+		}
 		h.vmfw("flush") // idempotent
 	})
 }
@@ -138,21 +196,29 @@ func TestConcurrentIfupIfdown(t *testing.T) {
 			}
 		}
 		parallel("ifup")
-		conc4, conc6, concSets := h.save(false), h.save(true), h.ipsets()
+		conc := h.snapshot()
 		h.vmfw("flush")
 		for _, tap := range taps {
 			h.vmfw("ifup", tap)
 		}
-		if h.save(false) != conc4 || h.save(true) != conc6 {
-			t.Errorf("concurrent ifup gave another ruleset than serial ifup:\n%v", changedChains(conc4, h.save(false)))
-		}
-		if h.ipsets() != concSets {
-			t.Errorf("concurrent ifup gave other ipsets than serial ifup")
+		if got := h.snapshot(); got != conc {
+			t.Errorf("concurrent ifup gave another ruleset than serial ifup:\n%v", changedChains(conc, got))
 		}
 		parallel("ifdown")
-		for name := range chains(h.save(false)) {
-			if strings.HasPrefix(name, "tap") || strings.HasPrefix(name, "sg-") {
-				t.Errorf("chain %s remains after concurrent ifdown", name)
+		for _, tap := range taps {
+			if h.installed(tap) {
+				t.Errorf("%s still installed after concurrent ifdown", tap)
+			}
+		}
+		if h.nft() {
+			if br := h.nftTable("bridge"); strings.Contains(br, "chain sg-") {
+				t.Errorf("group chains remain after concurrent ifdown:\n%s", br)
+			}
+		} else {
+			for name := range chains(h.save(false)) {
+				if strings.HasPrefix(name, "tap") || strings.HasPrefix(name, "sg-") {
+					t.Errorf("chain %s remains after concurrent ifdown", name)
+				}
 			}
 		}
 	})
@@ -185,7 +251,7 @@ func TestQEMU(t *testing.T) {
 		dir := t.TempDir()
 		for _, name := range []string{"ifup", "ifdown"} {
 			prog := filepath.Join(testbin.Dir, "vmfw-"+name)
-			script := fmt.Sprintf("#!/bin/sh\nexport VMFW_CONFIG_DIR=%s VMFW_IPTABLES=%s\nexec %s \"$@\"\n", h.config, backend, prog)
+			script := fmt.Sprintf("#!/bin/sh\nexport VMFW_CONFIG_DIR=%s %s\nexec %s \"$@\"\n", h.config, h.backendEnv(), prog)
 			if err := os.WriteFile(filepath.Join(dir, name+".sh"), []byte(script), 0o755); err != nil {
 				t.Fatal(err)
 			}
@@ -214,11 +280,13 @@ func TestQEMU(t *testing.T) {
 		if !waitFor(func() bool { return qmpGreets(qmp) }) {
 			t.Fatalf("QEMU never finished starting; its output: %s", q.Output())
 		}
-		for _, v6 := range []bool{false, true} {
-			s := h.save(v6)
-			for _, want := range []string{":tap120i0-in", ":tap120i0-out", "--physdev-in tap120i0"} {
-				if !strings.Contains(s, want) {
-					t.Errorf("v6=%v: %q missing while QEMU runs", v6, want)
+		if !h.installed("tap120i0") {
+			t.Errorf("tap120i0 is not firewalled while QEMU runs")
+		}
+		if !h.nft() {
+			for _, v6 := range []bool{false, true} {
+				if s := h.save(v6); !strings.Contains(s, "--physdev-in tap120i0") {
+					t.Errorf("v6=%v: no physdev dispatch to tap120i0 while QEMU runs", v6)
 				}
 			}
 		}
@@ -263,10 +331,10 @@ func TestQEMU(t *testing.T) {
 		}
 
 		stop(t, q)
-		if s := h.save(false); strings.Contains(s, "tap120i0") {
-			t.Errorf("tap120i0 chains remain after QEMU exited:\n%s", s)
+		if h.installed("tap120i0") {
+			t.Errorf("tap120i0 is still firewalled after QEMU exited")
 		}
-		if strings.Contains(h.ipsets(), vmIP) {
+		if h.member("ssh", vmIP) || strings.Contains(h.ipsets(), vmIP) {
 			t.Errorf("VM 120's membership remains after QEMU exited")
 		}
 	})

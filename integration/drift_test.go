@@ -2,6 +2,7 @@ package integration
 
 import (
 	"encoding/json"
+	"github.com/vmfw/vmfw/integration/labnet"
 	"slices"
 	"strings"
 	"testing"
@@ -46,12 +47,16 @@ func TestDriftIsReportedAndRepaired(t *testing.T) {
 		h.vmfw("ifup", "tap291i0")
 		h.vmfw("ifup", "tap292i0")
 		h.serve(a, "192.0.2.81", 22, 2222)
-		good4, good6, goodSets := h.save(false), h.save(true), h.ipsets()
 
 		st := h.status()
 		if st.Base != "in-sync" || len(st.Taps) != 2 || st.Taps[0].State != "in-sync" || !slices.Equal(st.Taps[0].Groups, []string{"app", "db"}) {
 			t.Fatalf("status after ifup: %+v", st)
 		}
+		if h.nft() {
+			nftDrift(t, h, b)
+			return
+		}
+		good4, good6, goodSets := h.save(false), h.save(true), h.ipsets()
 
 		// Someone flushes a tap chain: with antispoof and policy gone, the
 		// VM's in chain lets everything through.
@@ -115,5 +120,56 @@ func TestDriftIsReportedAndRepaired(t *testing.T) {
 			{"after reboot: member ssh", b, "192.0.2.81", 22, true},
 			{"after reboot: 2222 blocked", b, "192.0.2.81", 2222, false},
 		})
+	})
+}
+
+// nftDrift is TestDriftIsReportedAndRepaired on the nftables backend,
+// whose chains are shared by every tap: a flushed in chain (every tap's
+// in rules) and a flushed group chain show as drift of the base and of
+// the group's taps, apply rewrites exactly the flushed chain, and after a
+// "reboot" (nft flush ruleset) apply restores everything.
+func nftDrift(t *testing.T, h *hv, b *labnet.NS) {
+	good := h.snapshot()
+	h.exec("nft", "flush", "chain", "bridge", "vmfw", "in")
+	expectAll(t, []probe{{"flushed chain lets 2222 in", b, "192.0.2.81", 2222, true}})
+	st := h.status()
+	if st.Base != "drifted" || !slices.Equal(st.BaseDrifted, []string{"bridge/in"}) {
+		t.Errorf("status does not report the flushed chain: %s %v", st.Base, st.BaseDrifted)
+	}
+	dry := h.vmfw("apply", "--dry-run")
+	if strings.Count(dry, "flush chain ") != 1 || !strings.Contains(dry, "flush chain bridge vmfw in\n") || strings.Contains(dry, "element") {
+		t.Errorf("repair would touch more than the flushed chain:\n%s", dry)
+	}
+	h.vmfw("apply")
+	if got := h.snapshot(); got != good {
+		t.Errorf("apply did not restore the flushed chain exactly:\nwant:\n%s\ngot:\n%s", good, got)
+	}
+	expectAll(t, []probe{{"repaired chain blocks 2222", b, "192.0.2.81", 2222, false}})
+
+	// A group's chain flushed: its rules are gone for every tap that
+	// lists it, which status says per tap.
+	h.exec("nft", "flush", "chain", "bridge", "vmfw", "sg-app-in")
+	expectAll(t, []probe{{"group chain flushed: ssh falls to the policy", b, "192.0.2.81", 22, false}})
+	st = h.status()
+	for _, tap := range st.Taps {
+		if tap.State != "drifted" || !slices.Contains(tap.Drifted, "bridge/sg-app-in") {
+			t.Errorf("status does not report %s's flushed group chain: %+v", tap.Tap, tap)
+		}
+	}
+	h.vmfw("apply")
+	if got := h.snapshot(); got != good {
+		t.Errorf("apply did not restore the group chain exactly")
+	}
+	expectAll(t, []probe{{"repaired group chain opens ssh", b, "192.0.2.81", 22, true}})
+
+	// Reboot: the kernel starts with no ruleset.
+	h.exec("nft", "flush", "ruleset")
+	h.vmfw("apply")
+	if got := h.snapshot(); got != good {
+		t.Errorf("apply after reboot did not restore the ruleset:\nwant:\n%s\ngot:\n%s", good, got)
+	}
+	expectAll(t, []probe{
+		{"after reboot: member ssh", b, "192.0.2.81", 22, true},
+		{"after reboot: 2222 blocked", b, "192.0.2.81", 2222, false},
 	})
 }

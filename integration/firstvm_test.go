@@ -129,10 +129,10 @@ func testFirstVM(t *testing.T, backend, way string) {
 		t.Helper()
 		var cmd *exec.Cmd
 		if !program && (way == "ifup" || way == "ifdown-first") {
-			cmd = exec.Command("ip", "netns", "exec", h.ns.Name, testbin.VMFW, "--iptables", backend, "--config-dir", h.config, op, tap)
+			cmd = exec.Command("ip", append(append([]string{"netns", "exec", h.ns.Name, testbin.VMFW}, backendArgs(backend)...), "--config-dir", h.config, op, tap)...)
 		} else {
 			cmd = exec.Command("ip", "netns", "exec", h.ns.Name, filepath.Join(testbin.Dir, "vmfw-"+op), tap)
-			cmd.Env = append(os.Environ(), "VMFW_CONFIG_DIR="+h.config, "VMFW_IPTABLES="+backend)
+			cmd.Env = append(os.Environ(), "VMFW_CONFIG_DIR="+h.config, backendVar(backend))
 		}
 		cmd.Env = append(cmd.Environ(), h.env...)
 		out, errOut, code, err := labnet.Run(cmd)

@@ -7,6 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -104,21 +106,42 @@ func TestVMWithThousandAddresses(t *testing.T) {
 			h.vmfw("ifup", tap)
 		}
 		h.vmfw("apply")
-		v4, v6 := h.save(false), h.save(true)
-		// One RETURN per address and the final DROP; IPv6 adds
-		// link-local, DAD and MLD.
-		if n := countRules(v4, "tap541i0-src"); n != 753+1 {
-			t.Errorf("tap541i0-src (IPv4) has %d rules, want %d", n, 753+1)
-		}
-		if n := countRules(v6, "tap541i0-src"); n != 247+4 {
-			t.Errorf("tap541i0-src (IPv6) has %d rules, want %d", n, 247+4)
-		}
-		// The big VM's addresses and the peer's.
-		if n := h.setMembers("sg-g-v4"); n != 753+1 {
-			t.Errorf("sg-g-v4 has %d members, want %d", n, 753+1)
-		}
-		if n := h.setMembers("sg-g-v6"); n != 247+1 {
-			t.Errorf("sg-g-v6 has %d members, want %d", n, 247+1)
+		if h.nft() {
+			// One element per address in the tap's source sets; the
+			// group's sets hold the big VM's addresses and the peer's.
+			for set, want := range map[string]int{"src4": 753, "src6": 247} {
+				n := 0
+				for _, e := range h.nftElements("bridge", set) {
+					if strings.HasPrefix(e, "tap541i0 . ") {
+						n++
+					}
+				}
+				if n != want {
+					t.Errorf("%s holds %d addresses of tap541i0, want %d", set, n, want)
+				}
+			}
+			for set, want := range map[string]int{"sg-g-v4": 753 + 1, "sg-g-v6": 247 + 1} {
+				if n := len(h.nftElements("bridge", set)); n != want {
+					t.Errorf("%s has %d members, want %d", set, n, want)
+				}
+			}
+		} else {
+			v4, v6 := h.save(false), h.save(true)
+			// One RETURN per address and the final DROP; IPv6 adds
+			// link-local, DAD and MLD.
+			if n := countRules(v4, "tap541i0-src"); n != 753+1 {
+				t.Errorf("tap541i0-src (IPv4) has %d rules, want %d", n, 753+1)
+			}
+			if n := countRules(v6, "tap541i0-src"); n != 247+4 {
+				t.Errorf("tap541i0-src (IPv6) has %d rules, want %d", n, 247+4)
+			}
+			// The big VM's addresses and the peer's.
+			if n := h.setMembers("sg-g-v4"); n != 753+1 {
+				t.Errorf("sg-g-v4 has %d members, want %d", n, 753+1)
+			}
+			if n := h.setMembers("sg-g-v6"); n != 247+1 {
+				t.Errorf("sg-g-v6 has %d members, want %d", n, 247+1)
+			}
 		}
 		h.serve(big, lastV4, 22)
 		h.serve(big, lastV6, 22)
@@ -153,7 +176,7 @@ func (h *hv) vmfwSlow(args ...string) string {
 	h.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Minute)
 	defer cancel()
-	full := append([]string{"netns", "exec", h.ns.Name, testbin.VMFW, "--iptables", h.backend, "--config-dir", h.config}, args...)
+	full := append([]string{"netns", "exec", h.ns.Name, testbin.VMFW, h.backendFlags()[0], h.backendFlags()[1], "--config-dir", h.config}, args...)
 	out, err := exec.CommandContext(ctx, "ip", full...).CombinedOutput()
 	if err != nil {
 		h.t.Fatalf("vmfw %s: %v\n%s", strings.Join(args, " "), err, out)
@@ -199,10 +222,17 @@ func TestGroupWithTenThousandMembers(t *testing.T) {
 		if n := h.setMembers("sg-g-v6"); n != membersTotal {
 			t.Errorf("sg-g-v6 has %d members, want %d", n, membersTotal)
 		}
-		v6 := h.save(true)
-		// src, nd, out and in per member (anti-spoofing is on).
-		if n := strings.Count(v6, "\n:tap2"); n != 4*(membersTotal-1) {
-			t.Errorf("%d chains of the dummy members are installed, want %d", n, 4*(membersTotal-1))
+		if h.nft() {
+			// One element of the ports set per interface.
+			if n := len(h.nftElements("bridge", "ports")); n != membersTotal {
+				t.Errorf("%d interfaces are installed, want %d", n, membersTotal)
+			}
+		} else {
+			v6 := h.save(true)
+			// src, nd, out and in per member (anti-spoofing is on).
+			if n := strings.Count(v6, "\n:tap2"); n != 4*(membersTotal-1) {
+				t.Errorf("%d chains of the dummy members are installed, want %d", n, 4*(membersTotal-1))
+			}
 		}
 		h.serve(srv, "2001:db8::51", 22)
 		h.serve(srv, "192.0.2.51", 22)
@@ -240,13 +270,28 @@ func TestSixtyGroupsOnOneTap(t *testing.T) {
 		for _, tap := range []string{"tap561i0", "tap562i0", "tap563i0"} {
 			h.vmfw("ifup", tap)
 		}
-		sets := strings.Count(h.exec("ipset", "list", "-name"), "\n")
-		if sets != 120 {
-			t.Errorf("%d ipsets, want 120", sets)
-		}
-		for _, v6 := range []bool{false, true} {
-			if n := countJumps(h.save(v6), "tap561i0-in", "sg-g"); n != 60 {
-				t.Errorf("tap561i0-in (v6 %v) jumps to %d groups, want 60", v6, n)
+		if h.nft() {
+			// Two member sets per group, and the tap in one position set
+			// per group it lists: sg-gNN-p(NN-1).
+			br := h.nftTable("bridge")
+			if n := regexp.MustCompile(`(?m)^\tset sg-g\d\d-v[46] `).FindAllStringIndex(br, -1); len(n) != 120 {
+				t.Errorf("%d member sets, want 120", len(n))
+			}
+			for i := 1; i <= 60; i++ {
+				set := fmt.Sprintf("sg-g%02d-p%d", i, i-1)
+				if !slices.Contains(h.nftElements("bridge", set), "tap561i0") {
+					t.Errorf("tap561i0 is not in %s", set)
+				}
+			}
+		} else {
+			sets := strings.Count(h.exec("ipset", "list", "-name"), "\n")
+			if sets != 120 {
+				t.Errorf("%d ipsets, want 120", sets)
+			}
+			for _, v6 := range []bool{false, true} {
+				if n := countJumps(h.save(v6), "tap561i0-in", "sg-g"); n != 60 {
+					t.Errorf("tap561i0-in (v6 %v) jumps to %d groups, want 60", v6, n)
+				}
 			}
 		}
 		for _, a := range []string{"192.0.2.61", "2001:db8::61"} {

@@ -458,10 +458,10 @@ func (p *propLab) command(op, tap string) {
 	p.t.Helper()
 	argv := append([]string{"env"}, p.env...)
 	if p.r.Intn(2) == 0 {
-		argv = append(argv, testbin.VMFW, "--iptables", p.backend, "--config-dir", p.config, op, tap)
+		argv = append(append(append(argv, testbin.VMFW), backendArgs(p.backend)...), "--config-dir", p.config, op, tap)
 		p.history[len(p.history)-1] += " by vmfw " + op
 	} else {
-		argv = append(argv, "VMFW_CONFIG_DIR="+p.config, "VMFW_IPTABLES="+p.backend, filepath.Join(testbin.Dir, "vmfw-"+op), tap)
+		argv = append(argv, "VMFW_CONFIG_DIR="+p.config, backendVar(p.backend), filepath.Join(testbin.Dir, "vmfw-"+op), tap)
 		p.history[len(p.history)-1] += " by vmfw-" + op
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"slices"
 	"testing"
 
 	"github.com/vmfw/vmfw/integration/labnet"
@@ -178,6 +179,20 @@ func TestRejectDropAndLogging(t *testing.T) {
 			if r := udp(t, l.a, fam.d, 9999); r != labnet.Timeout {
 				t.Errorf("udp 9999 to dropping VM %s: got %v, want silence (Timeout)", fam.d, r)
 			}
+			if l.nft() {
+				// Logging rules are shared by family-less chains: one
+				// check covers both families, after the IPv6 probes.
+				if !fam.v6 {
+					continue
+				}
+				if n := l.nftCounter("policy-in-reject", `log prefix "vmfw policy-in REJECT "`); n <= 0 {
+					t.Errorf("the policy-in-reject log rule counted %d packets, want > 0", n)
+				}
+				if n := l.nftCounter("sg-logdrop-in", `log prefix "vmfw sg-logdrop-in DROP "`, "dport 9999"); n <= 0 {
+					t.Errorf("group rule log counted %d packets, want > 0", n)
+				}
+				continue
+			}
 			if n := l.iptablesCounter(fam.v6, "-A tap203i0-in", `--log-prefix "vmfw tap203i0-in REJECT "`, "limit"); n <= 0 {
 				t.Errorf("v6=%v: policy LOG rule of tap203i0-in counted %d packets, want > 0", fam.v6, n)
 			}
@@ -186,7 +201,11 @@ func TestRejectDropAndLogging(t *testing.T) {
 			}
 		}
 		// D does not log (log = false): no LOG rule in its chain.
-		if n := l.iptablesCounter(false, "-A tap204i0-in", "-j LOG"); n != -1 {
+		if l.nft() {
+			if slices.Contains(l.nftElements("bridge", "log-in"), "tap204i0") {
+				t.Errorf("tap204i0 is in log-in although VM 204 does not log")
+			}
+		} else if n := l.iptablesCounter(false, "-A tap204i0-in", "-j LOG"); n != -1 {
 			t.Errorf("tap204i0-in has a LOG rule although VM 204 does not log")
 		}
 	})

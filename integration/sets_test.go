@@ -111,6 +111,9 @@ func TestAddressSets(t *testing.T) {
 		vmV4Only := "[net0]\nbridge = \"vmbr0\"\nmac = \"02:00:00:00:04:41\"\nips = [\"192.0.2.41\"]\ngroups = [\"guarded\"]\n"
 		h.write("vms/241.toml", vmV4Only)
 		vm := h.vm("tap241i0", "02:00:00:00:04:41", "192.0.2.41", "2001:db8::41")
+		if h.refusesUnsupported("does not lay out address sets yet") {
+			return
+		}
 		hosts := []*setHost{
 			{name: "outer entry", v4: "192.0.2.130", v6: "2001:db8::a10", inSet: true},
 			{name: "except", v4: "192.0.2.195", v6: "2001:db8::ac0"},
@@ -283,6 +286,9 @@ ips = ["192.0.2.51", "2001:db8::51"]
 antispoof = "mac"
 `)
 		vm := h.vm("tap251i0", "02:00:00:00:05:51", "192.0.2.51", "2001:db8::51")
+		if h.refusesUnsupported(`does not lay out antispoof = "mac" yet`) {
+			return
+		}
 		ext, err := h.lab.AddExternal("uplink0", "02:00:00:00:05:99", "192.0.2.200/24", "2001:db8::200/64")
 		if err != nil {
 			t.Fatal(err)
@@ -395,6 +401,20 @@ groups = ["logged"]
 			{"logged at warning", ext, "192.0.2.61", 80, true},
 			{"dropped by policy, logged at debug", ext, "192.0.2.61", 8080, false},
 		})
+		if h.nft() {
+			// nft prints the level by name; the policy's log rule is
+			// shared and logs at warning (docs/nftables.md, "Differences").
+			if n := h.nftCounter("sg-logged-in", "dport 22", "level info"); n <= 0 {
+				t.Errorf("the rule at info: its log rule counted %d packets\n%s", n, h.nftTable("bridge"))
+			}
+			if n := h.nftCounter("sg-logged-in", "dport 80", "log prefix"); n <= 0 {
+				t.Errorf("log = true: its log rule counted %d packets", n)
+			}
+			if n := h.nftCounter("policy-in", `log prefix "vmfw policy-in DROP "`); n <= 0 {
+				t.Errorf("the policy: its log rule counted %d packets", n)
+			}
+			return
+		}
 		// iptables-save prints a level other than warning as its number.
 		for _, c := range []struct {
 			what      string

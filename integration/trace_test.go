@@ -95,6 +95,9 @@ func TestTraceMatchesPackets(t *testing.T) {
 			r := rand.New(rand.NewSource(seed))
 			d.writeConfig(r)
 			d.h.vmfw("apply")
+			if d.h.untraced("--from", "hypervisor", "--to", "hypervisor", "--proto", "tcp") {
+				return
+			}
 			n, bad := d.checkFlows(t, r, flows, seed, seen)
 			total += n
 			mismatches += bad
@@ -434,7 +437,7 @@ func (h *hv) traceBatch(queries []map[string]any) []traceReport {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", h.ns.Name, testbin.VMFW, "--iptables", h.backend, "--config-dir", h.config, "trace", "--batch", "-")
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", h.ns.Name, testbin.VMFW, h.backendFlags()[0], h.backendFlags()[1], "--config-dir", h.config, "trace", "--batch", "-")
 	cmd.Stdin = &in
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut

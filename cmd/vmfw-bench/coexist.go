@@ -46,7 +46,7 @@ func (l *lab) foreign() (string, error) {
 		}
 		for _, line := range bytes.Split(out, []byte("\n")) {
 			s := string(line)
-			if strings.HasPrefix(s, "#") || strings.Contains(s, "vmfw:") || isVMFWDeclaration(s) {
+			if strings.HasPrefix(s, "#") || strings.Contains(s, "vmfw:") || strings.Contains(s, "vmfw nftables") || isVMFWDeclaration(s) {
 				continue
 			}
 			// Policy counters move with traffic, which is not a change.

@@ -7,6 +7,8 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+
+	nftlayout "github.com/vmfw/vmfw/pkg/backend/nftables/layout"
 	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
@@ -87,6 +89,9 @@ func commitFloor(ns *netns, runs int) (verdict map[ruleset.Family][]time.Duratio
 // under the table: the reason the rows that scale with the ruleset cannot
 // go below a bound (docs/performance.md, "The kernel's floor").
 func (a *agentLab) floorNote() error {
+	if a.nftables() {
+		return a.floorNoteNFT()
+	}
 	if a.backend != "nft" {
 		return nil
 	}
@@ -108,4 +113,77 @@ type floorRow struct {
 	backend string
 	taps    int
 	v4, v6  time.Duration
+}
+
+// commitFloorNFT measures what the kernel charges the nftables backend,
+// as commitFloor does for iptables: the transaction of a tap change as
+// the backend writes it (one element added to the ports set of table
+// bridge vmfw, then removed), and that of one rule with a verdict added
+// to a chain of the bench's own in the same table, which is what a change
+// that adds rules (a group at a position no attached tap used) pays for
+// the table's validation. Times run from the send to the kernel's answer.
+func commitFloorNFT(ns *netns, runs int) (elem, verdict []time.Duration, err error) {
+	err = ns.do(func() error {
+		c, err := nftables.New()
+		if err != nil {
+			return err
+		}
+		t := &nftables.Table{Name: nftlayout.TableName, Family: nftables.TableFamilyBridge}
+		ports := &nftables.Set{Table: t, Name: nftlayout.SetPorts, KeyType: nftables.TypeIFName}
+		key := []nftables.SetElement{{Key: nftlayout.Ifname("benchfloor0").Bytes}}
+		timed := func() (time.Duration, error) {
+			start := time.Now()
+			err := c.Flush()
+			return time.Since(start), err
+		}
+		chain := &nftables.Chain{Name: "bench-floor", Table: t}
+		c.AddChain(chain)
+		if err := c.Flush(); err != nil {
+			return fmt.Errorf("creating bridge chain %s: %w", chain.Name, err)
+		}
+		for range runs {
+			if err := c.SetAddElements(ports, key); err != nil {
+				return err
+			}
+			d, err := timed()
+			if err != nil {
+				return fmt.Errorf("adding an element to %s: %w", ports.Name, err)
+			}
+			elem = append(elem, d)
+			if err := c.SetDeleteElements(ports, key); err != nil {
+				return err
+			}
+			if err := c.Flush(); err != nil {
+				return fmt.Errorf("removing the element again: %w", err)
+			}
+			c.AddRule(&nftables.Rule{Table: t, Chain: chain, Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}}})
+			if d, err = timed(); err != nil {
+				return fmt.Errorf("adding a rule with a verdict: %w", err)
+			}
+			verdict = append(verdict, d)
+			c.FlushChain(chain)
+			if err := c.Flush(); err != nil {
+				return err
+			}
+		}
+		c.DelChain(chain)
+		return c.Flush()
+	})
+	return elem, verdict, err
+}
+
+// floorNoteNFT is floorNote for the nftables backend: its floor for the
+// targets is the element transaction, the cost of every tap change.
+func (a *agentLab) floorNoteNFT() error {
+	runs := max(a.o.runs, 5)
+	elem, verdict, err := commitFloorNFT(a.hv, runs)
+	if err != nil {
+		return fmt.Errorf("kernel floor: %w", err)
+	}
+	a.r.floor = append(a.r.floor, floorRow{backend: a.backend, taps: a.n, v4: median(elem)})
+	a.add("kernel commit of a tap change (elements)", elem, nil, "netlink, from this process")
+	a.add("kernel commit adding one rule (table validated)", verdict, nil, "netlink, from this process")
+	a.r.notes = append(a.r.notes, fmt.Sprintf("%s, %d taps: kernel floor (nf_tables commit over netlink, medians of %d): one element of the ports set %s (max %s); one rule with a verdict in table bridge vmfw %s (max %s)",
+		a.backend, a.n, runs, ms(median(elem)), ms(slices.Max(elem)), ms(median(verdict)), ms(slices.Max(verdict))))
+	return nil
 }

@@ -1,6 +1,6 @@
 // Command vmfw-bench measures vmfw at scale and prints one table: the cost
 // of tap changes, applies and status at 0, 1000 and 5000 installed taps on
-// iptables-nft and iptables-legacy, next to the naive way (one iptables
+// iptables-nft, iptables-legacy and the nftables backend, next to the naive way (one iptables
 // command per rule through go-iptables), and the forwarding cost of the
 // dispatch trees against a flat list of physdev jumps: for packets bridged
 // between two VMs, and for packets the hypervisor routes to a VM (the
@@ -14,7 +14,7 @@
 // hosts on a real etcd in a namespace (cluster.go); the sets part an
 // address set of 100,000 entries (sets.go).
 //
-//	vmfw-bench [--vmfw bin/vmfw] [--quick] [--runs N] [--backends nft,legacy] [--sizes 0,1000,5000] [--parts control,data,agent,cluster,sets]
+//	vmfw-bench [--vmfw bin/vmfw] [--quick] [--runs N] [--backends nft,legacy,nftables] [--sizes 0,1000,5000] [--parts control,data,agent,worst,cluster,sets]
 //	           [--cluster-hosts 100] [--cluster-vms 50] [--cluster-joins 100]
 package main
 
@@ -53,8 +53,8 @@ type options struct {
 	// slow also runs what takes minutes: the full apply from empty above
 	// 1000 taps, the legacy baseline above 1000 taps.
 	slow bool
-	// control, data, agent, cluster and sets select the parts to run.
-	control, data, agent, cluster, sets bool
+	// control, data, agent, worst, cluster and sets select the parts to run.
+	control, data, agent, worst, cluster, sets bool
 	// clusterHosts, clusterVMs and clusterJoins size the cluster part.
 	clusterHosts, clusterVMs, clusterJoins int
 }
@@ -63,11 +63,11 @@ func main() {
 	var o options
 	var backends, sizes, parts string
 	flag.StringVar(&o.vmfw, "vmfw", "bin/vmfw", "the vmfw binary to measure")
-	flag.BoolVar(&o.quick, "quick", false, "a short run: nft only, 0 and 1000 taps, 3 runs; cluster: 25 hosts, 20 joins (about 3 minutes)")
+	flag.BoolVar(&o.quick, "quick", false, "a short run: nft and nftables, 0 and 1000 taps, 3 runs; cluster: 25 hosts, 20 joins (about 5 minutes)")
 	flag.IntVar(&o.runs, "runs", 5, "runs per row; the table shows medians")
-	flag.StringVar(&backends, "backends", "nft,legacy", "iptables backends to measure")
+	flag.StringVar(&backends, "backends", "nft,legacy,nftables", "backends to measure: the iptables backend's flavours nft and legacy, and nftables")
 	flag.StringVar(&sizes, "sizes", "0,1000,5000", "numbers of installed taps")
-	flag.StringVar(&parts, "parts", "control,data,cluster,sets", "what to measure: control (with the baseline), data, agent (vmfw agent against no agent), cluster (membership fan-out on etcd), sets (a 100,000-entry address set)")
+	flag.StringVar(&parts, "parts", "control,data,cluster,sets", "what to measure: control (with the baseline), data, agent (vmfw agent against no agent), worst (nftables: every tap its own group), cluster (membership fan-out on etcd), sets (a 100,000-entry address set)")
 	flag.IntVar(&o.clusterHosts, "cluster-hosts", 100, "cluster part: simulated hosts")
 	flag.IntVar(&o.clusterVMs, "cluster-vms", 50, "cluster part: VMs per host")
 	flag.IntVar(&o.clusterJoins, "cluster-joins", 100, "cluster part: joins (and leaves) measured")
@@ -75,7 +75,7 @@ func main() {
 	flag.BoolVar(&o.slow, "slow", false, "also run what takes minutes: full apply from empty and the legacy baseline above 1000 taps")
 	flag.Parse()
 	if o.quick {
-		o.runs, backends, sizes = 3, "nft", "0,1000"
+		o.runs, backends, sizes = 3, "nft,nftables", "0,1000"
 		o.clusterHosts, o.clusterJoins = 25, 20
 	}
 	o.backends = strings.Split(backends, ",")
@@ -87,12 +87,14 @@ func main() {
 			o.data = true
 		case "agent":
 			o.agent = true
+		case "worst":
+			o.worst = true
 		case "cluster":
 			o.cluster = true
 		case "sets":
 			o.sets = true
 		default:
-			fatalf("unknown part %q (want control, data, agent, cluster or sets)", p)
+			fatalf("unknown part %q (want control, data, agent, worst, cluster or sets)", p)
 		}
 	}
 	for _, s := range strings.Split(sizes, ",") {
@@ -150,7 +152,7 @@ func main() {
 	if len(labs) > 0 {
 		table.print(os.Stdout, o, time.Since(start))
 	}
-	if o.agent {
+	if o.agent || o.worst {
 		var at agentResults
 		err := agentPart(ctx, o, &at)
 		at.evaluate()
@@ -182,6 +184,10 @@ func main() {
 	}
 }
 
+// nftablesBackend names the nftables backend among --backends; the others
+// are the iptables backend's flavours.
+const nftablesBackend = "nftables"
+
 // preflight checks what the bench needs before creating anything.
 func preflight(o options) error {
 	if os.Geteuid() != 0 {
@@ -199,8 +205,14 @@ func preflight(o options) error {
 	}
 	tools := []string{"ip", "ipset", "conntrack", "ping", "ebtables-nft-restore"}
 	for _, b := range o.backends {
-		if b != "nft" && b != "legacy" {
-			return fmt.Errorf("unknown backend %q (want nft or legacy)", b)
+		switch b {
+		case nftablesBackend:
+			// Foreign rules go in with iptables-nft, beside its tables.
+			tools = append(tools, "nft", "iptables-nft-restore", "ip6tables-nft-restore", "iptables-nft")
+			continue
+		case "nft", "legacy":
+		default:
+			return fmt.Errorf("unknown backend %q (want nft, legacy or nftables)", b)
 		}
 		tools = append(tools, "iptables-"+b+"-restore", "ip6tables-"+b+"-restore", "iptables-"+b)
 	}

@@ -149,10 +149,14 @@ func runCmd(ctx context.Context, name string, args ...string) ([]byte, error) {
 // under tmp: its configuration dir, backend, and run and state dirs of
 // its own, so that labs never share a lock, a socket or a record.
 func labEnv(tmp, dir, backend string) []string {
+	choose := "VMFW_IPTABLES=" + backend
+	if backend == nftablesBackend {
+		choose = "VMFW_BACKEND=" + nftablesBackend
+	}
 	return []string{
 		"PATH=" + os.Getenv("PATH"),
 		"VMFW_CONFIG_DIR=" + dir,
-		"VMFW_IPTABLES=" + backend,
+		choose,
 		"VMFW_RUN_DIR=" + filepath.Join(tmp, "run"),
 		"VMFW_STATE_DIR=" + filepath.Join(tmp, "state"),
 		"XTABLES_LOCKFILE=" + os.Getenv("XTABLES_LOCKFILE"),

@@ -134,8 +134,11 @@ func (r *results) routedRatios() []string {
 			continue
 		}
 		target := ""
-		if z.dispatch == routedTree {
+		switch z.dispatch {
+		case routedTree:
 			target = " (target: at least 75%)"
+		case routedNFTName:
+			target = " (target: at least 95%)"
 		}
 		out = append(out, fmt.Sprintf("%s, %s: routed at %d taps / at 0 taps = %.0f%% (CPU), %.0f%% (wall), %.0f%% (CPU, fastest burst of each)%s",
 			z.backend, z.dispatch, top.taps, 100*median(top.cpu)/median(z.cpu), 100*median(top.wall)/median(z.wall),

@@ -1,6 +1,7 @@
 // Command vmfw-crashtest kills "vmfw apply" with SIGKILL at random moments
 // and checks after every kill that the host holds, per iptables family and
-// for ebtables, either the whole old ruleset or the whole new one, that the
+// for ebtables (for the nftables backend: both of its tables, which one
+// transaction changes), either the whole old ruleset or the whole new one, that the
 // ipsets are in a state the interrupted apply could have left (see
 // checkSets), and that the next apply converges to exactly the new state.
 // The first trial and every tenth after it kill the first apply on a host
@@ -12,7 +13,7 @@
 // network namespaces it creates and deletes (also when interrupted), with
 // documentation addresses, and prints one table per backend.
 //
-//	vmfw-crashtest [--vmfw bin/vmfw] [--trials 100] [--backends nft,legacy] [--taps 300] [--seed N]
+//	vmfw-crashtest [--vmfw bin/vmfw] [--trials 100] [--backends nft,legacy,nftables] [--taps 300] [--seed N]
 package main
 
 import (
@@ -29,7 +30,7 @@ import (
 func main() {
 	bin := flag.String("vmfw", "bin/vmfw", "path of the vmfw binary")
 	trials := flag.Int("trials", 100, "kills per backend")
-	backends := flag.String("backends", "nft,legacy", "iptables backends to test, comma-separated")
+	backends := flag.String("backends", "nft,legacy,nftables", "backends to test, comma-separated: the iptables backend's flavours nft and legacy, and nftables")
 	taps := flag.Int("taps", 300, "interfaces in the scenario; more make an apply last longer")
 	seed := flag.Int64("seed", time.Now().UnixNano(), "seed of the random kill moments")
 	flag.Parse()

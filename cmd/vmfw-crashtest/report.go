@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strings"
 	"time"
 )
 
@@ -46,6 +47,9 @@ func (r *result) print(w io.Writer) {
 	seen := map[string]bool{}
 	for _, o := range outcomeOrder {
 		seen[o] = true
+		if r.backend == nftablesBackend && strings.Contains(o, "ipset") || strings.Contains(o, "ebtables old") && r.backend == nftablesBackend {
+			continue // states only the iptables backend passes through
+		}
 		fmt.Fprintf(w, "  %-45s %6d\n", o, r.outcomes[o])
 	}
 	var other []string

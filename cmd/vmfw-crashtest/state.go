@@ -13,22 +13,16 @@ import (
 // snapshot is what the host holds of one kind of state, in a canonical
 // text: two snapshots are equal exactly when the states are.
 type snapshot struct {
-	v4, v6, eb string
-	sets       setState
+	// parts names the rule tables in the order an apply changes them:
+	// ipv4, ipv6 and ebtables for the iptables backend; nftables (both of
+	// its tables, one transaction) and iptables-hooks (its rule in
+	// iptables' chains, written after) for the nftables backend.
+	parts  []string
+	tables map[string]string
+	sets   setState
 }
 
-// parts names the rule tables in the order an apply changes them.
-var parts = []string{"ipv4", "ipv6", "ebtables"}
-
-func (s *snapshot) part(name string) string {
-	switch name {
-	case "ipv4":
-		return s.v4
-	case "ipv6":
-		return s.v6
-	}
-	return s.eb
-}
+func (s *snapshot) part(name string) string { return s.tables[name] }
 
 var counters = regexp.MustCompile(` \[\d+:\d+\]$`)
 
@@ -82,7 +76,10 @@ func read(ctx context.Context, hv *labnet.NS, backend string) (*snapshot, error)
 		out, err := hv.Exec(ctx, args...)
 		return string(out), err
 	}
-	s := &snapshot{}
+	if backend == nftablesBackend {
+		return readNFT(run)
+	}
+	s := &snapshot{parts: []string{"ipv4", "ipv6", "ebtables"}}
 	v4, err := run("iptables-"+backend+"-save", "-t", "filter")
 	if err != nil {
 		return nil, err
@@ -103,9 +100,88 @@ func read(ctx context.Context, hv *labnet.NS, backend string) (*snapshot, error)
 	if err != nil {
 		return nil, err
 	}
-	s.v4, s.v6, s.eb = canonicalTable(v4), canonicalTable(v6), canonicalTable(eb)
+	s.tables = map[string]string{"ipv4": canonicalTable(v4), "ipv6": canonicalTable(v6), "ebtables": canonicalTable(eb)}
 	s.sets = parseSets(sets)
 	return s, nil
+}
+
+// nftablesBackend names the nftables backend among --backends.
+const nftablesBackend = "nftables"
+
+// readNFT takes a snapshot of the nftables backend: its two tables, and
+// its rules in iptables' FORWARD and OUTPUT chains (iptables-nft is the
+// host's iptables here). It has no ipsets.
+func readNFT(run func(args ...string) (string, error)) (*snapshot, error) {
+	var tables strings.Builder
+	for _, fam := range []string{"bridge", "inet"} {
+		out, err := run("nft", "-s", "list", "table", fam, "vmfw")
+		if err != nil {
+			out = "no table " + fam + " vmfw\n" // absent is a state too
+		}
+		tables.WriteString(canonicalNFT(out))
+	}
+	var hooks strings.Builder
+	for _, save := range []string{"iptables-nft-save", "ip6tables-nft-save"} {
+		out, err := run(save, "-t", "filter")
+		if err != nil {
+			return nil, err
+		}
+		for _, l := range strings.Split(out, "\n") {
+			if strings.Contains(l, "vmfw nftables") {
+				hooks.WriteString(save + ": " + l + "\n")
+			}
+		}
+	}
+	return &snapshot{parts: []string{"nftables", "iptables-hooks"},
+		tables: map[string]string{"nftables": tables.String(), "iptables-hooks": hooks.String()},
+		sets:   parseSets("")}, nil
+}
+
+var elementList = regexp.MustCompile(`(?s)elements = \{(.*?)\}`)
+
+// canonicalNFT turns an nft listing of one table into its chains and sets
+// sorted by name, the elements of each set sorted: nft lists objects in
+// creation order and a hash set's elements in bucket order, neither of
+// which means anything.
+func canonicalNFT(listing string) string {
+	listing = elementList.ReplaceAllStringFunc(listing, func(m string) string {
+		var elems []string
+		for _, e := range strings.Split(elementList.FindStringSubmatch(m)[1], ",") {
+			if e = strings.TrimSpace(e); e != "" {
+				elems = append(elems, e)
+			}
+		}
+		sort.Strings(elems)
+		return "elements = { " + strings.Join(elems, ", ") + " }"
+	})
+	blocks := map[string]string{}
+	var head, name string
+	var body strings.Builder
+	for _, l := range strings.Split(listing, "\n") {
+		switch {
+		case strings.HasPrefix(l, "table "):
+			head = l
+		case strings.HasPrefix(l, "\tchain ") || strings.HasPrefix(l, "\tset ") || strings.HasPrefix(l, "\tmap "):
+			name = strings.TrimSpace(l)
+			body.Reset()
+		case l == "\t}" && name != "":
+			blocks[name] = body.String()
+			name = ""
+		case name != "":
+			body.WriteString(strings.TrimSpace(l) + "\n")
+		}
+	}
+	names := make([]string, 0, len(blocks))
+	for n := range blocks {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var b strings.Builder
+	b.WriteString(head + "\n")
+	for _, n := range names {
+		b.WriteString(n + "\n" + blocks[n])
+	}
+	return b.String()
 }
 
 // setState is the ipsets of the namespace: name → header and members.

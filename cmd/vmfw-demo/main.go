@@ -36,15 +36,16 @@ var ports = []int{22, 80}
 func main() {
 	bin := flag.String("vmfw", "vmfw", "path of the vmfw binary")
 	config := flag.String("config", "conf/examples/reference", "configuration directory of the scenario")
-	backend := flag.String("iptables", "", "iptables backend: nft or legacy (default: the host's)")
+	flavour := flag.String("iptables", "", "iptables backend's flavour: nft or legacy (default: the host's)")
+	backend := flag.String("backend", "", "backend: iptables or nftables (default: vmfw's)")
 	flag.Parse()
-	if err := run(*bin, *config, *backend); err != nil {
+	if err := run(*bin, *config, *backend, *flavour); err != nil {
 		fmt.Fprintln(os.Stderr, "vmfw-demo:", err)
 		os.Exit(1)
 	}
 }
 
-func run(bin, config, backend string) error {
+func run(bin, config, backend, flavour string) error {
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("the demo builds network namespaces and needs root")
 	}
@@ -61,7 +62,10 @@ func run(bin, config, backend string) error {
 	vmfw := func(args ...string) (string, error) {
 		full := []string{"netns", "exec", hv.Name, bin, "--config-dir", config}
 		if backend != "" {
-			full = append(full, "--iptables", backend)
+			full = append(full, "--backend", backend)
+		}
+		if flavour != "" {
+			full = append(full, "--iptables", flavour)
 		}
 		out, err := exec.Command("ip", append(full, args...)...).CombinedOutput()
 		if err != nil {

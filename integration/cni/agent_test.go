@@ -22,8 +22,8 @@ import (
 func (h *host) startAgent(backend string) *labnet.Process {
 	h.t.Helper()
 	runDir := h.t.TempDir()
-	p, err := labnet.Start(h.ns, []string{"VMFW_RUN_DIR=" + runDir}, filepath.Join(testbin.Dir, "vmfw"),
-		"--iptables", backend, "--config-dir", h.config, "--state-dir", h.state, "agent")
+	argv := append(append([]string{filepath.Join(testbin.Dir, "vmfw")}, backendFlags(backend)...), "--config-dir", h.config, "--state-dir", h.state, "agent")
+	p, err := labnet.Start(h.ns, []string{"VMFW_RUN_DIR=" + runDir}, argv...)
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -42,7 +42,7 @@ func (h *host) startAgent(backend string) *labnet.Process {
 // itself.
 func TestCNIThroughAgent(t *testing.T) {
 	t.Parallel()
-	for _, backend := range []string{"nft", "legacy"} {
+	for _, backend := range []string{"nft", "legacy", nftablesBackend} {
 		t.Run(backend, func(t *testing.T) {
 			t.Parallel()
 			h := newHost(t)

@@ -127,9 +127,13 @@ func (h *host) conflist(cniVersion, backend string, extra map[string]any) *libcn
 		"type":         "vmfw",
 		"configDir":    h.config,
 		"stateDir":     h.state,
-		"iptables":     backend,
 		"groups":       []string{"web"},
 		"capabilities": map[string]bool{"vmfw": true},
+	}
+	if backend == nftablesBackend {
+		vmfw["backend"] = nftablesBackend
+	} else {
+		vmfw["iptables"] = backend
 	}
 	for k, v := range extra {
 		vmfw[k] = v
@@ -252,8 +256,30 @@ func (h *host) exec(args ...string) string {
 	return string(out)
 }
 
-// save returns both families' filter tables.
+// nftablesBackend names the nftables backend among the backends a test
+// runs with; the others are the iptables backend's flavours.
+const nftablesBackend = "nftables"
+
+// backendFlags choose backend on vmfw's command line.
+func backendFlags(backend string) []string {
+	if backend == nftablesBackend {
+		return []string{"--backend", nftablesBackend}
+	}
+	return []string{"--iptables", backend}
+}
+
+// save returns what vmfw installed: both families' filter tables, or the
+// nftables backend's two tables, where an interface's elements name it.
 func (h *host) save(backend string) string {
+	if backend == nftablesBackend {
+		var b strings.Builder
+		for _, fam := range []string{"bridge", "inet"} {
+			if out, err := h.ns.Exec(context.Background(), "nft", "-s", "list", "table", fam, "vmfw"); err == nil {
+				b.Write(out)
+			}
+		}
+		return b.String()
+	}
 	return h.exec("iptables-"+backend+"-save", "-t", "filter") + h.exec("ip6tables-"+backend+"-save", "-t", "filter")
 }
 
@@ -356,8 +382,8 @@ func (h *host) deleteChain(backend, chain string) {
 // configuration and state directories.
 func (h *host) vmfw(backend string, args ...string) string {
 	h.t.Helper()
-	full := append([]string{"netns", "exec", h.ns.Name, filepath.Join(testbin.Dir, "vmfw"),
-		"--iptables", backend, "--config-dir", h.config, "--state-dir", h.state}, args...)
+	full := append(append(append([]string{"netns", "exec", h.ns.Name, filepath.Join(testbin.Dir, "vmfw")}, backendFlags(backend)...),
+		"--config-dir", h.config, "--state-dir", h.state), args...)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, "ip", full...).CombinedOutput()

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -93,7 +94,7 @@ func (h *host) serve(ns *labnet.NS, addrs ...string) {
 // output and exit status.
 func (h *host) run(stdin io.Reader, args ...string) (stdout, stderr string, code int) {
 	h.t.Helper()
-	return h.exec(stdin, append([]string{testbin.VMFW, "--iptables", h.backend, "--config-dir", h.config, "--state-dir", h.state}, args...)...)
+	return h.exec(stdin, append([]string{testbin.VMFW, "--config-dir", h.config, "--state-dir", h.state}, args...)...)
 }
 
 // exec runs argv in the hypervisor namespace with stdin and returns its
@@ -104,7 +105,7 @@ func (h *host) exec(stdin io.Reader, argv ...string) (stdout, stderr string, cod
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	full := append([]string{"netns", "exec", h.lab.Hypervisor().Name, "env",
-		"VMFW_CONFIG_DIR=" + h.config, "VMFW_STATE_DIR=" + h.state, "VMFW_IPTABLES=" + h.backend}, append(h.env, argv...)...)
+		"VMFW_CONFIG_DIR=" + h.config, "VMFW_STATE_DIR=" + h.state, h.backendEnv()}, append(h.env, argv...)...)
 	cmd := exec.CommandContext(ctx, "ip", full...)
 	cmd.Stdin = stdin
 	stdout, stderr, code, err := labnet.Run(cmd)
@@ -153,10 +154,27 @@ func (h *host) hook(path string, stdin io.Reader, args ...string) {
 	}
 }
 
-// save returns the filter table of both families as iptables-save prints
-// it, counters left out.
+// nftablesBackend names the nftables backend among the backends a test
+// runs with; the others are the iptables backend's flavours.
+const nftablesBackend = "nftables"
+
+// backendEnv chooses h's backend for vmfw and the scripts that run it.
+func (h *host) backendEnv() string {
+	if h.backend == nftablesBackend {
+		return "VMFW_BACKEND=" + nftablesBackend
+	}
+	return "VMFW_IPTABLES=" + h.backend
+}
+
+// save returns what vmfw installed: the filter table of both families as
+// iptables-save prints it, counters left out; for the nftables backend its
+// two tables as nft lists them without counters, every set's elements in
+// order.
 func (h *host) save() string {
 	h.t.Helper()
+	if h.backend == nftablesBackend {
+		return h.nftSave()
+	}
 	var b strings.Builder
 	for _, tool := range []string{"iptables", "ip6tables"} {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -180,6 +198,9 @@ var counters = regexp.MustCompile(`\[\d+:\d+\]`)
 // ipset returns "ipset save" output.
 func (h *host) ipset() string {
 	h.t.Helper()
+	if h.backend == nftablesBackend {
+		return nftMembers(h.nftSave())
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	out, err := h.lab.Hypervisor().Exec(ctx, "ipset", "save")
@@ -223,6 +244,13 @@ func (h *host) expect(from *labnet.NS, addr string, want labnet.Result) {
 
 // chains returns the names of the chains of iface in an iptables-save text.
 func chains(save, iface string) []string {
+	if strings.HasPrefix(save, "table bridge vmfw") {
+		// The nftables backend: an interface is elements, named in quotes.
+		if strings.Contains(save, `"`+iface+`"`) {
+			return []string{iface}
+		}
+		return nil
+	}
 	var out []string
 	for _, l := range strings.Split(save, "\n") {
 		if name, ok := strings.CutPrefix(l, ":"+iface+"-"); ok {
@@ -230,4 +258,51 @@ func chains(save, iface string) []string {
 		}
 	}
 	return out
+}
+
+var elementList = regexp.MustCompile(`(?s)elements = \{(.*?)\}`)
+
+// nftSave is save for the nftables backend.
+func (h *host) nftSave() string {
+	h.t.Helper()
+	var b strings.Builder
+	for _, fam := range []string{"bridge", "inet"} {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		out, err := h.lab.Hypervisor().Exec(ctx, "nft", "-s", "list", "table", fam, "vmfw")
+		cancel()
+		if err != nil {
+			continue // not installed
+		}
+		b.WriteString(elementList.ReplaceAllStringFunc(string(out), func(m string) string {
+			var elems []string
+			for _, e := range strings.Split(elementList.FindStringSubmatch(m)[1], ",") {
+				if e = strings.TrimSpace(e); e != "" {
+					elems = append(elems, e)
+				}
+			}
+			sort.Strings(elems)
+			return "elements = { " + strings.Join(elems, ", ") + " }"
+		}))
+	}
+	return b.String()
+}
+
+// nftMembers renders the nftables backend's member sets as "ipset save"
+// lists members ("add sg-web-v4 192.0.2.200"), for the tests of ipset().
+func nftMembers(save string) string {
+	var b strings.Builder
+	set := ""
+	for _, l := range strings.Split(save, "\n") {
+		t := strings.TrimSpace(l)
+		if name, ok := strings.CutPrefix(t, "set "); ok {
+			set = strings.TrimSuffix(name, " {")
+			continue
+		}
+		if inner, ok := strings.CutPrefix(t, "elements = { "); ok && strings.HasPrefix(set, "sg-") {
+			for _, e := range strings.Split(strings.TrimSuffix(inner, " }"), ", ") {
+				b.WriteString("add " + set + " " + e + "\n")
+			}
+		}
+	}
+	return b.String()
 }

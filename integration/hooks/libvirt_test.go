@@ -165,7 +165,16 @@ func hookArgs(guest, op, subop string) []string {
 // one found by MAC, plus one that is not vmfw's.
 func TestLibvirtHook(t *testing.T) {
 	t.Parallel()
-	h := newHost(t, "nft", libvirtConfig)
+	for _, backend := range []string{"nft", nftablesBackend} {
+		t.Run(backend, func(t *testing.T) {
+			t.Parallel()
+			libvirtHook(t, backend)
+		})
+	}
+}
+
+func libvirtHook(t *testing.T, backend string) {
+	h := newHost(t, backend, libvirtConfig)
 	qemu := script(t, "libvirt/qemu")
 	web0 := h.vm("vnet0", "52:54:00:6b:3c:01", "192.0.2.200/24")
 	web2 := h.vm("vnet1", "52:54:00:6b:3c:03", "192.0.2.202/24")

@@ -33,7 +33,16 @@ ips = ["192.0.2.111"]
 // them ("SCRIPT VMID PHASE") after Proxmox has put the taps on the bridge.
 func TestProxmoxHookscript(t *testing.T) {
 	t.Parallel()
-	h := newHost(t, "legacy", proxmoxConfig)
+	for _, backend := range []string{"legacy", nftablesBackend} {
+		t.Run(backend, func(t *testing.T) {
+			t.Parallel()
+			proxmoxHookscript(t, backend)
+		})
+	}
+}
+
+func proxmoxHookscript(t *testing.T, backend string) {
+	h := newHost(t, backend, proxmoxConfig)
 	hookscript := script(t, "proxmox/vmfw-hook.sh")
 	vm0 := h.vm("tap110i0", "02:00:00:00:11:00", "192.0.2.110/24")
 	vm1 := h.vm("tap110i1", "02:00:00:00:11:01", "192.0.2.111/24")

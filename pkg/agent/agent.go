@@ -204,10 +204,44 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.queued = func() bool { return len(reqs) > 0 || len(w.Changed) > 0 }
 
 	a.sync(ctx, "agent started")
+	foreign := a.watchKernel(ctx, &bg)
 	a.stage(Ready)
 	a.Log.Info("agent ready", "config", a.ConfigDir, "socket", filepath.Join(a.RunDir, wire.SocketName), "repair_interval", a.interval().String())
-	a.loop(ctx, w, reqs)
+	a.loop(ctx, w, reqs, foreign)
 	return nil
+}
+
+// watchKernel returns a channel that signals when someone else changed
+// the backend's objects, for a backend that can tell at once
+// (backend.Watcher: a foreign "nft flush ruleset" deletes the nftables
+// backend's tables, and VMs must not stay unfiltered until the next
+// drift check). Signals coalesce. For any other backend, or when
+// watching cannot start, the channel never signals and the periodic
+// drift check repairs. The goroutine that forwards the signals ends when
+// the backend closes its channel, which it does when ctx ends.
+func (a *Agent) watchKernel(ctx context.Context, bg *sync.WaitGroup) <-chan struct{} {
+	out := make(chan struct{}, 1)
+	wt, ok := a.Kernel.Backend.(backend.Watcher)
+	if !ok {
+		return out
+	}
+	sig, err := wt.Watch(ctx)
+	if err != nil {
+		a.Log.Error("watching the kernel for foreign changes; the drift check repairs them", "error", err.Error())
+		return out
+	}
+	bg.Go(func() {
+		for range sig {
+			select {
+			case out <- struct{}{}:
+			default:
+			}
+		}
+		if ctx.Err() == nil {
+			a.Log.Error("watching the kernel for foreign changes stopped; the drift check repairs them")
+		}
+	})
+	return out
 }
 
 // build fills in the defaults and builds the agent's engine on its
@@ -252,7 +286,7 @@ func (a *Agent) followPackets(ctx context.Context, bg *sync.WaitGroup) {
 
 // loop is the agent's main loop: every change to the kernel is made here,
 // one at a time, until ctx is done.
-func (a *Agent) loop(ctx context.Context, w *watcher, reqs chan pending) {
+func (a *Agent) loop(ctx context.Context, w *watcher, reqs chan pending, foreign <-chan struct{}) {
 	interval := a.interval()
 	ticker := time.NewTicker(interval)
 	defer ticker.Stop()
@@ -286,6 +320,8 @@ func (a *Agent) loop(ctx context.Context, w *watcher, reqs chan pending) {
 			a.apply(ctx, drain(p, reqs))
 		case <-ticker.C:
 			a.repair(ctx)
+		case <-foreign:
+			a.repairForeign(ctx)
 		case <-a.clusterConfig():
 			if prev, ok := a.reload(nil, true); ok {
 				a.applyEdit(ctx, prev, "cluster configuration pushed")
@@ -560,6 +596,19 @@ func (a *Agent) repair(ctx context.Context) {
 		}
 	}
 	if ch := a.sync(ctx, "drift check"); ch != nil && !ch.Empty() {
+		a.Metrics.driftRepaired()
+		a.Log.Warn("repaired drift", changeAttrs(ch)...)
+	}
+}
+
+// repairForeign repairs what another process changed of the backend's
+// objects (watchKernel) at once: unlike the drift check it does not wait
+// for queued requests, since VMs may be unfiltered until it is done.
+func (a *Agent) repairForeign(ctx context.Context) {
+	if _, err := a.currentModel(); err != nil {
+		return
+	}
+	if ch := a.sync(ctx, "foreign change"); ch != nil && !ch.Empty() {
 		a.Metrics.driftRepaired()
 		a.Log.Warn("repaired drift", changeAttrs(ch)...)
 	}

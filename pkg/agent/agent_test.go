@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -23,11 +24,12 @@ import (
 // The agent's rules for requests, run against backend.Fake: no kernel,
 // the real socket, loop and engine.
 
-type testHost struct{}
+// testHost is a host whose interfaces are links.
+type testHost struct{ links map[string]bool }
 
-func (testHost) Links() (map[string]bool, error) { return map[string]bool{}, nil }
-func (testHost) Attach(string, string) error     { return nil }
-func (testHost) EnableBridgeNetfilter() error    { return nil }
+func (h testHost) Links() (map[string]bool, error) { return maps.Clone(h.links), nil }
+func (testHost) Attach(string, string) error       { return nil }
+func (testHost) EnableBridgeNetfilter() error      { return nil }
 
 // testAgent is an agent on a Fake, running until the test ends.
 type testAgent struct {
@@ -40,8 +42,17 @@ type testAgent struct {
 // waits until it answers.
 func startAgent(t *testing.T, be *backend.Fake) *testAgent {
 	t.Helper()
+	return startAgentOn(t, be, testHost{})
+}
+
+// startAgentOn starts an agent on be and host.
+func startAgentOn(t *testing.T, be *backend.Fake, host testHost) *testAgent {
+	t.Helper()
 	snap := leaktest.Take()
 	files := map[string]string{
+		// No test here waits for a drift check: what repairs, repairs
+		// for another reason.
+		"vmfw.toml":         "repair_interval = \"1h\"\n",
 		"groups/web.toml":   "[[in]]\nproto = \"tcp\"\ndport = \"80\"\nsource_group = \"web\"\n",
 		"sets/blocked.toml": "entries = [\"198.51.100.0/24\"]\n",
 	}
@@ -53,7 +64,7 @@ func startAgent(t *testing.T, be *backend.Fake) *testAgent {
 		ConfigDir: dir,
 		StateDir:  t.TempDir(),
 		RunDir:    t.TempDir(),
-		Kernel: engine.Kernel{Backend: be, Host: testHost{},
+		Kernel: engine.Kernel{Backend: be, Host: host,
 			Lock: func(context.Context) (func(), error) { return func() {}, nil }},
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -183,14 +194,15 @@ func TestAgentRefuses(t *testing.T) {
 	for name, req := range map[string]wire.Request{
 		"config dir": {Op: Ifup, Tap: "tap101i0", ConfigDir: t.TempDir()},
 		"state dir":  {Op: Ifup, Tap: "tap101i0", StateDir: t.TempDir()},
-		"backend":    {Op: Ifup, Tap: "tap101i0", IPTables: "legacy"},
+		"flavour":    {Op: Ifup, Tap: "tap101i0", IPTables: "legacy"},
+		"backend":    {Op: Ifup, Tap: "tap101i0", Backend: "nftables"},
 		"operation":  {Op: "frobnicate"},
 	} {
 		if r, err := ta.try(req); !errors.Is(err, wire.ErrNoAgent) {
 			t.Errorf("%s: %+v, %v, want refused", name, r, err)
 		}
 	}
-	r := ta.call(t, wire.Request{Op: Ifup, Tap: "tap999i0"})
+	r := ta.call(t, wire.Request{Op: Ifup, Tap: "tap999i0", Backend: string(be.Name())})
 	if r.OK || r.Refused || !r.Config || !strings.Contains(r.Error, "999.toml") {
 		t.Errorf("unconfigured tap: %+v, want a configuration error naming vms/999.toml", r)
 	}
@@ -332,4 +344,29 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	t.Fatalf("timed out waiting for %s", what)
+}
+
+// TestAgentRepairsForeignFlush: when the backend signals that someone
+// else removed its objects (backend.Watcher: a foreign "nft flush
+// ruleset"), the agent puts them back at once, not at its next drift
+// check (an hour away: startAgent), and
+// the goroutine forwarding the signals ends with the agent (startAgent's
+// leak check).
+func TestAgentRepairsForeignFlush(t *testing.T) {
+	be := &backend.Fake{}
+	ta := startAgentOn(t, be, testHost{links: map[string]bool{"tap101i0": true, "tap102i0": true}})
+	waitFor(t, "the start's sync", func() bool { return strings.Contains(be.Dump(), "tap102i0") })
+	for range 3 {
+		be.Flush()
+		if strings.Contains(be.Dump(), "tap101i0") {
+			t.Fatal("the fake's flush left tap101i0")
+		}
+		waitFor(t, "the repair", func() bool {
+			d := be.Dump()
+			return strings.Contains(d, "tap101i0") && strings.Contains(d, "tap102i0")
+		})
+	}
+	if ta.Metrics == nil {
+		t.Fatal("no metrics")
+	}
 }

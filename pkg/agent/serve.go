@@ -96,7 +96,10 @@ func (a *Agent) handle(ctx context.Context, conn *net.UnixConn, reqs chan<- pend
 		answer(Response{Error: "the agent keeps attachment records in " + a.StateDir + ", not " + req.StateDir, Refused: true})
 		return
 	}
-	if be := a.Kernel.Backend; req.IPTables != "" && (be.Name() != backend.IPTables || be.Flavour() != req.IPTables) {
+	if be := a.Kernel.Backend; req.Backend != "" && backend.Name(req.Backend) != be.Name() {
+		answer(Response{Error: "the agent uses backend " + string(be.Name()) + " (" + be.Describe() + "), not " + req.Backend, Refused: true})
+		return
+	} else if req.IPTables != "" && (be.Name() != backend.IPTables || be.Flavour() != req.IPTables) && (req.Backend == "" || be.Name() == backend.IPTables) {
 		answer(Response{Error: "the agent uses backend " + string(be.Name()) + " (" + be.Describe() + "), not iptables " + req.IPTables, Refused: true})
 		return
 	}

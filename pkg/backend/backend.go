@@ -243,3 +243,33 @@ type StaleError struct{ Err error }
 
 func (e *StaleError) Error() string { return e.Err.Error() }
 func (e *StaleError) Unwrap() error { return e.Err }
+
+// Watcher is implemented by a backend that can tell at once when someone
+// else changed or deleted its objects (a foreign "nft flush ruleset"),
+// so that the agent repairs them without waiting for its next drift
+// check (docs/nftables.md, "Repair").
+type Watcher interface {
+	// Watch signals on the returned channel when someone else changed or
+	// deleted the backend's objects. Signals coalesce: one pending
+	// signal stands for any number of changes. The channel is closed
+	// when ctx ends or watching fails.
+	Watch(ctx context.Context) (<-chan struct{}, error)
+}
+
+// Warner is implemented by a backend that can tell what about the host
+// may keep its ruleset from working as intended without being drift: a
+// foreign chain's DROP policy, a kernel feature or setting missing.
+// check and status print them.
+type Warner interface {
+	// Warnings says what it found, one sentence each; none is nil.
+	Warnings(ctx context.Context) ([]string, error)
+}
+
+// PortAttributor is implemented by a backend that checks routed, NATed
+// and hypervisor-sent packets to a VM by the bridge port they leave
+// through rather than by the VM's addresses (the nftables backend): every
+// enabled interface's in rules then see such traffic, whatever addresses
+// it lists (docs/routing.md, docs/nftables.md).
+type PortAttributor interface {
+	AttributesByPort() bool
+}

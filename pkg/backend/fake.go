@@ -42,11 +42,15 @@ type Fake struct {
 	// plan that changes something, without the fake's lock held: a test
 	// blocks in it to hold an operation half way.
 	BeforeApply func()
+
+	// watchers are the channels Watch handed out, signalled by Flush.
+	watchers []chan struct{}
 }
 
 var (
 	_ Backend      = (*Fake)(nil)
 	_ Generationer = (*Fake)(nil)
+	_ Watcher      = (*Fake)(nil)
 )
 
 // Name is "fake".
@@ -256,6 +260,37 @@ func (f *Fake) Tamper(iface string) {
 	p.Interfaces = slices.DeleteFunc(slices.Clone(p.Interfaces), func(n *ruleset.Interface) bool { return n.Name == iface })
 	f.installed = &p
 	f.gen++
+}
+
+// Flush removes everything the fake holds behind the engine's back, as a
+// foreign "nft flush ruleset" does, and signals every watcher.
+func (f *Fake) Flush() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.installed = nil
+	f.gen++
+	for _, w := range f.watchers {
+		select {
+		case w <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Watch signals on the returned channel when Flush ran; the channel is
+// closed once ctx ends.
+func (f *Fake) Watch(ctx context.Context) (<-chan struct{}, error) {
+	ch := make(chan struct{}, 1)
+	f.mu.Lock()
+	f.watchers = append(f.watchers, ch)
+	f.mu.Unlock()
+	context.AfterFunc(ctx, func() {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		f.watchers = slices.DeleteFunc(f.watchers, func(w chan struct{}) bool { return w == ch })
+		close(ch)
+	})
+	return ch, nil
 }
 
 // Dump renders what the fake holds: one line per interface (its groups

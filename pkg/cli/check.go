@@ -34,6 +34,9 @@ type CheckReport struct {
 	// then false.
 	*engine.Report
 	KernelError string `json:"kernel_error,omitempty"`
+	// Warnings are what the host does that keeps the ruleset from
+	// working as intended without being drift (engine.Warnings).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // CheckNotice is one notice of check: an interface (its tap, and the
@@ -51,7 +54,8 @@ type CheckNotice struct {
 // checkCmd validates the configuration. With -o json it also compares it
 // with the kernel, as apply --dry-run does, and says what an apply would
 // change; the text form reads no kernel state, so it works without root.
-func checkCmd(ctx context.Context, newEngine func() (Engine, error), configDir string, args []string, stdout io.Writer) error {
+func checkCmd(ctx context.Context, newEngine func() (Engine, error), configDir, backendName string, args []string, stdout io.Writer) error {
+	byPort := backendName == config.BackendNFTables
 	fs := flag.NewFlagSet("check", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	format := fs.String("o", "text", "output format: text or json")
@@ -67,7 +71,16 @@ func checkCmd(ctx context.Context, newEngine func() (Engine, error), configDir s
 			return err
 		}
 		fmt.Fprintf(stdout, "%s: ok (%d groups, %d VMs, %d interfaces)\n", configDir, len(m.Groups), len(m.VMs), countNICs(m))
-		printUnattributed(stdout, m)
+		printUnattributed(stdout, m, byPort)
+		// The host's part is best effort: check validates the
+		// configuration even where the kernel cannot be read (no root).
+		if e, err := newEngine(); err == nil {
+			if ws, err := e.Warnings(ctx); err == nil {
+				for _, w := range ws {
+					fmt.Fprintf(stdout, "warning: %s\n", w)
+				}
+			}
+		}
 		return nil
 	}
 	rep := CheckReport{ConfigDir: configDir, Notices: []CheckNotice{}}
@@ -82,7 +95,7 @@ func checkCmd(ctx context.Context, newEngine func() (Engine, error), configDir s
 	rep.Valid, rep.Groups, rep.VMs, rep.NICs = true, len(m.Groups), len(m.VMs), countNICs(m)
 	for _, id := range slices.Sorted(maps.Keys(m.VMs)) {
 		for _, n := range m.VMs[id].NICs {
-			if a := ruleset.Attribute(n); a != ruleset.Filtered {
+			if a := ruleset.AttributeFor(n, byPort); a != ruleset.Filtered {
 				rep.Notices = append(rep.Notices, CheckNotice{Tap: n.Tap, File: n.VM.File, Line: n.Line, Routed: string(a), Note: a.Explain()})
 			}
 		}
@@ -99,6 +112,11 @@ func checkCmd(ctx context.Context, newEngine func() (Engine, error), configDir s
 		rep.Report = (&engine.Change{}).Report(true)
 	} else {
 		rep.Report = ch.Report(true)
+		if e, err := newEngine(); err == nil {
+			if rep.Warnings, err = e.Warnings(ctx); err != nil {
+				rep.KernelError = err.Error()
+			}
+		}
 	}
 	return writeJSON(stdout, rep)
 }

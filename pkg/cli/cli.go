@@ -18,6 +18,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/vmfw/vmfw/pkg/agent"
+	"github.com/vmfw/vmfw/pkg/backend"
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/engine"
 	"github.com/vmfw/vmfw/pkg/explain"
@@ -36,7 +37,8 @@ const (
 	ExitUsage  = 2
 )
 
-const usage = `usage: vmfw [--config-dir DIR] [--state-dir DIR] [--iptables nft|legacy] COMMAND [ARGS]
+const usage = `usage: vmfw [--config-dir DIR] [--state-dir DIR] [--backend iptables|nftables]
+            [--iptables nft|legacy] COMMAND [ARGS]
        vmfw --help | --version
 
 commands:
@@ -76,8 +78,13 @@ commands:
 
 Invoked as vmfw-ifup / vmfw-ifdown (QEMU script= / downscript=) it runs ifup / ifdown.
 The configuration directory defaults to $VMFW_CONFIG_DIR or /etc/vmfw; the
-iptables backend to $VMFW_IPTABLES or whatever the host's iptables uses; the
+backend to $VMFW_BACKEND, then vmfw.toml's backend, then iptables; the
+iptables flavour to $VMFW_IPTABLES or whatever the host's iptables uses; the
 state directory (CNI and libvirt attachments) to $VMFW_STATE_DIR or /var/lib/vmfw.
+apply switches a host from one backend to the other (the new ruleset is
+installed before the old one is removed); ifup, ifdown, the hooks and CNI
+refuse to write while the other backend's ruleset is installed; flush removes
+both.
 Exit status: 0 done, 1 failed to apply, 2 bad usage or configuration.
 `
 
@@ -164,7 +171,7 @@ func wantsHelp(args []string) string {
 // isValueFlag reports whether a global flag takes the next argument.
 func isValueFlag(a string) bool {
 	switch a {
-	case "--config-dir", "--state-dir", "--iptables", "-config-dir", "-state-dir", "-iptables":
+	case "--config-dir", "--state-dir", "--iptables", "--backend", "-config-dir", "-state-dir", "-iptables", "-backend":
 		return true
 	}
 	return false
@@ -196,7 +203,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	global := flag.NewFlagSet("vmfw", flag.ContinueOnError)
 	global.SetOutput(io.Discard)
 	configDir := global.String("config-dir", config.DirFromEnv(), "configuration directory")
-	backend := global.String("iptables", os.Getenv("VMFW_IPTABLES"), "iptables backend: nft or legacy")
+	flavour := global.String("iptables", os.Getenv("VMFW_IPTABLES"), "iptables flavour: nft or legacy")
+	chosen := global.String("backend", "", "backend: iptables or nftables")
 	stateDir := global.String("state-dir", state.DirFromEnv(), "state directory")
 	if err := global.Parse(rest); err != nil {
 		return &usageError{err.Error()}
@@ -206,9 +214,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return &usageError{"missing command"}
 	}
 	cmd, rest := rest[0], rest[1:]
+	if *chosen != "" && *chosen != config.BackendIPTables && *chosen != config.BackendNFTables {
+		return &usageError{fmt.Sprintf("--backend %q: must be iptables or nftables", *chosen)}
+	}
+	opts := system.Options{ConfigDir: *configDir, StateDir: *stateDir, Backend: backend.Name(*chosen), IPTables: *flavour}
+	// What a caller of the agent sends: an agent on the other backend
+	// refuses it, and the command does the work (or refuses) itself.
+	request := func(op agent.Op) agent.Request {
+		return agent.Request{Op: op, ConfigDir: *configDir, StateDir: *stateDir, Backend: config.ChosenBackend(*chosen, *configDir), IPTables: *flavour}
+	}
 
 	newEngine := func() (Engine, error) {
-		e, err := system.NewEngine(ctx, system.Options{ConfigDir: effectiveConfigDir(*configDir), StateDir: *stateDir, IPTables: *backend})
+		o := opts
+		o.ConfigDir = effectiveConfigDir(*configDir)
+		e, err := system.NewEngine(ctx, o)
 		if err != nil {
 			return nil, err // not a nil *engine.Engine in an interface
 		}
@@ -221,7 +240,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		// A running agent applies it with the requests of other taps in
 		// one transaction; without one, do it here (docs/agent.md).
-		if handled, err := viaAgent(ctx, agent.Request{Op: agent.Op(cmd), Tap: rest[0], ConfigDir: *configDir, StateDir: *stateDir, IPTables: *backend}); handled {
+		req := request(agent.Op(cmd))
+		req.Tap = rest[0]
+		if handled, err := viaAgent(ctx, req); handled {
 			return err
 		}
 		e, err := newEngine()
@@ -264,7 +285,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return err
 	case "check":
-		return checkCmd(ctx, newEngine, *configDir, rest, stdout)
+		return checkCmd(ctx, newEngine, *configDir, config.ChosenBackend(*chosen, *configDir), rest, stdout)
 	case "trace":
 		return traceCmd(ctx, newEngine, rest, stdout)
 	case "log":
@@ -274,11 +295,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "cluster":
 		return clusterCmd(ctx, *configDir, rest, stdout)
 	case "agent":
-		return agentCmd(ctx, system.Options{ConfigDir: *configDir, StateDir: *stateDir, IPTables: *backend}, rest, stdout, stderr)
+		return agentCmd(ctx, opts, rest, stdout, stderr)
 	case "import":
 		return importCmd(rest, stdout)
 	case "hook":
-		return hookCmd(ctx, newEngine, agent.Request{ConfigDir: *configDir, StateDir: *stateDir, IPTables: *backend}, rest)
+		return hookCmd(ctx, newEngine, request(""), rest)
 	case "version":
 		fmt.Fprintln(stdout, "vmfw", Version)
 		return nil
@@ -300,11 +321,11 @@ func parseNoArgs(fs *flag.FlagSet, args []string) error {
 // hypervisor-sent traffic cannot be attributed to it by address, and says
 // what is and is not filtered for it (docs/routing.md). These are notices:
 // the configuration is valid.
-func printUnattributed(w io.Writer, m *config.Model) {
+func printUnattributed(w io.Writer, m *config.Model, byPort bool) {
 	ids := slices.Sorted(maps.Keys(m.VMs))
 	for _, id := range ids {
 		for _, n := range m.VMs[id].NICs {
-			if a := ruleset.Attribute(n); a != ruleset.Filtered {
+			if a := ruleset.AttributeFor(n, byPort); a != ruleset.Filtered {
 				fmt.Fprintf(w, "notice: %s (%s:%d): routed traffic %s: %s\n", n.Tap, n.VM.File, n.Line, a, a.Explain())
 			}
 		}
@@ -352,7 +373,11 @@ func status(ctx context.Context, newEngine func() (Engine, error), configDir str
 		return enc.Encode(st)
 	}
 	printClusterRevision(stdout, configDir)
-	fmt.Fprintf(stdout, "backend: %s\nbase chains: %s", st.Backend, st.Base)
+	fmt.Fprintf(stdout, "backend: %s (%s)\n", st.Backend, st.Tools)
+	for _, w := range st.Warnings {
+		fmt.Fprintf(stdout, "warning: %s\n", w)
+	}
+	fmt.Fprintf(stdout, "base chains: %s", st.Base)
 	if len(st.BaseDrifted) > 0 {
 		fmt.Fprintf(stdout, " (%s)", strings.Join(st.BaseDrifted, ", "))
 	}

@@ -17,6 +17,7 @@ type Engine interface {
 	Flush(ctx context.Context, dryRun bool) (*engine.Change, error)
 	Status(ctx context.Context, tap string) (*engine.Status, error)
 	Inspect(ctx context.Context) (*engine.Inspection, error)
+	Warnings(ctx context.Context) ([]string, error)
 }
 
 var _ Engine = (*engine.Engine)(nil)

@@ -51,6 +51,7 @@ func viaAgent(ctx context.Context, command string, args *skel.CmdArgs, c *NetCon
 	if req.StateDir == "" {
 		req.StateDir = state.DirFromEnv()
 	}
+	req.Backend = config.ChosenBackend(c.Backend, req.ConfigDir)
 	resp, handled := wire.Try(ctx, req)
 	if !handled {
 		return false, nil

@@ -135,6 +135,10 @@ type NetConf struct {
 	// StateDir is where attachment records are kept. Default
 	// $VMFW_STATE_DIR or /var/lib/vmfw.
 	StateDir string `json:"stateDir,omitempty"`
+	// Backend is vmfw's backend, "iptables" or "nftables", as --backend
+	// chooses it. Default $VMFW_BACKEND, then vmfw.toml's backend, then
+	// iptables.
+	Backend string `json:"backend,omitempty"`
 	// IPTables is the iptables backend, "nft" or "legacy". Default
 	// $VMFW_IPTABLES or whatever the host's iptables uses.
 	IPTables string `json:"iptables,omitempty"`
@@ -157,6 +161,9 @@ func parseConf(stdin []byte) (*NetConf, error) {
 	var c NetConf
 	if err := json.Unmarshal(stdin, &c); err != nil {
 		return nil, types.NewError(types.ErrDecodingFailure, "vmfw: parsing the plugin configuration", err.Error())
+	}
+	if c.Backend != "" && c.Backend != config.BackendIPTables && c.Backend != config.BackendNFTables {
+		return nil, invalid("backend %q: must be iptables or nftables", c.Backend)
 	}
 	if c.IPTables != "" && c.IPTables != "nft" && c.IPTables != "legacy" {
 		return nil, invalid("iptables %q: must be nft or legacy", c.IPTables)

@@ -16,6 +16,7 @@ import (
 	"github.com/containernetworking/cni/pkg/version"
 	"github.com/vishvananda/netlink"
 
+	"github.com/vmfw/vmfw/pkg/backend"
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/engine"
 	"github.com/vmfw/vmfw/pkg/state"
@@ -150,7 +151,7 @@ func cniError(err error) error {
 
 // newEngine returns the engine for the plugin configuration c.
 func newEngine(ctx context.Context, c *NetConf) (*engine.Engine, error) {
-	return system.NewEngine(ctx, system.Options{ConfigDir: c.ConfigDir, StateDir: c.StateDir, IPTables: c.IPTables})
+	return system.NewEngine(ctx, system.Options{ConfigDir: c.ConfigDir, StateDir: c.StateDir, Backend: backend.Name(c.Backend), IPTables: c.IPTables})
 }
 
 // attachment is what ADD and CHECK learn from prevResult, not yet
@@ -313,7 +314,10 @@ func (p plugin) add(ctx context.Context, args *skel.CmdArgs, c *NetConf, e Engin
 func (p plugin) del(ctx context.Context, args *skel.CmdArgs, c *NetConf, e Engine) ([]string, error) {
 	detached, err := e.DetachWhere(ctx, engine.Selector{Record: sameAttachment(c, args)})
 	var ce *engine.ConfigError
-	if !errors.As(err, &ce) {
+	var conflict *engine.ConflictError
+	if !errors.As(err, &ce) || errors.As(err, &conflict) {
+		// The other backend's ruleset is installed: the record stays for
+		// the DEL the runtime retries once the host is switched.
 		return detached, err
 	}
 	forgotten, ferr := e.ForgetWhere(ctx, sameAttachment(c, args))

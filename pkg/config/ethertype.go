@@ -47,3 +47,18 @@ func EtherType(s string) (string, bool) {
 	}
 	return fmt.Sprintf("0x%04x", n), true
 }
+
+// EtherTypeNumber returns the number of an l2_protocols entry in the
+// canonical form EtherType returns (a name or "0xNNNN"), for backends
+// that match ethertypes by number (nftables).
+func EtherTypeNumber(canonical string) (uint16, bool) {
+	if n, ok := etherTypes[canonical]; ok {
+		return n, true
+	}
+	hex, ok := strings.CutPrefix(canonical, "0x")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(hex, 16, 16)
+	return uint16(n), err == nil
+}

@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"io/fs"
+	"math/bits"
 	"net/netip"
 	"net/url"
 	"os"
@@ -15,6 +16,7 @@ import (
 // hostFile is vmfw.toml as written; pointers tell absent keys (defaults)
 // from present ones.
 type hostFile struct {
+	Backend  *string   `toml:"backend"`
 	Managed  *[]string `toml:"managed"`
 	Mark     any       `toml:"mark"`
 	LogLimit *string   `toml:"log_limit"`
@@ -40,7 +42,7 @@ type clusterFile struct {
 }
 
 var hostSchema = &schema{
-	top: "vmfw.toml keys are managed, mark, log_limit, log_burst, log_group, repair_interval, metrics_listen and [cluster]",
+	top: "vmfw.toml keys are backend, managed, mark, log_limit, log_burst, log_group, repair_interval, metrics_listen and [cluster]",
 	sub: func(table string) string {
 		if table == "cluster" {
 			return "cluster keys are endpoints, ca_file, cert_file, key_file, prefix, host, lease_ttl and cache_dir"
@@ -99,6 +101,7 @@ func (l *loader) loadHost() (*Host, *Error) {
 	h := &Host{
 		Managed:        append([]string(nil), defaultManaged...),
 		Mark:           DefaultMark,
+		MarkMask:       DefaultMarkMask,
 		LogLimit:       defaultLogLimit,
 		LogBurst:       defaultLogBurst,
 		RepairInterval: DefaultRepairInterval,
@@ -132,12 +135,18 @@ func (l *loader) loadHost() (*Host, *Error) {
 		}
 		h.Managed = append([]string{}, *hf.Managed...)
 	}
-	if hf.Mark != nil {
-		m, ok := parseMark(hf.Mark)
-		if !ok {
-			return nil, f.errorAt("mark", "mark %s: must be a hexadecimal value with exactly one bit set, like \"0x1000\"", show(hf.Mark))
+	if hf.Backend != nil {
+		switch b := *hf.Backend; b {
+		case BackendIPTables, BackendNFTables:
+			h.Backend = b
+		default:
+			return nil, f.errorAt("backend", "backend %q: must be \"iptables\" or \"nftables\"", b)
 		}
-		h.Mark = m
+	}
+	if hf.Mark != nil {
+		if err := h.setMark(f, hf.Mark); err != nil {
+			return nil, err
+		}
 	}
 	if hf.LogLimit != nil {
 		limit, ok := parseLogLimit(*hf.LogLimit)
@@ -269,8 +278,40 @@ func validIfacePattern(p string) bool {
 	return len(p) <= maxIfName && linuxNameProblem(name) == ""
 }
 
+// setMark validates vmfw.toml's mark. One bit is the iptables backend's
+// mark, five or more the nftables backend's mask (docs/nftables.md, "The
+// mark"); the file's backend, when it names one, says which is wanted.
+// Both backends are installed at once while a host switches, so the one
+// configured must stay clear of the other's default.
+func (h *Host) setMark(f *file, v any) *Error {
+	m, ok := parseMark(v)
+	if !ok {
+		return f.errorAt("mark", "mark %s: must be a hexadecimal value, like \"0x1000\"", show(v))
+	}
+	n := bits.OnesCount32(m)
+	switch {
+	case n == 1 && h.Backend != BackendNFTables:
+		if m&DefaultMarkMask != 0 {
+			return f.errorAt("mark", "mark %s: is one of the nftables backend's bits (0x%x), which a switch of backends installs beside it", show(v), DefaultMarkMask)
+		}
+		h.Mark = m
+	case n >= minMarkMaskBits && h.Backend != BackendIPTables:
+		if m&DefaultMark != 0 {
+			return f.errorAt("mark", "mark %s: holds the iptables backend's bit 0x%x, which a switch of backends installs beside it", show(v), DefaultMark)
+		}
+		h.MarkMask = m
+	case h.Backend == BackendIPTables:
+		return f.errorAt("mark", "mark %s: the iptables backend needs exactly one bit, like \"0x1000\"", show(v))
+	case h.Backend == BackendNFTables:
+		return f.errorAt("mark", "mark %s: the nftables backend needs a mask of at least %d bits, like \"0x%x\"", show(v), minMarkMaskBits, DefaultMarkMask)
+	default:
+		return f.errorAt("mark", "mark %s: must be one bit (the iptables backend) or a mask of at least %d bits (the nftables backend)", show(v), minMarkMaskBits)
+	}
+	return nil
+}
+
 // parseMark accepts "0x1000" or, since TOML has hexadecimal integers,
-// 0x1000; the mark must be one bit of the 32-bit packet mark.
+// 0x1000: a non-zero 32-bit packet mark.
 func parseMark(v any) (uint32, bool) {
 	var m uint64
 	switch v := v.(type) {
@@ -292,7 +333,7 @@ func parseMark(v any) (uint32, bool) {
 	default:
 		return 0, false
 	}
-	if m == 0 || m&(m-1) != 0 {
+	if m == 0 {
 		return 0, false
 	}
 	return uint32(m), true
@@ -340,7 +381,8 @@ func isAlnum(c byte) bool {
 }
 
 // LoadHost reads only dir/vmfw.toml, as Load does: what a command needs to
-// know whether cluster mode is on without reading every VM file.
+// know whether cluster mode is on, or which backend to use, without
+// reading every VM file.
 func LoadHost(dir string) (*Host, error) {
 	l := &loader{read: readFile}
 	if err := l.setRoot(dir); err != nil {
@@ -351,4 +393,27 @@ func LoadHost(dir string) (*Host, error) {
 		return nil, err
 	}
 	return h, nil
+}
+
+// ChosenBackend names the backend a command uses, by the precedence every
+// entry point follows: flag (--backend), then $VMFW_BACKEND, then
+// vmfw.toml's backend in dir, then iptables. It is "" when the choice
+// falls to a vmfw.toml that does not load: what callers of the agent send,
+// so that an agent on the other backend refuses them and the command's
+// own run reports the broken file.
+func ChosenBackend(flag, dir string) string {
+	if flag != "" {
+		return flag
+	}
+	if env := os.Getenv("VMFW_BACKEND"); env != "" {
+		return env
+	}
+	h, err := LoadHost(dir)
+	if err != nil {
+		return ""
+	}
+	if h.Backend != "" {
+		return h.Backend
+	}
+	return BackendIPTables
 }

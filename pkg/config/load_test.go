@@ -12,7 +12,7 @@ import (
 
 func TestLoadEmptyDirDefaults(t *testing.T) {
 	m := mustLoad(t, t.TempDir())
-	want := Host{Managed: []string{"tap+"}, Mark: DefaultMark, LogLimit: "10/second", LogBurst: 20, RepairInterval: DefaultRepairInterval}
+	want := Host{Managed: []string{"tap+"}, Mark: DefaultMark, MarkMask: DefaultMarkMask, LogLimit: "10/second", LogBurst: 20, RepairInterval: DefaultRepairInterval}
 	if !reflect.DeepEqual(m.Host, want) {
 		t.Errorf("Host = %+v, want %+v", m.Host, want)
 	}
@@ -126,7 +126,7 @@ groups = ["web", "admins"]
 	})
 	m := mustLoad(t, dir)
 
-	wantHost := Host{Managed: []string{"tap+", "veth.vm+", "fwpr1"}, Mark: 0x200000, LogLimit: "5/minute", LogBurst: 3, RepairInterval: 2 * time.Second, MetricsListen: "127.0.0.1:9469"}
+	wantHost := Host{Managed: []string{"tap+", "veth.vm+", "fwpr1"}, Mark: 0x200000, MarkMask: DefaultMarkMask, LogLimit: "5/minute", LogBurst: 3, RepairInterval: 2 * time.Second, MetricsListen: "127.0.0.1:9469"}
 	if !reflect.DeepEqual(m.Host, wantHost) {
 		t.Errorf("Host = %+v, want %+v", m.Host, wantHost)
 	}

@@ -37,6 +37,20 @@ const (
 // Istio 0x539, so 0x1000 is free of all of them.
 const DefaultMark uint32 = 0x1000
 
+// DefaultMarkMask is the nftables backend's mark bits, 0x20c6 (bits 1, 2,
+// 6, 7 and 13): docs/nftables.md, "The mark", says which bits other
+// software on a hypervisor uses and why these.
+const DefaultMarkMask uint32 = 0x20c6
+
+// minMarkMaskBits is how many bits the nftables backend's mask needs.
+const minMarkMaskBits = 5
+
+// The backends vmfw.toml's backend key names.
+const (
+	BackendIPTables = "iptables"
+	BackendNFTables = "nftables"
+)
+
 // Model is a complete, validated configuration.
 type Model struct {
 	// Dir is the configuration directory the model was loaded from.
@@ -60,8 +74,15 @@ type Host struct {
 	// Managed lists interface patterns (iptables syntax, a trailing "+" is a
 	// wildcard) that get no traffic through unless vmfw installed their chains.
 	Managed []string
-	// Mark is the single mark bit vmfw may set and clear.
+	// Backend is vmfw.toml's backend, "iptables" or "nftables"; empty
+	// when the file does not say (--backend and $VMFW_BACKEND come first,
+	// iptables is the default).
+	Backend string
+	// Mark is the single mark bit the iptables backend may set and clear.
 	Mark uint32
+	// MarkMask is the mark bits the nftables backend may use, at least
+	// five, none of them Mark.
+	MarkMask uint32
 	// LogLimit is the rate of the limit match on LOG rules, e.g. "10/second".
 	LogLimit string
 	// LogBurst is the burst of the limit match on LOG rules.

@@ -3,8 +3,9 @@
 // the group and the rule by file and line, and the verdict: what vmfw log
 // prints, and what the agent can print while it runs. The rules' NFLOG
 // prefix names the rule by group and position (ruleset.NFLOGPrefix);
-// the tap comes from the prefix (a policy), the packet's bridge port (a
-// bridged packet), or its destination address (routed and
+// the tap comes from the prefix (an iptables policy), the packet's
+// bridge port (a bridged packet, an nftables policy), or its destination
+// address (routed and
 // hypervisor-sent packets to a VM, docs/routing.md).
 package droplog
 
@@ -144,9 +145,10 @@ func Describe(p *nflog.Packet, m *config.Model) (Line, bool) {
 	// hypervisor-sent packets to a VM its destination address
 	// (docs/routing.md).
 	var nic *config.NIC
+	out.Policy = o.Group == ""
 	switch {
 	case o.Tap != "":
-		out.Tap, out.Policy = o.Tap, true
+		out.Tap = o.Tap
 	case o.Dir == config.In && out.PhysOut != "":
 		out.Tap = out.PhysOut
 	case o.Dir == config.In:
@@ -166,6 +168,12 @@ func Describe(p *nflog.Packet, m *config.Model) (Line, bool) {
 		if out.Policy {
 			out.Rule = nic.VM.File
 		}
+	}
+	if out.Policy && o.Tap == "" && out.Tap != "" {
+		// A policy prefix of the nftables backend names no tap: say it
+		// as the iptables backend's does, so that vmfw log prints the
+		// same line whichever backend logged it.
+		out.Prefix = ruleset.NFLOGPrefix(ruleset.Origin{Tap: out.Tap, Dir: o.Dir}, verdict)
 	}
 	if g := m.Groups[o.Group]; g != nil && o.Index < len(g.Rules(o.Dir)) {
 		out.Rule = g.File + ":" + strconv.Itoa(g.Rules(o.Dir)[o.Index].Line)

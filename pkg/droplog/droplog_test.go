@@ -53,6 +53,27 @@ func TestDescribe(t *testing.T) {
 	if !ok || l.Tap != "tap302i0" || !l.Policy || l.Verdict != "reject" || l.Direction != "out" || !strings.HasSuffix(l.Rule, "vms/302.toml") {
 		t.Errorf("policy: %+v", l)
 	}
+	// The nftables backend's policy prefix names no tap: the bridge port
+	// does (the VM's side: the input port for out, the output port for
+	// in), and the line is the one the iptables backend's prefix gives.
+	// Loopback stands in for the port: the test needs an interface that
+	// exists to resolve.
+	shared := ruleset.NFLOGPrefix(ruleset.Origin{Dir: config.Out}, config.Drop)
+	if shared != "vmfw -out policy DROP" {
+		t.Fatalf("the shared policy prefix is %q", shared)
+	}
+	for _, c := range []struct {
+		dir             config.Direction
+		physIn, physOut uint32
+	}{{config.Out, 1, 0}, {config.In, 0, 1}} {
+		p = &nflog.Packet{Time: when, Prefix: ruleset.NFLOGPrefix(ruleset.Origin{Dir: c.dir}, config.Drop), PhysInDev: c.physIn, PhysOutDev: c.physOut,
+			Payload: tcp4("192.0.2.32", "198.51.100.7", 40000, 80)}
+		l, ok = Describe(p, m)
+		want := ruleset.NFLOGPrefix(ruleset.Origin{Tap: "lo", Dir: c.dir}, config.Drop)
+		if !ok || l.Tap != "lo" || !l.Policy || l.Direction != string(c.dir) || l.Verdict != "drop" || l.Prefix != want {
+			t.Errorf("shared %s policy: %+v, want tap lo and prefix %q", c.dir, l, want)
+		}
+	}
 	// Prefixes of other tools, and vmfw's LOG prefixes, are not vmfw log's.
 	for _, prefix := range []string{"", "DROP: ", "vmfw tap302i0-in DROP ", "vmfw sg-web-in #0 DROP", "vmfw sg-web-up #1 DROP"} {
 		if _, ok := Describe(&nflog.Packet{Prefix: prefix}, m); ok {

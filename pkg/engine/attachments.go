@@ -246,6 +246,9 @@ func (e *Engine) AttachRecords(ctx context.Context, recs ...*state.Attachment) e
 			return &ConfigError{Err: err}
 		}
 	}
+	if err := e.refuseConflict(ctx); err != nil {
+		return err
+	}
 	if err := e.kernel.Host.EnableBridgeNetfilter(); err != nil {
 		return err
 	}
@@ -316,6 +319,9 @@ func (e *Engine) AttachVM(ctx context.Context, vmid int) ([]string, error) {
 		return nil, nil
 	}
 	sort.Strings(taps)
+	if err := e.refuseConflict(ctx); err != nil {
+		return nil, err
+	}
 	if err := e.kernel.Host.EnableBridgeNetfilter(); err != nil {
 		return nil, err
 	}
@@ -362,6 +368,9 @@ func (e *Engine) DetachWhere(ctx context.Context, sel Selector) ([]string, error
 	}
 	if sel.Iface == nil && len(records) == 0 {
 		return nil, nil // nothing selected, nothing to read or change
+	}
+	if err := e.refuseConflict(ctx); err != nil {
+		return nil, err
 	}
 	st, err := e.read(ctx)
 	if err != nil {

@@ -51,6 +51,40 @@ type Kernel struct {
 	// Flows is the connection tracking table an edit cuts denied flows
 	// from; nil leaves connections alone.
 	Flows FlowTable
+	// Other is the backend not in use, whose ruleset may still be
+	// installed on a host switching backends; nil when there is none.
+	Other *OtherBackend
+}
+
+// OtherBackend is the backend an engine does not use. Sync installs its
+// own ruleset and then removes the other's, so that while both are
+// installed a packet passes only what both allow (their mark bits are
+// disjoint: pkg/config); Flush removes both; an interface's change
+// refuses to write while the other is installed (ConflictError).
+type OtherBackend struct {
+	// Name names it.
+	Name backend.Name
+	// Installed reports cheaply whether any of its ruleset is installed.
+	Installed func(ctx context.Context) (bool, error)
+	// Open builds it, to remove its ruleset.
+	Open func(ctx context.Context) (backend.Backend, error)
+}
+
+// ConflictError is what a change of one interface (ifup, ifdown, the
+// hooks, CNI) returns while the other backend's ruleset is installed: an
+// interface attached by one backend alone would meet the other's
+// fail-closed drop, and one detached by one alone would stay filtered by
+// the other, so the entry point refuses (exit status 2, nothing changed)
+// until apply or the agent switches the host.
+type ConflictError struct {
+	// Using is the backend the command uses, Installed the one found.
+	Using, Installed backend.Name
+}
+
+func (e *ConflictError) Error() string {
+	return fmt.Sprintf("the %s backend's ruleset is installed here but this command uses the %s backend: "+
+		"switch the host with \"vmfw apply\" on the backend wanted, or choose %s (--backend, $VMFW_BACKEND or vmfw.toml backend)",
+		e.Installed, e.Using, e.Installed)
 }
 
 // New returns an engine on k for the configuration directory configDir;
@@ -89,15 +123,31 @@ func (e *ConfigError) Unwrap() error { return e.Err }
 
 // Change is what an operation changed (or, in a dry run, would).
 type Change struct {
+	// Backend names the backend that made Plan.
+	Backend backend.Name
 	// Plan is the backend's change; nil when none was planned.
 	Plan backend.Plan
+	// Removed is the removal of the other backend's ruleset, made after
+	// Plan (a host switching backends, or flush); nil when it is not
+	// installed.
+	Removed *Removal
 	// FlowsCut counts the tracked connections deleted because the new
 	// rules deny them.
 	FlowsCut int
 }
 
+// Removal is the removal of the other backend's ruleset.
+type Removal struct {
+	// Backend names the backend removed.
+	Backend backend.Name
+	// Plan is its change.
+	Plan backend.Plan
+}
+
 // Empty reports whether nothing changed.
-func (c *Change) Empty() bool { return c.Plan == nil || c.Plan.Empty() }
+func (c *Change) Empty() bool {
+	return (c.Plan == nil || c.Plan.Empty()) && (c.Removed == nil || c.Removed.Plan.Empty())
+}
 
 // Summary says what changed, as the backend computed it once.
 func (c *Change) Summary() *backend.Summary {
@@ -107,13 +157,86 @@ func (c *Change) Summary() *backend.Summary {
 	return c.Plan.Summary()
 }
 
-// WriteTo prints the exact changes as the backend writes them.
+// WriteTo prints the exact changes as the backend writes them, then the
+// other backend's removal.
 func (c *Change) WriteTo(w io.Writer) (int64, error) {
+	var n int64
 	if c.Plan == nil {
-		n, err := io.WriteString(w, "# no changes\n")
-		return int64(n), err
+		k, err := io.WriteString(w, "# no changes\n")
+		n += int64(k)
+		if err != nil {
+			return n, err
+		}
+	} else {
+		k, err := c.Plan.WriteTo(w)
+		n += k
+		if err != nil {
+			return n, err
+		}
 	}
-	return c.Plan.WriteTo(w)
+	if c.Removed == nil {
+		return n, nil
+	}
+	k, err := fmt.Fprintf(w, "# then remove the %s backend's ruleset\n", c.Removed.Backend)
+	n += int64(k)
+	if err != nil {
+		return n, err
+	}
+	m, err := c.Removed.Plan.WriteTo(w)
+	return n + m, err
+}
+
+// refuseConflict returns a *ConflictError, as a *ConfigError (exit status
+// 2 at every entry point), when the other backend's ruleset is installed.
+func (e *Engine) refuseConflict(ctx context.Context) error {
+	o := e.kernel.Other
+	if o == nil {
+		return nil
+	}
+	start := time.Now()
+	have, err := o.Installed(ctx)
+	trace.Since(start, "look for the %s backend's ruleset", o.Name)
+	if err != nil {
+		return fmt.Errorf("looking for the %s backend's ruleset: %w", o.Name, err)
+	}
+	if have {
+		return &ConfigError{Err: &ConflictError{Using: e.kernel.Backend.Name(), Installed: o.Name}}
+	}
+	return nil
+}
+
+// removeOther plans (and, unless dryRun, applies) the removal of the
+// other backend's ruleset when it is installed; nil when it is not.
+func (e *Engine) removeOther(ctx context.Context, dryRun bool) (*Removal, error) {
+	o := e.kernel.Other
+	if o == nil {
+		return nil, nil
+	}
+	have, err := o.Installed(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("looking for the %s backend's ruleset: %w", o.Name, err)
+	}
+	if !have {
+		return nil, nil
+	}
+	be, err := o.Open(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("opening the %s backend to remove its ruleset: %w", o.Name, err)
+	}
+	st, err := be.Read(ctx, false)
+	if err != nil {
+		return nil, fmt.Errorf("reading the %s backend's ruleset: %w", o.Name, err)
+	}
+	p, err := be.Plan(ctx, st, nil, nil)
+	if err != nil {
+		return nil, fmt.Errorf("planning the removal of the %s backend's ruleset: %w", o.Name, err)
+	}
+	if !dryRun {
+		if err := be.Apply(ctx, p); err != nil {
+			return nil, fmt.Errorf("removing the %s backend's ruleset: %w", o.Name, err)
+		}
+	}
+	return &Removal{Backend: o.Name, Plan: p}, nil
 }
 
 func (e *Engine) load() (*config.Model, error) {
@@ -204,7 +327,7 @@ func (e *Engine) apply(ctx context.Context, st backend.State, want *ruleset.Poli
 	if err != nil {
 		return nil, err
 	}
-	ch := &Change{Plan: plan}
+	ch := &Change{Backend: be.Name(), Plan: plan}
 	if dryRun || plan.Empty() {
 		return ch, nil
 	}
@@ -281,6 +404,9 @@ func (e *Engine) ApplyBatch(ctx context.Context, up, down []string) (*BatchResul
 	downs := slices.DeleteFunc(dedupe(slices.Clone(down)), func(t string) bool { return slices.Contains(up, t) })
 	if len(ups) == 0 && len(downs) == 0 {
 		return res, nil
+	}
+	if err := e.refuseConflict(ctx); err != nil {
+		return nil, err
 	}
 	if len(ups) > 0 {
 		if err := e.kernel.Host.EnableBridgeNetfilter(); err != nil {
@@ -417,6 +543,9 @@ func (e *Engine) Detach(ctx context.Context, tap string) error {
 		return err
 	}
 	defer release()
+	if err := e.refuseConflict(ctx); err != nil {
+		return err
+	}
 	return e.detach(ctx, r.model, r, tap)
 }
 
@@ -443,7 +572,15 @@ func (e *Engine) Sync(ctx context.Context, dryRun bool) (*Change, error) {
 		return nil, err
 	}
 	ch, err := e.converge(ctx, r.model, r.present(links), st, dryRun)
-	if err == nil && !dryRun {
+	if err != nil {
+		return nil, err
+	}
+	// A host switching backends: the new ruleset is in place (both now
+	// filter every packet), so the old one can go.
+	if ch.Removed, err = e.removeOther(ctx, dryRun); err != nil {
+		return ch, err
+	}
+	if !dryRun {
 		err = e.prune(r, links)
 	}
 	return ch, err
@@ -461,7 +598,12 @@ func (e *Engine) Flush(ctx context.Context, dryRun bool) (*Change, error) {
 	if err != nil {
 		return nil, err
 	}
-	return e.apply(ctx, st, nil, nil, dryRun, nil, nil)
+	ch, err := e.apply(ctx, st, nil, nil, dryRun, nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	ch.Removed, err = e.removeOther(ctx, dryRun)
+	return ch, err
 }
 
 // SyncGroups applies an edit of the named groups' rules, and nothing else,

@@ -18,6 +18,18 @@ type Report struct {
 	// FlowsCut counts the tracked connections deleted because the new
 	// rules deny them; 0 in a dry run.
 	FlowsCut int `json:"flows_cut"`
+	// Backend names the backend that made the change.
+	Backend string `json:"backend"`
+	// Removed is what removing the other backend's ruleset changed (a
+	// host switching backends, flush); absent when it was not installed.
+	Removed *RemovedReport `json:"removed_backend,omitempty"`
+}
+
+// RemovedReport is the removal of the other backend's ruleset.
+type RemovedReport struct {
+	Backend string                          `json:"backend"`
+	Chains  map[string]backend.TableChanges `json:"chains"`
+	Sets    backend.SetChanges              `json:"sets"`
 }
 
 // Report summarises the change for scripts.
@@ -29,6 +41,11 @@ func (c *Change) Report(dryRun bool) *Report {
 	}
 	if r.Sets.Created == nil {
 		r.Sets = backend.NewSetChanges()
+	}
+	r.Backend = string(c.Backend)
+	if c.Removed != nil {
+		s := c.Removed.Plan.Summary()
+		r.Removed = &RemovedReport{Backend: string(c.Removed.Backend), Chains: s.Tables, Sets: s.Sets}
 	}
 	return r
 }

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"slices"
 
@@ -55,8 +56,15 @@ type TapStatus struct {
 
 // Status is what Status reports.
 type Status struct {
-	// Backend names the backend in use and its tools.
+	// Backend names the backend in use: iptables or nftables.
 	Backend string `json:"backend,omitempty"`
+	// Tools names the tools or kernel interfaces it uses ("nft,
+	// ebtables-nft").
+	Tools string `json:"tools,omitempty"`
+	// Warnings are what an operator must know that is not drift: the
+	// other backend's ruleset installed, a foreign DROP policy, a missing
+	// prerequisite.
+	Warnings []string `json:"warnings,omitempty"`
 	// Base is the state of vmfw's entry and dispatch chains and hooks.
 	Base string `json:"base"`
 	// BaseDrifted lists what differs there.
@@ -110,7 +118,10 @@ func (e *Engine) Status(ctx context.Context, tap string) (*Status, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := &Status{Backend: e.kernel.Backend.Describe(), Base: StateInSync}
+	out := &Status{Backend: string(e.kernel.Backend.Name()), Tools: e.kernel.Backend.Describe(), Base: StateInSync}
+	if out.Warnings, err = e.warnings(ctx); err != nil {
+		return nil, err
+	}
 	for _, d := range bs.BaseDrifted {
 		out.BaseDrifted = append(out.BaseDrifted, d.Object)
 	}
@@ -126,7 +137,7 @@ func (e *Engine) Status(ctx context.Context, tap string) (*Status, error) {
 	}
 	for _, t := range slices.Sorted(maps.Keys(names)) {
 		if tap == "" || t == tap {
-			out.Taps = append(out.Taps, tapStatus(r, t, bs.Interfaces[t], slices.Contains(installed, t)))
+			out.Taps = append(out.Taps, tapStatus(r, t, bs.Interfaces[t], slices.Contains(installed, t), byPort(e.kernel.Backend)))
 		}
 	}
 	out.Sets = []SetStatus{}
@@ -134,6 +145,40 @@ func (e *Engine) Status(ctx context.Context, tap string) (*Status, error) {
 		for _, name := range slices.Sorted(maps.Keys(r.model.Sets)) {
 			out.Sets = append(out.Sets, setStatus(r.model.Sets[name], bs.Sets[name]))
 		}
+	}
+	return out, nil
+}
+
+// Warnings says what about the host keeps vmfw's ruleset from working as
+// intended without being drift (status and check print it): the other
+// backend's ruleset installed, and what the backend finds (a foreign
+// DROP policy, a missing prerequisite).
+func (e *Engine) Warnings(ctx context.Context) ([]string, error) {
+	release, err := e.lock(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	return e.warnings(ctx)
+}
+
+func (e *Engine) warnings(ctx context.Context) ([]string, error) {
+	var out []string
+	if o := e.kernel.Other; o != nil {
+		have, err := o.Installed(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("looking for the %s backend's ruleset: %w", o.Name, err)
+		}
+		if have {
+			out = append(out, fmt.Sprintf("the %s backend's ruleset is installed too: \"vmfw apply\" removes it, and ifup, ifdown, the hooks and CNI refuse until then", o.Name))
+		}
+	}
+	if w, ok := e.kernel.Backend.(backend.Warner); ok {
+		ws, err := w.Warnings(ctx)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, ws...)
 	}
 	return out, nil
 }
@@ -158,7 +203,7 @@ func setStatus(s *config.Set, is *backend.SetStatus) SetStatus {
 // tapStatus describes tap from its configuration (src) and what the
 // backend found installed (is, nil when the configuration does not name
 // it).
-func tapStatus(src nicSource, tap string, is *backend.InterfaceStatus, installed bool) TapStatus {
+func tapStatus(src nicSource, tap string, is *backend.InterfaceStatus, installed, byPort bool) TapStatus {
 	ts := TapStatus{Tap: tap, State: StateInSync, Groups: []string{}}
 	nic := src.NIC(tap)
 	if nic == nil {
@@ -174,8 +219,11 @@ func tapStatus(src nicSource, tap string, is *backend.InterfaceStatus, installed
 	ts.VMName, ts.Enabled = nic.VM.Name, nic.VM.Enable
 	ts.Groups = append(ts.Groups, nic.Groups...)
 	ts.PolicyIn, ts.PolicyOut = string(nic.VM.PolicyIn), string(nic.VM.PolicyOut)
-	attr := ruleset.Attribute(nic)
+	attr := ruleset.AttributeFor(nic, byPort)
 	ts.Routed, ts.RoutedNote = string(attr), attr.Explain()
+	if byPort && attr == ruleset.Filtered {
+		ts.RoutedNote = "routed, NATed and hypervisor-sent traffic meets its in rules at the bridge port it leaves through"
+	}
 	if !installed || is == nil {
 		ts.State = StateNotInstalled
 		return ts
@@ -191,6 +239,14 @@ func tapStatus(src nicSource, tap string, is *backend.InterfaceStatus, installed
 	ts.DroppedIn, ts.DroppedInBytes = is.DroppedIn.Packets, is.DroppedIn.Bytes
 	ts.DroppedOut, ts.DroppedOutBytes = is.DroppedOut.Packets, is.DroppedOut.Bytes
 	return ts
+}
+
+// byPort reports whether be attributes routed, NATed and host-sent
+// traffic to an interface by the bridge port it leaves through
+// (backend.PortAttributor).
+func byPort(be backend.Backend) bool {
+	pa, ok := be.(backend.PortAttributor)
+	return ok && pa.AttributesByPort()
 }
 
 // UnusableError says which part of what an engine reads failed.

@@ -44,6 +44,18 @@ func (i *Interface) Attribution() Attribution {
 // Attribute is the Attribution of the interface n configures.
 func Attribute(n *config.NIC) Attribution { return compileInterface(n).Attribution() }
 
+// AttributeFor is Attribute for a backend that attributes routed, NATed
+// and hypervisor-sent traffic by address (byPort false: the iptables
+// backend) or by the bridge port it leaves through (byPort true: the
+// nftables backend), where every enabled interface is Filtered.
+func AttributeFor(n *config.NIC, byPort bool) Attribution {
+	a := Attribute(n)
+	if byPort && a != Unfiltered {
+		return Filtered
+	}
+	return a
+}
+
 // Explain says in a sentence what the attribution means for an operator:
 // what is filtered and what is not.
 func (a Attribution) Explain() string {

@@ -79,8 +79,12 @@ func ParseNFLOGPrefix(prefix string) (o Origin, a config.Action, ok bool) {
 	}
 	o.Dir = config.Direction(dir)
 	if f[2] == "policy" {
+		// The nftables backend's policy rules are shared by every
+		// interface, so their prefix names none ("vmfw -in policy
+		// DROP"): the reader takes the tap from the packet's bridge
+		// port.
 		o.Tap = object
-		return o, a, object != ""
+		return o, a, true
 	}
 	group, isGroup := strings.CutPrefix(object, "sg-")
 	n, err := strconv.Atoi(strings.TrimPrefix(f[2], "#"))

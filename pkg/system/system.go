@@ -1,5 +1,6 @@
 // Package system assembles an engine that talks to the real kernel: the
-// iptables and ebtables backends, ipset, netlink and the namespace lock.
+// backend chosen (iptables with ebtables and ipset, or nftables), the
+// other backend for a host that switches, netlink and the namespace lock.
 // Every entry point (CLI, CNI plugin, hooks) builds its engine here, so all
 // of them program exactly the same objects.
 package system
@@ -8,13 +9,17 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"path/filepath"
 
+	"github.com/vmfw/vmfw/pkg/backend"
 	"github.com/vmfw/vmfw/pkg/backend/iptables"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/ebtables"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/ipset"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
+	"github.com/vmfw/vmfw/pkg/backend/nftables"
+	"github.com/vmfw/vmfw/pkg/backend/nftables/nlnft"
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/conntrack"
 	"github.com/vmfw/vmfw/pkg/engine"
@@ -31,8 +36,30 @@ type Options struct {
 	ConfigDir string
 	// StateDir holds attachment records (CNI, libvirt).
 	StateDir string
+	// Backend is the backend --backend names; "" takes $VMFW_BACKEND,
+	// then vmfw.toml's backend, then iptables (ChooseBackend).
+	Backend backend.Name
 	// IPTables is the iptables flavour: nft, legacy, or "" to detect.
 	IPTables string
+}
+
+// ChooseBackend returns the backend to use: flag (--backend), then
+// $VMFW_BACKEND, then host's backend (vmfw.toml), then iptables. A name
+// that is neither backend is a *engine.ConfigError.
+func ChooseBackend(flag backend.Name, host *config.Host) (backend.Name, error) {
+	for _, c := range []struct {
+		name  backend.Name
+		where string
+	}{{flag, "--backend"}, {backend.Name(os.Getenv("VMFW_BACKEND")), "$VMFW_BACKEND"}, {backend.Name(host.Backend), "vmfw.toml backend"}} {
+		switch c.name {
+		case "":
+			continue
+		case backend.IPTables, backend.NFTables:
+			return c.name, nil
+		}
+		return "", &engine.ConfigError{Err: fmt.Errorf("%s %q: must be iptables or nftables", c.where, c.name)}
+	}
+	return backend.IPTables, nil
 }
 
 // hostLinks adapts package link to engine.Host.
@@ -66,12 +93,39 @@ func NewEngine(ctx context.Context, o Options) (*engine.Engine, error) {
 // for o's backend: what NewEngine builds its engine on, for a caller that
 // keeps the backend too (the agent).
 func NewKernel(ctx context.Context, o Options) (engine.Kernel, error) {
-	be, err := newIPTables(ctx, xtables.Mode(o.IPTables))
+	if o.ConfigDir == "" {
+		o.ConfigDir = config.DirFromEnv()
+	}
+	host, err := config.LoadHost(o.ConfigDir)
+	if err != nil {
+		return engine.Kernel{}, err
+	}
+	name, err := ChooseBackend(o.Backend, host)
+	if err != nil {
+		return engine.Kernel{}, err
+	}
+	openNFT := func(context.Context) (backend.Backend, error) {
+		return nftables.New(nftables.Options{Mark: host.MarkMask, IPTables: xtables.Mode(o.IPTables)})
+	}
+	openIPT := func(ctx context.Context) (backend.Backend, error) {
+		return newIPTables(ctx, xtables.Mode(o.IPTables))
+	}
+	var be backend.Backend
+	var other *engine.OtherBackend
+	if name == backend.NFTables {
+		be, err = openNFT(ctx)
+		other = &engine.OtherBackend{Name: backend.IPTables, Installed: xtables.Installed, Open: openIPT}
+	} else {
+		be, err = openIPT(ctx)
+		other = &engine.OtherBackend{Name: backend.NFTables, Open: openNFT,
+			Installed: func(context.Context) (bool, error) { return nlnft.Client{}.Present() }}
+	}
 	if err != nil {
 		return engine.Kernel{}, err
 	}
 	return engine.Kernel{
 		Backend: be,
+		Other:   other,
 		Host:    hostLinks{},
 		Lock: func(ctx context.Context) (func(), error) {
 			return lock.Acquire(ctx, "") // the run directory of $VMFW_RUN_DIR (package rundir)

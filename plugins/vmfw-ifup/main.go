@@ -34,12 +34,16 @@ func main() {
 	env := os.Environ()
 	if len(os.Args) == 2 && !strings.HasPrefix(os.Args[1], "-") && os.Getenv("VMFW_NO_AGENT") == "" {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		dir := config.DirFromEnv()
 		resp, handled := wire.Try(ctx, wire.Request{
 			Op:        op,
 			Tap:       os.Args[1],
-			ConfigDir: config.DirFromEnv(),
+			ConfigDir: dir,
 			StateDir:  state.DirFromEnv(),
-			IPTables:  os.Getenv("VMFW_IPTABLES"),
+			// An agent on the other backend refuses the request; vmfw
+			// then does the work, or refuses it, itself.
+			Backend:  config.ChosenBackend("", dir),
+			IPTables: os.Getenv("VMFW_IPTABLES"),
 		})
 		interrupted := ctx.Err() != nil
 		stop()

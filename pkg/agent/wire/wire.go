@@ -55,8 +55,14 @@ type Request struct {
 	// ConfigDir is the caller's configuration directory, absolute; an
 	// agent watching another one refuses the request.
 	ConfigDir string `json:"config_dir"`
-	// IPTables is the backend the caller was told to use ("" for the
-	// host's); an agent on another backend refuses the request.
+	// Backend is the backend the caller chose (--backend,
+	// $VMFW_BACKEND, vmfw.toml, iptables: "iptables" or "nftables"; ""
+	// from a caller that predates the choice); an agent on the other
+	// backend refuses the request.
+	Backend string `json:"backend,omitempty"`
+	// IPTables is the iptables flavour the caller was told to use ("" for
+	// the host's); an iptables agent of the other flavour refuses the
+	// request.
 	IPTables string `json:"iptables,omitempty"`
 	// StateDir is the caller's state directory (attachment records),
 	// absolute; an agent keeping records elsewhere refuses the request.

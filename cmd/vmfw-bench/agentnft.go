@@ -1,0 +1,130 @@
+package main
+
+import (
+	"fmt"
+	"reflect"
+	"slices"
+	"strconv"
+	"time"
+
+	iptlayout "github.com/vmfw/vmfw/pkg/backend/iptables/layout"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
+	nftlayout "github.com/vmfw/vmfw/pkg/backend/nftables/layout"
+	"github.com/vmfw/vmfw/pkg/backend/nftables/nlnft"
+)
+
+// The agent rows on the nftables backend wait for an edit in the kernel
+// as they do on iptables-nft: by the generation, then by what vmfw wrote.
+// A group edit rewrites the group's chain in table bridge vmfw, whose
+// fingerprints change; a VM edit that adds a group changes no chain, only
+// the tap's element of the group's position set (docs/nftables.md).
+
+// nftState is what the rows compare for a state key: the group chain's
+// fingerprints, or whether the edited VM's tap is in joinGroup's set.
+type nftState struct {
+	hashes []string
+	member bool
+}
+
+// positionSet is the set holding the taps that list joinGroup where the
+// VM edit appends it: after the VM's own groups.
+func (a *agentLab) positionSet() string {
+	_, _, groups := a.editedVM()
+	return "sg-" + joinGroup + "-p" + strconv.Itoa(len(groups))
+}
+
+// readNFT reads what key's kind is about, inside the lab's namespace.
+func (a *agentLab) readNFT(chain iptlayout.Chain, key string) (nftState, error) {
+	if kind(key) == "vm" {
+		obs, err := nlnft.Client{}.Read(false, a.positionSet())
+		if err != nil {
+			return nftState{}, err
+		}
+		id, _, _ := a.editedVM()
+		var member bool
+		if t := obs.Tables[nftlayout.Bridge]; t != nil && t.Sets[a.positionSet()] != nil {
+			_, member = t.Sets[a.positionSet()].Elements[string(nftlayout.Ifname(tapName(id)).Bytes)]
+		}
+		return nftState{member: member}, nil
+	}
+	obs, err := nlnft.Client{}.Read(false) // chains, and no set's elements
+	if err != nil {
+		return nftState{}, err
+	}
+	var hashes []string
+	if t := obs.Tables[nftlayout.Bridge]; t != nil && t.Chains[string(chain)] != nil {
+		hashes = t.Chains[string(chain)].Hashes
+	}
+	return nftState{hashes: hashes}, nil
+}
+
+// learnNFT records key's state (group chains: their fingerprints as vmfw
+// wrote them; VM edits: the membership the edit gives).
+func (a *agentLab) learnNFT(key string, chain iptlayout.Chain) error {
+	if a.nftStates == nil {
+		a.nftStates = map[string]nftState{}
+	}
+	var st nftState
+	err := a.hv.do(func() error {
+		var err error
+		st, err = a.readNFT(chain, key)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	for other, o := range a.nftStates {
+		if other != key && kind(other) == kind(key) && reflect.DeepEqual(o, st) {
+			return fmt.Errorf("%s reads the same in states %s and %s: the edit changes nothing", chain, other, key)
+		}
+	}
+	a.nftStates[key] = st
+	return nil
+}
+
+// waitNFT is waitChain on the nftables backend: it reads the generation
+// every pollEvery and, when it moved, the state of key's kind; the time is
+// that of the first read of the generation the state was then found in,
+// provided it had not moved again by the end of the read.
+func (a *agentLab) waitNFT(start time.Time, chain iptlayout.Chain, key string) (time.Duration, error) {
+	want, ok := a.nftStates[key]
+	if !ok {
+		return 0, fmt.Errorf("no state learnt for %s", key)
+	}
+	var took time.Duration
+	err := a.hv.do(func() error {
+		deadline := start.Add(opTimeout)
+		var last uint32
+		have := false
+		for {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%s did not reach state %s within %s", chain, key, opTimeout)
+			}
+			gen, err := xtables.Generation(a.ctx)
+			if err != nil {
+				return err
+			}
+			if have && gen == last {
+				time.Sleep(pollEvery)
+				continue
+			}
+			seen := time.Now()
+			st, err := a.readNFT(chain, key)
+			if err != nil {
+				return err
+			}
+			if slices.Equal(st.hashes, want.hashes) && st.member == want.member {
+				now, err := xtables.Generation(a.ctx)
+				if err != nil {
+					return err
+				}
+				if now == gen {
+					took = seen.Sub(start)
+					return nil
+				}
+			}
+			last, have = gen, true
+		}
+	})
+	return took, err
+}

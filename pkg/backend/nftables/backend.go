@@ -1,0 +1,361 @@
+// Package nftables is vmfw's native nftables backend (docs/nftables.md).
+// It lays a policy out as two tables of its own, table bridge vmfw and
+// table inet vmfw (package layout), whose chains are static: every
+// interface is a handful of set elements, so attaching or detaching one
+// sends elements only and the kernel validates no table for it. Every
+// change of both tables is one nf_tables transaction (package nlnft), so
+// a crash leaves the old ruleset or the new one and nothing needs a
+// revert. Plans compare fingerprints of chains and elements of sets, so
+// only what differs is sent.
+package nftables
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/vmfw/vmfw/pkg/backend"
+	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
+	"github.com/vmfw/vmfw/pkg/backend/nftables/layout"
+	"github.com/vmfw/vmfw/pkg/backend/nftables/nlnft"
+	"github.com/vmfw/vmfw/pkg/ruleset"
+	"github.com/vmfw/vmfw/pkg/trace"
+)
+
+// Kernel reads and writes vmfw's tables. nlnft.Client implements it;
+// tests may fake it.
+type Kernel interface {
+	// Read reads the tables; with elements false without the sets'
+	// elements; with only, the named sets' elements alone.
+	Read(elements bool, only ...string) (*nlnft.Observed, error)
+	// Write sends one batch as one transaction.
+	Write(b *nlnft.Batch) error
+	// Generation returns the ruleset generation.
+	Generation() (uint32, error)
+}
+
+// Options are what New builds a backend on.
+type Options struct {
+	// Mark is the mask of packet-mark bits the backend may use; 0 takes
+	// layout.DefaultMask. It needs at least five bits, none shared with
+	// the iptables backend's mark.
+	Mark uint32
+	// Kernel talks to nf_tables; nil uses the current network namespace.
+	Kernel Kernel
+	// Hooks writes vmfw's rule in iptables' FORWARD and OUTPUT chains;
+	// nil uses the host's iptables of flavour IPTables ("" detects it).
+	Hooks    Hooks
+	IPTables xtables.Mode
+}
+
+// Backend is the nftables backend. Build one with New.
+type Backend struct {
+	kernel Kernel
+	hooks  Hooks
+	marks  layout.Marks
+
+	mu sync.Mutex
+	// memory is the state remembered after the backend's own change, at
+	// the generation its transaction made (Generationer).
+	memory *nlnft.Observed
+	// pending is the state the last Apply left, not yet Marked.
+	pending *nlnft.Observed
+	// fullNext makes the next plan a full one: a plan made from a hint
+	// failed to apply, so the kernel is not what the hint said.
+	fullNext bool
+}
+
+var (
+	_ backend.Backend        = (*Backend)(nil)
+	_ backend.Generationer   = (*Backend)(nil)
+	_ backend.Watcher        = (*Backend)(nil)
+	_ backend.PortAttributor = (*Backend)(nil)
+)
+
+// New returns a backend on o.
+func New(o Options) (*Backend, error) {
+	mask := o.Mark
+	if mask == 0 {
+		mask = layout.DefaultMask
+	}
+	m, err := layout.NewMarks(mask)
+	if err != nil {
+		return nil, err
+	}
+	k := o.Kernel
+	if k == nil {
+		k = nlnft.Client{}
+	}
+	h := o.Hooks
+	if h == nil {
+		h = &xtablesHooks{mode: o.IPTables}
+	}
+	return &Backend{kernel: k, hooks: h, marks: m}, nil
+}
+
+// Name is backend.NFTables.
+func (b *Backend) Name() backend.Name { return backend.NFTables }
+
+// Flavour is "": there is one.
+func (b *Backend) Flavour() string { return "" }
+
+// Describe names the kernel interface.
+func (b *Backend) Describe() string { return "netlink" }
+
+// AttributesByPort is true: routed, NATed and host-sent packets to a VM
+// meet its in rules at bridge postrouting, by the port they leave
+// through (backend.PortAttributor).
+func (b *Backend) AttributesByPort() bool { return true }
+
+// Marks returns the mark bits the backend uses.
+func (b *Backend) Marks() layout.Marks { return b.marks }
+
+// state is what Read saw.
+type state struct {
+	obs *nlnft.Observed
+	// full says every set's elements and every chain were read.
+	full bool
+	// remembered says obs came from memory, not the kernel.
+	remembered bool
+}
+
+// Installed names the elements of the ports set.
+func (s *state) Installed() []string {
+	out := []string{}
+	t := s.obs.Tables[layout.Bridge]
+	if t == nil || t.Sets[layout.SetPorts] == nil {
+		return out
+	}
+	for k := range t.Sets[layout.SetPorts].Elements {
+		if e, ok := layout.DecodeElement([]layout.Type{layout.TypeIfname}, []byte(k)); ok {
+			out = append(out, e.Key[0].String()[1:len(e.Key[0].String())-1])
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Read reads vmfw's tables: narrow, only the interfaces installed (the
+// ports set); else everything. The agent's state remembered at its last
+// change stands in for a read while the generation has not moved.
+func (b *Backend) Read(ctx context.Context, narrow bool) (backend.State, error) {
+	if mem := b.remembered(); mem != nil {
+		return &state{obs: mem, full: true, remembered: true}, nil
+	}
+	start := time.Now()
+	if narrow {
+		obs, err := b.kernel.Read(false, layout.SetPorts)
+		if err != nil {
+			return nil, err
+		}
+		trace.Since(start, "read the installed interfaces")
+		return &state{obs: obs}, nil
+	}
+	obs, err := b.kernel.Read(true)
+	if err != nil {
+		return nil, err
+	}
+	trace.Since(start, "read vmfw's tables")
+	return &state{obs: obs, full: true}, nil
+}
+
+// full returns st read in full.
+func (b *Backend) fullState(st *state) (*state, error) {
+	if st.full {
+		return st, nil
+	}
+	start := time.Now()
+	obs, err := b.kernel.Read(true)
+	if err != nil {
+		return nil, err
+	}
+	trace.Since(start, "read vmfw's tables")
+	return &state{obs: obs, full: true}, nil
+}
+
+// Plan lays want out and compares it with the kernel: the comparison is
+// by fingerprint and element, as cheap as the read, so every plan is the
+// full one. The hint only spares an interface's change (ifup, ifdown, a
+// group edit) the read of vmfw's rules in iptables' chains, which such a
+// change leaves as they are; a full plan (apply, flush, repair) and any
+// plan that creates or deletes the tables checks them.
+func (b *Backend) Plan(ctx context.Context, s backend.State, want *ruleset.Policy, hint *backend.Hint) (backend.Plan, error) {
+	if want != nil {
+		if err := unsupported(want); err != nil {
+			return nil, err
+		}
+	}
+	if st := s.(*state); !st.full && hint != nil && hint.Was != nil && want != nil && !b.takeFullNext() {
+		p, err := b.planHinted(st, want, hint)
+		if err != nil || p != nil {
+			return p, err
+		}
+	}
+	st, err := b.fullState(s.(*state))
+	if err != nil {
+		return nil, err
+	}
+	var rs *layout.Ruleset
+	if want != nil {
+		start := time.Now()
+		rs = layout.Build(want, b.marks)
+		trace.Since(start, "lay out %d interfaces", len(want.Interfaces))
+	}
+	p := diff(rs, st)
+	if hint == nil || p.createsOrDeletes() {
+		start := time.Now()
+		hs, err := b.hooks.Read(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("reading iptables' FORWARD and OUTPUT chains: %w", err)
+		}
+		p.hooks = planHooks(hs, want != nil, b.marks.Acc)
+		p.summarizeHooks()
+		trace.Since(start, "read vmfw's rules in iptables' chains")
+	}
+	return p, nil
+}
+
+// Apply writes the plan as one transaction. A plan made from remembered
+// state is sent with the generation it was made at, which the kernel
+// checks: when someone committed since, nothing is written and Apply
+// returns backend.StaleError.
+func (b *Backend) Apply(ctx context.Context, bp backend.Plan) error {
+	p := bp.(*plan)
+	if p.Empty() {
+		return nil
+	}
+	if len(p.batch.Tables) == 0 {
+		return b.applyHooks(ctx, p.hooks)
+	}
+	b.forget()
+	start := time.Now()
+	err := b.kernel.Write(p.batch)
+	if err != nil {
+		if p.hinted {
+			b.mu.Lock()
+			b.fullNext = true
+			b.mu.Unlock()
+		}
+		if p.st.remembered || p.hinted || errors.Is(err, nlnft.ErrGeneration) {
+			return &backend.StaleError{Err: err}
+		}
+		return err
+	}
+	trace.Since(start, "write the transaction")
+	if p.batch.Gen != 0 {
+		// The kernel committed on top of Gen, so the transaction made
+		// Gen+1: what the tables now hold is the plan's result.
+		after := p.result()
+		after.Gen = p.batch.Gen + 1
+		b.mu.Lock()
+		b.pending = after
+		b.mu.Unlock()
+	}
+	return b.applyHooks(ctx, p.hooks)
+}
+
+// applyHooks writes vmfw's rules in iptables' chains, after the tables:
+// they accept what the tables marked, so a rule that comes first passes
+// nothing vmfw did not decide. It is not part of the nf_tables
+// transaction; a failure is reported and the next full plan repairs it.
+func (b *Backend) applyHooks(ctx context.Context, h *hookChange) error {
+	if h.empty() {
+		return nil
+	}
+	start := time.Now()
+	if err := b.hooks.Delete(ctx, h.delete); err != nil {
+		return err
+	}
+	if err := b.hooks.Insert(ctx, h.insert, h.rule); err != nil {
+		return err
+	}
+	trace.Since(start, "write vmfw's rules in iptables' chains")
+	return nil
+}
+
+// Usable reads everything Read reads, probes the kernel features the
+// layout uses (nlnft.Client.Probe: an error names the one missing), and
+// checks what the backend needs besides nf_tables: br_netfilter, which
+// hands bridged packets to the inet table.
+func (b *Backend) Usable(ctx context.Context) error {
+	if _, err := b.kernel.Read(true); err != nil {
+		return fmt.Errorf("nf_tables: %w", err)
+	}
+	if p, ok := b.kernel.(interface{ Probe() error }); ok {
+		if err := p.Probe(); err != nil {
+			return err
+		}
+	}
+	for _, f := range []string{"/proc/sys/net/bridge/bridge-nf-call-iptables", "/proc/sys/net/bridge/bridge-nf-call-ip6tables"} {
+		if _, err := os.Stat(f); err != nil {
+			return fmt.Errorf("br_netfilter (module or built in) is needed to pass bridged packets to the inet table: %w", err)
+		}
+	}
+	return nil
+}
+
+// ForgetAddresses deletes addrs from every membership set (and from the
+// sets of VM addresses) that lists them.
+func (b *Backend) ForgetAddresses(ctx context.Context, addrs []netip.Addr) error {
+	if len(addrs) == 0 {
+		return nil
+	}
+	obs, err := b.kernel.Read(true)
+	if err != nil {
+		return err
+	}
+	batch := &nlnft.Batch{Gen: obs.Gen}
+	for _, f := range []layout.Family{layout.Bridge, layout.Inet} {
+		t := obs.Tables[f]
+		if t == nil {
+			continue
+		}
+		tc := &nlnft.TableChange{Family: f, DelElements: map[string][]layout.Element{}}
+		for name, s := range t.Sets {
+			if !isAddressSet(f, name) {
+				continue
+			}
+			set := &layout.Set{Name: name, Key: []layout.Type{addressType(name)}}
+			for _, a := range addrs {
+				e := layout.Element{Key: []layout.Value{layout.Addr(a.Unmap())}}
+				if e.Key[0].Type != set.Key[0] {
+					continue
+				}
+				if _, ok := s.Elements[string(e.KeyBytes())]; ok {
+					tc.DelElements[name] = append(tc.DelElements[name], e)
+					tc.Sets = append(tc.Sets, set)
+				}
+			}
+		}
+		if len(tc.DelElements) > 0 {
+			batch.Tables = append(batch.Tables, tc)
+		}
+	}
+	b.forget()
+	if len(batch.Tables) == 0 {
+		return nil
+	}
+	return b.kernel.Write(batch)
+}
+
+// isAddressSet reports whether name is a set of addresses: a group's
+// members or the VMs' addresses.
+func isAddressSet(f layout.Family, name string) bool {
+	if f == layout.Inet {
+		return name == layout.SetVM4 || name == layout.SetVM6
+	}
+	l := len(name)
+	return l > 6 && name[:3] == "sg-" && (name[l-3:] == "-v4" || name[l-3:] == "-v6")
+}
+
+func addressType(name string) layout.Type {
+	if name == layout.SetVM6 || name[len(name)-2:] == "v6" {
+		return layout.TypeIPv6
+	}
+	return layout.TypeIPv4
+}

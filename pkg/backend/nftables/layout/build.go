@@ -1,0 +1,790 @@
+// Package layout lays a policy out as the nftables backend's two tables
+// (docs/nftables.md): table bridge vmfw, which dispatches on bridge ports
+// with static chains and per-interface set elements and holds the group
+// chains, and table inet vmfw, which passes connection tracking state to
+// it in mark bits and rejects what the bridge chains marked. The layout
+// depends on the interfaces only through set elements, so attaching or
+// detaching one never adds a rule or a jump. It is pure: no netlink, no
+// files; golden files (testdata) hold its nft text.
+package layout
+
+import (
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/ruleset"
+)
+
+// Ruleset is the desired content of vmfw's two tables.
+type Ruleset struct {
+	Bridge *Table
+	Inet   *Table
+}
+
+// Tables returns both tables, bridge first.
+func (rs *Ruleset) Tables() []*Table { return []*Table{rs.Bridge, rs.Inet} }
+
+// Priorities of vmfw's base chains (docs/nftables.md, "Hooks").
+const (
+	// bridgePriority runs the bridge chains before br_netfilter hands a
+	// packet to the IP hooks (priority 0, forward -1), so the inet
+	// chains that reject run after them.
+	bridgePriority = -200
+	// guardPriority runs the reject guard after every filter.
+	guardPriority = 200
+	// statePriority runs after connection tracking (-200).
+	statePriority = -150
+	// inetPriority runs the inet forward, input and output chains before
+	// the iptables filter table (0), whose hook rule reads the mark.
+	inetPriority = -10
+)
+
+// ICMPv6 types of neighbour discovery.
+const (
+	ndRouterSolicit = 133
+	ndRouterAdvert  = 134
+	ndNeighSolicit  = 135
+	ndNeighAdvert   = 136
+	ndRedirect      = 137
+	mldReport       = 143
+)
+
+// Build lays out p with the mark bits of m.
+func Build(p *ruleset.Policy, m Marks) *Ruleset {
+	b := &builder{p: p, m: m}
+	return &Ruleset{Bridge: b.bridge(), Inet: b.inet()}
+}
+
+type builder struct {
+	p *ruleset.Policy
+	m Marks
+}
+
+// rule builds a rule from expressions.
+func rule(e ...Expr) Rule { return Rule{Exprs: e} }
+
+func verdict(k VerdictKind) *Verdict  { return &Verdict{Kind: k} }
+func jump(chain string) *Verdict      { return &Verdict{Kind: Jump, Chain: chain} }
+func goTo(chain string) *Verdict      { return &Verdict{Kind: Goto, Chain: chain} }
+func in(f Field, set string) *Lookup  { return &Lookup{Fields: []Field{f}, Set: set} }
+func notIn(f Field, s string) *Lookup { return &Lookup{Fields: []Field{f}, Set: s, Neg: true} }
+func eq(f Field, v Value) *Cmp        { return &Cmp{Field: f, Value: v} }
+
+func (b *builder) setMark(bits uint32) *SetMark { return &SetMark{Set: bits} }
+
+// marked matches packets carrying bit.
+func marked(bit uint32) *Cmp {
+	return &Cmp{Field: FMark, Mask: Mark(bit).Bytes, Value: Mark(bit)}
+}
+
+var (
+	isIPv4 = eq(FProtocol, EtherType(0x0800))
+	isIPv6 = eq(FProtocol, EtherType(0x86dd))
+	isARP  = eq(FProtocol, EtherType(0x0806))
+)
+
+// isIP matches IPv4 and IPv6.
+func isIP() *Anon {
+	return &Anon{Field: FProtocol, Elems: []Interval{single(EtherType(0x0800)), single(EtherType(0x86dd))}}
+}
+
+// nonIP matches frames that are neither IPv4 nor IPv6. nft has no
+// negated anonymous set that the kernel evaluates in one step, so the
+// two comparisons stand side by side.
+func nonIP() []Expr {
+	return []Expr{
+		&Cmp{Field: FProtocol, Neg: true, Value: EtherType(0x0800)},
+		&Cmp{Field: FProtocol, Neg: true, Value: EtherType(0x86dd)},
+	}
+}
+
+func single(v Value) Interval { return Interval{v, v} }
+
+func proto(n uint8) *Cmp { return eq(FL4Proto, Proto(n)) }
+
+// portField returns the source or destination port field of a protocol,
+// named as nft names it.
+func portField(protoName string, dport bool) Field {
+	f := FSport
+	dir := "sport"
+	if dport {
+		f, dir = FDport, "dport"
+	}
+	switch protoName {
+	case "tcp", "udp", "sctp":
+		f.Name = protoName + " " + dir
+	}
+	return f
+}
+
+// udpPorts matches UDP from sport to dport (0: any), the DHCP rules.
+func udpPorts(sport, dport uint16) []Expr {
+	e := []Expr{proto(17), eq(portField("udp", false), Port(sport))}
+	if dport != 0 {
+		e = append(e, eq(portField("udp", true), Port(dport)))
+	}
+	return e
+}
+
+// icmp6Types matches ICMPv6 of the types listed.
+func icmp6Types(types ...uint8) []Expr {
+	e := []Expr{isIPv6, proto(58)}
+	if len(types) == 1 {
+		return append(e, eq(FICMP6Type, Byte(TypeICMPv6, types[0])))
+	}
+	a := &Anon{Field: FICMP6Type}
+	for _, t := range types {
+		a.Elems = append(a.Elems, single(Byte(TypeICMPv6, t)))
+	}
+	return append(e, a)
+}
+
+func with(e []Expr, more ...Expr) []Expr { return append(slices.Clone(e), more...) }
+
+// bridge lays out table bridge vmfw.
+func (b *builder) bridge() *Table {
+	t := &Table{Family: Bridge}
+	t.Sets = b.bridgeSets()
+	t.Chains = append(t.Chains, b.baseChains()...)
+	t.Chains = append(t.Chains, b.l2Chain(), b.outChain(), b.spoofChain(), b.inChain())
+	t.Chains = append(t.Chains, b.dropChains()...)
+	t.Chains = append(t.Chains, b.policyChains()...)
+	for _, g := range slices.Sorted(maps.Keys(b.p.Groups)) {
+		for _, d := range []config.Direction{config.In, config.Out} {
+			t.Chains = append(t.Chains, b.groupChain(b.p.Groups[g], d))
+		}
+	}
+	return t
+}
+
+// failClosed returns the drops of IP packets from (or to) a managed
+// interface vmfw did not attach: fail-closed (docs/design.md).
+func (b *builder) failClosed(f Field) []Rule {
+	var out []Rule
+	for _, pat := range b.p.Host.Managed {
+		out = append(out, Rule{Exprs: []Expr{isIP(), ifnamePattern(f, pat), notIn(f, SetPorts), verdict(Drop)}, Comment: "fail-closed"})
+	}
+	return out
+}
+
+// ifnamePattern matches an interface name or, with a trailing "+", every
+// name starting with what precedes it (nft writes "tap*").
+func ifnamePattern(f Field, pattern string) *Cmp {
+	if stem, wild := strings.CutSuffix(pattern, "+"); wild {
+		return &Cmp{Field: f, Value: Value{TypeIfname, []byte(stem)}}
+	}
+	return eq(f, Ifname(pattern))
+}
+
+// baseChains are the bridge table's base chains.
+func (b *builder) baseChains() []*Chain {
+	m := b.m
+	pre := &Chain{Name: ChainPrerouting, Hook: &Hook{"prerouting", bridgePriority}, Rules: []Rule{
+		rule(&SetMark{Clear: m.Mask}),
+		rule(in(FIifname, SetAntispoof), jump(ChainL2)),
+	}}
+	fwd := &Chain{Name: ChainForward, Hook: &Hook{"forward", bridgePriority}}
+	fwd.Rules = append(fwd.Rules, b.failClosed(FIifname)...)
+	fwd.Rules = append(fwd.Rules, b.failClosed(FOifname)...)
+	fwd.Rules = append(fwd.Rules,
+		rule(in(FIifname, SetPorts), jump(ChainOut)),
+		rule(in(FOifname, SetPorts), jump(ChainIn)))
+	input := &Chain{Name: ChainInput, Hook: &Hook{"input", bridgePriority}}
+	input.Rules = append(input.Rules, b.failClosed(FIifname)...)
+	input.Rules = append(input.Rules, rule(in(FIifname, SetPorts), jump(ChainOut)))
+	post := &Chain{Name: ChainPostrouting, Hook: &Hook{"postrouting", bridgePriority}, Rules: []Rule{
+		rule(marked(m.Seen), verdict(Return)),
+		rule(append(nonIP(), verdict(Return))...),
+		{Exprs: []Expr{&Cmp{Field: FEtherDst, Mask: []byte{1, 0, 0, 0, 0, 0}, Value: Value{TypeEther, []byte{1, 0, 0, 0, 0, 0}}}, verdict(Return)}, Comment: "multicast"},
+		{Exprs: with(icmp6Types(ndRouterSolicit, ndRouterAdvert, ndNeighSolicit, ndNeighAdvert, ndRedirect),
+			&Cmp{Field: FIP6Dst, Mask: prefixMask(10, 16), Value: Addr(netip.MustParseAddr("fe80::"))},
+			verdict(Return)), Comment: "link-local neighbour discovery"},
+		rule(in(FOifname, SetPorts), jump(ChainIn)),
+	}}
+	post.Rules = append(post.Rules, b.failClosed(FOifname)...)
+	guard := &Chain{Name: ChainRejectGuard, Hook: &Hook{"postrouting", guardPriority}, Rules: []Rule{
+		{Exprs: []Expr{marked(m.Rej), verdict(Drop)}, Comment: "reject not executed"},
+	}}
+	return []*Chain{pre, fwd, input, post, guard}
+}
+
+// prefixMask returns the mask of a prefix of ones bits in n bytes.
+func prefixMask(ones, n int) []byte {
+	b := make([]byte, n)
+	for i := 0; i < ones; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	return b
+}
+
+// l2Chain checks what an interface with anti-spoofing sends at layer 2,
+// as the iptables backend's ebtables chains do: its MAC as source, ARP
+// only for its IPv4 addresses (and probes from 0.0.0.0), and besides
+// IPv4, IPv6 and ARP only the ethertypes in l2_protocols.
+func (b *builder) l2Chain() *Chain {
+	arp := []Expr{isARP}
+	return &Chain{Name: ChainL2, Rules: []Rule{
+		{Exprs: []Expr{in(FIifname, SetHasMAC), &Lookup{Fields: []Field{FIifname, FEtherSrc}, Set: SetMACs, Neg: true}, goTo(ChainDropOut)}, Comment: "antispoof mac"},
+		rule(with(arp, in(FIifname, SetHasMAC), &Lookup{Fields: []Field{FIifname, FARPSha}, Set: SetMACs, Neg: true}, goTo(ChainDropOut))...),
+		rule(with(arp, eq(FARPPtype, EtherType(0x0800)), eq(FARPHlen, Byte(TypeInteger, 6)), eq(FARPPlen, Byte(TypeInteger, 4)),
+			&Lookup{Fields: []Field{FIifname, FARPSpa}, Set: SetSrc4}, verdict(Return))...),
+		rule(with(arp, eq(FARPPtype, EtherType(0x0800)), eq(FARPHlen, Byte(TypeInteger, 6)), eq(FARPPlen, Byte(TypeInteger, 4)),
+			eq(FARPSpa, Addr(netip.IPv4Unspecified())), verdict(Return))...),
+		{Exprs: with(arp, goTo(ChainDropOut)), Comment: "antispoof arp"},
+		rule(isIP(), verdict(Return)),
+		rule(&Lookup{Fields: []Field{FIifname, FProtocol}, Set: SetL2Proto}, verdict(Return)),
+		{Exprs: []Expr{goTo(ChainDropOut)}, Comment: "antispoof ethertype"},
+	}}
+}
+
+// outChain is what the iptables backend's TAP-out does, for every
+// interface at once: per-interface settings are set elements.
+func (b *builder) outChain() *Chain {
+	m := b.m
+	acc := b.setMark(m.Acc)
+	c := &Chain{Name: ChainOut, Rules: []Rule{
+		{Exprs: []Expr{in(FIifname, SetDisabled), acc, verdict(Return)}, Comment: "vm disabled"},
+		rule(append(nonIP(), verdict(Return))...),
+		rule(in(FIifname, SetAntispoof), jump(ChainSpoof)),
+		rule(marked(m.Acc), verdict(Return)),
+		{Exprs: []Expr{marked(m.Inv), goTo(ChainDropOut)}, Comment: "invalid"},
+		rule(marked(m.Est), acc, verdict(Return)),
+		rule(with(icmp6Types(ndRouterSolicit, ndNeighSolicit, ndNeighAdvert), acc, verdict(Return))...),
+		{Exprs: with(with([]Expr{isIPv6, in(FIifname, SetDHCP)}, udpPorts(546, 547)...), acc, verdict(Return)), Comment: "dhcpv6 client"},
+		{Exprs: with(with([]Expr{isIPv4, in(FIifname, SetDHCP)}, udpPorts(68, 67)...), acc, verdict(Return)), Comment: "dhcp client"},
+	}}
+	c.Rules = append(c.Rules, b.positions(config.Out)...)
+	c.Rules = append(c.Rules,
+		rule(in(FIifname, SetOutAccept), acc, verdict(Return)),
+		rule(in(FIifname, SetOutReject), goTo(ChainPolRejOut)),
+		rule(goTo(ChainPolicyOut)))
+	return c
+}
+
+// spoofChain is the IP part of anti-spoofing: no DHCP or DHCPv6 server,
+// router advertisement or redirect from the VM, DHCP discovery before it
+// has an address, neighbour advertisements only for its own (or
+// link-local) targets, and every other packet from one of its addresses
+// (IPv6 also from link-local, and the unspecified address for duplicate
+// address detection and MLD reports).
+func (b *builder) spoofChain() *Chain {
+	acc := b.setMark(b.m.Acc)
+	drop := goTo(ChainDropOut)
+	fe80 := &Cmp{Field: FIP6Src, Mask: prefixMask(10, 16), Value: Addr(netip.MustParseAddr("fe80::"))}
+	unspec6 := eq(FIP6Src, Addr(netip.IPv6Unspecified()))
+	return &Chain{Name: ChainSpoof, Rules: []Rule{
+		{Exprs: with(with([]Expr{isIPv4}, udpPorts(67, 0)...), drop), Comment: "no dhcp server"},
+		{Exprs: with(with([]Expr{isIPv4, in(FIifname, SetDHCP), eq(FIPSrc, Addr(netip.IPv4Unspecified())), eq(FIPDst, Addr(netip.MustParseAddr("255.255.255.255")))}, udpPorts(68, 67)...), acc, verdict(Return)), Comment: "dhcp discover"},
+		{Exprs: with(icmp6Types(ndRouterAdvert), drop), Comment: "no router advertisement"},
+		{Exprs: with(icmp6Types(ndRedirect), drop), Comment: "no redirect"},
+		{Exprs: with(with([]Expr{isIPv6}, udpPorts(547, 0)...), drop), Comment: "no dhcpv6 server"},
+		{Exprs: with(icmp6Types(ndNeighAdvert), &Cmp{Field: FNDTarget, Mask: prefixMask(10, 16), Value: Addr(netip.MustParseAddr("fe80::"))}, verdict(Return)), Comment: "link-local target"},
+		rule(with(icmp6Types(ndNeighAdvert), &Lookup{Fields: []Field{FIifname, FNDTarget}, Set: SetSrc6}, verdict(Return))...),
+		{Exprs: with(icmp6Types(ndNeighAdvert), drop), Comment: "antispoof nd target"},
+		rule(isIPv4, &Lookup{Fields: []Field{FIifname, FIPSrc}, Set: SetSrc4}, verdict(Return)),
+		{Exprs: []Expr{isIPv6, fe80, verdict(Return)}, Comment: "link-local"},
+		{Exprs: with(icmp6Types(ndNeighSolicit), unspec6, verdict(Return)), Comment: "dad"},
+		{Exprs: with(icmp6Types(mldReport), unspec6, verdict(Return)), Comment: "mld report"},
+		rule(isIPv6, &Lookup{Fields: []Field{FIifname, FIP6Src}, Set: SetSrc6}, verdict(Return)),
+		{Exprs: []Expr{drop}, Comment: "antispoof ip"},
+	}}
+}
+
+// inChain is what the iptables backend's TAP-in does, for every
+// interface: entered on the bridge's forward path for bridged packets
+// and at postrouting for routed and host-sent ones. Its first rule marks
+// the packet as seen by an in chain (and allowed so far).
+func (b *builder) inChain() *Chain {
+	m := b.m
+	c := &Chain{Name: ChainIn, Rules: []Rule{
+		rule(b.setMark(m.Acc | m.Seen)),
+		{Exprs: []Expr{in(FOifname, SetDisabled), verdict(Accept)}, Comment: "vm disabled"},
+		rule(append(nonIP(), verdict(Accept))...),
+		{Exprs: []Expr{marked(m.Inv), goTo(ChainDropIn)}, Comment: "invalid"},
+		rule(marked(m.Est), verdict(Accept)),
+		rule(with(icmp6Types(ndRouterSolicit, ndRouterAdvert, ndNeighSolicit, ndNeighAdvert), verdict(Accept))...),
+		{Exprs: with(with([]Expr{isIPv6, in(FOifname, SetDHCP)}, udpPorts(547, 546)...), verdict(Accept)), Comment: "dhcpv6 reply"},
+		{Exprs: with(with([]Expr{isIPv4, in(FOifname, SetDHCP)}, udpPorts(67, 68)...), verdict(Accept)), Comment: "dhcp reply"},
+	}}
+	c.Rules = append(c.Rules, b.positions(config.In)...)
+	c.Rules = append(c.Rules,
+		rule(in(FOifname, SetInAccept), verdict(Accept)),
+		rule(in(FOifname, SetInReject), goTo(ChainPolRejIn)),
+		rule(goTo(ChainPolicyIn)))
+	return c
+}
+
+// positionPairs returns, for every position k, the groups some enabled
+// interface lists at k, sorted.
+func (b *builder) positionPairs() [][]string {
+	var pos []map[string]bool
+	for _, n := range b.p.Interfaces {
+		if !n.Enabled {
+			continue
+		}
+		for k, g := range n.Groups {
+			for len(pos) <= k {
+				pos = append(pos, map[string]bool{})
+			}
+			pos[k][g] = true
+		}
+	}
+	out := make([][]string, len(pos))
+	for k, gs := range pos {
+		out[k] = slices.Sorted(maps.Keys(gs))
+	}
+	return out
+}
+
+// positions evaluates an interface's groups in its order without a chain
+// or a jump per interface (docs/nftables.md, "Ordered groups"): for each
+// position k, one rule per group some interface lists at k, which jumps
+// to the group's chain when the interface is in the group's position
+// set. An interface is in one set per position, so at most one rule per
+// position jumps. Out chains return when a group allowed the packet; in
+// chains decide for good.
+func (b *builder) positions(d config.Direction) []Rule {
+	f := FIifname
+	if d == config.In {
+		f = FOifname
+	}
+	var out []Rule
+	for k, groups := range b.positionPairs() {
+		for _, g := range groups {
+			out = append(out, rule(in(f, PositionSet(g, k)), jump(GroupChain(g, d))))
+		}
+		if d == config.Out {
+			out = append(out, rule(marked(b.m.Acc), verdict(Return)))
+		}
+	}
+	return out
+}
+
+// dropChains count what an interface's own rules drop or reject in its
+// element of drops-out or drops-in, then drop or mark for reject.
+func (b *builder) dropChains() []*Chain {
+	rej := b.setMark(b.m.Rej)
+	return []*Chain{
+		{Name: ChainDropOut, Rules: []Rule{rule(in(FIifname, SetDropsOut), verdict(Drop)), rule(verdict(Drop))}},
+		{Name: ChainDropIn, Rules: []Rule{rule(in(FOifname, SetDropsIn), verdict(Drop)), rule(verdict(Drop))}},
+		{Name: ChainRejectOut, Rules: []Rule{rule(in(FIifname, SetDropsOut), rej, verdict(Accept)), rule(rej, verdict(Accept))}},
+		{Name: ChainRejectIn, Rules: []Rule{rule(in(FOifname, SetDropsIn), rej, verdict(Accept)), rule(rej, verdict(Accept))}},
+	}
+}
+
+// policyChains decide what no rule matched, drop or reject, logged for
+// interfaces in log-out or log-in. The iptables backend names the tap in
+// the log prefix; these chains are shared, so the prefix names the
+// direction and the log line the interfaces (docs/nftables.md, "Logging").
+func (b *builder) policyChains() []*Chain {
+	mk := func(name string, f Field, set string, d config.Direction, a config.Action, then string) *Chain {
+		return &Chain{Name: name, Rules: []Rule{
+			{Exprs: []Expr{in(f, set), b.limit(), b.log(ruleset.Origin{Dir: d}, a)}, Origin: ruleset.Origin{Dir: d}},
+			rule(goTo(then)),
+		}}
+	}
+	return []*Chain{
+		mk(ChainPolicyOut, FIifname, SetLogOut, config.Out, config.Drop, ChainDropOut),
+		mk(ChainPolRejOut, FIifname, SetLogOut, config.Out, config.Reject, ChainRejectOut),
+		mk(ChainPolicyIn, FOifname, SetLogIn, config.In, config.Drop, ChainDropIn),
+		mk(ChainPolRejIn, FOifname, SetLogIn, config.In, config.Reject, ChainRejectIn),
+	}
+}
+
+// limit is the rate limit of a log rule (log_limit, log_burst).
+func (b *builder) limit() *Limit {
+	rate, unit, _ := strings.Cut(b.p.Host.LogLimit, "/")
+	n, _ := strconv.ParseUint(rate, 10, 64)
+	return &Limit{Rate: n, Unit: unit, Burst: uint32(b.p.Host.LogBurst)}
+}
+
+// log returns the log statement for origin o and verdict a: NFLOG with
+// the prefix vmfw log parses (ruleset.NFLOGPrefix; a policy's names no
+// tap, which vmfw log takes from the packet), or the kernel log.
+func (b *builder) log(o ruleset.Origin, a config.Action) *Log {
+	if b.p.Host.LogGroup > 0 {
+		return &Log{Prefix: ruleset.NFLOGPrefix(o, a), Group: b.p.Host.LogGroup}
+	}
+	object := "policy"
+	if o.Group != "" {
+		object = "sg-" + o.Group
+	}
+	prefix := "vmfw " + object + "-" + string(o.Dir) + " " + strings.ToUpper(string(a)) + " "
+	return &Log{Prefix: prefix}
+}
+
+// groupChain compiles one direction of a group, as the iptables backend
+// does: in chains decide for good, out chains mark what they allow and
+// return so that the receiver's in rules still apply. A reject marks the
+// packet and accepts it on the bridge; the inet table rejects it.
+func (b *builder) groupChain(g *ruleset.Group, d config.Direction) *Chain {
+	name := GroupChain(g.Name, d)
+	c := &Chain{Name: name}
+	for _, r := range g.Rules(d) {
+		for _, match := range b.ruleMatches(r) {
+			if r.Log {
+				l := b.log(r.Origin, r.Action)
+				if r.LogLevel != config.DefaultLogLevel && r.LogLevel != config.LogOff {
+					l.Level = string(r.LogLevel)
+				}
+				c.Rules = append(c.Rules, Rule{Exprs: with(match, b.limit(), l), Origin: r.Origin})
+			}
+			var action []Expr
+			switch {
+			case r.Action == config.Drop:
+				action = []Expr{verdict(Drop)}
+			case r.Action == config.Reject:
+				action = []Expr{b.setMark(b.m.Rej), verdict(Accept)}
+			case d == config.In:
+				action = []Expr{verdict(Accept)}
+			default:
+				action = []Expr{b.setMark(b.m.Acc), verdict(Return)}
+			}
+			c.Rules = append(c.Rules, Rule{Exprs: with(match, action...), Comment: r.Comment, Origin: r.Origin})
+		}
+	}
+	return c
+}
+
+// ruleMatches returns the matches one policy rule becomes: one per
+// family it applies to when it names addresses, a group or an ICMP type
+// (which exist in one family), else one for both.
+func (b *builder) ruleMatches(r ruleset.Rule) [][]Expr {
+	m := r.Match
+	familySpecific := len(m.Source) > 0 || len(m.Dest) > 0 || m.SourceGroup != "" || m.DestGroup != "" || m.Proto.Family() != 0
+	if !familySpecific {
+		return [][]Expr{b.protoMatch(m)}
+	}
+	var out [][]Expr
+	for _, f := range ruleset.Families {
+		if pf := m.Proto.Family(); pf != 0 && pf != f {
+			continue
+		}
+		e := []Expr{isIPv4}
+		src, dst := FIPSrc, FIPDst
+		if f == ruleset.IPv6 {
+			e = []Expr{isIPv6}
+			src, dst = FIP6Src, FIP6Dst
+		}
+		e = append(e, b.protoMatch(m)...)
+		var ok bool
+		if e, ok = addrMatch(e, src, f, m.Source); !ok {
+			continue
+		}
+		if e, ok = addrMatch(e, dst, f, m.Dest); !ok {
+			continue
+		}
+		if m.SourceGroup != "" {
+			e = append(e, in(src, MemberSet(m.SourceGroup, f)))
+		}
+		if m.DestGroup != "" {
+			e = append(e, in(dst, MemberSet(m.DestGroup, f)))
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// protoMatch matches the protocol, ICMP type, ports and source MAC.
+func (b *builder) protoMatch(m ruleset.Match) []Expr {
+	var e []Expr
+	if !m.Proto.IsAny() {
+		e = append(e, proto(m.Proto.Number))
+	}
+	if !m.ICMP.IsAny() {
+		tf, cf, tt := FICMPType, FICMPCode, TypeICMP
+		if m.Proto.Name == "icmpv6" {
+			tf, cf, tt = FICMP6Type, FICMP6Code, TypeICMPv6
+		}
+		e = append(e, eq(tf, Byte(tt, m.ICMP.Type)))
+		if m.ICMP.Code >= 0 {
+			e = append(e, eq(cf, Byte(TypeInteger, uint8(m.ICMP.Code))))
+		}
+	}
+	e = append(e, portMatch(portField(m.Proto.Name, false), m.SPorts)...)
+	e = append(e, portMatch(portField(m.Proto.Name, true), m.DPorts)...)
+	if m.SourceMAC != nil {
+		e = append(e, eq(FEtherSrc, Ether(m.SourceMAC)))
+	}
+	return e
+}
+
+func portMatch(f Field, ports []config.PortRange) []Expr {
+	switch {
+	case len(ports) == 0:
+		return nil
+	case len(ports) == 1 && ports[0].Lo == ports[0].Hi:
+		return []Expr{eq(f, Port(ports[0].Lo))}
+	}
+	a := &Anon{Field: f}
+	for _, p := range ports {
+		a.Elems = append(a.Elems, Interval{Port(p.Lo), Port(p.Hi)})
+	}
+	sortIntervals(a.Elems)
+	return []Expr{a}
+}
+
+// addrMatch restricts e to the prefixes of family f; ok is false when
+// prefixes are given but none is of f (the rule does not apply to f).
+func addrMatch(e []Expr, field Field, f ruleset.Family, prefixes []netip.Prefix) ([]Expr, bool) {
+	if len(prefixes) == 0 {
+		return e, true
+	}
+	var mine []netip.Prefix
+	for _, p := range prefixes {
+		if ruleset.FamilyOf(p.Addr()) == f {
+			mine = append(mine, p.Masked())
+		}
+	}
+	switch len(mine) {
+	case 0:
+		return e, false
+	case 1:
+		p := mine[0]
+		if p.Bits() == p.Addr().BitLen() {
+			return append(e, eq(field, Addr(p.Addr()))), true
+		}
+		return append(e, &Cmp{Field: field, Mask: prefixMask(p.Bits(), p.Addr().BitLen()/8), Value: Addr(p.Addr())}), true
+	}
+	a := &Anon{Field: field}
+	for _, p := range mine {
+		a.Elems = append(a.Elems, PrefixInterval(p))
+	}
+	sortIntervals(a.Elems)
+	a.Elems = mergeIntervals(a.Elems)
+	return append(e, a), true
+}
+
+// sortIntervals orders intervals by their start.
+func sortIntervals(l []Interval) {
+	sort.SliceStable(l, func(i, j int) bool { return string(l[i].Lo.Bytes) < string(l[j].Lo.Bytes) })
+}
+
+// mergeIntervals joins overlapping sorted intervals: the kernel refuses
+// overlapping elements in an interval set.
+func mergeIntervals(l []Interval) []Interval {
+	var out []Interval
+	for _, iv := range l {
+		if n := len(out); n > 0 && string(iv.Lo.Bytes) <= string(out[n-1].Hi.Bytes) {
+			if string(iv.Hi.Bytes) > string(out[n-1].Hi.Bytes) {
+				out[n-1].Hi = iv.Hi
+			}
+			continue
+		}
+		out = append(out, iv)
+	}
+	return out
+}
+
+// bridgeSets lays out every set of the bridge table with its elements.
+func (b *builder) bridgeSets() []*Set {
+	sets := map[string]*Set{}
+	def := func(name string, counter bool, key ...Type) {
+		sets[name] = &Set{Name: name, Key: key, Counter: counter}
+	}
+	for _, name := range []string{SetPorts, SetDisabled, SetAntispoof, SetHasMAC, SetDHCP, SetOutAccept, SetOutReject, SetInAccept, SetInReject, SetLogOut, SetLogIn} {
+		def(name, false, TypeIfname)
+	}
+	def(SetDropsOut, true, TypeIfname)
+	def(SetDropsIn, true, TypeIfname)
+	def(SetMACs, false, TypeIfname, TypeEther)
+	def(SetSrc4, false, TypeIfname, TypeIPv4)
+	def(SetSrc6, false, TypeIfname, TypeIPv6)
+	def(SetL2Proto, false, TypeIfname, TypeEtherType)
+	add := func(set string, key ...Value) {
+		sets[set].Elements = append(sets[set].Elements, Element{Key: key})
+	}
+	for k, groups := range b.positionPairs() {
+		for _, g := range groups {
+			def(PositionSet(g, k), false, TypeIfname)
+		}
+	}
+	for g, mem := range b.p.Members {
+		for _, f := range ruleset.Families {
+			t := TypeIPv4
+			if f == ruleset.IPv6 {
+				t = TypeIPv6
+			}
+			def(MemberSet(g, f), false, t)
+			for _, a := range mem.Addrs[f] {
+				add(MemberSet(g, f), Addr(a))
+			}
+		}
+	}
+	for _, n := range b.p.Interfaces {
+		name := Ifname(n.Name)
+		add(SetPorts, name)
+		if !n.Enabled {
+			add(SetDisabled, name)
+			continue
+		}
+		add(SetDropsOut, name)
+		add(SetDropsIn, name)
+		if n.Antispoof {
+			add(SetAntispoof, name)
+			if n.MAC != nil {
+				add(SetHasMAC, name)
+				add(SetMACs, name, Ether(n.MAC))
+			}
+			for _, ip := range n.IPs {
+				if ip.Is4() {
+					add(SetSrc4, name, Addr(ip))
+				} else {
+					add(SetSrc6, name, Addr(ip))
+				}
+			}
+			for _, p := range n.L2Protocols {
+				if num, ok := config.EtherTypeNumber(p); ok {
+					add(SetL2Proto, name, EtherType(num))
+				}
+			}
+		}
+		if n.DHCP {
+			add(SetDHCP, name)
+		}
+		policy := func(a config.Action, acceptSet, rejectSet, logSet string) {
+			switch a {
+			case config.Accept:
+				add(acceptSet, name)
+			case config.Reject:
+				add(rejectSet, name)
+			}
+			if logged(n, acceptSet) && a != config.Accept {
+				add(logSet, name)
+			}
+		}
+		policy(n.PolicyOut, SetOutAccept, SetOutReject, SetLogOut)
+		policy(n.PolicyIn, SetInAccept, SetInReject, SetLogIn)
+		for k, g := range n.Groups {
+			add(PositionSet(g, k), name)
+		}
+	}
+	out := make([]*Set, 0, len(sets))
+	for _, name := range slices.Sorted(maps.Keys(sets)) {
+		s := sets[name]
+		sortElements(s.Elements)
+		s.Elements = compactElements(s.Elements)
+		out = append(out, s)
+	}
+	return out
+}
+
+func sortElements(l []Element) {
+	sort.Slice(l, func(i, j int) bool { return string(l[i].KeyBytes()) < string(l[j].KeyBytes()) })
+}
+
+// compactElements drops repeated elements of a sorted list (two
+// interfaces listing one address: the configuration forbids it, an
+// attachment record may race an edit).
+func compactElements(l []Element) []Element {
+	return slices.CompactFunc(l, func(a, b Element) bool { return string(a.KeyBytes()) == string(b.KeyBytes()) })
+}
+
+// inet lays out table inet vmfw.
+func (b *builder) inet() *Table {
+	m := b.m
+	t := &Table{Family: Inet}
+	v4 := &Set{Name: SetVM4, Key: []Type{TypeIPv4}}
+	v6 := &Set{Name: SetVM6, Key: []Type{TypeIPv6}}
+	for _, n := range b.p.Interfaces {
+		for _, ip := range n.IPs {
+			if ip.Is4() {
+				v4.Elements = append(v4.Elements, Element{Key: []Value{Addr(ip)}})
+			} else {
+				v6.Elements = append(v6.Elements, Element{Key: []Value{Addr(ip)}})
+			}
+		}
+	}
+	for _, s := range []*Set{v4, v6} {
+		sortElements(s.Elements)
+		s.Elements = compactElements(s.Elements)
+	}
+	t.Sets = []*Set{v4, v6}
+	bridgeKind := Value{TypeString, []byte("bridge\x00")}
+	t.Chains = []*Chain{
+		{Name: ChainPrerouting, Hook: &Hook{"prerouting", statePriority}, Rules: []Rule{
+			{Exprs: []Expr{eq(FIifkind, bridgeKind), jump(ChainState)}, Comment: "from a bridge"},
+		}},
+		{Name: ChainForward, Hook: &Hook{"forward", inetPriority}, Rules: []Rule{
+			rule(marked(m.Rej), goTo(ChainReject)),
+			{Exprs: []Expr{&Cmp{Field: FIifkind, Neg: true, Value: bridgeKind}, eq(FOifkind, bridgeKind), jump(ChainRouted)}, Comment: "routed into a bridge"},
+		}},
+		{Name: ChainInput, Hook: &Hook{"input", inetPriority}, Rules: []Rule{
+			rule(marked(m.Rej), goTo(ChainReject)),
+		}},
+		{Name: ChainOutput, Hook: &Hook{"output", inetPriority}, Rules: []Rule{
+			{Exprs: []Expr{eq(FOifkind, bridgeKind), jump(ChainRouted)}, Comment: "sent into a bridge"},
+		}},
+		{Name: ChainState, Rules: []Rule{
+			rule(&SetMark{Clear: m.Mask}),
+			rule(&CtState{States: []string{"established", "related"}}, b.setMark(m.Est)),
+			rule(&CtState{States: []string{"invalid"}}, b.setMark(m.Inv)),
+			{Exprs: []Expr{&CtState{States: []string{"new"}}, proto(6),
+				&Cmp{Field: FTCPFlags, Mask: []byte{0x17}, Neg: true, Value: Value{TypeInteger, []byte{0x02}}}, b.setMark(m.Inv)}, Comment: "new tcp without syn"},
+		}},
+		{Name: ChainRouted, Rules: []Rule{
+			rule(jump(ChainState)),
+			rule(eq(FNFProto, Byte(TypeInteger, 2)), in(FIPDst, SetVM4), b.setMark(m.Acc)),
+			rule(eq(FNFProto, Byte(TypeInteger, 10)), in(FIP6Dst, SetVM6), b.setMark(m.Acc)),
+		}},
+		{Name: ChainReject, Rules: []Rule{
+			rule(proto(6), &Reject{TCP: true}),
+			rule(&Reject{}),
+		}},
+	}
+	return t
+}
+
+// CtState matches connection tracking states (inet table only).
+type CtState struct{ States []string }
+
+// Text renders the match.
+func (c *CtState) Text() string { return "ct state " + strings.Join(c.States, ",") }
+
+// Bits returns the ct state bit mask of the states.
+func (c *CtState) Bits() uint32 {
+	var m uint32
+	for _, s := range c.States {
+		switch s {
+		case "invalid":
+			m |= 1
+		case "established":
+			m |= 1 << 1
+		case "related":
+			m |= 1 << 2
+		case "new":
+			m |= 1 << 3
+		case "untracked":
+			m |= 1 << 6
+		}
+	}
+	return m
+}
+
+// Describe summarises rs for messages.
+func (rs *Ruleset) Describe() string {
+	n := 0
+	for _, t := range rs.Tables() {
+		for _, c := range t.Chains {
+			n += len(c.Rules)
+		}
+	}
+	return fmt.Sprintf("%d rules", n)
+}
+
+// logged reports whether n logs what its policy of the direction of
+// acceptSet drops or rejects. The nftables backend's policy log rules are
+// shared by every interface and log at the warning level whatever level
+// the VM names (docs/nftables.md, "Differences").
+func logged(n *ruleset.Interface, acceptSet string) bool {
+	if acceptSet == SetOutAccept {
+		return n.LogOut != config.LogOff
+	}
+	return n.LogIn != config.LogOff
+}

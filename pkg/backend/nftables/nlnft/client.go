@@ -1,0 +1,460 @@
+// Package nlnft reads and writes the nftables backend's tables over
+// nf_tables netlink (docs/nftables.md): it turns the layout's rules into
+// netlink expressions, writes a change of both tables as one batch (one
+// transaction: the kernel applies all of it or none), and reads back
+// chains by the fingerprints their rules carry, sets with their elements
+// and the elements' counters, and the ruleset generation. It is the only
+// code that talks to nf_tables for the backend.
+package nlnft
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
+	"golang.org/x/sys/unix"
+
+	"github.com/vmfw/vmfw/pkg/backend/nftables/layout"
+)
+
+// Client talks to nf_tables in the calling thread's network namespace.
+// The zero Client is ready.
+type Client struct{}
+
+// conn opens a netlink connection for one operation.
+func (Client) conn() (*nftables.Conn, error) {
+	c, err := nftables.New()
+	if err != nil {
+		return nil, fmt.Errorf("opening nf_tables netlink: %w", err)
+	}
+	return c, nil
+}
+
+// Family is the table family of f.
+func Family(f layout.Family) nftables.TableFamily {
+	if f == layout.Bridge {
+		return nftables.TableFamilyBridge
+	}
+	return nftables.TableFamilyINet
+}
+
+// table is vmfw's table of family f.
+func table(f layout.Family) *nftables.Table {
+	return &nftables.Table{Name: layout.TableName, Family: Family(f)}
+}
+
+// Observed is what the kernel holds of vmfw's tables.
+type Observed struct {
+	// Tables holds the tables present, by family.
+	Tables map[layout.Family]*ObservedTable
+	// Gen is the ruleset generation the read saw.
+	Gen uint32
+}
+
+// ObservedTable is one of vmfw's tables as read.
+type ObservedTable struct {
+	Chains map[string]*ObservedChain
+	Sets   map[string]*ObservedSet
+}
+
+// ObservedChain is a chain as read: its hook and its rules' fingerprints.
+type ObservedChain struct {
+	Hook *layout.Hook
+	// Hashes are the rules' fingerprints in order ("" for a rule without
+	// vmfw's comment).
+	Hashes []string
+	// Rules are the rules as the kernel returned them, for readers that
+	// interpret them (vmfw trace).
+	Rules []*nftables.Rule
+}
+
+// ObservedSet is a named set as read.
+type ObservedSet struct {
+	// Signature is what vmfw stored in the set's comment.
+	Signature string
+	// Elements maps each element's key bytes to its counter (zero when
+	// the element has none).
+	Elements map[string]Counter
+}
+
+// Counter is an element's counter.
+type Counter struct{ Packets, Bytes uint64 }
+
+// Clone copies o deeply enough that planning on the copy leaves o as it is.
+func (o *Observed) Clone() *Observed {
+	out := &Observed{Tables: map[layout.Family]*ObservedTable{}, Gen: o.Gen}
+	for f, t := range o.Tables {
+		ct := &ObservedTable{Chains: maps.Clone(t.Chains), Sets: map[string]*ObservedSet{}}
+		for name, s := range t.Sets {
+			ct.Sets[name] = &ObservedSet{Signature: s.Signature, Elements: maps.Clone(s.Elements)}
+		}
+		out.Tables[f] = ct
+	}
+	return out
+}
+
+// hookNames maps hook numbers to names, per family (the bridge family's
+// numbers are the IP ones).
+var hookNames = map[uint32]string{
+	unix.NF_INET_PRE_ROUTING: "prerouting", unix.NF_INET_LOCAL_IN: "input", unix.NF_INET_FORWARD: "forward",
+	unix.NF_INET_LOCAL_OUT: "output", unix.NF_INET_POST_ROUTING: "postrouting",
+}
+
+// Read reads vmfw's tables. With elements false it reads the sets'
+// names only; with only set, it reads the named sets' elements alone
+// (and no chain).
+func (cl Client) Read(elements bool, only ...string) (*Observed, error) {
+	c, err := cl.conn()
+	if err != nil {
+		return nil, err
+	}
+	gen, err := c.GetGen()
+	if err != nil {
+		return nil, fmt.Errorf("reading the nf_tables generation: %w", err)
+	}
+	o := &Observed{Tables: map[layout.Family]*ObservedTable{}, Gen: gen.ID}
+	tables, err := c.ListTables()
+	if err != nil {
+		return nil, fmt.Errorf("listing nf_tables tables: %w", err)
+	}
+	present := map[nftables.TableFamily]bool{}
+	for _, t := range tables {
+		if t.Name == layout.TableName {
+			present[t.Family] = true
+		}
+	}
+	for _, f := range []layout.Family{layout.Bridge, layout.Inet} {
+		if !present[Family(f)] {
+			continue
+		}
+		ot, err := cl.readTable(c, f, elements, only)
+		if err != nil {
+			return nil, fmt.Errorf("reading table %s %s: %w", f, layout.TableName, err)
+		}
+		o.Tables[f] = ot
+	}
+	return o, nil
+}
+
+func (cl Client) readTable(c *nftables.Conn, f layout.Family, elements bool, only []string) (*ObservedTable, error) {
+	t := table(f)
+	ot := &ObservedTable{Chains: map[string]*ObservedChain{}, Sets: map[string]*ObservedSet{}}
+	if len(only) == 0 {
+		chains, err := c.ListChainsOfTableFamily(t.Family)
+		if err != nil {
+			return nil, fmt.Errorf("listing chains: %w", err)
+		}
+		for _, ch := range chains {
+			if ch.Table.Name != layout.TableName {
+				continue
+			}
+			oc := &ObservedChain{}
+			if ch.Hooknum != nil && ch.Priority != nil {
+				oc.Hook = &layout.Hook{Hook: hookNames[uint32(*ch.Hooknum)], Priority: int(*ch.Priority)}
+			}
+			rules, err := c.GetRules(t, ch)
+			if err != nil {
+				return nil, fmt.Errorf("reading chain %s: %w", ch.Name, err)
+			}
+			for _, r := range rules {
+				oc.Hashes = append(oc.Hashes, RuleHash(r.UserData))
+			}
+			oc.Rules = rules
+			ot.Chains[ch.Name] = oc
+		}
+	}
+	sets, err := c.GetSets(t)
+	if err != nil {
+		return nil, fmt.Errorf("listing sets: %w", err)
+	}
+	for _, s := range sets {
+		if s.Anonymous || strings.HasPrefix(s.Name, "__") {
+			continue
+		}
+		if len(only) > 0 && !slices.Contains(only, s.Name) {
+			continue
+		}
+		os := &ObservedSet{Signature: strings.TrimPrefix(s.Comment, commentPrefix), Elements: map[string]Counter{}}
+		if elements || len(only) > 0 {
+			elems, err := c.GetSetElements(s)
+			if err != nil {
+				return nil, fmt.Errorf("reading set %s: %w", s.Name, err)
+			}
+			for _, e := range elems {
+				var cnt Counter
+				if e.Counter != nil {
+					cnt = Counter{Packets: e.Counter.Packets, Bytes: e.Counter.Bytes}
+				}
+				os.Elements[string(e.Key)] = cnt
+			}
+		}
+		ot.Sets[s.Name] = os
+	}
+	return ot, nil
+}
+
+// commentPrefix starts the comment of every set and rule vmfw writes.
+const commentPrefix = "vmfw:"
+
+// RuleHash returns the fingerprint in a rule's user data: the first word
+// of its comment after "vmfw:", "" when it has none.
+func RuleHash(udata []byte) string {
+	c, ok := userdata.GetString(udata, userdata.TypeComment)
+	if !ok {
+		return ""
+	}
+	rest, found := strings.CutPrefix(c, commentPrefix)
+	if !found {
+		return ""
+	}
+	h, _, _ := strings.Cut(rest, " ")
+	return h
+}
+
+// Generation returns the nf_tables ruleset generation, which every
+// committed transaction increments.
+func (cl Client) Generation() (uint32, error) {
+	c, err := cl.conn()
+	if err != nil {
+		return 0, err
+	}
+	g, err := c.GetGen()
+	if err != nil {
+		return 0, fmt.Errorf("reading the nf_tables generation: %w", err)
+	}
+	return g.ID, nil
+}
+
+// Batch is a change of vmfw's tables, written as one transaction.
+type Batch struct {
+	// Gen, when not zero, makes the kernel refuse the batch if the
+	// ruleset generation moved since (the plan was made from a state
+	// that is no longer the kernel's).
+	Gen    uint32
+	Tables []*TableChange
+}
+
+// TableChange is what a batch does to one table, in the order the kernel
+// needs: chains flushed before the chains and sets they referred to are
+// deleted, sets and chains created before the rules that use them.
+type TableChange struct {
+	Family layout.Family
+	// Delete removes the whole table; nothing else is done to it.
+	Delete bool
+	// Create adds the table.
+	Create bool
+	// Flush lists chains whose rules are removed (rewritten or deleted).
+	Flush []string
+	// DeleteChains and DeleteSets are removed after the flushes.
+	DeleteChains []string
+	DeleteSets   []string
+	// NewSets are created with their elements.
+	NewSets []*layout.Set
+	// DelElements and AddElements change existing sets' elements.
+	DelElements map[string][]layout.Element
+	AddElements map[string][]layout.Element
+	// NewChains are created (empty); Fill lists the chains whose rules
+	// are written (new and flushed ones), in order.
+	NewChains []*layout.Chain
+	Fill      []*layout.Chain
+	// Sets are the table's sets as wanted, which rules look up by name.
+	Sets []*layout.Set
+}
+
+// ErrGeneration is returned by Write when the ruleset generation moved
+// since the batch's Gen.
+var ErrGeneration = errors.New("the nf_tables ruleset changed since it was read")
+
+var writeMu sync.Mutex
+
+// Write sends b as one transaction.
+func (cl Client) Write(b *Batch) error {
+	writeMu.Lock()
+	defer writeMu.Unlock()
+	c, err := cl.conn()
+	if err != nil {
+		return err
+	}
+	for _, tc := range b.Tables {
+		if err := addTableChange(c, tc); err != nil {
+			return fmt.Errorf("table %s %s: %w", tc.Family, layout.TableName, err)
+		}
+	}
+	if b.Gen != 0 {
+		err = c.FlushWithGenID(b.Gen)
+		if errors.Is(err, unix.ERESTART) {
+			return fmt.Errorf("%w: %w", ErrGeneration, err)
+		}
+	} else {
+		err = c.Flush()
+	}
+	if err != nil {
+		return fmt.Errorf("nf_tables transaction: %w", err)
+	}
+	return nil
+}
+
+func addTableChange(c *nftables.Conn, tc *TableChange) error {
+	t := table(tc.Family)
+	if tc.Delete {
+		c.DelTable(t)
+		return nil
+	}
+	if tc.Create {
+		c.AddTable(t)
+	}
+	for _, name := range tc.Flush {
+		c.FlushChain(&nftables.Chain{Name: name, Table: t})
+	}
+	for _, name := range tc.DeleteChains {
+		c.DelChain(&nftables.Chain{Name: name, Table: t})
+	}
+	for _, name := range tc.DeleteSets {
+		c.DelSet(&nftables.Set{Name: name, Table: t})
+	}
+	sets := map[string]*nftables.Set{}
+	for _, s := range tc.Sets {
+		ns, err := nlSet(t, s)
+		if err != nil {
+			return err
+		}
+		sets[s.Name] = ns
+	}
+	for _, s := range tc.NewSets {
+		ns := sets[s.Name]
+		if ns == nil {
+			return fmt.Errorf("set %s is not among the table's sets", s.Name)
+		}
+		if err := c.AddSet(ns, nil); err != nil {
+			return fmt.Errorf("adding set %s: %w", s.Name, err)
+		}
+		if len(s.Elements) > 0 {
+			if err := c.SetAddElements(ns, elements(s, s.Elements)); err != nil {
+				return fmt.Errorf("adding elements to %s: %w", s.Name, err)
+			}
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(tc.DelElements)) {
+		s := layoutSet(tc.Sets, name)
+		if s == nil {
+			return fmt.Errorf("set %s is not among the table's sets", name)
+		}
+		if err := c.SetDeleteElements(sets[name], elements(s, tc.DelElements[name])); err != nil {
+			return fmt.Errorf("deleting elements from %s: %w", name, err)
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(tc.AddElements)) {
+		s := layoutSet(tc.Sets, name)
+		if s == nil {
+			return fmt.Errorf("set %s is not among the table's sets", name)
+		}
+		if err := c.SetAddElements(sets[name], elements(s, tc.AddElements[name])); err != nil {
+			return fmt.Errorf("adding elements to %s: %w", name, err)
+		}
+	}
+	for _, ch := range tc.NewChains {
+		nc := &nftables.Chain{Name: ch.Name, Table: t}
+		if ch.Hook != nil {
+			hook, err := hookNum(ch.Hook.Hook)
+			if err != nil {
+				return err
+			}
+			policy := nftables.ChainPolicyAccept
+			nc.Type = nftables.ChainTypeFilter
+			nc.Hooknum = hook
+			nc.Priority = nftables.ChainPriorityRef(nftables.ChainPriority(ch.Hook.Priority))
+			nc.Policy = &policy
+		}
+		c.AddChain(nc)
+	}
+	for _, ch := range tc.Fill {
+		nc := &nftables.Chain{Name: ch.Name, Table: t}
+		for _, r := range ch.Rules {
+			conv, err := convert(r, t, func(name string) *nftables.Set { return sets[name] })
+			if err != nil {
+				return fmt.Errorf("chain %s: %w", ch.Name, err)
+			}
+			for _, a := range conv.anon {
+				if err := c.AddSet(a.set, a.elems); err != nil {
+					return fmt.Errorf("chain %s: anonymous set: %w", ch.Name, err)
+				}
+				a.lookup.SetName, a.lookup.SetID = a.set.Name, a.set.ID
+			}
+			c.AddRule(&nftables.Rule{Table: t, Chain: nc, Exprs: conv.exprs,
+				UserData: userdata.AppendString(nil, userdata.TypeComment, r.UserComment(ch.Name))})
+		}
+	}
+	return nil
+}
+
+func layoutSet(sets []*layout.Set, name string) *layout.Set {
+	for _, s := range sets {
+		if s.Name == name {
+			return s
+		}
+	}
+	return nil
+}
+
+func hookNum(name string) (*nftables.ChainHook, error) {
+	for n, h := range hookNames {
+		if h == name {
+			return nftables.ChainHookRef(nftables.ChainHook(n)), nil
+		}
+	}
+	return nil, fmt.Errorf("unknown hook %q", name)
+}
+
+// nlSet describes s for netlink.
+func nlSet(t *nftables.Table, s *layout.Set) (*nftables.Set, error) {
+	kt, concat, err := keyType(s.Key)
+	if err != nil {
+		return nil, fmt.Errorf("set %s: %w", s.Name, err)
+	}
+	ns := &nftables.Set{Table: t, Name: s.Name, KeyType: kt, Concatenation: concat, Comment: commentPrefix + s.Signature()}
+	if !concat && (s.Key[0] == layout.TypeIfname || s.Key[0] == layout.TypeMark) {
+		// nft prints the elements of a set by the byte order its user
+		// data records: names and marks are kept in host order.
+		ns.KeyByteOrder = binaryutil.NativeEndian
+	}
+	return ns, nil
+}
+
+// elements turns layout elements of s into netlink ones.
+func elements(s *layout.Set, list []layout.Element) []nftables.SetElement {
+	out := make([]nftables.SetElement, len(list))
+	for i, e := range list {
+		out[i] = nftables.SetElement{Key: e.KeyBytes()}
+		if s.Counter {
+			out[i].Counter = &expr.Counter{}
+		}
+	}
+	return out
+}
+
+// Present reports whether either of vmfw's tables exists: the cheap check
+// the iptables backend's entry points make before they write (a host
+// switching backends), two netlink lookups.
+func (cl Client) Present() (bool, error) {
+	c, err := cl.conn()
+	if err != nil {
+		return false, err
+	}
+	for _, f := range []layout.Family{layout.Bridge, layout.Inet} {
+		_, err := c.ListTableOfFamily(layout.TableName, Family(f))
+		switch {
+		case err == nil:
+			return true, nil
+		case !errors.Is(err, unix.ENOENT):
+			return false, fmt.Errorf("looking up table %s %s: %w", f, layout.TableName, err)
+		}
+	}
+	return false, nil
+}

@@ -1,0 +1,240 @@
+package nftables
+
+import (
+	"context"
+	"errors"
+	"github.com/vmfw/vmfw/pkg/backend"
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/vmfw/vmfw/pkg/backend/nftables/layout"
+	"github.com/vmfw/vmfw/pkg/backend/nftables/nlnft"
+	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/ruleset"
+)
+
+// fakeKernel holds what a read returns and records what is written.
+type fakeKernel struct {
+	obs       *nlnft.Observed
+	batches   []*nlnft.Batch
+	failWrite error
+}
+
+func (k *fakeKernel) Read(bool, ...string) (*nlnft.Observed, error) { return k.obs.Clone(), nil }
+func (k *fakeKernel) Write(b *nlnft.Batch) error {
+	if err := k.failWrite; err != nil {
+		k.failWrite = nil
+		return err
+	}
+	k.batches = append(k.batches, b)
+	return nil
+}
+func (k *fakeKernel) Generation() (uint32, error) { return k.obs.Gen, nil }
+
+// fakeHooks holds what a read of iptables' chains returns, and what
+// Insert and Delete left.
+type fakeHooks struct{ st *HookState }
+
+func (h *fakeHooks) Read(context.Context) (*HookState, error) { return h.st, nil }
+
+func (h *fakeHooks) Insert(_ context.Context, chains []HookChain, rule []string) error {
+	if h.st.Rules == nil {
+		h.st.Rules = map[HookChain][]string{}
+	}
+	for _, hc := range chains {
+		h.st.Rules[hc] = append([]string{saveLine(hc.Chain, rule)}, h.st.Rules[hc]...)
+	}
+	return nil
+}
+
+func (h *fakeHooks) Delete(_ context.Context, rules map[HookChain][]string) error {
+	for hc, del := range rules {
+		h.st.Rules[hc] = slices.DeleteFunc(h.st.Rules[hc], func(l string) bool { return slices.Contains(del, l) })
+	}
+	return nil
+}
+
+func referencePolicy(t *testing.T) *ruleset.Policy {
+	t.Helper()
+	m, err := config.Load("../../../conf/examples/reference")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var nics []*config.NIC
+	for _, vm := range m.VMs {
+		nics = append(nics, vm.NICs...)
+	}
+	sort.Slice(nics, func(i, j int) bool { return nics[i].Tap < nics[j].Tap })
+	p, err := ruleset.Compile(m, nics)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestPlanRewritesChangedFingerprints: a plan against what the previous
+// plan left is empty; a chain whose rules carry other fingerprints (rules
+// written under an older encoding, or edited by someone else) is
+// rewritten whole, and nothing else is.
+func TestPlanRewritesChangedFingerprints(t *testing.T) {
+	k := &fakeKernel{obs: &nlnft.Observed{Tables: map[layout.Family]*nlnft.ObservedTable{}}}
+	b, err := New(Options{Kernel: k, Hooks: &fakeHooks{st: &HookState{}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	want := referencePolicy(t)
+	plan := func() *plan {
+		t.Helper()
+		st, err := b.Read(ctx, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := b.Plan(ctx, st, want, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p.(*plan)
+	}
+	first := plan()
+	if first.Empty() || !slices.Contains(first.Summary().Tables["bridge"].Created, layout.ChainIn) {
+		t.Fatalf("the first plan does not create the tables: %+v", first.Summary())
+	}
+	k.obs = first.result()
+	if err := b.applyHooks(ctx, first.hooks); err != nil {
+		t.Fatal(err)
+	}
+	if p := plan(); !p.Empty() {
+		t.Fatalf("a plan against its own result changes %+v", p.Summary())
+	}
+	in := k.obs.Tables[layout.Bridge].Chains[layout.ChainIn]
+	in.Hashes = slices.Clone(in.Hashes)
+	in.Hashes[0] = "0000000000000000"
+	p := plan()
+	got := p.Summary().Tables["bridge"]
+	if !slices.Equal(got.Rewritten, []string{layout.ChainIn}) || len(got.Created)+len(got.Deleted) != 0 || !p.Summary().Sets.Empty() {
+		t.Errorf("after a fingerprint changed in %s: %+v, sets %+v; want only %s rewritten", layout.ChainIn, got, p.Summary().Sets, layout.ChainIn)
+	}
+	if inet := p.Summary().Tables["inet"]; !inet.Empty() {
+		t.Errorf("the inet table changes: %+v", inet)
+	}
+	if _, ok := p.Summary().Tables["iptables"]; ok {
+		t.Errorf("vmfw's rules in iptables' chains change: %+v", p.Summary().Tables["iptables"])
+	}
+}
+
+// TestPlanFromHint: an ifup planned from the hint (the tables hold the
+// hint's installed policy, checked by chains, set signatures and the
+// ports set) writes exactly what a plan from a full read writes; when the
+// chains differ from the hint it plans from a full read; a hinted plan
+// that fails to apply is stale, and the next plan reads in full.
+func TestPlanFromHint(t *testing.T) {
+	ctx := context.Background()
+	all := referencePolicy(t)
+	was := *all
+	was.Interfaces = all.Interfaces[1:]
+	wasPolicy, err := ruleset.Compile(mustModel(t), nicsOf(t, was.Interfaces))
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := &fakeKernel{}
+	b, err := New(Options{Kernel: k, Hooks: &fakeHooks{st: &HookState{}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.obs = observedOf(layout.Build(wasPolicy, b.Marks()))
+	// vmfw's rules in iptables' chains are in place, as after any apply.
+	if err := b.applyHooks(ctx, planHooks(&HookState{}, true, b.Marks().Acc)); err != nil {
+		t.Fatal(err)
+	}
+	narrow := &state{obs: k.obs.Clone()}
+	hint := &backend.Hint{Was: wasPolicy, Interfaces: []string{all.Interfaces[0].Name}}
+	hinted, err := b.Plan(ctx, narrow, all, hint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	full, err := b.Plan(ctx, &state{obs: k.obs.Clone()}, all, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !hinted.(*plan).hinted || text(t, hinted) != text(t, full) || hinted.Empty() {
+		t.Errorf("the hinted plan (hinted %v):\n%s\ndiffers from the full one:\n%s", hinted.(*plan).hinted, text(t, hinted), text(t, full))
+	}
+
+	in := k.obs.Tables[layout.Bridge].Chains[layout.ChainIn]
+	in.Hashes = append([]string{"0000000000000000"}, in.Hashes[1:]...)
+	p, err := b.Plan(ctx, &state{obs: k.obs.Clone()}, all, hint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.(*plan).hinted || !slices.Contains(p.Summary().Tables["bridge"].Rewritten, layout.ChainIn) {
+		t.Errorf("with the in chain not as the hint says, the plan is hinted %v and rewrites %v", p.(*plan).hinted, p.Summary().Tables["bridge"].Rewritten)
+	}
+
+	k.obs = observedOf(layout.Build(wasPolicy, b.Marks()))
+	k.failWrite = errors.New("No such file or directory")
+	hinted, err = b.Plan(ctx, &state{obs: k.obs.Clone()}, all, hint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stale *backend.StaleError
+	if err := b.Apply(ctx, hinted); !errors.As(err, &stale) {
+		t.Errorf("a hinted plan that fails: %v, want a StaleError", err)
+	}
+	if p, err := b.Plan(ctx, &state{obs: k.obs.Clone()}, all, hint); err != nil || p.(*plan).hinted {
+		t.Errorf("the plan after a failed hinted one is hinted %v (%v), want a full one", p.(*plan).hinted, err)
+	}
+}
+
+func text(t *testing.T, p backend.Plan) string {
+	t.Helper()
+	var b strings.Builder
+	if _, err := p.WriteTo(&b); err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
+}
+
+func mustModel(t *testing.T) *config.Model {
+	t.Helper()
+	m, err := config.Load("../../../conf/examples/reference")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// nicsOf returns the configuration of the interfaces ifaces name.
+func nicsOf(t *testing.T, ifaces []*ruleset.Interface) []*config.NIC {
+	t.Helper()
+	m := mustModel(t)
+	var nics []*config.NIC
+	for _, n := range ifaces {
+		nics = append(nics, m.NIC(n.Name))
+	}
+	return nics
+}
+
+// probingKernel is a fake kernel whose feature probe fails.
+type probingKernel struct {
+	fakeKernel
+	missing error
+}
+
+func (k *probingKernel) Probe() error { return k.missing }
+
+// TestUsableNamesMissingFeature: a kernel feature the probe finds missing
+// makes Usable fail with the probe's words, and status warn with them.
+func TestUsableNamesMissingFeature(t *testing.T) {
+	k := &probingKernel{fakeKernel: fakeKernel{obs: &nlnft.Observed{Tables: map[layout.Family]*nlnft.ObservedTable{}}},
+		missing: errors.New("the kernel lacks counters on set elements, which vmfw's nftables backend needs: operation not supported")}
+	b, err := New(Options{Kernel: k, Hooks: &fakeHooks{st: &HookState{}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Usable(context.Background()); err == nil || !strings.Contains(err.Error(), "counters on set elements") {
+		t.Errorf("Usable: %v, want the missing feature named", err)
+	}
+}
