@@ -48,39 +48,6 @@ type SetEntry struct {
 	Line int
 }
 
-// setIndex maps each prefix of a set to where it is listed, and lists per
-// family the prefix lengths that occur, longest first: an address is
-// looked up once per length, at most 33 or 129 times, whatever the size of
-// the set.
-type setIndex struct {
-	at           map[prefixKey]setRef
-	lens4, lens6 []int
-}
-
-// prefixKey is a prefix as a map key: a netip.Prefix holds a pointer
-// (the zone) and is hashed field by field, this is hashed as one block of
-// memory, which is what indexing 100,000 prefixes mostly costs.
-type prefixKey struct {
-	hi, lo uint64
-	// bits is the prefix length, plus 256 for IPv6.
-	bits uint64
-}
-
-func keyOf(p netip.Prefix) prefixKey {
-	u := fromAddr(p.Addr())
-	k := prefixKey{hi: u.hi, lo: u.lo, bits: uint64(p.Bits())}
-	if p.Addr().Is6() {
-		k.bits += 256
-	}
-	return k
-}
-
-// setRef is an entry (except false) or an except, by index.
-type setRef struct {
-	i      int32
-	except bool
-}
-
 // Match reports whether a matches the set and which prefix decided: the
 // most specific entry or except that contains a. When an except decides,
 // entry is that except and matched is false; when no prefix contains a,
@@ -100,11 +67,8 @@ func (s *Set) Match(a netip.Addr) (entry SetEntry, matched bool) {
 	}
 	for _, l := range lens {
 		p, _ := a.Prefix(l)
-		if r, ok := s.index.at[keyOf(p)]; ok {
-			if r.except {
-				return s.Except[r.i], false
-			}
-			return s.Entries[r.i], true
+		if r := s.index.find(keyOf(p), s.Entries, s.Except); r != 0 {
+			return entryAt(r, s.Entries, s.Except), r > 0
 		}
 	}
 	return SetEntry{}, false
@@ -126,32 +90,6 @@ func (s *Set) scan(a netip.Addr) (SetEntry, bool) {
 		}
 	}
 	return best, matched
-}
-
-// newSetIndex indexes the prefixes of a validated set (no prefix twice),
-// at mapping each to where it is listed.
-func newSetIndex(at map[prefixKey]setRef, entries, except []SetEntry) *setIndex {
-	ix := &setIndex{at: at}
-	var seen4 [33]bool
-	var seen6 [129]bool
-	for _, list := range [][]SetEntry{entries, except} {
-		for _, e := range list {
-			if e.Prefix.Addr().Is4() {
-				seen4[e.Prefix.Bits()] = true
-			} else {
-				seen6[e.Prefix.Bits()] = true
-			}
-		}
-	}
-	for l := 128; l >= 0; l-- {
-		if l <= 32 && seen4[l] {
-			ix.lens4 = append(ix.lens4, l)
-		}
-		if seen6[l] {
-			ix.lens6 = append(ix.lens6, l)
-		}
-	}
-	return ix
 }
 
 // Effective returns the addresses of one family (IPv6 if v6, else IPv4)
@@ -384,9 +322,23 @@ var setSchema = &schema{
 
 // loadSet decodes and validates the set name, walking it with p. The
 // file's lines are not scanned beforehand (see open): a set file is read
-// in one walk, see scanSet.
+// in one pass, by scanSetFast when it has the usual shape, else by
+// scanSet.
 func loadSet(f *file, p *unstable.Parser, name string) (*Set, *Error) {
-	sf, ok := scanSet(p, f.data)
+	return loadSetWith(f, p, name, true)
+}
+
+// loadSetWith is loadSet, trying scanSetFast first only when fast is set:
+// the tests compare the two ways.
+func loadSetWith(f *file, p *unstable.Parser, name string, fast bool) (*Set, *Error) {
+	var sf scannedSet
+	ok := false
+	if fast {
+		sf, _, ok = scanSetFast(f.data)
+	}
+	if !ok {
+		sf, ok = scanSet(p, f.data)
+	}
 	if !ok {
 		// What scanSet does not read is not a valid set file; decode
 		// explains why (a syntax error, a wrong type, an unknown key),
@@ -397,30 +349,32 @@ func loadSet(f *file, p *unstable.Parser, name string) (*Set, *Error) {
 		}
 		return nil, f.errorf(0, "not a set file: %s", setSchema.top)
 	}
+	return buildSet(f, name, sf)
+}
+
+// buildSet validates the set name as sf holds it.
+func buildSet(f *file, name string, sf scannedSet) (*Set, *Error) {
 	f.lines = &keyLines{at: sf.keys}
 	if err := checkDescription(f, sf.Description); err != nil {
 		return nil, err
 	}
 	s := &Set{Name: name, File: f.path, Description: sf.Description}
-	// Every prefix goes into one map, which finds the same prefix listed
+	// Every prefix goes into one index, which finds the same prefix listed
 	// twice (also as an entry and an except) and then serves Match.
-	at := make(map[prefixKey]setRef, len(sf.Entries)+len(sf.Except))
+	ix := newSetIndex(len(sf.Entries) + len(sf.Except))
 	var err *Error
-	if s.Entries, err = setPrefixes(f, "entries", sf.Entries, sf.entryLines, false, at, nil); err != nil {
+	if s.Entries, err = setPrefixes(f, "entries", sf.Entries, sf.entryLines, false, ix, nil); err != nil {
 		return nil, err
 	}
-	if s.Except, err = setPrefixes(f, "except", sf.Except, sf.exceptLines, true, at, s.Entries); err != nil {
+	if s.Except, err = setPrefixes(f, "except", sf.Except, sf.exceptLines, true, ix, s.Entries); err != nil {
 		return nil, err
 	}
-	s.index = newSetIndex(at, s.Entries, s.Except)
+	ix.lengths(s.Entries, s.Except)
+	s.index = ix
 	// An except must carve something out of an entry; one inside no entry
 	// is a mistake (a typo in the network, or an entry that was removed).
 	for i, x := range s.Except {
-		lens := s.index.lens4
-		if x.Prefix.Addr().Is6() {
-			lens = s.index.lens6
-		}
-		if !insideEntry(x.Prefix, lens, at) {
+		if !s.insideEntry(x.Prefix) {
 			return nil, f.errorf(x.Line, "except %q: lies inside no entry, so it would exclude nothing", sf.Except[i])
 		}
 	}
@@ -524,10 +478,10 @@ func scanSet(p *unstable.Parser, data []byte) (sf scannedSet, ok bool) {
 	return sf, p.Error() == nil
 }
 
-// setPrefixes validates the entries or excepts (key) of a set, listed on
-// lines, recording each in at; entries are the set's entries when key is
-// except.
-func setPrefixes(f *file, key string, values []string, lines []int, except bool, at map[prefixKey]setRef, entries []SetEntry) ([]SetEntry, *Error) {
+// setPrefixes validates the entries or, with except, the excepts of a
+// set (key names which), listed on lines, adding each to ix; entries are
+// the set's entries when it reads the excepts.
+func setPrefixes(f *file, key string, values []string, lines []int, except bool, ix *setIndex, entries []SetEntry) ([]SetEntry, *Error) {
 	if len(values) == 0 {
 		return nil, nil
 	}
@@ -537,28 +491,35 @@ func setPrefixes(f *file, key string, values []string, lines []int, except bool,
 		if problem != "" {
 			return nil, f.errorf(lines[i], "%s %q: %s", key, v, problem)
 		}
-		k := keyOf(p)
-		if r, ok := at[k]; ok {
-			if r.except == except {
-				return nil, f.errorf(lines[i], "%s %q: listed twice (%s at line %d is the same prefix)", key, v, p, out[r.i].Line)
-			}
-			return nil, f.errorf(lines[i], "%s %q: also listed in entries (%s at line %d); a prefix is either an entry or an except", key, v, p, entries[r.i].Line)
+		ref := int32(len(out) + 1)
+		es, xs := out, []SetEntry(nil)
+		if except {
+			ref, es, xs = -ref, entries, out
 		}
-		at[k] = setRef{i: int32(len(out)), except: except}
 		out = append(out, SetEntry{Prefix: p, Line: lines[i]})
+		if r := ix.add(keyOf(p), ref, es, xs); r != 0 {
+			first := entryAt(r, es, xs)
+			if (r < 0) == except {
+				return nil, f.errorf(lines[i], "%s %q: listed twice (%s at line %d is the same prefix)", key, v, p, first.Line)
+			}
+			return nil, f.errorf(lines[i], "%s %q: also listed in entries (%s at line %d); a prefix is either an entry or an except", key, v, p, first.Line)
+		}
 	}
 	return out, nil
 }
 
-// insideEntry reports whether an entry wider than p contains it; lens are
-// the prefix lengths that occur in p's family (of entries and excepts).
-func insideEntry(p netip.Prefix, lens []int, at map[prefixKey]setRef) bool {
+// insideEntry reports whether an entry of s wider than p contains it.
+func (s *Set) insideEntry(p netip.Prefix) bool {
+	lens := s.index.lens4
+	if p.Addr().Is6() {
+		lens = s.index.lens6
+	}
 	for _, l := range lens {
 		if l >= p.Bits() {
 			continue
 		}
 		outer, _ := p.Addr().Prefix(l)
-		if r, ok := at[keyOf(outer)]; ok && !r.except {
+		if r := s.index.find(keyOf(outer), s.Entries, s.Except); r > 0 {
 			return true
 		}
 	}
@@ -569,12 +530,13 @@ func insideEntry(p netip.Prefix, lens []int, at map[prefixKey]setRef) bool {
 // prefixes, for a set that was not read by the loader (config.LoadIndexed
 // decodes sets without it).
 func (s *Set) reindex() {
-	at := make(map[prefixKey]setRef, len(s.Entries)+len(s.Except))
+	ix := newSetIndex(len(s.Entries) + len(s.Except))
 	for i, e := range s.Entries {
-		at[keyOf(e.Prefix)] = setRef{i: int32(i)}
+		ix.add(keyOf(e.Prefix), int32(i+1), s.Entries, s.Except)
 	}
 	for i, e := range s.Except {
-		at[keyOf(e.Prefix)] = setRef{i: int32(i), except: true}
+		ix.add(keyOf(e.Prefix), int32(-i-1), s.Entries, s.Except)
 	}
-	s.index = newSetIndex(at, s.Entries, s.Except)
+	ix.lengths(s.Entries, s.Except)
+	s.index = ix
 }
