@@ -39,10 +39,13 @@ type Cache struct {
 }
 
 // cachedSet is one set file's outcome. Sets are the files worth caching
-// most: one can list 100,000 networks.
+// most: one can list 100,000 networks. src, for a file of the usual
+// shape, is the file itself and where its elements are, from which the
+// next version of the file is read when it changes (reloadSet).
 type cachedSet struct {
 	set *Set
 	err *Error
+	src *setSource
 }
 
 // cachedGroup is one group file's outcome.
@@ -62,12 +65,14 @@ func (c *Cache) Load(dir string, changed []string) (*Model, error) {
 		c.reset()
 		c.dir = dir
 	}
+	changedSets := map[string]bool{}
 	for _, rel := range changed {
 		delete(c.groups, rel)
 		delete(c.vms, rel)
-		delete(c.sets, rel)
+		// Kept, to read the new version from its difference.
+		changedSets[rel] = true
 	}
-	l := &loader{read: readFile, cache: c}
+	l := &loader{read: readFile, cache: c, changedSets: changedSets}
 	m, err := l.load(dir)
 	if err != nil {
 		return nil, err
@@ -112,14 +117,13 @@ func (c *Cache) group(e entry) (cachedGroup, bool) {
 	return g, ok
 }
 
-// set returns the cached outcome of set file e, if it can be reused.
-func (c *Cache) set(e entry) (cachedSet, bool) {
-	if e.mode&fs.ModeSymlink != 0 {
-		return cachedSet{}, false
-	}
+// set returns the cached outcome of set file e, and whether it can be
+// reused as it is (else the file is read, and the outcome is the previous
+// version's).
+func (c *Cache) set(e entry, changed bool) (cachedSet, bool) {
 	s, ok := c.sets[e.rel]
 	s.err = copyError(s.err)
-	return s, ok
+	return s, ok && !changed && e.mode&fs.ModeSymlink == 0
 }
 
 // vm returns the cached outcome of VM file e, if it can be reused.

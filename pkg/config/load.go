@@ -16,9 +16,12 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 	"unicode/utf8"
 
 	"github.com/pelletier/go-toml/v2/unstable"
+
+	"github.com/vmfw/vmfw/pkg/trace"
 )
 
 // maxFileSize bounds what Load reads per file: configuration files are a few
@@ -68,8 +71,10 @@ type loader struct {
 	ips  map[netip.Addr]claim
 	macs map[string]claim
 	// cache, when set, supplies the files an earlier load parsed and
-	// keeps those this one parses (Cache).
-	cache *Cache
+	// keeps those this one parses (Cache); changedSets are the set files
+	// it must read again.
+	cache       *Cache
+	changedSets map[string]bool
 	// listing, when set, is called with every directory the load lists,
 	// before it lists it (LoadIndexed records them).
 	listing func(path string)
@@ -109,9 +114,9 @@ func (l *loader) load(dir string) (*Model, *Error) {
 		if !validGroupName(e.stem) {
 			return nil, &Error{File: e.rel, Msg: fmt.Sprintf("invalid set name %q: the file name must be %s", e.stem, nameRule)}
 		}
-		s, err := l.loadSetFile(e)
+		s, src, err := l.loadSetFile(e)
 		if cachedSets != nil {
-			cachedSets[e.rel] = cachedSet{set: s, err: copyError(err)}
+			cachedSets[e.rel] = cachedSet{set: s, err: copyError(err), src: src}
 		}
 		if err != nil {
 			return nil, err
@@ -230,18 +235,35 @@ func (l *loader) loadGroupFile(e entry, known, knownSets map[string]bool) (*Grou
 	return loadGroup(f, e.stem, known, knownSets)
 }
 
-// loadSetFile reads and validates set file e, or takes it from the cache.
-func (l *loader) loadSetFile(e entry) (*Set, *Error) {
+// loadSetFile reads and validates set file e, or takes it from the cache,
+// or, when it changed, reads it from its difference with the version the
+// cache holds (reloadSet). With a cache it also returns what the next
+// version can be read from.
+func (l *loader) loadSetFile(e entry) (*Set, *setSource, *Error) {
+	var last cachedSet
 	if l.cache != nil {
-		if s, ok := l.cache.set(e); ok {
-			return s.set, s.err
+		s, ok := l.cache.set(e, l.changedSets[e.rel])
+		if ok {
+			return s.set, s.src, s.err
 		}
+		last = s
 	}
 	f, err := l.open(&l.parser, e, setSchema)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return loadSet(f, &l.parser, e.stem)
+	if l.cache == nil {
+		s, err := loadSet(f, &l.parser, e.stem)
+		return s, nil, err
+	}
+	if last.set != nil && last.src != nil {
+		start := time.Now()
+		if s, src, ok := reloadSet(last.set, last.src, f); ok {
+			trace.Since(start, "read %s from its difference with the version before", e.rel)
+			return s, src, nil
+		}
+	}
+	return loadSetSource(f, &l.parser, e.stem)
 }
 
 // setRoot checks that dir is a directory and resolves the boundary for
