@@ -432,7 +432,7 @@ func (a *Agent) reload(changed []string, full bool) (prev *config.Model, ok bool
 // rules changed (the most common edit), it rewrites just their chains
 // (engine.SyncGroups), with the members of any address set edited at the
 // same time; when only address sets changed, it changes their members and
-// no chain (engine.SyncSets); anything else, or anything those paths
+// no chain (engine.EditSets); anything else, or anything those paths
 // cannot vouch for, is a full apply.
 func (a *Agent) applyEdit(ctx context.Context, prev *config.Model, reason string) {
 	now, err := a.currentModel()
@@ -449,10 +449,11 @@ func (a *Agent) applyEdit(ctx context.Context, prev *config.Model, reason string
 		a.record(ctx, time.Since(start), ch, err, "reason", reason, "groups", e.groups, "sets", e.sets)
 	case len(e.sets) > 0:
 		// The same rules refer to the same sets: a set's edit changes
-		// its members only (README, "Address sets"), with nil for the
-		// interfaces installed now.
+		// its members only (README, "Address sets"), for the
+		// interfaces installed now; the sets' configuration before the
+		// edit lets the backend write just the difference.
 		start := time.Now()
-		ch, err := a.engine.SyncSets(ctx, nil)
+		ch, err := a.engine.EditSets(ctx, prev, e.sets)
 		a.record(ctx, time.Since(start), ch, err, "reason", reason, "sets", e.sets)
 	default:
 		a.Log.Debug("nothing to change", "reason", reason)

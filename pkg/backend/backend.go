@@ -15,6 +15,7 @@ import (
 	"io"
 	"net/netip"
 
+	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
@@ -101,6 +102,21 @@ type Hint struct {
 	// The same interfaces, settings and rules, and the same sets
 	// referenced.
 	Members bool
+	// Sets, with Members, names the address sets whose entries and
+	// excepts alone changed, each with its configuration before and
+	// after the edit; every other set, of a group or an address set,
+	// has the same members before and after. A backend whose kernel is
+	// known to hold the sets as they were may write only the difference
+	// of the two (the prefixes added, removed, or moved between entries
+	// and except) instead of laying out and comparing every member.
+	Sets []SetEdit
+}
+
+// SetEdit is an edit of one address set: its configuration before and
+// after. A set the edit created or removed is nil on that side.
+type SetEdit struct {
+	Name     string
+	Was, Now *config.Set
 }
 
 // Summary is what a change does, computed once by the backend.

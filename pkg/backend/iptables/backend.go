@@ -51,7 +51,14 @@ type Tables interface {
 
 // Sets reads and writes vmfw's ipsets. *ipset.Client implements it.
 type Sets interface {
+	// List reads vmfw's sets with their members.
 	List(ctx context.Context) (map[string]*ipset.Observed, error)
+	// Heads runs script as Restore does and then, in the same ipset
+	// process, reads the headers of the named sets, without members, and
+	// the names of vmfw's sets; a named set that does not exist is an
+	// error.
+	Heads(ctx context.Context, script string, names []string) (map[string]ipset.Head, []string, error)
+	// Restore runs one ipset restore.
 	Restore(ctx context.Context, script string) error
 }
 
@@ -81,6 +88,10 @@ type Backend struct {
 	// memory is what Mark remembered, nil when nothing is.
 	mu     sync.Mutex
 	memory *memory
+	// held is what the address sets hold after the backend's last plan
+	// that found the kernel as it wanted or was written (setedit.go);
+	// nil when not known.
+	held map[string]heldSet
 }
 
 var (
@@ -138,6 +149,13 @@ type state struct {
 	sets     map[string]*ipset.Observed
 	// remembered says sets came from memory (Mark), not the kernel.
 	remembered bool
+	// partial says a full state was read without the sets and the
+	// bridge table: a narrow read on legacy, which reads whole tables to
+	// tell the installed interfaces but leaves the rest to the plan that
+	// needs it (an address set's 100,000 members are 3.6 MB of ipset
+	// save, ~125 ms, which an edit of the set planned from its
+	// configuration does not read).
+	partial bool
 }
 
 // Installed names the interfaces whose chains are installed: every
@@ -183,15 +201,16 @@ func (b *Backend) Read(ctx context.Context, narrow bool) (backend.State, error) 
 		trace.Since(start, "list chains")
 		return &state{listed: chains}, nil
 	}
-	return b.readFull(ctx)
+	return b.readFull(ctx, narrow)
 }
 
 // readFull reads everything: both families' tables (fingerprints only
-// where the kernel answers over netlink), the sets and the bridge table.
-// The reads are independent and, at thousands of taps, each takes about a
-// second: they run side by side.
-func (b *Backend) readFull(ctx context.Context) (*state, error) {
-	st := &state{full: true, tables: map[ruleset.Family]*xtables.Snapshot{}, textless: map[ruleset.Family]bool{}}
+// where the kernel answers over netlink), the sets and the bridge table,
+// or with partial the tables alone (see state.partial). The reads are
+// independent and, at thousands of taps, each takes about a second: they
+// run side by side.
+func (b *Backend) readFull(ctx context.Context, partial bool) (*state, error) {
+	st := &state{full: true, tables: map[ruleset.Family]*xtables.Snapshot{}, textless: map[ruleset.Family]bool{}, partial: true}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	errs := make([]error, len(ruleset.Families)+1)
@@ -203,18 +222,36 @@ func (b *Backend) readFull(ctx context.Context) (*state, error) {
 			st.tables[f], st.textless[f], errs[i] = s, textless, err
 		})
 	}
-	wg.Go(func() {
-		var err error
-		if st.sets, st.remembered, err = b.listSets(ctx); err == nil && b.bridge != nil {
-			st.bridge, err = b.bridge.Save(ctx)
-		}
-		errs[len(errs)-1] = err
-	})
+	if !partial {
+		wg.Go(func() { errs[len(errs)-1] = b.complete(ctx, st) })
+	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
 	return st, nil
+}
+
+// complete reads the sets and the bridge table of a partial state.
+func (b *Backend) complete(ctx context.Context, st *state) error {
+	if !st.partial {
+		return nil
+	}
+	var sets map[string]*ipset.Observed
+	var remembered bool
+	var bridge layout.Observed
+	var setsErr, bridgeErr error
+	var wg sync.WaitGroup
+	wg.Go(func() { sets, remembered, setsErr = b.listSets(ctx) })
+	if b.bridge != nil {
+		wg.Go(func() { bridge, bridgeErr = b.bridge.Save(ctx) })
+	}
+	wg.Wait()
+	if err := errors.Join(setsErr, bridgeErr); err != nil {
+		return err
+	}
+	st.sets, st.remembered, st.bridge, st.partial = sets, remembered, bridge, false
+	return nil
 }
 
 // readTable reads vmfw's part of family f's table: its fingerprints only

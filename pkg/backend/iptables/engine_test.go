@@ -172,6 +172,9 @@ type simKernel struct {
 	mu       sync.Mutex
 	restores []string
 	failIPv6 bool
+	// gen is the ruleset generation: every table write moves it, as an
+	// nf_tables commit does, and no ipset write does.
+	gen atomic.Uint32
 }
 
 func newSimKernel(narrow bool) *simKernel {
@@ -261,6 +264,7 @@ func (f simTables) Restore(_ context.Context, fam ruleset.Family, text string) e
 		f.k.failIPv6 = false
 		return errSimRefused
 	}
+	f.k.gen.Add(1)
 	return f.k.tables[fam].restore(text)
 }
 
@@ -329,6 +333,7 @@ func (b simBridge) Restore(_ context.Context, text string) error {
 	if text == "" {
 		return nil
 	}
+	b.k.gen.Add(1)
 	return b.k.bridge.restore(text)
 }
 
@@ -374,6 +379,28 @@ func (s simSets) List(context.Context) (map[string]*ipset.Observed, error) {
 	return out, nil
 }
 
+func (s simSets) Heads(ctx context.Context, script string, names []string) (map[string]ipset.Head, []string, error) {
+	if err := s.Restore(ctx, script); err != nil {
+		return nil, nil, err
+	}
+	heads := map[string]ipset.Head{}
+	for _, n := range names {
+		o := s.k.sets[n]
+		if o == nil {
+			return nil, nil, fmt.Errorf("ipset list %s: The set with the given name does not exist", n)
+		}
+		heads[n] = ipset.Head{Type: o.Type, Family: o.Family, MaxElem: o.MaxElem, Entries: len(o.Members)}
+	}
+	var all []string
+	for n := range s.k.sets {
+		all = append(all, n)
+	}
+	sort.Strings(all)
+	return heads, all, nil
+}
+
+// Restore applies script as ipset restore would, refusing as the kernel
+// does to add a member a set has or delete one it lacks.
 func (s simSets) Restore(_ context.Context, script string) error {
 	for _, line := range strings.Split(strings.TrimSpace(script), "\n") {
 		f := strings.Fields(line)
@@ -388,9 +415,27 @@ func (s simSets) Restore(_ context.Context, script string) error {
 			}
 			s.k.sets[f[1]] = o
 		case "add":
-			s.k.sets[f[1]].Members[strings.ToLower(f[2])] = true
+			o, m := s.k.sets[f[1]], strings.ToLower(f[2])
+			if o == nil {
+				return fmt.Errorf("%q: The set with the given name does not exist", line)
+			}
+			if slices.Contains(f[3:], "nomatch") {
+				m += layout.NoMatch
+			}
+			if o.Members[m] || o.Members[strings.TrimSuffix(m, layout.NoMatch)] || o.Members[m+layout.NoMatch] {
+				return fmt.Errorf("%q: Element cannot be added to the set: it's already added", line)
+			}
+			o.Members[m] = true
 		case "del":
-			delete(s.k.sets[f[1]].Members, strings.ToLower(f[2]))
+			o, m := s.k.sets[f[1]], strings.ToLower(f[2])
+			if o == nil {
+				return fmt.Errorf("%q: The set with the given name does not exist", line)
+			}
+			if !o.Members[m] && !o.Members[m+layout.NoMatch] {
+				return fmt.Errorf("%q: Element cannot be deleted from the set: it's not added", line)
+			}
+			delete(o.Members, m)
+			delete(o.Members, m+layout.NoMatch)
 		case "destroy":
 			// As the kernel: a set a rule matches against stays.
 			for _, t := range s.k.tables {
@@ -472,13 +517,11 @@ func simEngine(dir string, taps []string, flavour string) (*engine.Engine, *simK
 		links[t] = true
 	}
 	be := New(Options{
-		Tables:   simTables{k: k, narrow: flavour == "nft"},
-		Sets:     simSets{k},
-		Bridge:   simBridge{k: k, narrow: flavour != "full"},
-		Describe: "simulated " + flavour,
-		// The generation never moves: nothing is remembered (Mark is
-		// not called), so it is never asked.
-		Generation: func(context.Context) (uint32, error) { return 0, nil },
+		Tables:     simTables{k: k, narrow: flavour == "nft"},
+		Sets:       simSets{k},
+		Bridge:     simBridge{k: k, narrow: flavour != "full"},
+		Describe:   "simulated " + flavour,
+		Generation: func(context.Context) (uint32, error) { return k.gen.Load(), nil },
 	})
 	e := engine.New(engine.Kernel{
 		Backend: be,

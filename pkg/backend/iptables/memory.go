@@ -29,22 +29,41 @@ import (
 // member already there) returns backend.StaleError, on which the caller
 // reads afresh and tries once more. On legacy x_tables the generation does
 // not cover the tables: nothing is remembered and every check reads.
+//
+// The drift check that finds the members moved drops the memory, so that
+// the apply repairing them plans from the kernel's members; reading them
+// again instead (the next Mark) would take the drift for the backend's
+// own. After an edit of address sets planned from their configuration
+// (setedit.go), Apply changes the memory as it changed the kernel and
+// Mark keeps it: the edit wrote members only, so the generation is the
+// one the memory belongs to, and reading 100,000 members back cost the
+// agent 100-260 ms after every edit (VMFW_TRACE in the bench's set rows).
 
 // memory is what Mark read.
 type memory struct {
 	gen  uint32
 	sets map[string]*ipset.Observed
+	// written says the backend's last write changed the sets from this
+	// memory and changed it alike (rememberEdit): Mark keeps it while the
+	// generation stays gen.
+	written bool
 }
 
 // Mark remembers the generation and the sets as the backend's own.
 func (b *Backend) Mark(ctx context.Context) error {
-	b.forget()
+	mem := b.takeMemory()
 	if !b.tables.Narrow() {
 		return nil
 	}
 	gen, err := b.generation(ctx)
 	if err != nil {
 		return err
+	}
+	if mem != nil && mem.written && mem.gen == gen {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		b.memory = mem
+		return nil
 	}
 	sets, err := b.sets.List(ctx)
 	if err != nil {
@@ -62,7 +81,11 @@ func (b *Backend) Mark(ctx context.Context) error {
 }
 
 // Unchanged reports whether the generation and the sets' members are as
-// Mark found them; false when nothing is remembered.
+// Mark found them; false when nothing is remembered. When the sets'
+// members moved while the generation did not (a change by hand, or a
+// sets-only edit by another vmfw process), the memory is dropped: the
+// apply that repairs the drift must plan from the kernel's sets, not
+// from the memory that does not show it.
 func (b *Backend) Unchanged(ctx context.Context) (bool, error) {
 	b.mu.Lock()
 	mem := b.memory
@@ -78,7 +101,15 @@ func (b *Backend) Unchanged(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	return setsFingerprint(sets) == setsFingerprint(mem.sets), nil
+	if setsFingerprint(sets) == setsFingerprint(mem.sets) {
+		return true, nil
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.memory == mem {
+		b.memory = nil
+	}
+	return false, nil
 }
 
 // forget drops what Mark remembered: the backend is about to write.

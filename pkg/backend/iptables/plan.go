@@ -30,6 +30,15 @@ type plan struct {
 	summary               *backend.Summary
 	// st is what the plan was made from: the text a revert writes back.
 	st *state
+	// held is what the address sets hold once the plan is written.
+	held map[string]heldSet
+	// edit, for a plan of an edit of address sets alone made from the
+	// sets Mark remembered (setedit.go), is the change of each ipset, by
+	// name, which Apply then makes to the memory too.
+	edit map[string]layout.MemberChanges
+	// check, for a plan of an edit of address sets alone, is what Apply
+	// verifies the kernel holds once it is written (applyChecked).
+	check *setCheck
 }
 
 // Empty reports whether nothing is written: no chain, hook or set, and no
@@ -79,18 +88,31 @@ func (p *plan) WriteTo(w io.Writer) (int64, error) {
 // there is not exactly what the hint promises (drift, an edit not yet
 // applied) it plans everything.
 func (b *Backend) Plan(ctx context.Context, s backend.State, want *ruleset.Policy, hint *backend.Hint) (backend.Plan, error) {
-	st := s.(*state)
+	p, err := b.plan(ctx, s.(*state), want, hint)
+	if err != nil {
+		return nil, err
+	}
+	if p.Empty() {
+		// The kernel holds want's sets already: as good as written.
+		b.setHeld(p.held)
+	}
+	return p, nil
+}
+
+func (b *Backend) plan(ctx context.Context, st *state, want *ruleset.Policy, hint *backend.Hint) (*plan, error) {
 	if hint != nil && hint.Was != nil && want != nil {
 		if p, ok, err := b.planScoped(ctx, st, want, hint); ok || err != nil {
 			return p, err
 		}
 	}
 	if !st.full {
-		full, err := b.readFull(ctx)
+		full, err := b.readFull(ctx, false)
 		if err != nil {
 			return nil, err
 		}
 		*st = *full
+	} else if err := b.complete(ctx, st); err != nil {
+		return nil, err
 	}
 	start := time.Now()
 	rs := &layout.Ruleset{Tables: map[ruleset.Family]*layout.Table{}}
@@ -98,7 +120,9 @@ func (b *Backend) Plan(ctx context.Context, s backend.State, want *ruleset.Polic
 		rs = layout.Build(want)
 		trace.Since(start, "lay out %d interfaces", len(want.Interfaces))
 	}
-	return b.diff(rs, st), nil
+	p := b.diff(rs, st)
+	p.held = heldOf(want, rs.Sets)
+	return p, nil
 }
 
 // diff is the plan that takes the kernel from st to rs.
@@ -165,19 +189,7 @@ func setChanges(want []layout.Set, have map[string]*ipset.Observed) backend.SetC
 		} else {
 			got = o.Members
 		}
-		w := make(map[string]bool, len(s.Members))
-		for _, m := range s.Members {
-			w[m] = true
-			if !got[m] {
-				sc.Added[s.Name] = append(sc.Added[s.Name], m)
-			}
-		}
-		for m := range got {
-			if !w[m] {
-				sc.Removed[s.Name] = append(sc.Removed[s.Name], m)
-			}
-		}
-		slices.Sort(sc.Removed[s.Name])
+		addChanges(&sc, s.Name, ipset.Changes(s.Members, got))
 	}
 	for name := range have {
 		if !wanted[name] && layout.IsOwnedSet(name) {
@@ -187,6 +199,16 @@ func setChanges(want []layout.Set, have map[string]*ipset.Observed) backend.SetC
 	slices.Sort(sc.Created)
 	slices.Sort(sc.Destroyed)
 	return sc
+}
+
+// addChanges records c, the members set name gains and loses, in sc.
+func addChanges(sc *backend.SetChanges, name string, c layout.MemberChanges) {
+	if len(c.Added) > 0 {
+		sc.Added[name] = c.Added
+	}
+	if len(c.Removed) > 0 {
+		sc.Removed[name] = c.Removed
+	}
 }
 
 // Apply writes the plan: the sets the new rules need, both families'
@@ -199,14 +221,26 @@ func setChanges(want []layout.Set, have map[string]*ipset.Observed) backend.SetC
 func (b *Backend) Apply(ctx context.Context, bp backend.Plan) error {
 	p := bp.(*plan)
 	if p.Empty() {
+		b.setHeld(p.held)
 		return nil
 	}
-	b.forget()
-	err := b.apply(ctx, p)
-	if err != nil && p.st.remembered {
-		return &backend.StaleError{Err: err}
+	mem := b.takeMemory()
+	write := b.apply
+	if p.check != nil {
+		write = b.applyChecked
 	}
-	return err
+	if err := write(ctx, p); err != nil {
+		b.setHeld(nil)
+		if p.st.remembered {
+			return &backend.StaleError{Err: err}
+		}
+		return err
+	}
+	b.setHeld(p.held)
+	if p.edit != nil {
+		b.rememberEdit(mem, p.edit)
+	}
+	return nil
 }
 
 func (b *Backend) apply(ctx context.Context, p *plan) error {

@@ -50,6 +50,11 @@ const unknownRule = "\x00unknown"
 // cannot vouch for the plan; the caller then plans everything.
 func (b *Backend) planScoped(ctx context.Context, st *state, want *ruleset.Policy, hint *backend.Hint) (p *plan, ok bool, err error) {
 	if hint.Members {
+		if len(hint.Sets) > 0 {
+			if p, ok, err := b.planSetEdit(ctx, want, hint.Sets); ok || err != nil {
+				return p, ok, err
+			}
+		}
 		return b.planMembers(ctx, st, want)
 	}
 	if b.bridge != nil && !b.bridge.Narrow() {
@@ -76,6 +81,7 @@ func (b *Backend) planScoped(ctx context.Context, st *state, want *ruleset.Polic
 		return nil, ok, err
 	}
 	p = b.diff(&layout.Ruleset{Tables: sc.Tables, Bridge: sc.Bridge, Sets: sc.Sets}, scoped)
+	p.held = heldOf(want, sc.Sets)
 	for f, dels := range pureDeletions(sc, scoped) {
 		p.tables[f].DeleteOnly = dels
 	}
@@ -188,12 +194,12 @@ func unexpected(expect map[layout.Chain][]string, snap *xtables.Snapshot) (layou
 // planMembers plans a change of set members alone (cluster membership,
 // an edit of address sets): the ipset members to add and remove, no
 // chain. When a set would be created or destroyed, rules would change
-// too, and ok is false. The sets are st's when st was read whole (legacy
-// reads whole even when asked to read narrow): reading them again would
-// cost another ipset save, over 100 ms for a set of 100,000 networks.
+// too, and ok is false. The sets are st's when st holds them (a full
+// read): reading them again would cost another ipset save, over 100 ms
+// for a set of 100,000 networks.
 func (b *Backend) planMembers(ctx context.Context, st *state, want *ruleset.Policy) (p *plan, ok bool, err error) {
 	sets, remembered := st.sets, st.remembered
-	if !st.full {
+	if !st.full || st.partial {
 		if sets, remembered, err = b.listSets(ctx); err != nil {
 			return nil, false, err
 		}
@@ -215,6 +221,7 @@ func (b *Backend) planMembers(ctx context.Context, st *state, want *ruleset.Poli
 	if p.setsBefore, p.setsAfter = ipset.Plan(wantSets, sets); p.setsAfter != "" {
 		return nil, false, nil
 	}
+	p.held = heldOf(want, wantSets)
 	return p, true, nil
 }
 

@@ -20,11 +20,13 @@ import (
 func (b *Backend) Status(ctx context.Context, s backend.State, want *ruleset.Policy) (*backend.Status, error) {
 	st := s.(*state)
 	if !st.full {
-		full, err := b.readFull(ctx)
+		full, err := b.readFull(ctx, false)
 		if err != nil {
 			return nil, err
 		}
 		st = full
+	} else if err := b.complete(ctx, st); err != nil {
+		return nil, err
 	}
 	rs := layout.Build(want)
 	out := &backend.Status{Interfaces: map[string]*backend.InterfaceStatus{}}

@@ -89,6 +89,76 @@ func (c *Client) List(ctx context.Context) (map[string]*Observed, error) {
 	}
 }
 
+// Head is a set's header as "ipset list -t" prints it: what a set holds
+// without its members.
+type Head struct {
+	// Type is the set's type, e.g. hash:net.
+	Type layout.SetType
+	// Family is inet or inet6 where the header names one.
+	Family string
+	// MaxElem is the set's capacity.
+	MaxElem int
+	// Entries counts its members.
+	Entries int
+}
+
+// Heads runs script, then reads the headers of the named sets and the
+// names of vmfw's sets and of leftovers of a rebuild (as List finds
+// them), all in one "ipset restore": script, then "list NAME -t" lines
+// and a "list -n" line. No member is read, so a set of 100,000 costs
+// what a set of one does. A failing script, or a named set that does not
+// exist, is an error.
+func (c *Client) Heads(ctx context.Context, script string, names []string) (map[string]Head, []string, error) {
+	var b strings.Builder
+	b.WriteString(script)
+	for _, name := range names {
+		b.WriteString("list " + name + " -t\n")
+	}
+	// Last: ipset restore keeps -n for the list lines after it.
+	b.WriteString("list -n\n")
+	out, err := c.runner.Run(ctx, []byte(b.String()), "ipset", "restore")
+	if err != nil {
+		return nil, nil, fmt.Errorf("applying ipsets: %w", err)
+	}
+	heads, rest := ParseHeads(out)
+	return heads, ownNames(rest), nil
+}
+
+// ParseHeads reads the headers "ipset list -t" prints, each from its
+// "Name:" line to its "Number of entries:" line, and returns the lines
+// outside them (what "list -n" prints: names, which hold no space).
+func ParseHeads(out []byte) (map[string]Head, []byte) {
+	heads := map[string]Head{}
+	var rest []byte
+	name := ""
+	var h Head
+	for _, line := range strings.Split(string(out), "\n") {
+		key, value, found := strings.Cut(line, ": ")
+		switch {
+		case found && key == "Name" && name == "":
+			name, h = value, Head{}
+		case name == "":
+			rest = append(rest, line+"\n"...)
+		case key == "Type":
+			h.Type = layout.SetType(value)
+		case key == "Header":
+			f := strings.Fields(value)
+			for i := 0; i+1 < len(f); i++ {
+				switch f[i] {
+				case "family":
+					h.Family = f[i+1]
+				case "maxelem":
+					h.MaxElem, _ = strconv.Atoi(f[i+1])
+				}
+			}
+		case key == "Number of entries":
+			h.Entries, _ = strconv.Atoi(value)
+			heads[name], name = h, ""
+		}
+	}
+	return heads, rest
+}
+
 // ownNames picks, sorted, the names of "ipset list -n" output that are
 // vmfw's: its sets and leftovers of an interrupted rebuild.
 func ownNames(list []byte) []string {
@@ -240,43 +310,7 @@ func Plan(want []layout.Set, have map[string]*Observed) (pre, post string) {
 			b.WriteString("swap " + tmp + " " + s.Name + "\ndestroy " + tmp + "\n")
 			continue
 		}
-		wantMembers := make(map[string]bool, len(s.Members))
-		var flips []string
-		for _, m := range s.Members {
-			// layout writes members in Member's form already: an
-			// address set can have 100,000, each worth no parse here.
-			wantMembers[m] = true
-			switch {
-			case o.Members[m]:
-			case o.Members[flipped(m)]:
-				flips = append(flips, m)
-			default:
-				b.WriteString("add " + s.Name + " " + m + "\n")
-			}
-		}
-		// The same prefix with the other nomatch flag: deleted, then
-		// added with the new flag. In between, the next less specific
-		// member decides its addresses; excepts lie inside entries, so
-		// that is an entry or an except around it, and the addresses see
-		// either the old or the new answer, never a third. "add -exist"
-		// would rewrite the flag in one step, but ipset restore honours
-		// -exist only on the first line of a run of commands for a set,
-		// and for the whole run then, which would hide the error that
-		// tells a plan from stale state (backend.StaleError).
-		for _, m := range flips {
-			b.WriteString("del " + s.Name + " " + strings.TrimSuffix(m, layout.NoMatch) + "\n")
-			b.WriteString("add " + s.Name + " " + m + "\n")
-		}
-		var stale []string
-		for m := range o.Members {
-			if !wantMembers[m] && !wantMembers[flipped(m)] {
-				stale = append(stale, m)
-			}
-		}
-		sort.Strings(stale)
-		for _, m := range stale {
-			b.WriteString("del " + s.Name + " " + strings.TrimSuffix(m, layout.NoMatch) + "\n")
-		}
+		WriteMembers(&b, s.Name, Changes(s.Members, o.Members))
 	}
 	var gone []string
 	for name := range have {
@@ -290,6 +324,70 @@ func Plan(want []layout.Set, have map[string]*Observed) (pre, post string) {
 		p.WriteString("destroy " + name + "\n")
 	}
 	return b.String(), p.String()
+}
+
+// Changes returns how a set holding have must change to hold want: the
+// members of want it lacks, in want's order, and the members it has that
+// want lacks, sorted. Both are in Member's form, which layout writes
+// members in already (an address set can have 100,000, each worth no
+// parse here); a member whose nomatch flag changes is in both lists,
+// with each flag.
+func Changes(want []string, have map[string]bool) layout.MemberChanges {
+	var c layout.MemberChanges
+	wanted := make(map[string]bool, len(want))
+	for _, m := range want {
+		wanted[m] = true
+		if !have[m] {
+			c.Added = append(c.Added, m)
+		}
+	}
+	for m := range have {
+		if !wanted[m] {
+			c.Removed = append(c.Removed, m)
+		}
+	}
+	sort.Strings(c.Removed)
+	return c
+}
+
+// WriteMembers writes to b the commands that change the members of set
+// name by c, for a set that keeps its header: every member added that is
+// new, then every member whose flag changes, deleted and added again,
+// then every member removed, in c's orders.
+//
+// A member whose nomatch flag changes is deleted, then added with the new
+// flag. In between, the next less specific member decides its addresses;
+// excepts lie inside entries, so that is an entry or an except around it,
+// and the addresses see either the old or the new answer, never a third.
+// "add -exist" would rewrite the flag in one step, but ipset restore
+// honours -exist only on the first line of a run of commands for a set,
+// and for the whole run then, which would hide the error that tells a
+// plan from stale state (backend.StaleError): an "add" of a member the
+// set has, a "del" of one it lacks.
+func WriteMembers(b *strings.Builder, name string, c layout.MemberChanges) {
+	removed := make(map[string]bool, len(c.Removed))
+	for _, m := range c.Removed {
+		removed[m] = true
+	}
+	added := make(map[string]bool, len(c.Added))
+	var flips []string
+	for _, m := range c.Added {
+		added[m] = true
+		if removed[flipped(m)] {
+			flips = append(flips, m)
+			continue
+		}
+		b.WriteString("add " + name + " " + m + "\n")
+	}
+	for _, m := range flips {
+		b.WriteString("del " + name + " " + strings.TrimSuffix(m, layout.NoMatch) + "\n")
+		b.WriteString("add " + name + " " + m + "\n")
+	}
+	for _, m := range c.Removed {
+		if !added[flipped(m)] {
+			b.WriteString("del " + name + " " + strings.TrimSuffix(m, layout.NoMatch) + "\n")
+		}
+	}
 }
 
 // flipped returns member m with the other nomatch flag.

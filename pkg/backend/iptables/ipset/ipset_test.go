@@ -224,3 +224,22 @@ add as-x-v6 2001:db8:0:1::/64 nomatch
 		t.Errorf("created with %q", first)
 	}
 }
+
+// TestHeads reads headers and names from the output of ipset restore's
+// list lines.
+func TestHeads(t *testing.T) {
+	out := "Name: as-big-v6\nType: hash:net\nRevision: 7\nHeader: family inet6 hashsize 131072 maxelem 262144 bucketsize 12 initval 0x57e5bb76\nSize in memory: 1528\nReferences: 1\nNumber of entries: 100500\n" +
+		"Name: as-big-v4\nType: hash:net\nRevision: 7\nHeader: family inet hashsize 1024 maxelem 65536 bucketsize 12 initval 0xcb6434a2\nSize in memory: 456\nReferences: 1\nNumber of entries: 0\n" +
+		"as-big-v4\nas-big-v6\nsg-web-v4\nforeign\nvmfw-as-big-v6\n"
+	heads, rest := ParseHeads([]byte(out))
+	want := map[string]Head{
+		"as-big-v6": {Type: layout.HashNet, Family: "inet6", MaxElem: 262144, Entries: 100500},
+		"as-big-v4": {Type: layout.HashNet, Family: "inet", MaxElem: 65536, Entries: 0},
+	}
+	if !reflect.DeepEqual(heads, want) {
+		t.Errorf("heads %+v, want %+v", heads, want)
+	}
+	if got := string(rest); got != "as-big-v4\nas-big-v6\nsg-web-v4\nforeign\nvmfw-as-big-v6\n\n" {
+		t.Errorf("names %q", got)
+	}
+}

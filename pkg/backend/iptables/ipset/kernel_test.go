@@ -215,3 +215,66 @@ func TestAddressSetWithKernel(t *testing.T) {
 		t.Error("10.1.3.5 still matches after its prefix became an except")
 	}
 }
+
+// TestHeadsWithKernel runs a script and reads headers and names in one
+// ipset restore against the real ipset: the headers are those after the
+// script, the names vmfw's sets and leftovers but no other tool's, and a
+// script that adds a member the set has fails, as a plan from stale state
+// must.
+func TestHeadsWithKernel(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a network namespace")
+	}
+	if _, err := exec.LookPath("ipset"); err != nil {
+		t.Skip("ipset is not installed")
+	}
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		t.Fatal(err)
+	}
+	defer orig.Close()
+	ns, err := netns.New()
+	if err != nil {
+		runtime.UnlockOSThread()
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	defer func() {
+		if err := netns.Set(orig); err == nil {
+			runtime.UnlockOSThread()
+		}
+	}()
+
+	ipset(t, "restore", `create blocklist hash:net family inet
+create as-big-v4 hash:net family inet hashsize 1024 maxelem 65536
+add as-big-v4 192.0.2.0/24
+add as-big-v4 192.0.2.128/25 nomatch
+create as-big-v6 hash:net family inet6 hashsize 1024 maxelem 131072
+create vmfw-as-big-v6 hash:net family inet6
+create sg-web-v4 hash:ip family inet
+`)
+	ctx := context.Background()
+	c := New(nil)
+	heads, names, err := c.Heads(ctx, "add as-big-v4 198.51.100.7\ndel as-big-v4 192.0.2.128/25\nadd as-big-v4 192.0.2.128/25\nadd as-big-v6 2001:db8::/64\n", []string{"as-big-v4", "as-big-v6"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]Head{
+		"as-big-v4": {Type: layout.HashNet, Family: "inet", MaxElem: 65536, Entries: 3},
+		"as-big-v6": {Type: layout.HashNet, Family: "inet6", MaxElem: 131072, Entries: 1},
+	}
+	if !reflect.DeepEqual(heads, want) {
+		t.Errorf("heads %+v, want %+v", heads, want)
+	}
+	if got := strings.Join(names, " "); got != "as-big-v4 as-big-v6 sg-web-v4 vmfw-as-big-v6" {
+		t.Errorf("names %s", got)
+	}
+	if _, _, err := c.Heads(ctx, "add as-big-v4 198.51.100.7\n", []string{"as-big-v4"}); err == nil {
+		t.Error("adding a member the set has succeeded")
+	}
+	if _, _, err := c.Heads(ctx, "", []string{"as-gone-v4"}); err == nil {
+		t.Error("the header of a set that does not exist was read")
+	}
+}
