@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 
+	"github.com/vmfw/vmfw/pkg/backend"
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/conntrack"
 	"github.com/vmfw/vmfw/pkg/policy"
@@ -33,7 +34,10 @@ var _ FlowTable = conntrack.Table{}
 // VM's in chain drops). Connections conntrack only tracked because vmfw
 // did not filter them — the hypervisor's own — are never denied; see
 // package policy for what decides. It returns how many it deleted.
-func (e *Engine) cutFlows(m *config.Model, nics []*config.NIC) (int, error) {
+//
+// touched, when not nil, says which addresses the change can have
+// denied: only flows from or to one are checked (see touchedBy).
+func (e *Engine) cutFlows(m *config.Model, nics []*config.NIC, touched func(netip.Addr) bool) (int, error) {
 	addressed := false
 	for _, n := range nics {
 		addressed = addressed || len(n.IPs) > 0
@@ -52,6 +56,9 @@ func (e *Engine) cutFlows(m *config.Model, nics []*config.NIC) (int, error) {
 	}
 	ev := policy.New(m, nics, func(a netip.Addr) bool { return local[a] })
 	n, err := table.Delete(func(f conntrack.Flow) bool {
+		if touched != nil && !touched(f.Src.Unmap()) && !touched(f.Dst.Unmap()) {
+			return false
+		}
 		return ev.Check(policyFlow(f)) == policy.Deny
 	})
 	if err != nil {
@@ -62,4 +69,37 @@ func (e *Engine) cutFlows(m *config.Model, nics []*config.NIC) (int, error) {
 
 func policyFlow(f conntrack.Flow) policy.Flow {
 	return policy.Flow{Proto: f.Proto, Src: f.Src, Dst: f.Dst, SPort: f.SPort, DPort: f.DPort, PortsUnknown: !f.Ports}
+}
+
+// maxTouched bounds the prefixes touchedBy checks a flow against one by
+// one; an edit of more checks every flow.
+const maxTouched = 64
+
+// touchedBy returns, for an edit of address sets alone (hint.Sets), which
+// addresses it can have denied: those in a prefix whose place in a set
+// changed (config.SetChanges). Every other address matches each set as
+// before, and the rules are the same, so a flow between two such addresses
+// is decided as before: allowed, or it would not be tracked. nil (check
+// every flow) for any other change, or an edit of many prefixes.
+func touchedBy(hint *backend.Hint) func(netip.Addr) bool {
+	if hint == nil || len(hint.Sets) == 0 {
+		return nil
+	}
+	var prefixes []netip.Prefix
+	for _, ed := range hint.Sets {
+		for _, c := range config.SetChanges(ed.Was, ed.Now) {
+			prefixes = append(prefixes, c.Prefix)
+		}
+		if len(prefixes) > maxTouched {
+			return nil
+		}
+	}
+	return func(a netip.Addr) bool {
+		for _, p := range prefixes {
+			if p.Contains(a) {
+				return true
+			}
+		}
+		return false
+	}
 }

@@ -108,3 +108,55 @@ func TestCutFailureIsReported(t *testing.T) {
 		t.Error("the rules were not applied")
 	}
 }
+
+// TestEditSetsCutsWhatTheEditDenies: an edit of an address set alone,
+// through EditSets, tells the backend the sets' configuration before and
+// after, and cuts the flows from addresses the edit put into a drop
+// rule's set (a new entry, an except removed), keeping those it let out
+// of the set or left out. Flows of addresses no changed prefix contains
+// are not decided again, since the edit cannot have changed their
+// verdict: here a flow that other rules deny, which appeared after the
+// last apply, stays.
+func TestEditSetsCutsWhatTheEditDenies(t *testing.T) {
+	e, be, table := testEngine(t)
+	ctx := context.Background()
+	write := func(rel, content string) {
+		t.Helper()
+		os.MkdirAll(filepath.Join(e.ConfigDir, filepath.Dir(rel)), 0o755)
+		if err := os.WriteFile(filepath.Join(e.ConfigDir, rel), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("groups/app.toml", "[[in]]\nproto = \"tcp\"\ndport = \"3306\"\naction = \"drop\"\n\n[[in]]\nsource_set = \"blocked\"\naction = \"drop\"\n\n[[in]]\n")
+	write("sets/blocked.toml", "entries = [\"198.51.100.0/25\", \"203.0.113.5\"]\nexcept = [\"198.51.100.64/26\"]\n")
+	was, err := e.load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Sync(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	added := tcpFlow("198.51.100.130", "192.0.2.1", 22)         // in a new entry
+	unexcepted := tcpFlow("198.51.100.70", "192.0.2.1", 22)     // its except removed
+	released := tcpFlow("203.0.113.5", "192.0.2.1", 22)         // its entry removed
+	stillExcepted := tcpFlow("198.51.100.100", "192.0.2.1", 22) // in a new except
+	untouched := tcpFlow("192.0.2.77", "192.0.2.1", 22)
+	mysql := tcpFlow("192.0.2.254", "192.0.2.1", 3306) // denied by another rule
+	table.flows = []conntrack.Flow{added, unexcepted, released, stillExcepted, untouched, mysql}
+
+	write("sets/blocked.toml", "entries = [\"198.51.100.0/25\", \"198.51.100.128/26\"]\nexcept = [\"198.51.100.96/27\"]\n")
+	ch, err := e.EditSets(ctx, was, []string{"blocked"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hint := be.Hints[len(be.Hints)-1]
+	if hint == nil || !hint.Members || len(hint.Sets) != 1 || hint.Sets[0].Name != "blocked" || hint.Sets[0].Was != was.Sets["blocked"] || hint.Sets[0].Now == nil || len(hint.Sets[0].Now.Except) != 1 {
+		t.Fatalf("hint %+v", hint)
+	}
+	if ch.FlowsCut != 2 {
+		t.Errorf("cut %d flows, want 2", ch.FlowsCut)
+	}
+	if want := []conntrack.Flow{released, stillExcepted, untouched, mysql}; !slices.Equal(table.flows, want) {
+		t.Errorf("flows left after the edit:\n got %v\nwant %v", table.flows, want)
+	}
+}

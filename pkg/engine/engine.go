@@ -348,7 +348,7 @@ func (e *Engine) apply(ctx context.Context, st backend.State, want *ruleset.Poli
 	}
 	if want != nil {
 		start := time.Now()
-		ch.FlowsCut, err = e.cutFlows(m, nics)
+		ch.FlowsCut, err = e.cutFlows(m, nics, touchedBy(hint))
 		trace.Since(start, "cut flows")
 	}
 	return ch, err
