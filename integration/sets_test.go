@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -433,5 +434,103 @@ groups = ["logged"]
 		if strings.Contains(h.save(false), "--dport 80 -m limit --limit 10/second --limit-burst 20 -j LOG --log-prefix \"vmfw sg-logged-in ACCEPT \" --log-level") {
 			t.Errorf("log = true wrote a level:\n%s", h.save(false))
 		}
+	})
+}
+
+// bigAllowedSet renders an address set of 20,000 entries: 192.0.2.128/25,
+// the extra lines given, and IPv6 networks no probe comes from.
+func bigAllowedSet(entries, except []string) string {
+	var b strings.Builder
+	b.WriteString("description = \"a big allow list\"\nentries = [\n  \"192.0.2.128/25\",\n")
+	for _, e := range entries {
+		fmt.Fprintf(&b, "  %q,\n", e)
+	}
+	for i := range 20000 - 1 - len(entries) {
+		fmt.Fprintf(&b, "  \"2001:db8:%x:%x::/64\",\n", 0x100+i>>16, i&0xffff)
+	}
+	b.WriteString("]\nexcept = [\n")
+	for _, x := range except {
+		fmt.Fprintf(&b, "  %q,\n", x)
+	}
+	b.WriteString("]\n")
+	return b.String()
+}
+
+// TestBigSetEditThroughAgent: a running agent enforces one-entry edits of
+// a set of 20,000 entries, renamed into place as an editor writes them,
+// with real TCP: an entry added admits its address, an except added
+// refuses its address and cuts its established connection while another
+// address's goes on. Each edit is planned from the set's configuration
+// before and after (the agent's trace says so), changes no chain, and
+// leaves nothing for apply --dry-run to plan.
+func TestBigSetEditThroughAgent(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, backend string) {
+		h := newHV(t, backend, "")
+		if err := os.MkdirAll(filepath.Join(h.config, "sets"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		h.write("sets/allowed.toml", bigAllowedSet(nil, nil))
+		h.write("groups/guarded.toml", "[[in]]\nproto = \"tcp\"\ndport = \"22\"\nsource_set = \"allowed\"\n")
+		h.write("vms/271.toml", "policy_in = \"drop\"\n\n[net0]\nbridge = \"vmbr0\"\nmac = \"02:00:00:00:07:71\"\nips = [\"192.0.2.71\"]\ngroups = [\"guarded\"]\n")
+		vm := h.vm("tap271i0", "02:00:00:00:07:71", "192.0.2.71", "")
+		if h.refusesUnsupported("does not lay out address sets yet") {
+			return
+		}
+		excepted, err := h.lab.AddExternal("uplink0", "", "192.0.2.130/24")
+		if err != nil {
+			t.Fatal(err)
+		}
+		added, err := h.lab.AddExternal("uplink1", "", "192.0.2.60/24")
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.serve(vm, "192.0.2.71", 22)
+		h.vmfw("ifup", "tap271i0")
+		expectAll(t, []probe{
+			{"before the edits, from an entry", excepted, "192.0.2.71", 22, true},
+			{"before the edits, from no entry", added, "192.0.2.71", 22, false},
+		})
+
+		h.env = []string{"VMFW_RUN_DIR=" + t.TempDir(), "VMFW_TRACE=1"}
+		agent := startAgent(t, h)
+		before := h.save(false) + h.save(true) + h.bridgeSave()
+		path := filepath.Join(h.config, "sets/allowed.toml")
+		edit := func(what, text string, enforced func() bool) {
+			t.Helper()
+			seen := strings.Count(agent.Output(), "sets=[allowed]")
+			writeAtomically(t, path, text)
+			if !eventually(enforced) {
+				t.Fatalf("%s: the agent did not enforce it:\n%s", what, agent.Output())
+			}
+			if !eventually(func() bool { return strings.Count(agent.Output(), "sets=[allowed]") > seen }) {
+				t.Fatalf("%s: the agent did not apply it as a set edit:\n%s", what, agent.Output())
+			}
+			if got := strings.Count(agent.Output(), "plan the edit of address sets allowed from their configuration"); got <= seen {
+				t.Errorf("%s: the agent did not plan it from the set's configuration:\n%s", what, agent.Output())
+			}
+			if r := parseApply(t, h.vmfw("apply", "--dry-run", "-o", "json")); r.Changed {
+				t.Errorf("%s: apply --dry-run plans %+v", what, r)
+			}
+			if after := h.save(false) + h.save(true) + h.bridgeSave(); after != before {
+				t.Errorf("%s: chains rewritten: %v", what, changedChains(before, after))
+			}
+		}
+
+		edit("an entry added", bigAllowedSet([]string{"192.0.2.60"}, nil), func() bool {
+			return tcp(t, added, "192.0.2.71", 22) == labnet.Connected
+		})
+		expectAll(t, []probe{{"after the entry, from the entry before", excepted, "192.0.2.71", 22, true}})
+
+		cut := startStream(t, "from 192.0.2.130, which the except takes out", excepted, "192.0.2.71", 22)
+		kept := startStream(t, "from 192.0.2.60, still an entry", added, "192.0.2.71", 22)
+		edit("an except added", bigAllowedSet([]string{"192.0.2.60"}, []string{"192.0.2.130"}), func() bool {
+			return tcp(t, excepted, "192.0.2.71", 22) != labnet.Connected
+		})
+		checkStreams(t, "the except through the agent", []namedStream{cut}, []namedStream{kept})
+		expectAll(t, []probe{
+			{"after the except, from the excepted address", excepted, "192.0.2.71", 22, false},
+			{"after the except, from the added entry", added, "192.0.2.71", 22, true},
+		})
+		stop(t, agent)
 	})
 }
