@@ -3,6 +3,7 @@ package config
 import (
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 )
 
 // setIndex finds each prefix of a set where it is listed, and lists per
@@ -69,11 +70,17 @@ func mix64(x uint64) uint64 {
 
 // newSetIndex returns an index with room for n prefixes.
 func newSetIndex(n int) *setIndex {
+	return &setIndex{slots: make([]setSlot, indexSize(n))}
+}
+
+// indexSize is the number of slots for n prefixes: a power of two, at
+// least twice n.
+func indexSize(n int) int {
 	size := 16
 	for size < 2*n {
 		size *= 2
 	}
-	return &setIndex{slots: make([]setSlot, size)}
+	return size
 }
 
 // entryAt returns the entry or except ref points at.
@@ -138,6 +145,88 @@ func (ix *setIndex) lengths(entries, except []SetEntry) {
 		}
 		if seen6[l] {
 			ix.lens6 = append(ix.lens6, l)
+		}
+	}
+}
+
+// replaced returns the index of a set whose lists changed from oldE and
+// oldX to newE and newX by the elements [lo, hi) of one list (the excepts
+// if except) giving way to n others at the same place, made from ix
+// rather than from nothing: a copy of its slots, the elements gone
+// removed, those after them renumbered, the new ones added. For an edit
+// of one entry of 100,000 that is 2 MB copied and 256 Ki slots visited
+// instead of 100,000 prefixes hashed into random slots (0.7 ms against
+// 4.4, BenchmarkReloadSet100000). ok is false when the table would need
+// another size, or a new element is listed already: the caller then
+// indexes the new lists whole, which says which.
+//
+// The slots it leaves may lie otherwise than those of an index built
+// whole (linear probing places a prefix after those inserted before
+// it), but it finds every prefix where that one does.
+func (ix *setIndex) replaced(oldE, oldX, newE, newX []SetEntry, except bool, lo, hi, n int) (*setIndex, bool) {
+	if indexSize(len(newE)+len(newX)) != len(ix.slots) {
+		return nil, false
+	}
+	out := &setIndex{slots: slices.Clone(ix.slots)}
+	ref := func(i int) int32 {
+		if except {
+			return int32(-i - 1)
+		}
+		return int32(i + 1)
+	}
+	oldA, newA := oldE, newE
+	if except {
+		oldA, newA = oldX, newX
+	}
+	for i := lo; i < hi; i++ {
+		if !out.remove(keyOf(oldA[i].Prefix), ref(i), oldE, oldX) {
+			return nil, false
+		}
+	}
+	if moved := int32(n - (hi - lo)); moved != 0 {
+		for j, s := range out.slots {
+			switch {
+			case !except && s.ref > int32(hi):
+				out.slots[j].ref += moved
+			case except && s.ref < int32(-hi):
+				out.slots[j].ref -= moved
+			}
+		}
+	}
+	for i := lo; i < lo+n; i++ {
+		if out.add(keyOf(newA[i].Prefix), ref(i), newE, newX) != 0 {
+			return nil, false
+		}
+	}
+	return out, true
+}
+
+// remove takes the prefix k, indexed as ref, out of the index, moving
+// back the slots after it that would otherwise no longer be found from
+// where their probes start; entries and except are what the refs point
+// into. It is false when k is not indexed as ref.
+func (ix *setIndex) remove(k prefixKey, ref int32, entries, except []SetEntry) bool {
+	mask := uint64(len(ix.slots) - 1)
+	i := k.hash() & mask
+	for ix.slots[i].ref != ref {
+		if ix.slots[i].ref == 0 {
+			return false
+		}
+		i = (i + 1) & mask
+	}
+	for j := i; ; {
+		j = (j + 1) & mask
+		s := ix.slots[j]
+		if s.ref == 0 {
+			ix.slots[i] = setSlot{}
+			return true
+		}
+		// s may fill the hole at i unless its probe starts after i,
+		// up to j (cyclically): it would not be found from there.
+		home := keyOf(entryAt(s.ref, entries, except).Prefix).hash() & mask
+		if i < j && (home <= i || home > j) || i > j && home <= i && home > j {
+			ix.slots[i] = s
+			i = j
 		}
 	}
 }

@@ -112,6 +112,7 @@ func reloadSet(prev *Set, src *setSource, f *file) (*Set, *setSource, bool) {
 	}
 
 	lists := [2][]SetEntry{prev.Entries, prev.Except}
+	var replacedLo, replacedHi int
 	next := &Set{Name: prev.Name, File: f.path, Description: prev.Description}
 	nsrc := &setSource{data: cur, keys: make(map[string]int, len(src.keys))}
 	for k, l := range src.keys {
@@ -126,6 +127,7 @@ func reloadSet(prev *Set, src *setSource, f *file) (*Set, *setSource, bool) {
 		var np arrayPlaces
 		if i == which {
 			lo, hi := count(pl.at, from), count(pl.at, oldEnd)
+			replacedLo, replacedHi = lo, hi
 			out = make([]SetEntry, 0, len(list)-(hi-lo)+len(added))
 			out = append(append(out, list[:lo]...), added...)
 			out = appendMoved(out, list[hi:], endLine, moved)
@@ -156,10 +158,25 @@ func reloadSet(prev *Set, src *setSource, f *file) (*Set, *setSource, bool) {
 			next.Except = out
 		}
 	}
-	if !next.validate() {
+	if !next.validateEdit(prev, which == 1, replacedLo, replacedHi, len(added)) {
 		return nil, nil, false
 	}
 	return next, nsrc, true
+}
+
+// validateEdit indexes a set built from a file's difference with the set
+// prev was, whose list (the excepts if except) had its elements [lo, hi)
+// replaced by n others, and checks it as buildSet does; false for
+// anything buildSet would refuse. The index is prev's, edited, when it
+// can be (setIndex.replaced).
+func (s *Set) validateEdit(prev *Set, except bool, lo, hi, n int) bool {
+	ix, ok := prev.index.replaced(prev.Entries, prev.Except, s.Entries, s.Except, except, lo, hi, n)
+	if !ok {
+		return s.validate()
+	}
+	ix.lengths(s.Entries, s.Except)
+	s.index = ix
+	return s.checkExcepts()
 }
 
 // validate indexes a set built from a file's difference and checks it as
@@ -178,6 +195,11 @@ func (s *Set) validate() bool {
 	}
 	ix.lengths(s.Entries, s.Except)
 	s.index = ix
+	return s.checkExcepts()
+}
+
+// checkExcepts reports whether every except lies inside an entry.
+func (s *Set) checkExcepts() bool {
 	for _, x := range s.Except {
 		if !s.insideEntry(x.Prefix) {
 			return false
