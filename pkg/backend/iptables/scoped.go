@@ -94,6 +94,11 @@ func (b *Backend) planScoped(ctx context.Context, st *state, want *ruleset.Polic
 // unknown or a narrow read fails.
 func (b *Backend) readScope(ctx context.Context, st *state, sc *layout.Scope) (scoped *state, ok bool, err error) {
 	scoped = &state{full: true, tables: map[ruleset.Family]*xtables.Snapshot{}, textless: map[ruleset.Family]bool{}}
+	if st.full {
+		if err := b.completeTables(ctx, st); err != nil {
+			return nil, false, err
+		}
+	}
 	for _, f := range ruleset.Families {
 		start := time.Now()
 		read := append(slices.Clone(sc.Chains[f]), slices.Sorted(maps.Keys(sc.Expect[f]))...)
