@@ -135,7 +135,7 @@ func diffTable(f layout.Family, want *layout.Table, have *nlnft.ObservedTable, s
 				if wanted[k] {
 					continue
 				}
-				e, ok := layout.DecodeElement(s.Key, []byte(k))
+				e, ok := s.Decode([]byte(k))
 				if !ok {
 					// Not an element of this type: only a new set helps.
 					tc.DeleteSets = append(tc.DeleteSets, s.Name)
