@@ -446,6 +446,42 @@ func (h *hv) nftTable(family string) string {
 	return string(out)
 }
 
+// nftPrefixes returns the elements of one of vmfw's interval sets in
+// table bridge vmfw (an address set's), as nft lists them, in order.
+func (h *hv) nftPrefixes(set string) []string {
+	h.t.Helper()
+	m := elementList.FindStringSubmatch(h.exec("nft", "list", "set", "bridge", "vmfw", set))
+	if m == nil {
+		return nil
+	}
+	var out []string
+	for _, e := range strings.Split(m[1], ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// chainsOnly returns vmfw's chains as text, without sets: what a change
+// of members alone must leave as it was. For the iptables backend both
+// families' filter tables and the bridge table; for the nftables backend
+// every chain of its two tables.
+func (h *hv) chainsOnly() string {
+	h.t.Helper()
+	if !h.nft() {
+		return h.save(false) + h.save(true) + h.bridgeSave()
+	}
+	objs := h.objects()
+	var b strings.Builder
+	for _, name := range slices.Sorted(maps.Keys(objs)) {
+		if !strings.Contains(name, " set ") {
+			b.WriteString(name + " {\n" + objs[name] + "}\n")
+		}
+	}
+	return b.String()
+}
+
 // nftElements returns the elements of one of vmfw's sets, as nft lists
 // them, sorted.
 func (h *hv) nftElements(family, set string) []string {
