@@ -184,37 +184,18 @@ func backendVar(backend string) string {
 // that takes no flags (vmfw-ifup as QEMU runs it).
 func (h *hv) backendEnv() string { return backendVar(h.backend) }
 
-// untraced reports, for the nftables backend, that vmfw trace refuses
-// as it says it does (exit 1 naming the backend: its kernel side is not
-// written yet, docs/nftables.md "Known gaps"), and fails the test if it
-// does not; false for the iptables backend, whose trace the caller tests.
-func (h *hv) untraced(args ...string) bool {
+// nftFirstHandle returns the handle of the first rule of chain in table
+// bridge vmfw, as nft -a lists it.
+func (h *hv) nftFirstHandle(chain string) string {
 	h.t.Helper()
-	if !h.nft() {
-		return false
+	m := nftHandle.FindStringSubmatch(h.exec("nft", "-a", "list", "chain", "bridge", "vmfw", chain))
+	if m == nil {
+		h.t.Fatalf("chain %s has no rule", chain)
 	}
-	_, errOut, code := h.run(append([]string{"trace"}, args...)...)
-	if code != 1 || !strings.Contains(errOut, "the nftables backend cannot be traced") {
-		h.t.Errorf("vmfw trace on the nftables backend: exit %d, %q; want 1 and that it cannot be traced", code, errOut)
-	}
-	return true
+	return m[1]
 }
 
-// refusesUnsupported reports, for the nftables backend, that vmfw apply
-// refuses a configuration using what it does not lay out yet (exit 1,
-// with words), and fails the test if it does not; false for the iptables
-// backend, whose behaviour the caller tests.
-func (h *hv) refusesUnsupported(words string) bool {
-	h.t.Helper()
-	if !h.nft() {
-		return false
-	}
-	_, errOut, code := h.run("apply")
-	if code != 1 || !strings.Contains(errOut, words) {
-		h.t.Errorf("vmfw apply on the nftables backend: exit %d, %q; want 1 and %q", code, errOut, words)
-	}
-	return true
-}
+var nftHandle = regexp.MustCompile(`(?m)^\t\t.*# handle (\d+)$`)
 
 // nft reports whether h runs the nftables backend.
 func (h *hv) nft() bool { return h.backend == nftablesBackend }

@@ -95,9 +95,6 @@ func TestTraceMatchesPackets(t *testing.T) {
 			r := rand.New(rand.NewSource(seed))
 			d.writeConfig(r)
 			d.h.vmfw("apply")
-			if d.h.untraced("--from", "hypervisor", "--to", "hypervisor", "--proto", "tcp") {
-				return
-			}
 			n, bad := d.checkFlows(t, r, flows, seed, seen)
 			total += n
 			mismatches += bad
@@ -422,6 +419,14 @@ type traceReport struct {
 		Error     string `json:"error"`
 	} `json:"kernel"`
 	Drift []string `json:"drift"`
+	Notes []string `json:"notes"`
+}
+
+// documented reports whether the report says that the backend's verdict
+// differs from the configuration's by a documented difference (the
+// nftables backend's in rules at bridge postrouting, docs/nftables.md).
+func (r traceReport) documented() bool {
+	return slices.ContainsFunc(r.Notes, func(n string) bool { return strings.Contains(n, "Differences from the iptables backend") })
 }
 
 // traceBatch runs vmfw trace --batch with the queries and returns the
@@ -532,7 +537,7 @@ func (d *diffLab) checkFlows(t *testing.T, r *rand.Rand, n int, seed int64, seen
 		}
 		if rep.Kernel == nil || rep.Kernel.Error != "" {
 			problems = append(problems, fmt.Sprintf("kernel rules not evaluated: %+v", rep.Kernel))
-		} else if rep.Config.Verdict != rep.Kernel.Verdict {
+		} else if rep.Config.Verdict != rep.Kernel.Verdict && !(d.h.nft() && rep.documented()) {
 			problems = append(problems, fmt.Sprintf("configuration says %s, kernel %s", rep.Config.Verdict, rep.Kernel.Verdict))
 		}
 		if len(rep.Drift) > 0 {
