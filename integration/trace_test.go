@@ -159,7 +159,14 @@ func newDiffLab(t *testing.T, backend string, n int) *diffLab {
 				t.Fatalf("%s: %v: %v: %s", host.name, args, err, out)
 			}
 		}
-		setSysctls(t, host.ns, "net/ipv4/ip_local_port_range=40000 40999")
+		// Redirects are refused so that a routed flow stays routed: the
+		// hypervisor redirects a sender to a receiver on its own bridge
+		// (same interface in and out), which would bridge the flow's
+		// later packets, and the nftables backend decides bridged and
+		// routed packets differently (docs/nftables.md).
+		setSysctls(t, host.ns, "net/ipv4/ip_local_port_range=40000 40999",
+			"net/ipv4/conf/all/accept_redirects=0", "net/ipv4/conf/eth0/accept_redirects=0",
+			"net/ipv6/conf/all/accept_redirects=0", "net/ipv6/conf/eth0/accept_redirects=0")
 		serveAll(t, host.ns)
 	}
 	serveAll(t, h.ns)
