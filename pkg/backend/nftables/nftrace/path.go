@@ -195,6 +195,7 @@ func (t *flow) walk(ts tables, q backend.Packet) *result {
 					// The reject guard: a reject decided where none can
 					// be sent.
 					by = fmt.Sprintf("%s, decided by %s", by, t.describeHit(*marked))
+					res.hits = append(res.hits, *marked)
 				}
 				if atPost {
 					res.note = postroutingNote

@@ -90,11 +90,9 @@ type flow struct {
 	name             func(ruleset.Origin) string
 	compiled, actual *layout.Ruleset
 
-	once                  sync.Once
-	err                   error
-	kernel, comp, act     tables
-	compiledIsActual      bool
-	actualBridge, actInet *layout.Table
+	once              sync.Once
+	err               error
+	kernel, comp, act tables
 }
 
 // prepare turns the layouts and the kernel's tables into the
