@@ -105,6 +105,12 @@ func TestTraceMatchesPackets(t *testing.T) {
 
 // newDiffLab builds the lab with n VMs and firewalls them.
 func newDiffLab(t *testing.T, backend string, n int) *diffLab {
+	return newDiffLabPlaced(t, backend, n, int64(len(backend)))
+}
+
+// newDiffLabPlaced is newDiffLab with the VMs' subnets drawn from
+// placement: labs with one placement are alike.
+func newDiffLabPlaced(t *testing.T, backend string, n int, placement int64) *diffLab {
 	h := newHV(t, backend, "")
 	d := &diffLab{h: h}
 	ctx := context.Background()
@@ -119,7 +125,7 @@ func newDiffLab(t *testing.T, backend string, n int) *diffLab {
 	setSysctls(t, h.ns, "net/ipv4/ip_forward=1", "net/ipv6/conf/all/forwarding=1", "net/ipv4/ip_local_port_range=40000 40999")
 
 	// VMs on random subnets (fixed per backend, so each backend has both).
-	r := rand.New(rand.NewSource(int64(len(backend))))
+	r := rand.New(rand.NewSource(placement))
 	for i := range n {
 		id := 201 + i
 		sub := i % 2
