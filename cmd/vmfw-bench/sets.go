@@ -236,13 +236,39 @@ func setsLab(ctx context.Context, o options, backend string, r *setResults) erro
 		if err := l.write("sets/big.toml", bigSetFile(with)); err != nil {
 			return err
 		}
-		took, out, err := l.vmfw("apply")
+		took, out, err := l.vmfw("apply", "-o", "json")
 		if err != nil {
 			return fmt.Errorf("%w: %s", err, out)
 		}
 		byApply = append(byApply, took)
+		// What the edit wrote: one member (ipset) or one effective
+		// prefix (nftables) and no chain.
+		var rep struct {
+			Chains map[string]struct {
+				Created, Rewritten, Deleted []string
+			} `json:"chains"`
+			Sets struct {
+				Added, Removed map[string][]string
+			} `json:"sets"`
+		}
+		if err := json.Unmarshal([]byte(out), &rep); err != nil {
+			return fmt.Errorf("apply -o json: %w: %s", err, out)
+		}
+		members, chains := 0, 0
+		for _, l := range rep.Sets.Added {
+			members += len(l)
+		}
+		for _, l := range rep.Sets.Removed {
+			members += len(l)
+		}
+		for _, c := range rep.Chains {
+			chains += len(c.Created) + len(c.Rewritten) + len(c.Deleted)
+		}
+		if members != 1 || chains != 0 {
+			return fmt.Errorf("a one-entry edit changed %d set members and %d chains, want 1 and none: %s", members, chains, out)
+		}
 	}
-	r.rows = append(r.rows, setRow{backend, "one entry of it changed + vmfw apply (no agent)", "median " + ms(median(byApply)), "-", "-"})
+	r.rows = append(r.rows, setRow{backend, "one entry of it changed + vmfw apply (no agent): one member written, no chain", "median " + ms(median(byApply)), "-", "-"})
 
 	// New flows through the rule, on the big set and on a set of one.
 	rates := map[string]float64{}

@@ -690,15 +690,18 @@ func (b *builder) bridgeSets() []*Set {
 			add(PositionSet(g, k), name)
 		}
 	}
+	for _, s := range sets {
+		sortElements(s.Elements)
+		s.Elements = compactElements(s.Elements)
+	}
+	// Address sets' prefixes come sorted and disjoint (config.Set.Effective),
+	// and there can be 100,000 of them: they are not sorted again.
 	for _, s := range b.addressSets() {
 		sets[s.Name] = s
 	}
 	out := make([]*Set, 0, len(sets))
 	for _, name := range slices.Sorted(maps.Keys(sets)) {
-		s := sets[name]
-		sortElements(s.Elements)
-		s.Elements = compactElements(s.Elements)
-		out = append(out, s)
+		out = append(out, sets[name])
 	}
 	return out
 }
