@@ -183,7 +183,12 @@ func (cl Client) readTable(c *nftables.Conn, f layout.Family, elements bool, onl
 		}
 		os := &ObservedSet{Signature: strings.TrimPrefix(s.Comment, commentPrefix), Elements: map[string]Counter{}}
 		if elements || len(only) > 0 {
-			elems, err := c.GetSetElements(s)
+			var elems []nftables.SetElement
+			if s.Interval {
+				elems, err = intervalSetElements(f, s.Name)
+			} else {
+				elems, err = c.GetSetElements(s)
+			}
 			if err != nil {
 				return nil, fmt.Errorf("reading set %s: %w", s.Name, err)
 			}
