@@ -185,11 +185,6 @@ func (b *Backend) fullState(st *state) (*state, error) {
 // change leaves as they are; a full plan (apply, flush, repair) and any
 // plan that creates or deletes the tables checks them.
 func (b *Backend) Plan(ctx context.Context, s backend.State, want *ruleset.Policy, hint *backend.Hint) (backend.Plan, error) {
-	if want != nil {
-		if err := unsupported(want); err != nil {
-			return nil, err
-		}
-	}
 	if st := s.(*state); !st.full && hint != nil && hint.Was != nil && want != nil && !b.takeFullNext() {
 		p, err := b.planHinted(st, want, hint)
 		if err != nil || p != nil {
