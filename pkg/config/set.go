@@ -121,21 +121,37 @@ func (s *Set) Effective(v6 bool) []netip.Prefix {
 	// start, widest first (an entry before an except of the same
 	// prefix, so that the except is the more specific), every prefix
 	// comes after each prefix that contains it.
-	slices.SortFunc(nodes, func(a, b setNode) int {
-		if c := a.start.cmp(b.start); c != 0 {
-			return c
-		}
-		if a.bits != b.bits {
-			return a.bits - b.bits
-		}
-		if a.include == b.include {
-			return 0
-		}
-		if a.include {
-			return -1
-		}
-		return 1
-	})
+	slices.SortFunc(nodes, compareNodes)
+	ranges := effectiveRanges(nodes, width)
+	out := make([]netip.Prefix, 0, len(ranges))
+	for _, r := range ranges {
+		out = appendRange(out, r, width)
+	}
+	return out
+}
+
+// compareNodes orders nested or disjoint prefixes by start and, at one
+// start, widest first, an entry before an except of the same prefix.
+func compareNodes(a, b setNode) int {
+	if c := a.start.cmp(b.start); c != 0 {
+		return c
+	}
+	if a.bits != b.bits {
+		return a.bits - b.bits
+	}
+	if a.include == b.include {
+		return 0
+	}
+	if a.include {
+		return -1
+	}
+	return 1
+}
+
+// effectiveRanges returns the ranges of addresses that nodes, sorted by
+// compareNodes, nested or disjoint, match: the innermost node containing
+// an address decides it. Adjacent ranges are joined.
+func effectiveRanges(nodes []setNode, width int) []addrRange {
 	var ranges []addrRange
 	emit := func(lo, hi u128, include bool) {
 		if !include {
@@ -177,11 +193,7 @@ func (s *Set) Effective(v6 bool) []netip.Prefix {
 	for len(stack) > 0 {
 		pop()
 	}
-	out := make([]netip.Prefix, 0, len(ranges))
-	for _, r := range ranges {
-		out = appendRange(out, r, width)
-	}
-	return out
+	return ranges
 }
 
 // setNode is one prefix of a set as the range of addresses it covers.
