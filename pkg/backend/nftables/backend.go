@@ -68,6 +68,10 @@ type Backend struct {
 	// fullNext makes the next plan a full one: a plan made from a hint
 	// failed to apply, so the kernel is not what the hint said.
 	fullNext bool
+	// held is what the address sets' interval sets hold after the
+	// backend's last write, or after a plan that found nothing to write
+	// (setedit.go); nil when not known.
+	held *heldSets
 }
 
 var (
@@ -185,13 +189,31 @@ func (b *Backend) fullState(st *state) (*state, error) {
 // change leaves as they are; a full plan (apply, flush, repair) and any
 // plan that creates or deletes the tables checks them.
 func (b *Backend) Plan(ctx context.Context, s backend.State, want *ruleset.Policy, hint *backend.Hint) (backend.Plan, error) {
-	if st := s.(*state); !st.full && hint != nil && hint.Was != nil && want != nil && !b.takeFullNext() {
+	p, err := b.plan(ctx, s.(*state), want, hint)
+	if err == nil && p.Empty() {
+		// The tables hold want's sets already: as good as written.
+		if p.edit != nil {
+			b.setHeld(p.batch.Gen, p.edit.held)
+		} else {
+			b.setHeld(p.batch.Gen, p.held)
+		}
+	}
+	return p, err
+}
+
+func (b *Backend) plan(ctx context.Context, s *state, want *ruleset.Policy, hint *backend.Hint) (*plan, error) {
+	if hint != nil && hint.Members && len(hint.Sets) > 0 && want != nil {
+		if p := b.planSetEdit(s, want, hint.Sets); p != nil {
+			return p, nil
+		}
+	}
+	if st := s; !st.full && hint != nil && hint.Was != nil && want != nil && !b.takeFullNext() {
 		p, err := b.planHinted(st, want, hint)
 		if err != nil || p != nil {
 			return p, err
 		}
 	}
-	st, err := b.fullState(s.(*state))
+	st, err := b.fullState(s)
 	if err != nil {
 		return nil, err
 	}
@@ -202,6 +224,7 @@ func (b *Backend) Plan(ctx context.Context, s backend.State, want *ruleset.Polic
 		trace.Since(start, "lay out %d interfaces", len(want.Interfaces))
 	}
 	p := diff(rs, st)
+	p.held = heldOf(want, rs)
 	if hint == nil || p.createsOrDeletes() {
 		start := time.Now()
 		hs, err := b.hooks.Read(ctx)
@@ -231,6 +254,7 @@ func (b *Backend) Apply(ctx context.Context, bp backend.Plan) error {
 	start := time.Now()
 	err := b.kernel.Write(p.batch)
 	if err != nil {
+		b.setHeld(0, nil)
 		if p.hinted {
 			b.mu.Lock()
 			b.fullNext = true
@@ -242,7 +266,11 @@ func (b *Backend) Apply(ctx context.Context, bp backend.Plan) error {
 		return err
 	}
 	trace.Since(start, "write the transaction")
-	if p.batch.Gen != 0 {
+	if p.edit != nil {
+		// The kernel committed on top of Gen: the tables hold what the
+		// memory the edit was planned from held, changed by the edit.
+		b.appliedEdit(p.st.obs, p.edit, p.batch.Gen+1)
+	} else if p.batch.Gen != 0 {
 		// The kernel committed on top of Gen, so the transaction made
 		// Gen+1: what the tables now hold is the plan's result.
 		after := p.result()
@@ -250,6 +278,7 @@ func (b *Backend) Apply(ctx context.Context, bp backend.Plan) error {
 		b.mu.Lock()
 		b.pending = after
 		b.mu.Unlock()
+		b.setHeld(after.Gen, p.held)
 	}
 	return b.applyHooks(ctx, p.hooks)
 }

@@ -63,6 +63,7 @@ func (b *Backend) planHinted(st *state, want *ruleset.Policy, hint *backend.Hint
 	}
 	p := diff(rs, &state{obs: assumed, full: true})
 	p.hinted = true
+	p.held = heldOf(want, rs)
 	trace.Since(start, "plan %d interfaces from the hint", len(want.Interfaces))
 	return p, nil
 }

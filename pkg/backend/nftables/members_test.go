@@ -2,6 +2,7 @@ package nftables
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -166,4 +167,116 @@ func equalLists(a, b map[string][]string) bool {
 		}
 	}
 	return true
+}
+
+// TestPlanSetEditFromConfiguration: an edit of an address set that the
+// agent names with its configuration before and after (Hint.Sets), on
+// tables remembered at the generation of the backend's last write, is
+// planned from the two configurations: the same elements as the full
+// plan, and no chain. The memory is changed as the tables were, so the
+// next edit is planned so too; once someone else commits, the plan is
+// made from the tables again.
+func TestPlanSetEditFromConfiguration(t *testing.T) {
+	ctx := context.Background()
+	before := setsPolicy(t, "entries = [\"198.51.100.0/24\", \"2001:db8:1::/48\"]\n")
+	after := setsPolicy(t, "entries = [\"198.51.100.0/24\", \"203.0.113.7\"]\nexcept = [\"198.51.100.0/26\"]\n")
+	k := &fakeKernel{}
+	b, err := New(Options{Kernel: k, Hooks: &fakeHooks{st: &HookState{}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.obs = observedOf(layout.Build(before, b.Marks()))
+	k.obs.Gen = 7
+	if err := b.applyHooks(ctx, planHooks(&HookState{}, true, b.Marks().Acc)); err != nil {
+		t.Fatal(err)
+	}
+	// A full plan finds the tables as wanted: the sets are held as
+	// before at generation 7, which Mark remembers.
+	st, err := b.Read(ctx, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, err := b.Plan(ctx, st, before, nil); err != nil || !p.Empty() {
+		t.Fatalf("the first plan: %v, %v", p, err)
+	}
+	if err := b.Mark(ctx); err != nil {
+		t.Fatal(err)
+	}
+	edit := func(was, now *ruleset.Policy) *plan {
+		t.Helper()
+		st, err := b.Read(ctx, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := b.Plan(ctx, st, now, &backend.Hint{Was: now, Members: true, Sets: []backend.SetEdit{{Name: "partners", Was: was.Sets["partners"].Config, Now: now.Sets["partners"].Config}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p.(*plan)
+	}
+	for i, step := range []struct{ was, now *ruleset.Policy }{{before, after}, {after, before}} {
+		p := edit(step.was, step.now)
+		full, err := b.Plan(ctx, &state{obs: k.obs.Clone(), full: true}, step.now, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.edit == nil || text(t, p) != text(t, full) {
+			t.Fatalf("edit %d, planned from the configuration %v:\n%s\ndiffers from the full plan:\n%s", i, p.edit != nil, text(t, p), text(t, full))
+		}
+		for table, c := range p.Summary().Tables {
+			if !c.Empty() {
+				t.Errorf("edit %d changes %s: %+v", i, table, c)
+			}
+		}
+		if !equalLists(p.Summary().Sets.Added, full.Summary().Sets.Added) || !equalLists(p.Summary().Sets.Removed, full.Summary().Sets.Removed) {
+			t.Errorf("edit %d: summary %+v, the full plan's %+v", i, p.Summary().Sets, full.Summary().Sets)
+		}
+		if err := b.Apply(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+		// The kernel commits on top of the plan's generation.
+		k.obs = observedOf(layout.Build(step.now, b.Marks()))
+		k.obs.Gen = p.batch.Gen + 1
+		if err := b.Mark(ctx); err != nil {
+			t.Fatal(err)
+		}
+		mem := b.remembered()
+		if mem == nil || mem.Gen != k.obs.Gen {
+			t.Fatalf("edit %d: nothing remembered at generation %d", i, k.obs.Gen)
+		}
+		for _, name := range []string{"as-partners-v4", "as-partners-v6"} {
+			got, want := mem.Tables[layout.Bridge].Sets[name].Elements, k.obs.Tables[layout.Bridge].Sets[name].Elements
+			if len(got) != len(want) {
+				t.Errorf("edit %d: the memory of %s holds %d elements, the tables %d", i, name, len(got), len(want))
+			}
+			for key := range want {
+				if _, ok := got[key]; !ok {
+					t.Errorf("edit %d: the memory of %s lacks an element", i, name)
+				}
+			}
+		}
+	}
+
+	// Someone else committed: the edit is planned from the tables.
+	k.obs.Gen++
+	if p := edit(before, after); p.edit != nil {
+		t.Error("with the generation moved, the edit was planned from the configuration")
+	}
+	// A write that fails forgets what the sets held.
+	if err := b.Mark(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b.setHeld(k.obs.Gen, heldOf(before, layout.Build(before, b.Marks())))
+	k.failWrite = errors.New("refused")
+	p := edit(before, after)
+	if p.edit == nil {
+		t.Fatal("not planned from the configuration")
+	}
+	var stale *backend.StaleError
+	if err := b.Apply(ctx, p); !errors.As(err, &stale) {
+		t.Errorf("a failed edit returned %v, want a StaleError", err)
+	}
+	if p := edit(before, after); p.edit != nil {
+		t.Error("after a failed write, the edit was planned from the configuration")
+	}
 }

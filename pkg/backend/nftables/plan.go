@@ -25,6 +25,11 @@ type plan struct {
 	want    *layout.Ruleset
 	st      *state
 	summary *backend.Summary
+	// held is what the address sets hold once the plan is written
+	// (setedit.go); edit, for a plan of an edit of address sets alone,
+	// is that edit, and the plan has no want.
+	held map[string]heldSet
+	edit *setEdit
 }
 
 func (p *plan) Empty() bool               { return len(p.batch.Tables) == 0 && p.hooks.empty() }

@@ -75,6 +75,7 @@ func AddressSetOf(s *ruleset.Set, f ruleset.Family) *Set {
 		return out
 	}
 	prefixes := s.Config.Effective(f == ruleset.IPv6)
+	out.Prefixes = prefixes
 	out.Elements = make([]Element, len(prefixes))
 	for i, p := range prefixes {
 		out.Elements[i] = PrefixElement(p)

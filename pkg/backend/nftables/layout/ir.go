@@ -538,6 +538,10 @@ type Set struct {
 	Interval bool
 	// Elements are the set's elements, sorted by Key bytes.
 	Elements []Element
+	// Prefixes, of an address set's interval set, are the effective
+	// prefixes its Elements cover, one each, in order: what an edit of
+	// the set is planned from (setedit.go in package nftables).
+	Prefixes []netip.Prefix
 }
 
 // Element is one element of a set.
