@@ -2,10 +2,11 @@ package integration
 
 import (
 	"encoding/json"
-	"github.com/vmfw/vmfw/integration/labnet"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/vmfw/vmfw/integration/labnet"
 )
 
 // statusJSON mirrors the parts of "vmfw status -o json" the tests read.
