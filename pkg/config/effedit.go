@@ -62,17 +62,13 @@ func EffectiveEdit(was, now *Set, v6 bool, wasEff []netip.Prefix) (nowEff, remov
 	// Widen each window to the runs of wasEff that reach into it or end
 	// or start next to it, joining windows that then meet, until none
 	// grows: past its edges no address matches was, nor now.
-	eff := make([]addrRange, len(wasEff))
-	for i, p := range wasEff {
-		eff[i] = rangeOf(p, width)
-	}
 	type span struct {
 		w    addrRange
 		i, j int // wasEff[i:j] lie inside w
 	}
 	var spans []span
 	for _, w := range windows {
-		i, j := widen(eff, &w, width)
+		i, j := widen(wasEff, &w, width)
 		if n := len(spans); n > 0 && touches(spans[n-1].w, w, width) {
 			spans[n-1].w.hi = maxU128(spans[n-1].w.hi, w.hi)
 			spans[n-1].j = j
@@ -176,24 +172,32 @@ func joinRanges(rs []addrRange, width int) []addrRange {
 	return out
 }
 
-// widen grows w, a range no element of eff (sorted, disjoint) crosses
-// the edges of unless it overlaps it, to the elements of eff that overlap
-// it or are contiguous with it or with each other from it, and returns
-// them as eff[i:j].
-func widen(eff []addrRange, w *addrRange, width int) (i, j int) {
-	// The first element that ends at or after the address before w.
+// widen grows w, a range no prefix of eff (sorted, disjoint) crosses the
+// edges of unless it overlaps it, to the prefixes of eff that overlap it
+// or are contiguous with it or with each other from it, and returns them
+// as eff[i:j].
+func widen(eff []netip.Prefix, w *addrRange, width int) (i, j int) {
+	at := func(k int) addrRange { return rangeOf(eff[k], width) }
+	// The first prefix that ends at or after the address before w.
 	i = sort.Search(len(eff), func(k int) bool {
-		return eff[k].hi.cmp(w.lo) >= 0 || !eff[k].hi.isMax(width) && eff[k].hi.next() == w.lo
+		r := at(k)
+		return r.hi.cmp(w.lo) >= 0 || !r.hi.isMax(width) && r.hi.next() == w.lo
 	})
 	j = i
-	for j < len(eff) && (eff[j].lo.cmp(w.hi) <= 0 || !w.hi.isMax(width) && eff[j].lo == w.hi.next()) {
-		w.lo = minU128(w.lo, eff[j].lo)
-		w.hi = maxU128(w.hi, eff[j].hi)
-		j++
+	for ; j < len(eff); j++ {
+		r := at(j)
+		if r.lo.cmp(w.hi) > 0 && (w.hi.isMax(width) || r.lo != w.hi.next()) {
+			break
+		}
+		w.lo, w.hi = minU128(w.lo, r.lo), maxU128(w.hi, r.hi)
 	}
-	for i > 0 && i < j && !eff[i-1].hi.isMax(width) && eff[i-1].hi.next() == eff[i].lo {
+	for i > 0 && i < j {
+		prev := at(i - 1)
+		if prev.hi.isMax(width) || prev.hi.next() != w.lo {
+			break
+		}
 		i--
-		w.lo = eff[i].lo
+		w.lo = prev.lo
 	}
 	return i, j
 }

@@ -2,6 +2,7 @@ package config
 
 import (
 	"bytes"
+	"encoding/binary"
 	"math/bits"
 	"net/netip"
 	"slices"
@@ -233,12 +234,7 @@ func fromAddr(a netip.Addr) u128 {
 		return u128{lo: uint64(b[0])<<24 | uint64(b[1])<<16 | uint64(b[2])<<8 | uint64(b[3])}
 	}
 	b := a.As16()
-	var u u128
-	for i := range 8 {
-		u.hi = u.hi<<8 | uint64(b[i])
-		u.lo = u.lo<<8 | uint64(b[8+i])
-	}
-	return u
+	return u128{hi: binary.BigEndian.Uint64(b[:8]), lo: binary.BigEndian.Uint64(b[8:])}
 }
 
 func (u u128) addr(width int) netip.Addr {

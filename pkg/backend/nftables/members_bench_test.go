@@ -57,3 +57,33 @@ func BenchmarkPlanSetEdit100000(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkPlanSetEditFromConfiguration100000 plans the same edit as the
+// agent now does: with the sets' configuration before and after
+// (Hint.Sets), from the memory of the generation the backend last wrote.
+func BenchmarkPlanSetEditFromConfiguration100000(b *testing.B) {
+	t := &testing.T{}
+	before, after := setsPolicy(t, bigSet(100000, false)), setsPolicy(t, bigSet(100000, true))
+	k := &fakeKernel{}
+	be, err := New(Options{Kernel: k, Hooks: &fakeHooks{st: &HookState{}}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	rs := layout.Build(before, be.Marks())
+	k.obs = observedOf(rs)
+	k.obs.Gen = 1
+	be.setHeld(1, heldOf(before, rs))
+	hint := &backend.Hint{Was: after, Members: true, Sets: []backend.SetEdit{{Name: "partners", Was: before.Sets["partners"].Config, Now: after.Sets["partners"].Config}}}
+	st := &state{obs: k.obs, full: true, remembered: true}
+	ctx := context.Background()
+	b.ResetTimer()
+	for range b.N {
+		p, err := be.Plan(ctx, st, after, hint)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if p.(*plan).edit == nil || p.Summary().Sets.MembersAdded() != 1 {
+			b.Fatal("not one member added from the configuration")
+		}
+	}
+}
