@@ -117,7 +117,12 @@ func (t *translator) unfilteredGuest(c *guestCtx) {
 	t.guestLinesNoEffect(c, "not enforced: "+why)
 	if c.g.Kind == pvefw.Container {
 		for _, n := range c.g.NICs {
-			t.rep.set(n.Line, NoEffect, why+"; vmfw leaves the container's "+c.g.IfaceName(n)+" alone")
+			note := why + "; vmfw leaves the container's " + c.g.IfaceName(n) + " alone"
+			if t.on {
+				// A VM here gets drop_invalid; a veth has no VM file.
+				note += ", so its INVALID packets pass, which PVEFW-FORWARD drops (docs/proxmox.md, known difference 2)"
+			}
+			t.rep.set(n.Line, NoEffect, note)
 		}
 		return
 	}
