@@ -91,6 +91,7 @@ type propNIC struct {
 	noMAC        bool // the file gives no mac
 	antispoof    bool
 	dhcp         bool
+	noNDP        bool // ndp = false
 	groups       []string
 }
 
@@ -98,6 +99,7 @@ type propNIC struct {
 type propVM struct {
 	id                  int
 	enable, log         bool
+	dropInvalid         bool // drop_invalid = true, with enable = false
 	policyIn, policyOut string
 	nics                []*propNIC
 	// role is "" for a VM the test edits at will, else its part in the
@@ -111,6 +113,9 @@ func (v *propVM) tap(i int) string { return fmt.Sprintf("tap%di%d", v.id, i) }
 func (v *propVM) file() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "enable = %v\npolicy_in = %q\npolicy_out = %q\nlog = %v\n", v.enable, v.policyIn, v.policyOut, v.log)
+	if v.dropInvalid {
+		b.WriteString("drop_invalid = true\n")
+	}
 	for i, n := range v.nics {
 		fmt.Fprintf(&b, "\n[net%d]\nbridge = \"vmbr0\"\n", i)
 		if !n.noMAC {
@@ -131,6 +136,9 @@ func (v *propVM) file() string {
 			quoted[k] = strconv.Quote(g)
 		}
 		fmt.Fprintf(&b, "groups = [%s]\nantispoof = %v\ndhcp = %v\n", strings.Join(quoted, ", "), n.antispoof, n.dhcp)
+		if n.noNDP {
+			b.WriteString("ndp = false\n")
+		}
 	}
 	return b.String()
 }
@@ -257,6 +265,7 @@ func propMAC(id, nic int) string {
 // groups; the VM sometimes disabled, with random policies.
 func (p *propLab) randomizeVM(v *propVM) {
 	v.enable = p.r.Intn(6) != 0
+	v.dropInvalid = !v.enable && p.r.Intn(2) == 0
 	v.policyIn = pick(p.r, "drop", "drop", "reject", "accept")
 	v.policyOut = pick(p.r, "accept", "accept", "drop", "reject")
 	v.log = p.r.Intn(5) == 0
@@ -279,6 +288,7 @@ func (p *propLab) randomizeNIC(n *propNIC) {
 	n.antispoof = p.r.Intn(5) != 0
 	n.noMAC = p.r.Intn(6) == 0
 	n.dhcp = p.r.Intn(2) == 0
+	n.noNDP = p.r.Intn(5) == 0
 	n.groups = nil
 	for _, i := range p.r.Perm(len(p.groups))[:p.r.Intn(4)] {
 		n.groups = append(n.groups, p.groups[i].name)
@@ -756,6 +766,12 @@ func shape(v *propVM, n *propNIC) string {
 	}
 	if !v.enable {
 		s = append(s, "VM disabled")
+	}
+	if v.dropInvalid {
+		s = append(s, "drop_invalid")
+	}
+	if n.noNDP {
+		s = append(s, "ndp off")
 	}
 	if n.noMAC {
 		s = append(s, "no mac")

@@ -187,6 +187,31 @@ func TestProxmoxImportPackets(t *testing.T) {
 			{"203: the guest's firewall is off (203.fw:2)", ext, "", false, "192.0.2.23", 80, labnet.Connected},
 			{"204: no firewall=1", ext, "", false, "192.0.2.24", 7000, labnet.Connected},
 		})
+
+		// PVEFW-FORWARD drops what conntrack finds INVALID of every
+		// bridged packet, 204's too although nothing filters it
+		// (drop_invalid = true): an echo reply without its request is
+		// INVALID, an echo request opens a connection.
+		extMAC := mustMAC(t, "02:00:00:00:02:99")
+		echo := func(mac, dst string, typ uint8) func([]byte) []byte {
+			return func(m []byte) []byte {
+				body := append([]byte{0x12, 0x34, 0, 1}, m...)
+				return labnet.ICMPv6Frame(extMAC, mustMAC(t, mac), netip.MustParseAddr("2001:db8::200"), netip.MustParseAddr(dst), typ, 0, body)
+			}
+		}
+		for _, c := range []struct {
+			to       *labnet.NS
+			mac, dst string
+			why      string
+			typ      uint8
+			through  bool
+		}{
+			{nofw, "02:00:00:00:02:04", "2001:db8::24", "an echo reply without request to 204 (no firewall=1): INVALID, dropped", 129, false},
+			{nofw, "02:00:00:00:02:04", "2001:db8::24", "an echo request to 204: a new connection", 128, true},
+			{open, "02:00:00:00:02:03", "2001:db8::23", "an echo reply without request to 203 (firewall off): INVALID, dropped", 129, false},
+		} {
+			expectFrames(t, c.to, []pveFrame{{c.why, ext, echo(c.mac, c.dst, c.typ), c.through}})
+		}
 	})
 }
 
@@ -324,6 +349,21 @@ func TestProxmoxImportGuide(t *testing.T) {
 				return labnet.UDP4Frame(other, extMAC, ap("192.0.2.60", 4000), ap("192.0.2.201", 5000), m)
 			}, true},
 		})
+		// Neighbour discovery meets the blacklist first: PVEFW-FWBR-IN
+		// runs before the tap chain's ndp rules, so the import turns
+		// vmfw's own exception off (ndp = false) and allows it in
+		// PVE_ndp, after PVE_blacklist.
+		bad, good := netip.MustParseAddr("2001:db8:bad::1"), netip.MustParseAddr("2001:db8::201")
+		for _, to := range []*labnet.NS{web0, builder} {
+			expectFrames(t, to, []pveFrame{
+				{"a neighbour advertisement from the blacklist's 2001:db8:bad::/48 (cluster.fw:18)", ext, func(m []byte) []byte {
+					return labnet.NeighborAdvertFrame(extMAC, bad, bad, m)
+				}, false},
+				{"a neighbour advertisement from outside the blacklist (100.fw ndp, on by default)", ext, func(m []byte) []byte {
+					return labnet.NeighborAdvertFrame(extMAC, good, good, m)
+				}, true},
+			})
+		}
 	})
 }
 
@@ -397,8 +437,8 @@ func TestProxmoxImportCluster(t *testing.T) {
 			{"policy_out REJECT (110.fw:3)", app0, "", false, "192.0.2.201", 80, labnet.Refused},
 			{"110's net1 has no firewall=1: everything reaches it", ext9, "", false, "192.0.2.111", 8080, labnet.Connected},
 			{"110's net1 has no firewall=1: everything leaves it", app1, "", false, "192.0.2.209", 5900, labnet.Connected},
-			{"120: IN DROP tcp 22 -i net0 (120.fw:6)", ext, "192.0.2.201", false, "192.0.2.120", 22, labnet.Timeout},
-			{"120: IN REJECT -i net0 (120.fw:7)", ext, "192.0.2.201", false, "192.0.2.120", 80, labnet.Refused},
+			{"120: IN DROP tcp 22 -i net0 (120.fw:7)", ext, "192.0.2.201", false, "192.0.2.120", 22, labnet.Timeout},
+			{"120: IN REJECT -i net0 (120.fw:8)", ext, "192.0.2.201", false, "192.0.2.120", 80, labnet.Refused},
 			{"120 net1: the -i net0 rules do not apply; policy_in ACCEPT (120.fw:3)", ext1, "", false, "192.0.2.121", 22, labnet.Connected},
 		})
 
@@ -414,5 +454,25 @@ func TestProxmoxImportCluster(t *testing.T) {
 				return labnet.RouterAdvertFrame(mustMAC(t, "bc:24:11:00:12:00"), netip.MustParseAddr("fe80::120"), m)
 			}, false},
 		})
+
+		// ndp: 0 (120.fw:5) hands neighbour discovery to 120's rules:
+		// on net0 IN REJECT -i net0 (120.fw:8) meets it, and
+		// PVEFW-reject drops ICMPv6; on net1 policy_in ACCEPT lets it
+		// in. 110 keeps the default, ndp on, whatever its policy_in DROP.
+		for _, c := range []struct {
+			from, to *labnet.NS
+			mac      string
+			why      string
+			through  bool
+		}{
+			{ext, gw0, "02:00:00:00:11:99", "120 net0, ndp: 0: IN REJECT -i net0 drops ICMPv6 (PVEFW-reject)", false},
+			{ext1, gw1, "02:00:00:00:11:98", "120 net1, ndp: 0: policy_in ACCEPT", true},
+			{ext, app0, "02:00:00:00:11:99", "110, ndp on (default): allowed before policy_in DROP", true},
+		} {
+			na := func(m []byte) []byte {
+				return labnet.NeighborAdvertFrame(mustMAC(t, c.mac), netip.MustParseAddr("fe80::99"), netip.MustParseAddr("fe80::99"), m)
+			}
+			expectFrames(t, c.to, []pveFrame{{"a neighbour advertisement to " + c.why, c.from, na, c.through}})
+		}
 	})
 }

@@ -126,7 +126,7 @@ func TestImportProxmox(t *testing.T) {
 	}
 	bad := filepath.Join(t.TempDir(), "bad")
 	code, out, errOut = run1("import", "proxmox", "-o", "json", filepath.Join(src, "errors", "src"), bad)
-	if code != ExitUsage || !strings.Contains(errOut, "firewall/301.fw:3: cannot be translated exactly") || !strings.Contains(out, `"written": false`) {
+	if code != ExitUsage || !strings.Contains(errOut, "firewall/301.fw:4: cannot be translated exactly") || !strings.Contains(out, `"written": false`) {
 		t.Errorf("exit %d, stdout %.200q, stderr %.300q", code, out, errOut)
 	}
 	if _, err := os.Stat(bad); !os.IsNotExist(err) {

@@ -58,6 +58,9 @@ type IfaceSettings struct {
 	AntispoofMACOnly bool
 	// DHCP allows DHCP and DHCPv6 client traffic.
 	DHCP bool
+	// NoNDP leaves neighbour discovery to the groups (ndp = false). Only
+	// VM files have it; false, the zero value, keeps vmfw's exception.
+	NoNDP bool
 	// L2Protocols are ethertypes the guest may send besides IPv4, IPv6
 	// and ARP. Only VM files have them.
 	L2Protocols []string
@@ -175,7 +178,7 @@ func validateNIC(vm *VM, s *IfaceSettings, defined func(string) bool) (*NIC, *Fi
 	if p := IfaceNameProblem(s.Iface); p != "" {
 		return nil, fieldError(FieldIface, -1, s.Iface, p)
 	}
-	nic := &NIC{VM: vm, Tap: s.Iface, Antispoof: s.Antispoof || s.AntispoofMACOnly, AntispoofMACOnly: s.AntispoofMACOnly, DHCP: s.DHCP}
+	nic := &NIC{VM: vm, Tap: s.Iface, Antispoof: s.Antispoof || s.AntispoofMACOnly, AntispoofMACOnly: s.AntispoofMACOnly, DHCP: s.DHCP, NoNDP: s.NoNDP}
 	if s.MAC != "" {
 		mac, problem := parseMAC(s.MAC)
 		if problem != "" {

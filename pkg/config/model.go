@@ -172,6 +172,11 @@ type VM struct {
 	Name string
 	// Enable false lets the VM's taps pass unfiltered (explicitly).
 	Enable bool
+	// DropInvalid, only with Enable false, still drops what conntrack
+	// finds INVALID and new TCP without SYN, as a filtered VM's chains
+	// do first (drop_invalid = true; Proxmox's PVEFW-FORWARD does it for
+	// guests whose firewall is off: docs/proxmox.md).
+	DropInvalid bool
 	// PolicyIn and PolicyOut decide packets no rule matched.
 	PolicyIn, PolicyOut Action
 	// Log logs packets dropped or rejected by policy, rate limited, in
@@ -215,6 +220,12 @@ type NIC struct {
 	AntispoofMACOnly bool
 	// DHCP allows DHCP/DHCPv6 client traffic (default true).
 	DHCP bool
+	// NoNDP turns off vmfw's neighbour discovery exception (ndp = false):
+	// router and neighbour solicitations and advertisements then meet
+	// the groups like any packet, so a group can drop them before
+	// another allows them (docs/proxmox.md, the blacklist). The negative
+	// keeps the zero value, and every NIC built without it, as before.
+	NoNDP bool
 	// L2Protocols are the ethertypes besides IPv4, IPv6 and ARP the VM may
 	// send when Antispoof is on, in the form ebtables prints them.
 	L2Protocols []string

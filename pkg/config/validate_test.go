@@ -707,6 +707,18 @@ func TestLoadErrors(t *testing.T) {
 			phrase: "policy_in \"deny\": must be drop, reject or accept",
 		},
 		{
+			name:   "drop_invalid = false on a filtered VM",
+			files:  map[string]string{"vms/110.toml": "name = \"a\"\ndrop_invalid = false\n"},
+			prefix: "vms/110.toml:2: ",
+			phrase: "drop_invalid = false: a filtered VM always drops packets conntrack finds INVALID",
+		},
+		{
+			name:   "ndp wrong type",
+			files:  map[string]string{"vms/110.toml": "[net0]\nndp = \"no\"\n"},
+			prefix: "vms/110.toml:2: ",
+			phrase: "ndp: expected a boolean, got a string",
+		},
+		{
 			name:   "policy_out",
 			files:  map[string]string{"vms/110.toml": "policy_out = \"allow\"\n"},
 			prefix: "vms/110.toml:1: ",

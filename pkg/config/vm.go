@@ -13,13 +13,15 @@ import (
 
 // vmHead holds a VM file's scalar keys as written.
 type vmHead struct {
-	Name      string  `toml:"name"`
-	Enable    *bool   `toml:"enable"`
-	PolicyIn  *string `toml:"policy_in"`
-	PolicyOut *string `toml:"policy_out"`
-	Log       any     `toml:"log"`
-	LogIn     any     `toml:"log_in"`
-	LogOut    any     `toml:"log_out"`
+	Name   string `toml:"name"`
+	Enable *bool  `toml:"enable"`
+	// DropInvalid is drop_invalid, for a VM with enable = false.
+	DropInvalid *bool   `toml:"drop_invalid"`
+	PolicyIn    *string `toml:"policy_in"`
+	PolicyOut   *string `toml:"policy_out"`
+	Log         any     `toml:"log"`
+	LogIn       any     `toml:"log_in"`
+	LogOut      any     `toml:"log_out"`
 }
 
 // nicFile is one [netN] table as written.
@@ -30,14 +32,15 @@ type nicFile struct {
 	Groups    []string `toml:"groups"`
 	Antispoof any      `toml:"antispoof"`
 	DHCP      *bool    `toml:"dhcp"`
+	NDP       *bool    `toml:"ndp"`
 	L2        []string `toml:"l2_protocols"`
 }
 
 var vmSchema = &schema{
-	top: "VM keys are name, enable, policy_in, policy_out, log, log_in, log_out and [netN] tables",
+	top: "VM keys are name, enable, drop_invalid, policy_in, policy_out, log, log_in, log_out and [netN] tables",
 	sub: func(table string) string {
 		if _, ok := netIndex(table); ok {
-			return "interface keys are mac, ips, bridge, groups, antispoof, dhcp and l2_protocols"
+			return "interface keys are mac, ips, bridge, groups, antispoof, dhcp, ndp and l2_protocols"
 		}
 		return ""
 	},
@@ -123,6 +126,14 @@ func (l *loader) loadVM(f *file, id int, known map[string]bool, claims *[]addrCl
 	}
 	if head.Enable != nil {
 		vm.Enable = *head.Enable
+	}
+	if head.DropInvalid != nil {
+		// A filtered VM's chains drop INVALID packets whatever it says:
+		// false there would be a promise vmfw does not keep.
+		if !*head.DropInvalid && vm.Enable {
+			return nil, f.errorAt("drop_invalid", "drop_invalid = false: a filtered VM always drops packets conntrack finds INVALID; the key is for a VM with enable = false")
+		}
+		vm.DropInvalid = *head.DropInvalid && !vm.Enable
 	}
 
 	// Interfaces are checked in file order, so that an address listed twice
@@ -256,6 +267,7 @@ func loadNIC(f *file, vm *VM, nt netTable, nf *nicFile, known map[string]bool, c
 		Antispoof:        antispoof,
 		AntispoofMACOnly: macOnly,
 		DHCP:             nf.DHCP == nil || *nf.DHCP,
+		NoNDP:            nf.NDP != nil && !*nf.NDP,
 		L2Protocols:      nf.L2,
 	}
 	nic, ferr := validateNIC(vm, s, func(g string) bool { return known[g] })

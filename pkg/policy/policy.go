@@ -225,7 +225,7 @@ func (e *Evaluator) In(n *config.NIC, sender *config.NIC, f Flow) Verdict {
 func (e *Evaluator) out(w *walk, n *config.NIC, f Flow) {
 	chain := ruleset.TapObject(n.Tap, "out")
 	if !n.VM.Enable {
-		w.step(yes, config.Accept, Step{Chain: chain, What: "disabled", File: n.VM.File, Note: "VM disabled (enable = false): its interfaces pass unfiltered"})
+		e.disabled(w, n, chain, f)
 		return
 	}
 	v6 := f.Src.Is6()
@@ -237,7 +237,7 @@ func (e *Evaluator) out(w *walk, n *config.NIC, f Flow) {
 		e.antispoof(w, n, f)
 	}
 	e.state(w, chain, f)
-	if v6 && f.ICMPKnown && f.Proto == protoICMPv6 {
+	if v6 && f.ICMPKnown && f.Proto == protoICMPv6 && !n.NoNDP {
 		switch f.ICMPType {
 		case icmp6RouterSolicit, icmp6NeighSolicit, icmp6NeighAdvert:
 			w.step(yes, config.Accept, Step{Chain: chain, What: "ndp", Note: "neighbour discovery from the VM is allowed"})
@@ -286,6 +286,15 @@ func (e *Evaluator) antispoof(w *walk, n *config.NIC, f Flow) {
 		return
 	}
 	step(yes, "antispoof", "source "+f.Src.String()+" is not one of the interface's ips: spoofed, dropped")
+}
+
+// disabled walks the chain of an interface of a VM with enable = false:
+// with drop_invalid the connection-state rules, then everything passes.
+func (e *Evaluator) disabled(w *walk, n *config.NIC, chain string, f Flow) {
+	if n.VM.DropInvalid {
+		e.state(w, chain, f)
+	}
+	w.step(yes, config.Accept, Step{Chain: chain, What: "disabled", File: n.VM.File, Note: "VM disabled (enable = false): its interfaces pass unfiltered"})
 }
 
 // state walks the connection-tracking rules that follow anti-spoofing:
@@ -347,11 +356,11 @@ func (e *Evaluator) in(w *walk, n *config.NIC, sender *config.NIC, f Flow, local
 		chain = n.Tap + "-lin"
 	}
 	if !n.VM.Enable {
-		w.step(yes, config.Accept, Step{Chain: chain, What: "disabled", File: n.VM.File, Note: "VM disabled (enable = false): its interfaces pass unfiltered"})
+		e.disabled(w, n, chain, f)
 		return
 	}
 	e.state(w, chain, f)
-	if f.Dst.Is6() && f.ICMPKnown && f.Proto == protoICMPv6 {
+	if f.Dst.Is6() && f.ICMPKnown && f.Proto == protoICMPv6 && !n.NoNDP {
 		switch f.ICMPType {
 		case icmp6RouterSolicit, icmp6RouterAdvert, icmp6NeighSolicit, icmp6NeighAdvert:
 			w.step(yes, config.Accept, Step{Chain: chain, What: "ndp", Note: "neighbour and router discovery to the VM is allowed"})

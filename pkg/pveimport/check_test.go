@@ -30,6 +30,8 @@ func TestCheckAcceptsImport(t *testing.T) {
 		{`antispoof = "mac"`, func(path, data string) bool { return strings.Contains(data, "\nantispoof = \"mac\"\n") }},
 		{"a rule logging at a level", func(path, data string) bool { return strings.Contains(data, "\nlog = \"") }},
 		{"log_in", func(path, data string) bool { return strings.Contains(data, "\nlog_in = \"") }},
+		{"ndp = false", func(path, data string) bool { return strings.Contains(data, "\nndp = false\n") }},
+		{"drop_invalid = true", func(path, data string) bool { return strings.Contains(data, "\ndrop_invalid = true\n") }},
 	}
 	for _, name := range importedTrees {
 		t.Run(name, func(t *testing.T) {

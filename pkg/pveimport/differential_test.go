@@ -73,16 +73,6 @@ type knownDifference struct {
 
 var knownDifferences = []knownDifference{
 	{
-		// vmfw lets neighbour and router discovery to a VM through
-		// before its groups; pve-firewall's blacklist (PVEFW-FWBR-IN)
-		// comes before the tap chain's ndp rules.
-		name: "neighbour discovery from a blacklisted IPv6 source passes",
-		pve:  pveeval.Drop, vmfw: pveeval.Accept,
-		covers: func(c diffCase) bool {
-			return c.side == "in" && c.why == "blacklist" && c.f.Proto == pveeval.ICMPv6 && c.f.ICMPType >= 133 && c.f.ICMPType <= 136
-		},
-	},
-	{
 		// PVEFW-reject drops packets from IPv4 multicast sources; a
 		// vmfw out rule cannot match the sending guest's own source.
 		name: "a guest's packet from a multicast source meets a REJECT of its out chain",
@@ -97,16 +87,6 @@ var knownDifferences = []knownDifference{
 		pve:  pveeval.Drop, vmfw: pveeval.Reject,
 		covers: func(c diffCase) bool {
 			return c.side == "in" && (c.f.Dst == broadcast || multicast4.Contains(c.f.Dst) || multicast6.Contains(c.f.Dst))
-		},
-	},
-	{
-		// PVEFW-FORWARD drops INVALID packets of every bridged
-		// packet; a VM imported with enable = false passes them.
-		name: "an INVALID packet of a guest pve-firewall does not filter passes",
-		pve:  pveeval.Drop, vmfw: pveeval.Accept,
-		covers: func(c diffCase) bool {
-			disabled := func(e endpoint) bool { return e.nic == nil || !e.nic.VM.Enable }
-			return c.side == "forward" && c.why == "INVALID" && disabled(c.from) && disabled(c.to)
 		},
 	},
 }

@@ -117,11 +117,16 @@ func (t *translator) unfilteredGuest(c *guestCtx) {
 	t.guestLinesNoEffect(c, "not enforced: "+why)
 	if c.g.Kind == pvefw.Container {
 		for _, n := range c.g.NICs {
-			t.rep.set(n.Line, NoEffect, why+"; vmfw leaves the container's "+c.g.IfaceName(n)+" alone")
+			note := why + "; vmfw leaves the container's " + c.g.IfaceName(n) + " alone"
+			if t.on {
+				// A VM here gets drop_invalid; a veth has no VM file.
+				note += ", so its INVALID packets pass, which PVEFW-FORWARD drops (docs/proxmox.md, known difference 2)"
+			}
+			t.rep.set(n.Line, NoEffect, note)
 		}
 		return
 	}
-	vm := &outVM{id: c.g.ID, name: label(c.g.Name), enable: false, optionSrc: t.enableSrc(),
+	vm := &outVM{id: c.g.ID, name: label(c.g.Name), enable: false, dropInvalid: t.on, optionSrc: t.enableSrc(),
 		header: []string{fmt.Sprintf("VM %d, imported from %s by vmfw import proxmox: not filtered, as %s.", c.g.ID, c.g.Path, why)}}
 	if o, ok := c.fw.Opt("enable"); ok {
 		vm.optionSrc = append(vm.optionSrc, o.Line)
@@ -278,6 +283,9 @@ func (t *translator) vm(c *guestCtx) *outVM {
 		if o, ok := fw.Options["dhcp"]; ok {
 			on.srcs = append(on.srcs, o.Line)
 		}
+		if o, ok := fw.Options["ndp"]; ok {
+			on.ndpSrcs = append(on.ndpSrcs, o.Line)
+		}
 		if n.MAC != "" && opts["macfilter"] != "0" {
 			on.mac, on.antispoof = strings.ToLower(n.MAC), "mac"
 			if ebtablesOff {
@@ -291,6 +299,13 @@ func (t *translator) vm(c *guestCtx) *outVM {
 		if opts["dhcp"] != "0" {
 			ref := groupRef{name: t.dhcpGroup(), why: "guest option dhcp (on unless 0)"}
 			if o, ok := fw.Options["dhcp"]; ok {
+				ref.src = []pvefw.Line{o.Line}
+			}
+			on.groups = append(on.groups, ref)
+		}
+		if opts["ndp"] != "0" {
+			ref := groupRef{name: t.ndpGroup(), why: "guest option ndp (on unless 0)"}
+			if o, ok := fw.Options["ndp"]; ok {
 				ref.src = []pvefw.Line{o.Line}
 			}
 			on.groups = append(on.groups, ref)
@@ -378,14 +393,8 @@ func (t *translator) vmOptions(c *guestCtx, vm *outVM) {
 				vm.logOut, vm.logOutSrc = o.Value, o.Line
 			}
 			t.rep.set(o.Line, Translated, "")
-		case "macfilter", "dhcp", "radv":
+		case "macfilter", "dhcp", "radv", "ndp":
 			t.rep.set(o.Line, Translated, "")
-		case "ndp":
-			if o.Value == "0" {
-				t.problem(o.Line, Untranslatable, "vmfw always lets neighbour discovery through; pve-firewall passes it to the rules here", false)
-			} else {
-				t.rep.set(o.Line, Translated, "neighbour discovery is allowed, as vmfw always does")
-			}
 		case "ipfilter":
 			if o.Value == "1" {
 				t.problem(o.Line, Untranslatable, "ipfilter binds the guest's source addresses (ipfilter-netN sets, the MAC's link-local address) after DHCP; vmfw cannot express it", false)

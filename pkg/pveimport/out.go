@@ -51,10 +51,14 @@ type setEntry struct {
 
 // outVM is one VM file to write.
 type outVM struct {
-	id                  int
-	header              []string
-	name                string
-	enable              bool
+	id     int
+	header []string
+	name   string
+	enable bool
+	// dropInvalid, for a VM not filtered while the cluster firewall is
+	// on, is PVEFW-FORWARD's INVALID drop, which every bridged packet
+	// meets.
+	dropInvalid         bool
 	policyIn, policyOut string
 	// logIn and logOut are syslog levels, "" for none; logSrc are the
 	// option lines they come from.
@@ -79,6 +83,8 @@ type outNIC struct {
 	groups       []groupRef
 	// srcs are further lines the interface's settings come from (options).
 	srcs []pvefw.Line
+	// ndpSrcs is the ndp option line, which ndp = false comes from.
+	ndpSrcs []pvefw.Line
 }
 
 // groupRef is one entry of an interface's group list with a comment

@@ -212,6 +212,11 @@ func writeVM(vm *outVM, rep *reporter) File {
 	}
 	d.add("enable = %t", vm.enable)
 	d.from(vm.optionSrc...)
+	if !vm.enable && vm.dropInvalid {
+		d.comment("PVEFW-FORWARD drops what conntrack finds INVALID of every bridged packet while the cluster firewall is on.")
+		d.add("drop_invalid = true")
+		d.from(vm.optionSrc...)
+	}
 	if vm.enable {
 		d.add("policy_in = %s", tomlString(vm.policyIn))
 		d.from(vm.policyInSrc)
@@ -248,6 +253,8 @@ func writeVM(vm *outVM, rep *reporter) File {
 		d.from(n.antispoofSrc)
 		d.add("dhcp = false")
 		d.from(n.srcs...)
+		d.add("ndp = false")
+		d.from(n.ndpSrcs...)
 		if len(n.groups) == 0 {
 			d.add("groups = []")
 			continue

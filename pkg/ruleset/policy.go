@@ -65,6 +65,9 @@ type Interface struct {
 	Name string
 	// Enabled false lets the interface pass unfiltered (explicitly).
 	Enabled bool
+	// DropInvalid, only with Enabled false, drops packets conntrack
+	// finds INVALID and new TCP without SYN all the same.
+	DropInvalid bool
 	// MAC is the VM's address on the interface, nil if unknown.
 	MAC net.HardwareAddr
 	// IPs are the addresses the VM may send from, and which traffic
@@ -82,6 +85,10 @@ type Interface struct {
 	AntispoofMACOnly bool
 	// DHCP allows DHCP and DHCPv6 client traffic.
 	DHCP bool
+	// NoNDP drops vmfw's neighbour discovery exception (ndp = false):
+	// neighbour and router solicitations and advertisements meet the
+	// groups and the policy like any other packet.
+	NoNDP bool
 	// L2Protocols are the ethertypes besides IPv4, IPv6 and ARP the VM
 	// may send with anti-spoofing on.
 	L2Protocols []string
@@ -314,11 +321,13 @@ func compileInterface(n *config.NIC) *Interface {
 	return &Interface{
 		Name:             n.Tap,
 		Enabled:          n.VM.Enable,
+		DropInvalid:      !n.VM.Enable && n.VM.DropInvalid,
 		MAC:              n.MAC,
 		IPs:              n.IPs,
 		Antispoof:        n.Antispoof,
 		AntispoofMACOnly: n.Antispoof && n.AntispoofMACOnly,
 		DHCP:             n.DHCP,
+		NoNDP:            n.NoNDP,
 		L2Protocols:      n.L2Protocols,
 		PolicyIn:         n.VM.PolicyIn,
 		PolicyOut:        n.VM.PolicyOut,

@@ -112,10 +112,18 @@ func (b *builder) entryChains() []*ChainRules {
 func (b *builder) tapChains(f ruleset.Family, n *ruleset.Interface) []*ChainRules {
 	outName, inName := TapChain(n.Name, "out"), TapChain(n.Name, "in")
 	if !n.Enabled {
-		return []*ChainRules{
-			{Name: outName, Rules: []Rule{{Spec: b.setMark(), Comment: "vm disabled"}}},
-			{Name: inName, Rules: []Rule{{Spec: b.setMark()}, {Spec: "-j ACCEPT", Comment: "vm disabled"}}},
+		out := &ChainRules{Name: outName}
+		in := &ChainRules{Name: inName, Rules: []Rule{{Spec: b.setMark()}}}
+		if n.DropInvalid {
+			// drop_invalid: the connection-state checks every filtered
+			// chain starts with, and nothing else.
+			states := []Rule{{Spec: "-m conntrack --ctstate INVALID -j DROP"}, midStreamDrop}
+			out.Rules = append(out.Rules, states...)
+			in.Rules = append(in.Rules, states...)
 		}
+		out.Rules = append(out.Rules, Rule{Spec: b.setMark(), Comment: "vm disabled"})
+		in.Rules = append(in.Rules, Rule{Spec: "-j ACCEPT", Comment: "vm disabled"})
+		return []*ChainRules{out, in}
 	}
 	var chains []*ChainRules
 	out := &ChainRules{Name: outName}
@@ -144,14 +152,19 @@ func (b *builder) tapChains(f ruleset.Family, n *ruleset.Interface) []*ChainRule
 		midStreamDrop)
 	switch {
 	case f == ruleset.IPv6:
-		// NDP from the VM's own (or link-local) address.
-		for _, t := range []string{"router-solicitation", "neighbour-solicitation", "neighbour-advertisement"} {
-			out.Rules = append(out.Rules, Rule{Spec: "-p ipv6-icmp --icmpv6-type " + t + " " + b.setMark()})
+		// NDP from the VM's own (or link-local) address, unless ndp =
+		// false leaves it to the groups.
+		if !n.NoNDP {
+			for _, t := range []string{"router-solicitation", "neighbour-solicitation", "neighbour-advertisement"} {
+				out.Rules = append(out.Rules, Rule{Spec: "-p ipv6-icmp --icmpv6-type " + t + " " + b.setMark()})
+			}
 		}
 		if n.DHCP {
 			out.Rules = append(out.Rules, Rule{Spec: udpPorts(546, 547) + " " + b.setMark(), Comment: "dhcpv6 client"})
 		}
-		out.Rules = append(out.Rules, Rule{Spec: b.isMarked() + " -j RETURN"})
+		if !n.NoNDP || n.DHCP {
+			out.Rules = append(out.Rules, Rule{Spec: b.isMarked() + " -j RETURN"})
+		}
 	case n.DHCP:
 		out.Rules = append(out.Rules, b.outAccept(udpPorts(68, 67), "dhcp client")...)
 	}
@@ -186,8 +199,10 @@ func (b *builder) inChain(f ruleset.Family, n *ruleset.Interface, local bool) *C
 		midStreamDrop,
 	}}
 	if f == ruleset.IPv6 {
-		for _, t := range []string{"router-solicitation", "router-advertisement", "neighbour-solicitation", "neighbour-advertisement"} {
-			in.Rules = append(in.Rules, Rule{Spec: "-p ipv6-icmp --icmpv6-type " + t + " -j ACCEPT"})
+		if !n.NoNDP {
+			for _, t := range []string{"router-solicitation", "router-advertisement", "neighbour-solicitation", "neighbour-advertisement"} {
+				in.Rules = append(in.Rules, Rule{Spec: "-p ipv6-icmp --icmpv6-type " + t + " -j ACCEPT"})
+			}
 		}
 		if n.DHCP {
 			in.Rules = append(in.Rules, Rule{Spec: udpPorts(547, 546) + " -j ACCEPT", Comment: "dhcpv6 reply"})

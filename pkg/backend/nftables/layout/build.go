@@ -251,13 +251,14 @@ func (b *builder) outChain() *Chain {
 	m := b.m
 	acc := b.setMark(m.Acc)
 	c := &Chain{Name: ChainOut, Rules: []Rule{
+		{Exprs: []Expr{in(FIifname, SetDropInvalid), marked(m.Inv), verdict(Drop)}, Comment: "vm disabled, drop_invalid"},
 		{Exprs: []Expr{in(FIifname, SetDisabled), acc, verdict(Return)}, Comment: "vm disabled"},
 		rule(append(nonIP(), verdict(Return))...),
 		rule(in(FIifname, SetAntispoof), jump(ChainSpoof)),
 		rule(marked(m.Acc), verdict(Return)),
 		{Exprs: []Expr{marked(m.Inv), goTo(ChainDropOut)}, Comment: "invalid"},
 		rule(marked(m.Est), acc, verdict(Return)),
-		rule(with(icmp6Types(ndRouterSolicit, ndNeighSolicit, ndNeighAdvert), acc, verdict(Return))...),
+		rule(with(icmp6Types(ndRouterSolicit, ndNeighSolicit, ndNeighAdvert), notIn(FIifname, SetNoNDP), acc, verdict(Return))...),
 		{Exprs: with(with([]Expr{isIPv6, in(FIifname, SetDHCP)}, udpPorts(546, 547)...), acc, verdict(Return)), Comment: "dhcpv6 client"},
 		{Exprs: with(with([]Expr{isIPv4, in(FIifname, SetDHCP)}, udpPorts(68, 67)...), acc, verdict(Return)), Comment: "dhcp client"},
 	}}
@@ -309,11 +310,12 @@ func (b *builder) inChain() *Chain {
 	m := b.m
 	c := &Chain{Name: ChainIn, Rules: []Rule{
 		rule(b.setMark(m.Acc | m.Seen)),
+		{Exprs: []Expr{in(FOifname, SetDropInvalid), marked(m.Inv), verdict(Drop)}, Comment: "vm disabled, drop_invalid"},
 		{Exprs: []Expr{in(FOifname, SetDisabled), verdict(Accept)}, Comment: "vm disabled"},
 		rule(append(nonIP(), verdict(Accept))...),
 		{Exprs: []Expr{marked(m.Inv), goTo(ChainDropIn)}, Comment: "invalid"},
 		rule(marked(m.Est), verdict(Accept)),
-		rule(with(icmp6Types(ndRouterSolicit, ndRouterAdvert, ndNeighSolicit, ndNeighAdvert), verdict(Accept))...),
+		rule(with(icmp6Types(ndRouterSolicit, ndRouterAdvert, ndNeighSolicit, ndNeighAdvert), notIn(FOifname, SetNoNDP), verdict(Accept))...),
 		{Exprs: with(with([]Expr{isIPv6, in(FOifname, SetDHCP)}, udpPorts(547, 546)...), verdict(Accept)), Comment: "dhcpv6 reply"},
 		{Exprs: with(with([]Expr{isIPv4, in(FOifname, SetDHCP)}, udpPorts(67, 68)...), verdict(Accept)), Comment: "dhcp reply"},
 	}}
@@ -598,7 +600,7 @@ func (b *builder) bridgeSets() []*Set {
 	def := func(name string, counter bool, key ...Type) {
 		sets[name] = &Set{Name: name, Key: key, Counter: counter}
 	}
-	for _, name := range []string{SetPorts, SetDisabled, SetAntispoof, SetHasMAC, SetDHCP, SetOutAccept, SetOutReject, SetInAccept, SetInReject, SetLogOut, SetLogIn} {
+	for _, name := range []string{SetPorts, SetDisabled, SetDropInvalid, SetAntispoof, SetHasMAC, SetDHCP, SetNoNDP, SetOutAccept, SetOutReject, SetInAccept, SetInReject, SetLogOut, SetLogIn} {
 		def(name, false, TypeIfname)
 	}
 	for _, d := range []config.Direction{config.In, config.Out} {
@@ -638,6 +640,9 @@ func (b *builder) bridgeSets() []*Set {
 		add(SetPorts, name)
 		if !n.Enabled {
 			add(SetDisabled, name)
+			if n.DropInvalid {
+				add(SetDropInvalid, name)
+			}
 			continue
 		}
 		add(SetDropsOut, name)
@@ -672,6 +677,9 @@ func (b *builder) bridgeSets() []*Set {
 		}
 		if n.DHCP {
 			add(SetDHCP, name)
+		}
+		if n.NoNDP {
+			add(SetNoNDP, name)
 		}
 		policy := func(a config.Action, acceptSet, rejectSet string, d config.Direction) {
 			switch a {

@@ -45,9 +45,12 @@ const (
 // changes elements only (docs/nftables.md).
 const (
 	// SetPorts holds every attached interface: what Installed reads.
-	SetPorts     = "ports"
-	SetDisabled  = "disabled"
-	SetAntispoof = "antispoof"
+	SetPorts    = "ports"
+	SetDisabled = "disabled"
+	// SetDropInvalid holds the disabled interfaces with drop_invalid:
+	// their packets marked invalid are dropped before "vm disabled".
+	SetDropInvalid = "drop-invalid"
+	SetAntispoof   = "antispoof"
 	// SetAntispoofMAC holds the interfaces with antispoof = "mac": the
 	// l2 chain checks their source MAC and nothing else.
 	SetAntispoofMAC = "antispoof-mac"
@@ -57,12 +60,16 @@ const (
 	SetSrc6         = "src6"
 	SetL2Proto      = "l2proto"
 	SetDHCP         = "dhcp"
-	SetOutAccept    = "policy-out-accept"
-	SetOutReject    = "policy-out-reject"
-	SetInAccept     = "policy-in-accept"
-	SetInReject     = "policy-in-reject"
-	SetLogOut       = "log-out"
-	SetLogIn        = "log-in"
+	// SetNoNDP holds the interfaces with ndp = false, whose neighbour
+	// discovery meets their groups: usually empty, so that the common
+	// case adds no element per interface.
+	SetNoNDP     = "no-ndp"
+	SetOutAccept = "policy-out-accept"
+	SetOutReject = "policy-out-reject"
+	SetInAccept  = "policy-in-accept"
+	SetInReject  = "policy-in-reject"
+	SetLogOut    = "log-out"
+	SetLogIn     = "log-in"
 	// SetDropsOut and SetDropsIn give each enabled interface a counter
 	// of what its own rules dropped or rejected (status).
 	SetDropsOut = "drops-out"
