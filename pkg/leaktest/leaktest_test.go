@@ -71,3 +71,16 @@ func TestCheck(t *testing.T) {
 		t.Fatalf("goroutines that end were reported: %q", r.errors)
 	}
 }
+
+// TestExitingIsNotLeft: a goroutine dumped in the runtime's exit path has
+// returned and is not counted; one still in vmfw's code is.
+func TestExitingIsNotLeft(t *testing.T) {
+	done := "goroutine 77 [runnable]:\nruntime.goexit1()\n\t/usr/local/go/src/runtime/proc.go:4475 +0x9b\nruntime.goexit({})\n\t/usr/local/go/src/runtime/asm_amd64.s:1772 +0x6\ncreated by github.com/vmfw/vmfw/pkg/agent.startAgentOn in goroutine 76"
+	running := "goroutine 78 [chan receive]:\ngithub.com/vmfw/vmfw/pkg/agent.(*Agent).Run(0xc000)\n\t/work/pkg/agent/agent.go:100 +0x1\ncreated by github.com/vmfw/vmfw/pkg/agent.startAgentOn in goroutine 76"
+	if !exiting([]byte(done)) {
+		t.Error("a goroutine in runtime.goexit1 counted as running")
+	}
+	if exiting([]byte(running)) {
+		t.Error("a goroutine in vmfw's code counted as exiting")
+	}
+}

@@ -122,7 +122,7 @@ func (b *Backend) planSetEdit(st *state, want *ruleset.Policy, edits []backend.S
 	}
 	for name, s := range want.Sets {
 		h, ok := held.sets[name]
-		if !ok || !edited[name] && !sameSet(h.config, s.Config) {
+		if !ok || !edited[name] && !h.config.SameMembers(s.Config) {
 			trace.Printf("set edit: address set %s is not held as the policy has it", name)
 			return nil
 		}
@@ -234,23 +234,6 @@ func sameButAddressSets(obs *nlnft.Observed, rs *layout.Ruleset) bool {
 		}
 	}
 	return true
-}
-
-// sameSet reports whether a and b list the same entries and excepts, in
-// the same order: their interval sets hold the same prefixes. Most are
-// the same pointer (the agent's configuration cache keeps an unchanged
-// set's).
-func sameSet(a, b *config.Set) bool {
-	if a == b {
-		return true
-	}
-	if a == nil || b == nil {
-		return false
-	}
-	same := func(x, y []config.SetEntry) bool {
-		return slices.EqualFunc(x, y, func(p, q config.SetEntry) bool { return p.Prefix == q.Prefix })
-	}
-	return same(a.Entries, b.Entries) && same(a.Except, b.Except)
 }
 
 // appliedEdit changes obs, the memory the plan of edit was made from, as
