@@ -23,7 +23,7 @@ import (
 // vmfwLine matches the lines of an iptables-save that belong to vmfw: its
 // chains (declarations and rules) and its hook rules, for the taps of
 // these tests.
-var vmfwLine = regexp.MustCompile(`^(:|-A )(vmfw-|sg-|tap2[0-9]{2}i0-)|vmfw:|-j vmfw-l2(out)?$|"vmfw nftables: allowed"`)
+var vmfwLine = regexp.MustCompile(`^(:|-A )(vmfw-|sg-|tap2[0-9]{2}i0-)|vmfw:|-j vmfw-l2(d|out)?$|"vmfw nftables: allowed"`)
 
 // foreign returns the lines of a save that are not vmfw's.
 func foreign(save string) string {

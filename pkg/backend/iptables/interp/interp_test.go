@@ -320,3 +320,40 @@ func TestEmptyL2ChainExists(t *testing.T) {
 		t.Errorf("empty vmfw-l2: drop=%v err=%v, want a fall through", drop, err)
 	}
 }
+
+// TestL2DestMAC: vmfw-l2d and a tap's TAP-l2d see the frame's destination
+// MAC. A unicast frame to the port's VM's MAC returns, one to another MAC
+// (the bridge flooding a frame it has not learnt the destination of) is
+// dropped, and a multicast frame returns before any lookup. Before frames
+// had a destination MAC, "-d MAC" could never match and every frame to a
+// VM read as dropped.
+func TestL2DestMAC(t *testing.T) {
+	m := newL2Machine(map[layout.Chain][]string{
+		layout.ChainL2Dest: {"-d Multicast -j RETURN", "-o tap102i0 -j tap102i0-l2d"},
+		"tap102i0-l2d":     {"-d 02:00:00:00:01:02 -j RETURN", "-j DROP"},
+	})
+	own := net.HardwareAddr{2, 0, 0, 0, 1, 2}
+	other := net.HardwareAddr{2, 0, 0, 0, 1, 3}
+	for _, c := range []struct {
+		name      string
+		out       string
+		dst       net.HardwareAddr
+		multicast bool
+		drop      bool
+	}{
+		{"to the VM's MAC", "tap102i0", own, false, false},
+		{"flooded, another VM's MAC", "tap102i0", other, false, true},
+		{"no MAC known", "tap102i0", nil, false, true},
+		{"multicast", "tap102i0", nil, true, false},
+		{"to a port without a chain", "tap103i0", other, false, false},
+	} {
+		p := tcpPacket()
+		drop, by, err := m.run(layout.ChainL2Dest, &frame{pkt: p, in: p.physIn, out: c.out, dstMAC: c.dst, multicast: c.multicast})
+		if err != nil || drop != c.drop {
+			t.Errorf("%s: drop %v (by %v, error %v), want %v", c.name, drop, by, err, c.drop)
+		}
+		if c.drop && (by == nil || by.chain != "tap102i0-l2d" || by.index != 2) {
+			t.Errorf("%s: dropped by %+v, want tap102i0-l2d rule 2", c.name, by)
+		}
+	}
+}

@@ -12,6 +12,7 @@
 package interp
 
 import (
+	"net"
 	"net/netip"
 	"sync"
 
@@ -58,7 +59,7 @@ func (k *Kernel) Describe() string { return k.Backend }
 // Trace lays out installed and want and prepares the walks of one flow
 // over them and over the kernel.
 func (k *Kernel) Trace(installed, want *ruleset.Policy, name func(ruleset.Origin) string) backend.KernelTrace {
-	f := &flow{k: k, name: name, actual: k.layOut(installed), machines: map[ruleset.Family]*machines{}}
+	f := &flow{k: k, name: name, actual: k.layOut(installed), machines: map[ruleset.Family]*machines{}, policies: []*ruleset.Policy{want, installed}}
 	f.compiled = f.actual
 	if want != installed {
 		f.compiled = layout.Build(want)
@@ -85,6 +86,25 @@ type flow struct {
 	name             func(ruleset.Origin) string
 	compiled, actual *layout.Ruleset
 	machines         map[ruleset.Family]*machines
+	// policies are the wanted policy and the installed one, where a frame
+	// to a VM finds its destination MAC (dstMAC).
+	policies []*ruleset.Policy
+}
+
+// dstMAC returns the destination MAC of a frame to port: the MAC of the
+// interface the configuration (else the installed policy) attaches
+// there, as the sender learnt it from ARP or neighbour discovery; nil
+// when neither says one, a unicast MAC no rule names.
+func (t *flow) dstMAC(port string) net.HardwareAddr {
+	for _, p := range t.policies {
+		if p == nil || port == "" {
+			continue
+		}
+		if n := p.Interface(port); n != nil && n.MAC != nil {
+			return n.MAC
+		}
+	}
+	return nil
 }
 
 // machines are the interpreters of one family's rules: the kernel's, the

@@ -12,8 +12,10 @@ import (
 
 // The layer-2 part: vmfw's ebtables chains, which an IP frame meets when
 // it comes from a VM's port (vmfw-l2 and the port's TAP-l2: the frame must
-// carry the VM's MAC) and when the hypervisor puts it on a port
-// (vmfw-l2out: it must carry the mark an in chain sets). The rules are
+// carry the VM's MAC), when the bridge forwards it to a VM's port
+// (vmfw-l2d and the port's TAP-l2d: a unicast frame must be addressed to
+// the VM's MAC) and when the hypervisor puts it on a port (vmfw-l2out: it
+// must carry the mark an in chain sets). The rules are
 // read as ebtables-save prints them, which is also how vmfw writes them
 // (layout.Table.Bridge), and only the matches vmfw uses are known.
 
@@ -22,7 +24,11 @@ type frame struct {
 	pkt *packet
 	// in and out are the bridge ports it comes in from and goes out of.
 	in, out string
-	// dstMAC is its destination MAC: unicast in every flow vmfw traces.
+	// dstMAC is its destination MAC when the path knows it (the receiving
+	// VM's), nil for a unicast MAC no rule names.
+	dstMAC net.HardwareAddr
+	// multicast says the destination is a group address (broadcast
+	// included); vmfw traces unicast flows only.
 	multicast bool
 }
 
@@ -148,7 +154,7 @@ func parseL2Rule(text string) *l2rule {
 			c = func(f *frame) bool { return macMatch(mac, f.pkt.srcMAC, false) }
 		case "-d", "--destination":
 			mac := arg()
-			c = func(f *frame) bool { return macMatch(mac, nil, f.multicast) }
+			c = func(f *frame) bool { return macMatch(mac, f.dstMAC, f.multicast) }
 		case "-i", "--in-interface", "--logical-in":
 			name := arg()
 			c = func(f *frame) bool { return ifMatch(name, f.in) }

@@ -86,7 +86,7 @@ func (t *flow) walk(ipm *machine, l2m *l2machine, k *Kernel, q backend.Packet) *
 
 	// Layer 2 first: ebtables' FORWARD and INPUT hooks come before
 	// iptables' (br_netfilter).
-	if l2m != nil && q.InPort != "" && q.Path != backend.PathFromHypervisor && t.l2in(res, l2m, k, p, q) {
+	if l2m != nil && q.Path != backend.PathFromHypervisor && t.l2in(res, l2m, k, p, q) {
 		return res
 	}
 
@@ -153,31 +153,39 @@ func enter(path backend.Path, p *packet, senderPort, receiverPort string) (hook,
 	return hook, entry
 }
 
-// l2in runs the frame through the layer-2 chains of the sender's port;
-// it reports whether the walk ends there (res says why). A frame the
-// hypervisor routes onward was received by the bridge's own interface
-// (INPUT).
+// l2in runs the frame through the layer-2 chains of the sender's port
+// and, for a bridged frame to a VM, of the receiver's port; it reports
+// whether the walk ends there (res says why). A frame the hypervisor
+// routes onward was received by the bridge's own interface (INPUT).
+// Both chains only drop or return, so the order FORWARD lists them in
+// changes no verdict.
 func (t *flow) l2in(res *result, l2m *l2machine, k *Kernel, p *packet, q backend.Packet) bool {
 	l2hook := layout.Input
-	if q.Path == backend.PathBridged {
-		l2hook = layout.Forward
-	}
-	if !hooked(k, "bridge", l2hook, layout.ChainL2, q.Family) {
-		return false
-	}
 	f := &frame{pkt: p, in: q.InPort}
 	if q.Path == backend.PathBridged {
+		l2hook = layout.Forward
 		f.out = p.physOut
+		// The sender addressed the frame to the receiving VM's MAC.
+		f.dstMAC = t.dstMAC(q.OutPort)
 	}
-	drop, by, err := l2m.run(layout.ChainL2, f)
-	res.addL2(l2m)
-	if err != nil {
-		res.err = err
-		return true
+	var roots []layout.Chain
+	if q.InPort != "" && hooked(k, "bridge", l2hook, layout.ChainL2, q.Family) {
+		roots = append(roots, layout.ChainL2)
 	}
-	if drop {
-		res.decide("drop", fmt.Sprintf("bridge %s rule %d: %s", by.chain, by.index, by.text))
-		return true
+	if q.Path == backend.PathBridged && q.OutPort != "" && hooked(k, "bridge", l2hook, layout.ChainL2Dest, q.Family) {
+		roots = append(roots, layout.ChainL2Dest)
+	}
+	for _, root := range roots {
+		drop, by, err := l2m.run(root, f)
+		res.addL2(l2m)
+		if err != nil {
+			res.err = err
+			return true
+		}
+		if drop {
+			res.decide("drop", fmt.Sprintf("bridge %s rule %d: %s", by.chain, by.index, by.text))
+			return true
+		}
 	}
 	return false
 }

@@ -127,6 +127,11 @@ func TestDrift(t *testing.T) {
 			o := k.Tables[ruleset.IPv4]
 			delete(o.Hooks, layout.Hook{From: layout.Forward, To: layout.ChainForward})
 		}, "ipv4/FORWARD jump to vmfw-FORWARD missing", "accept"},
+		{"a destination MAC changed by hand", func(k *interp.Kernel) {
+			// The bridge forwards 305's frames to 301's MAC; a TAP-l2d
+			// naming another drops them before any in rule.
+			k.Bridge.Chains["tap301i0-l2d"] = []string{"-d 02:00:00:00:00:99 -j RETURN", "-j DROP"}
+		}, "bridge/tap301i0-l2d differs", "drop"},
 		{"a tap chain flushed", func(k *interp.Kernel) {
 			o := k.Tables[ruleset.IPv4]
 			o.Lines["tap301i0-in"] = nil
@@ -188,6 +193,26 @@ func TestDrift(t *testing.T) {
 	for _, d := range []string{"ipv4/sg-admin-in differs", "ipv4/sg-db-in is missing"} {
 		if !slices.Contains(r.Drift, d) {
 			t.Errorf("drift %q, want %q", r.Drift, d)
+		}
+	}
+}
+
+// TestBridgedFrameToVMMAC: a bridged frame to a VM carries the VM's MAC
+// as its destination, so its way passes vmfw-l2d and the receiver's
+// TAP-l2d, which return it, and the in rules decide as the configuration
+// says.
+func TestBridgedFrameToVMMAC(t *testing.T) {
+	in, _ := keysInput(t)
+	r, err := explain.Trace(in, q("305", "301", "tcp", 22))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Kernel == nil || r.Kernel.Verdict != "accept" || len(r.Drift) > 0 {
+		t.Fatalf("kernel %+v, drift %q; want accept without drift", r.Kernel, r.Drift)
+	}
+	for _, want := range []string{"bridge/vmfw-l2d", "bridge/tap301i0-l2d"} {
+		if !slices.Contains(r.Kernel.Chains, want) {
+			t.Errorf("chains %q lack %s", r.Kernel.Chains, want)
 		}
 	}
 }

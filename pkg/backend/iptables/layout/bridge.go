@@ -16,12 +16,20 @@ const ChainL2 Chain = "vmfw-l2"
 // drops IP frames to managed ports that no in chain accepted (route.go).
 const ChainL2Out Chain = "vmfw-l2out"
 
+// ChainL2Dest dispatches frames the bridge forwards to a port by the port
+// they leave through, to its tap's L2 destination chain (L2DestChain).
+const ChainL2Dest Chain = "vmfw-l2d"
+
 // BridgeRoots are the chains the ebtables hooks enter; every other chain
 // of vmfw's in the bridge table is reached from them.
-var BridgeRoots = []Chain{ChainL2, ChainL2Out}
+var BridgeRoots = []Chain{ChainL2, ChainL2Dest, ChainL2Out}
 
 // L2Chain returns the ebtables chain of tap.
 func L2Chain(tap string) Chain { return Chain(tap + "-l2") }
+
+// L2DestChain returns the ebtables chain that checks the destination MAC
+// of frames forwarded to tap.
+func L2DestChain(tap string) Chain { return Chain(tap + "-l2d") }
 
 // bridgeTable builds the L2 anti-spoofing that iptables cannot do, because
 // ARP never reaches it: a VM with anti-spoofing may send frames only from
@@ -67,15 +75,61 @@ func (b *builder) bridgeTable(nics []*ruleset.Interface) *Table {
 		t.Chains = append(t.Chains, c)
 	}
 	t.Chains = append(t.Chains, l2Dispatch(names)...)
+	t.Chains = append(t.Chains, l2DestChains(nics)...)
+	t.Chains = append(t.Chains, l2DestDispatch(l2DestNames(nics))...)
 	t.Chains = append(t.Chains, b.l2Out(nics))
 	t.Hooks = bridgeHooks()
 	return t
 }
 
+// l2DestChains builds the TAP-l2d chains: a unicast frame the bridge
+// forwards to the port of a VM with a MAC and anti-spoofing must be
+// addressed to that MAC. The bridge floods a unicast frame whose
+// destination it has not learnt (after the fdb aged the entry out, or a
+// VM moved) to every port; without this drop each copy meets the in rules
+// of the VM behind that port, and a VM whose in rules reject has the host
+// answer another VM's traffic with a reset or an unreachable in the real
+// destination's name, which can reach the client before the real answer.
+// The guest's NIC would ignore the frame anyway, so nothing it should see
+// is lost, and flooded unicast no longer leaks to other VMs. Broadcast and
+// multicast pass (vmfw-l2d's head: "Multicast" covers broadcast too). A VM
+// without anti-spoofing may use other MACs (a router, a nested bridge)
+// and a disabled VM passes everything, so neither gets a chain.
+func l2DestChains(nics []*ruleset.Interface) []*ChainRules {
+	var out []*ChainRules
+	for _, n := range nics {
+		if hasL2Dest(n) {
+			out = append(out, &ChainRules{Name: L2DestChain(n.Name), Rules: []Rule{
+				{Spec: "-d " + n.MAC.String() + " -j RETURN"},
+				{Spec: "-j DROP"},
+			}})
+		}
+	}
+	return out
+}
+
+// hasL2Dest reports whether n gets a TAP-l2d chain (l2DestChains).
+func hasL2Dest(n *ruleset.Interface) bool {
+	return n.Enabled && n.Antispoof && n.MAC != nil
+}
+
+// l2DestNames returns the interfaces with a TAP-l2d chain.
+func l2DestNames(nics []*ruleset.Interface) []string {
+	var out []string
+	for _, n := range nics {
+		if hasL2Dest(n) {
+			out = append(out, n.Name)
+		}
+	}
+	return out
+}
+
 // bridgeHooks are the jumps from the built-in chains of the ebtables
-// filter table into vmfw's root chains.
+// filter table into vmfw's root chains. ebtables' FORWARD runs before
+// br_netfilter hands the frame to iptables' FORWARD, so a flooded copy
+// vmfw-l2d drops never meets the in rules that could reject it.
 func bridgeHooks() []Hook {
-	return []Hook{{From: Forward, To: ChainL2}, {From: Input, To: ChainL2}, {From: Output, To: ChainL2Out}}
+	return []Hook{{From: Forward, To: ChainL2}, {From: Forward, To: ChainL2Dest}, {From: Input, To: ChainL2}, {From: Output, To: ChainL2Out}}
 }
 
 // l2Out builds vmfw-l2out. An IPv4 or IPv6 frame the hypervisor sends to a

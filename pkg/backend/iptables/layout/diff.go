@@ -164,7 +164,7 @@ func (p *Plan) transaction(first string, declare [][]Chain, rules func(Chain) []
 // ownedName matches the names vmfw gives its chains: its base chains,
 // group chains (group names may contain '-', config's name rule) and
 // per-interface chains.
-var ownedName = regexp.MustCompile(`^(vmfw-(FORWARD|INPUT|OUTPUT|out|in|accept|l2|l2out|route|local)|sg-[A-Za-z][A-Za-z0-9_-]{0,19}-(in|out|lin)|[A-Za-z0-9_.-]{1,15}-(in|out|src|nd|lin|l2|rt|lo))$`)
+var ownedName = regexp.MustCompile(`^(vmfw-(FORWARD|INPUT|OUTPUT|out|in|accept|l2|l2d|l2out|route|local)|sg-[A-Za-z][A-Za-z0-9_-]{0,19}-(in|out|lin)|[A-Za-z0-9_.-]{1,15}-(in|out|src|nd|lin|l2|l2d|rt|lo))$`)
 
 // IsOwnedName reports whether name is shaped like a chain vmfw creates.
 // A chain so named is vmfw's only if it also carries vmfw's comments or a

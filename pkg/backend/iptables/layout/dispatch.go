@@ -333,3 +333,23 @@ var l2Style = &dispatchStyle{
 func l2Dispatch(names []string) []*ChainRules {
 	return l2Style.chains(newDispatchTree(names))
 }
+
+// l2DestStyle is how vmfw-l2d, the dispatch of frames forwarded to a port
+// by that port (l2DestChains), is written: as vmfw-l2, but on the output
+// port. Its head lets broadcast and multicast frames (ebtables'
+// "Multicast" is any destination with the group bit, broadcast included)
+// return before any lookup.
+var l2DestStyle = &dispatchStyle{
+	root:   ChainL2Dest,
+	suffix: "l2d",
+	match:  func(p string) string { return "-o " + p },
+	jump:   "-j",
+	target: L2DestChain,
+	head:   []Rule{{Spec: "-d Multicast -j RETURN"}},
+}
+
+// l2DestDispatch returns vmfw-l2d and its node chains for the interfaces
+// named.
+func l2DestDispatch(names []string) []*ChainRules {
+	return l2DestStyle.chains(newDispatchTree(names))
+}

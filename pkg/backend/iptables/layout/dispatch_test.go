@@ -294,6 +294,14 @@ func TestDispatchChainNames(t *testing.T) {
 			t.Errorf("L2 chain %s is not named like a vmfw L2 chain", c.Name)
 		}
 	}
+	for _, c := range l2DestDispatch(names) {
+		if !IsOwnedName(string(c.Name)) || !strings.HasSuffix(string(c.Name), "-l2d") || !isDispatchChain(c.Name) {
+			t.Errorf("L2 destination chain %s is not named like a vmfw L2 destination dispatch chain", c.Name)
+		}
+		if _, _, ok := ParseTapChain(c.Name); ok {
+			t.Errorf("L2 destination dispatch chain %s parses as a tap's chain", c.Name)
+		}
+	}
 }
 
 // TestDispatchFailClosedInNodes checks that every node chain under the
@@ -350,6 +358,30 @@ func TestL2DispatchVisitsOwnChainOnce(t *testing.T) {
 		}
 		if !slices.Equal(entered, want) {
 			t.Errorf("frame from %s enters %v, want %v", n, entered, want)
+		}
+	}
+
+	// vmfw-l2d is the same tree on the output port, after its head.
+	chains = chainMap(l2DestDispatch(names))
+	root := chains[ChainL2Dest]
+	if len(root.Rules) == 0 || root.Rules[0].Spec != "-d Multicast -j RETURN" {
+		t.Fatalf("vmfw-l2d does not start with the multicast return: %v", root.Rules)
+	}
+	root = &ChainRules{Name: root.Name, Rules: root.Rules[1:]}
+	for _, c := range chains {
+		for i, r := range c.Rules {
+			c.Rules[i].Spec = strings.Replace(r.Spec, "-o ", "-i ", 1)
+		}
+	}
+	for _, n := range append(names, "tap1001i0", "eth0") {
+		var entered []string
+		visit(root, n, &entered, 0)
+		want := []string{n + "-l2d"}
+		if n == "tap1001i0" || n == "eth0" {
+			want = nil
+		}
+		if !slices.Equal(entered, want) {
+			t.Errorf("frame to %s enters %v, want %v", n, entered, want)
 		}
 	}
 }

@@ -8,7 +8,7 @@ import (
 )
 
 // Names. Every name vmfw gives a chain or an ipset is built by a function
-// of this package (TapChain, GroupChain, L2Chain, SetName,
+// of this package (TapChain, GroupChain, L2Chain, L2DestChain, SetName,
 // AddressSetName, the base chain constants and the dispatch node names)
 // and read back by the functions below, so no other package cuts prefixes
 // or suffixes off names.
@@ -30,9 +30,9 @@ const (
 // chains, so no interface name needs to avoid it.
 const addressSetPrefix = "as-"
 
-// tapChainKinds are the suffixes of a tap's chains (see TapChains and
-// L2Chain).
-var tapChainKinds = []string{"out", "in", "lin", "src", "nd", "l2"}
+// tapChainKinds are the suffixes of a tap's chains (see TapChains,
+// L2Chain and L2DestChain).
+var tapChainKinds = []string{"out", "in", "lin", "src", "nd", "l2", "l2d"}
 
 // IsBaseChain reports whether c is one of vmfw's base chains: the entry
 // chains, the dispatch roots and their node chains.
@@ -46,7 +46,7 @@ func isReservedName(name string) bool {
 }
 
 // ParseTapChain splits a tap's chain name into the tap and the kind of
-// chain ("in", "out", "lin", "src", "nd" or "l2"). ok is false for any
+// chain ("in", "out", "lin", "src", "nd", "l2" or "l2d"). ok is false for any
 // other name.
 func ParseTapChain(c Chain) (tap, kind string, ok bool) {
 	s := string(c)

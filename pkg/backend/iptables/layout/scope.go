@@ -107,6 +107,10 @@ func BuildScope(was, now *ruleset.Policy, focus []string) *Scope {
 	changedL2 := scopeNodes(wasL2, nowL2)
 	wasRS.Bridge.Chains = append(wasRS.Bridge.Chains, l2Style.someChains(wasL2, changedL2)...)
 	nowRS.Bridge.Chains = append(nowRS.Bridge.Chains, l2Style.someChains(nowL2, changedL2)...)
+	wasL2D, nowL2D := newDispatchTree(l2DestNames(before)), newDispatchTree(l2DestNames(after))
+	changedL2D := scopeNodes(wasL2D, nowL2D)
+	wasRS.Bridge.Chains = append(wasRS.Bridge.Chains, l2DestStyle.someChains(wasL2D, changedL2D)...)
+	nowRS.Bridge.Chains = append(nowRS.Bridge.Chains, l2DestStyle.someChains(nowL2D, changedL2D)...)
 
 	groups := map[string]bool{}
 	for _, list := range [][]*ruleset.Interface{before, after} {
@@ -177,7 +181,7 @@ func BuildScope(was, now *ruleset.Policy, focus []string) *Scope {
 			targets = append(targets, n)
 		}
 	}
-	for _, tree := range [][2]*dispatchNode{{wasTree, nowTree}, {wasL2, nowL2}} {
+	for _, tree := range [][2]*dispatchNode{{wasTree, nowTree}, {wasL2, nowL2}, {wasL2D, nowL2D}} {
 		for _, name := range leavesOf(tree[1], scopeNodes(tree[0], tree[1])) {
 			target(was.Interface(name))
 		}
@@ -247,6 +251,7 @@ func (sc *Scope) expect(b *builder, wasRS *Ruleset, targets []*ruleset.Interface
 	}
 	for _, n := range targets {
 		sc.ExpectBridge[L2Chain(n.Name)] = n.Enabled && n.Antispoof
+		sc.ExpectBridge[L2DestChain(n.Name)] = hasL2Dest(n)
 	}
 }
 
@@ -305,11 +310,11 @@ func scopeNames(was, now *Table, keep func(c Chain) bool) []Chain {
 }
 
 // isDispatchChain reports whether c is a dispatch root or node chain, or
-// vmfw-l2out: one of the roots, or vmfw-NODE-out, -in, -l2, -rt or -lo (see
+// vmfw-l2out: one of the roots, or vmfw-NODE-out, -in, -l2, -l2d, -rt or -lo (see
 // dispatchStyle.nodeChain). BuildScope writes these from every interface.
 func isDispatchChain(c Chain) bool {
 	switch c {
-	case ChainOut, ChainIn, ChainL2, ChainL2Out, ChainRoute, ChainLocal:
+	case ChainOut, ChainIn, ChainL2, ChainL2Dest, ChainL2Out, ChainRoute, ChainLocal:
 		return true
 	case ChainForward, ChainInput, ChainOutput, ChainAccept:
 		return false
@@ -318,7 +323,7 @@ func isDispatchChain(c Chain) bool {
 	if !IsBaseChain(c) {
 		return false
 	}
-	for _, suffix := range []string{"-out", "-in", "-l2", "-rt", "-lo"} {
+	for _, suffix := range []string{"-out", "-in", "-l2", "-l2d", "-rt", "-lo"} {
 		if strings.HasSuffix(s, suffix) {
 			return true
 		}
@@ -364,6 +369,7 @@ func buildScoped(p *ruleset.Policy, focus map[string]bool) *Ruleset {
 				drop[c] = true
 			}
 			drop[L2Chain(n.Name)] = true
+			drop[L2DestChain(n.Name)] = true
 		}
 	}
 	for _, f := range ruleset.Families {

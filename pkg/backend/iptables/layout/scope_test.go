@@ -61,6 +61,7 @@ func TestBuildScopedMatchesBuild(t *testing.T) {
 			tapOf[c] = n.Tap
 		}
 		tapOf[L2Chain(n.Tap)] = n.Tap
+		tapOf[L2DestChain(n.Tap)] = n.Tap
 	}
 	compare := func(what string, want, got *Table) {
 		if !slices.Equal(want.Hooks, got.Hooks) {

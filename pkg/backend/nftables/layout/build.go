@@ -304,11 +304,23 @@ func (b *builder) spoofChain() *Chain {
 
 // inChain is what the iptables backend's TAP-in does, for every
 // interface: entered on the bridge's forward path for bridged packets
-// and at postrouting for routed and host-sent ones. Its first rule marks
-// the packet as seen by an in chain (and allowed so far).
+// and at postrouting for routed and host-sent ones. Its first rule drops
+// a unicast frame to the port of a VM with a MAC and anti-spoofing that is
+// not addressed to that MAC, as the iptables backend's TAP-l2d chains do:
+// the bridge floods unicast it has not learnt the destination of to every
+// port, and each copy would otherwise meet the in rules of the VM behind
+// that port, whose reject (a reset, an unreachable) would answer another
+// VM's traffic in its name. The guest's NIC would ignore the frame, so
+// nothing is lost; it is no drop of the VM's rules and is not counted as
+// one. Running at bridgePriority, before br_netfilter hands the packet to
+// the inet chains that execute rejects, the drop also stops the reject.
+// Its second rule marks the packet as seen by an in chain (and allowed so
+// far).
 func (b *builder) inChain() *Chain {
 	m := b.m
+	unicast := &Cmp{Field: FEtherDst, Mask: []byte{1, 0, 0, 0, 0, 0}, Value: Value{TypeEther, []byte{0, 0, 0, 0, 0, 0}}}
 	c := &Chain{Name: ChainIn, Rules: []Rule{
+		{Exprs: []Expr{in(FOifname, SetHasMAC), unicast, &Lookup{Fields: []Field{FOifname, FEtherDst}, Set: SetMACs, Neg: true}, verdict(Drop)}, Comment: "not to its mac"},
 		rule(b.setMark(m.Acc | m.Seen)),
 		{Exprs: []Expr{in(FOifname, SetDropInvalid), marked(m.Inv), verdict(Drop)}, Comment: "vm disabled, drop_invalid"},
 		{Exprs: []Expr{in(FOifname, SetDisabled), verdict(Accept)}, Comment: "vm disabled"},

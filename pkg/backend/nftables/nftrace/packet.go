@@ -29,7 +29,8 @@ type packet struct {
 // it sends or routes: no VM's, and no rule's unless one names it.
 var bridgeMAC = net.HardwareAddr{0x02, 0xff, 0xff, 0xff, 0xff, 0xfe}
 
-// receiverMAC is the destination of a frame: unicast.
+// receiverMAC is the destination of a frame whose receiver's MAC no
+// policy says: unicast, and no VM's.
 var receiverMAC = net.HardwareAddr{0x02, 0xff, 0xff, 0xff, 0xff, 0xfd}
 
 // NFPROTO values (linux/netfilter.h).
@@ -39,14 +40,18 @@ const (
 	nfprotoIPv6   = 10
 )
 
-// newPacket builds q's headers with source MAC src (nil: the bridge's).
-func newPacket(q backend.Packet, src net.HardwareAddr) *packet {
+// newPacket builds q's headers with source MAC src (nil: the bridge's)
+// and destination MAC dst (nil: receiverMAC).
+func newPacket(q backend.Packet, src, dst net.HardwareAddr) *packet {
 	p := &packet{q: q}
 	if src == nil {
 		src = bridgeMAC
 	}
+	if dst == nil {
+		dst = receiverMAC
+	}
 	p.ll = make([]byte, 14)
-	copy(p.ll[0:6], receiverMAC)
+	copy(p.ll[0:6], dst)
 	copy(p.ll[6:12], src)
 	binary.BigEndian.PutUint16(p.ll[12:], p.etherType())
 	if q.Family == ruleset.IPv4 {

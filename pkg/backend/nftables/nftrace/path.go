@@ -153,7 +153,9 @@ func (t *flow) walk(ts tables, q backend.Packet) *result {
 		if tbl == nil {
 			continue
 		}
-		p := newPacket(q, s.srcMAC)
+		// The frame goes to the receiving VM's MAC on every path: the
+		// sender, or the host routing it, resolved the VM's address.
+		p := newPacket(q, s.srcMAC, t.dstMAC(q.OutPort))
 		p.mark = res.mark
 		nfproto := byte(nfprotoBridge)
 		if s.family == layout.Inet {

@@ -16,6 +16,7 @@ package nftrace
 import (
 	"fmt"
 	"maps"
+	"net"
 	"slices"
 	"sync"
 
@@ -52,7 +53,7 @@ func (k *Kernel) Describe() string { return "nftables (netlink)" }
 // Trace lays out installed and want and prepares the walks of one flow
 // over them and over the kernel.
 func (k *Kernel) Trace(installed, want *ruleset.Policy, name func(ruleset.Origin) string) backend.KernelTrace {
-	f := &flow{k: k, name: name, actual: k.layOut(installed)}
+	f := &flow{k: k, name: name, actual: k.layOut(installed), policies: []*ruleset.Policy{want, installed}}
 	f.compiled = f.actual
 	if want != installed {
 		f.compiled = layout.Build(want, k.Marks)
@@ -89,10 +90,30 @@ type flow struct {
 	k                *Kernel
 	name             func(ruleset.Origin) string
 	compiled, actual *layout.Ruleset
+	// policies are the wanted policy and the installed one, where a frame
+	// to a VM finds its destination MAC (dstMAC).
+	policies []*ruleset.Policy
 
 	once              sync.Once
 	err               error
 	kernel, comp, act tables
+}
+
+// dstMAC returns the destination MAC of a frame to port: the MAC of the
+// interface the configuration (else the installed policy) attaches
+// there, which the sender (or the host, routing) learnt from ARP or
+// neighbour discovery; nil when neither says one (newPacket then uses a
+// unicast MAC no rule names).
+func (t *flow) dstMAC(port string) net.HardwareAddr {
+	for _, p := range t.policies {
+		if p == nil || port == "" {
+			continue
+		}
+		if n := p.Interface(port); n != nil && n.MAC != nil {
+			return n.MAC
+		}
+	}
+	return nil
 }
 
 // prepare turns the layouts and the kernel's tables into the
