@@ -180,22 +180,29 @@ func (b *Backend) fullState(st *state) (*state, error) {
 	return &state{obs: obs, full: true}, nil
 }
 
-// Plan lays want out and compares it with the kernel: the comparison is
-// by fingerprint and element, as cheap as the read, so every plan is the
-// full one. The hint only spares an interface's change (ifup, ifdown, a
-// group edit) the read of vmfw's rules in iptables' chains, which such a
-// change leaves as they are; a full plan (apply, flush, repair) and any
-// plan that creates or deletes the tables checks them.
+// Plan lays want out and compares it with the kernel, by fingerprint and
+// element. With a hint it lays out and compares what the hinted
+// interfaces or groups touch alone (planScoped), and falls back to the
+// whole layout when the tables are not as the scope relies on. The hint
+// also spares an interface's change (ifup, ifdown, a group edit) the read
+// of vmfw's rules in iptables' chains, which such a change leaves as they
+// are; a full plan (apply, flush, repair) and any plan that creates or
+// deletes the tables checks them.
 func (b *Backend) Plan(ctx context.Context, s backend.State, want *ruleset.Policy, hint *backend.Hint) (backend.Plan, error) {
 	if want != nil {
 		if err := unsupported(want); err != nil {
 			return nil, err
 		}
 	}
-	if st := s.(*state); !st.full && hint != nil && hint.Was != nil && want != nil && !b.takeFullNext() {
-		p, err := b.planHinted(st, want, hint)
+	if st := s.(*state); hint != nil && hint.Was != nil && want != nil && !b.takeFullNext() {
+		p, err := b.planScoped(st, want, hint)
 		if err != nil || p != nil {
 			return p, err
+		}
+		if !st.full {
+			if p, err = b.planHinted(st, want, hint); err != nil || p != nil {
+				return p, err
+			}
 		}
 	}
 	st, err := b.fullState(s.(*state))

@@ -259,8 +259,14 @@ func observedOf(rs *layout.Ruleset) *nlnft.Observed {
 		}
 		for _, s := range t.Sets {
 			os := &nlnft.ObservedSet{Signature: s.Signature(), Elements: make(map[string]nlnft.Counter, len(s.Elements))}
+			if s.IsMap() {
+				os.Data = make(map[string]string, len(s.Elements))
+			}
 			for _, e := range s.Elements {
 				os.Elements[string(e.KeyBytes())] = nlnft.Counter{}
+				if os.Data != nil {
+					os.Data[string(e.KeyBytes())] = e.DataText()
+				}
 			}
 			ot.Sets[s.Name] = os
 		}

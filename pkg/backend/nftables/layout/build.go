@@ -438,6 +438,13 @@ func (b *builder) log(o ruleset.Origin, a config.Action) *Log {
 	return &Log{Prefix: prefix}
 }
 
+// GroupChains lays out the two chains of group g of policy p (in, then
+// out).
+func GroupChains(g *ruleset.Group, p *ruleset.Policy, m Marks) []*Chain {
+	b := &builder{p: p, m: m}
+	return []*Chain{b.groupChain(g, config.In), b.groupChain(g, config.Out)}
+}
+
 // groupChain compiles one direction of a group, as the iptables backend
 // does: in chains decide for good, out chains mark what they allow and
 // return so that the receiver's in rules still apply. A reject marks the
