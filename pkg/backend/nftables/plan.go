@@ -19,6 +19,9 @@ type plan struct {
 	// hinted says the plan was made from the hint's installed policy,
 	// not from the sets' elements as read (Backend.planHinted).
 	hinted bool
+	// scoped says the plan was laid out for what the hint touches alone
+	// (Backend.planScoped).
+	scoped bool
 	// hooks is the change of vmfw's rules in iptables' chains; nil when
 	// the plan did not look at them.
 	hooks *hookChange

@@ -267,9 +267,15 @@ func (b *Backend) planScoped(st *state, want *ruleset.Policy, hint *backend.Hint
 		trace.Printf("full plan: %s", why)
 		return nil, nil
 	}
-	p := &plan{st: st, hinted: !st.full, batch: &nlnft.Batch{Gen: h.obs.Gen},
-		summary: &backend.Summary{Tables: map[string]backend.TableChanges{}, Sets: backend.NewSetChanges()}}
 	defs := layout.SetDefs(want)
+	if st.full {
+		if why := installedAsWas(h, sc, defs[layout.Bridge]); why != "" {
+			trace.Printf("full plan: %s", why)
+			return nil, nil
+		}
+	}
+	p := &plan{st: st, hinted: !st.full, scoped: true, batch: &nlnft.Batch{Gen: h.obs.Gen},
+		summary: &backend.Summary{Tables: map[string]backend.TableChanges{}, Sets: backend.NewSetChanges()}}
 	for _, f := range []layout.Family{layout.Bridge, layout.Inet} {
 		tc, ch := b.diffScope(f, h, sc, defs[f], &p.summary.Sets)
 		p.summary.Tables[string(f)] = ch
@@ -335,6 +341,54 @@ func (b *Backend) outOfScope(h *holding, static *layout.Ruleset, sc *scope, narr
 		}
 		if why := unlike(br, chains, layout.ListChain(l, config.In), layout.ListChain(l, config.Out)); why != "" {
 			return why
+		}
+	}
+	return ""
+}
+
+// installedAsWas says how the elements the tables hold keyed by a hinted
+// interface's name differ from hint.Was's layout of it, "" when they do
+// not: the hint promises that the interface is installed as Was says (or
+// not at all), and a plan that trusted a broken promise would leave what
+// it did not look at, such as the chain of a group list the interface
+// used under a configuration since edited.
+func installedAsWas(h *holding, sc *scope, defs map[string]*layout.Set) string {
+	was := elementsOf(sc.was, sc)
+	br := h.obs.Tables[layout.Bridge]
+	for _, name := range sc.ifaces {
+		key := string(layout.Ifname(name).Bytes)
+		for set, def := range defs {
+			s := br.Sets[set]
+			if s == nil || def.Key[0] != layout.TypeIfname {
+				continue
+			}
+			check := func(k string) string {
+				d, ok := was.get(layout.Bridge, set, k)
+				if _, had := s.Elements[k]; had != ok || s.Data[k] != d {
+					return "the element of " + name + " in " + set + " is not as the installed configuration lays it out (an edit not applied yet, or drift)"
+				}
+				return ""
+			}
+			if len(def.Key) == 1 {
+				if why := check(key); why != "" {
+					return why
+				}
+				continue
+			}
+			for k := range s.Elements {
+				if strings.HasPrefix(k, key) {
+					if why := check(k); why != "" {
+						return why
+					}
+				}
+			}
+			for fk := range was.byIface[name] {
+				if rest, ok := strings.CutPrefix(fk, "bridge/"+set+"\x00"); ok {
+					if why := check(rest); why != "" {
+						return why
+					}
+				}
+			}
 		}
 	}
 	return ""
@@ -406,11 +460,12 @@ func (b *Backend) diffScope(f layout.Family, h *holding, sc *scope, defs map[str
 		keys[set][k] = true
 	}
 	prefix := string(f) + "/"
+	wasEls := h.was
+	if wasEls == nil {
+		wasEls = elementsOf(sc.was, sc)
+	}
 	for _, name := range sc.ifaces {
-		for _, els := range []*elements{h.was, wantEls} {
-			if els == nil {
-				continue
-			}
+		for _, els := range []*elements{wasEls, wantEls} {
 			for fk := range els.byIface[name] {
 				if rest, ok := strings.CutPrefix(fk, prefix); ok {
 					set, k, _ := strings.Cut(rest, "\x00")
@@ -419,13 +474,20 @@ func (b *Backend) diffScope(f layout.Family, h *holding, sc *scope, defs map[str
 			}
 		}
 		if h.was == nil && f == layout.Bridge {
-			// Elements keyed by the name and an address or a MAC the
-			// configuration no longer gives it.
-			key := layout.Ifname(name).Bytes
-			for _, set := range []string{layout.SetMACs, layout.SetSrc4, layout.SetSrc6, layout.SetL2Proto} {
-				if s := have.Sets[set]; s != nil {
+			// Whatever the tables hold keyed by the name, also with an
+			// address or a MAC the configuration no longer gives it.
+			key := string(layout.Ifname(name).Bytes)
+			for set, def := range defs {
+				s := have.Sets[set]
+				switch {
+				case s == nil || def.Key[0] != layout.TypeIfname:
+				case len(def.Key) == 1:
+					if _, ok := s.Elements[key]; ok {
+						touch(set, key)
+					}
+				default:
 					for k := range s.Elements {
-						if strings.HasPrefix(k, string(key)) {
+						if strings.HasPrefix(k, key) {
 							touch(set, k)
 						}
 					}
