@@ -108,3 +108,30 @@ func TestCutFailureIsReported(t *testing.T) {
 		t.Error("the rules were not applied")
 	}
 }
+
+// TestIfdownCutsOnlyItsFlows: an ifdown cuts the flows its change
+// denies, those from the detached member's address that source_group
+// allowed, and decides no other flow: a flow between addresses it did not
+// change stays, even one the rules deny (it was not allowed by this
+// change's rules before either).
+func TestIfdownCutsOnlyItsFlows(t *testing.T) {
+	e, _, table := testEngine(t)
+	if err := os.WriteFile(filepath.Join(e.ConfigDir, "vms/102.toml"), []byte("[net0]\nips = [\"192.0.2.2\"]\ngroups = [\"app\"]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, tap := range []string{"tap101i0", "tap102i0"} {
+		if err := e.Attach(ctx, tap); err != nil {
+			t.Fatal(err)
+		}
+	}
+	member := tcpFlow("192.0.2.2", "192.0.2.1", 22)
+	denied := tcpFlow("198.51.100.7", "192.0.2.1", 3306)
+	table.flows = []conntrack.Flow{member, denied}
+	if err := e.Detach(ctx, "tap102i0"); err != nil {
+		t.Fatal(err)
+	}
+	if want := []conntrack.Flow{denied}; !slices.Equal(table.flows, want) {
+		t.Errorf("flows left after tap102i0's ifdown:\n got %v\nwant %v", table.flows, want)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -399,10 +400,31 @@ func (e *Engine) apply(ctx context.Context, st backend.State, want *ruleset.Poli
 	}
 	if want != nil {
 		start := time.Now()
-		ch.FlowsCut, err = e.cutFlows(m, nics)
+		ch.FlowsCut, err = e.cutFlows(m, nics, flowScope(hint, want))
 		trace.Since(start, "cut flows")
 	}
 	return ch, err
+}
+
+// flowScope returns the addresses whose flows a change described by hint
+// can deny: for interfaces attached or detached, theirs before and after
+// (their own rules, their membership of groups, which flows to them are
+// attributed to); nil, every flow, for any other change.
+func flowScope(hint *backend.Hint, want *ruleset.Policy) map[netip.Addr]bool {
+	if hint == nil || hint.Interfaces == nil || hint.Was == nil {
+		return nil
+	}
+	only := map[netip.Addr]bool{}
+	for _, name := range hint.Interfaces {
+		for _, p := range []*ruleset.Policy{hint.Was, want} {
+			if n := p.Interface(name); n != nil {
+				for _, a := range n.IPs {
+					only[a.Unmap()] = true
+				}
+			}
+		}
+	}
+	return only
 }
 
 // Attach firewalls tap and then attaches it to its bridge: QEMU's script=.
