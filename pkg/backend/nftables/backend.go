@@ -39,6 +39,9 @@ type Kernel interface {
 	Write(b *nlnft.Batch) error
 	// Generation returns the ruleset generation.
 	Generation() (uint32, error)
+	// ReadChains reads the named chains of each table and every set's
+	// signature, without elements.
+	ReadChains(names map[layout.Family][]string) (*nlnft.Observed, error)
 }
 
 // Options are what New builds a backend on.

@@ -44,6 +44,24 @@ func (k *fakeKernel) Read(elements bool, only ...string) (*nlnft.Observed, error
 	return o, nil
 }
 
+func (k *fakeKernel) ReadChains(names map[layout.Family][]string) (*nlnft.Observed, error) {
+	k.reads++
+	o := k.obs.Clone()
+	for f, t := range o.Tables {
+		chains := map[string]*nlnft.ObservedChain{}
+		for _, name := range names[f] {
+			if c := t.Chains[name]; c != nil {
+				chains[name] = c
+			}
+		}
+		t.Chains = chains
+		for _, s := range t.Sets {
+			s.Elements, s.Data = map[string]nlnft.Counter{}, nil
+		}
+	}
+	return o, nil
+}
+
 func (k *fakeKernel) Write(b *nlnft.Batch) error {
 	if err := k.failWrite; err != nil {
 		k.failWrite = nil

@@ -41,8 +41,9 @@ import (
 //
 // What the tables hold comes from the agent's remembered state or a full
 // read, exactly. Without either (an ifup without the agent), it is read
-// narrowly, chains and set signatures without elements, and the touched
-// chains and member sets are checked against the layout of hint.Was; the
+// narrowly, the chains the scope relies on and the sets' signatures
+// without elements, and the touched chains and member sets are checked
+// against the layout of hint.Was; the
 // touched elements are taken to be what hint.Was lays out, as plans from
 // a hint always did (docs/nftables.md): an element that is not, is found
 // by the kernel refusing the transaction, and the next plan is full.
@@ -117,6 +118,25 @@ func newScope(want *ruleset.Policy, hint *backend.Hint) *scope {
 		}
 	}
 	return sc
+}
+
+// chains names the chains the scope relies on, by table: static's (which
+// depend on neither interfaces nor groups), and those of its groups and
+// group lists.
+func (sc *scope) chains(static *layout.Ruleset) map[layout.Family][]string {
+	out := map[layout.Family][]string{}
+	for _, t := range static.Tables() {
+		for _, c := range t.Chains {
+			out[t.Family] = append(out[t.Family], c.Name)
+		}
+	}
+	for _, g := range slices.Sorted(maps.Keys(sc.groups)) {
+		out[layout.Bridge] = append(out[layout.Bridge], layout.GroupChain(g, config.In), layout.GroupChain(g, config.Out))
+	}
+	for _, k := range slices.Sorted(maps.Keys(sc.lists)) {
+		out[layout.Bridge] = append(out[layout.Bridge], layout.ListChain(sc.lists[k], config.In), layout.ListChain(sc.lists[k], config.Out))
+	}
+	return out
 }
 
 // holding is what the tables hold of the scope: the state itself, or
@@ -229,6 +249,7 @@ func (b *Backend) planScoped(st *state, want *ruleset.Policy, hint *backend.Hint
 	if sc == nil {
 		return nil, nil
 	}
+	static := layout.Build(&ruleset.Policy{Host: want.Host, Groups: map[string]*ruleset.Group{}, Members: map[string]*ruleset.Members{}, Sets: map[string]*ruleset.Set{}}, b.marks)
 	h := &holding{obs: st.obs}
 	if !st.full {
 		var only []string
@@ -237,7 +258,7 @@ func (b *Backend) planScoped(st *state, want *ruleset.Policy, hint *backend.Hint
 				only = append(only, layout.MemberSet(g, ruleset.IPv4), layout.MemberSet(g, ruleset.IPv6))
 			}
 		}
-		obs, err := b.kernel.Read(false)
+		obs, err := b.kernel.ReadChains(sc.chains(static))
 		if err != nil {
 			return nil, err
 		}
@@ -262,7 +283,6 @@ func (b *Backend) planScoped(st *state, want *ruleset.Policy, hint *backend.Hint
 		}
 		h = &holding{obs: obs, was: elementsOf(hint.Was, sc)}
 	}
-	static := layout.Build(&ruleset.Policy{Host: want.Host, Groups: map[string]*ruleset.Group{}, Members: map[string]*ruleset.Members{}, Sets: map[string]*ruleset.Set{}}, b.marks)
 	if why := b.outOfScope(h, static, sc, !st.full); why != "" {
 		trace.Printf("full plan: %s", why)
 		return nil, nil

@@ -213,6 +213,66 @@ func (cl Client) readTable(c *nftables.Conn, f layout.Family, elements bool, onl
 	return ot, nil
 }
 
+// ReadChains reads vmfw's tables narrowly: the chains named (those that
+// exist, with their rules' fingerprints) and every set's signature, no
+// element. A plan from a hint reads what its scope relies on this way:
+// reading every chain cost a round trip per chain, seconds at 20,000
+// (every tap its own group).
+func (cl Client) ReadChains(names map[layout.Family][]string) (*Observed, error) {
+	c, err := cl.conn()
+	if err != nil {
+		return nil, err
+	}
+	gen, err := c.GetGen()
+	if err != nil {
+		return nil, fmt.Errorf("reading the nf_tables generation: %w", err)
+	}
+	o := &Observed{Tables: map[layout.Family]*ObservedTable{}, Gen: gen.ID}
+	for _, f := range []layout.Family{layout.Bridge, layout.Inet} {
+		t, err := c.ListTableOfFamily(layout.TableName, Family(f))
+		if errors.Is(err, unix.ENOENT) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("looking up table %s %s: %w", f, layout.TableName, err)
+		}
+		ot := &ObservedTable{Chains: map[string]*ObservedChain{}, Sets: map[string]*ObservedSet{}}
+		for _, name := range names[f] {
+			ch, err := c.ListChain(t, name)
+			if errors.Is(err, unix.ENOENT) {
+				continue
+			}
+			if err != nil {
+				return nil, fmt.Errorf("reading chain %s: %w", name, err)
+			}
+			oc := &ObservedChain{}
+			if ch.Hooknum != nil && ch.Priority != nil {
+				oc.Hook = &layout.Hook{Hook: hookNames[uint32(*ch.Hooknum)], Priority: int(*ch.Priority)}
+			}
+			rules, err := c.GetRules(t, ch)
+			if err != nil {
+				return nil, fmt.Errorf("reading chain %s: %w", name, err)
+			}
+			for _, r := range rules {
+				oc.Hashes = append(oc.Hashes, RuleHash(r.UserData))
+			}
+			oc.Rules = rules
+			ot.Chains[name] = oc
+		}
+		sets, err := c.GetSets(t)
+		if err != nil {
+			return nil, fmt.Errorf("listing sets: %w", err)
+		}
+		for _, s := range sets {
+			if !s.Anonymous && !strings.HasPrefix(s.Name, "__") {
+				ot.Sets[s.Name] = &ObservedSet{Signature: strings.TrimPrefix(s.Comment, commentPrefix), Elements: map[string]Counter{}}
+			}
+		}
+		o.Tables[f] = ot
+	}
+	return o, nil
+}
+
 // commentPrefix starts the comment of every set and rule vmfw writes.
 const commentPrefix = "vmfw:"
 
