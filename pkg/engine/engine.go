@@ -409,12 +409,23 @@ func (e *Engine) apply(ctx context.Context, st backend.State, want *ruleset.Poli
 // flowScope returns the addresses whose flows a change described by hint
 // can deny: for interfaces attached or detached, theirs before and after
 // (their own rules, their membership of groups, which flows to them are
-// attributed to); nil, every flow, for any other change.
+// attributed to); for groups edited, those of the interfaces listing them
+// (only their rules changed); nil, every flow, for any other change.
 func flowScope(hint *backend.Hint, want *ruleset.Policy) map[netip.Addr]bool {
-	if hint == nil || hint.Interfaces == nil || hint.Was == nil {
+	if hint == nil || hint.Was == nil || hint.Interfaces == nil && hint.Groups == nil {
 		return nil
 	}
 	only := map[netip.Addr]bool{}
+	if hint.Groups != nil {
+		for _, n := range want.Interfaces {
+			if slices.ContainsFunc(n.Groups, func(g string) bool { return slices.Contains(hint.Groups, g) }) {
+				for _, a := range n.IPs {
+					only[a.Unmap()] = true
+				}
+			}
+		}
+		return only
+	}
 	for _, name := range hint.Interfaces {
 		for _, p := range []*ruleset.Policy{hint.Was, want} {
 			if n := p.Interface(name); n != nil {
