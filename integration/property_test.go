@@ -19,7 +19,7 @@ import (
 
 // propSteps is the number of steps per backend of the default run, which
 // keeps the test near a minute (both backends run in parallel).
-const propSteps = 200
+const propSteps = 150
 
 // propCheckEvery is how many steps pass between two packet checks.
 const propCheckEvery = 50

@@ -228,6 +228,9 @@ func TestProxmoxImportGuide(t *testing.T) {
 		for _, vm := range []*labnet.NS{web0, builder} {
 			addrsAndRoutes(t, vm, nil, []string{"198.51.100.0/24", "203.0.113.0/24", "2001:db8:1::/64", "2001:db8:bad::/64"})
 		}
+		if h.refusesUnsupported("does not lay out address sets yet") {
+			return // the import writes address sets (docs/nftables.md)
+		}
 		for _, tap := range []string{"tap100i0", "tap100i1", "tap200i0"} {
 			h.vmfw("ifup", tap)
 		}
@@ -345,6 +348,9 @@ func TestProxmoxImportCluster(t *testing.T) {
 		addrsAndRoutes(t, ext, []string{"192.0.2.5/24", "192.0.2.9/24", "192.0.2.53/24", "198.51.100.7/24", "198.51.100.150/24",
 			"198.51.100.200/24", "198.51.100.20/24", "198.51.100.21/24"}, nil)
 		addrsAndRoutes(t, app0, nil, []string{"198.51.100.0/24"})
+		if h.refusesUnsupported("does not lay out address sets yet") {
+			return // the import writes address sets (docs/nftables.md)
+		}
 		for _, tap := range []string{"tap110i0", "tap110i1", "tap120i0", "tap120i1"} {
 			h.vmfw("ifup", tap)
 		}
