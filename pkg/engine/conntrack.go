@@ -48,24 +48,32 @@ func (e *Engine) cutFlows(m *config.Model, nics []*config.NIC, only map[netip.Ad
 	if !addressed || table == nil || only != nil && len(only) == 0 {
 		return 0, nil // no flow can be told to be a VM's
 	}
-	addrs, err := table.LocalAddrs()
-	if err != nil {
-		return 0, fmt.Errorf("rules applied, but cutting the connections they no longer allow failed: %w", err)
-	}
-	local := make(map[netip.Addr]bool, len(addrs))
-	for _, a := range addrs {
-		local[a] = true
-	}
+	// The namespace's addresses, and the evaluator, are read and built
+	// for the first flow decided: listing the addresses walks every
+	// interface (10-20 ms with 5000 taps), for nothing when no flow is.
 	var ev *policy.Evaluator
+	var localErr error
 	n, err := table.Delete(func(f conntrack.Flow) bool {
-		if only != nil && !only[f.Src.Unmap()] && !only[f.Dst.Unmap()] {
+		if only != nil && !only[f.Src.Unmap()] && !only[f.Dst.Unmap()] || localErr != nil {
 			return false
 		}
 		if ev == nil {
+			addrs, err := table.LocalAddrs()
+			if err != nil {
+				localErr = err
+				return false
+			}
+			local := make(map[netip.Addr]bool, len(addrs))
+			for _, a := range addrs {
+				local[a] = true
+			}
 			ev = policy.New(m, nics, func(a netip.Addr) bool { return local[a] })
 		}
 		return ev.Check(policyFlow(f)) == policy.Deny
 	})
+	if err == nil {
+		err = localErr
+	}
 	if err != nil {
 		return n, fmt.Errorf("rules applied, but cutting the connections they no longer allow failed: %w", err)
 	}

@@ -14,6 +14,7 @@ import (
 	"io"
 	"net/netip"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"sort"
 	"strconv"
@@ -142,11 +143,23 @@ func (e *Engine) keep(m *config.Model, p *ruleset.Policy, err error) {
 // for the interfaces names (sorted), else nil.
 func (e *Engine) lastFor(m *config.Model, names []string) *ruleset.Policy {
 	l := e.last
-	if l == nil || l.model != m || len(l.policy.Interfaces) != len(names) {
+	switch {
+	case l == nil:
+		return nil
+	case l.model != m && !reflect.DeepEqual(l.model, m):
+		// Equal configurations are told apart by content: every reload
+		// of the agent's makes a new Model (one with nothing changed
+		// too), which shares the unchanged groups and VMs with the one
+		// before, so the comparison is of pointers (0.3 ms at 5000).
+		trace.Printf("the last change's policy is of another configuration")
+		return nil
+	case len(l.policy.Interfaces) != len(names):
+		trace.Printf("the last change installed %d interfaces, the backend has %d", len(l.policy.Interfaces), len(names))
 		return nil
 	}
 	for i, n := range l.policy.Interfaces {
 		if n.Name != names[i] {
+			trace.Printf("the last change installed %s, the backend has %s", n.Name, names[i])
 			return nil
 		}
 	}
