@@ -104,6 +104,14 @@ limits: build
 difftest: build
 	VMFW_LONG=1 VMFW_BIN=$(CURDIR)/$(BIN)/vmfw $(GO) test -count=1 -timeout 60m -run 'TestTraceMatchesPackets' -v ./integration/
 
+# make crossbackend: the cross-backend differential test, long version (8
+# random configurations x 400 flows, the same in an iptables-nft lab and an
+# nftables lab; root; throwaway namespaces only). SEED=N replays one
+# configuration.
+.PHONY: crossbackend
+crossbackend: build
+	VMFW_LONG=1 VMFW_SEED=$(SEED) VMFW_BIN=$(CURDIR)/$(BIN)/vmfw $(GO) test -count=1 -timeout 60m -run 'TestCrossBackend' -v ./integration/
+
 # make bench: the scale table of docs/performance.md, and cluster mode's
 # fan-out at 100 hosts on a real etcd (root; throwaway namespaces only;
 # about 20 minutes). BENCHFLAGS=--quick for a short run.

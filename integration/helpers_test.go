@@ -184,37 +184,18 @@ func backendVar(backend string) string {
 // that takes no flags (vmfw-ifup as QEMU runs it).
 func (h *hv) backendEnv() string { return backendVar(h.backend) }
 
-// untraced reports, for the nftables backend, that vmfw trace refuses
-// as it says it does (exit 1 naming the backend: its kernel side is not
-// written yet, docs/nftables.md "Known gaps"), and fails the test if it
-// does not; false for the iptables backend, whose trace the caller tests.
-func (h *hv) untraced(args ...string) bool {
+// nftFirstHandle returns the handle of the first rule of chain in table
+// bridge vmfw, as nft -a lists it.
+func (h *hv) nftFirstHandle(chain string) string {
 	h.t.Helper()
-	if !h.nft() {
-		return false
+	m := nftHandle.FindStringSubmatch(h.exec("nft", "-a", "list", "chain", "bridge", "vmfw", chain))
+	if m == nil {
+		h.t.Fatalf("chain %s has no rule", chain)
 	}
-	_, errOut, code := h.run(append([]string{"trace"}, args...)...)
-	if code != 1 || !strings.Contains(errOut, "the nftables backend cannot be traced") {
-		h.t.Errorf("vmfw trace on the nftables backend: exit %d, %q; want 1 and that it cannot be traced", code, errOut)
-	}
-	return true
+	return m[1]
 }
 
-// refusesUnsupported reports, for the nftables backend, that vmfw apply
-// refuses a configuration using what it does not lay out yet (exit 1,
-// with words), and fails the test if it does not; false for the iptables
-// backend, whose behaviour the caller tests.
-func (h *hv) refusesUnsupported(words string) bool {
-	h.t.Helper()
-	if !h.nft() {
-		return false
-	}
-	_, errOut, code := h.run("apply")
-	if code != 1 || !strings.Contains(errOut, words) {
-		h.t.Errorf("vmfw apply on the nftables backend: exit %d, %q; want 1 and %q", code, errOut, words)
-	}
-	return true
-}
+var nftHandle = regexp.MustCompile(`(?m)^\t\t.*# handle (\d+)$`)
 
 // nft reports whether h runs the nftables backend.
 func (h *hv) nft() bool { return h.backend == nftablesBackend }
@@ -444,6 +425,42 @@ func (h *hv) nftTable(family string) string {
 		return ""
 	}
 	return string(out)
+}
+
+// nftPrefixes returns the elements of one of vmfw's interval sets in
+// table bridge vmfw (an address set's), as nft lists them, in order.
+func (h *hv) nftPrefixes(set string) []string {
+	h.t.Helper()
+	m := elementList.FindStringSubmatch(h.exec("nft", "list", "set", "bridge", "vmfw", set))
+	if m == nil {
+		return nil
+	}
+	var out []string
+	for _, e := range strings.Split(m[1], ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// chainsOnly returns vmfw's chains as text, without sets: what a change
+// of members alone must leave as it was. For the iptables backend both
+// families' filter tables and the bridge table; for the nftables backend
+// every chain of its two tables.
+func (h *hv) chainsOnly() string {
+	h.t.Helper()
+	if !h.nft() {
+		return h.save(false) + h.save(true) + h.bridgeSave()
+	}
+	objs := h.objects()
+	var b strings.Builder
+	for _, name := range slices.Sorted(maps.Keys(objs)) {
+		if !strings.Contains(name, " set ") {
+			b.WriteString(name + " {\n" + objs[name] + "}\n")
+		}
+	}
+	return b.String()
 }
 
 // nftElements returns the elements of one of vmfw's sets, as nft lists

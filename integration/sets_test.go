@@ -111,9 +111,6 @@ func TestAddressSets(t *testing.T) {
 		vmV4Only := "[net0]\nbridge = \"vmbr0\"\nmac = \"02:00:00:00:04:41\"\nips = [\"192.0.2.41\"]\ngroups = [\"guarded\"]\n"
 		h.write("vms/241.toml", vmV4Only)
 		vm := h.vm("tap241i0", "02:00:00:00:04:41", "192.0.2.41", "2001:db8::41")
-		if h.refusesUnsupported("does not lay out address sets yet") {
-			return
-		}
 		hosts := []*setHost{
 			{name: "outer entry", v4: "192.0.2.130", v6: "2001:db8::a10", inSet: true},
 			{name: "except", v4: "192.0.2.195", v6: "2001:db8::ac0"},
@@ -150,9 +147,22 @@ func TestAddressSets(t *testing.T) {
 		}
 		byConfig := func(x *setHost) bool { return x.inSet }
 		expectAll(t, probes(false, "IPv4", byConfig))
-		for _, want := range []string{"add as-partners-v4 192.0.2.192/26 nomatch", "add as-partners-v4 192.0.2.200/29", "add as-partners-v6 2001:db8::a80/121 nomatch", "create as-partners-v6 hash:net family inet6"} {
-			if !strings.Contains(h.ipsets(), want) {
-				t.Errorf("ipset save lacks %q:\n%s", want, h.ipsets())
+		if h.nft() {
+			// Interval sets of the effective prefixes, the excepts
+			// taken out (docs/nftables.md, "Address sets").
+			for set, want := range map[string][]string{
+				"as-partners-v4": {"192.0.2.128/26", "192.0.2.200/29"},
+				"as-partners-v6": {"2001:db8::a00/121", "2001:db8::a80/124"},
+			} {
+				if got := h.nftPrefixes(set); !slices.Equal(got, want) {
+					t.Errorf("set %s holds %v, want %v", set, got, want)
+				}
+			}
+		} else {
+			for _, want := range []string{"add as-partners-v4 192.0.2.192/26 nomatch", "add as-partners-v4 192.0.2.200/29", "add as-partners-v6 2001:db8::a80/121 nomatch", "create as-partners-v6 hash:net family inet6"} {
+				if !strings.Contains(h.ipsets(), want) {
+					t.Errorf("ipset save lacks %q:\n%s", want, h.ipsets())
+				}
 			}
 		}
 		h.write("vms/241.toml", strings.Replace(vmV4Only, `ips = ["192.0.2.41"]`, `ips = ["192.0.2.41", "2001:db8::41"]`, 1))
@@ -187,8 +197,14 @@ func TestAddressSets(t *testing.T) {
 		if err := json.Unmarshal([]byte(st), &status); err != nil {
 			t.Fatal(err)
 		}
+		// The kernel's sizes: ipset holds entries and excepts, nftables
+		// the effective prefixes.
+		kernelSize := 3
+		if h.nft() {
+			kernelSize = 2
+		}
 		if len(status.Sets) != 1 || status.Sets[0].Name != "partners" || status.Sets[0].Entries != 4 || status.Sets[0].Except != 2 ||
-			status.Sets[0].State != "in-sync" || status.Sets[0].Kernel["ipv4"] != 3 || status.Sets[0].Kernel["ipv6"] != 3 {
+			status.Sets[0].State != "in-sync" || status.Sets[0].Kernel["ipv4"] != kernelSize || status.Sets[0].Kernel["ipv6"] != kernelSize {
 			t.Errorf("status lists the sets as %+v", status.Sets)
 		}
 
@@ -207,13 +223,19 @@ func TestAddressSets(t *testing.T) {
 			}
 			return x.inSet
 		}
-		before := h.save(false) + h.save(true) + h.bridgeSave()
+		before := h.chainsOnly()
 		cut := startStream(t, "from 192.0.2.201, which the edit removes", hosts[2].ns, "192.0.2.41", 22)
 		kept := startStream(t, "from 192.0.2.130, still in the set", hosts[0].ns, "192.0.2.41", 22)
 		h.write("sets/partners.toml", edited)
 		check := parseApply(t, h.vmfw("check", "-o", "json"))
 		wantAdded := map[string][]string{"as-partners-v6": {"2001:db8::a80/121"}}
 		wantRemoved := map[string][]string{"as-partners-v4": {"192.0.2.200/29"}, "as-partners-v6": {"2001:db8::a80/121 nomatch"}}
+		if h.nft() {
+			// The effective prefixes that come and go: the IPv6 except
+			// turned entry joins the two halves of 2001:db8::a00/120.
+			wantAdded = map[string][]string{"bridge/as-partners-v6": {"2001:db8::a00/120"}}
+			wantRemoved = map[string][]string{"bridge/as-partners-v4": {"192.0.2.200/29"}, "bridge/as-partners-v6": {"2001:db8::a00/121", "2001:db8::a80/124"}}
+		}
 		for what, r := range map[string]applyReport{"check -o json": check} {
 			if !r.Changed || !mapsEqual(r.Sets.Added, wantAdded) || !mapsEqual(r.Sets.Removed, wantRemoved) {
 				t.Errorf("%s reports sets %+v, want added %v removed %v", what, r.Sets, wantAdded, wantRemoved)
@@ -225,8 +247,8 @@ func TestAddressSets(t *testing.T) {
 			t.Errorf("apply -o json reports sets %+v and %d flows cut, want added %v removed %v and the flow from 192.0.2.201 cut", applied.Sets, applied.FlowsCut, wantAdded, wantRemoved)
 		}
 		noChains(t, "the set edit", applied)
-		if after := h.save(false) + h.save(true) + h.bridgeSave(); after != before {
-			t.Errorf("the set edit rewrote chains: %v", changedChains(before, after))
+		if after := h.chainsOnly(); after != before {
+			t.Errorf("the set edit rewrote chains:\n%s\nthen\n%s", before, after)
 		}
 		checkStreams(t, "set edit by apply", []namedStream{cut}, []namedStream{kept})
 		var edits []probe
@@ -249,8 +271,8 @@ func TestAddressSets(t *testing.T) {
 		if !eventually(func() bool { return strings.Contains(agent.Output(), "sets=[partners]") }) {
 			t.Errorf("the agent did not apply the edit as a set edit:\n%s", agent.Output())
 		}
-		if after := h.save(false) + h.save(true) + h.bridgeSave(); after != before {
-			t.Errorf("the agent's set edit rewrote chains: %v", changedChains(before, after))
+		if after := h.chainsOnly(); after != before {
+			t.Errorf("the agent's set edit rewrote chains:\n%s\nthen\n%s", before, after)
 		}
 		expectAll(t, append(probes(false, "after the agent's edit", byConfig), probes(true, "after the agent's edit", byConfig)...))
 		stop(t, agent)
@@ -286,9 +308,6 @@ ips = ["192.0.2.51", "2001:db8::51"]
 antispoof = "mac"
 `)
 		vm := h.vm("tap251i0", "02:00:00:00:05:51", "192.0.2.51", "2001:db8::51")
-		if h.refusesUnsupported(`does not lay out antispoof = "mac" yet`) {
-			return
-		}
 		ext, err := h.lab.AddExternal("uplink0", "02:00:00:00:05:99", "192.0.2.200/24", "2001:db8::200/64")
 		if err != nil {
 			t.Fatal(err)
@@ -356,9 +375,15 @@ antispoof = "mac"
 			t.Errorf("IPv6 ping from the VM: %v %v", r, err)
 		}
 		// status and check say that routed traffic is attributed by the
-		// listed addresses only, as for antispoof = false.
-		if st := h.vmfw("status"); !strings.Contains(st, "listed-only") {
-			t.Errorf("status does not say the addresses are not bound:\n%s", st)
+		// listed addresses only, as for antispoof = false; the nftables
+		// backend attributes it by port, so every enabled interface's
+		// routed traffic is "filtered" (docs/nftables.md).
+		routed := "listed-only"
+		if h.nft() {
+			routed = "filtered"
+		}
+		if st := h.vmfw("status"); !strings.Contains(st, routed) {
+			t.Errorf("status does not say routed traffic is %s:\n%s", routed, st)
 		}
 	})
 }
@@ -402,16 +427,26 @@ groups = ["logged"]
 			{"dropped by policy, logged at debug", ext, "192.0.2.61", 8080, false},
 		})
 		if h.nft() {
-			// nft prints the level by name; the policy's log rule is
-			// shared and logs at warning (docs/nftables.md, "Differences").
+			// nft prints the level by name; the policy's log rules are
+			// shared, one per level in use, and the interface is in the
+			// set of its level (docs/nftables.md, "Logging").
 			if n := h.nftCounter("sg-logged-in", "dport 22", "level info"); n <= 0 {
 				t.Errorf("the rule at info: its log rule counted %d packets\n%s", n, h.nftTable("bridge"))
 			}
 			if n := h.nftCounter("sg-logged-in", "dport 80", "log prefix"); n <= 0 {
 				t.Errorf("log = true: its log rule counted %d packets", n)
 			}
-			if n := h.nftCounter("policy-in", `log prefix "vmfw policy-in DROP "`); n <= 0 {
-				t.Errorf("the policy: its log rule counted %d packets", n)
+			if n := h.nftCounter("policy-in", "@log-in-debug", `log prefix "vmfw policy-in DROP " level debug`); n <= 0 {
+				t.Errorf("the policy at debug: its log rule counted %d packets\n%s", n, h.nftTable("bridge"))
+			}
+			if n := h.nftCounter("policy-in", "@log-in ", `log prefix "vmfw policy-in DROP "`); n != 0 {
+				t.Errorf("the policy's rule at warning counted %d packets, want none: the interface logs at debug", n)
+			}
+			if !slices.Equal(h.nftElements("bridge", "log-in-debug"), []string{"tap261i0"}) || len(h.nftElements("bridge", "log-in")) > 0 {
+				t.Errorf("log-in-debug holds %v and log-in %v, want the interface in the first alone", h.nftElements("bridge", "log-in-debug"), h.nftElements("bridge", "log-in"))
+			}
+			if strings.Contains(h.nftTable("bridge"), "dport 80 limit rate 10/second burst 20 packets counter log prefix \"vmfw sg-logged-in ACCEPT \" level") {
+				t.Errorf("log = true wrote a level:\n%s", h.nftTable("bridge"))
 			}
 			return
 		}

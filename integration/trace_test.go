@@ -95,9 +95,6 @@ func TestTraceMatchesPackets(t *testing.T) {
 			r := rand.New(rand.NewSource(seed))
 			d.writeConfig(r)
 			d.h.vmfw("apply")
-			if d.h.untraced("--from", "hypervisor", "--to", "hypervisor", "--proto", "tcp") {
-				return
-			}
 			n, bad := d.checkFlows(t, r, flows, seed, seen)
 			total += n
 			mismatches += bad
@@ -108,6 +105,12 @@ func TestTraceMatchesPackets(t *testing.T) {
 
 // newDiffLab builds the lab with n VMs and firewalls them.
 func newDiffLab(t *testing.T, backend string, n int) *diffLab {
+	return newDiffLabPlaced(t, backend, n, int64(len(backend)))
+}
+
+// newDiffLabPlaced is newDiffLab with the VMs' subnets drawn from
+// placement: labs with one placement are alike.
+func newDiffLabPlaced(t *testing.T, backend string, n int, placement int64) *diffLab {
 	h := newHV(t, backend, "")
 	d := &diffLab{h: h}
 	ctx := context.Background()
@@ -122,7 +125,7 @@ func newDiffLab(t *testing.T, backend string, n int) *diffLab {
 	setSysctls(t, h.ns, "net/ipv4/ip_forward=1", "net/ipv6/conf/all/forwarding=1", "net/ipv4/ip_local_port_range=40000 40999")
 
 	// VMs on random subnets (fixed per backend, so each backend has both).
-	r := rand.New(rand.NewSource(int64(len(backend))))
+	r := rand.New(rand.NewSource(placement))
 	for i := range n {
 		id := 201 + i
 		sub := i % 2
@@ -162,7 +165,14 @@ func newDiffLab(t *testing.T, backend string, n int) *diffLab {
 				t.Fatalf("%s: %v: %v: %s", host.name, args, err, out)
 			}
 		}
-		setSysctls(t, host.ns, "net/ipv4/ip_local_port_range=40000 40999")
+		// Redirects are refused so that a routed flow stays routed: the
+		// hypervisor redirects a sender to a receiver on its own bridge
+		// (same interface in and out), which would bridge the flow's
+		// later packets, and the nftables backend decides bridged and
+		// routed packets differently (docs/nftables.md).
+		setSysctls(t, host.ns, "net/ipv4/ip_local_port_range=40000 40999",
+			"net/ipv4/conf/all/accept_redirects=0", "net/ipv4/conf/eth0/accept_redirects=0",
+			"net/ipv6/conf/all/accept_redirects=0", "net/ipv6/conf/eth0/accept_redirects=0")
 		serveAll(t, host.ns)
 	}
 	serveAll(t, h.ns)
@@ -422,6 +432,14 @@ type traceReport struct {
 		Error     string `json:"error"`
 	} `json:"kernel"`
 	Drift []string `json:"drift"`
+	Notes []string `json:"notes"`
+}
+
+// documented reports whether the report says that the backend's verdict
+// differs from the configuration's by a documented difference (the
+// nftables backend's in rules at bridge postrouting, docs/nftables.md).
+func (r traceReport) documented() bool {
+	return slices.ContainsFunc(r.Notes, func(n string) bool { return strings.Contains(n, "Differences from the iptables backend") })
 }
 
 // traceBatch runs vmfw trace --batch with the queries and returns the
@@ -532,7 +550,7 @@ func (d *diffLab) checkFlows(t *testing.T, r *rand.Rand, n int, seed int64, seen
 		}
 		if rep.Kernel == nil || rep.Kernel.Error != "" {
 			problems = append(problems, fmt.Sprintf("kernel rules not evaluated: %+v", rep.Kernel))
-		} else if rep.Config.Verdict != rep.Kernel.Verdict {
+		} else if rep.Config.Verdict != rep.Kernel.Verdict && !(d.h.nft() && rep.documented()) {
 			problems = append(problems, fmt.Sprintf("configuration says %s, kernel %s", rep.Config.Verdict, rep.Kernel.Verdict))
 		}
 		if len(rep.Drift) > 0 {

@@ -2,13 +2,19 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/google/nftables"
+	"golang.org/x/sys/unix"
 )
 
 // The sets part (--parts sets): what an address set of 100,000 entries
@@ -158,8 +164,8 @@ func setsLab(ctx context.Context, o options, backend string, r *setResults) erro
 			return fmt.Errorf("loading the set: %w: %s", err, out)
 		}
 		loads = append(loads, took)
-		if n, err := setMembers(l, "as-big-v6"); err != nil || n < bigSetSize {
-			return fmt.Errorf("after the load the kernel set holds %d members (%v), want %d and more", n, err, bigSetSize)
+		if n, err := setMembers(l, "as-big-v6"); err != nil || n < bigSetSize*9/10 {
+			return fmt.Errorf("after the load the kernel set holds %d members (%v), want about %d", n, err, bigSetSize)
 		}
 		if err := l.write("groups/bench.toml", setGroup("")); err != nil {
 			return err
@@ -230,13 +236,39 @@ func setsLab(ctx context.Context, o options, backend string, r *setResults) erro
 		if err := l.write("sets/big.toml", bigSetFile(with)); err != nil {
 			return err
 		}
-		took, out, err := l.vmfw("apply")
+		took, out, err := l.vmfw("apply", "-o", "json")
 		if err != nil {
 			return fmt.Errorf("%w: %s", err, out)
 		}
 		byApply = append(byApply, took)
+		// What the edit wrote: one member (ipset) or one effective
+		// prefix (nftables) and no chain.
+		var rep struct {
+			Chains map[string]struct {
+				Created, Rewritten, Deleted []string
+			} `json:"chains"`
+			Sets struct {
+				Added, Removed map[string][]string
+			} `json:"sets"`
+		}
+		if err := json.Unmarshal([]byte(out), &rep); err != nil {
+			return fmt.Errorf("apply -o json: %w: %s", err, out)
+		}
+		members, chains := 0, 0
+		for _, l := range rep.Sets.Added {
+			members += len(l)
+		}
+		for _, l := range rep.Sets.Removed {
+			members += len(l)
+		}
+		for _, c := range rep.Chains {
+			chains += len(c.Created) + len(c.Rewritten) + len(c.Deleted)
+		}
+		if members != 1 || chains != 0 {
+			return fmt.Errorf("a one-entry edit changed %d set members and %d chains, want 1 and none: %s", members, chains, out)
+		}
 	}
-	r.rows = append(r.rows, setRow{backend, "one entry of it changed + vmfw apply (no agent)", "median " + ms(median(byApply)), "-", "-"})
+	r.rows = append(r.rows, setRow{backend, "one entry of it changed + vmfw apply (no agent): one member written, no chain", "median " + ms(median(byApply)), "-", "-"})
 
 	// New flows through the rule, on the big set and on a set of one.
 	rates := map[string]float64{}
@@ -277,17 +309,79 @@ func editSet(l *lab, with bool) (time.Duration, error) {
 	if err := os.Rename(tmp, path); err != nil {
 		return 0, err
 	}
+	var has func() (bool, error)
+	if l.backend == nftablesBackend {
+		// The interval set holds the effective prefixes: the toggled
+		// entry is the start of one of them or of none. nft's "get
+		// element" reads the whole interval set first (about a second
+		// at 100,000 prefixes), so the element is looked up by its key
+		// over netlink.
+		f, err := os.Open(filepath.Join("/run/netns", l.hv.Name))
+		if err != nil {
+			return 0, err
+		}
+		defer f.Close()
+		c, err := nftables.New(nftables.WithNetNSFd(int(f.Fd())))
+		if err != nil {
+			return 0, err
+		}
+		set := &nftables.Set{Table: &nftables.Table{Name: "vmfw", Family: nftables.TableFamilyBridge}, Name: "as-big-v6", KeyType: nftables.TypeIP6Addr, Interval: true}
+		key := netip.MustParseAddr(toggled).AsSlice()
+		has = func() (bool, error) {
+			els, err := c.FindSetElements(set, []nftables.SetElement{{Key: key}})
+			switch {
+			case errors.Is(err, unix.ENOENT):
+				return false, nil
+			case err != nil:
+				return false, err
+			}
+			return len(els) > 0 && !els[0].IntervalEnd, nil
+		}
+	} else {
+		has = func() (bool, error) {
+			_, err := l.hv.run(l.ctx, "ipset", "test", "as-big-v6", toggled)
+			return err == nil, nil
+		}
+	}
 	for time.Since(start) < 10*time.Second {
-		_, err := l.hv.run(l.ctx, "ipset", "test", "as-big-v6", toggled)
-		if (err == nil) == with {
+		ok, err := has()
+		if err != nil {
+			return 0, err
+		}
+		if ok == with {
 			return time.Since(start), nil
 		}
 	}
 	return 0, fmt.Errorf("the kernel's set did not follow the edit (entry %s present: %v) within 10 s", toggled, with)
 }
 
-// setMembers counts the members of ipset name in the lab.
+// setMembers counts the members of the kernel set name in the lab: an
+// ipset's, or the elements of the nftables backend's interval set (its
+// effective prefixes: an entry an except carves becomes several, so the
+// count differs from the entries').
 func setMembers(l *lab, name string) (int, error) {
+	if l.backend == nftablesBackend {
+		out, err := l.hv.run(l.ctx, "nft", "-j", "list", "set", "bridge", "vmfw", name)
+		if err != nil {
+			return 0, err
+		}
+		var doc struct {
+			Nftables []struct {
+				Set *struct {
+					Elem []json.RawMessage `json:"elem"`
+				} `json:"set"`
+			} `json:"nftables"`
+		}
+		if err := json.Unmarshal(out, &doc); err != nil {
+			return 0, fmt.Errorf("nft -j list set %s: %w", name, err)
+		}
+		for _, o := range doc.Nftables {
+			if o.Set != nil {
+				return len(o.Set.Elem), nil
+			}
+		}
+		return 0, fmt.Errorf("nft -j list set %s: no set", name)
+	}
 	out, err := l.hv.run(l.ctx, "ipset", "list", "-t", name)
 	if err != nil {
 		return 0, err

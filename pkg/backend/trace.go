@@ -99,6 +99,11 @@ type Walk struct {
 	// DecidedBy names the rule that decided or, when no rule of the
 	// backend's did, what decides.
 	DecidedBy string
+	// Note, when not empty, says that the verdict may differ from the
+	// configuration's answer by a documented difference of the backend
+	// (docs/nftables.md), and which: then a difference is neither drift
+	// nor an error in vmfw.
+	Note string
 	// Objects are the objects (chains) the packet entered, in order, as
 	// a report lists them.
 	Objects []string

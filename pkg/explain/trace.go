@@ -180,7 +180,7 @@ func (t *tracer) trace() (*Report, error) {
 	r.Config = Config{Verdict: configVerdict(first.config), Out: first.config.Out, In: first.config.In}
 	r.Verdict = r.Config.Verdict
 	if first.krn != nil {
-		if first.compiled.Err == nil && r.Config.Verdict != "unknown" && first.compiled.Verdict != r.Config.Verdict {
+		if first.compiled.Err == nil && first.compiled.Note == "" && r.Config.Verdict != "unknown" && first.compiled.Verdict != r.Config.Verdict {
 			r.Notes = append(r.Notes, fmt.Sprintf("internal error: the rules compiled from the configuration %s the packet, the configuration says %s (please report this)", first.compiled.Verdict, r.Config.Verdict))
 		}
 		t.kernelAnswer(r, first)
@@ -246,7 +246,12 @@ func (t *tracer) kernelAnswer(r *Report, a answer) {
 	}
 	if k.Verdict != "" && k.Verdict != r.Config.Verdict && r.Config.Verdict != "unknown" {
 		what := "drift"
-		if len(r.Drift) == 0 {
+		switch {
+		case len(r.Drift) == 0 && a.krn.Note != "":
+			// The backend differs from the configuration's answer here
+			// by design, and says how.
+			what = a.krn.Note
+		case len(r.Drift) == 0:
 			what = "an error in vmfw (please report it)"
 		}
 		r.Notes = append(r.Notes, fmt.Sprintf("the kernel's rules %s the packet, the configuration would %s it: %s", verbed(k.Verdict), r.Config.Verdict, what))

@@ -198,11 +198,6 @@ func (b *Backend) fullState(st *state) (*state, error) {
 // are; a full plan (apply, flush, repair) and any plan that creates or
 // deletes the tables checks them.
 func (b *Backend) Plan(ctx context.Context, s backend.State, want *ruleset.Policy, hint *backend.Hint) (backend.Plan, error) {
-	if want != nil {
-		if err := unsupported(want); err != nil {
-			return nil, err
-		}
-	}
 	if st := s.(*state); hint != nil && hint.Was != nil && want != nil && !b.takeFullNext() {
 		p, err := b.planScoped(st, want, hint)
 		if err != nil || p != nil {

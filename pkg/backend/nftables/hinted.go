@@ -53,6 +53,14 @@ func (b *Backend) planHinted(st *state, want *ruleset.Policy, hint *backend.Hint
 	rs := layout.Build(want, b.marks)
 	assumed := observedOf(was)
 	assumed.Gen = obs.Gen
+	if hint.Members {
+		// Only members changed, so hint.Was is the wanted policy itself
+		// and says nothing of the members installed: those sets are read
+		// (members.go).
+		if ok, err := b.readMembers(assumed, rs); err != nil || !ok {
+			return nil, err
+		}
+	}
 	p := diff(rs, &state{obs: assumed, full: true})
 	p.hinted = true
 	trace.Since(start, "plan %d interfaces from the hint", len(want.Interfaces))

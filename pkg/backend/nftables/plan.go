@@ -143,11 +143,17 @@ func diffTable(f layout.Family, want *layout.Table, have *nlnft.ObservedTable, s
 				tc.AddElements[s.Name] = append(tc.AddElements[s.Name], e)
 				sc.Added[setName(s.Name)] = append(sc.Added[setName(s.Name)], e.Text())
 			}
-			for _, k := range slices.Sorted(maps.Keys(o.Elements)) {
-				if wanted[k] {
-					continue
+			// Only the elements that go are sorted, not the set (an
+			// address set can hold 100,000).
+			var gone []string
+			for k := range o.Elements {
+				if !wanted[k] {
+					gone = append(gone, k)
 				}
-				e, ok := layout.DecodeElement(s.Key, []byte(k))
+			}
+			slices.Sort(gone)
+			for _, k := range gone {
+				e, ok := s.Decode([]byte(k))
 				if !ok {
 					// Not an element of this type: only a new set helps.
 					tc.DeleteSets = append(tc.DeleteSets, s.Name)

@@ -3,12 +3,12 @@ package nftables
 import (
 	"context"
 	"errors"
-	"github.com/vmfw/vmfw/pkg/backend"
 	"slices"
 	"sort"
 	"strings"
 	"testing"
 
+	"github.com/vmfw/vmfw/pkg/backend"
 	"github.com/vmfw/vmfw/pkg/backend/nftables/layout"
 	"github.com/vmfw/vmfw/pkg/backend/nftables/nlnft"
 	"github.com/vmfw/vmfw/pkg/config"

@@ -177,7 +177,7 @@ func elementsOf(p *ruleset.Policy, sc *scope) *elements {
 	for _, name := range sc.ifaces {
 		m := map[string]string{}
 		if n := p.Interface(name); n != nil {
-			for _, pl := range layout.InterfaceElements(n) {
+			for _, pl := range layout.InterfaceElements(p, n) {
 				m[string(pl.Family)+"/"+pl.Set+"\x00"+string(pl.Element.KeyBytes())] = pl.Element.DataText()
 			}
 		}
@@ -249,7 +249,10 @@ func (b *Backend) planScoped(st *state, want *ruleset.Policy, hint *backend.Hint
 	if sc == nil {
 		return nil, nil
 	}
-	static := layout.Build(&ruleset.Policy{Host: want.Host, Groups: map[string]*ruleset.Group{}, Members: map[string]*ruleset.Members{}, Sets: map[string]*ruleset.Set{}}, b.marks)
+	// The policy chains hold a log rule per level the interfaces log at:
+	// an ifup or ifdown that brings in or takes away a level changes
+	// them, which only a full plan does.
+	static := layout.Static(want, b.marks)
 	h := &holding{obs: st.obs}
 	if !st.full {
 		var only []string

@@ -41,7 +41,8 @@ func scopedGroup(g string, v int) string {
 
 // scopedVM renders a random VM file: interfaces with or without
 // addresses (one address shared by two VMs, as a migrating VM's record may
-// race an edit), anti-spoofing, DHCP, policies, groups in random order
+// race an edit), anti-spoofing (of addresses or of the MAC alone), DHCP,
+// policies and their log levels, groups in random order
 // (often the same list as another VM), some VMs disabled.
 func scopedVM(r *rand.Rand, id int) string {
 	var b strings.Builder
@@ -49,10 +50,20 @@ func scopedVM(r *rand.Rand, id int) string {
 		b.WriteString("enable = false\n")
 	}
 	fmt.Fprintf(&b, "policy_in = %q\npolicy_out = %q\n", []string{"drop", "reject", "accept"}[r.Intn(3)], []string{"accept", "drop", "reject"}[r.Intn(3)])
+	if r.Intn(4) == 0 {
+		// Policy log levels: the policy chains hold a log rule per level
+		// other than warning in use, which an ifup or ifdown brings in or
+		// takes away (a full plan).
+		fmt.Fprintf(&b, "log_in = %q\nlog_out = %s\n", []string{"warning", "warning", "info"}[r.Intn(3)], []string{"false", `"warning"`, `"warning"`}[r.Intn(3)])
+	}
 	for k := range 1 + r.Intn(2) {
 		fmt.Fprintf(&b, "[net%d]\n", k)
+		antispoof := []string{"true", "true", "true", "false"}[r.Intn(4)]
 		if r.Intn(4) != 0 {
 			fmt.Fprintf(&b, "mac = \"02:00:00:00:%02x:%02x\"\n", id, k)
+			if r.Intn(4) == 0 {
+				antispoof = `"mac"`
+			}
 		}
 		var ips []string
 		if r.Intn(3) != 0 {
@@ -61,7 +72,7 @@ func scopedVM(r *rand.Rand, id int) string {
 		if r.Intn(2) == 0 {
 			ips = append(ips, fmt.Sprintf("%q", fmt.Sprintf("2001:db8::%x", id*2+k)))
 		}
-		fmt.Fprintf(&b, "ips = [%s]\nantispoof = %v\ndhcp = %v\n", strings.Join(ips, ", "), r.Intn(5) != 0, r.Intn(2) == 0)
+		fmt.Fprintf(&b, "ips = [%s]\nantispoof = %s\ndhcp = %v\n", strings.Join(ips, ", "), antispoof, r.Intn(2) == 0)
 		var gs []string
 		if r.Intn(2) == 0 {
 			gs = []string{`"a"`, `"b"`} // a list other VMs share
@@ -302,8 +313,8 @@ func scopedRun(t *testing.T, agent bool, seed int64) {
 		}
 	}
 	// Most changes from a hint are planned within their scope: only a
-	// stale kernel (an edit not applied) or the first tap on an empty
-	// one (no tables yet) takes the full plan.
+	// stale kernel (an edit not applied), the first tap on an empty one
+	// (no tables yet) or a log level coming or going takes the full plan.
 	if scoped*3 < hinted*2 {
 		t.Errorf("%d of %d plans from a hint were scoped", scoped, hinted)
 	}

@@ -95,6 +95,10 @@ func (b *Backend) Status(ctx context.Context, s backend.State, want *ruleset.Pol
 		for _, set := range t.Sets {
 			o := have.Sets[set.Name]
 			obj := "set " + prefix + set.Name
+			if isListSet(set.Name) {
+				addressSetStatus(out, set, o, obj)
+				continue
+			}
 			if o == nil || o.Signature != set.Signature() {
 				problem := "missing"
 				if o != nil {
@@ -115,7 +119,7 @@ func (b *Backend) Status(ctx context.Context, s backend.State, want *ruleset.Pol
 				if wanted[k] {
 					continue
 				}
-				e, ok := layout.DecodeElement(set.Key, []byte(k))
+				e, ok := set.Decode([]byte(k))
 				if !ok {
 					out.BaseDrifted = append(out.BaseDrifted, backend.Drift{Object: obj, Problem: "foreign element"})
 					continue

@@ -61,9 +61,28 @@ func Build(p *ruleset.Policy, m Marks) *Ruleset {
 	return &Ruleset{Bridge: b.bridge(), Inet: b.inet()}
 }
 
+// Static lays out what of p does not depend on its interfaces' elements
+// or its groups: the chains and sets of a policy with p's host settings
+// and no interface, but with the policy log rules of the levels p's
+// interfaces log at (loglevels.go), which the policy chains hold. A
+// scoped plan (the nftables backend's) checks the tables against it.
+func Static(p *ruleset.Policy, m Marks) *Ruleset {
+	levels := map[config.Direction][]config.LogLevel{}
+	for _, d := range []config.Direction{config.In, config.Out} {
+		levels[d] = extraLevels(p, d)
+	}
+	empty := &ruleset.Policy{Host: p.Host, Groups: map[string]*ruleset.Group{}, Members: map[string]*ruleset.Members{}, Sets: map[string]*ruleset.Set{}}
+	b := &builder{p: empty, m: m, levels: levels}
+	return &Ruleset{Bridge: b.bridge(), Inet: b.inet()}
+}
+
 type builder struct {
 	p *ruleset.Policy
 	m Marks
+	// levels, when not nil, are the log levels the policy chains log at
+	// other than the default, by direction, instead of those of p's
+	// interfaces (Static).
+	levels map[config.Direction][]config.LogLevel
 }
 
 // rule builds a rule from expressions.
@@ -191,6 +210,7 @@ func (b *builder) baseChains() []*Chain {
 	pre := &Chain{Name: ChainPrerouting, Hook: &Hook{"prerouting", bridgePriority}, Rules: []Rule{
 		rule(&SetMark{Clear: m.Mask}),
 		rule(in(FIifname, SetAntispoof), jump(ChainL2)),
+		rule(in(FIifname, SetAntispoofMAC), jump(ChainL2)),
 	}}
 	fwd := &Chain{Name: ChainForward, Hook: &Hook{"forward", bridgePriority}}
 	fwd.Rules = append(fwd.Rules, b.failClosed(FIifname)...)
@@ -235,6 +255,7 @@ func (b *builder) l2Chain() *Chain {
 	return &Chain{Name: ChainL2, Rules: []Rule{
 		{Exprs: []Expr{in(FIifname, SetHasMAC), &Lookup{Fields: []Field{FIifname, FEtherSrc}, Set: SetMACs, Neg: true}, goTo(ChainDropOut)}, Comment: "antispoof mac"},
 		rule(with(arp, in(FIifname, SetHasMAC), &Lookup{Fields: []Field{FIifname, FARPSha}, Set: SetMACs, Neg: true}, goTo(ChainDropOut))...),
+		{Exprs: []Expr{in(FIifname, SetAntispoofMAC), verdict(Return)}, Comment: "antispoof mac only"},
 		rule(with(arp, eq(FARPPtype, EtherType(0x0800)), eq(FARPHlen, Byte(TypeInteger, 6)), eq(FARPPlen, Byte(TypeInteger, 4)),
 			&Lookup{Fields: []Field{FIifname, FARPSpa}, Set: SetSrc4}, verdict(Return))...),
 		rule(with(arp, eq(FARPPtype, EtherType(0x0800)), eq(FARPHlen, Byte(TypeInteger, 6)), eq(FARPPlen, Byte(TypeInteger, 4)),
@@ -263,10 +284,13 @@ func (b *builder) outChain() *Chain {
 		{Exprs: with(with([]Expr{isIPv4, in(FIifname, SetDHCP)}, udpPorts(68, 67)...), acc, verdict(Return)), Comment: "dhcp client"},
 	}}
 	c.Rules = append(c.Rules, b.dispatch(config.Out)...)
+	// The policy's rules carry the direction as their origin, so that a
+	// trace names the interface's policy (its tap is the packet's port).
+	o := ruleset.Origin{Dir: config.Out}
 	c.Rules = append(c.Rules,
-		rule(in(FIifname, SetOutAccept), acc, verdict(Return)),
-		rule(in(FIifname, SetOutReject), goTo(ChainPolRejOut)),
-		rule(goTo(ChainPolicyOut)))
+		Rule{Exprs: []Expr{in(FIifname, SetOutAccept), acc, verdict(Return)}, Origin: o},
+		Rule{Exprs: []Expr{in(FIifname, SetOutReject), goTo(ChainPolRejOut)}, Origin: o},
+		Rule{Exprs: []Expr{goTo(ChainPolicyOut)}, Origin: o})
 	return c
 }
 
@@ -316,10 +340,11 @@ func (b *builder) inChain() *Chain {
 		{Exprs: with(with([]Expr{isIPv4, in(FOifname, SetDHCP)}, udpPorts(67, 68)...), verdict(Accept)), Comment: "dhcp reply"},
 	}}
 	c.Rules = append(c.Rules, b.dispatch(config.In)...)
+	o := ruleset.Origin{Dir: config.In}
 	c.Rules = append(c.Rules,
-		rule(in(FOifname, SetInAccept), verdict(Accept)),
-		rule(in(FOifname, SetInReject), goTo(ChainPolRejIn)),
-		rule(goTo(ChainPolicyIn)))
+		Rule{Exprs: []Expr{in(FOifname, SetInAccept), verdict(Accept)}, Origin: o},
+		Rule{Exprs: []Expr{in(FOifname, SetInReject), goTo(ChainPolRejIn)}, Origin: o},
+		Rule{Exprs: []Expr{goTo(ChainPolicyIn)}, Origin: o})
 	return c
 }
 
@@ -403,10 +428,12 @@ func (b *builder) dropChains() []*Chain {
 // direction and the log line the interfaces (docs/nftables.md, "Logging").
 func (b *builder) policyChains() []*Chain {
 	mk := func(name string, f Field, set string, d config.Direction, a config.Action, then string) *Chain {
-		return &Chain{Name: name, Rules: []Rule{
+		c := &Chain{Name: name, Rules: []Rule{
 			{Exprs: []Expr{in(f, set), b.limit(), b.log(ruleset.Origin{Dir: d}, a)}, Origin: ruleset.Origin{Dir: d}},
-			rule(goTo(then)),
 		}}
+		c.Rules = append(c.Rules, b.levelLogRules(f, d, a)...)
+		c.Rules = append(c.Rules, Rule{Exprs: []Expr{goTo(then)}, Origin: ruleset.Origin{Dir: d}})
+		return c
 	}
 	return []*Chain{
 		mk(ChainPolicyOut, FIifname, SetLogOut, config.Out, config.Drop, ChainDropOut),
@@ -483,7 +510,7 @@ func (b *builder) groupChain(g *ruleset.Group, d config.Direction) *Chain {
 // (which exist in one family), else one for both.
 func (b *builder) ruleMatches(r ruleset.Rule) [][]Expr {
 	m := r.Match
-	familySpecific := len(m.Source) > 0 || len(m.Dest) > 0 || m.SourceGroup != "" || m.DestGroup != "" || m.Proto.Family() != 0
+	familySpecific := len(m.Source) > 0 || len(m.Dest) > 0 || m.SourceGroup != "" || m.DestGroup != "" || m.SourceSet != "" || m.DestSet != "" || m.Proto.Family() != 0
 	if !familySpecific {
 		return [][]Expr{b.protoMatch(m)}
 	}
@@ -512,6 +539,8 @@ func (b *builder) ruleMatches(r ruleset.Rule) [][]Expr {
 		if m.DestGroup != "" {
 			e = append(e, in(dst, MemberSet(m.DestGroup, f)))
 		}
+		e = addressSetMatch(e, src, m.SourceSet, f)
+		e = addressSetMatch(e, dst, m.DestSet, f)
 		out = append(out, e)
 	}
 	return out
@@ -625,6 +654,12 @@ func SetDefs(p *ruleset.Policy) map[Family]map[string]*Set {
 	for _, name := range []string{SetPorts, SetDisabled, SetAntispoof, SetHasMAC, SetDHCP, SetOutAccept, SetOutReject, SetInAccept, SetInReject, SetLogOut, SetLogIn} {
 		def(name, false, TypeIfname)
 	}
+	for _, d := range []config.Direction{config.In, config.Out} {
+		for _, level := range extraLevels(p, d) {
+			def(LogSet(d, level), false, TypeIfname)
+		}
+	}
+	def(SetAntispoofMAC, false, TypeIfname)
 	def(SetDropsOut, true, TypeIfname)
 	def(SetDropsIn, true, TypeIfname)
 	def(SetMACs, false, TypeIfname, TypeEther)
@@ -661,7 +696,7 @@ func MemberSetDef(group string, f ruleset.Family) *Set {
 // its addresses in the inet table's vm4 and vm6, which another interface
 // may list too. Its addresses in its groups' member sets are not among
 // them: the members come from p.Members, with the remote ones.
-func InterfaceElements(n *ruleset.Interface) []Placed {
+func InterfaceElements(p *ruleset.Policy, n *ruleset.Interface) []Placed {
 	var out []Placed
 	add := func(set string, key ...Value) {
 		out = append(out, Placed{Family: Bridge, Set: set, Element: Element{Key: key}})
@@ -681,7 +716,16 @@ func InterfaceElements(n *ruleset.Interface) []Placed {
 	}
 	add(SetDropsOut, name)
 	add(SetDropsIn, name)
-	if n.Antispoof {
+	if n.AntispoofMACOnly {
+		// The frame's source MAC and ARP's sender hardware address
+		// alone (l2Chain); the out chain then treats the interface as
+		// one without anti-spoofing, as the iptables backend does.
+		add(SetAntispoofMAC, name)
+		if n.MAC != nil {
+			add(SetHasMAC, name)
+			add(SetMACs, name, Ether(n.MAC))
+		}
+	} else if n.Antispoof {
 		add(SetAntispoof, name)
 		if n.MAC != nil {
 			add(SetHasMAC, name)
@@ -703,19 +747,19 @@ func InterfaceElements(n *ruleset.Interface) []Placed {
 	if n.DHCP {
 		add(SetDHCP, name)
 	}
-	policy := func(a config.Action, acceptSet, rejectSet, logSet string) {
+	policy := func(a config.Action, acceptSet, rejectSet string, d config.Direction) {
 		switch a {
 		case config.Accept:
 			add(acceptSet, name)
 		case config.Reject:
 			add(rejectSet, name)
 		}
-		if logged(n, acceptSet) && a != config.Accept {
-			add(logSet, name)
+		if level := policyLevel(p, n, d); level != config.LogOff {
+			add(LogSet(d, level), name)
 		}
 	}
-	policy(n.PolicyOut, SetOutAccept, SetOutReject, SetLogOut)
-	policy(n.PolicyIn, SetInAccept, SetInReject, SetLogIn)
+	policy(n.PolicyOut, SetOutAccept, SetOutReject, config.Out)
+	policy(n.PolicyIn, SetInAccept, SetInReject, config.In)
 	if len(n.Groups) > 0 {
 		for _, d := range []config.Direction{config.Out, config.In} {
 			m := MapListsOut
@@ -754,19 +798,27 @@ func (b *builder) tableSets(f Family) []*Set {
 		}
 	}
 	for _, n := range b.p.Interfaces {
-		for _, pl := range InterfaceElements(n) {
+		for _, pl := range InterfaceElements(b.p, n) {
 			if pl.Family == f {
 				s := sets[pl.Set]
 				s.Elements = append(s.Elements, pl.Element)
 			}
 		}
 	}
-	out := make([]*Set, 0, len(sets))
-	for _, name := range slices.Sorted(maps.Keys(sets)) {
-		s := sets[name]
+	for _, s := range sets {
 		sortElements(s.Elements)
 		s.Elements = compactElements(s.Elements)
-		out = append(out, s)
+	}
+	// Address sets' prefixes come sorted and disjoint (config.Set.Effective),
+	// and there can be 100,000 of them: they are not sorted again.
+	if f == Bridge {
+		for _, s := range b.addressSets() {
+			sets[s.Name] = s
+		}
+	}
+	out := make([]*Set, 0, len(sets))
+	for _, name := range slices.Sorted(maps.Keys(sets)) {
+		out = append(out, sets[name])
 	}
 	return out
 }
@@ -857,15 +909,4 @@ func (rs *Ruleset) Describe() string {
 		}
 	}
 	return fmt.Sprintf("%d rules", n)
-}
-
-// logged reports whether n logs what its policy of the direction of
-// acceptSet drops or rejects. The nftables backend's policy log rules are
-// shared by every interface and log at the warning level whatever level
-// the VM names (docs/nftables.md, "Differences").
-func logged(n *ruleset.Interface, acceptSet string) bool {
-	if acceptSet == SetOutAccept {
-		return n.LogOut != config.LogOff
-	}
-	return n.LogIn != config.LogOff
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -544,6 +545,10 @@ type Set struct {
 	Data Type
 	// Counter gives every element its own counter (per-tap drops).
 	Counter bool
+	// Interval makes the set hold ranges (flags interval): an address
+	// set's effective prefixes (addrsets.go). Each element then has an
+	// End.
+	Interval bool
 	// Elements are the set's elements, sorted by Key bytes.
 	Elements []Element
 }
@@ -557,11 +562,20 @@ type Element struct {
 	Key []Value
 	// Verdict is the data of an element of a verdict map, nil in a set.
 	Verdict *Verdict
+	// End is the last value of an interval set's element, whose Key is
+	// the first; nil in other sets.
+	End *Value
 }
 
 // KeyBytes returns the key as the kernel stores it: the parts, each
-// padded to a multiple of four bytes.
+// padded to a multiple of four bytes. An interval's are its first value's
+// then its last value's bytes: what tells one range from another where
+// plans and reads compare elements (the kernel stores the two ends as
+// two elements, package nlnft).
 func (e Element) KeyBytes() []byte {
+	if e.End != nil {
+		return append(slices.Clone(e.Key[0].Bytes), e.End.Bytes...)
+	}
 	if len(e.Key) == 1 {
 		return e.Key[0].Bytes
 	}
@@ -575,8 +589,12 @@ func (e Element) KeyBytes() []byte {
 	return b
 }
 
-// Text renders the element: its key and, in a map, " : " and its data.
+// Text renders the element: its key and, in a map, " : " and its data;
+// an interval as the prefix it covers (or lo-hi).
 func (e Element) Text() string {
+	if e.End != nil {
+		return intervalText(Interval{e.Key[0], *e.End})
+	}
 	parts := make([]string, len(e.Key))
 	for i, v := range e.Key {
 		parts[i] = v.String()
@@ -610,7 +628,24 @@ func (s *Set) Signature() string {
 	if s.Counter {
 		sig += "; counter"
 	}
+	if s.Interval {
+		sig += "; flags interval"
+	}
 	return sig
+}
+
+// Decode turns key bytes as KeyBytes makes them back into an element of
+// s; ok is false when they do not fit its key.
+func (s *Set) Decode(key []byte) (Element, bool) {
+	if !s.Interval {
+		return DecodeElement(s.Key, key)
+	}
+	n := s.Key[0].Len()
+	if len(s.Key) != 1 || len(key) != 2*n {
+		return Element{}, false
+	}
+	end := Value{s.Key[0], append([]byte(nil), key[n:]...)}
+	return Element{Key: []Value{{s.Key[0], append([]byte(nil), key[:n]...)}}, End: &end}, true
 }
 
 // Table is one of vmfw's tables.

@@ -190,14 +190,27 @@ func (cl Client) readTable(c *nftables.Conn, f layout.Family, elements bool, onl
 		}
 		os := &ObservedSet{Signature: strings.TrimPrefix(s.Comment, commentPrefix), Elements: map[string]Counter{}}
 		if elements || len(only) > 0 {
-			elems, err := c.GetSetElements(s)
+			var elems []nftables.SetElement
+			if s.Interval {
+				elems, err = intervalSetElements(f, s.Name)
+			} else {
+				elems, err = c.GetSetElements(s)
+			}
 			if err != nil {
 				return nil, fmt.Errorf("reading set %s: %w", s.Name, err)
 			}
 			if s.IsMap {
 				os.Data = map[string]string{}
 			}
+			if s.Interval {
+				for _, k := range intervals(elems, int(s.KeyType.Bytes)) {
+					os.Elements[k] = Counter{}
+				}
+			}
 			for _, e := range elems {
+				if s.Interval {
+					break
+				}
 				var cnt Counter
 				if e.Counter != nil {
 					cnt = Counter{Packets: e.Counter.Packets, Bytes: e.Counter.Bytes}
@@ -495,7 +508,7 @@ func nlSet(t *nftables.Table, s *layout.Set) (*nftables.Set, error) {
 	if err != nil {
 		return nil, fmt.Errorf("set %s: %w", s.Name, err)
 	}
-	ns := &nftables.Set{Table: t, Name: s.Name, KeyType: kt, Concatenation: concat, Comment: commentPrefix + s.Signature()}
+	ns := &nftables.Set{Table: t, Name: s.Name, KeyType: kt, Concatenation: concat, Interval: s.Interval, Comment: commentPrefix + s.Signature()}
 	if s.Data == layout.TypeVerdict {
 		ns.IsMap, ns.DataType = true, nftables.TypeVerdict
 	}
@@ -509,6 +522,9 @@ func nlSet(t *nftables.Table, s *layout.Set) (*nftables.Set, error) {
 
 // elements turns layout elements of s into netlink ones.
 func elements(s *layout.Set, list []layout.Element) []nftables.SetElement {
+	if s.Interval {
+		return intervalElements(list)
+	}
 	out := make([]nftables.SetElement, len(list))
 	for i, e := range list {
 		out[i] = nftables.SetElement{Key: e.KeyBytes()}
