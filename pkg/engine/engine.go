@@ -140,8 +140,9 @@ func (e *Engine) keep(m *config.Model, p *ruleset.Policy, err error) {
 }
 
 // lastFor returns the policy the last change installed when it is m's
-// for the interfaces names (sorted), else nil.
-func (e *Engine) lastFor(m *config.Model, names []string) *ruleset.Policy {
+// for the interfaces names (sorted), each with the settings r gives it
+// now, else nil.
+func (e *Engine) lastFor(m *config.Model, r nicSource, names []string) *ruleset.Policy {
 	l := e.last
 	switch {
 	case l == nil:
@@ -160,6 +161,15 @@ func (e *Engine) lastFor(m *config.Model, names []string) *ruleset.Policy {
 	for i, n := range l.policy.Interfaces {
 		if n.Name != names[i] {
 			trace.Printf("the last change installed %s, the backend has %s", n.Name, names[i])
+			return nil
+		}
+		// An interface's settings come from m or from its attachment
+		// record, which another process may have written since (the
+		// interface detached and attached again): the configuration's
+		// are the same pointers while m shares its VMs, a record's are
+		// resolved again for every change and compared by content.
+		if now := r.NIC(n.Name); now != n.Config && !reflect.DeepEqual(now, n.Config) {
+			trace.Printf("the settings of %s changed since the last change", n.Name)
 			return nil
 		}
 	}
@@ -606,7 +616,7 @@ func (e *Engine) installedPolicy(ctx context.Context, m *config.Model, r nicSour
 		return nil, nil, nil, err
 	}
 	names = st.Installed()
-	if p = e.lastFor(m, names); p != nil {
+	if p = e.lastFor(m, r, names); p != nil {
 		trace.Since(start, "the installed policy is the last change's (%d interfaces)", len(names))
 		return st, names, p, nil
 	}
@@ -745,6 +755,14 @@ func (e *Engine) SyncGroups(ctx context.Context, was *config.Model, groups []str
 		return nil, err
 	}
 	defer release()
+	if !reflect.DeepEqual(was.RemoteMembers, r.model.RemoteMembers) {
+		// The policy of was is derived from (Regroup) for r.model's:
+		// they must differ in the groups' rules alone. The other hosts'
+		// members are r.model's, those SyncSets enforced as they came.
+		w := *was
+		w.RemoteMembers = r.model.RemoteMembers
+		was = &w
+	}
 	st, installed, prev, err := e.installedPolicy(ctx, was, r)
 	if err != nil {
 		return nil, err
