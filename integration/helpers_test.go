@@ -831,6 +831,11 @@ func (h *hv) vmfwFree() error {
 			return fmt.Errorf("ipset holds %q", l)
 		}
 	}
+	if out, err := h.ns.Exec(context.Background(), "nft", "list", "tables"); err != nil {
+		return fmt.Errorf("nft list tables: %v\n%s", err, out)
+	} else if strings.Contains(string(out), " vmfw\n") {
+		return fmt.Errorf("nf_tables holds vmfw's tables:\n%s", out)
+	}
 	return nil
 }
 

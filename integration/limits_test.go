@@ -271,17 +271,31 @@ func TestSixtyGroupsOnOneTap(t *testing.T) {
 			h.vmfw("ifup", tap)
 		}
 		if h.nft() {
-			// Two member sets per group, and the tap in one position set
-			// per group it lists: sg-gNN-p(NN-1).
+			// Two member sets per group, and the tap's element of gl-in
+			// jumps to the chain of its list, which jumps to the 60
+			// groups in its order.
 			br := h.nftTable("bridge")
 			if n := regexp.MustCompile(`(?m)^\tset sg-g\d\d-v[46] `).FindAllStringIndex(br, -1); len(n) != 120 {
 				t.Errorf("%d member sets, want 120", len(n))
 			}
-			for i := 1; i <= 60; i++ {
-				set := fmt.Sprintf("sg-g%02d-p%d", i, i-1)
-				if !slices.Contains(h.nftElements("bridge", set), "tap561i0") {
-					t.Errorf("tap561i0 is not in %s", set)
-				}
+			m := regexp.MustCompile(`"tap561i0" : jump (gl-[0-9a-f]+-in)`).FindStringSubmatch(br)
+			if m == nil {
+				t.Fatalf("tap561i0 has no element in gl-in:\n%.3000s", br)
+			}
+			chain := regexp.MustCompile(`(?s)\tchain ` + m[1] + ` \{\n(.*?)\n\t\}`).FindStringSubmatch(br)
+			if chain == nil {
+				t.Fatalf("no chain %s", m[1])
+			}
+			var jumps []string
+			for _, j := range regexp.MustCompile(`jump (sg-g\d\d)-in`).FindAllStringSubmatch(chain[1], -1) {
+				jumps = append(jumps, j[1])
+			}
+			var want []string
+			for _, g := range groups {
+				want = append(want, "sg-"+g)
+			}
+			if !slices.Equal(jumps, want) {
+				t.Errorf("%s jumps to %v, want the 60 groups in order", m[1], jumps)
 			}
 		} else {
 			sets := strings.Count(h.exec("ipset", "list", "-name"), "\n")

@@ -686,6 +686,15 @@ func (p *propLab) check(upTap, downTap string) {
 				p.fail("after step %d chains of %s remain (v6=%v)", len(p.history), downTap, v6)
 			}
 		}
+		if p.nft() {
+			// The nftables backend keeps an interface as elements keyed
+			// by its name: none may remain.
+			for _, family := range []string{"bridge", "inet"} {
+				if tbl := p.nftTable(family); strings.Contains(tbl, strconv.Quote(downTap)) {
+					p.fail("after step %d elements of %s remain in table %s vmfw:\n%s", len(p.history), downTap, family, tbl)
+				}
+			}
+		}
 	}
 }
 

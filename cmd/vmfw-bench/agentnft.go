@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
-	"strconv"
 	"time"
 
 	iptlayout "github.com/vmfw/vmfw/pkg/backend/iptables/layout"
@@ -16,36 +15,30 @@ import (
 // The agent rows on the nftables backend wait for an edit in the kernel
 // as they do on iptables-nft: by the generation, then by what vmfw wrote.
 // A group edit rewrites the group's chain in table bridge vmfw, whose
-// fingerprints change; a VM edit that adds a group changes no chain, only
-// the tap's element of the group's position set (docs/nftables.md).
+// fingerprints change; a VM edit that adds a group changes no group chain,
+// only the tap's element of the gl-out map, which then jumps to the chain
+// of its new group list (docs/nftables.md).
 
 // nftState is what the rows compare for a state key: the group chain's
-// fingerprints, or whether the edited VM's tap is in joinGroup's set.
+// fingerprints, or what the edited VM's tap's element of gl-out holds.
 type nftState struct {
 	hashes []string
-	member bool
-}
-
-// positionSet is the set holding the taps that list joinGroup where the
-// VM edit appends it: after the VM's own groups.
-func (a *agentLab) positionSet() string {
-	_, _, groups := a.editedVM()
-	return "sg-" + joinGroup + "-p" + strconv.Itoa(len(groups))
+	list   string
 }
 
 // readNFT reads what key's kind is about, inside the lab's namespace.
 func (a *agentLab) readNFT(chain iptlayout.Chain, key string) (nftState, error) {
 	if kind(key) == "vm" {
-		obs, err := nlnft.Client{}.Read(false, a.positionSet())
+		obs, err := nlnft.Client{}.Read(false, nftlayout.MapListsOut)
 		if err != nil {
 			return nftState{}, err
 		}
 		id, _, _ := a.editedVM()
-		var member bool
-		if t := obs.Tables[nftlayout.Bridge]; t != nil && t.Sets[a.positionSet()] != nil {
-			_, member = t.Sets[a.positionSet()].Elements[string(nftlayout.Ifname(tapName(id)).Bytes)]
+		var list string
+		if t := obs.Tables[nftlayout.Bridge]; t != nil && t.Sets[nftlayout.MapListsOut] != nil {
+			list = t.Sets[nftlayout.MapListsOut].Data[string(nftlayout.Ifname(tapName(id)).Bytes)]
 		}
-		return nftState{member: member}, nil
+		return nftState{list: list}, nil
 	}
 	obs, err := nlnft.Client{}.Read(false) // chains, and no set's elements
 	if err != nil {
@@ -113,7 +106,7 @@ func (a *agentLab) waitNFT(start time.Time, chain iptlayout.Chain, key string) (
 			if err != nil {
 				return err
 			}
-			if slices.Equal(st.hashes, want.hashes) && st.member == want.member {
+			if slices.Equal(st.hashes, want.hashes) && st.list == want.list {
 				now, err := xtables.Generation(a.ctx)
 				if err != nil {
 					return err

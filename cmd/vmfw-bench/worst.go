@@ -11,9 +11,9 @@ import (
 
 // worstCase measures the nftables backend where its layout costs most: a
 // host where every tap lists a group of its own, so that attaching one
-// more (with its own group) adds that group's chains and a dispatch rule
-// to the shared in and out chains, and the kernel validates the table,
-// whose size grows with the taps (docs/nftables.md, "Ordered groups").
+// more (with its own group) adds that group's chains and its list's
+// chains, and the kernel validates the table, whose size grows with the
+// taps (docs/nftables.md, "Ordered groups").
 // It records vmfw apply of all n taps and one more tap's ifup and ifdown,
 // without the agent.
 func worstCase(ctx context.Context, o options, n int, r *agentResults) error {

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/conntrack"
 )
 
@@ -158,5 +159,66 @@ func TestEditSetsCutsWhatTheEditDenies(t *testing.T) {
 	}
 	if want := []conntrack.Flow{released, stillExcepted, untouched, mysql}; !slices.Equal(table.flows, want) {
 		t.Errorf("flows left after the edit:\n got %v\nwant %v", table.flows, want)
+	}
+}
+
+// TestIfdownCutsOnlyItsFlows: an ifdown cuts the flows its change
+// denies, those from the detached member's address that source_group
+// allowed, and decides no other flow: a flow between addresses it did not
+// change stays, even one the rules deny (it was not allowed by this
+// change's rules before either).
+func TestIfdownCutsOnlyItsFlows(t *testing.T) {
+	e, _, table := testEngine(t)
+	if err := os.WriteFile(filepath.Join(e.ConfigDir, "vms/102.toml"), []byte("[net0]\nips = [\"192.0.2.2\"]\ngroups = [\"app\"]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, tap := range []string{"tap101i0", "tap102i0"} {
+		if err := e.Attach(ctx, tap); err != nil {
+			t.Fatal(err)
+		}
+	}
+	member := tcpFlow("192.0.2.2", "192.0.2.1", 22)
+	denied := tcpFlow("198.51.100.7", "192.0.2.1", 3306)
+	table.flows = []conntrack.Flow{member, denied}
+	if err := e.Detach(ctx, "tap102i0"); err != nil {
+		t.Fatal(err)
+	}
+	if want := []conntrack.Flow{denied}; !slices.Equal(table.flows, want) {
+		t.Errorf("flows left after tap102i0's ifdown:\n got %v\nwant %v", table.flows, want)
+	}
+}
+
+// TestGroupEditCutsOnlyItsFlows: a group edit decides the flows of the
+// interfaces listing the group, whose rules changed, and no other.
+func TestGroupEditCutsOnlyItsFlows(t *testing.T) {
+	e, _, table := testEngine(t)
+	write := func(rel, content string) {
+		if err := os.WriteFile(filepath.Join(e.ConfigDir, rel), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("groups/app.toml", "[[in]]\nproto = \"tcp\"\ndport = \"22\"\n")
+	write("groups/db.toml", "[[in]]\nproto = \"tcp\"\ndport = \"5432\"\n")
+	write("vms/102.toml", "[net0]\nips = [\"192.0.2.2\"]\ngroups = [\"db\"]\n")
+	ctx := context.Background()
+	for _, tap := range []string{"tap101i0", "tap102i0"} {
+		if err := e.Attach(ctx, tap); err != nil {
+			t.Fatal(err)
+		}
+	}
+	was, err := config.Load(e.ConfigDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ssh := tcpFlow("198.51.100.7", "192.0.2.1", 22)
+	other := tcpFlow("198.51.100.7", "192.0.2.2", 3306) // denied by db, which is not edited
+	table.flows = []conntrack.Flow{ssh, other}
+	write("groups/app.toml", "[[in]]\nproto = \"tcp\"\ndport = \"80\"\n")
+	if _, err := e.SyncGroups(ctx, was, []string{"app"}); err != nil {
+		t.Fatal(err)
+	}
+	if want := []conntrack.Flow{other}; !slices.Equal(table.flows, want) {
+		t.Errorf("flows left after the edit of app:\n got %v\nwant %v", table.flows, want)
 	}
 }

@@ -12,7 +12,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"sort"
 	"strconv"
@@ -112,6 +114,75 @@ type Engine struct {
 	// parsed configuration in, so that a process that runs without the
 	// agent does not parse every VM file while none changed.
 	ConfigIndex string
+
+	// last is the policy the last change installed, for the next one to
+	// derive its policies from (ruleset.Policy.With) instead of
+	// compiling every interface: what a long-lived engine (the agent's)
+	// keeps between changes.
+	last *installedPolicy
+}
+
+// installedPolicy is a policy an engine installed and the configuration
+// it was compiled from.
+type installedPolicy struct {
+	model  *config.Model
+	policy *ruleset.Policy
+}
+
+// keep remembers p, compiled from m, as installed when err is nil, and
+// forgets any policy otherwise (the kernel may hold either).
+func (e *Engine) keep(m *config.Model, p *ruleset.Policy, err error) {
+	if err != nil || p == nil || m == nil {
+		e.last = nil
+		return
+	}
+	e.last = &installedPolicy{model: m, policy: p}
+}
+
+// lastFor returns the policy the last change installed when it is m's
+// for the interfaces names (sorted), each with the settings r gives it
+// now, else nil.
+func (e *Engine) lastFor(m *config.Model, r nicSource, names []string) *ruleset.Policy {
+	l := e.last
+	switch {
+	case l == nil:
+		return nil
+	case l.model != m && !reflect.DeepEqual(l.model, m):
+		// Equal configurations are told apart by content: every reload
+		// of the agent's makes a new Model (one with nothing changed
+		// too), which shares the unchanged groups and VMs with the one
+		// before, so the comparison is of pointers (0.3 ms at 5000).
+		trace.Printf("the last change's policy is of another configuration")
+		return nil
+	case len(l.policy.Interfaces) != len(names):
+		trace.Printf("the last change installed %d interfaces, the backend has %d", len(l.policy.Interfaces), len(names))
+		return nil
+	}
+	for i, n := range l.policy.Interfaces {
+		if n.Name != names[i] {
+			trace.Printf("the last change installed %s, the backend has %s", n.Name, names[i])
+			return nil
+		}
+		// An interface's settings come from m or from its attachment
+		// record, which another process may have written since (the
+		// interface detached and attached again): the configuration's
+		// are the same pointers while m shares its VMs, a record's are
+		// resolved again for every change and compared by content.
+		if now := r.NIC(n.Name); now != n.Config && !reflect.DeepEqual(now, n.Config) {
+			trace.Printf("the settings of %s changed since the last change", n.Name)
+			return nil
+		}
+	}
+	return l.policy
+}
+
+// nicsOf returns the configuration p's interfaces were compiled from.
+func nicsOf(p *ruleset.Policy) []*config.NIC {
+	out := make([]*config.NIC, len(p.Interfaces))
+	for i, n := range p.Interfaces {
+		out[i] = n.Config
+	}
+	return out
 }
 
 // ConfigError wraps an error in the configuration, which callers report
@@ -314,7 +385,11 @@ func (e *Engine) converge(ctx context.Context, m *config.Model, nics []*config.N
 		return nil, err
 	}
 	trace.Since(start, "compile %d interfaces", len(nics))
-	return e.apply(ctx, st, p, nil, dryRun, m, nics)
+	ch, err := e.apply(ctx, st, p, nil, dryRun, m, nics)
+	if !dryRun {
+		e.keep(m, p, err)
+	}
+	return ch, err
 }
 
 // apply plans want (with hint) from st and, unless dryRun, writes it and
@@ -348,10 +423,44 @@ func (e *Engine) apply(ctx context.Context, st backend.State, want *ruleset.Poli
 	}
 	if want != nil {
 		start := time.Now()
-		ch.FlowsCut, err = e.cutFlows(m, nics, touchedBy(hint))
+		if touched, none := flowFilter(hint, want); !none {
+			ch.FlowsCut, err = e.cutFlows(m, nics, touched)
+		}
 		trace.Since(start, "cut flows")
 	}
 	return ch, err
+}
+
+// flowScope returns the addresses whose flows a change described by hint
+// can deny: for interfaces attached or detached, theirs before and after
+// (their own rules, their membership of groups, which flows to them are
+// attributed to); for groups edited, those of the interfaces listing them
+// (only their rules changed); nil, every flow, for any other change.
+func flowScope(hint *backend.Hint, want *ruleset.Policy) map[netip.Addr]bool {
+	if hint == nil || hint.Was == nil || hint.Interfaces == nil && hint.Groups == nil {
+		return nil
+	}
+	only := map[netip.Addr]bool{}
+	if hint.Groups != nil {
+		for _, n := range want.Interfaces {
+			if slices.ContainsFunc(n.Groups, func(g string) bool { return slices.Contains(hint.Groups, g) }) {
+				for _, a := range n.IPs {
+					only[a.Unmap()] = true
+				}
+			}
+		}
+		return only
+	}
+	for _, name := range hint.Interfaces {
+		for _, p := range []*ruleset.Policy{hint.Was, want} {
+			if n := p.Interface(name); n != nil {
+				for _, a := range n.IPs {
+					only[a.Unmap()] = true
+				}
+			}
+		}
+	}
+	return only
 }
 
 // Attach firewalls tap and then attaches it to its bridge: QEMU's script=.
@@ -451,19 +560,34 @@ func describeBatch(up, down []string) string {
 // interfaces change (backend.Hint), so that it can read and write only
 // what they touch, when every installed interface is configured; an
 // installed interface the configuration no longer has is removed by a
-// full change.
+// full change. The policies before and after are compiled once: the one
+// before is the last change's when it is still installed, the one after
+// is derived from it (ruleset.Policy.With).
 func (e *Engine) change(ctx context.Context, m *config.Model, r nicSource, up, down []string) (*Change, error) {
-	st, installed, before, err := e.installed(ctx, r)
+	st, installed, was, err := e.installedPolicy(ctx, m, r)
 	if err != nil {
 		return nil, err
 	}
-	after := nicsFor(r, dedupe(append(slices.DeleteFunc(installed, func(t string) bool { return slices.Contains(down, t) }), up...)))
-	want, err := ruleset.Compile(m, after)
+	if was == nil {
+		after := nicsFor(r, dedupe(append(slices.DeleteFunc(installed, func(t string) bool { return slices.Contains(down, t) }), up...)))
+		want, err := ruleset.Compile(m, after)
+		if err != nil {
+			return nil, err
+		}
+		ch, err := e.apply(ctx, st, want, nil, false, m, after)
+		e.keep(m, want, err)
+		return ch, err
+	}
+	start := time.Now()
+	want, err := was.With(m, nicsFor(r, dedupe(slices.Clone(up))), down)
 	if err != nil {
 		return nil, err
 	}
-	hint := hintFrom(m, before, backend.Hint{Interfaces: append(slices.Clone(up), down...)})
-	return e.apply(ctx, st, want, hint, false, m, after)
+	trace.Since(start, "derive the policy of %d interfaces", len(want.Interfaces))
+	hint := &backend.Hint{Was: was, Interfaces: append(slices.Clone(up), down...)}
+	ch, err := e.apply(ctx, st, want, hint, false, m, nicsOf(want))
+	e.keep(m, want, err)
+	return ch, err
 }
 
 // installed reads, narrowly, which interfaces the backend installed and
@@ -484,18 +608,31 @@ func (e *Engine) installed(ctx context.Context, r nicSource) (st backend.State, 
 	return st, names, before, nil
 }
 
-// hintFrom completes h with the policy m gives the installed interfaces
-// before; nil, a full change, when they are not known.
-func hintFrom(m *config.Model, before []*config.NIC, h backend.Hint) *backend.Hint {
-	if before == nil {
-		return nil
+// installedPolicy reads, narrowly, which interfaces the backend installed
+// and returns the policy of m for them: the last change's when it is
+// that, else compiled. It is nil when the configuration no longer names
+// some of them, whose removal then takes a full change.
+func (e *Engine) installedPolicy(ctx context.Context, m *config.Model, r nicSource) (st backend.State, names []string, p *ruleset.Policy, err error) {
+	start := time.Now()
+	if st, err = e.kernel.Backend.Read(ctx, true); err != nil {
+		return nil, nil, nil, err
 	}
-	was, err := ruleset.Compile(m, before)
-	if err != nil {
-		return nil
+	names = st.Installed()
+	if p = e.lastFor(m, r, names); p != nil {
+		trace.Since(start, "the installed policy is the last change's (%d interfaces)", len(names))
+		return st, names, p, nil
 	}
-	h.Was = was
-	return &h
+	before := nicsFor(r, names)
+	if len(before) != len(names) {
+		trace.Printf("full change: %d installed interfaces are no longer configured", len(names)-len(before))
+		return st, names, nil, nil
+	}
+	if p, err = ruleset.Compile(m, before); err != nil {
+		trace.Printf("full change: the installed interfaces do not compile: %v", err)
+		return st, names, nil, nil
+	}
+	trace.Since(start, "compile the installed policy (%d interfaces)", len(names))
+	return st, names, p, nil
 }
 
 // detach removes tap's chains and memberships, keeping every other
@@ -599,6 +736,9 @@ func (e *Engine) Flush(ctx context.Context, dryRun bool) (*Change, error) {
 		return nil, err
 	}
 	ch, err := e.apply(ctx, st, nil, nil, dryRun, nil, nil)
+	if !dryRun {
+		e.keep(nil, nil, nil)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -617,14 +757,29 @@ func (e *Engine) SyncGroups(ctx context.Context, was *config.Model, groups []str
 		return nil, err
 	}
 	defer release()
-	st, installed, before, err := e.installed(ctx, r)
+	if !reflect.DeepEqual(was.RemoteMembers, r.model.RemoteMembers) {
+		// The policy of was is derived from (Regroup) for r.model's:
+		// they must differ in the groups' rules alone. The other hosts'
+		// members are r.model's, those SyncSets enforced as they came.
+		w := *was
+		w.RemoteMembers = r.model.RemoteMembers
+		was = &w
+	}
+	st, installed, prev, err := e.installedPolicy(ctx, was, r)
 	if err != nil {
 		return nil, err
 	}
-	nics := nicsFor(r, installed)
-	want, err := ruleset.Compile(r.model, nics)
-	if err != nil {
+	var want *ruleset.Policy
+	var hint *backend.Hint
+	if prev != nil {
+		if want, err = prev.Regroup(r.model, groups); err != nil {
+			return nil, err
+		}
+		hint = &backend.Hint{Was: prev, Groups: groups}
+	} else if want, err = ruleset.Compile(r.model, nicsFor(r, installed)); err != nil {
 		return nil, err
 	}
-	return e.apply(ctx, st, want, hintFrom(was, before, backend.Hint{Groups: groups}), false, r.model, nics)
+	ch, err := e.apply(ctx, st, want, hint, false, r.model, nicsOf(want))
+	e.keep(r.model, want, err)
+	return ch, err
 }

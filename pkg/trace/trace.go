@@ -6,6 +6,7 @@ package trace
 import (
 	"fmt"
 	"os"
+	"runtime/pprof"
 	"time"
 )
 
@@ -27,4 +28,29 @@ func Printf(format string, args ...any) {
 		return
 	}
 	fmt.Fprintf(os.Stderr, "vmfw: trace: %s\n", fmt.Sprintf(format, args...))
+}
+
+// StartProfile writes a CPU profile of the process (runtime/pprof) to the
+// file VMFW_CPUPROFILE names, when it is set, until the returned function
+// is called; `go tool pprof` reads it. Tracing says which step of an
+// operation is slow, the profile which code inside it.
+func StartProfile() (stop func()) {
+	path := os.Getenv("VMFW_CPUPROFILE")
+	if path == "" {
+		return func() {}
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "vmfw: trace: no CPU profile: %v\n", err)
+		return func() {}
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		fmt.Fprintf(os.Stderr, "vmfw: trace: no CPU profile: %v\n", err)
+		f.Close()
+		return func() {}
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/vmfw/vmfw/pkg/cli"
 	"github.com/vmfw/vmfw/pkg/cni"
+	"github.com/vmfw/vmfw/pkg/trace"
 )
 
 func main() {
@@ -18,7 +19,9 @@ func main() {
 		return
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	stopProfile := trace.StartProfile()
 	code := cli.Main(ctx, os.Args, os.Stdout, os.Stderr)
+	stopProfile()
 	stop()
 	os.Exit(code)
 }

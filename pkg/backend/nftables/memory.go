@@ -66,10 +66,11 @@ func (b *Backend) Unchanged(ctx context.Context) (bool, error) {
 
 // remembered returns the remembered state if the generation has not
 // moved, else nil. It is not copied (a set of 100,000 elements took tens
-// of milliseconds to copy for every plan): plans and status only read a
-// state, and the one change made to it in place is Apply's of an edit of
-// address sets planned from it (appliedEdit), once the kernel holds the
-// same, under the engine's lock like every use of a state.
+// of milliseconds to copy for every plan, the elements of 5000
+// interfaces 7.5 ms, a quarter of what an ifup through the agent may
+// cost): plans and status only read a state, and Apply changes the one
+// its plan was made from in place, once the kernel holds the same, under
+// the engine's lock like every use of a state.
 func (b *Backend) remembered() *nlnft.Observed {
 	b.mu.Lock()
 	mem := b.memory

@@ -19,10 +19,13 @@ type plan struct {
 	// hinted says the plan was made from the hint's installed policy,
 	// not from the sets' elements as read (Backend.planHinted).
 	hinted bool
+	// scoped says the plan was laid out for what the hint touches alone
+	// (Backend.planScoped).
+	scoped bool
 	// hooks is the change of vmfw's rules in iptables' chains; nil when
 	// the plan did not look at them.
-	hooks   *hookChange
-	want    *layout.Ruleset
+	hooks *hookChange
+	// st is the state the plan was made from.
 	st      *state
 	summary *backend.Summary
 	// held is what the address sets hold once the plan is written
@@ -40,7 +43,7 @@ func (p *plan) Summary() *backend.Summary { return p.summary }
 // rewritten whole when they differ; sets by their signature, and their
 // elements one by one, so an interface's change sends its elements only.
 func diff(want *layout.Ruleset, st *state) *plan {
-	p := &plan{want: want, st: st, batch: &nlnft.Batch{Gen: st.obs.Gen},
+	p := &plan{st: st, batch: &nlnft.Batch{Gen: st.obs.Gen},
 		summary: &backend.Summary{Tables: map[string]backend.TableChanges{}, Sets: backend.NewSetChanges()}}
 	for _, f := range []layout.Family{layout.Bridge, layout.Inet} {
 		var wt *layout.Table
@@ -130,11 +133,20 @@ func diffTable(f layout.Family, want *layout.Table, have *nlnft.ObservedTable, s
 			wanted := map[string]bool{}
 			for _, e := range s.Elements {
 				k := string(e.KeyBytes())
-				wanted[k] = true
-				if _, ok := o.Elements[k]; !ok {
-					tc.AddElements[s.Name] = append(tc.AddElements[s.Name], e)
-					sc.Added[setName(s.Name)] = append(sc.Added[setName(s.Name)], e.Text())
+				_, have := o.Elements[k]
+				if have && o.Data[k] == e.DataText() {
+					wanted[k] = true
+					continue
 				}
+				if have {
+					// Other data (a map element jumping elsewhere): the
+					// kernel replaces an element only by deleting it.
+					tc.DelElements[s.Name] = append(tc.DelElements[s.Name], e)
+					sc.Removed[setName(s.Name)] = append(sc.Removed[setName(s.Name)], e.Text())
+				}
+				wanted[k] = true
+				tc.AddElements[s.Name] = append(tc.AddElements[s.Name], e)
+				sc.Added[setName(s.Name)] = append(sc.Added[setName(s.Name)], e.Text())
 			}
 			// Only the elements that go are sorted, not the set (an
 			// address set can hold 100,000).
@@ -232,18 +244,20 @@ func usesAny(c *layout.Chain, sets map[string]bool) bool {
 	}
 	for _, r := range c.Rules {
 		for _, e := range r.Exprs {
-			if l, ok := e.(*layout.Lookup); ok && sets[l.Set] {
-				return true
+			switch e := e.(type) {
+			case *layout.Lookup:
+				if sets[e.Set] {
+					return true
+				}
+			case *layout.VMap:
+				if sets[e.Map] {
+					return true
+				}
 			}
 		}
 	}
 	return false
 }
-
-// result is what the tables hold once the plan is applied, as a read
-// would see it (without counters and rule bodies): what the agent
-// remembers after its own change.
-func (p *plan) result() *nlnft.Observed { return observedOf(p.want) }
 
 // observedOf is what a read would see of vmfw's tables holding rs
 // (without counters and rule bodies); rs nil is no table.
@@ -259,8 +273,14 @@ func observedOf(rs *layout.Ruleset) *nlnft.Observed {
 		}
 		for _, s := range t.Sets {
 			os := &nlnft.ObservedSet{Signature: s.Signature(), Elements: make(map[string]nlnft.Counter, len(s.Elements))}
+			if s.IsMap() {
+				os.Data = make(map[string]string, len(s.Elements))
+			}
 			for _, e := range s.Elements {
 				os.Elements[string(e.KeyBytes())] = nlnft.Counter{}
+				if os.Data != nil {
+					os.Data[string(e.KeyBytes())] = e.DataText()
+				}
 			}
 			ot.Sets[s.Name] = os
 		}

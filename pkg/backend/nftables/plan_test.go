@@ -9,26 +9,69 @@ import (
 	"testing"
 
 	"github.com/vmfw/vmfw/pkg/backend"
-
 	"github.com/vmfw/vmfw/pkg/backend/nftables/layout"
 	"github.com/vmfw/vmfw/pkg/backend/nftables/nlnft"
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
-// fakeKernel holds what a read returns and records what is written.
+// fakeKernel is a simulated kernel: it holds vmfw's tables as a read
+// returns them, applies what is written as the kernel commits a
+// transaction (nlnft.Observed.Apply: all of it or, refused, none), and
+// records the batches.
 type fakeKernel struct {
 	obs       *nlnft.Observed
 	batches   []*nlnft.Batch
 	failWrite error
+	// reads counts the reads, elements the set elements they returned.
+	reads, elements int
 }
 
-func (k *fakeKernel) Read(bool, ...string) (*nlnft.Observed, error) { return k.obs.Clone(), nil }
+func (k *fakeKernel) Read(elements bool, only ...string) (*nlnft.Observed, error) {
+	k.reads++
+	o := k.obs.Clone()
+	for _, t := range o.Tables {
+		for name, s := range t.Sets {
+			if !elements && !slices.Contains(only, name) {
+				s.Elements, s.Data = map[string]nlnft.Counter{}, nil
+			}
+			k.elements += len(s.Elements)
+		}
+		if len(only) > 0 {
+			t.Chains = map[string]*nlnft.ObservedChain{}
+		}
+	}
+	return o, nil
+}
+
+func (k *fakeKernel) ReadChains(names map[layout.Family][]string) (*nlnft.Observed, error) {
+	k.reads++
+	o := k.obs.Clone()
+	for f, t := range o.Tables {
+		chains := map[string]*nlnft.ObservedChain{}
+		for _, name := range names[f] {
+			if c := t.Chains[name]; c != nil {
+				chains[name] = c
+			}
+		}
+		t.Chains = chains
+		for _, s := range t.Sets {
+			s.Elements, s.Data = map[string]nlnft.Counter{}, nil
+		}
+	}
+	return o, nil
+}
+
 func (k *fakeKernel) Write(b *nlnft.Batch) error {
 	if err := k.failWrite; err != nil {
 		k.failWrite = nil
 		return err
 	}
+	next := k.obs.Clone()
+	if err := next.Apply(b); err != nil {
+		return err
+	}
+	k.obs = next
 	k.batches = append(k.batches, b)
 	return nil
 }
@@ -103,8 +146,7 @@ func TestPlanRewritesChangedFingerprints(t *testing.T) {
 	if first.Empty() || !slices.Contains(first.Summary().Tables["bridge"].Created, layout.ChainIn) {
 		t.Fatalf("the first plan does not create the tables: %+v", first.Summary())
 	}
-	k.obs = first.result()
-	if err := b.applyHooks(ctx, first.hooks); err != nil {
+	if err := b.Apply(ctx, first); err != nil {
 		t.Fatal(err)
 	}
 	if p := plan(); !p.Empty() {

@@ -90,6 +90,47 @@ func (b *Backend) setHeld(gen uint32, held map[string]heldSet) {
 	b.held = &heldSets{gen: gen, sets: held}
 }
 
+// heldAfter returns what the address sets hold once p is written: the
+// plan's own account when it laid the sets out (a full or hinted plan),
+// else (a scoped plan lays out only what its change touches) what was
+// held at the generation p was planned at, provided p's batch touches no
+// address set; nil when that is not known.
+func (b *Backend) heldAfter(p *plan) map[string]heldSet {
+	if p.held != nil {
+		return p.held
+	}
+	b.mu.Lock()
+	held := b.held
+	b.mu.Unlock()
+	if held == nil || held.gen == 0 || p.batch == nil || held.gen != p.batch.Gen || touchesAddressSets(p.batch) {
+		return nil
+	}
+	return held.sets
+}
+
+// touchesAddressSets reports whether a batch creates, deletes or changes
+// the elements of an address set's interval set, or a whole table.
+func touchesAddressSets(batch *nlnft.Batch) bool {
+	isAS := func(name string) bool {
+		_, _, ok := layout.ParseAddressSet(name)
+		return ok
+	}
+	for _, t := range batch.Tables {
+		if t.Delete || t.Create || slices.ContainsFunc(t.DeleteSets, isAS) ||
+			slices.ContainsFunc(t.NewSets, func(s *layout.Set) bool { return isAS(s.Name) }) {
+			return true
+		}
+		for _, m := range []map[string][]layout.Element{t.DelElements, t.AddElements} {
+			for name := range m {
+				if isAS(name) {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
 // setEdit is a plan's edit of address sets' elements alone: the
 // elements deleted and added per interval set, and what the sets hold
 // once it is written.

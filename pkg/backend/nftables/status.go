@@ -16,8 +16,8 @@ import (
 // Status lays out want and compares it with the kernel: chains by
 // fingerprint, sets by signature and element. A difference in an element
 // keyed by an interface's name, in a membership element of its address
-// or in the chains of a group it lists is that interface's drift; the
-// rest is the base's. Each interface's drops are its elements' counters
+// or in the chains of a group or group list it lists is that interface's
+// drift; the rest is the base's. Each interface's drops are its elements' counters
 // in drops-out and drops-in.
 func (b *Backend) Status(ctx context.Context, s backend.State, want *ruleset.Policy) (*backend.Status, error) {
 	st := s.(*state)
@@ -34,10 +34,15 @@ func (b *Backend) Status(ctx context.Context, s backend.State, want *ruleset.Pol
 		out.Interfaces[n.Name] = &backend.InterfaceStatus{}
 	}
 	byGroup := map[string][]string{}
+	byList := map[string][]string{}
 	for _, n := range want.Interfaces {
 		if n.Enabled {
 			for _, g := range n.Groups {
 				byGroup[g] = append(byGroup[g], n.Name)
+			}
+			if len(n.Groups) > 0 {
+				k := layout.ListKey(n.Groups)
+				byList[k] = append(byList[k], n.Name)
 			}
 		}
 	}
@@ -70,6 +75,12 @@ func (b *Backend) Status(ctx context.Context, s backend.State, want *ruleset.Pol
 			d := backend.Drift{Object: prefix + c.Name, Problem: problem}
 			if g, _, ok := layout.ParseGroupChain(c.Name); ok && len(byGroup[g]) > 0 {
 				for _, iface := range byGroup[g] {
+					report(iface, d)
+				}
+				continue
+			}
+			if k, _, ok := layout.ParseListChain(c.Name); ok && len(byList[k]) > 0 {
+				for _, iface := range byList[k] {
 					report(iface, d)
 				}
 				continue

@@ -61,9 +61,28 @@ func Build(p *ruleset.Policy, m Marks) *Ruleset {
 	return &Ruleset{Bridge: b.bridge(), Inet: b.inet()}
 }
 
+// Static lays out what of p does not depend on its interfaces' elements
+// or its groups: the chains and sets of a policy with p's host settings
+// and no interface, but with the policy log rules of the levels p's
+// interfaces log at (loglevels.go), which the policy chains hold. A
+// scoped plan (the nftables backend's) checks the tables against it.
+func Static(p *ruleset.Policy, m Marks) *Ruleset {
+	levels := map[config.Direction][]config.LogLevel{}
+	for _, d := range []config.Direction{config.In, config.Out} {
+		levels[d] = extraLevels(p, d)
+	}
+	empty := &ruleset.Policy{Host: p.Host, Groups: map[string]*ruleset.Group{}, Members: map[string]*ruleset.Members{}, Sets: map[string]*ruleset.Set{}}
+	b := &builder{p: empty, m: m, levels: levels}
+	return &Ruleset{Bridge: b.bridge(), Inet: b.inet()}
+}
+
 type builder struct {
 	p *ruleset.Policy
 	m Marks
+	// levels, when not nil, are the log levels the policy chains log at
+	// other than the default, by direction, instead of those of p's
+	// interfaces (Static).
+	levels map[config.Direction][]config.LogLevel
 }
 
 // rule builds a rule from expressions.
@@ -150,7 +169,7 @@ func with(e []Expr, more ...Expr) []Expr { return append(slices.Clone(e), more..
 // bridge lays out table bridge vmfw.
 func (b *builder) bridge() *Table {
 	t := &Table{Family: Bridge}
-	t.Sets = b.bridgeSets()
+	t.Sets = b.tableSets(Bridge)
 	t.Chains = append(t.Chains, b.baseChains()...)
 	t.Chains = append(t.Chains, b.l2Chain(), b.outChain(), b.spoofChain(), b.inChain())
 	t.Chains = append(t.Chains, b.dropChains()...)
@@ -159,6 +178,9 @@ func (b *builder) bridge() *Table {
 		for _, d := range []config.Direction{config.In, config.Out} {
 			t.Chains = append(t.Chains, b.groupChain(b.p.Groups[g], d))
 		}
+	}
+	for _, l := range Lists(b.p) {
+		t.Chains = append(t.Chains, b.listChains(l)...)
 	}
 	return t
 }
@@ -262,7 +284,7 @@ func (b *builder) outChain() *Chain {
 		{Exprs: with(with([]Expr{isIPv6, in(FIifname, SetDHCP)}, udpPorts(546, 547)...), acc, verdict(Return)), Comment: "dhcpv6 client"},
 		{Exprs: with(with([]Expr{isIPv4, in(FIifname, SetDHCP)}, udpPorts(68, 67)...), acc, verdict(Return)), Comment: "dhcp client"},
 	}}
-	c.Rules = append(c.Rules, b.positions(config.Out)...)
+	c.Rules = append(c.Rules, b.dispatch(config.Out)...)
 	// The policy's rules carry the direction as their origin, so that a
 	// trace names the interface's policy (its tap is the packet's port).
 	o := ruleset.Origin{Dir: config.Out}
@@ -331,7 +353,7 @@ func (b *builder) inChain() *Chain {
 		{Exprs: with(with([]Expr{isIPv6, in(FOifname, SetDHCP)}, udpPorts(547, 546)...), verdict(Accept)), Comment: "dhcpv6 reply"},
 		{Exprs: with(with([]Expr{isIPv4, in(FOifname, SetDHCP)}, udpPorts(67, 68)...), verdict(Accept)), Comment: "dhcp reply"},
 	}}
-	c.Rules = append(c.Rules, b.positions(config.In)...)
+	c.Rules = append(c.Rules, b.dispatch(config.In)...)
 	o := ruleset.Origin{Dir: config.In}
 	c.Rules = append(c.Rules,
 		Rule{Exprs: []Expr{in(FOifname, SetInAccept), verdict(Accept)}, Origin: o},
@@ -340,48 +362,64 @@ func (b *builder) inChain() *Chain {
 	return c
 }
 
-// positionPairs returns, for every position k, the groups some enabled
-// interface lists at k, sorted.
-func (b *builder) positionPairs() [][]string {
-	var pos []map[string]bool
-	for _, n := range b.p.Interfaces {
-		if !n.Enabled {
-			continue
-		}
-		for k, g := range n.Groups {
-			for len(pos) <= k {
-				pos = append(pos, map[string]bool{})
-			}
-			pos[k][g] = true
+// dispatch takes a packet to the groups of its interface, in the
+// interface's order, with one lookup whatever the number of groups and
+// interfaces (docs/nftables.md, "Ordered groups"): the interface's
+// element of gl-out (gl-in) jumps to the chain of its group list, which
+// jumps to each group's chain in turn. An interface that lists no group
+// has no element and goes on to its policy. Out chains return when a
+// group allowed the packet; in chains decide for good.
+func (b *builder) dispatch(d config.Direction) []Rule {
+	if d == config.Out {
+		return []Rule{
+			rule(&VMap{Field: FIifname, Map: MapListsOut}),
+			rule(marked(b.m.Acc), verdict(Return)),
 		}
 	}
-	out := make([][]string, len(pos))
-	for k, gs := range pos {
-		out[k] = slices.Sorted(maps.Keys(gs))
+	return []Rule{rule(&VMap{Field: FOifname, Map: MapListsIn})}
+}
+
+// Lists returns the distinct group lists of p's enabled interfaces, in the
+// order of their chains' names: one pair of list chains each.
+func Lists(p *ruleset.Policy) [][]string {
+	seen := map[string]bool{}
+	byKey := map[string][]string{}
+	for _, n := range p.Interfaces {
+		if n.Enabled && len(n.Groups) > 0 {
+			if k := strings.Join(n.Groups, "\x00"); !seen[k] {
+				seen[k] = true
+				byKey[ListKey(n.Groups)] = n.Groups
+			}
+		}
+	}
+	out := make([][]string, 0, len(byKey))
+	for _, k := range slices.Sorted(maps.Keys(byKey)) {
+		out = append(out, byKey[k])
 	}
 	return out
 }
 
-// positions evaluates an interface's groups in its order without a chain
-// or a jump per interface (docs/nftables.md, "Ordered groups"): for each
-// position k, one rule per group some interface lists at k, which jumps
-// to the group's chain when the interface is in the group's position
-// set. An interface is in one set per position, so at most one rule per
-// position jumps. Out chains return when a group allowed the packet; in
-// chains decide for good.
-func (b *builder) positions(d config.Direction) []Rule {
-	f := FIifname
-	if d == config.In {
-		f = FOifname
-	}
-	var out []Rule
-	for k, groups := range b.positionPairs() {
-		for _, g := range groups {
-			out = append(out, rule(in(f, PositionSet(g, k)), jump(GroupChain(g, d))))
+// ListChains lays out the two chains of a group list (in, then out).
+func ListChains(groups []string, m Marks) []*Chain {
+	b := &builder{m: m}
+	return b.listChains(groups)
+}
+
+// listChains jumps to each group's chain in the list's order; in the out
+// direction a group that allowed the packet (ACC) ends the list, as in
+// the iptables backend's TAP-out, where the first group that accepts
+// decides.
+func (b *builder) listChains(groups []string) []*Chain {
+	var out []*Chain
+	for _, d := range []config.Direction{config.In, config.Out} {
+		c := &Chain{Name: ListChain(groups, d)}
+		for i, g := range groups {
+			c.Rules = append(c.Rules, Rule{Exprs: []Expr{jump(GroupChain(g, d))}})
+			if d == config.Out && i < len(groups)-1 {
+				c.Rules = append(c.Rules, rule(marked(b.m.Acc), verdict(Return)))
+			}
 		}
-		if d == config.Out {
-			out = append(out, rule(marked(b.m.Acc), verdict(Return)))
-		}
+		out = append(out, c)
 	}
 	return out
 }
@@ -439,6 +477,13 @@ func (b *builder) log(o ruleset.Origin, a config.Action) *Log {
 	}
 	prefix := "vmfw " + object + "-" + string(o.Dir) + " " + strings.ToUpper(string(a)) + " "
 	return &Log{Prefix: prefix}
+}
+
+// GroupChains lays out the two chains of group g of policy p (in, then
+// out).
+func GroupChains(g *ruleset.Group, p *ruleset.Policy, m Marks) []*Chain {
+	b := &builder{p: p, m: m}
+	return []*Chain{b.groupChain(g, config.In), b.groupChain(g, config.Out)}
 }
 
 // groupChain compiles one direction of a group, as the iptables backend
@@ -606,17 +651,25 @@ func mergeIntervals(l []Interval) []Interval {
 	return out
 }
 
-// bridgeSets lays out every set of the bridge table with its elements.
-func (b *builder) bridgeSets() []*Set {
-	sets := map[string]*Set{}
+// Placed is an element and the set or map of vmfw's tables it is in.
+type Placed struct {
+	Family  Family
+	Set     string
+	Element Element
+}
+
+// SetDefs returns the sets and maps of both tables a layout of p has,
+// without their elements, by family and name.
+func SetDefs(p *ruleset.Policy) map[Family]map[string]*Set {
+	bridge := map[string]*Set{}
 	def := func(name string, counter bool, key ...Type) {
-		sets[name] = &Set{Name: name, Key: key, Counter: counter}
+		bridge[name] = &Set{Name: name, Key: key, Counter: counter}
 	}
 	for _, name := range []string{SetPorts, SetDisabled, SetDropInvalid, SetAntispoof, SetHasMAC, SetDHCP, SetNoNDP, SetOutAccept, SetOutReject, SetInAccept, SetInReject, SetLogOut, SetLogIn} {
 		def(name, false, TypeIfname)
 	}
 	for _, d := range []config.Direction{config.In, config.Out} {
-		for _, level := range b.extraLevels(d) {
+		for _, level := range extraLevels(p, d) {
 			def(LogSet(d, level), false, TypeIfname)
 		}
 	}
@@ -627,87 +680,149 @@ func (b *builder) bridgeSets() []*Set {
 	def(SetSrc4, false, TypeIfname, TypeIPv4)
 	def(SetSrc6, false, TypeIfname, TypeIPv6)
 	def(SetL2Proto, false, TypeIfname, TypeEtherType)
-	add := func(set string, key ...Value) {
-		sets[set].Elements = append(sets[set].Elements, Element{Key: key})
+	for _, name := range []string{MapListsOut, MapListsIn} {
+		bridge[name] = &Set{Name: name, Key: []Type{TypeIfname}, Data: TypeVerdict}
 	}
-	for k, groups := range b.positionPairs() {
-		for _, g := range groups {
-			def(PositionSet(g, k), false, TypeIfname)
+	for g := range p.Members {
+		for _, f := range ruleset.Families {
+			bridge[MemberSet(g, f)] = MemberSetDef(g, f)
 		}
 	}
-	for g, mem := range b.p.Members {
-		for _, f := range ruleset.Families {
-			t := TypeIPv4
-			if f == ruleset.IPv6 {
-				t = TypeIPv6
+	inet := map[string]*Set{
+		SetVM4: {Name: SetVM4, Key: []Type{TypeIPv4}},
+		SetVM6: {Name: SetVM6, Key: []Type{TypeIPv6}},
+	}
+	return map[Family]map[string]*Set{Bridge: bridge, Inet: inet}
+}
+
+// MemberSetDef is the (empty) set of group's members' addresses of
+// family f.
+func MemberSetDef(group string, f ruleset.Family) *Set {
+	t := TypeIPv4
+	if f == ruleset.IPv6 {
+		t = TypeIPv6
+	}
+	return &Set{Name: MemberSet(group, f), Key: []Type{t}}
+}
+
+// InterfaceElements returns the elements interface n of p puts into
+// vmfw's sets and maps: those keyed by its name in the bridge table, and
+// its addresses in the inet table's vm4 and vm6, which another interface
+// may list too. Its addresses in its groups' member sets are not among
+// them: the members come from p.Members, with the remote ones.
+func InterfaceElements(p *ruleset.Policy, n *ruleset.Interface) []Placed {
+	var out []Placed
+	add := func(set string, key ...Value) {
+		out = append(out, Placed{Family: Bridge, Set: set, Element: Element{Key: key}})
+	}
+	for _, ip := range n.IPs {
+		set := SetVM4
+		if !ip.Is4() {
+			set = SetVM6
+		}
+		out = append(out, Placed{Family: Inet, Set: set, Element: Element{Key: []Value{Addr(ip)}}})
+	}
+	name := Ifname(n.Name)
+	add(SetPorts, name)
+	if !n.Enabled {
+		add(SetDisabled, name)
+		if n.DropInvalid {
+			add(SetDropInvalid, name)
+		}
+		return out
+	}
+	add(SetDropsOut, name)
+	add(SetDropsIn, name)
+	if n.AntispoofMACOnly {
+		// The frame's source MAC and ARP's sender hardware address
+		// alone (l2Chain); the out chain then treats the interface as
+		// one without anti-spoofing, as the iptables backend does.
+		add(SetAntispoofMAC, name)
+		if n.MAC != nil {
+			add(SetHasMAC, name)
+			add(SetMACs, name, Ether(n.MAC))
+		}
+	} else if n.Antispoof {
+		add(SetAntispoof, name)
+		if n.MAC != nil {
+			add(SetHasMAC, name)
+			add(SetMACs, name, Ether(n.MAC))
+		}
+		for _, ip := range n.IPs {
+			if ip.Is4() {
+				add(SetSrc4, name, Addr(ip))
+			} else {
+				add(SetSrc6, name, Addr(ip))
 			}
-			def(MemberSet(g, f), false, t)
-			for _, a := range mem.Addrs[f] {
-				add(MemberSet(g, f), Addr(a))
+		}
+		for _, p := range n.L2Protocols {
+			if num, ok := config.EtherTypeNumber(p); ok {
+				add(SetL2Proto, name, EtherType(num))
+			}
+		}
+	}
+	if n.DHCP {
+		add(SetDHCP, name)
+	}
+	if n.NoNDP {
+		add(SetNoNDP, name)
+	}
+	policy := func(a config.Action, acceptSet, rejectSet string, d config.Direction) {
+		switch a {
+		case config.Accept:
+			add(acceptSet, name)
+		case config.Reject:
+			add(rejectSet, name)
+		}
+		if level := policyLevel(p, n, d); level != config.LogOff {
+			add(LogSet(d, level), name)
+		}
+	}
+	policy(n.PolicyOut, SetOutAccept, SetOutReject, config.Out)
+	policy(n.PolicyIn, SetInAccept, SetInReject, config.In)
+	if len(n.Groups) > 0 {
+		for _, d := range []config.Direction{config.Out, config.In} {
+			m := MapListsOut
+			if d == config.In {
+				m = MapListsIn
+			}
+			out = append(out, Placed{Family: Bridge, Set: m, Element: Element{Key: []Value{name}, Verdict: jump(ListChain(n.Groups, d))}})
+		}
+	}
+	return out
+}
+
+// MemberElements returns the elements of the set of group's members of
+// family f in a layout of p (none when no rule refers to the group).
+func MemberElements(p *ruleset.Policy, group string, f ruleset.Family) []Element {
+	mem := p.Members[group]
+	if mem == nil {
+		return nil
+	}
+	out := make([]Element, 0, len(mem.Addrs[f]))
+	for _, a := range mem.Addrs[f] {
+		out = append(out, Element{Key: []Value{Addr(a)}})
+	}
+	return out
+}
+
+// tableSets lays out every set and map of table f with its elements.
+func (b *builder) tableSets(f Family) []*Set {
+	sets := SetDefs(b.p)[f]
+	if f == Bridge {
+		for g := range b.p.Members {
+			for _, fam := range ruleset.Families {
+				s := sets[MemberSet(g, fam)]
+				s.Elements = MemberElements(b.p, g, fam)
 			}
 		}
 	}
 	for _, n := range b.p.Interfaces {
-		name := Ifname(n.Name)
-		add(SetPorts, name)
-		if !n.Enabled {
-			add(SetDisabled, name)
-			if n.DropInvalid {
-				add(SetDropInvalid, name)
+		for _, pl := range InterfaceElements(b.p, n) {
+			if pl.Family == f {
+				s := sets[pl.Set]
+				s.Elements = append(s.Elements, pl.Element)
 			}
-			continue
-		}
-		add(SetDropsOut, name)
-		add(SetDropsIn, name)
-		if n.AntispoofMACOnly {
-			// The frame's source MAC and ARP's sender hardware address
-			// alone (l2Chain); the out chain then treats the interface as
-			// one without anti-spoofing, as the iptables backend does.
-			add(SetAntispoofMAC, name)
-			if n.MAC != nil {
-				add(SetHasMAC, name)
-				add(SetMACs, name, Ether(n.MAC))
-			}
-		} else if n.Antispoof {
-			add(SetAntispoof, name)
-			if n.MAC != nil {
-				add(SetHasMAC, name)
-				add(SetMACs, name, Ether(n.MAC))
-			}
-			for _, ip := range n.IPs {
-				if ip.Is4() {
-					add(SetSrc4, name, Addr(ip))
-				} else {
-					add(SetSrc6, name, Addr(ip))
-				}
-			}
-			for _, p := range n.L2Protocols {
-				if num, ok := config.EtherTypeNumber(p); ok {
-					add(SetL2Proto, name, EtherType(num))
-				}
-			}
-		}
-		if n.DHCP {
-			add(SetDHCP, name)
-		}
-		if n.NoNDP {
-			add(SetNoNDP, name)
-		}
-		policy := func(a config.Action, acceptSet, rejectSet string, d config.Direction) {
-			switch a {
-			case config.Accept:
-				add(acceptSet, name)
-			case config.Reject:
-				add(rejectSet, name)
-			}
-			if level := b.policyLevel(n, d); level != config.LogOff {
-				add(LogSet(d, level), name)
-			}
-		}
-		policy(n.PolicyOut, SetOutAccept, SetOutReject, config.Out)
-		policy(n.PolicyIn, SetInAccept, SetInReject, config.In)
-		for k, g := range n.Groups {
-			add(PositionSet(g, k), name)
 		}
 	}
 	for _, s := range sets {
@@ -716,8 +831,10 @@ func (b *builder) bridgeSets() []*Set {
 	}
 	// Address sets' prefixes come sorted and disjoint (config.Set.Effective),
 	// and there can be 100,000 of them: they are not sorted again.
-	for _, s := range b.addressSets() {
-		sets[s.Name] = s
+	if f == Bridge {
+		for _, s := range b.addressSets() {
+			sets[s.Name] = s
+		}
 	}
 	out := make([]*Set, 0, len(sets))
 	for _, name := range slices.Sorted(maps.Keys(sets)) {
@@ -741,22 +858,7 @@ func compactElements(l []Element) []Element {
 func (b *builder) inet() *Table {
 	m := b.m
 	t := &Table{Family: Inet}
-	v4 := &Set{Name: SetVM4, Key: []Type{TypeIPv4}}
-	v6 := &Set{Name: SetVM6, Key: []Type{TypeIPv6}}
-	for _, n := range b.p.Interfaces {
-		for _, ip := range n.IPs {
-			if ip.Is4() {
-				v4.Elements = append(v4.Elements, Element{Key: []Value{Addr(ip)}})
-			} else {
-				v6.Elements = append(v6.Elements, Element{Key: []Value{Addr(ip)}})
-			}
-		}
-	}
-	for _, s := range []*Set{v4, v6} {
-		sortElements(s.Elements)
-		s.Elements = compactElements(s.Elements)
-	}
-	t.Sets = []*Set{v4, v6}
+	t.Sets = b.tableSets(Inet)
 	bridgeKind := Value{TypeString, []byte("bridge\x00")}
 	t.Chains = []*Chain{
 		{Name: ChainPrerouting, Hook: &Hook{"prerouting", statePriority}, Rules: []Rule{

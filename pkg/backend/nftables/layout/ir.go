@@ -219,8 +219,8 @@ var (
 	FARPSpa   = Field{Name: "arp saddr ip", Type: TypeIPv4, Base: "nh", Offset: 14, Len: 4}
 )
 
-// Expr is one expression of a rule: *Cmp, *Lookup, *Anon, *SetMark,
-// *Log, *Limit, *Reject or *Verdict.
+// Expr is one expression of a rule: *Cmp, *Lookup, *VMap, *Anon,
+// *SetMark, *Log, *Limit, *Reject or *Verdict.
 type Expr interface {
 	// Text renders the expression in nft syntax.
 	Text() string
@@ -282,6 +282,17 @@ func (l *Lookup) Text() string {
 	}
 	return strings.Join(names, " . ") + op + l.Set
 }
+
+// VMap looks a field up in a named verdict map and takes the verdict of
+// the element found; a packet whose field is not in the map goes on to
+// the next rule.
+type VMap struct {
+	Field Field
+	Map   string
+}
+
+// Text renders the lookup.
+func (v *VMap) Text() string { return v.Field.Name + " vmap @" + v.Map }
 
 // Interval is a closed range of values of an anonymous set; Lo == Hi for
 // a single value.
@@ -530,6 +541,8 @@ type Set struct {
 	Name string
 	// Key is the key's type, several for a concatenation.
 	Key []Type
+	// Data is TypeVerdict for a verdict map, "" for a set.
+	Data Type
 	// Counter gives every element its own counter (per-tap drops).
 	Counter bool
 	// Interval makes the set hold ranges (flags interval): an address
@@ -544,10 +557,15 @@ type Set struct {
 	Prefixes []netip.Prefix
 }
 
-// Element is one element of a set.
+// IsMap reports whether s is a map: its elements carry data.
+func (s *Set) IsMap() bool { return s.Data != "" }
+
+// Element is one element of a set or map.
 type Element struct {
 	// Key is the element's key, one Value per part of a concatenation.
 	Key []Value
+	// Verdict is the data of an element of a verdict map, nil in a set.
+	Verdict *Verdict
 	// End is the last value of an interval set's element, whose Key is
 	// the first; nil in other sets.
 	End *Value
@@ -575,8 +593,8 @@ func (e Element) KeyBytes() []byte {
 	return b
 }
 
-// Text renders the element: an interval as the prefix it covers (or
-// lo-hi).
+// Text renders the element: its key and, in a map, " : " and its data;
+// an interval as the prefix it covers (or lo-hi).
 func (e Element) Text() string {
 	if e.End != nil {
 		return intervalText(Interval{e.Key[0], *e.End})
@@ -585,7 +603,19 @@ func (e Element) Text() string {
 	for i, v := range e.Key {
 		parts[i] = v.String()
 	}
+	if e.Verdict != nil {
+		return strings.Join(parts, " . ") + " : " + e.Verdict.Text()
+	}
 	return strings.Join(parts, " . ")
+}
+
+// DataText renders the element's data as a read of the kernel compares
+// it (nlnft.ObservedSet.Data): "" for an element of a set.
+func (e Element) DataText() string {
+	if e.Verdict == nil {
+		return ""
+	}
+	return e.Verdict.Text()
 }
 
 // Signature describes what the set is, apart from its elements: a set
@@ -596,6 +626,9 @@ func (s *Set) Signature() string {
 		parts[i] = string(t)
 	}
 	sig := "type " + strings.Join(parts, " . ")
+	if s.Data != "" {
+		sig += " : " + string(s.Data)
+	}
 	if s.Counter {
 		sig += "; counter"
 	}

@@ -30,8 +30,9 @@ func LogSet(d config.Direction, level config.LogLevel) string {
 }
 
 // policyLevel returns the level n's policy of direction d logs at as the
-// layout keeps it ("" when it logs nothing): the default one under NFLOG.
-func (b *builder) policyLevel(n *ruleset.Interface, d config.Direction) config.LogLevel {
+// layout of p keeps it ("" when it logs nothing): the default one under
+// NFLOG.
+func policyLevel(p *ruleset.Policy, n *ruleset.Interface, d config.Direction) config.LogLevel {
 	level, a := n.LogOut, n.PolicyOut
 	if d == config.In {
 		level, a = n.LogIn, n.PolicyIn
@@ -39,23 +40,32 @@ func (b *builder) policyLevel(n *ruleset.Interface, d config.Direction) config.L
 	if level == config.LogOff || a == config.Accept || !n.Enabled {
 		return config.LogOff
 	}
-	if b.p.Host.LogGroup > 0 {
+	if p.Host.LogGroup > 0 {
 		return config.DefaultLogLevel
 	}
 	return level
 }
 
-// extraLevels lists the levels other than the default some interface's
-// policy of direction d logs at, most severe first.
-func (b *builder) extraLevels(d config.Direction) []config.LogLevel {
+// extraLevels lists the levels other than the default some interface of
+// p's policy of direction d logs at, most severe first.
+func extraLevels(p *ruleset.Policy, d config.Direction) []config.LogLevel {
 	var out []config.LogLevel
-	for _, n := range b.p.Interfaces {
-		if l := b.policyLevel(n, d); l != config.LogOff && l != config.DefaultLogLevel && !slices.Contains(out, l) {
+	for _, n := range p.Interfaces {
+		if l := policyLevel(p, n, d); l != config.LogOff && l != config.DefaultLogLevel && !slices.Contains(out, l) {
 			out = append(out, l)
 		}
 	}
 	slices.SortFunc(out, func(a, b config.LogLevel) int { return int(LogLevels[string(a)]) - int(LogLevels[string(b)]) })
 	return out
+}
+
+// extraLevels is extraLevels of the policy laid out, or the levels a
+// static layout was given (Static).
+func (b *builder) extraLevels(d config.Direction) []config.LogLevel {
+	if b.levels != nil {
+		return b.levels[d]
+	}
+	return extraLevels(b.p, d)
 }
 
 // levelLogRules are the log rules of a policy chain of direction d and

@@ -24,7 +24,11 @@ func (t *Table) Render() string {
 // Render prints the set's declaration and elements.
 func (s *Set) Render(indent string) string {
 	var b strings.Builder
-	b.WriteString(indent + "set " + s.Name + " {\n")
+	kind := "set "
+	if s.IsMap() {
+		kind = "map "
+	}
+	b.WriteString(indent + kind + s.Name + " {\n")
 	b.WriteString(indent + "\t" + strings.ReplaceAll(s.Signature(), "; ", "\n"+indent+"\t") + "\n")
 	if len(s.Elements) > 0 {
 		parts := make([]string, len(s.Elements))

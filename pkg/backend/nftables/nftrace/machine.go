@@ -47,6 +47,9 @@ type set struct {
 	keys     map[string]bool
 	// ranges are an interval set's, as [lo, hi] pairs.
 	ranges [][2][]byte
+	// data is a verdict map's: each key's verdict as layout.Verdict.Text
+	// renders it ("jump gl-...-in"); nil for a set.
+	data map[string]string
 }
 
 func newSet(interval bool, keys []string) *set {
@@ -95,6 +98,12 @@ func fromLayout(t *layout.Table) (*table, error) {
 			keys[i] = string(e.KeyBytes())
 		}
 		out.sets[s.Name] = newSet(s.Interval, keys)
+		if s.IsMap() {
+			out.sets[s.Name].data = map[string]string{}
+			for i, e := range s.Elements {
+				out.sets[s.Name].data[keys[i]] = e.DataText()
+			}
+		}
 	}
 	for _, c := range t.Chains {
 		oc := &chain{name: c.Name, hook: c.Hook}
@@ -130,6 +139,7 @@ func fromKernel(f layout.Family, ins *nlnft.Inspection, layouts ...*layout.Table
 			keys = append(keys, k)
 		}
 		out.sets[name] = newSet(strings.Contains(s.Signature, "flags interval"), keys)
+		out.sets[name].data = s.Data
 	}
 	for name, a := range ins.Anon[f] {
 		out.sets[name] = newSet(a.Interval, a.Keys)
@@ -412,12 +422,28 @@ func (m *machine) eval(r *rule, p *packet) (v verdict, matched bool, err error) 
 				return v, false, fmt.Errorf("looks up set %s, which does not exist", e.SetName)
 			}
 			found := false
+			var key []byte
 			if n := s.keyLen(); n > 0 {
-				key, err := regSlice(&regs, e.SourceRegister, n)
-				if err != nil {
+				if key, err = regSlice(&regs, e.SourceRegister, n); err != nil {
 					return v, false, err
 				}
 				found = s.has(key)
+			}
+			if e.IsDestRegSet {
+				// A verdict map's lookup: the element's verdict, or
+				// no match (the packet goes on to the next rule).
+				if e.DestRegister != 0 || s.data == nil {
+					return v, false, fmt.Errorf("looks up map %s into register %d", e.SetName, e.DestRegister)
+				}
+				if !found {
+					return v, false, nil
+				}
+				mv, err := mapVerdict(s.data[string(key)])
+				if err != nil {
+					return v, false, fmt.Errorf("map %s: %w", e.SetName, err)
+				}
+				v = mv
+				continue
 			}
 			if found == e.Invert {
 				return v, false, nil
@@ -455,4 +481,23 @@ func (m *machine) eval(r *rule, p *packet) (v verdict, matched bool, err error) 
 		}
 	}
 	return v, true, nil
+}
+
+// mapVerdict reads an element's verdict as layout.Verdict.Text renders
+// it.
+func mapVerdict(text string) (verdict, error) {
+	kind, chain, _ := strings.Cut(text, " ")
+	switch kind {
+	case "accept":
+		return verdict{kind: vAccept}, nil
+	case "drop":
+		return verdict{kind: vDrop}, nil
+	case "return":
+		return verdict{kind: vReturn}, nil
+	case "jump":
+		return verdict{vJump, chain}, nil
+	case "goto":
+		return verdict{vGoto, chain}, nil
+	}
+	return verdict{}, fmt.Errorf("an element's verdict %q", text)
 }

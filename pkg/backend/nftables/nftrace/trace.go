@@ -245,10 +245,13 @@ func setDiff(k, w *set) string {
 	if w == nil {
 		return "not laid out"
 	}
-	var missing, extra int
+	var missing, extra, other int
 	for key := range w.keys {
-		if !k.keys[key] {
+		switch {
+		case !k.keys[key]:
 			missing++
+		case w.data != nil && k.data[key] != w.data[key]:
+			other++ // a verdict map's element jumps elsewhere
 		}
 	}
 	for key := range k.keys {
@@ -256,8 +259,11 @@ func setDiff(k, w *set) string {
 			extra++
 		}
 	}
-	if missing+extra == 0 {
+	switch {
+	case missing+extra+other == 0:
 		return ""
+	case other > 0:
+		return fmt.Sprintf("%d elements missing, %d unexpected, %d with another verdict", missing, extra, other)
 	}
 	return fmt.Sprintf("%d elements missing, %d unexpected", missing, extra)
 }

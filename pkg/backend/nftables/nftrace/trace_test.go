@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -126,7 +127,8 @@ func TestWalkPaths(t *testing.T) {
 // TestWalkDrift: what differs from the layout on the packet's way is
 // drift, each named once, and the kernel's verdict is what the changed
 // tables decide: an element removed from an address set, a rule removed
-// from a group's chain, a missing table.
+// from a group's chain, a verdict map's elements jumping elsewhere, a
+// missing table.
 func TestWalkDrift(t *testing.T) {
 	p := policyOf(t, lab)
 	pkt := tcp(backend.PathBridged, "192.0.2.102", "192.0.2.101", 22, "tap102i0", "tap101i0")
@@ -147,6 +149,17 @@ func TestWalkDrift(t *testing.T) {
 	kw, _ = k.Trace(p, p, names).Walk(pkt)
 	if kw.Verdict != "drop" || !slices.Contains(kw.Drift, "bridge/sg-web-in differs") {
 		t.Errorf("with a rule deleted: kernel %s, drift %v", kw.Verdict, kw.Drift)
+	}
+
+	// The receiver's element of the group-list map made to accept.
+	k, _ = nftracetest.Applied(p)
+	gl := k.Read.Tables[layout.Bridge].Sets[layout.MapListsIn]
+	for key := range gl.Data {
+		gl.Data[key] = "accept"
+	}
+	kw, _ = k.Trace(p, p, names).Walk(pkt)
+	if !slices.Contains(kw.Drift, "set bridge/"+layout.MapListsIn+" differs: 0 elements missing, 0 unexpected, "+strconv.Itoa(len(gl.Data))+" with another verdict") {
+		t.Errorf("with the group-list map's elements accepting: kernel %s, drift %v", kw.Verdict, kw.Drift)
 	}
 
 	k, _ = nftracetest.Applied(p)

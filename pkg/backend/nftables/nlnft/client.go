@@ -73,15 +73,22 @@ type ObservedChain struct {
 	// Rules are the rules as the kernel returned them, for readers that
 	// interpret them (vmfw trace).
 	Rules []*nftables.Rule
+	// refs are the chains the rules jump to and the sets they look up
+	// ("@name"), known for chains Apply filled.
+	refs []string
 }
 
-// ObservedSet is a named set as read.
+// ObservedSet is a named set or map as read.
 type ObservedSet struct {
 	// Signature is what vmfw stored in the set's comment.
 	Signature string
 	// Elements maps each element's key bytes to its counter (zero when
 	// the element has none).
 	Elements map[string]Counter
+	// Data maps each element's key bytes to its data as the layout
+	// renders it (layout.Element.DataText: "jump gl-...-out"), in a
+	// verdict map; nil in a set.
+	Data map[string]string
 }
 
 // Counter is an element's counter.
@@ -93,7 +100,7 @@ func (o *Observed) Clone() *Observed {
 	for f, t := range o.Tables {
 		ct := &ObservedTable{Chains: maps.Clone(t.Chains), Sets: map[string]*ObservedSet{}}
 		for name, s := range t.Sets {
-			ct.Sets[name] = &ObservedSet{Signature: s.Signature, Elements: maps.Clone(s.Elements)}
+			ct.Sets[name] = &ObservedSet{Signature: s.Signature, Elements: maps.Clone(s.Elements), Data: maps.Clone(s.Data)}
 		}
 		out.Tables[f] = ct
 	}
@@ -192,6 +199,9 @@ func (cl Client) readTable(c *nftables.Conn, f layout.Family, elements bool, onl
 			if err != nil {
 				return nil, fmt.Errorf("reading set %s: %w", s.Name, err)
 			}
+			if s.IsMap {
+				os.Data = map[string]string{}
+			}
 			if s.Interval {
 				for _, k := range intervals(elems, int(s.KeyType.Bytes)) {
 					os.Elements[k] = Counter{}
@@ -206,11 +216,74 @@ func (cl Client) readTable(c *nftables.Conn, f layout.Family, elements bool, onl
 					cnt = Counter{Packets: e.Counter.Packets, Bytes: e.Counter.Bytes}
 				}
 				os.Elements[string(e.Key)] = cnt
+				if s.IsMap {
+					os.Data[string(e.Key)] = verdictText(e.Val)
+				}
 			}
 		}
 		ot.Sets[s.Name] = os
 	}
 	return ot, nil
+}
+
+// ReadChains reads vmfw's tables narrowly: the chains named (those that
+// exist, with their rules' fingerprints) and every set's signature, no
+// element. A plan from a hint reads what its scope relies on this way:
+// reading every chain cost a round trip per chain, seconds at 20,000
+// (every tap its own group).
+func (cl Client) ReadChains(names map[layout.Family][]string) (*Observed, error) {
+	c, err := cl.conn()
+	if err != nil {
+		return nil, err
+	}
+	gen, err := c.GetGen()
+	if err != nil {
+		return nil, fmt.Errorf("reading the nf_tables generation: %w", err)
+	}
+	o := &Observed{Tables: map[layout.Family]*ObservedTable{}, Gen: gen.ID}
+	for _, f := range []layout.Family{layout.Bridge, layout.Inet} {
+		t, err := c.ListTableOfFamily(layout.TableName, Family(f))
+		if errors.Is(err, unix.ENOENT) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("looking up table %s %s: %w", f, layout.TableName, err)
+		}
+		ot := &ObservedTable{Chains: map[string]*ObservedChain{}, Sets: map[string]*ObservedSet{}}
+		for _, name := range names[f] {
+			ch, err := c.ListChain(t, name)
+			if errors.Is(err, unix.ENOENT) {
+				continue
+			}
+			if err != nil {
+				return nil, fmt.Errorf("reading chain %s: %w", name, err)
+			}
+			oc := &ObservedChain{}
+			if ch.Hooknum != nil && ch.Priority != nil {
+				oc.Hook = &layout.Hook{Hook: hookNames[uint32(*ch.Hooknum)], Priority: int(*ch.Priority)}
+			}
+			rules, err := c.GetRules(t, ch)
+			if err != nil {
+				return nil, fmt.Errorf("reading chain %s: %w", name, err)
+			}
+			for _, r := range rules {
+				oc.Hashes = append(oc.Hashes, RuleHash(r.UserData))
+			}
+			oc.Rules = rules
+			ot.Chains[name] = oc
+		}
+		sets, err := c.GetSets(t)
+		if err != nil {
+			return nil, fmt.Errorf("listing sets: %w", err)
+		}
+		for _, s := range sets {
+			if !s.Anonymous && !strings.HasPrefix(s.Name, "__") {
+				ot.Sets[s.Name] = &ObservedSet{Signature: strings.TrimPrefix(s.Comment, commentPrefix), Elements: map[string]Counter{}}
+			}
+		}
+		o.Tables[f] = ot
+	}
+	return o, nil
 }
 
 // commentPrefix starts the comment of every set and rule vmfw writes.
@@ -255,8 +328,10 @@ type Batch struct {
 }
 
 // TableChange is what a batch does to one table, in the order the kernel
-// needs: chains flushed before the chains and sets they referred to are
-// deleted, sets and chains created before the rules that use them.
+// needs: chains flushed and map elements deleted before the chains and
+// sets they referred to are deleted, chains created before the map
+// elements that jump to them, sets and chains before the rules that use
+// them.
 type TableChange struct {
 	Family layout.Family
 	// Delete removes the whole table; nothing else is done to it.
@@ -326,12 +401,6 @@ func addTableChange(c *nftables.Conn, tc *TableChange) error {
 	for _, name := range tc.Flush {
 		c.FlushChain(&nftables.Chain{Name: name, Table: t})
 	}
-	for _, name := range tc.DeleteChains {
-		c.DelChain(&nftables.Chain{Name: name, Table: t})
-	}
-	for _, name := range tc.DeleteSets {
-		c.DelSet(&nftables.Set{Name: name, Table: t})
-	}
 	sets := map[string]*nftables.Set{}
 	for _, s := range tc.Sets {
 		ns, err := nlSet(t, s)
@@ -340,20 +409,8 @@ func addTableChange(c *nftables.Conn, tc *TableChange) error {
 		}
 		sets[s.Name] = ns
 	}
-	for _, s := range tc.NewSets {
-		ns := sets[s.Name]
-		if ns == nil {
-			return fmt.Errorf("set %s is not among the table's sets", s.Name)
-		}
-		if err := c.AddSet(ns, nil); err != nil {
-			return fmt.Errorf("adding set %s: %w", s.Name, err)
-		}
-		if len(s.Elements) > 0 {
-			if err := c.SetAddElements(ns, elements(s, s.Elements)); err != nil {
-				return fmt.Errorf("adding elements to %s: %w", s.Name, err)
-			}
-		}
-	}
+	// Elements go before the chains they jump to (verdict maps), and the
+	// chains are created before the elements that jump to them.
 	for _, name := range slices.Sorted(maps.Keys(tc.DelElements)) {
 		s := layoutSet(tc.Sets, name)
 		if s == nil {
@@ -363,14 +420,11 @@ func addTableChange(c *nftables.Conn, tc *TableChange) error {
 			return fmt.Errorf("deleting elements from %s: %w", name, err)
 		}
 	}
-	for _, name := range slices.Sorted(maps.Keys(tc.AddElements)) {
-		s := layoutSet(tc.Sets, name)
-		if s == nil {
-			return fmt.Errorf("set %s is not among the table's sets", name)
-		}
-		if err := c.SetAddElements(sets[name], elements(s, tc.AddElements[name])); err != nil {
-			return fmt.Errorf("adding elements to %s: %w", name, err)
-		}
+	for _, name := range tc.DeleteChains {
+		c.DelChain(&nftables.Chain{Name: name, Table: t})
+	}
+	for _, name := range tc.DeleteSets {
+		c.DelSet(&nftables.Set{Name: name, Table: t})
 	}
 	for _, ch := range tc.NewChains {
 		nc := &nftables.Chain{Name: ch.Name, Table: t}
@@ -386,6 +440,29 @@ func addTableChange(c *nftables.Conn, tc *TableChange) error {
 			nc.Policy = &policy
 		}
 		c.AddChain(nc)
+	}
+	for _, s := range tc.NewSets {
+		ns := sets[s.Name]
+		if ns == nil {
+			return fmt.Errorf("set %s is not among the table's sets", s.Name)
+		}
+		if err := c.AddSet(ns, nil); err != nil {
+			return fmt.Errorf("adding set %s: %w", s.Name, err)
+		}
+		if len(s.Elements) > 0 {
+			if err := c.SetAddElements(ns, elements(s, s.Elements)); err != nil {
+				return fmt.Errorf("adding elements to %s: %w", s.Name, err)
+			}
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(tc.AddElements)) {
+		s := layoutSet(tc.Sets, name)
+		if s == nil {
+			return fmt.Errorf("set %s is not among the table's sets", name)
+		}
+		if err := c.SetAddElements(sets[name], elements(s, tc.AddElements[name])); err != nil {
+			return fmt.Errorf("adding elements to %s: %w", name, err)
+		}
 	}
 	for _, ch := range tc.Fill {
 		nc := &nftables.Chain{Name: ch.Name, Table: t}
@@ -432,6 +509,9 @@ func nlSet(t *nftables.Table, s *layout.Set) (*nftables.Set, error) {
 		return nil, fmt.Errorf("set %s: %w", s.Name, err)
 	}
 	ns := &nftables.Set{Table: t, Name: s.Name, KeyType: kt, Concatenation: concat, Interval: s.Interval, Comment: commentPrefix + s.Signature()}
+	if s.Data == layout.TypeVerdict {
+		ns.IsMap, ns.DataType = true, nftables.TypeVerdict
+	}
 	if !concat && (s.Key[0] == layout.TypeIfname || s.Key[0] == layout.TypeMark) {
 		// nft prints the elements of a set by the byte order its user
 		// data records: names and marks are kept in host order.
@@ -448,6 +528,9 @@ func elements(s *layout.Set, list []layout.Element) []nftables.SetElement {
 	out := make([]nftables.SetElement, len(list))
 	for i, e := range list {
 		out[i] = nftables.SetElement{Key: e.KeyBytes()}
+		if v := e.Verdict; v != nil {
+			out[i].VerdictData = &expr.Verdict{Kind: verdictKinds[v.Kind], Chain: v.Chain}
+		}
 		if s.Counter {
 			out[i].Counter = &expr.Counter{}
 		}

@@ -6,6 +6,7 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/vmfw/vmfw/pkg/backend/nftables/layout"
@@ -176,6 +177,16 @@ func (r *rule) add(e layout.Expr, t *nftables.Table, sets func(string) *nftables
 			return fmt.Errorf("set %s is not in the table", e.Set)
 		}
 		r.exprs = append(r.exprs, &expr.Lookup{SourceRegister: reg, SetName: s.Name, SetID: s.ID, Invert: e.Neg})
+	case *layout.VMap:
+		l, err := load(e.Field, reg1)
+		if err != nil {
+			return err
+		}
+		m := sets(e.Map)
+		if m == nil {
+			return fmt.Errorf("map %s is not in the table", e.Map)
+		}
+		r.exprs = append(r.exprs, l, &expr.Lookup{SourceRegister: reg1, SetName: m.Name, SetID: m.ID, DestRegister: 0, IsDestRegSet: true})
 	case *layout.Anon:
 		kt, err := setType(e.Field.Type)
 		if err != nil {
@@ -237,9 +248,7 @@ func (r *rule) add(e layout.Expr, t *nftables.Table, sets func(string) *nftables
 			r.exprs = append(r.exprs, &expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_PORT_UNREACH})
 		}
 	case *layout.Verdict:
-		kinds := map[layout.VerdictKind]expr.VerdictKind{layout.Accept: expr.VerdictAccept, layout.Drop: expr.VerdictDrop,
-			layout.Return: expr.VerdictReturn, layout.Jump: expr.VerdictJump, layout.Goto: expr.VerdictGoto}
-		r.exprs = append(r.exprs, &expr.Verdict{Kind: kinds[e.Kind], Chain: e.Chain})
+		r.exprs = append(r.exprs, &expr.Verdict{Kind: verdictKinds[e.Kind], Chain: e.Chain})
 	default:
 		return fmt.Errorf("unknown expression %T", e)
 	}
@@ -258,4 +267,39 @@ func increment(b []byte) ([]byte, bool) {
 		}
 	}
 	return nil, false
+}
+
+// verdictKinds are the kernel's verdict codes of the layout's verdicts.
+var verdictKinds = map[layout.VerdictKind]expr.VerdictKind{layout.Accept: expr.VerdictAccept, layout.Drop: expr.VerdictDrop,
+	layout.Return: expr.VerdictReturn, layout.Jump: expr.VerdictJump, layout.Goto: expr.VerdictGoto}
+
+// verdictText renders the data of a verdict map's element as the kernel
+// returns it (the attributes of NFTA_DATA_VERDICT: the code, and the
+// chain of a jump or goto) as layout.Verdict.Text does; "?" when it is
+// not a verdict vmfw writes.
+func verdictText(b []byte) string {
+	ad, err := netlink.NewAttributeDecoder(b)
+	if err != nil {
+		return "?"
+	}
+	ad.ByteOrder = binary.BigEndian
+	var code int32
+	chain := ""
+	for ad.Next() {
+		switch ad.Type() {
+		case unix.NFTA_VERDICT_CODE:
+			code = int32(ad.Uint32())
+		case unix.NFTA_VERDICT_CHAIN:
+			chain = ad.String()
+		}
+	}
+	if ad.Err() != nil {
+		return "?"
+	}
+	for k, v := range verdictKinds {
+		if int32(v) == code {
+			return (&layout.Verdict{Kind: k, Chain: chain}).Text()
+		}
+	}
+	return "?"
 }

@@ -33,8 +33,14 @@ func Applied(p *ruleset.Policy) (*nftrace.Kernel, error) {
 		anon := map[string]*nlnft.AnonSet{}
 		for _, s := range t.Sets {
 			os := &nlnft.ObservedSet{Signature: s.Signature(), Elements: map[string]nlnft.Counter{}}
+			if s.IsMap() {
+				os.Data = map[string]string{}
+			}
 			for _, e := range s.Elements {
 				os.Elements[string(e.KeyBytes())] = nlnft.Counter{}
+				if os.Data != nil {
+					os.Data[string(e.KeyBytes())] = e.DataText()
+				}
 			}
 			ot.Sets[s.Name] = os
 		}

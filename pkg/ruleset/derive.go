@@ -1,0 +1,199 @@
+package ruleset
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+	"sort"
+
+	"github.com/vmfw/vmfw/pkg/config"
+)
+
+// Deriving a policy from another.
+//
+// Compile walks every attached interface: at 5000 that is about 12 ms,
+// more than the whole of an ifup through the agent may cost
+// (docs/performance.md). An ifup, an ifdown or a group edit changes a few
+// interfaces or groups, so the engine derives the policy after the change
+// from the one before it: With attaches and detaches interfaces, Regroup
+// recompiles groups, and both share what does not change (compiled
+// interfaces and groups, the members of groups none of the changed
+// interfaces lists). Each returns what Compile returns for the same
+// configuration and interfaces (TestDeriveMatchesCompile).
+
+// With returns the policy of m with the interfaces of up attached (again,
+// when attached already) and those named by down detached. p must have
+// been compiled from m (or derived from such a policy): only up's
+// configuration is read from it, and the groups and sets the change
+// brings in. Like Compile it fails for an interface listing an unknown
+// group.
+func (p *Policy) With(m *config.Model, up []*config.NIC, down []string) (*Policy, error) {
+	gone := map[string]bool{}
+	for _, name := range down {
+		gone[name] = true
+	}
+	added := make([]*Interface, 0, len(up))
+	for _, n := range up {
+		if gone[n.Tap] {
+			continue
+		}
+		gone[n.Tap] = true // its old compilation, if attached, goes
+		for _, g := range n.Groups {
+			if m.Groups[g] == nil {
+				return nil, fmt.Errorf("%s: unknown group %q", n.Tap, g)
+			}
+		}
+		added = append(added, compileInterface(n))
+	}
+	sort.Slice(added, func(i, j int) bool { return added[i].Name < added[j].Name })
+	for i := 1; i < len(added); i++ {
+		if added[i].Name == added[i-1].Name {
+			return nil, fmt.Errorf("interface %s attached twice", added[i].Name)
+		}
+	}
+	out := &Policy{Host: p.Host, byName: maps.Clone(p.byName), owners: maps.Clone(p.owners)}
+	// The interfaces, sorted: the kept ones merged with the added ones.
+	var removed []*Interface
+	out.Interfaces = make([]*Interface, 0, len(p.Interfaces)+len(added))
+	j := 0
+	for _, n := range p.Interfaces {
+		for j < len(added) && added[j].Name < n.Name {
+			out.Interfaces = append(out.Interfaces, added[j])
+			j++
+		}
+		if gone[n.Name] {
+			removed = append(removed, n)
+			continue
+		}
+		out.Interfaces = append(out.Interfaces, n)
+	}
+	out.Interfaces = append(out.Interfaces, added[j:]...)
+	for _, n := range removed {
+		delete(out.byName, n.Name)
+	}
+	for _, n := range added {
+		out.byName[n.Name] = n
+	}
+	// Owners: an address goes to the first interface by name listing it.
+	for _, n := range removed {
+		for _, ip := range n.IPs {
+			if out.owners[ip] == n {
+				delete(out.owners, ip)
+				for _, o := range out.Interfaces {
+					if slices.Contains(o.IPs, ip) {
+						out.owners[ip] = o
+						break
+					}
+				}
+			}
+		}
+	}
+	for _, n := range added {
+		for _, ip := range n.IPs {
+			if o := out.owners[ip]; o == nil || n.Name < o.Name {
+				out.owners[ip] = n
+			}
+		}
+	}
+	// Groups: those some enabled interface lists.
+	out.Groups = maps.Clone(p.Groups)
+	touched := map[string]bool{}
+	for _, n := range removed {
+		for _, g := range n.Groups {
+			touched[g] = true
+		}
+	}
+	for _, n := range added {
+		for _, g := range n.Groups {
+			touched[g] = true
+			if n.Enabled && out.Groups[g] == nil {
+				out.Groups[g] = compileGroup(m.Groups[g])
+			}
+		}
+	}
+	for g := range touched {
+		if out.Groups[g] != nil && !listedByEnabled(out.Interfaces, g) {
+			delete(out.Groups, g)
+		}
+	}
+	return out, out.references(m, p, touched)
+}
+
+// listedByEnabled reports whether an enabled interface lists group.
+func listedByEnabled(ifaces []*Interface, group string) bool {
+	for _, n := range ifaces {
+		if n.Enabled && slices.Contains(n.Groups, group) {
+			return true
+		}
+	}
+	return false
+}
+
+// Regroup returns the policy of m for p's interfaces when only the rules
+// of the named groups differ between the configuration p was compiled
+// from and m: the same interfaces, host settings and VMs. The groups are
+// compiled again from m, and the members and sets their rules refer to
+// follow.
+func (p *Policy) Regroup(m *config.Model, groups []string) (*Policy, error) {
+	out := &Policy{Host: p.Host, Interfaces: p.Interfaces, byName: p.byName, owners: p.owners, Groups: maps.Clone(p.Groups)}
+	for _, g := range groups {
+		if out.Groups[g] == nil {
+			continue // no enabled interface lists it
+		}
+		if m.Groups[g] == nil {
+			return nil, fmt.Errorf("group %s is not in the configuration", g)
+		}
+		out.Groups[g] = compileGroup(m.Groups[g])
+	}
+	return out, out.references(m, p, nil)
+}
+
+// references sets p's Members and Sets to what its groups' rules refer
+// to, as Compile does, taking them from prev where they stay the same:
+// the members of a group are computed again when it is in touched (its
+// member interfaces changed) or prev has none.
+func (p *Policy) references(m *config.Model, prev *Policy, touched map[string]bool) error {
+	p.Members = map[string]*Members{}
+	p.Sets = map[string]*Set{}
+	for _, name := range slices.Sorted(maps.Keys(p.Groups)) {
+		g := p.Groups[name]
+		for _, d := range []config.Direction{config.In, config.Out} {
+			for _, r := range g.Rules(d) {
+				for _, ref := range []string{r.Match.SourceGroup, r.Match.DestGroup} {
+					if ref == "" || p.Members[ref] != nil {
+						continue
+					}
+					if old := prev.Members[ref]; old != nil && !touched[ref] {
+						p.Members[ref] = old
+					} else {
+						p.Members[ref] = members(ref, p.Interfaces, m.RemoteMembers[ref])
+					}
+				}
+				for _, ref := range []string{r.Match.SourceSet, r.Match.DestSet} {
+					if ref == "" || p.Sets[ref] != nil {
+						continue
+					}
+					if old := prev.Sets[ref]; old != nil && m.Sets[ref] == old.Config {
+						p.Sets[ref] = old
+						continue
+					}
+					s := m.Sets[ref]
+					if s == nil {
+						return fmt.Errorf("group %s: unknown address set %q", g.Name, ref)
+					}
+					p.Sets[ref] = &Set{Name: s.Name, File: s.File, Entries: s.Entries, Except: s.Except, Config: s}
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// Names returns the names of p's interfaces, sorted.
+func (p *Policy) Names() []string {
+	out := make([]string, len(p.Interfaces))
+	for i, n := range p.Interfaces {
+		out[i] = n.Name
+	}
+	return out
+}
