@@ -220,7 +220,7 @@ func (b *Backend) plan(ctx context.Context, s *state, want *ruleset.Policy, hint
 			return p, nil
 		}
 	}
-	if st := s; hint != nil && hint.Was != nil && want != nil && !b.takeFullNext() {
+	if st := s; hint != nil && hint.Was != nil && want != nil && !b.takeFullNext() && !(!st.full && reattaches(st, want, hint)) {
 		p, err := b.planScoped(st, want, hint)
 		if err != nil || p != nil {
 			return p, err
@@ -316,6 +316,25 @@ func (b *Backend) Apply(ctx context.Context, bp backend.Plan) error {
 		b.setHeld(0, nil)
 	}
 	return b.applyHooks(ctx, p.hooks)
+}
+
+// reattaches reports whether the hint brings up an interface the tables
+// hold already (an ifup of an attached tap, perhaps after its VM file
+// changed). hint.Was gives it the settings the configuration has now,
+// not those its elements were written with, and a narrow read does not
+// read them: only a full plan finds the elements to change.
+func reattaches(st *state, want *ruleset.Policy, hint *backend.Hint) bool {
+	t := st.obs.Tables[layout.Bridge]
+	if t == nil || t.Sets[layout.SetPorts] == nil {
+		return false
+	}
+	ports := t.Sets[layout.SetPorts].Elements
+	for _, name := range hint.Interfaces {
+		if _, held := ports[string(layout.Ifname(name).Bytes)]; held && want.Interface(name) != nil {
+			return true
+		}
+	}
+	return false
 }
 
 // applyHooks writes vmfw's rules in iptables' chains, after the tables:

@@ -266,20 +266,14 @@ func scopedRun(t *testing.T, agent bool, seed int64) {
 				what = fmt.Sprintf("vm %d edited, applied", id)
 				break
 			}
-			// The engine's hint: Was from the configuration as it is
-			// now, with the edited taps as they were, which the kernel
-			// does not hold: the kernel refuses deleting what is not
-			// there, or the tables keep what the plan did not see,
-			// until an apply.
-			for _, tap := range changed {
-				attached[tap] = false
-			}
+			// The engine's hint: Was compiled from the configuration as
+			// it is now (the last change's policy is not reused, since
+			// the taps' settings changed), with the taps attached: it
+			// gives them their new settings, not those the tables hold.
+			// The plan must find the elements to change all the same,
+			// from the agent's memory or by planning in full.
 			was := compile(m)
-			for _, tap := range changed {
-				attached[tap] = true
-			}
 			apply(compile(m), &backend.Hint{Was: was, Interfaces: changed})
-			pending = true
 			what = fmt.Sprintf("vm %d edited, taps %v up again", id, changed)
 		case n < 17: // a group edit, applied as the agent does
 			g := scopedGroups[r.Intn(len(scopedGroups))]
