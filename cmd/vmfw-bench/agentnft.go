@@ -7,7 +7,6 @@ import (
 	"time"
 
 	iptlayout "github.com/vmfw/vmfw/pkg/backend/iptables/layout"
-	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
 	nftlayout "github.com/vmfw/vmfw/pkg/backend/nftables/layout"
 	"github.com/vmfw/vmfw/pkg/backend/nftables/nlnft"
 )
@@ -18,6 +17,12 @@ import (
 // fingerprints change; a VM edit that adds a group changes no group chain,
 // only the tap's element of the gl-out map, which then jumps to the chain
 // of its new group list (docs/nftables.md).
+//
+// The polls keep one netlink socket (nlnft.Kept): the kernel makes the
+// release of an nf_tables socket wait for the destruction of the rules a
+// commit replaced, an RCU grace period, so a poll on a socket of its own
+// after the agent's commit saw the new rules about 10 ms after they were
+// in force, a wait of the bench's and not of the rules'.
 
 // nftState is what the rows compare for a state key: the group chain's
 // fingerprints, or what the edited VM's tap's element of gl-out holds.
@@ -27,9 +32,9 @@ type nftState struct {
 }
 
 // readNFT reads what key's kind is about, inside the lab's namespace.
-func (a *agentLab) readNFT(chain iptlayout.Chain, key string) (nftState, error) {
+func (a *agentLab) readNFT(cl nlnft.Client, chain iptlayout.Chain, key string) (nftState, error) {
 	if kind(key) == "vm" {
-		obs, err := nlnft.Client{}.Read(false, nftlayout.MapListsOut)
+		obs, err := cl.Read(false, nftlayout.MapListsOut)
 		if err != nil {
 			return nftState{}, err
 		}
@@ -40,7 +45,7 @@ func (a *agentLab) readNFT(chain iptlayout.Chain, key string) (nftState, error) 
 		}
 		return nftState{list: list}, nil
 	}
-	obs, err := nlnft.Client{}.Read(false) // chains, and no set's elements
+	obs, err := cl.Read(false) // chains, and no set's elements
 	if err != nil {
 		return nftState{}, err
 	}
@@ -60,7 +65,7 @@ func (a *agentLab) learnNFT(key string, chain iptlayout.Chain) error {
 	var st nftState
 	err := a.hv.do(func() error {
 		var err error
-		st, err = a.readNFT(chain, key)
+		st, err = a.readNFT(nlnft.Client{}, chain, key)
 		return err
 	})
 	if err != nil {
@@ -86,6 +91,8 @@ func (a *agentLab) waitNFT(start time.Time, chain iptlayout.Chain, key string) (
 	}
 	var took time.Duration
 	err := a.hv.do(func() error {
+		cl := nlnft.Kept()
+		defer cl.Close()
 		deadline := start.Add(opTimeout)
 		var last uint32
 		have := false
@@ -93,7 +100,7 @@ func (a *agentLab) waitNFT(start time.Time, chain iptlayout.Chain, key string) (
 			if time.Now().After(deadline) {
 				return fmt.Errorf("%s did not reach state %s within %s", chain, key, opTimeout)
 			}
-			gen, err := xtables.Generation(a.ctx)
+			gen, err := cl.Generation()
 			if err != nil {
 				return err
 			}
@@ -102,12 +109,12 @@ func (a *agentLab) waitNFT(start time.Time, chain iptlayout.Chain, key string) (
 				continue
 			}
 			seen := time.Now()
-			st, err := a.readNFT(chain, key)
+			st, err := a.readNFT(cl, chain, key)
 			if err != nil {
 				return err
 			}
 			if slices.Equal(st.hashes, want.hashes) && st.list == want.list {
-				now, err := xtables.Generation(a.ctx)
+				now, err := cl.Generation()
 				if err != nil {
 					return err
 				}

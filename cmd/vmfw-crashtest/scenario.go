@@ -10,9 +10,12 @@ import (
 // The scenario has two configurations, A and B, and every kind of change
 // between them, so that a kill can land in each step of an apply:
 //
-//   - group web is rewritten (its chains change);
+//   - group web is rewritten (its chains change), in B with a port range
+//     in a list, which the nftables backend stages (a first transaction
+//     adds the new rules where no packet reaches them);
 //   - group old exists only in A and group new only in B, each admitting its
-//     own members, so their chains and ipsets are created and removed;
+//     own members, so their chains and ipsets are created and removed
+//     (new's with a port range too);
 //   - group app changes members (ipset adds and deletes only);
 //   - group bulk has every interface as a member in B (thousands of
 //     addresses: an ipset script longer than a pipe buffer) and none in A;
@@ -40,11 +43,11 @@ var groupsA = map[string]string{
 }
 
 var groupsB = map[string]string{
-	"web.toml":  "[[in]]\nproto = \"tcp\"\ndport = \"80,443\"\ncomment = \"version b\"\n\n[[in]]\nproto = \"udp\"\ndport = \"53\"\naction = \"drop\"\n",
+	"web.toml":  "[[in]]\nproto = \"tcp\"\ndport = \"80,443,8000:8080\"\ncomment = \"version b\"\n\n[[in]]\nproto = \"udp\"\ndport = \"53\"\naction = \"drop\"\n",
 	"db.toml":   groupsA["db.toml"],
 	"app.toml":  groupsA["app.toml"],
 	"bulk.toml": groupsA["bulk.toml"],
-	"new.toml":  "[[in]]\nproto = \"tcp\"\ndport = \"2222\"\nsource_group = \"new\"\n",
+	"new.toml":  "[[in]]\nproto = \"tcp\"\ndport = \"2222,3000:3010\"\nsource_group = \"new\"\n",
 }
 
 // vmFile returns the VM file of interface i in configuration b (false: A).

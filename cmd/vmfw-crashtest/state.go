@@ -184,6 +184,47 @@ func canonicalNFT(listing string) string {
 	return b.String()
 }
 
+// unstaged returns the canonical listing staged (canonicalNFT) without
+// what the first of the nftables backend's two transactions adds when a
+// change is staged (pkg/backend/nftables/nlnft, stage.go): each chain's
+// rules from its "vmfw:staged" return on, which no packet reaches, and
+// the chains and sets that the listing old does not have, which nothing
+// reaches yet. A kill between the two transactions leaves a state whose
+// unstaged form is the old ruleset.
+func unstaged(staged, old string) string {
+	known := map[string]bool{}
+	table := ""
+	for _, l := range strings.Split(old, "\n") {
+		if strings.HasPrefix(l, "table ") {
+			table = l
+		} else if isBlockHead(l) {
+			known[table+"\x00"+l] = true
+		}
+	}
+	var b strings.Builder
+	keep, cut := true, false
+	for _, l := range strings.Split(staged, "\n") {
+		switch {
+		case l == "":
+			continue
+		case strings.HasPrefix(l, "table "):
+			table, keep, cut = l, true, false
+		case isBlockHead(l):
+			keep, cut = known[table+"\x00"+l], false
+		case strings.Contains(l, `comment "vmfw:staged"`):
+			cut = true
+		}
+		if keep && !cut {
+			b.WriteString(l + "\n")
+		}
+	}
+	return b.String()
+}
+
+func isBlockHead(l string) bool {
+	return strings.HasPrefix(l, "chain ") || strings.HasPrefix(l, "set ") || strings.HasPrefix(l, "map ")
+}
+
 // setState is the ipsets of the namespace: name → header and members.
 type setState map[string]*set
 

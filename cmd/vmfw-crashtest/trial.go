@@ -402,8 +402,15 @@ func groupAlive(pgid int) bool {
 	return false
 }
 
+// unstagedPart reports whether the nftables part got holds the ruleset
+// old with a staged change's unreached additions (unstaged).
+func unstagedPart(part, got, old string) bool {
+	return part == "nftables" && strings.Contains(got, `"vmfw:staged"`) && unstaged(got, old) == unstaged(old, old)
+}
+
 // judge classifies the state a kill left: each rule table must be wholly
-// old or wholly new, the tables must have changed in the order an apply
+// old or wholly new (or, on the nftables backend, old with a staged
+// change's new rules where no packet reaches them), the tables must have changed in the order an apply
 // changes them (ipv4, ipv6, ebtables; for the nftables backend its one
 // transaction), and the ipsets must be in a state
 // the apply's ipset scripts pass through, consistent with the rules: all
@@ -423,15 +430,17 @@ func judge(d *direction, s *snapshot) (label, violation string) {
 	newParts := 0
 	var state []string
 	for i, p := range parts {
-		switch s.part(p) {
-		case d.at.part(p):
+		switch got := s.part(p); {
+		case got == d.at.part(p):
 			if newParts != i {
 				return "out of order", fmt.Sprintf("%s is new but an earlier table is old", p)
 			}
 			newParts++
 			state = append(state, p+" new")
-		case d.from.part(p):
+		case got == d.from.part(p):
 			state = append(state, p+" old")
+		case unstagedPart(p, got, d.from.part(p)):
+			state = append(state, p+" old, the new rules staged where no packet reaches them")
 		default:
 			return "mixed", fmt.Sprintf("%s is neither the old nor the new ruleset: a transaction was half applied", p)
 		}

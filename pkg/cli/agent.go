@@ -48,6 +48,7 @@ func agentCmd(ctx context.Context, o system.Options, args []string, stdout, stde
 	if o.StateDir, err = filepath.Abs(o.StateDir); err != nil {
 		return err
 	}
+	o.LongLived = true
 	k, err := system.NewKernel(ctx, o)
 	if err != nil {
 		return err

@@ -41,6 +41,9 @@ type Options struct {
 	Backend backend.Name
 	// IPTables is the iptables flavour: nft, legacy, or "" to detect.
 	IPTables string
+	// LongLived says the caller runs until stopped (the agent): the
+	// backend keeps its kernel sockets open from change to change.
+	LongLived bool
 }
 
 // ChooseBackend returns the backend to use: flag (--backend), then
@@ -105,7 +108,7 @@ func NewKernel(ctx context.Context, o Options) (engine.Kernel, error) {
 		return engine.Kernel{}, err
 	}
 	openNFT := func(context.Context) (backend.Backend, error) {
-		return nftables.New(nftables.Options{Mark: host.MarkMask, IPTables: xtables.Mode(o.IPTables)})
+		return nftables.New(nftables.Options{Mark: host.MarkMask, IPTables: xtables.Mode(o.IPTables), KeepSocket: o.LongLived})
 	}
 	openIPT := func(ctx context.Context) (backend.Backend, error) {
 		return newIPTables(ctx, xtables.Mode(o.IPTables))

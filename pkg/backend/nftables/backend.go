@@ -56,6 +56,11 @@ type Options struct {
 	// nil uses the host's iptables of flavour IPTables ("" detects it).
 	Hooks    Hooks
 	IPTables xtables.Mode
+	// KeepSocket keeps one nf_tables netlink socket open for every read
+	// and write (nlnft.Kept), for a process that makes change after
+	// change: closing a socket after a change waits for the kernel to
+	// free the replaced rules (nlnft.Client). Ignored with Kernel.
+	KeepSocket bool
 }
 
 // Backend is the nftables backend. Build one with New.
@@ -97,7 +102,11 @@ func New(o Options) (*Backend, error) {
 		return nil, err
 	}
 	k := o.Kernel
-	if k == nil {
+	switch {
+	case k != nil:
+	case o.KeepSocket:
+		k = nlnft.Kept()
+	default:
 		k = nlnft.Client{}
 	}
 	h := o.Hooks
@@ -293,10 +302,10 @@ func (b *Backend) Apply(ctx context.Context, bp backend.Plan) error {
 	if p.edit != nil {
 		// The kernel committed on top of Gen: the tables hold what the
 		// memory the edit was planned from held, changed by the edit.
-		b.appliedEdit(p.st.obs, p.edit, p.batch.Gen+1)
+		b.appliedEdit(p.st.obs, p.edit, p.batch.Gen+nlnft.Commits(p.batch))
 	} else if p.batch.Gen != 0 && p.st.full {
-		// The kernel committed on top of Gen, so the transaction made
-		// Gen+1, and the tables hold what the plan's state held with
+		// The kernel committed on top of Gen, so the transactions made
+		// Gen+Commits, and the tables hold what the plan's state held with
 		// the batch applied: the state (the remembered one, or a full
 		// read) follows it in place, at the cost of the change, not of
 		// the tables. A state the batch does not fit (the kernel took
@@ -309,7 +318,7 @@ func (b *Backend) Apply(ctx context.Context, bp backend.Plan) error {
 			b.mu.Lock()
 			b.pending = p.st.obs
 			b.mu.Unlock()
-			b.setHeld(p.batch.Gen+1, held)
+			b.setHeld(p.batch.Gen+nlnft.Commits(p.batch), held)
 		}
 		trace.Since(start, "remember the change")
 	} else {

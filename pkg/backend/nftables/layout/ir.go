@@ -305,6 +305,18 @@ type Anon struct {
 	Elems []Interval
 }
 
+// HasRange reports whether an element of a is a range rather than one
+// value: such a set is an interval set in the kernel, one of single
+// values a hash (package nlnft writes each as its kernel type suits).
+func (a *Anon) HasRange() bool {
+	for _, e := range a.Elems {
+		if string(e.Lo.Bytes) != string(e.Hi.Bytes) {
+			return true
+		}
+	}
+	return false
+}
+
 // Text renders the anonymous set.
 func (a *Anon) Text() string {
 	parts := make([]string, len(a.Elems))
@@ -479,8 +491,9 @@ func (r Rule) Text() string {
 // (package nlnft). A fix there can leave a rule's text as it was, so the
 // fingerprint hashes the version too: raising it makes every chain
 // compare different once, and the next plan rewrites them in the fixed
-// encoding (drift repair, upgrades).
-const Encoding = 1
+// encoding (drift repair, upgrades). 2: a list of single values in a rule
+// is a hash set, not an interval set (nlnft, stage.go).
+const Encoding = 2
 
 // Hash fingerprints the rule in chain: what vmfw keeps in the rule's
 // comment ("vmfw:HASH") and compares to tell which chains differ. It

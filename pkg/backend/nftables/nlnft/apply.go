@@ -9,7 +9,8 @@ import (
 )
 
 // Apply changes o as the kernel changes vmfw's tables when it commits b,
-// in the order Write sends b's parts: what a read afterwards would see
+// in the order Write sends b's parts (in one or two transactions, the
+// generation moving by Commits(b)): what a read afterwards would see
 // (without rule bodies; a new element's counter is zero). It is how the
 // agent's remembered state follows its own writes in place instead of
 // being rebuilt from a whole layout, and the simulated kernel of tests.
@@ -33,7 +34,7 @@ func (o *Observed) Apply(b *Batch) error {
 			return fmt.Errorf("table %s %s: %w", tc.Family, layout.TableName, err)
 		}
 	}
-	o.Gen++
+	o.Gen += Commits(b)
 	return nil
 }
 

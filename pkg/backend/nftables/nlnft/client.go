@@ -25,16 +25,79 @@ import (
 )
 
 // Client talks to nf_tables in the calling thread's network namespace.
-// The zero Client is ready.
-type Client struct{}
+// The zero Client is ready: each of its calls opens one netlink socket,
+// makes all its requests on it and closes it. Kept returns a Client that
+// keeps its socket open from call to call.
+//
+// The sockets matter because the kernel, when any nf_tables netlink
+// socket is released, first waits for the deferred destruction of the
+// rules the last transaction replaced, which waits for an RCU grace
+// period: 10 ms in strace -T of a close after a group edit
+// (docs/performance.md, "nftables backend"). google/nftables opens a
+// socket per request unless told to keep one, so a read of n chains closed
+// n+3 sockets, each of which could wait; a process that keeps its socket
+// (the agent) waits for none of them.
+type Client struct{ kept *keptConn }
 
-// conn opens a netlink connection for one operation.
-func (Client) conn() (*nftables.Conn, error) {
-	c, err := nftables.New()
-	if err != nil {
-		return nil, fmt.Errorf("opening nf_tables netlink: %w", err)
+// keptConn is the socket of a Kept client. mu serialises its calls: the
+// replies of two requests on one socket must not interleave.
+type keptConn struct {
+	mu sync.Mutex
+	c  *nftables.Conn
+}
+
+// Kept returns a Client that keeps one netlink socket open, in the
+// network namespace of the thread of its first call, until Close.
+func Kept() Client { return Client{kept: &keptConn{}} }
+
+// Close closes a Kept client's socket; the next call opens another. It
+// does nothing for the zero Client.
+func (cl Client) Close() error {
+	if cl.kept == nil {
+		return nil
 	}
-	return c, nil
+	cl.kept.mu.Lock()
+	defer cl.kept.mu.Unlock()
+	return cl.kept.drop()
+}
+
+func (k *keptConn) drop() error {
+	if k.c == nil {
+		return nil
+	}
+	err := k.c.CloseLasting()
+	k.c = nil
+	return err
+}
+
+// conn returns the connection for one call and the function that ends
+// the call, given the call's error. A kept socket that saw an error is
+// closed, so that no unread reply of a failed request is taken for the
+// answer of the next call.
+func (cl Client) conn() (*nftables.Conn, func(error), error) {
+	if cl.kept == nil {
+		c, err := nftables.New(nftables.AsLasting())
+		if err != nil {
+			return nil, nil, fmt.Errorf("opening nf_tables netlink: %w", err)
+		}
+		return c, func(error) { c.CloseLasting() }, nil
+	}
+	k := cl.kept
+	k.mu.Lock()
+	if k.c == nil {
+		c, err := nftables.New(nftables.AsLasting())
+		if err != nil {
+			k.mu.Unlock()
+			return nil, nil, fmt.Errorf("opening nf_tables netlink: %w", err)
+		}
+		k.c = c
+	}
+	return k.c, func(err error) {
+		if err != nil {
+			k.drop()
+		}
+		k.mu.Unlock()
+	}, nil
 }
 
 // Family is the table family of f.
@@ -117,16 +180,17 @@ var hookNames = map[uint32]string{
 // Read reads vmfw's tables. With elements false it reads the sets'
 // names only; with only set, it reads the named sets' elements alone
 // (and no chain).
-func (cl Client) Read(elements bool, only ...string) (*Observed, error) {
-	c, err := cl.conn()
+func (cl Client) Read(elements bool, only ...string) (o *Observed, err error) {
+	c, done, err := cl.conn()
 	if err != nil {
 		return nil, err
 	}
+	defer func() { done(err) }()
 	gen, err := c.GetGen()
 	if err != nil {
 		return nil, fmt.Errorf("reading the nf_tables generation: %w", err)
 	}
-	o := &Observed{Tables: map[layout.Family]*ObservedTable{}, Gen: gen.ID}
+	o = &Observed{Tables: map[layout.Family]*ObservedTable{}, Gen: gen.ID}
 	tables, err := c.ListTables()
 	if err != nil {
 		return nil, fmt.Errorf("listing nf_tables tables: %w", err)
@@ -231,16 +295,17 @@ func (cl Client) readTable(c *nftables.Conn, f layout.Family, elements bool, onl
 // element. A plan from a hint reads what its scope relies on this way:
 // reading every chain cost a round trip per chain, seconds at 20,000
 // (every tap its own group).
-func (cl Client) ReadChains(names map[layout.Family][]string) (*Observed, error) {
-	c, err := cl.conn()
+func (cl Client) ReadChains(names map[layout.Family][]string) (o *Observed, err error) {
+	c, done, err := cl.conn()
 	if err != nil {
 		return nil, err
 	}
+	defer func() { done(err) }()
 	gen, err := c.GetGen()
 	if err != nil {
 		return nil, fmt.Errorf("reading the nf_tables generation: %w", err)
 	}
-	o := &Observed{Tables: map[layout.Family]*ObservedTable{}, Gen: gen.ID}
+	o = &Observed{Tables: map[layout.Family]*ObservedTable{}, Gen: gen.ID}
 	for _, f := range []layout.Family{layout.Bridge, layout.Inet} {
 		t, err := c.ListTableOfFamily(layout.TableName, Family(f))
 		if errors.Is(err, unix.ENOENT) {
@@ -306,11 +371,12 @@ func RuleHash(udata []byte) string {
 
 // Generation returns the nf_tables ruleset generation, which every
 // committed transaction increments.
-func (cl Client) Generation() (uint32, error) {
-	c, err := cl.conn()
+func (cl Client) Generation() (gen uint32, err error) {
+	c, done, err := cl.conn()
 	if err != nil {
 		return 0, err
 	}
+	defer func() { done(err) }()
 	g, err := c.GetGen()
 	if err != nil {
 		return 0, fmt.Errorf("reading the nf_tables generation: %w", err)
@@ -362,21 +428,60 @@ var ErrGeneration = errors.New("the nf_tables ruleset changed since it was read"
 
 var writeMu sync.Mutex
 
-// Write sends b as one transaction.
-func (cl Client) Write(b *Batch) error {
+// Write sends b as one transaction, or as two when its rules would meet
+// an interval set new to them (stage.go).
+func (cl Client) Write(b *Batch) (err error) {
 	writeMu.Lock()
 	defer writeMu.Unlock()
-	c, err := cl.conn()
+	c, done, err := cl.conn()
 	if err != nil {
 		return err
 	}
+	defer func() { done(err) }()
+	staged := stage(b)
+	gen := b.Gen
+	handles := map[layout.Family]map[string][]uint64{}
+	if staged != nil {
+		for _, tc := range b.Tables {
+			if s := staged[tc.Family]; s != nil {
+				if err := addStaged(c, tc, s); err != nil {
+					return fmt.Errorf("table %s %s: %w", tc.Family, layout.TableName, err)
+				}
+			}
+		}
+		if err := commit(c, gen); err != nil {
+			return err
+		}
+		g, err := c.GetGen()
+		if err != nil {
+			return fmt.Errorf("reading the nf_tables generation: %w", err)
+		}
+		if gen != 0 && g.ID != gen+1 {
+			return fmt.Errorf("%w: it moved while the change was staged", ErrGeneration)
+		}
+		gen = g.ID
+		for _, tc := range b.Tables {
+			if s := staged[tc.Family]; s != nil {
+				if handles[tc.Family], err = stagedHandles(c, tc, s); err != nil {
+					return err
+				}
+			}
+		}
+	}
 	for _, tc := range b.Tables {
-		if err := addTableChange(c, tc); err != nil {
+		if err := addTableChange(c, tc, staged[tc.Family], handles[tc.Family]); err != nil {
 			return fmt.Errorf("table %s %s: %w", tc.Family, layout.TableName, err)
 		}
 	}
-	if b.Gen != 0 {
-		err = c.FlushWithGenID(b.Gen)
+	return commit(c, gen)
+}
+
+// commit sends what c holds as one transaction, refused by the kernel if
+// the generation is no longer gen (unless gen is 0).
+func commit(c *nftables.Conn, gen uint32) error {
+	var err error
+	if gen != 0 {
+		err = c.FlushWithGenID(gen)
 		if errors.Is(err, unix.ERESTART) {
 			return fmt.Errorf("%w: %w", ErrGeneration, err)
 		}
@@ -389,7 +494,14 @@ func (cl Client) Write(b *Batch) error {
 	return nil
 }
 
-func addTableChange(c *nftables.Conn, tc *TableChange) error {
+// addTableChange adds tc to c, without what the first transaction wrote
+// when it was staged (s, nil when not): the staged sets and chains are
+// not created again, and each chain whose new rules were appended loses
+// the rules with the handles old instead of being flushed.
+func addTableChange(c *nftables.Conn, tc *TableChange, s *staging, old map[string][]uint64) error {
+	if s == nil {
+		s = &staging{}
+	}
 	t := table(tc.Family)
 	if tc.Delete {
 		c.DelTable(t)
@@ -399,15 +511,20 @@ func addTableChange(c *nftables.Conn, tc *TableChange) error {
 		c.AddTable(t)
 	}
 	for _, name := range tc.Flush {
-		c.FlushChain(&nftables.Chain{Name: name, Table: t})
-	}
-	sets := map[string]*nftables.Set{}
-	for _, s := range tc.Sets {
-		ns, err := nlSet(t, s)
-		if err != nil {
-			return err
+		ch := &nftables.Chain{Name: name, Table: t}
+		if !s.appended[name] {
+			c.FlushChain(ch)
+			continue
 		}
-		sets[s.Name] = ns
+		for _, h := range old[name] {
+			if err := c.DelRule(&nftables.Rule{Table: t, Chain: ch, Handle: h}); err != nil {
+				return fmt.Errorf("chain %s: deleting a rule: %w", name, err)
+			}
+		}
+	}
+	sets, err := nlSets(t, tc.Sets)
+	if err != nil {
+		return err
 	}
 	// Elements go before the chains they jump to (verdict maps), and the
 	// chains are created before the elements that jump to them.
@@ -427,6 +544,9 @@ func addTableChange(c *nftables.Conn, tc *TableChange) error {
 		c.DelSet(&nftables.Set{Name: name, Table: t})
 	}
 	for _, ch := range tc.NewChains {
+		if s.create[ch.Name] {
+			continue
+		}
 		nc := &nftables.Chain{Name: ch.Name, Table: t}
 		if ch.Hook != nil {
 			hook, err := hookNum(ch.Hook.Hook)
@@ -441,18 +561,12 @@ func addTableChange(c *nftables.Conn, tc *TableChange) error {
 		}
 		c.AddChain(nc)
 	}
-	for _, s := range tc.NewSets {
-		ns := sets[s.Name]
-		if ns == nil {
-			return fmt.Errorf("set %s is not among the table's sets", s.Name)
+	for _, ns := range tc.NewSets {
+		if s.sets[ns.Name] {
+			continue
 		}
-		if err := c.AddSet(ns, nil); err != nil {
-			return fmt.Errorf("adding set %s: %w", s.Name, err)
-		}
-		if len(s.Elements) > 0 {
-			if err := c.SetAddElements(ns, elements(s, s.Elements)); err != nil {
-				return fmt.Errorf("adding elements to %s: %w", s.Name, err)
-			}
+		if err := addSet(c, sets[ns.Name], ns); err != nil {
+			return err
 		}
 	}
 	for _, name := range slices.Sorted(maps.Keys(tc.AddElements)) {
@@ -465,21 +579,62 @@ func addTableChange(c *nftables.Conn, tc *TableChange) error {
 		}
 	}
 	for _, ch := range tc.Fill {
-		nc := &nftables.Chain{Name: ch.Name, Table: t}
-		for _, r := range ch.Rules {
-			conv, err := convert(r, t, func(name string) *nftables.Set { return sets[name] })
-			if err != nil {
-				return fmt.Errorf("chain %s: %w", ch.Name, err)
-			}
-			for _, a := range conv.anon {
-				if err := c.AddSet(a.set, a.elems); err != nil {
-					return fmt.Errorf("chain %s: anonymous set: %w", ch.Name, err)
-				}
-				a.lookup.SetName, a.lookup.SetID = a.set.Name, a.set.ID
-			}
-			c.AddRule(&nftables.Rule{Table: t, Chain: nc, Exprs: conv.exprs,
-				UserData: userdata.AppendString(nil, userdata.TypeComment, r.UserComment(ch.Name))})
+		if s.create[ch.Name] || s.appended[ch.Name] {
+			continue
 		}
+		if err := addRules(c, t, ch, sets); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// nlSets describes a table's sets for netlink, by name.
+func nlSets(t *nftables.Table, sets []*layout.Set) (map[string]*nftables.Set, error) {
+	out := make(map[string]*nftables.Set, len(sets))
+	for _, s := range sets {
+		ns, err := nlSet(t, s)
+		if err != nil {
+			return nil, err
+		}
+		out[s.Name] = ns
+	}
+	return out, nil
+}
+
+// addSet creates set s (described for netlink as ns) with its elements.
+func addSet(c *nftables.Conn, ns *nftables.Set, s *layout.Set) error {
+	if ns == nil {
+		return fmt.Errorf("set %s is not among the table's sets", s.Name)
+	}
+	if err := c.AddSet(ns, nil); err != nil {
+		return fmt.Errorf("adding set %s: %w", s.Name, err)
+	}
+	if len(s.Elements) > 0 {
+		if err := c.SetAddElements(ns, elements(s, s.Elements)); err != nil {
+			return fmt.Errorf("adding elements to %s: %w", s.Name, err)
+		}
+	}
+	return nil
+}
+
+// addRules appends ch's rules to the chain of that name, with the
+// anonymous sets they look up.
+func addRules(c *nftables.Conn, t *nftables.Table, ch *layout.Chain, sets map[string]*nftables.Set) error {
+	nc := &nftables.Chain{Name: ch.Name, Table: t}
+	for _, r := range ch.Rules {
+		conv, err := convert(r, t, func(name string) *nftables.Set { return sets[name] })
+		if err != nil {
+			return fmt.Errorf("chain %s: %w", ch.Name, err)
+		}
+		for _, a := range conv.anon {
+			if err := c.AddSet(a.set, a.elems); err != nil {
+				return fmt.Errorf("chain %s: anonymous set: %w", ch.Name, err)
+			}
+			a.lookup.SetName, a.lookup.SetID = a.set.Name, a.set.ID
+		}
+		c.AddRule(&nftables.Rule{Table: t, Chain: nc, Exprs: conv.exprs,
+			UserData: userdata.AppendString(nil, userdata.TypeComment, r.UserComment(ch.Name))})
 	}
 	return nil
 }
@@ -541,11 +696,12 @@ func elements(s *layout.Set, list []layout.Element) []nftables.SetElement {
 // Present reports whether either of vmfw's tables exists: the cheap check
 // the iptables backend's entry points make before they write (a host
 // switching backends), two netlink lookups.
-func (cl Client) Present() (bool, error) {
-	c, err := cl.conn()
+func (cl Client) Present() (present bool, err error) {
+	c, done, err := cl.conn()
 	if err != nil {
 		return false, err
 	}
+	defer func() { done(err) }()
 	for _, f := range []layout.Family{layout.Bridge, layout.Inet} {
 		_, err := c.ListTableOfFamily(layout.TableName, Family(f))
 		switch {

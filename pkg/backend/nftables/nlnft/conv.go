@@ -192,10 +192,18 @@ func (r *rule) add(e layout.Expr, t *nftables.Table, sets func(string) *nftables
 		if err != nil {
 			return err
 		}
-		s := &nftables.Set{Table: t, Anonymous: true, Constant: true, Interval: true, KeyType: kt}
+		// A set of single values is a hash, not an interval set: the
+		// kernel publishes a new interval set only after the commit
+		// that makes the rule using it visible (stage.go), a hash at
+		// once.
+		interval := e.HasRange()
+		s := &nftables.Set{Table: t, Anonymous: true, Constant: true, Interval: interval, KeyType: kt}
 		var elems []nftables.SetElement
 		for _, iv := range e.Elems {
 			elems = append(elems, nftables.SetElement{Key: iv.Lo.Bytes})
+			if !interval {
+				continue
+			}
 			if end, ok := increment(iv.Hi.Bytes); ok {
 				elems = append(elems, nftables.SetElement{Key: end, IntervalEnd: true})
 			}

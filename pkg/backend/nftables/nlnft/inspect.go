@@ -32,16 +32,17 @@ type Inspection struct {
 }
 
 // Inspect reads vmfw's tables in full, anonymous sets included.
-func (cl Client) Inspect() (*Inspection, error) {
+func (cl Client) Inspect() (_ *Inspection, err error) {
 	obs, err := cl.Read(true)
 	if err != nil {
 		return nil, err
 	}
 	out := &Inspection{Observed: obs, Anon: map[layout.Family]map[string]*AnonSet{}}
-	c, err := cl.conn()
+	c, done, err := cl.conn()
 	if err != nil {
 		return nil, err
 	}
+	defer func() { done(err) }()
 	for f := range obs.Tables {
 		sets, err := c.GetSets(table(f))
 		if err != nil {

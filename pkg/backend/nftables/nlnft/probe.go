@@ -49,11 +49,12 @@ var features = []feature{
 // deletes the table again, and returns an error naming the first feature
 // the kernel refuses: a missing feature is named here instead of showing
 // as a failed write of vmfw's tables.
-func (cl Client) Probe() error {
-	c, err := cl.conn()
+func (cl Client) Probe() (err error) {
+	c, done, err := cl.conn()
 	if err != nil {
 		return err
 	}
+	defer func() { done(err) }()
 	for _, f := range features {
 		family := nftables.TableFamilyBridge
 		add := f.add
