@@ -3,6 +3,10 @@ package config
 import (
 	"io/fs"
 	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 )
 
@@ -15,7 +19,10 @@ import (
 // thousands of VMs parses one file instead of thousands, and an edit
 // elsewhere does not parse a set of 100,000 networks again. vmfw.toml is
 // read every time, and the directory listings too, so files added or
-// removed are seen whatever the caller says.
+// removed are seen whatever the caller says — except for the most common
+// edit, existing group files changed and nothing else named (reloadGroups):
+// then only those files are read, and the caller must name every file
+// that changed, as the agent's watcher does.
 //
 // The result is exactly what Load returns for the same files: the same
 // Model (sharing the unchanged sets, groups and VMs with the previous one, which
@@ -36,6 +43,9 @@ type Cache struct {
 	groups           map[string]cachedGroup // by path relative to dir
 	vms              map[string]loadedVM    // by path relative to dir
 	sets             map[string]cachedSet   // by path relative to dir
+	// last is the model the last load returned, nil after a failed load
+	// or one that met a symlink (reloadGroups starts from it).
+	last *Model
 }
 
 // cachedSet is one set file's outcome. Sets are the files worth caching
@@ -65,6 +75,13 @@ func (c *Cache) Load(dir string, changed []string) (*Model, error) {
 		c.reset()
 		c.dir = dir
 	}
+	if m, err, ok := c.reloadGroups(dir, changed); ok {
+		if err != nil {
+			return nil, err
+		}
+		return m, nil
+	}
+	c.last = nil
 	changedSets := map[string]bool{}
 	for _, rel := range changed {
 		delete(c.groups, rel)
@@ -77,7 +94,54 @@ func (c *Cache) Load(dir string, changed []string) (*Model, error) {
 	if err != nil {
 		return nil, err
 	}
+	if !l.linked.Load() {
+		c.last = m
+	}
 	return m, nil
+}
+
+// reloadGroups loads an edit of existing group files alone, the agent's
+// most common reload, from the last model: the changed files are parsed
+// and every other part of the model is shared, instead of listing the
+// directories and collecting the claims of every VM again (12.8 ms of a
+// group edit at 5000 VMs, docs/performance.md). Nothing else can have
+// changed: the caller names every changed file, no group or set name
+// came or went (a group file that is new, or gone, is not such an edit),
+// and the last load met no symlink. ok is false for any other change,
+// which Load then loads as usual.
+func (c *Cache) reloadGroups(dir string, changed []string) (m *Model, err *Error, ok bool) {
+	if c.last == nil || len(changed) == 0 {
+		return nil, nil, false
+	}
+	l := &loader{read: readFile, dir: dir}
+	var edited []entry
+	for _, rel := range slices.Sorted(slices.Values(changed)) {
+		name, inGroups := strings.CutPrefix(rel, "groups/")
+		stem, isTOML := strings.CutSuffix(name, ".toml")
+		if !inGroups || !isTOML || strings.ContainsRune(name, '/') || strings.HasPrefix(name, ".") || !c.known[stem] {
+			return nil, nil, false
+		}
+		path := filepath.Join(dir, "groups", name)
+		fi, statErr := os.Lstat(path)
+		if statErr != nil || !fi.Mode().IsRegular() {
+			return nil, nil, false
+		}
+		edited = append(edited, entry{rel: rel, path: path, stem: stem, mode: fi.Mode().Type()})
+	}
+	groups := maps.Clone(c.last.Groups)
+	for _, e := range edited {
+		g, err := l.loadGroupFile(e, c.known, c.knownSets)
+		c.groups[e.rel] = cachedGroup{group: g, err: copyError(err)}
+		if err != nil {
+			c.last = nil
+			return nil, err, true
+		}
+		groups[g.Name] = g
+	}
+	next := *c.last
+	next.Groups = groups
+	c.last = &next
+	return &next, nil, true
 }
 
 // Reset forgets every file: the next load parses them all.
@@ -88,7 +152,7 @@ func (c *Cache) Reset() {
 }
 
 func (c *Cache) reset() {
-	c.dir, c.known, c.knownSets, c.groups, c.vms, c.sets = "", nil, nil, nil, nil, nil
+	c.dir, c.known, c.knownSets, c.groups, c.vms, c.sets, c.last = "", nil, nil, nil, nil, nil, nil
 }
 
 // begin starts a load that found the group names known and the set names

@@ -6,6 +6,7 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
+	"reflect"
 	"testing"
 )
 
@@ -266,5 +267,77 @@ func TestCacheKeepsSets(t *testing.T) {
 	m, err = c.Load(dir, []string{"sets/new.toml"})
 	if err != nil || len(m.Sets) != 1 {
 		t.Fatalf("after removing the broken set: %v, %d sets", err, len(m.Sets))
+	}
+}
+
+// TestCacheReloadsGroupsAlone: an edit of existing group files alone
+// reads those files and shares the rest of the last model (its VMs are
+// the same map); a broken group is the full load's error, and the load
+// after it is full; a new group file, a file named that is not a group,
+// and a last load that met a symlink each make the load a full one.
+func TestCacheReloadsGroupsAlone(t *testing.T) {
+	dir := testDir(t, map[string]string{
+		"groups/web.toml": "[[in]]\nproto = \"tcp\"\ndport = \"80\"\n",
+		"groups/ssh.toml": "[[in]]\nproto = \"tcp\"\ndport = \"22\"\n",
+		"vms/1.toml":      "[net0]\nips = [\"192.0.2.1\"]\ngroups = [\"web\"]\n",
+	})
+	var c Cache
+	load := func(changed ...string) *Model {
+		t.Helper()
+		m, err := c.Load(dir, changed)
+		want, wantErr := Load(dir)
+		if fmt.Sprint(err) != fmt.Sprint(wantErr) || !sameModel(m, want) {
+			t.Fatalf("changed %v: cached load %v, %v; full load %v", changed, m, err, wantErr)
+		}
+		return m
+	}
+	shared := func(a, b *Model) bool {
+		return reflect.ValueOf(a.VMs).UnsafePointer() == reflect.ValueOf(b.VMs).UnsafePointer()
+	}
+	write := func(rel, text string) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(dir, rel), []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first := load()
+	write("groups/web.toml", "[[in]]\nproto = \"tcp\"\ndport = \"8080\"\n")
+	edited := load("groups/web.toml")
+	if !shared(first, edited) || edited.Groups["ssh"] != first.Groups["ssh"] {
+		t.Error("a group edit listed and parsed the rest again")
+	}
+	write("groups/web.toml", "[[in]]\ndport = \"x\"\n")
+	load("groups/web.toml")
+	write("groups/web.toml", "[[in]]\nproto = \"tcp\"\ndport = \"443\"\n")
+	if shared(edited, load("groups/web.toml")) {
+		t.Error("the load after a failed group edit was not a full one")
+	}
+	again := load()
+	write("groups/db.toml", "[[in]]\nproto = \"tcp\"\ndport = \"5432\"\n")
+	if shared(again, load("groups/db.toml")) {
+		t.Error("a new group file was loaded from the last model")
+	}
+	again = load()
+	write("vms/1.toml", "[net0]\nips = [\"192.0.2.2\"]\ngroups = [\"db\"]\n")
+	if shared(again, load("vms/1.toml", "groups/db.toml")) {
+		t.Error("a VM edit was loaded from the last model")
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "shared"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	target := filepath.Join(dir, "shared", "2.toml")
+	if err := os.WriteFile(target, []byte("[net0]\nips = [\"192.0.2.3\"]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(target, filepath.Join(dir, "vms/2.toml")); err != nil {
+		t.Fatal(err)
+	}
+	linked := load("vms/2.toml")
+	if err := os.WriteFile(target, []byte("[net0]\nips = [\"192.0.2.4\"]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	write("groups/ssh.toml", "[[in]]\nproto = \"tcp\"\ndport = \"2222\"\n")
+	if shared(linked, load("groups/ssh.toml")) {
+		t.Error("a group edit was loaded from a last model with a symlinked file")
 	}
 }

@@ -78,6 +78,10 @@ type loader struct {
 	// listing, when set, is called with every directory the load lists,
 	// before it lists it (LoadIndexed records them).
 	listing func(path string)
+	// linked records that the load met a symlinked file or
+	// subdirectory, whose target can change without an event in the
+	// configuration directory (Cache.reloadGroups).
+	linked atomic.Bool
 }
 
 // claim is the interface that uses an address, for "already claimed by".
@@ -312,6 +316,7 @@ func (l *loader) list(sub string) ([]entry, *Error) {
 		return nil, &Error{File: sub, Msg: "cannot read directory: " + ioReason(err)}
 	}
 	if fi.Mode()&fs.ModeSymlink != 0 {
+		l.linked.Store(true)
 		if err := l.checkInside(sub, path); err != nil {
 			return nil, err
 		}
@@ -365,6 +370,7 @@ func (l *loader) checkInside(rel, path string) *Error {
 func (l *loader) open(p *unstable.Parser, e entry, s *schema) (*file, *Error) {
 	mode := e.mode
 	if mode&fs.ModeSymlink != 0 {
+		l.linked.Store(true)
 		if err := l.checkInside(e.rel, e.path); err != nil {
 			return nil, err
 		}
