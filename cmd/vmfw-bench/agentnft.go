@@ -45,7 +45,9 @@ func (a *agentLab) readNFT(cl nlnft.Client, chain iptlayout.Chain, key string) (
 		}
 		return nftState{list: list}, nil
 	}
-	obs, err := cl.Read(false) // chains, and no set's elements
+	// The one chain, not the table: a read of every chain is a request
+	// per chain, and an edit committed while it runs is seen only after.
+	obs, err := cl.ReadChains(map[nftlayout.Family][]string{nftlayout.Bridge: {string(chain)}})
 	if err != nil {
 		return nftState{}, err
 	}
