@@ -95,11 +95,15 @@ func TestAgentEnforcesEditsAndRepairsDrift(t *testing.T) {
 			{"2222 closed", b, "192.0.2.111", 2222, false},
 		})
 
-		// An editor's write (temporary file renamed over the group).
-		writeAtomically(t, filepath.Join(h.config, "groups/app.toml"), appGroup+"\n[[in]]\nproto = \"tcp\"\ndport = \"2222\"\n")
+		// An editor's write (temporary file renamed over the group). Its
+		// port list holds a range, which the nftables backend writes in
+		// two transactions (docs/nftables.md, "Sets a rule meets new"):
+		// the tables are then what a full apply writes.
+		writeAtomically(t, filepath.Join(h.config, "groups/app.toml"), appGroup+"\n[[in]]\nproto = \"tcp\"\ndport = \"2222,3000:3010\"\n")
 		if !eventually(func() bool { return tcp(t, b, "192.0.2.111", 2222) == labnet.Connected }) {
 			t.Fatalf("the edit never took effect:\n%s", agent.Output())
 		}
+		h.applied("a group edit with a port range through the agent")
 		// Only the files the events named were parsed again, at the first
 		// edit after the start too (docs/agent.md).
 		if reloads := strings.Split(agent.Output(), "msg=\"configuration loaded\""); len(reloads) < 3 || !strings.Contains(strings.SplitN(reloads[2], "\n", 2)[0], "full=false") {
