@@ -132,3 +132,49 @@ func TestStagedWriteWithKernel(t *testing.T) {
 		}
 	})
 }
+
+// TestStagedRecoveryWithKernel: a process killed between the two
+// transactions leaves a rewritten chain with its old rules, the marker and
+// the new rules; the next write of the change, planned from a read of
+// that chain, leaves the new rules alone.
+func TestStagedRecoveryWithKernel(t *testing.T) {
+	inNamespace(t, func() {
+		c := Client{}
+		first := chainOf("sg-a-in", portRule("one", [2]uint16{5001, 5001}, [2]uint16{6000, 6010}))
+		if err := c.Write(&Batch{Tables: []*TableChange{{Family: layout.Bridge, Create: true, NewChains: []*layout.Chain{first}, Fill: []*layout.Chain{first}}}}); err != nil {
+			t.Fatal(err)
+		}
+		second := chainOf("sg-a-in", portRule("two", [2]uint16{7000, 7010}), portRule("three", [2]uint16{5001, 5001}, [2]uint16{6000, 6020}))
+		tc := &TableChange{Family: layout.Bridge, Flush: []string{"sg-a-in"}, Fill: []*layout.Chain{second}}
+		conn, done, err := c.conn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = addStaged(conn, tc, stageTable(tc))
+		if err == nil {
+			err = commit(conn, 0)
+		}
+		done(err)
+		if err != nil {
+			t.Fatal(err)
+		}
+		killed, err := c.Read(false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := killed.Tables[layout.Bridge].Chains["sg-a-in"].Hashes; len(got) != 4 || got[1] != "staged" {
+			t.Fatalf("after the first transaction alone the chain holds %v", got)
+		}
+		if err := c.Write(&Batch{Gen: killed.Gen, Tables: []*TableChange{tc}}); err != nil {
+			t.Fatal(err)
+		}
+		after, err := c.Read(false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := []string{second.Rules[0].Hash("sg-a-in"), second.Rules[1].Hash("sg-a-in")}
+		if got := after.Tables[layout.Bridge].Chains["sg-a-in"].Hashes; !slices.Equal(got, want) {
+			t.Errorf("the write after a kill between the transactions left %v, want %v", got, want)
+		}
+	})
+}
