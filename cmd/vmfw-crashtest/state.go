@@ -15,8 +15,10 @@ import (
 type snapshot struct {
 	// parts names the rule tables in the order an apply changes them:
 	// ipv4, ipv6 and ebtables for the iptables backend; nftables (both of
-	// its tables, one transaction) and iptables-hooks (its rule in
-	// iptables' chains, written after) for the nftables backend.
+	// its tables, one transaction, or two when staged) and the
+	// iptables-hooks of each family (its rule in iptables' chains,
+	// written after, one transaction per family) for the nftables
+	// backend.
 	parts  []string
 	tables map[string]string
 	sets   setState
@@ -120,21 +122,24 @@ func readNFT(run func(args ...string) (string, error)) (*snapshot, error) {
 		}
 		tables.WriteString(canonicalNFT(out))
 	}
-	var hooks strings.Builder
-	for _, save := range []string{"iptables-nft-save", "ip6tables-nft-save"} {
+	// vmfw writes its rules in iptables' chains one family after the
+	// other, each family in one transaction.
+	snap := &snapshot{parts: []string{"nftables", "iptables-hooks ipv4", "iptables-hooks ipv6"},
+		tables: map[string]string{"nftables": tables.String()}, sets: parseSets("")}
+	for i, save := range []string{"iptables-nft-save", "ip6tables-nft-save"} {
 		out, err := run(save, "-t", "filter")
 		if err != nil {
 			return nil, err
 		}
+		var hooks strings.Builder
 		for _, l := range strings.Split(out, "\n") {
 			if strings.Contains(l, "vmfw nftables") {
-				hooks.WriteString(save + ": " + l + "\n")
+				hooks.WriteString(l + "\n")
 			}
 		}
+		snap.tables[snap.parts[1+i]] = hooks.String()
 	}
-	return &snapshot{parts: []string{"nftables", "iptables-hooks"},
-		tables: map[string]string{"nftables": tables.String(), "iptables-hooks": hooks.String()},
-		sets:   parseSets("")}, nil
+	return snap, nil
 }
 
 var elementList = regexp.MustCompile(`(?s)elements = \{(.*?)\}`)

@@ -355,10 +355,7 @@ func (b *Backend) applyHooks(ctx context.Context, h *hookChange) error {
 		return nil
 	}
 	start := time.Now()
-	if err := b.hooks.Delete(ctx, h.delete); err != nil {
-		return err
-	}
-	if err := b.hooks.Insert(ctx, h.insert, h.rule); err != nil {
+	if err := b.hooks.Change(ctx, h.delete, h.insert, h.rule); err != nil {
 		return err
 	}
 	trace.Since(start, "write vmfw's rules in iptables' chains")

@@ -7,8 +7,8 @@ import (
 	"strings"
 	"sync"
 
-	iptlayout "github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 	"github.com/vmfw/vmfw/pkg/backend/iptables/xtables"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // hookComment marks vmfw's rule in iptables' FORWARD and OUTPUT chains.
@@ -45,10 +45,11 @@ type HookState struct {
 // them. xtablesHooks implements it; tests fake it.
 type Hooks interface {
 	Read(ctx context.Context) (*HookState, error)
-	// Insert puts rule at the head of each chain; Delete removes the
-	// rules given, as Read returned them.
-	Insert(ctx context.Context, chains []HookChain, rule []string) error
-	Delete(ctx context.Context, rules map[HookChain][]string) error
+	// Change removes the rules given in del, as Read returned them, and
+	// puts rule at the head of each chain in insert: one transaction per
+	// family, so that a crash leaves each family's chains as they were
+	// or as they are meant to be.
+	Change(ctx context.Context, del map[HookChain][]string, insert []HookChain, rule []string) error
 }
 
 // hookRule is vmfw's rule for the mark bit acc, as iptables arguments.
@@ -126,33 +127,34 @@ func (h *xtablesHooks) Read(ctx context.Context) (*HookState, error) {
 	return st, nil
 }
 
-func (h *xtablesHooks) Insert(ctx context.Context, chains []HookChain, rule []string) error {
+func (h *xtablesHooks) Change(ctx context.Context, del map[HookChain][]string, insert []HookChain, rule []string) error {
 	c, err := h.open(ctx)
 	if err != nil {
 		return err
 	}
-	for _, hc := range chains {
-		if err := c.Exec(ctx, hc.Family == "ipv6", append([]string{"-I", hc.Chain, "1"}, rule...)...); err != nil {
-			return fmt.Errorf("inserting vmfw's rule into %s: %w", hc, err)
+	for _, f := range ruleset.Families {
+		fam := map[ruleset.Family]string{ruleset.IPv4: "ipv4", ruleset.IPv6: "ipv6"}[f]
+		var text strings.Builder
+		for _, hc := range hookChains {
+			if hc.Family != fam {
+				continue
+			}
+			for _, line := range del[hc] {
+				rest, ok := strings.CutPrefix(line, "-A "+hc.Chain+" ")
+				if !ok {
+					return fmt.Errorf("deleting vmfw's rule from %s: not a rule of the chain: %s", hc, line)
+				}
+				fmt.Fprintf(&text, "-D %s %s\n", hc.Chain, rest)
+			}
+			if slices.Contains(insert, hc) {
+				fmt.Fprintf(&text, "-I %s 1 %s\n", hc.Chain, strings.TrimPrefix(saveLine(hc.Chain, rule), "-A "+hc.Chain+" "))
+			}
 		}
-	}
-	return nil
-}
-
-func (h *xtablesHooks) Delete(ctx context.Context, rules map[HookChain][]string) error {
-	c, err := h.open(ctx)
-	if err != nil {
-		return err
-	}
-	for _, hc := range hookChains {
-		for _, line := range rules[hc] {
-			args, err := iptlayout.SplitWords(strings.TrimPrefix(line, "-A "+hc.Chain+" "))
-			if err != nil {
-				return fmt.Errorf("deleting vmfw's rule from %s: %w", hc, err)
-			}
-			if err := c.Exec(ctx, hc.Family == "ipv6", append([]string{"-D", hc.Chain}, args...)...); err != nil {
-				return fmt.Errorf("deleting vmfw's rule from %s: %w", hc, err)
-			}
+		if text.Len() == 0 {
+			continue
+		}
+		if err := c.Restore(ctx, f, "*filter\n"+text.String()+"COMMIT\n"); err != nil {
+			return fmt.Errorf("writing vmfw's rules in iptables' chains: %w", err)
 		}
 	}
 	return nil

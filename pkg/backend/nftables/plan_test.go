@@ -78,24 +78,20 @@ func (k *fakeKernel) Write(b *nlnft.Batch) error {
 func (k *fakeKernel) Generation() (uint32, error) { return k.obs.Gen, nil }
 
 // fakeHooks holds what a read of iptables' chains returns, and what
-// Insert and Delete left.
+// Change left.
 type fakeHooks struct{ st *HookState }
 
 func (h *fakeHooks) Read(context.Context) (*HookState, error) { return h.st, nil }
 
-func (h *fakeHooks) Insert(_ context.Context, chains []HookChain, rule []string) error {
+func (h *fakeHooks) Change(_ context.Context, del map[HookChain][]string, insert []HookChain, rule []string) error {
 	if h.st.Rules == nil {
 		h.st.Rules = map[HookChain][]string{}
 	}
-	for _, hc := range chains {
-		h.st.Rules[hc] = append([]string{saveLine(hc.Chain, rule)}, h.st.Rules[hc]...)
+	for hc, lines := range del {
+		h.st.Rules[hc] = slices.DeleteFunc(h.st.Rules[hc], func(l string) bool { return slices.Contains(lines, l) })
 	}
-	return nil
-}
-
-func (h *fakeHooks) Delete(_ context.Context, rules map[HookChain][]string) error {
-	for hc, del := range rules {
-		h.st.Rules[hc] = slices.DeleteFunc(h.st.Rules[hc], func(l string) bool { return slices.Contains(del, l) })
+	for _, hc := range insert {
+		h.st.Rules[hc] = append([]string{saveLine(hc.Chain, rule)}, h.st.Rules[hc]...)
 	}
 	return nil
 }
