@@ -463,6 +463,8 @@ func judge(d *direction, s *snapshot) (label, violation string) {
 		return "ipsets inconsistent", fmt.Sprintf("the ipsets are in no state the apply passes through with %s", strings.Join(state, ", "))
 	}
 	switch {
+	case newParts == 0 && slices.ContainsFunc(state, func(s string) bool { return strings.Contains(s, "staged") }):
+		return "killed between the two transactions of a staged change", ""
 	case newParts == 0 && stage == 0:
 		return "killed before any change", ""
 	case newParts == 0 && stage < before:
