@@ -331,10 +331,15 @@ func editSet(l *lab, with bool) (time.Duration, error) {
 			return 0, err
 		}
 		defer f.Close()
-		c, err := nftables.New(nftables.WithNetNSFd(int(f.Fd())))
+		// One socket for all the polls: the release of an nf_tables
+		// socket waits while the kernel destroys what the agent's commit
+		// replaced, which would add that wait to the time measured
+		// (nlnft.Client).
+		c, err := nftables.New(nftables.WithNetNSFd(int(f.Fd())), nftables.AsLasting())
 		if err != nil {
 			return 0, err
 		}
+		defer c.CloseLasting()
 		set := &nftables.Set{Table: &nftables.Table{Name: "vmfw", Family: nftables.TableFamilyBridge}, Name: "as-big-v6", KeyType: nftables.TypeIP6Addr, Interval: true}
 		key := netip.MustParseAddr(toggled).AsSlice()
 		has = func() (bool, error) {
