@@ -95,7 +95,10 @@ func stageTable(tc *TableChange) *staging {
 	}
 	s := &staging{sets: map[string]bool{}, create: map[string]bool{}, appended: map[string]bool{}}
 	for _, c := range tc.Fill {
-		if c.Hook != nil || !meetsNewInterval(c, newSets) || !stageable(c, newSets, newChains) {
+		// A chain deleted and created again (its hook changed) exists
+		// until the second transaction deletes it: the first could only
+		// add to the chain in force.
+		if c.Hook != nil || slices.Contains(tc.DeleteChains, c.Name) || !meetsNewInterval(c, newSets) || !stageable(c, newSets, newChains) {
 			continue
 		}
 		if newChains[c.Name] {

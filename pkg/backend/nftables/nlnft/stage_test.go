@@ -41,6 +41,7 @@ func TestStageDecides(t *testing.T) {
 		{"table created", &TableChange{Create: true, NewChains: []*layout.Chain{ranged}, Fill: []*layout.Chain{ranged}}, nil, nil},
 		{"new named interval set", &TableChange{Flush: []string{"sg-b-in"}, Fill: []*layout.Chain{byName}, NewSets: []*layout.Set{newSet}, Sets: []*layout.Set{newSet}}, []string{"sg-b-in"}, nil},
 		{"jump to a new chain", &TableChange{Flush: []string{"sg-c-in"}, NewChains: []*layout.Chain{chainOf("fresh")}, Fill: []*layout.Chain{jumps, chainOf("fresh")}}, nil, nil},
+		{"chain recreated without its hook", &TableChange{Flush: []string{"sg-a-in"}, DeleteChains: []string{"sg-a-in"}, NewChains: []*layout.Chain{ranged}, Fill: []*layout.Chain{ranged}}, nil, nil},
 		{"base chain", &TableChange{Flush: []string{"sg-a-in"}, Fill: []*layout.Chain{{Name: "sg-a-in", Hook: &layout.Hook{Hook: "forward"}, Rules: ranged.Rules}}}, nil, nil},
 	} {
 		t.Run(c.name, func(t *testing.T) {
