@@ -161,8 +161,10 @@ func (w *watcher) busy() bool {
 // parent only those naming the configuration directory. Events that name
 // a file of sets/, groups/ or vms/ record it; anything else that matters (the
 // directory or a subdirectory created, removed or swapped, an event on an
-// unknown watch, lost events) records full. vmfw.toml needs neither: it
-// is read on every load.
+// unknown watch, lost events) records full. Events naming a file of the
+// directory itself (vmfw.toml) record its name: a load usually reads
+// vmfw.toml anyway, but one of edited group files alone does not
+// (config.Cache).
 func (w *watcher) note(buf []byte) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -205,6 +207,8 @@ func (w *watcher) note(buf []byte) bool {
 			relevant = true
 			if name == "" || slices.Contains(subdirs, name) {
 				w.full = true
+			} else {
+				w.changed[name] = true
 			}
 		case isSub && name != "":
 			relevant = true

@@ -56,7 +56,7 @@ func TestWatcherNotesFiles(t *testing.T) {
 		{"deleted", event(3, unix.IN_DELETE, "db.toml"), true, []string{"groups/db.toml"}, false, false},
 		{"rename into sets/", event(5, unix.IN_MOVED_TO, "blocked.toml"), true, []string{"sets/blocked.toml"}, false, false},
 		{"sets/ created", event(2, unix.IN_CREATE|unix.IN_ISDIR, "sets"), true, nil, true, false},
-		{"vmfw.toml edited", event(2, unix.IN_CLOSE_WRITE, "vmfw.toml"), true, nil, false, false},
+		{"vmfw.toml edited", event(2, unix.IN_CLOSE_WRITE, "vmfw.toml"), true, []string{"vmfw.toml"}, false, false},
 		{"groups/ replaced", event(2, unix.IN_MOVED_TO, "groups"), true, nil, true, false},
 		{"the directory swapped", event(1, unix.IN_MOVED_TO, "vmfw"), true, nil, true, false},
 		{"a sibling in the parent", event(1, unix.IN_CLOSE_WRITE, "other"), false, nil, false, false},

@@ -105,8 +105,8 @@ func (c *Cache) Load(dir string, changed []string) (*Model, error) {
 // and every other part of the model is shared, instead of listing the
 // directories and collecting the claims of every VM again (12.8 ms of a
 // group edit at 5000 VMs, docs/performance.md). Nothing else can have
-// changed: the caller names every changed file, no group or set name
-// came or went (a group file that is new, or gone, is not such an edit),
+// changed: the caller names every changed file (vmfw.toml included), no
+// group or set name came or went (a group file that is new, or gone, is not such an edit),
 // and the last load met no symlink. ok is false for any other change,
 // which Load then loads as usual.
 func (c *Cache) reloadGroups(dir string, changed []string) (m *Model, err *Error, ok bool) {
@@ -116,9 +116,14 @@ func (c *Cache) reloadGroups(dir string, changed []string) (m *Model, err *Error
 	l := &loader{read: readFile, dir: dir}
 	var edited []entry
 	for _, rel := range slices.Sorted(slices.Values(changed)) {
-		name, inGroups := strings.CutPrefix(rel, "groups/")
+		sub, name, inSub := strings.Cut(rel, "/")
 		stem, isTOML := strings.CutSuffix(name, ".toml")
-		if !inGroups || !isTOML || strings.ContainsRune(name, '/') || strings.HasPrefix(name, ".") || !c.known[stem] {
+		switch {
+		case !inSub && rel != "vmfw.toml":
+			continue // not configuration: only vmfw.toml is read there
+		case inSub && (!isTOML || strings.HasPrefix(name, ".")) && !strings.ContainsRune(name, '/'):
+			continue // an editor's temporary or backup file, which list skips
+		case sub != "groups" || !isTOML || strings.ContainsRune(name, '/') || !c.known[stem]:
 			return nil, nil, false
 		}
 		path := filepath.Join(dir, "groups", name)
@@ -127,6 +132,9 @@ func (c *Cache) reloadGroups(dir string, changed []string) (m *Model, err *Error
 			return nil, nil, false
 		}
 		edited = append(edited, entry{rel: rel, path: path, stem: stem, mode: fi.Mode().Type()})
+	}
+	if len(edited) == 0 {
+		return nil, nil, false
 	}
 	groups := maps.Clone(c.last.Groups)
 	for _, e := range edited {

@@ -302,9 +302,14 @@ func TestCacheReloadsGroupsAlone(t *testing.T) {
 	}
 	first := load()
 	write("groups/web.toml", "[[in]]\nproto = \"tcp\"\ndport = \"8080\"\n")
-	edited := load("groups/web.toml")
+	edited := load("groups/web.toml", "groups/.web.toml.swp", "groups/web.toml~", ".vmfw.toml.swp")
 	if !shared(first, edited) || edited.Groups["ssh"] != first.Groups["ssh"] {
-		t.Error("a group edit listed and parsed the rest again")
+		t.Error("a group edit (with an editor's temporary files) listed and parsed the rest again")
+	}
+	write("vmfw.toml", "repair_interval = \"5s\"\n")
+	write("groups/ssh.toml", "[[in]]\nproto = \"tcp\"\ndport = \"2200\"\n")
+	if withHost := load("groups/ssh.toml", "vmfw.toml"); shared(edited, withHost) {
+		t.Error("a group edit named with vmfw.toml was loaded from the last model")
 	}
 	write("groups/web.toml", "[[in]]\ndport = \"x\"\n")
 	load("groups/web.toml")
