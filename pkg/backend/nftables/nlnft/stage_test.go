@@ -21,6 +21,16 @@ func chainOf(name string, rules ...layout.Rule) *layout.Chain {
 	return &layout.Chain{Name: name, Rules: rules}
 }
 
+// writeFirst creates table bridge vmfw with chain sg-a-in, whose one
+// rule looks up a port and a port range.
+func writeFirst(t *testing.T, c Client) {
+	t.Helper()
+	first := chainOf("sg-a-in", portRule("one", [2]uint16{5001, 5001}, [2]uint16{6000, 6010}))
+	if err := c.Write(&Batch{Tables: []*TableChange{{Family: layout.Bridge, Create: true, NewChains: []*layout.Chain{first}, Fill: []*layout.Chain{first}}}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestStageDecides: only a change whose rules meet an interval set new to
 // them is staged, and only what the first transaction can hold.
 func TestStageDecides(t *testing.T) {
@@ -81,10 +91,7 @@ func TestStageDecides(t *testing.T) {
 func TestStagedWriteWithKernel(t *testing.T) {
 	inNamespace(t, func() {
 		c := Client{}
-		first := chainOf("sg-a-in", portRule("one", [2]uint16{5001, 5001}, [2]uint16{6000, 6010}))
-		if err := c.Write(&Batch{Tables: []*TableChange{{Family: layout.Bridge, Create: true, NewChains: []*layout.Chain{first}, Fill: []*layout.Chain{first}}}}); err != nil {
-			t.Fatal(err)
-		}
+		writeFirst(t, c)
 		before, err := c.Read(true)
 		if err != nil {
 			t.Fatal(err)
@@ -141,10 +148,7 @@ func TestStagedWriteWithKernel(t *testing.T) {
 func TestStagedRecoveryWithKernel(t *testing.T) {
 	inNamespace(t, func() {
 		c := Client{}
-		first := chainOf("sg-a-in", portRule("one", [2]uint16{5001, 5001}, [2]uint16{6000, 6010}))
-		if err := c.Write(&Batch{Tables: []*TableChange{{Family: layout.Bridge, Create: true, NewChains: []*layout.Chain{first}, Fill: []*layout.Chain{first}}}}); err != nil {
-			t.Fatal(err)
-		}
+		writeFirst(t, c)
 		second := chainOf("sg-a-in", portRule("two", [2]uint16{7000, 7010}), portRule("three", [2]uint16{5001, 5001}, [2]uint16{6000, 6020}))
 		tc := &TableChange{Family: layout.Bridge, Flush: []string{"sg-a-in"}, Fill: []*layout.Chain{second}}
 		conn, done, err := c.conn()
