@@ -117,13 +117,13 @@ func (c *Cache) reloadGroups(dir string, changed []string) (m *Model, err *Error
 	var edited []entry
 	for _, rel := range slices.Sorted(slices.Values(changed)) {
 		sub, name, inSub := strings.Cut(rel, "/")
-		stem, isTOML := strings.CutSuffix(name, ".toml")
+		stem, isConfig := configStem(name)
 		switch {
 		case !inSub && rel != "vmfw.toml":
 			continue // not configuration: only vmfw.toml is read there
-		case inSub && (!isTOML || strings.HasPrefix(name, ".")) && !strings.ContainsRune(name, '/'):
+		case inSub && !isConfig && !strings.ContainsRune(name, '/'):
 			continue // an editor's temporary or backup file, which list skips
-		case sub != "groups" || !isTOML || strings.ContainsRune(name, '/') || !c.known[stem]:
+		case sub != "groups" || !isConfig || strings.ContainsRune(name, '/') || !c.known[stem]:
 			return nil, nil, false
 		}
 		path := filepath.Join(dir, "groups", name)

@@ -300,9 +300,8 @@ type entry struct {
 	mode fs.FileMode
 }
 
-// list returns the *.toml files of subdirectory sub, sorted by name. A
-// missing directory holds no files. Names starting with "." are editor
-// backups and lock files (emacs' .#web.toml), not configuration.
+// list returns the configuration files of subdirectory sub (configStem),
+// sorted by name. A missing directory holds no files.
 func (l *loader) list(sub string) ([]entry, *Error) {
 	path := filepath.Join(l.dir, sub)
 	if l.listing != nil {
@@ -334,13 +333,21 @@ func (l *loader) list(sub string) ([]entry, *Error) {
 	var out []entry
 	for _, de := range des {
 		name := de.Name()
-		stem, ok := strings.CutSuffix(name, ".toml")
-		if !ok || strings.HasPrefix(name, ".") {
+		stem, ok := configStem(name)
+		if !ok {
 			continue
 		}
 		out = append(out, entry{rel: sub + "/" + name, path: filepath.Join(path, name), stem: stem, mode: de.Type()})
 	}
 	return out, nil
+}
+
+// configStem returns the stem of a configuration file's name; ok is false
+// for the names a load skips: not *.toml, or starting with "." (editor
+// backups and lock files, emacs' .#web.toml).
+func configStem(name string) (stem string, ok bool) {
+	stem, ok = strings.CutSuffix(name, ".toml")
+	return stem, ok && !strings.HasPrefix(name, ".")
 }
 
 // checkInside rejects a symlink that resolves outside the configuration
