@@ -186,18 +186,7 @@ type udpSender struct {
 func sendUDP(t *testing.T, ns *labnet.NS, addr string, interval time.Duration) *udpSender {
 	t.Helper()
 	s := &udpSender{stop: make(chan struct{}), done: make(chan struct{})}
-	to, err := net.ResolveUDPAddr("udp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.to = to
-	if err := ns.Do(func() error {
-		var err error
-		s.conn, err = net.ListenPacket("udp", ":0")
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
+	s.conn, s.to = udpSocket(t, ns, addr)
 	go func() {
 		defer close(s.done)
 		tick := time.NewTicker(interval)
@@ -232,12 +221,9 @@ func (s *udpSender) halt() uint64 {
 	return s.sent
 }
 
-// floodUDP sends sequence-numbered datagrams from ns to addr as fast as it
-// can until stop is closed, and returns how many it sent. A moment of a
-// few microseconds in which a rule misses its packets shows only under
-// such a rate (2 ms between datagrams met it once in hundreds of
-// applies), so the test floods during each apply alone.
-func floodUDP(t *testing.T, ns *labnet.NS, addr string, stop <-chan struct{}) (sent func() uint64) {
+// udpSocket opens an unconnected UDP socket in ns and resolves addr, the
+// destination a sender writes to.
+func udpSocket(t *testing.T, ns *labnet.NS, addr string) (net.PacketConn, net.Addr) {
 	t.Helper()
 	to, err := net.ResolveUDPAddr("udp", addr)
 	if err != nil {
@@ -250,15 +236,26 @@ func floodUDP(t *testing.T, ns *labnet.NS, addr string, stop <-chan struct{}) (s
 	}); err != nil {
 		t.Fatal(err)
 	}
+	return conn, to
+}
+
+// floodUDP sends sequence-numbered datagrams from ns to addr as fast as it
+// can until stop is called, which returns how many it sent. A moment of a
+// few microseconds in which a rule misses its packets shows only under
+// such a rate (2 ms between datagrams met it once in hundreds of
+// applies), so the test floods during each apply alone. The test's end
+// stops a flood its failure left running.
+func floodUDP(t *testing.T, ns *labnet.NS, addr string) (stop func() uint64) {
+	t.Helper()
+	conn, to := udpSocket(t, ns, addr)
+	quit, done := make(chan struct{}), make(chan struct{})
 	var n uint64
-	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		defer conn.Close()
 		msg := make([]byte, 16)
 		for {
 			select {
-			case <-stop:
+			case <-quit:
 				return
 			default:
 			}
@@ -268,7 +265,17 @@ func floodUDP(t *testing.T, ns *labnet.NS, addr string, stop <-chan struct{}) (s
 			}
 		}
 	}()
-	return func() uint64 { <-done; return n }
+	var once sync.Once
+	stop = func() uint64 {
+		once.Do(func() {
+			close(quit)
+			<-done
+			conn.Close()
+		})
+		return n
+	}
+	t.Cleanup(func() { stop() })
+	return stop
 }
 
 // blinkApplies is how many times the test edits and applies the group:
@@ -324,12 +331,10 @@ func TestNoBlink(t *testing.T) {
 		var floodSent uint64
 		for i := 1; i <= applies; i++ {
 			h.write("groups/g.toml", blinkVersions[i%2])
-			stop := make(chan struct{})
-			sent4 := floodUDP(t, a, hostPort("192.0.2.72", 5003), stop)
-			sent6 := floodUDP(t, a, hostPort("2001:db8::72", 5003), stop)
+			stop4 := floodUDP(t, a, hostPort("192.0.2.72", 5003))
+			stop6 := floodUDP(t, a, hostPort("2001:db8::72", 5003))
 			h.vmfw("apply")
-			close(stop)
-			floodSent += sent4() + sent6()
+			floodSent += stop4() + stop6()
 			if i == 1 && !strings.Contains(h.snapshot(), "x and more") {
 				t.Fatalf("apply did not install version two:\n%s", h.snapshot())
 			}
