@@ -166,7 +166,7 @@ func canonicalNFT(listing string) string {
 		switch {
 		case strings.HasPrefix(l, "table "):
 			head = l
-		case strings.HasPrefix(l, "\tchain ") || strings.HasPrefix(l, "\tset ") || strings.HasPrefix(l, "\tmap "):
+		case strings.HasPrefix(l, "\t") && isBlockHead(l[1:]):
 			name = strings.TrimSpace(l)
 			body.Reset()
 		case l == "\t}" && name != "":
@@ -226,6 +226,7 @@ func unstaged(staged, old string) string {
 	return b.String()
 }
 
+// isBlockHead reports whether l opens a chain, set or map.
 func isBlockHead(l string) bool {
 	return strings.HasPrefix(l, "chain ") || strings.HasPrefix(l, "set ") || strings.HasPrefix(l, "map ")
 }

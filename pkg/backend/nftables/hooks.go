@@ -132,8 +132,7 @@ func (h *xtablesHooks) Change(ctx context.Context, del map[HookChain][]string, i
 	if err != nil {
 		return err
 	}
-	for _, f := range ruleset.Families {
-		fam := map[ruleset.Family]string{ruleset.IPv4: "ipv4", ruleset.IPv6: "ipv6"}[f]
+	for _, fam := range []string{"ipv4", "ipv6"} {
 		var text strings.Builder
 		for _, hc := range hookChains {
 			if hc.Family != fam {
@@ -152,6 +151,10 @@ func (h *xtablesHooks) Change(ctx context.Context, del map[HookChain][]string, i
 		}
 		if text.Len() == 0 {
 			continue
+		}
+		f := ruleset.IPv4
+		if fam == "ipv6" {
+			f = ruleset.IPv6
 		}
 		if err := c.Restore(ctx, f, "*filter\n"+text.String()+"COMMIT\n"); err != nil {
 			return fmt.Errorf("writing vmfw's rules in iptables' chains: %w", err)
