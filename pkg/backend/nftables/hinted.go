@@ -69,7 +69,8 @@ func (b *Backend) planHinted(st *state, want *ruleset.Policy, hint *backend.Hint
 }
 
 // holds reports whether what was read (obs: chains and set signatures;
-// narrow: the ports set's elements) is rs as far as it goes.
+// narrow: the ports set's elements with the interfaces' fingerprints)
+// is rs as far as it goes.
 func holds(obs *nlnft.Observed, narrow *state, rs *layout.Ruleset) bool {
 	for _, t := range rs.Tables() {
 		have := obs.Tables[t.Family]
@@ -93,8 +94,13 @@ func holds(obs *nlnft.Observed, narrow *state, rs *layout.Ruleset) bool {
 	if ports == nil || nt == nil || nt.Sets[layout.SetPorts] == nil || len(nt.Sets[layout.SetPorts].Elements) != len(ports.Elements) {
 		return false
 	}
+	// Each port's element carries the fingerprint of the interface's
+	// other elements (layout.SettingsComment): an interface installed
+	// with other settings than Was has is not held.
+	have := nt.Sets[layout.SetPorts]
 	for _, e := range ports.Elements {
-		if _, ok := nt.Sets[layout.SetPorts].Elements[string(e.KeyBytes())]; !ok {
+		k := e.KeyBytes()
+		if _, ok := have.Elements[string(k)]; !ok || have.Data[string(k)] != e.DataText() {
 			return false
 		}
 	}

@@ -273,14 +273,10 @@ func observedOf(rs *layout.Ruleset) *nlnft.Observed {
 		}
 		for _, s := range t.Sets {
 			os := &nlnft.ObservedSet{Signature: s.Signature(), Elements: make(map[string]nlnft.Counter, len(s.Elements))}
-			if s.IsMap() {
-				os.Data = make(map[string]string, len(s.Elements))
-			}
 			for _, e := range s.Elements {
-				os.Elements[string(e.KeyBytes())] = nlnft.Counter{}
-				if os.Data != nil {
-					os.Data[string(e.KeyBytes())] = e.DataText()
-				}
+				k := string(e.KeyBytes())
+				os.Elements[k] = nlnft.Counter{}
+				os.SetData(k, e.DataText())
 			}
 			ot.Sets[s.Name] = os
 		}

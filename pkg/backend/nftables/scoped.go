@@ -45,8 +45,10 @@ import (
 // without elements, and the touched chains and member sets are checked
 // against the layout of hint.Was; the
 // touched elements are taken to be what hint.Was lays out, as plans from
-// a hint always did (docs/nftables.md): an element that is not, is found
-// by the kernel refusing the transaction, and the next plan is full.
+// a hint always did (docs/nftables.md), once each hinted interface's
+// fingerprint in the ports set says it is installed as hint.Was has it
+// (settingsAsWas): an element someone else deleted is found by the
+// kernel refusing the transaction, and the next plan is full.
 
 // scope is what a hinted change touches.
 type scope struct {
@@ -168,17 +170,17 @@ func (h *holding) element(f layout.Family, set, k string) (data string, ok bool)
 // elements is a policy's elements of the scope, by family, set and key.
 type elements struct {
 	p          *ruleset.Policy
-	byIface    map[string]map[string]string // "family/set" + "\x00" + key -> data
+	byIface    map[string]map[string]layout.Element // "family/set" + "\x00" + key -> element
 	allMembers bool
 }
 
 func elementsOf(p *ruleset.Policy, sc *scope) *elements {
-	e := &elements{p: p, byIface: map[string]map[string]string{}, allMembers: sc.allMembers}
+	e := &elements{p: p, byIface: map[string]map[string]layout.Element{}, allMembers: sc.allMembers}
 	for _, name := range sc.ifaces {
-		m := map[string]string{}
+		m := map[string]layout.Element{}
 		if n := p.Interface(name); n != nil {
 			for _, pl := range layout.InterfaceElements(p, n) {
-				m[string(pl.Family)+"/"+pl.Set+"\x00"+string(pl.Element.KeyBytes())] = pl.Element.DataText()
+				m[string(pl.Family)+"/"+pl.Set+"\x00"+string(pl.Element.KeyBytes())] = pl.Element
 			}
 		}
 		e.byIface[name] = m
@@ -186,30 +188,34 @@ func elementsOf(p *ruleset.Policy, sc *scope) *elements {
 	return e
 }
 
-// get reports whether p's layout has the element: an address of vm4/vm6
-// while an interface lists it, of a member set while a member does, an
-// interface's element as its layout has it.
+// get reports whether p's layout has the element and what it carries
+// besides its key (layout.Element.DataText).
 func (e *elements) get(f layout.Family, set, k string) (string, bool) {
-	if f == layout.Inet {
+	el, ok := e.element(f, set, k)
+	return el.DataText(), ok
+}
+
+// element returns p's layout of the element with key k: an address of
+// vm4/vm6 while an interface lists it, of a member set while a member
+// does, an interface's element as its layout has it.
+func (e *elements) element(f layout.Family, set, k string) (layout.Element, bool) {
+	if f == layout.Inet || isMemberSet(set) {
 		a, _ := netip.AddrFromSlice([]byte(k))
-		return "", e.p.Owner(a) != nil
-	}
-	if g, fam, ok := parseMemberSet(set); ok {
+		el := layout.Element{Key: []layout.Value{layout.Addr(a)}}
+		if f == layout.Inet {
+			return el, e.p.Owner(a) != nil
+		}
+		g, fam, _ := parseMemberSet(set)
 		mem := e.p.Members[g]
 		if mem == nil {
-			return "", false
+			return el, false
 		}
-		a, _ := netip.AddrFromSlice([]byte(k))
 		_, found := slices.BinarySearchFunc(mem.Addrs[fam], a, func(x, y netip.Addr) int { return x.Compare(y) })
-		return "", found
+		return el, found
 	}
 	name := strings.TrimRight(k[:min(16, len(k))], "\x00")
-	m, ok := e.byIface[name]
-	if !ok {
-		return "", false
-	}
-	d, ok := m[string(f)+"/"+set+"\x00"+k]
-	return d, ok
+	el, ok := e.byIface[name][string(f)+"/"+set+"\x00"+k]
+	return el, ok
 }
 
 func isMemberSet(name string) bool { _, _, ok := parseMemberSet(name); return ok }
@@ -289,6 +295,12 @@ func (b *Backend) planScoped(st *state, want *ruleset.Policy, hint *backend.Hint
 	if why := b.outOfScope(h, static, sc, !st.full); why != "" {
 		trace.Printf("full plan: %s", why)
 		return nil, nil
+	}
+	if !st.full {
+		if why := settingsAsWas(st.obs, h.was, sc.ifaces); why != "" {
+			trace.Printf("full plan: %s", why)
+			return nil, nil
+		}
 	}
 	defs := layout.SetDefs(want)
 	if st.full {
@@ -412,6 +424,32 @@ func installedAsWas(h *holding, sc *scope, defs map[string]*layout.Set) string {
 					}
 				}
 			}
+		}
+	}
+	return ""
+}
+
+// settingsAsWas says which hinted interface's element of the ports set
+// (which a narrow read has, with the fingerprint of the interface's
+// other elements as its comment) is not as hint.Was lays it out, "" when
+// none. The narrow read has no other element: those are taken from
+// hint.Was, and an interface whose settings were edited since it was
+// installed (a VM file changed and not applied, then an ifdown) must be
+// planned from a full read, or its elements of the settings before the
+// edit would stay.
+func settingsAsWas(obs *nlnft.Observed, was *elements, ifaces []string) string {
+	var ports *nlnft.ObservedSet
+	if t := obs.Tables[layout.Bridge]; t != nil {
+		ports = t.Sets[layout.SetPorts]
+	}
+	if ports == nil {
+		return "the ports set is missing"
+	}
+	for _, name := range ifaces {
+		k := string(layout.Ifname(name).Bytes)
+		want, wanted := was.get(layout.Bridge, layout.SetPorts, k)
+		if _, had := ports.Elements[k]; had != wanted || ports.Data[k] != want {
+			return "the settings of " + name + " are not as the installed configuration lays them out (an edit not applied yet, or drift)"
 		}
 	}
 	return ""
@@ -570,9 +608,7 @@ func (b *Backend) diffScope(f layout.Family, h *holding, sc *scope, defs map[str
 				sc2.Removed[setName(set)] = append(sc2.Removed[setName(set)], e.Text())
 			}
 			if wanted {
-				if wantData != "" {
-					e.Verdict = parseVerdict(wantData)
-				}
+				e, _ = wantEls.element(f, set, k)
 				tc.AddElements[set] = append(tc.AddElements[set], e)
 				sc2.Added[setName(set)] = append(sc2.Added[setName(set)], e.Text())
 			}
@@ -632,10 +668,3 @@ func (b *Backend) diffScope(f layout.Family, h *holding, sc *scope, defs map[str
 }
 
 func isList(chain string) bool { return strings.HasPrefix(chain, layout.ListChainPrefix) }
-
-// parseVerdict is the inverse of layout.Verdict.Text for the verdicts of
-// vmfw's maps ("jump CHAIN").
-func parseVerdict(s string) *layout.Verdict {
-	kind, chain, _ := strings.Cut(s, " ")
-	return &layout.Verdict{Kind: layout.VerdictKind(kind), Chain: chain}
-}

@@ -90,6 +90,22 @@ func scopedVM(r *rand.Rand, id int) string {
 	return b.String()
 }
 
+// strippedVM renders the VM file vm with its interfaces' settings
+// taken away: the same interfaces and the same enable, each without
+// addresses, MAC, anti-spoofing, DHCP, policies that accept or reject,
+// or groups.
+func strippedVM(vm string) string {
+	var b strings.Builder
+	if strings.Contains(vm, "enable = false") {
+		b.WriteString("enable = false\n")
+	}
+	b.WriteString("policy_in = \"drop\"\npolicy_out = \"drop\"\n")
+	for k := 0; strings.Contains(vm, fmt.Sprintf("[net%d]", k)); k++ {
+		fmt.Fprintf(&b, "[net%d]\nantispoof = false\ndhcp = false\nndp = true\n", k)
+	}
+	return b.String()
+}
+
 // sameTables compares two states as vmfw's plans see them: chains by hook
 // and fingerprints, sets by signature, elements and data.
 func sameTables(a, b *nlnft.Observed) string {
@@ -275,6 +291,38 @@ func scopedRun(t *testing.T, agent bool, seed int64) {
 			was := compile(m)
 			apply(compile(m), &backend.Hint{Was: was, Interfaces: changed})
 			what = fmt.Sprintf("vm %d edited, taps %v up again", id, changed)
+		case n < 15: // a VM edited and not applied, its taps brought down
+			// The edit takes settings away, so that the elements of the
+			// settings before it are a superset of the edit's: a plan
+			// that deleted the edit's elements would leave the others
+			// (one that deleted elements the tables do not hold would
+			// be refused by the kernel).
+			id := 100 + r.Intn(10)
+			key := fmt.Sprintf("vms/%d.toml", id)
+			files[key] = strippedVM(files[key])
+			writeConfig(t, dir, fmt.Sprintf("vms/%d.toml", id), files)
+			m = load()
+			var changed []string
+			for _, n := range m.VMs[id].NICs {
+				if attached[n.Tap] {
+					changed = append(changed, n.Tap)
+				}
+			}
+			if len(changed) == 0 || pending {
+				apply(compile(m), nil)
+				pending = false
+				what = fmt.Sprintf("vm %d edited, applied", id)
+				break
+			}
+			// The engine's hint again gives the taps the settings of
+			// the edit, which the tables never held: the elements of the
+			// settings before it must go all the same.
+			was := compile(m)
+			for _, tap := range changed {
+				attached[tap] = false
+			}
+			apply(compile(m), &backend.Hint{Was: was, Interfaces: changed})
+			what = fmt.Sprintf("vm %d edited, taps %v down", id, changed)
 		case n < 17: // a group edit, applied as the agent does
 			g := scopedGroups[r.Intn(len(scopedGroups))]
 			was := compile(m)

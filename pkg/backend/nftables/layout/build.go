@@ -9,6 +9,8 @@
 package layout
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -83,6 +85,20 @@ type builder struct {
 	// other than the default, by direction, instead of those of p's
 	// interfaces (Static).
 	levels map[config.Direction][]config.LogLevel
+	// placed caches every interface's elements for both tables.
+	placed [][]Placed
+}
+
+// interfaceElements returns every interface's elements, laid out once
+// for both tables.
+func (b *builder) interfaceElements() [][]Placed {
+	if b.placed == nil {
+		b.placed = make([][]Placed, len(b.p.Interfaces))
+		for i, n := range b.p.Interfaces {
+			b.placed[i] = InterfaceElements(b.p, n)
+		}
+	}
+	return b.placed
 }
 
 // rule builds a rule from expressions.
@@ -709,8 +725,47 @@ func MemberSetDef(group string, f ruleset.Family) *Set {
 // vmfw's sets and maps: those keyed by its name in the bridge table, and
 // its addresses in the inet table's vm4 and vm6, which another interface
 // may list too. Its addresses in its groups' member sets are not among
-// them: the members come from p.Members, with the remote ones.
+// them: the members come from p.Members, with the remote ones. Its
+// element of the ports set carries the fingerprint of the others
+// (SettingsComment).
 func InterfaceElements(p *ruleset.Policy, n *ruleset.Interface) []Placed {
+	out := interfaceElements(p, n)
+	for i := range out {
+		if out[i].Set == SetPorts {
+			out[i].Element.Comment = SettingsComment(out)
+		}
+	}
+	return out
+}
+
+// SettingsComment is the comment of an interface's element of the ports
+// set: a fingerprint of its other elements. A plan from a hint, which
+// reads the ports set but not the other elements, compares it with the
+// fingerprint of the interface as the hint says it is installed: an
+// interface whose settings were edited since (a VM file changed and not
+// applied) does not match, and its elements are read in full instead of
+// being taken from the hint (docs/nftables.md "Plans from a hint").
+func SettingsComment(elements []Placed) string {
+	b := make([]byte, 0, 64*len(elements))
+	for _, pl := range elements {
+		if pl.Set == SetPorts {
+			continue
+		}
+		b = append(b, pl.Family...)
+		b = append(b, '/')
+		b = append(b, pl.Set...)
+		key := pl.Element.KeyBytes()
+		b = append(b, 0, byte(len(key)))
+		b = append(b, key...)
+		b = append(b, pl.Element.DataText()...)
+		b = append(b, '\n')
+	}
+	sum := sha256.Sum256(b)
+	return "vmfw:settings " + hex.EncodeToString(sum[:8])
+}
+
+// interfaceElements is InterfaceElements without the fingerprint.
+func interfaceElements(p *ruleset.Policy, n *ruleset.Interface) []Placed {
 	var out []Placed
 	add := func(set string, key ...Value) {
 		out = append(out, Placed{Family: Bridge, Set: set, Element: Element{Key: key}})
@@ -817,8 +872,8 @@ func (b *builder) tableSets(f Family) []*Set {
 			}
 		}
 	}
-	for _, n := range b.p.Interfaces {
-		for _, pl := range InterfaceElements(b.p, n) {
+	for _, placed := range b.interfaceElements() {
+		for _, pl := range placed {
 			if pl.Family == f {
 				s := sets[pl.Set]
 				s.Elements = append(s.Elements, pl.Element)

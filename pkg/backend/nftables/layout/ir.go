@@ -582,6 +582,11 @@ type Element struct {
 	// End is the last value of an interval set's element, whose Key is
 	// the first; nil in other sets.
 	End *Value
+	// Comment is stored with the element (its userdata). An interface's
+	// element of the ports set carries the fingerprint of the interface's
+	// other elements (SettingsComment), which a plan from a hint reads to
+	// know the interface is installed as the hint says.
+	Comment string
 }
 
 // KeyBytes returns the key as the kernel stores it: the parts, each
@@ -616,19 +621,38 @@ func (e Element) Text() string {
 	for i, v := range e.Key {
 		parts[i] = v.String()
 	}
+	out := strings.Join(parts, " . ")
 	if e.Verdict != nil {
-		return strings.Join(parts, " . ") + " : " + e.Verdict.Text()
+		out += " : " + e.Verdict.Text()
 	}
-	return strings.Join(parts, " . ")
+	if e.Comment != "" {
+		out += " comment " + strconv.Quote(e.Comment)
+	}
+	return out
 }
 
-// DataText renders the element's data as a read of the kernel compares
-// it (nlnft.ObservedSet.Data): "" for an element of a set.
+// DataText renders what the element carries besides its key, as a read
+// of the kernel compares it (nlnft.ObservedSet.Data): its verdict in a
+// verdict map, its comment; "" for a plain element of a set.
 func (e Element) DataText() string {
-	if e.Verdict == nil {
-		return ""
+	verdict := ""
+	if e.Verdict != nil {
+		verdict = e.Verdict.Text()
 	}
-	return e.Verdict.Text()
+	return DataText(verdict, e.Comment)
+}
+
+// DataText renders an element's verdict (as Verdict.Text renders it, ""
+// for none) and comment as Element.DataText does: the one rendering a
+// read of the kernel and a layout compare.
+func DataText(verdict, comment string) string {
+	switch {
+	case comment == "":
+		return verdict
+	case verdict == "":
+		return "comment " + strconv.Quote(comment)
+	}
+	return verdict + " comment " + strconv.Quote(comment)
 }
 
 // Signature describes what the set is, apart from its elements: a set

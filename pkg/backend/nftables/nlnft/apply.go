@@ -112,11 +112,7 @@ func (o *Observed) applyTable(tc *TableChange) error {
 		if t.Sets[s.Name] != nil {
 			return fmt.Errorf("creating set %s: it exists", s.Name)
 		}
-		os := &ObservedSet{Signature: s.Signature(), Elements: map[string]Counter{}}
-		if s.IsMap() {
-			os.Data = map[string]string{}
-		}
-		t.Sets[s.Name] = os
+		t.Sets[s.Name] = &ObservedSet{Signature: s.Signature(), Elements: map[string]Counter{}}
 		if err := t.addElements(s.Name, s.Elements); err != nil {
 			return err
 		}
@@ -179,9 +175,7 @@ func (t *ObservedTable) addElements(name string, elems []layout.Element) error {
 			return fmt.Errorf("adding element %s to %s: chain %s does not exist", e.Text(), name, v.Chain)
 		}
 		s.Elements[k] = Counter{}
-		if s.Data != nil {
-			s.Data[k] = data
-		}
+		s.SetData(k, data)
 	}
 	return nil
 }

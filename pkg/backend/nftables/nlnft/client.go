@@ -148,10 +148,23 @@ type ObservedSet struct {
 	// Elements maps each element's key bytes to its counter (zero when
 	// the element has none).
 	Elements map[string]Counter
-	// Data maps each element's key bytes to its data as the layout
-	// renders it (layout.Element.DataText: "jump gl-...-out"), in a
-	// verdict map; nil in a set.
+	// Data maps each element's key bytes to what it carries besides its
+	// key as the layout renders it (layout.Element.DataText: "jump
+	// gl-...-out" in a verdict map, a comment); elements that carry
+	// nothing are not in it, and it is nil when none does.
 	Data map[string]string
+}
+
+// SetData records what the element with key k carries.
+func (s *ObservedSet) SetData(k, data string) {
+	if data == "" {
+		delete(s.Data, k)
+		return
+	}
+	if s.Data == nil {
+		s.Data = map[string]string{}
+	}
+	s.Data[k] = data
 }
 
 // Counter is an element's counter.
@@ -263,9 +276,6 @@ func (cl Client) readTable(c *nftables.Conn, f layout.Family, elements bool, onl
 			if err != nil {
 				return nil, fmt.Errorf("reading set %s: %w", s.Name, err)
 			}
-			if s.IsMap {
-				os.Data = map[string]string{}
-			}
 			if s.Interval {
 				for _, k := range intervals(elems, int(s.KeyType.Bytes)) {
 					os.Elements[k] = Counter{}
@@ -280,9 +290,11 @@ func (cl Client) readTable(c *nftables.Conn, f layout.Family, elements bool, onl
 					cnt = Counter{Packets: e.Counter.Packets, Bytes: e.Counter.Bytes}
 				}
 				os.Elements[string(e.Key)] = cnt
+				verdict := ""
 				if s.IsMap {
-					os.Data[string(e.Key)] = verdictText(e.Val)
+					verdict = verdictText(e.Val)
 				}
+				os.SetData(string(e.Key), layout.DataText(verdict, e.Comment))
 			}
 		}
 		ot.Sets[s.Name] = os
@@ -682,7 +694,7 @@ func elements(s *layout.Set, list []layout.Element) []nftables.SetElement {
 	}
 	out := make([]nftables.SetElement, len(list))
 	for i, e := range list {
-		out[i] = nftables.SetElement{Key: e.KeyBytes()}
+		out[i] = nftables.SetElement{Key: e.KeyBytes(), Comment: e.Comment}
 		if v := e.Verdict; v != nil {
 			out[i].VerdictData = &expr.Verdict{Kind: verdictKinds[v.Kind], Chain: v.Chain}
 		}

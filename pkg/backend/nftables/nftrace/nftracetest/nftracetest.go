@@ -33,14 +33,10 @@ func Applied(p *ruleset.Policy) (*nftrace.Kernel, error) {
 		anon := map[string]*nlnft.AnonSet{}
 		for _, s := range t.Sets {
 			os := &nlnft.ObservedSet{Signature: s.Signature(), Elements: map[string]nlnft.Counter{}}
-			if s.IsMap() {
-				os.Data = map[string]string{}
-			}
 			for _, e := range s.Elements {
-				os.Elements[string(e.KeyBytes())] = nlnft.Counter{}
-				if os.Data != nil {
-					os.Data[string(e.KeyBytes())] = e.DataText()
-				}
+				k := string(e.KeyBytes())
+				os.Elements[k] = nlnft.Counter{}
+				os.SetData(k, e.DataText())
 			}
 			ot.Sets[s.Name] = os
 		}
