@@ -72,9 +72,9 @@ type Backend struct {
 	mu sync.Mutex
 	// memory is the state remembered after the backend's own change, at
 	// the generation its transaction made (Generationer).
-	memory *nlnft.Observed
+	memory *kept
 	// pending is the state the last Apply left, not yet Marked.
-	pending *nlnft.Observed
+	pending *kept
 	// fullNext makes the next plan a full one: a plan made from a hint
 	// failed to apply, so the kernel is not what the hint said.
 	fullNext bool
@@ -140,12 +140,25 @@ type state struct {
 	full bool
 	// remembered says obs came from memory, not the kernel.
 	remembered bool
+	// installed caches Installed, sorted; nil until known.
+	installed []string
 }
 
-// Installed names the elements of the ports set.
+// Installed names the elements of the ports set, sorted. The agent's
+// remembered state carries them from its last change (installedAfter):
+// computing them from 5000 elements cost 1.8 ms, a fifth of an ifup
+// through the agent.
 func (s *state) Installed() []string {
+	if s.installed == nil {
+		s.installed = installedOf(s.obs)
+	}
+	return slices.Clone(s.installed)
+}
+
+// installedOf names the elements of obs's ports set, sorted.
+func installedOf(obs *nlnft.Observed) []string {
 	out := []string{}
-	t := s.obs.Tables[layout.Bridge]
+	t := obs.Tables[layout.Bridge]
 	if t == nil || t.Sets[layout.SetPorts] == nil {
 		return out
 	}
@@ -169,7 +182,7 @@ func (s *state) Installed() []string {
 // its write).
 func (b *Backend) Read(ctx context.Context, narrow bool) (backend.State, error) {
 	if mem := b.remembered(); mem != nil {
-		return &state{obs: mem, full: true, remembered: true}, nil
+		return &state{obs: mem.obs, full: true, remembered: true, installed: mem.installed}, nil
 	}
 	start := time.Now()
 	if narrow {
@@ -302,7 +315,7 @@ func (b *Backend) Apply(ctx context.Context, bp backend.Plan) error {
 	if p.edit != nil {
 		// The kernel committed on top of Gen: the tables hold what the
 		// memory the edit was planned from held, changed by the edit.
-		b.appliedEdit(p.st.obs, p.edit, p.batch.Gen+nlnft.Commits(p.batch))
+		b.appliedEdit(p.st, p.edit, p.batch.Gen+nlnft.Commits(p.batch))
 	} else if p.batch.Gen != 0 && p.st.full {
 		// The kernel committed on top of Gen, so the transactions made
 		// Gen+Commits, and the tables hold what the plan's state held with
@@ -316,7 +329,7 @@ func (b *Backend) Apply(ctx context.Context, bp backend.Plan) error {
 			b.setHeld(0, nil)
 		} else {
 			b.mu.Lock()
-			b.pending = p.st.obs
+			b.pending = &kept{obs: p.st.obs, installed: installedAfter(p.st.installed, p.batch)}
 			b.mu.Unlock()
 			b.setHeld(p.batch.Gen+nlnft.Commits(p.batch), held)
 		}

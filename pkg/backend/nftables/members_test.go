@@ -241,11 +241,11 @@ func TestPlanSetEditFromConfiguration(t *testing.T) {
 			t.Fatal(err)
 		}
 		mem := b.remembered()
-		if mem == nil || mem.Gen != k.obs.Gen {
+		if mem == nil || mem.obs.Gen != k.obs.Gen {
 			t.Fatalf("edit %d: nothing remembered at generation %d", i, k.obs.Gen)
 		}
 		for _, name := range []string{"as-partners-v4", "as-partners-v6"} {
-			got, want := mem.Tables[layout.Bridge].Sets[name].Elements, k.obs.Tables[layout.Bridge].Sets[name].Elements
+			got, want := mem.obs.Tables[layout.Bridge].Sets[name].Elements, k.obs.Tables[layout.Bridge].Sets[name].Elements
 			if len(got) != len(want) {
 				t.Errorf("edit %d: the memory of %s holds %d elements, the tables %d", i, name, len(got), len(want))
 			}

@@ -2,7 +2,10 @@ package nftables
 
 import (
 	"context"
+	"slices"
+	"strings"
 
+	"github.com/vmfw/vmfw/pkg/backend/nftables/layout"
 	"github.com/vmfw/vmfw/pkg/backend/nftables/nlnft"
 )
 
@@ -18,6 +21,53 @@ import (
 // between, the transaction is refused whole and the engine reads afresh
 // (backend.StaleError).
 
+// kept is a state the backend remembers: the tables, and the names of
+// the interfaces installed, sorted (nil when not known).
+type kept struct {
+	obs       *nlnft.Observed
+	installed []string
+}
+
+// installedAfter returns names (sorted, the interfaces installed before
+// batch) changed as batch changes the ports set; nil when names is, or
+// when batch creates or deletes the table or the set.
+func installedAfter(names []string, b *nlnft.Batch) []string {
+	if names == nil {
+		return nil
+	}
+	out := names
+	for _, tc := range b.Tables {
+		if tc.Family != layout.Bridge {
+			continue
+		}
+		if tc.Create || tc.Delete || slices.Contains(tc.DeleteSets, layout.SetPorts) ||
+			slices.ContainsFunc(tc.NewSets, func(s *layout.Set) bool { return s.Name == layout.SetPorts }) {
+			return nil
+		}
+		del, add := tc.DelElements[layout.SetPorts], tc.AddElements[layout.SetPorts]
+		if len(del)+len(add) == 0 {
+			continue
+		}
+		out = slices.Clone(names)
+		// Deleted first, as the kernel does: an element whose comment
+		// changes is deleted and added again.
+		for _, e := range del {
+			if i, ok := slices.BinarySearch(out, portName(e)); ok {
+				out = slices.Delete(out, i, i+1)
+			}
+		}
+		for _, e := range add {
+			if i, ok := slices.BinarySearch(out, portName(e)); !ok {
+				out = slices.Insert(out, i, portName(e))
+			}
+		}
+	}
+	return out
+}
+
+// portName is the interface name of an element of the ports set.
+func portName(e layout.Element) string { return strings.TrimRight(string(e.KeyBytes()), "\x00") }
+
 // Mark remembers the state the last Apply left when the kernel is still
 // at the generation that Apply made; otherwise it reads the tables and
 // remembers them if nothing committed while they were read.
@@ -30,7 +80,7 @@ func (b *Backend) Mark(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if pending != nil && pending.Gen == gen {
+	if pending != nil && pending.obs.Gen == gen {
 		b.mu.Lock()
 		b.memory = pending
 		b.mu.Unlock()
@@ -44,7 +94,7 @@ func (b *Backend) Mark(ctx context.Context) error {
 		return err
 	}
 	b.mu.Lock()
-	b.memory = obs
+	b.memory = &kept{obs: obs}
 	b.mu.Unlock()
 	return nil
 }
@@ -61,7 +111,7 @@ func (b *Backend) Unchanged(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	return gen == mem.Gen, nil
+	return gen == mem.obs.Gen, nil
 }
 
 // remembered returns the remembered state if the generation has not
@@ -71,14 +121,14 @@ func (b *Backend) Unchanged(ctx context.Context) (bool, error) {
 // cost): plans and status only read a state, and Apply changes the one
 // its plan was made from in place, once the kernel holds the same, under
 // the engine's lock like every use of a state.
-func (b *Backend) remembered() *nlnft.Observed {
+func (b *Backend) remembered() *kept {
 	b.mu.Lock()
 	mem := b.memory
 	b.mu.Unlock()
 	if mem == nil {
 		return nil
 	}
-	if gen, err := b.kernel.Generation(); err != nil || gen != mem.Gen {
+	if gen, err := b.kernel.Generation(); err != nil || gen != mem.obs.Gen {
 		return nil
 	}
 	return mem

@@ -206,7 +206,7 @@ func scopedRun(t *testing.T, agent bool, seed int64) {
 		}
 		return p
 	}
-	hinted, scoped := 0, 0
+	hinted, scoped, carried := 0, 0, 0
 	apply := func(want *ruleset.Policy, hint *backend.Hint) {
 		t.Helper()
 		if hint != nil {
@@ -217,6 +217,7 @@ func scopedRun(t *testing.T, agent bool, seed int64) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			st.Installed() // as the engine asks before it plans
 			before := k.elements
 			p, err := b.Plan(ctx, st, want, hint)
 			if err != nil {
@@ -239,6 +240,14 @@ func scopedRun(t *testing.T, agent bool, seed int64) {
 			if agent {
 				if err := b.Mark(ctx); err != nil {
 					t.Fatal(err)
+				}
+				// The installed interfaces the memory carries from
+				// change to change are those its tables hold.
+				if mem := b.remembered(); mem != nil && mem.installed != nil {
+					carried++
+					if want := installedOf(mem.obs); !slices.Equal(mem.installed, want) {
+						t.Fatalf("the memory names %v installed, its ports set %v", mem.installed, want)
+					}
 				}
 			}
 			return
@@ -363,6 +372,9 @@ func scopedRun(t *testing.T, agent bool, seed int64) {
 	// (no tables yet) or a log level coming or going takes the full plan.
 	if scoped*3 < hinted*2 {
 		t.Errorf("%d of %d plans from a hint were scoped", scoped, hinted)
+	}
+	if agent && carried*2 < hinted {
+		t.Errorf("the memory carried the installed interfaces after %d of %d plans from a hint", carried, hinted)
 	}
 }
 

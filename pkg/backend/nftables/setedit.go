@@ -277,10 +277,13 @@ func sameButAddressSets(obs *nlnft.Observed, rs *layout.Ruleset) bool {
 	return true
 }
 
-// appliedEdit changes obs, the memory the plan of edit was made from, as
+// appliedEdit changes st, the memory the plan of edit was made from, as
 // the transaction changed the tables, and records it as their state at
-// generation gen: the next plan needs no copy of 100,000 elements.
-func (b *Backend) appliedEdit(obs *nlnft.Observed, ed *setEdit, gen uint32) {
+// generation gen: the next plan needs no copy of 100,000 elements. The
+// edit leaves the ports set, and so the installed interfaces, as they
+// were.
+func (b *Backend) appliedEdit(st *state, ed *setEdit, gen uint32) {
+	obs := st.obs
 	t := obs.Tables[layout.Bridge]
 	for name, elems := range ed.del {
 		for _, e := range elems {
@@ -294,7 +297,7 @@ func (b *Backend) appliedEdit(obs *nlnft.Observed, ed *setEdit, gen uint32) {
 	}
 	obs.Gen = gen
 	b.mu.Lock()
-	b.pending = obs
+	b.pending = &kept{obs: obs, installed: st.installed}
 	b.mu.Unlock()
 	b.setHeld(gen, ed.held)
 }
