@@ -168,12 +168,25 @@ func (e *Engine) lastFor(m *config.Model, r nicSource, names []string) *ruleset.
 		// interface detached and attached again): the configuration's
 		// are the same pointers while m shares its VMs, a record's are
 		// resolved again for every change and compared by content.
+		if configured(m, n) {
+			continue
+		}
 		if now := r.NIC(n.Name); now != n.Config && !reflect.DeepEqual(now, n.Config) {
 			trace.Printf("the settings of %s changed since the last change", n.Name)
 			return nil
 		}
 	}
 	return l.policy
+}
+
+// configured reports whether n's settings are those m gives its tap: the
+// NIC of a VM that m holds (the very VM: a reload shares the VMs whose
+// files did not change), under its tap's name, which r.NIC would return
+// as the model's before any record. It spares lastFor the name's parsing
+// for each of 5000 interfaces (1 ms of every ifup through the agent).
+func configured(m *config.Model, n *ruleset.Interface) bool {
+	c := n.Config
+	return c != nil && c.VM != nil && c.Tap == n.Name && m.VMs[c.VM.ID] == c.VM && slices.Contains(c.VM.NICs, c)
 }
 
 // nicsOf returns the configuration p's interfaces were compiled from.

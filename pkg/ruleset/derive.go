@@ -51,7 +51,7 @@ func (p *Policy) With(m *config.Model, up []*config.NIC, down []string) (*Policy
 			return nil, fmt.Errorf("interface %s attached twice", added[i].Name)
 		}
 	}
-	out := &Policy{Host: p.Host, byName: maps.Clone(p.byName), owners: maps.Clone(p.owners)}
+	out := &Policy{Host: p.Host, byName: p.byName.derive(), owners: p.owners.derive()}
 	// The interfaces, sorted: the kept ones merged with the added ones.
 	var removed []*Interface
 	out.Interfaces = make([]*Interface, 0, len(p.Interfaces)+len(added))
@@ -69,19 +69,19 @@ func (p *Policy) With(m *config.Model, up []*config.NIC, down []string) (*Policy
 	}
 	out.Interfaces = append(out.Interfaces, added[j:]...)
 	for _, n := range removed {
-		delete(out.byName, n.Name)
+		out.byName.del(n.Name)
 	}
 	for _, n := range added {
-		out.byName[n.Name] = n
+		out.byName.set(n.Name, n)
 	}
 	// Owners: an address goes to the first interface by name listing it.
 	for _, n := range removed {
 		for _, ip := range n.IPs {
-			if out.owners[ip] == n {
-				delete(out.owners, ip)
+			if out.owners.get(ip) == n {
+				out.owners.del(ip)
 				for _, o := range out.Interfaces {
 					if slices.Contains(o.IPs, ip) {
-						out.owners[ip] = o
+						out.owners.set(ip, o)
 						break
 					}
 				}
@@ -90,8 +90,8 @@ func (p *Policy) With(m *config.Model, up []*config.NIC, down []string) (*Policy
 	}
 	for _, n := range added {
 		for _, ip := range n.IPs {
-			if o := out.owners[ip]; o == nil || n.Name < o.Name {
-				out.owners[ip] = n
+			if o := out.owners.get(ip); o == nil || n.Name < o.Name {
+				out.owners.set(ip, n)
 			}
 		}
 	}

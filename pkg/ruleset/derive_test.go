@@ -73,14 +73,14 @@ func samePolicy(a, b *Policy) bool {
 	}
 	owners := func(p *Policy) map[string]string {
 		out := map[string]string{}
-		for a, n := range p.owners {
+		for a, n := range p.owners.all() {
 			out[a.String()] = n.Name
 		}
 		return out
 	}
 	names := func(p *Policy) []string {
 		var out []string
-		for name, n := range p.byName {
+		for name, n := range p.byName.all() {
 			if p.Interface(name) == n {
 				out = append(out, name)
 			}

@@ -40,8 +40,8 @@ type Policy struct {
 	// backend holds only the sets its rules use.
 	Sets map[string]*Set
 
-	byName map[string]*Interface
-	owners map[netip.Addr]*Interface
+	byName *index[string]
+	owners *index[netip.Addr]
 }
 
 // Host holds the host-wide settings (vmfw.toml) that shape the ruleset.
@@ -240,12 +240,12 @@ type Set struct {
 }
 
 // Interface returns the attached interface called name, or nil.
-func (p *Policy) Interface(name string) *Interface { return p.byName[name] }
+func (p *Policy) Interface(name string) *Interface { return p.byName.get(name) }
 
 // Owner returns the attached interface that lists a among its ips, the
 // one first by name if several do (the configuration forbids it; an
 // attachment record can race an edit), or nil.
-func (p *Policy) Owner(a netip.Addr) *Interface { return p.owners[a] }
+func (p *Policy) Owner(a netip.Addr) *Interface { return p.owners.get(a) }
 
 // Compile builds the policy of m for the attached interfaces, which are
 // also the members of the groups they list, so a stopped VM's addresses
@@ -263,8 +263,8 @@ func Compile(m *config.Model, attached []*config.NIC) (*Policy, error) {
 		Groups:  map[string]*Group{},
 		Members: map[string]*Members{},
 		Sets:    map[string]*Set{},
-		byName:  make(map[string]*Interface, len(attached)),
-		owners:  map[netip.Addr]*Interface{},
+		byName:  newIndex[string](len(attached)),
+		owners:  newIndex[netip.Addr](len(attached)),
 	}
 	sorted := slices.Clone(attached)
 	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Tap < sorted[j].Tap })
@@ -279,10 +279,10 @@ func Compile(m *config.Model, attached []*config.NIC) (*Policy, error) {
 		}
 		iface := compileInterface(n)
 		p.Interfaces = append(p.Interfaces, iface)
-		p.byName[iface.Name] = iface
+		p.byName.set(iface.Name, iface)
 		for _, ip := range iface.IPs {
-			if p.owners[ip] == nil {
-				p.owners[ip] = iface
+			if p.owners.get(ip) == nil {
+				p.owners.set(ip, iface)
 			}
 		}
 		if iface.Enabled {
