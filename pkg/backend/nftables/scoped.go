@@ -303,7 +303,19 @@ func (b *Backend) planScoped(st *state, want *ruleset.Policy, hint *backend.Hint
 		}
 	}
 	defs := layout.SetDefs(want)
-	if st.full {
+	switch {
+	case st.remembered && settingsAsWas(st.obs, elementsOf(hint.Was, sc), sc.ifaces) == "":
+		// The agent's memory of its own last change: the fingerprints
+		// say the hinted interfaces hold hint.Was's elements, which
+		// spares reading through the 5000 elements of each set keyed by
+		// an interface and an address or MAC for theirs (0.5 ms of an
+		// ifup at 5000 taps). Nothing has committed since the memory was
+		// made (the generation says so); what only the elements would
+		// show, an element keyed by the interface that the tables held
+		// when the agent last read them and no layout has, is drift,
+		// which the drift check finds and repair removes.
+		h.was = elementsOf(hint.Was, sc)
+	case st.full:
 		if why := installedAsWas(h, sc, defs[layout.Bridge]); why != "" {
 			trace.Printf("full plan: %s", why)
 			return nil, nil
