@@ -3,6 +3,7 @@ package ruleset
 import (
 	"fmt"
 	"math/rand"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -100,11 +101,8 @@ func TestDeriveMatchesCompile(t *testing.T) {
 		r := rand.New(rand.NewSource(seed))
 		files := deriveFiles(r, 0)
 		m := load(t, files)
-		var all []*config.NIC
-		for _, vm := range m.VMs {
-			all = append(all, vm.NICs...)
-		}
-		sort.Slice(all, func(i, j int) bool { return all[i].Tap < all[j].Tap })
+		withRemote(m)
+		all := nicsWithRecords(m)
 		attached := map[string]bool{}
 		p, err := Compile(m, nil)
 		if err != nil {
@@ -135,15 +133,13 @@ func TestDeriveMatchesCompile(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
+				withRemote(m2)
 				if p, err = p.Regroup(m2, groups); err != nil {
 					t.Fatal(err)
 				}
 				m, files, what = m2, edited, fmt.Sprintf("edit of %v", groups)
-				all = nil
-				for _, vm := range m.VMs {
-					all = append(all, vm.NICs...)
-				}
-				sort.Slice(all, func(i, j int) bool { return all[i].Tap < all[j].Tap })
+				withRemote(m)
+				all = nicsWithRecords(m)
 			} else {
 				var up []*config.NIC
 				var down []string
@@ -191,6 +187,35 @@ func TestDeriveMatchesCompile(t *testing.T) {
 			}
 		}
 	}
+}
+
+// withRemote gives m remote members (a cluster's other hosts' VMs) of
+// two groups, one of them an address a local interface lists too.
+func withRemote(m *config.Model) {
+	m.RemoteMembers = map[string][]netip.Addr{
+		"a": {netip.MustParseAddr("192.0.2.200"), netip.MustParseAddr("192.0.2.200").Prev()},
+		"b": {netip.MustParseAddr("198.51.100.7")},
+	}
+	// deriveFiles numbers addresses id*2+k: 192.0.2.200 is VM 100's
+	// net0, which a remote member of a shares.
+}
+
+// nicsWithRecords returns m's interfaces and, like attachment records
+// racing an edit, copies of three of them under other names: interfaces
+// that list an address another interface lists too. The same three after
+// a group edit, as a record resolves to the same VM's settings.
+func nicsWithRecords(m *config.Model) []*config.NIC {
+	var all []*config.NIC
+	for _, vm := range m.VMs {
+		all = append(all, vm.NICs...)
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].Tap < all[j].Tap })
+	for i := range 3 {
+		c := *all[(1+3*i)%len(all)]
+		c.Tap = fmt.Sprintf("rec%d", i)
+		all = append(all, &c)
+	}
+	return all
 }
 
 func dedupeNICs(l []*config.NIC) []*config.NIC {
