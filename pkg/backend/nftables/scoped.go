@@ -296,15 +296,23 @@ func (b *Backend) planScoped(st *state, want *ruleset.Policy, hint *backend.Hint
 		trace.Printf("full plan: %s", why)
 		return nil, nil
 	}
-	if !st.full {
-		if why := settingsAsWas(st.obs, h.was, sc.ifaces); why != "" {
-			trace.Printf("full plan: %s", why)
-			return nil, nil
-		}
+	// Each hinted interface must be installed with the settings hint.Was
+	// gives it, which its fingerprint in the ports set tells (a narrow
+	// read has nothing else of it): after an edit not applied, hint.Was
+	// has the edit's, and a plan from them would leave the elements of
+	// the settings installed and miss their addresses in member sets and
+	// vm4/vm6 (TestScopedMatchesFull).
+	was := h.was
+	if was == nil {
+		was = elementsOf(hint.Was, sc)
+	}
+	if why := settingsAsWas(st.obs, was, sc.ifaces); why != "" {
+		trace.Printf("full plan: %s", why)
+		return nil, nil
 	}
 	defs := layout.SetDefs(want)
 	switch {
-	case st.remembered && settingsAsWas(st.obs, elementsOf(hint.Was, sc), sc.ifaces) == "":
+	case st.remembered:
 		// The agent's memory of its own last change: the fingerprints
 		// say the hinted interfaces hold hint.Was's elements, which
 		// spares reading through the 5000 elements of each set keyed by
@@ -314,7 +322,7 @@ func (b *Backend) planScoped(st *state, want *ruleset.Policy, hint *backend.Hint
 		// show, an element keyed by the interface that the tables held
 		// when the agent last read them and no layout has, is drift,
 		// which the drift check finds and repair removes.
-		h.was = elementsOf(hint.Was, sc)
+		h.was = was
 	case st.full:
 		if why := installedAsWas(h, sc, defs[layout.Bridge]); why != "" {
 			trace.Printf("full plan: %s", why)

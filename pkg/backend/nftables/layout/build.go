@@ -726,27 +726,34 @@ func MemberSetDef(group string, f ruleset.Family) *Set {
 // its addresses in the inet table's vm4 and vm6, which another interface
 // may list too. Its addresses in its groups' member sets are not among
 // them: the members come from p.Members, with the remote ones. Its
-// element of the ports set carries the fingerprint of the others
-// (SettingsComment).
+// element of the ports set carries the fingerprint of the others and of
+// its groups (SettingsComment).
 func InterfaceElements(p *ruleset.Policy, n *ruleset.Interface) []Placed {
 	out := interfaceElements(p, n)
 	for i := range out {
 		if out[i].Set == SetPorts {
-			out[i].Element.Comment = SettingsComment(out)
+			out[i].Element.Comment = SettingsComment(out, n.Groups)
 		}
 	}
 	return out
 }
 
 // SettingsComment is the comment of an interface's element of the ports
-// set: a fingerprint of its other elements. A plan from a hint, which
-// reads the ports set but not the other elements, compares it with the
-// fingerprint of the interface as the hint says it is installed: an
-// interface whose settings were edited since (a VM file changed and not
-// applied) does not match, and its elements are read in full instead of
-// being taken from the hint (docs/nftables.md "Plans from a hint").
-func SettingsComment(elements []Placed) string {
+// set: a fingerprint of its other elements and of the groups whose member
+// sets hold its addresses (a disabled interface's groups are in no
+// element, and its addresses are members all the same). A plan from a
+// hint, which does not read the other elements or the member sets,
+// compares it with the fingerprint of the interface as the hint says it
+// is installed: an interface whose settings were edited since (a VM file
+// changed and not applied) does not match, and the plan is made in full
+// (docs/nftables.md "Plans from a hint").
+func SettingsComment(elements []Placed, groups []string) string {
 	b := make([]byte, 0, 64*len(elements))
+	for _, g := range groups {
+		b = append(b, g...)
+		b = append(b, 0)
+	}
+	b = append(b, '\n')
 	for _, pl := range elements {
 		if pl.Set == SetPorts {
 			continue
