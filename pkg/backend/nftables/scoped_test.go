@@ -257,6 +257,28 @@ func scopedRun(t *testing.T, agent bool, seed int64) {
 			return
 		}
 	}
+	// editVM writes VM id's file and loads the configuration; changed
+	// are its attached taps the edit keeps, gone says an attached tap's
+	// interface went with the edit (no longer attached: the engine
+	// removes it by a full change, as any installed interface no longer
+	// configured).
+	editVM := func(id int, text string) (changed []string, gone bool) {
+		before := m.VMs[id].NICs
+		files[fmt.Sprintf("vms/%d.toml", id)] = text
+		writeConfig(t, dir, fmt.Sprintf("vms/%d.toml", id), files)
+		m = load()
+		for _, n := range m.VMs[id].NICs {
+			if attached[n.Tap] {
+				changed = append(changed, n.Tap)
+			}
+		}
+		for _, n := range before {
+			if attached[n.Tap] && m.NIC(n.Tap) == nil {
+				attached[n.Tap], gone = false, true
+			}
+		}
+		return changed, gone
+	}
 	var taps []string
 	for _, vm := range m.VMs {
 		for _, n := range vm.NICs {
@@ -280,25 +302,7 @@ func scopedRun(t *testing.T, agent bool, seed int64) {
 			what = fmt.Sprintf("up/down %v", changed)
 		case n < 14: // a VM edited, its taps brought up again
 			id := 100 + r.Intn(10)
-			before := m.VMs[id].NICs
-			files[fmt.Sprintf("vms/%d.toml", id)] = scopedVM(r, id)
-			writeConfig(t, dir, fmt.Sprintf("vms/%d.toml", id), files)
-			m = load()
-			var changed []string
-			for _, n := range m.VMs[id].NICs {
-				if attached[n.Tap] {
-					changed = append(changed, n.Tap)
-				}
-			}
-			// An attached tap whose interface the edit removed: the
-			// engine removes it by a full change, as it does whenever an
-			// installed interface is no longer configured.
-			gone := false
-			for _, n := range before {
-				if attached[n.Tap] && m.NIC(n.Tap) == nil {
-					attached[n.Tap], gone = false, true
-				}
-			}
+			changed, gone := editVM(id, scopedVM(r, id))
 			if len(changed) == 0 || pending || gone {
 				apply(compile(m), nil)
 				pending = false
@@ -323,16 +327,7 @@ func scopedRun(t *testing.T, agent bool, seed int64) {
 			// (one that deleted elements the tables do not hold would
 			// be refused by the kernel).
 			id := 100 + r.Intn(10)
-			key := fmt.Sprintf("vms/%d.toml", id)
-			files[key] = strippedVM(files[key])
-			writeConfig(t, dir, fmt.Sprintf("vms/%d.toml", id), files)
-			m = load()
-			var changed []string
-			for _, n := range m.VMs[id].NICs {
-				if attached[n.Tap] {
-					changed = append(changed, n.Tap)
-				}
-			}
+			changed, _ := editVM(id, strippedVM(files[fmt.Sprintf("vms/%d.toml", id)]))
 			if len(changed) == 0 || pending {
 				apply(compile(m), nil)
 				pending = false

@@ -4,6 +4,7 @@
 package configtest
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -32,4 +33,21 @@ func Dir(t testing.TB, files map[string]string) string {
 	dir := t.TempDir()
 	Write(t, dir, files)
 	return dir
+}
+
+// Large returns the files of a host with vms VMs (ids from 1000) on 20
+// groups (g00 to g19, each admitting SSH from its own members and HTTP
+// from anyone), each VM one interface with a MAC, an IPv6
+// address and three groups: what benchmarks at thousands of taps load.
+func Large(vms int) map[string]string {
+	files := map[string]string{}
+	for g := range 20 {
+		files[fmt.Sprintf("groups/g%02d.toml", g)] = fmt.Sprintf("[[in]]\nproto = \"tcp\"\ndport = \"22\"\nsource_group = \"g%02d\"\n[[in]]\nproto = \"tcp\"\ndport = \"80,443\"\n", g)
+	}
+	for k := range vms {
+		id := 1000 + k
+		files[fmt.Sprintf("vms/%d.toml", id)] = fmt.Sprintf("[net0]\nmac = \"02:00:00:%02x:%02x:01\"\nips = [\"2001:db8:1::%x\"]\ngroups = [\"g%02d\", \"g%02d\", \"g%02d\"]\n",
+			(id>>8)&0xff, id&0xff, id, k%20, (k+7)%20, (k+13)%20)
+	}
+	return files
 }
