@@ -35,7 +35,7 @@ func installedAfter(names []string, b *nlnft.Batch) []string {
 	if names == nil {
 		return nil
 	}
-	out := names
+	out, copied := names, false
 	for _, tc := range b.Tables {
 		if tc.Family != layout.Bridge {
 			continue
@@ -48,7 +48,9 @@ func installedAfter(names []string, b *nlnft.Batch) []string {
 		if len(del)+len(add) == 0 {
 			continue
 		}
-		out = slices.Clone(names)
+		if !copied {
+			out, copied = slices.Clone(names), true // names is the memory's
+		}
 		// Deleted first, as the kernel does: an element whose comment
 		// changes is deleted and added again.
 		for _, e := range del {
