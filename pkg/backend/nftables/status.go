@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/vmfw/vmfw/pkg/backend"
@@ -113,6 +114,11 @@ func (b *Backend) Status(ctx context.Context, s backend.State, want *ruleset.Pol
 				wanted[k] = true
 				if _, ok := o.Elements[k]; !ok {
 					report(owner(want, e), backend.Drift{Object: obj, Problem: "element " + e.Text() + " missing"})
+				} else if o.Data[k] != e.DataText() {
+					// A verdict map's element jumping elsewhere, or an
+					// interface's fingerprint in the ports set that is not
+					// its settings' (a plan would write it again).
+					report(owner(want, e), backend.Drift{Object: obj, Problem: "element " + e.Text() + " holds " + strconv.Quote(o.Data[k])})
 				}
 			}
 			for _, k := range slices.Sorted(maps.Keys(o.Elements)) {
