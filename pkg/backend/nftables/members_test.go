@@ -51,17 +51,8 @@ func TestPlanSetEdit(t *testing.T) {
 	ctx := context.Background()
 	before := setsPolicy(t, "entries = [\"198.51.100.0/24\", \"2001:db8:1::/48\"]\n")
 	after := setsPolicy(t, "entries = [\"198.51.100.0/24\", \"203.0.113.7\"]\nexcept = [\"198.51.100.0/26\"]\n")
-	k := &fakeKernel{}
-	b, err := New(Options{Kernel: k, Hooks: &fakeHooks{st: &HookState{}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	k.obs = observedOf(layout.Build(before, b.Marks()))
+	b, k := installedBackend(t, before)
 	k.obs.Gen = 7
-	// vmfw's rules in iptables' chains are in place, as after any apply.
-	if err := b.applyHooks(ctx, planHooks(&HookState{}, true, b.Marks().Acc)); err != nil {
-		t.Fatal(err)
-	}
 	st, err := b.Read(ctx, true)
 	if err != nil {
 		t.Fatal(err)
@@ -115,15 +106,7 @@ func TestPlanSetEdit(t *testing.T) {
 func TestStatusAddressSets(t *testing.T) {
 	ctx := context.Background()
 	p := setsPolicy(t, "entries = [\"198.51.100.0/24\", \"2001:db8:1::/48\"]\nexcept = [\"198.51.100.0/26\"]\n")
-	k := &fakeKernel{}
-	b, err := New(Options{Kernel: k, Hooks: &fakeHooks{st: &HookState{}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	k.obs = observedOf(layout.Build(p, b.Marks()))
-	if err := b.applyHooks(ctx, planHooks(&HookState{}, true, b.Marks().Acc)); err != nil {
-		t.Fatal(err)
-	}
+	b, k := installedBackend(t, p)
 	st, err := b.Read(ctx, false)
 	if err != nil {
 		t.Fatal(err)
@@ -180,16 +163,8 @@ func TestPlanSetEditFromConfiguration(t *testing.T) {
 	ctx := context.Background()
 	before := setsPolicy(t, "entries = [\"198.51.100.0/24\", \"2001:db8:1::/48\"]\n")
 	after := setsPolicy(t, "entries = [\"198.51.100.0/24\", \"203.0.113.7\"]\nexcept = [\"198.51.100.0/26\"]\n")
-	k := &fakeKernel{}
-	b, err := New(Options{Kernel: k, Hooks: &fakeHooks{st: &HookState{}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	k.obs = observedOf(layout.Build(before, b.Marks()))
+	b, k := installedBackend(t, before)
 	k.obs.Gen = 7
-	if err := b.applyHooks(ctx, planHooks(&HookState{}, true, b.Marks().Acc)); err != nil {
-		t.Fatal(err)
-	}
 	// A full plan finds the tables as wanted: the sets are held as
 	// before at generation 7, which Mark remembers.
 	st, err := b.Read(ctx, false)

@@ -96,6 +96,23 @@ func (h *fakeHooks) Change(_ context.Context, del map[HookChain][]string, insert
 	return nil
 }
 
+// installedBackend returns a backend on a simulated kernel that holds
+// p's layout, with vmfw's rules in iptables' chains in place, as after
+// any apply.
+func installedBackend(t *testing.T, p *ruleset.Policy) (*Backend, *fakeKernel) {
+	t.Helper()
+	k := &fakeKernel{}
+	b, err := New(Options{Kernel: k, Hooks: &fakeHooks{st: &HookState{}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.obs = observedOf(layout.Build(p, b.Marks()))
+	if err := b.applyHooks(context.Background(), planHooks(&HookState{}, true, b.Marks().Acc)); err != nil {
+		t.Fatal(err)
+	}
+	return b, k
+}
+
 func referencePolicy(t *testing.T) *ruleset.Policy {
 	t.Helper()
 	m, err := config.Load("../../../conf/examples/reference")
@@ -178,16 +195,7 @@ func TestPlanFromHint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	k := &fakeKernel{}
-	b, err := New(Options{Kernel: k, Hooks: &fakeHooks{st: &HookState{}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	k.obs = observedOf(layout.Build(wasPolicy, b.Marks()))
-	// vmfw's rules in iptables' chains are in place, as after any apply.
-	if err := b.applyHooks(ctx, planHooks(&HookState{}, true, b.Marks().Acc)); err != nil {
-		t.Fatal(err)
-	}
+	b, k := installedBackend(t, wasPolicy)
 	narrow := &state{obs: k.obs.Clone()}
 	hint := &backend.Hint{Was: wasPolicy, Interfaces: []string{all.Interfaces[0].Name}}
 	hinted, err := b.Plan(ctx, narrow, all, hint)

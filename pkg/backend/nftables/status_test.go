@@ -14,14 +14,7 @@ import (
 func TestStatusElementData(t *testing.T) {
 	ctx := context.Background()
 	p := setsPolicy(t, "entries = [\"198.51.100.0/24\"]\n")
-	k := &fakeKernel{}
-	b, err := New(Options{Kernel: k, Hooks: &fakeHooks{st: &HookState{}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.applyHooks(ctx, planHooks(&HookState{}, true, b.Marks().Acc)); err != nil {
-		t.Fatal(err)
-	}
+	b, k := installedBackend(t, p)
 	key := string(layout.Ifname("tap110i0").Bytes)
 	for _, c := range []struct{ set, data string }{
 		{layout.SetPorts, `comment "vmfw:settings 0000000000000000"`},
