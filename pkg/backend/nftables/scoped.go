@@ -63,6 +63,9 @@ type scope struct {
 	memberGroups map[string]bool
 	addrs        []netip.Addr
 	allMembers   bool
+	// wasEls and wantEls are the hinted interfaces' elements as was and
+	// want lay them out, made once for every check and table compared.
+	wasEls, wantEls *elements
 }
 
 // newScope returns the scope of hint; nil when the hint says nothing a
@@ -119,6 +122,7 @@ func newScope(want *ruleset.Policy, hint *backend.Hint) *scope {
 			sc.memberGroups[g] = true
 		}
 	}
+	sc.wasEls, sc.wantEls = elementsOf(sc.was, sc), elementsOf(want, sc)
 	return sc
 }
 
@@ -290,7 +294,7 @@ func (b *Backend) planScoped(st *state, want *ruleset.Policy, hint *backend.Hint
 		if obs.Gen != st.obs.Gen {
 			return nil, nil // something committed between the two reads
 		}
-		h = &holding{obs: obs, was: elementsOf(hint.Was, sc)}
+		h = &holding{obs: obs, was: sc.wasEls}
 	}
 	if why := b.outOfScope(h, static, sc, !st.full); why != "" {
 		trace.Printf("full plan: %s", why)
@@ -302,11 +306,7 @@ func (b *Backend) planScoped(st *state, want *ruleset.Policy, hint *backend.Hint
 	// has the edit's, and a plan from them would leave the elements of
 	// the settings installed and miss their addresses in member sets and
 	// vm4/vm6 (TestScopedMatchesFull).
-	was := h.was
-	if was == nil {
-		was = elementsOf(hint.Was, sc)
-	}
-	if why := settingsAsWas(st.obs, was, sc.ifaces); why != "" {
+	if why := settingsAsWas(st.obs, sc.wasEls, sc.ifaces); why != "" {
 		trace.Printf("full plan: %s", why)
 		return nil, nil
 	}
@@ -322,7 +322,7 @@ func (b *Backend) planScoped(st *state, want *ruleset.Policy, hint *backend.Hint
 		// show, an element keyed by the interface that the tables held
 		// when the agent last read them and no layout has, is drift,
 		// which the drift check finds and repair removes.
-		h.was = was
+		h.was = sc.wasEls
 	case st.full:
 		if why := installedAsWas(h, sc, defs[layout.Bridge]); why != "" {
 			trace.Printf("full plan: %s", why)
@@ -408,7 +408,7 @@ func (b *Backend) outOfScope(h *holding, static *layout.Ruleset, sc *scope, narr
 // it did not look at, such as the chain of a group list the interface
 // used under a configuration since edited.
 func installedAsWas(h *holding, sc *scope, defs map[string]*layout.Set) string {
-	was := elementsOf(sc.was, sc)
+	was := sc.wasEls
 	br := h.obs.Tables[layout.Bridge]
 	for _, name := range sc.ifaces {
 		key := string(layout.Ifname(name).Bytes)
@@ -506,7 +506,7 @@ func (b *Backend) diffScope(f layout.Family, h *holding, sc *scope, defs map[str
 	}
 	setName := func(s string) string { return string(f) + "/" + s }
 	have := h.obs.Tables[f]
-	wantEls := elementsOf(sc.want, sc)
+	wantEls := sc.wantEls
 	skip := map[string]bool{} // sets created or deleted whole
 	if f == layout.Bridge {
 		for _, g := range slices.Sorted(maps.Keys(sc.memberGroups)) {
@@ -541,12 +541,8 @@ func (b *Backend) diffScope(f layout.Family, h *holding, sc *scope, defs map[str
 		keys[set][k] = true
 	}
 	prefix := string(f) + "/"
-	wasEls := h.was
-	if wasEls == nil {
-		wasEls = elementsOf(sc.was, sc)
-	}
 	for _, name := range sc.ifaces {
-		for _, els := range []*elements{wasEls, wantEls} {
+		for _, els := range []*elements{sc.wasEls, wantEls} {
 			for fk := range els.byIface[name] {
 				if rest, ok := strings.CutPrefix(fk, prefix); ok {
 					set, k, _ := strings.Cut(rest, "\x00")
