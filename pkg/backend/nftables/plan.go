@@ -272,13 +272,7 @@ func observedOf(rs *layout.Ruleset) *nlnft.Observed {
 			ot.Chains[c.Name] = &nlnft.ObservedChain{Hook: c.Hook, Hashes: c.Hashes()}
 		}
 		for _, s := range t.Sets {
-			os := &nlnft.ObservedSet{Signature: s.Signature(), Elements: make(map[string]nlnft.Counter, len(s.Elements))}
-			for _, e := range s.Elements {
-				k := string(e.KeyBytes())
-				os.Elements[k] = nlnft.Counter{}
-				os.SetData(k, e.DataText())
-			}
-			ot.Sets[s.Name] = os
+			ot.Sets[s.Name] = nlnft.ObservedSetOf(s)
 		}
 		out.Tables[t.Family] = ot
 	}

@@ -155,6 +155,18 @@ type ObservedSet struct {
 	Data map[string]string
 }
 
+// ObservedSetOf is what a read would see of a set holding s's elements
+// (without counters).
+func ObservedSetOf(s *layout.Set) *ObservedSet {
+	os := &ObservedSet{Signature: s.Signature(), Elements: make(map[string]Counter, len(s.Elements))}
+	for _, e := range s.Elements {
+		k := string(e.KeyBytes())
+		os.Elements[k] = Counter{}
+		os.SetData(k, e.DataText())
+	}
+	return os
+}
+
 // SetData records what the element with key k carries.
 func (s *ObservedSet) SetData(k, data string) {
 	if data == "" {

@@ -32,13 +32,7 @@ func Applied(p *ruleset.Policy) (*nftrace.Kernel, error) {
 		ot := &nlnft.ObservedTable{Chains: map[string]*nlnft.ObservedChain{}, Sets: map[string]*nlnft.ObservedSet{}}
 		anon := map[string]*nlnft.AnonSet{}
 		for _, s := range t.Sets {
-			os := &nlnft.ObservedSet{Signature: s.Signature(), Elements: map[string]nlnft.Counter{}}
-			for _, e := range s.Elements {
-				k := string(e.KeyBytes())
-				os.Elements[k] = nlnft.Counter{}
-				os.SetData(k, e.DataText())
-			}
-			ot.Sets[s.Name] = os
+			ot.Sets[s.Name] = nlnft.ObservedSetOf(s)
 		}
 		for _, c := range t.Chains {
 			oc := &nlnft.ObservedChain{Hook: c.Hook, Hashes: c.Hashes()}
