@@ -450,13 +450,13 @@ func installedAsWas(h *holding, sc *scope, defs map[string]*layout.Set) string {
 }
 
 // settingsAsWas says which hinted interface's element of the ports set
-// (which a narrow read has, with the fingerprint of the interface's
-// other elements as its comment) is not as hint.Was lays it out, "" when
-// none. The narrow read has no other element: those are taken from
-// hint.Was, and an interface whose settings were edited since it was
+// (which every read has, with the fingerprint of the interface's other
+// elements and groups as its comment) is not as hint.Was lays it out, ""
+// when none. A scoped plan takes the elements it does not read from
+// hint.Was, so an interface whose settings were edited since it was
 // installed (a VM file changed and not applied, then an ifdown) must be
-// planned from a full read, or its elements of the settings before the
-// edit would stay.
+// planned in full, or its elements of the settings before the edit would
+// stay.
 func settingsAsWas(obs *nlnft.Observed, was *elements, ifaces []string) string {
 	var ports *nlnft.ObservedSet
 	if t := obs.Tables[layout.Bridge]; t != nil {
