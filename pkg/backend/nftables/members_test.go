@@ -104,17 +104,9 @@ func TestPlanSetEdit(t *testing.T) {
 // in the kernel and names what differs as the set's drift, not an
 // interface's.
 func TestStatusAddressSets(t *testing.T) {
-	ctx := context.Background()
 	p := setsPolicy(t, "entries = [\"198.51.100.0/24\", \"2001:db8:1::/48\"]\nexcept = [\"198.51.100.0/26\"]\n")
 	b, k := installedBackend(t, p)
-	st, err := b.Read(ctx, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := b.Status(ctx, st, p)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := statusOf(t, b, p)
 	ss := s.Sets["partners"]
 	if ss == nil || ss.Members["ipv4"] != 2 || ss.Members["ipv6"] != 1 || len(ss.Drifted) > 0 || len(s.BaseDrifted) > 0 {
 		t.Fatalf("status of set partners: %+v (base drift %v), want 2 IPv4 and 1 IPv6 prefixes in sync", ss, s.BaseDrifted)
@@ -124,13 +116,7 @@ func TestStatusAddressSets(t *testing.T) {
 		delete(v4.Elements, key)
 		break
 	}
-	if st, err = b.Read(ctx, false); err != nil {
-		t.Fatal(err)
-	}
-	s, err = b.Status(ctx, st, p)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s = statusOf(t, b, p)
 	if ss := s.Sets["partners"]; ss == nil || ss.Members["ipv4"] != 1 || len(ss.Drifted) != 1 || len(s.Interfaces["tap110i0"].Drifted) > 0 {
 		t.Errorf("with a prefix deleted: set %+v, tap drift %v", ss, s.Interfaces["tap110i0"].Drifted)
 	}
