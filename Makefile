@@ -11,10 +11,11 @@ LDFLAGS := -X github.com/vmfw/vmfw/pkg/cli.Version=$(VERSION)
 export PATH := /usr/local/go/bin:$(HOME)/go/bin:$(PATH)
 
 # Debian packages the tests and the demo run: the firewall tools in both
-# backends, network namespaces, real clients (QEMU) and probes, and etcd
+# backends and nft (the nftables backend's bench, crash harness and
+# operators' view), network namespaces, real clients (QEMU) and probes, and etcd
 # (server and etcdctl) for cluster mode.
-DEB_PACKAGES := iptables ipset iproute2 ebtables arptables conntrack qemu-system-x86 iperf3 arping iputils-ping procps kmod etcd-server etcd-client
-DEB_COMMANDS := iptables-legacy iptables-nft ipset ip ebtables conntrack qemu-system-x86_64 iperf3 arping ping sysctl etcd etcdctl
+DEB_PACKAGES := iptables nftables ipset iproute2 ebtables arptables conntrack qemu-system-x86 iperf3 arping iputils-ping procps kmod etcd-server etcd-client
+DEB_COMMANDS := iptables-legacy iptables-nft nft ipset ip ebtables conntrack qemu-system-x86_64 iperf3 arping ping sysctl etcd etcdctl
 
 .PHONY: all build deps demo test unit integration lint tidy-check fuzz clean
 
