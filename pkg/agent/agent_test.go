@@ -100,6 +100,14 @@ func (ta *testAgent) call(t *testing.T, req wire.Request) *wire.Response {
 	return resp
 }
 
+// ifup brings tap up through the agent and fails the test unless it is.
+func (ta *testAgent) ifup(t *testing.T, tap string) {
+	t.Helper()
+	if r := ta.call(t, wire.Request{Op: Ifup, Tap: tap}); !r.OK {
+		t.Fatal(r.Error)
+	}
+}
+
 // try sends req and returns the answer or why there was none.
 func (ta *testAgent) try(req wire.Request) (*wire.Response, error) {
 	if req.ConfigDir == "" {
@@ -108,19 +116,27 @@ func (ta *testAgent) try(req wire.Request) (*wire.Response, error) {
 	return wire.Call(context.Background(), ta.RunDir, req)
 }
 
+// holdFirstApply makes the next write to be wait until release is called,
+// so that requests queue behind it; held receives when that write waits.
+// Later writes go through.
+func holdFirstApply(be *backend.Fake) (held <-chan struct{}, release func()) {
+	hold, waiting := make(chan struct{}), make(chan struct{}, 1)
+	be.BeforeApply = func() {
+		select {
+		case waiting <- struct{}{}:
+			<-hold // only the first write waits
+		default:
+		}
+	}
+	return waiting, func() { close(hold) }
+}
+
 // TestAgentBatchesQueuedRequests: the requests that arrive while the agent
 // applies one are applied together, in one plan and one write.
 func TestAgentBatchesQueuedRequests(t *testing.T) {
 	be := &backend.Fake{}
 	ta := startAgent(t, be)
-	hold, held := make(chan struct{}), make(chan struct{}, 1)
-	be.BeforeApply = func() {
-		select {
-		case held <- struct{}{}:
-			<-hold // only the first write waits
-		default:
-		}
-	}
+	held, release := holdFirstApply(be)
 	var wg sync.WaitGroup
 	responses := make([]*wire.Response, 6)
 	wg.Go(func() { responses[0] = ta.call(t, wire.Request{Op: Ifup, Tap: "tap101i0"}) })
@@ -131,7 +147,7 @@ func TestAgentBatchesQueuedRequests(t *testing.T) {
 	}
 	// The five wait for the first write; once they are queued, let it go.
 	waitFor(t, "five queued requests", func() bool { return queuedRequests(ta.Agent) == 5 })
-	close(hold)
+	release()
 	wg.Wait()
 	for i, r := range responses {
 		if !r.OK {
@@ -154,17 +170,8 @@ func TestAgentBatchesQueuedRequests(t *testing.T) {
 func TestAgentLastRequestWins(t *testing.T) {
 	be := &backend.Fake{}
 	ta := startAgent(t, be)
-	if r := ta.call(t, wire.Request{Op: Ifup, Tap: "tap102i0"}); !r.OK {
-		t.Fatal(r.Error)
-	}
-	hold, held := make(chan struct{}), make(chan struct{}, 1)
-	be.BeforeApply = func() {
-		select {
-		case held <- struct{}{}:
-			<-hold
-		default:
-		}
-	}
+	ta.ifup(t, "tap102i0")
+	held, release := holdFirstApply(be)
 	var wg sync.WaitGroup
 	wg.Go(func() { ta.call(t, wire.Request{Op: Ifup, Tap: "tap103i0"}) })
 	<-held
@@ -173,7 +180,7 @@ func TestAgentLastRequestWins(t *testing.T) {
 	waitFor(t, "the ifup queued", func() bool { return queuedRequests(ta.Agent) == 1 })
 	wg.Go(func() { down = ta.call(t, wire.Request{Op: Ifdown, Tap: "tap101i0"}) })
 	waitFor(t, "the ifdown queued", func() bool { return queuedRequests(ta.Agent) == 2 })
-	close(hold)
+	release()
 	wg.Wait()
 	if !up.OK || !down.OK || up.Batch != 2 {
 		t.Errorf("ifup %+v, ifdown %+v: want both OK in one batch of 2", up, down)
@@ -233,9 +240,7 @@ func TestAgentRetriesStalePlan(t *testing.T) {
 func TestAgentAppliesGroupEditsByHint(t *testing.T) {
 	be := &backend.Fake{}
 	ta := startAgent(t, be)
-	if r := ta.call(t, wire.Request{Op: Ifup, Tap: "tap101i0"}); !r.OK {
-		t.Fatal(r.Error)
-	}
+	ta.ifup(t, "tap101i0")
 	configtest.Write(t, ta.config, map[string]string{"groups/web.toml": "[[in]]\nproto = \"tcp\"\ndport = \"443\"\n\n[[in]]\nproto = \"tcp\"\ndport = \"80\"\n"})
 	waitFor(t, "the edit applied", func() bool { return strings.Contains(be.Dump(), "group web in=2") })
 	be.Hints = be.Hints[:0:0]
@@ -263,9 +268,7 @@ func TestAgentAppliesSetEditsAsMembers(t *testing.T) {
 	be := &backend.Fake{}
 	ta := startAgent(t, be)
 	configtest.Write(t, ta.config, map[string]string{"groups/web.toml": "[[in]]\nsource_set = \"blocked\"\naction = \"drop\"\n"})
-	if r := ta.call(t, wire.Request{Op: Ifup, Tap: "tap101i0"}); !r.OK {
-		t.Fatal(r.Error)
-	}
+	ta.ifup(t, "tap101i0")
 	waitFor(t, "the set installed", func() bool { return strings.Contains(be.Dump(), "set blocked [198.51.100.0/24] []") })
 	be.Hints = be.Hints[:0:0]
 	applies := be.Applies

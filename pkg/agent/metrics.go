@@ -67,49 +67,39 @@ func (h *histogram) write(w io.Writer, name, help string) {
 	fmt.Fprintf(w, "%s_bucket{le=\"+Inf\"} %d\n%s_sum %g\n%s_count %d\n", name, h.n, name, h.sum, name, h.n)
 }
 
-func (m *Metrics) applied(took time.Duration, err error) {
+// update runs f with m locked; on a nil m it does nothing.
+func (m *Metrics) update(f func()) {
 	if m == nil {
 		return
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.applyDuration.observe(took.Seconds())
-	if err != nil {
-		m.appliesFailed++
-		return
-	}
-	m.appliesOK++
-	m.lastSuccess = time.Now()
+	f()
+}
+
+func (m *Metrics) applied(took time.Duration, err error) {
+	m.update(func() {
+		m.applyDuration.observe(took.Seconds())
+		if err != nil {
+			m.appliesFailed++
+			return
+		}
+		m.appliesOK++
+		m.lastSuccess = time.Now()
+	})
 }
 
 func (m *Metrics) batch(size int, took time.Duration, err error) {
-	if m == nil {
-		return
-	}
 	m.applied(took, err)
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.batchSize.observe(float64(size))
-	m.requestsBatched += uint64(size)
+	m.update(func() {
+		m.batchSize.observe(float64(size))
+		m.requestsBatched += uint64(size)
+	})
 }
 
-func (m *Metrics) driftRepaired() {
-	if m == nil {
-		return
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.driftRepairs++
-}
+func (m *Metrics) driftRepaired() { m.update(func() { m.driftRepairs++ }) }
 
-func (m *Metrics) configError() {
-	if m == nil {
-		return
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.configErrors++
-}
+func (m *Metrics) configError() { m.update(func() { m.configErrors++ }) }
 
 // WriteTo writes the agent's own metrics.
 func (m *Metrics) WriteTo(w io.Writer) (int64, error) {

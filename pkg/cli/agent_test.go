@@ -21,6 +21,7 @@ import (
 	"github.com/vmfw/vmfw/pkg/cluster"
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/leaktest"
+	"github.com/vmfw/vmfw/pkg/syncbuf"
 )
 
 // netnsParent, set in a copy of the test binary, is the network namespace
@@ -77,24 +78,6 @@ func netnsInode() (string, error) {
 	return fmt.Sprint(st.Ino), nil
 }
 
-// lockedBuffer is a bytes.Buffer the agent's goroutines may write to.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // notifications listens where the agent sends systemd's notifications
 // (NOTIFY_SOCKET) and returns a function that reads the next one.
 func notifications(t *testing.T) (next func() string) {
@@ -124,7 +107,7 @@ type agentRun struct {
 	cancel context.CancelFunc
 	done   sync.WaitGroup
 	code   int
-	log    lockedBuffer
+	log    syncbuf.Buffer
 }
 
 // startAgent runs vmfw agent on configDir until stop.

@@ -25,6 +25,7 @@ import (
 
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/config/configtest"
+	"github.com/vmfw/vmfw/pkg/syncbuf"
 )
 
 // startEtcd starts an etcd server (Debian's etcd-server) listening on
@@ -48,7 +49,7 @@ func startEtcd(t *testing.T, args ...string) *clientv3.Client {
 	cmd := exec.Command("etcd", append([]string{"--name", "test", "--data-dir", filepath.Join(t.TempDir(), "etcd"),
 		"--listen-client-urls", client, "--advertise-client-urls", client,
 		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", "test=" + peer}, args...)...)
-	var out syncBuffer
+	var out syncbuf.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -79,24 +80,6 @@ func startEtcd(t *testing.T, args ...string) *clientv3.Client {
 	}
 	t.Cleanup(func() { cli.Close() })
 	return cli
-}
-
-// syncBuffer is a bytes.Buffer that etcd's output and the test share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // randomSet returns a set file of n distinct random IPv6 addresses: what

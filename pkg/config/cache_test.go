@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"reflect"
 	"testing"
+
+	"github.com/vmfw/vmfw/pkg/config/configtest"
 )
 
 // TestCacheMatchesLoad edits a configuration directory at random —
@@ -69,7 +71,7 @@ func TestCacheMatchesLoad(t *testing.T) {
 	for id := 1; id <= 20; id++ {
 		files[fmt.Sprintf("vms/%d.toml", id)] = fmt.Sprintf("[net0]\nips = [\"198.51.100.%d\"]\ngroups = [\"web\"]\n", id)
 	}
-	dir := testDir(t, files)
+	dir := configtest.Dir(t, files)
 	outside := filepath.Join(dir, "shared")
 	if err := os.MkdirAll(outside, 0o755); err != nil {
 		t.Fatal(err)
@@ -79,6 +81,14 @@ func TestCacheMatchesLoad(t *testing.T) {
 		os.Remove(path)
 		if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
 			t.Fatal(err)
+		}
+	}
+	// change removes rel one time in oneIn, else writes it anew.
+	change := func(rel string, oneIn int, text func() string) {
+		if rng.Intn(oneIn) == 0 {
+			os.Remove(filepath.Join(dir, rel))
+		} else {
+			write(rel, text())
 		}
 	}
 	var c Cache
@@ -114,27 +124,15 @@ func TestCacheMatchesLoad(t *testing.T) {
 			case k == 10:
 				s := setNames[rng.Intn(len(setNames))]
 				rel = "sets/" + s + ".toml"
-				if rng.Intn(4) == 0 {
-					os.Remove(filepath.Join(dir, rel))
-				} else {
-					write(rel, setText())
-				}
+				change(rel, 4, setText)
 			case k < 5:
 				id := 1 + rng.Intn(25)
 				rel = fmt.Sprintf("vms/%d.toml", id)
-				if rng.Intn(8) == 0 {
-					os.Remove(filepath.Join(dir, rel))
-				} else {
-					write(rel, vmText(id))
-				}
+				change(rel, 8, func() string { return vmText(id) })
 			case k < 8:
 				g := groupNames[rng.Intn(len(groupNames))]
 				rel = "groups/" + g + ".toml"
-				if rng.Intn(6) == 0 {
-					os.Remove(filepath.Join(dir, rel))
-				} else {
-					write(rel, groupText())
-				}
+				change(rel, 6, groupText)
 			case k == 8:
 				// A symlink to a file that changes later without an event
 				// naming the link.
@@ -194,7 +192,7 @@ func TestCacheMatchesLoad(t *testing.T) {
 // behind its back (which inotify would have reported) keeps its old
 // content until it is named.
 func TestCacheParsesOnlyChangedFiles(t *testing.T) {
-	dir := testDir(t, map[string]string{
+	dir := configtest.Dir(t, map[string]string{
 		"groups/web.toml": "[[in]]\nproto = \"tcp\"\ndport = \"80\"\n",
 		"vms/1.toml":      "[net0]\ngroups = [\"web\"]\n",
 	})
@@ -225,7 +223,7 @@ func TestCacheParsesOnlyChangedFiles(t *testing.T) {
 // named as changed, whatever else changes; a set added, removed or
 // broken is seen as a full load sees it.
 func TestCacheKeepsSets(t *testing.T) {
-	dir := testDir(t, map[string]string{
+	dir := configtest.Dir(t, map[string]string{
 		"sets/bl.toml":    "entries = [\"192.0.2.0/24\"]\n",
 		"groups/web.toml": "[[in]]\n",
 	})
@@ -276,7 +274,7 @@ func TestCacheKeepsSets(t *testing.T) {
 // after it is full; a new group file, a file named that is not a group,
 // and a last load that met a symlink each make the load a full one.
 func TestCacheReloadsGroupsAlone(t *testing.T) {
-	dir := testDir(t, map[string]string{
+	dir := configtest.Dir(t, map[string]string{
 		"groups/web.toml": "[[in]]\nproto = \"tcp\"\ndport = \"80\"\n",
 		"groups/ssh.toml": "[[in]]\nproto = \"tcp\"\ndport = \"22\"\n",
 		"vms/1.toml":      "[net0]\nips = [\"192.0.2.1\"]\ngroups = [\"web\"]\n",

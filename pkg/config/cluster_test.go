@@ -3,10 +3,12 @@ package config
 import (
 	"testing"
 	"time"
+
+	"github.com/vmfw/vmfw/pkg/config/configtest"
 )
 
 func TestClusterTable(t *testing.T) {
-	dir := testDir(t, map[string]string{"vmfw.toml": `
+	dir := configtest.Dir(t, map[string]string{"vmfw.toml": `
 [cluster]
 endpoints = ["https://192.0.2.10:2379", "http://[2001:db8::10]:2379"]
 ca_file = "/etc/vmfw/etcd-ca.pem"
@@ -28,10 +30,10 @@ cache_dir = "/var/cache/vmfw/"
 	if err != nil || h.Cluster == nil || h.Cluster.Host != "pve1" {
 		t.Fatalf("LoadHost: %+v, %v", h, err)
 	}
-	if m := mustLoad(t, testDir(t, map[string]string{"vmfw.toml": "repair_interval = \"5s\"\n"})); m.Host.Cluster != nil {
+	if m := mustLoad(t, configtest.Dir(t, map[string]string{"vmfw.toml": "repair_interval = \"5s\"\n"})); m.Host.Cluster != nil {
 		t.Fatalf("no [cluster] table, got %+v", m.Host.Cluster)
 	}
-	d := mustLoad(t, testDir(t, map[string]string{"vmfw.toml": "[cluster]\nendpoints = [\"http://192.0.2.10:2379\"]\nhost = \"a\"\n"})).Host.Cluster
+	d := mustLoad(t, configtest.Dir(t, map[string]string{"vmfw.toml": "[cluster]\nendpoints = [\"http://192.0.2.10:2379\"]\nhost = \"a\"\n"})).Host.Cluster
 	if d.LeaseTTL != DefaultClusterLeaseTTL || d.CacheDir != DefaultClusterCacheDir || d.Prefix != "/vmfw/" {
 		t.Fatalf("defaults: %+v", d)
 	}
@@ -54,7 +56,7 @@ func TestClusterTableErrors(t *testing.T) {
 		{"unknown key", "[cluster]\nendpoints = [\"https://192.0.2.1:2379\"]\nhosts = \"a\"\n", "vmfw.toml:3: ", "cluster keys are"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := Load(testDir(t, map[string]string{"vmfw.toml": tc.toml}))
+			_, err := Load(configtest.Dir(t, map[string]string{"vmfw.toml": tc.toml}))
 			checkError(t, err, tc.prefix, tc.phrase)
 		})
 	}

@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+
+	"github.com/vmfw/vmfw/pkg/config/configtest"
 )
 
 // randomSet returns a valid set of random nested, adjacent and disjoint
@@ -83,21 +85,9 @@ func TestEffectiveEdit(t *testing.T) {
 			case 1:
 				nx = slices.Insert(nx, r.IntN(len(nx)+1), randomPrefix(r))
 			case 2:
-				if len(ne) > 0 {
-					i := r.IntN(len(ne))
-					if r.IntN(2) == 0 {
-						nx = append(nx, ne[i])
-					}
-					ne = slices.Delete(ne, i, i+1)
-				}
+				ne, nx = dropOne(r, ne, nx)
 			case 3:
-				if len(nx) > 0 {
-					i := r.IntN(len(nx))
-					if r.IntN(2) == 0 {
-						ne = append(ne, nx[i])
-					}
-					nx = slices.Delete(nx, i, i+1)
-				}
+				nx, ne = dropOne(r, nx, ne)
 			}
 		}
 		now := randomSet(r, uniq(ne, nil), uniq(nx, ne))
@@ -122,6 +112,20 @@ func TestEffectiveEdit(t *testing.T) {
 	}
 }
 
+// dropOne deletes a random prefix of from, an edit that one time in two
+// moves it to to instead (an entry becomes an except or the other way
+// round), and returns both lists; an empty from is left as it is.
+func dropOne(r *rand.Rand, from, to []netip.Prefix) ([]netip.Prefix, []netip.Prefix) {
+	if len(from) == 0 {
+		return from, to
+	}
+	i := r.IntN(len(from))
+	if r.IntN(2) == 0 {
+		to = append(to, from[i])
+	}
+	return slices.Delete(from, i, i+1), to
+}
+
 // uniq drops repeated prefixes and those in not.
 func uniq(ps, not []netip.Prefix) []netip.Prefix {
 	var out []netip.Prefix
@@ -137,7 +141,7 @@ func uniq(ps, not []netip.Prefix) []netip.Prefix {
 // entry in the middle of a set of 100,000, both families, against
 // BenchmarkSetEffective100000's layout of the whole set.
 func BenchmarkEffectiveEdit100000(b *testing.B) {
-	was := mustLoad(b, testDir(b, map[string]string{"sets/big.toml": bigSet(100000)})).Sets["big"]
+	was := mustLoad(b, configtest.Dir(b, map[string]string{"sets/big.toml": bigSet(100000)})).Sets["big"]
 	now := &Set{Entries: slices.Delete(slices.Clone(was.Entries), 50000, 50001), Except: was.Except}
 	if !now.validate() {
 		b.Fatal("invalid edit")

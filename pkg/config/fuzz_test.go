@@ -11,6 +11,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/pelletier/go-toml/v2/unstable"
+
+	"github.com/vmfw/vmfw/pkg/config/configtest"
 )
 
 // FuzzLoad feeds arbitrary bytes to Load as vmfw.toml, as a set file, as a
@@ -54,7 +56,7 @@ func FuzzLoad(f *testing.F) {
 	targets := []string{"vmfw.toml", "sets/fuzz.toml", "groups/fuzz.toml", "vms/110.toml"}
 	dirs := make([]string, len(targets))
 	for i := range targets {
-		dirs[i] = testDir(f, map[string]string{"groups/web.toml": web, "sets/bl.toml": "entries = [\"192.0.2.0/24\"]\n", targets[i]: ""})
+		dirs[i] = configtest.Dir(f, map[string]string{"groups/web.toml": web, "sets/bl.toml": "entries = [\"192.0.2.0/24\"]\n", targets[i]: ""})
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		checkScanSet(t, data)

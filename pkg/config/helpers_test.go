@@ -2,32 +2,11 @@ package config
 
 import (
 	"errors"
-	"os"
-	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
 	"testing"
 )
-
-// testDir writes files (paths relative to the directory, slash-separated)
-// into a new temporary directory and returns it. It is configtest.Dir,
-// which this package's own tests cannot import: configtest imports
-// config (configtest.Load).
-func testDir(t testing.TB, files map[string]string) string {
-	t.Helper()
-	dir := t.TempDir()
-	for rel, content := range files {
-		path := filepath.Join(dir, filepath.FromSlash(rel))
-		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dir
-}
 
 // mustLoad loads dir and fails the test on any error.
 func mustLoad(t testing.TB, dir string) *Model {

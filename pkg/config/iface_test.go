@@ -2,6 +2,8 @@ package config
 
 import (
 	"testing"
+
+	"github.com/vmfw/vmfw/pkg/config/configtest"
 )
 
 func TestIfaceNameProblem(t *testing.T) {
@@ -42,7 +44,7 @@ func TestParseAntispoof(t *testing.T) {
 // limited to the MAC (AntispoofMACOnly), in a VM file and through
 // ValidateIface alike, and needs a MAC to check.
 func TestAntispoofMACOnly(t *testing.T) {
-	m := mustLoad(t, testDir(t, map[string]string{"vms/110.toml": `[net0]
+	m := mustLoad(t, configtest.Dir(t, map[string]string{"vms/110.toml": `[net0]
 mac = "02:00:00:00:01:10"
 ips = ["192.0.2.10"]
 antispoof = "mac"

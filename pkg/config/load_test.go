@@ -8,6 +8,8 @@ import (
 	"reflect"
 	"testing"
 	"time"
+
+	"github.com/vmfw/vmfw/pkg/config/configtest"
 )
 
 func TestLoadEmptyDirDefaults(t *testing.T) {
@@ -22,7 +24,7 @@ func TestLoadEmptyDirDefaults(t *testing.T) {
 }
 
 func TestLoadDefaults(t *testing.T) {
-	dir := testDir(t, map[string]string{
+	dir := configtest.Dir(t, map[string]string{
 		"vmfw.toml":       "\xef\xbb\xbf# a byte order mark is ignored\n",
 		"groups/any.toml": "[[in]]\n[[out]]\n",
 		"vms/7.toml":      "[net0]\n",
@@ -48,7 +50,7 @@ func TestLoadDefaults(t *testing.T) {
 
 // TestLoadFull loads a configuration using every key and checks the Model.
 func TestLoadFull(t *testing.T) {
-	dir := testDir(t, map[string]string{
+	dir := configtest.Dir(t, map[string]string{
 		"vmfw.toml": `managed = ["tap+", "veth.vm+", "fwpr1"]
 mark = "0x00200000"
 log_limit = "5/minute"
@@ -195,7 +197,7 @@ groups = ["web", "admins"]
 // TestLoadSymlinkInside accepts links that stay within the directory, as
 // when groups are shared between names or the directory itself is a link.
 func TestLoadSymlinkInside(t *testing.T) {
-	dir := testDir(t, map[string]string{"shared/web.toml": web})
+	dir := configtest.Dir(t, map[string]string{"shared/web.toml": web})
 	symlink("groups/web.toml", "../shared/web.toml")(t, dir)
 	link := filepath.Join(t.TempDir(), "etc-vmfw")
 	symlink(filepath.Base(link), dir)(t, filepath.Dir(link))
@@ -247,7 +249,7 @@ func TestLoadReference(t *testing.T) {
 // TestLoadManyVMs loads 10,000 VM files, the scale Load must stay linear at.
 func TestLoadManyVMs(t *testing.T) {
 	const n = 10000
-	m := mustLoad(t, testDir(t, manyVMs(n)))
+	m := mustLoad(t, configtest.Dir(t, manyVMs(n)))
 	if len(m.VMs) != n {
 		t.Fatalf("%d VMs, want %d", len(m.VMs), n)
 	}
@@ -258,7 +260,7 @@ func TestLoadManyVMs(t *testing.T) {
 
 // BenchmarkLoad10000 measures a Load of 10,000 VMs, what every ifup pays.
 func BenchmarkLoad10000(b *testing.B) {
-	dir := testDir(b, manyVMs(10000))
+	dir := configtest.Dir(b, manyVMs(10000))
 	b.ResetTimer()
 	for range b.N {
 		if _, err := Load(dir); err != nil {

@@ -2,6 +2,8 @@ package config
 
 import (
 	"testing"
+
+	"github.com/vmfw/vmfw/pkg/config/configtest"
 )
 
 func TestParseLogLevel(t *testing.T) {
@@ -40,7 +42,7 @@ func TestParseLogLevel(t *testing.T) {
 // level; log_in and log_out override log per direction; Log stays what it
 // was (logging or not) so that code reading only it is unchanged.
 func TestLogLevels(t *testing.T) {
-	m := mustLoad(t, testDir(t, map[string]string{
+	m := mustLoad(t, configtest.Dir(t, map[string]string{
 		"groups/web.toml": "[[in]]\nlog = \"info\"\n[[in]]\nlog = true\n[[in]]\nlog = false\n[[in]]\n[[out]]\nlog = \"EMERG\"\n",
 		"vms/1.toml":      "log = true\n",
 		"vms/2.toml":      "log = \"debug\"\nlog_out = false\n",

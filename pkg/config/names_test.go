@@ -2,6 +2,8 @@ package config
 
 import (
 	"testing"
+
+	"github.com/vmfw/vmfw/pkg/config/configtest"
 )
 
 func TestValidGroupName(t *testing.T) {
@@ -21,7 +23,7 @@ func TestValidGroupName(t *testing.T) {
 // wherever a group is named: its file, a VM's groups, source_group and
 // dest_group.
 func TestDashedGroupNames(t *testing.T) {
-	m := mustLoad(t, testDir(t, map[string]string{
+	m := mustLoad(t, configtest.Dir(t, map[string]string{
 		"groups/web-front.toml":  "[[in]]\nsource_group = \"ssh-admins\"\n[[out]]\ndest_group = \"web-front\"\n",
 		"groups/ssh-admins.toml": "",
 		"vms/110.toml":           "[net0]\ngroups = [\"web-front\", \"ssh-admins\"]\n",

@@ -2,42 +2,36 @@ package config
 
 import (
 	"fmt"
-	"strings"
 	"testing"
+
+	"github.com/vmfw/vmfw/pkg/config/configtest"
 )
 
 // bigSet returns a set file of n entries, one per line as a generator
 // writes them: IPv4 addresses, IPv4 /24 networks and IPv6 /64 networks in
 // turn, with an except inside every hundredth /24.
 func bigSet(n int) string {
-	var b strings.Builder
-	b.WriteString("description = \"generated\"\nentries = [\n")
-	var except []string
+	var entries, except []string
 	for i := range n {
 		switch i % 3 {
 		case 0:
-			fmt.Fprintf(&b, "  \"10.%d.%d.%d\",\n", i>>16&0xff, i>>8&0xff, i&0xff)
+			entries = append(entries, fmt.Sprintf("10.%d.%d.%d", i>>16&0xff, i>>8&0xff, i&0xff))
 		case 1:
-			fmt.Fprintf(&b, "  \"%d.%d.%d.0/24\",\n", 100+i>>16&0x3f, i>>8&0xff, i&0xff)
+			entries = append(entries, fmt.Sprintf("%d.%d.%d.0/24", 100+i>>16&0x3f, i>>8&0xff, i&0xff))
 			if i%100 == 1 {
 				except = append(except, fmt.Sprintf("%d.%d.%d.128/25", 100+i>>16&0x3f, i>>8&0xff, i&0xff))
 			}
 		default:
-			fmt.Fprintf(&b, "  \"2001:db8:%x:%x::/64\",\n", i>>16, i&0xffff)
+			entries = append(entries, fmt.Sprintf("2001:db8:%x:%x::/64", i>>16, i&0xffff))
 		}
 	}
-	b.WriteString("]\nexcept = [\n")
-	for _, x := range except {
-		fmt.Fprintf(&b, "  %q,\n", x)
-	}
-	b.WriteString("]\n")
-	return b.String()
+	return "description = \"generated\"\n" + setText(entries, except)
 }
 
 // BenchmarkLoadSet100000 measures a Load of a directory holding one set of
 // 100,000 entries.
 func BenchmarkLoadSet100000(b *testing.B) {
-	dir := testDir(b, map[string]string{"sets/big.toml": bigSet(100000)})
+	dir := configtest.Dir(b, map[string]string{"sets/big.toml": bigSet(100000)})
 	b.ResetTimer()
 	for range b.N {
 		if _, err := Load(dir); err != nil {
@@ -49,7 +43,7 @@ func BenchmarkLoadSet100000(b *testing.B) {
 // BenchmarkSetEffective100000 measures the prefixes a kernel set without
 // nomatch is loaded with, per family, for a set of 100,000 entries.
 func BenchmarkSetEffective100000(b *testing.B) {
-	s := mustLoad(b, testDir(b, map[string]string{"sets/big.toml": bigSet(100000)})).Sets["big"]
+	s := mustLoad(b, configtest.Dir(b, map[string]string{"sets/big.toml": bigSet(100000)})).Sets["big"]
 	b.ResetTimer()
 	for range b.N {
 		s.Effective(false)

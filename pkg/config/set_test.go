@@ -10,11 +10,13 @@ import (
 	"testing"
 
 	"github.com/pelletier/go-toml/v2/unstable"
+
+	"github.com/vmfw/vmfw/pkg/config/configtest"
 )
 
 // TestLoadSet loads a set using every key and checks the Model.
 func TestLoadSet(t *testing.T) {
-	m := mustLoad(t, testDir(t, map[string]string{"sets/office-nets.toml": `description = "offices, without the guest Wi-Fi"
+	m := mustLoad(t, configtest.Dir(t, map[string]string{"sets/office-nets.toml": `description = "offices, without the guest Wi-Fi"
 entries = [
   "10.0.0.0/8",       # every office
   "192.0.2.7",
@@ -45,7 +47,7 @@ except = ["10.1.0.0/16", "2001:db8:ffff::/48"]
 // TestLoadSetEmpty: a set without entries is valid (a list kept empty
 // until it is needed) and matches nothing.
 func TestLoadSetEmpty(t *testing.T) {
-	m := mustLoad(t, testDir(t, map[string]string{"sets/none.toml": "", "sets/empty.toml": "entries = []\nexcept = []\n"}))
+	m := mustLoad(t, configtest.Dir(t, map[string]string{"sets/none.toml": "", "sets/empty.toml": "entries = []\nexcept = []\n"}))
 	for _, name := range []string{"none", "empty"} {
 		s := m.Sets[name]
 		if s == nil || len(s.Entries) != 0 || len(s.Except) != 0 {
@@ -67,18 +69,18 @@ func TestLoadSetSizeLimit(t *testing.T) {
 	if len(big) <= maxFileSize {
 		t.Fatalf("test set is %d bytes, not over 1 MiB", len(big))
 	}
-	if s := mustLoad(t, testDir(t, map[string]string{"sets/big.toml": big})).Sets["big"]; len(s.Entries) != 60000 {
+	if s := mustLoad(t, configtest.Dir(t, map[string]string{"sets/big.toml": big})).Sets["big"]; len(s.Entries) != 60000 {
 		t.Fatalf("%d entries, want 60000", len(s.Entries))
 	}
-	_, err := Load(testDir(t, map[string]string{"groups/web.toml": "#" + strings.Repeat("x", maxFileSize) + "\n"}))
+	_, err := Load(configtest.Dir(t, map[string]string{"groups/web.toml": "#" + strings.Repeat("x", maxFileSize) + "\n"}))
 	checkError(t, err, "groups/web.toml: ", "file is larger than 1 MiB")
-	_, err = Load(testDir(t, map[string]string{"sets/big.toml": "#" + strings.Repeat("x", maxSetFileSize) + "\n"}))
+	_, err = Load(configtest.Dir(t, map[string]string{"sets/big.toml": "#" + strings.Repeat("x", maxSetFileSize) + "\n"}))
 	checkError(t, err, "sets/big.toml: ", "file is larger than 32 MiB, the limit for set files")
 }
 
 // TestLoadSet100000 loads the largest set the design names.
 func TestLoadSet100000(t *testing.T) {
-	s := mustLoad(t, testDir(t, map[string]string{"sets/big.toml": bigSet(100000)})).Sets["big"]
+	s := mustLoad(t, configtest.Dir(t, map[string]string{"sets/big.toml": bigSet(100000)})).Sets["big"]
 	// An except in every hundredth /24: i = 1 mod 3 and 1 mod 100.
 	if len(s.Entries) != 100000 || len(s.Except) != 334 {
 		t.Fatalf("%d entries and %d excepts, want 100000 and 334", len(s.Entries), len(s.Except))
@@ -179,7 +181,7 @@ func TestSetMatch(t *testing.T) {
 // an operator would, with names for lines: entry i is on line i+2.
 func loadedSet(t *testing.T, entries, except []string) *Set {
 	t.Helper()
-	return mustLoad(t, testDir(t, map[string]string{"sets/s.toml": setText(entries, except)})).Sets["s"]
+	return mustLoad(t, configtest.Dir(t, map[string]string{"sets/s.toml": setText(entries, except)})).Sets["s"]
 }
 
 func setText(entries, except []string) string {
@@ -410,7 +412,7 @@ func checkSetProperties(t *testing.T, label string, s *Set, addrs []netip.Addr) 
 // TestRuleSets: source_set in in rules, dest_set in out rules, alone and
 // with the other address keys of their direction.
 func TestRuleSets(t *testing.T) {
-	m := mustLoad(t, testDir(t, map[string]string{
+	m := mustLoad(t, configtest.Dir(t, map[string]string{
 		"sets/office-nets.toml": "entries = [\"192.0.2.0/24\"]\n",
 		"sets/blocked.toml":     "entries = [\"198.51.100.0/24\"]\n",
 		"groups/admins.toml":    "",

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/vmfw/vmfw/pkg/config/configtest"
 )
 
 // randomSetFile returns a set file of prefixes drawn from a small pool in
@@ -50,7 +52,7 @@ func TestSetChanges(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
 	var sets []*Set
 	for len(sets) < 60 {
-		dir := testDir(t, map[string]string{"sets/s.toml": randomSetFile(rng)})
+		dir := configtest.Dir(t, map[string]string{"sets/s.toml": randomSetFile(rng)})
 		if m, err := Load(dir); err == nil {
 			sets = append(sets, m.Sets["s"])
 		}
@@ -136,7 +138,7 @@ func poolAddrs() []netip.Addr {
 // BenchmarkSetChanges100000 measures SetChanges for an edit of one entry
 // in the middle of a set of 100,000.
 func BenchmarkSetChanges100000(b *testing.B) {
-	was := mustLoad(b, testDir(b, map[string]string{"sets/big.toml": bigSet(100000)})).Sets["big"]
+	was := mustLoad(b, configtest.Dir(b, map[string]string{"sets/big.toml": bigSet(100000)})).Sets["big"]
 	now := &Set{Entries: slices.Delete(slices.Clone(was.Entries), 50000, 50001), Except: was.Except}
 	b.ResetTimer()
 	for range b.N {

@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vmfw/vmfw/pkg/config/configtest"
 )
 
 // swapLoads is how many times each test loads while files change.
@@ -80,7 +82,7 @@ const (
 // replace files by renaming a new version over the old one; a Load at any
 // moment then sees one version or the other of each file, whole.
 func TestLoadWhileFilesAreRenamedOver(t *testing.T) {
-	dir := testDir(t, map[string]string{
+	dir := configtest.Dir(t, map[string]string{
 		"groups/web.toml": swapA,
 		"vms/110.toml":    vmWith("ips = [\"192.0.2.10\"]\ngroups = [\"web\"]\n"),
 	})
@@ -126,7 +128,7 @@ func TestLoadWhileFilesAreReplaced(t *testing.T) {
 	if err := os.WriteFile(outside, []byte(swapA), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	dir := testDir(t, map[string]string{
+	dir := configtest.Dir(t, map[string]string{
 		"groups/web.toml": swapA,
 		"vms/110.toml":    vmWith("ips = [\"192.0.2.10\"]\ngroups = [\"web\"]\n"),
 	})

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/vmfw/vmfw/pkg/config/configtest"
 )
 
 // web is a valid group for VM files to refer to.
@@ -873,7 +875,7 @@ func TestLoadErrors(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			dir := testDir(t, tc.files)
+			dir := configtest.Dir(t, tc.files)
 			if tc.setup != nil {
 				tc.setup(t, dir)
 			}
@@ -910,7 +912,7 @@ func mkdir(rel string) func(*testing.T, string) {
 // not a panic. Root reads any file whatever its mode, so when running as
 // root the read error is injected instead.
 func TestLoadUnreadable(t *testing.T) {
-	dir := testDir(t, map[string]string{"groups/web.toml": web})
+	dir := configtest.Dir(t, map[string]string{"groups/web.toml": web})
 	path := filepath.Join(dir, "groups", "web.toml")
 	if err := os.Chmod(path, 0); err != nil {
 		t.Fatal(err)
@@ -949,11 +951,11 @@ func TestLoadErrorOrder(t *testing.T) {
 		"vms/.#9.toml":     "editor lock file",
 	}
 	for _, want := range []string{"vmfw.toml:1: ", "sets/z.toml:1: ", "groups/a.toml:1: ", "groups/b.toml:1: ", "vms/9.toml:1: ", "vms/10.toml:1: "} {
-		dir := testDir(t, files)
+		dir := configtest.Dir(t, files)
 		_, err := Load(dir)
 		checkError(t, err, want, "")
 		rel := strings.TrimSuffix(want, ":1: ")
 		delete(files, rel)
 	}
-	mustLoad(t, testDir(t, files))
+	mustLoad(t, configtest.Dir(t, files))
 }

@@ -1,14 +1,13 @@
 package droplog
 
 import (
-	"encoding/binary"
-	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/nflog"
+	"github.com/vmfw/vmfw/pkg/nflog/nflogtest"
 	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
@@ -16,14 +15,7 @@ import (
 const keysDir = "../explain/testdata/keys"
 
 func tcp4(src, dst string, sport, dport uint16) []byte {
-	b := make([]byte, 40)
-	b[0], b[9] = 0x45, 6
-	s, d := netip.MustParseAddr(src).As4(), netip.MustParseAddr(dst).As4()
-	copy(b[12:], s[:])
-	copy(b[16:], d[:])
-	binary.BigEndian.PutUint16(b[20:], sport)
-	binary.BigEndian.PutUint16(b[22:], dport)
-	return b
+	return nflogtest.IPv4(6, src, dst, sport, dport)
 }
 
 // TestDescribe names the rule of each kind of prefix vmfw writes, and the

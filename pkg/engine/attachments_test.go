@@ -21,13 +21,11 @@ func (k *attHost) EnableBridgeNetfilter() error    { return nil }
 
 func attEngine(t *testing.T) (*Engine, *backend.Fake, *state.Store) {
 	t.Helper()
-	dir := t.TempDir()
-	files := map[string]string{
+	dir := configtest.Dir(t, map[string]string{
 		"groups/web.toml": "[[in]]\nproto = \"tcp\"\ndport = \"80\"\n",
 		"groups/db.toml":  "[[in]]\nproto = \"tcp\"\ndport = \"5432\"\nsource_group = \"web\"\n",
 		"vms/110.toml":    "[net0]\nips = [\"192.0.2.110\"]\ngroups = [\"web\"]\n\n[net1]\nips = [\"192.0.2.111\"]\n",
-	}
-	configtest.Write(t, dir, files)
+	})
 	be := &backend.Fake{}
 	st := state.New(t.TempDir())
 	e := New(Kernel{Backend: be, Host: &attHost{links: map[string]bool{}},

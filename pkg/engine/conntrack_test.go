@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/config/configtest"
 	"github.com/vmfw/vmfw/pkg/conntrack"
 )
 
@@ -42,6 +43,12 @@ func (f *fakeFlows) Delete(cut func(conntrack.Flow) bool) (int, error) {
 	return n, nil
 }
 
+// writeConfig writes the file rel of e's configuration directory.
+func writeConfig(t *testing.T, e *Engine, rel, content string) {
+	t.Helper()
+	configtest.Write(t, e.ConfigDir, map[string]string{rel: content})
+}
+
 func tcpFlow(src, dst string, dport uint16) conntrack.Flow {
 	return conntrack.Flow{Proto: 6, Src: netip.MustParseAddr(src), Dst: netip.MustParseAddr(dst), SPort: 40000, DPort: dport, Ports: true}
 }
@@ -53,12 +60,7 @@ func tcpFlow(src, dst string, dport uint16) conntrack.Flow {
 // established) and flows of other hosts.
 func TestSyncCutsWithdrawnFlows(t *testing.T) {
 	e, _, table := testEngine(t)
-	write := func(rel, content string) {
-		if err := os.WriteFile(filepath.Join(e.ConfigDir, rel), []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write("groups/app.toml", "[[in]]\nproto = \"tcp\"\ndport = \"22\"\n\n[[in]]\nproto = \"tcp\"\ndport = \"80\"\n")
+	writeConfig(t, e, "groups/app.toml", "[[in]]\nproto = \"tcp\"\ndport = \"22\"\n\n[[in]]\nproto = \"tcp\"\ndport = \"80\"\n")
 	ssh := tcpFlow("198.51.100.7", "192.0.2.1", 22)
 	http := tcpFlow("198.51.100.7", "192.0.2.1", 80)
 	outbound := tcpFlow("192.0.2.1", "198.51.100.7", 443)
@@ -74,7 +76,7 @@ func TestSyncCutsWithdrawnFlows(t *testing.T) {
 		t.Fatalf("apply of a config allowing every flow cut some: left %v", table.flows)
 	}
 
-	write("groups/app.toml", "[[in]]\nproto = \"tcp\"\ndport = \"80\"\n")
+	writeConfig(t, e, "groups/app.toml", "[[in]]\nproto = \"tcp\"\ndport = \"80\"\n")
 	if _, err := e.Sync(context.Background(), false); err != nil {
 		t.Fatal(err)
 	}
@@ -121,15 +123,8 @@ func TestCutFailureIsReported(t *testing.T) {
 func TestEditSetsCutsWhatTheEditDenies(t *testing.T) {
 	e, be, table := testEngine(t)
 	ctx := context.Background()
-	write := func(rel, content string) {
-		t.Helper()
-		os.MkdirAll(filepath.Join(e.ConfigDir, filepath.Dir(rel)), 0o755)
-		if err := os.WriteFile(filepath.Join(e.ConfigDir, rel), []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write("groups/app.toml", "[[in]]\nproto = \"tcp\"\ndport = \"3306\"\naction = \"drop\"\n\n[[in]]\nsource_set = \"blocked\"\naction = \"drop\"\n\n[[in]]\n")
-	write("sets/blocked.toml", "entries = [\"198.51.100.0/25\", \"203.0.113.5\"]\nexcept = [\"198.51.100.64/26\"]\n")
+	writeConfig(t, e, "groups/app.toml", "[[in]]\nproto = \"tcp\"\ndport = \"3306\"\naction = \"drop\"\n\n[[in]]\nsource_set = \"blocked\"\naction = \"drop\"\n\n[[in]]\n")
+	writeConfig(t, e, "sets/blocked.toml", "entries = [\"198.51.100.0/25\", \"203.0.113.5\"]\nexcept = [\"198.51.100.64/26\"]\n")
 	was, err := e.load()
 	if err != nil {
 		t.Fatal(err)
@@ -145,7 +140,7 @@ func TestEditSetsCutsWhatTheEditDenies(t *testing.T) {
 	mysql := tcpFlow("192.0.2.254", "192.0.2.1", 3306) // denied by another rule
 	table.flows = []conntrack.Flow{added, unexcepted, released, stillExcepted, untouched, mysql}
 
-	write("sets/blocked.toml", "entries = [\"198.51.100.0/25\", \"198.51.100.128/26\"]\nexcept = [\"198.51.100.96/27\"]\n")
+	writeConfig(t, e, "sets/blocked.toml", "entries = [\"198.51.100.0/25\", \"198.51.100.128/26\"]\nexcept = [\"198.51.100.96/27\"]\n")
 	ch, err := e.EditSets(ctx, was, []string{"blocked"})
 	if err != nil {
 		t.Fatal(err)
@@ -193,14 +188,9 @@ func TestIfdownCutsOnlyItsFlows(t *testing.T) {
 // interfaces listing the group, whose rules changed, and no other.
 func TestGroupEditCutsOnlyItsFlows(t *testing.T) {
 	e, _, table := testEngine(t)
-	write := func(rel, content string) {
-		if err := os.WriteFile(filepath.Join(e.ConfigDir, rel), []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write("groups/app.toml", "[[in]]\nproto = \"tcp\"\ndport = \"22\"\n")
-	write("groups/db.toml", "[[in]]\nproto = \"tcp\"\ndport = \"5432\"\n")
-	write("vms/102.toml", "[net0]\nips = [\"192.0.2.2\"]\ngroups = [\"db\"]\n")
+	writeConfig(t, e, "groups/app.toml", "[[in]]\nproto = \"tcp\"\ndport = \"22\"\n")
+	writeConfig(t, e, "groups/db.toml", "[[in]]\nproto = \"tcp\"\ndport = \"5432\"\n")
+	writeConfig(t, e, "vms/102.toml", "[net0]\nips = [\"192.0.2.2\"]\ngroups = [\"db\"]\n")
 	ctx := context.Background()
 	for _, tap := range []string{"tap101i0", "tap102i0"} {
 		if err := e.Attach(ctx, tap); err != nil {
@@ -214,7 +204,7 @@ func TestGroupEditCutsOnlyItsFlows(t *testing.T) {
 	ssh := tcpFlow("198.51.100.7", "192.0.2.1", 22)
 	other := tcpFlow("198.51.100.7", "192.0.2.2", 3306) // denied by db, which is not edited
 	table.flows = []conntrack.Flow{ssh, other}
-	write("groups/app.toml", "[[in]]\nproto = \"tcp\"\ndport = \"80\"\n")
+	writeConfig(t, e, "groups/app.toml", "[[in]]\nproto = \"tcp\"\ndport = \"80\"\n")
 	if _, err := e.SyncGroups(ctx, was, []string{"app"}); err != nil {
 		t.Fatal(err)
 	}

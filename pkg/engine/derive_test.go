@@ -3,8 +3,6 @@ package engine
 import (
 	"context"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -23,20 +21,13 @@ import (
 // writes. When the installed interfaces are not the last change's (another
 // process attached one), the engine compiles them again.
 func TestChangesDeriveTheirPolicies(t *testing.T) {
-	dir := t.TempDir()
-	files := map[string]string{
+	dir := configtest.Dir(t, map[string]string{
 		"groups/app.toml": "[[in]]\nproto = \"tcp\"\ndport = \"22\"\nsource_group = \"app\"\n",
 		"groups/db.toml":  "[[in]]\nproto = \"tcp\"\ndport = \"5432\"\nsource_group = \"app\"\n",
 		"vms/101.toml":    "[net0]\nips = [\"192.0.2.1\"]\ngroups = [\"app\"]\n",
 		"vms/102.toml":    "[net0]\nips = [\"192.0.2.2\"]\ngroups = [\"app\", \"db\"]\n",
 		"vms/103.toml":    "[net0]\nips = [\"2001:db8::3\"]\ngroups = [\"db\"]\n",
-	}
-	for rel, content := range files {
-		os.MkdirAll(filepath.Join(dir, filepath.Dir(rel)), 0o755)
-		if err := os.WriteFile(filepath.Join(dir, rel), []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	})
 	m, err := config.Load(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -146,12 +137,10 @@ func TestLastPolicyFollowsRecords(t *testing.T) {
 // edit's policy, derived from the one before, keeps the other hosts'
 // members of the groups it does not recompute.
 func TestSyncGroupsKeepsRemoteMembers(t *testing.T) {
-	dir := t.TempDir()
-	files := map[string]string{
+	dir := configtest.Dir(t, map[string]string{
 		"groups/web.toml": "[[in]]\nproto = \"tcp\"\ndport = \"80\"\nsource_group = \"web\"\n",
 		"vms/110.toml":    "[net0]\nips = [\"192.0.2.110\"]\ngroups = [\"web\"]\n",
-	}
-	configtest.Write(t, dir, files)
+	})
 	load := func() *config.Model {
 		m, err := config.Load(dir)
 		if err != nil {

@@ -378,6 +378,20 @@ func (e *Engine) read(ctx context.Context) (backend.State, error) {
 	return e.kernel.Backend.Read(ctx, false)
 }
 
+// readWithLinks reads everything the backend installed, and the names of
+// the host's interfaces.
+func (e *Engine) readWithLinks(ctx context.Context) (backend.State, map[string]bool, error) {
+	st, err := e.read(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	links, err := e.kernel.Host.Links()
+	if err != nil {
+		return nil, nil, err
+	}
+	return st, links, nil
+}
+
 // nicsFor maps interface names to their configuration, leaving out names
 // the configuration no longer has (their chains are then removed).
 func nicsFor(src nicSource, taps []string) []*config.NIC {
@@ -713,11 +727,7 @@ func (e *Engine) Sync(ctx context.Context, dryRun bool) (*Change, error) {
 			return nil, err
 		}
 	}
-	st, err := e.read(ctx)
-	if err != nil {
-		return nil, err
-	}
-	links, err := e.kernel.Host.Links()
+	st, links, err := e.readWithLinks(ctx)
 	if err != nil {
 		return nil, err
 	}

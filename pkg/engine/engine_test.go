@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/vmfw/vmfw/pkg/backend"
+	"github.com/vmfw/vmfw/pkg/config/configtest"
 )
 
 type fakeHost struct{ links map[string]bool }
@@ -21,17 +22,10 @@ func (h fakeHost) EnableBridgeNetfilter() error    { return nil }
 // tracking table, with VM 101 configured and its tap present.
 func testEngine(t *testing.T) (*Engine, *backend.Fake, *fakeFlows) {
 	t.Helper()
-	dir := t.TempDir()
-	files := map[string]string{
+	dir := configtest.Dir(t, map[string]string{
 		"groups/app.toml": "[[in]]\nproto = \"tcp\"\ndport = \"22\"\nsource_group = \"app\"\n",
 		"vms/101.toml":    "[net0]\nips = [\"192.0.2.1\", \"2001:db8::1\"]\ngroups = [\"app\"]\n",
-	}
-	for rel, content := range files {
-		os.MkdirAll(filepath.Join(dir, filepath.Dir(rel)), 0o755)
-		if err := os.WriteFile(filepath.Join(dir, rel), []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	})
 	be, flows := &backend.Fake{}, &fakeFlows{}
 	e := New(Kernel{
 		Backend: be,

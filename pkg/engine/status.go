@@ -101,11 +101,7 @@ func (e *Engine) Status(ctx context.Context, tap string) (*Status, error) {
 		return nil, err
 	}
 	defer release()
-	st, err := e.read(ctx)
-	if err != nil {
-		return nil, err
-	}
-	links, err := e.kernel.Host.Links()
+	st, links, err := e.readWithLinks(ctx)
 	if err != nil {
 		return nil, err
 	}

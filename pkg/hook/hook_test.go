@@ -38,13 +38,11 @@ func (f *fakeEngine) DetachWhere(_ context.Context, sel engine.Selector) ([]stri
 
 func loadModel(t *testing.T) *config.Model {
 	t.Helper()
-	dir := t.TempDir()
-	files := map[string]string{
+	dir := configtest.Dir(t, map[string]string{
 		"groups/web.toml": "[[in]]\nproto = \"tcp\"\ndport = \"80\"\n",
 		"vms/200.toml":    "[net0]\nmac = \"52:54:00:00:00:01\"\ngroups = [\"web\"]\n\n[net2]\nips = [\"192.0.2.202\"]\n",
 		"vms/210.toml":    "[net0]\nmac = \"52:54:00:00:00:10\"\n",
-	}
-	configtest.Write(t, dir, files)
+	})
 	m, err := config.Load(dir)
 	if err != nil {
 		t.Fatal(err)

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vmfw/vmfw/pkg/nflog/nflogtest"
 )
 
 // packetMessage builds an NFLOG packet message as the kernel sends it.
@@ -29,14 +31,7 @@ func packetMessage(attrs ...[]byte) []byte {
 }
 
 func ipv4UDP(src, dst string, sport, dport uint16) []byte {
-	b := make([]byte, 28)
-	b[0], b[9] = 0x45, 17
-	s, d := netip.MustParseAddr(src).As4(), netip.MustParseAddr(dst).As4()
-	copy(b[12:], s[:])
-	copy(b[16:], d[:])
-	binary.BigEndian.PutUint16(b[20:], sport)
-	binary.BigEndian.PutUint16(b[22:], dport)
-	return b
+	return nflogtest.IPv4(17, src, dst, sport, dport)
 }
 
 // TestDecode reads the attributes vmfw log uses from a message shaped as

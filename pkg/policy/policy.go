@@ -572,24 +572,12 @@ func (e *Evaluator) matchProto(r config.Rule, f Flow) match {
 		if !f.Src.Is4() || f.Proto != protoICMP {
 			return no
 		}
-		if r.ICMPType == "" {
-			return yes
-		}
-		if f.ICMPKnown {
-			return is(icmpMatches("icmp", r.ICMPType, f.ICMPType, f.ICMPCode))
-		}
-		return min(maybe, is(icmpQueries[r.ICMPType]))
+		return matchICMPType(r, f, icmpQueries)
 	case "icmpv6":
 		if !f.Src.Is6() || f.Proto != protoICMPv6 {
 			return no
 		}
-		if r.ICMPType == "" {
-			return yes
-		}
-		if f.ICMPKnown {
-			return is(icmpMatches("icmpv6", r.ICMPType, f.ICMPType, f.ICMPCode))
-		}
-		return min(maybe, is(icmpv6Queries[r.ICMPType]))
+		return matchICMPType(r, f, icmpv6Queries)
 	case "tcp":
 		return is(f.Proto == protoTCP)
 	case "udp":
@@ -599,6 +587,20 @@ func (e *Evaluator) matchProto(r config.Rule, f Flow) match {
 	}
 	n, err := strconv.Atoi(r.Proto)
 	return is(err == nil && n == int(f.Proto))
+}
+
+// matchICMPType matches the icmp_type of a rule for r.Proto (icmp or
+// icmpv6) on a flow of that protocol. A flow whose type is not known (a
+// tracked one) may match only a rule for a query type, one of queries (see
+// icmpQueries).
+func matchICMPType(r config.Rule, f Flow, queries map[string]bool) match {
+	if r.ICMPType == "" {
+		return yes
+	}
+	if f.ICMPKnown {
+		return is(icmpMatches(r.Proto, r.ICMPType, f.ICMPType, f.ICMPCode))
+	}
+	return min(maybe, is(queries[r.ICMPType]))
 }
 
 func matchPorts(ranges []config.PortRange, port uint16, unknown bool) match {

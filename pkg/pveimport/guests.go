@@ -2,6 +2,7 @@ package pveimport
 
 import (
 	"fmt"
+	"maps"
 	"regexp"
 	"slices"
 	"strconv"
@@ -235,7 +236,7 @@ func (t *translator) vm(c *guestCtx) *outVM {
 		header: []string{fmt.Sprintf("VM %d, imported from %s and firewall/%d.fw by vmfw import proxmox.", g.ID, g.Path, g.ID)}}
 	opts := map[string]string{}
 	if c.vmOn {
-		for _, key := range sortedKeys(fw.Options) {
+		for _, key := range slices.Sorted(maps.Keys(fw.Options)) {
 			opts[key] = fw.Options[key].Value
 		}
 		vm.policyIn, vm.policyOut = "drop", "accept"
@@ -368,7 +369,7 @@ func (t *translator) whyNICUnfiltered(n pvefw.NIC) string {
 
 // vmOptions translates a filtered VM's [OPTIONS].
 func (t *translator) vmOptions(c *guestCtx, vm *outVM) {
-	for _, key := range sortedKeys(c.fw.Options) {
+	for _, key := range slices.Sorted(maps.Keys(c.fw.Options)) {
 		o := c.fw.Options[key]
 		switch key {
 		case "enable":
@@ -499,11 +500,7 @@ func (t *translator) segmentGroup(id, k int, s *segment, index int, _ []*segment
 	}
 	og := &outGroup{name: name, header: []string{fmt.Sprintf("Rules of VM %d between its GROUP lines (%s), imported by vmfw import proxmox.", id, src)}}
 	for _, r := range mine {
-		if r.r.Type == "in" {
-			og.in = append(og.in, r.rules...)
-		} else {
-			og.out = append(og.out, r.rules...)
-		}
+		og.add(r.r.Type, r.rules...)
 	}
 	t.groups[name] = og
 	return name, src

@@ -33,6 +33,16 @@ type outGroup struct {
 	in, out []outRule
 }
 
+// add appends rules to the group's in rules when dir is "in", else to
+// its out rules.
+func (g *outGroup) add(dir string, rules ...outRule) {
+	if dir == "in" {
+		g.in = append(g.in, rules...)
+	} else {
+		g.out = append(g.out, rules...)
+	}
+}
+
 // outSet is one set file to write.
 type outSet struct {
 	name, description string

@@ -54,6 +54,14 @@ var icmpv6Names = set("destination-unreachable", "no-route", "communication-proh
 	"router-advertisement", "neighbor-solicitation", "neighbour-solicitation", "neighbor-advertisement",
 	"neighbour-advertisement", "redirect")
 
+// icmpTypeNames returns the type names of proto, icmp or icmpv6.
+func icmpTypeNames(proto string) map[string]bool {
+	if proto == "icmpv6" {
+		return icmpv6Names
+	}
+	return icmpNames
+}
+
 func set(names ...string) map[string]bool {
 	m := map[string]bool{}
 	for _, n := range names {
@@ -266,29 +274,30 @@ func (t *translator) checkRule(r pvefw.Rule, sc setScope, group bool) (*prule, *
 			p.family = 6
 		}
 	}
+	// portList reads a list of ports of the rule's protocol into dst.
+	portList := func(spec string, dst *string) *refusal {
+		if !pveProtosWithPorts[r.Proto] {
+			return ignored("protocol '%s' does not support ports", r.Proto)
+		}
+		v, notes, ref := ports(spec)
+		if ref != nil {
+			return ref
+		}
+		*dst, p.notes = v, append(p.notes, notes...)
+		return nil
+	}
 	if r.DPort != "" {
 		if r.Proto == "" {
 			return nil, ignored("missing property - 'dport' requires this property")
 		}
 		if isICMP {
 			// Old configurations keep the ICMP type in -dport.
-			names := icmpNames
-			if p.proto == "icmpv6" {
-				names = icmpv6Names
-			}
-			if !names[r.DPort] && !portNumber.MatchString(r.DPort) {
+			if !icmpTypeNames(p.proto)[r.DPort] && !portNumber.MatchString(r.DPort) {
 				return nil, ignored("invalid icmp-type '%s'", r.DPort)
 			}
 			p.icmpType = r.DPort
-		} else {
-			if !pveProtosWithPorts[r.Proto] {
-				return nil, ignored("protocol '%s' does not support ports", r.Proto)
-			}
-			d, notes, ref := ports(r.DPort)
-			if ref != nil {
-				return nil, ref
-			}
-			p.dport, p.notes = d, append(p.notes, notes...)
+		} else if ref := portList(r.DPort, &p.dport); ref != nil {
+			return nil, ref
 		}
 	}
 	if r.ICMPType != "" {
@@ -298,11 +307,7 @@ func (t *translator) checkRule(r pvefw.Rule, sc setScope, group bool) (*prule, *
 		if r.DPort != "" {
 			return nil, ignored("'icmp-type' cannot be specified together with 'dport'")
 		}
-		names := icmpNames
-		if p.proto == "icmpv6" {
-			names = icmpv6Names
-		}
-		if !names[r.ICMPType] {
+		if !icmpTypeNames(p.proto)[r.ICMPType] {
 			return nil, ignored("invalid icmp-type '%s' for proto '%s'", r.ICMPType, r.Proto)
 		}
 		p.icmpType = r.ICMPType
@@ -311,14 +316,9 @@ func (t *translator) checkRule(r pvefw.Rule, sc setScope, group bool) (*prule, *
 		if r.Proto == "" {
 			return nil, ignored("missing property - 'sport' requires this property")
 		}
-		if !pveProtosWithPorts[r.Proto] {
-			return nil, ignored("protocol '%s' does not support ports", r.Proto)
-		}
-		s, notes, ref := ports(r.SPort)
-		if ref != nil {
+		if ref := portList(r.SPort, &p.sport); ref != nil {
 			return nil, ref
 		}
-		p.sport, p.notes = s, append(p.notes, notes...)
 	}
 	if (p.dport != "" || p.sport != "") && !vmfwPortProtos[p.proto] {
 		return nil, untranslatable("ports of protocol %s: vmfw matches ports of tcp, udp and sctp", r.Proto)
@@ -333,25 +333,26 @@ func (t *translator) checkRule(r pvefw.Rule, sc setScope, group bool) (*prule, *
 		p.family = f
 		return nil
 	}
-	if r.Source != "" {
-		a, ref := t.addrSpec(r.Source, sc, group, &p.notes, &p.also)
+	// address reads -source or -dest, when the rule has it, into a.
+	address := func(spec string, a *addrs, has *bool) *refusal {
+		if spec == "" {
+			return nil
+		}
+		v, ref := t.addrSpec(spec, sc, group, &p.notes, &p.also)
 		if ref != nil {
-			return nil, ref
+			return ref
 		}
-		if ref := setFamily(a.family); ref != nil {
-			return nil, ref
+		if ref := setFamily(v.family); ref != nil {
+			return ref
 		}
-		p.source, p.hasSource = a, true
+		*a, *has = v, true
+		return nil
 	}
-	if r.Dest != "" {
-		a, ref := t.addrSpec(r.Dest, sc, group, &p.notes, &p.also)
-		if ref != nil {
-			return nil, ref
-		}
-		if ref := setFamily(a.family); ref != nil {
-			return nil, ref
-		}
-		p.dest, p.hasDest = a, true
+	if ref := address(r.Source, &p.source, &p.hasSource); ref != nil {
+		return nil, ref
+	}
+	if ref := address(r.Dest, &p.dest, &p.hasDest); ref != nil {
+		return nil, ref
 	}
 	if r.Type == "in" && p.hasDest {
 		return nil, untranslatable("an IN rule with -dest: vmfw's in rules match the sender (source), not the guest's own address")
@@ -406,7 +407,7 @@ func expand(p *prule) (both, v4, v6 []*prule, ref *refusal) {
 		}
 		return out, nil
 	}
-	if p.family == 0 && sameMacroRules(m.v4, m.v6) {
+	if p.family == 0 && slices.Equal(m.v4, m.v6) {
 		l, ref := inst(m.v4, 0)
 		return l, nil, nil, ref
 	}
@@ -421,18 +422,6 @@ func expand(p *prule) (both, v4, v6 []*prule, ref *refusal) {
 		}
 	}
 	return nil, v4, v6, nil
-}
-
-func sameMacroRules(a, b []macroRule) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // translateRule translates one IN or OUT rule into vmfw rules, or records

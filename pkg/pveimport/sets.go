@@ -2,7 +2,9 @@ package pveimport
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
 	"strconv"
 
 	"github.com/vmfw/vmfw/pkg/pveimport/pvefw"
@@ -59,7 +61,7 @@ func (t *translator) clusterSetsAndAliases() {
 // checkAliases refuses aliases pve-firewall cannot read and marks the
 // others unused until a rule or entry uses them.
 func (t *translator) checkAliases(f *pvefw.FwFile) {
-	for _, name := range sortedKeys(f.Aliases) {
+	for _, name := range slices.Sorted(maps.Keys(f.Aliases)) {
 		a := f.Aliases[name]
 		if _, _, err := parsePrefix(a.CIDR); err != nil {
 			t.problem(a.Line, Ignored, err.Error(), true)

@@ -17,6 +17,7 @@ package pveimport
 import (
 	"fmt"
 	"hash/fnv"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -239,7 +240,7 @@ func vmfwName(name string) string {
 // clusterOptions reads cluster.fw's [OPTIONS].
 func (t *translator) clusterOptions() {
 	t.hostLimit, t.hostBurst = "1/second", 5
-	for _, key := range sortedKeys(t.cluster.Options) {
+	for _, key := range slices.Sorted(maps.Keys(t.cluster.Options)) {
 		o := t.cluster.Options[key]
 		switch key {
 		case "enable":
@@ -341,10 +342,10 @@ func (t *translator) files() []File {
 			[]string{"Host-wide options, imported from a Proxmox VE cluster by vmfw import proxmox.",
 				"pve-firewall rate-limits every log rule like this (cluster.fw log_ratelimit)."}, t.hostSrc, t.rep))
 	}
-	for _, name := range sortedKeys(t.groups) {
+	for _, name := range slices.Sorted(maps.Keys(t.groups)) {
 		out = append(out, writeGroup(t.groups[name], t.rep))
 	}
-	for _, name := range sortedKeys(t.sets) {
+	for _, name := range slices.Sorted(maps.Keys(t.sets)) {
 		out = append(out, writeSet(t.sets[name], t.rep))
 	}
 	for _, vm := range t.vms {
@@ -352,13 +353,4 @@ func (t *translator) files() []File {
 	}
 	slices.SortFunc(out, func(a, b File) int { return strings.Compare(a.Path, b.Path) })
 	return out
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }

@@ -27,6 +27,15 @@ type doc struct {
 	rep   *reporter
 }
 
+// newDoc starts the file at path with the comment lines of header.
+func newDoc(path string, header []string, rep *reporter) *doc {
+	d := &doc{path: path, rep: rep}
+	for _, h := range header {
+		d.comment(h)
+	}
+	return d
+}
+
 // add appends a line and returns its number.
 func (d *doc) add(format string, args ...any) int {
 	d.lines = append(d.lines, fmt.Sprintf(format, args...))
@@ -40,6 +49,16 @@ func (d *doc) from(src ...pvefw.Line) {
 			d.rep.became(s.Pos, d.path+":"+strconv.Itoa(len(d.lines)))
 		}
 	}
+}
+
+// optional adds key = value, value as a TOML string, unless value is
+// empty (the key then keeps its default); it reports whether it added it.
+func (d *doc) optional(key, value string) bool {
+	if value == "" {
+		return false
+	}
+	d.add("%s = %s", key, tomlString(value))
+	return true
 }
 
 func (d *doc) file() File {
@@ -99,16 +118,9 @@ func tomlList(items []string) string {
 
 // writeGroup renders a group file.
 func writeGroup(g *outGroup, rep *reporter) File {
-	d := &doc{path: "groups/" + g.name + ".toml", rep: rep}
-	for _, h := range g.header {
-		d.comment(h)
-	}
-	if g.description != "" {
-		d.add("description = %s", tomlString(g.description))
-		d.from(g.src)
-	} else if g.src.Line != 0 {
-		d.from(g.src)
-	}
+	d := newDoc("groups/"+g.name+".toml", g.header, rep)
+	d.optional("description", g.description)
+	d.from(g.src)
 	for _, dir := range []string{"in", "out"} {
 		rules := g.in
 		if dir == "out" {
@@ -133,47 +145,26 @@ func writeGroup(g *outGroup, rep *reporter) File {
 
 func writeRule(d *doc, r *outRule) {
 	d.add("action = %s", tomlString(r.action))
-	if r.proto != "" {
-		d.add("proto = %s", tomlString(r.proto))
-	}
-	if r.dport != "" {
-		d.add("dport = %s", tomlString(r.dport))
-	}
-	if r.sport != "" {
-		d.add("sport = %s", tomlString(r.sport))
-	}
-	if r.icmpType != "" {
-		d.add("icmp_type = %s", tomlString(r.icmpType))
-	}
+	d.optional("proto", r.proto)
+	d.optional("dport", r.dport)
+	d.optional("sport", r.sport)
+	d.optional("icmp_type", r.icmpType)
 	if len(r.source) > 0 {
 		d.add("source = %s", tomlList(r.source))
 	}
-	if r.sourceSet != "" {
-		d.add("source_set = %s", tomlString(r.sourceSet))
-	}
+	d.optional("source_set", r.sourceSet)
 	if len(r.dest) > 0 {
 		d.add("dest = %s", tomlList(r.dest))
 	}
-	if r.destSet != "" {
-		d.add("dest_set = %s", tomlString(r.destSet))
-	}
-	if r.log != "" {
-		d.add("log = %s", tomlString(r.log))
-	}
-	if r.comment != "" {
-		d.add("comment = %s", tomlString(r.comment))
-	}
+	d.optional("dest_set", r.destSet)
+	d.optional("log", r.log)
+	d.optional("comment", r.comment)
 }
 
 // writeSet renders a set file.
 func writeSet(s *outSet, rep *reporter) File {
-	d := &doc{path: "sets/" + s.name + ".toml", rep: rep}
-	for _, h := range s.header {
-		d.comment(h)
-	}
-	if s.description != "" {
-		d.add("description = %s", tomlString(s.description))
-	}
+	d := newDoc("sets/"+s.name+".toml", s.header, rep)
+	d.optional("description", s.description)
 	d.from(s.src)
 	for _, part := range []struct {
 		key     string
@@ -203,13 +194,8 @@ func writeSet(s *outSet, rep *reporter) File {
 
 // writeVM renders a VM file.
 func writeVM(vm *outVM, rep *reporter) File {
-	d := &doc{path: "vms/" + strconv.Itoa(vm.id) + ".toml", rep: rep}
-	for _, h := range vm.header {
-		d.comment(h)
-	}
-	if vm.name != "" {
-		d.add("name = %s", tomlString(vm.name))
-	}
+	d := newDoc("vms/"+strconv.Itoa(vm.id)+".toml", vm.header, rep)
+	d.optional("name", vm.name)
 	d.add("enable = %t", vm.enable)
 	d.from(vm.optionSrc...)
 	if !vm.enable && vm.dropInvalid {
@@ -222,12 +208,10 @@ func writeVM(vm *outVM, rep *reporter) File {
 		d.from(vm.policyInSrc)
 		d.add("policy_out = %s", tomlString(vm.policyOut))
 		d.from(vm.policyOutSrc)
-		if vm.logIn != "" {
-			d.add("log_in = %s", tomlString(vm.logIn))
+		if d.optional("log_in", vm.logIn) {
 			d.from(vm.logInSrc)
 		}
-		if vm.logOut != "" {
-			d.add("log_out = %s", tomlString(vm.logOut))
+		if d.optional("log_out", vm.logOut) {
 			d.from(vm.logOutSrc)
 		}
 	}
@@ -236,12 +220,8 @@ func writeVM(vm *outVM, rep *reporter) File {
 		d.comment(n.src.Pos.String() + ": " + n.src.Text)
 		d.add("[net%d]", n.index)
 		d.from(n.src)
-		if n.mac != "" {
-			d.add("mac = %s", tomlString(n.mac))
-		}
-		if n.bridge != "" {
-			d.add("bridge = %s", tomlString(n.bridge))
-		}
+		d.optional("mac", n.mac)
+		d.optional("bridge", n.bridge)
 		if !vm.enable {
 			continue
 		}
@@ -271,10 +251,7 @@ func writeVM(vm *outVM, rep *reporter) File {
 
 // writeHost renders vmfw.toml.
 func writeHost(limit string, burst int, header []string, src []pvefw.Line, rep *reporter) File {
-	d := &doc{path: "vmfw.toml", rep: rep}
-	for _, h := range header {
-		d.comment(h)
-	}
+	d := newDoc("vmfw.toml", header, rep)
 	d.add("log_limit = %s", tomlString(limit))
 	d.from(src...)
 	d.add("log_burst = %d", burst)

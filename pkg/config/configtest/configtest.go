@@ -1,6 +1,7 @@
 // Package configtest writes configuration directories for tests: the
 // group and VM files (and vmfw.toml) a test's scenario needs, as an
-// operator would have them under /etc/vmfw.
+// operator would have them under /etc/vmfw. It imports no package of
+// vmfw, so that package config's own tests can use it too.
 package configtest
 
 import (

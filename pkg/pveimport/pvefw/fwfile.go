@@ -1,6 +1,7 @@
 package pvefw
 
 import (
+	"fmt"
 	"regexp"
 	"strings"
 )
@@ -68,38 +69,26 @@ func ParseFw(path string, kind Kind, text string) *FwFile {
 		if m := groupHeader.FindStringSubmatch(line); m != nil && kind == Cluster {
 			name := strings.ToLower(m[1])
 			section, group = "", nil
-			switch {
-			case len(name) > maxGroupNameLen:
-				problem("security group name too long (at most 18 characters)")
-			case !namePattern.MatchString(name):
-				problem("invalid security group name " + quote(name))
-			default:
+			if reason := badSectionName("security group", name, maxGroupNameLen); reason != "" {
+				problem(reason)
+			} else {
 				section = "group"
 				group = &Group{Line: l, Name: name, Comment: m[2]}
-				if _, dup := f.Groups[name]; !dup {
-					f.GroupOrder = append(f.GroupOrder, name)
-				}
 				// A second section of the same name starts the group
 				// anew, as pve-firewall's assignment does.
-				f.Groups[name] = group
+				f.GroupOrder = putInOrder(f.Groups, f.GroupOrder, name, group)
 			}
 			continue
 		}
 		if m := ipsetHeader.FindStringSubmatch(line); m != nil && kind != Host {
 			name := strings.ToLower(m[1])
 			section, ipset = "", nil
-			switch {
-			case len(name) > maxIPSetNameLen:
-				problem("ipset name too long (at most 64 characters)")
-			case !namePattern.MatchString(name):
-				problem("invalid ipset name " + quote(name))
-			default:
+			if reason := badSectionName("ipset", name, maxIPSetNameLen); reason != "" {
+				problem(reason)
+			} else {
 				section = "ipset"
 				ipset = &IPSet{Line: l, Name: name, Comment: m[2]}
-				if _, dup := f.IPSets[name]; !dup {
-					f.IPSetOrder = append(f.IPSetOrder, name)
-				}
-				f.IPSets[name] = ipset
+				f.IPSetOrder = putInOrder(f.IPSets, f.IPSetOrder, name, ipset)
 				seen = map[string]bool{}
 			}
 			continue
@@ -222,6 +211,29 @@ func parseIPSetEntry(l Line) IPSetEntry {
 func cutComment(s string) (text, comment string) {
 	text, comment, _ = strings.Cut(s, "#")
 	return strings.TrimSpace(text), strings.TrimSpace(comment)
+}
+
+// badSectionName says why name cannot name a section of the given kind
+// (what), or returns "" when it can.
+func badSectionName(what, name string, maxLen int) string {
+	switch {
+	case len(name) > maxLen:
+		return fmt.Sprintf("%s name too long (at most %d characters)", what, maxLen)
+	case !namePattern.MatchString(name):
+		return "invalid " + what + " name " + quote(name)
+	}
+	return ""
+}
+
+// putInOrder sets m[name] to v and returns order with name appended the
+// first time it is set, so that sections keep the order of their first
+// header.
+func putInOrder[T any](m map[string]T, order []string, name string, v T) []string {
+	if _, dup := m[name]; !dup {
+		order = append(order, name)
+	}
+	m[name] = v
+	return order
 }
 
 func quote(s string) string { return "'" + s + "'" }

@@ -142,10 +142,8 @@ func (e *Eval) Out(id, index int, f Flow) (Verdict, string) {
 	}
 	_, fw := e.guest(id)
 	v6 := f.Src.Is6()
-	if dhcp, _ := opt(fw, "dhcp"); dhcp != "0" && f.Proto == UDP {
-		if !v6 && f.SPort == 68 && f.DPort == 67 || v6 && f.SPort == 546 && f.DPort == 547 {
-			return Accept, "dhcp"
-		}
+	if dhcp, _ := opt(fw, "dhcp"); dhcp != "0" && isDHCP(f, true) {
+		return Accept, "dhcp"
 	}
 	radv, _ := opt(fw, "radv")
 	if v6 && radv != "1" && f.Proto == ICMPv6 && f.ICMPType == 134 {
@@ -161,14 +159,7 @@ func (e *Eval) Out(id, index int, f Flow) (Verdict, string) {
 			}
 		}
 	}
-	if v, why, ok := e.rules(id, index, "out", f); ok {
-		return v, why
-	}
-	p, _ := opt(fw, "policy_out")
-	if p == "" {
-		p = "ACCEPT"
-	}
-	return policy(p, f)
+	return e.rulesThenPolicy(id, index, fw, "out", "ACCEPT", f)
 }
 
 // In is the verdict of PVEFW-FWBR-IN's input filters and the tap's IN
@@ -195,21 +186,41 @@ func (e *Eval) In(id, index int, f Flow) (Verdict, string) {
 	if !chains {
 		return Accept, "the guest's firewall is off"
 	}
-	v6 := f.Src.Is6()
-	if dhcp, _ := opt(fw, "dhcp"); dhcp != "0" && f.Proto == UDP {
-		if !v6 && f.SPort == 67 && f.DPort == 68 || v6 && f.SPort == 547 && f.DPort == 546 {
-			return Accept, "dhcp"
-		}
+	if dhcp, _ := opt(fw, "dhcp"); dhcp != "0" && isDHCP(f, false) {
+		return Accept, "dhcp"
 	}
-	if ndp, _ := opt(fw, "ndp"); v6 && ndp != "0" && f.Proto == ICMPv6 && f.ICMPType >= 133 && f.ICMPType <= 136 {
+	if ndp, _ := opt(fw, "ndp"); f.Src.Is6() && ndp != "0" && f.Proto == ICMPv6 && f.ICMPType >= 133 && f.ICMPType <= 136 {
 		return Accept, "ndp"
 	}
-	if v, why, ok := e.rules(id, index, "in", f); ok {
+	return e.rulesThenPolicy(id, index, fw, "in", "DROP", f)
+}
+
+// isDHCP reports whether f is DHCP or DHCPv6 from the client's port to the
+// server's (toServer) or from the server's to the client's.
+func isDHCP(f Flow, toServer bool) bool {
+	if f.Proto != UDP {
+		return false
+	}
+	client, server := uint16(68), uint16(67)
+	if f.Src.Is6() {
+		client, server = 546, 547
+	}
+	if toServer {
+		return f.SPort == client && f.DPort == server
+	}
+	return f.SPort == server && f.DPort == client
+}
+
+// rulesThenPolicy ends the tap's chain of direction dir: the guest's rules,
+// then its policy_in or policy_out, def when the guest's firewall file does
+// not set it.
+func (e *Eval) rulesThenPolicy(id, index int, fw *pvefw.FwFile, dir, def string, f Flow) (Verdict, string) {
+	if v, why, ok := e.rules(id, index, dir, f); ok {
 		return v, why
 	}
-	p, _ := opt(fw, "policy_in")
+	p, _ := opt(fw, "policy_"+dir)
 	if p == "" {
-		p = "DROP"
+		p = def
 	}
 	return policy(p, f)
 }
