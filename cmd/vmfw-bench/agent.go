@@ -98,8 +98,7 @@ type agentResults struct {
 // agentLab is a lab with the agent's own state.
 type agentLab struct {
 	*lab
-	r   *agentResults
-	tmp string
+	r *agentResults
 	// extraBase is the first extra (configured, absent) tap the ifup rows
 	// use: the storm's taps come before it.
 	extraBase int
@@ -156,13 +155,12 @@ func agentPart(ctx context.Context, o options, r *agentResults) error {
 // agentSize sets up a lab as benchSize does and measures the agent rows in it.
 func agentSize(ctx context.Context, o options, backend string, n int, r *agentResults) error {
 	progress("agent, %s, %d taps: setting up", backend, n)
-	tmp, err := os.MkdirTemp("", "vmfwbench-agent-")
+	l, err := newLab(ctx, o, backend, n, "vmfwbench-agent-")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(tmp)
-	l := &lab{o: o, backend: backend, n: n, dir: filepath.Join(tmp, "config"), ctx: ctx}
-	a := &agentLab{lab: l, r: r, tmp: tmp}
+	defer l.close()
+	a := &agentLab{lab: l, r: r}
 	storm := n == stormSize(o)
 	if storm {
 		a.extraBase = stormTaps - len(dataVMs)
@@ -184,15 +182,10 @@ func agentSize(ctx context.Context, o options, backend string, n int, r *agentRe
 			return err
 		}
 	}
-	l.env = labEnv(tmp, l.dir, backend)
 	// The agent's log outlives the lab, for a look at where time went
 	// (run the bench with VMFW_TRACE=1 to get the agent's trace in it).
 	a.logPath = filepath.Join(os.TempDir(), fmt.Sprintf("vmfwbench-agent-%s-%d.log", backend, n))
-	if l.hv, err = newNetns(ctx, "hv"); err != nil {
-		return err
-	}
-	defer l.hv.remove()
-	if err := l.setup(); err != nil {
+	if err := l.start(); err != nil {
 		return err
 	}
 	return a.run(storm)
@@ -487,12 +480,19 @@ func (a *agentLab) learn(key string, chain layout.Chain) error {
 	if err != nil {
 		return err
 	}
-	for other, ofp := range a.fingerprints {
-		if other != key && kind(other) == kind(key) && reflect.DeepEqual(ofp, fp) {
+	return recordState(a.fingerprints, key, chain, fp)
+}
+
+// recordState stores st, what chain reads in the state key, in states.
+// It refuses a state that reads the same as another of the same kind:
+// the edit between the two would change nothing for the rows to wait for.
+func recordState[S any](states map[string]S, key string, chain layout.Chain, st S) error {
+	for other, o := range states {
+		if other != key && kind(other) == kind(key) && reflect.DeepEqual(o, st) {
 			return fmt.Errorf("%s reads the same in states %s and %s: the edit changes nothing", chain, other, key)
 		}
 	}
-	a.fingerprints[key] = fp
+	states[key] = st
 	return nil
 }
 
@@ -555,48 +555,63 @@ func (a *agentLab) waitChain(start time.Time, chain layout.Chain, key string, te
 		return a.waitChainLegacy(start, chain, key, text)
 	}
 	err := a.hv.do(func() error {
-		deadline := start.Add(opTimeout)
-		var last uint32
-		have := false
-		for {
-			if time.Now().After(deadline) {
-				return fmt.Errorf("%s did not reach state %s within %s", chain, key, opTimeout)
-			}
-			gen, err := xtables.Generation(a.ctx)
-			if err != nil {
-				return err
-			}
-			if have && gen == last {
-				time.Sleep(pollEvery)
-				continue
-			}
-			seen := time.Now()
-			ok := true
+		var err error
+		took, err = waitGeneration(start, chain, key, func() (uint32, error) { return xtables.Generation(a.ctx) }, func() (bool, error) {
 			for _, f := range ruleset.Families {
 				snap, err := a.fw.SaveChains(a.ctx, f, []layout.Chain{chain})
 				if err != nil {
-					return err
+					return false, err
 				}
 				if !slices.Equal(snap.Chains[chain], want[f]) {
-					ok = false
-					break
+					return false, nil
 				}
 			}
-			if ok {
-				now, err := xtables.Generation(a.ctx)
-				if err != nil {
-					return err
-				}
-				if now == gen {
-					took = seen.Sub(start)
-					return nil
-				}
-				// It moved while the chains were read: look again.
-			}
-			last, have = gen, true
-		}
+			return true, nil
+		})
+		return err
 	})
 	return took, err
+}
+
+// waitGeneration is the poll of waitChain on nf_tables, run inside the
+// lab's namespace: it reads the generation (gen) every pollEvery and, when
+// it moved, tests whether chain is in the state key (reached). It returns
+// the time from start to the first read of the generation the state was
+// then found in, provided the generation had not moved again by the end of
+// the test.
+func waitGeneration(start time.Time, chain layout.Chain, key string, gen func() (uint32, error), reached func() (bool, error)) (time.Duration, error) {
+	deadline := start.Add(opTimeout)
+	var last uint32
+	have := false
+	for {
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("%s did not reach state %s within %s", chain, key, opTimeout)
+		}
+		g, err := gen()
+		if err != nil {
+			return 0, err
+		}
+		if have && g == last {
+			time.Sleep(pollEvery)
+			continue
+		}
+		seen := time.Now()
+		ok, err := reached()
+		if err != nil {
+			return 0, err
+		}
+		if ok {
+			now, err := gen()
+			if err != nil {
+				return 0, err
+			}
+			if now == g {
+				return seen.Sub(start), nil
+			}
+			// It moved while the state was read: look again.
+		}
+		last, have = g, true
+	}
 }
 
 // waitChainLegacy is waitChain on legacy (see there).
@@ -671,27 +686,32 @@ func (a *agentLab) bootStorm(p *agentProc, upNone []time.Duration) error {
 	if _, err := a.hv.runIn(ctx, batch.Bytes(), "ip", "-batch", "-"); err != nil {
 		return err
 	}
-	var vms []*netns
-	for i, v := range dataVMs {
-		ns, err := addDataVM(ctx, a.hv, i, v)
-		if err != nil {
-			return err
-		}
-		defer ns.remove()
-		vms = append(vms, ns)
-		taps = append(taps, tapName(v.vmid))
-	}
-
-	// With the agent.
-	from := p.mark()
-	wall, launch, failed, err := a.storm("ifup", taps, a.env)
+	vms, removeVMs, err := addDataVMs(ctx, a.hv)
 	if err != nil {
 		return err
 	}
-	if len(failed) > 0 {
-		return fmt.Errorf("%d of %d ifups through the agent failed, e.g. %s", len(failed), len(taps), failed[0])
+	defer removeVMs()
+	for _, v := range dataVMs {
+		taps = append(taps, tapName(v.vmid))
 	}
-	batches := p.count("msg=\"interfaces changed\"", from)
+
+	// With the agent, where every call must succeed: agentStorm returns
+	// the storm's times and the number of batches the agent took for it.
+	agentStorm := func(op string) (wall, launch time.Duration, batches int, err error) {
+		from := p.mark()
+		wall, launch, failed, err := a.storm(op, taps, a.env)
+		if err != nil {
+			return 0, 0, 0, err
+		}
+		if len(failed) > 0 {
+			return 0, 0, 0, fmt.Errorf("%d of %d %ss through the agent failed, e.g. %s", len(failed), len(taps), op, failed[0])
+		}
+		return wall, launch, p.count("msg=\"interfaces changed\"", from), nil
+	}
+	wall, launch, batches, err := agentStorm("ifup")
+	if err != nil {
+		return err
+	}
 	ok, bad, err := a.firewalled(taps)
 	if err != nil {
 		return err
@@ -702,15 +722,10 @@ func (a *agentLab) bootStorm(p *agentProc, upNone []time.Duration) error {
 	if err := a.checkVMs(vms); err != nil {
 		return fmt.Errorf("after the storm through the agent: %w", err)
 	}
-	from = p.mark()
-	downWall, _, failed, err := a.storm("ifdown", taps, a.env)
+	downWall, _, downBatches, err := agentStorm("ifdown")
 	if err != nil {
 		return err
 	}
-	if len(failed) > 0 {
-		return fmt.Errorf("%d of %d ifdowns through the agent failed, e.g. %s", len(failed), len(taps), failed[0])
-	}
-	downBatches := p.count("msg=\"interfaces changed\"", from)
 	p.stop()
 
 	// Without: the agent is stopped, and the callers are told not to look.
@@ -926,12 +941,7 @@ func (a *agentLab) fromEmpty() error {
 	note := ""
 	if a.n <= a.o.fullApplyMax {
 		progress("agent, %s, %d taps: vmfw apply from empty", a.backend, a.n)
-		if _, _, err := a.vmfw("flush"); err != nil {
-			return err
-		}
-		ctx, cancel := context.WithTimeout(a.ctx, a.o.fullApplyTimeout)
-		d, _, err := a.hv.timed(ctx, a.env, a.o.vmfw, "apply")
-		cancel()
+		d, err := a.applyFromEmpty()
 		if err != nil {
 			return err
 		}
@@ -1267,11 +1277,7 @@ func (r *agentResults) print(w io.Writer, took time.Duration) {
 				}
 			}
 		}
-		what := x.what
-		if x.note != "" {
-			what += " (" + x.note + ")"
-		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t\n", x.backend, x.taps, what, ag, none, ratio, cmp(x.target, "-"), cmp(x.met, "-"), len(x.agent))
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t\n", x.backend, x.taps, withNote(x.what, x.note), ag, none, ratio, cmp(x.target, "-"), cmp(x.met, "-"), len(x.agent))
 	}
 	tw.Flush()
 	for _, n := range r.notes {

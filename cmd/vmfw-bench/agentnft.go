@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"reflect"
 	"slices"
 	"time"
 
@@ -73,19 +72,11 @@ func (a *agentLab) learnNFT(key string, chain iptlayout.Chain) error {
 	if err != nil {
 		return err
 	}
-	for other, o := range a.nftStates {
-		if other != key && kind(other) == kind(key) && reflect.DeepEqual(o, st) {
-			return fmt.Errorf("%s reads the same in states %s and %s: the edit changes nothing", chain, other, key)
-		}
-	}
-	a.nftStates[key] = st
-	return nil
+	return recordState(a.nftStates, key, chain, st)
 }
 
-// waitNFT is waitChain on the nftables backend: it reads the generation
-// every pollEvery and, when it moved, the state of key's kind; the time is
-// that of the first read of the generation the state was then found in,
-// provided it had not moved again by the end of the read.
+// waitNFT is waitChain on the nftables backend: waitGeneration, reading
+// the state of key's kind when the generation moved.
 func (a *agentLab) waitNFT(start time.Time, chain iptlayout.Chain, key string) (time.Duration, error) {
 	want, ok := a.nftStates[key]
 	if !ok {
@@ -95,38 +86,15 @@ func (a *agentLab) waitNFT(start time.Time, chain iptlayout.Chain, key string) (
 	err := a.hv.do(func() error {
 		cl := nlnft.Kept()
 		defer cl.Close()
-		deadline := start.Add(opTimeout)
-		var last uint32
-		have := false
-		for {
-			if time.Now().After(deadline) {
-				return fmt.Errorf("%s did not reach state %s within %s", chain, key, opTimeout)
-			}
-			gen, err := cl.Generation()
-			if err != nil {
-				return err
-			}
-			if have && gen == last {
-				time.Sleep(pollEvery)
-				continue
-			}
-			seen := time.Now()
+		var err error
+		took, err = waitGeneration(start, chain, key, cl.Generation, func() (bool, error) {
 			st, err := a.readNFT(cl, chain, key)
 			if err != nil {
-				return err
+				return false, err
 			}
-			if slices.Equal(st.hashes, want.hashes) && st.list == want.list {
-				now, err := cl.Generation()
-				if err != nil {
-					return err
-				}
-				if now == gen {
-					took = seen.Sub(start)
-					return nil
-				}
-			}
-			last, have = gen, true
-		}
+			return slices.Equal(st.hashes, want.hashes) && st.list == want.list, nil
+		})
+		return err
 	})
 	return took, err
 }

@@ -166,31 +166,11 @@ func (l *lab) goIPTables(f ruleset.Family) (*goipt.IPTables, error) {
 }
 
 // ruleArgs splits an "-A CHAIN ..." line into the arguments after the
-// chain, honouring the double quotes around comments.
+// chain, honouring the quotes around comments (layout.SplitWords).
 func ruleArgs(line string) ([]string, error) {
-	var words []string
-	var cur strings.Builder
-	in, quoted := false, false
-	for _, ch := range line {
-		switch {
-		case ch == '"':
-			quoted, in = !quoted, true
-		case ch == ' ' && !quoted:
-			if in {
-				words = append(words, cur.String())
-				cur.Reset()
-				in = false
-			}
-		default:
-			cur.WriteRune(ch)
-			in = true
-		}
-	}
-	if quoted {
-		return nil, fmt.Errorf("unbalanced quotes in %q", line)
-	}
-	if in {
-		words = append(words, cur.String())
+	words, err := layout.SplitWords(line)
+	if err != nil {
+		return nil, err
 	}
 	if len(words) < 2 || words[0] != "-A" {
 		return nil, fmt.Errorf("not an -A line: %q", line)

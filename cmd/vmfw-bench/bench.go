@@ -22,13 +22,45 @@ type lab struct {
 	o       options
 	backend string
 	n       int
-	dir     string
-	hv      *netns
-	env     []string
+	// tmp holds the lab's files: dir, the configuration directory, and
+	// vmfw's run and state directories (labEnv).
+	tmp string
+	dir string
+	hv  *netns
+	env []string
 	// linkKind is the interface type standing in for taps: dummy where
 	// the kernel has it, ifb otherwise (both are cheap, unlike tuntap).
 	linkKind string
 	ctx      context.Context
+}
+
+// newLab makes a lab for backend at n taps, its files in a new temporary
+// directory named after prefix. The caller writes the configuration into
+// l.dir, then calls start, and calls close in any case.
+func newLab(ctx context.Context, o options, backend string, n int, prefix string) (*lab, error) {
+	tmp, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(tmp, "config")
+	return &lab{o: o, backend: backend, n: n, tmp: tmp, dir: dir, env: labEnv(tmp, dir, backend), ctx: ctx}, nil
+}
+
+// start creates the lab's hypervisor namespace and sets it up (setup).
+func (l *lab) start() error {
+	var err error
+	if l.hv, err = newNetns(l.ctx, "hv"); err != nil {
+		return err
+	}
+	return l.setup()
+}
+
+// close removes the lab's namespace, with everything in it, and its files.
+func (l *lab) close() {
+	if l.hv != nil {
+		l.hv.remove()
+	}
+	os.RemoveAll(l.tmp)
 }
 
 // vmfw runs vmfw in the lab and returns how long it took.
@@ -39,21 +71,15 @@ func (l *lab) vmfw(args ...string) (time.Duration, []byte, error) {
 // benchSize measures one backend at n installed taps.
 func benchSize(ctx context.Context, o options, backend string, n int, r *results) error {
 	progress("%s, %d taps: setting up", backend, n)
-	tmp, err := os.MkdirTemp("", "vmfwbench-")
+	l, err := newLab(ctx, o, backend, n, "vmfwbench-")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(tmp)
-	l := &lab{o: o, backend: backend, n: n, dir: filepath.Join(tmp, "config"), ctx: ctx}
+	defer l.close()
 	if err := writeScenario(l.dir, n, o.runs+1); err != nil {
 		return err
 	}
-	l.env = labEnv(tmp, l.dir, backend)
-	if l.hv, err = newNetns(ctx, "hv"); err != nil {
-		return err
-	}
-	defer l.hv.remove()
-	if err := l.setup(); err != nil {
+	if err := l.start(); err != nil {
 		return err
 	}
 	if o.hold {
@@ -102,10 +128,7 @@ func (l *lab) setup() error {
 			return err
 		}
 	}
-	l.linkKind = "dummy"
-	if _, err := l.hv.run(ctx, "ip", "link", "add", "vmfwprobe0", "type", "dummy"); err != nil {
-		l.linkKind = "ifb"
-	} else if _, err := l.hv.run(ctx, "ip", "link", "del", "vmfwprobe0"); err != nil {
+	if err := l.probeLinkKind(); err != nil {
 		return err
 	}
 	m, err := config.Load(l.dir)
@@ -179,6 +202,18 @@ func (l *lab) setupNFT(m *config.Model) error {
 		return err
 	}
 	return l.expectNoChanges("after the setup's apply")
+}
+
+// probeLinkKind sets linkKind: dummy where the kernel has it, ifb
+// otherwise.
+func (l *lab) probeLinkKind() error {
+	l.linkKind = "dummy"
+	if _, err := l.hv.run(l.ctx, "ip", "link", "add", "vmfwprobe0", "type", "dummy"); err != nil {
+		l.linkKind = "ifb"
+	} else if _, err := l.hv.run(l.ctx, "ip", "link", "del", "vmfwprobe0"); err != nil {
+		return err
+	}
+	return nil
 }
 
 // nftables reports whether the lab runs the nftables backend.
@@ -378,12 +413,7 @@ func (l *lab) controlPlane(r *results) error {
 	}
 	progress("%s, %d taps: full apply from empty (%d run(s))", l.backend, l.n, runs)
 	for range runs {
-		if _, _, err := l.vmfw("flush"); err != nil {
-			return err
-		}
-		ctx, cancel := context.WithTimeout(l.ctx, l.o.fullApplyTimeout)
-		d, _, err := l.hv.timed(ctx, l.env, l.o.vmfw, "apply")
-		cancel()
+		d, err := l.applyFromEmpty()
 		if err != nil {
 			return err
 		}
@@ -391,6 +421,19 @@ func (l *lab) controlPlane(r *results) error {
 	}
 	add("full apply from empty", full, nil, "")
 	return l.expectNoChanges("after the full apply")
+}
+
+// applyFromEmpty removes vmfw's rules from the lab (vmfw flush) and returns
+// how long the vmfw apply that installs them all again takes (at most
+// fullApplyTimeout).
+func (l *lab) applyFromEmpty() (time.Duration, error) {
+	if _, _, err := l.vmfw("flush"); err != nil {
+		return 0, err
+	}
+	ctx, cancel := context.WithTimeout(l.ctx, l.o.fullApplyTimeout)
+	defer cancel()
+	d, _, err := l.hv.timed(ctx, l.env, l.o.vmfw, "apply")
+	return d, err
 }
 
 // generation returns the nf_tables generation of the lab (0 on legacy).

@@ -39,16 +39,13 @@ const (
 func (l *lab) dataPlane(r *results) error {
 	progress("%s, %d taps: data plane", l.backend, l.n)
 	ctx := l.ctx
-	var vms []*netns
-	for i, v := range dataVMs {
-		ns, err := addDataVM(ctx, l.hv, i, v)
-		if err != nil {
-			return err
-		}
-		defer ns.remove()
-		vms = append(vms, ns)
-		tap := tapName(v.vmid)
-		if _, _, err := l.vmfw("ifup", tap); err != nil {
+	vms, removeVMs, err := addDataVMs(ctx, l.hv)
+	if err != nil {
+		return err
+	}
+	defer removeVMs()
+	for _, v := range dataVMs {
+		if _, _, err := l.vmfw("ifup", tapName(v.vmid)); err != nil {
 			return err
 		}
 	}

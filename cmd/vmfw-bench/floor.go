@@ -139,40 +139,40 @@ func commitFloorNFT(ns *netns, runs int) (elem, jump, verdict []time.Duration, e
 			err := c.Flush()
 			return time.Since(start), err
 		}
+		// elemCommit returns how long the commit adding elems to s takes,
+		// then removes them again.
+		elemCommit := func(s *nftables.Set, elems []nftables.SetElement) (time.Duration, error) {
+			if err := c.SetAddElements(s, elems); err != nil {
+				return 0, err
+			}
+			d, err := timed()
+			if err != nil {
+				return 0, fmt.Errorf("adding an element to %s: %w", s.Name, err)
+			}
+			if err := c.SetDeleteElements(s, elems); err != nil {
+				return 0, err
+			}
+			if err := c.Flush(); err != nil {
+				return 0, fmt.Errorf("removing the element again: %w", err)
+			}
+			return d, nil
+		}
 		chain := &nftables.Chain{Name: "bench-floor", Table: t}
 		c.AddChain(chain)
 		if err := c.Flush(); err != nil {
 			return fmt.Errorf("creating bridge chain %s: %w", chain.Name, err)
 		}
+		jumpKey := []nftables.SetElement{{Key: key[0].Key, VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: chain.Name}}}
 		for range runs {
-			if err := c.SetAddElements(ports, key); err != nil {
-				return err
-			}
-			d, err := timed()
+			d, err := elemCommit(ports, key)
 			if err != nil {
-				return fmt.Errorf("adding an element to %s: %w", ports.Name, err)
+				return err
 			}
 			elem = append(elem, d)
-			if err := c.SetDeleteElements(ports, key); err != nil {
+			if d, err = elemCommit(lists, jumpKey); err != nil {
 				return err
-			}
-			if err := c.Flush(); err != nil {
-				return fmt.Errorf("removing the element again: %w", err)
-			}
-			jumpKey := []nftables.SetElement{{Key: key[0].Key, VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: chain.Name}}}
-			if err := c.SetAddElements(lists, jumpKey); err != nil {
-				return err
-			}
-			if d, err = timed(); err != nil {
-				return fmt.Errorf("adding an element to %s: %w", lists.Name, err)
 			}
 			jump = append(jump, d)
-			if err := c.SetDeleteElements(lists, jumpKey); err != nil {
-				return err
-			}
-			if err := c.Flush(); err != nil {
-				return fmt.Errorf("removing the element again: %w", err)
-			}
 			c.AddRule(&nftables.Rule{Table: t, Chain: chain, Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}}})
 			if d, err = timed(); err != nil {
 				return fmt.Errorf("adding a rule with a verdict: %w", err)

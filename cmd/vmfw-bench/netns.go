@@ -187,3 +187,24 @@ func addDataVM(ctx context.Context, hv *netns, i int, v dataVM) (*netns, error) 
 	}
 	return ns, nil
 }
+
+// addDataVMs creates the namespaces of all data-plane VMs (addDataVM) and
+// returns them in the order of dataVMs, with the function that removes
+// them, which the caller calls once done with them.
+func addDataVMs(ctx context.Context, hv *netns) ([]*netns, func(), error) {
+	var vms []*netns
+	remove := func() {
+		for _, ns := range vms {
+			ns.remove()
+		}
+	}
+	for i, v := range dataVMs {
+		ns, err := addDataVM(ctx, hv, i, v)
+		if err != nil {
+			remove()
+			return nil, nil, err
+		}
+		vms = append(vms, ns)
+	}
+	return vms, remove, nil
+}

@@ -62,6 +62,15 @@ func ms(d time.Duration) string {
 	}
 }
 
+// withNote is a row's operation as the tables print it: what, followed by
+// note in parentheses if there is one.
+func withNote(what, note string) string {
+	if note == "" {
+		return what
+	}
+	return what + " (" + note + ")"
+}
+
 func (r *results) print(w io.Writer, o options, took time.Duration) {
 	fmt.Fprintf(w, "vmfw-bench: medians of the runs shown (fewer where a run takes seconds); wall clock per command, fork to exit\n")
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
@@ -77,11 +86,7 @@ func (r *results) print(w io.Writer, o options, took time.Duration) {
 				ratio = fmt.Sprintf("%.0fx", float64(median(x.base))/float64(median(x.vmfw)))
 			}
 		}
-		what := x.what
-		if x.note != "" {
-			what += " (" + x.note + ")"
-		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%d\t\n", x.backend, x.taps, what, vm, base, ratio, len(x.vmfw))
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%d\t\n", x.backend, x.taps, withNote(x.what, x.note), vm, base, ratio, len(x.vmfw))
 	}
 	tw.Flush()
 	if len(r.data) > 0 {

@@ -119,12 +119,11 @@ func setsPart(ctx context.Context, o options, r *setResults) error {
 
 func setsLab(ctx context.Context, o options, backend string, r *setResults) error {
 	progress("%s: address sets: setting up", backend)
-	tmp, err := os.MkdirTemp("", "vmfwbench-sets-")
+	l, err := newLab(ctx, o, backend, 0, "vmfwbench-sets-")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(tmp)
-	l := &lab{o: o, backend: backend, dir: filepath.Join(tmp, "config"), ctx: ctx}
+	defer l.close()
 	if err := writeScenario(l.dir, 0, 0); err != nil {
 		return err
 	}
@@ -139,25 +138,18 @@ func setsLab(ctx context.Context, o options, backend string, r *setResults) erro
 			return err
 		}
 	}
-	l.env = labEnv(tmp, l.dir, backend)
-	if l.hv, err = newNetns(ctx, "hv"); err != nil {
+	if err := l.start(); err != nil {
 		return err
 	}
-	defer l.hv.remove()
-	if err := l.setup(); err != nil {
+	vms, removeVMs, err := addDataVMs(ctx, l.hv)
+	if err != nil {
 		return err
 	}
-	var vms []*netns
+	defer removeVMs()
 	for i, v := range dataVMs {
-		ns, err := addDataVM(ctx, l.hv, i, v)
-		if err != nil {
+		if _, err := vms[i].run(ctx, "ip", "addr", "add", dataV6(0, i)+"/64", "dev", "eth0", "nodad"); err != nil {
 			return err
 		}
-		defer ns.remove()
-		if _, err := ns.run(ctx, "ip", "addr", "add", dataV6(0, i)+"/64", "dev", "eth0", "nodad"); err != nil {
-			return err
-		}
-		vms = append(vms, ns)
 		if _, _, err := l.vmfw("ifup", tapName(v.vmid)); err != nil {
 			return err
 		}
@@ -195,7 +187,7 @@ func setsLab(ctx context.Context, o options, backend string, r *setResults) erro
 	if _, out, err := l.vmfw("apply"); err != nil {
 		return fmt.Errorf("%w: %s", err, out)
 	}
-	a := &agentLab{lab: l, logPath: filepath.Join(tmp, "agent.log")}
+	a := &agentLab{lab: l, logPath: filepath.Join(l.tmp, "agent.log")}
 	p, _, err := a.startAgent(time.Minute)
 	if err != nil {
 		if p != nil {

@@ -18,12 +18,11 @@ import (
 // without the agent.
 func worstCase(ctx context.Context, o options, n int, r *agentResults) error {
 	progress("worst case, nftables, %d taps: setting up (every tap its own group)", n)
-	tmp, err := os.MkdirTemp("", "vmfwbench-worst-")
+	l, err := newLab(ctx, o, nftablesBackend, n, "vmfwbench-worst-")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(tmp)
-	l := &lab{o: o, backend: nftablesBackend, n: n, dir: filepath.Join(tmp, "config"), ctx: ctx}
+	defer l.close()
 	for _, sub := range []string{"groups", "vms"} {
 		if err := os.MkdirAll(filepath.Join(l.dir, sub), 0o755); err != nil {
 			return err
@@ -37,16 +36,10 @@ func worstCase(ctx context.Context, o options, n int, r *agentResults) error {
 		}
 		return l.write(fmt.Sprintf("vms/%d.toml", id), vmFile(id, k, []string{own(id)}))
 	}
-	l.env = labEnv(tmp, l.dir, nftablesBackend)
 	if l.hv, err = newNetns(ctx, "hv"); err != nil {
 		return err
 	}
-	defer l.hv.remove()
-	// Taps are dummies where the kernel has them, ifb otherwise (lab.setup).
-	l.linkKind = "dummy"
-	if _, err := l.hv.run(ctx, "ip", "link", "add", "vmfwprobe0", "type", "dummy"); err != nil {
-		l.linkKind = "ifb"
-	} else if _, err := l.hv.run(ctx, "ip", "link", "del", "vmfwprobe0"); err != nil {
+	if err := l.probeLinkKind(); err != nil {
 		return err
 	}
 	var batch bytes.Buffer

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"math/rand"
@@ -27,9 +26,46 @@ type options struct {
 
 // harness runs vmfw in one lab.
 type harness struct {
-	o                        options
-	hv                       *labnet.NS
+	o   options
+	lab *labnet.Lab
+	hv  *labnet.NS
+	// tmp holds config, runDir and stateDir.
+	tmp                      string
 	config, runDir, stateDir string
+}
+
+// newHarness creates a lab with the scenario's interfaces, which vmfw has
+// not run in yet, and the harness's directories in a new temporary
+// directory named after prefix. The caller closes it.
+func newHarness(ctx context.Context, o options, prefix string) (*harness, error) {
+	lab, err := labnet.New(labnet.Options{})
+	if err != nil {
+		return nil, err
+	}
+	tmp, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		lab.Close()
+		return nil, err
+	}
+	h := &harness{o: o, lab: lab, hv: lab.Hypervisor(), tmp: tmp, config: filepath.Join(tmp, "config"),
+		runDir: filepath.Join(tmp, "run"), stateDir: filepath.Join(tmp, "state")}
+	for _, d := range []string{h.config, h.runDir, h.stateDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			h.close()
+			return nil, err
+		}
+	}
+	if err := h.addInterfaces(ctx); err != nil {
+		h.close()
+		return nil, err
+	}
+	return h, nil
+}
+
+// close removes the harness's directories and its lab.
+func (h *harness) close() {
+	os.RemoveAll(h.tmp)
+	h.lab.Close()
 }
 
 // command returns vmfw with args, run in the hypervisor namespace in a
@@ -60,6 +96,15 @@ func (h *harness) vmfw(ctx context.Context, args ...string) (string, error) {
 // configure writes configuration A or B.
 func (h *harness) configure(b bool) error { return writeConfig(h.config, h.o.taps, b) }
 
+// dryRun writes configuration b and returns what "vmfw apply --dry-run"
+// says the apply would do.
+func (h *harness) dryRun(ctx context.Context, b bool) (string, error) {
+	if err := h.configure(b); err != nil {
+		return "", err
+	}
+	return h.vmfw(ctx, "apply", "--dry-run")
+}
+
 // applyTo writes configuration b and applies it, returning how long the
 // apply took and the state it left.
 func (h *harness) applyTo(ctx context.Context, b bool) (time.Duration, *snapshot, error) {
@@ -84,27 +129,25 @@ type direction struct {
 	stages   []string
 }
 
+// planStages sets d.stages, the states of the ipsets d's plan passes
+// through, and checks that they end in the sets of d.at.
+func (d *direction) planStages() error {
+	var err error
+	if d.stages, err = setStages(d.from.sets, d.plan); err != nil {
+		return err
+	}
+	if d.stages[len(d.stages)-1] != d.at.sets.String() {
+		return fmt.Errorf("%s: the dry run's ipset scripts do not lead to the applied sets", d.name)
+	}
+	return nil
+}
+
 func runBackend(ctx context.Context, o options) (*result, error) {
-	lab, err := labnet.New(labnet.Options{})
+	h, err := newHarness(ctx, o, "vmfw-crashtest")
 	if err != nil {
 		return nil, err
 	}
-	defer lab.Close()
-	tmp, err := os.MkdirTemp("", "vmfw-crashtest")
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(tmp)
-	h := &harness{o: o, hv: lab.Hypervisor(), config: filepath.Join(tmp, "config"),
-		runDir: filepath.Join(tmp, "run"), stateDir: filepath.Join(tmp, "state")}
-	for _, d := range []string{h.config, h.runDir, h.stateDir} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return nil, err
-		}
-	}
-	if err := h.addInterfaces(ctx); err != nil {
-		return nil, err
-	}
+	defer h.close()
 
 	// The two states, and the proof that the canonical form does not
 	// depend on the way a state was reached.
@@ -112,10 +155,7 @@ func runBackend(ctx context.Context, o options) (*result, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := h.configure(true); err != nil {
-		return nil, err
-	}
-	dryAB, err := h.vmfw(ctx, "apply", "--dry-run")
+	dryAB, err := h.dryRun(ctx, true)
 	if err != nil {
 		return nil, err
 	}
@@ -123,10 +163,7 @@ func runBackend(ctx context.Context, o options) (*result, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := h.configure(false); err != nil {
-		return nil, err
-	}
-	dryBA, err := h.vmfw(ctx, "apply", "--dry-run")
+	dryBA, err := h.dryRun(ctx, false)
 	if err != nil {
 		return nil, err
 	}
@@ -145,11 +182,8 @@ func runBackend(ctx context.Context, o options) (*result, error) {
 	ab := &direction{name: "A→B", to: true, from: snapA, at: snapB, plan: parsePlan(dryAB)}
 	ba := &direction{name: "B→A", to: false, from: snapB, at: snapA, plan: parsePlan(dryBA)}
 	for _, d := range []*direction{ab, ba} {
-		if d.stages, err = setStages(d.from.sets, d.plan); err != nil {
+		if err := d.planStages(); err != nil {
 			return nil, err
-		}
-		if d.stages[len(d.stages)-1] != d.at.sets.String() {
-			return nil, fmt.Errorf("%s: the dry run's ipset scripts do not lead to the applied sets", d.name)
 		}
 	}
 
@@ -254,43 +288,22 @@ const freshEvery = 10
 // snapA, the state a clean apply of A left in the main lab, and checks
 // that the next apply converges to snapA. It returns what trial does.
 func freshTrial(ctx context.Context, o options, snapA *snapshot, delay time.Duration) (label, violation string, full time.Duration, err error) {
-	lab, err := labnet.New(labnet.Options{})
+	h, err := newHarness(ctx, o, "vmfw-crashtest-fresh")
 	if err != nil {
 		return "", "", 0, err
 	}
-	defer lab.Close()
-	tmp, err := os.MkdirTemp("", "vmfw-crashtest-fresh")
-	if err != nil {
-		return "", "", 0, err
-	}
-	defer os.RemoveAll(tmp)
-	h := &harness{o: o, hv: lab.Hypervisor(), config: filepath.Join(tmp, "config"),
-		runDir: filepath.Join(tmp, "run"), stateDir: filepath.Join(tmp, "state")}
-	for _, d := range []string{h.config, h.runDir, h.stateDir} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return "", "", 0, err
-		}
-	}
-	if err := h.addInterfaces(ctx); err != nil {
-		return "", "", 0, err
-	}
+	defer h.close()
 	empty, err := read(ctx, h.hv, o.backend)
 	if err != nil {
 		return "", "", 0, err
 	}
-	if err := h.configure(false); err != nil {
-		return "", "", 0, err
-	}
-	dry, err := h.vmfw(ctx, "apply", "--dry-run")
+	dry, err := h.dryRun(ctx, false)
 	if err != nil {
 		return "", "", 0, err
 	}
 	d := &direction{name: "∅→A", to: false, from: empty, at: snapA, plan: parsePlan(dry)}
-	if d.stages, err = setStages(empty.sets, d.plan); err != nil {
+	if err := d.planStages(); err != nil {
 		return "", "", 0, err
-	}
-	if d.stages[len(d.stages)-1] != snapA.sets.String() {
-		return "", "", 0, errors.New("from an empty kernel, the dry run's ipset scripts do not lead to the applied sets")
 	}
 	label, violation, full, err = h.trial(ctx, d, delay)
 	if err != nil || violation != "" {
