@@ -37,6 +37,23 @@ type Inspection interface {
 	Trace(installed, want *ruleset.Policy, name func(ruleset.Origin) string) KernelTrace
 }
 
+// DestinationMAC returns the destination MAC of a frame to port: the MAC
+// of the interface the first of policies that attaches one there gives
+// it (the configuration's before the installed one), which the sender,
+// or the host routing, learnt from ARP or neighbour discovery; nil when
+// none says one, and a walk then uses a unicast MAC no rule names.
+func DestinationMAC(port string, policies []*ruleset.Policy) net.HardwareAddr {
+	for _, p := range policies {
+		if p == nil || port == "" {
+			continue
+		}
+		if n := p.Interface(port); n != nil && n.MAC != nil {
+			return n.MAC
+		}
+	}
+	return nil
+}
+
 // KernelTrace follows the packets of one flow, one packet at a time.
 type KernelTrace interface {
 	// Walk follows p through the objects read (kernel, with the drift on

@@ -210,33 +210,31 @@ func (s *randomSet) mutate(r *rand.Rand) {
 		i := r.Intn(len(list) + 1)
 		return slices.Insert(list, i, p)
 	}
+	// take removes a prefix of *list at random; false when it has none.
+	take := func(list *[]netip.Prefix) (netip.Prefix, bool) {
+		if len(*list) == 0 {
+			return netip.Prefix{}, false
+		}
+		i := r.Intn(len(*list))
+		p := (*list)[i]
+		*list = slices.Delete(*list, i, i+1)
+		return p, true
+	}
 	switch r.Intn(7) {
 	case 0, 1:
 		s.entries = insert(s.entries, randomPrefix(r))
 	case 2:
-		if len(s.entries) > 0 {
-			i := r.Intn(len(s.entries))
-			s.entries = slices.Delete(s.entries, i, i+1)
-		}
+		take(&s.entries)
 	case 3:
 		s.except = insert(s.except, randomPrefix(r))
 	case 4:
-		if len(s.except) > 0 {
-			i := r.Intn(len(s.except))
-			s.except = slices.Delete(s.except, i, i+1)
-		}
+		take(&s.except)
 	case 5:
-		if len(s.entries) > 0 {
-			i := r.Intn(len(s.entries))
-			p := s.entries[i]
-			s.entries = slices.Delete(s.entries, i, i+1)
+		if p, ok := take(&s.entries); ok {
 			s.except = insert(s.except, p)
 		}
 	case 6:
-		if len(s.except) > 0 {
-			i := r.Intn(len(s.except))
-			p := s.except[i]
-			s.except = slices.Delete(s.except, i, i+1)
+		if p, ok := take(&s.except); ok {
 			s.entries = insert(s.entries, p)
 		}
 	}

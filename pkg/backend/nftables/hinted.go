@@ -68,10 +68,9 @@ func (b *Backend) planHinted(st *state, want *ruleset.Policy, hint *backend.Hint
 	return p, nil
 }
 
-// holds reports whether what was read (obs: chains and set signatures;
-// narrow: the ports set's elements with the interfaces' fingerprints)
-// is rs as far as it goes.
-func holds(obs *nlnft.Observed, narrow *state, rs *layout.Ruleset) bool {
+// holdsLayout reports whether obs holds rs's chains (hooks and rule
+// fingerprints) and sets (signatures), whatever the sets' elements.
+func holdsLayout(obs *nlnft.Observed, rs *layout.Ruleset) bool {
 	for _, t := range rs.Tables() {
 		have := obs.Tables[t.Family]
 		if have == nil || len(have.Chains) != len(t.Chains) || len(have.Sets) != len(t.Sets) {
@@ -88,6 +87,16 @@ func holds(obs *nlnft.Observed, narrow *state, rs *layout.Ruleset) bool {
 				return false
 			}
 		}
+	}
+	return true
+}
+
+// holds reports whether what was read (obs: chains and set signatures;
+// narrow: the ports set's elements with the interfaces' fingerprints)
+// is rs as far as it goes.
+func holds(obs *nlnft.Observed, narrow *state, rs *layout.Ruleset) bool {
+	if !holdsLayout(obs, rs) {
+		return false
 	}
 	ports := rs.Bridge.Set(layout.SetPorts)
 	nt := narrow.obs.Tables[layout.Bridge]

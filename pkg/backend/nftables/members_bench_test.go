@@ -8,6 +8,7 @@ import (
 
 	"github.com/vmfw/vmfw/pkg/backend"
 	"github.com/vmfw/vmfw/pkg/backend/nftables/layout"
+	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // bigSet renders a set of n IPv6 entries (single addresses and /64s in
@@ -32,17 +33,24 @@ func bigSet(n int, extra bool) string {
 	return b.String() + "]\nexcept = [\n" + x.String() + "]\n"
 }
 
-// BenchmarkPlanSetEdit100000 plans a one-entry edit of a 100,000-entry
-// address set as the agent does: from the state it remembers, with the
-// members-only hint (docs/performance.md, "Address sets").
-func BenchmarkPlanSetEdit100000(b *testing.B) {
-	t := &testing.T{}
-	before, after := setsPolicy(t, bigSet(100000, false)), setsPolicy(t, bigSet(100000, true))
-	k := &fakeKernel{}
+// bigSetEdit returns the policies before and after a one-entry edit of a
+// 100,000-entry address set, and a backend on a kernel that holds
+// nothing yet.
+func bigSetEdit(b *testing.B) (before, after *ruleset.Policy, be *Backend, k *fakeKernel) {
+	before, after = setsPolicy(b, bigSet(100000, false)), setsPolicy(b, bigSet(100000, true))
+	k = &fakeKernel{}
 	be, err := New(Options{Kernel: k, Hooks: &fakeHooks{st: &HookState{}}})
 	if err != nil {
 		b.Fatal(err)
 	}
+	return before, after, be, k
+}
+
+// BenchmarkPlanSetEdit100000 plans a one-entry edit of a 100,000-entry
+// address set as the agent does: from the state it remembers, with the
+// members-only hint (docs/performance.md, "Address sets").
+func BenchmarkPlanSetEdit100000(b *testing.B) {
+	before, after, be, k := bigSetEdit(b)
 	k.obs = observedOf(layout.Build(before, be.Marks()))
 	ctx := context.Background()
 	b.ResetTimer()
@@ -62,13 +70,7 @@ func BenchmarkPlanSetEdit100000(b *testing.B) {
 // agent now does: with the sets' configuration before and after
 // (Hint.Sets), from the memory of the generation the backend last wrote.
 func BenchmarkPlanSetEditFromConfiguration100000(b *testing.B) {
-	t := &testing.T{}
-	before, after := setsPolicy(t, bigSet(100000, false)), setsPolicy(t, bigSet(100000, true))
-	k := &fakeKernel{}
-	be, err := New(Options{Kernel: k, Hooks: &fakeHooks{st: &HookState{}}})
-	if err != nil {
-		b.Fatal(err)
-	}
+	before, after, be, k := bigSetEdit(b)
 	rs := layout.Build(before, be.Marks())
 	k.obs = observedOf(rs)
 	k.obs.Gen = 1

@@ -3,35 +3,25 @@ package nftables
 import (
 	"context"
 	"errors"
-	"os"
-	"path/filepath"
 	"slices"
 	"testing"
 
 	"github.com/vmfw/vmfw/pkg/backend"
 	"github.com/vmfw/vmfw/pkg/backend/nftables/layout"
 	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/config/configtest"
 	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // setsPolicy compiles a VM whose group refers to address set partners,
 // defined as setFile.
-func setsPolicy(t *testing.T, setFile string) *ruleset.Policy {
+func setsPolicy(t testing.TB, setFile string) *ruleset.Policy {
 	t.Helper()
-	dir := t.TempDir()
-	for name, content := range map[string]string{
+	m, err := config.Load(configtest.Dir(t, map[string]string{
 		"sets/partners.toml": setFile,
 		"groups/web.toml":    "[[in]]\nproto = \"tcp\"\ndport = \"22\"\nsource_set = \"partners\"\n\n[[out]]\ndest_set = \"partners\"\naction = \"drop\"\n",
 		"vms/110.toml":       "[net0]\nmac = \"02:00:00:00:01:10\"\nips = [\"192.0.2.10\"]\ngroups = [\"web\"]\n",
-	} {
-		if err := os.MkdirAll(filepath.Dir(filepath.Join(dir, name)), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	m, err := config.Load(dir)
+	}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,6 +32,19 @@ func setsPolicy(t *testing.T, setFile string) *ruleset.Policy {
 	return p
 }
 
+// partnersEdit returns the policies before and after an edit of address
+// set partners (an IPv6 entry replaced by an IPv4 one, an except carved
+// from an entry) and a backend on a kernel that holds the first at
+// generation 7.
+func partnersEdit(t *testing.T) (before, after *ruleset.Policy, b *Backend, k *fakeKernel) {
+	t.Helper()
+	before = setsPolicy(t, "entries = [\"198.51.100.0/24\", \"2001:db8:1::/48\"]\n")
+	after = setsPolicy(t, "entries = [\"198.51.100.0/24\", \"203.0.113.7\"]\nexcept = [\"198.51.100.0/26\"]\n")
+	b, k = installedBackend(t, before)
+	k.obs.Gen = 7
+	return before, after, b, k
+}
+
 // TestPlanSetEdit: an edit of an address set, planned as the engine plans
 // it (a narrow read and backend.Hint.Members), changes the elements of the
 // set's interval sets alone, by the effective prefixes that come and go:
@@ -49,10 +52,7 @@ func setsPolicy(t *testing.T, setFile string) *ruleset.Policy {
 // The summary lists those prefixes, and the plan equals the full one.
 func TestPlanSetEdit(t *testing.T) {
 	ctx := context.Background()
-	before := setsPolicy(t, "entries = [\"198.51.100.0/24\", \"2001:db8:1::/48\"]\n")
-	after := setsPolicy(t, "entries = [\"198.51.100.0/24\", \"203.0.113.7\"]\nexcept = [\"198.51.100.0/26\"]\n")
-	b, k := installedBackend(t, before)
-	k.obs.Gen = 7
+	_, after, b, k := partnersEdit(t)
 	st, err := b.Read(ctx, true)
 	if err != nil {
 		t.Fatal(err)
@@ -147,10 +147,7 @@ func equalLists(a, b map[string][]string) bool {
 // made from the tables again.
 func TestPlanSetEditFromConfiguration(t *testing.T) {
 	ctx := context.Background()
-	before := setsPolicy(t, "entries = [\"198.51.100.0/24\", \"2001:db8:1::/48\"]\n")
-	after := setsPolicy(t, "entries = [\"198.51.100.0/24\", \"203.0.113.7\"]\nexcept = [\"198.51.100.0/26\"]\n")
-	b, k := installedBackend(t, before)
-	k.obs.Gen = 7
+	before, after, b, k := partnersEdit(t)
 	// A full plan finds the tables as wanted: the sets are held as
 	// before at generation 7, which Mark remembers.
 	st, err := b.Read(ctx, false)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"slices"
-	"sort"
 	"strings"
 	"testing"
 
@@ -12,6 +11,7 @@ import (
 	"github.com/vmfw/vmfw/pkg/backend/nftables/layout"
 	"github.com/vmfw/vmfw/pkg/backend/nftables/nlnft"
 	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/config/configtest/scenario"
 	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
@@ -115,16 +115,7 @@ func installedBackend(t *testing.T, p *ruleset.Policy) (*Backend, *fakeKernel) {
 
 func referencePolicy(t *testing.T) *ruleset.Policy {
 	t.Helper()
-	m, err := config.Load("../../../conf/examples/reference")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var nics []*config.NIC
-	for _, vm := range m.VMs {
-		nics = append(nics, vm.NICs...)
-	}
-	sort.Slice(nics, func(i, j int) bool { return nics[i].Tap < nics[j].Tap })
-	p, err := ruleset.Compile(m, nics)
+	p, err := ruleset.Compile(scenario.Load(t, "../../../conf/examples/reference"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -479,13 +479,7 @@ func settingsAsWas(obs *nlnft.Observed, was *elements, ifaces []string) string {
 // must not exist), "" when they do not.
 func unlike(t *nlnft.ObservedTable, chains []*layout.Chain, names ...string) string {
 	for _, name := range names {
-		o := t.Chains[name]
-		var want *layout.Chain
-		for _, c := range chains {
-			if c.Name == name {
-				want = c
-			}
-		}
+		o, want := t.Chains[name], chainNamed(chains, name)
 		switch {
 		case want == nil && o != nil:
 			return "bridge/" + name + " exists, which the installed configuration does not lay out (an edit not applied yet, or drift)"
@@ -494,6 +488,14 @@ func unlike(t *nlnft.ObservedTable, chains []*layout.Chain, names ...string) str
 		}
 	}
 	return ""
+}
+
+// chainNamed returns the chain of chains called name, or nil.
+func chainNamed(chains []*layout.Chain, name string) *layout.Chain {
+	if i := slices.IndexFunc(chains, func(c *layout.Chain) bool { return c.Name == name }); i >= 0 {
+		return chains[i]
+	}
+	return nil
 }
 
 // diffScope compares table f within the scope; tc is nil when nothing
@@ -647,13 +649,7 @@ func (b *Backend) diffScope(f layout.Family, h *holding, sc *scope, defs map[str
 			}
 		}
 		for _, name := range names {
-			o := have.Chains[name]
-			var c *layout.Chain
-			for _, w := range want {
-				if w.Name == name {
-					c = w
-				}
-			}
+			o, c := have.Chains[name], chainNamed(want, name)
 			switch {
 			case c != nil && o == nil:
 				tc.NewChains = append(tc.NewChains, c)

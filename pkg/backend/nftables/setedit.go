@@ -245,25 +245,16 @@ func withoutSetConfigs(want *ruleset.Policy) *ruleset.Policy {
 // sameButAddressSets reports whether obs holds rs's chains and sets,
 // every set's elements but the address sets' included.
 func sameButAddressSets(obs *nlnft.Observed, rs *layout.Ruleset) bool {
+	if !holdsLayout(obs, rs) {
+		return false
+	}
 	for _, t := range rs.Tables() {
 		have := obs.Tables[t.Family]
-		if have == nil || len(have.Chains) != len(t.Chains) || len(have.Sets) != len(t.Sets) {
-			return false
-		}
-		for _, c := range t.Chains {
-			o := have.Chains[c.Name]
-			if o == nil || !sameHook(o.Hook, c.Hook) || !slices.Equal(o.Hashes, c.Hashes()) {
-				return false
-			}
-		}
 		for _, s := range t.Sets {
-			o := have.Sets[s.Name]
-			if o == nil || o.Signature != s.Signature() {
-				return false
-			}
 			if t.Family == layout.Bridge && isListSet(s.Name) {
 				continue
 			}
+			o := have.Sets[s.Name]
 			if len(o.Elements) != len(s.Elements) {
 				return false
 			}

@@ -12,7 +12,6 @@
 package interp
 
 import (
-	"net"
 	"net/netip"
 	"sync"
 
@@ -87,24 +86,8 @@ type flow struct {
 	compiled, actual *layout.Ruleset
 	machines         map[ruleset.Family]*machines
 	// policies are the wanted policy and the installed one, where a frame
-	// to a VM finds its destination MAC (dstMAC).
+	// to a VM finds its destination MAC (backend.DestinationMAC).
 	policies []*ruleset.Policy
-}
-
-// dstMAC returns the destination MAC of a frame to port: the MAC of the
-// interface the configuration (else the installed policy) attaches
-// there, as the sender learnt it from ARP or neighbour discovery; nil
-// when neither says one, a unicast MAC no rule names.
-func (t *flow) dstMAC(port string) net.HardwareAddr {
-	for _, p := range t.policies {
-		if p == nil || port == "" {
-			continue
-		}
-		if n := p.Interface(port); n != nil && n.MAC != nil {
-			return n.MAC
-		}
-	}
-	return nil
 }
 
 // machines are the interpreters of one family's rules: the kernel's, the

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"strconv"
 	"strings"
 
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
@@ -256,13 +255,8 @@ func macMatch(arg string, mac net.HardwareAddr, multicast bool) bool {
 func parseL2ICMP(s string) (lo, hi, clo, chi uint8, err error) {
 	types, codes, hasCodes := strings.Cut(s, "/")
 	rng := func(s string) (uint8, uint8, error) {
-		a, b, isRange := strings.Cut(s, ":")
-		if !isRange {
-			b = a
-		}
-		x, err1 := strconv.ParseUint(a, 10, 8)
-		y, err2 := strconv.ParseUint(b, 10, 8)
-		if err1 != nil || err2 != nil {
+		x, y, ok := parseRange(s, 10, 8)
+		if !ok {
 			return 0, 0, fmt.Errorf("bad icmp type %q", s)
 		}
 		return uint8(x), uint8(y), nil

@@ -543,16 +543,11 @@ func parseU32(s string) (func([]byte) bool, error) {
 			}
 			t.mask = uint32(m)
 		}
-		lo, hi, isRange := strings.Cut(val, ":")
-		if !isRange {
-			hi = lo
-		}
-		l, err1 := strconv.ParseUint(lo, 0, 32)
-		h, err2 := strconv.ParseUint(hi, 0, 32)
-		if err1 != nil || err2 != nil {
+		lo, hi, ok := parseRange(val, 0, 32)
+		if !ok {
 			return nil, fmt.Errorf("u32 %q: bad value", part)
 		}
-		t.lo, t.hi = uint32(l), uint32(h)
+		t.lo, t.hi = uint32(lo), uint32(hi)
 		tests = append(tests, t)
 	}
 	return func(b []byte) bool {
@@ -567,6 +562,19 @@ func parseU32(s string) (func([]byte) bool, error) {
 		}
 		return true
 	}, nil
+}
+
+// parseRange reads "LO:HI" or a single number (LO and HI both), each in
+// base and of bits as strconv.ParseUint reads them; ok is false when
+// either is not such a number.
+func parseRange(s string, base, bits int) (lo, hi uint64, ok bool) {
+	a, b, isRange := strings.Cut(s, ":")
+	if !isRange {
+		b = a
+	}
+	lo, err1 := strconv.ParseUint(a, base, bits)
+	hi, err2 := strconv.ParseUint(b, base, bits)
+	return lo, hi, err1 == nil && err2 == nil
 }
 
 // parseICMP reads an ICMP type as iptables-save prints it ("8", "3/3") or

@@ -166,7 +166,7 @@ func (t *flow) l2in(res *result, l2m *l2machine, k *Kernel, p *packet, q backend
 		l2hook = layout.Forward
 		f.out = p.physOut
 		// The sender addressed the frame to the receiving VM's MAC.
-		f.dstMAC = t.dstMAC(q.OutPort)
+		f.dstMAC = backend.DestinationMAC(q.OutPort, t.policies)
 	}
 	var roots []layout.Chain
 	if q.InPort != "" && hooked(k, "bridge", l2hook, layout.ChainL2, q.Family) {

@@ -142,21 +142,28 @@ func ParseHeads(out []byte) (map[string]Head, []byte) {
 		case key == "Type":
 			h.Type = layout.SetType(value)
 		case key == "Header":
-			f := strings.Fields(value)
-			for i := 0; i+1 < len(f); i++ {
-				switch f[i] {
-				case "family":
-					h.Family = f[i+1]
-				case "maxelem":
-					h.MaxElem, _ = strconv.Atoi(f[i+1])
-				}
-			}
+			h.Family, h.MaxElem = header(strings.Fields(value))
 		case key == "Number of entries":
 			h.Entries, _ = strconv.Atoi(value)
 			heads[name], name = h, ""
 		}
 	}
 	return heads, rest
+}
+
+// header reads the family and maxelem of a set's header words, as
+// "ipset list" and "ipset save" print them ("family inet hashsize 1024
+// maxelem 65536").
+func header(words []string) (family string, maxElem int) {
+	for i := 0; i+1 < len(words); i++ {
+		switch words[i] {
+		case "family":
+			family = words[i+1]
+		case "maxelem":
+			maxElem, _ = strconv.Atoi(words[i+1])
+		}
+	}
+	return family, maxElem
 }
 
 // ownNames picks, sorted, the names of "ipset list -n" output that are
@@ -186,14 +193,7 @@ func Parse(save []byte) map[string]*Observed {
 		switch f[0] {
 		case "create":
 			o := &Observed{Type: layout.SetType(f[2]), Members: map[string]bool{}}
-			for i := 3; i+1 < len(f); i++ {
-				switch f[i] {
-				case "family":
-					o.Family = f[i+1]
-				case "maxelem":
-					o.MaxElem, _ = strconv.Atoi(f[i+1])
-				}
-			}
+			o.Family, o.MaxElem = header(f[3:])
 			sets[f[1]] = o
 		case "add":
 			if o := sets[f[1]]; o != nil {

@@ -565,11 +565,7 @@ func groupSets(f ruleset.Family, variants []string, group, dir string) []string 
 	if group == "" {
 		return variants
 	}
-	out := make([]string, len(variants))
-	for i, v := range variants {
-		out[i] = join(v, "-m set --match-set "+SetName(group, f)+" "+dir)
-	}
-	return out
+	return matchSet(variants, SetName(group, f), dir)
 }
 
 // addressSets restricts the variants to the addresses of an address set
@@ -581,9 +577,15 @@ func addressSets(f ruleset.Family, variants []string, set, dir string) []string 
 	if set == "" {
 		return variants
 	}
+	return matchSet(variants, AddressSetName(set, f), dir)
+}
+
+// matchSet restricts each variant to the addresses in ipset name, looked
+// up by the packet's source or destination (dir: src, dst).
+func matchSet(variants []string, name, dir string) []string {
 	out := make([]string, len(variants))
 	for i, v := range variants {
-		out[i] = join(v, "-m set --match-set "+AddressSetName(set, f)+" "+dir)
+		out[i] = join(v, "-m set --match-set "+name+" "+dir)
 	}
 	return out
 }

@@ -1,50 +1,41 @@
 package layout
 
 import (
+	"testing"
+
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
 // The tests describe their scenarios as configurations and attached
 // interfaces, as an operator would; these compile them to the policy the
-// layout takes.
+// layout takes. A configuration that does not compile fails the test.
 
-func buildFor(m *config.Model, nics []*config.NIC) (*Ruleset, error) {
+func compile(t testing.TB, m *config.Model, nics []*config.NIC) *ruleset.Policy {
+	t.Helper()
 	p, err := ruleset.Compile(m, nics)
 	if err != nil {
-		return nil, err
+		t.Fatal(err)
 	}
-	return Build(p), nil
+	return p
 }
 
-func buildScopedFor(m *config.Model, nics []*config.NIC, focus map[string]bool) (*Ruleset, error) {
-	p, err := ruleset.Compile(m, nics)
-	if err != nil {
-		return nil, err
-	}
-	return buildScoped(p, focus), nil
+func buildFor(t testing.TB, m *config.Model, nics []*config.NIC) *Ruleset {
+	t.Helper()
+	return Build(compile(t, m, nics))
 }
 
-func buildScopeFor(m *config.Model, before, after []*config.NIC, focus []string) (*Scope, error) {
-	was, err := ruleset.Compile(m, before)
-	if err != nil {
-		return nil, err
-	}
-	now, err := ruleset.Compile(m, after)
-	if err != nil {
-		return nil, err
-	}
-	return BuildScope(was, now, focus), nil
+func buildScopedFor(t testing.TB, m *config.Model, nics []*config.NIC, focus map[string]bool) *Ruleset {
+	t.Helper()
+	return buildScoped(compile(t, m, nics), focus)
 }
 
-func groupScopeFor(was, now *config.Model, nics []*config.NIC, groups []string) (*Scope, error) {
-	pw, err := ruleset.Compile(was, nics)
-	if err != nil {
-		return nil, err
-	}
-	pn, err := ruleset.Compile(now, nics)
-	if err != nil {
-		return nil, err
-	}
-	return GroupScope(pw, pn, groups), nil
+func buildScopeFor(t testing.TB, m *config.Model, before, after []*config.NIC, focus []string) *Scope {
+	t.Helper()
+	return BuildScope(compile(t, m, before), compile(t, m, after), focus)
+}
+
+func groupScopeFor(t testing.TB, was, now *config.Model, nics []*config.NIC, groups []string) *Scope {
+	t.Helper()
+	return GroupScope(compile(t, was, nics), compile(t, now, nics), groups)
 }

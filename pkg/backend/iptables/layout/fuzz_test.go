@@ -62,11 +62,11 @@ func FuzzBuild(f *testing.F) {
 		for _, v := range m.VMs {
 			nics = append(nics, v.NICs...)
 		}
-		rs, err := buildFor(m, nics)
+		p, err := ruleset.Compile(m, nics)
 		if err != nil {
 			t.Fatalf("Build refused a configuration Load accepted: %v", err)
 		}
-		checkRendered(t, rs)
+		checkRendered(t, Build(p))
 	})
 }
 

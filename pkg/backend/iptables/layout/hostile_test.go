@@ -3,14 +3,13 @@ package layout
 import (
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"unicode"
 
 	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/config/configtest"
 	"github.com/vmfw/vmfw/pkg/config/configtest/scenario"
 	"github.com/vmfw/vmfw/pkg/ruleset"
 )
@@ -114,17 +113,7 @@ func hostileDir(t *testing.T, f hostileField, value string) string {
 		content = strings.Replace(f.content, "P", tomlString(value), 1) // a quoted key
 	}
 	files[f.file] = content
-	dir := t.TempDir()
-	for rel, c := range files {
-		p := filepath.Join(dir, filepath.FromSlash(rel))
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(c), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dir
+	return configtest.Dir(t, files)
 }
 
 // lineOf returns the line of the field's file that holds P.
@@ -136,10 +125,7 @@ func lineOf(content string) int {
 func restoreLines(t *testing.T, dir string) [][]string {
 	t.Helper()
 	m, nics := scenario.Load(t, dir)
-	rs, err := buildFor(m, nics)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rs := buildFor(t, m, nics)
 	checkRendered(t, rs)
 	var out [][]string
 	for _, f := range ruleset.Families {
@@ -207,15 +193,7 @@ func TestHostileFileNames(t *testing.T) {
 			continue // not a possible file name
 		}
 		for _, rel := range []string{"groups/" + v + ".toml", "vms/" + v + ".toml", "groups/web" + v + ".toml", "vms/110" + v + ".toml"} {
-			dir := t.TempDir()
-			p := filepath.Join(dir, filepath.FromSlash(rel))
-			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(p, []byte("\n"), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			_, err := config.Load(dir)
+			_, err := config.Load(configtest.Dir(t, map[string]string{rel: "\n"}))
 			var ce *config.Error
 			if !errors.As(err, &ce) || ce.File != rel || !printable(err.Error()) {
 				t.Errorf("file %q: error %v, want a printable *config.Error naming it", rel, err)
@@ -228,19 +206,11 @@ func TestHostileFileNames(t *testing.T) {
 // group names; the longest names there are keep the prefix one quoted
 // argument of at most 28 characters, with the verdict in it.
 func TestLogPrefixesStayInTheirArgument(t *testing.T) {
-	dir := t.TempDir()
 	group := "Abcdefghij_klmnopqrs"
-	files := map[string]string{
+	dir := configtest.Dir(t, map[string]string{
 		"groups/" + group + ".toml": "[[in]]\nlog = true\naction = \"reject\"\n\n[[out]]\nlog = true\n",
 		"vms/999999999.toml":        "log = true\npolicy_in = \"drop\"\npolicy_out = \"reject\"\n[net99]\ngroups = [\"" + group + "\"]\n",
-	}
-	for rel, c := range files {
-		p := filepath.Join(dir, filepath.FromSlash(rel))
-		os.MkdirAll(filepath.Dir(p), 0o755)
-		if err := os.WriteFile(p, []byte(c), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	})
 	n := 0
 	for _, args := range restoreLines(t, dir) {
 		i := slices.Index(args, "--log-prefix")

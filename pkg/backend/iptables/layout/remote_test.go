@@ -14,10 +14,7 @@ import (
 // no chains; BuildScope keeps them too.
 func TestRemoteMembersFillSetsOnly(t *testing.T) {
 	m, nics := scenario.Load(t, "../../../../conf/examples/reference")
-	local, err := buildFor(m, nics)
-	if err != nil {
-		t.Fatal(err)
-	}
+	local := buildFor(t, m, nics)
 	var group string
 	for _, s := range local.Sets {
 		if s.Family == ruleset.IPv4 {
@@ -30,10 +27,7 @@ func TestRemoteMembersFillSetsOnly(t *testing.T) {
 	}
 	remote := []netip.Addr{netip.MustParseAddr("203.0.113.9"), netip.MustParseAddr("2001:db8:ffff::9"), netip.MustParseAddr("203.0.113.9")}
 	m.RemoteMembers = map[string][]netip.Addr{group: remote}
-	rs, err := buildFor(m, nics)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rs := buildFor(t, m, nics)
 	for f, tbl := range rs.Tables {
 		if len(tbl.Chains) != len(local.Tables[f].Chains) {
 			t.Errorf("%s: remote members changed the chains: %d, want %d", f, len(tbl.Chains), len(local.Tables[f].Chains))
@@ -52,10 +46,7 @@ func TestRemoteMembersFillSetsOnly(t *testing.T) {
 			t.Errorf("%s: %v, want %v", s.Name, s.Members, want)
 		}
 	}
-	sc, err := buildScopeFor(m, nics, nics, []string{nics[0].Tap})
-	if err != nil {
-		t.Fatal(err)
-	}
+	sc := buildScopeFor(t, m, nics, nics, []string{nics[0].Tap})
 	for _, s := range sc.Sets {
 		if s.Name == SetName(group, ruleset.IPv4) && !slices.Contains(s.Members, "203.0.113.9") {
 			t.Errorf("BuildScope lost the remote member: %v", s.Members)

@@ -164,10 +164,7 @@ func TestLocalTreeAvoidsMACMatches(t *testing.T) {
 	}}
 	withMAC := routeNICs(2, "plain", "bymac")[0]
 	without := routeNICs(4, "plain")[3]
-	rs, err := buildFor(m, []*config.NIC{withMAC, without})
-	if err != nil {
-		t.Fatal(err)
-	}
+	rs := buildFor(t, m, []*config.NIC{withMAC, without})
 	for _, f := range ruleset.Families {
 		chains := rs.Tables[f].Index()
 		ip := withMAC.IPs[0]

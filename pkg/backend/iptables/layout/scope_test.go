@@ -46,15 +46,9 @@ func scopeModel(t testing.TB, n int) (*config.Model, []*config.NIC) {
 // out of focus and the dispatch chains (BuildScope adds those that change).
 func TestBuildScopedMatchesBuild(t *testing.T) {
 	m, nics := scopeModel(t, 200)
-	full, err := buildFor(m, nics)
-	if err != nil {
-		t.Fatal(err)
-	}
+	full := buildFor(t, m, nics)
 	focus := map[string]bool{"tap1000i0": true, "tap1010i0": true, "tap1200i0": true}
-	scoped, err := buildScopedFor(m, nics, focus)
-	if err != nil {
-		t.Fatal(err)
-	}
+	scoped := buildScopedFor(t, m, nics, focus)
 	tapOf := map[Chain]string{}
 	for _, n := range nics {
 		for _, c := range TapChains(n.Tap) {
@@ -151,18 +145,9 @@ func TestScopeTakesKernelFromBeforeToAfter(t *testing.T) {
 			if !attach {
 				before, after = after, before
 			}
-			sc, err := buildScopeFor(m, before, after, []string{tap})
-			if err != nil {
-				t.Fatal(err)
-			}
-			was, err := buildFor(m, before)
-			if err != nil {
-				t.Fatal(err)
-			}
-			now, err := buildFor(m, after)
-			if err != nil {
-				t.Fatal(err)
-			}
+			sc := buildScopeFor(t, m, before, after, []string{tap})
+			was := buildFor(t, m, before)
+			now := buildFor(t, m, after)
 			for _, f := range ruleset.Families {
 				k := kernelOf(was.Tables[f])
 				applyScope(k, sc.Tables[f], sc.Chains[f])
@@ -215,18 +200,12 @@ func TestGroupScopeTakesKernelFromBeforeToAfter(t *testing.T) {
 	now := edited("g2",
 		config.Rule{Action: config.Accept, Proto: "tcp", DPort: []config.PortRange{{Lo: 8080, Hi: 8080}}},
 		config.Rule{Action: config.Drop, Proto: "udp", SourceGroup: "g4"})
-	sc, err := groupScopeFor(was, now, nics, []string{"g2"})
-	if err != nil || sc == nil {
-		t.Fatalf("GroupScope = %v, %v", sc, err)
+	sc := groupScopeFor(t, was, now, nics, []string{"g2"})
+	if sc == nil {
+		t.Fatal("GroupScope = nil")
 	}
-	before, err := buildFor(was, nics)
-	if err != nil {
-		t.Fatal(err)
-	}
-	after, err := buildFor(now, nics)
-	if err != nil {
-		t.Fatal(err)
-	}
+	before := buildFor(t, was, nics)
+	after := buildFor(t, now, nics)
 	for _, f := range ruleset.Families {
 		k := kernelOf(before.Tables[f])
 		applyScope(k, sc.Tables[f], sc.Chains[f])
@@ -243,8 +222,8 @@ func TestGroupScopeTakesKernelFromBeforeToAfter(t *testing.T) {
 		t.Errorf("sets differ from Build:\n%v\n%v", sc.Sets, after.Sets)
 	}
 	mac, _ := net.ParseMAC("02:00:00:00:00:09")
-	if sc, err := groupScopeFor(was, edited("g2", config.Rule{Action: config.Accept, SourceMAC: mac}), nics, []string{"g2"}); sc != nil || err != nil {
-		t.Errorf("a group gaining a source MAC rule got a group scope: %v, %v", sc, err)
+	if sc := groupScopeFor(t, was, edited("g2", config.Rule{Action: config.Accept, SourceMAC: mac}), nics, []string{"g2"}); sc != nil {
+		t.Errorf("a group gaining a source MAC rule got a group scope: %v", sc)
 	}
 }
 
@@ -327,14 +306,8 @@ func TestScopeFromEmptyKernel(t *testing.T) {
 					continue
 				}
 				after := append(slices.Clone(attached), m.NIC(tap))
-				sc, err := buildScopeFor(m, attached, after, []string{tap})
-				if err != nil {
-					t.Fatal(err)
-				}
-				want, err := buildFor(m, after)
-				if err != nil {
-					t.Fatal(err)
-				}
+				sc := buildScopeFor(t, m, attached, after, []string{tap})
+				want := buildFor(t, m, after)
 				for _, f := range ruleset.Families {
 					applyScope(kernels[f], sc.Tables[f], sc.Chains[f])
 					if err := jumpsResolve(kernels[f]); err != nil {

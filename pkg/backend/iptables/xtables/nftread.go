@@ -205,16 +205,7 @@ func parseExpressions(list []byte, r *kernelRule) {
 		if typ != nftaListElem {
 			return
 		}
-		var name string
-		var data []byte
-		forAttrs(elem, func(typ uint16, val []byte) {
-			switch typ {
-			case nftaExprName:
-				name = cString(val)
-			case nftaExprData:
-				data = val
-			}
-		})
+		name, data := namedData(elem, nftaExprName, nftaExprData)
 		switch name {
 		case "counter":
 			forAttrs(data, func(typ uint16, val []byte) {
@@ -253,16 +244,7 @@ func parseExpressions(list []byte, r *kernelRule) {
 				})
 			})
 		case "match":
-			var mname string
-			var info []byte
-			forAttrs(data, func(typ uint16, val []byte) {
-				switch typ {
-				case nftaMatchName:
-					mname = cString(val)
-				case nftaMatchInfo:
-					info = val
-				}
-			})
+			mname, info := namedData(data, nftaMatchName, nftaMatchInfo)
 			if mname == "comment" {
 				if h := commentHash(cString(info)); h != "" && r.Hash == "" {
 					r.Hash = h
@@ -274,6 +256,20 @@ func parseExpressions(list []byte, r *kernelRule) {
 			r.Matches++
 		}
 	})
+}
+
+// namedData returns the name (attribute nameType) and the data (attribute
+// dataType) of an expression or a match.
+func namedData(attrs []byte, nameType, dataType uint16) (name string, data []byte) {
+	forAttrs(attrs, func(typ uint16, val []byte) {
+		switch typ {
+		case nameType:
+			name = cString(val)
+		case dataType:
+			data = val
+		}
+	})
+	return name, data
 }
 
 // commentHash returns the fingerprint in a vmfw comment, "" for another.

@@ -125,7 +125,13 @@ func ListKey(groups []string) string {
 // ParseListChain splits a list chain's name into the list's fingerprint
 // and the direction.
 func ParseListChain(name string) (key string, dir config.Direction, ok bool) {
-	rest, found := strings.CutPrefix(name, ListChainPrefix)
+	return parseDirected(name, ListChainPrefix)
+}
+
+// parseDirected splits the name of a chain named prefix, what it is for
+// and a direction ("-in", "-out") into those two.
+func parseDirected(name, prefix string) (string, config.Direction, bool) {
+	rest, found := strings.CutPrefix(name, prefix)
 	i := strings.LastIndexByte(rest, '-')
 	if !found || i <= 0 {
 		return "", "", false
@@ -147,14 +153,5 @@ func MemberSet(group string, f ruleset.Family) string {
 
 // ParseGroupChain splits a group chain's name into group and direction.
 func ParseGroupChain(name string) (group string, dir config.Direction, ok bool) {
-	rest, found := strings.CutPrefix(name, config.GroupChainPrefix)
-	i := strings.LastIndexByte(rest, '-')
-	if !found || i <= 0 {
-		return "", "", false
-	}
-	d := config.Direction(rest[i+1:])
-	if d != config.In && d != config.Out {
-		return "", "", false
-	}
-	return rest[:i], d, true
+	return parseDirected(name, config.GroupChainPrefix)
 }

@@ -155,7 +155,7 @@ func (t *flow) walk(ts tables, q backend.Packet) *result {
 		}
 		// The frame goes to the receiving VM's MAC on every path: the
 		// sender, or the host routing it, resolved the VM's address.
-		p := newPacket(q, s.srcMAC, t.dstMAC(q.OutPort))
+		p := newPacket(q, s.srcMAC, backend.DestinationMAC(q.OutPort, t.policies))
 		p.mark = res.mark
 		nfproto := byte(nfprotoBridge)
 		if s.family == layout.Inet {

@@ -16,7 +16,6 @@ package nftrace
 import (
 	"fmt"
 	"maps"
-	"net"
 	"slices"
 	"sync"
 
@@ -91,29 +90,12 @@ type flow struct {
 	name             func(ruleset.Origin) string
 	compiled, actual *layout.Ruleset
 	// policies are the wanted policy and the installed one, where a frame
-	// to a VM finds its destination MAC (dstMAC).
+	// to a VM finds its destination MAC (backend.DestinationMAC).
 	policies []*ruleset.Policy
 
 	once              sync.Once
 	err               error
 	kernel, comp, act tables
-}
-
-// dstMAC returns the destination MAC of a frame to port: the MAC of the
-// interface the configuration (else the installed policy) attaches
-// there, which the sender (or the host, routing) learnt from ARP or
-// neighbour discovery; nil when neither says one (newPacket then uses a
-// unicast MAC no rule names).
-func (t *flow) dstMAC(port string) net.HardwareAddr {
-	for _, p := range t.policies {
-		if p == nil || port == "" {
-			continue
-		}
-		if n := p.Interface(port); n != nil && n.MAC != nil {
-			return n.MAC
-		}
-	}
-	return nil
 }
 
 // prepare turns the layouts and the kernel's tables into the

@@ -3,8 +3,6 @@ package nftrace_test
 import (
 	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -13,7 +11,8 @@ import (
 	"github.com/vmfw/vmfw/pkg/backend"
 	"github.com/vmfw/vmfw/pkg/backend/nftables/layout"
 	"github.com/vmfw/vmfw/pkg/backend/nftables/nftrace/nftracetest"
-	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/config/configtest"
+	"github.com/vmfw/vmfw/pkg/config/configtest/scenario"
 	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
@@ -21,24 +20,7 @@ import (
 // interface attached.
 func policyOf(t *testing.T, files map[string]string) *ruleset.Policy {
 	t.Helper()
-	dir := t.TempDir()
-	for name, content := range files {
-		if err := os.MkdirAll(filepath.Dir(filepath.Join(dir, name)), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	m, err := config.Load(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var nics []*config.NIC
-	for _, vm := range m.VMs {
-		nics = append(nics, vm.NICs...)
-	}
-	p, err := ruleset.Compile(m, nics)
+	p, err := ruleset.Compile(scenario.Load(t, configtest.Dir(t, files)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -205,38 +205,76 @@ var hookNames = map[uint32]string{
 // Read reads vmfw's tables. With elements false it reads the sets'
 // names only; with only set, it reads the named sets' elements alone
 // (and no chain).
-func (cl Client) Read(elements bool, only ...string) (o *Observed, err error) {
+func (cl Client) Read(elements bool, only ...string) (*Observed, error) {
+	return cl.read(func(c *nftables.Conn, o *Observed) error {
+		tables, err := c.ListTables()
+		if err != nil {
+			return fmt.Errorf("listing nf_tables tables: %w", err)
+		}
+		present := map[nftables.TableFamily]bool{}
+		for _, t := range tables {
+			if t.Name == layout.TableName {
+				present[t.Family] = true
+			}
+		}
+		for _, f := range []layout.Family{layout.Bridge, layout.Inet} {
+			if !present[Family(f)] {
+				continue
+			}
+			ot, err := cl.readTable(c, f, elements, only)
+			if err != nil {
+				return fmt.Errorf("reading table %s %s: %w", f, layout.TableName, err)
+			}
+			o.Tables[f] = ot
+		}
+		return nil
+	})
+}
+
+// read makes one read on one connection: o starts at the generation the
+// read sees, before fill adds the tables to it.
+func (cl Client) read(fill func(c *nftables.Conn, o *Observed) error) (o *Observed, err error) {
 	c, done, err := cl.conn()
 	if err != nil {
 		return nil, err
 	}
 	defer func() { done(err) }()
-	gen, err := c.GetGen()
+	gen, err := generation(c)
 	if err != nil {
-		return nil, fmt.Errorf("reading the nf_tables generation: %w", err)
+		return nil, err
 	}
-	o = &Observed{Tables: map[layout.Family]*ObservedTable{}, Gen: gen.ID}
-	tables, err := c.ListTables()
-	if err != nil {
-		return nil, fmt.Errorf("listing nf_tables tables: %w", err)
-	}
-	present := map[nftables.TableFamily]bool{}
-	for _, t := range tables {
-		if t.Name == layout.TableName {
-			present[t.Family] = true
-		}
-	}
-	for _, f := range []layout.Family{layout.Bridge, layout.Inet} {
-		if !present[Family(f)] {
-			continue
-		}
-		ot, err := cl.readTable(c, f, elements, only)
-		if err != nil {
-			return nil, fmt.Errorf("reading table %s %s: %w", f, layout.TableName, err)
-		}
-		o.Tables[f] = ot
+	o = &Observed{Tables: map[layout.Family]*ObservedTable{}, Gen: gen}
+	if err = fill(c, o); err != nil {
+		return nil, err
 	}
 	return o, nil
+}
+
+// generation reads the nf_tables ruleset generation on c.
+func generation(c *nftables.Conn) (uint32, error) {
+	g, err := c.GetGen()
+	if err != nil {
+		return 0, fmt.Errorf("reading the nf_tables generation: %w", err)
+	}
+	return g.ID, nil
+}
+
+// readChain reads chain ch of table t: its hook, and its rules with
+// their fingerprints.
+func readChain(c *nftables.Conn, t *nftables.Table, ch *nftables.Chain) (*ObservedChain, error) {
+	oc := &ObservedChain{}
+	if ch.Hooknum != nil && ch.Priority != nil {
+		oc.Hook = &layout.Hook{Hook: hookNames[uint32(*ch.Hooknum)], Priority: int(*ch.Priority)}
+	}
+	rules, err := c.GetRules(t, ch)
+	if err != nil {
+		return nil, fmt.Errorf("reading chain %s: %w", ch.Name, err)
+	}
+	for _, r := range rules {
+		oc.Hashes = append(oc.Hashes, RuleHash(r.UserData))
+	}
+	oc.Rules = rules
+	return oc, nil
 }
 
 func (cl Client) readTable(c *nftables.Conn, f layout.Family, elements bool, only []string) (*ObservedTable, error) {
@@ -251,18 +289,10 @@ func (cl Client) readTable(c *nftables.Conn, f layout.Family, elements bool, onl
 			if ch.Table.Name != layout.TableName {
 				continue
 			}
-			oc := &ObservedChain{}
-			if ch.Hooknum != nil && ch.Priority != nil {
-				oc.Hook = &layout.Hook{Hook: hookNames[uint32(*ch.Hooknum)], Priority: int(*ch.Priority)}
-			}
-			rules, err := c.GetRules(t, ch)
+			oc, err := readChain(c, t, ch)
 			if err != nil {
-				return nil, fmt.Errorf("reading chain %s: %w", ch.Name, err)
+				return nil, err
 			}
-			for _, r := range rules {
-				oc.Hashes = append(oc.Hashes, RuleHash(r.UserData))
-			}
-			oc.Rules = rules
 			ot.Chains[ch.Name] = oc
 		}
 	}
@@ -319,60 +349,44 @@ func (cl Client) readTable(c *nftables.Conn, f layout.Family, elements bool, onl
 // element. A plan from a hint reads what its scope relies on this way:
 // reading every chain cost a round trip per chain, seconds at 20,000
 // (every tap its own group).
-func (cl Client) ReadChains(names map[layout.Family][]string) (o *Observed, err error) {
-	c, done, err := cl.conn()
-	if err != nil {
-		return nil, err
-	}
-	defer func() { done(err) }()
-	gen, err := c.GetGen()
-	if err != nil {
-		return nil, fmt.Errorf("reading the nf_tables generation: %w", err)
-	}
-	o = &Observed{Tables: map[layout.Family]*ObservedTable{}, Gen: gen.ID}
-	for _, f := range []layout.Family{layout.Bridge, layout.Inet} {
-		t, err := c.ListTableOfFamily(layout.TableName, Family(f))
-		if errors.Is(err, unix.ENOENT) {
-			continue
-		}
-		if err != nil {
-			return nil, fmt.Errorf("looking up table %s %s: %w", f, layout.TableName, err)
-		}
-		ot := &ObservedTable{Chains: map[string]*ObservedChain{}, Sets: map[string]*ObservedSet{}}
-		for _, name := range names[f] {
-			ch, err := c.ListChain(t, name)
+func (cl Client) ReadChains(names map[layout.Family][]string) (*Observed, error) {
+	return cl.read(func(c *nftables.Conn, o *Observed) error {
+		for _, f := range []layout.Family{layout.Bridge, layout.Inet} {
+			t, err := c.ListTableOfFamily(layout.TableName, Family(f))
 			if errors.Is(err, unix.ENOENT) {
 				continue
 			}
 			if err != nil {
-				return nil, fmt.Errorf("reading chain %s: %w", name, err)
+				return fmt.Errorf("looking up table %s %s: %w", f, layout.TableName, err)
 			}
-			oc := &ObservedChain{}
-			if ch.Hooknum != nil && ch.Priority != nil {
-				oc.Hook = &layout.Hook{Hook: hookNames[uint32(*ch.Hooknum)], Priority: int(*ch.Priority)}
+			ot := &ObservedTable{Chains: map[string]*ObservedChain{}, Sets: map[string]*ObservedSet{}}
+			for _, name := range names[f] {
+				ch, err := c.ListChain(t, name)
+				if errors.Is(err, unix.ENOENT) {
+					continue
+				}
+				if err != nil {
+					return fmt.Errorf("reading chain %s: %w", name, err)
+				}
+				oc, err := readChain(c, t, ch)
+				if err != nil {
+					return err
+				}
+				ot.Chains[name] = oc
 			}
-			rules, err := c.GetRules(t, ch)
+			sets, err := c.GetSets(t)
 			if err != nil {
-				return nil, fmt.Errorf("reading chain %s: %w", name, err)
+				return fmt.Errorf("listing sets: %w", err)
 			}
-			for _, r := range rules {
-				oc.Hashes = append(oc.Hashes, RuleHash(r.UserData))
+			for _, s := range sets {
+				if !s.Anonymous && !strings.HasPrefix(s.Name, "__") {
+					ot.Sets[s.Name] = &ObservedSet{Signature: strings.TrimPrefix(s.Comment, commentPrefix), Elements: map[string]Counter{}}
+				}
 			}
-			oc.Rules = rules
-			ot.Chains[name] = oc
+			o.Tables[f] = ot
 		}
-		sets, err := c.GetSets(t)
-		if err != nil {
-			return nil, fmt.Errorf("listing sets: %w", err)
-		}
-		for _, s := range sets {
-			if !s.Anonymous && !strings.HasPrefix(s.Name, "__") {
-				ot.Sets[s.Name] = &ObservedSet{Signature: strings.TrimPrefix(s.Comment, commentPrefix), Elements: map[string]Counter{}}
-			}
-		}
-		o.Tables[f] = ot
-	}
-	return o, nil
+		return nil
+	})
 }
 
 // commentPrefix starts the comment of every set and rule vmfw writes.
@@ -401,11 +415,7 @@ func (cl Client) Generation() (gen uint32, err error) {
 		return 0, err
 	}
 	defer func() { done(err) }()
-	g, err := c.GetGen()
-	if err != nil {
-		return 0, fmt.Errorf("reading the nf_tables generation: %w", err)
-	}
-	return g.ID, nil
+	return generation(c)
 }
 
 // Batch is a change of vmfw's tables, written as one transaction.
@@ -552,14 +562,8 @@ func addTableChange(c *nftables.Conn, tc *TableChange, s *staging, old map[strin
 	}
 	// Elements go before the chains they jump to (verdict maps), and the
 	// chains are created before the elements that jump to them.
-	for _, name := range slices.Sorted(maps.Keys(tc.DelElements)) {
-		s := layoutSet(tc.Sets, name)
-		if s == nil {
-			return fmt.Errorf("set %s is not among the table's sets", name)
-		}
-		if err := c.SetDeleteElements(sets[name], elements(s, tc.DelElements[name])); err != nil {
-			return fmt.Errorf("deleting elements from %s: %w", name, err)
-		}
+	if err := editElements(tc.DelElements, tc.Sets, sets, c.SetDeleteElements, "deleting elements from"); err != nil {
+		return err
 	}
 	for _, name := range tc.DeleteChains {
 		c.DelChain(&nftables.Chain{Name: name, Table: t})
@@ -593,14 +597,8 @@ func addTableChange(c *nftables.Conn, tc *TableChange, s *staging, old map[strin
 			return err
 		}
 	}
-	for _, name := range slices.Sorted(maps.Keys(tc.AddElements)) {
-		s := layoutSet(tc.Sets, name)
-		if s == nil {
-			return fmt.Errorf("set %s is not among the table's sets", name)
-		}
-		if err := c.SetAddElements(sets[name], elements(s, tc.AddElements[name])); err != nil {
-			return fmt.Errorf("adding elements to %s: %w", name, err)
-		}
+	if err := editElements(tc.AddElements, tc.Sets, sets, c.SetAddElements, "adding elements to"); err != nil {
+		return err
 	}
 	for _, ch := range tc.Fill {
 		if s.create[ch.Name] || s.appended[ch.Name] {
@@ -659,6 +657,23 @@ func addRules(c *nftables.Conn, t *nftables.Table, ch *layout.Chain, sets map[st
 		}
 		c.AddRule(&nftables.Rule{Table: t, Chain: nc, Exprs: conv.exprs,
 			UserData: userdata.AppendString(nil, userdata.TypeComment, r.UserComment(ch.Name))})
+	}
+	return nil
+}
+
+// editElements hands the elements of each set in edit, by the set's
+// name in order, to change (a connection's add or delete of elements);
+// what names the change in its errors.
+func editElements(edit map[string][]layout.Element, layoutSets []*layout.Set, sets map[string]*nftables.Set,
+	change func(*nftables.Set, []nftables.SetElement) error, what string) error {
+	for _, name := range slices.Sorted(maps.Keys(edit)) {
+		s := layoutSet(layoutSets, name)
+		if s == nil {
+			return fmt.Errorf("set %s is not among the table's sets", name)
+		}
+		if err := change(sets[name], elements(s, edit[name])); err != nil {
+			return fmt.Errorf("%s %s: %w", what, name, err)
+		}
 	}
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"maps"
 	"testing"
 
+	"github.com/vmfw/vmfw/pkg/backend/internal/backendtest"
 	"github.com/vmfw/vmfw/pkg/backend/nftables/layout"
 )
 
@@ -11,7 +12,7 @@ import (
 // back as its data, and replaced by deleting and adding the element in
 // one batch; Observed.Apply's model of each write equals a read.
 func TestElementCommentsWithKernel(t *testing.T) {
-	inNamespace(t, func() {
+	backendtest.InNamespace(t, func() {
 		c := Client{}
 		ports := &layout.Set{Name: "ports", Key: []layout.Type{layout.TypeIfname}}
 		el := func(name, comment string) layout.Element {

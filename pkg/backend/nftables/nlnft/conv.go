@@ -21,29 +21,24 @@ const (
 	reg32a = 8
 )
 
+// setTypes are the kernel's set data types of the layout's types.
+var setTypes = map[layout.Type]nftables.SetDatatype{
+	layout.TypeIfname:    nftables.TypeIFName,
+	layout.TypeIPv4:      nftables.TypeIPAddr,
+	layout.TypeIPv6:      nftables.TypeIP6Addr,
+	layout.TypeEther:     nftables.TypeEtherAddr,
+	layout.TypeEtherType: nftables.TypeEtherType,
+	layout.TypeService:   nftables.TypeInetService,
+	layout.TypeL4Proto:   nftables.TypeInetProto,
+	layout.TypeMark:      nftables.TypeMark,
+	layout.TypeICMP:      nftables.TypeICMPType,
+	layout.TypeICMPv6:    nftables.TypeICMP6Type,
+}
+
 // setType maps a layout type to the kernel's set data type.
 func setType(t layout.Type) (nftables.SetDatatype, error) {
-	switch t {
-	case layout.TypeIfname:
-		return nftables.TypeIFName, nil
-	case layout.TypeIPv4:
-		return nftables.TypeIPAddr, nil
-	case layout.TypeIPv6:
-		return nftables.TypeIP6Addr, nil
-	case layout.TypeEther:
-		return nftables.TypeEtherAddr, nil
-	case layout.TypeEtherType:
-		return nftables.TypeEtherType, nil
-	case layout.TypeService:
-		return nftables.TypeInetService, nil
-	case layout.TypeL4Proto:
-		return nftables.TypeInetProto, nil
-	case layout.TypeMark:
-		return nftables.TypeMark, nil
-	case layout.TypeICMP:
-		return nftables.TypeICMPType, nil
-	case layout.TypeICMPv6:
-		return nftables.TypeICMP6Type, nil
+	if dt, ok := setTypes[t]; ok {
+		return dt, nil
 	}
 	return nftables.TypeInvalid, fmt.Errorf("no set type for %s", t)
 }
@@ -136,14 +131,22 @@ func convert(r layout.Rule, t *nftables.Table, sets func(name string) *nftables.
 	return out, nil
 }
 
+// load appends the expression that loads f into register reg.
+func (r *rule) load(f layout.Field, reg uint32) error {
+	l, err := load(f, reg)
+	if err != nil {
+		return err
+	}
+	r.exprs = append(r.exprs, l)
+	return nil
+}
+
 func (r *rule) add(e layout.Expr, t *nftables.Table, sets func(string) *nftables.Set) error {
 	switch e := e.(type) {
 	case *layout.Cmp:
-		l, err := load(e.Field, reg1)
-		if err != nil {
+		if err := r.load(e.Field, reg1); err != nil {
 			return err
 		}
-		r.exprs = append(r.exprs, l)
 		if e.Mask != nil {
 			r.exprs = append(r.exprs, &expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: uint32(len(e.Mask)), Mask: e.Mask, Xor: make([]byte, len(e.Mask))})
 		}
@@ -153,24 +156,17 @@ func (r *rule) add(e layout.Expr, t *nftables.Table, sets func(string) *nftables
 		}
 		r.exprs = append(r.exprs, &expr.Cmp{Op: op, Register: reg1, Data: e.Value.Bytes})
 	case *layout.Lookup:
+		// A concatenation is loaded into consecutive 32-bit registers.
 		reg := uint32(reg1)
 		if len(e.Fields) > 1 {
 			reg = reg32a
-			next := reg
-			for _, f := range e.Fields {
-				l, err := load(f, next)
-				if err != nil {
-					return err
-				}
-				r.exprs = append(r.exprs, l)
-				next += uint32((f.Len + 3) / 4)
-			}
-		} else {
-			l, err := load(e.Fields[0], reg)
-			if err != nil {
+		}
+		next := reg
+		for _, f := range e.Fields {
+			if err := r.load(f, next); err != nil {
 				return err
 			}
-			r.exprs = append(r.exprs, l)
+			next += uint32((f.Len + 3) / 4)
 		}
 		s := sets(e.Set)
 		if s == nil {
@@ -178,15 +174,14 @@ func (r *rule) add(e layout.Expr, t *nftables.Table, sets func(string) *nftables
 		}
 		r.exprs = append(r.exprs, &expr.Lookup{SourceRegister: reg, SetName: s.Name, SetID: s.ID, Invert: e.Neg})
 	case *layout.VMap:
-		l, err := load(e.Field, reg1)
-		if err != nil {
+		if err := r.load(e.Field, reg1); err != nil {
 			return err
 		}
 		m := sets(e.Map)
 		if m == nil {
 			return fmt.Errorf("map %s is not in the table", e.Map)
 		}
-		r.exprs = append(r.exprs, l, &expr.Lookup{SourceRegister: reg1, SetName: m.Name, SetID: m.ID, DestRegister: 0, IsDestRegSet: true})
+		r.exprs = append(r.exprs, &expr.Lookup{SourceRegister: reg1, SetName: m.Name, SetID: m.ID, DestRegister: 0, IsDestRegSet: true})
 	case *layout.Anon:
 		kt, err := setType(e.Field.Type)
 		if err != nil {
@@ -208,13 +203,12 @@ func (r *rule) add(e layout.Expr, t *nftables.Table, sets func(string) *nftables
 				elems = append(elems, nftables.SetElement{Key: end, IntervalEnd: true})
 			}
 		}
-		l, err := load(e.Field, reg1)
-		if err != nil {
+		if err := r.load(e.Field, reg1); err != nil {
 			return err
 		}
 		lk := &expr.Lookup{SourceRegister: reg1}
 		r.anon = append(r.anon, anonSet{set: s, elems: elems, lookup: lk})
-		r.exprs = append(r.exprs, l, lk)
+		r.exprs = append(r.exprs, lk)
 	case *layout.SetMark:
 		// The kernel computes (mark & mask) ^ xor: clearing the bits to
 		// set first makes the xor set them whatever they were.

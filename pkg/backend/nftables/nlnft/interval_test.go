@@ -3,46 +3,14 @@ package nlnft
 import (
 	"maps"
 	"net/netip"
-	"os"
 	"os/exec"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
 
-	"github.com/vishvananda/netns"
-
+	"github.com/vmfw/vmfw/pkg/backend/internal/backendtest"
 	"github.com/vmfw/vmfw/pkg/backend/nftables/layout"
 )
-
-// inNamespace runs fn with the calling thread in a new network namespace
-// of its own (nf_tables is per namespace), as root.
-func inNamespace(t *testing.T, fn func()) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for a network namespace")
-	}
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		t.Fatal(err)
-	}
-	defer orig.Close()
-	ns, err := netns.New()
-	if err != nil {
-		runtime.UnlockOSThread()
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	defer func() {
-		// A thread that cannot go back stays locked and exits with the test.
-		if err := netns.Set(orig); err == nil {
-			runtime.UnlockOSThread()
-		}
-	}()
-	fn()
-}
 
 func prefixes(list ...string) []layout.Element {
 	var out []layout.Element
@@ -67,7 +35,7 @@ func keys(elems []layout.Element) []string {
 // element, one at its start none before it; deleting one prefix and adding
 // others changes those alone, and nft lists what vmfw wrote.
 func TestIntervalSetsWithKernel(t *testing.T) {
-	inNamespace(t, func() {
+	backendtest.InNamespace(t, func() {
 		v4 := &layout.Set{Name: "as-x-v4", Key: []layout.Type{layout.TypeIPv4}, Interval: true,
 			Elements: prefixes("0.0.0.0/8", "192.0.2.0/25", "192.0.2.128/26", "198.51.100.7/32", "255.255.255.255/32")}
 		v6 := &layout.Set{Name: "as-x-v6", Key: []layout.Type{layout.TypeIPv6}, Interval: true,

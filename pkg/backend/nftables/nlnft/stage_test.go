@@ -5,6 +5,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/vmfw/vmfw/pkg/backend/internal/backendtest"
 	"github.com/vmfw/vmfw/pkg/backend/nftables/layout"
 )
 
@@ -89,7 +90,7 @@ func TestStageDecides(t *testing.T) {
 // Commits, and Observed.Apply's model of the change equal to a read. A
 // batch planned at an old generation changes nothing.
 func TestStagedWriteWithKernel(t *testing.T) {
-	inNamespace(t, func() {
+	backendtest.InNamespace(t, func() {
 		c := Client{}
 		writeFirst(t, c)
 		before, err := c.Read(true)
@@ -146,7 +147,7 @@ func TestStagedWriteWithKernel(t *testing.T) {
 // the new rules; the next write of the change, planned from a read of
 // that chain, leaves the new rules alone.
 func TestStagedRecoveryWithKernel(t *testing.T) {
-	inNamespace(t, func() {
+	backendtest.InNamespace(t, func() {
 		c := Client{}
 		writeFirst(t, c)
 		second := chainOf("sg-a-in", portRule("two", [2]uint16{7000, 7010}), portRule("three", [2]uint16{5001, 5001}, [2]uint16{6000, 6020}))
