@@ -17,7 +17,16 @@ var protoNames = map[string]string{
 // protoByNumber stores the numbers of named protocols as their names, so
 // that "proto = 6" takes dport like "tcp" does and the ruleset has one
 // spelling per protocol.
-var protoByNumber = map[int]string{1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"}
+var protoByNumber = map[int]string{ProtoICMP: "icmp", ProtoTCP: "tcp", ProtoUDP: "udp", ProtoICMPv6: "icmpv6", ProtoSCTP: "sctp"}
+
+// The IP protocol numbers of the protocols a rule may name.
+const (
+	ProtoICMP   = 1
+	ProtoTCP    = 6
+	ProtoUDP    = 17
+	ProtoICMPv6 = 58
+	ProtoSCTP   = 132
+)
 
 // parseProto returns the stored form of a proto value: a name, a decimal
 // number, or "" for any.

@@ -147,22 +147,22 @@ func TestPackets(t *testing.T) {
 		detached []string
 		want     backend.Packet
 	}{
-		{"bridged", withSport(q("305", "301", "tcp", 22), 40000), nil, backend.Packet{Family: ruleset.IPv4, Proto: protoTCP,
+		{"bridged", withSport(q("305", "301", "tcp", 22), 40000), nil, backend.Packet{Family: ruleset.IPv4, Proto: config.ProtoTCP,
 			Src: netip.MustParseAddr("192.0.2.35"), Dst: netip.MustParseAddr("192.0.2.31"), SPort: 40000, DPort: 22,
 			SrcMAC: mac("02:00:00:00:00:35"), State: "NEW", Path: backend.PathBridged, InPort: "tap305i0", OutPort: "tap301i0"}},
-		{"routed from a host", withSport(q("198.51.100.7", "301", "udp", 53), 1000), nil, backend.Packet{Family: ruleset.IPv4, Proto: protoUDP,
+		{"routed from a host", withSport(q("198.51.100.7", "301", "udp", 53), 1000), nil, backend.Packet{Family: ruleset.IPv4, Proto: config.ProtoUDP,
 			Src: netip.MustParseAddr("198.51.100.7"), Dst: netip.MustParseAddr("192.0.2.31"), SPort: 1000, DPort: 53,
 			SrcMAC: mac("02:00:5e:10:00:01"), State: "NEW", Path: backend.PathRouted, OutPort: "tap301i0"}},
-		{"from the hypervisor", withSport(q("hypervisor", "302", "tcp", 5432), 40000), nil, backend.Packet{Family: ruleset.IPv4, Proto: protoTCP,
+		{"from the hypervisor", withSport(q("hypervisor", "302", "tcp", 5432), 40000), nil, backend.Packet{Family: ruleset.IPv4, Proto: config.ProtoTCP,
 			Src: netip.MustParseAddr("192.0.2.1"), Dst: netip.MustParseAddr("192.0.2.32"), SPort: 40000, DPort: 5432,
 			State: "NEW", Path: backend.PathFromHypervisor, OutPort: "tap302i0"}},
-		{"to the hypervisor, not attached", withSport(q("302", "hypervisor", "udp", 53), 40000), []string{"tap302i0"}, backend.Packet{Family: ruleset.IPv4, Proto: protoUDP,
+		{"to the hypervisor, not attached", withSport(q("302", "hypervisor", "udp", 53), 40000), []string{"tap302i0"}, backend.Packet{Family: ruleset.IPv4, Proto: config.ProtoUDP,
 			Src: netip.MustParseAddr("192.0.2.32"), Dst: netip.MustParseAddr("192.0.2.1"), SPort: 40000, DPort: 53,
 			SrcMAC: mac("02:00:00:00:00:32"), State: "NEW", Path: backend.PathToHypervisor, InPort: "tap302i0"}},
-		{"neighbour advertisement", withICMP(q("301", "2001:db8::200", "icmpv6", -1), "neighbour-advertisement"), nil, backend.Packet{Family: ruleset.IPv6, Proto: protoICMPv6,
+		{"neighbour advertisement", withICMP(q("301", "2001:db8::200", "icmpv6", -1), "neighbour-advertisement"), nil, backend.Packet{Family: ruleset.IPv6, Proto: config.ProtoICMPv6,
 			Src: netip.MustParseAddr("2001:db8::31"), Dst: netip.MustParseAddr("2001:db8::200"), ICMPType: 136,
 			SrcMAC: mac("02:00:00:00:00:31"), NDTarget: netip.MustParseAddr("2001:db8::31"), State: "UNTRACKED", Path: backend.PathBridged, InPort: "tap301i0"}},
-		{"echo reply", withICMP(q("192.0.2.200", "301", "icmp", -1), "echo-reply"), nil, backend.Packet{Family: ruleset.IPv4, Proto: protoICMP,
+		{"echo reply", withICMP(q("192.0.2.200", "301", "icmp", -1), "echo-reply"), nil, backend.Packet{Family: ruleset.IPv4, Proto: config.ProtoICMP,
 			Src: netip.MustParseAddr("192.0.2.200"), Dst: netip.MustParseAddr("192.0.2.31"),
 			SrcMAC: mac("02:00:5e:10:00:01"), State: "INVALID", Path: backend.PathBridged, OutPort: "tap301i0"}},
 	} {

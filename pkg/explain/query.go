@@ -81,30 +81,21 @@ const (
 	PathToHypervisor   = string(backend.PathToHypervisor)
 )
 
-// IP protocol numbers.
-const (
-	protoICMP   = 1
-	protoTCP    = 6
-	protoUDP    = 17
-	protoICMPv6 = 58
-	protoSCTP   = 132
-)
-
 // parseProto reads --proto.
 func parseProto(s string) (uint8, string, error) {
 	switch strings.ToLower(s) {
 	case "":
 		return 0, "", queryErr("--proto is required (tcp, udp, sctp, icmp, icmpv6 or a number)")
 	case "tcp":
-		return protoTCP, "tcp", nil
+		return config.ProtoTCP, "tcp", nil
 	case "udp":
-		return protoUDP, "udp", nil
+		return config.ProtoUDP, "udp", nil
 	case "sctp":
-		return protoSCTP, "sctp", nil
+		return config.ProtoSCTP, "sctp", nil
 	case "icmp":
-		return protoICMP, "icmp", nil
+		return config.ProtoICMP, "icmp", nil
 	case "icmpv6", "ipv6-icmp":
-		return protoICMPv6, "icmpv6", nil
+		return config.ProtoICMPv6, "icmpv6", nil
 	}
 	n, err := strconv.Atoi(s)
 	if err != nil || n < 1 || n > 255 {
@@ -249,11 +240,11 @@ func (t *tracer) chooseFamily() error {
 		}
 	}
 	switch t.proto {
-	case protoICMP:
+	case config.ProtoICMP:
 		if err := set(4, "icmp is IPv4's; use icmpv6"); err != nil {
 			return err
 		}
-	case protoICMPv6:
+	case config.ProtoICMPv6:
 		if err := set(6, "icmpv6 is IPv6's; use icmp"); err != nil {
 			return err
 		}
@@ -365,7 +356,7 @@ func (t *tracer) choosePath() error {
 
 // ports checks the ports and ICMP type against the protocol.
 func (t *tracer) ports() error {
-	hasPorts := t.proto == protoTCP || t.proto == protoUDP || t.proto == protoSCTP
+	hasPorts := t.proto == config.ProtoTCP || t.proto == config.ProtoUDP || t.proto == config.ProtoSCTP
 	for _, p := range []struct {
 		name string
 		v    int
@@ -380,7 +371,7 @@ func (t *tracer) ports() error {
 			return queryErr("%s %d: not a port", p.name, p.v)
 		}
 	}
-	isICMP := t.proto == protoICMP || t.proto == protoICMPv6
+	isICMP := t.proto == config.ProtoICMP || t.proto == config.ProtoICMPv6
 	if t.q.ICMPType != "" && !isICMP {
 		return queryErr("--icmp-type needs icmp or icmpv6")
 	}

@@ -3,6 +3,7 @@ package explain
 import (
 	"net/netip"
 
+	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/policy"
 )
 
@@ -130,10 +131,10 @@ func configVerdict(x *policy.Explanation) string {
 func (t *tracer) flowInfo(c candidate) Flow {
 	f := Flow{Family: int(t.family), Proto: t.protoName, Src: t.from.Address, Dst: t.to.Address}
 	switch t.proto {
-	case protoTCP, protoUDP, protoSCTP:
+	case config.ProtoTCP, config.ProtoUDP, config.ProtoSCTP:
 		s, d := int(c.sport), int(c.dport)
 		f.SPort, f.DPort = &s, &d
-	case protoICMP, protoICMPv6:
+	case config.ProtoICMP, config.ProtoICMPv6:
 		ty, co := t.icmpType, t.icmpCode
 		f.ICMPType, f.ICMPCode = &ty, &co
 	}

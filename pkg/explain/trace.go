@@ -295,7 +295,7 @@ func alternatives(answers []answer, verdict string) []Alternative {
 
 func (t *tracer) policyFlow(c candidate) policy.Flow {
 	f := policy.Flow{Proto: t.proto, Src: t.from.Address, Dst: t.to.Address, SPort: c.sport, DPort: c.dport}
-	if t.proto == protoICMP || t.proto == protoICMPv6 {
+	if t.proto == config.ProtoICMP || t.proto == config.ProtoICMPv6 {
 		f.ICMPType, f.ICMPCode, f.ICMPKnown = uint8(t.icmpType), uint8(t.icmpCode), true
 	}
 	return f

@@ -75,7 +75,7 @@ func (t *tracer) unknowns() *unknowns {
 	} else {
 		u.dports = list
 	}
-	hasPorts := t.proto == protoTCP || t.proto == protoUDP || t.proto == protoSCTP
+	hasPorts := t.proto == config.ProtoTCP || t.proto == config.ProtoUDP || t.proto == config.ProtoSCTP
 	if !hasPorts {
 		u.sport, u.dport, u.sports, u.dports = 0, 0, nil, nil
 	}
@@ -144,20 +144,20 @@ func (u *unknowns) candidates() []candidate {
 // open.
 func (t *tracer) assumptions(u *unknowns) []string {
 	var out []string
-	hasPorts := t.proto == protoTCP || t.proto == protoUDP || t.proto == protoSCTP
+	hasPorts := t.proto == config.ProtoTCP || t.proto == config.ProtoUDP || t.proto == config.ProtoSCTP
 	if hasPorts && t.q.SPort < 0 {
 		out = append(out, fmt.Sprintf("source port not given: %d assumed, a port no rule names", u.sport))
 	}
 	if hasPorts && t.q.DPort < 0 {
 		out = append(out, fmt.Sprintf("destination port not given: %d assumed, a port no rule names", u.dport))
 	}
-	if (t.proto == protoICMP || t.proto == protoICMPv6) && t.q.ICMPType == "" {
+	if (t.proto == config.ProtoICMP || t.proto == config.ProtoICMPv6) && t.q.ICMPType == "" {
 		out = append(out, "ICMP type not given: echo-request assumed")
 	}
 	if len(u.macs) > 0 && t.q.MAC == "" {
 		out = append(out, fmt.Sprintf("the sender's MAC is not known: %s assumed, one no rule names", u.mac))
 	}
-	if t.proto == protoTCP {
+	if t.proto == config.ProtoTCP {
 		out = append(out, "the packet is the connection's first (SYN); later packets of an accepted connection pass as ESTABLISHED")
 	}
 	return out

@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"github.com/vmfw/vmfw/pkg/backend"
+	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
@@ -14,10 +15,10 @@ func (t *tracer) packet(c candidate) backend.Packet {
 	if t.path != PathFromHypervisor {
 		p.SrcMAC = c.mac
 	}
-	if t.proto == protoICMP || t.proto == protoICMPv6 {
+	if t.proto == config.ProtoICMP || t.proto == config.ProtoICMPv6 {
 		p.State = policyState(t.proto, uint8(t.icmpType))
 	}
-	if t.proto == protoICMPv6 && (t.icmpType == 135 || t.icmpType == 136) {
+	if t.proto == config.ProtoICMPv6 && (t.icmpType == 135 || t.icmpType == 136) {
 		// A solicitation asks for the destination, an advertisement
 		// announces the sender's own address.
 		p.NDTarget = t.to.Address
@@ -37,7 +38,7 @@ func (t *tracer) packet(c candidate) backend.Packet {
 // policyState is the conntrack state of a flow's first ICMP packet
 // (see package policy).
 func policyState(proto uint8, typ uint8) string {
-	if proto == protoICMP {
+	if proto == config.ProtoICMP {
 		switch typ {
 		case 8, 13, 15, 17:
 			return "NEW"

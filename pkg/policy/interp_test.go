@@ -113,9 +113,9 @@ func TestMatchesCompiledRules(t *testing.T) {
 					for _, f := range flows(from.addr, to.addr) {
 						p := backend.Packet{Family: ruleset.FamilyOf(f.Src), Proto: f.Proto, Src: f.Src, Dst: f.Dst, SPort: f.SPort, DPort: f.DPort,
 							State: "NEW", Path: backend.PathBridged}
-						if f.Proto == protoICMP || f.Proto == protoICMPv6 {
+						if f.Proto == config.ProtoICMP || f.Proto == config.ProtoICMPv6 {
 							p.ICMPType = 8 // echo-request
-							if f.Proto == protoICMPv6 {
+							if f.Proto == config.ProtoICMPv6 {
 								p.ICMPType = 128
 							}
 						}
@@ -150,7 +150,7 @@ func TestMatchesCompiledRules(t *testing.T) {
 						if got != Unknown {
 							decided++
 						}
-						if got == Unknown && want != Unknown && (f.Proto == protoICMP || f.Proto == protoICMPv6) && icmpTypes {
+						if got == Unknown && want != Unknown && (f.Proto == config.ProtoICMP || f.Proto == config.ProtoICMPv6) && icmpTypes {
 							continue // the evaluator does not know the ICMP type
 						}
 						if got != want {
@@ -193,16 +193,16 @@ func flows(src, dst netip.Addr) []Flow {
 	sports := []uint16{67, 68, 546, 547, 1000, 40000}
 	dports := []uint16{22, 25, 53, 67, 68, 80, 443, 546, 547, 8080, 8081, 9899}
 	var out []Flow
-	for _, proto := range []uint8{protoTCP, protoUDP, protoSCTP} {
+	for _, proto := range []uint8{config.ProtoTCP, config.ProtoUDP, config.ProtoSCTP} {
 		for _, sp := range sports {
 			for _, dp := range dports {
 				out = append(out, Flow{Proto: proto, Src: src, Dst: dst, SPort: sp, DPort: dp})
 			}
 		}
 	}
-	icmpProto := uint8(protoICMP)
+	icmpProto := uint8(config.ProtoICMP)
 	if src.Is6() {
-		icmpProto = protoICMPv6
+		icmpProto = config.ProtoICMPv6
 	}
 	return append(out, Flow{Proto: icmpProto, Src: src, Dst: dst}, Flow{Proto: 47, Src: src, Dst: dst})
 }

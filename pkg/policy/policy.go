@@ -60,15 +60,6 @@ func (v Verdict) and(w Verdict) Verdict {
 	return Unknown
 }
 
-// IP protocol numbers the rules name.
-const (
-	protoICMP   = 1
-	protoTCP    = 6
-	protoUDP    = 17
-	protoICMPv6 = 58
-	protoSCTP   = 132
-)
-
 // Flow is a connection as the filter rules see its first packet: the
 // source as the sender sent it and the destination it is delivered to.
 type Flow struct {
@@ -237,7 +228,7 @@ func (e *Evaluator) out(w *walk, n *config.NIC, f Flow) {
 		e.antispoof(w, n, f)
 	}
 	e.state(w, chain, f)
-	if v6 && f.ICMPKnown && f.Proto == protoICMPv6 && !n.NoNDP {
+	if v6 && f.ICMPKnown && f.Proto == config.ProtoICMPv6 && !n.NoNDP {
 		switch f.ICMPType {
 		case icmp6RouterSolicit, icmp6NeighSolicit, icmp6NeighAdvert:
 			w.step(yes, config.Accept, Step{Chain: chain, What: "ndp", Note: "neighbour discovery from the VM is allowed"})
@@ -245,9 +236,9 @@ func (e *Evaluator) out(w *walk, n *config.NIC, f Flow) {
 	}
 	if n.DHCP {
 		if v6 {
-			w.step(e.protoPorts(f, protoUDP, 546, 547), config.Accept, Step{Chain: chain, What: "dhcp", Note: "DHCPv6 client request (dhcp = true)"})
+			w.step(e.protoPorts(f, config.ProtoUDP, 546, 547), config.Accept, Step{Chain: chain, What: "dhcp", Note: "DHCPv6 client request (dhcp = true)"})
 		} else {
-			w.step(e.protoPorts(f, protoUDP, 68, 67), config.Accept, Step{Chain: chain, What: "dhcp", Note: "DHCP client request (dhcp = true)"})
+			w.step(e.protoPorts(f, config.ProtoUDP, 68, 67), config.Accept, Step{Chain: chain, What: "dhcp", Note: "DHCP client request (dhcp = true)"})
 		}
 	}
 	for _, g := range n.Groups {
@@ -268,13 +259,13 @@ func (e *Evaluator) antispoof(w *walk, n *config.NIC, f Flow) {
 	}
 	// DHCP-server traffic from a VM is dropped before anything else.
 	if f.Src.Is6() {
-		if f.ICMPKnown && f.Proto == protoICMPv6 {
+		if f.ICMPKnown && f.Proto == config.ProtoICMPv6 {
 			step(is(f.ICMPType == icmp6RouterAdvert), "antispoof", "router advertisements from a VM are dropped (antispoof)")
 			step(is(f.ICMPType == icmp6Redirect), "antispoof", "redirects from a VM are dropped (antispoof)")
 		}
-		step(e.protoPorts(f, protoUDP, 547, 0), "antispoof", "DHCPv6 server traffic from a VM is dropped (antispoof)")
+		step(e.protoPorts(f, config.ProtoUDP, 547, 0), "antispoof", "DHCPv6 server traffic from a VM is dropped (antispoof)")
 	} else {
-		step(e.protoPorts(f, protoUDP, 67, 0), "antispoof", "DHCP server traffic from a VM is dropped (antispoof)")
+		step(e.protoPorts(f, config.ProtoUDP, 67, 0), "antispoof", "DHCP server traffic from a VM is dropped (antispoof)")
 	}
 	if f.Src.IsUnspecified() {
 		return // DHCP discovery, DAD: not flows anyone traces or tracks
@@ -303,7 +294,7 @@ func (e *Evaluator) disabled(w *walk, n *config.NIC, chain string, f Flow) {
 // connection they belong to are INVALID, and neighbour discovery and
 // multicast listener messages are not tracked at all (UNTRACKED passes).
 func (e *Evaluator) state(w *walk, chain string, f Flow) {
-	if !f.ICMPKnown || (f.Proto != protoICMP && f.Proto != protoICMPv6) {
+	if !f.ICMPKnown || (f.Proto != config.ProtoICMP && f.Proto != config.ProtoICMPv6) {
 		if w.record {
 			w.steps = append(w.steps, Step{Chain: chain, What: "state", Match: "no", Note: "first packet of a new connection (NEW): established and related rules do not apply"})
 		}
@@ -329,13 +320,13 @@ func ctState(f Flow) string {
 	switch {
 	case !f.ICMPKnown:
 		return "NEW"
-	case f.Proto == protoICMP:
+	case f.Proto == config.ProtoICMP:
 		switch f.ICMPType {
 		case 8, 13, 15, 17: // echo, timestamp, information, address mask requests
 			return "NEW"
 		}
 		return "INVALID"
-	case f.Proto == protoICMPv6:
+	case f.Proto == config.ProtoICMPv6:
 		switch f.ICMPType {
 		case 128, 139: // echo request, node information query
 			return "NEW"
@@ -360,7 +351,7 @@ func (e *Evaluator) in(w *walk, n *config.NIC, sender *config.NIC, f Flow, local
 		return
 	}
 	e.state(w, chain, f)
-	if f.Dst.Is6() && f.ICMPKnown && f.Proto == protoICMPv6 && !n.NoNDP {
+	if f.Dst.Is6() && f.ICMPKnown && f.Proto == config.ProtoICMPv6 && !n.NoNDP {
 		switch f.ICMPType {
 		case icmp6RouterSolicit, icmp6RouterAdvert, icmp6NeighSolicit, icmp6NeighAdvert:
 			w.step(yes, config.Accept, Step{Chain: chain, What: "ndp", Note: "neighbour and router discovery to the VM is allowed"})
@@ -368,9 +359,9 @@ func (e *Evaluator) in(w *walk, n *config.NIC, sender *config.NIC, f Flow, local
 	}
 	if n.DHCP {
 		if f.Dst.Is6() {
-			w.step(e.protoPorts(f, protoUDP, 547, 546), config.Accept, Step{Chain: chain, What: "dhcp", Note: "DHCPv6 reply (dhcp = true)"})
+			w.step(e.protoPorts(f, config.ProtoUDP, 547, 546), config.Accept, Step{Chain: chain, What: "dhcp", Note: "DHCPv6 reply (dhcp = true)"})
 		} else {
-			w.step(e.protoPorts(f, protoUDP, 67, 68), config.Accept, Step{Chain: chain, What: "dhcp", Note: "DHCP reply (dhcp = true)"})
+			w.step(e.protoPorts(f, config.ProtoUDP, 67, 68), config.Accept, Step{Chain: chain, What: "dhcp", Note: "DHCP reply (dhcp = true)"})
 		}
 	}
 	for _, g := range n.Groups {
@@ -569,21 +560,21 @@ func (e *Evaluator) matchProto(r config.Rule, f Flow) match {
 	case "", "0":
 		return yes
 	case "icmp":
-		if !f.Src.Is4() || f.Proto != protoICMP {
+		if !f.Src.Is4() || f.Proto != config.ProtoICMP {
 			return no
 		}
 		return matchICMPType(r, f, icmpQueries)
 	case "icmpv6":
-		if !f.Src.Is6() || f.Proto != protoICMPv6 {
+		if !f.Src.Is6() || f.Proto != config.ProtoICMPv6 {
 			return no
 		}
 		return matchICMPType(r, f, icmpv6Queries)
 	case "tcp":
-		return is(f.Proto == protoTCP)
+		return is(f.Proto == config.ProtoTCP)
 	case "udp":
-		return is(f.Proto == protoUDP)
+		return is(f.Proto == config.ProtoUDP)
 	case "sctp":
-		return is(f.Proto == protoSCTP)
+		return is(f.Proto == config.ProtoSCTP)
 	}
 	n, err := strconv.Atoi(r.Proto)
 	return is(err == nil && n == int(f.Proto))

@@ -24,25 +24,25 @@ var hypervisor = netip.MustParseAddr("192.0.2.1")
 func isHypervisor(a netip.Addr) bool { return a == hypervisor }
 
 func tcp(src, dst string, sport, dport uint16) Flow {
-	return Flow{Proto: protoTCP, Src: netip.MustParseAddr(src), Dst: netip.MustParseAddr(dst), SPort: sport, DPort: dport}
+	return Flow{Proto: config.ProtoTCP, Src: netip.MustParseAddr(src), Dst: netip.MustParseAddr(dst), SPort: sport, DPort: dport}
 }
 
 func udp(src, dst string, sport, dport uint16) Flow {
 	f := tcp(src, dst, sport, dport)
-	f.Proto = protoUDP
+	f.Proto = config.ProtoUDP
 	return f
 }
 
 func sctp(src, dst string, sport, dport uint16) Flow {
 	f := tcp(src, dst, sport, dport)
-	f.Proto = protoSCTP
+	f.Proto = config.ProtoSCTP
 	return f
 }
 
 func icmp(src, dst string) Flow {
-	f := Flow{Proto: protoICMP, Src: netip.MustParseAddr(src), Dst: netip.MustParseAddr(dst)}
+	f := Flow{Proto: config.ProtoICMP, Src: netip.MustParseAddr(src), Dst: netip.MustParseAddr(dst)}
 	if f.Src.Is6() {
-		f.Proto = protoICMPv6
+		f.Proto = config.ProtoICMPv6
 	}
 	return f
 }

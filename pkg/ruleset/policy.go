@@ -391,15 +391,15 @@ func compileMatch(r config.Rule) Match {
 func protoNumber(name string) uint8 {
 	switch name {
 	case "icmp":
-		return 1
+		return config.ProtoICMP
 	case "tcp":
-		return 6
+		return config.ProtoTCP
 	case "udp":
-		return 17
+		return config.ProtoUDP
 	case "icmpv6":
-		return 58
+		return config.ProtoICMPv6
 	case "sctp":
-		return 132
+		return config.ProtoSCTP
 	}
 	n, _ := strconv.Atoi(name)
 	return uint8(n)

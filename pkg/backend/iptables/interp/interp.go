@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
+	"github.com/vmfw/vmfw/pkg/config"
 )
 
 // An interpreter of the iptables rules vmfw writes.
@@ -65,27 +66,18 @@ func (p *packet) bytes() []byte {
 	copy(b[8:], s[:])
 	copy(b[24:], d[:])
 	switch p.proto {
-	case protoICMPv6:
+	case config.ProtoICMPv6:
 		b[40], b[41] = p.icmpType, p.icmpCode
 		if p.ndTarget.IsValid() {
 			t := p.ndTarget.As16()
 			copy(b[48:], t[:])
 		}
-	case protoTCP, protoUDP, protoSCTP:
+	case config.ProtoTCP, config.ProtoUDP, config.ProtoSCTP:
 		binary.BigEndian.PutUint16(b[40:], p.sport)
 		binary.BigEndian.PutUint16(b[42:], p.dport)
 	}
 	return b
 }
-
-// IP protocol numbers.
-const (
-	protoICMP   = 1
-	protoTCP    = 6
-	protoUDP    = 17
-	protoICMPv6 = 58
-	protoSCTP   = 132
-)
 
 // cond is one match of a rule.
 type cond func(p *packet) bool

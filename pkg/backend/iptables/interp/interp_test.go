@@ -10,13 +10,14 @@ import (
 	"testing"
 
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
+	"github.com/vmfw/vmfw/pkg/config"
 )
 
 // tcpPacket is a bridged TCP SYN from one VM port to another, the packet
 // the rule tests below vary one field of at a time.
 func tcpPacket() *packet {
 	return &packet{
-		proto: protoTCP, src: netip.MustParseAddr("192.0.2.101"), dst: netip.MustParseAddr("192.0.2.102"),
+		proto: config.ProtoTCP, src: netip.MustParseAddr("192.0.2.101"), dst: netip.MustParseAddr("192.0.2.102"),
 		sport: 40000, dport: 22, srcMAC: net.HardwareAddr{2, 0, 0, 0, 1, 1},
 		physIn: "tap101i0", physOut: "tap102i0", bridged: true, state: "NEW",
 	}
@@ -104,11 +105,11 @@ func TestRuleMatches(t *testing.T) {
 		{"-p tcp -m tcp --dport 22:", nil, true},
 		{"-p tcp --syn", nil, true},
 		{"-p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN", nil, true},
-		{"-p icmp -m icmp --icmp-type 8", func(p *packet) { p.proto, p.icmpType = protoICMP, 8 }, true},
-		{"-p icmp -m icmp --icmp-type echo-request", func(p *packet) { p.proto, p.icmpType = protoICMP, 8 }, true},
-		{"-p icmp -m icmp --icmp-type 3/3", func(p *packet) { p.proto, p.icmpType, p.icmpCode = protoICMP, 3, 1 }, false},
-		{"-p ipv6-icmp -m icmp6 --icmpv6-type 135", func(p *packet) { v6(p); p.proto, p.icmpType = protoICMPv6, 135 }, true},
-		{"-p icmpv6 --icmpv6-type neighbour-solicitation", func(p *packet) { v6(p); p.proto, p.icmpType = protoICMPv6, 135 }, true},
+		{"-p icmp -m icmp --icmp-type 8", func(p *packet) { p.proto, p.icmpType = config.ProtoICMP, 8 }, true},
+		{"-p icmp -m icmp --icmp-type echo-request", func(p *packet) { p.proto, p.icmpType = config.ProtoICMP, 8 }, true},
+		{"-p icmp -m icmp --icmp-type 3/3", func(p *packet) { p.proto, p.icmpType, p.icmpCode = config.ProtoICMP, 3, 1 }, false},
+		{"-p ipv6-icmp -m icmp6 --icmpv6-type 135", func(p *packet) { v6(p); p.proto, p.icmpType = config.ProtoICMPv6, 135 }, true},
+		{"-p icmpv6 --icmpv6-type neighbour-solicitation", func(p *packet) { v6(p); p.proto, p.icmpType = config.ProtoICMPv6, 135 }, true},
 		{"-m conntrack --ctstate INVALID,UNTRACKED", nil, false},
 		{"-m state --state NEW", nil, true},
 		{"-m mark --mark 0x1000/0x1000", nil, false},
@@ -140,7 +141,7 @@ func TestRuleMatches(t *testing.T) {
 		{`-m u32 --u32 "0x6&0xff=0x11:0x3a"`, nil, false},
 		{`-m u32 --u32 "0x30&0xffc00000=0xfe800000"`, func(p *packet) {
 			v6(p)
-			p.proto, p.icmpType, p.ndTarget = protoICMPv6, 136, netip.MustParseAddr("fe80::1")
+			p.proto, p.icmpType, p.ndTarget = config.ProtoICMPv6, 136, netip.MustParseAddr("fe80::1")
 		}, true},
 		{`-m u32 --u32 "100=1"`, nil, false},
 		{`-m comment --comment "vmfw:0123456789 a note" -p tcp`, nil, true},
@@ -226,13 +227,13 @@ func TestWalkIP(t *testing.T) {
 		// sub returns at once; tail drops; the walk ends there.
 		{"verdict in a goto", "main", func(p *packet) { p.mark = 1 }, dropped, "tail#2", []layout.Chain{"main", "sub", "tail"}, "", ""},
 		// not TCP: no goto, so main goes on after the jump to sub.
-		{"jump comes back", "main", func(p *packet) { p.proto = protoUDP }, accepted, "main#3", []layout.Chain{"main", "sub"}, "", ""},
+		{"jump comes back", "main", func(p *packet) { p.proto = config.ProtoUDP }, accepted, "main#3", []layout.Chain{"main", "sub"}, "", ""},
 		{"empty chain", "empty", nil, fallThrough, "", []layout.Chain{"empty"}, "", ""},
 		{"chain does not exist", "nowhere", nil, fallThrough, "", nil, "cannot evaluate: chain nowhere does not exist", "nowhere"},
 		{"jump to a chain that does not exist", "missing", nil, fallThrough, "", []layout.Chain{"missing"}, "cannot evaluate: chain nowhere does not exist", "nowhere"},
 		{"endless nesting", "loop", nil, fallThrough, "", slices.Repeat([]layout.Chain{"loop"}, 65), "cannot evaluate: chains nest deeper than 64 at loop", ""},
 		{"unreadable rule", "bad", nil, fallThrough, "bad#2", []layout.Chain{"bad"}, "cannot evaluate: rule 2 of bad (-m time --timestart 08:00 -j DROP): unknown match --timestart", ""},
-		{"verdict before an unreadable rule", "bad", func(p *packet) { p.proto = protoUDP }, accepted, "bad#1", []layout.Chain{"bad"}, "", ""},
+		{"verdict before an unreadable rule", "bad", func(p *packet) { p.proto = config.ProtoUDP }, accepted, "bad#1", []layout.Chain{"bad"}, "", ""},
 	} {
 		p := tcpPacket()
 		if c.change != nil {
@@ -281,7 +282,7 @@ func TestWalkL2(t *testing.T) {
 		err     string
 	}{
 		{"jumps come back", "main", nil, false, "main#2", []layout.Chain{"main", "sub", "leaf"}, ""},
-		{"verdict in a called chain", "main", func(p *packet) { p.proto = protoUDP }, true, "sub#4", []layout.Chain{"main", "sub", "leaf"}, ""},
+		{"verdict in a called chain", "main", func(p *packet) { p.proto = config.ProtoUDP }, true, "sub#4", []layout.Chain{"main", "sub", "leaf"}, ""},
 		{"return, then the caller's drop", "main", v6, true, "main#3", []layout.Chain{"main", "sub"}, ""},
 		{"accept in a called chain", "accept", nil, false, "okay#1", []layout.Chain{"accept", "leaf", "okay"}, ""},
 		{"no REJECT in ebtables", "reject", nil, false, "", []layout.Chain{"reject"}, "cannot evaluate: ebtables chain REJECT does not exist"},

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
+	"github.com/vmfw/vmfw/pkg/config"
 )
 
 // The layer-2 part: vmfw's ebtables chains, which an IP frame meets when
@@ -208,7 +209,7 @@ func parseL2Rule(text string) *l2rule {
 				return r
 			}
 			c = func(f *frame) bool {
-				return f.pkt.proto == protoICMPv6 && f.pkt.icmpType >= lo && f.pkt.icmpType <= hi &&
+				return f.pkt.proto == config.ProtoICMPv6 && f.pkt.icmpType >= lo && f.pkt.icmpType <= hi &&
 					f.pkt.icmpCode >= clo && f.pkt.icmpCode <= chi
 			}
 		default:
