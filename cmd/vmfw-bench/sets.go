@@ -15,6 +15,8 @@ import (
 
 	"github.com/google/nftables"
 	"golang.org/x/sys/unix"
+
+	"github.com/vmfw/vmfw/pkg/config/configtest"
 )
 
 // The sets part (--parts sets): what an address set of 100,000 entries
@@ -64,28 +66,11 @@ type setResults struct {
 // without: single addresses and /64 networks in turn, with a /65 carved
 // out of every hundredth network, as a generated blocklist looks.
 func bigSetFile(withToggled bool) string {
-	var b strings.Builder
-	b.WriteString("description = \"bench: a blocklist\"\nentries = [\n")
-	var except []string
-	for i := range bigSetSize {
-		if i%2 == 0 {
-			fmt.Fprintf(&b, "  \"2001:db8:a000:%x::%x\",\n", i>>16, i&0xffff)
-			continue
-		}
-		fmt.Fprintf(&b, "  \"2001:db8:b%03x:%x::/64\",\n", (i>>16)&0xfff, i&0xffff)
-		if i%200 == 1 {
-			except = append(except, fmt.Sprintf("2001:db8:b%03x:%x:8000::/65", (i>>16)&0xfff, i&0xffff))
-		}
-	}
+	entries, except := configtest.Blocklist(bigSetSize)
 	if withToggled {
-		fmt.Fprintf(&b, "  %q,\n", toggled)
+		entries = append(entries, toggled)
 	}
-	b.WriteString("]\nexcept = [\n")
-	for _, x := range except {
-		fmt.Fprintf(&b, "  %q,\n", x)
-	}
-	b.WriteString("]\n")
-	return b.String()
+	return configtest.SetFile("bench: a blocklist", entries, except)
 }
 
 // setGroup renders the data VMs' group with a first rule dropping UDP

@@ -25,7 +25,7 @@ func bigSet(n int) string {
 			entries = append(entries, fmt.Sprintf("2001:db8:%x:%x::/64", i>>16, i&0xffff))
 		}
 	}
-	return "description = \"generated\"\n" + setText(entries, except)
+	return configtest.SetFile("generated", entries, except)
 }
 
 // BenchmarkLoadSet100000 measures a Load of a directory holding one set of

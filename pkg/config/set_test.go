@@ -181,21 +181,7 @@ func TestSetMatch(t *testing.T) {
 // an operator would, with names for lines: entry i is on line i+2.
 func loadedSet(t *testing.T, entries, except []string) *Set {
 	t.Helper()
-	return mustLoad(t, configtest.Dir(t, map[string]string{"sets/s.toml": setText(entries, except)})).Sets["s"]
-}
-
-func setText(entries, except []string) string {
-	var b strings.Builder
-	b.WriteString("entries = [\n")
-	for _, e := range entries {
-		fmt.Fprintf(&b, "  %q,\n", e)
-	}
-	b.WriteString("]\nexcept = [\n")
-	for _, e := range except {
-		fmt.Fprintf(&b, "  %q,\n", e)
-	}
-	b.WriteString("]\n")
-	return b.String()
+	return mustLoad(t, configtest.Dir(t, map[string]string{"sets/s.toml": configtest.SetFile("", entries, except)})).Sets["s"]
 }
 
 // TestSetEffective checks the prefixes of hand-worked examples.

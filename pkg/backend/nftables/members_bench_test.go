@@ -2,12 +2,11 @@ package nftables
 
 import (
 	"context"
-	"fmt"
-	"strings"
 	"testing"
 
 	"github.com/vmfw/vmfw/pkg/backend"
 	"github.com/vmfw/vmfw/pkg/backend/nftables/layout"
+	"github.com/vmfw/vmfw/pkg/config/configtest"
 	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
@@ -15,22 +14,11 @@ import (
 // turn, a /65 carved out of every hundredth /64), with one more address
 // when extra.
 func bigSet(n int, extra bool) string {
-	var b, x strings.Builder
-	b.WriteString("entries = [\n")
-	for i := range n {
-		if i%2 == 0 {
-			fmt.Fprintf(&b, "  \"2001:db8:a000:%x::%x\",\n", i>>16, i&0xffff)
-			continue
-		}
-		fmt.Fprintf(&b, "  \"2001:db8:b%03x:%x::/64\",\n", (i>>16)&0xfff, i&0xffff)
-		if i%200 == 1 {
-			fmt.Fprintf(&x, "  \"2001:db8:b%03x:%x:8000::/65\",\n", (i>>16)&0xfff, i&0xffff)
-		}
-	}
+	entries, except := configtest.Blocklist(n)
 	if extra {
-		b.WriteString("  \"2001:db8:c000::1\",\n")
+		entries = append(entries, "2001:db8:c000::1")
 	}
-	return b.String() + "]\nexcept = [\n" + x.String() + "]\n"
+	return configtest.SetFile("", entries, except)
 }
 
 // bigSetEdit returns the policies before and after a one-entry edit of a

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -51,4 +52,41 @@ func Large(vms int) map[string]string {
 			(id>>8)&0xff, id&0xff, id, k%20, (k+7)%20, (k+13)%20)
 	}
 	return files
+}
+
+// SetFile renders a set file (sets/NAME.toml) as a generator writes one:
+// the description when there is one, then the entries and the excepts one
+// per line.
+func SetFile(description string, entries, except []string) string {
+	var b strings.Builder
+	if description != "" {
+		fmt.Fprintf(&b, "description = %q\n", description)
+	}
+	b.WriteString("entries = [\n")
+	for _, e := range entries {
+		fmt.Fprintf(&b, "  %q,\n", e)
+	}
+	b.WriteString("]\nexcept = [\n")
+	for _, e := range except {
+		fmt.Fprintf(&b, "  %q,\n", e)
+	}
+	b.WriteString("]\n")
+	return b.String()
+}
+
+// Blocklist returns n IPv6 entries as a generated blocklist has them:
+// single addresses and /64 networks in turn, with a /65 carved out of
+// every hundredth network (the excepts).
+func Blocklist(n int) (entries, except []string) {
+	for i := range n {
+		if i%2 == 0 {
+			entries = append(entries, fmt.Sprintf("2001:db8:a000:%x::%x", i>>16, i&0xffff))
+			continue
+		}
+		entries = append(entries, fmt.Sprintf("2001:db8:b%03x:%x::/64", (i>>16)&0xfff, i&0xffff))
+		if i%200 == 1 {
+			except = append(except, fmt.Sprintf("2001:db8:b%03x:%x:8000::/65", (i>>16)&0xfff, i&0xffff))
+		}
+	}
+	return entries, except
 }
