@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/vmfw/vmfw/integration/labnet"
+	"github.com/vmfw/vmfw/integration/labtest"
 	"github.com/vmfw/vmfw/integration/testbin"
 
 	"github.com/prometheus/common/expfmt"
@@ -33,11 +34,7 @@ func startAgent(t *testing.T, h *hv, args ...string) *process {
 	if len(h.env) == 0 {
 		h.env = []string{"VMFW_RUN_DIR=" + t.TempDir()}
 	}
-	p := startInNS(t, h.ns.Name, h.env, append(append(append([]string{testbin.VMFW}, h.backendFlags()...), "--config-dir", h.config, "agent"), args...)...)
-	if !waitFor(func() bool { return strings.Contains(p.Output(), "agent ready") }) {
-		t.Fatalf("the agent did not get ready:\n%s", p.Output())
-	}
-	return p
+	return labtest.StartAgent(t, h.ns, h.env, append(append(append([]string{testbin.VMFW}, h.backendFlags()...), "--config-dir", h.config, "agent"), args...)...)
 }
 
 // eventually polls cond every 50 ms for up to 10 s: the agent acts on
@@ -78,11 +75,9 @@ func TestAgentEnforcesEditsAndRepairsDrift(t *testing.T) {
 		h := newHV(t, backend, "")
 		h.write("vmfw.toml", "repair_interval = \"1s\"\n")
 		h.write("groups/app.toml", appGroup)
-		h.write("vms/311.toml", vmFile("02:00:00:00:0b:11", "192.0.2.111", "2001:db8::111", "app"))
-		h.write("vms/312.toml", vmFile("02:00:00:00:0b:12", "192.0.2.112", "2001:db8::112"))
+		a := h.guest(311, "02:00:00:00:0b:11", "192.0.2.111", "2001:db8::111", "app")
+		b := h.guest(312, "02:00:00:00:0b:12", "192.0.2.112", "2001:db8::112")
 		h.firstV4(310, "192.0.2.9")
-		a := h.vm("tap311i0", "02:00:00:00:0b:11", "192.0.2.111", "2001:db8::111")
-		b := h.vm("tap312i0", "02:00:00:00:0b:12", "192.0.2.112", "2001:db8::112")
 		h.serve(a, "192.0.2.111", 22, 2222)
 		agent := startAgent(t, h)
 		h.vmfw("ifup", "tap311i0")
@@ -247,8 +242,7 @@ func TestAgentMetrics(t *testing.T) {
 	h := newHV(t, "nft", "")
 	h.write("vmfw.toml", "metrics_listen = \"127.0.0.1:9469\"\n")
 	h.write("groups/app.toml", appGroup)
-	h.write("vms/341.toml", vmFile("02:00:00:00:0d:41", "192.0.2.171", "2001:db8::171", "app"))
-	h.vm("tap341i0", "02:00:00:00:0d:41", "192.0.2.171", "2001:db8::171")
+	h.guest(341, "02:00:00:00:0d:41", "192.0.2.171", "2001:db8::171", "app")
 	h.exec("ip", "link", "set", "lo", "up")
 	h.firstV4(340, "192.0.2.9")
 	startAgent(t, h)
@@ -358,9 +352,8 @@ func TestAgentPrintsLoggedPackets(t *testing.T) {
 	h := newHV(t, "nft", "")
 	h.write("vmfw.toml", "log_group = 8\nlog_limit = \"100/second\"\n")
 	h.write("vms/361.toml", "log = true\n"+vmFile("02:00:00:00:0e:61", "192.0.2.181", "2001:db8::181"))
-	h.write("vms/362.toml", vmFile("02:00:00:00:0e:62", "192.0.2.182", "2001:db8::182"))
+	b := h.guest(362, "02:00:00:00:0e:62", "192.0.2.182", "2001:db8::182")
 	h.vm("tap361i0", "02:00:00:00:0e:61", "192.0.2.181", "2001:db8::181")
-	b := h.vm("tap362i0", "02:00:00:00:0e:62", "192.0.2.182", "2001:db8::182")
 	h.firstV4(360, "192.0.2.9")
 	agent := startAgent(t, h, "--log-packets")
 	h.vmfw("ifup", "tap361i0")
@@ -393,10 +386,8 @@ func TestIfupProgram(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, backend string) {
 		h := newHV(t, backend, "")
 		h.write("groups/app.toml", appGroup)
-		h.write("vms/371.toml", vmFile("02:00:00:00:0e:71", "192.0.2.171", "2001:db8::171", "app"))
-		h.write("vms/372.toml", vmFile("02:00:00:00:0e:72", "192.0.2.172", "2001:db8::172"))
-		a := h.vm("tap371i0", "02:00:00:00:0e:71", "192.0.2.171", "2001:db8::171")
-		b := h.vm("tap372i0", "02:00:00:00:0e:72", "192.0.2.172", "2001:db8::172")
+		a := h.guest(371, "02:00:00:00:0e:71", "192.0.2.171", "2001:db8::171", "app")
+		b := h.guest(372, "02:00:00:00:0e:72", "192.0.2.172", "2001:db8::172")
 		h.serve(a, "192.0.2.171", 22, 2222)
 		h.firstV4(370, "192.0.2.9")
 		agent := startAgent(t, h)
@@ -476,9 +467,9 @@ func TestIfupProgramInterrupted(t *testing.T) {
 	h.exec("ip", "link", "add", "tap381i0", "type", "veth", "peer", "name", "p381")
 	h.firstV4(380, "192.0.2.9")
 	runDir := t.TempDir()
-	helper := startInNS(t, h.ns.Name, []string{testbin.HelperEnv + "=1", "VMFW_SILENT_AGENT_DIR=" + runDir},
+	helper := labtest.Start(t, h.ns, []string{testbin.HelperEnv + "=1", "VMFW_SILENT_AGENT_DIR=" + runDir},
 		os.Args[0], "-test.run=^TestHelperSilentAgent$", "-test.v")
-	if !waitFor(func() bool { return strings.Contains(helper.Output(), "listening") }) {
+	if !eventually(func() bool { return strings.Contains(helper.Output(), "listening") }) {
 		t.Fatalf("the silent agent did not start:\n%s", helper.Output())
 	}
 	before := h.snapshot()
@@ -489,7 +480,7 @@ func TestIfupProgramInterrupted(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	if !waitFor(func() bool { return strings.Contains(helper.Output(), "request taken") }) {
+	if !eventually(func() bool { return strings.Contains(helper.Output(), "request taken") }) {
 		t.Fatalf("vmfw-ifup never reached the silent agent:\n%s", helper.Output())
 	}
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {

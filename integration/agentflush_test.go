@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/vmfw/vmfw/integration/labnet"
+	"github.com/vmfw/vmfw/integration/labtest"
 )
 
 // attempt is one connection of a timed flood.
@@ -47,13 +48,11 @@ func timedFlood(ctx context.Context, ns *labnet.NS, addr string, workers int) fu
 // repair, and status is in sync. How long the window was is logged (the
 // bench measures it; tests assert no time).
 func TestAgentRepairsForeignFlush(t *testing.T) {
-	h := newHV(t, nftablesBackend, "")
+	h := newHV(t, labtest.NftablesBackend, "")
 	h.write("vmfw.toml", "repair_interval = \"1h\"\n") // only the watcher can repair in time
 	h.write("groups/app.toml", appGroup)
-	h.write("vms/281.toml", vmFile("02:00:00:00:08:81", "192.0.2.85", "2001:db8::85", "app"))
-	h.write("vms/282.toml", vmFile("02:00:00:00:08:82", "192.0.2.86", "2001:db8::86"))
-	a := h.vm("tap281i0", "02:00:00:00:08:81", "192.0.2.85", "2001:db8::85")
-	b := h.vm("tap282i0", "02:00:00:00:08:82", "192.0.2.86", "2001:db8::86")
+	a := h.guest(281, "02:00:00:00:08:81", "192.0.2.85", "2001:db8::85", "app")
+	b := h.guest(282, "02:00:00:00:08:82", "192.0.2.86", "2001:db8::86")
 	h.serve(a, "192.0.2.85", 22, 25)
 	agent := startAgent(t, h)
 	h.vmfw("ifup", "tap281i0")

@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"net"
 	"net/netip"
 	"testing"
 	"time"
@@ -25,10 +24,7 @@ mac = "02:00:00:00:03:11"
 ips = ["192.0.2.31", "2001:db8::31"]
 `)
 		vm := h.vm("tap211i0", "02:00:00:00:03:11", "192.0.2.31", "2001:db8::31")
-		ext, err := h.lab.AddExternal("uplink0", "02:00:00:00:03:99", "192.0.2.200/24", "2001:db8::200/64")
-		if err != nil {
-			t.Fatal(err)
-		}
+		ext := h.external("02:00:00:00:03:99", "192.0.2.200/24", "2001:db8::200/64")
 		h.firstV4(210, "192.0.2.9")
 		h.vmfw("ifup", "tap211i0")
 		h.serve(ext, "192.0.2.200", 22)
@@ -39,74 +35,47 @@ ips = ["192.0.2.31", "2001:db8::31"]
 		ip4 := func(s string, port uint16) netip.AddrPort { return netip.AddrPortFrom(netip.MustParseAddr(s), port) }
 		linkLocal := netip.MustParseAddr("fe80::ff:fe00:311")
 
-		cases := []struct {
-			name    string
-			frame   func(marker []byte) []byte
-			through bool
-		}{
-			{"own MAC and IPv4", func(m []byte) []byte {
+		expectFrames(t, ext, []sentFrame{
+			{"own MAC and IPv4", vm, func(m []byte) []byte {
 				return labnet.UDP4Frame(own, extMAC, ip4("192.0.2.31", 4000), ip4("192.0.2.200", 5000), m)
 			}, true},
-			{"own MAC and IPv6", func(m []byte) []byte {
+			{"own MAC and IPv6", vm, func(m []byte) []byte {
 				return labnet.UDP6Frame(own, extMAC, ip4("2001:db8::31", 4000), ip4("2001:db8::200", 5000), m)
 			}, true},
-			{"spoofed MAC", func(m []byte) []byte {
+			{"spoofed MAC", vm, func(m []byte) []byte {
 				return labnet.UDP4Frame(other, extMAC, ip4("192.0.2.31", 4000), ip4("192.0.2.200", 5000), m)
 			}, false},
-			{"spoofed IPv4 source", func(m []byte) []byte {
+			{"spoofed IPv4 source", vm, func(m []byte) []byte {
 				return labnet.UDP4Frame(own, extMAC, ip4("192.0.2.99", 4000), ip4("192.0.2.200", 5000), m)
 			}, false},
-			{"spoofed IPv6 source", func(m []byte) []byte {
+			{"spoofed IPv6 source", vm, func(m []byte) []byte {
 				return labnet.UDP6Frame(own, extMAC, ip4("2001:db8::99", 4000), ip4("2001:db8::200", 5000), m)
 			}, false},
-			{"DHCP server offer", func(m []byte) []byte {
+			{"DHCP server offer", vm, func(m []byte) []byte {
 				return labnet.DHCPOfferFrame(own, netip.MustParseAddr("192.0.2.31"), extMAC, netip.MustParseAddr("192.0.2.77"), m)
 			}, false},
-			{"IPv6 router advertisement", func(m []byte) []byte {
+			{"IPv6 router advertisement", vm, func(m []byte) []byte {
 				return labnet.RouterAdvertFrame(own, linkLocal, m)
 			}, false},
-			{"DHCP discover from 0.0.0.0", func(m []byte) []byte {
+			{"DHCP discover from 0.0.0.0", vm, func(m []byte) []byte {
 				return labnet.DHCPDiscoverFrame(own, m)
 			}, true},
-			{"IPv6 duplicate address detection", func(m []byte) []byte {
+			{"IPv6 duplicate address detection", vm, func(m []byte) []byte {
 				return labnet.DADSolicitFrame(own, netip.MustParseAddr("2001:db8::31"), m)
 			}, true},
-			{"neighbour advertisement for its own address", func(m []byte) []byte {
+			{"neighbour advertisement for its own address", vm, func(m []byte) []byte {
 				return labnet.NeighborAdvertFrame(own, linkLocal, netip.MustParseAddr("2001:db8::31"), m)
 			}, true},
-			{"neighbour advertisement for its link-local address", func(m []byte) []byte {
+			{"neighbour advertisement for its link-local address", vm, func(m []byte) []byte {
 				return labnet.NeighborAdvertFrame(own, linkLocal, linkLocal, m)
 			}, true},
-			{"neighbour advertisement claiming another's address", func(m []byte) []byte {
+			{"neighbour advertisement claiming another's address", vm, func(m []byte) []byte {
 				return labnet.NeighborAdvertFrame(own, linkLocal, netip.MustParseAddr("2001:db8::200"), m)
 			}, false},
-			{"neighbour advertisement from its own address claiming another's", func(m []byte) []byte {
+			{"neighbour advertisement from its own address claiming another's", vm, func(m []byte) []byte {
 				return labnet.NeighborAdvertFrame(own, netip.MustParseAddr("2001:db8::31"), netip.MustParseAddr("2001:db8::200"), m)
 			}, false},
-		}
-		for _, c := range cases {
-			marker := labnet.NewMarker()
-			capture, err := labnet.StartCapture(ext, "eth0", labnet.HasMarker(marker))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := labnet.SendFrame(vm, "eth0", c.frame(marker)); err != nil {
-				capture.Close()
-				t.Fatalf("%s: sending: %v", c.name, err)
-			}
-			wait := 2 * time.Second
-			if !c.through {
-				wait = probeTimeout
-			}
-			got, err := capture.Wait(wait)
-			capture.Close()
-			if err != nil {
-				t.Fatalf("%s: capturing: %v", c.name, err)
-			}
-			if got != c.through {
-				t.Errorf("%s: frame arrived = %v, want %v", c.name, got, c.through)
-			}
-		}
+		})
 
 		// Neighbour discovery works: an IPv6 ping needs NS/NA both ways.
 		if r, err := labnet.Ping(context.Background(), vm, "2001:db8::200", 2*time.Second); err != nil || r != labnet.Connected {
@@ -123,13 +92,4 @@ ips = ["192.0.2.31", "2001:db8::31"]
 			t.Errorf("VM with a changed MAC still connects")
 		}
 	})
-}
-
-func mustMAC(t *testing.T, s string) net.HardwareAddr {
-	t.Helper()
-	m, err := net.ParseMAC(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m
 }

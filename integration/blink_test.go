@@ -301,9 +301,8 @@ func TestNoBlink(t *testing.T) {
 		h := newHV(t, backend, "")
 		h.write("groups/g.toml", blinkVersions[0])
 		h.write("vms/531.toml", "policy_out = \"drop\"\n"+vmFile("02:00:00:00:05:31", "192.0.2.71", "2001:db8::71", "g"))
-		h.write("vms/532.toml", vmFile("02:00:00:00:05:32", "192.0.2.72", "2001:db8::72", "g"))
+		b := h.guest(532, "02:00:00:00:05:32", "192.0.2.72", "2001:db8::72", "g")
 		a := h.vm("tap531i0", "02:00:00:00:05:31", "192.0.2.71", "2001:db8::71")
-		b := h.vm("tap532i0", "02:00:00:00:05:32", "192.0.2.72", "2001:db8::72")
 		h.firstV4(530, "192.0.2.9")
 		h.vmfw("ifup", "tap531i0")
 		h.vmfw("ifup", "tap532i0")
@@ -316,14 +315,14 @@ func TestNoBlink(t *testing.T) {
 		var allowed, forbidden []flow
 		var flooded []*udpCounter
 		for _, addr := range []string{"192.0.2.72", "2001:db8::72"} {
-			flooded = append(flooded, listenUDP(t, b, hostPort(addr, 5003)))
-			x := listenUDP(t, b, hostPort(addr, 5001))
-			y := listenUDP(t, b, hostPort(addr, 5002))
-			allowed = append(allowed, flow{"X " + addr, x, sendUDP(t, a, hostPort(addr, 5001), 2*time.Millisecond)})
-			forbidden = append(forbidden, flow{"Y " + addr, y, sendUDP(t, a, hostPort(addr, 5002), 2*time.Millisecond)})
+			flooded = append(flooded, listenUDP(t, b, labnet.HostPort(addr, 5003)))
+			x := listenUDP(t, b, labnet.HostPort(addr, 5001))
+			y := listenUDP(t, b, labnet.HostPort(addr, 5002))
+			allowed = append(allowed, flow{"X " + addr, x, sendUDP(t, a, labnet.HostPort(addr, 5001), 2*time.Millisecond)})
+			forbidden = append(forbidden, flow{"Y " + addr, y, sendUDP(t, a, labnet.HostPort(addr, 5002), 2*time.Millisecond)})
 		}
 		// Both flows are under way before the first edit.
-		if !waitFor(func() bool { return allowed[0].recv.count() > 0 && allowed[1].recv.count() > 0 }) {
+		if !eventually(func() bool { return allowed[0].recv.count() > 0 && allowed[1].recv.count() > 0 }) {
 			t.Fatal("flow X does not arrive before any edit")
 		}
 
@@ -331,8 +330,8 @@ func TestNoBlink(t *testing.T) {
 		var floodSent uint64
 		for i := 1; i <= applies; i++ {
 			h.write("groups/g.toml", blinkVersions[i%2])
-			stop4 := floodUDP(t, a, hostPort("192.0.2.72", 5003))
-			stop6 := floodUDP(t, a, hostPort("2001:db8::72", 5003))
+			stop4 := floodUDP(t, a, labnet.HostPort("192.0.2.72", 5003))
+			stop6 := floodUDP(t, a, labnet.HostPort("2001:db8::72", 5003))
 			h.vmfw("apply")
 			floodSent += stop4() + stop6()
 			if i == 1 && !strings.Contains(h.snapshot(), "x and more") {
@@ -348,7 +347,7 @@ func TestNoBlink(t *testing.T) {
 		}
 		for _, f := range allowed {
 			sent := f.send.sent
-			waitFor(func() bool { return uint64(f.recv.count()) >= sent })
+			eventually(func() bool { return uint64(f.recv.count()) >= sent })
 			if got := uint64(f.recv.count()); got != sent {
 				drops, err := f.recv.socketDrops(b)
 				switch {

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -31,18 +30,7 @@ const manyTaps = 300
 // namespace (no hypervisors), both removed when the test ends.
 func coreEtcd(t *testing.T) (*labnet.Cluster, *labnet.Etcd) {
 	t.Helper()
-	if _, err := exec.LookPath("etcd"); err != nil {
-		t.Fatalf("etcd is required (Debian package etcd-server; make deps installs it): %v", err)
-	}
-	c, err := labnet.NewCluster(0)
-	if err != nil {
-		t.Fatalf("building the core namespace: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := c.Close(); err != nil {
-			t.Errorf("closing the cluster: %v", err)
-		}
-	})
+	c := newCluster(t, 0)
 	e, err := labnet.StartEtcd(c.Core, labnet.EtcdURL("http", labnet.CoreAddr), t.TempDir())
 	if err != nil {
 		t.Fatal(err)

@@ -62,14 +62,15 @@ type clusterHost struct {
 	agent *process
 }
 
-// newTestCluster builds the three hypervisors, starts etcd and writes
-// each host's local vmfw.toml (only its [cluster] table).
-func newTestCluster(t *testing.T) (*labnet.Cluster, *etcd, []*clusterHost) {
+// newCluster builds a cluster lab of n hypervisors (labnet.NewCluster),
+// removed when the test ends, after making sure there is an etcd to run in
+// its core.
+func newCluster(t *testing.T, n int) *labnet.Cluster {
 	t.Helper()
 	if _, err := exec.LookPath("etcd"); err != nil {
 		t.Fatalf("etcd is required (Debian package etcd-server; make deps installs it): %v", err)
 	}
-	c, err := labnet.NewCluster(3)
+	c, err := labnet.NewCluster(n)
 	if err != nil {
 		t.Fatalf("building the cluster: %v", err)
 	}
@@ -78,6 +79,14 @@ func newTestCluster(t *testing.T) (*labnet.Cluster, *etcd, []*clusterHost) {
 			t.Errorf("closing the cluster: %v", err)
 		}
 	})
+	return c
+}
+
+// newTestCluster builds the three hypervisors, starts etcd and writes
+// each host's local vmfw.toml (only its [cluster] table).
+func newTestCluster(t *testing.T) (*labnet.Cluster, *etcd, []*clusterHost) {
+	t.Helper()
+	c := newCluster(t, 3)
 	e := newEtcd(t, c.Core, "http")
 	backendOf := []string{"nft", "legacy", "nft"}
 	var hosts []*clusterHost
@@ -148,7 +157,7 @@ func within(t *testing.T, limit time.Duration, what string, cond func() bool) ti
 // within loop tries several times a second.
 func connects(t *testing.T, from *labnet.NS, addr string, port int) func() bool {
 	return func() bool {
-		r, err := labnet.TCPConnect(context.Background(), from, hostPort(addr, port), 250*time.Millisecond)
+		r, err := labnet.TCPConnect(context.Background(), from, labnet.HostPort(addr, port), 250*time.Millisecond)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -285,7 +294,7 @@ func TestClusterGroupsAcrossHosts(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer stream.Stop()
-	if !waitFor(func() bool { return stream.Stats().Echoed > 3 }) {
+	if !eventually(func() bool { return stream.Stats().Echoed > 3 }) {
 		t.Fatalf("stream: %+v", stream.Stats())
 	}
 	flowOn := func(h *clusterHost, src string) bool {

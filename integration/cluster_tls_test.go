@@ -88,15 +88,7 @@ func writePEM(t *testing.T, path, typ string, der []byte) {
 // certificate from another CA, or without the CA that verifies the
 // server, is refused (exit 1) and writes nothing.
 func TestClusterTLS(t *testing.T) {
-	c, err := labnet.NewCluster(1)
-	if err != nil {
-		t.Fatalf("building the cluster: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := c.Close(); err != nil {
-			t.Errorf("closing the cluster: %v", err)
-		}
-	})
+	c := newCluster(t, 1)
 	pki := t.TempDir()
 	ca := newTestCA(t, pki, "ca")
 	other := newTestCA(t, t.TempDir(), "other")

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/vmfw/vmfw/integration/labnet"
+	"github.com/vmfw/vmfw/integration/labtest"
 	"github.com/vmfw/vmfw/integration/testbin"
 )
 
@@ -45,10 +47,8 @@ func TestCoexistence(t *testing.T) {
 		h := newHV(t, backend, "")
 		h.write("groups/db.toml", dbGroup)
 		h.write("groups/app.toml", appGroup)
-		h.write("vms/251.toml", vmFile("02:00:00:00:07:51", "192.0.2.71", "2001:db8::71", "app", "db"))
-		h.write("vms/252.toml", vmFile("02:00:00:00:07:52", "192.0.2.72", "2001:db8::72", "app"))
-		h.vm("tap251i0", "02:00:00:00:07:51", "192.0.2.71", "2001:db8::71")
-		h.vm("tap252i0", "02:00:00:00:07:52", "192.0.2.72", "2001:db8::72")
+		h.guest(251, "02:00:00:00:07:51", "192.0.2.71", "2001:db8::71", "app", "db")
+		h.guest(252, "02:00:00:00:07:52", "192.0.2.72", "2001:db8::72", "app")
 
 		h.exec("ipset", "create", "blocklist", "hash:net")
 		h.exec("ipset", "add", "blocklist", "203.0.113.0/24")
@@ -233,7 +233,7 @@ func TestConcurrentIfupIfdown(t *testing.T) {
 // the test: QEMU's tap and a datagram socket share a hub, no guest OS is
 // needed). After QEMU exits the chains and memberships are gone.
 func TestQEMU(t *testing.T) {
-	qemu, err := lookPath("qemu-system-x86_64")
+	qemu, err := exec.LookPath("qemu-system-x86_64")
 	if err != nil {
 		t.Fatal("qemu-system-x86_64 is required (make deps installs it): ", err)
 	}
@@ -242,10 +242,7 @@ func TestQEMU(t *testing.T) {
 		h := newHV(t, backend, "")
 		h.write("groups/ssh.toml", appGroup)
 		h.write("vms/120.toml", "[net0]\nmac = \""+vmMAC+"\"\nips = [\""+vmIP+"\"]\nbridge = \"vmbr0\"\ngroups = [\"ssh\"]\n")
-		ext, err := h.lab.AddExternal("uplink0", extMAC, extIP+"/24")
-		if err != nil {
-			t.Fatal(err)
-		}
+		ext := h.external(extMAC, extIP+"/24")
 		// QEMU passes only the tap name; the scripts carry the rest, as
 		// conf/qemu/ shows for a real host.
 		dir := t.TempDir()
@@ -261,7 +258,7 @@ func TestQEMU(t *testing.T) {
 			t.Fatalf("the host is not empty before QEMU starts: %v", err)
 		}
 		qmp := filepath.Join(dir, "qmp.sock")
-		q := startInNS(t, h.ns.Name, nil, qemu, "-M", "none", "-nodefaults", "-display", "none",
+		q := labtest.Start(t, h.ns, nil, qemu, "-M", "none", "-nodefaults", "-display", "none",
 			"-qmp", "unix:"+qmp+",server=on,wait=off",
 			"-netdev", fmt.Sprintf("tap,id=n0,ifname=tap120i0,script=%s,downscript=%s", filepath.Join(dir, "ifup.sh"), filepath.Join(dir, "ifdown.sh")),
 			"-netdev", "hubport,id=h0,hubid=0,netdev=n0",
@@ -271,13 +268,13 @@ func TestQEMU(t *testing.T) {
 			out, err := h.ns.Exec(context.Background(), "ip", "link", "show", "tap120i0")
 			return err == nil && strings.Contains(string(out), "master vmbr0")
 		}
-		if !waitFor(onBridge) {
+		if !eventually(onBridge) {
 			t.Fatalf("tap120i0 never joined vmbr0; qemu output: %s", q.Output())
 		}
 		// QEMU sends the QMP greeting from its main loop, which it enters
 		// only once the ifup script has returned and the netdev is set
 		// up; stopped before that, it exits without running downscript.
-		if !waitFor(func() bool { return qmpGreets(qmp) }) {
+		if !eventually(func() bool { return qmpGreets(qmp) }) {
 			t.Fatalf("QEMU never finished starting; its output: %s", q.Output())
 		}
 		if !h.installed("tap120i0") {
@@ -301,7 +298,7 @@ func TestQEMU(t *testing.T) {
 			port    int
 			arrives bool
 		}{{22, true}, {23, false}} {
-			labnet.TCPConnect(context.Background(), ext, hostPort(vmIP, c.port), probeTimeout)
+			labnet.TCPConnect(context.Background(), ext, labnet.HostPort(vmIP, c.port), probeTimeout)
 			got := guest.saw(func(f []byte) bool { return isTCPSyn(f, extIP, vmIP, c.port) }, time.Second)
 			if got != c.arrives {
 				t.Errorf("tcp %s -> %s:%d reached the guest behind QEMU: %v, want %v", extIP, vmIP, c.port, got, c.arrives)

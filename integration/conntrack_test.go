@@ -15,7 +15,7 @@ type namedStream struct {
 // startStream starts a flow from ns to addr:port; the lab stops it.
 func startStream(t *testing.T, name string, from *labnet.NS, addr string, port int) namedStream {
 	t.Helper()
-	s, err := labnet.StartStream(from, hostPort(addr, port))
+	s, err := labnet.StartStream(from, labnet.HostPort(addr, port))
 	if err != nil {
 		t.Fatalf("%s: %v", name, err)
 	}
@@ -29,7 +29,7 @@ const streamAfter = 30
 
 // checkStreams judges the flows after an apply that returned: every flow
 // in cut gets no echo for any message sent after the apply, every flow in
-// kept gets its echoes. It waits (bounded, see waitFor) for the flows to
+// kept gets its echoes. It waits (bounded, see eventually) for the flows to
 // send enough, not for a time.
 func checkStreams(t *testing.T, step string, cut, kept []namedStream) {
 	t.Helper()
@@ -38,7 +38,7 @@ func checkStreams(t *testing.T, step string, cut, kept []namedStream) {
 	for i, f := range all {
 		mark[i] = f.s.Stats().Sent
 	}
-	ok := waitFor(func() bool {
+	ok := eventually(func() bool {
 		for i, f := range all {
 			st := f.s.Stats()
 			if st.Sent < mark[i]+streamAfter {
@@ -81,18 +81,13 @@ func TestRemovedPermissionCutsFlows(t *testing.T) {
 		// A is a client in app; B serves ssh, web and db; C accepts
 		// everything inbound by policy; D serves the web and may open no
 		// connection of its own.
-		h.write("vms/511.toml", vmFile("02:00:00:00:05:11", "192.0.2.51", "2001:db8::51", "app"))
-		h.write("vms/512.toml", vmFile("02:00:00:00:05:12", "192.0.2.52", "2001:db8::52", "ssh", "web", "db"))
+		a := h.guest(511, "02:00:00:00:05:11", "192.0.2.51", "2001:db8::51", "app")
+		b := h.guest(512, "02:00:00:00:05:12", "192.0.2.52", "2001:db8::52", "ssh", "web", "db")
 		h.write("vms/513.toml", "policy_in = \"accept\"\n"+vmFile("02:00:00:00:05:13", "192.0.2.53", "2001:db8::53"))
 		h.write("vms/514.toml", "policy_out = \"drop\"\n"+vmFile("02:00:00:00:05:14", "192.0.2.54", "2001:db8::54", "web"))
-		a := h.vm("tap511i0", "02:00:00:00:05:11", "192.0.2.51", "2001:db8::51")
-		b := h.vm("tap512i0", "02:00:00:00:05:12", "192.0.2.52", "2001:db8::52")
 		c := h.vm("tap513i0", "02:00:00:00:05:13", "192.0.2.53", "2001:db8::53")
 		d := h.vm("tap514i0", "02:00:00:00:05:14", "192.0.2.54", "2001:db8::54")
-		ext, err := h.lab.AddExternal("uplink0", "02:00:00:00:05:99", "192.0.2.200/24", "2001:db8::200/64")
-		if err != nil {
-			t.Fatal(err)
-		}
+		ext := h.external("02:00:00:00:05:99", "192.0.2.200/24", "2001:db8::200/64")
 		h.firstV4(510, "192.0.2.9")
 		for _, tap := range []string{"tap511i0", "tap512i0", "tap513i0", "tap514i0"} {
 			h.vmfw("ifup", tap)
@@ -150,12 +145,8 @@ func TestCutFlowStaysCutWhenTheServerMaySend(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, backend string) {
 		h := newHV(t, backend, "")
 		h.write("groups/web.toml", "[[in]]\nproto = \"tcp\"\ndport = \"80\"\n")
-		h.write("vms/521.toml", vmFile("02:00:00:00:05:21", "192.0.2.61", "2001:db8::61", "web"))
-		b := h.vm("tap521i0", "02:00:00:00:05:21", "192.0.2.61", "2001:db8::61")
-		ext, err := h.lab.AddExternal("uplink0", "02:00:00:00:05:98", "192.0.2.200/24", "2001:db8::200/64")
-		if err != nil {
-			t.Fatal(err)
-		}
+		b := h.guest(521, "02:00:00:00:05:21", "192.0.2.61", "2001:db8::61", "web")
+		ext := h.external("02:00:00:00:05:98", "192.0.2.200/24", "2001:db8::200/64")
 		h.firstV4(520, "192.0.2.9")
 		h.vmfw("ifup", "tap521i0")
 		h.serve(b, "192.0.2.61", 80)

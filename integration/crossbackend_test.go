@@ -13,8 +13,10 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/vmfw/vmfw/integration/labnet"
 	"golang.org/x/sys/unix"
+
+	"github.com/vmfw/vmfw/integration/labnet"
+	"github.com/vmfw/vmfw/integration/labtest"
 )
 
 // The cross-backend differential test (docs/nftables.md, "Tests"): one
@@ -109,29 +111,20 @@ func (c *crossLab) writeCrossConfig(r *rand.Rand) map[string]*crossVM {
 	groups := []string{"g0", "g1", "g2", "g3"}
 	macRule := map[string]bool{}
 	for _, g := range groups {
-		var b strings.Builder
-		fmt.Fprintf(&b, "description = \"random group %s\"\n", g)
-		for _, dir := range []string{"in", "out"} {
-			n := r.Intn(6)
-			if dir == "out" {
-				n = r.Intn(4)
-			}
-			for range n {
-				rule := c.randomRule(r, dir, groups)
-				if r.Intn(5) == 0 && !strings.Contains(rule, "source_mac") {
-					key := "source_set"
-					if dir == "out" {
-						key = "dest_set"
-					}
-					rule = fmt.Sprintf("%s = %q\n", key, pick(r, "s0", "s1")) + rule
+		h.write("groups/"+g+".toml", randomGroup(r, g, func(dir string) string {
+			rule := c.randomRule(r, dir, groups)
+			if r.Intn(5) == 0 && !strings.Contains(rule, "source_mac") {
+				key := "source_set"
+				if dir == "out" {
+					key = "dest_set"
 				}
-				if dir == "in" && strings.Contains(rule, "source_mac") {
-					macRule[g] = true
-				}
-				b.WriteString("\n[[" + dir + "]]\n" + rule)
+				rule = fmt.Sprintf("%s = %q\n", key, pick(r, "s0", "s1")) + rule
 			}
-		}
-		h.write("groups/"+g+".toml", b.String())
+			if dir == "in" && strings.Contains(rule, "source_mac") {
+				macRule[g] = true
+			}
+			return rule
+		}))
 	}
 	shapes := map[string]*crossVM{}
 	byVM := map[int][]*diffHost{}
@@ -192,14 +185,7 @@ func randomCrossFlow(r *rand.Rand, nics, ends int) crossFlow {
 			break
 		}
 	}
-	switch p := r.Intn(100); {
-	case p < 45:
-		f.proto, f.port = "tcp", pick(r, diffPorts...)
-	case p < 80:
-		f.proto, f.port = "udp", pick(r, diffPorts...)
-	default:
-		f.proto = "ping"
-	}
+	f.proto, f.port = randomProto(r)
 	return f
 }
 
@@ -223,7 +209,7 @@ func (c *crossLab) path(f crossFlow) string {
 // send sends the flows in lab c and returns what each did.
 func (c *crossLab) send(t *testing.T, flows []crossFlow) []string {
 	e := c.ends()
-	results, errs := probeAll(len(flows), func(ctx context.Context, i int) (labnet.Result, error) {
+	results, errs := labnet.ProbeAll(len(flows), func(ctx context.Context, i int) (labnet.Result, error) {
 		f := flows[i]
 		from, to := c.h.ns, e[f.dst]
 		if s := e[f.src]; s != nil {
@@ -241,9 +227,9 @@ func (c *crossLab) send(t *testing.T, flows []crossFlow) []string {
 		}
 		switch f.proto {
 		case "tcp":
-			return labnet.TCPConnect(ctx, from, hostPort(dst, f.port), probeTimeout)
+			return labnet.TCPConnect(ctx, from, labnet.HostPort(dst, f.port), probeTimeout)
 		case "udp":
-			return labnet.UDPProbe(ctx, from, hostPort(dst, f.port), probeTimeout)
+			return labnet.UDPProbe(ctx, from, labnet.HostPort(dst, f.port), probeTimeout)
 		}
 		return labnet.Ping(ctx, from, dst, probeTimeout)
 	})
@@ -306,7 +292,7 @@ func TestCrossBackend(t *testing.T) {
 		}
 		seeds = []int64{n}
 	}
-	ipt, nft := newCrossLab(t, "nft"), newCrossLab(t, nftablesBackend)
+	ipt, nft := newCrossLab(t, "nft"), newCrossLab(t, labtest.NftablesBackend)
 	documented := map[string]int{}
 	total := 0
 	for _, seed := range seeds {
@@ -328,9 +314,9 @@ func TestCrossBackend(t *testing.T) {
 		}()
 		nftResults := nft.send(t, list)
 		<-done
-		got[nftablesBackend] = nftResults
+		got[labtest.NftablesBackend] = nftResults
 		for i, f := range list {
-			a, b := got["nft"][i], got[nftablesBackend][i]
+			a, b := got["nft"][i], got[labtest.NftablesBackend][i]
 			total++
 			if a == "error" || b == "error" {
 				continue

@@ -21,10 +21,8 @@ func TestNFTablesForeignDropPolicy(t *testing.T) {
 			t.Parallel()
 			h := newHV(t, flavour, "")
 			h.write("groups/app.toml", appGroup)
-			h.write("vms/271.toml", vmFile("02:00:00:00:08:71", "192.0.2.91", "2001:db8::91", "app"))
-			h.write("vms/272.toml", vmFile("02:00:00:00:08:72", "192.0.2.92", "2001:db8::92"))
-			a := h.vm("tap271i0", "02:00:00:00:08:71", "192.0.2.91", "2001:db8::91")
-			b := h.vm("tap272i0", "02:00:00:00:08:72", "192.0.2.92", "2001:db8::92")
+			a := h.guest(271, "02:00:00:00:08:71", "192.0.2.91", "2001:db8::91", "app")
+			b := h.guest(272, "02:00:00:00:08:72", "192.0.2.92", "2001:db8::92")
 			h.serve(a, "192.0.2.91", 22, 25)
 			h.serve(a, "2001:db8::91", 22)
 			for _, ipt := range []string{h.tool("iptables"), h.tool("ip6tables")} {

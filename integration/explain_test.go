@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/vmfw/vmfw/integration/labnet"
+	"github.com/vmfw/vmfw/integration/labtest"
 	"github.com/vmfw/vmfw/integration/testbin"
 )
 
@@ -201,7 +202,7 @@ func TestLogCommand(t *testing.T) {
 			t.Fatalf("log_group = 7 did not switch LOG to NFLOG:\n%s", save)
 		}
 		h.serve(vm1, "192.0.2.101", 22)
-		p := startInNS(t, h.ns.Name, nil, testbin.VMFW, h.backendFlags()[0], h.backendFlags()[1], "--config-dir", h.config, "log")
+		p := labtest.Start(t, h.ns, nil, testbin.VMFW, h.backendFlags()[0], h.backendFlags()[1], "--config-dir", h.config, "log")
 		defer stop(t, p)
 
 		type line struct {
@@ -249,7 +250,7 @@ func TestLogCommand(t *testing.T) {
 			return line{}
 		}
 		send := func(ns *labnet.NS, addr string, port int) func() {
-			return func() { labnet.TCPConnect(t.Context(), ns, hostPort(addr, port), 200*time.Millisecond) }
+			return func() { labnet.TCPConnect(t.Context(), ns, labnet.HostPort(addr, port), 200*time.Millisecond) }
 		}
 		l := find("group rule", send(vm2, "192.0.2.101", 22), func(l line) bool { return l.Group == "web" && l.Src == "192.0.2.102" })
 		if l.Tap != "tap101i0" || l.VM == nil || *l.VM != 101 || l.Direction != "in" || l.Verdict != "drop" ||
@@ -287,17 +288,13 @@ func TestJSONReports(t *testing.T) {
 			HooksAdded                  []string `json:"hooks_added"`
 		}
 		type report struct {
-			Valid   *bool             `json:"valid"`
-			Changed bool              `json:"changed"`
-			DryRun  bool              `json:"dry_run"`
-			Chains  map[string]chains `json:"chains"`
-			Sets    struct {
-				Created []string            `json:"created"`
-				Added   map[string][]string `json:"added"`
-				Removed map[string][]string `json:"removed"`
-			} `json:"sets"`
-			FlowsCut    int    `json:"flows_cut"`
-			KernelError string `json:"kernel_error"`
+			Valid       *bool             `json:"valid"`
+			Changed     bool              `json:"changed"`
+			DryRun      bool              `json:"dry_run"`
+			Chains      map[string]chains `json:"chains"`
+			Sets        setChanges        `json:"sets"`
+			FlowsCut    int               `json:"flows_cut"`
+			KernelError string            `json:"kernel_error"`
 		}
 		parse := func(args ...string) report {
 			t.Helper()
@@ -359,7 +356,7 @@ func TestJSONReports(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer s.Stop()
-		if !waitFor(func() bool { return s.Stats().Echoed > 2 }) {
+		if !eventually(func() bool { return s.Stats().Echoed > 2 }) {
 			t.Fatalf("stream did not start: %+v", s.Stats())
 		}
 		h.write("groups/web.toml", strings.Replace(explainWeb, `source_group = "clients"`, `source_group = "clients"`+"\naction = \"drop\"", 1))

@@ -23,10 +23,7 @@ import (
 func TestFloodedUnicast(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, backend string) {
 		h := newHV(t, backend, "")
-		ext, err := h.lab.AddExternal("uplink0", "02:00:00:00:04:99", "192.0.2.200/24")
-		if err != nil {
-			t.Fatal(err)
-		}
+		ext := h.external("02:00:00:00:04:99", "192.0.2.200/24")
 		h.firstV4(210, "192.0.2.9")
 		h.write("vms/221.toml", `
 policy_in = "accept"

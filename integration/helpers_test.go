@@ -10,7 +10,6 @@ import (
 	"io/fs"
 	"maps"
 	"net"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,6 +23,7 @@ import (
 	"time"
 
 	"github.com/vmfw/vmfw/integration/labnet"
+	"github.com/vmfw/vmfw/integration/labtest"
 	"github.com/vmfw/vmfw/integration/testbin"
 )
 
@@ -31,11 +31,7 @@ func TestMain(m *testing.M) { testbin.Main(m, "integration tests", nil) }
 
 // backends are what every firewall test runs with: the iptables backend
 // on iptables-nft and on iptables-legacy, and the nftables backend.
-var backends = []string{"nft", "legacy", nftablesBackend}
-
-// nftablesBackend names the nftables backend among backends; vmfw runs
-// with --backend nftables for it.
-const nftablesBackend = "nftables"
+var backends = []string{"nft", "legacy", labtest.NftablesBackend}
 
 // iptablesFlavours are the iptables backend's flavours alone, for the
 // tests of what the nftables backend does beside iptables (a switch of
@@ -69,15 +65,7 @@ type hv struct {
 // a temporary directory the test can edit.
 func newHV(t *testing.T, backend, src string) *hv {
 	t.Helper()
-	lab, err := labnet.New(labnet.Options{})
-	if err != nil {
-		t.Fatalf("creating lab: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := lab.Close(); err != nil {
-			t.Errorf("closing lab: %v", err)
-		}
-	})
+	lab := labtest.NewLab(t)
 	h := &hv{t: t, lab: lab, ns: lab.Hypervisor(), config: t.TempDir(), backend: backend}
 	for _, d := range []string{"groups", "vms"} {
 		if err := os.MkdirAll(filepath.Join(h.config, d), 0o755); err != nil {
@@ -150,39 +138,15 @@ func (h *hv) vmfw(args ...string) string {
 // exec runs a command in the hypervisor namespace.
 func (h *hv) exec(args ...string) string {
 	h.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	out, err := h.ns.Exec(ctx, args...)
-	if err != nil {
-		h.t.Fatalf("%v: %v\n%s", args, err, out)
-	}
-	return string(out)
+	return labtest.Exec(h.t, h.ns, args...)
 }
 
 // backendFlags are the global flags that choose h's backend.
-func (h *hv) backendFlags() []string { return backendArgs(h.backend) }
-
-// backendArgs are the global flags that choose backend (an iptables
-// flavour or nftablesBackend).
-func backendArgs(backend string) []string {
-	if backend == nftablesBackend {
-		return []string{"--backend", nftablesBackend}
-	}
-	return []string{"--iptables", backend}
-}
-
-// backendVar is the environment variable that chooses backend for a
-// program that takes no flags (vmfw-ifup as QEMU runs it).
-func backendVar(backend string) string {
-	if backend == nftablesBackend {
-		return "VMFW_BACKEND=" + nftablesBackend
-	}
-	return "VMFW_IPTABLES=" + backend
-}
+func (h *hv) backendFlags() []string { return labtest.BackendArgs(h.backend) }
 
 // backendEnv is the environment that chooses h's backend for a program
 // that takes no flags (vmfw-ifup as QEMU runs it).
-func (h *hv) backendEnv() string { return backendVar(h.backend) }
+func (h *hv) backendEnv() string { return labtest.BackendEnv(h.backend) }
 
 // nftFirstHandle returns the handle of the first rule of chain in table
 // bridge vmfw, as nft -a lists it.
@@ -198,7 +162,7 @@ func (h *hv) nftFirstHandle(chain string) string {
 var nftHandle = regexp.MustCompile(`(?m)^\t\t.*# handle (\d+)$`)
 
 // nft reports whether h runs the nftables backend.
-func (h *hv) nft() bool { return h.backend == nftablesBackend }
+func (h *hv) nft() bool { return h.backend == labtest.NftablesBackend }
 
 // tool returns the backend's name of an iptables command: for the
 // nftables backend, iptables-nft's (foreign rules a test adds beside it).
@@ -298,38 +262,28 @@ func (h *hv) snapshot() string {
 	if !h.nft() {
 		return h.save(false) + h.save(true) + h.ipsets()
 	}
-	// Objects in name order: nft lists them in the order they were
-	// created, which a tap's ifdown and ifup changes.
-	objs := h.objects()
-	var b strings.Builder
+	var missing string
 	for _, fam := range []string{"bridge", "inet"} {
 		if h.nftTable(fam) == "" {
-			b.WriteString("no table " + fam + " vmfw\n")
+			missing += "no table " + fam + " vmfw\n"
 		}
 	}
-	for _, name := range slices.Sorted(maps.Keys(objs)) {
-		b.WriteString(name + " {\n" + objs[name] + "}\n")
-	}
-	return b.String()
+	return missing + h.objectsText(func(string) bool { return true })
 }
 
-var elementList = regexp.MustCompile(`(?s)elements = \{(.*?)\}`)
-
-// sortElements puts the elements of every set in a listing in order: nft
-// lists a hash set in its buckets' order, which deleting and adding an
-// element changes without changing the set.
-func sortElements(listing string) string {
-	return elementList.ReplaceAllStringFunc(listing, func(m string) string {
-		inner := elementList.FindStringSubmatch(m)[1]
-		var elems []string
-		for _, e := range strings.Split(inner, ",") {
-			if e = strings.TrimSpace(e); e != "" {
-				elems = append(elems, e)
-			}
+// objectsText is the objects (objects) that keep admits as text, in name
+// order: nft lists them in the order they were created, which a tap's
+// ifdown and ifup changes.
+func (h *hv) objectsText(keep func(name string) bool) string {
+	h.t.Helper()
+	objs := h.objects()
+	var b strings.Builder
+	for _, name := range slices.Sorted(maps.Keys(objs)) {
+		if keep(name) {
+			b.WriteString(name + " {\n" + objs[name] + "}\n")
 		}
-		sort.Strings(elems)
-		return "elements = { " + strings.Join(elems, ", ") + " }"
-	})
+	}
+	return b.String()
 }
 
 // objects splits vmfw's installed ruleset into its chains and sets, each
@@ -356,7 +310,7 @@ func (h *hv) objects() map[string]string {
 	for _, fam := range []string{"bridge", "inet"} {
 		var name string
 		var body strings.Builder
-		for _, l := range strings.Split(sortElements(h.nftTable(fam)), "\n") {
+		for _, l := range strings.Split(labtest.SortElements(h.nftTable(fam)), "\n") {
 			t := strings.TrimSpace(l)
 			switch {
 			case strings.HasPrefix(l, "\tchain ") || strings.HasPrefix(l, "\tset ") || strings.HasPrefix(l, "\tmap "):
@@ -398,20 +352,24 @@ func changedObjects(before, after map[string]string) []string {
 // table bridge vmfw whose line holds every fragment, or -1.
 func (h *hv) nftCounter(chain string, fragments ...string) int {
 	h.t.Helper()
-	out := h.exec("nft", "list", "chain", "bridge", "vmfw", chain)
-next:
-	for _, l := range strings.Split(out, "\n") {
-		for _, f := range fragments {
-			if !strings.Contains(l, f) {
-				continue next
-			}
-		}
+	for _, l := range linesWith(h.exec("nft", "list", "chain", "bridge", "vmfw", chain), fragments) {
 		if m := nftPackets.FindStringSubmatch(l); m != nil {
 			n, _ := strconv.Atoi(m[1])
 			return n
 		}
 	}
 	return -1
+}
+
+// linesWith returns the lines of out that hold every fragment.
+func linesWith(out string, fragments []string) []string {
+	var lines []string
+	for _, l := range strings.Split(out, "\n") {
+		if !slices.ContainsFunc(fragments, func(f string) bool { return !strings.Contains(l, f) }) {
+			lines = append(lines, l)
+		}
+	}
+	return lines
 }
 
 var nftPackets = regexp.MustCompile(`counter packets (\d+)`)
@@ -431,17 +389,7 @@ func (h *hv) nftTable(family string) string {
 // table bridge vmfw (an address set's), as nft lists them, in order.
 func (h *hv) nftPrefixes(set string) []string {
 	h.t.Helper()
-	m := elementList.FindStringSubmatch(h.exec("nft", "list", "set", "bridge", "vmfw", set))
-	if m == nil {
-		return nil
-	}
-	var out []string
-	for _, e := range strings.Split(m[1], ",") {
-		if e = strings.TrimSpace(e); e != "" {
-			out = append(out, e)
-		}
-	}
-	return out
+	return labtest.SetElements(h.exec("nft", "list", "set", "bridge", "vmfw", set))
 }
 
 // chainsOnly returns vmfw's chains as text, without sets: what a change
@@ -453,14 +401,7 @@ func (h *hv) chainsOnly() string {
 	if !h.nft() {
 		return h.save(false) + h.save(true) + h.bridgeSave()
 	}
-	objs := h.objects()
-	var b strings.Builder
-	for _, name := range slices.Sorted(maps.Keys(objs)) {
-		if !strings.Contains(name, " set ") {
-			b.WriteString(name + " {\n" + objs[name] + "}\n")
-		}
-	}
-	return b.String()
+	return h.objectsText(func(name string) bool { return !strings.Contains(name, " set ") })
 }
 
 // nftElements returns the elements of one of vmfw's sets, as nft lists
@@ -600,23 +541,36 @@ func (h *hv) vm(tap, mac, v4, v6 string) *labnet.NS {
 	return ns
 }
 
+// guest configures VM id with one interface (tap<id>i0 on vmbr0, mac, v4
+// and v6 in its ips, groups; vmFile) and adds its guest with those
+// addresses (vm).
+func (h *hv) guest(id int, mac, v4, v6 string, groups ...string) *labnet.NS {
+	h.t.Helper()
+	h.write(fmt.Sprintf("vms/%d.toml", id), vmFile(mac, v4, v6, groups...))
+	return h.vm(fmt.Sprintf("tap%di0", id), mac, v4, v6)
+}
+
+// external adds a host that is no VM on the bridge's uplink port
+// uplink0, with mac ("" for a random one) and addrs (with prefix lengths).
+func (h *hv) external(mac string, addrs ...string) *labnet.NS {
+	h.t.Helper()
+	ns, err := h.lab.AddExternal("uplink0", mac, addrs...)
+	if err != nil {
+		h.t.Fatalf("adding the external host: %v", err)
+	}
+	return ns
+}
+
 // serve starts TCP echo servers on the given ports of addr.
 func (h *hv) serve(ns *labnet.NS, addr string, ports ...int) {
 	h.t.Helper()
 	for _, p := range ports {
-		stop, err := labnet.ServeTCP(ns, hostPort(addr, p))
+		stop, err := labnet.ServeTCP(ns, labnet.HostPort(addr, p))
 		if err != nil {
 			h.t.Fatalf("serving %s:%d: %v", addr, p, err)
 		}
 		h.t.Cleanup(stop)
 	}
-}
-
-func hostPort(addr string, port int) string {
-	if strings.Contains(addr, ":") {
-		return fmt.Sprintf("[%s]:%d", addr, port)
-	}
-	return fmt.Sprintf("%s:%d", addr, port)
 }
 
 // probeTimeout bounds a probe that is expected to be dropped.
@@ -625,7 +579,7 @@ const probeTimeout = 700 * time.Millisecond
 // tcp connects from ns to addr:port and returns what happened.
 func tcp(t *testing.T, ns *labnet.NS, addr string, port int) labnet.Result {
 	t.Helper()
-	r, err := labnet.TCPConnect(context.Background(), ns, hostPort(addr, port), probeTimeout)
+	r, err := labnet.TCPConnect(context.Background(), ns, labnet.HostPort(addr, port), probeTimeout)
 	if err != nil {
 		t.Fatalf("tcp %s -> %s:%d: %v", ns, addr, port, err)
 	}
@@ -646,21 +600,59 @@ type probe struct {
 // unexpected result.
 func expectAll(t *testing.T, probes []probe) {
 	t.Helper()
-	results, errs := probeAll(len(probes), func(ctx context.Context, i int) (labnet.Result, error) {
-		p := probes[i]
-		return labnet.TCPConnect(ctx, p.from, hostPort(p.addr, p.port), probeTimeout)
-	})
+	all := make([]labtest.Probe, len(probes))
 	for i, p := range probes {
-		r := results[i]
-		switch {
-		case errs[i] != nil:
-			t.Errorf("%s: %v", p.what, errs[i])
-		case p.open && r != labnet.Connected:
-			t.Errorf("%s: tcp %s:%d should connect, got %v", p.what, p.addr, p.port, r)
-		case !p.open && r == labnet.Connected:
-			t.Errorf("%s: tcp %s:%d should be blocked, but it connected", p.what, p.addr, p.port)
+		all[i] = labtest.Probe{What: p.what, From: p.from, Addr: p.addr, Port: p.port, Want: labnet.Connected, Blocked: !p.open}
+	}
+	labtest.ExpectProbes(t, probeTimeout, all)
+}
+
+// sentFrame is one raw frame a guest sends (built around a marker) and
+// whether it must reach the host that captures.
+type sentFrame struct {
+	why     string
+	from    *labnet.NS
+	frame   func(marker []byte) []byte
+	through bool
+}
+
+// expectFrames sends each frame from its guest and captures at to's eth0,
+// one by one: a frame that must not arrive is waited for probeTimeout.
+func expectFrames(t *testing.T, to *labnet.NS, frames []sentFrame) {
+	t.Helper()
+	for _, c := range frames {
+		marker := labnet.NewMarker()
+		capture, err := labnet.StartCapture(to, "eth0", labnet.HasMarker(marker))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := labnet.SendFrame(c.from, "eth0", c.frame(marker)); err != nil {
+			capture.Close()
+			t.Fatalf("%s: sending: %v", c.why, err)
+		}
+		wait := 2 * time.Second
+		if !c.through {
+			wait = probeTimeout
+		}
+		got, err := capture.Wait(wait)
+		capture.Close()
+		if err != nil {
+			t.Fatalf("%s: capturing: %v", c.why, err)
+		}
+		if got != c.through {
+			t.Errorf("%s: frame arrived = %v, want %v", c.why, got, c.through)
 		}
 	}
+}
+
+// mustMAC parses a MAC address the test spells out.
+func mustMAC(t *testing.T, s string) net.HardwareAddr {
+	t.Helper()
+	m, err := net.ParseMAC(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
 }
 
 // iptablesCounter returns the packet counter of the first rule in save -c
@@ -671,14 +663,7 @@ func (h *hv) iptablesCounter(v6 bool, fragments ...string) int {
 	if v6 {
 		cmd = "ip6tables"
 	}
-	out := h.exec(h.tool(cmd+"-save"), "-c", "-t", "filter")
-next:
-	for _, l := range strings.Split(out, "\n") {
-		for _, f := range fragments {
-			if !strings.Contains(l, f) {
-				continue next
-			}
-		}
+	for _, l := range linesWith(h.exec(h.tool(cmd+"-save"), "-c", "-t", "filter"), fragments) {
 		var pkts, bytes int
 		if _, err := fmt.Sscanf(l, "[%d:%d]", &pkts, &bytes); err == nil {
 			return pkts
@@ -687,53 +672,8 @@ next:
 	return -1
 }
 
-func lookPath(name string) (string, error) { return exec.LookPath(name) }
-
-// announce sends one frame from a guest (an ARP probe, which anti-spoofing
-// allows and which the bridge learns the guest's MAC from even when a
-// filter drops it), so that the bridge forwards frames to the guest to its
-// port only. A frame to a MAC the bridge has not learnt is flooded to
-// every port, and the in chain of a VM whose policy_in is reject answers
-// the copy it gets with a reset in the destination's name, which can reach
-// the sender before the real answer.
-func announce(t *testing.T, g *labnet.NS, mac string) {
-	t.Helper()
-	hw, err := net.ParseMAC(mac)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := labnet.SendFrame(g, "eth0", labnet.ARPRequestFrame(hw, netip.IPv4Unspecified(), netip.MustParseAddr("192.0.2.1"), nil)); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// waitFor polls cond for up to ten seconds.
-func waitFor(cond func() bool) bool {
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if cond() {
-			return true
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return false
-}
-
-// process is a command running in a namespace.
 // process is a long-running command a test started (labnet.Process).
 type process = labnet.Process
-
-// startInNS starts argv in namespace ns with env added to the test's
-// environment; the test's cleanup kills it if the test did not stop it.
-func startInNS(t *testing.T, ns string, env []string, argv ...string) *process {
-	t.Helper()
-	p, err := labnet.Start(&labnet.NS{Name: ns}, env, argv...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(p.Kill)
-	return p
-}
 
 // stop sends p SIGTERM and waits for it to exit; one that does not within
 // 30 s is killed and fails the test.
@@ -787,56 +727,12 @@ func (h *hv) concurrently(cmd string, taps []string) []string {
 	return errs
 }
 
-// probeAll runs n probes at once, at most 24 at a time (a blocked probe
-// waits for its timeout, so one by one would take minutes), and returns
-// each one's result and error.
-func probeAll(n int, probe func(ctx context.Context, i int) (labnet.Result, error)) ([]labnet.Result, []error) {
-	results := make([]labnet.Result, n)
-	errs := make([]error, n)
-	sem := make(chan struct{}, 24)
-	var wg sync.WaitGroup
-	for i := range n {
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			results[i], errs[i] = probe(context.Background(), i)
-		})
-	}
-	wg.Wait()
-	return results, errs
-}
-
 // vmfwFree returns an error naming the first of vmfw's objects it finds in
 // the hypervisor's kernel (a chain or rule of either family, an ebtables
 // chain, an ipset), nil on a host where vmfw never ran or was flushed.
 func (h *hv) vmfwFree() error {
 	h.t.Helper()
-	mine := func(l string) bool {
-		return strings.Contains(l, "vmfw") || strings.HasPrefix(l, ":tap") || strings.HasPrefix(l, ":sg-")
-	}
-	for _, v6 := range []bool{false, true} {
-		for _, l := range strings.Split(h.save(v6), "\n") {
-			if mine(l) {
-				return fmt.Errorf("the filter table (v6=%v) holds %q", v6, l)
-			}
-		}
-	}
-	for _, l := range strings.Split(h.bridgeSave(), "\n") {
-		if mine(l) {
-			return fmt.Errorf("the bridge table holds %q", l)
-		}
-	}
-	for _, l := range strings.Split(h.ipsets(), "\n") {
-		if strings.HasPrefix(l, "create sg-") {
-			return fmt.Errorf("ipset holds %q", l)
-		}
-	}
-	if out, err := h.ns.Exec(context.Background(), "nft", "list", "tables"); err != nil {
-		return fmt.Errorf("nft list tables: %v\n%s", err, out)
-	} else if strings.Contains(string(out), " vmfw\n") {
-		return fmt.Errorf("nf_tables holds vmfw's tables:\n%s", out)
-	}
-	return nil
+	return labtest.Free(h.t, h.ns, h.save(false)+h.save(true), "tap")
 }
 
 // applied fails the test unless "vmfw apply --dry-run" has nothing to do:
@@ -888,7 +784,7 @@ func (h *hv) firstV4(id int, addr string) *labnet.NS {
 	if h.nft() {
 		want = labnet.Timeout
 	}
-	if r, err := labnet.TCPConnect(ctx, h.ns, hostPort(addr, 22), 5*time.Second); err != nil || r != want {
+	if r, err := labnet.TCPConnect(ctx, h.ns, labnet.HostPort(addr, 22), 5*time.Second); err != nil || r != want {
 		h.t.Errorf("the hypervisor to the first VM's port 22 (policy_in reject): %v %v, want %v", r, err, want)
 	}
 	return ns

@@ -16,13 +16,10 @@ import (
 func TestARPSpoofing(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, backend string) {
 		h := newHV(t, backend, "")
-		h.write("vms/301.toml", vmFile("02:00:00:00:0b:01", "192.0.2.131", "2001:db8::131"))
-		h.write("vms/302.toml", vmFile("02:00:00:00:0b:02", "192.0.2.132", "2001:db8::132"))
-		h.write("vms/303.toml", vmFile("02:00:00:00:0b:03", "192.0.2.133", "2001:db8::133"))
+		h.guest(301, "02:00:00:00:0b:01", "192.0.2.131", "2001:db8::131")
+		target := h.guest(302, "02:00:00:00:0b:02", "192.0.2.132", "2001:db8::132")
+		spoofer := h.guest(303, "02:00:00:00:0b:03", "192.0.2.133", "2001:db8::133")
 		h.write("vms/304.toml", vmFile("02:00:00:00:0b:04", "192.0.2.134", "2001:db8::134")+"antispoof = false\n")
-		h.vm("tap301i0", "02:00:00:00:0b:01", "192.0.2.131", "2001:db8::131")
-		target := h.vm("tap302i0", "02:00:00:00:0b:02", "192.0.2.132", "2001:db8::132")
-		spoofer := h.vm("tap303i0", "02:00:00:00:0b:03", "192.0.2.133", "2001:db8::133")
 		router := h.vm("tap304i0", "02:00:00:00:0b:04", "192.0.2.134", "2001:db8::134")
 		h.firstV4(300, "192.0.2.9")
 		for _, tap := range []string{"tap301i0", "tap302i0", "tap303i0", "tap304i0"} {
@@ -63,12 +60,8 @@ func TestARPSpoofing(t *testing.T) {
 func TestL2Protocols(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, backend string) {
 		h := newHV(t, backend, "")
-		h.write("vms/311.toml", vmFile("02:00:00:00:0c:11", "192.0.2.141", "2001:db8::141"))
-		vm := h.vm("tap311i0", "02:00:00:00:0c:11", "192.0.2.141", "2001:db8::141")
-		ext, err := h.lab.AddExternal("uplink0", "02:00:00:00:0c:99", "192.0.2.200/24")
-		if err != nil {
-			t.Fatal(err)
-		}
+		vm := h.guest(311, "02:00:00:00:0c:11", "192.0.2.141", "2001:db8::141")
+		ext := h.external("02:00:00:00:0c:99", "192.0.2.200/24")
 		h.firstV4(310, "192.0.2.9")
 		h.vmfw("ifup", "tap311i0")
 		send := func(etherType uint16) bool {

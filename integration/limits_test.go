@@ -95,12 +95,10 @@ func TestVMWithThousandAddresses(t *testing.T) {
 		}
 		h.write("groups/g.toml", "[[in]]\nproto = \"tcp\"\ndport = \"22\"\nsource_group = \"g\"\n")
 		h.write("vms/541.toml", "[net0]\nbridge = \"vmbr0\"\nmac = \"02:00:00:00:05:41\"\ngroups = [\"g\"]\nips = [\n"+strings.Join(quoted, ",\n")+"\n]\n")
-		h.write("vms/542.toml", vmFile("02:00:00:00:05:42", "192.0.2.2", "2001:db8::2", "g"))
-		h.write("vms/543.toml", vmFile("02:00:00:00:05:43", "192.0.2.3", "2001:db8::3"))
+		peer := h.guest(542, "02:00:00:00:05:42", "192.0.2.2", "2001:db8::2", "g")
+		other := h.guest(543, "02:00:00:00:05:43", "192.0.2.3", "2001:db8::3")
 		// The big VM uses its last addresses of each family.
 		big := h.vm("tap541i0", "02:00:00:00:05:41", lastV4, lastV6)
-		peer := h.vm("tap542i0", "02:00:00:00:05:42", "192.0.2.2", "2001:db8::2")
-		other := h.vm("tap543i0", "02:00:00:00:05:43", "192.0.2.3", "2001:db8::3")
 		h.firstV4(540, "192.0.2.4") // .10 and up are the big VM's
 		for _, tap := range []string{"tap541i0", "tap542i0", "tap543i0"} {
 			h.vmfw("ifup", tap)
@@ -207,13 +205,10 @@ func TestGroupWithTenThousandMembers(t *testing.T) {
 			names = append(names, "tap"+strconv.Itoa(id)+"i0")
 			h.write(fmt.Sprintf("vms/%d.toml", id), "[net0]\nips = [\""+addr.String()+"\"]\ngroups = [\"g\"]\n")
 		}
-		h.write("vms/551.toml", vmFile("02:00:00:00:05:51", "192.0.2.51", "2001:db8::51", "srv"))
-		h.write("vms/552.toml", vmFile("02:00:00:00:05:52", "192.0.2.52", "2001:db8::52", "g"))
-		h.write("vms/553.toml", vmFile("02:00:00:00:05:53", "192.0.2.53", "2001:db8::53"))
+		srv := h.guest(551, "02:00:00:00:05:51", "192.0.2.51", "2001:db8::51", "srv")
+		member := h.guest(552, "02:00:00:00:05:52", "192.0.2.52", "2001:db8::52", "g")
+		other := h.guest(553, "02:00:00:00:05:53", "192.0.2.53", "2001:db8::53")
 		h.addDummies(names)
-		srv := h.vm("tap551i0", "02:00:00:00:05:51", "192.0.2.51", "2001:db8::51")
-		member := h.vm("tap552i0", "02:00:00:00:05:52", "192.0.2.52", "2001:db8::52")
-		other := h.vm("tap553i0", "02:00:00:00:05:53", "192.0.2.53", "2001:db8::53")
 		h.firstV4(550, "192.0.2.9")
 		for _, tap := range []string{"tap551i0", "tap552i0", "tap553i0"} {
 			h.vmfw("ifup", tap)
@@ -260,12 +255,9 @@ func TestSixtyGroupsOnOneTap(t *testing.T) {
 			groups = append(groups, g)
 			h.write("groups/"+g+".toml", fmt.Sprintf("[[in]]\nproto = \"tcp\"\ndport = \"%d\"\nsource_group = %q\n", 1000+i, g))
 		}
-		h.write("vms/561.toml", vmFile("02:00:00:00:05:61", "192.0.2.61", "2001:db8::61", groups...))
-		h.write("vms/562.toml", vmFile("02:00:00:00:05:62", "192.0.2.62", "2001:db8::62", "g60"))
-		h.write("vms/563.toml", vmFile("02:00:00:00:05:63", "192.0.2.63", "2001:db8::63", "g01"))
-		many := h.vm("tap561i0", "02:00:00:00:05:61", "192.0.2.61", "2001:db8::61")
-		last := h.vm("tap562i0", "02:00:00:00:05:62", "192.0.2.62", "2001:db8::62")
-		first := h.vm("tap563i0", "02:00:00:00:05:63", "192.0.2.63", "2001:db8::63")
+		many := h.guest(561, "02:00:00:00:05:61", "192.0.2.61", "2001:db8::61", groups...)
+		last := h.guest(562, "02:00:00:00:05:62", "192.0.2.62", "2001:db8::62", "g60")
+		first := h.guest(563, "02:00:00:00:05:63", "192.0.2.63", "2001:db8::63", "g01")
 		h.firstV4(560, "192.0.2.9")
 		for _, tap := range []string{"tap561i0", "tap562i0", "tap563i0"} {
 			h.vmfw("ifup", tap)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/vmfw/vmfw/integration/labnet"
+	"github.com/vmfw/vmfw/integration/labtest"
 	"github.com/vmfw/vmfw/integration/testbin"
 )
 
@@ -468,10 +469,10 @@ func (p *propLab) command(op, tap string) {
 	p.t.Helper()
 	argv := append([]string{"env"}, p.env...)
 	if p.r.Intn(2) == 0 {
-		argv = append(append(append(argv, testbin.VMFW), backendArgs(p.backend)...), "--config-dir", p.config, op, tap)
+		argv = append(append(append(argv, testbin.VMFW), labtest.BackendArgs(p.backend)...), "--config-dir", p.config, op, tap)
 		p.history[len(p.history)-1] += " by vmfw " + op
 	} else {
-		argv = append(argv, "VMFW_CONFIG_DIR="+p.config, backendVar(p.backend), filepath.Join(testbin.Dir, "vmfw-"+op), tap)
+		argv = append(argv, "VMFW_CONFIG_DIR="+p.config, labtest.BackendEnv(p.backend), filepath.Join(testbin.Dir, "vmfw-"+op), tap)
 		p.history[len(p.history)-1] += " by vmfw-" + op
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -511,7 +512,7 @@ func (p *propLab) ifup(tap string) {
 		}
 		if v.role == "server" || v.role == "outsider" {
 			for _, a := range []string{n.v4, n.v6} {
-				if _, err := labnet.ServeTCP(p.guests[tap], hostPort(a, propPort)); err != nil {
+				if _, err := labnet.ServeTCP(p.guests[tap], labnet.HostPort(a, propPort)); err != nil {
 					p.fail("%v", err)
 				}
 			}
@@ -738,10 +739,10 @@ func (p *propLab) packetCheck() {
 	p.history = append(p.history, fmt.Sprintf("%d: packets", len(p.history)+1))
 	ns := func(id int) *labnet.NS { return p.guests[fmt.Sprintf("tap%di0", id)] }
 	server, m4, m6, out := ns(150), ns(151), ns(152), ns(153)
-	// The bridge learns where each is (see announce): the taps of the
+	// The bridge learns where each is (see labtest.Announce): the taps of the
 	// other VMs may reject what they get of a flooded frame.
 	for id, g := range map[int]*labnet.NS{150: server, 151: m4, 152: m6, 153: out} {
-		announce(p.t, g, propMAC(id, 0))
+		labtest.Announce(p.t, g, propMAC(id, 0))
 	}
 	expectAll(p.t, []probe{
 		{"IPv4-only member of probe to the server", m4, propServer4, propPort, true},

@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/vmfw/vmfw/integration/labnet"
 	"github.com/vmfw/vmfw/integration/testbin"
@@ -47,7 +46,7 @@ func pveServe(t *testing.T, h *hv, ns *labnet.NS, addrs []string, tcpPorts, udpP
 	for _, a := range addrs {
 		h.serve(ns, a, tcpPorts...)
 		for _, p := range udpPorts {
-			stop, err := labnet.ServeUDP(ns, hostPort(a, p))
+			stop, err := labnet.ServeUDP(ns, labnet.HostPort(a, p))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -60,12 +59,12 @@ func pveServe(t *testing.T, h *hv, ns *labnet.NS, addrs []string, tcpPorts, udpP
 // is not pve-firewall's.
 func expectPVE(t *testing.T, flows []pveFlow) {
 	t.Helper()
-	results, errs := probeAll(len(flows), func(ctx context.Context, i int) (labnet.Result, error) {
+	results, errs := labnet.ProbeAll(len(flows), func(ctx context.Context, i int) (labnet.Result, error) {
 		f := flows[i]
 		if f.udp {
-			return labnet.UDPProbe(ctx, f.from, hostPort(f.addr, f.port), probeTimeout)
+			return labnet.UDPProbe(ctx, f.from, labnet.HostPort(f.addr, f.port), probeTimeout)
 		}
-		return labnet.TCPConnectFrom(ctx, f.from, f.src, hostPort(f.addr, f.port), probeTimeout)
+		return labnet.TCPConnectFrom(ctx, f.from, f.src, labnet.HostPort(f.addr, f.port), probeTimeout)
 	})
 	for i, f := range flows {
 		switch {
@@ -73,43 +72,6 @@ func expectPVE(t *testing.T, flows []pveFlow) {
 			t.Errorf("%s: %v", f.why, errs[i])
 		case results[i] != f.want:
 			t.Errorf("%s: %s (from %q) -> %s:%d: got %v, pve-firewall gives %v", f.why, f.from, f.src, f.addr, f.port, results[i], f.want)
-		}
-	}
-}
-
-// pveFrame is one frame a guest sends and whether pve-firewall lets it
-// reach the host that captures.
-type pveFrame struct {
-	why     string
-	from    *labnet.NS
-	frame   func(marker []byte) []byte
-	through bool
-}
-
-// expectFrames sends each frame from its guest and captures at to's eth0.
-func expectFrames(t *testing.T, to *labnet.NS, frames []pveFrame) {
-	t.Helper()
-	for _, c := range frames {
-		marker := labnet.NewMarker()
-		capture, err := labnet.StartCapture(to, "eth0", labnet.HasMarker(marker))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := labnet.SendFrame(c.from, "eth0", c.frame(marker)); err != nil {
-			capture.Close()
-			t.Fatalf("%s: sending: %v", c.why, err)
-		}
-		wait := 2 * time.Second
-		if !c.through {
-			wait = probeTimeout
-		}
-		got, err := capture.Wait(wait)
-		capture.Close()
-		if err != nil {
-			t.Fatalf("%s: capturing: %v", c.why, err)
-		}
-		if got != c.through {
-			t.Errorf("%s: frame arrived = %v, pve-firewall lets it through = %v", c.why, got, c.through)
 		}
 	}
 }
@@ -149,10 +111,7 @@ func TestProxmoxImportPackets(t *testing.T) {
 		client := h.vm("tap202i0", "02:00:00:00:02:02", "192.0.2.31", "2001:db8::31")
 		open := h.vm("tap203i0", "02:00:00:00:02:03", "192.0.2.23", "2001:db8::23")
 		nofw := h.vm("tap204i0", "02:00:00:00:02:04", "192.0.2.24", "2001:db8::24")
-		ext, err := h.lab.AddExternal("uplink0", "02:00:00:00:02:99", "192.0.2.200/24", "2001:db8::200/64")
-		if err != nil {
-			t.Fatal(err)
-		}
+		ext := h.external("02:00:00:00:02:99", "192.0.2.200/24", "2001:db8::200/64")
 		for _, tap := range []string{"tap201i0", "tap201i1", "tap202i0", "tap203i0", "tap204i0"} {
 			h.vmfw("ifup", tap)
 		}
@@ -210,7 +169,7 @@ func TestProxmoxImportPackets(t *testing.T) {
 			{nofw, "02:00:00:00:02:04", "2001:db8::24", "an echo request to 204: a new connection", 128, true},
 			{open, "02:00:00:00:02:03", "2001:db8::23", "an echo reply without request to 203 (firewall off): INVALID, dropped", 129, false},
 		} {
-			expectFrames(t, c.to, []pveFrame{{c.why, ext, echo(c.mac, c.dst, c.typ), c.through}})
+			expectFrames(t, c.to, []sentFrame{{c.why, ext, echo(c.mac, c.dst, c.typ), c.through}})
 		}
 	})
 }
@@ -233,10 +192,7 @@ func TestProxmoxImportGuide(t *testing.T) {
 		web0 := h.vm("tap100i0", "bc:24:11:00:01:00", "192.0.2.50", "2001:db8::50")
 		web1 := h.vm("tap100i1", "bc:24:11:00:01:01", "192.0.2.51", "")
 		builder := h.vm("tap200i0", "bc:24:11:00:02:00", "192.0.2.60", "2001:db8::60")
-		ext, err := h.lab.AddExternal("uplink0", "02:00:00:00:01:99", "192.0.2.201/24", "2001:db8::201/64")
-		if err != nil {
-			t.Fatal(err)
-		}
+		ext := h.external("02:00:00:00:01:99", "192.0.2.201/24", "2001:db8::201/64")
 		// A host on vmbr1, where 100's net1 is.
 		ext1 := h.vm("uplink1", "02:00:00:00:01:98", "192.0.2.10", "")
 		if err := h.lab.AttachTo("uplink1", "vmbr1"); err != nil {
@@ -332,7 +288,7 @@ func TestProxmoxImportGuide(t *testing.T) {
 		own, other := mustMAC(t, "bc:24:11:00:01:00"), mustMAC(t, "02:00:00:00:01:66")
 		extMAC := mustMAC(t, "02:00:00:00:01:99")
 		ap := func(s string, port uint16) netip.AddrPort { return netip.AddrPortFrom(netip.MustParseAddr(s), port) }
-		expectFrames(t, ext, []pveFrame{
+		expectFrames(t, ext, []sentFrame{
 			{"100 sends from a foreign IPv4 source with its own MAC: no ipfilter, policy_out ACCEPT", web0, func(m []byte) []byte {
 				return labnet.UDP4Frame(own, extMAC, ap("198.51.100.99", 4000), ap("192.0.2.201", 5000), m)
 			}, true},
@@ -355,7 +311,7 @@ func TestProxmoxImportGuide(t *testing.T) {
 		// PVE_ndp, after PVE_blacklist.
 		bad, good := netip.MustParseAddr("2001:db8:bad::1"), netip.MustParseAddr("2001:db8::201")
 		for _, to := range []*labnet.NS{web0, builder} {
-			expectFrames(t, to, []pveFrame{
+			expectFrames(t, to, []sentFrame{
 				{"a neighbour advertisement from the blacklist's 2001:db8:bad::/48 (cluster.fw:18)", ext, func(m []byte) []byte {
 					return labnet.NeighborAdvertFrame(extMAC, bad, bad, m)
 				}, false},
@@ -387,10 +343,7 @@ func TestProxmoxImportCluster(t *testing.T) {
 		app1 := h.vm("tap110i1", "bc:24:11:00:11:01", "192.0.2.111", "")
 		gw0 := h.vm("tap120i0", "bc:24:11:00:12:00", "192.0.2.120", "2001:db8::120")
 		gw1 := h.vm("tap120i1", "bc:24:11:00:12:01", "192.0.2.121", "")
-		ext, err := h.lab.AddExternal("uplink0", "02:00:00:00:11:99", "192.0.2.201/24", "2001:db8::201/64")
-		if err != nil {
-			t.Fatal(err)
-		}
+		ext := h.external("02:00:00:00:11:99", "192.0.2.201/24", "2001:db8::201/64")
 		ext1 := h.vm("uplink1", "02:00:00:00:11:98", "192.0.2.211", "")
 		ext9 := h.vm("uplink9", "02:00:00:00:11:97", "192.0.2.209", "")
 		for port, br := range map[string]string{"uplink1": "vmbr1", "uplink9": "vmbr9"} {
@@ -446,7 +399,7 @@ func TestProxmoxImportCluster(t *testing.T) {
 		// radv, so pve-firewall drops them (ruleset_create_vm_chain),
 		// which antispoof = "mac" alone would not.
 		ll := netip.MustParseAddr("fe80::110")
-		expectFrames(t, ext, []pveFrame{
+		expectFrames(t, ext, []sentFrame{
 			{"router advertisement from 110 (radv: 1, 110.fw:5)", app0, func(m []byte) []byte {
 				return labnet.RouterAdvertFrame(mustMAC(t, "bc:24:11:00:11:00"), ll, m)
 			}, true},
@@ -472,7 +425,7 @@ func TestProxmoxImportCluster(t *testing.T) {
 			na := func(m []byte) []byte {
 				return labnet.NeighborAdvertFrame(mustMAC(t, c.mac), netip.MustParseAddr("fe80::99"), netip.MustParseAddr("fe80::99"), m)
 			}
-			expectFrames(t, c.to, []pveFrame{{"a neighbour advertisement to " + c.why, c.from, na, c.through}})
+			expectFrames(t, c.to, []sentFrame{{"a neighbour advertisement to " + c.why, c.from, na, c.through}})
 		}
 	})
 }

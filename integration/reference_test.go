@@ -69,10 +69,7 @@ func TestReferenceScenario(t *testing.T) {
 			addr[v.name] = [2]string{v.v4, v.v6}
 			h.vmfw("ifup", v.tap)
 		}
-		ext, err := h.lab.AddExternal("uplink0", "02:00:00:00:02:00", "192.0.2.200/24", "2001:db8::200/64")
-		if err != nil {
-			t.Fatal(err)
-		}
+		ext := h.external("02:00:00:00:02:00", "192.0.2.200/24", "2001:db8::200/64")
 		ns["ext"] = ext
 		for _, v := range refVMs {
 			h.serve(ns[v.name], v.v4, 22, 80)

@@ -273,6 +273,25 @@ func (l *routedLab) policy(chain, verdict string) {
 	l.exec(l.tool("ip6tables"), "-P", chain, verdict)
 }
 
+// underForwardPolicies checks the flows in the lab before vmfw is
+// involved, firewalls every VM, and then expects the flows with FORWARD's
+// policy ACCEPT and with DROP, a subtest each that goes on with more
+// (when it is set).
+func (l *routedLab) underForwardPolicies(t *testing.T, flows []flow, more func(t *testing.T)) {
+	t.Helper()
+	checkLab(t, flows)
+	l.ifupAll()
+	for _, verdict := range []string{"ACCEPT", "DROP"} {
+		t.Run("FORWARD-"+verdict, func(t *testing.T) {
+			l.policy("FORWARD", verdict)
+			expectFlows(t, flows)
+			if more != nil {
+				more(t)
+			}
+		})
+	}
+}
+
 // flow is one expected connection: TCP from `from` (bound to src when set)
 // to addr:port, or an ICMP/ICMPv6 echo when ping is set.
 type flow struct {
@@ -288,14 +307,14 @@ type flow struct {
 // runFlows runs the flows concurrently (a blocked probe waits for its
 // timeout) and returns each result.
 func runFlows(flows []flow) ([]labnet.Result, []error) {
-	return probeAll(len(flows), func(ctx context.Context, i int) (labnet.Result, error) {
+	return labnet.ProbeAll(len(flows), func(ctx context.Context, i int) (labnet.Result, error) {
 		f := flows[i]
 		var r labnet.Result
 		var err error
 		if f.ping {
 			r, err = labnet.Ping(ctx, f.from, f.addr, probeTimeout)
 		} else {
-			r, err = labnet.TCPConnectFrom(ctx, f.from, f.src, hostPort(f.addr, f.port), probeTimeout)
+			r, err = labnet.TCPConnectFrom(ctx, f.from, f.src, labnet.HostPort(f.addr, f.port), probeTimeout)
 		}
 		if errors.Is(err, syscall.EPERM) {
 			// The sender's own netfilter dropped the packet (the
@@ -316,7 +335,7 @@ func (f flow) String() string {
 	if f.ping {
 		return fmt.Sprintf("%s: ping %s -> %s", f.what, from, f.addr)
 	}
-	return fmt.Sprintf("%s: tcp %s -> %s", f.what, from, hostPort(f.addr, f.port))
+	return fmt.Sprintf("%s: tcp %s -> %s", f.what, from, labnet.HostPort(f.addr, f.port))
 }
 
 // expectFlows runs the flows and reports each whose outcome is not the
@@ -428,28 +447,22 @@ func TestRoutedUplinkToVMs(t *testing.T) {
 				flow{what: f.name + " bridged VM to VM, A opens ssh", from: B, addr: fa, port: 22, open: true},
 			)
 		}
-		checkLab(t, flows)
-		l.ifupAll()
-		for _, verdict := range []string{"ACCEPT", "DROP"} {
-			t.Run("FORWARD-"+verdict, func(t *testing.T) {
-				l.policy("FORWARD", verdict)
-				expectFlows(t, flows)
-				// B's policy is reject: on the routed path too its answer
-				// is a reset, which shows that its in chain decided. The
-				// nftables backend decides routed packets at bridge
-				// postrouting, where reject is a drop (docs/nftables.md,
-				// "Differences").
-				want := labnet.Refused
-				if l.nft() {
-					want = labnet.Timeout
+		l.underForwardPolicies(t, flows, func(t *testing.T) {
+			// B's policy is reject: on the routed path too its answer
+			// is a reset, which shows that its in chain decided. The
+			// nftables backend decides routed packets at bridge
+			// postrouting, where reject is a drop (docs/nftables.md,
+			// "Differences").
+			want := labnet.Refused
+			if l.nft() {
+				want = labnet.Timeout
+			}
+			for _, f := range families {
+				if r, err := labnet.TCPConnectFrom(context.Background(), up, f.upA, labnet.HostPort(f.vm("32"), 22), probeTimeout); err != nil || r != want {
+					t.Errorf("%s routed to B (policy_in reject): got %v %v, want %v", f.name, r, err, want)
 				}
-				for _, f := range families {
-					if r, err := labnet.TCPConnectFrom(context.Background(), up, f.upA, hostPort(f.vm("32"), 22), probeTimeout); err != nil || r != want {
-						t.Errorf("%s routed to B (policy_in reject): got %v %v, want %v", f.name, r, err, want)
-					}
-				}
-			})
-		}
+			}
+		})
 	})
 }
 
@@ -475,7 +488,7 @@ func TestRoutedNATNetwork(t *testing.T) {
 			for _, fwd := range []struct {
 				port int
 				to   string
-			}{{2222, hostPort(f.vm("41"), 22)}, {2223, hostPort(f.vm("42"), 22)}, {2224, hostPort(f.vm("41"), 8080)}} {
+			}{{2222, labnet.HostPort(f.vm("41"), 22)}, {2223, labnet.HostPort(f.vm("42"), 22)}, {2224, labnet.HostPort(f.vm("41"), 8080)}} {
 				for _, chain := range []string{"PREROUTING", "OUTPUT"} {
 					l.exec(ipt, "-t", "nat", "-A", chain, "-d", f.upHV, "-p", "tcp", "--dport", fmt.Sprint(fwd.port),
 						"-j", "DNAT", "--to-destination", fwd.to)
@@ -495,14 +508,7 @@ func TestRoutedNATNetwork(t *testing.T) {
 				flow{what: f.name + " hypervisor's own port forward (nat OUTPUT) to A's 8080", from: l.ns, addr: f.upHV, port: 2224},
 			)
 		}
-		checkLab(t, flows)
-		l.ifupAll()
-		for _, verdict := range []string{"ACCEPT", "DROP"} {
-			t.Run("FORWARD-"+verdict, func(t *testing.T) {
-				l.policy("FORWARD", verdict)
-				expectFlows(t, flows)
-			})
-		}
+		l.underForwardPolicies(t, flows, nil)
 	})
 }
 
@@ -608,14 +614,7 @@ func TestRoutedBetweenBridges(t *testing.T) {
 				flow{what: f.name + " uplink to R ssh, which R's in refuses", from: up, src: f.upA, addr: fr, port: 22},
 			)
 		}
-		checkLab(t, flows)
-		l.ifupAll()
-		for _, verdict := range []string{"ACCEPT", "DROP"} {
-			t.Run("FORWARD-"+verdict, func(t *testing.T) {
-				l.policy("FORWARD", verdict)
-				expectFlows(t, flows)
-			})
-		}
+		l.underForwardPolicies(t, flows, nil)
 	})
 }
 
@@ -653,14 +652,7 @@ func TestRoutedProxmoxStyle(t *testing.T) {
 				flow{what: f.name + " routed VM's own flow to the uplink: the reply comes back", from: P, addr: f.upA, port: uplinkPort, open: true},
 			)
 		}
-		checkLab(t, flows)
-		l.ifupAll()
-		for _, verdict := range []string{"ACCEPT", "DROP"} {
-			t.Run("FORWARD-"+verdict, func(t *testing.T) {
-				l.policy("FORWARD", verdict)
-				expectFlows(t, flows)
-			})
-		}
+		l.underForwardPolicies(t, flows, nil)
 	})
 }
 

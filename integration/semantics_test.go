@@ -2,20 +2,17 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"testing"
 
 	"github.com/vmfw/vmfw/integration/labnet"
 )
 
-// semanticsConfig has four VMs:
-//
-//	A (201) may not send to port 80 (out drop rule), accepts nothing inbound
-//	B (202) accepts ssh, http and dns
-//	R (203) rejects everything inbound and logs it
-//	D (204) drops everything inbound; its group drops udp 9999 with logging
-var semanticsConfig = map[string]string{
-	"groups/web.toml": `
+// semanticsGroups are the groups of the semantics lab's VMs
+// (semanticsVMs).
+var semanticsGroups = map[string]string{
+	"web": `
 [[in]]
 proto = "tcp"
 dport = "22,80"
@@ -24,49 +21,36 @@ dport = "22,80"
 proto = "udp"
 dport = "53"
 `,
-	"groups/egress.toml": `
+	"egress": `
 [[out]]
 proto = "tcp"
 dport = "80"
 action = "drop"
 `,
-	"groups/logdrop.toml": `
+	"logdrop": `
 [[in]]
 proto = "udp"
 dport = "9999"
 action = "drop"
 log = true
 `,
-	"vms/201.toml": `
-[net0]
-bridge = "vmbr0"
-mac = "02:00:00:00:02:01"
-ips = ["192.0.2.21", "2001:db8::21"]
-groups = ["egress"]
-`,
-	"vms/202.toml": `
-[net0]
-bridge = "vmbr0"
-mac = "02:00:00:00:02:02"
-ips = ["192.0.2.22", "2001:db8::22"]
-groups = ["web"]
-`,
-	"vms/203.toml": `
-policy_in = "reject"
-log = true
+}
 
-[net0]
-bridge = "vmbr0"
-mac = "02:00:00:00:02:03"
-ips = ["192.0.2.23", "2001:db8::23"]
-`,
-	"vms/204.toml": `
-[net0]
-bridge = "vmbr0"
-mac = "02:00:00:00:02:04"
-ips = ["192.0.2.24", "2001:db8::24"]
-groups = ["logdrop"]
-`,
+// semanticsVMs are the semantics lab's four VMs; VM 200+n (tap20Ni0) has
+// MAC 02:00:00:00:02:0N, 192.0.2.2N and 2001:db8::2N:
+//
+//	A (201) may not send to port 80 (out drop rule), accepts nothing inbound
+//	B (202) accepts ssh, http and dns
+//	R (203) rejects everything inbound and logs it
+//	D (204) drops everything inbound; its group drops udp 9999 with logging
+var semanticsVMs = []struct {
+	head   string
+	groups []string
+}{
+	{groups: []string{"egress"}},
+	{groups: []string{"web"}},
+	{head: "policy_in = \"reject\"\nlog = true\n"},
+	{groups: []string{"logdrop"}},
 }
 
 type semanticsLab struct {
@@ -76,8 +60,8 @@ type semanticsLab struct {
 
 func newSemanticsLab(t *testing.T, backend string, forwardDrop bool) *semanticsLab {
 	h := newHV(t, backend, "")
-	for rel, content := range semanticsConfig {
-		h.write(rel, content)
+	for name, content := range semanticsGroups {
+		h.write("groups/"+name+".toml", content)
 	}
 	if forwardDrop {
 		// As Docker sets it: nothing is forwarded unless a rule accepts it.
@@ -85,28 +69,29 @@ func newSemanticsLab(t *testing.T, backend string, forwardDrop bool) *semanticsL
 		h.exec(h.tool("ip6tables"), "-P", "FORWARD", "DROP")
 	}
 	l := &semanticsLab{hv: h}
-	l.a = h.vm("tap201i0", "02:00:00:00:02:01", "192.0.2.21", "2001:db8::21")
-	l.b = h.vm("tap202i0", "02:00:00:00:02:02", "192.0.2.22", "2001:db8::22")
-	l.r = h.vm("tap203i0", "02:00:00:00:02:03", "192.0.2.23", "2001:db8::23")
-	l.d = h.vm("tap204i0", "02:00:00:00:02:04", "192.0.2.24", "2001:db8::24")
-	ext, err := h.lab.AddExternal("uplink0", "02:00:00:00:02:99", "192.0.2.200/24", "2001:db8::200/64")
-	if err != nil {
-		t.Fatal(err)
+	guests := []**labnet.NS{&l.a, &l.b, &l.r, &l.d}
+	serve := map[*labnet.NS][]string{}
+	var taps []string
+	for i, vm := range semanticsVMs {
+		n := i + 1
+		tap, mac := fmt.Sprintf("tap20%di0", n), fmt.Sprintf("02:00:00:00:02:%02d", n)
+		v4, v6 := fmt.Sprintf("192.0.2.2%d", n), fmt.Sprintf("2001:db8::2%d", n)
+		h.write(fmt.Sprintf("vms/20%d.toml", n), vm.head+vmFile(mac, v4, v6, vm.groups...))
+		*guests[i] = h.vm(tap, mac, v4, v6)
+		serve[*guests[i]] = []string{v4, v6}
+		taps = append(taps, tap)
 	}
+	ext := h.external("02:00:00:00:02:99", "192.0.2.200/24", "2001:db8::200/64")
 	l.ext = ext
+	serve[ext] = []string{"192.0.2.200", "2001:db8::200"}
 	h.firstV4(200, "192.0.2.9")
-	for _, tap := range []string{"tap201i0", "tap202i0", "tap203i0", "tap204i0"} {
+	for _, tap := range taps {
 		h.vmfw("ifup", tap)
 	}
-	for _, s := range []struct {
-		ns   *labnet.NS
-		addr []string
-	}{{l.a, []string{"192.0.2.21", "2001:db8::21"}}, {l.b, []string{"192.0.2.22", "2001:db8::22"}},
-		{l.r, []string{"192.0.2.23", "2001:db8::23"}}, {l.d, []string{"192.0.2.24", "2001:db8::24"}},
-		{l.ext, []string{"192.0.2.200", "2001:db8::200"}}} {
-		for _, a := range s.addr {
-			h.serve(s.ns, a, 22, 80)
-			stop, err := labnet.ServeUDP(s.ns, hostPort(a, 53))
+	for ns, addrs := range serve {
+		for _, a := range addrs {
+			h.serve(ns, a, 22, 80)
+			stop, err := labnet.ServeUDP(ns, labnet.HostPort(a, 53))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -118,7 +103,7 @@ func newSemanticsLab(t *testing.T, backend string, forwardDrop bool) *semanticsL
 
 func udp(t *testing.T, ns *labnet.NS, addr string, port int) labnet.Result {
 	t.Helper()
-	r, err := labnet.UDPProbe(context.Background(), ns, hostPort(addr, port), probeTimeout)
+	r, err := labnet.UDPProbe(context.Background(), ns, labnet.HostPort(addr, port), probeTimeout)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -65,12 +65,16 @@ type applyReport struct {
 		Rewritten []string `json:"rewritten"`
 		Deleted   []string `json:"deleted"`
 	} `json:"chains"`
-	Sets struct {
-		Created []string            `json:"created"`
-		Added   map[string][]string `json:"added"`
-		Removed map[string][]string `json:"removed"`
-	} `json:"sets"`
-	FlowsCut int `json:"flows_cut"`
+	Sets     setChanges `json:"sets"`
+	FlowsCut int        `json:"flows_cut"`
+}
+
+// setChanges is the "sets" part of apply's JSON report: the sets it
+// created and the members it added and removed, by set.
+type setChanges struct {
+	Created []string            `json:"created"`
+	Added   map[string][]string `json:"added"`
+	Removed map[string][]string `json:"removed"`
 }
 
 func parseApply(t *testing.T, out string) applyReport {
@@ -309,69 +313,39 @@ ips = ["192.0.2.51", "2001:db8::51"]
 antispoof = "mac"
 `)
 		vm := h.vm("tap251i0", "02:00:00:00:05:51", "192.0.2.51", "2001:db8::51")
-		ext, err := h.lab.AddExternal("uplink0", "02:00:00:00:05:99", "192.0.2.200/24", "2001:db8::200/64")
-		if err != nil {
-			t.Fatal(err)
-		}
+		ext := h.external("02:00:00:00:05:99", "192.0.2.200/24", "2001:db8::200/64")
 		h.vmfw("ifup", "tap251i0")
 
 		own := mustMAC(t, "02:00:00:00:05:51")
 		other := mustMAC(t, "02:00:00:00:05:66")
 		extMAC := mustMAC(t, "02:00:00:00:05:99")
 		ap := func(s string, port uint16) netip.AddrPort { return netip.AddrPortFrom(netip.MustParseAddr(s), port) }
-		cases := []struct {
-			name    string
-			frame   func(marker []byte) []byte
-			through bool
-		}{
-			{"own MAC, own IPv4", func(m []byte) []byte {
+		expectFrames(t, ext, []sentFrame{
+			{"own MAC, own IPv4", vm, func(m []byte) []byte {
 				return labnet.UDP4Frame(own, extMAC, ap("192.0.2.51", 4000), ap("192.0.2.200", 5000), m)
 			}, true},
-			{"own MAC, a foreign IPv4 source", func(m []byte) []byte {
+			{"own MAC, a foreign IPv4 source", vm, func(m []byte) []byte {
 				return labnet.UDP4Frame(own, extMAC, ap("192.0.2.99", 4000), ap("192.0.2.200", 5000), m)
 			}, true},
-			{"own MAC, a foreign IPv6 source", func(m []byte) []byte {
+			{"own MAC, a foreign IPv6 source", vm, func(m []byte) []byte {
 				return labnet.UDP6Frame(own, extMAC, ap("2001:db8::99", 4000), ap("2001:db8::200", 5000), m)
 			}, true},
-			{"spoofed MAC, own IPv4", func(m []byte) []byte {
+			{"spoofed MAC, own IPv4", vm, func(m []byte) []byte {
 				return labnet.UDP4Frame(other, extMAC, ap("192.0.2.51", 4000), ap("192.0.2.200", 5000), m)
 			}, false},
-			{"spoofed MAC, own IPv6", func(m []byte) []byte {
+			{"spoofed MAC, own IPv6", vm, func(m []byte) []byte {
 				return labnet.UDP6Frame(other, extMAC, ap("2001:db8::51", 4000), ap("2001:db8::200", 5000), m)
 			}, false},
-			{"ARP claiming a foreign address with its own MAC", func(m []byte) []byte {
+			{"ARP claiming a foreign address with its own MAC", vm, func(m []byte) []byte {
 				return labnet.ARPRequestFrame(own, netip.MustParseAddr("192.0.2.99"), netip.MustParseAddr("192.0.2.200"), m)
 			}, true},
-			{"ARP with another sender hardware address", func(m []byte) []byte {
+			{"ARP with another sender hardware address", vm, func(m []byte) []byte {
 				return labnet.ARPRequestFrameFrom(own, other, netip.MustParseAddr("192.0.2.51"), netip.MustParseAddr("192.0.2.200"), m)
 			}, false},
-			{"DHCP server offer (no guard beyond the MAC)", func(m []byte) []byte {
+			{"DHCP server offer (no guard beyond the MAC)", vm, func(m []byte) []byte {
 				return labnet.DHCPOfferFrame(own, netip.MustParseAddr("192.0.2.51"), extMAC, netip.MustParseAddr("192.0.2.77"), m)
 			}, true},
-		}
-		for _, c := range cases {
-			marker := labnet.NewMarker()
-			capture, err := labnet.StartCapture(ext, "eth0", labnet.HasMarker(marker))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := labnet.SendFrame(vm, "eth0", c.frame(marker)); err != nil {
-				capture.Close()
-				t.Fatalf("%s: sending: %v", c.name, err)
-			}
-			wait := 2 * time.Second
-			if !c.through {
-				wait = probeTimeout
-			}
-			got, err := capture.Wait(wait)
-			capture.Close()
-			if err != nil {
-				t.Fatalf("%s: capturing: %v", c.name, err)
-			}
-			if got != c.through {
-				t.Errorf("%s: frame arrived = %v, want %v", c.name, got, c.through)
-			}
-		}
+		})
 		if r, err := labnet.Ping(context.Background(), vm, "2001:db8::200", 2*time.Second); err != nil || r != labnet.Connected {
 			t.Errorf("IPv6 ping from the VM: %v %v", r, err)
 		}
@@ -416,10 +390,7 @@ ips = ["192.0.2.61"]
 groups = ["logged"]
 `)
 		vm := h.vm("tap261i0", "02:00:00:00:06:61", "192.0.2.61", "")
-		ext, err := h.lab.AddExternal("uplink0", "", "192.0.2.200/24")
-		if err != nil {
-			t.Fatal(err)
-		}
+		ext := h.external("", "192.0.2.200/24")
 		h.vmfw("ifup", "tap261i0")
 		h.serve(vm, "192.0.2.61", 22, 80)
 		expectAll(t, []probe{
@@ -508,10 +479,7 @@ func TestBigSetEditThroughAgent(t *testing.T) {
 		h.write("groups/guarded.toml", "[[in]]\nproto = \"tcp\"\ndport = \"22\"\nsource_set = \"allowed\"\n")
 		h.write("vms/271.toml", "policy_in = \"drop\"\n\n[net0]\nbridge = \"vmbr0\"\nmac = \"02:00:00:00:07:71\"\nips = [\"192.0.2.71\"]\ngroups = [\"guarded\"]\n")
 		vm := h.vm("tap271i0", "02:00:00:00:07:71", "192.0.2.71", "")
-		excepted, err := h.lab.AddExternal("uplink0", "", "192.0.2.130/24")
-		if err != nil {
-			t.Fatal(err)
-		}
+		excepted := h.external("", "192.0.2.130/24")
 		added, err := h.lab.AddExternal("uplink1", "", "192.0.2.60/24")
 		if err != nil {
 			t.Fatal(err)

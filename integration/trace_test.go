@@ -16,9 +16,10 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/vmfw/vmfw/integration/labnet"
 	"github.com/vmfw/vmfw/integration/testbin"
-	"golang.org/x/sys/unix"
 )
 
 // The differential test of vmfw trace: on randomly generated
@@ -142,10 +143,7 @@ func newDiffLabPlaced(t *testing.T, backend string, n int, placement int64) *dif
 		vm.ns = ns
 		d.vms = append(d.vms, vm)
 	}
-	ext, err := h.lab.AddExternal("uplink0", "02:00:00:00:04:01", "192.0.2.200/24", "2001:db8::200/64")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ext := h.external("02:00:00:00:04:01", "192.0.2.200/24", "2001:db8::200/64")
 	d.extB = &diffHost{name: "ext-bridged", mac: "02:00:00:00:04:01", v4: "192.0.2.200", v6: "2001:db8::200", ns: ext, gw4: "192.0.2.1", gw6: "2001:db8::1"}
 	// The routed host sits behind a veth of the hypervisor that is no
 	// bridge port (AddVM leaves the hypervisor end unattached).
@@ -226,6 +224,35 @@ func serveAll(t *testing.T, ns *labnet.NS) {
 // pick returns one of list at random.
 func pick[T any](r *rand.Rand, list ...T) T { return list[r.Intn(len(list))] }
 
+// randomProto picks a random flow's protocol: tcp (45%) or udp (35%) to
+// one of diffPorts, or a ping (port 0).
+func randomProto(r *rand.Rand) (proto string, port int) {
+	switch p := r.Intn(100); {
+	case p < 45:
+		return "tcp", pick(r, diffPorts...)
+	case p < 80:
+		return "udp", pick(r, diffPorts...)
+	}
+	return "ping", 0
+}
+
+// randomGroup is the file of a random group g: up to five in rules and up
+// to three out rules, each as rule writes one for its direction.
+func randomGroup(r *rand.Rand, g string, rule func(dir string) string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "description = \"random group %s\"\n", g)
+	for _, dir := range []string{"in", "out"} {
+		n := r.Intn(6)
+		if dir == "out" {
+			n = r.Intn(4)
+		}
+		for range n {
+			b.WriteString("\n[[" + dir + "]]\n" + rule(dir))
+		}
+	}
+	return b.String()
+}
+
 // writeConfig replaces the configuration with a random one: four groups
 // of random rules, the lab's VMs with random policies and groups.
 func (d *diffLab) writeConfig(r *rand.Rand) {
@@ -241,18 +268,7 @@ func (d *diffLab) writeConfig(r *rand.Rand) {
 	}
 	groups := []string{"g0", "g1", "g2", "g3"}
 	for _, g := range groups {
-		var b strings.Builder
-		fmt.Fprintf(&b, "description = \"random group %s\"\n", g)
-		for _, dir := range []string{"in", "out"} {
-			n := r.Intn(6)
-			if dir == "out" {
-				n = r.Intn(4)
-			}
-			for range n {
-				b.WriteString("\n[[" + dir + "]]\n" + d.randomRule(r, dir, groups))
-			}
-		}
-		h.write("groups/"+g+".toml", b.String())
+		h.write("groups/"+g+".toml", randomGroup(r, g, func(dir string) string { return d.randomRule(r, dir, groups) }))
 	}
 	for _, vm := range d.vms {
 		var b strings.Builder
@@ -391,14 +407,7 @@ func (d *diffLab) randomFlow(r *rand.Rand) diffFlow {
 	}
 	f.dst = dst.addr(v6)
 	q["from"], q["to"] = fromSpec, toSpec
-	switch p := r.Intn(100); {
-	case p < 45:
-		f.proto, f.port = "tcp", pick(r, diffPorts...)
-	case p < 80:
-		f.proto, f.port = "udp", pick(r, diffPorts...)
-	default:
-		f.proto = "ping"
-	}
+	f.proto, f.port = randomProto(r)
 	switch f.proto {
 	case "ping":
 		q["proto"] = map[bool]string{false: "icmp", true: "icmpv6"}[v6]
@@ -507,13 +516,13 @@ func (d *diffLab) checkFlows(t *testing.T, r *rand.Rand, n int, seed int64, seen
 		queries[i] = flows[i].query
 	}
 	reps := d.h.traceBatch(queries)
-	results, errs := probeAll(n, func(ctx context.Context, i int) (labnet.Result, error) {
+	results, errs := labnet.ProbeAll(n, func(ctx context.Context, i int) (labnet.Result, error) {
 		f := flows[i]
 		switch f.proto {
 		case "tcp":
-			return labnet.TCPConnect(ctx, f.from, hostPort(f.dst, f.port), probeTimeout)
+			return labnet.TCPConnect(ctx, f.from, labnet.HostPort(f.dst, f.port), probeTimeout)
 		case "udp":
-			return labnet.UDPProbe(ctx, f.from, hostPort(f.dst, f.port), probeTimeout)
+			return labnet.UDPProbe(ctx, f.from, labnet.HostPort(f.dst, f.port), probeTimeout)
 		default:
 			return labnet.Ping(ctx, f.from, f.dst, probeTimeout)
 		}

@@ -13,6 +13,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/vmfw/vmfw/integration/labnet"
+	"github.com/vmfw/vmfw/integration/labtest"
 	"github.com/vmfw/vmfw/integration/testbin"
 )
 
@@ -22,15 +23,8 @@ import (
 func (h *host) startAgent(backend string) *labnet.Process {
 	h.t.Helper()
 	runDir := h.t.TempDir()
-	argv := append(append([]string{filepath.Join(testbin.Dir, "vmfw")}, backendFlags(backend)...), "--config-dir", h.config, "--state-dir", h.state, "agent")
-	p, err := labnet.Start(h.ns, []string{"VMFW_RUN_DIR=" + runDir}, argv...)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	h.t.Cleanup(p.Kill)
-	if !p.WaitOutput("agent ready", 1, 30*time.Second) {
-		h.t.Fatalf("the agent did not get ready:\n%s", p.Output())
-	}
+	argv := append(append([]string{filepath.Join(testbin.Dir, "vmfw")}, labtest.BackendArgs(backend)...), "--config-dir", h.config, "--state-dir", h.state, "agent")
+	p := labtest.StartAgent(h.t, h.ns, []string{"VMFW_RUN_DIR=" + runDir}, argv...)
 	h.client = libcni.NewCNIConfigWithCacheDir([]string{testbin.Dir}, h.cache, &envExec{env: []string{"VMFW_RUN_DIR=" + runDir}})
 	return p
 }
@@ -42,7 +36,7 @@ func (h *host) startAgent(backend string) *labnet.Process {
 // itself.
 func TestCNIThroughAgent(t *testing.T) {
 	t.Parallel()
-	for _, backend := range []string{"nft", "legacy", nftablesBackend} {
+	for _, backend := range []string{"nft", "legacy", labtest.NftablesBackend} {
 		t.Run(backend, func(t *testing.T) {
 			t.Parallel()
 			h := newHost(t)
@@ -62,7 +56,7 @@ func TestCNIThroughAgent(t *testing.T) {
 			h.applied(backend, "the first ADD")
 			h.serve(first, 80, 22)
 			for port, want := range map[int]labnet.Result{80: labnet.Connected, 22: labnet.Timeout} {
-				if got, err := labnet.TCPConnect(context.Background(), h.ns, hostPort(first.ip, port), probeTimeout); err != nil || got != want {
+				if got, err := labnet.TCPConnect(context.Background(), h.ns, labnet.HostPort(first.ip, port), probeTimeout); err != nil || got != want {
 					t.Errorf("the host to the first container's port %d: %v %v, want %v", port, got, err, want)
 				}
 			}
@@ -114,7 +108,7 @@ func TestCNIThroughAgent(t *testing.T) {
 			}
 			handled("CNI_COMMAND=GC", 1)
 			handled("CNI_COMMAND=DEL", 1)
-			if got := h.records(); !slices.Equal(got, []string{web.veth}) {
+			if got := labtest.Records(h.t, h.state); !slices.Equal(got, []string{web.veth}) {
 				t.Errorf("records after GC: %v, want [%s]", got, web.veth)
 			}
 			if save := h.save(backend); strings.Contains(save, db.veth) {

@@ -13,6 +13,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/vmfw/vmfw/integration/labnet"
+	"github.com/vmfw/vmfw/integration/labtest"
 	"github.com/vmfw/vmfw/integration/testbin"
 )
 
@@ -44,7 +45,7 @@ func TestCNI(t *testing.T) {
 	h.expect(web, db, 5432, labnet.Connected) // db: group db, web is a member of web
 	h.expect(web, db, 80, labnet.Refused)     // db: not in web (runtimeConfig won), policy reject (args)
 
-	if got, want := h.records(), sorted(web.veth, db.veth); !slices.Equal(got, want) {
+	if got, want := labtest.Records(h.t, h.state), sorted(web.veth, db.veth); !slices.Equal(got, want) {
 		t.Errorf("records: got %v, want %v", got, want)
 	}
 	if status := h.vmfw(backend, "status"); !strings.Contains(status, web.veth) || !strings.Contains(status, "vmfwtest/"+web.id[:12]) {
@@ -114,7 +115,7 @@ func TestCNI(t *testing.T) {
 	if err := h.in(func(ctx context.Context) error { return h.client.GCNetworkList(ctx, list, valid) }); err != nil {
 		t.Fatalf("GC: %v", err)
 	}
-	if got, want := h.records(), sorted(web.veth, db.veth); !slices.Equal(got, want) {
+	if got, want := labtest.Records(h.t, h.state), sorted(web.veth, db.veth); !slices.Equal(got, want) {
 		t.Errorf("records after GC: got %v, want %v", got, want)
 	}
 	if save := h.save(backend); strings.Contains(save, leaked.veth) {
@@ -143,7 +144,7 @@ func TestCNI(t *testing.T) {
 	if err := h.del(list, web); err != nil {
 		t.Fatalf("DEL of web without its veth: %v", err)
 	}
-	if recs := h.records(); len(recs) != 0 {
+	if recs := labtest.Records(h.t, h.state); len(recs) != 0 {
 		t.Errorf("records after DEL: %v", recs)
 	}
 	if sets := h.exec("ipset", "save"); strings.Contains(sets, "sg-") {
@@ -179,7 +180,7 @@ func TestCNIVersions(t *testing.T) {
 			if save := h.save(backend); strings.Contains(save, a.veth) || strings.Contains(save, b.veth) {
 				t.Errorf("chains left after DEL:\n%s", save)
 			}
-			if recs := h.records(); len(recs) != 0 {
+			if recs := labtest.Records(h.t, h.state); len(recs) != 0 {
 				t.Errorf("records after DEL: %v", recs)
 			}
 		})
@@ -209,7 +210,7 @@ func TestCNIConfigErrors(t *testing.T) {
 			t.Errorf("ADD with %v: %v (code %d), want code 7", extra, err, cniCode(err))
 		}
 	}
-	if recs := h.records(); len(recs) != 0 {
+	if recs := labtest.Records(h.t, h.state); len(recs) != 0 {
 		t.Errorf("records after failed ADDs: %v", recs)
 	}
 }
@@ -249,7 +250,7 @@ func TestCNIDelWithBrokenConfig(t *testing.T) {
 	if err := h.del(list, web); err != nil {
 		t.Fatalf("DEL with a broken configuration: %v", err)
 	}
-	if recs := h.records(); len(recs) != 0 {
+	if recs := labtest.Records(h.t, h.state); len(recs) != 0 {
 		t.Errorf("records after DEL: %v", recs)
 	}
 	if sets := h.exec("ipset", "save"); strings.Contains(sets, " "+web.ip) {

@@ -2,16 +2,16 @@ package cni
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/containernetworking/cni/libcni"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 
+	"github.com/vmfw/vmfw/integration/firstvm"
 	"github.com/vmfw/vmfw/integration/labnet"
+	"github.com/vmfw/vmfw/integration/labtest"
 )
 
 // cniShape is one kind of attachment a container may have: per interface,
@@ -72,33 +72,14 @@ func (h *host) shapeConflist(backend string, k, i int, families []string, extra 
 	for key, v := range extra {
 		vmfw[key] = v
 	}
-	data, err := json.Marshal(map[string]any{"cniVersion": "1.1.0", "name": name, "plugins": []any{bridge, vmfw}})
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	l, err := libcni.NetworkConfFromBytes(data)
-	if err != nil {
-		h.t.Fatalf("parsing conflist: %v", err)
-	}
-	return l
+	return h.networkList(map[string]any{"cniVersion": "1.1.0", "name": name, "plugins": []any{bridge, vmfw}}, "conflist")
 }
 
 // free returns an error naming the first of vmfw's objects in the host's
 // kernel, nil on a host where vmfw never ran or was flushed.
 func (h *host) free(backend string) error {
 	h.t.Helper()
-	for _, l := range strings.Split(h.save(backend), "\n") {
-		if strings.Contains(l, "vmfw") || strings.HasPrefix(l, ":veth") || strings.HasPrefix(l, ":sg-") {
-			return fmt.Errorf("the filter table holds %q", l)
-		}
-	}
-	if out := h.exec("ebtables-nft-save"); strings.Contains(out, "vmfw") {
-		return fmt.Errorf("the bridge table holds vmfw's chains:\n%s", out)
-	}
-	if out := h.exec("ipset", "save"); strings.Contains(out, "create sg-") {
-		return fmt.Errorf("vmfw's ipsets remain:\n%s", out)
-	}
-	return nil
+	return labtest.Free(h.t, h.ns, h.save(backend), "veth")
 }
 
 // applied fails the test unless an apply has nothing to do.
@@ -167,100 +148,67 @@ func TestCNIFirstOnEmptyHost(t *testing.T) {
 func testCNIFirst(t *testing.T, backend string) {
 	h := newHost(t)
 	clientList := h.shapeConflist(backend, -1, 0, []string{"v4", "v6"}, nil)
-	for k, first := range cniShapes {
-		j := (k + 1) % len(cniShapes)
-		t.Run(first.name+"-then-"+cniShapes[j].name, func(t *testing.T) {
-			outer := h.t
-			h.t = t
-			defer func() { h.t = outer }()
-			if err := h.free(backend); err != nil {
-				t.Fatalf("before the first command: %v", err)
-			}
-			type attached struct {
-				list   *libcni.NetworkConfigList
-				c      *container
-				ifName string
-			}
-			var all []attached
-			// want maps a port to its outcome; with blocked set, any
-			// outcome but a connection will do.
-			type target struct {
-				what, addr string
-				want       map[int]labnet.Result
-				blocked    bool
-			}
-			var targets []target
-			open := map[int]labnet.Result{80: labnet.Connected, 22: labnet.Refused}
-			for _, s := range []int{k, j} {
-				c := h.newContainer(fmt.Sprintf("s%d", s), nil)
-				for i, ifc := range cniShapes[s].ifaces {
-					ifName := fmt.Sprintf("eth%d", i)
-					list := h.shapeConflist(backend, s, i, ifc.families, ifc.extra)
-					if s == k && k%2 == 1 && i == 0 {
-						h.detach(list, c, ifName)
-						if h.free(backend) != nil {
-							h.applied(backend, "DEL of a container never added, the first command")
-						}
-					}
-					addrs := h.attach(list, c, ifName)
-					all = append(all, attached{list, c, ifName})
-					h.applied(backend, fmt.Sprintf("ADD of %s %s (%s)", c.id, ifName, cniShapes[s].name))
-					what := cniShapes[s].name + " " + ifName
-					for _, a := range addrs {
-						targets = append(targets, target{what, a, open, false})
-					}
-					if len(ifc.families) == 0 {
-						// An address of its own, which its ips do not list.
-						a := fmt.Sprintf("198.51.100.%d", 190+s)
-						if err := c.ns.IP("addr add " + a + "/24 dev " + ifName); err != nil {
-							t.Fatal(err)
-						}
-						// Anti-spoofing lets it claim no address in ARP.
-						targets = append(targets, target{what: what, addr: a, blocked: true})
-					}
-				}
-				h.serve(c, 80, 22)
-			}
-			client := h.newContainer("client", nil)
-			h.attach(clientList, client, "eth0")
-			all = append(all, attached{clientList, client, "eth0"})
-			// The probes run at once: a blocked one waits for its timeout.
-			var wg sync.WaitGroup
-			for _, tg := range targets {
-				for _, port := range []int{80, 22} {
-					wg.Go(func() {
-						got, err := labnet.TCPConnect(context.Background(), client.ns, hostPort(tg.addr, port), probeTimeout)
-						switch {
-						case err != nil:
-							t.Errorf("%s: tcp from the client to %s: %v", tg.what, hostPort(tg.addr, port), err)
-						case tg.blocked && got == labnet.Connected:
-							t.Errorf("%s: tcp from the client to %s connected, want it blocked", tg.what, hostPort(tg.addr, port))
-						case !tg.blocked && got != tg.want[port]:
-							t.Errorf("%s: tcp from the client to %s: got %v, want %v", tg.what, hostPort(tg.addr, port), got, tg.want[port])
-						}
-					})
-				}
-			}
-			wg.Wait()
-			for i := len(all) - 1; i >= 0; i-- {
-				h.detach(all[i].list, all[i].c, all[i].ifName)
-			}
-			if recs := h.records(); len(recs) != 0 {
-				t.Errorf("records after every DEL: %v", recs)
-			}
-			h.applied(backend, "every DEL")
-			h.vmfw(backend, "flush")
-		})
-		if t.Failed() {
-			return
+	firstvm.EachPair(t, cniShapes, func(s cniShape) string { return s.name }, func(t *testing.T, k, j int) {
+		outer := h.t
+		h.t = t
+		defer func() { h.t = outer }()
+		if err := h.free(backend); err != nil {
+			t.Fatalf("before the first command: %v", err)
 		}
-	}
-}
-
-// hostPort joins an address and a port, brackets around IPv6.
-func hostPort(addr string, port int) string {
-	if strings.Contains(addr, ":") {
-		return fmt.Sprintf("[%s]:%d", addr, port)
-	}
-	return fmt.Sprintf("%s:%d", addr, port)
+		type attached struct {
+			list   *libcni.NetworkConfigList
+			c      *container
+			ifName string
+		}
+		var all []attached
+		// Its namespace alone: it is attached after the others.
+		client := h.newContainer("client", nil)
+		var probes []labtest.Probe
+		for _, s := range []int{k, j} {
+			c := h.newContainer(fmt.Sprintf("s%d", s), nil)
+			for i, ifc := range cniShapes[s].ifaces {
+				ifName := fmt.Sprintf("eth%d", i)
+				list := h.shapeConflist(backend, s, i, ifc.families, ifc.extra)
+				if s == k && k%2 == 1 && i == 0 {
+					h.detach(list, c, ifName)
+					if h.free(backend) != nil {
+						h.applied(backend, "DEL of a container never added, the first command")
+					}
+				}
+				addrs := h.attach(list, c, ifName)
+				all = append(all, attached{list, c, ifName})
+				h.applied(backend, fmt.Sprintf("ADD of %s %s (%s)", c.id, ifName, cniShapes[s].name))
+				what := cniShapes[s].name + " " + ifName
+				for _, a := range addrs {
+					probes = append(probes,
+						labtest.Probe{What: what, From: client.ns, Addr: a, Port: 80, Want: labnet.Connected},
+						labtest.Probe{What: what, From: client.ns, Addr: a, Port: 22, Want: labnet.Refused})
+				}
+				if len(ifc.families) == 0 {
+					// An address of its own, which its ips do not list.
+					a := fmt.Sprintf("198.51.100.%d", 190+s)
+					if err := c.ns.IP("addr add " + a + "/24 dev " + ifName); err != nil {
+						t.Fatal(err)
+					}
+					// Anti-spoofing lets it claim no address in ARP: any
+					// outcome but a connection will do.
+					for _, port := range []int{80, 22} {
+						probes = append(probes, labtest.Probe{What: what, From: client.ns, Addr: a, Port: port, Blocked: true})
+					}
+				}
+			}
+			h.serve(c, 80, 22)
+		}
+		h.attach(clientList, client, "eth0")
+		all = append(all, attached{clientList, client, "eth0"})
+		labtest.ExpectProbes(t, probeTimeout, probes)
+		for i := len(all) - 1; i >= 0; i-- {
+			h.detach(all[i].list, all[i].c, all[i].ifName)
+		}
+		if recs := labtest.Records(t, h.state); len(recs) != 0 {
+			t.Errorf("records after every DEL: %v", recs)
+		}
+		h.applied(backend, "every DEL")
+		h.vmfw(backend, "flush")
+	})
 }

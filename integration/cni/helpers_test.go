@@ -29,6 +29,7 @@ import (
 	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/vmfw/vmfw/integration/labnet"
+	"github.com/vmfw/vmfw/integration/labtest"
 	"github.com/vmfw/vmfw/integration/testbin"
 	"github.com/vmfw/vmfw/pkg/config/configtest"
 )
@@ -130,8 +131,8 @@ func (h *host) conflist(cniVersion, backend string, extra map[string]any) *libcn
 		"groups":       []string{"web"},
 		"capabilities": map[string]bool{"vmfw": true},
 	}
-	if backend == nftablesBackend {
-		vmfw["backend"] = nftablesBackend
+	if backend == labtest.NftablesBackend {
+		vmfw["backend"] = labtest.NftablesBackend
 	} else {
 		vmfw["iptables"] = backend
 	}
@@ -155,13 +156,20 @@ func (h *host) conflist(cniVersion, backend string, extra map[string]any) *libcn
 			vmfw,
 		},
 	}
+	return h.networkList(list, "conflist")
+}
+
+// networkList turns a conflist, as encoding/json reads one, into libcni's
+// network list; what names it when it does not parse.
+func (h *host) networkList(list map[string]any, what string) *libcni.NetworkConfigList {
+	h.t.Helper()
 	data, err := json.Marshal(list)
 	if err != nil {
 		h.t.Fatal(err)
 	}
 	l, err := libcni.NetworkConfFromBytes(data)
 	if err != nil {
-		h.t.Fatalf("parsing conflist: %v", err)
+		h.t.Fatalf("parsing %s: %v", what, err)
 	}
 	return l
 }
@@ -244,34 +252,16 @@ func cniCode(err error) uint {
 	return 0
 }
 
-// hostExec runs a command in the host namespace.
+// exec runs a command in the host namespace.
 func (h *host) exec(args ...string) string {
 	h.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	out, err := h.ns.Exec(ctx, args...)
-	if err != nil {
-		h.t.Fatalf("%v: %v\n%s", args, err, out)
-	}
-	return string(out)
-}
-
-// nftablesBackend names the nftables backend among the backends a test
-// runs with; the others are the iptables backend's flavours.
-const nftablesBackend = "nftables"
-
-// backendFlags choose backend on vmfw's command line.
-func backendFlags(backend string) []string {
-	if backend == nftablesBackend {
-		return []string{"--backend", nftablesBackend}
-	}
-	return []string{"--iptables", backend}
+	return labtest.Exec(h.t, h.ns, args...)
 }
 
 // save returns what vmfw installed: both families' filter tables, or the
 // nftables backend's two tables, where an interface's elements name it.
 func (h *host) save(backend string) string {
-	if backend == nftablesBackend {
+	if backend == labtest.NftablesBackend {
 		var b strings.Builder
 		for _, fam := range []string{"bridge", "inet"} {
 			if out, err := h.ns.Exec(context.Background(), "nft", "-s", "list", "table", fam, "vmfw"); err == nil {
@@ -281,23 +271,6 @@ func (h *host) save(backend string) string {
 		return b.String()
 	}
 	return h.exec("iptables-"+backend+"-save", "-t", "filter") + h.exec("ip6tables-"+backend+"-save", "-t", "filter")
-}
-
-// records lists the interfaces with attachment records.
-func (h *host) records() []string {
-	h.t.Helper()
-	des, err := os.ReadDir(filepath.Join(h.state, "attachments"))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	var out []string
-	for _, de := range des {
-		out = append(out, strings.TrimSuffix(de.Name(), ".json"))
-	}
-	return out
 }
 
 // serve starts TCP echo servers in c, stopped when the test ends.
@@ -382,7 +355,7 @@ func (h *host) deleteChain(backend, chain string) {
 // configuration and state directories.
 func (h *host) vmfw(backend string, args ...string) string {
 	h.t.Helper()
-	full := append(append(append([]string{"netns", "exec", h.ns.Name, filepath.Join(testbin.Dir, "vmfw")}, backendFlags(backend)...),
+	full := append(append(append([]string{"netns", "exec", h.ns.Name, filepath.Join(testbin.Dir, "vmfw")}, labtest.BackendArgs(backend)...),
 		"--config-dir", h.config, "--state-dir", h.state), args...)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -422,12 +395,5 @@ func (h *host) shipped(cniVersion, backend string) *libcni.NetworkConfigList {
 			p["configDir"], p["stateDir"], p["iptables"] = h.config, h.state, backend
 		}
 	}
-	if data, err = json.Marshal(list); err != nil {
-		h.t.Fatal(err)
-	}
-	l, err := libcni.NetworkConfFromBytes(data)
-	if err != nil {
-		h.t.Fatalf("parsing conf/cni/10-vmfw.conflist: %v", err)
-	}
-	return l
+	return h.networkList(list, "conf/cni/10-vmfw.conflist")
 }

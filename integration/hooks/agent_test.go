@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/vmfw/vmfw/integration/labnet"
+	"github.com/vmfw/vmfw/integration/labtest"
 	"github.com/vmfw/vmfw/integration/testbin"
 )
 
@@ -17,16 +18,8 @@ import (
 func (h *host) startAgent() *labnet.Process {
 	h.t.Helper()
 	h.env = []string{"VMFW_RUN_DIR=" + h.t.TempDir()}
-	p, err := labnet.Start(h.lab.Hypervisor(), append(slices.Clone(h.env), h.backendEnv()), testbin.VMFW,
+	return labtest.StartAgent(h.t, h.lab.Hypervisor(), append(slices.Clone(h.env), labtest.BackendEnv(h.backend)), testbin.VMFW,
 		"--config-dir", h.config, "--state-dir", h.state, "agent")
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	h.t.Cleanup(p.Kill)
-	if !p.WaitOutput("agent ready", 1, 30*time.Second) {
-		h.t.Fatalf("the agent did not get ready:\n%s", p.Output())
-	}
-	return p
 }
 
 // TestHooksThroughAgent: with an agent running, the Proxmox hookscript and
@@ -36,7 +29,7 @@ func (h *host) startAgent() *labnet.Process {
 // the hooks do the work themselves.
 func TestHooksThroughAgent(t *testing.T) {
 	t.Parallel()
-	for _, backend := range []string{"nft", "legacy", nftablesBackend} {
+	for _, backend := range []string{"nft", "legacy", labtest.NftablesBackend} {
 		t.Run(backend, func(t *testing.T) {
 			t.Parallel()
 			files := map[string]string{
@@ -70,7 +63,7 @@ func TestHooksThroughAgent(t *testing.T) {
 			// On the nftables backend what the hypervisor sends is
 			// decided at bridge postrouting, where a reject is a drop.
 			hvWant := labnet.Refused
-			if backend == nftablesBackend {
+			if backend == labtest.NftablesBackend {
 				hvWant = labnet.Timeout
 			}
 			h.expect(h.lab.Hypervisor(), "192.0.2.140:22", hvWant)
@@ -110,7 +103,7 @@ func TestHooksThroughAgent(t *testing.T) {
 			h.expect(client, "192.0.2.200:80", labnet.Connected)
 			h.expect(client, "192.0.2.200:22", labnet.Timeout)
 			// webXML's interface 2 (vnet1) maps to [net2] by position.
-			if recs := h.records(); !slices.Equal(recs, []string{"vnet0", "vnet1"}) {
+			if recs := labtest.Records(h.t, h.state); !slices.Equal(recs, []string{"vnet0", "vnet1"}) {
 				t.Errorf("records after started: %v, want [vnet0 vnet1]", recs)
 			}
 
@@ -133,7 +126,7 @@ func TestHooksThroughAgent(t *testing.T) {
 			h.hook(qemu, strings.NewReader(webXML), hookArgs("web", "stopped", "end")...)
 			handled("args=\"[libvirt web stopped end -]\"")
 			h.expect(client, "192.0.2.200:22", labnet.Connected) // vnet names are not fail-closed
-			if recs := h.records(); len(recs) != 0 {
+			if recs := labtest.Records(h.t, h.state); len(recs) != 0 {
 				t.Errorf("records after stopped: %v", recs)
 			}
 

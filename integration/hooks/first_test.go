@@ -1,94 +1,21 @@
 package hooks
 
 import (
-	"context"
 	"fmt"
-	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
+	"github.com/vmfw/vmfw/integration/firstvm"
 	"github.com/vmfw/vmfw/integration/labnet"
+	"github.com/vmfw/vmfw/integration/labtest"
 )
 
-// firstShape is one kind of VM a user may start first on a new host: the
-// addresses each interface's guest holds ("v4", "v6"), what its file's ips
-// list (nil: no ips key), more [netN] keys, and VM-level keys.
-type firstShape struct {
-	name string
-	head string
-	nics []firstNIC
-}
-
-type firstNIC struct {
-	addrs, ips []string
-	extra      string
-}
-
-// firstShapes are the shapes of the report that a host's first VM did not
-// start (as in the integration package's TestFirstVMOnEmptyHost): IPv4
-// only, IPv6 only, both, no ips, anti-spoofing off, disabled, two
-// interfaces of different families. VM 110+k has shape k.
-var firstShapes = []firstShape{
-	{name: "ipv4", nics: []firstNIC{{addrs: []string{"v4"}, ips: []string{"v4"}}}},
-	{name: "ipv6", nics: []firstNIC{{addrs: []string{"v6"}, ips: []string{"v6"}}}},
-	{name: "dual", nics: []firstNIC{{addrs: []string{"v4", "v6"}, ips: []string{"v4", "v6"}}}},
-	{name: "no-ips", nics: []firstNIC{{addrs: []string{"v4"}}}},
-	{name: "antispoof-off", nics: []firstNIC{{addrs: []string{"v4"}, ips: []string{"v4"}, extra: "antispoof = false\n"}}},
-	{name: "disabled", head: "enable = false\n", nics: []firstNIC{{addrs: []string{"v4"}, ips: []string{"v4"}}}},
-	{name: "two-nics", nics: []firstNIC{{addrs: []string{"v4"}, ips: []string{"v4"}}, {addrs: []string{"v6"}, ips: []string{"v6"}}}},
-}
-
-func firstAddr(k, n int, fam string) string {
-	if fam == "v6" {
-		return fmt.Sprintf("2001:db8::%d", 100+10*k+n)
-	}
-	return fmt.Sprintf("192.0.2.%d", 100+10*k+n)
-}
-
-func firstMAC(k, n int) string { return fmt.Sprintf("52:54:00:00:%02x:%02x", 110+k, n) }
-
-// firstFile is the VM file of shape k: every interface in group ssh, what
-// no rule admits rejected.
-func firstFile(k int) string {
-	s := firstShapes[k]
-	text := "policy_in = \"reject\"\n" + s.head
-	for n, nic := range s.nics {
-		text += fmt.Sprintf("\n[net%d]\nmac = %q\ngroups = [\"ssh\"]\n", n, firstMAC(k, n))
-		if nic.ips != nil {
-			var ips []string
-			for _, fam := range nic.ips {
-				ips = append(ips, strconv.Quote(firstAddr(k, n, fam)))
-			}
-			text += "ips = [" + strings.Join(ips, ", ") + "]\n"
-		}
-		text += nic.extra
-	}
-	return text
-}
-
-// firstExpect is what a connection from a host on the bridge to port (22,
-// which group ssh opens, or 23) of interface n of shape k does.
-func firstExpect(k, n, port int) labnet.Result {
-	s := firstShapes[k]
-	switch {
-	case s.head != "": // disabled: unfiltered
-		return labnet.Connected
-	case s.nics[n].ips == nil:
-		return labnet.Unreachable // anti-spoofing lets it claim no address in ARP
-	case port != 22:
-		return labnet.Refused
-	}
-	return labnet.Connected
-}
-
-// firstDomainXML is VM 110+k as libvirt passes it to the hook: tagged with
-// vmfw's metadata, its interfaces bridged on vmbr0 as devs.
+// firstDomainXML is the VM of shape k (package firstvm) as libvirt passes
+// it to the hook: tagged with vmfw's metadata, its interfaces bridged on
+// vmbr0 as devs.
 func firstDomainXML(k int, devs []string) string {
 	var ifaces strings.Builder
 	for n, dev := range devs {
@@ -99,7 +26,7 @@ func firstDomainXML(k int, devs []string) string {
       <model type='virtio'/>
       <alias name='net%d'/>
     </interface>
-`, firstMAC(k, n), dev, n)
+`, firstvm.MAC(k, n), dev, n)
 	}
 	return fmt.Sprintf(`<domain type='kvm' id='%d'>
   <name>vm%d</name>
@@ -113,31 +40,14 @@ func firstDomainXML(k int, devs []string) string {
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
 %s  </devices>
 </domain>
-`, k+1, 110+k, k, 110+k, ifaces.String())
+`, k+1, firstvm.ID(k), k, firstvm.ID(k), ifaces.String())
 }
 
 // free returns an error naming the first of vmfw's objects in the
 // hypervisor's kernel, nil on a host where vmfw never ran or was flushed.
 func (h *host) free() error {
 	h.t.Helper()
-	for _, l := range strings.Split(h.save(), "\n") {
-		if strings.Contains(l, "vmfw") || strings.HasPrefix(l, ":tap") || strings.HasPrefix(l, ":vnet") || strings.HasPrefix(l, ":sg-") {
-			return fmt.Errorf("the filter table holds %q", l)
-		}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	out, err := h.lab.Hypervisor().Exec(ctx, "ebtables-nft-save")
-	if err != nil {
-		return fmt.Errorf("ebtables-nft-save: %v: %s", err, out)
-	}
-	if strings.Contains(string(out), "vmfw") {
-		return fmt.Errorf("the bridge table holds vmfw's chains:\n%s", out)
-	}
-	if strings.Contains(h.ipset(), "create sg-") {
-		return fmt.Errorf("vmfw's ipsets remain:\n%s", h.ipset())
-	}
-	return nil
+	return labtest.Free(h.t, h.lab.Hypervisor(), h.save(), "tap", "vnet")
 }
 
 // applied fails the test unless an apply has nothing to do.
@@ -182,146 +92,86 @@ func testHooksFirstVM(t *testing.T, backend, hv string) {
 	// dev names VM k's interface n as the hypervisor does.
 	dev := func(k, n int) string {
 		if hv == "proxmox" {
-			return fmt.Sprintf("tap%di%d", 110+k, n)
+			return firstvm.Tap(k, n)
 		}
 		return fmt.Sprintf("vnet%d", 10*k+n)
 	}
-	devs := func(k int) []string {
-		var out []string
-		for n := range firstShapes[k].nics {
-			out = append(out, dev(k, n))
+	// hook runs VM k's start hook (up) or its stop hook as the hypervisor
+	// does.
+	hook := func(k int, up bool) {
+		phase, op, subop := "post-stop", "stopped", "end"
+		if up {
+			phase, op, subop = "post-start", "started", "begin"
 		}
-		return out
-	}
-	start := func(k int) {
 		if hv == "proxmox" {
-			h.hook(hookscript, nil, strconv.Itoa(110+k), "post-start")
-		} else {
-			h.hook(qemu, strings.NewReader(firstDomainXML(k, devs(k))), hookArgs(fmt.Sprintf("vm%d", 110+k), "started", "begin")...)
-		}
-	}
-	stopVM := func(k int) {
-		if hv == "proxmox" {
-			h.hook(hookscript, nil, strconv.Itoa(110+k), "post-stop")
-		} else {
-			h.hook(qemu, strings.NewReader(firstDomainXML(k, devs(k))), hookArgs(fmt.Sprintf("vm%d", 110+k), "stopped", "end")...)
-		}
-	}
-	for k, first := range firstShapes {
-		j := (k + 1) % len(firstShapes)
-		t.Run(first.name+"-then-"+firstShapes[j].name, func(t *testing.T) {
-			outer := h.t
-			h.t = t
-			defer func() { h.t = outer }()
-			if err := h.free(); err != nil {
-				t.Fatalf("before the first hook: %v", err)
-			}
-			for _, s := range []int{k, j} {
-				if err := os.WriteFile(filepath.Join(h.config, "vms", fmt.Sprintf("%d.toml", 110+s)), []byte(firstFile(s)), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if k%2 == 1 {
-				// It has nothing to remove: it leaves the host untouched
-				// (libvirt's, which finds no record) or installs what an
-				// apply does (Proxmox's, which looks for taps).
-				stopVM(k)
-				if h.free() != nil {
-					h.applied("the stop hook of a VM that never ran, the first command")
-				}
-			}
-			var guests []*labnet.NS
-			var guestMACs []string
-			for _, s := range []int{k, j} {
-				for n, nic := range firstShapes[s].nics {
-					var addrs []string
-					for _, fam := range nic.addrs {
-						prefix := "/24"
-						if fam == "v6" {
-							prefix = "/64"
-						}
-						addrs = append(addrs, firstAddr(s, n, fam)+prefix)
-					}
-					// On the bridge before the hook, as the hypervisor leaves it.
-					g := h.vm(dev(s, n), firstMAC(s, n), addrs...)
-					guests, guestMACs = append(guests, g), append(guestMACs, firstMAC(s, n))
-					for _, fam := range nic.addrs {
-						h.serve(g, hostPort(firstAddr(s, n, fam), 22), hostPort(firstAddr(s, n, fam), 23))
-					}
-				}
-				start(s)
-				h.applied(fmt.Sprintf("the start hook of VM %d (%s)", 110+s, firstShapes[s].name))
-			}
-			for i, g := range guests {
-				announce(t, g, guestMACs[i])
-			}
-			// The probes run at once: a blocked one waits for its answer.
-			var wg sync.WaitGroup
-			for _, s := range []int{k, j} {
-				for n, nic := range firstShapes[s].nics {
-					for _, fam := range nic.addrs {
-						for _, port := range []int{22, 23} {
-							addr, want := hostPort(firstAddr(s, n, fam), port), firstExpect(s, n, port)
-							wg.Go(func() {
-								got, err := labnet.TCPConnect(context.Background(), client, addr, probeTimeout)
-								if err != nil || got != want {
-									t.Errorf("%s: tcp from the bridge to %s: got %v %v, want %v", firstShapes[s].name, addr, got, err, want)
-								}
-							})
-						}
-					}
-				}
-			}
-			wg.Wait()
-			for _, s := range []int{k, j} {
-				stopVM(s)
-			}
-			if recs := h.records(); len(recs) != 0 {
-				t.Errorf("records after the stop hooks: %v", recs)
-			}
-			for _, g := range guests {
-				if err := h.lab.Remove(g); err != nil {
-					t.Fatal(err)
-				}
-			}
-			h.applied("both VMs stopped")
-			if out, errOut, code := h.run(nil, "flush"); code != 0 {
-				t.Fatalf("vmfw flush: exit %d\n%s%s", code, out, errOut)
-			}
-			for _, s := range []int{k, j} {
-				if err := os.Remove(filepath.Join(h.config, "vms", fmt.Sprintf("%d.toml", 110+s))); err != nil {
-					t.Fatal(err)
-				}
-			}
-		})
-		if t.Failed() {
+			h.hook(hookscript, nil, strconv.Itoa(firstvm.ID(k)), phase)
 			return
 		}
+		var devs []string
+		for n := range firstvm.Shapes[k].NICs {
+			devs = append(devs, dev(k, n))
+		}
+		h.hook(qemu, strings.NewReader(firstDomainXML(k, devs)), hookArgs(fmt.Sprintf("vm%d", firstvm.ID(k)), op, subop)...)
 	}
-}
-
-// hostPort joins an address and a port, brackets around IPv6.
-func hostPort(addr string, port int) string {
-	if strings.Contains(addr, ":") {
-		return fmt.Sprintf("[%s]:%d", addr, port)
-	}
-	return fmt.Sprintf("%s:%d", addr, port)
-}
-
-// announce sends one frame from a guest (an ARP probe, which anti-spoofing
-// allows and which the bridge learns the guest's MAC from even when a
-// filter drops it), so that the bridge forwards frames to the guest to its
-// port only. A frame to a MAC the bridge has not learnt is flooded to
-// every port, and the in chain of a VM whose policy_in is reject answers
-// the copy it gets with a reset in the destination's name, which can reach
-// the sender before the real answer.
-func announce(t *testing.T, g *labnet.NS, mac string) {
-	t.Helper()
-	hw, err := net.ParseMAC(mac)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := labnet.SendFrame(g, "eth0", labnet.ARPRequestFrame(hw, netip.IPv4Unspecified(), netip.MustParseAddr("192.0.2.1"), nil)); err != nil {
-		t.Fatal(err)
-	}
+	vmFile := func(k int) string { return filepath.Join(h.config, "vms", fmt.Sprintf("%d.toml", firstvm.ID(k))) }
+	firstvm.EachPair(t, firstvm.Shapes, func(s firstvm.Shape) string { return s.Name }, func(t *testing.T, k, j int) {
+		outer := h.t
+		h.t = t
+		defer func() { h.t = outer }()
+		if err := h.free(); err != nil {
+			t.Fatalf("before the first hook: %v", err)
+		}
+		for _, s := range []int{k, j} {
+			if err := os.WriteFile(vmFile(s), []byte(firstvm.File(s, "")), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if k%2 == 1 {
+			// It has nothing to remove: it leaves the host untouched
+			// (libvirt's, which finds no record) or installs what an
+			// apply does (Proxmox's, which looks for taps).
+			hook(k, false)
+			if h.free() != nil {
+				h.applied("the stop hook of a VM that never ran, the first command")
+			}
+		}
+		var guests []*labnet.NS
+		var guestMACs []string
+		for _, s := range []int{k, j} {
+			for n, nic := range firstvm.Shapes[s].NICs {
+				// On the bridge before the hook, as the hypervisor leaves it.
+				g := h.vm(dev(s, n), firstvm.MAC(s, n), firstvm.GuestAddrs(s, n)...)
+				guests, guestMACs = append(guests, g), append(guestMACs, firstvm.MAC(s, n))
+				for _, fam := range nic.Addrs {
+					h.serve(g, labnet.HostPort(firstvm.Addr(s, n, fam), 22), labnet.HostPort(firstvm.Addr(s, n, fam), 23))
+				}
+			}
+			hook(s, true)
+			h.applied(fmt.Sprintf("the start hook of VM %d (%s)", firstvm.ID(s), firstvm.Shapes[s].Name))
+		}
+		for i, g := range guests {
+			labtest.Announce(t, g, guestMACs[i])
+		}
+		labtest.ExpectProbes(t, probeTimeout, firstvm.Probes(client, k, j))
+		for _, s := range []int{k, j} {
+			hook(s, false)
+		}
+		if recs := labtest.Records(t, h.state); len(recs) != 0 {
+			t.Errorf("records after the stop hooks: %v", recs)
+		}
+		for _, g := range guests {
+			if err := h.lab.Remove(g); err != nil {
+				t.Fatal(err)
+			}
+		}
+		h.applied("both VMs stopped")
+		if out, errOut, code := h.run(nil, "flush"); code != 0 {
+			t.Fatalf("vmfw flush: exit %d\n%s%s", code, out, errOut)
+		}
+		for _, s := range []int{k, j} {
+			if err := os.Remove(vmFile(s)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
 }

@@ -5,18 +5,17 @@ package hooks
 
 import (
 	"context"
-	"errors"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"sort"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/vmfw/vmfw/integration/labnet"
+	"github.com/vmfw/vmfw/integration/labtest"
 	"github.com/vmfw/vmfw/integration/testbin"
 	"github.com/vmfw/vmfw/pkg/config/configtest"
 )
@@ -42,16 +41,7 @@ type host struct {
 
 func newHost(t *testing.T, backend string, files map[string]string) *host {
 	t.Helper()
-	lab, err := labnet.New(labnet.Options{})
-	if err != nil {
-		t.Fatalf("creating lab: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := lab.Close(); err != nil {
-			t.Errorf("closing lab: %v", err)
-		}
-	})
-	h := &host{t: t, lab: lab, config: t.TempDir(), state: t.TempDir(), backend: backend}
+	h := &host{t: t, lab: labtest.NewLab(t), config: t.TempDir(), state: t.TempDir(), backend: backend}
 	configtest.Write(t, h.config, files)
 	return h
 }
@@ -105,7 +95,7 @@ func (h *host) exec(stdin io.Reader, argv ...string) (stdout, stderr string, cod
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	full := append([]string{"netns", "exec", h.lab.Hypervisor().Name, "env",
-		"VMFW_CONFIG_DIR=" + h.config, "VMFW_STATE_DIR=" + h.state, h.backendEnv()}, append(h.env, argv...)...)
+		"VMFW_CONFIG_DIR=" + h.config, "VMFW_STATE_DIR=" + h.state, labtest.BackendEnv(h.backend)}, append(h.env, argv...)...)
 	cmd := exec.CommandContext(ctx, "ip", full...)
 	cmd.Stdin = stdin
 	stdout, stderr, code, err := labnet.Run(cmd)
@@ -154,25 +144,13 @@ func (h *host) hook(path string, stdin io.Reader, args ...string) {
 	}
 }
 
-// nftablesBackend names the nftables backend among the backends a test
-// runs with; the others are the iptables backend's flavours.
-const nftablesBackend = "nftables"
-
-// backendEnv chooses h's backend for vmfw and the scripts that run it.
-func (h *host) backendEnv() string {
-	if h.backend == nftablesBackend {
-		return "VMFW_BACKEND=" + nftablesBackend
-	}
-	return "VMFW_IPTABLES=" + h.backend
-}
-
 // save returns what vmfw installed: the filter table of both families as
 // iptables-save prints it, counters left out; for the nftables backend its
 // two tables as nft lists them without counters, every set's elements in
 // order.
 func (h *host) save() string {
 	h.t.Helper()
-	if h.backend == nftablesBackend {
+	if h.backend == labtest.NftablesBackend {
 		return h.nftSave()
 	}
 	var b strings.Builder
@@ -198,7 +176,7 @@ var counters = regexp.MustCompile(`\[\d+:\d+\]`)
 // ipset returns "ipset save" output.
 func (h *host) ipset() string {
 	h.t.Helper()
-	if h.backend == nftablesBackend {
+	if h.backend == labtest.NftablesBackend {
 		return nftMembers(h.nftSave())
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -208,23 +186,6 @@ func (h *host) ipset() string {
 		h.t.Fatalf("ipset save: %v\n%s", err, out)
 	}
 	return string(out)
-}
-
-// records lists the interfaces with attachment records.
-func (h *host) records() []string {
-	h.t.Helper()
-	des, err := os.ReadDir(filepath.Join(h.state, "attachments"))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	var out []string
-	for _, de := range des {
-		out = append(out, strings.TrimSuffix(de.Name(), ".json"))
-	}
-	return out
 }
 
 // expect probes TCP from ns to addr and fails the test unless the result
@@ -260,8 +221,6 @@ func chains(save, iface string) []string {
 	return out
 }
 
-var elementList = regexp.MustCompile(`(?s)elements = \{(.*?)\}`)
-
 // nftSave is save for the nftables backend.
 func (h *host) nftSave() string {
 	h.t.Helper()
@@ -273,16 +232,7 @@ func (h *host) nftSave() string {
 		if err != nil {
 			continue // not installed
 		}
-		b.WriteString(elementList.ReplaceAllStringFunc(string(out), func(m string) string {
-			var elems []string
-			for _, e := range strings.Split(elementList.FindStringSubmatch(m)[1], ",") {
-				if e = strings.TrimSpace(e); e != "" {
-					elems = append(elems, e)
-				}
-			}
-			sort.Strings(elems)
-			return "elements = { " + strings.Join(elems, ", ") + " }"
-		}))
+		b.WriteString(labtest.SortElements(string(out)))
 	}
 	return b.String()
 }

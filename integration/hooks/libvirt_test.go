@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/vmfw/vmfw/integration/labnet"
+	"github.com/vmfw/vmfw/integration/labtest"
 )
 
 // libvirtConfig: VM 200 ("web", tagged in its domain metadata) serves http
@@ -165,7 +166,7 @@ func hookArgs(guest, op, subop string) []string {
 // one found by MAC, plus one that is not vmfw's.
 func TestLibvirtHook(t *testing.T) {
 	t.Parallel()
-	for _, backend := range []string{"nft", nftablesBackend} {
+	for _, backend := range []string{"nft", labtest.NftablesBackend} {
 		t.Run(backend, func(t *testing.T) {
 			t.Parallel()
 			libvirtHook(t, backend)
@@ -199,7 +200,7 @@ func libvirtHook(t *testing.T, backend string) {
 	if after := h.save(); after != before {
 		t.Errorf("hook operations that do nothing changed the firewall:\n%s", after)
 	}
-	if recs := h.records(); len(recs) != 0 {
+	if recs := labtest.Records(h.t, h.state); len(recs) != 0 {
 		t.Errorf("records after no-op hook calls: %v", recs)
 	}
 
@@ -214,7 +215,7 @@ func libvirtHook(t *testing.T, backend string) {
 	if len(chains(save, "vnet3")) != 0 {
 		t.Errorf("chains for vnet3, whose domain is not vmfw's")
 	}
-	if got, want := h.records(), []string{"vnet0", "vnet1", "vnet2"}; !slices.Equal(got, want) {
+	if got, want := labtest.Records(h.t, h.state), []string{"vnet0", "vnet1", "vnet2"}; !slices.Equal(got, want) {
 		t.Errorf("records: got %v, want %v", got, want)
 	}
 	// Group web's members are vnet0 (VM 200 net0) and vnet2 (VM 210).
@@ -242,7 +243,7 @@ func libvirtHook(t *testing.T, backend string) {
 	if len(chains(save, "vnet0"))+len(chains(save, "vnet1")) != 0 {
 		t.Errorf("stopped left chains of web:\n%s", save)
 	}
-	if got, want := h.records(), []string{"vnet2"}; !slices.Equal(got, want) {
+	if got, want := labtest.Records(h.t, h.state), []string{"vnet2"}; !slices.Equal(got, want) {
 		t.Errorf("records after stop: got %v, want %v", got, want)
 	}
 	if sets := h.ipset(); strings.Contains(sets, "192.0.2.200") {
@@ -254,7 +255,7 @@ func libvirtHook(t *testing.T, backend string) {
 
 	// release after stopped finds nothing left to do.
 	h.hook(qemu, strings.NewReader(webXML), hookArgs("web", "release", "end")...)
-	if got, want := h.records(), []string{"vnet2"}; !slices.Equal(got, want) {
+	if got, want := labtest.Records(h.t, h.state), []string{"vnet2"}; !slices.Equal(got, want) {
 		t.Errorf("records after release: got %v, want %v", got, want)
 	}
 
@@ -262,7 +263,7 @@ func libvirtHook(t *testing.T, backend string) {
 	// domain that is not vmfw's: db's record and chains must not stay.
 	reused := domainXML("other", "0c9b3a5e-2b1d-4c3f-9e8a-7f6d5c4b3a21", "52:54:00:99:99:99", "vnet2")
 	h.hook(qemu, strings.NewReader(reused), hookArgs("other", "started", "begin")...)
-	if recs := h.records(); len(recs) != 0 {
+	if recs := labtest.Records(h.t, h.state); len(recs) != 0 {
 		t.Errorf("records after vnet2 was reused: %v", recs)
 	}
 	if save := h.save(); len(chains(save, "vnet2")) != 0 {
@@ -278,7 +279,7 @@ func libvirtHook(t *testing.T, backend string) {
 		t.Fatalf("deleting vnet2: %s", stderr)
 	}
 	h.ok(nil, "apply")
-	if recs := h.records(); len(recs) != 0 {
+	if recs := labtest.Records(h.t, h.state); len(recs) != 0 {
 		t.Errorf("records after apply without vnet2: %v", recs)
 	}
 	if save := h.save(); len(chains(save, "vnet2")) != 0 {
@@ -318,7 +319,7 @@ func TestLibvirtHookRefuses(t *testing.T) {
 	if after := h.save(); after != before {
 		t.Errorf("refused hooks changed the firewall:\n%s", after)
 	}
-	if recs := h.records(); len(recs) != 0 {
+	if recs := labtest.Records(h.t, h.state); len(recs) != 0 {
 		t.Errorf("refused hooks left records: %v", recs)
 	}
 }

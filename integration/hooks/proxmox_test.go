@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/vmfw/vmfw/integration/labnet"
+	"github.com/vmfw/vmfw/integration/labtest"
 )
 
 // proxmoxConfig has VM 110 with two interfaces: net0 serves http to
@@ -33,7 +34,7 @@ ips = ["192.0.2.111"]
 // them ("SCRIPT VMID PHASE") after Proxmox has put the taps on the bridge.
 func TestProxmoxHookscript(t *testing.T) {
 	t.Parallel()
-	for _, backend := range []string{"legacy", nftablesBackend} {
+	for _, backend := range []string{"legacy", labtest.NftablesBackend} {
 		t.Run(backend, func(t *testing.T) {
 			t.Parallel()
 			proxmoxHookscript(t, backend)

@@ -2,7 +2,9 @@ package labnet
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
+	"strconv"
 )
 
 // docPrefixes are the only ranges a lab assigns or probes: the IPv4
@@ -26,6 +28,10 @@ func IsDocAddr(a netip.Addr) bool {
 	}
 	return false
 }
+
+// HostPort joins an address and a port into the target the probes take,
+// with brackets around an IPv6 address ("[2001:db8::10]:22").
+func HostPort(addr string, port int) string { return net.JoinHostPort(addr, strconv.Itoa(port)) }
 
 // parseIfaceAddr parses an interface address such as "192.0.2.10/24" and
 // checks that it is a documentation address.

@@ -18,6 +18,8 @@
 //     Timeout (dropped);
 //   - UDPProbe against ServeUDP, Ping (raw ICMP/ICMPv6 echo): Connected,
 //     Unreachable or Timeout;
+//   - ProbeAll: many probes at once, so that the blocked ones wait for
+//     their timeouts together;
 //   - StartStream: a long-lived TCP flow against ServeTCP that counts echoes;
 //   - SendFrame and StartCapture: raw Ethernet frames (built by UDP4Frame,
 //     RouterAdvertFrame, DHCPDiscoverFrame, ARPRequestFrame and friends) and

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sync"
 	"time"
 	"unsafe"
 
@@ -72,20 +73,29 @@ func TCPConnect(ctx context.Context, ns *NS, addr string, timeout time.Duration)
 	if err != nil {
 		return Failed, err
 	}
-	var res Result
-	err = ns.Do(func() error {
-		fd, err := probeSocket(ap.Addr(), unix.SOCK_STREAM)
-		if err != nil {
-			return err
-		}
-		defer unix.Close(fd)
-		res, err = connectFD(ctx, fd, ap, timeout)
-		return err
+	res, err := probeOn(ns, ap.Addr(), unix.SOCK_STREAM, func(fd int) (Result, error) {
+		return connectFD(ctx, fd, ap, timeout)
 	})
 	if err != nil {
 		return Failed, fmt.Errorf("tcp probe %s -> %s: %w", ns.Name, addr, err)
 	}
 	return res, nil
+}
+
+// probeOn runs probe on a fresh probe socket of sotype for dst inside ns
+// and closes the socket afterwards.
+func probeOn(ns *NS, dst netip.Addr, sotype int, probe func(fd int) (Result, error)) (Result, error) {
+	var res Result
+	err := ns.Do(func() error {
+		fd, err := probeSocket(dst, sotype)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		res, err = probe(fd)
+		return err
+	})
+	return res, err
 }
 
 // connectFD connects a non-blocking TCP socket and waits for the outcome.
@@ -123,19 +133,11 @@ func UDPProbe(ctx context.Context, ns *NS, addr string, timeout time.Duration) (
 	if err != nil {
 		return Failed, err
 	}
-	var res Result
-	err = ns.Do(func() error {
-		fd, err := probeSocket(ap.Addr(), unix.SOCK_DGRAM)
-		if err != nil {
-			return err
-		}
-		defer unix.Close(fd)
+	res, err := probeOn(ns, ap.Addr(), unix.SOCK_DGRAM, func(fd int) (Result, error) {
 		if err := unix.Connect(fd, sockaddr(ap)); err != nil {
-			res, err = classifyErr(fd, err, false)
-			return err
+			return classifyErr(fd, err, false)
 		}
-		res, err = udpExchange(ctx, fd, timeout)
-		return err
+		return udpExchange(ctx, fd, timeout)
 	})
 	if err != nil {
 		return Failed, fmt.Errorf("udp probe %s -> %s: %w", ns.Name, addr, err)
@@ -163,11 +165,7 @@ func udpExchange(ctx context.Context, fd int, timeout time.Duration) (Result, er
 			}
 			nextSend = now.Add(resendInterval)
 		}
-		wake := nextSend
-		if deadline.Before(wake) {
-			wake = deadline
-		}
-		ready, err := pollFD(ctx, fd, unix.POLLIN, wake)
+		ready, err := pollFD(ctx, fd, unix.POLLIN, earlier(nextSend, deadline))
 		if err != nil {
 			return Failed, err
 		}
@@ -264,11 +262,7 @@ func ping(ctx context.Context, dst netip.Addr, timeout time.Duration) (Result, e
 			}
 			nextSend = now.Add(resendInterval)
 		}
-		wake := nextSend
-		if deadline.Before(wake) {
-			wake = deadline
-		}
-		ready, err := pollFD(ctx, fd, unix.POLLIN, wake)
+		ready, err := pollFD(ctx, fd, unix.POLLIN, earlier(nextSend, deadline))
 		if err != nil {
 			return Failed, err
 		}
@@ -435,6 +429,14 @@ func icmpQueued(fd int) bool {
 	return found
 }
 
+// earlier returns the earlier of a and b.
+func earlier(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
 // pollFD waits until fd has one of events, the deadline passes (false) or ctx
 // is done (error). It polls in slices of at most maxPollSlice.
 func pollFD(ctx context.Context, fd int, events int16, deadline time.Time) (bool, error) {
@@ -467,4 +469,23 @@ func sockaddr(ap netip.AddrPort) unix.Sockaddr {
 		return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
 	}
 	return &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+}
+
+// ProbeAll runs n probes at once, at most 24 at a time, and returns each
+// one's result and error. A blocked probe waits for its timeout, so a
+// test's probes run one by one would take minutes.
+func ProbeAll(n int, probe func(ctx context.Context, i int) (Result, error)) ([]Result, []error) {
+	results := make([]Result, n)
+	errs := make([]error, n)
+	sem := make(chan struct{}, 24)
+	var wg sync.WaitGroup
+	for i := range n {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			results[i], errs[i] = probe(context.Background(), i)
+		})
+	}
+	wg.Wait()
+	return results, errs
 }

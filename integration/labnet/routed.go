@@ -227,18 +227,11 @@ func TCPConnectFrom(ctx context.Context, ns *NS, src, addr string, timeout time.
 	if sa.Is4() != ap.Addr().Is4() {
 		return Failed, fmt.Errorf("probe source %s and target %s are of different families", src, addr)
 	}
-	var res Result
-	err = ns.Do(func() error {
-		fd, err := probeSocket(ap.Addr(), unix.SOCK_STREAM)
-		if err != nil {
-			return err
-		}
-		defer unix.Close(fd)
+	res, err := probeOn(ns, ap.Addr(), unix.SOCK_STREAM, func(fd int) (Result, error) {
 		if err := unix.Bind(fd, sockaddr(netip.AddrPortFrom(sa, 0))); err != nil {
-			return fmt.Errorf("binding %s: %w", src, err)
+			return Failed, fmt.Errorf("binding %s: %w", src, err)
 		}
-		res, err = connectFD(ctx, fd, ap, timeout)
-		return err
+		return connectFD(ctx, fd, ap, timeout)
 	})
 	if err != nil {
 		return Failed, fmt.Errorf("tcp probe %s -> %s from %s: %w", ns.Name, addr, src, err)
