@@ -63,7 +63,7 @@ func main() {
 	var o options
 	var backends, sizes, parts string
 	flag.StringVar(&o.vmfw, "vmfw", "bin/vmfw", "the vmfw binary to measure")
-	flag.BoolVar(&o.quick, "quick", false, "a short run: nft and nftables, 0 and 1000 taps, 3 runs; cluster: 25 hosts, 20 joins (about 5 minutes)")
+	flag.BoolVar(&o.quick, "quick", false, "a short run: nft and nftables, 0 and 1000 taps, 3 runs; cluster: 25 hosts, 20 joins (about 5 minutes); flags given explicitly win")
 	flag.IntVar(&o.runs, "runs", 5, "runs per row; the table shows medians")
 	flag.StringVar(&backends, "backends", "nft,legacy,nftables", "backends to measure: the iptables backend's flavours nft and legacy, and nftables")
 	flag.StringVar(&sizes, "sizes", "0,1000,5000", "numbers of installed taps")
@@ -75,8 +75,20 @@ func main() {
 	flag.BoolVar(&o.slow, "slow", false, "also run what takes minutes: full apply from empty and the legacy baseline above 1000 taps")
 	flag.Parse()
 	if o.quick {
-		o.runs, backends, sizes = 3, "nft,nftables", "0,1000"
-		o.clusterHosts, o.clusterJoins = 25, 20
+		// --quick shortens what the command line leaves at its default:
+		// "--quick --backends nftables" is a short run of nftables alone.
+		set := map[string]bool{}
+		flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		quick := func(name string, apply func()) {
+			if !set[name] {
+				apply()
+			}
+		}
+		quick("runs", func() { o.runs = 3 })
+		quick("backends", func() { backends = "nft,nftables" })
+		quick("sizes", func() { sizes = "0,1000" })
+		quick("cluster-hosts", func() { o.clusterHosts = 25 })
+		quick("cluster-joins", func() { o.clusterJoins = 20 })
 	}
 	o.backends = strings.Split(backends, ",")
 	for _, p := range strings.Split(parts, ",") {
