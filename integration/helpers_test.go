@@ -412,24 +412,13 @@ func (h *hv) nftElements(family, set string) []string {
 	if err != nil {
 		h.t.Fatalf("nft list set %s vmfw %s: %v\n%s", family, set, err, out)
 	}
-	var doc struct {
-		Nftables []struct {
-			Set *struct {
-				Elem []json.RawMessage `json:"elem"`
-			} `json:"set"`
-		} `json:"nftables"`
-	}
-	if err := json.Unmarshal(out, &doc); err != nil {
+	raw, err := labnet.NFTSetElements(out)
+	if err != nil {
 		h.t.Fatalf("nft -j list set %s: %v", set, err)
 	}
 	var elems []string
-	for _, o := range doc.Nftables {
-		if o.Set == nil {
-			continue
-		}
-		for _, e := range o.Set.Elem {
-			elems = append(elems, nftElemText(e))
-		}
+	for _, e := range raw {
+		elems = append(elems, nftElemText(e))
 	}
 	sort.Strings(elems)
 	return elems

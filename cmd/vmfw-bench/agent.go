@@ -1183,52 +1183,46 @@ func (r *agentResults) evaluate() {
 		}
 		return 0, false
 	}
-	yes := func(ok bool) string {
-		if ok {
-			return "yes"
-		}
-		return "NO"
-	}
 	for i := range r.rows {
 		x := &r.rows[i]
 		if x.backend == nftablesBackend {
-			evaluateNFT(x, find, yes)
+			evaluateNFT(x, find)
 			continue
 		}
 		switch {
 		case x.what == "edit one group -> enforced" && x.taps == 1000 && len(x.agent) > 0:
-			x.target, x.met = "p99 <= 100 ms", yes(percentile(x.agent, 99) <= 100*time.Millisecond)
+			x.target, x.met = "p99 <= 100 ms", yesNo(percentile(x.agent, 99) <= 100*time.Millisecond)
 			if fl, ok := floor(x.backend, x.taps); ok {
 				x.target += fmt.Sprintf(" (kernel floor %s)", ms(fl))
 			}
 		case strings.HasPrefix(x.what, "boot storm") && len(x.agent) > 0 && len(x.none) > 0:
-			x.target, x.met = ">= 10x", yes(float64(median(x.none)) >= 10*float64(median(x.agent)))
+			x.target, x.met = ">= 10x", yesNo(float64(median(x.none)) >= 10*float64(median(x.agent)))
 		case x.what == "one ifup" && x.taps == 5000 && len(x.agent) > 0:
 			zero := find(x.backend, x.what, 0)
 			if zero == nil || len(zero.agent) == 0 {
 				continue
 			}
 			f := float64(median(x.agent)) / float64(median(zero.agent))
-			x.target, x.met = fmt.Sprintf("<= 3x 0 taps (%.1fx)", f), yes(f <= 3)
+			x.target, x.met = fmt.Sprintf("<= 3x 0 taps (%.1fx)", f), yesNo(f <= 3)
 			if fl, ok := floor(x.backend, x.taps); ok {
 				x.target = fmt.Sprintf("<= 3x 0 taps (%.1fx; kernel floor alone %.1fx)", f, float64(fl)/float64(median(zero.agent)))
 			}
 		case x.what == "agent start, empty ruleset -> ready" && x.taps == 5000:
-			x.target, x.met = "<= 2 s", yes(len(x.agent) > 0 && median(x.agent) <= 2*time.Second)
+			x.target, x.met = "<= 2 s", yesNo(len(x.agent) > 0 && median(x.agent) <= 2*time.Second)
 		}
 	}
 }
 
 // evaluateNFT sets the nftables backend's targets (issue 20): each at
 // the tap count it names.
-func evaluateNFT(x *agentRow, find func(backend, what string, taps int) *agentRow, yes func(bool) string) {
+func evaluateNFT(x *agentRow, find func(backend, what string, taps int) *agentRow) {
 	switch {
 	case x.what == "edit one group -> enforced" && (x.taps == 1000 || x.taps == 5000) && len(x.agent) > 0:
 		limit := 30 * time.Millisecond
 		if x.taps == 5000 {
 			limit = 50 * time.Millisecond
 		}
-		x.target, x.met = "p99 <= "+ms(limit), yes(percentile(x.agent, 99) <= limit)
+		x.target, x.met = "p99 <= "+ms(limit), yesNo(percentile(x.agent, 99) <= limit)
 	case x.what == "one ifup" && x.taps == 5000 && len(x.agent) > 0:
 		zero := find(x.backend, x.what, 0)
 		if zero == nil || len(zero.agent) == 0 || len(zero.none) == 0 || len(x.none) == 0 {
@@ -1237,12 +1231,12 @@ func evaluateNFT(x *agentRow, find func(backend, what string, taps int) *agentRo
 		f := float64(median(x.agent)) / float64(median(zero.agent))
 		fn := float64(median(x.none)) / float64(median(zero.none))
 		x.target = fmt.Sprintf("<= 30 ms, <= 1.3x 0 taps (%.2fx); no agent <= 2x (%.2fx)", f, fn)
-		x.met = yes(median(x.agent) <= 30*time.Millisecond && f <= 1.3 && fn <= 2)
+		x.met = yesNo(median(x.agent) <= 30*time.Millisecond && f <= 1.3 && fn <= 2)
 	case strings.HasPrefix(x.what, "agent start") && x.taps == 5000 && len(x.agent) > 0:
-		x.target, x.met = "<= 1 s", yes(median(x.agent) <= time.Second)
+		x.target, x.met = "<= 1 s", yesNo(median(x.agent) <= time.Second)
 	case strings.HasPrefix(x.what, "boot storm") && len(x.agent) > 0 && x.launch > 0:
 		x.target = fmt.Sprintf("<= launch + 1 s (%s)", ms(x.launch+time.Second))
-		x.met = yes(median(x.agent) <= x.launch+time.Second)
+		x.met = yesNo(median(x.agent) <= x.launch+time.Second)
 	}
 }
 

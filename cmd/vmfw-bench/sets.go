@@ -16,6 +16,7 @@ import (
 	"github.com/google/nftables"
 	"golang.org/x/sys/unix"
 
+	"github.com/vmfw/vmfw/integration/labnet"
 	"github.com/vmfw/vmfw/pkg/config/configtest"
 )
 
@@ -357,22 +358,11 @@ func setMembers(l *lab, name string) (int, error) {
 		if err != nil {
 			return 0, err
 		}
-		var doc struct {
-			Nftables []struct {
-				Set *struct {
-					Elem []json.RawMessage `json:"elem"`
-				} `json:"set"`
-			} `json:"nftables"`
-		}
-		if err := json.Unmarshal(out, &doc); err != nil {
+		elems, err := labnet.NFTSetElements(out)
+		if err != nil {
 			return 0, fmt.Errorf("nft -j list set %s: %w", name, err)
 		}
-		for _, o := range doc.Nftables {
-			if o.Set != nil {
-				return len(o.Set.Elem), nil
-			}
-		}
-		return 0, fmt.Errorf("nft -j list set %s: no set", name)
+		return len(elems), nil
 	}
 	out, err := l.hv.run(l.ctx, "ipset", "list", "-t", name)
 	if err != nil {
@@ -388,6 +378,7 @@ func setMembers(l *lab, name string) (int, error) {
 	return 0, fmt.Errorf("ipset list -t %s: no number of entries", name)
 }
 
+// yesNo says whether a row met its target, as the tables print it.
 func yesNo(ok bool) string {
 	if ok {
 		return "yes"

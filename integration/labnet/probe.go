@@ -148,46 +148,33 @@ func UDPProbe(ctx context.Context, ns *NS, addr string, timeout time.Duration) (
 func udpExchange(ctx context.Context, fd int, timeout time.Duration) (Result, error) {
 	marker := NewMarker()
 	buf := make([]byte, 2048)
-	deadline := time.Now().Add(timeout)
-	var nextSend time.Time
-	for {
-		now := time.Now()
-		if !now.Before(deadline) {
-			return Timeout, nil
-		}
-		if !now.Before(nextSend) {
-			if _, err := unix.Write(fd, marker); err != nil {
-				if errors.Is(err, unix.EAGAIN) {
-					nextSend = now.Add(pollInterval)
-					continue
-				}
-				return classifyErr(fd, err, false)
+	send := func() (time.Duration, Result, bool, error) {
+		if _, err := unix.Write(fd, marker); err != nil {
+			if errors.Is(err, unix.EAGAIN) {
+				return pollInterval, Failed, false, nil
 			}
-			nextSend = now.Add(resendInterval)
+			res, err := classifyErr(fd, err, false)
+			return 0, res, true, err
 		}
-		ready, err := pollFD(ctx, fd, unix.POLLIN, earlier(nextSend, deadline))
-		if err != nil {
-			return Failed, err
-		}
-		if !ready {
-			continue
-		}
+		return resendInterval, Failed, false, nil
+	}
+	recv := func() (Result, bool, error) {
 		n, err := unix.Read(fd, buf)
 		if err != nil {
 			if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
 				// Woken by POLLERR with the error already reported: the
 				// error queue tells what it was.
 				if icmpQueued(fd) {
-					return Unreachable, nil
+					return Unreachable, true, nil
 				}
-				continue
+				return Failed, false, nil
 			}
-			return classifyErr(fd, err, false)
+			res, err := classifyErr(fd, err, false)
+			return res, true, err
 		}
-		if bytes.Equal(buf[:n], marker) {
-			return Connected, nil
-		}
+		return Connected, bytes.Equal(buf[:n], marker), nil
 	}
+	return resendLoop(ctx, fd, timeout, send, recv)
 }
 
 // Ping sends ICMP (IPv4) or ICMPv6 echo requests from ns to the address addr
@@ -233,34 +220,62 @@ func ping(ctx context.Context, dst netip.Addr, timeout time.Duration) (Result, e
 	id := binary.BigEndian.Uint16(idb[:])
 	sa := sockaddr(netip.AddrPortFrom(dst, 0))
 	buf := make([]byte, 2048)
+	var seq uint16
+	send := func() (time.Duration, Result, bool, error) {
+		seq++
+		msg := make([]byte, 8+len(marker))
+		msg[0] = reqType
+		binary.BigEndian.PutUint16(msg[4:], id)
+		binary.BigEndian.PutUint16(msg[6:], seq)
+		copy(msg[8:], marker)
+		if dst.Is4() {
+			binary.BigEndian.PutUint16(msg[2:], checksum(msg, 0))
+		} // the kernel fills in the ICMPv6 checksum
+		if err := unix.Sendto(fd, msg, 0, sa); err != nil {
+			switch {
+			case errors.Is(err, unix.EAGAIN):
+			case isUnreachErrno(err):
+				return 0, Unreachable, true, nil
+			default:
+				return 0, Failed, true, fmt.Errorf("sending echo request: %w", err)
+			}
+		}
+		return resendInterval, Failed, false, nil
+	}
+	recv := func() (Result, bool, error) {
+		for {
+			n, from, err := unix.Recvfrom(fd, buf, unix.MSG_DONTWAIT)
+			if err != nil {
+				return Failed, false, nil // EAGAIN: drained
+			}
+			if r := classifyICMP(buf[:n], from, dst, id, marker); r != Failed {
+				return r, true, nil
+			}
+		}
+	}
+	return resendLoop(ctx, fd, timeout, send, recv)
+}
+
+// resendLoop runs a probe that repeats its request until an answer comes:
+// it calls send at once and again each time the wait send returned has
+// passed, and recv each time fd is readable, until one of them is done
+// with the probe's outcome or timeout passes (Timeout).
+func resendLoop(ctx context.Context, fd int, timeout time.Duration,
+	send func() (wait time.Duration, res Result, done bool, err error),
+	recv func() (res Result, done bool, err error)) (Result, error) {
 	deadline := time.Now().Add(timeout)
 	var nextSend time.Time
-	var seq uint16
 	for {
 		now := time.Now()
 		if !now.Before(deadline) {
 			return Timeout, nil
 		}
 		if !now.Before(nextSend) {
-			seq++
-			msg := make([]byte, 8+len(marker))
-			msg[0] = reqType
-			binary.BigEndian.PutUint16(msg[4:], id)
-			binary.BigEndian.PutUint16(msg[6:], seq)
-			copy(msg[8:], marker)
-			if dst.Is4() {
-				binary.BigEndian.PutUint16(msg[2:], checksum(msg, 0))
-			} // the kernel fills in the ICMPv6 checksum
-			if err := unix.Sendto(fd, msg, 0, sa); err != nil {
-				switch {
-				case errors.Is(err, unix.EAGAIN):
-				case isUnreachErrno(err):
-					return Unreachable, nil
-				default:
-					return Failed, fmt.Errorf("sending echo request: %w", err)
-				}
+			wait, res, done, err := send()
+			if done {
+				return res, err
 			}
-			nextSend = now.Add(resendInterval)
+			nextSend = now.Add(wait)
 		}
 		ready, err := pollFD(ctx, fd, unix.POLLIN, earlier(nextSend, deadline))
 		if err != nil {
@@ -269,14 +284,8 @@ func ping(ctx context.Context, dst netip.Addr, timeout time.Duration) (Result, e
 		if !ready {
 			continue
 		}
-		for {
-			n, from, err := unix.Recvfrom(fd, buf, unix.MSG_DONTWAIT)
-			if err != nil {
-				break // EAGAIN: drained
-			}
-			if r := classifyICMP(buf[:n], from, dst, id, marker); r != Failed {
-				return r, nil
-			}
+		if res, done, err := recv(); done {
+			return res, err
 		}
 	}
 }

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vmfw/vmfw/pkg/internal/nlmsg"
 )
 
 // nfnetlink constants (linux/netfilter/nfnetlink.h, nfnetlink_log.h).
@@ -144,13 +146,10 @@ func (c *Conn) SetDeadline(t time.Time) error {
 // os.ErrDeadlineExceeded when the deadline passes first.
 func (c *Conn) Read() (*Packet, error) {
 	for len(c.queue) == 0 {
-		n, _, err := unix.Recvfrom(c.fd, c.buf, 0)
+		dgram, err := nlmsg.Recv(c.fd, c.buf)
 		if err != nil {
 			if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EWOULDBLOCK) {
 				return nil, os.ErrDeadlineExceeded
-			}
-			if errors.Is(err, unix.EINTR) {
-				continue
 			}
 			if errors.Is(err, unix.ENOBUFS) {
 				// The kernel dropped messages the reader was too slow
@@ -159,7 +158,7 @@ func (c *Conn) Read() (*Packet, error) {
 			}
 			return nil, fmt.Errorf("nflog: reading: %w", err)
 		}
-		pkts, err := Decode(c.buf[:n])
+		pkts, err := Decode(dgram)
 		if err != nil {
 			return nil, err
 		}
@@ -184,45 +183,28 @@ func (c *Conn) config(family uint8, resID uint16, attrs []byte) error {
 	if err := unix.Sendto(c.fd, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return err
 	}
-	for {
-		n, _, err := unix.Recvfrom(c.fd, c.buf, 0)
-		if err != nil {
-			if errors.Is(err, unix.EINTR) {
-				continue
-			}
-			return err
+	return nlmsg.Receive(c.fd, c.buf, func(m nlmsg.Msg) (bool, error) {
+		if m.Type != unix.NLMSG_ERROR || len(m.Data) < 4 {
+			return false, nil
 		}
-		for b := c.buf[:n]; len(b) >= unix.SizeofNlMsghdr; {
-			l := int(binary.NativeEndian.Uint32(b))
-			typ := binary.NativeEndian.Uint16(b[4:])
-			if l < unix.SizeofNlMsghdr || l > len(b) {
-				return errors.New("truncated netlink message")
-			}
-			if typ == unix.NLMSG_ERROR && l >= unix.SizeofNlMsghdr+4 {
-				if errno := int32(binary.NativeEndian.Uint32(b[16:])); errno != 0 {
-					return unix.Errno(-errno)
-				}
-				return nil
-			}
-			b = b[nlmsgAlign(l):]
+		if errno := int32(binary.NativeEndian.Uint32(m.Data)); errno != 0 {
+			return true, unix.Errno(-errno)
 		}
-	}
+		return true, nil
+	})
 }
 
 // Decode parses one netlink datagram from the NFLOG socket into the
 // packets it carries; other messages are skipped.
 func Decode(b []byte) ([]*Packet, error) {
 	var out []*Packet
-	for len(b) >= unix.SizeofNlMsghdr {
-		l := int(binary.NativeEndian.Uint32(b))
-		typ := binary.NativeEndian.Uint16(b[4:])
-		if l < unix.SizeofNlMsghdr || l > len(b) {
-			return out, errors.New("nflog: truncated netlink message")
+	for m, err := range nlmsg.Messages(b) {
+		if err != nil {
+			return out, fmt.Errorf("nflog: %w", err)
 		}
-		if typ == nfnlSubsysULOG<<8|msgPacket && l >= unix.SizeofNlMsghdr+4 {
-			out = append(out, decodePacket(b[unix.SizeofNlMsghdr+4:l]))
+		if m.Type == nfnlSubsysULOG<<8|msgPacket && len(m.Data) >= 4 {
+			out = append(out, decodePacket(m.Data[4:]))
 		}
-		b = b[min(nlmsgAlign(l), len(b)):]
 	}
 	return out, nil
 }
@@ -308,5 +290,4 @@ func attr(typ uint16, v []byte) []byte {
 	return b
 }
 
-func nlaAlign(n int) int   { return (n + unix.NLA_ALIGNTO - 1) &^ (unix.NLA_ALIGNTO - 1) }
-func nlmsgAlign(n int) int { return (n + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALIGNTO - 1) }
+func nlaAlign(n int) int { return (n + unix.NLA_ALIGNTO - 1) &^ (unix.NLA_ALIGNTO - 1) }

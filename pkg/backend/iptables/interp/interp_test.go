@@ -240,14 +240,7 @@ func TestWalkIP(t *testing.T) {
 			c.change(p)
 		}
 		o, by, err := m.run(c.chain, p)
-		gotErr := ""
-		if err != nil {
-			gotErr = err.Error()
-		}
-		gotBy := ""
-		if by != nil {
-			gotBy = fmt.Sprintf("%s#%d", by.chain, by.index)
-		}
+		gotBy, gotErr := walkEnd(by, err)
 		if o != c.want || gotBy != c.by || gotErr != c.err || !slices.Equal(m.entered, c.entered) || m.lost != c.lost {
 			t.Errorf("%s: %v by %q, error %q, entered %v, lost %q; want %v by %q, error %q, entered %v, lost %q", c.name, o, gotBy, gotErr, m.entered, m.lost, c.want, c.by, c.err, c.entered, c.lost)
 		}
@@ -294,14 +287,7 @@ func TestWalkL2(t *testing.T) {
 			c.change(p)
 		}
 		drop, by, err := m.run(c.chain, &frame{pkt: p, in: p.physIn, out: p.physOut})
-		gotErr := ""
-		if err != nil {
-			gotErr = err.Error()
-		}
-		gotBy := ""
-		if by != nil {
-			gotBy = fmt.Sprintf("%s#%d", by.chain, by.index)
-		}
+		gotBy, gotErr := walkEnd(by, err)
 		if drop != c.drop || gotBy != c.by || gotErr != c.err || !slices.Equal(m.entered, c.entered) {
 			t.Errorf("%s: drop %v by %q, error %q, entered %v; want %v by %q, error %q, entered %v", c.name, drop, gotBy, gotErr, m.entered, c.drop, c.by, c.err, c.entered)
 		}
@@ -310,6 +296,32 @@ func TestWalkL2(t *testing.T) {
 	if !errors.Is(err, errOpaque) || !strings.Contains(err.Error(), " loop ") {
 		t.Errorf("endless nesting: error %v, want one naming the chain", err)
 	}
+}
+
+// walkEnd renders how a walk (iptables' or ebtables') ended, as the
+// tables above write it: the rule that decided as "chain#index" ("" when
+// none did) and the error's text ("" when there was none).
+func walkEnd(by any, err error) (rule, errText string) {
+	if err != nil {
+		errText = err.Error()
+	}
+	var chain layout.Chain
+	var index int
+	switch r := by.(type) {
+	case *irule:
+		if r == nil {
+			return "", errText
+		}
+		chain, index = r.chain, r.index
+	case *l2rule:
+		if r == nil {
+			return "", errText
+		}
+		chain, index = r.chain, r.index
+	default:
+		panic(fmt.Sprintf("walkEnd: %T is not a rule", by))
+	}
+	return fmt.Sprintf("%s#%d", chain, index), errText
 }
 
 // TestEmptyL2ChainExists: an ebtables chain without rules (vmfw-l2 when

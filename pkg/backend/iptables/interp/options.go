@@ -69,6 +69,17 @@ func (p *ruleParser) add(c cond) {
 // the rule being read.
 type option func(p *ruleParser) error
 
+// oneArg is an option of one argument: read is given the argument.
+func oneArg(read func(p *ruleParser, a string) error) option {
+	return func(p *ruleParser) error {
+		a, err := p.arg()
+		if err != nil {
+			return err
+		}
+		return read(p, a)
+	}
+}
+
 // ruleOptions are read wherever they stand, ignoring a negation: they
 // say where a match module or a target starts, or carry nothing that
 // decides a verdict.
@@ -185,27 +196,19 @@ func matchModule(p *ruleParser) error {
 
 // jump reads -j (goTo false) or -g.
 func jump(goTo bool) option {
-	return func(p *ruleParser) error {
-		a, err := p.arg()
-		if err != nil {
-			return err
-		}
+	return oneArg(func(p *ruleParser, a string) error {
 		p.r.target, p.r.goTo, p.inTarget = a, goTo, true
 		return nil
-	}
+	})
 }
 
 // comment reads --comment: vmfw's carries the rule's fingerprint.
-func comment(p *ruleParser) error {
-	a, err := p.arg()
-	if err != nil {
-		return err
-	}
+var comment = oneArg(func(p *ruleParser, a string) error {
 	if h, ok := strings.CutPrefix(a, layout.CommentPrefix); ok {
 		p.r.hash, _, _ = strings.Cut(h, " ")
 	}
 	return nil
-}
+})
 
 // skipArg reads an option whose argument changes no verdict.
 func skipArg(p *ruleParser) error {
@@ -219,11 +222,7 @@ func noArg(*ruleParser) error { return nil }
 // setMark reads the MARK target's --set-xmark, or with all true its
 // --set-mark, which sets every bit.
 func setMark(all bool) option {
-	return func(p *ruleParser) error {
-		a, err := p.arg()
-		if err != nil {
-			return err
-		}
+	return oneArg(func(p *ruleParser, a string) error {
 		v, mask, err := parseMark(a)
 		if err != nil {
 			return err
@@ -233,7 +232,7 @@ func setMark(all bool) option {
 		}
 		p.r.markValue, p.r.markMask = v, mask
 		return nil
-	}
+	})
 }
 
 // rejectWith reads REJECT's --reject-with: whatever answer it names,
@@ -244,11 +243,7 @@ func rejectWith(p *ruleParser) error {
 	return err
 }
 
-func matchProto(p *ruleParser) error {
-	a, err := p.arg()
-	if err != nil {
-		return err
-	}
+var matchProto = oneArg(func(p *ruleParser, a string) error {
 	n, ok := protoNumber(a)
 	if !ok {
 		return fmt.Errorf("unknown protocol %q", a)
@@ -256,23 +251,19 @@ func matchProto(p *ruleParser) error {
 	all := n < 0
 	p.add(func(pkt *packet) bool { return all || int(pkt.proto) == n })
 	return nil
-}
+})
 
 // parsedMatch is a match of one argument: parse reads the argument, and
 // match makes the test of what it read.
 func parsedMatch[T any](parse func(string) (T, error), match func(T) cond) option {
-	return func(p *ruleParser) error {
-		a, err := p.arg()
-		if err != nil {
-			return err
-		}
+	return oneArg(func(p *ruleParser, a string) error {
 		v, err := parse(a)
 		if err != nil {
 			return err
 		}
 		p.add(match(v))
 		return nil
-	}
+	})
 }
 
 // matchAddr reads -s (src true) or -d.
@@ -322,11 +313,7 @@ func matchTCPFlags(p *ruleParser) error {
 // matchICMP reads --icmp-type or --icmpv6-type, proto naming the
 // protocol whose type names it knows.
 func matchICMP(proto string) option {
-	return func(p *ruleParser) error {
-		a, err := p.arg()
-		if err != nil {
-			return err
-		}
+	return oneArg(func(p *ruleParser, a string) error {
 		t, c, ok := parseICMP(proto, a)
 		if !ok {
 			return fmt.Errorf("unknown %s %q", p.opt, a)
@@ -335,7 +322,7 @@ func matchICMP(proto string) option {
 			return int(pkt.icmpType) == t && (c < 0 || int(pkt.icmpCode) == c)
 		})
 		return nil
-	}
+	})
 }
 
 // matchState reads conntrack's --ctstate and state's --state.
@@ -345,18 +332,14 @@ var matchState = parsedMatch(
 		return func(pkt *packet) bool { return slices.Contains(states, pkt.state) }
 	})
 
-func matchMark(p *ruleParser) error {
-	a, err := p.arg()
-	if err != nil {
-		return err
-	}
+var matchMark = oneArg(func(p *ruleParser, a string) error {
 	v, mask, err := parseMark(a)
 	if err != nil {
 		return err
 	}
 	p.add(func(pkt *packet) bool { return pkt.mark&mask == v })
 	return nil
-}
+})
 
 // matchPhysdev reads --physdev-in (in true) or --physdev-out.
 func matchPhysdev(in bool) option {

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
+	"github.com/vmfw/vmfw/pkg/internal/nlmsg"
 	"github.com/vmfw/vmfw/pkg/ruleset"
 )
 
@@ -386,56 +387,39 @@ func (c *nlConn) request(msg, flags uint16, family uint8, attrs []byte, fn func(
 		return err
 	}
 	interrupted := false
-	for {
-		n, _, err := unix.Recvfrom(c.fd, c.buf, 0)
-		if err != nil {
-			if errors.Is(err, unix.EINTR) {
-				continue
-			}
-			return err
+	err := nlmsg.Receive(c.fd, c.buf, func(m nlmsg.Msg) (bool, error) {
+		if m.Seq != c.seq {
+			return false, nil
 		}
-		// Messages are walked in place: a chain listing at 5000 taps is
-		// tens of thousands of them.
-		for b := c.buf[:n]; len(b) >= unix.SizeofNlMsghdr; {
-			size := int(binary.NativeEndian.Uint32(b[0:4]))
-			if size < unix.SizeofNlMsghdr || size > len(b) {
-				return errors.New("malformed netlink message")
-			}
-			typ := binary.NativeEndian.Uint16(b[4:6])
-			mflags := binary.NativeEndian.Uint16(b[6:8])
-			seq := binary.NativeEndian.Uint32(b[8:12])
-			data := b[unix.SizeofNlMsghdr:size]
-			b = b[min(nlmsgAlign(size), len(b)):]
-			if seq != c.seq {
-				continue
-			}
-			if mflags&unix.NLM_F_DUMP_INTR != 0 {
-				interrupted = true
-			}
-			switch typ {
-			case unix.NLMSG_DONE:
-				if interrupted {
-					return errDumpInterrupted
-				}
-				return nil
-			case unix.NLMSG_ERROR:
-				if len(data) < 4 {
-					return errors.New("short netlink error")
-				}
-				if code := int32(binary.NativeEndian.Uint32(data[0:4])); code != 0 {
-					return unix.Errno(-code)
-				}
-				return nil
-			default:
-				if len(data) >= 4 {
-					fn(data[0], data[4:])
-				}
-			}
+		if m.Flags&unix.NLM_F_DUMP_INTR != 0 {
+			interrupted = true
 		}
+		switch m.Type {
+		case unix.NLMSG_DONE:
+			if interrupted {
+				return true, errDumpInterrupted
+			}
+			return true, nil
+		case unix.NLMSG_ERROR:
+			if len(m.Data) < 4 {
+				return true, errors.New("short netlink error")
+			}
+			if code := int32(binary.NativeEndian.Uint32(m.Data[0:4])); code != 0 {
+				return true, unix.Errno(-code)
+			}
+			return true, nil
+		default:
+			if len(m.Data) >= 4 {
+				fn(m.Data[0], m.Data[4:])
+			}
+			return false, nil
+		}
+	})
+	if errors.Is(err, nlmsg.ErrTruncated) {
+		return errors.New("malformed netlink message")
 	}
+	return err
 }
-
-func nlmsgAlign(n int) int { return (n + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALIGNTO - 1) }
 
 // SaveChains reads vmfw's part of the named chains of family f's filter
 // table, and the hooks in the built-in chains, without reading the rest of
