@@ -955,9 +955,6 @@ func (a *agentLab) fromEmpty() error {
 	}
 	p, ready, err := a.startAgent(a.o.fullApplyTimeout)
 	if err != nil {
-		if p != nil {
-			p.stop()
-		}
 		if errors.Is(err, errNotReady) {
 			a.add("agent start, empty ruleset -> ready", nil, none, fmt.Sprintf("not ready after %s", a.o.fullApplyTimeout))
 			return nil
@@ -985,7 +982,8 @@ type agentProc struct {
 var errNotReady = errors.New("the agent did not get ready")
 
 // startAgent starts vmfw agent in the lab and waits up to timeout for its
-// "agent ready"; it returns the time from its start.
+// "agent ready"; it returns the time from its start. An agent that fails
+// to become ready is stopped before the error is returned.
 func (a *agentLab) startAgent(timeout time.Duration) (*agentProc, time.Duration, error) {
 	env := a.env
 	if os.Getenv("VMFW_TRACE") != "" {
@@ -1021,7 +1019,10 @@ func (a *agentLab) startAgent(timeout time.Duration) (*agentProc, time.Duration,
 	go p.read(pr)
 	_, at, err := p.wait("agent ready", 0, timeout)
 	if err != nil {
-		return p, 0, err
+		// An agent that did not become ready is stopped here, so that no
+		// caller leaves it running into the next row.
+		p.stop()
+		return nil, 0, err
 	}
 	return p, at.Sub(start), nil
 }

@@ -176,9 +176,6 @@ func setsLab(ctx context.Context, o options, backend string, r *setResults) erro
 	a := &agentLab{lab: l, logPath: filepath.Join(l.tmp, "agent.log")}
 	p, _, err := a.startAgent(time.Minute)
 	if err != nil {
-		if p != nil {
-			p.stop()
-		}
 		return err
 	}
 	var enforced []time.Duration
