@@ -13,7 +13,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -23,11 +22,11 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
 	"github.com/vmfw/vmfw/integration/labnet"
+	"github.com/vmfw/vmfw/pkg/syncbuf"
 )
 
 // config is the configuration pushed to etcd: web (VM 101) admits TCP 80
@@ -80,23 +79,12 @@ type host struct {
 	bin     string
 	backend string
 
-	mu    sync.Mutex
-	out   bytes.Buffer // the agent's log
+	out   syncbuf.Buffer // the agent's log
 	agent *exec.Cmd
 	done  chan struct{}
 }
 
-func (h *host) Write(p []byte) (int, error) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.out.Write(p)
-}
-
-func (h *host) log() string {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.out.String()
-}
+func (h *host) log() string { return h.out.String() }
 
 // command returns vmfw args run in the host's namespace with its local
 // configuration and its own run and state directories.
@@ -121,7 +109,7 @@ func (h *host) vmfw(ctx context.Context, args ...string) (string, error) {
 // startAgent starts vmfw agent and waits until it is ready.
 func (h *host) startAgent(ctx context.Context) error {
 	cmd := h.command(context.Background(), "agent")
-	cmd.Stdout, cmd.Stderr = h, h
+	cmd.Stdout, cmd.Stderr = &h.out, &h.out
 	// An agent outlives nothing: killed when the demo dies, however.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {

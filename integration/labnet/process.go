@@ -7,17 +7,17 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
+
+	"github.com/vmfw/vmfw/pkg/syncbuf"
 )
 
 // Process is a long-running command in a namespace (a vmfw agent, a
 // server) whose combined output can be read while it runs.
 type Process struct {
 	cmd  *exec.Cmd
-	mu   sync.Mutex
-	out  bytes.Buffer
+	out  syncbuf.Buffer
 	done chan struct{}
 }
 
@@ -27,7 +27,7 @@ func Start(ns *NS, env []string, argv ...string) (*Process, error) {
 	p := &Process{done: make(chan struct{})}
 	p.cmd = exec.Command("ip", append([]string{"netns", "exec", ns.Name}, argv...)...)
 	p.cmd.Env = append(os.Environ(), env...)
-	p.cmd.Stdout, p.cmd.Stderr = (*processOutput)(p), (*processOutput)(p)
+	p.cmd.Stdout, p.cmd.Stderr = &p.out, &p.out
 	if err := p.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting %s in %s: %w", argv[0], ns.Name, err)
 	}
@@ -38,21 +38,8 @@ func Start(ns *NS, env []string, argv ...string) (*Process, error) {
 	return p, nil
 }
 
-// processOutput collects what a Process writes.
-type processOutput Process
-
-func (w *processOutput) Write(b []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.out.Write(b)
-}
-
 // Output returns what the process has written so far.
-func (p *Process) Output() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.String()
-}
+func (p *Process) Output() string { return p.out.String() }
 
 // WaitOutput waits up to timeout until the output contains s n times,
 // and reports whether it does.

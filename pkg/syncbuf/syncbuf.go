@@ -1,6 +1,6 @@
 // Package syncbuf is a bytes.Buffer that goroutines may write to while
-// another reads it: what tests capture a process's or a goroutine's
-// output in, to wait for a line of it.
+// another reads it: what tests and demos capture a process's or a
+// goroutine's output in, to wait for a line of it.
 package syncbuf
 
 import (
