@@ -310,7 +310,7 @@ func (h *hv) objects() map[string]string {
 	for _, fam := range []string{"bridge", "inet"} {
 		var name string
 		var body strings.Builder
-		for _, l := range strings.Split(labtest.SortElements(h.nftTable(fam)), "\n") {
+		for _, l := range strings.Split(labnet.SortNFTElements(h.nftTable(fam)), "\n") {
 			t := strings.TrimSpace(l)
 			switch {
 			case strings.HasPrefix(l, "\tchain ") || strings.HasPrefix(l, "\tset ") || strings.HasPrefix(l, "\tmap "):
@@ -389,7 +389,7 @@ func (h *hv) nftTable(family string) string {
 // table bridge vmfw (an address set's), as nft lists them, in order.
 func (h *hv) nftPrefixes(set string) []string {
 	h.t.Helper()
-	return labtest.SetElements(h.exec("nft", "list", "set", "bridge", "vmfw", set))
+	return labnet.NFTListedElements(h.exec("nft", "list", "set", "bridge", "vmfw", set))
 }
 
 // chainsOnly returns vmfw's chains as text, without sets: what a change

@@ -142,23 +142,12 @@ func readNFT(run func(args ...string) (string, error)) (*snapshot, error) {
 	return snap, nil
 }
 
-var elementList = regexp.MustCompile(`(?s)elements = \{(.*?)\}`)
-
 // canonicalNFT turns an nft listing of one table into its chains and sets
 // sorted by name, the elements of each set sorted: nft lists objects in
 // creation order and a hash set's elements in bucket order, neither of
 // which means anything.
 func canonicalNFT(listing string) string {
-	listing = elementList.ReplaceAllStringFunc(listing, func(m string) string {
-		var elems []string
-		for _, e := range strings.Split(elementList.FindStringSubmatch(m)[1], ",") {
-			if e = strings.TrimSpace(e); e != "" {
-				elems = append(elems, e)
-			}
-		}
-		sort.Strings(elems)
-		return "elements = { " + strings.Join(elems, ", ") + " }"
-	})
+	listing = labnet.SortNFTElements(listing)
 	blocks := map[string]string{}
 	var head, name string
 	var body strings.Builder

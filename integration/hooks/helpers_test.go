@@ -232,7 +232,7 @@ func (h *host) nftSave() string {
 		if err != nil {
 			continue // not installed
 		}
-		b.WriteString(labtest.SortElements(string(out)))
+		b.WriteString(labnet.SortNFTElements(string(out)))
 	}
 	return b.String()
 }

@@ -26,6 +26,10 @@
 //     the check that one arrived, matched by a unique marker (NewMarker,
 //     HasMarker).
 //
+// What the nft command lists of vmfw's sets is read in one place for the
+// tests, the bench and the crash harness: NFTSetElements (nft -j),
+// NFTListedElements and SortNFTElements (nft's text listing).
+//
 // A typical test:
 //
 //	lab, err := labnet.New(labnet.Options{})

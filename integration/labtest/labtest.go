@@ -15,8 +15,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"regexp"
-	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -207,33 +205,4 @@ func ExpectProbes(t *testing.T, timeout time.Duration, probes []Probe) {
 			t.Errorf("%s: tcp %s -> %s: got %v, want %v", p.What, p.From, target, got, p.Want)
 		}
 	}
-}
-
-var elementList = regexp.MustCompile(`(?s)elements = \{(.*?)\}`)
-
-// SetElements returns the elements of the first set in an nft listing, in
-// the order nft lists them; nil when it lists none.
-func SetElements(listing string) []string {
-	m := elementList.FindStringSubmatch(listing)
-	if m == nil {
-		return nil
-	}
-	var elems []string
-	for _, e := range strings.Split(m[1], ",") {
-		if e = strings.TrimSpace(e); e != "" {
-			elems = append(elems, e)
-		}
-	}
-	return elems
-}
-
-// SortElements puts the elements of every set in an nft listing in order:
-// nft lists a hash set in its buckets' order, which deleting and adding
-// an element changes without changing the set.
-func SortElements(listing string) string {
-	return elementList.ReplaceAllStringFunc(listing, func(m string) string {
-		elems := SetElements(m)
-		sort.Strings(elems)
-		return "elements = { " + strings.Join(elems, ", ") + " }"
-	})
 }
