@@ -1,13 +1,22 @@
 package config
 
 import (
+	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"hash/crc32"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // A persistent index of the parsed configuration.
@@ -30,9 +39,6 @@ import (
 // checks across files (an address claimed twice) keep their all-or-nothing
 // verdict: an index holds a whole valid configuration or nothing.
 
-// indexVersion changes when the index's layout does.
-const indexVersion = 1
-
 // fileID identifies a file's or directory's content without reading it;
 // the zero Size with Missing set records a path that did not exist.
 type fileID struct {
@@ -43,17 +49,15 @@ type fileID struct {
 	Dev, Ino          uint64
 }
 
-// indexFile is what the index file holds.
+// indexFile is the index file's header: the paths the load read and the
+// VMs follow it (writeIndex).
 type indexFile struct {
-	Version int
 	// Dir is the configuration directory, absolute.
 	Dir string
 	// Program identifies the vmfw that wrote the index: another build may
 	// read the same files into another Model.
 	Program fileID
-	// Paths are the directories listed and the files read, in order.
-	Paths []fileID
-	Model *Model
+	Model   *Model
 }
 
 // LoadIndexed is Load, answered from the index at path when everything
@@ -88,7 +92,7 @@ func LoadIndexed(dir, path string) (*Model, error) {
 	if lerr != nil {
 		return nil, lerr
 	}
-	writeIndex(path, &indexFile{Version: indexVersion, Dir: abs, Program: program, Paths: paths, Model: m})
+	writeIndex(path, &indexFile{Dir: abs, Program: program, Model: m}, paths)
 	return m, nil
 }
 
@@ -117,6 +121,12 @@ func programID() (fileID, error) {
 	return identify(exe), nil
 }
 
+// indexMagic starts an index file; its last digits change when the
+// layout does. The file ends with the CRC-32C of what is between them.
+const indexMagic = "vmfw config index 2\n"
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
 // readIndex returns the Model the index at path holds when it was written
 // for dir by program and everything it records is unchanged; nil
 // otherwise.
@@ -125,26 +135,43 @@ func readIndex(path, dir string, program fileID) *Model {
 	if err != nil {
 		return nil
 	}
+	body, ok := bytes.CutPrefix(data, []byte(indexMagic))
+	if !ok || len(body) < crc32.Size {
+		return nil
+	}
+	body, sum := body[:len(body)-crc32.Size], body[len(body)-crc32.Size:]
+	if crc32.Checksum(body, castagnoli) != binary.BigEndian.Uint32(sum) {
+		return nil // a disk's corruption, or a file not written by vmfw
+	}
+	d := newDecoder(body)
 	var ix indexFile
-	if json.Unmarshal(data, &ix) != nil {
+	if json.Unmarshal(d.raw(d.uvarint()), &ix) != nil || d.err != nil {
 		return nil
 	}
-	if ix.Version != indexVersion || ix.Dir != dir || ix.Program != program || ix.Model == nil || program.ModTime == -1 {
+	if ix.Dir != dir || ix.Program != program || ix.Model == nil || program.ModTime == -1 {
 		return nil
 	}
-	seen := map[string]bool{}
-	for _, id := range ix.Paths {
-		if !seen[id.Path] && identify(id.Path) != id {
-			return nil
-		}
-		seen[id.Path] = true
+	n, _ := d.count()
+	paths := make([]fileID, n)
+	for i := range paths {
+		paths[i] = d.fileID()
+	}
+	if d.err != nil || !unchanged(paths) {
+		return nil
 	}
 	m := ix.Model
+	n, _ = d.count()
+	m.VMs = make(map[int]*VM, n)
+	vms := make([]VM, n)
+	for i := range vms {
+		d.vm(&vms[i])
+		m.VMs[vms[i].ID] = &vms[i]
+	}
+	if d.err != nil || len(d.buf) != 0 {
+		return nil
+	}
 	if m.Groups == nil {
 		m.Groups = map[string]*Group{}
-	}
-	if m.VMs == nil {
-		m.VMs = map[int]*VM{}
 	}
 	if m.Sets == nil {
 		m.Sets = map[string]*Set{}
@@ -152,45 +179,102 @@ func readIndex(path, dir string, program fileID) *Model {
 	for _, s := range m.Sets {
 		s.reindex()
 	}
-	for _, vm := range m.VMs {
-		for _, n := range vm.NICs {
-			n.VM = vm
-		}
-	}
 	return m
 }
 
 // writeIndex writes ix to path atomically: a reader sees the old index
 // or the new one, never part of one.
-func writeIndex(path string, ix *indexFile) {
-	// An interface points back at its VM; JSON takes no cycles, and
-	// readIndex restores the pointers.
+func writeIndex(path string, ix *indexFile, paths []fileID) {
+	// The header, small, in JSON (which keeps an empty list apart from a
+	// missing one, so the Model read back is the one Load returned); the
+	// VMs and paths, which grow with the VMs, in the binary layout of
+	// indexcodec.go.
+	head := *ix
 	m := *ix.Model
-	m.VMs = make(map[int]*VM, len(ix.Model.VMs))
-	for id, vm := range ix.Model.VMs {
-		c := *vm
-		c.NICs = make([]*NIC, len(vm.NICs))
-		for i, n := range vm.NICs {
-			nc := *n
-			nc.VM = nil
-			c.NICs[i] = &nc
-		}
-		m.VMs[id] = &c
-	}
-	out := *ix
-	out.Model = &m
-	// JSON, not gob: it keeps an empty list apart from a missing one, so
-	// the Model read back is the one Load returned, not only one alike.
-	data, err := json.Marshal(&out)
+	m.VMs = nil
+	head.Model = &m
+	js, err := json.Marshal(&head)
 	if err != nil {
 		return
 	}
+	e := &encoder{buf: make([]byte, 0, len(indexMagic)+len(js)+100*len(paths)+200*len(ix.Model.VMs))}
+	e.buf = append(e.buf, indexMagic...)
+	e.uvarint(uint64(len(js)))
+	e.buf = append(e.buf, js...)
+	e.uvarint(uint64(len(paths)) + 1)
+	for _, id := range paths {
+		e.fileID(id)
+	}
+	e.uvarint(uint64(len(ix.Model.VMs)) + 1)
+	for _, id := range slices.Sorted(maps.Keys(ix.Model.VMs)) {
+		e.vm(ix.Model.VMs[id])
+	}
+	e.buf = binary.BigEndian.AppendUint32(e.buf, crc32.Checksum(e.buf[len(indexMagic):], castagnoli))
 	tmp, err := os.CreateTemp(filepath.Dir(path), ".config-index-*")
 	if err != nil {
 		return
 	}
-	_, werr := tmp.Write(data)
+	_, werr := tmp.Write(e.buf)
 	if cerr := tmp.Close(); werr != nil || cerr != nil || os.Rename(tmp.Name(), path) != nil {
 		os.Remove(tmp.Name())
 	}
+}
+
+// unchanged reports whether every path is as recorded. It is a stat per
+// file, 7.8 ms at 5000 VM files on one thread (10 ms through the paths):
+// the stats are made relative to each directory's descriptor, which
+// spares resolving the path again for each file, and split among
+// threads.
+func unchanged(paths []fileID) bool {
+	dirs := map[string]int{}
+	defer func() {
+		for _, fd := range dirs {
+			if fd >= 0 {
+				unix.Close(fd)
+			}
+		}
+	}()
+	for _, id := range paths {
+		dir := filepath.Dir(id.Path)
+		if _, ok := dirs[dir]; !ok {
+			fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				fd = -1 // identifyAt stats the path itself
+			}
+			dirs[dir] = fd
+		}
+	}
+	workers := min(runtime.GOMAXPROCS(0), 4, 1+len(paths)/500)
+	var stale atomic.Bool
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for i := w; i < len(paths) && !stale.Load(); i += workers {
+				id := paths[i]
+				if identifyAt(dirs[filepath.Dir(id.Path)], id.Path) != id {
+					stale.Store(true)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return !stale.Load()
+}
+
+// identifyAt is identify of path, whose directory is open as dirfd (-1:
+// not open, the path is then stat'ed whole).
+func identifyAt(dirfd int, path string) fileID {
+	if dirfd < 0 {
+		return identify(path)
+	}
+	var st unix.Stat_t
+	err := unix.Fstatat(dirfd, filepath.Base(path), &st, 0)
+	switch {
+	case errors.Is(err, unix.ENOENT):
+		return fileID{Path: path, Missing: true}
+	case err != nil:
+		return fileID{Path: path, ModTime: -1}
+	}
+	return fileID{Path: path, Size: st.Size, ModTime: st.Mtim.Sec*1e9 + st.Mtim.Nsec,
+		ChangeNS: st.Ctim.Sec*1e9 + st.Ctim.Nsec, Dev: st.Dev, Ino: st.Ino}
 }

@@ -654,6 +654,7 @@ func (e *Engine) installedPolicy(ctx context.Context, m *config.Model, r nicSour
 		trace.Printf("full change: %d installed interfaces are no longer configured", len(names)-len(before))
 		return st, names, nil, nil
 	}
+	start = time.Now()
 	if p, err = ruleset.Compile(m, before); err != nil {
 		trace.Printf("full change: the installed interfaces do not compile: %v", err)
 		return st, names, nil, nil

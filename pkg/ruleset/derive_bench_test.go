@@ -29,3 +29,21 @@ func BenchmarkWith5000(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkCompile5000 compiles the policy of 5000 interfaces, as an ifup
+// without the agent does for the installed ones (engine.installedPolicy).
+func BenchmarkCompile5000(b *testing.B) {
+	m, err := config.Load(configtest.Dir(b, configtest.Large(5000)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	var nics []*config.NIC
+	for id := 1000; id < 6000; id++ {
+		nics = append(nics, m.VMs[id].NICs...)
+	}
+	for b.Loop() {
+		if _, err := Compile(m, nics); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

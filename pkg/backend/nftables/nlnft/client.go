@@ -309,12 +309,7 @@ func (cl Client) readTable(c *nftables.Conn, f layout.Family, elements bool, onl
 		}
 		os := &ObservedSet{Signature: strings.TrimPrefix(s.Comment, commentPrefix), Elements: map[string]Counter{}}
 		if elements || len(only) > 0 {
-			var elems []nftables.SetElement
-			if s.Interval {
-				elems, err = intervalSetElements(f, s.Name)
-			} else {
-				elems, err = c.GetSetElements(s)
-			}
+			elems, err := setElements(f, s.Name)
 			if err != nil {
 				return nil, fmt.Errorf("reading set %s: %w", s.Name, err)
 			}
