@@ -201,11 +201,11 @@ func writeIndex(path string, ix *indexFile, paths []fileID) {
 	e.buf = append(e.buf, indexMagic...)
 	e.uvarint(uint64(len(js)))
 	e.buf = append(e.buf, js...)
-	e.uvarint(uint64(len(paths)) + 1)
+	e.count(len(paths), false)
 	for _, id := range paths {
 		e.fileID(id)
 	}
-	e.uvarint(uint64(len(ix.Model.VMs)) + 1)
+	e.count(len(ix.Model.VMs), false)
 	for _, id := range slices.Sorted(maps.Keys(ix.Model.VMs)) {
 		e.vm(ix.Model.VMs[id])
 	}

@@ -39,34 +39,29 @@ func (e *encoder) str(s string) {
 	e.buf = append(e.buf, s...)
 }
 
-// bytes writes b, keeping nil apart from empty.
-func (e *encoder) bytes(b []byte) {
-	if b == nil {
+// count writes the length n of a list, keeping nil apart from empty.
+func (e *encoder) count(n int, isNil bool) {
+	if isNil {
 		e.uvarint(0)
 		return
 	}
-	e.uvarint(uint64(len(b)) + 1)
+	e.uvarint(uint64(n) + 1)
+}
+
+func (e *encoder) bytes(b []byte) {
+	e.count(len(b), b == nil)
 	e.buf = append(e.buf, b...)
 }
 
-// strs writes list, keeping nil apart from empty.
 func (e *encoder) strs(list []string) {
-	if list == nil {
-		e.uvarint(0)
-		return
-	}
-	e.uvarint(uint64(len(list)) + 1)
+	e.count(len(list), list == nil)
 	for _, s := range list {
 		e.str(s)
 	}
 }
 
 func (e *encoder) addrs(list []netip.Addr) {
-	if list == nil {
-		e.uvarint(0)
-		return
-	}
-	e.uvarint(uint64(len(list)) + 1)
+	e.count(len(list), list == nil)
 	for _, a := range list {
 		b, _ := a.MarshalBinary() // never fails
 		e.bytes(b)
@@ -84,11 +79,7 @@ func (e *encoder) vm(vm *VM) {
 	e.bool(vm.Log)
 	e.str(string(vm.LogIn))
 	e.str(string(vm.LogOut))
-	if vm.NICs == nil {
-		e.uvarint(0)
-		return
-	}
-	e.uvarint(uint64(len(vm.NICs)) + 1)
+	e.count(len(vm.NICs), vm.NICs == nil)
 	for _, n := range vm.NICs {
 		e.varint(int64(n.Index))
 		e.varint(int64(n.Line))
@@ -140,24 +131,27 @@ func newDecoder(b []byte) *decoder {
 
 func (d *decoder) fail() { d.err, d.buf = errIndexCorrupt, nil }
 
+// uvarint and varint read a number; binary's functions return 0 with a
+// count of 0 or less for a buffer too short or a number too long.
 func (d *decoder) uvarint() uint64 {
 	v, n := binary.Uvarint(d.buf)
-	if n <= 0 {
-		d.fail()
-		return 0
-	}
-	d.buf = d.buf[n:]
+	d.skip(n)
 	return v
 }
 
 func (d *decoder) varint() int64 {
 	v, n := binary.Varint(d.buf)
+	d.skip(n)
+	return v
+}
+
+// skip consumes the n bytes of a number just read, or fails for n <= 0.
+func (d *decoder) skip(n int) {
 	if n <= 0 {
 		d.fail()
-		return 0
+		return
 	}
 	d.buf = d.buf[n:]
-	return v
 }
 
 func (d *decoder) bool() bool {

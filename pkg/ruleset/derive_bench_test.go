@@ -10,14 +10,7 @@ import (
 // BenchmarkWith5000 derives the policy of one more interface from that of
 // 5000, as an ifup through the agent does (engine.change).
 func BenchmarkWith5000(b *testing.B) {
-	m, err := config.Load(configtest.Dir(b, configtest.Large(5001)))
-	if err != nil {
-		b.Fatal(err)
-	}
-	var nics []*config.NIC
-	for id := 1000; id < 6000; id++ {
-		nics = append(nics, m.VMs[id].NICs...)
-	}
+	m, nics := large5000(b, 1)
 	p, err := Compile(m, nics)
 	if err != nil {
 		b.Fatal(err)
@@ -33,7 +26,18 @@ func BenchmarkWith5000(b *testing.B) {
 // BenchmarkCompile5000 compiles the policy of 5000 interfaces, as an ifup
 // without the agent does for the installed ones (engine.installedPolicy).
 func BenchmarkCompile5000(b *testing.B) {
-	m, err := config.Load(configtest.Dir(b, configtest.Large(5000)))
+	m, nics := large5000(b, 0)
+	for b.Loop() {
+		if _, err := Compile(m, nics); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// large5000 loads configtest.Large with 5000 VMs and extra more, and
+// returns the NICs of the first 5000.
+func large5000(b *testing.B, extra int) (*config.Model, []*config.NIC) {
+	m, err := config.Load(configtest.Dir(b, configtest.Large(5000+extra)))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -41,9 +45,5 @@ func BenchmarkCompile5000(b *testing.B) {
 	for id := 1000; id < 6000; id++ {
 		nics = append(nics, m.VMs[id].NICs...)
 	}
-	for b.Loop() {
-		if _, err := Compile(m, nics); err != nil {
-			b.Fatal(err)
-		}
-	}
+	return m, nics
 }
