@@ -159,3 +159,32 @@ func TestCutFlowStaysCutWhenTheServerMaySend(t *testing.T) {
 		checkStreams(t, "B left group web", []namedStream{web4, web6}, nil)
 	})
 }
+
+// TestTapChangeCutsItsFlows: an ifup without the agent that re-attaches
+// a VM after an edit took it out of a source_group cuts its connections
+// to the group's servers (the cut reads the flows of the VM's own
+// addresses: asked of the kernel by address for IPv4, from the IPv6 table
+// for IPv6), and a connection of other addresses keeps going.
+func TestTapChangeCutsItsFlows(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, backend string) {
+		h := newHV(t, backend, "")
+		h.firstV4(530, "192.0.2.9")
+		h.write("groups/ssh.toml", "[[in]]\nproto = \"tcp\"\ndport = \"22\"\nsource_group = \"clients\"\n")
+		h.write("groups/clients.toml", "description = \"membership only\"\n")
+		h.write("groups/web.toml", "[[in]]\nproto = \"tcp\"\ndport = \"80\"\n")
+		a := h.guest(531, "02:00:00:00:05:31", "192.0.2.71", "2001:db8::71", "ssh", "web")
+		b := h.guest(532, "02:00:00:00:05:32", "192.0.2.72", "2001:db8::72", "clients")
+		ext := h.external("02:00:00:00:05:99", "192.0.2.201/24", "2001:db8::201/64")
+		h.vmfw("ifup", "tap531i0")
+		h.vmfw("ifup", "tap532i0")
+		h.serve(a, "192.0.2.71", 22, 80)
+		h.serve(a, "2001:db8::71", 22)
+		ssh4 := startStream(t, "B->A ssh", b, "192.0.2.71", 22)
+		ssh6 := startStream(t, "B->A ssh v6", b, "2001:db8::71", 22)
+		web := startStream(t, "ext->A http", ext, "192.0.2.71", 80)
+		checkStreams(t, "before the edit", nil, []namedStream{ssh4, ssh6, web})
+		h.write("vms/532.toml", vmFile("02:00:00:00:05:32", "192.0.2.72", "2001:db8::72"))
+		h.vmfw("ifup", "tap532i0")
+		checkStreams(t, "B left clients and was brought up again", []namedStream{ssh4, ssh6}, []namedStream{web})
+	})
+}

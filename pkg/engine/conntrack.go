@@ -2,7 +2,9 @@ package engine
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
 
 	"github.com/vmfw/vmfw/pkg/backend"
 	"github.com/vmfw/vmfw/pkg/config"
@@ -18,7 +20,16 @@ type FlowTable interface {
 	LocalAddrs() ([]netip.Addr, error)
 	// Delete removes the tracked flows cut selects and returns how many.
 	Delete(cut func(conntrack.Flow) bool) (int, error)
+	// DeleteAt is Delete for the flows whose source or destination is
+	// one of addrs, which only those are shown to cut: the kernel can
+	// select them instead of copying out the whole table.
+	DeleteAt(addrs []netip.Addr, cut func(conntrack.Flow) bool) (int, error)
 }
+
+// maxAddrsAsked bounds the addresses whose flows are asked of the kernel
+// address by address (FlowTable.DeleteAt, two filtered walks of the
+// table each); a change touching more reads the table once, whole.
+const maxAddrsAsked = 8
 
 var _ FlowTable = conntrack.Table{}
 
@@ -37,10 +48,11 @@ var _ FlowTable = conntrack.Table{}
 // package policy for what decides. It returns how many it deleted.
 //
 // touched, when not nil, says which addresses the change can have
-// denied: only flows from or to one are decided (flowFilter). The
+// denied: only flows from or to one are decided (flowFilter); when they
+// are the few addresses of asked, only their flows are read. The
 // evaluator, which indexes every VM (7 ms at 5000), is built only when
 // such a flow is tracked.
-func (e *Engine) cutFlows(m *config.Model, nics []*config.NIC, touched func(netip.Addr) bool) (int, error) {
+func (e *Engine) cutFlows(m *config.Model, nics []*config.NIC, touched func(netip.Addr) bool, asked []netip.Addr) (int, error) {
 	addressed := false
 	for _, n := range nics {
 		addressed = addressed || len(n.IPs) > 0
@@ -54,7 +66,11 @@ func (e *Engine) cutFlows(m *config.Model, nics []*config.NIC, touched func(neti
 	// interface (10-20 ms with 5000 taps), for nothing when no flow is.
 	var ev *policy.Evaluator
 	var localErr error
-	n, err := table.Delete(func(f conntrack.Flow) bool {
+	del := table.Delete
+	if asked != nil && len(asked) <= maxAddrsAsked {
+		del = func(cut func(conntrack.Flow) bool) (int, error) { return table.DeleteAt(asked, cut) }
+	}
+	n, err := del(func(f conntrack.Flow) bool {
 		if touched != nil && !touched(f.Src.Unmap()) && !touched(f.Dst.Unmap()) || localErr != nil {
 			return false
 		}
@@ -87,21 +103,23 @@ func policyFlow(f conntrack.Flow) policy.Flow {
 
 // flowFilter returns the addresses whose flows a change described by hint
 // can have denied (touchedBy for an edit of address sets, else
-// flowScope), nil for every flow. none reports that the change can have
-// denied no flow at all: the flow table is not even read (its dump walks
-// the kernel's whole hash table, 9-12 ms).
-func flowFilter(hint *backend.Hint, want *ruleset.Policy) (touched func(netip.Addr) bool, none bool) {
+// flowScope), nil for every flow; asked lists them when they are a list
+// of addresses (flowScope's), sorted. none reports that the change can
+// have denied no flow at all: the flow table is not even read (its dump
+// walks the kernel's whole hash table, 9-12 ms).
+func flowFilter(hint *backend.Hint, want *ruleset.Policy) (touched func(netip.Addr) bool, asked []netip.Addr, none bool) {
 	if t := touchedBy(hint); t != nil {
-		return t, false
+		return t, nil, false
 	}
 	only := flowScope(hint, want)
 	switch {
 	case only == nil:
-		return nil, false
+		return nil, nil, false
 	case len(only) == 0:
-		return nil, true
+		return nil, nil, true
 	}
-	return func(a netip.Addr) bool { return only[a] }, false
+	asked = slices.SortedFunc(maps.Keys(only), netip.Addr.Compare)
+	return func(a netip.Addr) bool { return only[a] }, asked, false
 }
 
 // maxTouched bounds the prefixes touchedBy checks a flow against one by

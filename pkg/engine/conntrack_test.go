@@ -20,12 +20,24 @@ type fakeFlows struct {
 	flows   []conntrack.Flow
 	local   []netip.Addr
 	deletes int
-	err     error
+	// asked holds the addresses of each DeleteAt.
+	asked [][]netip.Addr
+	err   error
 }
 
 func (f *fakeFlows) LocalAddrs() ([]netip.Addr, error) { return f.local, nil }
 
 func (f *fakeFlows) Delete(cut func(conntrack.Flow) bool) (int, error) {
+	return f.delete(func(conntrack.Flow) bool { return true }, cut)
+}
+
+func (f *fakeFlows) DeleteAt(addrs []netip.Addr, cut func(conntrack.Flow) bool) (int, error) {
+	f.asked = append(f.asked, addrs)
+	return f.delete(func(fl conntrack.Flow) bool { return slices.Contains(addrs, fl.Src) || slices.Contains(addrs, fl.Dst) }, cut)
+}
+
+// delete removes the flows of shown that cut selects.
+func (f *fakeFlows) delete(shown, cut func(conntrack.Flow) bool) (int, error) {
 	f.deletes++
 	if f.err != nil {
 		return 0, f.err
@@ -33,7 +45,7 @@ func (f *fakeFlows) Delete(cut func(conntrack.Flow) bool) (int, error) {
 	kept := f.flows[:0]
 	n := 0
 	for _, fl := range f.flows {
-		if cut(fl) {
+		if shown(fl) && cut(fl) {
 			n++
 			continue
 		}
@@ -181,6 +193,10 @@ func TestIfdownCutsOnlyItsFlows(t *testing.T) {
 	}
 	if want := []conntrack.Flow{denied}; !slices.Equal(table.flows, want) {
 		t.Errorf("flows left after tap102i0's ifdown:\n got %v\nwant %v", table.flows, want)
+	}
+	// Its one address is asked of the kernel, not the whole table.
+	if n := len(table.asked); n == 0 || !slices.Equal(table.asked[n-1], []netip.Addr{netip.MustParseAddr("192.0.2.2")}) {
+		t.Errorf("the flows asked for by address: %v, want [192.0.2.2] last", table.asked)
 	}
 }
 

@@ -450,8 +450,8 @@ func (e *Engine) apply(ctx context.Context, st backend.State, want *ruleset.Poli
 	}
 	if want != nil {
 		start := time.Now()
-		if touched, none := flowFilter(hint, want); !none {
-			ch.FlowsCut, err = e.cutFlows(m, nics, touched)
+		if touched, asked, none := flowFilter(hint, want); !none {
+			ch.FlowsCut, err = e.cutFlows(m, nics, touched, asked)
 		}
 		trace.Since(start, "cut flows")
 	}

@@ -47,8 +47,6 @@ const (
 	attrHWAddr     = 8
 	attrPayload    = 9
 	attrPrefix     = 10
-
-	nlaTypeMask = 0x3fff
 )
 
 // Packet is one logged packet.
@@ -211,13 +209,7 @@ func Decode(b []byte) ([]*Packet, error) {
 
 func decodePacket(attrs []byte) *Packet {
 	p := &Packet{}
-	for len(attrs) >= 4 {
-		l := int(binary.NativeEndian.Uint16(attrs))
-		typ := binary.NativeEndian.Uint16(attrs[2:]) & nlaTypeMask
-		if l < 4 || l > len(attrs) {
-			break
-		}
-		v := attrs[4:l]
+	nlmsg.Attrs(attrs, func(typ uint16, v []byte) {
 		switch typ {
 		case attrPacketHdr:
 			if len(v) >= 3 {
@@ -257,8 +249,7 @@ func decodePacket(attrs []byte) *Packet {
 			}
 			p.Prefix = string(v)
 		}
-		attrs = attrs[min(nlaAlign(l), len(attrs)):]
-	}
+	})
 	if p.Time.IsZero() {
 		p.Time = time.Now()
 	}
@@ -279,15 +270,4 @@ func be32(v uint32) []byte {
 }
 
 // attr encodes one netlink attribute, padded.
-func attr(typ uint16, v []byte) []byte {
-	b := make([]byte, 4, nlaAlign(4+len(v)))
-	binary.NativeEndian.PutUint16(b, uint16(4+len(v)))
-	binary.NativeEndian.PutUint16(b[2:], typ)
-	b = append(b, v...)
-	for len(b)%unix.NLA_ALIGNTO != 0 {
-		b = append(b, 0)
-	}
-	return b
-}
-
-func nlaAlign(n int) int { return (n + unix.NLA_ALIGNTO - 1) &^ (unix.NLA_ALIGNTO - 1) }
+func attr(typ uint16, v []byte) []byte { return nlmsg.AppendAttr(nil, typ, v) }

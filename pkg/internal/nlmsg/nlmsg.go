@@ -1,7 +1,9 @@
-// Package nlmsg receives netlink datagrams and walks the messages packed
-// in them, for the packages that speak netfilter's netlink directly with
-// golang.org/x/sys/unix (nflog, iptables/xtables) instead of through a
-// binding. It knows the netlink header only: what a message carries is
+// Package nlmsg receives netlink datagrams, walks the messages packed in
+// them and the attributes packed in a message, for the packages that
+// speak netfilter's netlink directly with golang.org/x/sys/unix (nflog,
+// iptables/xtables) or read what a binding does not decode (the
+// nftables backend's set dumps, conntrack's filtered dumps). It knows the
+// netlink header and attribute framing only: what a message carries is
 // each caller's.
 package nlmsg
 

@@ -73,8 +73,6 @@ const (
 
 	// udataRuleComment is libnftnl's NFTNL_UDATA_RULE_COMMENT.
 	udataRuleComment = 0
-
-	nlaTypeMask = 0x3fff
 )
 
 // kernelRule is what a narrow read learns about one rule.
@@ -106,7 +104,7 @@ func listChains(ctx context.Context, family uint8) (map[layout.Chain]bool, error
 		clear(out)
 		return c.request(nftMsgGetChain, unix.NLM_F_DUMP, family, nil, func(_ uint8, attrs []byte) {
 			var table, name []byte
-			forAttrs(attrs, func(typ uint16, val []byte) {
+			nlmsg.Attrs(attrs, func(typ uint16, val []byte) {
 				switch typ {
 				case nftaChainTable:
 					table = val
@@ -132,8 +130,8 @@ func chainsExist(ctx context.Context, family uint8, names []layout.Chain) (map[l
 	err := withNetlink(ctx, func(c *nlConn) error {
 		for _, name := range names {
 			var req []byte
-			req = putAttr(req, nftaChainTable, []byte("filter\x00"))
-			req = putAttr(req, nftaChainName, []byte(string(name)+"\x00"))
+			req = nlmsg.AppendAttr(req, nftaChainTable, []byte("filter\x00"))
+			req = nlmsg.AppendAttr(req, nftaChainName, []byte(string(name)+"\x00"))
 			err := c.request(nftMsgGetChain, unix.NLM_F_ACK, family, req, func(uint8, []byte) {})
 			switch {
 			case err == nil:
@@ -158,8 +156,8 @@ func readFilterRules(ctx context.Context, family uint8, chains []layout.Chain) (
 	err := withNetlink(ctx, func(c *nlConn) error {
 		for _, chain := range chains {
 			var req []byte
-			req = putAttr(req, nftaRuleTable, []byte("filter\x00"))
-			req = putAttr(req, nftaRuleChain, []byte(string(chain)+"\x00"))
+			req = nlmsg.AppendAttr(req, nftaRuleTable, []byte("filter\x00"))
+			req = nlmsg.AppendAttr(req, nftaRuleChain, []byte(string(chain)+"\x00"))
 			var rules []kernelRule
 			err := c.request(nftMsgGetRule, unix.NLM_F_DUMP, family, req, func(_ uint8, attrs []byte) {
 				// Old kernels ignore the chain in a dump request.
@@ -183,7 +181,7 @@ func readFilterRules(ctx context.Context, family uint8, chains []layout.Chain) (
 // parseRule returns the table and chain of one rule message and what vmfw
 // reads of the rule.
 func parseRule(attrs []byte) (table string, chain layout.Chain, r kernelRule) {
-	forAttrs(attrs, func(typ uint16, val []byte) {
+	nlmsg.Attrs(attrs, func(typ uint16, val []byte) {
 		switch typ {
 		case nftaRuleTable:
 			table = cString(val)
@@ -202,14 +200,14 @@ func parseRule(attrs []byte) (table string, chain layout.Chain, r kernelRule) {
 
 // parseExpressions fills r from a rule's expression list.
 func parseExpressions(list []byte, r *kernelRule) {
-	forAttrs(list, func(typ uint16, elem []byte) {
+	nlmsg.Attrs(list, func(typ uint16, elem []byte) {
 		if typ != nftaListElem {
 			return
 		}
 		name, data := namedData(elem, nftaExprName, nftaExprData)
 		switch name {
 		case "counter":
-			forAttrs(data, func(typ uint16, val []byte) {
+			nlmsg.Attrs(data, func(typ uint16, val []byte) {
 				if len(val) != 8 {
 					return
 				}
@@ -221,17 +219,17 @@ func parseExpressions(list []byte, r *kernelRule) {
 				}
 			})
 		case "immediate":
-			forAttrs(data, func(typ uint16, val []byte) {
+			nlmsg.Attrs(data, func(typ uint16, val []byte) {
 				if typ != nftaImmediateData {
 					return
 				}
-				forAttrs(val, func(typ uint16, val []byte) {
+				nlmsg.Attrs(val, func(typ uint16, val []byte) {
 					if typ != nftaDataVerdict {
 						return
 					}
 					var code int32
 					var chain string
-					forAttrs(val, func(typ uint16, val []byte) {
+					nlmsg.Attrs(val, func(typ uint16, val []byte) {
 						switch {
 						case typ == nftaVerdictCode && len(val) == 4:
 							code = int32(binary.BigEndian.Uint32(val))
@@ -262,7 +260,7 @@ func parseExpressions(list []byte, r *kernelRule) {
 // namedData returns the name (attribute nameType) and the data (attribute
 // dataType) of an expression or a match.
 func namedData(attrs []byte, nameType, dataType uint16) (name string, data []byte) {
-	forAttrs(attrs, func(typ uint16, val []byte) {
+	nlmsg.Attrs(attrs, func(typ uint16, val []byte) {
 		switch typ {
 		case nameType:
 			name = cString(val)
@@ -304,38 +302,6 @@ func cString(b []byte) string {
 		b = b[:i]
 	}
 	return string(b)
-}
-
-// forAttrs calls fn for each netlink attribute in b.
-func forAttrs(b []byte, fn func(typ uint16, val []byte)) {
-	for len(b) >= unix.SizeofNlAttr {
-		n := int(binary.NativeEndian.Uint16(b[0:2]))
-		typ := binary.NativeEndian.Uint16(b[2:4]) & nlaTypeMask
-		if n < unix.SizeofNlAttr || n > len(b) {
-			return
-		}
-		fn(typ, b[unix.SizeofNlAttr:n])
-		n = nlaAlign(n)
-		if n > len(b) {
-			return
-		}
-		b = b[n:]
-	}
-}
-
-func nlaAlign(n int) int { return (n + unix.NLA_ALIGNTO - 1) &^ (unix.NLA_ALIGNTO - 1) }
-
-// putAttr appends one netlink attribute to b.
-func putAttr(b []byte, typ uint16, val []byte) []byte {
-	var hdr [unix.SizeofNlAttr]byte
-	binary.NativeEndian.PutUint16(hdr[0:2], uint16(unix.SizeofNlAttr+len(val)))
-	binary.NativeEndian.PutUint16(hdr[2:4], typ)
-	b = append(b, hdr[:]...)
-	b = append(b, val...)
-	for len(b)%unix.NLA_ALIGNTO != 0 {
-		b = append(b, 0)
-	}
-	return b
 }
 
 // nlConn is a netfilter netlink socket in the caller's network namespace.
@@ -581,7 +547,7 @@ func Generation(ctx context.Context) (uint32, error) {
 	var gen uint32
 	err := withNetlink(ctx, func(c *nlConn) error {
 		return c.request(nftMsgGetGen, unix.NLM_F_ACK, nfprotoUnspec, nil, func(_ uint8, attrs []byte) {
-			forAttrs(attrs, func(typ uint16, val []byte) {
+			nlmsg.Attrs(attrs, func(typ uint16, val []byte) {
 				if typ == nftaGenID && len(val) == 4 {
 					gen = binary.BigEndian.Uint32(val)
 				}

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vmfw/vmfw/pkg/backend/nftables/layout"
+	"github.com/vmfw/vmfw/pkg/internal/nlmsg"
 )
 
 // Reading a set's elements. nf_tables dumps a set's elements a message
@@ -64,26 +65,13 @@ func setElements(f layout.Family, name string) ([]nftables.SetElement, error) {
 		}
 		// Walked in place: the decoder's closures cost 7 of the 13 ms
 		// of reading the ports set of 5000 taps.
-		attrs(m.Data[4:], func(typ uint16, list []byte) {
+		nlmsg.Attrs(m.Data[4:], func(typ uint16, list []byte) {
 			if typ == unix.NFTA_SET_ELEM_LIST_ELEMENTS {
-				attrs(list, func(_ uint16, elem []byte) { out = append(out, decodeElement(elem)) })
+				nlmsg.Attrs(list, func(_ uint16, elem []byte) { out = append(out, decodeElement(elem)) })
 			}
 		})
 	}
 	return out, nil
-}
-
-// attrs calls fn with the type and payload of each netlink attribute of
-// b, which it does not copy; a malformed attribute ends the walk.
-func attrs(b []byte, fn func(typ uint16, val []byte)) {
-	for len(b) >= unix.SizeofNlAttr {
-		n := int(binary.NativeEndian.Uint16(b[0:2]))
-		if n < unix.SizeofNlAttr || n > len(b) {
-			return
-		}
-		fn(binary.NativeEndian.Uint16(b[2:4])&^(unix.NLA_F_NESTED|unix.NLA_F_NET_BYTEORDER), b[unix.SizeofNlAttr:n])
-		b = b[min(len(b), (n+unix.NLA_ALIGNTO-1)&^(unix.NLA_ALIGNTO-1)):]
-	}
 }
 
 // nftaSetElemExpressions is NFTA_SET_ELEM_EXPRESSIONS, an element's list
@@ -97,14 +85,14 @@ func decodeElement(elem []byte) nftables.SetElement {
 	// inner is the payload of the value or verdict nested in a key or
 	// data attribute, as the library keeps it.
 	inner := func(b []byte) (out []byte) {
-		attrs(b, func(t uint16, val []byte) {
+		nlmsg.Attrs(b, func(t uint16, val []byte) {
 			if t == unix.NFTA_DATA_VALUE || t == unix.NFTA_DATA_VERDICT {
 				out = val
 			}
 		})
 		return out
 	}
-	attrs(elem, func(typ uint16, val []byte) {
+	nlmsg.Attrs(elem, func(typ uint16, val []byte) {
 		switch typ {
 		case unix.NFTA_SET_ELEM_KEY:
 			e.Key = inner(val)
@@ -119,7 +107,7 @@ func decodeElement(elem []byte) nftables.SetElement {
 		case unix.NFTA_SET_ELEM_EXPR:
 			decodeCounter(val, &e)
 		case nftaSetElemExpressions:
-			attrs(val, func(_ uint16, ex []byte) { decodeCounter(ex, &e) })
+			nlmsg.Attrs(val, func(_ uint16, ex []byte) { decodeCounter(ex, &e) })
 		}
 	})
 	return e
@@ -130,7 +118,7 @@ func decodeElement(elem []byte) nftables.SetElement {
 func decodeCounter(ex []byte, e *nftables.SetElement) {
 	var name string
 	var data []byte
-	attrs(ex, func(typ uint16, val []byte) {
+	nlmsg.Attrs(ex, func(typ uint16, val []byte) {
 		switch typ {
 		case unix.NFTA_EXPR_NAME:
 			name = strings.TrimRight(string(val), "\x00")
@@ -142,7 +130,7 @@ func decodeCounter(ex []byte, e *nftables.SetElement) {
 		return
 	}
 	c := &expr.Counter{}
-	attrs(data, func(typ uint16, val []byte) {
+	nlmsg.Attrs(data, func(typ uint16, val []byte) {
 		if len(val) != 8 {
 			return
 		}
