@@ -143,14 +143,10 @@ func (Table) LocalAddrs() ([]netip.Addr, error) {
 // ctnetlink's dump filter (linux/netfilter/nfnetlink_conntrack.h, Linux
 // 5.8), which vishvananda/netlink does not write.
 const (
-	ctaFilter            = 25 // CTA_FILTER
-	ctaFilterOrigFlags   = 1  // CTA_FILTER_ORIG_FLAGS
-	ctaFilterReplyFlags  = 2  // CTA_FILTER_REPLY_FLAGS
-	ctaFilterFlagIPSrc   = 1 << 0
-	ctaProtoNum          = 1 // CTA_PROTO_NUM
-	ctaProtoSrcPort      = 2 // CTA_PROTO_SRC_PORT
-	ipv4Len, ipv6Len     = 4, 16
-	ctaIPV4Src, ctaIPV6S = nl.CTA_IP_V4_SRC, nl.CTA_IP_V6_SRC
+	ctaFilter           = 25     // CTA_FILTER
+	ctaFilterOrigFlags  = 1      // CTA_FILTER_ORIG_FLAGS
+	ctaFilterReplyFlags = 2      // CTA_FILTER_REPLY_FLAGS
+	ctaFilterFlagIPSrc  = 1 << 0 // CTA_FILTER_FLAG(CTA_IP_SRC)
 )
 
 // DeleteAt is Delete for the flows from or to one of addrs: those whose
@@ -261,17 +257,14 @@ func procInt(name string) int {
 	return n
 }
 
-// deleteSelected dumps the flows whose dir tuple's source is a and
-// deletes those cut selects and done does not hold, adding their ids to
-// done.
+// deleteSelected dumps the flows whose dir tuple's source is the IPv4
+// address a and deletes those cut selects and done does not hold, adding
+// their ids to done.
 func deleteSelected(a netip.Addr, dir int, cut func(Flow) bool, done map[uint32]bool) (int, error) {
-	family, srcAttr := uint8(unix.AF_INET), ctaIPV4Src
-	if a.Is6() {
-		family, srcAttr = unix.AF_INET6, ctaIPV6S
-	}
+	const family = unix.AF_INET
 	req := request(nl.IPCTNL_MSG_CT_GET, unix.NLM_F_DUMP, family)
 	tuple := nl.NewRtAttr(dir|unix.NLA_F_NESTED, nil)
-	tuple.AddRtAttr(nl.CTA_TUPLE_IP|unix.NLA_F_NESTED, nil).AddRtAttr(srcAttr, a.AsSlice())
+	tuple.AddRtAttr(nl.CTA_TUPLE_IP|unix.NLA_F_NESTED, nil).AddRtAttr(nl.CTA_IP_V4_SRC, a.AsSlice())
 	req.AddData(tuple)
 	flags := ctaFilterOrigFlags
 	if dir == nl.CTA_TUPLE_REPLY {
@@ -350,7 +343,7 @@ func decodeTuple(b []byte) (t tuple) {
 		switch typ {
 		case nl.CTA_TUPLE_IP:
 			nlmsg.Attrs(val, func(typ uint16, ip []byte) {
-				if typ == ctaIPV4Src && len(ip) == ipv4Len || typ == ctaIPV6S && len(ip) == ipv6Len {
+				if typ == nl.CTA_IP_V4_SRC && len(ip) == net.IPv4len || typ == nl.CTA_IP_V6_SRC && len(ip) == net.IPv6len {
 					a, _ := netip.AddrFromSlice(ip)
 					t.src = a.Unmap()
 				}
@@ -358,9 +351,9 @@ func decodeTuple(b []byte) (t tuple) {
 		case nl.CTA_TUPLE_PROTO:
 			nlmsg.Attrs(val, func(typ uint16, v []byte) {
 				switch {
-				case typ == ctaProtoNum && len(v) == 1:
+				case typ == nl.CTA_PROTO_NUM && len(v) == 1:
 					t.proto = v[0]
-				case typ == ctaProtoSrcPort && len(v) == 2:
+				case typ == nl.CTA_PROTO_SRC_PORT && len(v) == 2:
 					t.sport = binary.BigEndian.Uint16(v)
 				}
 			})
