@@ -100,9 +100,9 @@ func nfproto(f ruleset.Family) uint8 {
 // netlink dump. It does not say whose they are.
 func listChains(ctx context.Context, family uint8) (map[layout.Chain]bool, error) {
 	out := map[layout.Chain]bool{}
-	err := withNetlink(ctx, func(c *nlConn) error {
+	err := nlmsg.With(ctx, func(c *nlmsg.Conn) error {
 		clear(out)
-		return c.request(nftMsgGetChain, unix.NLM_F_DUMP, family, nil, func(_ uint8, attrs []byte) {
+		return c.Request(nfnlSubsysNFTables<<8|nftMsgGetChain, unix.NLM_F_DUMP, family, nil, func(_ uint8, attrs []byte) {
 			var table, name []byte
 			nlmsg.Attrs(attrs, func(typ uint16, val []byte) {
 				switch typ {
@@ -127,12 +127,12 @@ func listChains(ctx context.Context, family uint8) (map[layout.Chain]bool, error
 // family has, asking for each by name.
 func chainsExist(ctx context.Context, family uint8, names []layout.Chain) (map[layout.Chain]bool, error) {
 	out := map[layout.Chain]bool{}
-	err := withNetlink(ctx, func(c *nlConn) error {
+	err := nlmsg.With(ctx, func(c *nlmsg.Conn) error {
 		for _, name := range names {
 			var req []byte
 			req = nlmsg.AppendAttr(req, nftaChainTable, []byte("filter\x00"))
 			req = nlmsg.AppendAttr(req, nftaChainName, []byte(string(name)+"\x00"))
-			err := c.request(nftMsgGetChain, unix.NLM_F_ACK, family, req, func(uint8, []byte) {})
+			err := c.Request(nfnlSubsysNFTables<<8|nftMsgGetChain, unix.NLM_F_ACK, family, req, func(uint8, []byte) {})
 			switch {
 			case err == nil:
 				out[name] = true
@@ -153,13 +153,13 @@ func chainsExist(ctx context.Context, family uint8, names []layout.Chain) (map[l
 // per chain. A chain that does not exist reads as no rules.
 func readFilterRules(ctx context.Context, family uint8, chains []layout.Chain) (map[layout.Chain][]kernelRule, error) {
 	out := map[layout.Chain][]kernelRule{}
-	err := withNetlink(ctx, func(c *nlConn) error {
+	err := nlmsg.With(ctx, func(c *nlmsg.Conn) error {
 		for _, chain := range chains {
 			var req []byte
 			req = nlmsg.AppendAttr(req, nftaRuleTable, []byte("filter\x00"))
 			req = nlmsg.AppendAttr(req, nftaRuleChain, []byte(string(chain)+"\x00"))
 			var rules []kernelRule
-			err := c.request(nftMsgGetRule, unix.NLM_F_DUMP, family, req, func(_ uint8, attrs []byte) {
+			err := c.Request(nfnlSubsysNFTables<<8|nftMsgGetRule, unix.NLM_F_DUMP, family, req, func(_ uint8, attrs []byte) {
 				// Old kernels ignore the chain in a dump request.
 				if table, name, r := parseRule(attrs); table == "filter" && name == chain {
 					rules = append(rules, r)
@@ -302,89 +302,6 @@ func cString(b []byte) string {
 		b = b[:i]
 	}
 	return string(b)
-}
-
-// nlConn is a netfilter netlink socket in the caller's network namespace.
-type nlConn struct {
-	fd  int
-	seq uint32
-	buf []byte
-}
-
-// errDumpInterrupted means the ruleset changed during a dump.
-var errDumpInterrupted = errors.New("dump interrupted by a concurrent change")
-
-// withNetlink runs fn on a fresh socket, retrying a few times when a dump
-// is interrupted by a concurrent ruleset change.
-func withNetlink(ctx context.Context, fn func(*nlConn) error) error {
-	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return err
-	}
-	c := &nlConn{fd: fd, buf: make([]byte, 1<<18)}
-	for try := 0; ; try++ {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		err := fn(c)
-		if !errors.Is(err, errDumpInterrupted) || try == 4 {
-			return err
-		}
-	}
-}
-
-// request sends an nf_tables request (a dump, or a get with an ack) and
-// calls fn with the family and the attributes of every message of the
-// answer until the dump ends or the request is acknowledged.
-func (c *nlConn) request(msg, flags uint16, family uint8, attrs []byte, fn func(family uint8, attrs []byte)) error {
-	c.seq++
-	req := make([]byte, unix.SizeofNlMsghdr+4, unix.SizeofNlMsghdr+4+len(attrs))
-	req = append(req, attrs...)
-	binary.NativeEndian.PutUint32(req[0:4], uint32(len(req)))
-	binary.NativeEndian.PutUint16(req[4:6], nfnlSubsysNFTables<<8|msg)
-	binary.NativeEndian.PutUint16(req[6:8], unix.NLM_F_REQUEST|flags)
-	binary.NativeEndian.PutUint32(req[8:12], c.seq)
-	req[unix.SizeofNlMsghdr] = family // nfgenmsg: family, version 0, res_id 0
-	if err := unix.Sendto(c.fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return err
-	}
-	interrupted := false
-	err := nlmsg.Receive(c.fd, c.buf, func(m nlmsg.Msg) (bool, error) {
-		if m.Seq != c.seq {
-			return false, nil
-		}
-		if m.Flags&unix.NLM_F_DUMP_INTR != 0 {
-			interrupted = true
-		}
-		switch m.Type {
-		case unix.NLMSG_DONE:
-			if interrupted {
-				return true, errDumpInterrupted
-			}
-			return true, nil
-		case unix.NLMSG_ERROR:
-			if len(m.Data) < 4 {
-				return true, errors.New("short netlink error")
-			}
-			if code := int32(binary.NativeEndian.Uint32(m.Data[0:4])); code != 0 {
-				return true, unix.Errno(-code)
-			}
-			return true, nil
-		default:
-			if len(m.Data) >= 4 {
-				fn(m.Data[0], m.Data[4:])
-			}
-			return false, nil
-		}
-	})
-	if errors.Is(err, nlmsg.ErrTruncated) {
-		return errors.New("malformed netlink message")
-	}
-	return err
 }
 
 // SaveChains reads vmfw's part of the named chains of family f's filter
@@ -545,8 +462,8 @@ func BridgeChainsExist(ctx context.Context, names []layout.Chain) (map[layout.Ch
 // it wrote nothing.
 func Generation(ctx context.Context) (uint32, error) {
 	var gen uint32
-	err := withNetlink(ctx, func(c *nlConn) error {
-		return c.request(nftMsgGetGen, unix.NLM_F_ACK, nfprotoUnspec, nil, func(_ uint8, attrs []byte) {
+	err := nlmsg.With(ctx, func(c *nlmsg.Conn) error {
+		return c.Request(nfnlSubsysNFTables<<8|nftMsgGetGen, unix.NLM_F_ACK, nfprotoUnspec, nil, func(_ uint8, attrs []byte) {
 			nlmsg.Attrs(attrs, func(typ uint16, val []byte) {
 				if typ == nftaGenID && len(val) == 4 {
 					gen = binary.BigEndian.Uint32(val)

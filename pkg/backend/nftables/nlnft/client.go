@@ -8,6 +8,7 @@
 package nlnft
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"maps"
@@ -309,29 +310,34 @@ func (cl Client) readTable(c *nftables.Conn, f layout.Family, elements bool, onl
 		}
 		os := &ObservedSet{Signature: strings.TrimPrefix(s.Comment, commentPrefix), Elements: map[string]Counter{}}
 		if elements || len(only) > 0 {
-			elems, err := setElements(f, s.Name)
-			if err != nil {
-				return nil, fmt.Errorf("reading set %s: %w", s.Name, err)
-			}
-			if s.Interval {
-				for _, k := range intervals(elems, int(s.KeyType.Bytes)) {
-					os.Elements[k] = Counter{}
-				}
-			}
-			for _, e := range elems {
+			var intervalElems []nftables.SetElement
+			err := setElements(f, s.Name, func() {
+				intervalElems, os.Elements, os.Data = nil, map[string]Counter{}, nil
+			}, func(e *nftables.SetElement) {
 				if s.Interval {
-					break
+					e.Key = bytes.Clone(e.Key) // kept past the call
+					intervalElems = append(intervalElems, *e)
+					return
 				}
 				var cnt Counter
 				if e.Counter != nil {
 					cnt = Counter{Packets: e.Counter.Packets, Bytes: e.Counter.Bytes}
 				}
-				os.Elements[string(e.Key)] = cnt
+				k := string(e.Key)
+				os.Elements[k] = cnt
 				verdict := ""
 				if s.IsMap {
 					verdict = verdictText(e.Val)
 				}
-				os.SetData(string(e.Key), layout.DataText(verdict, e.Comment))
+				os.SetData(k, layout.DataText(verdict, e.Comment))
+			})
+			if err != nil {
+				return nil, fmt.Errorf("reading set %s: %w", s.Name, err)
+			}
+			if s.Interval {
+				for _, k := range intervals(intervalElems, int(s.KeyType.Bytes)) {
+					os.Elements[k] = Counter{}
+				}
 			}
 		}
 		ot.Sets[s.Name] = os

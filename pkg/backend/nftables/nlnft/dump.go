@@ -1,14 +1,13 @@
 package nlnft
 
 import (
+	"context"
 	"encoding/binary"
-	"fmt"
 	"strings"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
-	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/vmfw/vmfw/pkg/backend/nftables/layout"
@@ -22,56 +21,38 @@ import (
 // the cost of a read grows with the square of the elements divided by
 // the elements per message. The library reads with buffers of the size
 // of each message, which leaves the kernel's messages at about 4 KiB
-// (100 elements, 53 of the ports set's); receiving into 64 KiB buffers
+// (100 elements, 53 of the ports set's); nlmsg.Conn's 256 KiB buffer
 // lets it fill 32 KiB ones (the most it makes), eight times fewer walks:
 // a set of 100,000 prefixes (200,000 elements) reads in about a second
 // instead of seven (docs/performance.md, "Address sets"), and the ports
 // set of 5000 taps, which an ifup without the agent reads, in 2 ms
-// instead of 12 to 16 ("An ifup without the agent").
-
-// dumpBuffer is the receive buffer of a set's dump: above the kernel's
-// largest dump message (32 KiB, netlink_recvmsg's cap).
-const dumpBuffer = 64 << 10
+// instead of 12 to 16 ("An ifup without the agent"). The elements are
+// walked in place and handed over one by one: collecting them cost more
+// than the kernel's part.
 
 // setElements reads the elements of set name of vmfw's table of family
 // f, in the calling thread's network namespace, as the library's
-// GetSetElements gives them: key, data (a verdict's attributes in a
-// verdict map), interval end, comment and counter.
-func setElements(f layout.Family, name string) ([]nftables.SetElement, error) {
-	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{MessageBufferSize: dumpBuffer})
-	if err != nil {
-		return nil, fmt.Errorf("opening nf_tables netlink: %w", err)
-	}
-	defer c.Close()
-	ae := netlink.NewAttributeEncoder()
-	ae.String(unix.NFTA_SET_ELEM_LIST_TABLE, layout.TableName)
-	ae.String(unix.NFTA_SET_ELEM_LIST_SET, name)
-	request, err := ae.Encode()
-	if err != nil {
-		return nil, err
-	}
-	req := netlink.Message{
-		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETSETELEM), Flags: netlink.Request | netlink.Dump},
-		Data:   append([]byte{byte(Family(f)), unix.NFNETLINK_V0, 0, 0}, request...),
-	}
-	msgs, err := c.Execute(req)
-	if err != nil {
-		return nil, err
-	}
-	var out []nftables.SetElement
-	for _, m := range msgs {
-		if len(m.Data) < 4 {
-			continue
-		}
-		// Walked in place: the decoder's closures cost 7 of the 13 ms
-		// of reading the ports set of 5000 taps.
-		nlmsg.Attrs(m.Data[4:], func(typ uint16, list []byte) {
-			if typ == unix.NFTA_SET_ELEM_LIST_ELEMENTS {
-				nlmsg.Attrs(list, func(_ uint16, elem []byte) { out = append(out, decodeElement(elem)) })
-			}
+// GetSetElements gives them (key, data: a verdict's attributes in a
+// verdict map, interval end, comment and counter), calling each with
+// every one; what e's slices hold is valid during the call only. begin is
+// called before each reading: a dump that a concurrent change interrupted
+// is read again from its start.
+func setElements(f layout.Family, name string, begin func(), each func(e *nftables.SetElement)) error {
+	attrs := nlmsg.AppendAttr(nil, unix.NFTA_SET_ELEM_LIST_TABLE, append([]byte(layout.TableName), 0))
+	attrs = nlmsg.AppendAttr(attrs, unix.NFTA_SET_ELEM_LIST_SET, append([]byte(name), 0))
+	return nlmsg.With(context.Background(), func(c *nlmsg.Conn) error {
+		begin()
+		return c.Request(unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_GETSETELEM, unix.NLM_F_DUMP, byte(Family(f)), attrs, func(_ uint8, msg []byte) {
+			nlmsg.Attrs(msg, func(typ uint16, list []byte) {
+				if typ == unix.NFTA_SET_ELEM_LIST_ELEMENTS {
+					nlmsg.Attrs(list, func(_ uint16, elem []byte) {
+						e := decodeElement(elem)
+						each(&e)
+					})
+				}
+			})
 		})
-	}
-	return out, nil
+	})
 }
 
 // nftaSetElemExpressions is NFTA_SET_ELEM_EXPRESSIONS, an element's list

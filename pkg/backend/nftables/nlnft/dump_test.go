@@ -1,6 +1,7 @@
 package nlnft
 
 import (
+	"bytes"
 	"fmt"
 	"os/exec"
 	"reflect"
@@ -55,7 +56,11 @@ func TestSetElementsAgreeWithLibrary(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, err := setElements(layout.Bridge, s.Name)
+			var got []nftables.SetElement
+			err = setElements(layout.Bridge, s.Name, func() { got = nil }, func(e *nftables.SetElement) {
+				e.Key, e.Val = bytes.Clone(e.Key), bytes.Clone(e.Val)
+				got = append(got, *e)
+			})
 			if err != nil {
 				t.Fatal(err)
 			}
