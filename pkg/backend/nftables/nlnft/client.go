@@ -9,6 +9,7 @@ package nlnft
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"maps"
@@ -23,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vmfw/vmfw/pkg/backend/nftables/layout"
+	"github.com/vmfw/vmfw/pkg/internal/nlmsg"
 )
 
 // Client talks to nf_tables in the calling thread's network namespace.
@@ -301,6 +303,7 @@ func (cl Client) readTable(c *nftables.Conn, f layout.Family, elements bool, onl
 	if err != nil {
 		return nil, fmt.Errorf("listing sets: %w", err)
 	}
+	var read []*nftables.Set
 	for _, s := range sets {
 		if s.Anonymous || strings.HasPrefix(s.Name, "__") {
 			continue
@@ -308,41 +311,60 @@ func (cl Client) readTable(c *nftables.Conn, f layout.Family, elements bool, onl
 		if len(only) > 0 && !slices.Contains(only, s.Name) {
 			continue
 		}
-		os := &ObservedSet{Signature: strings.TrimPrefix(s.Comment, commentPrefix), Elements: map[string]Counter{}}
+		ot.Sets[s.Name] = &ObservedSet{Signature: strings.TrimPrefix(s.Comment, commentPrefix), Elements: map[string]Counter{}}
 		if elements || len(only) > 0 {
-			var intervalElems []nftables.SetElement
-			err := setElements(f, s.Name, func() {
-				intervalElems, os.Elements, os.Data = nil, map[string]Counter{}, nil
-			}, func(e *nftables.SetElement) {
-				if s.Interval {
-					e.Key = bytes.Clone(e.Key) // kept past the call
-					intervalElems = append(intervalElems, *e)
-					return
-				}
-				var cnt Counter
-				if e.Counter != nil {
-					cnt = Counter{Packets: e.Counter.Packets, Bytes: e.Counter.Bytes}
-				}
-				k := string(e.Key)
-				os.Elements[k] = cnt
-				verdict := ""
-				if s.IsMap {
-					verdict = verdictText(e.Val)
-				}
-				os.SetData(k, layout.DataText(verdict, e.Comment))
-			})
-			if err != nil {
-				return nil, fmt.Errorf("reading set %s: %w", s.Name, err)
-			}
-			if s.Interval {
-				for _, k := range intervals(intervalElems, int(s.KeyType.Bytes)) {
-					os.Elements[k] = Counter{}
-				}
+			read = append(read, s)
+		}
+	}
+	if len(read) == 0 {
+		return ot, nil
+	}
+	// One socket for every set's dump: its buffer is 256 KiB.
+	err = nlmsg.With(context.Background(), func(nc *nlmsg.Conn) error {
+		for _, s := range read {
+			if err := readElements(nc, f, s, ot.Sets[s.Name]); err != nil {
+				return fmt.Errorf("reading set %s: %w", s.Name, err)
 			}
 		}
-		ot.Sets[s.Name] = os
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	return ot, nil
+}
+
+// readElements reads set s's elements into os.
+func readElements(nc *nlmsg.Conn, f layout.Family, s *nftables.Set, os *ObservedSet) error {
+	var intervalElems []nftables.SetElement
+	os.Elements, os.Data = map[string]Counter{}, nil
+	err := setElements(nc, f, s.Name, func(e *nftables.SetElement) {
+		if s.Interval {
+			e.Key = bytes.Clone(e.Key) // kept past the call
+			intervalElems = append(intervalElems, *e)
+			return
+		}
+		var cnt Counter
+		if e.Counter != nil {
+			cnt = Counter{Packets: e.Counter.Packets, Bytes: e.Counter.Bytes}
+		}
+		k := string(e.Key)
+		os.Elements[k] = cnt
+		verdict := ""
+		if s.IsMap {
+			verdict = verdictText(e.Val)
+		}
+		os.SetData(k, layout.DataText(verdict, e.Comment))
+	})
+	if err != nil {
+		return err
+	}
+	if s.Interval {
+		for _, k := range intervals(intervalElems, int(s.KeyType.Bytes)) {
+			os.Elements[k] = Counter{}
+		}
+	}
+	return nil
 }
 
 // ReadChains reads vmfw's tables narrowly: the chains named (those that

@@ -1,7 +1,6 @@
 package nlnft
 
 import (
-	"context"
 	"encoding/binary"
 	"strings"
 
@@ -30,27 +29,24 @@ import (
 // walked in place and handed over one by one: collecting them cost more
 // than the kernel's part.
 
-// setElements reads the elements of set name of vmfw's table of family
-// f, in the calling thread's network namespace, as the library's
+// setElements reads on nc the elements of set name of vmfw's table of
+// family f, in the network namespace nc was made in, as the library's
 // GetSetElements gives them (key, data: a verdict's attributes in a
 // verdict map, interval end, comment and counter), calling each with
-// every one; what e's slices hold is valid during the call only. begin is
-// called before each reading: a dump that a concurrent change interrupted
-// is read again from its start.
-func setElements(f layout.Family, name string, begin func(), each func(e *nftables.SetElement)) error {
+// every one; what e's slices hold is valid during the call only. A dump
+// that a concurrent change interrupted fails with
+// nlmsg.ErrDumpInterrupted, on which nlmsg.With reads again.
+func setElements(nc *nlmsg.Conn, f layout.Family, name string, each func(e *nftables.SetElement)) error {
 	attrs := nlmsg.AppendAttr(nil, unix.NFTA_SET_ELEM_LIST_TABLE, append([]byte(layout.TableName), 0))
 	attrs = nlmsg.AppendAttr(attrs, unix.NFTA_SET_ELEM_LIST_SET, append([]byte(name), 0))
-	return nlmsg.With(context.Background(), func(c *nlmsg.Conn) error {
-		begin()
-		return c.Request(unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_GETSETELEM, unix.NLM_F_DUMP, byte(Family(f)), attrs, func(_ uint8, msg []byte) {
-			nlmsg.Attrs(msg, func(typ uint16, list []byte) {
-				if typ == unix.NFTA_SET_ELEM_LIST_ELEMENTS {
-					nlmsg.Attrs(list, func(_ uint16, elem []byte) {
-						e := decodeElement(elem)
-						each(&e)
-					})
-				}
-			})
+	return nc.Request(unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_GETSETELEM, unix.NLM_F_DUMP, byte(Family(f)), attrs, func(_ uint8, msg []byte) {
+		nlmsg.Attrs(msg, func(typ uint16, list []byte) {
+			if typ == unix.NFTA_SET_ELEM_LIST_ELEMENTS {
+				nlmsg.Attrs(list, func(_ uint16, elem []byte) {
+					e := decodeElement(elem)
+					each(&e)
+				})
+			}
 		})
 	})
 }

@@ -2,6 +2,7 @@ package nlnft
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os/exec"
 	"reflect"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/vmfw/vmfw/pkg/backend/internal/backendtest"
 	"github.com/vmfw/vmfw/pkg/backend/nftables/layout"
+	"github.com/vmfw/vmfw/pkg/internal/nlmsg"
 )
 
 // TestSetElementsAgreeWithLibrary: the dump vmfw reads sets with gives,
@@ -57,9 +59,12 @@ func TestSetElementsAgreeWithLibrary(t *testing.T) {
 				t.Fatal(err)
 			}
 			var got []nftables.SetElement
-			err = setElements(layout.Bridge, s.Name, func() { got = nil }, func(e *nftables.SetElement) {
-				e.Key, e.Val = bytes.Clone(e.Key), bytes.Clone(e.Val)
-				got = append(got, *e)
+			err = nlmsg.With(context.Background(), func(nc *nlmsg.Conn) error {
+				got = nil
+				return setElements(nc, layout.Bridge, s.Name, func(e *nftables.SetElement) {
+					e.Key, e.Val = bytes.Clone(e.Key), bytes.Clone(e.Val)
+					got = append(got, *e)
+				})
 			})
 			if err != nil {
 				t.Fatal(err)
