@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"hash/crc32"
-	"io/fs"
 	"maps"
 	"os"
 	"path/filepath"
@@ -14,7 +13,6 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -98,19 +96,7 @@ func LoadIndexed(dir, path string) (*Model, error) {
 
 // identify stats path, following links: a link re-pointed elsewhere is
 // another file.
-func identify(path string) fileID {
-	fi, err := os.Stat(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return fileID{Path: path, Missing: true}
-	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if err != nil || !ok {
-		// Unidentifiable: a fresh ModTime of -1 never matches a record.
-		return fileID{Path: path, ModTime: -1}
-	}
-	return fileID{Path: path, Size: fi.Size(), ModTime: fi.ModTime().UnixNano(),
-		ChangeNS: st.Ctim.Sec*1e9 + st.Ctim.Nsec, Dev: st.Dev, Ino: st.Ino}
-}
+func identify(path string) fileID { return identifyAt(unix.AT_FDCWD, path, path) }
 
 // programID identifies the running program.
 func programID() (fileID, error) {
@@ -229,7 +215,7 @@ func unchanged(paths []fileID) bool {
 	dirs := map[string]int{}
 	defer func() {
 		for _, fd := range dirs {
-			if fd >= 0 {
+			if fd != unix.AT_FDCWD {
 				unix.Close(fd)
 			}
 		}
@@ -239,7 +225,7 @@ func unchanged(paths []fileID) bool {
 		if _, ok := dirs[dir]; !ok {
 			fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 			if err != nil {
-				fd = -1 // identifyAt stats the path itself
+				fd = unix.AT_FDCWD // the path is stat'ed whole
 			}
 			dirs[dir] = fd
 		}
@@ -251,7 +237,11 @@ func unchanged(paths []fileID) bool {
 		wg.Go(func() {
 			for i := w; i < len(paths) && !stale.Load(); i += workers {
 				id := paths[i]
-				if identifyAt(dirs[filepath.Dir(id.Path)], id.Path) != id {
+				dirfd, name := dirs[filepath.Dir(id.Path)], filepath.Base(id.Path)
+				if dirfd == unix.AT_FDCWD {
+					name = id.Path
+				}
+				if identifyAt(dirfd, name, id.Path) != id {
 					stale.Store(true)
 				}
 			}
@@ -261,18 +251,16 @@ func unchanged(paths []fileID) bool {
 	return !stale.Load()
 }
 
-// identifyAt is identify of path, whose directory is open as dirfd (-1:
-// not open, the path is then stat'ed whole).
-func identifyAt(dirfd int, path string) fileID {
-	if dirfd < 0 {
-		return identify(path)
-	}
+// identifyAt is identify of path, which is name in the directory open as
+// dirfd (unix.AT_FDCWD: name is the path itself).
+func identifyAt(dirfd int, name, path string) fileID {
 	var st unix.Stat_t
-	err := unix.Fstatat(dirfd, filepath.Base(path), &st, 0)
+	err := unix.Fstatat(dirfd, name, &st, 0)
 	switch {
 	case errors.Is(err, unix.ENOENT):
 		return fileID{Path: path, Missing: true}
 	case err != nil:
+		// Unidentifiable: a fresh ModTime of -1 never matches a record.
 		return fileID{Path: path, ModTime: -1}
 	}
 	return fileID{Path: path, Size: st.Size, ModTime: st.Mtim.Sec*1e9 + st.Mtim.Nsec,

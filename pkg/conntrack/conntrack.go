@@ -65,19 +65,29 @@ func (Table) Delete(cut func(Flow) bool) (int, error) {
 
 func deleteFamily(family netlink.InetFamily, cut func(Flow) bool) (int, error) {
 	f := filter(cut)
+	total, err := untilComplete(func() (int, error) {
+		n, err := netlink.ConntrackDeleteFilters(netlink.ConntrackTable, family, f)
+		return int(n), err
+	})
+	if err != nil {
+		return total, fmt.Errorf("deleting %s conntrack entries: %w", familyName(family), err)
+	}
+	return total, nil
+}
+
+// untilComplete calls del again while the kernel interrupted its dump, at
+// most dumpRetries more times, and adds up what the calls deleted: the
+// matching flows of a partial dump are deleted, and reading again finds
+// the ones it missed.
+func untilComplete(del func() (int, error)) (int, error) {
 	total := 0
 	for try := 0; ; try++ {
-		n, err := netlink.ConntrackDeleteFilters(netlink.ConntrackTable, family, f)
-		total += int(n)
-		switch {
-		case err == nil:
-			return total, nil
-		case errors.Is(err, netlink.ErrDumpInterrupted) && try < dumpRetries:
-			// The matching flows of the partial dump are deleted; read
-			// again for the ones it missed.
+		n, err := del()
+		total += n
+		if errors.Is(err, netlink.ErrDumpInterrupted) && try < dumpRetries {
 			continue
 		}
-		return total, fmt.Errorf("deleting %s conntrack entries: %w", familyName(family), err)
+		return total, err
 	}
 }
 
@@ -172,12 +182,17 @@ func (Table) DeleteAt(addrs []netip.Addr, cut func(Flow) bool) (int, error) {
 		}
 	}
 	if !askKernel(len(v4), len(v6) > 0, procInt("nf_conntrack_count"), procInt("nf_conntrack_buckets")) {
-		return Table{}.Delete(func(f Flow) bool {
-			of := func(a netip.Addr) bool { return slices.Contains(v4, a) || slices.Contains(v6, a) }
-			return (of(f.Src) || of(f.Dst)) && cut(f)
-		})
+		return Table{}.Delete(fromOrTo(append(v4, v6...), cut))
 	}
 	return deleteAsked(v4, v6, cut)
+}
+
+// fromOrTo is cut for the flows whose source or destination is one of
+// addrs, false for any other.
+func fromOrTo(addrs []netip.Addr, cut func(Flow) bool) func(Flow) bool {
+	return func(f Flow) bool {
+		return (slices.Contains(addrs, f.Src) || slices.Contains(addrs, f.Dst)) && cut(f)
+	}
 }
 
 // deleteAsked is DeleteAt asking the kernel for the flows of the IPv4
@@ -191,23 +206,17 @@ func deleteAsked(v4, v6 []netip.Addr, cut func(Flow) bool) (int, error) {
 			mine := func(f Flow) bool {
 				return dir == nl.CTA_TUPLE_ORIG && f.Src == a || dir == nl.CTA_TUPLE_REPLY && f.Dst == a
 			}
-			for try := 0; ; try++ {
-				n, err := deleteSelected(a, dir, func(f Flow) bool { return mine(f) && cut(f) }, done)
-				total += n
-				if errors.Is(err, netlink.ErrDumpInterrupted) && try < dumpRetries {
-					continue
-				}
-				if err != nil {
-					return total, fmt.Errorf("deleting conntrack entries of %s: %w", a, err)
-				}
-				break
+			n, err := untilComplete(func() (int, error) {
+				return deleteSelected(a, dir, func(f Flow) bool { return mine(f) && cut(f) }, done)
+			})
+			total += n
+			if err != nil {
+				return total, fmt.Errorf("deleting conntrack entries of %s: %w", a, err)
 			}
 		}
 	}
 	if len(v6) > 0 {
-		n, err := deleteFamily(unix.AF_INET6, func(f Flow) bool {
-			return (slices.Contains(v6, f.Src) || slices.Contains(v6, f.Dst)) && cut(f)
-		})
+		n, err := deleteFamily(unix.AF_INET6, fromOrTo(v6, cut))
 		total += n
 		if err != nil {
 			return total, err

@@ -56,7 +56,7 @@ func setElements(nc *nlmsg.Conn, f layout.Family, name string, each func(e *nfta
 const nftaSetElemExpressions = 0x11
 
 // decodeElement reads one element's attributes; the key and data alias
-// the message, which is not reused.
+// the message, which the socket's next datagram overwrites.
 func decodeElement(elem []byte) nftables.SetElement {
 	var e nftables.SetElement
 	// inner is the payload of the value or verdict nested in a key or
