@@ -29,7 +29,8 @@ const (
 )
 
 // Backend puts a policy into the kernel of one network namespace. The
-// engine calls it under the namespace lock, one operation at a time.
+// engine calls it under the namespace lock, one operation at a time; a
+// Rechecker's narrow Read may come before the lock.
 type Backend interface {
 	// Name says which backend this is.
 	Name() Name
@@ -250,6 +251,18 @@ type Generationer interface {
 	Mark(ctx context.Context) error
 	// Unchanged reports whether the kernel is as it was at the last Mark.
 	Unchanged(ctx context.Context) (bool, error)
+}
+
+// Rechecker is implemented by a backend that can tell cheaply whether a
+// State it read is still what the kernel holds (nf_tables' ruleset
+// generation moves with every commit). The engine may then make an
+// interface change's narrow Read before it takes the namespace lock,
+// beside loading the configuration, and use that State under the lock
+// only when Current says nothing committed since.
+type Rechecker interface {
+	// Current reports whether st, from Read, is still what the kernel
+	// holds.
+	Current(ctx context.Context, st State) (bool, error)
 }
 
 // StaleError is what Apply returns when it failed on a plan made from a

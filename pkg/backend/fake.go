@@ -21,7 +21,7 @@ import (
 // kube-proxy: its "kernel" is the policy last applied, per interface,
 // group and member set. It plans by comparing policies, counts what it is
 // asked, and fails on demand. Dump shows what it holds. It also
-// implements Generationer. The zero Fake is empty and ready; a Fake is
+// implements Generationer and Rechecker. The zero Fake is empty and ready; a Fake is
 // safe for concurrent use.
 type Fake struct {
 	mu sync.Mutex
@@ -50,6 +50,7 @@ type Fake struct {
 var (
 	_ Backend      = (*Fake)(nil)
 	_ Generationer = (*Fake)(nil)
+	_ Rechecker    = (*Fake)(nil)
 	_ Watcher      = (*Fake)(nil)
 )
 
@@ -65,6 +66,7 @@ func (f *Fake) Describe() string { return "fake" }
 // fakeState is what Read saw.
 type fakeState struct {
 	installed *ruleset.Policy
+	gen       uint64
 }
 
 func (s *fakeState) Installed() []string {
@@ -87,7 +89,16 @@ func (f *Fake) Read(context.Context, bool) (State, error) {
 		f.FailRead = nil
 		return nil, err
 	}
-	return &fakeState{installed: f.installed}, nil
+	return &fakeState{installed: f.installed, gen: f.gen}, nil
+}
+
+// Current reports whether nothing was applied, tampered with or flushed
+// since st was read.
+func (f *Fake) Current(_ context.Context, st State) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s, ok := st.(*fakeState)
+	return ok && s.gen == f.gen, nil
 }
 
 // fakePlan is a change of the fake: the policy to hold afterwards.

@@ -19,6 +19,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/vmfw/vmfw/pkg/backend"
@@ -353,24 +354,62 @@ func (e *Engine) lock(ctx context.Context) (func(), error) {
 // the namespace lock and reads the attachment records under it, resolved
 // against the configuration (r.model). The caller must call release.
 func (e *Engine) begin(ctx context.Context) (r *resolver, release func(), err error) {
+	r, release, _, err = e.beginWith(ctx, false)
+	return r, release, err
+}
+
+// beginChange is begin for a change of interfaces (an attach, a detach).
+// A backend that can tell whether a read is still current
+// (backend.Rechecker) makes the change's narrow read beside the
+// configuration's load, before the lock, instead of after it: at 5000
+// taps the load (the index and 5008 stats, 10 to 14 ms) and the read
+// (the ports set's 5000 elements, about 7 ms) then share two cores
+// instead of following each other (docs/performance.md, "An ifup
+// without the agent: what 2x takes"). early is that read when nothing
+// committed between it and the lock, nil otherwise. An engine given its
+// Model (the agent's) loads nothing and its backend reads from memory,
+// and the agent's other work uses the backend under the lock alone: it
+// reads after the lock as always.
+func (e *Engine) beginChange(ctx context.Context) (r *resolver, release func(), early backend.State, err error) {
+	_, ok := e.kernel.Backend.(backend.Rechecker)
+	return e.beginWith(ctx, ok && e.Model == nil)
+}
+
+func (e *Engine) beginWith(ctx context.Context, readEarly bool) (r *resolver, release func(), early backend.State, err error) {
 	start := time.Now()
+	var read sync.WaitGroup
+	var readErr error
+	if readEarly {
+		read.Go(func() { early, readErr = e.kernel.Backend.Read(ctx, true) })
+	}
 	m, err := e.load()
+	read.Wait()
+	if readErr != nil {
+		early = nil // the read under the lock says what failed
+	}
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	trace.Since(start, "load the configuration (%d VMs)", len(m.VMs))
 	start = time.Now()
 	if release, err = e.lock(ctx); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	trace.Since(start, "take the lock")
+	if early != nil {
+		// Read before the lock: current only if nothing committed since.
+		if ok, err := e.kernel.Backend.(backend.Rechecker).Current(ctx, early); err != nil || !ok {
+			trace.Printf("the early read is not current, reading again")
+			early = nil
+		}
+	}
 	start = time.Now()
 	if r, err = e.resolver(m); err != nil {
 		release()
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	trace.Since(start, "read attachment records")
-	return r, release, nil
+	return r, release, early, nil
 }
 
 // read reads everything the backend installed.
@@ -518,7 +557,7 @@ type BatchResult struct {
 // up that could not be firewalled or attached, each left without chains,
 // as QEMU refuses to start the VM and runs no downscript.
 func (e *Engine) ApplyBatch(ctx context.Context, up, down []string) (*BatchResult, error) {
-	r, release, err := e.begin(ctx)
+	r, release, early, err := e.beginChange(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -549,7 +588,7 @@ func (e *Engine) ApplyBatch(ctx context.Context, up, down []string) (*BatchResul
 			return nil, err
 		}
 	}
-	if res.Change, err = e.change(ctx, m, r, ups, downs); err != nil {
+	if res.Change, err = e.change(ctx, early, m, r, ups, downs); err != nil {
 		return nil, fmt.Errorf("%s: %w", describeBatch(ups, downs), err)
 	}
 	var undo []string
@@ -561,7 +600,7 @@ func (e *Engine) ApplyBatch(ctx context.Context, up, down []string) (*BatchResul
 	}
 	if len(undo) > 0 {
 		// The tap's chains and memberships must not outlive the failure.
-		if _, err := e.change(ctx, m, r, nil, undo); err != nil {
+		if _, err := e.change(ctx, nil, m, r, nil, undo); err != nil {
 			for _, tap := range undo {
 				failed[tap] = errors.Join(failed[tap], fmt.Errorf("removing %s: %w", tap, err))
 			}
@@ -589,9 +628,11 @@ func describeBatch(up, down []string) string {
 // installed interface the configuration no longer has is removed by a
 // full change. The policies before and after are compiled once: the one
 // before is the last change's when it is still installed, the one after
-// is derived from it (ruleset.Policy.With).
-func (e *Engine) change(ctx context.Context, m *config.Model, r nicSource, up, down []string) (*Change, error) {
-	st, installed, was, err := e.installedPolicy(ctx, m, r)
+// is derived from it (ruleset.Policy.With). early, when not nil, is the
+// backend's narrow read made before the lock and still current
+// (beginChange).
+func (e *Engine) change(ctx context.Context, early backend.State, m *config.Model, r nicSource, up, down []string) (*Change, error) {
+	st, installed, was, err := e.installedPolicy(ctx, early, m, r)
 	if err != nil {
 		return nil, err
 	}
@@ -638,11 +679,14 @@ func (e *Engine) installed(ctx context.Context, r nicSource) (st backend.State, 
 // installedPolicy reads, narrowly, which interfaces the backend installed
 // and returns the policy of m for them: the last change's when it is
 // that, else compiled. It is nil when the configuration no longer names
-// some of them, whose removal then takes a full change.
-func (e *Engine) installedPolicy(ctx context.Context, m *config.Model, r nicSource) (st backend.State, names []string, p *ruleset.Policy, err error) {
+// some of them, whose removal then takes a full change. A narrow read
+// already made (early) is used instead of reading.
+func (e *Engine) installedPolicy(ctx context.Context, early backend.State, m *config.Model, r nicSource) (st backend.State, names []string, p *ruleset.Policy, err error) {
 	start := time.Now()
-	if st, err = e.kernel.Backend.Read(ctx, true); err != nil {
-		return nil, nil, nil, err
+	if st = early; st == nil {
+		if st, err = e.kernel.Backend.Read(ctx, true); err != nil {
+			return nil, nil, nil, err
+		}
 	}
 	names = st.Installed()
 	if p = e.lastFor(m, r, names); p != nil {
@@ -665,8 +709,8 @@ func (e *Engine) installedPolicy(ctx context.Context, m *config.Model, r nicSour
 
 // detach removes tap's chains and memberships, keeping every other
 // installed interface as it is.
-func (e *Engine) detach(ctx context.Context, m *config.Model, r nicSource, tap string) error {
-	if _, err := e.change(ctx, m, r, nil, []string{tap}); err != nil {
+func (e *Engine) detach(ctx context.Context, early backend.State, m *config.Model, r nicSource, tap string) error {
+	if _, err := e.change(ctx, early, m, r, nil, []string{tap}); err != nil {
 		return fmt.Errorf("removing %s: %w", tap, err)
 	}
 	return nil
@@ -703,7 +747,7 @@ func dedupe(list []string) []string {
 // Detach removes tap's chains and memberships: QEMU's downscript=. It
 // succeeds for a tap that is unknown or already removed.
 func (e *Engine) Detach(ctx context.Context, tap string) error {
-	r, release, err := e.begin(ctx)
+	r, release, early, err := e.beginChange(ctx)
 	if err != nil {
 		return err
 	}
@@ -711,7 +755,7 @@ func (e *Engine) Detach(ctx context.Context, tap string) error {
 	if err := e.refuseConflict(ctx); err != nil {
 		return err
 	}
-	return e.detach(ctx, r.model, r, tap)
+	return e.detach(ctx, early, r.model, r, tap)
 }
 
 // Sync reconciles the host with the configuration: every configured tap that
@@ -789,7 +833,7 @@ func (e *Engine) SyncGroups(ctx context.Context, was *config.Model, groups []str
 		w.RemoteMembers = r.model.RemoteMembers
 		was = &w
 	}
-	st, installed, prev, err := e.installedPolicy(ctx, was, r)
+	st, installed, prev, err := e.installedPolicy(ctx, nil, was, r)
 	if err != nil {
 		return nil, err
 	}

@@ -135,12 +135,46 @@ func TestAttachWithoutConfig(t *testing.T) {
 	if !errors.As(err, &ce) || !strings.Contains(err.Error(), filepath.Join(e.ConfigDir, "vms", "999.toml")) {
 		t.Fatalf("error = %v, want a ConfigError naming vms/999.toml", err)
 	}
-	if be.Applies != 0 || be.Reads != 0 {
-		t.Errorf("the backend was read (%d) or written (%d)", be.Reads, be.Applies)
+	// The narrow read beside the load (beginChange) is made before the
+	// configuration says anything; nothing may be written.
+	if be.Applies != 0 || be.Plans != 0 {
+		t.Errorf("the backend was planned (%d) or written (%d)", be.Plans, be.Applies)
 	}
 	for _, bad := range []string{"eth0", "tap01i0", "tap1i"} {
 		if err := e.Attach(context.Background(), bad); !errors.As(err, &ce) {
 			t.Errorf("Attach(%q) = %v, want a ConfigError", bad, err)
 		}
+	}
+}
+
+// An interface change reads the backend beside the configuration's load,
+// before the lock (beginChange), and uses that read when nothing
+// committed before the lock was taken; a commit in between (another
+// process's change, a hand edit) makes it read again under the lock, or
+// the change would trust what the kernel no longer holds.
+func TestChangeReadsBesideTheLoad(t *testing.T) {
+	e, be, _ := testEngine(t)
+	ctx := context.Background()
+	if err := e.Attach(ctx, "tap101i0"); err != nil {
+		t.Fatal(err)
+	}
+	if be.Reads != 1 {
+		t.Errorf("an attach read the backend %d times, want once", be.Reads)
+	}
+	// Someone removes the interface's filtering after the early read and
+	// before the lock.
+	e.kernel.Lock = func(context.Context) (func(), error) {
+		be.Tamper("tap101i0")
+		return func() {}, nil
+	}
+	reads := be.Reads
+	if err := e.Attach(ctx, "tap101i0"); err != nil {
+		t.Fatal(err)
+	}
+	if be.Reads != reads+2 {
+		t.Errorf("an attach after a commit before the lock read the backend %d times, want twice", be.Reads-reads)
+	}
+	if !strings.Contains(be.Dump(), "iface tap101i0 ") {
+		t.Errorf("the attach trusted the read before the lock; the backend holds:\n%s", be.Dump())
 	}
 }

@@ -89,6 +89,7 @@ var (
 	_ backend.Generationer   = (*Backend)(nil)
 	_ backend.Watcher        = (*Backend)(nil)
 	_ backend.PortAttributor = (*Backend)(nil)
+	_ backend.Rechecker      = (*Backend)(nil)
 )
 
 // New returns a backend on o.
@@ -199,6 +200,21 @@ func (b *Backend) Read(ctx context.Context, narrow bool) (backend.State, error) 
 	}
 	trace.Since(start, "read vmfw's tables")
 	return &state{obs: obs, full: true}, nil
+}
+
+// Current reports whether st was read from the kernel at the generation
+// the kernel is at: every commit, vmfw's or anyone's, moves it. A
+// remembered state is never current here: Read checks the memory itself.
+func (b *Backend) Current(ctx context.Context, st backend.State) (bool, error) {
+	s, ok := st.(*state)
+	if !ok || s.remembered {
+		return false, nil
+	}
+	gen, err := b.kernel.Generation()
+	if err != nil {
+		return false, err
+	}
+	return gen == s.obs.Gen, nil
 }
 
 // full returns st read in full.
