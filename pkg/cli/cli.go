@@ -190,43 +190,63 @@ func configDirOf(args []string) string {
 	return config.DirFromEnv()
 }
 
-func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	prog := filepath.Base(args[0])
-	rest := args[1:]
-	switch prog {
+// globals are the options before the command.
+type globals struct {
+	configDir, flavour, chosen, stateDir string
+}
+
+// parseGlobals splits args into the options before the command, the
+// command and its arguments; vmfw-ifup and vmfw-ifdown (QEMU's scripts,
+// argv[0]) are ifup and ifdown.
+func parseGlobals(args []string) (g globals, cmd string, rest []string, err error) {
+	rest = args[1:]
+	switch filepath.Base(args[0]) {
 	case "vmfw-ifup":
 		rest = append([]string{"ifup"}, rest...)
 	case "vmfw-ifdown":
 		rest = append([]string{"ifdown"}, rest...)
 	}
+	fs := flag.NewFlagSet("vmfw", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&g.configDir, "config-dir", config.DirFromEnv(), "configuration directory")
+	fs.StringVar(&g.flavour, "iptables", os.Getenv("VMFW_IPTABLES"), "iptables flavour: nft or legacy")
+	fs.StringVar(&g.chosen, "backend", "", "backend: iptables or nftables")
+	fs.StringVar(&g.stateDir, "state-dir", state.DirFromEnv(), "state directory")
+	if err := fs.Parse(rest); err != nil {
+		return g, "", nil, &usageError{err.Error()}
+	}
+	if rest = fs.Args(); len(rest) == 0 {
+		return g, "", nil, &usageError{"missing command"}
+	}
+	return g, rest[0], rest[1:], nil
+}
 
-	global := flag.NewFlagSet("vmfw", flag.ContinueOnError)
-	global.SetOutput(io.Discard)
-	configDir := global.String("config-dir", config.DirFromEnv(), "configuration directory")
-	flavour := global.String("iptables", os.Getenv("VMFW_IPTABLES"), "iptables flavour: nft or legacy")
-	chosen := global.String("backend", "", "backend: iptables or nftables")
-	stateDir := global.String("state-dir", state.DirFromEnv(), "state directory")
-	if err := global.Parse(rest); err != nil {
-		return &usageError{err.Error()}
+// OneChange reports whether args run ifup or ifdown: a process that
+// makes one change of one tap and exits, which its command may run
+// without the garbage collector's cycles (plugins/vmfw).
+func OneChange(args []string) bool {
+	_, cmd, _, err := parseGlobals(args)
+	return err == nil && (cmd == "ifup" || cmd == "ifdown")
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	g, cmd, rest, err := parseGlobals(args)
+	if err != nil {
+		return err
 	}
-	rest = global.Args()
-	if len(rest) == 0 {
-		return &usageError{"missing command"}
+	if g.chosen != "" && g.chosen != config.BackendIPTables && g.chosen != config.BackendNFTables {
+		return &usageError{fmt.Sprintf("--backend %q: must be iptables or nftables", g.chosen)}
 	}
-	cmd, rest := rest[0], rest[1:]
-	if *chosen != "" && *chosen != config.BackendIPTables && *chosen != config.BackendNFTables {
-		return &usageError{fmt.Sprintf("--backend %q: must be iptables or nftables", *chosen)}
-	}
-	opts := system.Options{ConfigDir: *configDir, StateDir: *stateDir, Backend: backend.Name(*chosen), IPTables: *flavour}
+	opts := system.Options{ConfigDir: g.configDir, StateDir: g.stateDir, Backend: backend.Name(g.chosen), IPTables: g.flavour}
 	// What a caller of the agent sends: an agent on the other backend
 	// refuses it, and the command does the work (or refuses) itself.
 	request := func(op agent.Op) agent.Request {
-		return agent.Request{Op: op, ConfigDir: *configDir, StateDir: *stateDir, Backend: config.ChosenBackend(*chosen, *configDir), IPTables: *flavour}
+		return agent.Request{Op: op, ConfigDir: g.configDir, StateDir: g.stateDir, Backend: config.ChosenBackend(g.chosen, g.configDir), IPTables: g.flavour}
 	}
 
 	newEngine := func() (Engine, error) {
 		o := opts
-		o.ConfigDir = effectiveConfigDir(*configDir)
+		o.ConfigDir = effectiveConfigDir(g.configDir)
 		e, err := system.NewEngine(ctx, o)
 		if err != nil {
 			return nil, err // not a nil *engine.Engine in an interface
@@ -285,15 +305,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return err
 	case "check":
-		return checkCmd(ctx, newEngine, *configDir, config.ChosenBackend(*chosen, *configDir), rest, stdout)
+		return checkCmd(ctx, newEngine, g.configDir, config.ChosenBackend(g.chosen, g.configDir), rest, stdout)
 	case "trace":
 		return traceCmd(ctx, newEngine, rest, stdout)
 	case "log":
-		return logCmd(ctx, *configDir, rest, stdout)
+		return logCmd(ctx, g.configDir, rest, stdout)
 	case "status":
-		return status(ctx, newEngine, *configDir, rest, stdout)
+		return status(ctx, newEngine, g.configDir, rest, stdout)
 	case "cluster":
-		return clusterCmd(ctx, *configDir, rest, stdout)
+		return clusterCmd(ctx, g.configDir, rest, stdout)
 	case "agent":
 		return agentCmd(ctx, opts, rest, stdout, stderr)
 	case "import":

@@ -136,3 +136,27 @@ func TestImportProxmox(t *testing.T) {
 		t.Errorf("exit %d, %q", code, errOut)
 	}
 }
+
+// TestOneChange: only ifup and ifdown, however they are named or
+// whatever options come first, run without the garbage collector; the
+// agent and every other command keep it.
+func TestOneChange(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want bool
+	}{
+		{[]string{"vmfw", "ifup", "tap100i0"}, true},
+		{[]string{"/usr/sbin/vmfw", "--backend", "nftables", "--config-dir=/etc/x", "ifdown", "tap100i0"}, true},
+		{[]string{"/usr/libexec/vmfw/vmfw-ifup", "tap100i0"}, true},
+		{[]string{"vmfw-ifdown", "tap100i0"}, true},
+		{[]string{"vmfw", "agent"}, false},
+		{[]string{"vmfw", "apply"}, false},
+		{[]string{"vmfw", "--config-dir", "ifup"}, false}, // "ifup" is the option's value
+		{[]string{"vmfw", "--no-such-option", "ifup", "tap100i0"}, false},
+		{[]string{"vmfw"}, false},
+	} {
+		if got := OneChange(c.args); got != c.want {
+			t.Errorf("OneChange(%q) = %v, want %v", c.args, got, c.want)
+		}
+	}
+}
