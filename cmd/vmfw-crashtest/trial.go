@@ -120,6 +120,21 @@ func (h *harness) applyTo(ctx context.Context, b bool) (time.Duration, *snapshot
 	return d, s, err
 }
 
+// change makes the change from the state from to configuration to: it
+// asks for the dry run, applies, and returns the change as a direction
+// (at the state the apply left) with how long the apply took.
+func (h *harness) change(ctx context.Context, name string, to bool, from *snapshot) (*direction, time.Duration, error) {
+	dry, err := h.dryRun(ctx, to)
+	if err != nil {
+		return nil, 0, err
+	}
+	took, at, err := h.applyTo(ctx, to)
+	if err != nil {
+		return nil, 0, err
+	}
+	return &direction{name: name, to: to, from: from, at: at, plan: parsePlan(dry)}, took, nil
+}
+
 // direction is one of the two changes the trials interrupt.
 type direction struct {
 	name     string
@@ -155,32 +170,22 @@ func runBackend(ctx context.Context, o options) (*result, error) {
 	if err != nil {
 		return nil, err
 	}
-	dryAB, err := h.dryRun(ctx, true)
+	ab, tAB, err := h.change(ctx, "A→B", true, snapA)
 	if err != nil {
 		return nil, err
 	}
-	tAB, snapB, err := h.applyTo(ctx, true)
+	ba, tBA, err := h.change(ctx, "B→A", false, ab.at)
 	if err != nil {
 		return nil, err
 	}
-	dryBA, err := h.dryRun(ctx, false)
-	if err != nil {
-		return nil, err
-	}
-	tBA, snapA2, err := h.applyTo(ctx, false)
-	if err != nil {
-		return nil, err
-	}
-	if diff := compare(snapA, snapA2); diff != "" {
+	if diff := compare(snapA, ba.at); diff != "" {
 		return nil, fmt.Errorf("state A differs after A→B→A (%s): the comparison would be meaningless", diff)
 	}
 	for _, p := range snapA.parts {
-		if snapA.part(p) == snapB.part(p) && !strings.HasPrefix(p, "iptables-hooks") {
+		if snapA.part(p) == ab.at.part(p) && !strings.HasPrefix(p, "iptables-hooks") {
 			return nil, fmt.Errorf("the scenario does not change %s", p)
 		}
 	}
-	ab := &direction{name: "A→B", to: true, from: snapA, at: snapB, plan: parsePlan(dryAB)}
-	ba := &direction{name: "B→A", to: false, from: snapB, at: snapA, plan: parsePlan(dryBA)}
 	for _, d := range []*direction{ab, ba} {
 		if err := d.planStages(); err != nil {
 			return nil, err
