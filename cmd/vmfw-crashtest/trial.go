@@ -209,19 +209,13 @@ func runBackend(ctx context.Context, o options) (*result, error) {
 			// A host's first apply is a path of its own (nothing to read,
 			// every table and set created), which a kernel vmfw has
 			// already written to never takes.
-			delay := time.Duration(rng.Float64() * 1.2 * float64(recentFresh.median()))
+			delay := recentFresh.killDelay(rng)
 			outcome, violation, full, err := freshTrial(ctx, o, snapA, delay)
 			if err != nil {
 				return r, fmt.Errorf("trial %d (from an empty kernel): %w", i+1, err)
 			}
-			if full > 0 {
-				recentFresh.add(full)
-				outcome = "apply finished before the kill"
-			}
-			r.trials++
+			r.count(outcome, delay, full, recentFresh)
 			r.fresh++
-			r.outcomes[outcome]++
-			r.delays = append(r.delays, delay)
 			// Each such trial has a lab of its own: nothing it left
 			// carries over to the next trial.
 			if violation != "" {
@@ -235,21 +229,12 @@ func runBackend(ctx context.Context, o options) (*result, error) {
 		if cur == ab {
 			d = ba
 		}
-		// Kill anywhere from before vmfw has started to after it has
-		// finished. How long an apply takes follows the machine's load,
-		// so the range follows the applies that ran last.
-		delay := time.Duration(rng.Float64() * 1.2 * float64(recent.median()))
+		delay := recent.killDelay(rng)
 		outcome, violation, full, err := h.trial(ctx, d, delay)
 		if err != nil {
 			return r, fmt.Errorf("trial %d: %w", i+1, err)
 		}
-		if full > 0 {
-			recent.add(full)
-			outcome = "apply finished before the kill"
-		}
-		r.trials++
-		r.outcomes[outcome]++
-		r.delays = append(r.delays, delay)
+		outcome = r.count(outcome, delay, full, recent)
 		if violation != "" {
 			r.violations = append(r.violations, fmt.Sprintf("trial %d (%s, killed after %v): %s", i+1, d.name, delay.Round(time.Millisecond), violation))
 		}
@@ -525,6 +510,27 @@ func (ds *durations) median() time.Duration {
 	s := slices.Clone(ds.d)
 	slices.Sort(s)
 	return s[len(s)/2]
+}
+
+// killDelay picks when a trial kills the apply: anywhere from before vmfw
+// has started to after it has finished. How long an apply takes follows
+// the machine's load, so the range follows the applies that ran last.
+func (ds *durations) killDelay(rng *rand.Rand) time.Duration {
+	return time.Duration(rng.Float64() * 1.2 * float64(ds.median()))
+}
+
+// count counts a trial whose apply was killed after delay, and returns
+// its outcome: an apply that finished first (full, its duration) is an
+// outcome of its own and joins recent.
+func (r *result) count(outcome string, delay, full time.Duration, recent *durations) string {
+	if full > 0 {
+		recent.add(full)
+		outcome = "apply finished before the kill"
+	}
+	r.trials++
+	r.outcomes[outcome]++
+	r.delays = append(r.delays, delay)
+	return outcome
 }
 
 // explain lists, for each part that differs, the lines only one of the
