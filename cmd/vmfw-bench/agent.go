@@ -18,7 +18,6 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"text/tabwriter"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -250,11 +249,9 @@ func (a *agentLab) run(storm bool) error {
 		if err != nil {
 			return err
 		}
-		d, _, err := a.vmfw("apply")
-		if err != nil {
+		if err := a.sample(&editNone, "apply"); err != nil {
 			return err
 		}
-		editNone = append(editNone, d)
 		if err := a.learn(fmt.Sprintf("group:%d", v), groupChain); err != nil {
 			return err
 		}
@@ -263,11 +260,9 @@ func (a *agentLab) run(storm bool) error {
 		if _, err := a.editVM(); err != nil {
 			return err
 		}
-		d, _, err := a.vmfw("apply")
-		if err != nil {
+		if err := a.sample(&vmNone, "apply"); err != nil {
 			return err
 		}
-		vmNone = append(vmNone, d)
 		if err := a.learn(fmt.Sprintf("vm:%v", a.joined), vmChain); err != nil {
 			return err
 		}
@@ -1249,30 +1244,23 @@ func (r *agentResults) print(w io.Writer, took time.Duration) {
 	fmt.Fprintln(w, "xtables lock tested every 1 ms, iptables -S when a write released it), p50/p99 with the agent, without it the wall")
 	fmt.Fprintln(w, "time of vmfw apply run right after the edit;")
 	fmt.Fprintln(w, "other rows: wall clock of the vmfw processes (storm: first start to last exit; agent start: to its \"agent ready\"), medians")
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "backend\ttaps\toperation\tagent\tno agent\tno agent/agent\ttarget\tmet\truns\t")
+	tw := newTable(w, "backend\ttaps\toperation\tagent\tno agent\tno agent/agent\ttarget\tmet\truns\t")
 	for _, x := range r.rows {
-		ag, none, ratio := "-", "-", "-"
-		if len(x.agent) > 0 {
-			ag = ms(median(x.agent))
+		ag, ratio := medianCell(x.agent), "-"
+		if x.percentiles && len(x.agent) > 0 {
+			ag = "p50 " + ms(percentile(x.agent, 50)) + ", p99 " + ms(percentile(x.agent, 99))
+		}
+		if len(x.none) > 0 && len(x.agent) > 0 {
+			ref := median(x.agent)
 			if x.percentiles {
-				ag = "p50 " + ms(percentile(x.agent, 50)) + ", p99 " + ms(percentile(x.agent, 99))
+				ref = percentile(x.agent, 50)
+			}
+			ratio = fmt.Sprintf("%.1fx", float64(median(x.none))/float64(ref))
+			if x.noneFailed {
+				ratio = ">= " + ratio
 			}
 		}
-		if len(x.none) > 0 {
-			none = ms(median(x.none))
-			if len(x.agent) > 0 {
-				ref := median(x.agent)
-				if x.percentiles {
-					ref = percentile(x.agent, 50)
-				}
-				ratio = fmt.Sprintf("%.1fx", float64(median(x.none))/float64(ref))
-				if x.noneFailed {
-					ratio = ">= " + ratio
-				}
-			}
-		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t\n", x.backend, x.taps, withNote(x.what, x.note), ag, none, ratio, cmp(x.target, "-"), cmp(x.met, "-"), len(x.agent))
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t\n", x.backend, x.taps, withNote(x.what, x.note), ag, medianCell(x.none), ratio, cmp(x.target, "-"), cmp(x.met, "-"), len(x.agent))
 	}
 	tw.Flush()
 	for _, n := range r.notes {

@@ -68,6 +68,16 @@ func (l *lab) vmfw(args ...string) (time.Duration, []byte, error) {
 	return l.hv.timed(l.ctx, l.env, l.o.vmfw, args...)
 }
 
+// sample runs vmfw in the lab and adds how long it took to samples.
+func (l *lab) sample(samples *[]time.Duration, args ...string) error {
+	d, _, err := l.vmfw(args...)
+	if err != nil {
+		return err
+	}
+	*samples = append(*samples, d)
+	return nil
+}
+
 // benchSize measures one backend at n installed taps.
 func benchSize(ctx context.Context, o options, backend string, n int, r *results) error {
 	progress("%s, %d taps: setting up", backend, n)
@@ -272,6 +282,21 @@ func (l *lab) delLink(tap string) error {
 	return err
 }
 
+// upDown adds tap, adds how long its ifup and its ifdown took to up and
+// down, and deletes it again.
+func (l *lab) upDown(tap string, up, down *[]time.Duration) error {
+	if err := l.addLink(tap); err != nil {
+		return err
+	}
+	if err := l.sample(up, "ifup", tap); err != nil {
+		return err
+	}
+	if err := l.sample(down, "ifdown", tap); err != nil {
+		return err
+	}
+	return l.delLink(tap)
+}
+
 func (l *lab) write(rel, text string) error {
 	return os.WriteFile(filepath.Join(l.dir, rel), []byte(text), 0o644)
 }
@@ -289,24 +314,11 @@ func (l *lab) controlPlane(r *results) error {
 		return err
 	}
 	for i := range l.o.runs {
-		d, _, err := l.vmfw("check")
-		if err != nil {
+		if err := l.sample(&check, "check"); err != nil {
 			return err
 		}
-		check = append(check, d)
 		tap := tapName(extraVMID(l.n, i))
-		if err := l.addLink(tap); err != nil {
-			return err
-		}
-		if d, _, err = l.vmfw("ifup", tap); err != nil {
-			return err
-		}
-		up = append(up, d)
-		if d, _, err = l.vmfw("ifdown", tap); err != nil {
-			return err
-		}
-		down = append(down, d)
-		if err := l.delLink(tap); err != nil {
+		if err := l.upDown(tap, &up, &down); err != nil {
 			return err
 		}
 		if i < l.baselineRuns() {
@@ -335,11 +347,9 @@ func (l *lab) controlPlane(r *results) error {
 		if err := l.write("groups/g03.toml", groupFile(3, i+1)); err != nil {
 			return err
 		}
-		d, _, err := l.vmfw("apply")
-		if err != nil {
+		if err := l.sample(&edit, "apply"); err != nil {
 			return err
 		}
-		edit = append(edit, d)
 	}
 	// A VM with addresses joins one more group per run: its chains get the
 	// jump, the group's sets its addresses.
@@ -359,11 +369,9 @@ func (l *lab) controlPlane(r *results) error {
 		if err := l.write(fmt.Sprintf("vms/%d.toml", id), vmFile(id, joiner, groups)); err != nil {
 			return err
 		}
-		d, _, err := l.vmfw("apply")
-		if err != nil {
+		if err := l.sample(&member, "apply"); err != nil {
 			return err
 		}
-		member = append(member, d)
 	}
 	wrote := false
 	for range l.runsFor(true) {
@@ -371,11 +379,9 @@ func (l *lab) controlPlane(r *results) error {
 		if err != nil {
 			return err
 		}
-		d, _, err := l.vmfw("apply")
-		if err != nil {
+		if err := l.sample(&same, "apply"); err != nil {
 			return err
 		}
-		same = append(same, d)
 		after, err := l.generation()
 		if err != nil {
 			return err
@@ -383,11 +389,9 @@ func (l *lab) controlPlane(r *results) error {
 		wrote = wrote || after != gen
 	}
 	for range l.runsFor(true) {
-		d, _, err := l.vmfw("status")
-		if err != nil {
+		if err := l.sample(&status, "status"); err != nil {
 			return err
 		}
-		status = append(status, d)
 	}
 	add("edit one group + apply", edit, nil, "")
 	add("add one member + apply", member, nil, "")

@@ -17,7 +17,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"text/tabwriter"
 	"time"
 
 	"google.golang.org/grpc"
@@ -480,8 +479,7 @@ func (r *clusterResults) print(w io.Writer, took time.Duration) {
 	fmt.Fprintf(w, "vmfw-bench, cluster: %d simulated hosts x %d VMs (each a pkg/cluster Node in this process with its own etcd client,\n", r.hosts, r.vms)
 	fmt.Fprintf(w, "lease and watch; no data plane), etcd %s in a namespace; %d joins and leaves of one VM, each by another host;\n", r.etcdVer, r.joins)
 	fmt.Fprintln(w, "\"sets\": the other hosts' addresses by group (Node.Remote), what the agent writes into its ipsets")
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "what\tp50\tp99\tmax\tsamples\t")
+	tw := newTable(w, "what\tp50\tp99\tmax\tsamples\t")
 	row := func(what string, xs []time.Duration) {
 		if len(xs) == 0 {
 			return

@@ -91,23 +91,13 @@ func main() {
 		quick("cluster-joins", func() { o.clusterJoins = 20 })
 	}
 	o.backends = strings.Split(backends, ",")
+	partFlags := map[string]*bool{"control": &o.control, "data": &o.data, "agent": &o.agent, "worst": &o.worst, "cluster": &o.cluster, "sets": &o.sets}
 	for _, p := range strings.Split(parts, ",") {
-		switch p {
-		case "control":
-			o.control = true
-		case "data":
-			o.data = true
-		case "agent":
-			o.agent = true
-		case "worst":
-			o.worst = true
-		case "cluster":
-			o.cluster = true
-		case "sets":
-			o.sets = true
-		default:
+		on, ok := partFlags[p]
+		if !ok {
 			fatalf("unknown part %q (want control, data, agent, worst, cluster or sets)", p)
 		}
+		*on = true
 	}
 	for _, s := range strings.Split(sizes, ",") {
 		n, err := strconv.Atoi(s)

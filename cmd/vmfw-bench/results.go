@@ -62,6 +62,22 @@ func ms(d time.Duration) string {
 	}
 }
 
+// medianCell is the median of samples as a table cell: "-" for none.
+func medianCell(samples []time.Duration) string {
+	if len(samples) == 0 {
+		return "-"
+	}
+	return ms(median(samples))
+}
+
+// newTable starts a table as the bench prints its rows: columns aligned
+// right under header.
+func newTable(w io.Writer, header string) *tabwriter.Writer {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, header)
+	return tw
+}
+
 // withNote is a row's operation as the tables print it: what, followed by
 // note in parentheses if there is one.
 func withNote(what, note string) string {
@@ -73,20 +89,13 @@ func withNote(what, note string) string {
 
 func (r *results) print(w io.Writer, o options, took time.Duration) {
 	fmt.Fprintf(w, "vmfw-bench: medians of the runs shown (fewer where a run takes seconds); wall clock per command, fork to exit\n")
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "backend\ttaps\toperation\tvmfw\tbaseline\tbaseline/vmfw\truns\t")
+	tw := newTable(w, "backend\ttaps\toperation\tvmfw\tbaseline\tbaseline/vmfw\truns\t")
 	for _, x := range r.rows {
-		vm, base, ratio := "-", "-", "-"
-		if len(x.vmfw) > 0 {
-			vm = ms(median(x.vmfw))
+		ratio := "-"
+		if len(x.base) > 0 && len(x.vmfw) > 0 {
+			ratio = fmt.Sprintf("%.0fx", float64(median(x.base))/float64(median(x.vmfw)))
 		}
-		if len(x.base) > 0 {
-			base = ms(median(x.base))
-			if len(x.vmfw) > 0 {
-				ratio = fmt.Sprintf("%.0fx", float64(median(x.base))/float64(median(x.vmfw)))
-			}
-		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%d\t\n", x.backend, x.taps, withNote(x.what, x.note), vm, base, ratio, len(x.vmfw))
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%d\t\n", x.backend, x.taps, withNote(x.what, x.note), medianCell(x.vmfw), medianCell(x.base), ratio, len(x.vmfw))
 	}
 	tw.Flush()
 	if len(r.data) > 0 {
@@ -94,8 +103,7 @@ func (r *results) print(w io.Writer, o options, took time.Duration) {
 		fmt.Fprintln(w, "data plane: two VMs on one bridge; new UDP flows per second (bursts of distinct flows, median), per second of the")
 		fmt.Fprintln(w, "sending core's CPU time (the whole path runs there) and of wall clock; ping round trip. Bridged rows: VM 1 to VM 2")
 		fmt.Fprintln(w, "over IPv4; routed rows: an uplink host to VM 2 over IPv6, routed by the hypervisor (vmfw-route decides)")
-		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "backend\ttaps\tdispatch\tnew flows/s (CPU)\tvs 0 taps\tnew flows/s (wall)\tping RTT\t")
+		tw = newTable(w, "backend\ttaps\tdispatch\tnew flows/s (CPU)\tvs 0 taps\tnew flows/s (wall)\tping RTT\t")
 		zero := map[string]float64{}
 		for _, d := range r.data {
 			if d.taps == 0 {

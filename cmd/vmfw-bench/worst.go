@@ -67,20 +67,7 @@ func worstCase(ctx context.Context, o options, n int, r *agentResults) error {
 	}
 	var up, down []time.Duration
 	for _, id := range extra {
-		tap := tapName(id)
-		if err := l.addLink(tap); err != nil {
-			return err
-		}
-		d, _, err := l.vmfw("ifup", tap)
-		if err != nil {
-			return err
-		}
-		up = append(up, d)
-		if d, _, err = l.vmfw("ifdown", tap); err != nil {
-			return err
-		}
-		down = append(down, d)
-		if _, err := l.hv.run(ctx, "ip", "link", "del", tap); err != nil {
+		if err := l.upDown(tapName(id), &up, &down); err != nil {
 			return err
 		}
 	}

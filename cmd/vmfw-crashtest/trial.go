@@ -120,6 +120,21 @@ func (h *harness) applyTo(ctx context.Context, b bool) (time.Duration, *snapshot
 	return d, s, err
 }
 
+// change makes the change from the state from to configuration to: it
+// asks for the dry run, applies, and returns the change as a direction
+// (at the state the apply left) with how long the apply took.
+func (h *harness) change(ctx context.Context, name string, to bool, from *snapshot) (*direction, time.Duration, error) {
+	dry, err := h.dryRun(ctx, to)
+	if err != nil {
+		return nil, 0, err
+	}
+	took, at, err := h.applyTo(ctx, to)
+	if err != nil {
+		return nil, 0, err
+	}
+	return &direction{name: name, to: to, from: from, at: at, plan: parsePlan(dry)}, took, nil
+}
+
 // direction is one of the two changes the trials interrupt.
 type direction struct {
 	name     string
@@ -155,32 +170,22 @@ func runBackend(ctx context.Context, o options) (*result, error) {
 	if err != nil {
 		return nil, err
 	}
-	dryAB, err := h.dryRun(ctx, true)
+	ab, tAB, err := h.change(ctx, "A→B", true, snapA)
 	if err != nil {
 		return nil, err
 	}
-	tAB, snapB, err := h.applyTo(ctx, true)
+	ba, tBA, err := h.change(ctx, "B→A", false, ab.at)
 	if err != nil {
 		return nil, err
 	}
-	dryBA, err := h.dryRun(ctx, false)
-	if err != nil {
-		return nil, err
-	}
-	tBA, snapA2, err := h.applyTo(ctx, false)
-	if err != nil {
-		return nil, err
-	}
-	if diff := compare(snapA, snapA2); diff != "" {
+	if diff := compare(snapA, ba.at); diff != "" {
 		return nil, fmt.Errorf("state A differs after A→B→A (%s): the comparison would be meaningless", diff)
 	}
 	for _, p := range snapA.parts {
-		if snapA.part(p) == snapB.part(p) && !strings.HasPrefix(p, "iptables-hooks") {
+		if snapA.part(p) == ab.at.part(p) && !strings.HasPrefix(p, "iptables-hooks") {
 			return nil, fmt.Errorf("the scenario does not change %s", p)
 		}
 	}
-	ab := &direction{name: "A→B", to: true, from: snapA, at: snapB, plan: parsePlan(dryAB)}
-	ba := &direction{name: "B→A", to: false, from: snapB, at: snapA, plan: parsePlan(dryBA)}
 	for _, d := range []*direction{ab, ba} {
 		if err := d.planStages(); err != nil {
 			return nil, err
@@ -204,19 +209,13 @@ func runBackend(ctx context.Context, o options) (*result, error) {
 			// A host's first apply is a path of its own (nothing to read,
 			// every table and set created), which a kernel vmfw has
 			// already written to never takes.
-			delay := time.Duration(rng.Float64() * 1.2 * float64(recentFresh.median()))
+			delay := recentFresh.killDelay(rng)
 			outcome, violation, full, err := freshTrial(ctx, o, snapA, delay)
 			if err != nil {
 				return r, fmt.Errorf("trial %d (from an empty kernel): %w", i+1, err)
 			}
-			if full > 0 {
-				recentFresh.add(full)
-				outcome = "apply finished before the kill"
-			}
-			r.trials++
+			r.count(outcome, delay, full, recentFresh)
 			r.fresh++
-			r.outcomes[outcome]++
-			r.delays = append(r.delays, delay)
 			// Each such trial has a lab of its own: nothing it left
 			// carries over to the next trial.
 			if violation != "" {
@@ -230,21 +229,12 @@ func runBackend(ctx context.Context, o options) (*result, error) {
 		if cur == ab {
 			d = ba
 		}
-		// Kill anywhere from before vmfw has started to after it has
-		// finished. How long an apply takes follows the machine's load,
-		// so the range follows the applies that ran last.
-		delay := time.Duration(rng.Float64() * 1.2 * float64(recent.median()))
+		delay := recent.killDelay(rng)
 		outcome, violation, full, err := h.trial(ctx, d, delay)
 		if err != nil {
 			return r, fmt.Errorf("trial %d: %w", i+1, err)
 		}
-		if full > 0 {
-			recent.add(full)
-			outcome = "apply finished before the kill"
-		}
-		r.trials++
-		r.outcomes[outcome]++
-		r.delays = append(r.delays, delay)
+		outcome = r.count(outcome, delay, full, recent)
 		if violation != "" {
 			r.violations = append(r.violations, fmt.Sprintf("trial %d (%s, killed after %v): %s", i+1, d.name, delay.Round(time.Millisecond), violation))
 		}
@@ -520,6 +510,27 @@ func (ds *durations) median() time.Duration {
 	s := slices.Clone(ds.d)
 	slices.Sort(s)
 	return s[len(s)/2]
+}
+
+// killDelay picks when a trial kills the apply: anywhere from before vmfw
+// has started to after it has finished. How long an apply takes follows
+// the machine's load, so the range follows the applies that ran last.
+func (ds *durations) killDelay(rng *rand.Rand) time.Duration {
+	return time.Duration(rng.Float64() * 1.2 * float64(ds.median()))
+}
+
+// count counts a trial whose apply was killed after delay, and returns
+// its outcome: an apply that finished first (full, its duration) is an
+// outcome of its own and joins recent.
+func (r *result) count(outcome string, delay, full time.Duration, recent *durations) string {
+	if full > 0 {
+		recent.add(full)
+		outcome = "apply finished before the kill"
+	}
+	r.trials++
+	r.outcomes[outcome]++
+	r.delays = append(r.delays, delay)
+	return outcome
 }
 
 // explain lists, for each part that differs, the lines only one of the

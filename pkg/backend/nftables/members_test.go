@@ -57,16 +57,10 @@ func TestPlanSetEdit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := b.Plan(ctx, st, after, &backend.Hint{Was: after, Members: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	full, err := b.Plan(ctx, &state{obs: k.obs.Clone(), full: true}, after, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !p.(*plan).hinted || text(t, p) != text(t, full) {
-		t.Errorf("the members plan (hinted %v):\n%s\ndiffers from the full one:\n%s", p.(*plan).hinted, text(t, p), text(t, full))
+	p := mustPlan(t, b, st, after, &backend.Hint{Was: after, Members: true})
+	full := mustPlan(t, b, &state{obs: k.obs.Clone(), full: true}, after, nil)
+	if !p.hinted || text(t, p) != text(t, full) {
+		t.Errorf("the members plan (hinted %v):\n%s\ndiffers from the full one:\n%s", p.hinted, text(t, p), text(t, full))
 	}
 	sum := p.Summary()
 	for table, c := range sum.Tables {
@@ -84,7 +78,7 @@ func TestPlanSetEdit(t *testing.T) {
 	if !equalLists(sum.Sets.Added, wantAdded) || !equalLists(sum.Sets.Removed, wantRemoved) || len(sum.Sets.Created)+len(sum.Sets.Destroyed) > 0 {
 		t.Errorf("the summary's sets: %+v, want added %v and removed %v", sum.Sets, wantAdded, wantRemoved)
 	}
-	batch := p.(*plan).batch
+	batch := p.batch
 	if len(batch.Tables) != 1 {
 		t.Fatalf("the plan writes %d tables, want the bridge table's elements", len(batch.Tables))
 	}
@@ -150,34 +144,19 @@ func TestPlanSetEditFromConfiguration(t *testing.T) {
 	before, after, b, k := partnersEdit(t)
 	// A full plan finds the tables as wanted: the sets are held as
 	// before at generation 7, which Mark remembers.
-	st, err := b.Read(ctx, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if p, err := b.Plan(ctx, st, before, nil); err != nil || !p.Empty() {
-		t.Fatalf("the first plan: %v, %v", p, err)
+	if p := readPlan(t, b, false, before, nil); !p.Empty() {
+		t.Fatalf("the first plan: %v", p)
 	}
 	if err := b.Mark(ctx); err != nil {
 		t.Fatal(err)
 	}
 	edit := func(was, now *ruleset.Policy) *plan {
 		t.Helper()
-		st, err := b.Read(ctx, true)
-		if err != nil {
-			t.Fatal(err)
-		}
-		p, err := b.Plan(ctx, st, now, &backend.Hint{Was: now, Members: true, Sets: []backend.SetEdit{{Name: "partners", Was: was.Sets["partners"].Config, Now: now.Sets["partners"].Config}}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return p.(*plan)
+		return readPlan(t, b, true, now, &backend.Hint{Was: now, Members: true, Sets: []backend.SetEdit{{Name: "partners", Was: was.Sets["partners"].Config, Now: now.Sets["partners"].Config}}})
 	}
 	for i, step := range []struct{ was, now *ruleset.Policy }{{before, after}, {after, before}} {
 		p := edit(step.was, step.now)
-		full, err := b.Plan(ctx, &state{obs: k.obs.Clone(), full: true}, step.now, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		full := mustPlan(t, b, &state{obs: k.obs.Clone(), full: true}, step.now, nil)
 		if p.edit == nil || text(t, p) != text(t, full) {
 			t.Fatalf("edit %d, planned from the configuration %v:\n%s\ndiffers from the full plan:\n%s", i, p.edit != nil, text(t, p), text(t, full))
 		}

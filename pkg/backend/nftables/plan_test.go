@@ -136,15 +136,7 @@ func TestPlanRewritesChangedFingerprints(t *testing.T) {
 	want := referencePolicy(t)
 	plan := func() *plan {
 		t.Helper()
-		st, err := b.Read(ctx, false)
-		if err != nil {
-			t.Fatal(err)
-		}
-		p, err := b.Plan(ctx, st, want, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return p.(*plan)
+		return readPlan(t, b, false, want, nil)
 	}
 	first := plan()
 	if first.Empty() || !slices.Contains(first.Summary().Tables["bridge"].Created, layout.ChainIn) {
@@ -189,34 +181,21 @@ func TestPlanFromHint(t *testing.T) {
 	b, k := installedBackend(t, wasPolicy)
 	narrow := &state{obs: k.obs.Clone()}
 	hint := &backend.Hint{Was: wasPolicy, Interfaces: []string{all.Interfaces[0].Name}}
-	hinted, err := b.Plan(ctx, narrow, all, hint)
-	if err != nil {
-		t.Fatal(err)
-	}
-	full, err := b.Plan(ctx, &state{obs: k.obs.Clone()}, all, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !hinted.(*plan).hinted || text(t, hinted) != text(t, full) || hinted.Empty() {
-		t.Errorf("the hinted plan (hinted %v):\n%s\ndiffers from the full one:\n%s", hinted.(*plan).hinted, text(t, hinted), text(t, full))
+	hinted := mustPlan(t, b, narrow, all, hint)
+	full := mustPlan(t, b, &state{obs: k.obs.Clone()}, all, nil)
+	if !hinted.hinted || text(t, hinted) != text(t, full) || hinted.Empty() {
+		t.Errorf("the hinted plan (hinted %v):\n%s\ndiffers from the full one:\n%s", hinted.hinted, text(t, hinted), text(t, full))
 	}
 
 	in := k.obs.Tables[layout.Bridge].Chains[layout.ChainIn]
 	in.Hashes = append([]string{"0000000000000000"}, in.Hashes[1:]...)
-	p, err := b.Plan(ctx, &state{obs: k.obs.Clone()}, all, hint)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if p.(*plan).hinted || !slices.Contains(p.Summary().Tables["bridge"].Rewritten, layout.ChainIn) {
-		t.Errorf("with the in chain not as the hint says, the plan is hinted %v and rewrites %v", p.(*plan).hinted, p.Summary().Tables["bridge"].Rewritten)
+	if p := mustPlan(t, b, &state{obs: k.obs.Clone()}, all, hint); p.hinted || !slices.Contains(p.Summary().Tables["bridge"].Rewritten, layout.ChainIn) {
+		t.Errorf("with the in chain not as the hint says, the plan is hinted %v and rewrites %v", p.hinted, p.Summary().Tables["bridge"].Rewritten)
 	}
 
 	k.obs = observedOf(layout.Build(wasPolicy, b.Marks()))
 	k.failWrite = errors.New("No such file or directory")
-	hinted, err = b.Plan(ctx, &state{obs: k.obs.Clone()}, all, hint)
-	if err != nil {
-		t.Fatal(err)
-	}
+	hinted = mustPlan(t, b, &state{obs: k.obs.Clone()}, all, hint)
 	var stale *backend.StaleError
 	if err := b.Apply(ctx, hinted); !errors.As(err, &stale) {
 		t.Errorf("a hinted plan that fails: %v, want a StaleError", err)
@@ -224,6 +203,27 @@ func TestPlanFromHint(t *testing.T) {
 	if p, err := b.Plan(ctx, &state{obs: k.obs.Clone()}, all, hint); err != nil || p.(*plan).hinted {
 		t.Errorf("the plan after a failed hinted one is hinted %v (%v), want a full one", p.(*plan).hinted, err)
 	}
+}
+
+// mustPlan returns b's plan for want from st; planning must succeed.
+func mustPlan(t *testing.T, b *Backend, st backend.State, want *ruleset.Policy, hint *backend.Hint) *plan {
+	t.Helper()
+	p, err := b.Plan(context.Background(), st, want, hint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p.(*plan)
+}
+
+// readPlan reads the tables, narrowly when narrow, and returns b's plan
+// for want from them.
+func readPlan(t *testing.T, b *Backend, narrow bool, want *ruleset.Policy, hint *backend.Hint) *plan {
+	t.Helper()
+	st, err := b.Read(context.Background(), narrow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mustPlan(t, b, st, want, hint)
 }
 
 func text(t *testing.T, p backend.Plan) string {

@@ -43,41 +43,58 @@ func ifaceMatches(pattern, name string) bool {
 	return pattern == name
 }
 
-// trace runs a packet from port through the dispatch chains starting at
-// root, as the kernel would: it returns the tap chain the packet reaches
-// ("DROP" for a fail-closed drop, "" when it falls off the tree) and the
-// number of interface matches evaluated.
-func trace(t *testing.T, chains map[Chain]*ChainRules, root Chain, port string) (string, int) {
+// walk follows a packet from root through a tree of chains, as the
+// kernel would. follow reads a rule: the chain it sends the packet to, ""
+// when it does not match, and whether it is one of the tree's matches
+// (not a head's handling of the mark); the walk ends at a chain leaf
+// reports. It returns that chain ("" when the packet falls off the tree)
+// and the number of matches evaluated; a tree deeper than limit chains
+// fails t, naming what.
+func walk(t *testing.T, chains map[Chain]*ChainRules, root Chain, what string, limit int, follow func(spec string) (to Chain, counted bool), leaf func(Chain) bool) (Chain, int) {
 	t.Helper()
 	c, evaluated := chains[root], 0
 	for depth := 0; ; depth++ {
-		if depth > 20 {
-			t.Fatalf("%s: dispatch deeper than 20 chains", port)
+		if depth > limit {
+			t.Fatalf("%s deeper than %d chains", what, limit)
 		}
 		next := Chain("")
 		for _, r := range c.Rules {
-			m := ruleShape.FindStringSubmatch(r.Spec)
-			if m == nil {
-				continue // the root's mark reset
+			to, counted := follow(r.Spec)
+			if counted {
+				evaluated++
 			}
-			evaluated++
-			if !ifaceMatches(m[1], port) {
-				continue
+			if to != "" {
+				next = to
+				break
 			}
-			if m[3] == "DROP" {
-				return "DROP", evaluated
-			}
-			if chains[Chain(m[3])] == nil {
-				return m[3], evaluated // a tap's own chain
-			}
-			next = Chain(m[3])
-			break
 		}
 		if next == "" {
 			return "", evaluated
 		}
+		if leaf(next) {
+			return next, evaluated
+		}
 		c = chains[next]
 	}
+}
+
+// trace runs a packet from port through the dispatch chains starting at
+// root: it returns the tap chain the packet reaches ("DROP" for a
+// fail-closed drop, "" when it falls off the tree) and the number of
+// interface matches evaluated.
+func trace(t *testing.T, chains map[Chain]*ChainRules, root Chain, port string) (string, int) {
+	t.Helper()
+	to, evaluated := walk(t, chains, root, port+": dispatch", 20, func(spec string) (Chain, bool) {
+		m := ruleShape.FindStringSubmatch(spec)
+		if m == nil {
+			return "", false // the root's mark reset
+		}
+		if !ifaceMatches(m[1], port) {
+			return "", true
+		}
+		return Chain(m[3]), true
+	}, func(c Chain) bool { return chains[c] == nil }) // DROP, or a tap's own chain
+	return string(to), evaluated
 }
 
 // TestDispatchReachesEveryTap checks that every installed tap reaches its

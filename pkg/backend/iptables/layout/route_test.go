@@ -32,47 +32,21 @@ func routeNICs(n int, groups ...string) []*config.NIC {
 
 var destRule = regexp.MustCompile(`^-d (\S+) -g (\S+)$`)
 
-// routeTrace follows a packet to dst through the address tree at root, as
-// the kernel would: it returns the chain the packet is sent to ("" when it
-// falls off the tree) and the number of "-d" matches evaluated.
+// routeTrace follows a packet to dst through the address tree at root:
+// it returns the chain the packet is sent to ("" when it falls off the
+// tree) and the number of "-d" matches evaluated.
 func routeTrace(t *testing.T, chains map[Chain]*ChainRules, root Chain, dst netip.Addr) (Chain, int) {
 	t.Helper()
-	c, evaluated := chains[root], 0
-	for depth := 0; ; depth++ {
-		if depth > 40 {
-			t.Fatalf("%s: address tree deeper than 40 chains", dst)
+	return walk(t, chains, root, dst.String()+": address tree", 40, func(spec string) (Chain, bool) {
+		m := destRule.FindStringSubmatch(spec)
+		if m == nil {
+			return "", false // the head: clearing the mark
 		}
-		next := Chain("")
-		for _, r := range c.Rules {
-			m := destRule.FindStringSubmatch(r.Spec)
-			if m == nil {
-				continue // the head: clearing the mark
-			}
-			evaluated++
-			if netip.MustParsePrefix(m[1]).Contains(dst) {
-				next = Chain(m[2])
-				break
-			}
+		if !netip.MustParsePrefix(m[1]).Contains(dst) {
+			return "", true
 		}
-		if next == "" {
-			return "", evaluated
-		}
-		if chains[next] == nil || !isDispatchChain(next) {
-			return next, evaluated
-		}
-		c = chains[next]
-	}
-}
-
-// routePolicy compiles m for nics, whose addresses the route trees are
-// built over.
-func routePolicy(t *testing.T, m *config.Model, nics []*config.NIC) *ruleset.Policy {
-	t.Helper()
-	p, err := ruleset.Compile(m, nics)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
+		return Chain(m[2]), true
+	}, func(c Chain) bool { return chains[c] == nil || !isDispatchChain(c) })
 }
 
 // TestRouteTreeReachesEveryAddress: every listed address of either family
@@ -81,7 +55,7 @@ func routePolicy(t *testing.T, m *config.Model, nics []*config.NIC) *ruleset.Pol
 func TestRouteTreeReachesEveryAddress(t *testing.T) {
 	m := &config.Model{Host: config.Host{Mark: 0x1000}, Groups: map[string]*config.Group{}}
 	nics := routeNICs(5000)
-	p := routePolicy(t, m, nics)
+	p := compile(t, m, nics)
 	b := newBuilder(p)
 	for _, f := range ruleset.Families {
 		chains := chainMap(b.routes(f, p.Interfaces))
@@ -135,7 +109,7 @@ func TestRouteTreeNodeNamesAndPrefixes(t *testing.T) {
 		}
 	}
 	m := &config.Model{Host: config.Host{Mark: 0x1000}, Groups: map[string]*config.Group{}}
-	p := routePolicy(t, m, routeNICs(5000))
+	p := compile(t, m, routeNICs(5000))
 	seen := map[Chain]bool{}
 	for _, f := range ruleset.Families {
 		for _, c := range newBuilder(p).routes(f, p.Interfaces) {

@@ -110,6 +110,14 @@ func applyScope(kernel map[Chain][]Rule, want *Table, names []Chain) {
 	}
 }
 
+// scopeTakes reports whether replacing the chains in scope (names, as
+// scope has them) on a kernel holding was yields exactly now.
+func scopeTakes(was, scope *Table, names []Chain, now *Table) bool {
+	k := kernelOf(was)
+	applyScope(k, scope, names)
+	return sameKernel(k, kernelOf(now))
+}
+
 func sameKernel(a, b map[Chain][]Rule) bool {
 	if len(a) != len(b) {
 		return false
@@ -149,9 +157,7 @@ func TestScopeTakesKernelFromBeforeToAfter(t *testing.T) {
 			was := buildFor(t, m, before)
 			now := buildFor(t, m, after)
 			for _, f := range ruleset.Families {
-				k := kernelOf(was.Tables[f])
-				applyScope(k, sc.Tables[f], sc.Chains[f])
-				if !sameKernel(k, kernelOf(now.Tables[f])) {
+				if !scopeTakes(was.Tables[f], sc.Tables[f], sc.Chains[f], now.Tables[f]) {
 					t.Errorf("attach=%v %s (%d others), %s: kernel after the scoped change differs from Build", attach, tap, len(others), f)
 				}
 				if len(sc.Chains[f]) > 30 {
@@ -169,9 +175,7 @@ func TestScopeTakesKernelFromBeforeToAfter(t *testing.T) {
 					}
 				}
 			}
-			k := kernelOf(was.Bridge)
-			applyScope(k, sc.Bridge, sc.BridgeChains)
-			if !sameKernel(k, kernelOf(now.Bridge)) {
+			if !scopeTakes(was.Bridge, sc.Bridge, sc.BridgeChains, now.Bridge) {
 				t.Errorf("attach=%v %s: bridge table after the scoped change differs from Build", attach, tap)
 			}
 			if fmt.Sprint(sc.Sets) != fmt.Sprint(now.Sets) {
@@ -207,9 +211,7 @@ func TestGroupScopeTakesKernelFromBeforeToAfter(t *testing.T) {
 	before := buildFor(t, was, nics)
 	after := buildFor(t, now, nics)
 	for _, f := range ruleset.Families {
-		k := kernelOf(before.Tables[f])
-		applyScope(k, sc.Tables[f], sc.Chains[f])
-		if !sameKernel(k, kernelOf(after.Tables[f])) {
+		if !scopeTakes(before.Tables[f], sc.Tables[f], sc.Chains[f], after.Tables[f]) {
 			t.Errorf("%s: kernel after the group scope differs from Build", f)
 		}
 		for _, c := range sc.Chains[f] {
