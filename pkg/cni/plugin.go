@@ -75,18 +75,11 @@ var commands = map[string]command{
 	"GC":    plugin.gc,
 }
 
-// run adapts a command to skel: it parses the configuration, bounds the
-// run in time, hands the command to a running agent or else runs it here,
-// and maps errors to CNI error codes. ADD prints prevResult back on
-// success.
+// run adapts a command to skel: it hands the command to a running agent
+// or else runs it here, and maps errors to CNI error codes. ADD prints
+// prevResult back on success.
 func run(name string) func(*skel.CmdArgs) error {
-	return func(args *skel.CmdArgs) error {
-		c, err := parseConf(args.StdinData)
-		if err != nil {
-			return err
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), timeout)
-		defer cancel()
+	return bounded(func(ctx context.Context, args *skel.CmdArgs, c *NetConf) error {
 		if handled, err := viaAgent(ctx, name, args, c); handled {
 			if err != nil {
 				return err
@@ -111,19 +104,27 @@ func run(name string) func(*skel.CmdArgs) error {
 			return types.PrintResult(c.PrevResult, c.CNIVersion)
 		}
 		return nil
-	}
+	})
 }
 
 // status runs STATUS, which reads and changes nothing, so it never goes
 // through the agent.
-func status(args *skel.CmdArgs) error {
-	c, err := parseConf(args.StdinData)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
+var status = bounded(func(ctx context.Context, args *skel.CmdArgs, c *NetConf) error {
 	return cniError(cmdStatus(ctx, args, c))
+})
+
+// bounded adapts f to skel: it parses the configuration and bounds the
+// run in time (timeout).
+func bounded(f func(ctx context.Context, args *skel.CmdArgs, c *NetConf) error) func(*skel.CmdArgs) error {
+	return func(args *skel.CmdArgs) error {
+		c, err := parseConf(args.StdinData)
+		if err != nil {
+			return err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		return f(ctx, args, c)
+	}
 }
 
 // cniError maps an error to a CNI error: 7 for configuration problems, 11

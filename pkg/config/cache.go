@@ -179,14 +179,12 @@ func (c *Cache) begin(known, knownSets map[string]bool) (groups map[string]cache
 	return map[string]cachedGroup{}, map[string]loadedVM{}
 }
 
-// group returns the cached outcome of group file e, if it can be reused.
+// group returns the cached outcome of group file e, and whether it can be
+// reused: never for a symlink (Cache).
 func (c *Cache) group(e entry) (cachedGroup, bool) {
-	if e.mode&fs.ModeSymlink != 0 {
-		return cachedGroup{}, false
-	}
 	g, ok := c.groups[e.rel]
 	g.err = copyError(g.err)
-	return g, ok
+	return g, ok && e.mode&fs.ModeSymlink == 0
 }
 
 // set returns the cached outcome of set file e, and whether it can be
@@ -198,14 +196,12 @@ func (c *Cache) set(e entry, changed bool) (cachedSet, bool) {
 	return s, ok && !changed && e.mode&fs.ModeSymlink == 0
 }
 
-// vm returns the cached outcome of VM file e, if it can be reused.
+// vm returns the cached outcome of VM file e, and whether it can be
+// reused, as group does.
 func (c *Cache) vm(e entry) (loadedVM, bool) {
-	if e.mode&fs.ModeSymlink != 0 {
-		return loadedVM{}, false
-	}
 	lv, ok := c.vms[e.rel]
 	lv.err = copyError(lv.err)
-	return lv, ok
+	return lv, ok && e.mode&fs.ModeSymlink == 0
 }
 
 // copyError returns a copy of err (nil for nil): callers may rewrite the

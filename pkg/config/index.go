@@ -140,7 +140,7 @@ func readIndex(path, dir string, program fileID) *Model {
 	n, _ := d.count()
 	paths := make([]fileID, n)
 	for i := range paths {
-		paths[i] = d.fileID()
+		fileIDLayout(d, &paths[i])
 	}
 	if d.err != nil || !unchanged(paths) {
 		return nil
@@ -150,7 +150,7 @@ func readIndex(path, dir string, program fileID) *Model {
 	m.VMs = make(map[int]*VM, n)
 	vms := make([]VM, n)
 	for i := range vms {
-		d.vm(&vms[i])
+		vmLayout(d, &vms[i])
 		m.VMs[vms[i].ID] = &vms[i]
 	}
 	if d.err != nil || len(d.buf) != 0 {
@@ -188,12 +188,12 @@ func writeIndex(path string, ix *indexFile, paths []fileID) {
 	e.uvarint(uint64(len(js)))
 	e.buf = append(e.buf, js...)
 	e.count(len(paths), false)
-	for _, id := range paths {
-		e.fileID(id)
+	for i := range paths {
+		fileIDLayout(e, &paths[i])
 	}
 	e.count(len(ix.Model.VMs), false)
 	for _, id := range slices.Sorted(maps.Keys(ix.Model.VMs)) {
-		e.vm(ix.Model.VMs[id])
+		vmLayout(e, ix.Model.VMs[id])
 	}
 	e.buf = binary.BigEndian.AppendUint32(e.buf, crc32.Checksum(e.buf[len(indexMagic):], castagnoli))
 	tmp, err := os.CreateTemp(filepath.Dir(path), ".config-index-*")

@@ -3,7 +3,6 @@ package config
 import (
 	"encoding/binary"
 	"errors"
-	"net"
 	"net/netip"
 )
 
@@ -20,24 +19,93 @@ import (
 // index is then not used.
 var errIndexCorrupt = errors.New("corrupt index")
 
+// coder is one side of the codec: the encoder writes each field it is
+// given, the decoder reads each into place (a zero value: a field it fails
+// to read stays zero). The records' layouts (vmLayout, nicLayout,
+// fileIDLayout) are written once against it, so that what is written and
+// what is read back are one list of fields in one order.
+type coder interface {
+	int(*int)
+	int64(*int64)
+	uint64(*uint64)
+	bool(*bool)
+	str(*string)
+	// istr is str for strings many records repeat, which the decoder keeps
+	// one copy of.
+	istr(*string)
+	bytes(*[]byte)
+	strs(*[]string)
+	addrs(*[]netip.Addr)
+	// nics is vm's NICs, each in nicLayout.
+	nics(vm *VM)
+}
+
+// vmLayout is the layout of a VM. The decoder reads into *vm, which the
+// caller allocates (readIndex: all of them at once).
+func vmLayout(c coder, vm *VM) {
+	c.int(&vm.ID)
+	c.str(&vm.File)
+	c.str(&vm.Name)
+	c.bool(&vm.Enable)
+	c.bool(&vm.DropInvalid)
+	c.istr((*string)(&vm.PolicyIn))
+	c.istr((*string)(&vm.PolicyOut))
+	c.bool(&vm.Log)
+	c.istr((*string)(&vm.LogIn))
+	c.istr((*string)(&vm.LogOut))
+	c.nics(vm)
+}
+
+// nicLayout is the layout of a NIC but for NIC.VM, the VM it is written in.
+func nicLayout(c coder, n *NIC) {
+	c.int(&n.Index)
+	c.int(&n.Line)
+	c.str(&n.Tap)
+	c.bytes((*[]byte)(&n.MAC))
+	c.addrs(&n.IPs)
+	c.istr(&n.Bridge)
+	c.strs(&n.Groups)
+	c.bool(&n.Antispoof)
+	c.bool(&n.AntispoofMACOnly)
+	c.bool(&n.DHCP)
+	c.bool(&n.NoNDP)
+	c.strs(&n.L2Protocols)
+}
+
+func fileIDLayout(c coder, id *fileID) {
+	c.str(&id.Path)
+	c.bool(&id.Missing)
+	c.int64(&id.Size)
+	c.int64(&id.ModTime)
+	c.int64(&id.ChangeNS)
+	c.uint64(&id.Dev)
+	c.uint64(&id.Ino)
+}
+
 // encoder appends the binary encoding of values to buf.
 type encoder struct{ buf []byte }
 
 func (e *encoder) uvarint(v uint64) { e.buf = binary.AppendUvarint(e.buf, v) }
 func (e *encoder) varint(v int64)   { e.buf = binary.AppendVarint(e.buf, v) }
 
-func (e *encoder) bool(b bool) {
-	if b {
+func (e *encoder) int(p *int)       { e.varint(int64(*p)) }
+func (e *encoder) int64(p *int64)   { e.varint(*p) }
+func (e *encoder) uint64(p *uint64) { e.uvarint(*p) }
+
+func (e *encoder) bool(p *bool) {
+	if *p {
 		e.buf = append(e.buf, 1)
 	} else {
 		e.buf = append(e.buf, 0)
 	}
 }
 
-func (e *encoder) str(s string) {
-	e.uvarint(uint64(len(s)))
-	e.buf = append(e.buf, s...)
+func (e *encoder) str(p *string) {
+	e.uvarint(uint64(len(*p)))
+	e.buf = append(e.buf, *p...)
 }
+
+func (e *encoder) istr(p *string) { e.str(p) }
 
 // count writes the length n of a list, keeping nil apart from empty.
 func (e *encoder) count(n int, isNil bool) {
@@ -48,62 +116,31 @@ func (e *encoder) count(n int, isNil bool) {
 	e.uvarint(uint64(n) + 1)
 }
 
-func (e *encoder) bytes(b []byte) {
-	e.count(len(b), b == nil)
-	e.buf = append(e.buf, b...)
+func (e *encoder) bytes(p *[]byte) {
+	e.count(len(*p), *p == nil)
+	e.buf = append(e.buf, *p...)
 }
 
-func (e *encoder) strs(list []string) {
-	e.count(len(list), list == nil)
-	for _, s := range list {
-		e.str(s)
+func (e *encoder) strs(p *[]string) {
+	e.count(len(*p), *p == nil)
+	for i := range *p {
+		e.str(&(*p)[i])
 	}
 }
 
-func (e *encoder) addrs(list []netip.Addr) {
-	e.count(len(list), list == nil)
-	for _, a := range list {
+func (e *encoder) addrs(p *[]netip.Addr) {
+	e.count(len(*p), *p == nil)
+	for _, a := range *p {
 		b, _ := a.MarshalBinary() // never fails
-		e.bytes(b)
+		e.bytes(&b)
 	}
 }
 
-func (e *encoder) vm(vm *VM) {
-	e.varint(int64(vm.ID))
-	e.str(vm.File)
-	e.str(vm.Name)
-	e.bool(vm.Enable)
-	e.bool(vm.DropInvalid)
-	e.str(string(vm.PolicyIn))
-	e.str(string(vm.PolicyOut))
-	e.bool(vm.Log)
-	e.str(string(vm.LogIn))
-	e.str(string(vm.LogOut))
+func (e *encoder) nics(vm *VM) {
 	e.count(len(vm.NICs), vm.NICs == nil)
 	for _, n := range vm.NICs {
-		e.varint(int64(n.Index))
-		e.varint(int64(n.Line))
-		e.str(n.Tap)
-		e.bytes(n.MAC)
-		e.addrs(n.IPs)
-		e.str(n.Bridge)
-		e.strs(n.Groups)
-		e.bool(n.Antispoof)
-		e.bool(n.AntispoofMACOnly)
-		e.bool(n.DHCP)
-		e.bool(n.NoNDP)
-		e.strs(n.L2Protocols)
+		nicLayout(e, n)
 	}
-}
-
-func (e *encoder) fileID(id fileID) {
-	e.str(id.Path)
-	e.bool(id.Missing)
-	e.varint(id.Size)
-	e.varint(id.ModTime)
-	e.varint(id.ChangeNS)
-	e.uvarint(id.Dev)
-	e.uvarint(id.Ino)
 }
 
 // decoder reads what encoder wrote. The first error sticks: every later
@@ -154,14 +191,17 @@ func (d *decoder) skip(n int) {
 	d.buf = d.buf[n:]
 }
 
-func (d *decoder) bool() bool {
+func (d *decoder) int(p *int)       { *p = int(d.varint()) }
+func (d *decoder) int64(p *int64)   { *p = d.varint() }
+func (d *decoder) uint64(p *uint64) { *p = d.uvarint() }
+
+func (d *decoder) bool(p *bool) {
 	if len(d.buf) == 0 || d.buf[0] > 1 {
 		d.fail()
-		return false
+		return
 	}
-	b := d.buf[0] == 1
+	*p = d.buf[0] == 1
 	d.buf = d.buf[1:]
-	return b
 }
 
 // raw returns the next n bytes, aliasing the buffer.
@@ -175,24 +215,24 @@ func (d *decoder) raw(n uint64) []byte {
 	return b
 }
 
-func (d *decoder) str() string {
+func (d *decoder) str(p *string) {
 	n := d.uvarint()
 	at := d.size - len(d.buf)
 	if d.raw(n); d.err != nil {
-		return ""
+		return
 	}
-	return d.text[at : at+int(n)]
+	*p = d.text[at : at+int(n)]
 }
 
-// istr is str for strings many records repeat: the first of each is
-// kept, so that the model holds one copy however many VMs repeat it.
-func (d *decoder) istr() string {
-	s := d.str()
-	if in, ok := d.interned[s]; ok {
-		return in
+// istr keeps the first of each string, so that the model holds one copy
+// however many VMs repeat it.
+func (d *decoder) istr(p *string) {
+	d.str(p)
+	if in, ok := d.interned[*p]; ok {
+		*p = in
+		return
 	}
-	d.interned[s] = s
-	return s
+	d.interned[*p] = *p
 }
 
 // count reads a length written with nil apart from empty: n is the
@@ -209,61 +249,45 @@ func (d *decoder) count() (n int, ok bool) {
 	return int(v - 1), true
 }
 
-func (d *decoder) bytes() []byte {
+func (d *decoder) bytes(p *[]byte) {
 	n, ok := d.count()
 	if !ok {
-		return nil
+		return
 	}
-	b := d.raw(uint64(n))
-	if b == nil {
-		return nil
+	if b := d.raw(uint64(n)); b != nil {
+		*p = b[:n:n] // an append must not write over what follows
 	}
-	return b[:n:n] // an append must not write over what follows
 }
 
-func (d *decoder) strs() []string {
+func (d *decoder) strs(p *[]string) {
 	n, ok := d.count()
 	if !ok {
-		return nil
+		return
 	}
-	list := make([]string, n)
-	for i := range list {
-		list[i] = d.istr()
+	*p = make([]string, n)
+	for i := range *p {
+		d.istr(&(*p)[i])
 	}
-	return list
 }
 
-func (d *decoder) addrs() []netip.Addr {
+func (d *decoder) addrs(p *[]netip.Addr) {
 	n, ok := d.count()
 	if !ok {
-		return nil
+		return
 	}
 	list := make([]netip.Addr, n)
 	for i := range list {
 		b, ok := d.count()
 		if !ok || list[i].UnmarshalBinary(d.raw(uint64(b))) != nil {
 			d.fail()
-			return nil
+			return
 		}
 	}
-	return list
+	*p = list
 }
 
-// vm reads a VM into *vm, which the caller allocates (readIndex: all of
-// them at once).
-func (d *decoder) vm(vm *VM) {
-	*vm = VM{
-		ID:          int(d.varint()),
-		File:        d.str(),
-		Name:        d.str(),
-		Enable:      d.bool(),
-		DropInvalid: d.bool(),
-		PolicyIn:    Action(d.istr()),
-		PolicyOut:   Action(d.istr()),
-		Log:         d.bool(),
-		LogIn:       LogLevel(d.istr()),
-		LogOut:      LogLevel(d.istr()),
-	}
+// nics allocates the NICs of a VM at once.
+func (d *decoder) nics(vm *VM) {
 	n, ok := d.count()
 	if !ok {
 		return
@@ -271,24 +295,8 @@ func (d *decoder) vm(vm *VM) {
 	vm.NICs = make([]*NIC, n)
 	nics := make([]NIC, n)
 	for i := range vm.NICs {
-		nic := &nics[i]
-		*nic = NIC{VM: vm, Index: int(d.varint()), Line: int(d.varint()), Tap: d.str()}
-		if mac := d.bytes(); mac != nil {
-			nic.MAC = net.HardwareAddr(mac)
-		}
-		nic.IPs = d.addrs()
-		nic.Bridge = d.istr()
-		nic.Groups = d.strs()
-		nic.Antispoof = d.bool()
-		nic.AntispoofMACOnly = d.bool()
-		nic.DHCP = d.bool()
-		nic.NoNDP = d.bool()
-		nic.L2Protocols = d.strs()
-		vm.NICs[i] = nic
+		nics[i].VM = vm
+		nicLayout(d, &nics[i])
+		vm.NICs[i] = &nics[i]
 	}
-}
-
-func (d *decoder) fileID() fileID {
-	return fileID{Path: d.str(), Missing: d.bool(), Size: d.varint(), ModTime: d.varint(),
-		ChangeNS: d.varint(), Dev: d.uvarint(), Ino: d.uvarint()}
 }

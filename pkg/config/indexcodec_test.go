@@ -66,10 +66,10 @@ func TestIndexCodecCoversEveryField(t *testing.T) {
 	empty.NICs[0].VM = empty
 	for name, vm := range map[string]*VM{"every field set": full, "empty lists": empty, "nil lists": {ID: 4}, "no NIC": {ID: 5, NICs: []*NIC{}}} {
 		e := &encoder{}
-		e.vm(vm)
+		vmLayout(e, vm)
 		d := newDecoder(e.buf)
 		got := &VM{}
-		d.vm(got)
+		vmLayout(d, got)
 		if d.err != nil || len(d.buf) != 0 {
 			t.Fatalf("%s: decode: %v, %d bytes left", name, d.err, len(d.buf))
 		}
@@ -80,9 +80,10 @@ func TestIndexCodecCoversEveryField(t *testing.T) {
 	var id fileID
 	fill(t, reflect.ValueOf(&id).Elem(), map[reflect.Type]reflect.Value{}, &n)
 	e := &encoder{}
-	e.fileID(id)
+	fileIDLayout(e, &id)
 	d := newDecoder(e.buf)
-	if got := d.fileID(); got != id || d.err != nil {
+	var got fileID
+	if fileIDLayout(d, &got); got != id || d.err != nil {
 		t.Errorf("fileID read back %+v (%v), wrote %+v", got, d.err, id)
 	}
 }
