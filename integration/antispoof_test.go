@@ -15,8 +15,7 @@ import (
 // duplicate address detection and neighbour discovery work. Each case
 // sends a raw frame from the VM and looks for it on the external host.
 func TestAntispoof(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, backend string) {
-		h := newHV(t, backend, "")
+	forEachHV(t, func(t *testing.T, h *hv) {
 		h.write("vms/211.toml", `
 [net0]
 bridge = "vmbr0"

@@ -21,8 +21,7 @@ import (
 // The bridge runs in hub mode (ageing_time 0: it learns nothing and floods
 // every unicast frame), so every frame to A also goes to B.
 func TestFloodedUnicast(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, backend string) {
-		h := newHV(t, backend, "")
+	forEachHV(t, func(t *testing.T, h *hv) {
 		ext := h.external("02:00:00:00:04:99", "192.0.2.200/24")
 		h.firstV4(210, "192.0.2.9")
 		h.write("vms/221.toml", `

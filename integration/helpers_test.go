@@ -48,6 +48,12 @@ func forEachBackend(t *testing.T, fn func(t *testing.T, backend string)) {
 	}
 }
 
+// forEachHV is forEachBackend for a test that starts from a hypervisor of
+// its own with an empty config directory (newHV).
+func forEachHV(t *testing.T, fn func(t *testing.T, h *hv)) {
+	forEachBackend(t, func(t *testing.T, backend string) { fn(t, newHV(t, backend, "")) })
+}
+
 // hv is one test hypervisor: a lab, a private copy of a config directory
 // and the backend vmfw runs with.
 type hv struct {

@@ -103,8 +103,7 @@ func addrsAndRoutes(t *testing.T, ns *labnet.NS, addrs, routes []string) {
 // binary, brings the guests up, and checks every flow with real packets
 // against the verdict pve-firewall gives.
 func TestProxmoxImportPackets(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, backend string) {
-		h := newHV(t, backend, "")
+	forEachHV(t, func(t *testing.T, h *hv) {
 		importTree(t, h, "plain")
 		web0 := h.vm("tap201i0", "02:00:00:00:02:01", "192.0.2.21", "2001:db8::21")
 		web1 := h.vm("tap201i1", "02:00:00:00:02:11", "192.0.2.22", "2001:db8::22")
@@ -183,8 +182,7 @@ func TestProxmoxImportPackets(t *testing.T) {
 // and macfilter left at its default: MAC-only anti-spoofing. Every flow
 // and frame is checked with real packets against pve-firewall's verdict.
 func TestProxmoxImportGuide(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, backend string) {
-		h := newHV(t, backend, "")
+	forEachHV(t, func(t *testing.T, h *hv) {
 		importTree(t, h, "guide")
 		if err := h.lab.AddBridge("vmbr1"); err != nil {
 			t.Fatal(err)
@@ -331,8 +329,7 @@ func TestProxmoxImportGuide(t *testing.T) {
 // policy, an interface without firewall=1 in a filtered VM, and a second
 // guest on another node with rules on one of its two interfaces.
 func TestProxmoxImportCluster(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, backend string) {
-		h := newHV(t, backend, "")
+	forEachHV(t, func(t *testing.T, h *hv) {
 		importTree(t, h, "cluster")
 		for _, br := range []string{"vmbr1", "vmbr9"} {
 			if err := h.lab.AddBridge(br); err != nil {

@@ -106,8 +106,7 @@ func noChains(t *testing.T, what string, r applyReport) {
 // cut. status lists the set with its sizes, and trace names the set and
 // the entry that decided.
 func TestAddressSets(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, backend string) {
-		h := newHV(t, backend, "")
+	forEachHV(t, func(t *testing.T, h *hv) {
 		if err := os.MkdirAll(filepath.Join(h.config, "sets"), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -303,8 +302,7 @@ func mapsEqual(a, b map[string][]string) bool {
 // of anti-spoofing applies (a DHCP offer passes, as with antispoof =
 // false).
 func TestAntispoofMAC(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, backend string) {
-		h := newHV(t, backend, "")
+	forEachHV(t, func(t *testing.T, h *hv) {
 		h.write("vms/251.toml", `
 [net0]
 bridge = "vmbr0"
@@ -367,8 +365,7 @@ antispoof = "mac"
 // (the LOG rule carries it and counts the packets it logged); log = true
 // logs at the LOG target's default, written without a level as always.
 func TestLogLevels(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, backend string) {
-		h := newHV(t, backend, "")
+	forEachHV(t, func(t *testing.T, h *hv) {
 		h.write("groups/logged.toml", `
 [[in]]
 proto = "tcp"
@@ -470,8 +467,7 @@ func bigAllowedSet(entries, except []string) string {
 // before and after (the agent's trace says so), changes no chain, and
 // leaves nothing for apply --dry-run to plan.
 func TestBigSetEditThroughAgent(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, backend string) {
-		h := newHV(t, backend, "")
+	forEachHV(t, func(t *testing.T, h *hv) {
 		if err := os.MkdirAll(filepath.Join(h.config, "sets"), 0o755); err != nil {
 			t.Fatal(err)
 		}
