@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"maps"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -609,6 +610,17 @@ type sentFrame struct {
 	from    *labnet.NS
 	frame   func(marker []byte) []byte
 	through bool
+}
+
+// udpFrame is a sentFrame's frame of a UDP datagram from src port 4000 to
+// dst port 5000 (both IPv4 or both IPv6) in an Ethernet frame from srcMAC
+// to dstMAC.
+func udpFrame(srcMAC, dstMAC net.HardwareAddr, src, dst string) func(marker []byte) []byte {
+	from, to := netip.AddrPortFrom(netip.MustParseAddr(src), 4000), netip.AddrPortFrom(netip.MustParseAddr(dst), 5000)
+	if from.Addr().Is4() {
+		return func(m []byte) []byte { return labnet.UDP4Frame(srcMAC, dstMAC, from, to, m) }
+	}
+	return func(m []byte) []byte { return labnet.UDP6Frame(srcMAC, dstMAC, from, to, m) }
 }
 
 // expectFrames sends each frame from its guest and captures at to's eth0,
