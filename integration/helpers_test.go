@@ -303,7 +303,7 @@ func (h *hv) objects() map[string]string {
 	if !h.nft() {
 		for fam, v6 := range map[string]bool{"ipv4": false, "ipv6": true} {
 			for name, rules := range chains(h.save(v6)) {
-				out[fam+"/"+name] = strings.Join(rules, "\n")
+				out[fam+"/"+name] = rules
 			}
 		}
 		for _, l := range strings.Split(h.ipsets(), "\n") {
@@ -473,20 +473,21 @@ func nftElemText(raw json.RawMessage) string {
 	return string(raw)
 }
 
-// chains splits a save into chain name → rule lines.
-func chains(save string) map[string][]string {
-	out := map[string][]string{}
+// chains splits a save into chain name → its rule lines, each ended by a
+// newline ("" for a chain without rules).
+func chains(save string) map[string]string {
+	out := map[string]string{}
 	for _, l := range strings.Split(save, "\n") {
 		if name, ok := strings.CutPrefix(l, ":"); ok {
 			name, _, _ = strings.Cut(name, " ")
-			if out[name] == nil {
-				out[name] = []string{}
+			if _, ok := out[name]; !ok {
+				out[name] = ""
 			}
 			continue
 		}
 		if rest, ok := strings.CutPrefix(l, "-A "); ok {
 			name, _, _ := strings.Cut(rest, " ")
-			out[name] = append(out[name], l)
+			out[name] += l + "\n"
 		}
 	}
 	return out
@@ -494,20 +495,7 @@ func chains(save string) map[string][]string {
 
 // changedChains lists chains that differ between two saves.
 func changedChains(before, after string) []string {
-	a, b := chains(before), chains(after)
-	var diff []string
-	for name, rules := range a {
-		if strings.Join(rules, "\n") != strings.Join(b[name], "\n") || b[name] == nil {
-			diff = append(diff, name)
-		}
-	}
-	for name := range b {
-		if a[name] == nil {
-			diff = append(diff, name)
-		}
-	}
-	sort.Strings(diff)
-	return diff
+	return changedObjects(chains(before), chains(after))
 }
 
 // ipsets returns "ipset save" in the hypervisor namespace, sorted.
