@@ -14,11 +14,7 @@ import (
 // on net0 and takes ssh on net2 only from members of group web; VM 210
 // ("db", found by its MAC) is a member of web.
 var libvirtConfig = map[string]string{
-	"groups/web.toml": `
-[[in]]
-proto = "tcp"
-dport = "80"
-`,
+	"groups/web.toml": labtest.WebGroup,
 	"groups/ssh_from_web.toml": `
 [[in]]
 proto = "tcp"

@@ -11,11 +11,7 @@ import (
 // proxmoxConfig has VM 110 with two interfaces: net0 serves http to
 // everyone, net1 is in no group and so takes nothing in.
 var proxmoxConfig = map[string]string{
-	"groups/web.toml": `
-[[in]]
-proto = "tcp"
-dport = "80"
-`,
+	"groups/web.toml": labtest.WebGroup,
 	"vms/110.toml": `
 name = "web110"
 

@@ -27,6 +27,14 @@ import (
 // "legacy").
 const NftablesBackend = "nftables"
 
+// WebGroup is the file of a security group that opens http (tcp 80) to
+// everyone: what the labs' web servers are in.
+const WebGroup = `
+[[in]]
+proto = "tcp"
+dport = "80"
+`
+
 // BackendArgs are vmfw's global flags that choose backend.
 func BackendArgs(backend string) []string {
 	if backend == NftablesBackend {
