@@ -30,9 +30,8 @@ import (
 
 func TestMain(m *testing.M) { testbin.Main(m, "integration tests", nil) }
 
-// backends are what every firewall test runs with: the iptables backend
-// on iptables-nft and on iptables-legacy, and the nftables backend.
-var backends = []string{"nft", "legacy", labtest.NftablesBackend}
+// backends are what every firewall test runs with.
+var backends = labtest.Backends
 
 // iptablesFlavours are the iptables backend's flavours alone, for the
 // tests of what the nftables backend does beside iptables (a switch of
@@ -41,12 +40,7 @@ var iptablesFlavours = []string{"nft", "legacy"}
 
 // forEachBackend runs fn as a parallel subtest per backend.
 func forEachBackend(t *testing.T, fn func(t *testing.T, backend string)) {
-	for _, b := range backends {
-		t.Run(b, func(t *testing.T) {
-			t.Parallel()
-			fn(t, b)
-		})
-	}
+	labtest.EachBackend(t, backends, fn)
 }
 
 // forEachHV is forEachBackend for a test that starts from a hypervisor of

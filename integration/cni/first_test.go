@@ -137,12 +137,7 @@ func (h *host) detach(list *libcni.NetworkConfigList, c *container, ifName strin
 // begins.
 func TestCNIFirstOnEmptyHost(t *testing.T) {
 	t.Parallel()
-	for _, backend := range []string{"nft", "legacy"} {
-		t.Run(backend, func(t *testing.T) {
-			t.Parallel()
-			testCNIFirst(t, backend)
-		})
-	}
+	labtest.EachBackend(t, []string{"nft", "legacy"}, testCNIFirst)
 }
 
 func testCNIFirst(t *testing.T, backend string) {

@@ -162,12 +162,7 @@ func hookArgs(guest, op, subop string) []string {
 // one found by MAC, plus one that is not vmfw's.
 func TestLibvirtHook(t *testing.T) {
 	t.Parallel()
-	for _, backend := range []string{"nft", labtest.NftablesBackend} {
-		t.Run(backend, func(t *testing.T) {
-			t.Parallel()
-			libvirtHook(t, backend)
-		})
-	}
+	labtest.EachBackend(t, []string{"nft", labtest.NftablesBackend}, libvirtHook)
 }
 
 func libvirtHook(t *testing.T, backend string) {

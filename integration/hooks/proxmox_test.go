@@ -30,12 +30,7 @@ ips = ["192.0.2.111"]
 // them ("SCRIPT VMID PHASE") after Proxmox has put the taps on the bridge.
 func TestProxmoxHookscript(t *testing.T) {
 	t.Parallel()
-	for _, backend := range []string{"legacy", labtest.NftablesBackend} {
-		t.Run(backend, func(t *testing.T) {
-			t.Parallel()
-			proxmoxHookscript(t, backend)
-		})
-	}
+	labtest.EachBackend(t, []string{"legacy", labtest.NftablesBackend}, proxmoxHookscript)
 }
 
 func proxmoxHookscript(t *testing.T, backend string) {
