@@ -143,10 +143,7 @@ func TestCNIFirstOnEmptyHost(t *testing.T) {
 func testCNIFirst(t *testing.T, backend string) {
 	h := newHost(t)
 	clientList := h.shapeConflist(backend, -1, 0, []string{"v4", "v6"}, nil)
-	firstvm.EachPair(t, cniShapes, func(s cniShape) string { return s.name }, func(t *testing.T, k, j int) {
-		outer := h.t
-		h.t = t
-		defer func() { h.t = outer }()
+	firstvm.EachPair(t, &h.t, cniShapes, func(s cniShape) string { return s.name }, func(t *testing.T, k, j int) {
 		if err := h.free(backend); err != nil {
 			t.Fatalf("before the first command: %v", err)
 		}

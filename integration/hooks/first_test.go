@@ -114,10 +114,7 @@ func testHooksFirstVM(t *testing.T, backend, hv string) {
 		h.hook(qemu, strings.NewReader(firstDomainXML(k, devs)), hookArgs(fmt.Sprintf("vm%d", firstvm.ID(k)), op, subop)...)
 	}
 	vmFile := func(k int) string { return filepath.Join(h.config, "vms", fmt.Sprintf("%d.toml", firstvm.ID(k))) }
-	firstvm.EachPair(t, firstvm.Shapes, func(s firstvm.Shape) string { return s.Name }, func(t *testing.T, k, j int) {
-		outer := h.t
-		h.t = t
-		defer func() { h.t = outer }()
+	firstvm.EachPair(t, &h.t, firstvm.Shapes, func(s firstvm.Shape) string { return s.Name }, func(t *testing.T, k, j int) {
 		if err := h.free(); err != nil {
 			t.Fatalf("before the first hook: %v", err)
 		}
