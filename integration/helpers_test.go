@@ -551,6 +551,20 @@ func (h *hv) serve(ns *labnet.NS, addr string, ports ...int) {
 	}
 }
 
+// flowing starts a stream from ns to addr, stopped when t ends, and waits
+// until more than n of its messages came back.
+func flowing(t *testing.T, from *labnet.NS, addr string, n uint64) {
+	t.Helper()
+	s, err := labnet.StartStream(from, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Stop() })
+	if !eventually(func() bool { return s.Stats().Echoed > n }) {
+		t.Fatalf("the stream %s -> %s did not start: %+v", from, addr, s.Stats())
+	}
+}
+
 // probeTimeout bounds a probe that is expected to be dropped.
 const probeTimeout = 700 * time.Millisecond
 
