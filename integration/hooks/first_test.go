@@ -19,14 +19,7 @@ import (
 func firstDomainXML(k int, devs []string) string {
 	var ifaces strings.Builder
 	for n, dev := range devs {
-		fmt.Fprintf(&ifaces, `    <interface type='bridge'>
-      <mac address='%s'/>
-      <source bridge='vmbr0'/>
-      <target dev='%s'/>
-      <model type='virtio'/>
-      <alias name='net%d'/>
-    </interface>
-`, firstvm.MAC(k, n), dev, n)
+		ifaces.WriteString(bridgedXML(n, firstvm.MAC(k, n), dev))
 	}
 	return fmt.Sprintf(`<domain type='kvm' id='%d'>
   <name>vm%d</name>

@@ -140,16 +140,22 @@ func domainXML(name, uuid, mac, dev string) string {
   <os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type></os>
   <devices>
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <interface type='bridge'>
+%s  </devices>
+</domain>
+`, name, uuid, bridgedXML(0, mac, dev))
+}
+
+// bridgedXML is interface n of a domain as libvirt lists it: on bridge
+// vmbr0 with mac, its host end dev.
+func bridgedXML(n int, mac, dev string) string {
+	return fmt.Sprintf(`    <interface type='bridge'>
       <mac address='%s'/>
       <source bridge='vmbr0'/>
       <target dev='%s'/>
       <model type='virtio'/>
-      <alias name='net0'/>
+      <alias name='net%d'/>
     </interface>
-  </devices>
-</domain>
-`, name, uuid, mac, dev)
+`, mac, dev, n)
 }
 
 // hookArgs are the arguments libvirt passes to /etc/libvirt/hooks/qemu.
