@@ -21,19 +21,8 @@ func firstDomainXML(k int, devs []string) string {
 	for n, dev := range devs {
 		ifaces.WriteString(bridgedXML(n, firstvm.MAC(k, n), dev))
 	}
-	return fmt.Sprintf(`<domain type='kvm' id='%d'>
-  <name>vm%d</name>
-  <uuid>6f1c2d3e-4b5a-4c6d-8e7f-0000000001%02d</uuid>
-  <metadata>
-    <vmfw:vm xmlns:vmfw="https://github.com/vmfw/vmfw/xmlns/libvirt/1" id="%d"/>
-  </metadata>
-  <memory unit='KiB'>1048576</memory>
-  <os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type></os>
-  <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
-%s  </devices>
-</domain>
-`, k+1, firstvm.ID(k), k, firstvm.ID(k), ifaces.String())
+	return minimalXML(k+1, fmt.Sprintf("vm%d", firstvm.ID(k)), fmt.Sprintf("6f1c2d3e-4b5a-4c6d-8e7f-0000000001%02d", k),
+		fmt.Sprintf("    <vmfw:vm xmlns:vmfw=\"https://github.com/vmfw/vmfw/xmlns/libvirt/1\" id=\"%d\"/>\n", firstvm.ID(k)), ifaces.String())
 }
 
 // free returns an error naming the first of vmfw's objects in the

@@ -133,16 +133,25 @@ const webXML = `<domain type='kvm' id='7'>
 // domainXML returns a minimal running domain without vmfw metadata and
 // one bridged interface.
 func domainXML(name, uuid, mac, dev string) string {
-	return fmt.Sprintf(`<domain type='kvm' id='9'>
+	return minimalXML(9, name, uuid, "", bridgedXML(0, mac, dev))
+}
+
+// minimalXML is a running domain (id, name, uuid) with no more than the
+// hook reads: its metadata (lines of XML, "" for none) and its interfaces.
+func minimalXML(id int, name, uuid, metadata, ifaces string) string {
+	if metadata != "" {
+		metadata = "  <metadata>\n" + metadata + "  </metadata>\n"
+	}
+	return fmt.Sprintf(`<domain type='kvm' id='%d'>
   <name>%s</name>
   <uuid>%s</uuid>
-  <memory unit='KiB'>1048576</memory>
+%s  <memory unit='KiB'>1048576</memory>
   <os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type></os>
   <devices>
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
 %s  </devices>
 </domain>
-`, name, uuid, bridgedXML(0, mac, dev))
+`, id, name, uuid, metadata, ifaces)
 }
 
 // bridgedXML is interface n of a domain as libvirt lists it: on bridge
