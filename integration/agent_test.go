@@ -71,8 +71,7 @@ func writeAtomically(t *testing.T, path, content string) {
 // agent; SIGTERM leaves the ruleset; without an agent the commands work
 // on their own.
 func TestAgentEnforcesEditsAndRepairsDrift(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, backend string) {
-		h := newHV(t, backend, "")
+	forEachHV(t, func(t *testing.T, h *hv) {
 		h.write("vmfw.toml", "repair_interval = \"1s\"\n")
 		h.write("groups/app.toml", appGroup)
 		a := h.guest(311, "02:00:00:00:0b:11", "192.0.2.111", "2001:db8::111", "app")
@@ -174,8 +173,7 @@ func TestAgentEnforcesEditsAndRepairsDrift(t *testing.T) {
 // wait leaves every caller with an answer (success, or failure and the
 // work done by the caller itself), and a plain apply then converges.
 func TestAgentBatchesConcurrentIfups(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, backend string) {
-		h := newHV(t, backend, "")
+	forEachHV(t, func(t *testing.T, h *hv) {
 		h.firstV4Gone(319, "192.0.2.9")
 		taps := h.twentyTaps(320, 0x0c)
 		ifupAll := func() []string { return h.concurrently("ifup", taps) }
@@ -383,8 +381,7 @@ func TestAgentPrintsLoggedPackets(t *testing.T) {
 // without an agent become vmfw and do the work themselves; any other
 // command line goes to vmfw as it is (docs/agent.md, "vmfw-ifup").
 func TestIfupProgram(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, backend string) {
-		h := newHV(t, backend, "")
+	forEachHV(t, func(t *testing.T, h *hv) {
 		h.write("groups/app.toml", appGroup)
 		a := h.guest(371, "02:00:00:00:0e:71", "192.0.2.171", "2001:db8::171", "app")
 		b := h.guest(372, "02:00:00:00:0e:72", "192.0.2.172", "2001:db8::172")

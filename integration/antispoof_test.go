@@ -15,15 +15,8 @@ import (
 // duplicate address detection and neighbour discovery work. Each case
 // sends a raw frame from the VM and looks for it on the external host.
 func TestAntispoof(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, backend string) {
-		h := newHV(t, backend, "")
-		h.write("vms/211.toml", `
-[net0]
-bridge = "vmbr0"
-mac = "02:00:00:00:03:11"
-ips = ["192.0.2.31", "2001:db8::31"]
-`)
-		vm := h.vm("tap211i0", "02:00:00:00:03:11", "192.0.2.31", "2001:db8::31")
+	forEachHV(t, func(t *testing.T, h *hv) {
+		vm := h.guest(211, "02:00:00:00:03:11", "192.0.2.31", "2001:db8::31")
 		ext := h.external("02:00:00:00:03:99", "192.0.2.200/24", "2001:db8::200/64")
 		h.firstV4(210, "192.0.2.9")
 		h.vmfw("ifup", "tap211i0")
@@ -32,25 +25,14 @@ ips = ["192.0.2.31", "2001:db8::31"]
 		own := mustMAC(t, "02:00:00:00:03:11")
 		other := mustMAC(t, "02:00:00:00:03:66")
 		extMAC := mustMAC(t, "02:00:00:00:03:99")
-		ip4 := func(s string, port uint16) netip.AddrPort { return netip.AddrPortFrom(netip.MustParseAddr(s), port) }
 		linkLocal := netip.MustParseAddr("fe80::ff:fe00:311")
 
 		expectFrames(t, ext, []sentFrame{
-			{"own MAC and IPv4", vm, func(m []byte) []byte {
-				return labnet.UDP4Frame(own, extMAC, ip4("192.0.2.31", 4000), ip4("192.0.2.200", 5000), m)
-			}, true},
-			{"own MAC and IPv6", vm, func(m []byte) []byte {
-				return labnet.UDP6Frame(own, extMAC, ip4("2001:db8::31", 4000), ip4("2001:db8::200", 5000), m)
-			}, true},
-			{"spoofed MAC", vm, func(m []byte) []byte {
-				return labnet.UDP4Frame(other, extMAC, ip4("192.0.2.31", 4000), ip4("192.0.2.200", 5000), m)
-			}, false},
-			{"spoofed IPv4 source", vm, func(m []byte) []byte {
-				return labnet.UDP4Frame(own, extMAC, ip4("192.0.2.99", 4000), ip4("192.0.2.200", 5000), m)
-			}, false},
-			{"spoofed IPv6 source", vm, func(m []byte) []byte {
-				return labnet.UDP6Frame(own, extMAC, ip4("2001:db8::99", 4000), ip4("2001:db8::200", 5000), m)
-			}, false},
+			{"own MAC and IPv4", vm, udpFrame(own, extMAC, "192.0.2.31", "192.0.2.200"), true},
+			{"own MAC and IPv6", vm, udpFrame(own, extMAC, "2001:db8::31", "2001:db8::200"), true},
+			{"spoofed MAC", vm, udpFrame(other, extMAC, "192.0.2.31", "192.0.2.200"), false},
+			{"spoofed IPv4 source", vm, udpFrame(own, extMAC, "192.0.2.99", "192.0.2.200"), false},
+			{"spoofed IPv6 source", vm, udpFrame(own, extMAC, "2001:db8::99", "2001:db8::200"), false},
 			{"DHCP server offer", vm, func(m []byte) []byte {
 				return labnet.DHCPOfferFrame(own, netip.MustParseAddr("192.0.2.31"), extMAC, netip.MustParseAddr("192.0.2.77"), m)
 			}, false},

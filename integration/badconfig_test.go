@@ -11,8 +11,7 @@ import (
 // broken config makes apply (and check, and ifup) exit 2 with file:line in
 // the message, and the installed ruleset stays exactly as it was.
 func TestBadConfigChangesNothing(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, backend string) {
-		h := newHV(t, backend, "")
+	forEachHV(t, func(t *testing.T, h *hv) {
 		h.write("groups/db.toml", dbGroup)
 		h.write("groups/app.toml", appGroup)
 		h.guest(281, "02:00:00:00:09:81", "192.0.2.91", "2001:db8::91", "app", "db")

@@ -297,8 +297,7 @@ func blinkApplies() int {
 // half-written chain, or a rule whose set is not filled yet, would drop X
 // or let Y or Z through.
 func TestNoBlink(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, backend string) {
-		h := newHV(t, backend, "")
+	forEachHV(t, func(t *testing.T, h *hv) {
 		h.write("groups/g.toml", blinkVersions[0])
 		h.write("vms/531.toml", "policy_out = \"drop\"\n"+vmFile("02:00:00:00:05:31", "192.0.2.71", "2001:db8::71", "g"))
 		b := h.guest(532, "02:00:00:00:05:32", "192.0.2.72", "2001:db8::72", "g")

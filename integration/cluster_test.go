@@ -289,14 +289,7 @@ func TestClusterGroupsAcrossHosts(t *testing.T) {
 	vm104 := h1.vm("tap104i0", "02:00:00:00:01:04", "192.0.2.104", "")
 	h1.vmfw("ifup", "tap104i0")
 	within(t, time.Second, "a VM started on hv1 reaches web on hv0", connects(t, vm104, "192.0.2.101", 80))
-	stream, err := labnet.StartStream(vm104, "192.0.2.101:80")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stream.Stop()
-	if !eventually(func() bool { return stream.Stats().Echoed > 3 }) {
-		t.Fatalf("stream: %+v", stream.Stats())
-	}
+	flowing(t, vm104, "192.0.2.101:80", 3)
 	flowOn := func(h *clusterHost, src string) bool {
 		out, _ := h.ns.Exec(context.Background(), "conntrack", "-L", "-p", "tcp", "-s", src, "--dport", "80")
 		return strings.Contains(string(out), "src="+src)

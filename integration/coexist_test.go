@@ -43,8 +43,7 @@ func foreign(save string) string {
 // before vmfw runs are byte-identical after ifup, ifdown, apply and flush,
 // and flush leaves no vmfw object behind.
 func TestCoexistence(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, backend string) {
-		h := newHV(t, backend, "")
+	forEachHV(t, func(t *testing.T, h *hv) {
 		h.write("groups/db.toml", dbGroup)
 		h.write("groups/app.toml", appGroup)
 		h.guest(251, "02:00:00:00:07:51", "192.0.2.71", "2001:db8::71", "app", "db")
@@ -184,8 +183,7 @@ table ip host4 {
 // VMs at once) all succeed and give the same ruleset as twenty serial ones;
 // twenty concurrent ifdown remove everything but the base chains.
 func TestConcurrentIfupIfdown(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, backend string) {
-		h := newHV(t, backend, "")
+	forEachHV(t, func(t *testing.T, h *hv) {
 		h.firstV4Gone(259, "192.0.2.9")
 		taps := h.twentyTaps(260, 0x08)
 		parallel := func(cmd string) {

@@ -72,8 +72,7 @@ func checkStreams(t *testing.T, step string, cut, kept []namedStream) {
 // allowed only as established (replies to a VM's own outbound connection,
 // which its in chain would drop as new).
 func TestRemovedPermissionCutsFlows(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, backend string) {
-		h := newHV(t, backend, "")
+	forEachHV(t, func(t *testing.T, h *hv) {
 		h.write("groups/ssh.toml", "[[in]]\nproto = \"tcp\"\ndport = \"22\"\n")
 		h.write("groups/web.toml", "[[in]]\nproto = \"tcp\"\ndport = \"80\"\n")
 		h.write("groups/db.toml", dbGroup)
@@ -142,8 +141,7 @@ func TestRemovedPermissionCutsFlows(t *testing.T) {
 // client's packets then pass as its replies. The tap chains refuse new
 // TCP connections that do not start with SYN, which keeps it cut.
 func TestCutFlowStaysCutWhenTheServerMaySend(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, backend string) {
-		h := newHV(t, backend, "")
+	forEachHV(t, func(t *testing.T, h *hv) {
 		h.write("groups/web.toml", "[[in]]\nproto = \"tcp\"\ndport = \"80\"\n")
 		b := h.guest(521, "02:00:00:00:05:21", "192.0.2.61", "2001:db8::61", "web")
 		ext := h.external("02:00:00:00:05:98", "192.0.2.200/24", "2001:db8::200/64")
@@ -166,8 +164,7 @@ func TestCutFlowStaysCutWhenTheServerMaySend(t *testing.T) {
 // addresses: asked of the kernel by address for IPv4, from the IPv6 table
 // for IPv6), and a connection of other addresses keeps going.
 func TestTapChangeCutsItsFlows(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, backend string) {
-		h := newHV(t, backend, "")
+	forEachHV(t, func(t *testing.T, h *hv) {
 		h.firstV4(530, "192.0.2.9")
 		h.write("groups/ssh.toml", "[[in]]\nproto = \"tcp\"\ndport = \"22\"\nsource_group = \"clients\"\n")
 		h.write("groups/clients.toml", "description = \"membership only\"\n")

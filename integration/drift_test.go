@@ -36,8 +36,7 @@ func (h *hv) status() statusJSON {
 // as drifted in status, apply rewrites exactly that chain, and after a
 // "reboot" (empty kernel ruleset and no ipsets) apply restores everything.
 func TestDriftIsReportedAndRepaired(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, backend string) {
-		h := newHV(t, backend, "")
+	forEachHV(t, func(t *testing.T, h *hv) {
 		h.write("groups/db.toml", dbGroup)
 		h.write("groups/app.toml", appGroup)
 		a := h.guest(291, "02:00:00:00:0a:91", "192.0.2.81", "2001:db8::81", "app", "db")

@@ -351,14 +351,7 @@ func TestJSONReports(t *testing.T) {
 		// A running ssh connection from 102, then ssh is dropped for all:
 		// the edit rewrites sg-web-in and cuts the connection.
 		h.serve(vm1, "192.0.2.101", 22)
-		s, err := labnet.StartStream(vm2, "192.0.2.101:22")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer s.Stop()
-		if !eventually(func() bool { return s.Stats().Echoed > 2 }) {
-			t.Fatalf("stream did not start: %+v", s.Stats())
-		}
+		flowing(t, vm2, "192.0.2.101:22", 2)
 		h.write("groups/web.toml", strings.Replace(explainWeb, `source_group = "clients"`, `source_group = "clients"`+"\naction = \"drop\"", 1))
 		r = parse("apply", "-o", "json")
 		if !r.Changed || !slices.Contains(r.Chains[v4].Rewritten, "sg-web-in") || r.FlowsCut < 1 {

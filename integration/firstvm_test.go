@@ -59,10 +59,7 @@ func testFirstVM(t *testing.T, backend, way string) {
 			t.Fatalf("%s %s (%s): exit %d %v\n%s%s", op, tap, way, code, err, out, errOut)
 		}
 	}
-	firstvm.EachPair(t, firstvm.Shapes, func(s firstvm.Shape) string { return s.Name }, func(t *testing.T, k, j int) {
-		outer := h.t
-		h.t = t
-		defer func() { h.t = outer }()
+	firstvm.EachPair(t, &h.t, firstvm.Shapes, func(s firstvm.Shape) string { return s.Name }, func(t *testing.T, k, j int) {
 		if err := h.vmfwFree(); err != nil {
 			t.Fatalf("before the first command: %v", err)
 		}

@@ -21,18 +21,10 @@ import (
 // The bridge runs in hub mode (ageing_time 0: it learns nothing and floods
 // every unicast frame), so every frame to A also goes to B.
 func TestFloodedUnicast(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, backend string) {
-		h := newHV(t, backend, "")
+	forEachHV(t, func(t *testing.T, h *hv) {
 		ext := h.external("02:00:00:00:04:99", "192.0.2.200/24")
 		h.firstV4(210, "192.0.2.9")
-		h.write("vms/221.toml", `
-policy_in = "accept"
-
-[net0]
-bridge = "vmbr0"
-mac = "02:00:00:00:04:21"
-ips = ["192.0.2.41"]
-`)
+		h.write("vms/221.toml", "policy_in = \"accept\"\n"+vmFile("02:00:00:00:04:21", "192.0.2.41", ""))
 		// B rejects what its rules do not accept; they accept the UDP
 		// frames the test floods, so that on its own a copy would arrive.
 		h.write("groups/flood.toml", `
@@ -41,15 +33,7 @@ proto = "udp"
 dport = "5000"
 `)
 		vmB := func(antispoof bool) {
-			text := `
-policy_in = "reject"
-
-[net0]
-bridge = "vmbr0"
-mac = "02:00:00:00:04:22"
-ips = ["192.0.2.42"]
-groups = ["flood"]
-`
+			text := "policy_in = \"reject\"\n" + vmFile("02:00:00:00:04:22", "192.0.2.42", "", "flood")
 			if !antispoof {
 				text += "antispoof = false\n"
 			}

@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"maps"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,9 +30,8 @@ import (
 
 func TestMain(m *testing.M) { testbin.Main(m, "integration tests", nil) }
 
-// backends are what every firewall test runs with: the iptables backend
-// on iptables-nft and on iptables-legacy, and the nftables backend.
-var backends = []string{"nft", "legacy", labtest.NftablesBackend}
+// backends are what every firewall test runs with.
+var backends = labtest.Backends
 
 // iptablesFlavours are the iptables backend's flavours alone, for the
 // tests of what the nftables backend does beside iptables (a switch of
@@ -40,12 +40,13 @@ var iptablesFlavours = []string{"nft", "legacy"}
 
 // forEachBackend runs fn as a parallel subtest per backend.
 func forEachBackend(t *testing.T, fn func(t *testing.T, backend string)) {
-	for _, b := range backends {
-		t.Run(b, func(t *testing.T) {
-			t.Parallel()
-			fn(t, b)
-		})
-	}
+	labtest.EachBackend(t, backends, fn)
+}
+
+// forEachHV is forEachBackend for a test that starts from a hypervisor of
+// its own with an empty config directory (newHV).
+func forEachHV(t *testing.T, fn func(t *testing.T, h *hv)) {
+	forEachBackend(t, func(t *testing.T, backend string) { fn(t, newHV(t, backend, "")) })
 }
 
 // hv is one test hypervisor: a lab, a private copy of a config directory
@@ -296,7 +297,7 @@ func (h *hv) objects() map[string]string {
 	if !h.nft() {
 		for fam, v6 := range map[string]bool{"ipv4": false, "ipv6": true} {
 			for name, rules := range chains(h.save(v6)) {
-				out[fam+"/"+name] = strings.Join(rules, "\n")
+				out[fam+"/"+name] = rules
 			}
 		}
 		for _, l := range strings.Split(h.ipsets(), "\n") {
@@ -466,20 +467,21 @@ func nftElemText(raw json.RawMessage) string {
 	return string(raw)
 }
 
-// chains splits a save into chain name → rule lines.
-func chains(save string) map[string][]string {
-	out := map[string][]string{}
+// chains splits a save into chain name → its rule lines, each ended by a
+// newline ("" for a chain without rules).
+func chains(save string) map[string]string {
+	out := map[string]string{}
 	for _, l := range strings.Split(save, "\n") {
 		if name, ok := strings.CutPrefix(l, ":"); ok {
 			name, _, _ = strings.Cut(name, " ")
-			if out[name] == nil {
-				out[name] = []string{}
+			if _, ok := out[name]; !ok {
+				out[name] = ""
 			}
 			continue
 		}
 		if rest, ok := strings.CutPrefix(l, "-A "); ok {
 			name, _, _ := strings.Cut(rest, " ")
-			out[name] = append(out[name], l)
+			out[name] += l + "\n"
 		}
 	}
 	return out
@@ -487,20 +489,7 @@ func chains(save string) map[string][]string {
 
 // changedChains lists chains that differ between two saves.
 func changedChains(before, after string) []string {
-	a, b := chains(before), chains(after)
-	var diff []string
-	for name, rules := range a {
-		if strings.Join(rules, "\n") != strings.Join(b[name], "\n") || b[name] == nil {
-			diff = append(diff, name)
-		}
-	}
-	for name := range b {
-		if a[name] == nil {
-			diff = append(diff, name)
-		}
-	}
-	sort.Strings(diff)
-	return diff
+	return changedObjects(chains(before), chains(after))
 }
 
 // ipsets returns "ipset save" in the hypervisor namespace, sorted.
@@ -562,6 +551,20 @@ func (h *hv) serve(ns *labnet.NS, addr string, ports ...int) {
 	}
 }
 
+// flowing starts a stream from ns to addr, stopped when t ends, and waits
+// until more than n of its messages came back.
+func flowing(t *testing.T, from *labnet.NS, addr string, n uint64) {
+	t.Helper()
+	s, err := labnet.StartStream(from, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Stop() })
+	if !eventually(func() bool { return s.Stats().Echoed > n }) {
+		t.Fatalf("the stream %s -> %s did not start: %+v", from, addr, s.Stats())
+	}
+}
+
 // probeTimeout bounds a probe that is expected to be dropped.
 const probeTimeout = 700 * time.Millisecond
 
@@ -603,6 +606,17 @@ type sentFrame struct {
 	from    *labnet.NS
 	frame   func(marker []byte) []byte
 	through bool
+}
+
+// udpFrame is a sentFrame's frame of a UDP datagram from src port 4000 to
+// dst port 5000 (both IPv4 or both IPv6) in an Ethernet frame from srcMAC
+// to dstMAC.
+func udpFrame(srcMAC, dstMAC net.HardwareAddr, src, dst string) func(marker []byte) []byte {
+	from, to := netip.AddrPortFrom(netip.MustParseAddr(src), 4000), netip.AddrPortFrom(netip.MustParseAddr(dst), 5000)
+	if from.Addr().Is4() {
+		return func(m []byte) []byte { return labnet.UDP4Frame(srcMAC, dstMAC, from, to, m) }
+	}
+	return func(m []byte) []byte { return labnet.UDP6Frame(srcMAC, dstMAC, from, to, m) }
 }
 
 // expectFrames sends each frame from its guest and captures at to's eth0,

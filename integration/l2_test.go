@@ -14,8 +14,7 @@ import (
 // cache by claiming a victim's address; the same attack from a VM without
 // anti-spoofing succeeds, which shows the probe would notice.
 func TestARPSpoofing(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, backend string) {
-		h := newHV(t, backend, "")
+	forEachHV(t, func(t *testing.T, h *hv) {
 		h.guest(301, "02:00:00:00:0b:01", "192.0.2.131", "2001:db8::131")
 		target := h.guest(302, "02:00:00:00:0b:02", "192.0.2.132", "2001:db8::132")
 		spoofer := h.guest(303, "02:00:00:00:0b:03", "192.0.2.133", "2001:db8::133")
@@ -58,8 +57,7 @@ func TestARPSpoofing(t *testing.T) {
 // TestL2Protocols: an anti-spoofing VM may send only IPv4, IPv6, ARP and the
 // ethertypes it lists in l2_protocols.
 func TestL2Protocols(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, backend string) {
-		h := newHV(t, backend, "")
+	forEachHV(t, func(t *testing.T, h *hv) {
 		vm := h.guest(311, "02:00:00:00:0c:11", "192.0.2.141", "2001:db8::141")
 		ext := h.external("02:00:00:00:0c:99", "192.0.2.200/24")
 		h.firstV4(310, "192.0.2.9")

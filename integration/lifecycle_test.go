@@ -46,8 +46,7 @@ groups = [` + strings.Join(quoted, ", ") + `]
 // the group is a source_group, without rewriting any chain but the VM's own;
 // removing it shuts it out again.
 func TestMembershipChangesOnlyIpsets(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, backend string) {
-		h := newHV(t, backend, "")
+	forEachHV(t, func(t *testing.T, h *hv) {
 		h.write("groups/db.toml", dbGroup)
 		h.write("groups/app.toml", appGroup)
 		c := h.guest(221, "02:00:00:00:04:21", "192.0.2.41", "2001:db8::41", "db")
@@ -97,8 +96,7 @@ func TestMembershipChangesOnlyIpsets(t *testing.T) {
 // TestGroupEditRewritesOnlyThatGroup: editing a group and applying changes
 // that group's chain and nothing else; a second apply writes nothing.
 func TestGroupEditRewritesOnlyThatGroup(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, backend string) {
-		h := newHV(t, backend, "")
+	forEachHV(t, func(t *testing.T, h *hv) {
 		h.write("groups/db.toml", dbGroup)
 		h.write("groups/app.toml", appGroup)
 		a := h.guest(231, "02:00:00:00:05:31", "192.0.2.51", "2001:db8::51", "app")
@@ -150,8 +148,7 @@ func TestGroupEditRewritesOnlyThatGroup(t *testing.T) {
 // TestFailClosed: a tap on the bridge that matches the managed pattern but
 // has no vmfw chains passes nothing, nor does a tap after ifdown.
 func TestFailClosed(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, backend string) {
-		h := newHV(t, backend, "")
+	forEachHV(t, func(t *testing.T, h *hv) {
 		h.write("groups/app.toml", appGroup)
 		managed := h.guest(241, "02:00:00:00:06:41", "192.0.2.61", "2001:db8::61", "app")
 		other := h.guest(242, "02:00:00:00:06:42", "192.0.2.62", "2001:db8::62", "app")

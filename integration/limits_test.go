@@ -72,8 +72,7 @@ func (h *hv) setMembers(name string) int {
 // its group's sets; its last addresses still talk to a peer that admits
 // the group, and a VM outside the group is kept out.
 func TestVMWithThousandAddresses(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, backend string) {
-		h := newHV(t, backend, "")
+	forEachHV(t, func(t *testing.T, h *hv) {
 		var ips []string
 		for _, net := range []string{"192.0.2", "198.51.100", "203.0.113"} {
 			first := 1
@@ -191,8 +190,7 @@ func TestGroupWithTenThousandMembers(t *testing.T) {
 	if os.Getenv(largeEnv) == "" {
 		t.Skipf("installs 10,000 interfaces, which takes up to 20 minutes per backend; set %s=1 (make limits)", largeEnv)
 	}
-	forEachBackend(t, func(t *testing.T, backend string) {
-		h := newHV(t, backend, "")
+	forEachHV(t, func(t *testing.T, h *hv) {
 		h.write("groups/g.toml", "description = \"the large group\"\n")
 		h.write("groups/srv.toml", "[[in]]\nproto = \"tcp\"\ndport = \"22\"\nsource_group = \"g\"\n")
 		// The members: VMs 20000 and up, one interface each with one
@@ -247,8 +245,7 @@ func TestGroupWithTenThousandMembers(t *testing.T) {
 // first 59 groups to the 60th, which admits it; a packet none admits meets
 // the policy.
 func TestSixtyGroupsOnOneTap(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, backend string) {
-		h := newHV(t, backend, "")
+	forEachHV(t, func(t *testing.T, h *hv) {
 		var groups []string
 		for i := 1; i <= 60; i++ {
 			g := fmt.Sprintf("g%02d", i)

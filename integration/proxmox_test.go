@@ -103,8 +103,7 @@ func addrsAndRoutes(t *testing.T, ns *labnet.NS, addrs, routes []string) {
 // binary, brings the guests up, and checks every flow with real packets
 // against the verdict pve-firewall gives.
 func TestProxmoxImportPackets(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, backend string) {
-		h := newHV(t, backend, "")
+	forEachHV(t, func(t *testing.T, h *hv) {
 		importTree(t, h, "plain")
 		web0 := h.vm("tap201i0", "02:00:00:00:02:01", "192.0.2.21", "2001:db8::21")
 		web1 := h.vm("tap201i1", "02:00:00:00:02:11", "192.0.2.22", "2001:db8::22")
@@ -183,8 +182,7 @@ func TestProxmoxImportPackets(t *testing.T) {
 // and macfilter left at its default: MAC-only anti-spoofing. Every flow
 // and frame is checked with real packets against pve-firewall's verdict.
 func TestProxmoxImportGuide(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, backend string) {
-		h := newHV(t, backend, "")
+	forEachHV(t, func(t *testing.T, h *hv) {
 		importTree(t, h, "guide")
 		if err := h.lab.AddBridge("vmbr1"); err != nil {
 			t.Fatal(err)
@@ -287,23 +285,14 @@ func TestProxmoxImportGuide(t *testing.T) {
 		// no DHCP-server guard.
 		own, other := mustMAC(t, "bc:24:11:00:01:00"), mustMAC(t, "02:00:00:00:01:66")
 		extMAC := mustMAC(t, "02:00:00:00:01:99")
-		ap := func(s string, port uint16) netip.AddrPort { return netip.AddrPortFrom(netip.MustParseAddr(s), port) }
 		expectFrames(t, ext, []sentFrame{
-			{"100 sends from a foreign IPv4 source with its own MAC: no ipfilter, policy_out ACCEPT", web0, func(m []byte) []byte {
-				return labnet.UDP4Frame(own, extMAC, ap("198.51.100.99", 4000), ap("192.0.2.201", 5000), m)
-			}, true},
-			{"100 sends from a foreign IPv6 source with its own MAC", web0, func(m []byte) []byte {
-				return labnet.UDP6Frame(own, extMAC, ap("2001:db8::99", 4000), ap("2001:db8::201", 5000), m)
-			}, true},
-			{"100 sends with another source MAC: macfilter (ebtables -s ! MAC -j DROP)", web0, func(m []byte) []byte {
-				return labnet.UDP4Frame(other, extMAC, ap("192.0.2.50", 4000), ap("192.0.2.201", 5000), m)
-			}, false},
+			{"100 sends from a foreign IPv4 source with its own MAC: no ipfilter, policy_out ACCEPT", web0, udpFrame(own, extMAC, "198.51.100.99", "192.0.2.201"), true},
+			{"100 sends from a foreign IPv6 source with its own MAC", web0, udpFrame(own, extMAC, "2001:db8::99", "2001:db8::201"), true},
+			{"100 sends with another source MAC: macfilter (ebtables -s ! MAC -j DROP)", web0, udpFrame(other, extMAC, "192.0.2.50", "192.0.2.201"), false},
 			{"100 sends a DHCP offer: no DHCP-server guard in pve-firewall", web0, func(m []byte) []byte {
 				return labnet.DHCPOfferFrame(own, netip.MustParseAddr("192.0.2.50"), extMAC, netip.MustParseAddr("192.0.2.77"), m)
 			}, true},
-			{"200's firewall is off: no MAC filter (compile_ebtables_filter skips it)", builder, func(m []byte) []byte {
-				return labnet.UDP4Frame(other, extMAC, ap("192.0.2.60", 4000), ap("192.0.2.201", 5000), m)
-			}, true},
+			{"200's firewall is off: no MAC filter (compile_ebtables_filter skips it)", builder, udpFrame(other, extMAC, "192.0.2.60", "192.0.2.201"), true},
 		})
 		// Neighbour discovery meets the blacklist first: PVEFW-FWBR-IN
 		// runs before the tap chain's ndp rules, so the import turns
@@ -331,8 +320,7 @@ func TestProxmoxImportGuide(t *testing.T) {
 // policy, an interface without firewall=1 in a filtered VM, and a second
 // guest on another node with rules on one of its two interfaces.
 func TestProxmoxImportCluster(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, backend string) {
-		h := newHV(t, backend, "")
+	forEachHV(t, func(t *testing.T, h *hv) {
 		importTree(t, h, "cluster")
 		for _, br := range []string{"vmbr1", "vmbr9"} {
 			if err := h.lab.AddBridge(br); err != nil {

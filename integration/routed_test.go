@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/vmfw/vmfw/integration/labnet"
+	"github.com/vmfw/vmfw/integration/labtest"
 )
 
 // Routed, NATed and hypervisor-sent traffic (docs/routing.md, "every path into
@@ -53,11 +54,7 @@ var routedGroups = map[string]string{
 proto = "tcp"
 dport = "22"
 `,
-	"web": `
-[[in]]
-proto = "tcp"
-dport = "80"
-`,
+	"web": labtest.WebGroup,
 	// fromtwo opens http to one uplink address per family only.
 	"fromtwo": `
 [[in]]

@@ -106,8 +106,7 @@ func noChains(t *testing.T, what string, r applyReport) {
 // cut. status lists the set with its sizes, and trace names the set and
 // the entry that decided.
 func TestAddressSets(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, backend string) {
-		h := newHV(t, backend, "")
+	forEachHV(t, func(t *testing.T, h *hv) {
 		if err := os.MkdirAll(filepath.Join(h.config, "sets"), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -303,15 +302,8 @@ func mapsEqual(a, b map[string][]string) bool {
 // of anti-spoofing applies (a DHCP offer passes, as with antispoof =
 // false).
 func TestAntispoofMAC(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, backend string) {
-		h := newHV(t, backend, "")
-		h.write("vms/251.toml", `
-[net0]
-bridge = "vmbr0"
-mac = "02:00:00:00:05:51"
-ips = ["192.0.2.51", "2001:db8::51"]
-antispoof = "mac"
-`)
+	forEachHV(t, func(t *testing.T, h *hv) {
+		h.write("vms/251.toml", vmFile("02:00:00:00:05:51", "192.0.2.51", "2001:db8::51")+"antispoof = \"mac\"\n")
 		vm := h.vm("tap251i0", "02:00:00:00:05:51", "192.0.2.51", "2001:db8::51")
 		ext := h.external("02:00:00:00:05:99", "192.0.2.200/24", "2001:db8::200/64")
 		h.vmfw("ifup", "tap251i0")
@@ -319,23 +311,12 @@ antispoof = "mac"
 		own := mustMAC(t, "02:00:00:00:05:51")
 		other := mustMAC(t, "02:00:00:00:05:66")
 		extMAC := mustMAC(t, "02:00:00:00:05:99")
-		ap := func(s string, port uint16) netip.AddrPort { return netip.AddrPortFrom(netip.MustParseAddr(s), port) }
 		expectFrames(t, ext, []sentFrame{
-			{"own MAC, own IPv4", vm, func(m []byte) []byte {
-				return labnet.UDP4Frame(own, extMAC, ap("192.0.2.51", 4000), ap("192.0.2.200", 5000), m)
-			}, true},
-			{"own MAC, a foreign IPv4 source", vm, func(m []byte) []byte {
-				return labnet.UDP4Frame(own, extMAC, ap("192.0.2.99", 4000), ap("192.0.2.200", 5000), m)
-			}, true},
-			{"own MAC, a foreign IPv6 source", vm, func(m []byte) []byte {
-				return labnet.UDP6Frame(own, extMAC, ap("2001:db8::99", 4000), ap("2001:db8::200", 5000), m)
-			}, true},
-			{"spoofed MAC, own IPv4", vm, func(m []byte) []byte {
-				return labnet.UDP4Frame(other, extMAC, ap("192.0.2.51", 4000), ap("192.0.2.200", 5000), m)
-			}, false},
-			{"spoofed MAC, own IPv6", vm, func(m []byte) []byte {
-				return labnet.UDP6Frame(other, extMAC, ap("2001:db8::51", 4000), ap("2001:db8::200", 5000), m)
-			}, false},
+			{"own MAC, own IPv4", vm, udpFrame(own, extMAC, "192.0.2.51", "192.0.2.200"), true},
+			{"own MAC, a foreign IPv4 source", vm, udpFrame(own, extMAC, "192.0.2.99", "192.0.2.200"), true},
+			{"own MAC, a foreign IPv6 source", vm, udpFrame(own, extMAC, "2001:db8::99", "2001:db8::200"), true},
+			{"spoofed MAC, own IPv4", vm, udpFrame(other, extMAC, "192.0.2.51", "192.0.2.200"), false},
+			{"spoofed MAC, own IPv6", vm, udpFrame(other, extMAC, "2001:db8::51", "2001:db8::200"), false},
 			{"ARP claiming a foreign address with its own MAC", vm, func(m []byte) []byte {
 				return labnet.ARPRequestFrame(own, netip.MustParseAddr("192.0.2.99"), netip.MustParseAddr("192.0.2.200"), m)
 			}, true},
@@ -367,8 +348,7 @@ antispoof = "mac"
 // (the LOG rule carries it and counts the packets it logged); log = true
 // logs at the LOG target's default, written without a level as always.
 func TestLogLevels(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, backend string) {
-		h := newHV(t, backend, "")
+	forEachHV(t, func(t *testing.T, h *hv) {
 		h.write("groups/logged.toml", `
 [[in]]
 proto = "tcp"
@@ -380,15 +360,7 @@ proto = "tcp"
 dport = "80"
 log = true
 `)
-		h.write("vms/261.toml", `
-log_in = "debug"
-
-[net0]
-bridge = "vmbr0"
-mac = "02:00:00:00:06:61"
-ips = ["192.0.2.61"]
-groups = ["logged"]
-`)
+		h.write("vms/261.toml", "log_in = \"debug\"\n"+vmFile("02:00:00:00:06:61", "192.0.2.61", "", "logged"))
 		vm := h.vm("tap261i0", "02:00:00:00:06:61", "192.0.2.61", "")
 		ext := h.external("", "192.0.2.200/24")
 		h.vmfw("ifup", "tap261i0")
@@ -470,8 +442,7 @@ func bigAllowedSet(entries, except []string) string {
 // before and after (the agent's trace says so), changes no chain, and
 // leaves nothing for apply --dry-run to plan.
 func TestBigSetEditThroughAgent(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, backend string) {
-		h := newHV(t, backend, "")
+	forEachHV(t, func(t *testing.T, h *hv) {
 		if err := os.MkdirAll(filepath.Join(h.config, "sets"), 0o755); err != nil {
 			t.Fatal(err)
 		}

@@ -137,21 +137,13 @@ func (h *host) detach(list *libcni.NetworkConfigList, c *container, ifName strin
 // begins.
 func TestCNIFirstOnEmptyHost(t *testing.T) {
 	t.Parallel()
-	for _, backend := range []string{"nft", "legacy"} {
-		t.Run(backend, func(t *testing.T) {
-			t.Parallel()
-			testCNIFirst(t, backend)
-		})
-	}
+	labtest.EachBackend(t, []string{"nft", "legacy"}, testCNIFirst)
 }
 
 func testCNIFirst(t *testing.T, backend string) {
 	h := newHost(t)
 	clientList := h.shapeConflist(backend, -1, 0, []string{"v4", "v6"}, nil)
-	firstvm.EachPair(t, cniShapes, func(s cniShape) string { return s.name }, func(t *testing.T, k, j int) {
-		outer := h.t
-		h.t = t
-		defer func() { h.t = outer }()
+	firstvm.EachPair(t, &h.t, cniShapes, func(s cniShape) string { return s.name }, func(t *testing.T, k, j int) {
 		if err := h.free(backend); err != nil {
 			t.Fatalf("before the first command: %v", err)
 		}

@@ -48,11 +48,7 @@ const probeTimeout = 1500 * time.Millisecond
 // vmfwConfig is vmfw's configuration directory for every test: group web
 // serves http to anyone, group db serves 5432 to members of web.
 var vmfwConfig = map[string]string{
-	"groups/web.toml": `
-[[in]]
-proto = "tcp"
-dport = "80"
-`,
+	"groups/web.toml": labtest.WebGroup,
 	"groups/db.toml": `
 [[in]]
 proto = "tcp"

@@ -139,12 +139,18 @@ func Probes(from *labnet.NS, ks ...int) []labtest.Probe {
 // EachPair runs fn as one subtest per shape k, named "K-then-J" after it
 // and the shape j that follows it (the last is followed by the first), in
 // order, and stops after the first that fails: each begins on the host
-// the one before left.
-func EachPair[S any](t *testing.T, shapes []S, name func(S) string, fn func(t *testing.T, k, j int)) {
+// the one before left. While fn runs, *hostT (the t that the helpers of
+// the test's host fail) is its subtest's.
+func EachPair[S any](t *testing.T, hostT **testing.T, shapes []S, name func(S) string, fn func(t *testing.T, k, j int)) {
 	t.Helper()
 	for k := range shapes {
 		j := (k + 1) % len(shapes)
-		t.Run(name(shapes[k])+"-then-"+name(shapes[j]), func(t *testing.T) { fn(t, k, j) })
+		t.Run(name(shapes[k])+"-then-"+name(shapes[j]), func(t *testing.T) {
+			outer := *hostT
+			*hostT = t
+			defer func() { *hostT = outer }()
+			fn(t, k, j)
+		})
 		if t.Failed() {
 			return
 		}

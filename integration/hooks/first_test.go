@@ -19,28 +19,10 @@ import (
 func firstDomainXML(k int, devs []string) string {
 	var ifaces strings.Builder
 	for n, dev := range devs {
-		fmt.Fprintf(&ifaces, `    <interface type='bridge'>
-      <mac address='%s'/>
-      <source bridge='vmbr0'/>
-      <target dev='%s'/>
-      <model type='virtio'/>
-      <alias name='net%d'/>
-    </interface>
-`, firstvm.MAC(k, n), dev, n)
+		ifaces.WriteString(bridgedXML(n, firstvm.MAC(k, n), dev))
 	}
-	return fmt.Sprintf(`<domain type='kvm' id='%d'>
-  <name>vm%d</name>
-  <uuid>6f1c2d3e-4b5a-4c6d-8e7f-0000000001%02d</uuid>
-  <metadata>
-    <vmfw:vm xmlns:vmfw="https://github.com/vmfw/vmfw/xmlns/libvirt/1" id="%d"/>
-  </metadata>
-  <memory unit='KiB'>1048576</memory>
-  <os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type></os>
-  <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
-%s  </devices>
-</domain>
-`, k+1, firstvm.ID(k), k, firstvm.ID(k), ifaces.String())
+	return minimalXML(k+1, fmt.Sprintf("vm%d", firstvm.ID(k)), fmt.Sprintf("6f1c2d3e-4b5a-4c6d-8e7f-0000000001%02d", k),
+		fmt.Sprintf("    <vmfw:vm xmlns:vmfw=\"https://github.com/vmfw/vmfw/xmlns/libvirt/1\" id=\"%d\"/>\n", firstvm.ID(k)), ifaces.String())
 }
 
 // free returns an error naming the first of vmfw's objects in the
@@ -114,10 +96,7 @@ func testHooksFirstVM(t *testing.T, backend, hv string) {
 		h.hook(qemu, strings.NewReader(firstDomainXML(k, devs)), hookArgs(fmt.Sprintf("vm%d", firstvm.ID(k)), op, subop)...)
 	}
 	vmFile := func(k int) string { return filepath.Join(h.config, "vms", fmt.Sprintf("%d.toml", firstvm.ID(k))) }
-	firstvm.EachPair(t, firstvm.Shapes, func(s firstvm.Shape) string { return s.Name }, func(t *testing.T, k, j int) {
-		outer := h.t
-		h.t = t
-		defer func() { h.t = outer }()
+	firstvm.EachPair(t, &h.t, firstvm.Shapes, func(s firstvm.Shape) string { return s.Name }, func(t *testing.T, k, j int) {
 		if err := h.free(); err != nil {
 			t.Fatalf("before the first hook: %v", err)
 		}

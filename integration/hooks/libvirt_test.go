@@ -14,11 +14,7 @@ import (
 // on net0 and takes ssh on net2 only from members of group web; VM 210
 // ("db", found by its MAC) is a member of web.
 var libvirtConfig = map[string]string{
-	"groups/web.toml": `
-[[in]]
-proto = "tcp"
-dport = "80"
-`,
+	"groups/web.toml": labtest.WebGroup,
 	"groups/ssh_from_web.toml": `
 [[in]]
 proto = "tcp"
@@ -137,23 +133,38 @@ const webXML = `<domain type='kvm' id='7'>
 // domainXML returns a minimal running domain without vmfw metadata and
 // one bridged interface.
 func domainXML(name, uuid, mac, dev string) string {
-	return fmt.Sprintf(`<domain type='kvm' id='9'>
+	return minimalXML(9, name, uuid, "", bridgedXML(0, mac, dev))
+}
+
+// minimalXML is a running domain (id, name, uuid) with no more than the
+// hook reads: its metadata (lines of XML, "" for none) and its interfaces.
+func minimalXML(id int, name, uuid, metadata, ifaces string) string {
+	if metadata != "" {
+		metadata = "  <metadata>\n" + metadata + "  </metadata>\n"
+	}
+	return fmt.Sprintf(`<domain type='kvm' id='%d'>
   <name>%s</name>
   <uuid>%s</uuid>
-  <memory unit='KiB'>1048576</memory>
+%s  <memory unit='KiB'>1048576</memory>
   <os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type></os>
   <devices>
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <interface type='bridge'>
+%s  </devices>
+</domain>
+`, id, name, uuid, metadata, ifaces)
+}
+
+// bridgedXML is interface n of a domain as libvirt lists it: on bridge
+// vmbr0 with mac, its host end dev.
+func bridgedXML(n int, mac, dev string) string {
+	return fmt.Sprintf(`    <interface type='bridge'>
       <mac address='%s'/>
       <source bridge='vmbr0'/>
       <target dev='%s'/>
       <model type='virtio'/>
-      <alias name='net0'/>
+      <alias name='net%d'/>
     </interface>
-  </devices>
-</domain>
-`, name, uuid, mac, dev)
+`, mac, dev, n)
 }
 
 // hookArgs are the arguments libvirt passes to /etc/libvirt/hooks/qemu.
@@ -166,12 +177,7 @@ func hookArgs(guest, op, subop string) []string {
 // one found by MAC, plus one that is not vmfw's.
 func TestLibvirtHook(t *testing.T) {
 	t.Parallel()
-	for _, backend := range []string{"nft", labtest.NftablesBackend} {
-		t.Run(backend, func(t *testing.T) {
-			t.Parallel()
-			libvirtHook(t, backend)
-		})
-	}
+	labtest.EachBackend(t, []string{"nft", labtest.NftablesBackend}, libvirtHook)
 }
 
 func libvirtHook(t *testing.T, backend string) {

@@ -11,11 +11,7 @@ import (
 // proxmoxConfig has VM 110 with two interfaces: net0 serves http to
 // everyone, net1 is in no group and so takes nothing in.
 var proxmoxConfig = map[string]string{
-	"groups/web.toml": `
-[[in]]
-proto = "tcp"
-dport = "80"
-`,
+	"groups/web.toml": labtest.WebGroup,
 	"vms/110.toml": `
 name = "web110"
 
@@ -34,12 +30,7 @@ ips = ["192.0.2.111"]
 // them ("SCRIPT VMID PHASE") after Proxmox has put the taps on the bridge.
 func TestProxmoxHookscript(t *testing.T) {
 	t.Parallel()
-	for _, backend := range []string{"legacy", labtest.NftablesBackend} {
-		t.Run(backend, func(t *testing.T) {
-			t.Parallel()
-			proxmoxHookscript(t, backend)
-		})
-	}
+	labtest.EachBackend(t, []string{"legacy", labtest.NftablesBackend}, proxmoxHookscript)
 }
 
 func proxmoxHookscript(t *testing.T, backend string) {

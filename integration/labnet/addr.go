@@ -59,6 +59,18 @@ func parseTarget(s string) (netip.AddrPort, error) {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
 }
 
+// parseProbeAddr parses an address without a port that a probe sends to
+// or from (what names it in an error: "ping target") and checks it as
+// parseTarget does.
+func parseProbeAddr(what, s string) (netip.Addr, error) {
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("%s %q: %w", what, s, err)
+	}
+	a = a.Unmap()
+	return a, checkTarget(a)
+}
+
 func checkTarget(a netip.Addr) error {
 	if a.Zone() != "" {
 		return fmt.Errorf("probe target %s: zoned addresses are not supported", a)

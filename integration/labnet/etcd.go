@@ -131,12 +131,7 @@ func (e *Etcd) Output() string {
 // clients that run in another one (a gRPC dialer: grpc.WithContextDialer).
 // The connection belongs to the namespace for its whole life.
 func (n *NS) Dial(ctx context.Context, addr string) (net.Conn, error) {
-	var c net.Conn
-	err := n.Do(func() error {
-		var err error
-		c, err = (&net.Dialer{}).DialContext(ctx, "tcp", addr)
-		return err
-	})
+	c, err := doValue(n, func() (net.Conn, error) { return (&net.Dialer{}).DialContext(ctx, "tcp", addr) })
 	if err != nil {
 		return nil, fmt.Errorf("connecting to %s in %s: %w", addr, n.Name, err)
 	}

@@ -150,47 +150,34 @@ func TestProbesWithoutFirewall(t *testing.T) {
 func TestProbeClassification(t *testing.T) {
 	l := newTwoVMs(t)
 	ctx := context.Background()
-	for _, port := range []string{"81", "82", "83", "84"} {
-		stop, err := ServeTCP(l.vm2, ":"+port)
+	// vm2 serves each port and answers it per family as its row says:
+	// with a reject of that type, or by dropping ("").
+	serve := map[string]func(*NS, string) (func(), error){"tcp": ServeTCP, "udp": ServeUDP}
+	for _, p := range []struct{ proto, port, reject4, reject6 string }{
+		{"tcp", "81", "tcp-reset", "tcp-reset"},
+		{"tcp", "82", "icmp-port-unreachable", "icmp6-port-unreachable"},
+		{"tcp", "83", "icmp-admin-prohibited", "icmp6-adm-prohibited"},
+		{"tcp", "84", "", ""},
+		{"udp", "55", "", ""},
+		{"udp", "56", "icmp-admin-prohibited", "icmp6-adm-prohibited"},
+	} {
+		stop, err := serve[p.proto](l.vm2, ":"+p.port)
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(stop)
-	}
-	for _, port := range []string{"55", "56"} {
-		stop, err := ServeUDP(l.vm2, ":"+port)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(stop)
-	}
-	rules := map[string][][]string{
-		"iptables": {
-			{"-p", "tcp", "--dport", "81", "-j", "REJECT", "--reject-with", "tcp-reset"},
-			{"-p", "tcp", "--dport", "82", "-j", "REJECT", "--reject-with", "icmp-port-unreachable"},
-			{"-p", "tcp", "--dport", "83", "-j", "REJECT", "--reject-with", "icmp-admin-prohibited"},
-			{"-p", "tcp", "--dport", "84", "-j", "DROP"},
-			{"-p", "udp", "--dport", "55", "-j", "DROP"},
-			{"-p", "udp", "--dport", "56", "-j", "REJECT", "--reject-with", "icmp-admin-prohibited"},
-			{"-p", "icmp", "-s", "192.0.2.101", "-j", "REJECT", "--reject-with", "icmp-host-prohibited"},
-			{"-p", "icmp", "-s", "192.0.2.1", "-j", "DROP"},
-		},
-		"ip6tables": {
-			{"-p", "tcp", "--dport", "81", "-j", "REJECT", "--reject-with", "tcp-reset"},
-			{"-p", "tcp", "--dport", "82", "-j", "REJECT", "--reject-with", "icmp6-port-unreachable"},
-			{"-p", "tcp", "--dport", "83", "-j", "REJECT", "--reject-with", "icmp6-adm-prohibited"},
-			{"-p", "tcp", "--dport", "84", "-j", "DROP"},
-			{"-p", "udp", "--dport", "55", "-j", "DROP"},
-			{"-p", "udp", "--dport", "56", "-j", "REJECT", "--reject-with", "icmp6-adm-prohibited"},
-			{"-p", "icmpv6", "--icmpv6-type", "echo-request", "-s", "2001:db8::101", "-j", "REJECT", "--reject-with", "icmp6-adm-prohibited"},
-			{"-p", "icmpv6", "--icmpv6-type", "echo-request", "-s", "2001:db8::1", "-j", "DROP"},
-		},
-	}
-	for cmd, rs := range rules {
-		for _, r := range rs {
-			exec1(t, l.vm2, append([]string{cmd, "-w", "-A", "INPUT"}, r...)...)
+		for cmd, reject := range map[string]string{"iptables": p.reject4, "ip6tables": p.reject6} {
+			verdict := []string{"-j", "DROP"}
+			if reject != "" {
+				verdict = []string{"-j", "REJECT", "--reject-with", reject}
+			}
+			exec1(t, l.vm2, append([]string{cmd, "-w", "-A", "INPUT", "-p", p.proto, "--dport", p.port}, verdict...)...)
 		}
 	}
+	exec1(t, l.vm2, "iptables", "-w", "-A", "INPUT", "-p", "icmp", "-s", "192.0.2.101", "-j", "REJECT", "--reject-with", "icmp-host-prohibited")
+	exec1(t, l.vm2, "iptables", "-w", "-A", "INPUT", "-p", "icmp", "-s", "192.0.2.1", "-j", "DROP")
+	exec1(t, l.vm2, "ip6tables", "-w", "-A", "INPUT", "-p", "icmpv6", "--icmpv6-type", "echo-request", "-s", "2001:db8::101", "-j", "REJECT", "--reject-with", "icmp6-adm-prohibited")
+	exec1(t, l.vm2, "ip6tables", "-w", "-A", "INPUT", "-p", "icmpv6", "--icmpv6-type", "echo-request", "-s", "2001:db8::1", "-j", "DROP")
 	hv := l.lab.Hypervisor()
 	short := 300 * time.Millisecond
 	for _, fam := range []struct{ name, ip, host string }{

@@ -201,6 +201,17 @@ func (n *NS) Do(fn func() error) error {
 	return res.err
 }
 
+// doValue runs fn in ns (NS.Do) and returns what it returned.
+func doValue[T any](ns *NS, fn func() (T, error)) (T, error) {
+	var v T
+	err := ns.Do(func() error {
+		var err error
+		v, err = fn()
+		return err
+	})
+	return v, err
+}
+
 // HardwareAddr returns the MAC address of interface ifname in the namespace.
 func (n *NS) HardwareAddr(ifname string) (net.HardwareAddr, error) {
 	var mac net.HardwareAddr

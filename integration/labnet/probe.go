@@ -183,20 +183,11 @@ func udpExchange(ctx context.Context, fd int, timeout time.Duration) (Result, er
 // nothing came back within timeout. It uses a raw socket, so it needs no
 // ping binary and works for IPv4 and IPv6 alike.
 func Ping(ctx context.Context, ns *NS, addr string, timeout time.Duration) (Result, error) {
-	dst, err := netip.ParseAddr(addr)
+	dst, err := parseProbeAddr("ping target", addr)
 	if err != nil {
-		return Failed, fmt.Errorf("ping target %q: %w", addr, err)
-	}
-	dst = dst.Unmap()
-	if err := checkTarget(dst); err != nil {
 		return Failed, err
 	}
-	var res Result
-	err = ns.Do(func() error {
-		var err error
-		res, err = ping(ctx, dst, timeout)
-		return err
-	})
+	res, err := doValue(ns, func() (Result, error) { return ping(ctx, dst, timeout) })
 	if err != nil {
 		return Failed, fmt.Errorf("ping %s -> %s: %w", ns.Name, addr, err)
 	}

@@ -216,12 +216,8 @@ func TCPConnectFrom(ctx context.Context, ns *NS, src, addr string, timeout time.
 	if err != nil {
 		return Failed, err
 	}
-	sa, err := netip.ParseAddr(src)
+	sa, err := parseProbeAddr("probe source", src)
 	if err != nil {
-		return Failed, fmt.Errorf("probe source %q: %w", src, err)
-	}
-	sa = sa.Unmap()
-	if err := checkTarget(sa); err != nil {
 		return Failed, err
 	}
 	if sa.Is4() != ap.Addr().Is4() {

@@ -14,12 +14,8 @@ import (
 // every open connection and waits for the server's goroutines; it is
 // idempotent, and Lab.Close calls it for servers in the lab's namespaces.
 func ServeTCP(ns *NS, addr string) (stop func(), err error) {
-	var ln net.Listener
-	if err := ns.Do(func() error {
-		var err error
-		ln, err = net.Listen("tcp", addr)
-		return err
-	}); err != nil {
+	ln, err := doValue(ns, func() (net.Listener, error) { return net.Listen("tcp", addr) })
+	if err != nil {
 		return nil, fmt.Errorf("tcp server in %s on %s: %w", ns.Name, addr, err)
 	}
 	s := &echoServer{conns: map[net.Conn]bool{}}
@@ -56,12 +52,8 @@ func ServeTCP(ns *NS, addr string) (stop func(), err error) {
 // waits for the server's goroutine; it is idempotent, and Lab.Close calls it
 // for servers in the lab's namespaces.
 func ServeUDP(ns *NS, addr string) (stop func(), err error) {
-	var pc net.PacketConn
-	if err := ns.Do(func() error {
-		var err error
-		pc, err = net.ListenPacket("udp", addr)
-		return err
-	}); err != nil {
+	pc, err := doValue(ns, func() (net.PacketConn, error) { return net.ListenPacket("udp", addr) })
+	if err != nil {
 		return nil, fmt.Errorf("udp server in %s on %s: %w", ns.Name, addr, err)
 	}
 	s := &echoServer{}

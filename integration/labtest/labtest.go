@@ -27,6 +27,29 @@ import (
 // "legacy").
 const NftablesBackend = "nftables"
 
+// WebGroup is the file of a security group that opens http (tcp 80) to
+// everyone: what the labs' web servers are in.
+const WebGroup = `
+[[in]]
+proto = "tcp"
+dport = "80"
+`
+
+// Backends are what a test that runs with every backend runs with: the
+// iptables backend on iptables-nft and on iptables-legacy, and the
+// nftables backend.
+var Backends = []string{"nft", "legacy", NftablesBackend}
+
+// EachBackend runs fn as a parallel subtest per backend of backends.
+func EachBackend(t *testing.T, backends []string, fn func(t *testing.T, backend string)) {
+	for _, b := range backends {
+		t.Run(b, func(t *testing.T) {
+			t.Parallel()
+			fn(t, b)
+		})
+	}
+}
+
 // BackendArgs are vmfw's global flags that choose backend.
 func BackendArgs(backend string) []string {
 	if backend == NftablesBackend {
