@@ -139,7 +139,7 @@ func checkRendered(t *testing.T, rs *Ruleset) {
 			if !printable(line) || strings.ContainsRune(line, '\r') {
 				t.Fatalf("%s: line %q has control characters", d.name, line)
 			}
-			if _, err := SplitWords(line); err != nil {
+			if _, ok := restoreArgs(line); !ok {
 				t.Fatalf("%s: line %q has unbalanced quotes", d.name, line)
 			}
 			if name, ok := strings.CutPrefix(line, ":"); ok {
@@ -160,4 +160,37 @@ func checkRendered(t *testing.T, rs *Ruleset) {
 			}
 		}
 	}
+}
+
+// restoreArgs splits a line the way iptables-restore does: on blanks,
+// except inside double quotes, where a backslash escapes the next
+// character. ok is false when a quote is left open.
+func restoreArgs(line string) (args []string, ok bool) {
+	var cur strings.Builder
+	quoted, escaped, inArg := false, false, false
+	for _, r := range line {
+		switch {
+		case escaped:
+			cur.WriteRune(r)
+			escaped = false
+		case quoted && r == '\\':
+			escaped = true
+		case r == '"':
+			quoted = !quoted
+			inArg = true
+		case !quoted && (r == ' ' || r == '\t'):
+			if inArg {
+				args = append(args, cur.String())
+				cur.Reset()
+				inArg = false
+			}
+		default:
+			cur.WriteRune(r)
+			inArg = true
+		}
+	}
+	if inArg {
+		args = append(args, cur.String())
+	}
+	return args, !quoted && !escaped
 }

@@ -130,7 +130,7 @@ func restoreLines(t *testing.T, dir string) [][]string {
 	var out [][]string
 	for _, f := range ruleset.Families {
 		for _, l := range strings.Split(rs.Tables[f].Render(), "\n") {
-			args, _ := SplitWords(l)
+			args, _ := restoreArgs(l)
 			out = append(out, args)
 		}
 	}
