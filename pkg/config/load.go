@@ -2,6 +2,7 @@ package config
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -501,8 +502,5 @@ const DefaultDir = "/etc/vmfw"
 // DirFromEnv returns $VMFW_CONFIG_DIR or DefaultDir: the configuration
 // directory of every entry point that is not given one.
 func DirFromEnv() string {
-	if d := os.Getenv("VMFW_CONFIG_DIR"); d != "" {
-		return d
-	}
-	return DefaultDir
+	return cmp.Or(os.Getenv("VMFW_CONFIG_DIR"), DefaultDir)
 }

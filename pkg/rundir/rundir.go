@@ -7,6 +7,7 @@
 package rundir
 
 import (
+	"cmp"
 	"fmt"
 	"os"
 )
@@ -20,10 +21,7 @@ const Mode os.FileMode = 0o700
 
 // FromEnv returns $VMFW_RUN_DIR, or Default when it is not set.
 func FromEnv() string {
-	if d := os.Getenv("VMFW_RUN_DIR"); d != "" {
-		return d
-	}
-	return Default
+	return cmp.Or(os.Getenv("VMFW_RUN_DIR"), Default)
 }
 
 // Ensure creates dir, and any missing parent, with Mode. A directory that

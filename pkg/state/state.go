@@ -13,6 +13,7 @@
 package state
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -31,10 +32,7 @@ const DefaultDir = "/var/lib/vmfw"
 
 // DirFromEnv returns $VMFW_STATE_DIR or DefaultDir.
 func DirFromEnv() string {
-	if d := os.Getenv("VMFW_STATE_DIR"); d != "" {
-		return d
-	}
-	return DefaultDir
+	return cmp.Or(os.Getenv("VMFW_STATE_DIR"), DefaultDir)
 }
 
 // Owner says which entry point created an attachment, and so which one
