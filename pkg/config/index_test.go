@@ -139,3 +139,50 @@ func BenchmarkLoadIndexed10000(b *testing.B) {
 		}
 	}
 }
+
+// TestLoadIndexedLater: the Model comes from the index before its files
+// are checked; confirm gives that very Model while they are unchanged,
+// and what Load reads once one of them changed.
+func TestLoadIndexedLater(t *testing.T) {
+	dir := configtest.Dir(t, manyVMs(20))
+	index := filepath.Join(t.TempDir(), "config.index")
+	if _, err := LoadIndexed(dir, index); err != nil {
+		t.Fatal(err)
+	}
+	m, confirm, err := LoadIndexedLater(dir, index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := confirm(); err != nil || got != m {
+		t.Fatalf("confirm of an unchanged directory = %p, %v; want the index's Model %p", got, err, m)
+	}
+
+	configtest.Write(t, dir, map[string]string{"vms/1003.toml": "[net0]\nips = [\"198.51.100.3\"]\n"})
+	m, confirm, err = LoadIndexedLater(dir, index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	edited := []netip.Addr{netip.MustParseAddr("198.51.100.3")}
+	if reflect.DeepEqual(m.VMs[1003].NICs[0].IPs, edited) {
+		t.Fatalf("the index's Model already has the edit: %v", m.VMs[1003].NICs[0].IPs)
+	}
+	got, err := confirm()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got == m || !reflect.DeepEqual(got.VMs[1003].NICs[0].IPs, edited) || !reflect.DeepEqual(got.VMs, want.VMs) {
+		t.Errorf("confirm after an edit gives the index's Model, not Load's")
+	}
+
+	configtest.Write(t, dir, map[string]string{"vms/1004.toml": "[net0]\nips = \"not a list\"\n"})
+	if _, confirm, err = LoadIndexedLater(dir, index); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := confirm(); err == nil || !strings.Contains(err.Error(), "1004.toml") {
+		t.Errorf("confirm after a broken edit = %v, want Load's error naming vms/1004.toml", err)
+	}
+}

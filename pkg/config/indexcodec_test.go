@@ -138,13 +138,13 @@ func TestIdentifyAtAgrees(t *testing.T) {
 	for _, name := range []string{"a.toml", "b.toml", "vms", "missing.toml", "gone/c.toml"} {
 		paths = append(paths, identify(filepath.Join(dir, name)))
 	}
-	if !unchanged(paths) {
+	if !statAll(paths)() {
 		t.Fatalf("unchanged files are found changed: %+v", paths)
 	}
 	if err := os.WriteFile(file, []byte("xy"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if unchanged(paths[1:2]) {
+	if statAll(paths[1:2])() {
 		t.Error("a link whose target grew is found unchanged")
 	}
 }

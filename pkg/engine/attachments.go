@@ -49,6 +49,15 @@ type resolver struct {
 	recs     map[string]*state.Attachment
 	nics     map[string]*config.NIC
 	problems map[string]error
+
+	// confirm, until settle calls it, is the check of the files behind a
+	// model read from the configuration index unchecked
+	// (config.LoadIndexedLater); moved says they changed, and fresh and
+	// freshErr are what loading them gave.
+	confirm  func() (*config.Model, error)
+	moved    bool
+	fresh    *config.Model
+	freshErr error
 }
 
 // resolver reads the attachment records and resolves them against m.

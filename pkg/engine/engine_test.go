@@ -178,3 +178,31 @@ func TestChangeReadsBesideTheLoad(t *testing.T) {
 		t.Errorf("the attach trusted the read before the lock; the backend holds:\n%s", be.Dump())
 	}
 }
+
+// TestChangeSettlesTheIndex: an interface change computes from the
+// configuration index before its files are checked, and settles it before
+// it writes: a file edited since the index was written (the change made
+// from the index's settings is dropped) or added since (the tap the index
+// does not know is found) is what the change installs.
+func TestChangeSettlesTheIndex(t *testing.T) {
+	e, be, _ := testEngine(t)
+	e.ConfigIndex = filepath.Join(t.TempDir(), "config.index")
+	ctx := context.Background()
+	attach := func(tap, want string) {
+		t.Helper()
+		if err := e.Attach(ctx, tap); err != nil {
+			t.Fatalf("attach %s: %v", tap, err)
+		}
+		if dump := be.Dump(); !strings.Contains(dump, want) {
+			t.Errorf("after attaching %s the backend does not hold %q; it holds:\n%s", tap, want, dump)
+		}
+	}
+	attach("tap101i0", "iface tap101i0 enabled=true groups=[app] ips=[192.0.2.1 2001:db8::1]")
+	if err := e.Detach(ctx, "tap101i0"); err != nil {
+		t.Fatal(err)
+	}
+	configtest.Write(t, e.ConfigDir, map[string]string{"vms/101.toml": "[net0]\nips = [\"192.0.2.9\"]\ngroups = [\"app\"]\n"})
+	attach("tap101i0", "iface tap101i0 enabled=true groups=[app] ips=[192.0.2.9]")
+	configtest.Write(t, e.ConfigDir, map[string]string{"vms/102.toml": "[net0]\nips = [\"192.0.2.2\"]\ngroups = [\"app\"]\n"})
+	attach("tap102i0", "iface tap102i0 enabled=true groups=[app] ips=[192.0.2.2]")
+}
