@@ -64,14 +64,11 @@ type indexFile struct {
 // and the index rewritten (a failure to write it is ignored: it is a
 // cache).
 func LoadIndexed(dir, path string) (*Model, error) {
-	m, confirm, err := LoadIndexedLater(dir, path)
+	_, confirm, err := LoadIndexedLater(dir, path)
 	if err != nil {
 		return nil, err
 	}
-	if m, err = confirm(); err != nil {
-		return nil, err
-	}
-	return m, nil
+	return confirm()
 }
 
 // LoadIndexedLater is LoadIndexed without waiting for the check that the
