@@ -21,8 +21,8 @@ import (
 // kube-proxy: its "kernel" is the policy last applied, per interface,
 // group and member set. It plans by comparing policies, counts what it is
 // asked, and fails on demand. Dump shows what it holds. It also
-// implements Generationer and Rechecker. The zero Fake is empty and ready; a Fake is
-// safe for concurrent use.
+// implements Generationer and Rechecker. The zero Fake is empty and
+// ready; a Fake is safe for concurrent use.
 type Fake struct {
 	mu sync.Mutex
 	// installed is what the "kernel" holds, nil when nothing is.

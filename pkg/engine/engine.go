@@ -385,6 +385,11 @@ func (e *Engine) beginWith(ctx context.Context, change bool) (r *resolver, relea
 	}
 	var m *config.Model
 	var confirm func() (*config.Model, error)
+	defer func() {
+		if err != nil && confirm != nil {
+			confirm() // joins the check's threads
+		}
+	}()
 	if change {
 		m, confirm, err = e.loadLater()
 	} else {
@@ -400,9 +405,6 @@ func (e *Engine) beginWith(ctx context.Context, change bool) (r *resolver, relea
 	trace.Since(start, "load the configuration (%d VMs)", len(m.VMs))
 	start = time.Now()
 	if release, err = e.lock(ctx); err != nil {
-		if confirm != nil {
-			confirm() // joins the check's threads
-		}
 		return nil, nil, nil, err
 	}
 	trace.Since(start, "take the lock")
@@ -415,9 +417,6 @@ func (e *Engine) beginWith(ctx context.Context, change bool) (r *resolver, relea
 	}
 	start = time.Now()
 	if r, err = e.resolver(m); err != nil {
-		if confirm != nil {
-			confirm() // joins the check's threads
-		}
 		release()
 		return nil, nil, nil, err
 	}
@@ -724,30 +723,27 @@ func (e *Engine) change(ctx context.Context, early backend.State, m *config.Mode
 	if err != nil {
 		return nil, err
 	}
+	var want *ruleset.Policy
+	var hint *backend.Hint
+	var nics []*config.NIC
 	if was == nil {
-		after := nicsFor(r, dedupe(append(slices.DeleteFunc(installed, func(t string) bool { return slices.Contains(down, t) }), up...)))
-		want, err := ruleset.Compile(m, after)
-		if err != nil {
+		nics = nicsFor(r, dedupe(append(slices.DeleteFunc(installed, func(t string) bool { return slices.Contains(down, t) }), up...)))
+		if want, err = ruleset.Compile(m, nics); err != nil {
 			return nil, err
 		}
-		if err := r.settle(); err != nil {
+	} else {
+		start := time.Now()
+		if want, err = was.With(m, nicsFor(r, dedupe(slices.Clone(up))), down); err != nil {
 			return nil, err
 		}
-		ch, err := e.apply(ctx, st, want, nil, false, m, after)
-		e.keep(m, want, err)
-		return ch, err
+		trace.Since(start, "derive the policy of %d interfaces", len(want.Interfaces))
+		hint = &backend.Hint{Was: was, Interfaces: append(slices.Clone(up), down...)}
+		nics = nicsOf(want)
 	}
-	start := time.Now()
-	want, err := was.With(m, nicsFor(r, dedupe(slices.Clone(up))), down)
-	if err != nil {
-		return nil, err
-	}
-	trace.Since(start, "derive the policy of %d interfaces", len(want.Interfaces))
-	hint := &backend.Hint{Was: was, Interfaces: append(slices.Clone(up), down...)}
 	if err := r.settle(); err != nil {
 		return nil, err
 	}
-	ch, err := e.apply(ctx, st, want, hint, false, m, nicsOf(want))
+	ch, err := e.apply(ctx, st, want, hint, false, m, nics)
 	e.keep(m, want, err)
 	return ch, err
 }
