@@ -85,5 +85,5 @@ func (e *Engine) syncSets(ctx context.Context, attached []*config.NIC, edits []b
 		}
 		hint.Sets = edits
 	}
-	return e.apply(ctx, st, want, hint, false, r.model, attached)
+	return e.apply(ctx, st, want, hint, false, r.model, attached, nil)
 }

@@ -510,7 +510,7 @@ func (e *Engine) readWithLinks(ctx context.Context) (backend.State, map[string]b
 // nicsFor maps interface names to their configuration, leaving out names
 // the configuration no longer has (their chains are then removed).
 func nicsFor(src nicSource, taps []string) []*config.NIC {
-	var nics []*config.NIC
+	nics := make([]*config.NIC, 0, len(taps))
 	for _, t := range taps {
 		if n := src.NIC(t); n != nil {
 			nics = append(nics, n)
@@ -527,7 +527,7 @@ func (e *Engine) converge(ctx context.Context, m *config.Model, nics []*config.N
 		return nil, err
 	}
 	trace.Since(start, "compile %d interfaces", len(nics))
-	ch, err := e.apply(ctx, st, p, nil, dryRun, m, nics)
+	ch, err := e.apply(ctx, st, p, nil, dryRun, m, nics, nil)
 	if !dryRun {
 		e.keep(m, p, err)
 	}
@@ -537,8 +537,11 @@ func (e *Engine) converge(ctx context.Context, m *config.Model, nics []*config.N
 // apply plans want (with hint) from st and, unless dryRun, writes it and
 // cuts the flows it denies; m and nics are what want was compiled from.
 // A plan the backend made from remembered state and could not write is
-// made once more from a fresh read (backend.StaleError).
-func (e *Engine) apply(ctx context.Context, st backend.State, want *ruleset.Policy, hint *backend.Hint, dryRun bool, m *config.Model, nics []*config.NIC) (*Change, error) {
+// made once more from a fresh read (backend.StaleError). settle, when not
+// nil, runs between the plan and the write, and an error from it stops
+// the change before anything is written (resolver.settle: the plan runs
+// while the configuration's files are checked).
+func (e *Engine) apply(ctx context.Context, st backend.State, want *ruleset.Policy, hint *backend.Hint, dryRun bool, m *config.Model, nics []*config.NIC, settle func() error) (*Change, error) {
 	be := e.kernel.Backend
 	plan, err := be.Plan(ctx, st, want, hint)
 	if err != nil {
@@ -547,6 +550,11 @@ func (e *Engine) apply(ctx context.Context, st backend.State, want *ruleset.Poli
 	ch := &Change{Backend: be.Name(), Plan: plan}
 	if dryRun || plan.Empty() {
 		return ch, nil
+	}
+	if settle != nil {
+		if err := settle(); err != nil {
+			return nil, err
+		}
 	}
 	err = be.Apply(ctx, plan)
 	var stale *backend.StaleError
@@ -740,10 +748,13 @@ func (e *Engine) change(ctx context.Context, early backend.State, m *config.Mode
 		hint = &backend.Hint{Was: was, Interfaces: append(slices.Clone(up), down...)}
 		nics = nicsOf(want)
 	}
-	if err := r.settle(); err != nil {
-		return nil, err
+	ch, err := e.apply(ctx, st, want, hint, false, m, nics, r.settle)
+	if err == nil {
+		// An empty plan wrote nothing and did not wait for the check;
+		// the caller's next step (attaching the tap to its bridge)
+		// writes what m says.
+		err = r.settle()
 	}
-	ch, err := e.apply(ctx, st, want, hint, false, m, nics)
 	e.keep(m, want, err)
 	return ch, err
 }
@@ -895,7 +906,7 @@ func (e *Engine) Flush(ctx context.Context, dryRun bool) (*Change, error) {
 	if err != nil {
 		return nil, err
 	}
-	ch, err := e.apply(ctx, st, nil, nil, dryRun, nil, nil)
+	ch, err := e.apply(ctx, st, nil, nil, dryRun, nil, nil, nil)
 	if !dryRun {
 		e.keep(nil, nil, nil)
 	}
@@ -939,7 +950,7 @@ func (e *Engine) SyncGroups(ctx context.Context, was *config.Model, groups []str
 	} else if want, err = ruleset.Compile(r.model, nicsFor(r, installed)); err != nil {
 		return nil, err
 	}
-	ch, err := e.apply(ctx, st, want, hint, false, r.model, nicsOf(want))
+	ch, err := e.apply(ctx, st, want, hint, false, r.model, nicsOf(want), nil)
 	e.keep(r.model, want, err)
 	return ch, err
 }

@@ -12,11 +12,22 @@ import (
 	"github.com/vmfw/vmfw/pkg/config/configtest"
 )
 
-type fakeHost struct{ links map[string]bool }
+// fakeHost has the links it is given; it records in bridges, when not
+// nil, each tap's last attachment.
+type fakeHost struct {
+	links   map[string]bool
+	bridges map[string][]string
+}
 
 func (h fakeHost) Links() (map[string]bool, error) { return h.links, nil }
-func (h fakeHost) Attach(tap, bridge string) error { return nil }
 func (h fakeHost) EnableBridgeNetfilter() error    { return nil }
+
+func (h fakeHost) Attach(tap, bridge string) error {
+	if h.bridges != nil {
+		h.bridges[tap] = append(h.bridges[tap], bridge)
+	}
+	return nil
+}
 
 // testEngine returns an engine on a backend.Fake and an empty connection
 // tracking table, with VM 101 configured and its tap present.
@@ -205,4 +216,30 @@ func TestChangeSettlesTheIndex(t *testing.T) {
 	attach("tap101i0", "iface tap101i0 enabled=true groups=[app] ips=[192.0.2.9]")
 	configtest.Write(t, e.ConfigDir, map[string]string{"vms/102.toml": "[net0]\nips = [\"192.0.2.2\"]\ngroups = [\"app\"]\n"})
 	attach("tap102i0", "iface tap102i0 enabled=true groups=[app] ips=[192.0.2.2]")
+}
+
+// TestAttachSettlesBeforeTheBridge: an attach whose plan is empty (the tap
+// installed as the configuration says) writes nothing to the backend, and
+// still settles the configuration before it attaches the tap to its
+// bridge: a bridge edited since the index was written is the one used.
+func TestAttachSettlesBeforeTheBridge(t *testing.T) {
+	e, be, _ := testEngine(t)
+	bridges := map[string][]string{}
+	e.kernel.Host = fakeHost{links: map[string]bool{"tap101i0": true}, bridges: bridges}
+	e.ConfigIndex = filepath.Join(t.TempDir(), "config.index")
+	ctx := context.Background()
+	if err := e.Attach(ctx, "tap101i0"); err != nil {
+		t.Fatal(err)
+	}
+	applies := be.Applies
+	configtest.Write(t, e.ConfigDir, map[string]string{"vms/101.toml": "[net0]\nips = [\"192.0.2.1\", \"2001:db8::1\"]\ngroups = [\"app\"]\nbridge = \"vmbr9\"\n"})
+	if err := e.Attach(ctx, "tap101i0"); err != nil {
+		t.Fatal(err)
+	}
+	if be.Applies != applies {
+		t.Errorf("a bridge edit applied %d plans; the firewall is the same", be.Applies-applies)
+	}
+	if got := bridges["tap101i0"]; len(got) != 2 || got[1] != "vmbr9" {
+		t.Errorf("tap101i0 attached to %v, want the edited vmbr9 last", got)
+	}
 }
