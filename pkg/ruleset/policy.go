@@ -14,8 +14,8 @@ import (
 	"net"
 	"net/netip"
 	"slices"
-	"sort"
 	"strconv"
+	"strings"
 
 	"github.com/vmfw/vmfw/pkg/config"
 )
@@ -267,7 +267,10 @@ func Compile(m *config.Model, attached []*config.NIC) (*Policy, error) {
 		owners:  newIndex[netip.Addr](len(attached)),
 	}
 	sorted := slices.Clone(attached)
-	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Tap < sorted[j].Tap })
+	byTap := func(a, b *config.NIC) int { return strings.Compare(a.Tap, b.Tap) }
+	if !slices.IsSortedFunc(sorted, byTap) { // the engine's lists are
+		slices.SortStableFunc(sorted, byTap)
+	}
 	// One allocation for them all: an ifup without the agent compiles
 	// every installed interface (docs/performance.md).
 	ifaces := make([]Interface, len(sorted))
@@ -427,17 +430,29 @@ func membersOf(refs map[string]bool, ifaces []*Interface, remote map[string][]ne
 		f := FamilyOf(a)
 		mem.Addrs[f] = append(mem.Addrs[f], a)
 	}
-	for _, n := range ifaces {
-		for i, g := range n.Groups {
-			mem := out[g]
-			if mem == nil || slices.Contains(n.Groups[:i], g) {
-				continue
-			}
-			for _, ip := range n.IPs {
-				add(mem, ip)
-			}
+	// Counted first, and each list allocated once: grown by append, the
+	// lists of an ifup at 5000 interfaces allocated twice what they hold,
+	// which a process that does not collect garbage pays for in page
+	// faults (docs/performance.md, "The read beside the load").
+	counts := map[*Members]map[Family]int{}
+	eachMembership(ifaces, out, func(mem *Members, n *Interface) {
+		if counts[mem] == nil {
+			counts[mem] = map[Family]int{}
+		}
+		for _, ip := range n.IPs {
+			counts[mem][FamilyOf(ip)]++
+		}
+	})
+	for mem, c := range counts {
+		for f, k := range c {
+			mem.Addrs[f] = make([]netip.Addr, 0, k+len(remote[mem.Group]))
 		}
 	}
+	eachMembership(ifaces, out, func(mem *Members, n *Interface) {
+		for _, ip := range n.IPs {
+			add(mem, ip)
+		}
+	})
 	for g, mem := range out {
 		for _, ip := range remote[g] {
 			add(mem, ip)
@@ -448,6 +463,18 @@ func membersOf(refs map[string]bool, ifaces []*Interface, remote map[string][]ne
 		}
 	}
 	return out
+}
+
+// eachMembership calls f for each interface of ifaces and each group of
+// out it lists, once however often it lists it.
+func eachMembership(ifaces []*Interface, out map[string]*Members, f func(*Members, *Interface)) {
+	for _, n := range ifaces {
+		for i, g := range n.Groups {
+			if mem := out[g]; mem != nil && !slices.Contains(n.Groups[:i], g) {
+				f(mem, n)
+			}
+		}
+	}
 }
 
 // members collects the addresses of group's members: the attached

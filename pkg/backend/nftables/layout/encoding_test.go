@@ -1,6 +1,9 @@
 package layout
 
-import "testing"
+import (
+	"strconv"
+	"testing"
+)
 
 // TestHashCoversEncoding: the same rule text hashes differently under
 // another encoding version, so raising Encoding after a fix in package
@@ -16,5 +19,25 @@ func TestHashCoversEncoding(t *testing.T) {
 	}
 	if r.Hash("in") == r.Hash("out") {
 		t.Error("the fingerprint does not cover the chain")
+	}
+}
+
+// TestDataTextQuotesAsStrconv: the quoting by hand of plain comments
+// renders what strconv.Quote does, for comments plain and not, so that a
+// read of the kernel and a layout compare equal whichever path quoted.
+func TestDataTextQuotesAsStrconv(t *testing.T) {
+	for _, comment := range []string{"vmfw:settings 21b5f00f88f9153f", "a b", " ", "~", "say \"hi\"", `back\slash`, "tab\there", "é", "\x7f", "\x00", "line\n"} {
+		for _, verdict := range []string{"", "jump gl-web-in"} {
+			want := "comment " + strconv.Quote(comment)
+			if verdict != "" {
+				want = verdict + " " + want
+			}
+			if got := DataText(verdict, comment); got != want {
+				t.Errorf("DataText(%q, %q) = %s, want %s", verdict, comment, got, want)
+			}
+		}
+	}
+	if got := DataText("accept", ""); got != "accept" {
+		t.Errorf("DataText without a comment = %q", got)
 	}
 }
