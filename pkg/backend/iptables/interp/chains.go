@@ -2,6 +2,7 @@ package interp
 
 import (
 	"errors"
+	"fmt"
 
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 )
@@ -51,6 +52,26 @@ type chainRule[P any] interface {
 	// apply does what the rule's target does to a packet it matched, and
 	// says where the walk goes next.
 	apply(p P) step
+}
+
+// ruleAt is where a rule of either language stands, as its errors and
+// the traces name it, and why it cannot be evaluated.
+type ruleAt struct {
+	chain layout.Chain
+	// index is the rule's position in its chain, from 1.
+	index int
+	// text is the rule as read (without "-A CHAIN").
+	text string
+	// err says why the rule cannot be evaluated.
+	err error
+}
+
+// faultAs is chainRule's fault for a rule that errors call what.
+func (r *ruleAt) faultAs(what string) error {
+	if r.err == nil {
+		return nil
+	}
+	return fmt.Errorf("%w: %s %d of %s (%s): %v", errOpaque, what, r.index, r.chain, r.text, r.err)
 }
 
 // passes reports whether p passes every one of a rule's matches.

@@ -34,12 +34,9 @@ type frame struct {
 
 // l2rule is one ebtables rule ready to run.
 type l2rule struct {
-	chain  layout.Chain
-	index  int
-	text   string
+	ruleAt
 	conds  []func(*frame) bool
 	target string
-	err    error
 }
 
 // l2machine runs frames through vmfw's ebtables chains.
@@ -78,12 +75,7 @@ func (m *l2machine) run(chain layout.Chain, f *frame) (drop bool, by *l2rule, er
 	return o == dropped, by, err
 }
 
-func (r *l2rule) fault() error {
-	if r.err == nil {
-		return nil
-	}
-	return fmt.Errorf("%w: ebtables rule %d of %s (%s): %v", errOpaque, r.index, r.chain, r.text, r.err)
-}
+func (r *l2rule) fault() error { return r.faultAs("ebtables rule") }
 
 func (r *l2rule) matches(f *frame) bool {
 	return passes(r.conds, f)
@@ -107,7 +99,7 @@ func (r *l2rule) apply(*frame) step {
 
 // parseL2Rule parses one ebtables rule (the text after "-A CHAIN").
 func parseL2Rule(text string) *l2rule {
-	r := &l2rule{text: text}
+	r := &l2rule{ruleAt: ruleAt{text: text}}
 	w := strings.Fields(text)
 	var ethProto string
 	for i := 0; i < len(w); i++ {
