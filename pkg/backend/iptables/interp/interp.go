@@ -84,10 +84,9 @@ type cond func(p *packet) bool
 
 // irule is one rule ready to run.
 type irule struct {
-	ruleAt
+	ruleBase[*packet]
 	// hash is the rule's fingerprint, "" when it has none.
-	hash  string
-	conds []cond
+	hash string
 	// target is ACCEPT, DROP, REJECT, RETURN, MARK, LOG, NFLOG or a chain.
 	target string
 	goTo   bool
@@ -122,10 +121,6 @@ func (m *machine) run(chain layout.Chain, p *packet) (outcome, *irule, error) {
 }
 
 func (r *irule) fault() error { return r.faultAs("rule") }
-
-func (r *irule) matches(p *packet) bool {
-	return passes(r.conds, p)
-}
 
 // apply runs the target: the verdicts end the walk, MARK changes the
 // packet's mark and the walk goes on, as it does after the log targets
@@ -191,7 +186,7 @@ func parseRule(chain layout.Chain, text string, sets *ipsets) *irule {
 	if rest, ok := strings.CutPrefix(text, "-A "); ok {
 		_, text, _ = strings.Cut(rest, " ")
 	}
-	r := &irule{ruleAt: ruleAt{chain: chain, text: text}}
+	r := &irule{ruleBase: ruleBase[*packet]{chain: chain, text: text}}
 	words, err := layout.SplitWords(text)
 	if err != nil {
 		r.err = err

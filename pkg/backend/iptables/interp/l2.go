@@ -34,8 +34,7 @@ type frame struct {
 
 // l2rule is one ebtables rule ready to run.
 type l2rule struct {
-	ruleAt
-	conds  []func(*frame) bool
+	ruleBase[*frame]
 	target string
 }
 
@@ -77,10 +76,6 @@ func (m *l2machine) run(chain layout.Chain, f *frame) (drop bool, by *l2rule, er
 
 func (r *l2rule) fault() error { return r.faultAs("ebtables rule") }
 
-func (r *l2rule) matches(f *frame) bool {
-	return passes(r.conds, f)
-}
-
 // apply runs the target. ebtables has no goto, and vmfw writes no target
 // but the verdicts, RETURN and CONTINUE: any other is a chain.
 func (r *l2rule) apply(*frame) step {
@@ -99,7 +94,7 @@ func (r *l2rule) apply(*frame) step {
 
 // parseL2Rule parses one ebtables rule (the text after "-A CHAIN").
 func parseL2Rule(text string) *l2rule {
-	r := &l2rule{ruleAt: ruleAt{text: text}}
+	r := &l2rule{ruleBase: ruleBase[*frame]{text: text}}
 	w := strings.Fields(text)
 	for i := 0; i < len(w); i++ {
 		neg := false
