@@ -50,6 +50,17 @@ func eventually(cond func() bool) bool {
 	return cond()
 }
 
+// awaitOutput waits, as eventually does, for p's output to contain want;
+// when it never does, it fails t with failure and the output.
+func awaitOutput(t *testing.T, p *process, want, failure string) bool {
+	t.Helper()
+	if eventually(func() bool { return strings.Contains(p.Output(), want) }) {
+		return true
+	}
+	t.Errorf("%s:\n%s", failure, p.Output())
+	return false
+}
+
 // writeAtomically writes a file the way editors do: a temporary file
 // renamed over the old one.
 func writeAtomically(t *testing.T, path, content string) {
@@ -81,9 +92,7 @@ func TestAgentEnforcesEditsAndRepairsDrift(t *testing.T) {
 		agent := startAgent(t, h)
 		h.vmfw("ifup", "tap311i0")
 		h.vmfw("ifup", "tap312i0")
-		if !eventually(func() bool { return strings.Contains(agent.Output(), "up=[tap312i0]") }) {
-			t.Errorf("ifup did not go through the agent:\n%s", agent.Output())
-		}
+		awaitOutput(t, agent, "up=[tap312i0]", "ifup did not go through the agent")
 		expectAll(t, []probe{
 			{"group opens 22", b, "192.0.2.111", 22, true},
 			{"2222 closed", b, "192.0.2.111", 2222, false},
@@ -107,9 +116,7 @@ func TestAgentEnforcesEditsAndRepairsDrift(t *testing.T) {
 		// An invalid edit, written in place: logged with file and line,
 		// the last valid rules stay.
 		h.write("groups/app.toml", "[[in]]\nproto = \"tcpp\"\n")
-		if !eventually(func() bool { return strings.Contains(agent.Output(), "groups/app.toml:2") }) {
-			t.Errorf("the invalid edit was not logged with its file and line:\n%s", agent.Output())
-		}
+		awaitOutput(t, agent, "groups/app.toml:2", "the invalid edit was not logged with its file and line")
 		expectAll(t, []probe{
 			{"after an invalid edit 22 stays open", b, "192.0.2.111", 22, true},
 			{"after an invalid edit 2222 stays open", b, "192.0.2.111", 2222, true},
@@ -151,9 +158,7 @@ func TestAgentEnforcesEditsAndRepairsDrift(t *testing.T) {
 		}
 
 		h.vmfw("ifdown", "tap312i0")
-		if !eventually(func() bool { return strings.Contains(agent.Output(), "down=[tap312i0]") }) {
-			t.Errorf("ifdown did not go through the agent:\n%s", agent.Output())
-		}
+		awaitOutput(t, agent, "down=[tap312i0]", "ifdown did not go through the agent")
 		before := h.snapshot()
 		stop(t, agent)
 		if h.snapshot() != before {
@@ -405,9 +410,7 @@ func TestIfupProgram(t *testing.T) {
 				t.Fatalf("vmfw-ifup %s: exit %d: %s", tap, code, out)
 			}
 		}
-		if !eventually(func() bool { return strings.Contains(agent.Output(), "up=[tap372i0]") }) {
-			t.Errorf("vmfw-ifup did not go through the agent:\n%s", agent.Output())
-		}
+		awaitOutput(t, agent, "up=[tap372i0]", "vmfw-ifup did not go through the agent")
 		expectAll(t, []probe{
 			{"group opens 22", b, "192.0.2.171", 22, true},
 			{"2222 closed", b, "192.0.2.171", 2222, false},
@@ -428,9 +431,7 @@ func TestIfupProgram(t *testing.T) {
 		if out, code := run("vmfw-ifdown", "tap371i0"); code != 0 {
 			t.Fatalf("vmfw-ifdown: exit %d: %s", code, out)
 		}
-		if !eventually(func() bool { return strings.Contains(agent.Output(), "down=[tap371i0]") }) {
-			t.Errorf("vmfw-ifdown did not go through the agent:\n%s", agent.Output())
-		}
+		awaitOutput(t, agent, "down=[tap371i0]", "vmfw-ifdown did not go through the agent")
 		if h.installed("tap371i0") {
 			t.Errorf("vmfw-ifdown left tap371i0's chains:\n%s\n%s", agent.Output(), h.nftTable("bridge"))
 		}
@@ -466,8 +467,8 @@ func TestIfupProgramInterrupted(t *testing.T) {
 	runDir := t.TempDir()
 	helper := labtest.Start(t, h.ns, []string{testbin.HelperEnv + "=1", "VMFW_SILENT_AGENT_DIR=" + runDir},
 		os.Args[0], "-test.run=^TestHelperSilentAgent$", "-test.v")
-	if !eventually(func() bool { return strings.Contains(helper.Output(), "listening") }) {
-		t.Fatalf("the silent agent did not start:\n%s", helper.Output())
+	if !awaitOutput(t, helper, "listening", "the silent agent did not start") {
+		t.FailNow()
 	}
 	before := h.snapshot()
 	cmd := exec.Command("ip", "netns", "exec", h.ns.Name, filepath.Join(testbin.Dir, "vmfw-ifup"), "tap381i0")
@@ -477,8 +478,8 @@ func TestIfupProgramInterrupted(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	if !eventually(func() bool { return strings.Contains(helper.Output(), "request taken") }) {
-		t.Fatalf("vmfw-ifup never reached the silent agent:\n%s", helper.Output())
+	if !awaitOutput(t, helper, "request taken", "vmfw-ifup never reached the silent agent") {
+		t.FailNow()
 	}
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)

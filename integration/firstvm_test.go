@@ -5,7 +5,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/vmfw/vmfw/integration/firstvm"
@@ -87,8 +86,8 @@ func testFirstVM(t *testing.T, backend, way string) {
 				}
 				guests, guestMACs = append(guests, g), append(guestMACs, mac)
 				run("ifup", tap, false)
-				if agent != nil && !eventually(func() bool { return strings.Contains(agent.Output(), "up=["+tap+"]") }) {
-					t.Errorf("ifup of %s did not go through the agent:\n%s", tap, agent.Output())
+				if agent != nil {
+					awaitOutput(t, agent, "up=["+tap+"]", "ifup of "+tap+" did not go through the agent")
 				}
 				h.applied("ifup of " + tap + " (" + firstvm.Shapes[s].Name + ")")
 				if err := h.lab.WaitForwarding(tap); err != nil {

@@ -272,9 +272,7 @@ func TestAddressSets(t *testing.T) {
 		if !eventually(func() bool { return tcp(t, hosts[2].ns, "192.0.2.41", 22) == labnet.Connected }) {
 			t.Fatalf("the agent did not enforce the set edit:\n%s", agent.Output())
 		}
-		if !eventually(func() bool { return strings.Contains(agent.Output(), "sets=[partners]") }) {
-			t.Errorf("the agent did not apply the edit as a set edit:\n%s", agent.Output())
-		}
+		awaitOutput(t, agent, "sets=[partners]", "the agent did not apply the edit as a set edit")
 		if after := h.chainsOnly(); after != before {
 			t.Errorf("the agent's set edit rewrote chains:\n%s\nthen\n%s", before, after)
 		}

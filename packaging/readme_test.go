@@ -190,30 +190,44 @@ func TestManPagesFollowREADME(t *testing.T) {
 	toml5 := readFile(t, "../docs/man/vmfw.toml.5.md")
 	conffile := readFile(t, "vmfw.toml")
 
-	want := func(page, pageName, what string, items []string, format string) {
-		t.Helper()
-		for _, it := range items {
-			if s := strings.ReplaceAll(format, "%s", it); !strings.Contains(page, s) {
-				t.Errorf("%s lacks the %s %s (looked for %q)", pageName, what, it, s)
+	exit := vmfw8[strings.Index(vmfw8, "# EXIT STATUS"):]
+	exit = exit[:strings.Index(exit, "\n# ")]
+	// Each page's items, with the form the page writes an item in ("%s"
+	// stands for it): bold, as a plain word, or as a commented-out key.
+	type items struct {
+		what   string
+		names  []string
+		format string
+	}
+	for _, page := range []struct {
+		name, text string
+		items      []items
+	}{
+		{"vmfw.8.md", vmfw8, []items{
+			{"command", r.commands, "**%s**"},
+			{"command option", r.commandOptions, "**%s**"},
+			{"global option", r.globalOptions, "**%s**"},
+			{"environment variable", r.env, "**%s**"},
+			{"CNI key", r.cniKeys, "**%s**"},
+			{"file", r.files, "%s"},
+		}},
+		{"vmfw.8.md's EXIT STATUS", exit, []items{{"exit status", r.exitStatuses, "**%s**\n:"}}},
+		{"vmfw.toml.5.md", toml5, []items{
+			{"host key", r.hostKeys, "**%s**"},
+			{"rule key", r.ruleKeys, "**%s**"},
+			{"VM key", r.vmKeys, "**%s**"},
+			{"file", r.files, "%s"},
+		}},
+		{"packaging/vmfw.toml", conffile, []items{{"host key", r.hostKeys, "\n#%s = "}}},
+	} {
+		for _, it := range page.items {
+			for _, name := range it.names {
+				if s := strings.ReplaceAll(it.format, "%s", name); !strings.Contains(page.text, s) {
+					t.Errorf("%s lacks the %s %s (looked for %q)", page.name, it.what, name, s)
+				}
 			}
 		}
 	}
-	want(vmfw8, "vmfw.8.md", "command", r.commands, "**%s**")
-	want(vmfw8, "vmfw.8.md", "command option", r.commandOptions, "**%s**")
-	want(vmfw8, "vmfw.8.md", "global option", r.globalOptions, "**%s**")
-	want(vmfw8, "vmfw.8.md", "environment variable", r.env, "**%s**")
-	want(vmfw8, "vmfw.8.md", "CNI key", r.cniKeys, "**%s**")
-	want(vmfw8, "vmfw.8.md", "file", r.files, "%s")
-	exit := vmfw8[strings.Index(vmfw8, "# EXIT STATUS"):]
-	exit = exit[:strings.Index(exit, "\n# ")]
-	want(exit, "vmfw.8.md's EXIT STATUS", "exit status", r.exitStatuses, "**%s**\n:")
-
-	want(toml5, "vmfw.toml.5.md", "host key", r.hostKeys, "**%s**")
-	want(toml5, "vmfw.toml.5.md", "rule key", r.ruleKeys, "**%s**")
-	want(toml5, "vmfw.toml.5.md", "VM key", r.vmKeys, "**%s**")
-	want(toml5, "vmfw.toml.5.md", "file", r.files, "%s")
-
-	want(conffile, "packaging/vmfw.toml", "host key", r.hostKeys, "\n#%s = ")
 	for _, line := range strings.Split(conffile, "\n") {
 		if line != "" && !strings.HasPrefix(line, "#") {
 			t.Errorf("packaging/vmfw.toml sets %q: the default file must only comment, so that it means the defaults", line)

@@ -3,7 +3,8 @@ package main
 import (
 	"fmt"
 	"io"
-	"sort"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 )
@@ -44,23 +45,17 @@ func (r *result) print(w io.Writer) {
 	fmt.Fprintf(w, "\nbackend %s: %d interfaces, a full apply took %v at the start; kills at random from 0 to 1.2 times the recent full applies (latest kill at %v)\n",
 		r.backend, r.taps, r.applyTime.Round(time.Millisecond), longest.Round(time.Millisecond))
 	fmt.Fprintf(w, "  %-45s %6s\n", "state after the kill", "kills")
-	seen := map[string]bool{}
 	for _, o := range outcomeOrder {
-		seen[o] = true
 		if r.backend == nftablesBackend && strings.Contains(o, "ipset") || strings.Contains(o, "ebtables old") && r.backend == nftablesBackend {
 			continue // states only the iptables backend passes through
 		}
 		fmt.Fprintf(w, "  %-45s %6d\n", o, r.outcomes[o])
 	}
-	var other []string
-	for o := range r.outcomes {
-		if !seen[o] {
-			other = append(other, o)
+	// Outcomes the order does not know yet follow, sorted.
+	for _, o := range slices.Sorted(maps.Keys(r.outcomes)) {
+		if !slices.Contains(outcomeOrder, o) {
+			fmt.Fprintf(w, "  %-45s %6d\n", o, r.outcomes[o])
 		}
-	}
-	sort.Strings(other)
-	for _, o := range other {
-		fmt.Fprintf(w, "  %-45s %6d\n", o, r.outcomes[o])
 	}
 	fmt.Fprintf(w, "  %-45s %6d\n", "of which from an empty kernel (first apply)", r.fresh)
 	fmt.Fprintf(w, "  %-45s %6d\n", "violations", len(r.violations))

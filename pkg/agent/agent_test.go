@@ -17,6 +17,7 @@ import (
 	"github.com/vmfw/vmfw/pkg/backend"
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/config/configtest"
+	"github.com/vmfw/vmfw/pkg/config/configtest/scenario"
 	"github.com/vmfw/vmfw/pkg/engine"
 	"github.com/vmfw/vmfw/pkg/leaktest"
 )
@@ -289,10 +290,7 @@ func TestAgentAppliesSetEditsAsMembers(t *testing.T) {
 // alone changed, and the groups beside them.
 func TestChangedGroupsSets(t *testing.T) {
 	load := func(dir string) *config.Model {
-		m, err := config.Load(dir)
-		if err != nil {
-			t.Fatal(err)
-		}
+		m, _ := scenario.Load(t, dir)
 		return m
 	}
 	base := map[string]string{

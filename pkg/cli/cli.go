@@ -5,7 +5,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -388,9 +387,7 @@ func status(ctx context.Context, newEngine func() (Engine, error), configDir str
 		return agent.WriteStatus(stdout, st)
 	}
 	if *format == "json" {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(st)
+		return writeJSON(stdout, st)
 	}
 	printClusterRevision(stdout, configDir)
 	fmt.Fprintf(stdout, "backend: %s (%s)\n", st.Backend, st.Tools)

@@ -61,9 +61,7 @@ func traceCmd(ctx context.Context, newEngine func() (Engine, error), args []stri
 		return err
 	}
 	if *format == "json" {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(r)
+		return writeJSON(stdout, r)
 	}
 	return r.WriteText(stdout)
 }

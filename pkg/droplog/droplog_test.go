@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/vmfw/vmfw/pkg/config"
+	"github.com/vmfw/vmfw/pkg/config/configtest/scenario"
 	"github.com/vmfw/vmfw/pkg/nflog"
 	"github.com/vmfw/vmfw/pkg/nflog/nflogtest"
 	"github.com/vmfw/vmfw/pkg/ruleset"
@@ -21,10 +22,7 @@ func tcp4(src, dst string, sport, dport uint16) []byte {
 // TestDescribe names the rule of each kind of prefix vmfw writes, and the
 // tap by the prefix, by the destination address, or by the bridge port.
 func TestDescribe(t *testing.T) {
-	m, err := config.Load(keysDir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, _ := scenario.Load(t, keysDir)
 	when := time.Unix(1700000000, 0)
 	// A group rule: the chain is shared, the destination names the VM
 	// (no bridge port: routed or sent by the hypervisor).

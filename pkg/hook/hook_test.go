@@ -10,6 +10,7 @@ import (
 
 	"github.com/vmfw/vmfw/pkg/config"
 	"github.com/vmfw/vmfw/pkg/config/configtest"
+	"github.com/vmfw/vmfw/pkg/config/configtest/scenario"
 	"github.com/vmfw/vmfw/pkg/engine"
 	"github.com/vmfw/vmfw/pkg/state"
 )
@@ -38,15 +39,11 @@ func (f *fakeEngine) DetachWhere(_ context.Context, sel engine.Selector) ([]stri
 
 func loadModel(t *testing.T) *config.Model {
 	t.Helper()
-	dir := configtest.Dir(t, map[string]string{
+	m, _ := scenario.Load(t, configtest.Dir(t, map[string]string{
 		"groups/web.toml": "[[in]]\nproto = \"tcp\"\ndport = \"80\"\n",
 		"vms/200.toml":    "[net0]\nmac = \"52:54:00:00:00:01\"\ngroups = [\"web\"]\n\n[net2]\nips = [\"192.0.2.202\"]\n",
 		"vms/210.toml":    "[net0]\nmac = \"52:54:00:00:00:10\"\n",
-	})
-	m, err := config.Load(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	}))
 	return m
 }
 

@@ -19,6 +19,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vmfw/vmfw/pkg/backend"
@@ -86,11 +87,11 @@ type Backend struct {
 	generation func(ctx context.Context) (uint32, error)
 
 	// memory is what Mark remembered, nil when nothing is.
-	mu     sync.Mutex
-	memory *memory
+	memory atomic.Pointer[memory]
 	// held is what the address sets hold after the backend's last plan
 	// that found the kernel as it wanted or was written (setedit.go);
-	// nil when not known.
+	// nil when not known. mu guards it.
+	mu   sync.Mutex
 	held map[string]heldSet
 }
 

@@ -60,9 +60,7 @@ func (b *Backend) Mark(ctx context.Context) error {
 		return err
 	}
 	if mem != nil && mem.written && mem.gen == gen {
-		b.mu.Lock()
-		defer b.mu.Unlock()
-		b.memory = mem
+		b.memory.Store(mem)
 		return nil
 	}
 	sets, err := b.sets.List(ctx)
@@ -74,9 +72,7 @@ func (b *Backend) Mark(ctx context.Context) error {
 	if again, err := b.generation(ctx); err != nil || again != gen {
 		return err
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.memory = &memory{gen: gen, sets: cloneSets(sets)}
+	b.memory.Store(&memory{gen: gen, sets: cloneSets(sets)})
 	return nil
 }
 
@@ -87,9 +83,7 @@ func (b *Backend) Mark(ctx context.Context) error {
 // apply that repairs the drift must plan from the kernel's sets, not
 // from the memory that does not show it.
 func (b *Backend) Unchanged(ctx context.Context) (bool, error) {
-	b.mu.Lock()
-	mem := b.memory
-	b.mu.Unlock()
+	mem := b.memory.Load()
 	if mem == nil {
 		return false, nil
 	}
@@ -104,28 +98,17 @@ func (b *Backend) Unchanged(ctx context.Context) (bool, error) {
 	if setsFingerprint(sets) == setsFingerprint(mem.sets) {
 		return true, nil
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.memory == mem {
-		b.memory = nil
-	}
+	b.memory.CompareAndSwap(mem, nil)
 	return false, nil
 }
 
 // forget drops what Mark remembered: the backend is about to write.
-func (b *Backend) forget() {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.memory = nil
-}
+func (b *Backend) forget() { b.memory.Store(nil) }
 
 // listSets returns vmfw's sets: from memory while the generation is the
 // one Mark saw (remembered), else from the kernel.
 func (b *Backend) listSets(ctx context.Context) (sets map[string]*ipset.Observed, remembered bool, err error) {
-	b.mu.Lock()
-	mem := b.memory
-	b.mu.Unlock()
-	if mem != nil {
+	if mem := b.memory.Load(); mem != nil {
 		if gen, err := b.generation(ctx); err == nil && gen == mem.gen {
 			return cloneSets(mem.sets), true, nil
 		}

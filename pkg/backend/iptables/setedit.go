@@ -109,8 +109,9 @@ func (b *Backend) setHeld(held map[string]heldSet) {
 func (b *Backend) planSetEdit(ctx context.Context, want *ruleset.Policy, edits []backend.SetEdit) (p *plan, ok bool, err error) {
 	start := time.Now()
 	b.mu.Lock()
-	held, mem := b.held, b.memory
+	held := b.held
 	b.mu.Unlock()
+	mem := b.memory.Load()
 	if held == nil {
 		trace.Printf("members plan: what the address sets hold is not known")
 		return nil, false, nil
@@ -280,13 +281,7 @@ func (b *Backend) applyChecked(ctx context.Context, p *plan) error {
 
 // takeMemory forgets what Mark remembered, returning it: the backend is
 // about to write.
-func (b *Backend) takeMemory() *memory {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	mem := b.memory
-	b.memory = nil
-	return mem
-}
+func (b *Backend) takeMemory() *memory { return b.memory.Swap(nil) }
 
 // rememberEdit keeps mem, the sets Mark remembered before a set edit
 // planned from them was written, with the edit's changes made to them:
@@ -315,7 +310,5 @@ func (b *Backend) rememberEdit(mem *memory, edit map[string]layout.MemberChanges
 		}
 	}
 	mem.written = true
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.memory = mem
+	b.memory.Store(mem)
 }

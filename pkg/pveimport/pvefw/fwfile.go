@@ -23,12 +23,27 @@ const (
 // Names as pve-firewall's patterns allow them ($security_group_name_pattern
 // and friends); the length limits are those of generic_fw_config_parser.
 var (
-	namePattern     = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9\-_]+$`)
-	groupHeader     = regexp.MustCompile(`(?i)^\[group\s+(\S+)\]\s*(?:#\s*(.*?)\s*)?$`)
-	ipsetHeader     = regexp.MustCompile(`(?i)^\[ipset\s+(\S+)\]\s*(?:#\s*(.*?)\s*)?$`)
-	maxGroupNameLen = 18
-	maxIPSetNameLen = 64
+	namePattern = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9\-_]+$`)
+	// namedHeader is the header of a section that has a name: the
+	// keyword, the name and the comment.
+	namedHeader = regexp.MustCompile(`(?i)^\[(group|ipset)\s+(\S+)\]\s*(?:#\s*(.*?)\s*)?$`)
 )
+
+// namedSection is what differs between the sections that have a name.
+type namedSection struct {
+	// what is the section's name in pve-firewall's messages.
+	what   string
+	maxLen int
+	// in says which kinds of file have the section; in the others its
+	// header is an ordinary line of the section before.
+	in func(Kind) bool
+}
+
+// namedSections are the sections that have a name, by header keyword.
+var namedSections = map[string]namedSection{
+	"group": {"security group", 18, func(k Kind) bool { return k == Cluster }},
+	"ipset": {"ipset", 64, func(k Kind) bool { return k != Host }},
+}
 
 // ParseFw parses the text of a .fw file at path (relative to the tree) of
 // the given kind, line by line as generic_fw_config_parser does: lines are
@@ -66,28 +81,20 @@ func ParseFw(path string, kind Kind, text string) *FwFile {
 			section = "rules"
 			continue
 		}
-		if m := groupHeader.FindStringSubmatch(line); m != nil && kind == Cluster {
-			name := strings.ToLower(m[1])
-			section, group = "", nil
-			if reason := badSectionName("security group", name, maxGroupNameLen); reason != "" {
+		if keyword, name, comment, ok := namedSectionHeader(kind, line); ok {
+			section, group, ipset = "", nil, nil
+			if reason := badSectionName(namedSections[keyword], name); reason != "" {
 				problem(reason)
-			} else {
-				section = "group"
-				group = &Group{Line: l, Name: name, Comment: m[2]}
-				// A second section of the same name starts the group
-				// anew, as pve-firewall's assignment does.
-				f.GroupOrder = putInOrder(f.Groups, f.GroupOrder, name, group)
+				continue
 			}
-			continue
-		}
-		if m := ipsetHeader.FindStringSubmatch(line); m != nil && kind != Host {
-			name := strings.ToLower(m[1])
-			section, ipset = "", nil
-			if reason := badSectionName("ipset", name, maxIPSetNameLen); reason != "" {
-				problem(reason)
+			section = keyword
+			// A second section of the same name starts it anew, as
+			// pve-firewall's assignment does.
+			if keyword == "group" {
+				group = &Group{Line: l, Name: name, Comment: comment}
+				f.GroupOrder = putInOrder(f.Groups, f.GroupOrder, name, group)
 			} else {
-				section = "ipset"
-				ipset = &IPSet{Line: l, Name: name, Comment: m[2]}
+				ipset = &IPSet{Line: l, Name: name, Comment: comment}
 				f.IPSetOrder = putInOrder(f.IPSets, f.IPSetOrder, name, ipset)
 				seen = map[string]bool{}
 			}
@@ -213,14 +220,26 @@ func cutComment(s string) (text, comment string) {
 	return strings.TrimSpace(text), strings.TrimSpace(comment)
 }
 
-// badSectionName says why name cannot name a section of the given kind
-// (what), or returns "" when it can.
-func badSectionName(what, name string, maxLen int) string {
+// namedSectionHeader returns the keyword, the name (lower case) and the
+// comment of line when it is the header of a named section that a file of
+// kind has.
+func namedSectionHeader(kind Kind, line string) (keyword, name, comment string, ok bool) {
+	m := namedHeader.FindStringSubmatch(line)
+	if m == nil {
+		return "", "", "", false
+	}
+	keyword = strings.ToLower(m[1])
+	return keyword, strings.ToLower(m[2]), m[3], namedSections[keyword].in(kind)
+}
+
+// badSectionName says why name cannot name a section ns, or returns ""
+// when it can.
+func badSectionName(ns namedSection, name string) string {
 	switch {
-	case len(name) > maxLen:
-		return fmt.Sprintf("%s name too long (at most %d characters)", what, maxLen)
+	case len(name) > ns.maxLen:
+		return fmt.Sprintf("%s name too long (at most %d characters)", ns.what, ns.maxLen)
 	case !namePattern.MatchString(name):
-		return "invalid " + what + " name " + quote(name)
+		return "invalid " + ns.what + " name " + quote(name)
 	}
 	return ""
 }

@@ -2,6 +2,7 @@ package interp
 
 import (
 	"errors"
+	"fmt"
 
 	"github.com/vmfw/vmfw/pkg/backend/iptables/layout"
 )
@@ -53,10 +54,32 @@ type chainRule[P any] interface {
 	apply(p P) step
 }
 
-// passes reports whether p passes every one of a rule's matches.
-func passes[P any, M ~func(P) bool](matches []M, p P) bool {
-	for _, m := range matches {
-		if !m(p) {
+// ruleBase is what a rule of either language has besides its target:
+// where it stands, as its errors and the traces name it, its matches of
+// packets P, and why it cannot be evaluated.
+type ruleBase[P any] struct {
+	chain layout.Chain
+	// index is the rule's position in its chain, from 1.
+	index int
+	// text is the rule as read (without "-A CHAIN").
+	text  string
+	conds []func(P) bool
+	// err says why the rule cannot be evaluated.
+	err error
+}
+
+// faultAs is chainRule's fault for a rule that errors call what.
+func (r *ruleBase[P]) faultAs(what string) error {
+	if r.err == nil {
+		return nil
+	}
+	return fmt.Errorf("%w: %s %d of %s (%s): %v", errOpaque, what, r.index, r.chain, r.text, r.err)
+}
+
+// matches is chainRule's matches.
+func (r *ruleBase[P]) matches(p P) bool {
+	for _, c := range r.conds {
+		if !c(p) {
 			return false
 		}
 	}

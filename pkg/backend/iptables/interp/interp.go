@@ -84,14 +84,9 @@ type cond func(p *packet) bool
 
 // irule is one rule ready to run.
 type irule struct {
-	chain layout.Chain
-	// index is the rule's position in its chain, from 1.
-	index int
-	// text is the rule as read (without "-A CHAIN").
-	text string
+	ruleBase[*packet]
 	// hash is the rule's fingerprint, "" when it has none.
-	hash  string
-	conds []cond
+	hash string
 	// target is ACCEPT, DROP, REJECT, RETURN, MARK, LOG, NFLOG or a chain.
 	target string
 	goTo   bool
@@ -99,8 +94,6 @@ type irule struct {
 	markValue, markMask uint32
 	// reject is the REJECT target's --reject-with.
 	reject string
-	// err says why the rule cannot be evaluated.
-	err error
 }
 
 // machine runs packets through one table's chains.
@@ -127,16 +120,7 @@ func (m *machine) run(chain layout.Chain, p *packet) (outcome, *irule, error) {
 	return m.walker.run(chain, p)
 }
 
-func (r *irule) fault() error {
-	if r.err == nil {
-		return nil
-	}
-	return fmt.Errorf("%w: rule %d of %s (%s): %v", errOpaque, r.index, r.chain, r.text, r.err)
-}
-
-func (r *irule) matches(p *packet) bool {
-	return passes(r.conds, p)
-}
+func (r *irule) fault() error { return r.faultAs("rule") }
 
 // apply runs the target: the verdicts end the walk, MARK changes the
 // packet's mark and the walk goes on, as it does after the log targets
@@ -202,7 +186,7 @@ func parseRule(chain layout.Chain, text string, sets *ipsets) *irule {
 	if rest, ok := strings.CutPrefix(text, "-A "); ok {
 		_, text, _ = strings.Cut(rest, " ")
 	}
-	r := &irule{chain: chain, text: text}
+	r := &irule{ruleBase: ruleBase[*packet]{chain: chain, text: text}}
 	words, err := layout.SplitWords(text)
 	if err != nil {
 		r.err = err

@@ -34,12 +34,8 @@ type frame struct {
 
 // l2rule is one ebtables rule ready to run.
 type l2rule struct {
-	chain  layout.Chain
-	index  int
-	text   string
-	conds  []func(*frame) bool
+	ruleBase[*frame]
 	target string
-	err    error
 }
 
 // l2machine runs frames through vmfw's ebtables chains.
@@ -78,16 +74,7 @@ func (m *l2machine) run(chain layout.Chain, f *frame) (drop bool, by *l2rule, er
 	return o == dropped, by, err
 }
 
-func (r *l2rule) fault() error {
-	if r.err == nil {
-		return nil
-	}
-	return fmt.Errorf("%w: ebtables rule %d of %s (%s): %v", errOpaque, r.index, r.chain, r.text, r.err)
-}
-
-func (r *l2rule) matches(f *frame) bool {
-	return passes(r.conds, f)
-}
+func (r *l2rule) fault() error { return r.faultAs("ebtables rule") }
 
 // apply runs the target. ebtables has no goto, and vmfw writes no target
 // but the verdicts, RETURN and CONTINUE: any other is a chain.
@@ -107,9 +94,8 @@ func (r *l2rule) apply(*frame) step {
 
 // parseL2Rule parses one ebtables rule (the text after "-A CHAIN").
 func parseL2Rule(text string) *l2rule {
-	r := &l2rule{text: text}
+	r := &l2rule{ruleBase: ruleBase[*frame]{text: text}}
 	w := strings.Fields(text)
-	var ethProto string
 	for i := 0; i < len(w); i++ {
 		neg := false
 		if w[i] == "!" {
@@ -132,94 +118,19 @@ func parseL2Rule(text string) *l2rule {
 			i++
 			return w[i]
 		}
-		var c func(*frame) bool
-		switch opt {
-		case "-j":
+		if opt == "-j" {
 			r.target = arg()
 			continue
-		case "-p", "--protocol":
-			ethProto = strings.ToLower(arg())
-			p := ethProto
-			c = func(f *frame) bool {
-				switch p {
-				case "ipv4", "0x0800":
-					return !f.pkt.src.Is6()
-				case "ipv6", "0x86dd":
-					return f.pkt.src.Is6()
-				}
-				return false // ARP and every other ethertype: not an IP frame
-			}
-		case "-s", "--source":
-			mac := arg()
-			c = func(f *frame) bool { return macMatch(mac, f.pkt.srcMAC, false) }
-		case "-d", "--destination":
-			mac := arg()
-			c = func(f *frame) bool { return macMatch(mac, f.dstMAC, f.multicast) }
-		case "-i", "--in-interface", "--logical-in":
-			name := arg()
-			c = func(f *frame) bool { return ifMatch(name, f.in) }
-		case "-o", "--out-interface", "--logical-out":
-			name := arg()
-			c = func(f *frame) bool { return ifMatch(name, f.out) }
-		case "--mark":
-			v, mask, err := parseMark(arg())
-			if err != nil {
-				r.err = err
-				return r
-			}
-			c = func(f *frame) bool { return f.pkt.mark&mask == v }
-		case "--ip-proto", "--ip6-proto":
-			n, ok := protoNumber(arg())
-			if !ok || n < 0 {
-				r.err = fmt.Errorf("unknown protocol in %s", opt)
-				return r
-			}
-			c = func(f *frame) bool { return int(f.pkt.proto) == n }
-		case "--ip-sport", "--ip-dport", "--ip6-sport", "--ip6-dport":
-			ranges, err := parsePorts(arg())
-			if err != nil {
-				r.err = err
-				return r
-			}
-			src := strings.HasSuffix(opt, "sport")
-			c = func(f *frame) bool {
-				port := f.pkt.dport
-				if src {
-					port = f.pkt.sport
-				}
-				return port >= ranges[0][0] && port <= ranges[0][1]
-			}
-		case "--ip-src", "--ip-dst", "--ip6-src", "--ip6-dst":
-			pfx, err := parsePrefix(arg())
-			if err != nil {
-				r.err = err
-				return r
-			}
-			src := strings.HasSuffix(opt, "src")
-			c = func(f *frame) bool {
-				if src {
-					return pfx.Contains(f.pkt.src)
-				}
-				return pfx.Contains(f.pkt.dst)
-			}
-		case "--ip6-icmp-type":
-			lo, hi, clo, chi, err := parseL2ICMP(arg())
-			if err != nil {
-				r.err = err
-				return r
-			}
-			c = func(f *frame) bool {
-				return f.pkt.proto == config.ProtoICMPv6 && f.pkt.icmpType >= lo && f.pkt.icmpType <= hi &&
-					f.pkt.icmpCode >= clo && f.pkt.icmpCode <= chi
-			}
-		default:
-			if strings.HasPrefix(opt, "--arp-") {
-				// ARP matches: an IP frame is not ARP, and the rule's
-				// "-p ARP" already fails for it.
-				arg()
-				continue
-			}
-			r.err = fmt.Errorf("unknown ebtables match %s", opt)
+		}
+		if strings.HasPrefix(opt, "--arp-") {
+			// ARP matches: an IP frame is not ARP, and the rule's "-p
+			// ARP" already fails for it.
+			arg()
+			continue
+		}
+		c, err := l2Match(opt, arg)
+		if err != nil {
+			r.err = err
 			return r
 		}
 		if r.err != nil {
@@ -232,6 +143,71 @@ func parseL2Rule(text string) *l2rule {
 		r.conds = append(r.conds, c)
 	}
 	return r
+}
+
+// l2Match returns the match of ebtables option opt, reading its argument
+// with arg; the match is not to be used when err is set.
+func l2Match(opt string, arg func() string) (c func(*frame) bool, err error) {
+	switch opt {
+	case "-p", "--protocol":
+		p := strings.ToLower(arg())
+		return func(f *frame) bool {
+			switch p {
+			case "ipv4", "0x0800":
+				return !f.pkt.src.Is6()
+			case "ipv6", "0x86dd":
+				return f.pkt.src.Is6()
+			}
+			return false // ARP and every other ethertype: not an IP frame
+		}, nil
+	case "-s", "--source":
+		mac := arg()
+		return func(f *frame) bool { return macMatch(mac, f.pkt.srcMAC, false) }, nil
+	case "-d", "--destination":
+		mac := arg()
+		return func(f *frame) bool { return macMatch(mac, f.dstMAC, f.multicast) }, nil
+	case "-i", "--in-interface", "--logical-in":
+		name := arg()
+		return func(f *frame) bool { return ifMatch(name, f.in) }, nil
+	case "-o", "--out-interface", "--logical-out":
+		name := arg()
+		return func(f *frame) bool { return ifMatch(name, f.out) }, nil
+	case "--mark":
+		v, mask, err := parseMark(arg())
+		return func(f *frame) bool { return f.pkt.mark&mask == v }, err
+	case "--ip-proto", "--ip6-proto":
+		n, ok := protoNumber(arg())
+		if !ok || n < 0 {
+			return nil, fmt.Errorf("unknown protocol in %s", opt)
+		}
+		return func(f *frame) bool { return int(f.pkt.proto) == n }, nil
+	case "--ip-sport", "--ip-dport", "--ip6-sport", "--ip6-dport":
+		ranges, err := parsePorts(arg())
+		src := strings.HasSuffix(opt, "sport")
+		return func(f *frame) bool {
+			port := f.pkt.dport
+			if src {
+				port = f.pkt.sport
+			}
+			return port >= ranges[0][0] && port <= ranges[0][1]
+		}, err
+	case "--ip-src", "--ip-dst", "--ip6-src", "--ip6-dst":
+		pfx, err := parsePrefix(arg())
+		src := strings.HasSuffix(opt, "src")
+		return func(f *frame) bool {
+			if src {
+				return pfx.Contains(f.pkt.src)
+			}
+			return pfx.Contains(f.pkt.dst)
+		}, err
+	case "--ip6-icmp-type":
+		lo, hi, clo, chi, err := parseL2ICMP(arg())
+		return func(f *frame) bool {
+			return f.pkt.proto == config.ProtoICMPv6 && f.pkt.icmpType >= lo && f.pkt.icmpType <= hi &&
+				f.pkt.icmpCode >= clo && f.pkt.icmpCode <= chi
+		}, err
+	}
+	return nil, fmt.Errorf("unknown ebtables match %s", opt)
 }
 
 // macMatch matches an ebtables MAC argument: an address, Multicast,

@@ -258,10 +258,7 @@ func shapesModel(t testing.TB) *config.Model {
 	files["vms/116.toml"] = "[net0]\nmac = \"02:00:00:00:01:16\"\nips = [\"192.0.2.16\"]\ngroups = [\"ssh\"]\n" +
 		"[net1]\nmac = \"02:00:00:00:01:17\"\nips = [\"2001:db8::17\"]\n"
 	configtest.Write(t, dir, files)
-	m, err := config.Load(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, _ := scenario.Load(t, dir)
 	return m
 }
 
