@@ -14,8 +14,8 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"sort"
 	"strconv"
-	"strings"
 
 	"github.com/vmfw/vmfw/pkg/config"
 )
@@ -267,10 +267,7 @@ func Compile(m *config.Model, attached []*config.NIC) (*Policy, error) {
 		owners:  newIndex[netip.Addr](len(attached)),
 	}
 	sorted := slices.Clone(attached)
-	byTap := func(a, b *config.NIC) int { return strings.Compare(a.Tap, b.Tap) }
-	if !slices.IsSortedFunc(sorted, byTap) { // the engine's lists are
-		slices.SortStableFunc(sorted, byTap)
-	}
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Tap < sorted[j].Tap })
 	// One allocation for them all: an ifup without the agent compiles
 	// every installed interface (docs/performance.md).
 	ifaces := make([]Interface, len(sorted))

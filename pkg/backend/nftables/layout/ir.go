@@ -646,32 +646,27 @@ func (e Element) DataText() string {
 // for none) and comment as Element.DataText does: the one rendering a
 // read of the kernel and a layout compare.
 func DataText(verdict, comment string) string {
+	if comment == "" {
+		return verdict
+	}
+	sep := " comment "
+	if verdict == "" {
+		sep = "comment "
+	}
 	// vmfw's comments (fingerprints, names) need no escape: quoted by
 	// hand they cost one allocation, where strconv.Quote's rune by rune
 	// scan and copy were a tenth of reading the 5000 elements of the
 	// ports set (an ifup at 5000 taps, docs/performance.md).
-	switch {
-	case comment == "":
-		return verdict
-	case verdict == "" && plainASCII(comment):
-		return `comment "` + comment + `"`
-	case plainASCII(comment):
-		return verdict + ` comment "` + comment + `"`
-	case verdict == "":
-		return "comment " + strconv.Quote(comment)
+	if plainASCII(comment) {
+		return verdict + sep + `"` + comment + `"`
 	}
-	return verdict + " comment " + strconv.Quote(comment)
+	return verdict + sep + strconv.Quote(comment)
 }
 
 // plainASCII reports whether strconv.Quote would quote s as it is:
 // printable ASCII without a quote or a backslash.
 func plainASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
-			return false
-		}
-	}
-	return true
+	return !strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r > 0x7e || r == '"' || r == '\\' })
 }
 
 // Signature describes what the set is, apart from its elements: a set
