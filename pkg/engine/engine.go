@@ -430,8 +430,9 @@ func (e *Engine) beginWith(ctx context.Context, change bool) (r *resolver, relea
 // waits for (config.LoadIndexedLater); the change computes from the Model
 // meanwhile and settles it (resolver.settle) before it writes. At 5000 VM
 // files the check is 5 ms of an ifup on two cores, run while the installed
-// policy is compiled (docs/performance.md, "An ifup without the agent:
-// what 2x takes"). confirm is nil when the Model is checked already.
+// policy is compiled and the change planned (docs/performance.md, "The
+// check beside the plan"). confirm is nil when the Model is checked
+// already.
 func (e *Engine) loadLater() (m *config.Model, confirm func() (*config.Model, error), err error) {
 	if e.Model != nil || e.ConfigIndex == "" {
 		m, err = e.load()
