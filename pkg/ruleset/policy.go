@@ -430,7 +430,8 @@ func membersOf(refs map[string]bool, ifaces []*Interface, remote map[string][]ne
 	// Counted first, and each list allocated once: grown by append, the
 	// lists of an ifup at 5000 interfaces allocated twice what they hold,
 	// which a process that does not collect garbage pays for in page
-	// faults (docs/performance.md, "The read beside the load").
+	// faults (docs/performance.md, "The check beside the plan, and fewer
+	// allocations").
 	counts := map[*Members]map[Family]int{}
 	eachMembership(ifaces, out, func(mem *Members, n *Interface) {
 		if counts[mem] == nil {
