@@ -52,7 +52,7 @@ func (p *Policy) With(m *config.Model, up []*config.NIC, down []string) (*Policy
 			return nil, fmt.Errorf("interface %s attached twice", added[i].Name)
 		}
 	}
-	out := &Policy{Host: p.Host, byName: p.byName.derive(), owners: p.owners.derive()}
+	out := &Policy{Host: p.Host}
 	// The interfaces, sorted: the kept ones merged with the added ones.
 	var removed []*Interface
 	out.Interfaces = make([]*Interface, 0, len(p.Interfaces)+len(added))
@@ -69,33 +69,6 @@ func (p *Policy) With(m *config.Model, up []*config.NIC, down []string) (*Policy
 		out.Interfaces = append(out.Interfaces, n)
 	}
 	out.Interfaces = append(out.Interfaces, added[j:]...)
-	for _, n := range removed {
-		out.byName.del(n.Name)
-	}
-	for _, n := range added {
-		out.byName.set(n.Name, n)
-	}
-	// Owners: an address goes to the first interface by name listing it.
-	for _, n := range removed {
-		for _, ip := range n.IPs {
-			if out.owners.get(ip) == n {
-				out.owners.del(ip)
-				for _, o := range out.Interfaces {
-					if slices.Contains(o.IPs, ip) {
-						out.owners.set(ip, o)
-						break
-					}
-				}
-			}
-		}
-	}
-	for _, n := range added {
-		for _, ip := range n.IPs {
-			if o := out.owners.get(ip); o == nil || n.Name < o.Name {
-				out.owners.set(ip, n)
-			}
-		}
-	}
 	// Groups: those some enabled interface lists.
 	out.Groups = maps.Clone(p.Groups)
 	touched := map[string]bool{}
@@ -136,7 +109,7 @@ func listedByEnabled(ifaces []*Interface, group string) bool {
 // compiled again from m, and the members and sets their rules refer to
 // follow.
 func (p *Policy) Regroup(m *config.Model, groups []string) (*Policy, error) {
-	out := &Policy{Host: p.Host, Interfaces: p.Interfaces, byName: p.byName, owners: p.owners, Groups: maps.Clone(p.Groups)}
+	out := &Policy{Host: p.Host, Interfaces: p.Interfaces, Groups: maps.Clone(p.Groups)}
 	for _, g := range groups {
 		if out.Groups[g] == nil {
 			continue // no enabled interface lists it

@@ -16,6 +16,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 
 	"github.com/vmfw/vmfw/pkg/config"
 )
@@ -39,9 +40,6 @@ type Policy struct {
 	// kernel sets. An address set no such rule names is not here, so a
 	// backend holds only the sets its rules use.
 	Sets map[string]*Set
-
-	byName *index[string]
-	owners *index[netip.Addr]
 }
 
 // Host holds the host-wide settings (vmfw.toml) that shape the ruleset.
@@ -239,13 +237,31 @@ type Set struct {
 	Config *config.Set
 }
 
-// Interface returns the attached interface called name, or nil.
-func (p *Policy) Interface(name string) *Interface { return p.byName.get(name) }
+// Interface returns the attached interface called name, or nil. It
+// searches Interfaces, which are sorted by name: a change asks for a few
+// names, and a map of them all cost an ifup without the agent more to
+// build than every search it makes (docs/performance.md, "Policies
+// without indexes").
+func (p *Policy) Interface(name string) *Interface {
+	i, ok := slices.BinarySearchFunc(p.Interfaces, name, func(n *Interface, name string) int { return strings.Compare(n.Name, name) })
+	if !ok {
+		return nil
+	}
+	return p.Interfaces[i]
+}
 
 // Owner returns the attached interface that lists a among its ips, the
 // one first by name if several do (the configuration forbids it; an
-// attachment record can race an edit), or nil.
-func (p *Policy) Owner(a netip.Addr) *Interface { return p.owners.get(a) }
+// attachment record can race an edit), or nil. It walks Interfaces, as a
+// change asks of a few addresses (Interface says why).
+func (p *Policy) Owner(a netip.Addr) *Interface {
+	for _, n := range p.Interfaces {
+		if slices.Contains(n.IPs, a) {
+			return n
+		}
+	}
+	return nil
+}
 
 // Compile builds the policy of m for the attached interfaces, which are
 // also the members of the groups they list, so a stopped VM's addresses
@@ -263,8 +279,6 @@ func Compile(m *config.Model, attached []*config.NIC) (*Policy, error) {
 		Groups:  map[string]*Group{},
 		Members: map[string]*Members{},
 		Sets:    map[string]*Set{},
-		byName:  newIndex[string](len(attached)),
-		owners:  newIndex[netip.Addr](len(attached)),
 	}
 	sorted := slices.Clone(attached)
 	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Tap < sorted[j].Tap })
@@ -274,29 +288,38 @@ func Compile(m *config.Model, attached []*config.NIC) (*Policy, error) {
 	if len(sorted) > 0 {
 		p.Interfaces = make([]*Interface, 0, len(sorted))
 	}
+	// Each group is looked up once, into the state every listing of it
+	// shares: whether it was compiled, and its place among the groups
+	// rules refer to, which membersOf reads through listed (a lookup in
+	// m, one in p.Groups and one in membersOf per listing were two
+	// fifths of a compile of 5000, docs/performance.md, "Policies
+	// without indexes").
+	groups := map[string]*listing{}
+	total := 0
+	for _, n := range sorted {
+		total += len(n.Groups)
+	}
+	listed := make([]*listing, 0, total)
 	for i, n := range sorted {
 		if i > 0 && n.Tap == sorted[i-1].Tap {
 			return nil, fmt.Errorf("interface %s attached twice", n.Tap)
 		}
-		for _, g := range n.Groups {
-			if m.Groups[g] == nil {
-				return nil, fmt.Errorf("%s: unknown group %q", n.Tap, g)
-			}
-		}
 		iface := &ifaces[i]
 		*iface = *compileInterface(n)
 		p.Interfaces = append(p.Interfaces, iface)
-		p.byName.set(iface.Name, iface)
-		for _, ip := range iface.IPs {
-			if p.owners.get(ip) == nil {
-				p.owners.set(ip, iface)
-			}
-		}
-		if iface.Enabled {
-			for _, g := range iface.Groups {
-				if p.Groups[g] == nil {
-					p.Groups[g] = compileGroup(m.Groups[g])
+		for _, g := range n.Groups {
+			l := groups[g]
+			if l == nil {
+				if m.Groups[g] == nil {
+					return nil, fmt.Errorf("%s: unknown group %q", n.Tap, g)
 				}
+				l = &listing{ref: -1}
+				groups[g] = l
+			}
+			listed = append(listed, l)
+			if !l.compiled && iface.Enabled {
+				p.Groups[g] = compileGroup(m.Groups[g])
+				l.compiled = true
 			}
 		}
 	}
@@ -322,7 +345,7 @@ func Compile(m *config.Model, attached []*config.NIC) (*Policy, error) {
 			}
 		}
 	}
-	p.Members = membersOf(refs, p.Interfaces, m.RemoteMembers)
+	p.Members = membersOf(refs, groups, listed, p.Interfaces, m.RemoteMembers)
 	return p, nil
 }
 
@@ -418,61 +441,101 @@ func protoNumber(name string) uint8 {
 // interfaces: one pass per group cost 2.5 of the 4.5 ms of a compile of
 // 5000 interfaces listing 3 of 20 groups (BenchmarkCompile5000), which an
 // ifup without the agent makes (docs/performance.md).
-func membersOf(refs map[string]bool, ifaces []*Interface, remote map[string][]netip.Addr) map[string]*Members {
+//
+// listed holds the state of each group an interface lists, interface by
+// interface in the order of ifaces, as Compile resolved them (byName by
+// the group's name): membersOf numbers the groups of refs in them, counts
+// the addresses, and fills one array with every list. The sort brings
+// duplicates together (an interface listing a group twice, an address
+// listed twice), and Compact drops them. Lists grown by append allocated
+// twice what they hold, which a process that does not collect garbage
+// pays for in page faults (docs/performance.md, "Policies without
+// indexes").
+func membersOf(refs map[string]bool, byName map[string]*listing, listed []*listing, ifaces []*Interface, remote map[string][]netip.Addr) map[string]*Members {
 	out := make(map[string]*Members, len(refs))
+	if len(refs) == 0 {
+		return out
+	}
+	groups := make([]string, 0, len(refs))
 	for g := range refs {
-		out[g] = &Members{Group: g, Addrs: map[Family][]netip.Addr{}}
-	}
-	add := func(mem *Members, a netip.Addr) {
-		f := FamilyOf(a)
-		mem.Addrs[f] = append(mem.Addrs[f], a)
-	}
-	// Counted first, and each list allocated once: grown by append, the
-	// lists of an ifup at 5000 interfaces allocated twice what they hold,
-	// which a process that does not collect garbage pays for in page
-	// faults (docs/performance.md, "The check beside the plan, and fewer
-	// allocations").
-	counts := map[*Members]map[Family]int{}
-	eachMembership(ifaces, out, func(mem *Members, n *Interface) {
-		if counts[mem] == nil {
-			counts[mem] = map[Family]int{}
+		if l := byName[g]; l != nil {
+			l.ref = int32(len(groups))
 		}
-		for _, ip := range n.IPs {
-			counts[mem][FamilyOf(ip)]++
-		}
-	})
-	for mem, c := range counts {
-		for f, k := range c {
-			mem.Addrs[f] = make([]netip.Addr, 0, k+len(remote[mem.Group]))
+		groups = append(groups, g)
+	}
+	counts := make([][2]int, len(groups))
+	k := 0
+	for _, n := range ifaces {
+		for range n.Groups {
+			if id := listed[k].ref; id >= 0 {
+				for _, ip := range n.IPs {
+					counts[id][slot(ip)]++
+				}
+			}
+			k++
 		}
 	}
-	eachMembership(ifaces, out, func(mem *Members, n *Interface) {
-		for _, ip := range n.IPs {
-			add(mem, ip)
-		}
-	})
-	for g, mem := range out {
+	total := 0
+	for id, g := range groups {
 		for _, ip := range remote[g] {
-			add(mem, ip)
+			counts[id][slot(ip)]++
 		}
-		for f, addrs := range mem.Addrs {
-			slices.SortFunc(addrs, func(a, b netip.Addr) int { return a.Compare(b) })
-			mem.Addrs[f] = slices.Compact(addrs)
+		total += counts[id][0] + counts[id][1]
+	}
+	all := make([]netip.Addr, 0, total)
+	lists := make([][2][]netip.Addr, len(groups))
+	for id := range groups {
+		for f, c := range counts[id] {
+			lists[id][f] = all[len(all) : len(all) : len(all)+c]
+			all = all[:len(all)+c]
 		}
+	}
+	add := func(id int32, ip netip.Addr) {
+		f := slot(ip)
+		lists[id][f] = append(lists[id][f], ip)
+	}
+	k = 0
+	for _, n := range ifaces {
+		for range n.Groups {
+			if id := listed[k].ref; id >= 0 {
+				for _, ip := range n.IPs {
+					add(id, ip)
+				}
+			}
+			k++
+		}
+	}
+	for id, g := range groups {
+		for _, ip := range remote[g] {
+			add(int32(id), ip)
+		}
+		mem := &Members{Group: g, Addrs: map[Family][]netip.Addr{}}
+		for f, addrs := range lists[id] {
+			if len(addrs) > 0 {
+				slices.SortFunc(addrs, func(a, b netip.Addr) int { return a.Compare(b) })
+				mem.Addrs[Families[f]] = slices.Compact(addrs)
+			}
+		}
+		out[g] = mem
 	}
 	return out
 }
 
-// eachMembership calls f for each interface of ifaces and each group of
-// out it lists, once however often it lists it.
-func eachMembership(ifaces []*Interface, out map[string]*Members, f func(*Members, *Interface)) {
-	for _, n := range ifaces {
-		for i, g := range n.Groups {
-			if mem := out[g]; mem != nil && !slices.Contains(n.Groups[:i], g) {
-				f(mem, n)
-			}
-		}
+// listing is what Compile resolves of a group an interface lists.
+type listing struct {
+	// compiled says the group is in the policy's Groups.
+	compiled bool
+	// ref is the group's place among those rules refer to (membersOf),
+	// -1 when no rule does.
+	ref int32
+}
+
+// slot is a's family as an index of Families.
+func slot(a netip.Addr) int {
+	if a.Is4() {
+		return 0
 	}
+	return 1
 }
 
 // members collects the addresses of group's members: the attached

@@ -91,6 +91,33 @@ func TestCompile(t *testing.T) {
 	}
 }
 
+// TestCompileListedTwice: an interface that lists a group twice (an
+// attachment record may) is its member once, and a group referred to that
+// no interface lists has no members; both agree with members(), which
+// derived policies use.
+func TestCompileListedTwice(t *testing.T) {
+	m := load(t, compileFiles)
+	twice := *m.VMs[112].NICs[0]
+	twice.Groups = []string{"db", "web", "db"}
+	nics := []*config.NIC{m.VMs[110].NICs[0], &twice}
+	p, err := Compile(m, nics)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range []string{"db", "admins"} {
+		want := members(g, p.Interfaces, nil)
+		if got := p.Members[g]; got == nil || !maps.EqualFunc(got.Addrs, want.Addrs, slices.Equal) {
+			t.Errorf("members of %s: %v, want %v", g, got, want)
+		}
+	}
+	if got := p.Members["db"].Addrs[IPv6]; len(got) != 1 {
+		t.Errorf("db's members %v, want 2001:db8::12 once", got)
+	}
+	if got := p.Members["admins"].Addrs; len(got) != 0 {
+		t.Errorf("admins' members %v, want none (no interface lists it)", got)
+	}
+}
+
 // TestCompileRefuses: an interface attached twice, or listing a group the
 // configuration lacks (an attachment record racing an edit), is an error.
 func TestCompileRefuses(t *testing.T) {
