@@ -33,17 +33,20 @@ import (
 // family f, in the network namespace nc was made in, as the library's
 // GetSetElements gives them (key, data: a verdict's attributes in a
 // verdict map, interval end, comment and counter), calling each with
-// every one; what e's slices hold is valid during the call only. A dump
+// every one; e, and what its slices hold, are valid during the call only. A dump
 // that a concurrent change interrupted fails with
 // nlmsg.ErrDumpInterrupted, on which nlmsg.With reads again.
 func setElements(nc *nlmsg.Conn, f layout.Family, name string, each func(e *nftables.SetElement)) error {
 	attrs := nlmsg.AppendAttr(nil, unix.NFTA_SET_ELEM_LIST_TABLE, append([]byte(layout.TableName), 0))
 	attrs = nlmsg.AppendAttr(attrs, unix.NFTA_SET_ELEM_LIST_SET, append([]byte(name), 0))
+	// One element for them all, which each's pointer would otherwise
+	// move to the heap one by one.
+	var e nftables.SetElement
 	return nc.Request(unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_GETSETELEM, unix.NLM_F_DUMP, byte(Family(f)), attrs, func(_ uint8, msg []byte) {
 		nlmsg.Attrs(msg, func(typ uint16, list []byte) {
 			if typ == unix.NFTA_SET_ELEM_LIST_ELEMENTS {
 				nlmsg.Attrs(list, func(_ uint16, elem []byte) {
-					e := decodeElement(elem)
+					e = decodeElement(elem)
 					each(&e)
 				})
 			}
