@@ -186,3 +186,28 @@ func TestLoadIndexedLater(t *testing.T) {
 		t.Errorf("confirm after a broken edit = %v, want Load's error naming vms/1004.toml", err)
 	}
 }
+
+// BenchmarkReadIndex5000 reads the index of 5000 VMs (configtest.Large,
+// the bench's configuration) without checking its files: the decoding an
+// ifup without the agent makes before anything else.
+func BenchmarkReadIndex5000(b *testing.B) {
+	dir := configtest.Dir(b, configtest.Large(5000))
+	index := filepath.Join(b.TempDir(), "config.index")
+	if _, err := LoadIndexed(dir, index); err != nil {
+		b.Fatal(err)
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	program, err := programID()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if m, _ := readIndex(index, abs, program); m == nil || len(m.VMs) != 5000 {
+			b.Fatal("the index was not read")
+		}
+	}
+}

@@ -15,6 +15,14 @@ import (
 // Model read back is the one Load returned (an empty list is not a
 // missing one), as encoding/json kept it. TestIndexCodecCoversEveryField
 // fails when a field of VM or NIC is added here nowhere.
+//
+// The VMs section starts with the strings many VMs repeat (group names,
+// bridges, policies), which the VMs then name by number, and with how
+// many NICs, addresses and listed strings its VMs hold, which the decoder
+// allocates at once: looking each repeated string up in a map, and
+// allocating each VM's lists apart, were a third of decoding 5000 VMs
+// (BenchmarkReadIndex5000; docs/performance.md, "Policies without
+// indexes").
 
 // errIndexCorrupt is a decode that ran past the end or read nonsense: the
 // index is then not used.
@@ -84,7 +92,34 @@ func fileIDLayout(c coder, id *fileID) {
 }
 
 // encoder appends the binary encoding of values to buf.
-type encoder struct{ buf []byte }
+type encoder struct {
+	buf []byte
+	// numbers numbers the strings istr writes, from 1 (0 is ""), in the
+	// order of strings.
+	numbers map[string]uint64
+	strings []string
+	// totalNICs, totalAddrs and totalListed count the NICs, addresses
+	// and strings in lists written.
+	totalNICs, totalAddrs, totalListed int
+}
+
+// vms appends the VMs section: the strings of the VMs' istr fields, the
+// counts the decoder allocates by, then each VM (decoder.vms).
+func (e *encoder) vms(list []*VM) {
+	body := &encoder{numbers: map[string]uint64{}}
+	for _, vm := range list {
+		vmLayout(body, vm)
+	}
+	e.count(len(body.strings), false)
+	for i := range body.strings {
+		e.str(&body.strings[i])
+	}
+	e.uvarint(uint64(body.totalNICs))
+	e.uvarint(uint64(body.totalAddrs))
+	e.uvarint(uint64(body.totalListed))
+	e.count(len(list), false)
+	e.buf = append(e.buf, body.buf...)
+}
 
 func (e *encoder) uvarint(v uint64) { e.buf = binary.AppendUvarint(e.buf, v) }
 func (e *encoder) varint(v int64)   { e.buf = binary.AppendVarint(e.buf, v) }
@@ -106,7 +141,19 @@ func (e *encoder) str(p *string) {
 	e.buf = append(e.buf, *p...)
 }
 
-func (e *encoder) istr(p *string) { e.str(p) }
+func (e *encoder) istr(p *string) {
+	if *p == "" {
+		e.uvarint(0)
+		return
+	}
+	n, ok := e.numbers[*p]
+	if !ok {
+		e.strings = append(e.strings, *p)
+		n = uint64(len(e.strings))
+		e.numbers[*p] = n
+	}
+	e.uvarint(n)
+}
 
 // count writes the length n of a list, keeping nil apart from empty.
 func (e *encoder) count(n int, isNil bool) {
@@ -124,13 +171,15 @@ func (e *encoder) bytes(p *[]byte) {
 
 func (e *encoder) strs(p *[]string) {
 	e.count(len(*p), *p == nil)
+	e.totalListed += len(*p)
 	for i := range *p {
-		e.str(&(*p)[i])
+		e.istr(&(*p)[i])
 	}
 }
 
 func (e *encoder) addrs(p *[]netip.Addr) {
 	e.count(len(*p), *p == nil)
+	e.totalAddrs += len(*p)
 	for _, a := range *p {
 		b, _ := a.MarshalBinary() // never fails
 		e.bytes(&b)
@@ -139,6 +188,7 @@ func (e *encoder) addrs(p *[]netip.Addr) {
 
 func (e *encoder) nics(vm *VM) {
 	e.count(len(vm.NICs), vm.NICs == nil)
+	e.totalNICs += len(vm.NICs)
 	for _, n := range vm.NICs {
 		nicLayout(e, n)
 	}
@@ -159,14 +209,19 @@ type decoder struct {
 	text string
 	size int
 	err  error
-	// interned holds the short strings many VMs repeat (group names,
-	// policies, bridges).
-	interned map[string]string
+	// numbered holds the strings istr reads by number (encoder.vms).
+	numbered []string
+	// The NICs, addresses and listed strings of the VMs section, each
+	// allocated once and taken from by the VMs in turn.
+	nicSlab  []NIC
+	nicPtrs  []*NIC
+	addrSlab []netip.Addr
+	strSlab  []string
 }
 
 // newDecoder returns a decoder of b, which is the decoder's from then on.
 func newDecoder(b []byte) *decoder {
-	return &decoder{buf: b, text: unsafe.String(unsafe.SliceData(b), len(b)), size: len(b), interned: map[string]string{}}
+	return &decoder{buf: b, text: unsafe.String(unsafe.SliceData(b), len(b)), size: len(b)}
 }
 
 func (d *decoder) fail() { d.err, d.buf = errIndexCorrupt, nil }
@@ -227,18 +282,57 @@ func (d *decoder) str(p *string) {
 	*p = d.text[at : at+int(n)]
 }
 
-// istr keeps the first of each string, so that the model holds one copy
-// however many VMs repeat it.
+// istr reads a string by its number in the VMs section's strings.
 func (d *decoder) istr(p *string) {
-	d.str(p)
-	if *p == "" {
-		return // most policies and log levels are left unset
+	n := d.uvarint()
+	switch {
+	case n == 0:
+		*p = ""
+	case n > uint64(len(d.numbered)):
+		d.fail()
+	default:
+		*p = d.numbered[n-1]
 	}
-	if in, ok := d.interned[*p]; ok {
-		*p = in
-		return
+}
+
+// vms reads the VMs section (encoder.vms) into one array.
+func (d *decoder) vms() []VM {
+	n, _ := d.count()
+	d.numbered = make([]string, n)
+	for i := range d.numbered {
+		d.str(&d.numbered[i])
 	}
-	d.interned[*p] = *p
+	// Each NIC, address and listed string takes a byte at least: counts
+	// past what is left are corrupt, not something to allocate.
+	var totals [3]int
+	for i := range totals {
+		if t := d.uvarint(); t <= uint64(len(d.buf)) {
+			totals[i] = int(t)
+		} else {
+			d.fail()
+		}
+	}
+	d.nicSlab, d.nicPtrs = make([]NIC, totals[0]), make([]*NIC, totals[0])
+	d.addrSlab, d.strSlab = make([]netip.Addr, totals[1]), make([]string, totals[2])
+	n, _ = d.count()
+	vms := make([]VM, n)
+	for i := range vms {
+		vmLayout(d, &vms[i])
+	}
+	return vms
+}
+
+// take returns the next n items of *slab, capped at n so that an append
+// to them cannot write over the next list's; it fails when fewer are
+// left than the section's counts promised.
+func take[T any](d *decoder, slab *[]T, n int) []T {
+	if n > len(*slab) {
+		d.fail()
+		return nil
+	}
+	out := (*slab)[:n:n]
+	*slab = (*slab)[n:]
+	return out
 }
 
 // count reads a length written with nil apart from empty: n is the
@@ -270,7 +364,7 @@ func (d *decoder) strs(p *[]string) {
 	if !ok {
 		return
 	}
-	*p = make([]string, n)
+	*p = take(d, &d.strSlab, n)
 	for i := range *p {
 		d.istr(&(*p)[i])
 	}
@@ -281,7 +375,7 @@ func (d *decoder) addrs(p *[]netip.Addr) {
 	if !ok {
 		return
 	}
-	list := make([]netip.Addr, n)
+	list := take(d, &d.addrSlab, n)
 	for i := range list {
 		b, ok := d.count()
 		if !ok || list[i].UnmarshalBinary(d.raw(uint64(b))) != nil {
@@ -292,14 +386,17 @@ func (d *decoder) addrs(p *[]netip.Addr) {
 	*p = list
 }
 
-// nics allocates the NICs of a VM at once.
+// nics takes the NICs of a VM from the section's.
 func (d *decoder) nics(vm *VM) {
 	n, ok := d.count()
 	if !ok {
 		return
 	}
-	vm.NICs = make([]*NIC, n)
-	nics := make([]NIC, n)
+	vm.NICs = take(d, &d.nicPtrs, n)
+	nics := take(d, &d.nicSlab, n)
+	if d.err != nil {
+		return
+	}
 	for i := range vm.NICs {
 		nics[i].VM = vm
 		nicLayout(d, &nics[i])

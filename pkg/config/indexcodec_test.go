@@ -66,25 +66,48 @@ func TestIndexCodecCoversEveryField(t *testing.T) {
 	empty.NICs[0].VM = empty
 	for name, vm := range map[string]*VM{"every field set": full, "empty lists": empty, "nil lists": {ID: 4}, "no NIC": {ID: 5, NICs: []*NIC{}}} {
 		e := &encoder{}
-		vmLayout(e, vm)
+		e.vms([]*VM{vm})
 		d := newDecoder(e.buf)
-		got := &VM{}
-		vmLayout(d, got)
-		if d.err != nil || len(d.buf) != 0 {
-			t.Fatalf("%s: decode: %v, %d bytes left", name, d.err, len(d.buf))
+		got := d.vms()
+		if d.err != nil || len(d.buf) != 0 || len(got) != 1 {
+			t.Fatalf("%s: decode: %v, %d bytes left, %d VMs", name, d.err, len(d.buf), len(got))
 		}
-		if !reflect.DeepEqual(got, vm) {
-			t.Errorf("%s: read back %+v, wrote %+v", name, got, vm)
+		if !reflect.DeepEqual(&got[0], vm) {
+			t.Errorf("%s: read back %+v, wrote %+v", name, &got[0], vm)
 		}
+	}
+	// Together, the VMs' lists share the decoder's arrays: each list is
+	// its own all the same, an append to one leaving the next as it is.
+	twin := &VM{}
+	fill(t, reflect.ValueOf(twin).Elem(), map[reflect.Type]reflect.Value{reflect.TypeOf(twin): reflect.ValueOf(twin)}, &n)
+	all := []*VM{full, empty, {ID: 4}, twin}
+	e := &encoder{}
+	e.vms(all)
+	d := newDecoder(e.buf)
+	got := d.vms()
+	if d.err != nil || len(d.buf) != 0 || len(got) != len(all) {
+		t.Fatalf("together: decode: %v, %d bytes left, %d VMs", d.err, len(d.buf), len(got))
+	}
+	for i, vm := range all {
+		if !reflect.DeepEqual(&got[i], vm) {
+			t.Errorf("together, VM %d: read back %+v, wrote %+v", i, &got[i], vm)
+		}
+	}
+	first := got[0].NICs[1]
+	_ = append(first.IPs, netip.MustParseAddr("203.0.113.1"))
+	_ = append(first.Groups, "appended")
+	_ = append(got[0].NICs, &NIC{})
+	if !reflect.DeepEqual(&got[3], twin) {
+		t.Errorf("an append to one VM's lists changed the next VM's: %+v", &got[3])
 	}
 	var id fileID
 	fill(t, reflect.ValueOf(&id).Elem(), map[reflect.Type]reflect.Value{}, &n)
-	e := &encoder{}
+	e = &encoder{}
 	fileIDLayout(e, &id)
-	d := newDecoder(e.buf)
-	var got fileID
-	if fileIDLayout(d, &got); got != id || d.err != nil {
-		t.Errorf("fileID read back %+v (%v), wrote %+v", got, d.err, id)
+	d = newDecoder(e.buf)
+	var gotID fileID
+	if fileIDLayout(d, &gotID); gotID != id || d.err != nil {
+		t.Errorf("fileID read back %+v (%v), wrote %+v", gotID, d.err, id)
 	}
 }
 
