@@ -22,7 +22,7 @@ import (
 // allocates at once: looking each repeated string up in a map, and
 // allocating each VM's lists apart, were a third of decoding 5000 VMs
 // (BenchmarkReadIndex5000; docs/performance.md, "Policies without
-// indexes").
+// indexes, and a smaller index").
 
 // errIndexCorrupt is a decode that ran past the end or read nonsense: the
 // index is then not used.

@@ -241,7 +241,7 @@ type Set struct {
 // searches Interfaces, which are sorted by name: a change asks for a few
 // names, and a map of them all cost an ifup without the agent more to
 // build than every search it makes (docs/performance.md, "Policies
-// without indexes").
+// without indexes, and a smaller index").
 func (p *Policy) Interface(name string) *Interface {
 	i, ok := slices.BinarySearchFunc(p.Interfaces, name, func(n *Interface, name string) int { return strings.Compare(n.Name, name) })
 	if !ok {
@@ -293,7 +293,7 @@ func Compile(m *config.Model, attached []*config.NIC) (*Policy, error) {
 	// rules refer to, which membersOf reads through listed (a lookup in
 	// m, one in p.Groups and one in membersOf per listing were two
 	// fifths of a compile of 5000, docs/performance.md, "Policies
-	// without indexes").
+	// without indexes, and a smaller index").
 	groups := map[string]*listing{}
 	total := 0
 	for _, n := range sorted {
@@ -450,7 +450,7 @@ func protoNumber(name string) uint8 {
 // listed twice), and Compact drops them. Lists grown by append allocated
 // twice what they hold, which a process that does not collect garbage
 // pays for in page faults (docs/performance.md, "Policies without
-// indexes").
+// indexes, and a smaller index").
 func membersOf(refs map[string]bool, byName map[string]*listing, listed []*listing, ifaces []*Interface, remote map[string][]netip.Addr) map[string]*Members {
 	out := make(map[string]*Members, len(refs))
 	if len(refs) == 0 {

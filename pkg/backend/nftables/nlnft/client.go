@@ -338,7 +338,8 @@ func (cl Client) readTable(c *nftables.Conn, f layout.Family, elements bool, onl
 // gathered first and the maps made at their size: grown element by
 // element, the two maps of the ports set's 5000 elements were rehashed
 // until rehashing was three quarters of filling them, 1.2 ms of an ifup
-// at 5000 taps (docs/performance.md, "Policies without indexes").
+// at 5000 taps (docs/performance.md, "Policies without indexes, and a
+// smaller index").
 func readElements(nc *nlmsg.Conn, f layout.Family, s *nftables.Set, os *ObservedSet) error {
 	var intervalElems []nftables.SetElement
 	type element struct {
