@@ -16,7 +16,6 @@ import (
 	"slices"
 	"sort"
 	"strconv"
-	"strings"
 
 	"github.com/vmfw/vmfw/pkg/config"
 )
@@ -243,8 +242,8 @@ type Set struct {
 // build than every search it makes (docs/performance.md, "Policies
 // without indexes, and a smaller index").
 func (p *Policy) Interface(name string) *Interface {
-	i, ok := slices.BinarySearchFunc(p.Interfaces, name, func(n *Interface, name string) int { return strings.Compare(n.Name, name) })
-	if !ok {
+	i := sort.Search(len(p.Interfaces), func(i int) bool { return p.Interfaces[i].Name >= name })
+	if i == len(p.Interfaces) || p.Interfaces[i].Name != name {
 		return nil
 	}
 	return p.Interfaces[i]
