@@ -50,7 +50,7 @@ type coder interface {
 }
 
 // vmLayout is the layout of a VM. The decoder reads into *vm, which the
-// caller allocates (decodeVMs: all of them at once).
+// caller allocates (decoder.vms: all of them at once).
 func vmLayout(c coder, vm *VM) {
 	c.int(&vm.ID)
 	c.str(&vm.File)

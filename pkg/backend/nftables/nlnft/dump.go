@@ -26,15 +26,16 @@ import (
 // instead of seven (docs/performance.md, "Address sets"), and the ports
 // set of 5000 taps, which an ifup without the agent reads, in 2 ms
 // instead of 12 to 16 ("An ifup without the agent"). The elements are
-// walked in place and handed over one by one: collecting them cost more
-// than the kernel's part.
+// walked in place and handed over one by one: collecting them as the
+// library's elements, copies of their bytes, cost more than the kernel's
+// part (readElements keeps only the strings its maps hold).
 
 // setElements reads on nc the elements of set name of vmfw's table of
 // family f, in the network namespace nc was made in, as the library's
 // GetSetElements gives them (key, data: a verdict's attributes in a
 // verdict map, interval end, comment and counter), calling each with
-// every one; e, and what its slices hold, are valid during the call only. A dump
-// that a concurrent change interrupted fails with
+// every one; e, and what its slices hold, are valid during the call
+// only. A dump that a concurrent change interrupted fails with
 // nlmsg.ErrDumpInterrupted, on which nlmsg.With reads again.
 func setElements(nc *nlmsg.Conn, f layout.Family, name string, each func(e *nftables.SetElement)) error {
 	attrs := nlmsg.AppendAttr(nil, unix.NFTA_SET_ELEM_LIST_TABLE, append([]byte(layout.TableName), 0))
